@@ -1,0 +1,1 @@
+"""LIDnet training: losses, datasets, the collaborative trainer."""

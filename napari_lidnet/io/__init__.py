@@ -1,0 +1,1 @@
+"""Reading CT: DICOM series, DeepLesion key slices, arrays; windowing."""

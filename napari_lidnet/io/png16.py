@@ -1,0 +1,33 @@
+"""16-bit PNG slices in the DeepLesion convention: stored value = HU + 32768."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+PNG_HU_OFFSET = 32768
+
+
+def read_png_hu(path: str | Path) -> np.ndarray:
+    """Read a 16-bit PNG key slice as float32 HU; refuse 8-bit or colour PNGs with a clear message."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            arr = np.asarray(im)
+    except Exception as exc:  # PIL raises many types for broken files
+        raise ValueError(f"{path}: not a readable PNG ({exc})") from exc
+    if arr.dtype not in (np.uint16, np.int32) or arr.ndim != 2 or mode not in ("I;16", "I;16B", "I"):
+        raise ValueError(
+            f"{path}: PNG mode {mode!r} ({arr.dtype}, shape {arr.shape}) is not a 16-bit grayscale CT slice "
+            f"(DeepLesion stores HU + {PNG_HU_OFFSET} in 16-bit PNG)"
+        )
+    return arr.astype(np.float32) - PNG_HU_OFFSET
+
+
+def write_png_hu(path: str | Path, hu: np.ndarray) -> None:
+    """Write HU (rounded, clipped to the 16-bit range) as a DeepLesion-style 16-bit PNG."""
+    vals = np.clip(np.rint(np.asarray(hu, dtype=np.float64)) + PNG_HU_OFFSET, 0, 65535).astype(np.uint16)
+    Image.fromarray(vals).save(Path(path))

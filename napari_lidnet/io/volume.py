@@ -1,0 +1,68 @@
+"""The one in-memory CT type: float32 Hounsfield units plus geometry.
+
+Convention (DESIGN.md): HU stay untouched in memory; windowing is for display and network input only.
+Axis order is napari's: (z, y, x) for volumes, (y, x) for single slices. Boxes live in pixel coordinates
+(x1, y1, x2, y2) with their slice index and are converted to world coordinates only at the layer boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class CTVolume:
+    """A CT image in HU with its geometry.
+
+    Attributes:
+        hu: float32 array, (z, y, x) or (y, x).
+        spacing: voxel size in mm per array axis, same length as ``hu.ndim``.
+        origin: world position (mm, patient LPS) of voxel 0, per array axis order (z, y, x).
+        direction: (3, 3) matrix whose columns are the patient-space unit vectors of the x, y and z array axes
+            (DICOM ImageOrientationPatient row/column cosines and the slice normal).
+        boxes: optional (N, 5) float array of lesion boxes ``slice, x1, y1, x2, y2`` in pixels.
+        metadata: free-form provenance (source files, series UID, warnings, DICOM tags to copy on export).
+    """
+
+    hu: np.ndarray
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...] | None = None
+    direction: np.ndarray | None = None
+    boxes: np.ndarray | None = None
+    name: str = "CT"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.hu = np.asarray(self.hu, dtype=np.float32)
+        if len(self.spacing) != self.hu.ndim:
+            raise ValueError(f"spacing {self.spacing} does not match image of {self.hu.ndim} dimensions")
+        self.spacing = tuple(float(s) for s in self.spacing)
+        if self.origin is None:
+            self.origin = (0.0,) * self.hu.ndim
+        self.origin = tuple(float(o) for o in self.origin)
+        if self.direction is None:
+            self.direction = np.eye(3)
+        self.direction = np.asarray(self.direction, dtype=float)
+
+    def affine(self) -> np.ndarray:
+        """4x4 affine from array index (z, y, x, 1) to patient LPS (x, y, z, 1) in mm."""
+        spacing = self.spacing if self.hu.ndim == 3 else (1.0, *self.spacing)
+        origin_zyx = self.origin if self.hu.ndim == 3 else (0.0, *self.origin)
+        aff = np.eye(4)
+        # columns of direction are the x, y, z array axes; array order is z, y, x
+        for col, axis in enumerate((2, 1, 0)):
+            aff[:3, col] = self.direction[:, axis] * spacing[col]
+        aff[:3, 3] = np.asarray(origin_zyx[::-1], dtype=float)
+        return aff
+
+    def layer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``viewer.add_image``: scale and translate from geometry, affine in metadata."""
+        return {
+            "name": self.name,
+            "scale": self.spacing,
+            "translate": self.origin,
+            "metadata": {**self.metadata, "affine_lps": self.affine(), "spacing": self.spacing},
+        }

@@ -1,0 +1,31 @@
+"""Window presets (level/width in HU): they set contrast limits only, never the data."""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: name -> (level, width) in HU
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "soft tissue": (40.0, 400.0),
+    "liver": (60.0, 160.0),
+    "lung": (-600.0, 1500.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+}
+
+DEFAULT_PRESET = "soft tissue"
+
+
+def contrast_limits(preset: str = DEFAULT_PRESET) -> tuple[float, float]:
+    """Contrast limits (low, high) in HU for a named preset."""
+    try:
+        level, width = WINDOW_PRESETS[preset]
+    except KeyError:
+        raise ValueError(f"unknown window preset {preset!r}; choose one of {sorted(WINDOW_PRESETS)}") from None
+    return level - width / 2, level + width / 2
+
+
+def apply_window(hu: np.ndarray, preset: str = DEFAULT_PRESET) -> np.ndarray:
+    """HU mapped to [0, 1] through a window, for display or export to 8-bit pictures."""
+    lo, hi = contrast_limits(preset)
+    return np.clip((np.asarray(hu, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)

@@ -1,0 +1,1 @@
+"""Image quality (PSNR/SSIM/RMSE), ROI statistics and detection (FROC) metrics."""

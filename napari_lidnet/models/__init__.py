@@ -1,0 +1,1 @@
+"""Denoisers, lesion detector, ROI align, weights files and the model registry (torch)."""

@@ -1,0 +1,1 @@
+"""Phantoms with lesions and projection-domain low-dose simulation."""
