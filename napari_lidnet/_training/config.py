@@ -1,0 +1,71 @@
+"""Settings of one training run (one dataclass, saved in every checkpoint card)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+MODES = ("pixel", "lidnet", "lidnet-noroi", "lidnet-wholeperc")
+
+
+@dataclass
+class TrainConfig:
+    """What to train, on what, and how long.
+
+    Modes: ``pixel`` (baseline: the denoiser on pixel loss alone), ``lidnet`` (joint loss + collaborative
+    rounds), and the ablations ``lidnet-noroi`` (no ROI perceptual term) and ``lidnet-wholeperc`` (a whole-image
+    perceptual term in place of the ROI one).
+    """
+
+    out: str
+    data: str | None = None
+    mode: str = "lidnet"
+    denoiser: str = "fastdn"
+    denoiser_kwargs: dict[str, Any] = field(default_factory=dict)
+    detector_kwargs: dict[str, Any] = field(default_factory=dict)
+    init_denoiser: str | None = None
+    init_detector: str | None = None
+    pretrain_denoiser_steps: int = 300
+    pretrain_detector_steps: int = 600
+    rounds: int = 4
+    denoiser_steps: int = 100
+    detector_steps: int = 50
+    batch_size: int = 8
+    patch_size: int = 128
+    lr: float = 1e-3
+    detector_lr: float = 1e-3
+    pixel_loss: str = "mse"
+    det_weight: float = 2e-4
+    roi_weight: float = 0.05
+    roi_margin: float = 0.25
+    roi_levels: tuple[int, ...] = (0, 1)
+    full_dose_fraction: float = 0.25
+    val_fraction: float = 0.2
+    val_max_slices: int = 8
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad setting."""
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        for name in (
+            "pretrain_denoiser_steps",
+            "pretrain_detector_steps",
+            "rounds",
+            "denoiser_steps",
+            "detector_steps",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.batch_size < 1 or self.patch_size < 32 or self.patch_size % 16:
+            raise ValueError("batch_size must be >= 1 and patch_size a multiple of 16, at least 32")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError("val_fraction must be in [0, 1)")
+        if self.lr <= 0 or self.detector_lr <= 0:
+            raise ValueError("learning rates must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["roi_levels"] = list(self.roi_levels)
+        return d

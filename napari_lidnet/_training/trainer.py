@@ -1,0 +1,357 @@
+"""The collaborative trainer: one generator for the command line, the fine-tuning widget and the tests.
+
+Schedule (LIDnet, Chen et al. 2021):
+1. pretrain the denoiser D on pixel loss, and the detector T on full-dose images;
+2. rounds: update D under the joint loss with T frozen, then update T on D's detached outputs mixed with some
+   full-dose images, so the detector follows the denoised domain without drifting;
+3. validate after pretraining and after every round; keep the best and the last checkpoints.
+
+The ``pixel`` baseline runs the same number of denoiser steps on pixel loss alone. Every stage re-seeds from
+(seed, stage, round) and restarts its optimiser, so a run resumed from its last checkpoint continues exactly as an
+uninterrupted one. Cancelling (closing the generator, or ``should_stop()`` returning True) stops between two steps;
+checkpoints are written atomically, so the last good one always survives.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_lidnet import __version__
+from napari_lidnet._training.config import TrainConfig
+from napari_lidnet._training.losses import (
+    detection_loss,
+    pixel_loss,
+    roi_perceptual_loss,
+    whole_image_perceptual_loss,
+)
+from napari_lidnet._training.patches import PatchBatch, PatchSampler
+from napari_lidnet._training.validate import evaluate_denoiser
+from napari_lidnet.models.denoisers import build_denoiser
+from napari_lidnet.models.detector import LesionDetector
+from napari_lidnet.models.device import pick_device
+from napari_lidnet.models.registry import load_model
+from napari_lidnet.models.weights import save_weights
+
+STATE_FILE = "state.json"
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (e.g. a NaN loss); the last good checkpoint is kept."""
+
+
+def split_samples(samples: list, val_fraction: float, seed: int, val_max: int) -> tuple[list, list]:
+    """Seeded split into training and validation slices (at least one of each when there are two or more)."""
+    order = np.random.default_rng(seed).permutation(len(samples))
+    n_val = min(val_max, int(round(len(samples) * val_fraction)))
+    if val_fraction > 0 and len(samples) >= 2:
+        n_val = max(1, n_val)
+    val = [samples[i] for i in order[:n_val]]
+    train = [samples[i] for i in order[n_val:]]
+    return train, val
+
+
+def selection_score(metrics: dict[str, float], mode: str) -> float:
+    """Validation score for keeping the best checkpoint: PSNR (dB), plus 20 x mean sensitivity in LIDnet modes
+    (one point of sensitivity is worth 0.2 dB)."""
+    score = metrics.get("psnr", -math.inf)
+    if mode != "pixel":
+        score += 20.0 * metrics.get("sensitivity", 0.0)
+    return float(score)
+
+
+class Trainer:
+    """Holds the models, data and checkpoint folder of one run; :meth:`run` is the progress generator."""
+
+    def __init__(
+        self, config: TrainConfig, samples: list | None = None, should_stop: Callable[[], bool] | None = None
+    ) -> None:
+        config.validate()
+        self.cfg = config
+        self.should_stop = should_stop or (lambda: False)
+        if samples is None:
+            if not config.data:
+                raise ValueError("no training data: give a dataset folder or samples")
+            from napari_lidnet.io.dataset import read_dataset
+
+            samples = read_dataset(config.data)
+        self.train_samples, self.val_samples = split_samples(
+            samples, config.val_fraction, config.seed, config.val_max_slices
+        )
+        if not self.train_samples:
+            raise ValueError("no training slices left after the validation split")
+        n_lesions = sum(len(s.boxes) for s in self.train_samples)
+        if config.mode != "pixel" and n_lesions == 0:
+            raise ValueError("LIDnet modes need lesion boxes in the training slices; none were found")
+        self.device, self.device_notice = pick_device(config.device)
+        self.out = Path(config.out).expanduser().resolve()
+        self.denoiser = self._init_denoiser()
+        self.detector = self._init_detector()
+        self.state: dict[str, Any] = {"done": [], "history": [], "best_score": None}
+        self._load_state()
+        self._t0 = time.monotonic()
+        self._steps_done_now = 0
+
+    # -- models and checkpoints ---------------------------------------------------------------------------
+    def _init_denoiser(self) -> torch.nn.Module:
+        if self.cfg.init_denoiser:
+            model, card = load_model(self.cfg.init_denoiser, kind="denoiser")
+            return model.to(self.device)
+        torch.manual_seed(self.cfg.seed)
+        return build_denoiser(self.cfg.denoiser, **self.cfg.denoiser_kwargs).to(self.device)
+
+    def _init_detector(self) -> torch.nn.Module:
+        if self.cfg.init_detector:
+            model, card = load_model(self.cfg.init_detector, kind="detector")
+            return model.to(self.device)
+        torch.manual_seed(self.cfg.seed + 1)
+        return LesionDetector(**self.cfg.detector_kwargs).to(self.device)
+
+    def _card(self, kind: str, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "kind": kind,
+            "training": {
+                "config": self.cfg.to_dict(),
+                "n_train_slices": len(self.train_samples),
+                "n_val_slices": len(self.val_samples),
+                "stages_done": list(self.state["done"]),
+                "package_version": __version__,
+            },
+            "metrics": metrics,
+        }
+
+    def _save(self, tag: str, metrics: dict[str, Any]) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_weights(self.denoiser, self.out / f"{tag}_denoiser", self._card("denoiser", metrics))
+        save_weights(self.detector, self.out / f"{tag}_detector", self._card("detector", metrics))
+
+    def _write_state(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = self.out / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1))
+        os.replace(tmp, self.out / STATE_FILE)
+
+    def _load_state(self) -> None:
+        path = self.out / STATE_FILE
+        if not path.exists():
+            return
+        state = json.loads(path.read_text())
+        if state.get("config", {}).get("mode") not in (None, self.cfg.mode):
+            raise ValueError(
+                f"{self.out} holds a run of another mode ({state['config']['mode']}); use a new folder"
+            )
+        self.state = state
+        if state["done"]:
+            from napari_lidnet.models.weights import load_weights
+
+            self.denoiser = load_weights(self.out / "last_denoiser")[0].to(self.device)
+            self.detector = load_weights(self.out / "last_detector")[0].to(self.device)
+
+    # -- the schedule ---------------------------------------------------------------------------------------
+    def stages(self) -> list[tuple[str, int]]:
+        """(name, steps) of every stage in order; names are unique so a resumed run skips finished ones."""
+        c = self.cfg
+        stages = []
+        if not c.init_denoiser and c.pretrain_denoiser_steps:
+            stages.append(("pretrain-denoiser", c.pretrain_denoiser_steps))
+        if not c.init_detector and c.pretrain_detector_steps:
+            stages.append(("pretrain-detector", c.pretrain_detector_steps))
+        for r in range(1, c.rounds + 1):
+            stages.append((f"round{r}-denoiser", c.denoiser_steps))
+            if c.mode != "pixel" and c.detector_steps:
+                stages.append((f"round{r}-detector", c.detector_steps))
+        return stages
+
+    def total_steps(self) -> int:
+        return sum(n for _, n in self.stages())
+
+    def run(self) -> Iterator[dict[str, Any]]:
+        """Run (or resume) the schedule, yielding one progress record per step and per validation."""
+        stages = self.stages()
+        total = self.total_steps()
+        done_steps = sum(n for name, n in stages if name in self.state["done"])
+        self.state["config"] = self.cfg.to_dict()
+        if self.device_notice:
+            yield {"stage": "setup", "message": self.device_notice, "step": done_steps, "total_steps": total}
+        if "validate-start" not in self.state["done"]:
+            metrics = self.validate()
+            self.state["start_metrics"] = metrics
+            self.state["done"].append("validate-start")
+            self._write_state()
+            yield {
+                "stage": "validate",
+                "after": "start",
+                "val": metrics,
+                "step": done_steps,
+                "total_steps": total,
+            }
+        for index, (name, n_steps) in enumerate(stages):
+            if name in self.state["done"]:
+                continue
+            for rec in self._run_stage(name, index, n_steps):
+                done_steps += 1
+                rec.update(step=done_steps, total_steps=total, eta_s=self._eta(total - done_steps))
+                yield rec
+                if self.should_stop():
+                    yield {
+                        "stage": "stopped",
+                        "step": done_steps,
+                        "total_steps": total,
+                        "message": f"stopped during {name}; the last checkpoint in {self.out} is kept",
+                    }
+                    return
+            self.state["done"].append(name)
+            if name.endswith("-detector") and name.startswith("round") and self.cfg.mode != "pixel":
+                continue  # validate once per round, after both networks moved
+            if name == "pretrain-denoiser" and "pretrain-detector" in dict(stages):
+                continue
+            yield self._end_of_stage(name, done_steps, total)
+        yield {
+            "stage": "finished",
+            "step": done_steps,
+            "total_steps": total,
+            "best": self.state.get("best_metrics"),
+            "start": self.state.get("start_metrics"),
+            "out": str(self.out),
+        }
+
+    def _end_of_stage(self, name: str, step: int, total: int) -> dict[str, Any]:
+        metrics = self.validate()
+        score = selection_score(metrics, self.cfg.mode)
+        best = self.state["best_score"]
+        self._save("last", metrics)
+        is_best = best is None or score > best
+        if is_best:
+            self._save("best", metrics)
+            self.state["best_score"] = score
+            self.state["best_metrics"] = metrics
+        self.state["history"].append({"after": name, "val": metrics, "score": score})
+        self._write_state()
+        return {
+            "stage": "validate",
+            "after": name,
+            "val": metrics,
+            "is_best": is_best,
+            "step": step,
+            "total_steps": total,
+        }
+
+    def _eta(self, remaining: int) -> float:
+        self._steps_done_now += 1
+        per_step = (time.monotonic() - self._t0) / self._steps_done_now
+        return per_step * remaining
+
+    def _seed(self, index: int) -> int:
+        return self.cfg.seed * 1000 + index
+
+    def _run_stage(self, name: str, index: int, n_steps: int) -> Iterator[dict[str, Any]]:
+        torch.manual_seed(self._seed(index))
+        sampler = PatchSampler(self.train_samples, self.cfg.patch_size, seed=self._seed(index))
+        if name.endswith("denoiser"):
+            joint = name.startswith("round") and self.cfg.mode != "pixel"
+            step_fn, model, lr = (self._denoiser_step, self.denoiser, self.cfg.lr)
+            kwargs = {"joint": joint}
+        elif name == "pretrain-detector":
+            step_fn, model, lr, kwargs = (
+                self._detector_step,
+                self.detector,
+                self.cfg.detector_lr,
+                {"pretrain": True},
+            )
+        else:
+            step_fn, model, lr, kwargs = (
+                self._detector_step,
+                self.detector,
+                self.cfg.detector_lr,
+                {"pretrain": False},
+            )
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(n_steps, 1), eta_min=lr * 0.1)
+        for step in range(1, n_steps + 1):
+            batch = sampler.batch(self.cfg.batch_size).to(self.device)
+            losses = step_fn(batch, opt, **kwargs)
+            sched.step()
+            bad = [k for k, v in losses.items() if not math.isfinite(v)]
+            if bad:
+                raise TrainingError(
+                    f"{', '.join(bad)} loss became {losses[bad[0]]} at {name} step {step}; the run stopped and "
+                    f"the last good checkpoint in {self.out} is kept"
+                )
+            yield {"stage": name, "stage_step": step, "stage_total": n_steps, "losses": losses}
+
+    def _denoiser_step(self, batch: PatchBatch, opt: torch.optim.Optimizer, joint: bool) -> dict[str, float]:
+        self.denoiser.train()
+        denoised = self.denoiser(batch.low)
+        l_pix = pixel_loss(denoised, batch.full, self.cfg.pixel_loss)
+        losses = {"pixel": l_pix}
+        total = l_pix
+        if joint:
+            self.detector.eval()
+            self.detector.requires_grad_(False)
+            mode = self.cfg.mode
+            if self.cfg.det_weight:
+                losses["detection"] = detection_loss(self.detector, denoised, batch.boxes)
+                total = total + self.cfg.det_weight * losses["detection"]
+            if mode == "lidnet" and self.cfg.roi_weight:
+                losses["roi_perceptual"] = roi_perceptual_loss(
+                    self.detector,
+                    denoised,
+                    batch.full,
+                    batch.boxes,
+                    self.cfg.roi_margin,
+                    tuple(self.cfg.roi_levels),
+                )
+                total = total + self.cfg.roi_weight * losses["roi_perceptual"]
+            elif mode == "lidnet-wholeperc" and self.cfg.roi_weight:
+                losses["whole_perceptual"] = whole_image_perceptual_loss(
+                    self.detector, denoised, batch.full, tuple(self.cfg.roi_levels)
+                )
+                total = total + self.cfg.roi_weight * losses["whole_perceptual"]
+            self.detector.requires_grad_(True)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(self.denoiser.parameters(), 1.0)
+        opt.step()
+        losses["total"] = total
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    def _detector_step(
+        self, batch: PatchBatch, opt: torch.optim.Optimizer, pretrain: bool
+    ) -> dict[str, float]:
+        if pretrain:
+            images = batch.full
+        else:
+            with torch.no_grad():
+                self.denoiser.eval()
+                images = self.denoiser(batch.low)
+            n_full = int(round(self.cfg.full_dose_fraction * len(images)))
+            if n_full:
+                images = torch.cat([batch.full[:n_full], images[n_full:]], 0)
+        self.detector.train()
+        loss = detection_loss(self.detector, images, batch.boxes)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.detector.parameters(), 5.0)
+        opt.step()
+        return {"detection": float(loss.detach())}
+
+    def validate(self) -> dict[str, float]:
+        """Validation metrics of the current denoiser and detector (on the denoised validation slices)."""
+        if not self.val_samples:
+            return {}
+        return evaluate_denoiser(self.denoiser, self.detector, self.val_samples, self.device)
+
+
+def train(
+    config: TrainConfig, samples: list | None = None, should_stop: Callable[[], bool] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Convenience generator: build a :class:`Trainer` and run it."""
+    yield from Trainer(config, samples, should_stop).run()

@@ -1,0 +1,385 @@
+"""DICOM CT series -> float32 HU volumes with geometry.
+
+Headers are read first (``stop_before_pixels``) to group files by SeriesInstanceUID and sort slices along the
+slice normal; pixels are decoded afterwards, one slice at a time, each with its own rescale slope/intercept.
+Non-DICOM files in a folder are skipped silently; unreadable DICOM files are reported.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .volume import CTVolume
+
+DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+#: tags copied from the source series onto exported (derived) series
+SOURCE_TAGS = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "PatientPosition",
+    "StudyInstanceUID",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "StudyDescription",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "FrameOfReferenceUID",
+    "PositionReferenceIndicator",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "InstitutionName",
+    "BodyPartExamined",
+    "KVP",
+    "XRayTubeCurrent",
+    "Exposure",
+    "ExposureTime",
+    "ConvolutionKernel",
+    "ReconstructionDiameter",
+)
+
+_SPACING_RTOL = 0.01  # relative tolerance on slice spacing before warning "uneven"
+_TILT_TOL = 1e-3  # tolerance on |cos| between stacking direction and slice normal
+
+
+@dataclass
+class SeriesInfo:
+    """One DICOM image series found under a path (for pickers)."""
+
+    uid: str
+    description: str
+    modality: str
+    n_slices: int
+    rows: int
+    cols: int
+
+    def label(self) -> str:
+        """Short human-readable line for a combo box."""
+        desc = self.description or "(no description)"
+        return f"{desc} [{self.modality}, {self.n_slices} x {self.rows} x {self.cols}] ...{self.uid[-8:]}"
+
+
+@dataclass
+class _Header:
+    path: Path
+    ds: Any  # pydicom Dataset without pixels
+
+
+@dataclass
+class DicomScan:
+    """Result of scanning a path: image headers grouped by series, and files skipped on the way."""
+
+    root: Path
+    series: dict[str, list[_Header]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _has_dicm_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _candidate_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def looks_like_dicom(path: str | Path) -> bool:
+    """Cheap test: DICM magic at byte 128 or a DICOM file suffix."""
+    path = Path(path)
+    return path.is_file() and (path.suffix.lower() in DICOM_SUFFIXES or _has_dicm_magic(path))
+
+
+def scan_dicom(path: str | Path) -> DicomScan:
+    """Read the headers of every DICOM image under ``path`` (file or folder, recursive), grouped by series.
+
+    Raises ValueError for unreadable DICOM files, a folder without DICOM images, or a missing path.
+    """
+    import pydicom
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    scan = DicomScan(root=path)
+    unreadable: list[str] = []
+    files = _candidate_files(path)
+    for f in files:
+        magic = _has_dicm_magic(f)
+        if not magic and f.suffix.lower() not in DICOM_SUFFIXES and path.is_dir():
+            continue  # not DICOM: skip silently (README, thumbnails, ...)
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, force=not magic)
+        except Exception as exc:  # pydicom raises many types on broken files
+            unreadable.append(f"{f}: {type(exc).__name__}: {exc}")
+            continue
+        sop_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+        if f.name.upper() == "DICOMDIR" or sop_class == DICOMDIR_SOP_CLASS:
+            scan.skipped.append(f"{f} (DICOMDIR)")
+            continue
+        if "Rows" not in ds or "Columns" not in ds:
+            if not magic and "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
+                unreadable.append(f"{f}: not a DICOM file (no DICOM header found)")
+            else:
+                scan.skipped.append(f"{f} (no image: {ds.get('Modality', '?')} {ds.get('SOPClassUID', '')})")
+            continue
+        uid = str(ds.get("SeriesInstanceUID", "") or f"no-series-uid:{f.parent}")
+        scan.series.setdefault(uid, []).append(_Header(f, ds))
+    if unreadable:
+        raise ValueError("unreadable DICOM file(s):\n  " + "\n  ".join(unreadable))
+    if not scan.series:
+        what = "file" if path.is_file() else "folder"
+        extra = f" (skipped: {'; '.join(scan.skipped)})" if scan.skipped else ""
+        if path.is_dir() and not files:
+            raise ValueError(f"{path}: folder is empty")
+        raise ValueError(f"{path}: {what} contains no DICOM image{extra}")
+    return scan
+
+
+def list_series(path: str | Path) -> list[SeriesInfo]:
+    """Image series under ``path`` (headers only), largest first."""
+    scan = scan_dicom(path)
+    infos = []
+    for uid, headers in scan.series.items():
+        ds = headers[0].ds
+        infos.append(
+            SeriesInfo(
+                uid=uid,
+                description=str(ds.get("SeriesDescription", "") or ""),
+                modality=str(ds.get("Modality", "") or ""),
+                n_slices=sum(_n_frames(h.ds) for h in headers),
+                rows=int(ds.Rows),
+                cols=int(ds.Columns),
+            )
+        )
+    return sorted(infos, key=lambda s: (-s.n_slices, s.description, s.uid))
+
+
+def read_dicom(path: str | Path, series_uid: str | None = None) -> list[CTVolume]:
+    """Read every image series (or only ``series_uid``) under a DICOM file or folder as CTVolumes."""
+    scan = scan_dicom(path)
+    uids = list(scan.series)
+    if series_uid is not None:
+        if series_uid not in scan.series:
+            found = ", ".join(uids)
+            raise ValueError(f"{path}: no series with SeriesInstanceUID {series_uid} (found: {found})")
+        uids = [series_uid]
+    vols = [read_series(scan.series[uid], source=Path(path)) for uid in uids]
+    return sorted(vols, key=lambda v: -int(np.prod(v.hu.shape)))
+
+
+def read_dicom_files(files: Sequence[str | Path]) -> list[CTVolume]:
+    """Read an explicit list of DICOM files, grouped by series."""
+    vols: list[CTVolume] = []
+    groups: dict[str, list[_Header]] = {}
+    for f in files:
+        for uid, headers in scan_dicom(f).series.items():
+            groups.setdefault(uid, []).extend(headers)
+    for headers in groups.values():
+        vols.append(read_series(headers, source=Path(files[0]).parent))
+    return vols
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def _n_frames(ds: Any) -> int:
+    try:
+        return max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _floats(value: Any, n: int) -> np.ndarray | None:
+    if value is None:
+        return None
+    try:
+        arr = np.asarray([float(v) for v in value], dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return arr if arr.size == n else None
+
+
+def _plain(value: Any) -> Any:
+    """pydicom value -> JSON-friendly Python value."""
+    from pydicom.multival import MultiValue
+
+    if isinstance(value, MultiValue | list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    return str(value)
+
+
+def _source_tags(ds: Any) -> dict[str, Any]:
+    tags = {}
+    for kw in SOURCE_TAGS:
+        if kw in ds and ds.get(kw) not in (None, ""):
+            tags[kw] = _plain(ds.get(kw))
+    return tags
+
+
+def _decode(header: _Header) -> np.ndarray:
+    """Decode one file's pixels (frames, rows, cols) as float32 HU using that file's own rescale."""
+    import pydicom
+
+    f = header.path
+    try:
+        ds = pydicom.dcmread(f, force=True)
+    except Exception as exc:
+        raise ValueError(f"{f}: unreadable DICOM file ({type(exc).__name__}: {exc})") from exc
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise ValueError(f"{f}: DICOM file has no PixelData element (header only, or truncated)")
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise ValueError(
+            f"{f}: {ds.get('PhotometricInterpretation', 'colour')} image with {ds.SamplesPerPixel} "
+            "samples per pixel is not a grayscale CT image"
+        )
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        raw = ds.pixel_array
+    except Exception as exc:
+        if tsyntax is not None and tsyntax.is_compressed:
+            raise ValueError(
+                f"{f}: cannot decode pixel data in transfer syntax '{tsyntax.name}' ({tsyntax}); "
+                f"no installed decoder handles it ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            ) from exc
+        raise ValueError(f"{f}: pixel data cannot be read, the file may be truncated ({exc})") from exc
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    hu = raw.astype(np.float64) * slope + intercept
+    if _n_frames(ds) == 1 or hu.ndim == 2:
+        hu = hu.reshape((-1, *hu.shape[-2:]))
+    return hu.astype(np.float32)
+
+
+def _warn(msgs: list[str], msg: str) -> None:
+    msgs.append(msg)
+    warnings.warn(msg, UserWarning, stacklevel=3)
+
+
+def read_series(headers: Iterable[_Header], source: Path | None = None) -> CTVolume:
+    """Sort the headers of one series along the slice normal and decode them into a CTVolume."""
+    headers = list(headers)
+    ds0 = headers[0].ds
+    uid = str(ds0.get("SeriesInstanceUID", ""))
+    desc = str(ds0.get("SeriesDescription", "") or "")
+    label = f"series {desc!r} ({uid})" if desc else f"series {uid}"
+    notes: list[str] = []
+
+    sizes = {(int(h.ds.Rows), int(h.ds.Columns)) for h in headers}
+    if len(sizes) > 1:
+        parts = []
+        for r, c in sorted(sizes):
+            names = [h.path.name for h in headers if (int(h.ds.Rows), int(h.ds.Columns)) == (r, c)]
+            parts.append(f"{r}x{c}: {', '.join(names[:3])}{'...' if len(names) > 3 else ''}")
+        detail = "; ".join(parts)
+        raise ValueError(f"{label} mixes image sizes (rows x cols) and cannot be stacked: {detail}")
+
+    modality = str(ds0.get("Modality", "") or "")
+    if modality != "CT":
+        shown = modality or "missing"
+        _warn(notes, f"{label}: modality is {shown!r}, not 'CT'; HU values may not be meaningful")
+
+    iop = _floats(ds0.get("ImageOrientationPatient"), 6)
+    if iop is not None:
+        for h in headers[1:]:
+            other = _floats(h.ds.get("ImageOrientationPatient"), 6)
+            if other is None or not np.allclose(other, iop, atol=1e-4):
+                raise ValueError(f"{label} mixes slice orientations ({h.path.name}); cannot stack one volume")
+    row_cos = iop[:3] if iop is not None else np.array([1.0, 0.0, 0.0])
+    col_cos = iop[3:] if iop is not None else np.array([0.0, 1.0, 0.0])
+    normal = np.cross(row_cos, col_cos)
+
+    positions = [_floats(h.ds.get("ImagePositionPatient"), 3) for h in headers]
+    have_pos = iop is not None and all(p is not None for p in positions)
+    if have_pos:
+        proj = np.array([float(np.dot(p, normal)) for p in positions])
+        order = np.argsort(proj, kind="stable")
+    else:
+        if len(headers) > 1:
+            _warn(notes, f"{label}: slices lack ImagePositionPatient/Orientation; sorted by InstanceNumber")
+        order = np.argsort([int(h.ds.get("InstanceNumber", 0) or 0) for h in headers], kind="stable")
+    headers = [headers[i] for i in order]
+
+    ps = _floats(ds0.get("PixelSpacing"), 2)
+    if ps is None:
+        _warn(notes, f"{label}: no PixelSpacing; assuming 1 mm pixels")
+        ps = np.array([1.0, 1.0])
+    thickness = float(ds0.get("SliceThickness", 0) or 0) or None
+
+    stack_dir = normal
+    dz = None
+    if have_pos and len(headers) > 1:
+        pos = np.array([positions[i] for i in order])
+        steps = np.diff(pos, axis=0)
+        dists = np.linalg.norm(steps, axis=1)
+        if np.any(dists < 1e-4):
+            dup = [headers[i + 1].path.name for i in np.flatnonzero(dists < 1e-4)]
+            raise ValueError(f"{label} has several slices at the same position ({', '.join(dup[:5])})")
+        dz = float(np.median(dists))
+        if np.max(np.abs(dists - dz)) > _SPACING_RTOL * dz + 1e-3:
+            _warn(
+                notes,
+                f"{label}: uneven slice spacing ({dists.min():.3f} to {dists.max():.3f} mm, "
+                f"median {dz:.3f} mm); the volume uses the median",
+            )
+        total = pos[-1] - pos[0]
+        stack_dir = total / np.linalg.norm(total)
+        if abs(float(np.dot(stack_dir, normal))) < 1 - _TILT_TOL:
+            angle = float(np.degrees(np.arccos(min(1.0, abs(float(np.dot(stack_dir, normal)))))))
+            _warn(notes, f"{label}: gantry tilt of {angle:.2f} deg (slices not stacked along their normal)")
+        else:
+            stack_dir = normal
+    tilt_tag = float(ds0.get("GantryDetectorTilt", 0) or 0)
+    if tilt_tag != 0 and not any("gantry tilt" in n for n in notes):
+        _warn(notes, f"{label}: GantryDetectorTilt is {tilt_tag} deg")
+    if dz is None:
+        sbs = float(ds0.get("SpacingBetweenSlices", 0) or 0)
+        dz = sbs or thickness or 1.0
+
+    frames = [_decode(h) for h in headers]
+    hu = np.concatenate(frames, axis=0)
+    if hu.shape[0] > len(headers) and len(headers) > 1:
+        raise ValueError(f"{label} mixes multi-frame files with other files; read them one at a time")
+
+    direction = np.stack([row_cos, col_cos, stack_dir], axis=1)
+    first = positions[order[0]] if have_pos else None
+    files = [str(h.path) for h in headers]
+    metadata: dict[str, Any] = {
+        "format": "dicom",
+        "source": str(source if source is not None else headers[0].path),
+        "series_uid": uid,
+        "series_description": desc,
+        "modality": modality,
+        "files": files,
+        "source_tags": _source_tags(ds0),
+        "warnings": notes,
+        "slice_thickness": thickness,
+        "image_position_patient": None if first is None else [float(v) for v in first],
+    }
+    name = desc or f"CT {uid[-8:]}"
+    if hu.shape[0] == 1:
+        origin2 = (float(first[1]), float(first[0])) if first is not None else None
+        return CTVolume(hu[0], (float(ps[0]), float(ps[1])), origin2, direction, name=name, metadata=metadata)
+    origin = (float(first[2]), float(first[1]), float(first[0])) if first is not None else None
+    return CTVolume(hu, (dz, float(ps[0]), float(ps[1])), origin, direction, name=name, metadata=metadata)

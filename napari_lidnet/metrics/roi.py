@@ -1,0 +1,405 @@
+"""Image quality inside regions of interest: exact masks, statistics, SNR/CNR and reference comparisons.
+
+Pure numpy/skimage (no Qt, no torch). Vertices are pixel coordinates (row, col) of the image they refer to;
+pixel ``i`` has its centre at ``i`` (napari's convention), and a pixel belongs to a region when its centre does.
+
+Choices (also in the docstrings below):
+
+- SD is the sample standard deviation (``ddof=1``); SNR = mean / SD.
+- CNR = |mean_roi - mean_bg| / SD_bg, with the background region measured on the same image.
+- RMSE, PSNR and SSIM against a reference are computed on images clipped to a display window (default soft
+  tissue, -160..240 HU) with ``data_range`` = window width; with ``window=None`` nothing is clipped and
+  ``data_range`` = max - min of the reference slice.
+- SSIM uses ``skimage.metrics.structural_similarity`` (7x7 uniform window) on the region's bounding-box crop;
+  the SSIM map is averaged over the region's pixels that lie at least 3 pixels inside the crop (skimage's own
+  border rule), so on a rectangle the value equals skimage's mean SSIM on the cropped arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from skimage.draw import polygon as draw_polygon
+from skimage.metrics import structural_similarity
+
+from napari_lidnet.io.windowing import contrast_limits
+
+#: shape types that enclose an area; napari's "line" and "path" do not
+AREA_SHAPES = ("rectangle", "ellipse", "polygon")
+SSIM_WIN = 7
+DEFAULT_WINDOW: tuple[float, float] = contrast_limits("soft tissue")  # (-160, 240)
+
+#: keys of a row of ``compare_regions``, in table order
+ROW_KEYS = (
+    "region",
+    "image",
+    "slice",
+    "mean",
+    "sd",
+    "n",
+    "snr",
+    "cnr",
+    "rmse",
+    "psnr",
+    "ssim",
+    "roi_perceptual",
+    "note",
+)
+
+PerceptualFn = Callable[[np.ndarray, np.ndarray, tuple[float, float, float, float]], float]
+
+
+@dataclass
+class Placement:
+    """Where a region lies on one image: slice index (None for a 2D image) and (n, 2) pixel (row, col)."""
+
+    slice_index: int | None
+    vertices: np.ndarray
+
+
+@dataclass
+class Region:
+    """A region of interest.
+
+    Attributes:
+        name: label shown in tables.
+        shape_type: "rectangle", "ellipse" or "polygon" (napari names).
+        vertices: (n, 2) pixel (row, col) on the grid of ``image_shape``; for a rectangle or ellipse, the 4
+            corners of its (possibly rotated) bounding box, as napari stores them.
+        slice_index: slice of a 3D image the region lies on; None for 2D.
+        image_shape: shape of the image the vertices refer to; an image of another shape gets a note.
+        placements: per-image overrides (image name -> Placement), for images on other pixel grids
+            (the widget maps shapes through world coordinates into each image).
+        note: text carried into every row of this region.
+    """
+
+    name: str
+    shape_type: str
+    vertices: np.ndarray
+    slice_index: int | None = None
+    image_shape: tuple[int, ...] | None = None
+    placements: dict[str, Placement] = field(default_factory=dict)
+    note: str = ""
+
+    def placement(self, image_name: str) -> Placement:
+        return self.placements.get(image_name, Placement(self.slice_index, np.asarray(self.vertices, float)))
+
+
+# ----------------------------------------------------------------------------------------------------- masks
+
+
+def _pixel_grid(image_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    return np.mgrid[0 : image_shape[0], 0 : image_shape[1]].astype(np.float64)
+
+
+def _is_axis_aligned(v: np.ndarray) -> bool:
+    rows, cols = np.unique(np.round(v[:, 0], 6)), np.unique(np.round(v[:, 1], 6))
+    return len(rows) <= 2 and len(cols) <= 2
+
+
+def shape_mask(shape_type: str, vertices: np.ndarray, image_shape: Sequence[int]) -> np.ndarray:
+    """Boolean mask of the pixels whose centres lie inside a shape.
+
+    Args:
+        shape_type: "rectangle" (4 corners; axis-aligned ones cover rows ``r0 <= r < r1`` and columns
+            ``c0 <= c < c1``, so integer corners give exactly (r1 - r0) x (c1 - c0) pixels, like the boxes'
+            exclusive x2/y2 edges), "ellipse" (4 corners of its bounding box, possibly rotated; closed test
+            ``|u| <= 1``) or "polygon" (``skimage.draw.polygon`` on pixel centres).
+        vertices: (n, 2) pixel (row, col).
+        image_shape: (rows, cols) of the mask (extra leading dimensions are ignored).
+
+    Raises:
+        ValueError: an unknown shape type or too few vertices.
+    """
+    shape2 = (int(image_shape[-2]), int(image_shape[-1]))
+    v = np.asarray(vertices, dtype=np.float64).reshape(-1, 2)
+    if shape_type not in AREA_SHAPES:
+        raise ValueError(f"shape type {shape_type!r} encloses no area (use one of {AREA_SHAPES})")
+    if shape_type == "polygon":
+        if len(v) < 3:
+            raise ValueError(f"polygon needs at least 3 vertices, got {len(v)}")
+        mask = np.zeros(shape2, dtype=bool)
+        rr, cc = draw_polygon(v[:, 0], v[:, 1], shape=shape2)
+        mask[rr, cc] = True
+        return mask
+    if len(v) != 4:
+        raise ValueError(f"{shape_type} needs the 4 corners of its bounding box, got {len(v)} vertices")
+    rr, cc = _pixel_grid(shape2)
+    if shape_type == "rectangle":
+        if _is_axis_aligned(v):
+            (r0, c0), (r1, c1) = v.min(axis=0), v.max(axis=0)
+            return (rr >= r0) & (rr < r1) & (cc >= c0) & (cc < c1)
+        edges = np.stack([v[1] - v[0], v[3] - v[0]], axis=1)  # columns: edge vectors
+        u = _solve(edges, rr - v[0, 0], cc - v[0, 1])
+        return (u[0] >= 0) & (u[0] < 1) & (u[1] >= 0) & (u[1] < 1)
+    centre = v.mean(axis=0)
+    axes = np.stack([(v[1] - v[0]) / 2, (v[3] - v[0]) / 2], axis=1)  # semi-axis vectors
+    u = _solve(axes, rr - centre[0], cc - centre[1])
+    return u[0] ** 2 + u[1] ** 2 <= 1.0
+
+
+def _solve(m: np.ndarray, dr: np.ndarray, dc: np.ndarray) -> np.ndarray:
+    """Coordinates of (dr, dc) in the basis of the columns of ``m``; degenerate bases give nothing inside."""
+    if abs(np.linalg.det(m)) < 1e-12:
+        return np.full((2, *dr.shape), np.inf)
+    inv = np.linalg.inv(m)
+    return np.stack([inv[0, 0] * dr + inv[0, 1] * dc, inv[1, 0] * dr + inv[1, 1] * dc])
+
+
+def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(r0, c0, r1, c1) bounding box of a mask, exclusive r1/c1; None when empty."""
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if len(rows) == 0:
+        return None
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+
+def region_stats(image: np.ndarray, mask: np.ndarray) -> tuple[float, float, int]:
+    """(mean, SD, n) of the pixels in ``mask``; SD is the sample SD (ddof=1), NaN for fewer than 2 pixels."""
+    vals = np.asarray(image, dtype=np.float64)[mask]
+    n = int(vals.size)
+    mean = float(vals.mean()) if n else math.nan
+    sd = float(vals.std(ddof=1)) if n > 1 else math.nan
+    return mean, sd, n
+
+
+def snr(mean: float, sd: float) -> float:
+    """SNR = mean / SD (NaN when SD is 0 or NaN)."""
+    return mean / sd if sd and np.isfinite(sd) else math.nan
+
+
+def cnr(mean_roi: float, mean_bg: float, sd_bg: float) -> float:
+    """CNR = |mean_roi - mean_bg| / SD_bg (noise of the background region; NaN when SD_bg is 0 or NaN)."""
+    return abs(mean_roi - mean_bg) / sd_bg if sd_bg and np.isfinite(sd_bg) else math.nan
+
+
+def _window(
+    x: np.ndarray, ref: np.ndarray, window: tuple[float, float] | None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    x = np.asarray(x, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if window is None:
+        return x, ref, float(ref.max() - ref.min())
+    lo, hi = window
+    return np.clip(x, lo, hi), np.clip(ref, lo, hi), float(hi - lo)
+
+
+def region_rmse_psnr(
+    image: np.ndarray,
+    reference: np.ndarray,
+    mask: np.ndarray,
+    window: tuple[float, float] | None = DEFAULT_WINDOW,
+) -> tuple[float, float]:
+    """(RMSE in HU, PSNR in dB) over the mask, both on window-clipped images; data_range = window width.
+
+    ``window=None``: no clipping, data_range = max - min of the whole reference slice.
+    PSNR = 10 log10(data_range^2 / MSE); identical regions give RMSE 0 and PSNR inf.
+    """
+    x, ref, data_range = _window(image, reference, window)
+    mse = float(np.mean((x[mask] - ref[mask]) ** 2)) if mask.any() else math.nan
+    if not np.isfinite(mse):
+        return math.nan, math.nan
+    psnr = math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse) if data_range > 0 else math.nan
+    return math.sqrt(mse), psnr
+
+
+def region_ssim(
+    image: np.ndarray,
+    reference: np.ndarray,
+    mask: np.ndarray,
+    window: tuple[float, float] | None = DEFAULT_WINDOW,
+) -> float:
+    """SSIM inside a region: skimage SSIM map on the bounding-box crop, averaged over the mask's pixels that
+    lie at least ``(7 - 1) // 2`` pixels inside the crop (skimage's border rule).
+
+    Windowing and data_range as in :func:`region_rmse_psnr`. On a rectangle this equals
+    ``structural_similarity(crop_x, crop_ref, data_range=...)``. Raises ValueError when the region's bounding box
+    is smaller than the 7x7 SSIM window.
+    """
+    box = mask_bbox(mask)
+    if box is None:
+        raise ValueError("empty region")
+    r0, c0, r1, c1 = box
+    if r1 - r0 < SSIM_WIN or c1 - c0 < SSIM_WIN:
+        raise ValueError(f"region {r1 - r0}x{c1 - c0} px is smaller than the {SSIM_WIN}x{SSIM_WIN} SSIM window")
+    x, ref, data_range = _window(image[r0:r1, c0:c1], reference[r0:r1, c0:c1], window)
+    _, smap = structural_similarity(x, ref, data_range=data_range, win_size=SSIM_WIN, full=True)
+    pad = (SSIM_WIN - 1) // 2
+    inner = np.zeros_like(smap, dtype=bool)
+    inner[pad : smap.shape[0] - pad, pad : smap.shape[1] - pad] = True
+    sel = mask[r0:r1, c0:c1] & inner
+    if not sel.any():
+        raise ValueError("region has no pixels away from the SSIM window border")
+    return float(smap[sel].mean(dtype=np.float64))
+
+
+def line_profile(plane: np.ndarray, mask: np.ndarray, margin: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Horizontal profile through the centre row of a region's bounding box.
+
+    Returns (columns, values) over the bounding box widened by ``margin`` x its width on each side (clipped to
+    the image). Empty arrays when the mask is empty.
+    """
+    box = mask_bbox(mask)
+    if box is None:
+        return np.zeros(0), np.zeros(0)
+    r0, c0, r1, c1 = box
+    row = (r0 + r1 - 1) // 2
+    extra = int(round(margin * (c1 - c0)))
+    lo, hi = max(0, c0 - extra), min(plane.shape[-1], c1 + extra)
+    cols = np.arange(lo, hi)
+    return cols, np.asarray(plane[row, lo:hi], dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------------------------- comparisons
+
+
+def region_plane(
+    image: Any, region: Region, image_name: str
+) -> tuple[np.ndarray | None, np.ndarray | None, int | None, str]:
+    """The 2D plane and mask of ``region`` on one image: (plane, mask, slice, note); None/None with a note when
+    the region cannot be placed (other image shape, slice out of range, empty or outside the image)."""
+    if region.shape_type not in AREA_SHAPES:
+        return None, None, None, f"{region.shape_type} encloses no area; ignored"
+    shape = tuple(int(s) for s in image.shape)
+    if len(shape) not in (2, 3):
+        return None, None, None, f"image of shape {shape} is not 2D or 3D"
+    if image_name not in region.placements and region.image_shape is not None:
+        if tuple(region.image_shape) != shape:
+            return None, None, None, f"image shape {shape} differs from the region's image {region.image_shape}"
+    place = region.placement(image_name)
+    sl = None
+    if len(shape) == 3:
+        if place.slice_index is None:
+            return None, None, None, "3D image but the region has no slice"
+        sl = int(place.slice_index)
+        if not 0 <= sl < shape[0]:
+            return None, None, sl, f"slice {sl} outside the image (0..{shape[0] - 1})"
+        plane = np.asarray(image[sl], dtype=np.float32)
+    else:
+        plane = np.asarray(image, dtype=np.float32)
+    try:
+        mask = shape_mask(region.shape_type, place.vertices, plane.shape)
+    except ValueError as exc:
+        return None, None, sl, str(exc)
+    if not mask.any():
+        return None, None, sl, "region is empty or outside the image"
+    return plane, mask, sl, ""
+
+
+def _same_place(a: Placement, b: Placement) -> bool:
+    return a.slice_index == b.slice_index and a.vertices.shape == b.vertices.shape and np.allclose(
+        a.vertices, b.vertices, atol=0.5
+    )
+
+
+def _empty_row(region: Region, image_name: str) -> dict[str, Any]:
+    row: dict[str, Any] = {k: math.nan for k in ROW_KEYS}
+    row.update(region=region.name, image=image_name, slice=None, n=0, note="")
+    return row
+
+
+def compare_regions(
+    images: dict[str, Any],
+    regions: list[Region],
+    reference: str | None = None,
+    background: int | None = None,
+    window: tuple[float, float] | None = DEFAULT_WINDOW,
+    perceptual: PerceptualFn | None = None,
+) -> list[dict[str, Any]]:
+    """One row per region x image with mean, SD, n, SNR, CNR and, against ``reference``, RMSE, PSNR, SSIM and
+    the ROI perceptual distance (``perceptual(plane, ref_plane, (x1, y1, x2, y2)) -> float``).
+
+    Never raises for user errors: a region that is empty, outside the image or on an image of another shape, an
+    image that does not match the reference, a missing background region, a region too small for SSIM all give
+    NaN values and a clear text in the row's ``note``. ``background`` indexes ``regions``; CNR uses that region
+    on the same image. See the module docstring for the formulas and windows.
+    """
+    rows: list[dict[str, Any]] = []
+    if reference is not None and reference not in images:
+        ref_note = f"reference {reference!r} is not among the images"
+        reference = None
+    else:
+        ref_note = ""
+    bg_region = None
+    bg_note = "CNR: no background region chosen"
+    if background is not None:
+        if 0 <= background < len(regions) and regions[background].shape_type in AREA_SHAPES:
+            bg_region, bg_note = regions[background], ""
+        else:
+            bg_note = f"CNR: background region {background} does not exist or has no area"
+    for ri, region in enumerate(regions):
+        for name, image in images.items():
+            row = _empty_row(region, name)
+            notes = [region.note] if region.note else []
+            try:
+                _fill_row(row, notes, ri, region, name, image, images, reference, bg_region, background,
+                          window, perceptual)  # fmt: skip
+            except Exception as exc:  # never raise for a row: report it
+                notes.append(f"error: {exc}")
+            if ref_note:
+                notes.append(ref_note)
+            if bg_note and row["n"]:
+                notes.append(bg_note)
+            row["note"] = "; ".join(n for n in notes if n)
+            rows.append(row)
+    return rows
+
+
+def _fill_row(
+    row: dict[str, Any],
+    notes: list[str],
+    ri: int,
+    region: Region,
+    name: str,
+    image: Any,
+    images: dict[str, Any],
+    reference: str | None,
+    bg_region: Region | None,
+    background: int | None,
+    window: tuple[float, float] | None,
+    perceptual: PerceptualFn | None,
+) -> None:
+    plane, mask, sl, note = region_plane(image, region, name)
+    row["slice"] = sl
+    if plane is None:
+        notes.append(note)
+        return
+    row["mean"], row["sd"], row["n"] = region_stats(plane, mask)
+    row["snr"] = snr(row["mean"], row["sd"])
+    if bg_region is not None:
+        if ri == background:
+            notes.append("background region")
+        bplane, bmask, _, bnote = region_plane(image, bg_region, name)
+        if bplane is None:
+            notes.append(f"CNR: background region: {bnote}")
+        else:
+            bmean, bsd, _ = region_stats(bplane, bmask)
+            row["cnr"] = cnr(row["mean"], bmean, bsd)
+    if reference is None:
+        return
+    ref_img = images[reference]
+    if tuple(ref_img.shape) != tuple(image.shape):
+        notes.append(f"shape {tuple(image.shape)} differs from reference {tuple(ref_img.shape)}: no comparison")
+        return
+    if not _same_place(region.placement(name), region.placement(reference)):
+        notes.append("image and reference lie on different grids (scale/translate): no comparison")
+        return
+    ref_plane = np.asarray(ref_img[sl] if sl is not None else ref_img, dtype=np.float32)
+    row["rmse"], row["psnr"] = region_rmse_psnr(plane, ref_plane, mask, window)
+    try:
+        row["ssim"] = region_ssim(plane, ref_plane, mask, window)
+    except ValueError as exc:
+        notes.append(f"SSIM: {exc}")
+    if perceptual is not None:
+        r0, c0, r1, c1 = mask_bbox(mask)
+        try:
+            row["roi_perceptual"] = float(perceptual(plane, ref_plane, (c0, r0, c1, r1)))
+        except Exception as exc:  # a model failure becomes a note
+            notes.append(f"ROI perceptual: {exc}")

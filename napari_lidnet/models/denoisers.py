@@ -1,0 +1,141 @@
+"""Denoisers: RED-CNN (Chen et al. 2017), DnCNN (Zhang et al. 2017) and a fast CPU default ("fastdn").
+
+Every denoiser maps (B, 1, H, W) network-scale images (HU / 1000, ``models.normalize``) to the same shape, for any
+H and W, and stores its constructor arguments in ``self.config`` so a weights card can rebuild it
+(``build_denoiser(card["arch"], **card["config"])``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["DENOISERS", "DnCNN", "FastDenoiser", "REDCNN", "build_denoiser"]
+
+
+class REDCNN(nn.Module):
+    """RED-CNN as published (Chen et al., IEEE TMI 36(12), 2017).
+
+    Ten layers: five 5x5 valid convolutions (``width`` filters, stride 1, no padding) and five 5x5 transposed
+    convolutions that restore the size, ReLU after every layer, and three residual shortcuts added before the
+    ReLU: input -> output (deconv5), conv2 output -> deconv3 output, conv4 output -> deconv1 output.
+
+    The paper's final ReLU assumes non-negative images. In network scale (HU / 1000) air is -1, so the final ReLU
+    is applied in a frame shifted to the CT minimum: ``relu(y - floor) + floor`` with ``floor = -1.024``
+    (-1024 HU); ``floor=None`` drops it. Inputs smaller than 21 pixels are replicate-padded and cropped back.
+    """
+
+    arch = "redcnn"
+
+    def __init__(self, width: int = 96, kernel_size: int = 5, floor: float | None = -1.024) -> None:
+        super().__init__()
+        self.config = {"width": width, "kernel_size": kernel_size, "floor": floor}
+        k = kernel_size
+        self.conv = nn.ModuleList([nn.Conv2d(1 if i == 0 else width, width, k) for i in range(5)])
+        self.deconv = nn.ModuleList([nn.ConvTranspose2d(width, 1 if i == 4 else width, k) for i in range(5)])
+        self.floor = floor
+        self.shrink = 5 * (k - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        pad_h, pad_w = max(0, self.shrink + 1 - h), max(0, self.shrink + 1 - w)
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        res1 = x
+        out = F.relu(self.conv[0](x))
+        out = F.relu(self.conv[1](out))
+        res2 = out
+        out = F.relu(self.conv[2](out))
+        out = F.relu(self.conv[3](out))
+        res3 = out
+        out = F.relu(self.conv[4](out))
+        out = F.relu(self.deconv[0](out) + res3)
+        out = F.relu(self.deconv[1](out))
+        out = F.relu(self.deconv[2](out) + res2)
+        out = F.relu(self.deconv[3](out))
+        out = self.deconv[4](out) + res1
+        if self.floor is not None:
+            out = F.relu(out - self.floor) + self.floor
+        return out[..., :h, :w]
+
+
+class DnCNN(nn.Module):
+    """DnCNN (Zhang et al., IEEE TIP 26(7), 2017): predicts the noise and subtracts it (residual learning).
+
+    ``depth`` 3x3 convolutions of ``width`` channels with zero padding: conv+ReLU, (depth-2) x conv+BN+ReLU, conv.
+    """
+
+    arch = "dncnn"
+
+    def __init__(self, depth: int = 17, width: int = 64, batch_norm: bool = True) -> None:
+        super().__init__()
+        if depth < 3:
+            raise ValueError(f"DnCNN depth must be >= 3, got {depth}")
+        self.config = {"depth": depth, "width": width, "batch_norm": batch_norm}
+        layers: list[nn.Module] = [nn.Conv2d(1, width, 3, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(depth - 2):
+            layers.append(nn.Conv2d(width, width, 3, padding=1, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(width))
+            layers.append(nn.ReLU(inplace=True))
+        layers.append(nn.Conv2d(width, 1, 3, padding=1))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.body(x)
+
+
+def _conv_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.LeakyReLU(0.1, inplace=True))
+
+
+class FastDenoiser(nn.Module):
+    """Fast CPU denoiser ("fastdn"): a two-level U-Net at low resolution, residual to the input.
+
+    pixel-unshuffle by ``factor`` (a 512x512 slice becomes factor^2 channels of 512/factor) -> conv to ``width`` ->
+    ``blocks`` 3x3 conv blocks -> stride-2 conv to 2*width -> ``blocks`` blocks at quarter area -> pixel-shuffle
+    up, added to the skip -> ``blocks`` blocks -> conv to factor^2 channels -> pixel-shuffle back; the result is a
+    noise estimate subtracted from the input. The last conv starts at zero, so an untrained model is the identity.
+    Inputs are replicate-padded to a multiple of 2*factor and cropped back.
+    """
+
+    arch = "fastdn"
+
+    def __init__(self, width: int = 48, factor: int = 4, blocks: int = 2) -> None:
+        super().__init__()
+        self.config = {"width": width, "factor": factor, "blocks": blocks}
+        self.factor = factor
+        c_in = factor * factor
+        self.head = _conv_block(c_in, width)
+        self.enc = nn.Sequential(*[_conv_block(width, width) for _ in range(blocks)])
+        self.down = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.LeakyReLU(0.1, True))
+        self.mid = nn.Sequential(*[_conv_block(2 * width, 2 * width) for _ in range(blocks)])
+        self.up = nn.Sequential(nn.Conv2d(2 * width, 4 * width, 1), nn.PixelShuffle(2))
+        self.dec = nn.Sequential(*[_conv_block(width, width) for _ in range(blocks)])
+        self.tail = nn.Conv2d(width, c_in, 3, padding=1)
+        nn.init.zeros_(self.tail.weight)
+        nn.init.zeros_(self.tail.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        m = 2 * self.factor
+        pad_h, pad_w = (-h) % m, (-w) % m
+        xp = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if (pad_h or pad_w) else x
+        z = F.pixel_unshuffle(xp, self.factor)
+        skip = self.enc(self.head(z))
+        y = self.up(self.mid(self.down(skip))) + skip
+        noise = F.pixel_shuffle(self.tail(self.dec(y)), self.factor)
+        return x - noise[..., :h, :w]
+
+
+DENOISERS: dict[str, type[nn.Module]] = {"redcnn": REDCNN, "dncnn": DnCNN, "fastdn": FastDenoiser}
+
+
+def build_denoiser(arch: str, **kwargs) -> nn.Module:
+    """Build the denoiser registered as ``arch`` with its constructor keyword arguments."""
+    try:
+        cls = DENOISERS[arch]
+    except KeyError:
+        raise ValueError(f"unknown denoiser architecture {arch!r}; known: {sorted(DENOISERS)}") from None
+    return cls(**kwargs)

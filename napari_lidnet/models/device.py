@@ -1,0 +1,38 @@
+"""The one device chooser: CUDA, then Apple MPS, then CPU, with a user override."""
+
+from __future__ import annotations
+
+import torch
+
+
+def pick_device(preference: str = "auto") -> tuple[torch.device, str]:
+    """Resolve ``"auto" | "cpu" | "cuda" | "cuda:N" | "mps"`` to a device and a notice (empty if as asked)."""
+    pref = (preference or "auto").lower()
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if pref == "auto":
+        if cuda:
+            return torch.device("cuda"), ""
+        if mps:
+            return torch.device("mps"), ""
+        return torch.device("cpu"), "no GPU found: running on the CPU"
+    if pref.startswith("cuda") and not cuda:
+        return torch.device(
+            "cpu"
+        ), f"{preference} requested but CUDA is not available: falling back to the CPU"
+    if pref == "mps" and not mps:
+        return torch.device("cpu"), "mps requested but Apple MPS is not available: falling back to the CPU"
+    try:
+        return torch.device(pref), ""
+    except RuntimeError:
+        raise ValueError(f"unknown device {preference!r}; use auto, cpu, cuda, cuda:N or mps") from None
+
+
+def device_choices() -> list[str]:
+    """Device names to offer in a picker, best first."""
+    names = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        names[1:1] = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        names.insert(1, "mps")
+    return names
