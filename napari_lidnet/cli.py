@@ -7,8 +7,10 @@ one clear line on stderr and exits with status 2; nothing is written.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -21,6 +23,134 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         args.out, n=args.n, dose=args.dose, seed=args.seed, kind=args.kind, size=args.size, progress=progress
     )
     print(f"\nwrote {args.n} slice pairs at dose {args.dose:g} to {out}", file=sys.stderr)
+    return 0
+
+
+def _open_single(path: str):
+    from napari_lidnet.io.open_ct import open_ct
+
+    volumes = open_ct(path)
+    if len(volumes) > 1:
+        names = ", ".join(v.name for v in volumes)
+        print(f"{path} holds {len(volumes)} series ({names}); using the first", file=sys.stderr)
+    return volumes[0]
+
+
+def _print_progress(done: int, total: int) -> None:
+    print(f"\r{done}/{total} slices", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from napari_lidnet._training.config import TrainConfig
+    from napari_lidnet._training.report import format_record
+    from napari_lidnet._training.trainer import Trainer
+
+    cfg = TrainConfig(
+        out=args.out,
+        data=args.data,
+        mode=args.mode,
+        denoiser=args.denoiser,
+        init_denoiser=args.init_denoiser,
+        init_detector=args.init_detector,
+        pretrain_denoiser_steps=args.pretrain_denoiser_steps,
+        pretrain_detector_steps=args.pretrain_detector_steps,
+        rounds=args.rounds,
+        denoiser_steps=args.denoiser_steps,
+        detector_steps=args.detector_steps,
+        batch_size=args.batch_size,
+        patch_size=args.patch_size,
+        lr=args.lr,
+        det_weight=args.det_weight,
+        roi_weight=args.roi_weight,
+        seed=args.seed,
+        device=args.device,
+    )
+    if args.denoiser_width:
+        cfg.denoiser_kwargs["width"] = args.denoiser_width
+    trainer = Trainer(cfg)
+    try:
+        for rec in trainer.run():
+            line = format_record(rec)
+            if line:
+                print(line, file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the last checkpoint in {trainer.out} is kept; run again to resume", file=sys.stderr)
+        return 130
+    if args.export:
+        from napari_lidnet._training.export import export_run
+
+        for path in export_run(trainer.out, args.export, command=" ".join(sys.argv)):
+            print(f"exported {path}", file=sys.stderr)
+    return 0
+
+
+def _load(name: str | None, kind: str, device: str):
+    from napari_lidnet.models.device import pick_device
+    from napari_lidnet.models.registry import default_model, load_model
+
+    dev, notice = pick_device(device)
+    if notice:
+        print(notice, file=sys.stderr)
+    model, _card = load_model(name, kind=kind) if name else default_model(kind)
+    return model.to(dev), dev
+
+
+def _cmd_denoise(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from napari_lidnet.inference import denoise
+
+    out = Path(args.output)
+    if out.exists() and (out.is_file() or any(out.iterdir())):
+        raise FileExistsError(f"{out} already exists; choose a new output path")
+    vol = _open_single(args.input)
+    model, dev = _load(args.model, "denoiser", args.device)
+    hu = denoise(model, vol.hu, device=dev, progress=_print_progress)
+    suffix = out.suffix.lower()
+    if suffix == ".npy":
+        np.save(out, hu)
+    elif suffix == ".npz":
+        np.savez_compressed(out, hu=hu, spacing=np.asarray(vol.spacing))
+    elif suffix in (".tif", ".tiff"):
+        import tifffile
+
+        tifffile.imwrite(out, hu)
+    else:
+        from dataclasses import replace
+
+        from napari_lidnet.io.dicom_write import write_dicom_series
+
+        desc = f"{vol.metadata.get('series_description', vol.name)} denoised ({args.model or 'default'} LIDnet)"
+        write_dicom_series(
+            replace(vol, hu=hu), out, series_description=desc, source_tags=vol.metadata.get("source_tags")
+        )
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from napari_lidnet.inference import detect
+    from napari_lidnet.io.boxes_io import write_boxes_csv
+
+    out = Path(args.out)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; choose a new output path")
+    vol = _open_single(args.input)
+    model, dev = _load(args.model, "detector", args.device)
+    rows = detect(model, vol.hu, device=dev, score_threshold=args.threshold, progress=_print_progress)
+    write_boxes_csv(out, rows)
+    print(f"wrote {len(rows)} boxes to {out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from napari_lidnet._training.report import evaluate_dataset, format_table
+
+    result = evaluate_dataset(args.data, args.model, args.detector, args.device, max_slices=args.max_slices)
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}", file=sys.stderr)
     return 0
 
 
@@ -37,6 +167,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=["abdomen", "chest", "mixed"], default="abdomen")
     p.add_argument("--size", type=int, default=512, help="image size in pixels")
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("train", help="train a denoiser (pixel baseline) or denoiser + detector with LIDnet")
+    p.add_argument("--data", required=True, help="dataset folder (the layout `lidnet simulate` writes)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints and state (resumes if it exists)")
+    p.add_argument("--mode", choices=["pixel", "lidnet", "lidnet-noroi", "lidnet-wholeperc"], default="lidnet")
+    p.add_argument("--denoiser", default="fastdn", help="architecture: fastdn, redcnn, dncnn")
+    p.add_argument("--denoiser-width", type=int, default=None)
+    p.add_argument("--init-denoiser", default=None, help="start from these weights (name or path)")
+    p.add_argument("--init-detector", default=None, help="start from these weights (name or path)")
+    p.add_argument("--pretrain-denoiser-steps", type=int, default=300)
+    p.add_argument("--pretrain-detector-steps", type=int, default=600)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--denoiser-steps", type=int, default=100)
+    p.add_argument("--detector-steps", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--patch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--det-weight", type=float, default=2e-4)
+    p.add_argument("--roi-weight", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--export", default=None, help="save the best checkpoint as a named model in the model folder")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("denoise", help="denoise a CT (any format the reader takes)")
+    p.add_argument("input")
+    p.add_argument("output", help=".npy/.npz/.tif file, or a new folder for a DICOM series")
+    p.add_argument("--model", default=None, help="denoiser name or weights path (default: shipped)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_denoise)
+
+    p = sub.add_parser("detect", help="detect lesions; writes slice,x1,y1,x2,y2,score")
+    p.add_argument("input")
+    p.add_argument("--out", required=True, help="CSV (or .json) file for the boxes")
+    p.add_argument("--model", default=None, help="detector name or weights path (default: shipped)")
+    p.add_argument("--threshold", type=float, default=0.3)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_detect)
+
+    p = sub.add_parser("evaluate", help="PSNR, SSIM and FROC of low dose, denoised and full dose on a dataset")
+    p.add_argument("data", help="dataset folder")
+    p.add_argument("--model", default=None, help="denoiser name or weights path (default: shipped)")
+    p.add_argument("--detector", default=None, help="detector name or weights path (default: shipped)")
+    p.add_argument("--max-slices", type=int, default=None)
+    p.add_argument("--json", default=None, help="also write the result as JSON")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 

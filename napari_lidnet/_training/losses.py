@@ -80,8 +80,6 @@ def whole_image_perceptual_loss(
     return sum(F.mse_loss(feats_d[lv], feats_f[lv]) for lv in levels) / len(levels)
 
 
-def detection_loss(
-    detector: torch.nn.Module, images: torch.Tensor, boxes: list[torch.Tensor]
-) -> torch.Tensor:
+def detection_loss(detector: torch.nn.Module, images: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
     """The detector's own training loss on ``images`` (gradients flow to the images)."""
     return detector.loss(detector(images), boxes)["total"]

@@ -79,6 +79,4 @@ class PatchSampler:
             lows.append(hu_to_net(np.ascontiguousarray(low, dtype=np.float32)))
             fulls.append(hu_to_net(np.ascontiguousarray(full, dtype=np.float32)))
             boxes.append(torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4))
-        return PatchBatch(
-            torch.from_numpy(np.stack(lows))[:, None], torch.from_numpy(np.stack(fulls))[:, None], boxes
-        )
+        return PatchBatch(torch.from_numpy(np.stack(lows))[:, None], torch.from_numpy(np.stack(fulls))[:, None], boxes)

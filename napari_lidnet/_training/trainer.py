@@ -145,9 +145,7 @@ class Trainer:
             return
         state = json.loads(path.read_text())
         if state.get("config", {}).get("mode") not in (None, self.cfg.mode):
-            raise ValueError(
-                f"{self.out} holds a run of another mode ({state['config']['mode']}); use a new folder"
-            )
+            raise ValueError(f"{self.out} holds a run of another mode ({state['config']['mode']}); use a new folder")
         self.state = state
         if state["done"]:
             from napari_lidnet.models.weights import load_weights
@@ -323,9 +321,7 @@ class Trainer:
         losses["total"] = total
         return {k: float(v.detach()) for k, v in losses.items()}
 
-    def _detector_step(
-        self, batch: PatchBatch, opt: torch.optim.Optimizer, pretrain: bool
-    ) -> dict[str, float]:
+    def _detector_step(self, batch: PatchBatch, opt: torch.optim.Optimizer, pretrain: bool) -> dict[str, float]:
         if pretrain:
             images = batch.full
         else:

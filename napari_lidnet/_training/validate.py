@@ -52,6 +52,4 @@ def evaluate_denoiser(
     low = np.stack([s.low_hu for s in samples])
     full = np.stack([s.full_hu for s in samples])
     images = low if denoiser is None else denoise(denoiser, low, device=device)
-    return evaluate_images(
-        images, full, [np.asarray(s.boxes).reshape(-1, 4) for s in samples], detector, device
-    )
+    return evaluate_images(images, full, [np.asarray(s.boxes).reshape(-1, 4) for s in samples], detector, device)

@@ -259,9 +259,10 @@ def _decode(header: _Header) -> np.ndarray:
         raw = ds.pixel_array
     except Exception as exc:
         if tsyntax is not None and tsyntax.is_compressed:
+            detail = " ".join(line.strip() for line in str(exc).splitlines())[:400]
             raise ValueError(
                 f"{f}: cannot decode pixel data in transfer syntax '{tsyntax.name}' ({tsyntax}); "
-                f"no installed decoder handles it ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+                f"no installed decoder handles it ({type(exc).__name__}: {detail})"
             ) from exc
         raise ValueError(f"{f}: pixel data cannot be read, the file may be truncated ({exc})") from exc
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)

@@ -180,9 +180,7 @@ def cnr(mean_roi: float, mean_bg: float, sd_bg: float) -> float:
     return abs(mean_roi - mean_bg) / sd_bg if sd_bg and np.isfinite(sd_bg) else math.nan
 
 
-def _window(
-    x: np.ndarray, ref: np.ndarray, window: tuple[float, float] | None
-) -> tuple[np.ndarray, np.ndarray, float]:
+def _window(x: np.ndarray, ref: np.ndarray, window: tuple[float, float] | None) -> tuple[np.ndarray, np.ndarray, float]:
     x = np.asarray(x, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
     if window is None:
@@ -294,8 +292,10 @@ def region_plane(
 
 
 def _same_place(a: Placement, b: Placement) -> bool:
-    return a.slice_index == b.slice_index and a.vertices.shape == b.vertices.shape and np.allclose(
-        a.vertices, b.vertices, atol=0.5
+    return (
+        a.slice_index == b.slice_index
+        and a.vertices.shape == b.vertices.shape
+        and np.allclose(a.vertices, b.vertices, atol=0.5)
     )
 
 

@@ -1,0 +1,80 @@
+"""Human-readable progress lines and the evaluation table of ``lidnet evaluate``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def format_record(rec: dict[str, Any], every: int = 25) -> str | None:
+    """One log line for a progress record (training steps are thinned to every ``every``-th step)."""
+    stage = rec.get("stage")
+    if stage in ("setup", "stopped"):
+        return rec["message"]
+    if stage == "validate":
+        val = ", ".join(f"{k} {v:.4f}" for k, v in rec["val"].items() if not k.startswith("sens@"))
+        best = " (best so far)" if rec.get("is_best") else ""
+        return f"validation after {rec['after']}: {val}{best}"
+    if stage == "finished":
+        return f"finished: best checkpoint in {rec['out']}: {rec['best']}"
+    step = rec.get("stage_step", 0)
+    if step % every and step != rec.get("stage_total"):
+        return None
+    losses = ", ".join(f"{k} {v:.4g}" for k, v in rec.get("losses", {}).items())
+    eta = rec.get("eta_s")
+    eta_txt = f", {eta / 60:.1f} min left" if eta is not None else ""
+    return f"[{rec['step']}/{rec['total_steps']}] {stage} {step}/{rec['stage_total']}: {losses}{eta_txt}"
+
+
+def evaluate_dataset(
+    data_dir: str,
+    denoiser: str | None = None,
+    detector: str | None = None,
+    device: str = "auto",
+    max_slices: int | None = None,
+) -> dict[str, Any]:
+    """PSNR, SSIM and FROC of the low-dose input, the denoised output and the full-dose reference."""
+    from napari_lidnet._training.validate import METRIC_WINDOW, evaluate_images
+    from napari_lidnet.inference import denoise
+    from napari_lidnet.io.dataset import read_dataset
+    from napari_lidnet.metrics.froc import froc
+    from napari_lidnet.models.device import pick_device
+    from napari_lidnet.models.registry import default_model, load_model
+
+    samples = read_dataset(data_dir)[:max_slices]
+    dev, _ = pick_device(device)
+    den, den_card = load_model(denoiser, kind="denoiser") if denoiser else default_model("denoiser")
+    det, det_card = load_model(detector, kind="detector") if detector else default_model("detector")
+    low = np.stack([s.low_hu for s in samples])
+    full = np.stack([s.full_hu for s in samples])
+    gt = [np.asarray(s.boxes).reshape(-1, 4) for s in samples]
+    rows = {
+        "low dose": evaluate_images(low, full, gt, det, dev),
+        "denoised": evaluate_images(denoise(den, low, device=dev), full, gt, det, dev),
+        "full dose": evaluate_images(full, full, gt, det, dev),
+    }
+    return {
+        "data": str(data_dir),
+        "n_slices": len(samples),
+        "n_lesions": int(sum(len(g) for g in gt)),
+        "denoiser": den_card.get("name", denoiser or "default"),
+        "detector": det_card.get("name", detector or "default"),
+        "window_hu": list(METRIC_WINDOW),
+        "froc_criterion": froc([], []).criterion if hasattr(froc([], []), "criterion") else "IoU >= 0.5",
+        "results": rows,
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A plain-text table of :func:`evaluate_dataset`'s result."""
+    keys = ["psnr", "ssim", "sens@0.5", "sens@1", "sens@2", "sens@4", "sens@8", "sensitivity"]
+    head = f"{'image':<10}" + "".join(f"{k:>11}" for k in keys)
+    lines = [
+        f"{result['n_slices']} slices, {result['n_lesions']} lesions; PSNR/SSIM over HU window {result['window_hu']};"
+        f" FROC hit: {result['froc_criterion']}",
+        head,
+    ]
+    for name, r in result["results"].items():
+        lines.append(f"{name:<10}" + "".join(f"{r.get(k, float('nan')):>11.4f}" for k in keys))
+    return "\n".join(lines)

@@ -1,0 +1,155 @@
+"""Noise power spectrum (NPS) of a uniform region, 2D and radially averaged, in mm^-1.
+
+NPS(fy, fx) = <|FFT(roi - trend)|^2> * (dy * dx) / (Ny * Nx), averaged over sub-ROIs (half-overlapping
+squares) when the region is large enough. Its integral over frequency equals the noise variance (Parseval):
+sum(NPS) * dfy * dfx = mean((roi - trend)^2), with dfy = 1 / (Ny * dy), dfx = 1 / (Nx * dx).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import distance_transform_cdt
+
+from napari_lidnet.metrics.roi import mask_bbox
+
+
+@dataclass
+class NPSResult:
+    """2D and radial NPS. ``nps2d`` is fft-shifted, ``fy``/``fx`` its axes; ``f``/``nps`` the radial curve."""
+
+    nps2d: np.ndarray
+    fy: np.ndarray
+    fx: np.ndarray
+    f: np.ndarray
+    nps: np.ndarray
+    n_rois: int
+    roi_size: tuple[int, int]
+
+    def integral(self) -> float:
+        """Integral of the 2D NPS over frequency (= noise variance, in HU^2)."""
+        dfy = self.fy[1] - self.fy[0] if len(self.fy) > 1 else 1.0
+        dfx = self.fx[1] - self.fx[0] if len(self.fx) > 1 else 1.0
+        return float(self.nps2d.sum() * dfy * dfx)
+
+
+def detrend(roi: np.ndarray, method: str = "poly2") -> np.ndarray:
+    """Remove the mean ("mean") or a least-squares 2nd-order polynomial surface ("poly2") from a 2D ROI."""
+    roi = np.asarray(roi, dtype=np.float64)
+    if method == "mean":
+        return roi - roi.mean()
+    if method != "poly2":
+        raise ValueError(f"unknown detrend {method!r}; use 'mean' or 'poly2'")
+    ny, nx = roi.shape
+    y, x = np.mgrid[0:ny, 0:nx].astype(np.float64)
+    y, x = (y - ny / 2) / max(ny, 1), (x - nx / 2) / max(nx, 1)
+    design = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1).reshape(-1, 6)
+    coef, *_ = np.linalg.lstsq(design, roi.ravel(), rcond=None)
+    return roi - (design @ coef).reshape(ny, nx)
+
+
+def sub_roi_origins(n: int, size: int) -> list[int]:
+    """Start indices of half-overlapping windows of ``size`` along an axis of length ``n`` (ends included)."""
+    if n <= size:
+        return [0]
+    step = max(size // 2, 1)
+    starts = list(range(0, n - size + 1, step))
+    if starts[-1] != n - size:
+        starts.append(n - size)
+    return starts
+
+
+def nps_2d(
+    region: np.ndarray,
+    pixel_mm: float | tuple[float, float] = 1.0,
+    roi_size: int | None = 64,
+    detrend_method: str = "poly2",
+) -> NPSResult:
+    """NPS of a uniform 2D region (HU), averaged over half-overlapping square sub-ROIs of ``roi_size``.
+
+    Args:
+        region: (Ny, Nx) pixels of a uniform area (water, liver, ...), at least 4 x 4.
+        pixel_mm: pixel size (dy, dx) or one value, in mm.
+        roi_size: side of the sub-ROIs; None or a region smaller than it uses the whole region as one ROI.
+        detrend_method: "mean" or "poly2" (per sub-ROI).
+
+    Returns:
+        NPSResult with the 2D NPS in HU^2 mm^2, frequency axes in mm^-1 and the radial average.
+    """
+    region = np.asarray(region, dtype=np.float64)
+    if region.ndim != 2 or min(region.shape) < 4:
+        raise ValueError(f"NPS needs a 2D region of at least 4x4 pixels, got shape {region.shape}")
+    dy, dx = (float(pixel_mm), float(pixel_mm)) if np.isscalar(pixel_mm) else map(float, pixel_mm)
+    if roi_size is None or min(region.shape) < roi_size:
+        sy, sx = region.shape
+    else:
+        sy = sx = int(roi_size)
+    acc = np.zeros((sy, sx))
+    n = 0
+    for r in sub_roi_origins(region.shape[0], sy):
+        for c in sub_roi_origins(region.shape[1], sx):
+            roi = detrend(region[r : r + sy, c : c + sx], detrend_method)
+            acc += np.abs(np.fft.fft2(roi)) ** 2
+            n += 1
+    nps2d = np.fft.fftshift(acc / n * (dy * dx) / (sy * sx))
+    fy = np.fft.fftshift(np.fft.fftfreq(sy, d=dy))
+    fx = np.fft.fftshift(np.fft.fftfreq(sx, d=dx))
+    f, radial = radial_average(nps2d, fy, fx)
+    return NPSResult(nps2d=nps2d, fy=fy, fx=fx, f=f, nps=radial, n_rois=n, roi_size=(sy, sx))
+
+
+def radial_average(
+    nps2d: np.ndarray, fy: np.ndarray, fx: np.ndarray, n_bins: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Average a (shifted) 2D spectrum over rings of radial frequency, from 0 to the smaller Nyquist limit.
+
+    Bins are as wide as the coarser frequency step; returns (bin centres in mm^-1, mean NPS per bin), empty bins
+    dropped.
+    """
+    df = max(abs(fy[1] - fy[0]) if len(fy) > 1 else 0, abs(fx[1] - fx[0]) if len(fx) > 1 else 0)
+    fmax = min(np.abs(fy).max(), np.abs(fx).max())
+    n_bins = n_bins or max(int(round(fmax / df)), 1)
+    edges = np.linspace(0, fmax, n_bins + 1)
+    edges[0] = -1e-12  # include the zero frequency
+    fr = np.hypot(*np.meshgrid(fy, fx, indexing="ij"))
+    idx = np.digitize(fr.ravel(), edges) - 1
+    ok = (idx >= 0) & (idx < n_bins)
+    sums = np.bincount(idx[ok], weights=nps2d.ravel()[ok], minlength=n_bins)
+    counts = np.bincount(idx[ok], minlength=n_bins)
+    centres = (np.maximum(edges[:-1], 0) + edges[1:]) / 2
+    keep = counts > 0
+    return centres[keep], sums[keep] / counts[keep]
+
+
+def largest_inscribed_square(mask: np.ndarray) -> tuple[int, int, int] | None:
+    """(row0, col0, side) of a large axis-aligned square inside ``mask`` (the largest odd-sided one centred on
+    a pixel, from the chessboard distance transform); None for an empty mask."""
+    padded = np.pad(np.asarray(mask, dtype=bool), 1)
+    dist = distance_transform_cdt(padded, metric="chessboard")[1:-1, 1:-1]
+    d = int(dist.max())
+    if d == 0:
+        return None
+    r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    side = 2 * d - 1
+    return int(r) - (d - 1), int(c) - (d - 1), side
+
+
+def region_nps(
+    plane: np.ndarray,
+    mask: np.ndarray,
+    pixel_mm: float | tuple[float, float] = 1.0,
+    roi_size: int | None = 64,
+    detrend_method: str = "poly2",
+) -> NPSResult:
+    """NPS of a region of a 2D image (see :func:`nps_2d`): its bounding box when the region fills it
+    (a rectangle), otherwise the largest square inside it."""
+    mask = np.asarray(mask, dtype=bool)
+    box = mask_bbox(mask)
+    if box is not None and mask[box[0] : box[2], box[1] : box[3]].all() and min(box[2] - box[0], box[3] - box[1]) >= 4:
+        return nps_2d(plane[box[0] : box[2], box[1] : box[3]], pixel_mm, roi_size, detrend_method)
+    sq = largest_inscribed_square(mask)
+    if sq is None or sq[2] < 4:
+        raise ValueError("region too small for a noise power spectrum (needs a 4x4 square inside)")
+    r, c, s = sq
+    return nps_2d(plane[r : r + s, c : c + s], pixel_mm, roi_size, detrend_method)

@@ -1,0 +1,157 @@
+"""Shared fixtures: small synthetic DICOM series written with pydicom (independent of the plugin's writer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def make_ct_slice(
+    path: Path,
+    stored: np.ndarray,
+    *,
+    series_uid: str,
+    position: tuple[float, float, float],
+    orientation: tuple[float, ...] = (1, 0, 0, 0, 1, 0),
+    pixel_spacing: tuple[float, float] = (0.7, 0.8),
+    slope: float = 1.0,
+    intercept: float = -1024.0,
+    instance_number: int = 1,
+    description: str = "synthetic",
+    modality: str = "CT",
+    study_uid: str = "1.2.826.0.1.3680043.8.498.1",
+    with_pixels: bool = True,
+    extra: dict | None = None,
+) -> Path:
+    """Write one uncompressed CT slice (uint16 stored values) with pydicom."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    sop = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = sop
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.2"
+    ds.PatientID = "LIDNET-TEST"
+    ds.PatientName = "Test^Phantom"
+    ds.StudyDate = "20240102"
+    ds.KVP = "120"
+    ds.Modality = modality
+    ds.SeriesDescription = description
+    ds.InstanceNumber = instance_number
+    ds.ImagePositionPatient = [f"{v:.6g}" for v in position]
+    ds.ImageOrientationPatient = [f"{v:.8g}" for v in orientation]
+    ds.PixelSpacing = [f"{v:.6g}" for v in pixel_spacing]
+    ds.SliceThickness = "2.5"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope = f"{slope:g}"
+    ds.RescaleIntercept = f"{intercept:g}"
+    for kw, value in (extra or {}).items():
+        setattr(ds, kw, value)
+    if with_pixels:
+        ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
+def write_series(
+    folder: Path,
+    hu: np.ndarray,
+    *,
+    series_uid: str,
+    z_positions: list[float] | None = None,
+    description: str = "synthetic",
+    rng: np.random.Generator | None = None,
+    **kwargs,
+) -> list[Path]:
+    """Write HU (z, y, x) as a series with shuffled file names, reversed InstanceNumber and per-slice rescale.
+
+    Slice k sits at z = z_positions[k] (default 10 + 2.5 k). Returns the files in true slice order.
+    """
+    rng = rng or np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    n = hu.shape[0]
+    zs = z_positions if z_positions is not None else [10.0 + 2.5 * k for k in range(n)]
+    names = rng.permutation(n)
+    files = []
+    for k in range(n):
+        slope = (1.0, 0.5, 2.0)[k % 3]
+        intercept = (-1024.0, -1000.0, -2048.0)[k % 3]
+        stored = np.rint((hu[k] - intercept) / slope)
+        assert stored.min() >= 0 and stored.max() < 65536
+        files.append(
+            make_ct_slice(
+                folder / f"s{series_uid.replace('.', '')[-4:]}_{names[k]:03d}.dcm",
+                stored,
+                series_uid=series_uid,
+                position=(-100.0, -120.0, zs[k]),
+                slope=slope,
+                intercept=intercept,
+                instance_number=n - k,
+                description=description,
+                **kwargs,
+            )
+        )
+    return files
+
+
+def synthetic_hu(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Integer HU in [-1000, 1000], exactly representable with every slope/intercept used above."""
+    rng = np.random.default_rng(seed)
+    return (rng.integers(-500, 500, size=shape) * 2).astype(np.float32)
+
+
+@pytest.fixture
+def two_series_dir(tmp_path: Path) -> dict:
+    """A folder with two CT series (4 and 3 slices), a README and a non-image DICOM (SR-like) file."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    root = tmp_path / "study"
+    hu_a = synthetic_hu((4, 12, 10), seed=1)
+    hu_b = synthetic_hu((3, 8, 8), seed=2)
+    uid_a, uid_b = "1.2.826.0.1.3680043.8.498.1001", "1.2.826.0.1.3680043.8.498.1002"
+    files_a = write_series(root, hu_a, series_uid=uid_a, description="abdomen A")
+    files_b = write_series(root / "sub", hu_b, series_uid=uid_b, description="chest B", z_positions=[5.0, 0.0, -5.0])
+    (root / "README.txt").write_text("not a DICOM file\n")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    sr = Dataset()
+    sr.file_meta = meta
+    sr.SOPClassUID = meta.MediaStorageSOPClassUID
+    sr.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    sr.SeriesInstanceUID = generate_uid()
+    sr.Modality = "SR"
+    pydicom.dcmwrite(root / "report.dcm", sr, enforce_file_format=True)
+    return {
+        "root": root,
+        "hu_a": hu_a,
+        "hu_b": hu_b,
+        "uid_a": uid_a,
+        "uid_b": uid_b,
+        "files_a": files_a,
+        "files_b": files_b,
+    }
+
+
+def listing(folder: Path) -> list[tuple[str, int]]:
+    """Recursive (relative path, size) listing to check that nothing was written."""
+    return sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*"))

@@ -1,0 +1,197 @@
+"""DICOM reading: real pydicom test files and synthetic series written in tmp_path."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import listing, make_ct_slice, synthetic_hu, write_series
+from pydicom.data import get_testdata_file
+
+from napari_lidnet.io.dicom_read import list_series, read_dicom
+
+
+def test_ct_small_single_file_hu_and_geometry():
+    path = get_testdata_file("CT_small.dcm")
+    ds = pydicom.dcmread(path)
+    (vol,) = read_dicom(path)
+    expected = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    assert vol.hu.dtype == np.float32 and vol.hu.shape == (128, 128)
+    np.testing.assert_array_equal(vol.hu, expected)
+    assert vol.spacing == pytest.approx([float(v) for v in ds.PixelSpacing])
+    assert vol.metadata["image_position_patient"] == pytest.approx([float(v) for v in ds.ImagePositionPatient])
+    assert vol.metadata["modality"] == "CT"
+    assert vol.metadata["source_tags"]["PatientID"] == ds.PatientID
+    assert vol.metadata["source_tags"]["KVP"] == pytest.approx(float(ds.KVP))
+    assert vol.metadata["warnings"] == []
+
+
+def test_jpeg2000_ct_decodes_like_pydicom():
+    path = get_testdata_file("693_J2KI.dcm")
+    ds = pydicom.dcmread(path)
+    (vol,) = read_dicom(path)
+    assert ds.file_meta.TransferSyntaxUID.is_compressed
+    np.testing.assert_array_equal(vol.hu, ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept))
+
+
+def test_undecodable_transfer_syntax_names_syntax_and_file(tmp_path):
+    src = get_testdata_file("JPEG2000.dcm")
+    ds = pydicom.dcmread(src)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: no decoder installed
+    bad = tmp_path / "mpeg.dcm"
+    ds.save_as(bad)
+    with pytest.raises(ValueError) as err, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        read_dicom(bad)
+    msg = str(err.value)
+    assert "MPEG2" in msg and "1.2.840.10008.1.2.4.100" in msg and "mpeg.dcm" in msg
+
+
+def test_rgb_secondary_capture_is_refused():
+    with pytest.raises(ValueError, match="samples per pixel"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        read_dicom(get_testdata_file("SC_rgb_jpeg.dcm"))
+
+
+def test_multi_series_folder_sorted_by_position_with_per_slice_rescale(two_series_dir):
+    d = two_series_dir
+    before = listing(d["root"])
+    infos = list_series(d["root"])
+    assert [(i.uid, i.n_slices, i.rows, i.cols) for i in infos] == [(d["uid_a"], 4, 12, 10), (d["uid_b"], 3, 8, 8)]
+    assert infos[0].description == "abdomen A" and infos[0].modality == "CT"
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a clean series gives no warning
+        vols = read_dicom(d["root"])
+    a, b = vols
+    np.testing.assert_array_equal(a.hu, d["hu_a"])
+    assert a.spacing == pytest.approx((2.5, 0.7, 0.8))
+    assert a.origin == pytest.approx((10.0, -120.0, -100.0))
+    np.testing.assert_allclose(a.direction, np.eye(3))
+    assert a.metadata["files"] == [str(f) for f in d["files_a"]]
+    assert a.metadata["series_uid"] == d["uid_a"] and a.name == "abdomen A"
+    # series B was written at z = 5, 0, -5: ascending z means reversed file order
+    np.testing.assert_array_equal(b.hu, d["hu_b"][::-1])
+    assert b.origin[0] == pytest.approx(-5.0) and b.spacing[0] == pytest.approx(5.0)
+    assert listing(d["root"]) == before  # reading writes nothing
+
+
+def test_series_uid_selects_one(two_series_dir):
+    d = two_series_dir
+    (b,) = read_dicom(d["root"], series_uid=d["uid_b"])
+    assert b.hu.shape == (3, 8, 8)
+    with pytest.raises(ValueError, match="no series with SeriesInstanceUID 9.9"):
+        read_dicom(d["root"], series_uid="9.9")
+
+
+def test_oblique_orientation_sorted_along_normal(tmp_path):
+    c, s = np.cos(0.4), np.sin(0.4)
+    row, col = np.array([c, s, 0.0]), np.array([0.0, 0.0, -1.0])  # coronal-ish, rotated
+    normal = np.cross(row, col)
+    hu = synthetic_hu((3, 6, 6), seed=3)
+    for k, off in enumerate([2.0, 0.0, 1.0]):  # written out of order
+        pos = np.array([5.0, 6.0, 7.0]) + off * 3.0 * normal
+        make_ct_slice(
+            tmp_path / f"s{k}.dcm", hu[k] + 1024, series_uid="1.2.3.4", position=tuple(pos), orientation=(*row, *col)
+        )
+    (vol,) = read_dicom(tmp_path)
+    np.testing.assert_array_equal(vol.hu, hu[[1, 2, 0]])
+    assert vol.spacing[0] == pytest.approx(3.0, abs=1e-4)
+    np.testing.assert_allclose(vol.direction, np.stack([row, col, normal], axis=1), atol=1e-6)
+
+
+def test_uneven_spacing_warns_and_uses_median(tmp_path):
+    hu = synthetic_hu((4, 6, 6))
+    with pytest.warns(UserWarning, match="uneven slice spacing"):
+        write_series(tmp_path, hu, series_uid="1.2.3.5", z_positions=[0.0, 2.0, 4.0, 9.0])
+        (vol,) = read_dicom(tmp_path)
+    assert vol.spacing[0] == pytest.approx(2.0)
+    assert any("uneven" in w for w in vol.metadata["warnings"])
+
+
+def test_gantry_tilt_warns(tmp_path):
+    hu = synthetic_hu((3, 6, 6))
+    for k in range(3):
+        make_ct_slice(
+            tmp_path / f"t{k}.dcm",
+            hu[k] + 1024,
+            series_uid="1.2.3.6",
+            position=(0.0, 0.5 * k, 2.0 * k),
+            extra={"GantryDetectorTilt": "14.0"},
+        )
+    with pytest.warns(UserWarning, match="gantry tilt"):
+        (vol,) = read_dicom(tmp_path)
+    np.testing.assert_array_equal(vol.hu, hu)
+    assert vol.spacing[0] == pytest.approx(np.hypot(0.5, 2.0))
+    # stacking axis follows the real slice positions, so world positions are right
+    np.testing.assert_allclose(vol.affine() @ [2, 0, 0, 1], [0.0, 1.0, 4.0, 1.0], atol=1e-6)
+
+
+def test_non_ct_modality_warns(tmp_path):
+    write_series(tmp_path, synthetic_hu((2, 4, 4)), series_uid="1.2.3.7", modality="MR")
+    with pytest.warns(UserWarning, match="modality is 'MR'"):
+        (vol,) = read_dicom(tmp_path)
+    assert "MR" in vol.metadata["warnings"][0]
+
+
+def test_mixed_sizes_refused_naming_series(tmp_path):
+    make_ct_slice(tmp_path / "a.dcm", np.zeros((4, 4)), series_uid="1.2.3.8", position=(0, 0, 0), description="mix")
+    make_ct_slice(tmp_path / "b.dcm", np.zeros((5, 4)), series_uid="1.2.3.8", position=(0, 0, 1), description="mix")
+    with pytest.raises(ValueError, match=r"series 'mix' \(1.2.3.8\) mixes image sizes.*4x4: a.dcm.*5x4: b.dcm"):
+        read_dicom(tmp_path)
+
+
+def test_bad_inputs_clear_messages_and_nothing_written(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="empty"):
+        read_dicom(empty)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text("hello")
+    with pytest.raises(ValueError, match="contains no DICOM image"):
+        read_dicom(notes)
+    with pytest.raises(FileNotFoundError):
+        read_dicom(tmp_path / "missing")
+
+    trunc = tmp_path / "trunc"
+    trunc.mkdir()
+    good = make_ct_slice(trunc / "full.dcm", np.ones((16, 16)), series_uid="1.2.3.9", position=(0, 0, 0))
+    data = good.read_bytes()
+    (trunc / "full.dcm").write_bytes(data[:-100])
+    before = listing(tmp_path)
+    with pytest.raises(ValueError, match="full.dcm: pixel data cannot be read, the file may be truncated"):
+        read_dicom(trunc)
+    (trunc / "full.dcm").write_bytes(data[:60])  # header cut inside the preamble
+    with pytest.raises(ValueError, match="(?s)unreadable DICOM file.*full.dcm"):
+        read_dicom(trunc)
+
+    nopix = tmp_path / "nopix"
+    nopix.mkdir()
+    make_ct_slice(nopix / "hdr.dcm", np.ones((4, 4)), series_uid="1.2.3.10", position=(0, 0, 0), with_pixels=False)
+    with pytest.raises(ValueError, match="hdr.dcm: DICOM file has no PixelData"):
+        read_dicom(nopix)
+    assert [p for p in listing(tmp_path) if not p[0].startswith(("nopix", "trunc"))] == [
+        p for p in before if not p[0].startswith(("nopix", "trunc"))
+    ]
+
+
+def test_dicomdir_and_pydicom_truncated_files():
+    with pytest.raises(ValueError, match="MR_truncated.dcm: pixel data cannot be read"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        read_dicom(get_testdata_file("MR_truncated.dcm"))
+    with pytest.raises(ValueError, match="no DICOM image.*RTPLAN"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        read_dicom(get_testdata_file("rtplan_truncated.dcm"))
+
+
+def test_dicomdir_is_skipped(tmp_path, two_series_dir):
+    root = two_series_dir["root"]
+    dicomdir = get_testdata_file("DICOMDIR")
+    if dicomdir is None:
+        pytest.skip("pydicom test DICOMDIR not available")
+    shutil.copy(dicomdir, root / "DICOMDIR")
+    assert [i.n_slices for i in list_series(root)] == [4, 3]

@@ -1,0 +1,94 @@
+"""DICOM writing: round trip through the plugin's own reader, geometry included."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import listing
+
+from napari_lidnet.io.dicom_read import read_dicom
+from napari_lidnet.io.dicom_write import write_dicom_series
+from napari_lidnet.io.volume import CTVolume
+
+
+def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
+    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+@pytest.mark.parametrize("oblique", [False, True])
+def test_round_trip_hu_and_geometry(tmp_path, oblique):
+    rng = np.random.default_rng(0)
+    hu = rng.normal(0, 400, size=(5, 12, 9)).astype(np.float32)
+    hu[0, 0, 0], hu[1, 1, 1] = -1024.4, 3071.2
+    direction = _rotation(0.3, -0.2, 0.5) if oblique else np.eye(3)
+    vol = CTVolume(
+        hu,
+        (2.0, 0.75, 0.6),
+        origin=(-50.0, 20.5, 10.25),
+        direction=direction,
+        name="src",
+        metadata={"source_tags": {"PatientID": "P1", "PatientName": "Doe^J", "KVP": 100.0, "StudyDate": "20200101"}},
+    )
+    out = tmp_path / "out"
+    files = write_dicom_series(vol, out, "LIDnet denoised")
+    assert [f.name for f in files] == [f"IM{k:05d}.dcm" for k in range(1, 6)]
+
+    ds = pydicom.dcmread(files[0])
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+    assert list(ds.ImageType) == ["DERIVED", "SECONDARY"]
+    assert ds.PatientID == "P1" and str(ds.PatientName) == "Doe^J" and float(ds.KVP) == 100.0
+    assert ds.pixel_array.dtype == np.int16 and float(ds.RescaleSlope) == 1.0
+    uids = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
+    assert len(uids) == 5
+
+    (back,) = read_dicom(out)
+    assert back.metadata["series_description"] == "LIDnet denoised"
+    assert back.metadata["warnings"] == []
+    np.testing.assert_allclose(back.hu, np.rint(hu), atol=0)
+    assert np.abs(back.hu - hu).max() <= 0.5 + 1e-3
+    assert back.spacing == pytest.approx(vol.spacing, abs=1e-5)
+    assert back.origin == pytest.approx(vol.origin, abs=1e-5)
+    np.testing.assert_allclose(back.direction, direction, atol=1e-6)
+    np.testing.assert_allclose(back.affine(), vol.affine(), atol=1e-4)
+
+
+def test_wide_range_uses_intercept(tmp_path):
+    hu = np.array([[[-30000.0, 30000.0], [5000.0, 34000.0]]], dtype=np.float32)
+    vol = CTVolume(hu[0], (1.0, 1.0))
+    (f,) = write_dicom_series(vol, tmp_path / "w", "wide")
+    ds = pydicom.dcmread(f)
+    assert float(ds.RescaleIntercept) != 0.0
+    (back,) = read_dicom(f)
+    np.testing.assert_array_equal(back.hu, hu[0])
+
+
+def test_single_slice_keeps_patient_position(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    (src,) = read_dicom(get_testdata_file("CT_small.dcm"))
+    (f,) = write_dicom_series(src, tmp_path / "one", "copy")
+    (back,) = read_dicom(f)
+    np.testing.assert_array_equal(back.hu, src.hu)
+    assert back.metadata["image_position_patient"] == pytest.approx(src.metadata["image_position_patient"])
+    assert back.metadata["source_tags"]["StudyInstanceUID"] == src.metadata["source_tags"]["StudyInstanceUID"]
+    assert back.metadata["series_uid"] != src.metadata["series_uid"]
+
+
+def test_refuses_non_empty_folder_and_bad_values(tmp_path):
+    vol = CTVolume(np.zeros((4, 4), np.float32), (1.0, 1.0))
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    before = listing(tmp_path)
+    with pytest.raises(ValueError, match="busy: folder is not empty"):
+        write_dicom_series(vol, out, "x")
+    bad = CTVolume(np.full((4, 4), np.nan, np.float32), (1.0, 1.0))
+    with pytest.raises(ValueError, match="NaN"):
+        write_dicom_series(bad, tmp_path / "new", "x")
+    assert listing(tmp_path) == before

@@ -1,0 +1,195 @@
+"""ROI masks and statistics against their formulas and against skimage."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from napari_lidnet.metrics.roi import (
+    Placement,
+    Region,
+    cnr,
+    compare_regions,
+    line_profile,
+    region_rmse_psnr,
+    region_ssim,
+    region_stats,
+    shape_mask,
+    snr,
+)
+
+
+def rect(r0, c0, r1, c1):
+    return np.array([[r0, c0], [r1, c0], [r1, c1], [r0, c1]], dtype=float)
+
+
+def test_rectangle_mask_exact_area_and_half_open_edges():
+    m = shape_mask("rectangle", rect(10, 20, 40, 70), (100, 100))
+    assert m.sum() == 30 * 50
+    assert m[10, 20] and m[39, 69] and not m[40, 20] and not m[10, 70] and not m[9, 20]
+
+
+def test_rotated_rectangle_area():
+    # a 60 x 40 rectangle rotated by 30 degrees about (100, 100)
+    t = np.deg2rad(30)
+    u, v = np.array([np.cos(t), np.sin(t)]) * 60, np.array([-np.sin(t), np.cos(t)]) * 40
+    p0 = np.array([100.0, 100.0]) - (u + v) / 2
+    m = shape_mask("rectangle", np.array([p0, p0 + u, p0 + u + v, p0 + v]), (200, 200))
+    assert m.sum() == pytest.approx(2400, rel=0.02)
+
+
+@pytest.mark.parametrize("a,b", [(30, 30), (40, 25)])
+def test_ellipse_area_from_bounding_box_corners(a, b):
+    m = shape_mask("ellipse", rect(100 - a, 100 - b, 100 + a, 100 + b), (200, 200))
+    assert m.sum() == pytest.approx(math.pi * a * b, rel=0.01)
+    assert m[100, 100] and m[100 - a + 1, 100] and not m[100 - a - 1, 100] and not m[100, 100 + b + 1]
+
+
+def test_rotated_ellipse_area():
+    t = np.deg2rad(45)
+    u, v = np.array([np.cos(t), np.sin(t)]) * 80, np.array([-np.sin(t), np.cos(t)]) * 40
+    p0 = np.array([100.0, 100.0]) - (u + v) / 2
+    m = shape_mask("ellipse", np.array([p0, p0 + u, p0 + u + v, p0 + v]), (200, 200))
+    assert m.sum() == pytest.approx(math.pi * 40 * 20, rel=0.02)
+
+
+def test_polygon_area_shoelace():
+    tri = np.array([[10, 10], [90, 20], [50, 95]], dtype=float)
+    shoelace = 0.5 * abs(np.cross(tri[1] - tri[0], tri[2] - tri[0]))
+    m = shape_mask("polygon", tri, (100, 100))
+    assert m.sum() == pytest.approx(shoelace, rel=0.02)
+
+
+def test_unknown_shape_and_bad_vertices_raise():
+    with pytest.raises(ValueError, match="no area"):
+        shape_mask("line", np.zeros((2, 2)), (10, 10))
+    with pytest.raises(ValueError, match="4 corners"):
+        shape_mask("ellipse", np.zeros((2, 2)), (10, 10))
+
+
+def test_region_sd_of_uniform_noise_patch():
+    rng = np.random.default_rng(0)
+    img = np.full((128, 128), 50.0) + rng.normal(0, 20.0, (128, 128))
+    mask = shape_mask("ellipse", rect(14, 14, 114, 114), img.shape)
+    mean, sd, n = region_stats(img, mask)
+    assert n == mask.sum() > 7000
+    assert sd == pytest.approx(20.0, rel=0.03)
+    assert mean == pytest.approx(50.0, abs=1.0)
+    assert sd == pytest.approx(np.std(img[mask], ddof=1))
+
+
+def test_snr_cnr_formulas_and_rows():
+    rng = np.random.default_rng(1)
+    img = np.zeros((100, 100)) + rng.normal(0, 10.0, (100, 100))
+    img[10:40, 10:40] += 100.0
+    regions = [
+        Region("lesion", "rectangle", rect(10, 10, 40, 40)),
+        Region("bg", "rectangle", rect(50, 50, 90, 90)),
+    ]
+    rows = compare_regions({"img": img}, regions, background=1)
+    m_roi, s_roi, _ = region_stats(img, shape_mask("rectangle", regions[0].vertices, img.shape))
+    m_bg, s_bg, _ = region_stats(img, shape_mask("rectangle", regions[1].vertices, img.shape))
+    assert snr(m_roi, s_roi) == pytest.approx(m_roi / s_roi)
+    assert cnr(m_roi, m_bg, s_bg) == pytest.approx(abs(m_roi - m_bg) / s_bg)
+    assert rows[0]["snr"] == pytest.approx(m_roi / s_roi)
+    assert rows[0]["cnr"] == pytest.approx(abs(m_roi - m_bg) / s_bg)
+    assert rows[0]["cnr"] == pytest.approx(10.0, rel=0.1)  # contrast 100 over noise 10
+    assert rows[1]["cnr"] == 0.0 and "background region" in rows[1]["note"]
+    assert rows[0]["note"] == ""
+
+
+def test_psnr_ssim_in_rectangle_match_skimage_on_crop():
+    rng = np.random.default_rng(2)
+    ref = rng.uniform(-100, 200, (80, 90)).astype(np.float32)
+    img = ref + rng.normal(0, 30, ref.shape).astype(np.float32)
+    img[0, 0] = 2000  # outside the window and the region
+    mask = shape_mask("rectangle", rect(12, 15, 60, 70), ref.shape)
+    cx, cr = np.clip(img[12:60, 15:70], -160, 240), np.clip(ref[12:60, 15:70], -160, 240)
+    rmse, psnr = region_rmse_psnr(img, ref, mask)
+    assert psnr == pytest.approx(peak_signal_noise_ratio(cr, cx, data_range=400.0), abs=1e-4)
+    assert rmse == pytest.approx(np.sqrt(np.mean((cx.astype(float) - cr) ** 2)), rel=1e-6)
+    ssim = region_ssim(img, ref, mask)
+    assert ssim == pytest.approx(structural_similarity(cx, cr, data_range=400.0), abs=1e-6)
+    # no window: data range of the reference slice, no clipping
+    _, psnr_raw = region_rmse_psnr(img, ref, mask, window=None)
+    dr = float(ref.max() - ref.min())
+    expect = peak_signal_noise_ratio(ref[12:60, 15:70], img[12:60, 15:70], data_range=dr)
+    assert psnr_raw == pytest.approx(expect, abs=1e-4)
+
+
+def test_ssim_ellipse_uses_mask_and_identity_is_one():
+    rng = np.random.default_rng(3)
+    ref = rng.normal(0, 50, (64, 64))
+    mask = shape_mask("ellipse", rect(5, 5, 60, 60), ref.shape)
+    assert region_ssim(ref, ref, mask) == pytest.approx(1.0)
+    noisy = ref + rng.normal(0, 50, ref.shape)
+    assert region_ssim(noisy, ref, mask) < 0.9
+    with pytest.raises(ValueError, match="smaller than"):
+        region_ssim(noisy, ref, shape_mask("rectangle", rect(0, 0, 5, 30), ref.shape))
+
+
+def test_compare_regions_reference_rows_and_bad_inputs_give_notes():
+    rng = np.random.default_rng(4)
+    clean = np.zeros((5, 64, 64), np.float32)
+    clean[:, 20:40, 20:40] = 60
+    noisy = clean + rng.normal(0, 15, clean.shape).astype(np.float32)
+    other = np.zeros((32, 32), np.float32)
+    regions = [
+        Region("r", "rectangle", rect(10, 10, 50, 50), slice_index=2, image_shape=clean.shape),
+        Region("outside", "rectangle", rect(100, 100, 120, 120), slice_index=2),
+        Region("bad slice", "rectangle", rect(10, 10, 20, 20), slice_index=9),
+        Region("tiny", "rectangle", rect(10, 10, 13, 13), slice_index=2),
+        Region("line", "line", np.array([[0, 0], [5, 5]], float), slice_index=2),
+    ]
+    rows = compare_regions({"noisy": noisy, "clean": clean, "other": other}, regions, reference="clean")
+    by = {(r["region"], r["image"]): r for r in rows}
+    assert len(rows) == 15
+    r = by[("r", "noisy")]
+    m = shape_mask("rectangle", regions[0].vertices, (64, 64))
+    assert r["slice"] == 2
+    assert r["mean"] == pytest.approx(noisy[2][m].mean(), rel=1e-5)
+    assert r["rmse"] == pytest.approx(region_rmse_psnr(noisy[2], clean[2], m)[0])
+    assert r["ssim"] == pytest.approx(region_ssim(noisy[2], clean[2], m))
+    assert "CNR: no background region" in r["note"] and math.isnan(r["cnr"])
+    c = by[("r", "clean")]
+    assert c["rmse"] == 0 and c["psnr"] == math.inf and c["ssim"] == pytest.approx(1.0)
+    assert "differs from the region's image" in by[("r", "other")]["note"]
+    assert math.isnan(by[("r", "other")]["mean"])
+    assert "outside the image" in by[("outside", "noisy")]["note"]
+    assert "slice 9 outside" in by[("bad slice", "noisy")]["note"]
+    assert "SSIM" in by[("tiny", "noisy")]["note"] and not math.isnan(by[("tiny", "noisy")]["rmse"])
+    assert "no area" in by[("line", "noisy")]["note"]
+    # a missing background index and a missing reference become notes too
+    rows = compare_regions({"noisy": noisy}, regions[:1], reference="nope", background=7)
+    assert "reference 'nope'" in rows[0]["note"] and "background region 7" in rows[0]["note"]
+    assert math.isnan(rows[0]["rmse"]) and math.isnan(rows[0]["cnr"])
+
+
+def test_placements_map_region_per_image_and_perceptual_callback():
+    rng = np.random.default_rng(5)
+    fine = rng.normal(0, 10, (64, 64)).astype(np.float32)
+    coarse = fine[::2, ::2].copy()
+    reg = Region("r", "rectangle", rect(8, 8, 40, 40), image_shape=(64, 64))
+    reg.placements["coarse"] = Placement(None, rect(4, 4, 20, 20))
+    seen = []
+
+    def perceptual(x, ref, box):
+        seen.append(box)
+        return float(np.mean((x - ref) ** 2))
+
+    rows = compare_regions({"fine": fine, "coarse": coarse}, [reg], reference="fine", perceptual=perceptual)
+    assert rows[0]["n"] == 32 * 32 and rows[1]["n"] == 16 * 16
+    assert rows[1]["mean"] == pytest.approx(coarse[4:20, 4:20].mean(), rel=1e-5)
+    assert "differs from reference" in rows[1]["note"]
+    assert rows[0]["roi_perceptual"] == 0.0 and seen == [(8, 8, 40, 40)]
+
+
+def test_line_profile_through_centre():
+    img = np.arange(100 * 100, dtype=float).reshape(100, 100)
+    mask = shape_mask("rectangle", rect(20, 40, 40, 60), img.shape)
+    cols, vals = line_profile(img, mask)
+    assert cols[0] == 30 and cols[-1] == 69
+    np.testing.assert_array_equal(vals, img[29, 30:70])
