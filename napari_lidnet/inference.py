@@ -1,18 +1,165 @@
 """Denoising and detection on HU arrays, no Qt: slices or volumes in, HU and boxes out.
 
-Every caller (widgets, command line, trainer validation, benchmarks) goes through these two functions.
+Every caller (widgets, command line, trainer validation, benchmarks) goes through this module.
+
+- ``denoise`` / ``detect``: blocking calls with a progress callback and a cancel check between batches.
+- ``iter_denoise`` / ``iter_detect`` / ``iter_pipeline``: the same work as generators that yield ``(done, total)``
+  after every batch and return the result (``StopIteration.value``), for workers that stop between batches.
+- Batches of slices; images larger than ``tile_size`` go through overlapping tiles blended with cosine ramps
+  (denoising) or merged by ownership + NMS (detection). Tile starts are multiples of ``TILE_ALIGN`` so networks
+  that pixel-unshuffle or downsample see the same pixel grid as on the whole image.
+- Out of memory: retry the batch with half the batch size, then with tiles (halved again while possible), then on
+  the CPU; every step is reported through ``notice``.
+- Mixed precision (``torch.autocast``) on CUDA only; float16 by default (bfloat16 is too coarse for HU).
+- ``ResultCache``: results keyed by content fingerprints of the input and the model plus the settings, so a
+  re-run or a new score threshold costs nothing (detection keeps every box above ``BOX_FLOOR``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import hashlib
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Generator, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
+from napari_lidnet.models.device import pick_device
 from napari_lidnet.models.normalize import hu_to_net, net_to_hu
 
 Progress = Callable[[int, int], None]
+Notice = Callable[[str], None]
+CancelCheck = Callable[[], bool]
+SliceSelection = int | range | Sequence[int] | None
+
+#: detections kept in results and caches; the display threshold filters above it
+BOX_FLOOR = 0.05
+#: tile starts are multiples of this (largest stride of the shipped networks)
+TILE_ALIGN = 16
+DEFAULT_TILE_SIZE = 1024
+DEFAULT_OVERLAP = 128
+
+__all__ = [
+    "BOX_FLOOR",
+    "Cancelled",
+    "InferenceSettings",
+    "PipelineResult",
+    "ResultCache",
+    "array_fingerprint",
+    "denoise",
+    "detect",
+    "filter_boxes",
+    "is_oom_error",
+    "iter_denoise",
+    "iter_detect",
+    "iter_pipeline",
+    "model_fingerprint",
+    "run_pipeline",
+    "tile_spans",
+]
+
+
+class Cancelled(Exception):
+    """Raised by the blocking calls when their cancel check returns True between two batches."""
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How to run a network; everything here except ``batch_size`` may change the result (part of cache keys)."""
+
+    batch_size: int = 4
+    tile_size: int = DEFAULT_TILE_SIZE
+    overlap: int = DEFAULT_OVERLAP
+    amp: bool = True
+    amp_dtype: str = "float16"
+    max_detections: int = 50
+
+    def key(self) -> tuple[Any, ...]:
+        """The settings that change results."""
+        return (self.tile_size, self.overlap, self.amp, self.amp_dtype, self.max_detections)
+
+
+# --------------------------------------------------------------------------------------------------- fingerprints
+
+
+def array_fingerprint(a: np.ndarray) -> str:
+    """Content hash (BLAKE2b, 128 bits) of an array's dtype, shape and bytes (~1 GB/s)."""
+    a = np.ascontiguousarray(a)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Content hash of a model's class, config and state (changes when it is fine-tuned in place)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(type(model).__qualname__.encode())
+    h.update(repr(sorted(getattr(model, "config", {}).items())).encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        if t.is_meta:
+            h.update(str(tuple(t.shape)).encode())
+            continue
+        arr = t.detach().to("cpu").contiguous()
+        h.update(str(arr.dtype).encode())
+        h.update(arr.reshape(-1).view(torch.uint8).numpy().tobytes() if arr.numel() else b"")
+    return h.hexdigest()
+
+
+class ResultCache:
+    """Small LRU cache of inference results, bounded by entries and by the bytes of the arrays it holds.
+
+    Arrays are stored read-only: whoever gets one must copy before writing to it.
+    """
+
+    def __init__(self, max_items: int = 8, max_bytes: int = 2 << 30) -> None:
+        self.max_items, self.max_bytes = max_items, max_bytes
+        self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: Hashable) -> np.ndarray | None:
+        """The cached array or None; counts hits and misses."""
+        value = self._items.get(key)
+        if value is None:
+            self.misses += 1
+            return None
+        self._items.move_to_end(key)
+        self.hits += 1
+        return value
+
+    def put(self, key: Hashable, value: np.ndarray) -> np.ndarray:
+        """Store ``value`` (made read-only) and evict the oldest entries over the limits; returns it."""
+        value.setflags(write=False)
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_items or (
+            len(self._items) > 1 and sum(v.nbytes for v in self._items.values()) > self.max_bytes
+        ):
+            self._items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def is_oom_error(exc: BaseException) -> bool:
+    """True for CUDA/MPS/CPU out-of-memory errors."""
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 def _as_stack(hu: np.ndarray) -> np.ndarray:
@@ -22,47 +169,440 @@ def _as_stack(hu: np.ndarray) -> np.ndarray:
     return hu[None] if hu.ndim == 2 else hu
 
 
-@torch.inference_mode()
+def _select(n: int, slices: SliceSelection) -> list[int]:
+    """Slice indices to process, in the order given."""
+    if slices is None:
+        return list(range(n))
+    idx = [int(slices)] if isinstance(slices, (int, np.integer)) else [int(i) for i in slices]
+    bad = [i for i in idx if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"slice indices {bad[:5]} out of range for a volume of {n} slices")
+    return idx
+
+
+def tile_spans(length: int, tile: int, overlap: int, align: int = TILE_ALIGN) -> list[tuple[int, int]]:
+    """``(start, end)`` of overlapping tiles along one axis; starts are multiples of ``align``, the last tile ends
+    at ``length`` (it may be up to ``align - 1`` longer than ``tile``). One span when ``length <= tile``."""
+    if length <= tile:
+        return [(0, length)]
+    if tile < 2 * overlap + align:
+        raise ValueError(f"tile size {tile} too small for an overlap of {overlap} (needs >= {2 * overlap + align})")
+    n = 1 + math.ceil((length - tile) / (tile - overlap - align))
+    starts = sorted({(round(i * (length - tile) / (n - 1)) // align) * align for i in range(n)})
+    return [(s, s + tile) for s in starts[:-1]] + [(starts[-1], length)]
+
+
+def _ramp_1d(start: int, end: int, length: int, overlap: int) -> np.ndarray:
+    """Blending weights of one tile along one axis: zero for ``overlap // 4`` pixels at an inner edge (where the
+    tile's zero padding disturbs the output), then a cosine ramp over ``overlap // 2`` pixels, then one."""
+    n = end - start
+    w = np.ones(n, np.float64)
+    margin, ramp = overlap // 4, max(1, overlap // 2)
+    up = np.zeros(min(n, margin + ramp))
+    t = (np.arange(ramp) + 0.5) / ramp
+    up[margin : margin + ramp] = (np.sin(t * np.pi / 2) ** 2)[: max(0, len(up) - margin)]
+    if start > 0:
+        w[: len(up)] = np.minimum(w[: len(up)], up)
+    if end < length:
+        w[n - len(up) :] = np.minimum(w[n - len(up) :], up[::-1])
+    return w
+
+
+def filter_boxes(rows: np.ndarray, threshold: float) -> np.ndarray:
+    """Rows ``slice, x1, y1, x2, y2, score`` with score >= threshold."""
+    rows = np.asarray(rows, np.float32).reshape(-1, 6)
+    return rows[rows[:, 5] >= threshold]
+
+
+# --------------------------------------------------------------------------------------------------- the runner
+
+
+class _Runner:
+    """Runs one model on (B, H, W) HU stacks with batching, tiling, AMP and the out-of-memory fallbacks."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: torch.device | str,
+        settings: InferenceSettings,
+        notice: Notice | None,
+    ) -> None:
+        if isinstance(device, str) and device.lower() == "auto":
+            device, msg = pick_device("auto")
+            if msg and notice:
+                notice(msg)
+        self.device = torch.device(device)
+        self.model = model
+        self.settings = settings
+        self.batch = max(1, int(settings.batch_size))
+        self.tile = int(settings.tile_size)
+        self.overlap = int(settings.overlap)
+        self.notice = notice or (lambda msg: None)
+        params = list(model.parameters()) + list(model.buffers())
+        self._home = params[0].device if params else None
+        self._was_training = model.training
+
+    def __enter__(self) -> _Runner:
+        self.model.to(self.device).eval()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.train(self._was_training)
+        if self._home is not None and self.device != self._home and self._home.type != "meta":
+            with contextlib.suppress(RuntimeError):
+                self.model.to(self._home)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda" and self.settings.amp:
+            return torch.autocast("cuda", dtype=getattr(torch, self.settings.amp_dtype))
+        return contextlib.nullcontext()
+
+    def _tensor(self, hu: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(hu_to_net(hu), dtype=np.float32))[:, None].to(self.device)
+
+    def _degrade(self, shape: tuple[int, int], exc: BaseException) -> None:
+        """Next fallback after an out-of-memory error, or re-raise when none is left."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        min_tile = 2 * self.overlap + 4 * TILE_ALIGN
+        current = min(self.tile, max(shape))
+        smaller = max(min_tile, -(-current // 2 // TILE_ALIGN) * TILE_ALIGN)
+        if self.batch > 1:
+            self.batch //= 2
+            self.notice(f"out of memory on {self.device}: retrying with batch size {self.batch}")
+        elif smaller < current:
+            self.tile = smaller
+            self.notice(f"out of memory on {self.device}: retrying in tiles of {self.tile} pixels")
+        elif self.device.type != "cpu":
+            self.notice(f"out of memory on {self.device}: falling back to the CPU (slower)")
+            self.device = torch.device("cpu")
+            self.model.to(self.device)
+        else:
+            raise RuntimeError(
+                f"out of memory on the CPU even with batch size 1 and tiles of {self.tile} pixels"
+            ) from exc
+
+    def run(self, stack: np.ndarray, fn: Callable[[torch.Tensor], Any], combine: Callable) -> list[Any]:
+        """Apply ``fn`` to every image of ``stack`` (B, H, W) HU, retrying after out-of-memory errors.
+
+        ``fn`` maps a (b, 1, h, w) network-scale tensor to a list of b per-image results; ``combine(results,
+        spans, shape)`` merges per-tile results of one image (``spans`` = list of ((y0, y1), (x0, x1)))."""
+        while True:
+            try:
+                return self._run_once(stack, fn, combine)
+            except RuntimeError as exc:
+                if not is_oom_error(exc):
+                    raise
+                self._degrade(stack.shape[-2:], exc)
+
+    def _run_once(self, stack: np.ndarray, fn: Callable, combine: Callable) -> list[Any]:
+        h, w = stack.shape[-2:]
+        out: list[Any] = []
+        with torch.inference_mode(), self._autocast():
+            if max(h, w) <= self.tile:
+                for i in range(0, len(stack), self.batch):
+                    out.extend(fn(self._tensor(stack[i : i + self.batch])))
+                return out
+            spans = [
+                (ys, xs)
+                for ys in tile_spans(h, self.tile, self.overlap)
+                for xs in tile_spans(w, self.tile, self.overlap)
+            ]
+            for image in stack:
+                parts: list[Any] = []
+                for i in range(0, len(spans), self.batch):
+                    group = spans[i : i + self.batch]
+                    shapes = {(y1 - y0, x1 - x0) for (y0, y1), (x0, x1) in group}
+                    if len(shapes) == 1:
+                        tiles = np.stack([image[y0:y1, x0:x1] for (y0, y1), (x0, x1) in group])
+                        parts.extend(fn(self._tensor(tiles)))
+                    else:  # edge tiles of other sizes go one by one
+                        for (y0, y1), (x0, x1) in group:
+                            parts.extend(fn(self._tensor(image[None, y0:y1, x0:x1])))
+                out.append(combine(parts, spans, (h, w)))
+        return out
+
+
+def _blend(parts: list[np.ndarray], spans: list, shape: tuple[int, int], overlap: int) -> np.ndarray:
+    acc = np.zeros(shape, np.float64)
+    wsum = np.zeros(shape, np.float64)
+    for part, ((y0, y1), (x0, x1)) in zip(parts, spans):
+        wgt = np.outer(_ramp_1d(y0, y1, shape[0], overlap), _ramp_1d(x0, x1, shape[1], overlap))
+        acc[y0:y1, x0:x1] += wgt * part
+        wsum[y0:y1, x0:x1] += wgt
+    return (acc / wsum).astype(np.float32)
+
+
+def _owned(spans: list[tuple[int, int]], k: int, length: int) -> tuple[float, float]:
+    """The part of tile ``k`` that owns detections: split every overlap at its middle."""
+    lo = 0.0 if k == 0 else (spans[k][0] + spans[k - 1][1]) / 2
+    hi = float(length) if k == len(spans) - 1 else (spans[k + 1][0] + spans[k][1]) / 2
+    return lo, hi
+
+
+def _merge_detections(parts: list, spans: list, shape: tuple[int, int], max_det: int) -> tuple:
+    from napari_lidnet.models.nms import nms
+
+    ys = sorted({s[0] for s in spans})
+    xs = sorted({s[1] for s in spans})
+    boxes, scores = [], []
+    for (b, s), (yspan, xspan) in zip(parts, spans):
+        if not len(b):
+            continue
+        b = b.clone()
+        b[:, 0::2] += xspan[0]
+        b[:, 1::2] += yspan[0]
+        cy, cx = (b[:, 1] + b[:, 3]) / 2, (b[:, 0] + b[:, 2]) / 2
+        ylo, yhi = _owned(ys, ys.index(yspan), shape[0])
+        xlo, xhi = _owned(xs, xs.index(xspan), shape[1])
+        keep = (cy >= ylo) & (cy < yhi) & (cx >= xlo) & (cx < xhi)
+        boxes.append(b[keep])
+        scores.append(s[keep])
+    if not boxes:
+        return torch.zeros(0, 4), torch.zeros(0)
+    b, s = torch.cat(boxes), torch.cat(scores)
+    kept = nms(b, s, 0.5)[:max_det]
+    return b[kept], s[kept]
+
+
+# --------------------------------------------------------------------------------------------------- generators
+
+
+def iter_denoise(
+    model: torch.nn.Module,
+    hu: np.ndarray,
+    device: torch.device | str = "cpu",
+    *,
+    slices: SliceSelection = None,
+    settings: InferenceSettings | None = None,
+    notice: Notice | None = None,
+) -> Generator[tuple[int, int], None, np.ndarray]:
+    """Generator form of :func:`denoise`: yields ``(done, total)`` slices after every batch, returns HU."""
+    settings = settings or InferenceSettings()
+    stack = _as_stack(hu)
+    idx = _select(len(stack), slices)
+    out = np.empty((len(idx), *stack.shape[1:]), np.float32)
+
+    def fn(x: torch.Tensor) -> list[np.ndarray]:
+        return list(net_to_hu(model(x)[:, 0].float().cpu().numpy()))
+
+    def combine(parts: list, spans: list, shape: tuple[int, int]) -> np.ndarray:
+        return _blend(parts, spans, shape, settings.overlap)
+
+    with _Runner(model, device, settings, notice) as runner:
+        done = 0
+        while done < len(idx):
+            chunk = idx[done : done + runner.batch]
+            out[done : done + len(chunk)] = runner.run(stack[chunk], fn, combine)
+            done += len(chunk)
+            yield done, len(idx)
+    if slices is None and np.ndim(hu) == 2:
+        return out[0]
+    return out
+
+
+def iter_detect(
+    detector: torch.nn.Module,
+    hu: np.ndarray,
+    device: torch.device | str = "cpu",
+    *,
+    score_threshold: float = BOX_FLOOR,
+    slices: SliceSelection = None,
+    settings: InferenceSettings | None = None,
+    notice: Notice | None = None,
+) -> Generator[tuple[int, int], None, np.ndarray]:
+    """Generator form of :func:`detect`: yields ``(done, total)`` after every batch, returns (N, 6) rows."""
+    settings = settings or InferenceSettings()
+    stack = _as_stack(hu)
+    idx = _select(len(stack), slices)
+    max_det = settings.max_detections
+
+    def fn(x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return detector.detect(x, score_threshold=score_threshold, max_detections=max_det)
+
+    def combine(parts: list, spans: list, shape: tuple[int, int]) -> tuple:
+        return _merge_detections(parts, spans, shape, max_det)
+
+    rows: list[np.ndarray] = []
+    with _Runner(detector, device, settings, notice) as runner:
+        done = 0
+        while done < len(idx):
+            chunk = idx[done : done + runner.batch]
+            for z, (boxes, scores) in zip(chunk, runner.run(stack[chunk], fn, combine)):
+                if len(boxes):
+                    zcol = np.full((len(boxes), 1), z, np.float32)
+                    rows.append(np.hstack([zcol, boxes.float().cpu().numpy(), scores.float().cpu().numpy()[:, None]]))
+            done += len(chunk)
+            yield done, len(idx)
+    return np.vstack(rows).astype(np.float32) if rows else np.zeros((0, 6), np.float32)
+
+
+def _drive(gen: Generator[tuple[int, int], None, Any], progress: Progress | None, cancel: CancelCheck | None) -> Any:
+    """Run a generator to the end, reporting progress and checking ``cancel`` between batches."""
+    while True:
+        try:
+            done, total = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress:
+            progress(done, total)
+        if cancel is not None and cancel():
+            gen.close()
+            raise Cancelled(f"cancelled after {done} of {total} slices")
+
+
 def denoise(
     model: torch.nn.Module,
     hu: np.ndarray,
     device: torch.device | str = "cpu",
     batch_size: int = 4,
     progress: Progress | None = None,
+    *,
+    slices: SliceSelection = None,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    overlap: int = DEFAULT_OVERLAP,
+    amp: bool = True,
+    cancel: CancelCheck | None = None,
+    notice: Notice | None = None,
 ) -> np.ndarray:
-    """Denoise a slice (y, x) or a volume (z, y, x) slice by slice; returns float32 HU of the same shape."""
-    stack = _as_stack(hu)
-    out = np.empty_like(stack)
-    model = model.to(device).eval()
-    for start in range(0, len(stack), batch_size):
-        x = torch.from_numpy(hu_to_net(stack[start : start + batch_size]))[:, None].to(device)
-        out[start : start + len(x)] = net_to_hu(model(x)[:, 0].float().cpu().numpy())
-        if progress:
-            progress(min(start + batch_size, len(stack)), len(stack))
-    return out.reshape(np.shape(hu))
+    """Denoise a slice (y, x) or a volume (z, y, x); returns float32 HU of the same shape, or (k, y, x) for the
+    ``slices`` selected. Restores the model's train/eval mode (and its device after a CPU fallback)."""
+    settings = InferenceSettings(batch_size=batch_size, tile_size=tile_size, overlap=overlap, amp=amp)
+    gen = iter_denoise(model, hu, device, slices=slices, settings=settings, notice=notice)
+    return _drive(gen, progress, cancel)
 
 
-@torch.inference_mode()
 def detect(
     detector: torch.nn.Module,
     hu: np.ndarray,
     device: torch.device | str = "cpu",
-    score_threshold: float = 0.05,
+    score_threshold: float = BOX_FLOOR,
     batch_size: int = 4,
     progress: Progress | None = None,
+    *,
+    slices: SliceSelection = None,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    overlap: int = DEFAULT_OVERLAP,
+    amp: bool = True,
+    max_detections: int = 50,
+    cancel: CancelCheck | None = None,
+    notice: Notice | None = None,
 ) -> np.ndarray:
     """Lesion boxes of a slice or volume as an (N, 6) array ``slice, x1, y1, x2, y2, score`` (pixels)."""
+    settings = InferenceSettings(
+        batch_size=batch_size, tile_size=tile_size, overlap=overlap, amp=amp, max_detections=max_detections
+    )
+    gen = iter_detect(
+        detector, hu, device, score_threshold=score_threshold, slices=slices, settings=settings, notice=notice
+    )
+    return _drive(gen, progress, cancel)
+
+
+# --------------------------------------------------------------------------------------------------- pipeline
+
+
+@dataclass
+class PipelineResult:
+    """Output of :func:`iter_pipeline`.
+
+    ``denoised``: (k, y, x) HU for ``slices`` (None without a denoiser); ``boxes``: (N, 6) rows with absolute
+    slice indices and every score >= ``BOX_FLOOR`` (None without a detector); ``cached``: stage -> cache hit.
+    """
+
+    slices: list[int]
+    denoised: np.ndarray | None = None
+    boxes: np.ndarray | None = None
+    cached: dict[str, bool] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+    device: str = "cpu"
+    seconds: float = 0.0
+
+
+def iter_pipeline(
+    hu: np.ndarray,
+    denoiser: torch.nn.Module | None,
+    detector: torch.nn.Module | None,
+    device: torch.device | str = "auto",
+    *,
+    slices: SliceSelection = None,
+    settings: InferenceSettings | None = None,
+    cache: ResultCache | None = None,
+    notice: Notice | None = None,
+) -> Generator[tuple[int, int], None, PipelineResult]:
+    """Denoise, then detect lesions on the denoised slices (LIDnet's detector follows the denoised domain).
+
+    Yields ``(done, total)`` slices over both stages; returns a :class:`PipelineResult`. With ``cache``, each
+    stage is looked up by (input fingerprint, model fingerprint, slices, settings, device type) first.
+    """
+    t0 = time.perf_counter()
+    settings = settings or InferenceSettings()
     stack = _as_stack(hu)
-    detector = detector.to(device).eval()
-    rows = []
-    for start in range(0, len(stack), batch_size):
-        x = torch.from_numpy(hu_to_net(stack[start : start + batch_size]))[:, None].to(device)
-        for i, (boxes, scores) in enumerate(detector.detect(x, score_threshold=score_threshold)):
-            if len(boxes):
-                z = np.full((len(boxes), 1), start + i, np.float32)
-                rows.append(
-                    np.hstack([z, boxes.float().cpu().numpy(), scores.float().cpu().numpy()[:, None]])
-                )
-        if progress:
-            progress(min(start + batch_size, len(stack)), len(stack))
-    return np.vstack(rows).astype(np.float32) if rows else np.zeros((0, 6), np.float32)
+    idx = _select(len(stack), slices)
+    result = PipelineResult(slices=idx)
+    if isinstance(device, str) and device.lower() == "auto":
+        device, msg = pick_device("auto")
+        if msg:
+            result.notices.append(msg)
+            if notice:
+                notice(msg)
+    device = torch.device(device)
+    result.device = str(device)
+
+    def tell(msg: str) -> None:
+        result.notices.append(msg)
+        if notice:
+            notice(msg)
+
+    stages = [s for s, m in (("denoise", denoiser), ("detect", detector)) if m is not None]
+    total = len(idx) * len(stages)
+    offset = 0
+    selected = stack[idx]
+    image = selected
+    for stage in stages:
+        model = denoiser if stage == "denoise" else detector
+        key = (stage, array_fingerprint(image), tuple(idx), model_fingerprint(model), settings.key(), device.type)
+        hit = cache.get(key) if cache is not None else None
+        result.cached[stage] = hit is not None
+        if hit is None:
+            if stage == "denoise":
+                gen = iter_denoise(model, image, device, settings=settings, notice=tell)
+            else:
+                gen = iter_detect(model, image, device, settings=settings, notice=tell)
+            try:
+                while True:
+                    try:
+                        done, _ = next(gen)
+                    except StopIteration as stop:
+                        hit = stop.value
+                        break
+                    yield offset + done, total
+            finally:
+                gen.close()
+            offset += len(idx)
+            if stage == "detect" and len(hit):  # slice column: position in `image` -> absolute index
+                hit[:, 0] = np.asarray(idx, np.float32)[hit[:, 0].astype(int)]
+            if cache is not None:
+                cache.put(key, hit)
+        else:
+            offset += len(idx)
+            yield offset, total
+        if stage == "denoise":
+            result.denoised = hit
+            image = hit
+        else:
+            result.boxes = hit
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def run_pipeline(
+    hu: np.ndarray,
+    denoiser: torch.nn.Module | None,
+    detector: torch.nn.Module | None,
+    device: torch.device | str = "auto",
+    progress: Progress | None = None,
+    cancel: CancelCheck | None = None,
+    **kwargs: Any,
+) -> PipelineResult:
+    """Blocking form of :func:`iter_pipeline` (same keyword arguments)."""
+    return _drive(iter_pipeline(hu, denoiser, detector, device, **kwargs), progress, cancel)

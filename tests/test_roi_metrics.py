@@ -118,6 +118,8 @@ def test_psnr_ssim_in_rectangle_match_skimage_on_crop():
     dr = float(ref.max() - ref.min())
     expect = peak_signal_noise_ratio(ref[12:60, 15:70], img[12:60, 15:70], data_range=dr)
     assert psnr_raw == pytest.approx(expect, abs=1e-4)
+    ssim_raw = region_ssim(img, ref, mask, window=None)
+    assert ssim_raw == pytest.approx(structural_similarity(img[12:60, 15:70], ref[12:60, 15:70], data_range=dr))
 
 
 def test_ssim_ellipse_uses_mask_and_identity_is_one():
@@ -146,7 +148,7 @@ def test_compare_regions_reference_rows_and_bad_inputs_give_notes():
     ]
     rows = compare_regions({"noisy": noisy, "clean": clean, "other": other}, regions, reference="clean")
     by = {(r["region"], r["image"]): r for r in rows}
-    assert len(rows) == 15
+    assert len(rows) == 13
     r = by[("r", "noisy")]
     m = shape_mask("rectangle", regions[0].vertices, (64, 64))
     assert r["slice"] == 2
@@ -161,7 +163,7 @@ def test_compare_regions_reference_rows_and_bad_inputs_give_notes():
     assert "outside the image" in by[("outside", "noisy")]["note"]
     assert "slice 9 outside" in by[("bad slice", "noisy")]["note"]
     assert "SSIM" in by[("tiny", "noisy")]["note"] and not math.isnan(by[("tiny", "noisy")]["rmse"])
-    assert "no area" in by[("line", "noisy")]["note"]
+    assert by[("line", "")]["note"] == "line encloses no area; ignored"
     # a missing background index and a missing reference become notes too
     rows = compare_regions({"noisy": noisy}, regions[:1], reference="nope", background=7)
     assert "reference 'nope'" in rows[0]["note"] and "background region 7" in rows[0]["note"]
@@ -193,3 +195,34 @@ def test_line_profile_through_centre():
     cols, vals = line_profile(img, mask)
     assert cols[0] == 30 and cols[-1] == 69
     np.testing.assert_array_equal(vals, img[29, 30:70])
+
+
+def test_roi_perceptual_distance_properties():
+    pytest.importorskip("napari_lidnet.models.roi_align", reason="models.roi_align not written yet")
+    torch = pytest.importorskip("torch")
+    from napari_lidnet.metrics.roi_perceptual import default_detector, make_perceptual_fn, roi_perceptual_distance
+    from napari_lidnet.models.detector import LesionDetector
+
+    torch.manual_seed(0)
+    det = LesionDetector(width=8)
+    rng = np.random.default_rng(6)
+    ref = np.full((128, 128), 40.0, np.float32)
+    ref[50:80, 50:80] = 90.0
+    box = (48.0, 48.0, 82.0, 82.0)
+    assert roi_perceptual_distance(ref, ref, box, det) == 0.0
+    noise = rng.normal(0, 1, ref.shape).astype(np.float32)
+    d = [roi_perceptual_distance(ref + s * noise, ref, box, det) for s in (10, 40, 160)]
+    assert 0 < d[0] < d[1] < d[2]
+    far = ref.copy()
+    far[:, 120:] += 500 * noise[:, 120:]  # beyond the box and its context: does not count
+    assert roi_perceptual_distance(far, ref, box, det) == 0.0
+    assert det.training  # mode restored
+    # through compare_regions: a column value with a detector; a note when no weights are shipped
+    region = Region("lesion", "rectangle", rect(48, 48, 82, 82))
+    rows = compare_regions({"n": ref + 40 * noise, "ref": ref}, [region], "ref", perceptual=make_perceptual_fn(det))
+    assert rows[0]["roi_perceptual"] == pytest.approx(d[1], rel=1e-5) and rows[1]["roi_perceptual"] == 0.0
+    rows = compare_regions({"n": ref + 40 * noise, "ref": ref}, [region], "ref", perceptual=make_perceptual_fn())
+    if default_detector()[0] is None:
+        assert "no detector weights" in rows[0]["note"] and math.isnan(rows[0]["roi_perceptual"])
+    else:
+        assert rows[0]["roi_perceptual"] > 0

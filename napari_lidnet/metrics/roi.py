@@ -228,6 +228,8 @@ def region_ssim(
     if r1 - r0 < SSIM_WIN or c1 - c0 < SSIM_WIN:
         raise ValueError(f"region {r1 - r0}x{c1 - c0} px is smaller than the {SSIM_WIN}x{SSIM_WIN} SSIM window")
     x, ref, data_range = _window(image[r0:r1, c0:c1], reference[r0:r1, c0:c1], window)
+    if window is None:  # the range of the whole reference slice, as for PSNR
+        data_range = float(np.max(reference) - np.min(reference))
     _, smap = structural_similarity(x, ref, data_range=data_range, win_size=SSIM_WIN, full=True)
     pad = (SSIM_WIN - 1) // 2
     inner = np.zeros_like(smap, dtype=bool)
@@ -313,8 +315,9 @@ def compare_regions(
     window: tuple[float, float] | None = DEFAULT_WINDOW,
     perceptual: PerceptualFn | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per region x image with mean, SD, n, SNR, CNR and, against ``reference``, RMSE, PSNR, SSIM and
-    the ROI perceptual distance (``perceptual(plane, ref_plane, (x1, y1, x2, y2)) -> float``).
+    """One row per region x image (a single row with a note for a line or path) with mean, SD, n, SNR, CNR and,
+    against ``reference``, RMSE, PSNR, SSIM and the ROI perceptual distance
+    (``perceptual(plane, ref_plane, (x1, y1, x2, y2)) -> float``).
 
     Never raises for user errors: a region that is empty, outside the image or on an image of another shape, an
     image that does not match the reference, a missing background region, a region too small for SSIM all give
@@ -335,6 +338,11 @@ def compare_regions(
         else:
             bg_note = f"CNR: background region {background} does not exist or has no area"
     for ri, region in enumerate(regions):
+        if region.shape_type not in AREA_SHAPES:  # lines and paths: one row that says so
+            row = _empty_row(region, "")
+            row["note"] = "; ".join(n for n in (region.note, f"{region.shape_type} encloses no area; ignored") if n)
+            rows.append(row)
+            continue
         for name, image in images.items():
             row = _empty_row(region, name)
             notes = [region.note] if region.note else []

@@ -86,18 +86,27 @@ def roi_perceptual_distance(
 
 
 def default_detector() -> tuple[Any | None, str]:
-    """The shipped detector from ``models.registry.default_model("detector")`` (cached), or (None, reason)."""
+    """The default detector of ``models.registry`` (shipped ``default_detector``, else the newest user detector),
+    loaded once and cached, or (None, "no detector weights")."""
     with _LOCK:
         if "model" not in _DEFAULT:
             try:
-                from napari_lidnet.models.registry import default_model
+                from napari_lidnet.models.registry import default_model, load_model
 
-                loaded = default_model("detector")
-                model = loaded[0] if isinstance(loaded, tuple) else loaded
-                _DEFAULT["model"], _DEFAULT["note"] = model, "" if model is not None else NO_WEIGHTS
-            except Exception:  # module, weights file or architecture missing
-                _DEFAULT["model"], _DEFAULT["note"] = None, NO_WEIGHTS
+                info = default_model("detector")
+                model = None if info is None else load_model(info.path, kind="detector")[0]
+            except Exception as exc:  # weights file unreadable or architecture unknown
+                model, note = None, f"{NO_WEIGHTS} ({exc})"
+            else:
+                note = "" if model is not None else NO_WEIGHTS
+            _DEFAULT["model"], _DEFAULT["note"] = model, note
         return _DEFAULT["model"], _DEFAULT["note"]
+
+
+def clear_cache() -> None:
+    """Forget the cached default detector (after a new model was trained or installed)."""
+    with _LOCK:
+        _DEFAULT.clear()
 
 
 def make_perceptual_fn(

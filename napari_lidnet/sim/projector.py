@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 FILTERS = ("ram-lak", "shepp-logan", "cosine", "hamming", "hann")
 
-#: views processed per grid_sample call (bounds the memory of the sampling grids)
-_CHUNK_ELEMENTS = 1 << 23
+#: sample points per grid_sample call: small chunks keep the grids in cache (measured fastest on CPU)
+_CHUNK_ELEMENTS = 1 << 20
 
 
 def default_n_angles(size: int) -> int:
@@ -77,28 +77,11 @@ def get_geometry(size: int, n_angles: int, device: str) -> Geometry:
     return Geometry(size, n_angles, torch.device(device))
 
 
-@lru_cache(maxsize=16)
-def _ray_offsets(size: int, n_samples: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Detector positions t (n_det,) and along-ray positions s (n_samples,) in pixels, as float32."""
-    n_det = detector_bins(size)
-    t = torch.arange(n_det, dtype=torch.float32, device=device) - n_det // 2
-    s = torch.arange(n_samples, dtype=torch.float32, device=device) - n_samples // 2
-    return t, s
-
-
 @lru_cache(maxsize=8)
-def _circle_pixels(size: int, circle: bool, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Flat indices and (x, y) offsets in pixels of the pixels to back-project (inscribed circle or all)."""
-    c = size // 2
-    yy, xx = torch.meshgrid(
-        torch.arange(size, dtype=torch.float32) - c, torch.arange(size, dtype=torch.float32) - c, indexing="ij"
-    )
-    if circle:
-        keep = (xx**2 + yy**2) <= (size / 2.0) ** 2
-    else:
-        keep = torch.ones_like(xx, dtype=torch.bool)
-    idx = torch.nonzero(keep.flatten()).squeeze(1)
-    return idx.to(device), xx.flatten()[idx].to(device), yy.flatten()[idx].to(device)
+def _circle_mask(size: int, device: str) -> torch.Tensor:
+    """(size, size) float mask of the inscribed circle (radius size/2 about the centre pixel)."""
+    v = torch.arange(size, dtype=torch.float32) - size // 2
+    return ((v.view(-1, 1) ** 2 + v.view(1, -1) ** 2) <= (size / 2.0) ** 2).float().to(device)
 
 
 @lru_cache(maxsize=16)
@@ -140,11 +123,8 @@ def _as_batch(x: torch.Tensor, what: str) -> tuple[torch.Tensor, bool]:
 
 def is_inside_circle(images: torch.Tensor, tol: float = 0.0) -> bool:
     """Whether every image of a (B, N, N) batch is (nearly) zero outside its inscribed circle."""
-    size = images.shape[-1]
-    idx, _, _ = _circle_pixels(size, True, str(images.device))
-    mask = torch.ones(size * size, dtype=torch.bool, device=images.device)
-    mask[idx] = False
-    return bool((images.reshape(images.shape[0], -1)[:, mask].abs() <= tol).all())
+    outside = _circle_mask(images.shape[-1], str(images.device)) == 0
+    return bool((images[..., outside].abs() <= tol).all())
 
 
 def forward_project(
@@ -165,26 +145,27 @@ def forward_project(
     if circle is None:
         circle = is_inside_circle(x)
     # rays: detector bins within +-N/2 of the centre when circle, all n_det bins otherwise
-    n_s = size if circle else geo.n_det
-    t_all, s = _ray_offsets(size, n_s, dev)
-    lo = (geo.n_det - size) // 2 if circle else 0
-    t = t_all[lo : lo + (size if circle else geo.n_det)]
-    centre = size // 2
-    scale = 2.0 / (size - 1)  # align_corners=True normalisation: index i -> 2 i/(N-1) - 1
-    chunk = max(1, _CHUNK_ELEMENTS // (n_s * t.numel()))
+    n_t = size if circle else geo.n_det
+    lo = (geo.n_det - n_t) // 2
+    # sample points (col, row) = centre + t * (cos, -sin) + s * (sin, cos), t and s in -n_t//2 .. n_t - n_t//2 - 1
+    # pixels; normalised for grid_sample (align_corners=True): g = index * 2/(size-1) - 1. Each grid component is
+    # an outer sum of a t-vector and an s-vector, built in one pass into a reused buffer.
+    k = 2.0 / (size - 1)
+    u = (torch.arange(n_t, dtype=torch.float32, device=x.device) - n_t // 2) * k
+    centre = (size // 2) * k - 1.0
+    chunk = max(1, _CHUNK_ELEMENTS // (n_t * n_t))
+    grid = torch.empty(chunk, n_t, n_t, 2, dtype=torch.float32, device=x.device)
     inp = x.unsqueeze(0)  # batch as channels: one grid serves all images
     out = torch.zeros(x.shape[0], n_angles, geo.n_det, dtype=torch.float32, device=x.device)
-    tt = t.view(1, 1, -1)
-    ss = s.view(1, -1, 1)
     for a0 in range(0, n_angles, chunk):
         c = geo.cos[a0 : a0 + chunk].view(-1, 1, 1)
         sn = geo.sin[a0 : a0 + chunk].view(-1, 1, 1)
-        # point = t * (cos, -sin) + s * (sin, cos) in (col, row) offsets
-        gx = (tt * c + ss * sn + centre) * scale - 1.0
-        gy = (-tt * sn + ss * c + centre) * scale - 1.0
-        grid = torch.stack((gx, gy), dim=-1).reshape(1, -1, t.numel(), 2)
-        samp = F.grid_sample(inp, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        out[:, a0 : a0 + c.shape[0], lo : lo + t.numel()] = samp[0].view(x.shape[0], c.shape[0], n_s, -1).sum(2)
+        m = c.shape[0]
+        g = grid[:m]
+        torch.add(u.view(1, 1, -1) * c + centre, u.view(1, -1, 1) * sn, out=g[..., 0])
+        torch.add(u.view(1, -1, 1) * c + centre, u.view(1, 1, -1) * -sn, out=g[..., 1])
+        samp = F.grid_sample(inp, g.view(1, m * n_t, n_t, 2), mode="bilinear", padding_mode="zeros", align_corners=True)
+        out[:, a0 : a0 + m, lo : lo + n_t] = samp[0].view(x.shape[0], m, n_t, n_t).sum(2)
     out *= pixel_mm
     return out[0] if squeeze else out
 
@@ -209,26 +190,31 @@ def back_project(filtered: torch.Tensor, size: int, circle: bool = False) -> tor
         raise ValueError(f"sinogram has {n_det} detector bins, expected {detector_bins(size)} for size {size}")
     dev = str(q.device)
     geo = get_geometry(size, n_angles, dev)
-    idx, px, py = _circle_pixels(size, circle, dev)
-    k = idx.numel()
-    chunk = max(1, _CHUNK_ELEMENTS // k)
-    inp = q.float().unsqueeze(0)  # (1, B, n_angles, n_det)
-    acc = torch.zeros(n_batch, k, dtype=torch.float32, device=q.device)
+    # grid over the full square: gx = t(x, y) normalised over the detector (outer sum of an x- and a y-vector),
+    # gy = the view's row; then the circle (if asked) is cut out
     sx = 2.0 / (n_det - 1)
     sy = 2.0 / (n_angles - 1) if n_angles > 1 else 0.0
+    v = torch.arange(size, dtype=torch.float32, device=q.device) - size // 2
+    chunk = max(1, _CHUNK_ELEMENTS // (size * size))
+    grid = torch.empty(chunk, size, size, 2, dtype=torch.float32, device=q.device)
+    inp = q.float().unsqueeze(0)  # (1, B, n_angles, n_det)
+    out = torch.zeros(n_batch, size, size, dtype=torch.float32, device=q.device)
     for a0 in range(0, n_angles, chunk):
         a1 = min(n_angles, a0 + chunk)
-        c = geo.cos[a0:a1].view(-1, 1)
-        sn = geo.sin[a0:a1].view(-1, 1)
-        gx = (px.view(1, -1) * c - py.view(1, -1) * sn + n_det // 2) * sx - 1.0
-        rows = torch.arange(a0, a1, dtype=torch.float32, device=q.device).view(-1, 1)
-        gy = (rows * sy - 1.0).expand_as(gx)
-        grid = torch.stack((gx, gy), dim=-1).unsqueeze(0)  # (1, views, K, 2)
-        samp = F.grid_sample(inp, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        acc += samp[0].sum(1)
-    out = torch.zeros(n_batch, size * size, dtype=torch.float32, device=q.device)
-    out[:, idx] = acc
-    out = out.view(n_batch, size, size)
+        m = a1 - a0
+        c = geo.cos[a0:a1].view(-1, 1, 1) * sx
+        sn = geo.sin[a0:a1].view(-1, 1, 1) * sx
+        g = grid[:m]
+        torch.add(v.view(1, 1, -1) * c + ((n_det // 2) * sx - 1.0), v.view(1, -1, 1) * -sn, out=g[..., 0])
+        rows = torch.arange(a0, a1, dtype=torch.float32, device=q.device) * sy - 1.0
+        g[..., 1] = rows.view(-1, 1, 1)
+        samp = F.grid_sample(
+            inp, g.view(1, m * size, size, 2), mode="bilinear", padding_mode="zeros", align_corners=True
+        )
+        out += samp[0].view(n_batch, m, size, size).sum(1)
+    if circle:
+        out *= _circle_mask(size, dev)
+
     return out[0] if squeeze else out
 
 

@@ -1,0 +1,131 @@
+"""The layer boundary: CTVolume -> napari LayerDataTuples, pixel boxes <-> Shapes rectangles.
+
+Boxes are ``slice, x1, y1, x2, y2`` (or ``x1, y1, x2, y2`` in 2D) in pixels; napari rectangles are four
+(row, col) = (y, x) corners, with the slice index prepended in 3D. Shapes layers get the same scale/translate as
+their image, so their data coordinates are the image's pixel coordinates. No Qt or torch import here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..io.volume import CTVolume
+from ..io.windowing import DEFAULT_PRESET, contrast_limits
+
+LayerDataTuple = tuple[Any, dict[str, Any], str]
+
+BOX_EDGE_COLOR = "yellow"
+
+
+def volume_to_layer_tuple(vol: CTVolume, preset: str = DEFAULT_PRESET) -> LayerDataTuple:
+    """Image layer tuple: HU untouched, scale/translate from geometry, window preset as contrast limits."""
+    kwargs = vol.layer_kwargs()
+    kwargs["metadata"]["source"] = vol.metadata.get("source")
+    kwargs["metadata"]["hu"] = True
+    kwargs.update(colormap="gray", contrast_limits=contrast_limits(preset), blending="translucent")
+    return (vol.hu, kwargs, "image")
+
+
+def boxes_to_shapes(boxes: np.ndarray, ndim: int) -> list[np.ndarray]:
+    """(N, 5) ``slice, x1, y1, x2, y2`` or (N, 4) ``x1, y1, x2, y2`` boxes -> N rectangles of shape (4, ndim)."""
+    boxes = np.asarray(boxes, dtype=float)
+    if boxes.size == 0:
+        return []
+    if boxes.ndim != 2 or boxes.shape[1] not in (4, 5):
+        raise ValueError(f"boxes must be (N, 4) x1,y1,x2,y2 or (N, 5) slice,x1,y1,x2,y2; got shape {boxes.shape}")
+    if ndim < 2:
+        raise ValueError(f"shapes need at least 2 dimensions, got ndim={ndim}")
+    if ndim > 2 and boxes.shape[1] == 4:
+        raise ValueError(f"{ndim}D shapes need the slice index: pass (N, 5) boxes slice,x1,y1,x2,y2")
+    out = []
+    for b in boxes:
+        x1, y1, x2, y2 = b[-4:]
+        corners = np.array([[y1, x1], [y1, x2], [y2, x2], [y2, x1]])
+        if ndim > 2:
+            lead = np.zeros((4, ndim - 2))
+            lead[:, -1] = b[0]
+            corners = np.concatenate([lead, corners], axis=1)
+        out.append(corners)
+    return out
+
+
+def shapes_to_boxes(shapes_layer: Any) -> np.ndarray:
+    """Shapes (a layer, or a list of (k, ndim) vertex arrays) -> (N, 5) ``slice, x1, y1, x2, y2`` bounding boxes.
+
+    The slice is the (rounded) third-last coordinate; 0 for 2D shapes.
+    """
+    data: Sequence[np.ndarray] = getattr(shapes_layer, "data", shapes_layer)
+    rows = []
+    for verts in data:
+        v = np.asarray(verts, dtype=float)
+        z = float(np.rint(v[:, -3].mean())) if v.shape[1] >= 3 else 0.0
+        y1, x1 = v[:, -2].min(), v[:, -1].min()
+        y2, x2 = v[:, -2].max(), v[:, -1].max()
+        rows.append([z, x1, y1, x2, y2])
+    return np.asarray(rows, dtype=np.float32).reshape(-1, 5)
+
+
+def boxes_layer_tuple(
+    boxes: np.ndarray,
+    ndim: int,
+    *,
+    name: str = "lesions",
+    scale: Sequence[float] | None = None,
+    translate: Sequence[float] | None = None,
+    scores: np.ndarray | None = None,
+    labels: Sequence[str] | None = None,
+    edge_color: str = BOX_EDGE_COLOR,
+) -> LayerDataTuple:
+    """Shapes layer tuple of rectangles for pixel boxes, placed like their image (same scale/translate)."""
+    shapes = boxes_to_shapes(boxes, ndim)
+    n = len(shapes)
+    features: dict[str, Any] = {}
+    if scores is not None:
+        features["score"] = np.asarray(scores, dtype=float).reshape(-1)[:n]
+    if labels is not None:
+        features["label"] = list(labels)[:n]
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "shape_type": "rectangle",
+        "edge_color": edge_color,
+        "face_color": "transparent",
+        "edge_width": 2,
+        "ndim": ndim,
+        "features": features,
+    }
+    if scale is not None:
+        kwargs["scale"] = tuple(scale)
+    if translate is not None:
+        kwargs["translate"] = tuple(translate)
+    if "score" in features and n:
+        kwargs["text"] = {"string": "{score:.2f}", "anchor": "upper_left", "size": 10, "color": edge_color}
+    return (shapes, kwargs, "shapes")
+
+
+def volume_boxes_layer_tuple(vol: CTVolume, name: str | None = None) -> LayerDataTuple | None:
+    """Shapes layer tuple for the volume's own boxes (e.g. DeepLesion annotations), or None when it has none."""
+    if vol.boxes is None or len(vol.boxes) == 0:
+        return None
+    labels = vol.metadata.get("lesion_types")
+    if labels is not None and len(labels) != len(vol.boxes):
+        labels = None
+    return boxes_layer_tuple(
+        vol.boxes,
+        vol.hu.ndim,
+        name=name or f"{vol.name} lesions",
+        scale=vol.spacing,
+        translate=vol.origin,
+        labels=labels,
+    )
+
+
+def volume_layer_tuples(vol: CTVolume, preset: str = DEFAULT_PRESET) -> list[LayerDataTuple]:
+    """The image tuple, plus a Shapes tuple when the volume carries boxes."""
+    out = [volume_to_layer_tuple(vol, preset)]
+    box_tuple = volume_boxes_layer_tuple(vol)
+    if box_tuple is not None:
+        out.append(box_tuple)
+    return out

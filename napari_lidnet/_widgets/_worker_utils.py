@@ -1,0 +1,154 @@
+"""Plain-Python helpers of the denoise/detect dock widget: model store, the worker generator, layer geometry.
+
+No Qt here, and torch is imported only inside functions: workers run these; the widget turns results into layers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..io.volume import CTVolume
+
+
+@dataclass
+class Failure:
+    """What a worker returns instead of raising (so the viewer never sees an exception)."""
+
+    message: str
+
+
+@dataclass
+class JobOutput:
+    """What a worker returns on success: the pipeline result plus the model descriptions for layer metadata."""
+
+    result: Any  # inference.PipelineResult
+    denoiser_label: str | None
+    detector_label: str | None
+
+
+@dataclass
+class Progress:
+    """One progress record yielded by the worker: slices done/total and notices since the last record."""
+
+    done: int
+    total: int
+    notices: list[str] = field(default_factory=list)
+    stage: str = ""
+
+
+class ModelStore:
+    """Loaded models by weights path, reloaded when the file changes (mtime); safe to use from a worker thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._models: dict[tuple[str, str], tuple[float, Any, dict]] = {}
+
+    def get(self, path: str | Path, kind: str) -> tuple[Any, dict]:
+        """``(model, card)`` for the weights at ``path`` (a stem, .safetensors or .json); raises on bad files."""
+        from ..models.registry import load_model
+        from ..models.weights import weight_paths
+
+        w_path, _ = weight_paths(path)
+        if not w_path.is_file():
+            raise FileNotFoundError(f"weights file not found: {w_path}")
+        mtime = w_path.stat().st_mtime_ns
+        key = (str(w_path), kind)
+        with self._lock:
+            hit = self._models.get(key)
+            if hit is not None and hit[0] == mtime:
+                return hit[1], hit[2]
+            model, card = load_model(w_path, kind=kind)
+            self._models[key] = (mtime, model, card)
+            return model, card
+
+    def clear(self) -> None:
+        with self._lock:
+            self._models.clear()
+
+
+def model_label(path: str | Path, card: dict) -> str:
+    """Short description of a model for layer metadata and DICOM SeriesDescription."""
+    return f"{Path(path).name} ({card.get('arch', '?')})"
+
+
+def inference_job(
+    hu: np.ndarray,
+    denoiser_path: str | None,
+    detector_path: str | None,
+    device: str,
+    slices: list[int] | None,
+    store: ModelStore,
+    cache: Any,
+    batch_size: int = 4,
+) -> Generator[Progress, None, JobOutput | Failure]:
+    """Worker body: load the models, run :func:`inference.iter_pipeline`, yield :class:`Progress` after every batch.
+
+    Every error becomes a returned :class:`Failure` (a RuntimeError escaping a napari generator worker would be
+    swallowed as "aborted" without a ``finished`` signal).
+    """
+    notices: list[str] = []
+    try:
+        yield Progress(0, 1, stage="loading models")
+        from ..inference import InferenceSettings, iter_pipeline
+
+        den = det = None
+        den_label = det_label = None
+        if denoiser_path:
+            den, card = store.get(denoiser_path, "denoiser")
+            den_label = model_label(denoiser_path, card)
+        if detector_path:
+            det, card = store.get(detector_path, "detector")
+            det_label = model_label(detector_path, card)
+        settings = InferenceSettings(batch_size=batch_size)
+        gen = iter_pipeline(hu, den, det, device, slices=slices, settings=settings, cache=cache, notice=notices.append)
+        while True:
+            try:
+                done, total = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            yield Progress(done, total, notices[:], stage="running")
+            notices.clear()
+        return JobOutput(result, den_label, det_label)
+    except Exception as exc:  # reported in the viewer, never raised into it
+        return Failure(f"{type(exc).__name__}: {exc}")
+
+
+def slice_translate(scale: tuple[float, ...], translate: tuple[float, ...], z0: int) -> tuple[float, ...]:
+    """Translate of a layer holding slices ``z0...`` of a volume with ``scale``/``translate`` (data units)."""
+    t = list(translate)
+    t[0] = float(t[0]) + z0 * float(scale[0])
+    return tuple(t)
+
+
+def volume_from_layer(
+    hu: np.ndarray,
+    scale: tuple[float, ...],
+    translate: tuple[float, ...],
+    metadata: dict[str, Any],
+    name: str,
+    first_slice: int = 0,
+) -> CTVolume:
+    """A CTVolume for ``hu`` = slices ``first_slice...`` of a source layer (``scale``, ``translate``, ``metadata``).
+
+    Direction and origin come from ``metadata["affine_lps"]`` when the source came from this plugin's reader,
+    else from scale/translate with an identity direction. Other metadata (DICOM source tags) is kept.
+    """
+    meta = {k: v for k, v in metadata.items() if k not in ("affine_lps", "lidnet")}
+    spacing = tuple(float(s) for s in scale)
+    aff = metadata.get("affine_lps")
+    if aff is None or hu.ndim != 3 or np.shape(aff) != (4, 4):
+        origin = slice_translate(spacing, translate, first_slice) if hu.ndim == 3 else tuple(translate)
+        return CTVolume(hu, spacing, tuple(float(t) for t in origin), None, name=name, metadata=meta)
+    aff = np.asarray(aff, dtype=float)
+    direction = np.zeros((3, 3))
+    for col, axis in enumerate((2, 1, 0)):  # affine columns are the z, y, x array axes
+        direction[:, axis] = aff[:3, col] / spacing[col]
+    origin_xyz = aff[:3, 3] + first_slice * aff[:3, 0]
+    return CTVolume(hu, spacing, tuple(origin_xyz[::-1]), direction, name=name, metadata=meta)

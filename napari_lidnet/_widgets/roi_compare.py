@@ -1,0 +1,552 @@
+"""Dock widget: compare image quality of every open image inside regions drawn on a Shapes layer.
+
+Regions (rectangles, ellipses, polygons; lines and paths are listed with a note) are mapped from the Shapes layer's
+data coordinates through world coordinates into each image's pixel grid, so shapes drawn over scaled or translated
+images land on the right pixels. On a 3D image a 3D shape lives on its own slice; a 2D shape uses the viewer's
+current slice (the note says so). The table refreshes 300 ms after the last edit of the regions; 3D volumes and
+the ROI perceptual distance are computed off the GUI thread. Errors become notes in the table, never dialogs.
+torch is imported only when the ROI perceptual distance is switched on.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_lidnet.io.windowing import WINDOW_PRESETS, contrast_limits
+from napari_lidnet.metrics.nps import region_nps
+from napari_lidnet.metrics.roi import (
+    AREA_SHAPES,
+    ROW_KEYS,
+    Placement,
+    Region,
+    compare_regions,
+    line_profile,
+    region_plane,
+)
+
+#: (row key, table header)
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("region", "region"),
+    ("image", "image"),
+    ("slice", "slice"),
+    ("mean", "mean HU"),
+    ("sd", "SD"),
+    ("snr", "SNR"),
+    ("cnr", "CNR"),
+    ("rmse", "RMSE"),
+    ("psnr", "PSNR"),
+    ("ssim", "SSIM"),
+    ("roi_perceptual", "ROI perceptual"),
+    ("note", "note"),
+)
+BAR_METRICS = ("mean", "sd", "snr", "cnr", "rmse", "psnr", "ssim", "roi_perceptual")
+PLOT_KINDS = ("bars", "line profile", "noise power spectrum")
+NONE = "(none)"
+REFERENCE_RANGE = "reference range"
+DEBOUNCE_MS = 300
+
+
+def format_value(value: Any) -> str:
+    """Table text: '' for None/NaN, 4 significant digits (at least 2 decimals for mid-size values)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    v = float(value)
+    if math.isnan(v):
+        return ""
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return f"{v:.2f}" if 1 <= abs(v) < 1e5 else f"{v:.4g}"
+
+
+def region_label(layer: Any, index: int) -> str:
+    """'#i' plus the shape's name or label feature when the Shapes layer has one (detect widget boxes)."""
+    feats = getattr(layer, "features", None)
+    for col in ("name", "label"):
+        if feats is not None and col in feats and index < len(feats):
+            return f"#{index} {feats[col].iloc[index]}"
+    return f"#{index}"
+
+
+def regions_from_shapes(shapes: Any, images: dict[str, Any], world_point: Any | None = None) -> list[Region]:
+    """Regions of a napari Shapes layer, placed on each image layer's pixel grid through world coordinates.
+
+    Args:
+        shapes: napari Shapes layer.
+        images: image name -> napari Image layer (2D or 3D).
+        world_point: the viewer's current world position (``viewer.dims.point``), used for the slice of a 2D
+            shape over a 3D image; None means world zeros.
+    """
+    nd_world = max([shapes.ndim, *(lay.ndim for lay in images.values())])
+    base = np.zeros(nd_world)
+    if world_point is not None and len(world_point):
+        wp = np.asarray(world_point, dtype=float)[-nd_world:]
+        base[-len(wp) :] = wp
+    regions = []
+    for i, (data, stype) in enumerate(zip(shapes.data, shapes.shape_type, strict=False)):
+        data = np.asarray(data, dtype=float)
+        name = region_label(shapes, i)
+        if stype not in AREA_SHAPES:
+            regions.append(Region(name, stype, data[:, -2:]))
+            continue
+        world = []
+        for v in data:
+            w = base.copy()
+            w[-shapes.ndim :] = np.asarray(shapes.data_to_world(v), dtype=float)
+            world.append(w)
+        region = Region(name, stype, data[:, -2:])
+        notes = []
+        for img_name, lay in images.items():
+            pix = np.array([np.asarray(lay.world_to_data(w[-lay.ndim :]), dtype=float) for w in world])
+            sl = None
+            if lay.ndim >= 3:
+                z = pix[:, -3]
+                sl = int(np.floor(np.median(z) + 0.5))
+                if shapes.ndim < 3:
+                    notes.append(f"2D shape on a 3D image: slice {sl} (the viewer's current slice)")
+                elif np.ptp(z) > 0.5:
+                    notes.append(f"shape spans slices; using slice {sl}")
+            region.placements[img_name] = Placement(sl, pix[:, -2:])
+        region.note = "; ".join(dict.fromkeys(notes))
+        regions.append(region)
+    return regions
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Write table rows (``compare_regions`` dicts) as CSV with a header of ``ROW_KEYS``; NaN -> empty cell."""
+    path = Path(path)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(ROW_KEYS)
+        for row in rows:
+            out = []
+            for key in ROW_KEYS:
+                v = row.get(key)
+                if isinstance(v, float) and math.isnan(v):
+                    out.append("")
+                elif isinstance(v, float) and not math.isinf(v):
+                    out.append(repr(v))
+                else:
+                    out.append("" if v is None else str(v))
+            writer.writerow(out)
+    return path
+
+
+def _compute(images, regions, reference, background, window, perceptual_on):
+    """Worker body (no Qt): the table rows; the ROI perceptual function is built here so torch loads off-GUI."""
+    perceptual = None
+    if perceptual_on:
+        from napari_lidnet.metrics.roi_perceptual import make_perceptual_fn
+
+        perceptual = make_perceptual_fn()
+    return compare_regions(images, regions, reference, background, window, perceptual)
+
+
+class ROICompareWidget(QWidget):
+    """Region-of-interest comparison of the open images: table, plots and CSV export."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.rows: list[dict[str, Any]] = []
+        self.regions: list[Region] = []
+        self.generation = 0  # increases with every finished computation (tests wait on it)
+        self._images: dict[str, Any] = {}
+        self._shapes = None
+        self._worker = None
+        self._pending = False
+        self._syncing = False
+
+        self.shapes_combo = QComboBox()
+        self.image_list = QListWidget()
+        self.image_list.setMaximumHeight(110)
+        self.reference_combo = QComboBox()
+        self.background_combo = QComboBox()
+        self.window_combo = QComboBox()
+        self.window_combo.addItems([*WINDOW_PRESETS, REFERENCE_RANGE])
+        self.perceptual_check = QCheckBox("ROI perceptual distance (lesion detector)")
+        self.refresh_button = QPushButton("Refresh")
+        self.export_button = QPushButton("Export CSV")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Regions", self.shapes_combo)
+        form.addRow("Images", self.image_list)
+        form.addRow("Reference", self.reference_combo)
+        form.addRow("Background", self.background_combo)
+        form.addRow("PSNR/SSIM window", self.window_combo)
+        form.addRow(self.perceptual_check)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.refresh_button)
+        buttons.addWidget(self.export_button)
+
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels([h for _, h in COLUMNS])
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.setSortingEnabled(False)
+
+        self.plot_kind = QComboBox()
+        self.plot_kind.addItems(PLOT_KINDS)
+        self.metric_combo = QComboBox()
+        for key in BAR_METRICS:
+            self.metric_combo.addItem(dict(COLUMNS)[key], key)
+        self.plot_region = QComboBox()
+        self.figure = Figure(figsize=(4, 3), tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        plot_box = QWidget()
+        pl = QVBoxLayout(plot_box)
+        pl.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        for w in (self.plot_kind, self.metric_combo, self.plot_region):
+            row.addWidget(w)
+        pl.addLayout(row)
+        pl.addWidget(self.canvas)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self.table)
+        split.addWidget(plot_box)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addWidget(split, stretch=1)
+
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(DEBOUNCE_MS)
+        self._timer.timeout.connect(self.refresh)
+
+        self.shapes_combo.currentIndexChanged.connect(self._on_shapes_changed)
+        self.image_list.itemChanged.connect(self.schedule_refresh)
+        for combo in (self.reference_combo, self.background_combo, self.window_combo):
+            combo.currentIndexChanged.connect(self.schedule_refresh)
+        self.perceptual_check.toggled.connect(self.schedule_refresh)
+        self.refresh_button.clicked.connect(self.refresh)
+        self.export_button.clicked.connect(self._export_clicked)
+        for combo in (self.plot_kind, self.metric_combo, self.plot_region):
+            combo.currentIndexChanged.connect(self.update_plot)
+
+        layers = self.viewer.layers
+        layers.events.inserted.connect(self._on_layer_inserted)
+        layers.events.removed.connect(self._on_layers_changed)
+        layers.events.reordered.connect(self._on_layers_changed)
+        self.viewer.dims.events.current_step.connect(self._on_step)
+        for layer in layers:
+            self._watch(layer)
+        self._sync_layers()
+
+    # ------------------------------------------------------------------------------------------- layer lists
+
+    def _image_layers(self) -> list[Any]:
+        from napari.layers import Image
+
+        return [lay for lay in self.viewer.layers if isinstance(lay, Image) and not lay.rgb and lay.ndim in (2, 3)]
+
+    def _shapes_layers(self) -> list[Any]:
+        from napari.layers import Shapes
+
+        return [lay for lay in self.viewer.layers if isinstance(lay, Shapes)]
+
+    def _watch(self, layer: Any) -> None:
+        layer.events.name.connect(self._on_layers_changed)
+        from napari.layers import Image
+
+        if isinstance(layer, Image):
+            layer.events.data.connect(self.schedule_refresh)
+
+    def _on_layer_inserted(self, event: Any) -> None:
+        self._watch(event.value)
+        self._on_layers_changed()
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        self._sync_layers()
+        self.schedule_refresh()
+
+    def _sync_layers(self) -> None:
+        """Refill the layer pickers, keeping the current choices (checked images stay checked, new ones are)."""
+        self._syncing = True
+        try:
+            current = self.shapes_combo.currentText()
+            self.shapes_combo.clear()
+            self.shapes_combo.addItems([lay.name for lay in self._shapes_layers()])
+            if current:
+                self.shapes_combo.setCurrentText(current)
+            states = {
+                self.image_list.item(i).text(): self.image_list.item(i).checkState()
+                for i in range(self.image_list.count())
+            }
+            self.image_list.clear()
+            names = [lay.name for lay in self._image_layers()]
+            for name in names:
+                item = QListWidgetItem(name)
+                item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+                item.setCheckState(states.get(name, Qt.CheckState.Checked))
+                self.image_list.addItem(item)
+            ref = self.reference_combo.currentText()
+            self.reference_combo.clear()
+            self.reference_combo.addItems([NONE, *names])
+            if ref in names:
+                self.reference_combo.setCurrentText(ref)
+        finally:
+            self._syncing = False
+        self._connect_shapes()
+
+    def _on_shapes_changed(self, index: int = -1) -> None:
+        if not self._syncing:
+            self._connect_shapes()
+            self.schedule_refresh()
+
+    def _connect_shapes(self) -> None:
+        name = self.shapes_combo.currentText()
+        layer = next((lay for lay in self._shapes_layers() if lay.name == name), None)
+        if layer is self._shapes:
+            return
+        if self._shapes is not None:
+            for ev in (self._shapes.events.data, self._shapes.events.set_data):
+                ev.disconnect(self.schedule_refresh)
+        self._shapes = layer
+        if layer is not None:
+            layer.events.data.connect(self.schedule_refresh)
+            layer.events.set_data.connect(self.schedule_refresh)
+
+    def _sync_background(self, regions: list[Region]) -> None:
+        """Background choices: (none) + area regions by index; keeps the chosen index while it exists."""
+        chosen = self.background_combo.currentData()
+        self.background_combo.blockSignals(True)
+        self.background_combo.clear()
+        self.background_combo.addItem(NONE, None)
+        for i, reg in enumerate(regions):
+            if reg.shape_type in AREA_SHAPES:
+                self.background_combo.addItem(reg.name, i)
+        idx = self.background_combo.findData(chosen) if chosen is not None else 0
+        self.background_combo.setCurrentIndex(max(idx, 0))
+        self.background_combo.blockSignals(False)
+        cur = self.plot_region.currentText()
+        self.plot_region.blockSignals(True)
+        self.plot_region.clear()
+        self.plot_region.addItems([r.name for r in regions if r.shape_type in AREA_SHAPES])
+        if cur:
+            self.plot_region.setCurrentText(cur)
+        self.plot_region.blockSignals(False)
+
+    def set_background(self, index: int | None) -> None:
+        """Choose the background region by its index in the Shapes layer (None: no background)."""
+        self.background_combo.setCurrentIndex(max(self.background_combo.findData(index), 0) if index is not None else 0)
+
+    # ------------------------------------------------------------------------------------------- computation
+
+    def _on_step(self, event: Any = None) -> None:
+        if self._shapes is not None and self._shapes.ndim < 3 and any(lay.ndim == 3 for lay in self._image_layers()):
+            self.schedule_refresh()
+
+    def schedule_refresh(self, *args: Any) -> None:
+        """Restart the debounce timer; the table is recomputed 300 ms after the last call."""
+        if not self._syncing:
+            self._timer.start()
+
+    def window(self) -> tuple[float, float] | None:
+        """PSNR/SSIM window (low, high) HU, or None for the reference's range."""
+        text = self.window_combo.currentText()
+        return None if text == REFERENCE_RANGE else contrast_limits(text)
+
+    def _inputs(self) -> tuple[dict[str, Any], list[Region], str | None, int | None]:
+        layers = {lay.name: lay for lay in self._image_layers()}
+        checked = [
+            self.image_list.item(i).text()
+            for i in range(self.image_list.count())
+            if self.image_list.item(i).checkState() == Qt.CheckState.Checked
+        ]
+        ref = self.reference_combo.currentText()
+        ref = ref if ref in layers else None
+        names = [n for n in checked if n in layers]
+        if ref is not None and ref not in names:
+            names.append(ref)
+        image_layers = {n: layers[n] for n in names}
+        regions = (
+            [] if self._shapes is None else regions_from_shapes(self._shapes, image_layers, self.viewer.dims.point)
+        )
+        self._sync_background(regions)
+        images = {n: (lay.data[0] if lay.multiscale else lay.data) for n, lay in image_layers.items()}
+        return images, regions, ref, self.background_combo.currentData()
+
+    def refresh(self) -> None:
+        """Recompute the table now: inline for small 2D images, in a napari thread worker for 3D or the ROI
+        perceptual distance (a refresh asked for meanwhile runs when the worker is done)."""
+        self._timer.stop()
+        if self._worker is not None:
+            self._pending = True
+            return
+        images, regions, ref, bg = self._inputs()
+        self._images, self.regions = images, regions
+        args = (images, regions, ref, bg, self.window(), self.perceptual_check.isChecked())
+        if self._shapes is None:
+            self.status.setText("Add a Shapes layer and draw rectangles, ellipses or polygons.")
+        checked = [n for n in images if self._is_checked(n)]
+        if not args[-1] and all(np.ndim(im) == 2 for im in images.values()):
+            self._show(_compute(*args), checked)
+            return
+        from napari.qt.threading import create_worker
+
+        self.status.setText("computing...")
+        worker = create_worker(
+            _compute,
+            *args,
+            _connect={
+                "returned": lambda rows: self._show(rows, checked),
+                "errored": self._on_error,
+                "finished": self._on_finished,
+            },
+        )
+        self._worker = worker
+
+    def _is_checked(self, name: str) -> bool:
+        items = self.image_list.findItems(name, Qt.MatchFlag.MatchExactly)
+        return bool(items) and items[0].checkState() == Qt.CheckState.Checked
+
+    def _on_error(self, exc: Exception) -> None:
+        self.rows = [{**{k: math.nan for k in ROW_KEYS}, "region": "", "image": "", "note": f"error: {exc}"}]
+        self._fill_table()
+        self.generation += 1
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        if self._pending:
+            self._pending = False
+            self.refresh()
+
+    def _show(self, rows: list[dict[str, Any]], checked: list[str]) -> None:
+        self.rows = [r for r in rows if not r["image"] or r["image"] in checked]
+        self._fill_table()
+        n_reg = sum(r.shape_type in AREA_SHAPES for r in self.regions)
+        if self._shapes is not None:
+            self.status.setText(f"{n_reg} region(s) x {len(checked)} image(s)")
+        self.update_plot()
+        self.generation += 1
+
+    def _fill_table(self) -> None:
+        self.table.setRowCount(len(self.rows))
+        for r, row in enumerate(self.rows):
+            for c, (key, _) in enumerate(COLUMNS):
+                value = row.get(key)
+                item = QTableWidgetItem(format_value(value))
+                item.setData(Qt.ItemDataRole.UserRole, value)
+                if key == "note":
+                    item.setToolTip(str(value or ""))
+                self.table.setItem(r, c, item)
+        self.table.resizeColumnsToContents()
+
+    # --------------------------------------------------------------------------------------------------- plot
+
+    def update_plot(self, *args: Any) -> None:
+        """Redraw the plot: per-region bars of a metric, a line profile or the NPS of the chosen region."""
+        kind = self.plot_kind.currentText()
+        self.metric_combo.setVisible(kind == "bars")
+        self.plot_region.setVisible(kind != "bars")
+        self.figure.clear()
+        ax = self.figure.add_subplot(111)
+        try:
+            if kind == "bars":
+                self._plot_bars(ax)
+            else:
+                self._plot_region_curves(ax, kind)
+        except Exception as exc:  # a plot never breaks the widget
+            ax.text(0.5, 0.5, f"cannot plot: {exc}", ha="center", va="center", transform=ax.transAxes, wrap=True)
+        self.canvas.draw_idle()
+
+    def _plot_bars(self, ax: Any) -> None:
+        key = self.metric_combo.currentData()
+        regions = list(dict.fromkeys(r["region"] for r in self.rows if r["image"]))
+        images = list(dict.fromkeys(r["image"] for r in self.rows if r["image"]))
+        width = 0.8 / max(len(images), 1)
+        for j, img in enumerate(images):
+            vals = []
+            for reg in regions:
+                v = next((r[key] for r in self.rows if r["region"] == reg and r["image"] == img), math.nan)
+                vals.append(v if v is not None and np.isfinite(v) else np.nan)
+            ax.bar(np.arange(len(regions)) + (j - (len(images) - 1) / 2) * width, vals, width, label=img)
+        ax.set_xticks(np.arange(len(regions)), regions)
+        ax.set_ylabel(dict(COLUMNS)[key])
+        if images:
+            ax.legend(fontsize="small")
+
+    def _pixel_mm(self, name: str) -> tuple[float, float]:
+        lay = next((lay for lay in self._image_layers() if lay.name == name), None)
+        return (1.0, 1.0) if lay is None else (float(lay.scale[-2]), float(lay.scale[-1]))
+
+    def _plot_region_curves(self, ax: Any, kind: str) -> None:
+        region = next((r for r in self.regions if r.name == self.plot_region.currentText()), None)
+        if region is None:
+            ax.text(0.5, 0.5, "no region", ha="center", va="center", transform=ax.transAxes)
+            return
+        problems = []
+        for name, image in self._images.items():
+            if not self._is_checked(name):
+                continue
+            plane, mask, _, note = region_plane(image, region, name)
+            if plane is None:
+                problems.append(f"{name}: {note}")
+                continue
+            dy, dx = self._pixel_mm(name)
+            if kind == "line profile":
+                cols, vals = line_profile(plane, mask)
+                centre = (cols[0] + cols[-1]) / 2 if len(cols) else 0.0
+                ax.plot((cols - centre) * dx, vals, label=name)
+                ax.set_xlabel("position along the centre row (mm from the region centre)")
+                ax.set_ylabel("HU")
+            else:
+                try:
+                    res = region_nps(plane, mask, (dy, dx))
+                except ValueError as exc:
+                    problems.append(f"{name}: {exc}")
+                    continue
+                ax.plot(res.f, res.nps, label=name)
+                ax.set_xlabel("spatial frequency (mm$^{-1}$)")
+                ax.set_ylabel("NPS (HU$^2$ mm$^2$)")
+        ax.set_title(region.name, fontsize="small")
+        if ax.lines:
+            ax.legend(fontsize="small")
+        if problems:
+            ax.text(0.01, 0.99, "\n".join(problems), va="top", fontsize="x-small", transform=ax.transAxes)
+
+    # ---------------------------------------------------------------------------------------------------- CSV
+
+    def write_csv(self, path: str | Path) -> Path:
+        """Write the current table to ``path`` (CSV)."""
+        return write_csv(path, self.rows)
+
+    def _export_clicked(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export ROI table", "roi_compare.csv", "CSV (*.csv)")
+        if path:
+            try:
+                self.write_csv(path)
+                self.status.setText(f"wrote {path}")
+            except OSError as exc:
+                self.status.setText(f"could not write {path}: {exc}")

@@ -1,0 +1,196 @@
+"""DeepLesion key slices: 16-bit PNG (HU = value - 32768) plus the ``DL_info.csv`` annotation table.
+
+DeepLesion stores slices as ``Images_png/000001_01_01/109.png``; the table names that slice
+``000001_01_01_109.png`` (File_name) with Key_slice_index 109, one row per lesion.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .png16 import read_png_hu
+from .volume import CTVolume
+
+INFO_CSV_NAME = "DL_info.csv"
+_SERIES_DIR = re.compile(r"^\d{6}_\d{2}_\d{2}$")
+LESION_TYPES = {1: "bone", 2: "abdomen", 3: "mediastinum", 4: "liver", 5: "lung", 6: "kidney", 7: "soft tissue",
+                8: "pelvis"}  # fmt: skip
+
+
+@dataclass
+class LesionRow:
+    """One row of DL_info.csv (one lesion on one key slice)."""
+
+    file_name: str
+    key_slice: int
+    box: tuple[float, float, float, float]
+    spacing_xyz: tuple[float, float, float] | None
+    image_size: tuple[int, int] | None
+    windows: tuple[float, float] | None
+    lesion_type: int | None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _numbers(text: str | None) -> list[float]:
+    if not text:
+        return []
+    return [float(t) for t in re.split(r"[,\s]+", text.strip()) if t]
+
+
+def read_info_table(csv_path: str | Path) -> dict[str, list[LesionRow]]:
+    """Read a DL_info.csv style table: File_name -> lesion rows."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"{csv_path}: annotation table not found")
+    table: dict[str, list[LesionRow]] = {}
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"File_name", "Bounding_boxes"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{csv_path}: not a DeepLesion table, missing column(s) {sorted(missing)}")
+        for line, rec in enumerate(reader, start=2):
+            try:
+                box = _numbers(rec["Bounding_boxes"])
+                if len(box) != 4:
+                    raise ValueError(f"Bounding_boxes {rec['Bounding_boxes']!r} is not 'x1, y1, x2, y2'")
+                spacing = _numbers(rec.get("Spacing_mm_px_"))
+                size = _numbers(rec.get("Image_size"))
+                win = _numbers(rec.get("DICOM_windows"))
+                ltype = rec.get("Coarse_lesion_type", rec.get("Lesion_type"))
+                key = rec.get("Key_slice_index")
+                row = LesionRow(
+                    file_name=rec["File_name"].strip(),
+                    key_slice=int(float(key)) if key not in (None, "") else -1,
+                    box=(box[0], box[1], box[2], box[3]),
+                    spacing_xyz=(spacing[0], spacing[1], spacing[2]) if len(spacing) == 3 else None,
+                    image_size=(int(size[0]), int(size[1])) if len(size) == 2 else None,
+                    windows=(win[0], win[1]) if len(win) == 2 else None,
+                    lesion_type=int(float(ltype)) if ltype not in (None, "") else None,
+                    extra={k: v for k, v in rec.items() if k and v is not None},
+                )
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{csv_path}, line {line}: {exc}") from exc
+            table.setdefault(row.file_name, []).append(row)
+    return table
+
+
+def table_file_name(png_path: str | Path) -> str:
+    """DL_info.csv File_name of a slice: ``000001_01_01/109.png`` -> ``000001_01_01_109.png``."""
+    png_path = Path(png_path)
+    if _SERIES_DIR.match(png_path.parent.name):
+        return f"{png_path.parent.name}_{png_path.name}"
+    return png_path.name
+
+
+def find_info_table(png_path: str | Path, levels: int = 3) -> Path | None:
+    """A DL_info.csv in the slice's folder or up to ``levels`` folders above it."""
+    folder = Path(png_path).resolve().parent
+    for _ in range(levels + 1):
+        cand = folder / INFO_CSV_NAME
+        if cand.is_file():
+            return cand
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    return None
+
+
+def _series_rows(table: dict[str, list[LesionRow]], series: str) -> list[LesionRow]:
+    return [r for name, rs in table.items() if name.startswith(f"{series}_") for r in rs]
+
+
+def read_deeplesion_slice(png_path: str | Path, info_csv: str | Path | None = None) -> CTVolume:
+    """One DeepLesion 16-bit PNG slice as a 2D CTVolume, with boxes and spacing from the table when found.
+
+    ``info_csv`` defaults to a DL_info.csv next to the slice or up to three folders above it. A slice that is not
+    a key slice takes its spacing from the key slices of the same series.
+    """
+    png_path = Path(png_path)
+    if not png_path.is_file():
+        raise FileNotFoundError(f"{png_path}: no such file")
+    hu = read_png_hu(png_path)
+    notes: list[str] = []
+    table_path = Path(info_csv) if info_csv is not None else find_info_table(png_path)
+    key = table_file_name(png_path)
+    rows: list[LesionRow] = []
+    ref: LesionRow | None = None
+    if table_path is not None:
+        table = read_info_table(table_path)
+        rows = table.get(key, [])
+        series = _series_rows(table, png_path.parent.name) if _SERIES_DIR.match(png_path.parent.name) else []
+        ref = (rows or series or [None])[0]
+        if ref is None:
+            notes.append(f"{png_path}: no row for {key!r} in {table_path}; spacing unknown (1 mm assumed)")
+    boxes = [[0.0, *r.box] for r in rows]
+    return _volume(hu, png_path, key, rows, boxes, ref, notes, table_path)
+
+
+def read_deeplesion_folder(folder: str | Path, info_csv: str | Path | None = None) -> CTVolume:
+    """A folder of consecutive DeepLesion slices (``103.png`` ... ``117.png``) as a (z, y, x) CTVolume.
+
+    Slices are stacked by their number; boxes of every key slice in the folder get their slice index.
+    """
+    folder = Path(folder)
+    pngs = [p for p in folder.glob("*.png") if p.stem.isdigit()]
+    if not pngs:
+        raise ValueError(f"{folder}: no numbered 16-bit PNG slices (like 109.png) in this folder")
+    pngs.sort(key=lambda p: int(p.stem))
+    numbers = [int(p.stem) for p in pngs]
+    slices = [read_png_hu(p) for p in pngs]
+    shapes = {s.shape for s in slices}
+    if len(shapes) > 1:
+        raise ValueError(f"{folder}: slices have different sizes {sorted(shapes)}; cannot stack them")
+    notes: list[str] = []
+    if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
+        notes.append(f"{folder}: slice numbers are not consecutive ({numbers[0]}..{numbers[-1]})")
+    table_path = Path(info_csv) if info_csv is not None else find_info_table(pngs[0])
+    rows: list[LesionRow] = []
+    boxes: list[list[float]] = []
+    ref: LesionRow | None = None
+    if table_path is not None:
+        table = read_info_table(table_path)
+        for k, p in enumerate(pngs):
+            for r in table.get(table_file_name(p), []):
+                rows.append(r)
+                boxes.append([float(k), *r.box])
+        ref = (rows or _series_rows(table, folder.name) or [None])[0]
+        if ref is None:
+            notes.append(f"{folder}: no row for series {folder.name!r} in {table_path}; spacing unknown (1 mm)")
+    vol = _volume(np.stack(slices), folder, folder.name, rows, boxes, ref, notes, table_path)
+    vol.metadata["files"] = [str(p) for p in pngs]
+    return vol
+
+
+def _volume(
+    hu: np.ndarray,
+    source: Path,
+    key: str,
+    rows: list[LesionRow],
+    boxes: list[list[float]],
+    ref: LesionRow | None,
+    notes: list[str],
+    table_path: Path | None,
+) -> CTVolume:
+    spacing = (1.0,) * hu.ndim
+    meta: dict = {"format": "deeplesion", "source": str(source), "file_name": key, "warnings": notes}
+    if ref is not None:
+        if ref.spacing_xyz is not None:
+            sx, sy, sz = ref.spacing_xyz
+            spacing = (sy, sx) if hu.ndim == 2 else (sz, sy, sx)
+            meta["slice_spacing_mm"] = sz
+        size_xy = (hu.shape[-1], hu.shape[-2])
+        if ref.image_size is not None and tuple(ref.image_size) != size_xy:
+            notes.append(f"{source}: table says image size {ref.image_size} (x, y), file has {size_xy}")
+        meta["table"] = str(table_path)
+    meta["lesion_types"] = [LESION_TYPES.get(r.lesion_type or -1, "unknown") for r in rows]
+    meta["dicom_windows"] = [list(r.windows) for r in rows if r.windows is not None]
+    for msg in notes:
+        warnings.warn(msg, UserWarning, stacklevel=3)
+    box_arr = np.asarray(boxes, np.float32).reshape(-1, 5)
+    return CTVolume(hu, spacing, boxes=box_arr, name=Path(key).stem, metadata=meta)

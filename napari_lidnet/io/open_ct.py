@@ -1,0 +1,75 @@
+"""One entry point for every CT input: DICOM file/folder, DeepLesion PNG slice/folder, array files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .arrays import ARRAY_SUFFIXES, read_array
+from .dicom_read import SeriesInfo, looks_like_dicom, read_dicom
+from .dicom_read import list_series as _list_dicom_series
+from .volume import CTVolume
+
+_SCAN_LIMIT = 2000  # files looked at when deciding whether a folder is ours
+
+
+def _folder_kind(folder: Path) -> str | None:
+    """'dicom', 'png' or None for a folder, looking at a bounded number of files."""
+    has_png = False
+    for k, p in enumerate(folder.rglob("*")):
+        if k >= _SCAN_LIMIT:
+            break
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        if looks_like_dicom(p):
+            return "dicom"
+        if p.suffix.lower() == ".png" and p.parent == folder:
+            has_png = True
+    return "png" if has_png else None
+
+
+def input_kind(path: str | Path) -> str | None:
+    """What ``open_ct`` would read at ``path``: 'dicom', 'png', 'png-folder', 'array', or None (not ours)."""
+    path = Path(path)
+    if path.is_dir():
+        kind = _folder_kind(path)
+        return "png-folder" if kind == "png" else kind
+    if not path.is_file():
+        return None
+    suffix = path.suffix.lower()
+    if suffix in ARRAY_SUFFIXES:
+        return "array"
+    if suffix == ".png":
+        return "png"
+    if looks_like_dicom(path):
+        return "dicom"
+    return None
+
+
+def open_ct(path: str | Path, series_uid: str | None = None) -> list[CTVolume]:
+    """Read any supported CT input at ``path`` into CTVolumes (one per DICOM series)."""
+    from .deeplesion import read_deeplesion_folder, read_deeplesion_slice
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    kind = input_kind(path)
+    if kind == "dicom":
+        return read_dicom(path, series_uid=series_uid)
+    if kind == "png":
+        return [read_deeplesion_slice(path)]
+    if kind == "png-folder":
+        return [read_deeplesion_folder(path)]
+    if kind == "array":
+        return [read_array(path)]
+    if path.is_dir():
+        if not any(path.iterdir()):
+            raise ValueError(f"{path}: folder is empty")
+        raise ValueError(f"{path}: folder has no DICOM files or numbered 16-bit PNG slices")
+    raise ValueError(f"{path}: not a CT file this plugin reads (DICOM, 16-bit PNG, .npy, .npz, .tif)")
+
+
+def list_series(path: str | Path) -> list[SeriesInfo]:
+    """DICOM series under ``path`` (headers only); empty for non-DICOM inputs."""
+    if input_kind(path) != "dicom":
+        return []
+    return _list_dicom_series(path)

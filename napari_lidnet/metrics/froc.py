@@ -1,0 +1,138 @@
+"""Free-response ROC (FROC) for lesion detection: sensitivity against mean false positives per image."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FROCResult", "box_iou_np", "froc", "match_detections"]
+
+
+def _area(z: np.ndarray) -> np.ndarray:
+    return np.clip(z[:, 2] - z[:, 0], 0, None) * np.clip(z[:, 3] - z[:, 1], 0, None)
+
+
+def box_iou_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of (N, 4) and (M, 4) boxes ``x1, y1, x2, y2`` -> (N, M) float64."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    union = _area(a)[:, None] + _area(b)[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def match_detections(boxes: np.ndarray, scores: np.ndarray, gt: np.ndarray, iou_threshold: float = 0.5) -> np.ndarray:
+    """True-positive flags of one image's detections, greedy by decreasing score (stable for ties).
+
+    A detection is a hit when its IoU with a still unmatched ground-truth box is >= ``iou_threshold``; it takes the
+    unmatched box of highest IoU, so each lesion is counted once and further detections of it are false positives.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(scores) != len(boxes):
+        raise ValueError(f"{len(boxes)} boxes but {len(scores)} scores")
+    gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
+    tp = np.zeros(len(boxes), dtype=bool)
+    if len(boxes) == 0 or len(gt) == 0:
+        return tp
+    iou = box_iou_np(boxes, gt)
+    free = np.ones(len(gt), dtype=bool)
+    for i in np.argsort(-scores, kind="stable"):
+        cand = np.where(free & (iou[i] >= iou_threshold), iou[i], -1.0)
+        j = int(np.argmax(cand))
+        if cand[j] >= 0:
+            tp[i], free[j] = True, False
+    return tp
+
+
+@dataclass
+class FROCResult:
+    """FROC curve (one point per distinct score threshold, plus the origin) and its summary."""
+
+    thresholds: np.ndarray
+    fp_per_image: np.ndarray
+    sensitivity: np.ndarray
+    fp_rates: tuple[float, ...]
+    sensitivities: np.ndarray
+    mean_sensitivity: float
+    n_images: int
+    n_lesions: int
+    n_detections: int
+    criterion: str = field(default="")
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (without the full curve arrays' numpy types)."""
+        return {
+            "fp_rates": list(self.fp_rates),
+            "sensitivities": [float(s) for s in self.sensitivities],
+            "mean_sensitivity": float(self.mean_sensitivity),
+            "n_images": self.n_images,
+            "n_lesions": self.n_lesions,
+            "n_detections": self.n_detections,
+            "criterion": self.criterion,
+            "curve": {
+                "thresholds": [float(t) for t in self.thresholds],
+                "fp_per_image": [float(f) for f in self.fp_per_image],
+                "sensitivity": [float(s) for s in self.sensitivity],
+            },
+        }
+
+
+def froc(
+    detections: Sequence[tuple[np.ndarray, np.ndarray]],
+    ground_truth: Sequence[np.ndarray],
+    fp_rates: Sequence[float] = (0.5, 1, 2, 4, 8),
+    iou_threshold: float = 0.5,
+) -> FROCResult:
+    """FROC over a set of images.
+
+    ``detections[i] = (boxes (N,4), scores (N,))`` and ``ground_truth[i] = (M,4)`` for image i (pixels).
+    Hits follow ``match_detections``. For every distinct score threshold t, sensitivity = hits with score >= t /
+    lesions and FP/image = false positives with score >= t / images. The sensitivity at a rate r is the best
+    sensitivity of the curve at FP/image <= r (0 when no threshold gets there); ``mean_sensitivity`` averages them.
+    Sensitivities are NaN when there are no lesions.
+    """
+    if len(detections) != len(ground_truth):
+        raise ValueError(f"{len(detections)} detection lists but {len(ground_truth)} ground-truth lists")
+    all_scores, all_tp, n_lesions = [], [], 0
+    for (boxes, scores), gt in zip(detections, ground_truth, strict=True):
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        all_tp.append(match_detections(boxes, scores, gt, iou_threshold))
+        all_scores.append(scores)
+        n_lesions += len(np.asarray(gt).reshape(-1, 4))
+    n_images = len(detections)
+    scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
+    tp = np.concatenate(all_tp) if all_tp else np.zeros(0, dtype=bool)
+    order = np.argsort(-scores, kind="stable")
+    scores, tp = scores[order], tp[order]
+    cum_tp, cum_fp = np.cumsum(tp), np.cumsum(~tp)
+    # one point per distinct threshold: the last detection with each score
+    last = np.r_[scores[1:] != scores[:-1], True] if len(scores) else np.zeros(0, dtype=bool)
+    thresholds = np.r_[np.inf, scores[last]]
+    fp_per_image = np.r_[0.0, cum_fp[last] / max(n_images, 1)]
+    sensitivity = np.r_[0.0, cum_tp[last]] / n_lesions if n_lesions else np.full(len(thresholds), np.nan)
+    fp_rates = tuple(float(r) for r in fp_rates)
+    sens_at = np.array([sensitivity[fp_per_image <= r].max() for r in fp_rates]) if fp_rates else np.zeros(0)
+    criterion = (
+        f"hit: IoU >= {iou_threshold:g} with a not yet matched ground-truth box, detections matched greedily by "
+        "decreasing score within each image (each lesion counted once, further detections of it are false "
+        "positives); sensitivity at a rate = best sensitivity with mean FP/image <= rate"
+    )
+    return FROCResult(
+        thresholds=thresholds,
+        fp_per_image=fp_per_image,
+        sensitivity=sensitivity,
+        fp_rates=fp_rates,
+        sensitivities=sens_at,
+        mean_sensitivity=float(np.mean(sens_at)) if len(sens_at) else float("nan"),
+        n_images=n_images,
+        n_lesions=n_lesions,
+        n_detections=len(scores),
+        criterion=criterion,
+    )

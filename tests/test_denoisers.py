@@ -1,0 +1,148 @@
+"""Denoisers: shapes for any H, W, the published RED-CNN structure, residual behaviour, registry and speed."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_lidnet.models.denoisers import DENOISERS, REDCNN, DnCNN, FastDenoiser, build_denoiser
+
+TINY = {"redcnn": {"width": 4}, "dncnn": {"depth": 4, "width": 8}, "fastdn": {"width": 8}}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: on a shared, loaded CPU two spinning OpenMP threads make small ops many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("arch", sorted(DENOISERS))
+@pytest.mark.parametrize("shape", [(1, 1, 37, 53), (2, 1, 64, 64), (1, 1, 9, 13)])
+def test_any_size_same_shape_and_config_rebuild(arch: str, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    model = build_denoiser(arch, **TINY[arch]).eval()
+    x = torch.randn(shape) * 0.1
+    with torch.no_grad():
+        y = model(x)
+        twin = build_denoiser(arch, **model.config).eval()
+        twin.load_state_dict(model.state_dict())
+        y2 = twin(x)
+    assert y.shape == x.shape and y.dtype == torch.float32
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, y2)
+    assert model.arch == arch
+
+
+def test_unknown_arch_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unknown denoiser architecture 'unet9'"):
+        build_denoiser("unet9")
+
+
+def test_redcnn_published_structure() -> None:
+    model = REDCNN()
+    convs = list(model.conv)
+    deconvs = list(model.deconv)
+    assert len(convs) == 5 and len(deconvs) == 5
+    for layer in convs + deconvs:
+        assert layer.kernel_size == (5, 5) and layer.stride == (1, 1) and layer.padding == (0, 0)
+    assert [c.out_channels for c in convs] == [96] * 5
+    assert [d.out_channels for d in deconvs] == [96] * 4 + [1]
+    n_params = sum(p.numel() for p in model.parameters())
+    # 1->96 conv, 8 x 96->96, 96->1 deconv, all 5x5 with biases
+    assert n_params == (25 * 96 + 96) + 8 * (25 * 96 * 96 + 96) + (25 * 96 + 1)
+
+
+def test_redcnn_matches_a_direct_functional_forward() -> None:
+    """Shortcuts input->output, conv2->deconv3, conv4->deconv1, ReLU after the additions (SSinyu/RED-CNN)."""
+    torch.manual_seed(1)
+    model = REDCNN(width=6, floor=None).eval()
+    x = torch.randn(1, 1, 30, 27) * 0.3
+    c, d = model.conv, model.deconv
+    with torch.no_grad():
+        r1 = x
+        o = F.relu(F.conv2d(x, c[0].weight, c[0].bias))
+        o = F.relu(F.conv2d(o, c[1].weight, c[1].bias))
+        r2 = o
+        o = F.relu(F.conv2d(o, c[2].weight, c[2].bias))
+        o = F.relu(F.conv2d(o, c[3].weight, c[3].bias))
+        r3 = o
+        o = F.relu(F.conv2d(o, c[4].weight, c[4].bias))
+        o = F.relu(F.conv_transpose2d(o, d[0].weight, d[0].bias) + r3)
+        o = F.relu(F.conv_transpose2d(o, d[1].weight, d[1].bias))
+        o = F.relu(F.conv_transpose2d(o, d[2].weight, d[2].bias) + r2)
+        o = F.relu(F.conv_transpose2d(o, d[3].weight, d[3].bias))
+        ref = F.conv_transpose2d(o, d[4].weight, d[4].bias) + r1
+        torch.testing.assert_close(model(x), ref)
+
+
+def test_redcnn_floor_clamps_at_minus_1024_hu() -> None:
+    model = REDCNN(width=4).eval()
+    with torch.no_grad():
+        for p in model.deconv[4].parameters():
+            p.zero_()
+        x = torch.linspace(-1.5, 0.5, 25 * 25).reshape(1, 1, 25, 25)
+        y = model(x)
+    torch.testing.assert_close(y, x.clamp(min=-1.024))
+
+
+def test_dncnn_structure_and_residual() -> None:
+    model = DnCNN()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(convs) == 17 and len(bns) == 15
+    assert all(c.kernel_size == (3, 3) for c in convs) and convs[1].out_channels == 64
+    small = DnCNN(depth=3, width=4).eval()
+    with torch.no_grad():
+        small.body[-1].weight.zero_()
+        small.body[-1].bias.fill_(0.25)  # constant predicted noise
+        x = torch.randn(1, 1, 10, 11)
+        torch.testing.assert_close(small(x), x - 0.25)
+
+
+def test_fastdn_starts_as_identity_and_learns_to_denoise() -> None:
+    torch.manual_seed(0)
+    model = FastDenoiser(width=8, factor=2, blocks=1)
+    yy, xx = torch.meshgrid(torch.arange(40.0), torch.arange(44.0), indexing="ij")
+    clean = (0.05 * torch.sin(xx / 5) + 0.1 * ((xx - 22) ** 2 + (yy - 20) ** 2 < 80)).reshape(1, 1, 40, 44)
+    with torch.no_grad():
+        torch.testing.assert_close(model(clean), clean)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    gen = torch.Generator().manual_seed(1)
+    clean = clean.repeat(4, 1, 1, 1)
+    for _ in range(100):
+        noisy = clean + 0.05 * torch.randn(clean.shape, generator=gen)
+        loss = F.mse_loss(model(noisy), clean)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    noisy = clean + 0.05 * torch.randn(clean.shape, generator=gen)
+    with torch.no_grad():
+        before = F.mse_loss(noisy, clean).item()
+        after = F.mse_loss(model(noisy), clean).item()
+    assert after < 0.5 * before
+
+
+def _median_time(model: torch.nn.Module, x: torch.Tensor, runs: int) -> float:
+    with torch.inference_mode():
+        model(x)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[runs // 2]
+
+
+def test_fastdn_is_at_least_10x_faster_than_redcnn() -> None:
+    """Relative speed in the same process (robust to a shared, loaded CPU); absolute 512x512 numbers are in
+    benchmarks/speed.py. One thread (autouse fixture)."""
+    x = torch.zeros(1, 1, 128, 128)
+    t_fast = _median_time(FastDenoiser().eval(), x, 5)
+    t_red = _median_time(REDCNN().eval(), x, 3)
+    assert t_red / t_fast >= 10, (t_red, t_fast)

@@ -1,0 +1,209 @@
+"""The inference engine: batching, slices, tiling, out-of-memory fallbacks, progress/cancel and the result cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import nn
+
+from napari_lidnet import inference as inf
+from napari_lidnet.models.denoisers import build_denoiser
+from napari_lidnet.models.detector import LesionDetector
+
+
+def _noisy(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """A soft-tissue disk in air with Gaussian noise, HU."""
+    rng = np.random.default_rng(seed)
+    h, w = shape[-2:]
+    yy, xx = np.mgrid[:h, :w]
+    body = ((yy - h / 2) ** 2 / (0.4 * h) ** 2 + (xx - w / 2) ** 2 / (0.45 * w) ** 2) < 1
+    img = np.where(body, 40.0, -1000.0).astype(np.float32)
+    return (np.broadcast_to(img, shape) + rng.normal(0, 30, shape)).astype(np.float32)
+
+
+def _fastdn(seed: int = 0, **kwargs) -> nn.Module:
+    torch.manual_seed(seed)
+    model = build_denoiser("fastdn", **{"width": 8, "blocks": 1, **kwargs})
+    nn.init.normal_(model.tail.weight, std=0.05)  # the tail starts at zero (identity): make it do something
+    return model.eval()
+
+
+class SmoothOOM(nn.Module):
+    """3x3 mean filter (replicate edges) that raises a CUDA-style OOM error above ``max_pixels`` per call, or on
+    any device but the CPU when ``cpu_only``: drives the fallback path with a real computation."""
+
+    def __init__(self, max_pixels: int, cpu_only: bool = False) -> None:
+        super().__init__()
+        self.max_pixels, self.cpu_only = max_pixels, cpu_only
+        self.calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append((x.device.type, tuple(x.shape)))
+        if x.numel() > self.max_pixels or (self.cpu_only and x.device.type != "cpu"):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+
+
+def _smooth_ref(hu: np.ndarray) -> np.ndarray:
+    return ndimage.uniform_filter(hu.astype(np.float64), size=(1, 3, 3), mode="nearest").astype(np.float32)
+
+
+class BlobDetector(nn.Module):
+    """Bounding boxes of connected regions above 500 HU (score = peak HU / 1000), for checking tile merging."""
+
+    def detect(self, x: torch.Tensor, score_threshold: float = 0.05, max_detections: int = 50) -> list:
+        out = []
+        for img in x[:, 0].cpu().numpy():
+            lab, n = ndimage.label(img > 0.5)
+            boxes, scores = [], []
+            for k, sl in enumerate(ndimage.find_objects(lab), start=1):
+                boxes.append([sl[1].start, sl[0].start, sl[1].stop, sl[0].stop])
+                scores.append(float(img[lab == k].max()))
+            order = np.argsort(scores)[::-1][:max_detections]
+            out.append(
+                (
+                    torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)[order.copy()],
+                    torch.tensor(scores)[order.copy()],
+                )
+            )
+        return out
+
+
+def _sorted_rows(rows: np.ndarray) -> np.ndarray:
+    return rows[np.lexsort(rows.T[::-1])]
+
+
+def test_volume_equals_slice_by_slice_and_slice_selection() -> None:
+    model = _fastdn()
+    vol = _noisy((5, 64, 72))
+    out = inf.denoise(model, vol, batch_size=3)
+    assert out.shape == vol.shape and out.dtype == np.float32
+    assert np.abs(out - vol).max() > 1.0  # the model changes the image
+    single = np.stack([inf.denoise(model, s) for s in vol])
+    np.testing.assert_allclose(out, single, atol=1e-3)
+    np.testing.assert_allclose(inf.denoise(model, vol, slices=[4, 1]), out[[4, 1]], atol=1e-3)
+    np.testing.assert_allclose(inf.denoise(model, vol, slices=range(2, 4)), out[2:4], atol=1e-3)
+    with pytest.raises(ValueError, match="out of range"):
+        inf.denoise(model, vol, slices=[5])
+
+
+def test_tile_spans_cover_align_and_overlap() -> None:
+    for length in (97, 300, 513, 1000, 2049):
+        spans = inf.tile_spans(length, 256, 64)
+        assert spans[0][0] == 0 and spans[-1][1] == length
+        assert all(s % inf.TILE_ALIGN == 0 for s, _ in spans)
+        for (s0, e0), (s1, _) in zip(spans, spans[1:]):
+            assert s1 > s0 and e0 - s1 >= 64
+        assert all(e - s <= 256 + inf.TILE_ALIGN - 1 for s, e in spans)
+    with pytest.raises(ValueError, match="too small"):
+        inf.tile_spans(1000, 100, 64)
+
+
+def test_tiled_equals_untiled_for_conv_nets() -> None:
+    torch.manual_seed(1)
+    dncnn = build_denoiser("dncnn", depth=5, width=8, batch_norm=False).eval()  # receptive radius 5 px
+    img = _noisy((1, 200, 170), seed=2)
+    whole = inf.denoise(dncnn, img, tile_size=4096)
+    tiled = inf.denoise(dncnn, img, tile_size=80, overlap=32)  # 8 px zero margin >= radius: exact
+    assert np.abs(whole - img).max() > 1.0
+    np.testing.assert_allclose(tiled, whole, atol=1e-2)
+
+    fast = _fastdn(seed=3)
+    img = _noisy((1, 400, 352), seed=3)
+    whole = inf.denoise(fast, img, tile_size=4096)
+    tiled = inf.denoise(fast, img, tile_size=320, overlap=128)
+    assert np.abs(tiled - whole).max() < 0.5  # HU, against differences of several HU made by the model
+    assert np.abs(whole - img).max() > 5.0
+
+
+def test_oom_falls_back_to_smaller_batches_then_tiles() -> None:
+    vol = _noisy((4, 256, 256), seed=4)
+    model = SmoothOOM(max_pixels=200 * 200)
+    notices: list[str] = []
+    out = inf.denoise(model, vol, batch_size=4, overlap=32, notice=notices.append)
+    np.testing.assert_allclose(out, _smooth_ref(vol), atol=1e-3)
+    assert any("batch size 2" in n for n in notices) and any("batch size 1" in n for n in notices)
+    assert any("tiles of 128" in n for n in notices)
+    assert max(s[0] * s[2] * s[3] for _, s in model.calls) == 4 * 256 * 256  # it did try the big batch first
+
+
+def test_oom_falls_back_to_cpu_and_gives_up_on_cpu() -> None:
+    vol = _noisy((2, 96, 96), seed=5)
+    model = SmoothOOM(max_pixels=10**9, cpu_only=True)
+    notices: list[str] = []
+    out = inf.denoise(model, vol, device="meta", batch_size=2, overlap=8, notice=notices.append)
+    np.testing.assert_allclose(out, _smooth_ref(vol), atol=1e-3)
+    assert "CPU" in notices[-1] and [d for d, _ in model.calls][-1] == "cpu"
+    with pytest.raises(RuntimeError, match="even with batch size 1"):
+        inf.denoise(SmoothOOM(max_pixels=10), vol, overlap=8)
+
+
+def test_detect_batches_slices_and_tiles() -> None:
+    torch.manual_seed(0)
+    det = LesionDetector(width=4).train()
+    vol = _noisy((3, 64, 64), seed=6)
+    rows = inf.detect(det, vol, batch_size=2, score_threshold=0.0)
+    assert det.training  # the caller's mode is restored
+    assert rows.shape[1] == 6 and set(np.unique(rows[:, 0])) == {0, 1, 2}
+    single = np.vstack([inf.detect(det, vol[k], score_threshold=0.0) + [k, 0, 0, 0, 0, 0] for k in range(3)])
+    np.testing.assert_allclose(_sorted_rows(rows), _sorted_rows(single), atol=1e-4)
+    sub = inf.detect(det, vol, slices=[2], score_threshold=0.0)
+    np.testing.assert_allclose(_sorted_rows(sub), _sorted_rows(rows[rows[:, 0] == 2]), atol=1e-4)
+
+    # tiles: blobs anywhere (also across tile borders) are found once, with their full box
+    img = np.full((1, 600, 560), -1000.0, np.float32)
+    rng = np.random.default_rng(0)
+    for k in range(40):
+        cy, cx = rng.integers(8, 590), rng.integers(8, 550)
+        yy, xx = np.ogrid[:600, :560]
+        img[0][(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = 600.0 + 10 * k
+    whole = inf.detect(BlobDetector(), img, tile_size=4096, max_detections=100)
+    tiled = inf.detect(BlobDetector(), img, tile_size=256, overlap=64, max_detections=100)
+    assert len(whole) > 20
+    np.testing.assert_allclose(_sorted_rows(tiled), _sorted_rows(whole))
+
+
+def test_progress_and_cancel_between_batches() -> None:
+    model = _fastdn()
+    vol = _noisy((6, 32, 32))
+    seen: list[tuple[int, int]] = []
+    inf.denoise(model, vol, batch_size=2, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(2, 6), (4, 6), (6, 6)]
+    model.train()
+    with pytest.raises(inf.Cancelled):
+        inf.denoise(model, vol, batch_size=2, cancel=lambda: True)
+    assert model.training
+
+
+def test_pipeline_cache_hits_and_misses() -> None:
+    den, det = _fastdn(), LesionDetector(width=4).eval()
+    vol = _noisy((3, 48, 48), seed=7)
+    cache = inf.ResultCache()
+    first = inf.run_pipeline(vol, den, det, "cpu", cache=cache, slices=[1, 2])
+    assert first.cached == {"denoise": False, "detect": False} and first.denoised.shape == (2, 48, 48)
+    assert set(np.unique(first.boxes[:, 0])) <= {1.0, 2.0} and len(first.boxes)
+    assert first.boxes[:, 5].min() >= inf.BOX_FLOOR
+    np.testing.assert_allclose(first.denoised, inf.denoise(den, vol)[1:], atol=1e-3)
+
+    again = inf.run_pipeline(vol, den, det, "cpu", cache=cache, slices=[1, 2])
+    assert again.cached == {"denoise": True, "detect": True} and cache.hits == 2
+    assert again.denoised is first.denoised and again.boxes is first.boxes
+    assert not again.denoised.flags.writeable
+
+    with torch.no_grad():
+        den.tail.bias.add_(0.001)  # fine-tuned in place: a new model for the cache
+    changed = inf.run_pipeline(vol, den, det, "cpu", cache=cache, slices=[1, 2])
+    assert changed.cached == {"denoise": False, "detect": False}
+    other = inf.run_pipeline(vol, None, det, "cpu", cache=cache, slices=[1, 2])
+    assert other.denoised is None and other.cached == {"detect": False}
+
+
+def test_filter_boxes_and_errors() -> None:
+    rows = np.array([[0, 1, 1, 5, 5, 0.9], [1, 2, 2, 6, 6, 0.2]], np.float32)
+    assert len(inf.filter_boxes(rows, 0.5)) == 1 and len(inf.filter_boxes(rows, 0.1)) == 2
+    with pytest.raises(ValueError, match="2D slice or a 3D volume"):
+        inf.denoise(_fastdn(), np.zeros((2, 2, 8, 8), np.float32))
+    assert inf.is_oom_error(RuntimeError("CUDA out of memory")) and not inf.is_oom_error(RuntimeError("shape"))

@@ -1,0 +1,138 @@
+"""napari reader: which paths it claims, the LayerDataTuples it returns, array files, box <-> shape conversion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import listing
+from PIL import Image
+
+from napari_lidnet._reader import napari_get_reader
+from napari_lidnet._widgets._layers import boxes_layer_tuple, boxes_to_shapes, shapes_to_boxes
+from napari_lidnet.io.arrays import read_array
+from napari_lidnet.io.png16 import write_png_hu
+from napari_lidnet.io.windowing import contrast_limits
+
+
+def test_paths_not_ours_give_none(tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "photo.png")
+    assert napari_get_reader(str(tmp_path / "notes.txt")) is None
+    assert napari_get_reader(str(tmp_path / "photo.png")) is None  # 8-bit: left to napari's own reader
+    assert napari_get_reader(str(tmp_path)) is None  # folder without DICOM or 16-bit PNG
+    assert napari_get_reader(str(tmp_path / "missing.dcm")) is None
+    assert napari_get_reader([]) is None
+
+
+def test_dicom_folder_gives_one_image_per_series(two_series_dir):
+    d = two_series_dir
+    before = listing(d["root"])
+    reader = napari_get_reader(str(d["root"]))
+    assert callable(reader)
+    layers = reader(str(d["root"]))
+    assert [(lt[1]["name"], lt[2]) for lt in layers] == [("abdomen A", "image"), ("chest B", "image")]
+    data, kw, _ = layers[0]
+    np.testing.assert_array_equal(data, d["hu_a"])  # HU untouched
+    assert kw["scale"] == pytest.approx((2.5, 0.7, 0.8))
+    assert kw["translate"] == pytest.approx((10.0, -120.0, -100.0))
+    assert kw["contrast_limits"] == contrast_limits("soft tissue")
+    aff = kw["metadata"]["affine_lps"]
+    np.testing.assert_allclose(aff @ [1, 2, 3, 1], [-100 + 3 * 0.8, -120 + 2 * 0.7, 12.5, 1])
+    assert kw["metadata"]["source"] == str(d["root"]) and kw["metadata"]["series_uid"] == d["uid_a"]
+    assert listing(d["root"]) == before
+
+
+def test_claimed_but_broken_file_raises_naming_it(tmp_path):
+    bad = tmp_path / "broken.dcm"
+    bad.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
+    reader = napari_get_reader(str(bad))
+    assert reader is not None
+    with pytest.raises(ValueError, match="broken.dcm"):
+        reader(str(bad))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.dcm"]
+
+
+def test_deeplesion_png_gives_image_and_shapes(tmp_path):
+    png = tmp_path / "000001_01_01_109.png"
+    write_png_hu(png, np.full((20, 30), 40.0))
+    (tmp_path / "DL_info.csv").write_text(
+        "File_name,Key_slice_index,Bounding_boxes,Spacing_mm_px_,Image_size,Coarse_lesion_type\n"
+        '000001_01_01_109.png,109,"2, 3, 12, 9","0.8, 0.8, 5","30, 20",4\n'
+    )
+    layers = napari_get_reader(str(png))(str(png))
+    (img, img_kw, t1), (shapes, sh_kw, t2) = layers
+    assert (t1, t2) == ("image", "shapes")
+    assert img_kw["scale"] == (0.8, 0.8) and sh_kw["scale"] == (0.8, 0.8)
+    assert np.all(img == 40.0)
+    np.testing.assert_array_equal(shapes[0], [[3, 2], [3, 12], [9, 12], [9, 2]])
+    assert sh_kw["shape_type"] == "rectangle" and sh_kw["features"]["label"] == ["liver"]
+
+
+def test_array_files(tmp_path):
+    hu = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4) - 1000
+    np.save(tmp_path / "v.npy", hu)
+    np.savez(tmp_path / "v.npz", hu=hu, spacing=np.array([3.0, 0.5, 0.5]))
+    np.savez(tmp_path / "one.npz", img=hu[0])
+    tifffile.imwrite(tmp_path / "v.tif", hu, photometric="minisblack")
+    for name, spacing in [("v.npy", (1, 1, 1)), ("v.npz", (3, 0.5, 0.5)), ("v.tif", (1, 1, 1))]:
+        ((data, kw, kind),) = napari_get_reader(str(tmp_path / name))(str(tmp_path / name))
+        assert kind == "image" and data.dtype == np.float32 and kw["scale"] == spacing
+        np.testing.assert_array_equal(data, hu)
+    np.testing.assert_array_equal(read_array(tmp_path / "one.npz").hu, hu[0])
+
+
+def test_bad_arrays_are_refused(tmp_path):
+    np.save(tmp_path / "s.npy", np.array(["a", "b"]))
+    np.save(tmp_path / "4d.npy", np.zeros((2, 2, 2, 2)))
+    np.savez(tmp_path / "two.npz", a=np.zeros((2, 2)), b=np.zeros((2, 2)))
+    np.savez(tmp_path / "sp.npz", hu=np.zeros((2, 2)), spacing=np.array([1.0, 1.0, 1.0]))
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((8, 8, 3), np.uint8), photometric="rgb")
+    cases = {
+        "s.npy": "array has dtype <U1, expected numbers",
+        "4d.npy": r"array has shape \(2, 2, 2, 2\); expected a 2D",
+        "two.npz": ".npz has arrays .* name the HU array 'hu'",
+        "sp.npz": "spacing .* must be 2 positive numbers",
+        "rgb.tif": "TIFF has colour samples",
+    }
+    for name, msg in cases.items():
+        with pytest.raises(ValueError, match=f"{name}: {msg}"):
+            read_array(tmp_path / name)
+
+
+def test_boxes_shapes_round_trip():
+    boxes = np.array([[3, 10.5, 4, 20, 9.5], [0, 1, 2, 3, 4]], np.float32)
+    shapes = boxes_to_shapes(boxes, 3)
+    assert shapes[0].shape == (4, 3)
+    np.testing.assert_array_equal(shapes[0][:, 0], 3)
+    np.testing.assert_array_equal(shapes_to_boxes(shapes), boxes)
+    flat = boxes_to_shapes(boxes[:, 1:], 2)
+    np.testing.assert_array_equal(shapes_to_boxes(flat)[:, 1:], boxes[:, 1:])
+    assert boxes_to_shapes(np.zeros((0, 5)), 3) == []
+    assert shapes_to_boxes([]).shape == (0, 5)
+    with pytest.raises(ValueError, match="need the slice index"):
+        boxes_to_shapes(boxes[:, 1:], 3)
+    data, kw, kind = boxes_layer_tuple(boxes, 3, scores=[0.9, 0.2], scale=(2, 1, 1))
+    assert kind == "shapes" and len(data) == 2 and list(kw["features"]["score"]) == [0.9, 0.2]
+
+
+def test_real_viewer_layers_and_shapes_round_trip(make_napari_viewer, two_series_dir, tmp_path):
+    from napari_lidnet._reader import read_ct
+
+    viewer = make_napari_viewer()
+    for data, kw, kind in read_ct(str(two_series_dir["root"])):
+        getattr(viewer, f"add_{kind}")(data, **kw)
+    img = viewer.layers["abdomen A"]
+    assert img.data.shape == (4, 12, 10) and tuple(img.scale) == pytest.approx((2.5, 0.7, 0.8))
+    boxes = np.array([[2, 1, 2, 5, 6]], np.float32)
+    data, kw, _ = boxes_layer_tuple(boxes, 3, scale=img.scale, translate=img.translate)
+    shapes = viewer.add_shapes(data, **kw)
+    np.testing.assert_array_equal(shapes_to_boxes(shapes), boxes)
+
+
+def test_list_of_dicom_files_is_one_series(two_series_dir):
+    files = [str(f) for f in two_series_dir["files_a"][::-1]]
+    reader = napari_get_reader(files)
+    ((data, kw, kind),) = reader(files)
+    np.testing.assert_array_equal(data, two_series_dir["hu_a"])
+    assert kind == "image" and kw["scale"] == pytest.approx((2.5, 0.7, 0.8))
