@@ -41,6 +41,11 @@ def rois_from_boxes(boxes: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(rows, 0)
 
 
+def relative_feature_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Mean squared feature difference over the reference features' mean energy: scale-free, 0 when equal."""
+    return F.mse_loss(a, b) / (b.pow(2).mean() + eps)
+
+
 def roi_perceptual_loss(
     detector: torch.nn.Module,
     denoised: torch.Tensor,
@@ -50,7 +55,7 @@ def roi_perceptual_loss(
     levels: tuple[int, ...] = (0, 1),
     output_size: int = 7,
 ) -> torch.Tensor:
-    """Mean squared distance of detector features inside (widened) lesion boxes, averaged over feature levels.
+    """Relative squared distance of detector features inside (widened) lesion boxes, averaged over levels.
 
     Returns a zero that still carries a graph when the batch has no lesions.
     """
@@ -66,7 +71,7 @@ def roi_perceptual_loss(
         scale = 1.0 / detector.feature_strides[level]
         a = roi_align(feats_d[level], rois, scale, (output_size, output_size))
         b = roi_align(feats_f[level], rois, scale, (output_size, output_size))
-        total = total + F.mse_loss(a, b)
+        total = total + relative_feature_distance(a, b)
     return total / len(levels)
 
 
@@ -77,7 +82,7 @@ def whole_image_perceptual_loss(
     feats_d = detector.features(denoised)
     with torch.no_grad():
         feats_f = detector.features(full)
-    return sum(F.mse_loss(feats_d[lv], feats_f[lv]) for lv in levels) / len(levels)
+    return sum(relative_feature_distance(feats_d[lv], feats_f[lv]) for lv in levels) / len(levels)
 
 
 def detection_loss(detector: torch.nn.Module, images: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:

@@ -48,6 +48,11 @@ class TrainingError(RuntimeError):
     """A run that cannot go on (e.g. a NaN loss); the last good checkpoint is kept."""
 
 
+def _group(stage: str) -> str:
+    """``pretrain`` for the pretraining stages, ``roundN`` for the stages of round N."""
+    return stage.split("-")[0]
+
+
 def split_samples(samples: list, val_fraction: float, seed: int, val_max: int) -> tuple[list, list]:
     """Seeded split into training and validation slices (at least one of each when there are two or more)."""
     order = np.random.default_rng(seed).permutation(len(samples))
@@ -207,10 +212,11 @@ class Trainer:
                     }
                     return
             self.state["done"].append(name)
-            if name.endswith("-detector") and name.startswith("round") and self.cfg.mode != "pixel":
-                continue  # validate once per round, after both networks moved
-            if name == "pretrain-denoiser" and "pretrain-detector" in dict(stages):
-                continue
+            following = stages[index + 1][0] if index + 1 < len(stages) else None
+            if following and _group(following) == _group(name):
+                self._save("last", self.state.get("last_metrics", {}))  # resumable after every stage
+                self._write_state()
+                continue  # validate once per group: after pretraining, after each whole round
             yield self._end_of_stage(name, done_steps, total)
         yield {
             "stage": "finished",
@@ -225,6 +231,7 @@ class Trainer:
         metrics = self.validate()
         score = selection_score(metrics, self.cfg.mode)
         best = self.state["best_score"]
+        self.state["last_metrics"] = metrics
         self._save("last", metrics)
         is_best = best is None or score > best
         if is_best:

@@ -1,0 +1,541 @@
+"""Dock widget: denoise a CT image layer with LIDnet and show detected lesions as Shapes boxes.
+
+Thin by design (DESIGN.md): it gathers inputs, runs ``_worker_utils.inference_job`` in a napari generator worker
+(progress per batch of slices, Cancel stops within one batch, the viewer stays responsive) and turns the returned
+arrays into layers on the GUI thread. Output layers are never the input layer, and re-running replaces them.
+torch is not imported at module level.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._worker_utils import Failure, JobOutput, ModelStore, Progress, inference_job, slice_translate, volume_from_layer
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Image, Shapes
+
+NONE_ITEM = "(none)"
+BROWSE_ITEM = "Browse..."
+SCOPES = ("all slices", "current slice")
+BOX_COLORMAP = "plasma"
+#: score threshold slider: integer percent, from the detection floor (inference.BOX_FLOOR) to 0.95
+THRESHOLD_RANGE = (5, 95)
+
+
+class DenoiseDetectWidget(QWidget):
+    """Denoise + detect on the selected CT image layer; outputs "<name> denoised", "<name> lesions" and optionally
+    "<name> removed noise". Public methods (``run``, ``cancel``, ``refresh_models``, ``export_dicom``,
+    ``export_boxes``, ``set_threshold``) take plain values so scripts and tests need no dialogs."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.worker: Any = None
+        self.batch_size = 4
+        self._store = ModelStore()
+        self._cache: Any = None  # inference.ResultCache, created on the first run (torch import)
+        self._last: dict[str, Any] | None = None
+        self._outputs: dict[tuple[str, str], Any] = {}  # (source layer name, role) -> layer
+        self._pending: dict[str, Any] = {}
+        self._build_ui()
+        self.refresh_layers()
+        self.refresh_models()
+        for event in ("inserted", "removed", "moved"):
+            getattr(self.viewer.layers.events, event).connect(self._on_layers_changed)
+
+    # ------------------------------------------------------------------------------------------------------- UI
+    def _build_ui(self) -> None:
+        self.image_combo = QComboBox()
+        self.denoiser_combo = QComboBox()
+        self.detector_combo = QComboBox()
+        self.denoiser_combo.activated.connect(lambda _i: self._maybe_browse(self.denoiser_combo, "denoiser"))
+        self.detector_combo.activated.connect(lambda _i: self._maybe_browse(self.detector_combo, "detector"))
+        self.device_combo = QComboBox()
+        self.scope_combo = QComboBox()
+        self.scope_combo.addItems(SCOPES)
+        self.threshold_slider = QSlider(Qt.Orientation.Horizontal)
+        self.threshold_slider.setRange(*THRESHOLD_RANGE)
+        self.threshold_slider.setValue(30)
+        self.threshold_label = QLabel()
+        self.threshold_slider.valueChanged.connect(self._on_threshold)
+        self.noise_check = QCheckBox("show removed noise")
+        self.noise_check.toggled.connect(self._on_noise_toggled)
+        self.run_button = QPushButton("Run")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m slices")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.export_dicom_button = QPushButton("Export denoised DICOM...")
+        self.export_dicom_button.clicked.connect(self._export_dicom_dialog)
+        self.export_boxes_button = QPushButton("Export boxes CSV/JSON...")
+        self.export_boxes_button.clicked.connect(self._export_boxes_dialog)
+
+        form = QFormLayout()
+        form.addRow("image", self.image_combo)
+        form.addRow("denoiser", self.denoiser_combo)
+        form.addRow("detector", self.detector_combo)
+        form.addRow("device", self.device_combo)
+        form.addRow("scope", self.scope_combo)
+        row = QHBoxLayout()
+        row.addWidget(self.threshold_slider)
+        row.addWidget(self.threshold_label)
+        form.addRow("score threshold", row)
+        form.addRow("", self.noise_check)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        exports = QHBoxLayout()
+        exports.addWidget(self.export_dicom_button)
+        exports.addWidget(self.export_boxes_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addLayout(exports)
+        layout.addStretch(1)
+        self._on_threshold(self.threshold_slider.value())
+        self._update_export_buttons()
+
+    @property
+    def threshold(self) -> float:
+        """Current score threshold (0.05 to 0.95)."""
+        return self.threshold_slider.value() / 100.0
+
+    def set_threshold(self, value: float) -> None:
+        """Move the score threshold slider (boxes are re-filtered from the cached detections)."""
+        self.threshold_slider.setValue(round(float(value) * 100))
+
+    def _message(self, text: str, error: bool = False) -> None:
+        """Status label + napari notification."""
+        self.status.setText(text)
+        from napari.utils.notifications import show_error, show_info
+
+        (show_error if error else show_info)(f"LIDnet: {text}")
+
+    # ---------------------------------------------------------------------------------------------- choices
+    def _image_layers(self) -> list[Image]:
+        from napari.layers import Image
+
+        return [ly for ly in self.viewer.layers if isinstance(ly, Image) and not ly.rgb and not ly.multiscale]
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        self.refresh_layers()
+
+    def refresh_layers(self) -> None:
+        """Refill the image choices; keeps the current choice, else prefers the active layer."""
+        current = self.image_combo.currentText()
+        names = [ly.name for ly in self._image_layers()]
+        active = self.viewer.layers.selection.active
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        self.image_combo.addItems(names)
+        if current in names:
+            self.image_combo.setCurrentText(current)
+        elif active is not None and active.name in names:
+            self.image_combo.setCurrentText(active.name)
+        self.image_combo.blockSignals(False)
+
+    def refresh_models(self) -> None:
+        """Refill both model choices from the registry (shipped defaults, user models) plus browsed files;
+        keeps the current choices when they still exist, else selects the default model of each kind."""
+        from ..models.registry import default_model, list_models
+
+        for kind, combo in (("denoiser", self.denoiser_combo), ("detector", self.detector_combo)):
+            current = combo.currentData()
+            browsed = [
+                (combo.itemText(i), combo.itemData(i))
+                for i in range(combo.count())
+                if combo.itemData(i) and str(combo.itemText(i)).startswith("file: ")
+            ]
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItem(NONE_ITEM, None)
+            try:
+                models = list_models(kind)
+                default = default_model(kind)
+            except Exception as exc:  # a broken user folder must not break the widget
+                models, default = [], None
+                self.status.setText(f"could not list {kind} models: {exc}")
+            for info in models:
+                combo.addItem(f"{info.name} ({'shipped' if info.shipped else 'user'})", str(info.path))
+            for text, data in browsed:
+                combo.addItem(text, data)
+            combo.addItem(BROWSE_ITEM, None)
+            paths = [combo.itemData(i) for i in range(combo.count())]
+            if current in paths:
+                combo.setCurrentIndex(paths.index(current))
+            elif default is not None:
+                combo.setCurrentIndex(paths.index(str(default.path)))
+            combo.blockSignals(False)
+        if self.denoiser_combo.currentData() is None and self.detector_combo.currentData() is None:
+            self.status.setText(
+                "no LIDnet weights found (none shipped, none in the user model folder): browse to a "
+                "weights file or fine-tune a model"
+            )
+        if self.device_combo.count() == 0:
+            from ..models.device import device_choices
+
+            self.device_combo.addItems(device_choices())
+
+    def add_model_file(self, path: str | Path, kind: str) -> bool:
+        """Add a weights file (``.safetensors`` or ``.json`` of a pair) to the ``kind`` choices and select it.
+        Checks the card now; returns False (with a message) when it is not a ``kind`` model."""
+        from ..models.weights import read_card, weight_paths
+
+        combo = self.denoiser_combo if kind == "denoiser" else self.detector_combo
+        try:
+            card = read_card(path)
+            if card["kind"] != kind:
+                raise ValueError(f"{path}: is a {card['kind']} model, expected a {kind}")
+            w_path, _ = weight_paths(path)
+            if not w_path.is_file():
+                raise FileNotFoundError(f"weights file not found: {w_path}")
+        except (OSError, ValueError) as exc:
+            self._message(str(exc), error=True)
+            return False
+        stem = str(w_path.with_suffix(""))
+        combo.insertItem(combo.count() - 1, f"file: {Path(stem).name}", stem)
+        combo.setCurrentIndex(combo.count() - 2)
+        return True
+
+    def _maybe_browse(self, combo: QComboBox, kind: str) -> None:
+        if combo.currentText() != BROWSE_ITEM:
+            return
+        path, _ = QFileDialog.getOpenFileName(self, f"LIDnet {kind} weights", "", "weights (*.safetensors *.json)")
+        if not path or not self.add_model_file(path, kind):
+            combo.setCurrentIndex(0)
+
+    # --------------------------------------------------------------------------------------------------- run
+    def _source_layer(self) -> Image | None:
+        name = self.image_combo.currentText()
+        return next((ly for ly in self._image_layers() if ly.name == name), None)
+
+    def _current_slice(self, layer: Image) -> int:
+        point = self.viewer.dims.point[-layer.ndim :]
+        z = float(np.asarray(layer.world_to_data(point))[0])
+        return int(np.clip(round(z), 0, layer.data.shape[0] - 1))
+
+    def run(self) -> Any:
+        """Start denoising/detection on the chosen layer; returns the worker (None when nothing started)."""
+        if self.worker is not None:
+            self._message("already running: cancel it first", error=True)
+            return None
+        layer = self._source_layer()
+        if layer is None:
+            self._message("no CT image layer: open a CT series or add the sample data first", error=True)
+            return None
+        if layer.ndim not in (2, 3):
+            self._message(f"layer {layer.name!r} has {layer.ndim} dimensions; expected a 2D slice or 3D volume", True)
+            return None
+        den, det = self.denoiser_combo.currentData(), self.detector_combo.currentData()
+        if den is None and det is None:
+            self._message("choose a denoiser and/or a detector (no weights found? browse to a weights file)", True)
+            return None
+        slices = None
+        if layer.ndim == 3 and self.scope_combo.currentText() == "current slice":
+            slices = [self._current_slice(layer)]
+        if self._cache is None:
+            from ..inference import ResultCache
+
+            self._cache = ResultCache()
+        from napari.qt.threading import create_worker
+
+        hu = np.asarray(layer.data, dtype=np.float32)
+        self._pending = {"layer": layer, "slices": slices}
+        worker = create_worker(
+            inference_job,
+            hu,
+            den,
+            det,
+            self.device_combo.currentText() or "auto",
+            slices,
+            self._store,
+            self._cache,
+            self.batch_size,
+            _start_thread=False,
+        )
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(self._on_returned)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        n = 1 if slices is not None or layer.ndim == 2 else layer.data.shape[0]
+        self.progress.setRange(0, n * ((den is not None) + (det is not None)))
+        self.progress.setValue(0)
+        self.status.setText(f"running on {layer.name!r}...")
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Stop the running job within one batch; nothing is added to the viewer."""
+        if self.worker is not None:
+            self.worker.quit()
+            self.status.setText("cancelling...")
+
+    def _on_progress(self, rec: Progress) -> None:
+        if rec.stage == "running":
+            self.progress.setRange(0, rec.total)
+            self.progress.setValue(rec.done)
+        for text in rec.notices:
+            self._message(text)
+
+    def _on_aborted(self) -> None:
+        self._message("cancelled: no layers added")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+    def _on_returned(self, out: JobOutput | Failure) -> None:
+        if isinstance(out, Failure):
+            self._message(out.message, error=True)
+            return
+        layer = self._pending.get("layer")
+        if layer is None or layer not in self.viewer.layers:
+            self._message("the input layer was removed while running; results dropped", error=True)
+            return
+        res = out.result
+        first = res.slices[0] if self._pending.get("slices") else 0
+        self._last = {"layer": layer, "result": res, "first": first, "labels": (out.denoiser_label, out.detector_label)}
+        self._show_denoised()
+        self._show_noise()
+        self._show_boxes(rebuild=True)
+        self._update_export_buttons()
+        cached = [k for k, v in res.cached.items() if v]
+        text = f"done on {res.device} in {res.seconds:.1f} s ({len(res.slices)} slices)"
+        if cached:
+            text += f"; from cache: {', '.join(cached)}"
+        if res.boxes is not None:
+            text += f"; {self._n_shown} lesions with score >= {self.threshold:.2f}"
+        self.status.setText(text)
+
+    # ----------------------------------------------------------------------------------------------- outputs
+    def _place(self, role: str, data: Any, kwargs: dict[str, Any], layer_type: str) -> Any:
+        """Add an output layer, replacing this widget's previous output of the same role for the same source."""
+        src = self._last["layer"]
+        key = (src.name, role)
+        old = self._outputs.pop(key, None)
+        index = None
+        if old is not None and old in self.viewer.layers:
+            index = self.viewer.layers.index(old)
+            self.viewer.layers.remove(old)
+        new = getattr(self.viewer, f"add_{layer_type}")(data, **kwargs)
+        if index is not None:
+            self.viewer.layers.move(self.viewer.layers.index(new), index)
+        self._outputs[key] = new
+        return new
+
+    def _drop(self, role: str) -> None:
+        if self._last is None:
+            return
+        old = self._outputs.pop((self._last["layer"].name, role), None)
+        if old is not None and old in self.viewer.layers:
+            self.viewer.layers.remove(old)
+
+    def _geometry(self, first: int | None) -> dict[str, Any]:
+        src = self._last["layer"]
+        translate = tuple(src.translate)
+        if first is not None and src.ndim == 3:
+            translate = slice_translate(tuple(src.scale), translate, first)
+        return {"scale": tuple(src.scale), "translate": translate, "affine": src.affine.affine_matrix}
+
+    def _denoised_array(self) -> np.ndarray | None:
+        res = self._last["result"]
+        if res.denoised is None:
+            return None
+        return res.denoised[0] if self._last["layer"].ndim == 2 else res.denoised
+
+    def _show_denoised(self) -> None:
+        data = self._denoised_array()
+        if data is None:
+            self._drop("denoised")
+            return
+        src = self._last["layer"]
+        meta = {
+            **src.metadata,
+            "lidnet": {
+                "source_layer": src.name,
+                "denoiser": self._last["labels"][0],
+                "slices": list(self._last["result"].slices),
+            },
+        }
+        kwargs = {
+            "name": f"{src.name} denoised",
+            "contrast_limits": tuple(src.contrast_limits),
+            "colormap": src.colormap.name,
+            "metadata": meta,
+            **self._geometry(self._last["first"]),
+        }
+        self._place("denoised", data, kwargs, "image")
+
+    def _show_noise(self) -> None:
+        data = self._denoised_array() if self._last is not None else None
+        if data is None or not self.noise_check.isChecked():
+            self._drop("removed noise")
+            return
+        src = self._last["layer"]
+        res = self._last["result"]
+        original = np.asarray(src.data, dtype=np.float32)
+        if src.ndim == 3:
+            original = original[res.slices]
+        noise = original - data
+        lim = float(max(1.0, 3 * np.std(noise)))
+        kwargs = {
+            "name": f"{src.name} removed noise",
+            "contrast_limits": (-lim, lim),
+            "colormap": "gray",
+            "visible": True,
+            **self._geometry(self._last["first"]),
+        }
+        self._place("removed noise", noise, kwargs, "image")
+
+    @property
+    def shown_boxes(self) -> np.ndarray:
+        """(N, 6) ``slice, x1, y1, x2, y2, score`` of the boxes shown (score >= threshold), absolute slices."""
+        if self._last is None or self._last["result"].boxes is None:
+            return np.zeros((0, 6), np.float32)
+        rows = np.asarray(self._last["result"].boxes, np.float32).reshape(-1, 6)
+        return rows[rows[:, 5] >= self.threshold - 1e-6]
+
+    @property
+    def _n_shown(self) -> int:
+        return len(self.shown_boxes)
+
+    def _show_boxes(self, rebuild: bool = False) -> None:
+        if self._last is None:
+            return
+        if self._last["result"].boxes is None:
+            self._drop("lesions")
+            return
+        import pandas as pd
+
+        from ._layers import boxes_to_shapes
+
+        src = self._last["layer"]
+        rows = self.shown_boxes
+        ndim = src.ndim
+        boxes = rows[:, :5] if ndim == 3 else rows[:, 1:5]
+        shapes = [(s, "rectangle") for s in boxes_to_shapes(boxes, ndim)]
+        features = pd.DataFrame({"score": rows[:, 5].astype(float), "slice": rows[:, 0].astype(int)})
+        key = (src.name, "lesions")
+        layer: Shapes | None = self._outputs.get(key)
+        if not rebuild and layer is not None and layer in self.viewer.layers:
+            layer.data = shapes
+            layer.features = features
+            layer.edge_color = "score"
+            layer.refresh_colors()
+            return
+        kwargs = {
+            "name": f"{src.name} lesions",
+            "ndim": ndim,
+            "shape_type": "rectangle",
+            "features": features,
+            "edge_color": "score",
+            "edge_colormap": BOX_COLORMAP,
+            "edge_contrast_limits": (0.0, 1.0),
+            "edge_width": 2,
+            "face_color": "transparent",
+            "text": {"string": "{score:.2f}", "anchor": "upper_left", "size": 9, "color": "yellow"},
+            "metadata": {"lidnet": {"source_layer": src.name, "detector": self._last["labels"][1]}},
+            **self._geometry(None),
+        }
+        self._place("lesions", [s for s, _ in shapes], kwargs, "shapes")
+
+    def _on_threshold(self, value: int) -> None:
+        self.threshold_label.setText(f"{value / 100:.2f}")
+        if self._last is not None:
+            self._show_boxes()
+            self.status.setText(f"{self._n_shown} lesions with score >= {self.threshold:.2f}")
+
+    def _on_noise_toggled(self, checked: bool) -> None:
+        if self._last is not None:
+            self._show_noise()
+
+    # ------------------------------------------------------------------------------------------------ export
+    def _update_export_buttons(self) -> None:
+        res = self._last["result"] if self._last else None
+        self.export_dicom_button.setEnabled(res is not None and res.denoised is not None)
+        self.export_boxes_button.setEnabled(res is not None and res.boxes is not None)
+
+    def export_dicom(self, folder: str | Path) -> list[Path]:
+        """Write the last denoised result as a new DERIVED DICOM series into an empty or new ``folder``.
+
+        Geometry and patient/study tags come from the input layer (when it was read from DICOM); the
+        SeriesDescription names the model. Returns the files, or [] after showing why nothing was written.
+        """
+        data = self._denoised_array() if self._last is not None else None
+        if data is None:
+            self._message("nothing to export: run the denoiser first", error=True)
+            return []
+        from ..io.dicom_write import write_dicom_series
+
+        src = self._last["layer"]
+        vol = volume_from_layer(
+            data,
+            tuple(src.scale),
+            tuple(src.translate),
+            dict(src.metadata),
+            f"{src.name} denoised",
+            first_slice=self._last["first"],
+        )
+        base = src.metadata.get("series_description") or src.name
+        desc = f"{base} denoised LIDnet {self._last['labels'][0] or ''}".strip()
+        try:
+            files = write_dicom_series(vol, folder, series_description=desc)
+        except (OSError, ValueError) as exc:
+            self._message(f"DICOM export failed: {exc}", error=True)
+            return []
+        self._message(f"wrote {len(files)} DICOM files to {folder}")
+        return files
+
+    def export_boxes(self, path: str | Path) -> Path | None:
+        """Write the shown boxes (score >= threshold) as CSV, or JSON when ``path`` ends in .json; never overwrites."""
+        if self._last is None or self._last["result"].boxes is None:
+            self._message("nothing to export: run the detector first", error=True)
+            return None
+        from ..io.boxes_io import write_boxes_csv
+
+        try:
+            out = write_boxes_csv(path, self.shown_boxes)
+        except (OSError, ValueError) as exc:
+            self._message(f"box export failed: {exc}", error=True)
+            return None
+        self._message(f"wrote {len(self.shown_boxes)} boxes to {out}")
+        return out
+
+    def _export_dicom_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Empty folder for the denoised DICOM series")
+        if folder:
+            self.export_dicom(folder)
+
+    def _export_boxes_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save lesion boxes", "", "CSV (*.csv);;JSON (*.json)")
+        if path:
+            self.export_boxes(path)
