@@ -86,12 +86,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _load(name: str | None, kind: str, device: str):
     from napari_lidnet.models.device import pick_device
-    from napari_lidnet.models.registry import default_model, load_model
+    from napari_lidnet.models.registry import load_model
 
     dev, notice = pick_device(device)
     if notice:
         print(notice, file=sys.stderr)
-    model, _card = load_model(name, kind=kind) if name else default_model(kind)
+    model, _card = load_model(name or "default", kind=kind)
     return model.to(dev), dev
 
 

@@ -227,8 +227,8 @@ class _Runner:
         settings: InferenceSettings,
         notice: Notice | None,
     ) -> None:
-        if isinstance(device, str) and device.lower() == "auto":
-            device, msg = pick_device("auto")
+        if isinstance(device, str):
+            device, msg = pick_device(device)
             if msg and notice:
                 notice(msg)
         self.device = torch.device(device)
@@ -539,8 +539,8 @@ def iter_pipeline(
     stack = _as_stack(hu)
     idx = _select(len(stack), slices)
     result = PipelineResult(slices=idx)
-    if isinstance(device, str) and device.lower() == "auto":
-        device, msg = pick_device("auto")
+    if isinstance(device, str):
+        device, msg = pick_device(device)
         if msg:
             result.notices.append(msg)
             if notice:

@@ -173,6 +173,6 @@ def test_tiny_detector_learns_to_find_disks() -> None:
         assert boxes.dtype == torch.float32 and boxes.shape[1] == 4 and scores.shape == (len(boxes),)
         if len(boxes):
             found += int((box_iou(gt, boxes).max(dim=1).values > 0.5).sum())
-            assert len(boxes) <= 2 * len(gt)  # few false positives
+        assert len(boxes) <= len(gt) + 1  # at most one false positive per image
         total += len(gt)
-    assert found >= total - 1, (found, total)
+    assert found == total, (found, total)  # every disk found with IoU > 0.5 (seeds 0-3 all give 14/14)

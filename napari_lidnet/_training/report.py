@@ -40,12 +40,12 @@ def evaluate_dataset(
     from napari_lidnet.io.dataset import read_dataset
     from napari_lidnet.metrics.froc import froc
     from napari_lidnet.models.device import pick_device
-    from napari_lidnet.models.registry import default_model, load_model
+    from napari_lidnet.models.registry import load_model
 
     samples = read_dataset(data_dir)[:max_slices]
     dev, _ = pick_device(device)
-    den, den_card = load_model(denoiser, kind="denoiser") if denoiser else default_model("denoiser")
-    det, det_card = load_model(detector, kind="detector") if detector else default_model("detector")
+    den, den_card = load_model(denoiser or "default", kind="denoiser")
+    det, det_card = load_model(detector or "default", kind="detector")
     low = np.stack([s.low_hu for s in samples])
     full = np.stack([s.full_hu for s in samples])
     gt = [np.asarray(s.boxes).reshape(-1, 4) for s in samples]
@@ -61,7 +61,7 @@ def evaluate_dataset(
         "denoiser": den_card.get("name", denoiser or "default"),
         "detector": det_card.get("name", detector or "default"),
         "window_hu": list(METRIC_WINDOW),
-        "froc_criterion": froc([], []).criterion if hasattr(froc([], []), "criterion") else "IoU >= 0.5",
+        "froc_criterion": froc([], []).criterion,
         "results": rows,
     }
 

@@ -93,6 +93,9 @@ class Trainer:
         )
         if not self.train_samples:
             raise ValueError("no training slices left after the validation split")
+        small = [s.name for s in samples if min(np.shape(s.full_hu)) < config.patch_size]
+        if small:
+            raise ValueError(f"patch size {config.patch_size} is larger than slice(s) {', '.join(small[:3])}")
         n_lesions = sum(len(s.boxes) for s in self.train_samples)
         if config.mode != "pixel" and n_lesions == 0:
             raise ValueError("LIDnet modes need lesion boxes in the training slices; none were found")

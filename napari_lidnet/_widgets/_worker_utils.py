@@ -127,6 +127,19 @@ def slice_translate(scale: tuple[float, ...], translate: tuple[float, ...], z0: 
     return tuple(t)
 
 
+def metadata_for_slices(metadata: dict[str, Any], first_slice: int) -> dict[str, Any]:
+    """Copy of a source layer's metadata for a layer that starts at ``first_slice``: ``affine_lps`` moved along
+    the slice axis and ``image_position_patient`` updated, so later exports place it correctly."""
+    meta = dict(metadata)
+    aff = meta.get("affine_lps")
+    if first_slice and aff is not None and np.shape(aff) == (4, 4):
+        aff = np.array(aff, dtype=float)
+        aff[:3, 3] += first_slice * aff[:3, 0]
+        meta["affine_lps"] = aff
+        meta["image_position_patient"] = [float(v) for v in aff[:3, 3]]
+    return meta
+
+
 def volume_from_layer(
     hu: np.ndarray,
     scale: tuple[float, ...],

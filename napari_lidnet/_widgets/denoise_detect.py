@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -27,7 +27,16 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._worker_utils import Failure, JobOutput, ModelStore, Progress, inference_job, slice_translate, volume_from_layer
+from ._worker_utils import (
+    Failure,
+    JobOutput,
+    ModelStore,
+    Progress,
+    inference_job,
+    metadata_for_slices,
+    slice_translate,
+    volume_from_layer,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -44,7 +53,12 @@ THRESHOLD_RANGE = (5, 95)
 class DenoiseDetectWidget(QWidget):
     """Denoise + detect on the selected CT image layer; outputs "<name> denoised", "<name> lesions" and optionally
     "<name> removed noise". Public methods (``run``, ``cancel``, ``refresh_models``, ``export_dicom``,
-    ``export_boxes``, ``set_threshold``) take plain values so scripts and tests need no dialogs."""
+    ``export_boxes``, ``set_threshold``) take plain values so scripts and tests need no dialogs.
+
+    ``job_finished`` is emitted on the GUI thread after a run ends (done, failed or cancelled) and its outputs are
+    in the viewer; connect before ``run()`` to wait on it without a race."""
+
+    job_finished = Signal()
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -166,6 +180,7 @@ class DenoiseDetectWidget(QWidget):
 
         for kind, combo in (("denoiser", self.denoiser_combo), ("detector", self.detector_combo)):
             current = combo.currentData()
+            keep_none = combo.count() > 0 and combo.currentText() == NONE_ITEM
             browsed = [
                 (combo.itemText(i), combo.itemData(i))
                 for i in range(combo.count())
@@ -186,7 +201,9 @@ class DenoiseDetectWidget(QWidget):
                 combo.addItem(text, data)
             combo.addItem(BROWSE_ITEM, None)
             paths = [combo.itemData(i) for i in range(combo.count())]
-            if current in paths:
+            if keep_none:
+                combo.setCurrentIndex(0)
+            elif current is not None and current in paths:
                 combo.setCurrentIndex(paths.index(current))
             elif default is not None:
                 combo.setCurrentIndex(paths.index(str(default.path)))
@@ -312,6 +329,7 @@ class DenoiseDetectWidget(QWidget):
         self.worker = None
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
+        self.job_finished.emit()
 
     def _on_returned(self, out: JobOutput | Failure) -> None:
         if isinstance(out, Failure):
@@ -379,7 +397,7 @@ class DenoiseDetectWidget(QWidget):
             return
         src = self._last["layer"]
         meta = {
-            **src.metadata,
+            **metadata_for_slices(dict(src.metadata), self._last["first"]),
             "lidnet": {
                 "source_layer": src.name,
                 "denoiser": self._last["labels"][0],

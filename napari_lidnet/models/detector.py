@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .normalize import HU_SCALE
 from .nms import nms
+from .normalize import HU_SCALE
 
 __all__ = ["DETECTORS", "LesionDetector", "build_detector", "decode_heatmaps", "encode_targets", "gaussian_radius"]
 
@@ -196,9 +196,7 @@ class LesionDetector(nn.Module):
         self.register_buffer("win_half", (win[:, 1] / 2).reshape(1, -1, 1, 1), persistent=False)
         c = [width, 2 * width, 4 * width, 8 * width]
         self.stem = nn.Sequential(_conv(len(windows), c[0], 2), _conv(c[0], c[0]))
-        self.stages = nn.ModuleList(
-            [nn.Sequential(_conv(c[i], c[i + 1], 2), _ResBlock(c[i + 1])) for i in range(3)]
-        )
+        self.stages = nn.ModuleList([nn.Sequential(_conv(c[i], c[i + 1], 2), _ResBlock(c[i + 1])) for i in range(3)])
         self.lateral = nn.ModuleList([nn.Conv2d(ci, neck_width, 1) for ci in c[1:]])
         self.smooth = _conv(neck_width, neck_width)
         self.heatmap_head = _head(neck_width, 1, HEATMAP_PRIOR_BIAS)
@@ -240,7 +238,7 @@ class LesionDetector(nn.Module):
         negative heatmap terms. Returns ``total``, ``heatmap``, ``size``, ``offset`` (scalar tensors)."""
         logits = outputs["heatmap"]
         t = encode_targets(gt_boxes, tuple(logits.shape[-2:]), self.output_stride, logits.device)
-        n = t["num"].clamp(min=1).to(logits.dtype)
+        n = t["num"].clamp(min=1).float().to(logits.device)
         logits = logits.float()
         p = torch.sigmoid(logits)
         pos = t["mask"]

@@ -78,7 +78,7 @@ def get_geometry(size: int, n_angles: int, device: str) -> Geometry:
 
 
 @lru_cache(maxsize=8)
-def _circle_mask(size: int, device: str) -> torch.Tensor:
+def circle_mask(size: int, device: str) -> torch.Tensor:
     """(size, size) float mask of the inscribed circle (radius size/2 about the centre pixel)."""
     v = torch.arange(size, dtype=torch.float32) - size // 2
     return ((v.view(-1, 1) ** 2 + v.view(1, -1) ** 2) <= (size / 2.0) ** 2).float().to(device)
@@ -123,7 +123,7 @@ def _as_batch(x: torch.Tensor, what: str) -> tuple[torch.Tensor, bool]:
 
 def is_inside_circle(images: torch.Tensor, tol: float = 0.0) -> bool:
     """Whether every image of a (B, N, N) batch is (nearly) zero outside its inscribed circle."""
-    outside = _circle_mask(images.shape[-1], str(images.device)) == 0
+    outside = circle_mask(images.shape[-1], str(images.device)) == 0
     return bool((images[..., outside].abs() <= tol).all())
 
 
@@ -145,10 +145,10 @@ def forward_project(
     if circle is None:
         circle = is_inside_circle(x)
     # rays: detector bins within +-N/2 of the centre when circle, all n_det bins otherwise
-    n_t = size if circle else geo.n_det
-    lo = (geo.n_det - n_t) // 2
-    # sample points (col, row) = centre + t * (cos, -sin) + s * (sin, cos), t and s in -n_t//2 .. n_t - n_t//2 - 1
-    # pixels; normalised for grid_sample (align_corners=True): g = index * 2/(size-1) - 1. Each grid component is
+    # circle: t and s within +-(size//2 + 1) pixels cover the circle and the bilinear footprint of its edge pixels
+    n_t = min(2 * (size // 2 + 1) + 1, geo.n_det) if circle else geo.n_det
+    lo = geo.n_det // 2 - n_t // 2
+    # sample points (col, row) = centre + t * (cos, -sin) + s * (sin, cos), t and s in -n_t//2 .. n_t//2 pixels; normalised for grid_sample (align_corners=True): g = index * 2/(size-1) - 1. Each grid component is
     # an outer sum of a t-vector and an s-vector, built in one pass into a reused buffer.
     k = 2.0 / (size - 1)
     u = (torch.arange(n_t, dtype=torch.float32, device=x.device) - n_t // 2) * k
@@ -213,7 +213,7 @@ def back_project(filtered: torch.Tensor, size: int, circle: bool = False) -> tor
         )
         out += samp[0].view(n_batch, m, size, size).sum(1)
     if circle:
-        out *= _circle_mask(size, dev)
+        out *= circle_mask(size, dev)
 
     return out[0] if squeeze else out
 

@@ -1,0 +1,79 @@
+"""Inference speed of the denoisers and the detector on one 512x512 slice.
+
+Usage: ``PYTHONPATH=. python benchmarks/speed.py [--device cuda] [--threads 2] [--runs 7] [--size 512]
+[--models redcnn,dncnn,fastdn,detector]``
+
+Median of ``--runs`` timed runs after two warm-up runs, in ``torch.inference_mode``; RED-CNN gets fewer runs on the
+CPU (it takes seconds). Prints a table, the RED-CNN / fastdn ratio measured in the same run, and fastdn + detector
+against the 0.3 s per-slice target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from napari_lidnet.models.denoisers import build_denoiser
+from napari_lidnet.models.detector import LesionDetector
+
+TARGET_S = 0.3
+
+
+def time_model(fn, x: torch.Tensor, runs: int, device: torch.device) -> float:
+    """Median wall time of ``fn(x)`` in seconds (synchronising CUDA)."""
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        fn(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    with torch.inference_mode():
+        once()
+        once()
+        return statistics.median(once() for _ in range(runs))
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--models", default="redcnn,dncnn,fastdn,detector", help="comma-separated subset")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    x = torch.zeros(1, 1, args.size, args.size, device=device)
+    x.normal_(0.0, 0.05)
+
+    wanted = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = {name: LesionDetector() if name == "detector" else build_denoiser(name) for name in wanted}
+    times: dict[str, float] = {}
+    heavy_runs = args.runs if device.type == "cuda" else 3
+    print(f"device={device} threads={torch.get_num_threads()} slice={args.size}x{args.size} torch={torch.__version__}")
+    print(f"{'model':<10}{'params':>12}{'median s':>12}")
+    for name, model in models.items():
+        model = model.to(device).eval()
+        fn = model.detect if name == "detector" else model
+        runs = heavy_runs if name in ("redcnn", "dncnn") else args.runs
+        times[name] = time_model(fn, x, runs, device)
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"{name:<10}{n_params:>12,}{times[name]:>12.4f}")
+    result = dict(times)
+    if "redcnn" in times and "fastdn" in times:
+        result["ratio"] = times["redcnn"] / times["fastdn"]
+        print(f"RED-CNN / fastdn speed ratio: {result['ratio']:.1f}x")
+    if "fastdn" in times and "detector" in times:
+        result["total"] = total = times["fastdn"] + times["detector"]
+        verdict = "meets" if total < TARGET_S else "misses"
+        print(f"fastdn + detector: {total:.4f} s per slice ({verdict} the {TARGET_S} s target)")
+    return result
+
+
+if __name__ == "__main__":
+    main()

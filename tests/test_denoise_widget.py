@@ -1,0 +1,257 @@
+"""The denoise/detect dock widget end to end in a headless viewer (run under xvfb-run), with small saved models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from napari_lidnet import inference as inf
+from napari_lidnet._widgets.denoise_detect import DenoiseDetectWidget
+from napari_lidnet.models.denoisers import build_denoiser
+from napari_lidnet.models.detector import LesionDetector
+from napari_lidnet.models.registry import MODEL_DIR_ENV
+from napari_lidnet.models.weights import save_weights
+
+SCALE, TRANSLATE = (2.5, 0.7, 0.8), (10.0, -120.0, -100.0)
+
+
+def phantom(n: int = 6, size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(low-dose-like, reference) HU volumes: an ellipse of soft tissue with bright disks, plus noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    ref = np.full((n, size, size), -1000.0, np.float32)
+    body = ((yy - size / 2) / (0.42 * size)) ** 2 + ((xx - size / 2) / (0.46 * size)) ** 2 < 1
+    for k in range(n):
+        ref[k][body] = 40.0
+        cy, cx = rng.integers(size // 3, 2 * size // 3, 2)
+        ref[k][(yy - cy) ** 2 + (xx - cx) ** 2 < (size / 12) ** 2] = 120.0
+    return (ref + rng.normal(0, 40, ref.shape)).astype(np.float32), ref
+
+
+def tiny_denoiser(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = build_denoiser("fastdn", width=8, blocks=1)
+    nn.init.normal_(model.tail.weight, std=0.05)  # not the identity
+    return model.eval()
+
+
+def tiny_detector(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = LesionDetector(width=4)
+    nn.init.normal_(model.heatmap_head[2].weight, std=5.0)  # spread the scores around the 0.1 prior
+    return model.eval()
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A user model folder with a tiny denoiser and detector (random init), set as NAPARI_LIDNET_MODEL_DIR."""
+    folder = tmp_path / "models"
+    save_weights(tiny_denoiser(), folder / "tiny_denoiser", {"training": {"note": "test"}})
+    save_weights(tiny_detector(), folder / "tiny_detector")
+    monkeypatch.setenv(MODEL_DIR_ENV, str(folder))
+    return folder
+
+
+def add_ct(viewer, hu: np.ndarray, name: str = "low", **kwargs):
+    """Add HU as an image layer placed like a CT (scale/translate/contrast limits)."""
+    geo = {"scale": SCALE[-hu.ndim :], "translate": TRANSLATE[-hu.ndim :]}
+    return viewer.add_image(hu, name=name, contrast_limits=(-160, 240), colormap="gray", **{**geo, **kwargs})
+
+
+def make_widget(viewer, qtbot) -> DenoiseDetectWidget:
+    widget = DenoiseDetectWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.device_combo.setCurrentText("cpu")
+    return widget
+
+
+def run_and_wait(widget: DenoiseDetectWidget, qtbot, timeout: int = 30000) -> None:
+    with qtbot.waitSignal(widget.job_finished, timeout=timeout):
+        assert widget.run() is not None, widget.status.text()
+
+
+def names(viewer) -> list[str]:
+    return [ly.name for ly in viewer.layers]
+
+
+def test_volume_run_layers_geometry_threshold_and_rerun(make_napari_viewer, qtbot, model_dir: Path) -> None:
+    from qtpy.QtCore import QTimer
+
+    viewer = make_napari_viewer()
+    low, _ = phantom(n=12, size=96)
+    src = add_ct(viewer, low.copy())
+    widget = make_widget(viewer, qtbot)
+    assert widget.denoiser_combo.currentText() == "tiny_denoiser (user)"
+    assert widget.detector_combo.currentText() == "tiny_detector (user)"
+    widget.batch_size = 2
+    widget.set_threshold(0.05)  # random-init detector: scores near its prior 0.1
+
+    ticks: list[int] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(5)
+    progress: list[int] = []
+    with qtbot.waitSignal(widget.job_finished, timeout=30000):
+        widget.run().yielded.connect(lambda rec: progress.append(rec.done))
+    timer.stop()
+    assert len(ticks) >= 3  # the event loop kept running while the volume was processed
+    assert progress[-1] == 24 and widget.progress.value() == widget.progress.maximum() == 24
+
+    np.testing.assert_array_equal(src.data, low)  # input untouched
+    den = viewer.layers["low denoised"]
+    assert den.data.shape == low.shape and den is not src
+    np.testing.assert_allclose(den.scale, src.scale)
+    np.testing.assert_allclose(den.translate, src.translate)
+    np.testing.assert_allclose(den.affine.affine_matrix, src.affine.affine_matrix)
+    assert tuple(den.contrast_limits) == tuple(src.contrast_limits)
+    np.testing.assert_allclose(den.data, inf.denoise(tiny_denoiser(), low), atol=1e-3)
+
+    boxes = viewer.layers["low lesions"]
+    np.testing.assert_allclose(boxes.scale, src.scale)
+    np.testing.assert_allclose(boxes.translate, src.translate)
+    assert boxes.ndim == 3 and len(boxes.data) > 0 and set(boxes.shape_type) == {"rectangle"}
+    for verts, z, score in zip(boxes.data, boxes.features["slice"], boxes.features["score"]):
+        assert np.all(verts[:, 0] == z) and score >= widget.threshold  # each box lies on its own slice
+    assert boxes.text.values[0] == f"{boxes.features['score'][0]:.2f}"
+    assert not np.allclose(boxes.edge_color[0], boxes.edge_color[-1]) or len(set(boxes.features["score"])) == 1
+
+    all_rows = widget._last["result"].boxes
+    scores = np.sort(all_rows[:, 5])
+    assert scores[0] >= inf.BOX_FLOOR
+    for t in (0.05, float(np.round(np.median(scores), 2)), 0.95):
+        widget.set_threshold(t)
+        assert len(boxes.data) == int((all_rows[:, 5] >= t - 1e-6).sum())  # filtered live, same layer
+        assert viewer.layers["low lesions"] is boxes
+
+    widget.noise_check.setChecked(True)
+    noise = viewer.layers["low removed noise"]
+    np.testing.assert_allclose(noise.data, low - den.data, atol=1e-4)
+    widget.noise_check.setChecked(False)
+    assert "low removed noise" not in names(viewer)
+
+    layers_before = names(viewer)
+    run_and_wait(widget, qtbot)  # re-run: served by the cache, layers replaced, not duplicated
+    assert names(viewer) == layers_before
+    assert "from cache: denoise, detect" in widget.status.text()
+    assert widget._cache.hits == 2
+
+
+def test_current_slice_scope(make_napari_viewer, qtbot, model_dir: Path) -> None:
+    viewer = make_napari_viewer()
+    low, _ = phantom(n=6)
+    src = add_ct(viewer, low)
+    widget = make_widget(viewer, qtbot)
+    widget.scope_combo.setCurrentText("current slice")
+    widget.set_threshold(0.05)
+    viewer.dims.set_point(0, TRANSLATE[0] + 3 * SCALE[0])
+    run_and_wait(widget, qtbot)
+    den = viewer.layers["low denoised"]
+    assert den.data.shape == (1, 64, 64)
+    np.testing.assert_allclose(den.translate, (TRANSLATE[0] + 3 * SCALE[0], *TRANSLATE[1:]))
+    np.testing.assert_allclose(den.data_to_world((0, 5, 7)), src.data_to_world((3, 5, 7)))
+    np.testing.assert_allclose(den.data[0], inf.denoise(tiny_denoiser(), low[3]), atol=1e-3)
+    lesions = viewer.layers["low lesions"]
+    assert len(lesions.data) and all(np.all(v[:, 0] == 3) for v in lesions.data)
+
+
+def test_2d_image(make_napari_viewer, qtbot, model_dir: Path) -> None:
+    viewer = make_napari_viewer()
+    low, _ = phantom(n=1)
+    add_ct(viewer, low[0])
+    widget = make_widget(viewer, qtbot)
+    widget.set_threshold(0.05)
+    run_and_wait(widget, qtbot)
+    den = viewer.layers["low denoised"]
+    assert den.data.shape == (64, 64)
+    np.testing.assert_allclose(den.translate, TRANSLATE[1:])
+    lesions = viewer.layers["low lesions"]
+    assert lesions.ndim == 2 and len(lesions.data) and lesions.data[0].shape == (4, 2)
+
+
+def test_cancel_mid_volume_adds_nothing(make_napari_viewer, qtbot, model_dir: Path) -> None:
+    viewer = make_napari_viewer()
+    low, _ = phantom(n=40, size=96)
+    add_ct(viewer, low)
+    widget = make_widget(viewer, qtbot)
+    widget.batch_size = 1
+    done: list[int] = []
+
+    def on_progress(rec) -> None:
+        done.append(rec.done)
+        if rec.stage == "running" and rec.done >= 2:
+            widget.cancel()
+
+    with qtbot.waitSignal(widget.job_finished, timeout=30000):
+        widget.run().yielded.connect(on_progress)
+    assert max(done) < 80  # stopped long before the 2 x 40 slices
+    assert names(viewer) == ["low"]
+    assert "cancelled" in widget.status.text()
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_errors_are_messages(make_napari_viewer, qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "none"
+    monkeypatch.setenv(MODEL_DIR_ENV, str(empty))
+    monkeypatch.setattr("napari_lidnet.models.registry.shipped_model_dir", lambda: empty)
+    viewer = make_napari_viewer()
+    widget = make_widget(viewer, qtbot)
+    assert "no LIDnet weights found" in widget.status.text()
+    assert widget.run() is None and "no CT image layer" in widget.status.text()
+    add_ct(viewer, phantom(n=2)[0])
+    assert widget.run() is None and "choose a denoiser" in widget.status.text()
+
+    bad_card = tmp_path / "junk.json"
+    bad_card.write_text("{not json")
+    assert not widget.add_model_file(bad_card, "denoiser") and "not a readable JSON" in widget.status.text()
+    save_weights(tiny_detector(), tmp_path / "det")
+    assert (
+        not widget.add_model_file(tmp_path / "det.json", "denoiser") and "expected a denoiser" in widget.status.text()
+    )
+
+    save_weights(tiny_denoiser(), tmp_path / "broken")
+    (tmp_path / "broken.safetensors").write_bytes(b"garbage")
+    assert widget.add_model_file(tmp_path / "broken.safetensors", "denoiser")
+    run_and_wait(widget, qtbot)
+    assert "sha256" in widget.status.text() and names(viewer) == ["low"]
+    assert widget.export_dicom(tmp_path / "out") == [] and "run the denoiser first" in widget.status.text()
+    assert widget.export_boxes(tmp_path / "b.csv") is None and not (tmp_path / "b.csv").exists()
+
+
+def test_refresh_models_picks_up_new_user_models(make_napari_viewer, qtbot, model_dir: Path) -> None:
+    viewer = make_napari_viewer()
+    widget = make_widget(viewer, qtbot)
+    widget.denoiser_combo.setCurrentText("(none)")
+    save_weights(tiny_denoiser(seed=1), model_dir / "finetuned")
+    widget.refresh_models()
+    items = [widget.denoiser_combo.itemText(i) for i in range(widget.denoiser_combo.count())]
+    assert items == ["(none)", "finetuned (user)", "tiny_denoiser (user)", "Browse..."]
+    assert widget.denoiser_combo.currentText() == "(none)"  # the user's choice is kept
+
+
+def test_quality_with_shipped_weights(make_napari_viewer, qtbot) -> None:
+    """Denoised is closer to the full-dose reference than the low-dose input; needs the shipped default weights."""
+    from napari_lidnet.models.registry import default_model
+
+    den_info = default_model("denoiser")
+    if den_info is None or not den_info.shipped:
+        pytest.skip("no shipped default denoiser yet")
+    pytest.importorskip("napari_lidnet._sample_data")
+    from napari_lidnet._sample_data import sample_abdomen
+
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in sample_abdomen():
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    low = viewer.layers["low-dose CT (25%)"]
+    full = np.asarray(viewer.layers["full-dose CT"].data, np.float32)
+    widget = make_widget(viewer, qtbot)
+    widget.image_combo.setCurrentText(low.name)
+    run_and_wait(widget, qtbot, timeout=120000)
+    den = np.asarray(viewer.layers[f"{low.name} denoised"].data)
+    window = (full > -160) & (full < 240)
+    err_low = np.sqrt(np.mean((np.asarray(low.data)[window] - full[window]) ** 2))
+    err_den = np.sqrt(np.mean((den[window] - full[window]) ** 2))
+    assert err_den < 0.8 * err_low

@@ -1,0 +1,108 @@
+"""Exports of the denoise/detect widget: a derived DICOM series read back by the plugin's reader, boxes CSV/JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from conftest import listing, write_series
+from test_denoise_widget import add_ct, make_widget, model_dir, phantom, run_and_wait  # noqa: F401 (fixture)
+
+from napari_lidnet._widgets._layers import volume_to_layer_tuple
+from napari_lidnet.io.boxes_io import read_boxes_csv
+from napari_lidnet.io.open_ct import open_ct
+
+COS, SIN = np.cos(np.radians(25)), np.sin(np.radians(25))
+OBLIQUE = (COS, SIN, 0.0, -SIN, COS, 0.0)  # rows/columns rotated about the slice normal (z)
+
+
+def dicom_ct(folder: Path, n: int = 5) -> Path:
+    """A low-dose-like phantom written as an oblique DICOM series (integer HU, multiples of 2)."""
+    low, _ = phantom(n=n, size=48, seed=3)
+    hu = (np.clip(np.rint(low / 2), -500, 500) * 2).astype(np.float32)
+    write_series(folder, hu, series_uid="1.2.826.0.1.3680043.8.498.77", orientation=OBLIQUE, description="lowdose")
+    return folder
+
+
+def add_dicom_layer(viewer, folder: Path):
+    vol = open_ct(folder)[0]
+    data, kwargs, _ = volume_to_layer_tuple(vol)
+    return viewer.add_image(data, **kwargs), vol
+
+
+def test_dicom_round_trip_volume(make_napari_viewer, qtbot, tmp_path: Path, model_dir: Path) -> None:  # noqa: F811
+    src_dir = dicom_ct(tmp_path / "src")
+    before = listing(src_dir)
+    viewer = make_napari_viewer()
+    layer, vol = add_dicom_layer(viewer, src_dir)
+    widget = make_widget(viewer, qtbot)
+    widget.detector_combo.setCurrentText("(none)")
+    run_and_wait(widget, qtbot)
+    den = viewer.layers[f"{layer.name} denoised"]
+    assert not widget.export_boxes_button.isEnabled()
+
+    assert widget.export_dicom(src_dir) == [] and "not empty" in widget.status.text()
+    assert listing(src_dir) == before  # the source is never touched
+
+    files = widget.export_dicom(tmp_path / "out")
+    assert len(files) == 5 and "wrote 5 DICOM files" in widget.status.text()
+    back = open_ct(tmp_path / "out")[0]
+    assert np.abs(back.hu - den.data).max() <= 0.5 + 1e-3  # int16 HU, within 1 HU
+    np.testing.assert_allclose(back.spacing, vol.spacing, atol=1e-4)
+    np.testing.assert_allclose(back.origin, vol.origin, atol=1e-3)
+    np.testing.assert_allclose(back.direction, vol.direction, atol=1e-6)
+    ds = pydicom.dcmread(files[0])
+    src_ds = pydicom.dcmread(next(src_dir.glob("*.dcm")))
+    assert "tiny_denoiser" in ds.SeriesDescription and "lowdose" in ds.SeriesDescription
+    assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    assert ds.SeriesInstanceUID != src_ds.SeriesInstanceUID and ds.SOPInstanceUID != src_ds.SOPInstanceUID
+    assert ds.StudyInstanceUID == src_ds.StudyInstanceUID and ds.PatientID == src_ds.PatientID
+    assert ds.FrameOfReferenceUID == src_ds.FrameOfReferenceUID
+
+
+def test_dicom_export_current_slice_and_plain_array(make_napari_viewer, qtbot, tmp_path: Path, model_dir: Path) -> None:  # noqa: F811
+    viewer = make_napari_viewer()
+    layer, vol = add_dicom_layer(viewer, dicom_ct(tmp_path / "src"))
+    widget = make_widget(viewer, qtbot)
+    widget.scope_combo.setCurrentText("current slice")
+    viewer.dims.set_point(0, layer.data_to_world((2, 0, 0))[0])
+    run_and_wait(widget, qtbot)
+    assert widget.export_dicom(tmp_path / "one")
+    back = open_ct(tmp_path / "one")[0]
+    assert back.hu.shape == (48, 48)  # a single slice, placed where slice 2 of the source is
+    ipp = np.asarray(pydicom.dcmread(next((tmp_path / "one").glob("*.dcm"))).ImagePositionPatient, float)
+    np.testing.assert_allclose(ipp, (vol.affine() @ [2, 0, 0, 1])[:3], atol=1e-3)
+    den = viewer.layers[f"{layer.name} denoised"]
+    np.testing.assert_allclose(back.hu, den.data[0], atol=0.5 + 1e-3)
+    np.testing.assert_allclose(den.metadata["affine_lps"] @ [0, 0, 0, 1], vol.affine() @ [2, 0, 0, 1], atol=1e-6)
+
+    plain = add_ct(viewer, phantom(n=3, size=48)[0], name="array")
+    widget.image_combo.setCurrentText("array")
+    widget.scope_combo.setCurrentText("all slices")
+    run_and_wait(widget, qtbot)
+    assert widget.export_dicom(tmp_path / "plain")
+    back = open_ct(tmp_path / "plain")[0]
+    np.testing.assert_allclose(back.spacing, plain.scale, atol=1e-4)
+    np.testing.assert_allclose(back.origin, plain.translate, atol=1e-3)
+
+
+def test_boxes_csv_and_json(make_napari_viewer, qtbot, tmp_path: Path, model_dir: Path) -> None:  # noqa: F811
+    viewer = make_napari_viewer()
+    add_ct(viewer, phantom(n=4)[0])
+    widget = make_widget(viewer, qtbot)
+    widget.set_threshold(0.05)
+    run_and_wait(widget, qtbot)
+    scores = widget._last["result"].boxes[:, 5]
+    widget.set_threshold(float(np.round(np.median(scores), 2)))
+    shown = widget.shown_boxes
+    assert 0 < len(shown) < len(scores)
+    for name in ("boxes.csv", "boxes.json"):
+        out = widget.export_boxes(tmp_path / name)
+        assert out == tmp_path / name
+        rows = read_boxes_csv(out)
+        np.testing.assert_allclose(rows[:, :5], shown[:, :5], atol=0.006)
+        np.testing.assert_allclose(rows[:, 5], shown[:, 5], atol=6e-5)
+    before = (tmp_path / "boxes.csv").read_bytes()
+    assert widget.export_boxes(tmp_path / "boxes.csv") is None and "already exists" in widget.status.text()
+    assert (tmp_path / "boxes.csv").read_bytes() == before

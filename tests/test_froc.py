@@ -1,0 +1,72 @@
+"""FROC with hand-made boxes whose curve is worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_lidnet.metrics.froc import box_iou_np, froc, match_detections
+
+
+def _case():
+    gt = [
+        np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float),  # image A: two lesions
+        np.array([[0, 0, 10, 10]], float),  # image B: one lesion
+    ]
+    det = [
+        (
+            np.array([[0, 0, 10, 10], [1, 1, 10, 10], [50, 50, 60, 60]], float),
+            np.array([0.9, 0.8, 0.3]),  # TP, duplicate of the same lesion (FP), FP
+        ),
+        (
+            np.array([[0, 0, 10, 11], [0, 0, 10, 5], [40, 40, 50, 50]], float),
+            np.array([0.7, 0.6, 0.95]),  # TP (IoU 0.909), duplicate (FP), FP
+        ),
+    ]
+    return det, gt
+
+
+def test_hand_computed_curve() -> None:
+    det, gt = _case()
+    r = froc(det, gt, fp_rates=(0.25, 0.5, 1, 2, 4, 8))
+    # pooled by score: .95 FP, .9 TP, .8 FP, .7 TP, .6 FP, .3 FP ; 3 lesions, 2 images
+    np.testing.assert_allclose(r.thresholds, [np.inf, 0.95, 0.9, 0.8, 0.7, 0.6, 0.3])
+    np.testing.assert_allclose(r.fp_per_image, [0, 0.5, 0.5, 1.0, 1.0, 1.5, 2.0])
+    np.testing.assert_allclose(r.sensitivity, [0, 0, 1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3])
+    np.testing.assert_allclose(r.sensitivities, [0, 1 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3])
+    assert r.mean_sensitivity == pytest.approx((0 + 1 / 3 + 4 * 2 / 3) / 6)
+    assert (r.n_images, r.n_lesions, r.n_detections) == (2, 3, 6)
+    assert "IoU >= 0.5" in r.criterion and "counted once" in r.criterion
+    d = r.as_dict()
+    assert d["sensitivities"][2] == pytest.approx(2 / 3) and len(d["curve"]["fp_per_image"]) == 7
+
+
+def test_default_rates_and_iou_boundary() -> None:
+    det, gt = _case()
+    r = froc(det, gt)
+    assert r.fp_rates == (0.5, 1.0, 2.0, 4.0, 8.0)
+    assert r.mean_sensitivity == pytest.approx((1 / 3 + 4 * 2 / 3) / 5)  # = 0.6
+    # IoU exactly 0.5 is a hit ([0,0,10,5] vs [0,0,10,10]: 50 / 100); a stricter threshold makes it a miss
+    only = [(np.array([[0, 0, 10, 5]], float), np.array([0.5]))]
+    assert froc(only, [np.array([[0, 0, 10, 10]], float)]).sensitivities[0] == 1.0
+    assert froc(only, [np.array([[0, 0, 10, 10]], float)], iou_threshold=0.6).sensitivities[-1] == 0.0
+
+
+def test_greedy_matching_by_score_each_lesion_once() -> None:
+    gt = np.array([[0, 0, 10, 10], [5, 0, 15, 10]], float)
+    boxes = np.array([[2, 0, 12, 10], [0, 0, 10, 10], [30, 30, 40, 40]], float)
+    scores = np.array([0.4, 0.9, 0.8])
+    # 0.9 takes gt0 (IoU 1); 0.8 misses; 0.4 overlaps gt0 (80/120, taken) and gt1 (70/130, free) -> hit on gt1
+    assert match_detections(boxes, scores, gt).tolist() == [True, True, False]
+    assert match_detections(boxes, scores, np.zeros((0, 4))).tolist() == [False] * 3
+    np.testing.assert_allclose(box_iou_np(boxes[:1], gt), [[80 / 120, 70 / 130]])
+
+
+def test_no_detections_and_no_lesions() -> None:
+    r = froc([(np.zeros((0, 4)), np.zeros(0))] * 3, [np.array([[0, 0, 5, 5]], float)] * 3)
+    np.testing.assert_allclose(r.sensitivities, 0.0)
+    assert r.n_detections == 0 and list(r.fp_per_image) == [0.0]
+    r = froc([(np.array([[0, 0, 5, 5]], float), np.array([0.5]))], [np.zeros((0, 4))])
+    assert np.isnan(r.mean_sensitivity) and r.fp_per_image[-1] == 1.0
+    with pytest.raises(ValueError, match="ground-truth"):
+        froc([], [np.zeros((0, 4))])

@@ -1,0 +1,125 @@
+"""The collaborative trainer: it learns, checkpoints atomically, stops on request, resumes exactly, refuses NaN."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_lidnet._training.config import TrainConfig
+from napari_lidnet._training.trainer import Trainer, TrainingError, split_samples
+from napari_lidnet.io.dataset import Sample
+from napari_lidnet.models.weights import load_weights
+
+
+def _samples(n: int = 8, size: int = 96, noise: float = 40.0, seed: int = 0) -> list[Sample]:
+    """Flat soft tissue with bright and dark disks (lesions) and Gaussian noise as the low dose."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    out = []
+    for i in range(n):
+        full = np.full((size, size), 60.0, np.float32)
+        boxes = []
+        for _ in range(2):
+            r = rng.uniform(5, 10)
+            cx, cy = rng.uniform(r + 2, size - r - 2, 2)
+            full[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] += rng.choice([-80.0, 80.0])
+            boxes.append([cx - r, cy - r, cx + r, cy + r])
+        low = full + rng.normal(0, noise, full.shape).astype(np.float32)
+        out.append(Sample(f"s{i}", full, low, np.array(boxes, np.float32), 0.7))
+    return out
+
+
+def _config(out: Path, **kw) -> TrainConfig:
+    base = dict(
+        out=str(out), mode="lidnet", pretrain_denoiser_steps=30, pretrain_detector_steps=20, rounds=2,
+        denoiser_steps=10, detector_steps=5, batch_size=4, patch_size=64, lr=2e-3,
+        denoiser_kwargs={"width": 16}, detector_kwargs={"width": 8}, val_fraction=0.25, device="cpu",
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*")) if p.suffix in (".json", ".safetensors")}
+
+
+def test_split_is_seeded_and_disjoint():
+    s = _samples(10)
+    tr, va = split_samples(s, 0.2, seed=3, val_max=8)
+    tr2, va2 = split_samples(s, 0.2, seed=3, val_max=8)
+    assert [x.name for x in va] == [x.name for x in va2] and len(va) == 2
+    assert not {x.name for x in tr} & {x.name for x in va}
+
+
+def test_lidnet_run_learns_and_writes_loadable_checkpoints(tmp_path):
+    records = list(Trainer(_config(tmp_path / "run"), _samples()).run())
+    vals = [r for r in records if r["stage"] == "validate"]
+    assert vals[0]["after"] == "start"
+    assert [v["after"] for v in vals[1:]] == ["pretrain-detector", "round1-detector", "round2-detector"]
+    assert records[-1]["stage"] == "finished"
+    steps = [r for r in records if "losses" in r]
+    assert len(steps) == records[-1]["total_steps"] == 30 + 20 + 2 * (10 + 5)
+    assert {"pixel", "detection", "roi_perceptual"} <= set(steps[-6]["losses"])  # a joint denoiser step
+    assert max(v["val"]["psnr"] for v in vals[1:]) > vals[0]["val"]["psnr"] + 2.0  # the denoiser learned
+    for tag in ("best", "last"):
+        den, card = load_weights(tmp_path / "run" / f"{tag}_denoiser")
+        assert card["kind"] == "denoiser" and card["training"]["config"]["mode"] == "lidnet"
+        det, _ = load_weights(tmp_path / "run" / f"{tag}_detector")
+        assert isinstance(den, torch.nn.Module) and isinstance(det, torch.nn.Module)
+
+
+def test_pixel_baseline_never_touches_the_detector(tmp_path):
+    trainer = Trainer(_config(tmp_path / "px", mode="pixel", pretrain_detector_steps=0), _samples())
+    before = {k: v.clone() for k, v in trainer.detector.state_dict().items()}
+    records = list(trainer.run())
+    stages = {r["stage"] for r in records if "losses" in r}
+    assert stages == {"pretrain-denoiser", "round1-denoiser", "round2-denoiser"}
+    assert all(torch.equal(before[k], v) for k, v in trainer.detector.state_dict().items())
+    assert all(set(r["losses"]) == {"pixel", "total"} for r in records if "losses" in r)
+
+
+def test_stop_then_resume_equals_an_uninterrupted_run(tmp_path):
+    samples = _samples()
+    list(Trainer(_config(tmp_path / "full"), samples).run())
+
+    count = {"n": 0}
+
+    def stop_after_45() -> bool:
+        count["n"] += 1
+        return count["n"] >= 45  # inside the first round's denoiser stage
+
+    records = list(Trainer(_config(tmp_path / "cut"), samples, should_stop=stop_after_45).run())
+    assert records[-1]["stage"] == "stopped" and records[-1]["step"] == 45
+    last, _ = load_weights(tmp_path / "cut" / "last_denoiser")  # the checkpoint kept at the stop is loadable
+    resumed = list(Trainer(_config(tmp_path / "cut"), samples).run())
+    assert resumed[0]["step"] == 50  # pretraining is not redone
+    for kind in ("denoiser", "detector"):
+        a, _ = load_weights(tmp_path / "full" / f"last_{kind}")
+        b, _ = load_weights(tmp_path / "cut" / f"last_{kind}")
+        for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.allclose(va, vb, atol=1e-6), k
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    samples = _samples()
+    run = tmp_path / "run"
+    list(Trainer(_config(run, rounds=1), samples).run())
+    before = _files(run)
+    bad = [Sample(s.name, s.full_hu, np.full_like(s.low_hu, np.nan), s.boxes, s.spacing_mm) for s in samples]
+    with pytest.raises(TrainingError, match="NaN|nan"):
+        list(Trainer(_config(run, rounds=2), bad).run())  # resumes into round 2 on corrupt data
+    assert _files(run) == before
+
+
+def test_bad_settings_and_data_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="mode"):
+        Trainer(_config(tmp_path / "a", mode="magic"), _samples())
+    no_lesions = [Sample(s.name, s.full_hu, s.low_hu, np.zeros((0, 4), np.float32), 0.7) for s in _samples()]
+    with pytest.raises(ValueError, match="lesion"):
+        Trainer(_config(tmp_path / "b"), no_lesions)
+    with pytest.raises(ValueError, match="patch size"):
+        Trainer(_config(tmp_path / "c", patch_size=128), _samples(size=96))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    shutil.rmtree(tmp_path, ignore_errors=True)
