@@ -153,8 +153,8 @@ def _disk_image(rng: np.random.Generator, n: int = 64) -> tuple[torch.Tensor, to
 def test_tiny_detector_learns_to_find_disks() -> None:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    model = build_detector("centernet", width=4, neck_width=16)
-    opt = torch.optim.Adam(model.parameters(), 5e-3)
+    model = build_detector("centernet", width=8, neck_width=16)
+    opt = torch.optim.Adam(model.parameters(), 2e-3)
     losses = []
     for _ in range(200):
         xs, bs = zip(*[_disk_image(rng) for _ in range(4)], strict=True)
@@ -175,4 +175,4 @@ def test_tiny_detector_learns_to_find_disks() -> None:
             found += int((box_iou(gt, boxes).max(dim=1).values > 0.5).sum())
         assert len(boxes) <= len(gt) + 1  # at most one false positive per image
         total += len(gt)
-    assert found == total, (found, total)  # every disk found with IoU > 0.5 (seeds 0-3 all give 14/14)
+    assert found == total, (found, total)  # every disk found with IoU > 0.5 (BatchNorm detector, width 8)

@@ -68,5 +68,7 @@ def test_no_detections_and_no_lesions() -> None:
     assert r.n_detections == 0 and list(r.fp_per_image) == [0.0]
     r = froc([(np.array([[0, 0, 5, 5]], float), np.array([0.5]))], [np.zeros((0, 4))])
     assert np.isnan(r.mean_sensitivity) and r.fp_per_image[-1] == 1.0
+    empty = froc([], [])  # no images at all: NaN sensitivities, the criterion still stated
+    assert np.isnan(empty.sensitivities).all() and "IoU" in empty.criterion
     with pytest.raises(ValueError, match="ground-truth"):
         froc([], [np.zeros((0, 4))])

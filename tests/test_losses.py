@@ -47,8 +47,10 @@ def test_losses_give_gradients_to_the_denoised_image():
     full = torch.randn(2, 1, 64, 64) * 0.05
     denoised = (full + 0.02 * torch.randn_like(full)).requires_grad_(True)
     boxes = [torch.tensor([[8.0, 8.0, 24.0, 24.0]]), torch.zeros((0, 4))]
-    total = pixel_loss(denoised, full) + detection_loss(det, denoised, boxes) + roi_perceptual_loss(
-        det, denoised, full, boxes
+    total = (
+        pixel_loss(denoised, full)
+        + detection_loss(det, denoised, boxes)
+        + roi_perceptual_loss(det, denoised, full, boxes)
     )
     total.backward()
     assert denoised.grad is not None and denoised.grad.abs().sum() > 0

@@ -33,9 +33,20 @@ def _samples(n: int = 8, size: int = 96, noise: float = 40.0, seed: int = 0) -> 
 
 def _config(out: Path, **kw) -> TrainConfig:
     base = dict(
-        out=str(out), mode="lidnet", pretrain_denoiser_steps=30, pretrain_detector_steps=20, rounds=2,
-        denoiser_steps=10, detector_steps=5, batch_size=4, patch_size=64, lr=2e-3,
-        denoiser_kwargs={"width": 16}, detector_kwargs={"width": 8}, val_fraction=0.25, device="cpu",
+        out=str(out),
+        mode="lidnet",
+        pretrain_denoiser_steps=60,
+        pretrain_detector_steps=20,
+        rounds=2,
+        denoiser_steps=10,
+        detector_steps=5,
+        batch_size=4,
+        patch_size=64,
+        lr=3e-3,
+        denoiser_kwargs={"width": 32, "factor": 2},
+        detector_kwargs={"width": 8},
+        val_fraction=0.25,
+        device="cpu",
     )
     base.update(kw)
     return TrainConfig(**base)
@@ -60,7 +71,7 @@ def test_lidnet_run_learns_and_writes_loadable_checkpoints(tmp_path):
     assert [v["after"] for v in vals[1:]] == ["pretrain-detector", "round1-detector", "round2-detector"]
     assert records[-1]["stage"] == "finished"
     steps = [r for r in records if "losses" in r]
-    assert len(steps) == records[-1]["total_steps"] == 30 + 20 + 2 * (10 + 5)
+    assert len(steps) == records[-1]["total_steps"] == 60 + 20 + 2 * (10 + 5)
     assert {"pixel", "detection", "roi_perceptual"} <= set(steps[-6]["losses"])  # a joint denoiser step
     assert max(v["val"]["psnr"] for v in vals[1:]) > vals[0]["val"]["psnr"] + 2.0  # the denoiser learned
     for tag in ("best", "last"):
@@ -88,13 +99,13 @@ def test_stop_then_resume_equals_an_uninterrupted_run(tmp_path):
 
     def stop_after_45() -> bool:
         count["n"] += 1
-        return count["n"] >= 45  # inside the first round's denoiser stage
+        return count["n"] >= 85  # inside the first round's denoiser stage
 
     records = list(Trainer(_config(tmp_path / "cut"), samples, should_stop=stop_after_45).run())
-    assert records[-1]["stage"] == "stopped" and records[-1]["step"] == 45
+    assert records[-1]["stage"] == "stopped" and records[-1]["step"] == 85
     last, _ = load_weights(tmp_path / "cut" / "last_denoiser")  # the checkpoint kept at the stop is loadable
     resumed = list(Trainer(_config(tmp_path / "cut"), samples).run())
-    assert resumed[0]["step"] == 50  # pretraining is not redone
+    assert (resumed[0]["stage"], resumed[0]["step"]) == ("round1-denoiser", 81)  # pretraining is not redone
     for kind in ("denoiser", "detector"):
         a, _ = load_weights(tmp_path / "full" / f"last_{kind}")
         b, _ = load_weights(tmp_path / "cut" / f"last_{kind}")

@@ -291,18 +291,16 @@ class FineTuneWidget(QWidget):
     def refresh_layers(self, event: Any = None) -> None:
         """Refill the layer pickers, keeping current choices (a new pick prefers full-dose-looking names)."""
         images = [ly.name for ly in self._images()]
-        checked = set(self.checked_images())
+        checked = set(self.checked_images()) & set(images)
+        if not checked:  # first pick: a full-dose-looking layer, or the only image
+            guess = next((n for n in images if _looks_full_dose(n)), images[0] if len(images) == 1 else None)
+            checked = {guess} if guess else set()
         self.image_list.clear()
-        fresh = not checked
         for name in images:
             item = QListWidgetItem(name)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            on = name in checked or (fresh and _looks_full_dose(name) and not any(_looks_full_dose(n) for n in checked))
-            item.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
+            item.setCheckState(Qt.CheckState.Checked if name in checked else Qt.CheckState.Unchecked)
             self.image_list.addItem(item)
-            if on and fresh:
-                fresh = False
-                checked.add(name)
         shapes = [ly.name for ly in self._shapes()]
         for combo in (self.boxes_combo, self.paired_boxes_combo):
             _refill(combo, [DETECT_ITEM, *shapes], prefer=shapes[0] if shapes else DETECT_ITEM)
@@ -432,8 +430,6 @@ class FineTuneWidget(QWidget):
                 problems.append(
                     "no lesion boxes: draw rectangles on a Shapes layer and pick it, or start from a trained detector"
                 )
-        if settings["init_denoiser"] is None and settings["init_detector"] is None and need_lesions:
-            pass  # both from scratch: allowed, pretraining steps are added by one_click_config
         if problems:
             return None, problems
         name = self.name_edit.text().strip()
@@ -505,9 +501,10 @@ class FineTuneWidget(QWidget):
             self.stage_label.setText(rec.get("message", ""))
         elif stage == "validate":
             val = rec.get("val") or {}
-            parts = [f"PSNR {val['psnr']:.2f} dB" if "psnr" in val else "", f"sensitivity {val['sensitivity']:.2f}" if "sensitivity" in val else ""]
+            parts = [f"PSNR {val['psnr']:.2f} dB"] if "psnr" in val else []
+            parts += [f"sensitivity {val['sensitivity']:.2f}"] if "sensitivity" in val else []
             best = " (best so far)" if rec.get("is_best") else ""
-            self.status.setText(f"validation after {rec.get('after')}: {', '.join(p for p in parts if p)}{best}")
+            self.status.setText(f"validation after {rec.get('after')}: {', '.join(parts)}{best}")
             self.plot.add_record(rec)
         elif stage in ("stopped", "finished"):
             self.stage_label.setText(stage)

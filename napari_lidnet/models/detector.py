@@ -13,7 +13,9 @@ Backbone: stem (stride 2) and three stages with residual blocks, strides 4, 8, 1
 
 A box centre ``cx = (x1 + x2) / 2`` in pixel-edge coordinates (x2 exclusive) falls into cell ``floor(cx / stride)``;
 decoding inverts this exactly: ``cx = (ix + offset_x) * stride``, ``w = exp(size_w) * stride``.
-GroupNorm (not BatchNorm) keeps train and eval behaviour the same for the small batches of collaborative training.
+BatchNorm, not GroupNorm: in eval mode (frozen, as in the denoiser's joint loss) every feature depends only on its
+receptive field, so the ROI perceptual loss is truly local to the lesion boxes and a patch gives the same features
+as the whole slice around it; GroupNorm would normalise over the whole image.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ __all__ = ["DETECTORS", "LesionDetector", "build_detector", "decode_heatmaps", "
 HEATMAP_PRIOR_BIAS = -2.19  # sigmoid(-2.19) ~ 0.1, CenterNet's initialisation
 
 
-def _norm(c: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(8, c // 4) if c >= 8 else 1, c)
+def _norm(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c)
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -261,7 +263,7 @@ class LesionDetector(nn.Module):
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Lesion boxes per image: ``(boxes (N,4) float32 pixels x1,y1,x2,y2, scores (N,))`` on the CPU.
 
-        Does not change the train/eval mode; call ``eval()`` first (GroupNorm makes it the same either way)."""
+        Does not change the train/eval mode; call ``eval()`` first (BatchNorm uses its running statistics then)."""
         out = self(x)
         return decode_heatmaps(
             torch.sigmoid(out["heatmap"].float()),

@@ -8,9 +8,9 @@ Scanner model (parallel beam, ``sim.projector``; monoenergetic, no scatter or be
   to ``COUNT_FLOOR`` before the log, p_noisy = -log(counts / (I0 * dose)).
 - Reconstruction: FBP with the Shepp-Logan apodised ramp (a "standard" soft-tissue kernel).
 
-Calibration (measured, ``benchmarks/sim_speed.py`` prints it too): with I0 = I0_DEFAULT = 2.5e6 photons per bin
-and view at full dose, 816 views and 512 x 512 pixels, the liver of the abdomen phantoms has a noise SD of about
-10 HU at dose 1 (measured range 8-12 HU over pixel sizes 0.6-0.9 mm); noise SD scales as 1/sqrt(dose).
+Calibration (measured with ``benchmarks/sim_speed.py``): with I0 = I0_DEFAULT = 2.5e6 photons per bin and view at
+full dose, 816 views and 512 x 512 pixels, the liver of the abdomen phantoms has a noise SD of 7.4 HU at 0.6 mm
+pixels and 12.6 HU at 0.9 mm (about 10 HU at the typical 0.75 mm); noise SD scales as 1/sqrt(dose) (tested).
 Electronic noise variance ELECTRONIC_NOISE_VAR = 10 counts^2 is negligible at normal dose and sets the floor of
 photon-starved rays (streaks, bias) at very low dose, as in real detectors.
 

@@ -148,7 +148,8 @@ def forward_project(
     # circle: t and s within +-(size//2 + 1) pixels cover the circle and the bilinear footprint of its edge pixels
     n_t = min(2 * (size // 2 + 1) + 1, geo.n_det) if circle else geo.n_det
     lo = geo.n_det // 2 - n_t // 2
-    # sample points (col, row) = centre + t * (cos, -sin) + s * (sin, cos), t and s in -n_t//2 .. n_t//2 pixels; normalised for grid_sample (align_corners=True): g = index * 2/(size-1) - 1. Each grid component is
+    # sample points (col, row) = centre + t * (cos, -sin) + s * (sin, cos), t and s in -n_t//2 .. n_t//2 pixels;
+    # normalised for grid_sample (align_corners=True): g = index * 2/(size-1) - 1. Each grid component is
     # an outer sum of a t-vector and an s-vector, built in one pass into a reused buffer.
     k = 2.0 / (size - 1)
     u = (torch.arange(n_t, dtype=torch.float32, device=x.device) - n_t // 2) * k

@@ -1,0 +1,113 @@
+"""napari sample data: a simulated low-dose abdomen CT (25 % dose), its full-dose reference and the true lesions.
+
+Generated on first use (phantom volume -> scanner model: ~20 s on an idle 2-core CPU, about a second on a GPU),
+then cached in the process (functools.lru_cache) and on disk in the per-user cache folder, so opening it again is
+instant, also in a new session. torch is imported only when the data are generated.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LOW_NAME = "low-dose CT (25%)"
+FULL_NAME = "full-dose CT"
+TRUTH_NAME = "lesions (ground truth)"
+SAMPLE_SEED = 2021
+SAMPLE_DOSE = 0.25
+SLICE_MM = 2.5
+TRUTH_EDGE_COLOR = "lime"
+CACHE_VERSION = 1
+
+#: where generated samples are kept between sessions (None: no disk cache)
+CACHE_DIR: Path | None = None
+
+
+def _cache_dir() -> Path | None:
+    if CACHE_DIR is not None:
+        return CACHE_DIR
+    try:
+        from platformdirs import user_cache_dir
+    except ImportError:  # pragma: no cover - platformdirs is a dependency
+        return None
+    return Path(user_cache_dir("napari-lidnet")) / "samples"
+
+
+def _load_cached(path: Path) -> tuple | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return (
+                z["low"],
+                z["full"],
+                z["boxes"],
+                tuple(str(k) for k in z["kinds"]),
+                tuple(float(v) for v in z["spacing"]),
+            )
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _save_cached(path: Path, low, full, boxes, kinds, spacing) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, low=low, full=full, boxes=boxes, kinds=np.array(kinds, dtype=str), spacing=spacing)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home only costs regeneration next time
+
+
+LayerDataTuple = tuple[Any, dict[str, Any], str]
+
+
+@lru_cache(maxsize=4)
+def _sample_arrays(n_slices: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...], tuple]:
+    """(low HU, full HU, boxes (N, 5), lesion kinds, spacing zyx) for the fixed-seed sample; cached."""
+    cache = _cache_dir()
+    fname = f"abdomen_v{CACHE_VERSION}_s{SAMPLE_SEED}_d{SAMPLE_DOSE:g}_{n_slices}x{size}.npz"
+    cached = _load_cached(cache / fname) if cache is not None else None
+    if cached is not None:
+        return cached
+    import torch
+
+    from napari_lidnet.sim.lowdose import simulate_pair
+    from napari_lidnet.sim.phantom import make_phantom_volume
+
+    vol = make_phantom_volume(SAMPLE_SEED, n_slices, "abdomen", size, slice_mm=SLICE_MM, pixel_mm=0.75, n_lesions=5)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    full, low = simulate_pair(vol.hu, SAMPLE_DOSE, vol.spacing_mm[1], seed=SAMPLE_SEED, device=device)
+    if cache is not None:
+        _save_cached(cache / fname, low, full, vol.boxes, vol.lesion_kinds, vol.spacing_mm)
+    return low, full, vol.boxes, tuple(vol.lesion_kinds), vol.spacing_mm
+
+
+def sample_abdomen(n_slices: int = 6, size: int = 512) -> list[LayerDataTuple]:
+    """Layer tuples: low-dose image, full-dose image (soft-tissue window, mm scale) and ground-truth boxes."""
+    from napari_lidnet._widgets._layers import boxes_layer_tuple, volume_to_layer_tuple
+    from napari_lidnet.io.volume import CTVolume
+
+    low, full, boxes, kinds, spacing = _sample_arrays(int(n_slices), int(size))
+    source = f"simulated abdomen phantom (seed {SAMPLE_SEED}), {SAMPLE_DOSE:.0%} dose, napari_lidnet.sim"
+    meta = {"source": source, "dose": SAMPLE_DOSE}
+    layers = [
+        volume_to_layer_tuple(CTVolume(low.copy(), spacing, name=LOW_NAME, metadata=dict(meta))),
+        volume_to_layer_tuple(CTVolume(full.copy(), spacing, name=FULL_NAME, metadata={**meta, "dose": 1.0})),
+    ]
+    layers.append(
+        boxes_layer_tuple(
+            boxes.copy(),
+            3,
+            name=TRUTH_NAME,
+            scale=spacing,
+            translate=(0.0, 0.0, 0.0),
+            labels=list(kinds),
+            edge_color=TRUTH_EDGE_COLOR,
+        )  # fmt: skip
+    )
+    return layers

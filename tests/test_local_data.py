@@ -1,0 +1,281 @@
+"""Local fine-tuning data (layers, folders -> samples, checks) and the one-click job, headless (no viewer)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from napari.layers import Image, Shapes
+
+from napari_lidnet._training import local_data as ld
+from napari_lidnet._widgets._layers import boxes_to_shapes
+from napari_lidnet.models.denoisers import build_denoiser
+from napari_lidnet.models.detector import LesionDetector
+from napari_lidnet.models.registry import MODEL_DIR_ENV, list_models
+from napari_lidnet.models.weights import load_weights, save_weights
+
+SCALE, TRANSLATE = (2.5, 0.7, 0.8), (10.0, -120.0, -100.0)
+
+
+def phantom(n: int = 6, size: int = 64, noise: float = 80.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(low, full, boxes (N,5)) HU volumes: a soft-tissue ellipse with two bright lesions per slice, Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    full = np.full((n, size, size), -1000.0, np.float32)
+    body = ((yy - size / 2) / (0.45 * size)) ** 2 + ((xx - size / 2) / (0.47 * size)) ** 2 < 1
+    boxes = []
+    r = size / 12
+    for k in range(n):
+        full[k][body] = 40.0
+        for cy, cx in rng.integers(int(size * 0.3), int(size * 0.7), (2, 2)):
+            full[k][(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = 140.0
+            boxes.append([k, cx - r, cy - r, cx + r, cy + r])
+    low = (full + rng.normal(0, noise, full.shape)).astype(np.float32)
+    return low, full, np.asarray(boxes, np.float32)
+
+
+def tiny_models(folder: Path, prefix: str = "tiny") -> None:
+    torch.manual_seed(0)
+    save_weights(build_denoiser("fastdn", width=8, blocks=1), folder / f"{prefix}_denoiser")
+    save_weights(LesionDetector(width=4), folder / f"{prefix}_detector")
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "models"
+    tiny_models(folder)
+    monkeypatch.setenv(MODEL_DIR_ENV, str(folder))
+    return folder
+
+
+def tiny_config(out: Path, **kw):
+    values = dict(
+        init_denoiser="tiny_denoiser",
+        init_detector="tiny_detector",
+        rounds=2,
+        denoiser_steps=12,
+        detector_steps=4,
+        patch_size=32,
+        batch_size=4,
+        lr=2e-3,
+        detector_lr=1e-3,
+        val_fraction=0.34,
+        device="cpu",
+    )
+    values.update(kw)
+    return ld.one_click_config(out, **values)
+
+
+# ------------------------------------------------------------------------------------------------ layers
+
+
+def test_shapes_map_through_world_coordinates() -> None:
+    low, full, boxes = phantom(n=3)
+    image = Image(full, scale=SCALE, translate=TRANSLATE)
+    # the Shapes layer lives in world units (scale 1): its rectangles must land on the same pixels
+    shapes_px = boxes_to_shapes(boxes, 3)
+    world = [np.array([image.data_to_world(v) for v in rect]) for rect in shapes_px]
+    shapes = Shapes(world, shape_type="rectangle", name="drawn")
+    got, problems = ld.shapes_in_image(shapes, image)
+    assert problems == []
+    np.testing.assert_allclose(got, boxes, atol=1e-4)
+    # 2D rectangles over a 3D image lie on the current slice; lines are reported, not used
+    flat = Shapes(
+        [np.array(image.data_to_world([0, 5, 6]))[1:] + [[0, 0], [0, 8], [8, 8], [8, 0]], np.zeros((2, 2)) + [1, 2]],
+        shape_type=["rectangle", "line"],
+        name="flat",
+    )
+    got, problems = ld.shapes_in_image(flat, image, current_slice=2)
+    assert got.shape == (1, 5) and got[0, 0] == 2
+    np.testing.assert_allclose(got[0, 1:3], [6, 5], atol=1e-4)
+    assert len(problems) == 1 and "line" in problems[0]
+    _, problems = ld.shapes_in_image(flat, image, current_slice=None)
+    assert any("2D" in p for p in problems)
+
+
+def test_boxes_go_to_the_image_that_holds_them() -> None:
+    _, a, boxes = phantom(n=2, size=64, seed=1)
+    _, b, _ = phantom(n=2, size=64, seed=2)
+    img_a = Image(a, name="a")
+    img_b = Image(b, name="b", translate=(0, 0, 100))  # to the right of a, no overlap
+    rects = boxes_to_shapes(boxes[:2], 3) + boxes_to_shapes(np.array([[1, 110, 20, 120, 30]], float), 3)
+    rects.append(rects[0] + [0, 0, 400])  # far outside both
+    shapes = Shapes(rects, shape_type="rectangle", name="boxes")
+    inputs, problems = ld.inputs_from_layers([img_a, img_b], shapes)
+    assert [len(i.boxes) for i in inputs] == [2, 1]
+    np.testing.assert_allclose(inputs[1].boxes[0], [1, 10, 20, 20, 30], atol=1e-4)
+    assert len(problems) == 1 and "outside every chosen image" in problems[0]
+
+
+def test_check_inputs_lists_every_problem() -> None:
+    low, full, boxes = phantom(n=1, size=48)
+    bad_box = boxes.copy()
+    bad_box[0, 3] = 70  # x2 beyond the 48-pixel image
+    item = ld.CTInput("ct", full[0], 0.7, low_hu=low[0, :40], boxes=bad_box[:1], box_source="drawn")
+    problems = ld.check_inputs([item], patch_size=64)
+    text = "\n".join(problems)
+    assert "differs from full-dose shape" in text
+    assert "reach outside" in text
+    assert "smaller than the patch size 64" in text and "48" in text
+    assert "at least 2 slices" in text
+    assert "only 1 lesion" in text and "pixel loss" in text
+    assert len(problems) == 5
+    # the same slice with a partner, enough boxes and a small patch is fine
+    good = ld.CTInput("ct", full, 0.7, low_hu=low, boxes=boxes)
+    _, full2, boxes2 = phantom(n=2, size=48)
+    good = ld.CTInput("ct", full2, 0.7, low_hu=full2 + 1, boxes=boxes2)
+    assert ld.check_inputs([good], patch_size=48) == []
+    assert "cannot fine-tune" in str(ld.DataProblems(problems))
+
+
+def test_samples_split_volumes_simulate_low_dose_and_keep_boxes() -> None:
+    _, full, boxes = phantom(n=3, size=64)
+    item = ld.CTInput("vol", full, 2.0, boxes=boxes)
+    flat = ld.CTInput("one", full[0], 2.0, boxes=boxes[boxes[:, 0] == 0])
+    samples = ld.make_samples([item, flat], dose=0.1, seed=3)
+    assert [s.name for s in samples] == ["vol#0", "vol#1", "vol#2", "one"]
+    for z, s in enumerate(samples[:3]):
+        np.testing.assert_allclose(s.boxes, boxes[boxes[:, 0] == z][:, 1:])
+        assert s.low_hu.shape == s.full_hu.shape == (64, 64)
+        noise = (s.low_hu - s.full_hu)[20:44, 20:44].std()
+        assert noise > 3.0  # simulated quantum noise, not a copy
+    again = ld.make_samples([ld.CTInput("vol", full, 2.0, boxes=boxes)], dose=0.1, seed=3)
+    np.testing.assert_array_equal(again[1].low_hu, samples[1].low_hu)  # seeded
+    assert not np.array_equal(samples[0].low_hu - full[0], samples[1].low_hu - full[1])
+
+
+def test_missing_boxes_come_from_the_detector() -> None:
+    _, full, _ = phantom(n=2, size=64)
+    torch.manual_seed(0)
+    det = LesionDetector(width=4).eval()
+    with torch.no_grad():  # a detector that is sure about everything: boxes must appear, on their own slice
+        det.heatmap_head[-1].bias.fill_(8.0)
+    item = ld.CTInput("vol", full, 0.7, low_hu=full + 5)
+    samples = ld.make_samples([item], dose=0.25, detector=det, box_threshold=0.9)
+    assert item.box_source == "detected" and len(item.boxes) > 0
+    assert sum(len(s.boxes) for s in samples) == len(item.boxes)
+    assert set(np.rint(item.boxes[:, 0]).astype(int)) <= {0, 1}
+
+
+def test_check_samples_sees_lesions_only_on_validation_slices() -> None:
+    from napari_lidnet._training.trainer import split_samples
+    from napari_lidnet.io.dataset import Sample
+
+    low, full, boxes = phantom(n=4, size=32)
+    samples = [Sample(f"s{k}", full[k], low[k], np.zeros((0, 4), np.float32), 0.7) for k in range(4)]
+    _, val = split_samples(samples, 0.25, 0, 8)
+    val[0].boxes = boxes[:2, 1:]
+    problems = ld.check_samples(samples, 32, val_fraction=0.25, seed=0)
+    assert problems and "validation slice" in problems[0]
+    assert ld.check_samples(samples, 32, need_lesions=False, val_fraction=0.25) == []
+
+
+# ------------------------------------------------------------------------------------------------ the job
+
+
+def drive(job):
+    records = []
+    while True:
+        try:
+            records.append(next(job))
+        except StopIteration as stop:
+            return records, stop.value
+
+
+def test_job_improves_validation_and_publishes_a_model(model_dir: Path, tmp_path: Path) -> None:
+    low, full, boxes = phantom(n=6, size=64, noise=80.0)
+    name = "site-a"
+    run = ld.new_run_dir(name)
+    assert run == tmp_path / "runs" / name
+    req = ld.FinetuneRequest(name, tiny_config(run), inputs=[ld.CTInput("ct", full, 0.7, low, boxes, "drawn")])
+    records, out = drive(ld.finetune_job(req))
+    assert out.status == "finished", out.message
+    vals = [r for r in records if r["stage"] == "validate"]
+    assert vals[0]["after"] == "start" and len(vals) == 3
+    assert out.best_metrics["psnr"] > out.start_metrics["psnr"] + 1.0
+    assert [r["stage"] for r in records].count("round1-denoiser") == 12
+    names = {m.name for m in list_models()}
+    assert {f"{name}_denoiser", f"{name}_detector"} <= names
+    model, card = load_weights(model_dir / f"{name}_denoiser")
+    assert card["validation"]["before"]["psnr"] == pytest.approx(out.start_metrics["psnr"])
+    assert card["validation"]["after"]["psnr"] == pytest.approx(out.best_metrics["psnr"])
+    info = card["training"]["finetune"]
+    assert info["n_slices"] == 6 and info["n_lesions"] == 12 and info["images"][0]["boxes"] == "drawn"
+    assert card["training"]["config"]["rounds"] == 2
+    assert "PSNR" in ld.outcome_summary(out)
+    # the same name again is refused before anything runs
+    assert ld.model_name_problems(name) and "already exists" in ld.model_name_problems(name)[0]
+    assert ld.new_run_dir(name) != run
+
+
+def test_stop_ends_within_one_step_and_keeps_checkpoints(model_dir: Path) -> None:
+    low, full, boxes = phantom(n=4, size=64)
+    flag = {"stop": False}
+    run = ld.new_run_dir("stopped")
+    req = ld.FinetuneRequest("stopped", tiny_config(run, rounds=3), inputs=[ld.CTInput("ct", full, 0.7, low, boxes)])
+    job = ld.finetune_job(req, should_stop=lambda: flag["stop"])
+    records = []
+    for rec in job:
+        records.append(rec)
+        if rec["stage"] == "round2-denoiser" and rec["stage_step"] == 3:
+            flag["stop"] = True
+            stop_step = rec["step"]
+            break
+    rest, out = drive(job)
+    assert rest[0]["stage"] == "stopped" and rest[0]["step"] == stop_step  # no further step was taken
+    assert out.status == "stopped" and out.exported  # best checkpoint so far (after round 1) published
+    for tag in ("best", "last"):
+        for kind in ("denoiser", "detector"):
+            model, card = load_weights(run / f"{tag}_{kind}")
+            assert card["kind"] == kind
+    assert json.loads((model_dir / "stopped_detector.json").read_text())["training"]["finetune"]["stopped_early"]
+
+
+def test_nan_loss_fails_cleanly_and_exports_nothing(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from napari_lidnet._training.trainer import Trainer
+
+    low, full, boxes = phantom(n=4, size=64)
+    real_step = Trainer._denoiser_step
+
+    def poisoned(self, batch, opt, joint):  # the first joint step of round 2 blows up
+        losses = real_step(self, batch, opt, joint)
+        if "round1-detector" in self.state["done"]:
+            losses["pixel"] = math.nan
+        return losses
+
+    monkeypatch.setattr(Trainer, "_denoiser_step", poisoned)
+    before = sorted(p.name for p in model_dir.iterdir())
+    run = ld.new_run_dir("broken")
+    req = ld.FinetuneRequest("broken", tiny_config(run), inputs=[ld.CTInput("ct", full, 0.7, low, boxes)])
+    records, out = drive(ld.finetune_job(req))
+    assert out.status == "failed" and "nan" in out.message.lower() and "round2-denoiser" in out.message
+    assert sorted(p.name for p in model_dir.iterdir()) == before  # nothing exported
+    load_weights(run / "best_denoiser")  # the round-1 checkpoint survives intact
+
+
+def test_job_reports_bad_data_without_training(model_dir: Path) -> None:
+    low, full, boxes = phantom(n=1, size=64)
+    run = ld.new_run_dir("bad")
+    req = ld.FinetuneRequest("bad", tiny_config(run), inputs=[ld.CTInput("ct", full, 0.7, low, boxes[:1])])
+    records, out = drive(ld.finetune_job(req))
+    assert out.status == "invalid" and "at least 2 slices" in out.message and "lesion" in out.message
+    assert not run.exists()
+
+
+def test_dataset_folder_source(model_dir: Path, tmp_path: Path) -> None:
+    from napari_lidnet.io.dataset import Sample, write_dataset
+
+    low, full, boxes = phantom(n=4, size=64)
+    samples = [Sample(f"s{k}", full[k], low[k], boxes[boxes[:, 0] == k][:, 1:], 0.7) for k in range(4)]
+    write_dataset(tmp_path / "data", samples, {"dose": 0.25, "seed": 0})
+    run = ld.new_run_dir("from-dataset")
+    cfg = tiny_config(run, rounds=1, denoiser_steps=2, detector_steps=1)
+    req = ld.FinetuneRequest("from-dataset", cfg, dataset_dir=str(tmp_path / "data"), source="dataset")
+    _, out = drive(ld.finetune_job(req))
+    assert out.status == "finished", out.message
+    card = json.loads((model_dir / "from-dataset_denoiser.json").read_text())
+    assert card["training"]["finetune"]["source"] == "dataset" and card["training"]["finetune"]["n_lesions"] == 8
