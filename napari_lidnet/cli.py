@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=16, help="number of slices")
     p.add_argument("--dose", type=float, default=0.25, help="dose fraction in (0, 1]")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kind", choices=["abdomen", "chest", "mixed"], default="abdomen")
+    p.add_argument("--kind", choices=["abdomen", "chest"], default="abdomen")
     p.add_argument("--size", type=int, default=512, help="image size in pixels")
     p.set_defaults(func=_cmd_simulate)
 

@@ -425,8 +425,13 @@ def new_run_dir(name: str) -> Path:
 
 
 def default_model_name() -> str:
-    """``finetuned-YYYYMMDD-HHMM`` (a valid, practically unique model name)."""
-    return "finetuned-" + _dt.datetime.now().strftime("%Y%m%d-%H%M")
+    """``finetuned-YYYYMMDD-HHMM``, with ``-2``, ``-3`` ... appended while that name is taken by a user model."""
+    base = "finetuned-" + _dt.datetime.now().strftime("%Y%m%d-%H%M")
+    name, k = base, 1
+    while model_name_problems(name):
+        k += 1
+        name = f"{base}-{k}"
+    return name
 
 
 def model_name_problems(name: str) -> list[str]:

@@ -119,6 +119,7 @@ class FineTuneWidget(QWidget):
         self.viewer = napari_viewer
         self.worker: Any = None
         self.outcome: FinetuneOutcome | None = None
+        self.run_dir: Path | None = None
         self.records: list[dict[str, Any]] = []
         self._stop_event = threading.Event()
         self._build_ui()

@@ -1,0 +1,146 @@
+"""The `lidnet` command line end to end on a small simulated dataset: simulate, train, export, evaluate,
+denoise, detect; bad input exits 2 with one clear line and writes nothing."""
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_lidnet.cli import main
+from napari_lidnet.io.boxes_io import read_boxes_csv
+from napari_lidnet.io.dataset import read_dataset
+from napari_lidnet.io.open_ct import open_ct
+from napari_lidnet.models.registry import list_models
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 6-slice 128x128 dataset and a tiny LIDnet run exported as model 'tiny'."""
+    root = tmp_path_factory.mktemp("cli")
+    models = root / "models"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NAPARI_LIDNET_MODEL_DIR", str(models))
+    assert (
+        main(["simulate", "--out", str(root / "data"), "--n", "6", "--dose", "0.25", "--seed", "3", "--size", "128"])
+        == 0
+    )
+    args = [
+        "train",
+        "--data",
+        str(root / "data"),
+        "--out",
+        str(root / "run"),
+        "--mode",
+        "lidnet",
+        "--pretrain-denoiser-steps",
+        "20",
+        "--pretrain-detector-steps",
+        "20",
+        "--rounds",
+        "1",
+        "--denoiser-steps",
+        "5",
+        "--detector-steps",
+        "5",
+        "--batch-size",
+        "2",
+        "--patch-size",
+        "64",
+        "--denoiser-width",
+        "16",
+        "--device",
+        "cpu",
+        "--export",
+        "tiny",
+    ]
+    assert main(args) == 0
+    yield root
+    mp.undo()
+
+
+def test_simulate_writes_a_dataset(trained):
+    samples = read_dataset(trained / "data")
+    assert len(samples) == 6 and samples[0].full_hu.shape == (128, 128)
+    assert samples[0].low_hu.std() > samples[0].full_hu.std()  # low dose is noisier
+    info = json.loads((trained / "data" / "dataset.json").read_text())
+    assert info["dose"] == 0.25 and "lidnet simulate" in info["command"]
+
+
+def test_train_exports_a_listed_model(trained, monkeypatch):
+    monkeypatch.setenv("NAPARI_LIDNET_MODEL_DIR", str(trained / "models"))
+    names = {m.name for m in list_models()}
+    assert {"tiny_denoiser", "tiny_detector"} <= names
+    state = json.loads((trained / "run" / "state.json").read_text())
+    assert "round1-detector" in state["done"]
+
+
+def test_evaluate_reports_low_denoised_full(trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NAPARI_LIDNET_MODEL_DIR", str(trained / "models"))
+    out = tmp_path / "eval.json"
+    assert (
+        main(
+            [
+                "evaluate",
+                str(trained / "data"),
+                "--model",
+                "tiny_denoiser",
+                "--detector",
+                "tiny_detector",
+                "--json",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    table = capsys.readouterr().out
+    assert "low dose" in table and "denoised" in table and "IoU >= 0.5" in table
+    res = json.loads(out.read_text())["results"]
+    assert res["full dose"]["psnr"] == float("inf") or res["full dose"]["psnr"] > 80
+    assert np.isfinite(res["denoised"]["psnr"]) and 0 <= res["denoised"]["sensitivity"] <= 1
+
+
+def test_denoise_and_detect_files(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_LIDNET_MODEL_DIR", str(trained / "models"))
+    low = np.stack([s.low_hu for s in read_dataset(trained / "data")[:3]])
+    src = tmp_path / "low.npy"
+    np.save(src, low)
+    assert main(["denoise", str(src), str(tmp_path / "den.npy"), "--model", "tiny_denoiser", "--device", "cpu"]) == 0
+    den = np.load(tmp_path / "den.npy")
+    assert den.shape == low.shape and not np.array_equal(den, low)
+    assert main(["denoise", str(src), str(tmp_path / "dcm"), "--model", "tiny_denoiser", "--device", "cpu"]) == 0
+    (vol,) = open_ct(tmp_path / "dcm")
+    assert np.abs(vol.hu - den).max() <= 0.51  # DICOM stores whole HU
+    assert (
+        main(
+            [
+                "detect",
+                str(src),
+                "--out",
+                str(tmp_path / "b.csv"),
+                "--model",
+                "tiny_detector",
+                "--threshold",
+                "0.0",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    rows = read_boxes_csv(tmp_path / "b.csv")
+    assert rows.shape[1] == 6 and set(np.unique(rows[:, 0])) <= {0.0, 1.0, 2.0}
+
+
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a CT")
+    assert main(["denoise", str(bad), str(tmp_path / "out.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "notes.txt" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert main(["simulate", "--out", str(tmp_path / "d"), "--n", "1", "--dose", "0"]) == 2
+    assert "dose" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,162 @@
+"""The fine-tuning dock widget in a headless viewer (run under xvfb-run): a real short run, Stop, bad data."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from qtpy.QtCore import QTimer
+from test_local_data import phantom, tiny_models
+
+from napari_lidnet._widgets._layers import boxes_to_shapes
+from napari_lidnet._widgets.finetune import DETECT_ITEM, SCRATCH_ITEM, FineTuneWidget
+from napari_lidnet.models.registry import MODEL_DIR_ENV, list_models
+from napari_lidnet.models.weights import load_weights
+
+SCALE, TRANSLATE = (2.5, 0.7, 0.8), (10.0, -120.0, -100.0)
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "models"
+    tiny_models(folder)
+    monkeypatch.setenv(MODEL_DIR_ENV, str(folder))
+    return folder
+
+
+def add_case(viewer, n: int = 6, size: int = 64, noise: float = 80.0):
+    """Low-dose, full-dose and lesion-box layers placed like a CT (the boxes drawn in 3D, on their slices)."""
+    low, full, boxes = phantom(n=n, size=size, noise=noise)
+    geo = {"scale": SCALE, "translate": TRANSLATE}
+    viewer.add_image(low, name="low-dose CT", **geo)
+    viewer.add_image(full, name="full-dose CT", **geo)
+    viewer.add_shapes(boxes_to_shapes(boxes, 3), shape_type="rectangle", name="lesions", **geo)
+    return low, full, boxes
+
+
+def make_widget(viewer, qtbot, name: str, **settings) -> FineTuneWidget:
+    widget = FineTuneWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.name_edit.setText(name)
+    widget.device_combo.setCurrentText("cpu")
+    widget.patch_spin.setValue(32)
+    widget.val_spin.setValue(0.34)
+    widget.lr_spin.setValue(2e-3)
+    for key, value in {"rounds": 2, "den_steps": 10, "det_steps": 2, **settings}.items():
+        getattr(widget, f"{key}_spin").setValue(value)
+    return widget
+
+
+def wait_done(widget: FineTuneWidget, qtbot, worker, timeout: int = 60000) -> None:
+    with qtbot.waitSignal(worker.finished, timeout=timeout):
+        pass
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=2000)
+
+
+def test_one_click_run_improves_and_publishes(make_napari_viewer, qtbot, model_dir: Path, tmp_path: Path) -> None:
+    from napari_lidnet._widgets.denoise_detect import DenoiseDetectWidget
+
+    viewer = make_napari_viewer()
+    add_case(viewer)
+    denoise = DenoiseDetectWidget(viewer)
+    viewer.window.add_dock_widget(denoise, name="LIDnet denoise")
+    widget = make_widget(viewer, qtbot, "site-b")
+    # defaults: the full-dose layer is ticked, the drawn boxes are picked, the user's models are the start
+    assert widget.checked_images() == ["full-dose CT"]
+    assert widget.boxes_combo.currentText() == "lesions"
+    assert widget.start_denoiser_combo.currentText() == "tiny_denoiser (user)"
+    assert widget.start_detector_combo.itemText(widget.start_detector_combo.count() - 1) == SCRATCH_ITEM
+    # the one-click source simulates 25% dose; for a clear, fast test use the paired layers (Gaussian noise)
+    widget.set_source("paired")
+    assert widget.low_combo.currentText() == "low-dose CT" and widget.full_combo.currentText() == "full-dose CT"
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.monotonic()))
+    timer.start(20)
+    t0 = time.monotonic()
+    worker = widget.start()
+    assert worker is not None, widget.status.text()
+    wait_done(widget, qtbot, worker)
+    elapsed = time.monotonic() - t0
+    timer.stop()
+    out = widget.outcome
+    assert out is not None and out.status == "finished", widget.status.text()
+    # the GUI thread kept running while the network trained
+    assert len(ticks) >= max(3, 0.2 * elapsed / 0.02), (len(ticks), elapsed)
+    vals = [r for r in widget.records if r["stage"] == "validate"]
+    assert vals[0]["after"] == "start"
+    assert out.best_metrics["psnr"] > out.start_metrics["psnr"] + 0.5
+    assert "PSNR" in widget.status.text() and "->" in widget.status.text()
+    # progress bars and plot followed the run
+    assert widget.overall_bar.value() == widget.overall_bar.maximum() == 2 * (10 + 2)
+    assert widget.stage_bar.value() == widget.stage_bar.maximum() == 2
+    assert {"D pixel", "D detection", "D roi perceptual", "T detection"} <= set(widget.plot.losses)
+    assert len(widget.plot.validation) == 3
+    # the run folder is under the user's data dir, the model in the user folder and in the denoise widget
+    assert Path(out.run_dir).parent == tmp_path / "runs"
+    assert {"site-b_denoiser", "site-b_detector"} <= {m.name for m in list_models()}
+    assert Path(str(denoise.denoiser_combo.currentData())).name == "site-b_denoiser"
+    assert denoise.denoiser_combo.itemText(0) == "(none)"  # shipped models (when present) come next, first
+    model, card = load_weights(model_dir / "site-b_detector")
+    assert card["validation"]["before"] and card["validation"]["after"]
+    assert card["training"]["finetune"]["images"][0]["boxes"] == "drawn (lesions)"
+    # the new model can be the start of the next run, and the name was renewed so a second click does not clash
+    texts = [widget.start_denoiser_combo.itemText(i) for i in range(widget.start_denoiser_combo.count())]
+    assert "site-b_denoiser (user)" in texts
+    assert widget.name_edit.text() != "site-b"
+
+
+def test_stop_ends_the_run_and_keeps_the_best_so_far(make_napari_viewer, qtbot, model_dir: Path) -> None:
+    viewer = make_napari_viewer()
+    add_case(viewer, n=4)
+    widget = make_widget(viewer, qtbot, "stopped", rounds=3, den_steps=8, det_steps=2)
+    widget.dose_spin.setValue(0.1)  # the one-click source: simulated low dose of the ticked full-dose layer
+    seen = {}
+
+    def on_record(rec: dict) -> None:
+        if "stop_at" not in seen and rec["stage"] == "validate" and rec["after"] == "round1-detector":
+            seen["stop_at"] = rec["step"]
+            widget.stop()
+
+    worker = widget.start()
+    assert worker is not None, widget.status.text()
+    worker.yielded.connect(on_record)
+    wait_done(widget, qtbot, worker)
+    stopped = [r for r in widget.records if r["stage"] == "stopped"]
+    assert stopped, widget.status.text()
+    total = stopped[0]["total_steps"]
+    assert stopped[0]["step"] - seen["stop_at"] <= 3 < total - seen["stop_at"]
+    assert widget.outcome.status == "stopped" and widget.outcome.exported
+    run = Path(widget.outcome.run_dir)
+    for tag in ("best", "last"):
+        load_weights(run / f"{tag}_denoiser")
+        load_weights(run / f"{tag}_detector")
+    info = load_weights(model_dir / "stopped_denoiser")[1]["training"]["finetune"]
+    assert info["stopped_early"] and info["dose"] == pytest.approx(0.1)
+    assert info["images"][0]["name"] == "full-dose CT"
+
+
+def test_bad_data_gives_a_message_and_starts_nothing(make_napari_viewer, qtbot, model_dir: Path, tmp_path) -> None:
+    viewer = make_napari_viewer()
+    low, full, boxes = phantom(n=1, size=48)
+    viewer.add_image(full[0], name="full-dose slice")
+    viewer.add_shapes(boxes_to_shapes(boxes[:1, 1:], 2), shape_type="rectangle", name="one box")
+    widget = make_widget(viewer, qtbot, "bad one")
+    widget.patch_spin.setValue(64)
+    assert widget.start() is None
+    text = widget.status.text()
+    for part in ("model name", "smaller than the patch size 64", "at least 2 slices", "only 1 lesion"):
+        assert part in text, text
+    assert widget.worker is None and widget.start_button.isEnabled()
+    assert not (tmp_path / "runs").exists()
+    # no boxes and no trained detector: says so
+    widget.name_edit.setText("ok-name")
+    widget.boxes_combo.setCurrentText(DETECT_ITEM)
+    widget.start_detector_combo.setCurrentIndex(widget.start_detector_combo.count() - 1)
+    assert widget.start() is None
+    assert "draw rectangles" in widget.status.text()
+    # nothing ticked
+    widget.set_images([])
+    assert widget.start() is None and "tick at least one" in widget.status.text()
+    assert not (tmp_path / "runs").exists()
