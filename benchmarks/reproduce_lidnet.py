@@ -1,8 +1,8 @@
 """The experiment that justifies the product: is a denoiser trained inside LIDnet better than the same denoiser
 trained on pixel loss alone, in PSNR/SSIM and in detection sensitivity?
 
-For each (denoiser, dose): one shared pretraining (`lidnet train --mode pixel --rounds 0`: the denoiser on pixel loss,
-the detector on full-dose images), then branches from it with the same number of denoiser steps:
+The detector is pretrained once on full-dose images (`lidnet train --mode pixel --rounds 0`); for each (denoiser,
+dose) the denoiser is pretrained on pixel loss, then branches from it with the same number of denoiser steps:
 ``pixel`` (baseline), ``lidnet``, and for the ablation ``lidnet-noroi`` and ``lidnet-wholeperc``. Every branch is
 evaluated on a held-out simulated test set: PSNR/SSIM against full dose over the (-160, 240) HU window, and FROC
 sensitivity (IoU >= 0.5) measured with the *fixed* pretrained detector (trained on full dose only: the fair
@@ -34,11 +34,14 @@ from napari_lidnet.models.weights import load_weights
 BRANCHES = {"main": ("pixel", "lidnet"), "all": ("pixel", "lidnet", "lidnet-noroi", "lidnet-wholeperc")}
 
 
-def run_train(args: list[str]) -> float:
-    """Run ``lidnet train`` in-process; returns the wall time in seconds."""
+def run_train(**options) -> float:
+    """Run ``lidnet train`` in-process with ``--key value`` options; returns the wall time in seconds."""
+    args = ["train"]
+    for key, value in options.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    print("$ lidnet " + shlex.join(args), flush=True)
     t0 = time.perf_counter()
-    print("$ lidnet train " + shlex.join(args), flush=True)
-    code = lidnet(["train", *args])
+    code = lidnet(args)
     if code:
         raise SystemExit(f"lidnet train failed with exit code {code}")
     return time.perf_counter() - t0
@@ -49,10 +52,7 @@ def evaluate(run: Path | None, test, ref_detector) -> dict:
     low = np.stack([s.low_hu for s in test])
     full = np.stack([s.full_hu for s in test])
     gt = [np.asarray(s.boxes).reshape(-1, 4) for s in test]
-    if run is None:
-        images = low
-    else:
-        images = denoise(load_weights(run / "best_denoiser")[0], low, batch_size=2)
+    images = low if run is None else denoise(load_weights(run / "best_denoiser")[0], low, batch_size=2)
     out = {"fixed_detector": evaluate_images(images, full, gt, ref_detector)}
     if run is not None and (run / "best_detector.json").exists():
         own = load_weights(run / "best_detector")[0]
@@ -60,90 +60,57 @@ def evaluate(run: Path | None, test, ref_detector) -> dict:
     return out
 
 
-def experiment(spec: str, root: Path, a: argparse.Namespace) -> dict:
+def pretrain_detector(root: Path, train_dir: str, a: argparse.Namespace) -> Path:
+    """The detector pretrained on full-dose images once, shared by every experiment (same phantoms)."""
+    run = root / "detector-pretrain"
+    run_train(
+        data=train_dir, out=run, mode="pixel", rounds=0, pretrain_denoiser_steps=0,
+        pretrain_detector_steps=a.detector_pretrain_steps, batch_size=a.batch_size, patch_size=a.patch_size,
+        seed=a.seed, device=a.device,
+    )  # fmt: skip
+    return run / "best_detector"
+
+
+def experiment(spec: str, root: Path, detector: Path, a: argparse.Namespace) -> dict:
+    """Pretrain one denoiser at one dose, then train each branch from it and evaluate them all."""
     arch, dose, train_dir, test_dir, which = spec.split(":")
     tag = f"{arch}-{float(dose):g}"
-    common = [
-        "--data",
-        train_dir,
-        "--denoiser",
-        arch,
-        "--seed",
-        str(a.seed),
-        "--batch-size",
-        str(a.batch_size),
-        "--patch-size",
-        str(a.patch_size if arch == "fastdn" else a.slow_patch_size),
-        "--device",
-        a.device,
-    ]
+    slow = arch != "fastdn"
+    common = dict(
+        data=train_dir, denoiser=arch, seed=a.seed, batch_size=a.batch_size, device=a.device,
+        patch_size=a.slow_patch_size if slow else a.patch_size, init_detector=detector,
+    )  # fmt: skip
     pre = root / f"{tag}-pretrain"
     timings = {
         "pretrain": run_train(
-            [
-                *common,
-                "--out",
-                str(pre),
-                "--mode",
-                "pixel",
-                "--rounds",
-                "0",
-                "--pretrain-denoiser-steps",
-                str(a.pretrain_steps),
-                "--pretrain-detector-steps",
-                str(a.detector_pretrain_steps),
-            ]
-        )
+            **common,
+            out=pre,
+            mode="pixel",
+            rounds=0,
+            pretrain_detector_steps=0,
+            pretrain_denoiser_steps=a.slow_steps if slow else a.pretrain_steps,
+        )  # fmt: skip
     }
     runs = {}
     for mode in BRANCHES[which]:
-        run = root / f"{tag}-{mode}"
+        runs[mode] = root / f"{tag}-{mode}"
         timings[mode] = run_train(
-            [
-                *common,
-                "--out",
-                str(run),
-                "--mode",
-                mode,
-                "--rounds",
-                str(a.rounds),
-                "--denoiser-steps",
-                str(a.denoiser_steps),
-                "--detector-steps",
-                str(a.detector_steps),
-                "--init-denoiser",
-                str(pre / "best_denoiser"),
-                "--init-detector",
-                str(pre / "best_detector"),
-                "--pretrain-denoiser-steps",
-                "0",
-                "--pretrain-detector-steps",
-                "0",
-                "--det-weight",
-                str(a.det_weight),
-                "--roi-weight",
-                str(a.roi_weight),
-            ]
-        )
-        runs[mode] = run
+            **common, out=runs[mode], mode=mode, rounds=a.rounds, init_denoiser=pre / "best_denoiser",
+            pretrain_denoiser_steps=0, pretrain_detector_steps=0, detector_steps=a.detector_steps,
+            denoiser_steps=a.slow_round_steps if slow else a.denoiser_steps,
+            det_weight=a.det_weight, roi_weight=a.roi_weight,
+        )  # fmt: skip
     test = read_dataset(test_dir)
-    ref = load_weights(pre / "best_detector")[0]
+    ref = load_weights(detector)[0]
     results = {"low dose": evaluate(None, test, ref), "pretrained (pixel)": evaluate(pre, test, ref)}
     results.update({mode: evaluate(run, test, ref) for mode, run in runs.items()})
     full = np.stack([s.full_hu for s in test])
-    results["full dose"] = {
-        "fixed_detector": evaluate_images(full, full, [np.asarray(s.boxes).reshape(-1, 4) for s in test], ref)
-    }
+    gt = [np.asarray(s.boxes).reshape(-1, 4) for s in test]
+    results["full dose"] = {"fixed_detector": evaluate_images(full, full, gt, ref)}
     return {
-        "denoiser": arch,
-        "dose": float(dose),
-        "train": train_dir,
-        "test": test_dir,
-        "n_test": len(test),
-        "n_lesions": int(sum(len(s.boxes) for s in test)),
-        "results": results,
-        "train_time_s": timings,
-    }
+        "denoiser": arch, "dose": float(dose), "train": train_dir, "test": test_dir, "n_test": len(test),
+        "n_lesions": int(sum(len(g) for g in gt)), "results": results, "train_time_s": timings,
+    }  # fmt: skip
 
 
 def table(exp: dict) -> str:
@@ -184,8 +151,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--patch-size", type=int, default=128)
     p.add_argument("--slow-patch-size", type=int, default=64, help="patch size for RED-CNN/DnCNN on the CPU")
-    p.add_argument("--det-weight", type=float, default=2e-4)
-    p.add_argument("--roi-weight", type=float, default=0.05)
+    p.add_argument("--slow-steps", type=int, default=200, help="pretraining steps of RED-CNN/DnCNN")
+    p.add_argument("--slow-round-steps", type=int, default=50, help="denoiser steps per round of RED-CNN/DnCNN")
+    p.add_argument("--det-weight", type=float, default=0.1)
+    p.add_argument("--roi-weight", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto")
@@ -193,7 +162,8 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     root = Path(a.out)
     root.mkdir(parents=True, exist_ok=True)
-    exps = [experiment(spec, root, a) for spec in a.exp]
+    detector = pretrain_detector(root, a.exp[0].split(":")[2], a)
+    exps = [experiment(spec, root, detector, a) for spec in a.exp]
     settings = {k: v for k, v in vars(a).items() if k not in ("out", "exp")}
     (root / "results.json").write_text(json.dumps({"settings": settings, "experiments": exps}, indent=1))
     md = ["FROC sensitivities with the fixed full-dose detector (IoU >= 0.5); PSNR/SSIM over (-160, 240) HU.", ""]

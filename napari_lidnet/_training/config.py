@@ -15,6 +15,9 @@ class TrainConfig:
     Modes: ``pixel`` (baseline: the denoiser on pixel loss alone), ``lidnet`` (joint loss + collaborative
     rounds), and the ablations ``lidnet-noroi`` (no ROI perceptual term) and ``lidnet-wholeperc`` (a whole-image
     perceptual term in place of the ROI one).
+
+    ``det_weight`` and ``roi_weight`` are relative: each auxiliary term is scaled so that, on the first batch of a
+    round, it equals that fraction of the pixel loss (the trainer measures the ratio; see ``Trainer._calibrate``).
     """
 
     out: str
@@ -35,8 +38,8 @@ class TrainConfig:
     lr: float = 1e-3
     detector_lr: float = 1e-3
     pixel_loss: str = "mse"
-    det_weight: float = 2e-4
-    roi_weight: float = 0.05
+    det_weight: float = 0.1
+    roi_weight: float = 0.3
     roi_margin: float = 0.25
     roi_levels: tuple[int, ...] = (0, 1)
     full_dose_fraction: float = 0.25

@@ -19,6 +19,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -264,28 +265,18 @@ class Trainer:
         torch.manual_seed(self._seed(index))
         sampler = PatchSampler(self.train_samples, self.cfg.patch_size, seed=self._seed(index))
         if name.endswith("denoiser"):
+            model, lr = self.denoiser, self.cfg.lr
             joint = name.startswith("round") and self.cfg.mode != "pixel"
-            step_fn, model, lr = (self._denoiser_step, self.denoiser, self.cfg.lr)
-            kwargs = {"joint": joint}
-        elif name == "pretrain-detector":
-            step_fn, model, lr, kwargs = (
-                self._detector_step,
-                self.detector,
-                self.cfg.detector_lr,
-                {"pretrain": True},
-            )
+            scales = self._calibrate(sampler.batch(self.cfg.batch_size).to(self.device)) if joint else {}
+            step_fn = partial(self._denoiser_step, scales=scales)
         else:
-            step_fn, model, lr, kwargs = (
-                self._detector_step,
-                self.detector,
-                self.cfg.detector_lr,
-                {"pretrain": False},
-            )
+            model, lr = self.detector, self.cfg.detector_lr
+            step_fn = partial(self._detector_step, pretrain=name == "pretrain-detector")
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(n_steps, 1), eta_min=lr * 0.1)
         for step in range(1, n_steps + 1):
             batch = sampler.batch(self.cfg.batch_size).to(self.device)
-            losses = step_fn(batch, opt, **kwargs)
+            losses = step_fn(batch, opt)
             sched.step()
             bad = [k for k, v in losses.items() if not math.isfinite(v)]
             if bad:
@@ -295,34 +286,45 @@ class Trainer:
                 )
             yield {"stage": name, "stage_step": step, "stage_total": n_steps, "losses": losses}
 
-    def _denoiser_step(self, batch: PatchBatch, opt: torch.optim.Optimizer, joint: bool) -> dict[str, float]:
+    def _aux_losses(self, denoised: torch.Tensor, batch: PatchBatch) -> dict[str, tuple[torch.Tensor, float]]:
+        """The mode's auxiliary terms for the denoiser, each with its configured (relative) weight."""
+        mode, c = self.cfg.mode, self.cfg
+        aux = {}
+        if c.det_weight:
+            aux["detection"] = (detection_loss(self.detector, denoised, batch.boxes), c.det_weight)
+        if mode == "lidnet" and c.roi_weight:
+            roi = roi_perceptual_loss(
+                self.detector, denoised, batch.full, batch.boxes, c.roi_margin, tuple(c.roi_levels)
+            )
+            aux["roi_perceptual"] = (roi, c.roi_weight)
+        elif mode == "lidnet-wholeperc" and c.roi_weight:
+            whole = whole_image_perceptual_loss(self.detector, denoised, batch.full, tuple(c.roi_levels))
+            aux["whole_perceptual"] = (whole, c.roi_weight)
+        return aux
+
+    @torch.no_grad()
+    def _calibrate(self, batch: PatchBatch) -> dict[str, float]:
+        """Scale of each auxiliary term so that ``weight`` means a fraction of the pixel loss at the round's start:
+        the weights then mean the same for every denoiser, dose and dataset."""
+        self.denoiser.eval()
+        self.detector.eval()
+        denoised = self.denoiser(batch.low)
+        pix = float(pixel_loss(denoised, batch.full, self.cfg.pixel_loss))
+        return {k: pix / float(v) if float(v) > 0 else 0.0 for k, (v, _w) in self._aux_losses(denoised, batch).items()}
+
+    def _denoiser_step(
+        self, batch: PatchBatch, opt: torch.optim.Optimizer, scales: dict[str, float]
+    ) -> dict[str, float]:
         self.denoiser.train()
         denoised = self.denoiser(batch.low)
-        l_pix = pixel_loss(denoised, batch.full, self.cfg.pixel_loss)
-        losses = {"pixel": l_pix}
-        total = l_pix
-        if joint:
+        losses = {"pixel": pixel_loss(denoised, batch.full, self.cfg.pixel_loss)}
+        total = losses["pixel"]
+        if scales:
             self.detector.eval()
             self.detector.requires_grad_(False)
-            mode = self.cfg.mode
-            if self.cfg.det_weight:
-                losses["detection"] = detection_loss(self.detector, denoised, batch.boxes)
-                total = total + self.cfg.det_weight * losses["detection"]
-            if mode == "lidnet" and self.cfg.roi_weight:
-                losses["roi_perceptual"] = roi_perceptual_loss(
-                    self.detector,
-                    denoised,
-                    batch.full,
-                    batch.boxes,
-                    self.cfg.roi_margin,
-                    tuple(self.cfg.roi_levels),
-                )
-                total = total + self.cfg.roi_weight * losses["roi_perceptual"]
-            elif mode == "lidnet-wholeperc" and self.cfg.roi_weight:
-                losses["whole_perceptual"] = whole_image_perceptual_loss(
-                    self.detector, denoised, batch.full, tuple(self.cfg.roi_levels)
-                )
-                total = total + self.cfg.roi_weight * losses["whole_perceptual"]
+            for key, (value, weight) in self._aux_losses(denoised, batch).items():
+                losses[key] = value
+                total = total + weight * scales[key] * value
             self.detector.requires_grad_(True)
         opt.zero_grad(set_to_none=True)
         total.backward()
