@@ -65,7 +65,8 @@ def pretrain_detector(root: Path, train_dir: str, a: argparse.Namespace) -> Path
     run = root / "detector-pretrain"
     run_train(
         data=train_dir, out=run, mode="pixel", rounds=0, pretrain_denoiser_steps=0,
-        pretrain_detector_steps=a.detector_pretrain_steps, batch_size=a.batch_size, patch_size=a.patch_size,
+        pretrain_detector_steps=a.detector_pretrain_steps, detector_lr=a.detector_lr, batch_size=a.batch_size,
+        patch_size=a.patch_size,
         seed=a.seed, device=a.device,
     )  # fmt: skip
     return run / "best_detector"
@@ -100,7 +101,7 @@ def experiment(spec: str, root: Path, detector: Path, a: argparse.Namespace) -> 
             denoiser_steps=a.slow_round_steps if slow else a.denoiser_steps,
             det_weight=a.det_weight, roi_weight=a.roi_weight,
         )  # fmt: skip
-    test = read_dataset(test_dir)
+    test = read_dataset(test_dir)[: a.max_test]
     ref = load_weights(detector)[0]
     results = {"low dose": evaluate(None, test, ref), "pretrained (pixel)": evaluate(pre, test, ref)}
     results.update({mode: evaluate(run, test, ref) for mode, run in runs.items()})
@@ -143,8 +144,11 @@ def main() -> None:
         required=True,
         help="ARCH:DOSE:TRAIN_DIR:TEST_DIR:main|all (main: pixel vs lidnet; all: + ablations)",
     )
-    p.add_argument("--pretrain-steps", type=int, default=400)
-    p.add_argument("--detector-pretrain-steps", type=int, default=800)
+    p.add_argument("--pretrain-steps", type=int, default=1000)
+    p.add_argument("--detector-pretrain-steps", type=int, default=4000)
+    p.add_argument("--detector-lr", type=float, default=2e-3)
+    p.add_argument("--detector", default=None, help="reuse this pretrained detector (weights path stem)")
+    p.add_argument("--max-test", type=int, default=None, help="evaluate on the first N test slices only")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--denoiser-steps", type=int, default=100)
     p.add_argument("--detector-steps", type=int, default=50)
@@ -162,7 +166,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     root = Path(a.out)
     root.mkdir(parents=True, exist_ok=True)
-    detector = pretrain_detector(root, a.exp[0].split(":")[2], a)
+    detector = Path(a.detector) if a.detector else pretrain_detector(root, a.exp[0].split(":")[2], a)
     exps = [experiment(spec, root, detector, a) for spec in a.exp]
     settings = {k: v for k, v in vars(a).items() if k not in ("out", "exp")}
     (root / "results.json").write_text(json.dumps({"settings": settings, "experiments": exps}, indent=1))

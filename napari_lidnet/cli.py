@@ -60,6 +60,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         patch_size=args.patch_size,
         lr=args.lr,
+        detector_lr=args.detector_lr,
         det_weight=args.det_weight,
         roi_weight=args.roi_weight,
         seed=args.seed,
@@ -183,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector-steps", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--patch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-3, help="denoiser learning rate")
+    p.add_argument("--detector-lr", type=float, default=1e-3)
     p.add_argument("--det-weight", type=float, default=0.1, help="detection term, as a fraction of the pixel loss")
     p.add_argument("--roi-weight", type=float, default=0.3, help="ROI perceptual term, fraction of the pixel loss")
     p.add_argument("--seed", type=int, default=0)

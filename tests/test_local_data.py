@@ -214,6 +214,7 @@ def test_job_improves_validation_and_publishes_a_model(model_dir: Path, tmp_path
     assert vals[0]["after"] == "start" and len(vals) == 3
     assert out.best_metrics["psnr"] > out.start_metrics["psnr"] + 0.5
     assert [r["stage"] for r in records].count("round1-denoiser") == 10
+    assert out.improved is True and "note" not in out.message
     names = {m.name for m in list_models()}
     assert {f"{name}_denoiser", f"{name}_detector"} <= names
     model, card = load_weights(model_dir / f"{name}_denoiser")
@@ -257,8 +258,8 @@ def test_nan_loss_fails_cleanly_and_exports_nothing(model_dir: Path, monkeypatch
     low, full, boxes = phantom(n=4, size=64)
     real_step = Trainer._denoiser_step
 
-    def poisoned(self, batch, opt, joint):  # the first joint step of round 2 blows up
-        losses = real_step(self, batch, opt, joint)
+    def poisoned(self, *args, **kwargs):  # the first joint step of round 2 blows up
+        losses = real_step(self, *args, **kwargs)
         if "round1-detector" in self.state["done"]:
             losses["pixel"] = math.nan
         return losses

@@ -16,6 +16,7 @@ class TrainConfig:
     rounds), and the ablations ``lidnet-noroi`` (no ROI perceptual term) and ``lidnet-wholeperc`` (a whole-image
     perceptual term in place of the ROI one).
 
+    Pretraining uses ``lr``/``detector_lr``; the collaborative rounds fine-tune at those times ``round_lr_scale``.
     ``det_weight`` and ``roi_weight`` are relative: each auxiliary term is scaled so that, on the first batch of a
     round, it equals that fraction of the pixel loss (the trainer measures the ratio; see ``Trainer._calibrate``).
     """
@@ -37,6 +38,7 @@ class TrainConfig:
     patch_size: int = 128
     lr: float = 1e-3
     detector_lr: float = 1e-3
+    round_lr_scale: float = 0.2
     pixel_loss: str = "mse"
     det_weight: float = 0.1
     roi_weight: float = 0.3

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_lidnet._training.config import TrainConfig  # a plain dataclass: no torch
+
 #: fewest lesion boxes for the detection and ROI perceptual losses to mean something
 MIN_LESIONS = 2
 #: score above which the starting detector's detections become training boxes
@@ -44,11 +46,11 @@ ONE_CLICK_DEFAULTS: dict[str, Any] = {
     "denoiser_steps": 40,
     "detector_steps": 20,
     "batch_size": 4,
-    "patch_size": 128,
+    "patch_size": 96,
     "lr": 2e-4,
     "detector_lr": 2e-4,
-    "det_weight": 2e-4,
-    "roi_weight": 0.05,
+    "det_weight": TrainConfig.det_weight,  # relative to the pixel loss (the trainer calibrates each round)
+    "roi_weight": TrainConfig.roi_weight,
     "val_fraction": 0.2,
     "seed": 0,
     "device": "auto",
@@ -449,11 +451,9 @@ def model_name_problems(name: str) -> list[str]:
     return []
 
 
-def one_click_config(out: str | os.PathLike, **overrides: Any) -> Any:
+def one_click_config(out: str | os.PathLike, **overrides: Any) -> TrainConfig:
     """TrainConfig of the one-click run (``ONE_CLICK_DEFAULTS`` + ``overrides``); a network without a starting
     model (``init_denoiser``/``init_detector`` None) gets ``SCRATCH_PRETRAIN_STEPS`` unless given."""
-    from napari_lidnet._training.config import TrainConfig
-
     values = {**ONE_CLICK_DEFAULTS, **overrides}
     for kind in ("denoiser", "detector"):
         key = f"pretrain_{kind}_steps"
@@ -489,7 +489,17 @@ class FinetuneOutcome:
     exported: list[str] = field(default_factory=list)
     start_metrics: dict[str, float] | None = None
     best_metrics: dict[str, float] | None = None
+    improved: bool | None = None
     seconds: float = 0.0
+
+
+def improved(start: dict[str, float] | None, best: dict[str, float] | None, mode: str) -> bool | None:
+    """Whether the best checkpoint beats the starting models by the trainer's selection score (None: unknown)."""
+    if not start or not best:
+        return None
+    from napari_lidnet._training.trainer import selection_score
+
+    return selection_score(best, mode) > selection_score(start, mode)
 
 
 def _load_detector(name: str | None, device: Any) -> Any:
@@ -627,6 +637,12 @@ def finetune_job(
         yield {"stage": "export", "message": f"saving {req.name}"}
         outcome.exported = [str(p) for p in publish_run(run_dir, req.name, data, req.command)]
         outcome.message = f"saved {req.name}" + (" (stopped early: best checkpoint so far)" if stopped else "")
+        outcome.improved = improved(start, best, cfg.mode)
+        if outcome.improved is False:
+            outcome.message += (
+                " - note: it scores below the starting models on the validation slices; keep using those, or "
+                "train longer / on more data (Advanced)"
+            )
         outcome.seconds = time.monotonic() - t0
         return outcome
     except DataProblems as exc:
@@ -672,6 +688,7 @@ __all__ = [
     "describe_samples",
     "finetune_job",
     "format_problems",
+    "improved",
     "inputs_from_dicom",
     "inputs_from_layers",
     "make_samples",

@@ -272,6 +272,8 @@ class Trainer:
         else:
             model, lr = self.detector, self.cfg.detector_lr
             step_fn = partial(self._detector_step, pretrain=name == "pretrain-detector")
+        if name.startswith("round"):
+            lr *= self.cfg.round_lr_scale
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(n_steps, 1), eta_min=lr * 0.1)
         for step in range(1, n_steps + 1):

@@ -197,8 +197,10 @@ class FineTuneWidget(QWidget):
         self.rounds_spin = _spin(1, 100, d["rounds"])
         self.den_steps_spin = _spin(0, 10000, d["denoiser_steps"])
         self.det_steps_spin = _spin(0, 10000, d["detector_steps"])
-        self.det_weight_spin = _spin(0.0, 1.0, d["det_weight"], 6, 1e-4)
-        self.roi_weight_spin = _spin(0.0, 10.0, d["roi_weight"], 4, 0.01)
+        self.det_weight_spin = _spin(0.0, 10.0, d["det_weight"], 3, 0.05)
+        self.roi_weight_spin = _spin(0.0, 10.0, d["roi_weight"], 3, 0.05)
+        for box in (self.det_weight_spin, self.roi_weight_spin):
+            box.setToolTip("weight relative to the pixel loss at the start of each round (0: off)")
         self.lr_spin = _spin(1e-6, 1e-2, d["lr"], 6, 1e-4)
         self.patch_spin = _spin(32, 512, d["patch_size"], None, 16)
         self.batch_spin = _spin(1, 64, d["batch_size"])
