@@ -1,0 +1,81 @@
+"""The installed plugin end to end, through its manifest, on the shipped default weights.
+
+Open the sample through napari's sample menu, add the dock widgets through the manifest, denoise and detect the
+whole volume, and check the result against the ground truth at the quality the shipped model card records.
+"""
+
+import numpy as np
+import pytest
+
+from napari_lidnet._training.validate import METRIC_WINDOW
+from napari_lidnet._widgets._layers import shapes_to_boxes
+from napari_lidnet.metrics.froc import box_iou_np
+from napari_lidnet.metrics.image import psnr
+from napari_lidnet.models.registry import default_model
+
+PLUGIN = "napari-lidnet"
+LOW = "low-dose CT (25%)"
+
+
+def test_shipped_weights_are_in_the_package():
+    for kind in ("denoiser", "detector"):
+        info = default_model(kind)
+        assert info is not None and info.shipped, f"no shipped default {kind}"
+        assert info.card["training"]["commands"], "the card records the commands that made it"
+
+
+def test_sample_denoised_and_lesions_boxed_through_the_manifest(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "abdomen_lowdose")
+    assert {LOW, "full-dose CT", "lesions (ground truth)"} <= {ly.name for ly in viewer.layers}
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise and detect (LIDnet)")
+    viewer.window.add_plugin_dock_widget(PLUGIN, "ROI compare")
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune (LIDnet)")
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Load CT")
+    widget.image_combo.setCurrentText(LOW)
+    widget.scope_combo.setCurrentIndex(widget.scope_combo.count() - 1)  # all slices
+    widget.device_combo.setCurrentText("cpu")
+    widget.set_threshold(0.3)
+    with qtbot.waitSignal(widget.job_finished, timeout=300_000):
+        assert widget.run() is not None, widget.status.text()
+
+    low = np.asarray(viewer.layers[LOW].data)
+    full = np.asarray(viewer.layers["full-dose CT"].data)
+    den_layer = viewer.layers[f"{LOW} denoised"]
+    assert den_layer.data.shape == low.shape
+    np.testing.assert_allclose(den_layer.scale, viewer.layers[LOW].scale)
+    gain = np.mean(
+        [
+            psnr(d, f, window=METRIC_WINDOW) - psnr(x, f, window=METRIC_WINDOW)
+            for d, x, f in zip(np.asarray(den_layer.data), low, full)
+        ]
+    )
+    assert gain > 1.0, f"denoising gained only {gain:.2f} dB on the sample"
+
+    truth = shapes_to_boxes(viewer.layers["lesions (ground truth)"])
+    found = shapes_to_boxes(viewer.layers[f"{LOW} lesions"])
+    assert len(found) > 0
+    hits = 0
+    for z, *box in truth:
+        same = found[found[:, 0] == z, 1:5]
+        hits += bool(len(same)) and box_iou_np(np.array([box]), same).max() >= 0.5
+    card = default_model("detector").card["metrics"]["test"]["denoised"]
+    # the shipped detector's held-out sensitivity at 8 FP/slice bounds what a 0.3 threshold may find on 6 slices
+    assert hits / len(truth) >= 0.5 * card["sens@8"], (hits, len(truth), card)
+
+
+def test_reader_opens_dicom_through_napari(make_napari_viewer, two_series_dir):
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(two_series_dir["root"]), plugin=PLUGIN)
+    assert len(layers) == 2 and all(ly.data.dtype == np.float32 for ly in layers)
+    assert layers[0].metadata["affine_lps"].shape == (4, 4)
+
+
+@pytest.mark.parametrize("name", ["Denoise and detect (LIDnet)", "ROI compare", "Fine-tune (LIDnet)", "Load CT"])
+def test_every_widget_docks_from_the_manifest(make_napari_viewer, name):
+    from qtpy.QtWidgets import QWidget
+
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    assert isinstance(widget, QWidget)
+    assert any(name in key for key in viewer.window.dock_widgets), list(viewer.window.dock_widgets)
