@@ -14,9 +14,12 @@ def valid_model_name(name: str) -> str:
     return name
 
 
-def export_run(run_dir: str | Path, name: str, command: str = "", overwrite: bool = False) -> list[Path]:
+def export_run(
+    run_dir: str | Path, name: str, command: str = "", overwrite: bool = False, card_extra: dict | None = None
+) -> list[Path]:
     """Copy ``best_denoiser``/``best_detector`` of a run into the user model folder as ``NAME_denoiser``/
-    ``NAME_detector`` (atomic writes; an existing model is kept unless ``overwrite``)."""
+    ``NAME_detector`` (atomic writes; an existing model is kept unless ``overwrite``). ``card_extra`` entries are
+    merged into each card's top level (``training`` entries into its ``training`` section)."""
     from napari_lidnet.models.registry import user_model_dir
     from napari_lidnet.models.weights import load_weights, save_weights
 
@@ -33,8 +36,9 @@ def export_run(run_dir: str | Path, name: str, command: str = "", overwrite: boo
         if target.with_suffix(".json").exists() and not overwrite:
             raise FileExistsError(f"a model named {name!r} already exists in {dest}; choose another name")
         model, card = load_weights(src)
-        card = {**card, "name": f"{name}_{kind}"}
-        card.setdefault("training", {})["command"] = command
+        extra = dict(card_extra or {})
+        training = {**card.get("training", {}), **extra.pop("training", {}), "command": command}
+        card = {**card, **extra, "name": f"{name}_{kind}", "training": training}
         save_weights(model, target, card)
         written.append(target.with_suffix(".safetensors"))
     return written

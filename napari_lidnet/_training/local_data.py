@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
-import json
 import os
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -557,26 +556,16 @@ def prepare_samples(
     return samples, info
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def publish_run(run_dir: str | os.PathLike, name: str, finetune_info: dict[str, Any], command: str = "") -> list[Path]:
-    """Add ``finetune_info`` (data, settings, validation before/after) to the run's best cards, then export the
-    best checkpoint as ``NAME_denoiser``/``NAME_detector`` (atomic, never over an existing model)."""
+    """Export the run's best checkpoint, its cards extended with ``finetune_info`` (data, settings, validation
+    before/after), as ``NAME_denoiser``/``NAME_detector`` (atomic, never over an existing model)."""
     from napari_lidnet._training.export import export_run
-    from napari_lidnet.models.weights import read_card, weight_paths
 
-    run_dir = Path(run_dir)
-    for kind in ("denoiser", "detector"):
-        _, j_path = weight_paths(run_dir / f"best_{kind}")
-        card = read_card(j_path)
-        card.setdefault("training", {})["finetune"] = finetune_info
-        card["validation"] = {"before": finetune_info.get("start_metrics"), "after": finetune_info.get("best_metrics")}
-        _write_json_atomic(j_path, card)  # the sha256 covers the tensors only, so the pair stays consistent
-    return export_run(run_dir, name, command=command)
+    extra = {
+        "training": {"finetune": finetune_info},
+        "validation": {"before": finetune_info.get("start_metrics"), "after": finetune_info.get("best_metrics")},
+    }
+    return export_run(Path(run_dir), name, command=command, card_extra=extra)
 
 
 def release_torch(device: Any) -> None:
