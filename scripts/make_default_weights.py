@@ -31,15 +31,13 @@ def main() -> None:
     a = p.parse_args()
     runs = Path(a.runs)
     run = runs / a.branch
-    commands = (
-        [
-            line.strip()[2:]
-            for line in (runs.parent / "reproduce1.log").read_text().splitlines()
-            if line.startswith("$ lidnet")
-        ]
-        if (runs.parent / "reproduce1.log").exists()
-        else []
-    )
+    branch_pre = a.branch.rsplit("-", 1)[0] + "-pretrain"  # e.g. fastdn-0.25-pretrain
+    chain = ("/detector-pretrain", f"/{branch_pre}", f"/{a.branch}")
+    log = runs.parent / "reproduce1.log"
+    lines = log.read_text().splitlines() if log.exists() else []
+    commands = [
+        ln[2:] for ln in lines if ln.startswith("$ lidnet") and ln.split("--out ")[1].split()[0].endswith(chain)
+    ]
     den, den_card = load_weights(run / "best_denoiser")
     det, det_card = load_weights(run / "best_detector")
     test = read_dataset(a.test)
@@ -51,12 +49,14 @@ def main() -> None:
         "low_dose": evaluate_images(low, full, gt, det),
         "denoised": evaluate_images(denoise(den, low), full, gt, det),
     }
+    train = den_card["training"]["config"]["data"]
     provenance = {
         "commands": [
-            *(f"lidnet {c}" if not c.startswith("lidnet") else c for c in commands),
+            read_info(train).get("command"),
+            *commands,
             f"python scripts/make_default_weights.py --runs {a.runs} --branch {a.branch} --test {a.test}",
         ],
-        "train_data": den_card["training"]["config"]["data"],
+        "train_data": train,
     }
     out = shipped_model_dir()
     for kind, model, card in (("denoiser", den, den_card), ("detector", det, det_card)):

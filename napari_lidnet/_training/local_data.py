@@ -46,8 +46,8 @@ ONE_CLICK_DEFAULTS: dict[str, Any] = {
     "detector_steps": 20,
     "batch_size": 4,
     "patch_size": 96,
-    "lr": 2e-4,
-    "detector_lr": 2e-4,
+    "lr": 1e-3,  # pretraining rate; the rounds fine-tune at lr * TrainConfig.round_lr_scale (2e-4)
+    "detector_lr": 1e-3,
     "det_weight": TrainConfig.det_weight,  # relative to the pixel loss (the trainer calibrates each round)
     "roi_weight": TrainConfig.roi_weight,
     "val_fraction": 0.2,

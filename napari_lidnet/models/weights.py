@@ -99,6 +99,9 @@ def _jsonable(obj: Any) -> Any:
 def _write_temp(folder: Path, stem: str, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=folder)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; weights are ordinary files (shared installs read them)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
