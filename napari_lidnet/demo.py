@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     viewer.window.add_plugin_dock_widget(PLUGIN, "Load CT", tabify=True)
     _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise and detect (LIDnet)")
     widget.image_combo.setCurrentText(LOW)
-    widget.scope_combo.setCurrentIndex(widget.scope_combo.count() - 1)  # all slices
+    widget.scope_combo.setCurrentText("all slices")
     widget.set_threshold(args.threshold)
     t1 = time.perf_counter()
     _wait(widget)

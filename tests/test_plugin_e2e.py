@@ -33,7 +33,7 @@ def test_sample_denoised_and_lesions_boxed_through_the_manifest(make_napari_view
     viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune (LIDnet)")
     viewer.window.add_plugin_dock_widget(PLUGIN, "Load CT")
     widget.image_combo.setCurrentText(LOW)
-    widget.scope_combo.setCurrentIndex(widget.scope_combo.count() - 1)  # all slices
+    widget.scope_combo.setCurrentText("all slices")
     widget.device_combo.setCurrentText("cpu")
     widget.set_threshold(0.3)
     with qtbot.waitSignal(widget.job_finished, timeout=300_000):
