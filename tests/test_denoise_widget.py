@@ -63,9 +63,12 @@ def add_ct(viewer, hu: np.ndarray, name: str = "low", **kwargs):
 
 
 def make_widget(viewer, qtbot) -> DenoiseDetectWidget:
+    """The widget on the CPU with the tiny test models selected (the shipped defaults are listed first)."""
     widget = DenoiseDetectWidget(viewer)
     qtbot.addWidget(widget)
     widget.device_combo.setCurrentText("cpu")
+    widget.denoiser_combo.setCurrentText("tiny_denoiser (user)")
+    widget.detector_combo.setCurrentText("tiny_detector (user)")
     return widget
 
 
@@ -228,5 +231,5 @@ def test_refresh_models_picks_up_new_user_models(make_napari_viewer, qtbot, mode
     save_weights(tiny_denoiser(seed=1), model_dir / "finetuned")
     widget.refresh_models()
     items = [widget.denoiser_combo.itemText(i) for i in range(widget.denoiser_combo.count())]
-    assert items == ["(none)", "finetuned (user)", "tiny_denoiser (user)", "Browse..."]
+    assert items == ["(none)", "default_denoiser (shipped)", "finetuned (user)", "tiny_denoiser (user)", "Browse..."]
     assert widget.denoiser_combo.currentText() == "(none)"  # the user's choice is kept

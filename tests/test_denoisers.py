@@ -105,13 +105,13 @@ def test_dncnn_structure_and_residual() -> None:
         torch.testing.assert_close(small(x), x - 0.25)
 
 
-def test_fastdn_starts_as_identity_and_learns_to_denoise() -> None:
+def test_fastdn_starts_near_identity_and_learns_to_denoise() -> None:
     torch.manual_seed(0)
     model = FastDenoiser(width=8, factor=2, blocks=1)
     yy, xx = torch.meshgrid(torch.arange(40.0), torch.arange(44.0), indexing="ij")
     clean = (0.05 * torch.sin(xx / 5) + 0.1 * ((xx - 22) ** 2 + (yy - 20) ** 2 < 80)).reshape(1, 1, 40, 44)
     with torch.no_grad():
-        torch.testing.assert_close(model(clean), clean)
+        assert (model(clean) - clean).abs().max() < 5e-3  # < 5 HU: the last conv starts near zero
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     gen = torch.Generator().manual_seed(1)
     clean = clean.repeat(4, 1, 1, 1)

@@ -65,7 +65,8 @@ def test_one_click_run_improves_and_publishes(make_napari_viewer, qtbot, model_d
     # defaults: the full-dose layer is ticked, the drawn boxes are picked, the user's models are the start
     assert widget.checked_images() == ["full-dose CT"]
     assert widget.boxes_combo.currentText() == "lesions"
-    assert widget.start_denoiser_combo.currentText() == "tiny_denoiser (user)"
+    assert widget.start_denoiser_combo.currentText() == "default_denoiser (shipped)"  # one click away, first
+    widget.start_denoiser_combo.setCurrentText("tiny_denoiser (user)")  # small and fast for the test
     assert widget.start_detector_combo.itemText(widget.start_detector_combo.count() - 1) == SCRATCH_ITEM
     # the one-click source simulates 25% dose; for a clear, fast test use the paired layers (Gaussian noise)
     widget.set_source("paired")

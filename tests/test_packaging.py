@@ -57,9 +57,7 @@ def test_manifest_in_repo_and_package_agree():
 def test_cli_help_and_bad_input(tmp_path):
     res = _run("-m", "napari_lidnet.cli", "--help")
     assert res.returncode == 0 and "simulate" in res.stdout
-    res = _run(
-        "-m", "napari_lidnet.cli", "simulate", "--out", str(tmp_path / "d"), "--n", "1", "--dose", "1.5"
-    )
+    res = _run("-m", "napari_lidnet.cli", "simulate", "--out", str(tmp_path / "d"), "--n", "1", "--dose", "1.5")
     assert res.returncode == 2
     assert "dose" in res.stderr.lower()
     assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir())

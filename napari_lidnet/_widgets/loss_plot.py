@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+from napari_lidnet._widgets._canvas import PlotCanvas
 
 #: loss keys drawn (the joint "total" is left out: it is dominated by the pixel term)
 PLOTTED_LOSSES = ("pixel", "detection", "roi_perceptual", "whole_perceptual")
@@ -31,7 +32,7 @@ class TrainingPlot(QWidget):
     def __init__(self, parent: QWidget | None = None, interval_ms: int = 500) -> None:
         super().__init__(parent)
         self.figure = Figure(figsize=(4, 3.6), tight_layout=True)
-        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas = PlotCanvas(self.figure)
         self.canvas.setMinimumHeight(220)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)

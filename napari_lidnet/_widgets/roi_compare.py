@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
@@ -36,6 +35,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_lidnet._widgets._canvas import PlotCanvas
 from napari_lidnet.io.windowing import WINDOW_PRESETS, contrast_limits
 from napari_lidnet.metrics.nps import region_nps
 from napari_lidnet.metrics.roi import (
@@ -220,7 +220,7 @@ class ROICompareWidget(QWidget):
             self.metric_combo.addItem(dict(COLUMNS)[key], key)
         self.plot_region = QComboBox()
         self.figure = Figure(figsize=(4, 3), tight_layout=True)
-        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas = PlotCanvas(self.figure)
         plot_box = QWidget()
         pl = QVBoxLayout(plot_box)
         pl.setContentsMargins(0, 0, 0, 0)
