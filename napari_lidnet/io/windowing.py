@@ -21,9 +21,7 @@ def contrast_limits(preset: str = DEFAULT_PRESET) -> tuple[float, float]:
     try:
         level, width = WINDOW_PRESETS[preset]
     except KeyError:
-        raise ValueError(
-            f"unknown window preset {preset!r}; choose one of {sorted(WINDOW_PRESETS)}"
-        ) from None
+        raise ValueError(f"unknown window preset {preset!r}; choose one of {sorted(WINDOW_PRESETS)}") from None
     return level - width / 2, level + width / 2
 
 

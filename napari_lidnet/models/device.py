@@ -17,9 +17,7 @@ def pick_device(preference: str = "auto") -> tuple[torch.device, str]:
             return torch.device("mps"), ""
         return torch.device("cpu"), "no GPU found: running on the CPU"
     if pref.startswith("cuda") and not cuda:
-        return torch.device(
-            "cpu"
-        ), f"{preference} requested but CUDA is not available: falling back to the CPU"
+        return torch.device("cpu"), f"{preference} requested but CUDA is not available: falling back to the CPU"
     if pref == "mps" and not mps:
         return torch.device("cpu"), "mps requested but Apple MPS is not available: falling back to the CPU"
     try:
