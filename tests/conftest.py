@@ -155,3 +155,16 @@ def two_series_dir(tmp_path: Path) -> dict:
 def listing(folder: Path) -> list[tuple[str, int]]:
     """Recursive (relative path, size) listing to check that nothing was written."""
     return sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*"))
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tests run torch on one thread: the networks in tests are tiny, and on a busy 2-core machine two spinning
+    OpenMP threads make small operations many times slower. (torch is imported here, inside the fixture, so test
+    modules that check lazy imports in a subprocess are unaffected.)"""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -11,15 +11,6 @@ from napari_lidnet.models.denoisers import DENOISERS, REDCNN, DnCNN, FastDenoise
 TINY = {"redcnn": {"width": 4}, "dncnn": {"depth": 4, "width": 8}, "fastdn": {"width": 8}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a shared, loaded CPU two spinning OpenMP threads make small ops many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("arch", sorted(DENOISERS))
 @pytest.mark.parametrize("shape", [(1, 1, 37, 53), (2, 1, 64, 64), (1, 1, 9, 13)])
 def test_any_size_same_shape_and_config_rebuild(arch: str, shape: tuple[int, ...]) -> None:

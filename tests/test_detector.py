@@ -16,15 +16,6 @@ from napari_lidnet.models.detector import (
 from napari_lidnet.models.nms import box_iou, nms
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a shared, loaded CPU two spinning OpenMP threads make small ops many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_output_maps_strides_and_odd_sizes() -> None:
     model = LesionDetector(width=4, neck_width=8).eval()
     x = torch.zeros(2, 1, 50, 37)
