@@ -96,8 +96,25 @@ def _load(name: str | None, kind: str, device: str):
     return model.to(dev), dev
 
 
+def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
+    from napari_lidnet.batch import run_batch
+
+    model, dev = _load(args.model, "denoiser" if task == "denoise" else "detector", args.device)
+
+    def progress(i: int, n: int, name: str) -> None:
+        print(f"[{i}/{n}] {name}", file=sys.stderr, flush=True)
+
+    threshold = getattr(args, "threshold", 0.3)
+    report = run_batch(args.input, out, task, model, dev, threshold, args.model or "default", progress)
+    print(f"{len(report.written)} written, {len(report.skipped)} already complete (skipped) in {out}", file=sys.stderr)
+    return 0
+
+
 def _cmd_denoise(args: argparse.Namespace) -> int:
     import numpy as np
+
+    if args.all_series:
+        return _cmd_batch(args, "denoise", args.output)
 
     from napari_lidnet.inference import denoise
 
@@ -133,6 +150,8 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     from napari_lidnet.inference import detect
     from napari_lidnet.io.boxes_io import write_boxes_csv
 
+    if args.all_series:
+        return _cmd_batch(args, "detect", args.out)
     out = Path(args.out)
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose a new output path")
@@ -198,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help=".npy/.npz/.tif file, or a new folder for a DICOM series")
     p.add_argument("--model", default=None, help="denoiser name or weights path (default: shipped)")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--all-series",
+        action="store_true",
+        help="every DICOM series under INPUT, one series folder each in OUTPUT; resumes, skips finished",
+    )
     p.set_defaults(func=_cmd_denoise)
 
     p = sub.add_parser("detect", help="detect lesions; writes slice,x1,y1,x2,y2,score")
@@ -206,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="detector name or weights path (default: shipped)")
     p.add_argument("--threshold", type=float, default=0.3)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--all-series",
+        action="store_true",
+        help="every DICOM series under INPUT, one CSV each in the --out folder; resumes, skips finished",
+    )
     p.set_defaults(func=_cmd_detect)
 
     p = sub.add_parser("evaluate", help="PSNR, SSIM and FROC of low dose, denoised and full dose on a dataset")

@@ -1,0 +1,85 @@
+"""Whole folders of DICOM series in one command, one output per series, resumable.
+
+Each series' output is written under a temporary name and renamed when complete, so an output that exists is
+finished: a re-run skips it, and a run interrupted half-way redoes only what was not finished (leftover partial
+outputs are removed first). Output names are stable: ``<description>_<last 12 characters of the series UID>``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+PARTIAL = ".partial-"
+
+
+@dataclass
+class BatchReport:
+    """What a batch run did: outputs written now, outputs found finished and skipped."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+
+
+def output_name(description: str, uid: str) -> str:
+    """A file-system-safe, stable name for one series' output."""
+    desc = re.sub(r"[^A-Za-z0-9._-]+", "_", description).strip("_")[:40] or "series"
+    return f"{desc}_{uid[-12:].replace('.', '_')}"
+
+
+def run_batch(
+    root: str | Path,
+    out_dir: str | Path,
+    task: str,
+    model,
+    device="cpu",
+    threshold: float = 0.3,
+    model_name: str = "default",
+    progress: Callable[[int, int, str], None] | None = None,
+) -> BatchReport:
+    """Denoise (``task="denoise"``: a DICOM series folder per input series) or detect (``"detect"``: a CSV per
+    series) every image series under ``root`` into ``out_dir``; finished outputs are skipped."""
+    from napari_lidnet.inference import denoise, detect
+    from napari_lidnet.io.boxes_io import write_boxes_csv
+    from napari_lidnet.io.dicom_read import read_series, scan_dicom
+    from napari_lidnet.io.dicom_write import write_dicom_series
+
+    if task not in ("denoise", "detect"):
+        raise ValueError(f"unknown batch task {task!r}; use 'denoise' or 'detect'")
+    scan = scan_dicom(root)
+    if not scan.series:
+        raise ValueError(f"{root}: no DICOM image series found")
+    out_dir = Path(out_dir)
+    if out_dir.resolve().is_relative_to(Path(root).resolve()):
+        raise ValueError(f"{out_dir} lies inside the input folder {root}; choose an output folder outside it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(f"{PARTIAL}*"):  # what an interrupted run left half-written
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    report = BatchReport()
+    items = sorted(scan.series.items())
+    for i, (uid, headers) in enumerate(items, start=1):
+        desc = str(headers[0].ds.get("SeriesDescription", "") or "")
+        name = output_name(desc, uid)
+        final = out_dir / (name if task == "denoise" else f"{name}.csv")
+        if progress:
+            progress(i, len(items), name)
+        if final.exists():
+            report.skipped.append(final)
+            continue
+        vol = read_series(headers, source=Path(root))
+        partial = out_dir / f"{PARTIAL}{final.name}"
+        if task == "denoise":
+            hu = denoise(model, vol.hu, device=device)
+            description = f"{desc or 'CT'} denoised (LIDnet {model_name})"
+            write_dicom_series(replace(vol, hu=hu.astype(np.float32)), partial, series_description=description)
+        else:
+            write_boxes_csv(partial, detect(model, vol.hu, device=device, score_threshold=threshold))
+        os.replace(partial, final)
+        report.written.append(final)
+    return report

@@ -1,0 +1,93 @@
+"""Batch processing of a folder of DICOM series: one output per series, and an interrupted run resumes without
+redoing or losing finished outputs."""
+
+import pytest
+import torch
+from conftest import synthetic_hu, write_series
+from pydicom.uid import generate_uid
+
+from napari_lidnet.batch import PARTIAL, output_name, run_batch
+from napari_lidnet.cli import main
+from napari_lidnet.io.boxes_io import read_boxes_csv
+from napari_lidnet.io.open_ct import open_ct
+from napari_lidnet.models.denoisers import build_denoiser
+from napari_lidnet.models.detector import LesionDetector
+from napari_lidnet.models.weights import save_weights
+
+
+@pytest.fixture
+def archive(tmp_path):
+    """Three CT series in nested folders (3 slices of 32x32 each)."""
+    root = tmp_path / "archive"
+    for k, desc in enumerate(["abdomen", "chest", "pelvis"]):
+        write_series(
+            root / f"patient{k}" / "study",
+            synthetic_hu((3, 32, 32), seed=k),
+            series_uid=generate_uid(),
+            description=desc,
+        )
+    return root
+
+
+def _denoiser():
+    torch.manual_seed(0)
+    return build_denoiser("fastdn", width=8, blocks=1).eval()
+
+
+def test_denoise_all_series_then_resume(archive, tmp_path):
+    out = tmp_path / "out"
+    report = run_batch(archive, out, "denoise", _denoiser())
+    assert len(report.written) == 3 and not report.skipped
+    for folder in report.written:
+        (vol,) = open_ct(folder)
+        assert vol.hu.shape == (3, 32, 32) and "denoised" in vol.metadata["series_description"]
+
+    # interrupt: one output lost, one half-written leftover
+    lost = report.written[1]
+    for f in lost.iterdir():
+        f.unlink()
+    lost.rmdir()
+    (out / f"{PARTIAL}{lost.name}").mkdir()
+    (out / f"{PARTIAL}{lost.name}" / "slice0.dcm").write_bytes(b"half")
+    kept = {p: sorted(f.stat().st_mtime_ns for f in p.iterdir()) for p in report.written if p != lost}
+
+    again = run_batch(archive, out, "denoise", _denoiser())
+    assert again.written == [lost] and sorted(again.skipped) == sorted(kept)
+    assert {p: sorted(f.stat().st_mtime_ns for f in p.iterdir()) for p in kept} == kept  # untouched
+    assert not list(out.glob(f"{PARTIAL}*"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in report.written)
+
+
+def test_detect_all_series_from_the_command_line(archive, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_LIDNET_MODEL_DIR", str(tmp_path / "models"))
+    torch.manual_seed(0)
+    save_weights(LesionDetector(width=4).eval(), tmp_path / "models" / "tiny_detector")
+    out = tmp_path / "boxes"
+    args = [
+        "detect",
+        str(archive),
+        "--out",
+        str(out),
+        "--all-series",
+        "--model",
+        "tiny_detector",
+        "--threshold",
+        "0.0",
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 0
+    files = sorted(out.glob("*.csv"))
+    assert len(files) == 3 and all(read_boxes_csv(f).shape[1] == 6 for f in files)
+    assert main(args) == 0  # nothing left to do
+    assert sorted(out.glob("*.csv")) == files
+
+
+def test_bad_batch_input(tmp_path, archive):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty"):
+        run_batch(tmp_path / "empty", tmp_path / "o", "denoise", _denoiser())
+    with pytest.raises(ValueError, match="inside the input"):
+        run_batch(archive, archive / "out", "denoise", _denoiser())
+    assert not (archive / "out").exists()
+    assert output_name("Abd / 5mm", "1.2.840.5678901234") == "Abd_5mm_0_5678901234"
