@@ -63,6 +63,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         detector_lr=args.detector_lr,
         det_weight=args.det_weight,
         roi_weight=args.roi_weight,
+        roi_boxes=args.roi_boxes,
         seed=args.seed,
         device=args.device,
     )
@@ -207,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector-lr", type=float, default=1e-3)
     p.add_argument("--det-weight", type=float, default=0.1, help="detection term, as a fraction of the pixel loss")
     p.add_argument("--roi-weight", type=float, default=0.3, help="ROI perceptual term, fraction of the pixel loss")
+    p.add_argument(
+        "--roi-boxes",
+        choices=["gt", "predicted", "both"],
+        default="gt",
+        help="regions of the ROI perceptual loss: ground-truth boxes, detector boxes, or both",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--export", default=None, help="save the best checkpoint as a named model in the model folder")

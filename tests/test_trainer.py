@@ -134,3 +134,30 @@ def test_bad_settings_and_data_are_refused(tmp_path):
         Trainer(_config(tmp_path / "c", patch_size=128), _samples(size=96))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_roi_perceptual_loss_on_predicted_boxes(tmp_path):
+    from napari_lidnet._training.patches import PatchSampler
+
+    cfg = _config(
+        tmp_path / "pred",
+        roi_boxes="both",
+        roi_score=0.0,
+        pretrain_denoiser_steps=5,
+        pretrain_detector_steps=5,
+        rounds=1,
+        denoiser_steps=3,
+        detector_steps=2,
+    )
+    trainer = Trainer(cfg, _samples())
+    batch = PatchSampler(trainer.train_samples, 64, seed=1).batch(4)
+    trainer.detector.eval()
+    predicted = [b for b, _ in trainer.detector.detect(batch.full, score_threshold=0.0)]
+    both = trainer._roi_boxes(batch)
+    assert [len(x) for x in both] == [len(g) + len(p) for g, p in zip(batch.boxes, predicted)]
+    assert all(torch.equal(x[len(g) :], p) for x, g, p in zip(both, batch.boxes, predicted))
+    records = list(trainer.run())
+    assert records[-1]["stage"] == "finished"
+    assert any("roi_perceptual" in r.get("losses", {}) for r in records)
+    with pytest.raises(ValueError, match="roi_boxes"):
+        Trainer(_config(tmp_path / "bad", roi_boxes="random"), _samples())

@@ -44,6 +44,8 @@ class TrainConfig:
     roi_weight: float = 0.3
     roi_margin: float = 0.25
     roi_levels: tuple[int, ...] = (0, 1)
+    roi_boxes: str = "gt"  # ROI perceptual regions: "gt" boxes, the detector's "predicted" boxes, or "both"
+    roi_score: float = 0.3  # score threshold of the predicted boxes
     full_dose_fraction: float = 0.25
     val_fraction: float = 0.2
     val_max_slices: int = 8
@@ -65,6 +67,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0")
         if self.batch_size < 1 or self.patch_size < 32 or self.patch_size % 16:
             raise ValueError("batch_size must be >= 1 and patch_size a multiple of 16, at least 32")
+        if self.roi_boxes not in ("gt", "predicted", "both"):
+            raise ValueError(f"roi_boxes must be 'gt', 'predicted' or 'both', not {self.roi_boxes!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in [0, 1)")
         if self.lr <= 0 or self.detector_lr <= 0:

@@ -296,13 +296,25 @@ class Trainer:
             aux["detection"] = (detection_loss(self.detector, denoised, batch.boxes), c.det_weight)
         if mode == "lidnet" and c.roi_weight:
             roi = roi_perceptual_loss(
-                self.detector, denoised, batch.full, batch.boxes, c.roi_margin, tuple(c.roi_levels)
+                self.detector, denoised, batch.full, self._roi_boxes(batch), c.roi_margin, tuple(c.roi_levels)
             )
             aux["roi_perceptual"] = (roi, c.roi_weight)
         elif mode == "lidnet-wholeperc" and c.roi_weight:
             whole = whole_image_perceptual_loss(self.detector, denoised, batch.full, tuple(c.roi_levels))
             aux["whole_perceptual"] = (whole, c.roi_weight)
         return aux
+
+    @torch.no_grad()
+    def _roi_boxes(self, batch: PatchBatch) -> list[torch.Tensor]:
+        """Regions of the ROI perceptual loss: ground-truth boxes, the frozen detector's boxes on the full-dose
+        patch (score >= ``roi_score``), or both."""
+        if self.cfg.roi_boxes == "gt":
+            return batch.boxes
+        found = self.detector.detect(batch.full, score_threshold=self.cfg.roi_score)
+        predicted = [b.to(batch.full.device) for b, _scores in found]
+        if self.cfg.roi_boxes == "predicted":
+            return predicted
+        return [torch.cat([g, p], 0) for g, p in zip(batch.boxes, predicted)]
 
     @torch.no_grad()
     def _calibrate(self, batch: PatchBatch) -> dict[str, float]:
