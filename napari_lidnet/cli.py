@@ -69,16 +69,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     if args.denoiser_width:
         cfg.denoiser_kwargs["width"] = args.denoiser_width
+    from napari_lidnet._training.distributed import init_from_env
+
+    rank, _world = init_from_env()  # under torchrun: one process per GPU/CPU worker, rank 0 reports
     trainer = Trainer(cfg)
     try:
         for rec in trainer.run():
-            line = format_record(rec)
+            line = format_record(rec) if rank == 0 else None
             if line:
                 print(line, file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the last checkpoint in {trainer.out} is kept; run again to resume", file=sys.stderr)
         return 130
-    if args.export:
+    if args.export and rank == 0:
         from napari_lidnet._training.export import export_run
 
         for path in export_run(trainer.out, args.export, command=" ".join(sys.argv)):

@@ -18,6 +18,14 @@ class PatchBatch:
     full: torch.Tensor
     boxes: list[torch.Tensor]
 
+    def shard(self, rank: int, world_size: int) -> PatchBatch:
+        """The ``rank``-th of ``world_size`` equal slices of the batch (itself when world_size is 1)."""
+        if world_size == 1:
+            return self
+        n = len(self.low) // world_size
+        part = slice(rank * n, (rank + 1) * n)
+        return PatchBatch(self.low[part], self.full[part], self.boxes[part])
+
     def to(self, device: torch.device | str) -> PatchBatch:
         return PatchBatch(self.low.to(device), self.full.to(device), [b.to(device) for b in self.boxes])
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from napari_lidnet import __version__
+from napari_lidnet._training import distributed
 from napari_lidnet._training.config import TrainConfig
 from napari_lidnet._training.losses import (
     detection_loss,
@@ -101,6 +102,10 @@ class Trainer:
         if config.mode != "pixel" and n_lesions == 0:
             raise ValueError("LIDnet modes need lesion boxes in the training slices; none were found")
         self.device, self.device_notice = pick_device(config.device)
+        self.device = distributed.local_device(self.device)
+        self.rank, self.world_size = distributed.rank_and_world()
+        if config.batch_size % self.world_size:
+            raise ValueError(f"batch size {config.batch_size} does not split over {self.world_size} processes")
         self.out = Path(config.out).expanduser().resolve()
         self.denoiser = self._init_denoiser()
         self.detector = self._init_detector()
@@ -138,11 +143,15 @@ class Trainer:
         }
 
     def _save(self, tag: str, metrics: dict[str, Any]) -> None:
+        if self.rank:
+            return  # rank 0 writes the checkpoints
         self.out.mkdir(parents=True, exist_ok=True)
         save_weights(self.denoiser, self.out / f"{tag}_denoiser", self._card("denoiser", metrics))
         save_weights(self.detector, self.out / f"{tag}_detector", self._card("detector", metrics))
 
     def _write_state(self) -> None:
+        if self.rank:
+            return
         self.out.mkdir(parents=True, exist_ok=True)
         tmp = self.out / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(self.state, indent=1))
@@ -267,18 +276,17 @@ class Trainer:
         if name.endswith("denoiser"):
             model, lr = self.denoiser, self.cfg.lr
             joint = name.startswith("round") and self.cfg.mode != "pixel"
-            scales = self._calibrate(sampler.batch(self.cfg.batch_size).to(self.device)) if joint else {}
-            step_fn = partial(self._denoiser_step, scales=scales)
+            scales = self._calibrate(self._batch(sampler)) if joint else {}
+            step_fn = partial(self._denoiser_step, net=distributed.wrap(model), scales=scales)
         else:
             model, lr = self.detector, self.cfg.detector_lr
-            step_fn = partial(self._detector_step, pretrain=name == "pretrain-detector")
+            step_fn = partial(self._detector_step, net=distributed.wrap(model), pretrain=name == "pretrain-detector")
         if name.startswith("round"):
             lr *= self.cfg.round_lr_scale
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(n_steps, 1), eta_min=lr * 0.1)
         for step in range(1, n_steps + 1):
-            batch = sampler.batch(self.cfg.batch_size).to(self.device)
-            losses = step_fn(batch, opt)
+            losses = step_fn(self._batch(sampler), opt)
             sched.step()
             bad = [k for k, v in losses.items() if not math.isfinite(v)]
             if bad:
@@ -287,6 +295,10 @@ class Trainer:
                     f"the last good checkpoint in {self.out} is kept"
                 )
             yield {"stage": name, "stage_step": step, "stage_total": n_steps, "losses": losses}
+
+    def _batch(self, sampler: PatchSampler) -> PatchBatch:
+        """This process's share of the seeded global batch (every rank draws the same one)."""
+        return sampler.batch(self.cfg.batch_size).shard(self.rank, self.world_size).to(self.device)
 
     def _aux_losses(self, denoised: torch.Tensor, batch: PatchBatch) -> dict[str, tuple[torch.Tensor, float]]:
         """The mode's auxiliary terms for the denoiser, each with its configured (relative) weight."""
@@ -327,10 +339,10 @@ class Trainer:
         return {k: pix / float(v) if float(v) > 0 else 0.0 for k, (v, _w) in self._aux_losses(denoised, batch).items()}
 
     def _denoiser_step(
-        self, batch: PatchBatch, opt: torch.optim.Optimizer, scales: dict[str, float]
+        self, batch: PatchBatch, opt: torch.optim.Optimizer, net: torch.nn.Module, scales: dict[str, float]
     ) -> dict[str, float]:
         self.denoiser.train()
-        denoised = self.denoiser(batch.low)
+        denoised = net(batch.low)
         losses = {"pixel": pixel_loss(denoised, batch.full, self.cfg.pixel_loss)}
         total = losses["pixel"]
         if scales:
@@ -347,7 +359,9 @@ class Trainer:
         losses["total"] = total
         return {k: float(v.detach()) for k, v in losses.items()}
 
-    def _detector_step(self, batch: PatchBatch, opt: torch.optim.Optimizer, pretrain: bool) -> dict[str, float]:
+    def _detector_step(
+        self, batch: PatchBatch, opt: torch.optim.Optimizer, net: torch.nn.Module, pretrain: bool
+    ) -> dict[str, float]:
         if pretrain:
             images = batch.full
         else:
@@ -358,7 +372,7 @@ class Trainer:
             if n_full:
                 images = torch.cat([batch.full[:n_full], images[n_full:]], 0)
         self.detector.train()
-        loss = detection_loss(self.detector, images, batch.boxes)
+        loss = self.detector.loss(net(images), batch.boxes)["total"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.detector.parameters(), 5.0)
@@ -366,8 +380,8 @@ class Trainer:
         return {"detection": float(loss.detach())}
 
     def validate(self) -> dict[str, float]:
-        """Validation metrics of the current denoiser and detector (on the denoised validation slices)."""
-        if not self.val_samples:
+        """Validation metrics of the current denoiser and detector (on the denoised validation slices); rank 0."""
+        if not self.val_samples or self.rank:
             return {}
         return evaluate_denoiser(self.denoiser, self.detector, self.val_samples, self.device)
 

@@ -1,0 +1,56 @@
+"""torch.distributed for the trainer: one process per GPU (or CPU worker) under ``torchrun``.
+
+The trainer stays one generator: every rank draws the same seeded global batch and trains on its share, DDP
+averages the gradients (so a run equals a single-process run over the same global batch), and only rank 0
+validates, writes checkpoints and reports.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init_from_env() -> tuple[int, int]:
+    """Join the process group ``torchrun`` describes in the environment (gloo on CPU, nccl on CUDA), if any.
+
+    Returns (rank, world size); (0, 1) outside torchrun.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return rank_and_world()
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the current process group, (0, 1) when there is none."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def local_device(device: torch.device) -> torch.device:
+    """On CUDA each process uses the GPU of its LOCAL_RANK."""
+    if device.type == "cuda" and dist.is_initialized():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def wrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model under DistributedDataParallel when a process group exists, else itself."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [model_device(model).index] if model_device(model).type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
