@@ -161,3 +161,13 @@ def test_roi_perceptual_loss_on_predicted_boxes(tmp_path):
     assert any("roi_perceptual" in r.get("losses", {}) for r in records)
     with pytest.raises(ValueError, match="roi_boxes"):
         Trainer(_config(tmp_path / "bad", roi_boxes="random"), _samples())
+
+
+def test_stop_in_the_first_stage_then_resume(tmp_path):
+    """Stopped before any stage finished: the run folder holds only the start validation; a re-run starts over."""
+    samples = _samples()
+    records = list(Trainer(_config(tmp_path / "r"), samples, should_stop=lambda: True).run())
+    assert records[-1]["stage"] == "stopped" and records[-1]["step"] == 1
+    assert not (tmp_path / "r" / "last_denoiser.json").exists()
+    resumed = list(Trainer(_config(tmp_path / "r", rounds=0), samples).run())
+    assert resumed[-1]["stage"] == "finished" and (tmp_path / "r" / "last_denoiser.json").exists()

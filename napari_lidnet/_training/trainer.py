@@ -165,7 +165,7 @@ class Trainer:
         if state.get("config", {}).get("mode") not in (None, self.cfg.mode):
             raise ValueError(f"{self.out} holds a run of another mode ({state['config']['mode']}); use a new folder")
         self.state = state
-        if state["done"]:
+        if any(stage != "validate-start" for stage in state["done"]):  # a training stage finished: weights exist
             from napari_lidnet.models.weights import load_weights
 
             self.denoiser = load_weights(self.out / "last_denoiser")[0].to(self.device)
@@ -191,6 +191,7 @@ class Trainer:
 
     def run(self) -> Iterator[dict[str, Any]]:
         """Run (or resume) the schedule, yielding one progress record per step and per validation."""
+        distributed.barrier()  # every rank has read the run folder before rank 0 writes to it
         stages = self.stages()
         total = self.total_steps()
         done_steps = sum(n for name, n in stages if name in self.state["done"])
