@@ -48,7 +48,7 @@ def run_batch(
     from napari_lidnet.inference import denoise, detect
     from napari_lidnet.io.boxes_io import write_boxes_csv
     from napari_lidnet.io.dicom_read import read_series, scan_dicom
-    from napari_lidnet.io.dicom_write import write_dicom_series
+    from napari_lidnet.io.dicom_write import denoised_description, write_dicom_series
 
     if task not in ("denoise", "detect"):
         raise ValueError(f"unknown batch task {task!r}; use 'denoise' or 'detect'")
@@ -76,7 +76,7 @@ def run_batch(
         partial = out_dir / f"{PARTIAL}{final.name}"
         if task == "denoise":
             hu = denoise(model, vol.hu, device=device)
-            description = f"{desc or 'CT'} denoised (LIDnet {model_name})"
+            description = denoised_description(desc, model_name)
             write_dicom_series(replace(vol, hu=hu.astype(np.float32)), partial, series_description=description)
         else:
             write_boxes_csv(partial, detect(model, vol.hu, device=device, score_threshold=threshold))

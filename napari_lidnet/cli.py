@@ -140,9 +140,9 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     else:
         from dataclasses import replace
 
-        from napari_lidnet.io.dicom_write import write_dicom_series
+        from napari_lidnet.io.dicom_write import denoised_description, write_dicom_series
 
-        desc = f"{vol.metadata.get('series_description', vol.name)} denoised ({args.model or 'default'} LIDnet)"
+        desc = denoised_description(vol.metadata.get("series_description", vol.name), args.model or "default")
         write_dicom_series(
             replace(vol, hu=hu), out, series_description=desc, source_tags=vol.metadata.get("source_tags")
         )

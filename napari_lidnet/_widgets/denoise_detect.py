@@ -512,7 +512,7 @@ class DenoiseDetectWidget(QWidget):
         if data is None:
             self._message("nothing to export: run the denoiser first", error=True)
             return []
-        from ..io.dicom_write import write_dicom_series
+        from ..io.dicom_write import denoised_description, write_dicom_series
 
         src = self._last["layer"]
         vol = volume_from_layer(
@@ -524,7 +524,7 @@ class DenoiseDetectWidget(QWidget):
             first_slice=self._last["first"],
         )
         base = src.metadata.get("series_description") or src.name
-        desc = f"{base} denoised LIDnet {self._last['labels'][0] or ''}".strip()
+        desc = denoised_description(base, self._last["labels"][0] or "")
         try:
             files = write_dicom_series(vol, folder, series_description=desc)
         except (OSError, ValueError) as exc:

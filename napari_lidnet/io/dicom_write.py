@@ -158,3 +158,8 @@ def write_dicom_series(
             out_dir.rmdir()
         raise
     return written
+
+
+def denoised_description(source: str, model: str) -> str:
+    """SeriesDescription of a denoised series: the source's and the model's names (DICOM LO: at most 64 chars)."""
+    return f"{source or 'CT'} denoised (LIDnet {model})"[:64]
