@@ -22,10 +22,9 @@ import shlex
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from napari_lidnet._training.validate import evaluate_images
+from napari_lidnet._training.validate import evaluate_images, stack_samples
 from napari_lidnet.cli import main as lidnet
 from napari_lidnet.inference import denoise
 from napari_lidnet.io.dataset import read_dataset
@@ -47,11 +46,9 @@ def run_train(**options) -> float:
     return time.perf_counter() - t0
 
 
-def evaluate(run: Path | None, test, ref_detector) -> dict:
-    """Metrics of a run's best denoiser (None: the low-dose input itself) on the test slices."""
-    low = np.stack([s.low_hu for s in test])
-    full = np.stack([s.full_hu for s in test])
-    gt = [np.asarray(s.boxes).reshape(-1, 4) for s in test]
+def evaluate(run: Path | None, test: tuple, ref_detector) -> dict:
+    """Metrics of a run's best denoiser (None: the low-dose input itself) on ``test = stack_samples(...)``."""
+    low, full, gt = test
     images = low if run is None else denoise(load_weights(run / "best_denoiser")[0], low, batch_size=2)
     out = {"fixed_detector": evaluate_images(images, full, gt, ref_detector)}
     if run is not None and (run / "best_detector.json").exists():
@@ -101,15 +98,14 @@ def experiment(spec: str, root: Path, detector: Path, a: argparse.Namespace) -> 
             denoiser_steps=a.slow_round_steps if slow else a.denoiser_steps,
             det_weight=a.det_weight, roi_weight=a.roi_weight,
         )  # fmt: skip
-    test = read_dataset(test_dir)[: a.max_test]
+    test = stack_samples(read_dataset(test_dir)[: a.max_test])
     ref = load_weights(detector)[0]
     results = {"low dose": evaluate(None, test, ref), "pretrained (pixel)": evaluate(pre, test, ref)}
     results.update({mode: evaluate(run, test, ref) for mode, run in runs.items()})
-    full = np.stack([s.full_hu for s in test])
-    gt = [np.asarray(s.boxes).reshape(-1, 4) for s in test]
+    _low, full, gt = test
     results["full dose"] = {"fixed_detector": evaluate_images(full, full, gt, ref)}
     return {
-        "denoiser": arch, "dose": float(dose), "train": train_dir, "test": test_dir, "n_test": len(test),
+        "denoiser": arch, "dose": float(dose), "train": train_dir, "test": test_dir, "n_test": len(full),
         "n_lesions": int(sum(len(g) for g in gt)), "results": results, "train_time_s": timings,
     }  # fmt: skip
 

@@ -14,9 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
-from napari_lidnet._training.validate import evaluate_images
+from napari_lidnet._training.validate import evaluate_images, stack_samples
 from napari_lidnet.inference import denoise
 from napari_lidnet.io.dataset import read_dataset, read_info
 from napari_lidnet.models.registry import shipped_model_dir
@@ -40,10 +38,7 @@ def main() -> None:
     ]
     den, den_card = load_weights(run / "best_denoiser")
     det, det_card = load_weights(run / "best_detector")
-    test = read_dataset(a.test)
-    low = np.stack([s.low_hu for s in test])
-    full = np.stack([s.full_hu for s in test])
-    gt = [np.asarray(s.boxes).reshape(-1, 4) for s in test]
+    low, full, gt = stack_samples(read_dataset(a.test))
     metrics = {
         "test_data": {"path": a.test, **{k: read_info(a.test).get(k) for k in ("command", "seed", "dose", "n")}},
         "low_dose": evaluate_images(low, full, gt, det),

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 
 def format_record(rec: dict[str, Any], every: int = 25) -> str | None:
     """One log line for a progress record (training steps are thinned to every ``every``-th step)."""
@@ -35,7 +33,7 @@ def evaluate_dataset(
     max_slices: int | None = None,
 ) -> dict[str, Any]:
     """PSNR, SSIM and FROC of the low-dose input, the denoised output and the full-dose reference."""
-    from napari_lidnet._training.validate import METRIC_WINDOW, evaluate_images
+    from napari_lidnet._training.validate import METRIC_WINDOW, evaluate_images, stack_samples
     from napari_lidnet.inference import denoise
     from napari_lidnet.io.dataset import read_dataset
     from napari_lidnet.metrics.froc import froc
@@ -46,9 +44,7 @@ def evaluate_dataset(
     dev, _ = pick_device(device)
     den, den_card = load_model(denoiser or "default", kind="denoiser")
     det, det_card = load_model(detector or "default", kind="detector")
-    low = np.stack([s.low_hu for s in samples])
-    full = np.stack([s.full_hu for s in samples])
-    gt = [np.asarray(s.boxes).reshape(-1, 4) for s in samples]
+    low, full, gt = stack_samples(samples)
     rows = {
         "low dose": evaluate_images(low, full, gt, det, dev),
         "denoised": evaluate_images(denoise(den, low, device=dev), full, gt, det, dev),

@@ -22,6 +22,13 @@ def detections_per_slice(rows: np.ndarray, n: int) -> list[tuple[np.ndarray, np.
     return out
 
 
+def stack_samples(samples: list) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(low-dose (z, y, x), full-dose (z, y, x), ground-truth boxes (N, 4) per slice) of dataset samples."""
+    low = np.stack([s.low_hu for s in samples])
+    full = np.stack([s.full_hu for s in samples])
+    return low, full, [np.asarray(s.boxes).reshape(-1, 4) for s in samples]
+
+
 def evaluate_images(
     images: np.ndarray,
     full: np.ndarray,
@@ -49,7 +56,6 @@ def evaluate_denoiser(
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     """Denoise the samples' low-dose slices (or keep them when ``denoiser`` is None) and evaluate."""
-    low = np.stack([s.low_hu for s in samples])
-    full = np.stack([s.full_hu for s in samples])
+    low, full, gt = stack_samples(samples)
     images = low if denoiser is None else denoise(denoiser, low, device=device)
-    return evaluate_images(images, full, [np.asarray(s.boxes).reshape(-1, 4) for s in samples], detector, device)
+    return evaluate_images(images, full, gt, detector, device)
