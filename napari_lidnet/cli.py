@@ -26,6 +26,21 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_index(args: argparse.Namespace) -> int:
+    from napari_lidnet.io.manifest import index_archive, read_header
+
+    out = index_archive(args.archive, args.out, dose=args.dose, seed=args.seed, command=" ".join(sys.argv))
+    header = read_header(out)
+    print(
+        f"indexed {header['n']} slices ({header['kind']} archive, {header['n_without_low']} without a low-dose "
+        f"image, {header['n_skipped']} skipped) into {out}",
+        file=sys.stderr,
+    )
+    for line in header["skipped"][:10]:
+        print(f"  skipped: {line}", file=sys.stderr)
+    return 0
+
+
 def _open_single(path: str):
     from napari_lidnet.io.open_ct import open_ct
 
@@ -66,6 +81,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         roi_boxes=args.roi_boxes,
         seed=args.seed,
         device=args.device,
+        dose=args.dose,
+        workers=args.workers,
     )
     if args.denoiser_width:
         cfg.denoiser_kwargs["width"] = args.denoiser_width
@@ -192,8 +209,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=512, help="image size in pixels")
     p.set_defaults(func=_cmd_simulate)
 
+    p = sub.add_parser("index", help="index an archive (dataset folders, DeepLesion, DICOM) into a slice manifest")
+    p.add_argument("archive", help="folder of lidnet datasets, a DeepLesion tree (DL_info.csv), or DICOM series")
+    p.add_argument("--out", required=True, help="manifest file to write (JSON Lines), outside the archive")
+    p.add_argument("--dose", type=float, default=None, help="simulate missing low-dose images at this dose fraction")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulated low-dose noise")
+    p.set_defaults(func=_cmd_index)
+
     p = sub.add_parser("train", help="train a denoiser (pixel baseline) or denoiser + detector with LIDnet")
-    p.add_argument("--data", required=True, help="dataset folder (the layout `lidnet simulate` writes)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="manifest (`lidnet index`), or a folder to index once: lidnet datasets, DeepLesion or DICOM series",
+    )
+    p.add_argument("--dose", type=float, default=None, help="simulate missing low-dose images at this dose fraction")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader processes reading slices (0: in the trainer)")
     p.add_argument("--out", required=True, help="run folder: checkpoints and state (resumes if it exists)")
     p.add_argument("--mode", choices=["pixel", "lidnet", "lidnet-noroi", "lidnet-wholeperc"], default="lidnet")
     p.add_argument("--denoiser", default="fastdn", help="architecture: fastdn, redcnn, dncnn")

@@ -4,43 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import listing
+from conftest import HEADER, _row, listing
 from PIL import Image
 
 from napari_lidnet.io.deeplesion import read_deeplesion_folder, read_deeplesion_slice, read_info_table, table_file_name
 from napari_lidnet.io.png16 import write_png_hu
-
-HEADER = (
-    "File_name,Patient_index,Study_index,Series_ID,Key_slice_index,Measurement_coordinates,Bounding_boxes,"
-    "Lesion_diameters_Pixel_,Normalized_lesion_location,Coarse_lesion_type,Possibly_noisy,Slice_range,"
-    "Spacing_mm_px_,Image_size,DICOM_windows,Patient_gender,Patient_age,Train_Val_Test\n"
-)
-
-
-def _row(name: str, key: int, box: str, spacing: str = "0.7, 0.7, 5", size: str = "32, 24", ltype: int = 4) -> str:
-    return (
-        f'{name},1,1,1,{key},"1, 2, 3, 4","{box}","5.0, 3.0","0.5, 0.5, 0.5",{ltype},0,"{key - 1}, {key + 1}",'
-        f'"{spacing}","{size}","-175, 275",F,51,1\n'
-    )
-
-
-@pytest.fixture
-def deeplesion_tree(tmp_path):
-    """Images_png/000001_01_01/{108,109,110}.png (24 x 32) and DL_info.csv with two lesions on 109."""
-    root = tmp_path / "DeepLesion"
-    series = root / "Images_png" / "000001_01_01"
-    series.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    hus = {k: rng.integers(-1024, 2000, size=(24, 32)).astype(np.float32) for k in (108, 109, 110)}
-    for k, hu in hus.items():
-        write_png_hu(series / f"{k}.png", hu)
-    (root / "DL_info.csv").write_text(
-        HEADER
-        + _row("000001_01_01_109.png", 109, "3.5, 4.5, 10.25, 12.0")
-        + _row("000001_01_01_109.png", 109, "20, 2, 30, 8", ltype=5)
-        + _row("000002_01_01_050.png", 50, "1, 1, 2, 2", spacing="0.9, 0.9, 2.5")
-    )
-    return root, series, hus
 
 
 def test_table_name_and_parse(deeplesion_tree):

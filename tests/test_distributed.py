@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from napari_lidnet._training.config import TrainConfig
+from napari_lidnet._training.patches import patch_batches
 from napari_lidnet._training.trainer import Trainer
 from napari_lidnet.io.dataset import Sample
 from napari_lidnet.models.weights import load_weights
@@ -67,3 +68,19 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     init = Trainer(_config(str(tmp_path / "init")), _samples()).denoiser.state_dict()
     trained = load_weights(tmp_path / "one" / "last_denoiser")[0].state_dict()
     assert any(not torch.allclose(init[k], trained[k]) for k in init)
+
+
+def test_sampler_deals_every_world_size_the_same_global_batches():
+    """DistributedSampler hands rank r every world_size-th item of the seeded permutation: the ranks' batches
+    interleave into exactly the single process's batch, with DataLoader workers or without."""
+    one = list(patch_batches(_samples(), 32, 4, 5, seed=7))
+    with_workers = list(patch_batches(_samples(), 32, 4, 5, seed=7, workers=2))
+    ranks = [list(patch_batches(_samples(), 32, 4, 5, seed=7, rank=r, world_size=2)) for r in range(2)]
+    assert len(one) == len(with_workers) == len(ranks[0]) == len(ranks[1]) == 5
+    for k, batch in enumerate(one):
+        assert torch.equal(batch.low, with_workers[k].low) and torch.equal(batch.full, with_workers[k].full)
+        for r in range(2):
+            part = ranks[r][k]
+            assert torch.equal(part.low, batch.low[r::2]) and torch.equal(part.full, batch.full[r::2])
+            assert all(torch.equal(a, b) for a, b in zip(part.boxes, batch.boxes[r::2]))
+    assert not torch.equal(one[0].low, one[1].low)  # batches differ from step to step

@@ -137,7 +137,7 @@ def test_bad_settings_and_data_are_refused(tmp_path):
 
 
 def test_roi_perceptual_loss_on_predicted_boxes(tmp_path):
-    from napari_lidnet._training.patches import PatchSampler
+    from napari_lidnet._training.patches import patch_batches
 
     cfg = _config(
         tmp_path / "pred",
@@ -150,7 +150,7 @@ def test_roi_perceptual_loss_on_predicted_boxes(tmp_path):
         detector_steps=2,
     )
     trainer = Trainer(cfg, _samples())
-    batch = PatchSampler(trainer.train_samples, 64, seed=1).batch(4)
+    batch = next(patch_batches(trainer.train_samples, 64, 4, 1, seed=1))
     trainer.detector.eval()
     predicted = [b for b, _ in trainer.detector.detect(batch.full, score_threshold=0.0)]
     both = trainer._roi_boxes(batch)

@@ -51,6 +51,8 @@ class TrainConfig:
     val_max_slices: int = 8
     seed: int = 0
     device: str = "auto"
+    dose: float | None = None  # archive slices without a low-dose image get one simulated at this dose fraction
+    workers: int = 0  # DataLoader worker processes reading the training slices
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting."""
@@ -71,6 +73,10 @@ class TrainConfig:
             raise ValueError(f"roi_boxes must be 'gt', 'predicted' or 'both', not {self.roi_boxes!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in [0, 1)")
+        if self.workers < 0:
+            raise ValueError("workers must be >= 0")
+        if self.dose is not None and not 0.0 < self.dose <= 1.0:
+            raise ValueError(f"dose must be in (0, 1], not {self.dose}")
         if self.lr <= 0 or self.detector_lr <= 0:
             raise ValueError("learning rates must be positive")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,14 +18,6 @@ class PatchBatch:
     low: torch.Tensor
     full: torch.Tensor
     boxes: list[torch.Tensor]
-
-    def shard(self, rank: int, world_size: int) -> PatchBatch:
-        """The ``rank``-th of ``world_size`` equal slices of the batch (itself when world_size is 1)."""
-        if world_size == 1:
-            return self
-        n = len(self.low) // world_size
-        part = slice(rank * n, (rank + 1) * n)
-        return PatchBatch(self.low[part], self.full[part], self.boxes[part])
 
     def to(self, device: torch.device | str) -> PatchBatch:
         return PatchBatch(self.low.to(device), self.full.to(device), [b.to(device) for b in self.boxes])
@@ -42,49 +35,100 @@ def crop_boxes(boxes: np.ndarray, x0: int, y0: int, size: int, min_visible: floa
     return clipped[keep]
 
 
-class PatchSampler:
-    """Draws seeded random patches; with probability ``lesion_fraction`` a patch is centred near a lesion."""
+def slice_shape(sample) -> tuple[int, int]:
+    """(rows, cols) of a training slice without reading its pixels when it knows its shape."""
+    shape = getattr(sample, "shape", None)
+    return tuple(shape) if shape is not None else tuple(np.shape(sample.full_hu))  # type: ignore[return-value]
 
-    def __init__(self, samples: list, patch_size: int, seed: int = 0, lesion_fraction: float = 0.7) -> None:
-        if not samples:
+
+class PatchDataset(torch.utils.data.Dataset):
+    """Item ``i``: a random patch of slice ``i % n`` (each slice appears ``repeat`` times), seeded by (seed, i).
+
+    A patch is centred near one of the slice's lesions with probability ``lesion_fraction`` and flipped at random,
+    boxes cropped along. Pixels are read when the item is drawn (lazily, in DataLoader workers when there are any),
+    and an item depends only on its index, so every worker and rank layout draws the same patches.
+    """
+
+    def __init__(self, slices: list, patch_size: int, seed: int, repeat: int = 1, lesion_fraction: float = 0.7):
+        if not slices:
             raise ValueError("no training slices: the dataset is empty")
-        small = [s.name for s in samples if min(s.full_hu.shape) < patch_size]
+        small = [s.name for s in slices if min(slice_shape(s)) < patch_size]
         if small:
             raise ValueError(f"patch size {patch_size} is larger than slice(s) {small[:3]}")
-        self.samples = samples
-        self.patch_size = patch_size
-        self.lesion_fraction = lesion_fraction
-        self.rng = np.random.default_rng(seed)
-        self.with_lesions = [i for i, s in enumerate(samples) if len(s.boxes)]
+        self.slices, self.patch_size, self.seed = slices, patch_size, seed
+        self.repeat, self.lesion_fraction = repeat, lesion_fraction
 
-    def _corner(self, shape: tuple[int, int], boxes: np.ndarray, around_lesion: bool) -> tuple[int, int]:
+    def __len__(self) -> int:
+        return len(self.slices) * self.repeat
+
+    def _corner(self, rng: np.random.Generator, shape: tuple[int, int], boxes: np.ndarray) -> tuple[int, int]:
         h, w = shape
         p = self.patch_size
-        if around_lesion and len(boxes):
-            x1, y1, x2, y2 = boxes[self.rng.integers(len(boxes))]
-            cx = (x1 + x2) / 2 + self.rng.uniform(-0.3, 0.3) * p
-            cy = (y1 + y2) / 2 + self.rng.uniform(-0.3, 0.3) * p
+        if len(boxes) and rng.random() < self.lesion_fraction:
+            x1, y1, x2, y2 = boxes[rng.integers(len(boxes))]
+            cx = (x1 + x2) / 2 + rng.uniform(-0.3, 0.3) * p
+            cy = (y1 + y2) / 2 + rng.uniform(-0.3, 0.3) * p
             x0, y0 = int(round(cx - p / 2)), int(round(cy - p / 2))
         else:
-            x0, y0 = int(self.rng.integers(0, w - p + 1)), int(self.rng.integers(0, h - p + 1))
+            x0, y0 = int(rng.integers(0, w - p + 1)), int(rng.integers(0, h - p + 1))
         return int(np.clip(y0, 0, h - p)), int(np.clip(x0, 0, w - p))
 
-    def batch(self, batch_size: int) -> PatchBatch:
-        """One batch of ``batch_size`` patches (random flips keep boxes consistent)."""
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, index])
+        s = self.slices[index % len(self.slices)]
         p = self.patch_size
-        lows, fulls, boxes = [], [], []
-        for _ in range(batch_size):
-            around = bool(self.with_lesions) and self.rng.random() < self.lesion_fraction
-            idx = self.rng.choice(self.with_lesions) if around else self.rng.integers(len(self.samples))
-            s = self.samples[idx]
-            y0, x0 = self._corner(s.full_hu.shape, s.boxes, around)
-            low = s.low_hu[y0 : y0 + p, x0 : x0 + p]
-            full = s.full_hu[y0 : y0 + p, x0 : x0 + p]
-            b = crop_boxes(np.asarray(s.boxes).reshape(-1, 4), x0, y0, p)
-            if self.rng.random() < 0.5:  # horizontal flip
-                low, full = low[:, ::-1], full[:, ::-1]
-                b = np.stack([p - b[:, 2], b[:, 1], p - b[:, 0], b[:, 3]], 1) if len(b) else b
-            lows.append(hu_to_net(np.ascontiguousarray(low, dtype=np.float32)))
-            fulls.append(hu_to_net(np.ascontiguousarray(full, dtype=np.float32)))
-            boxes.append(torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4))
-        return PatchBatch(torch.from_numpy(np.stack(lows))[:, None], torch.from_numpy(np.stack(fulls))[:, None], boxes)
+        boxes = np.asarray(s.boxes, np.float32).reshape(-1, 4)
+        full_img = s.full_hu
+        y0, x0 = self._corner(rng, full_img.shape, boxes)
+        full = full_img[y0 : y0 + p, x0 : x0 + p]
+        low = s.low_hu[y0 : y0 + p, x0 : x0 + p]
+        b = crop_boxes(boxes, x0, y0, p)
+        if rng.random() < 0.5:  # horizontal flip
+            low, full = low[:, ::-1], full[:, ::-1]
+            b = np.stack([p - b[:, 2], b[:, 1], p - b[:, 0], b[:, 3]], 1) if len(b) else b
+        return hu_to_net(np.ascontiguousarray(low, np.float32)), hu_to_net(np.ascontiguousarray(full, np.float32)), b
+
+
+def collate_patches(items: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> PatchBatch:
+    low = torch.from_numpy(np.stack([i[0] for i in items]))[:, None]
+    full = torch.from_numpy(np.stack([i[1] for i in items]))[:, None]
+    return PatchBatch(low, full, [torch.as_tensor(i[2], dtype=torch.float32).reshape(-1, 4) for i in items])
+
+
+def patch_batches(
+    slices: list,
+    patch_size: int,
+    batch_size: int,
+    n_batches: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 0,
+) -> Iterator[PatchBatch]:
+    """This process's share of ``n_batches`` global batches of ``batch_size`` patches.
+
+    A DistributedSampler deals a seeded permutation of the patch items round-robin to the ranks: global batch k is
+    items ``perm[k*B:(k+1)*B]`` for every world size, so DDP over ``world_size`` processes sees the same global
+    batches as one process. The items are enough for all ``n_batches`` (one epoch), each slice equally often.
+    """
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    if batch_size % world_size:
+        raise ValueError(f"batch size {batch_size} does not split over {world_size} processes")
+    needed = n_batches * batch_size + world_size  # the sampler's drop_last keeps len - world_size at least
+    repeat = max(1, -(-needed // len(slices)))
+    dataset = PatchDataset(slices, patch_size, seed, repeat)
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size // world_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_patches,
+        drop_last=True,
+        prefetch_factor=4 if workers else None,
+    )
+    for k, batch in enumerate(loader):
+        if k == n_batches:
+            return
+        yield batch

@@ -35,7 +35,7 @@ from napari_lidnet._training.losses import (
     roi_perceptual_loss,
     whole_image_perceptual_loss,
 )
-from napari_lidnet._training.patches import PatchBatch, PatchSampler
+from napari_lidnet._training.patches import PatchBatch, patch_batches, slice_shape
 from napari_lidnet._training.validate import evaluate_denoiser
 from napari_lidnet.models.denoisers import build_denoiser
 from napari_lidnet.models.detector import LesionDetector
@@ -44,6 +44,7 @@ from napari_lidnet.models.registry import load_model
 from napari_lidnet.models.weights import save_weights
 
 STATE_FILE = "state.json"
+MANIFEST_FILE = "manifest.jsonl"
 
 
 class TrainingError(RuntimeError):
@@ -84,18 +85,19 @@ class Trainer:
         config.validate()
         self.cfg = config
         self.should_stop = should_stop or (lambda: False)
+        self.rank, self.world_size = distributed.rank_and_world()
+        if config.batch_size % self.world_size:
+            raise ValueError(f"batch size {config.batch_size} does not split over {self.world_size} processes")
+        self.out = Path(config.out).expanduser().resolve()
+        self._new_manifest: tuple | None = None
         if samples is None:
-            if not config.data:
-                raise ValueError("no training data: give a dataset folder or samples")
-            from napari_lidnet.io.dataset import read_dataset
-
-            samples = read_dataset(config.data)
+            samples = self._archive_slices()
         self.train_samples, self.val_samples = split_samples(
             samples, config.val_fraction, config.seed, config.val_max_slices
         )
         if not self.train_samples:
             raise ValueError("no training slices left after the validation split")
-        small = [s.name for s in samples if min(np.shape(s.full_hu)) < config.patch_size]
+        small = [s.name for s in samples if min(slice_shape(s)) < config.patch_size]
         if small:
             raise ValueError(f"patch size {config.patch_size} is larger than slice(s) {', '.join(small[:3])}")
         n_lesions = sum(len(s.boxes) for s in self.train_samples)
@@ -103,16 +105,32 @@ class Trainer:
             raise ValueError("LIDnet modes need lesion boxes in the training slices; none were found")
         self.device, self.device_notice = pick_device(config.device)
         self.device = distributed.local_device(self.device)
-        self.rank, self.world_size = distributed.rank_and_world()
-        if config.batch_size % self.world_size:
-            raise ValueError(f"batch size {config.batch_size} does not split over {self.world_size} processes")
-        self.out = Path(config.out).expanduser().resolve()
         self.denoiser = self._init_denoiser()
         self.detector = self._init_detector()
         self.state: dict[str, Any] = {"done": [], "history": [], "best_score": None}
         self._load_state()
         self._t0 = time.monotonic()
         self._steps_done_now = 0
+
+    def _archive_slices(self) -> list:
+        """The slices of ``config.data`` (manifest or archive folder), read lazily. Rank 0 indexes a folder (once:
+        the index is kept in the run folder as manifest.jsonl) and hands it to the other ranks."""
+        from napari_lidnet.io.manifest import archive_index, manifest_slices
+
+        if not self.cfg.data:
+            raise ValueError("no training data: give a dataset folder, an archive folder, a manifest or samples")
+        index: Any = None
+        if self.rank == 0:
+            try:
+                index = archive_index(self.cfg.data, self.out / MANIFEST_FILE, self.cfg.dose)
+            except (OSError, ValueError) as exc:
+                index = exc  # every rank raises it, none waits forever
+        index = distributed.broadcast_object(index)
+        if isinstance(index, Exception):
+            raise index
+        header, rows, is_new = index
+        self._new_manifest = (header, rows) if is_new else None
+        return manifest_slices(header, rows)
 
     # -- models and checkpoints ---------------------------------------------------------------------------
     def _init_denoiser(self) -> torch.nn.Module:
@@ -196,6 +214,10 @@ class Trainer:
         total = self.total_steps()
         done_steps = sum(n for name, n in stages if name in self.state["done"])
         self.state["config"] = self.cfg.to_dict()
+        if self._new_manifest and self.rank == 0:
+            from napari_lidnet.io.manifest import write_manifest
+
+            write_manifest(self.out / MANIFEST_FILE, *self._new_manifest)  # indexed once: a resumed run reuses it
         if self.device_notice:
             yield {"stage": "setup", "message": self.device_notice, "step": done_steps, "total_steps": total}
         if "validate-start" not in self.state["done"]:
@@ -273,11 +295,11 @@ class Trainer:
 
     def _run_stage(self, name: str, index: int, n_steps: int) -> Iterator[dict[str, Any]]:
         torch.manual_seed(self._seed(index))
-        sampler = PatchSampler(self.train_samples, self.cfg.patch_size, seed=self._seed(index))
+        joint = name.startswith("round") and name.endswith("denoiser") and self.cfg.mode != "pixel"
+        batches = self._batches(index, n_steps + joint)
         if name.endswith("denoiser"):
             model, lr = self.denoiser, self.cfg.lr
-            joint = name.startswith("round") and self.cfg.mode != "pixel"
-            scales = self._calibrate(self._batch(sampler)) if joint else {}
+            scales = self._calibrate(next(batches)) if joint else {}
             step_fn = partial(self._denoiser_step, net=distributed.wrap(model), scales=scales)
         else:
             model, lr = self.detector, self.cfg.detector_lr
@@ -287,7 +309,7 @@ class Trainer:
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(n_steps, 1), eta_min=lr * 0.1)
         for step in range(1, n_steps + 1):
-            losses = step_fn(self._batch(sampler), opt)
+            losses = step_fn(next(batches), opt)
             sched.step()
             bad = [k for k, v in losses.items() if not math.isfinite(v)]
             if bad:
@@ -297,9 +319,14 @@ class Trainer:
                 )
             yield {"stage": name, "stage_step": step, "stage_total": n_steps, "losses": losses}
 
-    def _batch(self, sampler: PatchSampler) -> PatchBatch:
-        """This process's share of the seeded global batch (every rank draws the same one)."""
-        return sampler.batch(self.cfg.batch_size).shard(self.rank, self.world_size).to(self.device)
+    def _batches(self, index: int, n: int) -> Iterator[PatchBatch]:
+        """This process's share of the stage's ``n`` seeded global batches, on the training device."""
+        c = self.cfg
+        seed = self._seed(index)
+        for batch in patch_batches(
+            self.train_samples, c.patch_size, c.batch_size, n, seed, self.rank, self.world_size, c.workers
+        ):
+            yield batch.to(self.device)
 
     def _aux_losses(self, denoised: torch.Tensor, batch: PatchBatch) -> dict[str, tuple[torch.Tensor, float]]:
         """The mode's auxiliary terms for the denoiser, each with its configured (relative) weight."""

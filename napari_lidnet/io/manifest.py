@@ -1,0 +1,318 @@
+"""The slice manifest: an archive indexed once, so training reads its slices lazily (docs/CONTRACTS.md).
+
+A manifest is JSON Lines. The first line describes the index, every further line is one 2D slice::
+
+    {"format": "lidnet-manifest", "version": 1, "root": "/abs/archive", "kind": "dataset|deeplesion|dicom",
+     "n": N, "dose": 0.25 or null, "seed": 0, "skipped": [...], "command": "..."}
+    {"name": "...", "file": "rel/path", "frame": 0, "low": "rel/path" or null, "shape": [rows, cols],
+     "spacing_mm": 0.7, "boxes": [[x1, y1, x2, y2], ...]}
+
+Paths are relative to ``root``. Indexing reads headers only (DICOM without pixels, PNG sizes from the file header,
+the CSV tables of dataset and DeepLesion folders). A slice without a low-dose file gets its low-dose partner
+simulated when it is read (projection-domain noise insertion at the manifest's ``dose``, seeded per slice, so every
+read gives the same image). Three kinds of archive are indexed:
+
+- ``dataset``: one or more lidnet dataset folders (``lidnet simulate``) anywhere under the root;
+- ``deeplesion``: a DeepLesion tree (``DL_info.csv`` + ``Images_png/<series>/<index>.png``), key slices with boxes;
+- ``dicom``: every CT image series under the root, each slice (or frame) a row, no boxes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_lidnet.io.png16 import read_png_hu
+
+FORMAT = "lidnet-manifest"
+VERSION = 1
+KINDS = ("dataset", "deeplesion", "dicom")
+
+
+def png_shape(path: Path) -> tuple[int, int]:
+    """(rows, cols) of a PNG from its IHDR chunk, without decoding the image."""
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        raise ValueError(f"{path}: not a PNG file")
+    width, height = struct.unpack(">II", head[16:24])
+    return int(height), int(width)
+
+
+@dataclass(repr=False, eq=False)
+class ManifestSlice:
+    """One slice of a manifest; its pixels are read from disk (and its low dose simulated) on every access."""
+
+    name: str
+    root: Path
+    entry: dict[str, Any]
+    dose: float | None
+    noise_seed: int
+
+    @property
+    def boxes(self) -> np.ndarray:
+        return np.asarray(self.entry.get("boxes", []), np.float32).reshape(-1, 4)
+
+    @property
+    def spacing_mm(self) -> float:
+        return float(self.entry["spacing_mm"])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        rows, cols = self.entry["shape"]
+        return int(rows), int(cols)
+
+    @property
+    def full_hu(self) -> np.ndarray:
+        return _read_image(self.root / self.entry["file"], int(self.entry.get("frame", 0)))
+
+    @property
+    def low_hu(self) -> np.ndarray:
+        if self.entry.get("low"):
+            return _read_image(self.root / self.entry["low"], 0)
+        if self.dose is None:
+            raise ValueError(f"{self.name}: no low-dose image, and the manifest has no dose to simulate one")
+        from napari_lidnet.sim.lowdose import simulate_low_dose
+
+        return simulate_low_dose(self.full_hu, self.dose, self.spacing_mm, seed=self.noise_seed)
+
+    def __repr__(self) -> str:
+        return f"ManifestSlice({self.name!r}, boxes={len(self.boxes)}, file={self.entry['file']!r})"
+
+
+def _read_image(path: Path, frame: int) -> np.ndarray:
+    if path.suffix.lower() == ".png":
+        return read_png_hu(path)
+    from napari_lidnet.io.dicom_read import _decode, _Header
+
+    return _decode(_Header(path, None))[frame]
+
+
+# -- indexing ----------------------------------------------------------------------------------------------------
+def _rel(path: Path, root: Path) -> str:
+    return path.resolve().relative_to(root).as_posix()
+
+
+def _dataset_rows(root: Path) -> Iterator[dict[str, Any]]:
+    from napari_lidnet.io.dataset import is_dataset, read_dataset
+
+    folders = sorted({p.parent for p in root.rglob("dataset.json") if is_dataset(p.parent)})
+    for folder in folders:
+        prefix = "" if folder == root else f"{_rel(folder, root)}/"
+        for s in read_dataset(folder, lazy=True):
+            yield {
+                "name": f"{prefix}{s.name}",
+                "file": _rel(s.full_path, root),  # type: ignore[attr-defined]
+                "frame": 0,
+                "low": _rel(s.low_path, root) if s.low_path else None,  # type: ignore[attr-defined]
+                "shape": list(png_shape(s.full_path)),  # type: ignore[attr-defined]
+                "spacing_mm": s.spacing_mm,
+                "boxes": np.asarray(s.boxes).round(2).tolist(),
+            }
+
+
+def _deeplesion_rows(root: Path, skipped: list[str]) -> Iterator[dict[str, Any]]:
+    from napari_lidnet.io.deeplesion import INFO_CSV_NAME, read_info_table
+
+    for table_path in sorted(root.rglob(INFO_CSV_NAME)):
+        table = read_info_table(table_path)
+        base = table_path.parent
+        for file_name, rows in sorted(table.items()):
+            series, _, index = file_name.rpartition("_")
+            candidates = [base / "Images_png" / series / index, base / series / index]
+            png = next((c for c in candidates if c.is_file()), None)
+            if png is None:
+                skipped.append(f"{file_name}: listed in {table_path} but no PNG found")
+                continue
+            spacing = rows[0].spacing_xyz
+            yield {
+                "name": file_name[:-4] if file_name.endswith(".png") else file_name,
+                "file": _rel(png, root),
+                "frame": 0,
+                "low": None,
+                "shape": list(png_shape(png)),
+                "spacing_mm": spacing[0] if spacing else 1.0,
+                "boxes": [list(r.box) for r in rows],
+            }
+
+
+def _dicom_rows(root: Path, skipped: list[str]) -> Iterator[dict[str, Any]]:
+    from napari_lidnet.io.dicom_read import _floats, _n_frames, scan_dicom
+
+    scan = scan_dicom(root)
+    skipped.extend(scan.skipped)
+    for uid, headers in sorted(scan.series.items()):
+        ds0 = headers[0].ds
+        if str(ds0.get("Modality", "") or "") != "CT":
+            skipped.append(f"series {uid}: modality {ds0.get('Modality', 'missing')!r} is not CT")
+            continue
+        ordered = sorted(headers, key=lambda h: (int(h.ds.get("InstanceNumber", 0) or 0), h.path.name))
+        for h in ordered:
+            ps = _floats(h.ds.get("PixelSpacing"), 2)
+            for frame in range(_n_frames(h.ds)):
+                yield {
+                    "name": f"{uid[-12:]}#{h.path.stem}#{frame}",
+                    "file": _rel(h.path, root),
+                    "frame": frame,
+                    "low": None,
+                    "shape": [int(h.ds.Rows), int(h.ds.Columns)],
+                    "spacing_mm": float(ps[0]) if ps is not None else 1.0,
+                    "boxes": [],
+                }
+
+
+def archive_kind(root: str | Path) -> str:
+    """``dataset``, ``deeplesion`` or ``dicom``: what :func:`index_archive` will index under ``root``."""
+    from napari_lidnet.io.dataset import is_dataset
+    from napari_lidnet.io.deeplesion import INFO_CSV_NAME
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: archive folder not found")
+    if any(is_dataset(p.parent) for p in root.rglob("dataset.json")):
+        return "dataset"
+    if next(root.rglob(INFO_CSV_NAME), None) is not None:
+        return "deeplesion"
+    return "dicom"
+
+
+def build_index(
+    root: str | Path, dose: float | None = None, seed: int = 0, command: str = ""
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(header, rows) of every slice under ``root``, headers only; see :func:`index_archive`."""
+    root = Path(root).resolve()
+    kind = archive_kind(root)
+    if dose is not None and not 0.0 < dose <= 1.0:
+        raise ValueError(f"dose must be in (0, 1], not {dose}")
+    skipped: list[str] = []
+    if kind == "dataset":
+        rows = list(_dataset_rows(root))
+    elif kind == "deeplesion":
+        rows = list(_deeplesion_rows(root, skipped))
+    else:
+        rows = list(_dicom_rows(root, skipped))
+    if dose is not None:  # the projector simulates square slices only
+        skipped.extend(f"{r['name']}: {r['shape'][0]} x {r['shape'][1]} is not square, no low dose simulated"
+                       for r in rows if r["low"] is None and r["shape"][0] != r["shape"][1])  # fmt: skip
+        rows = [r for r in rows if r["low"] is not None or r["shape"][0] == r["shape"][1]]
+    if not rows:
+        raise ValueError(f"{root}: no slices found to index ({kind} archive)")
+    names = [r["name"] for r in rows]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{root}: slice names repeat; the archive has duplicate entries")
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "root": str(root),
+        "kind": kind,
+        "n": len(rows),
+        "n_without_low": sum(r["low"] is None for r in rows),
+        "dose": dose,
+        "seed": int(seed),
+        "skipped": skipped[:100],
+        "n_skipped": len(skipped),
+        "command": command,
+    }
+    return header, rows
+
+
+def write_manifest(out: str | Path, header: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
+    """Write a manifest atomically (a temporary file renamed into place)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w") as fh:
+        for line in (header, *rows):
+            fh.write(json.dumps(line, separators=(",", ":")) + "\n")
+    os.replace(tmp, out)
+    return out
+
+
+def index_archive(
+    root: str | Path, out: str | Path, dose: float | None = None, seed: int = 0, command: str = ""
+) -> Path:
+    """Index every slice under ``root`` into the manifest file ``out``; returns ``out``.
+
+    ``dose`` is the dose fraction at which slices without a low-dose file get one simulated when read.
+    Raises ValueError (nothing written) when no slice is found or ``out`` lies inside ``root``.
+    """
+    if Path(out).resolve().is_relative_to(Path(root).resolve()):
+        raise ValueError(f"{out} lies inside the archive {root}; write the manifest elsewhere")
+    return write_manifest(out, *build_index(root, dose, seed, command))
+
+
+# -- reading -----------------------------------------------------------------------------------------------------
+def is_manifest(path: str | Path) -> bool:
+    """Whether ``path`` is a manifest file (first line has this format)."""
+    try:
+        with open(path) as fh:
+            return json.loads(fh.readline()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The first line of a manifest."""
+    if not is_manifest(path):
+        raise ValueError(f"{path}: not a lidnet manifest (make one with `lidnet index`)")
+    with open(path) as fh:
+        header = json.loads(fh.readline())
+    if int(header.get("version", 0)) > VERSION:
+        raise ValueError(f"{path}: manifest version {header['version']} is newer than this software ({VERSION})")
+    return header
+
+
+def load_manifest(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(header, rows) of a manifest file."""
+    header = read_header(path)
+    with open(path) as fh:
+        fh.readline()
+        rows = [json.loads(line) for line in fh]
+    if len(rows) != int(header["n"]):
+        raise ValueError(f"{path}: holds {len(rows)} slices, its header says {header['n']} (truncated?)")
+    return header, rows
+
+
+def manifest_slices(header: dict[str, Any], rows: list[dict[str, Any]]) -> list[ManifestSlice]:
+    """The rows of a manifest as lazily read slices (low-dose noise seeded per slice from the header's seed)."""
+    root = Path(header["root"])
+    if not root.is_dir():
+        raise FileNotFoundError(f"the archive {root} of this manifest is not there (moved? index it again)")
+    dose = header.get("dose")
+    missing = sum(not r.get("low") for r in rows)
+    if dose is None and missing:
+        raise ValueError(
+            f"{root}: {missing} slice(s) have no low-dose image; give a dose (--dose) to simulate their low-dose "
+            "partners, or add them to the archive"
+        )
+    seeds = np.random.SeedSequence(int(header.get("seed", 0))).generate_state(len(rows), np.uint32)
+    return [ManifestSlice(r["name"], root, r, dose, int(seed)) for r, seed in zip(rows, seeds)]
+
+
+def read_manifest(path: str | Path) -> list[ManifestSlice]:
+    """Every slice of a manifest file, in file order; no pixel is read."""
+    return manifest_slices(*load_manifest(path))
+
+
+def archive_index(
+    data: str | Path, cached: str | Path, dose: float | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
+    """(header, rows, is_new) for ``data``: a manifest file, or an archive folder (its index ``cached`` when that
+    was made from the same folder at the same dose, else a new one, not written: the caller writes it)."""
+    data = Path(data)
+    if data.is_file():
+        return (*load_manifest(data), False)
+    cached = Path(cached)
+    if is_manifest(cached):
+        header, rows = load_manifest(cached)
+        if header["root"] == str(data.resolve()) and header.get("dose") == dose:
+            return header, rows, False
+    command = f"lidnet index {data} --out {cached}" + (f" --dose {dose:g}" if dose is not None else "")
+    return (*build_index(data, dose, command=command), True)

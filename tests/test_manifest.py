@@ -1,0 +1,134 @@
+"""Archives indexed once into a manifest (headers only), slices read lazily, training straight from an archive."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import _row, listing, synthetic_hu, write_series
+
+from napari_lidnet._training.config import TrainConfig
+from napari_lidnet._training.trainer import MANIFEST_FILE, Trainer
+from napari_lidnet.cli import main
+from napari_lidnet.io.dataset import Sample, read_dataset, write_dataset
+from napari_lidnet.io.dicom_read import read_dicom
+from napari_lidnet.io.manifest import index_archive, load_manifest, read_header, read_manifest
+from napari_lidnet.io.png16 import write_png_hu
+
+
+def _dataset(path, n=4, size=48, seed=0):
+    rng = np.random.default_rng(seed)
+    samples = []
+    for i in range(n):
+        full = rng.integers(-200, 200, (size, size)).astype(np.float32)
+        low = full + rng.integers(-50, 50, full.shape).astype(np.float32)
+        samples.append(Sample(f"s{i}", full, low, np.array([[5, 6, 20, 22]], np.float32), 0.8))
+    return write_dataset(path, samples, {"dose": 0.25})
+
+
+def test_dataset_folders_are_indexed_without_reading_pixels(tmp_path):
+    archive = tmp_path / "archive"
+    _dataset(archive / "site_a", n=3, seed=1)
+    _dataset(archive / "site_b", n=2, seed=2)
+    # a slice whose pixels are cut off after the PNG header: indexing must not need them
+    broken = archive / "site_b" / "full" / "s1.png"
+    broken.write_bytes(broken.read_bytes()[:40])
+    out = index_archive(archive, tmp_path / "index.jsonl")
+    header = read_header(out)
+    assert header["kind"] == "dataset" and header["n"] == 5 and header["n_without_low"] == 0
+    slices = read_manifest(out)
+    assert [s.name for s in slices] == ["site_a/s0", "site_a/s1", "site_a/s2", "site_b/s0", "site_b/s1"]
+    for s, ref in zip(slices[:3], read_dataset(archive / "site_a")):
+        assert np.array_equal(s.full_hu, ref.full_hu) and np.array_equal(s.low_hu, ref.low_hu)
+        assert np.array_equal(s.boxes, ref.boxes) and s.spacing_mm == ref.spacing_mm and s.shape == (48, 48)
+    with pytest.raises(ValueError, match="s1.png"):
+        slices[-1].full_hu  # noqa: B018 - the read happens on access, with the file named
+
+
+def test_deeplesion_tree_key_slices_with_boxes_and_simulated_low_dose(deeplesion_tree, tmp_path):
+    root, series, hus = deeplesion_tree
+    out = index_archive(root, tmp_path / "dl.jsonl")
+    header = read_header(out)
+    assert header["kind"] == "deeplesion" and header["n"] == 1 and header["n_skipped"] == 1
+    assert "000002_01_01_050.png" in header["skipped"][0]  # listed in the table, PNG not downloaded
+    (s,) = load_manifest(out)[1]
+    assert s["name"] == "000001_01_01_109" and s["spacing_mm"] == 0.7 and s["shape"] == [24, 32]
+    assert np.allclose(s["boxes"], [[3.5, 4.5, 10.25, 12.0], [20, 2, 30, 8]])
+    # with a dose, the non-square slice is skipped (the projector simulates square slices) and a square one kept
+    write_png_hu(series / "110.png", hus[110][:, :24])
+    (root / "DL_info.csv").write_text(
+        (root / "DL_info.csv").read_text() + _row("000001_01_01_110.png", 110, "1, 2, 9, 9")
+    )
+    out = index_archive(root, tmp_path / "dl2.jsonl", dose=0.25, seed=3)
+    assert "not square" in " ".join(read_header(out)["skipped"])
+    (s,) = read_manifest(out)
+    assert s.name == "000001_01_01_110" and s.shape == (24, 24) and np.array_equal(s.full_hu, hus[110][:, :24])
+    low1, low2 = s.low_hu, s.low_hu
+    assert np.array_equal(low1, low2) and not np.array_equal(low1, s.full_hu)  # seeded per slice: same every read
+
+
+def test_dicom_archive_rows_match_the_series_reader(two_series_dir, tmp_path):
+    root = two_series_dir["root"]
+    before = listing(root)
+    assert read_header(index_archive(root, tmp_path / "all.jsonl"))["n"] == 4 + 3  # both series, every slice
+    out = index_archive(root, tmp_path / "dicom.jsonl", dose=0.5)
+    assert listing(root) == before  # nothing written next to the user's files
+    header = read_header(out)
+    assert header["kind"] == "dicom" and header["n"] == 3 and header["n_skipped"] == 4 + 1  # 12 x 10 slices, SR
+    slices = read_manifest(out)
+    (ref,) = [v.hu for v in read_dicom(root) if v.metadata["series_uid"] == two_series_dir["uid_b"]]
+    assert sorted(s.full_hu.tobytes() for s in slices) == sorted(r.tobytes() for r in ref)
+    assert all(s.spacing_mm == 0.7 and s.shape == (8, 8) for s in slices)
+    assert all(len(s.boxes) == 0 for s in slices)
+
+
+def test_bad_manifests_and_archives_are_refused(tmp_path, two_series_dir):
+    root = two_series_dir["root"]
+    with pytest.raises(ValueError, match="inside the archive"):
+        index_archive(root, root / "index.jsonl")
+    out = index_archive(root, tmp_path / "nodose.jsonl")
+    with pytest.raises(ValueError, match="no low-dose image.*dose"):
+        read_manifest(out)
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:3]) + "\n")
+    with pytest.raises(ValueError, match="truncated"):
+        read_manifest(out)
+    with pytest.raises(ValueError, match="not a lidnet manifest"):
+        read_manifest(root / "README.txt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty"):
+        index_archive(tmp_path / "empty", tmp_path / "e.jsonl")
+    assert not (tmp_path / "e.jsonl").exists()
+
+
+def test_lidnet_index_command(tmp_path, capsys):
+    archive = tmp_path / "dicoms"
+    write_series(archive, synthetic_hu((3, 16, 16)), series_uid="1.2.826.0.1.3680043.8.498.77")
+    out = tmp_path / "m.jsonl"
+    assert main(["index", str(archive), "--out", str(out), "--dose", "0.3"]) == 0
+    assert read_header(out)["dose"] == 0.3 and "3 slices" in capsys.readouterr().err
+    assert main(["index", str(tmp_path / "missing"), "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert "not found" in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()
+
+
+def _cfg(out, data, **kw):
+    base = dict(
+        out=str(out), data=str(data), mode="pixel", pretrain_denoiser_steps=2, pretrain_detector_steps=0, rounds=0,
+        batch_size=2, patch_size=32, denoiser_kwargs={"width": 8, "factor": 2}, val_fraction=0.25, device="cpu",
+    )  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+def test_training_from_an_archive_folder_indexes_it_once(tmp_path):
+    data = _dataset(tmp_path / "data", n=4)
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="patch size"):
+        Trainer(_cfg(run, data, patch_size=64))
+    assert not run.exists()  # a refused run writes nothing
+    trainer = Trainer(_cfg(run, data, workers=1))
+    assert len(trainer.train_samples) == 3 and not (run / MANIFEST_FILE).exists()
+    records = list(trainer.run())
+    assert records[-1]["stage"] == "finished"
+    index = json.loads((run / MANIFEST_FILE).read_text().splitlines()[0])
+    assert index["root"] == str(data.resolve()) and index["n"] == 4
+    again = Trainer(_cfg(run, data))
+    assert again._new_manifest is None  # the run folder's index is reused
