@@ -33,6 +33,25 @@ def output_name(description: str, uid: str) -> str:
     return f"{desc}_{uid[-12:].replace('.', '_')}"
 
 
+def _as_is(item):
+    return item
+
+
+class _SeriesReader:
+    """A map-style dataset of series to process: item i is (i, volume), read in a DataLoader worker."""
+
+    def __init__(self, todo: list, root: Path) -> None:
+        self.todo, self.root = todo, root
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, i: int):
+        from napari_lidnet.io.dicom_read import read_series
+
+        return i, read_series(self.todo[i][1], source=self.root)
+
+
 def run_batch(
     root: str | Path,
     out_dir: str | Path,
@@ -42,16 +61,25 @@ def run_batch(
     threshold: float = 0.3,
     model_name: str = "default",
     progress: Callable[[int, int, str], None] | None = None,
+    workers: int = 0,
 ) -> BatchReport:
     """Denoise (``task="denoise"``: a DICOM series folder per input series) or detect (``"detect"``: a CSV per
-    series) every image series under ``root`` into ``out_dir``; finished outputs are skipped."""
+    series) every image series under ``root`` into ``out_dir``; finished outputs are skipped.
+
+    ``workers`` DataLoader processes read and decode the next series while the model runs on the current one.
+    ``progress(done, total, name)`` is called after each series, skipped ones included.
+    """
+    from torch.utils.data import DataLoader
+
     from napari_lidnet.inference import denoise, detect
     from napari_lidnet.io.boxes_io import write_boxes_csv
-    from napari_lidnet.io.dicom_read import read_series, scan_dicom
+    from napari_lidnet.io.dicom_read import scan_dicom
     from napari_lidnet.io.dicom_write import denoised_description, write_dicom_series
 
     if task not in ("denoise", "detect"):
         raise ValueError(f"unknown batch task {task!r}; use 'denoise' or 'detect'")
+    if workers < 0:
+        raise ValueError("workers must be >= 0")
     scan = scan_dicom(root)
     if not scan.series:
         raise ValueError(f"{root}: no DICOM image series found")
@@ -62,17 +90,22 @@ def run_batch(
     for stale in out_dir.glob(f"{PARTIAL}*"):  # what an interrupted run left half-written
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     report = BatchReport()
-    items = sorted(scan.series.items())
-    for i, (uid, headers) in enumerate(items, start=1):
+    todo = []
+    for uid, headers in sorted(scan.series.items()):
         desc = str(headers[0].ds.get("SeriesDescription", "") or "")
         name = output_name(desc, uid)
         final = out_dir / (name if task == "denoise" else f"{name}.csv")
-        if progress:
-            progress(i, len(items), name)
         if final.exists():
             report.skipped.append(final)
-            continue
-        vol = read_series(headers, source=Path(root))
+            if progress:
+                progress(len(report.skipped), len(scan.series), f"{final.name} (already complete)")
+        else:
+            todo.append((final, headers, desc))
+    loader = DataLoader(
+        _SeriesReader(todo, Path(root)), batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is
+    )
+    for i, vol in loader:
+        final, _headers, desc = todo[i]
         partial = out_dir / f"{PARTIAL}{final.name}"
         if task == "denoise":
             hu = denoise(model, vol.hu, device=device)
@@ -82,4 +115,6 @@ def run_batch(
             write_boxes_csv(partial, detect(model, vol.hu, device=device, score_threshold=threshold))
         os.replace(partial, final)
         report.written.append(final)
+        if progress:
+            progress(len(report.skipped) + len(report.written), len(scan.series), final.name)
     return report

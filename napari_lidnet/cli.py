@@ -120,13 +120,23 @@ def _load(name: str | None, kind: str, device: str):
 def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
     from napari_lidnet.batch import run_batch
 
-    model, dev = _load(args.model, "denoiser" if task == "denoise" else "detector", args.device)
+    from tqdm import tqdm
 
-    def progress(i: int, n: int, name: str) -> None:
-        print(f"[{i}/{n}] {name}", file=sys.stderr, flush=True)
+    model, dev = _load(args.model, "denoiser" if task == "denoise" else "detector", args.device)
+    bar = tqdm(unit="series", file=sys.stderr, dynamic_ncols=True, disable=None)
+
+    def progress(done: int, total: int, name: str) -> None:
+        bar.total = total
+        bar.set_postfix_str(name[-40:], refresh=False)
+        bar.update(done - bar.n)
 
     threshold = getattr(args, "threshold", 0.3)
-    report = run_batch(args.input, out, task, model, dev, threshold, args.model or "default", progress)
+    try:
+        report = run_batch(
+            args.input, out, task, model, dev, threshold, args.model or "default", progress, workers=args.workers
+        )
+    finally:
+        bar.close()
     print(f"{len(report.written)} written, {len(report.skipped)} already complete (skipped) in {out}", file=sys.stderr)
     return 0
 
@@ -262,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="every DICOM series under INPUT, one series folder each in OUTPUT; resumes, skips finished",
     )
+    p.add_argument("--workers", type=int, default=2, help="with --all-series: processes reading series ahead")
     p.set_defaults(func=_cmd_denoise)
 
     p = sub.add_parser("detect", help="detect lesions; writes slice,x1,y1,x2,y2,score")
@@ -275,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="every DICOM series under INPUT, one CSV each in the --out folder; resumes, skips finished",
     )
+    p.add_argument("--workers", type=int, default=2, help="with --all-series: processes reading series ahead")
     p.set_defaults(func=_cmd_detect)
 
     p = sub.add_parser("evaluate", help="PSNR, SSIM and FROC of low dose, denoised and full dose on a dataset")

@@ -1,6 +1,7 @@
 """Batch processing of a folder of DICOM series: one output per series, and an interrupted run resumes without
 redoing or losing finished outputs."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import synthetic_hu, write_series
@@ -56,6 +57,29 @@ def test_denoise_all_series_then_resume(archive, tmp_path):
     assert {p: sorted(f.stat().st_mtime_ns for f in p.iterdir()) for p in kept} == kept  # untouched
     assert not list(out.glob(f"{PARTIAL}*"))
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in report.written)
+
+
+def test_interrupted_run_with_workers_resumes_without_redoing_or_losing_outputs(archive, tmp_path):
+    """Ctrl-C after the second series (two DataLoader workers reading ahead), then the same command again."""
+    out = tmp_path / "out"
+    seen = []
+
+    def interrupt_after_two(done, total, name):
+        seen.append((done, total))
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(archive, out, "denoise", _denoiser(), progress=interrupt_after_two, workers=2)
+    first = {p: sorted(f.stat().st_mtime_ns for f in p.iterdir()) for p in out.iterdir()}
+    assert len(first) == 2 and seen == [(1, 3), (2, 3)]
+    again = run_batch(archive, out, "denoise", _denoiser(), workers=2)
+    assert sorted(again.skipped) == sorted(first) and len(again.written) == 1
+    assert {p: sorted(f.stat().st_mtime_ns for f in p.iterdir()) for p in first} == first  # not redone
+    reference = run_batch(archive, tmp_path / "uninterrupted", "denoise", _denoiser())
+    for a, b in zip(sorted(out.iterdir()), sorted(reference.written)):
+        assert a.name == b.name
+        assert np.array_equal(open_ct(a)[0].hu, open_ct(b)[0].hu)  # same outputs as a run never interrupted
 
 
 def test_detect_all_series_from_the_command_line(archive, tmp_path, monkeypatch):
