@@ -118,9 +118,9 @@ def _load(name: str | None, kind: str, device: str):
 
 
 def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
-    from napari_lidnet.batch import run_batch
-
     from tqdm import tqdm
+
+    from napari_lidnet.batch import run_batch
 
     model, dev = _load(args.model, "denoiser" if task == "denoise" else "detector", args.device)
     bar = tqdm(unit="series", file=sys.stderr, dynamic_ncols=True, disable=None)

@@ -4,7 +4,13 @@ The detector runs under DDP too, but is not bit-comparable: its BatchNorm statis
 (by the number of lesions) are per process on CPU (SyncBatchNorm needs CUDA).
 """
 
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 
 import numpy as np
 import torch
@@ -14,7 +20,7 @@ import torch.multiprocessing as mp
 from napari_lidnet._training.config import TrainConfig
 from napari_lidnet._training.patches import patch_batches
 from napari_lidnet._training.trainer import Trainer
-from napari_lidnet.io.dataset import Sample
+from napari_lidnet.io.dataset import Sample, write_dataset
 from napari_lidnet.models.weights import load_weights
 
 
@@ -84,3 +90,52 @@ def test_sampler_deals_every_world_size_the_same_global_batches():
             assert torch.equal(part.low, batch.low[r::2]) and torch.equal(part.full, batch.full[r::2])
             assert all(torch.equal(a, b) for a, b in zip(part.boxes, batch.boxes[r::2]))
     assert not torch.equal(one[0].low, one[1].low)  # batches differ from step to step
+
+
+def _train_command(data, out) -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "napari_lidnet.cli", "train", "--data", str(data), "--out", str(out), "--mode", "pixel",
+        "--pretrain-denoiser-steps", "6", "--pretrain-detector-steps", "150", "--rounds", "1",
+        "--denoiser-steps", "6", "--batch-size", "4", "--patch-size", "32", "--denoiser-width", "8",
+        "--device", "cpu", "--workers", "0",
+    ]  # fmt: skip
+
+
+def _done(run) -> list[str]:
+    try:
+        return json.loads((run / "state.json").read_text())["done"]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def test_torchrun_job_killed_mid_way_resumes_from_its_last_checkpoint(tmp_path):
+    """A node is lost (torchrun and both workers killed with SIGKILL) during the second stage; the same command
+    run again resumes from the last checkpoint and ends with the denoiser an uninterrupted run trains."""
+    data = write_dataset(tmp_path / "data", _samples())
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    job = subprocess.Popen(_train_command(data, run), env=env, start_new_session=True, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while "pretrain-denoiser" not in _done(run) and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert _done(run) == ["validate-start", "pretrain-denoiser"], job.stderr.read().decode()[-2000:]
+    lost = load_weights(run / "last_denoiser")[0].state_dict()
+
+    resumed = subprocess.run(_train_command(data, run), env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _done(run)[-1] == "round1-denoiser" and "pretrain-denoiser" not in resumed.stderr  # not redone
+    final = load_weights(run / "last_denoiser")[0].state_dict()
+    assert any(not torch.equal(lost[k], final[k]) for k in lost)
+
+    cfg = TrainConfig(
+        out=str(tmp_path / "one"), data=str(data), mode="pixel", pretrain_denoiser_steps=6,
+        pretrain_detector_steps=150, rounds=1, denoiser_steps=6, batch_size=4, patch_size=32,
+        denoiser_kwargs={"width": 8}, device="cpu",
+    )  # fmt: skip
+    list(Trainer(cfg).run())
+    uninterrupted = load_weights(tmp_path / "one" / "last_denoiser")[0].state_dict()
+    for name, value in uninterrupted.items():
+        assert torch.allclose(value, final[name], atol=1e-5), name
