@@ -35,7 +35,7 @@ def worker(a: argparse.Namespace) -> None:
     from napari_lidnet._training.trainer import Trainer
 
     torch.set_num_threads(a.threads)
-    rank, world = init_from_env()
+    rank, world = init_from_env(a.device)
     cfg = TrainConfig(
         out=a.run, data=a.data, mode="lidnet", init_denoiser="default", init_detector="default", rounds=1,
         denoiser_steps=a.steps, detector_steps=a.steps, batch_size=a.batch_per_proc * world,

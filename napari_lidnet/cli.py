@@ -88,7 +88,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg.denoiser_kwargs["width"] = args.denoiser_width
     from napari_lidnet._training.distributed import init_from_env
 
-    rank, _world = init_from_env()  # under torchrun: one process per GPU/CPU worker, rank 0 reports
+    rank, _world = init_from_env(args.device)  # under torchrun: one process per GPU/CPU worker, rank 0 reports
     trainer = Trainer(cfg)
     try:
         for rec in trainer.run():

@@ -14,15 +14,25 @@ import torch
 import torch.distributed as dist
 
 
-def init_from_env() -> tuple[int, int]:
-    """Join the process group ``torchrun`` describes in the environment (gloo on CPU, nccl on CUDA), if any.
+def init_from_env(device: str = "auto") -> tuple[int, int]:
+    """Join the process group ``torchrun`` describes in the environment, if any: nccl when training on CUDA (each
+    process on the GPU of its LOCAL_RANK), gloo on the CPU. ``device`` is the training device preference.
 
     Returns (rank, world size); (0, 1) outside torchrun.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        from napari_lidnet.models.device import pick_device
+
+        on_cuda = pick_device(device)[0].type == "cuda"
+        if on_cuda:
+            local_rank, n_gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+            if local_rank >= n_gpus:
+                raise ValueError(
+                    f"process {local_rank} of this node has no GPU of its own ({n_gpus} visible): start at most "
+                    f"{n_gpus} process(es) per node (torchrun --nproc-per-node), or train with --device cpu"
+                )
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if on_cuda else "gloo")
     return rank_and_world()
 
 
