@@ -89,7 +89,12 @@ def main() -> None:
         run = out / f"run-{a.device}-{n}-{time.time_ns()}"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n), __file__]
         job = {**vars(a), "data": str(data), "run": str(run)}
-        env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "PYTHONPATH": str(ROOT), WORKER_ENV: json.dumps(job)}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(a.threads),
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            WORKER_ENV: json.dumps(job),
+        }
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
         if done.returncode or not lines:
