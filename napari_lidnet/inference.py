@@ -558,9 +558,14 @@ def iter_pipeline(
     offset = 0
     selected = stack[idx]
     image = selected
+    # cache keys, only when caching (hashing a volume costs more than a GPU pass over it): the input's content
+    # hash, then for the detection stage the key of the denoising that made its input (no second hash)
+    image_key: Hashable = array_fingerprint(selected) if cache is not None else None
     for stage in stages:
         model = denoiser if stage == "denoise" else detector
-        key = (stage, array_fingerprint(image), tuple(idx), model_fingerprint(model), settings.key(), device.type)
+        key = None
+        if cache is not None:
+            key = (stage, image_key, tuple(idx), model_fingerprint(model), settings.key(), device.type)
         hit = cache.get(key) if cache is not None else None
         result.cached[stage] = hit is not None
         if hit is None:
@@ -588,7 +593,7 @@ def iter_pipeline(
             yield offset, total
         if stage == "denoise":
             result.denoised = hit
-            image = hit
+            image, image_key = hit, key
         else:
             result.boxes = hit
     result.seconds = time.perf_counter() - t0
