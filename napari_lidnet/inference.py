@@ -169,6 +169,13 @@ def _as_stack(hu: np.ndarray) -> np.ndarray:
     return hu[None] if hu.ndim == 2 else hu
 
 
+def _take(stack: np.ndarray, chunk: list[int]) -> np.ndarray:
+    """``stack[chunk]``, as a view (no copy) when the indices are consecutive."""
+    if chunk and chunk == list(range(chunk[0], chunk[0] + len(chunk))):
+        return stack[chunk[0] : chunk[0] + len(chunk)]
+    return stack[chunk]
+
+
 def _select(n: int, slices: SliceSelection) -> list[int]:
     """Slice indices to process, in the order given."""
     if slices is None:
@@ -258,7 +265,11 @@ class _Runner:
         return contextlib.nullcontext()
 
     def _tensor(self, hu: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(hu_to_net(hu), dtype=np.float32))[:, None].to(self.device)
+        """HU (b, h, w) -> network-scale (b, 1, h, w) on the device (scaled there: one pass less on the host)."""
+        arr = np.ascontiguousarray(hu, dtype=np.float32)
+        if not arr.flags.writeable:  # a read-only cached result: torch only takes memory it may write
+            arr = arr.copy()
+        return hu_to_net(torch.from_numpy(arr)[:, None].to(self.device))
 
     def _degrade(self, shape: tuple[int, int], exc: BaseException) -> None:
         """Next fallback after an out-of-memory error, or re-raise when none is left."""
@@ -384,7 +395,7 @@ def iter_denoise(
     out = np.empty((len(idx), *stack.shape[1:]), np.float32)
 
     def fn(x: torch.Tensor) -> list[np.ndarray]:
-        return list(net_to_hu(model(x)[:, 0].float().cpu().numpy()))
+        return list(net_to_hu(model(x)[:, 0].float()).cpu().numpy())
 
     def combine(parts: list, spans: list, shape: tuple[int, int]) -> np.ndarray:
         return _blend(parts, spans, shape, settings.overlap)
@@ -393,7 +404,7 @@ def iter_denoise(
         done = 0
         while done < len(idx):
             chunk = idx[done : done + runner.batch]
-            out[done : done + len(chunk)] = runner.run(stack[chunk], fn, combine)
+            out[done : done + len(chunk)] = runner.run(_take(stack, chunk), fn, combine)
             done += len(chunk)
             yield done, len(idx)
     if slices is None and np.ndim(hu) == 2:
@@ -428,7 +439,7 @@ def iter_detect(
         done = 0
         while done < len(idx):
             chunk = idx[done : done + runner.batch]
-            for z, (boxes, scores) in zip(chunk, runner.run(stack[chunk], fn, combine)):
+            for z, (boxes, scores) in zip(chunk, runner.run(_take(stack, chunk), fn, combine)):
                 if len(boxes):
                     zcol = np.full((len(boxes), 1), z, np.float32)
                     rows.append(np.hstack([zcol, boxes.float().cpu().numpy(), scores.float().cpu().numpy()[:, None]]))
