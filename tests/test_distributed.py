@@ -102,6 +102,16 @@ def _train_command(data, out) -> list[str]:
     ]  # fmt: skip
 
 
+def _one_process_run(out, data) -> dict[str, torch.Tensor]:
+    """The denoiser of the same schedule as ``_train_command``, trained uninterrupted in this process."""
+    cfg = TrainConfig(
+        out=str(out), data=str(data), mode="pixel", pretrain_denoiser_steps=6, pretrain_detector_steps=150,
+        rounds=1, denoiser_steps=6, batch_size=4, patch_size=32, denoiser_kwargs={"width": 8}, device="cpu",
+    )  # fmt: skip
+    list(Trainer(cfg).run())
+    return load_weights(out / "last_denoiser")[0].state_dict()
+
+
 def _done(run) -> list[str]:
     try:
         return json.loads((run / "state.json").read_text())["done"]
@@ -130,12 +140,36 @@ def test_torchrun_job_killed_mid_way_resumes_from_its_last_checkpoint(tmp_path):
     final = load_weights(run / "last_denoiser")[0].state_dict()
     assert any(not torch.equal(lost[k], final[k]) for k in lost)
 
-    cfg = TrainConfig(
-        out=str(tmp_path / "one"), data=str(data), mode="pixel", pretrain_denoiser_steps=6,
-        pretrain_detector_steps=150, rounds=1, denoiser_steps=6, batch_size=4, patch_size=32,
-        denoiser_kwargs={"width": 8}, device="cpu",
-    )  # fmt: skip
-    list(Trainer(cfg).run())
-    uninterrupted = load_weights(tmp_path / "one" / "last_denoiser")[0].state_dict()
+    uninterrupted = _one_process_run(tmp_path / "one", data)
     for name, value in uninterrupted.items():
+        assert torch.allclose(value, final[name], atol=1e-5), name
+
+
+def test_torchrun_restarts_a_lost_worker_and_the_job_finishes_by_itself(tmp_path):
+    """One of two workers is killed (SIGKILL) after the first stage; ``torchrun --max-restarts 1`` restarts the
+    group, which resumes from the last checkpoint and ends with the uninterrupted run's denoiser."""
+    import psutil
+
+    data = write_dataset(tmp_path / "data", _samples())
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = _train_command(data, run)
+    cmd.insert(cmd.index("--standalone") + 1, "--max-restarts=1")
+    job = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "pretrain-denoiser" not in _done(run) and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = [p for p in psutil.Process(job.pid).children(recursive=True) if "train" in p.cmdline()]
+        assert len(workers) == 2 and _done(run) == ["validate-start", "pretrain-denoiser"]
+        workers[1].kill()
+        _out, err = job.communicate(timeout=300)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 0, err[-2000:]
+    assert _done(run)[-1] == "round1-denoiser"
+    one = _one_process_run(tmp_path / "one", data)
+    final = load_weights(run / "last_denoiser")[0].state_dict()
+    for name, value in one.items():
         assert torch.allclose(value, final[name], atol=1e-5), name

@@ -1,6 +1,7 @@
 """Archives indexed once into a manifest (headers only), slices read lazily, training straight from an archive."""
 
 import json
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -132,3 +133,22 @@ def test_training_from_an_archive_folder_indexes_it_once(tmp_path):
     assert index["root"] == str(data.resolve()) and index["n"] == 4
     again = Trainer(_cfg(run, data))
     assert again._new_manifest is None  # the run folder's index is reused
+
+
+def test_training_from_a_manifest_holds_a_few_slices_not_the_archive(tmp_path):
+    """Python and numpy allocations (tracemalloc) peak at a few slices while training from a 48-slice manifest; the
+    eager reader, the control, holds the whole archive."""
+    data = _dataset(tmp_path / "data", n=48, size=160)
+    archive_bytes = 48 * 2 * 160 * 160 * 4  # full + low, float32
+    index = index_archive(data, tmp_path / "m.jsonl")
+    list(Trainer(_cfg(tmp_path / "warm-up", index, val_fraction=0.0, pretrain_denoiser_steps=1)).run())  # imports
+    tracemalloc.start()
+    cfg = _cfg(tmp_path / "run", index, val_fraction=0.0, pretrain_denoiser_steps=4, detector_kwargs={"width": 4})
+    records = list(Trainer(cfg).run())
+    lazy_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.reset_peak()
+    eager = read_dataset(data)
+    eager_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert records[-1]["stage"] == "finished" and len(eager) == 48
+    assert eager_peak > archive_bytes and lazy_peak < 0.2 * archive_bytes, (lazy_peak, eager_peak)
