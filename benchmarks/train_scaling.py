@@ -31,7 +31,7 @@ def worker(a: argparse.Namespace) -> None:
     import torch
 
     from napari_lidnet._training.config import TrainConfig
-    from napari_lidnet._training.distributed import init_from_env
+    from napari_lidnet._training.distributed import init_from_env, shutdown
     from napari_lidnet._training.trainer import Trainer
 
     torch.set_num_threads(a.threads)
@@ -53,6 +53,7 @@ def worker(a: argparse.Namespace) -> None:
     if rank == 0:
         per_step = {k: sum(v) / len(v) for k, v in times.items()}
         print("RESULT " + json.dumps({"world": world, "batch": cfg.batch_size, "per_step_s": per_step}), flush=True)
+    shutdown()
 
 
 def ensure_data(folder: Path, n: int, size: int) -> Path:

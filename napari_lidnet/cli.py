@@ -57,8 +57,6 @@ def _print_progress(done: int, total: int) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from napari_lidnet._training.config import TrainConfig
-    from napari_lidnet._training.report import format_record
-    from napari_lidnet._training.trainer import Trainer
 
     cfg = TrainConfig(
         out=args.out,
@@ -86,9 +84,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     if args.denoiser_width:
         cfg.denoiser_kwargs["width"] = args.denoiser_width
-    from napari_lidnet._training.distributed import init_from_env
+    from napari_lidnet._training import distributed
 
-    rank, _world = init_from_env(args.device)  # under torchrun: one process per GPU/CPU worker, rank 0 reports
+    rank, _world = distributed.init_from_env(args.device)  # under torchrun: a process per GPU/CPU worker
+    try:
+        return _train_and_export(cfg, rank, args.export)
+    finally:
+        distributed.shutdown()
+
+
+def _train_and_export(cfg, rank: int, export: str | None) -> int:
+    """Run the trainer (rank 0 reports), then export the best checkpoint under a model name if asked."""
+    from napari_lidnet._training.report import format_record
+    from napari_lidnet._training.trainer import Trainer, TrainingError
+
     trainer = Trainer(cfg)
     try:
         for rec in trainer.run():
@@ -98,10 +107,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: the last checkpoint in {trainer.out} is kept; run again to resume", file=sys.stderr)
         return 130
-    if args.export and rank == 0:
+    except TrainingError as exc:
+        print(f"lidnet train: error: {exc}", file=sys.stderr)
+        return 1
+    if export and rank == 0:
         from napari_lidnet._training.export import export_run
 
-        for path in export_run(trainer.out, args.export, command=" ".join(sys.argv)):
+        for path in export_run(trainer.out, export, command=" ".join(sys.argv)):
             print(f"exported {path}", file=sys.stderr)
     return 0
 

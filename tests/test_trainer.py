@@ -1,6 +1,8 @@
 """The collaborative trainer: it learns, checkpoints atomically, stops on request, resumes exactly, refuses NaN."""
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +173,33 @@ def test_stop_in_the_first_stage_then_resume(tmp_path):
     assert not (tmp_path / "r" / "last_denoiser.json").exists()
     resumed = list(Trainer(_config(tmp_path / "r", rounds=0), samples).run())
     assert resumed[-1]["stage"] == "finished" and (tmp_path / "r" / "last_denoiser.json").exists()
+
+
+def test_a_second_run_on_a_busy_folder_is_refused(tmp_path):
+    """While one run holds the run folder, another on the same folder stops before writing anything."""
+    first = Trainer(_config(tmp_path / "r", rounds=0), _samples()).run()
+    next(first)  # running: rank 0 holds the folder's lock
+    before = _files(tmp_path / "r")
+    with pytest.raises(TrainingError, match=r"in use by another training run \(pid \d+"):
+        next(Trainer(_config(tmp_path / "r", rounds=0), _samples()).run())
+    assert _files(tmp_path / "r") == before
+    first.close()  # stopped: the lock is released, and the folder resumes
+    assert list(Trainer(_config(tmp_path / "r", rounds=0), _samples()).run())[-1]["stage"] == "finished"
+
+
+def test_a_run_folder_locked_by_another_process_is_refused_until_it_ends(tmp_path):
+    folder = tmp_path / "r"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from napari_lidnet._training.trainer import _RunFolderLock; lock = _RunFolderLock(Path(sys.argv[1])); "
+         "print('locked', flush=True); time.sleep(120)", str(folder)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(TrainingError, match=rf"in use by another training run \(pid {holder.pid} on "):
+            next(Trainer(_config(folder, rounds=0), _samples()).run())
+    finally:
+        holder.kill()
+        holder.wait()
+    assert list(Trainer(_config(folder, rounds=0), _samples()).run())[-1]["stage"] == "finished"

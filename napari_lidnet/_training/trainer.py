@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -44,11 +45,52 @@ from napari_lidnet.models.registry import load_model
 from napari_lidnet.models.weights import save_weights
 
 STATE_FILE = "state.json"
+LOCK_FILE = ".lock"
 MANIFEST_FILE = "manifest.jsonl"
 
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (e.g. a NaN loss); the last good checkpoint is kept."""
+
+
+class _RunFolderLock:
+    """An exclusive POSIX record lock on a run folder's lock file, held until :meth:`close` or the process ends.
+
+    Record locks (``lockf``) belong to the process, so DataLoader workers forked from it do not keep the folder
+    locked after it dies; the folders locked in this process are remembered to refuse a second run here too.
+    """
+
+    held: set[Path] = set()
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder.resolve()
+        if self.folder in self.held:
+            raise TrainingError(f"{folder} is in use by another training run (pid {os.getpid()}, this process); "
+                                "stop it first, or train into another folder")  # fmt: skip
+        self.fh = open(folder / LOCK_FILE, "a+")
+        try:
+            import fcntl
+
+            fcntl.lockf(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # Windows: no advisory locks here; one run per folder is then the user's care
+            pass
+        except OSError:
+            self.fh.seek(0)
+            holder = self.fh.read().strip() or "another process"
+            self.fh.close()
+            raise TrainingError(
+                f"{folder} is in use by another training run ({holder}); stop it first, or train into another folder"
+            ) from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        self.fh.flush()
+        self.held.add(self.folder)
+
+    def close(self) -> None:
+        self.held.discard(self.folder)
+        self.fh.close()  # releases the lock
 
 
 def _group(stage: str) -> str:
@@ -208,8 +250,27 @@ class Trainer:
         return sum(n for _, n in self.stages())
 
     def run(self) -> Iterator[dict[str, Any]]:
-        """Run (or resume) the schedule, yielding one progress record per step and per validation."""
-        distributed.barrier()  # every rank has read the run folder before rank 0 writes to it
+        """Run (or resume) the schedule, yielding one progress record per step and per validation.
+
+        Rank 0 holds a lock on the run folder meanwhile: a second run on the same folder (a forgotten process, an
+        orphaned worker of a lost job) is refused instead of writing checkpoints over this one's.
+        """
+        lock, busy = None, None
+        if self.rank == 0:
+            try:
+                lock = _RunFolderLock(self.out)
+            except TrainingError as exc:
+                busy = str(exc)
+        busy = distributed.broadcast_object(busy)  # also the barrier: every rank has read the run folder
+        if busy:
+            raise TrainingError(busy)
+        try:
+            yield from self._run()
+        finally:
+            if lock is not None:
+                lock.close()
+
+    def _run(self) -> Iterator[dict[str, Any]]:
         stages = self.stages()
         total = self.total_steps()
         done_steps = sum(n for name, n in stages if name in self.state["done"])
@@ -254,6 +315,7 @@ class Trainer:
                 self._write_state()
                 continue  # validate once per group: after pretraining, after each whole round
             yield self._end_of_stage(name, done_steps, total)
+        distributed.barrier()  # rank 0 has validated and written the last checkpoint: every rank finishes with it
         yield {
             "stage": "finished",
             "step": done_steps,
