@@ -158,7 +158,7 @@ def _dicom_rows(root: Path, skipped: list[str]) -> Iterator[dict[str, Any]]:
             ps = _floats(h.ds.get("PixelSpacing"), 2)
             for frame in range(_n_frames(h.ds)):
                 yield {
-                    "name": f"{uid[-12:]}#{h.path.stem}#{frame}",
+                    "name": f"{_rel(h.path, root)}#{frame}",  # unique, whatever the file names
                     "file": _rel(h.path, root),
                     "frame": frame,
                     "low": None,
