@@ -35,10 +35,16 @@ def crop_boxes(boxes: np.ndarray, x0: int, y0: int, size: int, min_visible: floa
     return clipped[keep]
 
 
-def slice_shape(sample) -> tuple[int, int]:
-    """(rows, cols) of a training slice without reading its pixels when it knows its shape."""
-    shape = getattr(sample, "shape", None)
-    return tuple(shape) if shape is not None else tuple(np.shape(sample.full_hu))  # type: ignore[return-value]
+def check_patch_settings(slices: list, patch_size: int, batch_size: int, world_size: int = 1) -> None:
+    """Raise ValueError when ``slices`` cannot give batches of ``batch_size`` patches of ``patch_size`` over
+    ``world_size`` processes (slice sizes from ``.shape``: no pixel is read)."""
+    if not slices:
+        raise ValueError("no training slices: the dataset is empty")
+    if batch_size % world_size:
+        raise ValueError(f"batch size {batch_size} does not split over {world_size} processes")
+    small = [s.name for s in slices if min(s.shape) < patch_size]
+    if small:
+        raise ValueError(f"patch size {patch_size} is larger than slice(s) {', '.join(small[:3])}")
 
 
 class PatchDataset(torch.utils.data.Dataset):
@@ -50,11 +56,6 @@ class PatchDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, slices: list, patch_size: int, seed: int, repeat: int = 1, lesion_fraction: float = 0.7):
-        if not slices:
-            raise ValueError("no training slices: the dataset is empty")
-        small = [s.name for s in slices if min(slice_shape(s)) < patch_size]
-        if small:
-            raise ValueError(f"patch size {patch_size} is larger than slice(s) {small[:3]}")
         self.slices, self.patch_size, self.seed = slices, patch_size, seed
         self.repeat, self.lesion_fraction = repeat, lesion_fraction
 
@@ -113,8 +114,7 @@ def patch_batches(
     """
     from torch.utils.data import DataLoader, DistributedSampler
 
-    if batch_size % world_size:
-        raise ValueError(f"batch size {batch_size} does not split over {world_size} processes")
+    check_patch_settings(slices, patch_size, batch_size, world_size)
     needed = n_batches * batch_size + world_size  # the sampler's drop_last keeps len - world_size at least
     repeat = max(1, -(-needed // len(slices)))
     dataset = PatchDataset(slices, patch_size, seed, repeat)

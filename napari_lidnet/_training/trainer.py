@@ -36,8 +36,8 @@ from napari_lidnet._training.losses import (
     roi_perceptual_loss,
     whole_image_perceptual_loss,
 )
-from napari_lidnet._training.patches import PatchBatch, patch_batches, slice_shape
-from napari_lidnet._training.validate import evaluate_denoiser
+from napari_lidnet._training.patches import PatchBatch, check_patch_settings, patch_batches
+from napari_lidnet._training.validate import evaluate_denoiser, stack_samples
 from napari_lidnet.models.denoisers import build_denoiser
 from napari_lidnet.models.detector import LesionDetector
 from napari_lidnet.models.device import pick_device
@@ -128,10 +128,9 @@ class Trainer:
         self.cfg = config
         self.should_stop = should_stop or (lambda: False)
         self.rank, self.world_size = distributed.rank_and_world()
-        if config.batch_size % self.world_size:
-            raise ValueError(f"batch size {config.batch_size} does not split over {self.world_size} processes")
         self.out = Path(config.out).expanduser().resolve()
         self._new_manifest: tuple | None = None
+        self._val_images: tuple | None = None  # stacked validation slices, read at the first validation
         if samples is None:
             samples = self._archive_slices()
         self.train_samples, self.val_samples = split_samples(
@@ -139,9 +138,7 @@ class Trainer:
         )
         if not self.train_samples:
             raise ValueError("no training slices left after the validation split")
-        small = [s.name for s in samples if min(slice_shape(s)) < config.patch_size]
-        if small:
-            raise ValueError(f"patch size {config.patch_size} is larger than slice(s) {', '.join(small[:3])}")
+        check_patch_settings(samples, config.patch_size, config.batch_size, self.world_size)
         n_lesions = sum(len(s.boxes) for s in self.train_samples)
         if config.mode != "pixel" and n_lesions == 0:
             raise ValueError("LIDnet modes need lesion boxes in the training slices; none were found")
@@ -473,7 +470,9 @@ class Trainer:
         """Validation metrics of the current denoiser and detector (on the denoised validation slices); rank 0."""
         if not self.val_samples or self.rank:
             return {}
-        return evaluate_denoiser(self.denoiser, self.detector, self.val_samples, self.device)
+        if self._val_images is None:  # read once: archive slices are read (and simulated) on every access
+            self._val_images = stack_samples(self.val_samples)
+        return evaluate_denoiser(self.denoiser, self.detector, self._val_images, self.device)
 
 
 def train(

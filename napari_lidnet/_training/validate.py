@@ -52,10 +52,11 @@ def evaluate_images(
 def evaluate_denoiser(
     denoiser: torch.nn.Module | None,
     detector: torch.nn.Module | None,
-    samples: list,
+    stacked: tuple[np.ndarray, np.ndarray, list[np.ndarray]],
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
-    """Denoise the samples' low-dose slices (or keep them when ``denoiser`` is None) and evaluate."""
-    low, full, gt = stack_samples(samples)
+    """Denoise the low-dose slices of ``stacked`` (:func:`stack_samples`; kept as they are when ``denoiser`` is
+    None) and evaluate them against its full-dose slices and boxes."""
+    low, full, gt = stacked
     images = low if denoiser is None else denoise(denoiser, low, device=device)
     return evaluate_images(images, full, gt, detector, device)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_lidnet.io.png16 import read_png_hu, write_png_hu
+from napari_lidnet.io.png16 import png_shape, read_png_hu, write_png_hu
 
 FORMAT = "lidnet-dataset"
 VERSION = 1
@@ -37,6 +37,12 @@ class Sample:
     boxes: np.ndarray
     spacing_mm: float
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, cols) of the slice."""
+        rows, cols = np.shape(self.full_hu)[-2:]
+        return int(rows), int(cols)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, boxes={len(self.boxes)}, spacing_mm={self.spacing_mm})"
 
@@ -47,6 +53,10 @@ class LazySample(Sample):
     def __init__(self, name: str, full_path: Path, low_path: Path | None, boxes: np.ndarray, spacing_mm: float):
         self.name, self.full_path, self.low_path = name, full_path, low_path
         self.boxes, self.spacing_mm = boxes, spacing_mm
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return png_shape(self.full_path)  # from the PNG header, no pixel read
 
     @property
     def full_hu(self) -> np.ndarray:  # type: ignore[override]

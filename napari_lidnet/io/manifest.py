@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,21 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from napari_lidnet.io.png16 import read_png_hu
+from napari_lidnet.io.png16 import png_shape, read_png_hu
 
 FORMAT = "lidnet-manifest"
 VERSION = 1
 KINDS = ("dataset", "deeplesion", "dicom")
-
-
-def png_shape(path: Path) -> tuple[int, int]:
-    """(rows, cols) of a PNG from its IHDR chunk, without decoding the image."""
-    with open(path, "rb") as fh:
-        head = fh.read(24)
-    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
-        raise ValueError(f"{path}: not a PNG file")
-    width, height = struct.unpack(">II", head[16:24])
-    return int(height), int(width)
 
 
 @dataclass(repr=False, eq=False)
@@ -112,7 +101,7 @@ def _dataset_rows(root: Path) -> Iterator[dict[str, Any]]:
                 "file": _rel(s.full_path, root),  # type: ignore[attr-defined]
                 "frame": 0,
                 "low": _rel(s.low_path, root) if s.low_path else None,  # type: ignore[attr-defined]
-                "shape": list(png_shape(s.full_path)),  # type: ignore[attr-defined]
+                "shape": list(s.shape),
                 "spacing_mm": s.spacing_mm,
                 "boxes": np.asarray(s.boxes).round(2).tolist(),
             }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,16 @@ def read_png_hu(path: str | Path) -> np.ndarray:
             f"(DeepLesion stores HU + {PNG_HU_OFFSET} in 16-bit PNG)"
         )
     return arr.astype(np.float32) - PNG_HU_OFFSET
+
+
+def png_shape(path: str | Path) -> tuple[int, int]:
+    """(rows, cols) of a PNG from its IHDR chunk, without decoding the image."""
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        raise ValueError(f"{path}: not a PNG file")
+    width, height = struct.unpack(">II", head[16:24])
+    return int(height), int(width)
 
 
 def write_png_hu(path: str | Path, hu: np.ndarray) -> None:
