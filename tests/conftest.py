@@ -204,3 +204,30 @@ def deeplesion_tree(tmp_path):
         + _row("000002_01_01_050.png", 50, "1, 1, 2, 2", spacing="0.9, 0.9, 2.5")
     )
     return root, series, hus
+
+
+def tiny_models(folder: Path, prefix: str = "tiny") -> None:
+    """Small starting models: a denoiser that does not suit this data (it adds structured noise), a random
+    detector; fine-tuning has something clear to fix."""
+    import torch
+
+    from napari_lidnet.models.denoisers import build_denoiser
+    from napari_lidnet.models.detector import LesionDetector
+    from napari_lidnet.models.weights import save_weights
+
+    torch.manual_seed(0)
+    den = build_denoiser("fastdn", width=8, blocks=1)
+    torch.nn.init.normal_(den.tail.weight, std=0.2)
+    save_weights(den, folder / f"{prefix}_denoiser")
+    save_weights(LesionDetector(width=4), folder / f"{prefix}_detector")
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A user model folder holding the tiny models (test_denoise_widget has its own)."""
+    from napari_lidnet.models.registry import MODEL_DIR_ENV
+
+    folder = tmp_path / "models"
+    tiny_models(folder)
+    monkeypatch.setenv(MODEL_DIR_ENV, str(folder))
+    return folder

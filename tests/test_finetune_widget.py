@@ -7,22 +7,14 @@ from pathlib import Path
 
 import pytest
 from qtpy.QtCore import QTimer
-from test_local_data import phantom, tiny_models
+from test_local_data import phantom
 
 from napari_lidnet._widgets._layers import boxes_to_shapes
 from napari_lidnet._widgets.finetune import DETECT_ITEM, SCRATCH_ITEM, FineTuneWidget
-from napari_lidnet.models.registry import MODEL_DIR_ENV, list_models
+from napari_lidnet.models.registry import list_models
 from napari_lidnet.models.weights import load_weights
 
 SCALE, TRANSLATE = (2.5, 0.7, 0.8), (10.0, -120.0, -100.0)
-
-
-@pytest.fixture
-def model_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "models"
-    tiny_models(folder)
-    monkeypatch.setenv(MODEL_DIR_ENV, str(folder))
-    return folder
 
 
 def add_case(viewer, n: int = 6, size: int = 64, noise: float = 80.0):

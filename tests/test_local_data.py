@@ -13,10 +13,9 @@ from napari.layers import Image, Shapes
 
 from napari_lidnet._training import local_data as ld
 from napari_lidnet._widgets._layers import boxes_to_shapes
-from napari_lidnet.models.denoisers import build_denoiser
 from napari_lidnet.models.detector import LesionDetector
-from napari_lidnet.models.registry import MODEL_DIR_ENV, list_models
-from napari_lidnet.models.weights import load_weights, save_weights
+from napari_lidnet.models.registry import list_models
+from napari_lidnet.models.weights import load_weights
 
 SCALE, TRANSLATE = (2.5, 0.7, 0.8), (10.0, -120.0, -100.0)
 
@@ -36,24 +35,6 @@ def phantom(n: int = 6, size: int = 64, noise: float = 80.0, seed: int = 0) -> t
             boxes.append([k, cx - r, cy - r, cx + r, cy + r])
     low = (full + rng.normal(0, noise, full.shape)).astype(np.float32)
     return low, full, np.asarray(boxes, np.float32)
-
-
-def tiny_models(folder: Path, prefix: str = "tiny") -> None:
-    """Small starting models: a denoiser that does not suit this data (it adds structured noise), a random
-    detector; fine-tuning has something clear to fix."""
-    torch.manual_seed(0)
-    den = build_denoiser("fastdn", width=8, blocks=1)
-    torch.nn.init.normal_(den.tail.weight, std=0.2)
-    save_weights(den, folder / f"{prefix}_denoiser")
-    save_weights(LesionDetector(width=4), folder / f"{prefix}_detector")
-
-
-@pytest.fixture
-def model_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "models"
-    tiny_models(folder)
-    monkeypatch.setenv(MODEL_DIR_ENV, str(folder))
-    return folder
 
 
 def tiny_config(out: Path, **kw):
