@@ -91,7 +91,7 @@ def read_info(path: str | Path) -> dict[str, Any]:
     return info
 
 
-def _write_json(path: Path, info: dict[str, Any]) -> None:
+def write_json(path: Path, info: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
@@ -125,7 +125,7 @@ def write_dataset(path: str | Path, samples: Iterable[Sample], info: dict[str, A
     """
     path = prepare_folder(path)
     info = {**(info or {}), "format": FORMAT, "version": VERSION}
-    _write_json(path / "dataset.json", {**info, "complete": False})
+    write_json(path / "dataset.json", {**info, "complete": False})
     (path / "full").mkdir(exist_ok=True)
     n = 0
     names: set[str] = set()
@@ -147,7 +147,7 @@ def write_dataset(path: str | Path, samples: Iterable[Sample], info: dict[str, A
                 lesions.writerow([fname, f"{x1:.2f}", f"{y1:.2f}", f"{x2:.2f}", f"{y2:.2f}"])
             n += 1
     info["n"] = n
-    _write_json(path / "dataset.json", info)
+    write_json(path / "dataset.json", info)
     return path
 
 

@@ -100,5 +100,5 @@ def add_low_dose(
             "low_dose_source": f"projection-domain noise insertion (simulate_low_dose, i0={I0_DEFAULT:g})",
         }
     )
-    ds._write_json(path / "dataset.json", info)
+    ds.write_json(path / "dataset.json", info)
     return len(todo)
