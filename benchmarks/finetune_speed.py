@@ -102,15 +102,16 @@ def round_speed(samples: list, model_dir: Path, steps: int, patch: int = 256, ba
 
 def one_click(image: object, shapes: object, start: tuple[str, str]) -> tuple[float, object]:
     """The widget's default run (same job, same defaults) on the sample data; returns (seconds, outcome)."""
-    from napari_lidnet._training import local_data as ld
+    from napari_lidnet._training import finetune as fj
+    from napari_lidnet._widgets import layer_inputs as li
 
     t0 = time.perf_counter()
-    inputs, problems = ld.inputs_from_layers([image], shapes)
+    inputs, problems = li.inputs_from_layers([image], shapes)
     assert not problems, problems
     name = "bench-" + time.strftime("%H%M%S")
-    cfg = ld.one_click_config(ld.new_run_dir(name), init_denoiser=start[0], init_detector=start[1], device="cpu")
-    req = ld.FinetuneRequest(name, cfg, inputs=inputs, dose=0.25, source="layers")
-    job = ld.finetune_job(req)
+    cfg = fj.one_click_config(fj.new_run_dir(name), init_denoiser=start[0], init_detector=start[1], device="cpu")
+    req = fj.FinetuneRequest(name, cfg, inputs=inputs, dose=0.25, source="layers")
+    job = fj.finetune_job(req)
     last_stage = None
     while True:
         try:
@@ -156,9 +157,11 @@ def main() -> None:
     t = time.perf_counter()
     image, shapes, low = _sample_layers(6, 512)
     print(f"sample data ready in {time.perf_counter() - t:.1f} s")
+    from napari_lidnet._training import finetune as fj
     from napari_lidnet._training import local_data as ld
+    from napari_lidnet._widgets import layer_inputs as li
 
-    inputs, _ = ld.inputs_from_layers([image], shapes)
+    inputs, _ = li.inputs_from_layers([image], shapes)
     full = inputs[0].full_hu
     samples = ld.make_samples([ld.CTInput("sample", full, 0.75, low_hu=low, boxes=inputs[0].boxes)], 0.25)
     speed = round_speed(samples, model_dir, args.steps)
@@ -169,14 +172,14 @@ def main() -> None:
     )
     if args.skip_one_click:
         return
-    d = ld.ONE_CLICK_DEFAULTS
+    d = fj.ONE_CLICK_DEFAULTS
     print(
         f"one-click run: {d['rounds']} rounds x ({d['denoiser_steps']} denoiser + {d['detector_steps']} detector)"
         f" steps, patch {d['patch_size']}, batch {d['batch_size']}, 25% dose simulated from the full-dose sample"
     )
     seconds, outcome = one_click(image, shapes, start)
     s, b = outcome.start_metrics or {}, outcome.best_metrics or {}
-    print(f"one-click run: {outcome.status} in {seconds:.0f} s ({seconds / 60:.2f} min); {ld.outcome_summary(outcome)}")
+    print(f"one-click run: {outcome.status} in {seconds:.0f} s ({seconds / 60:.2f} min); {fj.outcome_summary(outcome)}")
     if "psnr" in s and "psnr" in b:
         print(f"validation PSNR {s['psnr']:.2f} -> {b['psnr']:.2f} dB ({b['psnr'] - s['psnr']:+.2f} dB)")
     print(f"under 5 minutes: {seconds < 300}; PSNR improved: {b.get('psnr', 0) > s.get('psnr', 1e9)}")

@@ -48,7 +48,7 @@ def napari_get_reader(path: PathLike | Sequence[PathLike]) -> Callable[[Any], li
 
 def read_ct(path: PathLike | Sequence[PathLike]) -> list[tuple]:
     """Read CT at ``path`` (one per DICOM series) into LayerDataTuples; raise ValueError naming the bad file."""
-    from ._widgets._layers import volume_layer_tuples
+    from .layer_data import volume_layer_tuples
 
     paths = [path] if isinstance(path, str | Path) else list(path)
     dicom_files = [p for p in paths if Path(p).is_file() and input_kind(p) == "dicom"]

@@ -89,8 +89,8 @@ def _sample_arrays(n_slices: int, size: int) -> tuple[np.ndarray, np.ndarray, np
 
 def sample_abdomen(n_slices: int = 6, size: int = 512) -> list[LayerDataTuple]:
     """Layer tuples: low-dose image, full-dose image (soft-tissue window, mm scale) and ground-truth boxes."""
-    from napari_lidnet._widgets._layers import boxes_layer_tuple, volume_to_layer_tuple
     from napari_lidnet.io.volume import CTVolume
+    from napari_lidnet.layer_data import boxes_layer_tuple, volume_to_layer_tuple
 
     low, full, boxes, kinds, spacing = _sample_arrays(int(n_slices), int(size))
     source = f"simulated abdomen phantom (seed {SAMPLE_SEED}), {SAMPLE_DOSE:.0%} dose, napari_lidnet.sim"

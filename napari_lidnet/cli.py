@@ -27,7 +27,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from napari_lidnet.io.manifest import index_archive, read_header
+    from napari_lidnet.datasets.manifest import index_archive, read_header
 
     out = index_archive(args.archive, args.out, dose=args.dose, seed=args.seed, command=" ".join(sys.argv))
     header = read_header(out)

@@ -32,10 +32,10 @@ def _wait(widget: Any, timeout_s: float = 600.0) -> None:
 
 def sample_metrics(viewer: Any, threshold: float) -> dict[str, Any]:
     """PSNR/SSIM of low dose and denoised against full dose, and the detections against the ground truth."""
-    from napari_lidnet._training.validate import METRIC_WINDOW, detections_per_slice
-    from napari_lidnet._widgets._layers import shapes_to_boxes
+    from napari_lidnet._training.validate import detections_per_slice
+    from napari_lidnet.layer_data import shapes_to_boxes
     from napari_lidnet.metrics.froc import froc
-    from napari_lidnet.metrics.image import psnr, ssim
+    from napari_lidnet.metrics.image import METRIC_WINDOW, psnr, ssim
 
     low = np.asarray(viewer.layers[LOW].data)
     full = np.asarray(viewer.layers[FULL].data)

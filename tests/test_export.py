@@ -9,9 +9,9 @@ import pydicom
 from conftest import listing, write_series
 from test_denoise_widget import add_ct, make_widget, model_dir, phantom, run_and_wait  # noqa: F401 (fixture)
 
-from napari_lidnet._widgets._layers import volume_to_layer_tuple
 from napari_lidnet.io.boxes_io import read_boxes_csv
 from napari_lidnet.io.open_ct import open_ct
+from napari_lidnet.layer_data import volume_to_layer_tuple
 
 COS, SIN = np.cos(np.radians(25)), np.sin(np.radians(25))
 OBLIQUE = (COS, SIN, 0.0, -SIN, COS, 0.0)  # rows/columns rotated about the slice normal (z)

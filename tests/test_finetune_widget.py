@@ -9,8 +9,8 @@ import pytest
 from qtpy.QtCore import QTimer
 from test_local_data import phantom
 
-from napari_lidnet._widgets._layers import boxes_to_shapes
 from napari_lidnet._widgets.finetune import DETECT_ITEM, SCRATCH_ITEM, FineTuneWidget
+from napari_lidnet.layer_data import boxes_to_shapes
 from napari_lidnet.models.registry import list_models
 from napari_lidnet.models.weights import load_weights
 

@@ -11,8 +11,10 @@ import pytest
 import torch
 from napari.layers import Image, Shapes
 
+from napari_lidnet._training import finetune as fj
 from napari_lidnet._training import local_data as ld
-from napari_lidnet._widgets._layers import boxes_to_shapes
+from napari_lidnet._widgets import layer_inputs as li
+from napari_lidnet.layer_data import boxes_to_shapes
 from napari_lidnet.models.detector import LesionDetector
 from napari_lidnet.models.registry import list_models
 from napari_lidnet.models.weights import load_weights
@@ -52,7 +54,7 @@ def tiny_config(out: Path, **kw):
         device="cpu",
     )
     values.update(kw)
-    return ld.one_click_config(out, **values)
+    return fj.one_click_config(out, **values)
 
 
 # ------------------------------------------------------------------------------------------------ layers
@@ -65,7 +67,7 @@ def test_shapes_map_through_world_coordinates() -> None:
     shapes_px = boxes_to_shapes(boxes, 3)
     world = [np.array([image.data_to_world(v) for v in rect]) for rect in shapes_px]
     shapes = Shapes(world, shape_type="rectangle", name="drawn")
-    got, problems = ld.shapes_in_image(shapes, image)
+    got, problems = li.shapes_in_image(shapes, image)
     assert problems == []
     np.testing.assert_allclose(got, boxes, atol=1e-4)
     # 2D rectangles over a 3D image lie on the current slice; lines are reported, not used
@@ -74,11 +76,11 @@ def test_shapes_map_through_world_coordinates() -> None:
         shape_type=["rectangle", "line"],
         name="flat",
     )
-    got, problems = ld.shapes_in_image(flat, image, current_slice=2)
+    got, problems = li.shapes_in_image(flat, image, current_slice=2)
     assert got.shape == (1, 5) and got[0, 0] == 2
     np.testing.assert_allclose(got[0, 1:3], [6, 5], atol=1e-4)
     assert len(problems) == 1 and "line" in problems[0]
-    _, problems = ld.shapes_in_image(flat, image, current_slice=None)
+    _, problems = li.shapes_in_image(flat, image, current_slice=None)
     assert any("2D" in p for p in problems)
 
 
@@ -90,7 +92,7 @@ def test_boxes_go_to_the_image_that_holds_them() -> None:
     rects = boxes_to_shapes(boxes[:2], 3) + boxes_to_shapes(np.array([[1, 110, 20, 120, 30]], float), 3)
     rects.append(rects[0] + [0, 0, 400])  # far outside both
     shapes = Shapes(rects, shape_type="rectangle", name="boxes")
-    inputs, problems = ld.inputs_from_layers([img_a, img_b], shapes)
+    inputs, problems = li.inputs_from_layers([img_a, img_b], shapes)
     assert [len(i.boxes) for i in inputs] == [2, 1]
     np.testing.assert_allclose(inputs[1].boxes[0], [1, 10, 20, 20, 30], atol=1e-4)
     assert len(problems) == 1 and "outside every chosen image" in problems[0]
@@ -186,10 +188,10 @@ def drive(job):
 def test_job_improves_validation_and_publishes_a_model(model_dir: Path, tmp_path: Path) -> None:
     low, full, boxes = phantom(n=6, size=64, noise=80.0)
     name = "site-a"
-    run = ld.new_run_dir(name)
+    run = fj.new_run_dir(name)
     assert run == tmp_path / "runs" / name
-    req = ld.FinetuneRequest(name, tiny_config(run), inputs=[ld.CTInput("ct", full, 0.7, low, boxes, "drawn")])
-    records, out = drive(ld.finetune_job(req))
+    req = fj.FinetuneRequest(name, tiny_config(run), inputs=[ld.CTInput("ct", full, 0.7, low, boxes, "drawn")])
+    records, out = drive(fj.finetune_job(req))
     assert out.status == "finished", out.message
     vals = [r for r in records if r["stage"] == "validate"]
     assert vals[0]["after"] == "start" and len(vals) == 3
@@ -204,18 +206,18 @@ def test_job_improves_validation_and_publishes_a_model(model_dir: Path, tmp_path
     info = card["training"]["finetune"]
     assert info["n_slices"] == 6 and info["n_lesions"] == 12 and info["images"][0]["boxes"] == "drawn"
     assert card["training"]["config"]["rounds"] == 2
-    assert "PSNR" in ld.outcome_summary(out)
+    assert "PSNR" in fj.outcome_summary(out)
     # the same name again is refused before anything runs
-    assert ld.model_name_problems(name) and "already exists" in ld.model_name_problems(name)[0]
-    assert ld.new_run_dir(name) != run
+    assert fj.model_name_problems(name) and "already exists" in fj.model_name_problems(name)[0]
+    assert fj.new_run_dir(name) != run
 
 
 def test_stop_ends_within_one_step_and_keeps_checkpoints(model_dir: Path) -> None:
     low, full, boxes = phantom(n=4, size=64)
     flag = {"stop": False}
-    run = ld.new_run_dir("stopped")
-    req = ld.FinetuneRequest("stopped", tiny_config(run, rounds=3), inputs=[ld.CTInput("ct", full, 0.7, low, boxes)])
-    job = ld.finetune_job(req, should_stop=lambda: flag["stop"])
+    run = fj.new_run_dir("stopped")
+    req = fj.FinetuneRequest("stopped", tiny_config(run, rounds=3), inputs=[ld.CTInput("ct", full, 0.7, low, boxes)])
+    job = fj.finetune_job(req, should_stop=lambda: flag["stop"])
     records = []
     for rec in job:
         records.append(rec)
@@ -247,9 +249,9 @@ def test_nan_loss_fails_cleanly_and_exports_nothing(model_dir: Path, monkeypatch
 
     monkeypatch.setattr(Trainer, "_denoiser_step", poisoned)
     before = sorted(p.name for p in model_dir.iterdir())
-    run = ld.new_run_dir("broken")
-    req = ld.FinetuneRequest("broken", tiny_config(run), inputs=[ld.CTInput("ct", full, 0.7, low, boxes)])
-    records, out = drive(ld.finetune_job(req))
+    run = fj.new_run_dir("broken")
+    req = fj.FinetuneRequest("broken", tiny_config(run), inputs=[ld.CTInput("ct", full, 0.7, low, boxes)])
+    records, out = drive(fj.finetune_job(req))
     assert out.status == "failed" and "nan" in out.message.lower() and "round2-denoiser" in out.message
     assert sorted(p.name for p in model_dir.iterdir()) == before  # nothing exported
     load_weights(run / "best_denoiser")  # the round-1 checkpoint survives intact
@@ -257,9 +259,9 @@ def test_nan_loss_fails_cleanly_and_exports_nothing(model_dir: Path, monkeypatch
 
 def test_job_reports_bad_data_without_training(model_dir: Path) -> None:
     low, full, boxes = phantom(n=1, size=64)
-    run = ld.new_run_dir("bad")
-    req = ld.FinetuneRequest("bad", tiny_config(run), inputs=[ld.CTInput("ct", full, 0.7, low, boxes[:1])])
-    records, out = drive(ld.finetune_job(req))
+    run = fj.new_run_dir("bad")
+    req = fj.FinetuneRequest("bad", tiny_config(run), inputs=[ld.CTInput("ct", full, 0.7, low, boxes[:1])])
+    records, out = drive(fj.finetune_job(req))
     assert out.status == "invalid" and "at least 2 slices" in out.message and "lesion" in out.message
     assert not run.exists()
 
@@ -270,10 +272,10 @@ def test_dataset_folder_source(model_dir: Path, tmp_path: Path) -> None:
     low, full, boxes = phantom(n=4, size=64)
     samples = [Sample(f"s{k}", full[k], low[k], boxes[boxes[:, 0] == k][:, 1:], 0.7) for k in range(4)]
     write_dataset(tmp_path / "data", samples, {"dose": 0.25, "seed": 0})
-    run = ld.new_run_dir("from-dataset")
+    run = fj.new_run_dir("from-dataset")
     cfg = tiny_config(run, rounds=1, denoiser_steps=2, detector_steps=1)
-    req = ld.FinetuneRequest("from-dataset", cfg, dataset_dir=str(tmp_path / "data"), source="dataset")
-    _, out = drive(ld.finetune_job(req))
+    req = fj.FinetuneRequest("from-dataset", cfg, dataset_dir=str(tmp_path / "data"), source="dataset")
+    _, out = drive(fj.finetune_job(req))
     assert out.status == "finished", out.message
     card = json.loads((model_dir / "from-dataset_denoiser.json").read_text())
     assert card["training"]["finetune"]["source"] == "dataset" and card["training"]["finetune"]["n_lesions"] == 8

@@ -10,9 +10,9 @@ from conftest import _row, listing, synthetic_hu, write_series
 from napari_lidnet._training.config import TrainConfig
 from napari_lidnet._training.trainer import MANIFEST_FILE, Trainer
 from napari_lidnet.cli import main
+from napari_lidnet.datasets.manifest import index_archive, load_manifest, read_header, read_manifest
 from napari_lidnet.io.dataset import Sample, read_dataset, write_dataset
 from napari_lidnet.io.dicom_read import read_dicom
-from napari_lidnet.io.manifest import index_archive, load_manifest, read_header, read_manifest
 from napari_lidnet.io.png16 import write_png_hu
 
 

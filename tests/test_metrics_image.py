@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 
-from napari_lidnet.metrics.image import METRIC_WINDOW, psnr, region_metrics, rmse, ssim
+from napari_lidnet.metrics.image import METRIC_WINDOW, psnr, rmse, ssim
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def test_plain_arrays_agree_with_skimage(pair) -> None:
     assert ssim(x, ref, data_range=dr, window=None) == pytest.approx(
         structural_similarity(x.astype(float), ref.astype(float), data_range=dr), rel=1e-10
     )
-    assert rmse(x, ref) == pytest.approx(np.sqrt(mean_squared_error(ref.astype(float), x.astype(float))))
+    assert rmse(x, ref, window=None) == pytest.approx(np.sqrt(mean_squared_error(ref.astype(float), x.astype(float))))
 
 
 def test_window_clips_then_uses_window_width(pair) -> None:
@@ -35,7 +35,8 @@ def test_window_clips_then_uses_window_width(pair) -> None:
     xc, rc = np.clip(x, lo, hi).astype(float), np.clip(ref, lo, hi).astype(float)
     assert psnr(x, ref) == pytest.approx(peak_signal_noise_ratio(rc, xc, data_range=hi - lo))
     assert ssim(x, ref) == pytest.approx(structural_similarity(xc, rc, data_range=hi - lo))
-    assert rmse(x, ref, window=(lo, hi)) == pytest.approx(np.sqrt(np.mean((xc - rc) ** 2)))
+    assert rmse(x, ref) == pytest.approx(np.sqrt(np.mean((xc - rc) ** 2)))
+    assert psnr(x, ref) == pytest.approx(20 * np.log10((hi - lo) / rmse(x, ref)))  # one rule for both
     # hand case: constant error of 20 HU inside the window, range 400 -> 20 log10(400 / 20)
     a = np.zeros((16, 16), np.float32)
     assert psnr(a + 20, a) == pytest.approx(20 * np.log10(20.0))
@@ -63,33 +64,3 @@ def test_masked_ssim_averages_the_map_inside_the_mask(pair) -> None:
     assert ssim(x, ref, mask=mask) == pytest.approx(smap[mask].mean())
     with pytest.raises(ValueError, match="no pixels"):
         ssim(x, ref, mask=np.zeros(x.shape, bool))
-
-
-def test_region_metrics_per_box(pair) -> None:
-    x, ref = pair
-    x = x.copy()
-    x[20:30, 10:20] = ref[20:30, 10:20] + 50.0  # a clean region with a constant +50 HU error
-    res = region_metrics(x, ref, np.array([[10.0, 20.0, 20.0, 30.0], [30.2, 5.0, 40.0, 15.6]]), margin=0)
-    assert len(res) == 2 and res[0]["n_pixels"] == 100
-    assert res[0]["rmse"] == pytest.approx(50.0)
-    inside = np.clip(ref[20:30, 10:20], *METRIC_WINDOW)
-    expected = np.clip(inside + 50, *METRIC_WINDOW) - inside
-    assert res[0]["psnr"] == pytest.approx(10 * np.log10(400.0**2 / np.mean(expected**2)))
-    # pixel centres inside [30.2, 40) x [5, 15.6): columns 30..39, rows 5..15
-    assert res[1]["n_pixels"] == 10 * 11
-    rows, cols = slice(5, 16), slice(30, 40)
-    assert res[1]["rmse"] == pytest.approx(np.sqrt(np.mean((x[rows, cols] - ref[rows, cols]).astype(float) ** 2)))
-    mask = np.zeros(x.shape, bool)
-    mask[rows, cols] = True
-    assert res[1]["ssim"] == pytest.approx(ssim(x, ref, mask=mask))
-    # margin grows the region; 3D boxes carry the slice index
-    assert region_metrics(x, ref, [[10, 20, 20, 30]], margin=2)[0]["n_pixels"] == 14 * 14
-    vol = region_metrics(np.stack([ref, x]), np.stack([ref, ref]), [[1, 10, 20, 20, 30], [0, 10, 20, 20, 30]])
-    assert vol[0]["rmse"] == pytest.approx(50.0) and vol[1]["rmse"] == 0.0 and vol[1]["psnr"] == np.inf
-
-
-def test_shape_errors() -> None:
-    with pytest.raises(ValueError, match="shapes differ"):
-        psnr(np.zeros((8, 8)), np.zeros((8, 9)))
-    with pytest.raises(ValueError, match="covers no pixel"):
-        region_metrics(np.zeros((8, 8)), np.zeros((8, 8)), [[20, 20, 30, 30]])

@@ -7,10 +7,9 @@ whole volume, and check the result against the ground truth at the quality the s
 import numpy as np
 import pytest
 
-from napari_lidnet._training.validate import METRIC_WINDOW
-from napari_lidnet._widgets._layers import shapes_to_boxes
+from napari_lidnet.layer_data import shapes_to_boxes
 from napari_lidnet.metrics.froc import box_iou_np
-from napari_lidnet.metrics.image import psnr
+from napari_lidnet.metrics.image import METRIC_WINDOW, psnr
 from napari_lidnet.models.registry import default_model
 
 PLUGIN = "napari-lidnet"

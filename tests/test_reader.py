@@ -9,10 +9,10 @@ from conftest import listing
 from PIL import Image
 
 from napari_lidnet._reader import napari_get_reader
-from napari_lidnet._widgets._layers import boxes_layer_tuple, boxes_to_shapes, shapes_to_boxes
 from napari_lidnet.io.arrays import read_array
 from napari_lidnet.io.png16 import write_png_hu
 from napari_lidnet.io.windowing import contrast_limits
+from napari_lidnet.layer_data import boxes_layer_tuple, boxes_to_shapes, shapes_to_boxes
 
 
 def test_paths_not_ours_give_none(tmp_path):

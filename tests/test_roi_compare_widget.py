@@ -148,7 +148,7 @@ def test_volume_regions_slices_lines_and_perceptual(make_napari_viewer, qtbot, m
     assert got[("#0", "low")]["mean"] == pytest.approx(float(vol[3, 20:30, 20:30].mean()), rel=1e-5)
 
     # ROI perceptual distance: a note without detector weights, a value once a user detector exists
-    from napari_lidnet.metrics import roi_perceptual
+    from napari_lidnet.models import roi_perceptual
     from napari_lidnet.models.detector import LesionDetector
     from napari_lidnet.models.registry import MODEL_DIR_ENV, default_model
     from napari_lidnet.models.weights import save_weights

@@ -200,8 +200,8 @@ def test_line_profile_through_centre():
 def test_roi_perceptual_distance_properties():
     pytest.importorskip("napari_lidnet.models.roi_align", reason="models.roi_align not written yet")
     torch = pytest.importorskip("torch")
-    from napari_lidnet.metrics.roi_perceptual import default_detector, make_perceptual_fn, roi_perceptual_distance
     from napari_lidnet.models.detector import LesionDetector
+    from napari_lidnet.models.roi_perceptual import default_detector, make_perceptual_fn, roi_perceptual_distance
 
     torch.manual_seed(0)
     det = LesionDetector(width=8)

@@ -33,10 +33,11 @@ def evaluate_dataset(
     max_slices: int | None = None,
 ) -> dict[str, Any]:
     """PSNR, SSIM and FROC of the low-dose input, the denoised output and the full-dose reference."""
-    from napari_lidnet._training.validate import METRIC_WINDOW, evaluate_images, stack_samples
+    from napari_lidnet._training.validate import evaluate_images, stack_samples
     from napari_lidnet.inference import denoise
     from napari_lidnet.io.dataset import read_dataset
     from napari_lidnet.metrics.froc import froc
+    from napari_lidnet.metrics.image import METRIC_WINDOW
     from napari_lidnet.models.device import pick_device
     from napari_lidnet.models.registry import load_model
 

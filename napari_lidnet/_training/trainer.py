@@ -154,7 +154,7 @@ class Trainer:
     def _archive_slices(self) -> list:
         """The slices of ``config.data`` (manifest or archive folder), read lazily. Rank 0 indexes a folder (once:
         the index is kept in the run folder as manifest.jsonl) and hands it to the other ranks."""
-        from napari_lidnet.io.manifest import archive_index, manifest_slices
+        from napari_lidnet.datasets.manifest import archive_index, manifest_slices
 
         if not self.cfg.data:
             raise ValueError("no training data: give a dataset folder, an archive folder, a manifest or samples")
@@ -273,7 +273,7 @@ class Trainer:
         done_steps = sum(n for name, n in stages if name in self.state["done"])
         self.state["config"] = self.cfg.to_dict()
         if self._new_manifest and self.rank == 0:
-            from napari_lidnet.io.manifest import write_manifest
+            from napari_lidnet.datasets.manifest import write_manifest
 
             write_manifest(self.out / MANIFEST_FILE, *self._new_manifest)  # indexed once: a resumed run reuses it
         if self.device_notice:

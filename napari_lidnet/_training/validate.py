@@ -7,10 +7,9 @@ import torch
 
 from napari_lidnet.inference import denoise, detect
 from napari_lidnet.metrics.froc import froc
-from napari_lidnet.metrics.image import psnr, ssim
+from napari_lidnet.metrics.image import METRIC_WINDOW, psnr, ssim
 
 #: HU window over which PSNR and SSIM are computed (abdominal soft tissue, data range 400 HU)
-METRIC_WINDOW = (-160.0, 240.0)
 
 
 def detections_per_slice(rows: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -454,7 +454,7 @@ class DenoiseDetectWidget(QWidget):
             return
         import pandas as pd
 
-        from ._layers import boxes_to_shapes
+        from ..layer_data import boxes_to_shapes
 
         src = self._last["layer"]
         rows = self.shown_boxes

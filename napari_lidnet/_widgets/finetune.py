@@ -1,7 +1,7 @@
 """Dock widget: one-click collaborative fine-tuning (LIDnet) of the denoiser and the detector on local data.
 
 Thin by design (DESIGN.md): it gathers inputs, checks them (every problem listed in one message, nothing started),
-and runs ``_training.local_data.finetune_job`` in a napari generator worker. The worker yields the trainer's
+and runs ``_training.finetune.finetune_job`` in a napari generator worker. The worker yields the trainer's
 progress records; the callbacks here (GUI thread) move the progress bars, feed the live plot and, when the run
 ends, tell the denoise widgets in the viewer that a new model exists. Stop sets the trainer's ``should_stop`` flag,
 so the run ends at the next step and the best checkpoint so far is still published. Runs live in
@@ -36,21 +36,17 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._training.local_data import (
-    AUTO_BOX_THRESHOLD,
+from .._training.finetune import (
     ONE_CLICK_DEFAULTS,
-    CTInput,
     FinetuneOutcome,
     FinetuneRequest,
-    check_inputs,
     default_model_name,
-    format_problems,
-    inputs_from_layers,
     model_name_problems,
     new_run_dir,
     outcome_summary,
-    paired_input,
 )
+from .._training.local_data import AUTO_BOX_THRESHOLD, CTInput, check_inputs, format_problems
+from .layer_inputs import inputs_from_layers, paired_input
 from .loss_plot import TrainingPlot
 
 if TYPE_CHECKING:
@@ -388,7 +384,7 @@ class FineTuneWidget(QWidget):
 
     def build_request(self) -> tuple[FinetuneRequest | None, list[str]]:
         """The run the widget describes, or (None, problems) listing everything that is missing or wrong."""
-        from .._training.local_data import one_click_config
+        from .._training.finetune import one_click_config
 
         problems = model_name_problems(self.name_edit.text())
         settings = self.settings()
@@ -464,7 +460,7 @@ class FineTuneWidget(QWidget):
             return None
         from napari.qt.threading import create_worker
 
-        from .._training.local_data import finetune_job
+        from .._training.finetune import finetune_job
 
         self._stop_event.clear()
         self.outcome = None

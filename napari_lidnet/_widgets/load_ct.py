@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
 
 from ..io.open_ct import list_series, open_ct
 from ..io.windowing import DEFAULT_PRESET, WINDOW_PRESETS, contrast_limits
-from ._layers import volume_layer_tuples
+from ..layer_data import volume_layer_tuples
 
 if TYPE_CHECKING:
     import napari

@@ -163,7 +163,7 @@ def _compute(images, regions, reference, background, window, perceptual_on):
     """Worker body (no Qt): the table rows; the ROI perceptual function is built here so torch loads off-GUI."""
     perceptual = None
     if perceptual_on:
-        from napari_lidnet.metrics.roi_perceptual import make_perceptual_fn
+        from napari_lidnet.models.roi_perceptual import make_perceptual_fn
 
         perceptual = make_perceptual_fn()
     return compare_regions(images, regions, reference, background, window, perceptual)

@@ -71,7 +71,9 @@ class SeriesInfo:
 
 
 @dataclass
-class _Header:
+class DicomHeader:
+    """One DICOM image file and its header read without pixels (``ds`` None: not read yet)."""
+
     path: Path
     ds: Any  # pydicom Dataset without pixels
 
@@ -81,7 +83,7 @@ class DicomScan:
     """Result of scanning a path: image headers grouped by series, and files skipped on the way."""
 
     root: Path
-    series: dict[str, list[_Header]] = field(default_factory=dict)
+    series: dict[str, list[DicomHeader]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
 
@@ -139,7 +141,7 @@ def scan_dicom(path: str | Path) -> DicomScan:
                 scan.skipped.append(f"{f} (no image: {ds.get('Modality', '?')} {ds.get('SOPClassUID', '')})")
             continue
         uid = str(ds.get("SeriesInstanceUID", "") or f"no-series-uid:{f.parent}")
-        scan.series.setdefault(uid, []).append(_Header(f, ds))
+        scan.series.setdefault(uid, []).append(DicomHeader(f, ds))
     if unreadable:
         raise ValueError("unreadable DICOM file(s):\n  " + "\n  ".join(unreadable))
     if not scan.series:
@@ -162,7 +164,7 @@ def list_series(path: str | Path) -> list[SeriesInfo]:
                 uid=uid,
                 description=str(ds.get("SeriesDescription", "") or ""),
                 modality=str(ds.get("Modality", "") or ""),
-                n_slices=sum(_n_frames(h.ds) for h in headers),
+                n_slices=sum(n_frames(h.ds) for h in headers),
                 rows=int(ds.Rows),
                 cols=int(ds.Columns),
             )
@@ -186,7 +188,7 @@ def read_dicom(path: str | Path, series_uid: str | None = None) -> list[CTVolume
 def read_dicom_files(files: Sequence[str | Path]) -> list[CTVolume]:
     """Read an explicit list of DICOM files, grouped by series."""
     vols: list[CTVolume] = []
-    groups: dict[str, list[_Header]] = {}
+    groups: dict[str, list[DicomHeader]] = {}
     for f in files:
         for uid, headers in scan_dicom(f).series.items():
             groups.setdefault(uid, []).extend(headers)
@@ -198,14 +200,16 @@ def read_dicom_files(files: Sequence[str | Path]) -> list[CTVolume]:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _n_frames(ds: Any) -> int:
+def n_frames(ds: Any) -> int:
+    """Frames of a (multi-frame) image header; 1 when absent or bad."""
     try:
         return max(1, int(ds.get("NumberOfFrames", 1) or 1))
     except (TypeError, ValueError):
         return 1
 
 
-def _floats(value: Any, n: int) -> np.ndarray | None:
+def header_floats(value: Any, n: int) -> np.ndarray | None:
+    """A multi-valued header element as ``n`` floats, or None when missing or malformed."""
     if value is None:
         return None
     try:
@@ -238,7 +242,7 @@ def _source_tags(ds: Any) -> dict[str, Any]:
     return tags
 
 
-def _decode(header: _Header) -> np.ndarray:
+def decode_pixels(header: DicomHeader) -> np.ndarray:
     """Decode one file's pixels (frames, rows, cols) as float32 HU using that file's own rescale."""
     import pydicom
 
@@ -268,7 +272,7 @@ def _decode(header: _Header) -> np.ndarray:
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
     hu = raw.astype(np.float64) * slope + intercept
-    if _n_frames(ds) == 1 or hu.ndim == 2:
+    if n_frames(ds) == 1 or hu.ndim == 2:
         hu = hu.reshape((-1, *hu.shape[-2:]))
     return hu.astype(np.float32)
 
@@ -278,7 +282,7 @@ def _warn(msgs: list[str], msg: str) -> None:
     warnings.warn(msg, UserWarning, stacklevel=3)
 
 
-def read_series(headers: Iterable[_Header], source: Path | None = None) -> CTVolume:
+def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> CTVolume:
     """Sort the headers of one series along the slice normal and decode them into a CTVolume."""
     headers = list(headers)
     ds0 = headers[0].ds
@@ -301,17 +305,17 @@ def read_series(headers: Iterable[_Header], source: Path | None = None) -> CTVol
         shown = modality or "missing"
         _warn(notes, f"{label}: modality is {shown!r}, not 'CT'; HU values may not be meaningful")
 
-    iop = _floats(ds0.get("ImageOrientationPatient"), 6)
+    iop = header_floats(ds0.get("ImageOrientationPatient"), 6)
     if iop is not None:
         for h in headers[1:]:
-            other = _floats(h.ds.get("ImageOrientationPatient"), 6)
+            other = header_floats(h.ds.get("ImageOrientationPatient"), 6)
             if other is None or not np.allclose(other, iop, atol=1e-4):
                 raise ValueError(f"{label} mixes slice orientations ({h.path.name}); cannot stack one volume")
     row_cos = iop[:3] if iop is not None else np.array([1.0, 0.0, 0.0])
     col_cos = iop[3:] if iop is not None else np.array([0.0, 1.0, 0.0])
     normal = np.cross(row_cos, col_cos)
 
-    positions = [_floats(h.ds.get("ImagePositionPatient"), 3) for h in headers]
+    positions = [header_floats(h.ds.get("ImagePositionPatient"), 3) for h in headers]
     have_pos = iop is not None and all(p is not None for p in positions)
     if have_pos:
         proj = np.array([float(np.dot(p, normal)) for p in positions])
@@ -322,7 +326,7 @@ def read_series(headers: Iterable[_Header], source: Path | None = None) -> CTVol
         order = np.argsort([int(h.ds.get("InstanceNumber", 0) or 0) for h in headers], kind="stable")
     headers = [headers[i] for i in order]
 
-    ps = _floats(ds0.get("PixelSpacing"), 2)
+    ps = header_floats(ds0.get("PixelSpacing"), 2)
     if ps is None:
         _warn(notes, f"{label}: no PixelSpacing; assuming 1 mm pixels")
         ps = np.array([1.0, 1.0])
@@ -358,7 +362,7 @@ def read_series(headers: Iterable[_Header], source: Path | None = None) -> CTVol
         sbs = float(ds0.get("SpacingBetweenSlices", 0) or 0)
         dz = sbs or thickness or 1.0
 
-    frames = [_decode(h) for h in headers]
+    frames = [decode_pixels(h) for h in headers]
     hu = np.concatenate(frames, axis=0)
     if hu.shape[0] > len(headers) and len(headers) > 1:
         raise ValueError(f"{label} mixes multi-frame files with other files; read them one at a time")

@@ -3,7 +3,8 @@
 Convention: both images are clipped to a HU window before PSNR and SSIM (default ``METRIC_WINDOW`` = (-160, 240),
 the abdominal soft-tissue display window of the low-dose CT literature) and ``data_range`` defaults to the window
 width; ``window=None`` skips clipping and then ``data_range`` defaults to the reference's range (max - min).
-RMSE is in HU, unclipped unless a window is given. 3D arrays (z, y, x) are evaluated slice by slice and the
+RMSE follows the same rule as PSNR: HU on window-clipped images (``window=None``: raw HU), so that
+PSNR = 20 log10(data_range / RMSE) always holds. 3D arrays (z, y, x) are evaluated slice by slice and the
 per-slice values averaged. SSIM follows Wang et al. 2004 with skimage's defaults (7x7 uniform window, K1 = 0.01,
 K2 = 0.03, sample covariance, reflect borders, mean over the map without a 3-pixel border), so on plain arrays
 the results equal ``skimage.metrics``.
@@ -11,12 +12,10 @@ the results equal ``skimage.metrics``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 from scipy.ndimage import uniform_filter
 
-__all__ = ["METRIC_WINDOW", "psnr", "region_metrics", "rmse", "ssim", "ssim_map"]
+__all__ = ["METRIC_WINDOW", "clip_to_window", "data_range_of", "psnr", "psnr_from_mse", "rmse", "ssim", "ssim_map"]
 
 METRIC_WINDOW: tuple[float, float] = (-160.0, 240.0)
 
@@ -29,14 +28,20 @@ def _prepare(x, ref, window) -> tuple[np.ndarray, np.ndarray, tuple[float, float
     if x.ndim not in (2, 3):
         raise ValueError(f"expected a 2D slice or a 3D (z, y, x) volume, got shape {x.shape}")
     if window is not None:
-        lo, hi = float(window[0]), float(window[1])
-        if not hi > lo:
-            raise ValueError(f"window must be (low, high) with high > low, got {window}")
-        x, ref, window = np.clip(x, lo, hi), np.clip(ref, lo, hi), (lo, hi)
+        x, ref, window = *clip_to_window(x, ref, window), (float(window[0]), float(window[1]))
     return x, ref, window
 
 
-def _range(ref: np.ndarray, data_range: float | None, window) -> float:
+def clip_to_window(x, ref, window: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Both images as float64, clipped to the HU ``window`` (low, high)."""
+    lo, hi = float(window[0]), float(window[1])
+    if not hi > lo:
+        raise ValueError(f"window must be (low, high) with high > low, got {window}")
+    return np.clip(np.asarray(x, np.float64), lo, hi), np.clip(np.asarray(ref, np.float64), lo, hi)
+
+
+def data_range_of(ref: np.ndarray, data_range: float | None = None, window: tuple[float, float] | None = None) -> float:
+    """``data_range`` when given, else the window width, else the reference's max - min."""
     if data_range is not None:
         return float(data_range)
     if window is not None:
@@ -48,7 +53,10 @@ def _slices(a: np.ndarray) -> list[np.ndarray]:
     return [a] if a.ndim == 2 else list(a)
 
 
-def _psnr_from_mse(mse: float, data_range: float) -> float:
+def psnr_from_mse(mse: float, data_range: float) -> float:
+    """10 log10(data_range^2 / MSE) dB; inf for identical images, NaN for a zero range or a NaN MSE."""
+    if not np.isfinite(mse) or data_range <= 0:
+        return float("nan")
     return float("inf") if mse == 0 else float(10 * np.log10(data_range**2 / mse))
 
 
@@ -57,12 +65,12 @@ def psnr(x, ref, data_range: float | None = None, window: tuple[float, float] | 
     x, ref, window = _prepare(x, ref, window)
     vals = []
     for xs, rs in zip(_slices(x), _slices(ref), strict=True):
-        vals.append(_psnr_from_mse(float(np.mean((xs - rs) ** 2)), _range(rs, data_range, window)))
+        vals.append(psnr_from_mse(float(np.mean((xs - rs) ** 2)), data_range_of(rs, data_range, window)))
     return float(np.mean(vals))
 
 
-def rmse(x, ref, window: tuple[float, float] | None = None) -> float:
-    """Root mean squared error in HU (unclipped unless ``window``); mean over slices for 3D."""
+def rmse(x, ref, window: tuple[float, float] | None = METRIC_WINDOW) -> float:
+    """Root mean squared error in HU of the window-clipped images (``window=None``: raw HU); mean over slices."""
     x, ref, _ = _prepare(x, ref, window)
     return float(np.mean([np.sqrt(np.mean((xs - rs) ** 2)) for xs, rs in zip(_slices(x), _slices(ref), strict=True)]))
 
@@ -119,61 +127,8 @@ def ssim(
     for xs, rs, ms in zip(_slices(x), _slices(ref), masks, strict=True):
         if ms is not None and not ms.any():
             continue
-        s = ssim_map(xs, rs, _range(rs, data_range, window), win_size)
+        s = ssim_map(xs, rs, data_range_of(rs, data_range, window), win_size)
         vals.append(_masked_mean(s, ms, (win_size - 1) // 2))
     if not vals:
         raise ValueError("mask selects no pixels")
     return float(np.mean(vals))
-
-
-def region_metrics(
-    x,
-    ref,
-    boxes: np.ndarray | Sequence[Sequence[float]],
-    margin: float = 0.0,
-    data_range: float | None = None,
-    window: tuple[float, float] | None = METRIC_WINDOW,
-) -> list[dict[str, float]]:
-    """PSNR, SSIM and RMSE inside each lesion box grown by ``margin`` pixels.
-
-    ``boxes``: (N, 4) ``x1, y1, x2, y2`` pixels for a 2D slice, or (N, 5) ``slice, x1, y1, x2, y2`` for a volume.
-    The box covers pixels with centres inside it (pixel i spans [i, i+1)), clipped to the image; PSNR and RMSE
-    use the windowed pixels of the region (RMSE unclipped HU), SSIM the mean of the whole-slice SSIM map there.
-    Returns one dict per box: ``box`` (as given), ``n_pixels``, ``psnr``, ``ssim``, ``rmse``.
-    """
-    x_raw = np.asarray(x, dtype=np.float64)
-    ref_raw = np.asarray(ref, dtype=np.float64)
-    xw, refw, win = _prepare(x_raw, ref_raw, window)
-    boxes = np.asarray(boxes, dtype=np.float64)
-    ncol = 4 if x_raw.ndim == 2 else 5
-    boxes = boxes.reshape(-1, ncol)
-    results = []
-    for box in boxes:
-        if ncol == 5:
-            z = int(round(box[0]))
-            if not 0 <= z < x_raw.shape[0]:
-                raise ValueError(f"box slice index {z} outside volume of {x_raw.shape[0]} slices")
-            xs, rs, xr, rr = xw[z], refw[z], x_raw[z], ref_raw[z]
-            x1, y1, x2, y2 = box[1:]
-        else:
-            xs, rs, xr, rr = xw, refw, x_raw, ref_raw
-            x1, y1, x2, y2 = box
-        h, w = xs.shape
-        c0, c1 = max(0, int(np.ceil(x1 - margin - 0.5))), min(w, int(np.ceil(x2 + margin - 0.5)))
-        r0, r1 = max(0, int(np.ceil(y1 - margin - 0.5))), min(h, int(np.ceil(y2 + margin - 0.5)))
-        if c1 <= c0 or r1 <= r0:
-            raise ValueError(f"box {box.tolist()} covers no pixel of the {h}x{w} image")
-        mask = np.zeros((h, w), dtype=bool)
-        mask[r0:r1, c0:c1] = True
-        mse = float(np.mean((xs[mask] - rs[mask]) ** 2))
-        drange = _range(rs, data_range, win)
-        results.append(
-            {
-                "box": box.tolist(),
-                "n_pixels": int(mask.sum()),
-                "psnr": _psnr_from_mse(mse, drange),
-                "ssim": _masked_mean(ssim_map(xs, rs, drange), mask, 3) if min(h, w) >= 7 else float("nan"),
-                "rmse": float(np.sqrt(np.mean((xr[mask] - rr[mask]) ** 2))),
-            }
-        )
-    return results

@@ -10,9 +10,10 @@ Choices (also in the docstrings below):
 - RMSE, PSNR and SSIM against a reference are computed on images clipped to a display window (default soft
   tissue, -160..240 HU) with ``data_range`` = window width; with ``window=None`` nothing is clipped and
   ``data_range`` = max - min of the reference slice.
-- SSIM uses ``skimage.metrics.structural_similarity`` (7x7 uniform window) on the region's bounding-box crop;
-  the SSIM map is averaged over the region's pixels that lie at least 3 pixels inside the crop (skimage's own
-  border rule), so on a rectangle the value equals skimage's mean SSIM on the cropped arrays.
+- SSIM is ``metrics.image.ssim_map`` (skimage's definition, 7x7 uniform window) on the region's bounding-box
+  crop, averaged over the region's pixels that lie at least 3 pixels inside the crop (skimage's own border
+  rule), so on a rectangle the value equals skimage's mean SSIM on the cropped arrays.
+- Windowing, data range and the RMSE rule are those of ``metrics.image`` (one definition for the product).
 """
 
 from __future__ import annotations
@@ -24,14 +25,12 @@ from typing import Any
 
 import numpy as np
 from skimage.draw import polygon as draw_polygon
-from skimage.metrics import structural_similarity
 
-from napari_lidnet.io.windowing import contrast_limits
+from napari_lidnet.metrics.image import METRIC_WINDOW, clip_to_window, data_range_of, psnr_from_mse, ssim_map
 
 #: shape types that enclose an area; napari's "line" and "path" do not
 AREA_SHAPES = ("rectangle", "ellipse", "polygon")
 SSIM_WIN = 7
-DEFAULT_WINDOW: tuple[float, float] = contrast_limits("soft tissue")  # (-160, 240)
 
 #: keys of a row of ``compare_regions``, in table order
 ROW_KEYS = (
@@ -181,19 +180,18 @@ def cnr(mean_roi: float, mean_bg: float, sd_bg: float) -> float:
 
 
 def _window(x: np.ndarray, ref: np.ndarray, window: tuple[float, float] | None) -> tuple[np.ndarray, np.ndarray, float]:
-    x = np.asarray(x, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
+    """Clipped images and data range; ``window=None``: raw HU and the range of the whole reference slice."""
     if window is None:
-        return x, ref, float(ref.max() - ref.min())
-    lo, hi = window
-    return np.clip(x, lo, hi), np.clip(ref, lo, hi), float(hi - lo)
+        ref = np.asarray(ref, np.float64)
+        return np.asarray(x, np.float64), ref, data_range_of(ref)
+    return *clip_to_window(x, ref, window), data_range_of(ref, None, window)
 
 
 def region_rmse_psnr(
     image: np.ndarray,
     reference: np.ndarray,
     mask: np.ndarray,
-    window: tuple[float, float] | None = DEFAULT_WINDOW,
+    window: tuple[float, float] | None = METRIC_WINDOW,
 ) -> tuple[float, float]:
     """(RMSE in HU, PSNR in dB) over the mask, both on window-clipped images; data_range = window width.
 
@@ -204,15 +202,14 @@ def region_rmse_psnr(
     mse = float(np.mean((x[mask] - ref[mask]) ** 2)) if mask.any() else math.nan
     if not np.isfinite(mse):
         return math.nan, math.nan
-    psnr = math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse) if data_range > 0 else math.nan
-    return math.sqrt(mse), psnr
+    return math.sqrt(mse), psnr_from_mse(mse, data_range)
 
 
 def region_ssim(
     image: np.ndarray,
     reference: np.ndarray,
     mask: np.ndarray,
-    window: tuple[float, float] | None = DEFAULT_WINDOW,
+    window: tuple[float, float] | None = METRIC_WINDOW,
 ) -> float:
     """SSIM inside a region: skimage SSIM map on the bounding-box crop, averaged over the mask's pixels that
     lie at least ``(7 - 1) // 2`` pixels inside the crop (skimage's border rule).
@@ -227,10 +224,9 @@ def region_ssim(
     r0, c0, r1, c1 = box
     if r1 - r0 < SSIM_WIN or c1 - c0 < SSIM_WIN:
         raise ValueError(f"region {r1 - r0}x{c1 - c0} px is smaller than the {SSIM_WIN}x{SSIM_WIN} SSIM window")
-    x, ref, data_range = _window(image[r0:r1, c0:c1], reference[r0:r1, c0:c1], window)
-    if window is None:  # the range of the whole reference slice, as for PSNR
-        data_range = float(np.max(reference) - np.min(reference))
-    _, smap = structural_similarity(x, ref, data_range=data_range, win_size=SSIM_WIN, full=True)
+    data_range = data_range_of(np.asarray(reference, np.float64), None, window)  # whole slice, as for PSNR
+    x, ref, _ = _window(image[r0:r1, c0:c1], reference[r0:r1, c0:c1], window)
+    smap = ssim_map(x, ref, data_range, SSIM_WIN)
     pad = (SSIM_WIN - 1) // 2
     inner = np.zeros_like(smap, dtype=bool)
     inner[pad : smap.shape[0] - pad, pad : smap.shape[1] - pad] = True
@@ -312,7 +308,7 @@ def compare_regions(
     regions: list[Region],
     reference: str | None = None,
     background: int | None = None,
-    window: tuple[float, float] | None = DEFAULT_WINDOW,
+    window: tuple[float, float] | None = METRIC_WINDOW,
     perceptual: PerceptualFn | None = None,
 ) -> list[dict[str, Any]]:
     """One row per region x image (a single row with a note for a line or path) with mean, SD, n, SNR, CNR and,

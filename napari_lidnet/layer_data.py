@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ..io.volume import CTVolume
-from ..io.windowing import DEFAULT_PRESET, contrast_limits
+from napari_lidnet.io.volume import CTVolume
+from napari_lidnet.io.windowing import DEFAULT_PRESET, contrast_limits
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 

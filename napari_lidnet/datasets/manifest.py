@@ -79,9 +79,9 @@ class ManifestSlice:
 def _read_image(path: Path, frame: int) -> np.ndarray:
     if path.suffix.lower() == ".png":
         return read_png_hu(path)
-    from napari_lidnet.io.dicom_read import _decode, _Header
+    from napari_lidnet.io.dicom_read import DicomHeader, decode_pixels
 
-    return _decode(_Header(path, None))[frame]
+    return decode_pixels(DicomHeader(path, None))[frame]
 
 
 # -- indexing ----------------------------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ def _deeplesion_rows(root: Path, skipped: list[str]) -> Iterator[dict[str, Any]]
 
 
 def _dicom_rows(root: Path, skipped: list[str]) -> Iterator[dict[str, Any]]:
-    from napari_lidnet.io.dicom_read import _floats, _n_frames, scan_dicom
+    from napari_lidnet.io.dicom_read import header_floats, n_frames, scan_dicom
 
     scan = scan_dicom(root)
     skipped.extend(scan.skipped)
@@ -144,8 +144,8 @@ def _dicom_rows(root: Path, skipped: list[str]) -> Iterator[dict[str, Any]]:
             continue
         ordered = sorted(headers, key=lambda h: (int(h.ds.get("InstanceNumber", 0) or 0), h.path.name))
         for h in ordered:
-            ps = _floats(h.ds.get("PixelSpacing"), 2)
-            for frame in range(_n_frames(h.ds)):
+            ps = header_floats(h.ds.get("PixelSpacing"), 2)
+            for frame in range(n_frames(h.ds)):
                 yield {
                     "name": f"{_rel(h.path, root)}#{frame}",  # unique, whatever the file names
                     "file": _rel(h.path, root),

@@ -1,0 +1,311 @@
+"""The one-click fine-tuning run: prepare and check the user's data, train both networks, publish the best pair.
+
+``finetune_job`` is the whole run as a generator of progress records, so the widget, the benchmark and the tests run
+exactly the same code. Runs live next to the user model folder, never in the working directory. torch is imported
+only inside functions.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import os
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_lidnet._training.config import TrainConfig  # a plain dataclass: no torch
+from napari_lidnet._training.local_data import (
+    AUTO_BOX_THRESHOLD,
+    CTInput,
+    DataProblems,
+    check_inputs,
+    check_samples,
+    describe_samples,
+    inputs_from_dicom,
+    iter_samples,
+)
+
+#: the one-click schedule: start from trained models (no pretraining), three short collaborative rounds
+ONE_CLICK_DEFAULTS: dict[str, Any] = {
+    "mode": "lidnet",
+    "pretrain_denoiser_steps": 0,
+    "pretrain_detector_steps": 0,
+    "rounds": 3,
+    "denoiser_steps": 40,
+    "detector_steps": 20,
+    "batch_size": 4,
+    "patch_size": 96,
+    "lr": 1e-3,  # pretraining rate; the rounds fine-tune at lr * TrainConfig.round_lr_scale (2e-4)
+    "detector_lr": 1e-3,
+    "det_weight": TrainConfig.det_weight,  # relative to the pixel loss (the trainer calibrates each round)
+    "roi_weight": TrainConfig.roi_weight,
+    "val_fraction": 0.2,
+    "seed": 0,
+    "device": "auto",
+}
+#: pretraining steps used when a network starts from scratch (no trained model to start from)
+SCRATCH_PRETRAIN_STEPS = {"pretrain_denoiser_steps": 200, "pretrain_detector_steps": 300}
+
+
+
+def runs_dir() -> Path:
+    """Where fine-tuning runs live: next to the user model folder (never the working directory)."""
+    from napari_lidnet.models.registry import user_model_dir
+
+    return user_model_dir().parent / "runs"
+
+
+def new_run_dir(name: str) -> Path:
+    """``runs/NAME``, or ``runs/NAME-<time>`` when that folder is taken (an old run is never resumed by accident)."""
+    base = runs_dir() / name
+    if not base.exists():
+        return base
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    candidate = base.with_name(f"{name}-{stamp}")
+    k = 1
+    while candidate.exists():
+        k += 1
+        candidate = base.with_name(f"{name}-{stamp}-{k}")
+    return candidate
+
+
+def default_model_name() -> str:
+    """``finetuned-YYYYMMDD-HHMM``, with ``-2``, ``-3`` ... appended while that name is taken by a user model."""
+    base = "finetuned-" + _dt.datetime.now().strftime("%Y%m%d-%H%M")
+    name, k = base, 1
+    while model_name_problems(name):
+        k += 1
+        name = f"{base}-{k}"
+    return name
+
+
+def model_name_problems(name: str) -> list[str]:
+    """Why ``name`` cannot be the new model's name (bad characters, or taken in the user model folder)."""
+    from napari_lidnet._training.export import valid_model_name
+    from napari_lidnet.models.registry import user_model_dir
+
+    try:
+        name = valid_model_name(name)
+    except ValueError as exc:
+        return [str(exc)]
+    taken = [k for k in ("denoiser", "detector") if (user_model_dir() / f"{name}_{k}.json").exists()]
+    if taken:
+        return [f"a model named {name!r} already exists in {user_model_dir()}: choose another name"]
+    return []
+
+
+def one_click_config(out: str | os.PathLike, **overrides: Any) -> TrainConfig:
+    """TrainConfig of the one-click run (``ONE_CLICK_DEFAULTS`` + ``overrides``); a network without a starting
+    model (``init_denoiser``/``init_detector`` None) gets ``SCRATCH_PRETRAIN_STEPS`` unless given."""
+    values = {**ONE_CLICK_DEFAULTS, **overrides}
+    for kind in ("denoiser", "detector"):
+        key = f"pretrain_{kind}_steps"
+        if not values.get(f"init_{kind}") and key not in overrides:
+            values[key] = SCRATCH_PRETRAIN_STEPS[key]
+    cfg = TrainConfig(out=str(out), **values)
+    cfg.validate()
+    return cfg
+
+
+@dataclass
+class FinetuneRequest:
+    """Everything one fine-tuning run needs; exactly one of ``inputs``, ``dicom_folder``, ``dataset_dir``."""
+
+    name: str
+    config: Any  # TrainConfig; config.out is the run folder
+    inputs: list[CTInput] | None = None
+    dicom_folder: str | None = None
+    dataset_dir: str | None = None
+    dose: float = 0.25
+    box_threshold: float = AUTO_BOX_THRESHOLD
+    source: str = "layers"
+    command: str = "napari-lidnet fine-tune widget"
+
+
+@dataclass
+class FinetuneOutcome:
+    """How a run ended: ``status`` is finished | stopped | invalid | failed; ``exported`` the new model files."""
+
+    status: str
+    message: str
+    run_dir: str | None = None
+    exported: list[str] = field(default_factory=list)
+    start_metrics: dict[str, float] | None = None
+    best_metrics: dict[str, float] | None = None
+    improved: bool | None = None
+    seconds: float = 0.0
+
+
+def improved(start: dict[str, float] | None, best: dict[str, float] | None, mode: str) -> bool | None:
+    """Whether the best checkpoint beats the starting models by the trainer's selection score (None: unknown)."""
+    if not start or not best:
+        return None
+    from napari_lidnet._training.trainer import selection_score
+
+    return selection_score(best, mode) > selection_score(start, mode)
+
+
+def _load_detector(name: str | None, device: Any) -> Any:
+    from napari_lidnet.models.registry import load_model
+
+    if not name:
+        return None
+    return load_model(name, kind="detector", device=device)[0]
+
+
+def prepare_samples(
+    req: FinetuneRequest, should_stop: Callable[[], bool] | None = None
+) -> Generator[str, None, tuple[list[Any], dict[str, Any]]]:
+    """Read/simulate/detect the request's data, yielding progress messages; returns (samples, description).
+
+    Raises :class:`DataProblems` listing everything wrong with the data (and ([], {}) when stopped)."""
+    cfg = req.config
+    need_lesions = cfg.mode != "pixel"
+    if req.dataset_dir:
+        from napari_lidnet.io.dataset import read_dataset
+
+        yield f"reading {req.dataset_dir}"
+        samples = read_dataset(req.dataset_dir)
+        info = describe_samples(samples, source="dataset", folder=str(req.dataset_dir))
+    else:
+        inputs = list(req.inputs or [])
+        if req.dicom_folder:
+            yield f"reading {req.dicom_folder}"
+            inputs = inputs_from_dicom(req.dicom_folder)
+        problems = check_inputs(inputs, cfg.patch_size, need_lesions, cfg.val_fraction)
+        if problems:
+            raise DataProblems(problems)
+        from napari_lidnet.models.device import pick_device
+
+        device = pick_device(cfg.device)[0]
+        detector = None
+        if not need_lesions:  # pixel loss only: boxes are not needed, nothing to detect
+            for item in inputs:
+                if item.boxes is None:
+                    item.boxes = np.zeros((0, 5), np.float32)
+        if any(i.boxes is None for i in inputs):
+            if not cfg.init_detector:
+                raise DataProblems(["no lesion boxes and no trained detector to find them: draw rectangles"])
+            detector = _load_detector(cfg.init_detector, device)
+        samples = yield from iter_samples(inputs, req.dose, cfg.seed, detector, device, req.box_threshold, should_stop)
+        del detector
+        if should_stop is not None and should_stop():
+            return [], {}
+        info = describe_samples(samples, inputs, source=req.source, dose=req.dose)
+        if req.dicom_folder:
+            info["folder"] = str(req.dicom_folder)
+    problems = check_samples(samples, cfg.patch_size, need_lesions, cfg.val_fraction, cfg.seed, cfg.val_max_slices)
+    if problems:
+        raise DataProblems(problems)
+    return samples, info
+
+
+def publish_run(run_dir: str | os.PathLike, name: str, finetune_info: dict[str, Any], command: str = "") -> list[Path]:
+    """Export the run's best checkpoint, its cards extended with ``finetune_info`` (data, settings, validation
+    before/after), as ``NAME_denoiser``/``NAME_detector`` (atomic, never over an existing model)."""
+    from napari_lidnet._training.export import export_run
+
+    extra = {
+        "training": {"finetune": finetune_info},
+        "validation": {"before": finetune_info.get("start_metrics"), "after": finetune_info.get("best_metrics")},
+    }
+    return export_run(Path(run_dir), name, command=command, card_extra=extra)
+
+
+def release_torch(device: Any) -> None:
+    """Collect dropped models and hand cached GPU memory back (CUDA only)."""
+    gc.collect()
+    if getattr(device, "type", str(device)).startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def finetune_job(
+    req: FinetuneRequest, should_stop: Callable[[], bool] | None = None
+) -> Generator[dict[str, Any], None, FinetuneOutcome]:
+    """The one-click run: prepare and check the data, train (yielding the trainer's records), publish the best
+    checkpoint under ``req.name`` (also after a Stop, if a round finished). Never raises: every error becomes a
+    returned :class:`FinetuneOutcome` (status invalid/failed) and nothing is exported on error."""
+    import time
+
+    should_stop = should_stop or (lambda: False)
+    t0 = time.monotonic()
+    cfg = req.config
+    run_dir = Path(cfg.out)
+    trainer = None
+    device: Any = "cpu"
+    try:
+        yield {"stage": "prepare", "message": "checking the data"}
+        prep = prepare_samples(req, should_stop)
+        while True:
+            try:
+                yield {"stage": "prepare", "message": next(prep)}
+            except StopIteration as done:
+                samples, info = done.value
+                break
+        if should_stop():
+            return FinetuneOutcome("stopped", "stopped before training started; nothing was saved")
+        from napari_lidnet._training.trainer import Trainer
+
+        yield {"stage": "prepare", "message": f"loading models; {info['n_slices']} slices, {info['n_lesions']} lesions"}
+        trainer = Trainer(cfg, samples, should_stop)
+        device = trainer.device
+        stopped = False
+        for rec in trainer.run():
+            stopped = stopped or rec.get("stage") == "stopped"
+            yield rec
+        start, best = trainer.state.get("start_metrics"), trainer.state.get("best_metrics")
+        trainer.denoiser = trainer.detector = None
+        trainer = None
+        release_torch(device)
+        outcome = FinetuneOutcome(
+            "stopped" if stopped else "finished", "", str(run_dir), start_metrics=start, best_metrics=best
+        )
+        if best is None:
+            outcome.message = "stopped before the first round finished: no model was saved (the starting models stay)"
+            outcome.seconds = time.monotonic() - t0
+            return outcome
+        data = {**info, "start_metrics": start, "best_metrics": best, "stopped_early": stopped, "run": str(run_dir)}
+        yield {"stage": "export", "message": f"saving {req.name}"}
+        outcome.exported = [str(p) for p in publish_run(run_dir, req.name, data, req.command)]
+        outcome.message = f"saved {req.name}" + (" (stopped early: best checkpoint so far)" if stopped else "")
+        outcome.improved = improved(start, best, cfg.mode)
+        if outcome.improved is False:
+            outcome.message += (
+                " - note: it scores below the starting models on the validation slices; keep using those, or "
+                "train longer / on more data (Advanced)"
+            )
+        outcome.seconds = time.monotonic() - t0
+        return outcome
+    except DataProblems as exc:
+        return FinetuneOutcome("invalid", str(exc), seconds=time.monotonic() - t0)
+    except Exception as exc:  # TrainingError (NaN), OSError, a bad model file ...: a message, never a crash
+        from napari_lidnet._training.trainer import TrainingError
+
+        text = str(exc) if isinstance(exc, (TrainingError, ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
+        return FinetuneOutcome(
+            "failed", text, str(run_dir) if run_dir.exists() else None, seconds=time.monotonic() - t0
+        )
+    finally:
+        if trainer is not None:
+            trainer.denoiser = trainer.detector = None
+        trainer = None
+        release_torch(device)
+
+
+def outcome_summary(outcome: FinetuneOutcome) -> str:
+    """One human-readable paragraph: what happened and validation before/after."""
+    text = outcome.message
+    s, b = outcome.start_metrics or {}, outcome.best_metrics or {}
+    if "psnr" in s and "psnr" in b:
+        text += f"; validation PSNR {s['psnr']:.2f} -> {b['psnr']:.2f} dB"
+    if "sensitivity" in s and "sensitivity" in b:
+        text += f", sensitivity {s['sensitivity']:.3f} -> {b['sensitivity']:.3f}"
+    if outcome.seconds:
+        text += f" ({outcome.seconds:.0f} s)"
+    return text

@@ -1,0 +1,101 @@
+"""napari layers -> fine-tuning inputs: image layers and a Shapes layer of lesion boxes -> ``CTInput``.
+
+Duck-typed on napari's layer API (``data``, ``scale``, ``data_to_world``/``world_to_data``); no Qt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from napari_lidnet._training.local_data import CTInput
+from napari_lidnet.layer_data import shapes_to_boxes
+
+
+def _layer_spacing_mm(layer: Any) -> float:
+    """In-plane pixel size of an image layer (its last scale entry), 1.0 when unset."""
+    s = abs(float(layer.scale[-1]))
+    return s if s > 0 else 1.0
+
+
+def shapes_in_image(shapes_layer: Any, image_layer: Any, current_slice: int | None = None) -> tuple[np.ndarray, list]:
+    """Shapes of ``shapes_layer`` as (N, 5) ``slice, x1, y1, x2, y2`` boxes in ``image_layer``'s pixels.
+
+    Vertices go through world coordinates (each layer's scale/translate/affine). 2D shapes over a 3D image lie
+    on ``current_slice``. Lines and paths are not boxes: they are reported, not used. Returns (boxes, problems).
+    """
+    problems: list[str] = []
+    rows: list[np.ndarray] = []
+    img_ndim = int(image_layer.ndim)
+    types = list(getattr(shapes_layer, "shape_type", ["rectangle"] * len(shapes_layer.data)))
+    for i, (verts, kind) in enumerate(zip(shapes_layer.data, types)):
+        if kind in ("line", "path"):
+            problems.append(f"shape {i} of {shapes_layer.name!r} is a {kind}, not a lesion box: draw rectangles")
+            continue
+        verts = np.asarray(verts, dtype=float)
+        world = np.array([np.asarray(shapes_layer.data_to_world(v), float) for v in verts])
+        if world.shape[1] < img_ndim:
+            if current_slice is None:
+                problems.append(
+                    f"shape {i} of {shapes_layer.name!r} is 2D but {image_layer.name!r} is 3D: draw it in 3D"
+                )
+                continue
+            z_world = np.asarray(image_layer.data_to_world([current_slice] + [0] * (img_ndim - 1)), float)[0]
+            world = np.hstack([np.full((len(world), img_ndim - world.shape[1]), z_world), world])
+        world = world[:, -img_ndim:]
+        rows.append(np.array([np.asarray(image_layer.world_to_data(w), float) for w in world]))
+    boxes = shapes_to_boxes(rows)
+    return boxes, problems
+
+
+def _inside(box: np.ndarray, shape: tuple[int, ...]) -> bool:
+    """Whether a box's centre (and slice) lies in an image of ``shape`` (y, x) or (z, y, x)."""
+    z, x1, y1, x2, y2 = box
+    h, w = shape[-2:]
+    n_z = shape[0] if len(shape) == 3 else 1
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    return 0 <= cx < w and 0 <= cy < h and -0.5 <= z < n_z - 0.5
+
+
+def inputs_from_layers(
+    image_layers: Sequence[Any],
+    shapes_layer: Any | None = None,
+    current_slice: int | None = None,
+) -> tuple[list[CTInput], list[str]]:
+    """Normal-dose image layers (2D/3D, HU) -> inputs; boxes from ``shapes_layer`` (None: detect them later).
+
+    With several images, a box belongs to the image that holds its centre; a box inside none is reported.
+    """
+    problems: list[str] = []
+    inputs = []
+    claimed: set[int] = set()
+    n_shapes = len(shapes_layer.data) if shapes_layer is not None else 0
+    for layer in image_layers:
+        hu = np.asarray(layer.data, dtype=np.float32)
+        boxes = None
+        source = "none"
+        if shapes_layer is not None:
+            all_boxes, notes = shapes_in_image(shapes_layer, layer, current_slice)
+            problems.extend(n for n in notes if n not in problems)
+            mine = [k for k, b in enumerate(all_boxes) if len(image_layers) == 1 or _inside(b, hu.shape)]
+            claimed.update(mine)
+            boxes = all_boxes[mine].reshape(-1, 5)
+            source = f"drawn ({shapes_layer.name})"
+        inputs.append(CTInput(layer.name, hu, _layer_spacing_mm(layer), boxes=boxes, box_source=source))
+    if shapes_layer is not None and len(image_layers) > 1 and len(claimed) < n_shapes:
+        lost = n_shapes - len(claimed)
+        problems.append(f"{lost} box(es) of {shapes_layer.name!r} lie outside every chosen image")
+    return inputs, problems
+
+
+def paired_input(
+    low_layer: Any, full_layer: Any, shapes_layer: Any | None, current_slice: int | None = None
+) -> tuple[CTInput, list[str]]:
+    """A low-dose layer, its full-dose reference and (optionally) a Shapes layer of lesion boxes -> one input."""
+    inputs, problems = inputs_from_layers([full_layer], shapes_layer, current_slice)
+    item = inputs[0]
+    item.low_hu = np.asarray(low_layer.data, dtype=np.float32)
+    item.name = low_layer.name
+    return item, problems
