@@ -529,6 +529,30 @@ class PipelineResult:
     seconds: float = 0.0
 
 
+def _pipeline_device(device: torch.device | str, tell: Notice) -> torch.device:
+    """The device to run on; a fallback from the one asked for is told."""
+    if isinstance(device, str):
+        device, msg = pick_device(device)
+        if msg:
+            tell(msg)
+    return torch.device(device)
+
+
+def _run_stage(
+    gen: Generator[tuple[int, int], None, Any], offset: int, total: int
+) -> Generator[tuple[int, int], None, Any]:
+    """Drive one stage's generator, yielding ``(offset + done, total)``; returns the stage's result."""
+    try:
+        while True:
+            try:
+                done, _ = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            yield offset + done, total
+    finally:
+        gen.close()
+
+
 def iter_pipeline(
     hu: np.ndarray,
     denoiser: torch.nn.Module | None,
@@ -543,72 +567,76 @@ def iter_pipeline(
     """Denoise, then detect lesions on the denoised slices (LIDnet's detector follows the denoised domain).
 
     Yields ``(done, total)`` slices over both stages; returns a :class:`PipelineResult`. With ``cache``, each
-    stage is looked up by (input fingerprint, model fingerprint, slices, settings, device type) first.
+    stage is looked up by (input fingerprint, model fingerprint, slices, settings, device type) first. The input
+    is read in batches, never copied whole: peak memory is the output plus a batch (``benchmarks/
+    pipeline_memory.py``).
     """
     t0 = time.perf_counter()
     settings = settings or InferenceSettings()
     stack = _as_stack(hu)
     idx = _select(len(stack), slices)
     result = PipelineResult(slices=idx)
-    if isinstance(device, str):
-        device, msg = pick_device(device)
-        if msg:
-            result.notices.append(msg)
-            if notice:
-                notice(msg)
-    device = torch.device(device)
-    result.device = str(device)
 
     def tell(msg: str) -> None:
         result.notices.append(msg)
         if notice:
             notice(msg)
 
-    stages = [s for s, m in (("denoise", denoiser), ("detect", detector)) if m is not None]
+    device = _pipeline_device(device, tell)
+    result.device = str(device)
+    stages = [(s, m) for s, m in (("denoise", denoiser), ("detect", detector)) if m is not None]
     total = len(idx) * len(stages)
-    offset = 0
-    selected = stack[idx]
-    image = selected
     # cache keys, only when caching (hashing a volume costs more than a GPU pass over it): the input's content
     # hash, then for the detection stage the key of the denoising that made its input (no second hash)
-    image_key: Hashable = array_fingerprint(selected) if cache is not None else None
-    for stage in stages:
-        model = denoiser if stage == "denoise" else detector
+    image_key: Hashable = array_fingerprint(_take(stack, idx)) if cache is not None else None
+    for k, (stage, model) in enumerate(stages):
         key = None
         if cache is not None:
             key = (stage, image_key, tuple(idx), model_fingerprint(model), settings.key(), device.type)
         hit = cache.get(key) if cache is not None else None
         result.cached[stage] = hit is not None
         if hit is None:
-            if stage == "denoise":
-                gen = iter_denoise(model, image, device, settings=settings, notice=tell)
-            else:
-                gen = iter_detect(model, image, device, settings=settings, notice=tell)
-            try:
-                while True:
-                    try:
-                        done, _ = next(gen)
-                    except StopIteration as stop:
-                        hit = stop.value
-                        break
-                    yield offset + done, total
-            finally:
-                gen.close()
-            offset += len(idx)
-            if stage == "detect" and len(hit):  # slice column: position in `image` -> absolute index
-                hit[:, 0] = np.asarray(idx, np.float32)[hit[:, 0].astype(int)]
+            hit = yield from _run_stage(
+                _stage_generator(stage, model, stack, result, device, settings, tell), k * len(idx), total
+            )
             if cache is not None:
                 cache.put(key, hit)
         else:
-            offset += len(idx)
-            yield offset, total
+            yield (k + 1) * len(idx), total
         if stage == "denoise":
-            result.denoised = hit
-            image, image_key = hit, key
+            result.denoised, image_key = hit, key
         else:
             result.boxes = hit
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _stage_generator(
+    stage: str,
+    model: torch.nn.Module,
+    stack: np.ndarray,
+    result: PipelineResult,
+    device: torch.device,
+    settings: InferenceSettings,
+    tell: Notice,
+) -> Generator[tuple[int, int], None, Any]:
+    """One stage over the selected slices: denoise the input, or detect on the denoised slices (when there are)
+    or on the input; detection rows carry absolute slice indices either way."""
+    if stage == "denoise":
+        return iter_denoise(model, stack, device, slices=result.slices, settings=settings, notice=tell)
+    if result.denoised is None:
+        return iter_detect(model, stack, device, slices=result.slices, settings=settings, notice=tell)
+    return _absolute_slices(iter_detect(model, result.denoised, device, settings=settings, notice=tell), result.slices)
+
+
+def _absolute_slices(
+    gen: Generator[tuple[int, int], None, np.ndarray], idx: list[int]
+) -> Generator[tuple[int, int], None, np.ndarray]:
+    """Detection rows of the k selected slices: slice column from position in the selection to volume index."""
+    rows = yield from gen
+    if len(rows):
+        rows[:, 0] = np.asarray(idx, np.float32)[rows[:, 0].astype(int)]
+    return rows
 
 
 def run_pipeline(
