@@ -71,7 +71,17 @@ class LoadCTWidget(QWidget):
         self._scan_ok = False
         self._workers: list[Any] = []
 
-        # --- open
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        for w in (self._create_open_box(), self._create_window_box(), self._create_simulate_box(), self.status):
+            layout.addWidget(w)
+        layout.addStretch(1)
+        self._connect_signals()
+        self._refresh_layers()
+
+    def _create_open_box(self) -> QGroupBox:
+        """'Open CT': path with File/Folder buttons, series picker, Open."""
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText("DICOM file or folder, DeepLesion PNG, .npy/.npz/.tif")
         self.file_button = QPushButton("File…")
@@ -88,8 +98,10 @@ class LoadCTWidget(QWidget):
         open_form.addRow("Path", path_row)
         open_form.addRow("Series", self.series_combo)
         open_form.addRow(self.open_button)
+        return open_box
 
-        # --- window
+    def _create_window_box(self) -> QGroupBox:
+        """'Window': preset picker and the button that applies it to the selected layer."""
         self.preset_combo = QComboBox()
         self.preset_combo.addItems(list(WINDOW_PRESETS))
         self.preset_combo.setCurrentText(DEFAULT_PRESET)
@@ -98,8 +110,10 @@ class LoadCTWidget(QWidget):
         win_form = QFormLayout(win_box)
         win_form.addRow("Preset", self.preset_combo)
         win_form.addRow(self.apply_window_button)
+        return win_box
 
-        # --- simulate
+    def _create_simulate_box(self) -> QGroupBox:
+        """'Simulate low dose': normal-dose layer, dose fraction, seed, Simulate."""
         self.sim_layer_combo = QComboBox()
         self.dose_spin = QDoubleSpinBox()
         self.dose_spin.setRange(0.05, 1.0)
@@ -115,14 +129,10 @@ class LoadCTWidget(QWidget):
         sim_form.addRow("Dose fraction", self.dose_spin)
         sim_form.addRow("Seed", self.seed_spin)
         sim_form.addRow(self.simulate_button)
+        return sim_box
 
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        layout = QVBoxLayout(self)
-        for w in (open_box, win_box, sim_box, self.status):
-            layout.addWidget(w)
-        layout.addStretch(1)
-
+    def _connect_signals(self) -> None:
+        """Wire the buttons, the path field and the preset picker, and follow the viewer's layer list."""
         self.file_button.clicked.connect(self._browse_file)
         self.folder_button.clicked.connect(self._browse_folder)
         self.path_edit.editingFinished.connect(self.refresh_series)
@@ -132,7 +142,6 @@ class LoadCTWidget(QWidget):
         self.simulate_button.clicked.connect(self.simulate)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
-        self._refresh_layers()
 
     # ------------------------------------------------------------------ messages
     def _info(self, text: str) -> None:

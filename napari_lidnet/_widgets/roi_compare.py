@@ -184,6 +184,23 @@ class ROICompareWidget(QWidget):
         self._pending = False
         self._syncing = False
 
+        form, buttons = self._create_inputs()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self._create_table())
+        split.addWidget(self._create_plots())
+        layout.addWidget(split, stretch=1)
+        self._create_timer()
+        self._connect_signals()
+        self._watch_viewer()
+
+    def _create_inputs(self) -> tuple[QFormLayout, QHBoxLayout]:
+        """The form of pickers (regions, images, reference, background, window, perceptual) and the button row."""
         self.shapes_combo = QComboBox()
         self.image_list = QListWidget()
         self.image_list.setMaximumHeight(110)
@@ -194,9 +211,6 @@ class ROICompareWidget(QWidget):
         self.perceptual_check = QCheckBox("ROI perceptual distance (lesion detector)")
         self.refresh_button = QPushButton("Refresh")
         self.export_button = QPushButton("Export CSV")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-
         form = QFormLayout()
         form.addRow("Regions", self.shapes_combo)
         form.addRow("Images", self.image_list)
@@ -207,12 +221,18 @@ class ROICompareWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.refresh_button)
         buttons.addWidget(self.export_button)
+        return form, buttons
 
+    def _create_table(self) -> QTableWidget:
+        """The read-only results table, one column per ``COLUMNS`` entry."""
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels([h for _, h in COLUMNS])
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.setSortingEnabled(False)
+        return self.table
 
+    def _create_plots(self) -> QWidget:
+        """The plot panel: kind, metric and region pickers above a matplotlib canvas."""
         self.plot_kind = QComboBox()
         self.plot_kind.addItems(PLOT_KINDS)
         self.metric_combo = QComboBox()
@@ -229,21 +249,17 @@ class ROICompareWidget(QWidget):
             row.addWidget(w)
         pl.addLayout(row)
         pl.addWidget(self.canvas)
-        split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(self.table)
-        split.addWidget(plot_box)
+        return plot_box
 
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.status)
-        layout.addWidget(split, stretch=1)
-
+    def _create_timer(self) -> None:
+        """The debounce timer: the table refreshes ``DEBOUNCE_MS`` after the last change."""
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self.refresh)
 
+    def _connect_signals(self) -> None:
+        """Wire the widget's own controls: input changes schedule a refresh, plot choices redraw the plot."""
         self.shapes_combo.currentIndexChanged.connect(self._on_shapes_changed)
         self.image_list.itemChanged.connect(self.schedule_refresh)
         for combo in (self.reference_combo, self.background_combo, self.window_combo):
@@ -254,6 +270,8 @@ class ROICompareWidget(QWidget):
         for combo in (self.plot_kind, self.metric_combo, self.plot_region):
             combo.currentIndexChanged.connect(self.update_plot)
 
+    def _watch_viewer(self) -> None:
+        """Follow the viewer: layer list changes, layer renames and data edits, and the current slice."""
         layers = self.viewer.layers
         layers.events.inserted.connect(self._on_layer_inserted)
         layers.events.removed.connect(self._on_layers_changed)

@@ -1,0 +1,388 @@
+"""Parts of the Fine-tune dock widget: the data, model and advanced boxes and the run panel.
+
+Each part builds its own fields and reads them back as plain values (``values()``); ``finetune.FineTuneWidget``
+only assembles them, checks the request and runs it. The checks that need no Qt (folders, inputs) are plain
+functions here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QStackedWidget,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .._training.finetune import ONE_CLICK_DEFAULTS, default_model_name
+from .._training.local_data import AUTO_BOX_THRESHOLD, CTInput, check_inputs
+from .loss_plot import TrainingPlot
+
+#: (key, label) of the data sources
+SOURCES = (
+    ("layers", "normal-dose image layers (simulate low dose)"),
+    ("paired", "paired low-dose / full-dose layers"),
+    ("dicom", "DICOM folder (normal dose, simulate low dose)"),
+    ("dataset", "dataset folder (lidnet simulate)"),
+)
+DETECT_ITEM = "(detect with the starting detector)"
+SCRATCH_ITEM = "(from scratch)"
+LOSS_MODES = (("lidnet", "LIDnet: pixel + detection + ROI perceptual"), ("pixel", "denoiser alone (pixel loss)"))
+
+
+def spin_box(lo: float, hi: float, value: float, decimals: int | None = None, step: float | None = None) -> Any:
+    """A QSpinBox (``decimals`` None) or QDoubleSpinBox with range and value."""
+    box = QSpinBox() if decimals is None else QDoubleSpinBox()
+    if decimals is not None:
+        box.setDecimals(decimals)
+    box.setRange(lo, hi)
+    if step is not None:
+        box.setSingleStep(step)
+    box.setValue(value)
+    return box
+
+
+def folder_problems(source: str, folder: str) -> list[str]:
+    """What is wrong with the folder of a ``dicom`` or ``dataset`` source (empty list: fine)."""
+    if not folder:
+        return [f"choose a {'DICOM' if source == 'dicom' else 'dataset'} folder"]
+    if not Path(folder).is_dir():
+        return [f"{folder}: no such folder"]
+    if source == "dataset" and not (Path(folder) / "dataset.json").is_file():
+        return [f"{folder}: not a dataset folder (no dataset.json; make one with 'lidnet simulate')"]
+    return []
+
+
+def input_problems(inputs: Sequence[CTInput], settings: dict[str, Any]) -> list[str]:
+    """What is wrong with the inputs for the run ``settings`` describe (``FineTuneWidget.settings()``)."""
+    need_lesions = settings["mode"] != "pixel"
+    problems = list(check_inputs(inputs, settings["patch_size"], need_lesions, settings["val_fraction"]))
+    if need_lesions and any(i.boxes is None for i in inputs) and not settings["init_detector"]:
+        problems.append(
+            "no lesion boxes: draw rectangles on a Shapes layer and pick it, or start from a trained detector"
+        )
+    return problems
+
+
+def looks_full_dose(name: str) -> bool:
+    """Whether a layer name reads like a full-dose (normal-dose) image."""
+    low = name.lower()
+    return ("full" in low or "normal" in low) and "denoised" not in low
+
+
+def looks_low_dose(name: str) -> bool:
+    """Whether a layer name reads like a low-dose image."""
+    low = name.lower()
+    return ("low" in low or "%" in low) and "denoised" not in low
+
+
+def refill(combo: QComboBox, items: list[str], prefer: str | None = None) -> None:
+    """Replace a combo's items, keeping the current text when it is still there, else ``prefer``."""
+    current = combo.currentText()
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItems(items)
+    if current in items:
+        combo.setCurrentText(current)
+    elif prefer in items:
+        combo.setCurrentText(prefer)
+    combo.blockSignals(False)
+
+
+def _form_page(*rows: tuple[str, QWidget]) -> QWidget:
+    """A margin-less form of (label, field) rows, one page of the data source stack."""
+    page = QWidget()
+    form = QFormLayout(page)
+    form.setContentsMargins(0, 0, 0, 0)
+    for label, field in rows:
+        form.addRow(label, field)
+    return page
+
+
+class DataBox(QGroupBox):
+    """Where the training data comes from: image layers, paired layers, a DICOM folder or a dataset folder."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Data", parent)
+        self.source_combo = QComboBox()
+        for key, label in SOURCES:
+            self.source_combo.addItem(label, key)
+        self.pages = QStackedWidget()
+        self.image_list = QListWidget()
+        self.image_list.setMaximumHeight(90)
+        self.boxes_combo = QComboBox()
+        self.pages.addWidget(_form_page(("normal-dose images", self.image_list), ("lesion boxes", self.boxes_combo)))
+        self.low_combo, self.full_combo, self.paired_boxes_combo = QComboBox(), QComboBox(), QComboBox()
+        paired_rows = (("low dose", self.low_combo), ("full dose", self.full_combo))
+        self.pages.addWidget(_form_page(*paired_rows, ("lesion boxes", self.paired_boxes_combo)))
+        self.dicom_edit, self.dataset_edit = QLineEdit(), QLineEdit()
+        self.dicom_edit.setPlaceholderText("folder of DICOM series (normal dose)")
+        self.dataset_edit.setPlaceholderText("folder with dataset.json, full/, low/, lesions.csv")
+        for edit in (self.dicom_edit, self.dataset_edit):
+            self.pages.addWidget(self._folder_page(edit))
+        self.source_combo.currentIndexChanged.connect(self._on_source)
+        self.dose_spin = spin_box(0.05, 1.0, 0.25, 2, 0.05)
+        form = QFormLayout(self)
+        form.addRow("source", self.source_combo)
+        form.addRow(self.pages)
+        form.addRow("dose fraction", self.dose_spin)
+        self._on_source()
+
+    def _folder_page(self, edit: QLineEdit) -> QWidget:
+        button = QPushButton("Folder…")
+        button.clicked.connect(lambda _=False, e=edit: self._browse(e))
+        page = QWidget()
+        row = QHBoxLayout(page)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(edit, 1)
+        row.addWidget(button)
+        return page
+
+    def _browse(self, edit: QLineEdit) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Choose a folder")
+        if path:
+            edit.setText(path)
+
+    def _on_source(self, _index: int = 0) -> None:
+        self.pages.setCurrentIndex(self.source_combo.currentIndex())
+        self.dose_spin.setEnabled(self.source in ("layers", "dicom"))
+
+    @property
+    def source(self) -> str:
+        """Key of the chosen data source."""
+        return str(self.source_combo.currentData())
+
+    def set_source(self, key: str) -> None:
+        """Choose the data source by key: layers, paired, dicom or dataset."""
+        self.source_combo.setCurrentIndex([k for k, _ in SOURCES].index(key))
+
+    def checked_images(self) -> list[str]:
+        """Names of the ticked normal-dose image layers."""
+        return [
+            self.image_list.item(i).text()
+            for i in range(self.image_list.count())
+            if self.image_list.item(i).checkState() == Qt.CheckState.Checked
+        ]
+
+    def set_images(self, names: list[str]) -> None:
+        """Tick exactly the image layers in ``names``."""
+        for i in range(self.image_list.count()):
+            item = self.image_list.item(i)
+            item.setCheckState(Qt.CheckState.Checked if item.text() in names else Qt.CheckState.Unchecked)
+
+    def refresh(self, images: list[str], shapes: list[str]) -> None:
+        """Refill the layer pickers with these image and Shapes layer names, keeping current choices (a new pick
+        prefers full-dose-looking names)."""
+        checked = set(self.checked_images()) & set(images)
+        if not checked:  # first pick: a full-dose-looking layer, or the only image
+            guess = next((n for n in images if looks_full_dose(n)), images[0] if len(images) == 1 else None)
+            checked = {guess} if guess else set()
+        self.image_list.clear()
+        for name in images:
+            item = QListWidgetItem(name)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked if name in checked else Qt.CheckState.Unchecked)
+            self.image_list.addItem(item)
+        for combo in (self.boxes_combo, self.paired_boxes_combo):
+            refill(combo, [DETECT_ITEM, *shapes], prefer=shapes[0] if shapes else DETECT_ITEM)
+        refill(self.low_combo, images, prefer=next((n for n in images if looks_low_dose(n)), None))
+        refill(self.full_combo, images, prefer=next((n for n in images if looks_full_dose(n)), None))
+
+    def values(self) -> dict[str, Any]:
+        """The data choices as plain values (layer names, folders, dose fraction)."""
+        return {
+            "source": self.source,
+            "images": self.checked_images(),
+            "boxes": self.boxes_combo.currentText(),
+            "low": self.low_combo.currentText(),
+            "full": self.full_combo.currentText(),
+            "paired_boxes": self.paired_boxes_combo.currentText(),
+            "dicom_folder": self.dicom_edit.text().strip(),
+            "dataset_folder": self.dataset_edit.text().strip(),
+            "dose": float(self.dose_spin.value()),
+        }
+
+
+class ModelBox(QGroupBox):
+    """The new model's name and the models the run starts from."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Model", parent)
+        self.name_edit = QLineEdit(default_model_name())
+        self.start_denoiser_combo, self.start_detector_combo = QComboBox(), QComboBox()
+        form = QFormLayout(self)
+        form.addRow("new model name", self.name_edit)
+        form.addRow("start denoiser", self.start_denoiser_combo)
+        form.addRow("start detector", self.start_detector_combo)
+
+    def values(self) -> dict[str, Any]:
+        """The name as typed and the starting models' paths (None: from scratch)."""
+        return {
+            "name": self.name_edit.text(),
+            "init_denoiser": self.start_denoiser_combo.currentData(),
+            "init_detector": self.start_detector_combo.currentData(),
+        }
+
+
+class AdvancedBox(QWidget):
+    """The advanced training settings, hidden until its ``toggle`` button (an 'Advanced' arrow) opens them."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.toggle = QToolButton()
+        self.toggle.setText("Advanced")
+        self.toggle.setCheckable(True)
+        self.toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.toggle.setArrowType(Qt.ArrowType.RightArrow)
+        self.setVisible(False)
+        self.toggle.toggled.connect(self.set_open)
+        self._create_fields()
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("losses", self.mode_combo)
+        form.addRow("rounds", self.rounds_spin)
+        form.addRow("denoiser steps / round", self.den_steps_spin)
+        form.addRow("detector steps / round", self.det_steps_spin)
+        form.addRow("detection loss weight", self.det_weight_spin)
+        form.addRow("ROI perceptual weight", self.roi_weight_spin)
+        form.addRow("learning rate", self.lr_spin)
+        form.addRow("patch size", self.patch_spin)
+        form.addRow("batch size", self.batch_spin)
+        form.addRow("validation split", self.val_spin)
+        form.addRow("auto-box score threshold", self.box_threshold_spin)
+        form.addRow("device", self.device_combo)
+        form.addRow("seed", self.seed_spin)
+
+    def _create_fields(self) -> None:
+        d = ONE_CLICK_DEFAULTS
+        self.mode_combo = QComboBox()
+        for key, label in LOSS_MODES:
+            self.mode_combo.addItem(label, key)
+        self.rounds_spin = spin_box(1, 100, d["rounds"])
+        self.den_steps_spin = spin_box(0, 10000, d["denoiser_steps"])
+        self.det_steps_spin = spin_box(0, 10000, d["detector_steps"])
+        self.det_weight_spin = spin_box(0.0, 10.0, d["det_weight"], 3, 0.05)
+        self.roi_weight_spin = spin_box(0.0, 10.0, d["roi_weight"], 3, 0.05)
+        for box in (self.det_weight_spin, self.roi_weight_spin):
+            box.setToolTip("weight relative to the pixel loss at the start of each round (0: off)")
+        self.lr_spin = spin_box(1e-6, 1e-2, d["lr"], 6, 1e-4)
+        self.patch_spin = spin_box(32, 512, d["patch_size"], None, 16)
+        self.batch_spin = spin_box(1, 64, d["batch_size"])
+        self.val_spin = spin_box(0.0, 0.9, d["val_fraction"], 2, 0.05)
+        self.box_threshold_spin = spin_box(0.05, 0.99, AUTO_BOX_THRESHOLD, 2, 0.05)
+        self.device_combo = QComboBox()
+        self.seed_spin = spin_box(0, 2**31 - 1, d["seed"])
+
+    def set_open(self, on: bool) -> None:
+        """Show (``on``) or hide the settings; the toggle's arrow follows."""
+        self.setVisible(on)
+        self.toggle.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
+
+    def values(self) -> dict[str, Any]:
+        """The TrainConfig fields set here (``device`` 'auto' when none is listed) and the auto-box threshold."""
+        return {
+            "mode": self.mode_combo.currentData(),
+            "rounds": self.rounds_spin.value(),
+            "denoiser_steps": self.den_steps_spin.value(),
+            "detector_steps": self.det_steps_spin.value(),
+            "det_weight": self.det_weight_spin.value(),
+            "roi_weight": self.roi_weight_spin.value(),
+            "lr": self.lr_spin.value(),
+            "detector_lr": self.lr_spin.value(),
+            "patch_size": self.patch_spin.value(),
+            "batch_size": self.batch_spin.value(),
+            "val_fraction": self.val_spin.value(),
+            "device": self.device_combo.currentText() or "auto",
+            "seed": self.seed_spin.value(),
+            "box_threshold": float(self.box_threshold_spin.value()),
+        }
+
+
+class RunPanel(QWidget):
+    """Start and Stop, the progress bars, the time left, the message line and the live training plot."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.start_button = QPushButton("Start fine-tuning")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.stop_button)
+        self.stage_label = QLabel("")
+        self.stage_bar = QProgressBar()
+        self.stage_bar.setFormat("%v / %m steps")
+        self.overall_bar = QProgressBar()
+        self.overall_bar.setFormat("overall %p%")
+        self.eta_label = QLabel("")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.plot = TrainingPlot(self)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(buttons)
+        for w in (self.stage_label, self.stage_bar, self.overall_bar, self.eta_label, self.status, self.plot):
+            layout.addWidget(w)
+
+    def begin(self) -> None:
+        """A run starts: Start off, Stop on, busy bars until the first step."""
+        self.start_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        for bar in (self.stage_bar, self.overall_bar):
+            bar.setRange(0, 0)  # busy until the first step
+        self.stage_label.setText("preparing data")
+        self.eta_label.setText("")
+
+    def end(self) -> None:
+        """The run is over: Start on, Stop off, no busy bar left spinning."""
+        self.start_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        for bar in (self.stage_bar, self.overall_bar):
+            if bar.maximum() == 0:
+                bar.setRange(0, 1)
+        self.eta_label.setText("")
+
+    def show_record(self, rec: dict[str, Any]) -> None:
+        """Show one progress record of the trainer: bars, stage, time left, validation line and plot."""
+        stage = rec.get("stage")
+        if "total_steps" in rec:
+            self.overall_bar.setRange(0, max(int(rec["total_steps"]), 1))
+            self.overall_bar.setValue(int(rec.get("step", 0)))
+        if stage in ("prepare", "setup", "export"):
+            self.stage_label.setText(rec.get("message", ""))
+        elif stage == "validate":
+            val = rec.get("val") or {}
+            parts = [f"PSNR {val['psnr']:.2f} dB"] if "psnr" in val else []
+            parts += [f"sensitivity {val['sensitivity']:.2f}"] if "sensitivity" in val else []
+            best = " (best so far)" if rec.get("is_best") else ""
+            self.status.setText(f"validation after {rec.get('after')}: {', '.join(parts)}{best}")
+            self.plot.add_record(rec)
+        elif stage in ("stopped", "finished"):
+            self.stage_label.setText(stage)
+        elif "stage_step" in rec:
+            self.stage_label.setText(f"{stage}: step {rec['stage_step']} of {rec['stage_total']}")
+            self.stage_bar.setRange(0, int(rec["stage_total"]))
+            self.stage_bar.setValue(int(rec["stage_step"]))
+            eta = rec.get("eta_s")
+            if eta is not None:
+                self.eta_label.setText(f"about {eta / 60:.1f} min left" if eta >= 60 else f"about {eta:.0f} s left")
+            self.plot.add_record(rec)
