@@ -92,3 +92,28 @@ def test_refuses_non_empty_folder_and_bad_values(tmp_path):
     with pytest.raises(ValueError, match="NaN"):
         write_dicom_series(bad, tmp_path / "new", "x")
     assert listing(tmp_path) == before
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_failed_write_leaves_nothing_and_keeps_the_error(tmp_path, monkeypatch, existing):
+    """A write that fails half-way through its third file (a full disk) removes every file it wrote, the
+    half-written one too, and the folder it created; the caller sees the disk's error, not a clean-up error."""
+    vol = CTVolume(np.zeros((4, 8, 8), np.float32), (1.0, 0.5, 0.5), name="src")
+    real = pydicom.dcmwrite
+    calls = []
+
+    def full_disk(path, ds, **kwargs):
+        calls.append(path)
+        if len(calls) == 3:
+            path.write_bytes(b"DICM half")  # the partial file a full disk leaves
+            raise OSError(28, "No space left on device")
+        return real(path, ds, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmwrite", full_disk)
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()
+    with pytest.raises(OSError, match="No space left"):
+        write_dicom_series(vol, out, "x")
+    assert len(calls) == 3
+    assert (out.exists() and not any(out.iterdir())) if existing else not out.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import warnings
 from pathlib import Path
@@ -43,6 +44,106 @@ def _ds_str(value: float) -> str:
     return text
 
 
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse a file, or a folder that already holds anything (outputs never overwrite)."""
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ValueError(f"{out_dir}: exists and is not a folder; choose an empty or new folder")
+        if any(out_dir.iterdir()):
+            raise ValueError(f"{out_dir}: folder is not empty; refusing to write a DICOM series into it")
+
+
+def _stored_int16(volume: CTVolume) -> tuple[np.ndarray, float]:
+    """(z, y, x) int16 stored values and the RescaleIntercept that maps them back to (rounded) HU."""
+    hu = np.asarray(volume.hu, dtype=np.float64)
+    if not np.all(np.isfinite(hu)):
+        raise ValueError(f"volume {volume.name!r} contains NaN or infinite values; cannot write DICOM")
+    rounded = np.rint(hu if hu.ndim == 3 else hu[None])
+    intercept = _intercept_for(rounded)
+    stored = rounded - intercept
+    if stored.min() < _INT16_MIN or stored.max() > _INT16_MAX:
+        warnings.warn(f"volume {volume.name!r}: HU range exceeds 16 bits; values clipped", UserWarning, stacklevel=3)
+        stored = np.clip(stored, _INT16_MIN, _INT16_MAX)
+    return stored.astype("<i2"), intercept
+
+
+def _series_header(volume: CTVolume, description: str, source_tags: dict[str, Any] | None) -> Any:
+    """The tags every slice of the new series shares: copied source tags, UIDs, dates, geometry, pixel format."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+
+    tags = dict(volume.metadata.get("source_tags") or {}) if source_tags is None else dict(source_tags)
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    for kw, value in tags.items():
+        if kw in ("StudyInstanceUID", "FrameOfReferenceUID"):
+            continue
+        try:
+            setattr(ds, kw, value)
+        except (ValueError, TypeError, AttributeError) as exc:
+            warnings.warn(f"source tag {kw}={value!r} not copied: {exc}", UserWarning, stacklevel=3)
+    ds.SOPClassUID = CT_IMAGE_STORAGE
+    ds.StudyInstanceUID = str(tags.get("StudyInstanceUID", "") or generate_uid())
+    ds.SeriesInstanceUID = generate_uid()
+    ds.FrameOfReferenceUID = str(tags.get("FrameOfReferenceUID", "") or generate_uid())
+    ds.Modality = "CT"
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.SeriesDescription = description[:64]
+    ds.DerivationDescription = f"napari-lidnet: {description}"[:1024]
+    ds.SeriesNumber = 9001
+    now = _dt.datetime.now()
+    ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
+    ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
+    for kw in ("PatientID", "PatientName", "StudyDate", "StudyTime", "StudyID", "AccessionNumber"):
+        if kw not in ds:
+            setattr(ds, kw, "")
+    _set_pixel_format(ds, volume)
+    return ds
+
+
+def _set_pixel_format(ds: Any, volume: CTVolume) -> None:
+    """Orientation, pixel size, thickness, int16 MONOCHROME2 layout and the default display window."""
+    spacing = volume.spacing if np.ndim(volume.hu) == 3 else (None, *volume.spacing)
+    dz = float(spacing[0]) if spacing[0] is not None else float(volume.metadata.get("slice_thickness") or 1.0)
+    direction = np.asarray(volume.direction, dtype=float)
+    ds.ImageOrientationPatient = [_ds_str(v) for v in (*direction[:, 0], *direction[:, 1])]
+    ds.PixelSpacing = [_ds_str(spacing[1]), _ds_str(spacing[2])]
+    ds.SliceThickness = _ds_str(float(volume.metadata.get("slice_thickness") or dz))
+    ds.SpacingBetweenSlices = _ds_str(dz)
+    ds.Rows, ds.Columns = (int(n) for n in np.shape(volume.hu)[-2:])
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "HU"
+    level, width = WINDOW_PRESETS[DEFAULT_PRESET]
+    ds.WindowCenter, ds.WindowWidth = _ds_str(level), _ds_str(width)
+
+
+def _slice_dataset(header: Any, k: int, position: np.ndarray, normal: np.ndarray, pixels: np.ndarray) -> Any:
+    """Slice ``k`` of the series: a copy of the shared header with its own UID, position and pixels."""
+    import copy
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+
+    ds = copy.deepcopy(header)
+    ds.SOPInstanceUID = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+    ds.InstanceNumber = k + 1
+    ds.ImagePositionPatient = [_ds_str(v) for v in position]
+    ds.SliceLocation = _ds_str(float(np.dot(position, normal)))
+    ds.PixelData = pixels.tobytes()
+    return ds
+
+
 def write_dicom_series(
     volume: CTVolume,
     out_dir: str | Path,
@@ -54,110 +155,41 @@ def write_dicom_series(
     ``source_tags`` (default ``volume.metadata["source_tags"]``) are copied onto every slice (patient, study,
     frame of reference, acquisition). HU are rounded to integers and stored as int16 with RescaleSlope 1 and a
     RescaleIntercept chosen so they fit. Returns the written files in slice order. Never overwrites: a folder that
-    already contains anything is refused.
+    already contains anything is refused. On any error every file written so far (a half-written one included)
+    and a folder this call created are removed, and the original error is raised.
     """
     import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise ValueError(f"{out_dir}: exists and is not a folder; choose an empty or new folder")
-        if any(out_dir.iterdir()):
-            raise ValueError(f"{out_dir}: folder is not empty; refusing to write a DICOM series into it")
-    hu = np.asarray(volume.hu, dtype=np.float64)
-    if not np.all(np.isfinite(hu)):
-        raise ValueError(f"volume {volume.name!r} contains NaN or infinite values; cannot write DICOM")
-    vol3 = hu if hu.ndim == 3 else hu[None]
-    n, rows, cols = vol3.shape
-    spacing = volume.spacing if hu.ndim == 3 else (None, *volume.spacing)
-    dz = float(spacing[0]) if spacing[0] is not None else float(volume.metadata.get("slice_thickness") or 1.0)
-
-    rounded = np.rint(vol3)
-    intercept = _intercept_for(rounded)
-    stored = rounded - intercept
-    if stored.min() < _INT16_MIN or stored.max() > _INT16_MAX:
-        warnings.warn(f"volume {volume.name!r}: HU range exceeds 16 bits; values clipped", UserWarning, stacklevel=2)
-        stored = np.clip(stored, _INT16_MIN, _INT16_MAX)
-    stored = stored.astype("<i2")
-
-    tags = dict(volume.metadata.get("source_tags") or {}) if source_tags is None else dict(source_tags)
+    _check_out_dir(out_dir)
+    stored, intercept = _stored_int16(volume)
+    header = _series_header(volume, series_description, source_tags)
+    header.RescaleIntercept = _ds_str(intercept)
     direction = np.asarray(volume.direction, dtype=float)
-    iop = [*direction[:, 0], *direction[:, 1]]
     normal = np.cross(direction[:, 0], direction[:, 1])
-    positions = _slice_positions(volume, n)
-    series_uid = generate_uid()
-    study_uid = str(tags.pop("StudyInstanceUID", "") or generate_uid())
-    frame_uid = str(tags.pop("FrameOfReferenceUID", "") or generate_uid())
-    now = _dt.datetime.now()
-    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    level, width = WINDOW_PRESETS[DEFAULT_PRESET]
-
+    positions = _slice_positions(volume, len(stored))
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     try:
-        for k in range(n):
-            sop_uid = generate_uid()
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-            meta.MediaStorageSOPInstanceUID = sop_uid
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SpecificCharacterSet = "ISO_IR 192"
-            for kw, value in tags.items():
-                try:
-                    setattr(ds, kw, value)
-                except (ValueError, TypeError, AttributeError) as exc:
-                    warnings.warn(f"source tag {kw}={value!r} not copied: {exc}", UserWarning, stacklevel=2)
-            ds.SOPClassUID = CT_IMAGE_STORAGE
-            ds.SOPInstanceUID = sop_uid
-            ds.StudyInstanceUID = study_uid
-            ds.SeriesInstanceUID = series_uid
-            ds.FrameOfReferenceUID = frame_uid
-            ds.Modality = "CT"
-            ds.ImageType = ["DERIVED", "SECONDARY"]
-            ds.SeriesDescription = series_description[:64]
-            ds.DerivationDescription = f"napari-lidnet: {series_description}"[:1024]
-            ds.SeriesNumber = 9001
-            ds.InstanceNumber = k + 1
-            ds.SeriesDate = ds.ContentDate = date
-            ds.SeriesTime = ds.ContentTime = time
-            for kw in ("PatientID", "PatientName", "StudyDate", "StudyTime", "StudyID", "AccessionNumber"):
-                if kw not in ds:
-                    setattr(ds, kw, "")
-            ds.ImagePositionPatient = [_ds_str(v) for v in positions[k]]
-            ds.ImageOrientationPatient = [_ds_str(v) for v in iop]
-            ds.SliceLocation = _ds_str(float(np.dot(positions[k], normal)))
-            ds.PixelSpacing = [_ds_str(spacing[1]), _ds_str(spacing[2])]
-            ds.SliceThickness = _ds_str(float(volume.metadata.get("slice_thickness") or dz))
-            ds.SpacingBetweenSlices = _ds_str(dz)
-            ds.Rows, ds.Columns = rows, cols
-            ds.SamplesPerPixel = 1
-            ds.PhotometricInterpretation = "MONOCHROME2"
-            ds.BitsAllocated = 16
-            ds.BitsStored = 16
-            ds.HighBit = 15
-            ds.PixelRepresentation = 1
-            ds.RescaleSlope = "1"
-            ds.RescaleIntercept = _ds_str(intercept)
-            ds.RescaleType = "HU"
-            ds.WindowCenter = _ds_str(level)
-            ds.WindowWidth = _ds_str(width)
-            ds.PixelData = stored[k].tobytes()
+        for k in range(len(stored)):
             path = out_dir / f"IM{k + 1:05d}.dcm"
-            pydicom.dcmwrite(path, ds, enforce_file_format=True)
             written.append(path)
-    except Exception:
-        for p in written:
-            p.unlink(missing_ok=True)
-        if created:
-            out_dir.rmdir()
+            pydicom.dcmwrite(path, _slice_dataset(header, k, positions[k], normal, stored[k]), enforce_file_format=True)
+    except BaseException:
+        _remove_partial(written, out_dir if created else None)
         raise
     return written
+
+
+def _remove_partial(files: list[Path], folder: Path | None) -> None:
+    """Best-effort clean-up after a failed write; never masks the error that caused it."""
+    for p in files:
+        with contextlib.suppress(OSError):
+            p.unlink(missing_ok=True)
+    if folder is not None:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def denoised_description(source: str, model: str) -> str:
