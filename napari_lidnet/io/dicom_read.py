@@ -282,107 +282,128 @@ def _warn(msgs: list[str], msg: str) -> None:
     warnings.warn(msg, UserWarning, stacklevel=3)
 
 
-def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> CTVolume:
-    """Sort the headers of one series along the slice normal and decode them into a CTVolume."""
-    headers = list(headers)
-    ds0 = headers[0].ds
+def _series_label(ds0: Any) -> str:
     uid = str(ds0.get("SeriesInstanceUID", ""))
     desc = str(ds0.get("SeriesDescription", "") or "")
-    label = f"series {desc!r} ({uid})" if desc else f"series {uid}"
-    notes: list[str] = []
+    return f"series {desc!r} ({uid})" if desc else f"series {uid}"
 
+
+def _check_sizes(headers: list[DicomHeader], label: str) -> None:
+    """Refuse a series whose images differ in rows x cols, naming a few files of each size."""
     sizes = {(int(h.ds.Rows), int(h.ds.Columns)) for h in headers}
     if len(sizes) > 1:
         parts = []
         for r, c in sorted(sizes):
             names = [h.path.name for h in headers if (int(h.ds.Rows), int(h.ds.Columns)) == (r, c)]
             parts.append(f"{r}x{c}: {', '.join(names[:3])}{'...' if len(names) > 3 else ''}")
-        detail = "; ".join(parts)
-        raise ValueError(f"{label} mixes image sizes (rows x cols) and cannot be stacked: {detail}")
+        raise ValueError(f"{label} mixes image sizes (rows x cols) and cannot be stacked: {'; '.join(parts)}")
 
+
+def _orientation(headers: list[DicomHeader], label: str) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(ImageOrientationPatient or None, row cosines, column cosines); refuses mixed orientations."""
+    iop = header_floats(headers[0].ds.get("ImageOrientationPatient"), 6)
+    if iop is None:
+        return None, np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    for h in headers[1:]:
+        other = header_floats(h.ds.get("ImageOrientationPatient"), 6)
+        if other is None or not np.allclose(other, iop, atol=1e-4):
+            raise ValueError(f"{label} mixes slice orientations ({h.path.name}); cannot stack one volume")
+    return iop, iop[:3], iop[3:]
+
+
+def _sorted_slices(
+    headers: list[DicomHeader], normal: np.ndarray | None, notes: list[str], label: str
+) -> tuple[list[DicomHeader], np.ndarray | None]:
+    """Headers sorted along the slice normal (by InstanceNumber without positions), and their positions."""
+    positions = [header_floats(h.ds.get("ImagePositionPatient"), 3) for h in headers]
+    if normal is not None and all(p is not None for p in positions):
+        order = np.argsort([float(np.dot(p, normal)) for p in positions], kind="stable")
+        return [headers[i] for i in order], np.array([positions[i] for i in order])
+    if len(headers) > 1:
+        _warn(notes, f"{label}: slices lack ImagePositionPatient/Orientation; sorted by InstanceNumber")
+    order = np.argsort([int(h.ds.get("InstanceNumber", 0) or 0) for h in headers], kind="stable")
+    return [headers[i] for i in order], None
+
+
+def _slice_axis(
+    headers: list[DicomHeader], pos: np.ndarray | None, normal: np.ndarray, notes: list[str], label: str
+) -> tuple[np.ndarray, float | None]:
+    """(stacking direction, median slice spacing or None); refuses duplicated positions, warns of uneven spacing
+    and of gantry tilt."""
+    if pos is None or len(pos) < 2:
+        return normal, None
+    dists = np.linalg.norm(np.diff(pos, axis=0), axis=1)
+    if np.any(dists < 1e-4):
+        dup = [headers[i + 1].path.name for i in np.flatnonzero(dists < 1e-4)]
+        raise ValueError(f"{label} has several slices at the same position ({', '.join(dup[:5])})")
+    dz = float(np.median(dists))
+    if np.max(np.abs(dists - dz)) > _SPACING_RTOL * dz + 1e-3:
+        _warn(
+            notes,
+            f"{label}: uneven slice spacing ({dists.min():.3f} to {dists.max():.3f} mm, "
+            f"median {dz:.3f} mm); the volume uses the median",
+        )
+    total = pos[-1] - pos[0]
+    stack_dir = total / np.linalg.norm(total)
+    cos = abs(float(np.dot(stack_dir, normal)))
+    if cos >= 1 - _TILT_TOL:
+        return normal, dz
+    _warn(
+        notes,
+        f"{label}: gantry tilt of {np.degrees(np.arccos(min(1.0, cos))):.2f} deg "
+        "(slices not stacked along their normal)",
+    )
+    return stack_dir, dz
+
+
+def _series_metadata(
+    headers: list[DicomHeader], source: Path | None, notes: list[str], first: np.ndarray | None
+) -> dict[str, Any]:
+    ds0 = headers[0].ds
+    return {
+        "format": "dicom",
+        "source": str(source if source is not None else headers[0].path),
+        "series_uid": str(ds0.get("SeriesInstanceUID", "")),
+        "series_description": str(ds0.get("SeriesDescription", "") or ""),
+        "modality": str(ds0.get("Modality", "") or ""),
+        "files": [str(h.path) for h in headers],
+        "source_tags": _source_tags(ds0),
+        "warnings": notes,
+        "slice_thickness": float(ds0.get("SliceThickness", 0) or 0) or None,
+        "image_position_patient": None if first is None else [float(v) for v in first],
+    }
+
+
+def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> CTVolume:
+    """Sort the headers of one series along the slice normal and decode them into a CTVolume."""
+    headers = list(headers)
+    ds0 = headers[0].ds
+    label = _series_label(ds0)
+    notes: list[str] = []
+    _check_sizes(headers, label)
     modality = str(ds0.get("Modality", "") or "")
     if modality != "CT":
-        shown = modality or "missing"
-        _warn(notes, f"{label}: modality is {shown!r}, not 'CT'; HU values may not be meaningful")
-
-    iop = header_floats(ds0.get("ImageOrientationPatient"), 6)
-    if iop is not None:
-        for h in headers[1:]:
-            other = header_floats(h.ds.get("ImageOrientationPatient"), 6)
-            if other is None or not np.allclose(other, iop, atol=1e-4):
-                raise ValueError(f"{label} mixes slice orientations ({h.path.name}); cannot stack one volume")
-    row_cos = iop[:3] if iop is not None else np.array([1.0, 0.0, 0.0])
-    col_cos = iop[3:] if iop is not None else np.array([0.0, 1.0, 0.0])
+        _warn(notes, f"{label}: modality is {modality or 'missing'!r}, not 'CT'; HU values may not be meaningful")
+    iop, row_cos, col_cos = _orientation(headers, label)
     normal = np.cross(row_cos, col_cos)
-
-    positions = [header_floats(h.ds.get("ImagePositionPatient"), 3) for h in headers]
-    have_pos = iop is not None and all(p is not None for p in positions)
-    if have_pos:
-        proj = np.array([float(np.dot(p, normal)) for p in positions])
-        order = np.argsort(proj, kind="stable")
-    else:
-        if len(headers) > 1:
-            _warn(notes, f"{label}: slices lack ImagePositionPatient/Orientation; sorted by InstanceNumber")
-        order = np.argsort([int(h.ds.get("InstanceNumber", 0) or 0) for h in headers], kind="stable")
-    headers = [headers[i] for i in order]
-
+    headers, pos = _sorted_slices(headers, None if iop is None else normal, notes, label)
     ps = header_floats(ds0.get("PixelSpacing"), 2)
     if ps is None:
         _warn(notes, f"{label}: no PixelSpacing; assuming 1 mm pixels")
         ps = np.array([1.0, 1.0])
-    thickness = float(ds0.get("SliceThickness", 0) or 0) or None
-
-    stack_dir = normal
-    dz = None
-    if have_pos and len(headers) > 1:
-        pos = np.array([positions[i] for i in order])
-        steps = np.diff(pos, axis=0)
-        dists = np.linalg.norm(steps, axis=1)
-        if np.any(dists < 1e-4):
-            dup = [headers[i + 1].path.name for i in np.flatnonzero(dists < 1e-4)]
-            raise ValueError(f"{label} has several slices at the same position ({', '.join(dup[:5])})")
-        dz = float(np.median(dists))
-        if np.max(np.abs(dists - dz)) > _SPACING_RTOL * dz + 1e-3:
-            _warn(
-                notes,
-                f"{label}: uneven slice spacing ({dists.min():.3f} to {dists.max():.3f} mm, "
-                f"median {dz:.3f} mm); the volume uses the median",
-            )
-        total = pos[-1] - pos[0]
-        stack_dir = total / np.linalg.norm(total)
-        if abs(float(np.dot(stack_dir, normal))) < 1 - _TILT_TOL:
-            angle = float(np.degrees(np.arccos(min(1.0, abs(float(np.dot(stack_dir, normal)))))))
-            _warn(notes, f"{label}: gantry tilt of {angle:.2f} deg (slices not stacked along their normal)")
-        else:
-            stack_dir = normal
+    stack_dir, dz = _slice_axis(headers, pos, normal, notes, label)
     tilt_tag = float(ds0.get("GantryDetectorTilt", 0) or 0)
     if tilt_tag != 0 and not any("gantry tilt" in n for n in notes):
         _warn(notes, f"{label}: GantryDetectorTilt is {tilt_tag} deg")
+    metadata = _series_metadata(headers, source, notes, None if pos is None else pos[0])
     if dz is None:
-        sbs = float(ds0.get("SpacingBetweenSlices", 0) or 0)
-        dz = sbs or thickness or 1.0
-
-    frames = [decode_pixels(h) for h in headers]
-    hu = np.concatenate(frames, axis=0)
+        dz = float(ds0.get("SpacingBetweenSlices", 0) or 0) or metadata["slice_thickness"] or 1.0
+    hu = np.concatenate([decode_pixels(h) for h in headers], axis=0)
     if hu.shape[0] > len(headers) and len(headers) > 1:
         raise ValueError(f"{label} mixes multi-frame files with other files; read them one at a time")
-
     direction = np.stack([row_cos, col_cos, stack_dir], axis=1)
-    first = positions[order[0]] if have_pos else None
-    files = [str(h.path) for h in headers]
-    metadata: dict[str, Any] = {
-        "format": "dicom",
-        "source": str(source if source is not None else headers[0].path),
-        "series_uid": uid,
-        "series_description": desc,
-        "modality": modality,
-        "files": files,
-        "source_tags": _source_tags(ds0),
-        "warnings": notes,
-        "slice_thickness": thickness,
-        "image_position_patient": None if first is None else [float(v) for v in first],
-    }
-    name = desc or f"CT {uid[-8:]}"
+    first = None if pos is None else pos[0]
+    name = metadata["series_description"] or f"CT {metadata['series_uid'][-8:]}"
     if hu.shape[0] == 1:
         origin2 = (float(first[1]), float(first[0])) if first is not None else None
         return CTVolume(hu[0], (float(ps[0]), float(ps[1])), origin2, direction, name=name, metadata=metadata)
