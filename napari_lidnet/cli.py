@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -217,11 +218,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="lidnet", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_simulate(sub: Any) -> None:
+    """The ``simulate`` subcommand."""
     p = sub.add_parser("simulate", help="write a simulated low-dose/full-dose dataset with lesion boxes")
     p.add_argument("--out", required=True, help="output folder (new or empty)")
     p.add_argument("--n", type=int, default=16, help="number of slices")
@@ -231,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=512, help="image size in pixels")
     p.set_defaults(func=_cmd_simulate)
 
+
+def _add_index(sub: Any) -> None:
+    """The ``index`` subcommand."""
     p = sub.add_parser("index", help="index an archive (dataset folders, DeepLesion, DICOM) into a slice manifest")
     p.add_argument("archive", help="folder of lidnet datasets, a DeepLesion tree (DL_info.csv), or DICOM series")
     p.add_argument("--out", required=True, help="manifest file to write (JSON Lines), outside the archive")
@@ -238,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated low-dose noise")
     p.set_defaults(func=_cmd_index)
 
+
+def _add_train(sub: Any) -> None:
+    """The ``train`` subcommand."""
     p = sub.add_parser("train", help="train a denoiser (pixel baseline) or denoiser + detector with LIDnet")
     p.add_argument(
         "--data",
@@ -274,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", default=None, help="save the best checkpoint as a named model in the model folder")
     p.set_defaults(func=_cmd_train)
 
+
+def _add_denoise(sub: Any) -> None:
+    """The ``denoise`` subcommand."""
     p = sub.add_parser("denoise", help="denoise a CT (any format the reader takes)")
     p.add_argument("input")
     p.add_argument("output", help=".npy/.npz/.tif file, or a new folder for a DICOM series")
@@ -287,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="with --all-series: processes reading series ahead")
     p.set_defaults(func=_cmd_denoise)
 
+
+def _add_detect(sub: Any) -> None:
+    """The ``detect`` subcommand."""
     p = sub.add_parser("detect", help="detect lesions; writes slice,x1,y1,x2,y2,score")
     p.add_argument("input")
     p.add_argument("--out", required=True, help="CSV (or .json) file for the boxes")
@@ -301,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="with --all-series: processes reading series ahead")
     p.set_defaults(func=_cmd_detect)
 
+
+def _add_evaluate(sub: Any) -> None:
+    """The ``evaluate`` subcommand."""
     p = sub.add_parser("evaluate", help="PSNR, SSIM and FROC of low dose, denoised and full dose on a dataset")
     p.add_argument("data", help="dataset folder")
     p.add_argument("--model", default=None, help="denoiser name or weights path (default: shipped)")
@@ -309,6 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the result as JSON")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="lidnet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_simulate, _add_index, _add_train, _add_denoise, _add_detect, _add_evaluate):
+        add(sub)
     return parser
 
 
