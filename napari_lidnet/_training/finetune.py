@@ -51,7 +51,6 @@ ONE_CLICK_DEFAULTS: dict[str, Any] = {
 SCRATCH_PRETRAIN_STEPS = {"pretrain_denoiser_steps": 200, "pretrain_detector_steps": 300}
 
 
-
 def runs_dir() -> Path:
     """Where fine-tuning runs live: next to the user model folder (never the working directory)."""
     from napari_lidnet.models.registry import user_model_dir
@@ -225,6 +224,61 @@ def release_torch(device: Any) -> None:
         torch.cuda.empty_cache()
 
 
+def _prepared(req: FinetuneRequest, should_stop: Callable[[], bool]) -> Generator[dict[str, Any], None, tuple]:
+    """Run :func:`prepare_samples`, turning its messages into progress records; returns (samples, info)."""
+    prep = prepare_samples(req, should_stop)
+    while True:
+        try:
+            yield {"stage": "prepare", "message": next(prep)}
+        except StopIteration as done:
+            return done.value
+
+
+def _publish(req: FinetuneRequest, outcome: FinetuneOutcome, info: dict[str, Any], stopped: bool) -> None:
+    """Export the best checkpoint under ``req.name`` and say how it compares with the starting models."""
+    start, best = outcome.start_metrics, outcome.best_metrics
+    data = {**info, "start_metrics": start, "best_metrics": best, "stopped_early": stopped, "run": outcome.run_dir}
+    outcome.exported = [str(p) for p in publish_run(outcome.run_dir, req.name, data, req.command)]
+    outcome.message = f"saved {req.name}" + (" (stopped early: best checkpoint so far)" if stopped else "")
+    outcome.improved = improved(start, best, req.config.mode)
+    if outcome.improved is False:
+        outcome.message += (
+            " - note: it scores below the starting models on the validation slices; keep using those, or "
+            "train longer / on more data (Advanced)"
+        )
+
+
+def _failure(exc: Exception, run_dir: Path) -> FinetuneOutcome:
+    """A training error (NaN), a file error or anything else, as a returned outcome (never a crash)."""
+    from napari_lidnet._training.trainer import TrainingError
+
+    if isinstance(exc, DataProblems):
+        return FinetuneOutcome("invalid", str(exc))
+    text = str(exc) if isinstance(exc, (TrainingError, ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
+    return FinetuneOutcome("failed", text, str(run_dir) if run_dir.exists() else None)
+
+
+def _train(
+    req: FinetuneRequest, samples: list[Any], should_stop: Callable[[], bool], held: dict[str, Any]
+) -> Generator[dict[str, Any], None, FinetuneOutcome]:
+    """Train on ``samples`` (yielding the trainer's records); returns the outcome before publishing.
+    ``held["device"]`` tells the caller where to release memory, whatever happens."""
+    from napari_lidnet._training.trainer import Trainer
+
+    trainer = Trainer(req.config, samples, should_stop)
+    held["device"] = trainer.device
+    stopped = False
+    try:
+        for rec in trainer.run():
+            stopped = stopped or rec.get("stage") == "stopped"
+            yield rec
+        start, best = trainer.state.get("start_metrics"), trainer.state.get("best_metrics")
+    finally:
+        trainer.denoiser = trainer.detector = None
+    status = "stopped" if stopped else "finished"
+    return FinetuneOutcome(status, "", str(req.config.out), start_metrics=start, best_metrics=best)
+
+
 def finetune_job(
     req: FinetuneRequest, should_stop: Callable[[], bool] | None = None
 ) -> Generator[dict[str, Any], None, FinetuneOutcome]:
@@ -235,67 +289,27 @@ def finetune_job(
 
     should_stop = should_stop or (lambda: False)
     t0 = time.monotonic()
-    cfg = req.config
-    run_dir = Path(cfg.out)
-    trainer = None
-    device: Any = "cpu"
+    held: dict[str, Any] = {"device": "cpu"}
     try:
         yield {"stage": "prepare", "message": "checking the data"}
-        prep = prepare_samples(req, should_stop)
-        while True:
-            try:
-                yield {"stage": "prepare", "message": next(prep)}
-            except StopIteration as done:
-                samples, info = done.value
-                break
+        samples, info = yield from _prepared(req, should_stop)
         if should_stop():
             return FinetuneOutcome("stopped", "stopped before training started; nothing was saved")
-        from napari_lidnet._training.trainer import Trainer
-
         yield {"stage": "prepare", "message": f"loading models; {info['n_slices']} slices, {info['n_lesions']} lesions"}
-        trainer = Trainer(cfg, samples, should_stop)
-        device = trainer.device
-        stopped = False
-        for rec in trainer.run():
-            stopped = stopped or rec.get("stage") == "stopped"
-            yield rec
-        start, best = trainer.state.get("start_metrics"), trainer.state.get("best_metrics")
-        trainer.denoiser = trainer.detector = None
-        trainer = None
-        release_torch(device)
-        outcome = FinetuneOutcome(
-            "stopped" if stopped else "finished", "", str(run_dir), start_metrics=start, best_metrics=best
-        )
-        if best is None:
+        outcome = yield from _train(req, samples, should_stop, held)
+        del samples
+        release_torch(held["device"])
+        if outcome.best_metrics is None:
             outcome.message = "stopped before the first round finished: no model was saved (the starting models stay)"
-            outcome.seconds = time.monotonic() - t0
-            return outcome
-        data = {**info, "start_metrics": start, "best_metrics": best, "stopped_early": stopped, "run": str(run_dir)}
-        yield {"stage": "export", "message": f"saving {req.name}"}
-        outcome.exported = [str(p) for p in publish_run(run_dir, req.name, data, req.command)]
-        outcome.message = f"saved {req.name}" + (" (stopped early: best checkpoint so far)" if stopped else "")
-        outcome.improved = improved(start, best, cfg.mode)
-        if outcome.improved is False:
-            outcome.message += (
-                " - note: it scores below the starting models on the validation slices; keep using those, or "
-                "train longer / on more data (Advanced)"
-            )
-        outcome.seconds = time.monotonic() - t0
-        return outcome
-    except DataProblems as exc:
-        return FinetuneOutcome("invalid", str(exc), seconds=time.monotonic() - t0)
-    except Exception as exc:  # TrainingError (NaN), OSError, a bad model file ...: a message, never a crash
-        from napari_lidnet._training.trainer import TrainingError
-
-        text = str(exc) if isinstance(exc, (TrainingError, ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
-        return FinetuneOutcome(
-            "failed", text, str(run_dir) if run_dir.exists() else None, seconds=time.monotonic() - t0
-        )
+        else:
+            yield {"stage": "export", "message": f"saving {req.name}"}
+            _publish(req, outcome, info, outcome.status == "stopped")
+    except Exception as exc:  # every error becomes a message, never a crash of the viewer
+        outcome = _failure(exc, Path(req.config.out))
     finally:
-        if trainer is not None:
-            trainer.denoiser = trainer.detector = None
-        trainer = None
-        release_torch(device)
+        release_torch(held["device"])
+    outcome.seconds = time.monotonic() - t0
+    return outcome
 
 
 def outcome_summary(outcome: FinetuneOutcome) -> str:
