@@ -257,19 +257,23 @@ class AdvancedBox(QWidget):
         self._create_fields()
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
-        form.addRow("losses", self.mode_combo)
-        form.addRow("rounds", self.rounds_spin)
-        form.addRow("denoiser steps / round", self.den_steps_spin)
-        form.addRow("detector steps / round", self.det_steps_spin)
-        form.addRow("detection loss weight", self.det_weight_spin)
-        form.addRow("ROI perceptual weight", self.roi_weight_spin)
-        form.addRow("learning rate", self.lr_spin)
-        form.addRow("patch size", self.patch_spin)
-        form.addRow("batch size", self.batch_spin)
-        form.addRow("validation split", self.val_spin)
-        form.addRow("auto-box score threshold", self.box_threshold_spin)
-        form.addRow("device", self.device_combo)
-        form.addRow("seed", self.seed_spin)
+        rows = (
+            ("losses", self.mode_combo),
+            ("rounds", self.rounds_spin),
+            ("denoiser steps / round", self.den_steps_spin),
+            ("detector steps / round", self.det_steps_spin),
+            ("detection loss weight", self.det_weight_spin),
+            ("ROI perceptual weight", self.roi_weight_spin),
+            ("learning rate", self.lr_spin),
+            ("patch size", self.patch_spin),
+            ("batch size", self.batch_spin),
+            ("validation split", self.val_spin),
+            ("auto-box score threshold", self.box_threshold_spin),
+            ("device", self.device_combo),
+            ("seed", self.seed_spin),
+        )
+        for label, field in rows:
+            form.addRow(label, field)
 
     def _create_fields(self) -> None:
         d = ONE_CLICK_DEFAULTS

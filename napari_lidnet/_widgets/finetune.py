@@ -74,6 +74,12 @@ def refresh_denoise_widgets(viewer: Any, select: str | None = None) -> int:
     return len(found)
 
 
+def _expose(widget: QWidget, part: QWidget, *names: str) -> None:
+    """Keep a part's fields reachable as the widget's own attributes (tests and other widgets use them)."""
+    for name in names:
+        setattr(widget, name, getattr(part, name))
+
+
 class FineTuneWidget(QWidget):
     """Fine-tune both LIDnet networks on the user's own data in the background.
 
@@ -107,54 +113,61 @@ class FineTuneWidget(QWidget):
 
     def _create_data_box(self) -> None:
         box = self.data_box = DataBox()
-        self.source_combo = box.source_combo
-        self.pages = box.pages
-        self.image_list = box.image_list
-        self.boxes_combo = box.boxes_combo
-        self.low_combo = box.low_combo
-        self.full_combo = box.full_combo
-        self.paired_boxes_combo = box.paired_boxes_combo
-        self.dicom_edit = box.dicom_edit
-        self.dataset_edit = box.dataset_edit
-        self.dose_spin = box.dose_spin
+        _expose(
+            self,
+            box,
+            "source_combo",
+            "pages",
+            "image_list",
+            "boxes_combo",
+            "low_combo",
+            "full_combo",
+            "paired_boxes_combo",
+            "dicom_edit",
+            "dataset_edit",
+            "dose_spin",
+        )
 
     def _create_model_box(self) -> None:
         box = self.model_box = ModelBox()
-        self.name_edit = box.name_edit
-        self.start_denoiser_combo = box.start_denoiser_combo
-        self.start_detector_combo = box.start_detector_combo
+        _expose(self, box, "name_edit", "start_denoiser_combo", "start_detector_combo")
 
     def _create_advanced_box(self) -> None:
         box = self.advanced = AdvancedBox()
         self.advanced_button = box.toggle
-        self.mode_combo = box.mode_combo
-        self.rounds_spin = box.rounds_spin
-        self.den_steps_spin = box.den_steps_spin
-        self.det_steps_spin = box.det_steps_spin
-        self.det_weight_spin = box.det_weight_spin
-        self.roi_weight_spin = box.roi_weight_spin
-        self.lr_spin = box.lr_spin
-        self.patch_spin = box.patch_spin
-        self.batch_spin = box.batch_spin
-        self.val_spin = box.val_spin
-        self.box_threshold_spin = box.box_threshold_spin
-        self.device_combo = box.device_combo
-        self.seed_spin = box.seed_spin
+        _expose(
+            self,
+            box,
+            "mode_combo",
+            "rounds_spin",
+            "den_steps_spin",
+            "det_steps_spin",
+            "det_weight_spin",
+            "roi_weight_spin",
+            "lr_spin",
+            "patch_spin",
+            "batch_spin",
+            "val_spin",
+            "box_threshold_spin",
+            "device_combo",
+            "seed_spin",
+        )
 
     def _create_run_panel(self) -> None:
         panel = self.run_panel = RunPanel()
-        self.start_button = panel.start_button
-        self.stop_button = panel.stop_button
-        self.stage_label = panel.stage_label
-        self.stage_bar = panel.stage_bar
-        self.overall_bar = panel.overall_bar
-        self.eta_label = panel.eta_label
-        self.status = panel.status
-        self.plot = panel.plot
-        self.start_button.clicked.connect(self.start)
-        self.stop_button.clicked.connect(self.stop)
+        _expose(
+            self,
+            panel,
+            "start_button",
+            "stop_button",
+            "stage_label",
+            "stage_bar",
+            "overall_bar",
+            "eta_label",
+            "status",
+            "plot",
+        )
 
-    @property
     def source(self) -> str:
         """Key of the chosen data source."""
         return self.data_box.source
