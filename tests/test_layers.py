@@ -1,4 +1,5 @@
-"""The architecture stays true: every import inside the package points down the stack (README, docs/CONTRACTS.md).
+"""The architecture stays true: every import inside the package points down the stack (README, docs/CONTRACTS.md),
+and functions stay short.
 
 Each module's imports, including those inside functions, are read from its source; an import of a higher layer, of
 napari or Qt below the napari layer, or of another module's private name fails the test, naming the line.
@@ -86,6 +87,20 @@ def _violations(path: Path) -> list[str]:
         if private and target != me:
             found.append(f"{where}:{line} imports private {private} from {target}")
     return found
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_function_longer_than_a_screen() -> None:
+    """Functions stay readable without scrolling: at most MAX_FUNCTION_LINES lines, docstring included."""
+    long = [
+        f"{p.relative_to(PACKAGE.parent)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
+        for p in _sources()
+        for n in ast.walk(ast.parse(p.read_text()))
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert not long, "split these into named parts:\n" + "\n".join(long)
 
 
 def test_every_module_has_a_layer() -> None:
