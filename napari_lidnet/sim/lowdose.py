@@ -6,7 +6,12 @@ Scanner model (parallel beam, ``sim.projector``; monoenergetic, no scatter or be
 - Expected counts per detector bin and view: I0 * dose * exp(-p), p the line integral of mu.
 - Measurement: Poisson(expected) + Gaussian electronic noise of variance ``electronic_noise`` (counts^2), clamped
   to ``COUNT_FLOOR`` before the log, p_noisy = -log(counts / (I0 * dose)).
-- Reconstruction: FBP with the Shepp-Logan apodised ramp (a "standard" soft-tissue kernel).
+- Reconstruction: FBP with the Shepp-Logan apodised ramp (a "standard" soft-tissue kernel) by default; any kernel
+  of ``projector`` (``filter_name``: FILTERS, the named KERNELS smooth .. bone, or a parametric ``apod:`` spec).
+  Both images of a pair are always reconstructed with the same kernel and views.
+
+Scan protocols: ``sim.scanner.ScannerParams(...).kwargs()`` gives ``dose``, ``i0`` (scaled by slice thickness),
+``electronic_noise``, ``n_angles`` and ``filter_name`` for both entry points; ``sample_scanner`` draws random ones.
 
 Calibration (measured with ``benchmarks/sim_speed.py``): with I0 = I0_DEFAULT = 2.5e6 photons per bin and view at
 full dose, 816 views and 512 x 512 pixels, the liver of the abdomen phantoms has a noise SD of 7.4 HU at 0.6 mm

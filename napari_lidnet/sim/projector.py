@@ -33,6 +33,15 @@ import torch.nn.functional as F
 
 FILTERS = ("ram-lak", "shepp-logan", "cosine", "hamming", "hann")
 
+#: named reconstruction kernels, smooth to sharp: a FILTERS name or an ``"apod:<cutoff>:<order>:<boost>"`` spec
+KERNELS = {
+    "smooth": "apod:0.18:3:0",
+    "soft": "hann",
+    "standard": "shepp-logan",
+    "sharp": "apod:0.50:6:0.3",
+    "bone": "apod:0.45:8:0.9",
+}
+
 #: sample points per grid_sample call: small chunks keep the grids in cache (measured fastest on CPU)
 _CHUNK_ELEMENTS = 1 << 20
 
@@ -84,15 +93,49 @@ def circle_mask(size: int, device: str) -> torch.Tensor:
     return ((v.view(-1, 1) ** 2 + v.view(1, -1) ** 2) <= (size / 2.0) ** 2).float().to(device)
 
 
-@lru_cache(maxsize=16)
+def apod_spec(cutoff: float, order: float, boost: float = 0.0) -> str:
+    """The kernel name of a parametric apodised ramp (see ``apod_window``), rounded to 3 decimals."""
+    return f"apod:{cutoff:.3f}:{order:.3g}:{boost:.3f}"
+
+
+def apod_window(f: torch.Tensor, cutoff: float, order: float, boost: float) -> torch.Tensor:
+    """Butterworth roll-off 1 / (1 + (f / cutoff)^(2 order)) times edge enhancement 1 + boost sin^2(pi f).
+
+    ``f`` in cycles/pixel (Nyquist 0.5); ``cutoff`` is where the window is 1/2 (about the MTF50 of the kernel);
+    ``boost`` > 0 lifts mid-high frequencies (bone / lung kernels, edge overshoot).
+    """
+    return (1.0 + boost * torch.sin(math.pi * f) ** 2) / (1.0 + (f / cutoff) ** (2.0 * order))
+
+
+def parse_kernel(name: str) -> tuple[str, tuple[float, float, float] | None]:
+    """(FILTERS name, None) or ("apod", (cutoff, order, boost)) for a kernel name; ValueError if unknown."""
+    name = KERNELS.get(name, name)
+    if name in FILTERS:
+        return name, None
+    parts = name.split(":") if isinstance(name, str) else []
+    if len(parts) in (3, 4) and parts[0] == "apod":
+        try:
+            cutoff, order, boost = (float(v) for v in (*parts[1:], "0")[:3])
+        except ValueError:
+            parts = []
+        else:
+            if 0.02 <= cutoff <= 1.0 and 0.5 <= order <= 20 and 0.0 <= boost <= 3.0:
+                return "apod", (cutoff, order, boost)
+    raise ValueError(
+        f"unknown FBP filter {name!r}; choose one of {FILTERS}, a kernel of {tuple(KERNELS)} "
+        "or 'apod:<cutoff 0.02-1>:<order 0.5-20>:<boost 0-3>'"
+    )
+
+
+@lru_cache(maxsize=32)
 def ramp_filter(n_det: int, filter_name: str, device: str) -> torch.Tensor:
     """Frequency response (rfft bins) of the discrete ramp filter with apodisation, for zero padding to 2x.
 
     The ramp is the FFT of the spatial Ram-Lak kernel (h0 = 1/4, h_n = -1/(pi n)^2 for odd n, 0 for even n), which
     avoids the DC error of a sampled |f|; windows multiply it in frequency (f in cycles/pixel, up to 0.5).
+    ``filter_name``: one of FILTERS, a KERNELS name, or an ``apod:`` spec (``apod_window``).
     """
-    if filter_name not in FILTERS:
-        raise ValueError(f"unknown FBP filter {filter_name!r}; choose one of {FILTERS}")
+    base, apod = parse_kernel(filter_name)
     pad = max(64, 1 << int(math.ceil(math.log2(2 * n_det))))
     n = torch.cat([torch.arange(1, pad // 2 + 1), torch.arange(pad // 2 - 1, 0, -1)]).double()
     h = torch.zeros(pad, dtype=torch.float64)
@@ -102,14 +145,16 @@ def ramp_filter(n_det: int, filter_name: str, device: str) -> torch.Tensor:
     resp = torch.fft.rfft(h).real  # ~ |f| in cycles/pixel, 1/2 at Nyquist
     f = torch.fft.rfftfreq(pad, dtype=torch.float64)  # cycles per pixel
     w = 2 * math.pi * f
-    if filter_name == "shepp-logan":
+    if base == "shepp-logan":
         resp[1:] *= torch.sin(w[1:] / 2) / (w[1:] / 2)
-    elif filter_name == "cosine":
+    elif base == "cosine":
         resp *= torch.cos(w / 2)
-    elif filter_name == "hamming":
+    elif base == "hamming":
         resp *= 0.54 + 0.46 * torch.cos(w)
-    elif filter_name == "hann":
+    elif base == "hann":
         resp *= 0.5 + 0.5 * torch.cos(w)
+    elif apod is not None:
+        resp *= apod_window(f, *apod)
     return resp.to(device, torch.float32)
 
 
@@ -132,7 +177,8 @@ def forward_project(
 ) -> torch.Tensor:
     """Line integrals of (B, N, N) or (N, N) images: (B, n_angles, n_det) sinograms (units of image x mm).
 
-    ``circle``: sample only the inscribed circle's square (None: decide from the data).
+    ``circle``: sample only the inscribed circle's square (None: decide from the data); then, with a multiple of 4
+    views, four views share one sampling grid (``_sym_maps``: same result to float rounding, faster on CPU).
     """
     x, squeeze = _as_batch(images, "image")
     if x.shape[-1] != x.shape[-2]:
@@ -140,35 +186,67 @@ def forward_project(
     x = x.float()
     size = x.shape[-1]
     n_angles = n_angles or default_n_angles(size)
-    dev = str(x.device)
-    geo = get_geometry(size, n_angles, dev)
+    geo = get_geometry(size, n_angles, str(x.device))
     if circle is None:
         circle = is_inside_circle(x)
     # rays: detector bins within +-N/2 of the centre when circle, all n_det bins otherwise
     # circle: t and s within +-(size//2 + 1) pixels cover the circle and the bilinear footprint of its edge pixels
     n_t = min(2 * (size // 2 + 1) + 1, geo.n_det) if circle else geo.n_det
     lo = geo.n_det // 2 - n_t // 2
-    # sample points (col, row) = centre + t * (cos, -sin) + s * (sin, cos), t and s in -n_t//2 .. n_t//2 pixels;
-    # normalised for grid_sample (align_corners=True): g = index * 2/(size-1) - 1. Each grid component is
-    # an outer sum of a t-vector and an s-vector, built in one pass into a reused buffer.
+    out = torch.zeros(x.shape[0], n_angles, geo.n_det, dtype=torch.float32, device=x.device)
+    if circle and n_angles % 4 == 0 and n_angles >= 8:
+        _forward_sym(x, geo, n_t, out[..., lo : lo + n_t])
+    else:
+        _forward_views(x.unsqueeze(0), geo, torch.arange(n_angles, device=x.device), n_t, out[..., lo : lo + n_t])
+    out *= pixel_mm
+    return out[0] if squeeze else out
+
+
+def _forward_views(inp: torch.Tensor, geo: Geometry, idx: torch.Tensor, n_t: int, out: torch.Tensor) -> None:
+    """Ray sums of the (1, C, N, N) images at views ``idx`` into ``out`` (C, len(idx), n_t), bilinear sampling.
+
+    Sample points (col, row) = centre + t * (cos, -sin) + s * (sin, cos), t and s in -n_t//2 .. n_t//2 pixels;
+    normalised for grid_sample (align_corners=True): g = index * 2/(size-1) - 1. Each grid component is an outer
+    sum of a t-vector and an s-vector, built in one pass into a reused buffer.
+    """
+    size, n_ch = inp.shape[-1], inp.shape[1]
     k = 2.0 / (size - 1)
-    u = (torch.arange(n_t, dtype=torch.float32, device=x.device) - n_t // 2) * k
+    u = (torch.arange(n_t, dtype=torch.float32, device=inp.device) - n_t // 2) * k
     centre = (size // 2) * k - 1.0
     chunk = max(1, _CHUNK_ELEMENTS // (n_t * n_t))
-    grid = torch.empty(chunk, n_t, n_t, 2, dtype=torch.float32, device=x.device)
-    inp = x.unsqueeze(0)  # batch as channels: one grid serves all images
-    out = torch.zeros(x.shape[0], n_angles, geo.n_det, dtype=torch.float32, device=x.device)
-    for a0 in range(0, n_angles, chunk):
-        c = geo.cos[a0 : a0 + chunk].view(-1, 1, 1)
-        sn = geo.sin[a0 : a0 + chunk].view(-1, 1, 1)
+    grid = torch.empty(chunk, n_t, n_t, 2, dtype=torch.float32, device=inp.device)
+    for a0 in range(0, idx.numel(), chunk):
+        views = idx[a0 : a0 + chunk]
+        c = geo.cos[views].view(-1, 1, 1)
+        sn = geo.sin[views].view(-1, 1, 1)
         m = c.shape[0]
         g = grid[:m]
         torch.add(u.view(1, 1, -1) * c + centre, u.view(1, -1, 1) * sn, out=g[..., 0])
         torch.add(u.view(1, -1, 1) * c + centre, u.view(1, 1, -1) * -sn, out=g[..., 1])
         samp = F.grid_sample(inp, g.view(1, m * n_t, n_t, 2), mode="bilinear", padding_mode="zeros", align_corners=True)
-        out[:, a0 : a0 + m, lo : lo + n_t] = samp[0].view(x.shape[0], m, n_t, n_t).sum(2)
-    out *= pixel_mm
-    return out[0] if squeeze else out
+        out[:, a0 : a0 + m] = samp[0].view(n_ch, m, n_t, n_t).sum(2)
+
+
+def _forward_sym(x: torch.Tensor, geo: Geometry, n_t: int, out: torch.Tensor) -> None:
+    """``_forward_views`` of n % 4 == 0 views: base views k <= n/4 of the four transformed images (see ``_sym_maps``).
+
+    View alpha of image f equals base view theta of f(M^T x): the transposes / flips of the image (on an odd grid, so
+    exact about the centre) become channels sharing one grid. ``out``: (B, n_angles, n_t).
+    """
+    n_batch, size, n = x.shape[0], x.shape[-1], geo.n_angles
+    views = _sym_maps(n, size, str(x.device))[0]
+    odd = size + 1 - size % 2
+    f = F.pad(x, (0, odd - size, 0, odd - size))  # offsets -size//2 .. +size//2 on both axes
+    # f_g[y, x] = f at M^T (x, y): M^T = M for the transpose-flip and the flip; the rotation's M^T is (y, -x)
+    ft = f.transpose(-1, -2)
+    imgs = torch.cat([f, ft.flip(-1, -2), ft.flip(-1), f.flip(-1)])
+    sino = torch.empty(4 * n_batch, views.shape[1], n_t, dtype=torch.float32, device=x.device)
+    geo_odd = Geometry(odd, n, x.device) if odd != size else geo
+    _forward_views(imgs.unsqueeze(0), geo_odd, torch.arange(views.shape[1], device=x.device), n_t, sino)
+    sino = sino.view(4, n_batch, -1, n_t)
+    for g in range(4):
+        ok = views[g] >= 0
+        out[:, views[g][ok]] = sino[g][:, ok]
 
 
 def filter_sinogram(sino: torch.Tensor, filter_name: str = "ram-lak") -> torch.Tensor:
@@ -183,22 +261,35 @@ def filter_sinogram(sino: torch.Tensor, filter_name: str = "ram-lak") -> torch.T
 def back_project(filtered: torch.Tensor, size: int, circle: bool = False) -> torch.Tensor:
     """Sum over views of linearly interpolated (B, n_angles, n_det) data at each pixel: (B, size, size).
 
-    ``circle``: fill only the inscribed circle (zeros outside).
+    ``circle``: fill only the inscribed circle (zeros outside); then, with a multiple of 4 views, only the disc is
+    computed and views are taken four at a time through one sampling grid (``_back_project_sym``: the same result
+    to float rounding, ~1.7x faster on CPU).
     """
     q, squeeze = _as_batch(filtered, "sinogram")
-    n_batch, n_angles, n_det = q.shape
+    n_angles, n_det = q.shape[1:]
     if n_det != detector_bins(size):
         raise ValueError(f"sinogram has {n_det} detector bins, expected {detector_bins(size)} for size {size}")
-    dev = str(q.device)
-    geo = get_geometry(size, n_angles, dev)
+    if circle and n_angles % 4 == 0 and n_angles >= 8:
+        out = _back_project_sym(q.float(), size)
+    else:
+        out = _back_project_direct(q.float(), size)
+    if circle:
+        out *= circle_mask(size, str(q.device))
+    return out[0] if squeeze else out
+
+
+def _back_project_direct(q: torch.Tensor, size: int) -> torch.Tensor:
+    """Back projection with one bilinear grid_sample per view (any number of views)."""
+    n_batch, n_angles, n_det = q.shape
+    geo = get_geometry(size, n_angles, str(q.device))
     # grid over the full square: gx = t(x, y) normalised over the detector (outer sum of an x- and a y-vector),
-    # gy = the view's row; then the circle (if asked) is cut out
+    # gy = the view's row
     sx = 2.0 / (n_det - 1)
     sy = 2.0 / (n_angles - 1) if n_angles > 1 else 0.0
     v = torch.arange(size, dtype=torch.float32, device=q.device) - size // 2
     chunk = max(1, _CHUNK_ELEMENTS // (size * size))
     grid = torch.empty(chunk, size, size, 2, dtype=torch.float32, device=q.device)
-    inp = q.float().unsqueeze(0)  # (1, B, n_angles, n_det)
+    inp = q.unsqueeze(0)  # (1, B, n_angles, n_det)
     out = torch.zeros(n_batch, size, size, dtype=torch.float32, device=q.device)
     for a0 in range(0, n_angles, chunk):
         a1 = min(n_angles, a0 + chunk)
@@ -213,10 +304,72 @@ def back_project(filtered: torch.Tensor, size: int, circle: bool = False) -> tor
             inp, g.view(1, m * size, size, 2), mode="bilinear", padding_mode="zeros", align_corners=True
         )
         out += samp[0].view(n_batch, m, size, size).sum(1)
-    if circle:
-        out *= circle_mask(size, dev)
+    return out
 
-    return out[0] if squeeze else out
+
+@lru_cache(maxsize=8)
+def _sym_maps(n_angles: int, size: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Views and pixel maps of the 4-fold symmetric back projection (n_angles % 4 == 0).
+
+    Base view k (0 <= k <= n/4) at theta serves views k, n/2 - k, n/2 + k and n - k (pi/2 - theta, pi/2 + theta,
+    pi - theta): view alpha at pixel x equals base view theta at pixel M x (M a 90-degree rotation, transpose or
+    flip, exact about the centre pixel). Pixels are those of the inscribed disc of radius size/2 + 1 (a set closed
+    under M), as a list. Returns view indices (4, n/4 + 1) with -1 where a view would be counted twice (k = 0 and
+    k = n/4), the (x, y) offsets (2, P) of the listed pixels, the list position of M x (4, P) per map, and the flat
+    index of each listed pixel in the (size, size) image (-1 for those outside it).
+    """
+    n, m = n_angles, n_angles // 4
+    k = torch.arange(m + 1)
+    views = torch.stack([k, n // 2 - k, n // 2 + k, n - k])
+    views[2, 0] = views[3, 0] = -1  # k = 0: n/2 + 0 is n/2 - 0, and n - 0 is view 0
+    views[1, m] = views[3, m] = -1  # k = n/4: n/2 - n/4 is n/4, and n - n/4 is n/2 + n/4
+    c = size // 2 + 1
+    y, x = torch.meshgrid(torch.arange(-c, c + 1), torch.arange(-c, c + 1), indexing="ij")
+    keep = (x**2 + y**2).double() <= (size / 2.0 + 1.0) ** 2
+    x, y = x[keep], y[keep]
+    pos = torch.full((2 * c + 1, 2 * c + 1), -1, dtype=torch.long)
+    pos[y + c, x + c] = torch.arange(x.numel())
+    perm = torch.stack([pos[yy + c, xx + c] for xx, yy in [(x, y), (-y, -x), (-y, x), (-x, y)]])
+    cols, rows = x + size // 2, y + size // 2
+    inside = (cols >= 0) & (cols < size) & (rows >= 0) & (rows < size)
+    flat = torch.where(inside, rows * size + cols, torch.full_like(cols, -1))
+    xy = torch.stack([x, y]).float()
+    return views.to(device), xy.to(device), perm.to(device), flat.to(device)
+
+
+def _back_project_sym(q: torch.Tensor, size: int) -> torch.Tensor:
+    """Back projection of n_angles % 4 == 0 views, four views per bilinear sampling grid (see ``_sym_maps``).
+
+    Only the inscribed disc is computed: the image is zero outside radius size/2 + 1 (cut to size/2 by ``circle``;
+    without ``circle``, pixels in the square's corners are left at zero, where the scan has no complete data).
+    """
+    n_batch, n_angles, n_det = q.shape
+    dev = str(q.device)
+    views, xy, perm, flat = _sym_maps(n_angles, size, dev)
+    m1, n_pix = views.shape[1], xy.shape[1]
+    geo = get_geometry(size, n_angles, dev)
+    padded = torch.cat([q, torch.zeros_like(q[:, :1])], dim=1)  # index -1: a zero view
+    inp = padded[:, views.reshape(-1)].view(n_batch, 4, m1, n_det).transpose(0, 1).reshape(1, -1, m1, n_det)
+    sx = 2.0 / (n_det - 1)
+    sy = 2.0 / (m1 - 1)
+    chunk = max(1, _CHUNK_ELEMENTS // n_pix)
+    grid = torch.empty(chunk, n_pix, 2, dtype=torch.float32, device=q.device)
+    acc = torch.zeros(4 * n_batch, n_pix, dtype=torch.float32, device=q.device)
+    for a0 in range(0, m1, chunk):
+        a1 = min(m1, a0 + chunk)
+        c = geo.cos[a0:a1].view(-1, 1) * sx
+        sn = geo.sin[a0:a1].view(-1, 1) * sx
+        g = grid[: a1 - a0]
+        torch.add(xy[0].view(1, -1) * c + ((n_det // 2) * sx - 1.0), xy[1].view(1, -1) * -sn, out=g[..., 0])
+        g[..., 1] = (torch.arange(a0, a1, dtype=torch.float32, device=q.device) * sy - 1.0).view(-1, 1)
+        samp = F.grid_sample(inp, g.unsqueeze(0), mode="bilinear", padding_mode="zeros", align_corners=True)
+        acc += samp[0].sum(1)
+    acc = acc.view(4, n_batch, n_pix)
+    disc = acc[0] + acc[1][:, perm[1]] + acc[2][:, perm[2]] + acc[3][:, perm[3]]
+    out = torch.zeros(n_batch, size * size, dtype=torch.float32, device=q.device)
+    ok = flat >= 0
+    out[:, flat[ok]] = disc[:, ok]
+    return out.view(n_batch, size, size)
 
 
 def fbp(

@@ -1,0 +1,195 @@
+"""Lesions of the phantoms: (soft or sharp) ellipsoids fully inside their host organ, with tight boxes per slice.
+
+Lesion contrast vs the host organ is 15-120 HU in |value| for liver, spleen and kidney (kidney hypodense lesions
+stop at cyst density, contrast >= -40 HU); lung nodules are physical (solid ~ -50..60 HU or ground-glass
+-750..-500 HU in lung of ~ -850 HU), so their contrast is far larger; brain lesions are subtle: hypodense
+-6..-25 HU (infarct, oedema) or hyperdense +15..+60 HU (haemorrhage, enhancing metastasis).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from napari_lidnet.sim.canvas import LABELS as L
+from napari_lidnet.sim.canvas import Blob, Canvas, harm
+
+#: lesion cross-sections smaller than this (pixels, either side) get no box: a 1-2 pixel tip is invisible in noise
+MIN_BOX_PX = 3
+
+#: body part -> host organ -> (labels, relative weight, probability of a hypodense lesion)
+HOSTS: dict[str, dict[str, tuple[tuple[int, ...], float, float]]] = {
+    "abdomen": {
+        "liver": ((L["liver"],), 0.55, 0.7),
+        "spleen": ((L["spleen"],), 0.2, 0.8),
+        "kidney": ((L["kidney"],), 0.25, 0.8),
+    },
+    "chest": {"lung": ((L["lung"],), 1.0, 0.0)},
+    "head": {"brain": ((L["gm"], L["wm"]), 1.0, 0.6)},
+}
+
+
+@dataclass
+class Lesion:
+    kind: str
+    host: tuple[int, ...]
+    blob: Blob  # in-plane outline at the centre slice
+    zc: float  # centre z (mm)
+    c: float  # z semi-axis (mm)
+    contrast: float  # HU added (or absolute HU for lung nodules: see ``absolute``)
+    sigma: float
+    absolute: bool = False
+
+    def at(self, z: float) -> Blob | None:
+        q = 1.0 - ((z - self.zc) / self.c) ** 2
+        if q <= 0:
+            return None
+        s = math.sqrt(q)
+        b = self.blob
+        return Blob(b.cx, b.cy, b.a * s, b.b * s, b.angle, b.harm)
+
+
+def draw_lesion(rng: np.random.Generator, host_name: str, p_hypo: float) -> tuple[str, float, float, bool]:
+    """(kind label, contrast HU or absolute HU, edge sigma mm, absolute?) for a new lesion."""
+    if host_name == "lung":
+        if rng.random() < 0.75:
+            return "lung_nodule", float(rng.uniform(-50, 60)), float(rng.choice([0.0, 0.4])), True
+        return "lung_ggo", float(rng.uniform(-750, -500)), float(rng.uniform(0.8, 2.0)), True
+    hypo = rng.random() < p_hypo
+    if host_name == "brain":
+        mag = float(rng.uniform(6, 25) if hypo else rng.uniform(15, 60))
+        sigma = float(rng.uniform(0.8, 2.5)) if rng.random() < 0.7 else 0.0
+        return f"brain_{'hypo' if hypo else 'hyper'}", -mag if hypo else mag, sigma, False
+    mag = float(rng.uniform(15, 120))
+    if hypo and host_name == "kidney":
+        mag = min(mag, 40.0)
+    if hypo and host_name == "spleen":
+        mag = min(mag, 70.0)
+    sigma = float(rng.uniform(0.6, 2.5)) if rng.random() < 0.5 else 0.0
+    return f"{host_name}_{'hypo' if hypo else 'hyper'}", -mag if hypo else mag, sigma, False
+
+
+@dataclass
+class _Placer:
+    """Host distance maps (cached per slice and host) and the lesions placed so far."""
+
+    labels: np.ndarray  # (Z, H, W)
+    zs: np.ndarray  # (Z,) mm
+    px: float
+    coord: np.ndarray
+    placed: list[tuple[float, float, float, float, float]] = field(default_factory=list)  # cx, cy, r, z lo, z hi
+    cache: dict[tuple[int, tuple[int, ...]], np.ndarray] = field(default_factory=dict)
+    lesions: list[Lesion] = field(default_factory=list)
+
+    def edt(self, k: int, host: tuple[int, ...]) -> np.ndarray:
+        if (k, host) not in self.cache:
+            mask = self.labels[k] == host[0] if len(host) == 1 else np.isin(self.labels[k], host)
+            self.cache[(k, host)] = ndimage.distance_transform_edt(mask) * self.px
+        return self.cache[(k, host)]
+
+    def candidates(self, d0: np.ndarray, need: float, z_here: float) -> np.ndarray:
+        """Pixels (row, col) deep enough in the host and clear of lesions present at z_here."""
+        cand = np.argwhere(d0 >= need)
+        for cx, cy, r, zlo, zhi in self.placed:
+            if cand.size and zlo <= z_here <= zhi:
+                dist = np.hypot(self.coord[cand[:, 1]] - cx, self.coord[cand[:, 0]] - cy)
+                cand = cand[dist >= r + need]
+        return cand
+
+    def fits(self, les: Lesion, iy: int, ix: int, margin: float, need: float) -> bool:
+        """Inside the host in every slice it crosses, and clear of earlier lesions wherever both exist."""
+        for k in range(self.labels.shape[0]):
+            cut = les.at(float(self.zs[k]))
+            if cut is not None and self.edt(k, les.host)[iy, ix] < cut.extent() + margin:
+                return False
+        b = les.blob
+        return not any(
+            zlo <= les.zc + les.c and les.zc - les.c <= zhi and math.hypot(b.cx - cx, b.cy - cy) < r + need
+            for cx, cy, r, zlo, zhi in self.placed
+        )
+
+
+def _try_lesion(rng: np.random.Generator, pl: _Placer, hosts: dict, names: list[str], p: np.ndarray) -> bool:
+    """One placement attempt (draws in a fixed order, so a seed gives the same phantom); True if placed."""
+    name = str(rng.choice(names, p=p))
+    host, _, p_hypo = hosts[name]
+    n_z = pl.labels.shape[0]
+    k0 = (int(rng.integers(0, n_z)) + n_z // 2) // 2 if n_z > 2 else int(rng.integers(0, n_z))
+    d0 = pl.edt(k0, host)
+    lkind, contrast, sigma, absolute = draw_lesion(rng, name, p_hypo)
+    margin = 2.0 * sigma + 1.5 * pl.px
+    diam = math.exp(rng.uniform(math.log(4.0), math.log(40.0)))
+    if lkind == "lung_ggo":
+        diam = max(diam, 8.0)
+    hm = harm(rng, 3, 0.05) if rng.random() < 0.6 else None
+    shape = Blob(0.0, 0.0, 1.0, rng.uniform(0.75, 1.0), float(rng.uniform(0, np.pi)), hm)
+    a = min(diam / 2, (float(d0.max()) - margin) / shape.extent())
+    if a < 2.0:
+        return False
+    need = a * shape.extent() + margin
+    cand = pl.candidates(d0, need, float(pl.zs[k0]))
+    if cand.size == 0:
+        return False
+    iy, ix = cand[rng.integers(len(cand))]
+    blob = Blob(float(pl.coord[ix]), float(pl.coord[iy]), a, a * shape.b, shape.angle, hm)
+    les = Lesion(lkind, host, blob, float(pl.zs[k0]), a * rng.uniform(0.7, 1.2), contrast, sigma, absolute)
+    if not pl.fits(les, iy, ix, margin, need):
+        return False
+    pl.lesions.append(les)
+    pl.placed.append((blob.cx, blob.cy, need, les.zc - les.c, les.zc + les.c))
+    return True
+
+
+def place_lesions(
+    rng: np.random.Generator, kind: str, labels: np.ndarray, zs: np.ndarray, px: float, n_lesions: int,
+    coord: np.ndarray,
+) -> list[Lesion]:  # fmt: skip
+    """Ellipsoids fully inside their host organ in every slice they cross (labels (Z, H, W), zs (Z,) mm), apart.
+
+    A lesion is kept only if, in each slice it crosses, the organ's distance map at its centre exceeds the
+    cross-section's largest radius plus the soft edge (2 sigma) and 1.5 pixels; it tries up to 8 times per lesion.
+    """
+    hosts = HOSTS[kind]
+    names = list(hosts)
+    weights = np.array([hosts[n][1] for n in names])
+    pl = _Placer(labels, zs, px, coord)
+    for _ in range(n_lesions):
+        for _attempt in range(8):
+            if _try_lesion(rng, pl, hosts, names, weights / weights.sum()):
+                break
+    return pl.lesions
+
+
+def apply_lesion(cv: Canvas, les: Lesion, z: float) -> np.ndarray | None:
+    """Add the lesion's cross-section at z to the canvas; its tight box (x1, y1, x2, y2) or None."""
+    cut = les.at(z)
+    if cut is None:
+        return None
+    res = cv.coverage(cut, les.sigma)
+    if res is None:
+        return None
+    win, cov = res
+    h = cv.hu[win]
+    if les.absolute:
+        h += (les.contrast - h) * cov
+    else:
+        h += les.contrast * cov
+    inside = np.argwhere(cov >= 0.5)
+    if inside.size == 0:
+        return None
+    (r0, c0), (r1, c1) = inside.min(0), inside.max(0)
+    if min(r1 - r0, c1 - c0) + 1 < MIN_BOX_PX:  # the tip of an ellipsoid: drawn, not boxed
+        return None
+    return np.array([c0 + win[1].start, r0 + win[0].start, c1 + win[1].start + 1, r1 + win[0].start + 1], np.float32)
+
+
+def lesion_count(rng: np.random.Generator, n_lesions: int | None) -> int:
+    """``n_lesions`` checked, or a random 0-4 (mostly 1-2)."""
+    if n_lesions is not None:
+        if n_lesions < 0:
+            raise ValueError(f"n_lesions must be >= 0, got {n_lesions}")
+        return int(n_lesions)
+    return int(rng.choice(5, p=[0.1, 0.35, 0.3, 0.15, 0.1]))
