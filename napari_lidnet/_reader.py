@@ -15,14 +15,16 @@ PathLike = str | Path
 
 
 def _is_png16(path: Path) -> bool:
-    """16-bit grayscale PNG (DeepLesion convention); other PNGs are left to napari's own reader."""
-    from PIL import Image
-
+    """16-bit grayscale PNG (DeepLesion convention), from its IHDR chunk (not decoded, whatever its size); other
+    PNGs are left to napari's own reader."""
     try:
-        with Image.open(path) as im:
-            return im.format == "PNG" and im.mode in ("I;16", "I;16B", "I")
-    except Exception:  # PIL raises many types on broken files
+        with open(path, "rb") as fh:
+            head = fh.read(26)
+    except OSError:
         return False
+    return (
+        len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[24:26] == b"\x10\x00"
+    )
 
 
 def _claims(path: PathLike) -> bool:
@@ -54,9 +56,12 @@ def read_ct(path: PathLike | Sequence[PathLike]) -> list[tuple]:
     dicom_files = [p for p in paths if Path(p).is_file() and input_kind(p) == "dicom"]
     layers: list[tuple] = []
     if len(paths) > 1 and len(dicom_files) == len(paths):
+        from .io.checks import note_image_problems
         from .io.dicom_read import read_dicom_files
 
         volumes = read_dicom_files(dicom_files)
+        for vol in volumes:
+            note_image_problems(vol)
     else:
         volumes = [vol for p in paths for vol in open_ct(p)]
     for vol in volumes:

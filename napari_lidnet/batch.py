@@ -2,14 +2,18 @@
 
 Each series' output is written under a temporary name and renamed when complete, so an output that exists is
 finished: a re-run skips it, and a run interrupted half-way redoes only what was not finished (leftover partial
-outputs are removed first). Output names are stable: ``<description>_<last 12 characters of the series UID>``.
+outputs are removed first). Output names are stable and unique: ``<description>_<12 hex digits of the SHA-256 of
+the series UID>``; two series that would still share a name are refused before anything is written. A series that
+cannot be read (or is not CT, or holds NaN) is reported in ``BatchReport.failed`` while the others are processed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,22 +21,29 @@ from typing import Any
 
 import numpy as np
 
+from napari_lidnet.io.checks import check_finite, one_line
+
 PARTIAL = ".partial-"
 Progress = Callable[[int, int, str], None]
+#: modalities processed (OT: secondary captures of CT; empty: the tag is missing)
+CT_MODALITIES = ("CT", "OT", "")
 
 
 @dataclass
 class BatchReport:
-    """What a batch run did: outputs written now, outputs found finished and skipped."""
+    """What a batch run did: outputs written now, outputs found finished and skipped, series not processed."""
 
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # one line per series not processed, naming it and why
 
 
 def output_name(description: str, uid: str) -> str:
-    """A file-system-safe, stable name for one series' output."""
-    desc = re.sub(r"[^A-Za-z0-9._-]+", "_", description).strip("_")[:40] or "series"
-    return f"{desc}_{uid[-12:].replace('.', '_')}"
+    """A file-system-safe, stable name for one series' output: its description (letters of any script, digits,
+    '.', '-', '_'; at most 40) and 12 hex digits of the SHA-256 of its full series UID."""
+    desc = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", description)).strip("._-")
+    desc = desc[:40].rstrip("._-") or "series"
+    return f"{desc}_{hashlib.sha256(uid.encode()).hexdigest()[:12]}"
 
 
 def _as_is(item):
@@ -40,7 +51,8 @@ def _as_is(item):
 
 
 class _SeriesReader:
-    """A map-style dataset of series to process: item i is (i, volume), read in a DataLoader worker."""
+    """A map-style dataset of series to process: item i is (i, volume or the one-line reason it cannot be read),
+    read in a DataLoader worker."""
 
     def __init__(self, todo: list, root: Path) -> None:
         self.todo, self.root = todo, root
@@ -51,26 +63,41 @@ class _SeriesReader:
     def __getitem__(self, i: int):
         from napari_lidnet.io.dicom_read import read_series
 
-        return i, read_series(self.todo[i][1], source=self.root)
+        try:
+            vol = read_series(self.todo[i][1], source=self.root)
+            check_finite(vol.hu, f"series {self.todo[i][2]!r} ({vol.metadata.get('series_uid', '')})")
+        except (ValueError, OSError) as exc:
+            return i, one_line(str(exc))
+        return i, vol
 
 
 def _prepare_out_dir(root: str | Path, out_dir: Path) -> None:
     """Refuse an output inside the input; create it; remove what an interrupted run left half-written."""
     if out_dir.resolve().is_relative_to(Path(root).resolve()):
         raise ValueError(f"{out_dir} lies inside the input folder {root}; choose an output folder outside it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: exists and is not a folder; choose a folder for the outputs")
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(f"{PARTIAL}*"):
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
 
 def _plan(scan: Any, out_dir: Path, task: str, report: BatchReport, progress: Progress | None) -> list:
-    """(final output, headers, description) of every series still to do; finished ones go to ``report.skipped``."""
-    todo = []
+    """(final output, headers, description) of every series still to do; finished ones go to ``report.skipped``,
+    non-CT ones to ``report.failed``. Refuses two series that would share an output name."""
+    todo, names = [], {}
     for uid, headers in sorted(scan.series.items()):
-        desc = str(headers[0].ds.get("SeriesDescription", "") or "")
+        ds0 = headers[0].ds
+        desc = str(ds0.get("SeriesDescription", "") or "")
         name = output_name(desc, uid)
+        if name.casefold() in names:
+            raise ValueError(f"series {names[name.casefold()]} and {uid} would both be written as {name}; nothing done")
+        names[name.casefold()] = uid
+        modality = str(ds0.get("Modality", "") or "")
         final = out_dir / (name if task == "denoise" else f"{name}.csv")
-        if final.exists():
+        if modality not in CT_MODALITIES:
+            report.failed.append(f"series {desc!r} ({uid}): modality {modality!r} is not CT; not processed")
+        elif final.exists():
             report.skipped.append(final)
             if progress:
                 progress(len(report.skipped), len(scan.series), f"{final.name} (already complete)")
@@ -110,7 +137,7 @@ def run_batch(
     series) every image series under ``root`` into ``out_dir``; finished outputs are skipped.
 
     ``workers`` DataLoader processes read and decode the next series while the model runs on the current one.
-    ``progress(done, total, name)`` is called after each series, skipped ones included.
+    ``progress(done, total, name)`` is called after each series, skipped and failed ones included.
     """
     from torch.utils.data import DataLoader
 
@@ -121,20 +148,33 @@ def run_batch(
     if workers < 0:
         raise ValueError("workers must be >= 0")
     scan = scan_dicom(root)
-    if not scan.series:
-        raise ValueError(f"{root}: no DICOM image series found")
     out_dir = Path(out_dir)
-    _prepare_out_dir(root, out_dir)
     report = BatchReport()
-    todo = _plan(scan, out_dir, task, report, progress)
+    todo = _plan(scan, out_dir, task, report, progress)  # refuses name collisions before anything is written
+    _prepare_out_dir(root, out_dir)
     reader = _SeriesReader(todo, Path(root))
     loader = DataLoader(reader, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is)
     for i, vol in loader:
-        final, _headers, desc = todo[i]
-        partial = out_dir / f"{PARTIAL}{final.name}"
-        _write_one(task, vol, partial, model, device, threshold, desc, model_name)
-        os.replace(partial, final)
-        report.written.append(final)
+        final, _headers, _desc = todo[i]
+        if isinstance(vol, str):
+            report.failed.append(vol)
+        else:
+            _run_one(task, vol, final, todo[i][2], report, model, device, threshold, model_name)
         if progress:
-            progress(len(report.skipped) + len(report.written), len(scan.series), final.name)
+            done = len(report.skipped) + len(report.written) + len(report.failed)
+            progress(done, len(scan.series), final.name)
     return report
+
+
+def _run_one(
+    task: str, vol: Any, final: Path, desc: str, report: BatchReport, model, device, threshold, model_name
+) -> None:
+    """Write one series' output under its partial name, then rename it; a ValueError fails only this series."""
+    partial = final.parent / f"{PARTIAL}{final.name}"
+    try:
+        _write_one(task, vol, partial, model, device, threshold, desc, model_name)
+    except ValueError as exc:
+        report.failed.append(f"series {desc!r}: {one_line(str(exc))}")
+        return
+    os.replace(partial, final)
+    report.written.append(final)

@@ -1,21 +1,26 @@
 """The ``lidnet`` command line: everything the viewer does, headless, for batch work and tests.
 
-Subcommands import their science lazily, so ``lidnet --help`` is fast. A user error (bad file, bad option) prints
-one clear line on stderr and exits with status 2; nothing is written.
+Subcommands import their science lazily, so ``lidnet --help`` is fast. A user error (bad file, bad option, an output
+that exists, a folder that cannot be written) prints one line ``lidnet CMD: error: ...`` on stderr and exits with
+status 2; nothing is written. Warnings print as one line ``lidnet CMD: warning: ...`` each.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from napari_lidnet.sim.make_dataset import simulate_dataset
+
+    check_writable(Path(args.out))
 
     def progress(i: int, n: int) -> None:
         print(f"\rsimulated {i}/{n} slices", end="", file=sys.stderr, flush=True)
@@ -30,6 +35,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_index(args: argparse.Namespace) -> int:
     from napari_lidnet.datasets.manifest import index_archive, read_header
 
+    check_new_output(Path(args.out), args.archive)
     out = index_archive(args.archive, args.out, dose=args.dose, seed=args.seed, command=" ".join(sys.argv))
     header = read_header(out)
     print(
@@ -42,10 +48,44 @@ def _cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_new_output(out: Path, input_path: str | None = None, folder: bool = False) -> None:
+    """Refuse, before any work, an output that exists (a ``folder`` output may be an empty folder), one inside the
+    input folder, or one whose folder is missing or cannot be written."""
+    if out.exists() and not (folder and out.is_dir() and not any(out.iterdir())):
+        raise FileExistsError(f"{out} already exists; outputs never overwrite: choose a new path")
+    if input_path is not None and Path(input_path).is_dir():
+        if out.resolve().is_relative_to(Path(input_path).resolve()):
+            raise ValueError(f"{out} lies inside the input folder {input_path}; choose an output outside it")
+    parent = out.resolve().parent
+    if not folder and not parent.is_dir():
+        raise FileNotFoundError(f"{parent}: folder does not exist (create it first)")
+    check_writable(out)
+
+
+def check_writable(out: Path) -> None:
+    """PermissionError (before any work) when the nearest existing folder of ``out`` cannot be written."""
+    parent = out.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(13, "Permission denied (cannot write here)", str(parent))
+
+
 def _open_single(path: str):
+    """The first CT volume at ``path``, refused when it is not CT, holds NaN or infinite values, or is blank."""
+    from napari_lidnet.batch import CT_MODALITIES
+    from napari_lidnet.io.checks import check_finite
     from napari_lidnet.io.open_ct import open_ct
 
-    volumes = open_ct(path)
+    with warnings.catch_warnings(record=True) as caught:  # shown only when the input is usable
+        warnings.simplefilter("always")
+        volumes = open_ct(path)
+    modality = str(volumes[0].metadata.get("modality", "") or "")
+    if modality not in CT_MODALITIES:
+        raise ValueError(f"{path}: modality {modality!r} is not CT; the LIDnet models are made for CT in HU")
+    check_finite(volumes[0].hu, path)
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if len(volumes) > 1:
         names = ", ".join(v.name for v in volumes)
         print(f"{path} holds {len(volumes)} series ({names}); using the first", file=sys.stderr)
@@ -58,6 +98,10 @@ def _print_progress(done: int, total: int) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from napari_lidnet._training.config import TrainConfig
+    from napari_lidnet._training.export import check_export_name
+
+    if args.export:
+        check_export_name(args.export)  # before training: a taken name would only fail at the end
 
     cfg = TrainConfig(
         out=args.out,
@@ -150,33 +194,49 @@ def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
         )
     finally:
         bar.close()
-    print(f"{len(report.written)} written, {len(report.skipped)} already complete (skipped) in {out}", file=sys.stderr)
+    done = f"{len(report.written)} written, {len(report.skipped)} already complete (skipped) in {out}"
+    if report.failed:
+        n = len(report.failed)
+        raise ValueError(f"{n} series not processed (first: {report.failed[0]}); {done}; run again to retry")
+    print(done, file=sys.stderr)
     return 0
 
 
-def _cmd_denoise(args: argparse.Namespace) -> int:
+def _save_array(out: Path, hu, spacing) -> None:
+    """Write ``hu`` as .npy/.npz/.tif at ``out``, created exclusively; a failed write leaves no file."""
     import numpy as np
 
+    suffix = out.suffix.lower()
+    fh = open(out, "xb")  # noqa: SIM115 (closed below; exclusive: never replaces a file)
+    try:
+        with fh:
+            if suffix == ".npy":
+                np.save(fh, hu)
+            elif suffix == ".npz":
+                np.savez_compressed(fh, hu=hu, spacing=np.asarray(spacing))
+            else:
+                import tifffile
+
+                tifffile.imwrite(fh, hu, photometric="minisblack")
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+
+
+def _cmd_denoise(args: argparse.Namespace) -> int:
     if args.all_series:
         return _cmd_batch(args, "denoise", args.output)
 
     from napari_lidnet.inference import denoise
 
     out = Path(args.output)
-    if out.exists() and (out.is_file() or any(out.iterdir())):
-        raise FileExistsError(f"{out} already exists; choose a new output path")
+    as_file = out.suffix.lower() in (".npy", ".npz", ".tif", ".tiff")
+    check_new_output(out, args.input, folder=not as_file)
     vol = _open_single(args.input)
     model, dev = _load(args.model, "denoiser", args.device)
     hu = denoise(model, vol.hu, device=dev, progress=_print_progress)
-    suffix = out.suffix.lower()
-    if suffix == ".npy":
-        np.save(out, hu)
-    elif suffix == ".npz":
-        np.savez_compressed(out, hu=hu, spacing=np.asarray(vol.spacing))
-    elif suffix in (".tif", ".tiff"):
-        import tifffile
-
-        tifffile.imwrite(out, hu)
+    if as_file:
+        _save_array(out, hu, vol.spacing)
     else:
         from dataclasses import replace
 
@@ -197,8 +257,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     if args.all_series:
         return _cmd_batch(args, "detect", args.out)
     out = Path(args.out)
-    if out.exists():
-        raise FileExistsError(f"{out} already exists; choose a new output path")
+    check_new_output(out, args.input)
     vol = _open_single(args.input)
     model, dev = _load(args.model, "detector", args.device)
     rows = detect(model, vol.hu, device=dev, score_threshold=args.threshold, progress=_print_progress)
@@ -210,10 +269,13 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from napari_lidnet._training.report import evaluate_dataset, format_table
 
+    if args.json:
+        check_new_output(Path(args.json), args.data)
     result = evaluate_dataset(args.data, args.model, args.detector, args.device, max_slices=args.max_slices)
     print(format_table(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        with open(args.json, "x") as fh:  # exclusive: never replaces a file
+            fh.write(json.dumps(result, indent=2))
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
 
@@ -324,23 +386,51 @@ def _add_evaluate(sub: Any) -> None:
     p.set_defaults(func=_cmd_evaluate)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="lidnet", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="lidnet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_simulate, _add_index, _add_train, _add_denoise, _add_detect, _add_evaluate):
         add(sub)
     return parser
 
 
+def error_message(exc: BaseException) -> str:
+    """One line for a user-caused error: an OSError as 'PATH: reason', anything else as its message."""
+    from napari_lidnet.io.checks import one_line
+
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        other = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+        return one_line(f"{exc.filename}{other}: {exc.strerror}")
+    if isinstance(exc, OSError) and exc.strerror:
+        return one_line(exc.strerror)
+    return one_line(str(exc)) or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lidnet`` console script."""
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        print(f"lidnet {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    prefix = f"lidnet {args.command}"
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        from napari_lidnet.io.checks import one_line
+
+        print(f"{prefix}: warning: {one_line(str(message))}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line_warning
+        try:
+            return int(args.func(args) or 0)
+        except (ValueError, OSError) as exc:
+            print(f"{prefix}: error: {error_message(exc)}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

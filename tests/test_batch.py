@@ -1,6 +1,8 @@
 """Batch processing of a folder of DICOM series: one output per series, and an interrupted run resumes without
 redoing or losing finished outputs."""
 
+from hashlib import sha256
+
 import numpy as np
 import pytest
 import torch
@@ -114,4 +116,14 @@ def test_bad_batch_input(tmp_path, archive):
     with pytest.raises(ValueError, match="inside the input"):
         run_batch(archive, archive / "out", "denoise", _denoiser())
     assert not (archive / "out").exists()
-    assert output_name("Abd / 5mm", "1.2.840.5678901234") == "Abd_5mm_0_5678901234"
+    assert output_name("Abd / 5mm", "1.2.840.5678901234") == "Abd_5mm_" + sha256(b"1.2.840.5678901234").hexdigest()[:12]
+
+
+def test_output_names_are_unique_and_safe():
+    """UIDs with the same last 12 characters get different names; dots, spaces, non-ASCII letters and a leading
+    '.partial-' stay file-system safe and never look like a partial output."""
+    a, b = "1.2.840.1.5678901234", "1.2.840.2.5678901234"
+    assert output_name("CT", a) != output_name("CT", b)
+    assert output_name("Thorax 1.5 mm Lunge/Weich", a).startswith("Thorax_1.5_mm_Lunge_Weich_")
+    assert output_name("Schädel nativ", a).startswith("Schädel_nativ_")
+    assert output_name(".partial-x", a).startswith("partial-x_") and output_name("...", a).startswith("series_")

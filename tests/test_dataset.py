@@ -41,7 +41,7 @@ def test_write_read_round_trip(tmp_path):
     assert lazy[1].low_hu is None
 
 
-def test_refuses_foreign_folder_and_replaces_own(tmp_path):
+def test_refuses_foreign_and_finished_folders_replaces_an_interrupted_one(tmp_path):
     foreign = tmp_path / "photos"
     foreign.mkdir()
     (foreign / "cat.jpg").write_bytes(b"not a CT")
@@ -51,7 +51,15 @@ def test_refuses_foreign_folder_and_replaces_own(tmp_path):
         simulate_dataset(foreign, 1, 0.5, 0, size=SIZE)
     assert sorted(p.name for p in foreign.iterdir()) == ["cat.jpg"]  # nothing written
     own = write_dataset(tmp_path / "ds", _hand_samples())
-    write_dataset(own, _hand_samples()[1:])  # an existing lidnet dataset is replaced, stale slices removed
+    before = {p: p.read_bytes() for p in own.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="already holds a lidnet dataset; outputs never overwrite"):
+        write_dataset(own, _hand_samples()[1:])
+    with pytest.raises(ValueError, match="already holds a lidnet dataset"):
+        simulate_dataset(own, 1, 0.5, 0, size=SIZE)
+    assert {p: p.read_bytes() for p in own.rglob("*") if p.is_file()} == before  # nothing lost
+    info = json.loads((own / "dataset.json").read_text())
+    (own / "dataset.json").write_text(json.dumps({**info, "complete": False}))  # as an interrupted write leaves it
+    write_dataset(own, _hand_samples()[1:])  # an interrupted write of ours is replaced, stale slices removed
     assert [p.name for p in (own / "full").iterdir()] == ["b.png"] and not list((own / "low").iterdir())
     assert [s.name for s in read_dataset(own)] == ["b"]
 

@@ -65,7 +65,8 @@ def test_deeplesion_png_gives_image_and_shapes(tmp_path):
     assert (t1, t2) == ("image", "shapes")
     assert img_kw["scale"] == (0.8, 0.8) and sh_kw["scale"] == (0.8, 0.8)
     assert np.all(img == 40.0)
-    np.testing.assert_array_equal(shapes[0], [[3, 2], [3, 12], [9, 12], [9, 2]])
+    # pixel-edge box 2,3,12,9 -> napari corners (row, col) half a pixel lower (layer_data: pixel i is centred at i)
+    np.testing.assert_array_equal(shapes[0], [[2.5, 1.5], [2.5, 11.5], [8.5, 11.5], [8.5, 1.5]])
     assert sh_kw["shape_type"] == "rectangle" and sh_kw["features"]["label"] == ["liver"]
 
 
@@ -89,8 +90,8 @@ def test_bad_arrays_are_refused(tmp_path):
     np.savez(tmp_path / "sp.npz", hu=np.zeros((2, 2)), spacing=np.array([1.0, 1.0, 1.0]))
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((8, 8, 3), np.uint8), photometric="rgb")
     cases = {
-        "s.npy": "array has dtype <U1, expected numbers",
-        "4d.npy": r"array has shape \(2, 2, 2, 2\); expected a 2D",
+        "s.npy": "dtype <U1 is not numbers in HU",
+        "4d.npy": r"shape \(2, 2, 2, 2\); expected a 2D",
         "two.npz": ".npz has arrays .* name the HU array 'hu'",
         "sp.npz": "spacing .* must be 2 positive numbers",
         "rgb.tif": "TIFF has colour samples",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
+
+KINDS = ("denoiser", "detector")
 
 
 def valid_model_name(name: str) -> str:
@@ -14,31 +17,57 @@ def valid_model_name(name: str) -> str:
     return name
 
 
+def check_export_name(name: str, overwrite: bool = False) -> str:
+    """The valid ``name``, or an error before anything is trained or written: FileExistsError when a model of
+    that name (its denoiser or its detector, either file of the pair) is already in the user model folder."""
+    from napari_lidnet.models.registry import user_model_dir
+    from napari_lidnet.models.weights import weight_paths
+
+    name = valid_model_name(name)
+    dest = user_model_dir()
+    for kind in KINDS:
+        taken = [p for p in weight_paths(dest / f"{name}_{kind}") if p.exists()]
+        if taken and not overwrite:
+            raise FileExistsError(f"a model named {name!r} already exists ({taken[0]}); choose another name")
+    return name
+
+
 def export_run(
     run_dir: str | Path, name: str, command: str = "", overwrite: bool = False, card_extra: dict | None = None
 ) -> list[Path]:
     """Copy ``best_denoiser``/``best_detector`` of a run into the user model folder as ``NAME_denoiser``/
     ``NAME_detector`` (atomic writes; an existing model is kept unless ``overwrite``). ``card_extra`` entries are
-    merged into each card's top level (``training`` entries into its ``training`` section)."""
-    from napari_lidnet.models.registry import user_model_dir
-    from napari_lidnet.models.weights import load_weights, save_weights
+    merged into each card's top level (``training`` entries into its ``training`` section).
 
-    name = valid_model_name(name)
+    Both names and both sources are checked before anything is written, and a failure while writing the second
+    pair removes the first: an export leaves both pairs or neither.
+    """
+    from napari_lidnet.models.registry import user_model_dir
+    from napari_lidnet.models.weights import load_weights, save_weights, weight_paths
+
+    name = check_export_name(name, overwrite)
     run_dir = Path(run_dir)
+    for kind in KINDS:
+        src = weight_paths(run_dir / f"best_{kind}")[0]
+        if not src.exists():
+            raise FileNotFoundError(f"{src}: the run has no best {kind} checkpoint yet")
     dest = user_model_dir()
     dest.mkdir(parents=True, exist_ok=True)
-    written = []
-    for kind in ("denoiser", "detector"):
-        src = run_dir / f"best_{kind}"
-        if not src.with_suffix(".safetensors").exists():
-            raise FileNotFoundError(f"{src}.safetensors: the run has no best {kind} checkpoint yet")
-        target = dest / f"{name}_{kind}"
-        if target.with_suffix(".json").exists() and not overwrite:
-            raise FileExistsError(f"a model named {name!r} already exists in {dest}; choose another name")
-        model, card = load_weights(src)
-        extra = dict(card_extra or {})
-        training = {**card.get("training", {}), **extra.pop("training", {}), "command": command}
-        card = {**card, **extra, "name": f"{name}_{kind}", "training": training}
-        save_weights(model, target, card)
-        written.append(target.with_suffix(".safetensors"))
+    written: list[Path] = []
+    try:
+        for kind in KINDS:
+            model, card = load_weights(run_dir / f"best_{kind}")
+            extra = dict(card_extra or {})
+            training = {**card.get("training", {}), **extra.pop("training", {}), "command": command}
+            card = {**card, **extra, "name": f"{name}_{kind}", "training": training}
+            target = dest / f"{name}_{kind}"
+            save_weights(model, target, card)
+            written.append(weight_paths(target)[0])
+    except BaseException:
+        if not overwrite:
+            for w_path in written:
+                for p in weight_paths(w_path):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+        raise
     return written

@@ -25,6 +25,25 @@ def format_record(rec: dict[str, Any], every: int = 25) -> str | None:
     return f"[{rec['step']}/{rec['total_steps']}] {stage} {step}/{rec['stage_total']}: {losses}{eta_txt}"
 
 
+def check_evaluable(samples: list, data_dir: str) -> None:
+    """Refuse (one-line ValueError) slices that cannot be evaluated together: none, some without a low-dose
+    partner, or slices of different sizes."""
+    if not samples:
+        raise ValueError(f"{data_dir}: no slices to evaluate")
+    no_low = [s.name for s in samples if (s.low_path if hasattr(s, "low_path") else s.low_hu) is None]
+    if no_low:
+        raise ValueError(
+            f"{data_dir}: {len(no_low)} of {len(samples)} slices have no low-dose image in low/ (first: {no_low[0]}); "
+            "evaluate needs low/full pairs, as `lidnet simulate` writes them"
+        )
+    shapes: dict[tuple[int, int], str] = {}
+    for s in samples:
+        shapes.setdefault(tuple(s.shape), s.name)
+    if len(shapes) > 1:
+        sizes = ", ".join(f"{r}x{c} ({name})" for (r, c), name in sorted(shapes.items()))
+        raise ValueError(f"{data_dir}: slices differ in size ({sizes}); evaluate slices of one size at a time")
+
+
 def evaluate_dataset(
     data_dir: str,
     denoiser: str | None = None,
@@ -41,7 +60,8 @@ def evaluate_dataset(
     from napari_lidnet.models.device import pick_device
     from napari_lidnet.models.registry import load_model
 
-    samples = read_dataset(data_dir)[:max_slices]
+    samples = read_dataset(data_dir, lazy=True)[:max_slices]
+    check_evaluable(samples, data_dir)
     dev, _ = pick_device(device)
     den, den_card = load_model(denoiser or "default", kind="denoiser")
     det, det_card = load_model(detector or "default", kind="detector")

@@ -1,24 +1,75 @@
-"""HU arrays from .npy, .npz and .tif/.tiff files -> CTVolume (spacing 1 mm unless the file says otherwise)."""
+"""HU arrays from .npy, .npz and .tif/.tiff files -> CTVolume (spacing 1 mm unless the file says otherwise).
+
+The shape and dtype are read from the file's header and checked (``io.checks``) before any pixel is read, so a
+huge, empty, 1D/4D, boolean, 8-bit or complex array is refused without allocating it.
+"""
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 
+from .checks import check_image_shape, one_line
 from .volume import CTVolume
 
 ARRAY_SUFFIXES = {".npy", ".npz", ".tif", ".tiff"}
 
 
-def _check(arr: np.ndarray, path: Path, what: str = "array") -> np.ndarray:
-    if arr.dtype.kind not in "iuf":
-        raise ValueError(f"{path}: {what} has dtype {arr.dtype}, expected numbers (integer or float HU)")
-    if arr.ndim not in (2, 3):
-        raise ValueError(f"{path}: {what} has shape {arr.shape}; expected a 2D slice (y, x) or 3D volume (z, y, x)")
-    if min(arr.shape) < 1:
-        raise ValueError(f"{path}: {what} is empty (shape {arr.shape})")
-    return arr
+def _npy_header(fh: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from an open .npy stream positioned at its start."""
+    version = np.lib.format.read_magic(fh)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _fortran, dtype = read(fh)
+    return tuple(shape), np.dtype(dtype)
+
+
+def _npz_key(path: Path, keys: list[str]) -> str:
+    """The member holding HU: ``hu``, or the only array besides ``spacing``."""
+    if "hu" in keys:
+        return "hu"
+    others = [k for k in keys if k != "spacing"]
+    if len(others) != 1:
+        raise ValueError(f"{path}: .npz has arrays {keys}; name the HU array 'hu'")
+    return others[0]
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    with zipfile.ZipFile(path) as zf:
+        members = {Path(n).stem: n for n in zf.namelist() if n.endswith(".npy")}
+        key = _npz_key(path, sorted(members))
+        with zf.open(members[key]) as fh:
+            check_image_shape(*_npy_header(fh), f"{path} [{key}]")
+    with np.load(path, allow_pickle=False) as npz:
+        spacing = np.asarray(npz["spacing"], dtype=float).ravel() if "spacing" in npz.files else None
+        return npz[key], spacing
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        photometric = tif.pages[0].photometric
+        if photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR, tifffile.PHOTOMETRIC.PALETTE):
+            raise ValueError(f"{path}: TIFF has colour samples ({photometric.name}); expected grayscale HU")
+        series = tif.series[0]
+        check_image_shape(series.shape, series.dtype, str(path))
+        return series.asarray()
+
+
+def _read_any(path: Path, suffix: str) -> tuple[Any, np.ndarray | None]:
+    """(pixels, spacing or None) of an array file; its header is checked before the pixels are read."""
+    if suffix == ".npy":
+        with open(path, "rb") as fh:
+            check_image_shape(*_npy_header(fh), str(path))
+        return np.load(path, allow_pickle=False, mmap_mode="r"), None
+    if suffix == ".npz":
+        return _read_npz(path)
+    if suffix in (".tif", ".tiff"):
+        return _read_tiff(path), None
+    raise ValueError(f"{path}: unsupported array file type {suffix!r} (use .npy, .npz, .tif)")
 
 
 def read_array(path: str | Path) -> CTVolume:
@@ -27,39 +78,17 @@ def read_array(path: str | Path) -> CTVolume:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     suffix = path.suffix.lower()
-    spacing = None
     try:
-        if suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        elif suffix == ".npz":
-            with np.load(path, allow_pickle=False) as npz:
-                keys = list(npz.files)
-                if "hu" in keys:
-                    arr = npz["hu"]
-                elif len([k for k in keys if k != "spacing"]) == 1:
-                    arr = npz[next(k for k in keys if k != "spacing")]
-                else:
-                    raise ValueError(f"{path}: .npz has arrays {keys}; name the HU array 'hu'")
-                if "spacing" in keys:
-                    spacing = np.asarray(npz["spacing"], dtype=float).ravel()
-        elif suffix in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                photometric = tif.pages[0].photometric
-                if photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR, tifffile.PHOTOMETRIC.PALETTE):
-                    raise ValueError(f"{path}: TIFF has colour samples ({photometric.name}); expected grayscale HU")
-                arr = tif.series[0].asarray()
-        else:
-            raise ValueError(f"{path}: unsupported array file type {suffix!r} (use .npy, .npz, .tif)")
-    except ValueError:
-        raise
-    except Exception as exc:  # numpy/tifffile raise many types on broken files
-        raise ValueError(f"{path}: cannot read array file ({type(exc).__name__}: {exc})") from exc
-    arr = _check(np.asarray(arr), path)
+        arr, spacing = _read_any(path, suffix)
+        hu = np.array(arr, dtype=np.float32)  # a copy: the memory map is released
+    except Exception as exc:  # numpy/tifffile/zipfile raise many types on broken files
+        if isinstance(exc, ValueError | OSError) and str(path) in str(exc):
+            raise  # ours, or an OSError naming the file
+        raise ValueError(f"{path}: cannot read array file ({type(exc).__name__}: {one_line(str(exc))})") from exc
+    check_image_shape(hu.shape, hu.dtype, str(path))
     if spacing is None:
-        spacing = np.ones(arr.ndim)
-    if spacing.size != arr.ndim or not np.all(spacing > 0):
-        raise ValueError(f"{path}: spacing {spacing.tolist()} must be {arr.ndim} positive numbers (mm per axis)")
+        spacing = np.ones(hu.ndim)
+    if spacing.size != hu.ndim or not np.all(spacing > 0):
+        raise ValueError(f"{path}: spacing {spacing.tolist()} must be {hu.ndim} positive numbers (mm per axis)")
     meta = {"format": suffix.lstrip("."), "source": str(path), "warnings": []}
-    return CTVolume(arr.astype(np.float32), tuple(spacing.tolist()), name=path.stem, metadata=meta)
+    return CTVolume(hu, tuple(spacing.tolist()), name=path.stem, metadata=meta)

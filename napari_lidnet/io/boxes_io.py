@@ -25,13 +25,21 @@ def write_boxes_csv(path: str | Path, rows: np.ndarray) -> Path:
         }
         for r in rows
     ]
-    if path.suffix.lower() == ".json":
-        path.write_text(json.dumps({"columns": list(COLUMNS), "units": "pixels", "boxes": records}, indent=1))
-        return path
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(records)
+    try:
+        fh = path.open("x", newline="")  # exclusive: never replaces a file that appeared meanwhile
+    except FileExistsError:
+        raise FileExistsError(f"{path} already exists") from None
+    try:
+        with fh:
+            if path.suffix.lower() == ".json":
+                fh.write(json.dumps({"columns": list(COLUMNS), "units": "pixels", "boxes": records}, indent=1))
+            else:
+                writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+                writer.writeheader()
+                writer.writerows(records)
+    except BaseException:
+        path.unlink(missing_ok=True)  # no half-written file (disk full, interrupted)
+        raise
     return path
 
 

@@ -97,18 +97,30 @@ def write_json(path: Path, info: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def prepare_folder(path: str | Path) -> Path:
-    """Make ``path`` ready for a new dataset: create it, or clear an existing lidnet dataset's own files.
+def _is_unfinished(path: Path) -> bool:
+    """A lidnet dataset whose writing was interrupted (dataset.json says ``complete: false``)."""
+    try:
+        return json.loads((path / "dataset.json").read_text()).get("complete") is False
+    except (OSError, ValueError, AttributeError):
+        return False
 
-    Refuses (ValueError, nothing touched) a non-empty folder that is not a lidnet dataset.
+
+def prepare_folder(path: str | Path) -> Path:
+    """Make ``path`` ready for a new dataset: create it, or clear what an interrupted dataset write left there.
+
+    Refuses (ValueError, nothing touched) any other non-empty folder, a finished lidnet dataset included:
+    outputs never overwrite.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{path}: exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not is_dataset(path):
-        raise ValueError(
-            f"{path}: folder is not empty and is not a lidnet dataset (no dataset.json); choose an empty or new folder"
-        )
+        raise ValueError(f"{path}: exists and is not a folder; choose a new folder for the dataset")
+    if path.is_dir() and any(path.iterdir()):
+        if not is_dataset(path):
+            raise ValueError(
+                f"{path}: folder is not empty and is not a lidnet dataset (no dataset.json); choose a new folder"
+            )
+        if not _is_unfinished(path):
+            raise ValueError(f"{path}: already holds a lidnet dataset; outputs never overwrite: choose a new folder")
     path.mkdir(parents=True, exist_ok=True)
     for sub in ("full", "low"):
         for f in (path / sub).glob("*.png") if (path / sub).is_dir() else ():

@@ -2,7 +2,9 @@
 
 Headers are read first (``stop_before_pixels``) to group files by SeriesInstanceUID and sort slices along the
 slice normal; pixels are decoded afterwards, one slice at a time, each with its own rescale slope/intercept.
-Non-DICOM files in a folder are skipped silently; unreadable DICOM files are reported.
+Non-DICOM files in a folder are skipped silently; unreadable DICOM files, and series that cannot be read, are
+skipped with a warning while another series opens (an error when nothing opens). Sizes are checked from the headers
+before any pixel is decoded.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .checks import check_image_shape, one_line
 from .volume import CTVolume
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
@@ -80,11 +83,13 @@ class DicomHeader:
 
 @dataclass
 class DicomScan:
-    """Result of scanning a path: image headers grouped by series, and files skipped on the way."""
+    """Result of scanning a path: image headers grouped by series, files skipped and unreadable on the way."""
 
     root: Path
     series: dict[str, list[DicomHeader]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # warnings about the scan (files skipped, duplicates)
 
 
 def _has_dicm_magic(path: Path) -> bool:
@@ -108,48 +113,75 @@ def looks_like_dicom(path: str | Path) -> bool:
     return path.is_file() and (path.suffix.lower() in DICOM_SUFFIXES or _has_dicm_magic(path))
 
 
+def _scan_file(scan: DicomScan, f: Path, in_folder: bool, seen: dict[str, Path]) -> None:
+    """Add one file's header to ``scan``: an image to its series, anything else to skipped or unreadable."""
+    import pydicom
+
+    magic = _has_dicm_magic(f)
+    if not magic and f.suffix.lower() not in DICOM_SUFFIXES and in_folder:
+        return  # not DICOM: skip silently (README, thumbnails, ...)
+    try:
+        ds = pydicom.dcmread(f, stop_before_pixels=True, force=not magic)
+    except Exception as exc:  # pydicom raises many types on broken files
+        scan.unreadable.append((f, f"{type(exc).__name__}: {one_line(str(exc))}"))
+        return
+    sop_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+    if f.name.upper() == "DICOMDIR" or sop_class == DICOMDIR_SOP_CLASS:
+        scan.skipped.append(f"{f} (DICOMDIR)")
+        return
+    if "Rows" not in ds or "Columns" not in ds:
+        if not any(k in ds for k in ("SOPClassUID", "SeriesInstanceUID", "Modality")):
+            scan.unreadable.append((f, "no DICOM image header: truncated, or not a DICOM file"))
+        else:
+            scan.skipped.append(f"{f} (no image: {ds.get('Modality', '?')} {ds.get('SOPClassUID', '')})")
+        return
+    sop = str(ds.get("SOPInstanceUID", "") or "")
+    if sop and sop in seen:
+        scan.notes.append(f"{f} is a copy of {seen[sop]} (same SOPInstanceUID); read once")
+        scan.skipped.append(f"{f} (duplicate of {seen[sop].name})")
+        return
+    seen[sop] = f
+    uid = str(ds.get("SeriesInstanceUID", "") or f"no-series-uid:{f.parent}")
+    scan.series.setdefault(uid, []).append(DicomHeader(f, ds))
+
+
+def _unreadable_text(scan: DicomScan) -> str:
+    """'N unreadable DICOM file(s), first FILE (reason)'."""
+    f, reason = scan.unreadable[0]
+    n = len(scan.unreadable)
+    return f"{n} unreadable DICOM file{'s' if n > 1 else ''}, first {f} ({reason})"
+
+
 def scan_dicom(path: str | Path) -> DicomScan:
     """Read the headers of every DICOM image under ``path`` (file or folder, recursive), grouped by series.
 
-    Raises ValueError for unreadable DICOM files, a folder without DICOM images, or a missing path.
+    Unreadable files in a folder are skipped with a warning (in ``scan.notes``); raises ValueError for an unreadable
+    file, a folder without a readable DICOM image, or FileNotFoundError for a missing path.
     """
-    import pydicom
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     scan = DicomScan(root=path)
-    unreadable: list[str] = []
     files = _candidate_files(path)
+    seen: dict[str, Path] = {}
     for f in files:
-        magic = _has_dicm_magic(f)
-        if not magic and f.suffix.lower() not in DICOM_SUFFIXES and path.is_dir():
-            continue  # not DICOM: skip silently (README, thumbnails, ...)
-        try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True, force=not magic)
-        except Exception as exc:  # pydicom raises many types on broken files
-            unreadable.append(f"{f}: {type(exc).__name__}: {exc}")
-            continue
-        sop_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
-        if f.name.upper() == "DICOMDIR" or sop_class == DICOMDIR_SOP_CLASS:
-            scan.skipped.append(f"{f} (DICOMDIR)")
-            continue
-        if "Rows" not in ds or "Columns" not in ds:
-            if not magic and "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
-                unreadable.append(f"{f}: not a DICOM file (no DICOM header found)")
-            else:
-                scan.skipped.append(f"{f} (no image: {ds.get('Modality', '?')} {ds.get('SOPClassUID', '')})")
-            continue
-        uid = str(ds.get("SeriesInstanceUID", "") or f"no-series-uid:{f.parent}")
-        scan.series.setdefault(uid, []).append(DicomHeader(f, ds))
-    if unreadable:
-        raise ValueError("unreadable DICOM file(s):\n  " + "\n  ".join(unreadable))
+        _scan_file(scan, f, path.is_dir(), seen)
+    if scan.unreadable and path.is_file():
+        f, reason = scan.unreadable[0]
+        raise ValueError(f"{f}: unreadable DICOM file ({reason})")
+    if scan.unreadable and not scan.series:
+        raise ValueError(f"{path}: no readable DICOM image; {_unreadable_text(scan)}")
+    if scan.unreadable:
+        scan.notes.append(f"{path}: skipped {_unreadable_text(scan)}")
+        scan.skipped.extend(f"{f} (unreadable: {reason})" for f, reason in scan.unreadable)
+    for note in scan.notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
     if not scan.series:
         what = "file" if path.is_file() else "folder"
-        extra = f" (skipped: {'; '.join(scan.skipped)})" if scan.skipped else ""
+        extra = f" (skipped: {'; '.join(scan.skipped[:3])}{'; ...' if len(scan.skipped) > 3 else ''})"
         if path.is_dir() and not files:
             raise ValueError(f"{path}: folder is empty")
-        raise ValueError(f"{path}: {what} contains no DICOM image{extra}")
+        raise ValueError(f"{path}: {what} contains no DICOM image{extra if scan.skipped else ''}")
     return scan
 
 
@@ -172,8 +204,33 @@ def list_series(path: str | Path) -> list[SeriesInfo]:
     return sorted(infos, key=lambda s: (-s.n_slices, s.description, s.uid))
 
 
+def _read_scan(scan: DicomScan, uids: list[str], source: Path) -> list[CTVolume]:
+    """Read the series ``uids`` of a scan, largest first. A series that cannot be read is skipped with a warning
+    while another one opens; when none opens, the first error is raised."""
+    vols, failed = [], []
+    for uid in uids:
+        try:
+            vols.append(read_series(scan.series[uid], source=source))
+        except ValueError as exc:
+            failed.append(str(exc))
+    if not vols:
+        more = f" (and {len(failed) - 1} other series could not be read)" if len(failed) > 1 else ""
+        raise ValueError(failed[0] + more)
+    notes = list(scan.notes)
+    for msg in failed:
+        notes.append(f"skipped a series that cannot be read: {msg}")
+        warnings.warn(notes[-1], UserWarning, stacklevel=3)
+    for vol in vols:
+        vol.metadata["warnings"] = notes + vol.metadata.get("warnings", [])
+    return sorted(vols, key=lambda v: -int(np.prod(v.hu.shape)))
+
+
 def read_dicom(path: str | Path, series_uid: str | None = None) -> list[CTVolume]:
-    """Read every image series (or only ``series_uid``) under a DICOM file or folder as CTVolumes."""
+    """Read every image series (or only ``series_uid``) under a DICOM file or folder as CTVolumes.
+
+    Files or series that cannot be read are skipped with a warning (also in each volume's
+    ``metadata["warnings"]``) as long as another series opens.
+    """
     scan = scan_dicom(path)
     uids = list(scan.series)
     if series_uid is not None:
@@ -181,20 +238,24 @@ def read_dicom(path: str | Path, series_uid: str | None = None) -> list[CTVolume
             found = ", ".join(uids)
             raise ValueError(f"{path}: no series with SeriesInstanceUID {series_uid} (found: {found})")
         uids = [series_uid]
-    vols = [read_series(scan.series[uid], source=Path(path)) for uid in uids]
-    return sorted(vols, key=lambda v: -int(np.prod(v.hu.shape)))
+    return _read_scan(scan, uids, Path(path))
 
 
 def read_dicom_files(files: Sequence[str | Path]) -> list[CTVolume]:
-    """Read an explicit list of DICOM files, grouped by series."""
-    vols: list[CTVolume] = []
-    groups: dict[str, list[DicomHeader]] = {}
+    """Read an explicit list of DICOM files, grouped by series (unreadable files skipped with a warning)."""
+    scan = DicomScan(root=Path(files[0]).parent)
+    seen: dict[str, Path] = {}
     for f in files:
-        for uid, headers in scan_dicom(f).series.items():
-            groups.setdefault(uid, []).extend(headers)
-    for headers in groups.values():
-        vols.append(read_series(headers, source=Path(files[0]).parent))
-    return vols
+        _scan_file(scan, Path(f), False, seen)
+    if not scan.series:
+        if scan.unreadable:
+            raise ValueError(f"no readable DICOM image among {len(files)} files; {_unreadable_text(scan)}")
+        raise ValueError(f"no DICOM image among {len(files)} files (skipped: {'; '.join(scan.skipped[:3])})")
+    if scan.unreadable:
+        scan.notes.append(f"skipped {_unreadable_text(scan)}")
+    for note in scan.notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    return _read_scan(scan, list(scan.series), scan.root)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -242,15 +303,28 @@ def _source_tags(ds: Any) -> dict[str, Any]:
     return tags
 
 
+def _pixel_error(f: Path, tsyntax: Any, exc: Exception) -> str:
+    """One line saying why the pixels of ``f`` cannot be decoded."""
+    detail = one_line(str(exc))[:400]
+    if tsyntax is not None and not tsyntax.is_transfer_syntax:
+        return f"{f}: unknown transfer syntax {tsyntax}; cannot decode its pixel data"
+    if tsyntax is not None and tsyntax.is_compressed:
+        return (
+            f"{f}: cannot decode pixel data in transfer syntax '{tsyntax.name}' ({tsyntax}); "
+            f"no installed decoder handles it ({type(exc).__name__}: {detail})"
+        )
+    return f"{f}: pixel data cannot be read, the file may be truncated ({detail})"
+
+
 def decode_pixels(header: DicomHeader) -> np.ndarray:
     """Decode one file's pixels (frames, rows, cols) as float32 HU using that file's own rescale."""
     import pydicom
 
     f = header.path
     try:
-        ds = pydicom.dcmread(f, force=True)
+        ds = pydicom.dcmread(f, force=True, defer_size="16 MB")  # pixels read only after the size check
     except Exception as exc:
-        raise ValueError(f"{f}: unreadable DICOM file ({type(exc).__name__}: {exc})") from exc
+        raise ValueError(f"{f}: unreadable DICOM file ({type(exc).__name__}: {one_line(str(exc))})") from exc
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ValueError(f"{f}: DICOM file has no PixelData element (header only, or truncated)")
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
@@ -258,17 +332,13 @@ def decode_pixels(header: DicomHeader) -> np.ndarray:
             f"{f}: {ds.get('PhotometricInterpretation', 'colour')} image with {ds.SamplesPerPixel} "
             "samples per pixel is not a grayscale CT image"
         )
+    rows, cols, frames = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), n_frames(ds)
+    check_image_shape((frames, rows, cols) if frames > 1 else (rows, cols), np.float32, str(f))  # before decoding
     tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
         raw = ds.pixel_array
     except Exception as exc:
-        if tsyntax is not None and tsyntax.is_compressed:
-            detail = " ".join(line.strip() for line in str(exc).splitlines())[:400]
-            raise ValueError(
-                f"{f}: cannot decode pixel data in transfer syntax '{tsyntax.name}' ({tsyntax}); "
-                f"no installed decoder handles it ({type(exc).__name__}: {detail})"
-            ) from exc
-        raise ValueError(f"{f}: pixel data cannot be read, the file may be truncated ({exc})") from exc
+        raise ValueError(_pixel_error(f, tsyntax, exc)) from exc
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
     hu = raw.astype(np.float64) * slope + intercept
@@ -381,6 +451,9 @@ def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> C
     label = _series_label(ds0)
     notes: list[str] = []
     _check_sizes(headers, label)
+    n_images = sum(n_frames(h.ds) for h in headers)
+    shape = (int(ds0.Rows), int(ds0.Columns))
+    check_image_shape((n_images, *shape) if n_images > 1 else shape, np.float32, label)
     modality = str(ds0.get("Modality", "") or "")
     if modality != "CT":
         _warn(notes, f"{label}: modality is {modality or 'missing'!r}, not 'CT'; HU values may not be meaningful")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .arrays import ARRAY_SUFFIXES, read_array
+from .checks import note_image_problems
 from .dicom_read import SeriesInfo, looks_like_dicom, read_dicom
 from .dicom_read import list_series as _list_dicom_series
 from .volume import CTVolume
@@ -46,13 +47,23 @@ def input_kind(path: str | Path) -> str | None:
 
 
 def open_ct(path: str | Path, series_uid: str | None = None) -> list[CTVolume]:
-    """Read any supported CT input at ``path`` into CTVolumes (one per DICOM series)."""
-    from .deeplesion import read_deeplesion_folder, read_deeplesion_slice
+    """Read any supported CT input at ``path`` into CTVolumes (one per DICOM series).
 
+    NaN, infinite or constant pixels are kept (the user sees them) with a warning in ``metadata["warnings"]``;
+    the commands that compute on an image refuse them (``io.checks.check_finite``).
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    kind = input_kind(path)
+    volumes = _read(path, input_kind(path), series_uid)
+    for vol in volumes:
+        note_image_problems(vol)
+    return volumes
+
+
+def _read(path: Path, kind: str | None, series_uid: str | None) -> list[CTVolume]:
+    from .deeplesion import read_deeplesion_folder, read_deeplesion_slice
+
     if kind == "dicom":
         return read_dicom(path, series_uid=series_uid)
     if kind == "png":

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .checks import check_image_shape, one_line
+
 PNG_HU_OFFSET = 32768
 
 
@@ -15,11 +17,17 @@ def read_png_hu(path: str | Path) -> np.ndarray:
     """Read a 16-bit PNG key slice as float32 HU; refuse 8-bit or colour PNGs with a clear message."""
     path = Path(path)
     try:
+        shape = png_shape(path)
+    except (OSError, ValueError):
+        shape = None  # PIL says why below
+    if shape is not None:
+        check_image_shape(shape, np.float32, str(path))  # before decoding: a huge PNG is refused unread
+    try:
         with Image.open(path) as im:
             mode = im.mode
             arr = np.asarray(im)
     except Exception as exc:  # PIL raises many types for broken files
-        raise ValueError(f"{path}: not a readable PNG ({exc})") from exc
+        raise ValueError(f"{path}: not a readable PNG ({one_line(str(exc))})") from exc
     if arr.dtype not in (np.uint16, np.int32) or arr.ndim != 2 or mode not in ("I;16", "I;16B", "I"):
         raise ValueError(
             f"{path}: PNG mode {mode!r} ({arr.dtype}, shape {arr.shape}) is not a 16-bit grayscale CT slice "

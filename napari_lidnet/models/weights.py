@@ -184,6 +184,22 @@ def save_weights(model: nn.Module, path: str | os.PathLike, card: dict[str, Any]
     return full
 
 
+def _backup_matching(w_path: Path, digest: str) -> bytes | None:
+    """The bytes of the backup a save keeps of the old weights until the new card is in place, when they match
+    ``digest`` (the old card's): a save killed (kill -9, power loss) between renaming its weights and its card
+    leaves the new weights beside the old card, and the old pair is still whole through this backup."""
+    import glob
+
+    for bak in sorted(w_path.parent.glob(f".{glob.escape(w_path.name)}.*.bak")):
+        try:
+            blob = bak.read_bytes()
+        except OSError:
+            continue
+        if hashlib.sha256(blob).hexdigest() == digest:
+            return blob
+    return None
+
+
 def read_card(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check the JSON card of a weights pair (``FileNotFoundError``/``ValueError`` naming the file)."""
     w_path, j_path = weight_paths(path)
@@ -221,7 +237,9 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     blob = w_path.read_bytes()
     digest = card.get("sha256")
     if digest is not None and hashlib.sha256(blob).hexdigest() != digest:
-        raise ValueError(f"{w_path}: contents do not match the sha256 in {j_path.name} (files from different saves?)")
+        blob = _backup_matching(w_path, digest)  # a save killed between its two renames: the old pair is kept
+        if blob is None:
+            raise ValueError(f"{w_path}: contents do not match the sha256 in {j_path.name} (from different saves?)")
     try:
         tensors = load(blob)
     except (SafetensorError, ValueError) as exc:

@@ -1,0 +1,60 @@
+"""May a run folder be resumed with these settings? Its checkpoints only make sense for the same data, mode,
+architectures, starting weights and validation split; step counts, learning rates, device and workers may change
+(more rounds extend a run)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+#: settings that must match the run folder's state.json to resume it
+RESUME_KEYS = (
+    "mode",
+    "data",
+    "dose",
+    "denoiser",
+    "denoiser_kwargs",
+    "detector_kwargs",
+    "init_denoiser",
+    "init_detector",
+    "seed",
+    "val_fraction",
+    "val_max_slices",
+)
+_PATH_KEYS = ("data", "init_denoiser", "init_detector")
+
+
+def _comparable(key: str, value: Any) -> Any:
+    """Paths compared as absolute paths (names of registry models stay names); other values as they are."""
+    if key in _PATH_KEYS and isinstance(value, str) and value:
+        expanded = os.path.expanduser(value)
+        if key == "data" or os.path.sep in value or os.path.exists(expanded):
+            return os.path.abspath(expanded)
+    return value
+
+
+def resume_differences(state: dict[str, Any], config: Any) -> list[str]:
+    """``"key: run X, now Y"`` for every resume-relevant setting in which ``config`` differs from the run's
+    ``state.json`` (``state["config"]``); empty when the run has no recorded settings yet."""
+    saved = state.get("config") or {}
+    now = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    diffs = []
+    for key in RESUME_KEYS:
+        if key not in saved:
+            continue
+        old, new = _comparable(key, saved[key]), _comparable(key, now.get(key))
+        if old != new:
+            diffs.append(f"{key}: run {saved[key]!r}, now {now.get(key)!r}")
+    return diffs
+
+
+def check_resume(state: dict[str, Any], config: Any) -> None:
+    """Refuse (ValueError, one line naming every difference) to resume a run folder with other data, mode,
+    architecture, starting weights or validation split than the run in it was started with."""
+    diffs = resume_differences(state, config)
+    if diffs:
+        out = (config.to_dict() if hasattr(config, "to_dict") else dict(config)).get("out", "the run folder")
+        raise ValueError(
+            f"{out} holds a run with other settings ({'; '.join(diffs)}); run again with those settings to resume "
+            "it, or choose a new --out folder"
+        )

@@ -1,0 +1,80 @@
+"""Checks every CT input passes before its pixels are read or used: shape, size, dtype, finite values.
+
+Shapes and dtypes are checked from file headers, before anything is allocated; values (NaN, infinity, a blank
+image) after reading. Messages are one line and name the input.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+#: largest rows or columns of a CT slice this plugin processes (clinical CT: 512, up to 2048 for micro-CT)
+MAX_SIDE = 8192
+#: largest number of voxels of one volume (8 GiB as float32 HU)
+MAX_VOXELS = 2**31
+
+
+def one_line(text: str) -> str:
+    """``text`` with its lines joined by '; ' (for messages that must stay one line)."""
+    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def check_image_shape(shape: Sequence[int], dtype: Any, what: str) -> None:
+    """Refuse (ValueError) an image that is not a 2D slice or 3D volume of numbers of a processable size."""
+    shape = tuple(int(s) for s in shape)
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iuf":
+        raise ValueError(f"{what}: dtype {dtype} is not numbers in HU (expected integer or float)")
+    if dtype.itemsize == 1:
+        raise ValueError(f"{what}: dtype {dtype} (8 bits) cannot hold HU (-1024..3071); is it a display image?")
+    if len(shape) not in (2, 3):
+        raise ValueError(f"{what}: shape {shape}; expected a 2D slice (y, x) or a 3D volume (z, y, x)")
+    if min(shape) < 1:
+        raise ValueError(f"{what}: image is empty (shape {shape})")
+    if max(shape[-2:]) > MAX_SIDE:
+        rows, cols = shape[-2:]
+        raise ValueError(f"{what}: slices of {rows} x {cols} pixels are larger than {MAX_SIDE} x {MAX_SIDE}")
+    if int(np.prod(shape)) > MAX_VOXELS:
+        gib = int(np.prod(shape)) * 4 / 2**30
+        raise ValueError(f"{what}: {shape} is {gib:.0f} GiB as float32 HU, over the {MAX_VOXELS * 4 >> 30} GiB limit")
+
+
+def nonfinite_note(hu: np.ndarray, what: str) -> str | None:
+    """A one-line description of NaN or infinite pixels in ``hu`` (count and the first one), or None."""
+    finite = np.isfinite(hu)
+    if finite.all():
+        return None
+    bad = np.logical_not(finite)
+    n_nan, n_bad = int(np.isnan(hu).sum()), int(bad.sum())
+    first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), hu.shape))
+    kinds = " and ".join(k for k, n in (("NaN", n_nan), ("infinite", n_bad - n_nan)) if n)
+    return f"{what}: {n_bad} of {hu.size} pixels are {kinds} (first at index {first})"
+
+
+def constant_note(hu: np.ndarray, what: str) -> str | None:
+    """A one-line note when every (finite) pixel of ``hu`` has the same value, or None."""
+    if hu.size and np.isfinite(hu).all() and float(hu.min()) == float(hu.max()):
+        return f"{what}: every pixel is {float(hu.flat[0]):g} HU (a blank image)"
+    return None
+
+
+def check_finite(hu: np.ndarray, what: str) -> None:
+    """Refuse (ValueError) an image with NaN or infinite pixels, or one blank (constant) image."""
+    note = nonfinite_note(hu, what) or constant_note(hu, what)
+    if note:
+        raise ValueError(f"{note}; CT input must be finite HU with some contrast")
+
+
+def note_image_problems(volume: Any) -> list[str]:
+    """Warn about (and add to ``volume.metadata['warnings']``) NaN, infinite or constant pixels; the image is kept
+    so that the user can see it. Returns the notes added."""
+    what = str(volume.metadata.get("source") or volume.name)
+    notes = [n for n in (nonfinite_note(volume.hu, what), constant_note(volume.hu, what)) if n]
+    for note in notes:
+        volume.metadata.setdefault("warnings", []).append(note)
+        warnings.warn(note, UserWarning, stacklevel=3)
+    return notes
