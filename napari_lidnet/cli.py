@@ -25,10 +25,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     def progress(i: int, n: int) -> None:
         print(f"\rsimulated {i}/{n} slices", end="", file=sys.stderr, flush=True)
 
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     out = simulate_dataset(
-        args.out, n=args.n, dose=args.dose, seed=args.seed, kind=args.kind, size=args.size, progress=progress
-    )
-    print(f"\nwrote {args.n} slice pairs at dose {args.dose:g} to {out}", file=sys.stderr)
+        args.out, n=args.n, dose=args.dose, seed=args.seed, kind=args.kind, size=args.size, progress=progress,
+        domain=args.domain, negatives=args.negatives, kinds=kinds,
+    )  # fmt: skip
+    dose = f"at dose {args.dose:g}" if args.domain == "fixed" else "with randomised scanners (scanner.csv)"
+    print(f"\nwrote {args.n} slice pairs {dose} to {out}", file=sys.stderr)
     return 0
 
 
@@ -287,8 +290,17 @@ def _add_simulate(sub: Any) -> None:
     p.add_argument("--n", type=int, default=16, help="number of slices")
     p.add_argument("--dose", type=float, default=0.25, help="dose fraction in (0, 1]")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kind", choices=["abdomen", "chest"], default="abdomen")
+    p.add_argument("--kind", choices=["abdomen", "chest", "head"], default="abdomen")
     p.add_argument("--size", type=int, default=512, help="image size in pixels")
+    p.add_argument(
+        "--domain",
+        choices=["fixed", "random"],
+        default="fixed",
+        help="random: each slice draws body part, field of view, contrast and scanner "
+        "(dose 5-50%%, 500-1200 views, kernel, electronic noise, thickness); --dose and --kind are then unused",
+    )
+    p.add_argument("--negatives", type=float, default=0.0, help="fraction of lesion-free slices, in [0, 1)")
+    p.add_argument("--kinds", default="head,chest,abdomen", help="body parts mixed with --domain random")
     p.set_defaults(func=_cmd_simulate)
 
 

@@ -144,3 +144,18 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     assert "dose" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
     assert not (tmp_path / "r").exists()
+
+
+def test_simulate_random_domain_records_each_slice_scanner(tmp_path):
+    """`--domain random` draws a body part and a scanner per slice and records them; negatives carry no box."""
+    import csv
+
+    out = tmp_path / "rand"
+    assert main(["simulate", "--out", str(out), "--n", "4", "--size", "64", "--domain", "random",
+                 "--negatives", "1", "--kinds", "head,chest", "--seed", "5"]) == 0  # fmt: skip
+    rows = list(csv.DictReader((out / "scanner.csv").open()))
+    assert [r["file"] for r in rows] == [f"{s.name}.png" for s in read_dataset(out)]
+    assert {r["kind"] for r in rows} <= {"head", "chest"}
+    assert all(0.05 <= float(r["dose"]) <= 0.5 for r in rows)
+    assert all(len(s.boxes) == 0 for s in read_dataset(out))
+    assert json.loads((out / "dataset.json").read_text())["dose"] is None
