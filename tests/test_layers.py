@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "napari_lidnet"
 #: top to bottom; a module may import its own layer and the layers below it
 STACK: tuple[tuple[str, ...], ...] = (
     ("_widgets", "_reader", "_sample_data", "demo"),  # napari and Qt live only here
-    ("layer_data",),  # CTVolume and boxes <-> napari layer data tuples (plain numpy)
+    ("layer_data", "findings"),  # CTVolume and boxes <-> napari layer data; the findings table (plain numpy)
     ("cli",),
     ("batch",),
     ("_training",),
