@@ -1,8 +1,12 @@
 """The layer boundary: CTVolume -> napari LayerDataTuples, pixel boxes <-> Shapes rectangles.
 
-Boxes are ``slice, x1, y1, x2, y2`` (or ``x1, y1, x2, y2`` in 2D) in pixels; napari rectangles are four
-(row, col) = (y, x) corners, with the slice index prepended in 3D. Shapes layers get the same scale/translate as
-their image, so their data coordinates are the image's pixel coordinates. No Qt or torch import here.
+Boxes are ``slice, x1, y1, x2, y2`` (or ``x1, y1, x2, y2`` in 2D) in pixel-edge coordinates: pixel column i spans
+[i, i + 1), x2/y2 are exclusive edges (docs/CONTRACTS.md; the detector, the datasets and DeepLesion use them). napari
+puts the centre of pixel i at data coordinate i, so pixel i spans [i - 0.5, i + 0.5) there: a rectangle's corners
+are the box edges minus half a pixel, as four (row, col) = (y, x) corners, with the slice index (a pixel index,
+not an edge) prepended in 3D. This is the one place where boxes and Shapes convert (:func:`boxes_to_shapes`,
+:func:`shapes_to_boxes`). Shapes layers get the same scale/translate as their image, so their data coordinates are
+the image's pixel coordinates. No Qt or torch import here.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from napari_lidnet.io.windowing import DEFAULT_PRESET, contrast_limits
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 
 BOX_EDGE_COLOR = "yellow"
+#: napari data coordinate of a pixel's centre minus its pixel-edge coordinate
+PIXEL_CENTRE_SHIFT = -0.5
 
 
 def volume_to_layer_tuple(vol: CTVolume, preset: str = DEFAULT_PRESET) -> LayerDataTuple:
@@ -30,7 +36,8 @@ def volume_to_layer_tuple(vol: CTVolume, preset: str = DEFAULT_PRESET) -> LayerD
 
 
 def boxes_to_shapes(boxes: np.ndarray, ndim: int) -> list[np.ndarray]:
-    """(N, 5) ``slice, x1, y1, x2, y2`` or (N, 4) ``x1, y1, x2, y2`` boxes -> N rectangles of shape (4, ndim)."""
+    """(N, 5) ``slice, x1, y1, x2, y2`` or (N, 4) ``x1, y1, x2, y2`` pixel-edge boxes -> N napari rectangles of
+    shape (4, ndim) that cover exactly the boxes' pixels (corners shifted by ``PIXEL_CENTRE_SHIFT``)."""
     boxes = np.asarray(boxes, dtype=float)
     if boxes.size == 0:
         return []
@@ -42,7 +49,7 @@ def boxes_to_shapes(boxes: np.ndarray, ndim: int) -> list[np.ndarray]:
         raise ValueError(f"{ndim}D shapes need the slice index: pass (N, 5) boxes slice,x1,y1,x2,y2")
     out = []
     for b in boxes:
-        x1, y1, x2, y2 = b[-4:]
+        x1, y1, x2, y2 = b[-4:] + PIXEL_CENTRE_SHIFT
         corners = np.array([[y1, x1], [y1, x2], [y2, x2], [y2, x1]])
         if ndim > 2:
             lead = np.zeros((4, ndim - 2))
@@ -53,7 +60,8 @@ def boxes_to_shapes(boxes: np.ndarray, ndim: int) -> list[np.ndarray]:
 
 
 def shapes_to_boxes(shapes_layer: Any) -> np.ndarray:
-    """Shapes (a layer, or a list of (k, ndim) vertex arrays) -> (N, 5) ``slice, x1, y1, x2, y2`` bounding boxes.
+    """Shapes (a layer, or a list of (k, ndim) vertex arrays in napari data coordinates) -> (N, 5)
+    ``slice, x1, y1, x2, y2`` pixel-edge bounding boxes (the inverse of :func:`boxes_to_shapes`).
 
     The slice is the (rounded) third-last coordinate; 0 for 2D shapes.
     """
@@ -64,7 +72,7 @@ def shapes_to_boxes(shapes_layer: Any) -> np.ndarray:
         z = float(np.rint(v[:, -3].mean())) if v.shape[1] >= 3 else 0.0
         y1, x1 = v[:, -2].min(), v[:, -1].min()
         y2, x2 = v[:, -2].max(), v[:, -1].max()
-        rows.append([z, x1, y1, x2, y2])
+        rows.append([z, *(np.array([x1, y1, x2, y2]) - PIXEL_CENTRE_SHIFT)])
     return np.asarray(rows, dtype=np.float32).reshape(-1, 5)
 
 

@@ -70,3 +70,26 @@ def test_eight_bit_png_and_bad_table_are_refused(tmp_path):
     bad.write_text(HEADER + _row("x.png", 1, "1, 2, 3"))
     with pytest.raises(ValueError, match=r"DL_info.csv, line 2: Bounding_boxes"):
         read_deeplesion_slice(png16)
+
+
+def test_official_split_column_selects_rows(deeplesion_tree):
+    """Train_Val_Test (1 train, 2 validation, 3 test) is read and honoured by the table and the readers."""
+    root, series, _ = deeplesion_tree
+    table = root / "DL_info.csv"
+    text = table.read_text().splitlines()
+    text[2] = text[2][:-1] + "3"  # the second lesion of slice 109 belongs to the test part
+    table.write_text("\n".join(text) + "\n")
+    everything = read_info_table(table)
+    assert [r.split for r in everything["000001_01_01_109.png"]] == [1, 3]
+    train = read_info_table(table, split="train")
+    assert [r.box for r in train["000001_01_01_109.png"]] == [(3.5, 4.5, 10.25, 12.0)]
+    assert [r.box for r in read_info_table(table, split="test")["000001_01_01_109.png"]] == [(20, 2, 30, 8)]
+    assert read_info_table(table, split="val") == {} and read_info_table(table, split="all") == everything
+    np.testing.assert_array_equal(read_deeplesion_slice(series / "109.png", split="test").boxes, [[0, 20, 2, 30, 8]])
+    assert len(read_deeplesion_folder(series, split="train").boxes) == 1
+    assert len(read_deeplesion_slice(series / "109.png").boxes) == 2  # the viewer shows every annotation
+    with pytest.raises(ValueError, match="split"):
+        read_info_table(table, split="holdout")
+    table.write_text(HEADER.replace(",Train_Val_Test", "") + _row("x.png", 1, "1, 2, 3, 4").rsplit(",", 1)[0] + "\n")
+    with pytest.raises(ValueError, match="no Train_Val_Test column"):
+        read_info_table(table, split="test")

@@ -1,7 +1,10 @@
-"""Two processes with the gloo backend train the same denoiser checkpoint as one process over the same global batch.
+"""Two processes with the gloo backend train the same denoiser checkpoint as one process over the same global batch,
+on pixel loss and under LIDnet's joint loss.
 
-The detector runs under DDP too, but is not bit-comparable: its BatchNorm statistics and its loss normalisation
-(by the number of lesions) are per process on CPU (SyncBatchNorm needs CUDA).
+The detector's own stages run under DDP too, but are not bit-comparable: its BatchNorm statistics and its loss
+normalisation (by the number of lesions) are per process on CPU (SyncBatchNorm needs CUDA). The denoiser's joint
+step uses the frozen detector (eval mode), per-image loss terms and loss weights calibrated on the same fixed
+patches on every process, so it is comparable: the LIDnet test freezes the detector (no detector stage).
 """
 
 import contextlib
@@ -51,6 +54,67 @@ def _worker(rank: int, port: int, out: str) -> None:
         assert records[-1]["stage"] == "finished"
     finally:
         dist.destroy_process_group()
+
+
+def _lesion_samples() -> list[Sample]:
+    """Six slices with 0, 1 or 2 lesions each: the two processes' shares hold different numbers of lesions."""
+    rng = np.random.default_rng(1)
+    out = []
+    for i in range(6):
+        full = np.full((64, 64), 50.0, np.float32)
+        boxes = []
+        for _ in range(i % 3):
+            x, y = rng.integers(4, 44, 2)
+            full[y : y + 14, x : x + 14] += 90
+            boxes.append([x, y, x + 14, y + 14])
+        low = full + rng.normal(0, 40, full.shape).astype(np.float32)
+        out.append(Sample(f"s{i}", full, low, np.array(boxes, np.float32).reshape(-1, 4), 0.7))
+    return out
+
+
+def _lidnet_config(out: str, detector: str) -> TrainConfig:
+    return TrainConfig(
+        out=out, mode="lidnet", init_detector=detector, pretrain_denoiser_steps=2, rounds=1, denoiser_steps=4,
+        detector_steps=0, batch_size=4, patch_size=32, denoiser_kwargs={"width": 8, "factor": 2},
+        detector_kwargs={"width": 4}, val_fraction=0.0, device="cpu",
+    )  # fmt: skip
+
+
+def _lidnet_worker(rank: int, port: int, out: str, detector: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        trainer = Trainer(_lidnet_config(out, detector), _lesion_samples())
+        scales = [None, None]
+        dist.all_gather_object(scales, trainer.calibrate())
+        assert scales[0] == scales[1] and min(scales[0].values()) > 0, scales  # the same weights on every rank
+        records = list(trainer.run())
+        assert records[-1]["stage"] == "finished"
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_equal_one_process_in_a_lidnet_round(tmp_path):
+    """The denoiser after a joint LIDnet round (detection + ROI perceptual terms, frozen detector) is the one a
+    single process trains over the same global batches, although the shares hold different lesion counts."""
+    pre = TrainConfig(
+        out=str(tmp_path / "det"), mode="pixel", pretrain_denoiser_steps=0, pretrain_detector_steps=30, rounds=0,
+        batch_size=4, patch_size=32, detector_lr=3e-3, detector_kwargs={"width": 4}, val_fraction=0.0, device="cpu",
+    )  # fmt: skip
+    list(Trainer(pre, _lesion_samples()).run())  # a detector that responds (its gradients are not ~0)
+    detector = str(tmp_path / "det" / "last_detector")
+    one = Trainer(_lidnet_config(str(tmp_path / "one"), detector), _lesion_samples())
+    records = list(one.run())
+    joint = [r["losses"] for r in records if r.get("stage") == "round1-denoiser"]
+    assert len(joint) == 4 and all(r["roi_perceptual"] > 0 and r["detection"] > 0 for r in joint)
+    mp.spawn(_lidnet_worker, args=(_free_port(), str(tmp_path / "two"), detector), nprocs=2, join=True)
+    a, _ = load_weights(tmp_path / "one" / "last_denoiser")
+    b, _ = load_weights(tmp_path / "two" / "last_denoiser")
+    for (name, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(va, vb, atol=1e-6), name
+    pretrained = load_weights(tmp_path / "one" / "last_denoiser")[0]  # training moved it from its initialisation
+    after_pretrain = Trainer(_lidnet_config(str(tmp_path / "p"), detector), _lesion_samples())
+    assert any(not torch.equal(v, after_pretrain.denoiser.state_dict()[k]) for k, v in pretrained.state_dict().items())
 
 
 def _free_port() -> int:

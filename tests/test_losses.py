@@ -1,5 +1,8 @@
-"""LIDnet losses: ROI perceptual loss is local to lesion boxes, zero on equal images, and differentiable."""
+"""LIDnet losses: the ROI perceptual term is local to lesion boxes and the one definition ROI compare shows; the
+joint terms change the denoiser's gradient; every term is a mean of per-image values (so DDP equals one process)."""
 
+import numpy as np
+import pytest
 import torch
 
 from napari_lidnet._training.losses import (
@@ -11,11 +14,28 @@ from napari_lidnet._training.losses import (
     widen_boxes,
 )
 from napari_lidnet.models.detector import LesionDetector
+from napari_lidnet.models.normalize import hu_to_net
 
 
 def _detector() -> LesionDetector:
     torch.manual_seed(0)
     return LesionDetector(width=8).eval()
+
+
+def _lesion_batch(n: int = 4, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """(noisy, clean, boxes): bright squares on soft tissue, different lesion counts per image (0, 1 or 2)."""
+    rng = np.random.default_rng(seed)
+    clean = np.full((n, 1, size, size), 0.04, np.float32)
+    boxes = []
+    for i in range(n):
+        b = []
+        for _ in range(i % 3):
+            x, y = rng.integers(4, size - 20, 2)
+            clean[i, 0, y : y + 14, x : x + 14] = 0.16
+            b.append([x, y, x + 14, y + 14])
+        boxes.append(torch.tensor(b, dtype=torch.float32).reshape(-1, 4))
+    noisy = clean + rng.normal(0, 0.04, clean.shape).astype(np.float32)
+    return torch.from_numpy(noisy), torch.from_numpy(clean), boxes
 
 
 def test_widen_and_rois():
@@ -40,6 +60,65 @@ def test_roi_perceptual_zero_on_equal_and_local_to_boxes():
     assert roi_perceptual_loss(det, near, full, boxes).item() > 1e-4
     # the whole-image variant does see the far change
     assert whole_image_perceptual_loss(det, far, full).item() > 1e-4
+
+
+def test_training_loss_and_roi_compare_share_one_definition():
+    """The ROI compare value of a box (numpy, HU) is the training loss of that one box on that one image."""
+    from napari_lidnet.models.roi_perceptual import roi_perceptual_distance
+
+    det = _detector()
+    rng = np.random.default_rng(3)
+    ref = np.full((96, 96), 40.0, np.float32)
+    ref[40:60, 36:58] = 140.0
+    img = ref + rng.normal(0, 40, ref.shape).astype(np.float32)
+    box = (36.0, 40.0, 58.0, 60.0)
+    widget = roi_perceptual_distance(img, ref, box, det, context=1000)  # the whole slice
+    x, r = (torch.from_numpy(hu_to_net(a))[None, None] for a in (img, ref))
+    loss = roi_perceptual_loss(det, x, r, [torch.tensor([box])])
+    assert widget > 0.01
+    assert widget == pytest.approx(float(loss.detach()), rel=1e-5)
+    # the default (cropped for speed) is close to the whole-slice value
+    assert roi_perceptual_distance(img, ref, box, det) == pytest.approx(widget, rel=0.05)
+
+
+def test_losses_are_means_of_per_image_values():
+    """Each term on a batch equals the mean of the term on equal halves: DDP (gradients averaged over processes
+    with equal shares) then equals one process, whatever the lesion count of each share."""
+    det = _detector()
+    noisy, clean, boxes = _lesion_batch(4)
+    halves = [(noisy[:2], clean[:2], boxes[:2]), (noisy[2:], clean[2:], boxes[2:])]
+    assert [len(b) for b in boxes] == [0, 1, 2, 0]  # the halves hold 1 and 2 lesions
+    for fn in (
+        lambda x, y, b: detection_loss(det, x, b),
+        lambda x, y, b: roi_perceptual_loss(det, x, y, b),
+        lambda x, y, b: whole_image_perceptual_loss(det, x, y),
+        lambda x, y, b: pixel_loss(x, y),
+    ):
+        whole = float(fn(noisy, clean, boxes))
+        assert whole > 0
+        assert whole == pytest.approx(np.mean([float(fn(*h)) for h in halves]), rel=1e-5)
+
+
+def test_joint_terms_change_the_denoisers_gradient():
+    """Detection and ROI terms each move the gradient on the denoised image measurably; ROI only near lesions."""
+    det = _detector()
+    noisy, clean, boxes = _lesion_batch(2, seed=1)
+
+    def grad(fn) -> torch.Tensor:
+        x = noisy.clone().requires_grad_(True)
+        fn(x).backward()
+        return x.grad
+
+    g_pix = grad(lambda x: pixel_loss(x, clean))
+    g_det = grad(lambda x: detection_loss(det, x, boxes))
+    g_roi = grad(lambda x: roi_perceptual_loss(det, x, clean, boxes))
+    for g in (g_det, g_roi):
+        cos = float(torch.nn.functional.cosine_similarity(g.flatten(), g_pix.flatten(), dim=0))
+        assert g.abs().sum() > 0 and abs(cos) < 0.9  # not a rescaled pixel gradient
+    assert g_roi[0].abs().sum() == 0  # image 0 has no lesion: no ROI gradient there
+    x1, y1, x2, y2 = boxes[1][0].int().tolist()
+    inside = g_roi[1, 0, y1:y2, x1:x2].abs().mean()
+    assert inside > 3 * g_roi[1, 0].abs().mean()  # concentrated on the lesion
 
 
 def test_losses_give_gradients_to_the_denoised_image():

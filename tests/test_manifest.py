@@ -5,7 +5,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import _row, listing, synthetic_hu, write_series
+from conftest import HEADER, _row, listing, synthetic_hu, write_series
 
 from napari_lidnet._training.config import TrainConfig
 from napari_lidnet._training.trainer import MANIFEST_FILE, Trainer
@@ -152,3 +152,79 @@ def test_training_from_a_manifest_holds_a_few_slices_not_the_archive(tmp_path):
     tracemalloc.stop()
     assert records[-1]["stage"] == "finished" and len(eager) == 48
     assert eager_peak > archive_bytes and lazy_peak < 0.2 * archive_bytes, (lazy_peak, eager_peak)
+
+
+def test_simulated_low_doses_are_cached_next_to_the_manifest(deeplesion_tree, tmp_path):
+    """A missing low dose is simulated once per slice and kept in <manifest>.lowdose/ (never in the archive): a
+    second read, in this list or a new one, reads the cache instead of simulating again."""
+    root, series, hus = deeplesion_tree
+    write_png_hu(series / "110.png", hus[110][:, :24])
+    (root / "DL_info.csv").write_text(
+        (root / "DL_info.csv").read_text() + _row("000001_01_01_110.png", 110, "1, 2, 9, 9")
+    )
+    before = listing(root)
+    out = index_archive(root, tmp_path / "m.jsonl", dose=0.25, seed=3)
+    cache = tmp_path / "m.jsonl.lowdose"
+    (s,) = read_manifest(out)
+    assert not cache.exists()
+    low = s.low_hu
+    entries = list(cache.glob("*.npy"))
+    assert len(entries) == 1, "the simulated low dose was not kept"
+    cached = entries[0]
+    assert np.array_equal(np.load(cached), low) and np.array_equal(low, np.rint(low))  # whole HU, as stored
+    assert not list(cache.glob("*.tmp")) and listing(root) == before  # nothing written into the archive
+    marker = np.full(low.shape, 7, np.int16)
+    np.save(cached, marker)  # what the cache holds is what a later read returns: no new simulation
+    assert np.array_equal(s.low_hu, marker) and np.array_equal(read_manifest(out)[0].low_hu, marker)
+    # another dose or seed is another entry; so is a changed source file
+    other = index_archive(root, tmp_path / "m.jsonl", dose=0.5, seed=3)
+    assert not np.array_equal(read_manifest(other)[0].low_hu, marker) and len(list(cache.glob("*.npy"))) == 2
+
+
+def test_deeplesion_official_split_is_honoured(deeplesion_tree, tmp_path):
+    root, series, hus = deeplesion_tree
+    table = root / "DL_info.csv"
+    lines = table.read_text().splitlines()
+    extra = [_row(f"000001_01_01_{k}.png", k, "1, 2, 9, 9").rstrip("\n")[:-1] + code for k, code in
+             ((108, "2"), (110, "3"))]  # fmt: skip
+    table.write_text("\n".join(lines + extra) + "\n")
+    default = load_manifest(index_archive(root, tmp_path / "default.jsonl"))[1]
+    assert [r["name"] for r in default] == ["000001_01_01_109"]  # training indexes the train part by default
+    names = {}
+    for split in ("train", "val", "test", "all"):
+        header, rows = load_manifest(index_archive(root, tmp_path / f"{split}.jsonl", split=split))
+        assert header["split"] == split
+        names[split] = [r["name"] for r in rows]
+    assert names["train"] == ["000001_01_01_109"] and names["val"] == ["000001_01_01_108"]
+    assert names["test"] == ["000001_01_01_110"] and len(names["all"]) == 3
+    (row,) = load_manifest(tmp_path / "train.jsonl")[1]
+    assert row["group"] == "000001_01_01" and row["position"] == 109
+    with pytest.raises(ValueError, match="split"):
+        index_archive(root, tmp_path / "x.jsonl", split="holdout")
+
+
+def test_training_from_a_deeplesion_folder_uses_its_train_part(deeplesion_tree, tmp_path):
+    root, series, hus = deeplesion_tree
+    rng = np.random.default_rng(1)
+    for k in (108, 109, 110):
+        write_png_hu(series / f"{k}.png", rng.integers(-200, 200, (32, 32)).astype(np.float32))
+    table = root / "DL_info.csv"
+    rows = [_row(f"000001_01_01_{k}.png", k, "1, 2, 9, 9").rstrip("\n")[:-1] + c for k, c in
+            ((108, "1"), (109, "1"), (110, "3"))]  # fmt: skip
+    table.write_text(HEADER + "\n".join(rows) + "\n")
+    cfg = _cfg(tmp_path / "run", root, dose=0.25, val_fraction=0.0, pretrain_denoiser_steps=1)
+    trainer = Trainer(cfg)
+    assert sorted(s.name for s in trainer.train_samples) == ["000001_01_01_108", "000001_01_01_109"]
+    assert list(trainer.run())[-1]["stage"] == "finished"
+    assert (tmp_path / "run" / "manifest.jsonl.lowdose").is_dir()  # the run folder's manifest keeps the cache
+
+
+def test_dicom_rows_carry_their_series_and_position(two_series_dir, tmp_path):
+    rows = load_manifest(index_archive(two_series_dir["root"], tmp_path / "d.jsonl"))[1]
+    by_series = {}
+    for r in rows:
+        by_series.setdefault(r["group"], []).append(r["position"])
+    assert {k: sorted(v) for k, v in by_series.items()} == {
+        two_series_dir["uid_a"]: [0, 1, 2, 3],
+        two_series_dir["uid_b"]: [0, 1, 2],
+    }

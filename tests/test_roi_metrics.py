@@ -197,11 +197,12 @@ def test_line_profile_through_centre():
     np.testing.assert_array_equal(vals, img[29, 30:70])
 
 
-def test_roi_perceptual_distance_properties():
-    pytest.importorskip("napari_lidnet.models.roi_align", reason="models.roi_align not written yet")
+def test_roi_perceptual_distance_properties(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
+    from napari_lidnet.models import registry
+    from napari_lidnet.models import roi_perceptual as rp
     from napari_lidnet.models.detector import LesionDetector
-    from napari_lidnet.models.roi_perceptual import default_detector, make_perceptual_fn, roi_perceptual_distance
+    from napari_lidnet.models.weights import save_weights
 
     torch.manual_seed(0)
     det = LesionDetector(width=8)
@@ -209,20 +210,51 @@ def test_roi_perceptual_distance_properties():
     ref = np.full((128, 128), 40.0, np.float32)
     ref[50:80, 50:80] = 90.0
     box = (48.0, 48.0, 82.0, 82.0)
-    assert roi_perceptual_distance(ref, ref, box, det) == 0.0
+    assert rp.roi_perceptual_distance(ref, ref, box, det) == 0.0
     noise = rng.normal(0, 1, ref.shape).astype(np.float32)
-    d = [roi_perceptual_distance(ref + s * noise, ref, box, det) for s in (10, 40, 160)]
+    d = [rp.roi_perceptual_distance(ref + s * noise, ref, box, det) for s in (10, 40, 160)]
     assert 0 < d[0] < d[1] < d[2]
     far = ref.copy()
-    far[:, 120:] += 500 * noise[:, 120:]  # beyond the box and its context: does not count
-    assert roi_perceptual_distance(far, ref, box, det) == 0.0
+    far[:, 124:] += 500 * noise[:, 124:]  # beyond the widened box and its context: does not count
+    assert rp.roi_perceptual_distance(far, ref, box, det) == 0.0
     assert det.training  # mode restored
-    # through compare_regions: a column value with a detector; a note when no weights are shipped
-    region = Region("lesion", "rectangle", rect(48, 48, 82, 82))
-    rows = compare_regions({"n": ref + 40 * noise, "ref": ref}, [region], "ref", perceptual=make_perceptual_fn(det))
+    region = Region("lesion", "rectangle", rect(48, 48, 82, 82))  # pixel-edge box (48, 48, 82, 82)
+    rows = compare_regions({"n": ref + 40 * noise, "ref": ref}, [region], "ref", perceptual=rp.make_perceptual_fn(det))
     assert rows[0]["roi_perceptual"] == pytest.approx(d[1], rel=1e-5) and rows[1]["roi_perceptual"] == 0.0
-    rows = compare_regions({"n": ref + 40 * noise, "ref": ref}, [region], "ref", perceptual=make_perceptual_fn())
-    if default_detector()[0] is None:
+    # the default detector, both ways, whatever is installed: none at all gives a note, a user detector a value
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setattr(registry, "shipped_model_dir", lambda: empty)
+    monkeypatch.setenv(registry.MODEL_DIR_ENV, str(tmp_path / "user"))
+    rp.clear_cache()
+    try:
+        rows = compare_regions({"n": ref + 40 * noise, "ref": ref}, [region], "ref", perceptual=rp.make_perceptual_fn())
         assert "no detector weights" in rows[0]["note"] and math.isnan(rows[0]["roi_perceptual"])
-    else:
-        assert rows[0]["roi_perceptual"] > 0
+        save_weights(det, tmp_path / "user" / "mine_detector")
+        rp.clear_cache()
+        rows = compare_regions({"n": ref + 40 * noise, "ref": ref}, [region], "ref", perceptual=rp.make_perceptual_fn())
+        assert rows[0]["roi_perceptual"] == pytest.approx(d[1], rel=1e-5) and rows[0]["note"].startswith("CNR")
+    finally:
+        rp.clear_cache()
+
+
+def test_boxes_shapes_and_masks_share_one_convention():
+    """A pixel-edge box (x2/y2 exclusive) becomes a napari rectangle whose mask is exactly the pixels whose centres
+    (i + 0.5 in box coordinates) lie in the box, and a region's box is the pixel-edge box of its pixels."""
+    from napari_lidnet.layer_data import boxes_to_shapes, shapes_to_boxes
+
+    box = np.array([[10.4, 20.0, 30.6, 35.5]])  # x1, y1, x2, y2
+    (corners,) = boxes_to_shapes(box, 2)
+    mask = shape_mask("rectangle", corners, (64, 64))
+    cols, rows = np.arange(64) + 0.5, np.arange(64) + 0.5
+    want = ((rows >= 20.0) & (rows < 35.5))[:, None] & ((cols >= 10.4) & (cols < 30.6))[None, :]
+    np.testing.assert_array_equal(mask, want)  # columns 10..30, rows 20..34
+    from napari_lidnet.metrics.roi import region_box
+
+    np.testing.assert_allclose(shapes_to_boxes([corners])[0, 1:], box[0], atol=1e-5)
+    assert region_box(mask) == (10.0, 20.0, 31.0, 35.0)
+    # one pixel: box (5, 7, 6, 8) is napari's pixel (row 7, col 5), drawn from 6.5 to 7.5 and 4.5 to 5.5
+    (one,) = boxes_to_shapes(np.array([[2, 5, 7, 6, 8]], float), 3)
+    np.testing.assert_allclose(one[:, 0], 2.0)
+    np.testing.assert_allclose(one[:, 1:].min(0), [6.5, 4.5])
+    np.testing.assert_allclose(one[:, 1:].max(0), [7.5, 5.5])

@@ -17,8 +17,15 @@ class TrainConfig:
     perceptual term in place of the ROI one).
 
     Pretraining uses ``lr``/``detector_lr``; the collaborative rounds fine-tune at those times ``round_lr_scale``.
-    ``det_weight`` and ``roi_weight`` are relative: each auxiliary term is scaled so that, on the first batch of a
-    round, it equals that fraction of the pixel loss (the trainer measures the ratio; see ``Trainer._calibrate``).
+    ``det_weight`` and ``roi_weight`` are relative: at the start of each round every auxiliary term is scaled so
+    that it equals that fraction of the pixel loss on a fixed calibration set of lesion-centred patches (chosen once
+    from the training slices by ``seed``, the same on every process; see ``Trainer.calibrate``).
+
+    Slices are split by contiguous blocks (``_training.split``): ``val_fraction`` validates (chooses the best
+    checkpoint), ``test_fraction`` is held out and only measured (start and best), never used for a choice.
+    With no validation slice the last round is the result. ``boxes_are_annotations=False`` (boxes found by a
+    detector, not drawn or annotated) leaves sensitivity out of validation: it would measure agreement with that
+    detector.
     """
 
     out: str
@@ -49,6 +56,11 @@ class TrainConfig:
     full_dose_fraction: float = 0.25
     val_fraction: float = 0.2
     val_max_slices: int = 8
+    test_fraction: float = 0.0
+    test_max_slices: int = 8
+    boxes_are_annotations: bool = True
+    calibration_patches: int = 8  # lesion-centred patches that calibrate the auxiliary loss weights
+    split: str = "train"  # official split of an archive that has one (DeepLesion): train, val, test or all
     seed: int = 0
     device: str = "auto"
     dose: float | None = None  # archive slices without a low-dose image get one simulated at this dose fraction
@@ -71,8 +83,14 @@ class TrainConfig:
             raise ValueError("batch_size must be >= 1 and patch_size a multiple of 16, at least 32")
         if self.roi_boxes not in ("gt", "predicted", "both"):
             raise ValueError(f"roi_boxes must be 'gt', 'predicted' or 'both', not {self.roi_boxes!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError("val_fraction must be in [0, 1)")
+        if not 0.0 <= self.val_fraction < 1.0 or not 0.0 <= self.test_fraction < 1.0:
+            raise ValueError("val_fraction and test_fraction must be in [0, 1)")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must leave slices to train on (sum below 1)")
+        if self.calibration_patches < 1:
+            raise ValueError("calibration_patches must be >= 1")
+        if self.split not in ("train", "val", "test", "all"):
+            raise ValueError(f"split must be train, val, test or all, not {self.split!r}")
         if self.workers < 0:
             raise ValueError("workers must be >= 0")
         if self.dose is not None and not 0.0 < self.dose <= 1.0:

@@ -3,6 +3,11 @@
 ``finetune_job`` is the whole run as a generator of progress records, so the widget, the benchmark and the tests run
 exactly the same code. Runs live next to the user model folder, never in the working directory. torch is imported
 only inside functions.
+
+What the outcome claims: the best checkpoint is chosen on the validation slices (``trainer.selection_score``);
+"improved" is judged on a held-out test part (contiguous slices never used for a choice) by the same score; with
+boxes from the starting detector no sensitivity is reported or counted (it would measure agreement with that
+detector); without validation slices the last round is the result. ``outcome_summary`` says all of this.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import datetime as _dt
 import gc
 import os
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +49,7 @@ ONE_CLICK_DEFAULTS: dict[str, Any] = {
     "det_weight": TrainConfig.det_weight,  # relative to the pixel loss (the trainer calibrates each round)
     "roi_weight": TrainConfig.roi_weight,
     "val_fraction": 0.2,
+    "test_fraction": 0.2,
     "seed": 0,
     "device": "auto",
 }
@@ -127,7 +133,12 @@ class FinetuneRequest:
 
 @dataclass
 class FinetuneOutcome:
-    """How a run ended: ``status`` is finished | stopped | invalid | failed; ``exported`` the new model files."""
+    """How a run ended: ``status`` is finished | stopped | invalid | failed; ``exported`` the new model files.
+
+    ``start_metrics``/``best_metrics`` are on the validation slices (they chose the checkpoint);
+    ``start_test_metrics``/``best_test_metrics`` on the held-out test slices, which ``improved`` is judged on
+    (None: not measured). ``notes`` say what the numbers do not mean (e.g. boxes from the starting detector).
+    """
 
     status: str
     message: str
@@ -137,15 +148,29 @@ class FinetuneOutcome:
     best_metrics: dict[str, float] | None = None
     improved: bool | None = None
     seconds: float = 0.0
+    start_test_metrics: dict[str, float] | None = None
+    best_test_metrics: dict[str, float] | None = None
+    notes: list[str] = field(default_factory=list)
 
 
-def improved(start: dict[str, float] | None, best: dict[str, float] | None, mode: str) -> bool | None:
-    """Whether the best checkpoint beats the starting models by the trainer's selection score (None: unknown)."""
-    if not start or not best:
-        return None
+def improved(start: dict[str, float] | None, best: dict[str, float] | None, mode: str | None = None) -> bool | None:
+    """Whether ``best`` beats ``start`` by the trainer's one checkpoint score (pass held-out test metrics);
+    None when either was not measured."""
     from napari_lidnet._training.trainer import selection_score
 
-    return selection_score(best, mode) > selection_score(start, mode)
+    a, b = selection_score(start), selection_score(best)
+    if a is None or b is None:
+        return None
+    return b > a
+
+
+#: what an outcome says when a number does not mean what it seems to
+NOTE_DETECTED = (
+    "lesion boxes came from the starting detector: sensitivity would measure agreement with it, so none is "
+    "reported or counted"
+)
+NOTE_NO_VALIDATION = "no validation slices: the model is the last round's, not chosen on validation"
+NOTE_NO_TEST = "no held-out test slices: whether it improved was not measured"
 
 
 def _load_detector(name: str | None, device: Any) -> Any:
@@ -164,6 +189,7 @@ def prepare_samples(
     Raises :class:`DataProblems` listing everything wrong with the data (and ([], {}) when stopped)."""
     cfg = req.config
     need_lesions = cfg.mode != "pixel"
+    near = None if need_lesions else 0  # pixel loss only: unannotated slices are fine
     if req.dataset_dir:
         from napari_lidnet.io.dataset import read_dataset
 
@@ -175,7 +201,7 @@ def prepare_samples(
         if req.dicom_folder:
             yield f"reading {req.dicom_folder}"
             inputs = inputs_from_dicom(req.dicom_folder)
-        problems = check_inputs(inputs, cfg.patch_size, need_lesions, cfg.val_fraction)
+        problems = check_inputs(inputs, cfg.patch_size, need_lesions, cfg.val_fraction, cfg.test_fraction)
         if problems:
             raise DataProblems(problems)
         from napari_lidnet.models.device import pick_device
@@ -190,14 +216,20 @@ def prepare_samples(
             if not cfg.init_detector:
                 raise DataProblems(["no lesion boxes and no trained detector to find them: draw rectangles"])
             detector = _load_detector(cfg.init_detector, device)
-        samples = yield from iter_samples(inputs, req.dose, cfg.seed, detector, device, req.box_threshold, should_stop)
+        extra = {} if near is None else {"near_lesion": near}
+        samples = yield from iter_samples(
+            inputs, req.dose, cfg.seed, detector, device, req.box_threshold, should_stop, **extra
+        )
         del detector
         if should_stop is not None and should_stop():
             return [], {}
         info = describe_samples(samples, inputs, source=req.source, dose=req.dose)
         if req.dicom_folder:
             info["folder"] = str(req.dicom_folder)
-    problems = check_samples(samples, cfg.patch_size, need_lesions, cfg.val_fraction, cfg.seed, cfg.val_max_slices)
+    problems = check_samples(
+        samples, cfg.patch_size, need_lesions, cfg.val_fraction, cfg.seed, cfg.val_max_slices, cfg.test_fraction,
+        cfg.test_max_slices,
+    )  # fmt: skip
     if problems:
         raise DataProblems(problems)
     return samples, info
@@ -211,6 +243,7 @@ def publish_run(run_dir: str | os.PathLike, name: str, finetune_info: dict[str, 
     extra = {
         "training": {"finetune": finetune_info},
         "validation": {"before": finetune_info.get("start_metrics"), "after": finetune_info.get("best_metrics")},
+        "test": {"before": finetune_info.get("start_test_metrics"), "after": finetune_info.get("best_test_metrics")},
     }
     return export_run(Path(run_dir), name, command=command, card_extra=extra)
 
@@ -236,14 +269,17 @@ def _prepared(req: FinetuneRequest, should_stop: Callable[[], bool]) -> Generato
 
 def _publish(req: FinetuneRequest, outcome: FinetuneOutcome, info: dict[str, Any], stopped: bool) -> None:
     """Export the best checkpoint under ``req.name`` and say how it compares with the starting models."""
-    start, best = outcome.start_metrics, outcome.best_metrics
-    data = {**info, "start_metrics": start, "best_metrics": best, "stopped_early": stopped, "run": outcome.run_dir}
+    data = {
+        **info, "start_metrics": outcome.start_metrics, "best_metrics": outcome.best_metrics,
+        "start_test_metrics": outcome.start_test_metrics, "best_test_metrics": outcome.best_test_metrics,
+        "notes": list(outcome.notes), "stopped_early": stopped, "run": outcome.run_dir,
+    }  # fmt: skip
     outcome.exported = [str(p) for p in publish_run(outcome.run_dir, req.name, data, req.command)]
     outcome.message = f"saved {req.name}" + (" (stopped early: best checkpoint so far)" if stopped else "")
-    outcome.improved = improved(start, best, req.config.mode)
+    outcome.improved = improved(outcome.start_test_metrics, outcome.best_test_metrics)
     if outcome.improved is False:
         outcome.message += (
-            " - note: it scores below the starting models on the validation slices; keep using those, or "
+            " - note: it scores below the starting models on the held-out test slices; keep using those, or "
             "train longer / on more data (Advanced)"
         )
 
@@ -272,11 +308,22 @@ def _train(
         for rec in trainer.run():
             stopped = stopped or rec.get("stage") == "stopped"
             yield rec
-        start, best = trainer.state.get("start_metrics"), trainer.state.get("best_metrics")
+        state = trainer.state
     finally:
         trainer.denoiser = trainer.detector = None
-    status = "stopped" if stopped else "finished"
-    return FinetuneOutcome(status, "", str(req.config.out), start_metrics=start, best_metrics=best)
+    outcome = FinetuneOutcome(
+        "stopped" if stopped else "finished", "", str(req.config.out),
+        start_metrics=state.get("start_metrics"), best_metrics=state.get("best_metrics"),
+        start_test_metrics=state.get("start_test_metrics") or None,
+        best_test_metrics=state.get("best_test_metrics") or None,
+    )  # fmt: skip
+    if not req.config.boxes_are_annotations and req.config.mode != "pixel":
+        outcome.notes.append(NOTE_DETECTED)
+    if not trainer.val_samples:
+        outcome.notes.append(NOTE_NO_VALIDATION)
+    if not trainer.test_samples:
+        outcome.notes.append(NOTE_NO_TEST)
+    return outcome
 
 
 def finetune_job(
@@ -295,6 +342,8 @@ def finetune_job(
         samples, info = yield from _prepared(req, should_stop)
         if should_stop():
             return FinetuneOutcome("stopped", "stopped before training started; nothing was saved")
+        if info.get("boxes_detected"):  # the starting detector's boxes are no reference for sensitivity
+            req.config = replace(req.config, boxes_are_annotations=False)
         yield {"stage": "prepare", "message": f"loading models; {info['n_slices']} slices, {info['n_lesions']} lesions"}
         outcome = yield from _train(req, samples, should_stop, held)
         del samples
@@ -312,14 +361,24 @@ def finetune_job(
     return outcome
 
 
-def outcome_summary(outcome: FinetuneOutcome) -> str:
-    """One human-readable paragraph: what happened and validation before/after."""
-    text = outcome.message
-    s, b = outcome.start_metrics or {}, outcome.best_metrics or {}
-    if "psnr" in s and "psnr" in b:
-        text += f"; validation PSNR {s['psnr']:.2f} -> {b['psnr']:.2f} dB"
-    if "sensitivity" in s and "sensitivity" in b:
+def _before_after(label: str, start: dict[str, float] | None, best: dict[str, float] | None, sens: bool) -> str:
+    s, b = start or {}, best or {}
+    if "psnr" not in s or "psnr" not in b:
+        return ""
+    text = f"; {label} PSNR {s['psnr']:.2f} -> {b['psnr']:.2f} dB"
+    if sens and "sensitivity" in s and "sensitivity" in b:
         text += f", sensitivity {s['sensitivity']:.3f} -> {b['sensitivity']:.3f}"
+    return text
+
+
+def outcome_summary(outcome: FinetuneOutcome) -> str:
+    """One human-readable paragraph: what happened, held-out test and validation before/after, and the notes."""
+    text = outcome.message
+    sens = NOTE_DETECTED not in outcome.notes
+    text += _before_after("held-out test", outcome.start_test_metrics, outcome.best_test_metrics, sens)
+    text += _before_after("validation", outcome.start_metrics, outcome.best_metrics, sens)
+    if outcome.notes:
+        text += "; note: " + "; ".join(outcome.notes)
     if outcome.seconds:
         text += f" ({outcome.seconds:.0f} s)"
     return text

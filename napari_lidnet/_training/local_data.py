@@ -9,8 +9,11 @@ Three ways in (the fine-tuning widget offers all of them; layers become :class:`
 - paired layers: a low-dose image, its full-dose reference and a Shapes layer of lesion boxes;
 - a dataset folder as written by ``lidnet simulate`` (``io.dataset.read_dataset``).
 
-Every 3D volume contributes its slices as samples named ``"<name>#<z>"``. ``check_inputs`` (cheap, before anything
-runs) and ``check_samples`` (after simulation/detection) list every problem at once, with what to do about it.
+Every 3D volume contributes its slices as samples named ``"<name>#<z>"`` (the trainer splits them by contiguous
+blocks, ``_training.split``). A slice without boxes next to a slice with boxes (within ``NEAR_LESION_SLICES``)
+likely shows the same lesion unannotated: it is left out rather than taught as a negative. ``check_inputs``
+(cheap, before anything runs) and ``check_samples`` (after simulation/detection) list every problem at once, with
+what to do about it.
 The one-click run built on these is ``_training.finetune``. torch is imported only inside functions.
 """
 
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,6 +32,8 @@ MIN_LESIONS = 2
 AUTO_BOX_THRESHOLD = 0.5
 #: boxes may stick out of the image by this many pixels (clipped); more is reported
 EDGE_TOLERANCE_PX = 1.0
+#: unannotated slices this close (in slices) to an annotated one are left out: they likely hold the same lesion
+NEAR_LESION_SLICES = 1
 SOURCES = ("layers", "paired", "dicom", "dataset")
 
 
@@ -61,6 +66,7 @@ class CTInput:
     low_hu: np.ndarray | None = None
     boxes: np.ndarray | None = None
     box_source: str = "none"  # drawn | annotations | detected | none
+    left_out: list[int] = field(default_factory=list)  # slices left out next to annotated lesions (iter_samples)
 
     @property
     def n_slices(self) -> int:
@@ -120,8 +126,18 @@ def _lesion_advice(n: int) -> str:
     )
 
 
+def _slices_needed(val_fraction: float, test_fraction: float) -> tuple[int, str]:
+    """Fewest slices for a split, and what they are for."""
+    parts = [p for p, f in (("validation", val_fraction), ("test", test_fraction)) if f > 0]
+    return 1 + len(parts), " and ".join(["training", *parts])
+
+
 def check_inputs(
-    inputs: Sequence[CTInput], patch_size: int, need_lesions: bool = True, val_fraction: float = 0.2
+    inputs: Sequence[CTInput],
+    patch_size: int,
+    need_lesions: bool = True,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
 ) -> list[str]:
     """Problems visible before any simulation or detection (empty list: fine so far)."""
     problems: list[str] = []
@@ -150,9 +166,11 @@ def check_inputs(
             )
         problems.extend(_box_problems(item))
     n_slices = sum(i.n_slices for i in inputs if i.full_hu.ndim in (2, 3))
-    if val_fraction > 0 and n_slices < 2:
+    need, parts = _slices_needed(val_fraction, test_fraction)
+    if n_slices < need:
         problems.append(
-            f"only {n_slices} slice: validation needs at least 2 slices (add images, or set validation split to 0)"
+            f"only {n_slices} slice(s): {parts} need at least {need} slices (add images, or set the validation "
+            "split to 0)"
         )
     if need_lesions and all(i.boxes is not None for i in inputs):
         n = sum(len(i.boxes) for i in inputs)
@@ -168,8 +186,10 @@ def check_samples(
     val_fraction: float = 0.2,
     seed: int = 0,
     val_max: int = 8,
+    test_fraction: float = 0.0,
+    test_max: int = 8,
 ) -> list[str]:
-    """Problems of the final per-slice samples, including the trainer's validation split."""
+    """Problems of the final per-slice samples, including the trainer's validation and test split."""
     problems: list[str] = []
     if not samples:
         return ["no slices to train on"]
@@ -179,21 +199,20 @@ def check_samples(
     small = [s.name for s in samples if min(s.full_hu.shape) < patch_size]
     if small:
         problems.append(f"slices {small[:3]} are smaller than the patch size {patch_size}: lower it in Advanced")
-    if val_fraction > 0 and len(samples) < 2:
-        problems.append("only 1 slice: validation needs at least 2 slices (or set validation split to 0)")
+    need, parts = _slices_needed(val_fraction, test_fraction)
+    if len(samples) < need:
+        problems.append(f"only {len(samples)} slice(s): {parts} need at least {need} slices (or set the split to 0)")
     if need_lesions:
         n = sum(len(s.boxes) for s in samples)
         if n < MIN_LESIONS:
             problems.append(_lesion_advice(n))
         elif not problems:
-            from napari_lidnet._training.trainer import split_samples
+            from napari_lidnet._training.split import split_samples
 
-            train, _ = split_samples(list(samples), val_fraction, seed, val_max)
-            if not train:
-                problems.append("no training slices are left after the validation split: lower the split")
-            elif sum(len(s.boxes) for s in train) == 0:
+            train, _, _ = split_samples(list(samples), val_fraction, seed, val_max, test_fraction, test_max)
+            if sum(len(s.boxes) for s in train) == 0:
                 problems.append(
-                    "every lesion box lies on a validation slice: draw boxes on more slices, or change the seed"
+                    "every lesion box lies on a validation or test slice: draw boxes on more slices, or change the seed"
                 )
     return problems
 
@@ -214,11 +233,13 @@ def iter_samples(
     device: Any = "cpu",
     box_threshold: float = AUTO_BOX_THRESHOLD,
     should_stop: Callable[[], bool] | None = None,
+    near_lesion: int = NEAR_LESION_SLICES,
 ) -> Generator[str, None, list[Any]]:
     """Simulate missing low-dose partners slice by slice (seeded by :func:`slice_seed`), detect missing boxes with
     ``detector`` (score >= ``box_threshold``, on the normal-dose image) and split volumes into
-    ``io.dataset.Sample`` slices named ``"<name>#<z>"``. Yields a message per step of work; returns the samples
-    ([] when ``should_stop`` turns True between two slices)."""
+    ``io.dataset.Sample`` slices named ``"<name>#<z>"``; slices without boxes within ``near_lesion`` slices of a
+    slice with boxes are left out (listed in ``CTInput.left_out``; 0 keeps every slice). Yields a message per step
+    of work; returns the samples ([] when ``should_stop`` turns True between two slices)."""
     from napari_lidnet.io.dataset import Sample
 
     stop = should_stop or (lambda: False)
@@ -249,12 +270,23 @@ def iter_samples(
         h, w = item.slice_shape
         clipped = np.asarray(item.boxes, np.float32).reshape(-1, 5).copy()
         clipped[:, 1:] = np.clip(clipped[:, 1:], 0, [w, h, w, h])
+        item.left_out = near_lesion_slices(np.rint(clipped[:, 0]).astype(int), full3.shape[0], near_lesion)
+        if item.left_out:
+            yield f"{item.name}: left out slice(s) {item.left_out} (no boxes, next to annotated lesions)"
         for z in range(full3.shape[0]):
+            if z in item.left_out:
+                continue
             name = item.name if item.full_hu.ndim == 2 else f"{item.name}#{z}"
             b = clipped[np.rint(clipped[:, 0]) == z][:, 1:]
             full_z = np.ascontiguousarray(full3[z], dtype=np.float32)
             samples.append(Sample(name, full_z, np.ascontiguousarray(low3[z], dtype=np.float32), b, item.spacing_mm))
     return samples
+
+
+def near_lesion_slices(box_slices: np.ndarray, n_slices: int, near: int = NEAR_LESION_SLICES) -> list[int]:
+    """Slices without a box that lie within ``near`` slices of a slice with one (unannotated views of a lesion)."""
+    marked = {int(z) for z in box_slices}
+    return [z for z in range(n_slices) if z not in marked and any(abs(z - m) <= near for m in marked)]
 
 
 def make_samples(inputs: Sequence[CTInput], dose: float, seed: int = 0, **kwargs: Any) -> list[Any]:
@@ -276,8 +308,10 @@ def describe_samples(samples: Sequence[Any], inputs: Sequence[CTInput] | None = 
     }
     if inputs:
         info["images"] = [
-            {"name": i.name, "shape": list(i.full_hu.shape), "spacing_mm": i.spacing_mm, "boxes": i.box_source}
+            {"name": i.name, "shape": list(i.full_hu.shape), "spacing_mm": i.spacing_mm, "boxes": i.box_source,
+             "left_out_slices": list(i.left_out)}
             for i in inputs
-        ]
+        ]  # fmt: skip
+        info["boxes_detected"] = any(i.box_source == "detected" for i in inputs)
     info.update(extra)
     return info

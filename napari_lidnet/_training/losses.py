@@ -2,17 +2,32 @@
 
     L_D = pixel(D(x_low), x_full) + a * det(T(D(x_low)), boxes) + b * roi_perceptual(T, D(x_low), x_full, boxes)
 
-The ROI perceptual term compares T's backbone features of the denoised and full-dose images only inside lesion boxes
-(widened by a context margin), ROI-aligned to a fixed grid at each chosen feature level. The whole-image perceptual
-loss (the plain variant the paper argues against) is kept for the ablation.
+The ROI perceptual term is ``models.roi_perceptual`` (the one definition ROI compare shows too): T's backbone
+features of the denoised and full-dose images compared only inside (widened) lesion boxes. The whole-image
+perceptual loss (the plain variant the paper argues against) is kept for the ablation.
+
+Every term is a mean over the images of the batch of a per-image value, so under DDP (equal shares per process,
+gradients averaged) a step equals the single-process step over the same global batch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
-from napari_lidnet.models.roi_align import roi_align
+from napari_lidnet.models.roi_perceptual import ROI_LEVELS, ROI_MARGIN, roi_distances, rois_from_boxes, widen_boxes
+
+__all__ = [
+    "detection_loss",
+    "pixel_loss",
+    "relative_feature_distance",
+    "roi_perceptual_loss",
+    "rois_from_boxes",
+    "whole_image_perceptual_loss",
+    "widen_boxes",
+]
 
 
 def pixel_loss(denoised: torch.Tensor, full: torch.Tensor, kind: str = "mse") -> torch.Tensor:
@@ -24,67 +39,45 @@ def pixel_loss(denoised: torch.Tensor, full: torch.Tensor, kind: str = "mse") ->
     raise ValueError(f"unknown pixel loss {kind!r}; use 'mse' or 'l1'")
 
 
-def widen_boxes(boxes: torch.Tensor, margin: float, size: tuple[int, int]) -> torch.Tensor:
-    """Boxes grown by ``margin`` times their size on every side, clipped to the image (h, w)."""
-    w = (boxes[:, 2] - boxes[:, 0]).clamp(min=1.0)
-    h = (boxes[:, 3] - boxes[:, 1]).clamp(min=1.0)
-    grown = boxes + torch.stack([-w, -h, w, h], 1) * margin
-    limit = boxes.new_tensor([size[1], size[0], size[1], size[0]])
-    return torch.minimum(grown.clamp(min=0.0), limit)
-
-
-def rois_from_boxes(boxes: list[torch.Tensor]) -> torch.Tensor:
-    """Per-image box lists -> (K, 5) ``[batch_index, x1, y1, x2, y2]``."""
-    rows = [torch.cat([b.new_full((len(b), 1), float(i)), b], 1) for i, b in enumerate(boxes) if len(b)]
-    if not rows:
-        return torch.zeros((0, 5))
-    return torch.cat(rows, 0)
-
-
 def relative_feature_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Mean squared feature difference over the reference features' mean energy: scale-free, 0 when equal."""
-    return F.mse_loss(a, b) / (b.pow(2).mean() + eps)
+    """Per image (first axis): mean squared feature difference over the reference's mean energy (0 when equal)."""
+    a, b = a.flatten(1), b.flatten(1)
+    return (a - b).pow(2).mean(1) / (b.pow(2).mean(1) + eps)
 
 
 def roi_perceptual_loss(
     detector: torch.nn.Module,
     denoised: torch.Tensor,
     full: torch.Tensor,
-    boxes: list[torch.Tensor],
-    margin: float = 0.25,
-    levels: tuple[int, ...] = (0, 1),
-    output_size: int = 7,
+    boxes: Sequence[torch.Tensor],
+    margin: float = ROI_MARGIN,
+    levels: Sequence[int] = ROI_LEVELS,
 ) -> torch.Tensor:
-    """Relative squared distance of detector features inside (widened) lesion boxes, averaged over levels.
-
-    Returns a zero that still carries a graph when the batch has no lesions.
-    """
-    size = tuple(denoised.shape[-2:])
-    rois = rois_from_boxes([widen_boxes(b, margin, size) for b in boxes]).to(denoised.device)
-    if len(rois) == 0:
+    """Sum of the ROI perceptual distances (``models.roi_perceptual.roi_distances``) of every lesion box of the
+    batch, over the number of images. A zero that still carries a graph when the batch has no lesion."""
+    d = roi_distances(detector, denoised, full, boxes, margin, tuple(levels))
+    if len(d) == 0:
         return denoised.sum() * 0.0
-    feats_d = detector.features(denoised)
-    with torch.no_grad():
-        feats_f = detector.features(full)
-    total = denoised.new_zeros(())
-    for level in levels:
-        scale = 1.0 / detector.feature_strides[level]
-        a = roi_align(feats_d[level], rois, scale, (output_size, output_size))
-        b = roi_align(feats_f[level], rois, scale, (output_size, output_size))
-        total = total + relative_feature_distance(a, b)
-    return total / len(levels)
+    return d.sum() / len(denoised)
 
 
 def whole_image_perceptual_loss(
-    detector: torch.nn.Module, denoised: torch.Tensor, full: torch.Tensor, levels: tuple[int, ...] = (0, 1)
+    detector: torch.nn.Module, denoised: torch.Tensor, full: torch.Tensor, levels: Sequence[int] = ROI_LEVELS
 ) -> torch.Tensor:
-    """Plain perceptual loss: the same detector features compared over the whole image (ablation)."""
+    """Plain perceptual loss (ablation): the same relative feature distance over the whole image, per image, at the
+    same levels, averaged over the images."""
     feats_d = detector.features(denoised)
     with torch.no_grad():
         feats_f = detector.features(full)
-    return sum(relative_feature_distance(feats_d[lv], feats_f[lv]) for lv in levels) / len(levels)
+    per_image = sum(relative_feature_distance(feats_d[lv].float(), feats_f[lv].float()) for lv in levels)
+    return (per_image / len(levels)).mean()
 
 
-def detection_loss(detector: torch.nn.Module, images: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
-    """The detector's own training loss on ``images`` (gradients flow to the images)."""
-    return detector.loss(detector(images), boxes)["total"]
+def detection_loss(detector: torch.nn.Module, images: torch.Tensor, boxes: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The detector's own training loss on each image (normalised by that image's lesions), averaged over the
+    images; gradients flow to the images."""
+    out = detector(images)
+    per_image = [
+        detector.loss({k: v[i : i + 1] for k, v in out.items()}, [boxes[i]])["total"] for i in range(len(images))
+    ]
+    return torch.stack(per_image).mean()

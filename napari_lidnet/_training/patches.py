@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,6 +95,33 @@ def collate_patches(items: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> P
     low = torch.from_numpy(np.stack([i[0] for i in items]))[:, None]
     full = torch.from_numpy(np.stack([i[1] for i in items]))[:, None]
     return PatchBatch(low, full, [torch.as_tensor(i[2], dtype=torch.float32).reshape(-1, 4) for i in items])
+
+
+def lesion_patch(s: Any, box_index: int, patch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(low, full, boxes) of the patch of slice ``s`` centred on its box ``box_index`` (network scale; every box
+    that overlaps the patch, clipped to it)."""
+    p = patch_size
+    boxes = np.asarray(s.boxes, np.float32).reshape(-1, 4)
+    full_img = s.full_hu
+    h, w = full_img.shape
+    x1, y1, x2, y2 = boxes[box_index]
+    y0 = int(np.clip(round((y1 + y2) / 2 - p / 2), 0, h - p))
+    x0 = int(np.clip(round((x1 + x2) / 2 - p / 2), 0, w - p))
+    b = crop_boxes(boxes, x0, y0, p, min_visible=0.0)
+    b = b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])]
+    low = np.ascontiguousarray(s.low_hu[y0 : y0 + p, x0 : x0 + p], np.float32)
+    full = np.ascontiguousarray(full_img[y0 : y0 + p, x0 : x0 + p], np.float32)
+    return hu_to_net(low), hu_to_net(full), b
+
+
+def calibration_batch(slices: list, patch_size: int, n: int, seed: int) -> PatchBatch:
+    """A fixed batch of up to ``n`` patches, each centred on a lesion: lesions drawn once (seeded) from all the boxes
+    of ``slices``, so every process and every round sees the same patches. Raises ValueError without boxes."""
+    lesions = [(i, k) for i, s in enumerate(slices) for k in range(len(np.asarray(s.boxes).reshape(-1, 4)))]
+    if not lesions:
+        raise ValueError("no lesion boxes in the training slices to calibrate the loss weights on")
+    pick = sorted(np.random.default_rng([seed, 7919]).permutation(len(lesions))[:n])
+    return collate_patches([lesion_patch(slices[lesions[j][0]], lesions[j][1], patch_size) for j in pick])
 
 
 def patch_batches(

@@ -6,6 +6,11 @@ Schedule (LIDnet, Chen et al. 2021):
    full-dose images, so the detector follows the denoised domain without drifting;
 3. validate after pretraining and after every round; keep the best and the last checkpoints.
 
+The best checkpoint is chosen by one rule for every mode (:func:`selection_score`): validation PSNR (dB) plus
+``SENSITIVITY_DB`` times the mean FROC sensitivity (where validation has annotated lesions). Without validation
+slices the last round is the result. A held-out test part (``test_fraction``) is measured for the starting and the
+best models and never used for a choice.
+
 The ``pixel`` baseline runs the same number of denoiser steps on pixel loss alone. Every stage re-seeds from
 (seed, stage, round) and restarts its optimiser, so a run resumed from its last checkpoint continues exactly as an
 uninterrupted one. Cancelling (closing the generator, or ``should_stop()`` returning True) stops between two steps;
@@ -24,7 +29,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from napari_lidnet import __version__
@@ -36,7 +40,8 @@ from napari_lidnet._training.losses import (
     roi_perceptual_loss,
     whole_image_perceptual_loss,
 )
-from napari_lidnet._training.patches import PatchBatch, check_patch_settings, patch_batches
+from napari_lidnet._training.patches import PatchBatch, calibration_batch, check_patch_settings, patch_batches
+from napari_lidnet._training.split import split_samples
 from napari_lidnet._training.validate import evaluate_denoiser, stack_samples
 from napari_lidnet.models.denoisers import build_denoiser
 from napari_lidnet.models.detector import LesionDetector
@@ -98,24 +103,20 @@ def _group(stage: str) -> str:
     return stage.split("-")[0]
 
 
-def split_samples(samples: list, val_fraction: float, seed: int, val_max: int) -> tuple[list, list]:
-    """Seeded split into training and validation slices (at least one of each when there are two or more)."""
-    order = np.random.default_rng(seed).permutation(len(samples))
-    n_val = min(val_max, int(round(len(samples) * val_fraction)))
-    if val_fraction > 0 and len(samples) >= 2:
-        n_val = max(1, n_val)
-    val = [samples[i] for i in order[:n_val]]
-    train = [samples[i] for i in order[n_val:]]
-    return train, val
+#: dB of validation PSNR that a mean FROC sensitivity of 1 is worth in the checkpoint score (0.05 -> 1 dB)
+SENSITIVITY_DB = 20.0
+#: how the best checkpoint was chosen, in ``state.json``
+RULE_SCORE = f"validation PSNR + {SENSITIVITY_DB:g} x mean sensitivity"
+RULE_LAST = "last round (no validation slices)"
 
 
-def selection_score(metrics: dict[str, float], mode: str) -> float:
-    """Validation score for keeping the best checkpoint: PSNR (dB), plus 20 x mean sensitivity in LIDnet modes
-    (one point of sensitivity is worth 0.2 dB)."""
-    score = metrics.get("psnr", -math.inf)
-    if mode != "pixel":
-        score += 20.0 * metrics.get("sensitivity", 0.0)
-    return float(score)
+def selection_score(metrics: dict[str, float] | None, mode: str | None = None) -> float | None:
+    """The one checkpoint rule, the same for every mode (``mode`` is ignored): validation PSNR (dB) plus
+    ``SENSITIVITY_DB`` x mean FROC sensitivity (that term only where validation has annotated lesions).
+    None without validation metrics: then the last round is the result."""
+    if not metrics or "psnr" not in metrics:
+        return None
+    return float(metrics["psnr"] + SENSITIVITY_DB * metrics.get("sensitivity", 0.0))
 
 
 class Trainer:
@@ -130,12 +131,14 @@ class Trainer:
         self.rank, self.world_size = distributed.rank_and_world()
         self.out = Path(config.out).expanduser().resolve()
         self._new_manifest: tuple | None = None
-        self._val_images: tuple | None = None  # stacked validation slices, read at the first validation
+        self._stacked: dict[str, tuple] = {}  # stacked validation/test slices, read at their first use
+        self._calibration: PatchBatch | None = None
         if samples is None:
             samples = self._archive_slices()
-        self.train_samples, self.val_samples = split_samples(
-            samples, config.val_fraction, config.seed, config.val_max_slices
-        )
+        self.train_samples, self.val_samples, self.test_samples = split_samples(
+            samples, config.val_fraction, config.seed, config.val_max_slices, config.test_fraction,
+            config.test_max_slices,
+        )  # fmt: skip
         if not self.train_samples:
             raise ValueError("no training slices left after the validation split")
         check_patch_settings(samples, config.patch_size, config.batch_size, self.world_size)
@@ -154,14 +157,14 @@ class Trainer:
     def _archive_slices(self) -> list:
         """The slices of ``config.data`` (manifest or archive folder), read lazily. Rank 0 indexes a folder (once:
         the index is kept in the run folder as manifest.jsonl) and hands it to the other ranks."""
-        from napari_lidnet.datasets.manifest import archive_index, manifest_slices
+        from napari_lidnet.datasets.manifest import archive_index, lowdose_cache_dir, manifest_slices
 
         if not self.cfg.data:
             raise ValueError("no training data: give a dataset folder, an archive folder, a manifest or samples")
         index: Any = None
         if self.rank == 0:
             try:
-                index = archive_index(self.cfg.data, self.out / MANIFEST_FILE, self.cfg.dose)
+                index = archive_index(self.cfg.data, self.out / MANIFEST_FILE, self.cfg.dose, self.cfg.split)
             except (OSError, ValueError) as exc:
                 index = exc  # every rank raises it, none waits forever
         index = distributed.broadcast_object(index)
@@ -169,7 +172,8 @@ class Trainer:
             raise index
         header, rows, is_new = index
         self._new_manifest = (header, rows) if is_new else None
-        return manifest_slices(header, rows)
+        manifest = Path(self.cfg.data) if Path(self.cfg.data).is_file() else self.out / MANIFEST_FILE
+        return manifest_slices(header, rows, cache_dir=lowdose_cache_dir(manifest))
 
     # -- models and checkpoints ---------------------------------------------------------------------------
     def _init_denoiser(self) -> torch.nn.Module:
@@ -193,6 +197,8 @@ class Trainer:
                 "config": self.cfg.to_dict(),
                 "n_train_slices": len(self.train_samples),
                 "n_val_slices": len(self.val_samples),
+                "n_test_slices": len(self.test_samples),
+                "selection": RULE_SCORE if self.val_samples else RULE_LAST,
                 "stages_done": list(self.state["done"]),
                 "package_version": __version__,
             },
@@ -281,6 +287,8 @@ class Trainer:
         if "validate-start" not in self.state["done"]:
             metrics = self.validate()
             self.state["start_metrics"] = metrics
+            self.state["start_test_metrics"] = self.test()
+            self.state["selection"] = RULE_SCORE if self.val_samples else RULE_LAST
             self.state["done"].append("validate-start")
             self._write_state()
             yield {
@@ -319,20 +327,25 @@ class Trainer:
             "total_steps": total,
             "best": self.state.get("best_metrics"),
             "start": self.state.get("start_metrics"),
+            "best_test": self.state.get("best_test_metrics"),
+            "start_test": self.state.get("start_test_metrics"),
+            "selection": self.state.get("selection"),
             "out": str(self.out),
         }
 
     def _end_of_stage(self, name: str, step: int, total: int) -> dict[str, Any]:
         metrics = self.validate()
-        score = selection_score(metrics, self.cfg.mode)
+        score = selection_score(metrics)
         best = self.state["best_score"]
         self.state["last_metrics"] = metrics
         self._save("last", metrics)
-        is_best = best is None or score > best
+        is_best = score is None or best is None or score > best  # no validation: the last round is the result
         if is_best:
             self._save("best", metrics)
             self.state["best_score"] = score
             self.state["best_metrics"] = metrics
+            self.state["best_after"] = name
+            self.state["best_test_metrics"] = self.test()
         self.state["history"].append({"after": name, "val": metrics, "score": score})
         self._write_state()
         return {
@@ -355,11 +368,13 @@ class Trainer:
     def _run_stage(self, name: str, index: int, n_steps: int) -> Iterator[dict[str, Any]]:
         torch.manual_seed(self._seed(index))
         joint = name.startswith("round") and name.endswith("denoiser") and self.cfg.mode != "pixel"
-        batches = self._batches(index, n_steps + joint)
+        batches = self._batches(index, n_steps)
         if name.endswith("denoiser"):
             model, lr = self.denoiser, self.cfg.lr
-            scales = self._calibrate(next(batches)) if joint else {}
-            step_fn = partial(self._denoiser_step, net=distributed.wrap(model), scales=scales)
+            scales = self.calibrate() if joint else {}
+            if joint:
+                self.state.setdefault("calibration", {})[name] = scales
+            step_fn = partial(self.denoiser_step, net=distributed.wrap(model), scales=scales)
         else:
             model, lr = self.detector, self.cfg.detector_lr
             step_fn = partial(self._detector_step, net=distributed.wrap(model), pretrain=name == "pretrain-detector")
@@ -387,15 +402,19 @@ class Trainer:
         ):
             yield batch.to(self.device)
 
-    def _aux_losses(self, denoised: torch.Tensor, batch: PatchBatch) -> dict[str, tuple[torch.Tensor, float]]:
-        """The mode's auxiliary terms for the denoiser, each with its configured (relative) weight."""
+    def aux_losses(self, denoised: torch.Tensor, batch: PatchBatch) -> dict[str, tuple[torch.Tensor, float]]:
+        """The mode's auxiliary terms for the denoiser, each with its configured (relative) weight: ``pixel`` none,
+        ``lidnet`` detection + ROI perceptual, ``lidnet-noroi`` detection, ``lidnet-wholeperc`` detection +
+        whole-image perceptual (a zero weight leaves its term out)."""
         mode, c = self.cfg.mode, self.cfg
-        aux = {}
+        aux: dict[str, tuple[torch.Tensor, float]] = {}
+        if mode == "pixel":
+            return aux
         if c.det_weight:
             aux["detection"] = (detection_loss(self.detector, denoised, batch.boxes), c.det_weight)
         if mode == "lidnet" and c.roi_weight:
             roi = roi_perceptual_loss(
-                self.detector, denoised, batch.full, self._roi_boxes(batch), c.roi_margin, tuple(c.roi_levels)
+                self.detector, denoised, batch.full, self.roi_boxes(batch), c.roi_margin, tuple(c.roi_levels)
             )
             aux["roi_perceptual"] = (roi, c.roi_weight)
         elif mode == "lidnet-wholeperc" and c.roi_weight:
@@ -404,7 +423,7 @@ class Trainer:
         return aux
 
     @torch.no_grad()
-    def _roi_boxes(self, batch: PatchBatch) -> list[torch.Tensor]:
+    def roi_boxes(self, batch: PatchBatch) -> list[torch.Tensor]:
         """Regions of the ROI perceptual loss: ground-truth boxes, the frozen detector's boxes on the full-dose
         patch (score >= ``roi_score``), or both."""
         if self.cfg.roi_boxes == "gt":
@@ -415,19 +434,39 @@ class Trainer:
             return predicted
         return [torch.cat([g, p], 0) for g, p in zip(batch.boxes, predicted)]
 
+    def calibration_set(self) -> PatchBatch:
+        """The fixed lesion-centred patches that calibrate the auxiliary weights (chosen once, seeded by the config;
+        the whole set on every process)."""
+        if self._calibration is None:
+            c = self.cfg
+            batch = calibration_batch(self.train_samples, c.patch_size, c.calibration_patches, c.seed)
+            self._calibration = batch.to(self.device)
+        return self._calibration
+
     @torch.no_grad()
-    def _calibrate(self, batch: PatchBatch) -> dict[str, float]:
-        """Scale of each auxiliary term so that ``weight`` means a fraction of the pixel loss at the round's start:
-        the weights then mean the same for every denoiser, dose and dataset."""
+    def calibrate(self) -> dict[str, float]:
+        """Scale of each auxiliary term so that ``weight`` means a fraction of the pixel loss at the round's start,
+        both measured on :meth:`calibration_set`: the weights then mean the same for every denoiser, dose and
+        dataset, and the same on every process. Raises TrainingError when a term is 0 or not finite there."""
+        batch = self.calibration_set()
         self.denoiser.eval()
         self.detector.eval()
         denoised = self.denoiser(batch.low)
         pix = float(pixel_loss(denoised, batch.full, self.cfg.pixel_loss))
-        return {k: pix / float(v) if float(v) > 0 else 0.0 for k, (v, _w) in self._aux_losses(denoised, batch).items()}
+        scales = {}
+        for key, (value, _weight) in self.aux_losses(denoised, batch).items():
+            v = float(value)
+            if not (math.isfinite(v) and v > 0 and math.isfinite(pix)):
+                raise TrainingError(f"the {key} loss is {v} (pixel loss {pix}) on the calibration patches: its "
+                                    "weight cannot be set relative to the pixel loss")  # fmt: skip
+            scales[key] = pix / v
+        return scales
 
-    def _denoiser_step(
+    def denoiser_step(
         self, batch: PatchBatch, opt: torch.optim.Optimizer, net: torch.nn.Module, scales: dict[str, float]
     ) -> dict[str, float]:
+        """One optimiser step of the denoiser (through ``net``, its DDP wrapper or itself): pixel loss plus, when
+        ``scales`` is given, the mode's auxiliary terms of the frozen detector (eval mode, no gradients to it)."""
         self.denoiser.train()
         denoised = net(batch.low)
         losses = {"pixel": pixel_loss(denoised, batch.full, self.cfg.pixel_loss)}
@@ -435,7 +474,7 @@ class Trainer:
         if scales:
             self.detector.eval()
             self.detector.requires_grad_(False)
-            for key, (value, weight) in self._aux_losses(denoised, batch).items():
+            for key, (value, weight) in self.aux_losses(denoised, batch).items():
                 losses[key] = value
                 total = total + weight * scales[key] * value
             self.detector.requires_grad_(True)
@@ -468,11 +507,19 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Validation metrics of the current denoiser and detector (on the denoised validation slices); rank 0."""
-        if not self.val_samples or self.rank:
+        return self._evaluate("val", self.val_samples)
+
+    def test(self) -> dict[str, float]:
+        """The same metrics on the held-out test slices (never used to choose); rank 0, {} without a test part."""
+        return self._evaluate("test", self.test_samples)
+
+    def _evaluate(self, part: str, samples: list) -> dict[str, float]:
+        if not samples or self.rank:
             return {}
-        if self._val_images is None:  # read once: archive slices are read (and simulated) on every access
-            self._val_images = stack_samples(self.val_samples)
-        return evaluate_denoiser(self.denoiser, self.detector, self._val_images, self.device)
+        if part not in self._stacked:  # read once: archive slices are read (and simulated) on every access
+            self._stacked[part] = stack_samples(samples)
+        detector = self.detector if self.cfg.boxes_are_annotations else None  # detected boxes: no sensitivity
+        return evaluate_denoiser(self.denoiser, detector, self._stacked[part], self.device)
 
 
 def train(

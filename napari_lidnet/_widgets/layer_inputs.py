@@ -21,7 +21,8 @@ def _layer_spacing_mm(layer: Any) -> float:
 
 
 def shapes_in_image(shapes_layer: Any, image_layer: Any, current_slice: int | None = None) -> tuple[np.ndarray, list]:
-    """Shapes of ``shapes_layer`` as (N, 5) ``slice, x1, y1, x2, y2`` boxes in ``image_layer``'s pixels.
+    """Shapes of ``shapes_layer`` as (N, 5) ``slice, x1, y1, x2, y2`` pixel-edge boxes in ``image_layer``'s pixels
+    (``layer_data.shapes_to_boxes``: the one Shapes -> boxes conversion).
 
     Vertices go through world coordinates (each layer's scale/translate/affine). 2D shapes over a 3D image lie
     on ``current_slice``. Lines and paths are not boxes: they are reported, not used. Returns (boxes, problems).

@@ -5,12 +5,17 @@ A manifest is JSON Lines. The first line describes the index, every further line
     {"format": "lidnet-manifest", "version": 1, "root": "/abs/archive", "kind": "dataset|deeplesion|dicom",
      "n": N, "dose": 0.25 or null, "seed": 0, "skipped": [...], "command": "..."}
     {"name": "...", "file": "rel/path", "frame": 0, "low": "rel/path" or null, "shape": [rows, cols],
-     "spacing_mm": 0.7, "boxes": [[x1, y1, x2, y2], ...]}
+     "spacing_mm": 0.7, "boxes": [[x1, y1, x2, y2], ...], "group": "series" (optional), "position": 3 (optional)}
 
 Paths are relative to ``root``. Indexing reads headers only (DICOM without pixels, PNG sizes from the file header,
-the CSV tables of dataset and DeepLesion folders). A slice without a low-dose file gets its low-dose partner
-simulated when it is read (projection-domain noise insertion at the manifest's ``dose``, seeded per slice, so every
-read gives the same image). Three kinds of archive are indexed:
+the CSV tables of dataset and DeepLesion folders). ``group``/``position`` (the series and the slice's place in it)
+let training split by contiguous blocks of a series (``_training.split``). The header's ``split`` is the official
+part indexed (DeepLesion's Train_Val_Test: train, val, test or all; null for archives without one).
+
+A slice without a low-dose file gets its low-dose partner simulated (projection-domain noise insertion at the
+manifest's ``dose``, seeded per slice, stored in whole HU like the archive's images) once, and kept in a cache
+folder next to the manifest (``<manifest>.lowdose/<key>.npy``, int16 HU, written atomically; the key covers the
+file, its size and time, the frame, the dose and the seed), never inside the archive. Three kinds of archive:
 
 - ``dataset``: one or more lidnet dataset folders (``lidnet simulate``) anywhere under the root;
 - ``deeplesion``: a DeepLesion tree (``DL_info.csv`` + ``Images_png/<series>/<index>.png``), key slices with boxes;
@@ -19,8 +24,10 @@ read gives the same image). Three kinds of archive are indexed:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,17 +40,22 @@ from napari_lidnet.io.png16 import png_shape, read_png_hu
 FORMAT = "lidnet-manifest"
 VERSION = 1
 KINDS = ("dataset", "deeplesion", "dicom")
+SPLITS = ("train", "val", "test", "all")
+#: bump when the simulation of missing low-dose partners changes: old cache entries are then not used
+LOWDOSE_CACHE_VERSION = 1
 
 
 @dataclass(repr=False, eq=False)
 class ManifestSlice:
-    """One slice of a manifest; its pixels are read from disk (and its low dose simulated) on every access."""
+    """One slice of a manifest; its pixels are read from disk on every access. A missing low dose is simulated
+    once and kept in ``cache_dir`` (when given; else simulated on every access)."""
 
     name: str
     root: Path
     entry: dict[str, Any]
     dose: float | None
     noise_seed: int
+    cache_dir: Path | None = None
 
     @property
     def boxes(self) -> np.ndarray:
@@ -59,6 +71,16 @@ class ManifestSlice:
         return int(rows), int(cols)
 
     @property
+    def group(self) -> str | None:
+        """The series the slice belongs to (None: a slice of its own)."""
+        return self.entry.get("group")
+
+    @property
+    def position(self) -> float:
+        """The slice's place in its series (slice number)."""
+        return float(self.entry.get("position", 0))
+
+    @property
     def full_hu(self) -> np.ndarray:
         return _read_image(self.root / self.entry["file"], int(self.entry.get("frame", 0)))
 
@@ -68,12 +90,51 @@ class ManifestSlice:
             return _read_image(self.root / self.entry["low"], 0)
         if self.dose is None:
             raise ValueError(f"{self.name}: no low-dose image, and the manifest has no dose to simulate one")
+        if self.cache_dir is None:
+            return self._simulate()
+        target = self.cache_dir / f"{self._cache_key()}.npy"
+        try:
+            return np.load(target).astype(np.float32)
+        except (OSError, ValueError, EOFError):  # not there yet (or unreadable): simulate and keep it
+            pass
+        low = self._simulate()
+        _write_atomically(target, low.astype(np.int16))
+        return low
+
+    def _simulate(self) -> np.ndarray:
+        """The simulated low-dose partner in whole HU (as stored in the cache)."""
         from napari_lidnet.sim.lowdose import simulate_low_dose
 
-        return simulate_low_dose(self.full_hu, self.dose, self.spacing_mm, seed=self.noise_seed)
+        low = simulate_low_dose(self.full_hu, self.dose, self.spacing_mm, seed=self.noise_seed)
+        return np.clip(np.rint(low), -32768, 32767).astype(np.float32)
+
+    def _cache_key(self) -> str:
+        st = (self.root / self.entry["file"]).stat()
+        parts = [self.entry["file"], int(self.entry.get("frame", 0)), self.dose, self.noise_seed, st.st_size,
+                 st.st_mtime_ns, LOWDOSE_CACHE_VERSION]  # fmt: skip
+        return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:32]
 
     def __repr__(self) -> str:
         return f"ManifestSlice({self.name!r}, boxes={len(self.boxes)}, file={self.entry['file']!r})"
+
+
+def _write_atomically(target: Path, array: np.ndarray) -> None:
+    """``np.save`` to a unique temporary file renamed into place (readers never see half a file; concurrent
+    writers of the same key write the same bytes). A cache that cannot be written is skipped."""
+    tmp = target.with_name(f".{target.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+        os.replace(tmp, target)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def lowdose_cache_dir(manifest: str | Path) -> Path:
+    """The cache folder of the simulated low-dose partners of a manifest file: ``<manifest>.lowdose``."""
+    manifest = Path(manifest).resolve()
+    return manifest.with_name(manifest.name + ".lowdose")
 
 
 def _read_image(path: Path, frame: int) -> np.ndarray:
@@ -107,11 +168,11 @@ def _dataset_rows(root: Path) -> Iterator[dict[str, Any]]:
             }
 
 
-def _deeplesion_rows(root: Path, skipped: list[str]) -> Iterator[dict[str, Any]]:
+def _deeplesion_rows(root: Path, skipped: list[str], split: str) -> Iterator[dict[str, Any]]:
     from napari_lidnet.io.deeplesion import INFO_CSV_NAME, read_info_table
 
     for table_path in sorted(root.rglob(INFO_CSV_NAME)):
-        table = read_info_table(table_path)
+        table = read_info_table(table_path, split)
         base = table_path.parent
         for file_name, rows in sorted(table.items()):
             series, _, index = file_name.rpartition("_")
@@ -129,6 +190,8 @@ def _deeplesion_rows(root: Path, skipped: list[str]) -> Iterator[dict[str, Any]]
                 "shape": list(png_shape(png)),
                 "spacing_mm": spacing[0] if spacing else 1.0,
                 "boxes": [list(r.box) for r in rows],
+                "group": series,
+                "position": int(index.split(".")[0]) if index.split(".")[0].isdigit() else 0,
             }
 
 
@@ -143,9 +206,11 @@ def _dicom_rows(root: Path, skipped: list[str]) -> Iterator[dict[str, Any]]:
             skipped.append(f"series {uid}: modality {ds0.get('Modality', 'missing')!r} is not CT")
             continue
         ordered = sorted(headers, key=lambda h: (int(h.ds.get("InstanceNumber", 0) or 0), h.path.name))
+        position = 0
         for h in ordered:
             ps = header_floats(h.ds.get("PixelSpacing"), 2)
             for frame in range(n_frames(h.ds)):
+                position += 1
                 yield {
                     "name": f"{_rel(h.path, root)}#{frame}",  # unique, whatever the file names
                     "file": _rel(h.path, root),
@@ -154,6 +219,8 @@ def _dicom_rows(root: Path, skipped: list[str]) -> Iterator[dict[str, Any]]:
                     "shape": [int(h.ds.Rows), int(h.ds.Columns)],
                     "spacing_mm": float(ps[0]) if ps is not None else 1.0,
                     "boxes": [],
+                    "group": uid,
+                    "position": position - 1,
                 }
 
 
@@ -172,19 +239,32 @@ def archive_kind(root: str | Path) -> str:
     return "dicom"
 
 
+def effective_split(kind: str, split: str) -> str | None:
+    """The split a manifest of ``kind`` records: DeepLesion's own, None for archives without one (there "train"
+    and "all" mean every slice; "val"/"test" raise ValueError)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if kind == "deeplesion":
+        return split
+    if split in ("val", "test"):
+        raise ValueError(f"a {kind} archive has no official {split!r} split; index it with split 'all'")
+    return None
+
+
 def build_index(
-    root: str | Path, dose: float | None = None, seed: int = 0, command: str = ""
+    root: str | Path, dose: float | None = None, seed: int = 0, command: str = "", split: str = "train"
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(header, rows) of every slice under ``root``, headers only; see :func:`index_archive`."""
     root = Path(root).resolve()
     kind = archive_kind(root)
+    part = effective_split(kind, split)
     if dose is not None and not 0.0 < dose <= 1.0:
         raise ValueError(f"dose must be in (0, 1], not {dose}")
     skipped: list[str] = []
     if kind == "dataset":
         rows = list(_dataset_rows(root))
     elif kind == "deeplesion":
-        rows = list(_deeplesion_rows(root, skipped))
+        rows = list(_deeplesion_rows(root, skipped, split))
     else:
         rows = list(_dicom_rows(root, skipped))
     if dose is not None:  # the projector simulates square slices only
@@ -192,7 +272,8 @@ def build_index(
                        for r in rows if r["low"] is None and r["shape"][0] != r["shape"][1])  # fmt: skip
         rows = [r for r in rows if r["low"] is not None or r["shape"][0] == r["shape"][1]]
     if not rows:
-        raise ValueError(f"{root}: no slices found to index ({kind} archive)")
+        where = f", split {part}" if part else ""
+        raise ValueError(f"{root}: no slices found to index ({kind} archive{where})")
     names = [r["name"] for r in rows]
     if len(set(names)) != len(names):
         raise ValueError(f"{root}: slice names repeat; the archive has duplicate entries")
@@ -201,6 +282,7 @@ def build_index(
         "version": VERSION,
         "root": str(root),
         "kind": kind,
+        "split": part,
         "n": len(rows),
         "n_without_low": sum(r["low"] is None for r in rows),
         "dose": dose,
@@ -225,16 +307,23 @@ def write_manifest(out: str | Path, header: dict[str, Any], rows: list[dict[str,
 
 
 def index_archive(
-    root: str | Path, out: str | Path, dose: float | None = None, seed: int = 0, command: str = ""
+    root: str | Path,
+    out: str | Path,
+    dose: float | None = None,
+    seed: int = 0,
+    command: str = "",
+    split: str = "train",
 ) -> Path:
     """Index every slice under ``root`` into the manifest file ``out``; returns ``out``.
 
     ``dose`` is the dose fraction at which slices without a low-dose file get one simulated when read.
-    Raises ValueError (nothing written) when no slice is found or ``out`` lies inside ``root``.
+    ``split``: the official part of an archive that has one (DeepLesion: train (default, for training), val,
+    test (for evaluation) or all). Raises ValueError (nothing written) when no slice is found or ``out`` lies
+    inside ``root``.
     """
     if Path(out).resolve().is_relative_to(Path(root).resolve()):
         raise ValueError(f"{out} lies inside the archive {root}; write the manifest elsewhere")
-    return write_manifest(out, *build_index(root, dose, seed, command))
+    return write_manifest(out, *build_index(root, dose, seed, command, split))
 
 
 # -- reading -----------------------------------------------------------------------------------------------------
@@ -269,8 +358,11 @@ def load_manifest(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]
     return header, rows
 
 
-def manifest_slices(header: dict[str, Any], rows: list[dict[str, Any]]) -> list[ManifestSlice]:
-    """The rows of a manifest as lazily read slices (low-dose noise seeded per slice from the header's seed)."""
+def manifest_slices(
+    header: dict[str, Any], rows: list[dict[str, Any]], cache_dir: str | Path | None = None
+) -> list[ManifestSlice]:
+    """The rows of a manifest as lazily read slices (low-dose noise seeded per slice from the header's seed),
+    simulated low doses kept in ``cache_dir`` (none inside the archive: there nothing is cached)."""
     root = Path(header["root"])
     if not root.is_dir():
         raise FileNotFoundError(f"the archive {root} of this manifest is not there (moved? index it again)")
@@ -282,26 +374,32 @@ def manifest_slices(header: dict[str, Any], rows: list[dict[str, Any]]) -> list[
             "partners, or add them to the archive"
         )
     seeds = np.random.SeedSequence(int(header.get("seed", 0))).generate_state(len(rows), np.uint32)
-    return [ManifestSlice(r["name"], root, r, dose, int(seed)) for r, seed in zip(rows, seeds)]
+    cache = Path(cache_dir).resolve() if cache_dir is not None else None
+    if cache is not None and cache.is_relative_to(root.resolve()):
+        cache = None  # never write into the user's archive
+    return [ManifestSlice(r["name"], root, r, dose, int(seed), cache) for r, seed in zip(rows, seeds)]
 
 
 def read_manifest(path: str | Path) -> list[ManifestSlice]:
-    """Every slice of a manifest file, in file order; no pixel is read."""
-    return manifest_slices(*load_manifest(path))
+    """Every slice of a manifest file, in file order; no pixel is read. Simulated low doses are cached in
+    :func:`lowdose_cache_dir` of ``path``."""
+    return manifest_slices(*load_manifest(path), cache_dir=lowdose_cache_dir(path))
 
 
 def archive_index(
-    data: str | Path, cached: str | Path, dose: float | None = None
+    data: str | Path, cached: str | Path, dose: float | None = None, split: str = "train"
 ) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
-    """(header, rows, is_new) for ``data``: a manifest file, or an archive folder (its index ``cached`` when that
-    was made from the same folder at the same dose, else a new one, not written: the caller writes it)."""
+    """(header, rows, is_new) for ``data``: a manifest file (as indexed), or an archive folder (its index ``cached``
+    when that was made from the same folder at the same dose and split, else a new one, not written: the caller
+    writes it)."""
     data = Path(data)
     if data.is_file():
         return (*load_manifest(data), False)
     cached = Path(cached)
     if is_manifest(cached):
         header, rows = load_manifest(cached)
-        if header["root"] == str(data.resolve()) and header.get("dose") == dose:
+        same_split = "split" in header and header["split"] == effective_split(header["kind"], split)
+        if header["root"] == str(data.resolve()) and header.get("dose") == dose and same_split:
             return header, rows, False
-    command = f"lidnet index {data} --out {cached}" + (f" --dose {dose:g}" if dose is not None else "")
-    return (*build_index(data, dose, command=command), True)
+    command = f"lidnet index {data} --out {cached} --split {split}" + (f" --dose {dose:g}" if dose is not None else "")
+    return (*build_index(data, dose, command=command, split=split), True)

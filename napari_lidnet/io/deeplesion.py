@@ -1,7 +1,9 @@
 """DeepLesion key slices: 16-bit PNG (HU = value - 32768) plus the ``DL_info.csv`` annotation table.
 
 DeepLesion stores slices as ``Images_png/000001_01_01/109.png``; the table names that slice
-``000001_01_01_109.png`` (File_name) with Key_slice_index 109, one row per lesion.
+``000001_01_01_109.png`` (File_name) with Key_slice_index 109, one row per lesion. The column ``Train_Val_Test``
+is the official patient-level split (1 train, 2 validation, 3 test); readers take ``split`` ("train", "val",
+"test", or None/"all" for every row): training reads the train part, evaluation the test part.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ INFO_CSV_NAME = "DL_info.csv"
 _SERIES_DIR = re.compile(r"^\d{6}_\d{2}_\d{2}$")
 LESION_TYPES = {1: "bone", 2: "abdomen", 3: "mediastinum", 4: "liver", 5: "lung", 6: "kidney", 7: "soft tissue",
                 8: "pelvis"}  # fmt: skip
+#: the official split's names and their codes in the Train_Val_Test column
+SPLITS = {"train": 1, "val": 2, "test": 3}
 
 
 @dataclass
@@ -35,6 +39,7 @@ class LesionRow:
     windows: tuple[float, float] | None
     lesion_type: int | None
     extra: dict[str, str] = field(default_factory=dict)
+    split: int | None = None  # Train_Val_Test: 1 train, 2 validation, 3 test (None when the table has no column)
 
 
 def _numbers(text: str | None) -> list[float]:
@@ -43,8 +48,20 @@ def _numbers(text: str | None) -> list[float]:
     return [float(t) for t in re.split(r"[,\s]+", text.strip()) if t]
 
 
-def read_info_table(csv_path: str | Path) -> dict[str, list[LesionRow]]:
-    """Read a DL_info.csv style table: File_name -> lesion rows."""
+def split_code(split: str | None) -> int | None:
+    """The Train_Val_Test code of a split name (None for "all" or None); ValueError for another name."""
+    if split in (None, "all"):
+        return None
+    if split not in SPLITS:
+        raise ValueError(f"unknown DeepLesion split {split!r}; use train, val, test or all")
+    return SPLITS[split]
+
+
+def read_info_table(csv_path: str | Path, split: str | None = None) -> dict[str, list[LesionRow]]:
+    """Read a DL_info.csv style table: File_name -> lesion rows, only those of ``split`` (train/val/test, by the
+    Train_Val_Test column; None or "all": every row). A table without that column has no split: asking for one
+    raises ValueError."""
+    code = split_code(split)
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise FileNotFoundError(f"{csv_path}: annotation table not found")
@@ -54,6 +71,8 @@ def read_info_table(csv_path: str | Path) -> dict[str, list[LesionRow]]:
         missing = {"File_name", "Bounding_boxes"} - set(reader.fieldnames or [])
         if missing:
             raise ValueError(f"{csv_path}: not a DeepLesion table, missing column(s) {sorted(missing)}")
+        if code is not None and "Train_Val_Test" not in (reader.fieldnames or []):
+            raise ValueError(f"{csv_path}: no Train_Val_Test column, so no {split!r} split; use split 'all'")
         for line, rec in enumerate(reader, start=2):
             try:
                 box = _numbers(rec["Bounding_boxes"])
@@ -64,6 +83,7 @@ def read_info_table(csv_path: str | Path) -> dict[str, list[LesionRow]]:
                 win = _numbers(rec.get("DICOM_windows"))
                 ltype = rec.get("Coarse_lesion_type", rec.get("Lesion_type"))
                 key = rec.get("Key_slice_index")
+                part = rec.get("Train_Val_Test")
                 row = LesionRow(
                     file_name=rec["File_name"].strip(),
                     key_slice=int(float(key)) if key not in (None, "") else -1,
@@ -73,10 +93,12 @@ def read_info_table(csv_path: str | Path) -> dict[str, list[LesionRow]]:
                     windows=(win[0], win[1]) if len(win) == 2 else None,
                     lesion_type=int(float(ltype)) if ltype not in (None, "") else None,
                     extra={k: v for k, v in rec.items() if k and v is not None},
+                    split=int(float(part)) if part not in (None, "") else None,
                 )
             except (ValueError, TypeError) as exc:
                 raise ValueError(f"{csv_path}, line {line}: {exc}") from exc
-            table.setdefault(row.file_name, []).append(row)
+            if code is None or row.split == code:
+                table.setdefault(row.file_name, []).append(row)
     return table
 
 
@@ -105,11 +127,13 @@ def _series_rows(table: dict[str, list[LesionRow]], series: str) -> list[LesionR
     return [r for name, rs in table.items() if name.startswith(f"{series}_") for r in rs]
 
 
-def read_deeplesion_slice(png_path: str | Path, info_csv: str | Path | None = None) -> CTVolume:
+def read_deeplesion_slice(
+    png_path: str | Path, info_csv: str | Path | None = None, split: str | None = None
+) -> CTVolume:
     """One DeepLesion 16-bit PNG slice as a 2D CTVolume, with boxes and spacing from the table when found.
 
     ``info_csv`` defaults to a DL_info.csv next to the slice or up to three folders above it. A slice that is not
-    a key slice takes its spacing from the key slices of the same series.
+    a key slice takes its spacing from the key slices of the same series. ``split``: only that part's rows.
     """
     png_path = Path(png_path)
     if not png_path.is_file():
@@ -121,7 +145,7 @@ def read_deeplesion_slice(png_path: str | Path, info_csv: str | Path | None = No
     rows: list[LesionRow] = []
     ref: LesionRow | None = None
     if table_path is not None:
-        table = read_info_table(table_path)
+        table = read_info_table(table_path, split)
         rows = table.get(key, [])
         series = _series_rows(table, png_path.parent.name) if _SERIES_DIR.match(png_path.parent.name) else []
         ref = (rows or series or [None])[0]
@@ -131,10 +155,13 @@ def read_deeplesion_slice(png_path: str | Path, info_csv: str | Path | None = No
     return _volume(hu, png_path, key, rows, boxes, ref, notes, table_path)
 
 
-def read_deeplesion_folder(folder: str | Path, info_csv: str | Path | None = None) -> CTVolume:
+def read_deeplesion_folder(
+    folder: str | Path, info_csv: str | Path | None = None, split: str | None = None
+) -> CTVolume:
     """A folder of consecutive DeepLesion slices (``103.png`` ... ``117.png``) as a (z, y, x) CTVolume.
 
     Slices are stacked by their number; boxes of every key slice in the folder get their slice index.
+    ``split``: only that part's rows.
     """
     folder = Path(folder)
     pngs = [p for p in folder.glob("*.png") if p.stem.isdigit()]
@@ -154,7 +181,7 @@ def read_deeplesion_folder(folder: str | Path, info_csv: str | Path | None = Non
     boxes: list[list[float]] = []
     ref: LesionRow | None = None
     if table_path is not None:
-        table = read_info_table(table_path)
+        table = read_info_table(table_path, split)
         for k, p in enumerate(pngs):
             for r in table.get(table_file_name(p), []):
                 rows.append(r)

@@ -2,6 +2,8 @@
 
 Pure numpy/skimage (no Qt, no torch). Vertices are pixel coordinates (row, col) of the image they refer to;
 pixel ``i`` has its centre at ``i`` (napari's convention), and a pixel belongs to a region when its centre does.
+A region's box, for the ROI perceptual distance, is the pixel-edge box of its pixels (:func:`region_box`:
+x2/y2 exclusive edges, the convention of every box in the product; ``layer_data`` converts Shapes and boxes).
 
 Choices (also in the docstrings below):
 
@@ -155,6 +157,15 @@ def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     if len(rows) == 0:
         return None
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def region_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
+    """Pixel-edge box ``(x1, y1, x2, y2)`` (x2/y2 exclusive) of a mask's pixels; None when empty."""
+    box = mask_bbox(mask)
+    if box is None:
+        return None
+    r0, c0, r1, c1 = box
+    return float(c0), float(r0), float(c1), float(r1)
 
 
 # ------------------------------------------------------------------------------------------------ statistics
@@ -402,8 +413,7 @@ def _fill_row(
     except ValueError as exc:
         notes.append(f"SSIM: {exc}")
     if perceptual is not None:
-        r0, c0, r1, c1 = mask_bbox(mask)
         try:
-            row["roi_perceptual"] = float(perceptual(plane, ref_plane, (c0, r0, c1, r1)))
+            row["roi_perceptual"] = float(perceptual(plane, ref_plane, region_box(mask)))
         except Exception as exc:  # a model failure becomes a note
             notes.append(f"ROI perceptual: {exc}")

@@ -1,18 +1,24 @@
-"""LIDnet's ROI perceptual distance between an image and its reference inside a region (torch, imported lazily).
+"""LIDnet's ROI perceptual distance: one definition for the training loss and for ROI compare (torch, lazily).
 
-Distance = mean over backbone levels l of mean((A_l(x) - A_l(ref))^2), where A_l is the lesion detector's
-feature map at stride s_l, ROI-aligned (``models.roi_align.roi_align``) over the region's bounding box to
-``output_size`` x ``output_size`` cells. Inputs are HU; the network sees HU / 1000 (``models.normalize``).
-Both images are cropped to the box plus ``context`` pixels (crop origin on a multiple of the coarsest stride, so
-the feature grids stay aligned) to keep it fast on a CPU; features near the crop border see padding instead of
-the rest of the slice, identically for image and reference.
+For one region, a pixel-edge box ``x1, y1, x2, y2`` (x2/y2 exclusive, docs/CONTRACTS.md), on an image x with
+reference r::
+
+    d(x, r, box) = mean over levels l in ROI_LEVELS of  mean((A_l(x) - A_l(r))^2) / (mean(A_l(r)^2) + eps)
+
+A_l is the frozen lesion detector's backbone feature map at level l (stride s_l), ROI-aligned
+(``models.roi_align.roi_align``) to ROI_OUTPUT x ROI_OUTPUT cells over the box widened by ROI_MARGIN times its size
+on every side (clipped to the image). The distance is relative (scale-free; 0 when the features are equal).
+
+- :func:`roi_distances`: the definition, batched (torch; gradients reach the image, not the reference);
+- ``_training.losses.roi_perceptual_loss``: the sum of a batch's distances over the number of images;
+- :func:`roi_perceptual_distance`: the same on two numpy HU slices and one box (the ROI compare column).
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +27,66 @@ _DEFAULT: dict[str, Any] = {}
 _LOCK = threading.Lock()
 
 NO_WEIGHTS = "no detector weights"
+#: backbone levels compared (strides 4 and 8 of ``LesionDetector.feature_strides``)
+ROI_LEVELS = (0, 1)
+#: context around a box, as a fraction of its size on every side
+ROI_MARGIN = 0.25
+#: ROI-align cells per side
+ROI_OUTPUT = 7
+EPS = 1e-6
+
+
+def widen_boxes(boxes: Any, margin: float, size: tuple[int, int]) -> Any:
+    """(K, 4) boxes (torch) grown by ``margin`` times their size on every side, clipped to the image (h, w)."""
+    import torch
+
+    w = (boxes[:, 2] - boxes[:, 0]).clamp(min=1.0)
+    h = (boxes[:, 3] - boxes[:, 1]).clamp(min=1.0)
+    grown = boxes + torch.stack([-w, -h, w, h], 1) * margin
+    limit = boxes.new_tensor([size[1], size[0], size[1], size[0]])
+    return torch.minimum(grown.clamp(min=0.0), limit)
+
+
+def rois_from_boxes(boxes: Sequence[Any]) -> Any:
+    """Per-image box lists (torch) -> (K, 5) ``[batch_index, x1, y1, x2, y2]``."""
+    import torch
+
+    rows = [torch.cat([b.new_full((len(b), 1), float(i)), b], 1) for i, b in enumerate(boxes) if len(b)]
+    if not rows:
+        return torch.zeros((0, 5))
+    return torch.cat(rows, 0)
+
+
+def roi_distances(
+    detector: Any,
+    images: Any,
+    references: Any,
+    boxes: Sequence[Any],
+    margin: float = ROI_MARGIN,
+    levels: Sequence[int] = ROI_LEVELS,
+    output_size: int = ROI_OUTPUT,
+) -> Any:
+    """(K,) ROI perceptual distances (module docstring) of every box of ``boxes`` (one (N_i, 4) list per image)
+    between ``images`` and ``references`` (B, 1, H, W) network scale. ``detector`` is used as it is (freeze it:
+    eval mode); gradients flow to ``images`` only. An empty (0,) tensor when there is no box."""
+    import torch
+
+    from napari_lidnet.models.roi_align import roi_align
+
+    size = tuple(images.shape[-2:])
+    rois = rois_from_boxes([widen_boxes(b.to(images.device), margin, size) for b in boxes]).to(images.device)
+    if len(rois) == 0:
+        return images.new_zeros((0,))
+    feats_x = detector.features(images)
+    with torch.no_grad():
+        feats_r = detector.features(references)
+    total = images.new_zeros((len(rois),))
+    for level in levels:
+        scale = 1.0 / detector.feature_strides[level]
+        a = roi_align(feats_x[level].float(), rois, scale, (output_size, output_size)).flatten(1)
+        b = roi_align(feats_r[level].float(), rois, scale, (output_size, output_size)).flatten(1)
+        total = total + (a - b).pow(2).mean(1) / (b.pow(2).mean(1) + EPS)
+    return total / len(levels)
 
 
 def _crop_window(box: tuple[float, float, float, float], shape: tuple[int, int], context: int, align: int):
@@ -37,22 +103,17 @@ def roi_perceptual_distance(
     reference_hu: np.ndarray,
     box: tuple[float, float, float, float],
     detector: Any,
-    output_size: int = 7,
-    context: int = 32,
+    context: int | None = 32,
 ) -> float:
-    """ROI perceptual distance (see module docstring) of two (H, W) HU slices inside ``box``.
+    """:func:`roi_distances` of two (H, W) HU slices inside one pixel-edge ``box`` (x1, y1, x2, y2).
 
-    Args:
-        image_hu, reference_hu: same-shape 2D arrays in HU.
-        box: (x1, y1, x2, y2) pixels, x2/y2 exclusive edges.
-        detector: a ``LesionDetector`` (``features(x)``, ``feature_strides``); used in eval mode, no gradients.
-        output_size: ROI-align cells per side.
-        context: pixels of surrounding image kept around the box.
+    For speed both slices are cropped to the widened box plus ``context`` pixels (crop origin on a multiple of the
+    coarsest stride, so the feature grids stay aligned); ``context=None`` uses the whole slices. The widening is
+    clipped to the slice, not to the crop. The detector runs in eval mode, without gradients; its mode is restored.
     """
     import torch
 
     from napari_lidnet.models.normalize import hu_to_net
-    from napari_lidnet.models.roi_align import roi_align
 
     image_hu, reference_hu = np.asarray(image_hu, np.float32), np.asarray(reference_hu, np.float32)
     if image_hu.shape != reference_hu.shape or image_hu.ndim != 2:
@@ -60,29 +121,23 @@ def roi_perceptual_distance(
     x1, y1, x2, y2 = (float(v) for v in box)
     if not (x2 > x1 and y2 > y1):
         raise ValueError(f"empty box {box}")
-    strides = tuple(int(s) for s in detector.feature_strides)
-    y0, ye, x0, xe = _crop_window((x1, y1, x2, y2), image_hu.shape, context, max(strides))
-    batch = np.stack([image_hu[y0:ye, x0:xe], reference_hu[y0:ye, x0:xe]])[:, None]
+    wide = widen_boxes(torch.tensor([[x1, y1, x2, y2]]), ROI_MARGIN, image_hu.shape)[0].tolist()
+    y0, ye, x0, xe = 0, image_hu.shape[0], 0, image_hu.shape[1]
+    if context is not None:
+        y0, ye, x0, xe = _crop_window(wide, image_hu.shape, context, max(int(s) for s in detector.feature_strides))
     param = next(detector.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    x = torch.from_numpy(hu_to_net(batch)).to(device)
-    rois = torch.tensor(
-        [[0, x1 - x0, y1 - y0, x2 - x0, y2 - y0], [1, x1 - x0, y1 - y0, x2 - x0, y2 - y0]],
-        dtype=torch.float32,
-        device=device,
-    )
+    batch = torch.from_numpy(hu_to_net(np.stack([image_hu[y0:ye, x0:xe], reference_hu[y0:ye, x0:xe]])[:, None]))
+    x, ref = batch[:1].to(device), batch[1:].to(device)
+    # the box in crop coordinates, widened already: margin 0 below (the same region as on the whole slice)
+    shifted = torch.tensor([[wide[0] - x0, wide[1] - y0, wide[2] - x0, wide[3] - y0]], device=device)
     was_training = detector.training
     detector.eval()
     try:
         with torch.no_grad():
-            feats = detector.features(x)
-            dists = []
-            for f, s in zip(feats, strides, strict=True):
-                a = roi_align(f.float(), rois, 1.0 / s, output_size)
-                dists.append(torch.mean((a[0] - a[1]) ** 2))
+            return float(roi_distances(detector, x, ref, [shifted], margin=0.0)[0])
     finally:
         detector.train(was_training)
-    return float(torch.stack(dists).mean())
 
 
 def default_detector() -> tuple[Any | None, str]:

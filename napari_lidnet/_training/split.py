@@ -1,0 +1,73 @@
+"""Training, validation and test slices by contiguous blocks of a volume, never slice by slice at random.
+
+Neighbouring slices of a CT volume are nearly identical: a random split puts copies of the validation slices into
+training. Here the slices are ordered by volume (group) and position, the volumes in a seeded order, and the
+held-out slices are one contiguous run of that order (validation first, then test); training slices within
+``guard`` slices of a held-out slice of the same volume are left out (unless nothing would be left to train on).
+Independent 2D slices (each its own group) are then split as a seeded random subset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def slice_key(sample: Any) -> tuple[str, float]:
+    """(volume, position) of a slice: its ``group``/``position`` attributes when it has them (manifest slices),
+    else parsed from a name ``"<volume>#<z>"`` (fine-tuning inputs), else (name, 0): a slice of its own."""
+    group = getattr(sample, "group", None)
+    if group is not None:
+        return str(group), float(getattr(sample, "position", 0.0))
+    name = str(sample.name)
+    head, sep, tail = name.rpartition("#")
+    if sep:
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return name, 0.0
+
+
+def _count(n: int, fraction: float, most: int) -> int:
+    """Held-out slices for a fraction: rounded, at most ``most``, at least 1 when the fraction is positive."""
+    if fraction <= 0 or n < 2:
+        return 0
+    return max(1, min(most, int(round(n * fraction))))
+
+
+def split_samples(
+    samples: Sequence[Any],
+    val_fraction: float,
+    seed: int,
+    val_max: int,
+    test_fraction: float = 0.0,
+    test_max: int = 8,
+    guard: int = 1,
+) -> tuple[list, list, list]:
+    """Seeded (train, validation, test) split by contiguous blocks (module docstring).
+
+    At least one training slice is always left: the test part shrinks first, then the validation part.
+    """
+    keys = [slice_key(s) for s in samples]
+    groups: dict[str, list[int]] = {}
+    for i, (group, _pos) in enumerate(keys):
+        groups.setdefault(group, []).append(i)
+    rng = np.random.default_rng(seed)
+    names = sorted(groups)
+    order = [i for g in rng.permutation(len(names)) for i in sorted(groups[names[g]], key=lambda j: keys[j][1])]
+    n = len(order)
+    n_val, n_test = _count(n, val_fraction, val_max), _count(n, test_fraction, test_max)
+    n_test = max(0, min(n_test, n - 1 - n_val))
+    n_val = max(0, min(n_val, n - 1 - n_test))
+    start = int(rng.integers(0, n - n_val - n_test + 1)) if n else 0
+    val = order[start : start + n_val]
+    test = order[start + n_val : start + n_val + n_test]
+    held = set(val) | set(test)
+    train = [i for i in order if i not in held]
+    near = {i for i in train for j in held if keys[i][0] == keys[j][0] and abs(keys[i][1] - keys[j][1]) <= guard}
+    if len(near) < len(train):
+        train = [i for i in train if i not in near]
+    return [samples[i] for i in train], [samples[i] for i in val], [samples[i] for i in test]
