@@ -360,3 +360,11 @@ def test_dataset_folder_source(model_dir: Path, tmp_path: Path) -> None:
     assert out.status == "finished", out.message
     card = json.loads((model_dir / "from-dataset_denoiser.json").read_text())
     assert card["training"]["finetune"]["source"] == "dataset" and card["training"]["finetune"]["n_lesions"] == 8
+
+
+def test_a_half_pair_takes_the_name(model_dir: Path) -> None:
+    """A name whose weights exist without their card (an interrupted copy) is taken too, not only a .json."""
+    (model_dir / "half_detector.safetensors").write_bytes(b"x")
+    assert "already exists" in fj.model_name_problems("half")[0]
+    assert fj.model_name_problems("free") == []
+    assert fj.model_name_problems("bad/name")

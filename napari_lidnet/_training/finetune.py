@@ -90,16 +90,12 @@ def default_model_name() -> str:
 
 def model_name_problems(name: str) -> list[str]:
     """Why ``name`` cannot be the new model's name (bad characters, or taken in the user model folder)."""
-    from napari_lidnet._training.export import valid_model_name
-    from napari_lidnet.models.registry import user_model_dir
+    from napari_lidnet._training.export import check_export_name
 
     try:
-        name = valid_model_name(name)
-    except ValueError as exc:
+        check_export_name(name)
+    except (ValueError, FileExistsError) as exc:
         return [str(exc)]
-    taken = [k for k in ("denoiser", "detector") if (user_model_dir() / f"{name}_{k}.json").exists()]
-    if taken:
-        return [f"a model named {name!r} already exists in {user_model_dir()}: choose another name"]
     return []
 
 

@@ -20,6 +20,8 @@ RESUME_KEYS = (
     "seed",
     "val_fraction",
     "val_max_slices",
+    "test_fraction",
+    "split",
 )
 _PATH_KEYS = ("data", "init_denoiser", "init_detector")
 

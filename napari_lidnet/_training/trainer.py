@@ -41,6 +41,7 @@ from napari_lidnet._training.losses import (
     whole_image_perceptual_loss,
 )
 from napari_lidnet._training.patches import PatchBatch, calibration_batch, check_patch_settings, patch_batches
+from napari_lidnet._training.resume import check_resume
 from napari_lidnet._training.split import split_samples
 from napari_lidnet._training.validate import evaluate_denoiser, stack_samples
 from napari_lidnet.models.denoisers import build_denoiser
@@ -190,6 +191,13 @@ class Trainer:
         torch.manual_seed(self.cfg.seed + 1)
         return LesionDetector(**self.cfg.detector_kwargs).to(self.device)
 
+    def _config_record(self) -> dict[str, Any]:
+        """The settings as state.json keeps them; the data path absolute, so a resume from elsewhere compares."""
+        record = self.cfg.to_dict()
+        if self.cfg.data:
+            record["data"] = str(Path(self.cfg.data).expanduser().resolve())
+        return record
+
     def _card(self, kind: str, metrics: dict[str, Any]) -> dict[str, Any]:
         return {
             "kind": kind,
@@ -225,8 +233,7 @@ class Trainer:
         if not path.exists():
             return
         state = json.loads(path.read_text())
-        if state.get("config", {}).get("mode") not in (None, self.cfg.mode):
-            raise ValueError(f"{self.out} holds a run of another mode ({state['config']['mode']}); use a new folder")
+        check_resume(state, self._config_record())
         self.state = state
         if any(stage != "validate-start" for stage in state["done"]):  # a training stage finished: weights exist
             from napari_lidnet.models.weights import load_weights
@@ -277,7 +284,7 @@ class Trainer:
         stages = self.stages()
         total = self.total_steps()
         done_steps = sum(n for name, n in stages if name in self.state["done"])
-        self.state["config"] = self.cfg.to_dict()
+        self.state["config"] = self._config_record()
         if self._new_manifest and self.rank == 0:
             from napari_lidnet.datasets.manifest import write_manifest
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 
 from napari_lidnet.inference import denoise, detect
 from napari_lidnet.metrics.froc import froc
 from napari_lidnet.metrics.image import METRIC_WINDOW, psnr, ssim
-
-#: HU window over which PSNR and SSIM are computed (abdominal soft tissue, data range 400 HU)
 
 
 def detections_per_slice(rows: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -21,27 +22,59 @@ def detections_per_slice(rows: np.ndarray, n: int) -> list[tuple[np.ndarray, np.
     return out
 
 
-def stack_samples(samples: list) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """(low-dose (z, y, x), full-dose (z, y, x), ground-truth boxes (N, 4) per slice) of dataset samples."""
-    low = np.stack([s.low_hu for s in samples])
-    full = np.stack([s.full_hu for s in samples])
+def _stack(slices: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """One (z, y, x) array when the slices share a size, else the list as it is."""
+    return np.stack(slices) if len({a.shape for a in slices}) == 1 else list(slices)
+
+
+def stack_samples(samples: list) -> tuple[Any, Any, list[np.ndarray]]:
+    """(low-dose slices, full-dose slices, ground-truth boxes (N, 4) per slice) of dataset samples; slices are a
+    (z, y, x) array, or a list of (y, x) arrays when their sizes differ."""
+    low = _stack([s.low_hu for s in samples])
+    full = _stack([s.full_hu for s in samples])
     return low, full, [np.asarray(s.boxes).reshape(-1, 4) for s in samples]
 
 
+def _by_size(images: Any, run: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
+    """``run`` over each group of same-size slices (a (k, y, x) stack); per-slice results in the input order."""
+    if isinstance(images, np.ndarray):
+        return list(run(images))
+    out: list[Any] = [None] * len(images)
+    for shape in {a.shape for a in images}:
+        idx = [i for i, a in enumerate(images) if a.shape == shape]
+        for i, res in zip(idx, run(np.stack([images[i] for i in idx]))):
+            out[i] = res
+    return out
+
+
+def _detect_rows(detector: torch.nn.Module, images: Any, device: Any) -> np.ndarray:
+    """Detections of every slice as (N, 6) rows, slice column = position in ``images``."""
+    if isinstance(images, np.ndarray):
+        return detect(detector, images, device=device, score_threshold=0.01)
+    rows = []
+    for shape in {a.shape for a in images}:
+        idx = np.array([i for i, a in enumerate(images) if a.shape == shape])
+        r = detect(detector, np.stack([images[i] for i in idx]), device=device, score_threshold=0.01)
+        r[:, 0] = idx[r[:, 0].astype(int)]
+        rows.append(r)
+    return np.vstack(rows)
+
+
 def evaluate_images(
-    images: np.ndarray,
-    full: np.ndarray,
+    images: Any,
+    full: Any,
     gt_boxes: list[np.ndarray],
     detector: torch.nn.Module | None,
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
-    """Quality of ``images`` (z, y, x HU) against ``full``, and the detector's FROC on ``images``."""
+    """Quality of ``images`` (z, y, x HU, or a list of slices of several sizes) against ``full``, and the
+    detector's FROC on ``images``."""
     result = {
         "psnr": float(np.mean([psnr(a, b, window=METRIC_WINDOW) for a, b in zip(images, full)])),
         "ssim": float(np.mean([ssim(a, b, window=METRIC_WINDOW) for a, b in zip(images, full)])),
     }
     if detector is not None and sum(len(b) for b in gt_boxes):
-        rows = detect(detector, images, device=device, score_threshold=0.01)
+        rows = _detect_rows(detector, images, device)
         fr = froc(detections_per_slice(rows, len(images)), gt_boxes)
         result["sensitivity"] = float(fr.mean_sensitivity)
         result.update({f"sens@{r:g}": float(s) for r, s in zip(fr.fp_rates, fr.sensitivities)})
@@ -57,5 +90,5 @@ def evaluate_denoiser(
     """Denoise the low-dose slices of ``stacked`` (:func:`stack_samples`; kept as they are when ``denoiser`` is
     None) and evaluate them against its full-dose slices and boxes."""
     low, full, gt = stacked
-    images = low if denoiser is None else denoise(denoiser, low, device=device)
+    images = low if denoiser is None else _by_size(low, lambda x: denoise(denoiser, x, device=device))
     return evaluate_images(images, full, gt, detector, device)

@@ -386,6 +386,9 @@ def _fill_row(
     if plane is None:
         notes.append(note)
         return
+    bad = int(np.count_nonzero(~np.isfinite(plane[mask])))
+    if bad:
+        notes.append(f"{bad} NaN or infinite pixel(s) in the region: statistics are not defined")
     row["mean"], row["sd"], row["n"] = region_stats(plane, mask)
     row["snr"] = snr(row["mean"], row["sd"])
     if bg_region is not None:
