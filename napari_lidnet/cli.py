@@ -39,7 +39,9 @@ def _cmd_index(args: argparse.Namespace) -> int:
     from napari_lidnet.datasets.manifest import index_archive, read_header
 
     check_new_output(Path(args.out), args.archive)
-    out = index_archive(args.archive, args.out, dose=args.dose, seed=args.seed, command=" ".join(sys.argv))
+    out = index_archive(
+        args.archive, args.out, dose=args.dose, seed=args.seed, command=" ".join(sys.argv), split=args.split
+    )
     header = read_header(out)
     print(
         f"indexed {header['n']} slices ({header['kind']} archive, {header['n_without_low']} without a low-dose "
@@ -129,6 +131,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         dose=args.dose,
         workers=args.workers,
+        split=args.split,
+        test_fraction=args.test_fraction,
     )
     if args.denoiser_width:
         cfg.denoiser_kwargs["width"] = args.denoiser_width
@@ -311,6 +315,12 @@ def _add_index(sub: Any) -> None:
     p.add_argument("--out", required=True, help="manifest file to write (JSON Lines), outside the archive")
     p.add_argument("--dose", type=float, default=None, help="simulate missing low-dose images at this dose fraction")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated low-dose noise")
+    p.add_argument(
+        "--split",
+        choices=["train", "val", "test", "all"],
+        default="train",
+        help="the official part of an archive that has one (DeepLesion's Train_Val_Test column); others: all",
+    )
     p.set_defaults(func=_cmd_index)
 
 
@@ -324,6 +334,18 @@ def _add_train(sub: Any) -> None:
     )
     p.add_argument("--dose", type=float, default=None, help="simulate missing low-dose images at this dose fraction")
     p.add_argument("--workers", type=int, default=2, help="DataLoader processes reading slices (0: in the trainer)")
+    p.add_argument(
+        "--split",
+        choices=["train", "val", "test", "all"],
+        default="train",
+        help="the official part of an archive that has one (DeepLesion's Train_Val_Test column); others: all",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.0,
+        help="slices held out (contiguous blocks) and only measured, never used to choose the best checkpoint",
+    )
     p.add_argument("--out", required=True, help="run folder: checkpoints and state (resumes if it exists)")
     p.add_argument("--mode", choices=["pixel", "lidnet", "lidnet-noroi", "lidnet-wholeperc"], default="lidnet")
     p.add_argument("--denoiser", default="fastdn", help="architecture: fastdn, redcnn, dncnn")

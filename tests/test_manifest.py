@@ -201,6 +201,10 @@ def test_deeplesion_official_split_is_honoured(deeplesion_tree, tmp_path):
     assert row["group"] == "000001_01_01" and row["position"] == 109
     with pytest.raises(ValueError, match="split"):
         index_archive(root, tmp_path / "x.jsonl", split="holdout")
+    from napari_lidnet.cli import main  # the command line passes it through
+
+    assert main(["index", str(root), "--out", str(tmp_path / "cli.jsonl"), "--split", "test"]) == 0
+    assert [r["name"] for r in load_manifest(tmp_path / "cli.jsonl")[1]] == names["test"]
 
 
 def test_training_from_a_deeplesion_folder_uses_its_train_part(deeplesion_tree, tmp_path):
