@@ -1,5 +1,7 @@
 """napari sample data: a simulated low-dose abdomen CT (25 % dose), its full-dose reference and the true lesions.
 
+The low-dose layer names its full-dose partner (``metadata["normal_dose"]``); every layer's axes are z, y, x.
+
 Generated on first use (phantom volume -> scanner model: ~20 s on an idle 2-core CPU, about a second on a GPU),
 then cached in the process (functools.lru_cache) and on disk in the per-user cache folder, so opening it again is
 instant, also in a new session. torch is imported only when the data are generated.
@@ -23,6 +25,7 @@ SAMPLE_DOSE = 0.25
 SLICE_MM = 2.5
 TRUTH_EDGE_COLOR = "lime"
 CACHE_VERSION = 1
+AXIS_LABELS = ("z", "y", "x")
 
 #: where generated samples are kept between sessions (None: no disk cache)
 CACHE_DIR: Path | None = None
@@ -95,8 +98,9 @@ def sample_abdomen(n_slices: int = 6, size: int = 512) -> list[LayerDataTuple]:
     low, full, boxes, kinds, spacing = _sample_arrays(int(n_slices), int(size))
     source = f"simulated abdomen phantom (seed {SAMPLE_SEED}), {SAMPLE_DOSE:.0%} dose, napari_lidnet.sim"
     meta = {"source": source, "dose": SAMPLE_DOSE}
+    low_meta = {**meta, "normal_dose": FULL_NAME}  # ROI compare's reference, Fine-tune's pairing
     layers = [
-        volume_to_layer_tuple(CTVolume(low.copy(), spacing, name=LOW_NAME, metadata=dict(meta))),
+        volume_to_layer_tuple(CTVolume(low.copy(), spacing, name=LOW_NAME, metadata=low_meta)),
         volume_to_layer_tuple(CTVolume(full.copy(), spacing, name=FULL_NAME, metadata={**meta, "dose": 1.0})),
     ]
     layers.append(
@@ -110,4 +114,6 @@ def sample_abdomen(n_slices: int = 6, size: int = 512) -> list[LayerDataTuple]:
             edge_color=TRUTH_EDGE_COLOR,
         )  # fmt: skip
     )
+    for _data, kwargs, _kind in layers:
+        kwargs["axis_labels"] = AXIS_LABELS
     return layers

@@ -1,7 +1,9 @@
 """The README's main job: napari with the sample low-dose CT, denoised, lesions boxed, on the shipped weights.
 
-``python -m napari_lidnet.demo`` opens the viewer; ``--headless`` (under Xvfb) also writes a screenshot and a
-metrics report (``report.md`` and ``report.json``) to ``--out`` and exits.
+``python -m napari_lidnet.demo`` opens the viewer with every LIDnet dock (forms tabbed on the right, the lesion
+navigator and ROI compare tabbed at the bottom), two regions drawn for ROI compare; ``--headless`` (under Xvfb)
+also writes a screenshot and a metrics report (``report.md`` and ``report.json``) to ``--out``, and the README's
+pictures (``layout.png``, ``compare.png``, ``navigator.png``, 1600 x 1000) to ``--pictures``, then exits.
 """
 
 from __future__ import annotations
@@ -91,24 +93,111 @@ def write_report(out: Path, metrics: dict[str, Any], timings: dict[str, float], 
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
+#: the docks of the reading room, in the order they open (forms on the right, tables at the bottom)
+DOCKS = {
+    "load": "Load CT",
+    "denoise": "Denoise and detect (LIDnet)",
+    "navigator": "Lesion navigator",
+    "roi": "ROI compare",
+    "finetune": "Fine-tune (LIDnet)",
+}
+#: the pictures of the README, written by ``--headless`` into ``--pictures``
+PICTURES = ("layout.png", "compare.png", "navigator.png")
+
+
+def open_reading_room(viewer: Any) -> dict[str, Any]:
+    """Open every LIDnet dock through the manifest (as a user would from the Plugins menu) and let them settle
+    into their areas; returns the widgets by key of ``DOCKS``."""
+    from qtpy.QtWidgets import QApplication
+
+    widgets = {key: viewer.window.add_plugin_dock_widget(PLUGIN, name)[1] for key, name in DOCKS.items()}
+    for _ in range(5):
+        QApplication.processEvents()
+    raise_tab(widgets["denoise"])
+    raise_tab(widgets["roi"])
+    return widgets
+
+
+def raise_tab(widget: Any) -> None:
+    """Bring a widget's dock to the front of its tab group."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_lidnet._widgets._docking import dock_of
+
+    dock = dock_of(widget)
+    if dock is not None:
+        dock.raise_()
+    QApplication.processEvents()
+
+
+def draw_rois(viewer: Any, roi_widget: Any, z: int, image_name: str = FULL) -> None:
+    """Two regions on slice ``z`` with "New ROI layer" (on the sample: both in the liver, one over lesions)."""
+    image = viewer.layers[image_name]
+    roi = roi_widget.new_roi_layer()
+    h, w = image.data.shape[-2:]
+    for cy, cx, r in ((0.55 * h, 0.32 * w, 0.05 * h), (0.38 * h, 0.36 * w, 0.035 * h)):
+        corners = [[z, cy - r, cx - r], [z, cy - r, cx + r], [z, cy + r, cx + r], [z, cy + r, cx - r]]
+        roi.add_ellipses(np.array(corners))
+    roi_widget.metric_combo.setCurrentIndex(roi_widget.metric_combo.findData("sd"))  # noise: what denoising changes
+    roi_widget.refresh()
+
+
+def review_some(navigator: Any) -> None:
+    """Accept the two best-scoring boxes, reject the next one, and select the best one (the view jumps to it)."""
+    ranked = sorted(navigator.findings, key=lambda f: -(f.score or 0.0))
+    for f in ranked[:2]:
+        navigator.accept(f.id)
+    if len(ranked) > 2:
+        navigator.reject(ranked[2].id)
+    if ranked:
+        navigator.select(ranked[0].id)
+
+
+def take_pictures(viewer: Any, widgets: dict[str, Any], folder: Path, wait: Any) -> list[Path]:
+    """The README's pictures at the window's size: the layout, the side-by-side comparison, the navigator."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / name for name in PICTURES]
+    raise_tab(widgets["roi"])
+    wait(widgets["roi"])
+    viewer.screenshot(str(paths[0]), canvas_only=False, flash=False)
+    widgets["denoise"].set_compare(True)
+    raise_tab(widgets["denoise"])
+    viewer.screenshot(str(paths[1]), canvas_only=False, flash=False)
+    widgets["denoise"].set_compare(False)
+    review_some(widgets["navigator"])
+    raise_tab(widgets["navigator"])
+    viewer.screenshot(str(paths[2]), canvas_only=False, flash=False)
+    return paths
+
+
+def _wait_table(widget: Any, timeout_s: float = 120.0) -> None:
+    """Run the event loop until ROI compare's table is computed."""
+    from qtpy.QtWidgets import QApplication
+
+    t0 = time.perf_counter()
+    while widget.busy and time.perf_counter() - t0 < timeout_s:
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Open the demo; with ``--headless`` write the screenshot and report and exit."""
+    """Open the demo; with ``--headless`` write the screenshot, the report and the README's pictures, then exit."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--headless", action="store_true", help="no window: write screenshot + report, then exit")
     parser.add_argument("--out", default="demo-out", help="folder for screenshot.png and report.md/json")
+    parser.add_argument("--pictures", default="docs", help="folder for layout.png, compare.png, navigator.png")
     parser.add_argument("--threshold", type=float, default=0.3, help="score threshold of the shown boxes")
     args = parser.parse_args(argv)
 
     import napari
 
     t0 = time.perf_counter()
-    viewer = napari.Viewer(title="napari-lidnet demo", show=not args.headless)
+    viewer = napari.Viewer(title="napari-lidnet demo", show=True)
     viewer.window.resize(1600, 1000)
     viewer.open_sample(PLUGIN, "abdomen_lowdose")
     t_sample = time.perf_counter() - t0
-    viewer.window.add_plugin_dock_widget(PLUGIN, "ROI compare")
-    viewer.window.add_plugin_dock_widget(PLUGIN, "Load CT", tabify=True)
-    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise and detect (LIDnet)")
+    widgets = open_reading_room(viewer)
+    widget = widgets["denoise"]
     widget.image_combo.setCurrentText(LOW)
     widget.scope_combo.setCurrentText("all slices")
     widget.set_threshold(args.threshold)
@@ -124,18 +213,28 @@ def main(argv: list[str] | None = None) -> int:
     viewer.dims.set_current_step(0, z)
     for name in (FULL, TRUTH, LOW):
         viewer.layers[name].visible = False
+    draw_rois(viewer, widgets["roi"], z)
     viewer.layers.selection.active = viewer.layers[f"{LOW} lesions"]
     if not args.headless:
         napari.run()
         return 0
+    return _headless_outputs(viewer, widgets, args, {"open sample": t_sample, "denoise + detect": t_run})
+
+
+def _headless_outputs(viewer: Any, widgets: dict[str, Any], args: Any, timings: dict[str, float]) -> int:
+    """Screenshot, report and the README's pictures; closes the viewer."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    _wait_table(widgets["roi"])
     viewer.screenshot(str(out / "screenshot.png"), canvas_only=False, flash=False)
     metrics = sample_metrics(viewer, args.threshold)
-    models = {"denoiser": widget.denoiser_combo.currentText(), "detector": widget.detector_combo.currentText()}
-    write_report(out, metrics, {"open sample": t_sample, "denoise + detect": t_run}, models)
+    widget = widgets["denoise"]
+    models = {k: Path(str(getattr(widget, f"{k}_combo").currentData())).name for k in ("denoiser", "detector")}
+    write_report(out, metrics, timings, models)
+    pictures = take_pictures(viewer, widgets, Path(args.pictures), _wait_table)
     viewer.close()
     print((out / "report.md").read_text())
+    print("pictures: " + ", ".join(str(p) for p in pictures))
     return 0
 
 

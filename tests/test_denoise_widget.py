@@ -67,8 +67,8 @@ def make_widget(viewer, qtbot) -> DenoiseDetectWidget:
     widget = DenoiseDetectWidget(viewer)
     qtbot.addWidget(widget)
     widget.device_combo.setCurrentText("cpu")
-    widget.denoiser_combo.setCurrentText("tiny_denoiser (user)")
-    widget.detector_combo.setCurrentText("tiny_detector (user)")
+    widget.denoiser_combo.setCurrentText("tiny (user)")
+    widget.detector_combo.setCurrentText("tiny (user)")
     return widget
 
 
@@ -88,8 +88,8 @@ def test_volume_run_layers_geometry_threshold_and_rerun(make_napari_viewer, qtbo
     low, _ = phantom(n=12, size=96)
     src = add_ct(viewer, low.copy())
     widget = make_widget(viewer, qtbot)
-    assert widget.denoiser_combo.currentText() == "tiny_denoiser (user)"
-    assert widget.detector_combo.currentText() == "tiny_detector (user)"
+    assert widget.denoiser_combo.currentText() == "tiny (user)"
+    assert widget.detector_combo.currentText() == "tiny (user)"
     widget.batch_size = 2
     widget.set_threshold(0.05)  # random-init detector: scores near its prior 0.1
 
@@ -103,6 +103,7 @@ def test_volume_run_layers_geometry_threshold_and_rerun(make_napari_viewer, qtbo
     timer.stop()
     assert len(ticks) >= 3  # the event loop kept running while the volume was processed
     assert progress[-1] == 24 and widget.progress.value() == widget.progress.maximum() == 24
+    assert widget.progress.text() == "100% of 12 slices (denoise + detect)"  # slices, not steps
 
     np.testing.assert_array_equal(src.data, low)  # input untouched
     den = viewer.layers["low denoised"]
@@ -131,10 +132,10 @@ def test_volume_run_layers_geometry_threshold_and_rerun(make_napari_viewer, qtbo
         assert viewer.layers["low lesions"] is boxes
 
     widget.noise_check.setChecked(True)
-    noise = viewer.layers["low removed noise"]
+    noise = viewer.layers["low noise"]
     np.testing.assert_allclose(noise.data, low - den.data, atol=1e-4)
     widget.noise_check.setChecked(False)
-    assert "low removed noise" not in names(viewer)
+    assert "low noise" not in names(viewer)
 
     layers_before = names(viewer)
     run_and_wait(widget, qtbot)  # re-run: served by the cache, layers replaced, not duplicated
@@ -231,5 +232,58 @@ def test_refresh_models_picks_up_new_user_models(make_napari_viewer, qtbot, mode
     save_weights(tiny_denoiser(seed=1), model_dir / "finetuned")
     widget.refresh_models()
     items = [widget.denoiser_combo.itemText(i) for i in range(widget.denoiser_combo.count())]
-    assert items == ["(none)", "default_denoiser (shipped)", "finetuned (user)", "tiny_denoiser (user)", "Browse..."]
+    assert items == ["(none)", "default (shipped)", "finetuned (user)", "tiny (user)", "Browse..."]
     assert widget.denoiser_combo.currentText() == "(none)"  # the user's choice is kept
+
+
+def test_compare_side_by_side_with_one_window_and_flip(make_napari_viewer, qtbot, model_dir: Path) -> None:
+    """Compare: input left, denoised right (napari grid, one row), the only layers shown, one window/level that
+    follows a change on either; Flip shows one then the other in place; leaving restores the view."""
+    viewer = make_napari_viewer()
+    low, _ = phantom(n=3)
+    src = add_ct(viewer, low, metadata={"hu": True})
+    other = viewer.add_image(np.zeros((3, 64, 64)), name="other", scale=SCALE, translate=TRANSLATE)
+    widget = make_widget(viewer, qtbot)
+    assert not widget.set_compare(True) and "run the denoiser first" in widget.status.text()
+    widget.detector_combo.setCurrentText("(none)")
+    widget.image_combo.setCurrentText("low")
+    run_and_wait(widget, qtbot)
+    den = viewer.layers["low denoised"]
+    den.contrast_limits = (-50, 50)
+    assert tuple(src.contrast_limits) == (-50, 50)  # CT layers share one window already
+
+    widget.compare_button.click()
+    assert widget.compare_button.isChecked() and viewer.grid.enabled and tuple(viewer.grid.shape) == (1, 2)
+    layers = list(viewer.layers)
+    assert viewer.grid.position(layers.index(src), layers) == (0, 0)  # input on the left
+    assert viewer.grid.position(layers.index(den), layers) == (0, 1)  # denoised on the right
+    assert [ly.name for ly in viewer.layers if ly.visible] == ["low", "low denoised"]
+    src.contrast_limits = (-300, 500)  # a window set on one side is the window of both
+    assert tuple(den.contrast_limits) == (-300, 500)
+
+    shown = widget.flip()  # key F: one image at a time, in place
+    assert not viewer.grid.enabled and not widget.compare_button.isChecked()
+    assert [ly.name for ly in viewer.layers if ly.visible] == [shown.name]
+    second = widget.flip()
+    assert second is not shown and [ly.name for ly in viewer.layers if ly.visible] == [second.name]
+    assert {shown.name, second.name} == {"low", "low denoised"}
+
+    widget.set_compare(True)
+    widget.set_compare(False)  # back to the view before comparing
+    assert not viewer.grid.enabled and other.visible and src.visible and den.visible
+
+
+def test_a_model_pair_is_chosen_by_its_name(make_napari_viewer, qtbot, model_dir: Path) -> None:
+    viewer = make_napari_viewer()
+    widget = make_widget(viewer, qtbot)
+    save_weights(tiny_denoiser(seed=2), model_dir / "site-b_denoiser")
+    save_weights(tiny_detector(seed=2), model_dir / "site-b_detector")
+    widget.refresh_models()
+    assert widget.select_model("site-b")
+    assert Path(widget.denoiser_combo.currentData()).name == "site-b_denoiser"
+    assert Path(widget.detector_combo.currentData()).name == "site-b_detector"
+    # picking one network of a pair brings its partner
+    widget.denoiser_combo.setCurrentText("tiny (user)")
+    widget.denoiser_combo.activated.emit(widget.denoiser_combo.currentIndex())
+    assert widget.detector_combo.currentText() == "tiny (user)"
+    assert not widget.select_model("nowhere")

@@ -9,7 +9,7 @@ import pytest
 from qtpy.QtCore import QTimer
 from test_local_data import phantom
 
-from napari_lidnet._widgets.finetune import DETECT_ITEM, SCRATCH_ITEM, FineTuneWidget
+from napari_lidnet._widgets.finetune import DETECT_ITEM, NO_BOXES_ITEM, SCRATCH_ITEM, FineTuneWidget
 from napari_lidnet.layer_data import boxes_to_shapes
 from napari_lidnet.models.registry import list_models
 from napari_lidnet.models.weights import load_weights
@@ -57,8 +57,8 @@ def test_one_click_run_improves_and_publishes(make_napari_viewer, qtbot, model_d
     # defaults: the full-dose layer is ticked, the drawn boxes are picked, the user's models are the start
     assert widget.checked_images() == ["full-dose CT"]
     assert widget.boxes_combo.currentText() == "lesions"
-    assert widget.start_denoiser_combo.currentText() == "default_denoiser (shipped)"  # one click away, first
-    widget.start_denoiser_combo.setCurrentText("tiny_denoiser (user)")  # small and fast for the test
+    assert widget.start_denoiser_combo.currentText() == "default (shipped)"  # one click away, first
+    widget.start_denoiser_combo.setCurrentText("tiny (user)")  # small and fast for the test
     assert widget.start_detector_combo.itemText(widget.start_detector_combo.count() - 1) == SCRATCH_ITEM
     # the one-click source simulates 25% dose; for a clear, fast test use the paired layers (Gaussian noise)
     widget.set_source("paired")
@@ -96,7 +96,7 @@ def test_one_click_run_improves_and_publishes(make_napari_viewer, qtbot, model_d
     assert card["training"]["finetune"]["images"][0]["boxes"] == "drawn (lesions)"
     # the new model can be the start of the next run, and the name was renewed so a second click does not clash
     texts = [widget.start_denoiser_combo.itemText(i) for i in range(widget.start_denoiser_combo.count())]
-    assert "site-b_denoiser (user)" in texts
+    assert "site-b (user)" in texts  # one name for the pair, as typed
     assert widget.name_edit.text() != "site-b"
 
 
@@ -153,3 +153,35 @@ def test_bad_data_gives_a_message_and_starts_nothing(make_napari_viewer, qtbot, 
     widget.set_images([])
     assert widget.start() is None and "tick at least one" in widget.status.text()
     assert not (tmp_path / "runs").exists()
+
+
+def test_default_boxes_are_reviewed_or_drawn_never_raw_detections(make_napari_viewer, qtbot, model_dir: Path) -> None:
+    """With only the detector's output open, no boxes are chosen and the run asks for reviewed or drawn ones;
+    a reviewed layer becomes the default; the raw detections stay choosable under a name that says what they are."""
+    viewer = make_napari_viewer()
+    low, full, boxes = phantom(n=4, size=64, noise=80.0)
+    geo = {"scale": SCALE, "translate": TRANSLATE}
+    viewer.add_image(full, name="full-dose CT", **geo)
+    shapes = boxes_to_shapes(boxes, 3)
+    raw = {"lidnet_role": "detections", "lidnet": {"source_layer": "full-dose CT", "detector": "tiny"}}
+    viewer.add_shapes(shapes, shape_type="rectangle", name="full-dose CT lesions", metadata=raw, **geo)
+    widget = make_widget(viewer, qtbot, "no-raw")
+    assert widget.boxes_combo.currentText() == NO_BOXES_ITEM
+    texts = [widget.boxes_combo.itemText(i) for i in range(widget.boxes_combo.count())]
+    assert "raw detections, unreviewed: full-dose CT lesions" in texts and DETECT_ITEM in texts
+    request, problems = widget.build_request()
+    assert request is None and any("choose the lesion boxes" in p and "false positives" in p for p in problems)
+
+    viewer.add_shapes(shapes[:2], shape_type="rectangle", name="full-dose CT reviewed",
+                      metadata={"lidnet_role": "reviewed"}, **geo)  # fmt: skip
+    assert widget.boxes_combo.currentText() == "full-dose CT reviewed (reviewed)"
+    request, problems = widget.build_request()
+    assert request is not None, problems
+    assert [len(i.boxes) for i in request.inputs] == [2]  # the reviewed boxes, not the raw ones
+
+    viewer.add_shapes(shapes[:1], shape_type="rectangle", name="my boxes", **geo)  # drawn by hand
+    assert widget.boxes_combo.currentText() == "full-dose CT reviewed (reviewed)"  # the choice is kept
+    widget.boxes_combo.setCurrentText("raw detections, unreviewed: full-dose CT lesions")  # knowingly
+    request, problems = widget.build_request()
+    assert request is not None and len(request.inputs[0].boxes) == len(boxes), problems
+    assert "unreviewed detections" in widget._boxes_note()

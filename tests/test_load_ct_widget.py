@@ -1,13 +1,13 @@
-"""'Load CT' dock widget in a real headless viewer (run under xvfb-run)."""
+"""'Load CT' dock widget in a real headless viewer (run under xvfb-run): open, window presets linked across CT
+layers, the low-dose simulation as a job (progress, time left, Cancel within one slice)."""
 
 from __future__ import annotations
-
-import importlib.util
 
 import numpy as np
 import pytest
 
 from napari_lidnet._widgets.load_ct import LoadCTWidget
+from napari_lidnet._widgets.reading_room import ReadingRoom
 from napari_lidnet.io.windowing import contrast_limits
 
 
@@ -17,7 +17,14 @@ def widget(make_napari_viewer, qtbot):
     w = LoadCTWidget(viewer)
     viewer.window.add_dock_widget(w)
     yield viewer, w
-    qtbot.waitUntil(lambda: not w._workers, timeout=10000)
+    qtbot.waitUntil(lambda: not w._workers and w.sim_worker is None, timeout=20000)
+
+
+def disk_phantom(n: int | None = None, size: int = 64) -> np.ndarray:
+    """A water disk in air, (size, size) or (n, size, size)."""
+    yy, xx = np.mgrid[:size, :size]
+    hu = np.where((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (0.4 * size) ** 2, 40.0, -1000.0).astype(np.float32)
+    return hu if n is None else np.repeat(hu[None], n, axis=0)
 
 
 def test_open_picked_series_and_apply_window(widget, two_series_dir, qtbot):
@@ -68,19 +75,80 @@ def test_broken_dicom_message_names_file(widget, tmp_path, qtbot):
     assert "cut.dcm" in w.status.text() and len(viewer.layers) == 0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("napari_lidnet.sim.lowdose") is None, reason="sim.lowdose not yet")
 def test_simulate_low_dose_adds_noisier_layer(widget, qtbot):
     viewer, w = widget
-    yy, xx = np.mgrid[:64, :64]
-    hu = np.where((yy - 32) ** 2 + (xx - 32) ** 2 < 26**2, 40.0, -1000.0).astype(np.float32)
-    viewer.add_image(hu, name="phantom", scale=(0.8, 0.8), contrast_limits=(-160, 240))
+    hu = disk_phantom()
+    viewer.add_image(hu, name="phantom", scale=(0.8, 0.8), contrast_limits=(-160, 240), metadata={"hu": True})
     w.sim_layer_combo.setCurrentText("phantom")
     w.dose_spin.setValue(0.25)
-    w.simulate_button.click()
-    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=60000)
-    low = viewer.layers["phantom (low dose 25%)"]
+    w.sim_device_combo.setCurrentText("cpu")
+    with qtbot.waitSignal(w.simulation_finished, timeout=60000):
+        w.simulate_button.click()
+    low = viewer.layers["phantom 25% dose"]  # a short name: the layer list shows it whole
     assert low.data.shape == hu.shape and tuple(low.scale) == (0.8, 0.8)
     assert tuple(low.contrast_limits) == (-160, 240)
+    assert low.metadata["normal_dose"] == "phantom" and low.metadata["hu"]  # ROI compare's default reference
+    yy, xx = np.mgrid[:64, :64]
     inside = (yy - 32) ** 2 + (xx - 32) ** 2 < 15**2
     assert np.std(low.data[inside]) > np.std(hu[inside]) + 1.0
     np.testing.assert_array_equal(viewer.layers["phantom"].data, hu)
+    assert [r.done for r in w.sim_records][-1] == 1 and w.sim_progress.isHidden()
+
+
+def test_simulation_shows_progress_and_cancels_within_one_slice(widget, qtbot):
+    """One slice per call: the bar counts slices with the time left; Cancel frees the controls at once and the
+    worker stops after the slice in hand; nothing is added."""
+    viewer, w = widget
+    viewer.add_image(disk_phantom(12, 96), name="volume", scale=(2.5, 0.8, 0.8), metadata={"hu": True})
+    w.sim_layer_combo.setCurrentText("volume")
+    w.sim_device_combo.setCurrentText("cpu")
+    w.sim_chunk = 1
+    seen = []
+
+    def on_record(rec):
+        seen.append((rec.done, w.sim_progress.value(), w.sim_progress.maximum(), w.sim_eta.text()))
+        if rec.done == 2:
+            w.cancel_simulation()
+            assert w.simulate_button.isEnabled() and not w.sim_cancel_button.isEnabled()  # free at once
+
+    worker = w.simulate()
+    assert worker is not None and not w.sim_progress.isHidden() and w.sim_cancel_button.isEnabled()
+    worker.yielded.connect(on_record)
+    with qtbot.waitSignal(w.simulation_finished, timeout=60000):
+        pass
+    done = [r.done for r in w.sim_records]
+    assert done[:3] == [0, 1, 2] and max(done) <= 3, done  # stopped within one slice of the cancel
+    first = next(s for s in seen if s[0] == 1)
+    assert first[1:3] == (1, 12) and "left" in first[3]  # per slice, with the time left
+    assert [ly.name for ly in viewer.layers] == ["volume"] and "cancelled" in w.status.text()
+
+
+def test_presets_and_drag_set_one_window_on_linked_ct_layers(widget, qtbot):
+    viewer, w = widget
+    a = viewer.add_image(disk_phantom(3), name="a", metadata={"hu": True})
+    b = viewer.add_image(disk_phantom(3), name="b", metadata={"hu": True})
+    other = viewer.add_image(np.zeros((3, 64, 64)), name="mask", contrast_limits=(0, 1))  # not a CT layer
+    assert tuple(a.axis_labels) == ("z", "y", "x") and viewer.dims.axis_labels[-3:] == ("z", "y", "x")
+    viewer.layers.selection.active = a
+    w.preset_combo.setCurrentText("lung")
+    w.apply_window_button.click()
+    assert tuple(a.contrast_limits) == tuple(b.contrast_limits) == contrast_limits("lung")
+    assert tuple(other.contrast_limits) == (0, 1)
+    b.contrast_limits = (-100, 100)  # napari's own slider on one layer: the other follows
+    assert tuple(a.contrast_limits) == (-100, 100)
+    viewer.layers.selection.active = b
+    ReadingRoom.install(viewer).apply_preset("bone")  # what key 3 does
+    assert tuple(a.contrast_limits) == contrast_limits("bone")
+    w.link_check.setChecked(False)
+    b.contrast_limits = (0, 50)
+    assert tuple(a.contrast_limits) == contrast_limits("bone")
+
+
+def test_derived_layer_names_are_short_and_cut_between_words():
+    from napari_lidnet._widgets._roles import derived_name, short_name
+
+    assert derived_name("phantom", "25% dose") == "phantom 25% dose"
+    name = derived_name("CHEST 5.0 B31f LUNG WINDOW AXIAL", "25% dose")
+    assert name == "CHEST 5.0 B31f LUNG… 25% dose" and len(name) <= 30  # the tag that tells layers apart stays
+    assert short_name("low-dose CT (25%)") == "low-dose CT (25%)"
+    assert short_name("averyveryverylongseriesdescription") == "averyveryverylongse…"

@@ -181,3 +181,50 @@ def test_write_csv_function(tmp_path):
     text = path.read_text().splitlines()
     assert text[0].startswith("region,image,slice,mean,sd,n,snr")
     assert text[1].split(",")[:5] == ["#0", "a", "2", "1.5", ""] and "inf" in text[1]
+
+
+def test_regions_follow_the_user_and_reference_follows_the_metadata(make_napari_viewer, qtbot, images2d):
+    """The regions are the Shapes layer the user drew on last, never the detector's boxes by default; the
+    reference is the normal-dose image the low-dose layer names; "New ROI layer" draws transparent, coloured,
+    labelled regions."""
+    clean, noisy = images2d
+    viewer = make_napari_viewer()
+    viewer.add_image(clean, name="Chest 5mm", metadata={"hu": True})
+    viewer.add_image(noisy, name="Chest 5mm 25% dose", metadata={"hu": True, "normal_dose": "Chest 5mm"})
+    widget = ROICompareWidget(viewer)
+    assert widget.reference_combo.currentText() == "Chest 5mm"  # recorded by the simulation, not "(none)"
+
+    detections = viewer.add_shapes(
+        [corners(10, 10, 30, 30)], name="Chest 5mm lesions", metadata={"lidnet_role": "detections"}
+    )
+    assert widget.shapes_combo.currentData() is None and widget.rows == []  # not computed, not chosen
+    texts = [widget.shapes_combo.itemText(i) for i in range(widget.shapes_combo.count())]
+    assert "raw detections: Chest 5mm lesions" in texts  # choosable, and says what it is
+
+    mine = viewer.add_shapes(name="my regions")
+    viewer.add_shapes(name="newer")
+    assert widget.shapes_combo.currentData() == "newer"  # a new user layer: the user is about to draw on it
+    gen = widget.generation
+    mine.add_rectangles(np.array([[5, 10], [40, 60]]))  # drawing on a layer makes it the source
+    wait_new(qtbot, widget, gen)
+    assert widget.shapes_combo.currentData() == "my regions" and {r["region"] for r in widget.rows} == {"#0"}
+    detections.add_rectangles(np.array([[50, 50], [60, 60]]))  # the detector's layer never takes over
+    assert widget.shapes_combo.currentData() == "my regions"
+
+    widget.reference_combo.setCurrentText("(none)")
+    widget.reference_combo.activated.emit(0)  # the user's pick stays
+    viewer.add_image(noisy, name="third", metadata={"hu": True})
+    assert widget.reference_combo.currentText() == "(none)"
+
+    roi = widget.new_roi_layer()
+    assert widget.shapes_combo.currentData() == roi.name and roi.mode == "add_rectangle"
+    assert viewer.layers.selection.active is roi and roi.metadata["lidnet_role"] == "roi"
+    gen = widget.generation
+    roi.add_rectangles(np.array([[5, 10], [40, 60]]))
+    roi.add_ellipses(np.array([[64, 64], [20, 20]]))
+    wait_new(qtbot, widget, gen)
+    assert list(roi.features["name"]) == ["R1", "R2"]  # a label per region, shown as text
+    assert list(roi.text.values) == ["R1", "R2"]
+    np.testing.assert_allclose(roi.face_color[:, 3], 0)  # transparent: the lesion stays visible
+    assert not np.allclose(roi.edge_color[0], roi.edge_color[1])  # a colour per region
+    assert {r["region"] for r in widget.rows} == {"#0 R1", "#1 R2"}

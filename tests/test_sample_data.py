@@ -30,6 +30,9 @@ def test_sample_layers_in_viewer(make_napari_viewer, small_sample):
         assert img.data.shape == (N_SLICES, SIZE, SIZE) and img.data.dtype == np.float32
         np.testing.assert_allclose(img.scale, spacing)
         assert tuple(img.contrast_limits) == contrast_limits("soft tissue")
+    assert low.metadata["normal_dose"] == sd.FULL_NAME  # ROI compare's default reference
+    assert all(tuple(ly.axis_labels) == ("z", "y", "x") for ly in (low, full, truth))
+    assert viewer.dims.axis_labels == ("z", "y", "x")  # not "-3", "-2", "-1"
     # low dose is the noisier image of the same anatomy
     body = full.data > -500
     assert abs(float(np.median(low.data[body] - full.data[body]))) < 5

@@ -44,6 +44,15 @@ SOURCES = (
     ("dataset", "dataset folder (lidnet simulate)"),
 )
 DETECT_ITEM = "(detect with the starting detector)"
+#: the boxes default when no reviewed or hand-drawn layer exists: nothing, so nothing unreviewed trains by default
+NO_BOXES_ITEM = "(none: review detections or draw boxes)"
+RAW_PREFIX = "raw detections, unreviewed: "
+#: what each kind of boxes layer is called in the pickers, and what choosing the raw ones means
+BOX_TIPS = {
+    NO_BOXES_ITEM: "accept the detector's boxes in the Lesion navigator, or draw rectangles on a Shapes layer",
+    DETECT_ITEM: "the starting detector's own boxes, unreviewed: the detector learns its own false positives",
+    "detections": "the detector's output as it came, unreviewed: the detector learns its own false positives",
+}
 SCRATCH_ITEM = "(from scratch)"
 LOSS_MODES = (("lidnet", "LIDnet: pixel + detection + ROI perceptual"), ("pixel", "denoiser alone (pixel loss)"))
 
@@ -104,6 +113,36 @@ def refill(combo: QComboBox, items: list[str], prefer: str | None = None) -> Non
         combo.setCurrentText(current)
     elif prefer in items:
         combo.setCurrentText(prefer)
+    combo.blockSignals(False)
+
+
+def box_choices(shapes: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(text, layer name or sentinel) entries of a lesion-boxes picker: no boxes, reviewed and hand-drawn layers,
+    then the unreviewed ones (the starting detector's, the detector's output layers), each saying what it is."""
+    reviewed = [(f"{n} (reviewed)", n) for n, r in shapes if r == "reviewed"]
+    drawn = [(n, n) for n, r in shapes if r not in ("reviewed", "detections", "roi")]
+    rois = [(f"{n} (ROI layer)", n) for n, r in shapes if r == "roi"]
+    raw = [(RAW_PREFIX + n, n) for n, r in shapes if r == "detections"]
+    return [(NO_BOXES_ITEM, ""), *reviewed, *drawn, *rois, (DETECT_ITEM, DETECT_ITEM), *raw]
+
+
+def refill_boxes(combo: QComboBox, shapes: list[tuple[str, str]]) -> None:
+    """Refill a lesion-boxes picker, keeping the current layer; a new pick is the newest reviewed layer, else the
+    newest hand-drawn one, else no boxes (never unreviewed detections)."""
+    current = combo.currentData()
+    entries = box_choices(shapes)
+    datas = [d for _, d in entries]
+    reviewed = [n for n, r in shapes if r == "reviewed"]
+    drawn = [n for n, r in shapes if r not in ("reviewed", "detections", "roi")]
+    prefer = (reviewed or drawn or [""])[-1]
+    combo.blockSignals(True)
+    combo.clear()
+    for k, (text, data) in enumerate(entries):
+        combo.addItem(text, data)
+        tip = BOX_TIPS.get(data) or (BOX_TIPS["detections"] if text.startswith(RAW_PREFIX) else "")
+        if tip:
+            combo.setItemData(k, tip, Qt.ItemDataRole.ToolTipRole)
+    combo.setCurrentIndex(datas.index(current) if current and current in datas else datas.index(prefer))
     combo.blockSignals(False)
 
 
@@ -188,9 +227,9 @@ class DataBox(QGroupBox):
             item = self.image_list.item(i)
             item.setCheckState(Qt.CheckState.Checked if item.text() in names else Qt.CheckState.Unchecked)
 
-    def refresh(self, images: list[str], shapes: list[str]) -> None:
-        """Refill the layer pickers with these image and Shapes layer names, keeping current choices (a new pick
-        prefers full-dose-looking names)."""
+    def refresh(self, images: list[str], shapes: list[tuple[str, str]]) -> None:
+        """Refill the layer pickers with these image names and (Shapes layer name, role) pairs, keeping current
+        choices (a new pick prefers full-dose-looking names, and reviewed or hand-drawn boxes)."""
         checked = set(self.checked_images()) & set(images)
         if not checked:  # first pick: a full-dose-looking layer, or the only image
             guess = next((n for n in images if looks_full_dose(n)), images[0] if len(images) == 1 else None)
@@ -202,7 +241,7 @@ class DataBox(QGroupBox):
             item.setCheckState(Qt.CheckState.Checked if name in checked else Qt.CheckState.Unchecked)
             self.image_list.addItem(item)
         for combo in (self.boxes_combo, self.paired_boxes_combo):
-            refill(combo, [DETECT_ITEM, *shapes], prefer=shapes[0] if shapes else DETECT_ITEM)
+            refill_boxes(combo, shapes)
         refill(self.low_combo, images, prefer=next((n for n in images if looks_low_dose(n)), None))
         refill(self.full_combo, images, prefer=next((n for n in images if looks_full_dose(n)), None))
 
@@ -211,10 +250,10 @@ class DataBox(QGroupBox):
         return {
             "source": self.source,
             "images": self.checked_images(),
-            "boxes": self.boxes_combo.currentText(),
+            "boxes": self.boxes_combo.currentData(),
             "low": self.low_combo.currentText(),
             "full": self.full_combo.currentText(),
-            "paired_boxes": self.paired_boxes_combo.currentText(),
+            "paired_boxes": self.paired_boxes_combo.currentData(),
             "dicom_folder": self.dicom_edit.text().strip(),
             "dataset_folder": self.dataset_edit.text().strip(),
             "dose": float(self.dose_spin.value()),

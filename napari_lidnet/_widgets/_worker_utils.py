@@ -1,4 +1,5 @@
-"""Plain-Python helpers of the denoise/detect dock widget: model store, the worker generator, layer geometry.
+"""Plain-Python helpers of the dock widgets: model store, the denoise/detect and low-dose simulation worker
+generators, layer geometry.
 
 No Qt here, and torch is imported only inside functions: workers run these; the widget turns results into layers.
 """
@@ -165,3 +166,49 @@ def volume_from_layer(
         direction[:, axis] = aff[:3, col] / spacing[col]
     origin_xyz = aff[:3, 3] + first_slice * aff[:3, 0]
     return CTVolume(hu, spacing, tuple(origin_xyz[::-1]), direction, name=name, metadata=meta)
+
+
+@dataclass
+class SimProgress:
+    """One progress record of the low-dose simulation: slices done of total, seconds left (None: not known yet)."""
+
+    done: int
+    total: int
+    eta_s: float | None = None
+    notice: str = ""
+
+
+def chunk_seed(seed: int, start: int) -> int:
+    """The simulation seed of the chunk that starts at slice ``start`` (fixed chunks give fixed noise)."""
+    return int(np.random.SeedSequence([int(seed), int(start)]).generate_state(1)[0])
+
+
+def simulate_job(
+    hu: np.ndarray, dose: float, spacing_mm: float, seed: int, device: str = "auto", chunk: int | None = None
+) -> Generator[SimProgress, None, np.ndarray | Failure]:
+    """Worker body: ``sim.lowdose.simulate_low_dose`` over a (z, y, x) or (y, x) image in chunks of slices,
+    yielding :class:`SimProgress` after each chunk (a cancel lands between chunks). Errors become a Failure."""
+    import time
+
+    try:
+        from ..models.device import pick_device
+        from ..sim.lowdose import simulate_low_dose
+
+        dev, notice = pick_device(device)
+        chunk = chunk or (16 if dev.type == "cuda" else 4)
+        stack = np.asarray(hu, dtype=np.float32)
+        vol = stack[None] if stack.ndim == 2 else stack
+        out = np.empty_like(vol)
+        n = vol.shape[0]
+        yield SimProgress(0, n, None, notice)
+        t0 = time.perf_counter()
+        for start in range(0, n, chunk):
+            part = vol[start : start + chunk]
+            out[start : start + len(part)] = simulate_low_dose(
+                part, dose, spacing_mm, seed=chunk_seed(seed, start), device=dev, batch_size=len(part)
+            )
+            done = start + len(part)
+            yield SimProgress(done, n, (time.perf_counter() - t0) / done * (n - done))
+        return out[0] if stack.ndim == 2 else out
+    except Exception as exc:  # reported in the viewer, never raised into it
+        return Failure(f"{type(exc).__name__}: {exc}")

@@ -3,7 +3,10 @@
 Thin by design (DESIGN.md): it gathers inputs, runs ``_worker_utils.inference_job`` in a napari generator worker
 (progress per batch of slices, Cancel stops within one batch, the viewer stays responsive) and turns the returned
 arrays into layers on the GUI thread. Output layers are never the input layer, and re-running replaces them.
-torch is not imported at module level.
+"Compare" shows input and output side by side with one window/level (``compare.CompareView``); "Flip" (key F)
+shows one then the other in place. A model pair is listed once by its name (``NAME`` for ``NAME_denoiser`` and
+``NAME_detector``); choosing it for one network chooses its partner for the other. torch is not imported at
+module level.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._docking import DockHome, scroll_layout
+from ._roles import DETECTIONS, NOISE, ROLE, derived_name, model_item, pair_name
 from ._worker_utils import (
     Failure,
     JobOutput,
@@ -37,11 +42,13 @@ from ._worker_utils import (
     slice_translate,
     volume_from_layer,
 )
+from .compare import FLIP_KEY, CompareView
 
 if TYPE_CHECKING:
     import napari
     from napari.layers import Image, Shapes
 
+TITLE = "Denoise"  # the dock's tab
 NONE_ITEM = "(none)"
 BROWSE_ITEM = "Browse..."
 SCOPES = ("all slices", "current slice")
@@ -70,19 +77,58 @@ class DenoiseDetectWidget(QWidget):
         self._last: dict[str, Any] | None = None
         self._outputs: dict[tuple[str, str], Any] = {}  # (source layer name, role) -> layer
         self._pending: dict[str, Any] = {}
+        self.compare = CompareView(napari_viewer)
         self._build_ui()
         self.refresh_layers()
         self.refresh_models()
         for event in ("inserted", "removed", "moved"):
             getattr(self.viewer.layers.events, event).connect(self._on_layers_changed)
+        self.viewer.bind_key(FLIP_KEY, lambda _viewer: self.flip(), overwrite=True)
+        DockHome(self, "right", TITLE)
 
     # ------------------------------------------------------------------------------------------------------- UI
     def _build_ui(self) -> None:
+        """The form (image, models, device, scope, threshold), run row, progress, compare row and exports."""
+        self._create_form_fields()
+        self._create_run_row()
+        self._create_compare_row()
+        self.export_dicom_button = QPushButton("Export denoised DICOM...")
+        self.export_dicom_button.clicked.connect(self._export_dicom_dialog)
+        self.export_boxes_button = QPushButton("Export boxes CSV/JSON...")
+        self.export_boxes_button.clicked.connect(self._export_boxes_dialog)
+        form = QFormLayout()
+        for label, field in (("image", self.image_combo), ("denoiser", self.denoiser_combo),
+                             ("detector", self.detector_combo), ("device", self.device_combo),
+                             ("scope", self.scope_combo)):  # fmt: skip
+            form.addRow(label, field)
+        row = QHBoxLayout()
+        row.addWidget(self.threshold_slider)
+        row.addWidget(self.threshold_label)
+        form.addRow("score threshold", row)
+        form.addRow("", self.noise_check)
+        exports = QVBoxLayout()
+        exports.addWidget(self.export_dicom_button)
+        exports.addWidget(self.export_boxes_button)
+        layout = scroll_layout(self)
+        layout.addLayout(form)
+        layout.addLayout(self._run_row)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addLayout(self._compare_row)
+        layout.addLayout(exports)
+        layout.addStretch(1)
+        self._on_threshold(self.threshold_slider.value())
+        self._update_export_buttons()
+
+    def _create_form_fields(self) -> None:
+        """Image and model pickers, device, scope, score threshold and the removed-noise switch."""
         self.image_combo = QComboBox()
         self.denoiser_combo = QComboBox()
         self.detector_combo = QComboBox()
-        self.denoiser_combo.activated.connect(lambda _i: self._maybe_browse(self.denoiser_combo, "denoiser"))
-        self.detector_combo.activated.connect(lambda _i: self._maybe_browse(self.detector_combo, "detector"))
+        for combo, kind in ((self.denoiser_combo, "denoiser"), (self.detector_combo, "detector")):
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.activated.connect(lambda _i, c=combo, k=kind: self._on_model_activated(c, k))
+        self.image_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.device_combo = QComboBox()
         self.scope_combo = QComboBox()
         self.scope_combo.addItems(SCOPES)
@@ -93,46 +139,34 @@ class DenoiseDetectWidget(QWidget):
         self.threshold_slider.valueChanged.connect(self._on_threshold)
         self.noise_check = QCheckBox("show removed noise")
         self.noise_check.toggled.connect(self._on_noise_toggled)
+
+    def _create_run_row(self) -> None:
+        """Run and Cancel, the progress bar and the message line."""
         self.run_button = QPushButton("Run")
         self.run_button.clicked.connect(self.run)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
         self.progress = QProgressBar()
-        self.progress.setFormat("%v / %m slices")
+        self.progress.setFormat("%p%")
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        self.export_dicom_button = QPushButton("Export denoised DICOM...")
-        self.export_dicom_button.clicked.connect(self._export_dicom_dialog)
-        self.export_boxes_button = QPushButton("Export boxes CSV/JSON...")
-        self.export_boxes_button.clicked.connect(self._export_boxes_dialog)
+        self._run_row = QHBoxLayout()
+        self._run_row.addWidget(self.run_button)
+        self._run_row.addWidget(self.cancel_button)
 
-        form = QFormLayout()
-        form.addRow("image", self.image_combo)
-        form.addRow("denoiser", self.denoiser_combo)
-        form.addRow("detector", self.detector_combo)
-        form.addRow("device", self.device_combo)
-        form.addRow("scope", self.scope_combo)
-        row = QHBoxLayout()
-        row.addWidget(self.threshold_slider)
-        row.addWidget(self.threshold_label)
-        form.addRow("score threshold", row)
-        form.addRow("", self.noise_check)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        exports = QHBoxLayout()
-        exports.addWidget(self.export_dicom_button)
-        exports.addWidget(self.export_boxes_button)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
-        layout.addLayout(exports)
-        layout.addStretch(1)
-        self._on_threshold(self.threshold_slider.value())
-        self._update_export_buttons()
+    def _create_compare_row(self) -> None:
+        """'Compare' (side by side, one window/level) and 'Flip' (in place, key F), on after a denoising run."""
+        self.compare_button = QPushButton("Compare")
+        self.compare_button.setCheckable(True)
+        self.compare_button.setToolTip("input and denoised side by side, linked, with one window/level")
+        self.compare_button.toggled.connect(self.set_compare)
+        self.flip_button = QPushButton("Flip (F)")
+        self.flip_button.setToolTip("show input and denoised one after the other, in place")
+        self.flip_button.clicked.connect(self.flip)
+        self._compare_row = QHBoxLayout()
+        self._compare_row.addWidget(self.compare_button)
+        self._compare_row.addWidget(self.flip_button)
 
     @property
     def threshold(self) -> float:
@@ -196,7 +230,7 @@ class DenoiseDetectWidget(QWidget):
                 models, default = [], None
                 self.status.setText(f"could not list {kind} models: {exc}")
             for info in models:
-                combo.addItem(f"{info.name} ({'shipped' if info.shipped else 'user'})", str(info.path))
+                combo.addItem(model_item(info.name, kind, info.shipped), str(info.path))
             for text, data in browsed:
                 combo.addItem(text, data)
             combo.addItem(BROWSE_ITEM, None)
@@ -238,6 +272,35 @@ class DenoiseDetectWidget(QWidget):
         combo.insertItem(combo.count() - 1, f"file: {Path(stem).name}", stem)
         combo.setCurrentIndex(combo.count() - 2)
         return True
+
+    def select_model(self, name: str) -> bool:
+        """Choose the pair called ``name`` (``NAME_denoiser`` and/or ``NAME_detector``, or files named ``NAME``) in
+        both pickers; True when at least one was found."""
+        found = False
+        for combo, kind in ((self.denoiser_combo, "denoiser"), (self.detector_combo, "detector")):
+            for i in range(combo.count()):
+                data = combo.itemData(i)
+                if data and pair_name(Path(str(data)).name, kind) == name:
+                    combo.setCurrentIndex(i)
+                    found = True
+                    break
+        return found
+
+    def _on_model_activated(self, combo: QComboBox, kind: str) -> None:
+        """A model picked for one network brings its partner (same pair name) into the other picker."""
+        if combo.currentText() == BROWSE_ITEM:
+            self._maybe_browse(combo, kind)
+            return
+        data = combo.currentData()
+        other = self.detector_combo if combo is self.denoiser_combo else self.denoiser_combo
+        other_kind = "detector" if kind == "denoiser" else "denoiser"
+        if not data or other.currentData() is None and other.currentText() == NONE_ITEM:
+            return
+        name = pair_name(Path(str(data)).name, kind)
+        for i in range(other.count()):
+            if other.itemData(i) and pair_name(Path(str(other.itemData(i))).name, other_kind) == name:
+                other.setCurrentIndex(i)
+                return
 
     def _maybe_browse(self, combo: QComboBox, kind: str) -> None:
         if combo.currentText() != BROWSE_ITEM:
@@ -303,7 +366,9 @@ class DenoiseDetectWidget(QWidget):
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         n = 1 if slices is not None or layer.ndim == 2 else layer.data.shape[0]
-        self.progress.setRange(0, n * ((den is not None) + (det is not None)))
+        passes = [p for p, m in (("denoise", den), ("detect", det)) if m is not None]
+        self.progress.setRange(0, n * len(passes))
+        self.progress.setFormat(f"%p% of {n} slice{'s' * (n > 1)} ({' + '.join(passes)})")
         self.progress.setValue(0)
         self.status.setText(f"running on {layer.name!r}...")
         worker.start()
@@ -319,8 +384,8 @@ class DenoiseDetectWidget(QWidget):
         if rec.stage == "running":
             self.progress.setRange(0, rec.total)
             self.progress.setValue(rec.done)
-        for text in rec.notices:
-            self._message(text)
+        for text in rec.notices:  # informative (e.g. "no GPU found"): the status line, not a pop-up
+            self.status.setText(f"LIDnet: {text}")
 
     def _on_aborted(self) -> None:
         self._message("cancelled: no layers added")
@@ -398,6 +463,7 @@ class DenoiseDetectWidget(QWidget):
         src = self._last["layer"]
         meta = {
             **metadata_for_slices(dict(src.metadata), self._last["first"]),
+            "hu": True,
             "lidnet": {
                 "source_layer": src.name,
                 "denoiser": self._last["labels"][0],
@@ -405,7 +471,7 @@ class DenoiseDetectWidget(QWidget):
             },
         }
         kwargs = {
-            "name": f"{src.name} denoised",
+            "name": derived_name(src.name, "denoised"),
             "contrast_limits": tuple(src.contrast_limits),
             "colormap": src.colormap.name,
             "metadata": meta,
@@ -426,10 +492,11 @@ class DenoiseDetectWidget(QWidget):
         noise = original - data
         lim = float(max(1.0, 3 * np.std(noise)))
         kwargs = {
-            "name": f"{src.name} removed noise",
+            "name": derived_name(src.name, "noise"),
             "contrast_limits": (-lim, lim),
             "colormap": "gray",
             "visible": True,
+            "metadata": {ROLE: NOISE},
             **self._geometry(self._last["first"]),
         }
         self._place("removed noise", noise, kwargs, "image")
@@ -471,7 +538,7 @@ class DenoiseDetectWidget(QWidget):
             layer.refresh_colors()
             return
         kwargs = {
-            "name": f"{src.name} lesions",
+            "name": derived_name(src.name, "lesions"),
             "ndim": ndim,
             "shape_type": "rectangle",
             "features": features,
@@ -481,7 +548,7 @@ class DenoiseDetectWidget(QWidget):
             "edge_width": 2,
             "face_color": "transparent",
             "text": {"string": "{score:.2f}", "anchor": "upper_left", "size": 9, "color": "yellow"},
-            "metadata": {"lidnet": {"source_layer": src.name, "detector": self._last["labels"][1]}},
+            "metadata": {ROLE: DETECTIONS, "lidnet": {"source_layer": src.name, "detector": self._last["labels"][1]}},
             **self._geometry(None),
         }
         self._place("lesions", [s for s, _ in shapes], kwargs, "shapes")
@@ -495,6 +562,48 @@ class DenoiseDetectWidget(QWidget):
     def _on_noise_toggled(self, checked: bool) -> None:
         if self._last is not None:
             self._show_noise()
+
+    # ----------------------------------------------------------------------------------------------- compare
+    def output(self, role: str) -> Any | None:
+        """The last run's output layer of ``role`` ('denoised', 'lesions', 'removed noise'), None when absent."""
+        if self._last is None:
+            return None
+        layer = self._outputs.get((self._last["layer"].name, role))
+        return layer if layer is not None and layer in self.viewer.layers else None
+
+    def _compare_pair(self) -> tuple[Any, Any] | None:
+        den = self.output("denoised")
+        src = self._last["layer"] if self._last is not None else None
+        if den is None or src not in self.viewer.layers:
+            return None
+        return src, den
+
+    def set_compare(self, on: bool) -> bool:
+        """Input and denoised side by side with one window/level (on), or the view as before (off)."""
+        pair = self._compare_pair() if on else None
+        if on and pair is None:
+            self._message("run the denoiser first: there is nothing to compare", error=True)
+        if on and pair is not None:
+            self.compare.show(*pair)
+        else:
+            self.compare.close()
+        self.compare_button.blockSignals(True)
+        self.compare_button.setChecked(pair is not None)
+        self.compare_button.blockSignals(False)
+        return pair is not None
+
+    def flip(self) -> Any | None:
+        """Show the other one of input and denoised in place (key F); returns the layer now shown."""
+        pair = self._compare_pair()
+        if pair is None:
+            return None
+        if self.compare.pair != pair:
+            self.compare.pair = pair
+        shown = self.compare.flip()
+        self.compare_button.blockSignals(True)
+        self.compare_button.setChecked(False)
+        self.compare_button.blockSignals(False)
+        return shown
 
     # ------------------------------------------------------------------------------------------------ export
     def _update_export_buttons(self) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtWidgets import QWidget
 
 from .._training.finetune import (
     FinetuneOutcome,
@@ -27,9 +27,11 @@ from .._training.finetune import (
     outcome_summary,
 )
 from .._training.local_data import CTInput, format_problems
+from ._docking import DockHome, scroll_layout
 from ._finetune_parts import (
     DETECT_ITEM,
     LOSS_MODES,
+    NO_BOXES_ITEM,
     SCRATCH_ITEM,
     SOURCES,
     AdvancedBox,
@@ -39,17 +41,28 @@ from ._finetune_parts import (
     folder_problems,
     input_problems,
 )
+from ._roles import DETECTIONS, model_item, role
 from .layer_inputs import inputs_from_layers, paired_input
+from .reading_room import ReadingRoom
 
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["DETECT_ITEM", "LOSS_MODES", "SCRATCH_ITEM", "SOURCES", "FineTuneWidget", "refresh_denoise_widgets"]
+TITLE = "Fine-tune"  # the dock's tab
+__all__ = [
+    "DETECT_ITEM",
+    "LOSS_MODES",
+    "NO_BOXES_ITEM",
+    "SCRATCH_ITEM",
+    "SOURCES",
+    "FineTuneWidget",
+    "refresh_denoise_widgets",
+]
 
 
 def refresh_denoise_widgets(viewer: Any, select: str | None = None) -> int:
-    """Call ``refresh_models()`` on every DenoiseDetectWidget docked in ``viewer`` (and select the models named
-    ``select``_denoiser/_detector when given); returns how many widgets were refreshed."""
+    """Call ``refresh_models()`` on every DenoiseDetectWidget docked in ``viewer`` and, when ``select`` is given,
+    choose the pair of that name in it (``NAME_denoiser`` / ``NAME_detector``); returns how many were refreshed."""
     from .denoise_detect import DenoiseDetectWidget
 
     window = getattr(viewer, "window", None)
@@ -64,13 +77,7 @@ def refresh_denoise_widgets(viewer: Any, select: str | None = None) -> int:
     for w in dict.fromkeys(found):
         w.refresh_models()
         if select:
-            for kind in ("denoiser", "detector"):
-                combo = getattr(w, f"{kind}_combo", None)
-                if combo is None:
-                    continue
-                for i in range(combo.count()):
-                    if combo.itemData(i) and Path(str(combo.itemData(i))).name == f"{select}_{kind}":
-                        combo.setCurrentIndex(i)
+            w.select_model(select)
     return len(found)
 
 
@@ -100,6 +107,8 @@ class FineTuneWidget(QWidget):
         self.refresh_models()
         for event in ("inserted", "removed", "moved"):
             getattr(self.viewer.layers.events, event).connect(self.refresh_layers)
+        ReadingRoom.install(napari_viewer)
+        DockHome(self, "right", TITLE)
 
     # ------------------------------------------------------------------------------------------------------- UI
     def _build_ui(self) -> None:
@@ -107,7 +116,7 @@ class FineTuneWidget(QWidget):
         self._create_model_box()
         self._create_advanced_box()
         self._create_run_panel()
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         for w in (self.data_box, self.model_box, self.advanced_button, self.advanced, self.run_panel):
             layout.addWidget(w)
 
@@ -196,7 +205,7 @@ class FineTuneWidget(QWidget):
 
     def refresh_layers(self, event: Any = None) -> None:
         """Refill the layer pickers, keeping current choices (a new pick prefers full-dose-looking names)."""
-        self.data_box.refresh([ly.name for ly in self._images()], [ly.name for ly in self._shapes()])
+        self.data_box.refresh([ly.name for ly in self._images()], [(ly.name, role(ly)) for ly in self._shapes()])
 
     def checked_images(self) -> list[str]:
         """Names of the ticked normal-dose image layers."""
@@ -220,7 +229,7 @@ class FineTuneWidget(QWidget):
                 models, default = [], None
                 self.status.setText(f"could not list {kind} models: {exc}")
             for info in models:
-                combo.addItem(f"{info.name} ({'shipped' if info.shipped else 'user'})", str(info.path))
+                combo.addItem(model_item(info.name, kind, info.shipped), str(info.path))
             combo.addItem(SCRATCH_ITEM, None)
             paths = [combo.itemData(i) for i in range(combo.count())]
             if current in paths and current is not None:
@@ -245,8 +254,8 @@ class FineTuneWidget(QWidget):
         z = float(np.asarray(layer.world_to_data(point))[0])
         return int(np.clip(round(z), 0, layer.data.shape[0] - 1))
 
-    def _boxes_layer(self, name: str) -> Any:
-        return None if name == DETECT_ITEM else self._layer(name)
+    def _boxes_layer(self, name: str | None) -> Any:
+        return None if not name or name == DETECT_ITEM else self._layer(name)
 
     def settings(self) -> dict[str, Any]:
         """TrainConfig fields chosen in the widget (besides ``out``)."""
@@ -270,6 +279,12 @@ class FineTuneWidget(QWidget):
             problems.append(f"patch size {patch} must be a multiple of 16")
         data = self.data_box.values()
         source = data["source"]
+        chosen = data["boxes"] if source == "layers" else data["paired_boxes"]
+        if source in ("layers", "paired") and settings["mode"] != "pixel" and not chosen:
+            problems.append(
+                "choose the lesion boxes: a reviewed layer (Lesion navigator), a layer you drew, or, knowingly, "
+                f"{DETECT_ITEM!r} (unreviewed: the detector would learn its own false positives)"
+            )
         inputs, folder, notes = self._gather_inputs(data)
         problems.extend(notes)
         if inputs:
@@ -325,6 +340,16 @@ class FineTuneWidget(QWidget):
         item, notes = paired_input(low, full, shapes, self._current_slice(full))
         return [item], list(notes)
 
+    def _boxes_note(self) -> str:
+        """', on unreviewed detections' when the chosen lesion boxes are the detector's own."""
+        data = self.data_box.values()
+        if data["source"] not in ("layers", "paired") or self.settings()["mode"] == "pixel":
+            return ""
+        chosen = data["boxes"] if data["source"] == "layers" else data["paired_boxes"]
+        layer = self._boxes_layer(chosen)
+        raw = chosen == DETECT_ITEM or (layer is not None and role(layer) == DETECTIONS)
+        return ", on unreviewed detections (the detector may learn its own false positives)" if raw else ""
+
     # ---------------------------------------------------------------------------------------------------- run
     def start(self) -> Any:
         """Check the data and start the run in a worker; returns the worker, or None (message in ``status``)."""
@@ -351,7 +376,7 @@ class FineTuneWidget(QWidget):
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self.run_panel.begin()
-        self._message(f"fine-tuning {request.name!r} ({request.config.rounds} rounds) …")
+        self._message(f"fine-tuning {request.name!r} ({request.config.rounds} rounds){self._boxes_note()} …")
         worker.start()
         return worker
 

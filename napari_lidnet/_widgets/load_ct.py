@@ -1,7 +1,9 @@
 """'Load CT' dock widget: open a DICOM series / DeepLesion PNG / array, window presets, simulated low dose.
 
-The widget is thin: reading and simulation run in napari thread workers that return data; the callbacks here
-(GUI thread) turn results into layers and messages. No torch at import time.
+The widget is thin: reading runs in a napari thread worker that returns data; the low-dose simulation is a
+generator worker (``_worker_utils.simulate_job``: chunks of slices on the chosen device, progress with the time
+left, Cancel between chunks). The callbacks here (GUI thread) turn results into layers and messages. The dock lives
+in the right-hand column of LIDnet forms (``_docking``). No torch at import time.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import numpy as np
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -22,15 +26,23 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QProgressBar,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
 from ..io.open_ct import list_series, open_ct
-from ..io.windowing import DEFAULT_PRESET, WINDOW_PRESETS, contrast_limits
+from ..io.windowing import DEFAULT_PRESET, WINDOW_PRESETS
 from ..layer_data import volume_layer_tuples
+from ._docking import DockHome, scroll_layout
+from ._roles import derived_name
+from ._worker_utils import Failure, SimProgress, simulate_job
+from .reading_room import HINT, ReadingRoom
+
+TITLE = "Load CT"  # the dock's tab
+#: devices offered for the simulation ('auto': a GPU when there is one)
+SIM_DEVICES = ("auto", "cpu", "cuda")
 
 if TYPE_CHECKING:
     import napari
@@ -50,35 +62,33 @@ def _open_task(path: str, series_uid: str | None) -> Any:
         return _UserError(str(exc))
 
 
-def _simulate_task(hu: np.ndarray, dose: float, spacing_mm: float, seed: int) -> Any:
-    try:
-        from ..sim.lowdose import simulate_low_dose
-    except ImportError as exc:
-        return _UserError(f"low-dose simulation is not available ({exc})")
-    try:
-        return simulate_low_dose(hu, dose, spacing_mm, seed=seed)
-    except ValueError as exc:
-        return _UserError(str(exc))
-
-
 class LoadCTWidget(QWidget):
-    """Open CT into the viewer, set display windows, and simulate low-dose partners of open images."""
+    """Open CT into the viewer, set display windows, and simulate low-dose partners of open images.
+
+    ``simulation_finished`` is emitted on the GUI thread when a simulation ends (done, failed or cancelled)."""
+
+    simulation_finished = Signal()
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
+        self.room = ReadingRoom.install(napari_viewer)
         self._scanned_path: str | None = None
         self._scan_ok = False
         self._workers: list[Any] = []
+        self.sim_worker: Any = None
+        self.sim_chunk: int | None = None  # slices per simulation call (None: 4 on the CPU, 16 on a GPU)
+        self.sim_records: list[SimProgress] = []
 
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         for w in (self._create_open_box(), self._create_window_box(), self._create_simulate_box(), self.status):
             layout.addWidget(w)
         layout.addStretch(1)
         self._connect_signals()
         self._refresh_layers()
+        DockHome(self, "right", TITLE)
 
     def _create_open_box(self) -> QGroupBox:
         """'Open CT': path with File/Folder buttons, series picker, Open."""
@@ -106,10 +116,18 @@ class LoadCTWidget(QWidget):
         self.preset_combo.addItems(list(WINDOW_PRESETS))
         self.preset_combo.setCurrentText(DEFAULT_PRESET)
         self.apply_window_button = QPushButton("Apply to selected layer")
+        self.link_check = QCheckBox("one window/level for all CT layers")
+        self.link_check.setChecked(self.room.linked)
+        self.link_check.setToolTip("a window set on one CT layer (drag, key, preset, slider) is set on all of them")
+        hint = QLabel(HINT)
+        hint.setWordWrap(True)
+        hint.setStyleSheet("color: gray;")
         win_box = QGroupBox("Window")
         win_form = QFormLayout(win_box)
         win_form.addRow("Preset", self.preset_combo)
         win_form.addRow(self.apply_window_button)
+        win_form.addRow(self.link_check)
+        win_form.addRow(hint)
         return win_box
 
     def _create_simulate_box(self) -> QGroupBox:
@@ -122,13 +140,28 @@ class LoadCTWidget(QWidget):
         self.dose_spin.setValue(0.25)
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
+        self.sim_device_combo = QComboBox()
+        self.sim_device_combo.addItems(SIM_DEVICES)
+        self.sim_device_combo.setToolTip("auto: a GPU when there is one, else the CPU")
         self.simulate_button = QPushButton("Simulate low dose")
+        self.sim_cancel_button = QPushButton("Cancel")
+        self.sim_cancel_button.setEnabled(False)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.simulate_button)
+        buttons.addWidget(self.sim_cancel_button)
+        self.sim_progress = QProgressBar()
+        self.sim_progress.setFormat("%v / %m slices")
+        self.sim_progress.setVisible(False)
+        self.sim_eta = QLabel("")
         sim_box = QGroupBox("Simulate low dose")
         sim_form = QFormLayout(sim_box)
-        sim_form.addRow("Normal-dose image", self.sim_layer_combo)
+        sim_form.addRow("Normal dose", self.sim_layer_combo)
         sim_form.addRow("Dose fraction", self.dose_spin)
         sim_form.addRow("Seed", self.seed_spin)
-        sim_form.addRow(self.simulate_button)
+        sim_form.addRow("Device", self.sim_device_combo)
+        sim_form.addRow(buttons)
+        sim_form.addRow(self.sim_progress)
+        sim_form.addRow(self.sim_eta)
         return sim_box
 
     def _connect_signals(self) -> None:
@@ -140,6 +173,8 @@ class LoadCTWidget(QWidget):
         self.apply_window_button.clicked.connect(self.apply_preset)
         self.preset_combo.activated.connect(lambda _i: self.apply_preset())
         self.simulate_button.clicked.connect(self.simulate)
+        self.sim_cancel_button.clicked.connect(self.cancel_simulation)
+        self.link_check.toggled.connect(self._on_link_toggled)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
 
@@ -223,17 +258,18 @@ class LoadCTWidget(QWidget):
 
     # ------------------------------------------------------------------ window
     def apply_preset(self) -> None:
-        """Set the selected image layer's contrast limits to the preset window (data untouched)."""
+        """Set the preset window on the selected image layer (and the CT layers linked to it); data untouched."""
         layer = self.viewer.layers.selection.active
         if not isinstance(layer, Image):
             self._error("select an image layer to apply a window preset")
             return
         preset = self.preset_combo.currentText()
-        lo, hi = contrast_limits(preset)
-        rng_lo, rng_hi = layer.contrast_limits_range
-        layer.contrast_limits_range = (min(rng_lo, lo), max(rng_hi, hi))
-        layer.contrast_limits = (lo, hi)
+        self.room.apply_preset(preset, layer)
+        lo, hi = layer.contrast_limits
         self._info(f"{layer.name}: {preset} window [{lo:g}, {hi:g}] HU")
+
+    def _on_link_toggled(self, on: bool) -> None:
+        self.room.linked = bool(on)
 
     # ------------------------------------------------------------------ simulate
     def _refresh_layers(self, event: Any = None) -> None:
@@ -244,39 +280,86 @@ class LoadCTWidget(QWidget):
         if current in names:
             self.sim_layer_combo.setCurrentText(current)
 
-    def simulate(self) -> None:
-        """Simulate a low-dose partner of the chosen image layer in a worker."""
+    def simulate(self) -> Any:
+        """Simulate a low-dose partner of the chosen image layer in a worker; returns the worker (None: refused)."""
         name = self.sim_layer_combo.currentText()
+        if self.sim_worker is not None:
+            self._error("a simulation is running: cancel it first")
+            return None
         if not name or name not in self.viewer.layers:
             self._error("open a normal-dose CT image first")
-            return
+            return None
         layer = self.viewer.layers[name]
         hu = np.asarray(layer.data, dtype=np.float32)
         if hu.ndim not in (2, 3):
             self._error(f"{name}: expected a 2D or 3D CT image in HU, got shape {hu.shape}")
-            return
+            return None
         dose, seed = float(self.dose_spin.value()), int(self.seed_spin.value())
-        spacing = float(layer.scale[-1])
-        self.simulate_button.setEnabled(False)
+        args = (hu, dose, float(layer.scale[-1]), seed, self.sim_device_combo.currentText(), self.sim_chunk)
+        worker = create_worker(simulate_job, *args, _start_thread=False)
+        worker.yielded.connect(self._on_sim_progress)
+        worker.returned.connect(lambda out: self._on_simulated(out, layer, dose, seed))
+        worker.finished.connect(self._on_sim_finished)
+        self.sim_worker = worker
+        self.sim_records = []
+        self._sim_busy(True, hu.shape[0] if hu.ndim == 3 else 1)
         self._info(f"simulating {dose:.0%} dose of {name} …")
+        worker.start()
+        return worker
 
-        def done(result: Any) -> None:
-            if isinstance(result, _UserError):
-                self._error(result.message)
-                return
-            new = self.viewer.add_image(
-                np.asarray(result, dtype=np.float32),
-                name=f"{name} (low dose {dose:.0%})",
-                scale=layer.scale,
-                translate=layer.translate,
-                contrast_limits=layer.contrast_limits,
-                colormap="gray",
-                metadata={**layer.metadata, "simulated_dose": dose, "simulated_seed": seed, "normal_dose": name},
-            )
-            self._info(f"added {new.name}")
-            show_info(f"added {new.name}")
+    def cancel_simulation(self) -> None:
+        """Stop the simulation: the controls are free at once, the worker stops after the slices in hand."""
+        if self.sim_worker is None:
+            return
+        self.sim_worker.quit()
+        self._sim_busy(False)
+        self._info("simulation cancelled: no layer added")
 
-        self._start(_simulate_task, (hu, dose, spacing, seed), done, self.simulate_button)
+    def _sim_busy(self, busy: bool, total: int = 1) -> None:
+        self.simulate_button.setEnabled(not busy)
+        self.sim_cancel_button.setEnabled(busy)
+        self.sim_progress.setVisible(busy)
+        self.sim_progress.setRange(0, max(total, 1))
+        self.sim_progress.setValue(0)
+        self.sim_eta.setText("")
+
+    def _on_sim_progress(self, rec: SimProgress) -> None:
+        self.sim_records.append(rec)
+        if self.sim_worker is None or self.sim_worker.abort_requested:
+            return
+        self.sim_progress.setRange(0, rec.total)
+        self.sim_progress.setValue(rec.done)
+        if rec.eta_s is not None and rec.done < rec.total:
+            left = f"{rec.eta_s:.0f} s" if rec.eta_s < 90 else f"{rec.eta_s / 60:.1f} min"
+            self.sim_eta.setText(f"about {left} left")
+        if rec.notice:
+            self._info(rec.notice)
+
+    def _on_simulated(self, result: Any, layer: Any, dose: float, seed: int) -> None:
+        if isinstance(result, Failure):
+            self._error(result.message)
+            return
+        if layer not in self.viewer.layers:
+            self._error(f"{layer.name} was removed while simulating; result dropped")
+            return
+        meta = {**layer.metadata, "hu": True, "dose": dose, "simulated_dose": dose, "simulated_seed": seed,
+                "normal_dose": layer.name}  # fmt: skip
+        new = self.viewer.add_image(
+            np.asarray(result, dtype=np.float32),
+            name=derived_name(layer.name, f"{dose:.0%} dose"),
+            scale=layer.scale,
+            translate=layer.translate,
+            contrast_limits=layer.contrast_limits,
+            colormap="gray",
+            metadata=meta,
+        )
+        self._info(f"added {new.name} (low-dose partner of {layer.name})")
+        show_info(f"added {new.name}")
+
+    def _on_sim_finished(self) -> None:
+        self.sim_worker = None
+        self._sim_busy(False)
+        self.simulation_finished.emit()
 
     # ------------------------------------------------------------------ workers
     def _start(self, func: Any, args: tuple, on_result: Any, button: QPushButton) -> None:

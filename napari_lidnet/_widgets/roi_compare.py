@@ -6,6 +6,11 @@ images land on the right pixels. On a 3D image a 3D shape lives on its own slice
 current slice (the note says so). The table refreshes 300 ms after the last edit of the regions; 3D volumes and
 the ROI perceptual distance are computed off the GUI thread. Errors become notes in the table, never dialogs.
 torch is imported only when the ROI perceptual distance is switched on.
+
+The widget follows the user: the regions are the Shapes layer the user drew on last ("New ROI layer" makes one:
+transparent faces, a colour and a label per region); the detector's boxes are regions only when picked by hand;
+the reference is the normal-dose image a simulated or denoised layer records in its metadata. It lives in the
+bottom dock area: pickers, table and plots side by side.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
+    QAbstractScrollArea,
     QCheckBox,
     QComboBox,
     QFileDialog,
@@ -28,6 +34,7 @@ from qtpy.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QScrollArea,
     QSplitter,
     QTableWidget,
     QTableWidgetItem,
@@ -36,6 +43,9 @@ from qtpy.QtWidgets import (
 )
 
 from napari_lidnet._widgets._canvas import PlotCanvas
+from napari_lidnet._widgets._docking import DockHome
+from napari_lidnet._widgets._roles import DETECTIONS, ROI, ROLE, normal_dose_of, role
+from napari_lidnet._widgets.reading_room import ReadingRoom
 from napari_lidnet.io.windowing import WINDOW_PRESETS, contrast_limits
 from napari_lidnet.metrics.nps import region_nps
 from napari_lidnet.metrics.roi import (
@@ -48,6 +58,7 @@ from napari_lidnet.metrics.roi import (
     region_plane,
 )
 
+TITLE = "ROI compare"  # the dock's tab
 #: (row key, table header)
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("region", "region"),
@@ -68,6 +79,9 @@ PLOT_KINDS = ("bars", "line profile", "noise power spectrum")
 NONE = "(none)"
 REFERENCE_RANGE = "reference range"
 DEBOUNCE_MS = 300
+#: edge colours of the regions of a new ROI layer, one per region in turn
+ROI_COLORS = ("#ffe119", "#42d4f4", "#f58231", "#3cb44b", "#f032e6", "#4363d8", "#bfef45", "#fabed4")
+DETECTIONS_PREFIX = "raw detections: "
 
 
 def format_value(value: Any) -> str:
@@ -175,6 +189,7 @@ class ROICompareWidget(QWidget):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        ReadingRoom.install(napari_viewer)
         self.rows: list[dict[str, Any]] = []
         self.regions: list[Region] = []
         self.generation = 0  # increases with every finished computation (tests wait on it)
@@ -183,32 +198,52 @@ class ROICompareWidget(QWidget):
         self._worker = None
         self._pending = False
         self._syncing = False
-
-        form, buttons = self._create_inputs()
+        self._touched: dict[int, int] = {}  # id(shapes layer) -> order of its last edit or insertion
+        self._reference_chosen = False  # the user picked the reference: stop defaulting it
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.status)
         split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self._create_input_panel())
         split.addWidget(self._create_table())
         split.addWidget(self._create_plots())
-        layout.addWidget(split, stretch=1)
+        split.setSizes([320, 640, 420])
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addWidget(split)
         self._create_timer()
         self._connect_signals()
         self._watch_viewer()
+        DockHome(self, "bottom", TITLE)
+
+    def _create_input_panel(self) -> QScrollArea:
+        """Pickers, buttons and the message line in a scrolling column (the table and plots keep the width)."""
+        form, buttons = self._create_inputs()
+        panel = QWidget()
+        col = QVBoxLayout(panel)
+        col.setContentsMargins(0, 0, 0, 0)
+        col.addLayout(buttons)
+        col.addLayout(form)
+        col.addWidget(self.status)
+        col.addStretch(1)
+        area = QScrollArea()
+        area.setWidgetResizable(True)
+        area.setWidget(panel)
+        area.setSizeAdjustPolicy(QAbstractScrollArea.SizeAdjustPolicy.AdjustIgnored)
+        return area
 
     def _create_inputs(self) -> tuple[QFormLayout, QHBoxLayout]:
         """The form of pickers (regions, images, reference, background, window, perceptual) and the button row."""
         self.shapes_combo = QComboBox()
+        self.shapes_combo.setToolTip("the Shapes layer you drew on last; the detector's boxes only when picked here")
         self.image_list = QListWidget()
-        self.image_list.setMaximumHeight(110)
+        self.image_list.setMaximumHeight(90)
         self.reference_combo = QComboBox()
         self.background_combo = QComboBox()
         self.window_combo = QComboBox()
         self.window_combo.addItems([*WINDOW_PRESETS, REFERENCE_RANGE])
         self.perceptual_check = QCheckBox("ROI perceptual distance (lesion detector)")
+        self.new_roi_button = QPushButton("New ROI layer")
+        self.new_roi_button.setToolTip("a Shapes layer for regions: transparent, a colour and a label per region")
         self.refresh_button = QPushButton("Refresh")
         self.export_button = QPushButton("Export CSV")
         form = QFormLayout()
@@ -219,6 +254,7 @@ class ROICompareWidget(QWidget):
         form.addRow("PSNR/SSIM window", self.window_combo)
         form.addRow(self.perceptual_check)
         buttons = QHBoxLayout()
+        buttons.addWidget(self.new_roi_button)
         buttons.addWidget(self.refresh_button)
         buttons.addWidget(self.export_button)
         return form, buttons
@@ -267,6 +303,8 @@ class ROICompareWidget(QWidget):
         self.perceptual_check.toggled.connect(self.schedule_refresh)
         self.refresh_button.clicked.connect(self.refresh)
         self.export_button.clicked.connect(self._export_clicked)
+        self.new_roi_button.clicked.connect(lambda _=False: self.new_roi_layer())
+        self.reference_combo.activated.connect(self._on_reference_chosen)
         for combo in (self.plot_kind, self.metric_combo, self.plot_region):
             combo.currentIndexChanged.connect(self.update_plot)
 
@@ -295,28 +333,84 @@ class ROICompareWidget(QWidget):
 
     def _watch(self, layer: Any) -> None:
         layer.events.name.connect(self._on_layers_changed)
-        from napari.layers import Image
+        from napari.layers import Image, Shapes
 
         if isinstance(layer, Image):
             layer.events.data.connect(self.schedule_refresh)
+        if isinstance(layer, Shapes):
+            layer.events.data.connect(self._on_shapes_edited)
 
     def _on_layer_inserted(self, event: Any) -> None:
-        self._watch(event.value)
+        """A new layer: watched; a new user Shapes layer becomes the regions' source (the user is about to draw)."""
+        from napari.layers import Shapes
+
+        layer = event.value
+        self._watch(layer)
+        self._touch(layer)
         self._on_layers_changed()
+        if isinstance(layer, Shapes) and role(layer) != DETECTIONS:
+            self.set_regions_layer(layer.name)
 
     def _on_layers_changed(self, event: Any = None) -> None:
         self._sync_layers()
         self.schedule_refresh()
 
+    def _touch(self, layer: Any) -> None:
+        """Remember ``layer`` as the Shapes layer the user worked on last (detector layers do not count)."""
+        from napari.layers import Shapes
+
+        if isinstance(layer, Shapes) and role(layer) != DETECTIONS:
+            self._touched[id(layer)] = max(self._touched.values(), default=0) + 1
+
+    def _on_shapes_edited(self, event: Any) -> None:
+        """A drawn, moved or deleted shape: its layer becomes the regions' source (following the user)."""
+        layer = getattr(event, "source", None)
+        if getattr(event, "action", "changed") not in ("added", "changed", "removed") or layer is None:
+            return
+        if role(layer) == DETECTIONS or layer is self._shapes:
+            return
+        self._touch(layer)
+        self.set_regions_layer(layer.name)
+
+    def set_regions_layer(self, name: str | None) -> None:
+        """Use the Shapes layer called ``name`` as the regions (None: no regions)."""
+        idx = self.shapes_combo.findData(name) if name else 0
+        self.shapes_combo.setCurrentIndex(max(idx, 0))
+
+    def default_regions_layer(self) -> str | None:
+        """The user's Shapes layer edited (or added) last; never the detector's boxes; None when there is none."""
+        layers = self._shapes_layers()
+        user = [(self._touched.get(id(lay), 0), k, lay) for k, lay in enumerate(layers) if role(lay) != DETECTIONS]
+        return max(user, key=lambda t: t[:2])[2].name if user else None
+
+    def default_reference(self) -> str | None:
+        """The normal-dose image a shown image records as its source (simulated or denoised from it), if open."""
+        for lay in reversed(self._image_layers()):
+            full = normal_dose_of(lay, self.viewer.layers)
+            if full is not None:
+                return full.name
+        return None
+
+    def _on_reference_chosen(self, index: int) -> None:
+        self._reference_chosen = True
+
+    def _sync_shapes_combo(self) -> None:
+        """(none), then every Shapes layer; the detector's layers are marked as raw detections."""
+        current = self.shapes_combo.currentData()
+        self.shapes_combo.clear()
+        self.shapes_combo.addItem(NONE, None)
+        for lay in self._shapes_layers():
+            text = DETECTIONS_PREFIX + lay.name if role(lay) == DETECTIONS else lay.name
+            self.shapes_combo.addItem(text, lay.name)
+        names = [lay.name for lay in self._shapes_layers()]
+        target = current if current in names else self.default_regions_layer()
+        self.shapes_combo.setCurrentIndex(max(self.shapes_combo.findData(target), 0) if target else 0)
+
     def _sync_layers(self) -> None:
         """Refill the layer pickers, keeping the current choices (checked images stay checked, new ones are)."""
         self._syncing = True
         try:
-            current = self.shapes_combo.currentText()
-            self.shapes_combo.clear()
-            self.shapes_combo.addItems([lay.name for lay in self._shapes_layers()])
-            if current:
-                self.shapes_combo.setCurrentText(current)
+            self._sync_shapes_combo()
             states = {
                 self.image_list.item(i).text(): self.image_list.item(i).checkState()
                 for i in range(self.image_list.count())
@@ -331,8 +425,9 @@ class ROICompareWidget(QWidget):
             ref = self.reference_combo.currentText()
             self.reference_combo.clear()
             self.reference_combo.addItems([NONE, *names])
-            if ref in names:
-                self.reference_combo.setCurrentText(ref)
+            if not (self._reference_chosen and ref in (NONE, *names)):
+                ref = self.default_reference() or (ref if ref in names else NONE)
+            self.reference_combo.setCurrentText(ref)
         finally:
             self._syncing = False
         self._connect_shapes()
@@ -343,7 +438,7 @@ class ROICompareWidget(QWidget):
             self.schedule_refresh()
 
     def _connect_shapes(self) -> None:
-        name = self.shapes_combo.currentText()
+        name = self.shapes_combo.currentData()
         layer = next((lay for lay in self._shapes_layers() if lay.name == name), None)
         if layer is self._shapes:
             return
@@ -354,6 +449,45 @@ class ROICompareWidget(QWidget):
         if layer is not None:
             layer.events.data.connect(self.schedule_refresh)
             layer.events.set_data.connect(self.schedule_refresh)
+
+    # ----------------------------------------------------------------------------------------------- new ROIs
+    def new_roi_layer(self) -> Any:
+        """Add a Shapes layer for regions over the reference (or first) image: transparent faces, a colour and a
+        label (R1, R2, ...) per region; it becomes the regions' source, ready to draw rectangles."""
+        layers = {lay.name: lay for lay in self._image_layers()}
+        image = layers.get(self.reference_combo.currentText()) or next(iter(layers.values()), None)
+        geo = {} if image is None else {"scale": image.scale, "translate": image.translate}
+        n = 1 + sum(role(lay) == ROI for lay in self._shapes_layers())
+        layer = self.viewer.add_shapes(
+            name=f"ROI {n}",
+            ndim=image.ndim if image is not None else 2,
+            face_color="transparent",
+            edge_width=2,
+            features={"name": np.array([], dtype=object)},
+            feature_defaults={"name": "R1"},
+            edge_color="name",
+            edge_color_cycle=list(ROI_COLORS),
+            text={"string": "{name}", "anchor": "upper_left", "size": 10, "color": "white"},
+            metadata={ROLE: ROI},
+            **geo,
+        )
+        layer.events.data.connect(self._name_next_region)
+        self.viewer.layers.selection.active = layer
+        layer.mode = "add_rectangle"
+        self.set_regions_layer(layer.name)
+        return layer
+
+    @staticmethod
+    def _name_next_region(event: Any) -> None:
+        """After a region is drawn on a new ROI layer, the next one gets the next label (and colour)."""
+        layer = getattr(event, "source", None)
+        if layer is None or getattr(event, "action", "") != "added":
+            return
+        used = {str(v) for v in layer.features["name"]} if "name" in layer.features else set()
+        k = 1
+        while f"R{k}" in used:
+            k += 1
+        layer.feature_defaults = {"name": f"R{k}"}
 
     def _sync_background(self, regions: list[Region]) -> None:
         """Background choices: (none) + area regions by index; keeps the chosen index while it exists."""
@@ -384,6 +518,11 @@ class ROICompareWidget(QWidget):
     def _on_step(self, event: Any = None) -> None:
         if self._shapes is not None and self._shapes.ndim < 3 and any(lay.ndim == 3 for lay in self._image_layers()):
             self.schedule_refresh()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a refresh is scheduled or computing (the table is about to change)."""
+        return self._worker is not None or self._timer.isActive()
 
     def schedule_refresh(self, *args: Any) -> None:
         """Restart the debounce timer; the table is recomputed 300 ms after the last call."""
@@ -426,7 +565,7 @@ class ROICompareWidget(QWidget):
         self._images, self.regions = images, regions
         args = (images, regions, ref, bg, self.window(), self.perceptual_check.isChecked())
         if self._shapes is None:
-            self.status.setText("Add a Shapes layer and draw rectangles, ellipses or polygons.")
+            self.status.setText("Press \"New ROI layer\" and draw rectangles, ellipses or polygons (or pick a layer).")
         checked = [n for n in images if self._is_checked(n)]
         if not args[-1] and all(np.ndim(im) == 2 for im in images.values()):
             self._show(_compute(*args), checked)

@@ -1,0 +1,128 @@
+"""Where the plugin's docks live: forms tabbed in one narrow right column, tables and plots tabbed at the bottom.
+
+napari docks every plugin widget on the right, one under the other, whatever the plugin asks; each LIDnet widget
+therefore moves its own dock once it is docked (``DockHome``): into its home area, tabified with the LIDnet docks
+already there, at a width (right) or height (bottom) that leaves the canvas most of the window. Forms scroll inside
+their dock (``scroll_layout``), so a tall form never makes the window grow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDockWidget,
+    QFormLayout,
+    QFrame,
+    QMainWindow,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
+
+AREAS = {"right": Qt.DockWidgetArea.RightDockWidgetArea, "bottom": Qt.DockWidgetArea.BottomDockWidgetArea}
+#: initial size of the home areas (px): the right column's width, the bottom area's height
+RIGHT_WIDTH = 280
+BOTTOM_HEIGHT = 300
+#: attributes a LIDnet widget carries: its home area, and the short title of its tab
+HOME_ATTR = "lidnet_home"
+TITLE_ATTR = "lidnet_title"
+#: characters a combo box shows at least (longer entries are elided, the popup shows them whole)
+COMBO_CHARS = 12
+
+
+def scroll_layout(widget: QWidget) -> QVBoxLayout:
+    """Give ``widget`` a frameless vertical scroll area and return the layout of the scrolled content."""
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    area = QScrollArea(widget)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    body = QWidget()
+    area.setWidget(body)
+    outer.addWidget(area)
+    return QVBoxLayout(body)
+
+
+def compact(widget: QWidget) -> None:
+    """Fit a form into a narrow column: labels go above fields that do not fit beside them, combo boxes elide."""
+    for form in widget.findChildren(QFormLayout):
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+    for combo in widget.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(COMBO_CHARS)
+
+
+def dock_of(widget: QWidget) -> QDockWidget | None:
+    """The dock holding ``widget``, or None when it is not docked."""
+    parent = widget.parentWidget()
+    while parent is not None and not isinstance(parent, QDockWidget):
+        parent = parent.parentWidget()
+    return parent
+
+
+def lidnet_docks(main: QMainWindow, area: str) -> list[QDockWidget]:
+    """Open (not closed) LIDnet docks of ``main`` in ``area``, in creation order."""
+    return [
+        d
+        for d in main.findChildren(QDockWidget)
+        if getattr(d.widget(), HOME_ATTR, None) == area
+        and main.dockWidgetArea(d) == AREAS[area]
+        and not d.isFloating()
+        and d.toggleViewAction().isChecked()
+    ]
+
+
+def settle(widget: QWidget) -> bool:
+    """Move ``widget``'s dock to its home area, tabbed with the other LIDnet docks there; True when it moved."""
+    area = getattr(widget, HOME_ATTR, None)
+    dock = dock_of(widget)
+    main = dock.parentWidget() if dock is not None else None
+    if area not in AREAS or not isinstance(main, QMainWindow):
+        return False
+    title = getattr(widget, TITLE_ATTR, "")
+    if title and dock.windowTitle() != title:
+        dock.setWindowTitle(title)  # the tab's text; napari's menus keep the dock's full name
+    others = [d for d in lidnet_docks(main, area) if d is not dock]
+    if main.dockWidgetArea(dock) == AREAS[area] and (not others or dock in main.tabifiedDockWidgets(others[0])):
+        return False
+    main.addDockWidget(AREAS[area], dock)
+    if others:
+        main.tabifyDockWidget(others[0], dock)
+    dock.show()
+    dock.raise_()
+    if area == "right":
+        main.resizeDocks([dock], [RIGHT_WIDTH], Qt.Orientation.Horizontal)
+    else:
+        main.resizeDocks([dock], [BOTTOM_HEIGHT], Qt.Orientation.Vertical)
+    return True
+
+
+class DockHome(QObject):
+    """Keeps a LIDnet widget's dock in its home area: settles it whenever the widget is (re)docked."""
+
+    def __init__(self, widget: QWidget, area: str, title: str = "") -> None:
+        super().__init__(widget)
+        if area not in AREAS:
+            raise ValueError(f"unknown dock area {area!r}; expected one of {sorted(AREAS)}")
+        self._widget = widget
+        setattr(widget, HOME_ATTR, area)
+        setattr(widget, TITLE_ATTR, title)
+        if area == "right":
+            compact(widget)
+        widget.installEventFilter(self)
+        QTimer.singleShot(0, self.settle)
+
+    def settle(self) -> None:
+        """Settle now (a deleted widget is ignored)."""
+        with contextlib.suppress(RuntimeError):  # the widget was deleted before the timer fired
+            settle(self._widget)
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
+        """A parent change (docking) schedules a settle once napari has placed the dock."""
+        if event.type() == QEvent.Type.ParentChange:
+            QTimer.singleShot(0, self.settle)
+        return False

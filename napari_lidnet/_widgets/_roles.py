@@ -1,0 +1,80 @@
+"""What a layer is to LIDnet, read from its metadata, and the short names of the layers the plugin adds.
+
+Roles (``layer.metadata["lidnet_role"]``): ``detections`` (the detector's raw boxes), ``reviewed`` (boxes a reader
+accepted, edited or drew in the lesion navigator), ``roi`` (regions made with ROI compare's "New ROI layer"),
+``noise`` (the removed-noise image). CT images in HU carry ``metadata["hu"] = True``; a simulated low-dose image
+names its normal-dose source in ``metadata["normal_dose"]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ROLE = "lidnet_role"
+DETECTIONS, REVIEWED, ROI, NOISE = "detections", "reviewed", "roi", "noise"
+#: longest base name kept whole in a derived layer's name (napari's layer list shows about 24 characters)
+NAME_LIMIT = 20
+
+
+def role(layer: Any) -> str:
+    """The layer's LIDnet role, '' for a layer the user made (older detector layers count as detections)."""
+    meta = getattr(layer, "metadata", None) or {}
+    if meta.get(ROLE):
+        return str(meta[ROLE])
+    lid = meta.get("lidnet")
+    if isinstance(lid, dict) and "detector" in lid and "denoiser" not in lid:
+        return DETECTIONS
+    return ""
+
+
+def is_shapes(layer: Any) -> bool:
+    from napari.layers import Shapes
+
+    return isinstance(layer, Shapes)
+
+
+def is_ct_image(layer: Any) -> bool:
+    """A grayscale image in HU (read, simulated or denoised by the plugin); not the removed-noise image."""
+    from napari.layers import Image
+
+    if not isinstance(layer, Image) or layer.rgb or role(layer) == NOISE:
+        return False
+    return bool((layer.metadata or {}).get("hu"))
+
+
+def user_shapes(layers: Any) -> list[Any]:
+    """Shapes layers a person made or reviewed (everything but the detector's raw output)."""
+    return [ly for ly in layers if is_shapes(ly) and role(ly) != DETECTIONS]
+
+
+def normal_dose_of(layer: Any, layers: Any) -> Any | None:
+    """The normal-dose layer recorded in ``layer``'s metadata (simulated from it, or denoised from one that was)."""
+    name = (getattr(layer, "metadata", None) or {}).get("normal_dose")
+    names = [ly.name for ly in layers]
+    return layers[name] if name and name in names and name != layer.name else None
+
+
+def short_name(name: str, limit: int = NAME_LIMIT) -> str:
+    """``name`` cut at a word boundary to at most ``limit`` characters (an ellipsis marks the cut)."""
+    if len(name) <= limit:
+        return name
+    head = name[: limit - 1]
+    if name[limit - 1] != " " and " " in head[limit // 2 :]:  # the cut would split a word: drop that word
+        head = head.rsplit(" ", 1)[0]
+    return head.rstrip(" -_(,") + "…"
+
+
+def derived_name(source: str, tag: str) -> str:
+    """Name of a layer made from ``source``: its short name plus a short ``tag`` ('25%', 'denoised', ...)."""
+    return f"{short_name(source)} {tag}"
+
+
+def pair_name(stem: str, kind: str) -> str:
+    """The name a user gave a model pair: ``NAME`` for the files ``NAME_denoiser`` / ``NAME_detector``."""
+    suffix = f"_{kind}"
+    return stem[: -len(suffix)] if stem.endswith(suffix) and len(stem) > len(suffix) else stem
+
+
+def model_item(name: str, kind: str, shipped: bool) -> str:
+    """A model picker's entry: the pair name and where the model lives."""
+    return f"{pair_name(name, kind)} ({'shipped' if shipped else 'user'})"

@@ -1,0 +1,100 @@
+"""Input and output of a denoising run side by side (napari grid mode, one row) with one window/level, or flipped
+in place (one shown at a time, in the same spot). Leaving the comparison restores what was shown before."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .reading_room import ReadingRoom
+
+FLIP_KEY = "f"
+
+
+class CompareView:
+    """Side-by-side and flip views of a (before, after) pair of image layers of one viewer."""
+
+    def __init__(self, viewer: Any) -> None:
+        self.viewer = viewer
+        self.room = ReadingRoom.install(viewer)
+        self.pair: tuple[Any, Any] | None = None
+        self._saved: dict[str, Any] | None = None
+
+    @property
+    def side_by_side(self) -> bool:
+        """Whether the pair is shown in the grid now."""
+        return self._saved is not None and bool(self.viewer.grid.enabled)
+
+    def _remember(self) -> None:
+        if self._saved is None:
+            grid, camera, overlay = self.viewer.grid, self.viewer.camera, self.viewer.text_overlay
+            self._saved = {
+                "visible": {ly: ly.visible for ly in self.viewer.layers},
+                "grid": (grid.enabled, tuple(grid.shape), grid.stride),
+                "camera": (tuple(camera.center), camera.zoom),
+                "overlay": (overlay.visible, overlay.text),
+            }
+
+    def _valid(self) -> bool:
+        return self.pair is not None and all(ly in self.viewer.layers for ly in self.pair)
+
+    def show(self, before: Any, after: Any) -> None:
+        """Show ``before`` (left) and ``after`` (right) alone, side by side, with ``before``'s window on both."""
+        self._remember()
+        self.pair = (before, after)
+        for ly in self.viewer.layers:
+            ly.visible = ly in self.pair
+        layers = self.viewer.layers
+        grid = self.viewer.grid
+        grid.shape = (1, 2)
+        grid.stride = 1 if layers.index(before) < layers.index(after) else -1
+        grid.enabled = True
+        self.viewer.reset_view()  # both images whole, side by side
+        self.viewer.text_overlay.text = f"left: {before.name}    right: {after.name}    (F: flip in place)"
+        self.viewer.text_overlay.visible = True
+        self.link_windows()
+
+    def link_windows(self) -> None:
+        """One window/level for the pair: ``before``'s limits on both (and on every linked CT layer)."""
+        if not self._valid():
+            return
+        before, after = self.pair
+        self.room.set_limits(before, tuple(before.contrast_limits))
+        if tuple(after.contrast_limits) != tuple(before.contrast_limits):
+            self.room.set_limits(after, tuple(before.contrast_limits))
+
+    def flip(self) -> Any | None:
+        """Show the other image of the pair in place (the grid closes); returns the layer now shown."""
+        if not self._valid():
+            return None
+        self._remember()
+        if self.viewer.grid.enabled:
+            self.viewer.grid.enabled = False
+            self.viewer.reset_view()
+        self.viewer.text_overlay.visible = False
+        before, after = self.pair
+        shown = before if after.visible else after
+        for ly in self.viewer.layers:
+            ly.visible = ly is shown or (ly.visible and ly not in self.pair and not self._is_image(ly))
+        self.link_windows()
+        return shown
+
+    @staticmethod
+    def _is_image(layer: Any) -> bool:
+        from napari.layers import Image
+
+        return isinstance(layer, Image)
+
+    def close(self) -> None:
+        """Leave the comparison: the grid and every layer's visibility as they were before."""
+        if self._saved is None:
+            return
+        enabled, shape, stride = self._saved["grid"]
+        grid = self.viewer.grid
+        grid.enabled, grid.shape, grid.stride = enabled, shape, stride
+        for ly, visible in self._saved["visible"].items():
+            if ly in self.viewer.layers:
+                ly.visible = visible
+        center, zoom = self._saved["camera"]
+        self.viewer.camera.center, self.viewer.camera.zoom = center, zoom
+        self.viewer.text_overlay.visible, self.viewer.text_overlay.text = self._saved["overlay"]
+        self._saved = None

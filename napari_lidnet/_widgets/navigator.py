@@ -1,0 +1,647 @@
+"""Lesion navigator dock: the detector's boxes as a table a reader steps through, accepts, rejects or edits.
+
+The table lists one row per box (slice, centre in mm, long and short axis in mm, mean HU, score, status) and sorts
+on any column; selecting a row moves the viewer to the box's slice and centres it. Accept (A), Reject (R) and Edit
+(E) act on the selected row and move on to the next pending one (N / P step without deciding). Kept boxes live on a
+layer of their own, "<image> reviewed" (role ``reviewed``): Edit selects the box there so its corners can be
+dragged, and a box drawn on that layer by hand joins the table as "added". The reviewed boxes export to CSV/JSON
+(every row with its status) and to a DICOM Comprehensive SR (kept boxes, referencing the source slices when the
+image came from DICOM). Sizes and HU come from ``findings`` (plain numpy); the dock lives in the bottom area.
+"""
+
+from __future__ import annotations
+
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtGui import QKeySequence, QShortcut
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..findings import KEPT, Finding, measure, write_findings
+from ..layer_data import PIXEL_CENTRE_SHIFT
+from ._docking import DockHome
+from ._roles import DETECTIONS, REVIEWED, ROLE, derived_name, is_ct_image, is_shapes, role
+from .reading_room import ReadingRoom
+
+TITLE = "Navigator"  # the dock's tab
+#: (key, header) of the table's columns
+COLUMNS = (
+    ("id", "#"),
+    ("slice", "slice"),
+    ("centre", "centre z, y, x (mm)"),
+    ("long_mm", "long (mm)"),
+    ("short_mm", "short (mm)"),
+    ("mean_hu", "mean HU"),
+    ("score", "score"),
+    ("status", "status"),
+)
+STATUS_COLORS = {"pending": "#c8c8c8", "accepted": "#3cb44b", "edited": "#42d4f4", "added": "#f58231",
+                 "rejected": "#e05050"}  # fmt: skip
+REVIEWED_COLOR = "#3cb44b"
+#: features of a box drawn by hand on the reviewed layer (no finding yet)
+DRAWN_DEFAULTS = {"finding": -1, "status": "added"}
+NONE = "(none)"
+
+
+class SortItem(QTableWidgetItem):
+    """A table cell that sorts on its raw value (numbers as numbers), not on its text."""
+
+    def __lt__(self, other: QTableWidgetItem) -> bool:
+        a, b = self.data(Qt.ItemDataRole.UserRole), other.data(Qt.ItemDataRole.UserRole)
+        try:
+            return float(a) < float(b)
+        except (TypeError, ValueError):
+            return str(a) < str(b)
+
+
+def index_to_world(layer: Any) -> np.ndarray:
+    """4x4 matrix taking (slice, y, x, 1) pixel-edge coordinates of ``layer`` (pixel k spans [k, k+1) in y and x;
+    2D: the slice is ignored) to world (z, y, x) mm, through napari's own data -> world transform."""
+    nd = layer.ndim
+    origin = np.asarray(layer.data_to_world(np.zeros(nd)), dtype=float)
+    cols = [np.asarray(layer.data_to_world(np.eye(nd)[i]), dtype=float) - origin for i in range(nd)]
+    mat = np.eye(4)
+    for k, col in enumerate(cols):
+        mat[3 - nd : 3, 3 - nd + k] = col[-nd:]
+    mat[3 - nd : 3, 3] = origin[-nd:]
+    if nd == 2:
+        mat[0, 0] = 0.0
+    shift = np.eye(4)
+    shift[1:3, 3] = PIXEL_CENTRE_SHIFT  # edge coordinate -> napari data coordinate (pixel centres at integers)
+    return mat @ shift
+
+
+def corners_in_image(shapes: Any, index: int, image: Any) -> tuple[int, np.ndarray]:
+    """(slice, (4, 2) row/col pixel-edge corners) of shape ``index`` of ``shapes`` in ``image``'s pixels (through
+    world coordinates, then from napari's pixel-centre coordinates to pixel edges as ``layer_data`` does)."""
+    verts = np.asarray(shapes.data[index], dtype=float)
+    world = np.array([np.asarray(shapes.data_to_world(v), dtype=float) for v in verts])
+    pix = np.array([np.asarray(image.world_to_data(w[-image.ndim :]), dtype=float) for w in world])
+    z = int(np.rint(pix[:, 0].mean())) if image.ndim == 3 else 0
+    return z, pix[:4, -2:] - PIXEL_CENTRE_SHIFT
+
+
+class LesionNavigatorWidget(QWidget):
+    """Review detections: a sortable table, jump to a box, accept / reject / edit, reviewed layer and exports.
+
+    Public methods take plain values (``load``, ``select``, ``accept``, ``reject``, ``edit``, ``export``);
+    ``review_changed`` is emitted after every change of a finding's status or box."""
+
+    review_changed = Signal()
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        ReadingRoom.install(napari_viewer)
+        self.findings: list[Finding] = []
+        self.boxes_layer: Any = None
+        self.image_layer: Any = None
+        self.reviewed_layer: Any = None
+        self._syncing = False
+        self._watched: weakref.WeakSet = weakref.WeakSet()
+        self._origin: dict[int, tuple] = {}  # finding id -> its detection's key (slice, corners)
+        self._parked: dict[tuple, Finding] = {}  # rejected findings whose detection left the layer, by key
+        self._create_ui()
+        self._create_shortcuts()
+        self._watch_viewer()
+        self.refresh_layers()
+        DockHome(self, "bottom", TITLE)
+
+    # ------------------------------------------------------------------------------------------------------ UI
+    def _create_ui(self) -> None:
+        """Pickers and buttons on the left, the table filling the rest."""
+        self.boxes_combo, self.image_combo = QComboBox(), QComboBox()
+        for combo in (self.boxes_combo, self.image_combo):
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(22)
+            combo.activated.connect(lambda _i: self.load())
+        self.buttons = {}
+        grid = QGridLayout()
+        names = (("accept", "Accept (A)"), ("reject", "Reject (R)"), ("edit", "Edit (E)"),
+                 ("previous", "Previous (P)"), ("next", "Next (N)"), ("export", "Export…"))  # fmt: skip
+        for k, (key, text) in enumerate(names):
+            self.buttons[key] = button = QPushButton(text)
+            grid.addWidget(button, k // 2, k % 2)
+        self.buttons["export"].setToolTip("CSV or JSON (every row with its status) or DICOM SR (.dcm: kept boxes)")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        form = QFormLayout()
+        form.addRow("boxes", self.boxes_combo)
+        form.addRow("image", self.image_combo)
+        side = QVBoxLayout()
+        side.addLayout(form)
+        side.addLayout(grid)
+        side.addWidget(self.status)
+        side.addStretch(1)
+        panel = QWidget()
+        panel.setLayout(side)
+        panel.setMaximumWidth(340)
+        layout = QHBoxLayout(self)
+        layout.addWidget(panel)
+        layout.addWidget(self._create_table(), stretch=1)
+
+    def _create_table(self) -> QTableWidget:
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels([h for _, h in COLUMNS])
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setSortingEnabled(True)
+        self.table.sortItems(0, Qt.SortOrder.AscendingOrder)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.currentCellChanged.connect(self._on_current_changed)
+        return self.table
+
+    def _create_shortcuts(self) -> None:
+        """Buttons and their keys (active while the navigator has the focus)."""
+        actions = {"accept": (self.accept, "A"), "reject": (self.reject, "R"), "edit": (self.edit, "E"),
+                   "previous": (self.previous, "P"), "next": (self.next, "N"),
+                   "export": (self._export_dialog, None)}  # fmt: skip
+        for key, (func, shortcut) in actions.items():
+            self.buttons[key].clicked.connect(lambda _=False, f=func: f())
+            if shortcut:
+                sc = QShortcut(QKeySequence(shortcut), self)
+                sc.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+                sc.activated.connect(func)
+
+    def _watch_viewer(self) -> None:
+        events = self.viewer.layers.events
+        events.inserted.connect(self._on_inserted)
+        events.removed.connect(self._on_removed)
+        events.moved.connect(lambda _e: self.refresh_layers())
+
+    # ---------------------------------------------------------------------------------------------- choices
+    def _box_layers(self) -> list[Any]:
+        """Shapes layers to review: detections first (newest first), then the others (not reviewed layers)."""
+        shapes = [ly for ly in self.viewer.layers if is_shapes(ly) and role(ly) != REVIEWED]
+        dets = [ly for ly in shapes if role(ly) == DETECTIONS][::-1]
+        return dets + [ly for ly in shapes if role(ly) != DETECTIONS]
+
+    def refresh_layers(self) -> None:
+        """Refill the pickers, keeping current choices."""
+        for combo, names in ((self.boxes_combo, [ly.name for ly in self._box_layers()]),
+                             (self.image_combo, [ly.name for ly in self._images()])):  # fmt: skip
+            current = combo.currentText()
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems([NONE, *names])
+            combo.setCurrentText(current if current in names else (names[0] if names else NONE))
+            combo.blockSignals(False)
+
+    def _on_inserted(self, event: Any) -> None:
+        layer = event.value
+        self.refresh_layers()
+        if is_shapes(layer) and role(layer) == DETECTIONS:  # a new detection run: review it
+            self.load(layer)
+
+    def _on_removed(self, event: Any) -> None:
+        layer = event.value
+        if layer is self.reviewed_layer:
+            self.reviewed_layer = None
+        if layer is self.boxes_layer:
+            self.boxes_layer = None
+            self.findings = []
+            self._fill_table()
+        self.refresh_layers()
+
+    def _images(self) -> list[Any]:
+        """Grayscale 2D/3D images (not the removed-noise image), CT layers first."""
+        from napari.layers import Image
+
+        images = [ly for ly in self.viewer.layers if isinstance(ly, Image) and not ly.rgb and ly.ndim in (2, 3)]
+        images = [ly for ly in images if role(ly) != "noise"]
+        return [ly for ly in images if is_ct_image(ly)] + [ly for ly in images if not is_ct_image(ly)]
+
+    def _layer(self, name: str) -> Any | None:
+        return next((ly for ly in self.viewer.layers if ly.name == name), None)
+
+    def _image_for(self, boxes: Any) -> Any | None:
+        """The image the boxes were found on (the detections' source), else the picked one, else the top CT."""
+        src = ((boxes.metadata or {}).get("lidnet") or {}).get("source_layer") if boxes is not None else None
+        images = self._images()
+        for candidate in (self._layer(src) if src else None, self._layer(self.image_combo.currentText())):
+            if candidate is not None and candidate in images:
+                return candidate
+        return images[0] if images else None
+
+    # --------------------------------------------------------------------------------------------- findings
+    def load(self, boxes: Any = None, image: Any = None) -> int:
+        """Review the boxes of ``boxes`` (default: the picked layer) on ``image`` (default: the boxes' source).
+        Reloading the same layer (a new score threshold) keeps each box's id and status, and keeps the boxes
+        already kept even when they left the layer. Returns the number of findings."""
+        boxes = boxes if boxes is not None else self._layer(self.boxes_combo.currentText())
+        image = image if image is not None else self._image_for(boxes)
+        same = boxes is not None and boxes is self.boxes_layer and image is self.image_layer
+        if not same:
+            self._origin, self._parked = {}, {}
+        if boxes is not None and boxes is not self.boxes_layer:
+            self._disconnect_boxes()
+            boxes.events.data.connect(self._on_boxes_data)
+        self.boxes_layer, self.image_layer = boxes, image
+        for combo, layer in ((self.boxes_combo, boxes), (self.image_combo, image)):
+            combo.blockSignals(True)
+            combo.setCurrentText(layer.name if layer is not None else NONE)
+            combo.blockSignals(False)
+        new = self._read_findings(boxes, image) if boxes is not None and image is not None else []
+        self.findings = self._merge(new, self.findings if same else [])
+        self.reviewed_layer = self._find_reviewed()
+        self._sync_from_reviewed()
+        self._fill_table()
+        self._say(f"{len(self.findings)} boxes to review on {image.name}" if image is not None and boxes is not None
+                  else "choose a layer of boxes (run the detector) and its image")  # fmt: skip
+        return len(self.findings)
+
+    def _merge(self, new: list[Finding], old: list[Finding]) -> list[Finding]:
+        """New findings take the id, status and box of the old finding from the same detection; kept findings
+        whose detection left stay; rejected ones are parked, so a detection that comes back is still rejected."""
+        by_origin = {**self._parked, **{self._origin[f.id]: f for f in old if f.id in self._origin}}
+        next_id = max((f.id for f in [*old, *self._parked.values()]), default=-1) + 1
+        origin: dict[int, tuple] = {}
+        for f in new:
+            key = self._key(f)
+            prev = by_origin.pop(key, None)
+            if prev is not None:  # the same detection: the review (and any edit of the box) carries over
+                f.id, f.status, f.corners, f.slice = prev.id, prev.status, prev.corners, prev.slice
+                f.measures = prev.measures
+            else:
+                f.id, next_id = next_id, next_id + 1
+            origin[f.id] = key
+        carried = [f for f in old if f.kept and f.id not in origin]  # kept, and gone from the layer (or drawn)
+        self._parked = {k: f for k, f in by_origin.items() if f.status == "rejected"}
+        self._origin = origin | {f.id: self._origin[f.id] for f in carried if f.id in self._origin}
+        return sorted({f.id: f for f in [*new, *carried]}.values(), key=lambda f: f.id)
+
+    def _disconnect_boxes(self) -> None:
+        if self.boxes_layer is not None:
+            try:
+                self.boxes_layer.events.data.disconnect(self._on_boxes_data)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+
+    def _on_boxes_data(self, event: Any = None) -> None:
+        if getattr(event, "action", "changed") in ("added", "removed", "changed") and self.boxes_layer is not None:
+            self.load(self.boxes_layer, self.image_layer)
+
+    @staticmethod
+    def _key(f: Finding) -> tuple:
+        return (f.slice, *np.round(np.asarray(f.corners, float).reshape(-1), 1))
+
+    def _read_findings(self, boxes: Any, image: Any) -> list[Finding]:
+        feats = boxes.features
+        scores = feats["score"].to_numpy(float) if "score" in feats else None
+        out = []
+        for i, kind in enumerate(boxes.shape_type):
+            if kind in ("line", "path"):
+                continue
+            z, corners = corners_in_image(boxes, i, image)
+            out.append(Finding(len(out), z, corners, None if scores is None else float(scores[i])))
+        self._measure(out)
+        return out
+
+    def _measure(self, findings: list[Finding]) -> None:
+        image = self.image_layer
+        if image is None:
+            return
+        hu = np.asarray(image.data, dtype=np.float32)
+        hu = hu[None] if image.ndim == 2 else hu
+        spacing = tuple(float(s) for s in image.scale)
+        to_world = index_to_world(image)
+        for f in findings:
+            measure(f, hu, spacing, to_world)
+
+    def finding(self, fid: int) -> Finding | None:
+        """The finding with id ``fid``."""
+        return next((f for f in self.findings if f.id == fid), None)
+
+    # ------------------------------------------------------------------------------------------------ table
+    def _fill_table(self) -> None:
+        current = self.current_id()
+        t = self.table
+        t.setSortingEnabled(False)
+        t.setRowCount(len(self.findings))
+        for r, f in enumerate(self.findings):
+            for c, (key, _) in enumerate(COLUMNS):
+                value, text = self._cell(f, key)
+                item = SortItem(text)
+                item.setData(Qt.ItemDataRole.UserRole, value)
+                if key == "status":
+                    item.setForeground(_color(STATUS_COLORS.get(f.status, "#c8c8c8")))
+                t.setItem(r, c, item)
+        t.setSortingEnabled(True)
+        t.resizeColumnsToContents()
+        if current is not None:
+            self._select_row_of(current, jump=False)
+
+    @staticmethod
+    def _cell(f: Finding, key: str) -> tuple[Any, str]:
+        m = f.measures
+        if key == "centre":
+            zyx = (m.get("centre_z_mm", np.nan), m.get("centre_y_mm", np.nan), m.get("centre_x_mm", np.nan))
+            return zyx[0], ", ".join(f"{v:.1f}" for v in zyx)
+        if key in ("long_mm", "short_mm", "mean_hu"):
+            v = m.get(key, np.nan)
+            return v, "" if not np.isfinite(v) else f"{v:.1f}" if key != "mean_hu" else f"{v:.0f}"
+        if key == "score":
+            return (-1.0 if f.score is None else f.score), ("" if f.score is None else f"{f.score:.2f}")
+        value = getattr(f, key)
+        return value, str(value)
+
+    def row_ids(self) -> list[int]:
+        """Finding ids in the table's current (sorted) row order."""
+        return [int(self.table.item(r, 0).data(Qt.ItemDataRole.UserRole)) for r in range(self.table.rowCount())]
+
+    def current_id(self) -> int | None:
+        """Id of the selected row's finding (None when no row is selected)."""
+        row = self.table.currentRow()
+        item = self.table.item(row, 0) if row >= 0 else None
+        return None if item is None else int(item.data(Qt.ItemDataRole.UserRole))
+
+    def _select_row_of(self, fid: int, jump: bool = True) -> None:
+        ids = self.row_ids()
+        if fid in ids:
+            self.table.blockSignals(not jump)
+            self.table.setCurrentCell(ids.index(fid), 0)
+            self.table.blockSignals(False)
+
+    def _on_current_changed(self, row: int, *_args: Any) -> None:
+        fid = self.current_id()
+        if fid is not None:
+            self.jump(fid)
+
+    def select(self, fid: int) -> None:
+        """Select the row of finding ``fid`` and jump to its box."""
+        self._select_row_of(fid)
+        self.jump(fid)
+
+    # ------------------------------------------------------------------------------------------------ review
+    def jump(self, fid: int) -> None:
+        """Show the slice of finding ``fid`` and centre the view on its box."""
+        f, image = self.finding(fid), self.image_layer
+        if f is None or image is None or not f.measures:
+            return
+        centre = np.array([f.measures["centre_z_mm"], f.measures["centre_y_mm"], f.measures["centre_x_mm"]])
+        if image.ndim == 3:
+            self.viewer.dims.set_point(self.viewer.dims.ndim - 3, float(centre[0]))
+        self.viewer.camera.center = (float(centre[1]), float(centre[2]))
+
+    def _target(self, fid: int | None) -> Finding | None:
+        f = self.finding(fid if fid is not None else (self.current_id() if self.current_id() is not None else -1))
+        if f is None:
+            self._say("select a row first")
+        return f
+
+    def accept(self, fid: int | None = None) -> None:
+        """Keep finding ``fid`` (default: the selected row) on the reviewed layer; move on to the next pending."""
+        f = self._target(fid)
+        if f is not None:
+            f.status = f.status if f.status in KEPT else "accepted"
+            self._decided(f)
+
+    def reject(self, fid: int | None = None) -> None:
+        """Dismiss finding ``fid`` (default: the selected row); its box leaves the reviewed layer."""
+        f = self._target(fid)
+        if f is not None:
+            f.status = "rejected"
+            self._decided(f)
+
+    def edit(self, fid: int | None = None) -> None:
+        """Keep finding ``fid`` and select its box on the reviewed layer, ready to drag its corners."""
+        f = self._target(fid)
+        if f is None:
+            return
+        if f.status not in KEPT:
+            f.status = "accepted"
+        self._write_reviewed()
+        layer = self.reviewed_layer
+        index = list(layer.features["finding"]).index(f.id)
+        self.viewer.layers.selection.active = layer
+        layer.mode = "select"
+        layer.selected_data = {index}
+        self._fill_table()
+        self._say(f"finding {f.id}: drag its corners on {layer.name}; the table follows")
+        self.review_changed.emit()
+
+    def _decided(self, f: Finding) -> None:
+        self._write_reviewed()
+        self._fill_table()
+        self.review_changed.emit()
+        kept = sum(x.kept for x in self.findings)
+        pending = sum(x.status == "pending" for x in self.findings)
+        self._say(f"finding {f.id} {f.status}; {kept} kept, {pending} pending")
+        self.next(pending_only=True)
+
+    def next(self, pending_only: bool = False) -> None:
+        """Select the next row (the next pending one with ``pending_only``)."""
+        self._step(+1, pending_only)
+
+    def previous(self) -> None:
+        """Select the previous row."""
+        self._step(-1, False)
+
+    def _step(self, direction: int, pending_only: bool) -> None:
+        ids = self.row_ids()
+        if not ids:
+            return
+        cur = self.current_id()
+        start = ids.index(cur) if cur in ids else -1
+        for k in range(1, len(ids) + 1):
+            fid = ids[(start + direction * k) % len(ids)]
+            if not pending_only or self.finding(fid).status == "pending":
+                self.select(fid)
+                return
+
+    # -------------------------------------------------------------------------------------- reviewed layer
+    def _find_reviewed(self) -> Any | None:
+        if self.image_layer is None:
+            return None
+        name = derived_name(self.image_layer.name, "reviewed")
+        layer = self._layer(name)
+        if layer is not None and role(layer) == REVIEWED:
+            self._connect_reviewed(layer)
+            return layer
+        return None
+
+    def _connect_reviewed(self, layer: Any) -> None:
+        if layer not in self._watched:
+            layer.events.data.connect(self._on_reviewed_data)
+            self._watched.add(layer)
+
+    def _new_reviewed(self) -> Any:
+        image = self.image_layer
+        layer = self.viewer.add_shapes(
+            name=derived_name(image.name, "reviewed"),
+            ndim=image.ndim,
+            scale=image.scale,
+            translate=image.translate,
+            rotate=image.rotate,
+            shear=image.shear,
+            affine=image.affine.affine_matrix,
+            edge_width=2,
+            face_color="transparent",
+            edge_color=STATUS_COLORS["added"],
+            features={"finding": np.zeros(0, int), "status": np.zeros(0, str)},
+            feature_defaults=DRAWN_DEFAULTS,
+            text={"string": "{status}", "anchor": "lower_left", "size": 9, "color": REVIEWED_COLOR},
+            metadata={ROLE: REVIEWED, "lidnet": {"source_layer": image.name}},
+        )
+        self._connect_reviewed(layer)
+        return layer
+
+    def _vertices(self, f: Finding) -> np.ndarray:
+        """Napari data vertices of a finding on the reviewed layer (placed like its image)."""
+        c = np.asarray(f.corners, dtype=float) + PIXEL_CENTRE_SHIFT
+        if self.image_layer.ndim == 3:
+            return np.column_stack([np.full(len(c), float(f.slice)), c])
+        return c
+
+    def _write_reviewed(self) -> None:
+        """Rewrite the reviewed layer from the kept findings (made on the first kept box)."""
+        import pandas as pd
+
+        kept = [f for f in self.findings if f.kept]
+        if self.reviewed_layer is None or self.reviewed_layer not in self.viewer.layers:
+            if not kept:
+                return
+            self.reviewed_layer = self._new_reviewed()
+        layer = self.reviewed_layer
+        self._syncing = True
+        try:
+            layer.data = [(self._vertices(f), "rectangle") for f in kept]
+            layer.features = pd.DataFrame({"finding": [f.id for f in kept], "status": [f.status for f in kept]})
+            layer.feature_defaults = DRAWN_DEFAULTS  # a box drawn by hand is a new finding
+            layer.edge_color = [STATUS_COLORS[f.status] for f in kept] if kept else STATUS_COLORS["added"]
+            layer.current_edge_color = STATUS_COLORS["added"]
+            layer.refresh_text()
+        finally:
+            self._syncing = False
+
+    def _on_reviewed_data(self, event: Any = None) -> None:
+        if self._syncing or getattr(event, "action", "changed") not in ("added", "changed", "removed"):
+            return
+        self._sync_from_reviewed()
+        self._fill_table()
+        self.review_changed.emit()
+
+    def _sync_from_reviewed(self) -> None:
+        """Read the reviewed layer back: moved corners -> 'edited', drawn boxes -> 'added', deleted -> 'rejected'."""
+        layer, image = self.reviewed_layer, self.image_layer
+        if layer is None or image is None or layer not in self.viewer.layers:
+            return
+        ids = [int(v) for v in layer.features["finding"]] if "finding" in layer.features else [-1] * layer.nshapes
+        ids += [-1] * (layer.nshapes - len(ids))
+        by_id = {f.id: f for f in self.findings}
+        changed, seen = [], set()
+        for i in range(layer.nshapes):
+            z, corners = corners_in_image(layer, i, image)
+            f = by_id.get(ids[i])
+            if f is None:
+                f = Finding(max(by_id, default=-1) + 1, z, corners, None, "added")
+                by_id[f.id] = f
+                self.findings.append(f)
+                ids[i] = f.id
+            elif not np.allclose(f.corners, corners, atol=0.05) or f.slice != z:
+                f.corners, f.slice = corners, z
+                f.status = "edited" if f.status != "added" else "added"
+            else:
+                seen.add(f.id)
+                continue
+            seen.add(f.id)
+            changed.append(f)
+        for f in self.findings:
+            if f.kept and f.id not in seen:
+                f.status = "rejected"
+        self.findings = [f for f in self.findings if not (f.status == "rejected" and f.score is None)]
+        self._measure(changed)
+        self._label_reviewed(ids)
+
+    def _label_reviewed(self, ids: list[int]) -> None:
+        import pandas as pd
+
+        layer = self.reviewed_layer
+        status = {f.id: f.status for f in self.findings}
+        self._syncing = True
+        try:
+            statuses = [status.get(i, "added") for i in ids]
+            layer.features = pd.DataFrame({"finding": ids, "status": statuses})
+            layer.feature_defaults = DRAWN_DEFAULTS
+            if statuses:
+                layer.edge_color = [STATUS_COLORS.get(st, STATUS_COLORS["added"]) for st in statuses]
+            layer.refresh_text()
+        finally:
+            self._syncing = False
+
+    # ------------------------------------------------------------------------------------------------ export
+    def export(self, path: str | Path) -> Path | None:
+        """Write the review: ``.dcm`` a DICOM Comprehensive SR of the kept boxes, ``.json``/``.csv`` every finding
+        with its status. Never overwrites; returns the file, or None after showing why nothing was written."""
+        path = Path(path)
+        if not self.findings or self.image_layer is None:
+            self._say("nothing to export: load a layer of boxes first")
+            return None
+        try:
+            out = self._write_sr(path) if path.suffix.lower() == ".dcm" else self._write_table(path)
+        except (OSError, ValueError) as exc:
+            self._say(f"export failed: {exc}")
+            return None
+        self._say(f"wrote {out}")
+        return out
+
+    def _write_table(self, path: Path) -> Path:
+        image = self.image_layer
+        info = {"image": image.name, "boxes": getattr(self.boxes_layer, "name", None),
+                "spacing_mm": [float(s) for s in image.scale],
+                "units": "pixels (boxes), mm (sizes, centre)"}  # fmt: skip
+        return write_findings(path, self.findings, info)
+
+    def _write_sr(self, path: Path) -> Path:
+        from ..io.dicom_sr import SRRegion, instance_refs, write_sr
+
+        image = self.image_layer
+        meta = image.metadata or {}
+        files = list(meta.get("files") or [])
+        n_slices = image.data.shape[0] if image.ndim == 3 else 1
+        multiframe = len(files) == 1 and n_slices > 1
+        refs = instance_refs(files) if files and (len(files) == n_slices or multiframe) else []
+        regions = [
+            SRRegion(f.slice, f.corners, f.measures["long_mm"], f.measures["short_mm"], f.measures["mean_hu"],
+                     f.score, f.status, f"finding {f.id} (slice {f.slice})")  # fmt: skip
+            for f in self.findings
+            if f.kept
+        ]
+        if not regions:
+            raise ValueError("no kept boxes: accept or draw at least one before writing a report")
+        return write_sr(path, regions, refs, meta.get("source_tags") or {}, str(meta.get("series_uid") or ""),
+                        f"LIDnet reviewed lesions: {image.name}", multiframe)  # fmt: skip
+
+    def _export_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export the review", "", "DICOM SR (*.dcm);;CSV (*.csv);;JSON (*.json)"
+        )
+        if path:
+            self.export(path)
+
+    def _say(self, text: str) -> None:
+        self.status.setText(text)
+
+
+def _color(hex_color: str) -> Any:
+    from qtpy.QtGui import QColor
+
+    return QColor(hex_color)

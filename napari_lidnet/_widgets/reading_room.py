@@ -1,0 +1,183 @@
+"""Reading-room habits for a viewer: one window/level for every CT layer, right-drag window/level, presets on the
+number keys, z/y/x axis labels and HU in the status bar.
+
+Installed once per viewer by every LIDnet widget (``ReadingRoom.install``). CT layers are images in HU
+(``_roles.is_ct_image``); while ``linked`` is on, a window set on one of them (by a drag, a key, a preset button
+or napari's own contrast slider) is set on all of them.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+
+from ..io.windowing import contrast_limits
+from ._roles import is_ct_image
+
+#: number key -> window preset
+PRESET_KEYS = {"1": "soft tissue", "2": "lung", "3": "bone", "4": "brain", "5": "liver"}
+#: right-drag sensitivity: pixels of horizontal drag that double the width / of vertical drag that move the level by
+#: one width
+DRAG_PX_PER_WIDTH = 200.0
+AXIS_LABELS = {2: ("y", "x"), 3: ("z", "y", "x")}
+HINT = "right-drag on the image: window (left-right) and level (up-down); keys 1-5: " + ", ".join(
+    f"{k} {v}" for k, v in PRESET_KEYS.items()
+)
+
+_ROOMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class ReadingRoom:
+    """The viewer-wide window/level link, mouse and key bindings, axis labels and HU status of one viewer."""
+
+    def __init__(self, viewer: Any) -> None:
+        self.viewer = viewer
+        self.linked = True
+        self._syncing = False
+        viewer.layers.events.inserted.connect(self._on_inserted)
+        viewer.mouse_drag_callbacks.append(self._window_drag)
+        viewer.events.status.connect(self._on_status)
+        for key, preset in PRESET_KEYS.items():
+            viewer.bind_key(key, self._preset_key(preset), overwrite=True)
+        for layer in viewer.layers:
+            self._adopt(layer)
+
+    @classmethod
+    def install(cls, viewer: Any) -> ReadingRoom:
+        """The viewer's reading room, made on first use."""
+        room = _ROOMS.get(viewer)
+        if room is None:
+            room = _ROOMS[viewer] = cls(viewer)
+        return room
+
+    # ------------------------------------------------------------------------------------------------ layers
+    def ct_layers(self) -> list[Any]:
+        """The CT layers of the viewer (images in HU)."""
+        return [ly for ly in self.viewer.layers if is_ct_image(ly)]
+
+    def _on_inserted(self, event: Any) -> None:
+        self._adopt(event.value)
+
+    def _adopt(self, layer: Any) -> None:
+        """Label the axes of a CT layer, bind the preset keys on it and follow its contrast limits."""
+        if not is_ct_image(layer):
+            return
+        default = tuple(str(i) for i in range(-layer.ndim, 0))
+        if layer.ndim in AXIS_LABELS and tuple(layer.axis_labels) == default:
+            layer.axis_labels = AXIS_LABELS[layer.ndim]
+        for key, preset in PRESET_KEYS.items():  # an image layer's own '1'/'2' (mode keys) would win otherwise
+            layer.bind_key(key, self._preset_key(preset), overwrite=True)
+        layer.events.contrast_limits.connect(self._on_limits)
+
+    def _preset_key(self, preset: str) -> Any:
+        def apply(_target: Any) -> None:
+            self.apply_preset(preset)
+
+        apply.__name__ = f"window_{preset.replace(' ', '_')}"
+        return apply
+
+    # -------------------------------------------------------------------------------------------- windowing
+    def apply_preset(self, preset: str, layer: Any = None) -> None:
+        """Set a named window on ``layer`` (default: the active or top CT layer) and the layers linked to it."""
+        layer = layer or self._target()
+        if layer is not None:
+            self.set_limits(layer, contrast_limits(preset))
+
+    def set_window(self, layer: Any, level: float, width: float) -> None:
+        """Set window ``level``/``width`` (HU) on ``layer`` and, when linked, on every CT layer."""
+        width = max(float(width), 1.0)
+        self.set_limits(layer, (level - width / 2, level + width / 2))
+
+    def set_limits(self, layer: Any, limits: tuple[float, float]) -> None:
+        """Set contrast limits on ``layer`` and its linked layers, widening their ranges when needed."""
+        targets = self.ct_layers() if self.linked and is_ct_image(layer) else [layer]
+        self._syncing = True
+        try:
+            for ly in targets:
+                lo, hi = float(limits[0]), float(limits[1])
+                r_lo, r_hi = ly.contrast_limits_range
+                if lo < r_lo or hi > r_hi:
+                    ly.contrast_limits_range = (min(r_lo, lo), max(r_hi, hi))
+                ly.contrast_limits = (lo, hi)
+        finally:
+            self._syncing = False
+
+    def _on_limits(self, event: Any) -> None:
+        layer = getattr(event, "source", None)
+        if self._syncing or not self.linked or layer is None or layer not in self.viewer.layers:
+            return
+        self.set_limits(layer, tuple(layer.contrast_limits))
+
+    def _target(self) -> Any | None:
+        active = self.viewer.layers.selection.active
+        if is_ct_image(active):
+            return active
+        visible = [ly for ly in self.ct_layers() if ly.visible]
+        return visible[-1] if visible else None
+
+    def layer_at(self, position: Any, viewbox: Any = None) -> Any | None:
+        """The top visible CT layer under a world ``position`` (in grid mode: in the ``viewbox`` cell)."""
+        layers = self.viewer.layers
+        candidates = [ly for ly in layers if is_ct_image(ly) and ly.visible]
+        if self.viewer.grid.enabled and viewbox is not None:
+            inside = set(self.viewer.grid.contents_at(tuple(viewbox), layers))
+            candidates = [ly for ly in candidates if layers.index(ly) in inside]
+        for ly in reversed(candidates):
+            idx = np.asarray(ly.world_to_data(np.asarray(position)[-ly.ndim :]), dtype=float)
+            shape = np.asarray(ly.data.shape[-ly.ndim :])
+            if np.all(idx >= -0.5) and np.all(idx <= shape - 0.5):
+                return ly
+        return candidates[-1] if candidates else None
+
+    def _window_drag(self, viewer: Any, event: Any) -> Generator[None, None, None] | None:
+        """Right-drag: left-right changes the window width, up-down the level (of the CT layer under the cursor)."""
+        if event.type != "mouse_press" or event.button != 2:
+            return None
+        layer = self.layer_at(event.position, getattr(event, "viewbox", None))
+        if layer is None:
+            return None
+        return self._drag_window(layer, event)
+
+    def _drag_window(self, layer: Any, event: Any) -> Generator[None, None, None]:
+        lo, hi = (float(v) for v in layer.contrast_limits)
+        level0, width0 = (lo + hi) / 2, max(hi - lo, 1.0)
+        start = np.asarray(event.pos, dtype=float)
+        event.handled = True  # the camera does not zoom on this drag
+        yield
+        while event.type == "mouse_move":
+            dx, dy = np.asarray(event.pos, dtype=float) - start
+            width = width0 * 2.0 ** (dx / DRAG_PX_PER_WIDTH)
+            self.set_window(layer, level0 + dy * width0 / DRAG_PX_PER_WIDTH, width)
+            event.handled = True
+            yield
+        event.handled = True
+
+    # ------------------------------------------------------------------------------------------------ status
+    def _on_status(self, event: Any) -> None:
+        """Append 'HU' to the value of a CT layer in the status bar (napari shows the bare number)."""
+        status = self.viewer.status
+        new = hu_status(status, {ly.name for ly in self.ct_layers()})
+        if new is not None:
+            self.viewer.status = new
+
+
+_VALUE = re.compile(r"(: -?\d[\d.eE+-]*)(?!\s*HU)")
+
+
+def hu_status(status: Any, ct_names: set[str]) -> Any | None:
+    """``status`` with ' HU' after the value of a CT layer, or None when nothing changes."""
+    if isinstance(status, dict):
+        coords = str(status.get("coordinates", ""))
+        name = str(status.get("layer_name", ""))
+        if name in ct_names and coords and not coords.endswith("HU") and _VALUE.search(coords):
+            return {**status, "coordinates": f"{coords} HU"}
+        return None
+    if isinstance(status, str) and ct_names:
+        names = "|".join(re.escape(n) for n in sorted(ct_names, key=len, reverse=True))
+        new = re.sub(rf"((?:{names}): -?\d[\d.eE+-]*)(?!\s*HU)", r"\1 HU", status)
+        return new if new != status else None
+    return None

@@ -1,0 +1,152 @@
+"""Lesion findings under review: box sizes and centres in mm, mean HU, review status, CSV/JSON export.
+
+Plain numpy (no Qt, no torch). A finding is one box on one slice, kept as its four corners in pixel coordinates
+``(row, col)`` = ``(y, x)`` (napari's rectangle vertex order), so a box the reader turned or stretched while
+reviewing keeps its shape. Sizes use the pixel spacing; centres go through a 4x4 index -> world matrix.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: review states: a detection not looked at yet, kept, dismissed, kept after its box was changed, or drawn by hand
+STATUSES = ("pending", "accepted", "rejected", "edited", "added")
+#: states whose boxes are part of the reviewed result
+KEPT = ("accepted", "edited", "added")
+#: columns of the exported table
+COLUMNS = ("id", "slice", "centre_z_mm", "centre_y_mm", "centre_x_mm", "long_mm", "short_mm", "mean_hu", "score",
+           "status", "x1", "y1", "x2", "y2")  # fmt: skip
+
+
+@dataclass
+class Finding:
+    """One box on one slice: corners (4, 2) as (row, col) pixels, detector score (None when drawn), status."""
+
+    id: int
+    slice: int
+    corners: np.ndarray
+    score: float | None = None
+    status: str = "pending"
+    measures: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """Axis-aligned ``x1, y1, x2, y2`` (pixels) around the corners."""
+        c = np.asarray(self.corners, dtype=float)
+        return float(c[:, 1].min()), float(c[:, 0].min()), float(c[:, 1].max()), float(c[:, 0].max())
+
+    @property
+    def kept(self) -> bool:
+        """Whether the box belongs to the reviewed result."""
+        return self.status in KEPT
+
+
+def box_corners(x1: float, y1: float, x2: float, y2: float) -> np.ndarray:
+    """Four (row, col) corners of a pixel box, in napari's rectangle order."""
+    return np.array([[y1, x1], [y1, x2], [y2, x2], [y2, x1]], dtype=float)
+
+
+def findings_from_rows(rows: np.ndarray) -> list[Finding]:
+    """Detections (N, 6) ``slice, x1, y1, x2, y2, score`` -> pending findings, ids 0..N-1 in input order."""
+    rows = np.asarray(rows, dtype=float).reshape(-1, 6)
+    return [
+        Finding(i, int(round(r[0])), box_corners(*r[1:5]), float(r[5]))
+        for i, r in enumerate(rows)
+    ]  # fmt: skip
+
+
+def axes_mm(corners: np.ndarray, spacing_yx: Sequence[float]) -> tuple[float, float]:
+    """(long, short) side of a four-corner box in mm; any rotation, non-square pixels."""
+    c = np.asarray(corners, dtype=float)[:4] * np.asarray(spacing_yx, dtype=float)[-2:]
+    sides = sorted((float(np.linalg.norm(c[1] - c[0])), float(np.linalg.norm(c[2] - c[1]))), reverse=True)
+    return sides[0], sides[1]
+
+
+def box_mask(corners: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Pixels of a (y, x) image whose centres lie inside the box (pixel k spans [k, k+1); any rotation)."""
+    c = np.asarray(corners, dtype=float)[:4]
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    py, px = rows + 0.5, cols + 0.5
+    inside = np.ones(shape, dtype=bool)
+    sign = None
+    for k in range(4):
+        (y0, x0), (y1, x1) = c[k], c[(k + 1) % 4]
+        cross = (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)
+        if sign is None:
+            centre = c.mean(axis=0)
+            sign = np.sign((x1 - x0) * (centre[0] - y0) - (y1 - y0) * (centre[1] - x0)) or 1.0
+        inside &= cross * sign >= 0
+    return inside
+
+
+def mean_hu(corners: np.ndarray, hu_slice: np.ndarray) -> float:
+    """Mean HU of the pixels inside the box (NaN when it holds none)."""
+    mask = box_mask(corners, np.shape(hu_slice))
+    return float(np.asarray(hu_slice)[mask].mean()) if mask.any() else float("nan")
+
+
+def centre_world(finding: Finding, index_to_world: np.ndarray) -> np.ndarray:
+    """Box centre in world mm (z, y, x) through a 4x4 (z, y, x, 1) index -> world matrix."""
+    c = np.asarray(finding.corners, dtype=float).mean(axis=0)
+    return (np.asarray(index_to_world, dtype=float) @ np.array([finding.slice, c[0], c[1], 1.0]))[:3]
+
+
+def measure(finding: Finding, hu: np.ndarray, spacing_zyx: Sequence[float], index_to_world: np.ndarray) -> dict:
+    """Sizes, centre and mean HU of a finding on volume ``hu`` (z, y, x); stored in ``finding.measures``."""
+    long_mm, short_mm = axes_mm(finding.corners, spacing_zyx)
+    z = int(np.clip(finding.slice, 0, hu.shape[0] - 1))
+    cz, cy, cx = centre_world(finding, index_to_world)
+    finding.measures = {
+        "centre_z_mm": float(cz),
+        "centre_y_mm": float(cy),
+        "centre_x_mm": float(cx),
+        "long_mm": long_mm,
+        "short_mm": short_mm,
+        "mean_hu": mean_hu(finding.corners, hu[z]),
+    }
+    return finding.measures
+
+
+def record(finding: Finding) -> dict[str, Any]:
+    """One row of the exported table (``COLUMNS``)."""
+    x1, y1, x2, y2 = finding.bounds
+    row = {"id": finding.id, "slice": finding.slice, "score": finding.score, "status": finding.status}
+    row.update({k: round(float(v), 2) for k, v in finding.measures.items()})
+    row.update({"x1": round(x1, 2), "y1": round(y1, 2), "x2": round(x2, 2), "y2": round(y2, 2)})
+    return {k: row.get(k) for k in COLUMNS}
+
+
+def write_findings(path: str | Path, findings: Sequence[Finding], info: dict[str, Any] | None = None) -> Path:
+    """Write findings as CSV, or as JSON (with ``info``: source, spacing, units) when ``path`` ends in .json.
+
+    Refuses to overwrite an existing file.
+    """
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} already exists")
+    rows = [record(f) for f in findings]
+    if path.suffix.lower() == ".json":
+        doc = {"format": "lidnet-findings", "version": 1, **(info or {}), "columns": list(COLUMNS), "findings": rows}
+        path.write_text(json.dumps(doc, indent=1))
+        return path
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def read_findings(path: str | Path) -> list[dict[str, Any]]:
+    """Rows written by :func:`write_findings` (CSV values as strings, JSON values typed)."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        return list(json.loads(path.read_text())["findings"])
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))

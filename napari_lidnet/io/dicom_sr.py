@@ -1,0 +1,234 @@
+"""Reviewed lesion boxes -> a DICOM Comprehensive SR (plain pydicom, no Qt).
+
+The document is a measurement report in the shape of TID 1500 (a root "Imaging Measurement Report" container with
+one "Measurement Group" per region): each group holds a tracking identifier, the region as a closed SCOORD
+POLYLINE in the source slice's pixel coordinates (DICOM's convention: (0, 0) is the top-left corner of the first
+pixel, the same as a box edge ``x1, y1`` here), selected from an IMAGE item that references the source slice's SOP
+instance when it is known, and the long axis, short axis (mm), mean (HU), detector score and review status.
+Patient and study tags are copied from the source series so the report files next to it in a PACS.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+#: (value, scheme, meaning) of the concept names used
+REPORT = ("126000", "DCM", "Imaging Measurement Report")
+GROUP = ("125007", "DCM", "Measurement Group")
+TRACKING_ID = ("112039", "DCM", "Tracking Identifier")
+IMAGE_REGION = ("111030", "DCM", "Image Region")
+SOURCE_IMAGE = ("260753009", "SCT", "Source")
+LONG_AXIS = ("103339001", "SCT", "Long Axis")
+SHORT_AXIS = ("103340004", "SCT", "Short Axis")
+MEAN = ("373098007", "SCT", "Mean")
+SCORE = ("score", "99LIDNET", "Detector score")
+STATUS = ("status", "99LIDNET", "Review status")
+MM = ("mm", "UCUM", "millimeter")
+HU = ("[hnsf'U]", "UCUM", "Hounsfield unit")
+NO_UNITS = ("1", "UCUM", "no units")
+#: source tags copied into the report (patient and study)
+COPIED_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "PatientAge", "StudyInstanceUID",
+               "StudyID", "StudyDate", "StudyTime", "StudyDescription", "AccessionNumber",
+               "ReferringPhysicianName")  # fmt: skip
+
+
+@dataclass
+class SRRegion:
+    """One reviewed region: slice index, polygon corners (K, 2) as (row, col) pixels, measurements, status."""
+
+    slice: int
+    corners: np.ndarray
+    long_mm: float
+    short_mm: float
+    mean_hu: float
+    score: float | None = None
+    status: str = "accepted"
+    label: str = ""
+
+
+def instance_refs(files: Sequence[str | Path]) -> list[tuple[str, str] | None]:
+    """(SOPClassUID, SOPInstanceUID) of each file, header only; None for a file that cannot be read."""
+    import pydicom
+
+    refs: list[tuple[str, str] | None] = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
+            refs.append((str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
+        except (OSError, AttributeError, ValueError, pydicom.errors.InvalidDicomError):
+            refs.append(None)
+    return refs
+
+
+def _code(code: tuple[str, str, str]) -> Any:
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code
+    return item
+
+
+def _item(value_type: str, name: tuple[str, str, str], relationship: str = "CONTAINS") -> Any:
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.RelationshipType = relationship
+    item.ValueType = value_type
+    item.ConceptNameCodeSequence = [_code(name)]
+    return item
+
+
+def _text(name: tuple[str, str, str], value: str) -> Any:
+    item = _item("TEXT", name)
+    item.TextValue = value
+    return item
+
+
+def _num(name: tuple[str, str, str], value: float, unit: tuple[str, str, str]) -> Any:
+    from pydicom.dataset import Dataset
+
+    item = _item("NUM", name)
+    measured = Dataset()
+    measured.NumericValue = f"{float(value):.6g}"[:16]
+    measured.MeasurementUnitsCodeSequence = [_code(unit)]
+    item.MeasuredValueSequence = [measured]
+    return item
+
+
+def _image_ref(ref: tuple[str, str], frame: int | None) -> Any:
+    from pydicom.dataset import Dataset
+
+    item = _item("IMAGE", SOURCE_IMAGE, "SELECTED FROM")
+    sop = Dataset()
+    sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID = ref
+    if frame is not None:
+        sop.ReferencedFrameNumber = frame
+    item.ReferencedSOPSequence = [sop]
+    return item
+
+
+def closed_polyline(corners: np.ndarray) -> list[float]:
+    """(K, 2) (row, col) corners -> GraphicData ``col, row, ...`` with the first point repeated at the end."""
+    c = np.asarray(corners, dtype=float)
+    pts = np.vstack([c, c[:1]])[:, ::-1]
+    return [float(v) for v in pts.reshape(-1)]
+
+
+def _group(k: int, region: SRRegion, ref: tuple[str, str] | None, frame: int | None) -> Any:
+    group = _item("CONTAINER", GROUP)
+    group.ContinuityOfContent = "SEPARATE"
+    scoord = _item("SCOORD", IMAGE_REGION)
+    scoord.GraphicType = "POLYLINE"
+    scoord.GraphicData = closed_polyline(region.corners)
+    if ref is not None:
+        scoord.ContentSequence = [_image_ref(ref, frame)]
+    children = [
+        _text(TRACKING_ID, region.label or f"finding {k + 1} (slice {region.slice})"),
+        scoord,
+        _num(LONG_AXIS, region.long_mm, MM),
+        _num(SHORT_AXIS, region.short_mm, MM),
+    ]
+    if np.isfinite(region.mean_hu):
+        children.append(_num(MEAN, region.mean_hu, HU))
+    if region.score is not None:
+        children.append(_num(SCORE, region.score, NO_UNITS))
+    children.append(_text(STATUS, region.status))
+    group.ContentSequence = children
+    return group
+
+
+def _evidence(refs: Sequence[tuple[str, str]], study_uid: str, series_uid: str) -> Any:
+    """CurrentRequestedProcedureEvidenceSequence: the referenced source instances, one study, one series."""
+    from pydicom.dataset import Dataset
+
+    series = Dataset()
+    series.SeriesInstanceUID = series_uid
+    series.ReferencedSOPSequence = []
+    for cls, uid in dict.fromkeys(refs):
+        sop = Dataset()
+        sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID = cls, uid
+        series.ReferencedSOPSequence.append(sop)
+    study = Dataset()
+    study.StudyInstanceUID = study_uid
+    study.ReferencedSeriesSequence = [series]
+    return [study]
+
+
+def _header(source_tags: dict[str, Any], description: str) -> Any:
+    """The SR's patient, study, series and document tags (patient/study copied from the source)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    now = _dt.datetime.now()
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    for kw in COPIED_TAGS:
+        if source_tags.get(kw) not in (None, ""):
+            setattr(ds, kw, source_tags[kw])
+    ds.PatientID = ds.get("PatientID", "")
+    ds.PatientName = ds.get("PatientName", "")
+    ds.StudyInstanceUID = ds.get("StudyInstanceUID") or generate_uid()
+    ds.SOPClassUID = COMPREHENSIVE_SR
+    ds.SOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "SR"
+    ds.SeriesNumber = 9901
+    ds.InstanceNumber = 1
+    ds.SeriesDescription = description[:64]
+    ds.Manufacturer = "napari-lidnet"
+    ds.ContentDate = ds.SeriesDate = now.strftime("%Y%m%d")
+    ds.ContentTime = ds.SeriesTime = now.strftime("%H%M%S")
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    ds.ValueType = "CONTAINER"
+    ds.ConceptNameCodeSequence = [_code(REPORT)]
+    ds.ContinuityOfContent = "SEPARATE"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    return ds
+
+
+def write_sr(
+    path: str | Path,
+    regions: Sequence[SRRegion],
+    refs: Sequence[tuple[str, str] | None] | None = None,
+    source_tags: dict[str, Any] | None = None,
+    series_uid: str = "",
+    description: str = "LIDnet reviewed lesions",
+    multiframe: bool = False,
+) -> Path:
+    """Write a Comprehensive SR of ``regions`` to ``path`` (never overwrites).
+
+    ``refs[slice]`` is the (SOPClassUID, SOPInstanceUID) of each source slice (None or missing: no image
+    reference); with ``multiframe`` the source is one multi-frame instance, ``refs[0]``, and frame = slice + 1.
+    """
+    import pydicom
+
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} already exists")
+    refs = list(refs or [])
+    ds = _header(dict(source_tags or {}), description)
+    groups, used = [], []
+    for k, region in enumerate(regions):
+        z = int(region.slice)
+        index = 0 if multiframe else z
+        ref = refs[index] if 0 <= index < len(refs) else None
+        groups.append(_group(k, region, ref, z + 1 if multiframe else None))
+        if ref is not None:
+            used.append(ref)
+    ds.ContentSequence = groups
+    if used and series_uid:
+        ds.CurrentRequestedProcedureEvidenceSequence = _evidence(used, ds.StudyInstanceUID, series_uid)
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path

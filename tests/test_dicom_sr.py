@@ -1,0 +1,102 @@
+"""Reviewed boxes -> DICOM Comprehensive SR, read back with pydicom: regions, measurements, source references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import synthetic_hu, write_series
+
+from napari_lidnet.findings import Finding, box_corners, findings_from_rows, measure, read_findings, write_findings
+from napari_lidnet.io.dicom_sr import COMPREHENSIVE_SR, SRRegion, closed_polyline, instance_refs, write_sr
+from napari_lidnet.io.open_ct import open_ct
+
+UID = "1.2.826.0.1.3680043.8.498.4242"
+
+
+def items(ds, value_type: str) -> list:
+    """Every content item of ``value_type`` in the SR tree (depth first)."""
+    found = []
+    for item in ds.get("ContentSequence", []):
+        if item.ValueType == value_type:
+            found.append(item)
+        found.extend(items(item, value_type))
+    return found
+
+
+def meaning(item) -> str:
+    return item.ConceptNameCodeSequence[0].CodeMeaning
+
+
+@pytest.fixture
+def series(tmp_path: Path):
+    hu = synthetic_hu((4, 16, 20), seed=5)
+    files = write_series(tmp_path / "ct", hu, series_uid=UID, description="chest")
+    return open_ct(tmp_path / "ct")[0], files
+
+
+def test_sr_regions_reference_the_source_slices(series, tmp_path: Path) -> None:
+    vol, files = series
+    refs = instance_refs(vol.metadata["files"])
+    assert all(r is not None for r in refs)
+    regions = [
+        SRRegion(2, box_corners(3, 4, 9, 10), 8.4, 4.2, 35.5, 0.81, "accepted", "finding 1"),
+        SRRegion(0, box_corners(1.5, 2, 5, 7.25), 5.0, 3.0, float("nan"), None, "added"),
+    ]
+    out = write_sr(tmp_path / "sr.dcm", regions, refs, vol.metadata["source_tags"], UID)
+    with pytest.raises(FileExistsError):
+        write_sr(out, regions, refs)
+
+    ds = pydicom.dcmread(out)
+    src = pydicom.dcmread(files[2], stop_before_pixels=True)
+    assert ds.SOPClassUID == COMPREHENSIVE_SR and ds.Modality == "SR"
+    assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.PatientID == src.PatientID
+    assert ds.ConceptNameCodeSequence[0].CodeMeaning == "Imaging Measurement Report"
+    groups = items(ds, "CONTAINER")
+    assert [meaning(g) for g in groups] == ["Measurement Group"] * 2
+    scoords = items(ds, "SCOORD")
+    assert [s.GraphicType for s in scoords] == ["POLYLINE", "POLYLINE"]
+    pts = np.asarray(scoords[0].GraphicData, float).reshape(-1, 2)
+    np.testing.assert_allclose(pts, [[3, 4], [9, 4], [9, 10], [3, 10], [3, 4]])  # (col, row), closed
+    ref = scoords[0].ContentSequence[0]
+    assert ref.ValueType == "IMAGE" and ref.RelationshipType == "SELECTED FROM"
+    assert ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID  # slice 2 -> its file
+    nums = {meaning(n): float(n.MeasuredValueSequence[0].NumericValue) for n in items(groups[0], "NUM")}
+    assert nums == {"Long Axis": 8.4, "Short Axis": 4.2, "Mean": 35.5, "Detector score": 0.81}
+    second = {meaning(n) for n in items(groups[1], "NUM")}
+    assert second == {"Long Axis", "Short Axis"}  # no mean (NaN), no score (drawn by hand)
+    texts = [t.TextValue for t in items(groups[1], "TEXT")]
+    assert "added" in texts
+    evidence = ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert evidence.SeriesInstanceUID == UID and len(evidence.ReferencedSOPSequence) == 2
+
+
+def test_sr_without_known_source_has_no_image_reference(tmp_path: Path) -> None:
+    out = write_sr(tmp_path / "plain.dcm", [SRRegion(0, box_corners(0, 0, 4, 4), 4, 4, 0.0)])
+    ds = pydicom.dcmread(out)
+    scoord = items(ds, "SCOORD")[0]
+    assert "ContentSequence" not in scoord and "CurrentRequestedProcedureEvidenceSequence" not in ds
+    assert closed_polyline(box_corners(0, 0, 4, 4))[:2] == closed_polyline(box_corners(0, 0, 4, 4))[-2:]
+
+
+def test_findings_measure_sizes_centres_and_hu(tmp_path: Path) -> None:
+    hu = np.zeros((3, 20, 30), np.float32)
+    hu[1, 5:10, 10:20] = 100.0  # rows 5..9, columns 10..19
+    to_world = np.diag([2.5, 0.5, 0.8, 1.0])
+    to_world[:3, 3] = (10.0, -5.0, 3.0)
+    (f,) = findings_from_rows(np.array([[1, 10, 5, 20, 10, 0.7]]))
+    m = measure(f, hu, (2.5, 0.5, 0.8), to_world)
+    assert m["long_mm"] == pytest.approx(8.0) and m["short_mm"] == pytest.approx(2.5)  # 10 px x 0.8, 5 px x 0.5
+    assert m["mean_hu"] == pytest.approx(100.0)
+    np.testing.assert_allclose([m["centre_z_mm"], m["centre_y_mm"], m["centre_x_mm"]], [12.5, -1.25, 15.0])
+    turned = Finding(1, 1, np.array([[5, 15], [10, 20], [15, 15], [10, 10]], float))  # a diamond
+    long_mm, short_mm = measure(turned, hu, (1, 1, 1), np.eye(4))["long_mm"], turned.measures["short_mm"]
+    assert long_mm == pytest.approx(np.hypot(5, 5)) and short_mm == pytest.approx(np.hypot(5, 5))
+    f.status = "accepted"
+    out = write_findings(tmp_path / "f.csv", [f, turned])
+    rows = read_findings(out)
+    assert [r["status"] for r in rows] == ["accepted", "pending"] and float(rows[0]["long_mm"]) == 8.0
+    js = read_findings(write_findings(tmp_path / "f.json", [f], {"source": "test"}))
+    assert js[0]["x1"] == 10 and js[0]["score"] == 0.7

@@ -1,0 +1,131 @@
+"""The reading room at 1600 x 1000 in a shown headless viewer (run under xvfb-run): every LIDnet dock opened
+through the manifest settles as a tab (forms on the right, tables at the bottom), the canvas keeps at least 60%
+of the width, right-drag and number keys set one window/level on the CT layers, the status bar reads HU, and the
+README's pictures (layout, comparison, navigator) are taken at the window's size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+from qtpy.QtTest import QTest
+from qtpy.QtWidgets import QDockWidget
+
+from napari_lidnet import demo
+from napari_lidnet._widgets._docking import AREAS, dock_of
+from napari_lidnet.io.windowing import contrast_limits
+
+WIDTH, HEIGHT = 1600, 1000
+SCALE = (2.5, 0.7, 0.7)
+
+
+def ct_volume(n: int = 4, size: int = 96, seed: int = 0) -> np.ndarray:
+    """Soft tissue with two bright disks, in air, with noise (HU)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    hu = np.full((n, size, size), -1000.0, np.float32)
+    body = ((yy - size / 2) / (0.42 * size)) ** 2 + ((xx - size / 2) / (0.45 * size)) ** 2 < 1
+    hu[:, body] = 40.0
+    hu[:, (yy - 40) ** 2 + (xx - 35) ** 2 < 36] = 120.0
+    return hu + rng.normal(0, 30, hu.shape).astype(np.float32)
+
+
+@pytest.fixture
+def room(make_napari_viewer, qtbot, model_dir: Path):
+    """A shown 1600 x 1000 viewer with a CT, its simulated-looking low-dose partner and every LIDnet dock."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(WIDTH, HEIGHT)
+    full = viewer.add_image(ct_volume(seed=1), name="Chest 5mm", scale=SCALE, metadata={"hu": True})
+    low = viewer.add_image(ct_volume(seed=2), name="Chest 5mm 25% dose", scale=SCALE,
+                           metadata={"hu": True, "normal_dose": "Chest 5mm"})  # fmt: skip
+    widgets = demo.open_reading_room(viewer)
+    main = viewer.window._qt_window
+    qtbot.waitUntil(lambda: all(main.dockWidgetArea(dock_of(w)) == _area(w) for w in widgets.values()), timeout=5000)
+    qtbot.wait(50)
+    return viewer, widgets, full, low
+
+
+def _area(widget):
+    return AREAS[widget.lidnet_home]
+
+
+def test_docks_are_tabs_and_the_canvas_keeps_the_width(room) -> None:
+    viewer, widgets, *_ = room
+    main = viewer.window._qt_window
+    canvas = viewer.window._qt_viewer.canvas.native
+    assert (main.width(), main.height()) == (WIDTH, HEIGHT)  # opening every dock does not grow the window
+    assert canvas.width() >= 0.6 * main.width(), (canvas.width(), main.width())
+    assert canvas.height() >= 0.5 * main.height()
+    right = [dock_of(widgets[k]) for k in ("load", "denoise", "finetune")]
+    bottom = [dock_of(widgets[k]) for k in ("navigator", "roi")]
+    assert set(main.tabifiedDockWidgets(right[0])) == set(right[1:])
+    assert set(main.tabifiedDockWidgets(bottom[0])) == set(bottom[1:])
+    assert [d.windowTitle() for d in right] == ["Load CT", "Denoise", "Fine-tune"]  # short tab names
+    for key in ("load", "finetune", "denoise", "navigator", "roi"):  # whichever tab is in front
+        demo.raise_tab(widgets[key])
+        assert canvas.width() >= 0.6 * main.width(), (key, canvas.width())
+        assert (main.width(), main.height()) == (WIDTH, HEIGHT), key
+    assert dock_of(widgets["denoise"]).width() <= 300
+    roi = widgets["roi"]
+    assert dock_of(roi).height() >= 250 and roi.table.viewport().height() >= 150  # a table one can read
+    assert roi.canvas.height() >= 150 and roi.table.width() >= 400
+    assert all(isinstance(d, QDockWidget) for d in right + bottom)
+    assert viewer.dims.axis_labels == ("z", "y", "x")
+
+
+def _canvas_drag(viewer, start: tuple[int, int], end: tuple[int, int], button: int = 2) -> None:
+    """A real mouse drag through napari's vispy canvas (press, move, release)."""
+    scene = viewer.window._qt_viewer.canvas._scene_canvas
+    press = scene.events.mouse_press(pos=start, button=button, modifiers=())
+    scene.events.mouse_move(pos=end, button=button, modifiers=(), press_event=press)
+    scene.events.mouse_release(pos=end, button=button, modifiers=(), press_event=press)
+
+
+def test_right_drag_and_keys_set_one_window_and_status_reads_hu(room, qtbot) -> None:
+    viewer, widgets, full, low = room
+    canvas = viewer.window._qt_viewer.canvas.native
+    zoom = viewer.camera.zoom
+    lo, hi = full.contrast_limits
+    centre = (canvas.width() // 2, canvas.height() // 2)
+    _canvas_drag(viewer, centre, (centre[0] + 200, centre[1]))  # right: twice the width, same level
+    assert viewer.camera.zoom == pytest.approx(zoom)  # the drag did not zoom
+    new_lo, new_hi = full.contrast_limits
+    assert new_hi - new_lo == pytest.approx(2 * (hi - lo), rel=0.01)
+    assert (new_lo + new_hi) / 2 == pytest.approx((lo + hi) / 2, abs=0.01 * (hi - lo))
+    assert tuple(low.contrast_limits) == tuple(full.contrast_limits)  # linked
+
+    canvas.setFocus()
+    viewer.layers.selection.active = low
+    QTest.keyClick(canvas, Qt.Key.Key_2)  # lung
+    qtbot.waitUntil(lambda: tuple(full.contrast_limits) == contrast_limits("lung"), timeout=2000)
+    assert tuple(low.contrast_limits) == contrast_limits("lung")
+
+    status = low.get_status(viewer.dims.point, world=True)  # what napari puts in the status bar
+    viewer.status = status
+    assert viewer.status["coordinates"].endswith(" HU")
+
+
+def test_pictures_of_the_layout_the_comparison_and_the_navigator(room, qtbot, tmp_path: Path) -> None:
+    viewer, widgets, full, low = room
+    den = widgets["denoise"]
+    den.image_combo.setCurrentText(low.name)
+    den.device_combo.setCurrentText("cpu")
+    den.select_model("tiny")
+    den.set_threshold(0.05)
+    with qtbot.waitSignal(den.job_finished, timeout=60000):
+        assert den.run() is not None
+    assert widgets["navigator"].table.rowCount() > 0  # the new detections are up for review
+    demo.draw_rois(viewer, widgets["roi"], 1, full.name)
+    paths = demo.take_pictures(viewer, widgets, tmp_path, lambda w: qtbot.waitUntil(lambda: not w.busy, timeout=20000))
+    assert [p.name for p in paths] == list(demo.PICTURES)
+    from imageio.v3 import imread
+
+    pictures = [imread(p) for p in paths]
+    for pic in pictures:
+        assert pic.shape[:2] == (HEIGHT, WIDTH)
+        assert pic[200:700, 400:1200].std() > 5  # the canvas shows an image, not an empty frame
+    assert not np.array_equal(pictures[0], pictures[1])  # the comparison is a different view
+    nav = widgets["navigator"]
+    assert any(f.status == "accepted" for f in nav.findings)

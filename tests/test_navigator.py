@@ -1,0 +1,141 @@
+"""The lesion navigator in a headless viewer (run under xvfb-run): the detector's boxes as a sortable table with
+sizes in mm, a click jumps to the box, accept / reject / edit, the reviewed layer, CSV / JSON / DICOM SR exports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import synthetic_hu, write_series
+from qtpy.QtCore import Qt
+
+from napari_lidnet._widgets.navigator import COLUMNS, LesionNavigatorWidget
+from napari_lidnet.findings import read_findings
+from napari_lidnet.io.open_ct import open_ct
+from napari_lidnet.layer_data import boxes_to_shapes, volume_to_layer_tuple
+
+COL = {key: i for i, (key, _) in enumerate(COLUMNS)}
+#: slice, x1, y1, x2, y2, score
+DETECTIONS = np.array([[1, 4, 6, 14, 11, 0.42], [3, 20, 2, 26, 14, 0.91], [2, 8, 8, 12, 12, 0.15]], np.float32)
+
+
+@pytest.fixture
+def case(make_napari_viewer, tmp_path: Path):
+    """A 5-slice DICOM CT (0.7 x 0.8 mm pixels, 2.5 mm slices) and the detector's boxes on it."""
+    write_series(tmp_path / "ct", synthetic_hu((5, 24, 32), seed=3), series_uid="1.2.826.0.1.3680043.8.498.55")
+    vol = open_ct(tmp_path / "ct")[0]
+    viewer = make_napari_viewer()
+    data, kwargs, _ = volume_to_layer_tuple(vol)
+    image = viewer.add_image(data, **kwargs)
+    widget = LesionNavigatorWidget(viewer)
+    viewer.window.add_dock_widget(widget, area="bottom")
+    boxes = viewer.add_shapes(
+        boxes_to_shapes(DETECTIONS[:, :5], 3),
+        shape_type="rectangle",
+        name=f"{image.name} lesions",
+        scale=image.scale,
+        translate=image.translate,
+        features={"score": DETECTIONS[:, 5]},
+        metadata={"lidnet_role": "detections", "lidnet": {"source_layer": image.name, "detector": "tiny"}},
+    )
+    return viewer, widget, image, boxes, vol
+
+
+def cell(widget, row: int, key: str):
+    return widget.table.item(row, COL[key]).data(Qt.ItemDataRole.UserRole)
+
+
+def test_table_sizes_sorting_and_jump(case) -> None:
+    viewer, widget, image, boxes, vol = case
+    assert widget.boxes_layer is boxes and widget.image_layer is image  # a new detection run is loaded by itself
+    assert widget.table.rowCount() == 3 and widget.boxes_combo.currentText() == boxes.name
+    first = widget.finding(0)
+    assert first.slice == 1 and first.status == "pending" and first.score == pytest.approx(0.42)
+    # 10 columns x 0.8 mm = 8 mm long, 5 rows x 0.7 mm = 3.5 mm short; mean HU inside the box
+    assert first.measures["long_mm"] == pytest.approx(8.0) and first.measures["short_mm"] == pytest.approx(3.5)
+    assert first.measures["mean_hu"] == pytest.approx(float(vol.hu[1, 6:11, 4:14].mean()), abs=1e-3)
+    assert first.measures["centre_z_mm"] == pytest.approx(image.data_to_world((1, 8.5, 9))[0])
+
+    widget.table.sortItems(COL["score"], Qt.SortOrder.DescendingOrder)
+    assert widget.row_ids() == [1, 0, 2]
+    widget.table.sortItems(COL["long_mm"], Qt.SortOrder.AscendingOrder)  # numbers sort as numbers
+    assert [cell(widget, r, "long_mm") for r in range(3)] == sorted(cell(widget, r, "long_mm") for r in range(3))
+
+    widget.table.setCurrentCell(widget.row_ids().index(1), 0)  # a click on a row: jump there
+    assert viewer.dims.current_step[0] == 3
+    centre = image.data_to_world((3, 7.5, 22.5))  # box edges 2..14 x 20..26: centre pixel (7.5, 22.5)
+    np.testing.assert_allclose(viewer.camera.center[-2:], centre[-2:], atol=1e-6)
+
+
+def test_accept_reject_edit_and_exports(case, tmp_path: Path, qtbot) -> None:
+    viewer, widget, image, boxes, vol = case
+    widget.select(0)
+    widget.accept()
+    reviewed = viewer.layers[f"{image.name} reviewed"]
+    assert reviewed.metadata["lidnet_role"] == "reviewed" and reviewed.nshapes == 1
+    assert widget.current_id() != 0 and widget.finding(widget.current_id()).status == "pending"  # moved on
+    widget.reject(1)
+    widget.edit(2)
+    assert reviewed.nshapes == 2 and viewer.layers.selection.active is reviewed
+    assert reviewed.mode == "select" and reviewed.selected_data == {1}
+    assert [widget.finding(i).status for i in range(3)] == ["accepted", "rejected", "accepted"]
+
+    # the reader drags the edited box wider and draws a box the detector missed
+    with qtbot.waitSignal(widget.review_changed):
+        verts = np.array(reviewed.data[1])
+        verts[1:3, 2] += 10  # x2 from 12 to 22
+        reviewed.data = [reviewed.data[0], verts]
+    assert widget.finding(2).status == "edited" and widget.finding(2).measures["long_mm"] == pytest.approx(11.2)
+    with qtbot.waitSignal(widget.review_changed):
+        reviewed.add_rectangles(np.array([[4, 2, 2], [4, 2, 9], [4, 9, 9], [4, 9, 2]]))
+    added = widget.finding(3)
+    assert added.status == "added" and added.slice == 4 and added.score is None
+    assert list(reviewed.features["status"]) == ["accepted", "edited", "added"]
+    assert widget.table.rowCount() == 4
+
+    rows = read_findings(widget.export(tmp_path / "review.csv"))
+    assert [r["status"] for r in rows] == ["accepted", "rejected", "edited", "added"]
+    assert float(rows[0]["long_mm"]) == pytest.approx(8.0)
+    js = read_findings(widget.export(tmp_path / "review.json"))
+    assert js[2]["x2"] == pytest.approx(22.0)
+    assert widget.export(tmp_path / "review.json") is None and "exists" in widget.status.text()
+
+    sr = pydicom.dcmread(widget.export(tmp_path / "review.dcm"))
+    groups = [g for g in sr.ContentSequence if g.ValueType == "CONTAINER"]
+    assert len(groups) == 3  # the kept boxes, not the rejected one
+    src_uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in vol.metadata["files"]]
+    refs = []
+    for g in groups:
+        scoord = next(i for i in g.ContentSequence if i.ValueType == "SCOORD")
+        assert scoord.GraphicType == "POLYLINE" and len(scoord.GraphicData) == 10  # closed: 5 points
+        refs.append(scoord.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+    assert refs == [src_uids[1], src_uids[2], src_uids[4]]  # each box references its own slice
+    assert sr.PatientID == "LIDNET-TEST"
+
+
+def test_rejecting_through_the_layer_and_no_boxes(case) -> None:
+    viewer, widget, image, boxes, _ = case
+    widget.accept(0)
+    widget.accept(1)
+    reviewed = viewer.layers[f"{image.name} reviewed"]
+    reviewed.selected_data = {0}
+    reviewed.remove_selected()  # deleting a kept box is a rejection
+    assert widget.finding(0).status == "rejected" and widget.finding(1).status == "accepted"
+    viewer.layers.remove(boxes)
+    assert widget.table.rowCount() == 0 and widget.export("x.csv") is None
+
+
+def test_a_new_threshold_keeps_the_review(case) -> None:
+    """The denoise widget refilters the same detections layer when the score threshold moves: reviewed boxes keep
+    their id and status, kept ones stay even when their detection drops below the threshold."""
+    viewer, widget, image, boxes, _ = case
+    widget.accept(1)
+    widget.reject(2)
+    widget.edit(0)
+    boxes.data = [boxes.data[1]]  # only the 0.91 box passes a higher threshold
+    assert {f.id: f.status for f in widget.findings} == {0: "accepted", 1: "accepted"}
+    assert viewer.layers[f"{image.name} reviewed"].nshapes == 2
+    boxes.data = boxes_to_shapes(DETECTIONS[:, :5], 3)  # back to the low threshold
+    assert {f.id: f.status for f in widget.findings} == {0: "accepted", 1: "accepted", 2: "rejected"}
