@@ -32,6 +32,7 @@ def volume_to_layer_tuple(vol: CTVolume, preset: str = DEFAULT_PRESET) -> LayerD
     kwargs["metadata"]["source"] = vol.metadata.get("source")
     kwargs["metadata"]["hu"] = True
     kwargs.update(colormap="gray", contrast_limits=contrast_limits(preset), blending="translucent")
+    kwargs["axis_labels"] = ("z", "y", "x")[-vol.hu.ndim :]
     return (vol.hu, kwargs, "image")
 
 

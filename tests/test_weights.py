@@ -173,3 +173,19 @@ def test_user_dir_default_uses_platformdirs(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv(registry.MODEL_DIR_ENV, raising=False)
     assert registry.user_model_dir() == Path(platformdirs.user_data_dir("napari-lidnet")) / "models"
     assert registry.shipped_model_dir().name == "weights"
+
+
+def test_a_pair_name_finds_both_networks(tmp_path, monkeypatch):
+    """A model saved by Fine-tune as NAME (NAME_denoiser + NAME_detector) is found by NAME with its kind."""
+    from napari_lidnet.models.denoisers import build_denoiser
+    from napari_lidnet.models.detector import LesionDetector
+    from napari_lidnet.models.registry import MODEL_DIR_ENV, load_model
+    from napari_lidnet.models.weights import save_weights
+
+    monkeypatch.setenv(MODEL_DIR_ENV, str(tmp_path))
+    save_weights(build_denoiser("fastdn", width=8, blocks=1), tmp_path / "site-b_denoiser")
+    save_weights(LesionDetector(width=4), tmp_path / "site-b_detector")
+    assert load_model("site-b", "denoiser")[1]["kind"] == "denoiser"
+    assert load_model("site-b", "detector")[1]["kind"] == "detector"
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_model("site-c", "denoiser")

@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..io.checks import nonfinite_note
 from ._docking import DockHome, scroll_layout
 from ._roles import DETECTIONS, NOISE, ROLE, derived_name, model_item, pair_name
 from ._worker_utils import (
@@ -345,6 +346,10 @@ class DenoiseDetectWidget(QWidget):
         from napari.qt.threading import create_worker
 
         hu = np.asarray(layer.data, dtype=np.float32)
+        note = nonfinite_note(hu, repr(layer.name))
+        if note:
+            self._message(f"{note}; CT input must be finite HU", error=True)
+            return None
         self._pending = {"layer": layer, "slices": slices}
         worker = create_worker(
             inference_job,

@@ -120,6 +120,8 @@ def _resolve(name_or_path: str | os.PathLike, kind: str | None) -> Path:
             raise FileNotFoundError(f"no {kind} model available: none shipped and none in {user_model_dir()}")
         return info.path
     candidates = [m for m in list_models(kind) if m.name == text]
+    if not candidates and kind is not None:  # a pair's name: NAME finds NAME_denoiser / NAME_detector
+        candidates = [m for m in list_models(kind) if m.name == f"{text}_{kind}"]
     if not candidates:
         names = sorted({m.name for m in list_models(kind)})
         raise FileNotFoundError(
