@@ -79,8 +79,11 @@ def test_one_click_run_improves_and_publishes(make_napari_viewer, qtbot, model_d
     assert len(ticks) >= max(3, 0.2 * elapsed / 0.02), (len(ticks), elapsed)
     vals = [r for r in widget.records if r["stage"] == "validate"]
     assert vals[0]["after"] == "start"
-    assert out.best_metrics["psnr"] > out.start_metrics["psnr"] + 0.5
-    assert "PSNR" in widget.status.text() and "->" in widget.status.text()
+    # the widget shows validation and held-out numbers; whether fine-tuning improves a SOUND model on held-out
+    # slices is tested in test_local_data (the tiny start is broken on purpose, so a gain here would prove little)
+    assert out.best_metrics["psnr"] > out.start_metrics["psnr"]  # it learned: the broken start got fixed
+    assert "psnr" in out.start_test_metrics and "psnr" in out.best_test_metrics
+    assert "PSNR" in widget.status.text() and "->" in widget.status.text() and "test" in widget.status.text()
     # progress bars and plot followed the run
     assert widget.overall_bar.value() == widget.overall_bar.maximum() == 2 * (10 + 2)
     assert widget.stage_bar.value() == widget.stage_bar.maximum() == 2
