@@ -185,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--headless", action="store_true", help="no window: write screenshot + report, then exit")
     parser.add_argument("--out", default="demo-out", help="folder for screenshot.png and report.md/json")
-    parser.add_argument("--pictures", default="docs", help="folder for layout.png, compare.png, navigator.png")
+    parser.add_argument(
+        "--pictures", default=None, help="folder for layout.png, compare.png, navigator.png (default: --out)"
+    )
     parser.add_argument("--threshold", type=float, default=0.3, help="score threshold of the shown boxes")
     args = parser.parse_args(argv)
 
@@ -231,7 +233,7 @@ def _headless_outputs(viewer: Any, widgets: dict[str, Any], args: Any, timings: 
     widget = widgets["denoise"]
     models = {k: Path(str(getattr(widget, f"{k}_combo").currentData())).name for k in ("denoiser", "detector")}
     write_report(out, metrics, timings, models)
-    pictures = take_pictures(viewer, widgets, Path(args.pictures), _wait_table)
+    pictures = take_pictures(viewer, widgets, Path(args.pictures or out), _wait_table)
     viewer.close()
     print((out / "report.md").read_text())
     print("pictures: " + ", ".join(str(p) for p in pictures))
