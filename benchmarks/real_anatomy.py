@@ -108,6 +108,7 @@ class DiskCache:
     def __init__(self, folder: Path | None) -> None:
         self.folder = folder
         self.hits = self.computed = 0
+        self.seconds_reused = 0.0
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
 
@@ -125,6 +126,7 @@ class DiskCache:
         if path is not None and path.exists():
             self.hits += 1
             with np.load(path) as z:
+                self.seconds_reused += float(z["seconds"])
                 return z["a"], float(z["seconds"])
         self.computed += 1
         t0 = time.perf_counter()
@@ -550,13 +552,21 @@ def _windowed_spectrum(res: np.ndarray) -> tuple[np.ndarray, int]:
     return acc / float((w**2).sum()), n
 
 
+def _phase_means(res: np.ndarray, period: int = 4) -> np.ndarray:
+    """Mean of the high-passed residual (minus its 8 x 8 local mean) per (y mod period, x mod period) class."""
+    hp = res.astype(np.float64) - ndimage.uniform_filter(res.astype(np.float64), 8)
+    return np.array([[hp[i::period, j::period].mean() for j in range(period)] for i in range(period)])
+
+
 def residual_nps(residuals: list[np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
     """Mean 2D NPS (HU^2 px^2, cycles/px, fft-shifted) of residual images and its most isolated peak.
 
     Sub-ROIs are Hann-windowed so that their borders do not leak power along the axes. The peak is the frequency
     (beyond the 3 lowest rings) where NPS / median of its 7 x 7 neighbourhood (periodic) is largest: a hatch or
     other periodic texture gives a narrow spike there, noise (even anisotropic) values near 1.5. Reported: that
-    local ratio and the brief's ratio of the peak to the radial mean of its ring.
+    local ratio and the brief's ratio of the peak to the radial mean of its ring. Also the range (max - min) over
+    the 16 pixel classes (y mod 4, x mod 4) of the mean high-passed residual: a fixed 4-pixel hatch (such as a
+    factor-4 pixel-unshuffle network may print) in HU; noise alone gives a few tenths of a HU.
     """
     parts = [_windowed_spectrum(r) for r in residuals]
     n_rois = sum(n for _, n in parts)
@@ -570,7 +580,9 @@ def residual_nps(residuals: list[np.ndarray]) -> tuple[np.ndarray, dict[str, Any
     local = nps / np.maximum(ndimage.median_filter(nps, footprint=around, mode="wrap"), 1e-12)
     local[ring < 3] = 0.0
     k = np.unravel_index(int(np.argmax(local)), local.shape)
+    phase = np.mean([_phase_means(r) for r in residuals], axis=0)
     info = {
+        "phase_pattern_range_hu": float(phase.max() - phase.min()),
         "peak_local_ratio": float(local[k]),
         "peak_radial_ratio": float(nps[k] / max(radial[ring[k]], 1e-12)),
         "at_cycles_per_px": [float(f[k[0]]), float(f[k[1]])],
@@ -673,16 +685,19 @@ def nps_md(result: dict) -> list[str]:
              "slices, 64 x 64 half-overlapping sub-ROIs (poly2-detrended, Hann-windowed), cycles/pixel. Peak: the "
              "frequency beyond the 3 lowest rings where NPS / median of its 7 x 7 neighbours is largest (a hatch or "
              "periodic texture is a narrow spike: ratio >> 2; noise alone ~1.5); 'radial' is the peak over the "
-             f"radial mean of its ring. Figure: `{result['nps_png']}`.", "",
-             "| noise | row | peak / neighbours | peak / radial mean | at (fy, fx) cycles/px | residual SD (HU) "
-             "| ROIs |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+             "radial mean of its ring. 4 x 4 phase range: max - min over the 16 pixel classes (y mod 4, x mod 4) of "
+             "the mean residual after removing its 8 x 8 local mean, i.e. the peak-to-peak HU of a fixed 4-pixel "
+             f"pattern (noise alone: a few tenths). Figure: `{result['nps_png']}`.", "",
+             "| noise | row | peak / neighbours | peak / radial mean | at (fy, fx) cycles/px | 4 x 4 phase range (HU) "
+             "| residual SD (HU) | ROIs |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for key, info in result["nps"].items():
         model, name = key.split("|", 1)
         fy, fx = info["at_cycles_per_px"]
         lines.append(
             f"| {model} | {name} | {info['peak_local_ratio']:.2f} | {info['peak_radial_ratio']:.2f} | "
-            f"({fy:+.3f}, {fx:+.3f}) | {info['residual_sd_hu']:.1f} | {info['n_rois']} |"
+            f"({fy:+.3f}, {fx:+.3f}) | {info['phase_pattern_range_hu']:.2f} | {info['residual_sd_hu']:.1f} | "
+            f"{info['n_rois']} |"
         )
     return lines
 
@@ -694,8 +709,9 @@ def write_markdown(result: dict, path: Path) -> None:
         "# Real anatomy: low-dose denoising and detection on real CT slices", "",
         f"Command: `{result['command']}`  ", f"Date: {result['date']}; machine: {result['machine']}; "
         f"runtime {result['runtime_s'] / 60:.1f} min (load average {result['load_average']}; "
-        f"{result['cache']['computed']} results computed, {result['cache']['hits']} reused from `{cfg['out']}/cache`: "
-        "noise, BM3D outputs and their seconds, detections).  ",
+        f"{result['cache']['computed']} results computed, {result['cache']['hits']} reused from `{cfg['out']}/cache` "
+        f"(noise, BM3D outputs, detections) that had cost {result['cache']['seconds_reused'] / 60:.1f} min when "
+        "first computed).  ",
         "Packages: " + ", ".join(f"{k} {v}" for k, v in result["packages"].items()) + " (JPEG 2000 decoded by "
         "pylibjpeg-openjpeg through pydicom).", "", *result["about"], "",
         "## Real slices (pydicom test files, evaluation only)", "",
@@ -872,7 +888,8 @@ def main(argv: list[str] | None = None) -> int:
                   for t in ABOUT],  # fmt: skip
         "detector": {"name": a.detector, "arch": det_card.get("arch")},
         "packages": {name: _version(name) for name in PACKAGES},
-        "cache": {"folder": str(a.cache.folder), "hits": a.cache.hits, "computed": a.cache.computed},
+        "cache": {"folder": str(a.cache.folder), "hits": a.cache.hits, "computed": a.cache.computed,
+                  "seconds_reused": a.cache.seconds_reused},
         "slices": _slice_info(slices, cases), "ellipse": ellipse, "noise": noise, "gaussian": gauss,
         "tables": tables, "nps": nps_info,
         "notes": notes + [f"{m.name}: {m.note}" for m in methods if m.note] + CAVEATS,
