@@ -7,6 +7,7 @@ every ``interval_ms`` (a validation record redraws at once), so a fast run does 
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -44,6 +45,7 @@ class TrainingPlot(QWidget):
         self.validation: list[tuple[int, str, dict[str, float]]] = []
         self.n_draws = 0
         self._dirty = False
+        self._last_redraw = 0.0
         self._timer = QTimer(self)
         self._timer.setInterval(interval_ms)
         self._timer.timeout.connect(self._maybe_redraw)
@@ -70,12 +72,15 @@ class TrainingPlot(QWidget):
                 self._dirty = True
 
     def _maybe_redraw(self) -> None:
-        if self._dirty:
+        """Redraw new points, but keep plotting under a fifth of the GUI thread's time (a slow draw waits longer)."""
+        wait = max(self._timer.interval() / 1000, 4 * self.canvas.last_draw_s)
+        if self._dirty and time.monotonic() - self._last_redraw >= wait:
             self.redraw()
 
     def redraw(self) -> None:
         """Draw both panels from the stored series (cheap enough for a few thousand points)."""
         self._dirty = False
+        self._last_redraw = time.monotonic()
         self.n_draws += 1
         ax = self.ax_loss
         ax.clear()
