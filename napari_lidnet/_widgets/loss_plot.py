@@ -72,8 +72,8 @@ class TrainingPlot(QWidget):
                 self._dirty = True
 
     def _maybe_redraw(self) -> None:
-        """Redraw new points, but keep plotting under a fifth of the GUI thread's time (a slow draw waits longer)."""
-        wait = max(self._timer.interval() / 1000, 4 * self.canvas.last_draw_s)
+        """Redraw new points, but keep plotting under a tenth of the GUI thread's time (a slow draw waits longer)."""
+        wait = max(self._timer.interval() / 1000, 9 * self.canvas.last_draw_s)
         if self._dirty and time.monotonic() - self._last_redraw >= wait:
             self.redraw()
 
