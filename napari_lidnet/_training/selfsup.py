@@ -3,20 +3,36 @@
 FBP correlates CT noise between neighbouring pixels, so Noise2Void's one-pixel blind spot sees the noise it must
 predict. Two schemes that respect correlated noise:
 
-- ``neighbours`` (scheme A, Noise2Noise across slices, as in Noise2Sim for CT): input slice z, target the mean of
-  slices z-1 and z+1: independent noise realisations of nearly the same anatomy. Needs >= 3 contiguous slices;
+- ``neighbours`` (scheme A, the default; Noise2Noise across slices, as in Noise2Sim for CT): input slice z, target
+  the mean of slices z-1 and z+1: independent noise realisations of nearly the same anatomy. Pixels where the two
+  neighbours disagree beyond their noise (anatomy changing in z) are down-weighted. Needs >= 3 contiguous slices;
   runs are split where a gap exceeds ``GAP_FACTOR`` x the median spacing.
-- ``blindspot`` (scheme B): sparse random pixels (dart throwing, no regular grid) are masked with a blind zone of
-  radius R = the noise correlation length measured on the scan itself (``metrics.noreference.correlation_length``,
-  across slices when the volume allows, else within the image), every zone pixel replaced by a random pixel from
-  outside the zone; the loss is taken on the centre pixels only. Works on single slices.
+- ``blindspot`` (scheme B): sparse random centres (dart throwing, no regular grid) get a blind zone of radius R =
+  the noise correlation length measured on the scan itself (``metrics.noreference.correlation_length``: across
+  slices when the volume allows, else within the image), filled with the ring mean around it plus the texture of
+  another zone; Huber loss on the centres only. Works on single slices.
+
+Chosen by measurement (``benchmarks/adapt_benchmark.py``, results in ``benchmarks/results/adapt_cpu.md``): scheme A
+closes about all of the supervised fine-tuning gain on an unseen protocol; scheme B does not work with the shipped
+residual, pixel-unshuffling ``fastdn`` within hundreds of steps (it degrades the model), though it does denoise with
+a plain CNN trained from scratch. B stays for single slices, with that warning.
 
 Lesion boxes (optional, LIDnet's spirit without a detector): patches are centred near a lesion with probability
 ``lesion_fraction`` and the loss inside the boxes is weighted ``1 + roi_weight``.
 
-``adapt_job`` is the whole run as a generator of progress records (the CLI, the widget, the benchmark and the tests
-run the same code); it exports ``NAME_denoiser`` into the user model folder with a card recording the data, the
-scheme and the no-reference quality before and after. torch is imported only inside functions.
+``adapt_job`` is the whole run as a generator (the CLI, the widget, the benchmark and the tests run the same code):
+
+- ``{"stage": "prepare", "message"}``: checks, notes (runs split, correlation length), loading;
+- ``{"stage": "estimate", "step", "total_steps", "estimates": {"input", "start"} at step 0, then {"adapted"}}``,
+  each ``{"noise_sd_hu", "edge_sharpness_hu_per_mm", "correlation_length_px", "correlation_length_mm",
+  "noise_from"}`` (``metrics.noreference``, on the same few slices, edges at the input's strongest edges);
+- ``{"stage": "adapt", "step", "total_steps", "losses": {"selfsup"}, "eta_s"}`` after every step;
+- ``{"stage": "export", "message"}``, then ``{"stage": "finished" | "stopped", "step", "total_steps", "message",
+  "estimates": {"input", "start", "adapted"}, "loss": {"before", "after"}, "exported": [paths]}``;
+
+and returns an :class:`AdaptOutcome`. It exports ``NAME_denoiser`` into the user model folder (never over an
+existing model) with a card recording the data, the scheme, the settings and the no-reference quality of the
+input, the starting model and the adapted model. torch is imported only inside functions.
 """
 
 from __future__ import annotations
@@ -30,8 +46,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import ndimage as ndi
 
-from napari_lidnet.metrics.noreference import correlation_length, edge_locations, quality_estimates
+from napari_lidnet.metrics.noreference import correlation_length, edge_locations, noise_sd, quality_estimates
 
 __all__ = [
     "GAP_FACTOR",
@@ -42,12 +59,17 @@ __all__ = [
     "NeighbourPatches",
     "PairPatches",
     "adapt_job",
+    "adapt_summary",
     "blind_centres",
     "blindspot_input",
     "contiguous_runs",
     "denoiser_outputs",
+    "estimate_slices",
+    "eval_loss",
+    "make_patches",
     "neighbour_target",
     "prepare_adapt",
+    "scheme_name",
     "slice_positions",
     "train_steps",
 ]
@@ -58,6 +80,12 @@ GAP_FACTOR = 2.0  # a step over this x the median slice spacing splits a run (ne
 MIN_RUN = 3  # slices a run needs for neighbour targets
 PIXEL_RTOL = 0.02  # relative pixel-spacing difference tolerated between volumes / between dy and dx
 MAX_BLIND_RADIUS = 8
+BLINDSPOT_WARNING = (
+    "scheme 'blindspot' is experimental: in benchmarks/adapt_benchmark.py it degraded the residual fastdn within "
+    "hundreds of steps; use scheme 'neighbours' whenever the scan has >= 3 contiguous slices"
+)
+CONSISTENCY_SIGMA = 2.0  # px: smoothing of the neighbours' difference in scheme A's consistency weight
+CONSISTENCY_TAU = 3.0  # x the robust SD of that difference: where the weight halves
 ESTIMATE_SLICES = 3  # slices (each with its two neighbours when possible) of the no-reference estimates
 
 
@@ -273,6 +301,7 @@ def prepare_adapt(
         data.notes.append(f"split at slice gaps over {GAP_FACTOR:g}x the median spacing ({'; '.join(split)})")
     if scheme == "blindspot":
         _blind_radius(data, blind_radius)
+        data.notes.append(BLINDSPOT_WARNING)
     return data
 
 
@@ -288,6 +317,8 @@ def _dihedral(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.nda
 
 class _Patches:
     """Random patches of the training slices (optionally near lesions) with a loss weight map."""
+
+    huber_hu: float | None = None  # the loss: MSE, or Huber with this quadratic zone (HU)
 
     def __init__(self, data: AdaptData, patch_size: int, lesion_fraction: float = 0.5, roi_weight: float = 1.0):
         self.data, self.p, self.items = data, patch_size, list(data.items)
@@ -328,13 +359,40 @@ class _Patches:
 
 
 class NeighbourPatches(_Patches):
-    """Scheme A: input slice z, target the mean of slices z-1 and z+1, loss on every pixel."""
+    """Scheme A: input slice z, target the mean of slices z-1 and z+1, loss on every pixel.
+
+    ``consistency`` (default on) weights each pixel by 1 / (1 + (d / tau)^2), d the smoothed difference of the two
+    neighbours (sigma ``CONSISTENCY_SIGMA``) and tau ``CONSISTENCY_TAU`` x its robust SD over the volume: where the
+    anatomy changes between slices the target is not the same anatomy, and those pixels would teach blur (after
+    Noise2Sim's similarity weighting)."""
+
+    def __init__(self, data: AdaptData, patch_size: int, consistency: bool = True, **kwargs: Any):
+        super().__init__(data, patch_size, **kwargs)
+        self.tau = [_difference_scale(s) for s in data.stacks] if consistency else None
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         v, z, y0, x0 = self._where(rng)
         s = self.data.stacks[v][:, y0 : y0 + self.p, x0 : x0 + self.p]
         target = 0.5 * (s[z - 1] + s[z + 1])
-        return tuple(_dihedral([s[z], target, self._weight(v, z, y0, x0)], rng))  # type: ignore[return-value]
+        weight = self._weight(v, z, y0, x0)
+        if self.tau is not None:
+            d = ndi.gaussian_filter(s[z + 1] - s[z - 1], CONSISTENCY_SIGMA)
+            weight = weight / (1.0 + (d / self.tau[v]) ** 2)
+        return tuple(_dihedral([s[z], target, weight.astype(np.float32)], rng))  # type: ignore[return-value]
+
+
+def _difference_scale(stack: np.ndarray, n: int = 4) -> float:
+    """tau of the consistency weight: ``CONSISTENCY_TAU`` x the robust SD (MAD) of the smoothed difference of the
+    two neighbours of up to ``n`` slices, inside the body (mostly noise: anatomy changes only at a few pixels)."""
+    if stack.shape[0] < 3:
+        return float("inf")
+    values = []
+    for z in np.unique(np.linspace(1, stack.shape[0] - 2, n).round().astype(int)):
+        d = ndi.gaussian_filter(stack[z + 1] - stack[z - 1], CONSISTENCY_SIGMA)
+        values.append(d[stack[z] > -500])
+    d = np.concatenate(values) if values else np.zeros(1)
+    mad = 1.4826 * float(np.median(np.abs(d - np.median(d)))) if d.size else 0.0
+    return CONSISTENCY_TAU * max(mad, 1.0)
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -395,7 +453,10 @@ def blindspot_input(
 
 
 class BlindSpotPatches(_Patches):
-    """Scheme B: masked input, the noisy patch as target, loss only on the blind-zone centres."""
+    """Scheme B: masked input, the noisy patch as target, loss only on the blind-zone centres (Huber: a centre on an
+    edge that its blind zone hides cannot be predicted, and would dominate a squared loss)."""
+
+    huber_hu = 50.0
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         v, z, y0, x0 = self._where(rng)
@@ -421,33 +482,40 @@ class PairPatches(_Patches):
         return tuple(_dihedral(pair, rng))  # type: ignore[return-value]
 
 
-def make_patches(data: AdaptData, patch_size: int, **kwargs: Any) -> _Patches:
-    """The sampler of ``data.scheme``."""
-    cls = NeighbourPatches if data.scheme == "neighbours" else BlindSpotPatches
-    return cls(data, patch_size, **kwargs)
+def make_patches(data: AdaptData, patch_size: int, consistency: bool = True, **kwargs: Any) -> _Patches:
+    """The sampler of ``data.scheme`` (``consistency``: scheme A's weighting, see :class:`NeighbourPatches`)."""
+    if data.scheme == "neighbours":
+        return NeighbourPatches(data, patch_size, consistency=consistency, **kwargs)
+    return BlindSpotPatches(data, patch_size, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------- training loop
 
 
-def _weighted_mse(model: Any, batch: tuple[np.ndarray, ...], device: Any) -> Any:
+def _weighted_loss(model: Any, batch: tuple[np.ndarray, ...], device: Any, huber_hu: float | None = None) -> Any:
+    """Weighted MSE (network scale), or Huber with its quadratic zone up to ``huber_hu`` HU."""
     import torch
+    import torch.nn.functional as F
 
     from napari_lidnet.models.normalize import hu_to_net
 
     x, t, w = (torch.from_numpy(a).to(device) for a in batch)
     out = model(hu_to_net(x))
-    return (w * (out - hu_to_net(t)) ** 2).sum() / w.sum().clamp_min(1e-6)
+    if huber_hu:
+        per_pixel = F.smooth_l1_loss(out, hu_to_net(t), reduction="none", beta=float(hu_to_net(huber_hu)))
+    else:
+        per_pixel = (out - hu_to_net(t)) ** 2
+    return (w * per_pixel).sum() / w.sum().clamp_min(1e-6)
 
 
-def eval_loss(model: Any, batch: tuple[np.ndarray, ...], device: Any) -> float:
-    """The scheme's loss (network scale, MSE) of ``model`` on a fixed batch, in eval mode."""
+def eval_loss(model: Any, batch: tuple[np.ndarray, ...], device: Any, huber_hu: float | None = None) -> float:
+    """The scheme's loss of ``model`` on a fixed batch, in eval mode."""
     import torch
 
     was = model.training
     model.eval()
     with torch.no_grad():
-        value = float(_weighted_mse(model, batch, device))
+        value = float(_weighted_loss(model, batch, device, huber_hu))
     model.train(was)
     return value
 
@@ -457,7 +525,7 @@ def train_steps(
     patches: Any,
     steps: int,
     *,
-    lr: float = 2e-4,
+    lr: float = 5e-4,
     batch_size: int = 4,
     device: Any = "cpu",
     seed: int = 0,
@@ -477,7 +545,7 @@ def train_steps(
     for step in range(1, steps + 1):
         if should_stop():
             break
-        loss = _weighted_mse(model, patches.batch(rng, batch_size), device)
+        loss = _weighted_loss(model, patches.batch(rng, batch_size), device, patches.huber_hu)
         if not torch.isfinite(loss):
             raise ValueError(f"the loss became {float(loss)} at step {step}: lower the learning rate")
         opt.zero_grad(set_to_none=True)
@@ -509,17 +577,19 @@ def estimate_slices(data: AdaptData) -> tuple[np.ndarray, bool]:
 
 def _estimates(hu: np.ndarray, pixel_mm: float, triplets: bool, edges: np.ndarray) -> dict[str, float]:
     """No-reference estimates of ``hu``; with triplets, noise SD and correlation length across slices."""
-    from napari_lidnet.metrics.noreference import noise_sd
-
     est = quality_estimates(hu, pixel_mm, edges)
     if triplets:
         groups = hu.reshape(-1, 3, *hu.shape[1:])
-        est["noise_sd_hu"] = float(np.median([noise_sd(g, noise_from="slices") for g in groups]))
-        lengths = [correlation_length(g, noise_from="slices") for g in groups]
-        est["correlation_length_px"] = float(np.nanmedian(lengths)) if np.isfinite(lengths).any() else float("nan")
+        est["noise_sd_hu"] = _nanmedian([noise_sd(g, noise_from="slices") for g in groups])
+        est["correlation_length_px"] = _nanmedian([correlation_length(g, noise_from="slices") for g in groups])
         est["correlation_length_mm"] = est["correlation_length_px"] * pixel_mm
     est["noise_from"] = "slices" if triplets else "image"
     return est
+
+
+def _nanmedian(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.median(finite)) if finite else float("nan")
 
 
 def denoiser_outputs(model: Any, hu: np.ndarray, device: Any) -> np.ndarray:
@@ -625,6 +695,7 @@ def _card(run: _Run, outcome: AdaptOutcome, name: str, command: str) -> dict[str
         "steps_done": outcome.steps_done,
         "stopped_early": outcome.status == "stopped",
         **{k: s[k] for k in ("batch_size", "patch_size", "lr", "seed", "roi_weight", "lesion_fraction")},
+        "consistency_weighting": bool(s["consistency"]) and data.scheme == "neighbours",
         "device": str(run.device),
         "from_model": run.from_name,
         "data": data.describe(),
@@ -646,9 +717,11 @@ def _card(run: _Run, outcome: AdaptOutcome, name: str, command: str) -> dict[str
 def _train(run: _Run, should_stop: Callable[[], bool], outcome: AdaptOutcome) -> Generator[dict, None, None]:
     """Train, with a fixed-batch loss before/after and estimates every ``estimate_every`` steps."""
     s = run.settings
-    patches = make_patches(run.data, s["patch_size"], lesion_fraction=s["lesion_fraction"], roi_weight=s["roi_weight"])
+    patches = make_patches(
+        run.data, s["patch_size"], s["consistency"], lesion_fraction=s["lesion_fraction"], roi_weight=s["roi_weight"]
+    )
     fixed = patches.batch(np.random.default_rng([s["seed"], 2]), max(8, s["batch_size"]))
-    outcome.loss_before = eval_loss(run.model, fixed, run.device)
+    outcome.loss_before = eval_loss(run.model, fixed, run.device, patches.huber_hu)
     every = s["estimate_every"] or max(1, s["steps"] // 5)
     loop = train_steps(
         run.model,
@@ -670,7 +743,7 @@ def _train(run: _Run, should_stop: Callable[[], bool], outcome: AdaptOutcome) ->
                 "total_steps": s["steps"],
                 "estimates": {"adapted": _measure(run, "adapted")},
             }
-    outcome.loss_after = eval_loss(run.model, fixed, run.device)
+    outcome.loss_after = eval_loss(run.model, fixed, run.device, patches.huber_hu)
 
 
 def adapt_job(
@@ -686,9 +759,10 @@ def adapt_job(
     should_stop: Callable[[], bool] | None = None,
     batch_size: int = 4,
     patch_size: int = 96,
-    lr: float = 2e-4,
+    lr: float = 5e-4,
     blind_radius: int | None = None,
     roi_weight: float = 1.0,
+    consistency: bool = True,
     lesion_fraction: float = 0.5,
     estimate_every: int = 0,
     command: str = "",
@@ -719,6 +793,7 @@ def adapt_job(
         roi_weight=roi_weight,
         lesion_fraction=lesion_fraction,
         estimate_every=estimate_every,
+        consistency=consistency,
     )
     run = _Run(data, settings)
     yield from _setup(run, from_model)
@@ -729,9 +804,21 @@ def adapt_job(
     return outcome
 
 
+def _still_free(target: Any) -> Any:
+    """``target`` (``.../NAME_denoiser``), or ``NAME-2_denoiser``, ``NAME-3`` ... when its card exists by now."""
+    from napari_lidnet.models.weights import weight_paths
+
+    name, k = target.name.removesuffix("_denoiser"), 1
+    candidate = target
+    while weight_paths(candidate)[1].exists():
+        k += 1
+        candidate = target.with_name(f"{name}-{k}_denoiser")
+    return candidate
+
+
 def _finish(run: _Run, outcome: AdaptOutcome, target: Any, command: str) -> Generator[dict, None, None]:
     """Measure the adapted model, export it (unless no step was done) and yield the last record."""
-    from napari_lidnet.models.weights import save_weights
+    from napari_lidnet.models.weights import save_weights, weight_paths
 
     steps = run.settings["steps"]
     stopped = outcome.steps_done < steps
@@ -740,9 +827,11 @@ def _finish(run: _Run, outcome: AdaptOutcome, target: Any, command: str) -> Gene
         outcome.message = "stopped before the first step: nothing was saved (the starting model stays)"
     else:
         _measure(run, "adapted")
+        target = _still_free(target)  # another run may have taken the name while this one trained
+        outcome.name = target.name.removesuffix("_denoiser")
         yield {"stage": "export", "message": f"saving {target.name}"}
         outcome.card = save_weights(run.model.cpu(), target, _card(run, outcome, outcome.name, command))
-        outcome.exported = [str(target.with_suffix(".safetensors")), str(target.with_suffix(".json"))]
+        outcome.exported = [str(p) for p in weight_paths(target)]
         outcome.message = f"saved {target.name}"
         if stopped:
             outcome.message += f" (stopped early after {outcome.steps_done} of {steps} steps)"
@@ -756,3 +845,24 @@ def _finish(run: _Run, outcome: AdaptOutcome, target: Any, command: str) -> Gene
         "loss": {"before": outcome.loss_before, "after": outcome.loss_after},
         "exported": outcome.exported,
     }
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return format(value, spec) if isinstance(value, float) and math.isfinite(value) else "n/a"
+
+
+def adapt_summary(outcome: AdaptOutcome) -> str:
+    """One paragraph for the CLI and the widget: what was saved, and the no-reference quality of the input, the
+    starting model and the adapted model (noise SD, edge sharpness), and the self-supervised loss."""
+    text = outcome.message
+    est = outcome.estimates
+    order = [k for k in ("input", "start", "adapted") if k in est]
+    if order:
+        noise = " -> ".join(f"{_fmt(est[k].get('noise_sd_hu'), '.1f')} ({k})" for k in order)
+        edges = " -> ".join(f"{_fmt(est[k].get('edge_sharpness_hu_per_mm'), '.1f')} ({k})" for k in order)
+        text += f"; noise SD {noise} HU; edge sharpness {edges} HU/mm"
+    if outcome.loss_before is not None and outcome.loss_after is not None:
+        text += f"; self-supervised loss {outcome.loss_before:.3g} -> {outcome.loss_after:.3g}"
+    if outcome.seconds:
+        text += f" ({outcome.seconds:.0f} s)"
+    return text

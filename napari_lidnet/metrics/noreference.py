@@ -1,0 +1,326 @@
+"""No-reference image quality from one CT image alone: noise SD, noise correlation length, edge sharpness.
+
+For scans without a normal-dose partner (self-supervised adaptation), where PSNR/SSIM cannot be computed.
+
+- Flat blocks: half-overlapping square blocks fully inside the body (the largest connected region above -500 HU,
+  holes filled), whose mean lies in ``FLAT_HU`` (-200..300 HU: fat, water, soft tissue), ranked by the mean
+  gradient magnitude of a strongly smoothed image (sigma 3 px; it sees anatomy, hardly the noise) and the flattest
+  ``fraction`` kept (and no block whose score exceeds ``FLAT_FACTOR`` x the flattest decile's).
+  Choosing blocks by their smoothed structure, not by their own SD, keeps the noise estimate unbiased.
+- Noise SD: the median over the flat blocks of the SD about a least-squares plane (ddof 3). Tissue texture finer
+  than a block counts as noise, unless ``noise_from="slices"`` (a contiguous volume whose slices have independent
+  noise): then the blocks hold the second difference across z, x_z - (x_{z-1} + x_{z+1}) / 2 scaled to one
+  slice's SD, in which anatomy and texture continuous in z cancel (preferred whenever a volume allows it).
+- Noise correlation length: the radially averaged autocorrelation of the flat blocks' noise (plane removed,
+  zero-padded FFT, normalised by the number of pixel pairs at each lag; the median over the blocks, so that a
+  few blocks crossing an edge do not count; the offset that removing each block's plane leaves at large lags,
+  measured at block/4 .. block/2, taken out); the length is the lag, interpolated, beyond which |ACF| stays below
+  ``threshold`` (0.1) in every direction (the largest |ACF| on each ring: FBP noise is often anisotropic, and a
+  ring mean would average a strong correlation along one axis away). White noise gives about 1 px, noise filtered
+  with a Gaussian of sigma s about 3 s.
+- Edge sharpness (HU/mm): RMS gradient magnitude of a Gaussian derivative (sigma 1 px) divided by the pixel size,
+  with the noise's share of the squared gradient (measured in the flat blocks of the same slice) taken out, over
+  the centre lines of the strongest soft-tissue edges: pixels in the top ``percentile`` of a
+  smoothed (sigma 3 px) gradient inside the body, away from the skin, with both sides of the edge inside the
+  metric window (-160..240 HU: bone and air edges are left out, they would dominate and hardly blur), that are
+  maxima across the edge (non-maximum suppression). Blurring lowers it; so does denoising
+  that flattens edges, which then cannot pass for noise reduction. ``edge_locations`` of one image can be reused
+  so that several versions of it are measured on the same pixels.
+
+Volumes (z, y, x) are measured on at most ``max_slices`` evenly spaced slices. numpy/scipy only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from napari_lidnet.metrics.image import METRIC_WINDOW
+
+__all__ = [
+    "FLAT_HU",
+    "body_mask",
+    "correlation_length",
+    "edge_locations",
+    "edge_sharpness",
+    "flat_blocks",
+    "noise_autocorrelation",
+    "noise_sd",
+    "quality_estimates",
+    "sample_slices",
+]
+
+FLAT_HU: tuple[float, float] = (-200.0, 300.0)
+STRUCTURE_SIGMA = 3.0  # px: smoothing of the structure map that ranks blocks by flatness
+EDGE_SIGMA = 1.0  # px: Gaussian derivative of the sharpness measure
+EDGE_FIND_SIGMA = 3.0  # px: smoothing of the gradient that locates the strongest edges (noise hardly moves them)
+FLAT_FACTOR = 2.0  # a flat block's structure score is at most this times the flattest decile's
+
+
+def sample_slices(n: int, max_slices: int) -> list[int]:
+    """At most ``max_slices`` evenly spaced slice indices of ``n`` (all when n <= max_slices)."""
+    if n <= max_slices:
+        return list(range(n))
+    return sorted({int(round(v)) for v in np.linspace(0, n - 1, max_slices)})
+
+
+def _as_slices(hu: np.ndarray, max_slices: int, noise_from: str = "image") -> list[tuple[np.ndarray, np.ndarray]]:
+    """(slice, its noise-bearing values) pairs: the slice itself, or (``noise_from="slices"``) the second
+    difference across z, x_z - (x_{z-1} + x_{z+1}) / 2, scaled by sqrt(2/3) to the noise SD of one slice."""
+    a = np.asarray(hu, dtype=np.float32)
+    if a.ndim not in (2, 3):
+        raise ValueError(f"expected a (y, x) slice or a (z, y, x) volume, got shape {a.shape}")
+    if noise_from == "image":
+        stack = a[None] if a.ndim == 2 else a
+        return [(stack[k], stack[k]) for k in sample_slices(len(stack), max_slices)]
+    if noise_from != "slices":
+        raise ValueError(f"noise_from must be 'image' or 'slices', got {noise_from!r}")
+    if a.ndim != 3 or a.shape[0] < 3:
+        raise ValueError(f"noise_from='slices' needs a volume of >= 3 contiguous slices, got shape {a.shape}")
+    picks = [k + 1 for k in sample_slices(a.shape[0] - 2, max_slices)]
+    return [(a[k], (a[k] - 0.5 * (a[k - 1] + a[k + 1])) * np.float32(np.sqrt(2 / 3))) for k in picks]
+
+
+def body_mask(hu2d: np.ndarray, threshold: float = -500.0) -> np.ndarray:
+    """The largest connected region above ``threshold`` HU, holes (lungs, bowel gas) filled."""
+    labels, n = ndi.label(np.asarray(hu2d) > threshold)
+    if n == 0:
+        return np.zeros(np.shape(hu2d), bool)
+    sizes = ndi.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+    return ndi.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
+
+
+def _tiles(a: np.ndarray, block: int) -> np.ndarray:
+    """(ny, nx, block, block) half-overlapping tiles of ``a`` (stride block // 2)."""
+    step = max(1, block // 2)
+    return np.lib.stride_tricks.sliding_window_view(a, (block, block))[::step, ::step]
+
+
+def _candidates(
+    s: np.ndarray, values: np.ndarray, block: int, hu_range: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(blocks of ``values`` (K, b, b), structure score (K,)) where the blocks of slice ``s`` lie inside the body
+    with their mean in ``hu_range``."""
+    if min(s.shape) < block:
+        return np.zeros((0, block, block)), np.zeros(0)
+    inside = _tiles(body_mask(s), block).all(axis=(2, 3))
+    means = _tiles(s, block).mean(axis=(2, 3))
+    structure = _tiles(ndi.gaussian_gradient_magnitude(s, STRUCTURE_SIGMA), block).mean(axis=(2, 3))
+    keep = inside & (means >= hu_range[0]) & (means <= hu_range[1])
+    return _tiles(values, block)[keep].astype(np.float64), structure[keep]
+
+
+def flat_blocks(
+    hu: np.ndarray,
+    block: int = 24,
+    hu_range: tuple[float, float] = FLAT_HU,
+    fraction: float = 0.3,
+    max_slices: int = 8,
+    noise_from: str = "image",
+) -> np.ndarray:
+    """The flattest soft-tissue blocks inside the body, (K, block, block) float64 (K = 0 when there are none): at
+    most ``fraction`` of the candidates, and only those whose structure score is within ``FLAT_FACTOR`` times the
+    flattest decile's (blocks crossing an organ edge are left out). Values are HU, or the z second difference
+    with ``noise_from="slices"`` (blocks still chosen on the slice itself)."""
+    found = [_candidates(s, v, block, hu_range) for s, v in _as_slices(hu, max_slices, noise_from)]
+    return _flattest(found, fraction)
+
+
+def _flattest(found: list[tuple[np.ndarray, np.ndarray]], fraction: float) -> np.ndarray:
+    """The selection rule of :func:`flat_blocks` over (blocks, structure score) pairs."""
+    blocks = np.concatenate([f[0] for f in found])
+    if len(blocks) == 0:
+        return blocks
+    score = np.concatenate([f[1] for f in found])
+    order = np.argsort(score, kind="stable")
+    limit = FLAT_FACTOR * float(np.percentile(score, 10))
+    k = max(1, min(int(np.ceil(fraction * len(blocks))), int(np.sum(score <= limit))))
+    return blocks[order[:k]]
+
+
+def _detrend_plane(blocks: np.ndarray) -> np.ndarray:
+    """Each block minus its least-squares plane."""
+    b = blocks.shape[-1]
+    y, x = np.mgrid[0:b, 0:b].astype(np.float64) - (b - 1) / 2
+    design = np.stack([np.ones(b * b), x.ravel(), y.ravel()], axis=1)
+    flat = blocks.reshape(len(blocks), -1).T
+    coef, *_ = np.linalg.lstsq(design, flat, rcond=None)
+    return (flat - design @ coef).T.reshape(blocks.shape)
+
+
+def noise_sd(
+    hu: np.ndarray,
+    block: int = 24,
+    hu_range: tuple[float, float] = FLAT_HU,
+    max_slices: int = 8,
+    noise_from: str = "image",
+) -> float:
+    """Noise SD (HU) in automatically found uniform soft-tissue regions; NaN when there are none.
+    ``noise_from="slices"`` (contiguous volumes with independent noise per slice) measures the z second
+    difference instead, which cancels tissue texture that is continuous across slices."""
+    blocks = flat_blocks(hu, block, hu_range, max_slices=max_slices, noise_from=noise_from)
+    if len(blocks) == 0:
+        return float("nan")
+    res = _detrend_plane(blocks).reshape(len(blocks), -1)
+    sds = np.sqrt((res**2).sum(axis=1) / (res.shape[1] - 3))
+    return float(np.median(sds))
+
+
+def _radial_profile(acf: np.ndarray, max_lag: int, reduce: str) -> np.ndarray:
+    """ACF (centred, 1 at lag 0 after normalising) on rings of integer radius: their mean, or their largest |ACF|."""
+    n = acf.shape[0]
+    acf = acf / acf[n // 2, n // 2]
+    yy, xx = np.indices(acf.shape) - n // 2
+    radius = np.rint(np.hypot(yy, xx)).astype(int)
+    sel = radius <= max_lag
+    if reduce == "max":
+        prof = np.zeros(max_lag + 1)
+        np.maximum.at(prof, radius[sel], np.abs(acf[sel]))
+        return prof
+    if reduce != "mean":
+        raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
+    return np.bincount(radius[sel], acf[sel], max_lag + 1) / np.bincount(radius[sel], minlength=max_lag + 1)
+
+
+def noise_autocorrelation(
+    hu: np.ndarray,
+    block: int = 32,
+    hu_range: tuple[float, float] = FLAT_HU,
+    max_slices: int = 8,
+    noise_from: str = "image",
+    reduce: str = "mean",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(lags px, noise autocorrelation on rings of radius 0 .. ``block // 2``, 1 at lag 0): the ring mean
+    (``reduce="mean"``, the radial ACF) or the largest |ACF| on each ring (``"max"``: the envelope, which sees
+    anisotropic correlation that a ring mean averages away); empty when no flat region is found.
+    ``noise_from`` as in :func:`noise_sd`."""
+    blocks = flat_blocks(hu, block, hu_range, max_slices=max_slices, noise_from=noise_from)
+    if len(blocks) == 0:
+        return np.zeros(0), np.zeros(0)
+    res = _detrend_plane(blocks)
+    n = 2 * block
+    per_block = np.fft.irfft2(np.abs(np.fft.rfft2(res, s=(n, n))) ** 2, s=(n, n))
+    per_block /= np.maximum(per_block[:, :1, :1], 1e-12)  # each block's ACF, 1 at lag 0
+    pairs = np.fft.irfft2(np.abs(np.fft.rfft2(np.ones((block, block)), s=(n, n))) ** 2, s=(n, n))
+    acf = np.fft.fftshift(np.median(per_block, axis=0) * (block * block / np.maximum(pairs, 1.0)))
+    yy, xx = np.indices(acf.shape) - n // 2
+    far = (np.hypot(yy, xx) >= block / 4) & (np.hypot(yy, xx) <= block / 2)
+    base = float(np.mean(acf[far]))  # removing each block's plane pulls the ACF down by about this much
+    acf = (acf - base) / (1.0 - base)
+    return np.arange(block // 2 + 1, dtype=float), _radial_profile(acf, block // 2, reduce)
+
+
+def correlation_length(
+    hu: np.ndarray,
+    threshold: float = 0.1,
+    block: int = 32,
+    hu_range: tuple[float, float] = FLAT_HU,
+    max_slices: int = 8,
+    noise_from: str = "image",
+) -> float:
+    """Noise correlation length (px): the interpolated lag beyond which |ACF| stays below ``threshold`` in every
+    direction (the ring envelope); NaN when no flat region is found. ``noise_from`` as in :func:`noise_sd`."""
+    lags, acf = noise_autocorrelation(hu, block, hu_range, max_slices, noise_from, reduce="max")
+    if len(acf) == 0:
+        return float("nan")
+    above = np.flatnonzero(np.abs(acf) >= threshold)
+    last = int(above[-1])
+    if last + 1 >= len(acf):
+        return float(lags[-1])
+    a0, a1 = abs(acf[last]), abs(acf[last + 1])
+    return float(lags[last] + (a0 - threshold) / max(a0 - a1, 1e-12))
+
+
+def _ridge(g: np.ndarray, gy: np.ndarray, gx: np.ndarray) -> np.ndarray:
+    """Non-maximum suppression (Canny): pixels whose gradient is not below its two neighbours across the edge."""
+    angle = np.mod(np.rad2deg(np.arctan2(gy, gx)), 180.0)
+    sector = (np.floor((angle + 22.5) / 45.0).astype(int)) % 4  # 0: along x, 1: diagonal, 2: along y, 3: anti
+    pad = np.pad(g, 1, mode="edge")
+    h, w = g.shape
+    keep = np.zeros(g.shape, bool)
+    for k, (dy, dx) in enumerate(((0, 1), (1, 1), (1, 0), (1, -1))):
+        ahead = pad[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+        behind = pad[1 - dy : 1 - dy + h, 1 - dx : 1 - dx + w]
+        keep |= (sector == k) & (g >= ahead) & (g >= behind)
+    return keep
+
+
+def _edge_mask_2d(s: np.ndarray, percentile: float, margin_px: int, window: tuple[float, float] | None) -> np.ndarray:
+    body = ndi.binary_erosion(body_mask(s), iterations=margin_px) if margin_px > 0 else body_mask(s)
+    if window is not None:  # both sides of the edge inside the window: no bone or air edge (clipping would fool it)
+        smooth = ndi.gaussian_filter(s, EDGE_SIGMA)
+        span = 2 * int(np.ceil(2 * EDGE_FIND_SIGMA)) + 1
+        body &= (ndi.minimum_filter(smooth, span) >= window[0]) & (ndi.maximum_filter(smooth, span) <= window[1])
+    if not body.any():
+        return body
+    gy = ndi.gaussian_filter(s, EDGE_FIND_SIGMA, order=(1, 0))
+    gx = ndi.gaussian_filter(s, EDGE_FIND_SIGMA, order=(0, 1))
+    g = np.hypot(gy, gx)
+    return body & (g >= np.percentile(g[body], percentile)) & (g > 0) & _ridge(g, gy, gx)
+
+
+def edge_locations(
+    hu: np.ndarray,
+    percentile: float = 99.0,
+    margin_px: int = 4,
+    window: tuple[float, float] | None = METRIC_WINDOW,
+    max_slices: int = 8,
+) -> np.ndarray:
+    """Boolean mask (shape of ``hu``) of the centre lines of the strongest edges within ``window`` (both sides):
+    the top ``percentile`` of the smoothed gradient inside the body, ``margin_px`` away from the skin, thinned to
+    maxima across the edge; on sampled slices only for a volume."""
+    a = np.asarray(hu, dtype=np.float32)
+    if a.ndim == 2:
+        return _edge_mask_2d(a, percentile, margin_px, window)
+    mask = np.zeros(a.shape, bool)
+    for k in sample_slices(a.shape[0], max_slices):
+        mask[k] = _edge_mask_2d(a[k], percentile, margin_px, window)
+    return mask
+
+
+def _noise_gradient_power(s: np.ndarray, g2: np.ndarray) -> float:
+    """Mean squared gradient over the flattest soft-tissue blocks of slice ``s``: what noise adds to the squared
+    gradient anywhere, edges included; 0 when the slice has no flat region."""
+    blocks = _flattest([_candidates(s, g2, 24, FLAT_HU)], 0.3)
+    return float(blocks.mean()) if len(blocks) else 0.0
+
+
+def edge_sharpness(
+    hu: np.ndarray,
+    pixel_mm: float = 1.0,
+    locations: np.ndarray | None = None,
+    debias_noise: bool = True,
+    **find: Any,
+) -> float:
+    """Edge sharpness (HU/mm): the RMS gradient magnitude (Gaussian derivative of sigma 1 px) at ``locations``
+    (default: the image's own strongest soft-tissue edges, :func:`edge_locations` with ``find`` arguments), with the
+    noise's share of the squared gradient (measured in the slice's flat regions) taken out when ``debias_noise``,
+    so that a noisy image does not look sharper than its denoised version; NaN when there are no edges."""
+    a = np.asarray(hu, dtype=np.float32)
+    mask = edge_locations(a, **find) if locations is None else np.asarray(locations, bool)
+    if mask.shape != a.shape:
+        raise ValueError(f"edge locations of shape {mask.shape} do not match the image {a.shape}")
+    stack, masks = a.reshape(-1, *a.shape[-2:]), mask.reshape(-1, *a.shape[-2:])
+    power, count = 0.0, 0
+    for k in np.flatnonzero(masks.any(axis=(1, 2))):
+        g2 = ndi.gaussian_gradient_magnitude(stack[k], EDGE_SIGMA).astype(np.float64) ** 2
+        noise = _noise_gradient_power(stack[k], g2) if debias_noise else 0.0
+        n = int(masks[k].sum())
+        power += n * (float(g2[masks[k]].mean()) - noise)
+        count += n
+    if count == 0:
+        return float("nan")
+    return float(np.sqrt(max(power / count, 0.0)) / pixel_mm)
+
+
+def quality_estimates(hu: np.ndarray, pixel_mm: float, locations: np.ndarray | None = None) -> dict[str, float]:
+    """Noise SD (HU), edge sharpness (HU/mm) and noise correlation length (px and mm) of one image or volume."""
+    length = correlation_length(hu)
+    return {
+        "noise_sd_hu": noise_sd(hu),
+        "edge_sharpness_hu_per_mm": edge_sharpness(hu, pixel_mm, locations),
+        "correlation_length_px": length,
+        "correlation_length_mm": length * pixel_mm,
+    }

@@ -1,0 +1,138 @@
+"""No-reference quality: noise SD in found uniform regions, noise correlation length, edge sharpness."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_lidnet.metrics.noreference import (
+    body_mask,
+    correlation_length,
+    edge_locations,
+    edge_sharpness,
+    flat_blocks,
+    noise_autocorrelation,
+    noise_sd,
+    quality_estimates,
+)
+
+SIZE = 256
+
+
+def phantom(size: int = SIZE) -> np.ndarray:
+    """Piecewise-constant body: soft tissue, a denser organ, fat, bone, air outside."""
+    yy, xx = (np.mgrid[:size, :size] - size / 2) / size
+    hu = np.full((size, size), -1000.0, np.float32)
+    hu[(yy / 0.42) ** 2 + (xx / 0.47) ** 2 < 1] = 40.0
+    hu[((yy + 0.1) / 0.15) ** 2 + ((xx - 0.1) / 0.2) ** 2 < 1] = 90.0
+    hu[((yy - 0.2) / 0.06) ** 2 + ((xx + 0.15) / 0.06) ** 2 < 1] = 700.0
+    hu[(yy / 0.1) ** 2 + ((xx + 0.25) / 0.08) ** 2 < 1] = -100.0
+    return hu
+
+
+def noise(rng: np.random.Generator, shape: tuple[int, ...], sd: float, sigma: float = 0.0) -> np.ndarray:
+    """Gaussian noise of exactly ``sd`` per 2D slice, white or filtered with a Gaussian of ``sigma`` px."""
+    white = rng.standard_normal(shape)
+    if sigma:
+        white = ndi.gaussian_filter(white, sigma=(0,) * (len(shape) - 2) + (sigma, sigma))
+    return (sd * white / white.std()).astype(np.float32)
+
+
+def test_body_mask_fills_holes_and_keeps_the_largest_region() -> None:
+    img = phantom()
+    img[100:110, 100:110] = -900.0  # a hole (gas) inside the body
+    img[2:6, 2:6] = 50.0  # a small object outside
+    mask = body_mask(img)
+    assert mask[105, 105] and not mask[3, 3] and not mask[0, 0]
+
+
+def test_white_noise_has_a_correlation_length_of_about_one_pixel() -> None:
+    rng = np.random.default_rng(0)
+    img = phantom()[None] + noise(rng, (2, SIZE, SIZE), 20.0)
+    lags, acf = noise_autocorrelation(img)
+    assert acf[0] == pytest.approx(1.0) and np.all(np.abs(acf[1:]) < 0.05)
+    assert 0.5 <= correlation_length(img) <= 1.2
+
+
+def test_correlation_length_grows_with_the_noise_filter() -> None:
+    rng = np.random.default_rng(1)
+    base = phantom()[None]
+    lengths = [correlation_length(base + noise(rng, (2, SIZE, SIZE), 20.0, s)) for s in (0.0, 0.7, 1.0, 1.5, 2.0)]
+    assert all(b > a + 0.4 for a, b in zip(lengths, lengths[1:])), lengths
+    # a Gaussian-filtered field has ACF exp(-r^2 / 4 s^2), which falls to 0.1 at r = 3.0 s
+    assert 2.0 <= lengths[2] <= 3.6, lengths
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1.0])
+def test_noise_sd_within_10_percent_of_the_known_noise(sigma: float) -> None:
+    rng = np.random.default_rng(2)
+    img = phantom()[None] + noise(rng, (3, SIZE, SIZE), 20.0, sigma)
+    assert noise_sd(img) == pytest.approx(20.0, rel=0.10)
+    assert noise_sd(img[0]) == pytest.approx(20.0, rel=0.10)
+
+
+def test_flat_blocks_avoid_edges() -> None:
+    img = phantom()
+    blocks = flat_blocks(img)
+    assert len(blocks) > 5
+    assert np.all(blocks.std(axis=(1, 2)) == 0)  # noise-free: every chosen block lies inside one tissue
+
+
+def test_noise_across_slices_ignores_tissue_texture_continuous_in_z() -> None:
+    """Texture (here 12 HU, 3 px grain, the same on every slice) counts as noise within a slice but cancels in the
+    second difference across slices, which recovers the true noise and its correlation length."""
+    rng = np.random.default_rng(3)
+    texture = noise(rng, (SIZE, SIZE), 12.0, 3.0) * (body_mask(phantom()) > 0)
+    vol = (phantom() + texture)[None] + noise(rng, (5, SIZE, SIZE), 15.0)
+    assert noise_sd(vol) > 1.1 * 15.0
+    assert noise_sd(vol, noise_from="slices") == pytest.approx(15.0, rel=0.10)
+    assert correlation_length(vol) > 2.0
+    assert correlation_length(vol, noise_from="slices") < 1.2
+    with pytest.raises(ValueError, match="needs a volume of >= 3 contiguous slices"):
+        noise_sd(vol[0], noise_from="slices")
+
+
+def test_no_uniform_region_gives_nan() -> None:
+    air = np.full((64, 64), -1000.0, np.float32)
+    assert math.isnan(noise_sd(air)) and math.isnan(correlation_length(air))
+    assert math.isnan(edge_sharpness(air, 1.0))
+
+
+def test_edge_sharpness_drops_when_the_image_is_blurred() -> None:
+    rng = np.random.default_rng(4)
+    img = phantom() + noise(rng, (SIZE, SIZE), 5.0)
+    edges = edge_locations(img)
+    sharp = edge_sharpness(img, 0.8, edges)
+    blurred = ndi.gaussian_filter(img, 1.5)
+    assert edge_sharpness(blurred, 0.8, edges) < 0.75 * sharp
+    assert edge_sharpness(blurred, 0.8) < 0.85 * edge_sharpness(img, 0.8)  # also at its own strongest edges
+    assert edge_sharpness(img, 0.4, edges) == pytest.approx(2 * sharp)  # HU per mm
+
+
+def test_edge_sharpness_is_not_fooled_by_noise() -> None:
+    """Noise raises the raw gradient at edges; with its share (measured in flat regions) taken out, a noisy image
+    (30 HU, correlated) measures close to its clean version (edges located on the noisy image keep a small upward
+    bias: they are found where the noise happens to steepen them)."""
+    rng = np.random.default_rng(5)
+    clean = phantom()
+    noisy = clean + noise(rng, (SIZE, SIZE), 30.0, 0.7)
+    edges = edge_locations(noisy)
+    reference = edge_sharpness(clean, 1.0, edges)
+    debiased = edge_sharpness(noisy, 1.0, edges)
+    raw = edge_sharpness(noisy, 1.0, edges, debias_noise=False)
+    assert raw > debiased and abs(debiased - reference) < 0.6 * abs(raw - reference)
+    assert debiased == pytest.approx(reference, rel=0.06)
+
+
+def test_quality_estimates_of_a_volume() -> None:
+    rng = np.random.default_rng(6)
+    vol = phantom()[None] + noise(rng, (3, SIZE, SIZE), 10.0)
+    est = quality_estimates(vol, 0.7)
+    assert set(est) == {"noise_sd_hu", "edge_sharpness_hu_per_mm", "correlation_length_px", "correlation_length_mm"}
+    assert est["noise_sd_hu"] == pytest.approx(10.0, rel=0.1)
+    assert est["correlation_length_mm"] == pytest.approx(0.7 * est["correlation_length_px"])
+    with pytest.raises(ValueError, match="do not match the image"):
+        edge_sharpness(vol, 0.7, np.zeros((2, SIZE, SIZE), bool))
