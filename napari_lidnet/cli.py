@@ -427,11 +427,54 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    from napari_lidnet._training.selfsup import adapt_job
+    from napari_lidnet.io.boxes_io import read_boxes_csv
+    from napari_lidnet.io.open_ct import open_ct
+
+    volumes = open_ct(args.input)
+    boxes = read_boxes_csv(args.boxes) if args.boxes else None
+    job = adapt_job(
+        volumes, args.name, scheme=args.scheme, steps=args.steps, from_model=args.from_model, boxes=boxes,
+        device=args.device, seed=args.seed, patch_size=args.patch_size, command=" ".join(sys.argv),
+    )  # fmt: skip
+    while True:
+        try:
+            rec = next(job)
+        except StopIteration as done:
+            outcome = done.value
+            break
+        if rec.get("stage") == "adapt" and "step" in rec:
+            _print_progress(int(rec["step"]), int(rec.get("total_steps", args.steps)))
+    print(f"\n{outcome.message}", file=sys.stderr)
+    return 0
+
+
+def _add_adapt(sub: Any) -> None:
+    """The ``adapt`` subcommand."""
+    p = sub.add_parser("adapt", help="adapt the denoiser to a scanner from its low-dose scans alone (self-supervised)")
+    p.add_argument("input", help="low-dose CT: a DICOM series or folder, or an array file (3D, contiguous slices)")
+    p.add_argument("--name", required=True, help="name of the new model (saved as NAME_denoiser, never over one)")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument(
+        "--scheme",
+        choices=["neighbours", "blindspot"],
+        default="neighbours",
+        help="neighbours: the mean of the slices above and below is the target (the measured choice)",
+    )
+    p.add_argument("--from", dest="from_model", default="default", help="starting denoiser (name or weights path)")
+    p.add_argument("--boxes", default=None, help="lesion boxes (CSV/JSON from lidnet detect) to weight lesions")
+    p.add_argument("--patch-size", type=int, default=96)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_adapt)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = _Parser(prog="lidnet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_simulate, _add_index, _add_train, _add_denoise, _add_detect, _add_evaluate):
+    for add in (_add_simulate, _add_index, _add_train, _add_denoise, _add_detect, _add_evaluate, _add_adapt):
         add(sub)
     return parser
 

@@ -164,3 +164,24 @@ def test_simulate_random_domain_records_each_slice_scanner(tmp_path):
     assert all(0.05 <= float(r["dose"]) <= 0.5 for r in rows)
     assert all(len(s.boxes) == 0 for s in read_dataset(out))
     assert json.loads((out / "dataset.json").read_text())["dose"] is None
+
+
+def test_adapt_trains_on_low_dose_alone_and_exports_a_named_model(tmp_path, capsys, monkeypatch, model_dir):
+    """`lidnet adapt` on a low-dose volume alone exports NAME_denoiser with its no-reference estimates; a volume
+    too thin for neighbouring-slice targets is refused in one line and writes nothing."""
+    from napari_lidnet.models.registry import load_model
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:96, :96]
+    body = np.where((yy - 48) ** 2 + (xx - 48) ** 2 < 40**2, 40.0, -1000.0)
+    vol = (body[None] + rng.normal(0, 30, (6, 96, 96))).astype(np.float32)
+    np.save(tmp_path / "low.npy", vol)
+    args = ["adapt", str(tmp_path / "low.npy"), "--name", "site-x", "--steps", "3", "--patch-size", "64"]
+    assert main([*args, "--from", "tiny_denoiser", "--device", "cpu"]) == 0
+    model, card = load_model("site-x", "denoiser")
+    assert card["kind"] == "denoiser" and "adapt" in json.dumps(card)
+    np.save(tmp_path / "thin.npy", vol[:2])
+    before = sorted(p.name for p in model_dir.iterdir())
+    assert main(["adapt", str(tmp_path / "thin.npy"), "--name", "site-y", "--from", "tiny_denoiser"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lidnet adapt: error:") and sorted(p.name for p in model_dir.iterdir()) == before
