@@ -155,6 +155,12 @@ def test_pixels_whose_anatomy_changes_between_neighbours_weigh_less() -> None:
     assert np.median(w) > 0.8
 
 
+def test_overlapping_slices_are_flagged() -> None:
+    data = prepare_adapt(low_dose_volume(slice_thickness=5.0), "neighbours", patch_size=32)
+    assert any("5 mm slices every 2.5 mm overlap" in note for note in data.notes)
+    assert not prepare_adapt(low_dose_volume(slice_thickness=2.5), "neighbours", patch_size=32).notes
+
+
 def test_runs_split_at_gaps() -> None:
     assert contiguous_runs([0, 2.5, 5, 7.5, 20, 22.5, 25]) == [(0, 4), (4, 7)]
     assert contiguous_runs([0, 2.5, 5, 7.5, 12.5]) == [(0, 5)]  # a step of exactly 2x the median stays

@@ -223,6 +223,18 @@ def _runs_of(vol: Any, scheme: str) -> list[tuple[int, int]]:
     return runs
 
 
+def _overlap_note(vol: Any) -> str:
+    """A warning when a series' slices are thicker than their spacing (overlapping reconstruction): neighbouring
+    slices then share part of their noise, which scheme A cannot learn to remove."""
+    thickness = vol.metadata.get("slice_thickness")
+    if not thickness or vol.hu.ndim != 3 or float(thickness) <= 1.2 * float(vol.spacing[0]):
+        return ""
+    return (
+        f"{vol.name}: {float(thickness):g} mm slices every {float(vol.spacing[0]):g} mm overlap, so neighbours share "
+        "part of their noise and scheme 'neighbours' removes less of it: prefer a series reconstructed without overlap"
+    )
+
+
 def _box_table(boxes: Any, n_volumes: int) -> dict[tuple[int, int], np.ndarray]:
     """Per-volume (N, 5|6) ``slice, x1, y1, x2, y2[, score]`` arrays -> {(volume, slice): (N, 4)}."""
     if boxes is None:
@@ -296,6 +308,8 @@ def prepare_adapt(
         stacks.append(np.asarray(stack, np.float32))
         runs.append(vol_runs)
     data = AdaptData(stacks, [v.name for v in volumes], pixel_mm, scheme, items, runs, _box_table(boxes, len(stacks)))
+    if scheme == "neighbours":
+        data.notes += [note for vol in volumes if (note := _overlap_note(vol))]
     split = [f"{n}: {len(r)} runs" for n, r in zip(data.names, runs) if len(r) > 1]
     if split:
         data.notes.append(f"split at slice gaps over {GAP_FACTOR:g}x the median spacing ({'; '.join(split)})")
