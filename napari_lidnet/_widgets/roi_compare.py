@@ -601,7 +601,10 @@ class ROICompareWidget(QWidget):
 
     def _show(self, rows: list[dict[str, Any]], checked: list[str]) -> None:
         self.rows = [r for r in rows if not r["image"] or r["image"] in checked]
-        self._fill_table()
+        try:
+            self._fill_table()
+        except RuntimeError:  # the dock was closed while the rows were computed: nothing left to show them in
+            return
         n_reg = sum(r.shape_type in AREA_SHAPES for r in self.regions)
         if self._shapes is not None:
             self.status.setText(f"{n_reg} region(s) x {len(checked)} image(s)")
