@@ -47,7 +47,13 @@ from napari_lidnet.inference import BOX_FLOOR, denoise, detect, model_fingerprin
 from napari_lidnet.io.open_ct import open_ct  # noqa: E402
 from napari_lidnet.metrics.froc import froc  # noqa: E402
 from napari_lidnet.metrics.image import METRIC_WINDOW, psnr, ssim  # noqa: E402
-from napari_lidnet.metrics.nps import detrend, largest_inscribed_square, sub_roi_origins  # noqa: E402
+from napari_lidnet.metrics.nps import (  # noqa: E402
+    detrend,
+    isolated_peak,
+    largest_inscribed_square,
+    phase_pattern_range,
+    residual_spectrum,
+)
 from napari_lidnet.metrics.roi import cnr  # noqa: E402
 from napari_lidnet.models.registry import load_model  # noqa: E402
 from napari_lidnet.sim.lowdose import simulate_low_dose, simulate_pair  # noqa: E402
@@ -540,52 +546,17 @@ def summarize(recs: list[dict], n_boot: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------- NPS check
 
 
-def _windowed_spectrum(res: np.ndarray) -> tuple[np.ndarray, int]:
-    """Sum over half-overlapping NPS_ROI sub-ROIs of |FFT(Hann * poly2-detrended ROI)|^2 / sum(Hann^2)."""
-    w = np.outer(np.hanning(NPS_ROI), np.hanning(NPS_ROI))
-    acc, n = np.zeros((NPS_ROI, NPS_ROI)), 0
-    for r in sub_roi_origins(res.shape[0], NPS_ROI):
-        for c in sub_roi_origins(res.shape[1], NPS_ROI):
-            roi = detrend(res[r : r + NPS_ROI, c : c + NPS_ROI], "poly2") * w
-            acc += np.abs(np.fft.fft2(roi)) ** 2
-            n += 1
-    return acc / float((w**2).sum()), n
-
-
-def _phase_means(res: np.ndarray, period: int = 4) -> np.ndarray:
-    """Mean of the high-passed residual (minus its 8 x 8 local mean) per (y mod period, x mod period) class."""
-    hp = res.astype(np.float64) - ndimage.uniform_filter(res.astype(np.float64), 8)
-    return np.array([[hp[i::period, j::period].mean() for j in range(period)] for i in range(period)])
-
-
 def residual_nps(residuals: list[np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
-    """Mean 2D NPS (HU^2 px^2, cycles/px, fft-shifted) of residual images and its most isolated peak.
-
-    Sub-ROIs are Hann-windowed so that their borders do not leak power along the axes. The peak is the frequency
-    (beyond the 3 lowest rings) where NPS / median of its 7 x 7 neighbourhood (periodic) is largest: a hatch or
-    other periodic texture gives a narrow spike there, noise (even anisotropic) values near 1.5. Reported: that
-    local ratio and the brief's ratio of the peak to the radial mean of its ring. Also the range (max - min) over
-    the 16 pixel classes (y mod 4, x mod 4) of the mean high-passed residual: a fixed 4-pixel hatch (such as a
-    factor-4 pixel-unshuffle network may print) in HU; noise alone gives a few tenths of a HU.
-    """
-    parts = [_windowed_spectrum(r) for r in residuals]
-    n_rois = sum(n for _, n in parts)
-    nps = np.fft.fftshift(sum(acc for acc, _ in parts) / n_rois)
-    f = np.fft.fftshift(np.fft.fftfreq(NPS_ROI))
-    ring = np.rint(np.hypot(*np.meshgrid(f, f, indexing="ij")) * NPS_ROI).astype(int)
-    counts = np.bincount(ring.ravel())
-    radial = np.bincount(ring.ravel(), weights=nps.ravel()) / np.maximum(counts, 1)
-    around = np.ones((7, 7), bool)
-    around[3, 3] = False
-    local = nps / np.maximum(ndimage.median_filter(nps, footprint=around, mode="wrap"), 1e-12)
-    local[ring < 3] = 0.0
-    k = np.unravel_index(int(np.argmax(local)), local.shape)
-    phase = np.mean([_phase_means(r) for r in residuals], axis=0)
+    """Mean 2D NPS (HU^2 px^2, cycles/px, fft-shifted) of residual images and its most isolated peak
+    (``metrics.nps.residual_spectrum`` / ``isolated_peak``), and the 4 x 4 phase pattern's range in HU
+    (``phase_pattern_range``: a fixed 4-pixel hatch such as a factor-4 pixel-unshuffle network may print)."""
+    nps, n_rois = residual_spectrum(residuals, NPS_ROI)
+    peak = isolated_peak(nps)
     info = {
-        "phase_pattern_range_hu": float(phase.max() - phase.min()),
-        "peak_local_ratio": float(local[k]),
-        "peak_radial_ratio": float(nps[k] / max(radial[ring[k]], 1e-12)),
-        "at_cycles_per_px": [float(f[k[0]]), float(f[k[1]])],
+        "phase_pattern_range_hu": phase_pattern_range(residuals),
+        "peak_local_ratio": peak["local_ratio"],
+        "peak_radial_ratio": peak["radial_ratio"],
+        "at_cycles_per_px": peak["at_cycles_per_px"],
         "residual_sd_hu": float(np.sqrt(nps.sum() / NPS_ROI**2)),
         "n_images": len(residuals), "n_rois": int(n_rois),
     }  # fmt: skip

@@ -6,9 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_lidnet.models.denoisers import DENOISERS, REDCNN, DnCNN, FastDenoiser, build_denoiser
+from napari_lidnet.models.denoisers import DENOISERS, REDCNN, DnCNN, FastDenoiser, UNetDenoiser, build_denoiser
 
-TINY = {"redcnn": {"width": 4}, "dncnn": {"depth": 4, "width": 8}, "fastdn": {"width": 8}}
+TINY = {
+    "redcnn": {"width": 4},
+    "dncnn": {"depth": 4, "width": 8},
+    "fastdn": {"width": 8},
+    "unet": {"width": 4, "levels": 2},
+}
 
 
 @pytest.mark.parametrize("arch", sorted(DENOISERS))
@@ -94,9 +99,10 @@ def test_dncnn_structure_and_residual() -> None:
         torch.testing.assert_close(small(x), x - 0.25)
 
 
-def test_fastdn_starts_near_identity_and_learns_to_denoise() -> None:
+@pytest.mark.parametrize("arch", ["fastdn", "unet"])
+def test_residual_denoisers_start_near_identity_and_learn_to_denoise(arch: str) -> None:
     torch.manual_seed(0)
-    model = FastDenoiser(width=8, factor=2, blocks=1)
+    model = FastDenoiser(width=8, factor=2, blocks=1) if arch == "fastdn" else UNetDenoiser(width=8, levels=2)
     yy, xx = torch.meshgrid(torch.arange(40.0), torch.arange(44.0), indexing="ij")
     clean = (0.05 * torch.sin(xx / 5) + 0.1 * ((xx - 22) ** 2 + (yy - 20) ** 2 < 80)).reshape(1, 1, 40, 44)
     with torch.no_grad():

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from scipy.ndimage import gaussian_filter
 
-from napari_lidnet.metrics.nps import detrend, largest_inscribed_square, nps_2d, region_nps, sub_roi_origins
+from napari_lidnet.metrics.nps import (
+    detrend,
+    isolated_peak,
+    largest_inscribed_square,
+    nps_2d,
+    phase_pattern_range,
+    region_nps,
+    residual_spectrum,
+    sub_roi_origins,
+)
 from napari_lidnet.metrics.roi import shape_mask
 
 
@@ -72,3 +82,31 @@ def test_region_nps_on_rectangle_and_ellipse():
     assert region_nps(img, ell, 1.0).integral() == pytest.approx(64, rel=0.05)
     with pytest.raises(ValueError, match="too small"):
         region_nps(img, np.zeros_like(ell), 1.0)
+
+
+def _correlated_noise(rng: np.random.Generator, n: int = 4, size: int = 256) -> list[np.ndarray]:
+    """FBP-like correlated noise: white noise band-passed by a ramp-ish filter (difference of Gaussians)."""
+    out = []
+    for _ in range(n):
+        w = rng.normal(0, 10, (size, size))
+        out.append(ndimage.gaussian_filter(w, 0.7) - 0.5 * ndimage.gaussian_filter(w, 2.0))
+    return out
+
+
+def test_isolated_peak_finds_a_faint_periodic_hatch_and_not_noise() -> None:
+    rng = np.random.default_rng(3)
+    noise = _correlated_noise(rng)
+    clean_peak = isolated_peak(residual_spectrum(noise)[0])
+    assert clean_peak["local_ratio"] < 3.0
+    assert phase_pattern_range(noise) < 0.3
+    yy, xx = np.mgrid[:256, :256]
+    hatch = 0.5 * np.cos(2 * np.pi * (yy + xx) / 4)  # 1 HU peak-to-peak, under a 4 HU noise SD
+    peak = isolated_peak(residual_spectrum([r + hatch for r in noise])[0])
+    assert peak["local_ratio"] > 8.0
+    assert sorted(np.abs(peak["at_cycles_per_px"])) == [0.25, 0.25]
+    assert 0.8 < phase_pattern_range([r + hatch for r in noise]) < 1.3
+
+
+def test_residual_spectrum_refuses_small_images() -> None:
+    with pytest.raises(ValueError, match="at least 64 x 64"):
+        residual_spectrum([np.zeros((32, 128))])

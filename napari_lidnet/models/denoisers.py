@@ -1,4 +1,5 @@
-"""Denoisers: RED-CNN (Chen et al. 2017), DnCNN (Zhang et al. 2017) and a fast CPU default ("fastdn").
+"""Denoisers: RED-CNN (Chen et al. 2017), DnCNN (Zhang et al. 2017), a full-resolution U-Net ("unet") and the
+pixel-unshuffling fast CPU model ("fastdn", the first default; its 4-pixel sub-lattice leaves a periodic hatch).
 
 Every denoiser maps (B, 1, H, W) network-scale images (HU / 1000, ``models.normalize``) to the same shape, for any
 H and W, and stores its constructor arguments in ``self.config`` so a weights card can rebuild it
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DENOISERS", "DnCNN", "FastDenoiser", "REDCNN", "build_denoiser"]
+__all__ = ["DENOISERS", "DnCNN", "FastDenoiser", "REDCNN", "UNetDenoiser", "build_denoiser"]
 
 
 class REDCNN(nn.Module):
@@ -132,7 +133,60 @@ class FastDenoiser(nn.Module):
         return x - noise[..., :h, :w]
 
 
-DENOISERS: dict[str, type[nn.Module]] = {"redcnn": REDCNN, "dncnn": DnCNN, "fastdn": FastDenoiser}
+class UNetDenoiser(nn.Module):
+    """Residual U-Net ("unet") with full-resolution input and output layers and no sub-pixel lattice.
+
+    ``levels`` stride-2 3x3 convolutions halve the size and double the width (``width`` channels at full
+    resolution), with ``blocks`` 3x3 conv blocks per level on the way down and up; the way up is bilinear
+    upsampling + 3x3 conv added to the skip, so no level's output depends on the pixel's phase in a 2^k lattice
+    beyond what smooth interpolation leaves (``fastdn``'s pixel-unshuffle gave every one of 16 phases its own
+    output channel: a 4-pixel hatch in the residual's power spectrum). The full-resolution output conv sees the
+    image itself. Like ``fastdn`` it predicts the noise at ``gain`` times network scale and subtracts it; the last
+    conv starts near zero (near identity). Inputs are replicate-padded to a multiple of 2^levels and cropped back.
+    """
+
+    arch = "unet"
+
+    def __init__(self, width: int = 16, levels: int = 3, blocks: int = 1, gain: float = 10.0) -> None:
+        super().__init__()
+        if levels < 1:
+            raise ValueError(f"unet levels must be >= 1, got {levels}")
+        self.config = {"width": width, "levels": levels, "blocks": blocks, "gain": gain}
+        self.levels, self.gain = levels, gain
+        widths = [width * 2**k for k in range(levels + 1)]
+        self.head = _conv_block(1, width)
+        self.enc = nn.ModuleList(nn.Sequential(*[_conv_block(w, w) for _ in range(blocks)]) for w in widths[:-1])
+        self.down = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(a, b, 3, stride=2, padding=1), nn.LeakyReLU(0.1, True))
+            for a, b in zip(widths[:-1], widths[1:])
+        )
+        self.mid = nn.Sequential(*[_conv_block(widths[-1], widths[-1]) for _ in range(blocks + 1)])
+        self.up = nn.ModuleList(nn.Conv2d(b, a, 3, padding=1) for a, b in zip(widths[:-1], widths[1:]))
+        self.dec = nn.ModuleList(nn.Sequential(*[_conv_block(w, w) for _ in range(blocks)]) for w in widths[:-1])
+        self.tail = nn.Conv2d(width, 1, 3, padding=1)
+        nn.init.normal_(self.tail.weight, std=0.01)
+        nn.init.zeros_(self.tail.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        m = 2**self.levels
+        pad_h, pad_w = (-h) % m, (-w) % m
+        xp = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if (pad_h or pad_w) else x
+        y = self.head(xp * self.gain)
+        skips = []
+        for enc, down in zip(self.enc, self.down):
+            y = enc(y)
+            skips.append(y)
+            y = down(y)
+        y = self.mid(y)
+        for k in reversed(range(self.levels)):
+            y = F.interpolate(y, size=skips[k].shape[-2:], mode="bilinear", align_corners=False)
+            y = self.dec[k](F.leaky_relu(self.up[k](y), 0.1) + skips[k])
+        noise = self.tail(y) / self.gain
+        return x - noise[..., :h, :w]
+
+
+DENOISERS: dict[str, type[nn.Module]] = {"redcnn": REDCNN, "dncnn": DnCNN, "fastdn": FastDenoiser, "unet": UNetDenoiser}
 
 
 def build_denoiser(arch: str, **kwargs) -> nn.Module:
