@@ -14,7 +14,7 @@ from napari_lidnet._widgets.denoise_detect import DenoiseDetectWidget
 from napari_lidnet.models.denoisers import build_denoiser
 from napari_lidnet.models.detector import LesionDetector
 from napari_lidnet.models.registry import MODEL_DIR_ENV
-from napari_lidnet.models.weights import save_weights
+from napari_lidnet.models.weights import FALLBACK_THRESHOLD, save_weights
 
 SCALE, TRANSLATE = (2.5, 0.7, 0.8), (10.0, -120.0, -100.0)
 
@@ -287,3 +287,22 @@ def test_a_model_pair_is_chosen_by_its_name(make_napari_viewer, qtbot, model_dir
     widget.denoiser_combo.activated.emit(widget.denoiser_combo.currentIndex())
     assert widget.detector_combo.currentText() == "tiny (user)"
     assert not widget.select_model("nowhere")
+
+
+def test_threshold_follows_the_detectors_calibration(make_napari_viewer, qtbot, model_dir: Path) -> None:
+    """Choosing a detector moves the score threshold to the calibrated one on its card (tooltip says the rate);
+    a detector without calibration gets the fallback; the user's own setting stays until the detector changes."""
+    save_weights(tiny_detector(seed=2), model_dir / "calibrated_detector",
+                 {"calibration": {"threshold": 0.62, "fp_per_image": 0.5}})  # fmt: skip
+    viewer = make_napari_viewer()
+    widget = make_widget(viewer, qtbot)
+    assert widget.threshold == pytest.approx(FALLBACK_THRESHOLD)  # "tiny" has no calibration
+    assert "no calibration" in widget.threshold_slider.toolTip()
+    widget.detector_combo.setCurrentText("calibrated (user)")
+    assert widget.threshold == pytest.approx(0.62)
+    assert "0.5 false boxes per lesion-free slice" in widget.threshold_slider.toolTip()
+    widget.set_threshold(0.4)
+    widget.refresh_models()  # same detector kept: the user's threshold too
+    assert widget.threshold == pytest.approx(0.4)
+    widget.detector_combo.setCurrentText("tiny (user)")
+    assert widget.threshold == pytest.approx(FALLBACK_THRESHOLD)

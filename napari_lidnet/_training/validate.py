@@ -35,7 +35,7 @@ def stack_samples(samples: list) -> tuple[Any, Any, list[np.ndarray]]:
     return low, full, [np.asarray(s.boxes).reshape(-1, 4) for s in samples]
 
 
-def _by_size(images: Any, run: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
+def by_size(images: Any, run: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
     """``run`` over each group of same-size slices (a (k, y, x) stack); per-slice results in the input order."""
     if isinstance(images, np.ndarray):
         return list(run(images))
@@ -47,7 +47,7 @@ def _by_size(images: Any, run: Callable[[np.ndarray], np.ndarray]) -> list[np.nd
     return out
 
 
-def _detect_rows(detector: torch.nn.Module, images: Any, device: Any) -> np.ndarray:
+def detect_rows(detector: torch.nn.Module, images: Any, device: Any) -> np.ndarray:
     """Detections of every slice as (N, 6) rows, slice column = position in ``images``."""
     if isinstance(images, np.ndarray):
         return detect(detector, images, device=device, score_threshold=0.01)
@@ -74,7 +74,7 @@ def evaluate_images(
         "ssim": float(np.mean([ssim(a, b, window=METRIC_WINDOW) for a, b in zip(images, full)])),
     }
     if detector is not None and sum(len(b) for b in gt_boxes):
-        rows = _detect_rows(detector, images, device)
+        rows = detect_rows(detector, images, device)
         fr = froc(detections_per_slice(rows, len(images)), gt_boxes)
         result["sensitivity"] = float(fr.mean_sensitivity)
         result.update({f"sens@{r:g}": float(s) for r, s in zip(fr.fp_rates, fr.sensitivities)})
@@ -90,5 +90,5 @@ def evaluate_denoiser(
     """Denoise the low-dose slices of ``stacked`` (:func:`stack_samples`; kept as they are when ``denoiser`` is
     None) and evaluate them against its full-dose slices and boxes."""
     low, full, gt = stacked
-    images = low if denoiser is None else _by_size(low, lambda x: denoise(denoiser, x, device=device))
+    images = low if denoiser is None else by_size(low, lambda x: denoise(denoiser, x, device=device))
     return evaluate_images(images, full, gt, detector, device)

@@ -138,6 +138,7 @@ class DenoiseDetectWidget(QWidget):
         self.threshold_slider.setValue(30)
         self.threshold_label = QLabel()
         self.threshold_slider.valueChanged.connect(self._on_threshold)
+        self.detector_combo.currentIndexChanged.connect(self._threshold_from_detector)
         self.noise_check = QCheckBox("show removed noise")
         self.noise_check.toggled.connect(self._on_noise_toggled)
 
@@ -213,6 +214,7 @@ class DenoiseDetectWidget(QWidget):
         keeps the current choices when they still exist, else selects the default model of each kind."""
         from ..models.registry import default_model, list_models
 
+        detector_before = self.detector_combo.currentData() if self.detector_combo.count() else "(empty)"
         for kind, combo in (("denoiser", self.denoiser_combo), ("detector", self.detector_combo)):
             current = combo.currentData()
             keep_none = combo.count() > 0 and combo.currentText() == NONE_ITEM
@@ -243,6 +245,8 @@ class DenoiseDetectWidget(QWidget):
             elif default is not None:
                 combo.setCurrentIndex(paths.index(str(default.path)))
             combo.blockSignals(False)
+        if self.detector_combo.currentData() != detector_before:
+            self._threshold_from_detector()
         if self.denoiser_combo.currentData() is None and self.detector_combo.currentData() is None:
             self.status.setText(
                 "no LIDnet weights found (none shipped, none in the user model folder): browse to a "
@@ -563,6 +567,24 @@ class DenoiseDetectWidget(QWidget):
         if self._last is not None:
             self._show_boxes()
             self.status.setText(f"{self._n_shown} lesions with score >= {self.threshold:.2f}")
+
+    def _threshold_from_detector(self, _index: int = -1) -> None:
+        """Move the threshold to the chosen detector's calibrated default (its card), with the rate it means."""
+        from ..models.weights import FALLBACK_THRESHOLD, default_threshold, read_card
+
+        data = self.detector_combo.currentData()
+        try:
+            card = read_card(data) if data else None
+        except (OSError, ValueError):
+            card = None
+        cal = (card or {}).get("calibration")
+        self.set_threshold(default_threshold(card))
+        if isinstance(cal, dict) and default_threshold(card) != FALLBACK_THRESHOLD:
+            tip = (f"calibrated default {default_threshold(card):.2f}: about {cal.get('fp_per_image', '?')} false "
+                   "boxes per lesion-free slice on the detector's calibration set")  # fmt: skip
+        else:
+            tip = f"this detector has no calibration; default {FALLBACK_THRESHOLD:.2f}"
+        self.threshold_slider.setToolTip(tip)
 
     def _on_noise_toggled(self, checked: bool) -> None:
         if self._last is not None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FROCResult", "box_iou_np", "froc", "match_detections"]
+__all__ = ["FROCResult", "box_iou_np", "froc", "match_detections", "threshold_at_fp_rate"]
 
 
 def _area(z: np.ndarray) -> np.ndarray:
@@ -136,3 +136,30 @@ def froc(
         n_detections=len(scores),
         criterion=criterion,
     )
+
+
+def threshold_at_fp_rate(scores_per_image: Sequence[np.ndarray], fp_per_image: float) -> float:
+    """The lowest score threshold t at which images without lesions carry at most ``fp_per_image`` boxes with
+    score >= t on average (every box there is a false positive).
+
+    ``scores_per_image``: the detector's scores on each lesion-free image, kept from a low floor. The result is one
+    of the scores (a box scoring exactly t counts), or just above the top score when even one box is too many;
+    1.0 for no images. Raises ValueError for a negative rate.
+    """
+    if not (fp_per_image >= 0):
+        raise ValueError(f"false positives per image must be >= 0, got {fp_per_image}")
+    n = len(scores_per_image)
+    if n == 0:
+        return 1.0
+    scores = np.sort(np.concatenate([np.asarray(s, np.float64).reshape(-1) for s in scores_per_image]))[::-1]
+    allowed = int(np.floor(fp_per_image * n + 1e-9))  # boxes allowed in total
+    if allowed >= len(scores):
+        return float(scores[-1]) if len(scores) else 0.0
+    above = float(scores[allowed])  # the first box that would be one too many
+    kept = scores[:allowed]
+    # the lowest threshold strictly above ``above``: the smallest kept score above it, or just above it
+    higher = kept[kept > above]
+    if len(higher):
+        return float(higher.min())
+    # next float32 up, so that a comparison in float32 (scores usually are) or float64 both exclude ``above``
+    return float(np.nextafter(np.float32(above), np.float32(np.inf)))

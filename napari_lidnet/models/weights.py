@@ -6,6 +6,10 @@ The card::
      "config": {constructor kwargs}, "training": {...}, "metrics": {...}, "created": ISO time,
      "package_version": "0.1.0", "sha256": hex digest of the .safetensors file}
 
+A detector's card may carry ``"calibration": {"threshold": t, "fp_per_image": r, ...}``: the score threshold at
+which lesion-free images of the calibration set carried ``r`` boxes on average (``_training.calibrate``); the
+widgets and the CLI start from it (``default_threshold``).
+
 torch is imported only inside the functions that need it, so reading cards (``read_card``) stays cheap.
 Loading rebuilds the architecture from ``arch`` + ``config`` and reads tensors with safetensors only (no pickle);
 the digest ties the two files together, so a torn pair is reported instead of silently mixing models.
@@ -32,7 +36,9 @@ __all__ = [
     "CARD_FORMAT",
     "CARD_VERSION",
     "KINDS",
+    "FALLBACK_THRESHOLD",
     "build_model",
+    "default_threshold",
     "load_weights",
     "model_kind",
     "read_card",
@@ -43,6 +49,7 @@ __all__ = [
 CARD_FORMAT = "napari-lidnet-weights"
 CARD_VERSION = 1
 KINDS = ("denoiser", "detector")
+FALLBACK_THRESHOLD = 0.3  # score threshold of a detector whose card has no calibration
 
 
 def _archs() -> dict[str, dict[str, type]]:
@@ -219,6 +226,16 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(card.get("config", {}), dict):
         raise ValueError(f"{j_path}: card 'config' must be a JSON object")
     return card
+
+
+def default_threshold(card: dict[str, Any] | None) -> float:
+    """The default score threshold of a detector: its card's calibrated one, else ``FALLBACK_THRESHOLD``."""
+    cal = (card or {}).get("calibration")
+    try:
+        t = float(cal["threshold"]) if isinstance(cal, dict) else FALLBACK_THRESHOLD
+    except (KeyError, TypeError, ValueError):
+        return FALLBACK_THRESHOLD
+    return t if 0.0 < t <= 1.0 else FALLBACK_THRESHOLD
 
 
 def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
