@@ -1,11 +1,14 @@
 """Make the shipped default weights from `lidnet train` runs, with their provenance in the cards.
 
-The runs are the ones `benchmarks/reproduce_lidnet.py` trains (fastdn at 25% dose): the detector pretrained on
-full-dose images, the denoiser pretrained on pixel loss, then LIDnet's collaborative rounds. This script copies
-that run's best denoiser and detector into ``napari_lidnet/models/weights/`` as ``default_denoiser`` and
-``default_detector``, adding the exact commands, the data seeds and the held-out test metrics to each card.
+Takes a trained denoiser and detector (weights stems), calibrates the detector's score threshold on the
+lesion-free slices of a calibration dataset (``_training.calibrate``: simulated, never an evaluation scan), measures
+both on a held-out test dataset, and writes ``default_denoiser`` / ``default_detector`` with the commands that made
+them (from ``commands.log`` of `scripts/train_defaults.py`) into ``--out``: a new folder, or the package's weights
+folder with ``--out shipped`` (the old pair is replaced only there, and only on request).
 
-    PYTHONPATH=. python scripts/make_default_weights.py --runs bench-out/reproduce --test data/test25
+    PYTHONPATH=. python scripts/make_default_weights.py --denoiser runs/defaults/unet-2/best_denoiser \
+        --detector runs/defaults/detector/best_detector --calibrate data/rand-val --test data/rand-test \
+        --log runs/defaults/commands.log --out shipped
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
+from napari_lidnet._training.calibrate import DEFAULT_FP_PER_IMAGE, calibrate_detector
 from napari_lidnet._training.validate import evaluate_images, stack_samples
 from napari_lidnet.inference import denoise
 from napari_lidnet.io.dataset import read_dataset, read_info
@@ -21,45 +25,48 @@ from napari_lidnet.models.registry import shipped_model_dir
 from napari_lidnet.models.weights import load_weights, save_weights
 
 
+def _test_metrics(den, det, test: str) -> dict:
+    samples = read_dataset(test)
+    low, full, gt = stack_samples(samples)
+    info = read_info(test)
+    return {
+        "test_data": {"path": test, **{k: info.get(k) for k in ("command", "seed", "dose", "n")}},
+        "low_dose": evaluate_images(low, full, gt, det),
+        "denoised": evaluate_images([denoise(den, x) for x in low], full, gt, det),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", default="bench-out/reproduce")
-    p.add_argument("--branch", default="fastdn-0.25-lidnet")
-    p.add_argument("--test", default="data/test25")
+    p.add_argument("--denoiser", required=True, help="weights stem of the trained denoiser")
+    p.add_argument("--detector", required=True, help="weights stem of the trained detector")
+    p.add_argument("--calibrate", required=True, help="dataset with lesion-free slices for the threshold")
+    p.add_argument("--fp-per-image", type=float, default=DEFAULT_FP_PER_IMAGE)
+    p.add_argument("--test", required=True, help="held-out dataset for the card's metrics")
+    p.add_argument("--log", default=None, help="commands.log of scripts/train_defaults.py")
+    p.add_argument("--note", default="", help="a sentence for the cards (e.g. how long, on what)")
+    p.add_argument("--out", required=True, help="new folder, or 'shipped' for the package's weights folder")
     a = p.parse_args()
-    runs = Path(a.runs)
-    run = runs / a.branch
-    branch_pre = a.branch.rsplit("-", 1)[0] + "-pretrain"  # e.g. fastdn-0.25-pretrain
-    chain = ("/detector-pretrain", f"/{branch_pre}", f"/{a.branch}")
-    log = runs.parent / "reproduce1.log"
-    lines = log.read_text().splitlines() if log.exists() else []
-    commands = [
-        ln[2:] for ln in lines if ln.startswith("$ lidnet") and ln.split("--out ")[1].split()[0].endswith(chain)
-    ]
-    den, den_card = load_weights(run / "best_denoiser")
-    det, det_card = load_weights(run / "best_detector")
-    low, full, gt = stack_samples(read_dataset(a.test))
-    metrics = {
-        "test_data": {"path": a.test, **{k: read_info(a.test).get(k) for k in ("command", "seed", "dose", "n")}},
-        "low_dose": evaluate_images(low, full, gt, det),
-        "denoised": evaluate_images(denoise(den, low), full, gt, det),
-    }
-    train = den_card["training"]["config"]["data"]
-    provenance = {
-        "commands": [
-            read_info(train).get("command"),
-            *commands,
-            f"python scripts/make_default_weights.py --runs {a.runs} --branch {a.branch} --test {a.test}",
-        ],
-        "train_data": train,
-    }
-    out = shipped_model_dir()
+    out = shipped_model_dir() if a.out == "shipped" else Path(a.out)
+    if a.out != "shipped" and out.exists() and any(out.iterdir()):
+        raise SystemExit(f"make_default_weights: {out} is not empty; outputs never overwrite: choose a new folder")
+    den, den_card = load_weights(a.denoiser)
+    det, det_card = load_weights(a.detector)
+    calibration = calibrate_detector(det, read_dataset(a.calibrate), den, a.fp_per_image)
+    calibration["data"] = {"path": a.calibrate, "command": read_info(a.calibrate).get("command")}
+    metrics = _test_metrics(den, det, a.test)
+    logged = Path(a.log).read_text().splitlines() if a.log else []
+    commands = [read_info(den_card["training"]["config"]["data"]).get("command"), *logged,
+                " ".join(["python scripts/make_default_weights.py", *[f"--{k.replace('_', '-')} {v}"
+                          for k, v in vars(a).items() if v not in (None, "")]])]  # fmt: skip
     for kind, model, card in (("denoiser", den, den_card), ("detector", det, det_card)):
         card = {**card, "name": f"default_{kind}", "metrics": {**card.get("metrics", {}), "test": metrics}}
-        card["training"] = {**card["training"], **provenance}
+        card["training"] = {**card.get("training", {}), "commands": commands, "note": a.note}
+        if kind == "detector":
+            card["calibration"] = calibration
         save_weights(model, out / f"default_{kind}", card)
         print(f"wrote {out / f'default_{kind}'}.safetensors")
-    print(json.dumps(metrics, indent=1))
+    print(json.dumps({"calibration": calibration, "test": metrics}, indent=1))
 
 
 if __name__ == "__main__":
