@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
+from napari_lidnet._widgets._roi_observer import DASH, HOW_TO, OBSERVER_COLUMNS, add_observer
 from napari_lidnet._widgets.roi_compare import COLUMNS, ROICompareWidget, format_value, write_csv
-from napari_lidnet.metrics.roi import Region, compare_regions
+from napari_lidnet.metrics.observer import region_detectability
+from napari_lidnet.metrics.roi import Region, compare_regions, shape_mask
 
 COL = {key: i for i, (key, _) in enumerate(COLUMNS)}
+OBSERVED = dict(OBSERVER_COLUMNS)
 
 
 def corners(r0, c0, r1, c1):
@@ -28,6 +31,9 @@ def table_rows(widget):
         for key, c in COL.items():
             item = t.item(r, c)
             value = item.data(Qt.ItemDataRole.UserRole)
+            if key in OBSERVED:  # text, tooltip and value (test_observer_column checks these)
+                row[key] = (item.text(), item.toolTip(), value)
+                continue
             assert item.text() == format_value(value)
             row[key] = value
         out[(row["region"], row["image"])] = row
@@ -180,6 +186,7 @@ def test_write_csv_function(tmp_path):
     path = write_csv(tmp_path / "t.csv", rows)
     text = path.read_text().splitlines()
     assert text[0].startswith("region,image,slice,mean,sd,n,snr")
+    assert text[0].endswith(",note,cho_d,cho_d_low,cho_d_high,cho_auc,cho_auc_low,cho_auc_high,cho_note")
     assert text[1].split(",")[:5] == ["#0", "a", "2", "1.5", ""] and "inf" in text[1]
 
 
@@ -228,3 +235,109 @@ def test_regions_follow_the_user_and_reference_follows_the_metadata(make_napari_
     np.testing.assert_allclose(roi.face_color[:, 3], 0)  # transparent: the lesion stays visible
     assert not np.allclose(roi.edge_color[0], roi.edge_color[1])  # a colour per region
     assert {r["region"] for r in widget.rows} == {"#0 R1", "#1 R2"}
+
+
+def test_observer_column(make_napari_viewer, qtbot, tmp_path):
+    """A faint disc (20 HU, radius 6 px) in white noise of SD 30 HU: with a lesion ellipse and a background
+    rectangle picked, the CHO d' column appears per image, equals region_detectability on the same masks, grows
+    where the noise is lower and not where the image is only blurred; no pair -> a dash; a tiny background -> why."""
+    from matplotlib.container import BarContainer
+    from scipy.ndimage import gaussian_filter
+
+    n = 200
+    yy, xx = np.mgrid[:n, :n]
+    clean = np.full((n, n), 40.0, np.float32)
+    clean[(yy - 50) ** 2 + (xx - 60) ** 2 <= 36] += 20.0
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 30, (n, n)).astype(np.float32)
+    images = {
+        "low dose": clean + noise,
+        "denoised": clean + gaussian_filter(noise, 1.0),  # an edge-preserving denoiser: noise smoothed, disc kept
+        "blurred": gaussian_filter(clean + noise, 1.5),  # linear smoothing: lower SD, no more information
+        "full dose": clean + rng.normal(0, 8, (n, n)).astype(np.float32),
+    }
+    viewer = make_napari_viewer()
+    for name, image in images.items():
+        viewer.add_image(image, name=name)
+    widget = ROICompareWidget(viewer)
+    widget.reference_combo.setCurrentText("full dose")
+    shapes = viewer.add_shapes(name="regions")
+    gen = widget.generation
+    shapes.add_ellipses(np.array([[50, 60], [8, 8]]))  # #0: the lesion, bounding box rows 42..58, cols 52..68
+    shapes.add_rectangles(np.array([[90, 10], [190, 190]]))  # #1: plain background
+    shapes.add_rectangles(np.array([[150, 100], [180, 130]]))  # #2: too small for the observer
+    qtbot.waitUntil(lambda: widget.generation > gen and widget.table.rowCount() == 12, timeout=10000)
+    for cells in table_rows(widget).values():  # no pair yet: a dash that says how to get a value
+        assert cells["cho_d"][0] == DASH and HOW_TO in cells["cho_d"][1]
+    widget.set_lesion(0)
+    gen = widget.generation
+    widget.set_background(1)
+    wait_new(qtbot, widget, gen, timeout=60000)
+    got = table_rows(widget)
+
+    lesion = shape_mask("ellipse", corners(42, 52, 58, 68), (n, n))
+    background = shape_mask("rectangle", corners(90, 10, 190, 190), (n, n))
+    d = {}
+    for name, image in images.items():
+        text, tip, value = got[("#0", name)]["cho_d"]
+        direct = region_detectability(image, lesion, background)
+        assert value == pytest.approx(direct.d_prime, rel=1e-6) and math.isfinite(value)
+        assert text == f"{direct.d_prime:.2f} [{direct.d_ci[0]:.2f}, {direct.d_ci[1]:.2f}]"
+        assert "#1" in tip and "95%" in tip
+        auc_text, _, auc = got[("#0", name)]["cho_auc"]
+        assert auc == pytest.approx(direct.auc) and auc_text.startswith(f"{direct.auc:.3f} [")
+        assert got[("#1", name)]["cho_d"][0] == DASH and "lesion region #0" in got[("#1", name)]["cho_d"][1]
+        d[name] = direct
+    assert d["low dose"].d_prime < d["denoised"].d_prime < d["full dose"].d_prime
+    assert d["low dose"].d_ci[0] <= d["blurred"].d_prime <= d["low dose"].d_ci[1]  # CNR would call it better
+    assert got[("#0", "blurred")]["cnr"] > 2 * got[("#0", "low dose")]["cnr"]
+    widget.plot_kind.setCurrentText("bars")
+    widget.metric_combo.setCurrentIndex(widget.metric_combo.findData("cho_d"))  # d' bars with their intervals
+    bars = {c.get_label(): c for c in widget.figure.axes[0].containers if isinstance(c, BarContainer)}
+    assert bars["denoised"].patches[0].get_height() == pytest.approx(d["denoised"].d_prime)
+    assert bars["denoised"].errorbar is not None and widget.figure.axes[0].get_ylabel() == "d' (CHO)"
+
+    rows = {(r["region"], r["image"]): r for r in csv.DictReader(widget.write_csv(tmp_path / "roi.csv").open())}
+    assert float(rows[("#0", "denoised")]["cho_d"]) == pytest.approx(d["denoised"].d_prime)
+    assert float(rows[("#0", "denoised")]["cho_d_low"]) == pytest.approx(d["denoised"].d_ci[0])
+    assert rows[("#1", "denoised")]["cho_d"] == ""
+
+    gen = widget.generation
+    widget.set_background(2)
+    wait_new(qtbot, widget, gen, timeout=60000)
+    text, tip, value = table_rows(widget)[("#0", "low dose")]["cho_d"]
+    assert text.startswith("background region too small:") and text == tip
+    assert math.isnan(value)
+
+    gen = widget.generation
+    widget.set_background(0)  # the lesion is no background
+    wait_new(qtbot, widget, gen)
+    text, tip, _ = table_rows(widget)[("#0", "low dose")]["cho_d"]
+    assert text == DASH and "same region" in tip
+
+
+def test_observer_rows_on_a_volume():
+    """The worker's observer keys on a volume: the lesion's slice is judged; a background on another slice, NaN
+    pixels or a noise-free image give a reason instead of a number."""
+    rng = np.random.default_rng(3)
+    vol = rng.normal(40, 30, (3, 160, 160)).astype(np.float32)
+    yy, xx = np.mgrid[:160, :160]
+    vol[1][(yy - 20) ** 2 + (xx - 20) ** 2 <= 36] += 20.0
+    lesion = Region("#0", "ellipse", corners(12, 12, 28, 28), slice_index=1)
+    background = Region("#1", "rectangle", corners(40, 5, 155, 155), slice_index=1)
+    elsewhere = Region("#2", "rectangle", corners(40, 5, 155, 155), slice_index=2)
+    regions = [lesion, background, elsewhere]
+    images = {"vol": vol, "flat": np.full_like(vol, 40.0), "nan": vol.copy()}
+    images["nan"][1, 0, 159] = np.nan
+    rows = compare_regions(images, regions)
+    by = {(r["region"], r["image"]): r for r in add_observer(rows, images, regions, 0, 1, n_boot=20)}
+    direct = region_detectability(vol[1], shape_mask("ellipse", lesion.vertices, (160, 160)),
+                                  shape_mask("rectangle", background.vertices, (160, 160)), n_boot=20)  # fmt: skip
+    assert by[("#0", "vol")]["cho_d"] == pytest.approx(direct.d_prime) and by[("#0", "vol")]["cho_note"] == ""
+    assert math.isnan(by[("#1", "vol")]["cho_d"]) and "lesion region #0" in by[("#1", "vol")]["cho_hint"]
+    assert "singular" in by[("#0", "flat")]["cho_note"] and "NaN" in by[("#0", "nan")]["cho_note"]
+    by = {(r["region"], r["image"]): r for r in add_observer(rows, images, regions, 0, 2, n_boot=20)}
+    assert by[("#0", "vol")]["cho_note"].startswith("lesion (slice 1) and background (slice 2) differ")
+    assert math.isnan(by[("#0", "vol")]["cho_d"])
+    by = {(r["region"], r["image"]): r for r in add_observer(rows, images, regions, None, 1)}
+    assert by[("#0", "vol")]["cho_hint"].startswith("no lesion region chosen")

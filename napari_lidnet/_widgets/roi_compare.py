@@ -5,7 +5,8 @@ data coordinates through world coordinates into each image's pixel grid, so shap
 images land on the right pixels. On a 3D image a 3D shape lives on its own slice; a 2D shape uses the viewer's
 current slice (the note says so). The table refreshes 300 ms after the last edit of the regions; 3D volumes and
 the ROI perceptual distance are computed off the GUI thread. Errors become notes in the table, never dialogs.
-torch is imported only when the ROI perceptual distance is switched on.
+torch is imported only when the ROI perceptual distance is switched on. With a Lesion and a Background region
+picked, a model observer judges every image too (``_roi_observer``: CHO d' and AUC, computed in the worker).
 
 The widget follows the user: the regions are the Shapes layer the user drew on last ("New ROI layer" makes one:
 transparent faces, a colour and a label per region); the detector's boxes are regions only when picked by hand;
@@ -44,6 +45,14 @@ from qtpy.QtWidgets import (
 
 from napari_lidnet._widgets._canvas import PlotCanvas
 from napari_lidnet._widgets._docking import DockHome
+from napari_lidnet._widgets._roi_observer import (
+    HOW_TO,
+    OBSERVER_COLUMNS,
+    OBSERVER_KEYS,
+    add_observer,
+    observer_cell,
+    pair_problem,
+)
 from napari_lidnet._widgets._roles import DETECTIONS, ROI, ROLE, normal_dose_of, role
 from napari_lidnet._widgets.reading_room import ReadingRoom
 from napari_lidnet.io.windowing import WINDOW_PRESETS, contrast_limits
@@ -72,9 +81,12 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("psnr", "PSNR"),
     ("ssim", "SSIM"),
     ("roi_perceptual", "ROI perceptual"),
+    *OBSERVER_COLUMNS,
     ("note", "note"),
 )
-BAR_METRICS = ("mean", "sd", "snr", "cnr", "rmse", "psnr", "ssim", "roi_perceptual")
+BAR_METRICS = ("mean", "sd", "snr", "cnr", "rmse", "psnr", "ssim", "roi_perceptual", "cho_d")
+#: columns of the exported CSV: the region statistics, then the observer's values and intervals
+CSV_KEYS = (*ROW_KEYS, *OBSERVER_KEYS)
 PLOT_KINDS = ("bars", "line profile", "noise power spectrum")
 NONE = "(none)"
 REFERENCE_RANGE = "reference range"
@@ -82,6 +94,7 @@ DEBOUNCE_MS = 300
 #: edge colours of the regions of a new ROI layer, one per region in turn
 ROI_COLORS = ("#ffe119", "#42d4f4", "#f58231", "#3cb44b", "#f032e6", "#4363d8", "#bfef45", "#fabed4")
 DETECTIONS_PREFIX = "raw detections: "
+COLUMN_INDEX = {key: i for i, (key, _) in enumerate(COLUMNS)}
 
 
 def format_value(value: Any) -> str:
@@ -153,15 +166,25 @@ def regions_from_shapes(shapes: Any, images: dict[str, Any], world_point: Any | 
     return regions
 
 
+def _finite(value: Any) -> float:
+    """``value`` as a float, NaN when it is missing or not a finite number (bar heights)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return v if math.isfinite(v) else math.nan
+
+
 def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
-    """Write table rows (``compare_regions`` dicts) as CSV with a header of ``ROW_KEYS``; NaN -> empty cell."""
+    """Write table rows (``compare_regions`` dicts plus the observer's keys) as CSV with a header of ``CSV_KEYS``;
+    NaN or a missing key -> empty cell."""
     path = Path(path)
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(ROW_KEYS)
+        writer.writerow(CSV_KEYS)
         for row in rows:
             out = []
-            for key in ROW_KEYS:
+            for key in CSV_KEYS:
                 v = row.get(key)
                 if isinstance(v, float) and math.isnan(v):
                     out.append("")
@@ -173,14 +196,16 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def _compute(images, regions, reference, background, window, perceptual_on):
-    """Worker body (no Qt): the table rows; the ROI perceptual function is built here so torch loads off-GUI."""
+def _compute(images, regions, reference, background, window, perceptual_on, lesion=None):
+    """Worker body (no Qt): the table rows with the model observer's keys; the ROI perceptual function is built
+    here so torch loads off-GUI."""
     perceptual = None
     if perceptual_on:
         from napari_lidnet.models.roi_perceptual import make_perceptual_fn
 
         perceptual = make_perceptual_fn()
-    return compare_regions(images, regions, reference, background, window, perceptual)
+    rows = compare_regions(images, regions, reference, background, window, perceptual)
+    return add_observer(rows, images, regions, lesion, background)
 
 
 class ROICompareWidget(QWidget):
@@ -238,7 +263,16 @@ class ROICompareWidget(QWidget):
         self.image_list = QListWidget()
         self.image_list.setMaximumHeight(90)
         self.reference_combo = QComboBox()
+        self.lesion_combo = QComboBox()
+        self.lesion_combo.setToolTip(
+            "the region around the lesion: with a Background region, the table gets a model observer's d' and AUC "
+            "of this lesion on every image"
+        )
         self.background_combo = QComboBox()
+        self.background_combo.setToolTip(
+            "plain tissue: the noise for CNR, and for the observer's d' (draw it a few lesion sizes wide, on the "
+            "lesion's slice)"
+        )
         self.window_combo = QComboBox()
         self.window_combo.addItems([*WINDOW_PRESETS, REFERENCE_RANGE])
         self.perceptual_check = QCheckBox("ROI perceptual distance (lesion detector)")
@@ -250,6 +284,7 @@ class ROICompareWidget(QWidget):
         form.addRow("Regions", self.shapes_combo)
         form.addRow("Images", self.image_list)
         form.addRow("Reference", self.reference_combo)
+        form.addRow("Lesion", self.lesion_combo)
         form.addRow("Background", self.background_combo)
         form.addRow("PSNR/SSIM window", self.window_combo)
         form.addRow(self.perceptual_check)
@@ -263,6 +298,11 @@ class ROICompareWidget(QWidget):
         """The read-only results table, one column per ``COLUMNS`` entry."""
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels([h for _, h in COLUMNS])
+        for key, _ in OBSERVER_COLUMNS:
+            self.table.horizontalHeaderItem(COLUMN_INDEX[key]).setToolTip(
+                "channelized Hotelling observer (Laguerre-Gauss channels): how detectable the Lesion region is "
+                "against the noise of the Background region on each image, with its 95% interval"
+            )
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.setSortingEnabled(False)
         return self.table
@@ -298,7 +338,7 @@ class ROICompareWidget(QWidget):
         """Wire the widget's own controls: input changes schedule a refresh, plot choices redraw the plot."""
         self.shapes_combo.currentIndexChanged.connect(self._on_shapes_changed)
         self.image_list.itemChanged.connect(self.schedule_refresh)
-        for combo in (self.reference_combo, self.background_combo, self.window_combo):
+        for combo in (self.reference_combo, self.lesion_combo, self.background_combo, self.window_combo):
             combo.currentIndexChanged.connect(self.schedule_refresh)
         self.perceptual_check.toggled.connect(self.schedule_refresh)
         self.refresh_button.clicked.connect(self.refresh)
@@ -489,18 +529,10 @@ class ROICompareWidget(QWidget):
             k += 1
         layer.feature_defaults = {"name": f"R{k}"}
 
-    def _sync_background(self, regions: list[Region]) -> None:
-        """Background choices: (none) + area regions by index; keeps the chosen index while it exists."""
-        chosen = self.background_combo.currentData()
-        self.background_combo.blockSignals(True)
-        self.background_combo.clear()
-        self.background_combo.addItem(NONE, None)
-        for i, reg in enumerate(regions):
-            if reg.shape_type in AREA_SHAPES:
-                self.background_combo.addItem(reg.name, i)
-        idx = self.background_combo.findData(chosen) if chosen is not None else 0
-        self.background_combo.setCurrentIndex(max(idx, 0))
-        self.background_combo.blockSignals(False)
+    def _sync_region_combos(self, regions: list[Region]) -> None:
+        """Lesion, background and plot-region choices follow the regions; each keeps its choice while it exists."""
+        for combo in (self.lesion_combo, self.background_combo):
+            self._fill_region_combo(combo, regions)
         cur = self.plot_region.currentText()
         self.plot_region.blockSignals(True)
         self.plot_region.clear()
@@ -509,9 +541,26 @@ class ROICompareWidget(QWidget):
             self.plot_region.setCurrentText(cur)
         self.plot_region.blockSignals(False)
 
+    @staticmethod
+    def _fill_region_combo(combo: QComboBox, regions: list[Region]) -> None:
+        """(none) + area regions by index (silently); keeps the chosen index while it exists."""
+        chosen = combo.currentData()
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItem(NONE, None)
+        for i, reg in enumerate(regions):
+            if reg.shape_type in AREA_SHAPES:
+                combo.addItem(reg.name, i)
+        combo.setCurrentIndex(max(combo.findData(chosen), 0) if chosen is not None else 0)
+        combo.blockSignals(False)
+
     def set_background(self, index: int | None) -> None:
         """Choose the background region by its index in the Shapes layer (None: no background)."""
         self.background_combo.setCurrentIndex(max(self.background_combo.findData(index), 0) if index is not None else 0)
+
+    def set_lesion(self, index: int | None) -> None:
+        """Choose the lesion region (for the model observer) by its index in the Shapes layer (None: none)."""
+        self.lesion_combo.setCurrentIndex(max(self.lesion_combo.findData(index), 0) if index is not None else 0)
 
     # ------------------------------------------------------------------------------------------- computation
 
@@ -534,7 +583,8 @@ class ROICompareWidget(QWidget):
         text = self.window_combo.currentText()
         return None if text == REFERENCE_RANGE else contrast_limits(text)
 
-    def _inputs(self) -> tuple[dict[str, Any], list[Region], str | None, int | None]:
+    def _inputs(self) -> tuple[dict[str, Any], list[Region], str | None, int | None, int | None]:
+        """Images (name -> array), regions, reference, background and lesion indices, as the pickers say."""
         layers = {lay.name: lay for lay in self._image_layers()}
         checked = [
             self.image_list.item(i).text()
@@ -550,24 +600,26 @@ class ROICompareWidget(QWidget):
         regions = (
             [] if self._shapes is None else regions_from_shapes(self._shapes, image_layers, self.viewer.dims.point)
         )
-        self._sync_background(regions)
+        self._sync_region_combos(regions)
         images = {n: (lay.data[0] if lay.multiscale else lay.data) for n, lay in image_layers.items()}
-        return images, regions, ref, self.background_combo.currentData()
+        return images, regions, ref, self.background_combo.currentData(), self.lesion_combo.currentData()
 
     def refresh(self) -> None:
-        """Recompute the table now: inline for small 2D images, in a napari thread worker for 3D or the ROI
-        perceptual distance (a refresh asked for meanwhile runs when the worker is done)."""
+        """Recompute the table now: inline for small 2D images, in a napari thread worker for 3D, the ROI
+        perceptual distance or the model observer (a refresh asked for meanwhile runs when the worker is done)."""
         self._timer.stop()
         if self._worker is not None:
             self._pending = True
             return
-        images, regions, ref, bg = self._inputs()
+        images, regions, ref, bg, lesion = self._inputs()
         self._images, self.regions = images, regions
-        args = (images, regions, ref, bg, self.window(), self.perceptual_check.isChecked())
+        perceptual = self.perceptual_check.isChecked()
+        args = (images, regions, ref, bg, self.window(), perceptual, lesion)
         if self._shapes is None:
             self.status.setText("Press \"New ROI layer\" and draw rectangles, ellipses or polygons (or pick a layer).")
         checked = [n for n in images if self._is_checked(n)]
-        if not args[-1] and all(np.ndim(im) == 2 for im in images.values()):
+        observer = not pair_problem(regions, lesion, bg)
+        if not (perceptual or observer) and all(np.ndim(im) == 2 for im in images.values()):
             self._show(_compute(*args), checked)
             return
         from napari.qt.threading import create_worker
@@ -612,14 +664,20 @@ class ROICompareWidget(QWidget):
         self.generation += 1
 
     def _fill_table(self) -> None:
+        """One table row per result row; each cell keeps its raw value (``UserRole``) under the text shown."""
+        observed = dict(OBSERVER_COLUMNS)
         self.table.setRowCount(len(self.rows))
         for r, row in enumerate(self.rows):
             for c, (key, _) in enumerate(COLUMNS):
                 value = row.get(key)
-                item = QTableWidgetItem(format_value(value))
+                if key in observed:
+                    text, tip = observer_cell(row, key) if row.get("image") else ("", HOW_TO)
+                else:
+                    text, tip = format_value(value), (str(value or "") if key == "note" else "")
+                item = QTableWidgetItem(text)
                 item.setData(Qt.ItemDataRole.UserRole, value)
-                if key == "note":
-                    item.setToolTip(str(value or ""))
+                if tip:
+                    item.setToolTip(tip)
                 self.table.setItem(r, c, item)
         self.table.resizeColumnsToContents()
 
@@ -647,11 +705,14 @@ class ROICompareWidget(QWidget):
         images = list(dict.fromkeys(r["image"] for r in self.rows if r["image"]))
         width = 0.8 / max(len(images), 1)
         for j, img in enumerate(images):
-            vals = []
-            for reg in regions:
-                v = next((r[key] for r in self.rows if r["region"] == reg and r["image"] == img), math.nan)
-                vals.append(v if v is not None and np.isfinite(v) else np.nan)
-            ax.bar(np.arange(len(regions)) + (j - (len(images) - 1) / 2) * width, vals, width, label=img)
+            found = [next((r for r in self.rows if r["region"] == reg and r["image"] == img), {}) for reg in regions]
+            vals = np.array([_finite(r.get(key)) for r in found])
+            err = None
+            if key == "cho_d":  # the observer's 95% interval as an error bar
+                low, high = (np.array([_finite(r.get(f"{key}_{e}")) for r in found]) for e in ("low", "high"))
+                err = np.nan_to_num(np.stack([vals - low, high - vals]).clip(min=0))
+            x = np.arange(len(regions)) + (j - (len(images) - 1) / 2) * width
+            ax.bar(x, vals, width, yerr=err, label=img)
         ax.set_xticks(np.arange(len(regions)), regions)
         ax.set_ylabel(dict(COLUMNS)[key])
         if images:
