@@ -56,6 +56,7 @@ from napari_lidnet.metrics.nps import (  # noqa: E402
 )
 from napari_lidnet.metrics.roi import cnr  # noqa: E402
 from napari_lidnet.models.registry import load_model  # noqa: E402
+from napari_lidnet.models.weights import default_threshold  # noqa: E402
 from napari_lidnet.sim.lowdose import simulate_low_dose, simulate_pair  # noqa: E402
 from napari_lidnet.sim.phantom import make_phantom  # noqa: E402
 
@@ -66,7 +67,6 @@ MODEL_LABEL = {
     "radon": "radon: benchmarks/radon_noise.py (skimage, Hann, 720 views)",
 }
 #: the Denoise & detect widget's score slider starts at 30 (%)
-DEFAULT_THRESHOLD = 0.30
 FP_RATES = (0.5, 1, 2, 4, 8)
 JPEG2000_UIDS = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
 AIR_FLOOR = -1024.0  # padding outside the scanned FOV (-2000, -3995) is set to air at this value
@@ -752,7 +752,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--phantoms", type=int, default=2, help="simulated phantoms per dose to pick the Gaussian sigma")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="score threshold for boxes/slice")
+    p.add_argument("--threshold", type=float, default=None, help="boxes/slice threshold (default: the card's)")
     p.add_argument("--quick", action="store_true", help="2 seeds, 1 lesion-free seed, 200 resamples, 1 phantom")
     a = p.parse_args(argv)
     if a.quick:
@@ -837,6 +837,8 @@ def main(argv: list[str] | None = None) -> int:
     slices = load_slices()
     print("real slices: " + ", ".join(f"{s.name} {s.hu.shape} {s.pixel_mm:.3f} mm" for s in slices), flush=True)
     detector, det_card = load_model(a.detector, "detector")
+    if a.threshold is None:
+        a.threshold = default_threshold(det_card)
     a.detector_key = model_fingerprint(detector)
     gauss = {}
     for dose in DOSES:
