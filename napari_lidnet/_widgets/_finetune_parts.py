@@ -34,7 +34,15 @@ from qtpy.QtWidgets import (
 
 from .._training.finetune import ONE_CLICK_DEFAULTS, default_model_name
 from .._training.local_data import AUTO_BOX_THRESHOLD, CTInput, check_inputs
-from .loss_plot import TrainingPlot
+from ._adapt_source import (
+    ADAPT_SOURCE,
+    SCHEME_ITEMS,
+    SCHEME_TIPS,
+    UNUSED_SETTINGS,
+    NoReferencePlot,
+    adapt_default,
+    estimate_text,
+)
 
 #: (key, label) of the data sources
 SOURCES = (
@@ -42,6 +50,7 @@ SOURCES = (
     ("paired", "paired low-dose / full-dose layers"),
     ("dicom", "DICOM folder (normal dose, simulate low dose)"),
     ("dataset", "dataset folder (lidnet simulate)"),
+    ADAPT_SOURCE,
 )
 DETECT_ITEM = "(detect with the starting detector)"
 #: the boxes default when no reviewed or hand-drawn layer exists: nothing, so nothing unreviewed trains by default
@@ -116,21 +125,24 @@ def refill(combo: QComboBox, items: list[str], prefer: str | None = None) -> Non
     combo.blockSignals(False)
 
 
-def box_choices(shapes: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def box_choices(shapes: list[tuple[str, str]], detect: bool = True) -> list[tuple[str, str]]:
     """(text, layer name or sentinel) entries of a lesion-boxes picker: no boxes, reviewed and hand-drawn layers,
-    then the unreviewed ones (the starting detector's, the detector's output layers), each saying what it is."""
+    then the unreviewed ones (the starting detector's unless ``detect`` is False, the detector's output layers),
+    each saying what it is."""
     reviewed = [(f"{n} (reviewed)", n) for n, r in shapes if r == "reviewed"]
     drawn = [(n, n) for n, r in shapes if r not in ("reviewed", "detections", "roi")]
     rois = [(f"{n} (ROI layer)", n) for n, r in shapes if r == "roi"]
     raw = [(RAW_PREFIX + n, n) for n, r in shapes if r == "detections"]
-    return [(NO_BOXES_ITEM, ""), *reviewed, *drawn, *rois, (DETECT_ITEM, DETECT_ITEM), *raw]
+    detected = [(DETECT_ITEM, DETECT_ITEM)] if detect else []
+    return [(NO_BOXES_ITEM, ""), *reviewed, *drawn, *rois, *detected, *raw]
 
 
-def refill_boxes(combo: QComboBox, shapes: list[tuple[str, str]]) -> None:
+def refill_boxes(combo: QComboBox, shapes: list[tuple[str, str]], detect: bool = True) -> None:
     """Refill a lesion-boxes picker, keeping the current layer; a new pick is the newest reviewed layer, else the
-    newest hand-drawn one, else no boxes (never unreviewed detections)."""
+    newest hand-drawn one, else no boxes (never unreviewed detections). ``detect``: offer the starting detector's
+    boxes."""
     current = combo.currentData()
-    entries = box_choices(shapes)
+    entries = box_choices(shapes, detect)
     datas = [d for _, d in entries]
     reviewed = [n for n, r in shapes if r == "reviewed"]
     drawn = [n for n, r in shapes if r not in ("reviewed", "detections", "roi")]
@@ -146,6 +158,33 @@ def refill_boxes(combo: QComboBox, shapes: list[tuple[str, str]]) -> None:
     combo.blockSignals(False)
 
 
+def checked_names(items: QListWidget) -> list[str]:
+    """Texts of the ticked items of a checkable list."""
+    return [items.item(i).text() for i in range(items.count()) if items.item(i).checkState() == Qt.CheckState.Checked]
+
+
+def set_checked(items: QListWidget, names: Sequence[str]) -> None:
+    """Tick exactly the items whose text is in ``names``."""
+    for i in range(items.count()):
+        item = items.item(i)
+        item.setCheckState(Qt.CheckState.Checked if item.text() in names else Qt.CheckState.Unchecked)
+
+
+def refill_checks(items: QListWidget, names: list[str], looks_right: Any) -> None:
+    """Refill a checkable list with ``names``, keeping the ticks; with none left, tick the first name that
+    ``looks_right`` (a predicate), or the only name."""
+    checked = set(checked_names(items)) & set(names)
+    if not checked:
+        guess = next((n for n in names if looks_right(n)), names[0] if len(names) == 1 else None)
+        checked = {guess} if guess else set()
+    items.clear()
+    for name in names:
+        item = QListWidgetItem(name)
+        item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+        item.setCheckState(Qt.CheckState.Checked if name in checked else Qt.CheckState.Unchecked)
+        items.addItem(item)
+
+
 def _form_page(*rows: tuple[str, QWidget]) -> QWidget:
     """A margin-less form of (label, field) rows, one page of the data source stack."""
     page = QWidget()
@@ -157,7 +196,8 @@ def _form_page(*rows: tuple[str, QWidget]) -> QWidget:
 
 
 class DataBox(QGroupBox):
-    """Where the training data comes from: image layers, paired layers, a DICOM folder or a dataset folder."""
+    """Where the training data comes from: image layers, paired layers, a DICOM folder, a dataset folder, or
+    low-dose image layers alone (self-supervised)."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__("Data", parent)
@@ -177,6 +217,7 @@ class DataBox(QGroupBox):
         self.dataset_edit.setPlaceholderText("folder with dataset.json, full/, low/, lesions.csv")
         for edit in (self.dicom_edit, self.dataset_edit):
             self.pages.addWidget(self._folder_page(edit))
+        self.pages.addWidget(self._adapt_page())
         self.source_combo.currentIndexChanged.connect(self._on_source)
         self.dose_spin = spin_box(0.05, 1.0, 0.25, 2, 0.05)
         form = QFormLayout(self)
@@ -184,6 +225,27 @@ class DataBox(QGroupBox):
         form.addRow(self.pages)
         form.addRow("dose fraction", self.dose_spin)
         self._on_source()
+
+    def _adapt_page(self) -> QWidget:
+        """The self-supervised source: low-dose images, optional lesion boxes, scheme, steps, learning rate."""
+        self.adapt_list = QListWidget()
+        self.adapt_list.setMaximumHeight(90)
+        self.adapt_list.setToolTip("low-dose CT volumes of one scanner protocol (one pixel size), contiguous slices")
+        self.adapt_boxes_combo = QComboBox()
+        self.adapt_boxes_combo.setToolTip("optional: patches are drawn near these lesions and weigh more inside them")
+        self.scheme_combo = QComboBox()
+        for k, (key, label) in enumerate(SCHEME_ITEMS):
+            self.scheme_combo.addItem(label, key)
+            self.scheme_combo.setItemData(k, SCHEME_TIPS[key], Qt.ItemDataRole.ToolTipRole)
+        self.adapt_steps_spin = spin_box(1, 100000, adapt_default("steps"))
+        self.adapt_lr_spin = spin_box(1e-6, 1e-2, adapt_default("lr"), 6, 1e-4)
+        return _form_page(
+            ("low-dose scans", self.adapt_list),
+            ("lesion boxes", self.adapt_boxes_combo),
+            ("scheme", self.scheme_combo),
+            ("steps", self.adapt_steps_spin),
+            ("learning rate", self.adapt_lr_spin),
+        )
 
     def _folder_page(self, edit: QLineEdit) -> QWidget:
         button = QPushButton("Folder…")
@@ -210,38 +272,34 @@ class DataBox(QGroupBox):
         return str(self.source_combo.currentData())
 
     def set_source(self, key: str) -> None:
-        """Choose the data source by key: layers, paired, dicom or dataset."""
+        """Choose the data source by key: layers, paired, dicom, dataset or adapt."""
         self.source_combo.setCurrentIndex([k for k, _ in SOURCES].index(key))
 
     def checked_images(self) -> list[str]:
         """Names of the ticked normal-dose image layers."""
-        return [
-            self.image_list.item(i).text()
-            for i in range(self.image_list.count())
-            if self.image_list.item(i).checkState() == Qt.CheckState.Checked
-        ]
+        return checked_names(self.image_list)
 
     def set_images(self, names: list[str]) -> None:
         """Tick exactly the image layers in ``names``."""
-        for i in range(self.image_list.count()):
-            item = self.image_list.item(i)
-            item.setCheckState(Qt.CheckState.Checked if item.text() in names else Qt.CheckState.Unchecked)
+        set_checked(self.image_list, names)
+
+    def adapt_images(self) -> list[str]:
+        """Names of the ticked low-dose image layers of the self-supervised source."""
+        return checked_names(self.adapt_list)
+
+    def set_adapt_images(self, names: list[str]) -> None:
+        """Tick exactly these low-dose image layers for the self-supervised source."""
+        set_checked(self.adapt_list, names)
 
     def refresh(self, images: list[str], shapes: list[tuple[str, str]]) -> None:
         """Refill the layer pickers with these image names and (Shapes layer name, role) pairs, keeping current
-        choices (a new pick prefers full-dose-looking names, and reviewed or hand-drawn boxes)."""
-        checked = set(self.checked_images()) & set(images)
-        if not checked:  # first pick: a full-dose-looking layer, or the only image
-            guess = next((n for n in images if looks_full_dose(n)), images[0] if len(images) == 1 else None)
-            checked = {guess} if guess else set()
-        self.image_list.clear()
-        for name in images:
-            item = QListWidgetItem(name)
-            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(Qt.CheckState.Checked if name in checked else Qt.CheckState.Unchecked)
-            self.image_list.addItem(item)
+        choices (a new pick prefers full-dose-looking names, low-dose-looking ones for the self-supervised source,
+        and reviewed or hand-drawn boxes)."""
+        refill_checks(self.image_list, images, looks_full_dose)
+        refill_checks(self.adapt_list, images, looks_low_dose)
         for combo in (self.boxes_combo, self.paired_boxes_combo):
             refill_boxes(combo, shapes)
+        refill_boxes(self.adapt_boxes_combo, shapes, detect=False)
         refill(self.low_combo, images, prefer=next((n for n in images if looks_low_dose(n)), None))
         refill(self.full_combo, images, prefer=next((n for n in images if looks_full_dose(n)), None))
 
@@ -257,6 +315,11 @@ class DataBox(QGroupBox):
             "dicom_folder": self.dicom_edit.text().strip(),
             "dataset_folder": self.dataset_edit.text().strip(),
             "dose": float(self.dose_spin.value()),
+            "adapt_images": self.adapt_images(),
+            "adapt_boxes": self.adapt_boxes_combo.currentData(),
+            "scheme": self.scheme_combo.currentData(),
+            "adapt_steps": self.adapt_steps_spin.value(),
+            "adapt_lr": self.adapt_lr_spin.value(),
         }
 
 
@@ -334,6 +397,12 @@ class AdvancedBox(QWidget):
         self.device_combo = QComboBox()
         self.seed_spin = spin_box(0, 2**31 - 1, d["seed"])
 
+    def set_source(self, source: str) -> None:
+        """Enable the settings the data ``source`` uses; the self-supervised source (its steps and learning rate
+        are on its own page) uses only patch size, batch size, device and seed."""
+        for name in UNUSED_SETTINGS:
+            getattr(self, name).setEnabled(source != ADAPT_SOURCE[0])
+
     def set_open(self, on: bool) -> None:
         """Show (``on``) or hide the settings; the toggle's arrow follows."""
         self.setVisible(on)
@@ -379,7 +448,7 @@ class RunPanel(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.plot = TrainingPlot(self)
+        self.plot = NoReferencePlot(self)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(buttons)
@@ -405,7 +474,8 @@ class RunPanel(QWidget):
         self.eta_label.setText("")
 
     def show_record(self, rec: dict[str, Any]) -> None:
-        """Show one progress record of the trainer: bars, stage, time left, validation line and plot."""
+        """Show one progress record of the trainer or of the self-supervised run (``selfsup.adapt_job``): bars,
+        stage, time left, validation or no-reference estimates line, and plot."""
         stage = rec.get("stage")
         if "total_steps" in rec:
             self.overall_bar.setRange(0, max(int(rec["total_steps"]), 1))
@@ -419,12 +489,17 @@ class RunPanel(QWidget):
             best = " (best so far)" if rec.get("is_best") else ""
             self.status.setText(f"validation after {rec.get('after')}: {', '.join(parts)}{best}")
             self.plot.add_record(rec)
+        elif stage == "estimate":
+            self.status.setText(estimate_text(rec))
+            self.plot.add_record(rec)
         elif stage in ("stopped", "finished"):
             self.stage_label.setText(stage)
-        elif "stage_step" in rec:
-            self.stage_label.setText(f"{stage}: step {rec['stage_step']} of {rec['stage_total']}")
-            self.stage_bar.setRange(0, int(rec["stage_total"]))
-            self.stage_bar.setValue(int(rec["stage_step"]))
+            self.plot.add_record(rec)  # the self-supervised run's last record holds the final estimates
+        elif "stage_step" in rec or stage == "adapt":
+            done, total = rec.get("stage_step", rec.get("step", 0)), rec.get("stage_total", rec.get("total_steps", 1))
+            self.stage_label.setText(f"{stage}: step {done} of {total}")
+            self.stage_bar.setRange(0, int(total))
+            self.stage_bar.setValue(int(done))
             eta = rec.get("eta_s")
             if eta is not None:
                 self.eta_label.setText(f"about {eta / 60:.1f} min left" if eta >= 60 else f"about {eta:.0f} s left")

@@ -7,6 +7,10 @@ ends, tell the denoise widgets in the viewer that a new model exists. Stop sets 
 so the run ends at the next step and the best checkpoint so far is still published. Runs live in
 ``registry.user_model_dir().parent / "runs"``, never in the working directory. torch is not imported at module level.
 The widget assembles the boxes of ``_finetune_parts`` (data, model, advanced settings, run panel).
+
+The source "low-dose scans only (self-supervised)" (``_adapt_source``) runs ``_training.selfsup.adapt_job`` in the
+same worker machinery instead: checked (``prepare_adapt``, model name) before anything starts, the same progress,
+Stop and export (``NAME_denoiser``), its plot showing the no-reference estimates, its summary ``adapt_summary``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from .._training.finetune import (
     outcome_summary,
 )
 from .._training.local_data import CTInput, format_problems
+from .._training.selfsup import AdaptOutcome, adapt_summary
+from ._adapt_source import ADAPT_SOURCE, AdaptRequest, adapt_message, adapt_request
 from ._docking import DockHome, scroll_layout
 from ._finetune_parts import (
     DETECT_ITEM,
@@ -98,7 +104,7 @@ class FineTuneWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.worker: Any = None
-        self.outcome: FinetuneOutcome | None = None
+        self.outcome: FinetuneOutcome | AdaptOutcome | None = None
         self.run_dir: Path | None = None
         self.records: list[dict[str, Any]] = []
         self._stop_event = threading.Event()
@@ -119,6 +125,8 @@ class FineTuneWidget(QWidget):
         layout = scroll_layout(self)
         for w in (self.data_box, self.model_box, self.advanced_button, self.advanced, self.run_panel):
             layout.addWidget(w)
+        self.source_combo.currentIndexChanged.connect(self._on_source)
+        self._on_source()
 
     def _create_data_box(self) -> None:
         box = self.data_box = DataBox()
@@ -135,6 +143,11 @@ class FineTuneWidget(QWidget):
             "dicom_edit",
             "dataset_edit",
             "dose_spin",
+            "adapt_list",
+            "adapt_boxes_combo",
+            "scheme_combo",
+            "adapt_steps_spin",
+            "adapt_lr_spin",
         )
 
     def _create_model_box(self) -> None:
@@ -182,8 +195,15 @@ class FineTuneWidget(QWidget):
         return self.data_box.source
 
     def set_source(self, key: str) -> None:
-        """Choose the data source by key: layers, paired, dicom or dataset."""
+        """Choose the data source by key: layers, paired, dicom, dataset or adapt (low-dose scans only)."""
         self.data_box.set_source(key)
+
+    def _on_source(self, _index: int = 0) -> None:
+        """Disable what the chosen source does not use (the self-supervised source trains the denoiser alone)."""
+        adapt = self.source() == ADAPT_SOURCE[0]
+        self.advanced.set_source(self.source())
+        self.start_detector_combo.setEnabled(not adapt)
+        self.start_button.setText("Start adapting" if adapt else "Start fine-tuning")
 
     def _message(self, text: str, error: bool = False) -> None:
         self.status.setStyleSheet("color: #e05050;" if error else "")
@@ -340,6 +360,22 @@ class FineTuneWidget(QWidget):
         item, notes = paired_input(low, full, shapes, self._current_slice(full))
         return [item], list(notes)
 
+    def build_adapt_request(self) -> tuple[AdaptRequest | None, list[str]]:
+        """The self-supervised run the widget describes, or (None, problems): every check of the data
+        (``selfsup.prepare_adapt``), the name and the starting denoiser, before anything starts."""
+        data, advanced = self.data_box.values(), self.advanced.values()
+        layers = [ly for ly in (self._layer(n) for n in data["adapt_images"]) if ly is not None]
+        settings = {
+            "scheme": data["scheme"],
+            "steps": data["adapt_steps"],
+            "lr": data["adapt_lr"],
+            "from_model": self.model_box.values()["init_denoiser"],
+            **{k: advanced[k] for k in ("patch_size", "batch_size", "device", "seed")},
+        }
+        shapes = self._boxes_layer(data["adapt_boxes"])
+        current = self._current_slice(layers[0]) if layers else None
+        return adapt_request(layers, shapes, current, self.name_edit.text(), settings)
+
     def _boxes_note(self) -> str:
         """', on unreviewed detections' when the chosen lesion boxes are the detector's own."""
         data = self.data_box.values()
@@ -356,6 +392,8 @@ class FineTuneWidget(QWidget):
         if self.worker is not None:
             self._message("a fine-tuning run is already going: stop it first", error=True)
             return None
+        if self.source() == ADAPT_SOURCE[0]:
+            return self._start_adapt()
         request, problems = self.build_request()
         if request is None:
             self._message(format_problems(problems), error=True)
@@ -365,23 +403,49 @@ class FineTuneWidget(QWidget):
         from .._training.finetune import finetune_job
 
         self._stop_event.clear()
+        self.run_dir = Path(request.config.out)
+        worker = create_worker(finetune_job, request, self._stop_event.is_set, _start_thread=False)
+        text = f"fine-tuning {request.name!r} ({request.config.rounds} rounds){self._boxes_note()} …"
+        return self._launch(worker, text)
+
+    def _start_adapt(self) -> Any:
+        """Check the self-supervised run and start it in a worker; None (message in ``status``) when it cannot."""
+        request, problems = self.build_adapt_request()
+        if request is None:
+            self._message(adapt_message(problems), error=True)
+            return None
+        from napari.qt.threading import create_worker
+
+        from .._training.selfsup import adapt_job
+
+        self._stop_event.clear()
+        self.run_dir = None
+        stop = self._stop_event.is_set
+        worker = create_worker(
+            adapt_job, request.volumes, request.name, should_stop=stop, _start_thread=False, **request.kwargs
+        )
+        n, kw = len(request.volumes), request.kwargs
+        text = f"adapting {request.name!r} on {n} low-dose scan{'s' * (n > 1)} ({kw['scheme']}, {kw['steps']} steps) …"
+        return self._launch(worker, text)
+
+    def _launch(self, worker: Any, text: str) -> Any:
+        """Connect a run's worker to the run panel and start it."""
         self.outcome = None
         self.records = []
         self.plot.clear()
-        self.run_dir = Path(request.config.out)
-        worker = create_worker(finetune_job, request, self._stop_event.is_set, _start_thread=False)
         worker.yielded.connect(self._on_record)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(lambda exc: self._message(f"{type(exc).__name__}: {exc}", error=True))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self.run_panel.begin()
-        self._message(f"fine-tuning {request.name!r} ({request.config.rounds} rounds){self._boxes_note()} …")
+        self._message(text)
         worker.start()
         return worker
 
     def stop(self) -> None:
-        """Ask the run to end at the next step; the best checkpoint so far is saved as the new model."""
+        """Ask the run to end at the next step; the best checkpoint so far (the self-supervised run: the model as
+        trained so far, nothing before its first step) is saved as the new model."""
         if self.worker is not None:
             self._stop_event.set()
             self.stop_button.setEnabled(False)
@@ -391,12 +455,12 @@ class FineTuneWidget(QWidget):
         self.records.append(rec)
         self.run_panel.show_record(rec)
 
-    def _on_returned(self, outcome: FinetuneOutcome) -> None:
+    def _on_returned(self, outcome: FinetuneOutcome | AdaptOutcome) -> None:
         self.outcome = outcome
         if outcome.status in ("invalid", "failed"):
             self._message(outcome.message, error=True)
             return
-        text = outcome_summary(outcome)
+        text = adapt_summary(outcome) if isinstance(outcome, AdaptOutcome) else outcome_summary(outcome)
         if outcome.exported:
             name = Path(outcome.exported[0]).name.rsplit("_", 1)[0]
             n = refresh_denoise_widgets(self.viewer, select=name)
