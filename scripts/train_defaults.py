@@ -21,6 +21,7 @@ Examples (CPU, this repository's 2-core machine; GPU: add --device cuda and larg
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import subprocess
 import sys
@@ -38,6 +39,12 @@ def _run(cmd: list[str], runs: Path) -> None:
     subprocess.run([*LIDNET, *cmd], check=True)
     with open(runs / "commands.log", "a") as log:
         log.write(f"{shown}\t# {time.time() - t0:.0f} s\n")
+
+
+def _chunk_done(folder: Path) -> bool:
+    """The chunk's pretraining stage finished (its state.json lists it)."""
+    state = folder / "state.json"
+    return state.is_file() and "pretrain-denoiser" in json.loads(state.read_text()).get("done", [])
 
 
 def _data(a: argparse.Namespace, runs: Path) -> None:
@@ -69,22 +76,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--part", choices=("all", "detector", "denoiser"), default="all",
+                   help="run one network's steps only (two processes can then train both at once)")  # fmt: skip
     a = p.parse_args(argv)
     runs = Path(a.runs)
     runs.mkdir(parents=True, exist_ok=True)
     _data(a, runs)
     det = runs / "detector"
+    if a.part == "denoiser":
+        return _denoiser(a, runs, det)
     _run(["train", *_common(a), "--out", str(det), "--mode", "pixel", "--rounds", "0",
           "--pretrain-denoiser-steps", "0", "--pretrain-detector-steps", str(a.detector_steps),
           "--detector-lr", "0.002"], runs)  # fmt: skip
+    return 0 if a.part == "detector" else _denoiser(a, runs, det)
+
+
+def _denoiser(a: argparse.Namespace, runs: Path, det: Path) -> int:
+    """The denoiser's chunks (each from the previous best) and the optional LIDnet rounds."""
     done = sorted(runs.glob("unet-*"), key=lambda f: int(f.name.split("-")[1]))
+    if done and not _chunk_done(done[-1]):
+        done = done[:-1]  # an interrupted chunk: run it again, the trainer resumes it
     prev = str(done[-1] / "best_denoiser") if done else a.start_from
     first = len(done) + 1
+    detector = ["--init-detector", str(det / "best_detector")] if (det / "best_detector.json").is_file() else []
     for k in range(first, first + a.chunks):
         out = runs / f"unet-{k}"
         cmd = ["train", *_common(a), "--out", str(out), "--denoiser", "unet", "--mode", "pixel", "--rounds", "0",
                "--pretrain-detector-steps", "0", "--pretrain-denoiser-steps", str(a.chunk_steps), "--lr", str(a.lr),
-               "--init-detector", str(det / "best_detector")]  # fmt: skip
+               *detector]  # fmt: skip
         _run(cmd + (["--init-denoiser", prev] if prev else []), runs)
         prev = str(out / "best_denoiser")
     if a.rounds:
