@@ -8,11 +8,12 @@ status 2; nothing is written. Warnings print as one line ``lidnet CMD: warning: 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -28,10 +29,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     out = simulate_dataset(
         args.out, n=args.n, dose=args.dose, seed=args.seed, kind=args.kind, size=args.size, progress=progress,
-        domain=args.domain, negatives=args.negatives, kinds=kinds,
+        domain=args.domain, negatives=args.negatives, kinds=kinds, lesions=args.lesions,
     )  # fmt: skip
     dose = f"at dose {args.dose:g}" if args.domain == "fixed" else "with randomised scanners (scanner.csv)"
-    print(f"\nwrote {args.n} slice pairs {dose} to {out}", file=sys.stderr)
+    profile = "" if args.lesions == "standard" else f", {args.lesions} lesions (lesion_info.csv)"
+    print(f"\nwrote {args.n} slice pairs {dose}{profile} to {out}", file=sys.stderr)
     return 0
 
 
@@ -305,6 +307,13 @@ def _add_simulate(sub: Any) -> None:
     )
     p.add_argument("--negatives", type=float, default=0.0, help="fraction of lesion-free slices, in [0, 1)")
     p.add_argument("--kinds", default="head,chest,abdomen", help="body parts mixed with --domain random")
+    p.add_argument(
+        "--lesions",
+        choices=["standard", "hard"],
+        default="standard",
+        help="lesion profile: standard (15-120 HU) or hard (noise-limited: FDA LCD-CT inserts, 5-15 mm metastases "
+        "at 20-50 HU, faint ground-glass nodules)",
+    )
     p.set_defaults(func=_cmd_simulate)
 
 
@@ -348,7 +357,7 @@ def _add_train(sub: Any) -> None:
     )
     p.add_argument("--out", required=True, help="run folder: checkpoints and state (resumes if it exists)")
     p.add_argument("--mode", choices=["pixel", "lidnet", "lidnet-noroi", "lidnet-wholeperc"], default="lidnet")
-    p.add_argument("--denoiser", default="fastdn", help="architecture: fastdn, redcnn, dncnn")
+    p.add_argument("--denoiser", default="fastdn", help="architecture: unet, fastdn, redcnn, dncnn")
     p.add_argument("--denoiser-width", type=int, default=None)
     p.add_argument("--init-denoiser", default=None, help="start from these weights (name or path)")
     p.add_argument("--init-detector", default=None, help="start from these weights (name or path)")
@@ -427,26 +436,84 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+@contextlib.contextmanager
+def _ctrl_c_stops(flag: Any) -> Iterator[None]:
+    """While inside, the first Ctrl-C (SIGINT) sets ``flag`` (a threading.Event: the run stops after its current
+    step and saves what it has); a second one interrupts at once. Outside the main thread nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _adapt_report(rec: dict[str, Any], line_open: bool) -> bool:
+    """Print one record of ``selfsup.adapt_job`` on stderr: notes and estimates as lines, steps on one line that
+    is rewritten (``\\r``); returns whether that step line is left open."""
+    from napari_lidnet._training.selfsup import estimates_line
+
+    stage = rec.get("stage")
+    if stage == "adapt":
+        loss, eta = rec["losses"]["selfsup"], rec.get("eta_s") or 0.0
+        text = f"\rstep {rec['step']}/{rec['total_steps']}  loss {loss:.3g}  about {eta:.0f} s left "
+        print(text, end="", file=sys.stderr, flush=True)
+        return True
+    if stage in ("prepare", "export"):
+        text = rec.get("message", "")
+    elif stage == "estimate":
+        text = f"step {rec['step']}: {estimates_line(rec.get('estimates') or {})}"
+    else:
+        return line_open
+    print(("\n" if line_open else "") + text, file=sys.stderr, flush=True)
+    return False
+
+
 def _cmd_adapt(args: argparse.Namespace) -> int:
-    from napari_lidnet._training.selfsup import adapt_job
+    """Self-supervised adaptation; Ctrl-C stops it after the current step, saves the model trained so far (nothing
+    before the first step), prints one line and exits 130."""
+    import threading
+
+    from napari_lidnet._training.selfsup import adapt_job, adapt_summary
     from napari_lidnet.io.boxes_io import read_boxes_csv
     from napari_lidnet.io.open_ct import open_ct
 
     volumes = open_ct(args.input)
     boxes = read_boxes_csv(args.boxes) if args.boxes else None
+    stop = threading.Event()
     job = adapt_job(
         volumes, args.name, scheme=args.scheme, steps=args.steps, from_model=args.from_model, boxes=boxes,
         device=args.device, seed=args.seed, patch_size=args.patch_size, command=" ".join(sys.argv),
+        should_stop=stop.is_set,
     )  # fmt: skip
-    while True:
-        try:
-            rec = next(job)
-        except StopIteration as done:
-            outcome = done.value
-            break
-        if rec.get("stage") == "adapt" and "step" in rec:
-            _print_progress(int(rec["step"]), int(rec.get("total_steps", args.steps)))
-    print(f"\n{outcome.message}", file=sys.stderr)
+    line_open = False
+    try:
+        with _ctrl_c_stops(stop):
+            while True:
+                try:
+                    line_open = _adapt_report(next(job), line_open)
+                except StopIteration as done:
+                    outcome = done.value
+                    break
+    except KeyboardInterrupt:  # a second Ctrl-C: the model is saved whole or not at all (atomic writes)
+        print(f"\ninterrupted: aborted at once, {args.name!r} may not be saved", file=sys.stderr)
+        return 130
+    end = "\n" if line_open else ""
+    if outcome.status == "stopped":
+        print(f"{end}interrupted: {adapt_summary(outcome)}", file=sys.stderr)
+        return 130
+    print(f"{end}{adapt_summary(outcome)}", file=sys.stderr)
     return 0
 
 

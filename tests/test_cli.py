@@ -185,3 +185,46 @@ def test_adapt_trains_on_low_dose_alone_and_exports_a_named_model(tmp_path, caps
     assert main(["adapt", str(tmp_path / "thin.npy"), "--name", "site-y", "--from", "tiny_denoiser"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("lidnet adapt: error:") and sorted(p.name for p in model_dir.iterdir()) == before
+
+
+def test_adapt_stops_cleanly_on_ctrl_c(tmp_path, model_dir):
+    """Ctrl-C (SIGINT) during `lidnet adapt` stops after the current step, saves the model trained so far as a
+    whole pair, prints one line and exits 130 (a real process and a real signal)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+    from pathlib import Path
+
+    from napari_lidnet.models.registry import load_model
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:96, :96]
+    body = np.where((yy - 48) ** 2 + (xx - 48) ** 2 < 40**2, 40.0, -1000.0)
+    np.save(tmp_path / "low.npy", (body[None] + rng.normal(0, 30, (5, 96, 96))).astype(np.float32))
+    cmd = [sys.executable, "-m", "napari_lidnet.cli", "adapt", str(tmp_path / "low.npy"), "--name", "site-z",
+           "--steps", "100000", "--patch-size", "64", "--from", "tiny_denoiser", "--device", "cpu"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # NAPARI_LIDNET_MODEL_DIR: model_dir
+    repo = Path(__file__).resolve().parents[1]  # this checkout's package, not an installed copy
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, cwd=repo)
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stderr.read1(256), b"")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120  # a bound for a stuck process, not a speed check
+    try:
+        while b"step 1/100000" not in b"".join(chunks):
+            assert proc.poll() is None and time.monotonic() < deadline, b"".join(chunks).decode()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    finally:
+        proc.kill()
+    reader.join(10)
+    lines = b"".join(chunks).decode().strip().splitlines()
+    assert lines[-1].startswith("interrupted: saved site-z_denoiser (stopped early after "), lines[-1]
+    assert "noise SD" in lines[-1] and "Traceback" not in "\n".join(lines)
+    sup = load_model("site-z", "denoiser")[1]["training"]["selfsup"]
+    assert sup["stopped_early"] and 1 <= sup["steps_done"] < 100000
+    assert sorted(p.name for p in model_dir.glob("site-z*")) == ["site-z_denoiser.json", "site-z_denoiser.safetensors"]

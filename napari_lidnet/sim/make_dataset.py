@@ -5,6 +5,8 @@ than this simulator): its body part from a mix (head / chest / abdomen), the dis
 the detailed anatomy of ``sim.detail``, and the scanner (``scanner.sample_scanner``: dose, views, kernel,
 electronic noise, slice thickness). ``negatives`` makes that fraction of slices lesion-free. Each slice's
 parameters go to ``scanner.csv`` beside ``slices.csv`` (the dataset reader ignores it; ``read_scanner_csv``).
+``lesions="hard"`` draws the hard lesion profile (``sim.lesions``); ``dataset.json`` records the profile and
+``lesion_info.csv`` (``LESION_INFO_CSV``, hard profile only) each box's kind, family, contrast and diameter.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from napari_lidnet.io import dataset as ds
 from napari_lidnet.io.png16 import write_png_hu
+from napari_lidnet.sim.lesions import check_profile
 from napari_lidnet.sim.lowdose import I0_DEFAULT, simulate_low_dose, simulate_pair
 from napari_lidnet.sim.phantom import KINDS, Phantom, make_phantom
 from napari_lidnet.sim.projector import default_n_angles
@@ -31,6 +34,8 @@ DOMAINS = ("fixed", "random")
 #: body parts of a random-domain dataset, drawn in these proportions
 RANDOM_KINDS = ("head", "chest", "abdomen")
 SCANNER_CSV = "scanner.csv"
+LESION_INFO_CSV = "lesion_info.csv"
+_LESION_COLUMNS = ["file", "x1", "y1", "x2", "y2", "kind", "family", "contrast_hu", "diameter_mm"]
 _COLUMNS = [
     "file", "kind", "pixel_mm", "contrast", "negative", "n_boxes",
     "dose", "n_views", "kernel", "electronic_noise", "thickness_mm", "i0",
@@ -74,11 +79,21 @@ def _plans(
     return plans
 
 
-def _phantom(plan: _Plan, size: int) -> Phantom:
+def _phantom(plan: _Plan, size: int, lesions: str = "standard") -> Phantom:
     return make_phantom(
         plan.phantom_seed, kind=plan.kind, size=size, n_lesions=0 if plan.negative else None,
-        contrast_enhanced=None if plan.randomize else False, randomize=plan.randomize,
+        contrast_enhanced=None if plan.randomize else False, randomize=plan.randomize, lesions=lesions,
     )  # fmt: skip
+
+
+def _lesion_rows(name: str, ph: Phantom) -> list[dict[str, str]]:
+    """One ``lesion_info.csv`` row per box of the phantom, in the order of lesions.csv."""
+    return [
+        {"file": f"{name}.png", **{k: f"{v:g}" for k, v in zip(("x1", "y1", "x2", "y2"), box)}, "kind": kind,
+         "family": fam, "contrast_hu": f"{c:.2f}", "diameter_mm": f"{d:.2f}"}
+        for box, kind, fam, c, d in zip(ph.boxes, ph.lesion_kinds, ph.lesion_families, ph.lesion_contrast_hu,
+                                        ph.lesion_diameter_mm, strict=True)
+    ]  # fmt: skip
 
 
 def _record(name: str, plan: _Plan, ph: Phantom, size: int) -> dict[str, str]:
@@ -108,6 +123,33 @@ def _check_args(n: int, dose: float, kind: str, domain: str, negatives: float, k
         raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {list(kinds)}")
 
 
+def _info(
+    out: Path, n: int, dose: float, seed: int, kind: str, size: int, domain: str, negatives: float,
+    kinds: Sequence[str], lesions: str,
+) -> dict:  # fmt: skip
+    """The dataset card (``dataset.json``) of a simulated dataset, with the command that makes it."""
+    extra = [] if domain == "fixed" else ["--domain", domain, "--kinds", ",".join(kinds)]
+    extra += [] if not negatives else ["--negatives", str(negatives)]
+    extra += [] if lesions == "standard" else ["--lesions", lesions]
+    info = {
+        "dose": float(dose) if domain == "fixed" else None,
+        "seed": int(seed),
+        "kind": kind if domain == "fixed" else "mixed",
+        "size": int(size),
+        "source": "simulated phantoms (napari_lidnet.sim)",
+        "i0": I0_DEFAULT,
+        "domain": domain,
+        "negatives": float(negatives),
+        "lesions": lesions,
+        "command": _command(out, n, dose, seed, kind, size, extra),
+    }
+    if lesions != "standard":
+        info["lesion_info"] = LESION_INFO_CSV
+    if domain == "random":
+        info.update({"kinds": list(kinds), "dose_range": [0.05, 0.5], "scanner": SCANNER_CSV})
+    return info
+
+
 def simulate_dataset(
     out_dir: str | Path,
     n: int,
@@ -121,6 +163,7 @@ def simulate_dataset(
     domain: str = "fixed",
     negatives: float = 0.0,
     kinds: Sequence[str] = RANDOM_KINDS,
+    lesions: str = "standard",
 ) -> Path:
     """Write ``n`` simulated slices (phantom -> full-dose and low-dose scans) with lesion boxes; returns the folder.
 
@@ -129,51 +172,43 @@ def simulate_dataset(
     detailed anatomy, and a random scanner (``dose`` is then unused: 5-50 % per slice); the full-dose reference and
     the low-dose image of a pair share the slice's views, kernel and thickness. ``negatives``: fraction of slices
     drawn without lesions. Per-slice parameters: ``scanner.csv``. Slice i depends on (seed, i) only. The next
-    slice's phantom is drawn in a thread while the current one is scanned.
+    slice's phantom is drawn in a thread while the current one is scanned. ``lesions``: the lesion profile,
+    ``"standard"`` or ``"hard"`` (then also ``lesion_info.csv``); a seed gives the same anatomy and noise for both.
     """
     _check_args(n, dose, kind, domain, negatives, kinds)
+    check_profile(lesions)
     out = ds.prepare_folder(out_dir)
     plans = _plans(n, dose, seed, kind, size, domain, negatives, tuple(kinds))
     rows: list[dict[str, str]] = []
+    lesion_rows: list[dict[str, str]] = []
 
     def samples() -> Iterator[ds.Sample]:
         with ThreadPoolExecutor(max_workers=1) as pool:
-            nxt = pool.submit(_phantom, plans[0], size)
+            nxt = pool.submit(_phantom, plans[0], size, lesions)
             for i, plan in enumerate(plans):
                 ph = nxt.result()
                 if i + 1 < n:
-                    nxt = pool.submit(_phantom, plans[i + 1], size)
+                    nxt = pool.submit(_phantom, plans[i + 1], size, lesions)
                 full, low = simulate_pair(ph.hu, spacing_mm=ph.spacing_mm, seed=plan.noise_seed, device=device,
                                           **plan.scanner.kwargs())  # fmt: skip
                 rows.append(_record(f"sim_{i:05d}", plan, ph, size))
+                lesion_rows.extend(_lesion_rows(f"sim_{i:05d}", ph))
                 yield ds.Sample(f"sim_{i:05d}", full, low, ph.boxes, ph.spacing_mm)
                 if progress is not None:
                     progress(i + 1, n)
 
-    extra = [] if domain == "fixed" else ["--domain", domain, "--kinds", ",".join(kinds)]
-    extra += [] if not negatives else ["--negatives", str(negatives)]
-    info = {
-        "dose": float(dose) if domain == "fixed" else None,
-        "seed": int(seed),
-        "kind": kind if domain == "fixed" else "mixed",
-        "size": int(size),
-        "source": "simulated phantoms (napari_lidnet.sim)",
-        "i0": I0_DEFAULT,
-        "domain": domain,
-        "negatives": float(negatives),
-        "command": _command(out, n, dose, seed, kind, size, extra),
-    }
-    if domain == "random":
-        info.update({"kinds": list(kinds), "dose_range": [0.05, 0.5], "scanner": SCANNER_CSV})
+    info = _info(out, n, dose, seed, kind, size, domain, negatives, kinds, lesions)
     ds.write_dataset(out, samples(), info)
-    _write_scanner_csv(out / SCANNER_CSV, rows)
+    _write_csv(out / SCANNER_CSV, rows)
+    if lesions != "standard":
+        _write_csv(out / LESION_INFO_CSV, lesion_rows, _LESION_COLUMNS)
     return out
 
 
-def _write_scanner_csv(path: Path, rows: list[dict[str, str]]) -> None:
+def _write_csv(path: Path, rows: list[dict[str, str]], columns: Sequence[str] = tuple(_COLUMNS)) -> None:
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=_COLUMNS)
+        w = csv.DictWriter(f, fieldnames=list(columns))
         w.writeheader()
         w.writerows(rows)
     tmp.replace(path)
@@ -186,6 +221,15 @@ def read_scanner_csv(dataset_dir: str | Path) -> dict[str, dict[str, str]]:
         return {}
     with open(path, newline="") as f:
         return {row["file"].removesuffix(".png"): row for row in csv.DictReader(f)}
+
+
+def read_lesion_info(dataset_dir: str | Path) -> list[dict[str, str]]:
+    """Rows of a hard-profile dataset's ``lesion_info.csv`` (one per box, in lesions.csv order); [] if none."""
+    path = Path(dataset_dir) / LESION_INFO_CSV
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def add_low_dose(

@@ -33,7 +33,7 @@ from napari_lidnet.sim.body import BodyAnatomy
 from napari_lidnet.sim.canvas import LABELS, Canvas
 from napari_lidnet.sim.detail import Detail
 from napari_lidnet.sim.head import HeadAnatomy
-from napari_lidnet.sim.lesions import MIN_BOX_PX, apply_lesion, lesion_count, place_lesions
+from napari_lidnet.sim.lesions import MIN_BOX_PX, apply_lesion, check_profile, lesion_count, place_lesions
 from napari_lidnet.sim.scanner import sample_pixel_mm
 
 __all__ = ["KINDS", "LABELS", "MIN_BOX_PX", "Phantom", "PhantomVolume", "make_phantom", "make_phantom_volume"]
@@ -76,6 +76,8 @@ class Phantom:
         spacing_mm: square pixel size in mm.
         labels: (size, size) uint8 organ label map (``LABELS``) of the anatomy without lesions.
         lesion_contrast_hu: (N,) lesion minus host HU; ``lesion_diameter_mm``: (N,) largest in-plane diameter.
+        lesion_families: N strings, ``"standard"`` or the hard profile's ``"lcd"``, ``"metastasis"``, ``"ggn"``;
+        lesion_profile: the profile drawn from (``sim.lesions.LESION_PROFILES``).
     """
 
     hu: np.ndarray
@@ -87,6 +89,8 @@ class Phantom:
     lesion_diameter_mm: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     kind: str = "abdomen"
     contrast_enhanced: bool = False
+    lesion_families: list[str] = field(default_factory=list)
+    lesion_profile: str = "standard"
 
 
 @dataclass
@@ -164,7 +168,8 @@ class _SmoothTexture:
 
 
 # ------------------------------------------------------------------------------------------------------------ API
-def _check(kind: str, size: int, pixel_mm: float | None) -> None:
+def _check(kind: str, size: int, pixel_mm: float | None, lesions: str = "standard") -> None:
+    check_profile(lesions)
     if kind not in KINDS:
         raise ValueError(f"unknown phantom kind {kind!r}; choose one of {KINDS}")
     if size < 32:
@@ -228,14 +233,16 @@ def make_phantom(
     *,
     detail: bool | None = None,
     randomize: bool = False,
+    lesions: str = "standard",
 ) -> Phantom:
     """One random axial slice in HU with lesions (0-4 when ``n_lesions`` is None; fewer if they do not fit).
 
     ``pixel_mm`` None draws it: 0.6-0.9 mm for abdomen / chest (the FOV scales with it, so the body always fits),
     from the body part's FOV range for the head or with ``randomize``. ``contrast_enhanced`` None: drawn (50 %).
-    ``detail`` None: on for the head and with ``randomize`` (see the module docstring).
+    ``detail`` None: on for the head and with ``randomize`` (see the module docstring). ``lesions``: the lesion
+    profile, ``"standard"`` or ``"hard"`` (``sim.lesions``); the anatomy of a seed is the same for both.
     """
-    _check(kind, size, pixel_mm)
+    _check(kind, size, pixel_mm, lesions)
     st = _setup(seed, kind, size, pixel_mm, contrast_enhanced, detail, randomize)
     rng = st.rng
     z = float(rng.uniform(*Z_RANGE[kind]))
@@ -243,14 +250,16 @@ def make_phantom(
     cv, host = _paint(st, tex, size, z)
     labels = cv.lab.copy()
     tex.apply(cv, z)
-    lesions = place_lesions(rng, kind, host[None], np.array([z]), st.px, lesion_count(rng, n_lesions), cv.coord)
-    boxes, kinds, contrast, diam = [], [], [], []
-    for les in lesions:
+    count = lesion_count(rng, n_lesions, lesions)
+    placed = place_lesions(rng, kind, host[None], np.array([z]), st.px, count, cv.coord, lesions)
+    boxes, kinds, contrast, diam, families = [], [], [], [], []
+    for les in placed:
         box = apply_lesion(cv, les, z)
         if box is None:
             continue
         boxes.append(box)
         kinds.append(les.kind)
+        families.append(les.family)
         contrast.append(les.contrast - st.anat.hu["lung"] if les.absolute else les.contrast)
         diam.append(2 * max(les.blob.a, les.blob.b))
     return Phantom(
@@ -263,6 +272,8 @@ def make_phantom(
         lesion_diameter_mm=np.array(diam, np.float32),
         kind=kind,
         contrast_enhanced=st.contrast,
+        lesion_families=families,
+        lesion_profile=lesions,
     )
 
 
@@ -278,13 +289,14 @@ def make_phantom_volume(
     *,
     detail: bool | None = None,
     randomize: bool = False,
+    lesions: str = "standard",
 ) -> PhantomVolume:
     """A (z, y, x) stack of ``n_slices`` slices ``slice_mm`` apart whose anatomy and lesions are continuous in z.
 
     Lesions are ellipsoids (z semi-axis 0.7-1.2x the in-plane one) spanning a few slices; one box row per slice
     crossed. The slice index grows with z (towards the head). Other arguments as ``make_phantom``.
     """
-    _check(kind, size, pixel_mm)
+    _check(kind, size, pixel_mm, lesions)
     if n_slices < 1:
         raise ValueError(f"n_slices must be >= 1, got {n_slices}")
     if not 0.1 <= slice_mm <= 20:
@@ -304,10 +316,11 @@ def make_phantom_volume(
         labels[k] = cv.lab
         tex.apply(cv, float(z))
         canvases.append(cv)
-    lesions = place_lesions(st.rng, kind, host, zs, st.px, lesion_count(st.rng, n_lesions), canvases[0].coord)
+    count = lesion_count(st.rng, n_lesions, lesions)
+    placed = place_lesions(st.rng, kind, host, zs, st.px, count, canvases[0].coord, lesions)
     rows, kinds, ids = [], [], []
     for k, (cv, z) in enumerate(zip(canvases, zs, strict=True)):
-        for i, les in enumerate(lesions):
+        for i, les in enumerate(placed):
             box = apply_lesion(cv, les, float(z))
             if box is not None:
                 rows.append([k, *box])
