@@ -119,6 +119,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         init_detector=args.init_detector,
         pretrain_denoiser_steps=args.pretrain_denoiser_steps,
         pretrain_detector_steps=args.pretrain_detector_steps,
+        pretrain_from_init=args.pretrain_from_init,
         rounds=args.rounds,
         denoiser_steps=args.denoiser_steps,
         detector_steps=args.detector_steps,
@@ -363,6 +364,8 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--init-detector", default=None, help="start from these weights (name or path)")
     p.add_argument("--pretrain-denoiser-steps", type=int, default=300)
     p.add_argument("--pretrain-detector-steps", type=int, default=600)
+    p.add_argument("--pretrain-from-init", action="store_true",
+                   help="run the pretraining steps also from --init-* weights (continue training)")  # fmt: skip
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--denoiser-steps", type=int, default=100)
     p.add_argument("--detector-steps", type=int, default=50)

@@ -104,7 +104,7 @@ def _denoiser(a: argparse.Namespace, runs: Path, det: Path) -> int:
         cmd = ["train", *_common(a), "--out", str(out), "--denoiser", "unet", "--mode", "pixel", "--rounds", "0",
                "--pretrain-detector-steps", "0", "--pretrain-denoiser-steps", str(a.chunk_steps), "--lr", str(a.lr),
                *detector]  # fmt: skip
-        _run(cmd + (["--init-denoiser", prev] if prev else []), runs)
+        _run(cmd + (["--init-denoiser", prev, "--pretrain-from-init"] if prev else []), runs)
         prev = str(out / "best_denoiser")
     if a.rounds:
         _run(["train", *_common(a), "--out", str(runs / "lidnet"), "--denoiser", "unet", "--mode", "lidnet",

@@ -94,6 +94,26 @@ def test_pixel_baseline_never_touches_the_detector(tmp_path):
     assert all(set(r["losses"]) == {"pixel", "total"} for r in records if "losses" in r)
 
 
+def test_init_weights_skip_pretraining_unless_asked_to_continue(tmp_path):
+    """Starting from given weights skips pretraining (they are the pretrained model); ``pretrain_from_init`` runs
+    it from them instead, so a long training can continue in chunks, each from the last one's checkpoint."""
+    samples = _samples()
+    cfg = dict(mode="pixel", pretrain_detector_steps=0, pretrain_denoiser_steps=30, rounds=0)
+    list(Trainer(_config(tmp_path / "a", **cfg), samples).run())
+    start = str(tmp_path / "a" / "best_denoiser")
+    skipped = Trainer(_config(tmp_path / "b", init_denoiser=start, **cfg), samples)
+    assert skipped.stages() == []
+    more = Trainer(_config(tmp_path / "c", init_denoiser=start, pretrain_from_init=True, **cfg), samples)
+    assert more.stages() == [("pretrain-denoiser", 30)]
+    records = list(more.run())
+    vals = [r["val"]["psnr"] for r in records if r["stage"] == "validate"]
+    first = [
+        r["val"]["psnr"] for r in Trainer(_config(tmp_path / "d", **cfg), samples).run() if r["stage"] == "validate"
+    ]
+    assert vals[0] > first[0] + 1.0  # it starts from the trained weights, not from scratch
+    assert sum("losses" in r for r in records) == 30  # and trains on from there
+
+
 def test_stop_then_resume_equals_an_uninterrupted_run(tmp_path):
     samples = _samples()
     list(Trainer(_config(tmp_path / "full"), samples).run())

@@ -37,6 +37,7 @@ class TrainConfig:
     init_denoiser: str | None = None
     init_detector: str | None = None
     pretrain_denoiser_steps: int = 300
+    pretrain_from_init: bool = False  # run the pretraining steps from init_* weights too (continue training)
     pretrain_detector_steps: int = 600
     rounds: int = 4
     denoiser_steps: int = 100

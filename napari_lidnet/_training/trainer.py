@@ -246,9 +246,9 @@ class Trainer:
         """(name, steps) of every stage in order; names are unique so a resumed run skips finished ones."""
         c = self.cfg
         stages = []
-        if not c.init_denoiser and c.pretrain_denoiser_steps:
+        if (not c.init_denoiser or c.pretrain_from_init) and c.pretrain_denoiser_steps:
             stages.append(("pretrain-denoiser", c.pretrain_denoiser_steps))
-        if not c.init_detector and c.pretrain_detector_steps:
+        if (not c.init_detector or c.pretrain_from_init) and c.pretrain_detector_steps:
             stages.append(("pretrain-detector", c.pretrain_detector_steps))
         for r in range(1, c.rounds + 1):
             stages.append((f"round{r}-denoiser", c.denoiser_steps))
