@@ -178,3 +178,137 @@ def test_bad_shapes_are_rejected():
         simulate_low_dose(np.zeros((32, 40), np.float32), 0.5, 1.0)
     with pytest.raises(ValueError, match="slice"):
         simulate_pair(np.zeros((2, 2, 32, 32), np.float32), 0.5, 1.0)
+
+
+# --------------------------------------------------------------------------------------- fast path
+def test_coarse_projection_tracks_the_full_one():
+    """``forward_project_coarse`` + ``resample_sinogram`` give the line integrals to a few % of their range."""
+    img = torch.from_numpy(_smooth_phantom(N) * (_disk(N, N / 2 - 2) > 0))
+    full = projector.forward_project(img, 0.7)
+    n = full.shape[0]
+    for step in (1, 2, 4):
+        coarse = projector.forward_project_coarse(img, 0.7, n, step)
+        assert coarse.shape[0] == projector.coarse_views(n, step)
+        theta = (torch.arange(n, dtype=torch.float64) + 0.5 * (step > 1)) * (math.pi / n)
+        back = projector.resample_sinogram(coarse, step, theta, full.shape[1])
+        if step > 1:  # compare at the shifted views against a fresh projection there
+            ref = projector.forward_project(img, 0.7, 2 * n)[1::2]
+        else:
+            ref = full
+        err = (back - ref).abs()
+        assert err.mean() < 0.01 * step * ref.max() and err.max() < 0.1 * ref.max(), (step, err.mean(), err.max())
+    down = projector.downsample(torch.from_numpy(_disk(N + 1, 20)), 2)  # odd size: centre pixel stays the centre
+    assert down.shape[-1] % 2 == 1 and torch.allclose(down, down.flip(0)) and torch.allclose(down, down.T)
+    with pytest.raises(ValueError, match="view angles"):
+        projector.resample_sinogram(coarse, 4, torch.tensor([-1.0]), full.shape[1])
+
+
+def test_half_offset_back_projection():
+    """FBP with views at (k + 1/2) pi / n: the symmetric path equals the direct one and reconstructs the image."""
+    img = _smooth_phantom(N) * (_disk(N, N / 2) > 0)
+    n = 208
+    odd = projector.forward_project(torch.from_numpy(img), 1.0, 2 * n)[1::2]
+    rec = projector.fbp(odd, N, 1.0, "ram-lak", circle=True, offset=0.5)
+    q = projector.filter_sinogram(odd[None], "ram-lak")
+    direct = projector.back_project(q, N, circle=False, offset=0.5)[0] * (math.pi / n)
+    inside = projector.circle_mask(N, "cpu") > 0
+    assert torch.allclose(rec[inside], direct[inside], atol=1e-5)
+    interior = _disk(N, 0.4 * N) > 0
+    assert np.sqrt(np.mean((rec.numpy() - img)[interior] ** 2)) < 0.01 * (img.max() - img.min())
+    with pytest.raises(ValueError, match="offset"):
+        projector.back_project(q, N, offset=1.0)
+
+
+def _noise(hu: np.ndarray, px: float, seed: int, fast: bool, **kw) -> np.ndarray:
+    return simulate_low_dose(hu, 0.25, px, seed=seed, fast=fast, **kw) - hu
+
+
+def _nps_bands(noise: np.ndarray, px: float, n_bands: int = 4) -> np.ndarray:
+    """Radial NPS (64 px sub-ROIs, averaged over slices) summed in ``n_bands`` bands from 0 to Nyquist."""
+    from napari_lidnet.metrics.nps import nps_2d
+
+    curves = np.mean([nps_2d(s, px, 64).nps for s in noise], axis=0)
+    return np.array([b.sum() for b in np.array_split(curves[1:], n_bands)])
+
+
+def test_fast_noise_matches_exact_on_water():
+    """Uniform water: fast and exact noise (independent draws) agree in SD, radial NPS and 2D NPS anisotropy."""
+    stack = _water(24)
+    exact, fast = _noise(stack, 0.8, 1, False), _noise(stack, 0.8, 2, True)
+    c, h = N // 2, N // 4
+    centre = np.s_[:, c - h : c + h, c - h : c + h]
+    for region in (centre, np.s_[:, c - 12 : c + 12, c + 20 : c + 44]):  # centre, edge
+        assert abs(fast[region].std() / exact[region].std() - 1) < 0.05
+        assert abs(fast[region].mean()) < 1.0 and abs(exact[region].mean()) < 1.0  # no bias (SD ~ 25 HU)
+    ratio = _nps_bands(fast[centre], 0.8) / _nps_bands(exact[centre], 0.8)
+    assert np.all(np.abs(ratio - 1) < 0.05), ratio
+    assert np.array_equal(fast[:, 0, 0], np.zeros(len(stack)))  # outside the FOV circle: unchanged
+
+
+def test_fast_noise_matches_exact_on_anatomy():
+    """An abdomen phantom at 256 px: the fast path's local noise SD map, noise in the liver and radial NPS follow
+    the exact path's (independent draws); the non-stationary pattern (thick vs thin directions) is kept."""
+    from napari_lidnet.sim.phantom import LABELS, make_phantom
+
+    p = make_phantom(3, kind="abdomen", size=256, n_lesions=0, pixel_mm=0.9)
+    stack = np.stack([p.hu] * 6)
+    exact, fast = _noise(stack, p.spacing_mm, 5, False), _noise(stack, p.spacing_mm, 6, True)
+    block = lambda a: np.sqrt((a**2).reshape(len(a), 8, 32, 8, 32).mean((0, 2, 4)))  # noqa: E731
+    fov = (projector.circle_mask(256, "cpu").numpy() > 0).reshape(8, 32, 8, 32).all((1, 3))
+    sd_exact, sd_fast = block(exact)[fov], block(fast)[fov]
+    assert sd_exact.max() > 1.5 * sd_exact.min()  # noise varies across the field of view ...
+    assert np.abs(sd_fast / sd_exact - 1).max() < 0.1  # ... and the fast path follows it block by block
+    assert abs(np.median(sd_fast / sd_exact) - 1) < 0.03
+    liver = p.labels == LABELS["liver"]
+    assert abs(fast[:, liver].std() / exact[:, liver].std() - 1) < 0.05
+    assert abs(fast[:, liver].mean()) < 1.0
+    roi = np.s_[:, 96:160, 64:192]
+    ratio = _nps_bands(fast[roi], p.spacing_mm) / _nps_bands(exact[roi], p.spacing_mm)
+    assert np.all(np.abs(ratio - 1) < 0.05), ratio
+
+
+def _angular_excess(noise: np.ndarray, size: int) -> float:
+    """Excess over pure sampling scatter of the angular variation of the high-frequency 2D NPS of a central
+    ``size`` ROI (relative variance): view aliasing (spokes in the NPS) raises it."""
+    c = noise.shape[-1] // 2
+    roi = noise[:, c - size // 2 : c + size // 2, c - size // 2 : c + size // 2]
+    ps = (np.abs(np.fft.fft2(roi - roi.mean((1, 2), keepdims=True))) ** 2).mean(0)
+    f = np.fft.fftfreq(size)
+    fr = np.hypot(*np.meshgrid(f, f, indexing="ij"))
+    ring = np.rint(fr * size).astype(int)
+    rel = ps / (np.bincount(ring.ravel(), ps.ravel()) / np.bincount(ring.ravel()))[ring]
+    return float(rel[(fr > 0.25) & (fr < 0.45)].var() - 1.0 / len(noise))
+
+
+def test_fast_noise_at_512_has_no_view_aliasing():
+    """512 px, the widget's case: SD and radial NPS within 5% of the exact path, and a 256 px 2D NPS free of the
+    spokes of too few views (which binning 4 views to 1 would show)."""
+    size, px = 512, 0.7
+    stack = _water(2, size)
+    exact, fast = _noise(stack, px, 1, False), _noise(stack, px, 2, True)
+    c = np.s_[:, 160:352, 160:352]
+    assert abs(fast[c].std() / exact[c].std() - 1) < 0.05
+    ratio = _nps_bands(fast[c], px) / _nps_bands(exact[c], px)
+    assert np.all(np.abs(ratio - 1) < 0.05), ratio
+    assert _angular_excess(fast, 256) < _angular_excess(exact, 256) + 0.03
+
+
+def test_fast_path_is_seeded_and_keeps_shapes():
+    phantom = _water(1)[0]
+    a = simulate_low_dose(phantom, 0.3, 1.0, seed=7, fast=True)
+    assert a.dtype == np.float32 and a.shape == phantom.shape
+    assert np.array_equal(a, simulate_low_dose(phantom, 0.3, 1.0, seed=7, fast=True))
+    assert not np.array_equal(a, simulate_low_dose(phantom, 0.3, 1.0, seed=8, fast=True))
+    vol = simulate_low_dose(np.stack([phantom] * 3), 0.3, 1.0, seed=7, batch_size=2, fast=True)
+    assert np.array_equal(vol[0], a)  # per-slice seeds: batching does not change results
+    assert np.array_equal(simulate_low_dose(phantom, 1.0, 1.0, fast=True), phantom)
+    full = np.zeros((N, N), np.float32)  # no air outside the FOV circle: the whole square gets noise
+    filled = simulate_low_dose(full, 0.3, 1.0, seed=7, fast=True, n_angles=150)
+    assert filled[0, 0] != 0.0 and abs(filled.mean()) < 2.0
+
+
+def test_fast_view_plan():
+    assert lowdose.fast_views(816) == (408, 816)
+    assert lowdose.fast_views(500) == (248, 496)  # 496 views drawn with 500/496 of the photons each
+    assert lowdose.fast_views(8) == (8, 16)
+    assert [lowdose.fast_step(s) for s in (64, 128, 256, 384, 512, 1024)] == [1, 1, 2, 3, 4, 4]

@@ -205,7 +205,7 @@ def simulate_job(
         for start in range(0, n, chunk):
             part = vol[start : start + chunk]
             out[start : start + len(part)] = simulate_low_dose(
-                part, dose, spacing_mm, seed=chunk_seed(seed, start), device=dev, batch_size=len(part)
+                part, dose, spacing_mm, seed=chunk_seed(seed, start), device=dev, batch_size=len(part), fast=True
             )
             done = start + len(part)
             yield SimProgress(done, n, (time.perf_counter() - t0) / done * (n - done))

@@ -17,7 +17,11 @@ this many parallel views. Fewer views give streaks; more only cost time.
 
 When the image is zero outside its inscribed circle (CT reconstruction FOV: the phantoms and air-padded scans),
 forward projection samples only the N x N square that covers the circle and back projection fills only the circle
-(``circle=True``, about 2x faster); otherwise the whole padded diagonal square is sampled.
+(``circle=True``, about 2x faster); otherwise the whole padded diagonal square is sampled. Back projection takes
+four views through one sampling grid when their number is a multiple of 4, and on CPU works in tiles of pixels x
+views whose samples stay in cache. ``offset=0.5`` (``fbp``, ``back_project``) puts the views at (k + 1/2) pi / n.
+``forward_project_coarse`` + ``resample_sinogram``: line integrals from a blurred, subsampled image on a coarse
+grid, for what varies slowly across a sinogram (the variance map of the fast noise insertion in ``sim.lowdose``).
 
 Per-geometry constants (angles, ramp filters, sampling offsets) are cached keyed by (N, n_angles, device, ...).
 """
@@ -44,6 +48,9 @@ KERNELS = {
 
 #: sample points per grid_sample call: small chunks keep the grids in cache (measured fastest on CPU)
 _CHUNK_ELEMENTS = 1 << 20
+#: back projection on CPU: pixels per tile and samples per grid_sample call (see ``_accumulate_views``)
+_BP_TILE_PIXELS = 4096
+_BP_TILE_POINTS = 1 << 16
 
 
 def default_n_angles(size: int) -> int:
@@ -59,31 +66,32 @@ def detector_bins(size: int) -> int:
 
 @dataclass
 class Geometry:
-    """Cached constants for one (size, n_angles, device) parallel-beam geometry."""
+    """Cached constants for one (size, n_angles, device) parallel-beam geometry; views at (k + offset) * pi / n."""
 
     size: int
     n_angles: int
     device: torch.device
+    offset: float = 0.0
     n_det: int = 0
     cos: torch.Tensor = field(default=None, repr=False)
     sin: torch.Tensor = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.n_det = detector_bins(self.size)
-        theta = torch.arange(self.n_angles, dtype=torch.float64) * (math.pi / self.n_angles)
+        theta = (torch.arange(self.n_angles, dtype=torch.float64) + self.offset) * (math.pi / self.n_angles)
         self.cos = torch.cos(theta).to(self.device, torch.float32)
         self.sin = torch.sin(theta).to(self.device, torch.float32)
 
     @property
     def angles_deg(self) -> torch.Tensor:
         """View angles in degrees (for comparison with skimage)."""
-        return torch.arange(self.n_angles, dtype=torch.float64) * (180.0 / self.n_angles)
+        return (torch.arange(self.n_angles, dtype=torch.float64) + self.offset) * (180.0 / self.n_angles)
 
 
 @lru_cache(maxsize=16)
-def get_geometry(size: int, n_angles: int, device: str) -> Geometry:
-    """The cached geometry for an image size, view count and device string."""
-    return Geometry(size, n_angles, torch.device(device))
+def get_geometry(size: int, n_angles: int, device: str, offset: float = 0.0) -> Geometry:
+    """The cached geometry for an image size, view count, device string and view offset (in views)."""
+    return Geometry(size, n_angles, torch.device(device), offset)
 
 
 @lru_cache(maxsize=8)
@@ -249,6 +257,73 @@ def _forward_sym(x: torch.Tensor, geo: Geometry, n_t: int, out: torch.Tensor) ->
         out[:, views[g][ok]] = sino[g][:, ok]
 
 
+def coarse_views(n_angles: int, step: int) -> int:
+    """Views of a ``forward_project_coarse`` sinogram: n_angles / step rounded up to a multiple of 4, at least 8."""
+    return max(8, 4 * math.ceil(n_angles / (4 * step)))
+
+
+def _triangle_blur(x: torch.Tensor, step: int) -> torch.Tensor:
+    """(B, N, N) images convolved with a separable triangle of half-width ``step`` pixels (unit sum, zero padding)."""
+    w = step - torch.arange(1 - step, step, dtype=x.dtype, device=x.device).abs()
+    w = w / w.sum()
+    y = F.conv2d(x.unsqueeze(1), w.view(1, 1, 1, -1), padding=(0, step - 1))
+    return F.conv2d(y, w.view(1, 1, -1, 1), padding=(step - 1, 0))[:, 0]
+
+
+def downsample(images: torch.Tensor, step: int) -> torch.Tensor:
+    """(B, N, N) images blurred with a triangle of half-width ``step`` and sampled every ``step`` pixels about the
+    centre pixel: (B, M, M), M = 2 (N//2 // step + 1) + 1, its centre pixel M//2 on the centre pixel N//2 (zeros
+    beyond the image), so its projections line up with the full image's at ``step`` times the pixel size."""
+    x, squeeze = _as_batch(images, "image")
+    c, half = x.shape[-1] // 2, x.shape[-1] // 2 // step + 1
+    blurred = F.pad(_triangle_blur(x.float(), step), (2 * step,) * 4)
+    idx = c + 2 * step + step * torch.arange(-half, half + 1, device=x.device)
+    out = blurred[:, idx][:, :, idx]
+    return out[0] if squeeze else out
+
+
+def forward_project_coarse(
+    images: torch.Tensor, pixel_mm: float = 1.0, n_angles: int | None = None, step: int = 2, circle: bool | None = None
+) -> torch.Tensor:
+    """Line integrals of (B, N, N) images on a grid ``step`` times coarser in views, detector bins and samples along
+    the ray (about step^3 times less work than ``forward_project``): ``forward_project`` of ``downsample(images)``.
+
+    For what varies slowly across a sinogram (the expected counts that set the variance of inserted noise):
+    (B, n_c, n_tc) with views theta_k = k * pi / n_c, n_c = ``coarse_views(n_angles, step)``, and bins at
+    t = step * (i - n_tc // 2) pixels covering those of ``forward_project``; ``resample_sinogram`` interpolates it
+    to any views and the one-pixel bins.
+    """
+    x, _ = _as_batch(images, "image")
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"projector needs square images, got {tuple(x.shape[-2:])}")
+    if int(step) != step or step < 1:
+        raise ValueError(f"step must be a positive integer, got {step!r}")
+    n_c = coarse_views(n_angles or default_n_angles(x.shape[-1]), int(step))
+    return forward_project(downsample(images, int(step)), pixel_mm * step, n_c, circle=circle)
+
+
+def resample_sinogram(coarse: torch.Tensor, step: int, theta: torch.Tensor, n_det: int) -> torch.Tensor:
+    """Bilinear interpolation of a (B, n_c, n_tc) ``forward_project_coarse`` sinogram at the view angles ``theta``
+    (radians, within [-pi / n_c, pi]) and ``n_det`` one-pixel bins: (B, len(theta), n_det).
+
+    Views wrap around with the detector reversed (view theta + pi is view theta at -t); bins beyond the coarse
+    ones are zero.
+    """
+    n_c, n_tc = coarse.shape[-2:]
+    lo, hi = float(theta.min()), float(theta.max())
+    if lo < -math.pi / n_c - 1e-6 or hi > math.pi + 1e-6:
+        raise ValueError(f"view angles must lie in [-pi/{n_c}, pi], got {lo:.4f} .. {hi:.4f}")
+    ext = torch.cat([coarse[..., -1:, :].flip(-1), coarse, coarse[..., :1, :].flip(-1)], dim=-2)  # views -1 .. n_c
+    x, squeeze = _as_batch(ext, "sinogram")
+    dev = x.device
+    t = (torch.arange(n_det, dtype=torch.float32, device=dev) - n_det // 2) / step + n_tc // 2
+    gx = t * (2.0 / (n_tc - 1)) - 1.0
+    gy = (theta.to(torch.float32).to(dev) * (n_c / math.pi) + 1.0) * (2.0 / (n_c + 1)) - 1.0
+    grid = torch.stack(torch.broadcast_tensors(gx.view(1, -1), gy.view(-1, 1)), dim=-1)
+    out = F.grid_sample(x.unsqueeze(0), grid.unsqueeze(0), mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out[0, 0] if squeeze else out[0]
+
+
 def filter_sinogram(sino: torch.Tensor, filter_name: str = "ram-lak") -> torch.Tensor:
     """Ramp-filter (B, n_angles, n_det) sinograms along the detector, with zero padding (pixel units)."""
     n_det = sino.shape[-1]
@@ -258,74 +333,100 @@ def filter_sinogram(sino: torch.Tensor, filter_name: str = "ram-lak") -> torch.T
     return torch.fft.irfft(spec, n=pad, dim=-1)[..., :n_det]
 
 
-def back_project(filtered: torch.Tensor, size: int, circle: bool = False) -> torch.Tensor:
+def back_project(filtered: torch.Tensor, size: int, circle: bool = False, offset: float = 0.0) -> torch.Tensor:
     """Sum over views of linearly interpolated (B, n_angles, n_det) data at each pixel: (B, size, size).
 
-    ``circle``: fill only the inscribed circle (zeros outside); then, with a multiple of 4 views, only the disc is
-    computed and views are taken four at a time through one sampling grid (``_back_project_sym``: the same result
-    to float rounding, ~1.7x faster on CPU).
+    ``circle``: fill only the inscribed circle (zeros outside). With a multiple of 4 views, views are taken four at
+    a time through one sampling grid (``_back_project_sym``: the same result to float rounding, ~1.7x faster on
+    CPU), over the disc only when ``circle``. ``offset``: views at (k + offset) * pi / n_angles, 0 <= offset < 1
+    (0.5: no view along the pixel grid's axes).
     """
     q, squeeze = _as_batch(filtered, "sinogram")
     n_angles, n_det = q.shape[1:]
     if n_det != detector_bins(size):
         raise ValueError(f"sinogram has {n_det} detector bins, expected {detector_bins(size)} for size {size}")
-    if circle and n_angles % 4 == 0 and n_angles >= 8:
-        out = _back_project_sym(q.float(), size)
+    if not 0.0 <= offset < 1.0:
+        raise ValueError(f"view offset must be in [0, 1) views, got {offset}")
+    if n_angles % 4 == 0 and n_angles >= 8 and offset in (0.0, 0.5):
+        out = _back_project_sym(q.float(), size, offset, square=not circle)
     else:
-        out = _back_project_direct(q.float(), size)
+        out = _back_project_direct(q.float(), size, offset)
     if circle:
         out *= circle_mask(size, str(q.device))
     return out[0] if squeeze else out
 
 
-def _back_project_direct(q: torch.Tensor, size: int) -> torch.Tensor:
-    """Back projection with one bilinear grid_sample per view (any number of views)."""
-    n_batch, n_angles, n_det = q.shape
-    geo = get_geometry(size, n_angles, str(q.device))
-    # grid over the full square: gx = t(x, y) normalised over the detector (outer sum of an x- and a y-vector),
-    # gy = the view's row
+def _accumulate_views(inp: torch.Tensor, xy: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Sum over the rows r of ``inp`` (1, C, R, n_det) of row r linearly interpolated at t = x cos_r - y sin_r
+    (bin n_det // 2 + t) for the pixel offsets ``xy`` (2, P): (C, P).
+
+    On CPU each grid_sample call covers a tile of _BP_TILE_PIXELS pixels x rows (_BP_TILE_POINTS samples), so
+    its output stays in cache (~2x faster than whole images); other devices take whole images per call.
+    """
+    n_ch, n_rows, n_det = inp.shape[1:]
+    n_pix, dev = xy.shape[1], inp.device
     sx = 2.0 / (n_det - 1)
-    sy = 2.0 / (n_angles - 1) if n_angles > 1 else 0.0
+    gy = torch.arange(n_rows, dtype=torch.float32, device=dev) * (2.0 / max(n_rows - 1, 1)) - 1.0
+    c, s, off = cos.view(-1, 1) * sx, sin.view(-1, 1) * -sx, (n_det // 2) * sx - 1.0
+    if dev.type == "cpu":
+        p_tile = min(n_pix, _BP_TILE_PIXELS)
+        r_tile = max(1, _BP_TILE_POINTS // p_tile)
+    else:
+        p_tile, r_tile = n_pix, max(1, _CHUNK_ELEMENTS // n_pix)
+    acc = torch.zeros(n_ch, n_pix, dtype=torch.float32, device=dev)
+    grid = torch.empty(r_tile * p_tile * 2, dtype=torch.float32, device=dev)
+    for p0 in range(0, n_pix, p_tile):
+        x, y = xy[0, p0 : p0 + p_tile].view(1, -1), xy[1, p0 : p0 + p_tile].view(1, -1)
+        for r0 in range(0, n_rows, r_tile):
+            r1 = min(n_rows, r0 + r_tile)
+            g = grid[: (r1 - r0) * x.shape[1] * 2].view(1, r1 - r0, x.shape[1], 2)
+            torch.add(x * c[r0:r1] + off, y * s[r0:r1], out=g[0, ..., 0])
+            g[0, ..., 1] = gy[r0:r1].view(-1, 1)
+            samp = F.grid_sample(inp, g, mode="bilinear", padding_mode="zeros", align_corners=True)
+            acc[:, p0 : p0 + x.shape[1]] += samp[0].sum(1)
+    return acc
+
+
+def _back_project_direct(q: torch.Tensor, size: int, offset: float = 0.0) -> torch.Tensor:
+    """Back projection of every view over the full square (any number of views)."""
+    n_batch, n_angles, _ = q.shape
+    geo = get_geometry(size, n_angles, str(q.device), offset)
     v = torch.arange(size, dtype=torch.float32, device=q.device) - size // 2
-    chunk = max(1, _CHUNK_ELEMENTS // (size * size))
-    grid = torch.empty(chunk, size, size, 2, dtype=torch.float32, device=q.device)
-    inp = q.unsqueeze(0)  # (1, B, n_angles, n_det)
-    out = torch.zeros(n_batch, size, size, dtype=torch.float32, device=q.device)
-    for a0 in range(0, n_angles, chunk):
-        a1 = min(n_angles, a0 + chunk)
-        m = a1 - a0
-        c = geo.cos[a0:a1].view(-1, 1, 1) * sx
-        sn = geo.sin[a0:a1].view(-1, 1, 1) * sx
-        g = grid[:m]
-        torch.add(v.view(1, 1, -1) * c + ((n_det // 2) * sx - 1.0), v.view(1, -1, 1) * -sn, out=g[..., 0])
-        rows = torch.arange(a0, a1, dtype=torch.float32, device=q.device) * sy - 1.0
-        g[..., 1] = rows.view(-1, 1, 1)
-        samp = F.grid_sample(
-            inp, g.view(1, m * size, size, 2), mode="bilinear", padding_mode="zeros", align_corners=True
-        )
-        out += samp[0].view(n_batch, m, size, size).sum(1)
-    return out
+    yy, xx = torch.meshgrid(v, v, indexing="ij")
+    xy = torch.stack([xx.reshape(-1), yy.reshape(-1)])
+    return _accumulate_views(q.unsqueeze(0), xy, geo.cos, geo.sin).view(n_batch, size, size)
 
 
 @lru_cache(maxsize=8)
-def _sym_maps(n_angles: int, size: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _sym_maps(
+    n_angles: int, size: int, device: str, half: bool = False, square: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Views and pixel maps of the 4-fold symmetric back projection (n_angles % 4 == 0).
 
     Base view k (0 <= k <= n/4) at theta serves views k, n/2 - k, n/2 + k and n - k (pi/2 - theta, pi/2 + theta,
     pi - theta): view alpha at pixel x equals base view theta at pixel M x (M a 90-degree rotation, transpose or
-    flip, exact about the centre pixel). Pixels are those of the inscribed disc of radius size/2 + 1 (a set closed
-    under M), as a list. Returns view indices (4, n/4 + 1) with -1 where a view would be counted twice (k = 0 and
-    k = n/4), the (x, y) offsets (2, P) of the listed pixels, the list position of M x (4, P) per map, and the flat
-    index of each listed pixel in the (size, size) image (-1 for those outside it).
+    flip, exact about the centre pixel). Pixels are those of the inscribed disc of radius size/2 + 1, or with
+    ``square`` of the square of offsets -size//2 .. size//2 (sets closed under M), as a list. Returns view indices
+    (4, n/4 + 1) with -1 where a view would be counted twice (k = 0 and k = n/4), the (x, y) offsets (2, P) of the
+    listed pixels, the list position of M x (4, P) per map, and the flat index of each listed pixel in the
+    (size, size) image (-1 for those outside it). ``half``: views at (k + 1/2) pi / n, base views k < n/4 serving
+    k, n/2 - 1 - k, n/2 + k and n - 1 - k (none counted twice).
     """
     n, m = n_angles, n_angles // 4
-    k = torch.arange(m + 1)
-    views = torch.stack([k, n // 2 - k, n // 2 + k, n - k])
-    views[2, 0] = views[3, 0] = -1  # k = 0: n/2 + 0 is n/2 - 0, and n - 0 is view 0
-    views[1, m] = views[3, m] = -1  # k = n/4: n/2 - n/4 is n/4, and n - n/4 is n/2 + n/4
+    if half:
+        k = torch.arange(m)
+        views = torch.stack([k, n // 2 - 1 - k, n // 2 + k, n - 1 - k])
+    else:
+        k = torch.arange(m + 1)
+        views = torch.stack([k, n // 2 - k, n // 2 + k, n - k])
+        views[2, 0] = views[3, 0] = -1  # k = 0: n/2 + 0 is n/2 - 0, and n - 0 is view 0
+        views[1, m] = views[3, m] = -1  # k = n/4: n/2 - n/4 is n/4, and n - n/4 is n/2 + n/4
     c = size // 2 + 1
     y, x = torch.meshgrid(torch.arange(-c, c + 1), torch.arange(-c, c + 1), indexing="ij")
-    keep = (x**2 + y**2).double() <= (size / 2.0 + 1.0) ** 2
+    if square:
+        keep = (x.abs() < c) & (y.abs() < c)
+    else:
+        keep = (x**2 + y**2).double() <= (size / 2.0 + 1.0) ** 2
     x, y = x[keep], y[keep]
     pos = torch.full((2 * c + 1, 2 * c + 1), -1, dtype=torch.long)
     pos[y + c, x + c] = torch.arange(x.numel())
@@ -337,34 +438,20 @@ def _sym_maps(n_angles: int, size: int, device: str) -> tuple[torch.Tensor, torc
     return views.to(device), xy.to(device), perm.to(device), flat.to(device)
 
 
-def _back_project_sym(q: torch.Tensor, size: int) -> torch.Tensor:
+def _back_project_sym(q: torch.Tensor, size: int, offset: float = 0.0, square: bool = False) -> torch.Tensor:
     """Back projection of n_angles % 4 == 0 views, four views per bilinear sampling grid (see ``_sym_maps``).
 
-    Only the inscribed disc is computed: the image is zero outside radius size/2 + 1 (cut to size/2 by ``circle``;
-    without ``circle``, pixels in the square's corners are left at zero, where the scan has no complete data).
+    Computes the disc of radius size/2 + 1 (zeros beyond it; ``back_project`` cuts it to size/2) or, with
+    ``square``, every pixel.
     """
     n_batch, n_angles, n_det = q.shape
     dev = str(q.device)
-    views, xy, perm, flat = _sym_maps(n_angles, size, dev)
+    views, xy, perm, flat = _sym_maps(n_angles, size, dev, offset == 0.5, square)
     m1, n_pix = views.shape[1], xy.shape[1]
-    geo = get_geometry(size, n_angles, dev)
+    geo = get_geometry(size, n_angles, dev, offset)
     padded = torch.cat([q, torch.zeros_like(q[:, :1])], dim=1)  # index -1: a zero view
     inp = padded[:, views.reshape(-1)].view(n_batch, 4, m1, n_det).transpose(0, 1).reshape(1, -1, m1, n_det)
-    sx = 2.0 / (n_det - 1)
-    sy = 2.0 / (m1 - 1)
-    chunk = max(1, _CHUNK_ELEMENTS // n_pix)
-    grid = torch.empty(chunk, n_pix, 2, dtype=torch.float32, device=q.device)
-    acc = torch.zeros(4 * n_batch, n_pix, dtype=torch.float32, device=q.device)
-    for a0 in range(0, m1, chunk):
-        a1 = min(m1, a0 + chunk)
-        c = geo.cos[a0:a1].view(-1, 1) * sx
-        sn = geo.sin[a0:a1].view(-1, 1) * sx
-        g = grid[: a1 - a0]
-        torch.add(xy[0].view(1, -1) * c + ((n_det // 2) * sx - 1.0), xy[1].view(1, -1) * -sn, out=g[..., 0])
-        g[..., 1] = (torch.arange(a0, a1, dtype=torch.float32, device=q.device) * sy - 1.0).view(-1, 1)
-        samp = F.grid_sample(inp, g.unsqueeze(0), mode="bilinear", padding_mode="zeros", align_corners=True)
-        acc += samp[0].sum(1)
-    acc = acc.view(4, n_batch, n_pix)
+    acc = _accumulate_views(inp, xy, geo.cos[:m1], geo.sin[:m1]).view(4, n_batch, n_pix)
     disc = acc[0] + acc[1][:, perm[1]] + acc[2][:, perm[2]] + acc[3][:, perm[3]]
     out = torch.zeros(n_batch, size * size, dtype=torch.float32, device=q.device)
     ok = flat >= 0
@@ -378,12 +465,14 @@ def fbp(
     pixel_mm: float = 1.0,
     filter_name: str = "ram-lak",
     circle: bool = False,
+    offset: float = 0.0,
 ) -> torch.Tensor:
     """Filtered back projection of line-integral sinograms from ``forward_project``: (B, size, size).
 
     Scale: f = pi / (n_angles * pixel_mm) * sum_views (ramp * p)(t), the discrete inverse Radon transform.
+    ``offset``: views at (k + offset) * pi / n_angles (see ``back_project``).
     """
     q, squeeze = _as_batch(sino, "sinogram")
-    img = back_project(filter_sinogram(q, filter_name), size, circle=circle)
+    img = back_project(filter_sinogram(q, filter_name), size, circle=circle, offset=offset)
     img *= math.pi / (q.shape[1] * pixel_mm)
     return img[0] if squeeze else img
