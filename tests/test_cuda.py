@@ -47,10 +47,11 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / (area(box) + area(boxes) - inter)
 
 
-def test_low_dose_noise_on_the_gpu_has_the_cpu_statistics(phantom):
+@pytest.mark.parametrize("fast", [False, True])
+def test_low_dose_noise_on_the_gpu_has_the_cpu_statistics(phantom, fast):
     diff = {}
     for device in ("cpu", "cuda"):
-        low = simulate_low_dose(phantom.hu, 0.25, phantom.spacing_mm, seed=2, device=device)
+        low = simulate_low_dose(phantom.hu, 0.25, phantom.spacing_mm, seed=2, device=device, fast=fast)
         diff[device] = low - phantom.hu
     body = phantom.hu > -500
     sd_cpu, sd_gpu = diff["cpu"][body].std(), diff["cuda"][body].std()
