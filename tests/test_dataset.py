@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_lidnet.io.dataset import LazySample, Sample, read_dataset, read_info, write_dataset
-from napari_lidnet.sim.make_dataset import add_low_dose, simulate_dataset
+from napari_lidnet.sim.make_dataset import add_low_dose, read_scanner_csv, simulate_dataset
 
 SIZE = 96
 
@@ -121,3 +121,27 @@ def test_add_low_dose_fills_missing_partners(tmp_path):
         body = s.full_hu > -500
         diff = (s.low_hu - s.full_hu)[body]
         assert abs(diff.mean()) < 3 and diff.std() > 5
+
+
+def test_add_low_dose_with_each_slices_own_protocol(tmp_path):
+    """dose=None: every slice gets the dose, views, kernel and noise of its scanner.csv row; a folder without one is
+    refused before anything is written."""
+    out = simulate_dataset(tmp_path / "rand", 4, 0.25, seed=5, size=SIZE, domain="random")
+    rows = read_scanner_csv(out)
+    for png in (out / "low").glob("*.png"):
+        png.unlink()
+    assert add_low_dose(out, None, seed=6) == 4
+    assert read_info(out)["dose"] is None and "scanner.csv" in read_info(out)["low_dose_source"]
+    sd = {}
+    for s in read_dataset(out):
+        body = s.full_hu > -500
+        sd[s.name] = float((s.low_hu - s.full_hu)[body].std())
+    doses = {name: float(rows[name]["dose"]) for name in sd}
+    by_dose = sorted(sd, key=doses.get)
+    assert sd[by_dose[0]] > sd[by_dose[-1]]  # the lowest dose got the most noise
+    plain = write_dataset(
+        tmp_path / "plain", [Sample("a", np.zeros((SIZE, SIZE), np.float32), None, np.zeros((0, 4)), 0.7)]
+    )
+    with pytest.raises(ValueError, match="scanner.csv"):
+        add_low_dose(plain, None, seed=1)
+    assert not list((plain / "low").glob("*.png"))

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -232,9 +233,21 @@ def read_lesion_info(dataset_dir: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _protocols(path: Path, dose: float | None, names: list[str]) -> Callable[[str], dict[str, Any]]:
+    """``simulate_low_dose`` keyword arguments per slice name: ``dose`` with the default protocol, or (None) each
+    slice's row of scanner.csv (ValueError naming a slice without one)."""
+    if dose is not None:
+        return lambda _name: {"dose": float(dose)}
+    rows = read_scanner_csv(path)
+    missing = [n for n in names if n not in rows]
+    if missing:
+        raise ValueError(f"{path}: no scanner.csv row for {missing[0]} (per-slice protocols need --domain random)")
+    return lambda name: ScannerParams.from_record(rows[name]).kwargs()
+
+
 def add_low_dose(
     dataset_dir: str | Path,
-    dose: float,
+    dose: float | None,
     seed: int,
     progress: Progress | None = None,
     overwrite: bool = False,
@@ -242,26 +255,31 @@ def add_low_dose(
 ) -> int:
     """Fill low/ of a dataset that has only full/ (e.g. converted DeepLesion slices) by noise insertion.
 
-    Slices that already have a low-dose partner are kept unless ``overwrite``. Returns the number written.
+    ``dose=None``: each slice's own protocol (dose, views, kernel, electronic noise, thickness) from the dataset's
+    ``scanner.csv`` (a ``--domain random`` dataset): low-dose partners that contain the full-dose image's own noise,
+    as a real low-dose scan made from a normal-dose one would. Slices that already have a low-dose partner are kept
+    unless ``overwrite``. Returns the number written.
     """
     path = Path(dataset_dir)
     info = ds.read_info(path)
     samples = ds.read_dataset(path, lazy=True)
+    protocol = _protocols(path, dose, [s.name for s in samples])
     todo = [s for s in samples if overwrite or s.low_path is None]  # type: ignore[attr-defined]
     (path / "low").mkdir(exist_ok=True)
     children = np.random.SeedSequence(seed).spawn(len(samples))
     index = {s.name: i for i, s in enumerate(samples)}
     for done, s in enumerate(todo, start=1):
         noise_seed = int(children[index[s.name]].generate_state(1, np.uint32)[0])
-        low = simulate_low_dose(s.full_hu, dose, s.spacing_mm, seed=noise_seed, device=device)
+        low = simulate_low_dose(s.full_hu, spacing_mm=s.spacing_mm, seed=noise_seed, device=device, **protocol(s.name))
         write_png_hu(path / "low" / f"{s.name}.png", low)
         if progress is not None:
             progress(done, len(todo))
+    source = f"projection-domain noise insertion (simulate_low_dose, i0={I0_DEFAULT:g})"
     info.update(
         {
-            "dose": float(dose),
+            "dose": None if dose is None else float(dose),
             "low_dose_seed": int(seed),
-            "low_dose_source": f"projection-domain noise insertion (simulate_low_dose, i0={I0_DEFAULT:g})",
+            "low_dose_source": source + (", each slice's protocol from scanner.csv" if dose is None else ""),
         }
     )
     ds.write_json(path / "dataset.json", info)
