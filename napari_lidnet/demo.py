@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pictures", default=None, help="folder for layout.png, compare.png, navigator.png (default: --out)"
     )
-    parser.add_argument("--threshold", type=float, default=0.3, help="score threshold of the shown boxes")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="score threshold of the shown boxes (default: the detector's calibrated one)")  # fmt: skip
     args = parser.parse_args(argv)
 
     import napari
@@ -202,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     widget = widgets["denoise"]
     widget.image_combo.setCurrentText(LOW)
     widget.scope_combo.setCurrentText("all slices")
-    widget.set_threshold(args.threshold)
+    if args.threshold is not None:
+        widget.set_threshold(args.threshold)
+    args.threshold = widget.threshold  # the detector card's calibrated one unless given
     t1 = time.perf_counter()
     _wait(widget)
     t_run = time.perf_counter() - t1
