@@ -1,11 +1,12 @@
 """Inference speed of the denoisers and the detector on one 512x512 slice.
 
 Usage: ``PYTHONPATH=. python benchmarks/speed.py [--device cuda] [--threads 2] [--runs 7] [--size 512]
-[--models redcnn,dncnn,fastdn,detector]``
+[--models redcnn,dncnn,fastdn,unet,detector] [--bm3d]``
 
 Median of ``--runs`` timed runs after two warm-up runs, in ``torch.inference_mode``; RED-CNN gets fewer runs on the
 CPU (it takes seconds). Prints a table, the RED-CNN / fastdn ratio measured in the same run, and fastdn + detector
-against the 0.3 s per-slice target.
+against the 0.3 s per-slice target; ``--bm3d`` also times BM3D (the `bm3d` package, CPU) on the same slice with
+10 HU of noise and prints its ratio to the default architecture (unet) measured in the same process.
 """
 
 from __future__ import annotations
@@ -38,13 +39,30 @@ def time_model(fn, x: torch.Tensor, runs: int, device: torch.device) -> float:
         return statistics.median(once() for _ in range(runs))
 
 
+def _bm3d_ratio(x: torch.Tensor, unet_s: float, runs: int) -> dict[str, float]:
+    """Median BM3D time on the slice (HU scale, 10 HU noise, told its SD) and its ratio to the unet's."""
+    import bm3d
+    import numpy as np
+
+    img = x[0, 0].cpu().numpy().astype(np.float64) * 200.0  # 0.05 net scale -> 10 HU of noise
+    t = []
+    for _ in range(max(1, min(runs, 3))):
+        t0 = time.perf_counter()
+        bm3d.bm3d(img, sigma_psd=10.0)
+        t.append(time.perf_counter() - t0)
+    bm = statistics.median(t)
+    print(f"BM3D {bm:.2f} s per slice; BM3D / unet: {bm / unet_s:.0f}x")
+    return {"bm3d": bm, "bm3d_over_unet": bm / unet_s}
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--models", default="redcnn,dncnn,fastdn,detector", help="comma-separated subset")
+    parser.add_argument("--models", default="redcnn,dncnn,fastdn,unet,detector", help="comma-separated subset")
+    parser.add_argument("--bm3d", action="store_true", help="time BM3D on the same slice (CPU)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -68,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if "redcnn" in times and "fastdn" in times:
         result["ratio"] = times["redcnn"] / times["fastdn"]
         print(f"RED-CNN / fastdn speed ratio: {result['ratio']:.1f}x")
+    if args.bm3d and "unet" in times:
+        result.update(_bm3d_ratio(x, times["unet"], args.runs))
     if "fastdn" in times and "detector" in times:
         result["total"] = total = times["fastdn"] + times["detector"]
         verdict = "meets" if total < TARGET_S else "misses"
