@@ -24,7 +24,7 @@ import torch
 from scipy import ndimage
 from skimage.transform import iradon, radon
 
-from napari_lidnet.metrics.nps import nps_2d
+from napari_lidnet.metrics.nps import angular_excess, nps_2d
 from napari_lidnet.sim import lowdose, projector
 from napari_lidnet.sim.phantom import LABELS, make_phantom
 
@@ -197,19 +197,6 @@ def _bands(noise: np.ndarray, px: float, n_bands: int = 8) -> tuple[np.ndarray, 
 def _block_sd(noise: np.ndarray, block: int = 32) -> np.ndarray:
     n, size = noise.shape[0], noise.shape[-1] // block * block
     return np.sqrt((noise[:, :size, :size] ** 2).reshape(n, size // block, block, -1, block).mean((0, 2, 4)))
-
-
-def angular_excess(noise: np.ndarray, roi: int = 256) -> float:
-    """Relative variance of the high-frequency (0.25-0.45 cycles/px) 2D NPS of a central ROI about its ring means,
-    less the scatter of a mean of len(noise) periodograms: the spokes of too few views raise it."""
-    c = noise.shape[-1] // 2
-    sub = noise[:, c - roi // 2 : c + roi // 2, c - roi // 2 : c + roi // 2]
-    ps = (np.abs(np.fft.fft2(sub - sub.mean((1, 2), keepdims=True))) ** 2).mean(0)
-    f = np.fft.fftfreq(roi)
-    fr = np.hypot(*np.meshgrid(f, f, indexing="ij"))
-    ring = np.rint(fr * roi).astype(int)
-    rel = ps / (np.bincount(ring.ravel(), ps.ravel()) / np.bincount(ring.ravel()))[ring]
-    return float(rel[(fr > 0.25) & (fr < 0.45)].var() - 1.0 / len(noise))
 
 
 def agreement(case: dict) -> dict:

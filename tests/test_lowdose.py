@@ -7,6 +7,7 @@ import pytest
 import torch
 from skimage.transform import iradon, radon
 
+from napari_lidnet.metrics.nps import angular_excess
 from napari_lidnet.sim import lowdose, projector
 from napari_lidnet.sim.lowdose import simulate_low_dose, simulate_pair
 
@@ -267,19 +268,6 @@ def test_fast_noise_matches_exact_on_anatomy():
     assert np.all(np.abs(ratio - 1) < 0.05), ratio
 
 
-def _angular_excess(noise: np.ndarray, size: int) -> float:
-    """Excess over pure sampling scatter of the angular variation of the high-frequency 2D NPS of a central
-    ``size`` ROI (relative variance): view aliasing (spokes in the NPS) raises it."""
-    c = noise.shape[-1] // 2
-    roi = noise[:, c - size // 2 : c + size // 2, c - size // 2 : c + size // 2]
-    ps = (np.abs(np.fft.fft2(roi - roi.mean((1, 2), keepdims=True))) ** 2).mean(0)
-    f = np.fft.fftfreq(size)
-    fr = np.hypot(*np.meshgrid(f, f, indexing="ij"))
-    ring = np.rint(fr * size).astype(int)
-    rel = ps / (np.bincount(ring.ravel(), ps.ravel()) / np.bincount(ring.ravel()))[ring]
-    return float(rel[(fr > 0.25) & (fr < 0.45)].var() - 1.0 / len(noise))
-
-
 def test_fast_noise_at_512_has_no_view_aliasing():
     """512 px, the widget's case: SD and radial NPS within 5% of the exact path, and a 256 px 2D NPS free of the
     spokes of too few views (which binning 4 views to 1 would show)."""
@@ -290,7 +278,7 @@ def test_fast_noise_at_512_has_no_view_aliasing():
     assert abs(fast[c].std() / exact[c].std() - 1) < 0.05
     ratio = _nps_bands(fast[c], px) / _nps_bands(exact[c], px)
     assert np.all(np.abs(ratio - 1) < 0.05), ratio
-    assert _angular_excess(fast, 256) < _angular_excess(exact, 256) + 0.03
+    assert angular_excess(fast, 256) < angular_excess(exact, 256) + 0.03
 
 
 def test_fast_path_is_seeded_and_keeps_shapes():

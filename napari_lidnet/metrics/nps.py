@@ -215,3 +215,17 @@ def phase_pattern_range(residuals: list[np.ndarray], period: int = 4) -> float:
         means.append([[hp[i::period, j::period].mean() for j in range(period)] for i in range(period)])
     phase = np.mean(means, axis=0)
     return float(phase.max() - phase.min())
+
+
+def angular_excess(noise: np.ndarray, size: int = 256) -> float:
+    """View aliasing in noise images: the relative variance of the high-frequency (0.25-0.45 cycles/px) 2D NPS of
+    the central ``size`` ROI of a (n, y, x) stack about its ring means, less the scatter of a mean of n
+    periodograms. Noise of enough views gives about 0; spokes from too few views raise it."""
+    c = noise.shape[-1] // 2
+    roi = noise[:, c - size // 2 : c + size // 2, c - size // 2 : c + size // 2]
+    ps = (np.abs(np.fft.fft2(roi - roi.mean((1, 2), keepdims=True))) ** 2).mean(0)
+    f = np.fft.fftfreq(size)
+    fr = np.hypot(*np.meshgrid(f, f, indexing="ij"))
+    ring = np.rint(fr * size).astype(int)
+    rel = ps / (np.bincount(ring.ravel(), ps.ravel()) / np.bincount(ring.ravel()))[ring]
+    return float(rel[(fr > 0.25) & (fr < 0.45)].var() - 1.0 / len(noise))
