@@ -251,9 +251,12 @@ class _Runner:
 
     def __enter__(self) -> _Runner:
         self.model.to(self.device).eval()
+        if self._nhwc:
+            self.model.to(memory_format=torch.channels_last)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.model.to(memory_format=torch.contiguous_format)  # saving (safetensors) needs contiguous weights
         self.model.train(self._was_training)
         if self._home is not None and self.device != self._home and self._home.type != "meta":
             with contextlib.suppress(RuntimeError):
@@ -269,7 +272,13 @@ class _Runner:
         arr = np.ascontiguousarray(hu, dtype=np.float32)
         if not arr.flags.writeable:  # a read-only cached result: torch only takes memory it may write
             arr = arr.copy()
-        return hu_to_net(torch.from_numpy(arr)[:, None].to(self.device))
+        x = hu_to_net(torch.from_numpy(arr)[:, None].to(self.device))
+        return x.contiguous(memory_format=torch.channels_last) if self._nhwc else x
+
+    @property
+    def _nhwc(self) -> bool:
+        """Channels-last on the CPU for models that run faster so (``prefers_channels_last``: the unet, 1.35x)."""
+        return self.device.type == "cpu" and bool(getattr(self.model, "prefers_channels_last", False))
 
     def _degrade(self, shape: tuple[int, int], exc: BaseException) -> None:
         """Next fallback after an out-of-memory error, or re-raise when none is left."""
