@@ -18,21 +18,19 @@ import json
 from pathlib import Path
 
 from napari_lidnet._training.calibrate import DEFAULT_FP_PER_IMAGE, calibrate_detector
-from napari_lidnet._training.validate import evaluate_images, stack_samples
-from napari_lidnet.inference import denoise
+from napari_lidnet._training.validate import evaluate_denoiser, stack_samples
 from napari_lidnet.io.dataset import read_dataset, read_info
 from napari_lidnet.models.registry import shipped_model_dir
 from napari_lidnet.models.weights import load_weights, save_weights
 
 
 def _test_metrics(den, det, test: str) -> dict:
-    samples = read_dataset(test)
-    low, full, gt = stack_samples(samples)
+    stacked = stack_samples(read_dataset(test))
     info = read_info(test)
     return {
         "test_data": {"path": test, **{k: info.get(k) for k in ("command", "seed", "dose", "n")}},
-        "low_dose": evaluate_images(low, full, gt, det),
-        "denoised": evaluate_images([denoise(den, x) for x in low], full, gt, det),
+        "low_dose": evaluate_denoiser(None, det, stacked),
+        "denoised": evaluate_denoiser(den, det, stacked),
     }
 
 

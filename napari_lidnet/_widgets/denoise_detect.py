@@ -578,9 +578,10 @@ class DenoiseDetectWidget(QWidget):
         except (OSError, ValueError):
             card = None
         cal = (card or {}).get("calibration")
-        self.set_threshold(default_threshold(card))
-        if isinstance(cal, dict) and default_threshold(card) != FALLBACK_THRESHOLD:
-            tip = (f"calibrated default {default_threshold(card):.2f}: about {cal.get('fp_per_image', '?')} false "
+        threshold = default_threshold(card)
+        self.set_threshold(threshold)
+        if isinstance(cal, dict) and threshold != FALLBACK_THRESHOLD:
+            tip = (f"calibrated default {threshold:.2f}: about {cal.get('fp_per_image', '?')} false "
                    "boxes per lesion-free slice on the detector's calibration set")  # fmt: skip
         else:
             tip = f"this detector has no calibration; default {FALLBACK_THRESHOLD:.2f}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 from scipy.ndimage import distance_transform_cdt
 
 from napari_lidnet.metrics.roi import mask_bbox
@@ -186,8 +187,6 @@ def isolated_peak(spectrum: np.ndarray, skip_rings: int = 3) -> dict[str, float 
     tens of ROIs), a fixed periodic pattern a ratio of tens or more. Returns ``local_ratio``, ``radial_ratio`` (the
     peak over the mean of its ring) and ``at_cycles_per_px`` (fy, fx).
     """
-    from scipy import ndimage
-
     n = spectrum.shape[0]
     f = np.fft.fftshift(np.fft.fftfreq(n))
     ring = np.rint(np.hypot(*np.meshgrid(f, f, indexing="ij")) * n).astype(int)
@@ -207,8 +206,6 @@ def isolated_peak(spectrum: np.ndarray, skip_rings: int = 3) -> dict[str, float 
 def phase_pattern_range(residuals: list[np.ndarray], period: int = 4) -> float:
     """Peak-to-peak (HU) over the period x period pixel classes (y mod p, x mod p) of the mean high-passed residual
     (minus its 8 x 8 local mean): the amplitude of a fixed ``period``-pixel pattern; noise alone gives tenths."""
-    from scipy import ndimage
-
     means = []
     for res in residuals:
         hp = res.astype(np.float64) - ndimage.uniform_filter(res.astype(np.float64), 8)
