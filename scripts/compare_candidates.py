@@ -17,17 +17,18 @@ import torch
 
 from napari_lidnet._training.validate import evaluate_denoiser, evaluate_images, stack_samples
 from napari_lidnet.io.dataset import read_dataset
-from napari_lidnet.models.weights import load_weights
+from napari_lidnet.models.registry import load_model
 
 
-def compare(kind: str, candidates: list[str], datasets: list[str], reference: str) -> list[dict]:
-    """One row per (dataset, candidate): the candidate's metrics, the other network being ``reference``."""
-    ref = load_weights(reference)[0]
+def compare(kind: str, candidates: list[str], datasets: list[str], reference: str = "default") -> list[dict]:
+    """One row per (dataset, candidate): the candidate's metrics, the other network being ``reference`` (a name,
+    "default" or a weights path)."""
+    ref = load_model(reference, "detector" if kind == "denoiser" else "denoiser")[0]
+    models = {name: load_model(name, kind)[0] for name in candidates}
     rows = []
     for path in datasets:
         stacked = stack_samples(read_dataset(path))
-        for name in candidates:
-            model = load_weights(name)[0]
+        for name, model in models.items():
             if kind == "denoiser":
                 metrics = evaluate_denoiser(model, ref, stacked)
             else:
@@ -46,13 +47,11 @@ def main() -> None:
     p.add_argument("kind", choices=("denoiser", "detector"))
     p.add_argument("candidates", nargs="+", help="weights stems")
     p.add_argument("--data", nargs="+", required=True, help="simulated validation datasets")
-    p.add_argument("--reference", default=None, help="the other network (default: the shipped one)")
+    p.add_argument("--reference", default="default", help="the other network (default: the shipped one)")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    other = "detector" if a.kind == "denoiser" else "denoiser"
-    reference = a.reference or f"napari_lidnet/models/weights/default_{other}"
-    for row in compare(a.kind, a.candidates, a.data, reference):
+    for row in compare(a.kind, a.candidates, a.data, a.reference):
         print(json.dumps(row), flush=True)
 
 
