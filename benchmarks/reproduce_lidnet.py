@@ -207,17 +207,16 @@ def hard_data_jobs(root: Path, a: argparse.Namespace) -> tuple[list[dict], list[
     for split, n, base in (("train", a.train_n, 1000), ("test", a.test_n, 2000)):
         parts = max(3, 3 * round(a.parts / 3))
         sizes = [n // parts + (k < n % parts) for k in range(parts)]
-        for dose in a.doses:
-            sets[f"{split}-{dose_tag(dose)}"] = []
         for k, size in enumerate(sizes):
             kind = ("abdomen", "chest", "head")[k % 3]
             src = root / "data" / f"{split}-25" / f"part{k:02d}"
             first.append({"out": str(src), "n": size, "seed": base + 10 * a.data_seed + k, "kind": kind,
                           "size": a.size, "device": a.device})  # fmt: skip
+            sets.setdefault(f"{split}-25", []).append(str(src))  # the source, with --doses 0.10 alone too
             for dose in a.doses:
                 dst = root / "data" / f"{split}-{dose_tag(dose)}" / f"part{k:02d}"
-                sets[f"{split}-{dose_tag(dose)}"].append(str(dst))
                 if dose_tag(dose) != "25":
+                    sets.setdefault(f"{split}-{dose_tag(dose)}", []).append(str(dst))
                     second.append({"out": str(dst), "copy_of": str(src), "dose": float(dose),
                                    "seed": base + 500 + 10 * a.data_seed + k, "device": a.device})  # fmt: skip
     return first, second, sets
@@ -301,8 +300,9 @@ def _common(a: argparse.Namespace, arch: str) -> dict:
 def hard_stage_jobs(root: Path, a: argparse.Namespace, sets: dict, deadline: float) -> list[list[dict]]:
     """The three stages of training and evaluation jobs (each stage needs the one before)."""
     det = root / "detector-pretrain"
+    det_stem = str(Path(a.detector).resolve()) if a.detector else str(det / "best_detector")
     base = {"deadline": deadline, "threads": a.threads}
-    stage1 = [{**base, "name": "detector-pretrain", "parts": sets["train-25"], "config": {
+    stage1 = [] if a.detector else [{**base, "name": "detector-pretrain", "parts": sets["train-25"], "config": {
         "out": str(det), "data": str(root / "data" / "train-25"), "mode": "pixel", "rounds": 0,
         "pretrain_denoiser_steps": 0, "pretrain_detector_steps": a.detector_pretrain_steps,
         "detector_lr": a.detector_lr, "seed": a.seed, **_common(a, "fastdn")}}]  # fmt: skip
@@ -314,7 +314,7 @@ def hard_stage_jobs(root: Path, a: argparse.Namespace, sets: dict, deadline: flo
         "image": "full",
         "device": a.device,
         "record": str(root / "records" / "full.pkl"),
-        "detectors": {"fixed": str(det / "best_detector")},
+        "detectors": {"fixed": det_stem},
     }
     stage3.append(full_eval)
     for dose in a.doses:
@@ -331,28 +331,30 @@ def hard_stage_jobs(root: Path, a: argparse.Namespace, sets: dict, deadline: flo
                 pre = root / tag / "pretrain"
                 stage1.append({**base, "name": f"{tag} pretrain", "parts": train, "config": {
                     **common, "out": str(pre), "mode": "pixel", "rounds": 0, "pretrain_detector_steps": 0,
+                    "init_denoiser": str(Path(a.init_denoiser).resolve()) if a.init_denoiser else None,
+                    "pretrain_from_init": bool(a.init_denoiser),
                     "pretrain_denoiser_steps": a.slow_steps if slow else a.pretrain_steps}})  # fmt: skip
-                ev = {**base, "parts": test, "device": a.device, "detectors": {"fixed": str(det / "best_detector")}}
+                ev = {**base, "parts": test, "device": a.device, "detectors": {"fixed": det_stem}}
                 stage3.append({**ev, "name": f"{tag} eval pretrain", "image": str(pre / "best_denoiser"),
                                "record": str(root / "records" / f"{tag}-pretrain.pkl")})  # fmt: skip
                 for mode in a.branches:
-                    stage2.append(branch_job(root, a, tag, mode, common, base, det, train))
-                    stage3.append(branch_eval_job(root, a, tag, mode, common, base, det, train, ev))
+                    stage2.append(branch_job(root, a, tag, mode, common, base, det_stem, train))
+                    stage3.append(branch_eval_job(root, a, tag, mode, common, base, det_stem, train, ev))
     return [stage1, stage2, stage3]
 
 
-def branch_job(root: Path, a: argparse.Namespace, tag: str, mode: str, common: dict, base: dict, det: Path,
+def branch_job(root: Path, a: argparse.Namespace, tag: str, mode: str, common: dict, base: dict, det_stem: str,
                train: list[str]) -> dict:  # fmt: skip
     slow = common["denoiser"] != "fastdn"
     return {**base, "name": f"{tag} {mode}", "parts": train, "config": {
         **common, "out": str(root / tag / mode), "mode": mode, "rounds": a.rounds,
-        "init_denoiser": str(root / tag / "pretrain" / "best_denoiser"), "init_detector": str(det / "best_detector"),
+        "init_denoiser": str(root / tag / "pretrain" / "best_denoiser"), "init_detector": det_stem,
         "pretrain_denoiser_steps": 0, "pretrain_detector_steps": 0, "detector_steps": a.detector_steps,
         "denoiser_steps": a.slow_round_steps if slow else a.denoiser_steps, "det_weight": a.det_weight,
         "roi_weight": a.roi_weight}}  # fmt: skip
 
 
-def branch_eval_job(root: Path, a: argparse.Namespace, tag: str, mode: str, common: dict, base: dict, det: Path,
+def branch_eval_job(root: Path, a: argparse.Namespace, tag: str, mode: str, common: dict, base: dict, det_stem: str,
                     train: list[str], ev: dict) -> dict:  # fmt: skip
     """Evaluation of a branch with the fixed, its co-trained and (after training it) a retrained detector: the
     fixed detector fine-tuned for --retrain-steps on the branch's denoised training patches alone."""
@@ -364,7 +366,7 @@ def branch_eval_job(root: Path, a: argparse.Namespace, tag: str, mode: str, comm
         detectors["retrained"] = str(retrain / "best_detector")
         job["train"] = {**base, "name": f"{tag} {mode} retrain detector", "parts": train, "config": {
             **common, "out": str(retrain), "mode": "lidnet", "rounds": 1, "init_denoiser": str(run / "best_denoiser"),
-            "init_detector": str(det / "best_detector"), "pretrain_denoiser_steps": 0, "pretrain_detector_steps": 0,
+            "init_detector": det_stem, "pretrain_denoiser_steps": 0, "pretrain_detector_steps": 0,
             "denoiser_steps": 0, "detector_steps": a.retrain_steps, "full_dose_fraction": 0.0}}  # fmt: skip
     return job
 
@@ -422,7 +424,9 @@ def hard_experiment(root: Path, a: argparse.Namespace, arch: str, dose: float, g
     rows.update({m: _image_stats([r for r in rs if r], gts, a.n_boot) for m, rs in recs.items() if any(rs)})
     diffs = {}
     for x, y in HARD_COMPARE:
-        pairs = [(p, q) for p, q in zip(recs.get(x, []), recs.get(y, []), strict=True) if p and q]
+        if x not in recs or y not in recs:  # a branch left out with --branches
+            continue
+        pairs = [(p, q) for p, q in zip(recs[x], recs[y], strict=True) if p and q]
         if pairs:
             diffs[f"{x} - {y}"] = _difference([p for p, _ in pairs], [q for _, q in pairs], gts, a.n_boot)
     return {"denoiser": arch, "dose": float(dose), "rows": rows, "differences": diffs}
@@ -570,7 +574,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--pretrain-steps", type=int, default=1000)
     p.add_argument("--detector-pretrain-steps", type=int, default=4000)
     p.add_argument("--detector-lr", type=float, default=2e-3)
-    p.add_argument("--detector", default=None, help="reuse this pretrained detector (weights path stem)")
+    p.add_argument("--detector", default=None, help="reuse this pretrained detector (weights path stem; with "
+                   "--preset hard: the fixed full-dose detector, not trained again)")
     p.add_argument("--max-test", type=int, default=None, help="evaluate on the first N test slices only")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--denoiser-steps", type=int, default=100)
@@ -588,8 +593,11 @@ def parse_args() -> argparse.Namespace:
     hard = p.add_argument_group("--preset hard")
     hard.add_argument("--seeds", type=int, default=3, help="training seeds per (denoiser, dose)")
     hard.add_argument("--denoisers", default="fastdn,redcnn", help="comma-separated architectures")
-    hard.add_argument("--doses", default="0.25,0.10", help="comma-separated dose fractions (0.25 first)")
+    hard.add_argument("--doses", default="0.25,0.10", help="comma-separated dose fractions (the 25%% sets are "
+                      "always simulated: other doses are their copies with more noise inserted)")
     hard.add_argument("--branches", default=",".join(HARD_BRANCHES))
+    hard.add_argument("--init-denoiser", default=None, help="weights stem every pixel pretraining starts from "
+                      "(e.g. napari_lidnet/models/weights/default_denoiser with --denoisers unet); default: scratch")
     hard.add_argument("--retrain-steps", type=int, default=200, help="(c) detector steps on a branch's outputs")
     hard.add_argument("--train-n", type=int, default=300, help="training slices")
     hard.add_argument("--test-n", type=int, default=200, help="test slices (about 2.6 lesions each)")
@@ -607,8 +615,9 @@ def parse_args() -> argparse.Namespace:
         a.denoisers = [x.strip() for x in a.denoisers.split(",") if x.strip()]
         a.doses = [float(x) for x in a.doses.split(",")]
         a.branches = [x.strip() for x in a.branches.split(",") if x.strip()]
-        if a.doses[0] != 0.25 or "pixel" not in a.branches:
-            p.error("--doses must start with 0.25 (the simulated sets) and --branches must include pixel")
+        if any(not 0 < d <= 0.25 for d in a.doses) or "pixel" not in a.branches:
+            p.error("--doses must lie in (0, 0.25] (copies of the simulated 25%% sets) and --branches must include "
+                    "pixel")
     return a
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from napari_lidnet.io.checks import check_finite, one_line
+from napari_lidnet.strength import check_remove_sd
 
 PARTIAL = ".partial-"
 Progress = Callable[[int, int, str], None]
@@ -107,16 +108,17 @@ def _plan(scan: Any, out_dir: Path, task: str, report: BatchReport, progress: Pr
 
 
 def _write_one(
-    task: str, vol: Any, partial: Path, model: Any, device: Any, threshold: float, desc: str, model_name: str
-) -> None:
+    task: str, vol: Any, partial: Path, model: Any, device: Any, threshold: float, desc: str, model_name: str,
+    remove_sd: float | None = None,
+) -> None:  # fmt: skip
     """Denoise a series into a DICOM folder, or detect its lesions into a CSV, at ``partial``."""
     from napari_lidnet.inference import denoise, detect
     from napari_lidnet.io.boxes_io import write_boxes_csv
     from napari_lidnet.io.dicom_write import denoised_description, write_dicom_series
 
     if task == "denoise":
-        hu = denoise(model, vol.hu, device=device)
-        description = denoised_description(desc, model_name)
+        hu = denoise(model, vol.hu, device=device, remove_sd=remove_sd)
+        description = denoised_description(desc, model_name, remove_sd)
         write_dicom_series(replace(vol, hu=hu.astype(np.float32)), partial, series_description=description)
     else:
         write_boxes_csv(partial, detect(model, vol.hu, device=device, score_threshold=threshold))
@@ -132,12 +134,14 @@ def run_batch(
     model_name: str = "default",
     progress: Progress | None = None,
     workers: int = 0,
+    remove_sd: float | None = None,
 ) -> BatchReport:
     """Denoise (``task="denoise"``: a DICOM series folder per input series) or detect (``"detect"``: a CSV per
     series) every image series under ``root`` into ``out_dir``; finished outputs are skipped.
 
     ``workers`` DataLoader processes read and decode the next series while the model runs on the current one.
     ``progress(done, total, name)`` is called after each series, skipped and failed ones included.
+    ``remove_sd``: denoise removes only that noise SD (HU) and keeps the rest (``strength``); None: all.
     """
     from torch.utils.data import DataLoader
 
@@ -147,6 +151,7 @@ def run_batch(
         raise ValueError(f"unknown batch task {task!r}; use 'denoise' or 'detect'")
     if workers < 0:
         raise ValueError("workers must be >= 0")
+    check_remove_sd(remove_sd)
     scan = scan_dicom(root)
     out_dir = Path(out_dir)
     report = BatchReport()
@@ -159,7 +164,7 @@ def run_batch(
         if isinstance(vol, str):
             report.failed.append(vol)
         else:
-            _run_one(task, vol, final, todo[i][2], report, model, device, threshold, model_name)
+            _run_one(task, vol, final, todo[i][2], report, model, device, (threshold, model_name, remove_sd))
         if progress:
             done = len(report.skipped) + len(report.written) + len(report.failed)
             progress(done, len(scan.series), final.name)
@@ -167,12 +172,14 @@ def run_batch(
 
 
 def _run_one(
-    task: str, vol: Any, final: Path, desc: str, report: BatchReport, model, device, threshold, model_name
+    task: str, vol: Any, final: Path, desc: str, report: BatchReport, model, device, options: tuple
 ) -> None:
-    """Write one series' output under its partial name, then rename it; a ValueError fails only this series."""
+    """Write one series' output under its partial name, then rename it; a ValueError fails only this series.
+    ``options``: (score threshold, model name, noise SD to remove)."""
     partial = final.parent / f"{PARTIAL}{final.name}"
+    threshold, model_name, remove_sd = options
     try:
-        _write_one(task, vol, partial, model, device, threshold, desc, model_name)
+        _write_one(task, vol, partial, model, device, threshold, desc, model_name, remove_sd)
     except ValueError as exc:
         report.failed.append(f"series {desc!r}: {one_line(str(exc))}")
         return

@@ -200,8 +200,9 @@ def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
     threshold = getattr(args, "threshold", 0.3)
     try:
         report = run_batch(
-            args.input, out, task, model, dev, threshold, args.model or "default", progress, workers=args.workers
-        )
+            args.input, out, task, model, dev, threshold, args.model or "default", progress, workers=args.workers,
+            remove_sd=getattr(args, "remove_sd", None),
+        )  # fmt: skip
     finally:
         bar.close()
     done = f"{len(report.written)} written, {len(report.skipped)} already complete (skipped) in {out}"
@@ -234,6 +235,9 @@ def _save_array(out: Path, hu, spacing) -> None:
 
 
 def _cmd_denoise(args: argparse.Namespace) -> int:
+    from napari_lidnet.strength import check_remove_sd
+
+    check_remove_sd(args.remove_sd)
     if args.all_series:
         return _cmd_batch(args, "denoise", args.output)
 
@@ -244,7 +248,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     check_new_output(out, args.input, folder=not as_file)
     vol = _open_single(args.input)
     model, dev = _load(args.model, "denoiser", args.device)
-    hu = denoise(model, vol.hu, device=dev, progress=_print_progress)
+    hu = denoise(model, vol.hu, device=dev, progress=_print_progress, remove_sd=args.remove_sd)
     if as_file:
         _save_array(out, hu, vol.spacing)
     else:
@@ -252,7 +256,9 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
         from napari_lidnet.io.dicom_write import denoised_description, write_dicom_series
 
-        desc = denoised_description(vol.metadata.get("series_description", vol.name), args.model or "default")
+        desc = denoised_description(
+            vol.metadata.get("series_description", vol.name), args.model or "default", args.remove_sd
+        )
         write_dicom_series(
             replace(vol, hu=hu), out, series_description=desc, source_tags=vol.metadata.get("source_tags")
         )
@@ -394,6 +400,13 @@ def _add_denoise(sub: Any) -> None:
     p.add_argument("output", help=".npy/.npz/.tif file, or a new folder for a DICOM series")
     p.add_argument("--model", default=None, help="denoiser name or weights path (default: shipped)")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--remove-sd",
+        type=float,
+        default=None,
+        metavar="HU",
+        help="remove only this noise SD and keep the rest (e.g. what a dose reduction added); default: all",
+    )
     p.add_argument(
         "--all-series",
         action="store_true",

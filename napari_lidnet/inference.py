@@ -11,6 +11,7 @@ Every caller (widgets, command line, trainer validation, benchmarks) goes throug
 - Out of memory: retry the batch with half the batch size, then with tiles (halved again while possible), then on
   the CPU; every step is reported through ``notice``.
 - Mixed precision (``torch.autocast``) on CUDA only; float16 by default (bfloat16 is too coarse for HU).
+- ``InferenceSettings.remove_sd``: remove only that SD of noise and keep the rest (``strength.keep_noise``).
 - ``ResultCache``: results keyed by content fingerprints of the input and the model plus the settings, so a
   re-run or a new score threshold costs nothing (detection keeps every box above ``BOX_FLOOR``).
 """
@@ -31,6 +32,7 @@ import torch
 
 from napari_lidnet.models.device import pick_device
 from napari_lidnet.models.normalize import hu_to_net, net_to_hu
+from napari_lidnet.strength import check_remove_sd, keep_noise
 
 Progress = Callable[[int, int], None]
 Notice = Callable[[str], None]
@@ -78,10 +80,11 @@ class InferenceSettings:
     amp: bool = True
     amp_dtype: str = "float16"
     max_detections: int = 50
+    remove_sd: float | None = None  # HU of noise the denoiser removes (strength.keep_noise); None: all
 
     def key(self) -> tuple[Any, ...]:
         """The settings that change results."""
-        return (self.tile_size, self.overlap, self.amp, self.amp_dtype, self.max_detections)
+        return (self.tile_size, self.overlap, self.amp, self.amp_dtype, self.max_detections, self.remove_sd)
 
 
 # --------------------------------------------------------------------------------------------------- fingerprints
@@ -399,6 +402,7 @@ def iter_denoise(
 ) -> Generator[tuple[int, int], None, np.ndarray]:
     """Generator form of :func:`denoise`: yields ``(done, total)`` slices after every batch, returns HU."""
     settings = settings or InferenceSettings()
+    check_remove_sd(settings.remove_sd)
     stack = _as_stack(hu)
     idx = _select(len(stack), slices)
     out = np.empty((len(idx), *stack.shape[1:]), np.float32)
@@ -413,7 +417,9 @@ def iter_denoise(
         done = 0
         while done < len(idx):
             chunk = idx[done : done + runner.batch]
-            out[done : done + len(chunk)] = runner.run(_take(stack, chunk), fn, combine)
+            low = _take(stack, chunk)
+            den = np.stack(runner.run(low, fn, combine))
+            out[done : done + len(chunk)] = keep_noise(low, den, settings.remove_sd)
             done += len(chunk)
             yield done, len(idx)
     if slices is None and np.ndim(hu) == 2:
@@ -484,10 +490,14 @@ def denoise(
     amp: bool = True,
     cancel: CancelCheck | None = None,
     notice: Notice | None = None,
+    remove_sd: float | None = None,
 ) -> np.ndarray:
     """Denoise a slice (y, x) or a volume (z, y, x); returns float32 HU of the same shape, or (k, y, x) for the
-    ``slices`` selected. Restores the model's train/eval mode (and its device after a CPU fallback)."""
-    settings = InferenceSettings(batch_size=batch_size, tile_size=tile_size, overlap=overlap, amp=amp)
+    ``slices`` selected. ``remove_sd``: SD (HU) of the noise to remove, the rest is kept (``strength``); None: all.
+    Restores the model's train/eval mode (and its device after a CPU fallback)."""
+    settings = InferenceSettings(
+        batch_size=batch_size, tile_size=tile_size, overlap=overlap, amp=amp, remove_sd=remove_sd
+    )
     gen = iter_denoise(model, hu, device, slices=slices, settings=settings, notice=notice)
     return _drive(gen, progress, cancel)
 

@@ -12,6 +12,7 @@ from napari_lidnet.io.dataset import read_dataset
 from napari_lidnet.io.open_ct import open_ct
 from napari_lidnet.metrics.image import psnr
 from napari_lidnet.models.registry import list_models
+from napari_lidnet.strength import keep_noise
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +118,11 @@ def test_denoise_and_detect_files(trained, tmp_path, monkeypatch):
     assert main(["denoise", str(src), str(tmp_path / "dcm"), "--model", "tiny_denoiser", "--device", "cpu"]) == 0
     (vol,) = open_ct(tmp_path / "dcm")
     assert np.abs(vol.hu - den).max() <= 0.51  # DICOM stores whole HU
+    args = ["denoise", str(src), str(tmp_path / "part"), "--model", "tiny_denoiser", "--device", "cpu"]
+    assert main([*args, "--remove-sd", "4"]) == 0
+    (part,) = open_ct(tmp_path / "part")
+    np.testing.assert_allclose(part.hu, np.round(keep_noise(low, den, 4.0)), atol=1.01)
+    assert "4 HU SD removed" in part.metadata["series_description"]
     assert (
         main(
             [
@@ -145,6 +151,8 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "notes.txt" in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert main(["denoise", str(tmp_path / "notes.txt"), str(tmp_path / "o.npy"), "--remove-sd", "-3"]) == 2
+    assert "noise SD to remove" in capsys.readouterr().err
     assert main(["simulate", "--out", str(tmp_path / "d"), "--n", "1", "--dose", "0"]) == 2
     assert "dose" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2

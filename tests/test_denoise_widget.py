@@ -306,3 +306,28 @@ def test_threshold_follows_the_detectors_calibration(make_napari_viewer, qtbot, 
     assert widget.threshold == pytest.approx(0.4)
     widget.detector_combo.setCurrentText("tiny (user)")
     assert widget.threshold == pytest.approx(FALLBACK_THRESHOLD)
+
+
+def test_noise_sd_to_remove_keeps_the_rest(make_napari_viewer, qtbot, model_dir: Path) -> None:
+    """The strength box: 'all noise' by default; set to an SD, the denoised layer is the blind output with the
+    rest of the noise put back (strength.keep_noise), and its metadata says how much was removed."""
+    from napari_lidnet.strength import keep_noise
+
+    viewer = make_napari_viewer()
+    low, _ = phantom(n=2)
+    add_ct(viewer, low)
+    widget = make_widget(viewer, qtbot)
+    assert widget.remove_sd is None and widget.strength_spin.text() == "all noise"
+    run_and_wait(widget, qtbot)
+    blind = np.array(viewer.layers["low denoised"].data)
+    assert viewer.layers["low denoised"].metadata["lidnet"]["remove_sd"] is None
+    sd = round(float(np.std((low - blind)[:, 16:48, 16:48])) / 2, 1)  # half the removed SD: 3/4 of its variance back
+    widget.set_remove_sd(sd)
+    run_and_wait(widget, qtbot)
+    told = viewer.layers["low denoised"]
+    assert told.metadata["lidnet"]["remove_sd"] == sd
+    np.testing.assert_allclose(told.data, keep_noise(low, blind, sd), atol=1e-3)
+    back = (told.data - blind)[:, 16:48, 16:48] / (low - blind)[:, 16:48, 16:48]
+    assert 0.7 < np.median(back) < 0.95  # the weight 1 - sd^2 / residual SD^2 (over the whole body: a bit more)
+    widget.set_remove_sd(None)
+    assert widget.remove_sd is None

@@ -21,7 +21,7 @@ STACK: tuple[tuple[str, ...], ...] = (
     ("cli",),
     ("batch",),
     ("_training",),
-    ("inference",),
+    ("inference", "strength"),  # strength: how much of the noise the denoiser removes
     ("models",),
     ("metrics",),
     ("datasets",),  # archives and manifests that may simulate low dose

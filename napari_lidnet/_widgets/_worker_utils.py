@@ -87,6 +87,7 @@ def inference_job(
     store: ModelStore,
     cache: Any,
     batch_size: int = 4,
+    remove_sd: float | None = None,
 ) -> Generator[Progress, None, JobOutput | Failure]:
     """Worker body: load the models, run :func:`inference.iter_pipeline`, yield :class:`Progress` after every batch.
 
@@ -106,7 +107,7 @@ def inference_job(
         if detector_path:
             det, card = store.get(detector_path, "detector")
             det_label = model_label(detector_path, card)
-        settings = InferenceSettings(batch_size=batch_size)
+        settings = InferenceSettings(batch_size=batch_size, remove_sd=remove_sd)
         gen = iter_pipeline(hu, den, det, device, slices=slices, settings=settings, cache=cache, notice=notices.append)
         while True:
             try:

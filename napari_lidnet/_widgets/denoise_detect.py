@@ -19,6 +19,7 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -56,6 +57,8 @@ SCOPES = ("all slices", "current slice")
 BOX_COLORMAP = "plasma"
 #: score threshold slider: integer percent, from the detection floor (inference.BOX_FLOOR) to 0.95
 THRESHOLD_RANGE = (5, 95)
+#: largest noise SD (HU) the strength box takes; 0 shows "all noise"
+REMOVE_SD_MAX = 200.0
 
 
 class DenoiseDetectWidget(QWidget):
@@ -106,6 +109,7 @@ class DenoiseDetectWidget(QWidget):
         row.addWidget(self.threshold_slider)
         row.addWidget(self.threshold_label)
         form.addRow("score threshold", row)
+        form.addRow("remove", self.strength_spin)
         form.addRow("", self.noise_check)
         exports = QVBoxLayout()
         exports.addWidget(self.export_dicom_button)
@@ -141,6 +145,16 @@ class DenoiseDetectWidget(QWidget):
         self.detector_combo.currentIndexChanged.connect(self._threshold_from_detector)
         self.noise_check = QCheckBox("show removed noise")
         self.noise_check.toggled.connect(self._on_noise_toggled)
+        self.strength_spin = QDoubleSpinBox()
+        self.strength_spin.setRange(0.0, REMOVE_SD_MAX)
+        self.strength_spin.setSingleStep(1.0)
+        self.strength_spin.setDecimals(1)
+        self.strength_spin.setSuffix(" HU SD")
+        self.strength_spin.setSpecialValueText("all noise")
+        self.strength_spin.setToolTip(
+            "how much noise to remove, as the SD it has (like BM3D's sigma), e.g. what a dose reduction added; "
+            "the rest of the scan's noise is kept. 'all noise': the network removes all it sees"
+        )
 
     def _create_run_row(self) -> None:
         """Run and Cancel, the progress bar and the message line."""
@@ -169,6 +183,16 @@ class DenoiseDetectWidget(QWidget):
         self._compare_row = QHBoxLayout()
         self._compare_row.addWidget(self.compare_button)
         self._compare_row.addWidget(self.flip_button)
+
+    @property
+    def remove_sd(self) -> float | None:
+        """SD (HU) of the noise the denoiser removes, the rest is kept; None: all the noise (the spin box at 0)."""
+        value = self.strength_spin.value()
+        return None if value <= 0 else float(value)
+
+    def set_remove_sd(self, value: float | None) -> None:
+        """Set the noise SD to remove (None or 0: all noise); takes effect at the next Run."""
+        self.strength_spin.setValue(0.0 if value is None else float(value))
 
     @property
     def threshold(self) -> float:
@@ -354,7 +378,7 @@ class DenoiseDetectWidget(QWidget):
         if note:
             self._message(f"{note}; CT input must be finite HU", error=True)
             return None
-        self._pending = {"layer": layer, "slices": slices}
+        self._pending = {"layer": layer, "slices": slices, "remove_sd": self.remove_sd}
         worker = create_worker(
             inference_job,
             hu,
@@ -365,6 +389,7 @@ class DenoiseDetectWidget(QWidget):
             self._store,
             self._cache,
             self.batch_size,
+            self.remove_sd,
             _start_thread=False,
         )
         worker.yielded.connect(self._on_progress)
@@ -415,7 +440,8 @@ class DenoiseDetectWidget(QWidget):
             return
         res = out.result
         first = res.slices[0] if self._pending.get("slices") else 0
-        self._last = {"layer": layer, "result": res, "first": first, "labels": (out.denoiser_label, out.detector_label)}
+        self._last = {"layer": layer, "result": res, "first": first, "labels": (out.denoiser_label, out.detector_label),
+                      "remove_sd": self._pending.get("remove_sd")}  # fmt: skip
         self._show_denoised()
         self._show_noise()
         self._show_boxes(rebuild=True)
@@ -476,6 +502,7 @@ class DenoiseDetectWidget(QWidget):
             "lidnet": {
                 "source_layer": src.name,
                 "denoiser": self._last["labels"][0],
+                "remove_sd": self._last["remove_sd"],
                 "slices": list(self._last["result"].slices),
             },
         }
@@ -661,7 +688,7 @@ class DenoiseDetectWidget(QWidget):
             first_slice=self._last["first"],
         )
         base = src.metadata.get("series_description") or src.name
-        desc = denoised_description(base, self._last["labels"][0] or "")
+        desc = denoised_description(base, self._last["labels"][0] or "", self._last.get("remove_sd"))
         try:
             files = write_dicom_series(vol, folder, series_description=desc)
         except (OSError, ValueError) as exc:

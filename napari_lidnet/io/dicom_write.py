@@ -192,6 +192,8 @@ def _remove_partial(files: list[Path], folder: Path | None) -> None:
             folder.rmdir()
 
 
-def denoised_description(source: str, model: str) -> str:
-    """SeriesDescription of a denoised series: the source's and the model's names (DICOM LO: at most 64 chars)."""
-    return f"{source or 'CT'} denoised (LIDnet {model})"[:64]
+def denoised_description(source: str, model: str, remove_sd: float | None = None) -> str:
+    """SeriesDescription of a denoised series: the source's and the model's names and the noise SD removed when
+    not all (DICOM LO: at most 64 chars)."""
+    strength = "" if remove_sd is None else f", {remove_sd:g} HU SD removed"
+    return f"{source or 'CT'} denoised (LIDnet {model}{strength})"[:64]
