@@ -31,6 +31,15 @@ One call on one H200 (16 CPU cores), planned to end within 9 minutes (the budget
         --seeds 3 --jobs 14 --threads 1 --budget-s 540 --reserve-s 60 --train-n 300 --test-n 200 --parts 12 \
         --detector-pretrain-steps 1500 --pretrain-steps 600 --slow-steps 600 --rounds 3 --denoiser-steps 100 \
         --slow-round-steps 100 --detector-steps 50 --retrain-steps 200 --slow-patch-size 128
+CPU scale (2 cores, about 1.5 h; issue 12's default denoiser at 10% dose, 3 seeds, pixel vs LIDnet, started from
+the shipped unet and a full-dose detector trained on hard lesions, `bench-out/candidate-det6`, the withdrawn detector-6
+of `runs/defaults/commands.log`; results in benchmarks/results/reproduce_lidnet_hard_cpu.md):
+    PYTHONPATH=. python benchmarks/reproduce_lidnet.py --preset hard --out bench-out/reproduce-hard-cpu --device cpu \
+        --denoisers unet --doses 0.10 --branches pixel,lidnet --seeds 3 --jobs 2 --threads 1 \
+        --init-denoiser napari_lidnet/models/weights/default_denoiser \
+        --detector bench-out/candidate-det6/default_detector --train-n 150 --test-n 200 --parts 6 --slow-steps 400 \
+        --rounds 3 --slow-round-steps 100 --detector-steps 50 --retrain-steps 200 --slow-patch-size 128 --lr 2.5e-4 \
+        --round-lr-scale 1.0 --detector-lr 2e-4 --budget-s 6000 --reserve-s 600
 CPU smoke test of the pipeline (minutes; numbers meaningless):
     PYTHONPATH=. python benchmarks/reproduce_lidnet.py --preset hard --out /tmp/hard-smoke --device cpu --seeds 2 \
         --jobs 2 --threads 1 --train-n 12 --test-n 6 --parts 3 --size 128 --patch-size 64 --slow-patch-size 64 \
@@ -294,7 +303,8 @@ def _eval_job(job: dict) -> dict:
 def _common(a: argparse.Namespace, arch: str) -> dict:
     slow = arch != "fastdn"
     return {"denoiser": arch, "batch_size": a.batch_size, "device": a.device, "workers": 0,
-            "patch_size": a.slow_patch_size if slow else a.patch_size}  # fmt: skip
+            "patch_size": a.slow_patch_size if slow else a.patch_size, "lr": a.lr,
+            "round_lr_scale": a.round_lr_scale}  # fmt: skip
 
 
 def hard_stage_jobs(root: Path, a: argparse.Namespace, sets: dict, deadline: float) -> list[list[dict]]:
@@ -598,6 +608,8 @@ def parse_args() -> argparse.Namespace:
     hard.add_argument("--branches", default=",".join(HARD_BRANCHES))
     hard.add_argument("--init-denoiser", default=None, help="weights stem every pixel pretraining starts from "
                       "(e.g. napari_lidnet/models/weights/default_denoiser with --denoisers unet); default: scratch")
+    hard.add_argument("--lr", type=float, default=1e-3, help="denoiser learning rate of the pixel pretraining")
+    hard.add_argument("--round-lr-scale", type=float, default=0.2, help="the branches' rounds run at lr x this")
     hard.add_argument("--retrain-steps", type=int, default=200, help="(c) detector steps on a branch's outputs")
     hard.add_argument("--train-n", type=int, default=300, help="training slices")
     hard.add_argument("--test-n", type=int, default=200, help="test slices (about 2.6 lesions each)")

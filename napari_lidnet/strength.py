@@ -7,7 +7,7 @@ noise-free one, the residual holds all the noise, ``n = n_keep + n_remove`` (ind
 both are the scanner's noise), and the least-squares estimate of ``clean + n_keep`` from the input is
 ``denoised + w * residual`` with ``w = var_keep / var_total = 1 - remove_sd**2 / residual_sd**2`` (the Wiener
 weight; 0 when the residual holds no more than ``remove_sd``). The residual SD is measured per slice over the body
-(the largest region above -500 HU, holes filled). No parameter is fitted: the weight follows from the two SDs.
+(the largest region above -500 HU, holes filled), on every second pixel. No parameter is fitted: the weight follows from the two SDs.
 """
 
 from __future__ import annotations
@@ -36,12 +36,15 @@ def blend_weight(remove_sd: float, residual: float) -> float:
     return float(np.clip(1.0 - (remove_sd / residual) ** 2, 0.0, 1.0))
 
 
-def residual_sd(low: np.ndarray, denoised: np.ndarray) -> float:
-    """SD (HU) of ``low - denoised`` over the body of one slice; NaN when the slice has no body."""
-    body = body_mask(denoised)
+def residual_sd(low: np.ndarray, denoised: np.ndarray, stride: int = 2) -> float:
+    """SD (HU) of ``low - denoised`` over the body of one slice, on every ``stride``-th pixel in y and x (a quarter
+    of a 512 x 512 slice is 65k samples: the same SD to a fraction of a percent, in a quarter of the time); NaN when
+    the slice has no body."""
+    den = np.asarray(denoised)[::stride, ::stride]
+    body = body_mask(den)
     if not body.any():
         return float("nan")
-    return float(np.std((np.asarray(low, np.float64) - denoised)[body]))
+    return float(np.std((np.asarray(low, np.float64)[::stride, ::stride] - den)[body]))
 
 
 def keep_noise(low: np.ndarray, denoised: np.ndarray, remove_sd: float | None) -> np.ndarray:

@@ -66,7 +66,7 @@ def test_each_slice_gets_its_own_weight() -> None:
     out = keep_noise(low, den, 10.0)
     sds = [np.std((low[k] - clean)[body]) for k in range(2)]  # about 12 and 24
     kept = [np.std((out[k] - clean)[body]) / sds[k] for k in range(2)]
-    np.testing.assert_allclose(kept, [1 - (10 / sds[0]) ** 2, 1 - (10 / sds[1]) ** 2], rtol=1e-3)
+    np.testing.assert_allclose(kept, [1 - (10 / sds[0]) ** 2, 1 - (10 / sds[1]) ** 2], rtol=0.03)
     assert kept[1] > 2.5 * kept[0]
     np.testing.assert_allclose(out[1], keep_noise(low[1], den[1], 10.0))
 
