@@ -10,7 +10,8 @@ tissue of the normal-dose image, then low-dose noise at 25% and 10% dose from tw
 ``ours`` (``napari_lidnet.sim.lowdose.simulate_low_dose``) and ``radon`` (``benchmarks/radon_noise.py``, skimage,
 Hann filter, 720 views). The lesion-free version gets the same noise realisation (false boxes on real anatomy).
 Rows: low dose, Gaussian filter (sigma picked on simulated phantoms), BM3D (given the true noise SD), RED-CNN
-(when weights are given), the shipped default denoiser and every ``--denoiser``. Columns: PSNR/SSIM over
+(when weights are given), the shipped default denoiser, the same given BM3D's oracle SD (it then removes only that
+much noise and keeps the reference's own, ``napari_lidnet.strength``) and every ``--denoiser``. Columns: PSNR/SSIM over
 (-160, 240) HU against the normal-dose image, lesion CNR, seconds per 512 x 512 slice (CPU), boxes per
 lesion-free slice at the default score threshold and mean FROC sensitivity (0.5-8 FP/slice, IoU >= 0.5) with the
 shipped detector. 95% intervals: percentile bootstrap over (slice, seed) cases. A residual noise power spectrum
@@ -58,7 +59,7 @@ from napari_lidnet.metrics.roi import cnr  # noqa: E402
 from napari_lidnet.models.registry import load_model  # noqa: E402
 from napari_lidnet.models.weights import default_threshold  # noqa: E402
 from napari_lidnet.sim.lowdose import simulate_low_dose, simulate_pair  # noqa: E402
-from napari_lidnet.sim.phantom import make_phantom  # noqa: E402
+from napari_lidnet.sim.phantom import KINDS, make_phantom  # noqa: E402
 
 DOSES = (0.25, 0.10)
 MODELS = ("ours", "radon")
@@ -169,6 +170,21 @@ def tissue_masks(hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     smooth = ndimage.gaussian_filter(hu.astype(np.float64), 1.0)
     soft = body & (smooth >= 0) & (smooth <= 100)
     return body, soft
+
+
+def simulated_slices(n: int, seed0: int = 9100) -> list[RealSlice]:
+    """``n`` simulated 512 x 512 slices (abdomen, chest, head in turn; the anatomy with texture and detail drawn as
+    for training, ``randomize=True``; seeds from ``seed0``, far from the training sets'), without lesions, as
+    normal-dose scans: one full-dose draw of the simulator (its own noise), the counterpart of a real slice."""
+    out = []
+    for k in range(n):
+        kind, seed = KINDS[k % len(KINDS)], seed0 + k
+        ph = make_phantom(seed, kind, size=512, n_lesions=0, randomize=True)
+        full = np.maximum(simulate_pair(ph.hu, 0.25, ph.spacing_mm, seed=seed)[0], AIR_FLOOR)
+        sl = RealSlice(f"sim-{kind}-{seed}", "simulated", full.astype(np.float32), float(ph.spacing_mm), "simulated")
+        sl.body, sl.soft = tissue_masks(sl.hu)
+        out.append(sl)
+    return out
 
 
 def load_slices() -> list[RealSlice]:
@@ -371,11 +387,20 @@ def _bm3d(low: np.ndarray, ctx: dict) -> np.ndarray:
     return out
 
 
-def _net(model: torch.nn.Module) -> Callable[[np.ndarray, dict], np.ndarray]:
+def _net(model: torch.nn.Module, told: bool = False) -> Callable[[np.ndarray, dict], np.ndarray]:
+    """A network row; ``told``: given BM3D's oracle (the true SD of the inserted noise), it removes only that."""
+
     def fn(low: np.ndarray, ctx: dict) -> np.ndarray:
-        return denoise(model, low, batch_size=1)
+        return denoise(model, low, batch_size=1, remove_sd=ctx["true_sd"] if told else None)
 
     return fn
+
+
+TOLD_NOTE = (
+    "the shipped default given BM3D's oracle, the true SD of the inserted noise in the body: it removes that much "
+    "and keeps the rest (napari_lidnet.strength.keep_noise, `lidnet denoise --remove-sd HU`, the widget's 'remove' "
+    "box), since the normal-dose reference has noise of its own"
+)
 
 
 def _version(dist: str) -> str:
@@ -407,6 +432,8 @@ def build_methods(args: argparse.Namespace, sigmas: dict[float, float]) -> tuple
         model.eval()
         label = f"{'shipped default' if name == 'default' else Path(name).name} ({card.get('arch', '?')})"
         nets.append((card.get("arch"), Method(label, _net(model), f"load_model({name!r}, 'denoiser')")))
+        if name == "default":
+            nets.append((card.get("arch"), Method(f"{label}, told the SD", _net(model, told=True), TOLD_NOTE)))
     redcnn = [m for arch, m in nets if arch == "redcnn"]
     if not redcnn:
         notes.append("RED-CNN: no trained RED-CNN weights shipped (pass --denoiser PATH to a redcnn model)")
@@ -649,6 +676,20 @@ def noise_md(result: dict) -> list[str]:
     return lines
 
 
+def by_slice_md(result: dict) -> list[str]:
+    """Mean PSNR per slice (over seeds) of every row, one line per (noise model, dose, row)."""
+    tables = result["tables"]
+    names = next(iter(tables.values()))[1]["psnr_by_slice"].keys()
+    lines = ["## PSNR by slice (dB, mean over seeds)", "", "| noise, dose | row | " + " | ".join(names) + " |",
+             "|---|---|" + "---|" * len(names)]  # fmt: skip
+    for key, rows in tables.items():
+        model, dose = key.split("@")
+        for row in rows[1:]:
+            cells = " | ".join(f"{row['psnr_by_slice'][n]:.2f}" for n in names)
+            lines.append(f"| {model} {float(dose) * 100:g}% | {row['name']} | {cells} |")
+    return lines + [""]
+
+
 def nps_md(result: dict) -> list[str]:
     """Table of the residual NPS peaks at 25% dose."""
     lines = ["## Residual noise power spectrum at 25% dose", "",
@@ -676,8 +717,11 @@ def nps_md(result: dict) -> list[str]:
 def write_markdown(result: dict, path: Path) -> None:
     """The human-readable report."""
     cfg = result["config"]
+    sim = bool(cfg.get("simulated"))
+    title = ("# Simulated anatomy: the real-anatomy protocol on simulated slices (its control)" if sim
+             else "# Real anatomy: low-dose denoising and detection on real CT slices")  # fmt: skip
     lines = [
-        "# Real anatomy: low-dose denoising and detection on real CT slices", "",
+        title, "",
         f"Command: `{result['command']}`  ", f"Date: {result['date']}; machine: {result['machine']}; "
         f"runtime {result['runtime_s'] / 60:.1f} min (load average {result['load_average']}; "
         f"{result['cache']['computed']} results computed, {result['cache']['hits']} reused from `{cfg['out']}/cache` "
@@ -685,7 +729,8 @@ def write_markdown(result: dict, path: Path) -> None:
         "first computed).  ",
         "Packages: " + ", ".join(f"{k} {v}" for k, v in result["packages"].items()) + " (JPEG 2000 decoded by "
         "pylibjpeg-openjpeg through pydicom).", "", *result["about"], "",
-        "## Real slices (pydicom test files, evaluation only)", "",
+        "## Simulated slices (`simulated_slices`: full-dose draws of random phantoms)" if sim
+        else "## Real slices (pydicom test files, evaluation only)", "",
         "| file | size | pixel (mm) | transfer syntax | lesions inserted (all seeds) |", "|---|---|---|---|---|",
     ]  # fmt: skip
     for s in result["slices"]:
@@ -697,7 +742,7 @@ def write_markdown(result: dict, path: Path) -> None:
     for key, rows in result["tables"].items():
         model, dose = key.split("@")
         lines += [f"## {MODEL_LABEL[model]}, {float(dose) * 100:g}% dose", "", *table_md(rows, cfg["threshold"]), ""]
-    lines += nps_md(result) + ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
+    lines += by_slice_md(result) + nps_md(result) + ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -754,7 +799,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--phantoms", type=int, default=2, help="simulated phantoms per dose to pick the Gaussian sigma")
     p.add_argument("--threshold", type=float, default=None, help="boxes/slice threshold (default: the card's)")
     p.add_argument("--quick", action="store_true", help="2 seeds, 1 lesion-free seed, 200 resamples, 1 phantom")
+    p.add_argument("--simulated", type=int, default=0, metavar="N",
+                   help="the same protocol on N simulated slices instead of the real ones (results stem _sim)")
     a = p.parse_args(argv)
+    if a.simulated and a.results == Path("benchmarks/results/real_anatomy"):
+        a.results = Path("benchmarks/results/real_anatomy_sim")
     if a.quick:
         a.seeds, a.fp_seeds, a.boot, a.phantoms = 2, 1, 200, 1
     a.fp_seeds = min(a.fp_seeds, a.seeds)
@@ -775,7 +824,9 @@ def run_tables(
                 t0 = time.perf_counter()
                 recs, residuals = evaluate_method(m, cases, model, dose, detector, a)
                 raw[f"{model}@{dose}|{m.name}"] = recs
-                rows.append({"name": m.name, "note": m.note, **summarize(recs, a.boot)})
+                rows.append({"name": m.name, "note": m.note, **summarize(recs, a.boot), "psnr_by_slice": {
+                    sl: float(np.mean([r["psnr"] for r in recs if r["slice"] == sl]))
+                    for sl in dict.fromkeys(r["slice"] for r in recs)}})  # fmt: skip
                 if dose == 0.25 and residuals:
                     spectra[(model, m.name)], nps_info[f"{model}|{m.name}"] = residual_nps(residuals)
                 r = rows[-1]
@@ -834,8 +885,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     t_start, load_start = time.perf_counter(), os.getloadavg()[1]
     a.cache = DiskCache(None if a.no_cache else a.out / "cache")
-    slices = load_slices()
-    print("real slices: " + ", ".join(f"{s.name} {s.hu.shape} {s.pixel_mm:.3f} mm" for s in slices), flush=True)
+    slices = simulated_slices(a.simulated) if a.simulated else load_slices()
+    print("slices: " + ", ".join(f"{s.name} {s.hu.shape} {s.pixel_mm:.3f} mm" for s in slices), flush=True)
     detector, det_card = load_model(a.detector, "detector")
     if a.threshold is None:
         a.threshold = default_threshold(det_card)
