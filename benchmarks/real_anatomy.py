@@ -10,9 +10,9 @@ tissue of the normal-dose image, then low-dose noise at 25% and 10% dose from tw
 ``ours`` (``napari_lidnet.sim.lowdose.simulate_low_dose``) and ``radon`` (``benchmarks/radon_noise.py``, skimage,
 Hann filter, 720 views). The lesion-free version gets the same noise realisation (false boxes on real anatomy).
 Rows: low dose, Gaussian filter (sigma picked on simulated phantoms), BM3D (given the true noise SD), RED-CNN
-(when weights are given), the shipped default denoiser, the same given BM3D's oracle SD (it then removes only that
-much noise and keeps the reference's own, ``napari_lidnet.strength``) and every ``--denoiser``. Columns: PSNR/SSIM over
-(-160, 240) HU against the normal-dose image, lesion CNR, seconds per 512 x 512 slice (CPU), boxes per
+(when weights are given), the shipped default denoiser and every ``--denoiser``, each blind and given BM3D's oracle SD
+(it then removes only that much noise and keeps the reference's own, ``napari_lidnet.strength``). Columns:
+PSNR/SSIM over (-160, 240) HU against the normal-dose image, lesion CNR, seconds per 512 x 512 slice (CPU), boxes per
 lesion-free slice at the default score threshold and mean FROC sensitivity (0.5-8 FP/slice, IoU >= 0.5) with the
 shipped detector. 95% intervals: percentile bootstrap over (slice, seed) cases. A residual noise power spectrum
 check looks for periodic (hatch) texture.
@@ -397,7 +397,7 @@ def _net(model: torch.nn.Module, told: bool = False) -> Callable[[np.ndarray, di
 
 
 TOLD_NOTE = (
-    "the shipped default given BM3D's oracle, the true SD of the inserted noise in the body: it removes that much "
+    "the network given BM3D's oracle, the true SD of the inserted noise in the body: it removes that much "
     "and keeps the rest (napari_lidnet.strength.keep_noise, `lidnet denoise --remove-sd HU`, the widget's 'remove' "
     "box), since the normal-dose reference has noise of its own"
 )
@@ -432,8 +432,7 @@ def build_methods(args: argparse.Namespace, sigmas: dict[float, float]) -> tuple
         model.eval()
         label = f"{'shipped default' if name == 'default' else Path(name).name} ({card.get('arch', '?')})"
         nets.append((card.get("arch"), Method(label, _net(model), f"load_model({name!r}, 'denoiser')")))
-        if name == "default":
-            nets.append((card.get("arch"), Method(f"{label}, told the SD", _net(model, told=True), TOLD_NOTE)))
+        nets.append((card.get("arch"), Method(f"{label}, told the SD", _net(model, told=True), TOLD_NOTE)))
     redcnn = [m for arch, m in nets if arch == "redcnn"]
     if not redcnn:
         notes.append("RED-CNN: no trained RED-CNN weights shipped (pass --denoiser PATH to a redcnn model)")
