@@ -7,7 +7,8 @@ noise-free one, the residual holds all the noise, ``n = n_keep + n_remove`` (ind
 both are the scanner's noise), and the least-squares estimate of ``clean + n_keep`` from the input is
 ``denoised + w * residual`` with ``w = var_keep / var_total = 1 - remove_sd**2 / residual_sd**2`` (the Wiener
 weight; 0 when the residual holds no more than ``remove_sd``). The residual SD is measured per slice over the body
-(the largest region above -500 HU, holes filled), on every second pixel. No parameter is fitted: the weight follows from the two SDs.
+(the largest region above -500 HU, holes filled), on every second pixel. No parameter is fitted: the weight follows
+from the two SDs.
 """
 
 from __future__ import annotations
