@@ -331,3 +331,13 @@ def test_noise_sd_to_remove_keeps_the_rest(make_napari_viewer, qtbot, model_dir:
     assert 0.7 < np.median(back) < 0.95  # the weight 1 - sd^2 / residual SD^2 (over the whole body: a bit more)
     widget.set_remove_sd(None)
     assert widget.remove_sd is None
+    assert "noise SD in flat tissue" in widget.status.text()
+
+
+def test_flat_noise_sd_reads_the_noise_of_input_and_output() -> None:
+    """The status line's no-reference noise SD: the phantom's 40 HU of noise in, nothing in the noise-free image."""
+    from napari_lidnet._widgets._worker_utils import flat_noise_sd
+
+    low, ref = phantom(n=3, size=128)
+    before, after = flat_noise_sd(low, [0, 2], ref[[0, 2]])
+    assert before == pytest.approx(40.0, rel=0.1) and after < 1.0

@@ -31,6 +31,7 @@ class JobOutput:
     result: Any  # inference.PipelineResult
     denoiser_label: str | None
     detector_label: str | None
+    noise_sd: tuple[float, float] | None = None  # HU in flat tissue (no-reference), input and denoised
 
 
 @dataclass
@@ -78,6 +79,16 @@ def model_label(path: str | Path, card: dict) -> str:
     return f"{Path(path).name} ({card.get('arch', '?')})"
 
 
+def flat_noise_sd(hu: np.ndarray, slices: list[int], denoised: np.ndarray) -> tuple[float, float]:
+    """Noise SD (HU) in automatically found flat soft tissue of the input's selected slices and of the denoised ones
+    (``metrics.noreference.noise_sd``, at most 4 slices each); NaN where no flat region is found."""
+    from ..metrics.noreference import noise_sd
+
+    src = np.asarray(hu)
+    src = src[np.asarray(slices)] if src.ndim == 3 else src
+    return noise_sd(src, max_slices=4), noise_sd(np.asarray(denoised), max_slices=4)
+
+
 def inference_job(
     hu: np.ndarray,
     denoiser_path: str | None,
@@ -117,7 +128,10 @@ def inference_job(
                 break
             yield Progress(done, total, notices[:], stage="running")
             notices.clear()
-        return JobOutput(result, den_label, det_label)
+        noise = None
+        if result.denoised is not None:
+            noise = flat_noise_sd(hu, result.slices, result.denoised)
+        return JobOutput(result, den_label, det_label, noise)
     except Exception as exc:  # reported in the viewer, never raised into it
         return Failure(f"{type(exc).__name__}: {exc}")
 

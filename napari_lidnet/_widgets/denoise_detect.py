@@ -450,6 +450,9 @@ class DenoiseDetectWidget(QWidget):
         text = f"done on {res.device} in {res.seconds:.1f} s ({len(res.slices)} slices)"
         if cached:
             text += f"; from cache: {', '.join(cached)}"
+        if out.noise_sd is not None:
+            before, after = out.noise_sd
+            text += f"; noise SD in flat tissue {before:.1f} -> {after:.1f} HU"
         if res.boxes is not None:
             text += f"; {self._n_shown} lesions with score >= {self.threshold:.2f}"
         self.status.setText(text)
