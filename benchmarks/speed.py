@@ -52,22 +52,18 @@ def _bm3d_ratio(x: torch.Tensor, unet_s: float, runs: int) -> dict[str, float]:
         bm3d.bm3d(img, sigma_psd=10.0)
         t.append(time.perf_counter() - t0)
     bm = statistics.median(t)
-    told = unet_s + _strength_s(img, runs)
+    told = unet_s + _strength_s(img, x, runs)
     print(f"BM3D {bm:.2f} s per slice; BM3D / unet: {bm / unet_s:.0f}x; BM3D / (unet told the SD to remove, "
           f"{told:.4f} s): {bm / told:.0f}x")
     return {"bm3d": bm, "bm3d_over_unet": bm / unet_s, "unet_told_sd": told, "bm3d_over_unet_told": bm / told}
 
 
-def _strength_s(img, runs: int) -> float:
+def _strength_s(img, x: torch.Tensor, runs: int) -> float:
     """Median time of ``strength.keep_noise`` (what ``--remove-sd`` adds to a denoising) on the slice."""
     from napari_lidnet.strength import keep_noise
 
-    t = []
-    for _ in range(runs + 2):
-        t0 = time.perf_counter()
-        keep_noise(img, 0.5 * img, 5.0)
-        t.append(time.perf_counter() - t0)
-    return statistics.median(t[2:])
+    half = 0.5 * img
+    return time_model(lambda _x: keep_noise(img, half, 5.0), x, runs, torch.device("cpu"))
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

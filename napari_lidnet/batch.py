@@ -164,7 +164,7 @@ def run_batch(
         if isinstance(vol, str):
             report.failed.append(vol)
         else:
-            _run_one(task, vol, final, todo[i][2], report, model, device, (threshold, model_name, remove_sd))
+            _run_one(task, vol, final, todo[i][2], report, model, device, threshold, model_name, remove_sd)
         if progress:
             done = len(report.skipped) + len(report.written) + len(report.failed)
             progress(done, len(scan.series), final.name)
@@ -172,12 +172,11 @@ def run_batch(
 
 
 def _run_one(
-    task: str, vol: Any, final: Path, desc: str, report: BatchReport, model, device, options: tuple
-) -> None:
-    """Write one series' output under its partial name, then rename it; a ValueError fails only this series.
-    ``options``: (score threshold, model name, noise SD to remove)."""
+    task: str, vol: Any, final: Path, desc: str, report: BatchReport, model, device, threshold, model_name,
+    remove_sd: float | None,
+) -> None:  # fmt: skip
+    """Write one series' output under its partial name, then rename it; a ValueError fails only this series."""
     partial = final.parent / f"{PARTIAL}{final.name}"
-    threshold, model_name, remove_sd = options
     try:
         _write_one(task, vol, partial, model, device, threshold, desc, model_name, remove_sd)
     except ValueError as exc:

@@ -235,11 +235,12 @@ def _save_array(out: Path, hu, spacing) -> None:
 
 
 def _cmd_denoise(args: argparse.Namespace) -> int:
+    if args.all_series:
+        return _cmd_batch(args, "denoise", args.output)  # run_batch checks --remove-sd before writing anything
+
     from napari_lidnet.strength import check_remove_sd
 
-    check_remove_sd(args.remove_sd)
-    if args.all_series:
-        return _cmd_batch(args, "denoise", args.output)
+    check_remove_sd(args.remove_sd)  # before the input is read and the model loaded
 
     from napari_lidnet.inference import denoise
 

@@ -418,8 +418,7 @@ def iter_denoise(
         while done < len(idx):
             chunk = idx[done : done + runner.batch]
             low = _take(stack, chunk)
-            den = np.stack(runner.run(low, fn, combine))
-            out[done : done + len(chunk)] = keep_noise(low, den, settings.remove_sd)
+            out[done : done + len(chunk)] = keep_noise(low, runner.run(low, fn, combine), settings.remove_sd)
             done += len(chunk)
             yield done, len(idx)
     if slices is None and np.ndim(hu) == 2:

@@ -14,6 +14,7 @@ from the two SDs.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from napari_lidnet.metrics.noreference import body_mask
 
@@ -48,9 +49,10 @@ def residual_sd(low: np.ndarray, denoised: np.ndarray, stride: int = 2) -> float
     return float(np.std((np.asarray(low, np.float64)[::stride, ::stride] - den)[body]))
 
 
-def keep_noise(low: np.ndarray, denoised: np.ndarray, remove_sd: float | None) -> np.ndarray:
-    """The denoised slice or stack (y, x) / (z, y, x) with only ``remove_sd`` HU of noise removed from ``low``, slice
-    by slice; ``remove_sd=None`` returns ``denoised`` unchanged (remove all), 0 returns ``low``."""
+def keep_noise(low: np.ndarray, denoised: ArrayLike, remove_sd: float | None) -> ArrayLike:
+    """The denoised slice or stack (y, x) / (z, y, x) (an array, or a list of slices) with only ``remove_sd`` HU of
+    noise removed from ``low``, slice by slice, as an array; ``remove_sd=None`` returns ``denoised`` unchanged
+    (remove all), 0 returns ``low``."""
     remove_sd = check_remove_sd(remove_sd)
     if remove_sd is None:
         return denoised

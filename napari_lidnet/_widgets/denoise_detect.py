@@ -378,7 +378,8 @@ class DenoiseDetectWidget(QWidget):
         if note:
             self._message(f"{note}; CT input must be finite HU", error=True)
             return None
-        self._pending = {"layer": layer, "slices": slices, "remove_sd": self.remove_sd}
+        remove_sd = self.remove_sd
+        self._pending = {"layer": layer, "slices": slices, "remove_sd": remove_sd}
         worker = create_worker(
             inference_job,
             hu,
@@ -389,7 +390,7 @@ class DenoiseDetectWidget(QWidget):
             self._store,
             self._cache,
             self.batch_size,
-            self.remove_sd,
+            remove_sd,
             _start_thread=False,
         )
         worker.yielded.connect(self._on_progress)
