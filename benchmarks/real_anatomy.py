@@ -874,8 +874,9 @@ def save_outputs(result: dict, raw: dict, spectra: dict, cases: list[Case], a: a
                                                           for les in c.lesions]}
         for c in cases
     ]  # fmt: skip
-    (a.out / "raw.json").write_text(json.dumps(_jsonable({"records": raw, "lesions": lesions}), allow_nan=False))
-    np.savez_compressed(a.out / "nps.npz", **{f"{m}|{n}": v for (m, n), v in spectra.items()})
+    raw_json = json.dumps(_jsonable({"records": raw, "lesions": lesions}), allow_nan=False)
+    (a.out / f"{a.results.name}_raw.json").write_text(raw_json)
+    np.savez_compressed(a.out / f"{a.results.name}_nps.npz", **{f"{m}|{n}": v for (m, n), v in spectra.items()})
 
 
 def main(argv: list[str] | None = None) -> int:

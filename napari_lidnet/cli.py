@@ -134,6 +134,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         dose=args.dose,
         workers=args.workers,
+        insert_lesions=args.insert_lesions,
         split=args.split,
         test_fraction=args.test_fraction,
     )
@@ -351,6 +352,13 @@ def _add_train(sub: Any) -> None:
     )
     p.add_argument("--dose", type=float, default=None, help="simulate missing low-dose images at this dose fraction")
     p.add_argument("--workers", type=int, default=2, help="DataLoader processes reading slices (0: in the trainer)")
+    p.add_argument(
+        "--insert-lesions",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of training patches that receive 1-3 synthetic lesions (3-25 mm, 10-80 HU, in soft tissue)",
+    )
     p.add_argument(
         "--split",
         choices=["train", "val", "test", "all"],

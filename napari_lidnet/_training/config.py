@@ -66,6 +66,7 @@ class TrainConfig:
     device: str = "auto"
     dose: float | None = None  # archive slices without a low-dose image get one simulated at this dose fraction
     workers: int = 0  # DataLoader worker processes reading the training slices
+    insert_lesions: float = 0.0  # share of training patches that receive synthetic lesions (sim.insert)
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting."""
@@ -92,6 +93,8 @@ class TrainConfig:
             raise ValueError("calibration_patches must be >= 1")
         if self.split not in ("train", "val", "test", "all"):
             raise ValueError(f"split must be train, val, test or all, not {self.split!r}")
+        if not 0.0 <= self.insert_lesions <= 1.0:
+            raise ValueError(f"insert_lesions must be in [0, 1], not {self.insert_lesions}")
         if self.workers < 0:
             raise ValueError("workers must be >= 0")
         if self.dose is not None and not 0.0 < self.dose <= 1.0:

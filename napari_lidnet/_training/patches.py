@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from napari_lidnet.models.normalize import hu_to_net
+from napari_lidnet.sim.insert import insert_lesions
 
 
 @dataclass
@@ -51,14 +52,23 @@ def check_patch_settings(slices: list, patch_size: int, batch_size: int, world_s
 class PatchDataset(torch.utils.data.Dataset):
     """Item ``i``: a random patch of slice ``i % n`` (each slice appears ``repeat`` times), seeded by (seed, i).
 
-    A patch is centred near one of the slice's lesions with probability ``lesion_fraction`` and flipped at random,
-    boxes cropped along. Pixels are read when the item is drawn (lazily, in DataLoader workers when there are any),
-    and an item depends only on its index, so every worker and rank layout draws the same patches.
+    A patch is centred near one of the slice's lesions with probability ``lesion_fraction``, receives synthetic
+    lesions (``sim.insert``) with probability ``insert_fraction`` and is flipped at random, boxes cropped along.
+    Pixels are read when the item is drawn (lazily, in DataLoader workers when there are any), and an item depends
+    only on its index, so every worker and rank layout draws the same patches.
     """
 
-    def __init__(self, slices: list, patch_size: int, seed: int, repeat: int = 1, lesion_fraction: float = 0.7):
+    def __init__(
+        self,
+        slices: list,
+        patch_size: int,
+        seed: int,
+        repeat: int = 1,
+        lesion_fraction: float = 0.7,
+        insert_fraction: float = 0.0,
+    ):
         self.slices, self.patch_size, self.seed = slices, patch_size, seed
-        self.repeat, self.lesion_fraction = repeat, lesion_fraction
+        self.repeat, self.lesion_fraction, self.insert_fraction = repeat, lesion_fraction, insert_fraction
 
     def __len__(self) -> int:
         return len(self.slices) * self.repeat
@@ -85,6 +95,8 @@ class PatchDataset(torch.utils.data.Dataset):
         full = full_img[y0 : y0 + p, x0 : x0 + p]
         low = s.low_hu[y0 : y0 + p, x0 : x0 + p]
         b = crop_boxes(boxes, x0, y0, p)
+        if self.insert_fraction and rng.random() < self.insert_fraction:
+            full, low, b = insert_lesions(full, low, b, s.spacing_mm, rng)
         if rng.random() < 0.5:  # horizontal flip
             low, full = low[:, ::-1], full[:, ::-1]
             b = np.stack([p - b[:, 2], b[:, 1], p - b[:, 0], b[:, 3]], 1) if len(b) else b
@@ -133,19 +145,21 @@ def patch_batches(
     rank: int = 0,
     world_size: int = 1,
     workers: int = 0,
+    insert_fraction: float = 0.0,
 ) -> Iterator[PatchBatch]:
     """This process's share of ``n_batches`` global batches of ``batch_size`` patches.
 
     A DistributedSampler deals a seeded permutation of the patch items round-robin to the ranks: global batch k is
     items ``perm[k*B:(k+1)*B]`` for every world size, so DDP over ``world_size`` processes sees the same global
     batches as one process. The items are enough for all ``n_batches`` (one epoch), each slice equally often.
+    ``insert_fraction``: share of patches that receive synthetic lesions (``PatchDataset``).
     """
     from torch.utils.data import DataLoader, DistributedSampler
 
     check_patch_settings(slices, patch_size, batch_size, world_size)
     needed = n_batches * batch_size + world_size  # the sampler's drop_last keeps len - world_size at least
     repeat = max(1, -(-needed // len(slices)))
-    dataset = PatchDataset(slices, patch_size, seed, repeat)
+    dataset = PatchDataset(slices, patch_size, seed, repeat, insert_fraction=insert_fraction)
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
     loader = DataLoader(
         dataset,

@@ -405,7 +405,8 @@ class Trainer:
         c = self.cfg
         seed = self._seed(index)
         for batch in patch_batches(
-            self.train_samples, c.patch_size, c.batch_size, n, seed, self.rank, self.world_size, c.workers
+            self.train_samples, c.patch_size, c.batch_size, n, seed, self.rank, self.world_size, c.workers,
+            c.insert_lesions,
         ):
             yield batch.to(self.device)
 
