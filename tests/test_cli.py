@@ -236,3 +236,11 @@ def test_adapt_stops_cleanly_on_ctrl_c(tmp_path, model_dir):
     sup = load_model("site-z", "denoiser")[1]["training"]["selfsup"]
     assert sup["stopped_early"] and 1 <= sup["steps_done"] < 100000
     assert sorted(p.name for p in model_dir.glob("site-z*")) == ["site-z_denoiser.json", "site-z_denoiser.safetensors"]
+
+
+def test_train_refuses_a_bad_insertion_share_before_writing(trained, tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["train", "--data", str(trained / "data"), "--out", str(run), "--insert-lesions", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "insert_lesions must be in [0, 1]" in err and err.count("\n") == 1
+    assert not run.exists()
