@@ -2,10 +2,14 @@
 
 import numpy as np
 import pytest
+import torch
 
 from napari_lidnet._training.config import TrainConfig
 from napari_lidnet._training.patches import PatchDataset, patch_batches
+from napari_lidnet._training.trainer import Trainer
+from napari_lidnet.inference import detect
 from napari_lidnet.io.dataset import Sample
+from napari_lidnet.metrics.froc import froc
 from napari_lidnet.models.normalize import HU_SCALE
 from napari_lidnet.sim.insert import INSERT_CONTRAST_HU, SOFT_TISSUE_HU, insert_lesions
 
@@ -82,3 +86,33 @@ def test_patches_of_lesion_free_slices_get_boxes_only_when_asked():
     assert all(len(bb) >= 1 for bb in batch.boxes)
     with pytest.raises(ValueError, match="insert_lesions"):
         TrainConfig(out="x", insert_lesions=1.5).validate()
+
+
+def _flat(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    r = np.random.default_rng(seed)
+    full = (60 + r.normal(0, 5, (96, 96))).astype(np.float32)
+    return full, full + r.normal(0, 20, full.shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_a_detector_learns_lesions_from_lesion_free_slices_only_with_insertion(tmp_path, share):
+    """Normal scans without a single annotation train a detector once synthetic lesions are inserted."""
+    torch.manual_seed(0)
+    samples = [Sample(f"s{i}", *_flat(i), np.zeros((0, 4), np.float32), 0.7) for i in range(8)]
+    cfg = TrainConfig(
+        out=str(tmp_path / "run"), mode="pixel", pretrain_denoiser_steps=0, pretrain_detector_steps=120, rounds=0,
+        batch_size=4, patch_size=64, detector_lr=3e-3, detector_kwargs={"width": 8}, val_fraction=0.25,
+        device="cpu", insert_lesions=share,
+    )  # fmt: skip
+    trainer = Trainer(cfg, samples)
+    list(trainer.run())
+    images, truth = [], []
+    for k in range(10):  # held-out slices, lesions from the same generator
+        full, low = _flat(100 + k)
+        with_lesions, _, boxes = insert_lesions(full, low, np.zeros((0, 4)), 0.7, np.random.default_rng(k))
+        images.append(with_lesions)
+        truth.append(boxes)
+    rows = detect(trainer.detector.eval(), np.stack(images), score_threshold=0.05).reshape(-1, 6)
+    found = [(rows[rows[:, 0] == i][:, 1:5], rows[rows[:, 0] == i][:, 5]) for i in range(len(images))]
+    sens = froc(found, truth, fp_rates=(0.5, 1, 2)).mean_sensitivity
+    assert sens >= 0.5 if share else sens < 0.2, sens
