@@ -31,11 +31,12 @@ One call on one H200 (16 CPU cores), planned to end within 9 minutes (the budget
         --seeds 3 --jobs 14 --threads 1 --budget-s 540 --reserve-s 60 --train-n 300 --test-n 200 --parts 12 \
         --detector-pretrain-steps 1500 --pretrain-steps 600 --slow-steps 600 --rounds 3 --denoiser-steps 100 \
         --slow-round-steps 100 --detector-steps 50 --retrain-steps 200 --slow-patch-size 128
-CPU scale (2 cores, 1.5 h; issue 12's default denoiser at 25% and 10% dose, 3 seeds, pixel vs LIDnet, started from
+CPU scale (2 cores, 2.4 h; issue 12's default denoiser at 25% and 10% dose, 3 seeds, four branches, started from
 the shipped unet and a full-dose detector trained on hard lesions, `bench-out/candidate-det6`, the withdrawn detector-6
 of `runs/defaults/commands.log`; results in benchmarks/results/reproduce_lidnet_hard_cpu.md):
     PYTHONPATH=. python benchmarks/reproduce_lidnet.py --preset hard --out bench-out/reproduce-hard-cpu --device cpu \
-        --denoisers unet --doses 0.25,0.10 --branches pixel,lidnet --seeds 3 --jobs 2 --threads 1 \
+        --denoisers unet --doses 0.25,0.10 --branches pixel,lidnet,lidnet-noroi,lidnet-wholeperc --seeds 3 --jobs 2 \
+        --threads 1 \
         --init-denoiser napari_lidnet/models/weights/default_denoiser \
         --detector bench-out/candidate-det6/default_detector --train-n 150 --test-n 200 --parts 6 --slow-steps 400 \
         --rounds 3 --slow-round-steps 100 --detector-steps 50 --retrain-steps 200 --slow-patch-size 128 --lr 2.5e-4 \
