@@ -542,6 +542,48 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    """Calibrate a detector's threshold on a site's lesion-free scans; save it as a named user model."""
+    from napari_lidnet._training.calibrate import calibrate_on_scans
+    from napari_lidnet._training.export import check_export_name, export_detector
+    from napari_lidnet.io.checks import check_finite
+    from napari_lidnet.io.open_ct import open_ct
+    from napari_lidnet.models.registry import load_model
+    from napari_lidnet.models.weights import default_threshold
+
+    check_export_name(args.name)  # before any work: a taken name would only fail at the end
+    if not args.fp_per_slice >= 0:
+        raise ValueError(f"--fp-per-slice must be >= 0, not {args.fp_per_slice}")
+    volumes = open_ct(args.input)
+    for vol in volumes:
+        check_finite(vol.hu, args.input)
+    slices = [sl for vol in volumes for sl in (vol.hu if vol.hu.ndim == 3 else vol.hu[None])]
+    detector, card = load_model(args.from_model, "detector")
+    denoiser, dev = _load(args.denoiser, "denoiser", args.device)
+    denoiser = None if args.as_given else denoiser
+    before = default_threshold(card)
+    record = calibrate_on_scans(detector.to(dev), slices, denoiser, args.fp_per_slice, dev, previous=before)
+    record["data"] = {"input": str(args.input), "series": len(volumes), "slices": len(slices)}
+    path = export_detector(detector.cpu(), card, args.name, {"calibration": record}, " ".join(sys.argv))
+    print(f"{args.name}: threshold {before:.3f} -> {record['threshold']:.3f}, at most {args.fp_per_slice:g} boxes "
+          f"per slice on {len(slices)} slices of {args.input} (the old threshold drew "
+          f"{record['fp_per_image_at_previous']:.2f}); saved {path}", file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def _add_calibrate(sub: Any) -> None:
+    """The ``calibrate`` subcommand."""
+    p = sub.add_parser("calibrate", help="set a detector's score threshold on your own lesion-free scans")
+    p.add_argument("input", help="normal (lesion-free) CT: DICOM series or folder, or an array file")
+    p.add_argument("--name", required=True, help="name of the new model (saved as NAME_detector, never over one)")
+    p.add_argument("--from", dest="from_model", default="default", help="detector to calibrate (name or path)")
+    p.add_argument("--denoiser", default="default", help="its denoised slices are pooled in (name or path)")
+    p.add_argument("--as-given", action="store_true", help="calibrate on the slices as given only")
+    p.add_argument("--fp-per-slice", type=float, default=0.5, help="false boxes per slice at the threshold")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_calibrate)
+
+
 def _add_adapt(sub: Any) -> None:
     """The ``adapt`` subcommand."""
     p = sub.add_parser("adapt", help="adapt the denoiser to a scanner from its low-dose scans alone (self-supervised)")
@@ -566,7 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = _Parser(prog="lidnet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_simulate, _add_index, _add_train, _add_denoise, _add_detect, _add_evaluate, _add_adapt):
+    adders = (_add_simulate, _add_index, _add_train, _add_denoise, _add_detect, _add_evaluate, _add_adapt)
+    for add in (*adders, _add_calibrate):
         add(sub)
     return parser
 

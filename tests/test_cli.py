@@ -244,3 +244,39 @@ def test_train_refuses_a_bad_insertion_share_before_writing(trained, tmp_path, c
     err = capsys.readouterr().err
     assert "insert_lesions must be in [0, 1]" in err and err.count("\n") == 1
     assert not run.exists()
+
+
+def test_calibrate_sets_the_threshold_on_a_sites_own_scans(tmp_path, capsys, model_dir):
+    """`lidnet calibrate` puts the threshold where the site's lesion-free slices (as given and denoised, pooled)
+    carry at most the asked number of boxes, the lowest such score; saves NAME_detector; never over a name."""
+    from scipy import ndimage
+
+    from napari_lidnet.inference import denoise, detect
+    from napari_lidnet.models.registry import load_model
+    from napari_lidnet.models.weights import default_threshold
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:128, :128]
+    body = np.where((yy - 64) ** 2 + (xx - 64) ** 2 < 56**2, 40.0, -1000.0)
+    tex = np.stack([ndimage.gaussian_filter(rng.normal(0, 1, (128, 128)), 3) for _ in range(10)])
+    vol = (body + 20 * tex / tex.std() * (body > 0) + rng.normal(0, 10, (10, 128, 128))).astype(np.float32)
+    np.save(tmp_path / "normal.npy", vol)
+    args = ["calibrate", str(tmp_path / "normal.npy"), "--device", "cpu"]
+    assert main([*args, "--name", "site-c"]) == 0
+    assert "site-c: threshold" in capsys.readouterr().err
+    detector, card = load_model("site-c", "detector")
+    shipped_detector, shipped = load_model("default", "detector")
+    t, rec = default_threshold(card), card["calibration"]
+    assert rec["data"]["slices"] == 10 and rec["previous_threshold"] == default_threshold(shipped)
+    images = np.concatenate([vol, denoise(load_model("default", "denoiser")[0], vol)])
+    scores = detect(shipped_detector, images, score_threshold=0.01).reshape(-1, 6)[:, 5]
+    assert (scores >= t).sum() / len(images) <= 0.5 < (scores >= scores[scores < t].max()).sum() / len(images)
+    assert rec["fp_per_image_at_previous"] == pytest.approx((scores >= rec["previous_threshold"]).sum() / 20)
+    before = sorted(p.name for p in model_dir.iterdir())
+    assert main([*args, "--name", "site-c"]) == 2  # taken
+    assert "already exists" in capsys.readouterr().err
+    np.save(tmp_path / "few.npy", vol[:5])
+    assert main(["calibrate", str(tmp_path / "few.npy"), "--name", "site-d", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lidnet calibrate: error:") and "at least 8" in err[-1]
+    assert sorted(p.name for p in model_dir.iterdir()) == before

@@ -25,6 +25,7 @@ from napari_lidnet.models.weights import FALLBACK_THRESHOLD
 from .validate import by_size, detect_rows, detections_per_slice
 
 DEFAULT_FP_PER_IMAGE = 0.5  # false boxes per lesion-free slice at the default threshold
+MIN_SITE_SLICES = 8  # fewest slices of a site's own scans that ``calibrate_on_scans`` takes
 
 
 def _per_slice(detector: torch.nn.Module, images: list[np.ndarray], device: Any) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -45,6 +46,17 @@ def _images(samples: Sequence[Any], denoiser: torch.nn.Module | None, device: An
     return out
 
 
+def _threshold_record(neg: dict[str, list[tuple[np.ndarray, np.ndarray]]], fp_per_image: float) -> dict[str, Any]:
+    """The threshold pooled over the image types of lesion-free slices, and the rate per type there."""
+    threshold = threshold_at_fp_rate([sc for found in neg.values() for _, sc in found], fp_per_image)
+    return {
+        "threshold": float(threshold),
+        "fp_per_image": float(fp_per_image),
+        "n_negative_slices": len(next(iter(neg.values()), [])),
+        "fp_per_image_by_type": {k: float(np.mean([(sc >= threshold).sum() for _, sc in f])) for k, f in neg.items()},
+    }
+
+
 def calibrate_detector(
     detector: torch.nn.Module,
     samples: Sequence[Any],
@@ -62,20 +74,47 @@ def calibrate_detector(
     if not negatives:
         raise ValueError("calibration needs lesion-free slices (simulate some with --negatives, e.g. 0.3)")
     neg = {k: _per_slice(detector, v, device) for k, v in _images(negatives, denoiser, device).items()}
-    threshold = threshold_at_fp_rate([sc for found in neg.values() for _, sc in found], fp_per_image)
-    fp_by_type = {k: float(np.mean([(sc >= threshold).sum() for _, sc in found])) for k, found in neg.items()}
+    record = _threshold_record(neg, fp_per_image)
+    threshold = record["threshold"]
     sens_by_type: dict[str, float] = {}
     for k, imgs in _images(positives, denoiser, device).items():
         found = [(b[sc >= threshold], sc[sc >= threshold]) for b, sc in _per_slice(detector, imgs, device)]
         fr = froc(found, [np.asarray(s.boxes).reshape(-1, 4) for s in positives], fp_rates=())
         sens_by_type[k] = float(fr.sensitivity[-1]) if fr.n_lesions else float("nan")
     return {
-        "threshold": float(threshold),
-        "fp_per_image": float(fp_per_image),
-        "n_negative_slices": len(negatives),
-        "fp_per_image_by_type": fp_by_type,
+        **record,
         "sensitivity_by_type": sens_by_type,
         "n_lesions": int(sum(len(np.asarray(s.boxes).reshape(-1, 4)) for s in positives)),
         "fallback_threshold": FALLBACK_THRESHOLD,
         "rule": "lowest score with at most fp_per_image boxes per lesion-free slice, pooled over the image types",
     }
+
+
+def calibrate_on_scans(
+    detector: torch.nn.Module,
+    slices: Sequence[np.ndarray],
+    denoiser: torch.nn.Module | None = None,
+    fp_per_image: float = DEFAULT_FP_PER_IMAGE,
+    device: torch.device | str = "cpu",
+    previous: float | None = None,
+) -> dict[str, Any]:
+    """Calibrate ``detector`` on a site's own lesion-free slices (HU, 2D), as given and (with ``denoiser``) denoised.
+
+    A threshold learned on simulated anatomy does not transfer to a real scanner's anatomy (README, real anatomy);
+    normal scans of the site do. Every box on them counts as a false positive, so slices with lesions only make the
+    threshold stricter. With ``previous`` (the threshold in use) the record also gives the boxes per slice it drew
+    there. Raises ValueError for fewer than ``MIN_SITE_SLICES`` slices.
+    """
+    if len(slices) < MIN_SITE_SLICES:
+        raise ValueError(f"calibration needs at least {MIN_SITE_SLICES} lesion-free slices, got {len(slices)}")
+    images = {"as given": list(slices)}
+    if denoiser is not None:
+        images["denoised"] = by_size(images["as given"], lambda x: denoise(denoiser, x, device=device))
+    neg = {k: _per_slice(detector, v, device) for k, v in images.items()}
+    record = _threshold_record(neg, fp_per_image)
+    if previous is not None:
+        pooled = [(sc >= previous).sum() for found in neg.values() for _, sc in found]
+        record["fp_per_image_at_previous"] = float(np.mean(pooled))
+        record["previous_threshold"] = float(previous)
+    return {**record, "fallback_threshold": FALLBACK_THRESHOLD, "rule": "lowest score with at most fp_per_image "
+            "boxes per slice of the site's lesion-free scans, pooled over the image types"}  # fmt: skip

@@ -71,3 +71,16 @@ def export_run(
                         p.unlink()
         raise
     return written
+
+
+def export_detector(model, card: dict, name: str, card_extra: dict, command: str = "") -> Path:
+    """Save ``model`` as the user model ``NAME_detector`` with ``card`` updated by ``card_extra`` (atomic; never
+    over an existing model of that name)."""
+    from napari_lidnet.models.registry import user_model_dir
+    from napari_lidnet.models.weights import save_weights, weight_paths
+
+    name = check_export_name(name)
+    training = {**card.get("training", {}), "command": command}
+    target = user_model_dir(create=True) / f"{name}_detector"
+    save_weights(model, target, {**card, **card_extra, "name": f"{name}_detector", "training": training})
+    return weight_paths(target)[0]
