@@ -564,7 +564,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     before = default_threshold(card)
     record = calibrate_on_scans(detector.to(dev), slices, denoiser, args.fp_per_slice, dev, previous=before)
     record["data"] = {"input": str(args.input), "series": len(volumes), "slices": len(slices)}
-    path = export_detector(detector.cpu(), card, args.name, {"calibration": record}, " ".join(sys.argv))
+    record["command"] = " ".join(sys.argv)
+    path = export_detector(detector.cpu(), card, args.name, {"calibration": record})
     print(f"{args.name}: threshold {before:.3f} -> {record['threshold']:.3f}, at most {args.fp_per_slice:g} boxes "
           f"per slice on {len(slices)} slices of {args.input} (the old threshold drew "
           f"{record['fp_per_image_at_previous']:.2f}); saved {path}", file=sys.stderr)  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 from pathlib import Path
+from typing import Any
 
 KINDS = ("denoiser", "detector")
 
@@ -73,14 +74,13 @@ def export_run(
     return written
 
 
-def export_detector(model, card: dict, name: str, card_extra: dict, command: str = "") -> Path:
+def export_detector(model: Any, card: dict, name: str, card_extra: dict) -> Path:
     """Save ``model`` as the user model ``NAME_detector`` with ``card`` updated by ``card_extra`` (atomic; never
-    over an existing model of that name)."""
+    over an existing model of that name); the card's training record stays that of the source model."""
     from napari_lidnet.models.registry import user_model_dir
     from napari_lidnet.models.weights import save_weights, weight_paths
 
     name = check_export_name(name)
-    training = {**card.get("training", {}), "command": command}
     target = user_model_dir(create=True) / f"{name}_detector"
-    save_weights(model, target, {**card, **card_extra, "name": f"{name}_detector", "training": training})
+    save_weights(model, target, {**card, **card_extra, "name": f"{name}_detector"})
     return weight_paths(target)[0]
