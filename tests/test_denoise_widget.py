@@ -301,6 +301,14 @@ def test_threshold_follows_the_detectors_calibration(make_napari_viewer, qtbot, 
     widget.detector_combo.setCurrentText("calibrated (user)")
     assert widget.threshold == pytest.approx(0.62)
     assert "0.5 false boxes per lesion-free slice" in widget.threshold_slider.toolTip()
+    assert "lidnet calibrate" in widget.threshold_slider.toolTip()  # simulated calibration: says how to do better
+    save_weights(tiny_detector(seed=3), model_dir / "site_detector", {"calibration": {
+        "threshold": 0.71, "fp_per_image": 0.5, "data": {"input": "/scans/normal", "slices": 40}}})  # fmt: skip
+    widget.refresh_models()
+    widget.detector_combo.setCurrentText("site (user)")
+    assert widget.threshold == pytest.approx(0.71)
+    assert "on 40 slices of your scans (/scans/normal)" in widget.threshold_slider.toolTip()
+    widget.detector_combo.setCurrentText("calibrated (user)")
     widget.set_threshold(0.4)
     widget.refresh_models()  # same detector kept: the user's threshold too
     assert widget.threshold == pytest.approx(0.4)

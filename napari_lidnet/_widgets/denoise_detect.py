@@ -613,7 +613,7 @@ class DenoiseDetectWidget(QWidget):
         self.set_threshold(threshold)
         if isinstance(cal, dict) and threshold != FALLBACK_THRESHOLD:
             tip = (f"calibrated default {threshold:.2f}: about {cal.get('fp_per_image', '?')} false "
-                   "boxes per lesion-free slice on the detector's calibration set")  # fmt: skip
+                   f"boxes per lesion-free slice {_calibration_source(cal)}")  # fmt: skip
         else:
             tip = f"this detector has no calibration; default {FALLBACK_THRESHOLD:.2f}"
         self.threshold_slider.setToolTip(tip)
@@ -725,3 +725,12 @@ class DenoiseDetectWidget(QWidget):
         path, _ = QFileDialog.getSaveFileName(self, "Save lesion boxes", "", "CSV (*.csv);;JSON (*.json)")
         if path:
             self.export_boxes(path)
+
+
+def _calibration_source(cal: dict) -> str:
+    """Where a detector's threshold was calibrated, for the threshold tooltip."""
+    data = cal.get("data") if isinstance(cal.get("data"), dict) else {}
+    if "input" in data:  # lidnet calibrate on a site's own scans
+        return f"on {data.get('slices', '?')} slices of your scans ({data['input']})"
+    return ("on the detector's calibration set (simulated anatomy: on real scans it draws more; "
+            "`lidnet calibrate` sets it on your own lesion-free scans)")  # fmt: skip
