@@ -24,17 +24,17 @@ import numpy as np
 import torch
 
 from napari_lidnet._training.calibrate import DEFAULT_FP_PER_IMAGE
-from napari_lidnet.inference import denoise, detect
+from napari_lidnet._training.validate import detect_rows, detections_per_slice
+from napari_lidnet.inference import denoise
 from napari_lidnet.io.dataset import read_dataset
-from napari_lidnet.metrics.froc import threshold_at_fp_rate
+from napari_lidnet.metrics.froc import fp_rate_at, threshold_at_fp_rate
 from napari_lidnet.models.registry import load_model
 from napari_lidnet.models.weights import default_threshold
 
 
 def slice_scores(detector: torch.nn.Module, images: np.ndarray) -> list[np.ndarray]:
     """Scores (from 0.01) of every box on each image."""
-    rows = detect(detector, images, score_threshold=0.01).reshape(-1, 6)
-    return [rows[rows[:, 0] == i, 5] for i in range(len(images))]
+    return [sc for _, sc in detections_per_slice(detect_rows(detector, images, "cpu"), len(images))]
 
 
 def split_rates(scores: list[list[np.ndarray]], n_cal: int, repeats: int, rate: float, seed: int = 0) -> dict:
@@ -47,12 +47,8 @@ def split_rates(scores: list[list[np.ndarray]], n_cal: int, repeats: int, rate: 
         cal, test = order[:n_cal], order[n_cal:]
         t = threshold_at_fp_rate([s[i] for s in scores for i in cal], rate)
         thresholds.append(t)
-        held.append(float(np.mean([(s[i] >= t).sum() for s in scores for i in test])))
+        held.append(fp_rate_at([s[i] for s in scores for i in test], t))
     return {"thresholds": thresholds, "held_out_rate": held}
-
-
-def at_threshold(scores: list[list[np.ndarray]], t: float) -> float:
-    return float(np.mean([(x >= t).sum() for s in scores for x in s]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         res = split_rates(scores, a.n_cal, a.repeats, DEFAULT_FP_PER_IMAGE)
         held = np.array(res["held_out_rate"])
         card_t = default_threshold(card)
-        rows.append({"detector": name, "card_threshold": card_t, "card_rate": at_threshold(scores, card_t),
+        rows.append({"detector": name, "card_threshold": card_t, "card_rate": fp_rate_at(sum(scores, []), card_t),
                      "site_threshold_median": float(np.median(res["thresholds"])),
                      "held_out_mean": float(held.mean()), "held_out_p2_5": float(np.percentile(held, 2.5)),
                      "held_out_p97_5": float(np.percentile(held, 97.5))})  # fmt: skip

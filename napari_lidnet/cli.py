@@ -181,8 +181,8 @@ def _load(name: str | None, kind: str, device: str):
     dev, notice = pick_device(device)
     if notice:
         print(notice, file=sys.stderr)
-    model, _card = load_model(name or "default", kind=kind)
-    return model.to(dev), dev
+    model, card = load_model(name or "default", kind=kind)
+    return model.to(dev), dev, card
 
 
 def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
@@ -190,7 +190,7 @@ def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
 
     from napari_lidnet.batch import run_batch
 
-    model, dev = _load(args.model, "denoiser" if task == "denoise" else "detector", args.device)
+    model, dev, _ = _load(args.model, "denoiser" if task == "denoise" else "detector", args.device)
     bar = tqdm(unit="series", file=sys.stderr, dynamic_ncols=True, disable=None)
 
     def progress(done: int, total: int, name: str) -> None:
@@ -249,7 +249,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     as_file = out.suffix.lower() in (".npy", ".npz", ".tif", ".tiff")
     check_new_output(out, args.input, folder=not as_file)
     vol = _open_single(args.input)
-    model, dev = _load(args.model, "denoiser", args.device)
+    model, dev, _ = _load(args.model, "denoiser", args.device)
     hu = denoise(model, vol.hu, device=dev, progress=_print_progress, remove_sd=args.remove_sd)
     if as_file:
         _save_array(out, hu, vol.spacing)
@@ -277,7 +277,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_new_output(out, args.input)
     vol = _open_single(args.input)
-    model, dev = _load(args.model, "detector", args.device)
+    model, dev, _ = _load(args.model, "detector", args.device)
     rows = detect(model, vol.hu, device=dev, score_threshold=args.threshold, progress=_print_progress)
     write_boxes_csv(out, rows)
     print(f"wrote {len(rows)} boxes to {out}", file=sys.stderr)
@@ -558,11 +558,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     for vol in volumes:
         check_finite(vol.hu, args.input)
     slices = [sl for vol in volumes for sl in (vol.hu if vol.hu.ndim == 3 else vol.hu[None])]
-    detector, card = load_model(args.from_model, "detector")
-    denoiser, dev = _load(args.denoiser, "denoiser", args.device)
-    denoiser = None if args.as_given else denoiser
+    detector, dev, card = _load(args.from_model, "detector", args.device)
+    denoiser = None if args.as_given else load_model(args.denoiser, "denoiser", dev)[0]
     before = default_threshold(card)
-    record = calibrate_on_scans(detector.to(dev), slices, denoiser, args.fp_per_slice, dev, previous=before)
+    record = calibrate_on_scans(detector, slices, denoiser, args.fp_per_slice, dev, previous=before)
     record["data"] = {"input": str(args.input), "series": len(volumes), "slices": len(slices)}
     record["command"] = " ".join(sys.argv)
     path = export_detector(detector.cpu(), card, args.name, {"calibration": record})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_lidnet.metrics.froc import box_iou_np, froc, match_detections
+from napari_lidnet.metrics.froc import box_iou_np, fp_rate_at, froc, match_detections, threshold_at_fp_rate
 
 
 def _case():
@@ -72,3 +72,16 @@ def test_no_detections_and_no_lesions() -> None:
     assert np.isnan(empty.sensitivities).all() and "IoU" in empty.criterion
     with pytest.raises(ValueError, match="ground-truth"):
         froc([], [np.zeros((0, 4))])
+
+
+def test_fp_rate_at_is_what_threshold_at_fp_rate_inverts():
+    rng = np.random.default_rng(3)
+    scores = [rng.uniform(0, 1, rng.integers(0, 6)) for _ in range(40)]
+    for rate in (0.0, 0.5, 1.0, 2.0):
+        t = threshold_at_fp_rate(scores, rate)
+        assert fp_rate_at(scores, t) <= rate
+        below = [s[s < t] for s in scores]
+        if any(len(b) for b in below):  # the next lower score would be one box too many
+            assert fp_rate_at(scores, max(b.max() for b in below if len(b))) > rate
+    assert fp_rate_at([np.array([0.2, 0.7]), np.array([0.9])], 0.5) == 1.0
+    assert np.isnan(fp_rate_at([], 0.5))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from napari_lidnet.inference import denoise
-from napari_lidnet.metrics.froc import froc, threshold_at_fp_rate
+from napari_lidnet.metrics.froc import fp_rate_at, froc, threshold_at_fp_rate
 from napari_lidnet.models.weights import FALLBACK_THRESHOLD
 
 from .validate import by_size, detect_rows, detections_per_slice
@@ -53,7 +53,7 @@ def _threshold_record(neg: dict[str, list[tuple[np.ndarray, np.ndarray]]], fp_pe
         "threshold": float(threshold),
         "fp_per_image": float(fp_per_image),
         "n_negative_slices": len(next(iter(neg.values()), [])),
-        "fp_per_image_by_type": {k: float(np.mean([(sc >= threshold).sum() for _, sc in f])) for k, f in neg.items()},
+        "fp_per_image_by_type": {k: fp_rate_at([sc for _, sc in f], threshold) for k, f in neg.items()},
     }
 
 
@@ -113,8 +113,7 @@ def calibrate_on_scans(
     neg = {k: _per_slice(detector, v, device) for k, v in images.items()}
     record = _threshold_record(neg, fp_per_image)
     if previous is not None:
-        pooled = [(sc >= previous).sum() for found in neg.values() for _, sc in found]
-        record["fp_per_image_at_previous"] = float(np.mean(pooled))
+        record["fp_per_image_at_previous"] = fp_rate_at([sc for f in neg.values() for _, sc in f], previous)
         record["previous_threshold"] = float(previous)
     return {**record, "fallback_threshold": FALLBACK_THRESHOLD, "rule": "lowest score with at most fp_per_image "
             "boxes per slice of the site's lesion-free scans, pooled over the image types"}  # fmt: skip

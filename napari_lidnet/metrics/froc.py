@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FROCResult", "box_iou_np", "froc", "match_detections", "threshold_at_fp_rate"]
+__all__ = ["FROCResult", "box_iou_np", "fp_rate_at", "froc", "match_detections", "threshold_at_fp_rate"]
 
 
 def _area(z: np.ndarray) -> np.ndarray:
@@ -163,3 +163,11 @@ def threshold_at_fp_rate(scores_per_image: Sequence[np.ndarray], fp_per_image: f
         return float(higher.min())
     # next float32 up, so that a comparison in float32 (scores usually are) or float64 both exclude ``above``
     return float(np.nextafter(np.float32(above), np.float32(np.inf)))
+
+
+def fp_rate_at(scores_per_image: Sequence[np.ndarray], threshold: float) -> float:
+    """Mean number of boxes per image scoring at least ``threshold`` (on lesion-free images: false positives per
+    image, the quantity ``threshold_at_fp_rate`` inverts); NaN for no images."""
+    if not len(scores_per_image):
+        return float("nan")
+    return float(np.mean([(np.asarray(s) >= threshold).sum() for s in scores_per_image]))

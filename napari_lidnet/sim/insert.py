@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from napari_lidnet.sim.canvas import Blob, Canvas, harm
-from napari_lidnet.sim.lesions import MIN_BOX_PX
+from napari_lidnet.sim.lesions import tight_box
 
 __all__ = ["INSERT_CONTRAST_HU", "INSERT_DIAMETER_MM", "SOFT_TISSUE_HU", "insert_lesions"]
 
@@ -41,16 +41,6 @@ def _draw(rng: np.random.Generator) -> tuple[float, float, float, float, np.ndar
     contrast = float(rng.uniform(*INSERT_CONTRAST_HU)) * (1.0 if rng.random() < 0.5 else -1.0)
     lobes = harm(rng, 3, 0.15) if rng.random() < 0.5 else None
     return diam, ratio, sigma, contrast, lobes
-
-
-def _tight_box(cov: np.ndarray) -> np.ndarray | None:
-    inside = np.argwhere(cov >= 0.5)
-    if inside.size == 0:
-        return None
-    (r0, c0), (r1, c1) = inside.min(0), inside.max(0)
-    if min(r1 - r0, c1 - c0) + 1 < MIN_BOX_PX:
-        return None
-    return np.array([c0, r0, c1 + 1, r1 + 1], np.float32)
 
 
 def insert_lesions(
@@ -94,7 +84,7 @@ def insert_lesions(
             continue
         cov = np.zeros_like(full)
         cov[res[0]] = res[1]
-        box = _tight_box(cov)
+        box = tight_box(cov)
         if box is None:
             continue
         full += contrast * cov

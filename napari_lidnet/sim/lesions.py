@@ -261,6 +261,18 @@ def place_lesions(
     return pl.lesions
 
 
+def tight_box(cov: np.ndarray) -> np.ndarray | None:
+    """Tight box (x1, y1, x2, y2; x2, y2 exclusive) of the pixels at least half covered; None when there are none
+    or the box is under ``MIN_BOX_PX`` on a side (the tip of an ellipsoid: drawn, not boxed)."""
+    inside = np.argwhere(cov >= 0.5)
+    if inside.size == 0:
+        return None
+    (r0, c0), (r1, c1) = inside.min(0), inside.max(0)
+    if min(r1 - r0, c1 - c0) + 1 < MIN_BOX_PX:
+        return None
+    return np.array([c0, r0, c1 + 1, r1 + 1], np.float32)
+
+
 def apply_lesion(cv: Canvas, les: Lesion, z: float) -> np.ndarray | None:
     """Add the lesion's cross-section at z to the canvas; its tight box (x1, y1, x2, y2) or None."""
     cut = les.at(z)
@@ -275,13 +287,10 @@ def apply_lesion(cv: Canvas, les: Lesion, z: float) -> np.ndarray | None:
         h += (les.contrast - h) * cov
     else:
         h += les.contrast * cov
-    inside = np.argwhere(cov >= 0.5)
-    if inside.size == 0:
+    box = tight_box(cov)
+    if box is None:
         return None
-    (r0, c0), (r1, c1) = inside.min(0), inside.max(0)
-    if min(r1 - r0, c1 - c0) + 1 < MIN_BOX_PX:  # the tip of an ellipsoid: drawn, not boxed
-        return None
-    return np.array([c0 + win[1].start, r0 + win[0].start, c1 + win[1].start + 1, r1 + win[0].start + 1], np.float32)
+    return box + np.array([win[1].start, win[0].start] * 2, np.float32)
 
 
 def lesion_count(rng: np.random.Generator, n_lesions: int | None, profile: str = "standard") -> int:
