@@ -12,6 +12,8 @@ Every caller (widgets, command line, trainer validation, benchmarks) goes throug
   the CPU; every step is reported through ``notice``.
 - Mixed precision (``torch.autocast``) on CUDA only; float16 by default (bfloat16 is too coarse for HU).
 - ``InferenceSettings.remove_sd``: remove only that SD of noise and keep the rest (``strength.keep_noise``).
+- Padding outside the scanner's field of view (``io.fov``) goes to the networks as air and comes back unchanged
+  in the denoised image; no box is centred on it.
 - ``ResultCache``: results keyed by content fingerprints of the input and the model plus the settings, so a
   re-run or a new score threshold costs nothing (detection keeps every box above ``BOX_FLOOR``).
 """
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_lidnet.io.fov import fill_padding
 from napari_lidnet.models.device import pick_device
 from napari_lidnet.models.normalize import hu_to_net, net_to_hu
 from napari_lidnet.strength import check_remove_sd, keep_noise
@@ -388,6 +391,14 @@ def _merge_detections(parts: list, spans: list, shape: tuple[int, int], max_det:
     return b[kept], s[kept]
 
 
+def _centred_in(boxes: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Which (N, 4) pixel boxes ``x1, y1, x2, y2`` have their centre on a True pixel of ``mask``."""
+    h, w = mask.shape
+    cx = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2).astype(int), 0, w - 1)
+    cy = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2).astype(int), 0, h - 1)
+    return mask[cy, cx]
+
+
 # --------------------------------------------------------------------------------------------------- generators
 
 
@@ -417,8 +428,13 @@ def iter_denoise(
         done = 0
         while done < len(idx):
             chunk = idx[done : done + runner.batch]
-            low = _take(stack, chunk)
-            out[done : done + len(chunk)] = keep_noise(low, runner.run(low, fn, combine), settings.remove_sd)
+            given = _take(stack, chunk)
+            low, pads = fill_padding(given)
+            block = out[done : done + len(chunk)]
+            block[:] = keep_noise(low, runner.run(low, fn, combine), settings.remove_sd)
+            for image, source, pad in zip(block, given, pads):
+                if pad is not None:  # the padding goes back as it was
+                    image[pad] = source[pad]
             done += len(chunk)
             yield done, len(idx)
     if slices is None and np.ndim(hu) == 2:
@@ -453,7 +469,11 @@ def iter_detect(
         done = 0
         while done < len(idx):
             chunk = idx[done : done + runner.batch]
-            for z, (boxes, scores) in zip(chunk, runner.run(_take(stack, chunk), fn, combine)):
+            images, pads = fill_padding(_take(stack, chunk))
+            for z, (boxes, scores), pad in zip(chunk, runner.run(images, fn, combine), pads):
+                if len(boxes) and pad is not None:
+                    keep = ~_centred_in(boxes.float().cpu().numpy(), pad)
+                    boxes, scores = boxes[torch.from_numpy(keep)], scores[torch.from_numpy(keep)]
                 if len(boxes):
                     zcol = np.full((len(boxes), 1), z, np.float32)
                     rows.append(np.hstack([zcol, boxes.float().cpu().numpy(), scores.float().cpu().numpy()[:, None]]))

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_lidnet.io.fov import air_filled
 from napari_lidnet.models.normalize import hu_to_net
 from napari_lidnet.sim.insert import insert_lesions
 
@@ -90,10 +91,10 @@ class PatchDataset(torch.utils.data.Dataset):
         s = self.slices[index % len(self.slices)]
         p = self.patch_size
         boxes = np.asarray(s.boxes, np.float32).reshape(-1, 4)
-        full_img = s.full_hu
+        full_img = air_filled(s.full_hu)
         y0, x0 = self._corner(rng, full_img.shape, boxes)
         full = full_img[y0 : y0 + p, x0 : x0 + p]
-        low = s.low_hu[y0 : y0 + p, x0 : x0 + p]
+        low = air_filled(s.low_hu)[y0 : y0 + p, x0 : x0 + p]
         b = crop_boxes(boxes, x0, y0, p)
         if self.insert_fraction and rng.random() < self.insert_fraction:
             full, low, b = insert_lesions(full, low, b, s.spacing_mm, rng)
@@ -114,14 +115,14 @@ def lesion_patch(s: Any, box_index: int, patch_size: int) -> tuple[np.ndarray, n
     that overlaps the patch, clipped to it)."""
     p = patch_size
     boxes = np.asarray(s.boxes, np.float32).reshape(-1, 4)
-    full_img = s.full_hu
+    full_img = air_filled(s.full_hu)
     h, w = full_img.shape
     x1, y1, x2, y2 = boxes[box_index]
     y0 = int(np.clip(round((y1 + y2) / 2 - p / 2), 0, h - p))
     x0 = int(np.clip(round((x1 + x2) / 2 - p / 2), 0, w - p))
     b = crop_boxes(boxes, x0, y0, p, min_visible=0.0)
     b = b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])]
-    low = np.ascontiguousarray(s.low_hu[y0 : y0 + p, x0 : x0 + p], np.float32)
+    low = np.ascontiguousarray(air_filled(s.low_hu)[y0 : y0 + p, x0 : x0 + p], np.float32)
     full = np.ascontiguousarray(full_img[y0 : y0 + p, x0 : x0 + p], np.float32)
     return hu_to_net(low), hu_to_net(full), b
 

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_lidnet.io.fov import fill_padding
 from napari_lidnet.metrics.noreference import correlation_length, edge_locations, noise_sd, quality_estimates
 
 __all__ = [
@@ -306,7 +307,7 @@ def prepare_adapt(
         vol_runs = _runs_of(vol, scheme)
         lo = 1 if scheme == "neighbours" else 0
         items += [(v, z) for a, b in vol_runs if b - a >= (MIN_RUN if lo else 1) for z in range(a + lo, b - lo)]
-        stacks.append(np.asarray(stack, np.float32))
+        stacks.append(fill_padding(np.asarray(stack, np.float32))[0])  # padding outside the field of view: air
         runs.append(vol_runs)
     data = AdaptData(stacks, [v.name for v in volumes], pixel_mm, scheme, items, runs, _box_table(boxes, len(stacks)))
     if scheme == "neighbours":
