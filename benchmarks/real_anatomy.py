@@ -430,7 +430,9 @@ def build_methods(args: argparse.Namespace, sigmas: dict[float, float]) -> tuple
     for name in ["default", *args.denoiser]:
         model, card = load_model(name, "denoiser")
         model.eval()
-        label = f"{'shipped default' if name == 'default' else Path(name).name} ({card.get('arch', '?')})"
+        path = Path(name)  # a run's best_/last_ checkpoint is named after its run folder
+        shown = f"{path.parent.name}/{path.name}" if path.name.startswith(("best_", "last_")) else path.name
+        label = f"{'shipped default' if name == 'default' else shown} ({card.get('arch', '?')})"
         nets.append((card.get("arch"), Method(label, _net(model), f"load_model({name!r}, 'denoiser')")))
         nets.append((card.get("arch"), Method(f"{label}, told the SD", _net(model, told=True), TOLD_NOTE)))
     redcnn = [m for arch, m in nets if arch == "redcnn"]
