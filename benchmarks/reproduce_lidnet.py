@@ -27,7 +27,8 @@ run starts after the budget less ``--reserve-s`` and the tables are written from
 
 One call on one H200 (16 CPU cores), planned to end within 9 minutes (the budget guard stops starting runs at
 8 min; check ``results.md``'s log and rerun the same command to finish what was skipped):
-    PYTHONPATH=. python benchmarks/reproduce_lidnet.py --preset hard --out bench-out/reproduce-hard --device cuda \
+    NAPARI_LIDNET_MODEL_DIR=/tmp/lidnet-models PYTHONPATH=. python3 benchmarks/reproduce_lidnet.py --preset hard \
+        --out bench-out/reproduce-hard --device cuda \
         --seeds 3 --jobs 14 --threads 1 --budget-s 540 --reserve-s 60 --train-n 300 --test-n 200 --parts 12 \
         --detector-pretrain-steps 1500 --pretrain-steps 600 --slow-steps 600 --rounds 3 --denoiser-steps 100 \
         --slow-round-steps 100 --detector-steps 50 --retrain-steps 200 --slow-patch-size 128
