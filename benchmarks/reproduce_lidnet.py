@@ -25,11 +25,13 @@ slices (``napari_lidnet.metrics.bootstrap``), paired for the differences (LIDnet
 runs in ``--jobs`` processes; a rerun resumes (finished runs and evaluations are kept); with ``--budget-s`` no new
 run starts after the budget less ``--reserve-s`` and the tables are written from what finished.
 
-One call on one H200 (16 CPU cores), planned to end within 9 minutes (the budget guard stops starting runs at
-8 min; check ``results.md``'s log and rerun the same command to finish what was skipped):
+One call on one H200 (16 CPU cores), planned to end within 7 minutes, after ``benchmarks/gpu_open_issues.sh``, so
+that both fit a session's 15 device-minutes (the budget guard stops starting runs at 5 min; check ``results.md``'s
+log; end the command with ``; cp bench-out/reproduce-hard/results.* $OUT/`` so the tables come back; the runs
+themselves are too large to bring back, so a later session starts again):
     NAPARI_LIDNET_MODEL_DIR=/tmp/lidnet-models PYTHONPATH=. python3 benchmarks/reproduce_lidnet.py --preset hard \
         --out bench-out/reproduce-hard --device cuda \
-        --seeds 3 --jobs 14 --threads 1 --budget-s 540 --reserve-s 60 --train-n 300 --test-n 200 --parts 12 \
+        --seeds 3 --jobs 14 --threads 1 --budget-s 360 --reserve-s 60 --train-n 300 --test-n 200 --parts 12 \
         --detector-pretrain-steps 1500 --pretrain-steps 600 --slow-steps 600 --rounds 3 --denoiser-steps 100 \
         --slow-round-steps 100 --detector-steps 50 --retrain-steps 200 --slow-patch-size 128
 CPU scale (2 cores, 2.4 h; issue 12's default denoiser at 25% and 10% dose, 3 seeds, four branches, started from

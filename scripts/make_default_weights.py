@@ -10,8 +10,9 @@ folder with ``--out shipped`` (the old pair is replaced only there, and only on 
         --detector runs/defaults/detector/best_detector --calibrate data/rand-val --test data/rand-test \
         --log runs/defaults/commands.log --out shipped
 
-``--denoiser-only``: replace the denoiser alone; the detector, its card and its threshold stay as they are (the
-test metrics are measured with it).
+``--denoiser-only``: replace the denoiser alone; the detector's weights and threshold stay as they are, and its card
+records the rates and sensitivities of that threshold on the calibration data with the new denoiser, and the new
+test metrics.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--denoiser", required=True, help="weights stem of the trained denoiser")
     p.add_argument("--detector", required=True, help="weights stem of the trained detector")
-    p.add_argument("--calibrate", help="dataset with lesion-free slices for the threshold (not with --denoiser-only)")
+    p.add_argument("--calibrate", required=True, help="dataset with lesion-free slices for the threshold")
     p.add_argument("--fp-per-image", type=float, default=DEFAULT_FP_PER_IMAGE)
     p.add_argument("--test", required=True, help="held-out dataset for the card's metrics")
     p.add_argument("--log", default=None, help="commands.log of scripts/train_defaults.py")
@@ -49,28 +50,26 @@ def main() -> None:
     p.add_argument("--out", required=True, help="new folder, or 'shipped' for the package's weights folder")
     p.add_argument("--denoiser-only", action="store_true", help="write the denoiser; keep the detector as it is")
     a = p.parse_args()
-    if not (a.calibrate or a.denoiser_only):
-        p.error("--calibrate is required (unless --denoiser-only)")
     out = shipped_model_dir() if a.out == "shipped" else Path(a.out)
     if a.out != "shipped" and out.exists() and any(out.iterdir()):
         raise SystemExit(f"make_default_weights: {out} is not empty; outputs never overwrite: choose a new folder")
     den, den_card = load_weights(a.denoiser)
     det, det_card = load_weights(a.detector)
-    if a.denoiser_only:
-        calibration = det_card.get("calibration", {})
-    else:
-        calibration = calibrate_detector(det, read_dataset(a.calibrate), den, a.fp_per_image)
-        calibration["data"] = {"path": a.calibrate, "command": read_info(a.calibrate).get("command")}
+    kept = det_card.get("calibration", {}).get("threshold") if a.denoiser_only else None
+    calibration = calibrate_detector(det, read_dataset(a.calibrate), den, a.fp_per_image, threshold=kept)
+    calibration["data"] = {"path": a.calibrate, "command": read_info(a.calibrate).get("command")}
+    if kept is not None:
+        calibration["kept"] = "threshold of the previous calibration (previous denoiser), measured with this one"
     metrics = _test_metrics(den, det, a.test)
     logged = Path(a.log).read_text().splitlines() if a.log else []
     options = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(a).items()
                if v not in (None, "", False)]  # fmt: skip
     commands = [read_info(den_card["training"]["config"]["data"]).get("command"), *logged,
                 " ".join(["python scripts/make_default_weights.py", *options])]  # fmt: skip
-    kinds = (("denoiser", den, den_card),) + ((("detector", det, det_card),) if not a.denoiser_only else ())
-    for kind, model, card in kinds:
+    for kind, model, card in (("denoiser", den, den_card), ("detector", det, det_card)):
         card = {**card, "name": f"default_{kind}", "metrics": {**card.get("metrics", {}), "test": metrics}}
-        card["training"] = {**card.get("training", {}), "commands": commands, "note": a.note}
+        if not (a.denoiser_only and kind == "detector"):  # a kept detector keeps its own training record
+            card["training"] = {**card.get("training", {}), "commands": commands, "note": a.note}
         if kind == "detector":
             card["calibration"] = calibration
         save_weights(model, out / f"default_{kind}", card)

@@ -41,6 +41,14 @@ def test_padding_is_what_lies_far_below_air_at_the_border_and_nothing_else():
     streak = np.full((SIZE, SIZE), 40.0, np.float32)
     streak[60:64, 10:118] = -1500.0  # a photon-starvation streak inside the body: not padding
     assert padding_mask(streak) is None
+    joined = img.copy()  # a dark streak through the body that runs out to the fill: the streak stays image
+    body = ~outside & (np.hypot(*(np.mgrid[:SIZE, :SIZE] - (SIZE - 1) / 2)) < 50)
+    joined[62:65, :80] = -1500.0
+    mask = padding_mask(joined)
+    assert not (mask & body).any() and mask[outside].all()
+    tiny = np.full((8, 8), -1000.0, np.float32)
+    tiny[0, 0] = -1250.0  # one noisy corner pixel of a tiny image is not a fill
+    assert padding_mask(tiny) is None
     few = np.full((SIZE, SIZE), 40.0, np.float32)
     few[0, :40] = -3024.0  # 40 px of 16384 (0.24%): too few to be a fill
     assert padding_mask(few) is None

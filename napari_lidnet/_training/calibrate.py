@@ -46,9 +46,13 @@ def _images(samples: Sequence[Any], denoiser: torch.nn.Module | None, device: An
     return out
 
 
-def _threshold_record(neg: dict[str, list[tuple[np.ndarray, np.ndarray]]], fp_per_image: float) -> dict[str, Any]:
-    """The threshold pooled over the image types of lesion-free slices, and the rate per type there."""
-    threshold = threshold_at_fp_rate([sc for found in neg.values() for _, sc in found], fp_per_image)
+def _threshold_record(
+    neg: dict[str, list[tuple[np.ndarray, np.ndarray]]], fp_per_image: float, threshold: float | None = None
+) -> dict[str, Any]:
+    """The threshold pooled over the image types of lesion-free slices (or the one given), and the rate per type
+    there."""
+    if threshold is None:
+        threshold = threshold_at_fp_rate([sc for found in neg.values() for _, sc in found], fp_per_image)
     return {
         "threshold": float(threshold),
         "fp_per_image": float(fp_per_image),
@@ -63,18 +67,20 @@ def calibrate_detector(
     denoiser: torch.nn.Module | None = None,
     fp_per_image: float = DEFAULT_FP_PER_IMAGE,
     device: torch.device | str = "cpu",
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Calibrate ``detector`` on dataset ``samples`` (``io.dataset.Sample``: full_hu, low_hu, boxes).
 
     Returns ``{"threshold", "fp_per_image", "n_negative_slices", "fp_per_image_by_type", "sensitivity_by_type",
-    "n_lesions", "rule"}``; raises ValueError when the samples hold no lesion-free slice.
+    "n_lesions", "rule"}``; raises ValueError when the samples hold no lesion-free slice. With ``threshold`` the
+    record measures that threshold (rates and sensitivities there) instead of choosing one.
     """
     negatives = [s for s in samples if len(np.asarray(s.boxes).reshape(-1, 4)) == 0]
     positives = [s for s in samples if len(np.asarray(s.boxes).reshape(-1, 4)) > 0]
     if not negatives:
         raise ValueError("calibration needs lesion-free slices (simulate some with --negatives, e.g. 0.3)")
     neg = {k: _per_slice(detector, v, device) for k, v in _images(negatives, denoiser, device).items()}
-    record = _threshold_record(neg, fp_per_image)
+    record = _threshold_record(neg, fp_per_image, threshold)
     threshold = record["threshold"]
     sens_by_type: dict[str, float] = {}
     for k, imgs in _images(positives, denoiser, device).items():

@@ -113,6 +113,7 @@ def roi_perceptual_distance(
     """
     import torch
 
+    from napari_lidnet.io.fov import air_filled
     from napari_lidnet.models.normalize import hu_to_net
 
     image_hu, reference_hu = np.asarray(image_hu, np.float32), np.asarray(reference_hu, np.float32)
@@ -127,7 +128,8 @@ def roi_perceptual_distance(
         y0, ye, x0, xe = _crop_window(wide, image_hu.shape, context, max(int(s) for s in detector.feature_strides))
     param = next(detector.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    batch = torch.from_numpy(hu_to_net(np.stack([image_hu[y0:ye, x0:xe], reference_hu[y0:ye, x0:xe]])[:, None]))
+    crops = [air_filled(a)[y0:ye, x0:xe] for a in (image_hu, reference_hu)]  # padding: air, as in inference
+    batch = torch.from_numpy(hu_to_net(np.stack(crops)[:, None]))
     x, ref = batch[:1].to(device), batch[1:].to(device)
     # the box in crop coordinates, widened already: margin 0 below (the same region as on the whole slice)
     shifted = torch.tensor([[wide[0] - x0, wide[1] - y0, wide[2] - x0, wide[3] - y0]], device=device)
