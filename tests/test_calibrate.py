@@ -76,6 +76,12 @@ def test_calibrate_detector_meets_its_rate_on_every_image_type_pooled() -> None:
     assert all(v == 0.0 for v in strict["fp_per_image_by_type"].values())
     with pytest.raises(ValueError, match="lesion-free slices"):
         calibrate_detector(detector, samples[6:])
+    # a kept threshold (another denoiser, say) is measured, not chosen: asked for no boxes, it keeps the loose one
+    assert strict["threshold"] > cal["threshold"]
+    kept = calibrate_detector(detector, samples, denoiser=denoiser, fp_per_image=0.0, threshold=cal["threshold"])
+    assert kept["threshold"] == cal["threshold"]
+    assert kept["fp_per_image_by_type"] == cal["fp_per_image_by_type"]
+    assert kept["sensitivity_by_type"] == cal["sensitivity_by_type"]
 
 
 def test_default_threshold_reads_the_card_and_falls_back() -> None:
