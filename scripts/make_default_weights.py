@@ -12,7 +12,9 @@ folder with ``--out shipped`` (the old pair is replaced only there, and only on 
 
 ``--denoiser-only``: replace the denoiser alone; the detector's weights and threshold stay as they are, and its card
 records the rates and sensitivities of that threshold on the calibration data with the new denoiser, and the new
-test metrics.
+test metrics. ``--detector-only``: recalibrate and write the detector alone, its training record kept and the
+log's and this command appended; the denoiser stays as it is. ``--flip-test``: the detector averages four flipped
+views (``LesionDetector(flip_test=True)``), calibrated so.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from napari_lidnet._training.calibrate import DEFAULT_FP_PER_IMAGE, calibrate_detector
 from napari_lidnet._training.validate import evaluate_denoiser, stack_samples
 from napari_lidnet.io.dataset import read_dataset, read_info
+from napari_lidnet.models.detector import with_flip_test
 from napari_lidnet.models.registry import shipped_model_dir
 from napari_lidnet.models.weights import load_weights, save_weights
 
@@ -48,13 +51,19 @@ def main() -> None:
     p.add_argument("--log", default=None, help="commands.log of scripts/train_defaults.py")
     p.add_argument("--note", default="", help="a sentence for the cards (e.g. how long, on what)")
     p.add_argument("--out", required=True, help="new folder, or 'shipped' for the package's weights folder")
-    p.add_argument("--denoiser-only", action="store_true", help="write the denoiser; keep the detector as it is")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--denoiser-only", action="store_true", help="write the denoiser; keep the detector as it is")
+    only.add_argument("--detector-only", action="store_true", help="write the detector; keep the denoiser as it is")
+    p.add_argument("--flip-test", action="store_true", help="the detector averages four flipped views")
     a = p.parse_args()
     out = shipped_model_dir() if a.out == "shipped" else Path(a.out)
     if a.out != "shipped" and out.exists() and any(out.iterdir()):
         raise SystemExit(f"make_default_weights: {out} is not empty; outputs never overwrite: choose a new folder")
     den, den_card = load_weights(a.denoiser)
     det, det_card = load_weights(a.detector)
+    if a.flip_test:
+        det = with_flip_test(det)
+        det_card = {**det_card, "config": det.config}
     kept = det_card.get("calibration", {}).get("threshold") if a.denoiser_only else None
     calibration = calibrate_detector(det, read_dataset(a.calibrate), den, a.fp_per_image, threshold=kept)
     calibration["data"] = {"path": a.calibrate, "command": read_info(a.calibrate).get("command")}
@@ -64,11 +73,15 @@ def main() -> None:
     logged = Path(a.log).read_text().splitlines() if a.log else []
     options = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(a).items()
                if v not in (None, "", False)]  # fmt: skip
-    commands = [read_info(den_card["training"]["config"]["data"]).get("command"), *logged,
-                " ".join(["python scripts/make_default_weights.py", *options])]  # fmt: skip
-    for kind, model, card in (("denoiser", den, den_card), ("detector", det, det_card)):
+    this = " ".join(["python scripts/make_default_weights.py", *options])
+    commands = [read_info(den_card["training"]["config"]["data"]).get("command"), *logged, this]
+    kinds = (("denoiser", den, den_card),) if not a.detector_only else ()
+    for kind, model, card in (*kinds, ("detector", det, det_card)):
         card = {**card, "name": f"default_{kind}", "metrics": {**card.get("metrics", {}), "test": metrics}}
-        if not (a.denoiser_only and kind == "detector"):  # a kept detector keeps its own training record
+        if a.detector_only:  # its own record goes on
+            history = card.get("training", {}).get("commands", [])
+            card["training"] = {**card.get("training", {}), "commands": [*history, *logged, this], "note": a.note}
+        elif not (a.denoiser_only and kind == "detector"):  # a kept detector keeps its own training record
             card["training"] = {**card.get("training", {}), "commands": commands, "note": a.note}
         if kind == "detector":
             card["calibration"] = calibration

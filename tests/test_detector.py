@@ -12,6 +12,7 @@ from napari_lidnet.models.detector import (
     decode_heatmaps,
     encode_targets,
     gaussian_radius,
+    with_flip_test,
 )
 from napari_lidnet.models.nms import box_iou, nms
 
@@ -167,3 +168,34 @@ def test_tiny_detector_learns_to_find_disks() -> None:
         assert len(boxes) <= len(gt) + 1  # at most one false positive per image
         total += len(gt)
     assert found == total, (found, total)  # every disk found with IoU > 0.5 (BatchNorm detector, width 8)
+
+
+def test_flip_test_makes_detection_mirror_symmetric_and_survives_the_card(tmp_path) -> None:
+    """With flip_test the scores are an average over the flip group: a mirrored image gives the same scores (the
+    shipped weights without it do not); odd sizes run; the setting travels in the card."""
+    from napari_lidnet.models.registry import load_model
+    from napari_lidnet.models.weights import load_weights, save_weights
+
+    shipped, card = load_model("default", "detector")
+    plain = LesionDetector(**{**card["config"], "flip_test": False}).eval()
+    plain.load_state_dict(shipped.state_dict())
+    flipped = with_flip_test(plain)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:128, :160]
+    hu = 40 + rng.normal(0, 15, yy.shape)
+    for cy, cx, r, c in ((40, 50, 7, 50), (90, 120, 5, -40), (70, 30, 9, 35)):
+        hu += c * ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r)
+    x = torch.from_numpy((hu / 1000).astype(np.float32))[None, None]
+
+    def mirrored(det: LesionDetector) -> float:
+        (_, s1), (_, s2) = det.detect(x, score_threshold=0.0)[0], det.detect(x.flip(-1), score_threshold=0.0)[0]
+        return float(np.abs(s1[:5].numpy() - s2[:5].numpy()).max())
+
+    assert mirrored(flipped) < 1e-5
+    assert mirrored(plain) > 1e-3
+    boxes, _ = flipped.detect(x[..., :125, :150], score_threshold=0.0)[0]
+    assert len(boxes) and boxes[:, 2].max() <= 150 and boxes[:, 3].max() <= 125
+    save_weights(flipped, tmp_path / "det", {})
+    again, saved = load_weights(tmp_path / "det")
+    assert again.flip_test and saved["config"]["flip_test"] is True
+    assert not plain.flip_test and not LesionDetector(width=4).flip_test

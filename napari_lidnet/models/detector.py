@@ -168,6 +168,8 @@ class LesionDetector(nn.Module):
         neck_width: FPN and head channels (default 2 * width).
         windows: (level, width) HU windows, one input channel each (smooth clamp by tanh).
         size_weight, offset_weight: weights of the L1 size and offset losses in ``total``.
+        flip_test: ``detect`` averages the centre probabilities and sizes of four views (the image, flipped left-right,
+            up-down and both) in the image frame, offsets from the image itself: 4x the time, steadier scores.
     """
 
     arch = "centernet"
@@ -181,6 +183,7 @@ class LesionDetector(nn.Module):
         windows: Sequence[Sequence[float]] = ((40.0, 400.0), (0.0, 2000.0)),
         size_weight: float = 1.0,
         offset_weight: float = 1.0,
+        flip_test: bool = False,
     ) -> None:
         super().__init__()
         neck_width = neck_width or 2 * width
@@ -191,8 +194,9 @@ class LesionDetector(nn.Module):
             "windows": windows,
             "size_weight": size_weight,
             "offset_weight": offset_weight,
+            "flip_test": bool(flip_test),
         }
-        self.size_weight, self.offset_weight = size_weight, offset_weight
+        self.size_weight, self.offset_weight, self.flip_test = size_weight, offset_weight, bool(flip_test)
         win = torch.tensor(windows, dtype=torch.float32)
         self.register_buffer("win_level", win[:, 0].reshape(1, -1, 1, 1), persistent=False)
         self.register_buffer("win_half", (win[:, 1] / 2).reshape(1, -1, 1, 1), persistent=False)
@@ -264,17 +268,40 @@ class LesionDetector(nn.Module):
         """Lesion boxes per image: ``(boxes (N,4) float32 pixels x1,y1,x2,y2, scores (N,))`` on the CPU.
 
         Does not change the train/eval mode; call ``eval()`` first (BatchNorm uses its running statistics then)."""
-        out = self(x)
+        heat, size, offset = self._maps(x)
         return decode_heatmaps(
-            torch.sigmoid(out["heatmap"].float()),
-            out["size"].float(),
-            out["offset"].float(),
+            heat,
+            size,
+            offset,
             self.output_stride,
             image_size=tuple(x.shape[-2:]),
             score_threshold=score_threshold,
             max_detections=max_detections,
             iou_threshold=iou_threshold,
         )
+
+
+    def _maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Centre probabilities, log-sizes and offsets of ``x``; with ``flip_test`` the first two are averaged over
+        the four flipped views (the input padded to a multiple of 16 first, so every view shares one grid)."""
+        h, w = -(-x.shape[-2] // self.output_stride), -(-x.shape[-1] // self.output_stride)
+        xp = self._pad(x) if self.flip_test else x
+        out = self(xp)
+        heat, size = torch.sigmoid(out["heatmap"].float()), out["size"].float()
+        if self.flip_test:
+            for dims in ((-1,), (-2,), (-2, -1)):
+                o = self(xp.flip(dims))
+                heat = heat + torch.sigmoid(o["heatmap"].float()).flip(dims)
+                size = size + o["size"].float().flip(dims)
+            heat, size = heat / 4, size / 4
+        return heat[..., :h, :w], size[..., :h, :w], out["offset"].float()[..., :h, :w]
+
+
+def with_flip_test(detector: LesionDetector) -> LesionDetector:
+    """A copy of ``detector`` (the same weights, in eval mode) that averages the four flipped views."""
+    out = LesionDetector(**{**detector.config, "flip_test": True}).eval()
+    out.load_state_dict(detector.state_dict())
+    return out
 
 
 DETECTORS: dict[str, type[nn.Module]] = {"centernet": LesionDetector}
