@@ -1,7 +1,7 @@
 """Inference speed of the denoisers and the detector on one 512x512 slice.
 
 Usage: ``PYTHONPATH=. python benchmarks/speed.py [--device cuda] [--threads 2] [--runs 7] [--size 512]
-[--models redcnn,dncnn,fastdn,unet,detector] [--bm3d]``
+[--models redcnn,dncnn,fastdn,unet,detector,detector-flips] [--bm3d]``
 
 Median of ``--runs`` timed runs after two warm-up runs, in ``torch.inference_mode``; RED-CNN gets fewer runs on the
 CPU (it takes seconds). Prints a table, the RED-CNN / fastdn ratio measured in the same run, and fastdn + detector
@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     x.normal_(0.0, 0.05)
 
     wanted = [m.strip() for m in args.models.split(",") if m.strip()]
-    models = {name: LesionDetector() if name == "detector" else build_denoiser(name) for name in wanted}
+    detectors = {"detector": LesionDetector(), "detector-flips": LesionDetector(flip_test=True)}  # shipped: flips
+    models = {name: detectors[name] if name in detectors else build_denoiser(name) for name in wanted}
     times: dict[str, float] = {}
     heavy_runs = args.runs if device.type == "cuda" else 3
     print(f"device={device} threads={torch.get_num_threads()} slice={args.size}x{args.size} torch={torch.__version__}")
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         xin = x
         if device.type == "cpu" and getattr(model, "prefers_channels_last", False):  # as inference runs it
             model, xin = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-        fn = model.detect if name == "detector" else model
+        fn = model.detect if name in detectors else model
         runs = heavy_runs if name in ("redcnn", "dncnn") else args.runs
         times[name] = time_model(fn, xin, runs, device)
         n_params = sum(p.numel() for p in model.parameters())
