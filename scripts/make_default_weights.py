@@ -68,7 +68,7 @@ def main() -> None:
     calibration = calibrate_detector(det, read_dataset(a.calibrate), den, a.fp_per_image, threshold=kept)
     calibration["data"] = {"path": a.calibrate, "command": read_info(a.calibrate).get("command")}
     if kept is not None:
-        calibration["kept"] = "threshold of the previous calibration (previous denoiser), measured with this one"
+        calibration["kept"] = "threshold kept from the card's calibration; rates and sensitivities with this denoiser"
     metrics = _test_metrics(den, det, a.test)
     logged = Path(a.log).read_text().splitlines() if a.log else []
     options = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(a).items()
