@@ -1,9 +1,9 @@
 """Test-time flips for a detector: mean FROC sensitivity with and without, paired, on simulated sets.
 
-For each dataset and image type (full dose, low dose, low dose denoised by the shipped denoiser) the detector runs as
-it is and with ``flip_test`` (four views averaged, ``models.detector.LesionDetector``); mean FROC sensitivity
-(0.5-8 FP/slice, IoU >= 0.5) with 95% BCa intervals resampling slices, and the paired difference. Simulated data
-only: the rule is `benchmarks/results/detector_flips_prereg.md`.
+For each dataset and image type (full dose, low dose, low dose denoised by the shipped denoiser) the detector's
+weights run without ``flip_test`` and with it (four views averaged, ``models.detector.LesionDetector``); mean FROC
+sensitivity (0.5-8 FP/slice, IoU >= 0.5) with 95% BCa intervals resampling slices, and the paired difference.
+Simulated data only: the rule is `benchmarks/results/detector_flips_prereg.md`.
 
     PYTHONPATH=. python benchmarks/detector_flips.py --set power=data/rand-power-909,data/rand-power-910 \
         --set rand-val=data/rand-val --set test25=data/test25 --results benchmarks/results/detector_flips
@@ -12,42 +12,35 @@ only: the rule is `benchmarks/results/detector_flips_prereg.md`.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from napari_lidnet._training.validate import detect_rows, detections_per_slice
 from napari_lidnet.inference import denoise
-from napari_lidnet.io.dataset import read_dataset
-from napari_lidnet.metrics.bootstrap import froc_cases, froc_ci, froc_difference
+from napari_lidnet.metrics.bootstrap import froc_ci, froc_difference
 from napari_lidnet.models.detector import with_flip_test
 from napari_lidnet.models.registry import load_model
 
-
-def _cell(r: dict, sign: bool = False) -> str:
-    f = "{:+.3f}" if sign else "{:.3f}"
-    return f"{f.format(r['estimate'])} [{f.format(r['ci_low'])}, {f.format(r['ci_high'])}]"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_io import froc_of, interval, pooled, refuse_existing, write_results  # noqa: E402
 
 
 def compare(name: str, folders: list[str], detectors: dict, denoiser, n_boot: int) -> tuple[list[str], dict]:
     """Table rows and raw intervals of one dataset: each image type, each detector, and with - without."""
-    samples = [s for d in folders for s in read_dataset(d)]
-    gts = [np.asarray(s.boxes, np.float32).reshape(-1, 4) for s in samples]
+    samples, gts = pooled(folders)
     low = [s.low_hu for s in samples]
     images = {"full dose": [s.full_hu for s in samples], "low dose": low,
               "denoised": [denoise(denoiser, x) for x in low]}  # fmt: skip
     rows, raw = [], {}
     for kind, imgs in images.items():
-        cases = {k: froc_cases(detections_per_slice(detect_rows(d, imgs, "cpu"), len(imgs)), gts)
-                 for k, d in detectors.items()}  # fmt: skip
+        cases = {k: froc_of(d, imgs, gts) for k, d in detectors.items()}
         res = {k: froc_ci(c, n_boot=n_boot).as_dict() for k, c in cases.items()}
         res["difference"] = froc_difference(cases["flips"], cases["as is"], n_boot=n_boot).as_dict()
         raw[kind] = res
-        rows.append(f"| {name} | {kind} | {_cell(res['as is'])} | {_cell(res['flips'])} | "
-                    f"{_cell(res['difference'], True)} |")  # fmt: skip
+        rows.append(f"| {name} | {kind} | {interval(res['as is'])} | {interval(res['flips'])} | "
+                    f"{interval(res['difference'], sign=True)} |")  # fmt: skip
     n_les = sum(len(g) for g in gts)
     return rows, {"slices": len(samples), "lesions": n_les, "folders": folders, **raw}
 
@@ -61,12 +54,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--results", type=Path, required=True, help="stem of the .md and .json written")
     a = p.parse_args()
-    if a.results.with_suffix(".md").exists():
-        raise SystemExit(f"{a.results.with_suffix('.md')} exists; outputs never overwrite")
+    refuse_existing(a.results)
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     detector = load_model(a.detector, "detector")[0]
-    detectors = {"as is": detector, "flips": with_flip_test(detector)}
+    detectors = {"as is": with_flip_test(detector, on=False), "flips": with_flip_test(detector)}
     denoiser = load_model(a.denoiser, "denoiser")[0]
     lines = ["| set | images | as is | four flips | flips - as is |", "|---|---|---|---|---|"]
     raw = {}
@@ -78,10 +70,7 @@ def main() -> None:
     head = [f"# {__doc__.splitlines()[0]}", "", f"Detector `{a.detector}`, denoiser `{a.denoiser}`; {sizes}. Mean FROC "
             f"sensitivity, estimate [95% BCa interval, {a.n_boot} resamples of slices]; "
             f"{time.perf_counter() - t0:.0f} s.", ""]  # fmt: skip
-    a.results.parent.mkdir(parents=True, exist_ok=True)
-    a.results.with_suffix(".md").write_text("\n".join(head + lines) + "\n")
-    a.results.with_suffix(".json").write_text(json.dumps(raw, indent=1))
-    print("\n".join(head + lines))
+    write_results(a.results, head + lines, raw)
 
 
 if __name__ == "__main__":

@@ -14,33 +14,28 @@ with 95% BCa intervals resampling slices, and paired differences (the same slice
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from napari_lidnet._training.validate import detect_rows, detections_per_slice
 from napari_lidnet.inference import denoise
-from napari_lidnet.io.dataset import read_dataset
-from napari_lidnet.metrics.bootstrap import froc_cases, froc_ci, froc_difference, mean_ci, paired_difference
+from napari_lidnet.metrics.bootstrap import froc_ci, froc_difference, mean_ci, paired_difference
 from napari_lidnet.metrics.image import METRIC_WINDOW, psnr
 from napari_lidnet.models.registry import load_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_io import froc_of, interval, pooled, refuse_existing, write_results  # noqa: E402
 
 
 def measure(stem: str, low: list[np.ndarray], full: list[np.ndarray], gts: list[np.ndarray], detector) -> dict:
     """Per-slice PSNR and the FROC cases of one denoiser's outputs (``"low dose"``: the slices as they are)."""
     model = None if stem == "low dose" else load_model(stem, "denoiser")[0]
     images = low if model is None else [denoise(model, x) for x in low]
-    found = detections_per_slice(detect_rows(detector, images, "cpu"), len(images))
     return {"psnr": np.array([psnr(x, f, window=METRIC_WINDOW) for x, f in zip(images, full)]),
-            "cases": froc_cases(found, gts)}  # fmt: skip
-
-
-def _fmt(r: dict, digits: int, sign: bool = False) -> str:
-    f = f"{{:{'+' if sign else ''}.{digits}f}}"
-    return f"{f.format(r['estimate'])} [{f.format(r['ci_low'])}, {f.format(r['ci_high'])}]"
+            "cases": froc_of(detector, images, gts)}  # fmt: skip
 
 
 def tables(groups: dict[str, list[dict]], pairs: list[tuple[str, str]], n_boot: int) -> tuple[list[str], dict]:
@@ -51,14 +46,14 @@ def tables(groups: dict[str, list[dict]], pairs: list[tuple[str, str]], n_boot: 
         p = mean_ci(np.mean([r["psnr"] for r in recs], 0), n_boot=n_boot).as_dict()
         s = froc_ci([r["cases"] for r in recs], n_boot=n_boot).as_dict()
         out["groups"][name] = {"psnr": p, "sensitivity": s}
-        lines.append(f"| {name} | {len(recs)} | {_fmt(p, 2)} | {_fmt(s, 3)} |")
+        lines.append(f"| {name} | {len(recs)} | {interval(p, 2)} | {interval(s, 3)} |")
     lines += ["", "| paired difference | PSNR (dB) | mean FROC sensitivity |", "|---|---|---|"]
     for a, b in pairs:
         pa, pb = (np.mean([r["psnr"] for r in groups[g]], 0) for g in (a, b))
         p = paired_difference(pa, pb, n_boot=n_boot).as_dict()
         s = froc_difference([r["cases"] for r in groups[a]], [r["cases"] for r in groups[b]], n_boot=n_boot).as_dict()
         out["differences"][f"{a} - {b}"] = {"psnr": p, "sensitivity": s}
-        lines.append(f"| {a} - {b} | {_fmt(p, 3, True)} | {_fmt(s, 3, True)} |")
+        lines.append(f"| {a} - {b} | {interval(p, 3, sign=True)} | {interval(s, 3, sign=True)} |")
     return lines, out
 
 
@@ -71,13 +66,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--results", type=Path, required=True, help="stem of the .md and .json written")
     a = p.parse_args()
-    if a.results.with_suffix(".md").exists():
-        raise SystemExit(f"{a.results.with_suffix('.md')} exists; outputs never overwrite")
+    refuse_existing(a.results)
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
-    samples = [s for d in a.data for s in read_dataset(d)]
+    samples, gts = pooled(a.data)
     low, full = [s.low_hu for s in samples], [s.full_hu for s in samples]
-    gts = [np.asarray(s.boxes, np.float32).reshape(-1, 4) for s in samples]
     detector = load_model(a.detector, "detector")[0]
     spec = {"low dose": ["low dose"], **{g.split("=", 1)[0]: g.split("=", 1)[1].split(",") for g in a.group}}
     groups = {name: [measure(stem, low, full, gts, detector) for stem in stems] for name, stems in spec.items()}
@@ -89,10 +82,7 @@ def main() -> None:
             + "; ".join(f"{n} = {', '.join(f'`{s}`' for s in st)}" for n, st in spec.items()) + ".", "",
             f"Values: estimate [95% BCa interval, {a.n_boot} resamples of slices]; "
             f"{time.perf_counter() - t0:.0f} s.", ""]  # fmt: skip
-    a.results.parent.mkdir(parents=True, exist_ok=True)
-    a.results.with_suffix(".md").write_text("\n".join(head + lines) + "\n")
-    a.results.with_suffix(".json").write_text(json.dumps({"spec": spec, **raw}, indent=1))
-    print("\n".join(head + lines))
+    write_results(a.results, head + lines, {"spec": spec, **raw})
 
 
 if __name__ == "__main__":

@@ -471,12 +471,13 @@ def iter_detect(
             chunk = idx[done : done + runner.batch]
             images, pads = fill_padding(_take(stack, chunk))
             for z, (boxes, scores), pad in zip(chunk, runner.run(images, fn, combine), pads):
+                boxes, scores = boxes.float().cpu().numpy(), scores.float().cpu().numpy()
                 if len(boxes) and pad is not None:
-                    keep = ~_centred_in(boxes.float().cpu().numpy(), pad)
-                    boxes, scores = boxes[torch.from_numpy(keep)], scores[torch.from_numpy(keep)]
+                    keep = ~_centred_in(boxes, pad)
+                    boxes, scores = boxes[keep], scores[keep]
                 if len(boxes):
                     zcol = np.full((len(boxes), 1), z, np.float32)
-                    rows.append(np.hstack([zcol, boxes.float().cpu().numpy(), scores.float().cpu().numpy()[:, None]]))
+                    rows.append(np.hstack([zcol, boxes, scores[:, None]]))
             done += len(chunk)
             yield done, len(idx)
     return np.vstack(rows).astype(np.float32) if rows else np.zeros((0, 6), np.float32)

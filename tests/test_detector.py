@@ -176,10 +176,8 @@ def test_flip_test_makes_detection_mirror_symmetric_and_survives_the_card(tmp_pa
     from napari_lidnet.models.registry import load_model
     from napari_lidnet.models.weights import load_weights, save_weights
 
-    shipped, card = load_model("default", "detector")
-    plain = LesionDetector(**{**card["config"], "flip_test": False}).eval()
-    plain.load_state_dict(shipped.state_dict())
-    flipped = with_flip_test(plain)
+    shipped, _ = load_model("default", "detector")
+    plain, flipped = with_flip_test(shipped, on=False), with_flip_test(shipped)
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:128, :160]
     hu = 40 + rng.normal(0, 15, yy.shape)

@@ -54,9 +54,6 @@ def fill_padding(stack: np.ndarray) -> tuple[np.ndarray, list[np.ndarray | None]
 
 def air_filled(image: np.ndarray) -> np.ndarray:
     """One 2D image with its padding set to air (the image itself when it has none)."""
-    mask = padding_mask(image)
-    if mask is None:
-        return image
-    out = np.array(image, np.float32, copy=True)
-    out[mask] = AIR_HU
-    return out
+    image = np.asarray(image)
+    filled, masks = fill_padding(image[None])
+    return image if masks[0] is None else filled[0]

@@ -280,7 +280,6 @@ class LesionDetector(nn.Module):
             iou_threshold=iou_threshold,
         )
 
-
     def _maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Centre probabilities, log-sizes and offsets of ``x``; with ``flip_test`` the first two are averaged over
         the four flipped views (the input padded to a multiple of 16 first, so every view shares one grid)."""
@@ -297,9 +296,10 @@ class LesionDetector(nn.Module):
         return heat[..., :h, :w], size[..., :h, :w], out["offset"].float()[..., :h, :w]
 
 
-def with_flip_test(detector: LesionDetector) -> LesionDetector:
-    """A copy of ``detector`` (the same weights, in eval mode) that averages the four flipped views."""
-    out = LesionDetector(**{**detector.config, "flip_test": True}).eval()
+def with_flip_test(detector: LesionDetector, on: bool = True) -> LesionDetector:
+    """A copy of ``detector`` (the same weights, in eval mode) that averages the four flipped views (or, with
+    ``on=False``, does not)."""
+    out = LesionDetector(**{**detector.config, "flip_test": on}).eval()
     out.load_state_dict(detector.state_dict())
     return out
 
