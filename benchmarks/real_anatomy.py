@@ -373,7 +373,7 @@ def pick_gaussian_sigma(dose: float, n_phantoms: int, cache: DiskCache) -> tuple
     return best, scores
 
 
-def _bm3d(low: np.ndarray, ctx: dict) -> np.ndarray:
+def bm3d_told(low: np.ndarray, ctx: dict) -> np.ndarray:
     """BM3D on HU/1000 with the true noise SD, over the body's bounding box + BM3D_MARGIN px (air left as is)."""
     import bm3d
 
@@ -422,7 +422,7 @@ def build_methods(args: argparse.Namespace, sigmas: dict[float, float]) -> tuple
         Method("low dose", lambda low, ctx: low),
         Method("Gaussian", lambda low, ctx: ndimage.gaussian_filter(low, sigmas[ctx["dose"]]),
                f"sigma per dose picked on simulated phantoms (never on the real slices): {picked}"),
-        Method("BM3D", _bm3d, "bm3d.bm3d (profile 'np') on HU/1000 with sigma_psd = true SD of (low - full) in the "
+        Method("BM3D", bm3d_told, "bm3d.bm3d (profile 'np') on HU/1000 with sigma_psd = true SD of (low - full) in the "
                f"body (oracle), on the body's bounding box + {BM3D_MARGIN} px (air outside left as is)",
                "bm3d-np-" + _version("bm3d")),
     ]  # fmt: skip

@@ -17,14 +17,19 @@ import torch
 
 from napari_lidnet._training.validate import evaluate_denoiser, evaluate_images, stack_samples
 from napari_lidnet.io.dataset import read_dataset
+from napari_lidnet.models.detector import with_flip_test
 from napari_lidnet.models.registry import load_model
 
 
-def compare(kind: str, candidates: list[str], datasets: list[str], reference: str = "default") -> list[dict]:
+def compare(
+    kind: str, candidates: list[str], datasets: list[str], reference: str = "default", flip_test: bool = False
+) -> list[dict]:
     """One row per (dataset, candidate): the candidate's metrics, the other network being ``reference`` (a name,
-    "default" or a weights path)."""
+    "default" or a weights path). ``flip_test``: candidate detectors average four flipped views, as shipped."""
     ref = load_model(reference, "detector" if kind == "denoiser" else "denoiser")[0]
     models = {name: load_model(name, kind)[0] for name in candidates}
+    if flip_test and kind == "detector":
+        models = {name: with_flip_test(m) for name, m in models.items()}
     rows = []
     for path in datasets:
         stacked = stack_samples(read_dataset(path))
@@ -46,12 +51,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("kind", choices=("denoiser", "detector"))
     p.add_argument("candidates", nargs="+", help="weights stems")
-    p.add_argument("--data", nargs="+", required=True, help="simulated validation datasets")
+    p.add_argument("--data", nargs="+", required=True, help="validation datasets (never the evaluation scans)")
     p.add_argument("--reference", default="default", help="the other network (default: the shipped one)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--flip-test", action="store_true", help="candidate detectors average four flipped views")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    for row in compare(a.kind, a.candidates, a.data, a.reference):
+    for row in compare(a.kind, a.candidates, a.data, a.reference, a.flip_test):
         print(json.dumps(row), flush=True)
 
 

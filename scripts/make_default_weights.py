@@ -12,7 +12,8 @@ folder with ``--out shipped`` (the old pair is replaced only there, and only on 
 
 ``--denoiser-only``: replace the denoiser alone; the detector's weights and threshold stay as they are, and its card
 records the rates and sensitivities of that threshold on the calibration data with the new denoiser, and the new
-test metrics. ``--detector-only``: recalibrate and write the detector alone, its training record kept and the
+test metrics. Several ``--calibrate`` sets (e.g. simulated and real lesion-free slices): the threshold must
+hold on each. ``--detector-only``: recalibrate and write the detector alone, its training record kept and the
 log's and this command appended; the denoiser stays as it is. ``--flip-test``: the detector averages four flipped
 views (``LesionDetector(flip_test=True)``), calibrated so.
 """
@@ -41,11 +42,34 @@ def _test_metrics(den, det, test: str) -> dict:
     }
 
 
+def calibrate_sets(det, den, sets: list[str], fp_per_image: float, kept: float | None) -> dict:
+    """The threshold (``kept``, or the lowest at which every calibration set carries at most ``fp_per_image`` boxes
+    per lesion-free slice; folders joined by '+' are pooled into one set) and its rates on each set."""
+    samples = {s: [x for d in s.split("+") for x in read_dataset(d)] for s in sets}
+    own = {} if kept is not None else {s: calibrate_detector(det, v, den, fp_per_image)["threshold"]
+                                       for s, v in samples.items()}  # fmt: skip
+    threshold = kept if kept is not None else max(own.values())
+    per_set = {s: calibrate_detector(det, v, den, fp_per_image, threshold=threshold) for s, v in samples.items()}
+    record = {**per_set[sets[0]], "data": {"path": sets[0], "command": read_info(sets[0].split("+")[0]).get("command")}}
+    if len(sets) > 1:
+        record["sets"] = {s: {**r, "own_threshold": own.get(s)} for s, r in per_set.items()}
+        record["rule"] = (
+            "lowest score with at most fp_per_image boxes per lesion-free slice in every set, pooled "
+            "over the image types of each"
+        )
+    return record
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--denoiser", required=True, help="weights stem of the trained denoiser")
     p.add_argument("--detector", required=True, help="weights stem of the trained detector")
-    p.add_argument("--calibrate", required=True, help="dataset with lesion-free slices for the threshold")
+    p.add_argument(
+        "--calibrate",
+        required=True,
+        nargs="+",
+        help="datasets with lesion-free slices for the threshold (A+B pools two folders into one set)",
+    )
     p.add_argument("--fp-per-image", type=float, default=DEFAULT_FP_PER_IMAGE)
     p.add_argument("--test", required=True, help="held-out dataset for the card's metrics")
     p.add_argument("--log", default=None, help="commands.log of scripts/train_defaults.py")
@@ -65,14 +89,13 @@ def main() -> None:
         det = with_flip_test(det)
         det_card = {**det_card, "config": det.config}
     kept = det_card.get("calibration", {}).get("threshold") if a.denoiser_only else None
-    calibration = calibrate_detector(det, read_dataset(a.calibrate), den, a.fp_per_image, threshold=kept)
-    calibration["data"] = {"path": a.calibrate, "command": read_info(a.calibrate).get("command")}
+    calibration = calibrate_sets(det, den, a.calibrate, a.fp_per_image, kept)
     if kept is not None:
         calibration["kept"] = "threshold kept from the card's calibration; rates and sensitivities with this denoiser"
     metrics = _test_metrics(den, det, a.test)
     logged = Path(a.log).read_text().splitlines() if a.log else []
-    options = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(a).items()
-               if v not in (None, "", False)]  # fmt: skip
+    options = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {' '.join(v) if isinstance(v, list) else v}")
+               for k, v in vars(a).items() if v not in (None, "", False)]  # fmt: skip
     this = " ".join(["python scripts/make_default_weights.py", *options])
     commands = [read_info(den_card["training"]["config"]["data"]).get("command"), *logged, this]
     kinds = (("denoiser", den, den_card),) if not a.detector_only else ()
