@@ -15,6 +15,8 @@ scan's own noise, as a real normal-dose image does. Written (dataset folders, `l
     OUT/val-512/      validation slices of the 512 x 512 volumes, lesion-free (PSNR, boxes per slice)
     OUT/val-512-les/  the same slices with 1-3 lesions inserted before the noise (sensitivity)
     OUT/val-small/, OUT/val-small-les/   the same for the smaller volumes (the head), padded to 256 x 256
+    OUT/train-zoom/, OUT/val-zoom/, OUT/val-zoom-les/   every slice again at a finer pixel (0.4-0.8 mm, cubic
+                      resampling, centre 512 x 512): the sources are 0.84-1.5 mm, heads are often scanned at 0.4-0.5
 
     PYTHONPATH=. python scripts/real_ct_dataset.py --downloads data/pypi-ct --out data/real --seed 303
 """
@@ -39,6 +41,7 @@ from napari_lidnet.sim.scanner import I0_DEFAULT, sample_scanner  # noqa: E402
 #: a slice is kept when this share of it is body (> -500 HU)
 MIN_BODY = 0.10
 VAL_FRACTION = 0.2
+ZOOM_PIXEL_MM = (0.4, 0.8)
 
 
 def _square(hu: np.ndarray) -> np.ndarray:
@@ -92,6 +95,21 @@ def build(downloads: Path) -> dict[str, list[Sample]]:
     return parts
 
 
+def zoomed(samples: list[Sample], rng: np.random.Generator) -> list[Sample]:
+    """Each slice resampled (cubic) to a finer pixel drawn in ZOOM_PIXEL_MM, centre-cropped to at most 512 px: the
+    sources are 0.84-1.5 mm, clinics also scan heads and small fields of view at 0.4-0.6 mm."""
+    from scipy import ndimage
+
+    out = []
+    for s in samples:
+        pixel = float(rng.uniform(*ZOOM_PIXEL_MM))
+        img = ndimage.zoom(s.full_hu, s.spacing_mm / pixel, order=3, mode="nearest").astype(np.float32)
+        c = max(0, (img.shape[0] - 512) // 2)
+        img = img[c : c + 512, c : c + 512]
+        out.append(Sample(f"z-{s.name}", _square(img), None, np.zeros((0, 4), np.float32), pixel))
+    return out
+
+
 def with_lesions(samples: list[Sample], rng: np.random.Generator) -> list[Sample]:
     """The slices with 1-3 lesions inserted into soft tissue (sim.insert), before any noise."""
     out = []
@@ -107,16 +125,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=303)
     ap.add_argument("--only", nargs="*", help="output folders to write (default: all)")
-    ap.add_argument("--fast-train", action="store_true", help="the fast low-dose path for train/ (~6x less CPU)")
+    ap.add_argument(
+        "--fast-train",
+        action="store_true",
+        help="the fast low-dose path (~6x less CPU) for train/, train-zoom/ and val-zoom*/",
+    )
     args = ap.parse_args(argv)
     if args.out.exists() and not args.only:
         raise SystemExit(f"{args.out}: exists; outputs never overwrite")
     parts = build(args.downloads)
     command = "python " + " ".join(sys.argv)
-    for k, name in enumerate(("train", "val-512", "val-small")):
+    parts["train-zoom"] = zoomed(parts["train"], np.random.default_rng([args.seed, 10]))
+    parts["val-zoom"] = zoomed(parts["val-512"] + parts["val-small"], np.random.default_rng([args.seed, 11]))
+    for k, name in enumerate(("train", "val-512", "val-small", "train-zoom", "val-zoom")):
         samples = parts[name]
         folders = {name: samples}
-        if name != "train":
+        if not name.startswith("train"):
             folders[f"{name}-les"] = with_lesions(samples, np.random.default_rng([args.seed, k]))
         for folder, items in folders.items():
             if args.only and folder not in args.only:
@@ -135,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
                 info,
                 np.random.default_rng([args.seed, k]),
                 args.seed + k,
-                args.fast_train and folder == "train",
+                args.fast_train and folder.startswith(("train", "val-zoom")),
             )
             print(f"{folder}: {len(items)} slices", flush=True)
 
