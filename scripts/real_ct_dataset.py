@@ -16,9 +16,9 @@ scan's own noise, as a real normal-dose image does. Written (dataset folders, `l
     OUT/val-512-les/  the same slices with 1-3 lesions inserted before the noise (sensitivity)
     OUT/val-small/, OUT/val-small-les/   the same for the smaller volumes (the head), padded to 256 x 256
     OUT/train-zoom/, OUT/val-zoom/, OUT/val-zoom-les/   every slice again at a finer pixel (0.4-0.8 mm, cubic
-                      resampling, centre 512 x 512): the sources are 0.84-1.5 mm, heads are often scanned at 0.4-0.5
+                      resampling, centre 512 x 512): the sources are 0.84-1.5 mm, heads are often scanned at 0.4-0.5 mm
 
-    PYTHONPATH=. python scripts/real_ct_dataset.py --downloads data/pypi-ct --out data/real --seed 303
+    PYTHONPATH=. python scripts/real_ct_dataset.py --downloads data/pypi-ct --out data/real --seed 303 --fast-train
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def _write(out: Path, samples: list[Sample], info: dict, rng: np.random.Generato
         size = s.full_hu.shape[0]
         sc = sample_scanner(rng, size)
         rows.append({
-            "file": f"{s.name}.png", "kind": s.name.split("-", 2)[1], "pixel_mm": f"{s.spacing_mm:.6g}",
+            "file": f"{s.name}.png", "kind": s.name.removeprefix("z-").split("-", 2)[1], "pixel_mm": f"{s.spacing_mm:.6g}",
             "contrast": "0", "negative": str(int(len(s.boxes) == 0)), "n_boxes": str(len(s.boxes)),
             **sc.record(), "i0": f"{I0_DEFAULT * sc.i0_scale:.6g}",
         })  # fmt: skip
