@@ -68,8 +68,9 @@ def _write(out: Path, samples: list[Sample], info: dict, rng: np.random.Generato
     for s in samples:
         size = s.full_hu.shape[0]
         sc = sample_scanner(rng, size)
+        body = s.name.removeprefix("z-").split("-", 2)[1]
         rows.append({
-            "file": f"{s.name}.png", "kind": s.name.removeprefix("z-").split("-", 2)[1], "pixel_mm": f"{s.spacing_mm:.6g}",
+            "file": f"{s.name}.png", "kind": body, "pixel_mm": f"{s.spacing_mm:.6g}",
             "contrast": "0", "negative": str(int(len(s.boxes) == 0)), "n_boxes": str(len(s.boxes)),
             **sc.record(), "i0": f"{I0_DEFAULT * sc.i0_scale:.6g}",
         })  # fmt: skip
