@@ -45,18 +45,11 @@ def _test_metrics(den, det, test: str) -> dict:
 def calibrate_sets(det, den, sets: list[str], fp_per_image: float, kept: float | None) -> dict:
     """The threshold (``kept``, or the lowest at which every calibration set carries at most ``fp_per_image`` boxes
     per lesion-free slice; folders joined by '+' are pooled into one set) and its rates on each set."""
-    samples = {s: [x for d in s.split("+") for x in read_dataset(d)] for s in sets}
-    own = {} if kept is not None else {s: calibrate_detector(det, v, den, fp_per_image)["threshold"]
-                                       for s, v in samples.items()}  # fmt: skip
-    threshold = kept if kept is not None else max(own.values())
-    per_set = {s: calibrate_detector(det, v, den, fp_per_image, threshold=threshold) for s, v in samples.items()}
-    record = {**per_set[sets[0]], "data": {"path": sets[0], "command": read_info(sets[0].split("+")[0]).get("command")}}
-    if len(sets) > 1:
-        record["sets"] = {s: {**r, "own_threshold": own.get(s)} for s, r in per_set.items()}
-        record["rule"] = (
-            "lowest score with at most fp_per_image boxes per lesion-free slice in every set, pooled "
-            "over the image types of each"
-        )
+    samples = [[x for d in s.split("+") for x in read_dataset(d)] for s in sets]
+    record = calibrate_detector(det, samples[0], den, fp_per_image, threshold=kept, also=samples[1:])
+    record["data"] = {"path": sets[0], "command": read_info(sets[0].split("+")[0]).get("command")}
+    if "sets" in record:
+        record["sets"] = dict(zip(sets, record["sets"], strict=True))
     return record
 
 

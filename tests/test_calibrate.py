@@ -82,6 +82,20 @@ def test_calibrate_detector_meets_its_rate_on_every_image_type_pooled() -> None:
     assert kept["threshold"] == cal["threshold"]
     assert kept["fp_per_image_by_type"] == cal["fp_per_image_by_type"]
     assert kept["sensitivity_by_type"] == cal["sensitivity_by_type"]
+    # several sets: the threshold holds on each (here the loosest set is the first, the strictest a noisier one)
+    noisy = [Sample(x.name, x.full_hu, x.low_hu + np.float32(30) * np.sin(np.arange(64, dtype=np.float32)), x.boxes,
+                    0.7) for x in samples[:6]]  # fmt: skip
+    both = calibrate_detector(detector, samples, denoiser=denoiser, fp_per_image=1.0, also=[noisy])
+    own = [x["own_threshold"] for x in both["sets"]]
+    assert own[0] == cal["threshold"] and both["threshold"] == max(own)
+    for x in both["sets"]:
+        assert x["threshold"] == both["threshold"] and np.mean(list(x["fp_per_image_by_type"].values())) <= 1.0
+    assert (
+        both["sensitivity_by_type"]
+        == calibrate_detector(detector, samples, denoiser=denoiser, fp_per_image=1.0, threshold=both["threshold"])[
+            "sensitivity_by_type"
+        ]
+    )
 
 
 def test_default_threshold_reads_the_card_and_falls_back() -> None:

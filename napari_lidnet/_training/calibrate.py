@@ -61,6 +61,14 @@ def _threshold_record(
     }
 
 
+def _negative_detections(detector: torch.nn.Module, samples: Sequence[Any], denoiser: Any, device: Any) -> dict:
+    """Detections on the lesion-free slices of ``samples``, per image type; ValueError when there are none."""
+    negatives = [s for s in samples if len(np.asarray(s.boxes).reshape(-1, 4)) == 0]
+    if not negatives:
+        raise ValueError("calibration needs lesion-free slices (simulate some with --negatives, e.g. 0.3)")
+    return {k: _per_slice(detector, v, device) for k, v in _images(negatives, denoiser, device).items()}
+
+
 def calibrate_detector(
     detector: torch.nn.Module,
     samples: Sequence[Any],
@@ -68,31 +76,38 @@ def calibrate_detector(
     fp_per_image: float = DEFAULT_FP_PER_IMAGE,
     device: torch.device | str = "cpu",
     threshold: float | None = None,
+    also: Sequence[Sequence[Any]] = (),
 ) -> dict[str, Any]:
     """Calibrate ``detector`` on dataset ``samples`` (``io.dataset.Sample``: full_hu, low_hu, boxes).
 
     Returns ``{"threshold", "fp_per_image", "n_negative_slices", "fp_per_image_by_type", "sensitivity_by_type",
     "n_lesions", "rule"}``; raises ValueError when the samples hold no lesion-free slice. With ``threshold`` the
-    record measures that threshold (rates and sensitivities there) instead of choosing one.
+    record measures that threshold (rates and sensitivities there) instead of choosing one. ``also``: more sets of
+    lesion-free slices (real normal-dose scans beside simulated ones, say): the threshold then holds on every set,
+    each pooled over its image types, and ``"sets"`` gives each set's rates there and the threshold it alone would
+    have set (``"own_threshold"``), ``samples`` first.
     """
-    negatives = [s for s in samples if len(np.asarray(s.boxes).reshape(-1, 4)) == 0]
-    positives = [s for s in samples if len(np.asarray(s.boxes).reshape(-1, 4)) > 0]
-    if not negatives:
-        raise ValueError("calibration needs lesion-free slices (simulate some with --negatives, e.g. 0.3)")
-    neg = {k: _per_slice(detector, v, device) for k, v in _images(negatives, denoiser, device).items()}
-    record = _threshold_record(neg, fp_per_image, threshold)
+    negs = [_negative_detections(detector, x, denoiser, device) for x in (samples, *also)]
+    own = [_threshold_record(n, fp_per_image)["threshold"] for n in negs]
+    record = _threshold_record(negs[0], fp_per_image, max(own) if threshold is None else threshold)
     threshold = record["threshold"]
+    positives = [s for s in samples if len(np.asarray(s.boxes).reshape(-1, 4)) > 0]
     sens_by_type: dict[str, float] = {}
     for k, imgs in _images(positives, denoiser, device).items():
         found = [(b[sc >= threshold], sc[sc >= threshold]) for b, sc in _per_slice(detector, imgs, device)]
         fr = froc(found, [np.asarray(s.boxes).reshape(-1, 4) for s in positives], fp_rates=())
         sens_by_type[k] = float(fr.sensitivity[-1]) if fr.n_lesions else float("nan")
+    rule = "lowest score with at most fp_per_image boxes per lesion-free slice, pooled over the image types"
+    if also:
+        record["sets"] = [{**_threshold_record(n, fp_per_image, threshold), "own_threshold": t}
+                          for n, t in zip(negs, own, strict=True)]  # fmt: skip
+        rule += ", in every set"
     return {
         **record,
         "sensitivity_by_type": sens_by_type,
         "n_lesions": int(sum(len(np.asarray(s.boxes).reshape(-1, 4)) for s in positives)),
         "fallback_threshold": FALLBACK_THRESHOLD,
-        "rule": "lowest score with at most fp_per_image boxes per lesion-free slice, pooled over the image types",
+        "rule": rule,
     }
 
 
