@@ -16,15 +16,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from napari_lidnet.inference import denoise
 from napari_lidnet.metrics.bootstrap import froc_ci, froc_difference
 from napari_lidnet.models.detector import with_flip_test
 from napari_lidnet.models.registry import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_io import froc_of, interval, pooled, refuse_existing, write_results  # noqa: E402
+from results_io import froc_of, interval, parse_run_args, pooled, write_results  # noqa: E402
 
 
 def compare(name: str, folders: list[str], detectors: dict, denoiser, n_boot: int) -> tuple[list[str], dict]:
@@ -48,14 +46,8 @@ def compare(name: str, folders: list[str], detectors: dict, denoiser, n_boot: in
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--set", action="append", required=True, help="NAME=folder[,folder...] (simulated datasets)")
-    p.add_argument("--detector", default="default")
     p.add_argument("--denoiser", default="default")
-    p.add_argument("--n-boot", type=int, default=2000)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--results", type=Path, required=True, help="stem of the .md and .json written")
-    a = p.parse_args()
-    refuse_existing(a.results)
-    torch.set_num_threads(a.threads)
+    a = parse_run_args(p)
     t0 = time.perf_counter()
     detector = load_model(a.detector, "detector")[0]
     detectors = {"as is": with_flip_test(detector, on=False), "flips": with_flip_test(detector)}

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from napari_lidnet.inference import denoise
 from napari_lidnet.metrics.bootstrap import froc_ci, froc_difference, mean_ci, paired_difference
@@ -27,7 +26,7 @@ from napari_lidnet.metrics.image import METRIC_WINDOW, psnr
 from napari_lidnet.models.registry import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_io import froc_of, interval, pooled, refuse_existing, write_results  # noqa: E402
+from results_io import froc_of, interval, parse_run_args, pooled, write_results  # noqa: E402
 
 
 def measure(stem: str, low: list[np.ndarray], full: list[np.ndarray], gts: list[np.ndarray], detector) -> dict:
@@ -61,13 +60,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", nargs="+", required=True, help="simulated dataset folders (pooled)")
     p.add_argument("--group", action="append", required=True, help="NAME=stem[,stem...] (one stem per seed)")
-    p.add_argument("--detector", default="default")
-    p.add_argument("--n-boot", type=int, default=2000)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--results", type=Path, required=True, help="stem of the .md and .json written")
-    a = p.parse_args()
-    refuse_existing(a.results)
-    torch.set_num_threads(a.threads)
+    a = parse_run_args(p)
     t0 = time.perf_counter()
     samples, gts = pooled(a.data)
     low, full = [s.low_hu for s in samples], [s.full_hu for s in samples]

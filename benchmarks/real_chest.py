@@ -133,11 +133,13 @@ def quality_rows(pairs: list[tuple], denoiser, sigma: float, n_boot: int, cache:
         "denoiser, told the true SD": lambda low, ctx: denoise(denoiser, low, batch_size=1, remove_sd=ctx["true_sd"]),
     }
     out = {}
+    ctxs = []
+    for full, low, _ in pairs:
+        body = ra.tissue_masks(full)[0]
+        ctxs.append({"body": body, "true_sd": float((low - full)[body].std())})
     for name, fn in methods.items():
         p, s, secs = [], [], []
-        for full, low, _ in pairs:
-            body, _soft = ra.tissue_masks(full)
-            ctx = {"body": body, "true_sd": float((low - full)[body].std())}
+        for (full, low, _), ctx in zip(pairs, ctxs, strict=True):
             parts = ("chest-quality", name, key if "denoiser" in name else "", sigma, low, ctx["true_sd"])
             img, seconds = cache.get(parts, lambda fn=fn, low=low, ctx=ctx: fn(low, ctx))
             secs.append(seconds)

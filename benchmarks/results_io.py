@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,21 @@ def interval(r: dict, digits: int = 3, sign: bool = False) -> str:
     """``estimate [low, high]`` of a ``BootstrapResult.as_dict()``."""
     f = f"{{:{'+' if sign else ''}.{digits}f}}"
     return f"{f.format(r['estimate'])} [{f.format(r['ci_low'])}, {f.format(r['ci_high'])}]"
+
+
+def parse_run_args(p: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse ``p`` with the arguments every comparison here takes (``--detector``, ``--n-boot``, ``--threads``,
+    ``--results``); refuse an existing result before any work and set the torch threads."""
+    import torch
+
+    p.add_argument("--detector", default="default")
+    p.add_argument("--n-boot", type=int, default=2000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--results", type=Path, required=True, help="stem of the .md and .json written")
+    a = p.parse_args()
+    refuse_existing(a.results)
+    torch.set_num_threads(a.threads)
+    return a
 
 
 def refuse_existing(stem: Path) -> None:

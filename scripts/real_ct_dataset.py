@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import sys
 from pathlib import Path
 
@@ -136,23 +137,23 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{args.out}: exists; outputs never overwrite")
     parts = build(args.downloads)
     command = "python " + " ".join(sys.argv)
-    parts["train-zoom"] = zoomed(parts["train"], np.random.default_rng([args.seed, 10]))
-    parts["val-zoom"] = zoomed(parts["val-512"] + parts["val-small"], np.random.default_rng([args.seed, 11]))
+    sources = "; ".join(f"{s.name}: {s.package}=={s.version} {s.member} ({s.note})" for s in TRAINING)
+    info = {"dose": None, "seed": args.seed, "source": f"real CT from PyPI packages: {sources}", "command": command}
+
+    @functools.cache
+    def slices(name: str) -> list[Sample]:
+        if name == "train-zoom":
+            return zoomed(parts["train"], np.random.default_rng([args.seed, 10]))
+        if name == "val-zoom":
+            return zoomed(parts["val-512"] + parts["val-small"], np.random.default_rng([args.seed, 11]))
+        return parts[name]
+
     for k, name in enumerate(("train", "val-512", "val-small", "train-zoom", "val-zoom")):
-        samples = parts[name]
-        folders = {name: samples}
-        if not name.startswith("train"):
-            folders[f"{name}-les"] = with_lesions(samples, np.random.default_rng([args.seed, k]))
-        for folder, items in folders.items():
+        for folder in (name,) if name.startswith("train") else (name, f"{name}-les"):
             if args.only and folder not in args.only:
                 continue
-            info = {
-                "dose": None,
-                "seed": args.seed,
-                "source": "real CT from PyPI packages: "
-                + "; ".join(f"{s.name}: {s.package}=={s.version} {s.member} ({s.note})" for s in TRAINING),
-                "command": command,
-            }
+            lesions = folder.endswith("-les")
+            items = with_lesions(slices(name), np.random.default_rng([args.seed, k])) if lesions else slices(name)
             # a lesion set shares its lesion-free twin's protocols and noise seeds
             _write(
                 args.out / folder,
