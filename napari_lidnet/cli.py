@@ -135,6 +135,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         dose=args.dose,
         workers=args.workers,
         insert_lesions=args.insert_lesions,
+        insert_lung=args.insert_lung,
         split=args.split,
         test_fraction=args.test_fraction,
     )
@@ -358,6 +359,13 @@ def _add_train(sub: Any) -> None:
         default=0.0,
         metavar="P",
         help="share of training patches that receive 1-3 synthetic lesions (3-25 mm, 10-80 HU, in soft tissue)",
+    )
+    p.add_argument(
+        "--insert-lung",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="chance that an inserted lesion is a lung nodule (4-40 mm, solid or subsolid) where a patch has lung",
     )
     p.add_argument(
         "--split",

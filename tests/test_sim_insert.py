@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from napari_lidnet._training.config import TrainConfig
 from napari_lidnet._training.patches import PatchDataset, patch_batches
@@ -11,7 +12,16 @@ from napari_lidnet.inference import detect
 from napari_lidnet.io.dataset import Sample
 from napari_lidnet.metrics.froc import froc
 from napari_lidnet.models.normalize import HU_SCALE
-from napari_lidnet.sim.insert import INSERT_CONTRAST_HU, SOFT_TISSUE_HU, insert_lesions
+from napari_lidnet.sim.insert import (
+    INSERT_CONTRAST_HU,
+    LUNG_DIAMETER_MM,
+    LUNG_HU,
+    LUNG_SOLID_HU,
+    LUNG_SUBSOLID_HU,
+    SOFT_TISSUE_HU,
+    insert_lesions,
+    lung_mask,
+)
 
 
 def _tissue(size: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -40,6 +50,59 @@ def test_lesions_land_in_soft_tissue_with_tight_boxes_and_the_same_signal_in_bot
             ):  # fmt: skip
                 assert inner.max() > outer.max()
     assert (full == _tissue()[0]).all() and (low == _tissue()[1]).all()  # inputs untouched
+
+
+def _chest(size: int = 192, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Air (-1000 HU) around a body of soft tissue (40 HU) holding a lung (-850 HU, noisy); the lung mask too."""
+    yy, xx = np.mgrid[:size, :size] - size / 2
+    r = np.hypot(yy, xx)
+    full = np.where(r < 0.45 * size, 40.0, -1000.0).astype(np.float32)
+    lung = r < 0.33 * size
+    rng = np.random.default_rng(seed)
+    full[lung] = -850.0
+    full += rng.normal(0, 8, full.shape).astype(np.float32)  # the normal-dose image's own noise
+    low = full + rng.normal(0, 25, full.shape).astype(np.float32)
+    return full, low, lung
+
+
+def test_lung_nodules_replace_lung_by_their_own_density_inside_the_lung():
+    full, low, lung = _chest()
+    kinds = set()
+    for seed in range(30):
+        f2, l2, boxes = insert_lesions(full, low, np.zeros((0, 4)), 0.7, np.random.default_rng(seed), lung=1.0)
+        added = f2 - full
+        np.testing.assert_allclose(l2 - low, added, atol=1e-3)  # the same signal in both: the noise is kept
+        assert len(boxes) >= 1
+        assert np.abs(added[~ndimage.binary_dilation(lung, iterations=6)]).max() <= LUNG_SOLID_HU[1] - 40 + 30
+        assert added.min() > -1.0  # a nodule only adds density: it never carves the chest wall
+        for x1, y1, x2, y2 in boxes.astype(int):
+            cy, cx = (y1 + y2) // 2, (x1 + x2) // 2
+            assert lung[cy, cx]  # the centre in the lung (a nodule may touch the pleura)
+            peak = ndimage.gaussian_filter(f2, 1.0)[y1:y2, x1:x2].max()
+            assert LUNG_SUBSOLID_HU[0] - 100 <= peak <= LUNG_SOLID_HU[1] + 30, peak
+            kinds.add("solid" if peak > LUNG_SOLID_HU[0] - 60 else "subsolid")
+            assert max(x2 - x1, y2 - y1) * 0.7 <= LUNG_DIAMETER_MM[1] * 1.6 + 2
+    assert kinds == {"solid", "subsolid"}
+    assert LUNG_HU[0] < -850 < LUNG_HU[1] and not LUNG_HU[0] <= -1000  # lung yes, air outside the body no
+
+
+def test_the_lung_mask_holds_lung_and_not_gas_air_outside_or_a_small_pocket():
+    full, _, lung = _chest(256)
+    full[225:235, 120:150] = -1000.0  # a gas pocket in the wall below the lung
+    full[100:108, 20:28] = -850.0  # a small lung-density pocket in the wall (8 x 8 px: under LUNG_MIN_MM2)
+    found = lung_mask(full, 0.7)
+    assert found[ndimage.binary_erosion(lung, iterations=4)].mean() > 0.99
+    assert not found[~ndimage.binary_dilation(lung, iterations=4)].any()
+    assert not lung_mask(np.full((64, 64), -1000.0, np.float32), 0.7).any()
+
+
+def test_without_the_lung_share_nothing_goes_into_the_lung():
+    full, low, lung = _chest()
+    for seed in range(10):
+        f2, _, boxes = insert_lesions(full, low, np.zeros((0, 4)), 0.7, np.random.default_rng(seed))
+        assert np.abs(f2 - full)[ndimage.binary_erosion(lung, iterations=3)].max() < 1.0
+        plain = insert_lesions(full, low, np.zeros((0, 4)), 0.7, np.random.default_rng(seed), lung=0.0)
+        np.testing.assert_array_equal(plain[0], f2)  # lung=0 is the soft-tissue-only draw
 
 
 def test_existing_boxes_are_kept_and_avoided_and_lesions_never_overlap():

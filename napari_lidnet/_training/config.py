@@ -67,6 +67,7 @@ class TrainConfig:
     dose: float | None = None  # archive slices without a low-dose image get one simulated at this dose fraction
     workers: int = 0  # DataLoader worker processes reading the training slices
     insert_lesions: float = 0.0  # share of training patches that receive synthetic lesions (sim.insert)
+    insert_lung: float = 0.0  # chance that an inserted lesion is a lung nodule where the patch has lung
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting."""
@@ -95,6 +96,8 @@ class TrainConfig:
             raise ValueError(f"split must be train, val, test or all, not {self.split!r}")
         if not 0.0 <= self.insert_lesions <= 1.0:
             raise ValueError(f"insert_lesions must be in [0, 1], not {self.insert_lesions}")
+        if not 0.0 <= self.insert_lung <= 1.0:
+            raise ValueError(f"insert_lung must be in [0, 1], not {self.insert_lung}")
         if self.workers < 0:
             raise ValueError("workers must be >= 0")
         if self.dose is not None and not 0.0 < self.dose <= 1.0:

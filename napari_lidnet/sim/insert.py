@@ -6,7 +6,9 @@ background; the anatomy around them (and the lesion-free slices) teach it what i
 rotated ellipse (axis ratio 0.6-1, half of them lobulated), sharp or with a Gaussian edge, whose footprint lies
 in soft tissue (smoothed HU in ``SOFT_TISSUE_HU``) and clear of the patch border and of other boxes. The same
 signal is added to the full-dose patch and to its low-dose partner: the noise of a CT image barely changes with a
-few tens of HU. Boxes are tight around the pixels at least half covered (x2, y2 exclusive), as ``sim.lesions``.
+few tens of HU. Lung nodules (``lung`` > 0: solid or subsolid, 4-40 mm, often spiculated, in aerated lung and
+against the pleura) teach it the lesion that low-dose chest CT is read for. Boxes are tight around the pixels at
+least half covered (x2, y2 exclusive), as ``sim.lesions``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from scipy import ndimage
 from napari_lidnet.sim.canvas import Blob, Canvas, harm
 from napari_lidnet.sim.lesions import tight_box
 
-__all__ = ["INSERT_CONTRAST_HU", "INSERT_DIAMETER_MM", "SOFT_TISSUE_HU", "insert_lesions"]
+__all__ = ["INSERT_CONTRAST_HU", "INSERT_DIAMETER_MM", "LUNG_HU", "SOFT_TISSUE_HU", "insert_lesions", "lung_mask"]
 
 #: diameter (mm, log-uniform) and |contrast| (HU, uniform; half hypodense) of an inserted lesion
 INSERT_DIAMETER_MM = (3.0, 25.0)
@@ -30,6 +32,18 @@ INSERT_EDGE_MM = (0.3, 1.5)
 SOFT_TISSUE_HU = (-30.0, 130.0)
 #: pixels kept between an inserted lesion and any other box
 GAP_PX = 3.0
+#: lung nodules: diameter (mm, log-uniform); absolute HU of solid and of subsolid (part-solid, ground-glass) ones
+LUNG_DIAMETER_MM = (4.0, 40.0)
+LUNG_SOLID_HU = (-40.0, 60.0)
+LUNG_SUBSOLID_HU = (-700.0, -300.0)
+LUNG_SOLID_SHARE = 0.6
+#: aerated lung: Gaussian(2 px)-smoothed HU in this range (air outside the body, airways and bowel gas lie below)
+LUNG_HU = (-960.0, -600.0)
+#: smallest lung cross-section (mm^2) that takes a nodule: an apex, not a rim of bowel gas
+LUNG_MIN_MM2 = 400.0
+#: an air pocket with this share of pixels below ``GAS_HU`` is gas (stomach, bowel), not lung
+LUNG_MAX_GAS = 0.25
+GAS_HU = -975.0
 
 
 def _draw(rng: np.random.Generator) -> tuple[float, float, float, float, np.ndarray | None]:
@@ -43,6 +57,58 @@ def _draw(rng: np.random.Generator) -> tuple[float, float, float, float, np.ndar
     return diam, ratio, sigma, contrast, lobes
 
 
+def _draw_nodule(rng: np.random.Generator) -> tuple[float, float, float, float, np.ndarray | None]:
+    """A lung nodule: (diameter mm, axis ratio, edge SD mm, absolute HU, lobulation/spiculation harmonics)."""
+    lo, hi = LUNG_DIAMETER_MM
+    diam = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    ratio = float(rng.uniform(0.7, 1.0))
+    if rng.random() < LUNG_SOLID_SHARE:
+        value = float(rng.uniform(*LUNG_SOLID_HU))
+        sigma = 0.0 if rng.random() < 0.3 else float(rng.uniform(*INSERT_EDGE_MM))
+    else:
+        value, sigma = float(rng.uniform(*LUNG_SUBSOLID_HU)), float(rng.uniform(0.8, 2.0))
+    lobes = harm(rng, 5, 0.25) if rng.random() < 0.6 else None
+    return diam, ratio, sigma, value, lobes
+
+
+def lung_mask(hu: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """Aerated lung: Gaussian(2 px)-smoothed HU in ``LUNG_HU``, in the air pockets of the body (holes in its largest
+    part above -500 HU) that cover at least ``LUNG_MIN_MM2``, with a median HU in ``LUNG_HU`` and less than
+    ``LUNG_MAX_GAS`` of pure gas, so that air outside the patient, the table's foam and bowel gas never count as
+    lung (measured on the real chests of ``scripts/real_ct_dataset.py``: lungs hold 0-13% gas, stomach and bowel
+    pockets 36-58%)."""
+    wide = ndimage.gaussian_filter(np.asarray(hu, np.float32), 2.0)
+    body = wide > -500.0
+    labels, n = ndimage.label(body)
+    if n == 0:
+        return np.zeros(body.shape, bool)
+    largest = labels == 1 + int(np.argmax(ndimage.sum_labels(body, labels, range(1, n + 1))))
+    pockets, n = ndimage.label(ndimage.binary_fill_holes(largest) & ~largest)
+    if n == 0:
+        return np.zeros(body.shape, bool)
+    idx = np.arange(1, n + 1)
+    area = ndimage.sum_labels(np.ones_like(wide), pockets, idx) * spacing_mm**2
+    raw = np.asarray(hu, np.float32)
+    median = np.asarray(ndimage.median(raw, pockets, idx))
+    gas = np.asarray(ndimage.mean(raw < GAS_HU, pockets, idx))
+    keep = idx[(area >= LUNG_MIN_MM2) & (median >= LUNG_HU[0]) & (median <= LUNG_HU[1]) & (gas < LUNG_MAX_GAS)]
+    return np.isin(pockets, keep) & (wide >= LUNG_HU[0]) & (wide <= LUNG_HU[1])
+
+
+def _site_maps(full: np.ndarray, lung: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Room (px) in soft tissue; with a ``lung`` mask, room in it and the image a nodule replaces (smoothed, then the
+    maximum over 5 x 5 px, so that a nodule against the pleura does not add density to the wall)."""
+    smooth = ndimage.gaussian_filter(full, 1.0)
+    soft = (smooth >= SOFT_TISSUE_HU[0]) & (smooth <= SOFT_TISSUE_HU[1])
+    soft[[0, -1], :] = soft[:, [0, -1]] = False
+    if lung is None:
+        return ndimage.distance_transform_edt(soft), None, None
+    aerated = np.array(lung, bool)
+    aerated[[0, -1], :] = aerated[:, [0, -1]] = False
+    base = ndimage.maximum_filter(smooth, size=5)
+    return ndimage.distance_transform_edt(soft), ndimage.distance_transform_edt(aerated), base
+
+
 def insert_lesions(
     full: np.ndarray,
     low: np.ndarray,
@@ -50,31 +116,39 @@ def insert_lesions(
     spacing_mm: float,
     rng: np.random.Generator,
     max_lesions: int = 3,
+    lung: float = 0.0,
+    lung_where: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Insert 1..``max_lesions`` lesions into a square HU patch pair; returns (full, low, boxes incl. ``boxes``).
 
-    The inputs are not modified. Lesions that do not fit (no soft tissue far enough from the border and the other
-    boxes) are skipped, so a patch of air or bone comes back unchanged.
+    ``lung``: the chance that a lesion is a lung nodule (``_draw_nodule``), placed with its centre half in aerated
+    lung (so it may touch the pleura or a vessel) and the whole of it inside the patch; where the smoothed image
+    under it is less dense than the nodule, the nodule's HU replaces it, the noise kept. ``lung_where``: the patch's
+    aerated lung (``lung_mask`` of its whole slice, cropped); by default ``lung_mask`` of the patch itself. The
+    inputs are not modified. Lesions that do not fit (no room far enough from the border and the other boxes) are
+    skipped, so a patch of air or bone comes back unchanged.
     """
     size = full.shape[0]
     if full.shape != (size, size) or low.shape != full.shape:
         raise ValueError(f"insert_lesions needs square patches of one shape, got {full.shape} and {low.shape}")
     full, low = np.array(full, np.float32), np.array(low, np.float32)
-    smooth = ndimage.gaussian_filter(full, 1.0)
-    soft = (smooth >= SOFT_TISSUE_HU[0]) & (smooth <= SOFT_TISSUE_HU[1])
-    soft[[0, -1], :] = soft[:, [0, -1]] = False
-    room = ndimage.distance_transform_edt(soft)
-    taken = np.zeros_like(soft)
+    where = (lung_mask(full, spacing_mm) if lung_where is None else lung_where) if lung > 0 else None
+    room_soft, room_lung, base = _site_maps(full, where)
+    to_border = np.minimum(np.arange(size), np.arange(size)[::-1])
+    edge = np.minimum.outer(to_border, to_border)  # pixels to the patch border
+    taken = np.zeros((size, size), bool)
     out = [np.asarray(b, np.float32) for b in np.asarray(boxes, np.float32).reshape(-1, 4)]
     for x1, y1, x2, y2 in out:
         taken[max(int(y1), 0) : int(math.ceil(y2)), max(int(x1), 0) : int(math.ceil(x2))] = True
     canvas = Canvas(size, spacing_mm)
     for _ in range(int(rng.integers(1, max_lesions + 1))):
-        diam, ratio, sigma, contrast, lobes = _draw(rng)
+        nodule = lung > 0 and rng.random() < lung
+        diam, ratio, sigma, value, lobes = _draw_nodule(rng) if nodule else _draw(rng)
         blob = Blob(0.0, 0.0, diam / 2, diam / 2 * ratio, float(rng.uniform(0, math.pi)), lobes)
         need = (blob.extent() + 2 * sigma) / spacing_mm + 1.5
-        clear = ndimage.distance_transform_edt(~taken) if taken.any() else np.full(soft.shape, np.inf)
-        cand = np.argwhere((room >= need) & (clear >= need + GAP_PX))
+        clear = ndimage.distance_transform_edt(~taken) if taken.any() else np.full(taken.shape, np.inf)
+        fits = (room_lung >= need / 2) & (edge >= need) if nodule else room_soft >= need
+        cand = np.argwhere(fits & (clear >= need + GAP_PX))
         if len(cand) == 0:
             continue
         iy, ix = cand[rng.integers(len(cand))]
@@ -84,11 +158,14 @@ def insert_lesions(
             continue
         cov = np.zeros_like(full)
         cov[res[0]] = res[1]
+        if nodule:  # a nodule fills aerated lung; the wall, vessels and anything denser than it stay
+            cov *= base < value
         box = tight_box(cov)
         if box is None:
             continue
-        full += contrast * cov
-        low += contrast * cov
+        signal = cov * (value - base) if nodule else value * cov
+        full += signal
+        low += signal
         taken[int(box[1]) : int(box[3]), int(box[0]) : int(box[2])] = True
         out.append(box)
     return full, low, np.array(out, np.float32).reshape(-1, 4)
