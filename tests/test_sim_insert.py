@@ -149,6 +149,25 @@ def test_patches_of_lesion_free_slices_get_boxes_only_when_asked():
     assert all(len(bb) >= 1 for bb in batch.boxes)
     with pytest.raises(ValueError, match="insert_lesions"):
         TrainConfig(out="x", insert_lesions=1.5).validate()
+    with pytest.raises(ValueError, match="insert_lung"):
+        TrainConfig(out="x", insert_lung=-0.1).validate()
+
+
+def test_patches_get_lung_nodules_where_their_slice_has_lung():
+    full, low, lung = _chest(256)
+    slices = [Sample(f"s{i}", full, low, np.zeros((0, 4), np.float32), 0.7) for i in range(2)]
+    data = PatchDataset(slices, 96, seed=3, repeat=6, insert_fraction=1.0, insert_lung=1.0)
+    found = 0
+    for i in range(len(data)):
+        rng = np.random.default_rng([3, i])
+        y0, x0 = data._corner(rng, full.shape, np.zeros((0, 4)))  # the patch's corner, as __getitem__ draws it
+        _, _, boxes = data[i]
+        for x1, y1, x2, y2 in boxes:
+            cx, cy = x0 + (x1 + x2) / 2, y0 + (y1 + y2) / 2
+            flipped_cx = x0 + 96 - (x1 + x2) / 2  # the patch may have been flipped left-right
+            assert lung[int(cy), int(cx)] or lung[int(cy), int(flipped_cx)]
+            found += 1
+    assert found >= 3
 
 
 def _flat(seed: int) -> tuple[np.ndarray, np.ndarray]:
