@@ -90,7 +90,10 @@ def main() -> None:
     options = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {' '.join(v) if isinstance(v, list) else v}")
                for k, v in vars(a).items() if v not in (None, "", False)]  # fmt: skip
     this = " ".join(["python scripts/make_default_weights.py", *options])
-    commands = [read_info(den_card["training"]["config"]["data"]).get("command"), *logged, this]
+    # the denoiser's record needs its training data's command; a detector alone does not (its data may be gone)
+    commands = []
+    if not a.detector_only:
+        commands = [read_info(den_card["training"]["config"]["data"]).get("command"), *logged, this]
     kinds = (("denoiser", den, den_card),) if not a.detector_only else ()
     for kind, model, card in (*kinds, ("detector", det, det_card)):
         card = {**card, "name": f"default_{kind}", "metrics": {**card.get("metrics", {}), "test": metrics}}
