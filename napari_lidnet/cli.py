@@ -380,6 +380,12 @@ def _add_train(sub: Any) -> None:
         help="slices held out (contiguous blocks) and only measured, never used to choose the best checkpoint",
     )
     p.add_argument("--out", required=True, help="run folder: checkpoints and state (resumes if it exists)")
+    _add_train_schedule(p)
+    p.set_defaults(func=_cmd_train)
+
+
+def _add_train_schedule(p: Any) -> None:
+    """The ``train`` options for models, schedule and losses."""
     p.add_argument("--mode", choices=["pixel", "lidnet", "lidnet-noroi", "lidnet-wholeperc"], default="lidnet")
     p.add_argument("--denoiser", default="fastdn", help="architecture: unet, fastdn, redcnn, dncnn")
     p.add_argument("--denoiser-width", type=int, default=None)
@@ -407,7 +413,6 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--export", default=None, help="save the best checkpoint as a named model in the model folder")
-    p.set_defaults(func=_cmd_train)
 
 
 def _add_denoise(sub: Any) -> None:
