@@ -11,6 +11,7 @@ it (blind). Detection at the detector's default threshold: boxes per tumour-free
 whose tumour has a box (IoU >= 0.5), and mean FROC sensitivity (0.5-8 false boxes per slice). Image quality on every
 ``--psnr-every``-th slice and the tumour slices: PSNR/SSIM (-160..240 HU) against the normal-dose scan for low dose,
 Gaussian filter, BM3D (told the true SD) and the denoiser (blind and told the SD). 95% bootstrap intervals over slices.
+``--detection-only`` leaves out the image-quality part (BM3D's minutes), to judge a detector.
 
     PYTHONPATH=. .venv/bin/python benchmarks/real_chest.py --downloads data/pypi-ct --threads 1
 """
@@ -191,6 +192,7 @@ def main() -> None:
     ap.add_argument("--denoiser", default="default")
     ap.add_argument("--dose", type=float, default=0.25)
     ap.add_argument("--psnr-every", type=int, default=4)
+    ap.add_argument("--detection-only", action="store_true", help="skip the image-quality tables (judging a detector)")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -214,9 +216,9 @@ def main() -> None:
         dets = [d for vol in images for d in detections(detector, key, vol, cache)]
         det[name] = detection_row(dets, gts, thr, args.n_boot)
         print(f"  {name}: {det[name]['boxes_per_free_slice']:.2f} boxes per free slice", flush=True)
-    sigma, _ = ra.pick_gaussian_sigma(args.dose, 3, cache)
-    qual = {}
-    for model in MODELS:
+    qual: dict = {}
+    for model in () if args.detection_only else MODELS:
+        sigma, _ = ra.pick_gaussian_sigma(args.dose, 3, cache)
         pairs = [(v["hu"][z], low[z], v["pixel"]) for v, low in zip(vols, lows[model], strict=True)
                  for z in range(len(v["hu"])) if z % args.psnr_every == 0 or len(v["gt"][z])]  # fmt: skip
         qual[model] = quality_rows(pairs, denoiser, sigma, args.n_boot, cache)
