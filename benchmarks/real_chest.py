@@ -217,8 +217,9 @@ def main() -> None:
         det[name] = detection_row(dets, gts, thr, args.n_boot)
         print(f"  {name}: {det[name]['boxes_per_free_slice']:.2f} boxes per free slice", flush=True)
     qual: dict = {}
-    for model in () if args.detection_only else MODELS:
-        sigma, _ = ra.pick_gaussian_sigma(args.dose, 3, cache)
+    models = () if args.detection_only else MODELS
+    sigma = ra.pick_gaussian_sigma(args.dose, 3, cache)[0] if models else 0.0
+    for model in models:
         pairs = [(v["hu"][z], low[z], v["pixel"]) for v, low in zip(vols, lows[model], strict=True)
                  for z in range(len(v["hu"])) if z % args.psnr_every == 0 or len(v["gt"][z])]  # fmt: skip
         qual[model] = quality_rows(pairs, denoiser, sigma, args.n_boot, cache)
