@@ -29,7 +29,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     out = simulate_dataset(
         args.out, n=args.n, dose=args.dose, seed=args.seed, kind=args.kind, size=args.size, progress=progress,
-        domain=args.domain, negatives=args.negatives, kinds=kinds, lesions=args.lesions,
+        domain=args.domain, negatives=args.negatives, kinds=kinds, lesions=args.lesions, target=args.target,
     )  # fmt: skip
     dose = f"at dose {args.dose:g}" if args.domain == "fixed" else "with randomised scanners (scanner.csv)"
     profile = "" if args.lesions == "standard" else f", {args.lesions} lesions (lesion_info.csv)"
@@ -323,6 +323,13 @@ def _add_simulate(sub: Any) -> None:
         default="standard",
         help="lesion profile: standard (15-120 HU) or hard (noise-limited: FDA LCD-CT inserts, 5-15 mm metastases "
         "at 20-50 HU, faint ground-glass nodules)",
+    )
+    p.add_argument(
+        "--target",
+        choices=["noisy", "clean"],
+        default="noisy",
+        help="full-dose image: noisy (a normal-dose scan with its own noise) or clean (the noiseless reconstruction, "
+        "same views and kernel: a target for removing all the noise)",
     )
     p.set_defaults(func=_cmd_simulate)
 

@@ -150,11 +150,14 @@ def simulate_pair(
     filter_name: str = DEFAULT_FILTER,
     device: str | torch.device = "cpu",
     batch_size: int = 4,
+    clean_full: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(full-dose HU, low-dose HU) of a noiseless (y, x) or (z, y, x) phantom: one projection, two noise draws.
 
     Both images go through the same geometry and FBP; outside the scanner's circular FOV (when the object lies
-    inside it) they are air (-1000 HU).
+    inside it) they are air (-1000 HU). ``clean_full``: the first image is the noiseless reconstruction (the same
+    views, kernel and blur, no quantum or electronic noise), a training target for removing all the noise; the
+    low-dose image is the same as without it (the full-dose noise is still drawn, then dropped).
     """
     dose = _check_dose(dose)
     stack, squeeze = _as_stack(phantom_hu)
@@ -170,7 +173,8 @@ def simulate_pair(
             noisy = []
             for k in range(sino.shape[0]):
                 gen = _generator(seeds[b0 + k], dev)
-                noisy.append(_noisy_line_integrals(sino[k], i0, 1.0, electronic_noise, gen))
+                full_sino = _noisy_line_integrals(sino[k], i0, 1.0, electronic_noise, gen)
+                noisy.append(sino[k] if clean_full else full_sino)
                 noisy.append(_noisy_line_integrals(sino[k], i0, dose, electronic_noise, gen))
             rec = mu_to_hu(projector.fbp(torch.stack(noisy), stack.shape[1], spacing_mm, filter_name, circle=circle))
             if circle:

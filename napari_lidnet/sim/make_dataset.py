@@ -7,6 +7,9 @@ electronic noise, slice thickness). ``negatives`` makes that fraction of slices 
 parameters go to ``scanner.csv`` beside ``slices.csv`` (the dataset reader ignores it; ``read_scanner_csv``).
 ``lesions="hard"`` draws the hard lesion profile (``sim.lesions``); ``dataset.json`` records the profile and
 ``lesion_info.csv`` (``LESION_INFO_CSV``, hard profile only) each box's kind, family, contrast and diameter.
+``target="clean"`` writes the noiseless reconstruction (same views, kernel and pixel grid) as the full-dose image,
+so that a denoiser trained on the pairs learns to remove all the noise, not to reproduce a normal-dose scan's own;
+its low-dose images are those of the noisy-target dataset of the same seed.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from napari_lidnet.sim.scanner import ScannerParams, sample_scanner
 #: progress(done, total): called after each slice
 Progress = Callable[[int, int], None]
 DOMAINS = ("fixed", "random")
+#: what the full-dose image of a simulated pair is: a normal-dose scan with its noise, or the noiseless one
+TARGETS = ("noisy", "clean")
 #: body parts of a random-domain dataset, drawn in these proportions
 RANDOM_KINDS = ("head", "chest", "abdomen")
 SCANNER_CSV = "scanner.csv"
@@ -108,7 +113,11 @@ def _record(name: str, plan: _Plan, ph: Phantom, size: int) -> dict[str, str]:
     }  # fmt: skip
 
 
-def _check_args(n: int, dose: float, kind: str, domain: str, negatives: float, kinds: Sequence[str]) -> None:
+def _check_args(
+    n: int, dose: float, kind: str, domain: str, negatives: float, kinds: Sequence[str], target: str = "noisy"
+) -> None:
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
     if n < 1:
         raise ValueError(f"n must be >= 1 slices, got {n}")
     if kind not in KINDS:
@@ -126,12 +135,13 @@ def _check_args(n: int, dose: float, kind: str, domain: str, negatives: float, k
 
 def _info(
     out: Path, n: int, dose: float, seed: int, kind: str, size: int, domain: str, negatives: float,
-    kinds: Sequence[str], lesions: str,
+    kinds: Sequence[str], lesions: str, target: str = "noisy",
 ) -> dict:  # fmt: skip
     """The dataset card (``dataset.json``) of a simulated dataset, with the command that makes it."""
     extra = [] if domain == "fixed" else ["--domain", domain, "--kinds", ",".join(kinds)]
     extra += [] if not negatives else ["--negatives", str(negatives)]
     extra += [] if lesions == "standard" else ["--lesions", lesions]
+    extra += [] if target == "noisy" else ["--target", target]
     info = {
         "dose": float(dose) if domain == "fixed" else None,
         "seed": int(seed),
@@ -142,6 +152,7 @@ def _info(
         "domain": domain,
         "negatives": float(negatives),
         "lesions": lesions,
+        "target": target,
         "command": _command(out, n, dose, seed, kind, size, extra),
     }
     if lesions != "standard":
@@ -165,6 +176,7 @@ def simulate_dataset(
     negatives: float = 0.0,
     kinds: Sequence[str] = RANDOM_KINDS,
     lesions: str = "standard",
+    target: str = "noisy",
 ) -> Path:
     """Write ``n`` simulated slices (phantom -> full-dose and low-dose scans) with lesion boxes; returns the folder.
 
@@ -175,8 +187,9 @@ def simulate_dataset(
     drawn without lesions. Per-slice parameters: ``scanner.csv``. Slice i depends on (seed, i) only. The next
     slice's phantom is drawn in a thread while the current one is scanned. ``lesions``: the lesion profile,
     ``"standard"`` or ``"hard"`` (then also ``lesion_info.csv``); a seed gives the same anatomy and noise for both.
+    ``target``: ``"noisy"`` (a normal-dose scan) or ``"clean"`` (the noiseless reconstruction) as the full-dose image.
     """
-    _check_args(n, dose, kind, domain, negatives, kinds)
+    _check_args(n, dose, kind, domain, negatives, kinds, target)
     check_profile(lesions)
     out = ds.prepare_folder(out_dir)
     plans = _plans(n, dose, seed, kind, size, domain, negatives, tuple(kinds))
@@ -191,14 +204,14 @@ def simulate_dataset(
                 if i + 1 < n:
                     nxt = pool.submit(_phantom, plans[i + 1], size, lesions)
                 full, low = simulate_pair(ph.hu, spacing_mm=ph.spacing_mm, seed=plan.noise_seed, device=device,
-                                          **plan.scanner.kwargs())  # fmt: skip
+                                          clean_full=target == "clean", **plan.scanner.kwargs())  # fmt: skip
                 rows.append(_record(f"sim_{i:05d}", plan, ph, size))
                 lesion_rows.extend(_lesion_rows(f"sim_{i:05d}", ph))
                 yield ds.Sample(f"sim_{i:05d}", full, low, ph.boxes, ph.spacing_mm)
                 if progress is not None:
                     progress(i + 1, n)
 
-    info = _info(out, n, dose, seed, kind, size, domain, negatives, kinds, lesions)
+    info = _info(out, n, dose, seed, kind, size, domain, negatives, kinds, lesions, target)
     ds.write_dataset(out, samples(), info)
     _write_csv(out / SCANNER_CSV, rows)
     if lesions != "standard":
