@@ -144,6 +144,22 @@ def test_noise_insertion_matches_direct_simulation():
     assert np.array_equal(ins_a[:, 0, 0], full[:, 0, 0])  # outside the FOV circle: unchanged
 
 
+def test_clean_full_is_the_noiseless_reconstruction_and_keeps_the_low_dose_draw():
+    """``clean_full``: the full-dose image has no noise (two seeds give the same image, flat in water, and the same
+    as a scan with a billion times the photons), while the low-dose image is the noisy-target pair's, bit for bit."""
+    phantom = _water(2)
+    full, low = simulate_pair(phantom, 0.25, 0.8, seed=3)
+    clean, low_c = simulate_pair(phantom, 0.25, 0.8, seed=3, clean_full=True)
+    clean2, low_c2 = simulate_pair(phantom, 0.25, 0.8, seed=4, clean_full=True)
+    assert np.array_equal(low_c, low) and not np.array_equal(low_c2, low)
+    assert np.array_equal(clean, clean2)
+    bright, _ = simulate_pair(phantom, 0.25, 0.8, seed=5, i0=lowdose.I0_DEFAULT * 1e9, electronic_noise=0.0)
+    assert np.abs(clean - bright).max() < 0.5
+    full2, _ = simulate_pair(phantom, 0.25, 0.8, seed=6)
+    # full - clean is the full-dose noise alone: its SD is the one two independent full-dose draws show
+    assert abs(_roi_sd(full - clean)[0] / _noise_sd(full, full2) - 1) < 0.1 and abs(_roi_sd(clean)[1]) < 3.0
+
+
 def test_seeded_and_shapes():
     phantom = _water(1)[0]
     a = simulate_low_dose(phantom, 0.3, 1.0, seed=7)

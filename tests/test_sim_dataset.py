@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from napari_lidnet.io.dataset import read_dataset, read_info
 from napari_lidnet.sim.make_dataset import read_scanner_csv, simulate_dataset
@@ -48,3 +49,23 @@ def test_head_only_mix(tmp_path):
     assert {r["kind"] for r in read_scanner_csv(out).values()} == {"head"}
     body = [s.full_hu[s.full_hu > -500] for s in read_dataset(out)]
     assert all(np.percentile(b, 95) > 300 for b in body)  # skull
+
+
+def test_clean_target_dataset_pairs_the_same_low_dose_with_the_noiseless_scan(tmp_path):
+    noisy = simulate_dataset(tmp_path / "n", 3, 0.25, seed=4, size=SIZE, domain="random")
+    clean = simulate_dataset(tmp_path / "c", 3, 0.25, seed=4, size=SIZE, domain="random", target="clean")
+    info = read_info(clean)
+    assert info["target"] == "clean" and "--target clean" in info["command"]
+    assert read_info(noisy)["target"] == "noisy" and "--target" not in read_info(noisy)["command"]
+    for a, b in zip(read_dataset(noisy), read_dataset(clean), strict=True):
+        assert np.array_equal(a.low_hu, b.low_hu) and np.array_equal(a.boxes, b.boxes)
+        body = b.full_hu > -500
+        # the noisy target differs from the clean one by its noise only: a few HU, centred on zero
+        assert 0.5 < np.std((a.full_hu - b.full_hu)[body]) < 30 and abs(np.mean((a.full_hu - b.full_hu)[body])) < 1
+    assert (tmp_path / "n" / "scanner.csv").read_bytes() == (tmp_path / "c" / "scanner.csv").read_bytes()
+
+
+def test_unknown_target_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="unknown target 'smooth'"):
+        simulate_dataset(tmp_path / "x", 2, 0.25, seed=1, size=SIZE, target="smooth")
+    assert not (tmp_path / "x").exists()
