@@ -93,7 +93,9 @@ def main() -> None:
     # the denoiser's record needs its training data's command; a detector alone does not (its data may be gone)
     commands = []
     if not a.detector_only:
-        commands = [read_info(den_card["training"]["config"]["data"]).get("command"), *logged, this]
+        data_command = read_info(den_card["training"]["config"]["data"]).get("command")
+        known = data_command is not None and any(line.startswith(data_command) for line in logged)
+        commands = [*([] if known else [data_command]), *logged, this]  # the log may record it already
     kinds = (("denoiser", den, den_card),) if not a.detector_only else ()
     for kind, model, card in (*kinds, ("detector", det, det_card)):
         card = {**card, "name": f"default_{kind}", "metrics": {**card.get("metrics", {}), "test": metrics}}

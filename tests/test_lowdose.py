@@ -145,8 +145,9 @@ def test_noise_insertion_matches_direct_simulation():
 
 
 def test_clean_full_is_the_noiseless_reconstruction_and_keeps_the_low_dose_draw():
-    """``clean_full``: the full-dose image has no noise (two seeds give the same image, flat in water, and the same
-    as a scan with a billion times the photons), while the low-dose image is the noisy-target pair's, bit for bit."""
+    """``clean_full``: the full-dose image has no noise (two seeds give the same image, the same as a scan with a
+    billion times the photons, and a noisy full-dose scan differs from it by exactly its noise), while the low-dose
+    image is the noisy-target pair's, bit for bit."""
     phantom = _water(2)
     full, low = simulate_pair(phantom, 0.25, 0.8, seed=3)
     clean, low_c = simulate_pair(phantom, 0.25, 0.8, seed=3, clean_full=True)
