@@ -12,10 +12,11 @@ folder with ``--out shipped`` (the old pair is replaced only there, and only on 
 
 ``--denoiser-only``: replace the denoiser alone; the detector's weights and threshold stay as they are, and its card
 records the rates and sensitivities of that threshold on the calibration data with the new denoiser, and the new
-test metrics. Several ``--calibrate`` sets (e.g. simulated and real lesion-free slices): the threshold must
-hold on each. ``--detector-only``: recalibrate and write the detector alone, its training record kept and the
-log's and this command appended; the denoiser stays as it is. ``--flip-test``: the detector averages four flipped
-views (``LesionDetector(flip_test=True)``), calibrated so.
+test metrics; when the run's chain of ``--init-denoiser`` weights starts from the shipped default, that default's
+own commands head the new card (unless the log already carries them). Several ``--calibrate`` sets (e.g. simulated
+and real lesion-free slices): the threshold must hold on each. ``--detector-only``: recalibrate and write the
+detector alone, its training record kept and the log's and this command appended; the denoiser stays as it is.
+``--flip-test``: the detector averages four flipped views (``LesionDetector(flip_test=True)``), calibrated so.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from napari_lidnet._training.validate import evaluate_denoiser, stack_samples
 from napari_lidnet.io.dataset import read_dataset, read_info
 from napari_lidnet.models.detector import with_flip_test
 from napari_lidnet.models.registry import shipped_model_dir
-from napari_lidnet.models.weights import load_weights, save_weights
+from napari_lidnet.models.weights import load_weights, read_card, save_weights
+
+#: first line of a log that already carries the init weights' record
+INIT_HEADER = "# the init weights' record"
 
 
 def _test_metrics(den, det, test: str) -> dict:
@@ -40,6 +44,26 @@ def _test_metrics(den, det, test: str) -> dict:
         "low_dose": evaluate_denoiser(None, det, stacked),
         "denoised": evaluate_denoiser(den, det, stacked),
     }
+
+
+def init_history(card: dict, kind: str) -> list[str]:
+    """The shipped ``default_<kind>``'s commands when the chain of ``init_<kind>`` weights behind ``card`` starts
+    from "default" (each run's init read from its card), under a header line; empty when it starts elsewhere or a
+    link has no card. "default" is read as what is shipped now: make the weights before shipping anything else."""
+    config = card.get("training", {}).get("config", {})
+    for _ in range(64):
+        init = config.get(f"init_{kind}")
+        if init == "default":
+            shipped = read_card(shipped_model_dir() / f"default_{kind}")
+            return [f"{INIT_HEADER} (the default {kind} shipped before), then this chain:",
+                    *shipped.get("training", {}).get("commands", [])]  # fmt: skip
+        if not init:
+            return []
+        try:
+            config = read_card(init).get("training", {}).get("config", {})
+        except (OSError, ValueError):
+            return []
+    return []
 
 
 def calibrate_sets(det, den, sets: list[str], fp_per_image: float, kept: float | None) -> dict:
@@ -95,7 +119,8 @@ def main() -> None:
     if not a.detector_only:
         data_command = read_info(den_card["training"]["config"]["data"]).get("command")
         known = data_command is not None and any(line.startswith(data_command) for line in logged)
-        commands = [*([] if known else [data_command]), *logged, this]  # the log may record it already
+        inherited = [] if any(line.startswith(INIT_HEADER) for line in logged) else init_history(den_card, "denoiser")
+        commands = [*inherited, *([] if known else [data_command]), *logged, this]  # the log may record it already
     kinds = (("denoiser", den, den_card),) if not a.detector_only else ()
     for kind, model, card in (*kinds, ("detector", det, det_card)):
         card = {**card, "name": f"default_{kind}", "metrics": {**card.get("metrics", {}), "test": metrics}}
