@@ -12,11 +12,12 @@ folder with ``--out shipped`` (the old pair is replaced only there, and only on 
 
 ``--denoiser-only``: replace the denoiser alone; the detector's weights and threshold stay as they are, and its card
 records the rates and sensitivities of that threshold on the calibration data with the new denoiser, and the new
-test metrics; when the run's chain of ``--init-denoiser`` weights starts from the shipped default, that default's
-own commands head the new card (unless the log already carries them). Several ``--calibrate`` sets (e.g. simulated
-and real lesion-free slices): the threshold must hold on each. ``--detector-only``: recalibrate and write the
-detector alone, its training record kept and the log's and this command appended; the denoiser stays as it is.
-``--flip-test``: the detector averages four flipped views (``LesionDetector(flip_test=True)``), calibrated so.
+test metrics. Several ``--calibrate`` sets (e.g. simulated and real lesion-free slices): the threshold must hold on
+each. ``--detector-only``: recalibrate and write the detector alone, its training record kept and the log's and this
+command appended; the denoiser stays as it is. When the run's chain of ``--init-*`` weights starts from the shipped
+default and the trained model's card has no record of its own, that default's commands head the new card (unless
+the log already carries them; log lines already in the record are not repeated). ``--flip-test``: the detector
+averages four flipped views (``LesionDetector(flip_test=True)``), calibrated so.
 """
 
 from __future__ import annotations
@@ -124,9 +125,10 @@ def main() -> None:
     kinds = (("denoiser", den, den_card),) if not a.detector_only else ()
     for kind, model, card in (*kinds, ("detector", det, det_card)):
         card = {**card, "name": f"default_{kind}", "metrics": {**card.get("metrics", {}), "test": metrics}}
-        if a.detector_only:  # its own record goes on
-            history = card.get("training", {}).get("commands", [])
-            card["training"] = {**card.get("training", {}), "commands": [*history, *logged, this], "note": a.note}
+        if a.detector_only:  # its own record goes on (or the shipped one it was trained from)
+            history = card.get("training", {}).get("commands", []) or init_history(card, "detector")
+            new = [line for line in logged if line not in history]
+            card["training"] = {**card.get("training", {}), "commands": [*history, *new, this], "note": a.note}
         elif not (a.denoiser_only and kind == "detector"):  # a kept detector keeps its own training record
             card["training"] = {**card.get("training", {}), "commands": commands, "note": a.note}
         if kind == "detector":
