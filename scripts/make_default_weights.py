@@ -127,7 +127,7 @@ def main() -> None:
         card = {**card, "name": f"default_{kind}", "metrics": {**card.get("metrics", {}), "test": metrics}}
         if a.detector_only:  # its own record goes on (or the shipped one it was trained from)
             history = card.get("training", {}).get("commands", []) or init_history(card, "detector")
-            new = [line for line in logged if line not in history]
+            new = [line for line in logged if not any(h.startswith(line) for h in history)]
             card["training"] = {**card.get("training", {}), "commands": [*history, *new, this], "note": a.note}
         elif not (a.denoiser_only and kind == "detector"):  # a kept detector keeps its own training record
             card["training"] = {**card.get("training", {}), "commands": commands, "note": a.note}
