@@ -9,6 +9,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_lidnet.metrics.noreference import (
+    block_noise_sd,
     body_mask,
     correlation_length,
     edge_locations,
@@ -79,6 +80,20 @@ def test_flat_blocks_avoid_edges() -> None:
     blocks = flat_blocks(img)
     assert len(blocks) > 5
     assert np.all(blocks.std(axis=(1, 2)) == 0)  # noise-free: every chosen block lies inside one tissue
+
+
+def test_blocks_of_another_image_are_taken_where_the_first_is_flat() -> None:
+    """``values``: the same blocks of a second image (a residual), chosen on the first: noise of SD 8 added only
+    there is measured as 8, whatever the first image's noise."""
+    rng = np.random.default_rng(5)
+    img = phantom() + noise(rng, (SIZE, SIZE), 20.0)
+    other = noise(rng, (SIZE, SIZE), 8.0)
+    chosen = flat_blocks(img)
+    np.testing.assert_allclose(flat_blocks(img, values=img + other) - chosen, flat_blocks(img, values=other), atol=1e-3)
+    assert block_noise_sd(flat_blocks(img, values=other)) == pytest.approx(8.0, rel=0.10)
+    assert block_noise_sd(chosen) == pytest.approx(noise_sd(img))
+    with pytest.raises(ValueError, match="values must have the image's shape"):
+        flat_blocks(img, values=other[:-1])
 
 
 def test_noise_across_slices_ignores_tissue_texture_continuous_in_z() -> None:

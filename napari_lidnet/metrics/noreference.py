@@ -41,6 +41,7 @@ from napari_lidnet.metrics.image import METRIC_WINDOW
 
 __all__ = [
     "FLAT_HU",
+    "block_noise_sd",
     "body_mask",
     "correlation_length",
     "edge_locations",
@@ -119,12 +120,19 @@ def flat_blocks(
     fraction: float = 0.3,
     max_slices: int = 8,
     noise_from: str = "image",
+    values: np.ndarray | None = None,
 ) -> np.ndarray:
     """The flattest soft-tissue blocks inside the body, (K, block, block) float64 (K = 0 when there are none): at
     most ``fraction`` of the candidates, and only those whose structure score is within ``FLAT_FACTOR`` times the
     flattest decile's (blocks crossing an organ edge are left out). Values are HU, or the z second difference
-    with ``noise_from="slices"`` (blocks still chosen on the slice itself)."""
-    found = [_candidates(s, v, block, hu_range) for s, v in _as_slices(hu, max_slices, noise_from)]
+    with ``noise_from="slices"`` (blocks still chosen on the slice itself), or the same blocks of ``values`` (an
+    image of ``hu``'s shape, e.g. a denoiser's residual, measured where ``hu`` is flat)."""
+    pairs = _as_slices(hu, max_slices, noise_from)
+    if values is not None:
+        if noise_from != "image" or np.shape(values) != np.shape(hu):
+            raise ValueError(f"values must have the image's shape {np.shape(hu)}, got {np.shape(values)}")
+        pairs = [(s, v) for (s, _), (v, _) in zip(pairs, _as_slices(values, max_slices))]
+    found = [_candidates(s, v, block, hu_range) for s, v in pairs]
     return _flattest(found, fraction)
 
 
@@ -160,7 +168,11 @@ def noise_sd(
     """Noise SD (HU) in automatically found uniform soft-tissue regions; NaN when there are none.
     ``noise_from="slices"`` (contiguous volumes with independent noise per slice) measures the z second
     difference instead, which cancels tissue texture that is continuous across slices."""
-    blocks = flat_blocks(hu, block, hu_range, max_slices=max_slices, noise_from=noise_from)
+    return block_noise_sd(flat_blocks(hu, block, hu_range, max_slices=max_slices, noise_from=noise_from))
+
+
+def block_noise_sd(blocks: np.ndarray) -> float:
+    """The median over ``blocks`` (K, b, b) of the SD about each block's least-squares plane (ddof 3); NaN if K = 0."""
     if len(blocks) == 0:
         return float("nan")
     res = _detrend_plane(blocks).reshape(len(blocks), -1)
