@@ -136,6 +136,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         workers=args.workers,
         insert_lesions=args.insert_lesions,
         insert_lung=args.insert_lung,
+        insert_max_mm=args.insert_max_mm,
         split=args.split,
         test_fraction=args.test_fraction,
     )
@@ -373,6 +374,13 @@ def _add_train(sub: Any) -> None:
         default=0.0,
         metavar="P",
         help="chance that an inserted lesion is a lung nodule (4-40 mm, solid or subsolid) where a patch has lung",
+    )
+    p.add_argument(
+        "--insert-max-mm",
+        type=float,
+        default=0.0,
+        metavar="MM",
+        help="largest diameter of inserted lesions and nodules, for masses (default 0: 25 mm, 40 mm in lung)",
     )
     p.add_argument(
         "--split",

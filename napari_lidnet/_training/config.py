@@ -68,6 +68,7 @@ class TrainConfig:
     workers: int = 0  # DataLoader worker processes reading the training slices
     insert_lesions: float = 0.0  # share of training patches that receive synthetic lesions (sim.insert)
     insert_lung: float = 0.0  # chance that an inserted lesion is a lung nodule where the patch has lung
+    insert_max_mm: float = 0.0  # largest diameter of inserted lesions (0: sim.insert's, 25 mm / 40 mm in lung)
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting."""
@@ -98,6 +99,8 @@ class TrainConfig:
             raise ValueError(f"insert_lesions must be in [0, 1], not {self.insert_lesions}")
         if not 0.0 <= self.insert_lung <= 1.0:
             raise ValueError(f"insert_lung must be in [0, 1], not {self.insert_lung}")
+        if self.insert_max_mm != 0.0 and not 5.0 <= self.insert_max_mm <= 150.0:
+            raise ValueError(f"insert_max_mm must be 0 (the built-in sizes) or 5-150 mm, not {self.insert_max_mm}")
         if self.workers < 0:
             raise ValueError("workers must be >= 0")
         if self.dose is not None and not 0.0 < self.dose <= 1.0:

@@ -68,10 +68,11 @@ class PatchDataset(torch.utils.data.Dataset):
         lesion_fraction: float = 0.7,
         insert_fraction: float = 0.0,
         insert_lung: float = 0.0,
+        insert_max_mm: float = 0.0,
     ):
         self.slices, self.patch_size, self.seed = slices, patch_size, seed
         self.repeat, self.lesion_fraction, self.insert_fraction = repeat, lesion_fraction, insert_fraction
-        self.insert_lung = insert_lung
+        self.insert_lung, self.insert_max_mm = insert_lung, insert_max_mm
 
     def __len__(self) -> int:
         return len(self.slices) * self.repeat
@@ -100,7 +101,9 @@ class PatchDataset(torch.utils.data.Dataset):
         b = crop_boxes(boxes, x0, y0, p)
         if self.insert_fraction and rng.random() < self.insert_fraction:
             where = lung_mask(full_img, s.spacing_mm)[y0 : y0 + p, x0 : x0 + p] if self.insert_lung else None
-            full, low, b = insert_lesions(full, low, b, s.spacing_mm, rng, lung=self.insert_lung, lung_where=where)
+            full, low, b = insert_lesions(
+                full, low, b, s.spacing_mm, rng, lung=self.insert_lung, lung_where=where, max_mm=self.insert_max_mm
+            )
         if rng.random() < 0.5:  # horizontal flip
             low, full = low[:, ::-1], full[:, ::-1]
             b = np.stack([p - b[:, 2], b[:, 1], p - b[:, 0], b[:, 3]], 1) if len(b) else b
@@ -151,6 +154,7 @@ def patch_batches(
     workers: int = 0,
     insert_fraction: float = 0.0,
     insert_lung: float = 0.0,
+    insert_max_mm: float = 0.0,
 ) -> Iterator[PatchBatch]:
     """This process's share of ``n_batches`` global batches of ``batch_size`` patches.
 
@@ -158,14 +162,17 @@ def patch_batches(
     items ``perm[k*B:(k+1)*B]`` for every world size, so DDP over ``world_size`` processes sees the same global
     batches as one process. The items are enough for all ``n_batches`` (one epoch), each slice equally often.
     ``insert_fraction``: share of patches that receive synthetic lesions, ``insert_lung`` the chance that each is a
-    lung nodule (``PatchDataset``, ``sim.insert``).
+    lung nodule, ``insert_max_mm`` > 0 their largest diameter (``PatchDataset``, ``sim.insert``).
     """
     from torch.utils.data import DataLoader, DistributedSampler
 
     check_patch_settings(slices, patch_size, batch_size, world_size)
     needed = n_batches * batch_size + world_size  # the sampler's drop_last keeps len - world_size at least
     repeat = max(1, -(-needed // len(slices)))
-    dataset = PatchDataset(slices, patch_size, seed, repeat, insert_fraction=insert_fraction, insert_lung=insert_lung)
+    dataset = PatchDataset(
+        slices, patch_size, seed, repeat, insert_fraction=insert_fraction, insert_lung=insert_lung,
+        insert_max_mm=insert_max_mm,
+    )  # fmt: skip
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
     loader = DataLoader(
         dataset,

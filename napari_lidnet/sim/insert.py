@@ -46,9 +46,10 @@ LUNG_MAX_GAS = 0.25
 GAS_HU = -975.0
 
 
-def _draw(rng: np.random.Generator) -> tuple[float, float, float, float, np.ndarray | None]:
-    """(diameter mm, axis ratio, edge SD mm, contrast HU, lobulation harmonics or None)."""
-    lo, hi = INSERT_DIAMETER_MM
+def _draw(rng: np.random.Generator, max_mm: float = 0.0) -> tuple[float, float, float, float, np.ndarray | None]:
+    """(diameter mm, axis ratio, edge SD mm, contrast HU, lobulation harmonics or None); ``max_mm`` > 0 replaces
+    the largest diameter."""
+    lo, hi = INSERT_DIAMETER_MM[0], max_mm or INSERT_DIAMETER_MM[1]
     diam = math.exp(rng.uniform(math.log(lo), math.log(hi)))
     ratio = float(rng.uniform(0.6, 1.0))
     sigma = 0.0 if rng.random() < 0.3 else float(rng.uniform(*INSERT_EDGE_MM))
@@ -57,9 +58,10 @@ def _draw(rng: np.random.Generator) -> tuple[float, float, float, float, np.ndar
     return diam, ratio, sigma, contrast, lobes
 
 
-def _draw_nodule(rng: np.random.Generator) -> tuple[float, float, float, float, np.ndarray | None]:
-    """A lung nodule: (diameter mm, axis ratio, edge SD mm, absolute HU, lobulation/spiculation harmonics)."""
-    lo, hi = LUNG_DIAMETER_MM
+def _draw_nodule(rng: np.random.Generator, max_mm: float = 0.0) -> tuple[float, float, float, float, np.ndarray | None]:
+    """A lung nodule: (diameter mm, axis ratio, edge SD mm, absolute HU, lobulation/spiculation harmonics);
+    ``max_mm`` > 0 replaces the largest diameter (a mass above 30 mm)."""
+    lo, hi = LUNG_DIAMETER_MM[0], max_mm or LUNG_DIAMETER_MM[1]
     diam = math.exp(rng.uniform(math.log(lo), math.log(hi)))
     ratio = float(rng.uniform(0.7, 1.0))
     if rng.random() < LUNG_SOLID_SHARE:
@@ -118,13 +120,15 @@ def insert_lesions(
     max_lesions: int = 3,
     lung: float = 0.0,
     lung_where: np.ndarray | None = None,
+    max_mm: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Insert 1..``max_lesions`` lesions into a square HU patch pair; returns (full, low, boxes incl. ``boxes``).
 
     ``lung``: the chance that a lesion is a lung nodule (``_draw_nodule``), placed with its centre half in aerated
     lung (so it may touch the pleura or a vessel) and the whole of it inside the patch; where the smoothed image
     under it is less dense than the nodule, the nodule's HU replaces it, the noise kept. ``lung_where``: the patch's
-    aerated lung (``lung_mask`` of its whole slice, cropped); by default ``lung_mask`` of the patch itself. The
+    aerated lung (``lung_mask`` of its whole slice, cropped); by default ``lung_mask`` of the patch itself. ``max_mm``
+    > 0: the largest diameter of both kinds (masses; by default 25 mm in soft tissue, 40 mm in lung). The
     inputs are not modified. Lesions that do not fit (no room far enough from the border and the other boxes) are
     skipped, so a patch of air or bone comes back unchanged.
     """
@@ -143,7 +147,7 @@ def insert_lesions(
     canvas = Canvas(size, spacing_mm)
     for _ in range(int(rng.integers(1, max_lesions + 1))):
         nodule = lung > 0 and rng.random() < lung
-        diam, ratio, sigma, value, lobes = _draw_nodule(rng) if nodule else _draw(rng)
+        diam, ratio, sigma, value, lobes = _draw_nodule(rng, max_mm) if nodule else _draw(rng, max_mm)
         blob = Blob(0.0, 0.0, diam / 2, diam / 2 * ratio, float(rng.uniform(0, math.pi)), lobes)
         need = (blob.extent() + 2 * sigma) / spacing_mm + 1.5
         clear = ndimage.distance_transform_edt(~taken) if taken.any() else np.full(taken.shape, np.inf)
