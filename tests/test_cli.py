@@ -238,11 +238,15 @@ def test_adapt_stops_cleanly_on_ctrl_c(tmp_path, model_dir):
     assert sorted(p.name for p in model_dir.glob("site-z*")) == ["site-z_denoiser.json", "site-z_denoiser.safetensors"]
 
 
-def test_train_refuses_a_bad_insertion_share_before_writing(trained, tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("--insert-lesions", "1.5", "insert_lesions must be in [0, 1]"), ("--insert-max-mm", "2", "insert_max_mm must")],
+)
+def test_train_refuses_a_bad_insertion_setting_before_writing(trained, tmp_path, capsys, option, value, message):
     run = tmp_path / "r"
-    assert main(["train", "--data", str(trained / "data"), "--out", str(run), "--insert-lesions", "1.5"]) == 2
+    assert main(["train", "--data", str(trained / "data"), "--out", str(run), option, value]) == 2
     err = capsys.readouterr().err
-    assert "insert_lesions must be in [0, 1]" in err and err.count("\n") == 1
+    assert message in err and err.count("\n") == 1
     assert not run.exists()
 
 
