@@ -111,6 +111,14 @@ def _site_maps(full: np.ndarray, lung: np.ndarray | None) -> tuple[np.ndarray, n
     return ndimage.distance_transform_edt(soft), ndimage.distance_transform_edt(aerated), base
 
 
+def _occupied(boxes: list[np.ndarray], size: int) -> np.ndarray:
+    """Pixels of a (size, size) patch inside ``boxes`` (x1, y1, x2, y2; x2 exclusive, clipped to the patch)."""
+    taken = np.zeros((size, size), bool)
+    for x1, y1, x2, y2 in boxes:
+        taken[max(int(y1), 0) : int(math.ceil(y2)), max(int(x1), 0) : int(math.ceil(x2))] = True
+    return taken
+
+
 def insert_lesions(
     full: np.ndarray,
     low: np.ndarray,
@@ -140,10 +148,8 @@ def insert_lesions(
     room_soft, room_lung, base = _site_maps(full, where)
     to_border = np.minimum(np.arange(size), np.arange(size)[::-1])
     edge = np.minimum.outer(to_border, to_border)  # pixels to the patch border
-    taken = np.zeros((size, size), bool)
     out = [np.asarray(b, np.float32) for b in np.asarray(boxes, np.float32).reshape(-1, 4)]
-    for x1, y1, x2, y2 in out:
-        taken[max(int(y1), 0) : int(math.ceil(y2)), max(int(x1), 0) : int(math.ceil(x2))] = True
+    taken = _occupied(out, size)
     canvas = Canvas(size, spacing_mm)
     for _ in range(int(rng.integers(1, max_lesions + 1))):
         nodule = lung > 0 and rng.random() < lung
