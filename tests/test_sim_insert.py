@@ -173,6 +173,24 @@ def test_patches_of_lesion_free_slices_get_boxes_only_when_asked():
         TrainConfig(out="x", insert_lung=-0.1).validate()
 
 
+def test_patches_and_batches_carry_the_largest_diameter():
+    """``insert_max_mm`` reaches the lesions of PatchDataset and patch_batches: masses the default never draws."""
+    full = np.full((320, 320), 40.0, np.float32)
+    slices = [Sample(f"s{i}", full, full.copy(), np.zeros((0, 4), np.float32), 0.5) for i in range(4)]
+
+    def largest_mm(**kw) -> float:
+        items = PatchDataset(slices, 256, seed=3, repeat=8, insert_fraction=1.0, **kw)
+        return max(max(b[2] - b[0], b[3] - b[1]) * 0.5 for i in range(len(items)) for b in items[i][2])
+
+    assert largest_mm() <= 1.2 * INSERT_DIAMETER_MM[1] < 40.0 < largest_mm(insert_max_mm=80.0)
+    batch = next(patch_batches(slices, 256, 8, 1, seed=4, insert_fraction=1.0, insert_max_mm=80.0))
+    default = next(patch_batches(slices, 256, 8, 1, seed=4, insert_fraction=1.0))
+    def mean_largest(boxes: list) -> float:
+        return float(np.mean([float((bb[:, 2:] - bb[:, :2]).max()) for bb in boxes]))
+
+    assert mean_largest(batch.boxes) > mean_largest(default.boxes)
+
+
 def test_patches_get_lung_nodules_where_their_slice_has_lung():
     full, low, lung = _chest(256)
     slices = [Sample(f"s{i}", full, low, np.zeros((0, 4), np.float32), 0.7) for i in range(2)]
