@@ -262,17 +262,23 @@ def insert_lesions(sl: RealSlice, rng: np.random.Generator, n: int) -> tuple[np.
     return hu.astype(np.float32), np.array(boxes, np.float64).reshape(-1, 4), records
 
 
-def _noise(case: Case, model: str, dose: float, k: int, cache: DiskCache) -> np.ndarray:
-    """The noise of one model at one dose for a case (cached: both simulators cost seconds per slice)."""
-    sl, hu = case.sl, case.hu
+def inserted_noise(
+    hu: np.ndarray, pixel_mm: float, model: str, dose: float, seed: int | list[int], cache: DiskCache
+) -> np.ndarray:
+    """The noise that one model (``ours`` or ``radon``) inserts into a normal-dose slice to make ``dose`` (cached:
+    both simulators cost seconds per slice)."""
     if model == "ours":
-        seed = 1000 * case.seed + 10 * case.slice_idx + k
-        parts = ("ours", dose, seed, sl.pixel_mm, hu, simulate_low_dose.__defaults__)
-        return cache.get(parts, lambda: simulate_low_dose(hu, dose, sl.pixel_mm, seed=seed) - hu)[0]
-    seed = [case.seed, case.slice_idx, k, 99]
+        parts = ("ours", dose, seed, pixel_mm, hu, simulate_low_dose.__defaults__)
+        return cache.get(parts, lambda: simulate_low_dose(hu, dose, pixel_mm, seed=seed) - hu)[0]
     consts = (radon_noise.I0_RADON, radon_noise.N_VIEWS, radon_noise.FILTER, radon_noise.SIGMA_E2)
-    parts = ("radon", dose, seed, sl.pixel_mm, hu, consts)
-    return cache.get(parts, lambda: radon_noise.insert_noise(hu, dose, sl.pixel_mm, seed))[0]
+    parts = ("radon", dose, seed, pixel_mm, hu, consts)
+    return cache.get(parts, lambda: radon_noise.insert_noise(hu, dose, pixel_mm, seed))[0]
+
+
+def _noise(case: Case, model: str, dose: float, k: int, cache: DiskCache) -> np.ndarray:
+    """The noise of one model at one dose for a case, with the case's own seed."""
+    seed = 1000 * case.seed + 10 * case.slice_idx + k if model == "ours" else [case.seed, case.slice_idx, k, 99]
+    return inserted_noise(case.hu, case.sl.pixel_mm, model, dose, seed, cache)
 
 
 def build_cases(slices: list[RealSlice], seeds: int, doses: tuple[float, ...], cache: DiskCache) -> list[Case]:

@@ -31,22 +31,19 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import radon_noise  # noqa: E402
-from real_anatomy import DiskCache, bootstrap, simulated_slices, tissue_masks  # noqa: E402
+from real_anatomy import DiskCache, bootstrap, inserted_noise, simulated_slices, tissue_masks  # noqa: E402
+from told_sd_weight import best_weight  # noqa: E402
 
 from napari_lidnet.inference import denoise  # noqa: E402
 from napari_lidnet.io.dataset import read_dataset  # noqa: E402
 from napari_lidnet.metrics.image import psnr, ssim  # noqa: E402
 from napari_lidnet.metrics.noreference import block_noise_sd, flat_blocks, noise_sd  # noqa: E402
 from napari_lidnet.models.registry import load_model  # noqa: E402
-from napari_lidnet.sim.lowdose import simulate_low_dose  # noqa: E402
 from napari_lidnet.strength import blend_weight, residual_sd  # noqa: E402
 
 DOSES = (0.25, 0.1)
 MODELS = ("ours", "radon")
 REAL_SETS = ("val-512", "val-zoom", "val-small")
-ESTIMATORS = ("A", "C", "D")
-GRID = np.linspace(0.0, 1.0, 41)
 _NET: list[torch.nn.Module] = []
 
 
@@ -59,16 +56,6 @@ def validation_slices(real: Path, every: int, n_sim: int, seed0: int) -> list[di
             hu = np.asarray(s.full_hu, np.float32)
             out.append({"set": "real validation", "name": f"{name}/{s.name}", "hu": hu, "pixel_mm": s.spacing_mm})
     return out
-
-
-def inserted_noise(sl: dict, model: str, dose: float, seed: int, cache: DiskCache) -> np.ndarray:
-    """Low-dose noise of one model for a slice (cached: the radon model costs 5-20 s per slice)."""
-    hu, px = sl["hu"], sl["pixel_mm"]
-    if model == "ours":
-        parts = ("ours", dose, seed, px, hu, simulate_low_dose.__defaults__)
-        return cache.get(parts, lambda: simulate_low_dose(hu, dose, px, seed=seed) - hu)[0]
-    consts = (radon_noise.I0_RADON, radon_noise.N_VIEWS, radon_noise.FILTER, radon_noise.SIGMA_E2)
-    return cache.get(("radon", dose, seed, px, hu, consts), lambda: radon_noise.insert_noise(hu, dose, px, seed))[0]
 
 
 def noise_estimates(low: np.ndarray, den: np.ndarray) -> dict[str, float]:
@@ -91,7 +78,8 @@ def one_slice(job: tuple[int, dict, str]) -> list[dict]:
     recs = []
     for m, model in enumerate(MODELS):
         for j, dose in enumerate(DOSES):
-            low = (ref + inserted_noise(sl, model, dose, 7000 + 10 * k + 2 * m + j, cache)).astype(np.float32)
+            noise = inserted_noise(ref, sl["pixel_mm"], model, dose, 7000 + 10 * k + 2 * m + j, cache)
+            low = (ref + noise).astype(np.float32)
             sd = float(np.std((low - ref)[body]))
             den = np.asarray(denoise(_NET[0], low, batch_size=1))
             rec = {"set": sl["set"], "slice": sl["name"], "pixel_mm": sl["pixel_mm"], "model": model, "dose": dose,
@@ -101,8 +89,8 @@ def one_slice(job: tuple[int, dict, str]) -> list[dict]:
                 out = den + np.float32(w) * (low - den)
                 rec.update({f"t_{name}": t, f"w_{name}": w, f"psnr_{name}": psnr(out, ref),
                             f"ssim_{name}": ssim(out, ref)})  # fmt: skip
-            scores = [psnr(den + np.float32(x) * (low - den), ref) for x in GRID]
-            rec.update({"best_w": float(GRID[int(np.argmax(scores))]), "psnr_best": float(max(scores)),
+            best_w, psnr_best = best_weight(low, den, ref)
+            rec.update({"best_w": best_w, "psnr_best": psnr_best,
                         "psnr_ideal": psnr(den + np.float32(dose) * (low - den), ref)})  # fmt: skip
             recs.append(rec)
     print(f"  {sl['name']}: " + ", ".join(f"{r['model']} {r['dose']}: w {r['w_A']:.2f}/{r['w_C']:.2f}/{r['w_D']:.2f}"

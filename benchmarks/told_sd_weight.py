@@ -29,6 +29,15 @@ from napari_lidnet.models.registry import load_model  # noqa: E402
 from napari_lidnet.sim.lowdose import simulate_low_dose  # noqa: E402
 from napari_lidnet.strength import blend_weight, residual_sd  # noqa: E402
 
+GRID = np.linspace(0.0, 1.0, 41)
+
+
+def best_weight(low: np.ndarray, den: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """(w, PSNR) of the best scalar share ``w`` (grid of 41 in [0, 1]) of the residual put back, against ``ref``."""
+    scores = [psnr(den + np.float32(x) * (low - den), ref) for x in GRID]
+    best = int(np.argmax(scores))
+    return float(GRID[best]), float(scores[best])
+
 
 def one_case(net: torch.nn.Module, sl: RealSlice, seed: int, dose: float) -> dict:
     """The product's weight and the best scalar weight on one simulated normal-dose slice."""
@@ -38,11 +47,9 @@ def one_case(net: torch.nn.Module, sl: RealSlice, seed: int, dose: float) -> dic
     den = np.asarray(denoise(net, low, batch_size=1))
     rsd = residual_sd(low, den)
     w = blend_weight(sd, rsd)
-    grid = np.linspace(0.0, 1.0, 41)
-    scores = [psnr(den + x * (low - den), ref) for x in grid]
-    best = int(np.argmax(scores))
+    best_w, psnr_best = best_weight(low, den, ref)
     return {"slice": sl.name, "pixel_mm": sl.pixel_mm, "dose": dose, "inserted_sd": sd, "residual_sd": rsd, "w": w,
-            "psnr_w": psnr(den + w * (low - den), ref), "best_w": float(grid[best]), "psnr_best": scores[best],
+            "psnr_w": psnr(den + w * (low - den), ref), "best_w": best_w, "psnr_best": psnr_best,
             "ideal_w": dose}  # fmt: skip
 
 
