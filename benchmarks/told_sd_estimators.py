@@ -15,6 +15,10 @@ PSNR/SSIM over (-160, 240) HU against the normal-dose image; also the best scala
 one (the dose).
 
     PYTHONPATH=. python benchmarks/told_sd_estimators.py [--real data/real] [--every 4] [--n-sim 12] [--workers 2]
+
+``--denoiser STEM`` runs another denoiser on the same cases (the inserted noise comes from the same cache), and
+``--baseline JSON`` (an earlier run's results) adds the paired gain of its weight-A PSNR over the baseline's, per data
+set and dose, with 95% bootstrap intervals over slices: how a candidate denoiser is compared with the shipped one.
 """
 
 from __future__ import annotations
@@ -67,12 +71,12 @@ def noise_estimates(low: np.ndarray, den: np.ndarray) -> dict[str, float]:
     return {"A": a, "C": c if np.isfinite(c) else a, "D": d}
 
 
-def one_slice(job: tuple[int, dict, str]) -> list[dict]:
+def one_slice(job: tuple[int, dict, str, str]) -> list[dict]:
     """Every (model, dose) case of one slice."""
-    k, sl, cache_dir = job
+    k, sl, cache_dir, stem = job
     if not _NET:
         torch.set_num_threads(1)
-        _NET.append(load_model("default", "denoiser")[0])
+        _NET.append(load_model(stem, "denoiser")[0])
     cache = DiskCache(Path(cache_dir))
     ref, body = sl["hu"], tissue_masks(sl["hu"])[0]
     recs = []
@@ -98,14 +102,19 @@ def one_slice(job: tuple[int, dict, str]) -> list[dict]:
     return recs
 
 
-def gain_summary(recs: list[dict], name: str, n_boot: int = 2000) -> dict:
-    """Mean PSNR gain of estimator ``name`` over A, with a 95% bootstrap interval over slices."""
-    slices = sorted({r["slice"] for r in recs})
-    per = {s: [r[f"psnr_{name}"] - r["psnr_A"] for r in recs if r["slice"] == s] for s in slices}
-    sums, counts = np.array([sum(per[s]) for s in slices]), np.array([len(per[s]) for s in slices])
+def slice_mean(pairs: list[tuple[str, float]], n_boot: int = 2000) -> dict:
+    """Mean of (slice, value) pairs with a 95% bootstrap interval that resamples slices (their cases stay together)."""
+    slices = sorted({s for s, _ in pairs})
+    sums = np.array([sum(v for s, v in pairs if s == sl) for sl in slices])
+    counts = np.array([sum(1 for s, _ in pairs if s == sl) for sl in slices])
     lo, hi = bootstrap(lambda i: sums[i].sum() / counts[i].sum(), len(slices), n_boot)
     return {"mean": float(sums.sum() / counts.sum()), "ci": [lo, hi], "n_cases": int(counts.sum()),
             "n_slices": len(slices)}  # fmt: skip
+
+
+def gain_summary(recs: list[dict], name: str, n_boot: int = 2000) -> dict:
+    """Mean PSNR gain of estimator ``name`` over A, with a 95% bootstrap interval over slices."""
+    return slice_mean([(r["slice"], r[f"psnr_{name}"] - r["psnr_A"]) for r in recs], n_boot)
 
 
 def verdict(recs: list[dict]) -> dict:
@@ -123,6 +132,16 @@ def verdict(recs: list[dict]) -> dict:
     good = [n for n, v in out["candidates"].items() if v["qualifies"]]
     out["winner"] = max(good, key=lambda n: out["candidates"][n]["pooled_25"]) if good else "A"
     return out
+
+
+def paired_gains(recs: list[dict], base: list[dict], n_boot: int = 2000) -> list[dict]:
+    """Weight-A PSNR gain over ``base`` (the same cases), per data set and dose (both noise models pooled), with a 95%
+    bootstrap interval over slices."""
+    key = lambda r: (r["slice"], r["model"], r["dose"])  # noqa: E731
+    ref = {key(r): r["psnr_A"] for r in base}
+    return [{"set": st, "dose": dose, **slice_mean([(r["slice"], r["psnr_A"] - ref[key(r)]) for r in recs
+             if r["set"] == st and r["dose"] == dose and key(r) in ref], n_boot)}
+            for st in sorted({r["set"] for r in recs}) for dose in DOSES]  # fmt: skip
 
 
 def markdown(recs: list[dict], rule: dict, header: list[str]) -> list[str]:
@@ -162,6 +181,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cache", type=Path, default=Path("bench-out/told_sd/cache"))
     p.add_argument("--results", type=Path, default=Path("benchmarks/results/told_sd_estimators"))
+    p.add_argument("--denoiser", default="default", help="denoiser weights stem (default: the shipped one)")
+    p.add_argument("--baseline", type=Path, help="an earlier run's JSON: report the paired weight-A PSNR gain over it")
     a = p.parse_args()
     md, js = a.results.with_suffix(".md"), a.results.with_suffix(".json")
     if md.exists() or js.exists():
@@ -169,20 +190,29 @@ def main() -> None:
     t0 = time.time()
     slices = validation_slices(a.real, a.every, a.n_sim, a.seed0)
     print(f"{len(slices)} slices", flush=True)
-    jobs = [(k, sl, str(a.cache)) for k, sl in enumerate(slices)]
+    jobs = [(k, sl, str(a.cache), a.denoiser) for k, sl in enumerate(slices)]
     with get_context("spawn").Pool(a.workers) as pool:
         recs = [r for chunk in pool.imap(one_slice, jobs) for r in chunk]
     rule = verdict(recs)
     header = ["# Told the SD: three estimates of the input's noise (validation data only)", "",
               f"Command: `PYTHONPATH=. python {' '.join(sys.argv)}`; {datetime.date.today()}, "
-              f"{(time.time() - t0) / 60:.0f} min on this 2-core CPU; shipped default denoiser. "
+              f"{(time.time() - t0) / 60:.0f} min on this 2-core CPU; denoiser `{a.denoiser}`. "
               "Rule written before the run: `benchmarks/results/told_sd_estimator_prereg.md`. "
               "A: residual SD over the body (the product's weight before this run); C: the input's noise SD in "
               "its flat soft-tissue blocks; D: A corrected by input/residual SD in the same blocks."]  # fmt: skip
+    lines = markdown(recs, rule, header)
+    result: dict = {"denoiser": a.denoiser, "rule": rule, "cases": recs}
+    if a.baseline:
+        result["baseline"] = str(a.baseline)
+        result["gains"] = paired_gains(recs, json.loads(a.baseline.read_text())["cases"])
+        lines += ["", f"## Weight-A PSNR gain over `{a.baseline}` (the same cases; both noise models pooled)", "",
+                  "| data set | dose | gain (dB) | 95% CI | cases |", "|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {g['set']} | {g['dose']} | {g['mean']:+.3f} | [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}] | "
+                  f"{g['n_cases']} |" for g in result["gains"]]  # fmt: skip
     md.parent.mkdir(parents=True, exist_ok=True)
-    md.write_text("\n".join(markdown(recs, rule, header)) + "\n")
-    js.write_text(json.dumps({"rule": rule, "cases": recs}, indent=1))
-    print("\n".join(markdown(recs, rule, [])))
+    md.write_text("\n".join(lines) + "\n")
+    js.write_text(json.dumps(result, indent=1))
+    print("\n".join(lines[len(header) :]))
 
 
 if __name__ == "__main__":
