@@ -65,7 +65,7 @@ def validation_slices(real: Path, every: int, n_sim: int, seed0: int) -> list[di
 def noise_estimates(low: np.ndarray, den: np.ndarray) -> dict[str, float]:
     """The three estimates of the input's noise SD over the body (A, C, D)."""
     a = residual_sd(low, den)
-    c = noise_sd(low)
+    c = noise_sd(low, block=24)  # the block size of the recorded run
     in_blocks = block_noise_sd(flat_blocks(low, values=low - den))
     d = a * c / in_blocks if np.isfinite(c) and in_blocks > 0 else a
     return {"A": a, "C": c if np.isfinite(c) else a, "D": d}

@@ -67,12 +67,28 @@ def test_correlation_length_grows_with_the_noise_filter() -> None:
     assert 2.0 <= lengths[2] <= 3.6, lengths
 
 
-@pytest.mark.parametrize("sigma", [0.0, 1.0])
-def test_noise_sd_within_10_percent_of_the_known_noise(sigma: float) -> None:
+@pytest.mark.parametrize(("sigma", "block"), [(0.0, None), (1.0, 24)])
+def test_noise_sd_within_10_percent_of_the_known_noise(sigma: float, block: int | None) -> None:
+    """White noise with the default blocks; Gaussian-filtered noise (correlated over ~3 px, far more low-frequency
+    power than CT's ramp-filtered noise) needs 24 px blocks, whose plane takes less of it."""
     rng = np.random.default_rng(2)
     img = phantom()[None] + noise(rng, (3, SIZE, SIZE), 20.0, sigma)
-    assert noise_sd(img) == pytest.approx(20.0, rel=0.10)
-    assert noise_sd(img[0]) == pytest.approx(20.0, rel=0.10)
+    kw = {} if block is None else {"block": block}
+    assert noise_sd(img, **kw) == pytest.approx(20.0, rel=0.10)
+    assert noise_sd(img[0], **kw) == pytest.approx(20.0, rel=0.10)
+
+
+def test_noise_sd_reads_less_tissue_texture_than_large_blocks() -> None:
+    """Power-law tissue texture (beta 3, 15 HU) under 10 HU of white noise: the default small blocks read the noise
+    within 20%; 24 px blocks take in more than twice as much texture."""
+    from napari_lidnet.sim.texture import power_law_noise
+
+    rng = np.random.default_rng(3)
+    base = phantom()
+    textured = np.where(body_mask(base), base + 15.0 * power_law_noise(rng, SIZE, 3.0), base)
+    img = (textured + noise(rng, (SIZE, SIZE), 10.0)).astype(np.float32)
+    small, large = noise_sd(img) / 10.0 - 1.0, noise_sd(img, block=24) / 10.0 - 1.0
+    assert abs(small) < 0.2 and large > 2 * abs(small), (small, large)
 
 
 def test_flat_blocks_avoid_edges() -> None:
@@ -91,18 +107,19 @@ def test_blocks_of_another_image_are_taken_where_the_first_is_flat() -> None:
     chosen = flat_blocks(img)
     np.testing.assert_allclose(flat_blocks(img, values=img + other) - chosen, flat_blocks(img, values=other), atol=1e-3)
     assert block_noise_sd(flat_blocks(img, values=other)) == pytest.approx(8.0, rel=0.10)
-    assert block_noise_sd(chosen) == pytest.approx(noise_sd(img))
+    assert block_noise_sd(chosen) == pytest.approx(noise_sd(img, block=24))  # flat_blocks' default size
     with pytest.raises(ValueError, match="values must have the image's shape"):
         flat_blocks(img, values=other[:-1])
 
 
 def test_noise_across_slices_ignores_tissue_texture_continuous_in_z() -> None:
-    """Texture (here 12 HU, 3 px grain, the same on every slice) counts as noise within a slice but cancels in the
-    second difference across slices, which recovers the true noise and its correlation length."""
+    """Texture (here 12 HU, 3 px grain, the same on every slice) counts as noise within a 24 px block (an 8 px
+    block's plane takes most of it) but cancels in the second difference across slices, which recovers the true
+    noise and its correlation length."""
     rng = np.random.default_rng(3)
     texture = noise(rng, (SIZE, SIZE), 12.0, 3.0) * (body_mask(phantom()) > 0)
     vol = (phantom() + texture)[None] + noise(rng, (5, SIZE, SIZE), 15.0)
-    assert noise_sd(vol) > 1.1 * 15.0
+    assert noise_sd(vol, block=24) > 1.1 * 15.0
     assert noise_sd(vol, noise_from="slices") == pytest.approx(15.0, rel=0.10)
     assert correlation_length(vol) > 2.0
     assert correlation_length(vol, noise_from="slices") < 1.2

@@ -7,8 +7,12 @@ For scans without a normal-dose partner (self-supervised adaptation), where PSNR
   gradient magnitude of a strongly smoothed image (sigma 3 px; it sees anatomy, hardly the noise) and the flattest
   ``fraction`` kept (and no block whose score exceeds ``FLAT_FACTOR`` x the flattest decile's).
   Choosing blocks by their smoothed structure, not by their own SD, keeps the noise estimate unbiased.
-- Noise SD: the median over the flat blocks of the SD about a least-squares plane (ddof 3). Tissue texture finer
-  than a block counts as noise, unless ``noise_from="slices"`` (a contiguous volume whose slices have independent
+- Noise SD: the median over the flat blocks (``NOISE_BLOCK`` = 8 px) of the SD about a least-squares plane (ddof
+  3). Tissue texture finer than a block counts as noise, so the blocks are small: 24 px blocks read 56 HU on a 1.5 mm
+  CTA and 38 HU on skull-base slices, and were 2.8x off on average on simulated slices, 8 px 0.29x
+  (``benchmarks/noise_estimate.py``). The price: a plane on a small block takes in low-frequency noise, so noise
+  far smoother than CT's (Gaussian-filtered, sigma 1 px) reads 23% low; CT's ramp-filtered noise read at most 16%
+  low there, on the smoothest kernels. Unless ``noise_from="slices"`` (a contiguous volume whose slices have independent
   noise): then the blocks hold the second difference across z, x_z - (x_{z-1} + x_{z+1}) / 2 scaled to one
   slice's SD, in which anatomy and texture continuous in z cancel (preferred whenever a volume allows it).
 - Noise correlation length: the radially averaged autocorrelation of the flat blocks' noise (plane removed,
@@ -58,6 +62,7 @@ STRUCTURE_SIGMA = 3.0  # px: smoothing of the structure map that ranks blocks by
 EDGE_SIGMA = 1.0  # px: Gaussian derivative of the sharpness measure
 EDGE_FIND_SIGMA = 3.0  # px: smoothing of the gradient that locates the strongest edges (noise hardly moves them)
 FLAT_FACTOR = 2.0  # a flat block's structure score is at most this times the flattest decile's
+NOISE_BLOCK = 8  # px: blocks of the noise SD (less texture in them); the ACF and edge measures keep 24 px
 
 
 def sample_slices(n: int, max_slices: int) -> list[int]:
@@ -160,7 +165,7 @@ def _detrend_plane(blocks: np.ndarray) -> np.ndarray:
 
 def noise_sd(
     hu: np.ndarray,
-    block: int = 24,
+    block: int = NOISE_BLOCK,
     hu_range: tuple[float, float] = FLAT_HU,
     max_slices: int = 8,
     noise_from: str = "image",
