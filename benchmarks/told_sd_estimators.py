@@ -2,10 +2,11 @@
 
 The rule was written before the run (``benchmarks/results/told_sd_estimator_prereg.md``). ``napari_lidnet.strength``
 keeps the share ``w = 1 - sd**2 / t**2`` of the residual (input - denoised), where ``sd`` is the SD to remove and
-``t`` the SD of all the noise in the input over the body. Three estimates of ``t``:
+``t`` the SD of all the noise in the input over the body. Estimates of ``t``:
 
 - ``A`` residual: the residual's SD over the body (``strength.residual_sd``);
-- ``C`` input flat: the input's own noise SD in its flat soft-tissue blocks (``metrics.noreference.noise_sd``);
+- ``C`` input flat: the input's own noise SD in its flat soft-tissue blocks (``metrics.noreference.noise_sd``, 24 px;
+  ``C8``: 8 px blocks);
 - ``D`` corrected: A times (input noise SD / residual SD) in the same flat blocks.
 
 Cases: normal-dose slices with their own noise (simulated, ``real_anatomy.simulated_slices``, and the real
@@ -63,12 +64,16 @@ def validation_slices(real: Path, every: int, n_sim: int, seed0: int) -> list[di
 
 
 def noise_estimates(low: np.ndarray, den: np.ndarray) -> dict[str, float]:
-    """The three estimates of the input's noise SD over the body (A, C, D)."""
+    """The estimates of the input's noise SD over the body: A; C and D with 24 px blocks (the fourth session's
+    rule), C8 and D8 with 8 px blocks (the fifth's)."""
     a = residual_sd(low, den)
-    c = noise_sd(low, block=24)  # the block size of the recorded run
-    in_blocks = block_noise_sd(flat_blocks(low, values=low - den))
-    d = a * c / in_blocks if np.isfinite(c) and in_blocks > 0 else a
-    return {"A": a, "C": c if np.isfinite(c) else a, "D": d}
+    out = {"A": a}
+    for suffix, block in (("", 24), ("8", 8)):
+        c = noise_sd(low, block=block)
+        in_blocks = block_noise_sd(flat_blocks(low, block=block, values=low - den))
+        out[f"C{suffix}"] = c if np.isfinite(c) else a
+        out[f"D{suffix}"] = a * c / in_blocks if np.isfinite(c) and in_blocks > 0 else a
+    return out
 
 
 def one_slice(job: tuple[int, dict, str, str]) -> list[dict]:
@@ -97,7 +102,7 @@ def one_slice(job: tuple[int, dict, str, str]) -> list[dict]:
             rec.update({"best_w": best_w, "psnr_best": psnr_best,
                         "psnr_ideal": psnr(den + np.float32(dose) * (low - den), ref)})  # fmt: skip
             recs.append(rec)
-    print(f"  {sl['name']}: " + ", ".join(f"{r['model']} {r['dose']}: w {r['w_A']:.2f}/{r['w_C']:.2f}/{r['w_D']:.2f}"
+    print(f"  {sl['name']}: " + ", ".join(f"{r['model']} {r['dose']}: w {r['w_A']:.2f}/{r['w_C8']:.2f}/{r['w_D8']:.2f}"
                                           for r in recs), flush=True)  # fmt: skip
     return recs
 
@@ -117,11 +122,11 @@ def gain_summary(recs: list[dict], name: str, n_boot: int = 2000) -> dict:
     return slice_mean([(r["slice"], r[f"psnr_{name}"] - r["psnr_A"]) for r in recs], n_boot)
 
 
-def verdict(recs: list[dict]) -> dict:
+def verdict(recs: list[dict], names: tuple[str, ...] = ("C", "D")) -> dict:
     """The pre-registered rule: per data set, 25% gain >= 0.15 dB with CI above 0; 10% gain >= -0.05 dB."""
     sets = ("simulation", "real validation")
     out: dict = {"candidates": {}}
-    for name in ("C", "D"):
+    for name in names:
         s = {(st, d): gain_summary([r for r in recs if r["set"] == st and r["dose"] == d], name)
              for st in sets for d in DOSES}  # fmt: skip
         ok = all(s[st, 0.25]["mean"] >= 0.15 and s[st, 0.25]["ci"][0] > 0 and s[st, 0.1]["mean"] >= -0.05
@@ -145,9 +150,11 @@ def paired_gains(recs: list[dict], base: list[dict], n_boot: int = 2000) -> list
 
 
 def markdown(recs: list[dict], rule: dict, header: list[str]) -> list[str]:
+    names = ["A", *rule["candidates"]]
     lines = [*header, "", "## Means by data set, dose and noise model", "",
-             "| data set | dose | noise | cases | inserted SD | w A / C / D | best w | PSNR A | PSNR C | PSNR D | "
-             "PSNR best w | PSNR ideal w | SSIM A / C / D |", "|" + "---|" * 13]  # fmt: skip
+             f"| data set | dose | noise | cases | inserted SD | w {' / '.join(names)} | best w | "
+             + " | ".join(f"PSNR {n}" for n in names) + f" | PSNR best w | PSNR ideal w | SSIM {' / '.join(names)} |",
+             "|" + "---|" * (10 + len(names))]  # fmt: skip
     for st in ("simulation", "real validation"):
         for d in DOSES:
             for m in MODELS:
@@ -156,10 +163,13 @@ def markdown(recs: list[dict], rule: dict, header: list[str]) -> list[str]:
                     continue
                 mean = {k: float(np.mean([r[k] for r in g])) for k in g[0] if isinstance(g[0][k], float)}
                 lines.append(
-                    f"| {st} | {d} | {m} | {len(g)} | {mean['inserted_sd']:.1f} | {mean['w_A']:.2f} / "
-                    f"{mean['w_C']:.2f} / {mean['w_D']:.2f} | {mean['best_w']:.2f} | {mean['psnr_A']:.2f} | "
-                    f"{mean['psnr_C']:.2f} | {mean['psnr_D']:.2f} | {mean['psnr_best']:.2f} | "
-                    f"{mean['psnr_ideal']:.2f} | {mean['ssim_A']:.4f} / {mean['ssim_C']:.4f} / {mean['ssim_D']:.4f} |"
+                    f"| {st} | {d} | {m} | {len(g)} | {mean['inserted_sd']:.1f} | "
+                    + " / ".join(f"{mean[f'w_{n}']:.2f}" for n in names)
+                    + f" | {mean['best_w']:.2f} | "
+                    + " | ".join(f"{mean[f'psnr_{n}']:.2f}" for n in names)
+                    + f" | {mean['psnr_best']:.2f} | {mean['psnr_ideal']:.2f} | "
+                    + " / ".join(f"{mean[f'ssim_{n}']:.4f}" for n in names)
+                    + " |"
                 )
     lines += ["", "## The rule (gain over A in dB, mean over both noise models, 95% bootstrap interval over slices)",
               "", "| candidate | data set, dose | gain | 95% CI | cases |", "|---|---|---|---|---|"]  # fmt: skip
@@ -182,6 +192,7 @@ def main() -> None:
     p.add_argument("--cache", type=Path, default=Path("bench-out/told_sd/cache"))
     p.add_argument("--results", type=Path, default=Path("benchmarks/results/told_sd_estimators"))
     p.add_argument("--denoiser", default="default", help="denoiser weights stem (default: the shipped one)")
+    p.add_argument("--estimators", default="C,D", help="the candidates the rule judges (C, D, C8, D8)")
     p.add_argument("--baseline", type=Path, help="an earlier run's JSON: report the paired weight-A PSNR gain over it")
     a = p.parse_args()
     md, js = a.results.with_suffix(".md"), a.results.with_suffix(".json")
@@ -193,13 +204,14 @@ def main() -> None:
     jobs = [(k, sl, str(a.cache), a.denoiser) for k, sl in enumerate(slices)]
     with get_context("spawn").Pool(a.workers) as pool:
         recs = [r for chunk in pool.imap(one_slice, jobs) for r in chunk]
-    rule = verdict(recs)
+    rule = verdict(recs, tuple(a.estimators.split(",")))
     header = ["# Told the SD: three estimates of the input's noise (validation data only)", "",
               f"Command: `PYTHONPATH=. python {' '.join(sys.argv)}`; {datetime.date.today()}, "
               f"{(time.time() - t0) / 60:.0f} min on this 2-core CPU; denoiser `{a.denoiser}`. "
               "Rule written before the run: `benchmarks/results/told_sd_estimator_prereg.md`. "
               "A: residual SD over the body (the product's weight before this run); C: the input's noise SD in "
-              "its flat soft-tissue blocks; D: A corrected by input/residual SD in the same blocks."]  # fmt: skip
+              "its flat soft-tissue blocks (24 px; C8: 8 px); D (D8): A corrected by input/residual SD in "
+              "the same blocks."]  # fmt: skip
     lines = markdown(recs, rule, header)
     result: dict = {"denoiser": a.denoiser, "rule": rule, "cases": recs}
     if a.baseline:
