@@ -192,6 +192,7 @@ def main() -> None:
     p.add_argument("--cache", type=Path, default=Path("bench-out/told_sd/cache"))
     p.add_argument("--results", type=Path, default=Path("benchmarks/results/told_sd_estimators"))
     p.add_argument("--denoiser", default="default", help="denoiser weights stem (default: the shipped one)")
+    p.add_argument("--rule", default="benchmarks/results/told_sd_estimator_prereg.md", help="the rule's file")
     p.add_argument("--estimators", default="C,D", help="the candidates the rule judges (C, D, C8, D8)")
     p.add_argument("--baseline", type=Path, help="an earlier run's JSON: report the paired weight-A PSNR gain over it")
     a = p.parse_args()
@@ -208,7 +209,7 @@ def main() -> None:
     header = ["# Told the SD: three estimates of the input's noise (validation data only)", "",
               f"Command: `PYTHONPATH=. python {' '.join(sys.argv)}`; {datetime.date.today()}, "
               f"{(time.time() - t0) / 60:.0f} min on this 2-core CPU; denoiser `{a.denoiser}`. "
-              "Rule written before the run: `benchmarks/results/told_sd_estimator_prereg.md`. "
+              f"Rule written before the run: `{a.rule}`. "
               "A: residual SD over the body (the product's weight before this run); C: the input's noise SD in "
               "its flat soft-tissue blocks (24 px; C8: 8 px); D (D8): A corrected by input/residual SD in "
               "the same blocks."]  # fmt: skip

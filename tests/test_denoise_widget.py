@@ -336,7 +336,9 @@ def test_noise_sd_to_remove_keeps_the_rest(make_napari_viewer, qtbot, model_dir:
     assert told.metadata["lidnet"]["remove_sd"] == sd
     np.testing.assert_allclose(told.data, keep_noise(low, blind, sd), atol=1e-3)
     back = (told.data - blind)[:, 16:48, 16:48] / (low - blind)[:, 16:48, 16:48]
-    assert 0.7 < np.median(back) < 0.95  # the weight 1 - sd^2 / residual SD^2 (over the whole body: a bit more)
+    # the weight 1 - sd^2 / total SD^2: at least 3/4 of the residual comes back, more as the input holds more noise
+    # than the tiny network's residual (strength.total_noise_sd)
+    assert 0.75 <= np.median(back) < 1.0
     widget.set_remove_sd(None)
     assert widget.remove_sd is None
     assert "noise SD in flat tissue" in widget.status.text()

@@ -11,7 +11,7 @@ from napari_lidnet.metrics.image import METRIC_WINDOW, psnr
 from napari_lidnet.models.registry import load_model
 from napari_lidnet.sim.lowdose import simulate_low_dose
 from napari_lidnet.sim.phantom import make_phantom
-from napari_lidnet.strength import blend_weight, check_remove_sd, keep_noise
+from napari_lidnet.strength import blend_weight, check_remove_sd, keep_noise, residual_sd, total_noise_sd
 
 
 def body_image(size: int = 192) -> tuple[np.ndarray, np.ndarray]:
@@ -42,6 +42,20 @@ def test_wiener_blend_reaches_the_closed_form_optimum() -> None:
     assert mse == pytest.approx(optimum, rel=0.05)
     assert mse < 0.85 * np.mean((low - ref)[body] ** 2)  # 100: the input
     assert mse < 0.25 * np.mean((clean - ref)[body] ** 2)  # 400: removing everything
+
+
+def test_total_noise_counts_what_the_network_left_in() -> None:
+    """A "denoiser" that leaves the smoothest part of the noise in: the residual holds less than the noise, the
+    input/residual ratio in flat blocks brings the estimate back to the noise's SD, and the weight follows it."""
+    rng = np.random.default_rng(3)
+    clean, body = body_image()
+    noise = rng.normal(0.0, 20.0, clean.shape).astype(np.float32)
+    left_in = ndimage.gaussian_filter(noise, 1.5)
+    low, denoised = clean + noise, clean + left_in
+    assert residual_sd(low, denoised) < 0.95 * 20.0
+    assert total_noise_sd(low, denoised) == pytest.approx(float(noise[body].std()), rel=0.05)
+    kept = (keep_noise(low, denoised, 10.0) - denoised)[body] / (low - denoised)[body]
+    assert np.median(kept) == pytest.approx(blend_weight(10.0, total_noise_sd(low, denoised)), abs=1e-3)
 
 
 def test_limits_none_zero_and_more_than_the_residual() -> None:

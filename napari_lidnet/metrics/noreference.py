@@ -50,6 +50,7 @@ __all__ = [
     "correlation_length",
     "edge_locations",
     "edge_sharpness",
+    "flat_block_noise_sds",
     "flat_blocks",
     "noise_autocorrelation",
     "noise_sd",
@@ -62,6 +63,7 @@ STRUCTURE_SIGMA = 3.0  # px: smoothing of the structure map that ranks blocks by
 EDGE_SIGMA = 1.0  # px: Gaussian derivative of the sharpness measure
 EDGE_FIND_SIGMA = 3.0  # px: smoothing of the gradient that locates the strongest edges (noise hardly moves them)
 FLAT_FACTOR = 2.0  # a flat block's structure score is at most this times the flattest decile's
+FLAT_FRACTION = 0.3  # at most this share of the candidate blocks is kept as flat
 NOISE_BLOCK = 8  # px: blocks of the noise SD (less texture in them); the ACF and edge measures keep 24 px
 
 
@@ -99,9 +101,9 @@ def body_mask(hu2d: np.ndarray, threshold: float = -500.0) -> np.ndarray:
 
 
 def _tiles(a: np.ndarray, block: int) -> np.ndarray:
-    """(ny, nx, block, block) half-overlapping tiles of ``a`` (stride block // 2)."""
+    """(ny, nx, [k,] block, block) half-overlapping tiles of ``a`` (y, x[, k]) (stride block // 2)."""
     step = max(1, block // 2)
-    return np.lib.stride_tricks.sliding_window_view(a, (block, block))[::step, ::step]
+    return np.lib.stride_tricks.sliding_window_view(a, (block, block), axis=(0, 1))[::step, ::step]
 
 
 def _candidates(
@@ -122,7 +124,7 @@ def flat_blocks(
     hu: np.ndarray,
     block: int = 24,
     hu_range: tuple[float, float] = FLAT_HU,
-    fraction: float = 0.3,
+    fraction: float = FLAT_FRACTION,
     max_slices: int = 8,
     noise_from: str = "image",
     values: np.ndarray | None = None,
@@ -139,6 +141,19 @@ def flat_blocks(
         pairs = [(s, v) for (s, _), (v, _) in zip(pairs, _as_slices(values, max_slices))]
     found = [_candidates(s, v, block, hu_range) for s, v in pairs]
     return _flattest(found, fraction)
+
+
+def flat_block_noise_sds(
+    hu2d: np.ndarray, images: list[np.ndarray], block: int = NOISE_BLOCK, hu_range: tuple[float, float] = FLAT_HU
+) -> list[float]:
+    """:func:`block_noise_sd` of each of ``images`` (each of the slice's shape) in the flattest blocks of the slice
+    ``hu2d``, chosen once (as :func:`flat_blocks` chooses them); NaN for each when there is no flat block."""
+    s = np.asarray(hu2d, np.float32)
+    stacked = np.stack([np.asarray(im, np.float32) for im in images], axis=-1)
+    if stacked.shape[:2] != s.shape:
+        raise ValueError(f"images must have the slice's shape {s.shape}, got {stacked.shape[:2]}")
+    blocks = _flattest([_candidates(s, stacked, block, hu_range)], FLAT_FRACTION)
+    return [block_noise_sd(blocks[:, c]) if len(blocks) else float("nan") for c in range(len(images))]
 
 
 def _flattest(found: list[tuple[np.ndarray, np.ndarray]], fraction: float) -> np.ndarray:
