@@ -44,7 +44,7 @@ from napari_lidnet.io.dataset import read_dataset  # noqa: E402
 from napari_lidnet.metrics.image import psnr, ssim  # noqa: E402
 from napari_lidnet.metrics.noreference import block_noise_sd, flat_blocks, noise_sd  # noqa: E402
 from napari_lidnet.models.registry import load_model  # noqa: E402
-from napari_lidnet.strength import blend_weight, residual_sd  # noqa: E402
+from napari_lidnet.strength import blend_weight, residual_sd, total_noise_sd  # noqa: E402
 
 DOSES = (0.25, 0.1)
 MODELS = ("ours", "radon")
@@ -65,7 +65,8 @@ def validation_slices(real: Path, every: int, n_sim: int, seed0: int) -> list[di
 
 def noise_estimates(low: np.ndarray, den: np.ndarray) -> dict[str, float]:
     """The estimates of the input's noise SD over the body: A; C and D with 24 px blocks (the fourth session's
-    rule), C8 and D8 with 8 px blocks (the fifth's)."""
+    rule), C8 and D8 with 8 px blocks (the fifth's), D8s (``strength.total_noise_sd(stride=2)``: D8 on every
+    second pixel)."""
     a = residual_sd(low, den)
     out = {"A": a}
     for suffix, block in (("", 24), ("8", 8)):
@@ -73,6 +74,7 @@ def noise_estimates(low: np.ndarray, den: np.ndarray) -> dict[str, float]:
         in_blocks = block_noise_sd(flat_blocks(low, block=block, values=low - den))
         out[f"C{suffix}"] = c if np.isfinite(c) else a
         out[f"D{suffix}"] = a * c / in_blocks if np.isfinite(c) and in_blocks > 0 else a
+    out["D8s"] = total_noise_sd(low, den, stride=2)  # D8 on every second pixel
     return out
 
 

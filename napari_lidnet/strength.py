@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from napari_lidnet.metrics.noreference import body_mask, flat_block_noise_sds
+from napari_lidnet.metrics.noreference import NOISE_BLOCK, body_mask, flat_block_noise_sds
 
 __all__ = ["blend_weight", "check_remove_sd", "keep_noise", "residual_sd", "total_noise_sd"]
 
@@ -53,13 +53,16 @@ def residual_sd(low: np.ndarray, denoised: np.ndarray, stride: int = 2) -> float
     return float(np.std((np.asarray(low, np.float64)[::stride, ::stride] - den)[body]))
 
 
-def total_noise_sd(low: np.ndarray, denoised: np.ndarray) -> float:
+def total_noise_sd(low: np.ndarray, denoised: np.ndarray, stride: int = 1) -> float:
     """SD (HU) of all the noise in ``low`` over the body: :func:`residual_sd` times the input's noise SD over the
     residual's in the slice's flattest soft-tissue blocks (the share the network left in); the residual SD alone
-    when the slice has no flat block."""
+    when the slice has no flat block. ``stride`` 2 takes the blocks on every second pixel (``NOISE_BLOCK // 2`` px
+    there, the same footprint, a third of the time), which lost 0.04-0.05 dB on simulation under its rule
+    (``benchmarks/results/told_sd_estimator8_prereg.md``), so the product keeps stride 1."""
     total = residual_sd(low, denoised)
-    lo = np.asarray(low, np.float32)
-    own, left = flat_block_noise_sds(lo, [lo, lo - np.asarray(denoised, np.float32)])
+    lo = np.asarray(low, np.float32)[::stride, ::stride]
+    res = lo - np.asarray(denoised, np.float32)[::stride, ::stride]
+    own, left = flat_block_noise_sds(lo, [lo, res], block=max(2, NOISE_BLOCK // stride))
     return total * own / left if np.isfinite(own) and left > 0 else total
 
 

@@ -96,8 +96,12 @@ def body_mask(hu2d: np.ndarray, threshold: float = -500.0) -> np.ndarray:
     labels, n = ndi.label(np.asarray(hu2d) > threshold)
     if n == 0:
         return np.zeros(np.shape(hu2d), bool)
-    sizes = ndi.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
-    return ndi.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
+    largest = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    outside, _ = ndi.label(~largest)  # ndi.binary_fill_holes, in a fraction of its time: the background regions
+    hole = np.ones(int(outside.max()) + 1, bool)  # that do not reach the border are holes
+    hole[np.concatenate([outside[0], outside[-1], outside[:, 0], outside[:, -1]])] = False
+    hole[0] = False
+    return largest | hole[outside]
 
 
 def _tiles(a: np.ndarray, block: int) -> np.ndarray:
@@ -113,11 +117,28 @@ def _candidates(
     with their mean in ``hu_range``."""
     if min(s.shape) < block:
         return np.zeros((0, block, block)), np.zeros(0)
-    inside = _tiles(body_mask(s), block).all(axis=(2, 3))
+    body = body_mask(s)
+    crop = _body_box(body, block)
+    s, body, values = s[crop], body[crop], values[crop]
+    inside = _tiles(body, block).all(axis=(2, 3))
     means = _tiles(s, block).mean(axis=(2, 3))
     structure = _tiles(ndi.gaussian_gradient_magnitude(s, STRUCTURE_SIGMA), block).mean(axis=(2, 3))
     keep = inside & (means >= hu_range[0]) & (means <= hu_range[1])
     return _tiles(values, block)[keep].astype(np.float64), structure[keep]
+
+
+def _body_box(body: np.ndarray, block: int) -> tuple[slice, slice]:
+    """The body's bounding box, widened by the structure filter's reach and started on the tile grid: the same
+    blocks and structure scores as on the whole slice, for less filtering (the whole slice when there is no body)."""
+    if not body.any():
+        return slice(None), slice(None)
+    step, reach = max(1, block // 2), int(4.0 * STRUCTURE_SIGMA + 0.5) + 1  # gaussian_filter's truncate=4.0
+    box = []
+    for axis in (1, 0):
+        idx = np.nonzero(body.any(axis=axis))[0]
+        lo = max(0, idx[0] - reach) // step * step
+        box.append(slice(lo, min(body.shape[1 - axis], idx[-1] + 1 + reach)))
+    return box[0], box[1]
 
 
 def flat_blocks(
