@@ -113,8 +113,8 @@ def _tiles(a: np.ndarray, block: int) -> np.ndarray:
 def _candidates(
     s: np.ndarray, values: np.ndarray, block: int, hu_range: tuple[float, float]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(blocks of ``values`` (K, b, b), structure score (K,)) where the blocks of slice ``s`` lie inside the body
-    with their mean in ``hu_range``."""
+    """(blocks of ``values`` (K, b, b), or (K, k, b, b) for values (y, x, k); structure score (K,)) where the blocks
+    of slice ``s`` lie inside the body with their mean in ``hu_range``."""
     if min(s.shape) < block:
         return np.zeros((0, block, block)), np.zeros(0)
     body = body_mask(s)
