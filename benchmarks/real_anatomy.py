@@ -379,18 +379,23 @@ def pick_gaussian_sigma(dose: float, n_phantoms: int, cache: DiskCache) -> tuple
     return best, scores
 
 
-def bm3d_told(low: np.ndarray, ctx: dict) -> np.ndarray:
-    """BM3D on HU/1000 with the true noise SD, over the body's bounding box + BM3D_MARGIN px (air left as is)."""
+def bm3d_on_body(img: np.ndarray, body: np.ndarray, sd: float) -> np.ndarray:
+    """BM3D on HU/1000 told ``sd`` HU, over ``body``'s bounding box + BM3D_MARGIN px (the rest left as is)."""
     import bm3d
 
-    rows, cols = np.nonzero(ctx["body"])
+    rows, cols = np.nonzero(body)
     r0, c0 = max(rows.min() - BM3D_MARGIN, 0), max(cols.min() - BM3D_MARGIN, 0)
     r1, c1 = rows.max() + 1 + BM3D_MARGIN, cols.max() + 1 + BM3D_MARGIN
-    crop = low[r0:r1, c0:c1].astype(np.float64) / 1000.0
-    out = np.array(low, dtype=np.float32)
-    den = bm3d.bm3d(crop, sigma_psd=ctx["true_sd"] / 1000.0)
+    crop = img[r0:r1, c0:c1].astype(np.float64) / 1000.0
+    out = np.array(img, dtype=np.float32)
+    den = bm3d.bm3d(crop, sigma_psd=sd / 1000.0)
     out[r0:r1, c0:c1] = np.asarray(den).reshape(crop.shape) * 1000.0
     return out
+
+
+def bm3d_told(low: np.ndarray, ctx: dict) -> np.ndarray:
+    """BM3D with the true noise SD, over the body's bounding box + BM3D_MARGIN px (air left as is)."""
+    return bm3d_on_body(low, ctx["body"], ctx["true_sd"])
 
 
 def _net(model: torch.nn.Module, told: bool = False) -> Callable[[np.ndarray, dict], np.ndarray]:

@@ -42,7 +42,7 @@ from told_sd_weight import best_weight  # noqa: E402
 from napari_lidnet.inference import denoise  # noqa: E402
 from napari_lidnet.io.dataset import read_dataset  # noqa: E402
 from napari_lidnet.metrics.image import psnr, ssim  # noqa: E402
-from napari_lidnet.metrics.noreference import block_noise_sd, flat_blocks, noise_sd  # noqa: E402
+from napari_lidnet.metrics.noreference import flat_block_noise_sds  # noqa: E402
 from napari_lidnet.models.registry import load_model  # noqa: E402
 from napari_lidnet.strength import blend_weight, residual_sd, total_noise_sd  # noqa: E402
 
@@ -69,9 +69,8 @@ def noise_estimates(low: np.ndarray, den: np.ndarray) -> dict[str, float]:
     second pixel)."""
     a = residual_sd(low, den)
     out = {"A": a}
-    for suffix, block in (("", 24), ("8", 8)):
-        c = noise_sd(low, block=block)
-        in_blocks = block_noise_sd(flat_blocks(low, block=block, values=low - den))
+    for suffix, block in (("", 24), ("8", 8)):  # one block search for the input and its residual
+        c, in_blocks = flat_block_noise_sds(low, [low, low - den], block=block)
         out[f"C{suffix}"] = c if np.isfinite(c) else a
         out[f"D{suffix}"] = a * c / in_blocks if np.isfinite(c) and in_blocks > 0 else a
     out["D8s"] = total_noise_sd(low, den, stride=2)  # D8 on every second pixel

@@ -12,7 +12,7 @@ chest carries 34-84 HU), and BM3D leaves streaks at such levels.
 
 Reads ``REAL/train`` and ``REAL/train-zoom`` (``scripts/real_ct_dataset.py``); writes ``OUT/train`` (every
 ``--every``-th training slice) and ``OUT/train-zoom`` (the same slices' zoomed copies, their target the pseudo-clean
-slice resampled exactly as ``real_ct_dataset.zoomed`` resampled the original), with ``scanner.csv`` rows copied and
+slice resampled as the original was, ``real_ct_dataset.zoom_slice``), with ``scanner.csv`` rows copied and
 ``targets.csv`` holding the SD BM3D was told (left-out slices too). Training data only: never the evaluation scans.
 
     PYTHONPATH=. python scripts/pseudo_clean_dataset.py --real data/real --out data/real-pc --max-sd 25 --workers 2
@@ -28,14 +28,16 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from real_anatomy import bm3d_on_body  # noqa: E402
+from real_ct_dataset import zoom_slice  # noqa: E402
 
 from napari_lidnet.inference import denoise
 from napari_lidnet.io.dataset import Sample, read_dataset, write_dataset
 from napari_lidnet.metrics.noreference import block_noise_sd, body_mask, flat_blocks
 from napari_lidnet.models.registry import load_model
 
-MARGIN_PX = 8
 _NET: list = []
 
 
@@ -50,45 +52,18 @@ def own_noise_sd(full: np.ndarray) -> float:
     return block_noise_sd(flat_blocks(full, values=full - den))
 
 
-def bm3d_target(full: np.ndarray, sd: float) -> np.ndarray:
-    """BM3D of ``full`` told ``sd`` HU, on the body's bounding box; the rest unchanged."""
-    import bm3d
-
-    body = body_mask(full)
-    if not body.any():
-        return full.copy()
-    rows, cols = np.nonzero(body)
-    r0, r1 = max(0, rows.min() - MARGIN_PX), min(full.shape[0], rows.max() + MARGIN_PX + 1)
-    c0, c1 = max(0, cols.min() - MARGIN_PX), min(full.shape[1], cols.max() + MARGIN_PX + 1)
-    out = full.astype(np.float32).copy()
-    crop = out[r0:r1, c0:c1] / 1000.0
-    out[r0:r1, c0:c1] = 1000.0 * np.asarray(bm3d.bm3d(crop, sigma_psd=sd / 1000.0), np.float32)
-    return out
-
-
-def zoom_like(target: np.ndarray, spacing_mm: float, pixel_mm: float, shape: tuple[int, int]) -> np.ndarray:
-    """``target`` resampled as ``real_ct_dataset.zoomed`` resamples a slice (cubic, centre crop), padded to ``shape``
-    with -1000 HU (as ``real_ct_dataset._square`` pads)."""
-    img = ndimage.zoom(target, spacing_mm / pixel_mm, order=3, mode="nearest").astype(np.float32)
-    c = max(0, (img.shape[0] - 512) // 2)
-    img = img[c : c + 512, c : c + 512]
-    out = np.full(shape, -1000.0, np.float32)
-    r0, c0 = (shape[0] - img.shape[0]) // 2, (shape[1] - img.shape[1]) // 2
-    out[r0 : r0 + img.shape[0], c0 : c0 + img.shape[1]] = img
-    return out
-
-
 def _one(job: tuple[Sample, Sample | None, float]) -> tuple[Sample | None, Sample | None, float]:
     s, z, max_sd = job
     full = np.asarray(s.full_hu, np.float32)
     sd = own_noise_sd(full)
     if not np.isfinite(sd) or sd > max_sd:
         return None, None, sd
-    target = bm3d_target(full, sd)
+    body = body_mask(full)
+    target = bm3d_on_body(full, body, sd) if body.any() else full.copy()
     base = Sample(s.name, target, np.asarray(s.low_hu, np.float32), s.boxes, s.spacing_mm)
     if z is None:
         return base, None, sd
-    zt = zoom_like(target, s.spacing_mm, z.spacing_mm, np.shape(z.full_hu))
+    zt = zoom_slice(target, s.spacing_mm, z.spacing_mm)
     return base, Sample(z.name, zt, np.asarray(z.low_hu, np.float32), z.boxes, z.spacing_mm), sd
 
 

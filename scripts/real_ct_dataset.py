@@ -104,18 +104,24 @@ def build(downloads: Path) -> dict[str, list[Sample]]:
     return parts
 
 
-def zoomed(samples: list[Sample], rng: np.random.Generator) -> list[Sample]:
-    """Each slice resampled (cubic) to a finer pixel drawn in ZOOM_PIXEL_MM, centre-cropped to at most 512 px: the
-    sources are 0.84-1.5 mm, clinics also scan heads and small fields of view at 0.4-0.6 mm."""
+def zoom_slice(hu: np.ndarray, spacing_mm: float, pixel_mm: float) -> np.ndarray:
+    """A slice resampled (cubic) from ``spacing_mm`` to ``pixel_mm`` pixels, centre-cropped to at most 512 px and
+    squared (``_square``)."""
     from scipy import ndimage
 
+    img = ndimage.zoom(hu, spacing_mm / pixel_mm, order=3, mode="nearest").astype(np.float32)
+    c = max(0, (img.shape[0] - 512) // 2)
+    return _square(img[c : c + 512, c : c + 512])
+
+
+def zoomed(samples: list[Sample], rng: np.random.Generator) -> list[Sample]:
+    """Each slice resampled to a finer pixel drawn in ZOOM_PIXEL_MM (``zoom_slice``): the sources are 0.84-1.5 mm,
+    clinics also scan heads and small fields of view at 0.4-0.6 mm."""
     out = []
     for s in samples:
         pixel = float(rng.uniform(*ZOOM_PIXEL_MM))
-        img = ndimage.zoom(s.full_hu, s.spacing_mm / pixel, order=3, mode="nearest").astype(np.float32)
-        c = max(0, (img.shape[0] - 512) // 2)
-        img = img[c : c + 512, c : c + 512]
-        out.append(Sample(f"z-{s.name}", _square(img), None, np.zeros((0, 4), np.float32), pixel))
+        img = zoom_slice(s.full_hu, s.spacing_mm, pixel)
+        out.append(Sample(f"z-{s.name}", img, None, np.zeros((0, 4), np.float32), pixel))
     return out
 
 
