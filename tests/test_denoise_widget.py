@@ -130,6 +130,10 @@ def test_volume_run_layers_geometry_threshold_and_rerun(make_napari_viewer, qtbo
         widget.set_threshold(t)
         assert len(boxes.data) == int((all_rows[:, 5] >= t - 1e-6).sum())  # filtered live, same layer
         assert viewer.layers["low lesions"] is boxes
+        assert tuple(boxes.edge_contrast_limits) == (0.0, 1.0)  # a score keeps its colour at any threshold
+        if len(boxes.data):
+            expected = boxes.edge_colormap.map(boxes.features["score"].to_numpy())
+            np.testing.assert_allclose(boxes.edge_color, expected, atol=1e-6)
 
     widget.noise_check.setChecked(True)
     noise = viewer.layers["low noise"]

@@ -55,6 +55,7 @@ NONE_ITEM = "(none)"
 BROWSE_ITEM = "Browse..."
 SCOPES = ("all slices", "current slice")
 BOX_COLORMAP = "plasma"
+BOX_SCORE_RANGE = (0.0, 1.0)  # one colour per score, whatever the threshold shows
 #: score threshold slider: integer percent, from the detection floor (inference.BOX_FLOOR) to 0.95
 THRESHOLD_RANGE = (5, 95)
 #: largest noise SD (HU) the strength box takes; 0 shows "all noise"
@@ -575,6 +576,7 @@ class DenoiseDetectWidget(QWidget):
             layer.data = shapes
             layer.features = features
             layer.edge_color = "score"
+            layer.edge_contrast_limits = BOX_SCORE_RANGE  # napari rescales to the shown scores otherwise
             layer.refresh_colors()
             return
         kwargs = {
@@ -584,7 +586,7 @@ class DenoiseDetectWidget(QWidget):
             "features": features,
             "edge_color": "score",
             "edge_colormap": BOX_COLORMAP,
-            "edge_contrast_limits": (0.0, 1.0),
+            "edge_contrast_limits": BOX_SCORE_RANGE,
             "edge_width": 2,
             "face_color": "transparent",
             "text": {"string": "{score:.2f}", "anchor": "upper_left", "size": 9, "color": "yellow"},
