@@ -113,7 +113,7 @@ def _write_one(
 ) -> None:  # fmt: skip
     """Denoise a series into a DICOM folder, or detect its lesions into a CSV, at ``partial``."""
     from napari_lidnet.inference import denoise, detect
-    from napari_lidnet.io.boxes_io import write_boxes_csv
+    from napari_lidnet.io.boxes_io import slice_columns, write_boxes_csv
     from napari_lidnet.io.dicom_write import denoised_description, write_dicom_series
 
     if task == "denoise":
@@ -121,7 +121,8 @@ def _write_one(
         description = denoised_description(desc, model_name, remove_sd)
         write_dicom_series(replace(vol, hu=hu.astype(np.float32)), partial, series_description=description)
     else:
-        write_boxes_csv(partial, detect(model, vol.hu, device=device, score_threshold=threshold))
+        rows = detect(model, vol.hu, device=device, score_threshold=threshold)
+        write_boxes_csv(partial, rows, slice_columns(vol.metadata, vol.hu.shape[0] if vol.hu.ndim == 3 else 1))
 
 
 def run_batch(

@@ -187,12 +187,27 @@ def _load(name: str | None, kind: str, device: str):
     return model.to(dev), dev, card
 
 
+def _threshold(args: argparse.Namespace, card: dict[str, Any]) -> float:
+    """``--threshold`` if given, else the detector card's calibrated one (the Denoise widget's default)."""
+    from napari_lidnet.models.weights import default_threshold
+
+    return default_threshold(card) if args.threshold is None else args.threshold
+
+
+def _score(text: str) -> float:
+    """argparse type: a detection score threshold in [0, 1]."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a score threshold lies in [0, 1], got {text}")
+    return value
+
+
 def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
     from tqdm import tqdm
 
     from napari_lidnet.batch import run_batch
 
-    model, dev, _ = _load(args.model, "denoiser" if task == "denoise" else "detector", args.device)
+    model, dev, card = _load(args.model, "denoiser" if task == "denoise" else "detector", args.device)
     bar = tqdm(unit="series", file=sys.stderr, dynamic_ncols=True, disable=None)
 
     def progress(done: int, total: int, name: str) -> None:
@@ -200,7 +215,7 @@ def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
         bar.set_postfix_str(name[-40:], refresh=False)
         bar.update(done - bar.n)
 
-    threshold = getattr(args, "threshold", 0.3)
+    threshold = _threshold(args, card) if task == "detect" else 0.0
     try:
         report = run_batch(
             args.input, out, task, model, dev, threshold, args.model or "default", progress, workers=args.workers,
@@ -272,17 +287,18 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
 def _cmd_detect(args: argparse.Namespace) -> int:
     from napari_lidnet.inference import detect
-    from napari_lidnet.io.boxes_io import write_boxes_csv
+    from napari_lidnet.io.boxes_io import slice_columns, write_boxes_csv
 
     if args.all_series:
         return _cmd_batch(args, "detect", args.out)
     out = Path(args.out)
     check_new_output(out, args.input)
     vol = _open_single(args.input)
-    model, dev, _ = _load(args.model, "detector", args.device)
-    rows = detect(model, vol.hu, device=dev, score_threshold=args.threshold, progress=_print_progress)
-    write_boxes_csv(out, rows)
-    print(f"wrote {len(rows)} boxes to {out}", file=sys.stderr)
+    model, dev, card = _load(args.model, "detector", args.device)
+    threshold = _threshold(args, card)
+    rows = detect(model, vol.hu, device=dev, score_threshold=threshold, progress=_print_progress)
+    write_boxes_csv(out, rows, slice_columns(vol.metadata, vol.hu.shape[0] if vol.hu.ndim == 3 else 1))
+    print(f"wrote {len(rows)} boxes with score >= {threshold:.3f} to {out}", file=sys.stderr)
     return 0
 
 
@@ -455,11 +471,14 @@ def _add_denoise(sub: Any) -> None:
 
 def _add_detect(sub: Any) -> None:
     """The ``detect`` subcommand."""
-    p = sub.add_parser("detect", help="detect lesions; writes slice,x1,y1,x2,y2,score")
+    p = sub.add_parser("detect", help="detect lesions on the images as given (no denoising); writes a CSV of boxes")
     p.add_argument("input")
     p.add_argument("--out", required=True, help="CSV (or .json) file for the boxes")
     p.add_argument("--model", default=None, help="detector name or weights path (default: shipped)")
-    p.add_argument("--threshold", type=float, default=0.3)
+    p.add_argument(
+        "--threshold", type=_score, default=None,
+        help="lowest score kept, in [0, 1] (default: the detector card's calibrated threshold, as in the widget)",
+    )  # fmt: skip
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--all-series",

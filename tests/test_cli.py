@@ -144,6 +144,41 @@ def test_denoise_and_detect_files(trained, tmp_path, monkeypatch):
     assert len(rows) > 0 and rows.shape[1] == 6 and set(np.unique(rows[:, 0])) <= {0.0, 1.0, 2.0}
 
 
+def test_detect_defaults_to_the_cards_threshold_and_names_each_slice(tmp_path, capsys):
+    """`lidnet detect` keeps boxes from the detector card's calibrated threshold (as the widget does) and writes
+    each box's DICOM InstanceNumber, table position and SOPInstanceUID; a threshold outside [0, 1] is refused."""
+    import csv
+
+    import pydicom
+    from conftest import write_series
+
+    from napari_lidnet.inference import detect
+    from napari_lidnet.models.registry import load_model
+    from napari_lidnet.models.weights import default_threshold
+    from napari_lidnet.sim.phantom import make_phantom
+
+    hu = np.stack([np.clip(make_phantom(s, "abdomen", size=128).hu, -1000, 1000) for s in (1, 2, 3)])
+    hu = (np.rint(hu / 2) * 2).astype(np.float32)
+    files = write_series(tmp_path / "ct", hu, series_uid="1.2.3.55", z_positions=[0.0, 5.0, 15.0])
+    detector, card = load_model("default", "detector")
+    t = default_threshold(card)
+    assert main(["detect", str(tmp_path / "ct"), "--out", str(tmp_path / "b.csv"), "--device", "cpu"]) == 0
+    assert f"score >= {t:.3f}" in capsys.readouterr().err
+    with open(tmp_path / "b.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    every = detect(detector, hu, score_threshold=0.05)
+    assert len(rows) == int((every[:, 5] >= t).sum()) and len(rows) < len(every)
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]  # in slice order
+    for r in rows:
+        ds = headers[int(r["slice"])]
+        assert int(r["instance_number"]) == int(ds.InstanceNumber) and r["sop_instance_uid"] == ds.SOPInstanceUID
+        assert float(r["z_mm"]) == pytest.approx(float(ds.ImagePositionPatient[2]))
+    with pytest.raises(SystemExit) as exc:  # argparse: usage error, exit status 2
+        main(["detect", str(tmp_path / "ct"), "--out", str(tmp_path / "c.csv"), "--threshold", "1.5"])
+    assert exc.value.code == 2
+    assert "[0, 1]" in capsys.readouterr().err and not (tmp_path / "c.csv").exists()
+
+
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     bad = tmp_path / "notes.txt"
     bad.write_text("not a CT")

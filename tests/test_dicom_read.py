@@ -144,6 +144,21 @@ def test_mixed_sizes_refused_naming_series(tmp_path):
         read_dicom(tmp_path)
 
 
+def test_two_series_without_a_series_uid_in_one_folder_stay_apart(tmp_path):
+    """Files lacking SeriesInstanceUID are grouped by what one series shares: an abdomen (0.98 mm pixels) and a
+    chest (0.84 mm, another study) in one folder open as two volumes, each at its own pixel size."""
+    for k in range(3):
+        make_ct_slice(tmp_path / f"abd{k}.dcm", synthetic_hu((6, 6), k) + 1024, series_uid="",
+                      position=(0, 0, 2.0 * k), pixel_spacing=(0.98, 0.98), study_uid="1.2.3.100")  # fmt: skip
+    for k in range(2):
+        make_ct_slice(tmp_path / f"chest{k}.dcm", synthetic_hu((6, 6), 9 + k) + 1024, series_uid="",
+                      position=(0, 0, 700.0 + 5 * k), pixel_spacing=(0.84, 0.84), study_uid="1.2.3.200")  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "uneven spacing" or "gantry tilt" from a merged pair
+        vols = read_dicom(tmp_path)
+    assert [(v.hu.shape[0], v.spacing[1]) for v in vols] == [(3, pytest.approx(0.98)), (2, pytest.approx(0.84))]
+
+
 def test_bad_inputs_clear_messages_and_nothing_written(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

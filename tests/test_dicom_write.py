@@ -117,3 +117,19 @@ def test_failed_write_leaves_nothing_and_keeps_the_error(tmp_path, monkeypatch, 
         write_dicom_series(vol, out, "x")
     assert len(calls) == 3
     assert (out.exists() and not any(out.iterdir())) if existing else not out.exists()
+
+
+def test_a_series_with_a_missing_slice_keeps_each_slices_position(tmp_path):
+    """A gap in the source (one slice missing) stays a gap in the written series: every slice keeps its own
+    ImagePositionPatient, so the derived series lines up with its source slice by slice."""
+    from conftest import synthetic_hu, write_series
+
+    zs = [0.0, 5.0, 10.0, 20.0, 25.0]  # 15 mm missing
+    write_series(tmp_path / "gap", synthetic_hu((5, 8, 8)), series_uid="1.2.3.99", z_positions=zs)
+    with pytest.warns(UserWarning, match="uneven slice spacing"):
+        (src,) = read_dicom(tmp_path / "gap")
+    assert [p[2] for p in src.metadata["slice_ipp"]] == zs
+    assert src.metadata["instance_numbers"] == [5, 4, 3, 2, 1]  # write_series numbers them head first
+    files = write_dicom_series(src, tmp_path / "out", "LIDnet denoised")
+    written = [float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]) for f in files]
+    assert written == pytest.approx(zs)

@@ -49,6 +49,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_lidnet.io.fov import fill_padding
+from napari_lidnet.io.volume import per_slice
 from napari_lidnet.metrics.noreference import correlation_length, edge_locations, noise_sd, quality_estimates
 
 __all__ = [
@@ -106,32 +107,16 @@ def scheme_name(scheme: str) -> str:
 # ----------------------------------------------------------------------------------------------- slice geometry
 
 
-def _dicom_positions(volume: Any) -> np.ndarray | None:
-    """Slice positions (mm along the stacking direction) from the DICOM headers of a series, or None."""
-    files = volume.metadata.get("files") or []
-    if volume.metadata.get("format") != "dicom" or len(files) != volume.hu.shape[0]:
-        return None
-    import pydicom
-
-    normal = np.asarray(volume.direction, float)[:, 2]
-    try:
-        pos = [pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["ImagePositionPatient"]) for f in files]
-        return np.array([float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)) for ds in pos])
-    except (OSError, AttributeError, ValueError, TypeError):
-        return None
-
-
 def slice_positions(volume: Any) -> np.ndarray:
-    """Slice positions (mm) of a (z, y, x) CTVolume: ``metadata["slice_positions_mm"]`` when given, the DICOM
-    headers when the reader warned of uneven spacing, else evenly ``spacing[0]`` apart."""
+    """Slice positions (mm) of a (z, y, x) CTVolume: ``metadata["slice_positions_mm"]`` when given, each DICOM
+    slice's own position along the stacking direction (gaps kept), else evenly ``spacing[0]`` apart."""
     n = volume.hu.shape[0]
-    given = volume.metadata.get("slice_positions_mm")
-    if given is not None and len(given) == n:
+    given = per_slice(volume.metadata, "slice_positions_mm", n)
+    if given is not None:
         return np.asarray(given, float)
-    if any("uneven slice spacing" in str(w) for w in volume.metadata.get("warnings", [])):
-        found = _dicom_positions(volume)
-        if found is not None:
-            return found
+    ipp = per_slice(volume.metadata, "slice_ipp", n)
+    if ipp is not None:
+        return np.asarray(ipp, float).reshape(n, 3) @ np.asarray(volume.direction, float)[:, 2]
     return np.arange(n, dtype=float) * float(volume.spacing[0])
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io.volume import CTVolume
+from ..io.volume import CTVolume, slice_metadata
 
 
 @dataclass
@@ -143,10 +143,11 @@ def slice_translate(scale: tuple[float, ...], translate: tuple[float, ...], z0: 
     return tuple(t)
 
 
-def metadata_for_slices(metadata: dict[str, Any], first_slice: int) -> dict[str, Any]:
-    """Copy of a source layer's metadata for a layer that starts at ``first_slice``: ``affine_lps`` moved along
-    the slice axis and ``image_position_patient`` updated, so later exports place it correctly."""
-    meta = dict(metadata)
+def metadata_for_slices(metadata: dict[str, Any], first_slice: int, n: int) -> dict[str, Any]:
+    """Copy of a source layer's metadata for a layer of ``n`` slices from ``first_slice``: ``affine_lps`` moved
+    along the slice axis, ``image_position_patient`` updated and per-slice lists cut, so later exports place it
+    correctly."""
+    meta = slice_metadata(metadata, first_slice, n)
     aff = meta.get("affine_lps")
     if first_slice and aff is not None and np.shape(aff) == (4, 4):
         aff = np.array(aff, dtype=float)
@@ -170,6 +171,7 @@ def volume_from_layer(
     else from scale/translate with an identity direction. Other metadata (DICOM source tags) is kept.
     """
     meta = {k: v for k, v in metadata.items() if k not in ("affine_lps", "lidnet")}
+    meta = slice_metadata(meta, first_slice, hu.shape[0] if hu.ndim == 3 else 1)
     spacing = tuple(float(s) for s in scale)
     aff = metadata.get("affine_lps")
     if aff is None or hu.ndim != 3 or np.shape(aff) != (4, 4):

@@ -502,7 +502,7 @@ class DenoiseDetectWidget(QWidget):
             return
         src = self._last["layer"]
         meta = {
-            **metadata_for_slices(dict(src.metadata), self._last["first"]),
+            **metadata_for_slices(dict(src.metadata), self._last["first"], data.shape[0] if data.ndim == 3 else 1),
             "hu": True,
             "lidnet": {
                 "source_layer": src.name,
@@ -708,10 +708,12 @@ class DenoiseDetectWidget(QWidget):
         if self._last is None or self._last["result"].boxes is None:
             self._message("nothing to export: run the detector first", error=True)
             return None
-        from ..io.boxes_io import write_boxes_csv
+        from ..io.boxes_io import slice_columns, write_boxes_csv
 
+        src = self._last["layer"]
+        slices = slice_columns(src.metadata, src.data.shape[0] if src.ndim == 3 else 1)
         try:
-            out = write_boxes_csv(path, self.shown_boxes)
+            out = write_boxes_csv(path, self.shown_boxes, slices)
         except (OSError, ValueError) as exc:
             self._message(f"box export failed: {exc}", error=True)
             return None

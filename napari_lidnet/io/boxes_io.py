@@ -1,30 +1,55 @@
-"""Lesion boxes to and from CSV/JSON: columns ``slice, x1, y1, x2, y2, score`` in pixels."""
+"""Lesion boxes to and from CSV/JSON: columns ``slice, x1, y1, x2, y2, score`` in pixels (``slice`` counts from
+the first slice of the volume as sorted along its normal), then, for DICOM sources, the slice's
+``instance_number``, ``z_mm`` (ImagePositionPatient z) and ``sop_instance_uid``."""
 
 from __future__ import annotations
 
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from .volume import per_slice
 
 COLUMNS = ("slice", "x1", "y1", "x2", "y2", "score")
 
 
-def write_boxes_csv(path: str | Path, rows: np.ndarray) -> Path:
-    """Write (N, 6) rows as CSV, or as JSON when the path ends in .json. Refuses to overwrite."""
+def slice_columns(metadata: dict[str, Any], n: int) -> dict[str, list]:
+    """Per-slice columns that find a slice outside this program (PACS image number, table position, UID) from a
+    DICOM volume's metadata (``n`` slices); empty for other sources."""
+    out: dict[str, list] = {}
+    numbers = per_slice(metadata, "instance_numbers", n)
+    ipp = per_slice(metadata, "slice_ipp", n)
+    uids = per_slice(metadata, "sop_instance_uids", n)
+    if numbers is not None:
+        out["instance_number"] = ["" if v is None else int(v) for v in numbers]
+    if ipp is not None:
+        out["z_mm"] = [round(float(p[2]), 3) for p in ipp]
+    if uids is not None:
+        out["sop_instance_uid"] = [str(u) for u in uids]
+    return out
+
+
+def write_boxes_csv(path: str | Path, rows: np.ndarray, slices: dict[str, list] | None = None) -> Path:
+    """Write (N, 6) rows as CSV, or as JSON when the path ends in .json, with each box's slice's entries of
+    ``slices`` (:func:`slice_columns`) as further columns. Refuses to overwrite."""
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} already exists")
     rows = np.asarray(rows, dtype=float).reshape(-1, 6)
+    slices = slices or {}
     records = [
         {
             "slice": int(r[0]),
             **{k: round(float(v), 2) for k, v in zip(COLUMNS[1:5], r[1:5])},
             "score": round(float(r[5]), 4),
+            **{k: v[int(r[0])] for k, v in slices.items() if 0 <= int(r[0]) < len(v)},
         }
         for r in rows
     ]
+    fields = [*COLUMNS, *slices]
     try:
         fh = path.open("x", newline="")  # exclusive: never replaces a file that appeared meanwhile
     except FileExistsError:
@@ -32,9 +57,9 @@ def write_boxes_csv(path: str | Path, rows: np.ndarray) -> Path:
     try:
         with fh:
             if path.suffix.lower() == ".json":
-                fh.write(json.dumps({"columns": list(COLUMNS), "units": "pixels", "boxes": records}, indent=1))
+                fh.write(json.dumps({"columns": fields, "units": "pixels", "boxes": records}, indent=1))
             else:
-                writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+                writer = csv.DictWriter(fh, fieldnames=fields)
                 writer.writeheader()
                 writer.writerows(records)
     except BaseException:

@@ -141,8 +141,20 @@ def _scan_file(scan: DicomScan, f: Path, in_folder: bool, seen: dict[str, Path])
         scan.skipped.append(f"{f} (duplicate of {seen[sop].name})")
         return
     seen[sop] = f
-    uid = str(ds.get("SeriesInstanceUID", "") or f"no-series-uid:{f.parent}")
+    uid = str(ds.get("SeriesInstanceUID", "") or _stand_in_uid(ds, f))
     scan.series.setdefault(uid, []).append(DicomHeader(f, ds))
+
+
+def _stand_in_uid(ds: Any, f: Path) -> str:
+    """A series key for a file without SeriesInstanceUID: its folder plus what one series shares (study, series
+    number, frame of reference, image size, pixel spacing, orientation), so two such series never merge."""
+    ps = header_floats(ds.get("PixelSpacing"), 2)
+    iop = header_floats(ds.get("ImageOrientationPatient"), 6)
+    parts = [
+        str(ds.get(tag, "") or "") for tag in ("StudyInstanceUID", "SeriesNumber", "FrameOfReferenceUID")
+    ] + [f"{ds.Rows}x{ds.Columns}", "" if ps is None else "x".join(f"{v:.4f}" for v in ps),
+         "" if iop is None else ",".join(f"{v:.3f}" for v in iop)]  # fmt: skip
+    return f"no-series-uid:{f.parent}:{'|'.join(parts)}"
 
 
 def _unreadable_text(scan: DicomScan) -> str:
@@ -426,10 +438,19 @@ def _slice_axis(
     return stack_dir, dz
 
 
+def _slice_ids(headers: list[DicomHeader]) -> dict[str, list]:
+    """Per-slice identifiers a reader needs to find a slice on the scanner or in PACS (one file per slice)."""
+    return {
+        "instance_numbers": [int(h.ds.get("InstanceNumber", 0) or 0) or None for h in headers],
+        "sop_instance_uids": [str(h.ds.get("SOPInstanceUID", "") or "") for h in headers],
+    }
+
+
 def _series_metadata(
-    headers: list[DicomHeader], source: Path | None, notes: list[str], first: np.ndarray | None
+    headers: list[DicomHeader], source: Path | None, notes: list[str], pos: np.ndarray | None
 ) -> dict[str, Any]:
     ds0 = headers[0].ds
+    first = None if pos is None else pos[0]
     return {
         "format": "dicom",
         "source": str(source if source is not None else headers[0].path),
@@ -441,6 +462,8 @@ def _series_metadata(
         "warnings": notes,
         "slice_thickness": float(ds0.get("SliceThickness", 0) or 0) or None,
         "image_position_patient": None if first is None else [float(v) for v in first],
+        "slice_ipp": None if pos is None else pos.astype(float).tolist(),  # each slice's own (gaps included)
+        **_slice_ids(headers),
     }
 
 
@@ -468,7 +491,7 @@ def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> C
     tilt_tag = float(ds0.get("GantryDetectorTilt", 0) or 0)
     if tilt_tag != 0 and not any("gantry tilt" in n for n in notes):
         _warn(notes, f"{label}: GantryDetectorTilt is {tilt_tag} deg")
-    metadata = _series_metadata(headers, source, notes, None if pos is None else pos[0])
+    metadata = _series_metadata(headers, source, notes, pos)
     if dz is None:
         dz = float(ds0.get("SpacingBetweenSlices", 0) or 0) or metadata["slice_thickness"] or 1.0
     hu = np.concatenate([decode_pixels(h) for h in headers], axis=0)

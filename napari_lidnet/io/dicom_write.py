@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .volume import CTVolume
+from .volume import CTVolume, per_slice
 from .windowing import DEFAULT_PRESET, WINDOW_PRESETS
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -26,7 +26,11 @@ def _intercept_for(hu_rounded: np.ndarray) -> float:
 
 
 def _slice_positions(volume: CTVolume, n: int) -> np.ndarray:
-    """(n, 3) ImagePositionPatient (LPS mm) of each slice from the volume's affine."""
+    """(n, 3) ImagePositionPatient (LPS mm) of each slice: the source slices' own (a series with a gap keeps it),
+    else from the volume's affine."""
+    own = per_slice(volume.metadata, "slice_ipp", n)
+    if own is not None:
+        return np.asarray(own, dtype=float).reshape(n, 3)
     if volume.hu.ndim == 2:
         ipp = volume.metadata.get("image_position_patient")
         if ipp is not None and len(ipp) == 3:

@@ -12,6 +12,24 @@ from typing import Any
 
 import numpy as np
 
+PER_SLICE_KEYS = ("files", "slice_ipp", "instance_numbers", "sop_instance_uids")  # metadata lists, one per slice
+
+
+def per_slice(metadata: dict[str, Any], key: str, n: int) -> list | None:
+    """``metadata[key]`` when it holds one entry per slice of an ``n``-slice image, else None."""
+    value = metadata.get(key)
+    return list(value) if isinstance(value, (list, tuple)) and len(value) == n else None
+
+
+def slice_metadata(metadata: dict[str, Any], start: int, n: int) -> dict[str, Any]:
+    """``metadata`` of slices ``start:start + n`` of a volume: per-slice lists cut to those slices."""
+    out = dict(metadata)
+    for key in PER_SLICE_KEYS:
+        value = metadata.get(key)
+        if isinstance(value, (list, tuple)) and len(value) >= start + n:
+            out[key] = list(value[start : start + n])
+    return out
+
 
 @dataclass
 class CTVolume:
