@@ -231,25 +231,7 @@ def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
     return 0
 
 
-def _save_array(out: Path, hu, spacing) -> None:
-    """Write ``hu`` as .npy/.npz/.tif at ``out``, created exclusively; a failed write leaves no file."""
-    import numpy as np
-
-    suffix = out.suffix.lower()
-    fh = open(out, "xb")  # noqa: SIM115 (closed below; exclusive: never replaces a file)
-    try:
-        with fh:
-            if suffix == ".npy":
-                np.save(fh, hu)
-            elif suffix == ".npz":
-                np.savez_compressed(fh, hu=hu, spacing=np.asarray(spacing))
-            else:
-                import tifffile
-
-                tifffile.imwrite(fh, hu, photometric="minisblack")
-    except BaseException:
-        out.unlink(missing_ok=True)
-        raise
+NOT_A_SERIES_FOLDER = {".nii", ".gz", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".dcm", ".csv", ".json"}
 
 
 def _cmd_denoise(args: argparse.Namespace) -> int:
@@ -264,12 +246,19 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     as_file = out.suffix.lower() in (".npy", ".npz", ".tif", ".tiff")
+    if out.suffix.lower() in NOT_A_SERIES_FOLDER:
+        raise ValueError(f"{out}: cannot write {out.suffix} files; give .npz, .tif, .npy or a folder (DICOM series)")
     check_new_output(out, args.input, folder=not as_file)
     vol = _open_single(args.input)
     model, dev, _ = _load(args.model, "denoiser", args.device)
     hu = denoise(model, vol.hu, device=dev, progress=_print_progress, remove_sd=args.remove_sd)
     if as_file:
-        _save_array(out, hu, vol.spacing)
+        from napari_lidnet.io.arrays import write_array
+
+        write_array(out, hu, vol.spacing)
+        if out.suffix.lower() == ".npy":
+            spacing = " x ".join(f"{v:g}" for v in vol.spacing)
+            print(f"note: .npy keeps no voxel size ({spacing} mm); .npz, .tif and DICOM keep it", file=sys.stderr)
     else:
         from dataclasses import replace
 

@@ -81,6 +81,31 @@ def test_array_files(tmp_path):
         assert kind == "image" and data.dtype == np.float32 and kw["scale"] == spacing
         np.testing.assert_array_equal(data, hu)
     np.testing.assert_array_equal(read_array(tmp_path / "one.npz").hu, hu[0])
+    assert "no pixel spacing" in read_array(tmp_path / "v.tif").metadata["warnings"][0]
+    assert read_array(tmp_path / "v.npz").metadata["warnings"] == []
+
+
+def test_written_arrays_keep_their_voxel_size(tmp_path):
+    """``write_array``: .npz and TIFF come back with the voxel size they were written with (a 2D TIFF's also in
+    its resolution tags, which other viewers read); never over an existing file."""
+    import tifffile
+
+    from napari_lidnet.io.arrays import write_array
+
+    hu = np.arange(2 * 6 * 5, dtype=np.float32).reshape(2, 6, 5) - 1000
+    for name, data, spacing in [("v.npz", hu, (2.5, 0.66, 0.7)), ("v.tif", hu, (2.5, 0.66, 0.7)),
+                                ("s.tif", hu[0], (0.66, 0.7))]:  # fmt: skip
+        write_array(tmp_path / name, data, spacing)
+        back = read_array(tmp_path / name)
+        np.testing.assert_array_equal(back.hu, data)
+        assert back.spacing == pytest.approx(spacing) and back.metadata["warnings"] == []
+    with tifffile.TiffFile(tmp_path / "s.tif") as tif:
+        (xn, xd), (yn, yd) = tif.pages[0].tags["XResolution"].value, tif.pages[0].tags["YResolution"].value
+    assert (10 * xd / xn, 10 * yd / yn) == pytest.approx((0.7, 0.66))
+    tifffile.imwrite(tmp_path / "fiji.tif", hu[0], resolution=(10 / 0.5, 10 / 0.4), resolutionunit="CENTIMETER")
+    assert read_array(tmp_path / "fiji.tif").spacing == pytest.approx((0.4, 0.5))  # another program's TIFF
+    with pytest.raises(FileExistsError):
+        write_array(tmp_path / "v.npz", hu, (1, 1, 1))
 
 
 def test_bad_arrays_are_refused(tmp_path):

@@ -1,4 +1,5 @@
-"""HU arrays from .npy, .npz and .tif/.tiff files -> CTVolume (spacing 1 mm unless the file says otherwise).
+"""HU arrays from .npy, .npz and .tif/.tiff files -> CTVolume (spacing 1 mm, with a warning, unless the file says
+otherwise), and back.
 
 The shape and dtype are read from the file's header and checked (``io.checks``) before any pixel is read, so a
 huge, empty, 1D/4D, boolean, 8-bit or complex array is refused without allocating it.
@@ -47,7 +48,25 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         return npz[key], spacing
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _tiff_spacing(tif: Any, ndim: int) -> np.ndarray | None:
+    """Voxel size in mm: ``spacing_mm`` in this package's TIFF description, else the x/y resolution tags in pixels
+    per centimetre (2D: both; 3D: the slice spacing is unknown, so None)."""
+    meta = (tif.shaped_metadata or [{}])[0] or {}
+    if "spacing_mm" in meta:
+        return np.asarray(meta["spacing_mm"], dtype=float).ravel()
+    page = tif.pages[0]
+    tags = page.tags
+    if ndim != 2 or "XResolution" not in tags or "YResolution" not in tags:
+        return None
+    if int(tags["ResolutionUnit"].value if "ResolutionUnit" in tags else 2) != 3:  # 3: centimetre
+        return None
+    (xn, xd), (yn, yd) = tags["XResolution"].value, tags["YResolution"].value
+    if min(xn, xd, yn, yd) <= 0:
+        return None
+    return np.array([10.0 * yd / yn, 10.0 * xd / xn])
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
@@ -56,7 +75,7 @@ def _read_tiff(path: Path) -> np.ndarray:
             raise ValueError(f"{path}: TIFF has colour samples ({photometric.name}); expected grayscale HU")
         series = tif.series[0]
         check_image_shape(series.shape, series.dtype, str(path))
-        return series.asarray()
+        return series.asarray(), _tiff_spacing(tif, len(series.shape))
 
 
 def _read_any(path: Path, suffix: str) -> tuple[Any, np.ndarray | None]:
@@ -68,7 +87,7 @@ def _read_any(path: Path, suffix: str) -> tuple[Any, np.ndarray | None]:
     if suffix == ".npz":
         return _read_npz(path)
     if suffix in (".tif", ".tiff"):
-        return _read_tiff(path), None
+        return _read_tiff(path)
     raise ValueError(f"{path}: unsupported array file type {suffix!r} (use .npy, .npz, .tif)")
 
 
@@ -86,9 +105,35 @@ def read_array(path: str | Path) -> CTVolume:
             raise  # ours, or an OSError naming the file
         raise ValueError(f"{path}: cannot read array file ({type(exc).__name__}: {one_line(str(exc))})") from exc
     check_image_shape(hu.shape, hu.dtype, str(path))
+    notes = []
     if spacing is None:
         spacing = np.ones(hu.ndim)
+        notes.append(f"{path.name}: the file stores no pixel spacing; sizes in mm assume 1 mm voxels")
     if spacing.size != hu.ndim or not np.all(spacing > 0):
         raise ValueError(f"{path}: spacing {spacing.tolist()} must be {hu.ndim} positive numbers (mm per axis)")
-    meta = {"format": suffix.lstrip("."), "source": str(path), "warnings": []}
+    meta = {"format": suffix.lstrip("."), "source": str(path), "warnings": notes}
     return CTVolume(hu, tuple(spacing.tolist()), name=path.stem, metadata=meta)
+
+
+def write_array(out: str | Path, hu: np.ndarray, spacing: tuple[float, ...]) -> Path:
+    """Write ``hu`` as .npy, .npz (``hu`` and ``spacing``) or TIFF (spacing in its description and, for x/y, its
+    resolution tags), created exclusively; a failed write leaves no file. A .npy keeps no spacing."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    fh = open(out, "xb")  # noqa: SIM115 (closed below; exclusive: never replaces a file)
+    try:
+        with fh:
+            if suffix == ".npy":
+                np.save(fh, hu)
+            elif suffix == ".npz":
+                np.savez_compressed(fh, hu=hu, spacing=np.asarray(spacing))
+            else:
+                import tifffile
+
+                dy, dx = (float(v) for v in spacing[-2:])
+                tifffile.imwrite(fh, hu, photometric="minisblack", metadata={"spacing_mm": [float(v) for v in spacing]},
+                                 resolution=(10.0 / dx, 10.0 / dy), resolutionunit="CENTIMETER")  # fmt: skip
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    return out
