@@ -92,17 +92,25 @@ def mean_hu(corners: np.ndarray, hu_slice: np.ndarray) -> float:
     return float(np.asarray(hu_slice)[mask].mean()) if mask.any() else float("nan")
 
 
-def centre_world(finding: Finding, index_to_world: np.ndarray) -> np.ndarray:
-    """Box centre in world mm (z, y, x) through a 4x4 (z, y, x, 1) index -> world matrix."""
+def centre_world(finding: Finding, index_to_world: np.ndarray, slice_offsets: np.ndarray | None = None) -> np.ndarray:
+    """Box centre in world mm (z, y, x) through a 4x4 (z, y, x, 1) index -> world matrix; ``slice_offsets`` (n, 3):
+    where each slice's pixel (0, 0) lies relative to the matrix's origin, for slices not evenly spaced."""
     c = np.asarray(finding.corners, dtype=float).mean(axis=0)
-    return (np.asarray(index_to_world, dtype=float) @ np.array([finding.slice, c[0], c[1], 1.0]))[:3]
+    m = np.asarray(index_to_world, dtype=float)
+    if slice_offsets is not None and 0 <= finding.slice < len(slice_offsets):
+        return (m @ np.array([0.0, c[0], c[1], 1.0]))[:3] + np.asarray(slice_offsets, dtype=float)[finding.slice]
+    return (m @ np.array([finding.slice, c[0], c[1], 1.0]))[:3]
 
 
-def measure(finding: Finding, hu: np.ndarray, spacing_zyx: Sequence[float], index_to_world: np.ndarray) -> dict:
-    """Sizes, centre and mean HU of a finding on volume ``hu`` (z, y, x); stored in ``finding.measures``."""
+def measure(
+    finding: Finding, hu: np.ndarray, spacing_zyx: Sequence[float], index_to_world: np.ndarray,
+    slice_offsets: np.ndarray | None = None,
+) -> dict:  # fmt: skip
+    """Sizes, centre (``centre_world``) and mean HU of a finding on volume ``hu`` (z, y, x); stored in
+    ``finding.measures``."""
     long_mm, short_mm = axes_mm(finding.corners, spacing_zyx)
     z = int(np.clip(finding.slice, 0, hu.shape[0] - 1))
-    cz, cy, cx = centre_world(finding, index_to_world)
+    cz, cy, cx = centre_world(finding, index_to_world, slice_offsets)
     finding.measures = {
         "centre_z_mm": float(cz),
         "centre_y_mm": float(cy),

@@ -139,3 +139,30 @@ def test_a_new_threshold_keeps_the_review(case) -> None:
     assert viewer.layers[f"{image.name} reviewed"].nshapes == 2
     boxes.data = boxes_to_shapes(DETECTIONS[:, :5], 3)  # back to the low threshold
     assert {f.id: f.status for f in widget.findings} == {0: "accepted", 1: "accepted", 2: "rejected"}
+
+
+def test_centres_are_patient_coordinates_for_a_prone_series_with_a_gap(make_napari_viewer, tmp_path: Path) -> None:
+    """The table's centre is the patient's LPS position (z, y, x), from each slice's ImagePositionPatient and the
+    direction cosines: right for a prone scan (rows run right-to-left, columns anterior) and after a missing
+    slice, where napari's evenly spaced world is not; a click still jumps to the box's slice."""
+    zs = [0.0, 2.5, 5.0, 12.5, 15.0]  # 5 mm missing before the fourth slice
+    write_series(tmp_path / "prone", synthetic_hu((5, 24, 32), seed=4), series_uid="1.2.3.66", z_positions=zs,
+                 orientation=(-1, 0, 0, 0, -1, 0))  # fmt: skip
+    with pytest.warns(UserWarning, match="uneven slice spacing"):
+        vol = open_ct(tmp_path / "prone")[0]
+    viewer = make_napari_viewer()
+    data, kwargs, _ = volume_to_layer_tuple(vol)
+    image = viewer.add_image(data, **kwargs)
+    widget = LesionNavigatorWidget(viewer)
+    viewer.window.add_dock_widget(widget, area="bottom")
+    viewer.add_shapes(boxes_to_shapes(DETECTIONS[:, :5], 3), shape_type="rectangle", name=f"{image.name} lesions",
+                      scale=image.scale, translate=image.translate, features={"score": DETECTIONS[:, 5]},
+                      metadata={"lidnet_role": "detections", "lidnet": {"source_layer": image.name}})  # fmt: skip
+    f = widget.finding(1)  # slice 3, columns 20..26, rows 2..14: centre pixel (row 7.5, column 22.5)
+    # IPP (-100, -120, 12.5) + 22.5 columns x 0.8 mm along -x + 7.5 rows x 0.7 mm along -y
+    expected_xyz = np.array([-100.0 - 22.5 * 0.8, -120.0 - 7.5 * 0.7, 12.5])
+    got_zyx = [f.measures["centre_z_mm"], f.measures["centre_y_mm"], f.measures["centre_x_mm"]]
+    np.testing.assert_allclose(got_zyx, expected_xyz[::-1], atol=1e-4)
+    widget.table.setCurrentCell(widget.row_ids().index(1), 0)
+    assert viewer.dims.current_step[0] == 3
+    np.testing.assert_allclose(viewer.camera.center[-2:], image.data_to_world((3, 7.5, 22.5))[-2:], atol=1e-6)

@@ -33,7 +33,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..findings import KEPT, Finding, measure, write_findings
+from ..findings import KEPT, Finding, centre_world, measure, write_findings
+from ..io.volume import per_slice
 from ..layer_data import PIXEL_CENTRE_SHIFT
 from ._docking import DockHome
 from ._roles import DETECTIONS, REVIEWED, ROLE, derived_name, is_ct_image, is_shapes, role
@@ -85,6 +86,24 @@ def index_to_world(layer: Any) -> np.ndarray:
     shift = np.eye(4)
     shift[1:3, 3] = PIXEL_CENTRE_SHIFT  # edge coordinate -> napari data coordinate (pixel centres at integers)
     return mat @ shift
+
+
+_ZYX_FROM_XYZ = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
+
+
+def index_to_patient(layer: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """(4x4 matrix taking (slice, y, x, 1) pixel-edge coordinates to patient LPS (z, y, x) mm, per-slice offsets
+    or None) from the DICOM geometry the reader left in the layer's metadata (``affine_lps``: any orientation;
+    ``slice_ipp``: each slice's own position, gaps kept); napari's world coordinates for layers without it."""
+    aff = layer.metadata.get("affine_lps")
+    if aff is None or np.shape(aff) != (4, 4):
+        return index_to_world(layer), None
+    aff = np.asarray(aff, dtype=float)
+    shift = np.eye(4)
+    shift[1:3, 3] = PIXEL_CENTRE_SHIFT
+    ipp = per_slice(layer.metadata, "slice_ipp", layer.data.shape[0] if layer.ndim == 3 else 1)
+    offsets = None if ipp is None else (np.asarray(ipp, dtype=float).reshape(-1, 3) - aff[:3, 3])[:, ::-1]
+    return _ZYX_FROM_XYZ @ aff @ shift, offsets
 
 
 def corners_in_image(shapes: Any, index: int, image: Any) -> tuple[int, np.ndarray]:
@@ -322,9 +341,9 @@ class LesionNavigatorWidget(QWidget):
         hu = np.asarray(image.data, dtype=np.float32)
         hu = hu[None] if image.ndim == 2 else hu
         spacing = tuple(float(s) for s in image.scale)
-        to_world = index_to_world(image)
+        to_patient, offsets = index_to_patient(image)
         for f in findings:
-            measure(f, hu, spacing, to_world)
+            measure(f, hu, spacing, to_patient, offsets)
 
     def finding(self, fid: int) -> Finding | None:
         """The finding with id ``fid``."""
@@ -394,9 +413,9 @@ class LesionNavigatorWidget(QWidget):
     def jump(self, fid: int) -> None:
         """Show the slice of finding ``fid`` and centre the view on its box."""
         f, image = self.finding(fid), self.image_layer
-        if f is None or image is None or not f.measures:
+        if f is None or image is None:
             return
-        centre = np.array([f.measures["centre_z_mm"], f.measures["centre_y_mm"], f.measures["centre_x_mm"]])
+        centre = centre_world(f, index_to_world(image))  # where napari shows it (the table's centre is the patient's)
         if image.ndim == 3:
             self.viewer.dims.set_point(self.viewer.dims.ndim - 3, float(centre[0]))
         self.viewer.camera.center = (float(centre[1]), float(centre[2]))
@@ -607,7 +626,8 @@ class LesionNavigatorWidget(QWidget):
         image = self.image_layer
         info = {"image": image.name, "boxes": getattr(self.boxes_layer, "name", None),
                 "spacing_mm": [float(s) for s in image.scale],
-                "units": "pixels (boxes), mm (sizes, centre)"}  # fmt: skip
+                "units": "pixels (boxes), mm (sizes; centre: patient LPS z, y, x for DICOM, else viewer world)",
+                }  # fmt: skip
         return write_findings(path, self.findings, info)
 
     def _write_sr(self, path: Path) -> Path:
