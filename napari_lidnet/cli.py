@@ -447,7 +447,8 @@ def _add_denoise(sub: Any) -> None:
         type=float,
         default=None,
         metavar="HU",
-        help="remove only this noise SD and keep the rest (e.g. what a dose reduction added); default: all",
+        help="remove only this noise SD and keep the rest (e.g. what a dose reduction added; a Wiener blend, the "
+        "least-squares estimate of the scan without that noise); default: all",
     )
     p.add_argument(
         "--all-series",

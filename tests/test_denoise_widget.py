@@ -136,10 +136,10 @@ def test_volume_run_layers_geometry_threshold_and_rerun(make_napari_viewer, qtbo
             np.testing.assert_allclose(boxes.edge_color, expected, atol=1e-6)
 
     widget.noise_check.setChecked(True)
-    noise = viewer.layers["low noise"]
+    noise = viewer.layers["low removed noise"]
     np.testing.assert_allclose(noise.data, low - den.data, atol=1e-4)
     widget.noise_check.setChecked(False)
-    assert "low noise" not in names(viewer)
+    assert "low removed noise" not in names(viewer)
 
     layers_before = names(viewer)
     run_and_wait(widget, qtbot)  # re-run: served by the cache, layers replaced, not duplicated

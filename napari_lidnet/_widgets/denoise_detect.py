@@ -154,7 +154,9 @@ class DenoiseDetectWidget(QWidget):
         self.strength_spin.setSpecialValueText("all noise")
         self.strength_spin.setToolTip(
             "how much noise to remove, as the SD it has (like BM3D's sigma), e.g. what a dose reduction added; "
-            "the rest of the scan's noise is kept. 'all noise': the network removes all it sees"
+            "the rest of the scan's noise is kept. The output is the least-squares estimate of the scan without "
+            "that noise (a Wiener blend), so it shows less noise than sqrt(total^2 - removed^2). "
+            "'all noise': the network removes all it sees"
         )
 
     def _create_run_row(self) -> None:
@@ -533,7 +535,7 @@ class DenoiseDetectWidget(QWidget):
         noise = original - data
         lim = float(max(1.0, 3 * np.std(noise)))
         kwargs = {
-            "name": derived_name(src.name, "noise"),
+            "name": derived_name(src.name, "removed noise"),
             "contrast_limits": (-lim, lim),
             "colormap": "gray",
             "visible": True,
