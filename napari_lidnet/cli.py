@@ -100,7 +100,11 @@ def _open_single(path: str):
 
 
 def _print_progress(done: int, total: int) -> None:
-    print(f"\r{done}/{total} slices", end="" if done < total else "\n", file=sys.stderr, flush=True)
+    """``done/total slices`` on one rewritten line on a terminal; in a log, a line per tenth of the work."""
+    if sys.stderr.isatty():
+        print(f"\r{done}/{total} slices", end="" if done < total else "\n", file=sys.stderr, flush=True)
+    elif done == total or (10 * done) // max(total, 1) > (10 * (done - 1)) // max(total, 1):
+        print(f"{done}/{total} slices", file=sys.stderr, flush=True)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

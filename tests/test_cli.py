@@ -163,7 +163,9 @@ def test_detect_defaults_to_the_cards_threshold_and_names_each_slice(tmp_path, c
     detector, card = load_model("default", "detector")
     t = default_threshold(card)
     assert main(["detect", str(tmp_path / "ct"), "--out", str(tmp_path / "b.csv"), "--device", "cpu"]) == 0
-    assert f"score >= {t:.3f}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"score >= {t:.3f}" in err
+    assert "3/3 slices\n" in err and "\r" not in err  # a log gets progress lines, not a terminal's rewrites
     with open(tmp_path / "b.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     every = detect(detector, hu, score_threshold=0.05)
