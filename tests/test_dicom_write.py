@@ -41,7 +41,7 @@ def test_round_trip_hu_and_geometry(tmp_path, oblique):
     ds = pydicom.dcmread(files[0])
     assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
-    assert list(ds.ImageType) == ["DERIVED", "SECONDARY"]
+    assert list(ds.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]
     assert ds.PatientID == "P1" and str(ds.PatientName) == "Doe^J" and float(ds.KVP) == 100.0
     assert ds.pixel_array.dtype == np.int16 and float(ds.RescaleSlope) == 1.0
     uids = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
@@ -121,15 +121,23 @@ def test_failed_write_leaves_nothing_and_keeps_the_error(tmp_path, monkeypatch, 
 
 def test_a_series_with_a_missing_slice_keeps_each_slices_position(tmp_path):
     """A gap in the source (one slice missing) stays a gap in the written series: every slice keeps its own
-    ImagePositionPatient, so the derived series lines up with its source slice by slice."""
+    ImagePositionPatient and InstanceNumber and references its source slice, so the derived series lines up with
+    its source slice by slice; the scan's window and contrast agent are kept."""
     from conftest import synthetic_hu, write_series
 
     zs = [0.0, 5.0, 10.0, 20.0, 25.0]  # 15 mm missing
-    write_series(tmp_path / "gap", synthetic_hu((5, 8, 8)), series_uid="1.2.3.99", z_positions=zs)
+    window = {"WindowCenter": ["-600", "40"], "WindowWidth": ["1500", "400"], "ContrastBolusAgent": "IOMERON"}
+    sources = write_series(tmp_path / "gap", synthetic_hu((5, 8, 8)), series_uid="1.2.3.99", z_positions=zs,
+                           extra=window)  # fmt: skip
     with pytest.warns(UserWarning, match="uneven slice spacing"):
         (src,) = read_dicom(tmp_path / "gap")
     assert [p[2] for p in src.metadata["slice_ipp"]] == zs
     assert src.metadata["instance_numbers"] == [5, 4, 3, 2, 1]  # write_series numbers them head first
     files = write_dicom_series(src, tmp_path / "out", "LIDnet denoised")
-    written = [float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]) for f in files]
-    assert written == pytest.approx(zs)
+    for f, source, z in zip(files, sources, zs):
+        ds, orig = pydicom.dcmread(f, stop_before_pixels=True), pydicom.dcmread(source, stop_before_pixels=True)
+        assert float(ds.ImagePositionPatient[2]) == pytest.approx(z)
+        assert ds.InstanceNumber == orig.InstanceNumber  # the image number a reader knows from PACS
+        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == orig.SOPInstanceUID
+        assert (float(ds.WindowCenter), float(ds.WindowWidth)) == (-600.0, 1500.0)  # the scan's own first window
+        assert ds.ContrastBolusAgent == "IOMERON"

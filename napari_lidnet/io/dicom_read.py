@@ -50,6 +50,10 @@ SOURCE_TAGS = (
     "ExposureTime",
     "ConvolutionKernel",
     "ReconstructionDiameter",
+    "AcquisitionDate",
+    "ContrastBolusAgent",
+    "ContrastBolusRoute",
+    "CTDIvol",
 )
 
 _SPACING_RTOL = 0.01  # relative tolerance on slice spacing before warning "uneven"
@@ -438,6 +442,19 @@ def _slice_axis(
     return stack_dir, dz
 
 
+def _window(ds: Any) -> list[float] | None:
+    """The scan's own display window [level, width] in HU (the first when it lists several), or None."""
+    values = []
+    for kw in ("WindowCenter", "WindowWidth"):
+        v = ds.get(kw)
+        v = v[0] if isinstance(v, Sequence) and not isinstance(v, str) and len(v) else v
+        try:
+            values.append(float(v))
+        except (TypeError, ValueError):
+            return None
+    return values if np.isfinite(values).all() and values[1] > 0 else None
+
+
 def _slice_ids(headers: list[DicomHeader]) -> dict[str, list]:
     """Per-slice identifiers a reader needs to find a slice on the scanner or in PACS (one file per slice)."""
     return {
@@ -462,6 +479,7 @@ def _series_metadata(
         "warnings": notes,
         "slice_thickness": float(ds0.get("SliceThickness", 0) or 0) or None,
         "image_position_patient": None if first is None else [float(v) for v in first],
+        "window": _window(ds0),
         "slice_ipp": None if pos is None else pos.astype(float).tolist(),  # each slice's own (gaps included)
         **_slice_ids(headers),
     }

@@ -91,7 +91,7 @@ def _series_header(volume: CTVolume, description: str, source_tags: dict[str, An
     ds.SeriesInstanceUID = generate_uid()
     ds.FrameOfReferenceUID = str(tags.get("FrameOfReferenceUID", "") or generate_uid())
     ds.Modality = "CT"
-    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
     ds.SeriesDescription = description[:64]
     ds.DerivationDescription = f"napari-lidnet: {description}"[:1024]
     ds.SeriesNumber = 9001
@@ -122,15 +122,19 @@ def _set_pixel_format(ds: Any, volume: CTVolume) -> None:
     ds.PixelRepresentation = 1
     ds.RescaleSlope = "1"
     ds.RescaleType = "HU"
-    level, width = WINDOW_PRESETS[DEFAULT_PRESET]
-    ds.WindowCenter, ds.WindowWidth = _ds_str(level), _ds_str(width)
+    window = volume.metadata.get("window")  # the source's own, else the default preset
+    level, width = window if window is not None and len(window) == 2 else WINDOW_PRESETS[DEFAULT_PRESET]
+    ds.WindowCenter, ds.WindowWidth = _ds_str(float(level)), _ds_str(float(width))
 
 
-def _slice_dataset(header: Any, k: int, position: np.ndarray, normal: np.ndarray, pixels: np.ndarray) -> Any:
-    """Slice ``k`` of the series: a copy of the shared header with its own UID, position and pixels."""
+def _slice_dataset(
+    header: Any, k: int, position: np.ndarray, normal: np.ndarray, pixels: np.ndarray, source: tuple[Any, str]
+) -> Any:
+    """Slice ``k`` of the series: a copy of the shared header with its own UID, position and pixels; ``source``:
+    the source slice's (InstanceNumber, SOPInstanceUID), kept as its number and referenced (None, '': unknown)."""
     import copy
 
-    from pydicom.dataset import FileMetaDataset
+    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
     ds = copy.deepcopy(header)
@@ -141,7 +145,13 @@ def _slice_dataset(header: Any, k: int, position: np.ndarray, normal: np.ndarray
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.file_meta = meta
-    ds.InstanceNumber = k + 1
+    number, uid = source
+    ds.InstanceNumber = int(number) if number is not None else k + 1  # PACS image numbers match the source's
+    if uid:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = CT_IMAGE_STORAGE
+        ref.ReferencedSOPInstanceUID = uid
+        ds.SourceImageSequence = [ref]
     ds.ImagePositionPatient = [_ds_str(v) for v in position]
     ds.SliceLocation = _ds_str(float(np.dot(position, normal)))
     ds.PixelData = pixels.tobytes()
@@ -172,6 +182,8 @@ def write_dicom_series(
     direction = np.asarray(volume.direction, dtype=float)
     normal = np.cross(direction[:, 0], direction[:, 1])
     positions = _slice_positions(volume, len(stored))
+    numbers = per_slice(volume.metadata, "instance_numbers", len(stored)) or [None] * len(stored)
+    uids = per_slice(volume.metadata, "sop_instance_uids", len(stored)) or [""] * len(stored)
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -179,7 +191,8 @@ def write_dicom_series(
         for k in range(len(stored)):
             path = out_dir / f"IM{k + 1:05d}.dcm"
             written.append(path)
-            pydicom.dcmwrite(path, _slice_dataset(header, k, positions[k], normal, stored[k]), enforce_file_format=True)
+            ds = _slice_dataset(header, k, positions[k], normal, stored[k], (numbers[k], uids[k]))
+            pydicom.dcmwrite(path, ds, enforce_file_format=True)
     except BaseException:
         _remove_partial(written, out_dir if created else None)
         raise
