@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from napari_lidnet.io.volume import CTVolume
-from napari_lidnet.io.windowing import DEFAULT_PRESET, contrast_limits
+from napari_lidnet.io.windowing import SCAN_WINDOW, window_limits
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 
@@ -26,12 +26,13 @@ BOX_EDGE_COLOR = "yellow"
 PIXEL_CENTRE_SHIFT = -0.5
 
 
-def volume_to_layer_tuple(vol: CTVolume, preset: str = DEFAULT_PRESET) -> LayerDataTuple:
-    """Image layer tuple: HU untouched, scale/translate from geometry, window preset as contrast limits."""
+def volume_to_layer_tuple(vol: CTVolume, preset: str = SCAN_WINDOW) -> LayerDataTuple:
+    """Image layer tuple: HU untouched, scale/translate from geometry, a window preset (default: the scan's own,
+    else soft tissue) as contrast limits."""
     kwargs = vol.layer_kwargs()
     kwargs["metadata"]["source"] = vol.metadata.get("source")
     kwargs["metadata"]["hu"] = True
-    kwargs.update(colormap="gray", contrast_limits=contrast_limits(preset), blending="translucent")
+    kwargs.update(colormap="gray", contrast_limits=window_limits(preset, vol.metadata), blending="translucent")
     kwargs["axis_labels"] = ("z", "y", "x")[-vol.hu.ndim :]
     return (vol.hu, kwargs, "image")
 
@@ -131,7 +132,7 @@ def volume_boxes_layer_tuple(vol: CTVolume, name: str | None = None) -> LayerDat
     )
 
 
-def volume_layer_tuples(vol: CTVolume, preset: str = DEFAULT_PRESET) -> list[LayerDataTuple]:
+def volume_layer_tuples(vol: CTVolume, preset: str = SCAN_WINDOW) -> list[LayerDataTuple]:
     """The image tuple, plus a Shapes tuple when the volume carries boxes."""
     out = [volume_to_layer_tuple(vol, preset)]
     box_tuple = volume_boxes_layer_tuple(vol)

@@ -43,6 +43,29 @@ def test_dicom_folder_gives_one_image_per_series(two_series_dir):
     assert listing(d["root"]) == before
 
 
+def test_a_series_opens_at_its_own_window(tmp_path, make_napari_viewer):
+    """A DICOM series that stores a window (lung, first of two) opens at it, as on the scanner's console; the
+    Reading room's "scan's own" preset puts it back after another preset; a scan without one opens soft tissue."""
+    from conftest import synthetic_hu, write_series
+
+    from napari_lidnet._widgets.reading_room import ReadingRoom
+    from napari_lidnet.io.windowing import SCAN_WINDOW
+
+    window = {"WindowCenter": ["-600", "40"], "WindowWidth": ["1500", "400"]}
+    write_series(tmp_path / "lung", synthetic_hu((3, 8, 8)), series_uid="1.2.3.42", extra=window)
+    ((data, kw, _),) = napari_get_reader(str(tmp_path / "lung"))(str(tmp_path / "lung"))
+    assert kw["contrast_limits"] == pytest.approx((-1350.0, 150.0))
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(data, **kw)
+    room = ReadingRoom.install(viewer)
+    room.apply_preset("bone", layer)
+    room.apply_preset(SCAN_WINDOW, layer)
+    assert tuple(layer.contrast_limits) == pytest.approx((-1350.0, 150.0))
+    write_series(tmp_path / "plain", synthetic_hu((3, 8, 8)), series_uid="1.2.3.43")
+    ((_, kw, _),) = napari_get_reader(str(tmp_path / "plain"))(str(tmp_path / "plain"))
+    assert kw["contrast_limits"] == contrast_limits("soft tissue")
+
+
 def test_claimed_but_broken_file_raises_naming_it(tmp_path):
     bad = tmp_path / "broken.dcm"
     bad.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")

@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..io.open_ct import list_series, open_ct
-from ..io.windowing import DEFAULT_PRESET, WINDOW_PRESETS
+from ..io.windowing import SCAN_WINDOW, WINDOW_PRESETS
 from ..layer_data import volume_layer_tuples
 from ._docking import DockHome, scroll_layout
 from ._roles import derived_name
@@ -113,8 +113,9 @@ class LoadCTWidget(QWidget):
     def _create_window_box(self) -> QGroupBox:
         """'Window': preset picker and the button that applies it to the selected layer."""
         self.preset_combo = QComboBox()
-        self.preset_combo.addItems(list(WINDOW_PRESETS))
-        self.preset_combo.setCurrentText(DEFAULT_PRESET)
+        self.preset_combo.addItems([SCAN_WINDOW, *WINDOW_PRESETS])
+        self.preset_combo.setCurrentText(SCAN_WINDOW)
+        self.preset_combo.setToolTip(f"'{SCAN_WINDOW}': the window stored in the DICOM series, else soft tissue")
         self.apply_window_button = QPushButton("Apply to selected layer")
         self.link_check = QCheckBox("one window/level for all CT layers")
         self.link_check.setChecked(self.room.linked)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io.windowing import contrast_limits
+from ..io.windowing import window_limits
 from ._roles import is_ct_image
 
 #: number key -> window preset
@@ -85,7 +85,7 @@ class ReadingRoom:
         """Set a named window on ``layer`` (default: the active or top CT layer) and the layers linked to it."""
         layer = layer or self._target()
         if layer is not None:
-            self.set_limits(layer, contrast_limits(preset))
+            self.set_limits(layer, window_limits(preset, layer.metadata))
 
     def set_window(self, layer: Any, level: float, width: float) -> None:
         """Set window ``level``/``width`` (HU) on ``layer`` and, when linked, on every CT layer."""

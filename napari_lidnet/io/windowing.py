@@ -14,6 +14,8 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 }
 
 DEFAULT_PRESET = "soft tissue"
+#: the window stored in the scan (DICOM WindowCenter/Width), else ``DEFAULT_PRESET``
+SCAN_WINDOW = "scan's own"
 
 
 def contrast_limits(preset: str = DEFAULT_PRESET) -> tuple[float, float]:
@@ -23,6 +25,18 @@ def contrast_limits(preset: str = DEFAULT_PRESET) -> tuple[float, float]:
     except KeyError:
         raise ValueError(f"unknown window preset {preset!r}; choose one of {sorted(WINDOW_PRESETS)}") from None
     return level - width / 2, level + width / 2
+
+
+def window_limits(preset: str, metadata: dict | None = None) -> tuple[float, float]:
+    """Contrast limits of a preset, or for ``SCAN_WINDOW`` of the scan's own ``metadata["window"]`` (level,
+    width) when it has one (else the default preset)."""
+    if preset == SCAN_WINDOW:
+        window = (metadata or {}).get("window")
+        if window is not None and len(window) == 2 and float(window[1]) > 0:
+            level, width = float(window[0]), float(window[1])
+            return level - width / 2, level + width / 2
+        preset = DEFAULT_PRESET
+    return contrast_limits(preset)
 
 
 def apply_window(hu: np.ndarray, preset: str = DEFAULT_PRESET) -> np.ndarray:
