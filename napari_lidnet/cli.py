@@ -78,15 +78,16 @@ def check_writable(out: Path) -> None:
         raise PermissionError(13, "Permission denied (cannot write here)", str(parent))
 
 
-def _open_single(path: str):
-    """The first CT volume at ``path``, refused when it is not CT, holds NaN or infinite values, or is blank."""
+def _open_single(path: str, series_uid: str | None = None):
+    """The first (largest) CT volume at ``path``, or series ``series_uid``; refused when it is not CT, holds NaN or
+    infinite values, or is blank."""
     from napari_lidnet.batch import CT_MODALITIES
     from napari_lidnet.io.checks import check_finite
     from napari_lidnet.io.open_ct import open_ct
 
     with warnings.catch_warnings(record=True) as caught:  # shown only when the input is usable
         warnings.simplefilter("always")
-        volumes = open_ct(path)
+        volumes = open_ct(path, series_uid)
     modality = str(volumes[0].metadata.get("modality", "") or "")
     if modality not in CT_MODALITIES:
         raise ValueError(f"{path}: modality {modality!r} is not CT; the LIDnet models are made for CT in HU")
@@ -94,8 +95,8 @@ def _open_single(path: str):
     for w in caught:
         warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if len(volumes) > 1:
-        names = ", ".join(v.name for v in volumes)
-        print(f"{path} holds {len(volumes)} series ({names}); using the first", file=sys.stderr)
+        names = ", ".join(f"{v.name} ({v.metadata.get('series_uid', '')})" for v in volumes)
+        print(f"{path} holds {len(volumes)} series: {names}; using the first (--series UID picks one)", file=sys.stderr)
     return volumes[0]
 
 
@@ -253,7 +254,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     if out.suffix.lower() in NOT_A_SERIES_FOLDER:
         raise ValueError(f"{out}: cannot write {out.suffix} files; give .npz, .tif, .npy or a folder (DICOM series)")
     check_new_output(out, args.input, folder=not as_file)
-    vol = _open_single(args.input)
+    vol = _open_single(args.input, args.series)
     model, dev, _ = _load(args.model, "denoiser", args.device)
     hu = denoise(model, vol.hu, device=dev, progress=_print_progress, remove_sd=args.remove_sd)
     if as_file:
@@ -286,7 +287,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         return _cmd_batch(args, "detect", args.out)
     out = Path(args.out)
     check_new_output(out, args.input)
-    vol = _open_single(args.input)
+    vol = _open_single(args.input, args.series)
     model, dev, card = _load(args.model, "detector", args.device)
     threshold = _threshold(args, card)
     rows = detect(model, vol.hu, device=dev, score_threshold=threshold, progress=_print_progress)
@@ -445,6 +446,7 @@ def _add_denoise(sub: Any) -> None:
     p.add_argument("input")
     p.add_argument("output", help=".npy/.npz/.tif file, or a new folder for a DICOM series")
     p.add_argument("--model", default=None, help="denoiser name or weights path (default: shipped)")
+    p.add_argument("--series", default=None, metavar="UID", help="the DICOM series to read (default: the largest)")
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--remove-sd",
@@ -469,6 +471,7 @@ def _add_detect(sub: Any) -> None:
     p.add_argument("input")
     p.add_argument("--out", required=True, help="CSV (or .json) file for the boxes")
     p.add_argument("--model", default=None, help="detector name or weights path (default: shipped)")
+    p.add_argument("--series", default=None, metavar="UID", help="the DICOM series to read (default: the largest)")
     p.add_argument(
         "--threshold", type=_score, default=None,
         help="lowest score kept, in [0, 1] (default: the detector card's calibrated threshold, as in the widget)",

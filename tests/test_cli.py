@@ -181,6 +181,20 @@ def test_detect_defaults_to_the_cards_threshold_and_names_each_slice(tmp_path, c
     assert "[0, 1]" in capsys.readouterr().err and not (tmp_path / "c.csv").exists()
 
 
+def test_series_option_picks_one_of_several(two_series_dir, tmp_path, capsys):
+    """A folder with two series: the largest by default, saying so and how to pick; ``--series UID`` the other."""
+    d = two_series_dir
+    args = ["denoise", str(d["root"]), "--device", "cpu"]
+    assert main([*args[:2], str(tmp_path / "a.npz"), *args[2:]]) == 0
+    assert np.load(tmp_path / "a.npz")["hu"].shape == d["hu_a"].shape
+    err = capsys.readouterr().err
+    assert "holds 2 series" in err and d["uid_b"] in err and "--series UID" in err
+    assert main([*args[:2], str(tmp_path / "b.npz"), *args[2:], "--series", d["uid_b"]]) == 0
+    assert np.load(tmp_path / "b.npz")["hu"].shape == d["hu_b"].shape
+    assert main([*args[:2], str(tmp_path / "c.npz"), *args[2:], "--series", "1.2.3.4"]) == 2
+    assert "no series with SeriesInstanceUID 1.2.3.4" in capsys.readouterr().err and not (tmp_path / "c.npz").exists()
+
+
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     bad = tmp_path / "notes.txt"
     bad.write_text("not a CT")
