@@ -21,12 +21,8 @@ COL = {key: i for i, (key, _) in enumerate(COLUMNS)}
 DETECTIONS = np.array([[1, 4, 6, 14, 11, 0.42], [3, 20, 2, 26, 14, 0.91], [2, 8, 8, 12, 12, 0.15]], np.float32)
 
 
-@pytest.fixture
-def case(make_napari_viewer, tmp_path: Path):
-    """A 5-slice DICOM CT (0.7 x 0.8 mm pixels, 2.5 mm slices) and the detector's boxes on it."""
-    write_series(tmp_path / "ct", synthetic_hu((5, 24, 32), seed=3), series_uid="1.2.826.0.1.3680043.8.498.55")
-    vol = open_ct(tmp_path / "ct")[0]
-    viewer = make_napari_viewer()
+def open_with_boxes(viewer, vol) -> tuple:
+    """``vol`` as an image layer of ``viewer``, a docked navigator, and ``DETECTIONS`` as its detector's boxes."""
     data, kwargs, _ = volume_to_layer_tuple(vol)
     image = viewer.add_image(data, **kwargs)
     widget = LesionNavigatorWidget(viewer)
@@ -40,7 +36,16 @@ def case(make_napari_viewer, tmp_path: Path):
         features={"score": DETECTIONS[:, 5]},
         metadata={"lidnet_role": "detections", "lidnet": {"source_layer": image.name, "detector": "tiny"}},
     )
-    return viewer, widget, image, boxes, vol
+    return widget, image, boxes
+
+
+@pytest.fixture
+def case(make_napari_viewer, tmp_path: Path):
+    """A 5-slice DICOM CT (0.7 x 0.8 mm pixels, 2.5 mm slices) and the detector's boxes on it."""
+    write_series(tmp_path / "ct", synthetic_hu((5, 24, 32), seed=3), series_uid="1.2.826.0.1.3680043.8.498.55")
+    vol = open_ct(tmp_path / "ct")[0]
+    viewer = make_napari_viewer()
+    return viewer, *open_with_boxes(viewer, vol), vol
 
 
 def cell(widget, row: int, key: str):
@@ -151,13 +156,7 @@ def test_centres_are_patient_coordinates_for_a_prone_series_with_a_gap(make_napa
     with pytest.warns(UserWarning, match="uneven slice spacing"):
         vol = open_ct(tmp_path / "prone")[0]
     viewer = make_napari_viewer()
-    data, kwargs, _ = volume_to_layer_tuple(vol)
-    image = viewer.add_image(data, **kwargs)
-    widget = LesionNavigatorWidget(viewer)
-    viewer.window.add_dock_widget(widget, area="bottom")
-    viewer.add_shapes(boxes_to_shapes(DETECTIONS[:, :5], 3), shape_type="rectangle", name=f"{image.name} lesions",
-                      scale=image.scale, translate=image.translate, features={"score": DETECTIONS[:, 5]},
-                      metadata={"lidnet_role": "detections", "lidnet": {"source_layer": image.name}})  # fmt: skip
+    widget, image, _ = open_with_boxes(viewer, vol)
     f = widget.finding(1)  # slice 3, columns 20..26, rows 2..14: centre pixel (row 7.5, column 22.5)
     # IPP (-100, -120, 12.5) + 22.5 columns x 0.8 mm along -x + 7.5 rows x 0.7 mm along -y
     expected_xyz = np.array([-100.0 - 22.5 * 0.8, -120.0 - 7.5 * 0.7, 12.5])
