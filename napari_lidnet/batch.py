@@ -115,6 +115,7 @@ def _write_one(
     from napari_lidnet.inference import denoise, detect
     from napari_lidnet.io.boxes_io import slice_columns, write_boxes_csv
     from napari_lidnet.io.dicom_write import denoised_description, write_dicom_series
+    from napari_lidnet.io.volume import n_slices
 
     if task == "denoise":
         hu = denoise(model, vol.hu, device=device, remove_sd=remove_sd)
@@ -122,7 +123,7 @@ def _write_one(
         write_dicom_series(replace(vol, hu=hu.astype(np.float32)), partial, series_description=description)
     else:
         rows = detect(model, vol.hu, device=device, score_threshold=threshold)
-        write_boxes_csv(partial, rows, slice_columns(vol.metadata, vol.hu.shape[0] if vol.hu.ndim == 3 else 1))
+        write_boxes_csv(partial, rows, slice_columns(vol.metadata, n_slices(vol.hu)))
 
 
 def run_batch(

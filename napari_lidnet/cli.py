@@ -282,6 +282,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 def _cmd_detect(args: argparse.Namespace) -> int:
     from napari_lidnet.inference import detect
     from napari_lidnet.io.boxes_io import slice_columns, write_boxes_csv
+    from napari_lidnet.io.volume import n_slices
 
     if args.all_series:
         return _cmd_batch(args, "detect", args.out)
@@ -291,7 +292,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     model, dev, card = _load(args.model, "detector", args.device)
     threshold = _threshold(args, card)
     rows = detect(model, vol.hu, device=dev, score_threshold=threshold, progress=_print_progress)
-    write_boxes_csv(out, rows, slice_columns(vol.metadata, vol.hu.shape[0] if vol.hu.ndim == 3 else 1))
+    write_boxes_csv(out, rows, slice_columns(vol.metadata, n_slices(vol.hu)))
     print(f"wrote {len(rows)} boxes with score >= {threshold:.3f} to {out}", file=sys.stderr)
     return 0
 

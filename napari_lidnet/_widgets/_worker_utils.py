@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io.volume import CTVolume, slice_metadata
+from ..io.volume import CTVolume, n_slices, slice_metadata
 
 
 @dataclass
@@ -171,7 +171,7 @@ def volume_from_layer(
     else from scale/translate with an identity direction. Other metadata (DICOM source tags) is kept.
     """
     meta = {k: v for k, v in metadata.items() if k not in ("affine_lps", "lidnet")}
-    meta = slice_metadata(meta, first_slice, hu.shape[0] if hu.ndim == 3 else 1)
+    meta = slice_metadata(meta, first_slice, n_slices(hu))
     spacing = tuple(float(s) for s in scale)
     aff = metadata.get("affine_lps")
     if aff is None or hu.ndim != 3 or np.shape(aff) != (4, 4):

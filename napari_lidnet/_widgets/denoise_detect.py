@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..io.checks import nonfinite_note
+from ..io.volume import n_slices
 from ._docking import DockHome, scroll_layout
 from ._roles import DETECTIONS, NOISE, ROLE, derived_name, model_item, pair_name
 from ._worker_utils import (
@@ -504,7 +505,7 @@ class DenoiseDetectWidget(QWidget):
             return
         src = self._last["layer"]
         meta = {
-            **metadata_for_slices(dict(src.metadata), self._last["first"], data.shape[0] if data.ndim == 3 else 1),
+            **metadata_for_slices(dict(src.metadata), self._last["first"], n_slices(data)),
             "hu": True,
             "lidnet": {
                 "source_layer": src.name,
@@ -713,7 +714,7 @@ class DenoiseDetectWidget(QWidget):
         from ..io.boxes_io import slice_columns, write_boxes_csv
 
         src = self._last["layer"]
-        slices = slice_columns(src.metadata, src.data.shape[0] if src.ndim == 3 else 1)
+        slices = slice_columns(src.metadata, n_slices(src.data))
         try:
             out = write_boxes_csv(path, self.shown_boxes, slices)
         except (OSError, ValueError) as exc:

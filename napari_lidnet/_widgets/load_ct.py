@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..io.open_ct import list_series, open_ct
+from ..io.volume import n_slices
 from ..io.windowing import SCAN_WINDOW, WINDOW_PRESETS
 from ..layer_data import volume_layer_tuples
 from ._docking import DockHome, scroll_layout
@@ -303,7 +304,7 @@ class LoadCTWidget(QWidget):
         worker.finished.connect(self._on_sim_finished)
         self.sim_worker = worker
         self.sim_records = []
-        self._sim_busy(True, hu.shape[0] if hu.ndim == 3 else 1)
+        self._sim_busy(True, n_slices(hu))
         self._info(f"simulating {dose:.0%} dose of {name} …")
         worker.start()
         return worker

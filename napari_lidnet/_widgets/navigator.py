@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..findings import KEPT, Finding, centre_world, measure, write_findings
-from ..io.volume import per_slice
+from ..io.volume import n_slices, per_slice
 from ..layer_data import PIXEL_CENTRE_SHIFT
 from ._docking import DockHome
 from ._roles import DETECTIONS, REVIEWED, ROLE, derived_name, is_ct_image, is_shapes, role
@@ -71,6 +71,11 @@ class SortItem(QTableWidgetItem):
             return str(a) < str(b)
 
 
+#: (slice, y, x, 1) pixel-edge coordinate -> napari data coordinate (pixel centres at integers)
+_EDGE_TO_CENTRE = np.eye(4)
+_EDGE_TO_CENTRE[1:3, 3] = PIXEL_CENTRE_SHIFT
+
+
 def index_to_world(layer: Any) -> np.ndarray:
     """4x4 matrix taking (slice, y, x, 1) pixel-edge coordinates of ``layer`` (pixel k spans [k, k+1) in y and x;
     2D: the slice is ignored) to world (z, y, x) mm, through napari's own data -> world transform."""
@@ -83,9 +88,7 @@ def index_to_world(layer: Any) -> np.ndarray:
     mat[3 - nd : 3, 3] = origin[-nd:]
     if nd == 2:
         mat[0, 0] = 0.0
-    shift = np.eye(4)
-    shift[1:3, 3] = PIXEL_CENTRE_SHIFT  # edge coordinate -> napari data coordinate (pixel centres at integers)
-    return mat @ shift
+    return mat @ _EDGE_TO_CENTRE
 
 
 _ZYX_FROM_XYZ = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
@@ -99,11 +102,9 @@ def index_to_patient(layer: Any) -> tuple[np.ndarray, np.ndarray | None]:
     if aff is None or np.shape(aff) != (4, 4):
         return index_to_world(layer), None
     aff = np.asarray(aff, dtype=float)
-    shift = np.eye(4)
-    shift[1:3, 3] = PIXEL_CENTRE_SHIFT
-    ipp = per_slice(layer.metadata, "slice_ipp", layer.data.shape[0] if layer.ndim == 3 else 1)
+    ipp = per_slice(layer.metadata, "slice_ipp", n_slices(layer.data))
     offsets = None if ipp is None else (np.asarray(ipp, dtype=float).reshape(-1, 3) - aff[:3, 3])[:, ::-1]
-    return _ZYX_FROM_XYZ @ aff @ shift, offsets
+    return _ZYX_FROM_XYZ @ aff @ _EDGE_TO_CENTRE, offsets
 
 
 def corners_in_image(shapes: Any, index: int, image: Any) -> tuple[int, np.ndarray]:
@@ -636,9 +637,9 @@ class LesionNavigatorWidget(QWidget):
         image = self.image_layer
         meta = image.metadata or {}
         files = list(meta.get("files") or [])
-        n_slices = image.data.shape[0] if image.ndim == 3 else 1
-        multiframe = len(files) == 1 and n_slices > 1
-        refs = instance_refs(files) if files and (len(files) == n_slices or multiframe) else []
+        n = n_slices(image.data)
+        multiframe = len(files) == 1 and n > 1
+        refs = instance_refs(files) if files and (len(files) == n or multiframe) else []
         regions = [
             SRRegion(f.slice, f.corners, f.measures["long_mm"], f.measures["short_mm"], f.measures["mean_hu"],
                      f.score, f.status, f"finding {f.id} (slice {f.slice})")  # fmt: skip

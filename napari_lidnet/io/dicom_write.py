@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .volume import CTVolume, per_slice
-from .windowing import DEFAULT_PRESET, WINDOW_PRESETS
+from .windowing import SCAN_WINDOW, level_width
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 _INT16_MIN, _INT16_MAX = -32768, 32767
@@ -122,8 +122,7 @@ def _set_pixel_format(ds: Any, volume: CTVolume) -> None:
     ds.PixelRepresentation = 1
     ds.RescaleSlope = "1"
     ds.RescaleType = "HU"
-    window = volume.metadata.get("window")  # the source's own, else the default preset
-    level, width = window if window is not None and len(window) == 2 else WINDOW_PRESETS[DEFAULT_PRESET]
+    level, width = level_width(SCAN_WINDOW, volume.metadata)  # the source's own, else the default preset
     ds.WindowCenter, ds.WindowWidth = _ds_str(float(level)), _ds_str(float(width))
 
 

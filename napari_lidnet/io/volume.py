@@ -12,6 +12,12 @@ from typing import Any
 
 import numpy as np
 
+
+def n_slices(image: Any) -> int:
+    """Number of slices of a (z, y, x) or (y, x) image (an array or anything with ``ndim`` and ``shape``)."""
+    return int(image.shape[0]) if image.ndim == 3 else 1
+
+
 PER_SLICE_KEYS = ("files", "slice_ipp", "instance_numbers", "sop_instance_uids")  # metadata lists, one per slice
 
 

@@ -18,25 +18,29 @@ DEFAULT_PRESET = "soft tissue"
 SCAN_WINDOW = "scan's own"
 
 
-def contrast_limits(preset: str = DEFAULT_PRESET) -> tuple[float, float]:
-    """Contrast limits (low, high) in HU for a named preset."""
-    try:
-        level, width = WINDOW_PRESETS[preset]
-    except KeyError:
-        raise ValueError(f"unknown window preset {preset!r}; choose one of {sorted(WINDOW_PRESETS)}") from None
-    return level - width / 2, level + width / 2
-
-
-def window_limits(preset: str, metadata: dict | None = None) -> tuple[float, float]:
-    """Contrast limits of a preset, or for ``SCAN_WINDOW`` of the scan's own ``metadata["window"]`` (level,
-    width) when it has one (else the default preset)."""
+def level_width(preset: str = DEFAULT_PRESET, metadata: dict | None = None) -> tuple[float, float]:
+    """(level, width) in HU of a named preset, or for ``SCAN_WINDOW`` the scan's own ``metadata["window"]`` when it
+    has a valid one (else the default preset)."""
     if preset == SCAN_WINDOW:
         window = (metadata or {}).get("window")
         if window is not None and len(window) == 2 and float(window[1]) > 0:
-            level, width = float(window[0]), float(window[1])
-            return level - width / 2, level + width / 2
+            return float(window[0]), float(window[1])
         preset = DEFAULT_PRESET
-    return contrast_limits(preset)
+    try:
+        return WINDOW_PRESETS[preset]
+    except KeyError:
+        raise ValueError(f"unknown window preset {preset!r}; choose one of {sorted(WINDOW_PRESETS)}") from None
+
+
+def window_limits(preset: str, metadata: dict | None = None) -> tuple[float, float]:
+    """Contrast limits (low, high) in HU of :func:`level_width`."""
+    level, width = level_width(preset, metadata)
+    return level - width / 2, level + width / 2
+
+
+def contrast_limits(preset: str = DEFAULT_PRESET) -> tuple[float, float]:
+    """Contrast limits (low, high) in HU for a named preset."""
+    return window_limits(preset)
 
 
 def apply_window(hu: np.ndarray, preset: str = DEFAULT_PRESET) -> np.ndarray:
