@@ -139,3 +139,26 @@ def volume_layer_tuples(vol: CTVolume, preset: str = SCAN_WINDOW) -> list[LayerD
     if box_tuple is not None:
         out.append(box_tuple)
     return out
+
+
+#: the removed-noise overlay's colours: blue where denoising lowered HU, red where it raised them
+NOISE_LOWERED, NOISE_RAISED = (0.25, 0.6, 1.0), (1.0, 0.4, 0.2)
+#: overlay contrast limits: +-NOISE_SDS x the SD of what was removed (at least 1 HU)
+NOISE_SDS = 3.0
+
+
+def removed_noise_kwargs(noise: np.ndarray) -> dict[str, Any]:
+    """Image-layer styling of a removed-noise map (input minus denoised) laid over its CT.
+
+    Opacity follows |removed HU|: where the denoiser took nothing out the overlay is transparent and the CT shows
+    through; speckle is the noise it removed, and a coherent coloured outline is anatomy it removed.
+    """
+    from napari.utils import Colormap
+
+    lim = float(max(1.0, NOISE_SDS * np.std(noise)))
+    colormap = Colormap(
+        colors=[(*NOISE_LOWERED, 1.0), (0.0, 0.0, 0.0, 0.0), (*NOISE_RAISED, 1.0)],
+        controls=[0.0, 0.5, 1.0],
+        name="lidnet removed noise",
+    )
+    return {"contrast_limits": (-lim, lim), "colormap": colormap, "blending": "translucent", "visible": True}

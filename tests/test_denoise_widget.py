@@ -11,6 +11,7 @@ from torch import nn
 
 from napari_lidnet import inference as inf
 from napari_lidnet._widgets.denoise_detect import DenoiseDetectWidget
+from napari_lidnet.layer_data import removed_noise_kwargs
 from napari_lidnet.models.denoisers import build_denoiser
 from napari_lidnet.models.detector import LesionDetector
 from napari_lidnet.models.registry import MODEL_DIR_ENV
@@ -138,6 +139,9 @@ def test_volume_run_layers_geometry_threshold_and_rerun(make_napari_viewer, qtbo
     widget.noise_check.setChecked(True)
     noise = viewer.layers["low removed noise"]
     np.testing.assert_allclose(noise.data, low - den.data, atol=1e-4)
+    assert noise.blending == "translucent" and noise.contrast_limits[0] == -noise.contrast_limits[1]
+    alpha = noise.colormap.map(np.array([0.0, 0.5, 1.0]))[:, 3]
+    np.testing.assert_allclose(alpha, [1.0, 0.0, 1.0])  # nothing removed: transparent, the CT shows
     widget.noise_check.setChecked(False)
     assert "low removed noise" not in names(viewer)
 
@@ -355,3 +359,28 @@ def test_flat_noise_sd_reads_the_noise_of_input_and_output() -> None:
     low, ref = phantom(n=3, size=128)
     before, after = flat_noise_sd(low, [0, 2], ref[[0, 2]])
     assert before == pytest.approx(40.0, rel=0.1) and after < 1.0
+
+
+def test_removed_noise_overlay_leaves_the_ct_visible(make_napari_viewer) -> None:
+    """A picture: where the denoiser removed nothing the overlay renders as if absent; where it removed noise the
+    pixels are coloured (blue for lowered HU, red for raised), so the CT beneath is never hidden wholesale."""
+    viewer = make_napari_viewer(show=True)  # a hidden canvas renders black
+    ct = np.full((64, 64), 50.0, np.float32)
+    viewer.add_image(ct, contrast_limits=(-100, 200), colormap="gray")
+    viewer.reset_view()
+    bare = viewer.screenshot(canvas_only=True, flash=False).astype(int)
+    noise = np.zeros_like(ct)
+    noise[:, 32:] = np.random.default_rng(0).normal(0, 30, (64, 32))
+    viewer.add_image(noise, **removed_noise_kwargs(noise))
+    shot = viewer.screenshot(canvas_only=True, flash=False).astype(int)
+
+    rows, cols = np.nonzero(bare[..., :3].sum(-1) > 0)  # the grey square of the CT
+    r0, r1, c0, c1 = rows.min(), rows.max(), cols.min(), cols.max()
+    mid, pad = (c0 + c1) // 2, max(2, (c1 - c0) // 16)
+    left = np.s_[r0 + pad : r1 - pad, c0 + pad : mid - pad, :3]
+    right = np.s_[r0 + pad : r1 - pad, mid + pad : c1 - pad, :3]
+    assert np.abs(shot[left] - bare[left]).max() <= 1  # transparent where nothing was removed
+    changed = np.abs(shot[right] - bare[right]).sum(-1) > 10
+    assert changed.mean() > 0.5
+    blue = shot[right][..., 2] - shot[right][..., 0]
+    assert (blue > 20).mean() > 0.1 and (blue < -20).mean() > 0.1  # both signs, in their colours

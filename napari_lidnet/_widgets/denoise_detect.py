@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 
 from ..io.checks import nonfinite_note
 from ..io.volume import n_slices
+from ..layer_data import boxes_to_shapes, removed_noise_kwargs
 from ._docking import DockHome, scroll_layout
 from ._roles import DETECTIONS, NOISE, ROLE, derived_name, model_item, pair_name
 from ._worker_utils import (
@@ -146,6 +147,10 @@ class DenoiseDetectWidget(QWidget):
         self.threshold_slider.valueChanged.connect(self._on_threshold)
         self.detector_combo.currentIndexChanged.connect(self._threshold_from_detector)
         self.noise_check = QCheckBox("show removed noise")
+        self.noise_check.setToolTip(
+            "lay what the denoiser took out over the CT: blue where it lowered HU, red where it raised them, "
+            "transparent where it removed nothing; speckle is noise, a coherent outline is anatomy it removed"
+        )
         self.noise_check.toggled.connect(self._on_noise_toggled)
         self.strength_spin = QDoubleSpinBox()
         self.strength_spin.setRange(0.0, REMOVE_SD_MAX)
@@ -534,12 +539,9 @@ class DenoiseDetectWidget(QWidget):
         if src.ndim == 3:
             original = original[res.slices]
         noise = original - data
-        lim = float(max(1.0, 3 * np.std(noise)))
         kwargs = {
             "name": derived_name(src.name, "removed noise"),
-            "contrast_limits": (-lim, lim),
-            "colormap": "gray",
-            "visible": True,
+            **removed_noise_kwargs(noise),
             "metadata": {ROLE: NOISE},
             **self._geometry(self._last["first"]),
         }
@@ -564,8 +566,6 @@ class DenoiseDetectWidget(QWidget):
             self._drop("lesions")
             return
         import pandas as pd
-
-        from ..layer_data import boxes_to_shapes
 
         src = self._last["layer"]
         rows = self.shown_boxes
