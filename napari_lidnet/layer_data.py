@@ -153,12 +153,10 @@ def removed_noise_kwargs(noise: np.ndarray) -> dict[str, Any]:
     Opacity follows |removed HU|: where the denoiser took nothing out the overlay is transparent and the CT shows
     through; speckle is the noise it removed, and a coherent coloured outline is anatomy it removed.
     """
-    from napari.utils import Colormap
-
     lim = float(max(1.0, NOISE_SDS * np.std(noise)))
-    colormap = Colormap(
-        colors=[(*NOISE_LOWERED, 1.0), (0.0, 0.0, 0.0, 0.0), (*NOISE_RAISED, 1.0)],
-        controls=[0.0, 0.5, 1.0],
-        name="lidnet removed noise",
-    )
+    colormap = {  # napari builds the Colormap from this spec
+        "colors": [(*NOISE_LOWERED, 1.0), (0.0, 0.0, 0.0, 0.0), (*NOISE_RAISED, 1.0)],
+        "controls": [0.0, 0.5, 1.0],
+        "name": "lidnet removed noise",
+    }
     return {"contrast_limits": (-lim, lim), "colormap": colormap, "blending": "translucent", "visible": True}

@@ -121,6 +121,10 @@ class LoadCTWidget(QWidget):
         self.link_check = QCheckBox("one window/level for all CT layers")
         self.link_check.setChecked(self.room.linked)
         self.link_check.setToolTip("a window set on one CT layer (drag, key, preset, slider) is set on all of them")
+        self.orientation_check = QCheckBox("orientation letters (R/L, A/P, S/I) at the edges")
+        self.orientation_check.setChecked(self.room.orientation.enabled)
+        self.orientation_check.setToolTip("the patient's directions at the canvas edges, from the DICOM geometry")
+        self.orientation_check.toggled.connect(self._on_orientation_toggled)
         hint = QLabel(HINT)
         hint.setWordWrap(True)
         hint.setStyleSheet("color: gray;")
@@ -129,6 +133,7 @@ class LoadCTWidget(QWidget):
         win_form.addRow("Preset", self.preset_combo)
         win_form.addRow(self.apply_window_button)
         win_form.addRow(self.link_check)
+        win_form.addRow(self.orientation_check)
         win_form.addRow(hint)
         return win_box
 
@@ -272,6 +277,9 @@ class LoadCTWidget(QWidget):
 
     def _on_link_toggled(self, on: bool) -> None:
         self.room.linked = bool(on)
+
+    def _on_orientation_toggled(self, on: bool) -> None:
+        self.room.orientation.enabled = bool(on)
 
     # ------------------------------------------------------------------ simulate
     def _refresh_layers(self, event: Any = None) -> None:

@@ -1,5 +1,5 @@
 """Reading-room habits for a viewer: one window/level for every CT layer, right-drag window/level, presets on the
-number keys, z/y/x axis labels and HU in the status bar.
+number keys, z/y/x axis labels, HU in the status bar and patient-orientation letters at the canvas edges.
 
 Installed once per viewer by every LIDnet widget (``ReadingRoom.install``). CT layers are images in HU
 (``_roles.is_ct_image``); while ``linked`` is on, a window set on one of them (by a drag, a key, a preset button
@@ -17,6 +17,7 @@ import numpy as np
 
 from ..io.windowing import window_limits
 from ._roles import is_ct_image
+from .orientation_markers import OrientationMarkers
 
 #: number key -> window preset
 PRESET_KEYS = {"1": "soft tissue", "2": "lung", "3": "bone", "4": "brain", "5": "liver"}
@@ -45,6 +46,7 @@ class ReadingRoom:
             viewer.bind_key(key, self._preset_key(preset), overwrite=True)
         for layer in viewer.layers:
             self._adopt(layer)
+        self.orientation = OrientationMarkers(viewer)
 
     @classmethod
     def install(cls, viewer: Any) -> ReadingRoom:

@@ -1,0 +1,84 @@
+"""Patient-orientation letters: the LPS arithmetic, and the canvas letters of a real DICOM series in a headless
+viewer (run under xvfb-run) following dims rolls, camera flips, the active layer and the Load CT switch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import synthetic_hu, write_series
+
+from napari_lidnet._widgets.load_ct import LoadCTWidget
+from napari_lidnet._widgets.orientation_markers import COLOR, OVERLAY_KEYS
+from napari_lidnet._widgets.reading_room import ReadingRoom
+from napari_lidnet.io.open_ct import open_ct
+from napari_lidnet.io.orientation import direction_letters, edge_letters
+from napari_lidnet.io.volume import CTVolume
+from napari_lidnet.layer_data import volume_to_layer_tuple
+
+AXIAL = {"top": "A", "bottom": "P", "left": "R", "right": "L"}
+
+
+@pytest.mark.parametrize(
+    ("vector", "letters"),
+    [((1, 0, 0), "L"), ((-1, 0, 0), "R"), ((0, 1, 0), "P"), ((0, -1, 0), "A"), ((0, 0, 2.5), "S"), ((0, 0, -1), "I"),
+     ((0.8, 0.6, 0), "LP"), ((-0.6, 0.8, 0), "PR"), ((0.95, 0.2, 0.1), "L"), ((0, 0, 0), "")],
+)  # fmt: skip
+def test_direction_letters(vector, letters) -> None:
+    assert direction_letters(vector) == letters
+
+
+def test_edge_letters_of_standard_prone_and_single_slice_geometry() -> None:
+    supine = CTVolume(np.zeros((3, 4, 5)), (2.5, 0.7, 0.8))  # identity cosines: rows run L, columns P, slices S
+    assert edge_letters(supine.affine(), 1, 2) == AXIAL
+    assert edge_letters(supine.affine(), 1, 2, flip_down=True) == {**AXIAL, "top": "P", "bottom": "A"}
+    assert edge_letters(supine.affine(), 0, 2) == {"top": "I", "bottom": "S", "left": "R", "right": "L"}  # coronal
+    prone = CTVolume(np.zeros((3, 4, 5)), (2.5, 0.7, 0.8), direction=np.diag([-1.0, -1.0, 1.0]))
+    assert edge_letters(prone.affine(), 1, 2) == {"top": "P", "bottom": "A", "left": "L", "right": "R"}
+    single = CTVolume(np.zeros((4, 5)), (0.7, 0.8))  # a 2D slice: affine columns still (z, y, x)
+    assert edge_letters(single.affine(), 1, 2) == AXIAL
+
+
+def shown(viewer) -> dict[str, str]:
+    overlays = viewer.canvas.overlays
+    return {edge: overlays[key].text for edge, key in OVERLAY_KEYS.items() if overlays[key].visible}
+
+
+def test_letters_follow_the_series_the_view_and_the_switch(make_napari_viewer, qtbot, tmp_path: Path) -> None:
+    write_series(tmp_path / "prone", synthetic_hu((4, 24, 32), seed=1), series_uid="1.2.3.71",
+                 orientation=(-1, 0, 0, 0, -1, 0))  # fmt: skip
+    viewer = make_napari_viewer(show=True)
+    widget = LoadCTWidget(viewer)
+    qtbot.addWidget(widget)
+    room = ReadingRoom.install(viewer)
+    plain = viewer.add_image(np.zeros((24, 32), np.float32), name="array", metadata={"hu": True})
+    assert shown(viewer) == {}  # no patient geometry: no guess
+    data, kwargs, _ = volume_to_layer_tuple(open_ct(tmp_path / "prone")[0])
+    image = viewer.add_image(data, **kwargs)
+    assert shown(viewer) == {"top": "P", "bottom": "A", "left": "L", "right": "R"}  # prone: rows run to the right
+    viewer.layers.selection.active = plain  # an active layer without geometry: the top CT that has it
+    assert shown(viewer)["right"] == "R"
+
+    viewer.dims.order = (1, 0, 2)  # coronal-like: slices down the screen (superior as the index grows)
+    assert shown(viewer) == {"top": "I", "bottom": "S", "left": "L", "right": "R"}
+    viewer.camera.orientation2d = ("up", "right")  # napari shows the vertical axis reversed: head at the top
+    assert shown(viewer)["top"] == "S"
+    viewer.camera.orientation2d = ("down", "right")
+    viewer.dims.order = (0, 1, 2)
+    viewer.dims.ndisplay = 3
+    assert shown(viewer) == {}
+    viewer.dims.ndisplay = 2
+
+    viewer.reset_view()
+    canvas = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    amber = np.abs(canvas - np.array([255, 176, 0])).sum(-1) < 60
+    h, w = amber.shape
+    assert COLOR == "#ffb000" and amber[h // 3 : 2 * h // 3, : w // 10].any()  # a letter drawn at the left edge
+    assert not amber[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4].any()  # and none over the middle of the image
+
+    widget.orientation_check.setChecked(False)
+    assert not room.orientation.enabled and shown(viewer) == {}
+    widget.orientation_check.setChecked(True)
+    image.visible = False
+    assert shown(viewer) == {}
