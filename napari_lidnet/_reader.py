@@ -1,4 +1,4 @@
-"""npe2 reader: DICOM files/folders, DeepLesion 16-bit PNGs (with their boxes), .npy/.npz/.tif HU arrays.
+"""npe2 reader: DICOM files/folders, NIfTI, DeepLesion 16-bit PNGs (with their boxes), .npy/.npz/.tif HU arrays.
 
 Cheap to import (no torch, no Qt); reading happens only when napari calls the returned function.
 """

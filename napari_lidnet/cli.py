@@ -236,7 +236,7 @@ def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
     return 0
 
 
-NOT_A_SERIES_FOLDER = {".nii", ".gz", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".dcm", ".csv", ".json"}
+NOT_A_SERIES_FOLDER = {".gz", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".dcm", ".csv", ".json"}
 
 
 def _cmd_denoise(args: argparse.Namespace) -> int:
@@ -247,17 +247,24 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
     check_remove_sd(args.remove_sd)  # before the input is read and the model loaded
 
+    from dataclasses import replace
+
     from napari_lidnet.inference import denoise
+    from napari_lidnet.io.nifti import is_nifti
 
     out = Path(args.output)
-    as_file = out.suffix.lower() in (".npy", ".npz", ".tif", ".tiff")
-    if out.suffix.lower() in NOT_A_SERIES_FOLDER:
-        raise ValueError(f"{out}: cannot write {out.suffix} files; give .npz, .tif, .npy or a folder (DICOM series)")
+    as_file = out.suffix.lower() in (".npy", ".npz", ".tif", ".tiff") or is_nifti(out)
+    if not as_file and out.suffix.lower() in NOT_A_SERIES_FOLDER:
+        raise ValueError(f"{out}: cannot write {out.suffix} files; give .nii.gz, .npz, .tif, .npy or a folder (DICOM)")
     check_new_output(out, args.input, folder=not as_file)
     vol = _open_single(args.input, args.series)
     model, dev, _ = _load(args.model, "denoiser", args.device)
     hu = denoise(model, vol.hu, device=dev, progress=_print_progress, remove_sd=args.remove_sd)
-    if as_file:
+    if is_nifti(out):
+        from napari_lidnet.io.nifti import write_nifti
+
+        write_nifti(out, replace(vol, hu=hu))
+    elif as_file:
         from napari_lidnet.io.arrays import write_array
 
         write_array(out, hu, vol.spacing)
@@ -265,8 +272,6 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
             spacing = " x ".join(f"{v:g}" for v in vol.spacing)
             print(f"note: .npy keeps no voxel size ({spacing} mm); .npz, .tif and DICOM keep it", file=sys.stderr)
     else:
-        from dataclasses import replace
-
         from napari_lidnet.io.dicom_write import denoised_description, write_dicom_series
 
         desc = denoised_description(
@@ -445,7 +450,7 @@ def _add_denoise(sub: Any) -> None:
     """The ``denoise`` subcommand."""
     p = sub.add_parser("denoise", help="denoise a CT (any format the reader takes)")
     p.add_argument("input")
-    p.add_argument("output", help=".npy/.npz/.tif file, or a new folder for a DICOM series")
+    p.add_argument("output", help=".nii.gz/.nii (geometry kept), .npz/.tif/.npy file, or a new folder (DICOM series)")
     p.add_argument("--model", default=None, help="denoiser name or weights path (default: shipped)")
     p.add_argument("--series", default=None, metavar="UID", help="the DICOM series to read (default: the largest)")
     p.add_argument("--device", default="auto")

@@ -205,8 +205,8 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     assert main(["denoise", str(tmp_path / "notes.txt"), str(tmp_path / "o.npy"), "--remove-sd", "-3"]) == 2
     assert "noise SD to remove" in capsys.readouterr().err
     np.save(tmp_path / "ct.npy", np.zeros((4, 4), np.float32))
-    assert main(["denoise", str(tmp_path / "ct.npy"), str(tmp_path / "den.nii.gz")]) == 2  # not a DICOM folder
-    assert "cannot write .gz files" in capsys.readouterr().err and not (tmp_path / "den.nii.gz").exists()
+    assert main(["denoise", str(tmp_path / "ct.npy"), str(tmp_path / "den.nrrd")]) == 2  # not a DICOM folder
+    assert "cannot write .nrrd files" in capsys.readouterr().err and not (tmp_path / "den.nrrd").exists()
     (tmp_path / "ct.npy").unlink()
     assert main(["simulate", "--out", str(tmp_path / "d"), "--n", "1", "--dose", "0"]) == 2
     assert "dose" in capsys.readouterr().err

@@ -94,7 +94,7 @@ class LoadCTWidget(QWidget):
     def _create_open_box(self) -> QGroupBox:
         """'Open CT': path with File/Folder buttons, series picker, Open."""
         self.path_edit = QLineEdit()
-        self.path_edit.setPlaceholderText("DICOM file or folder, DeepLesion PNG, .npy/.npz/.tif")
+        self.path_edit.setPlaceholderText("DICOM file or folder, NIfTI, DeepLesion PNG, .npy/.npz/.tif")
         self.file_button = QPushButton("File…")
         self.folder_button = QPushButton("Folder…")
         self.series_combo = QComboBox()

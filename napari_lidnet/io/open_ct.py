@@ -1,4 +1,4 @@
-"""One entry point for every CT input: DICOM file/folder, DeepLesion PNG slice/folder, array files."""
+"""One entry point for every CT input: DICOM file/folder, NIfTI, DeepLesion PNG slice/folder, array files."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from .arrays import ARRAY_SUFFIXES, read_array
 from .checks import note_image_problems
 from .dicom_read import SeriesInfo, looks_like_dicom, read_dicom
 from .dicom_read import list_series as _list_dicom_series
+from .nifti import is_nifti, read_nifti
 from .volume import CTVolume
 
 _SCAN_LIMIT = 2000  # files looked at when deciding whether a folder is ours
@@ -29,7 +30,7 @@ def _folder_kind(folder: Path) -> str | None:
 
 
 def input_kind(path: str | Path) -> str | None:
-    """What ``open_ct`` would read at ``path``: 'dicom', 'png', 'png-folder', 'array', or None (not ours)."""
+    """What ``open_ct`` would read at ``path``: 'dicom', 'nifti', 'png', 'png-folder', 'array', or None (not ours)."""
     path = Path(path)
     if path.is_dir():
         kind = _folder_kind(path)
@@ -37,6 +38,8 @@ def input_kind(path: str | Path) -> str | None:
     if not path.is_file():
         return None
     suffix = path.suffix.lower()
+    if is_nifti(path):
+        return "nifti"
     if suffix in ARRAY_SUFFIXES:
         return "array"
     if suffix == ".png":
@@ -66,6 +69,8 @@ def _read(path: Path, kind: str | None, series_uid: str | None) -> list[CTVolume
 
     if kind == "dicom":
         return read_dicom(path, series_uid=series_uid)
+    if kind == "nifti":
+        return [read_nifti(path)]
     if kind == "png":
         return [read_deeplesion_slice(path)]
     if kind == "png-folder":
@@ -76,7 +81,7 @@ def _read(path: Path, kind: str | None, series_uid: str | None) -> list[CTVolume
         if not any(path.iterdir()):
             raise ValueError(f"{path}: folder is empty")
         raise ValueError(f"{path}: folder has no DICOM files or numbered 16-bit PNG slices")
-    raise ValueError(f"{path}: not a CT file this plugin reads (DICOM, 16-bit PNG, .npy, .npz, .tif)")
+    raise ValueError(f"{path}: not a CT file this plugin reads (DICOM, NIfTI, 16-bit PNG, .npy, .npz, .tif)")
 
 
 def list_series(path: str | Path) -> list[SeriesInfo]:

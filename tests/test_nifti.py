@@ -1,0 +1,105 @@
+"""NIfTI CT: read in the DICOM convention whatever axis order the converter stored, scaled to HU, written back with
+its geometry; the reader plugin, the CLI and the orientation letters take it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import synthetic_hu, tiny_models, write_series
+
+from napari_lidnet._reader import napari_get_reader
+from napari_lidnet.cli import main
+from napari_lidnet.io.nifti import read_nifti, write_nifti
+from napari_lidnet.io.open_ct import open_ct
+from napari_lidnet.io.volume import CTVolume
+
+
+def as_ras_nifti(vol: CTVolume, path: Path, dtype=np.float32, slope: float = 1.0, inter: float = 0.0) -> Path:
+    """``vol`` (identity cosines) stored as a converter that reorients to RAS+ stores it: columns run from the
+    patient's left to right flipped, rows from posterior to anterior, with the RAS affine that says so."""
+    dz, dy, dx = vol.spacing
+    oz, oy, ox = vol.origin
+    nz, ny, nx = vol.hu.shape
+    stored = vol.hu[:, ::-1, ::-1].transpose(2, 1, 0)  # i: right -> left flipped, j: anterior up, k: superior
+    affine = np.array([[dx, 0, 0, -ox - (nx - 1) * dx], [0, dy, 0, -oy - (ny - 1) * dy], [0, 0, dz, oz], [0, 0, 0, 1]])
+    img = nib.Nifti1Image(((stored - inter) / slope).astype(dtype), affine)
+    img.header.set_slope_inter(slope, inter)
+    nib.save(img, str(path))
+    return path
+
+
+@pytest.fixture
+def dicom_volume(tmp_path: Path) -> CTVolume:
+    write_series(tmp_path / "dcm", synthetic_hu((4, 24, 32), seed=2), series_uid="1.2.3.81")
+    return open_ct(tmp_path / "dcm")[0]
+
+
+def test_a_ras_file_reads_as_its_dicom_series(dicom_volume: CTVolume, tmp_path: Path) -> None:
+    path = as_ras_nifti(dicom_volume, tmp_path / "chest.nii.gz", np.int16, slope=1.0, inter=-1024.0)
+    (vol,) = open_ct(path)
+    np.testing.assert_array_equal(vol.hu, dicom_volume.hu)  # anterior row first, the patient's right column first
+    np.testing.assert_allclose(vol.spacing, dicom_volume.spacing)
+    np.testing.assert_allclose(vol.origin, dicom_volume.origin, atol=1e-4)
+    np.testing.assert_allclose(vol.affine(), dicom_volume.affine(), atol=1e-4)
+    assert vol.name == "chest" and vol.metadata["format"] == "nifti" and vol.hu.dtype == np.float32
+
+
+def test_any_stored_order_keeps_each_value_at_its_patient_position(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    data = rng.normal(0, 100, (6, 5, 4)).astype(np.float32)  # (i, j, k) of a sagittally stored, rotated volume
+    affine = np.array([[0, 0, -2.0, 30], [0.8, 0, 0, -50], [0, -0.7, 0, 120], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "odd.nii"))
+    vol = read_nifti(tmp_path / "odd.nii")
+    to_lps = vol.affine()
+    for ijk in [(0, 0, 0), (5, 4, 3), (2, 1, 3), (4, 0, 1)]:
+        lps = np.diag([-1, -1, 1]) @ (affine[:3, :3] @ ijk + affine[:3, 3])
+        zyx = np.linalg.solve(to_lps[:3, :3], lps - to_lps[:3, 3])
+        assert vol.hu[tuple(np.rint(zyx).astype(int))] == pytest.approx(data[ijk])
+    assert np.all(np.diag(vol.direction) > 0.99)  # reordered to x -> left, y -> posterior, z -> superior
+
+
+def test_write_then_read_is_the_same_volume(tmp_path: Path) -> None:
+    vol = CTVolume(synthetic_hu((3, 8, 10), seed=5), (2.5, 0.6, 0.7), (40.0, -90.0, -110.0))
+    write_nifti(tmp_path / "den.nii.gz", vol)
+    back = read_nifti(tmp_path / "den.nii.gz")
+    np.testing.assert_array_equal(back.hu, vol.hu)
+    np.testing.assert_allclose(back.affine(), vol.affine(), atol=1e-5)
+    with pytest.raises(FileExistsError):
+        write_nifti(tmp_path / "den.nii.gz", vol)  # outputs never overwrite
+    single = read_nifti(write_nifti(tmp_path / "one.nii", replace(vol, hu=vol.hu[0], spacing=(0.6, 0.7),
+                                                                   origin=(-90.0, -110.0))))  # fmt: skip
+    assert single.hu.shape == (8, 10) and single.spacing == pytest.approx((0.6, 0.7))
+
+
+def test_bad_files_get_one_line(tmp_path: Path) -> None:
+    (tmp_path / "broken.nii.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(ValueError, match="broken.nii.gz: not a readable NIfTI") as err:
+        open_ct(tmp_path / "broken.nii.gz")
+    assert "\n" not in str(err.value)
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 3, 2), np.float32), np.eye(4)), str(tmp_path / "fmri.nii"))
+    with pytest.raises(ValueError, match="4-D NIfTI"):
+        open_ct(tmp_path / "fmri.nii")
+
+
+def test_plugin_reader_and_cli_take_nifti(dicom_volume: CTVolume, tmp_path: Path, monkeypatch) -> None:
+    path = as_ras_nifti(dicom_volume, tmp_path / "ct.nii.gz")
+    reader = napari_get_reader(str(path))
+    assert reader is not None
+    (data, kwargs, kind), *_ = reader(str(path))
+    np.testing.assert_array_equal(data, dicom_volume.hu)
+    assert kind == "image" and kwargs["metadata"]["affine_lps"].shape == (4, 4)
+
+    tiny_models(tmp_path / "models")
+    monkeypatch.setenv("NAPARI_LIDNET_MODEL_DIR", str(tmp_path / "models"))
+    out = tmp_path / "den.nii.gz"
+    assert main(["denoise", str(path), str(out), "--model", "tiny_denoiser", "--device", "cpu"]) == 0
+    den = read_nifti(out)
+    np.testing.assert_allclose(den.affine(), dicom_volume.affine(), atol=1e-4)
+    assert den.hu.shape == dicom_volume.hu.shape and not np.array_equal(den.hu, dicom_volume.hu)
+    before = out.read_bytes()
+    assert main(["denoise", str(path), str(out), "--model", "tiny_denoiser", "--device", "cpu"]) == 2
+    assert out.read_bytes() == before
