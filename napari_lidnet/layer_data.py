@@ -157,6 +157,6 @@ def removed_noise_kwargs(noise: np.ndarray) -> dict[str, Any]:
     colormap = {  # napari builds the Colormap from this spec
         "colors": [(*NOISE_LOWERED, 1.0), (0.0, 0.0, 0.0, 0.0), (*NOISE_RAISED, 1.0)],
         "controls": [0.0, 0.5, 1.0],
-        "name": "lidnet removed noise",
+        "name": "removed noise",  # short: napari lists it in the layer controls
     }
     return {"contrast_limits": (-lim, lim), "colormap": colormap, "blending": "translucent", "visible": True}

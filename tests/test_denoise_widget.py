@@ -266,6 +266,8 @@ def test_compare_side_by_side_with_one_window_and_flip(make_napari_viewer, qtbot
     assert viewer.grid.position(layers.index(src), layers) == (0, 0)  # input on the left
     assert viewer.grid.position(layers.index(den), layers) == (0, 1)  # denoised on the right
     assert [ly.name for ly in viewer.layers if ly.visible] == ["low", "low denoised"]
+    assert src.name_overlay.visible and den.name_overlay.visible and not other.name_overlay.visible  # which is which
+    assert viewer.canvas.overlays["text"].text == "F: flip in place"
     src.contrast_limits = (-300, 500)  # a window set on one side is the window of both
     assert tuple(den.contrast_limits) == (-300, 500)
 
@@ -279,6 +281,7 @@ def test_compare_side_by_side_with_one_window_and_flip(make_napari_viewer, qtbot
     widget.set_compare(True)
     widget.set_compare(False)  # back to the view before comparing
     assert not viewer.grid.enabled and other.visible and src.visible and den.visible
+    assert not src.name_overlay.visible and not den.name_overlay.visible and not viewer.canvas.overlays["text"].visible
 
 
 def test_a_model_pair_is_chosen_by_its_name(make_napari_viewer, qtbot, model_dir: Path) -> None:

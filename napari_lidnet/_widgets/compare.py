@@ -26,13 +26,18 @@ class CompareView:
 
     def _remember(self) -> None:
         if self._saved is None:
-            grid, camera, overlay = self.viewer.grid, self.viewer.camera, self.viewer.text_overlay
+            grid, camera, overlay = self.viewer.grid, self.viewer.camera, self._caption
             self._saved = {
                 "visible": {ly: ly.visible for ly in self.viewer.layers},
                 "grid": (grid.enabled, tuple(grid.shape), grid.stride),
                 "camera": (tuple(camera.center), camera.zoom),
-                "overlay": (overlay.visible, overlay.text),
+                "overlay": (overlay.visible, overlay.text, overlay.position),
+                "names": {},
             }
+
+    @property
+    def _caption(self) -> Any:
+        return self.viewer.canvas.overlays["text"]
 
     def _valid(self) -> bool:
         return self.pair is not None and all(ly in self.viewer.layers for ly in self.pair)
@@ -49,8 +54,12 @@ class CompareView:
         grid.stride = 1 if layers.index(before) < layers.index(after) else -1
         grid.enabled = True
         self.viewer.reset_view()  # both images whole, side by side
-        self.viewer.text_overlay.text = f"left: {before.name}    right: {after.name}    (F: flip in place)"
-        self.viewer.text_overlay.visible = True
+        for ly in self.pair:  # each image's name over it (also while flipping), tiled with the orientation letter
+            self._saved["names"].setdefault(ly, (ly.name_overlay.visible, ly.name_overlay.position))
+            ly.name_overlay.visible, ly.name_overlay.position = True, "top_center"
+        self._caption.text = "F: flip in place"  # short, clear of the orientation letters centred on each edge
+        self._caption.position = "bottom_right"
+        self._caption.visible = True
         self.link_windows()
 
     def link_windows(self) -> None:
@@ -70,7 +79,7 @@ class CompareView:
         if self.viewer.grid.enabled:
             self.viewer.grid.enabled = False
             self.viewer.reset_view()
-        self.viewer.text_overlay.visible = False
+        self._caption.visible = False
         before, after = self.pair
         shown = before if after.visible else after
         for ly in self.viewer.layers:
@@ -96,5 +105,7 @@ class CompareView:
                 ly.visible = visible
         center, zoom = self._saved["camera"]
         self.viewer.camera.center, self.viewer.camera.zoom = center, zoom
-        self.viewer.text_overlay.visible, self.viewer.text_overlay.text = self._saved["overlay"]
+        self._caption.visible, self._caption.text, self._caption.position = self._saved["overlay"]
+        for ly, (visible, position) in self._saved["names"].items():
+            ly.name_overlay.visible, ly.name_overlay.position = visible, position
         self._saved = None

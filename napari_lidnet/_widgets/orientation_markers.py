@@ -38,7 +38,8 @@ class OrientationMarkers:
         self._enabled = True
         for edge, key in OVERLAY_KEYS.items():
             viewer.canvas.overlays[key] = TextOverlay(
-                text="", position=POSITIONS[edge], visible=False, font_size=FONT_SIZE, color=COLOR, box=False
+                text="", position=POSITIONS[edge], visible=False, font_size=FONT_SIZE, color=COLOR, box=False,
+                gridded=True,  # side by side (grid mode): each image gets its letters
             )
         layers = viewer.layers
         for emitter in (layers.events.inserted, layers.events.removed, layers.events.moved,
