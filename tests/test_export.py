@@ -10,6 +10,7 @@ from conftest import listing, write_series
 from test_denoise_widget import add_ct, make_widget, model_dir, phantom, run_and_wait  # noqa: F401 (fixture)
 
 from napari_lidnet.io.boxes_io import read_boxes_csv
+from napari_lidnet.io.nifti import read_nifti, write_nifti
 from napari_lidnet.io.open_ct import open_ct
 from napari_lidnet.layer_data import volume_to_layer_tuple
 
@@ -106,3 +107,24 @@ def test_boxes_csv_and_json(make_napari_viewer, qtbot, tmp_path: Path, model_dir
     before = (tmp_path / "boxes.csv").read_bytes()
     assert widget.export_boxes(tmp_path / "boxes.csv") is None and "already exists" in widget.status.text()
     assert (tmp_path / "boxes.csv").read_bytes() == before
+
+
+def test_nifti_export_keeps_geometry(make_napari_viewer, qtbot, tmp_path: Path, model_dir: Path) -> None:  # noqa: F811
+    src = write_nifti(tmp_path / "ct.nii.gz", open_ct(dicom_ct(tmp_path / "src"))[0])  # an oblique volume
+    viewer = make_napari_viewer()
+    layer, vol = add_dicom_layer(viewer, src)
+    assert layer.metadata["format"] == "nifti"
+    widget = make_widget(viewer, qtbot)
+    assert widget.export_nifti(tmp_path / "early.nii.gz") is None and "run the denoiser first" in widget.status.text()
+    widget.detector_combo.setCurrentText("(none)")
+    run_and_wait(widget, qtbot)
+    den = viewer.layers[f"{layer.name} denoised"]
+
+    assert widget.export_nifti(tmp_path / "den.nrrd") is None and "ends in .nii" in widget.status.text()
+    out = widget.export_nifti(tmp_path / "den.nii.gz")
+    back = read_nifti(out)
+    np.testing.assert_allclose(back.hu, den.data, atol=1e-4)  # float32 HU, not rounded
+    np.testing.assert_allclose(back.affine(), vol.affine(), atol=1e-4)
+    before = out.read_bytes()
+    assert widget.export_nifti(out) is None and "NIfTI export failed" in widget.status.text()
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.glob("*.nii*")) == ["ct.nii.gz", "den.nii.gz"]

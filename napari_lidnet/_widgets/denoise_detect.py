@@ -99,7 +99,7 @@ class DenoiseDetectWidget(QWidget):
         self._create_form_fields()
         self._create_run_row()
         self._create_compare_row()
-        self.export_dicom_button = QPushButton("Export denoised DICOM...")
+        self.export_dicom_button = QPushButton("Export denoised...")
         self.export_dicom_button.clicked.connect(self._export_dicom_dialog)
         self.export_boxes_button = QPushButton("Export boxes CSV/JSON...")
         self.export_boxes_button.clicked.connect(self._export_boxes_dialog)
@@ -675,27 +675,47 @@ class DenoiseDetectWidget(QWidget):
         self.export_dicom_button.setEnabled(res is not None and res.denoised is not None)
         self.export_boxes_button.setEnabled(res is not None and res.boxes is not None)
 
+    def _denoised_volume(self) -> Any | None:
+        """The last denoised result as a CTVolume with its source's geometry, or None (after saying why)."""
+        data = self._denoised_array() if self._last is not None else None
+        if data is None:
+            self._message("nothing to export: run the denoiser first", error=True)
+            return None
+        src = self._last["layer"]
+        first = self._last["first"]
+        return volume_from_layer(data, tuple(src.scale), tuple(src.translate), dict(src.metadata),
+                                 f"{src.name} denoised", first_slice=first)  # fmt: skip
+
+    def export_nifti(self, path: str | Path) -> Path | None:
+        """Write the last denoised result as a new NIfTI file (.nii or .nii.gz, geometry kept); never overwrites."""
+        from ..io.nifti import is_nifti, write_nifti
+
+        vol = self._denoised_volume()
+        if vol is None:
+            return None
+        if not is_nifti(path):
+            self._message(f"{Path(path).name}: a NIfTI file name ends in .nii or .nii.gz", error=True)
+            return None
+        try:
+            out = write_nifti(path, vol)
+        except (OSError, ValueError) as exc:
+            self._message(f"NIfTI export failed: {exc}", error=True)
+            return None
+        self._message(f"wrote {out}")
+        return out
+
     def export_dicom(self, folder: str | Path) -> list[Path]:
         """Write the last denoised result as a new DERIVED DICOM series into an empty or new ``folder``.
 
         Geometry and patient/study tags come from the input layer (when it was read from DICOM); the
         SeriesDescription names the model. Returns the files, or [] after showing why nothing was written.
         """
-        data = self._denoised_array() if self._last is not None else None
-        if data is None:
-            self._message("nothing to export: run the denoiser first", error=True)
+        vol = self._denoised_volume()
+        if vol is None:
             return []
         from ..io.dicom_write import denoised_description, write_dicom_series
 
         src = self._last["layer"]
-        vol = volume_from_layer(
-            data,
-            tuple(src.scale),
-            tuple(src.translate),
-            dict(src.metadata),
-            f"{src.name} denoised",
-            first_slice=self._last["first"],
-        )
         base = src.metadata.get("series_description") or src.name
         desc = denoised_description(base, self._last["labels"][0] or "", self._last.get("remove_sd"))
         try:
@@ -724,6 +744,12 @@ class DenoiseDetectWidget(QWidget):
         return out
 
     def _export_dicom_dialog(self) -> None:
+        """A NIfTI file for a NIfTI source, else an empty folder for a DICOM series."""
+        if self._last is not None and self._last["layer"].metadata.get("format") == "nifti":
+            path, _ = QFileDialog.getSaveFileName(self, "Save the denoised volume", "", "NIfTI (*.nii.gz *.nii)")
+            if path:
+                self.export_nifti(path)
+            return
         folder = QFileDialog.getExistingDirectory(self, "Empty folder for the denoised DICOM series")
         if folder:
             self.export_dicom(folder)
