@@ -698,12 +698,12 @@ def noise_md(result: dict) -> list[str]:
 def by_slice_md(result: dict) -> list[str]:
     """Mean PSNR per slice (over seeds) of every row, one line per (noise model, dose, row)."""
     tables = result["tables"]
-    names = next(iter(tables.values()))[1]["psnr_by_slice"].keys()
+    names = next(r for r in next(iter(tables.values())) if "psnr_by_slice" in r)["psnr_by_slice"].keys()
     lines = ["## PSNR by slice (dB, mean over seeds)", "", "| noise, dose | row | " + " | ".join(names) + " |",
              "|---|---|" + "---|" * len(names)]  # fmt: skip
     for key, rows in tables.items():
         model, dose = key.split("@")
-        for row in rows[1:]:
+        for row in (r for r in rows if "psnr_by_slice" in r):  # the low-dose input and the methods
             cells = " | ".join(f"{row['psnr_by_slice'][n]:.2f}" for n in names)
             lines.append(f"| {model} {float(dose) * 100:g}% | {row['name']} | {cells} |")
     return lines + [""]
