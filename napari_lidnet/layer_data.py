@@ -155,7 +155,8 @@ def removed_noise_kwargs(noise: np.ndarray) -> dict[str, Any]:
     """
     lim = float(max(1.0, NOISE_SDS * np.std(noise)))
     colormap = {  # napari builds the Colormap from this spec
-        "colors": [(*NOISE_LOWERED, 1.0), (0.0, 0.0, 0.0, 0.0), (*NOISE_RAISED, 1.0)],
+        # input - denoised < 0: the denoiser raised HU there (red); > 0: it lowered them (blue)
+        "colors": [(*NOISE_RAISED, 1.0), (0.0, 0.0, 0.0, 0.0), (*NOISE_LOWERED, 1.0)],
         "controls": [0.0, 0.5, 1.0],
         "name": "removed noise",  # short: napari lists it in the layer controls
     }

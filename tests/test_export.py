@@ -128,3 +128,16 @@ def test_nifti_export_keeps_geometry(make_napari_viewer, qtbot, tmp_path: Path, 
     before = out.read_bytes()
     assert widget.export_nifti(out) is None and "NIfTI export failed" in widget.status.text()
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.glob("*.nii*")) == ["ct.nii.gz", "den.nii.gz"]
+
+
+def test_an_oblique_single_slice_exports_with_its_tilt_and_position(make_napari_viewer, qtbot, tmp_path: Path, model_dir: Path) -> None:  # noqa: F811,E501
+    viewer = make_napari_viewer()
+    layer, vol = add_dicom_layer(viewer, dicom_ct(tmp_path / "src", n=1))
+    assert layer.ndim == 2 and not np.allclose(vol.direction, np.eye(3))
+    widget = make_widget(viewer, qtbot)
+    widget.detector_combo.setCurrentText("(none)")
+    run_and_wait(widget, qtbot)
+    back = read_nifti(widget.export_nifti(tmp_path / "slice.nii.gz"))
+    np.testing.assert_allclose(back.direction, vol.direction, atol=1e-6)
+    np.testing.assert_allclose(back.metadata["slice_ipp"][0], vol.metadata["slice_ipp"][0], atol=1e-4)
+    np.testing.assert_allclose(back.affine(), vol.affine(), atol=1e-4)

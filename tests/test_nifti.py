@@ -70,9 +70,34 @@ def test_write_then_read_is_the_same_volume(tmp_path: Path) -> None:
     np.testing.assert_allclose(back.affine(), vol.affine(), atol=1e-5)
     with pytest.raises(FileExistsError):
         write_nifti(tmp_path / "den.nii.gz", vol)  # outputs never overwrite
-    single = read_nifti(write_nifti(tmp_path / "one.nii", replace(vol, hu=vol.hu[0], spacing=(0.6, 0.7),
-                                                                   origin=(-90.0, -110.0))))  # fmt: skip
+    one = replace(vol, hu=vol.hu[0], spacing=(0.6, 0.7), origin=(-90.0, -110.0),
+                  metadata={"slice_ipp": [[-110.0, -90.0, 40.0]], "slice_thickness": 2.5})  # fmt: skip
+    single = read_nifti(write_nifti(tmp_path / "one.nii", one))
     assert single.hu.shape == (8, 10) and single.spacing == pytest.approx((0.6, 0.7))
+    assert single.metadata["slice_ipp"] == [pytest.approx([-110.0, -90.0, 40.0])]  # where the slice lies
+    assert single.metadata["slice_thickness"] == pytest.approx(2.5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["den.nii.gz", "one.nii"]  # no temporary left
+
+
+def test_a_single_coronal_slice_reads_in_its_plane_head_up(tmp_path: Path) -> None:
+    data = np.arange(6 * 5, dtype=np.float32).reshape(6, 1, 5)  # (i, j: one voxel, k)
+    affine = np.array([[-0.8, 0, 0, 50], [0, 3.0, 0, -20], [0, 0, 0.9, -300], [0, 0, 0, 1]])  # i to L, k to S
+    nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "coronal.nii.gz"))
+    vol = read_nifti(tmp_path / "coronal.nii.gz")
+    assert vol.hu.shape == (5, 6)  # rows: superior first (to the feet), columns: to the patient's left
+    np.testing.assert_array_equal(vol.hu, data[:, 0, ::-1].T)
+    np.testing.assert_allclose(vol.direction[:, :2], [[1, 0], [0, 0], [0, -1]], atol=1e-9)  # x -> L, y -> I
+    assert vol.spacing == pytest.approx((0.9, 0.8)) and vol.metadata["slice_thickness"] == pytest.approx(3.0)
+
+
+def test_sheared_volume_keeps_its_geometry_in_the_sform(tmp_path: Path) -> None:
+    tilt = np.radians(20)  # gantry tilt: slices step along y as well as z
+    vol = CTVolume(synthetic_hu((3, 6, 7), seed=6), (2.0, 0.7, 0.7),
+                   direction=np.array([[1, 0, 0], [0, 1, np.sin(tilt)], [0, 0, np.cos(tilt)]]))  # fmt: skip
+    out = write_nifti(tmp_path / "tilt.nii.gz", vol)
+    hdr = nib.load(str(out)).header
+    assert int(hdr["sform_code"]) == 1 and int(hdr["qform_code"]) == 0  # a qform cannot hold the shear
+    np.testing.assert_allclose(read_nifti(out).affine(), vol.affine(), atol=1e-5)
 
 
 def test_bad_files_get_one_line(tmp_path: Path) -> None:
@@ -83,6 +108,21 @@ def test_bad_files_get_one_line(tmp_path: Path) -> None:
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 3, 2), np.float32), np.eye(4)), str(tmp_path / "fmri.nii"))
     with pytest.raises(ValueError, match="4-D NIfTI"):
         open_ct(tmp_path / "fmri.nii")
+    nib.save(nib.Nifti1Image(np.ones((32, 32, 8), np.float32), np.eye(4)), str(tmp_path / "whole.nii.gz"))
+    (tmp_path / "cut.nii.gz").write_bytes((tmp_path / "whole.nii.gz").read_bytes()[:-200])  # a truncated download
+    with pytest.raises(ValueError, match="cut.nii.gz: not a readable NIfTI") as err:
+        open_ct(tmp_path / "cut.nii.gz")
+    assert "\n" not in str(err.value)
+
+
+def test_a_header_without_orientation_is_flagged(tmp_path: Path) -> None:
+    img = nib.Nifti1Image(np.zeros((8, 8, 3), np.float32), np.diag([0.7, 0.7, 2.5, 1]))
+    img.set_qform(None, code=0)
+    img.set_sform(None, code=0)
+    nib.save(img, str(tmp_path / "bare.nii"))
+    vol = read_nifti(tmp_path / "bare.nii")
+    assert vol.metadata["orientation_unknown"] and "no patient orientation" in vol.metadata["warnings"][0]
+    assert vol.spacing == pytest.approx((2.5, 0.7, 0.7))
 
 
 def test_plugin_reader_and_cli_take_nifti(dicom_volume: CTVolume, tmp_path: Path, monkeypatch) -> None:

@@ -29,15 +29,26 @@ def test_direction_letters(vector, letters) -> None:
     assert direction_letters(vector) == letters
 
 
+def letters_of(affine, down_axis: int, right_axis: int, flip_down: bool = False) -> dict[str, str]:
+    """Edge letters when array axis ``down_axis`` runs down the screen and ``right_axis`` to the right."""
+    aff = np.asarray(affine)
+    return edge_letters(aff[:3, down_axis] * (-1 if flip_down else 1), aff[:3, right_axis])
+
+
 def test_edge_letters_of_standard_prone_and_single_slice_geometry() -> None:
     supine = CTVolume(np.zeros((3, 4, 5)), (2.5, 0.7, 0.8))  # identity cosines: rows run L, columns P, slices S
-    assert edge_letters(supine.affine(), 1, 2) == AXIAL
-    assert edge_letters(supine.affine(), 1, 2, flip_down=True) == {**AXIAL, "top": "P", "bottom": "A"}
-    assert edge_letters(supine.affine(), 0, 2) == {"top": "I", "bottom": "S", "left": "R", "right": "L"}  # coronal
+    assert letters_of(supine.affine(), 1, 2) == AXIAL
+    assert letters_of(supine.affine(), 1, 2, flip_down=True) == {**AXIAL, "top": "P", "bottom": "A"}
+    assert letters_of(supine.affine(), 0, 2) == {"top": "I", "bottom": "S", "left": "R", "right": "L"}  # coronal
     prone = CTVolume(np.zeros((3, 4, 5)), (2.5, 0.7, 0.8), direction=np.diag([-1.0, -1.0, 1.0]))
-    assert edge_letters(prone.affine(), 1, 2) == {"top": "P", "bottom": "A", "left": "L", "right": "R"}
+    assert letters_of(prone.affine(), 1, 2) == {"top": "P", "bottom": "A", "left": "L", "right": "R"}
     single = CTVolume(np.zeros((4, 5)), (0.7, 0.8))  # a 2D slice: affine columns still (z, y, x)
-    assert edge_letters(single.affine(), 1, 2) == AXIAL
+    assert letters_of(single.affine(), 1, 2) == AXIAL
+
+
+def add(viewer, vol: CTVolume):
+    data, kwargs, _ = volume_to_layer_tuple(vol)
+    return viewer.add_image(data, **kwargs)
 
 
 def shown(viewer) -> dict[str, str]:
@@ -59,12 +70,15 @@ def test_letters_follow_the_series_the_view_and_the_switch(make_napari_viewer, q
     assert shown(viewer) == {"top": "P", "bottom": "A", "left": "L", "right": "R"}  # prone: rows run to the right
     viewer.layers.selection.active = plain  # an active layer without geometry: the top CT that has it
     assert shown(viewer)["right"] == "R"
+    image.scale = (image.scale[0], image.scale[1], -image.scale[2])  # the user mirrors the columns
+    assert shown(viewer)["right"] == "L" and shown(viewer)["left"] == "R"
+    image.scale = (image.scale[0], image.scale[1], -image.scale[2])
 
     viewer.dims.order = (1, 0, 2)  # coronal-like: slices down the screen (superior as the index grows)
     assert shown(viewer) == {"top": "I", "bottom": "S", "left": "L", "right": "R"}
-    viewer.camera.orientation2d = ("up", "right")  # napari shows the vertical axis reversed: head at the top
+    viewer.scene.camera.orientation2d = ("up", "right")  # napari shows the vertical axis reversed: head at the top
     assert shown(viewer)["top"] == "S"
-    viewer.camera.orientation2d = ("down", "right")
+    viewer.scene.camera.orientation2d = ("down", "right")
     viewer.dims.order = (0, 1, 2)
     viewer.dims.ndisplay = 3
     assert shown(viewer) == {}
@@ -81,4 +95,22 @@ def test_letters_follow_the_series_the_view_and_the_switch(make_napari_viewer, q
     assert not room.orientation.enabled and shown(viewer) == {}
     widget.orientation_check.setChecked(True)
     image.visible = False
+    assert shown(viewer) == {}
+
+
+def test_letters_describe_the_layer_on_screen(make_napari_viewer, tmp_path: Path) -> None:
+    """The top visible CT layer names the edges, a 2-D slice in a 3-D viewer included; a file that gave no
+    orientation gets none."""
+    viewer = make_napari_viewer()
+    ReadingRoom.install(viewer)
+    supine = CTVolume(np.zeros((3, 8, 8), np.float32), (2.5, 0.7, 0.7), name="supine")
+    prone = CTVolume(np.zeros((8, 8), np.float32), (0.7, 0.7), direction=np.diag([-1.0, -1.0, 1.0]), name="prone")
+    low = add(viewer, supine)
+    top = add(viewer, prone)  # 2-D, on top, over all slices
+    viewer.layers.selection.active = low
+    assert shown(viewer) == {"top": "P", "bottom": "A", "left": "L", "right": "R"}  # what is on screen
+    top.visible = False
+    assert shown(viewer) == AXIAL
+    low.metadata = {**low.metadata, "orientation_unknown": True}
+    viewer.layers.selection.active = top  # (metadata has no event: any layer change redraws)
     assert shown(viewer) == {}

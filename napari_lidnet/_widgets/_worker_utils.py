@@ -174,15 +174,16 @@ def volume_from_layer(
     meta = slice_metadata(meta, first_slice, n_slices(hu))
     spacing = tuple(float(s) for s in scale)
     aff = metadata.get("affine_lps")
-    if aff is None or hu.ndim != 3 or np.shape(aff) != (4, 4):
+    if aff is None or np.shape(aff) != (4, 4):
         origin = slice_translate(spacing, translate, first_slice) if hu.ndim == 3 else tuple(translate)
         return CTVolume(hu, spacing, tuple(float(t) for t in origin), None, name=name, metadata=meta)
     aff = np.asarray(aff, dtype=float)
+    spacing3 = spacing if hu.ndim == 3 else (1.0, *spacing)  # a slice's affine keeps a unit z column
     direction = np.zeros((3, 3))
     for col, axis in enumerate((2, 1, 0)):  # affine columns are the z, y, x array axes
-        direction[:, axis] = aff[:3, col] / spacing[col]
-    origin_xyz = aff[:3, 3] + first_slice * aff[:3, 0]
-    return CTVolume(hu, spacing, tuple(origin_xyz[::-1]), direction, name=name, metadata=meta)
+        direction[:, axis] = aff[:3, col] / spacing3[col]
+    origin_zyx = tuple((aff[:3, 3] + first_slice * aff[:3, 0])[::-1])
+    return CTVolume(hu, spacing, origin_zyx[3 - hu.ndim :], direction, name=name, metadata=meta)
 
 
 @dataclass

@@ -746,7 +746,8 @@ class DenoiseDetectWidget(QWidget):
     def _export_dicom_dialog(self) -> None:
         """A NIfTI file for a NIfTI source, else an empty folder for a DICOM series."""
         if self._last is not None and self._last["layer"].metadata.get("format") == "nifti":
-            path, _ = QFileDialog.getSaveFileName(self, "Save the denoised volume", "", "NIfTI (*.nii.gz *.nii)")
+            path, _ = QFileDialog.getSaveFileName(self, "Save the denoised volume", "", "NIfTI (*.nii.gz *.nii)",
+                                                  options=QFileDialog.Option.DontConfirmOverwrite)  # never replaced
             if path:
                 self.export_nifti(path)
             return
@@ -755,7 +756,8 @@ class DenoiseDetectWidget(QWidget):
             self.export_dicom(folder)
 
     def _export_boxes_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save lesion boxes", "", "CSV (*.csv);;JSON (*.json)")
+        path, _ = QFileDialog.getSaveFileName(self, "Save lesion boxes", "", "CSV (*.csv);;JSON (*.json)",
+                                              options=QFileDialog.Option.DontConfirmOverwrite)  # never replaced
         if path:
             self.export_boxes(path)
 

@@ -1,9 +1,10 @@
 """Patient-orientation letters (R/L, A/P, S/I) at the canvas edges, as every CT console shows them.
 
-They describe the CT layer in view (the active one, else the top visible CT layer) from the DICOM geometry the reader
-left in its metadata (``affine_lps``) and follow what napari displays: the two displayed axes (axial, coronal or
-sagittal after a dims roll), a camera that shows an axis reversed, a negative layer scale. They hide in 3D, and when
-no CT layer carries patient geometry (an array or a PNG has none: a guess would be worse than no letter). Drawn as
+They describe the CT layer on screen (the top visible CT layer with geometry) from the DICOM or NIfTI geometry the
+reader left in its metadata (``affine_lps``) and follow what napari displays: the two displayed axes (axial, coronal
+or sagittal after a dims roll), a camera that shows an axis reversed, the layer's own scale, rotation, shear and
+affine. They hide in 3D, and when no CT layer carries patient geometry (an array or a PNG has none, a NIfTI header
+may give none: a guess would be worse than no letter). Drawn as
 napari canvas text overlays, at the canvas edges, so they never cover the middle of the image.
 """
 
@@ -24,9 +25,15 @@ FONT_SIZE = 14
 
 
 def _geometry(layer: Any) -> np.ndarray | None:
-    aff = np.asarray((getattr(layer, "metadata", None) or {}).get("affine_lps", np.zeros(0)), dtype=float)
-    return aff if aff.shape == (4, 4) and np.all(np.isfinite(aff)) else None
+    """The layer's index -> patient LPS affine, None without one or when the file gave no orientation."""
+    meta = getattr(layer, "metadata", None) or {}
+    aff = np.asarray(meta.get("affine_lps", np.zeros(0)), dtype=float)
+    ok = aff.shape == (4, 4) and np.all(np.isfinite(aff)) and not meta.get("orientation_unknown")
+    return aff if ok else None
 
+
+def _camera(viewer: Any) -> Any:
+    return getattr(viewer, "scene", viewer).camera  # viewer.camera before napari 0.9
 
 class OrientationMarkers:
     """The four edge letters of one viewer; ``enabled`` switches them off and on."""
@@ -44,7 +51,7 @@ class OrientationMarkers:
         layers = viewer.layers
         for emitter in (layers.events.inserted, layers.events.removed, layers.events.moved,
                         layers.selection.events.active, viewer.dims.events.order, viewer.dims.events.ndisplay,
-                        viewer.dims.events.ndim, viewer.camera.events.orientation):  # fmt: skip
+                        viewer.dims.events.ndim, _camera(viewer).events.orientation):  # fmt: skip
             emitter.connect(self.update)
         layers.events.inserted.connect(lambda event: self._watch(event.value))
         for layer in layers:
@@ -52,7 +59,10 @@ class OrientationMarkers:
         self.update()
 
     def _watch(self, layer: Any) -> None:
-        layer.events.visible.connect(self.update)
+        for name in ("visible", "scale", "translate", "rotate", "shear", "affine"):
+            emitter = getattr(layer.events, name, None)
+            if emitter is not None:
+                emitter.connect(self.update)
 
     @property
     def enabled(self) -> bool:
@@ -64,11 +74,8 @@ class OrientationMarkers:
         self.update()
 
     def layer(self) -> Any | None:
-        """The CT layer the letters describe: the active one, else the top visible one with patient geometry."""
+        """The CT layer the letters describe: the top visible one with patient geometry (the one on screen)."""
         candidates = [ly for ly in self.viewer.layers if is_ct_image(ly) and ly.visible and _geometry(ly) is not None]
-        active = self.viewer.layers.selection.active
-        if active in candidates:
-            return active
         return candidates[-1] if candidates else None
 
     def letters(self) -> dict[str, str] | None:
@@ -78,19 +85,19 @@ class OrientationMarkers:
         if layer is None or dims.ndisplay != 2:
             return None
         offset = dims.ndim - layer.ndim  # a layer of fewer dims sits on the viewer's last ones
-        down, right = (int(w) - offset for w in dims.displayed)
-        if min(down, right) < 0:
+        axes = [int(w) - offset for w in dims.displayed]  # (down, right) in the layer's own dims
+        if min(axes) < 0:
             return None
-        scale = np.asarray(layer.scale, dtype=float)
-        vertical, horizontal = (str(v) for v in getattr(self.viewer.camera, "orientation2d", ("down", "right")))
-        shift = 3 - layer.ndim  # affine_lps columns are (z, y, x) even for a single slice
-        return edge_letters(
-            _geometry(layer),
-            down + shift,
-            right + shift,
-            flip_down=(vertical == "up") != (scale[down] < 0),
-            flip_right=(horizontal == "left") != (scale[right] < 0),
-        )
+        aff = _geometry(layer)
+        origin = np.asarray(layer.world_to_data(np.zeros(layer.ndim)), dtype=float)
+        vectors = []
+        for axis, flipped in zip(axes, (o in ("up", "left") for o in _camera(self.viewer).orientation2d)):
+            step = np.zeros(layer.ndim)
+            step[axis] = -1.0 if flipped else 1.0
+            index = np.asarray(layer.world_to_data(step), dtype=float) - origin  # scale, rotate, affine, shear
+            zyx = np.concatenate([np.zeros(3 - layer.ndim), index])  # affine_lps columns are (z, y, x)
+            vectors.append(aff[:3, :3] @ zyx)
+        return edge_letters(*vectors)
 
     def update(self, event: Any = None) -> None:
         """Redraw the letters (connected to every change of layers, displayed axes and camera orientation)."""

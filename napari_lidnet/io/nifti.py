@@ -9,13 +9,14 @@ and spacing. ``write_nifti`` writes a CTVolume back: float32 HU, its LPS geometr
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .checks import check_image_shape, one_line
-from .volume import CTVolume
+from .volume import CTVolume, per_slice
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: patient LPS from NIfTI RAS+ (and back: the matrix is its own inverse)
@@ -35,72 +36,117 @@ def nifti_stem(path: str | Path) -> str:
     return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
 
 
-def _load(path: Path) -> Any:
+def _load(path: Path) -> tuple[Any, np.ndarray]:
+    """(nibabel image, float32 data with trailing 1-long axes dropped); ValueError naming the file otherwise."""
     import nibabel as nib
 
     try:
         img = nib.load(str(path))
         shape = tuple(int(v) for v in img.shape)
-    except Exception as exc:  # nibabel, gzip and numpy raise many types on broken files
+        while len(shape) > 3 and shape[-1] == 1:
+            shape = shape[:-1]
+        if len(shape) > 3:
+            raise ValueError(f"{path}: a {len(shape)}-D NIfTI image {shape}; a CT is one 3-D volume or a 2-D slice")
+        data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape + (1,) * (3 - len(shape)))
+    except ValueError as exc:
+        if str(path) in str(exc):
+            raise
+        raise ValueError(f"{path}: not a readable NIfTI file ({one_line(str(exc))})") from exc
+    except Exception as exc:  # nibabel, gzip, zlib and numpy raise many types on broken or truncated files
         raise ValueError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {one_line(str(exc))})") from exc
-    while len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
-    if len(shape) > 3:
-        raise ValueError(f"{path}: a {len(shape)}-D NIfTI image {shape}; a CT is one 3-D volume or a 2-D slice")
-    return img
+    return img, data
+
+
+#: array axes (x, y, z) of a single slice by the patient axis its 1-voxel axis lies along: rows run to the
+#: posterior (axial) or to the feet (coronal, sagittal), as film and consoles show them
+PLANE_AXES = {0: ("P", "I", "L"), 1: ("L", "I", "P"), 2: LPS_AXES}
+
+
+def _target_axes(shape: tuple[int, ...], affine: np.ndarray) -> tuple[str, str, str]:
+    """LPS_AXES for a volume; for a single slice the axes of its plane, its 1-voxel axis becoming z."""
+    from nibabel.orientations import io_orientation
+
+    flat = [k for k in range(3) if shape[k] == 1]
+    if len(flat) != 1:
+        return LPS_AXES
+    return PLANE_AXES[int(io_orientation(affine)[flat[0], 0])]
 
 
 def read_nifti(path: str | Path) -> CTVolume:
-    """A NIfTI file as a CTVolume in HU, axes (z, y, x) closest to (superior, posterior, left)."""
+    """A NIfTI file as a CTVolume in HU, axes (z, y, x) closest to (superior, posterior, left); a single slice in
+    its own plane (``PLANE_AXES``), with its position and thickness in ``slice_ipp`` / ``slice_thickness``."""
     import nibabel as nib
     from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    img = _load(path)
-    data = np.asarray(img.get_fdata(dtype=np.float32))
-    data = data.reshape(data.shape[:3]) if data.ndim > 3 else data  # trailing 1-long axes (checked by _load)
-    while data.ndim < 3:
-        data = data[..., None]
-    img = nib.Nifti1Image(data, img.affine)
-    img = img.as_reoriented(ornt_transform(io_orientation(img.affine), axcodes2ornt(LPS_AXES)))
+    src, data = _load(path)
+    img = nib.Nifti1Image(data, src.affine)
+    target = _target_axes(data.shape, img.affine)
+    img = img.as_reoriented(ornt_transform(io_orientation(img.affine), axcodes2ornt(target)))
     hu = np.ascontiguousarray(np.asarray(img.dataobj, dtype=np.float32).transpose(2, 1, 0))  # (x, y, z) -> (z, y, x)
     check_image_shape(hu.shape, hu.dtype, str(path))
     aff = LPS_FROM_RAS @ np.asarray(img.affine, dtype=float)
     spacing_xyz = np.linalg.norm(aff[:3, :3], axis=0)
-    notes = []
+    notes: list[str] = []
+    meta: dict[str, Any] = {"format": "nifti", "source": str(path), "warnings": notes}
     if not np.all(np.isfinite(spacing_xyz) & (spacing_xyz > 0)):
         notes.append(f"{path.name}: the header's voxel size is unusable; sizes in mm assume 1 mm voxels")
         aff[:3, :3], spacing_xyz = np.eye(3), np.ones(3)
+    if not (int(src.header.get("qform_code", 0)) or int(src.header.get("sform_code", 0))):
+        notes.append(f"{path.name}: the header gives no patient orientation (qform and sform codes 0)")
+        meta["orientation_unknown"] = True  # no R/L letters from a guess
     direction = aff[:3, :3] / spacing_xyz
     sx, sy, sz = (float(v) for v in spacing_xyz)
     px, py, pz = (float(v) for v in aff[:3, 3])
-    meta = {"format": "nifti", "source": str(path), "warnings": notes}
     name = nifti_stem(path)
     if hu.shape[0] == 1:
+        meta.update(slice_ipp=[[px, py, pz]], slice_thickness=sz)
         return CTVolume(hu[0], (sy, sx), (py, px), direction, name=name, metadata=meta)
     return CTVolume(hu, (sz, sy, sx), (pz, py, px), direction, name=name, metadata=meta)
 
 
+def _index_to_ras(volume: CTVolume) -> np.ndarray:
+    """4x4 from NIfTI index (i, j, k) = array (x, y, z) to RAS mm; a single slice placed by its own position and
+    thickness when the metadata holds them (``slice_ipp``, ``slice_thickness``, as the readers leave them)."""
+    aff = volume.affine()
+    if volume.hu.ndim == 2:
+        ipp = per_slice(volume.metadata, "slice_ipp", 1)
+        if ipp is not None and np.shape(ipp[0]) == (3,):
+            aff[:3, 3] = np.asarray(ipp[0], dtype=float)
+        aff[:3, 0] = volume.direction[:, 2] * float(volume.metadata.get("slice_thickness") or 1.0)
+    return LPS_FROM_RAS @ aff[:, [2, 1, 0, 3]]
+
+
 def write_nifti(out: str | Path, volume: CTVolume) -> Path:
-    """Write ``volume`` as a new NIfTI file (float32 HU, RAS+ affine from its LPS geometry); never replaces a file,
-    and a failed write leaves none."""
+    """Write ``volume`` as a new NIfTI file: float32 HU, its LPS geometry as a RAS+ sform (and qform when the axes
+    are orthogonal: a qform cannot hold a gantry-tilt shear). Never replaces a file; written under a temporary name
+    and linked into place, so an interrupted write leaves no file under ``out``."""
     import nibabel as nib
 
     out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; outputs never overwrite: choose a new path")
     hu = volume.hu if volume.hu.ndim == 3 else volume.hu[None]
-    affine = LPS_FROM_RAS @ volume.affine()[:, [2, 1, 0, 3]]  # index (x, y, z) -> RAS
+    affine = _index_to_ras(volume)
     img = nib.Nifti1Image(np.ascontiguousarray(hu.transpose(2, 1, 0), dtype=np.float32), affine)
-    img.set_qform(affine, code=1)  # scanner anatomical
-    img.set_sform(affine, code=1)
+    cols = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    img.set_sform(affine, code=1)  # scanner anatomical
+    img.set_qform(affine, code=1 if np.allclose(cols.T @ cols, np.eye(3), atol=1e-6) else 0)
     img.header.set_xyzt_units("mm")
     img.header["descrip"] = b"napari-lidnet"
-    with open(out, "xb"):  # exclusive: claims the name, refuses an existing file
-        pass
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}{''.join(out.suffixes)}")
     try:
-        nib.save(img, str(out))
-    except BaseException:
-        out.unlink(missing_ok=True)
-        raise
+        nib.save(img, str(tmp))
+        try:
+            os.link(tmp, out)  # fails, replacing nothing, when out appeared meanwhile
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links
+            if out.exists():
+                raise FileExistsError(f"{out} already exists; outputs never overwrite: choose a new path") from None
+            os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out

@@ -30,17 +30,10 @@ def direction_letters(vector: Any) -> str:
     return "".join(LPS_LETTERS[i][int(v[i] > 0)] for i in order if abs(v[i]) >= OBLIQUE_MIN)
 
 
-def edge_letters(
-    affine_lps: Any, down_axis: int, right_axis: int, flip_down: bool = False, flip_right: bool = False
-) -> dict[str, str]:
-    """Letters at the screen edges when array axis ``down_axis`` runs down the screen and ``right_axis`` to the right.
-
-    ``affine_lps`` is the 4x4 map from array index (z, y, x, 1) to patient LPS millimetres (``CTVolume.affine``);
-    axes count in that (z, y, x) order. ``flip_*``: the viewer shows that axis reversed (up, or to the left).
-    """
-    aff = np.asarray(affine_lps, dtype=float)
-    down = aff[:3, down_axis] * (-1 if flip_down else 1)
-    right = aff[:3, right_axis] * (-1 if flip_right else 1)
+def edge_letters(down: Any, right: Any) -> dict[str, str]:
+    """Letters at the screen edges, given the patient-space (LPS) directions in which the screen's rows run down
+    (``down``) and its columns run right (``right``)."""
+    down, right = np.asarray(down, dtype=float), np.asarray(right, dtype=float)
     return {
         "top": direction_letters(-down),
         "bottom": direction_letters(down),
