@@ -1,9 +1,10 @@
-"""Whole folders of DICOM series in one command, one output per series, resumable.
+"""Whole folders of DICOM series and NIfTI files in one command, one output per series or file, resumable.
 
 Each series' output is written under a temporary name and renamed when complete, so an output that exists is
 finished: a re-run skips it, and a run interrupted half-way redoes only what was not finished (leftover partial
 outputs are removed first). Output names are stable and unique: ``<description>_<12 hex digits of the SHA-256 of
-the series UID>``; two series that would still share a name are refused before anything is written. A series that
+the series UID>`` (for a NIfTI file: its name and its path under the input folder; its denoised output is a
+``.nii.gz``); two inputs that would still share a name are refused before anything is written. A series that
 cannot be read (or is not CT, or holds NaN) is reported in ``BatchReport.failed`` while the others are processed.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from napari_lidnet.io.checks import check_finite, one_line
+from napari_lidnet.io.nifti import is_nifti, nifti_stem
 from napari_lidnet.strength import check_remove_sd
 
 PARTIAL = ".partial-"
@@ -63,9 +65,11 @@ class _SeriesReader:
 
     def __getitem__(self, i: int):
         from napari_lidnet.io.dicom_read import read_series
+        from napari_lidnet.io.nifti import read_nifti
 
+        source = self.todo[i][1]
         try:
-            vol = read_series(self.todo[i][1], source=self.root)
+            vol = read_nifti(source) if isinstance(source, Path) else read_series(source, source=self.root)
             check_finite(vol.hu, f"series {self.todo[i][2]!r} ({vol.metadata.get('series_uid', '')})")
         except (ValueError, OSError) as exc:
             return i, one_line(str(exc))
@@ -83,27 +87,37 @@ def _prepare_out_dir(root: str | Path, out_dir: Path) -> None:
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
 
-def _plan(scan: Any, out_dir: Path, task: str, report: BatchReport, progress: Progress | None) -> list:
-    """(final output, headers, description) of every series still to do; finished ones go to ``report.skipped``,
-    non-CT ones to ``report.failed``. Refuses two series that would share an output name."""
-    todo, names = [], {}
-    for uid, headers in sorted(scan.series.items()):
+def _inputs(series: dict, niftis: list[Path], root: Path) -> list[tuple[str, Any, str, str]]:
+    """(key, source, description, modality) of every input: DICOM series (source: their headers) by UID, then NIfTI
+    files (source: the path) by their path under ``root``."""
+    items = []
+    for uid, headers in sorted(series.items()):
         ds0 = headers[0].ds
-        desc = str(ds0.get("SeriesDescription", "") or "")
-        name = output_name(desc, uid)
+        items.append((uid, headers, str(ds0.get("SeriesDescription", "") or ""), str(ds0.get("Modality", "") or "")))
+    for path in niftis:
+        items.append((path.relative_to(root).as_posix(), path, nifti_stem(path), "CT"))
+    return items
+
+
+def _plan(items: list, out_dir: Path, task: str, report: BatchReport, progress: Progress | None) -> list:
+    """(final output, source, description) of every input still to do; finished ones go to ``report.skipped``,
+    non-CT ones to ``report.failed``. Refuses two inputs that would share an output name."""
+    todo, names = [], {}
+    for key, source, desc, modality in items:
+        name = output_name(desc, key)
         if name.casefold() in names:
-            raise ValueError(f"series {names[name.casefold()]} and {uid} would both be written as {name}; nothing done")
-        names[name.casefold()] = uid
-        modality = str(ds0.get("Modality", "") or "")
-        final = out_dir / (name if task == "denoise" else f"{name}.csv")
+            raise ValueError(f"series {names[name.casefold()]} and {key} would both be written as {name}; nothing done")
+        names[name.casefold()] = key
+        suffix = ".csv" if task == "detect" else ".nii.gz" if isinstance(source, Path) else ""
+        final = out_dir / f"{name}{suffix}"
         if modality not in CT_MODALITIES:
-            report.failed.append(f"series {desc!r} ({uid}): modality {modality!r} is not CT; not processed")
+            report.failed.append(f"series {desc!r} ({key}): modality {modality!r} is not CT; not processed")
         elif final.exists():
             report.skipped.append(final)
             if progress:
-                progress(len(report.skipped), len(scan.series), f"{final.name} (already complete)")
+                progress(len(report.skipped), len(items), f"{final.name} (already complete)")
         else:
-            todo.append((final, headers, desc))
+            todo.append((final, source, desc))
     return todo
 
 
@@ -115,10 +129,14 @@ def _write_one(
     from napari_lidnet.inference import denoise, detect
     from napari_lidnet.io.boxes_io import slice_columns, write_boxes_csv
     from napari_lidnet.io.dicom_write import denoised_description, write_dicom_series
+    from napari_lidnet.io.nifti import write_nifti
     from napari_lidnet.io.volume import n_slices
 
     if task == "denoise":
         hu = denoise(model, vol.hu, device=device, remove_sd=remove_sd)
+        if is_nifti(partial):
+            write_nifti(partial, replace(vol, hu=hu.astype(np.float32)))
+            return
         description = denoised_description(desc, model_name, remove_sd)
         write_dicom_series(replace(vol, hu=hu.astype(np.float32)), partial, series_description=description)
     else:
@@ -138,8 +156,9 @@ def run_batch(
     workers: int = 0,
     remove_sd: float | None = None,
 ) -> BatchReport:
-    """Denoise (``task="denoise"``: a DICOM series folder per input series) or detect (``"detect"``: a CSV per
-    series) every image series under ``root`` into ``out_dir``; finished outputs are skipped.
+    """Denoise (``task="denoise"``: a DICOM series folder per input series, a .nii.gz per NIfTI file) or detect
+    (``"detect"``: a CSV per input) every image series and NIfTI file under ``root`` into ``out_dir``; finished
+    outputs are skipped.
 
     ``workers`` DataLoader processes read and decode the next series while the model runs on the current one.
     ``progress(done, total, name)`` is called after each series, skipped and failed ones included.
@@ -154,10 +173,18 @@ def run_batch(
     if workers < 0:
         raise ValueError("workers must be >= 0")
     check_remove_sd(remove_sd)
-    scan = scan_dicom(root)
+    root = Path(root)
+    niftis = sorted(p for p in root.rglob("*") if is_nifti(p) and p.is_file()) if root.is_dir() else []
+    try:
+        series = scan_dicom(root).series
+    except ValueError:
+        if not niftis:
+            raise
+        series = {}  # a folder of NIfTI files only
+    items = _inputs(series, niftis, root)
     out_dir = Path(out_dir)
     report = BatchReport()
-    todo = _plan(scan, out_dir, task, report, progress)  # refuses name collisions before anything is written
+    todo = _plan(items, out_dir, task, report, progress)  # refuses name collisions before anything is written
     _prepare_out_dir(root, out_dir)
     reader = _SeriesReader(todo, Path(root))
     loader = DataLoader(reader, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is)
@@ -169,7 +196,7 @@ def run_batch(
             _run_one(task, vol, final, todo[i][2], report, model, device, threshold, model_name, remove_sd)
         if progress:
             done = len(report.skipped) + len(report.written) + len(report.failed)
-            progress(done, len(scan.series), final.name)
+            progress(done, len(items), final.name)
     return report
 
 

@@ -465,7 +465,7 @@ def _add_denoise(sub: Any) -> None:
     p.add_argument(
         "--all-series",
         action="store_true",
-        help="every DICOM series under INPUT, one series folder each in OUTPUT; resumes, skips finished",
+        help="every DICOM series and NIfTI file under INPUT, one series folder (.nii.gz) each in OUTPUT; resumes",
     )
     p.add_argument("--workers", type=int, default=2, help="with --all-series: processes reading series ahead")
     p.set_defaults(func=_cmd_denoise)
@@ -486,7 +486,7 @@ def _add_detect(sub: Any) -> None:
     p.add_argument(
         "--all-series",
         action="store_true",
-        help="every DICOM series under INPUT, one CSV each in the --out folder; resumes, skips finished",
+        help="every DICOM series and NIfTI file under INPUT, one CSV each in the --out folder; resumes, skips finished",
     )
     p.add_argument("--workers", type=int, default=2, help="with --all-series: processes reading series ahead")
     p.set_defaults(func=_cmd_detect)

@@ -127,3 +127,28 @@ def test_output_names_are_unique_and_safe():
     assert output_name("Thorax 1.5 mm Lunge/Weich", a).startswith("Thorax_1.5_mm_Lunge_Weich_")
     assert output_name("Schädel nativ", a).startswith("Schädel_nativ_")
     assert output_name(".partial-x", a).startswith("partial-x_") and output_name("...", a).startswith("series_")
+
+
+def test_nifti_files_are_inputs_too(archive, tmp_path):
+    """NIfTI files under the archive are processed beside its DICOM series: denoised into .nii.gz with their
+    geometry, one CSV each for detection, skipped when finished, a broken one reported while the rest go on."""
+    from napari_lidnet.io.nifti import read_nifti, write_nifti
+    from napari_lidnet.io.volume import CTVolume
+
+    vol = CTVolume(synthetic_hu((3, 32, 32), seed=7), (2.0, 0.8, 0.8), (10.0, -50.0, -60.0))
+    write_nifti(archive / "chest.nii.gz", vol)
+    (archive / "nested").mkdir()
+    write_nifti(archive / "nested" / "chest.nii.gz", vol)  # the same name elsewhere: its own output
+    (archive / "nested" / "broken.nii.gz").write_bytes(b"not gzip")
+    out = tmp_path / "out"
+    report = run_batch(archive, out, "denoise", _denoiser())
+    niis = sorted(p for p in report.written if p.name.endswith(".nii.gz"))
+    assert len(report.written) == 5 and len(niis) == 2 and niis[0].name != niis[1].name
+    assert len(report.failed) == 1 and "broken.nii.gz" in report.failed[0]
+    back = read_nifti(niis[0])
+    np.testing.assert_allclose(back.affine(), vol.affine(), atol=1e-5)
+    assert back.hu.shape == vol.hu.shape and not np.array_equal(back.hu, vol.hu)
+    again = run_batch(archive, out, "denoise", _denoiser())
+    assert not again.written and len(again.skipped) == 5
+    detected = run_batch(archive, tmp_path / "boxes", "detect", LesionDetector(width=4).eval())
+    assert sorted(p.suffix for p in detected.written) == [".csv"] * 5

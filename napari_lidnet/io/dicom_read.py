@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .checks import check_image_shape, one_line
+from .nifti import is_nifti
 from .volume import CTVolume
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
@@ -108,7 +109,7 @@ def _has_dicm_magic(path: Path) -> bool:
 def _candidate_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
-    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".") and not is_nifti(p))
 
 
 def looks_like_dicom(path: str | Path) -> bool:
