@@ -6,7 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_lidnet.models.denoisers import DENOISERS, REDCNN, DnCNN, FastDenoiser, UNetDenoiser, build_denoiser
+from napari_lidnet.models.denoisers import (
+    DENOISERS,
+    REDCNN,
+    DnCNN,
+    FastDenoiser,
+    UNetDenoiser,
+    build_denoiser,
+    upsample_conv,
+)
 
 TINY = {
     "redcnn": {"width": 4},
@@ -121,3 +129,25 @@ def test_residual_denoisers_start_near_identity_and_learn_to_denoise(arch: str) 
         before = F.mse_loss(noisy, clean).item()
         after = F.mse_loss(model(noisy), clean).item()
     assert after < 0.5 * before
+
+
+@pytest.mark.parametrize(("shape", "channels_last"), [((1, 1, 37, 50), False), ((2, 1, 64, 48), True)])
+def test_unet_inference_path_equals_the_plain_upsample_then_conv(shape: tuple[int, ...], channels_last: bool) -> None:
+    """At inference the unet folds each 3x3 conv into the 2x bilinear upsampling before it (upsample_conv); its
+    output equals the plain path's (the one training differentiates) to float rounding, the image frame included."""
+    torch.manual_seed(3)
+    model = UNetDenoiser(width=8, levels=3).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.2)  # far from identity: every level matters
+    x = torch.randn(shape)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    plain = model(x).detach()  # gradients enabled: the plain path
+    with torch.inference_mode():
+        folded = model(x)
+    assert (plain - x).abs().max() > 1.0  # the network changed the image a lot
+    torch.testing.assert_close(folded, plain, atol=2e-5 * float(plain.abs().max()), rtol=0)
+    y = torch.randn(1, 16, 5, 6)  # the input of up[0]: the level below, twice the width
+    with torch.inference_mode():
+        edge = upsample_conv(y, model.up[0], (10, 12)) - model.up[0](F.interpolate(y, size=(10, 12), mode="bilinear"))
+    assert float(edge.abs().max()) < 1e-5  # the one-pixel frame too
