@@ -151,7 +151,8 @@ def upsample_conv(y: torch.Tensor, conv: nn.Conv2d, size: tuple[int, int]) -> to
     if torch.is_grad_enabled() or tuple(size) != (2 * h, 2 * w) or min(h, w) < 2:
         return conv(F.interpolate(y, size=size, mode="bilinear", align_corners=False))
     stencil = torch.tensor(_BILINEAR_2X, dtype=conv.weight.dtype, device=conv.weight.device)
-    weight = torch.einsum("ocde,pda,qeb->opqcab", conv.weight, stencil, stencil).flatten(0, 2)
+    with torch.autocast(y.device.type, enabled=False):  # fold in the weights' own precision (fp16 AMP: cast later)
+        weight = torch.einsum("ocde,pda,qeb->opqcab", conv.weight, stencil, stencil).flatten(0, 2)
     bias = None if conv.bias is None else conv.bias.repeat_interleave(4)
     out = F.pixel_shuffle(F.conv2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), weight, bias), 2)
 
