@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._viewer import camera, grid
 from .reading_room import ReadingRoom
 
 FLIP_KEY = "f"
@@ -22,15 +23,15 @@ class CompareView:
     @property
     def side_by_side(self) -> bool:
         """Whether the pair is shown in the grid now."""
-        return self._saved is not None and bool(self.viewer.grid.enabled)
+        return self._saved is not None and bool(grid(self.viewer).enabled)
 
     def _remember(self) -> None:
         if self._saved is None:
-            grid, camera, overlay = self.viewer.grid, self.viewer.camera, self._caption
+            grid_, camera_, overlay = grid(self.viewer), camera(self.viewer), self._caption
             self._saved = {
                 "visible": {ly: ly.visible for ly in self.viewer.layers},
-                "grid": (grid.enabled, tuple(grid.shape), grid.stride),
-                "camera": (tuple(camera.center), camera.zoom),
+                "grid": (grid_.enabled, tuple(grid_.shape), grid_.stride),
+                "camera": (tuple(camera_.center), camera_.zoom),
                 "overlay": (overlay.visible, overlay.text, overlay.position),
                 "names": {},
             }
@@ -49,10 +50,10 @@ class CompareView:
         for ly in self.viewer.layers:
             ly.visible = ly in self.pair
         layers = self.viewer.layers
-        grid = self.viewer.grid
-        grid.shape = (1, 2)
-        grid.stride = 1 if layers.index(before) < layers.index(after) else -1
-        grid.enabled = True
+        layout = grid(self.viewer)
+        layout.shape = (1, 2)
+        layout.stride = 1 if layers.index(before) < layers.index(after) else -1
+        layout.enabled = True
         self.viewer.reset_view()  # both images whole, side by side
         for ly in self.pair:  # each image's name over it (also while flipping), tiled with the orientation letter
             self._saved["names"].setdefault(ly, (ly.name_overlay.visible, ly.name_overlay.position))
@@ -76,8 +77,8 @@ class CompareView:
         if not self._valid():
             return None
         self._remember()
-        if self.viewer.grid.enabled:
-            self.viewer.grid.enabled = False
+        if grid(self.viewer).enabled:
+            grid(self.viewer).enabled = False
             self.viewer.reset_view()
         self._caption.visible = False
         before, after = self.pair
@@ -98,13 +99,13 @@ class CompareView:
         if self._saved is None:
             return
         enabled, shape, stride = self._saved["grid"]
-        grid = self.viewer.grid
-        grid.enabled, grid.shape, grid.stride = enabled, shape, stride
+        layout = grid(self.viewer)
+        layout.enabled, layout.shape, layout.stride = enabled, shape, stride
         for ly, visible in self._saved["visible"].items():
             if ly in self.viewer.layers:
                 ly.visible = visible
         center, zoom = self._saved["camera"]
-        self.viewer.camera.center, self.viewer.camera.zoom = center, zoom
+        camera(self.viewer).center, camera(self.viewer).zoom = center, zoom
         self._caption.visible, self._caption.text, self._caption.position = self._saved["overlay"]
         for ly, (visible, position) in self._saved["names"].items():
             ly.name_overlay.visible, ly.name_overlay.position = visible, position

@@ -38,6 +38,7 @@ from ..io.volume import n_slices, per_slice
 from ..layer_data import PIXEL_CENTRE_SHIFT
 from ._docking import DockHome
 from ._roles import DETECTIONS, REVIEWED, ROLE, derived_name, is_ct_image, is_shapes, role
+from ._viewer import camera
 from .reading_room import ReadingRoom
 
 TITLE = "Navigator"  # the dock's tab
@@ -419,7 +420,7 @@ class LesionNavigatorWidget(QWidget):
         centre = centre_world(f, index_to_world(image))  # where napari shows it (the table's centre is the patient's)
         if image.ndim == 3:
             self.viewer.dims.set_point(self.viewer.dims.ndim - 3, float(centre[0]))
-        self.viewer.camera.center = (float(centre[1]), float(centre[2]))
+        camera(self.viewer).center = (float(centre[1]), float(centre[2]))
 
     def _target(self, fid: int | None) -> Finding | None:
         f = self.finding(fid if fid is not None else (self.current_id() if self.current_id() is not None else -1))

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..io.orientation import EDGES, edge_letters
 from ._roles import is_ct_image
+from ._viewer import camera
 
 #: canvas overlay key and position of each edge's letters
 OVERLAY_KEYS = {edge: f"lidnet_orientation_{edge}" for edge in EDGES}
@@ -31,9 +32,6 @@ def _geometry(layer: Any) -> np.ndarray | None:
     ok = aff.shape == (4, 4) and np.all(np.isfinite(aff)) and not meta.get("orientation_unknown")
     return aff if ok else None
 
-
-def _camera(viewer: Any) -> Any:
-    return getattr(viewer, "scene", viewer).camera  # viewer.camera before napari 0.9
 
 class OrientationMarkers:
     """The four edge letters of one viewer; ``enabled`` switches them off and on."""
@@ -51,7 +49,7 @@ class OrientationMarkers:
         layers = viewer.layers
         for emitter in (layers.events.inserted, layers.events.removed, layers.events.moved,
                         layers.selection.events.active, viewer.dims.events.order, viewer.dims.events.ndisplay,
-                        viewer.dims.events.ndim, _camera(viewer).events.orientation):  # fmt: skip
+                        viewer.dims.events.ndim, camera(viewer).events.orientation):  # fmt: skip
             emitter.connect(self.update)
         layers.events.inserted.connect(lambda event: self._watch(event.value))
         for layer in layers:
@@ -91,7 +89,7 @@ class OrientationMarkers:
         aff = _geometry(layer)
         origin = np.asarray(layer.world_to_data(np.zeros(layer.ndim)), dtype=float)
         vectors = []
-        for axis, flipped in zip(axes, (o in ("up", "left") for o in _camera(self.viewer).orientation2d)):
+        for axis, flipped in zip(axes, (o in ("up", "left") for o in camera(self.viewer).orientation2d)):
             step = np.zeros(layer.ndim)
             step[axis] = -1.0 if flipped else 1.0
             index = np.asarray(layer.world_to_data(step), dtype=float) - origin  # scale, rotate, affine, shear

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..io.windowing import window_limits
 from ._roles import is_ct_image
+from ._viewer import grid
 from .orientation_markers import OrientationMarkers
 
 #: number key -> window preset
@@ -125,8 +126,8 @@ class ReadingRoom:
         """The top visible CT layer under a world ``position`` (in grid mode: in the ``viewbox`` cell)."""
         layers = self.viewer.layers
         candidates = [ly for ly in layers if is_ct_image(ly) and ly.visible]
-        if self.viewer.grid.enabled and viewbox is not None:
-            inside = set(self.viewer.grid.contents_at(tuple(viewbox), layers))
+        if grid(self.viewer).enabled and viewbox is not None:
+            inside = set(grid(self.viewer).contents_at(tuple(viewbox), layers))
             candidates = [ly for ly in candidates if layers.index(ly) in inside]
         for ly in reversed(candidates):
             idx = np.asarray(ly.world_to_data(np.asarray(position)[-ly.ndim :]), dtype=float)

@@ -1,0 +1,18 @@
+"""Viewer parts that napari 0.9 moved (``viewer.scene.camera``, ``viewer.canvas.grid``), taken from where the
+installed napari keeps them (the old attributes still work there, with a DeprecationWarning)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def camera(viewer: Any) -> Any:
+    """The viewer's camera model."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
+def grid(viewer: Any) -> Any:
+    """The viewer's grid-mode model."""
+    found = getattr(getattr(viewer, "canvas", None), "grid", None)
+    return found if found is not None else viewer.grid
