@@ -214,7 +214,12 @@ class UNetDenoiser(nn.Module):
             y = down(y)
         y = self.mid(y)
         for k in reversed(range(self.levels)):
-            y = self.dec[k](F.leaky_relu(upsample_conv(y, self.up[k], skips[k].shape[-2:]), 0.1) + skips[k])
+            u = upsample_conv(y, self.up[k], skips[k].shape[-2:])
+            if torch.is_grad_enabled():
+                u = F.leaky_relu(u, 0.1) + skips[k]
+            else:  # inference: in place, one full-size tensor fewer (about 1.05x)
+                u = F.leaky_relu_(u, 0.1).add_(skips[k])
+            y = self.dec[k](u)
         noise = self.tail(y) / self.gain
         return x - noise[..., :h, :w]
 
