@@ -186,7 +186,7 @@ def run_batch(
     report = BatchReport()
     todo = _plan(items, out_dir, task, report, progress)  # refuses name collisions before anything is written
     _prepare_out_dir(root, out_dir)
-    reader = _SeriesReader(todo, Path(root))
+    reader = _SeriesReader(todo, root)
     loader = DataLoader(reader, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is)
     for i, vol in loader:
         final, _headers, _desc = todo[i]

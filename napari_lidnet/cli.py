@@ -250,10 +250,11 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from napari_lidnet.inference import denoise
+    from napari_lidnet.io.arrays import ARRAY_SUFFIXES
     from napari_lidnet.io.nifti import is_nifti
 
     out = Path(args.output)
-    as_file = out.suffix.lower() in (".npy", ".npz", ".tif", ".tiff") or is_nifti(out)
+    as_file = out.suffix.lower() in ARRAY_SUFFIXES or is_nifti(out)
     if not as_file and out.suffix.lower() in NOT_A_SERIES_FOLDER:
         raise ValueError(f"{out}: cannot write {out.suffix} files; give .nii.gz, .npz, .tif, .npy or a folder (DICOM)")
     check_new_output(out, args.input, folder=not as_file)

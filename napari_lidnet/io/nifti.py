@@ -119,6 +119,11 @@ def _index_to_ras(volume: CTVolume) -> np.ndarray:
     return LPS_FROM_RAS @ aff[:, [2, 1, 0, 3]]
 
 
+def _refuse_existing(out: Path) -> None:
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; outputs never overwrite: choose a new path")
+
+
 def write_nifti(out: str | Path, volume: CTVolume) -> Path:
     """Write ``volume`` as a new NIfTI file: float32 HU, its LPS geometry as a RAS+ sform (and qform when the axes
     are orthogonal: a qform cannot hold a gantry-tilt shear). Never replaces a file; written under a temporary name
@@ -126,8 +131,7 @@ def write_nifti(out: str | Path, volume: CTVolume) -> Path:
     import nibabel as nib
 
     out = Path(out)
-    if out.exists():
-        raise FileExistsError(f"{out} already exists; outputs never overwrite: choose a new path")
+    _refuse_existing(out)
     hu = volume.hu if volume.hu.ndim == 3 else volume.hu[None]
     affine = _index_to_ras(volume)
     img = nib.Nifti1Image(np.ascontiguousarray(hu.transpose(2, 1, 0), dtype=np.float32), affine)
@@ -144,8 +148,7 @@ def write_nifti(out: str | Path, volume: CTVolume) -> Path:
         except FileExistsError:
             raise
         except OSError:  # a file system without hard links
-            if out.exists():
-                raise FileExistsError(f"{out} already exists; outputs never overwrite: choose a new path") from None
+            _refuse_existing(out)
             os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
