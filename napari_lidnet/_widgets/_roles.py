@@ -2,8 +2,8 @@
 
 Roles (``layer.metadata["lidnet_role"]``): ``detections`` (the detector's raw boxes), ``reviewed`` (boxes a reader
 accepted, edited or drew in the lesion navigator), ``roi`` (regions made with ROI compare's "New ROI layer"),
-``noise`` (the removed-noise image). CT images in HU carry ``metadata["hu"] = True``; a simulated low-dose image
-names its normal-dose source in ``metadata["normal_dose"]``.
+``noise`` (the removed-noise image), ``calipers`` (measurements: lines labelled in mm). CT images in HU carry
+``metadata["hu"] = True``; a simulated low-dose image names its normal-dose source in ``metadata["normal_dose"]``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 ROLE = "lidnet_role"
-DETECTIONS, REVIEWED, ROI, NOISE = "detections", "reviewed", "roi", "noise"
+DETECTIONS, REVIEWED, ROI, NOISE, CALIPERS = "detections", "reviewed", "roi", "noise", "calipers"
+#: Shapes roles that are not regions or lesion boxes a person drew: never picked for one on their own
+NOT_DRAWN_BOXES = (DETECTIONS, CALIPERS)
 #: longest base name kept whole in a derived layer's name (napari's layer list shows about 24 characters)
 NAME_LIMIT = 20
 
@@ -40,11 +42,6 @@ def is_ct_image(layer: Any) -> bool:
     if not isinstance(layer, Image) or layer.rgb or role(layer) == NOISE:
         return False
     return bool((layer.metadata or {}).get("hu"))
-
-
-def user_shapes(layers: Any) -> list[Any]:
-    """Shapes layers a person made or reviewed (everything but the detector's raw output)."""
-    return [ly for ly in layers if is_shapes(ly) and role(ly) != DETECTIONS]
 
 
 def normal_dose_of(layer: Any, layers: Any) -> Any | None:

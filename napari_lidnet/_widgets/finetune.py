@@ -47,7 +47,7 @@ from ._finetune_parts import (
     folder_problems,
     input_problems,
 )
-from ._roles import DETECTIONS, model_item, role
+from ._roles import CALIPERS, DETECTIONS, model_item, role
 from .layer_inputs import inputs_from_layers, paired_input
 from .reading_room import ReadingRoom
 
@@ -221,7 +221,7 @@ class FineTuneWidget(QWidget):
     def _shapes(self) -> list[Any]:
         from napari.layers import Shapes
 
-        return [ly for ly in self.viewer.layers if isinstance(ly, Shapes)]
+        return [ly for ly in self.viewer.layers if isinstance(ly, Shapes) and role(ly) != CALIPERS]  # no boxes
 
     def refresh_layers(self, event: Any = None) -> None:
         """Refill the layer pickers, keeping current choices (a new pick prefers full-dose-looking names)."""

@@ -39,6 +39,7 @@ from ..layer_data import volume_layer_tuples
 from ._docking import DockHome, scroll_layout
 from ._roles import derived_name
 from ._worker_utils import Failure, SimProgress, simulate_job
+from .calipers import measure
 from .reading_room import HINT, ReadingRoom
 
 TITLE = "Load CT"  # the dock's tab
@@ -125,6 +126,9 @@ class LoadCTWidget(QWidget):
         self.orientation_check.setChecked(self.room.orientation.enabled)
         self.orientation_check.setToolTip("R/L, A/P, S/I at the canvas edges: the patient's directions (DICOM)")
         self.orientation_check.toggled.connect(self._on_orientation_toggled)
+        self.measure_button = QPushButton("Measure (mm)")
+        self.measure_button.setToolTip("calipers on the CT layer on screen: each line drawn shows its length in mm")
+        self.measure_button.clicked.connect(self.measure)
         hint = QLabel(HINT)
         hint.setWordWrap(True)
         hint.setStyleSheet("color: gray;")
@@ -134,6 +138,7 @@ class LoadCTWidget(QWidget):
         win_form.addRow(self.apply_window_button)
         win_form.addRow(self.link_check)
         win_form.addRow(self.orientation_check)
+        win_form.addRow(self.measure_button)
         win_form.addRow(hint)
         return win_box
 
@@ -277,6 +282,10 @@ class LoadCTWidget(QWidget):
 
     def _on_link_toggled(self, on: bool) -> None:
         self.room.linked = bool(on)
+
+    def measure(self) -> Any:
+        """The calipers layer over the CT layer on screen, active and in line mode (see ``calipers``)."""
+        return measure(self.viewer, self.room.target_ct())
 
     def _on_orientation_toggled(self, on: bool) -> None:
         self.room.orientation.enabled = bool(on)

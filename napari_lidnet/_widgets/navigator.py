@@ -37,7 +37,7 @@ from ..findings import KEPT, Finding, centre_world, measure, write_findings
 from ..io.volume import n_slices, per_slice
 from ..layer_data import PIXEL_CENTRE_SHIFT
 from ._docking import DockHome
-from ._roles import DETECTIONS, REVIEWED, ROLE, derived_name, is_ct_image, is_shapes, role
+from ._roles import CALIPERS, DETECTIONS, REVIEWED, ROLE, derived_name, is_ct_image, is_shapes, role
 from ._viewer import camera
 from .reading_room import ReadingRoom
 
@@ -210,8 +210,9 @@ class LesionNavigatorWidget(QWidget):
 
     # ---------------------------------------------------------------------------------------------- choices
     def _box_layers(self) -> list[Any]:
-        """Shapes layers to review: detections first (newest first), then the others (not reviewed layers)."""
-        shapes = [ly for ly in self.viewer.layers if is_shapes(ly) and role(ly) != REVIEWED]
+        """Shapes layers to review: detections first (newest first), then the others (not reviewed layers or
+        calipers)."""
+        shapes = [ly for ly in self.viewer.layers if is_shapes(ly) and role(ly) not in (REVIEWED, CALIPERS)]
         dets = [ly for ly in shapes if role(ly) == DETECTIONS][::-1]
         return dets + [ly for ly in shapes if role(ly) != DETECTIONS]
 

@@ -86,7 +86,7 @@ class ReadingRoom:
     # -------------------------------------------------------------------------------------------- windowing
     def apply_preset(self, preset: str, layer: Any = None) -> None:
         """Set a named window on ``layer`` (default: the active or top CT layer) and the layers linked to it."""
-        layer = layer or self._target()
+        layer = layer or self.target_ct()
         if layer is not None:
             self.set_limits(layer, window_limits(preset, layer.metadata))
 
@@ -115,7 +115,8 @@ class ReadingRoom:
             return
         self.set_limits(layer, tuple(layer.contrast_limits))
 
-    def _target(self) -> Any | None:
+    def target_ct(self) -> Any | None:
+        """The active CT layer, else the top visible one (None without CT layers)."""
         active = self.viewer.layers.selection.active
         if is_ct_image(active):
             return active

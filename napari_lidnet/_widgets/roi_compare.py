@@ -53,7 +53,7 @@ from napari_lidnet._widgets._roi_observer import (
     observer_cell,
     pair_problem,
 )
-from napari_lidnet._widgets._roles import DETECTIONS, ROI, ROLE, normal_dose_of, role
+from napari_lidnet._widgets._roles import DETECTIONS, NOT_DRAWN_BOXES, ROI, ROLE, normal_dose_of, role
 from napari_lidnet._widgets.reading_room import ReadingRoom
 from napari_lidnet.io.windowing import WINDOW_PRESETS, contrast_limits
 from napari_lidnet.metrics.nps import region_nps
@@ -388,7 +388,7 @@ class ROICompareWidget(QWidget):
         self._watch(layer)
         self._touch(layer)
         self._on_layers_changed()
-        if isinstance(layer, Shapes) and role(layer) != DETECTIONS:
+        if isinstance(layer, Shapes) and role(layer) not in NOT_DRAWN_BOXES:
             self.set_regions_layer(layer.name)
 
     def _on_layers_changed(self, event: Any = None) -> None:
@@ -396,10 +396,10 @@ class ROICompareWidget(QWidget):
         self.schedule_refresh()
 
     def _touch(self, layer: Any) -> None:
-        """Remember ``layer`` as the Shapes layer the user worked on last (detector layers do not count)."""
+        """Remember ``layer`` as the Shapes layer the user worked on last (not detector or caliper layers)."""
         from napari.layers import Shapes
 
-        if isinstance(layer, Shapes) and role(layer) != DETECTIONS:
+        if isinstance(layer, Shapes) and role(layer) not in NOT_DRAWN_BOXES:
             self._touched[id(layer)] = max(self._touched.values(), default=0) + 1
 
     def _on_shapes_edited(self, event: Any) -> None:
@@ -407,7 +407,7 @@ class ROICompareWidget(QWidget):
         layer = getattr(event, "source", None)
         if getattr(event, "action", "changed") not in ("added", "changed", "removed") or layer is None:
             return
-        if role(layer) == DETECTIONS or layer is self._shapes:
+        if role(layer) in NOT_DRAWN_BOXES or layer is self._shapes:
             return
         self._touch(layer)
         self.set_regions_layer(layer.name)
@@ -418,9 +418,13 @@ class ROICompareWidget(QWidget):
         self.shapes_combo.setCurrentIndex(max(idx, 0))
 
     def default_regions_layer(self) -> str | None:
-        """The user's Shapes layer edited (or added) last; never the detector's boxes; None when there is none."""
+        """The user's Shapes layer edited (or added) last; never the detector's boxes or calipers; None if none."""
         layers = self._shapes_layers()
-        user = [(self._touched.get(id(lay), 0), k, lay) for k, lay in enumerate(layers) if role(lay) != DETECTIONS]
+        user = [
+            (self._touched.get(id(lay), 0), k, lay)
+            for k, lay in enumerate(layers)
+            if role(lay) not in NOT_DRAWN_BOXES
+        ]
         return max(user, key=lambda t: t[:2])[2].name if user else None
 
     def default_reference(self) -> str | None:

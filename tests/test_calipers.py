@@ -1,0 +1,92 @@
+"""Calipers (Load CT's "Measure (mm)"): lines labelled with their length in mm from the CT layer's voxel size, in a
+real headless viewer (run under xvfb-run); caliper layers are never taken for regions or lesion boxes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_lidnet._widgets.calipers import caliper_label, path_length_mm
+from napari_lidnet._widgets.load_ct import LoadCTWidget
+from napari_lidnet._widgets.navigator import LesionNavigatorWidget
+from napari_lidnet._widgets.roi_compare import ROICompareWidget
+
+
+def test_lengths_follow_the_voxel_size_of_each_axis() -> None:
+    scale = (5.0, 0.5, 0.8)  # slice spacing, row spacing, column spacing (mm)
+    assert path_length_mm([[3, 10, 10], [3, 10, 35]], scale) == pytest.approx(20.0)  # 25 columns of 0.8 mm
+    assert path_length_mm([[3, 10, 10], [3, 50, 10]], scale) == pytest.approx(20.0)  # 40 rows of 0.5 mm
+    assert path_length_mm([[0, 0], [6, 0], [6, 5]], scale) == pytest.approx(3.0 + 4.0)  # a path: its segments
+    assert path_length_mm([[0, 0], [8, 5]], scale[1:]) == pytest.approx(np.hypot(4.0, 4.0))
+    assert caliper_label(np.array([[0, 0], [8, 5]]), "line", scale[1:]) == "5.7 mm"
+    corners = np.array([[0, 0], [0, 10], [40, 10], [40, 0]])  # 8 mm wide (10 x 0.8), 20 mm high (40 x 0.5)
+    assert caliper_label(corners, "rectangle", scale[1:]) == "20.0 x 8.0 mm"
+    assert caliper_label(corners, "ellipse", scale[1:]) == "20.0 x 8.0 mm"
+    assert caliper_label(corners, "polygon", scale[1:]) == ""
+
+
+@pytest.fixture
+def viewer_with_ct(make_napari_viewer):
+    viewer = make_napari_viewer()
+    ct = viewer.add_image(
+        np.full((4, 64, 64), 40.0, np.float32), name="ct", scale=(5.0, 0.5, 0.8), metadata={"hu": True}
+    )
+    return viewer, ct
+
+
+def test_measure_draws_lines_labelled_in_mm_and_follows_edits(viewer_with_ct, qtbot) -> None:
+    viewer, ct = viewer_with_ct
+    w = LoadCTWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.measure_button.click()
+    layer = viewer.layers.selection.active
+    assert layer.name == "calipers" and layer.mode == "add_line"
+    np.testing.assert_allclose(layer.scale, ct.scale)
+
+    layer.add_lines(np.array([[2, 10, 10], [2, 10, 35]]))  # as a drawn line arrives: an 'added' data event
+    layer.add_lines(np.array([[2, 5, 5], [2, 45, 5]]))
+    assert list(layer.features["label"]) == ["20.0 mm", "20.0 mm"]
+    assert list(layer.text.values) == ["20.0 mm", "20.0 mm"]  # what the canvas writes beside each line
+
+    layer.selected_data = {0}
+    layer.remove_selected()
+    assert list(layer.text.values) == ["20.0 mm"]
+    layer.add_rectangles(np.array([[2, 0, 0], [2, 0, 10], [2, 40, 10], [2, 40, 0]]))
+    assert list(layer.text.values) == ["20.0 mm", "20.0 x 8.0 mm"]
+
+    w.measure_button.click()  # again: the same layer, back in line mode
+    assert [ly.name for ly in viewer.layers].count("calipers") == 1
+    assert viewer.layers.selection.active is layer and layer.mode == "add_line"
+
+
+def test_the_label_is_on_the_canvas_beside_the_line(make_napari_viewer) -> None:
+    """A picture: the line and its label render in the caliper colour over the image, and nowhere else."""
+    viewer = make_napari_viewer(show=True)  # a hidden canvas renders black
+    ct = viewer.add_image(np.zeros((64, 64), np.float32), scale=(0.5, 0.5), metadata={"hu": True}, colormap="gray")
+    viewer.reset_view()
+    bare = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    w = LoadCTWidget(viewer)
+    layer = w.measure()
+    assert layer.scale[0] == ct.scale[0]
+    layer.add_lines(np.array([[48, 8], [48, 56]]))  # 48 px of 0.5 mm across the lower part of the image
+    assert list(layer.text.values) == ["24.0 mm"]
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    cyan = (shot[..., 1] > 150) & (shot[..., 2] > 150) & (shot[..., 0] < 100)
+    assert not ((bare[..., 1] > 150) & (bare[..., 2] > 150)).any()
+    rows = np.nonzero(cyan.any(axis=1))[0]
+    assert cyan.sum() > 100  # the line and its text
+    assert rows.max() - rows.min() > 5  # text above the line, not the line alone
+
+
+def test_calipers_are_not_regions_or_lesion_boxes(viewer_with_ct, qtbot) -> None:
+    viewer, _ct = viewer_with_ct
+    roi = ROICompareWidget(viewer)
+    nav = LesionNavigatorWidget(viewer)
+    regions = roi.new_roi_layer()
+    regions.add_rectangles(np.array([[2, 10, 10], [2, 10, 30], [2, 30, 30], [2, 30, 10]]))
+    calipers = LoadCTWidget(viewer).measure()
+    calipers.add_lines(np.array([[2, 10, 10], [2, 10, 35]]))
+    assert roi.shapes_combo.currentData() == regions.name  # drawing a caliper does not switch the regions
+    assert roi.default_regions_layer() == regions.name
+    boxes = [nav.boxes_combo.itemText(i) for i in range(nav.boxes_combo.count())]
+    assert calipers.name not in boxes and regions.name in boxes
