@@ -153,8 +153,18 @@ def review_some(navigator: Any) -> None:
         navigator.select(ranked[0].id)
 
 
+def measure_finding(load_widget: Any, finding: Any) -> Any:
+    """A caliper across a finding's box at its middle row (Load CT's "Measure (mm)"), as a reader checks a size."""
+    x1, y1, x2, y2 = finding.bounds
+    layer = load_widget.measure()
+    lead = [finding.slice] if layer.ndim == 3 else []
+    layer.add_lines(np.array([[*lead, (y1 + y2) / 2, x1], [*lead, (y1 + y2) / 2, x2]]))
+    return layer
+
+
 def take_pictures(viewer: Any, widgets: dict[str, Any], folder: Path, wait: Any) -> list[Path]:
-    """The README's pictures at the window's size: the layout, the side-by-side comparison, the navigator."""
+    """The README's pictures at the window's size: the layout, the side-by-side comparison, the navigator (with a
+    caliper across the best-scoring box)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / name for name in PICTURES]
     raise_tab(widgets["roi"])
@@ -165,6 +175,8 @@ def take_pictures(viewer: Any, widgets: dict[str, Any], folder: Path, wait: Any)
     viewer.screenshot(str(paths[1]), canvas_only=False, flash=False)
     widgets["denoise"].set_compare(False)
     review_some(widgets["navigator"])
+    if widgets["navigator"].findings:
+        measure_finding(widgets["load"], max(widgets["navigator"].findings, key=lambda f: f.score or 0.0))
     raise_tab(widgets["navigator"])
     viewer.screenshot(str(paths[2]), canvas_only=False, flash=False)
     return paths
