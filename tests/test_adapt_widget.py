@@ -62,7 +62,8 @@ def test_adapts_on_low_dose_layers_and_exports_the_named_model(
     assert widget.scheme_combo.currentData() == "neighbours"
     assert not widget.rounds_spin.isEnabled() and not widget.start_detector_combo.isEnabled()
     assert widget.patch_spin.isEnabled() and widget.start_button.text() == "Start adapting"
-    worker = widget.start()
+    widget.start_button.click()
+    worker = widget.worker
     assert worker is not None, widget.status.text()
     wait_done(widget, qtbot, worker)
     out = widget.outcome
@@ -104,7 +105,7 @@ def test_stop_mid_run_saves_a_whole_model_and_returns_to_idle(
 
     def on_record(rec: dict) -> None:
         if rec["stage"] == "adapt" and rec["step"] == 3:
-            widget.stop()
+            widget.stop_button.click()
 
     worker = widget.start()
     assert worker is not None, widget.status.text()

@@ -68,7 +68,8 @@ def test_one_click_run_improves_and_publishes(make_napari_viewer, qtbot, model_d
     timer.timeout.connect(lambda: ticks.append(time.monotonic()))
     timer.start(20)
     t0 = time.monotonic()
-    worker = widget.start()
+    widget.start_button.click()  # the one click
+    worker = widget.worker
     assert worker is not None, widget.status.text()
     wait_done(widget, qtbot, worker)
     elapsed = time.monotonic() - t0
@@ -113,7 +114,8 @@ def test_stop_ends_the_run_and_keeps_the_best_so_far(make_napari_viewer, qtbot, 
     def on_record(rec: dict) -> None:
         if "stop_at" not in seen and rec["stage"] == "validate" and rec["after"] == "round1-detector":
             seen["stop_at"] = rec["step"]
-            widget.stop()
+            assert widget.stop_button.isEnabled()
+            widget.stop_button.click()
 
     worker = widget.start()
     assert worker is not None, widget.status.text()
@@ -188,3 +190,26 @@ def test_default_boxes_are_reviewed_or_drawn_never_raw_detections(make_napari_vi
     request, problems = widget.build_request()
     assert request is not None and len(request.inputs[0].boxes) == len(boxes), problems
     assert "unreviewed detections" in widget._boxes_note()
+
+
+def test_normal_dose_pick_follows_the_metadata_and_refuses_low_dose(make_napari_viewer, qtbot, model_dir) -> None:
+    """As when the dock is open before File > Open Sample: the low-dose layer arrives first and alone, and is not
+    taken for the normal-dose image; the full-dose layer is ticked when it comes; a low-dose or denoised layer
+    ticked by hand is refused in one line and nothing starts."""
+    from napari_lidnet._widgets.finetune import ADAPT_SOURCE
+
+    viewer = make_napari_viewer()
+    widget = make_widget(viewer, qtbot, "metadata")
+    low, full, _boxes = phantom(n=4, size=64, noise=80.0)
+    viewer.add_image(low, name="CT (25%)", metadata={"hu": True, "dose": 0.25, "normal_dose": "CT"})
+    assert widget.checked_images() == []
+    assert widget.data_box.adapt_images() == ["CT (25%)"]  # the self-supervised source takes it
+    viewer.add_image(full, name="CT", metadata={"hu": True, "dose": 1.0})
+    assert widget.checked_images() == ["CT"]
+    viewer.add_image(full, name="CT denoised", metadata={"hu": True, "lidnet": {"denoiser": "default (unet)"}})
+    widget.set_images(["CT", "CT denoised"])
+    widget.start_button.click()
+    assert widget.worker is None
+    text = widget.status.text()
+    line = next(ln for ln in text.splitlines() if "CT denoised" in ln)  # one line among the problems
+    assert "low dose or denoised" in line and ADAPT_SOURCE[1] in line and "CT," not in line

@@ -7,7 +7,7 @@ functions here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,16 +170,18 @@ def set_checked(items: QListWidget, names: Sequence[str]) -> None:
         item.setCheckState(Qt.CheckState.Checked if item.text() in names else Qt.CheckState.Unchecked)
 
 
-def refill_checks(items: QListWidget, names: list[str], looks_right: Any) -> None:
+def refill_checks(items: QListWidget, names: list[str], looks_right: Any, never: Collection[str] = ()) -> None:
     """Refill a checkable list with ``names``, keeping the ticks; with none left, tick the first name that
-    ``looks_right`` (a predicate), or the only name."""
+    ``looks_right`` (a predicate), or the only name left, but never one of ``never`` (a guess there would be wrong)."""
     checked = set(checked_names(items)) & set(names)
     if not checked:
-        guess = next((n for n in names if looks_right(n)), names[0] if len(names) == 1 else None)
+        fits = [n for n in names if n not in never]
+        guess = next((n for n in fits if looks_right(n)), fits[0] if len(fits) == 1 else None)
         checked = {guess} if guess else set()
     items.clear()
     for name in names:
         item = QListWidgetItem(name)
+        item.setToolTip(name)  # the column is narrow: the whole name on hover
         item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
         item.setCheckState(Qt.CheckState.Checked if name in checked else Qt.CheckState.Unchecked)
         items.addItem(item)
@@ -291,12 +293,12 @@ class DataBox(QGroupBox):
         """Tick exactly these low-dose image layers for the self-supervised source."""
         set_checked(self.adapt_list, names)
 
-    def refresh(self, images: list[str], shapes: list[tuple[str, str]]) -> None:
+    def refresh(self, images: list[str], shapes: list[tuple[str, str]], reduced: Collection[str] = ()) -> None:
         """Refill the layer pickers with these image names and (Shapes layer name, role) pairs, keeping current
-        choices (a new pick prefers full-dose-looking names, low-dose-looking ones for the self-supervised source,
-        and reviewed or hand-drawn boxes)."""
-        refill_checks(self.image_list, images, looks_full_dose)
-        refill_checks(self.adapt_list, images, looks_low_dose)
+        choices (a new pick prefers full-dose-looking names and never ``reduced`` ones, whose metadata says low dose
+        or denoised; low-dose ones for the self-supervised source; reviewed or hand-drawn boxes)."""
+        refill_checks(self.image_list, images, looks_full_dose, never=reduced)
+        refill_checks(self.adapt_list, images, lambda n: n in reduced or looks_low_dose(n))
         for combo in (self.boxes_combo, self.paired_boxes_combo):
             refill_boxes(combo, shapes)
         refill_boxes(self.adapt_boxes_combo, shapes, detect=False)

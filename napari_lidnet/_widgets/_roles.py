@@ -44,6 +44,15 @@ def is_ct_image(layer: Any) -> bool:
     return bool((layer.metadata or {}).get("hu"))
 
 
+def is_reduced_dose(layer: Any) -> bool:
+    """Whether the layer's metadata says it is not a normal-dose scan: a dose fraction below 1 (simulated or the
+    sample's low dose), a recorded normal-dose source, or the plugin's denoised output."""
+    meta = getattr(layer, "metadata", None) or {}
+    dose, lid = meta.get("dose"), meta.get("lidnet")
+    low = isinstance(dose, (int, float)) and not isinstance(dose, bool) and float(dose) < 1.0
+    return low or bool(meta.get("normal_dose")) or (isinstance(lid, dict) and "denoiser" in lid)
+
+
 def normal_dose_of(layer: Any, layers: Any) -> Any | None:
     """The normal-dose layer recorded in ``layer``'s metadata (simulated from it, or denoised from one that was)."""
     name = (getattr(layer, "metadata", None) or {}).get("normal_dose")

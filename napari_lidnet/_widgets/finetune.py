@@ -47,7 +47,7 @@ from ._finetune_parts import (
     folder_problems,
     input_problems,
 )
-from ._roles import CALIPERS, DETECTIONS, model_item, role
+from ._roles import CALIPERS, DETECTIONS, is_reduced_dose, model_item, role
 from .layer_inputs import inputs_from_layers, paired_input
 from .reading_room import ReadingRoom
 
@@ -189,6 +189,8 @@ class FineTuneWidget(QWidget):
             "status",
             "plot",
         )
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
 
     def source(self) -> str:
         """Key of the chosen data source."""
@@ -225,7 +227,9 @@ class FineTuneWidget(QWidget):
 
     def refresh_layers(self, event: Any = None) -> None:
         """Refill the layer pickers, keeping current choices (a new pick prefers full-dose-looking names)."""
-        self.data_box.refresh([ly.name for ly in self._images()], [(ly.name, role(ly)) for ly in self._shapes()])
+        images = self._images()
+        reduced = {ly.name for ly in images if is_reduced_dose(ly)}
+        self.data_box.refresh([ly.name for ly in images], [(ly.name, role(ly)) for ly in self._shapes()], reduced)
 
     def checked_images(self) -> list[str]:
         """Names of the ticked normal-dose image layers."""
@@ -346,6 +350,10 @@ class FineTuneWidget(QWidget):
         layers = [ly for ly in layers if ly is not None]
         if not layers:
             return [], ["tick at least one normal-dose image layer (open a CT or the sample data)"]
+        reduced = [ly.name for ly in layers if is_reduced_dose(ly)]
+        if reduced:
+            return [], [f"{', '.join(reduced)}: low dose or denoised (the layer's metadata says so); tick normal-dose "
+                        f"images, or use {ADAPT_SOURCE[1]!r}"]  # fmt: skip
         shapes = self._boxes_layer(boxes)
         inputs, notes = inputs_from_layers(layers, shapes, self._current_slice(layers[0]))
         return inputs, list(notes)
