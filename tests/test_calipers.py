@@ -90,3 +90,38 @@ def test_calipers_are_not_regions_or_lesion_boxes(viewer_with_ct, qtbot) -> None
     assert roi.default_regions_layer() == regions.name
     boxes = [nav.boxes_combo.itemText(i) for i in range(nav.boxes_combo.count())]
     assert calipers.name not in boxes and regions.name in boxes
+
+
+def press(viewer, key: str) -> None:
+    """A key press through napari's key map (the active layer's bindings first, as on the canvas)."""
+    handler = viewer.window._qt_viewer.canvas._key_map_handler
+    handler.press_key(key)
+    handler.release_key(key)
+
+
+def test_preset_keys_stay_presets_while_the_calipers_are_active(viewer_with_ct, qtbot) -> None:
+    """napari's own number keys on a Shapes layer change modes, and '3' deletes the selected shape: with the
+    calipers active (as Measure leaves them), keys 1-5 are still the window presets and no caliper is lost."""
+    from napari_lidnet.io.windowing import contrast_limits
+
+    viewer, ct = viewer_with_ct
+    layer = LoadCTWidget(viewer).measure()
+    layer.add_lines(np.array([[2, 10, 10], [2, 10, 35]]))
+    layer.selected_data = {0}
+    for key, preset in (("3", "bone"), ("2", "lung"), ("1", "soft tissue")):
+        press(viewer, key)
+        assert tuple(ct.contrast_limits) == contrast_limits(preset)
+        assert len(layer.data) == 1 and layer.mode == "add_line"
+
+
+def test_measure_needs_an_image_and_says_pixels_off_a_ct(make_napari_viewer, qtbot) -> None:
+    viewer = make_napari_viewer()
+    w = LoadCTWidget(viewer)
+    assert w.measure() is None and "nothing to measure on" in w.status.text()
+    assert len(viewer.layers) == 0
+    viewer.add_image(np.zeros((8, 64, 64), np.float32), name="cells", scale=(5.0, 0.5, 0.5))  # not a CT layer
+    layer = w.measure()
+    assert "'cells' is not a CT layer" in w.status.text()
+    assert layer.ndim == 3  # a caliper on one slice stays on that slice
+    layer.add_lines(np.array([[7, 10, 10], [7, 10, 50]]))
+    assert list(layer.text.values) == ["40.0 px"]  # 40 of that image's pixels, whatever its scale says

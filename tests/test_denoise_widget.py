@@ -271,16 +271,18 @@ def test_compare_side_by_side_with_one_window_and_flip(make_napari_viewer, qtbot
     src.contrast_limits = (-300, 500)  # a window set on one side is the window of both
     assert tuple(den.contrast_limits) == (-300, 500)
 
+    drawn = viewer.add_shapes(ndim=3, name="drawn during the comparison", scale=SCALE, translate=TRANSLATE)
     shown = widget.flip()  # key F: one image at a time, in place
     assert not viewer.grid.enabled and not widget.compare_button.isChecked()
-    assert [ly.name for ly in viewer.layers if ly.visible] == [shown.name]
+    assert [ly.name for ly in viewer.layers if ly.visible] == [shown.name, drawn.name]
     second = widget.flip()
-    assert second is not shown and [ly.name for ly in viewer.layers if ly.visible] == [second.name]
+    assert second is not shown and [ly.name for ly in viewer.layers if ly.visible] == [second.name, drawn.name]
     assert {shown.name, second.name} == {"low", "low denoised"}
 
     widget.set_compare(True)
     widget.set_compare(False)  # back to the view before comparing
     assert not viewer.grid.enabled and other.visible and src.visible and den.visible
+    assert drawn.visible  # added during the comparison (hidden by the second Compare): back as it was made
     assert not src.name_overlay.visible and not den.name_overlay.visible and not viewer.canvas.overlays["text"].visible
 
 

@@ -2,8 +2,11 @@
 
 Load CT's "Measure (mm)" opens one over the CT layer on screen (its scale and translate: data coordinates are that
 image's pixel coordinates, so lengths follow its voxel size; a file without a stored spacing has 1 mm voxels, as
-the loader said when it opened it) and leaves it in line mode. A line or a path is labelled with its length, a
-rectangle or an ellipse with its two sides or axes; the labels follow every drawn, moved, edited or deleted shape.
+the loader said when it opened it) and leaves it in line mode. Over an image that is not a CT layer (no voxel size
+the plugin read) lengths are in that image's pixels ("px"); without any image there is nothing to measure. A line
+or a path is labelled with its length, a rectangle or an ellipse with its two sides or axes (below the shape's
+right end, clear of the detector's score at the upper left); the labels follow every drawn, moved, edited or
+deleted shape.
 Caliper layers are measurements, not regions or lesion boxes: ROI compare does not switch to them on its own, and
 the lesion navigator and fine-tuning do not offer them.
 """
@@ -14,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ._roles import CALIPERS, ROLE, role
+from ._roles import CALIPERS, ROLE, is_ct_image, role
 
 CALIPER_COLOR = "cyan"
 LENGTH_SHAPES = ("line", "path")
@@ -29,20 +32,23 @@ def path_length_mm(vertices: np.ndarray, scale: Any) -> float:
     return float(np.sqrt((steps**2).sum(axis=1)).sum())
 
 
-def caliper_label(vertices: np.ndarray, shape_type: str, scale: Any) -> str:
+def caliper_label(vertices: np.ndarray, shape_type: str, scale: Any, unit: str = "mm") -> str:
     """'12.3 mm' for a line or path, '12.3 x 8.1 mm' for a rectangle or ellipse (its bounding box's two sides),
-    '' for anything else."""
+    '' for anything else (``scale``: ``unit`` per data unit)."""
     if shape_type in LENGTH_SHAPES:
-        return f"{path_length_mm(vertices, scale):.1f} mm"
+        return f"{path_length_mm(vertices, scale):.1f} {unit}"
     if shape_type in SIDE_SHAPES and len(vertices) >= 3:
         sides = [path_length_mm(vertices[k : k + 2], scale) for k in (0, 1)]
-        return f"{max(sides):.1f} x {min(sides):.1f} mm"
+        return f"{max(sides):.1f} x {min(sides):.1f} {unit}"
     return ""
 
 
 def relabel(layer: Any) -> None:
-    """Write every shape's caliper label into the layer's ``label`` feature (and so its text)."""
-    labels = [caliper_label(v, t, layer.scale) for v, t in zip(layer.data, layer.shape_type)]
+    """Write every shape's caliper label into the layer's ``label`` feature (and so its text): mm over a CT layer,
+    the image's pixels otherwise (``metadata["caliper_unit"]``)."""
+    unit = layer.metadata.get("caliper_unit", "mm")
+    scale = layer.scale if unit == "mm" else np.ones(layer.ndim)
+    labels = [caliper_label(v, t, scale, unit) for v, t in zip(layer.data, layer.shape_type)]
     if list(layer.features.get("label", [])) != labels:
         layer.features = {"label": np.array(labels, dtype=object)}
 
@@ -52,34 +58,38 @@ def _on_data(event: Any) -> None:
         relabel(event.source)
 
 
-def add_calipers(viewer: Any, image: Any = None) -> Any:
-    """A calipers layer over ``image`` (default: its scale 1), active and ready to draw lines."""
-    geometry = {} if image is None else {"scale": image.scale, "translate": image.translate}
+def add_calipers(viewer: Any, image: Any) -> Any:
+    """A calipers layer over ``image``, in mm when it is a CT layer, else in its pixels."""
+    unit = "mm" if is_ct_image(image) else "px"
     layer = viewer.add_shapes(
         name="calipers",
-        ndim=image.ndim if image is not None else 2,
+        ndim=image.ndim,
+        scale=image.scale,
+        translate=image.translate,
         edge_color=CALIPER_COLOR,
         edge_width=1.5,
         face_color="transparent",
         features={"label": np.array([], dtype=object)},
         feature_defaults={"label": ""},
-        text={"string": "{label}", "anchor": "upper_left", "size": 10, "color": CALIPER_COLOR},
-        metadata={ROLE: CALIPERS},
-        **geometry,
+        text={"string": "{label}", "anchor": "lower_right", "size": 10, "color": CALIPER_COLOR},
+        metadata={ROLE: CALIPERS, "caliper_unit": unit},
     )
     layer.events.data.connect(_on_data)
     return layer
 
 
-def measure(viewer: Any, image: Any = None) -> Any:
-    """The calipers layer for ``image``'s geometry (the newest one, else a new one), active, in line mode."""
-    scale = None if image is None else np.asarray(image.scale, dtype=float)
-    ndim = 2 if image is None else image.ndim
+def measure(viewer: Any, image: Any) -> Any | None:
+    """The calipers layer for ``image``'s geometry (the newest one, else a new one), active, in line mode; None
+    without an image."""
+    if image is None:
+        return None
+    scale = np.asarray(image.scale, dtype=float)
     same = [
         ly
         for ly in viewer.layers
-        if role(ly) == CALIPERS and ly.ndim == ndim and (scale is None or np.allclose(ly.scale, scale))
-    ]
+        if role(ly) == CALIPERS and ly.ndim == image.ndim and np.allclose(ly.scale, scale)
+        and ly.metadata.get("caliper_unit") == ("mm" if is_ct_image(image) else "px")
+    ]  # fmt: skip
     layer = same[-1] if same else add_calipers(viewer, image)
     viewer.layers.selection.active = layer
     layer.mode = "add_line"

@@ -48,6 +48,7 @@ class CompareView:
         self._remember()
         self.pair = (before, after)
         for ly in self.viewer.layers:
+            self._keep_visibility(ly)
             ly.visible = ly in self.pair
         layers = self.viewer.layers
         layout = grid(self.viewer)
@@ -84,9 +85,15 @@ class CompareView:
         before, after = self.pair
         shown = before if after.visible else after
         for ly in self.viewer.layers:
+            self._keep_visibility(ly)
             ly.visible = ly is shown or (ly.visible and ly not in self.pair and not self._is_image(ly))
         self.link_windows()
         return shown
+
+    def _keep_visibility(self, layer: Any) -> None:
+        """Remember ``layer``'s visibility before the comparison first changes it (a layer added during the
+        comparison, e.g. calipers or regions, comes back as it was made)."""
+        self._saved["visible"].setdefault(layer, layer.visible)
 
     @staticmethod
     def _is_image(layer: Any) -> bool:

@@ -284,8 +284,16 @@ class LoadCTWidget(QWidget):
         self.room.linked = bool(on)
 
     def measure(self) -> Any:
-        """The calipers layer over the CT layer on screen, active and in line mode (see ``calipers``)."""
-        return measure(self.viewer, self.room.target_ct())
+        """The calipers layer over the CT layer on screen (else the top visible image, in its pixels), active and in
+        line mode (see ``calipers``); None, with a message, when there is no image to measure on."""
+        images = [ly for ly in self.viewer.layers if isinstance(ly, Image) and ly.visible and not ly.rgb]
+        image = self.room.target_ct() or (images[-1] if images else None)
+        layer = measure(self.viewer, image)
+        if layer is None:
+            self._error("nothing to measure on: open a CT (or an image) first")
+        elif layer.metadata.get("caliper_unit") != "mm":
+            self._info(f"'{image.name}' is not a CT layer with a voxel size: the calipers measure its pixels")
+        return layer
 
     def _on_orientation_toggled(self, on: bool) -> None:
         self.room.orientation.enabled = bool(on)

@@ -66,14 +66,16 @@ class ReadingRoom:
         self._adopt(event.value)
 
     def _adopt(self, layer: Any) -> None:
-        """Label the axes of a CT layer, bind the preset keys on it and follow its contrast limits."""
+        """Bind the preset keys on every layer (a layer's own number keys, e.g. napari's shape modes, where '3'
+        deletes the selected shape, would win while it is active); label the axes of a CT layer and follow its
+        contrast limits."""
+        for key, preset in PRESET_KEYS.items():
+            layer.bind_key(key, self._preset_key(preset), overwrite=True)
         if not is_ct_image(layer):
             return
         default = tuple(str(i) for i in range(-layer.ndim, 0))
         if layer.ndim in AXIS_LABELS and tuple(layer.axis_labels) == default:
             layer.axis_labels = AXIS_LABELS[layer.ndim]
-        for key, preset in PRESET_KEYS.items():  # an image layer's own '1'/'2' (mode keys) would win otherwise
-            layer.bind_key(key, self._preset_key(preset), overwrite=True)
         layer.events.contrast_limits.connect(self._on_limits)
 
     def _preset_key(self, preset: str) -> Any:
