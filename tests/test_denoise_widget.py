@@ -356,6 +356,13 @@ def test_noise_sd_to_remove_keeps_the_rest(make_napari_viewer, qtbot, model_dir:
     assert widget.remove_sd is None
     assert "noise SD in flat tissue" in widget.status.text()
 
+    _, flat = phantom(n=2)  # no noise at all, as a lossy codec leaves soft tissue: nothing to report as 0.0 -> 0.0
+    add_ct(viewer, flat, name="flat")
+    widget.image_combo.setCurrentText("flat")
+    run_and_wait(widget, qtbot)
+    assert "no measurable noise in flat tissue (SD 0.0 HU" in widget.status.text()
+    assert "noise SD in flat tissue" not in widget.status.text()
+
 
 def test_flat_noise_sd_reads_the_noise_of_input_and_output() -> None:
     """The status line's no-reference noise SD: the phantom's 40 HU of noise in, nothing in the noise-free image."""

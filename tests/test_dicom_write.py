@@ -141,3 +141,29 @@ def test_a_series_with_a_missing_slice_keeps_each_slices_position(tmp_path):
         assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == orig.SOPInstanceUID
         assert (float(ds.WindowCenter), float(ds.WindowWidth)) == (-600.0, 1500.0)  # the scan's own first window
         assert ds.ContrastBolusAgent == "IOMERON"
+
+
+def test_a_lossy_compressed_source_is_said_at_open_and_stays_flagged_in_what_is_written(tmp_path):
+    """PS3.3 C.7.6.1.1.5: an image once lossy compressed stays flagged in everything derived from it, even when
+    stored uncompressed; the reader says so at open (noise measures see the codec, not the scanner)."""
+    from conftest import write_series
+
+    hu = np.random.default_rng(0).normal(40.0, 10.0, (2, 16, 16)).round()
+    lossy = {"LossyImageCompression": "01", "LossyImageCompressionRatio": "12.5",
+             "LossyImageCompressionMethod": "ISO_15444_1"}  # fmt: skip
+    write_series(tmp_path / "src", hu, series_uid="1.2.826.0.1.3680043.8.498.77", extra=lossy)
+    with pytest.warns(UserWarning, match=r"lossy compressed \(ISO_15444_1, 12:1\)"):
+        vol = read_dicom(tmp_path / "src")[0]
+    assert any("lossy compressed" in w for w in vol.metadata["warnings"])
+    files = write_dicom_series(vol, tmp_path / "out", series_description="denoised")
+    ds = pydicom.dcmread(files[0])
+    assert ds.LossyImageCompression == "01"
+    assert float(ds.LossyImageCompressionRatio) == pytest.approx(12.5)
+    assert ds.LossyImageCompressionMethod == "ISO_15444_1"
+    plain = read_dicom(tmp_path / "out")[0]  # the written series says the same when it is read back
+    assert any("lossy compressed" in w for w in plain.metadata["warnings"])
+
+    write_series(tmp_path / "clean", hu, series_uid="1.2.826.0.1.3680043.8.498.78")
+    clean = read_dicom(tmp_path / "clean")[0]
+    assert not any("lossy" in w for w in clean.metadata["warnings"])
+    assert "LossyImageCompression" not in pydicom.dcmread(write_dicom_series(clean, tmp_path / "o2", "d")[0])

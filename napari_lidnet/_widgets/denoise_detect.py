@@ -62,6 +62,8 @@ BOX_SCORE_RANGE = (0.0, 1.0)  # one colour per score, whatever the threshold sho
 THRESHOLD_RANGE = (5, 95)
 #: largest noise SD (HU) the strength box takes; 0 shows "all noise"
 REMOVE_SD_MAX = 200.0
+#: input noise SD (HU) in flat tissue below which there is no noise to report (lossy codecs leave exactly flat blocks)
+NO_NOISE_HU = 0.5
 
 
 class DenoiseDetectWidget(QWidget):
@@ -462,7 +464,10 @@ class DenoiseDetectWidget(QWidget):
             text += f"; from cache: {', '.join(cached)}"
         if out.noise_sd is not None:
             before, after = out.noise_sd
-            text += f"; noise SD in flat tissue {before:.1f} -> {after:.1f} HU"
+            if before < NO_NOISE_HU:  # nothing to measure: a lossy-compressed or already processed image
+                text += f"; no measurable noise in flat tissue (SD {before:.1f} HU: lossy or processed?)"
+            else:
+                text += f"; noise SD in flat tissue {before:.1f} -> {after:.1f} HU"
         if res.boxes is not None:
             text += f"; {self._n_shown} lesions with score >= {self.threshold:.2f}"
         self.status.setText(text)

@@ -55,6 +55,10 @@ SOURCE_TAGS = (
     "ContrastBolusAgent",
     "ContrastBolusRoute",
     "CTDIvol",
+    # once lossy, a derived image stays flagged (PS3.3 C.7.6.1.1.5): carried to every series written from this one
+    "LossyImageCompression",
+    "LossyImageCompressionRatio",
+    "LossyImageCompressionMethod",
 )
 
 _SPACING_RTOL = 0.01  # relative tolerance on slice spacing before warning "uneven"
@@ -369,6 +373,22 @@ def _warn(msgs: list[str], msg: str) -> None:
     warnings.warn(msg, UserWarning, stacklevel=3)
 
 
+def _warn_lossy(headers: list[DicomHeader], notes: list[str], label: str) -> None:
+    """A note when a slice says it was lossy compressed (LossyImageCompression 01), with its method and ratio."""
+    lossy = [h.ds for h in headers if str(h.ds.get("LossyImageCompression", "") or "") == "01"]
+    if not lossy:
+        return
+    parts = []
+    for kw in ("LossyImageCompressionMethod", "LossyImageCompressionRatio"):  # multi-valued: the last step
+        value = _plain(lossy[0].get(kw)) if kw in lossy[0] else None
+        value = value[-1] if isinstance(value, list) and value else value
+        if value not in (None, ""):
+            parts.append(f"{float(value):.0f}:1" if kw.endswith("Ratio") else str(value))
+    how = ", ".join(parts) or "LossyImageCompression 01"
+    _warn(notes, f"{label}: lossy compressed ({how}): the codec smoothed the image, so noise measures and "
+                 "denoising see its artefacts, not the scanner's noise")  # fmt: skip
+
+
 def _series_label(ds0: Any) -> str:
     uid = str(ds0.get("SeriesInstanceUID", ""))
     desc = str(ds0.get("SeriesDescription", "") or "")
@@ -510,6 +530,7 @@ def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> C
     tilt_tag = float(ds0.get("GantryDetectorTilt", 0) or 0)
     if tilt_tag != 0 and not any("gantry tilt" in n for n in notes):
         _warn(notes, f"{label}: GantryDetectorTilt is {tilt_tag} deg")
+    _warn_lossy(headers, notes, label)
     metadata = _series_metadata(headers, source, notes, pos)
     if dz is None:
         dz = float(ds0.get("SpacingBetweenSlices", 0) or 0) or metadata["slice_thickness"] or 1.0
