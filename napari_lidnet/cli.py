@@ -239,6 +239,21 @@ def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
 NOT_A_SERIES_FOLDER = {".gz", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".dcm", ".csv", ".json"}
 
 
+def _note_remove_sd(hu: Any, remove_sd: float | None) -> None:
+    """A note on stderr when ``--remove-sd`` is at or above the noise measured in the scan's flat tissue: the
+    weight of what is kept is then 0, i.e. all the noise was removed (as without the option)."""
+    if remove_sd is None:
+        return
+    import math
+
+    from napari_lidnet.metrics.noreference import noise_sd
+
+    measured = noise_sd(hu)
+    if math.isfinite(measured) and remove_sd >= measured:
+        print(f"note: --remove-sd {remove_sd:g} HU is at or above the noise measured in flat tissue "
+              f"({measured:.1f} HU): all the noise was removed", file=sys.stderr)  # fmt: skip
+
+
 def _cmd_denoise(args: argparse.Namespace) -> int:
     if args.all_series:
         return _cmd_batch(args, "denoise", args.output)  # run_batch checks --remove-sd before writing anything
@@ -261,6 +276,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     vol = _open_single(args.input, args.series)
     model, dev, _ = _load(args.model, "denoiser", args.device)
     hu = denoise(model, vol.hu, device=dev, progress=_print_progress, remove_sd=args.remove_sd)
+    _note_remove_sd(vol.hu, args.remove_sd)
     if is_nifti(out):
         from napari_lidnet.io.nifti import write_nifti
 

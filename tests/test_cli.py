@@ -107,6 +107,17 @@ def test_evaluate_reports_low_denoised_full(trained, tmp_path, capsys, monkeypat
     assert np.isfinite(res["denoised"]["psnr"]) and 0 <= res["denoised"]["sensitivity"] <= 1
 
 
+def test_denoise_says_when_the_sd_to_remove_is_all_the_noise(trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NAPARI_LIDNET_MODEL_DIR", str(trained / "models"))
+    low = np.stack([s.low_hu for s in read_dataset(trained / "data")[:3]])
+    np.save(tmp_path / "low.npy", low)
+    args = ["denoise", str(tmp_path / "low.npy"), "--model", "tiny_denoiser", "--device", "cpu", "--remove-sd"]
+    assert main([args[0], args[1], str(tmp_path / "a.npz"), *args[2:], "500"]) == 0
+    assert "--remove-sd 500 HU is at or above the noise measured in flat tissue" in capsys.readouterr().err
+    assert main([args[0], args[1], str(tmp_path / "b.npz"), *args[2:], "1"]) == 0
+    assert "at or above the noise" not in capsys.readouterr().err
+
+
 def test_denoise_and_detect_files(trained, tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_LIDNET_MODEL_DIR", str(trained / "models"))
     low = np.stack([s.low_hu for s in read_dataset(trained / "data")[:3]])
