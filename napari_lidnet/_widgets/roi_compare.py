@@ -719,8 +719,9 @@ class ROICompareWidget(QWidget):
             ax.bar(x, vals, width, yerr=err, label=img)
         ax.set_xticks(np.arange(len(regions)), regions)
         ax.set_ylabel(dict(COLUMNS)[key])
-        if images:
-            ax.legend(fontsize="small")
+        if images:  # above the axes (inside, it covered the bars), one name per row when names are long
+            ncols = 1 if max(len(i) for i in images) > 12 else min(len(images), 3)
+            ax.legend(fontsize="x-small", loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=ncols, frameon=False)
 
     def _pixel_mm(self, name: str) -> tuple[float, float]:
         lay = next((lay for lay in self._image_layers() if lay.name == name), None)
