@@ -363,6 +363,13 @@ def test_noise_sd_to_remove_keeps_the_rest(make_napari_viewer, qtbot, model_dir:
     assert "no measurable noise in flat tissue (SD 0.0 HU" in widget.status.text()
     assert "noise SD in flat tissue" not in widget.status.text()
 
+    air = np.random.default_rng(1).normal(-1000.0, 20.0, (2, 64, 64)).astype(np.float32)  # no soft tissue at all
+    add_ct(viewer, air, name="air")
+    widget.image_combo.setCurrentText("air")
+    run_and_wait(widget, qtbot)
+    assert "no flat soft tissue found to measure the noise in" in widget.status.text()
+    assert "nan" not in widget.status.text()
+
 
 def test_flat_noise_sd_reads_the_noise_of_input_and_output() -> None:
     """The status line's no-reference noise SD: the phantom's 40 HU of noise in, nothing in the noise-free image."""

@@ -114,3 +114,19 @@ def test_letters_describe_the_layer_on_screen(make_napari_viewer, tmp_path: Path
     low.metadata = {**low.metadata, "orientation_unknown": True}
     viewer.layers.selection.active = top  # (metadata has no event: any layer change redraws)
     assert shown(viewer) == {}
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".tif"])
+def test_an_array_file_gets_no_letters(make_napari_viewer, tmp_path: Path, suffix: str) -> None:
+    """An array stores no patient directions: opened with the loader it is a CT layer, but no R/L letters."""
+    from napari_lidnet.io.arrays import write_array
+
+    path = tmp_path / f"scan{suffix}"
+    write_array(path, synthetic_hu((3, 24, 32), seed=2), (2.5, 0.7, 0.7))
+    viewer = make_napari_viewer()
+    ReadingRoom.install(viewer)
+    vol = open_ct(path)[0]
+    assert vol.metadata["orientation_unknown"]
+    data, kwargs, _ = volume_to_layer_tuple(vol)
+    viewer.add_image(data, **kwargs)
+    assert shown(viewer) == {}

@@ -464,7 +464,9 @@ class DenoiseDetectWidget(QWidget):
             text += f"; from cache: {', '.join(cached)}"
         if out.noise_sd is not None:
             before, after = out.noise_sd
-            if before < NO_NOISE_HU:  # nothing to measure: a lossy-compressed or already processed image
+            if not np.isfinite(before):
+                text += "; no flat soft tissue found to measure the noise in"
+            elif before < NO_NOISE_HU:  # nothing to measure: a lossy-compressed or already processed image
                 text += f"; no measurable noise in flat tissue (SD {before:.1f} HU: lossy or processed?)"
             else:
                 text += f"; noise SD in flat tissue {before:.1f} -> {after:.1f} HU"

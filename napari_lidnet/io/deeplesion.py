@@ -216,6 +216,7 @@ def _volume(
             notes.append(f"{source}: table says image size {ref.image_size} (x, y), file has {size_xy}")
         meta["table"] = str(table_path)
     meta["lesion_types"] = [LESION_TYPES.get(r.lesion_type or -1, "unknown") for r in rows]
+    meta["orientation_unknown"] = True  # a PNG key slice keeps no patient directions: no R/L letters
     meta["dicom_windows"] = [list(r.windows) for r in rows if r.windows is not None]
     for msg in notes:
         warnings.warn(msg, UserWarning, stacklevel=3)
