@@ -79,6 +79,11 @@ def test_sr_without_known_source_has_no_image_reference(tmp_path: Path) -> None:
     scoord = items(ds, "SCOORD")[0]
     assert "ContentSequence" not in scoord and "CurrentRequestedProcedureEvidenceSequence" not in ds
     assert closed_polyline(box_corners(0, 0, 4, 4))[:2] == closed_polyline(box_corners(0, 0, 4, 4))[-2:]
+    # Type 2 attributes are present (empty) even without a source that says them: a validating archive wants them
+    for kw in ("PatientBirthDate", "PatientSex", "StudyTime", "StudyID", "ReferringPhysicianName",
+               "AccessionNumber", "PerformedProcedureCodeSequence"):  # fmt: skip
+        assert kw in ds, kw
+    assert ds.PatientSex == "" and len(ds.PerformedProcedureCodeSequence) == 0
 
 
 def test_findings_measure_sizes_centres_and_hu(tmp_path: Path) -> None:

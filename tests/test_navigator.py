@@ -146,6 +146,23 @@ def test_a_new_threshold_keeps_the_review(case) -> None:
     assert {f.id: f.status for f in widget.findings} == {0: "accepted", 1: "accepted", 2: "rejected"}
 
 
+def test_ids_survive_a_threshold_round_trip_and_a_removed_image_is_let_go(case) -> None:
+    """Ids are cited by the CSV/JSON and the SR: a pending detection that leaves with a higher threshold and comes
+    back keeps its id. Removing the image under review leaves no review on a layer that is gone."""
+    viewer, widget, image, boxes, _ = case
+    def ids() -> dict[int, tuple]:
+        return {f.id: (f.slice, *np.round(f.corners, 2).ravel()) for f in widget.findings}
+
+    before = ids()
+    boxes.data = [boxes.data[1]]
+    boxes.data = boxes_to_shapes(DETECTIONS[:, :5], 3)
+    assert ids() == before and len(before) == 3
+    viewer.layers.remove(image)
+    assert widget.image_layer is None and widget.image_combo.currentText() == "(none)"
+    assert "was removed" in widget.status.text()
+    widget.select(0)  # no jump on a removed layer (nothing raises)
+
+
 def test_centres_are_patient_coordinates_for_a_prone_series_with_a_gap(make_napari_viewer, tmp_path: Path) -> None:
     """The table's centre is the patient's LPS position (z, y, x), from each slice's ImagePositionPatient and the
     direction cosines: right for a prone scan (rows run right-to-left, columns anterior) and after a missing

@@ -235,6 +235,14 @@ class LesionNavigatorWidget(QWidget):
 
     def _on_removed(self, event: Any) -> None:
         layer = event.value
+        if layer is self.image_layer:  # no review on an image that is gone: the picker says so, jumps stop
+            self.image_layer = None
+            self.refresh_layers()
+            self.image_combo.blockSignals(True)
+            self.image_combo.setCurrentText(NONE)
+            self.image_combo.blockSignals(False)
+            self._say(f"'{layer.name}' was removed: pick the image these boxes belong to")
+            return
         if layer is self.reviewed_layer:
             self.reviewed_layer = None
         if layer is self.boxes_layer:
@@ -292,7 +300,8 @@ class LesionNavigatorWidget(QWidget):
 
     def _merge(self, new: list[Finding], old: list[Finding]) -> list[Finding]:
         """New findings take the id, status and box of the old finding from the same detection; kept findings
-        whose detection left stay; rejected ones are parked, so a detection that comes back is still rejected."""
+        whose detection left stay; the others are parked, so a detection that comes back keeps its id (exports cite
+        it) and is still rejected if it was."""
         by_origin = {**self._parked, **{self._origin[f.id]: f for f in old if f.id in self._origin}}
         next_id = max((f.id for f in [*old, *self._parked.values()]), default=-1) + 1
         origin: dict[int, tuple] = {}
@@ -306,7 +315,7 @@ class LesionNavigatorWidget(QWidget):
                 f.id, next_id = next_id, next_id + 1
             origin[f.id] = key
         carried = [f for f in old if f.kept and f.id not in origin]  # kept, and gone from the layer (or drawn)
-        self._parked = {k: f for k, f in by_origin.items() if f.status == "rejected"}
+        self._parked = {k: f for k, f in by_origin.items() if not f.kept}  # rejected or pending: same id on return
         self._origin = origin | {f.id: self._origin[f.id] for f in carried if f.id in self._origin}
         return sorted({f.id: f for f in [*new, *carried]}.values(), key=lambda f: f.id)
 

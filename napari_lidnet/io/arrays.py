@@ -111,8 +111,8 @@ def read_array(path: str | Path) -> CTVolume:
         notes.append(f"{path.name}: the file stores no pixel spacing; sizes in mm assume 1 mm voxels")
     if spacing.size != hu.ndim or not np.all(spacing > 0):
         raise ValueError(f"{path}: spacing {spacing.tolist()} must be {hu.ndim} positive numbers (mm per axis)")
-    meta = {"format": suffix.lstrip("."), "source": str(path), "warnings": notes,
-            "orientation_unknown": True}  # an array says nothing of the patient's directions: no R/L letters  # fmt: skip
+    # an array says nothing of the patient's directions: no R/L letters
+    meta = {"format": suffix.lstrip("."), "source": str(path), "warnings": notes, "orientation_unknown": True}
     return CTVolume(hu, tuple(spacing.tolist()), name=path.stem, metadata=meta)
 
 

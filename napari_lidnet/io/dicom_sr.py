@@ -161,6 +161,11 @@ def _evidence(refs: Sequence[tuple[str, str]], study_uid: str, series_uid: str) 
     return [study]
 
 
+#: Type 2 attributes of the SR's patient, study and SR document modules (written empty when the source lacks them)
+TYPE2_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+              "AccessionNumber", "ReferringPhysicianName")  # fmt: skip
+
+
 def _header(source_tags: dict[str, Any], description: str) -> Any:
     """The SR's patient, study, series and document tags (patient/study copied from the source)."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -172,8 +177,10 @@ def _header(source_tags: dict[str, Any], description: str) -> Any:
     for kw in COPIED_TAGS:
         if source_tags.get(kw) not in (None, ""):
             setattr(ds, kw, source_tags[kw])
-    ds.PatientID = ds.get("PatientID", "")
-    ds.PatientName = ds.get("PatientName", "")
+    for kw in TYPE2_TAGS:  # Type 2: present, empty when the source does not say
+        if kw not in ds:
+            setattr(ds, kw, "")
+    ds.PerformedProcedureCodeSequence = ds.get("PerformedProcedureCodeSequence", [])  # Type 2 (SR Document General)
     ds.StudyInstanceUID = ds.get("StudyInstanceUID") or generate_uid()
     ds.SOPClassUID = COMPREHENSIVE_SR
     ds.SOPInstanceUID = generate_uid()
