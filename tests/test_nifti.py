@@ -79,6 +79,32 @@ def test_write_then_read_is_the_same_volume(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["den.nii.gz", "one.nii"]  # no temporary left
 
 
+@pytest.mark.parametrize("kind", ["ras", "odd", "coronal slice"])
+def test_nifti_in_nifti_out_keeps_the_files_voxel_grid(dicom_volume: CTVolume, tmp_path: Path, kind: str) -> None:
+    """What is derived from a NIfTI file is written in that file's voxel order, affine and codes, so a mask or label
+    map drawn on the input fits the output voxel for voxel (the plugin shows it reoriented, and writes it back)."""
+    if kind == "ras":
+        src = as_ras_nifti(dicom_volume, tmp_path / "in.nii.gz")
+    else:
+        shape, affine = ((6, 5, 4), [[0, 0, -2.0, 30], [0.8, 0, 0, -50], [0, -0.7, 0, 120], [0, 0, 0, 1]])
+        if kind == "coronal slice":
+            shape, affine = ((6, 1, 5), [[-0.8, 0, 0, 50], [0, 3.0, 0, -20], [0, 0, 0.9, -300], [0, 0, 0, 1]])
+        data = np.random.default_rng(4).normal(0, 100, shape).astype(np.float32)
+        img = nib.Nifti1Image(data, np.array(affine))
+        img.set_qform(np.array(affine), code=1)
+        src = tmp_path / "in.nii.gz"
+        nib.save(img, str(src))
+    vol = read_nifti(src)
+    out = write_nifti(tmp_path / "out.nii.gz", replace(vol, hu=vol.hu + 1.0))  # a "denoised" copy
+    a, b = nib.load(str(src)), nib.load(str(out))
+    np.testing.assert_allclose(b.affine, a.affine, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(b.dataobj), np.asarray(a.get_fdata()).reshape(b.shape) + 1.0, atol=1e-3)
+    assert [int(b.header[k]) for k in ("qform_code", "sform_code")] == [int(a.header[k]) for k in ("qform_code",
+                                                                                                    "sform_code")]
+    moved = replace(vol, spacing=tuple(2 * v for v in vol.spacing))  # geometry no longer the file's
+    assert not np.allclose(nib.load(str(write_nifti(tmp_path / "o2.nii", moved))).affine, a.affine)
+
+
 def test_a_single_coronal_slice_reads_in_its_plane_head_up(tmp_path: Path) -> None:
     data = np.arange(6 * 5, dtype=np.float32).reshape(6, 1, 5)  # (i, j: one voxel, k)
     affine = np.array([[-0.8, 0, 0, 50], [0, 3.0, 0, -20], [0, 0, 0.9, -300], [0, 0, 0, 1]])  # i to L, k to S

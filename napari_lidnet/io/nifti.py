@@ -4,7 +4,9 @@ Read with nibabel, intensities scaled by the header's scl_slope/scl_inter, then 
 rest of the plugin: the voxel axes reordered and flipped to the closest of x -> patient left, y -> posterior,
 z -> superior (an axial volume then shows as its DICOM series does: anterior up, the patient's right on the
 left, whatever order the converter stored), and the NIfTI RAS+ affine turned into LPS direction cosines, origin
-and spacing. ``write_nifti`` writes a CTVolume back: float32 HU, its LPS geometry as a RAS+ qform and sform, mm.
+and spacing. ``write_nifti`` writes a CTVolume back: float32 HU, its LPS geometry as a RAS+ qform and sform, mm;
+a volume read from NIfTI goes back in the voxel order, affine and codes of its file (a mask drawn on the input fits
+the output voxel for voxel).
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ def read_nifti(path: str | Path) -> CTVolume:
     src, data = _load(path)
     img = nib.Nifti1Image(data, src.affine)
     target = _target_axes(data.shape, img.affine)
-    img = img.as_reoriented(ornt_transform(io_orientation(img.affine), axcodes2ornt(target)))
+    stored_ornt = io_orientation(img.affine)
+    img = img.as_reoriented(ornt_transform(stored_ornt, axcodes2ornt(target)))
     hu = np.ascontiguousarray(np.asarray(img.dataobj, dtype=np.float32).transpose(2, 1, 0))  # (x, y, z) -> (z, y, x)
     check_image_shape(hu.shape, hu.dtype, str(path))
     aff = LPS_FROM_RAS @ np.asarray(img.affine, dtype=float)
@@ -97,6 +100,12 @@ def read_nifti(path: str | Path) -> CTVolume:
     if not (int(src.header.get("qform_code", 0)) or int(src.header.get("sform_code", 0))):
         notes.append(f"{path.name}: the header gives no patient orientation (qform and sform codes 0)")
         meta["orientation_unknown"] = True  # no R/L letters from a guess
+    meta["nifti_stored"] = {  # how the file stored it: write_nifti gives derived files the same voxel grid
+        "ornt": ornt_transform(axcodes2ornt(target), stored_ornt).tolist(),
+        "affine": np.asarray(src.affine, dtype=float).tolist(),
+        "shape": [int(v) for v in data.shape],
+        "codes": [int(src.header.get("qform_code", 0)), int(src.header.get("sform_code", 0))],
+    }
     direction = aff[:3, :3] / spacing_xyz
     sx, sy, sz = (float(v) for v in spacing_xyz)
     px, py, pz = (float(v) for v in aff[:3, 3])
@@ -119,6 +128,27 @@ def _index_to_ras(volume: CTVolume) -> np.ndarray:
     return LPS_FROM_RAS @ aff[:, [2, 1, 0, 3]]
 
 
+def _as_stored(img: Any, stored: Any) -> Any | None:
+    """``img`` in the voxel order, affine and codes of the NIfTI file it was read from (``metadata["nifti_stored"]``),
+    or None when there was none or the geometry changed since (then the plugin's own order is written)."""
+    import nibabel as nib
+
+    if not isinstance(stored, dict):
+        return None
+    try:
+        back = img.as_reoriented(np.asarray(stored["ornt"], dtype=float))
+        affine = np.asarray(stored["affine"], dtype=float)
+        qcode, scode = (int(c) for c in stored["codes"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if tuple(back.shape) != tuple(stored["shape"]) or not np.allclose(back.affine, affine, atol=1e-3):
+        return None
+    out = nib.Nifti1Image(np.asarray(back.dataobj, dtype=np.float32), affine)
+    out.set_sform(affine, code=scode)
+    out.set_qform(affine, code=qcode)
+    return out
+
+
 def _refuse_existing(out: Path) -> None:
     if out.exists():
         raise FileExistsError(f"{out} already exists; outputs never overwrite: choose a new path")
@@ -135,9 +165,13 @@ def write_nifti(out: str | Path, volume: CTVolume) -> Path:
     hu = volume.hu if volume.hu.ndim == 3 else volume.hu[None]
     affine = _index_to_ras(volume)
     img = nib.Nifti1Image(np.ascontiguousarray(hu.transpose(2, 1, 0), dtype=np.float32), affine)
-    cols = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
-    img.set_sform(affine, code=1)  # scanner anatomical
-    img.set_qform(affine, code=1 if np.allclose(cols.T @ cols, np.eye(3), atol=1e-6) else 0)
+    stored = _as_stored(img, volume.metadata.get("nifti_stored"))
+    if stored is not None:  # read from NIfTI: the same voxel grid as the input, so its masks still line up
+        img = stored
+    else:
+        cols = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+        img.set_sform(affine, code=1)  # scanner anatomical
+        img.set_qform(affine, code=1 if np.allclose(cols.T @ cols, np.eye(3), atol=1e-6) else 0)
     img.header.set_xyzt_units("mm")
     img.header["descrip"] = b"napari-lidnet"
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}{''.join(out.suffixes)}")
