@@ -170,6 +170,43 @@ def test_current_slice_scope(make_napari_viewer, qtbot, model_dir: Path) -> None
     assert len(lesions.data) and all(np.all(v[:, 0] == 3) for v in lesions.data)
 
 
+def test_a_current_slice_run_after_a_volume_run_updates_that_slice_only(make_napari_viewer, qtbot, model_dir) -> None:
+    """With the whole volume done (and being reviewed), re-running one slice with the same models replaces that
+    slice's denoised image and boxes in the same outputs: the other slices' boxes, the lesions layer itself and the
+    navigator's review (ids, statuses, scores) stay; another model's slice run replaces the outputs as before."""
+    from napari_lidnet._widgets.navigator import LesionNavigatorWidget
+
+    viewer = make_napari_viewer()
+    low, _ = phantom(n=6)
+    add_ct(viewer, low)
+    nav = LesionNavigatorWidget(viewer)
+    widget = make_widget(viewer, qtbot)
+    widget.set_threshold(0.05)
+    run_and_wait(widget, qtbot)
+    lesions, volume = viewer.layers["low lesions"], np.array(viewer.layers["low denoised"].data)
+    others = [f for f in nav.findings if f.slice != 3]
+    assert others and any(f.slice == 3 for f in nav.findings)
+    nav.accept(others[0].id)
+    review = {f.id: (f.slice, f.status, f.score) for f in nav.findings if f.slice != 3}
+    before = [np.array(v) for v in lesions.data if v[0, 0] != 3]
+
+    widget.scope_combo.setCurrentText("current slice")
+    viewer.dims.set_point(0, TRANSLATE[0] + 3 * SCALE[0])
+    run_and_wait(widget, qtbot)
+    assert viewer.layers["low lesions"] is lesions  # the same layer: the navigator's review carries on
+    den = viewer.layers["low denoised"]
+    assert den.data.shape == low.shape
+    np.testing.assert_allclose(den.data, volume, atol=1e-4)  # same model: slice 3 as before, the others kept
+    after = [np.array(v) for v in lesions.data if v[0, 0] != 3]
+    assert len(after) == len(before) and all(np.allclose(a, b) for a, b in zip(after, before))
+    assert {f.id: (f.slice, f.status, f.score) for f in nav.findings if f.slice != 3} == review
+    assert "added" not in {f.status for f in nav.findings}
+
+    widget.set_remove_sd(5.0)  # another strength: the slice run stands alone, as before
+    run_and_wait(widget, qtbot)
+    assert viewer.layers["low denoised"].data.shape == (1, 64, 64)
+
+
 def test_2d_image(make_napari_viewer, qtbot, model_dir: Path) -> None:
     viewer = make_napari_viewer()
     low, _ = phantom(n=1)

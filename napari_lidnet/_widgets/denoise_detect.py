@@ -11,6 +11,7 @@ module level.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -452,11 +453,13 @@ class DenoiseDetectWidget(QWidget):
             return
         res = out.result
         first = res.slices[0] if self._pending.get("slices") else 0
-        self._last = {"layer": layer, "result": res, "first": first, "labels": (out.denoiser_label, out.detector_label),
-                      "remove_sd": self._pending.get("remove_sd")}  # fmt: skip
+        labels, remove_sd = (out.denoiser_label, out.detector_label), self._pending.get("remove_sd")
+        merged = self._into_volume(layer, res, labels, remove_sd)
+        self._last = {"layer": layer, "result": merged or res, "first": 0 if merged else first, "labels": labels,
+                      "remove_sd": remove_sd}  # fmt: skip
         self._show_denoised()
         self._show_noise()
-        self._show_boxes(rebuild=True)
+        self._show_boxes(rebuild=merged is None)  # merged: the same lesions layer, so the review carries on
         self._update_export_buttons()
         cached = [k for k, v in res.cached.items() if v]
         text = f"done on {res.device} in {res.seconds:.1f} s ({len(res.slices)} slices)"
@@ -473,6 +476,32 @@ class DenoiseDetectWidget(QWidget):
         if res.boxes is not None:
             text += f"; {self._n_shown} lesions with score >= {self.threshold:.2f}"
         self.status.setText(text)
+
+    def _into_volume(self, layer: Any, res: Any, labels: tuple, remove_sd: float | None) -> Any | None:
+        """A "current slice" run folded into the whole-volume result of the same layer, models and strength: that
+        slice's denoised image and boxes replaced, every other slice's kept (a new result; the old is not changed).
+        None when there is no such volume result (the run's own outputs then replace the previous ones)."""
+        last = self._last
+        if last is None or last["layer"] is not layer or layer.ndim != 3 or (last["labels"], last["remove_sd"]) != (
+            labels, remove_sd
+        ):
+            return None
+        prev, depth = last["result"], layer.data.shape[0]
+        if len(res.slices) >= depth or list(prev.slices) != list(range(depth)):
+            return None
+        if (prev.denoised is None) != (res.denoised is None) or (prev.boxes is None) != (res.boxes is None):
+            return None
+        denoised = None
+        if prev.denoised is not None:
+            denoised = np.array(prev.denoised, copy=True)
+            denoised[res.slices] = res.denoised
+        boxes = None
+        if prev.boxes is not None:
+            old = np.asarray(prev.boxes, np.float32).reshape(-1, 6)
+            old = old[~np.isin(old[:, 0].astype(int), res.slices)]
+            boxes = np.concatenate([old, np.asarray(res.boxes, np.float32).reshape(-1, 6)])
+            boxes = boxes[np.argsort(boxes[:, 0], kind="stable")]
+        return replace(res, slices=list(prev.slices), denoised=denoised, boxes=boxes)
 
     # ----------------------------------------------------------------------------------------------- outputs
     def _place(self, role: str, data: Any, kwargs: dict[str, Any], layer_type: str) -> Any:
