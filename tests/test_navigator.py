@@ -163,6 +163,32 @@ def test_ids_survive_a_threshold_round_trip_and_a_removed_image_is_let_go(case) 
     widget.select(0)  # no jump on a removed layer (nothing raises)
 
 
+def test_a_new_run_keeps_what_the_reader_decided(case) -> None:
+    """Another detection run (a new layer of boxes) on an image already reviewed: an accepted detection stays
+    accepted with its score (not 'added'), an edited one stays edited, a drawn one stays added, and the new run's
+    copies of kept boxes do not come back pending beside them."""
+    viewer, widget, image, boxes, _ = case
+    widget.accept(1)  # the 0.91 box
+    widget.edit(0)
+    reviewed = viewer.layers[f"{image.name} reviewed"]
+    corners = np.array(reviewed.data[list(reviewed.features["finding"]).index(0)], copy=True)
+    corners[:, 1:] += 0.6  # the reader nudges the edited box (IoU with the detection still above 0.5)
+    reviewed.data = [corners if i == list(reviewed.features["finding"]).index(0) else d
+                     for i, d in enumerate(reviewed.data)]  # fmt: skip
+    reviewed.add_rectangles(np.array([[4, 2, 2], [4, 2, 6], [4, 6, 6], [4, 6, 2]], float))  # a drawn box
+    kept = sorted((f.slice, f.status, f.score) for f in widget.findings if f.kept)
+    assert [st for _, st, _ in kept].count("added") == 1 and len(kept) == 3
+    rerun = viewer.add_shapes(
+        boxes_to_shapes(DETECTIONS[:, :5], 3), shape_type="rectangle", name=f"{image.name} lesions 2",
+        scale=image.scale, translate=image.translate, features={"score": DETECTIONS[:, 5]},
+        metadata={"lidnet_role": "detections", "lidnet": {"source_layer": image.name, "detector": "tiny"}},
+    )  # fmt: skip
+    assert widget.boxes_layer is rerun
+    assert sorted((f.slice, f.status, f.score) for f in widget.findings if f.kept) == kept
+    assert len(widget.findings) == len(DETECTIONS) + 1  # three detections (two of them kept) and the drawn box
+    assert [f.status for f in widget.findings].count("pending") == 1
+
+
 def test_centres_are_patient_coordinates_for_a_prone_series_with_a_gap(make_napari_viewer, tmp_path: Path) -> None:
     """The table's centre is the patient's LPS position (z, y, x), from each slice's ImagePositionPatient and the
     direction cosines: right for a prone scan (rows run right-to-left, columns anterior) and after a missing

@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
 from ..findings import KEPT, Finding, centre_world, measure, write_findings
 from ..io.volume import n_slices, per_slice
 from ..layer_data import PIXEL_CENTRE_SHIFT
+from ..metrics.froc import box_iou_np
 from ._docking import DockHome
 from ._roles import CALIPERS, DETECTIONS, REVIEWED, ROLE, derived_name, is_ct_image, is_shapes, role
 from ._viewer import camera
@@ -57,7 +58,7 @@ STATUS_COLORS = {"pending": "#c8c8c8", "accepted": "#3cb44b", "edited": "#42d4f4
                  "rejected": "#e05050"}  # fmt: skip
 REVIEWED_COLOR = "#3cb44b"
 #: features of a box drawn by hand on the reviewed layer (no finding yet)
-DRAWN_DEFAULTS = {"finding": -1, "status": "added"}
+DRAWN_DEFAULTS = {"finding": -1, "status": "added", "score": np.nan}
 NONE = "(none)"
 
 
@@ -106,6 +107,11 @@ def index_to_patient(layer: Any) -> tuple[np.ndarray, np.ndarray | None]:
     ipp = per_slice(layer.metadata, "slice_ipp", n_slices(layer.data))
     offsets = None if ipp is None else (np.asarray(ipp, dtype=float).reshape(-1, 3) - aff[:3, 3])[:, ::-1]
     return _ZYX_FROM_XYZ @ aff @ _EDGE_TO_CENTRE, offsets
+
+
+def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """Intersection over union of two ``x1, y1, x2, y2`` boxes."""
+    return float(box_iou_np(np.asarray([a], float), np.asarray([b], float))[0, 0])
 
 
 def corners_in_image(shapes: Any, index: int, image: Any) -> tuple[int, np.ndarray]:
@@ -292,6 +298,8 @@ class LesionNavigatorWidget(QWidget):
         new = self._read_findings(boxes, image) if boxes is not None and image is not None else []
         self.findings = self._merge(new, self.findings if same else [])
         self.reviewed_layer = self._find_reviewed()
+        if not same:
+            self._adopt_reviewed()
         self._sync_from_reviewed()
         self._fill_table()
         self._say(f"{len(self.findings)} boxes to review on {image.name}" if image is not None and boxes is not None
@@ -527,7 +535,7 @@ class LesionNavigatorWidget(QWidget):
             edge_width=2,
             face_color="transparent",
             edge_color=STATUS_COLORS["added"],
-            features={"finding": np.zeros(0, int), "status": np.zeros(0, str)},
+            features={"finding": np.zeros(0, int), "status": np.zeros(0, str), "score": np.zeros(0, float)},
             feature_defaults=DRAWN_DEFAULTS,
             text={"string": "{status}", "anchor": "lower_left", "size": 9, "color": REVIEWED_COLOR},
             metadata={ROLE: REVIEWED, "lidnet": {"source_layer": image.name}},
@@ -544,7 +552,6 @@ class LesionNavigatorWidget(QWidget):
 
     def _write_reviewed(self) -> None:
         """Rewrite the reviewed layer from the kept findings (made on the first kept box)."""
-        import pandas as pd
 
         kept = [f for f in self.findings if f.kept]
         if self.reviewed_layer is None or self.reviewed_layer not in self.viewer.layers:
@@ -555,7 +562,7 @@ class LesionNavigatorWidget(QWidget):
         self._syncing = True
         try:
             layer.data = [(self._vertices(f), "rectangle") for f in kept]
-            layer.features = pd.DataFrame({"finding": [f.id for f in kept], "status": [f.status for f in kept]})
+            layer.features = self._reviewed_table([f.id for f in kept])
             layer.feature_defaults = DRAWN_DEFAULTS  # a box drawn by hand is a new finding
             layer.edge_color = [STATUS_COLORS[f.status] for f in kept] if kept else STATUS_COLORS["added"]
             layer.current_edge_color = STATUS_COLORS["added"]
@@ -602,15 +609,48 @@ class LesionNavigatorWidget(QWidget):
         self._measure(changed)
         self._label_reviewed(ids)
 
-    def _label_reviewed(self, ids: list[int]) -> None:
+    def _adopt_reviewed(self) -> None:
+        """A new layer of boxes (another run) on an image already reviewed: each box of the reviewed layer stays
+        what the reader made it (accepted, edited, added, with its score). A new detection over it (same slice, IoU
+        >= 0.5) takes its status and box instead of coming back pending beside it; the others come along under new
+        ids. The reviewed layer is relabelled with the ids of this run."""
+        layer, image = self.reviewed_layer, self.image_layer
+        if layer is None or image is None or layer not in self.viewer.layers or not layer.nshapes:
+            return
+        feats = layer.features
+        statuses = list(feats["status"]) if "status" in feats else ["added"] * layer.nshapes
+        scores = list(feats["score"]) if "score" in feats else [np.nan] * layer.nshapes
+        next_id, ids = max((f.id for f in self.findings), default=-1) + 1, []
+        for i in range(layer.nshapes):
+            z, corners = corners_in_image(layer, i, image)
+            kept = Finding(-1, z, corners, None if not np.isfinite(scores[i]) else float(scores[i]), str(statuses[i]))
+            match = max((f for f in self.findings if f.slice == z and f.status == "pending"),
+                        key=lambda f: box_iou(f.bounds, kept.bounds), default=None)  # fmt: skip
+            if match is not None and box_iou(match.bounds, kept.bounds) >= 0.5:
+                match.status, match.corners = kept.status, kept.corners
+                ids.append(match.id)
+            else:
+                kept.id, next_id = next_id, next_id + 1
+                self.findings.append(kept)
+                ids.append(kept.id)
+        self._measure([f for f in self.findings if f.id in ids])
+        self._label_reviewed(ids)
+
+    def _reviewed_table(self, ids: list[int]) -> Any:
+        """The reviewed layer's features: each box's finding id, status and detector score (NaN when drawn)."""
         import pandas as pd
 
+        by_id = {f.id: f for f in self.findings}
+        found = [by_id.get(i) for i in ids]
+        scores = [np.nan if f is None or f.score is None else f.score for f in found]
+        return pd.DataFrame({"finding": ids, "status": [f.status if f else "added" for f in found], "score": scores})
+
+    def _label_reviewed(self, ids: list[int]) -> None:
         layer = self.reviewed_layer
-        status = {f.id: f.status for f in self.findings}
         self._syncing = True
         try:
-            statuses = [status.get(i, "added") for i in ids]
-            layer.features = pd.DataFrame({"finding": ids, "status": statuses})
+            layer.features = self._reviewed_table(ids)
+            statuses = list(layer.features["status"])
             layer.feature_defaults = DRAWN_DEFAULTS
             if statuses:
                 layer.edge_color = [STATUS_COLORS.get(st, STATUS_COLORS["added"]) for st in statuses]
