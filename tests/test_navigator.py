@@ -189,6 +189,34 @@ def test_a_new_run_keeps_what_the_reader_decided(case) -> None:
     assert [f.status for f in widget.findings].count("pending") == 1
 
 
+def press(viewer, key: str) -> None:
+    """A key press on the canvas, through napari's key map (the active layer's bindings first)."""
+    handler = viewer.window._qt_viewer.canvas._key_map_handler
+    handler.press_key(key)
+    handler.release_key(key)
+
+
+def test_review_keys_work_from_the_image_and_after_edit(case) -> None:
+    """A reading loop runs from the image: A and R act on the selected finding whichever layer is active, and on
+    the reviewed layer (active after Edit) R rejects instead of starting a rectangle that the next click would add."""
+    viewer, widget, image, boxes, _ = case
+    widget.select(0)
+    viewer.layers.selection.active = image
+    press(viewer, "a")
+    assert widget.finding(0).status == "accepted"
+    widget.edit(0)
+    reviewed = viewer.layers.selection.active
+    assert reviewed.name == f"{image.name} reviewed" and reviewed.mode == "select"
+    widget.select(1)
+    press(viewer, "r")
+    assert widget.finding(1).status == "rejected"
+    assert reviewed.mode != "add_rectangle" and reviewed.nshapes == 1
+    viewer.layers.selection.active = boxes
+    widget.select(2)
+    press(viewer, "a")
+    assert widget.finding(2).status == "accepted" and boxes.mode != "add_rectangle"
+
+
 def test_centres_are_patient_coordinates_for_a_prone_series_with_a_gap(make_napari_viewer, tmp_path: Path) -> None:
     """The table's centre is the patient's LPS position (z, y, x), from each slice's ImagePositionPatient and the
     direction cosines: right for a prone scan (rows run right-to-left, columns anterior) and after a missing

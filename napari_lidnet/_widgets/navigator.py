@@ -197,16 +197,31 @@ class LesionNavigatorWidget(QWidget):
         return self.table
 
     def _create_shortcuts(self) -> None:
-        """Buttons and their keys (active while the navigator has the focus)."""
+        """Buttons and their keys: while the navigator has the focus, and on the image (see ``_bind_review_keys``)."""
         actions = {"accept": (self.accept, "A"), "reject": (self.reject, "R"), "edit": (self.edit, "E"),
                    "previous": (self.previous, "P"), "next": (self.next, "N"),
                    "export": (self._export_dialog, None)}  # fmt: skip
+        self._review_keys = {}
         for key, (func, shortcut) in actions.items():
             self.buttons[key].clicked.connect(lambda _=False, f=func: f())
             if shortcut:
                 sc = QShortcut(QKeySequence(shortcut), self)
                 sc.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
                 sc.activated.connect(func)
+                self._review_keys[shortcut.lower()] = func
+        self._bind_review_keys(self.viewer)
+
+    def _bind_review_keys(self, target: Any) -> None:
+        """The review keys on the canvas too: on the viewer (any layer without its own binding of the key) and on
+        the lesions and reviewed layers, where they replace napari's shape keys (R would start drawing a rectangle
+        and the next click add a box; the toolbar still draws)."""
+        for key, func in self._review_keys.items():
+
+            def press(_target: Any, f: Any = func) -> None:
+                f()
+
+            press.__name__ = f"lidnet_review_{func.__name__}"
+            target.bind_key(key, press, overwrite=True)
 
     def _watch_viewer(self) -> None:
         events = self.viewer.layers.events
@@ -290,6 +305,7 @@ class LesionNavigatorWidget(QWidget):
         if boxes is not None and boxes is not self.boxes_layer:
             self._disconnect_boxes()
             boxes.events.data.connect(self._on_boxes_data)
+            self._bind_review_keys(boxes)
         self.boxes_layer, self.image_layer = boxes, image
         for combo, layer in ((self.boxes_combo, boxes), (self.image_combo, image)):
             combo.blockSignals(True)
@@ -520,6 +536,7 @@ class LesionNavigatorWidget(QWidget):
     def _connect_reviewed(self, layer: Any) -> None:
         if layer not in self._watched:
             layer.events.data.connect(self._on_reviewed_data)
+            self._bind_review_keys(layer)
             self._watched.add(layer)
 
     def _new_reviewed(self) -> Any:
