@@ -125,7 +125,8 @@ def measure(
 def record(finding: Finding) -> dict[str, Any]:
     """One row of the exported table (``COLUMNS``)."""
     x1, y1, x2, y2 = finding.bounds
-    row = {"id": finding.id, "slice": finding.slice, "score": finding.score, "status": finding.status}
+    score = None if finding.score is None else round(float(finding.score), 4)  # the detector's float32, rounded
+    row = {"id": finding.id, "slice": finding.slice, "score": score, "status": finding.status}
     row.update({k: round(float(v), 2) for k, v in finding.measures.items()})
     row.update({"x1": round(x1, 2), "y1": round(y1, 2), "x2": round(x2, 2), "y2": round(y2, 2)})
     return {k: row.get(k) for k in COLUMNS}

@@ -103,6 +103,7 @@ def test_accept_reject_edit_and_exports(case, tmp_path: Path, qtbot) -> None:
     rows = read_findings(widget.export(tmp_path / "review.csv"))
     assert [r["status"] for r in rows] == ["accepted", "rejected", "edited", "added"]
     assert float(rows[0]["long_mm"]) == pytest.approx(8.0)
+    assert rows[0]["score"] == "0.42" and rows[3]["score"] in ("", None)  # rounded as the other columns; drawn: none
     js = read_findings(widget.export(tmp_path / "review.json"))
     assert js[2]["x2"] == pytest.approx(22.0)
     assert widget.export(tmp_path / "review.json") is None and "exists" in widget.status.text()
