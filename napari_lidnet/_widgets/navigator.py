@@ -569,7 +569,6 @@ class LesionNavigatorWidget(QWidget):
 
     def _write_reviewed(self) -> None:
         """Rewrite the reviewed layer from the kept findings (made on the first kept box)."""
-
         kept = [f for f in self.findings if f.kept]
         if self.reviewed_layer is None or self.reviewed_layer not in self.viewer.layers:
             if not kept:
