@@ -54,8 +54,13 @@ def test_sr_regions_reference_the_source_slices(series, tmp_path: Path) -> None:
     assert ds.SOPClassUID == COMPREHENSIVE_SR and ds.Modality == "SR"
     assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.PatientID == src.PatientID
     assert ds.ConceptNameCodeSequence[0].CodeMeaning == "Imaging Measurement Report"
-    groups = items(ds, "CONTAINER")
+    assert ds.ContentTemplateSequence[0].TemplateIdentifier == "1500"  # TID 1500: the tree below is its shape
+    assert [meaning(i) for i in ds.ContentSequence] == ["Procedure reported", "Imaging Measurements"]
+    assert ds.ContentSequence[0].ConceptCodeSequence[0].CodeMeaning == "Computed tomography"
+    groups = list(ds.ContentSequence[1].ContentSequence)
     assert [meaning(g) for g in groups] == ["Measurement Group"] * 2
+    uids = [i.UID for g in groups for i in g.ContentSequence if i.ValueType == "UIDREF"]
+    assert len(set(uids)) == 2  # a tracking unique identifier per region
     scoords = items(ds, "SCOORD")
     assert [s.GraphicType for s in scoords] == ["POLYLINE", "POLYLINE"]
     pts = np.asarray(scoords[0].GraphicData, float).reshape(-1, 2)

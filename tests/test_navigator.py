@@ -109,7 +109,8 @@ def test_accept_reject_edit_and_exports(case, tmp_path: Path, qtbot) -> None:
     assert widget.export(tmp_path / "review.json") is None and "exists" in widget.status.text()
 
     sr = pydicom.dcmread(widget.export(tmp_path / "review.dcm"))
-    groups = [g for g in sr.ContentSequence if g.ValueType == "CONTAINER"]
+    (measurements,) = [g for g in sr.ContentSequence if g.ValueType == "CONTAINER"]  # TID 1500's one container
+    groups = list(measurements.ContentSequence)
     assert len(groups) == 3  # the kept boxes, not the rejected one
     src_uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in vol.metadata["files"]]
     refs = []

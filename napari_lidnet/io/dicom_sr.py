@@ -1,11 +1,12 @@
 """Reviewed lesion boxes -> a DICOM Comprehensive SR (plain pydicom, no Qt).
 
-The document is a measurement report in the shape of TID 1500 (a root "Imaging Measurement Report" container with
-one "Measurement Group" per region): each group holds a tracking identifier, the region as a closed SCOORD
-POLYLINE in the source slice's pixel coordinates (DICOM's convention: (0, 0) is the top-left corner of the first
-pixel, the same as a box edge ``x1, y1`` here), selected from an IMAGE item that references the source slice's SOP
-instance when it is known, and the long axis, short axis (mm), mean (HU), detector score and review status.
-Patient and study tags are copied from the source series so the report files next to it in a PACS.
+The document is a TID 1500 measurement report: a root "Imaging Measurement Report" container (template 1500 in
+ContentTemplateSequence) holding "Procedure reported" (CT) and an "Imaging Measurements" container with one
+"Measurement Group" per region. Each group holds a tracking identifier and a tracking unique identifier, the region
+as a closed SCOORD POLYLINE in the source slice's pixel coordinates (DICOM's convention: (0, 0) is the top-left
+corner of the first pixel, the same as a box edge ``x1, y1`` here), selected from an IMAGE item that references the
+source slice's SOP instance when it is known, and the long axis, short axis (mm), mean (HU), detector score and
+review status. Patient and study tags are copied from the source series so the report files next to it in a PACS.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ import numpy as np
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 #: (value, scheme, meaning) of the concept names used
 REPORT = ("126000", "DCM", "Imaging Measurement Report")
+PROCEDURE = ("121058", "DCM", "Procedure reported")
+CT_PROCEDURE = ("77477000", "SCT", "Computed tomography")
+MEASUREMENTS = ("126010", "DCM", "Imaging Measurements")
+TRACKING_UID = ("112040", "DCM", "Tracking Unique Identifier")
 GROUP = ("125007", "DCM", "Measurement Group")
 TRACKING_ID = ("112039", "DCM", "Tracking Identifier")
 IMAGE_REGION = ("111030", "DCM", "Image Region")
@@ -129,8 +134,13 @@ def _group(k: int, region: SRRegion, ref: tuple[str, str] | None, frame: int | N
     scoord.GraphicData = closed_polyline(region.corners)
     if ref is not None:
         scoord.ContentSequence = [_image_ref(ref, frame)]
+    from pydicom.uid import generate_uid
+
+    tracking_uid = _item("UIDREF", TRACKING_UID)
+    tracking_uid.UID = generate_uid()
     children = [
         _text(TRACKING_ID, region.label or f"finding {k + 1} (slice {region.slice})"),
+        tracking_uid,
         scoord,
         _num(LONG_AXIS, region.long_mm, MM),
         _num(SHORT_AXIS, region.short_mm, MM),
@@ -197,6 +207,9 @@ def _header(source_tags: dict[str, Any], description: str) -> Any:
     ds.ValueType = "CONTAINER"
     ds.ConceptNameCodeSequence = [_code(REPORT)]
     ds.ContinuityOfContent = "SEPARATE"
+    template = Dataset()
+    template.MappingResource, template.TemplateIdentifier = "DCMR", "1500"
+    ds.ContentTemplateSequence = [template]
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -234,7 +247,12 @@ def write_sr(
         groups.append(_group(k, region, ref, z + 1 if multiframe else None))
         if ref is not None:
             used.append(ref)
-    ds.ContentSequence = groups
+    procedure = _item("CODE", PROCEDURE, "HAS CONCEPT MOD")
+    procedure.ConceptCodeSequence = [_code(CT_PROCEDURE)]
+    measurements = _item("CONTAINER", MEASUREMENTS)
+    measurements.ContinuityOfContent = "SEPARATE"
+    measurements.ContentSequence = groups
+    ds.ContentSequence = [procedure, measurements]
     if used and series_uid:
         ds.CurrentRequestedProcedureEvidenceSequence = _evidence(used, ds.StudyInstanceUID, series_uid)
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
