@@ -62,6 +62,8 @@ def test_table_sizes_sorting_and_jump(case) -> None:
     assert first.measures["long_mm"] == pytest.approx(8.0) and first.measures["short_mm"] == pytest.approx(3.5)
     assert first.measures["mean_hu"] == pytest.approx(float(vol.hu[1, 6:11, 4:14].mean()), abs=1e-3)
     assert first.measures["centre_z_mm"] == pytest.approx(image.data_to_world((1, 8.5, 9))[0])
+    row = widget.row_ids().index(0)  # the slice's InstanceNumber beside its index (the series counts down: 5..1)
+    assert widget.table.item(row, COL["slice"]).text() == f"1 ({vol.metadata['instance_numbers'][1]})" == "1 (4)"
 
     widget.table.sortItems(COL["score"], Qt.SortOrder.DescendingOrder)
     assert widget.row_ids() == [1, 0, 2]

@@ -46,7 +46,7 @@ TITLE = "Navigator"  # the dock's tab
 #: (key, header) of the table's columns
 COLUMNS = (
     ("id", "#"),
-    ("slice", "slice"),
+    ("slice", "slice (inst.)"),  # the index, and the DICOM InstanceNumber a PACS shows when the series has one
     ("centre", "centre z, y, x (mm)"),
     ("long_mm", "long (mm)"),
     ("short_mm", "short (mm)"),
@@ -391,9 +391,13 @@ class LesionNavigatorWidget(QWidget):
         t = self.table
         t.setSortingEnabled(False)
         t.setRowCount(len(self.findings))
+        image = self.image_layer
+        instances = per_slice(image.metadata or {}, "instance_numbers", n_slices(image.data)) if image else None
         for r, f in enumerate(self.findings):
             for c, (key, _) in enumerate(COLUMNS):
                 value, text = self._cell(f, key)
+                if key == "slice" and instances and 0 <= f.slice < len(instances) and instances[f.slice]:
+                    text = f"{f.slice} ({instances[f.slice]})"
                 item = SortItem(text)
                 item.setData(Qt.ItemDataRole.UserRole, value)
                 if key == "status":
