@@ -152,3 +152,31 @@ def test_derived_layer_names_are_short_and_cut_between_words():
     assert name == "CHEST 5.0 B31f LUNG… 25% dose" and len(name) <= 30  # the tag that tells layers apart stays
     assert short_name("low-dose CT (25%)") == "low-dose CT (25%)"
     assert short_name("averyveryverylongseriesdescription") == "averyveryverylongse…"
+
+
+def test_simulation_source_dose_and_a_restart_after_cancel(widget, qtbot):
+    """The source is never a low-dose layer by default and one is refused (its metadata says so); dose 1.0 is
+    refused; after Cancel a new run starts at once; the result's source text names the simulation."""
+    viewer, w = widget
+    viewer.add_image(disk_phantom(3, 64), name="CT (25%)", metadata={"hu": True, "dose": 0.25, "normal_dose": "CT"})
+    viewer.add_image(disk_phantom(12, 96), name="CT", scale=(2.5, 0.8, 0.8), metadata={"hu": True, "dose": 1.0,
+                                                                                           "source": "a scan"})
+    assert w.sim_layer_combo.currentText() == "CT"
+    w.sim_layer_combo.setCurrentText("CT (25%)")
+    assert w.simulate() is None and "already low dose" in w.status.text()
+    w.sim_layer_combo.setCurrentText("CT")
+    w.dose_spin.setValue(1.0)
+    assert w.simulate() is None and "own dose" in w.status.text()
+    w.dose_spin.setValue(0.5)
+    w.sim_device_combo.setCurrentText("cpu")
+    w.sim_chunk = 1
+    first = w.simulate()
+    assert first is not None
+    w.cancel_simulation()
+    with qtbot.waitSignal(w.simulation_finished, timeout=60000):
+        second = w.simulate()  # at once, while the cancelled run may still finish its slice
+        assert second is not None and second is not first, w.status.text()
+    qtbot.waitUntil(lambda: "CT 50% dose" in [ly.name for ly in viewer.layers], timeout=60000)
+    new = viewer.layers["CT 50% dose"]
+    assert new.metadata["dose"] == 0.5 and new.metadata["normal_dose"] == "CT"
+    assert new.metadata["source"].startswith("CT at 50% dose")

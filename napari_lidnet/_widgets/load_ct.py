@@ -37,7 +37,7 @@ from ..io.volume import n_slices
 from ..io.windowing import SCAN_WINDOW, WINDOW_PRESETS
 from ..layer_data import volume_layer_tuples
 from ._docking import DockHome, scroll_layout
-from ._roles import derived_name
+from ._roles import derived_name, is_reduced_dose
 from ._worker_utils import Failure, SimProgress, simulate_job
 from .calipers import measure
 from .reading_room import HINT, ReadingRoom
@@ -271,9 +271,10 @@ class LoadCTWidget(QWidget):
     # ------------------------------------------------------------------ window
     def apply_preset(self) -> None:
         """Set the preset window on the selected image layer (and the CT layers linked to it); data untouched."""
-        layer = self.viewer.layers.selection.active
-        if not isinstance(layer, Image):
-            self._error("select an image layer to apply a window preset")
+        active = self.viewer.layers.selection.active
+        layer = active if isinstance(active, Image) else self.room.target_ct()  # as keys 1-5: the CT on screen
+        if layer is None:
+            self._error("open a CT (or select an image layer) to apply a window preset")
             return
         preset = self.preset_combo.currentText()
         self.room.apply_preset(preset, layer)
@@ -302,21 +303,29 @@ class LoadCTWidget(QWidget):
     def _refresh_layers(self, event: Any = None) -> None:
         current = self.sim_layer_combo.currentText()
         self.sim_layer_combo.clear()
-        names = [lyr.name for lyr in self.viewer.layers if isinstance(lyr, Image) and not lyr.rgb]
-        self.sim_layer_combo.addItems(names)
-        if current in names:
-            self.sim_layer_combo.setCurrentText(current)
+        images = [lyr for lyr in self.viewer.layers if isinstance(lyr, Image) and not lyr.rgb]
+        self.sim_layer_combo.addItems([lyr.name for lyr in images])
+        normal = [lyr.name for lyr in images if not is_reduced_dose(lyr)]  # never a low-dose layer by default
+        pick = current if current in normal else (normal[0] if normal else "")
+        if pick:
+            self.sim_layer_combo.setCurrentText(pick)
 
     def simulate(self) -> Any:
         """Simulate a low-dose partner of the chosen image layer in a worker; returns the worker (None: refused)."""
         name = self.sim_layer_combo.currentText()
-        if self.sim_worker is not None:
+        if self.sim_worker is not None and not self.sim_worker.abort_requested:
             self._error("a simulation is running: cancel it first")
             return None
         if not name or name not in self.viewer.layers:
             self._error("open a normal-dose CT image first")
             return None
         layer = self.viewer.layers[name]
+        if is_reduced_dose(layer):
+            self._error(f"{name} is already low dose or denoised (its metadata says so): simulate from its normal dose")
+            return None
+        if float(self.dose_spin.value()) >= 1.0:
+            self._error("dose 1.0 is the scan's own dose: choose a fraction below 1")
+            return None
         hu = np.asarray(layer.data, dtype=np.float32)
         if hu.ndim not in (2, 3):
             self._error(f"{name}: expected a 2D or 3D CT image in HU, got shape {hu.shape}")
@@ -324,9 +333,9 @@ class LoadCTWidget(QWidget):
         dose, seed = float(self.dose_spin.value()), int(self.seed_spin.value())
         args = (hu, dose, float(layer.scale[-1]), seed, self.sim_device_combo.currentText(), self.sim_chunk)
         worker = create_worker(simulate_job, *args, _start_thread=False)
-        worker.yielded.connect(self._on_sim_progress)
+        worker.yielded.connect(lambda rec, w=worker: self._on_sim_progress(rec) if w is self.sim_worker else None)
         worker.returned.connect(lambda out: self._on_simulated(out, layer, dose, seed))
-        worker.finished.connect(self._on_sim_finished)
+        worker.finished.connect(lambda w=worker: self._on_sim_finished(w))  # a cancelled one may end after a new start
         self.sim_worker = worker
         self.sim_records = []
         self._sim_busy(True, n_slices(hu))
@@ -370,7 +379,8 @@ class LoadCTWidget(QWidget):
             self._error(f"{layer.name} was removed while simulating; result dropped")
             return
         meta = {**layer.metadata, "hu": True, "dose": dose, "simulated_dose": dose, "simulated_seed": seed,
-                "normal_dose": layer.name}  # fmt: skip
+                "normal_dose": layer.name,
+                "source": f"{layer.name} at {dose:.0%} dose (napari_lidnet.sim, seed {seed})"}  # fmt: skip
         new = self.viewer.add_image(
             np.asarray(result, dtype=np.float32),
             name=derived_name(layer.name, f"{dose:.0%} dose"),
@@ -383,7 +393,9 @@ class LoadCTWidget(QWidget):
         self._info(f"added {new.name} (low-dose partner of {layer.name})")
         show_info(f"added {new.name}")
 
-    def _on_sim_finished(self) -> None:
+    def _on_sim_finished(self, worker: Any = None) -> None:
+        if worker is not None and worker is not self.sim_worker:
+            return  # a cancelled run ending after the next one started
         self.sim_worker = None
         self._sim_busy(False)
         self.simulation_finished.emit()
