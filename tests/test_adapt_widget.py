@@ -142,6 +142,12 @@ def test_input_the_guard_rails_refuse_starts_nothing(make_napari_viewer, qtbot, 
     add_scan(viewer, hu[:6], pixel_mm, name="gappy low", slice_positions_mm=[0.0, 2.5, 10.0, 12.5, 20.0, 22.5])
     assert widget.start() is None
     assert "gappy low: slice gaps of up to 7.5 mm" in widget.status.text(), widget.status.text()
+    # a layer recorded as normal dose (the sample's full-dose CT) would teach the wrong noise: refused
+    viewer.layers.clear()
+    add_scan(viewer, hu[:6], pixel_mm, name="full-dose CT", dose=1.0)
+    widget.data_box.set_adapt_images(["full-dose CT"])
+    assert widget.start() is None
+    assert "full-dose CT: its metadata says normal dose" in widget.status.text(), widget.status.text()
     # no starting denoiser: said, nothing started
     widget.start_denoiser_combo.setCurrentIndex(widget.start_denoiser_combo.count() - 1)
     assert widget.start() is None and "choose a starting denoiser" in widget.status.text()

@@ -90,6 +90,8 @@ def test_one_click_run_improves_and_publishes(make_napari_viewer, qtbot, model_d
     assert widget.stage_bar.value() == widget.stage_bar.maximum() == 2
     assert {"D pixel", "D detection", "D roi perceptual", "T detection"} <= set(widget.plot.losses)
     assert len(widget.plot.validation) == 3
+    assert widget.plot.ax_sens.yaxis.get_label_position() == "right"  # beside its own ticks, not over PSNR's
+    assert widget.stage_label.text() == "finished: saved as site-b"  # not the last record's "saving ..."
     # the run folder is under the user's data dir, the model in the user folder and in the denoise widget
     assert Path(out.run_dir).parent == tmp_path / "runs"
     assert {"site-b_denoiser", "site-b_detector"} <= {m.name for m in list_models()}

@@ -258,3 +258,11 @@ def test_boxes_shapes_and_masks_share_one_convention():
     np.testing.assert_allclose(one[:, 0], 2.0)
     np.testing.assert_allclose(one[:, 1:].min(0), [6.5, 4.5])
     np.testing.assert_allclose(one[:, 1:].max(0), [7.5, 5.5])
+
+
+def test_ellipse_keeps_the_pixels_on_its_boundary():
+    """The closed test |u| <= 1 in exact integer arithmetic: floating-point rounding dropped the 4 extreme pixels."""
+    m = shape_mask("ellipse", rect(300, 150, 360, 230), (512, 512))  # centre (330, 190), semi-axes 30 and 40
+    rr, cc = np.mgrid[0:512, 0:512]
+    exact = (rr - 330) ** 2 * 40**2 + (cc - 190) ** 2 * 30**2 <= (30 * 40) ** 2
+    np.testing.assert_array_equal(m, exact)

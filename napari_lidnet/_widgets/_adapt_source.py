@@ -109,6 +109,12 @@ def adapt_request(
         problems.append(f"patch size {settings['patch_size']} must be a multiple of 16")
     if not layers:
         return None, [*problems, "tick at least one low-dose image layer (open a CT series)"]
+    for ly in layers:  # it learns the noise of the scans it sees: a normal-dose or denoised one teaches the wrong one
+        meta = ly.metadata or {}
+        dose, denoised = meta.get("dose"), "denoiser" in (meta.get("lidnet") or {})
+        if denoised or (isinstance(dose, (int, float)) and not isinstance(dose, bool) and dose >= 1.0):
+            problems.append(f"{ly.name}: its metadata says {'denoised' if denoised else 'normal dose'}; tick the "
+                            "low-dose scans to adapt to")  # fmt: skip
     inputs, notes = inputs_from_layers(layers, shapes_layer, current_slice)
     problems.extend(notes)
     volumes = [volume_of_layer(ly, item.full_hu) for ly, item in zip(layers, inputs)]  # (pixels read once)

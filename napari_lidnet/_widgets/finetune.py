@@ -471,6 +471,7 @@ class FineTuneWidget(QWidget):
         text = adapt_summary(outcome) if isinstance(outcome, AdaptOutcome) else outcome_summary(outcome)
         if outcome.exported:
             name = Path(outcome.exported[0]).name.rsplit("_", 1)[0]
+            self.stage_label.setText(f"{outcome.status}: saved as {name}")  # not the "saving ..." of the last record
             n = refresh_denoise_widgets(self.viewer, select=name)
             self.refresh_models()
             self.name_edit.setText(default_model_name() if self.name_edit.text() == name else self.name_edit.text())

@@ -103,6 +103,7 @@ class TrainingPlot(QWidget):
             self.ax_sens.set_ylim(-0.02, 1.02)
         self.ax_val.set_ylabel("val PSNR (dB)", color="tab:blue", fontsize=8)
         self.ax_sens.set_ylabel("sensitivity", color="tab:orange", fontsize=8)
+        self.ax_sens.yaxis.set_label_position("right")  # clear() on a twin axis moves its label to the left
         self.ax_val.set_xlabel("step", fontsize=8)
         for a in (self.ax_val, self.ax_sens):
             a.tick_params(labelsize=7)

@@ -140,7 +140,7 @@ def shape_mask(shape_type: str, vertices: np.ndarray, image_shape: Sequence[int]
     centre = v.mean(axis=0)
     axes = np.stack([(v[1] - v[0]) / 2, (v[3] - v[0]) / 2], axis=1)  # semi-axis vectors
     u = _solve(axes, rr - centre[0], cc - centre[1])
-    return u[0] ** 2 + u[1] ** 2 <= 1.0
+    return u[0] ** 2 + u[1] ** 2 <= 1.0 + 1e-9  # the 4 extreme pixels lie on |u| = 1: rounding must not drop them
 
 
 def _solve(m: np.ndarray, dr: np.ndarray, dc: np.ndarray) -> np.ndarray:
