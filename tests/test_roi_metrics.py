@@ -266,3 +266,12 @@ def test_ellipse_keeps_the_pixels_on_its_boundary():
     rr, cc = np.mgrid[0:512, 0:512]
     exact = (rr - 330) ** 2 * 40**2 + (cc - 190) ** 2 * 30**2 <= (30 * 40) ** 2
     np.testing.assert_array_equal(m, exact)
+
+
+def test_a_region_past_the_image_edge_is_measured_inside_and_says_so():
+    img = np.random.default_rng(5).normal(40, 10, (64, 64)).astype(np.float32)
+    regions = [Region("edge", "rectangle", rect(50, 50, 80, 80)), Region("inside", "rectangle", rect(0, 0, 64, 64))]
+    rows = {r["region"]: r for r in compare_regions({"ct": img}, regions)}
+    assert rows["edge"]["n"] == 14 * 14 and rows["edge"]["mean"] == pytest.approx(img[50:, 50:].mean(), rel=1e-5)
+    assert "past the image edge: only the 196 px inside are measured" in rows["edge"]["note"]
+    assert "past the image edge" not in rows["inside"]["note"]  # the whole image, edges on the pixel borders

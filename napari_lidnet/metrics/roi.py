@@ -271,7 +271,8 @@ def region_plane(
     image: Any, region: Region, image_name: str
 ) -> tuple[np.ndarray | None, np.ndarray | None, int | None, str]:
     """The 2D plane and mask of ``region`` on one image: (plane, mask, slice, note); None/None with a note when
-    the region cannot be placed (other image shape, slice out of range, empty or outside the image)."""
+    the region cannot be placed (other image shape, slice out of range, empty or outside the image); a plane, a mask
+    and a note when it is only partly inside."""
     if region.shape_type not in AREA_SHAPES:
         return None, None, None, f"{region.shape_type} encloses no area; ignored"
     shape = tuple(int(s) for s in image.shape)
@@ -297,6 +298,9 @@ def region_plane(
         return None, None, sl, str(exc)
     if not mask.any():
         return None, None, sl, "region is empty or outside the image"
+    v = np.asarray(place.vertices, dtype=float)[:, -2:]
+    if np.any(v < -1.0) or np.any(v > np.asarray(plane.shape)):  # more than half a pixel past the edge
+        return plane, mask, sl, f"region extends past the image edge: only the {int(mask.sum())} px inside are measured"
     return plane, mask, sl, ""
 
 
@@ -386,6 +390,8 @@ def _fill_row(
     if plane is None:
         notes.append(note)
         return
+    if note:
+        notes.append(note)
     bad = int(np.count_nonzero(~np.isfinite(plane[mask])))
     if bad:
         notes.append(f"{bad} NaN or infinite pixel(s) in the region: statistics are not defined")
