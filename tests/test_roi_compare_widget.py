@@ -120,6 +120,12 @@ def test_table_matches_pure_functions_refreshes_and_exports(make_napari_viewer, 
     assert len(rows) == 4 and rows[0]["region"] == "#0" and rows[0]["image"] == "noisy"
     assert float(rows[0]["mean"]) == pytest.approx(got[("#0", "noisy")]["mean"])
     assert rows[0]["slice"] == ""
+    # what the numbers were computed against travels with them
+    assert rows[0]["reference"] == widget.reference_combo.currentText() and rows[0]["reference"]
+    lo, hi = widget.window()
+    assert rows[0]["window_hu"] == f"{lo:g}..{hi:g}" and rows[0]["pixel_mm"]
+    with pytest.raises(FileExistsError):
+        widget.write_csv(out)  # outputs never overwrite
 
 
 def test_volume_regions_slices_lines_and_perceptual(make_napari_viewer, qtbot, monkeypatch, tmp_path):
@@ -186,7 +192,8 @@ def test_write_csv_function(tmp_path):
     path = write_csv(tmp_path / "t.csv", rows)
     text = path.read_text().splitlines()
     assert text[0].startswith("region,image,slice,mean,sd,n,snr")
-    assert text[0].endswith(",note,cho_d,cho_d_low,cho_d_high,cho_auc,cho_auc_low,cho_auc_high,cho_note")
+    tail = ",note,cho_d,cho_d_low,cho_d_high,cho_auc,cho_auc_low,cho_auc_high,cho_note,reference,window_hu,background"
+    assert text[0].endswith(tail + ",lesion,pixel_mm")
     assert text[1].split(",")[:5] == ["#0", "a", "2", "1.5", ""] and "inf" in text[1]
 
 

@@ -86,7 +86,9 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 )
 BAR_METRICS = ("mean", "sd", "snr", "cnr", "rmse", "psnr", "ssim", "roi_perceptual", "cho_d")
 #: columns of the exported CSV: the region statistics, then the observer's values and intervals
-CSV_KEYS = (*ROW_KEYS, *OBSERVER_KEYS)
+#: what the numbers were computed against, on every row of the CSV (the file stands without the screen)
+CONTEXT_KEYS = ("reference", "window_hu", "background", "lesion", "pixel_mm")
+CSV_KEYS = (*ROW_KEYS, *OBSERVER_KEYS, *CONTEXT_KEYS)
 PLOT_KINDS = ("bars", "line profile", "noise power spectrum")
 NONE = "(none)"
 REFERENCE_RANGE = "reference range"
@@ -179,7 +181,9 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     """Write table rows (``compare_regions`` dicts plus the observer's keys) as CSV with a header of ``CSV_KEYS``;
     NaN or a missing key -> empty cell."""
     path = Path(path)
-    with path.open("w", newline="", encoding="utf-8") as fh:
+    if path.exists():
+        raise FileExistsError(f"{path} already exists; outputs never overwrite: choose a new name")
+    with path.open("x", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(CSV_KEYS)
         for row in rows:
@@ -765,14 +769,33 @@ class ROICompareWidget(QWidget):
     # ---------------------------------------------------------------------------------------------------- CSV
 
     def write_csv(self, path: str | Path) -> Path:
-        """Write the current table to ``path`` (CSV)."""
-        return write_csv(path, self.rows)
+        """Write the current table to a new file ``path`` (CSV), each row with the reference, the PSNR/SSIM window,
+        the background and lesion regions and its image's pixel size."""
+        window = self.window()
+        def picked(combo: QComboBox) -> str:
+            return combo.currentText() if combo.currentData() is not None else ""
+
+        reference = self.reference_combo.currentText()
+        context = {
+            "reference": "" if reference == NONE else reference,
+            "window_hu": "reference range" if window is None else f"{window[0]:g}..{window[1]:g}",
+            "background": picked(self.background_combo),
+            "lesion": picked(self.lesion_combo),
+        }
+        rows = []
+        for row in self.rows:
+            dy, dx = self._pixel_mm(row.get("image", "")) if row.get("image") else (math.nan, math.nan)
+            rows.append({**row, **context, "pixel_mm": "" if math.isnan(dy) else f"{dy:g} x {dx:g}"})
+        return write_csv(path, rows)
 
     def _export_clicked(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export ROI table", "roi_compare.csv", "CSV (*.csv)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export ROI table", "roi_compare.csv", "CSV (*.csv)",
+            options=QFileDialog.Option.DontConfirmOverwrite,  # an existing file is refused, never replaced
+        )  # fmt: skip
         if path:
             try:
                 self.write_csv(path)
                 self.status.setText(f"wrote {path}")
-            except OSError as exc:
+            except OSError as exc:  # FileExistsError included: outputs never overwrite
                 self.status.setText(f"could not write {path}: {exc}")
