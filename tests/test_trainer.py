@@ -76,6 +76,8 @@ def test_lidnet_run_learns_and_writes_loadable_checkpoints(tmp_path):
     steps = [r for r in records if "losses" in r]
     assert len(steps) == records[-1]["total_steps"] == 60 + 20 + 2 * (10 + 5)
     assert {"pixel", "detection", "roi_perceptual"} <= set(steps[-6]["losses"])  # a joint denoiser step
+    # time left from the steps' own pace: none at the first step (setup and the first validation are not steps)
+    assert steps[0]["eta_s"] is None and steps[-1]["eta_s"] == 0 and all(r["eta_s"] > 0 for r in steps[1:-1])
     assert max(v["val"]["psnr"] for v in vals[1:]) > vals[0]["val"]["psnr"] + 2.0  # the denoiser learned
     for tag in ("best", "last"):
         den, card = load_weights(tmp_path / "run" / f"{tag}_denoiser")

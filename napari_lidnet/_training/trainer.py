@@ -152,8 +152,8 @@ class Trainer:
         self.detector = self._init_detector()
         self.state: dict[str, Any] = {"done": [], "history": [], "best_score": None}
         self._load_state()
-        self._t0 = time.monotonic()
-        self._steps_done_now = 0
+        self._t_steps: float | None = None  # end of this process's first training step (see _eta)
+        self._steps_timed = 0
 
     def _archive_slices(self) -> list:
         """The slices of ``config.data`` (manifest or archive folder), read lazily. Rank 0 indexes a folder (once:
@@ -364,10 +364,16 @@ class Trainer:
             "total_steps": total,
         }
 
-    def _eta(self, remaining: int) -> float:
-        self._steps_done_now += 1
-        per_step = (time.monotonic() - self._t0) / self._steps_done_now
-        return per_step * remaining
+    def _eta(self, remaining: int) -> float | None:
+        """Seconds left at the pace of the training steps since the first one of this process ended; None at the
+        first (data setup, calibration and the first validation are not steps: counted in, they made the first
+        estimates 10-20x too long)."""
+        now = time.monotonic()
+        if self._t_steps is None:
+            self._t_steps = now
+            return None
+        self._steps_timed += 1
+        return (now - self._t_steps) / self._steps_timed * remaining
 
     def _seed(self, index: int) -> int:
         return self.cfg.seed * 1000 + index
