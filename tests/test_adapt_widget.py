@@ -123,7 +123,7 @@ def test_stop_mid_run_saves_a_whole_model_and_returns_to_idle(
     assert "stopped early after" in widget.status.text()
     # idle again: Start on, Stop off, no busy bar, ready for the next run
     assert widget.worker is None and widget.start_button.isEnabled() and not widget.stop_button.isEnabled()
-    assert widget.stage_label.text() == "stopped" and widget.overall_bar.maximum() == 400
+    assert widget.stage_label.text() == "stopped: saved as halfway" and widget.overall_bar.maximum() == 400
 
 
 def test_input_the_guard_rails_refuse_starts_nothing(make_napari_viewer, qtbot, model_dir: Path, low_dose) -> None:

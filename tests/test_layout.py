@@ -68,6 +68,8 @@ def test_docks_are_tabs_and_the_canvas_keeps_the_width(room) -> None:
         assert canvas.width() >= 0.6 * main.width(), (key, canvas.width())
         assert (main.width(), main.height()) == (WIDTH, HEIGHT), key
     assert dock_of(widgets["denoise"]).width() <= 300
+    demo.raise_tab(widgets["finetune"])  # its layer list spans the column (beside a label it was 74 px: "low-dos…")
+    assert widgets["finetune"].data_box.image_list.width() >= 0.7 * dock_of(widgets["finetune"]).width()
     roi = widgets["roi"]
     assert dock_of(roi).height() >= 250 and roi.table.viewport().height() >= 150  # a table one can read
     assert roi.canvas.height() >= 150 and roi.table.width() >= 400

@@ -50,7 +50,8 @@ def scroll_layout(widget: QWidget) -> QVBoxLayout:
 def compact(widget: QWidget) -> None:
     """Fit a form into a narrow column: labels go above fields that do not fit beside them, combo boxes elide."""
     for form in widget.findChildren(QFormLayout):
-        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+        if form.rowWrapPolicy() != QFormLayout.RowWrapPolicy.WrapAllRows:  # a form that wraps every row keeps it
+            form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
     for combo in widget.findChildren(QComboBox):
         combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         combo.setMinimumContentsLength(COMBO_CHARS)

@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
     QListWidgetItem,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QStackedWidget,
     QToolButton,
@@ -188,10 +189,12 @@ def refill_checks(items: QListWidget, names: list[str], looks_right: Any, never:
 
 
 def _form_page(*rows: tuple[str, QWidget]) -> QWidget:
-    """A margin-less form of (label, field) rows, one page of the data source stack."""
+    """A margin-less form of (label, field) rows, one page of the data source stack; each label above its field,
+    so lists and pickers get the narrow column's whole width (beside a label, layer names were cut to 8 letters)."""
     page = QWidget()
     form = QFormLayout(page)
     form.setContentsMargins(0, 0, 0, 0)
+    form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapAllRows)
     for label, field in rows:
         form.addRow(label, field)
     return page
@@ -266,6 +269,10 @@ class DataBox(QGroupBox):
 
     def _on_source(self, _index: int = 0) -> None:
         self.pages.setCurrentIndex(self.source_combo.currentIndex())
+        for k in range(self.pages.count()):  # the stack as tall as the page shown, not the tallest one
+            policy = QSizePolicy.Policy.Preferred if k == self.pages.currentIndex() else QSizePolicy.Policy.Ignored
+            self.pages.widget(k).setSizePolicy(policy, policy)
+        self.pages.adjustSize()
         self.dose_spin.setEnabled(self.source in ("layers", "dicom"))
 
     @property
