@@ -125,3 +125,18 @@ def test_measure_needs_an_image_and_says_pixels_off_a_ct(make_napari_viewer, qtb
     assert layer.ndim == 3  # a caliper on one slice stays on that slice
     layer.add_lines(np.array([[7, 10, 10], [7, 10, 50]]))
     assert list(layer.text.values) == ["40.0 px"]  # 40 of that image's pixels, whatever its scale says
+
+
+def test_the_status_bar_reads_the_ct_under_the_cursor_while_measuring(viewer_with_ct) -> None:
+    """Drawing a caliper or a region makes a Shapes layer active; the status bar still gives the CT's HU there."""
+    viewer, ct = viewer_with_ct
+    ct.data[2, 30, 20] = 123.0
+    layer = LoadCTWidget(viewer).measure()
+    world = ct.data_to_world((2, 30, 20))
+    viewer.dims.set_point(0, world[0])
+    viewer.cursor.position = tuple(world)
+    viewer.status = layer.get_status(tuple(world), world=True)  # what napari puts there for the active layer
+    assert viewer.status["coordinates"].endswith("; ct: 123.0 HU"), viewer.status
+    viewer.cursor.position = (world[0], -50.0, -50.0)  # off the image: nothing added
+    viewer.status = layer.get_status(viewer.cursor.position, world=True)
+    assert "HU" not in viewer.status["coordinates"]

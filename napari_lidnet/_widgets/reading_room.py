@@ -1,5 +1,6 @@
 """Reading-room habits for a viewer: one window/level for every CT layer, right-drag window/level, presets on the
-number keys, z/y/x axis labels, HU in the status bar and patient-orientation letters at the canvas edges.
+number keys, z/y/x axis labels, HU in the status bar (of the CT under the cursor whatever layer is active) and
+patient-orientation letters at the canvas edges.
 
 Installed once per viewer by every LIDnet widget (``ReadingRoom.install``). CT layers are images in HU
 (``_roles.is_ct_image``); while ``linked`` is on, a window set on one of them (by a drag, a key, a preset button
@@ -167,8 +168,26 @@ class ReadingRoom:
         """Append 'HU' to the value of a CT layer in the status bar (napari shows the bare number)."""
         status = self.viewer.status
         new = hu_status(status, {ly.name for ly in self.ct_layers()})
+        if new is None and isinstance(status, dict):
+            new = self._ct_under_cursor(status)
         if new is not None:
             self.viewer.status = new
+
+    def _ct_under_cursor(self, status: dict) -> dict | None:
+        """While another layer is active (drawing a region, a caliper): the status with the HU of the top visible
+        CT layer under the cursor added, as a reader checks tissue while drawing; None when there is none."""
+        coords = str(status.get("coordinates", ""))
+        if not coords or coords.endswith("HU"):
+            return None
+        position = np.asarray(self.viewer.cursor.position, dtype=float)
+        layer = self.layer_at(position)
+        if layer is None:
+            return None
+        idx = np.rint(np.asarray(layer.world_to_data(position[-layer.ndim :]), dtype=float)).astype(int)
+        shape = np.asarray(layer.data.shape[-layer.ndim :])
+        if np.any(idx < 0) or np.any(idx >= shape):
+            return None
+        return {**status, "coordinates": f"{coords}; {layer.name}: {float(layer.data[tuple(idx)]):.1f} HU"}
 
 
 _VALUE = re.compile(r"(: -?\d[\d.eE+-]*)(?!\s*HU)")
