@@ -21,6 +21,7 @@ import numpy as np
 from .._training.finetune import model_name_problems
 from .._training.selfsup import adapt_job, estimates_line, prepare_adapt
 from ..io.volume import CTVolume
+from ._roles import is_denoised, recorded_dose
 from .layer_inputs import inputs_from_layers
 from .loss_plot import TrainingPlot
 
@@ -110,9 +111,8 @@ def adapt_request(
     if not layers:
         return None, [*problems, "tick at least one low-dose image layer (open a CT series)"]
     for ly in layers:  # it learns the noise of the scans it sees: a normal-dose or denoised one teaches the wrong one
-        meta = ly.metadata or {}
-        dose, denoised = meta.get("dose"), "denoiser" in (meta.get("lidnet") or {})
-        if denoised or (isinstance(dose, (int, float)) and not isinstance(dose, bool) and dose >= 1.0):
+        dose, denoised = recorded_dose(ly), is_denoised(ly)
+        if denoised or (dose is not None and dose >= 1.0):
             problems.append(f"{ly.name}: its metadata says {'denoised' if denoised else 'normal dose'}; tick the "
                             "low-dose scans to adapt to")  # fmt: skip
     inputs, notes = inputs_from_layers(layers, shapes_layer, current_slice)

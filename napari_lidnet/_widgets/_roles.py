@@ -44,13 +44,24 @@ def is_ct_image(layer: Any) -> bool:
     return bool((layer.metadata or {}).get("hu"))
 
 
+def recorded_dose(layer: Any) -> float | None:
+    """The dose fraction the layer's metadata records (1.0 normal dose; simulated and sample layers), else None."""
+    dose = (getattr(layer, "metadata", None) or {}).get("dose")
+    return float(dose) if isinstance(dose, (int, float)) and not isinstance(dose, bool) else None
+
+
+def is_denoised(layer: Any) -> bool:
+    """Whether the layer is the plugin's denoised output (its metadata names the denoiser)."""
+    lid = (getattr(layer, "metadata", None) or {}).get("lidnet")
+    return isinstance(lid, dict) and "denoiser" in lid
+
+
 def is_reduced_dose(layer: Any) -> bool:
     """Whether the layer's metadata says it is not a normal-dose scan: a dose fraction below 1 (simulated or the
     sample's low dose), a recorded normal-dose source, or the plugin's denoised output."""
+    dose = recorded_dose(layer)
     meta = getattr(layer, "metadata", None) or {}
-    dose, lid = meta.get("dose"), meta.get("lidnet")
-    low = isinstance(dose, (int, float)) and not isinstance(dose, bool) and float(dose) < 1.0
-    return low or bool(meta.get("normal_dose")) or (isinstance(lid, dict) and "denoiser" in lid)
+    return (dose is not None and dose < 1.0) or bool(meta.get("normal_dose")) or is_denoised(layer)
 
 
 def normal_dose_of(layer: Any, layers: Any) -> Any | None:

@@ -58,9 +58,14 @@ def _on_data(event: Any) -> None:
         relabel(event.source)
 
 
+def caliper_unit(image: Any) -> str:
+    """'mm' over a CT layer (its scale is its voxel size), 'px' over any other image."""
+    return "mm" if is_ct_image(image) else "px"
+
+
 def add_calipers(viewer: Any, image: Any) -> Any:
     """A calipers layer over ``image``, in mm when it is a CT layer, else in its pixels."""
-    unit = "mm" if is_ct_image(image) else "px"
+    unit = caliper_unit(image)
     layer = viewer.add_shapes(
         name="calipers",
         ndim=image.ndim,
@@ -88,7 +93,7 @@ def measure(viewer: Any, image: Any) -> Any | None:
         ly
         for ly in viewer.layers
         if role(ly) == CALIPERS and ly.ndim == image.ndim and np.allclose(ly.scale, scale)
-        and ly.metadata.get("caliper_unit") == ("mm" if is_ct_image(image) else "px")
+        and ly.metadata.get("caliper_unit") == caliper_unit(image)
     ]  # fmt: skip
     layer = same[-1] if same else add_calipers(viewer, image)
     viewer.layers.selection.active = layer

@@ -134,9 +134,7 @@ class ReadingRoom:
             inside = set(grid(self.viewer).contents_at(tuple(viewbox), layers))
             candidates = [ly for ly in candidates if layers.index(ly) in inside]
         for ly in reversed(candidates):
-            idx = np.asarray(ly.world_to_data(np.asarray(position)[-ly.ndim :]), dtype=float)
-            shape = np.asarray(ly.data.shape[-ly.ndim :])
-            if np.all(idx >= -0.5) and np.all(idx <= shape - 0.5):
+            if voxel_at(ly, position) is not None:
                 return ly
         return candidates[-1] if candidates else None
 
@@ -179,15 +177,22 @@ class ReadingRoom:
         coords = str(status.get("coordinates", ""))
         if not coords or coords.endswith("HU"):
             return None
-        position = np.asarray(self.viewer.cursor.position, dtype=float)
+        position = self.viewer.cursor.position
         layer = self.layer_at(position)
-        if layer is None:
+        idx = None if layer is None else voxel_at(layer, position)
+        if idx is None:
             return None
-        idx = np.rint(np.asarray(layer.world_to_data(position[-layer.ndim :]), dtype=float)).astype(int)
-        shape = np.asarray(layer.data.shape[-layer.ndim :])
-        if np.any(idx < 0) or np.any(idx >= shape):
-            return None
-        return {**status, "coordinates": f"{coords}; {layer.name}: {float(layer.data[tuple(idx)]):.1f} HU"}
+        return {**status, "coordinates": f"{coords}; {layer.name}: {float(layer.data[idx]):.1f} HU"}
+
+
+def voxel_at(layer: Any, position: Any) -> tuple[int, ...] | None:
+    """The index of ``layer``'s voxel at world ``position`` (through its scale, translate and affine), None outside
+    the layer."""
+    idx = np.asarray(layer.world_to_data(np.asarray(position, dtype=float)[-layer.ndim :]), dtype=float)
+    shape = np.asarray(layer.data.shape[-layer.ndim :])
+    if np.any(idx < -0.5) or np.any(idx > shape - 0.5):
+        return None
+    return tuple(int(i) for i in np.clip(np.rint(idx), 0, shape - 1))
 
 
 _VALUE = re.compile(r"(: -?\d[\d.eE+-]*)(?!\s*HU)")

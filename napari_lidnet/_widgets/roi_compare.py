@@ -771,10 +771,10 @@ class ROICompareWidget(QWidget):
     def write_csv(self, path: str | Path) -> Path:
         """Write the current table to a new file ``path`` (CSV), each row with the reference, the PSNR/SSIM window,
         the background and lesion regions and its image's pixel size."""
-        window = self.window()
         def picked(combo: QComboBox) -> str:
             return combo.currentText() if combo.currentData() is not None else ""
 
+        window = self.window()
         reference = self.reference_combo.currentText()
         context = {
             "reference": "" if reference == NONE else reference,

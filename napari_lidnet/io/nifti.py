@@ -97,14 +97,15 @@ def read_nifti(path: str | Path) -> CTVolume:
     if not np.all(np.isfinite(spacing_xyz) & (spacing_xyz > 0)):
         notes.append(f"{path.name}: the header's voxel size is unusable; sizes in mm assume 1 mm voxels")
         aff[:3, :3], spacing_xyz = np.eye(3), np.ones(3)
-    if not (int(src.header.get("qform_code", 0)) or int(src.header.get("sform_code", 0))):
+    codes = [int(src.header.get("qform_code", 0)), int(src.header.get("sform_code", 0))]
+    if not any(codes):
         notes.append(f"{path.name}: the header gives no patient orientation (qform and sform codes 0)")
         meta["orientation_unknown"] = True  # no R/L letters from a guess
     meta["nifti_stored"] = {  # how the file stored it: write_nifti gives derived files the same voxel grid
         "ornt": ornt_transform(axcodes2ornt(target), stored_ornt).tolist(),
         "affine": np.asarray(src.affine, dtype=float).tolist(),
         "shape": [int(v) for v in data.shape],
-        "codes": [int(src.header.get("qform_code", 0)), int(src.header.get("sform_code", 0))],
+        "codes": codes,
     }
     direction = aff[:3, :3] / spacing_xyz
     sx, sy, sz = (float(v) for v in spacing_xyz)
