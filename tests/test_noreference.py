@@ -9,6 +9,9 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_lidnet.metrics.noreference import (
+    _detrend_plane,
+    _tile_means,
+    _tiles,
     block_noise_sd,
     body_mask,
     correlation_length,
@@ -110,6 +113,22 @@ def test_blocks_of_another_image_are_taken_where_the_first_is_flat() -> None:
     assert block_noise_sd(chosen) == pytest.approx(noise_sd(img, block=24))  # flat_blocks' default size
     with pytest.raises(ValueError, match="values must have the image's shape"):
         flat_blocks(img, values=other[:-1])
+
+
+@pytest.mark.parametrize("block", [2, 7, 8, 24])
+def test_block_selection_sums_and_plane_fit_equal_the_direct_computation(block: int) -> None:
+    """The tile means come from cell sums and the plane from closed-form projections (for speed): both equal the
+    direct per-tile mean and a least-squares plane fit."""
+    rng = np.random.default_rng(block)
+    img = phantom() + rng.normal(0, 10, (SIZE, SIZE)).astype(np.float32)
+    direct = _tiles(img, block).mean(axis=(2, 3), dtype=np.float64)
+    np.testing.assert_allclose(_tile_means(img, block), direct, rtol=1e-9, atol=1e-9)
+    blocks = rng.normal(0, 5, (50, block, block)) + np.arange(block)[None, None, :] * rng.normal(0, 3, (50, 1, 1))
+    y, x = np.mgrid[0:block, 0:block]
+    design = np.stack([np.ones(block * block), x.ravel(), y.ravel()], axis=1)
+    coef, *_ = np.linalg.lstsq(design, blocks.reshape(50, -1).T, rcond=None)
+    expected = (blocks.reshape(50, -1).T - design @ coef).T.reshape(blocks.shape)
+    np.testing.assert_allclose(_detrend_plane(blocks), expected, atol=1e-9)
 
 
 def test_noise_across_slices_ignores_tissue_texture_continuous_in_z() -> None:

@@ -105,26 +105,37 @@ def body_mask(hu2d: np.ndarray, threshold: float = -500.0) -> np.ndarray:
 
 
 def _tiles(a: np.ndarray, block: int) -> np.ndarray:
-    """(ny, nx, [k,] block, block) half-overlapping tiles of ``a`` (y, x[, k]) (stride block // 2)."""
+    """(ny, nx, [k,] block, block) half-overlapping tiles of ``a`` (y, x[, k]) (stride block // 2), a view."""
     step = max(1, block // 2)
     return np.lib.stride_tricks.sliding_window_view(a, (block, block), axis=(0, 1))[::step, ::step]
 
 
+def _tile_means(a: np.ndarray, block: int) -> np.ndarray:
+    """``_tiles(a, block).mean(axis=(2, 3))`` for a (y, x) (float64): for an even block, from the sums of the
+    (block / 2)-px cells that the half-overlapping tiles are made of, one pass over the slice."""
+    step = max(1, block // 2)
+    if block != 2 * step:
+        return _tiles(a, block).mean(axis=(2, 3), dtype=np.float64)
+    ny, nx = (a.shape[0] - block) // step + 2, (a.shape[1] - block) // step + 2  # cells
+    cells = a[: ny * step, : nx * step].reshape(ny, step, nx, step).sum(axis=(1, 3), dtype=np.float64)
+    return (cells[:-1, :-1] + cells[1:, :-1] + cells[:-1, 1:] + cells[1:, 1:]) / (block * block)
+
+
 def _candidates(
     s: np.ndarray, values: np.ndarray, block: int, hu_range: tuple[float, float]
-) -> tuple[np.ndarray, np.ndarray]:
-    """(blocks of ``values`` (K, b, b), or (K, k, b, b) for values (y, x, k); structure score (K,)) where the blocks
-    of slice ``s`` lie inside the body with their mean in ``hu_range``."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tiles of ``values`` (ny, nx, b, b), or (ny, nx, k, b, b) for values (y, x, k), a view; the flat indices of
+    the tiles that lie inside the body of slice ``s`` with their mean in ``hu_range``; their structure scores)."""
     if min(s.shape) < block:
-        return np.zeros((0, block, block)), np.zeros(0)
+        return np.zeros((0, 0, block, block)), np.zeros(0, int), np.zeros(0)
     body = body_mask(s)
     crop = _body_box(body, block)
     s, body, values = s[crop], body[crop], values[crop]
-    inside = _tiles(body, block).all(axis=(2, 3))
-    means = _tiles(s, block).mean(axis=(2, 3))
-    structure = _tiles(ndi.gaussian_gradient_magnitude(s, STRUCTURE_SIGMA), block).mean(axis=(2, 3))
-    keep = inside & (means >= hu_range[0]) & (means <= hu_range[1])
-    return _tiles(values, block)[keep].astype(np.float64), structure[keep]
+    inside = _tile_means(body, block) == 1.0
+    means = _tile_means(s, block)
+    structure = _tile_means(ndi.gaussian_gradient_magnitude(s, STRUCTURE_SIGMA), block)
+    keep = np.flatnonzero(inside & (means >= hu_range[0]) & (means <= hu_range[1]))
+    return _tiles(values, block), keep, structure.ravel()[keep]
 
 
 def _body_box(body: np.ndarray, block: int) -> tuple[slice, slice]:
@@ -177,26 +188,35 @@ def flat_block_noise_sds(
     return [block_noise_sd(blocks[:, c]) if len(blocks) else float("nan") for c in range(len(images))]
 
 
-def _flattest(found: list[tuple[np.ndarray, np.ndarray]], fraction: float) -> np.ndarray:
-    """The selection rule of :func:`flat_blocks` over (blocks, structure score) pairs."""
-    blocks = np.concatenate([f[0] for f in found])
-    if len(blocks) == 0:
-        return blocks
-    score = np.concatenate([f[1] for f in found])
+def _flattest(found: list[tuple[np.ndarray, np.ndarray, np.ndarray]], fraction: float) -> np.ndarray:
+    """The selection rule of :func:`flat_blocks` over the candidates of :func:`_candidates`: the chosen blocks,
+    flattest first, (K, [k,] b, b) float64 (only they are copied out of the tiles)."""
+    score = np.concatenate([f[2] for f in found])
+    if len(score) == 0:
+        return np.zeros((0, *found[0][0].shape[-2:]))
     order = np.argsort(score, kind="stable")
     limit = FLAT_FACTOR * float(np.percentile(score, 10))
-    k = max(1, min(int(np.ceil(fraction * len(blocks))), int(np.sum(score <= limit))))
-    return blocks[order[:k]]
+    k = max(1, min(int(np.ceil(fraction * len(score))), int(np.sum(score <= limit))))
+    chosen = order[:k]
+    source = np.repeat(np.arange(len(found)), [len(f[1]) for f in found])[chosen]
+    local = chosen - np.concatenate([[0], np.cumsum([len(f[1]) for f in found])])[source]
+    out = np.empty((k, *found[0][0].shape[2:]))
+    for i, (tiles, keep, _) in enumerate(found):
+        mine = source == i
+        out[mine] = tiles[np.divmod(keep[local[mine]], tiles.shape[1])]
+    return out
 
 
 def _detrend_plane(blocks: np.ndarray) -> np.ndarray:
-    """Each block minus its least-squares plane."""
+    """Each block (..., b, b) minus its least-squares plane (in closed form: on a centred square grid the constant
+    and the two ramps are orthogonal, so each is projected out on its own)."""
     b = blocks.shape[-1]
-    y, x = np.mgrid[0:b, 0:b].astype(np.float64) - (b - 1) / 2
-    design = np.stack([np.ones(b * b), x.ravel(), y.ravel()], axis=1)
-    flat = blocks.reshape(len(blocks), -1).T
-    coef, *_ = np.linalg.lstsq(design, flat, rcond=None)
-    return (flat - design @ coef).T.reshape(blocks.shape)
+    r = np.arange(b, dtype=np.float64) - (b - 1) / 2
+    norm = b * float(r @ r)
+    res = blocks - blocks.mean(axis=(-2, -1), keepdims=True)
+    slope_x = np.einsum("...yx,x->...", res, r)[..., None, None] / norm
+    slope_y = np.einsum("...yx,y->...", res, r)[..., None, None] / norm
+    return res - slope_x * r - slope_y * r[:, None]
 
 
 def noise_sd(
