@@ -18,6 +18,7 @@ import numpy as np
 
 from napari_lidnet.io.volume import CTVolume
 from napari_lidnet.io.windowing import SCAN_WINDOW, window_limits
+from napari_lidnet.metrics.noreference import body_mask
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 
@@ -143,17 +144,30 @@ def volume_layer_tuples(vol: CTVolume, preset: str = SCAN_WINDOW) -> list[LayerD
 
 #: the removed-noise overlay's colours: blue where denoising lowered HU, red where it raised them
 NOISE_LOWERED, NOISE_RAISED = (0.25, 0.6, 1.0), (1.0, 0.4, 0.2)
-#: overlay contrast limits: +-NOISE_SDS x the SD of what was removed (at least 1 HU)
+#: overlay contrast limits: +-NOISE_SDS x the SD of what was removed in the body (at least 1 HU)
 NOISE_SDS = 3.0
 
 
-def removed_noise_kwargs(noise: np.ndarray) -> dict[str, Any]:
+def removed_noise(original: np.ndarray, denoised: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(what denoising removed, ``original - denoised``, set to 0 outside the body; the body mask), (y, x) or
+    (z, y, x). The body is each slice's largest region above -500 HU, lungs and bowel gas included: the air around
+    the patient holds noise, no anatomy, and colouring it would frame the image in speckle."""
+    original = np.asarray(original, np.float32)
+    noise = original - np.asarray(denoised, np.float32)
+    body = np.stack([body_mask(s) for s in original.reshape(-1, *original.shape[-2:])]).reshape(original.shape)
+    noise[~body] = 0.0
+    return noise, body
+
+
+def removed_noise_kwargs(noise: np.ndarray, where: np.ndarray | None = None) -> dict[str, Any]:
     """Image-layer styling of a removed-noise map (input minus denoised) laid over its CT.
 
-    Opacity follows |removed HU|: where the denoiser took nothing out the overlay is transparent and the CT shows
-    through; speckle is the noise it removed, and a coherent coloured outline is anatomy it removed.
+    The limits are ``NOISE_SDS`` SDs of ``noise`` over ``where`` (all of it by default). Opacity follows |removed
+    HU|: where the denoiser took nothing out the overlay is transparent and the CT shows through; speckle is the noise
+    it removed, and a coherent coloured outline is anatomy it removed.
     """
-    lim = float(max(1.0, NOISE_SDS * np.std(noise)))
+    inside = noise if where is None else noise[where]  # the body, when given
+    lim = float(max(1.0, NOISE_SDS * np.std(inside))) if inside.size else 1.0
     colormap = {  # napari builds the Colormap from this spec
         # input - denoised < 0: the denoiser raised HU there (red); > 0: it lowered them (blue)
         "colors": [(*NOISE_RAISED, 1.0), (0.0, 0.0, 0.0, 0.0), (*NOISE_LOWERED, 1.0)],

@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
 
 from ..io.checks import nonfinite_note
 from ..io.volume import n_slices
-from ..layer_data import boxes_to_shapes, removed_noise_kwargs
+from ..layer_data import boxes_to_shapes, removed_noise, removed_noise_kwargs
 from ._docking import DockHome, scroll_layout
 from ._roles import DETECTIONS, NOISE, ROLE, derived_name, model_item, pair_name
 from ._worker_utils import (
@@ -574,10 +574,10 @@ class DenoiseDetectWidget(QWidget):
         original = np.asarray(src.data, dtype=np.float32)
         if src.ndim == 3:
             original = original[res.slices]
-        noise = original - data
+        noise, body = removed_noise(original, data)
         kwargs = {
             "name": derived_name(src.name, "removed noise"),
-            **removed_noise_kwargs(noise),
+            **removed_noise_kwargs(noise, body),
             "metadata": {ROLE: NOISE},
             **self._geometry(self._last["first"]),
         }
