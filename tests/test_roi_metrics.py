@@ -275,3 +275,19 @@ def test_a_region_past_the_image_edge_is_measured_inside_and_says_so():
     assert rows["edge"]["n"] == 14 * 14 and rows["edge"]["mean"] == pytest.approx(img[50:, 50:].mean(), rel=1e-5)
     assert "past the image edge: only the 196 px inside are measured" in rows["edge"]["note"]
     assert "past the image edge" not in rows["inside"]["note"]  # the whole image, edges on the pixel borders
+
+
+def test_a_region_outside_the_psnr_window_says_so():
+    """PSNR/SSIM clip both images to the window: a region of lung or bone there compares clipped constants, and the
+    row says so (a mixed region stays quiet while most of it is inside)."""
+    rng = np.random.default_rng(6)
+    ref = np.full((64, 64), 40.0, np.float32)
+    ref[:, 32:] = -850.0  # lung on the right half
+    images = {"ref": ref, "low": ref + rng.normal(0, 20, ref.shape).astype(np.float32)}
+    regions = [Region("lung", "rectangle", rect(8, 40, 24, 56)), Region("mixed", "rectangle", rect(8, 20, 24, 36)),
+               Region("tissue", "rectangle", rect(8, 4, 24, 20))]  # fmt: skip
+    rows = {r["region"]: r for r in compare_regions(images, regions, reference="ref", window=(-160.0, 240.0))}
+    assert "all of the reference in the region is outside the PSNR/SSIM window -160..240 HU" in rows["lung"]["note"]
+    assert "PSNR/SSIM window" not in rows["mixed"]["note"] and "PSNR/SSIM window" not in rows["tissue"]["note"]
+    lung_window = compare_regions(images, regions[:1], reference="ref", window=(-1000.0, 200.0))
+    assert "PSNR/SSIM window" not in lung_window[0]["note"]

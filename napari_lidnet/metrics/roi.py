@@ -371,6 +371,14 @@ def compare_regions(
     return rows
 
 
+def _outside_window(values: np.ndarray, window: tuple[float, float] | None) -> float:
+    """Share of finite ``values`` outside ``window`` (0 for no window or no finite value)."""
+    values = values[np.isfinite(values)]
+    if window is None or values.size == 0:
+        return 0.0
+    return float(np.mean((values < window[0]) | (values > window[1])))
+
+
 def _fill_row(
     row: dict[str, Any],
     notes: list[str],
@@ -417,6 +425,11 @@ def _fill_row(
         return
     ref_plane = np.asarray(ref_img[sl] if sl is not None else ref_img, dtype=np.float32)
     row["rmse"], row["psnr"] = region_rmse_psnr(plane, ref_plane, mask, window)
+    clipped = _outside_window(ref_plane[mask], window)
+    if clipped > 0.5:
+        where = "all" if clipped == 1.0 else f"{100 * clipped:.0f}%"
+        notes.append(f"{where} of the reference in the region is outside the PSNR/SSIM window "
+                     f"{window[0]:g}..{window[1]:g} HU, clipped there: pick a window that holds it")  # fmt: skip
     try:
         row["ssim"] = region_ssim(plane, ref_plane, mask, window)
     except ValueError as exc:
