@@ -74,11 +74,18 @@ def test_letters_follow_the_series_the_view_and_the_switch(make_napari_viewer, q
     assert shown(viewer)["right"] == "L" and shown(viewer)["left"] == "R"
     image.scale = (image.scale[0], image.scale[1], -image.scale[2])
 
-    viewer.dims.order = (1, 0, 2)  # coronal-like: slices down the screen (superior as the index grows)
-    assert shown(viewer) == {"top": "I", "bottom": "S", "left": "L", "right": "R"}
-    viewer.scene.camera.orientation2d = ("up", "right")  # napari shows the vertical axis reversed: head at the top
+    viewer.dims.order = (1, 0, 2)  # coronal-like: slices down the screen, superior as the index grows
+    assert shown(viewer) == {"top": "S", "bottom": "I", "left": "L", "right": "R"}  # turned: the head on top
+    assert str(viewer.scene.camera.orientation2d[0]) == "up"
+    viewer.scene.camera.orientation2d = ("down", "right")  # the user turns it back: it stays so
+    assert shown(viewer)["top"] == "I"
+    viewer.dims.order = (0, 1, 2)  # axial again: napari's camera, the prone letters as before
+    assert str(viewer.scene.camera.orientation2d[0]) == "down" and shown(viewer)["top"] == "P"
+    viewer.dims.order = (1, 0, 2)
+    viewer.dims.order = (0, 1, 2)  # a turn made for the coronal view is undone in the axial one
+    assert str(viewer.scene.camera.orientation2d[0]) == "down" and shown(viewer)["top"] == "P"
+    viewer.dims.order = (2, 0, 1)  # sagittal-like: the head on top too
     assert shown(viewer)["top"] == "S"
-    viewer.scene.camera.orientation2d = ("down", "right")
     viewer.dims.order = (0, 1, 2)
     viewer.dims.ndisplay = 3
     assert shown(viewer) == {}

@@ -41,6 +41,7 @@ class OrientationMarkers:
 
         self.viewer = viewer
         self._enabled = True
+        self._turned = False  # the camera's vertical axis was reversed by _head_up
         for edge, key in OVERLAY_KEYS.items():
             viewer.canvas.overlays[key] = TextOverlay(
                 text="", position=POSITIONS[edge], visible=False, font_size=FONT_SIZE, color=COLOR, box=False,
@@ -51,6 +52,7 @@ class OrientationMarkers:
                         layers.selection.events.active, viewer.dims.events.order, viewer.dims.events.ndisplay,
                         viewer.dims.events.ndim, camera(viewer).events.orientation):  # fmt: skip
             emitter.connect(self.update)
+        viewer.dims.events.order.connect(self._head_up)
         layers.events.inserted.connect(lambda event: self._watch(event.value))
         for layer in layers:
             self._watch(layer)
@@ -96,6 +98,24 @@ class OrientationMarkers:
             zyx = np.concatenate([np.zeros(3 - layer.ndim), index])  # affine_lps columns are (z, y, x)
             vectors.append(aff[:3, :3] @ zyx)
         return edge_letters(*vectors)
+
+    def _head_up(self, event: Any = None) -> None:
+        """After a roll of the axes, coronal and sagittal views show the head at the top, as consoles do: when the
+        screen's vertical axis runs feet up, the camera shows it reversed; back in a view whose vertical axis is not
+        S-I (axial), a reversal made here is undone. A reversal the user makes stays until the next roll."""
+        letters = self.letters() if self._enabled else None
+        if letters is None:
+            return
+        cam = camera(self.viewer)
+        vertical, horizontal = cam.orientation2d
+        flip = {"down": "up", "up": "down"}  # napari's default is down
+        if letters["top"][:1] == "I":
+            cam.orientation2d = (flip[str(vertical)], horizontal)
+            self._turned = flip[str(vertical)] == "up"  # away from napari's default
+        elif self._turned and letters["top"][:1] != "S":
+            if str(vertical) == "up":
+                cam.orientation2d = ("down", horizontal)
+            self._turned = False
 
     def update(self, event: Any = None) -> None:
         """Redraw the letters (connected to every change of layers, displayed axes and camera orientation)."""
