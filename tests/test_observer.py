@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -253,6 +254,16 @@ def test_region_detectability_refuses_empty_and_small_regions():
         region_detectability(image, disc, small)
     # fewer channels need fewer patches: the same region then suffices
     assert region_detectability(image, disc, small, n_channels=3, n_boot=50).n_channels == 3
+    # the message names a square that is enough: drawn so, the measure runs
+    image, disc = disc_image(9, 3.0, 1.0, 0.0, shape=(200, 200))
+    strip = np.zeros_like(disc)
+    strip[:30, :] = True
+    with pytest.raises(ValueError, match=r"draw at least \d+ x \d+ px of plain tissue") as err:
+        region_detectability(image, disc, strip)
+    side = int(re.search(r"draw at least (\d+) x", str(err.value)).group(1))
+    square = np.zeros_like(disc)
+    square[:side, :side] = True
+    assert region_detectability(image, disc, square, n_boot=50).n_background >= 20
 
 
 # --- patches and dicts ---------------------------------------------------------------------------------------

@@ -387,9 +387,10 @@ def region_detectability(
     block = max(1, size // 2)
     n_half = len(_background_positions(background, size, block))
     if n_half < 2 * n_channels:
+        side = size + block * (math.ceil(math.sqrt(2 * n_channels)) - 1)  # a square that holds enough of them
         raise ValueError(
-            f"background region too small: {n_half} half-overlapping {size}x{size} patches fit in it, "
-            f"need >= {2 * n_channels} (enlarge it or lower n_channels / patch_size)"
+            f"background region too small: {n_half} half-overlapping {size}x{size} patches fit in it, need >= "
+            f"{2 * n_channels}: draw at least {side} x {side} px of plain tissue (the lesion's patch is {size} px)"
         )
     level = float(image[background].mean())
     v = _channelize(extract_patches(image - level, np.array([centre]), size), u)[0]
