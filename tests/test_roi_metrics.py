@@ -98,7 +98,8 @@ def test_snr_cnr_formulas_and_rows():
     assert rows[0]["cnr"] == pytest.approx(abs(m_roi - m_bg) / s_bg)
     assert rows[0]["cnr"] == pytest.approx(10.0, rel=0.1)  # contrast 100 over noise 10
     assert rows[1]["cnr"] == 0.0 and "background region" in rows[1]["note"]
-    assert rows[0]["note"] == ""
+    assert rows[0]["note"] == "RMSE/PSNR/SSIM: no reference chosen"  # why those columns are blank
+    assert compare_regions({"img": img, "ref": img}, regions, "ref", background=1)[0]["note"] == ""
 
 
 def test_psnr_ssim_in_rectangle_match_skimage_on_crop():

@@ -336,7 +336,9 @@ def compare_regions(
     on the same image. See the module docstring for the formulas and windows.
     """
     rows: list[dict[str, Any]] = []
-    if reference is not None and reference not in images:
+    if reference is None:
+        ref_note = "RMSE/PSNR/SSIM: no reference chosen"
+    elif reference not in images:
         ref_note = f"reference {reference!r} is not among the images"
         reference = None
     else:
@@ -362,7 +364,7 @@ def compare_regions(
                           window, perceptual)  # fmt: skip
             except Exception as exc:  # never raise for a row: report it
                 notes.append(f"error: {exc}")
-            if ref_note:
+            if ref_note and row["n"]:
                 notes.append(ref_note)
             if bg_note and row["n"]:
                 notes.append(bg_note)
