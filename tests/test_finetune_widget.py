@@ -88,8 +88,16 @@ def test_one_click_run_improves_and_publishes(make_napari_viewer, qtbot, model_d
     # progress bars and plot followed the run
     assert widget.overall_bar.value() == widget.overall_bar.maximum() == 2 * (10 + 2)
     assert widget.stage_bar.value() == widget.stage_bar.maximum() == 2
-    assert {"D pixel", "D detection", "D roi perceptual", "T detection"} <= set(widget.plot.losses)
+    assert {"denoiser: pixel", "denoiser: detection", "denoiser: ROI perceptual", "detector: detection"} <= set(
+        widget.plot.losses
+    )
     assert len(widget.plot.validation) == 3
+    widget.plot.redraw()
+    widget.plot.canvas.draw()
+    renderer = widget.plot.figure.canvas.get_renderer()
+    legend = widget.plot.ax_loss.get_legend().get_window_extent(renderer)
+    assert legend.y0 >= widget.plot.ax_loss.get_window_extent(renderer).y1 - 1  # above the curves, not over them
+    widget.plot.figure.savefig(tmp_path / "loss_plot.png")
     assert widget.plot.ax_sens.yaxis.get_label_position() == "right"  # beside its own ticks, not over PSNR's
     assert widget.stage_label.text() == "finished: saved as site-b"  # not the last record's "saving ..."
     # the run folder is under the user's data dir, the model in the user folder and in the denoise widget

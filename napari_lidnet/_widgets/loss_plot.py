@@ -21,10 +21,10 @@ PLOTTED_LOSSES = ("pixel", "detection", "roi_perceptual", "whole_perceptual")
 
 
 def loss_series_name(stage: str, key: str) -> str:
-    """Legend name of a loss: ``D`` for the denoiser's stages, ``T`` for the detector's (``D detection`` is the
-    denoiser's joint-loss term, ``T detection`` the detector's own training loss)."""
-    net = "T" if stage.endswith("detector") else "D"
-    return f"{net} {key.replace('_', ' ')}"
+    """Legend name of a loss, the network that trains first: ``denoiser: detection`` is the denoiser's joint-loss
+    term (the detector's loss on the denoised image), ``detector: detection`` the detector's own training loss."""
+    net = "detector" if stage.endswith("detector") else "denoiser"
+    return f"{net}: {key.replace('_', ' ').replace('roi', 'ROI')}"
 
 
 class TrainingPlot(QWidget):
@@ -90,7 +90,8 @@ class TrainingPlot(QWidget):
         ax.set_ylabel("loss")
         if self.losses:
             ax.set_yscale("log")
-            ax.legend(fontsize=7, loc="upper right")
+            ncols = 2 if len(self.losses) > 1 else 1  # above the panel: a legend inside covers the curves
+            ax.legend(fontsize=6.5, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=ncols, frameon=False)
         ax.tick_params(labelsize=7)
         self.ax_val.clear()
         self.ax_sens.clear()
