@@ -185,18 +185,23 @@ def run_batch(
     out_dir = Path(out_dir)
     report = BatchReport()
     todo = _plan(items, out_dir, task, report, progress)  # refuses name collisions before anything is written
+    created = not out_dir.exists()
     _prepare_out_dir(root, out_dir)
-    reader = _SeriesReader(todo, root)
-    loader = DataLoader(reader, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is)
-    for i, vol in loader:
-        final, _headers, _desc = todo[i]
-        if isinstance(vol, str):
-            report.failed.append(vol)
-        else:
-            _run_one(task, vol, final, todo[i][2], report, model, device, threshold, model_name, remove_sd)
-        if progress:
-            done = len(report.skipped) + len(report.written) + len(report.failed)
-            progress(done, len(items), final.name)
+    try:
+        reader = _SeriesReader(todo, root)
+        loader = DataLoader(reader, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is)
+        for i, vol in loader:
+            final, _headers, _desc = todo[i]
+            if isinstance(vol, str):
+                report.failed.append(vol)
+            else:
+                _run_one(task, vol, final, todo[i][2], report, model, device, threshold, model_name, remove_sd)
+            if progress:
+                done = len(report.skipped) + len(report.written) + len(report.failed)
+                progress(done, len(items), final.name)
+    finally:
+        if created and not any(out_dir.iterdir()):  # nothing written (every series failed): nothing left on disk
+            out_dir.rmdir()
     return report
 
 

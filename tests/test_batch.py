@@ -119,6 +119,16 @@ def test_bad_batch_input(tmp_path, archive):
     assert output_name("Abd / 5mm", "1.2.840.5678901234") == "Abd_5mm_" + sha256(b"1.2.840.5678901234").hexdigest()[:12]
 
 
+def test_a_batch_that_writes_nothing_leaves_nothing(tmp_path):
+    """Every series fails (here: not CT): the run reports it, and the output folder it made is gone again."""
+    write_series(tmp_path / "mr", synthetic_hu((2, 16, 16)), series_uid=generate_uid(), modality="MR")
+    report = run_batch(tmp_path / "mr", tmp_path / "out", "denoise", _denoiser())
+    assert report.failed and not report.written and not (tmp_path / "out").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user made stays
+    run_batch(tmp_path / "mr", tmp_path / "mine", "denoise", _denoiser())
+    assert (tmp_path / "mine").is_dir()
+
+
 def test_output_names_are_unique_and_safe():
     """UIDs with the same last 12 characters get different names; dots, spaces, non-ASCII letters and a leading
     '.partial-' stay file-system safe and never look like a partial output."""

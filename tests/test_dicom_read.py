@@ -210,3 +210,133 @@ def test_dicomdir_is_skipped(tmp_path, two_series_dir):
         pytest.skip("pydicom test DICOMDIR not available")
     shutil.copy(dicomdir, root / "DICOMDIR")
     assert [i.n_slices for i in list_series(root)] == [4, 3]
+
+
+def write_enhanced_ct(path, hu, z_positions, spacing=(0.7, 0.7), intercepts=None):
+    """One Enhanced CT Image file (multi-frame): geometry and rescale only in the functional groups, frames in the
+    order of ``z_positions`` (as scanners store them, head first or not)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    enhanced_ct = "1.2.840.10008.5.1.4.1.1.2.1"
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.TransferSyntaxUID = enhanced_ct, ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = enhanced_ct, generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.SeriesDescription, ds.InstanceNumber = "CT", "enhanced", 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.Rows, ds.Columns = hu.shape[1:]
+    ds.NumberOfFrames = hu.shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit, ds.PixelRepresentation = 15, 0
+    shared = Dataset()
+    measures, orient = Dataset(), Dataset()
+    measures.PixelSpacing, measures.SliceThickness = [f"{v:g}" for v in spacing], "1.25"
+    orient.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = [measures], [orient]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    intercepts = intercepts or [-1024.0] * hu.shape[0]
+    frames, stored = [], []
+    for k, z in enumerate(z_positions):
+        item, pos, rescale = Dataset(), Dataset(), Dataset()
+        pos.ImagePositionPatient = [-50, -60, z]
+        rescale.RescaleSlope, rescale.RescaleIntercept, rescale.RescaleType = "1", f"{intercepts[k]:g}", "HU"
+        item.PlanePositionSequence, item.PixelValueTransformationSequence = [pos], [rescale]
+        frames.append(item)
+        stored.append(np.rint(hu[k] - intercepts[k]).astype("<u2"))
+    ds.PerFrameFunctionalGroupsSequence = frames
+    ds.PixelData = np.stack(stored).tobytes()
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return ds.SOPInstanceUID
+
+
+def test_enhanced_ct_frames_take_their_functional_groups(tmp_path):
+    """An Enhanced CT file (one file, the rescale, spacing and positions in the functional groups) reads as the
+    same HU and geometry as single-frame files would: frames sorted by position, each with its own rescale."""
+    hu = synthetic_hu((4, 12, 10), seed=3)
+    zs = [40.0, 37.5, 35.0, 32.5]  # stored head first: the volume runs feet to head like a single-frame series
+    sop = write_enhanced_ct(tmp_path / "enh.dcm", hu, zs, intercepts=[-1024, -1024, -2048, -1024])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "no PixelSpacing", no "sorted by InstanceNumber"
+        (vol,) = read_dicom(tmp_path)
+    np.testing.assert_array_equal(vol.hu, hu[::-1])
+    assert vol.spacing == pytest.approx((2.5, 0.7, 0.7)) and vol.origin == pytest.approx((32.5, -60.0, -50.0))
+    assert vol.metadata["frame_numbers"] == [4, 3, 2, 1] and vol.metadata["instance_numbers"] == [4, 3, 2, 1]
+    assert vol.metadata["sop_instance_uids"] == [sop] * 4
+    assert list_series(tmp_path)[0].n_slices == 4
+
+
+def test_enhanced_ct_written_back_references_its_frames(tmp_path):
+    from napari_lidnet.io.dicom_write import write_dicom_series
+
+    hu = synthetic_hu((3, 8, 8), seed=4)
+    (tmp_path / "in").mkdir()
+    sop = write_enhanced_ct(tmp_path / "in" / "enh.dcm", hu, [0.0, 2.5, 5.0])
+    (vol,) = read_dicom(tmp_path / "in")
+    files = write_dicom_series(vol, tmp_path / "out", "denoised")
+    refs = [pydicom.dcmread(f).SourceImageSequence[0] for f in files]
+    assert [(r.ReferencedSOPInstanceUID, int(r.ReferencedFrameNumber)) for r in refs] == [(sop, 1), (sop, 2), (sop, 3)]
+    assert {r.ReferencedSOPClassUID for r in refs} == {"1.2.840.10008.5.1.4.1.1.2.1"}
+    (back,) = read_dicom(tmp_path / "out")
+    np.testing.assert_allclose(back.hu, hu, atol=0.5)
+
+
+def test_localizers_are_left_out_and_the_axial_series_opens(tmp_path):
+    """A scout in the series (or in its own, larger-matrix series) is left out with a note: the axial slices open,
+    and the CLI's default series is the one with the most slices, as Load CT's list orders them."""
+    write_series(tmp_path, synthetic_hu((3, 8, 8), seed=5), series_uid="1.2.3.40", description="axial")
+    scout = np.full((32, 64), 1024.0)
+    coronal, localizer = (1, 0, 0, 0, 0, -1), {"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]}
+    make_ct_slice(tmp_path / "loc_same.dcm", scout, series_uid="1.2.3.40", position=(0, 0, 0),
+                  orientation=coronal, extra=localizer)  # fmt: skip
+    make_ct_slice(tmp_path / "loc_own.dcm", scout, series_uid="1.2.3.41", position=(0, 0, 0), description="Topogram",
+                  orientation=coronal, extra=localizer)  # fmt: skip
+    with pytest.warns(UserWarning, match="left out 2 localizer images"):
+        vols = read_dicom(tmp_path)
+    assert [v.metadata["series_description"] for v in vols] == ["axial"] and vols[0].hu.shape == (3, 8, 8)
+    # no localizer: a 2-slice series of larger images comes after the 3-slice one
+    (tmp_path / "loc_same.dcm").unlink()
+    (tmp_path / "loc_own.dcm").unlink()
+    write_series(tmp_path / "big", synthetic_hu((2, 32, 32), seed=6), series_uid="1.2.3.42", description="big")
+    assert [v.metadata["series_description"] for v in read_dicom(tmp_path)] == ["axial", "big"]
+    assert [s.description for s in list_series(tmp_path)] == ["axial", "big"]
+
+
+def test_mixed_pixel_spacing_refused_naming_files(tmp_path):
+    make_ct_slice(tmp_path / "a.dcm", np.zeros((4, 4)), series_uid="1.2.3.9", position=(0, 0, 0), description="mix")
+    make_ct_slice(tmp_path / "b.dcm", np.zeros((4, 4)), series_uid="1.2.3.9", position=(0, 0, 1), description="mix",
+                  pixel_spacing=(0.8, 0.8))  # fmt: skip
+    with pytest.raises(ValueError, match=r"mixes pixel spacings \(mm\).*0.8000x0.8000: b.dcm"):
+        read_dicom(tmp_path)
+
+
+def test_raw_dicom_without_preamble_reads(tmp_path):
+    """Files without the Part 10 header (no preamble, no file meta: older archives), without a suffix."""
+    hu = synthetic_hu((2, 6, 6), seed=7)
+    files = write_series(tmp_path / "p10", hu, series_uid="1.2.3.50")
+    (tmp_path / "raw").mkdir()
+    for k, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        with open(tmp_path / "raw" / f"{k:08d}", "wb") as fh:  # the data set alone: no preamble, "DICM", file meta
+            out = pydicom.filebase.DicomFileLike(fh)
+            out.is_implicit_VR = out.is_little_endian = True
+            pydicom.filewriter.write_dataset(out, ds)
+    assert (tmp_path / "raw" / "00000000").read_bytes()[:2] == b"\x08\x00"  # a dataset from its first byte
+    (vol,) = read_dicom(tmp_path / "raw")
+    np.testing.assert_array_equal(vol.hu, hu)
+
+
+def test_negative_spacing_between_slices_is_a_size(tmp_path):
+    """A two-frame file without positions whose SpacingBetweenSlices is negative (some vendors sign it)."""
+    hu = synthetic_hu((1, 6, 6), seed=8)
+    (f,) = write_series(tmp_path / "one", hu, series_uid="1.2.3.60")
+    ds = pydicom.dcmread(f)
+    del ds.ImagePositionPatient, ds.ImageOrientationPatient
+    ds.PixelData = np.concatenate([ds.pixel_array] * 2).astype("<u2").tobytes()
+    ds.NumberOfFrames, ds.SpacingBetweenSlices = 2, "-2.5"
+    ds.save_as(tmp_path / "mf.dcm", enforce_file_format=True)
+    (vol,) = read_dicom(tmp_path / "mf.dcm")
+    assert vol.hu.shape[0] == 2 and vol.spacing[0] == 2.5

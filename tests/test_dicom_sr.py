@@ -78,6 +78,18 @@ def test_sr_regions_reference_the_source_slices(series, tmp_path: Path) -> None:
     assert evidence.SeriesInstanceUID == UID and len(evidence.ReferencedSOPSequence) == 2
 
 
+def test_sr_regions_reference_frames_of_a_multi_frame_source(tmp_path: Path) -> None:
+    """Slices that are frames of one enhanced instance: each region cites the instance and its own frame (the
+    volume's slice order need not be the file's frame order); the evidence lists the instance once."""
+    ref = ("1.2.840.10008.5.1.4.1.1.2.1", "1.2.3.77")
+    regions = [SRRegion(z, box_corners(1, 1, 4, 4), 3.0, 3.0, 0.0) for z in (0, 2)]
+    ds = pydicom.dcmread(write_sr(tmp_path / "sr.dcm", regions, [ref] * 3, {}, "1.2.3.78", frames=[3, 2, 1]))
+    cited = [s.ContentSequence[0].ReferencedSOPSequence[0] for s in items(ds, "SCOORD")]
+    assert [(c.ReferencedSOPInstanceUID, int(c.ReferencedFrameNumber)) for c in cited] == [("1.2.3.77", 3),
+                                                                                          ("1.2.3.77", 1)]  # fmt: skip
+    assert len(ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence) == 1
+
+
 def test_sr_without_known_source_has_no_image_reference(tmp_path: Path) -> None:
     out = write_sr(tmp_path / "plain.dcm", [SRRegion(0, box_corners(0, 0, 4, 4), 4, 4, 0.0)])
     ds = pydicom.dcmread(out)

@@ -709,8 +709,12 @@ class LesionNavigatorWidget(QWidget):
         meta = image.metadata or {}
         files = list(meta.get("files") or [])
         n = n_slices(image.data)
-        multiframe = len(files) == 1 and n > 1
-        refs = instance_refs(files) if files and (len(files) == n or multiframe) else []
+        frames = per_slice(meta, "frame_numbers", n)
+        if len(files) == 1 and n > 1 and frames is None:  # one multi-frame file without functional groups
+            files, frames = files * n, list(range(1, n + 1))
+        unique = list(dict.fromkeys(files))  # a multi-frame file is read once
+        found = dict(zip(unique, instance_refs(unique)))
+        refs = [found[f] for f in files] if len(files) == n else []
         regions = [
             SRRegion(f.slice, f.corners, f.measures["long_mm"], f.measures["short_mm"], f.measures["mean_hu"],
                      f.score, f.status, f"finding {f.id} (slice {f.slice})")  # fmt: skip
@@ -720,7 +724,7 @@ class LesionNavigatorWidget(QWidget):
         if not regions:
             raise ValueError("no kept boxes: accept or draw at least one before writing a report")
         return write_sr(path, regions, refs, meta.get("source_tags") or {}, str(meta.get("series_uid") or ""),
-                        f"LIDnet reviewed lesions: {image.name}", multiframe)  # fmt: skip
+                        f"LIDnet reviewed lesions: {image.name}", frames)  # fmt: skip
 
     def _export_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(

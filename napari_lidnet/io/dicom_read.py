@@ -19,7 +19,7 @@ import numpy as np
 
 from .checks import check_image_shape, one_line
 from .nifti import is_nifti
-from .volume import CTVolume
+from .volume import CTVolume, n_slices
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -88,6 +88,7 @@ class DicomHeader:
 
     path: Path
     ds: Any  # pydicom Dataset without pixels
+    frame: int | None = None  # 0-based frame of an enhanced multi-frame file (ds: that frame's own attributes)
 
 
 @dataclass
@@ -110,6 +111,16 @@ def _has_dicm_magic(path: Path) -> bool:
         return False
 
 
+def _has_raw_start(path: Path) -> bool:
+    """A DICOM dataset without the Part 10 preamble (older archives, ACR-NEMA era exports): the file starts with a
+    little-endian tag of group 0002 or 0008."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(2) in (b"\x02\x00", b"\x08\x00")
+    except OSError:
+        return False
+
+
 def _candidate_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
@@ -117,9 +128,9 @@ def _candidate_files(path: Path) -> list[Path]:
 
 
 def looks_like_dicom(path: str | Path) -> bool:
-    """Cheap test: DICM magic at byte 128 or a DICOM file suffix."""
+    """Cheap test: DICM magic at byte 128, a DICOM file suffix, or a raw dataset's first tag."""
     path = Path(path)
-    return path.is_file() and (path.suffix.lower() in DICOM_SUFFIXES or _has_dicm_magic(path))
+    return path.is_file() and (path.suffix.lower() in DICOM_SUFFIXES or _has_dicm_magic(path) or _has_raw_start(path))
 
 
 def _scan_file(scan: DicomScan, f: Path, in_folder: bool, seen: dict[str, Path]) -> None:
@@ -127,7 +138,7 @@ def _scan_file(scan: DicomScan, f: Path, in_folder: bool, seen: dict[str, Path])
     import pydicom
 
     magic = _has_dicm_magic(f)
-    if not magic and f.suffix.lower() not in DICOM_SUFFIXES and in_folder:
+    if not magic and f.suffix.lower() not in DICOM_SUFFIXES and in_folder and not _has_raw_start(f):
         return  # not DICOM: skip silently (README, thumbnails, ...)
     try:
         ds = pydicom.dcmread(f, stop_before_pixels=True, force=not magic)
@@ -144,6 +155,9 @@ def _scan_file(scan: DicomScan, f: Path, in_folder: bool, seen: dict[str, Path])
         else:
             scan.skipped.append(f"{f} (no image: {ds.get('Modality', '?')} {ds.get('SOPClassUID', '')})")
         return
+    if "LOCALIZER" in [str(v).upper() for v in _values(ds.get("ImageType"))]:
+        scan.skipped.append(f"{f} (localizer)")
+        return
     sop = str(ds.get("SOPInstanceUID", "") or "")
     if sop and sop in seen:
         scan.notes.append(f"{f} is a copy of {seen[sop]} (same SOPInstanceUID); read once")
@@ -151,7 +165,56 @@ def _scan_file(scan: DicomScan, f: Path, in_folder: bool, seen: dict[str, Path])
         return
     seen[sop] = f
     uid = str(ds.get("SeriesInstanceUID", "") or _stand_in_uid(ds, f))
-    scan.series.setdefault(uid, []).append(DicomHeader(f, ds))
+    scan.series.setdefault(uid, []).extend(frame_headers(f, ds) if _enhanced(ds) else [DicomHeader(f, ds)])
+
+
+def _values(value: Any) -> list:
+    """A DICOM value as a list (a single value, a multi-value, or nothing)."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+
+
+#: functional-group macros (PS3.3 C.7.6.16) whose attributes each frame of an enhanced image takes as its own
+FRAME_MACROS = ("PixelMeasuresSequence", "PlanePositionSequence", "PlaneOrientationSequence",
+                "PixelValueTransformationSequence", "FrameVOILUTSequence")  # fmt: skip
+_GROUPS = ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
+
+
+def _enhanced(ds: Any) -> bool:
+    """An enhanced multi-frame image (Enhanced CT, Legacy Converted Enhanced CT): geometry and rescale per frame."""
+    return n_frames(ds) > 1 and "PerFrameFunctionalGroupsSequence" in ds
+
+
+def _frame_groups(ds: Any, i: int) -> list[Any]:
+    """The shared functional group item, then frame ``i``'s own (later ones win), those present."""
+    out = []
+    for key, k in ((_GROUPS[0], 0), (_GROUPS[1], i)):
+        items = ds.get(key) or []
+        if k < len(items):
+            out.append(items[k])
+    return out
+
+
+def frame_headers(f: Path, ds: Any) -> list[DicomHeader]:
+    """One header per frame of an enhanced multi-frame image, its position, orientation, pixel spacing, rescale
+    and window set as top-level attributes (the shared groups, then the frame's own), so that the series code
+    sorts and stacks the frames as it does single-frame files."""
+    from pydicom.dataset import Dataset
+
+    base = [e for e in ds if e.keyword not in (*_GROUPS, "NumberOfFrames")]
+    headers = []
+    for i in range(n_frames(ds)):
+        frame = Dataset()
+        for elem in base:
+            frame.add(elem)
+        for group in _frame_groups(ds, i):
+            for macro in FRAME_MACROS:
+                for item in (group.get(macro) or [])[:1]:
+                    for elem in item:
+                        frame[elem.tag] = elem
+        headers.append(DicomHeader(f, frame, frame=i))
+    return headers
 
 
 def _stand_in_uid(ds: Any, f: Path) -> str:
@@ -164,6 +227,13 @@ def _stand_in_uid(ds: Any, f: Path) -> str:
     ] + [f"{ds.Rows}x{ds.Columns}", "" if ps is None else "x".join(f"{v:.4f}" for v in ps),
          "" if iop is None else ",".join(f"{v:.3f}" for v in iop)]  # fmt: skip
     return f"no-series-uid:{f.parent}:{'|'.join(parts)}"
+
+
+def _note_localizers(scan: DicomScan, where: str) -> None:
+    """A note when localizer (scout, topogram) images were left out while a series remains."""
+    n = sum(s.endswith("(localizer)") for s in scan.skipped)
+    if n and scan.series:
+        scan.notes.append(f"{where}: left out {n} localizer image{'s' if n > 1 else ''} (ImageType LOCALIZER)")
 
 
 def _unreadable_text(scan: DicomScan) -> str:
@@ -187,6 +257,7 @@ def scan_dicom(path: str | Path) -> DicomScan:
     seen: dict[str, Path] = {}
     for f in files:
         _scan_file(scan, f, path.is_dir(), seen)
+    _note_localizers(scan, str(path))
     if scan.unreadable and path.is_file():
         f, reason = scan.unreadable[0]
         raise ValueError(f"{f}: unreadable DICOM file ({reason})")
@@ -222,12 +293,12 @@ def list_series(path: str | Path) -> list[SeriesInfo]:
                 cols=int(ds.Columns),
             )
         )
-    return sorted(infos, key=lambda s: (-s.n_slices, s.description, s.uid))
+    return sorted(infos, key=lambda s: (-s.n_slices, -s.rows * s.cols, s.description, s.uid))
 
 
 def _read_scan(scan: DicomScan, uids: list[str], source: Path) -> list[CTVolume]:
-    """Read the series ``uids`` of a scan, largest first. A series that cannot be read is skipped with a warning
-    while another one opens; when none opens, the first error is raised."""
+    """Read the series ``uids`` of a scan, largest first (most slices, then most voxels). A series that cannot be
+    read is skipped with a warning while another one opens; when none opens, the first error is raised."""
     vols, failed = [], []
     for uid in uids:
         try:
@@ -243,7 +314,7 @@ def _read_scan(scan: DicomScan, uids: list[str], source: Path) -> list[CTVolume]
         warnings.warn(notes[-1], UserWarning, stacklevel=3)
     for vol in vols:
         vol.metadata["warnings"] = notes + vol.metadata.get("warnings", [])
-    return sorted(vols, key=lambda v: -int(np.prod(v.hu.shape)))
+    return sorted(vols, key=lambda v: (-n_slices(v.hu), -int(np.prod(v.hu.shape))))  # as list_series orders
 
 
 def read_dicom(path: str | Path, series_uid: str | None = None) -> list[CTVolume]:
@@ -268,6 +339,7 @@ def read_dicom_files(files: Sequence[str | Path]) -> list[CTVolume]:
     seen: dict[str, Path] = {}
     for f in files:
         _scan_file(scan, Path(f), False, seen)
+    _note_localizers(scan, f"{len(files)} files")
     if not scan.series:
         if scan.unreadable:
             raise ValueError(f"no readable DICOM image among {len(files)} files; {_unreadable_text(scan)}")
@@ -334,14 +406,15 @@ def _pixel_error(f: Path, tsyntax: Any, exc: Exception) -> str:
             f"{f}: cannot decode pixel data in transfer syntax '{tsyntax.name}' ({tsyntax}); "
             f"no installed decoder handles it ({type(exc).__name__}: {detail})"
         )
+    if tsyntax is None:
+        return f"{f}: pixel data cannot be read: the file has no transfer syntax ({detail})"
     return f"{f}: pixel data cannot be read, the file may be truncated ({detail})"
 
 
-def decode_pixels(header: DicomHeader) -> np.ndarray:
-    """Decode one file's pixels (frames, rows, cols) as float32 HU using that file's own rescale."""
+def _read_pixels(f: Path) -> tuple[Any, np.ndarray]:
+    """(dataset, stored values (frames, rows, cols)) of one file, after the checks that need no decoding."""
     import pydicom
 
-    f = header.path
     try:
         ds = pydicom.dcmread(f, force=True, defer_size="16 MB")  # pixels read only after the size check
     except Exception as exc:
@@ -355,17 +428,63 @@ def decode_pixels(header: DicomHeader) -> np.ndarray:
         )
     rows, cols, frames = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), n_frames(ds)
     check_image_shape((frames, rows, cols) if frames > 1 else (rows, cols), np.float32, str(f))  # before decoding
+    _raw_transfer_syntax(ds)
     tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
         raw = ds.pixel_array
     except Exception as exc:
         raise ValueError(_pixel_error(f, tsyntax, exc)) from exc
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    hu = raw.astype(np.float64) * slope + intercept
-    if n_frames(ds) == 1 or hu.ndim == 2:
-        hu = hu.reshape((-1, *hu.shape[-2:]))
-    return hu.astype(np.float32)
+    return ds, raw.reshape((-1, *raw.shape[-2:]))
+
+
+def _raw_transfer_syntax(ds: Any) -> None:
+    """A file without the Part 10 header has no TransferSyntaxUID: take it from the encoding pydicom read."""
+    from pydicom import uid
+    from pydicom.dataset import FileMetaDataset
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        implicit, little = ds.original_encoding
+        meta.TransferSyntaxUID = (uid.ImplicitVRLittleEndian if implicit else
+                                  uid.ExplicitVRLittleEndian if little else uid.ExplicitVRBigEndian)  # fmt: skip
+
+
+def _frame_rescale(ds: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(slope, intercept) per frame: an enhanced image's functional groups (the frame's own, else the shared), else
+    the top-level RescaleSlope/Intercept."""
+    slopes, intercepts = np.ones(n), np.zeros(n)
+    for i in range(n):
+        found = ds
+        for group in _frame_groups(ds, i) if _enhanced(ds) else []:
+            for item in (group.get("PixelValueTransformationSequence") or [])[:1]:
+                found = item
+        slopes[i] = float(found.get("RescaleSlope", 1.0) or 1.0)
+        intercepts[i] = float(found.get("RescaleIntercept", 0.0) or 0.0)
+    return slopes, intercepts
+
+
+def decode_pixels(header: DicomHeader) -> np.ndarray:
+    """Decode one file's pixels (frames, rows, cols) as float32 HU, each frame with its own rescale."""
+    ds, raw = _read_pixels(header.path)
+    slopes, intercepts = _frame_rescale(ds, len(raw))
+    hu = np.empty(raw.shape, np.float32)
+    for i in range(len(hu)):  # frame by frame: no float64 copy of a whole multi-frame file
+        hu[i] = (raw[i].astype(np.float64) * slopes[i] + intercepts[i]).astype(np.float32)
+    return hu
+
+
+def _decode_series(headers: list[DicomHeader]) -> np.ndarray:
+    """The pixels of sorted headers as (slices, rows, cols) HU: each file decoded once, a frame header taking its
+    own frame."""
+    files: dict[Path, np.ndarray] = {}
+    parts = []
+    for h in headers:
+        if h.path not in files:
+            files[h.path] = decode_pixels(h)
+        parts.append(files[h.path] if h.frame is None else files[h.path][h.frame : h.frame + 1])
+    return np.concatenate(parts, axis=0)
 
 
 def _warn(msgs: list[str], msg: str) -> None:
@@ -395,15 +514,24 @@ def _series_label(ds0: Any) -> str:
     return f"series {desc!r} ({uid})" if desc else f"series {uid}"
 
 
-def _check_sizes(headers: list[DicomHeader], label: str) -> None:
-    """Refuse a series whose images differ in rows x cols, naming a few files of each size."""
-    sizes = {(int(h.ds.Rows), int(h.ds.Columns)) for h in headers}
-    if len(sizes) > 1:
-        parts = []
-        for r, c in sorted(sizes):
-            names = [h.path.name for h in headers if (int(h.ds.Rows), int(h.ds.Columns)) == (r, c)]
-            parts.append(f"{r}x{c}: {', '.join(names[:3])}{'...' if len(names) > 3 else ''}")
-        raise ValueError(f"{label} mixes image sizes (rows x cols) and cannot be stacked: {'; '.join(parts)}")
+def _check_grid(headers: list[DicomHeader], label: str) -> None:
+    """Refuse a series whose images differ in rows x cols or in pixel spacing (a second reconstruction that kept
+    the UID), naming a few files of each."""
+    for what, key in (("image sizes (rows x cols)", lambda ds: f"{int(ds.Rows)}x{int(ds.Columns)}"),
+                      ("pixel spacings (mm)", _spacing_text)):  # fmt: skip
+        keys = [key(h.ds) for h in headers]
+        if len(set(keys)) > 1:
+            parts = []
+            for k in sorted(set(keys)):
+                names = list(dict.fromkeys(h.path.name for h, kk in zip(headers, keys) if kk == k))
+                parts.append(f"{k}: {', '.join(names[:3])}{'...' if len(names) > 3 else ''}")
+            raise ValueError(f"{label} mixes {what} and cannot be stacked: {'; '.join(parts)}")
+
+
+def _spacing_text(ds: Any) -> str:
+    """PixelSpacing to 0.1 micrometre ('' when absent), for comparing slices."""
+    ps = header_floats(ds.get("PixelSpacing"), 2)
+    return "none" if ps is None else "x".join(f"{v:.4f}" for v in ps)
 
 
 def _orientation(headers: list[DicomHeader], label: str) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
@@ -477,11 +605,16 @@ def _window(ds: Any) -> list[float] | None:
 
 
 def _slice_ids(headers: list[DicomHeader]) -> dict[str, list]:
-    """Per-slice identifiers a reader needs to find a slice on the scanner or in PACS (one file per slice)."""
-    return {
-        "instance_numbers": [int(h.ds.get("InstanceNumber", 0) or 0) or None for h in headers],
+    """Per-slice identifiers a reader needs to find a slice on the scanner or in PACS (one file per slice, or one
+    frame of an enhanced file: its 1-based frame number)."""
+    frames = [None if h.frame is None else h.frame + 1 for h in headers]
+    ids = {  # a frame's image number is its frame number, as viewers show "frame k of N"
+        "instance_numbers": [f or int(h.ds.get("InstanceNumber", 0) or 0) or None for h, f in zip(headers, frames)],
         "sop_instance_uids": [str(h.ds.get("SOPInstanceUID", "") or "") for h in headers],
     }
+    if any(frames):
+        ids["frame_numbers"] = frames
+    return ids
 
 
 def _series_metadata(
@@ -493,6 +626,7 @@ def _series_metadata(
         "format": "dicom",
         "source": str(source if source is not None else headers[0].path),
         "series_uid": str(ds0.get("SeriesInstanceUID", "")),
+        "sop_class_uid": str(ds0.get("SOPClassUID", "") or ""),
         "series_description": str(ds0.get("SeriesDescription", "") or ""),
         "modality": str(ds0.get("Modality", "") or ""),
         "files": [str(h.path) for h in headers],
@@ -512,7 +646,7 @@ def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> C
     ds0 = headers[0].ds
     label = _series_label(ds0)
     notes: list[str] = []
-    _check_sizes(headers, label)
+    _check_grid(headers, label)
     n_images = sum(n_frames(h.ds) for h in headers)
     shape = (int(ds0.Rows), int(ds0.Columns))
     check_image_shape((n_images, *shape) if n_images > 1 else shape, np.float32, label)
@@ -532,9 +666,12 @@ def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> C
         _warn(notes, f"{label}: GantryDetectorTilt is {tilt_tag} deg")
     _warn_lossy(headers, notes, label)
     metadata = _series_metadata(headers, source, notes, pos)
-    if dz is None:
-        dz = float(ds0.get("SpacingBetweenSlices", 0) or 0) or metadata["slice_thickness"] or 1.0
-    hu = np.concatenate([decode_pixels(h) for h in headers], axis=0)
+    if dz is None:  # some vendors write a signed SpacingBetweenSlices; a size is its magnitude
+        dz = abs(float(ds0.get("SpacingBetweenSlices", 0) or 0)) or metadata["slice_thickness"] or 1.0
+    rescale_type = str(ds0.get("RescaleType", "") or "").strip()
+    if rescale_type and rescale_type.upper() != "HU":
+        _warn(notes, f"{label}: RescaleType is {rescale_type!r}, not 'HU'; values are read as HU")
+    hu = _decode_series(headers)
     if hu.shape[0] > len(headers) and len(headers) > 1:
         raise ValueError(f"{label} mixes multi-frame files with other files; read them one at a time")
     direction = np.stack([row_cos, col_cos, stack_dir], axis=1)

@@ -225,12 +225,12 @@ def write_sr(
     source_tags: dict[str, Any] | None = None,
     series_uid: str = "",
     description: str = "LIDnet reviewed lesions",
-    multiframe: bool = False,
+    frames: Sequence[int | None] | None = None,
 ) -> Path:
     """Write a Comprehensive SR of ``regions`` to ``path`` (never overwrites).
 
     ``refs[slice]`` is the (SOPClassUID, SOPInstanceUID) of each source slice (None or missing: no image
-    reference); with ``multiframe`` the source is one multi-frame instance, ``refs[0]``, and frame = slice + 1.
+    reference); ``frames[slice]`` its frame number in a multi-frame source instance (None: a single-frame one).
     """
     import pydicom
 
@@ -242,9 +242,9 @@ def write_sr(
     groups, used = [], []
     for k, region in enumerate(regions):
         z = int(region.slice)
-        index = 0 if multiframe else z
-        ref = refs[index] if 0 <= index < len(refs) else None
-        groups.append(_group(k, region, ref, z + 1 if multiframe else None))
+        ref = refs[z] if 0 <= z < len(refs) else None
+        frame = frames[z] if frames is not None and 0 <= z < len(frames) else None
+        groups.append(_group(k, region, ref, frame))
         if ref is not None:
             used.append(ref)
     procedure = _item("CODE", PROCEDURE, "HAS CONCEPT MOD")

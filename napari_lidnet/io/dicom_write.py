@@ -127,10 +127,11 @@ def _set_pixel_format(ds: Any, volume: CTVolume) -> None:
 
 
 def _slice_dataset(
-    header: Any, k: int, position: np.ndarray, normal: np.ndarray, pixels: np.ndarray, source: tuple[Any, str]
+    header: Any, k: int, position: np.ndarray, normal: np.ndarray, pixels: np.ndarray, source: tuple[Any, ...]
 ) -> Any:
     """Slice ``k`` of the series: a copy of the shared header with its own UID, position and pixels; ``source``:
-    the source slice's (InstanceNumber, SOPInstanceUID), kept as its number and referenced (None, '': unknown)."""
+    the source slice's (InstanceNumber, SOPInstanceUID, frame number or None, SOPClassUID), kept as its number and
+    referenced (None, '': unknown)."""
     import copy
 
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -144,12 +145,14 @@ def _slice_dataset(
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.file_meta = meta
-    number, uid = source
+    number, uid, frame, sop_class = source
     ds.InstanceNumber = int(number) if number is not None else k + 1  # PACS image numbers match the source's
     if uid:
         ref = Dataset()
-        ref.ReferencedSOPClassUID = CT_IMAGE_STORAGE
+        ref.ReferencedSOPClassUID = sop_class or CT_IMAGE_STORAGE
         ref.ReferencedSOPInstanceUID = uid
+        if frame is not None:  # a frame of an enhanced multi-frame source
+            ref.ReferencedFrameNumber = int(frame)
         ds.SourceImageSequence = [ref]
     ds.ImagePositionPatient = [_ds_str(v) for v in position]
     ds.SliceLocation = _ds_str(float(np.dot(position, normal)))
@@ -183,6 +186,8 @@ def write_dicom_series(
     positions = _slice_positions(volume, len(stored))
     numbers = per_slice(volume.metadata, "instance_numbers", len(stored)) or [None] * len(stored)
     uids = per_slice(volume.metadata, "sop_instance_uids", len(stored)) or [""] * len(stored)
+    frames = per_slice(volume.metadata, "frame_numbers", len(stored)) or [None] * len(stored)
+    sop_class = str(volume.metadata.get("sop_class_uid") or "")
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -190,7 +195,7 @@ def write_dicom_series(
         for k in range(len(stored)):
             path = out_dir / f"IM{k + 1:05d}.dcm"
             written.append(path)
-            ds = _slice_dataset(header, k, positions[k], normal, stored[k], (numbers[k], uids[k]))
+            ds = _slice_dataset(header, k, positions[k], normal, stored[k], (numbers[k], uids[k], frames[k], sop_class))
             pydicom.dcmwrite(path, ds, enforce_file_format=True)
     except BaseException:
         _remove_partial(written, out_dir if created else None)

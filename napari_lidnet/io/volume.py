@@ -18,7 +18,8 @@ def n_slices(image: Any) -> int:
     return int(image.shape[0]) if image.ndim == 3 else 1
 
 
-PER_SLICE_KEYS = ("files", "slice_ipp", "instance_numbers", "sop_instance_uids")  # metadata lists, one per slice
+#: metadata lists, one entry per slice
+PER_SLICE_KEYS = ("files", "slice_ipp", "instance_numbers", "sop_instance_uids", "frame_numbers")
 
 
 def per_slice(metadata: dict[str, Any], key: str, n: int) -> list | None:
