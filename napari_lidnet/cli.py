@@ -132,6 +132,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         patch_size=args.patch_size,
         lr=args.lr,
         detector_lr=args.detector_lr,
+        pixel_loss=args.pixel_loss,
         det_weight=args.det_weight,
         roi_weight=args.roi_weight,
         roi_boxes=args.roi_boxes,
@@ -450,6 +451,8 @@ def _add_train_schedule(p: Any) -> None:
     p.add_argument("--patch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3, help="denoiser learning rate")
     p.add_argument("--detector-lr", type=float, default=1e-3)
+    p.add_argument("--pixel-loss", choices=["mse", "l1", "tissue"], default="mse",
+                   help="tissue: MSE with the soft-tissue window's pixels (-160..240 HU) weighted 4 x")  # fmt: skip
     p.add_argument("--det-weight", type=float, default=0.1, help="detection term, as a fraction of the pixel loss")
     p.add_argument("--roi-weight", type=float, default=0.3, help="ROI perceptual term, fraction of the pixel loss")
     p.add_argument(

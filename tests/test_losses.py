@@ -141,3 +141,23 @@ def test_losses_give_gradients_to_the_denoised_image():
 def test_pixel_loss_kinds():
     a, b = torch.zeros(1, 1, 4, 4), torch.full((1, 1, 4, 4), 2.0)
     assert pixel_loss(a, b, "mse").item() == 4.0 and pixel_loss(a, b, "l1").item() == 2.0
+    with pytest.raises(ValueError, match="unknown pixel loss"):
+        pixel_loss(a, b, "ssim")
+
+
+def test_tissue_loss_weights_the_soft_tissue_window():
+    """Target half soft tissue (40 HU), half bone (700 HU), the same error on both halves: the tissue loss equals
+    MSE; the error on the tissue half alone counts 4 x as much as on the bone half alone, and a uniform image is
+    plain MSE whatever it holds."""
+    target = torch.full((2, 1, 4, 8), float(hu_to_net(40.0)))
+    target[:, :, :, 4:] = float(hu_to_net(700.0))
+    err = 0.01
+    both = pixel_loss(target + err, target, "tissue")
+    assert both.item() == pytest.approx(err**2, rel=1e-4)
+    on_tissue, on_bone = target.clone(), target.clone()
+    on_tissue[:, :, :, :4] += err
+    on_bone[:, :, :, 4:] += err
+    tissue, bone = pixel_loss(on_tissue, target, "tissue").item(), pixel_loss(on_bone, target, "tissue").item()
+    assert tissue == pytest.approx(4 * bone, rel=1e-4)
+    mse_tissue, mse_bone = pixel_loss(on_tissue, target, "mse").item(), pixel_loss(on_bone, target, "mse").item()
+    assert mse_tissue == pytest.approx(mse_bone, rel=1e-4)

@@ -17,10 +17,13 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from napari_lidnet.metrics.image import METRIC_WINDOW
+from napari_lidnet.models.normalize import HU_SCALE
 from napari_lidnet.models.roi_perceptual import ROI_LEVELS, ROI_MARGIN, roi_distances, rois_from_boxes, widen_boxes
 
 __all__ = [
     "detection_loss",
+    "PIXEL_LOSSES",
     "pixel_loss",
     "relative_feature_distance",
     "roi_perceptual_loss",
@@ -30,13 +33,24 @@ __all__ = [
 ]
 
 
+#: "tissue" pixel loss: weight of the pixels whose target lies in the soft-tissue window, relative to the rest
+TISSUE_WEIGHT = 4.0
+PIXEL_LOSSES = ("mse", "l1", "tissue")
+
+
 def pixel_loss(denoised: torch.Tensor, full: torch.Tensor, kind: str = "mse") -> torch.Tensor:
-    """MSE or L1 between denoised and full-dose images (network scale)."""
+    """MSE or L1 between denoised and full-dose images (network scale); ``"tissue"``: MSE with the pixels whose
+    target lies in the soft-tissue window (``METRIC_WINDOW``, where noise is read and PSNR/SSIM are measured)
+    weighted ``TISSUE_WEIGHT`` times the rest (bone, air, lung), normalised by the weights per image."""
     if kind == "mse":
         return F.mse_loss(denoised, full)
     if kind == "l1":
         return F.l1_loss(denoised, full)
-    raise ValueError(f"unknown pixel loss {kind!r}; use 'mse' or 'l1'")
+    if kind == "tissue":
+        lo, hi = (v / HU_SCALE for v in METRIC_WINDOW)
+        weight = 1.0 + (TISSUE_WEIGHT - 1.0) * ((full >= lo) & (full <= hi)).to(full.dtype)
+        return ((weight * (denoised - full).pow(2)).flatten(1).sum(1) / weight.flatten(1).sum(1)).mean()
+    raise ValueError(f"unknown pixel loss {kind!r}; use one of {', '.join(PIXEL_LOSSES)}")
 
 
 def relative_feature_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
