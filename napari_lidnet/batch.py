@@ -27,6 +27,7 @@ from napari_lidnet.io.nifti import is_nifti, nifti_stem
 from napari_lidnet.strength import check_remove_sd
 
 PARTIAL = ".partial-"
+MARKER = ".lidnet-batch"  # in a batch output folder: the task that writes there (a re-run finishes that run)
 Progress = Callable[[int, int, str], None]
 #: modalities processed (OT: secondary captures of CT; empty: the tag is missing)
 CT_MODALITIES = ("CT", "OT", "")
@@ -76,15 +77,27 @@ class _SeriesReader:
         return i, vol
 
 
-def _prepare_out_dir(root: str | Path, out_dir: Path) -> None:
-    """Refuse an output inside the input; create it; remove what an interrupted run left half-written."""
+def _prepare_out_dir(root: str | Path, out_dir: Path, task: str) -> bool:
+    """Refuse an output inside the input, or a folder that holds anything but an earlier batch run of this task
+    (its ``MARKER`` file); create it and mark it; remove what an interrupted run left half-written. True when this
+    call created the folder."""
     if out_dir.resolve().is_relative_to(Path(root).resolve()):
         raise ValueError(f"{out_dir} lies inside the input folder {root}; choose an output folder outside it")
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: exists and is not a folder; choose a folder for the outputs")
+    marker = out_dir / MARKER
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        earlier = marker.read_text().strip() if marker.is_file() else None
+        if earlier != task:
+            what = f"a batch {earlier} run" if earlier else "other files"
+            raise ValueError(f"{out_dir} is not empty (it holds {what}); outputs never mix: choose a new folder, or "
+                             f"the folder of an earlier batch {task} run to finish it")  # fmt: skip
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"{task}\n")
     for stale in out_dir.glob(f"{PARTIAL}*"):
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    return created
 
 
 def _inputs(series: dict, niftis: list[Path], root: Path) -> list[tuple[str, Any, str, str]]:
@@ -185,8 +198,7 @@ def run_batch(
     out_dir = Path(out_dir)
     report = BatchReport()
     todo = _plan(items, out_dir, task, report, progress)  # refuses name collisions before anything is written
-    created = not out_dir.exists()
-    _prepare_out_dir(root, out_dir)
+    created = _prepare_out_dir(root, out_dir, task)
     try:
         reader = _SeriesReader(todo, root)
         loader = DataLoader(reader, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is)
@@ -200,8 +212,8 @@ def run_batch(
                 done = len(report.skipped) + len(report.written) + len(report.failed)
                 progress(done, len(items), final.name)
     finally:
-        if created and not any(out_dir.iterdir()):  # nothing written (every series failed): nothing left on disk
-            out_dir.rmdir()
+        if created and not any(p.name != MARKER for p in out_dir.iterdir()):  # nothing written: nothing left
+            shutil.rmtree(out_dir)
     return report
 
 

@@ -621,7 +621,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from napari_lidnet.models.registry import load_model
     from napari_lidnet.models.weights import default_threshold
 
-    check_export_name(args.name)  # before any work: a taken name would only fail at the end
+    check_export_name(args.name, kinds=("detector",))  # before any work; NAME_denoiser may exist (lidnet adapt)
     if not args.fp_per_slice >= 0:
         raise ValueError(f"--fp-per-slice must be >= 0, not {args.fp_per_slice}")
     volumes = open_ct(args.input)

@@ -9,7 +9,7 @@ import torch
 from conftest import synthetic_hu, write_series
 from pydicom.uid import generate_uid
 
-from napari_lidnet.batch import PARTIAL, output_name, run_batch
+from napari_lidnet.batch import MARKER, PARTIAL, output_name, run_batch
 from napari_lidnet.cli import main
 from napari_lidnet.io.boxes_io import read_boxes_csv
 from napari_lidnet.io.open_ct import open_ct
@@ -58,7 +58,7 @@ def test_denoise_all_series_then_resume(archive, tmp_path):
     assert again.written == [lost] and sorted(again.skipped) == sorted(kept)
     assert {p: sorted(f.stat().st_mtime_ns for f in p.iterdir()) for p in kept} == kept  # untouched
     assert not list(out.glob(f"{PARTIAL}*"))
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in report.written)
+    assert sorted(p.name for p in out.iterdir() if p.name != MARKER) == sorted(p.name for p in report.written)
 
 
 def test_interrupted_run_with_workers_resumes_without_redoing_or_losing_outputs(archive, tmp_path):
@@ -73,13 +73,13 @@ def test_interrupted_run_with_workers_resumes_without_redoing_or_losing_outputs(
 
     with pytest.raises(KeyboardInterrupt):
         run_batch(archive, out, "denoise", _denoiser(), progress=interrupt_after_two, workers=2)
-    first = {p: sorted(f.stat().st_mtime_ns for f in p.iterdir()) for p in out.iterdir()}
+    first = {p: sorted(f.stat().st_mtime_ns for f in p.iterdir()) for p in out.iterdir() if p.name != MARKER}
     assert len(first) == 2 and seen == [(1, 3), (2, 3)]
     again = run_batch(archive, out, "denoise", _denoiser(), workers=2)
     assert sorted(again.skipped) == sorted(first) and len(again.written) == 1
     assert {p: sorted(f.stat().st_mtime_ns for f in p.iterdir()) for p in first} == first  # not redone
     reference = run_batch(archive, tmp_path / "uninterrupted", "denoise", _denoiser())
-    for a, b in zip(sorted(out.iterdir()), sorted(reference.written)):
+    for a, b in zip(sorted(p for p in out.iterdir() if p.name != MARKER), sorted(reference.written)):
         assert a.name == b.name
         assert np.array_equal(open_ct(a)[0].hu, open_ct(b)[0].hu)  # same outputs as a run never interrupted
 
@@ -127,6 +127,20 @@ def test_a_batch_that_writes_nothing_leaves_nothing(tmp_path):
     (tmp_path / "mine").mkdir()  # a folder the user made stays
     run_batch(tmp_path / "mr", tmp_path / "mine", "denoise", _denoiser())
     assert (tmp_path / "mine").is_dir()
+
+
+def test_outputs_never_mix_with_other_files(archive, tmp_path):
+    """A batch writes into a new or empty folder, or finishes an earlier batch run of the same task there; a folder
+    holding anything else (an earlier single-series output) or another task's run is refused, untouched."""
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "IM00001.dcm").write_bytes(b"an earlier output")
+    with pytest.raises(ValueError, match=r"is not empty \(it holds other files\); outputs never mix"):
+        run_batch(archive, taken, "denoise", _denoiser())
+    assert [p.name for p in taken.iterdir()] == ["IM00001.dcm"]
+    run_batch(archive, tmp_path / "out", "denoise", _denoiser())
+    with pytest.raises(ValueError, match=r"it holds a batch denoise run"):
+        run_batch(archive, tmp_path / "out", "detect", LesionDetector(width=4).eval())
 
 
 def test_output_names_are_unique_and_safe():

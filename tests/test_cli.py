@@ -2,10 +2,13 @@
 denoise, detect; bad input exits 2 with one clear line and writes nothing."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import napari_lidnet
 from napari_lidnet.cli import main
 from napari_lidnet.io.boxes_io import read_boxes_csv
 from napari_lidnet.io.dataset import read_dataset
@@ -350,3 +353,12 @@ def test_calibrate_sets_the_threshold_on_a_sites_own_scans(tmp_path, capsys, mod
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("lidnet calibrate: error:") and "at least 8" in err[-1]
     assert sorted(p.name for p in model_dir.iterdir()) == before
+    # one pair under one name: calibrate beside an adapted NAME_denoiser, adapt beside a calibrated NAME_detector
+    from napari_lidnet._training.selfsup import _target_path
+
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(Path(napari_lidnet.__file__).parent / "models" / "weights" / f"default_denoiser{suffix}",
+                    model_dir / f"site-e_denoiser{suffix}")  # fmt: skip
+    assert main([*args, "--name", "site-e"]) == 0
+    assert load_model("site-e", "detector")[1]["calibration"] and load_model("site-e", "denoiser")[0] is not None
+    assert _target_path("site-c").name == "site-c_denoiser"  # lidnet adapt may add the denoiser to site-c

@@ -18,15 +18,17 @@ def valid_model_name(name: str) -> str:
     return name
 
 
-def check_export_name(name: str, overwrite: bool = False) -> str:
+def check_export_name(name: str, overwrite: bool = False, kinds: tuple[str, ...] = KINDS) -> str:
     """The valid ``name``, or an error before anything is trained or written: FileExistsError when a model of
-    that name (its denoiser or its detector, either file of the pair) is already in the user model folder."""
+    that name (of ``kinds``: by default its denoiser or its detector, either file of the pair) is already in the user
+    model folder. A calibration saves only ``NAME_detector`` and an adaptation only ``NAME_denoiser``, so the two
+    make one pair under one name."""
     from napari_lidnet.models.registry import user_model_dir
     from napari_lidnet.models.weights import weight_paths
 
     name = valid_model_name(name)
     dest = user_model_dir()
-    for kind in KINDS:
+    for kind in kinds:
         taken = [p for p in weight_paths(dest / f"{name}_{kind}") if p.exists()]
         if taken and not overwrite:
             raise FileExistsError(f"a model named {name!r} already exists ({taken[0]}); choose another name")
@@ -80,7 +82,7 @@ def export_detector(model: Any, card: dict, name: str, card_extra: dict) -> Path
     from napari_lidnet.models.registry import user_model_dir
     from napari_lidnet.models.weights import save_weights, weight_paths
 
-    name = check_export_name(name)
+    name = check_export_name(name, kinds=("detector",))
     target = user_model_dir(create=True) / f"{name}_detector"
     save_weights(model, target, {**card, **card_extra, "name": f"{name}_detector"})
     return weight_paths(target)[0]

@@ -626,7 +626,7 @@ def _target_path(name: str) -> Any:
 
     name = valid_model_name(name)
     folder = user_model_dir()
-    if any((folder / f"{name}_{kind}.json").exists() for kind in ("denoiser", "detector")):
+    if (folder / f"{name}_denoiser.json").exists():  # NAME_detector may exist: lidnet calibrate makes the pair
         raise ValueError(f"a model named {name!r} already exists in {folder}: choose another name")
     return folder / f"{name}_denoiser"
 
