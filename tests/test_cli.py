@@ -100,7 +100,12 @@ def test_evaluate_reports_low_denoised_full(trained, tmp_path, capsys, monkeypat
         == 0
     )
     table = capsys.readouterr().out
-    assert "low dose" in table and "denoised" in table and "IoU >= 0.5" in table
+    assert "low dose" in table and "denoised" in table and "IoU >= 0.5" in table and "hit: hit:" not in table
+    lines = table.splitlines()
+    head = next(line for line in lines if line.startswith("image"))
+    assert head.split() == ["image", "psnr", "ssim", "sens@0.5", "sens@1", "sens@2", "sens@4", "sens@8", "sensitivity"]
+    full_row = next(line for line in lines if line.startswith("full dose")).split()
+    assert full_row[2:4] == ["-", "-"] and "nan" not in table  # PSNR/SSIM of the reference: not measured
     res = json.loads(out.read_text())["results"]
     assert "psnr" not in res["full dose"] and 0 <= res["full dose"]["sensitivity"] <= 1  # detection only
     samples = read_dataset(trained / "data")

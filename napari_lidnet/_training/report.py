@@ -87,12 +87,13 @@ def evaluate_dataset(
 def format_table(result: dict[str, Any]) -> str:
     """A plain-text table of :func:`evaluate_dataset`'s result."""
     keys = ["psnr", "ssim", "sens@0.5", "sens@1", "sens@2", "sens@4", "sens@8", "sensitivity"]
-    head = f"{'image':<10}" + "".join(f"{k:>11}" for k in keys)
+    width = max(len(k) for k in keys) + 2  # every column keeps a gap
+    head = f"{'image':<10}" + "".join(f"{k:>{width}}" for k in keys)
     lines = [
         f"{result['n_slices']} slices, {result['n_lesions']} lesions; PSNR/SSIM over HU window {result['window_hu']};"
-        f" FROC hit: {result['froc_criterion']}",
+        f" FROC {result['froc_criterion']}",
         head,
     ]
-    for name, r in result["results"].items():
-        lines.append(f"{name:<10}" + "".join(f"{r.get(k, float('nan')):>11.4f}" for k in keys))
+    for name, r in result["results"].items():  # "-": not measured (the reference against itself)
+        lines.append(f"{name:<10}" + "".join(f"{r[k]:>{width}.4f}" if k in r else f"{'-':>{width}}" for k in keys))
     return "\n".join(lines)
