@@ -524,8 +524,34 @@ def _add_evaluate(sub: Any) -> None:
     p.set_defaults(func=_cmd_evaluate)
 
 
+class _Help(argparse.HelpFormatter):
+    """Help that shows each option's default (when it has one to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and _shows(action.default) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _shows(default: Any) -> bool:
+    """A default worth printing: not None, not a flag's False, not suppressed."""
+    return not any(default is v for v in (None, False, argparse.SUPPRESS))
+
+
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line, like every other user error."""
+    """An argument parser whose usage errors are one line, like every other user error, and whose help shows each
+    option's default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        """As argparse's; an option without help text still shows its default."""
+        if kwargs.get("help") is None and args and str(args[0]).startswith("-") and _shows(kwargs.get("default")):
+            kwargs["help"] = "default: %(default)s"
+        return super().add_argument(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

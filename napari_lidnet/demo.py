@@ -96,10 +96,10 @@ def write_report(out: Path, metrics: dict[str, Any], timings: dict[str, float], 
 #: the docks of the reading room, in the order they open (forms on the right, tables at the bottom)
 DOCKS = {
     "load": "Load CT",
-    "denoise": "Denoise and detect (LIDnet)",
+    "denoise": "Denoise and detect",
     "navigator": "Lesion navigator",
     "roi": "ROI compare",
-    "finetune": "Fine-tune (LIDnet)",
+    "finetune": "Fine-tune",
 }
 #: the pictures of the README, written by ``--headless`` into ``--pictures``
 PICTURES = ("layout.png", "compare.png", "navigator.png")

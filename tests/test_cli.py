@@ -367,3 +367,15 @@ def test_calibrate_sets_the_threshold_on_a_sites_own_scans(tmp_path, capsys, mod
     assert main([*args, "--name", "site-e"]) == 0
     assert load_model("site-e", "detector")[1]["calibration"] and load_model("site-e", "denoiser")[0] is not None
     assert _target_path("site-c").name == "site-c_denoiser"  # lidnet adapt may add the denoiser to site-c
+
+
+def test_help_shows_each_default(capsys):
+    """Every option's default is in --help (an option without help text too), never a meaningless 'None'."""
+    for command in ("adapt", "simulate", "train"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert "default: None" not in out and "default: False" not in out
+    with pytest.raises(SystemExit):
+        main(["adapt", "--help"])
+    assert "--steps STEPS default: 300" in " ".join(capsys.readouterr().out.split())

@@ -28,9 +28,9 @@ def test_sample_denoised_and_lesions_boxed_through_the_manifest(make_napari_view
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "abdomen_lowdose")
     assert {LOW, "full-dose CT", "lesions (ground truth)"} <= {ly.name for ly in viewer.layers}
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise and detect (LIDnet)")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise and detect")
     viewer.window.add_plugin_dock_widget(PLUGIN, "ROI compare")
-    viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune (LIDnet)")
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
     viewer.window.add_plugin_dock_widget(PLUGIN, "Load CT")
     widget.image_combo.setCurrentText(LOW)
     widget.scope_combo.setCurrentText("all slices")
@@ -72,7 +72,7 @@ def test_reader_opens_dicom_through_napari(make_napari_viewer, two_series_dir):
     assert layers[0].metadata["affine_lps"].shape == (4, 4)
 
 
-@pytest.mark.parametrize("name", ["Denoise and detect (LIDnet)", "ROI compare", "Fine-tune (LIDnet)", "Load CT"])
+@pytest.mark.parametrize("name", ["Denoise and detect", "ROI compare", "Fine-tune", "Load CT"])
 def test_every_widget_docks_from_the_manifest(make_napari_viewer, name):
     from qtpy.QtWidgets import QWidget
 
