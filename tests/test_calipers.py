@@ -137,6 +137,7 @@ def test_the_status_bar_reads_the_ct_under_the_cursor_while_measuring(viewer_wit
     viewer.cursor.position = tuple(world)
     viewer.status = layer.get_status(tuple(world), world=True)  # what napari puts there for the active layer
     assert viewer.status["coordinates"].endswith("; ct: 123.0 HU"), viewer.status
+    assert "[, ]" not in viewer.status["coordinates"]  # napari's empty "no shape here" value is left out
     viewer.cursor.position = (world[0], -50.0, -50.0)  # off the image: nothing added
     viewer.status = layer.get_status(viewer.cursor.position, world=True)
-    assert "HU" not in viewer.status["coordinates"]
+    assert "HU" not in viewer.status["coordinates"] and "[, ]" not in viewer.status["coordinates"]

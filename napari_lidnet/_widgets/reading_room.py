@@ -177,12 +177,13 @@ class ReadingRoom:
         coords = str(status.get("coordinates", ""))
         if not coords or coords.endswith("HU"):
             return None
+        bare = coords.removesuffix(NO_SHAPE)  # napari's "no shape under the cursor" on a Shapes layer
         position = self.viewer.cursor.position
         layer = self.layer_at(position)
         idx = None if layer is None else voxel_at(layer, position)
         if idx is None:
-            return None
-        return {**status, "coordinates": f"{coords}; {layer.name}: {float(layer.data[idx]):.1f} HU"}
+            return {**status, "coordinates": bare} if bare != coords else None
+        return {**status, "coordinates": f"{bare}; {layer.name}: {float(layer.data[idx]):.1f} HU"}
 
 
 def voxel_at(layer: Any, position: Any) -> tuple[int, ...] | None:
@@ -195,6 +196,8 @@ def voxel_at(layer: Any, position: Any) -> tuple[int, ...] | None:
     return tuple(int(i) for i in np.clip(np.rint(idx), 0, shape - 1))
 
 
+#: the value napari shows for a Shapes layer with no shape under the cursor
+NO_SHAPE = ": [, ]"
 _VALUE = re.compile(r"(: -?\d[\d.eE+-]*)(?!\s*HU)")
 
 

@@ -515,7 +515,7 @@ class ROICompareWidget(QWidget):
             feature_defaults={"name": "R1"},
             edge_color="name",
             edge_color_cycle=list(ROI_COLORS),
-            text={"string": "{name}", "anchor": "upper_left", "size": 10, "color": "white"},
+            text={"string": "{name}", "anchor": "upper_right", "size": 10, "color": "white"},
             metadata={ROLE: ROI},
             **geo,
         )
