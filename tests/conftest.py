@@ -231,3 +231,46 @@ def model_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     tiny_models(folder)
     monkeypatch.setenv(MODEL_DIR_ENV, str(folder))
     return folder
+
+
+def write_enhanced_ct(path, hu, z_positions, spacing=(0.7, 0.7), intercepts=None):
+    """One Enhanced CT Image file (multi-frame): geometry and rescale only in the functional groups, frames in the
+    order of ``z_positions`` (as scanners store them, head first or not)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    enhanced_ct = "1.2.840.10008.5.1.4.1.1.2.1"
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.TransferSyntaxUID = enhanced_ct, ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = enhanced_ct, generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.SeriesDescription, ds.InstanceNumber = "CT", "enhanced", 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.Rows, ds.Columns = hu.shape[1:]
+    ds.NumberOfFrames = hu.shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit, ds.PixelRepresentation = 15, 0
+    shared = Dataset()
+    measures, orient = Dataset(), Dataset()
+    measures.PixelSpacing, measures.SliceThickness = [f"{v:g}" for v in spacing], "1.25"
+    orient.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = [measures], [orient]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    intercepts = intercepts or [-1024.0] * hu.shape[0]
+    frames, stored = [], []
+    for k, z in enumerate(z_positions):
+        item, pos, rescale = Dataset(), Dataset(), Dataset()
+        pos.ImagePositionPatient = [-50, -60, z]
+        rescale.RescaleSlope, rescale.RescaleIntercept, rescale.RescaleType = "1", f"{intercepts[k]:g}", "HU"
+        item.PlanePositionSequence, item.PixelValueTransformationSequence = [pos], [rescale]
+        frames.append(item)
+        stored.append(np.rint(hu[k] - intercepts[k]).astype("<u2"))
+    ds.PerFrameFunctionalGroupsSequence = frames
+    ds.PixelData = np.stack(stored).tobytes()
+    import pydicom
+
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return ds.SOPInstanceUID

@@ -5,7 +5,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import HEADER, _row, listing, synthetic_hu, write_series
+from conftest import HEADER, _row, listing, synthetic_hu, write_enhanced_ct, write_series
 
 from napari_lidnet._training.config import TrainConfig
 from napari_lidnet._training.trainer import MANIFEST_FILE, Trainer
@@ -80,6 +80,19 @@ def test_dicom_archive_rows_match_the_series_reader(two_series_dir, tmp_path):
     assert sorted(s.full_hu.tobytes() for s in slices) == sorted(r.tobytes() for r in ref)
     assert all(s.spacing_mm == 0.7 and s.shape == (8, 8) for s in slices)
     assert all(len(s.boxes) == 0 for s in slices)
+
+
+def test_an_enhanced_ct_file_is_indexed_frame_by_frame(tmp_path):
+    """One multi-frame Enhanced CT file: a row per frame, each read with its own rescale, as the reader reads it."""
+    root = tmp_path / "enh"
+    root.mkdir()
+    hu = synthetic_hu((3, 8, 8), seed=2)
+    write_enhanced_ct(root / "enh.dcm", hu, [5.0, 2.5, 0.0], intercepts=[-1024, -2048, -1024])
+    slices = read_manifest(index_archive(root, tmp_path / "enh.jsonl", dose=0.5))
+    assert len({s.name for s in slices}) == 3
+    (vol,) = read_dicom(root)
+    assert sorted(s.full_hu.tobytes() for s in slices) == sorted(v.tobytes() for v in vol.hu)
+    assert all(s.spacing_mm == pytest.approx(0.7) for s in slices)
 
 
 def test_bad_manifests_and_archives_are_refused(tmp_path, two_series_dir):

@@ -205,11 +205,11 @@ def _dicom_rows(root: Path, skipped: list[str]) -> Iterator[dict[str, Any]]:
         if str(ds0.get("Modality", "") or "") != "CT":
             skipped.append(f"series {uid}: modality {ds0.get('Modality', 'missing')!r} is not CT")
             continue
-        ordered = sorted(headers, key=lambda h: (int(h.ds.get("InstanceNumber", 0) or 0), h.path.name))
+        ordered = sorted(headers, key=lambda h: (int(h.ds.get("InstanceNumber", 0) or 0), h.path.name, h.frame or 0))
         position = 0
         for h in ordered:
             ps = header_floats(h.ds.get("PixelSpacing"), 2)
-            for frame in range(n_frames(h.ds)):
+            for frame in range(n_frames(h.ds)) if h.frame is None else [h.frame]:  # an enhanced file: one per frame
                 position += 1
                 yield {
                     "name": f"{_rel(h.path, root)}#{frame}",  # unique, whatever the file names
