@@ -142,7 +142,7 @@ def test_bad_arrays_are_refused(tmp_path):
         "4d.npy": r"shape \(2, 2, 2, 2\); expected a 2D",
         "two.npz": ".npz has arrays .* name the HU array 'hu'",
         "sp.npz": "spacing .* must be 2 positive numbers",
-        "rgb.tif": "TIFF has colour samples",
+        "rgb.tif": r"TIFF has colour samples \(RGB\); expected grayscale HU \(.* photometric='minisblack'\)",
     }
     for name, msg in cases.items():
         with pytest.raises(ValueError, match=f"{name}: {msg}"):

@@ -72,7 +72,9 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     with tifffile.TiffFile(path) as tif:
         photometric = tif.pages[0].photometric
         if photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR, tifffile.PHOTOMETRIC.PALETTE):
-            raise ValueError(f"{path}: TIFF has colour samples ({photometric.name}); expected grayscale HU")
+            hint = "" if photometric != tifffile.PHOTOMETRIC.RGB else (
+                " (a volume of 3 or 4 slices: write it with photometric='minisblack')")
+            raise ValueError(f"{path}: TIFF has colour samples ({photometric.name}); expected grayscale HU{hint}")
         series = tif.series[0]
         check_image_shape(series.shape, series.dtype, str(path))
         return series.asarray(), _tiff_spacing(tif, len(series.shape))
