@@ -93,6 +93,9 @@ def test_an_enhanced_ct_file_is_indexed_frame_by_frame(tmp_path):
     (vol,) = read_dicom(root)
     assert sorted(s.full_hu.tobytes() for s in slices) == sorted(v.tobytes() for v in vol.hu)
     assert all(s.spacing_mm == pytest.approx(0.7) for s in slices)
+    (root / "other.nii.gz").write_bytes(b"")  # not indexed: said so
+    header = read_header(index_archive(root, tmp_path / "enh2.jsonl", dose=0.5))
+    assert header["n"] == 3 and any("other.nii.gz (NIfTI" in s for s in header["skipped"])
 
 
 def test_bad_manifests_and_archives_are_refused(tmp_path, two_series_dir):

@@ -197,9 +197,12 @@ def _deeplesion_rows(root: Path, skipped: list[str], split: str) -> Iterator[dic
 
 def _dicom_rows(root: Path, skipped: list[str]) -> Iterator[dict[str, Any]]:
     from napari_lidnet.io.dicom_read import header_floats, n_frames, scan_dicom
+    from napari_lidnet.io.nifti import is_nifti
 
     scan = scan_dicom(root)
     skipped.extend(scan.skipped)
+    skipped.extend(f"{_rel(p, root)} (NIfTI: an index holds DICOM series, dataset folders or DeepLesion)"
+                   for p in sorted(root.rglob("*")) if p.is_file() and is_nifti(p))  # fmt: skip
     for uid, headers in sorted(scan.series.items()):
         ds0 = headers[0].ds
         if str(ds0.get("Modality", "") or "") != "CT":
