@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-PLUGIN = "napari-lidnet"
+from napari_lidnet import PLUGIN
+
 LOW, FULL, TRUTH = "low-dose CT (25%)", "full-dose CT", "lesions (ground truth)"
 
 

@@ -63,6 +63,8 @@ def test_docks_are_tabs_and_the_canvas_keeps_the_width(room) -> None:
     assert set(main.tabifiedDockWidgets(right[0])) == set(right[1:])
     assert set(main.tabifiedDockWidgets(bottom[0])) == set(bottom[1:])
     assert [d.windowTitle() for d in right] == ["Load CT", "Denoise", "Fine-tune"]  # short tab names
+    bar = dock_of(widgets["denoise"]).titleBarWidget().title  # the title over the form, whole in the column
+    assert bar.text() == "Denoise and detect" and bar.sizeHint().width() < dock_of(widgets["denoise"]).width()
     for key in ("load", "finetune", "denoise", "navigator", "roi"):  # whichever tab is in front
         demo.raise_tab(widgets[key])
         assert canvas.width() >= 0.6 * main.width(), (key, canvas.width())

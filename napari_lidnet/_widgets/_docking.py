@@ -16,11 +16,14 @@ from qtpy.QtWidgets import (
     QDockWidget,
     QFormLayout,
     QFrame,
+    QLabel,
     QMainWindow,
     QScrollArea,
     QVBoxLayout,
     QWidget,
 )
+
+from napari_lidnet import PLUGIN
 
 AREAS = {"right": Qt.DockWidgetArea.RightDockWidgetArea, "bottom": Qt.DockWidgetArea.BottomDockWidgetArea}
 #: initial size of the home areas (px): the right column's width, the bottom area's height
@@ -77,6 +80,17 @@ def lidnet_docks(main: QMainWindow, area: str) -> list[QDockWidget]:
     ]
 
 
+def _short_title_bar(dock: QDockWidget) -> None:
+    """The dock's title bar without napari's ' (napari-lidnet)' suffix, which the narrow column cut mid-word; the
+    full name stays its tooltip."""
+    label = getattr(dock.titleBarWidget(), "title", None)  # napari's QtCustomTitleBar keeps its QLabel here
+    name = str(getattr(dock, "name", "") or "")
+    short = name.removesuffix(f" ({PLUGIN})")
+    if isinstance(label, QLabel) and short and label.text() != short:
+        label.setText(short)
+        label.setToolTip(name)
+
+
 def settle(widget: QWidget) -> bool:
     """Move ``widget``'s dock to its home area, tabbed with the other LIDnet docks there; True when it moved."""
     area = getattr(widget, HOME_ATTR, None)
@@ -87,6 +101,7 @@ def settle(widget: QWidget) -> bool:
     title = getattr(widget, TITLE_ATTR, "")
     if title and dock.windowTitle() != title:
         dock.setWindowTitle(title)  # the tab's text; napari's menus keep the dock's full name
+    _short_title_bar(dock)
     others = [d for d in lidnet_docks(main, area) if d is not dock]
     if main.dockWidgetArea(dock) == AREAS[area] and (not others or dock in main.tabifiedDockWidgets(others[0])):
         return False
