@@ -78,26 +78,33 @@ class _SeriesReader:
 
 
 def _prepare_out_dir(root: str | Path, out_dir: Path, task: str) -> bool:
-    """Refuse an output inside the input, or a folder that holds anything but an earlier batch run of this task
-    (its ``MARKER`` file); create it and mark it; remove what an interrupted run left half-written. True when this
-    call created the folder."""
+    """Refuse an output inside the input, or a folder holding another task's batch run (its ``MARKER`` file) or
+    files this task's batch would not write; create it and mark it; remove what an interrupted run left
+    half-written. True when this call created the folder."""
     if out_dir.resolve().is_relative_to(Path(root).resolve()):
         raise ValueError(f"{out_dir} lies inside the input folder {root}; choose an output folder outside it")
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: exists and is not a folder; choose a folder for the outputs")
     marker = out_dir / MARKER
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        earlier = marker.read_text().strip() if marker.is_file() else None
-        if earlier != task:
-            what = f"a batch {earlier} run" if earlier else "other files"
-            raise ValueError(f"{out_dir} is not empty (it holds {what}); outputs never mix: choose a new folder, or "
-                             f"the folder of an earlier batch {task} run to finish it")  # fmt: skip
+    earlier = marker.read_text().strip() if marker.is_file() else None
+    other = _not_batch_outputs(out_dir, task) if out_dir.is_dir() else []
+    if (earlier and earlier != task) or other:
+        what = f"a batch {earlier} run" if earlier and earlier != task else f"other files: {other[0]}"
+        raise ValueError(f"{out_dir} is not empty (it holds {what}); outputs never mix: choose a new folder, or "
+                         f"the folder of an earlier batch {task} run to finish it")  # fmt: skip
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"{task}\n")
     for stale in out_dir.glob(f"{PARTIAL}*"):
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     return created
+
+
+def _not_batch_outputs(out_dir: Path, task: str) -> list[str]:
+    """Names in ``out_dir`` that a batch ``task`` run would not have written (hidden files aside): a folder of an
+    earlier version, without the marker, is still finished; loose DICOM files of another output are not."""
+    written = {"denoise": lambda p: p.is_dir() or is_nifti(p), "detect": lambda p: p.suffix.lower() == ".csv"}[task]
+    return [p.name for p in sorted(out_dir.iterdir()) if not p.name.startswith(".") and not written(p)]
 
 
 def _inputs(series: dict, niftis: list[Path], root: Path) -> list[tuple[str, Any, str, str]]:

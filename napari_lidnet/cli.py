@@ -529,7 +529,7 @@ class _Help(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.option_strings and _shows(action.default) and "%(default)" not in text:
+        if action.option_strings and _shows(action.default) and "default" not in text:  # not said twice
             text += " (default: %(default)s)"
         return text
 

@@ -18,7 +18,6 @@ import numpy as np
 
 from napari_lidnet.io.volume import CTVolume
 from napari_lidnet.io.windowing import SCAN_WINDOW, window_limits
-from napari_lidnet.metrics.noreference import body_mask
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 
@@ -148,13 +147,20 @@ NOISE_LOWERED, NOISE_RAISED = (0.25, 0.6, 1.0), (1.0, 0.4, 0.2)
 NOISE_SDS = 3.0
 
 
+def tissue_mask(hu2d: np.ndarray) -> np.ndarray:
+    """Every region of a slice above -500 HU, holes (lungs, bowel gas) filled: the body, both legs or an arm beside
+    the trunk alike, and the table; not the air around them."""
+    from scipy import ndimage as ndi
+
+    return ndi.binary_fill_holes(np.asarray(hu2d) > -500.0)
+
+
 def removed_noise(original: np.ndarray, denoised: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(what denoising removed, ``original - denoised``, set to 0 outside the body; the body mask), (y, x) or
-    (z, y, x). The body is each slice's largest region above -500 HU, lungs and bowel gas included: the air around
-    the patient holds noise, no anatomy, and colouring it would frame the image in speckle."""
+    """(what denoising removed, ``original - denoised``, set to 0 in the air around the patient; the tissue mask),
+    (y, x) or (z, y, x): that air holds noise, no anatomy, and colouring it would frame the image in speckle."""
     original = np.asarray(original, np.float32)
     noise = original - np.asarray(denoised, np.float32)
-    body = np.stack([body_mask(s) for s in original.reshape(-1, *original.shape[-2:])]).reshape(original.shape)
+    body = np.stack([tissue_mask(s) for s in original.reshape(-1, *original.shape[-2:])]).reshape(original.shape)
     noise[~body] = 0.0
     return noise, body
 

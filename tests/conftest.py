@@ -233,7 +233,7 @@ def model_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-def write_enhanced_ct(path, hu, z_positions, spacing=(0.7, 0.7), intercepts=None):
+def write_enhanced_ct(path, hu, z_positions, spacing=(0.7, 0.7), intercepts=None, series_uid=None):
     """One Enhanced CT Image file (multi-frame): geometry and rescale only in the functional groups, frames in the
     order of ``z_positions`` (as scanners store them, head first or not)."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -245,7 +245,7 @@ def write_enhanced_ct(path, hu, z_positions, spacing=(0.7, 0.7), intercepts=None
     ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.TransferSyntaxUID = enhanced_ct, ExplicitVRLittleEndian
     ds.SOPClassUID, ds.SOPInstanceUID = enhanced_ct, generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.77", series_uid or generate_uid()
     ds.Modality, ds.SeriesDescription, ds.InstanceNumber = "CT", "enhanced", 1
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.Rows, ds.Columns = hu.shape[1:]

@@ -135,12 +135,16 @@ def test_outputs_never_mix_with_other_files(archive, tmp_path):
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "IM00001.dcm").write_bytes(b"an earlier output")
-    with pytest.raises(ValueError, match=r"is not empty \(it holds other files\); outputs never mix"):
+    with pytest.raises(ValueError, match=r"is not empty \(it holds other files: IM00001.dcm\); outputs never mix"):
         run_batch(archive, taken, "denoise", _denoiser())
     assert [p.name for p in taken.iterdir()] == ["IM00001.dcm"]
-    run_batch(archive, tmp_path / "out", "denoise", _denoiser())
+    first = run_batch(archive, tmp_path / "out", "denoise", _denoiser())
     with pytest.raises(ValueError, match=r"it holds a batch denoise run"):
         run_batch(archive, tmp_path / "out", "detect", LesionDetector(width=4).eval())
+    (tmp_path / "out" / MARKER).unlink()  # a run of an earlier version, without the marker, is still finished
+    (tmp_path / "out" / ".DS_Store").write_bytes(b"")
+    again = run_batch(archive, tmp_path / "out", "denoise", _denoiser())
+    assert sorted(again.skipped) == sorted(first.written) and not again.written
 
 
 def test_output_names_are_unique_and_safe():

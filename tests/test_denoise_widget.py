@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage as ndi
 from torch import nn
 
 from napari_lidnet import inference as inf
 from napari_lidnet._widgets.denoise_detect import DenoiseDetectWidget
-from napari_lidnet.layer_data import removed_noise_kwargs
-from napari_lidnet.metrics.noreference import body_mask
+from napari_lidnet.layer_data import removed_noise, removed_noise_kwargs
 from napari_lidnet.models.denoisers import build_denoiser
 from napari_lidnet.models.detector import LesionDetector
 from napari_lidnet.models.registry import MODEL_DIR_ENV
@@ -139,7 +139,7 @@ def test_volume_run_layers_geometry_threshold_and_rerun(make_napari_viewer, qtbo
 
     widget.noise_check.setChecked(True)
     noise = viewer.layers["low removed noise"]
-    body = np.stack([body_mask(s) for s in low])
+    body = ndi.binary_fill_holes(low > -500, structure=np.ones((1, 3, 3)))  # tissue, per slice
     assert body.any() and (~body).any()  # the phantom has air around it
     np.testing.assert_allclose(noise.data[body], (low - den.data)[body], atol=1e-4)
     assert np.all(noise.data[~body] == 0) and np.abs(low - den.data)[~body].max() > 1  # air: removed, not shown
@@ -444,3 +444,15 @@ def test_removed_noise_overlay_leaves_the_ct_visible(make_napari_viewer) -> None
     lowered, raised = shot[band[2]].reshape(-1, 3).mean(0), shot[band[3]].reshape(-1, 3).mean(0)
     assert lowered[2] > lowered[0] + 25  # the denoiser lowered HU: blue
     assert raised[0] > raised[2] + 25  # it raised them: red
+
+
+def test_removed_noise_shows_every_body_part_and_no_air() -> None:
+    """Two legs on a slice (two separate regions): what was removed shows on both, and nothing in the air."""
+    yy, xx = np.mgrid[:64, :96]
+    legs = ((yy - 32) ** 2 + (xx - 24) ** 2 < 18**2) | ((yy - 32) ** 2 + (xx - 72) ** 2 < 18**2)
+    original = np.where(legs, 40.0, -1000.0).astype(np.float32)
+    removed = np.random.default_rng(0).normal(0, 10, original.shape).astype(np.float32)
+    noise, body = removed_noise(original + removed, original)
+    np.testing.assert_array_equal(body, legs)
+    assert np.all(noise[~legs] == 0) and np.abs(noise[legs]).mean() > 5
+    assert np.abs(noise[:, :48][legs[:, :48]]).mean() > 5 and np.abs(noise[:, 48:][legs[:, 48:]]).mean() > 5

@@ -299,3 +299,26 @@ def test_negative_spacing_between_slices_is_a_size(tmp_path):
     ds.save_as(tmp_path / "mf.dcm", enforce_file_format=True)
     (vol,) = read_dicom(tmp_path / "mf.dcm")
     assert vol.hu.shape[0] == 2 and vol.spacing[0] == 2.5
+
+
+def test_single_frame_enhanced_files_and_enhanced_series_of_several_files(tmp_path):
+    """Enhanced CT with one frame per file (some scanners write a series so): each file's functional groups count;
+    frames of several files get image numbers in slice order, one each."""
+    hu = synthetic_hu((3, 8, 8), seed=9)
+    uid = pydicom.uid.generate_uid()
+    for k in range(3):
+        write_enhanced_ct(tmp_path / f"f{k}.dcm", hu[k : k + 1], [2.5 * k], intercepts=[(-1024, -2048, -1024)[k]],
+                          series_uid=uid)  # fmt: skip
+    (vol,) = read_dicom(tmp_path)
+    np.testing.assert_array_equal(vol.hu, hu)
+    assert vol.spacing == pytest.approx((2.5, 0.7, 0.7)) and vol.metadata["instance_numbers"] == [1, 2, 3]
+
+
+def test_a_file_that_only_starts_like_dicom_is_not_taken_for_it(tmp_path):
+    """A raw binary beside a series whose first bytes happen to read as group 0008 is skipped silently."""
+    write_series(tmp_path, synthetic_hu((2, 6, 6), seed=10), series_uid="1.2.3.70")
+    (tmp_path / "volume.raw").write_bytes(b"\x08\x00\x10\x00" + bytes(range(256)) * 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (vol,) = read_dicom(tmp_path)
+    assert vol.hu.shape == (2, 6, 6)

@@ -110,11 +110,13 @@ def test_accept_reject_edit_and_exports(case, tmp_path: Path, qtbot) -> None:
     assert js[2]["x2"] == pytest.approx(22.0)
     assert widget.export(tmp_path / "review.json") is None and "exists" in widget.status.text()
 
+    src_uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in vol.metadata["files"]]
+    for f in vol.metadata["files"]:  # the references come from what the reader recorded, not from the files again
+        Path(f).rename(f"{f}.moved")
     sr = pydicom.dcmread(widget.export(tmp_path / "review.dcm"))
     (measurements,) = [g for g in sr.ContentSequence if g.ValueType == "CONTAINER"]  # TID 1500's one container
     groups = list(measurements.ContentSequence)
     assert len(groups) == 3  # the kept boxes, not the rejected one
-    src_uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in vol.metadata["files"]]
     refs = []
     for g in groups:
         scoord = next(i for i in g.ContentSequence if i.ValueType == "SCOORD")

@@ -146,6 +146,13 @@ def test_noise_across_slices_ignores_tissue_texture_continuous_in_z() -> None:
         noise_sd(vol[0], noise_from="slices")
 
 
+def test_a_sliver_of_tissue_at_the_edge_gives_nan() -> None:
+    """The only tissue a small blob in a corner: no block fits in its box, so no noise estimate (it crashed)."""
+    img = np.full((128, 128), -1000.0, np.float32)
+    img[:6, :6] = 40.0
+    assert math.isnan(noise_sd(img)) and len(flat_blocks(img)) == 0
+
+
 def test_no_uniform_region_gives_nan() -> None:
     air = np.full((64, 64), -1000.0, np.float32)
     assert math.isnan(noise_sd(air)) and math.isnan(correlation_length(air))

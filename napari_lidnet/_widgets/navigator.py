@@ -712,9 +712,13 @@ class LesionNavigatorWidget(QWidget):
         frames = per_slice(meta, "frame_numbers", n)
         if len(files) == 1 and n > 1 and frames is None:  # one multi-frame file without functional groups
             files, frames = files * n, list(range(1, n + 1))
-        unique = list(dict.fromkeys(files))  # a multi-frame file is read once
-        found = dict(zip(unique, instance_refs(unique)))
-        refs = [found[f] for f in files] if len(files) == n else []
+        uids, sop_class = per_slice(meta, "sop_instance_uids", n), str(meta.get("sop_class_uid") or "")
+        if uids and all(uids) and sop_class:  # the reader's own record: no file read again
+            refs = [(sop_class, uid) for uid in uids]
+        else:
+            unique = list(dict.fromkeys(files))  # a multi-frame file is read once
+            found = dict(zip(unique, instance_refs(unique)))
+            refs = [found[f] for f in files] if len(files) == n else []
         regions = [
             SRRegion(f.slice, f.corners, f.measures["long_mm"], f.measures["short_mm"], f.measures["mean_hu"],
                      f.score, f.status, f"finding {f.id} (slice {f.slice})")  # fmt: skip

@@ -24,6 +24,7 @@ file, its size and time, the frame, the dose and the seed), never inside the arc
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -140,9 +141,16 @@ def lowdose_cache_dir(manifest: str | Path) -> Path:
 def _read_image(path: Path, frame: int) -> np.ndarray:
     if path.suffix.lower() == ".png":
         return read_png_hu(path)
+    return _decoded(path)[frame].copy()  # the cache stays as decoded whatever the caller does
+
+
+@functools.lru_cache(maxsize=1)
+def _decoded(path: Path) -> np.ndarray:
+    """Every frame of one DICOM file in HU, the last file kept: an enhanced file's frames, read one after the other,
+    decode the file once, not once per frame."""
     from napari_lidnet.io.dicom_read import DicomHeader, decode_pixels
 
-    return decode_pixels(DicomHeader(path, None))[frame]
+    return decode_pixels(DicomHeader(path, None))
 
 
 # -- indexing ----------------------------------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 Headers are read first (``stop_before_pixels``) to group files by SeriesInstanceUID and sort slices along the
 slice normal; pixels are decoded afterwards, one slice at a time, each with its own rescale slope/intercept.
-Non-DICOM files in a folder are skipped silently; unreadable DICOM files, and series that cannot be read, are
-skipped with a warning while another series opens (an error when nothing opens). Sizes are checked from the headers
-before any pixel is decoded.
+Non-DICOM files in a folder are skipped silently (a file counts as DICOM by its suffix, the "DICM" magic, or the
+first element of a data set stored without the Part 10 header); unreadable DICOM files, and series that cannot be
+read, are skipped with a warning while another series opens (an error when nothing opens). Sizes are checked from
+the headers before any pixel is decoded. Enhanced CT files are read frame by frame from their functional groups;
+localizers (ImageType LOCALIZER) are left out with a note.
 """
 
 from __future__ import annotations
@@ -111,14 +113,24 @@ def _has_dicm_magic(path: Path) -> bool:
         return False
 
 
+#: the first elements of a data set stored without the Part 10 header (older archives, ACR-NEMA era exports):
+#: (group, element) little endian, as they start such files
+_RAW_FIRST = {(0x0002, 0x0000), (0x0002, 0x0001), (0x0008, 0x0000), (0x0008, 0x0001), (0x0008, 0x0005),
+              (0x0008, 0x0008), (0x0008, 0x0012), (0x0008, 0x0016), (0x0008, 0x0018)}  # fmt: skip
+_VRS = {b"UL", b"OB", b"CS", b"DA", b"TM", b"UI", b"SH", b"LO", b"US"}
+
+
 def _has_raw_start(path: Path) -> bool:
-    """A DICOM dataset without the Part 10 preamble (older archives, ACR-NEMA era exports): the file starts with a
-    little-endian tag of group 0002 or 0008."""
+    """A DICOM data set without the Part 10 preamble: the file starts with one of its usual first tags, followed by
+    an explicit VR or a short implicit length (8 bytes read; a random file rarely passes both)."""
     try:
         with open(path, "rb") as fh:
-            return fh.read(2) in (b"\x02\x00", b"\x08\x00")
+            head = fh.read(8)
     except OSError:
         return False
+    if len(head) < 8 or (int.from_bytes(head[:2], "little"), int.from_bytes(head[2:4], "little")) not in _RAW_FIRST:
+        return False
+    return head[4:6] in _VRS or int.from_bytes(head[4:8], "little") <= 256
 
 
 def _candidate_files(path: Path) -> list[Path]:
@@ -182,17 +194,19 @@ _GROUPS = ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
 
 
 def _enhanced(ds: Any) -> bool:
-    """An enhanced multi-frame image (Enhanced CT, Legacy Converted Enhanced CT): geometry and rescale per frame."""
-    return n_frames(ds) > 1 and "PerFrameFunctionalGroupsSequence" in ds
+    """An enhanced image (Enhanced CT, Legacy Converted Enhanced CT; one frame or many): geometry and rescale in
+    functional groups."""
+    return any(key in ds for key in _GROUPS)
 
 
-def _frame_groups(ds: Any, i: int) -> list[Any]:
-    """The shared functional group item, then frame ``i``'s own (later ones win), those present."""
+def _frame_items(ds: Any, i: int, macro: str) -> list[Any]:
+    """The items of functional-group ``macro`` for frame ``i``: the shared one, then the frame's own (later ones
+    win), those present."""
     out = []
     for key, k in ((_GROUPS[0], 0), (_GROUPS[1], i)):
-        items = ds.get(key) or []
-        if k < len(items):
-            out.append(items[k])
+        groups = ds.get(key) or []
+        if k < len(groups):
+            out.extend((groups[k].get(macro) or [])[:1])
     return out
 
 
@@ -208,11 +222,10 @@ def frame_headers(f: Path, ds: Any) -> list[DicomHeader]:
         frame = Dataset()
         for elem in base:
             frame.add(elem)
-        for group in _frame_groups(ds, i):
-            for macro in FRAME_MACROS:
-                for item in (group.get(macro) or [])[:1]:
-                    for elem in item:
-                        frame[elem.tag] = elem
+        for macro in FRAME_MACROS:
+            for item in _frame_items(ds, i, macro):
+                for elem in item:
+                    frame[elem.tag] = elem
         headers.append(DicomHeader(f, frame, frame=i))
     return headers
 
@@ -314,7 +327,8 @@ def _read_scan(scan: DicomScan, uids: list[str], source: Path) -> list[CTVolume]
         warnings.warn(notes[-1], UserWarning, stacklevel=3)
     for vol in vols:
         vol.metadata["warnings"] = notes + vol.metadata.get("warnings", [])
-    return sorted(vols, key=lambda v: (-n_slices(v.hu), -int(np.prod(v.hu.shape))))  # as list_series orders
+    return sorted(vols, key=lambda v: (-n_slices(v.hu), -int(np.prod(v.hu.shape[-2:])),  # as list_series orders
+                                       v.metadata["series_description"], v.metadata["series_uid"]))  # fmt: skip
 
 
 def read_dicom(path: str | Path, series_uid: str | None = None) -> list[CTVolume]:
@@ -406,8 +420,6 @@ def _pixel_error(f: Path, tsyntax: Any, exc: Exception) -> str:
             f"{f}: cannot decode pixel data in transfer syntax '{tsyntax.name}' ({tsyntax}); "
             f"no installed decoder handles it ({type(exc).__name__}: {detail})"
         )
-    if tsyntax is None:
-        return f"{f}: pixel data cannot be read: the file has no transfer syntax ({detail})"
     return f"{f}: pixel data cannot be read, the file may be truncated ({detail})"
 
 
@@ -456,10 +468,8 @@ def _frame_rescale(ds: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
     the top-level RescaleSlope/Intercept."""
     slopes, intercepts = np.ones(n), np.zeros(n)
     for i in range(n):
-        found = ds
-        for group in _frame_groups(ds, i) if _enhanced(ds) else []:
-            for item in (group.get("PixelValueTransformationSequence") or [])[:1]:
-                found = item
+        items = _frame_items(ds, i, "PixelValueTransformationSequence") if _enhanced(ds) else []
+        found = items[-1] if items else ds
         slopes[i] = float(found.get("RescaleSlope", 1.0) or 1.0)
         intercepts[i] = float(found.get("RescaleIntercept", 0.0) or 0.0)
     return slopes, intercepts
@@ -529,7 +539,7 @@ def _check_grid(headers: list[DicomHeader], label: str) -> None:
 
 
 def _spacing_text(ds: Any) -> str:
-    """PixelSpacing to 0.1 micrometre ('' when absent), for comparing slices."""
+    """PixelSpacing to 0.1 micrometre ('none' when absent), for comparing slices."""
     ps = header_floats(ds.get("PixelSpacing"), 2)
     return "none" if ps is None else "x".join(f"{v:.4f}" for v in ps)
 
@@ -608,8 +618,12 @@ def _slice_ids(headers: list[DicomHeader]) -> dict[str, list]:
     """Per-slice identifiers a reader needs to find a slice on the scanner or in PACS (one file per slice, or one
     frame of an enhanced file: its 1-based frame number)."""
     frames = [None if h.frame is None else h.frame + 1 for h in headers]
-    ids = {  # a frame's image number is its frame number, as viewers show "frame k of N"
-        "instance_numbers": [f or int(h.ds.get("InstanceNumber", 0) or 0) or None for h, f in zip(headers, frames)],
+    if any(frames) and len({h.path for h in headers}) > 1:  # frames of several files: number them in slice order
+        numbers = list(range(1, len(headers) + 1))
+    else:  # a frame's image number is its frame number, as viewers show "frame k of N"
+        numbers = [f or int(h.ds.get("InstanceNumber", 0) or 0) or None for h, f in zip(headers, frames)]
+    ids = {
+        "instance_numbers": numbers,
         "sop_instance_uids": [str(h.ds.get("SOPInstanceUID", "") or "") for h in headers],
     }
     if any(frames):

@@ -65,7 +65,8 @@ def instance_refs(files: Sequence[str | Path]) -> list[tuple[str, str] | None]:
     refs: list[tuple[str, str] | None] = []
     for f in files:
         try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"],
+                                 force=True)  # a file without the Part 10 header too
             refs.append((str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
         except (OSError, AttributeError, ValueError, pydicom.errors.InvalidDicomError):
             refs.append(None)

@@ -131,6 +131,8 @@ def _candidates(
     body = body_mask(s)
     crop = _body_box(body, block)
     s, body, values = s[crop], body[crop], values[crop]
+    if min(s.shape) < block:  # a sliver of tissue at the image's edge holds no block
+        return np.zeros((0, 0, block, block)), np.zeros(0, int), np.zeros(0)
     inside = _tile_means(body, block) == 1.0
     means = _tile_means(s, block)
     structure = _tile_means(ndi.gaussian_gradient_magnitude(s, STRUCTURE_SIGMA), block)
