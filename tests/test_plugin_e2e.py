@@ -64,6 +64,22 @@ def test_sample_denoised_and_lesions_boxed_through_the_manifest(make_napari_view
     assert len(truth) > 0 and card["sens@8"] > 0.5, card  # a bound that means something
     assert hits >= 1 and hits / len(truth) >= 0.5 * card["sens@8"], (hits, len(truth), card)
 
+    # Flip through the dock napari made (it hands plugins proxies of its layers): one image at a time, every press,
+    # and F works while the lesions layer is active (napari's Shapes layer has its own F)
+    low_layer, den = viewer.layers[LOW], viewer.layers[f"{LOW} denoised"]
+    widget.compare_button.click()
+    seen = []
+    for press in range(4):
+        if press == 2:
+            viewer.layers.selection.active = viewer.layers[f"{LOW} lesions"]
+            key = viewer.window._qt_viewer.canvas._key_map_handler
+            key.press_key("f")
+            key.release_key("f")
+        else:
+            widget.flip_button.click()
+        seen.append((low_layer.visible, den.visible))
+    assert seen == [(True, False), (False, True), (True, False), (False, True)], seen
+
 
 def test_reader_opens_dicom_through_napari(make_napari_viewer, two_series_dir):
     viewer = make_napari_viewer()

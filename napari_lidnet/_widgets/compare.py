@@ -84,9 +84,9 @@ class CompareView:
         self._caption.visible = False
         before, after = self.pair
         shown = before if after.visible else after
-        for ly in self.viewer.layers:
+        for ly in self.viewer.layers:  # == not "is": napari gives plugins a new proxy of a layer at each access
             self._keep_visibility(ly)
-            ly.visible = ly is shown or (ly.visible and ly not in self.pair and not self._is_image(ly))
+            ly.visible = ly == shown or (ly.visible and ly not in self.pair and not self._is_image(ly))
         self.link_windows()
         return shown
 

@@ -94,7 +94,15 @@ class DenoiseDetectWidget(QWidget):
         for event in ("inserted", "removed", "moved"):
             getattr(self.viewer.layers.events, event).connect(self._on_layers_changed)
         self.viewer.bind_key(FLIP_KEY, lambda _viewer: self.flip(), overwrite=True)
+        for layer in self.viewer.layers:
+            self._bind_flip(layer)
+        self.viewer.layers.events.inserted.connect(lambda event: self._bind_flip(event.value))
         DockHome(self, "right", TITLE)
+
+    def _bind_flip(self, layer: Any) -> None:
+        """F flips on every layer: a Shapes layer's own F (napari's "move to front") would win while it is active,
+        e.g. the lesions layer after the navigator's keys."""
+        layer.bind_key(FLIP_KEY, lambda _layer: self.flip(), overwrite=True)
 
     # ------------------------------------------------------------------------------------------------------- UI
     def _build_ui(self) -> None:
@@ -435,7 +443,7 @@ class DenoiseDetectWidget(QWidget):
             self.status.setText(f"LIDnet: {text}")
 
     def _on_aborted(self) -> None:
-        self._message("cancelled: no layers added")
+        self.status.setText("cancelled: no layers added")  # the reader pressed Cancel: no pop-up over the image
 
     def _on_finished(self) -> None:
         self.worker = None

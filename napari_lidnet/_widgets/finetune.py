@@ -362,7 +362,7 @@ class FineTuneWidget(QWidget):
         low, full = self._layer(low_name), self._layer(full_name)
         if low is None or full is None:
             return [], ["choose a low-dose and a full-dose image layer"]
-        if low is full:
+        if low == full:  # == : napari hands plugins a new proxy of a layer at each access
             return [], ["the low-dose and full-dose layers must be different layers"]
         shapes = self._boxes_layer(boxes)
         item, notes = paired_input(low, full, shapes, self._current_slice(full))

@@ -256,7 +256,8 @@ class LesionNavigatorWidget(QWidget):
 
     def _on_removed(self, event: Any) -> None:
         layer = event.value
-        if layer is self.image_layer:  # no review on an image that is gone: the picker says so, jumps stop
+        # == not "is": napari gives plugins a new proxy of a layer at each access
+        if layer == self.image_layer:  # no review on an image that is gone: the picker says so, jumps stop
             self.image_layer = None
             self.refresh_layers()
             self.image_combo.blockSignals(True)
@@ -264,9 +265,9 @@ class LesionNavigatorWidget(QWidget):
             self.image_combo.blockSignals(False)
             self._say(f"'{layer.name}' was removed: pick the image these boxes belong to")
             return
-        if layer is self.reviewed_layer:
+        if layer == self.reviewed_layer:
             self.reviewed_layer = None
-        if layer is self.boxes_layer:
+        if layer == self.boxes_layer:
             self.boxes_layer = None
             self.findings = []
             self._fill_table()
@@ -299,7 +300,7 @@ class LesionNavigatorWidget(QWidget):
         already kept even when they left the layer. Returns the number of findings."""
         boxes = boxes if boxes is not None else self._layer(self.boxes_combo.currentText())
         image = image if image is not None else self._image_for(boxes)
-        same = boxes is not None and boxes is self.boxes_layer and image is self.image_layer
+        same = boxes is not None and boxes == self.boxes_layer and image == self.image_layer
         if not same:
             self._origin, self._parked = {}, {}
         if boxes is not None and boxes is not self.boxes_layer:
