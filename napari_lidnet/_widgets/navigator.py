@@ -303,7 +303,7 @@ class LesionNavigatorWidget(QWidget):
         same = boxes is not None and boxes == self.boxes_layer and image == self.image_layer
         if not same:
             self._origin, self._parked = {}, {}
-        if boxes is not None and boxes is not self.boxes_layer:
+        if boxes is not None and boxes != self.boxes_layer:
             self._disconnect_boxes()
             boxes.events.data.connect(self._on_boxes_data)
             self._bind_review_keys(boxes)

@@ -411,7 +411,7 @@ class ROICompareWidget(QWidget):
         layer = getattr(event, "source", None)
         if getattr(event, "action", "changed") not in ("added", "changed", "removed") or layer is None:
             return
-        if role(layer) in NOT_DRAWN_BOXES or layer is self._shapes:
+        if role(layer) in NOT_DRAWN_BOXES or layer == self._shapes:
             return
         self._touch(layer)
         self.set_regions_layer(layer.name)
@@ -488,7 +488,7 @@ class ROICompareWidget(QWidget):
     def _connect_shapes(self) -> None:
         name = self.shapes_combo.currentData()
         layer = next((lay for lay in self._shapes_layers() if lay.name == name), None)
-        if layer is self._shapes:
+        if layer == self._shapes:  # == not "is": napari proxies its layers
             return
         if self._shapes is not None:
             for ev in (self._shapes.events.data, self._shapes.events.set_data):
