@@ -122,3 +122,15 @@ def test_findings_measure_sizes_centres_and_hu(tmp_path: Path) -> None:
     assert [r["status"] for r in rows] == ["accepted", "pending"] and float(rows[0]["long_mm"]) == 8.0
     js = read_findings(write_findings(tmp_path / "f.json", [f], {"source": "test"}))
     assert js[0]["x1"] == 10 and js[0]["score"] == 0.7
+
+
+def test_boxes_on_neighbouring_slices_are_one_lesion() -> None:
+    """Overlapping boxes on slices 3-5 are one lesion, a box elsewhere on slice 4 another, the same place again on
+    slice 8 (a gap) a third; numbers follow the first slice."""
+    from napari_lidnet.findings import lesion_groups
+
+    rows = np.array([[4, 10, 10, 20, 20, 0.9], [3, 11, 10, 21, 20, 0.8], [5, 10, 11, 20, 21, 0.7],
+                     [4, 40, 40, 50, 50, 0.6], [8, 10, 10, 20, 20, 0.5], [1, 60, 60, 64, 64, 0.4]])  # fmt: skip
+    groups = lesion_groups(findings_from_rows(rows))
+    assert groups == {5: 1, 1: 2, 0: 2, 2: 2, 3: 3, 4: 4}
+    assert lesion_groups([]) == {}

@@ -21,19 +21,19 @@ COL = {key: i for i, (key, _) in enumerate(COLUMNS)}
 DETECTIONS = np.array([[1, 4, 6, 14, 11, 0.42], [3, 20, 2, 26, 14, 0.91], [2, 8, 8, 12, 12, 0.15]], np.float32)
 
 
-def open_with_boxes(viewer, vol) -> tuple:
-    """``vol`` as an image layer of ``viewer``, a docked navigator, and ``DETECTIONS`` as its detector's boxes."""
+def open_with_boxes(viewer, vol, detections: np.ndarray = DETECTIONS) -> tuple:
+    """``vol`` as an image layer of ``viewer``, a docked navigator, and ``detections`` as its detector's boxes."""
     data, kwargs, _ = volume_to_layer_tuple(vol)
     image = viewer.add_image(data, **kwargs)
     widget = LesionNavigatorWidget(viewer)
     viewer.window.add_dock_widget(widget, area="bottom")
     boxes = viewer.add_shapes(
-        boxes_to_shapes(DETECTIONS[:, :5], 3),
+        boxes_to_shapes(detections[:, :5], 3),
         shape_type="rectangle",
         name=f"{image.name} lesions",
         scale=image.scale,
         translate=image.translate,
-        features={"score": DETECTIONS[:, 5]},
+        features={"score": detections[:, 5]},
         metadata={"lidnet_role": "detections", "lidnet": {"source_layer": image.name, "detector": "tiny"}},
     )
     return widget, image, boxes
@@ -242,3 +242,27 @@ def test_centres_are_patient_coordinates_for_a_prone_series_with_a_gap(make_napa
     widget.table.setCurrentCell(widget.row_ids().index(1), 0)
     assert viewer.dims.current_step[0] == 3
     np.testing.assert_allclose(viewer.camera.center[-2:], image.data_to_world((3, 7.5, 22.5))[-2:], atol=1e-6)
+
+
+def test_one_lesion_through_neighbouring_slices_is_decided_at_once(make_napari_viewer, tmp_path: Path) -> None:
+    """A lesion boxed on slices 1-3 (overlapping boxes) is one lesion in the table; Shift+A keeps all three, Shift+R
+    on another lesion rejects it, and single findings stay as they were."""
+    write_series(tmp_path / "ct", synthetic_hu((5, 24, 32), seed=4), series_uid="1.2.826.0.1.3680043.8.498.56")
+    vol = open_ct(tmp_path / "ct")[0]
+    rows = np.array([[1, 4, 4, 14, 12, 0.8], [2, 5, 4, 15, 12, 0.7], [3, 4, 5, 14, 13, 0.6],
+                     [2, 20, 14, 28, 22, 0.5], [4, 20, 14, 28, 22, 0.4]], np.float32)  # fmt: skip
+    viewer = make_napari_viewer()
+    widget, image, _boxes = open_with_boxes(viewer, vol, rows)
+    lesion = {fid: cell(widget, r, "lesion") for r, fid in enumerate(widget.row_ids())}
+    assert lesion == {0: 1, 1: 1, 2: 1, 3: 2, 4: 3}  # slice 4's box is two slices from slice 2's: another lesion
+    row = widget.row_ids().index(1)
+    assert widget.table.item(row, COL["lesion"]).text() == "1 (3 sl.)"
+    widget.select(1)
+    key = viewer.window._qt_viewer.canvas._key_map_handler
+    key.press_key("Shift-A")
+    key.release_key("Shift-A")
+    assert [widget.finding(i).status for i in range(5)] == ["accepted"] * 3 + ["pending"] * 2
+    assert viewer.layers[f"{image.name} reviewed"].nshapes == 3 and "lesion 1: 3 findings kept" in widget.status.text()
+    widget.reject_lesion(4)
+    assert [widget.finding(i).status for i in range(5)] == ["accepted"] * 3 + ["pending", "rejected"]
+

@@ -12,6 +12,7 @@ image came from DICOM). Sizes and HU come from ``findings`` (plain numpy); the d
 from __future__ import annotations
 
 import weakref
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..findings import KEPT, Finding, centre_world, measure, write_findings
+from ..findings import KEPT, Finding, centre_world, lesion_groups, measure, write_findings
 from ..io.volume import n_slices, per_slice
 from ..layer_data import PIXEL_CENTRE_SHIFT
 from ..metrics.froc import box_iou_np
@@ -46,6 +47,7 @@ TITLE = "Navigator"  # the dock's tab
 #: (key, header) of the table's columns
 COLUMNS = (
     ("id", "#"),
+    ("lesion", "lesion"),  # boxes on neighbouring slices that overlap are one lesion (findings.lesion_groups)
     ("slice", "slice (inst.)"),  # the index, and the DICOM InstanceNumber a PACS shows when the series has one
     ("centre", "centre z, y, x (mm)"),
     ("long_mm", "long (mm)"),
@@ -160,12 +162,16 @@ class LesionNavigatorWidget(QWidget):
             combo.activated.connect(lambda _i: self.load())
         self.buttons = {}
         grid = QGridLayout()
-        names = (("accept", "Accept (A)"), ("reject", "Reject (R)"), ("edit", "Edit (E)"),
-                 ("previous", "Previous (P)"), ("next", "Next (N)"), ("export", "Export…"))  # fmt: skip
+        names = (("accept", "Accept (A)"), ("reject", "Reject (R)"), ("accept_lesion", "Accept lesion (⇧A)"),
+                 ("reject_lesion", "Reject lesion (⇧R)"), ("edit", "Edit (E)"), ("export", "Export…"),
+                 ("previous", "Previous (P)"), ("next", "Next (N)"))  # fmt: skip
         for k, (key, text) in enumerate(names):
             self.buttons[key] = button = QPushButton(text)
             grid.addWidget(button, k // 2, k % 2)
         self.buttons["export"].setToolTip("CSV or JSON (every row with its status) or DICOM SR (.dcm: kept boxes)")
+        for key in ("accept_lesion", "reject_lesion"):
+            self.buttons[key].setToolTip("every box of the selected row's lesion: its overlapping boxes on "
+                                         "neighbouring slices (the 'lesion' column)")  # fmt: skip
         self.status = QLabel("")
         self.status.setWordWrap(True)
         form = QFormLayout()
@@ -199,6 +205,7 @@ class LesionNavigatorWidget(QWidget):
     def _create_shortcuts(self) -> None:
         """Buttons and their keys: while the navigator has the focus, and on the image (see ``_bind_review_keys``)."""
         actions = {"accept": (self.accept, "A"), "reject": (self.reject, "R"), "edit": (self.edit, "E"),
+                   "accept_lesion": (self.accept_lesion, "Shift+A"), "reject_lesion": (self.reject_lesion, "Shift+R"),
                    "previous": (self.previous, "P"), "next": (self.next, "N"),
                    "export": (self._export_dialog, None)}  # fmt: skip
         self._review_keys = {}
@@ -208,7 +215,7 @@ class LesionNavigatorWidget(QWidget):
                 sc = QShortcut(QKeySequence(shortcut), self)
                 sc.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
                 sc.activated.connect(func)
-                self._review_keys[shortcut.lower()] = func
+                self._review_keys[shortcut.replace("+", "-") if "+" in shortcut else shortcut.lower()] = func
         self._bind_review_keys(self.viewer)
 
     def _bind_review_keys(self, target: Any) -> None:
@@ -394,9 +401,14 @@ class LesionNavigatorWidget(QWidget):
         t.setRowCount(len(self.findings))
         image = self.image_layer
         instances = per_slice(image.metadata or {}, "instance_numbers", n_slices(image.data)) if image else None
+        lesions = lesion_groups(self.findings)
+        sizes = Counter(lesions.values())
         for r, f in enumerate(self.findings):
             for c, (key, _) in enumerate(COLUMNS):
                 value, text = self._cell(f, key)
+                if key == "lesion":
+                    n = lesions[f.id]
+                    value, text = n, f"{n} ({sizes[n]} sl.)" if sizes[n] > 1 else f"{n}"
                 if key == "slice" and instances and 0 <= f.slice < len(instances) and instances[f.slice]:
                     text = f"{f.slice} ({instances[f.slice]})"
                 item = SortItem(text)
@@ -412,6 +424,8 @@ class LesionNavigatorWidget(QWidget):
     @staticmethod
     def _cell(f: Finding, key: str) -> tuple[Any, str]:
         m = f.measures
+        if key == "lesion":
+            return 0, ""  # filled from the groups of every finding (_fill_table)
         if key == "centre":
             zyx = (m.get("centre_z_mm", np.nan), m.get("centre_y_mm", np.nan), m.get("centre_x_mm", np.nan))
             return zyx[0], ", ".join(f"{v:.1f}" for v in zyx)
@@ -472,14 +486,14 @@ class LesionNavigatorWidget(QWidget):
         f = self._target(fid)
         if f is not None:
             f.status = f.status if f.status in KEPT else "accepted"
-            self._decided(f)
+            self._decided(f"finding {f.id} {f.status}")
 
     def reject(self, fid: int | None = None) -> None:
         """Dismiss finding ``fid`` (default: the selected row); its box leaves the reviewed layer."""
         f = self._target(fid)
         if f is not None:
             f.status = "rejected"
-            self._decided(f)
+            self._decided(f"finding {f.id} {f.status}")
 
     def edit(self, fid: int | None = None) -> None:
         """Keep finding ``fid`` and select its box on the reviewed layer, ready to drag its corners."""
@@ -498,13 +512,33 @@ class LesionNavigatorWidget(QWidget):
         self._say(f"finding {f.id}: drag its corners on {layer.name}; the table follows")
         self.review_changed.emit()
 
-    def _decided(self, f: Finding) -> None:
+    def accept_lesion(self, fid: int | None = None) -> None:
+        """Keep every finding of the lesion of finding ``fid`` (default: the selected row): its overlapping boxes on
+        neighbouring slices (``findings.lesion_groups``); move on to the next pending."""
+        self._decide_lesion(fid, keep=True)
+
+    def reject_lesion(self, fid: int | None = None) -> None:
+        """Dismiss every finding of the lesion of finding ``fid`` (default: the selected row)."""
+        self._decide_lesion(fid, keep=False)
+
+    def _decide_lesion(self, fid: int | None, keep: bool) -> None:
+        f = self._target(fid)
+        if f is None:
+            return
+        lesions = lesion_groups(self.findings)
+        members = [g for g in self.findings if lesions[g.id] == lesions[f.id]]
+        for g in members:
+            g.status = (g.status if g.status in KEPT else "accepted") if keep else "rejected"
+        what = "kept" if keep else "rejected"
+        self._decided(f"lesion {lesions[f.id]}: {len(members)} finding{'s' if len(members) > 1 else ''} {what}")
+
+    def _decided(self, what: str) -> None:
         self._write_reviewed()
         self._fill_table()
         self.review_changed.emit()
         kept = sum(x.kept for x in self.findings)
         pending = sum(x.status == "pending" for x in self.findings)
-        self._say(f"finding {f.id} {f.status}; {kept} kept, {pending} pending")
+        self._say(f"{what}; {kept} kept, {pending} pending")
         self.next(pending_only=True)
 
     def next(self, pending_only: bool = False) -> None:
