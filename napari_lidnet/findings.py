@@ -23,8 +23,8 @@ STATUSES = ("pending", "accepted", "rejected", "edited", "added")
 #: states whose boxes are part of the reviewed result
 KEPT = ("accepted", "edited", "added")
 #: columns of the exported table
-COLUMNS = ("id", "slice", "centre_z_mm", "centre_y_mm", "centre_x_mm", "long_mm", "short_mm", "mean_hu", "score",
-           "status", "x1", "y1", "x2", "y2")  # fmt: skip
+COLUMNS = ("id", "lesion", "slice", "centre_z_mm", "centre_y_mm", "centre_x_mm", "long_mm", "short_mm", "mean_hu",
+           "score", "status", "x1", "y1", "x2", "y2")  # fmt: skip
 
 
 @dataclass
@@ -158,25 +158,27 @@ def measure(
     return finding.measures
 
 
-def record(finding: Finding) -> dict[str, Any]:
-    """One row of the exported table (``COLUMNS``)."""
+def record(finding: Finding, lesion: int | None = None) -> dict[str, Any]:
+    """One row of the exported table (``COLUMNS``); ``lesion``: its number among :func:`lesion_groups`."""
     x1, y1, x2, y2 = finding.bounds
     score = None if finding.score is None else round(float(finding.score), 4)  # the detector's float32, rounded
-    row = {"id": finding.id, "slice": finding.slice, "score": score, "status": finding.status}
+    row = {"id": finding.id, "lesion": lesion, "slice": finding.slice, "score": score, "status": finding.status}
     row.update({k: round(float(v), 2) for k, v in finding.measures.items()})
     row.update({"x1": round(x1, 2), "y1": round(y1, 2), "x2": round(x2, 2), "y2": round(y2, 2)})
     return {k: row.get(k) for k in COLUMNS}
 
 
 def write_findings(path: str | Path, findings: Sequence[Finding], info: dict[str, Any] | None = None) -> Path:
-    """Write findings as CSV, or as JSON (with ``info``: source, spacing, units) when ``path`` ends in .json.
+    """Write findings as CSV, or as JSON (with ``info``: source, spacing, units) when ``path`` ends in .json, each
+    with its lesion number (boxes overlapping on neighbouring slices are one lesion).
 
     Refuses to overwrite an existing file.
     """
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} already exists")
-    rows = [record(f) for f in findings]
+    lesions = lesion_groups(findings)
+    rows = [record(f, lesions[f.id]) for f in findings]
     if path.suffix.lower() == ".json":
         doc = {"format": "lidnet-findings", "version": 1, **(info or {}), "columns": list(COLUMNS), "findings": rows}
         path.write_text(json.dumps(doc, indent=1))

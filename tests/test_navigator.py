@@ -265,4 +265,6 @@ def test_one_lesion_through_neighbouring_slices_is_decided_at_once(make_napari_v
     assert viewer.layers[f"{image.name} reviewed"].nshapes == 3 and "lesion 1: 3 findings kept" in widget.status.text()
     widget.reject_lesion(4)
     assert [widget.finding(i).status for i in range(5)] == ["accepted"] * 3 + ["pending", "rejected"]
+    rows = read_findings(widget.export(tmp_path / "review.csv"))  # the export says which boxes are one lesion
+    assert [(r["id"], r["lesion"]) for r in rows] == [("0", "1"), ("1", "1"), ("2", "1"), ("3", "2"), ("4", "3")]
 
