@@ -267,4 +267,12 @@ def test_one_lesion_through_neighbouring_slices_is_decided_at_once(make_napari_v
     assert [widget.finding(i).status for i in range(5)] == ["accepted"] * 3 + ["pending", "rejected"]
     rows = read_findings(widget.export(tmp_path / "review.csv"))  # the export says which boxes are one lesion
     assert [(r["id"], r["lesion"]) for r in rows] == [("0", "1"), ("1", "1"), ("2", "1"), ("3", "2"), ("4", "3")]
+    widget.accept(3)
+    sr = pydicom.dcmread(widget.export(tmp_path / "review.dcm"))  # TID 1500: one tracked lesion, one identifier
+    tracked = []
+    for group in sr.ContentSequence[1].ContentSequence:
+        items = {i.ConceptNameCodeSequence[0].CodeMeaning: i for i in group.ContentSequence}
+        tracked.append((items["Tracking Identifier"].TextValue, items["Tracking Unique Identifier"].UID))
+    assert [t for t, _ in tracked] == ["lesion 1"] * 3 + ["lesion 2"]
+    assert len({u for _, u in tracked[:3]}) == 1 and tracked[3][1] != tracked[0][1]
 

@@ -754,9 +754,10 @@ class LesionNavigatorWidget(QWidget):
             unique = list(dict.fromkeys(files))  # a multi-frame file is read once
             found = dict(zip(unique, instance_refs(unique)))
             refs = [found[f] for f in files] if len(files) == n else []
+        lesions = lesion_groups(self.findings)
         regions = [
             SRRegion(f.slice, f.corners, f.measures["long_mm"], f.measures["short_mm"], f.measures["mean_hu"],
-                     f.score, f.status, f"finding {f.id} (slice {f.slice})")  # fmt: skip
+                     f.score, f.status, f"finding {f.id} (slice {f.slice})", lesions[f.id])  # fmt: skip
             for f in self.findings
             if f.kept
         ]

@@ -56,6 +56,7 @@ class SRRegion:
     score: float | None = None
     status: str = "accepted"
     label: str = ""
+    lesion: int | None = None  # regions of one lesion (on neighbouring slices) share its tracking identifier and UID
 
 
 def instance_refs(files: Sequence[str | Path]) -> list[tuple[str, str] | None]:
@@ -127,7 +128,7 @@ def closed_polyline(corners: np.ndarray) -> list[float]:
     return [float(v) for v in pts.reshape(-1)]
 
 
-def _group(k: int, region: SRRegion, ref: tuple[str, str] | None, frame: int | None) -> Any:
+def _group(k: int, region: SRRegion, ref: tuple[str, str] | None, frame: int | None, uid: str) -> Any:
     group = _item("CONTAINER", GROUP)
     group.ContinuityOfContent = "SEPARATE"
     scoord = _item("SCOORD", IMAGE_REGION)
@@ -135,12 +136,11 @@ def _group(k: int, region: SRRegion, ref: tuple[str, str] | None, frame: int | N
     scoord.GraphicData = closed_polyline(region.corners)
     if ref is not None:
         scoord.ContentSequence = [_image_ref(ref, frame)]
-    from pydicom.uid import generate_uid
-
     tracking_uid = _item("UIDREF", TRACKING_UID)
-    tracking_uid.UID = generate_uid()
-    children = [
-        _text(TRACKING_ID, region.label or f"finding {k + 1} (slice {region.slice})"),
+    tracking_uid.UID = uid
+    label = region.label or f"finding {k + 1} (slice {region.slice})"
+    children = [  # one tracked lesion: the same identifier and UID in each of its groups (TID 1500)
+        _text(TRACKING_ID, label if region.lesion is None else f"lesion {region.lesion}"),
         tracking_uid,
         scoord,
         _num(LONG_AXIS, region.long_mm, MM),
@@ -234,6 +234,7 @@ def write_sr(
     reference); ``frames[slice]`` its frame number in a multi-frame source instance (None: a single-frame one).
     """
     import pydicom
+    from pydicom.uid import generate_uid
 
     path = Path(path)
     if path.exists():
@@ -241,11 +242,14 @@ def write_sr(
     refs = list(refs or [])
     ds = _header(dict(source_tags or {}), description)
     groups, used = [], []
+    lesion_uids: dict[int | None, str] = {}
     for k, region in enumerate(regions):
         z = int(region.slice)
         ref = refs[z] if 0 <= z < len(refs) else None
         frame = frames[z] if frames is not None and 0 <= z < len(frames) else None
-        groups.append(_group(k, region, ref, frame))
+        if region.lesion not in lesion_uids or region.lesion is None:  # one UID per lesion, per region otherwise
+            lesion_uids[region.lesion] = generate_uid()
+        groups.append(_group(k, region, ref, frame, lesion_uids[region.lesion]))
         if ref is not None:
             used.append(ref)
     procedure = _item("CODE", PROCEDURE, "HAS CONCEPT MOD")
