@@ -115,6 +115,10 @@ def boxes_layer_tuple(
     return (shapes, kwargs, "shapes")
 
 
+#: name suffix of a volume's own boxes (a reader's annotations, DeepLesion's bookmarks): the ground truth
+ANNOTATED = "lesions (annotated)"
+
+
 def volume_boxes_layer_tuple(vol: CTVolume, name: str | None = None) -> LayerDataTuple | None:
     """Shapes layer tuple for the volume's own boxes (e.g. DeepLesion annotations), or None when it has none."""
     if vol.boxes is None or len(vol.boxes) == 0:
@@ -125,7 +129,7 @@ def volume_boxes_layer_tuple(vol: CTVolume, name: str | None = None) -> LayerDat
     return boxes_layer_tuple(
         vol.boxes,
         vol.hu.ndim,
-        name=name or f"{vol.name} lesions",
+        name=name or f"{vol.name} {ANNOTATED}",  # not "<name> lesions": that is the detector's output layer
         scale=vol.spacing,
         translate=vol.origin,
         labels=labels,

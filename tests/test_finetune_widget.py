@@ -200,6 +200,8 @@ def test_default_boxes_are_reviewed_or_drawn_never_raw_detections(make_napari_vi
     request, problems = widget.build_request()
     assert request is not None and len(request.inputs[0].boxes) == len(boxes), problems
     assert "unreviewed detections" in widget._boxes_note()
+    widget.set_source("dicom")  # a folder without annotations gets the starting detector's boxes: said at start
+    assert "starting detector's boxes" in widget._boxes_note()
 
 
 def test_normal_dose_pick_follows_the_metadata_and_refuses_low_dose(make_napari_viewer, qtbot, model_dir) -> None:

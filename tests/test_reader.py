@@ -91,6 +91,8 @@ def test_deeplesion_png_gives_image_and_shapes(tmp_path):
     # pixel-edge box 2,3,12,9 -> napari corners (row, col) half a pixel lower (layer_data: pixel i is centred at i)
     np.testing.assert_array_equal(shapes[0], [[2.5, 1.5], [2.5, 11.5], [8.5, 11.5], [8.5, 1.5]])
     assert sh_kw["shape_type"] == "rectangle" and sh_kw["features"]["label"] == ["liver"]
+    # the annotations' name is not "<image> lesions", the detector's output layer (a run would land on "... [1]")
+    assert sh_kw["name"] == f"{img_kw['name']} lesions (annotated)"
 
 
 def test_array_files(tmp_path):

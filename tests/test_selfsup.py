@@ -10,6 +10,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_lidnet._training.selfsup import (
+    AdaptOutcome,
     BlindSpotPatches,
     NeighbourPatches,
     adapt_job,
@@ -348,3 +349,14 @@ def test_nothing_is_exported_when_stopped_before_the_first_step(empty_model_dir:
     assert not [r for r in records if r["stage"] == "adapt"]
     assert outcome.status == "stopped" and outcome.exported == [] and "nothing was saved" in outcome.message
     assert not list(empty_model_dir.glob("never_*"))
+
+
+def test_the_summary_says_when_the_adapted_model_is_worse_than_the_start() -> None:
+    """Measured without a reference: more noise left and no sharper edges than the starting model is a caveat;
+    less noise (or sharper edges) is not."""
+    est = {"start": {"noise_sd_hu": 2.0, "edge_sharpness_hu_per_mm": 64.0},
+           "adapted": {"noise_sd_hu": 2.7, "edge_sharpness_hu_per_mm": 63.8}}  # fmt: skip
+    worse = adapt_summary(AdaptOutcome("finished", "saved site_denoiser", "site", estimates=est))
+    assert "keep using the starting model" in worse and "2.0 -> 2.7 HU" in worse
+    est["adapted"]["noise_sd_hu"] = 1.5
+    assert "keep using" not in adapt_summary(AdaptOutcome("finished", "saved site_denoiser", "site", estimates=est))

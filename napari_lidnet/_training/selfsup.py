@@ -875,4 +875,18 @@ def adapt_summary(outcome: AdaptOutcome) -> str:
         text += f"; self-supervised loss {outcome.loss_before:.3g} -> {outcome.loss_after:.3g}"
     if outcome.seconds:
         text += f" ({outcome.seconds:.0f} s)"
-    return text
+    return text + _worse_note(est)
+
+
+def _worse_note(est: dict) -> str:
+    """A caveat when the adapted model leaves more noise than the starting one and no sharper edges, both measured
+    without a reference: the starting model is then the better choice."""
+    start, adapted = est.get("start") or {}, est.get("adapted") or {}
+    noise = (start.get("noise_sd_hu"), adapted.get("noise_sd_hu"))
+    edges = (start.get("edge_sharpness_hu_per_mm"), adapted.get("edge_sharpness_hu_per_mm"))
+    if any(v is None or not np.isfinite(v) for v in (*noise, *edges)):
+        return ""
+    if noise[1] > noise[0] and edges[1] <= edges[0]:
+        return (f". Note: the adapted model leaves more noise ({noise[0]:.1f} -> {noise[1]:.1f} HU) and no sharper "
+                "edges than the starting one: keep using the starting model, or adapt for more steps")  # fmt: skip
+    return ""

@@ -385,9 +385,14 @@ class FineTuneWidget(QWidget):
         return adapt_request(layers, shapes, current, self.name_edit.text(), settings)
 
     def _boxes_note(self) -> str:
-        """', on unreviewed detections' when the chosen lesion boxes are the detector's own."""
+        """', on unreviewed detections' when the chosen lesion boxes are (or may be) the detector's own."""
         data = self.data_box.values()
-        if data["source"] not in ("layers", "paired") or self.settings()["mode"] == "pixel":
+        if self.settings()["mode"] == "pixel":
+            return ""
+        if data["source"] == "dicom":  # series without annotations get the starting detector's boxes
+            return (", on the starting detector's boxes where the folder has no annotations (the detector may learn "
+                    "its own false positives)")  # fmt: skip
+        if data["source"] not in ("layers", "paired"):
             return ""
         chosen = data["boxes"] if data["source"] == "layers" else data["paired_boxes"]
         layer = self._boxes_layer(chosen)
