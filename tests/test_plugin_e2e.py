@@ -80,6 +80,15 @@ def test_sample_denoised_and_lesions_boxed_through_the_manifest(make_napari_view
         seen.append((low_layer.visible, den.visible))
     assert seen == [(True, False), (False, True), (True, False), (False, True)], seen
 
+    # a current-slice run after the volume run updates that slice inside the volume's outputs (same lesions layer)
+    widget.compare_button.click()
+    lesions = viewer.layers[f"{LOW} lesions"]
+    widget.scope_combo.setCurrentText("current slice")
+    with qtbot.waitSignal(widget.job_finished, timeout=300_000):
+        assert widget.run() is not None, widget.status.text()
+    assert list(widget._last["result"].slices) == list(range(low.shape[0]))
+    assert viewer.layers[f"{LOW} lesions"] == lesions and viewer.layers[f"{LOW} denoised"].data.shape == low.shape
+
 
 def test_reader_opens_dicom_through_napari(make_napari_viewer, two_series_dir):
     viewer = make_napari_viewer()

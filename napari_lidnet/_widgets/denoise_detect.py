@@ -490,7 +490,8 @@ class DenoiseDetectWidget(QWidget):
         slice's denoised image and boxes replaced, every other slice's kept (a new result; the old is not changed).
         None when there is no such volume result (the run's own outputs then replace the previous ones)."""
         last = self._last
-        if last is None or last["layer"] is not layer or layer.ndim != 3 or (last["labels"], last["remove_sd"]) != (
+        # != not "is not": napari gives plugins a new proxy of a layer at each access
+        if last is None or last["layer"] != layer or layer.ndim != 3 or (last["labels"], last["remove_sd"]) != (
             labels, remove_sd
         ):
             return None
