@@ -18,6 +18,7 @@ import numpy as np
 
 from napari_lidnet.io.volume import CTVolume
 from napari_lidnet.io.windowing import SCAN_WINDOW, window_limits
+from napari_lidnet.metrics.noreference import fill_holes
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 
@@ -154,9 +155,7 @@ NOISE_SDS = 3.0
 def tissue_mask(hu2d: np.ndarray) -> np.ndarray:
     """Every region of a slice above -500 HU, holes (lungs, bowel gas) filled: the body, both legs or an arm beside
     the trunk alike, and the table; not the air around them."""
-    from scipy import ndimage as ndi
-
-    return ndi.binary_fill_holes(np.asarray(hu2d) > -500.0)
+    return fill_holes(np.asarray(hu2d) > -500.0)
 
 
 def removed_noise(original: np.ndarray, denoised: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

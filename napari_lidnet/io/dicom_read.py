@@ -466,9 +466,9 @@ def _raw_transfer_syntax(ds: Any) -> None:
 def _frame_rescale(ds: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(slope, intercept) per frame: an enhanced image's functional groups (the frame's own, else the shared), else
     the top-level RescaleSlope/Intercept."""
-    slopes, intercepts = np.ones(n), np.zeros(n)
+    slopes, intercepts, enhanced = np.ones(n), np.zeros(n), _enhanced(ds)
     for i in range(n):
-        items = _frame_items(ds, i, "PixelValueTransformationSequence") if _enhanced(ds) else []
+        items = _frame_items(ds, i, "PixelValueTransformationSequence") if enhanced else []
         found = items[-1] if items else ds
         slopes[i] = float(found.get("RescaleSlope", 1.0) or 1.0)
         intercepts[i] = float(found.get("RescaleIntercept", 0.0) or 0.0)

@@ -242,14 +242,13 @@ def write_sr(
     refs = list(refs or [])
     ds = _header(dict(source_tags or {}), description)
     groups, used = [], []
-    lesion_uids: dict[int | None, str] = {}
+    lesion_uids: dict[int, str] = {}  # one tracking UID per lesion; a region without a lesion gets its own
     for k, region in enumerate(regions):
         z = int(region.slice)
         ref = refs[z] if 0 <= z < len(refs) else None
         frame = frames[z] if frames is not None and 0 <= z < len(frames) else None
-        if region.lesion not in lesion_uids or region.lesion is None:  # one UID per lesion, per region otherwise
-            lesion_uids[region.lesion] = generate_uid()
-        groups.append(_group(k, region, ref, frame, lesion_uids[region.lesion]))
+        uid = generate_uid() if region.lesion is None else lesion_uids.setdefault(region.lesion, generate_uid())
+        groups.append(_group(k, region, ref, frame, uid))
         if ref is not None:
             used.append(ref)
     procedure = _item("CODE", PROCEDURE, "HAS CONCEPT MOD")
