@@ -151,6 +151,7 @@ def _write_one(
     from napari_lidnet.io.dicom_write import denoised_description, write_dicom_series
     from napari_lidnet.io.nifti import write_nifti
     from napari_lidnet.io.volume import n_slices
+    from napari_lidnet.metrics.lesions import row_lesions
 
     if task == "denoise":
         hu = denoise(model, vol.hu, device=device, remove_sd=remove_sd)
@@ -161,7 +162,7 @@ def _write_one(
         write_dicom_series(replace(vol, hu=hu.astype(np.float32)), partial, series_description=description)
     else:
         rows = detect(model, vol.hu, device=device, score_threshold=threshold)
-        write_boxes_csv(partial, rows, slice_columns(vol.metadata, n_slices(vol.hu)))
+        write_boxes_csv(partial, rows, slice_columns(vol.metadata, n_slices(vol.hu)), row_lesions(rows))
 
 
 def run_batch(

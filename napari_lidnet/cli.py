@@ -306,6 +306,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     from napari_lidnet.inference import detect
     from napari_lidnet.io.boxes_io import slice_columns, write_boxes_csv
     from napari_lidnet.io.volume import n_slices
+    from napari_lidnet.metrics.lesions import row_lesions
 
     if args.all_series:
         return _cmd_batch(args, "detect", args.out)
@@ -315,8 +316,10 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     model, dev, card = _load(args.model, "detector", args.device)
     threshold = _threshold(args, card)
     rows = detect(model, vol.hu, device=dev, score_threshold=threshold, progress=_print_progress)
-    write_boxes_csv(out, rows, slice_columns(vol.metadata, n_slices(vol.hu)))
-    print(f"wrote {len(rows)} boxes with score >= {threshold:.3f} to {out}", file=sys.stderr)
+    lesions = row_lesions(rows)
+    write_boxes_csv(out, rows, slice_columns(vol.metadata, n_slices(vol.hu)), lesions)
+    found = f"{len(rows)} boxes ({lesions.max(initial=0)} lesions)"
+    print(f"wrote {found} with score >= {threshold:.3f} to {out}", file=sys.stderr)
     return 0
 
 

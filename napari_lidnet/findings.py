@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_lidnet.metrics.froc import box_iou_np
+from napari_lidnet.metrics.lesions import LESION_IOU, lesion_numbers
 
 #: review states: a detection not looked at yet, kept, dismissed, kept after its box was changed, or drawn by hand
 STATUSES = ("pending", "accepted", "rejected", "edited", "added")
@@ -64,38 +64,12 @@ def findings_from_rows(rows: np.ndarray) -> list[Finding]:
     ]  # fmt: skip
 
 
-#: boxes on neighbouring slices whose in-plane overlap (IoU) reaches this are one lesion
-LESION_IOU = 0.3
-
-
 def lesion_groups(findings: Sequence[Finding], iou: float = LESION_IOU) -> dict[int, int]:
     """Finding id -> lesion number (1, 2, ... in order of first slice, then of id): boxes on adjacent slices whose
-    in-plane IoU reaches ``iou`` are one lesion, and so on through the stack, as a reader follows a lesion from
-    slice to slice. A box alone is a lesion of one slice."""
-    parent = {f.id: f.id for f in findings}
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    by_slice: dict[int, list[Finding]] = {}
-    for f in findings:
-        by_slice.setdefault(f.slice, []).append(f)
-    for z, here in by_slice.items():
-        above = by_slice.get(z + 1, [])
-        if not above:
-            continue
-        overlap = box_iou_np([f.bounds for f in here], [g.bounds for g in above])
-        for i, j in zip(*np.nonzero(overlap >= iou)):
-            parent[root(here[i].id)] = root(above[j].id)
-    first: dict[int, tuple[int, int]] = {}
-    for f in findings:
-        r = root(f.id)
-        first[r] = min(first.get(r, (f.slice, f.id)), (f.slice, f.id))
-    number = {r: k + 1 for k, r in enumerate(sorted(first, key=first.get))}
-    return {f.id: number[root(f.id)] for f in findings}
+    in-plane IoU reaches ``iou`` are one lesion (:func:`napari_lidnet.metrics.lesions.lesion_numbers`)."""
+    ordered = sorted(findings, key=lambda f: f.id)
+    numbers = lesion_numbers([f.slice for f in ordered], np.array([f.bounds for f in ordered]), iou)
+    return {f.id: int(n) for f, n in zip(ordered, numbers)}
 
 
 def axes_mm(corners: np.ndarray, spacing_yx: Sequence[float]) -> tuple[float, float]:
@@ -179,14 +153,18 @@ def write_findings(path: str | Path, findings: Sequence[Finding], info: dict[str
         raise FileExistsError(f"{path} already exists")
     lesions = lesion_groups(findings)
     rows = [record(f, lesions[f.id]) for f in findings]
-    if path.suffix.lower() == ".json":
-        doc = {"format": "lidnet-findings", "version": 1, **(info or {}), "columns": list(COLUMNS), "findings": rows}
-        path.write_text(json.dumps(doc, indent=1))
-        return path
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    try:
+        fh = path.open("x", newline="")  # exclusive: never replaces a file that appeared meanwhile
+    except FileExistsError:
+        raise FileExistsError(f"{path} already exists") from None
+    with fh:
+        if path.suffix.lower() == ".json":
+            doc = {"format": "lidnet-findings", "version": 1, **(info or {}), "columns": list(COLUMNS)}
+            fh.write(json.dumps({**doc, "findings": rows}, indent=1))
+        else:
+            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
     return path
 
 

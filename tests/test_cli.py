@@ -188,7 +188,12 @@ def test_detect_defaults_to_the_cards_threshold_and_names_each_slice(tmp_path, c
     with open(tmp_path / "b.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     every = detect(detector, hu, score_threshold=0.05)
-    assert len(rows) == int((every[:, 5] >= t).sum()) and len(rows) < len(every)
+    assert 0 < len(rows) == int((every[:, 5] >= t).sum()) and len(rows) < len(every)
+    from napari_lidnet.metrics.lesions import row_lesions
+
+    kept = every[every[:, 5] >= t]
+    assert [int(r["lesion"]) for r in rows] == row_lesions(kept).tolist()  # boxes of one lesion share its number
+    assert f"({max(row_lesions(kept), default=0)} lesions)" in err
     headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]  # in slice order
     for r in rows:
         ds = headers[int(r["slice"])]

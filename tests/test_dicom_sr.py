@@ -134,3 +134,10 @@ def test_boxes_on_neighbouring_slices_are_one_lesion() -> None:
     groups = lesion_groups(findings_from_rows(rows))
     assert groups == {5: 1, 1: 2, 0: 2, 2: 2, 3: 3, 4: 4}
     assert lesion_groups([]) == {}
+    # the boxes exports number the detector's rows the same way, in row order
+    from napari_lidnet.metrics.lesions import row_lesions
+
+    assert row_lesions(rows).tolist() == [2, 2, 2, 3, 4, 1] and row_lesions(np.zeros((0, 6))).tolist() == []
+    # findings numbered out of id order get the numbers of their ids
+    shuffled = findings_from_rows(rows)[::-1]
+    assert lesion_groups(shuffled) == groups

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from napari_lidnet.io.boxes_io import read_boxes_csv
 from napari_lidnet.io.nifti import read_nifti, write_nifti
 from napari_lidnet.io.open_ct import open_ct
 from napari_lidnet.layer_data import volume_to_layer_tuple
+from napari_lidnet.metrics.lesions import row_lesions
 
 COS, SIN = np.cos(np.radians(25)), np.sin(np.radians(25))
 OBLIQUE = (COS, SIN, 0.0, -SIN, COS, 0.0)  # rows/columns rotated about the slice normal (z)
@@ -104,6 +106,8 @@ def test_boxes_csv_and_json(make_napari_viewer, qtbot, tmp_path: Path, model_dir
         rows = read_boxes_csv(out)
         np.testing.assert_allclose(rows[:, :5], shown[:, :5], atol=0.006)
         np.testing.assert_allclose(rows[:, 5], shown[:, 5], atol=6e-5)
+    doc = json.loads((tmp_path / "boxes.json").read_text())
+    assert [b["lesion"] for b in doc["boxes"]] == row_lesions(shown).tolist() and "lesion" in doc["columns"]
     before = (tmp_path / "boxes.csv").read_bytes()
     assert widget.export_boxes(tmp_path / "boxes.csv") is None and "already exists" in widget.status.text()
     assert (tmp_path / "boxes.csv").read_bytes() == before

@@ -777,11 +777,12 @@ class DenoiseDetectWidget(QWidget):
             self._message("nothing to export: run the detector first", error=True)
             return None
         from ..io.boxes_io import slice_columns, write_boxes_csv
+        from ..metrics.lesions import row_lesions
 
         src = self._last["layer"]
         slices = slice_columns(src.metadata, n_slices(src.data))
         try:
-            out = write_boxes_csv(path, self.shown_boxes, slices)
+            out = write_boxes_csv(path, self.shown_boxes, slices, row_lesions(self.shown_boxes))
         except (OSError, ValueError) as exc:
             self._message(f"box export failed: {exc}", error=True)
             return None

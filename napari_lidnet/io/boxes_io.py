@@ -1,11 +1,13 @@
 """Lesion boxes to and from CSV/JSON: columns ``slice, x1, y1, x2, y2, score`` in pixels (``slice`` counts from
-the first slice of the volume as sorted along its normal), then, for DICOM sources, the slice's
-``instance_number``, ``z_mm`` (ImagePositionPatient z) and ``sop_instance_uid``."""
+the first slice of the volume as sorted along its normal), ``lesion`` where the writer was given it (boxes on
+neighbouring slices that overlap share a number), then, for DICOM sources, the slice's ``instance_number``,
+``z_mm`` (ImagePositionPatient z) and ``sop_instance_uid``."""
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,24 +34,31 @@ def slice_columns(metadata: dict[str, Any], n: int) -> dict[str, list]:
     return out
 
 
-def write_boxes_csv(path: str | Path, rows: np.ndarray, slices: dict[str, list] | None = None) -> Path:
-    """Write (N, 6) rows as CSV, or as JSON when the path ends in .json, with each box's slice's entries of
-    ``slices`` (:func:`slice_columns`) as further columns. Refuses to overwrite."""
+def write_boxes_csv(
+    path: str | Path, rows: np.ndarray, slices: dict[str, list] | None = None, lesions: Sequence[int] | None = None
+) -> Path:
+    """Write (N, 6) rows as CSV, or as JSON when the path ends in .json, with each box's lesion number
+    (``lesions``, one per row) and its slice's entries of ``slices`` (:func:`slice_columns`) as further columns.
+    Refuses to overwrite."""
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} already exists")
     rows = np.asarray(rows, dtype=float).reshape(-1, 6)
     slices = slices or {}
+    if lesions is not None and len(lesions) != len(rows):
+        raise ValueError(f"{len(lesions)} lesion numbers for {len(rows)} boxes")
+    lesion = {} if lesions is None else {"lesion": [int(n) for n in lesions]}
     records = [
         {
             "slice": int(r[0]),
             **{k: round(float(v), 2) for k, v in zip(COLUMNS[1:5], r[1:5])},
             "score": round(float(r[5]), 4),
+            **{k: v[i] for k, v in lesion.items()},
             **{k: v[int(r[0])] for k, v in slices.items() if 0 <= int(r[0]) < len(v)},
         }
-        for r in rows
+        for i, r in enumerate(rows)
     ]
-    fields = [*COLUMNS, *slices]
+    fields = [*COLUMNS, *lesion, *slices]
     try:
         fh = path.open("x", newline="")  # exclusive: never replaces a file that appeared meanwhile
     except FileExistsError:
