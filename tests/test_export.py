@@ -34,7 +34,7 @@ def add_dicom_layer(viewer, folder: Path):
     return viewer.add_image(data, **kwargs), vol
 
 
-def test_dicom_round_trip_volume(make_napari_viewer, qtbot, tmp_path: Path, model_dir: Path) -> None:  # noqa: F811
+def test_dicom_round_trip_volume(make_napari_viewer, qtbot, tmp_path: Path, model_dir: Path, monkeypatch) -> None:  # noqa: F811
     src_dir = dicom_ct(tmp_path / "src")
     before = listing(src_dir)
     viewer = make_napari_viewer()
@@ -62,6 +62,20 @@ def test_dicom_round_trip_volume(make_napari_viewer, qtbot, tmp_path: Path, mode
     assert ds.SeriesInstanceUID != src_ds.SeriesInstanceUID and ds.SOPInstanceUID != src_ds.SOPInstanceUID
     assert ds.StudyInstanceUID == src_ds.StudyInstanceUID and ds.PatientID == src_ds.PatientID
     assert ds.FrameOfReferenceUID == src_ds.FrameOfReferenceUID
+
+    # the Export button writes in a worker thread: its button is off until the files are written, then back on
+    from qtpy.QtWidgets import QFileDialog
+
+    for folder, expect in ((tmp_path / "button", "wrote 5 DICOM files"), (src_dir, "not empty")):
+        folder.mkdir(exist_ok=True)
+        monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, f=str(folder), **k: f)  # the choice
+        widget.export_dicom_button.click()
+        assert widget.export_worker is not None and not widget.export_dicom_button.isEnabled()
+        qtbot.waitUntil(lambda: widget.export_worker is None, timeout=30000)
+        assert expect in widget.status.text() and widget.export_dicom_button.isEnabled()
+    assert listing(src_dir) == before
+    again = open_ct(tmp_path / "button")[0]
+    np.testing.assert_array_equal(again.hu, back.hu)
 
 
 def test_dicom_export_current_slice_and_plain_array(make_napari_viewer, qtbot, tmp_path: Path, model_dir: Path) -> None:  # noqa: F811

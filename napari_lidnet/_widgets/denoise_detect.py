@@ -81,6 +81,7 @@ class DenoiseDetectWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.worker: Any = None
+        self.export_worker: Any = None  # a DICOM export writing in the background
         self.batch_size = 4
         self._store = ModelStore()
         self._cache: Any = None  # inference.ResultCache, created on the first run (torch import)
@@ -749,27 +750,45 @@ class DenoiseDetectWidget(QWidget):
         self._message(f"wrote {out}")
         return out
 
-    def export_dicom(self, folder: str | Path) -> list[Path]:
+    def export_dicom(self, folder: str | Path, background: bool = False) -> list[Path]:
         """Write the last denoised result as a new DERIVED DICOM series into an empty or new ``folder``.
 
         Geometry and patient/study tags come from the input layer (when it was read from DICOM); the
-        SeriesDescription names the model. Returns the files, or [] after showing why nothing was written.
+        SeriesDescription names the model. Returns the files, or [] after showing why nothing was written. With
+        ``background`` (the Export button) the files are written in a worker thread, the viewer usable meanwhile,
+        and [] is returned at once: the status line says when they are written (``export_worker`` until then).
         """
         vol = self._denoised_volume()
         if vol is None:
             return []
-        from ..io.dicom_write import denoised_description, write_dicom_series
+        from ..io.dicom_write import denoised_description
 
         src = self._last["layer"]
         base = src.metadata.get("series_description") or src.name
         desc = denoised_description(base, self._last["labels"][0] or "", self._last.get("remove_sd"))
-        try:
-            files = write_dicom_series(vol, folder, series_description=desc)
-        except (OSError, ValueError) as exc:
-            self._message(f"DICOM export failed: {exc}", error=True)
+        if not background:
+            return self._dicom_written(folder, _write_series(vol, folder, desc))
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(_write_series, vol, folder, desc, _start_thread=False)
+        worker.returned.connect(lambda out: self._dicom_written(folder, out))
+        worker.finished.connect(self._export_finished)
+        self.export_worker = worker
+        self.export_dicom_button.setEnabled(False)
+        self.status.setText(f"writing {n_slices(vol.hu)} slices to {folder}...")
+        worker.start()
+        return []
+
+    def _dicom_written(self, folder: str | Path, out: list[Path] | str) -> list[Path]:
+        if isinstance(out, str):
+            self._message(f"DICOM export failed: {out}", error=True)
             return []
-        self._message(f"wrote {len(files)} DICOM files to {folder}")
-        return files
+        self._message(f"wrote {len(out)} DICOM files to {folder}")
+        return out
+
+    def _export_finished(self) -> None:
+        self.export_worker = None
+        self._update_export_buttons()
 
     def export_boxes(self, path: str | Path) -> Path | None:
         """Write the shown boxes (score >= threshold) as CSV, or JSON when ``path`` ends in .json; never overwrites."""
@@ -799,13 +818,23 @@ class DenoiseDetectWidget(QWidget):
             return
         folder = QFileDialog.getExistingDirectory(self, "Empty folder for the denoised DICOM series")
         if folder:
-            self.export_dicom(folder)
+            self.export_dicom(folder, background=True)
 
     def _export_boxes_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save lesion boxes", "", "CSV (*.csv);;JSON (*.json)",
                                               options=QFileDialog.Option.DontConfirmOverwrite)  # never replaced
         if path:
             self.export_boxes(path)
+
+
+def _write_series(vol: Any, folder: str | Path, description: str) -> list[Path] | str:
+    """The DICOM files written, or the one-line reason nothing was (run in a worker thread by the Export button)."""
+    from ..io.dicom_write import write_dicom_series
+
+    try:
+        return write_dicom_series(vol, folder, series_description=description)
+    except (OSError, ValueError) as exc:
+        return str(exc)
 
 
 def _calibration_source(cal: dict) -> str:
