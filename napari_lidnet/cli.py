@@ -76,6 +76,13 @@ def check_writable(out: Path) -> None:
         parent = parent.parent
     if not os.access(parent, os.W_OK):
         raise PermissionError(13, "Permission denied (cannot write here)", str(parent))
+    import tempfile
+
+    try:  # os.access says yes to root everywhere: a file made and gone at once is the real test
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise PermissionError(exc.errno or 13, f"cannot write here ({exc.strerror or exc})", str(parent)) from None
 
 
 def _open_single(path: str, series_uid: str | None = None):

@@ -241,6 +241,12 @@ def test_enhanced_ct_written_back_references_its_frames(tmp_path):
     assert {r.ReferencedSOPClassUID for r in refs} == {"1.2.840.10008.5.1.4.1.1.2.1"}
     (back,) = read_dicom(tmp_path / "out")
     np.testing.assert_allclose(back.hu, hu, atol=0.5)
+    # a boxes export names each frame by the instance's UID and its frame number, not as an instance number
+    from napari_lidnet.io.boxes_io import slice_columns
+
+    columns = slice_columns(vol.metadata, 3)
+    assert columns["frame_number"] == [1, 2, 3] and columns["sop_instance_uid"] == [sop] * 3
+    assert "instance_number" not in columns
 
 
 def test_localizers_are_left_out_and_the_axial_series_opens(tmp_path):

@@ -55,9 +55,23 @@ def test_sr_regions_reference_the_source_slices(series, tmp_path: Path) -> None:
     assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.PatientID == src.PatientID
     assert ds.ConceptNameCodeSequence[0].CodeMeaning == "Imaging Measurement Report"
     assert ds.ContentTemplateSequence[0].TemplateIdentifier == "1500"  # TID 1500: the tree below is its shape
-    assert [meaning(i) for i in ds.ContentSequence] == ["Procedure reported", "Imaging Measurements"]
-    assert ds.ContentSequence[0].ConceptCodeSequence[0].CodeMeaning == "Computed tomography"
-    groups = list(ds.ContentSequence[1].ContentSequence)
+    # TID 1500's rows in order: language, observer context (this program, a device), procedure, library, measurements
+    root = {meaning(i): i for i in ds.ContentSequence}
+    assert [meaning(i) for i in ds.ContentSequence] == [
+        "Language of Content Item and Descendants", "Observer Type", "Device Observer UID", "Device Observer Name",
+        "Device Observer Manufacturer", "Procedure reported", "Image Library", "Imaging Measurements"]  # fmt: skip
+    assert root["Language of Content Item and Descendants"].ConceptCodeSequence[0].CodeValue == "en-US"
+    assert root["Observer Type"].ConceptCodeSequence[0].CodeMeaning == "Device"
+    assert {root[k].RelationshipType for k in ("Observer Type", "Device Observer UID")} == {"HAS OBS CONTEXT"}
+    assert root["Procedure reported"].ConceptCodeSequence[0].CodeMeaning == "Computed tomography"
+    (library_group,) = root["Image Library"].ContentSequence
+    cited = [i for i in library_group.ContentSequence if i.ValueType == "IMAGE"]
+    assert [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in cited] == [src.SOPInstanceUID,
+        pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID]  # each cited image once  # fmt: skip
+    assert library_group.ContentSequence[0].UID == src.FrameOfReferenceUID
+    assert "ReferencedPerformedProcedureStepSequence" in ds  # Type 2 of the SR Document Series module
+    assert ds.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99LIDNET"
+    groups = list(root["Imaging Measurements"].ContentSequence)
     assert [meaning(g) for g in groups] == ["Measurement Group"] * 2
     uids = [i.UID for g in groups for i in g.ContentSequence if i.ValueType == "UIDREF"]
     assert len(set(uids)) == 2  # a tracking unique identifier per region
@@ -69,7 +83,9 @@ def test_sr_regions_reference_the_source_slices(series, tmp_path: Path) -> None:
     assert ref.ValueType == "IMAGE" and ref.RelationshipType == "SELECTED FROM"
     assert ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID  # slice 2 -> its file
     nums = {meaning(n): float(n.MeasuredValueSequence[0].NumericValue) for n in items(groups[0], "NUM")}
-    assert nums == {"Long Axis": 8.4, "Short Axis": 4.2, "Mean": 35.5, "Detector score": 0.81}
+    assert nums == {"Long Axis": 8.4, "Short Axis": 4.2, "Attenuation Coefficient": 35.5, "Detector score": 0.81}
+    mean = next(n for n in items(groups[0], "NUM") if meaning(n) == "Attenuation Coefficient")
+    assert mean.ContentSequence[0].ConceptCodeSequence[0].CodeMeaning == "Mean"  # derivation (TID 1419)
     second = {meaning(n) for n in items(groups[1], "NUM")}
     assert second == {"Long Axis", "Short Axis"}  # no mean (NaN), no score (drawn by hand)
     texts = [t.TextValue for t in items(groups[1], "TEXT")]
@@ -95,6 +111,7 @@ def test_sr_without_known_source_has_no_image_reference(tmp_path: Path) -> None:
     ds = pydicom.dcmread(out)
     scoord = items(ds, "SCOORD")[0]
     assert "ContentSequence" not in scoord and "CurrentRequestedProcedureEvidenceSequence" not in ds
+    assert [i for i in ds.ContentSequence if meaning(i) == "Image Library"][0].ContentSequence == []  # none known
     assert closed_polyline(box_corners(0, 0, 4, 4))[:2] == closed_polyline(box_corners(0, 0, 4, 4))[-2:]
     # Type 2 attributes are present (empty) even without a source that says them: a validating archive wants them
     for kw in ("PatientBirthDate", "PatientSex", "StudyTime", "StudyID", "ReferringPhysicianName",

@@ -167,3 +167,24 @@ def test_a_lossy_compressed_source_is_said_at_open_and_stays_flagged_in_what_is_
     clean = read_dicom(tmp_path / "clean")[0]
     assert not any("lossy" in w for w in clean.metadata["warnings"])
     assert "LossyImageCompression" not in pydicom.dcmread(write_dicom_series(clean, tmp_path / "o2", "d")[0])
+
+
+def test_type2_elements_are_written_empty_when_unknown_and_kept_when_the_source_has_them_empty(tmp_path):
+    """A validating archive checks the IOD (PS3.3 A.3): every Type 2 element of the CT modules is present in what we
+    write, even from a plain array, and one the source holds empty (PositionReferenceIndicator) stays present."""
+    from conftest import write_series
+
+    from napari_lidnet.io.dicom_write import TYPE2_TAGS
+
+    bare = CTVolume(np.zeros((2, 8, 8), np.float32), (2.5, 0.7, 0.7), name="array")
+    ds = pydicom.dcmread(write_dicom_series(bare, tmp_path / "bare", "denoised")[0])
+    assert all(kw in ds for kw in TYPE2_TAGS) and ds.PositionReferenceIndicator == "" and ds.KVP in ("", None)
+    assert ds.SoftwareVersions.startswith("napari-lidnet")
+
+    hu = np.random.default_rng(1).normal(40.0, 10.0, (2, 16, 16)).round()
+    given = {"PositionReferenceIndicator": "", "Laterality": "", "KVP": "120", "AcquisitionNumber": "3"}
+    write_series(tmp_path / "src", hu, series_uid="1.2.826.0.1.3680043.8.498.79", extra=given)
+    vol = read_dicom(tmp_path / "src")[0]
+    assert vol.metadata["source_tags"]["PositionReferenceIndicator"] == "" and vol.metadata["source_tags"]["KVP"]
+    out = pydicom.dcmread(write_dicom_series(vol, tmp_path / "out", "denoised")[0])
+    assert out.PositionReferenceIndicator == "" and out.Laterality == "" and float(out.KVP) == 120.0

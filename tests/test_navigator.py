@@ -114,7 +114,8 @@ def test_accept_reject_edit_and_exports(case, tmp_path: Path, qtbot) -> None:
     for f in vol.metadata["files"]:  # the references come from what the reader recorded, not from the files again
         Path(f).rename(f"{f}.moved")
     sr = pydicom.dcmread(widget.export(tmp_path / "review.dcm"))
-    (measurements,) = [g for g in sr.ContentSequence if g.ValueType == "CONTAINER"]  # TID 1500's one container
+    names = [g.ConceptNameCodeSequence[0].CodeMeaning for g in sr.ContentSequence]
+    measurements = sr.ContentSequence[names.index("Imaging Measurements")]
     groups = list(measurements.ContentSequence)
     assert len(groups) == 3  # the kept boxes, not the rejected one
     refs = []
@@ -270,7 +271,7 @@ def test_one_lesion_through_neighbouring_slices_is_decided_at_once(make_napari_v
     widget.accept(3)
     sr = pydicom.dcmread(widget.export(tmp_path / "review.dcm"))  # TID 1500: one tracked lesion, one identifier
     tracked = []
-    for group in sr.ContentSequence[1].ContentSequence:
+    for group in sr.ContentSequence[-1].ContentSequence:  # TID 1500's last item: the imaging measurements
         items = {i.ConceptNameCodeSequence[0].CodeMeaning: i for i in group.ContentSequence}
         tracked.append((items["Tracking Identifier"].TextValue, items["Tracking Unique Identifier"].UID))
     assert [t for t, _ in tracked] == ["lesion 1"] * 3 + ["lesion 2"]

@@ -139,6 +139,10 @@ def test_bad_files_get_one_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cut.nii.gz: not a readable NIfTI") as err:
         open_ct(tmp_path / "cut.nii.gz")
     assert "\n" not in str(err.value)
+    vol = CTVolume(np.zeros((2, 4, 4), np.float32), (1.0, 1.0, 1.0), name="v")
+    with pytest.raises(OSError) as err:  # a path that cannot be written: the message names it, not a temporary file
+        write_nifti(tmp_path / "missing" / "out.nii.gz", vol)
+    assert str(tmp_path / "missing" / "out.nii.gz") in str(err.value) and "partial" not in str(err.value)
 
 
 def test_a_header_without_orientation_is_flagged(tmp_path: Path) -> None:

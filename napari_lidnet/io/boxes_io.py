@@ -1,7 +1,8 @@
 """Lesion boxes to and from CSV/JSON: columns ``slice, x1, y1, x2, y2, score`` in pixels (``slice`` counts from
 the first slice of the volume as sorted along its normal), ``lesion`` where the writer was given it (boxes on
-neighbouring slices that overlap share a number), then, for DICOM sources, the slice's ``instance_number``,
-``z_mm`` (ImagePositionPatient z) and ``sop_instance_uid``."""
+neighbouring slices that overlap share a number), then, for DICOM sources, the slice's ``instance_number`` (or
+``frame_number`` for the frames of an enhanced multi-frame instance), ``z_mm`` (ImagePositionPatient z) and
+``sop_instance_uid``."""
 
 from __future__ import annotations
 
@@ -22,10 +23,13 @@ def slice_columns(metadata: dict[str, Any], n: int) -> dict[str, list]:
     """Per-slice columns that find a slice outside this program (PACS image number, table position, UID) from a
     DICOM volume's metadata (``n`` slices); empty for other sources."""
     out: dict[str, list] = {}
+    frames = per_slice(metadata, "frame_numbers", n)
     numbers = per_slice(metadata, "instance_numbers", n)
     ipp = per_slice(metadata, "slice_ipp", n)
     uids = per_slice(metadata, "sop_instance_uids", n)
-    if numbers is not None:
+    if frames is not None:  # frames of an enhanced (multi-frame) instance: the UID and its frame find the slice
+        out["frame_number"] = ["" if v is None else int(v) for v in frames]
+    elif numbers is not None:
         out["instance_number"] = ["" if v is None else int(v) for v in numbers]
     if ipp is not None:
         out["z_mm"] = [round(float(p[2]), 3) for p in ipp]

@@ -52,6 +52,7 @@ SOURCE_TAGS = (
     "Exposure",
     "ExposureTime",
     "ConvolutionKernel",
+    "Laterality",
     "ReconstructionDiameter",
     "AcquisitionDate",
     "ContrastBolusAgent",
@@ -403,11 +404,8 @@ def _plain(value: Any) -> Any:
 
 
 def _source_tags(ds: Any) -> dict[str, Any]:
-    tags = {}
-    for kw in SOURCE_TAGS:
-        if kw in ds and ds.get(kw) not in (None, ""):
-            tags[kw] = _plain(ds.get(kw))
-    return tags
+    """The source's ``SOURCE_TAGS`` it holds, an empty one as "" (a Type 2 element stays present, if empty)."""
+    return {kw: "" if ds.get(kw) in (None, "") else _plain(ds.get(kw)) for kw in SOURCE_TAGS if kw in ds}
 
 
 def _pixel_error(f: Path, tsyntax: Any, exc: Exception) -> str:

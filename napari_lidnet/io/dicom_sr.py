@@ -1,12 +1,14 @@
 """Reviewed lesion boxes -> a DICOM Comprehensive SR (plain pydicom, no Qt).
 
 The document is a TID 1500 measurement report: a root "Imaging Measurement Report" container (template 1500 in
-ContentTemplateSequence) holding "Procedure reported" (CT) and an "Imaging Measurements" container with one
-"Measurement Group" per region. Each group holds a tracking identifier and a tracking unique identifier, the region
-as a closed SCOORD POLYLINE in the source slice's pixel coordinates (DICOM's convention: (0, 0) is the top-left
-corner of the first pixel, the same as a box edge ``x1, y1`` here), selected from an IMAGE item that references the
-source slice's SOP instance when it is known, and the long axis, short axis (mm), mean (HU), detector score and
-review status. Patient and study tags are copied from the source series so the report files next to it in a PACS.
+ContentTemplateSequence) holding its language (TID 1204), the observer (TID 1001: this program, as a device),
+"Procedure reported" (CT), the image library (TID 1600: the source images cited) and an "Imaging Measurements"
+container with one "Measurement Group" per region. Each group holds a tracking identifier and a tracking unique
+identifier, the region as a closed SCOORD POLYLINE in the source slice's pixel coordinates (DICOM's convention:
+(0, 0) is the top-left corner of the first pixel, the same as a box edge ``x1, y1`` here), selected from an IMAGE
+item that references the source slice's SOP instance when it is known, and the long axis, short axis (mm), mean
+attenuation (HU; TID 1419: an attenuation coefficient derived as "Mean"), detector score and review status. Patient
+and study tags are copied from the source series so the report files next to it in a PACS.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 import numpy as np
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+#: the private coding scheme of the detector's score and the review status, declared in the header
+PRIVATE_SCHEME = "99LIDNET"
 #: (value, scheme, meaning) of the concept names used
 REPORT = ("126000", "DCM", "Imaging Measurement Report")
 PROCEDURE = ("121058", "DCM", "Procedure reported")
@@ -33,8 +37,21 @@ SOURCE_IMAGE = ("260753009", "SCT", "Source")
 LONG_AXIS = ("103339001", "SCT", "Long Axis")
 SHORT_AXIS = ("103340004", "SCT", "Short Axis")
 MEAN = ("373098007", "SCT", "Mean")
-SCORE = ("score", "99LIDNET", "Detector score")
-STATUS = ("status", "99LIDNET", "Review status")
+ATTENUATION = ("112031", "DCM", "Attenuation Coefficient")
+DERIVATION = ("121401", "DCM", "Derivation")
+LANGUAGE = ("121049", "DCM", "Language of Content Item and Descendants")
+ENGLISH = ("en-US", "RFC5646", "English (United States)")
+OBSERVER_TYPE = ("121005", "DCM", "Observer Type")
+DEVICE = ("121007", "DCM", "Device")
+DEVICE_UID = ("121012", "DCM", "Device Observer UID")
+DEVICE_NAME = ("121013", "DCM", "Device Observer Name")
+DEVICE_MAKER = ("121014", "DCM", "Device Observer Manufacturer")
+IMAGE_LIBRARY = ("111028", "DCM", "Image Library")
+LIBRARY_GROUP = ("126200", "DCM", "Image Library Group")
+FRAME_OF_REFERENCE = ("112227", "DCM", "Frame of Reference UID")
+
+SCORE = ("score", PRIVATE_SCHEME, "Detector score")
+STATUS = ("status", PRIVATE_SCHEME, "Review status")
 MM = ("mm", "UCUM", "millimeter")
 HU = ("[hnsf'U]", "UCUM", "Hounsfield unit")
 NO_UNITS = ("1", "UCUM", "no units")
@@ -98,7 +115,15 @@ def _text(name: tuple[str, str, str], value: str) -> Any:
     return item
 
 
-def _num(name: tuple[str, str, str], value: float, unit: tuple[str, str, str]) -> Any:
+def _coded(name: tuple[str, str, str], value: tuple[str, str, str], relationship: str) -> Any:
+    item = _item("CODE", name, relationship)
+    item.ConceptCodeSequence = [_code(value)]
+    return item
+
+
+def _num(
+    name: tuple[str, str, str], value: float, unit: tuple[str, str, str], derivation: tuple[str, str, str] | None = None
+) -> Any:
     from pydicom.dataset import Dataset
 
     item = _item("NUM", name)
@@ -106,13 +131,15 @@ def _num(name: tuple[str, str, str], value: float, unit: tuple[str, str, str]) -
     measured.NumericValue = f"{float(value):.6g}"[:16]
     measured.MeasurementUnitsCodeSequence = [_code(unit)]
     item.MeasuredValueSequence = [measured]
+    if derivation is not None:
+        item.ContentSequence = [_coded(DERIVATION, derivation, "HAS CONCEPT MOD")]
     return item
 
 
-def _image_ref(ref: tuple[str, str], frame: int | None) -> Any:
+def _image_ref(ref: tuple[str, str], frame: int | None, relationship: str = "SELECTED FROM") -> Any:
     from pydicom.dataset import Dataset
 
-    item = _item("IMAGE", SOURCE_IMAGE, "SELECTED FROM")
+    item = _item("IMAGE", SOURCE_IMAGE, relationship)
     sop = Dataset()
     sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID = ref
     if frame is not None:
@@ -147,7 +174,7 @@ def _group(k: int, region: SRRegion, ref: tuple[str, str] | None, frame: int | N
         _num(SHORT_AXIS, region.short_mm, MM),
     ]
     if np.isfinite(region.mean_hu):
-        children.append(_num(MEAN, region.mean_hu, HU))
+        children.append(_num(ATTENUATION, region.mean_hu, HU, derivation=MEAN))
     if region.score is not None:
         children.append(_num(SCORE, region.score, NO_UNITS))
     children.append(_text(STATUS, region.status))
@@ -172,6 +199,40 @@ def _evidence(refs: Sequence[tuple[str, str]], study_uid: str, series_uid: str) 
     return [study]
 
 
+def _context() -> list[Any]:
+    """The root's language (TID 1204) and observer (TID 1001/1004: this program, a device) items."""
+    from pydicom.uid import generate_uid
+
+    from .. import __version__
+
+    uid = _item("UIDREF", DEVICE_UID, "HAS OBS CONTEXT")
+    uid.UID = generate_uid(entropy_srcs=["napari-lidnet", __version__])  # the same for every report of a version
+    name = _text(DEVICE_NAME, f"LIDnet detector (napari-lidnet {__version__})")
+    maker = _text(DEVICE_MAKER, "napari-lidnet")
+    for item in (name, maker):
+        item.RelationshipType = "HAS OBS CONTEXT"
+    return [_coded(LANGUAGE, ENGLISH, "HAS CONCEPT MOD"), _coded(OBSERVER_TYPE, DEVICE, "HAS OBS CONTEXT"), uid, name,
+            maker]  # fmt: skip
+
+
+def _library(images: Sequence[tuple[tuple[str, str], int | None]], frame_of_reference: str) -> Any:
+    """TID 1600 Image Library: one group (one frame of reference) citing each source image once."""
+    library = _item("CONTAINER", IMAGE_LIBRARY)
+    library.ContinuityOfContent = "SEPARATE"
+    library.ContentSequence = []
+    if images:
+        group = _item("CONTAINER", LIBRARY_GROUP)
+        group.ContinuityOfContent = "SEPARATE"
+        group.ContentSequence = []
+        if frame_of_reference:
+            for_uid = _item("UIDREF", FRAME_OF_REFERENCE, "HAS ACQ CONTEXT")
+            for_uid.UID = frame_of_reference
+            group.ContentSequence.append(for_uid)
+        group.ContentSequence.extend(_image_ref(ref, frame, "CONTAINS") for ref, frame in dict.fromkeys(images))
+        library.ContentSequence.append(group)
+    return library
+
+
 #: Type 2 attributes of the SR's patient, study and SR document modules (written empty when the source lacks them)
 TYPE2_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
               "AccessionNumber", "ReferringPhysicianName")  # fmt: skip
@@ -192,6 +253,12 @@ def _header(source_tags: dict[str, Any], description: str) -> Any:
         if kw not in ds:
             setattr(ds, kw, "")
     ds.PerformedProcedureCodeSequence = ds.get("PerformedProcedureCodeSequence", [])  # Type 2 (SR Document General)
+    ds.ReferencedPerformedProcedureStepSequence = []  # Type 2 (SR Document Series)
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = PRIVATE_SCHEME
+    scheme.CodingSchemeName = "napari-lidnet detector score and review status"
+    scheme.CodingSchemeResponsibleOrganization = "napari-lidnet"
+    ds.CodingSchemeIdentificationSequence = [scheme]
     ds.StudyInstanceUID = ds.get("StudyInstanceUID") or generate_uid()
     ds.SOPClassUID = COMPREHENSIVE_SR
     ds.SOPInstanceUID = generate_uid()
@@ -241,7 +308,7 @@ def write_sr(
         raise FileExistsError(f"{path} already exists")
     refs = list(refs or [])
     ds = _header(dict(source_tags or {}), description)
-    groups, used = [], []
+    groups, used, images = [], [], []
     lesion_uids: dict[int, str] = {}  # one tracking UID per lesion; a region without a lesion gets its own
     for k, region in enumerate(regions):
         z = int(region.slice)
@@ -251,12 +318,13 @@ def write_sr(
         groups.append(_group(k, region, ref, frame, uid))
         if ref is not None:
             used.append(ref)
-    procedure = _item("CODE", PROCEDURE, "HAS CONCEPT MOD")
-    procedure.ConceptCodeSequence = [_code(CT_PROCEDURE)]
+            images.append((ref, frame))
     measurements = _item("CONTAINER", MEASUREMENTS)
     measurements.ContinuityOfContent = "SEPARATE"
     measurements.ContentSequence = groups
-    ds.ContentSequence = [procedure, measurements]
+    frame_of_reference = str((source_tags or {}).get("FrameOfReferenceUID") or "")
+    procedure = _coded(PROCEDURE, CT_PROCEDURE, "HAS CONCEPT MOD")
+    ds.ContentSequence = [*_context(), procedure, _library(images, frame_of_reference), measurements]
     if used and series_uid:
         ds.CurrentRequestedProcedureEvidenceSequence = _evidence(used, ds.StudyInstanceUID, series_uid)
     pydicom.dcmwrite(path, ds, enforce_file_format=True)

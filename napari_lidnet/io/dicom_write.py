@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import __version__
 from .volume import CTVolume, per_slice
 from .windowing import SCAN_WINDOW, level_width
 
@@ -71,6 +72,13 @@ def _stored_int16(volume: CTVolume) -> tuple[np.ndarray, float]:
     return stored.astype("<i2"), intercept
 
 
+#: Type 2 (and 2C for CT) attributes of the Patient, General Study, General Series, Frame of Reference, General
+#: Equipment and CT Image modules (PS3.3 A.3): written empty when the source does not give them
+TYPE2_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+              "ReferringPhysicianName", "StudyID", "AccessionNumber", "PatientPosition", "PositionReferenceIndicator",
+              "Manufacturer", "KVP", "AcquisitionNumber", "Laterality")  # fmt: skip
+
+
 def _series_header(volume: CTVolume, description: str, source_tags: dict[str, Any] | None) -> Any:
     """The tags every slice of the new series shares: copied source tags, UIDs, dates, geometry, pixel format."""
     from pydicom.dataset import Dataset
@@ -98,9 +106,10 @@ def _series_header(volume: CTVolume, description: str, source_tags: dict[str, An
     now = _dt.datetime.now()
     ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
     ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
-    for kw in ("PatientID", "PatientName", "StudyDate", "StudyTime", "StudyID", "AccessionNumber"):
+    for kw in TYPE2_TAGS:  # Type 2: present, empty when the source does not say
         if kw not in ds:
             setattr(ds, kw, "")
+    ds.SoftwareVersions = f"napari-lidnet {__version__}"
     _set_pixel_format(ds, volume)
     return ds
 

@@ -177,7 +177,10 @@ def write_nifti(out: str | Path, volume: CTVolume) -> Path:
     img.header["descrip"] = b"napari-lidnet"
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}{''.join(out.suffixes)}")
     try:
-        nib.save(img, str(tmp))
+        try:
+            nib.save(img, str(tmp))
+        except OSError as exc:  # name the file the caller asked for, not the temporary one
+            raise type(exc)(exc.errno, exc.strerror, str(out)) from None
         try:
             os.link(tmp, out)  # fails, replacing nothing, when out appeared meanwhile
         except FileExistsError:
