@@ -262,6 +262,16 @@ def _note_remove_sd(hu: Any, remove_sd: float | None) -> None:
               f"({measured:.1f} HU): all the noise was removed", file=sys.stderr)  # fmt: skip
 
 
+def _note_new_study(metadata: dict[str, Any], source: str) -> None:
+    """A note on stderr when a DICOM series is written from an input without DICOM patient data: it starts a new
+    study with an empty patient, and an input without patient geometry is placed as an axial stack."""
+    if metadata.get("source_tags"):
+        return
+    where = "; its slices are placed as an axial stack (the input has no patient orientation)"
+    print(f"note: {source} carries no DICOM patient or study: the series starts a new study with an empty patient"
+          f"{where if metadata.get('orientation_unknown') else ''}", file=sys.stderr)  # fmt: skip
+
+
 def _cmd_denoise(args: argparse.Namespace) -> int:
     if args.all_series:
         return _cmd_batch(args, "denoise", args.output)  # run_batch checks --remove-sd before writing anything
@@ -299,6 +309,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     else:
         from napari_lidnet.io.dicom_write import denoised_description, write_dicom_series
 
+        _note_new_study(vol.metadata, args.input)
         desc = denoised_description(
             vol.metadata.get("series_description", vol.name), args.model or "default", args.remove_sd
         )

@@ -126,7 +126,7 @@ def test_denoise_says_when_the_sd_to_remove_is_all_the_noise(trained, tmp_path, 
     assert "at or above the noise" not in capsys.readouterr().err
 
 
-def test_denoise_and_detect_files(trained, tmp_path, monkeypatch):
+def test_denoise_and_detect_files(trained, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NAPARI_LIDNET_MODEL_DIR", str(trained / "models"))
     low = np.stack([s.low_hu for s in read_dataset(trained / "data")[:3]])
     src = tmp_path / "low.npy"
@@ -134,7 +134,10 @@ def test_denoise_and_detect_files(trained, tmp_path, monkeypatch):
     assert main(["denoise", str(src), str(tmp_path / "den.npy"), "--model", "tiny_denoiser", "--device", "cpu"]) == 0
     den = np.load(tmp_path / "den.npy")
     assert den.shape == low.shape and not np.array_equal(den, low)
+    capsys.readouterr()
     assert main(["denoise", str(src), str(tmp_path / "dcm"), "--model", "tiny_denoiser", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err  # an array has no patient: the DICOM series says what it had to assume
+    assert "starts a new study with an empty patient" in err and "placed as an axial stack" in err
     (vol,) = open_ct(tmp_path / "dcm")
     assert np.abs(vol.hu - den).max() <= 0.51  # DICOM stores whole HU
     args = ["denoise", str(src), str(tmp_path / "part"), "--model", "tiny_denoiser", "--device", "cpu"]

@@ -118,13 +118,15 @@ def settle(widget: QWidget) -> bool:
 
 
 class DockHome(QObject):
-    """Keeps a LIDnet widget's dock in its home area: settles it whenever the widget is (re)docked."""
+    """Keeps a LIDnet widget's dock in its home area: settles it whenever the widget is (re)docked; when a docked
+    widget loses its dock (napari's X takes it out without closing it), calls the widget's ``dock_closed``."""
 
     def __init__(self, widget: QWidget, area: str, title: str = "") -> None:
         super().__init__(widget)
         if area not in AREAS:
             raise ValueError(f"unknown dock area {area!r}; expected one of {sorted(AREAS)}")
         self._widget = widget
+        self._docked = widget.parentWidget() is not None
         setattr(widget, HOME_ATTR, area)
         setattr(widget, TITLE_ATTR, title)
         if area == "right":
@@ -138,7 +140,15 @@ class DockHome(QObject):
             settle(self._widget)
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
-        """A parent change (docking) schedules a settle once napari has placed the dock."""
+        """A parent change (docking) schedules a settle once napari has placed the dock; losing the parent after
+        being docked is the dock's closing."""
         if event.type() == QEvent.Type.ParentChange:
-            QTimer.singleShot(0, self.settle)
+            if self._widget.parentWidget() is not None:
+                self._docked = True
+                QTimer.singleShot(0, self.settle)
+            elif self._docked:
+                self._docked = False
+                closed = getattr(self._widget, "dock_closed", None)
+                if callable(closed):
+                    closed()
         return False

@@ -44,6 +44,7 @@ from ._adapt_source import (
     adapt_default,
     estimate_text,
 )
+from ._layer_watch import renamed_to
 
 #: (key, label) of the data sources
 SOURCES = (
@@ -113,9 +114,12 @@ def looks_low_dose(name: str) -> bool:
     return ("low" in low or "%" in low) and "denoised" not in low
 
 
-def refill(combo: QComboBox, items: list[str], prefer: str | None = None) -> None:
-    """Replace a combo's items, keeping the current text when it is still there, else ``prefer``."""
-    current = combo.currentText()
+def refill(
+    combo: QComboBox, items: list[str], prefer: str | None = None, renamed: dict[str, str] | None = None
+) -> None:
+    """Replace a combo's items, keeping the current text (its new name after a rename in ``renamed``) when it is
+    still there, else ``prefer``."""
+    current = renamed_to(combo.currentText(), renamed or {})
     combo.blockSignals(True)
     combo.clear()
     combo.addItems(items)
@@ -138,11 +142,14 @@ def box_choices(shapes: list[tuple[str, str]], detect: bool = True) -> list[tupl
     return [(NO_BOXES_ITEM, ""), *reviewed, *drawn, *rois, *detected, *raw]
 
 
-def refill_boxes(combo: QComboBox, shapes: list[tuple[str, str]], detect: bool = True) -> None:
-    """Refill a lesion-boxes picker, keeping the current layer; a new pick is the newest reviewed layer, else the
-    newest hand-drawn one, else no boxes (never unreviewed detections). ``detect``: offer the starting detector's
-    boxes."""
+def refill_boxes(
+    combo: QComboBox, shapes: list[tuple[str, str]], detect: bool = True, renamed: dict[str, str] | None = None
+) -> None:
+    """Refill a lesion-boxes picker, keeping the current layer (under its new name after a rename); a new pick is
+    the newest reviewed layer, else the newest hand-drawn one, else no boxes (never unreviewed detections).
+    ``detect``: offer the starting detector's boxes."""
     current = combo.currentData()
+    current = renamed_to(current, renamed or {}) if current else current
     entries = box_choices(shapes, detect)
     datas = [d for _, d in entries]
     reviewed = [n for n, r in shapes if r == "reviewed"]
@@ -171,10 +178,14 @@ def set_checked(items: QListWidget, names: Sequence[str]) -> None:
         item.setCheckState(Qt.CheckState.Checked if item.text() in names else Qt.CheckState.Unchecked)
 
 
-def refill_checks(items: QListWidget, names: list[str], looks_right: Any, never: Collection[str] = ()) -> None:
-    """Refill a checkable list with ``names``, keeping the ticks; with none left, tick the first name that
-    ``looks_right`` (a predicate), or the only name left, but never one of ``never`` (a guess there would be wrong)."""
-    checked = set(checked_names(items)) & set(names)
+def refill_checks(
+    items: QListWidget, names: list[str], looks_right: Any, never: Collection[str] = (),
+    renamed: dict[str, str] | None = None,
+) -> None:  # fmt: skip
+    """Refill a checkable list with ``names``, keeping the ticks (on the new names after a rename); with none left,
+    tick the first name that ``looks_right`` (a predicate), or the only name left, but never one of ``never`` (a
+    guess there would be wrong)."""
+    checked = {renamed_to(n, renamed or {}) for n in checked_names(items)} & set(names)
     if not checked:
         fits = [n for n in names if n not in never]
         guess = next((n for n in fits if looks_right(n)), fits[0] if len(fits) == 1 else None)
@@ -300,17 +311,23 @@ class DataBox(QGroupBox):
         """Tick exactly these low-dose image layers for the self-supervised source."""
         set_checked(self.adapt_list, names)
 
-    def refresh(self, images: list[str], shapes: list[tuple[str, str]], reduced: Collection[str] = ()) -> None:
+    def refresh(
+        self, images: list[str], shapes: list[tuple[str, str]], reduced: Collection[str] = (),
+        renamed: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
         """Refill the layer pickers with these image names and (Shapes layer name, role) pairs, keeping current
-        choices (a new pick prefers full-dose-looking names and never ``reduced`` ones, whose metadata says low dose
-        or denoised; low-dose ones for the self-supervised source; reviewed or hand-drawn boxes)."""
-        refill_checks(self.image_list, images, looks_full_dose, never=reduced)
-        refill_checks(self.adapt_list, images, lambda n: n in reduced or looks_low_dose(n))
+        choices, under their new names after a rename (a new pick prefers full-dose-looking names and never
+        ``reduced`` ones, whose metadata says low dose or denoised; low-dose ones for the self-supervised source;
+        reviewed or hand-drawn boxes)."""
+        refill_checks(self.image_list, images, looks_full_dose, never=reduced, renamed=renamed)
+        refill_checks(self.adapt_list, images, lambda n: n in reduced or looks_low_dose(n), renamed=renamed)
         for combo in (self.boxes_combo, self.paired_boxes_combo):
-            refill_boxes(combo, shapes)
-        refill_boxes(self.adapt_boxes_combo, shapes, detect=False)
-        refill(self.low_combo, images, prefer=next((n for n in images if looks_low_dose(n)), None))
-        refill(self.full_combo, images, prefer=next((n for n in images if looks_full_dose(n)), None))
+            refill_boxes(combo, shapes, renamed=renamed)
+        refill_boxes(self.adapt_boxes_combo, shapes, detect=False, renamed=renamed)
+        low = next((n for n in images if looks_low_dose(n)), None)
+        full = next((n for n in images if looks_full_dose(n)), None)
+        refill(self.low_combo, images, prefer=low, renamed=renamed)
+        refill(self.full_combo, images, prefer=full, renamed=renamed)
 
     def values(self) -> dict[str, Any]:
         """The data choices as plain values (layer names, folders, dose fraction)."""

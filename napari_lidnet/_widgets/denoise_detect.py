@@ -36,6 +36,7 @@ from ..io.checks import nonfinite_note
 from ..io.volume import n_slices
 from ..layer_data import boxes_to_shapes, removed_noise, removed_noise_kwargs
 from ._docking import DockHome, scroll_layout
+from ._layer_watch import LayerWatch, renamed_to
 from ._roles import DETECTIONS, NOISE, ROLE, derived_name, model_item, pair_name
 from ._worker_utils import (
     Failure,
@@ -86,24 +87,33 @@ class DenoiseDetectWidget(QWidget):
         self._store = ModelStore()
         self._cache: Any = None  # inference.ResultCache, created on the first run (torch import)
         self._last: dict[str, Any] | None = None
-        self._outputs: dict[tuple[str, str], Any] = {}  # (source layer name, role) -> layer
+        self._outputs: list[list[Any]] = []  # [source layer, role, output layer, the name it was given]
+        self._volumes: list[dict[str, Any]] = []  # the last whole-volume result of each source layer
         self._pending: dict[str, Any] = {}
         self.compare = CompareView(napari_viewer)
         self._build_ui()
         self.refresh_layers()
         self.refresh_models()
-        for event in ("inserted", "removed", "moved"):
-            getattr(self.viewer.layers.events, event).connect(self._on_layers_changed)
-        self.viewer.bind_key(FLIP_KEY, lambda _viewer: self.flip(), overwrite=True)
+        self.watch = LayerWatch(napari_viewer, self._on_layers_changed)
+        self._flip_key = lambda _target: self.flip()  # one function, so closing the dock unbinds exactly it
+        self.watch.bind_key(self.viewer, FLIP_KEY, self._flip_key)
         for layer in self.viewer.layers:
             self._bind_flip(layer)
-        self.viewer.layers.events.inserted.connect(lambda event: self._bind_flip(event.value))
+        self.watch.connect(self.viewer.layers.events.inserted, lambda event: self._bind_flip(event.value))
         DockHome(self, "right", TITLE)
 
     def _bind_flip(self, layer: Any) -> None:
         """F flips on every layer: a Shapes layer's own F (napari's "move to front") would win while it is active,
         e.g. the lesions layer after the navigator's keys."""
-        layer.bind_key(FLIP_KEY, lambda _layer: self.flip(), overwrite=True)
+        self.watch.bind_key(layer, FLIP_KEY, self._flip_key)
+
+    def dock_closed(self) -> None:
+        """The dock was closed: a running job is cancelled (its results dropped), the comparison left, and the
+        widget stops listening to the viewer and unbinds its keys."""
+        self.watch.close()
+        self.compare.close()
+        if self.worker is not None:
+            self.worker.quit()
 
     # ------------------------------------------------------------------------------------------------------- UI
     def _build_ui(self) -> None:
@@ -237,12 +247,16 @@ class DenoiseDetectWidget(QWidget):
 
         return [ly for ly in self.viewer.layers if isinstance(ly, Image) and not ly.rgb and not ly.multiscale]
 
-    def _on_layers_changed(self, event: Any = None) -> None:
-        self.refresh_layers()
+    def _on_layers_changed(self, renamed: dict[str, str] | None = None) -> None:
+        self.refresh_layers(renamed)
+        pair = self.compare.pair
+        if pair is not None and not all(ly in self.viewer.layers for ly in pair):  # one of the pair was deleted
+            self.set_compare(False)
 
-    def refresh_layers(self) -> None:
-        """Refill the image choices; keeps the current choice, else prefers the active layer."""
-        current = self.image_combo.currentText()
+    def refresh_layers(self, renamed: dict[str, str] | None = None) -> None:
+        """Refill the image choices; keeps the current choice (under its new name after a rename), else prefers
+        the active layer."""
+        current = renamed_to(self.image_combo.currentText(), renamed or {})
         names = [ly.name for ly in self._image_layers()]
         active = self.viewer.layers.selection.active
         self.image_combo.blockSignals(True)
@@ -453,6 +467,8 @@ class DenoiseDetectWidget(QWidget):
         self.job_finished.emit()
 
     def _on_returned(self, out: JobOutput | Failure) -> None:
+        if self.watch.closed:  # the dock was closed while the job ran: nothing is added to the viewer
+            return
         if isinstance(out, Failure):
             self._message(out.message, error=True)
             return
@@ -466,6 +482,9 @@ class DenoiseDetectWidget(QWidget):
         merged = self._into_volume(layer, res, labels, remove_sd)
         self._last = {"layer": layer, "result": merged or res, "first": 0 if merged else first, "labels": labels,
                       "remove_sd": remove_sd}  # fmt: skip
+        if layer.ndim == 3 and list(self._last["result"].slices) == list(range(layer.data.shape[0])):
+            self._volumes = [v for v in self._volumes if v["layer"] != layer and v["layer"] in self.viewer.layers]
+            self._volumes.append(self._last)
         self._show_denoised()
         self._show_noise()
         self._show_boxes(rebuild=merged is None)  # merged: the same lesions layer, so the review carries on
@@ -487,14 +506,13 @@ class DenoiseDetectWidget(QWidget):
         self.status.setText(text)
 
     def _into_volume(self, layer: Any, res: Any, labels: tuple, remove_sd: float | None) -> Any | None:
-        """A "current slice" run folded into the whole-volume result of the same layer, models and strength: that
-        slice's denoised image and boxes replaced, every other slice's kept (a new result; the old is not changed).
-        None when there is no such volume result (the run's own outputs then replace the previous ones)."""
-        last = self._last
-        # != not "is not": napari gives plugins a new proxy of a layer at each access
-        if last is None or last["layer"] != layer or layer.ndim != 3 or (last["labels"], last["remove_sd"]) != (
-            labels, remove_sd
-        ):
+        """A "current slice" run folded into the last whole-volume result of the same layer (whatever ran on other
+        layers since), models and strength: that slice's denoised image and boxes replaced, every other slice's kept
+        (a new result; the old is not changed). None when there is no such volume result (the run's own outputs
+        then replace the previous ones)."""
+        # == not "is": napari gives plugins a new proxy of a layer at each access
+        last = next((v for v in self._volumes if v["layer"] == layer), None)
+        if last is None or layer.ndim != 3 or (last["labels"], last["remove_sd"]) != (labels, remove_sd):
             return None
         prev, depth = last["result"], layer.data.shape[0]
         if len(res.slices) >= depth or list(prev.slices) != list(range(depth)):
@@ -514,27 +532,38 @@ class DenoiseDetectWidget(QWidget):
         return replace(res, slices=list(prev.slices), denoised=denoised, boxes=boxes)
 
     # ----------------------------------------------------------------------------------------------- outputs
+    def _entry(self, role: str) -> list[Any] | None:
+        """[source, role, output, given name] of the current source's output of ``role``, or None."""
+        src = self._last["layer"] if self._last is not None else None
+        return next((e for e in self._outputs if e[0] == src and e[1] == role), None)
+
+    def _live(self, role: str) -> Any | None:
+        """The current source's output of ``role`` while it is in the viewer under the name it was given (a layer
+        the reader renamed is theirs to keep: runs and the threshold leave it alone)."""
+        entry = self._entry(role)
+        if entry is None or entry[2] not in self.viewer.layers or entry[2].name != entry[3]:
+            return None
+        return entry[2]
+
     def _place(self, role: str, data: Any, kwargs: dict[str, Any], layer_type: str) -> Any:
         """Add an output layer, replacing this widget's previous output of the same role for the same source."""
-        src = self._last["layer"]
-        key = (src.name, role)
-        old = self._outputs.pop(key, None)
-        index = None
-        if old is not None and old in self.viewer.layers:
+        old, index = self._live(role), None
+        if old is not None:
             index = self.viewer.layers.index(old)
             self.viewer.layers.remove(old)
+        self._outputs = [e for e in self._outputs if e is not self._entry(role)]
         new = getattr(self.viewer, f"add_{layer_type}")(data, **kwargs)
         if index is not None:
             self.viewer.layers.move(self.viewer.layers.index(new), index)
-        self._outputs[key] = new
+        self._outputs.append([self._last["layer"], role, new, new.name])
         return new
 
     def _drop(self, role: str) -> None:
-        if self._last is None:
-            return
-        old = self._outputs.pop((self._last["layer"].name, role), None)
-        if old is not None and old in self.viewer.layers:
+        old = self._live(role)
+        if old is not None:
             self.viewer.layers.remove(old)
+        entry = self._entry(role)
+        self._outputs = [e for e in self._outputs if e is not entry]
 
     def _geometry(self, first: int | None) -> dict[str, Any]:
         src = self._last["layer"]
@@ -605,7 +634,7 @@ class DenoiseDetectWidget(QWidget):
     def _n_shown(self) -> int:
         return len(self.shown_boxes)
 
-    def _show_boxes(self, rebuild: bool = False) -> None:
+    def _show_boxes(self, rebuild: bool = False, threshold_only: bool = False) -> None:
         if self._last is None:
             return
         if self._last["result"].boxes is None:
@@ -619,9 +648,10 @@ class DenoiseDetectWidget(QWidget):
         boxes = rows[:, :5] if ndim == 3 else rows[:, 1:5]
         shapes = [(s, "rectangle") for s in boxes_to_shapes(boxes, ndim)]
         features = pd.DataFrame({"score": rows[:, 5].astype(float), "slice": rows[:, 0].astype(int)})
-        key = (src.name, "lesions")
-        layer: Shapes | None = self._outputs.get(key)
-        if not rebuild and layer is not None and layer in self.viewer.layers:
+        layer: Shapes | None = self._live("lesions")
+        if threshold_only and layer is None:  # the reader deleted or renamed the lesions layer: not brought back
+            return
+        if not rebuild and layer is not None:
             layer.data = shapes
             layer.features = features
             layer.edge_color = "score"
@@ -647,7 +677,7 @@ class DenoiseDetectWidget(QWidget):
     def _on_threshold(self, value: int) -> None:
         self.threshold_label.setText(f"{value / 100:.2f}")
         if self._last is not None:
-            self._show_boxes()
+            self._show_boxes(threshold_only=True)
             self.status.setText(f"{self._n_shown} lesions with score >= {self.threshold:.2f}")
 
     def _threshold_from_detector(self, _index: int = -1) -> None:
@@ -676,10 +706,8 @@ class DenoiseDetectWidget(QWidget):
     # ----------------------------------------------------------------------------------------------- compare
     def output(self, role: str) -> Any | None:
         """The last run's output layer of ``role`` ('denoised', 'lesions', 'removed noise'), None when absent."""
-        if self._last is None:
-            return None
-        layer = self._outputs.get((self._last["layer"].name, role))
-        return layer if layer is not None and layer in self.viewer.layers else None
+        entry = self._entry(role)
+        return entry[2] if entry is not None and entry[2] in self.viewer.layers else None
 
     def _compare_pair(self) -> tuple[Any, Any] | None:
         den = self.output("denoised")

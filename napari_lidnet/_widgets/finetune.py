@@ -47,6 +47,7 @@ from ._finetune_parts import (
     folder_problems,
     input_problems,
 )
+from ._layer_watch import LayerWatch
 from ._roles import CALIPERS, DETECTIONS, is_reduced_dose, model_item, role
 from .layer_inputs import inputs_from_layers, paired_input
 from .reading_room import ReadingRoom
@@ -111,8 +112,7 @@ class FineTuneWidget(QWidget):
         self._build_ui()
         self.refresh_layers()
         self.refresh_models()
-        for event in ("inserted", "removed", "moved"):
-            getattr(self.viewer.layers.events, event).connect(self.refresh_layers)
+        self.watch = LayerWatch(napari_viewer, self.refresh_layers)
         ReadingRoom.install(napari_viewer)
         DockHome(self, "right", TITLE)
 
@@ -225,11 +225,13 @@ class FineTuneWidget(QWidget):
 
         return [ly for ly in self.viewer.layers if isinstance(ly, Shapes) and role(ly) != CALIPERS]  # no boxes
 
-    def refresh_layers(self, event: Any = None) -> None:
-        """Refill the layer pickers, keeping current choices (a new pick prefers full-dose-looking names)."""
+    def refresh_layers(self, renamed: dict[str, str] | None = None) -> None:
+        """Refill the layer pickers, keeping current choices under their new names after a rename (a new pick
+        prefers full-dose-looking names)."""
         images = self._images()
         reduced = {ly.name for ly in images if is_reduced_dose(ly)}
-        self.data_box.refresh([ly.name for ly in images], [(ly.name, role(ly)) for ly in self._shapes()], reduced)
+        shapes = [(ly.name, role(ly)) for ly in self._shapes()]
+        self.data_box.refresh([ly.name for ly in images], shapes, reduced, renamed or {})
 
     def checked_images(self) -> list[str]:
         """Names of the ticked normal-dose image layers."""
@@ -279,7 +281,13 @@ class FineTuneWidget(QWidget):
         return int(np.clip(round(z), 0, layer.data.shape[0] - 1))
 
     def _boxes_layer(self, name: str | None) -> Any:
-        return None if not name or name == DETECT_ITEM else self._layer(name)
+        """The picked boxes layer; None for no boxes or the starting detector's (KeyError: a picked layer is gone)."""
+        if not name or name == DETECT_ITEM:
+            return None
+        layer = self._layer(name)
+        if layer is None:  # never silently "no boxes": the detector would then train on its own detections
+            raise KeyError(f"the boxes layer {name!r} is gone: pick the lesion boxes again")
+        return layer
 
     def settings(self) -> dict[str, Any]:
         """TrainConfig fields chosen in the widget (besides ``out``)."""
@@ -347,14 +355,19 @@ class FineTuneWidget(QWidget):
 
     def _layer_inputs(self, names: list[str], boxes: str) -> tuple[list[CTInput], list[str]]:
         layers = [self._layer(n) for n in names]
-        layers = [ly for ly in layers if ly is not None]
+        gone = [n for n, ly in zip(names, layers) if ly is None]
+        if gone:
+            return [], [f"{', '.join(gone)}: no such layer any more; tick the images again"]
         if not layers:
             return [], ["tick at least one normal-dose image layer (open a CT or the sample data)"]
         reduced = [ly.name for ly in layers if is_reduced_dose(ly)]
         if reduced:
             return [], [f"{', '.join(reduced)}: low dose or denoised (the layer's metadata says so); tick normal-dose "
                         f"images, or use {ADAPT_SOURCE[1]!r}"]  # fmt: skip
-        shapes = self._boxes_layer(boxes)
+        try:
+            shapes = self._boxes_layer(boxes)
+        except KeyError as exc:
+            return [], [exc.args[0]]
         inputs, notes = inputs_from_layers(layers, shapes, self._current_slice(layers[0]))
         return inputs, list(notes)
 
@@ -364,7 +377,10 @@ class FineTuneWidget(QWidget):
             return [], ["choose a low-dose and a full-dose image layer"]
         if low == full:  # == : napari hands plugins a new proxy of a layer at each access
             return [], ["the low-dose and full-dose layers must be different layers"]
-        shapes = self._boxes_layer(boxes)
+        try:
+            shapes = self._boxes_layer(boxes)
+        except KeyError as exc:
+            return [], [exc.args[0]]
         item, notes = paired_input(low, full, shapes, self._current_slice(full))
         return [item], list(notes)
 
@@ -490,5 +506,11 @@ class FineTuneWidget(QWidget):
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
         """Closing the widget stops a running job at its next step."""
-        self._stop_event.set()
+        self.dock_closed()
         super().closeEvent(event)
+
+    def dock_closed(self) -> None:
+        """The dock was closed (napari's X does not close the widget): a running job stops at its next step, as
+        with Stop (the last good checkpoint is kept), and the widget stops listening to the viewer."""
+        self._stop_event.set()
+        self.watch.close()

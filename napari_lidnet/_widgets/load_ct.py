@@ -37,6 +37,7 @@ from ..io.volume import n_slices
 from ..io.windowing import SCAN_WINDOW, WINDOW_PRESETS
 from ..layer_data import volume_layer_tuples
 from ._docking import DockHome, scroll_layout
+from ._layer_watch import LayerWatch, renamed_to
 from ._roles import derived_name, is_reduced_dose
 from ._worker_utils import Failure, SimProgress, simulate_job
 from .calipers import measure
@@ -187,8 +188,7 @@ class LoadCTWidget(QWidget):
         self.simulate_button.clicked.connect(self.simulate)
         self.sim_cancel_button.clicked.connect(self.cancel_simulation)
         self.link_check.toggled.connect(self._on_link_toggled)
-        self.viewer.layers.events.inserted.connect(self._refresh_layers)
-        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.watch = LayerWatch(self.viewer, self._refresh_layers)  # added, removed, moved, renamed
 
     # ------------------------------------------------------------------ messages
     def _info(self, text: str) -> None:
@@ -300,8 +300,13 @@ class LoadCTWidget(QWidget):
         self.room.orientation.enabled = bool(on)
 
     # ------------------------------------------------------------------ simulate
-    def _refresh_layers(self, event: Any = None) -> None:
-        current = self.sim_layer_combo.currentText()
+    def dock_closed(self) -> None:
+        """The dock was closed: a simulation under way is cancelled (nothing added) and the widget stops listening."""
+        self.watch.close()
+        self.cancel_simulation()
+
+    def _refresh_layers(self, renamed: dict[str, str] | None = None) -> None:
+        current = renamed_to(self.sim_layer_combo.currentText(), renamed or {})
         self.sim_layer_combo.clear()
         images = [lyr for lyr in self.viewer.layers if isinstance(lyr, Image) and not lyr.rgb]
         self.sim_layer_combo.addItems([lyr.name for lyr in images])
@@ -372,6 +377,8 @@ class LoadCTWidget(QWidget):
             self._info(rec.notice)
 
     def _on_simulated(self, result: Any, layer: Any, dose: float, seed: int) -> None:
+        if self.watch.closed:
+            return
         if isinstance(result, Failure):
             self._error(result.message)
             return

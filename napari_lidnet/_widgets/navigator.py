@@ -39,6 +39,7 @@ from ..io.volume import n_slices, per_slice
 from ..layer_data import PIXEL_CENTRE_SHIFT
 from ..metrics.froc import box_iou_np
 from ._docking import DockHome
+from ._layer_watch import LayerWatch, renamed_to
 from ._roles import CALIPERS, DETECTIONS, REVIEWED, ROLE, derived_name, is_ct_image, is_shapes, role
 from ._viewer import camera
 from .reading_room import ReadingRoom
@@ -126,6 +127,17 @@ def corners_in_image(shapes: Any, index: int, image: Any) -> tuple[int, np.ndarr
     return z, pix[:4, -2:] - PIXEL_CENTRE_SHIFT
 
 
+def _press(func: Any) -> Any:
+    """A key binding (napari passes the viewer or layer) that calls ``func()``; one object per key, so closing the
+    dock unbinds exactly it."""
+
+    def press(_target: Any) -> None:
+        func()
+
+    press.__name__ = f"lidnet_review_{func.__name__}"
+    return press
+
+
 class LesionNavigatorWidget(QWidget):
     """Review detections: a sortable table, jump to a box, accept / reject / edit, reviewed layer and exports.
 
@@ -146,11 +158,18 @@ class LesionNavigatorWidget(QWidget):
         self._watched: weakref.WeakSet = weakref.WeakSet()
         self._origin: dict[int, tuple] = {}  # finding id -> its detection's key (slice, corners)
         self._parked: dict[tuple, Finding] = {}  # rejected findings whose detection left the layer, by key
+        self.watch = LayerWatch(napari_viewer, self._on_renamed)
         self._create_ui()
         self._create_shortcuts()
         self._watch_viewer()
         self.refresh_layers()
+        if self.boxes_combo.currentText() != NONE and role(self._layer(self.boxes_combo.currentText())) == DETECTIONS:
+            self.load()  # opened after a detection run: its boxes are what the picker shows, ready to review
         DockHome(self, "bottom", TITLE)
+
+    def dock_closed(self) -> None:
+        """The dock was closed: the widget stops listening to the viewer's layers and unbinds its review keys."""
+        self.watch.close()
 
     # ------------------------------------------------------------------------------------------------------ UI
     def _create_ui(self) -> None:
@@ -215,26 +234,23 @@ class LesionNavigatorWidget(QWidget):
                 sc = QShortcut(QKeySequence(shortcut), self)
                 sc.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
                 sc.activated.connect(func)
-                self._review_keys[shortcut.replace("+", "-") if "+" in shortcut else shortcut.lower()] = func
+                self._review_keys[shortcut.replace("+", "-") if "+" in shortcut else shortcut.lower()] = _press(func)
         self._bind_review_keys(self.viewer)
 
     def _bind_review_keys(self, target: Any) -> None:
         """The review keys on the canvas too: on the viewer (any layer without its own binding of the key) and on
         the lesions and reviewed layers, where they replace napari's shape keys (R would start drawing a rectangle
         and the next click add a box; the toolbar still draws)."""
-        for key, func in self._review_keys.items():
-
-            def press(_target: Any, f: Any = func) -> None:
-                f()
-
-            press.__name__ = f"lidnet_review_{func.__name__}"
-            target.bind_key(key, press, overwrite=True)
+        for key, press in self._review_keys.items():
+            self.watch.bind_key(target, key, press)
 
     def _watch_viewer(self) -> None:
         events = self.viewer.layers.events
-        events.inserted.connect(self._on_inserted)
-        events.removed.connect(self._on_removed)
-        events.moved.connect(lambda _e: self.refresh_layers())
+        self.watch.connect(events.inserted, self._on_inserted)
+        self.watch.connect(events.removed, self._on_removed)
+
+    def _on_renamed(self, renamed: dict[str, str]) -> None:
+        self.refresh_layers(renamed)  # any change of the layer list (moved, renamed; the handlers below do the rest)
 
     # ---------------------------------------------------------------------------------------------- choices
     def _box_layers(self) -> list[Any]:
@@ -244,11 +260,11 @@ class LesionNavigatorWidget(QWidget):
         dets = [ly for ly in shapes if role(ly) == DETECTIONS][::-1]
         return dets + [ly for ly in shapes if role(ly) != DETECTIONS]
 
-    def refresh_layers(self) -> None:
-        """Refill the pickers, keeping current choices."""
+    def refresh_layers(self, renamed: dict[str, str] | None = None) -> None:
+        """Refill the pickers, keeping current choices (under their new names after a rename)."""
         for combo, names in ((self.boxes_combo, [ly.name for ly in self._box_layers()]),
                              (self.image_combo, [ly.name for ly in self._images()])):  # fmt: skip
-            current = combo.currentText()
+            current = renamed_to(combo.currentText(), renamed or {})
             combo.blockSignals(True)
             combo.clear()
             combo.addItems([NONE, *names])
@@ -312,7 +328,7 @@ class LesionNavigatorWidget(QWidget):
             self._origin, self._parked = {}, {}
         if boxes is not None and boxes != self.boxes_layer:
             self._disconnect_boxes()
-            boxes.events.data.connect(self._on_boxes_data)
+            self.watch.connect(boxes.events.data, self._on_boxes_data)
             self._bind_review_keys(boxes)
         self.boxes_layer, self.image_layer = boxes, image
         for combo, layer in ((self.boxes_combo, boxes), (self.image_combo, image)):
@@ -476,6 +492,10 @@ class LesionNavigatorWidget(QWidget):
         camera(self.viewer).center = (float(centre[1]), float(centre[2]))
 
     def _target(self, fid: int | None) -> Finding | None:
+        """The finding to decide on, or None after saying why (no row selected, or no image to place it on)."""
+        if self.image_layer is None and self.findings:
+            self._say("the image of these boxes was removed: pick it in 'image' before deciding")
+            return None
         f = self.finding(fid if fid is not None else (self.current_id() if self.current_id() is not None else -1))
         if f is None:
             self._say("select a row first")
@@ -574,7 +594,7 @@ class LesionNavigatorWidget(QWidget):
 
     def _connect_reviewed(self, layer: Any) -> None:
         if layer not in self._watched:
-            layer.events.data.connect(self._on_reviewed_data)
+            self.watch.connect(layer.events.data, self._on_reviewed_data)
             self._bind_review_keys(layer)
             self._watched.add(layer)
 

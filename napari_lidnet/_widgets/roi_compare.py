@@ -45,6 +45,7 @@ from qtpy.QtWidgets import (
 
 from napari_lidnet._widgets._canvas import PlotCanvas
 from napari_lidnet._widgets._docking import DockHome
+from napari_lidnet._widgets._layer_watch import LayerWatch, renamed_to
 from napari_lidnet._widgets._roi_observer import (
     HOW_TO,
     OBSERVER_COLUMNS,
@@ -355,13 +356,19 @@ class ROICompareWidget(QWidget):
     def _watch_viewer(self) -> None:
         """Follow the viewer: layer list changes, layer renames and data edits, and the current slice."""
         layers = self.viewer.layers
-        layers.events.inserted.connect(self._on_layer_inserted)
-        layers.events.removed.connect(self._on_layers_changed)
-        layers.events.reordered.connect(self._on_layers_changed)
-        self.viewer.dims.events.current_step.connect(self._on_step)
+        self.watch = LayerWatch(self.viewer, self._on_layers_changed)  # added, removed, moved, renamed
+        self.watch.connect(layers.events.inserted, self._on_layer_inserted)
+        self.watch.connect(layers.events.reordered, self._on_layers_changed)
+        self.watch.connect(self.viewer.dims.events.current_step, self._on_step)
         for layer in layers:
             self._watch(layer)
         self._sync_layers()
+
+    def dock_closed(self) -> None:
+        """The dock was closed: nothing is recomputed any more (a computation under way is dropped), and the widget
+        stops listening to the viewer."""
+        self.watch.close()
+        self._timer.stop()
 
     # ------------------------------------------------------------------------------------------- layer lists
 
@@ -376,13 +383,12 @@ class ROICompareWidget(QWidget):
         return [lay for lay in self.viewer.layers if isinstance(lay, Shapes)]
 
     def _watch(self, layer: Any) -> None:
-        layer.events.name.connect(self._on_layers_changed)
         from napari.layers import Image, Shapes
 
         if isinstance(layer, Image):
-            layer.events.data.connect(self.schedule_refresh)
+            self.watch.connect(layer.events.data, self.schedule_refresh)
         if isinstance(layer, Shapes):
-            layer.events.data.connect(self._on_shapes_edited)
+            self.watch.connect(layer.events.data, self._on_shapes_edited)
 
     def _on_layer_inserted(self, event: Any) -> None:
         """A new layer: watched; a new user Shapes layer becomes the regions' source (the user is about to draw)."""
@@ -391,12 +397,12 @@ class ROICompareWidget(QWidget):
         layer = event.value
         self._watch(layer)
         self._touch(layer)
-        self._on_layers_changed()
         if isinstance(layer, Shapes) and role(layer) not in NOT_DRAWN_BOXES:
             self.set_regions_layer(layer.name)
 
-    def _on_layers_changed(self, event: Any = None) -> None:
-        self._sync_layers()
+    def _on_layers_changed(self, renamed: Any = None) -> None:
+        """Any change of the layer list (``renamed``: {old: new} names after a rename, else an event or None)."""
+        self._sync_layers(renamed if isinstance(renamed, dict) else {})
         self.schedule_refresh()
 
     def _touch(self, layer: Any) -> None:
@@ -442,9 +448,10 @@ class ROICompareWidget(QWidget):
     def _on_reference_chosen(self, index: int) -> None:
         self._reference_chosen = True
 
-    def _sync_shapes_combo(self) -> None:
+    def _sync_shapes_combo(self, renamed: dict[str, str]) -> None:
         """(none), then every Shapes layer; the detector's layers are marked as raw detections."""
         current = self.shapes_combo.currentData()
+        current = renamed_to(current, renamed) if current else current
         self.shapes_combo.clear()
         self.shapes_combo.addItem(NONE, None)
         for lay in self._shapes_layers():
@@ -454,13 +461,15 @@ class ROICompareWidget(QWidget):
         target = current if current in names else self.default_regions_layer()
         self.shapes_combo.setCurrentIndex(max(self.shapes_combo.findData(target), 0) if target else 0)
 
-    def _sync_layers(self) -> None:
-        """Refill the layer pickers, keeping the current choices (checked images stay checked, new ones are)."""
+    def _sync_layers(self, renamed: dict[str, str] | None = None) -> None:
+        """Refill the layer pickers, keeping the current choices under the layers' new names (checked images stay
+        checked, new ones are)."""
+        renamed = renamed or {}
         self._syncing = True
         try:
-            self._sync_shapes_combo()
+            self._sync_shapes_combo(renamed)
             states = {
-                self.image_list.item(i).text(): self.image_list.item(i).checkState()
+                renamed_to(self.image_list.item(i).text(), renamed): self.image_list.item(i).checkState()
                 for i in range(self.image_list.count())
             }
             self.image_list.clear()
@@ -470,7 +479,7 @@ class ROICompareWidget(QWidget):
                 item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
                 item.setCheckState(states.get(name, Qt.CheckState.Checked))
                 self.image_list.addItem(item)
-            ref = self.reference_combo.currentText()
+            ref = renamed_to(self.reference_combo.currentText(), renamed)
             self.reference_combo.clear()
             self.reference_combo.addItems([NONE, *names])
             if not (self._reference_chosen and ref in (NONE, *names)):
@@ -495,8 +504,8 @@ class ROICompareWidget(QWidget):
                 ev.disconnect(self.schedule_refresh)
         self._shapes = layer
         if layer is not None:
-            layer.events.data.connect(self.schedule_refresh)
-            layer.events.set_data.connect(self.schedule_refresh)
+            self.watch.connect(layer.events.data, self.schedule_refresh)
+            self.watch.connect(layer.events.set_data, self.schedule_refresh)
 
     # ----------------------------------------------------------------------------------------------- new ROIs
     def new_roi_layer(self) -> Any:
@@ -582,8 +591,9 @@ class ROICompareWidget(QWidget):
         return self._worker is not None or self._timer.isActive()
 
     def schedule_refresh(self, *args: Any) -> None:
-        """Restart the debounce timer; the table is recomputed 300 ms after the last call."""
-        if not self._syncing:
+        """Restart the debounce timer; the table is recomputed 300 ms after the last call (never once the dock is
+        closed)."""
+        if not self._syncing and not self.watch.closed:
             self._timer.start()
 
     def window(self) -> tuple[float, float] | None:
@@ -660,6 +670,8 @@ class ROICompareWidget(QWidget):
             self.refresh()
 
     def _show(self, rows: list[dict[str, Any]], checked: list[str]) -> None:
+        if self.watch.closed:
+            return
         self.rows = [r for r in rows if not r["image"] or r["image"] in checked]
         try:
             self._fill_table()

@@ -1,0 +1,167 @@
+"""The docks when a reader does things in another order (review i): closing a dock while it works, renaming and
+deleting layers under it, running on one image between two runs on another. Headless viewer, real workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from napari.utils.key_bindings import coerce_keybinding
+from test_denoise_widget import add_ct, make_widget, model_dir, phantom, run_and_wait  # noqa: F401 (fixture)
+from test_finetune_widget import add_case
+
+from napari_lidnet import PLUGIN
+from napari_lidnet._widgets.compare import FLIP_KEY
+from napari_lidnet._widgets.finetune import NO_BOXES_ITEM
+
+
+def _layer_names(viewer) -> list[str]:
+    return [ly.name for ly in viewer.layers]
+
+
+def test_current_slice_after_a_run_on_another_image_keeps_the_volume(make_napari_viewer, qtbot, model_dir) -> None:  # noqa: F811
+    """All slices of A, then all slices of B, then the current slice of A: A's volume outputs stay whole and only
+    that slice's boxes change (the merge used to know only the last run, and A lost every other slice)."""
+    viewer = make_napari_viewer()
+    low, ref = phantom(n=5)
+    a, b = add_ct(viewer, low, name="A"), add_ct(viewer, ref, name="B")
+    widget = make_widget(viewer, qtbot)
+    widget.set_threshold(0.05)
+    for name in ("A", "B"):
+        widget.image_combo.setCurrentText(name)
+        run_and_wait(widget, qtbot)
+    boxes_a = viewer.layers["A lesions"]
+    before = np.asarray(widget._volumes[0]["result"].boxes)
+    widget.image_combo.setCurrentText("A")
+    widget.scope_combo.setCurrentText("current slice")
+    viewer.dims.set_current_step(0, 2)
+    run_and_wait(widget, qtbot)
+    assert viewer.layers["A denoised"].data.shape == a.data.shape  # not one slice
+    assert viewer.layers["A lesions"] is boxes_a  # the same layer: a review on it carries on
+    kept = before[before[:, 0] != 2]
+    rows = np.asarray(widget._last["result"].boxes)
+    np.testing.assert_array_equal(rows[rows[:, 0] != 2], kept)  # every other slice's boxes as they were
+    assert len(kept) > 0 and b.data.shape == viewer.layers["B denoised"].data.shape
+
+
+def test_renamed_input_is_followed_and_renamed_outputs_are_kept(make_napari_viewer, qtbot, model_dir) -> None:  # noqa: F811
+    viewer = make_napari_viewer()
+    layer = add_ct(viewer, phantom(n=3)[0], name="low")
+    widget = make_widget(viewer, qtbot)
+    run_and_wait(widget, qtbot)
+    layer.name = "patient A"  # the picker follows; the next run replaces its own outputs, not a second set
+    assert widget.image_combo.currentText() == "patient A"
+    run_and_wait(widget, qtbot)
+    assert sorted(_layer_names(viewer)) == ["patient A", "patient A denoised", "patient A lesions"]
+    viewer.layers["patient A denoised"].name = "keep: all noise"  # renamed by the reader: theirs to keep
+    widget.strength_spin.setValue(10)
+    run_and_wait(widget, qtbot)
+    assert sorted(_layer_names(viewer)) == ["keep: all noise", "patient A", "patient A denoised", "patient A lesions"]
+
+
+def test_deleting_a_compared_layer_or_the_lesions_restores_the_view(make_napari_viewer, qtbot, model_dir) -> None:  # noqa: F811
+    viewer = make_napari_viewer()
+    low, ref = phantom(n=3)
+    add_ct(viewer, ref, name="full")
+    src = add_ct(viewer, low, name="low")
+    widget = make_widget(viewer, qtbot)
+    run_and_wait(widget, qtbot)
+    widget.flip()
+    widget.flip()  # the denoised image shown in place, the CT images hidden
+    assert not src.visible and not viewer.layers["full"].visible
+    viewer.layers.remove("low denoised")
+    assert src.visible and viewer.layers["full"].visible  # the view as before the comparison
+    assert widget.set_compare(True) is False  # nothing left to compare
+    viewer.layers.remove("low lesions")
+    widget.set_threshold(0.1)  # the slider does not bring back a layer the reader deleted
+    assert "low lesions" not in _layer_names(viewer)
+
+
+def test_closed_docks_stop_working_and_let_go_of_the_viewer(make_napari_viewer, qtbot, model_dir) -> None:  # noqa: F811
+    """napari's X takes the widget out of its dock without closing it: a run under way adds nothing, F and the
+    review keys are napari's again, and a closed ROI compare computes nothing more."""
+    viewer = make_napari_viewer()
+    add_ct(viewer, phantom(n=12, size=96)[0], name="low")
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise and detect")
+    nav_dock, navigator = viewer.window.add_plugin_dock_widget(PLUGIN, "Lesion navigator")
+    roi_dock, roi = viewer.window.add_plugin_dock_widget(PLUGIN, "ROI compare")
+    f_key = coerce_keybinding(FLIP_KEY)
+    assert f_key in viewer.keymap and coerce_keybinding("a") in viewer.keymap
+    widget.device_combo.setCurrentText("cpu")
+    worker = widget.run()
+    assert worker is not None, widget.status.text()
+    viewer.window.remove_dock_widget(dock)
+    with qtbot.waitSignal(worker.finished, timeout=60000):
+        pass
+    qtbot.wait(50)
+    assert _layer_names(viewer) == ["low"]  # the cancelled run added nothing
+    assert f_key not in viewer.keymap and f_key not in viewer.layers["low"].keymap
+    viewer.window.remove_dock_widget(nav_dock)
+    assert coerce_keybinding("a") not in viewer.keymap
+    viewer.window.remove_dock_widget(roi_dock)
+    viewer.add_shapes([[[10, 10], [10, 40], [40, 40], [40, 10]]], shape_type="rectangle", name="regions")
+    qtbot.wait(500)  # longer than the table's debounce
+    assert not roi.busy and roi.rows == [] and navigator.watch.closed
+
+
+def test_closing_fine_tune_stops_its_run(make_napari_viewer, qtbot, model_dir: Path) -> None:  # noqa: F811
+    viewer = make_napari_viewer()
+    add_case(viewer, n=4)
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
+    widget.name_edit.setText("closed")
+    widget.device_combo.setCurrentText("cpu")
+    widget.patch_spin.setValue(32)
+    widget.val_spin.setValue(0.34)
+    for key, value in {"rounds": 3, "den_steps": 8, "det_steps": 2}.items():
+        getattr(widget, f"{key}_spin").setValue(value)
+    worker = widget.start()
+    assert worker is not None, widget.status.text()
+    closed = []
+
+    def on_record(rec: dict) -> None:
+        if not closed and rec["stage"] == "validate":
+            closed.append(rec["step"])
+            viewer.window.remove_dock_widget(dock)
+
+    worker.yielded.connect(on_record)
+    with qtbot.waitSignal(worker.finished, timeout=120000):
+        pass
+    stopped = [r for r in widget.records if r["stage"] == "stopped"]
+    assert closed and stopped and stopped[0]["step"] - closed[0] <= 3 < stopped[0]["total_steps"] - closed[0]
+
+
+def test_fine_tune_follows_renamed_layers_and_never_trains_on_a_vanished_boxes_layer(
+    make_napari_viewer, qtbot, model_dir  # noqa: F811
+) -> None:
+    viewer = make_napari_viewer()
+    add_case(viewer, n=4)
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
+    widget.patch_spin.setValue(32)
+    widget.set_images(["full-dose CT"])
+    widget.data_box.boxes_combo.setCurrentIndex(widget.data_box.boxes_combo.findData("lesions"))
+    viewer.layers["full-dose CT"].name = "patient B"
+    viewer.layers["lesions"].name = "truth"
+    assert widget.checked_images() == ["patient B"] and widget.data_box.boxes_combo.currentData() == "truth"
+    request, problems = widget.build_request()
+    assert request is not None and len(request.inputs) == 1 and request.inputs[0].boxes is not None, problems
+    # a picked boxes layer that is gone is never read as "no boxes" (the detector would learn its own boxes)
+    problems = widget._layer_inputs(["patient B"], "gone")[1]
+    assert problems == ["the boxes layer 'gone' is gone: pick the lesion boxes again"]
+    assert widget.data_box.boxes_combo.itemText(0) == NO_BOXES_ITEM
+
+
+def test_navigator_opened_after_a_run_reviews_it_and_refuses_without_its_image(
+    make_napari_viewer, qtbot, model_dir  # noqa: F811
+) -> None:
+    viewer = make_napari_viewer()
+    add_ct(viewer, phantom(n=3)[0], name="low")
+    widget = make_widget(viewer, qtbot)
+    widget.set_threshold(0.05)
+    run_and_wait(widget, qtbot)
+    _, navigator = viewer.window.add_plugin_dock_widget(PLUGIN, "Lesion navigator")
+    n = len(navigator.findings)
+    assert n > 1 and navigator.table.rowCount() == n  # the run's boxes, ready to review
+    navigator.accept(navigator.findings[0].id)
+    viewer.layers.remove("low")
+    navigator.accept(navigator.findings[1].id)  # refused with a message, no traceback, nothing half-done
+    assert navigator.findings[1].status == "pending" and "image" in navigator.status.text()
