@@ -96,6 +96,14 @@ def test_closed_docks_stop_working_and_let_go_of_the_viewer(make_napari_viewer, 
     qtbot.wait(50)
     assert _layer_names(viewer) == ["low"]  # the cancelled run added nothing
     assert f_key not in viewer.keymap and f_key not in viewer.layers["low"].keymap
+    for _ in range(2):  # a dock opened again replaces what a closed one made: no "low denoised [1]"
+        again_dock, again = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise and detect")
+        again.device_combo.setCurrentText("cpu")
+        again.scope_combo.setCurrentText("current slice")
+        with qtbot.waitSignal(again.job_finished, timeout=60000):
+            again.run()
+        viewer.window.remove_dock_widget(again_dock)
+    assert sorted(_layer_names(viewer)) == ["low", "low denoised", "low lesions"]
     viewer.window.remove_dock_widget(nav_dock)
     assert coerce_keybinding("a") not in viewer.keymap
     viewer.window.remove_dock_widget(roi_dock)

@@ -545,9 +545,18 @@ class DenoiseDetectWidget(QWidget):
             return None
         return entry[2]
 
+    def _earlier_output(self, name: str) -> Any | None:
+        """A layer named ``name`` that this plugin made from the current source before this widget knew of it (a
+        dock closed and opened again), so a new run replaces it instead of adding ``name [1]``."""
+        layer = next((ly for ly in self.viewer.layers if ly.name == name), None)
+        meta = (layer.metadata or {}) if layer is not None else {}
+        source = (meta.get("lidnet") or {}).get("source_layer")
+        made_here = source == self._last["layer"].name or meta.get(ROLE) == NOISE
+        return layer if made_here and not any(e[2] == layer for e in self._outputs) else None
+
     def _place(self, role: str, data: Any, kwargs: dict[str, Any], layer_type: str) -> Any:
         """Add an output layer, replacing this widget's previous output of the same role for the same source."""
-        old, index = self._live(role), None
+        old, index = self._live(role) or self._earlier_output(kwargs["name"]), None
         if old is not None:
             index = self.viewer.layers.index(old)
             self.viewer.layers.remove(old)
