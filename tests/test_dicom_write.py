@@ -182,9 +182,12 @@ def test_type2_elements_are_written_empty_when_unknown_and_kept_when_the_source_
     assert ds.SoftwareVersions.startswith("napari-lidnet")
 
     hu = np.random.default_rng(1).normal(40.0, 10.0, (2, 16, 16)).round()
-    given = {"PositionReferenceIndicator": "", "Laterality": "", "KVP": "120", "AcquisitionNumber": "3"}
+    given = {"PositionReferenceIndicator": "", "Laterality": "", "KVP": "120", "AcquisitionNumber": "3",
+             "IssuerOfPatientID": "HOSP-A", "DerivationDescription": "lossy conversion"}  # fmt: skip
     write_series(tmp_path / "src", hu, series_uid="1.2.826.0.1.3680043.8.498.79", extra=given)
     vol = read_dicom(tmp_path / "src")[0]
     assert vol.metadata["source_tags"]["PositionReferenceIndicator"] == "" and vol.metadata["source_tags"]["KVP"]
     out = pydicom.dcmread(write_dicom_series(vol, tmp_path / "out", "denoised")[0])
     assert out.PositionReferenceIndicator == "" and out.Laterality == "" and float(out.KVP) == 120.0
+    assert out.IssuerOfPatientID == "HOSP-A"  # the patient's ID stays tied to its issuer
+    assert out.DerivationDescription == "lossy conversion; napari-lidnet: denoised"  # the history, then ours

@@ -29,6 +29,7 @@ DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 #: tags copied from the source series onto exported (derived) series
 SOURCE_TAGS = (
     "PatientID",
+    "IssuerOfPatientID",
     "PatientName",
     "PatientBirthDate",
     "PatientSex",
@@ -53,6 +54,7 @@ SOURCE_TAGS = (
     "ExposureTime",
     "ConvolutionKernel",
     "Laterality",
+    "DerivationDescription",  # a derived source's history, kept ahead of ours
     "ReconstructionDiameter",
     "AcquisitionDate",
     "ContrastBolusAgent",

@@ -56,8 +56,8 @@ MM = ("mm", "UCUM", "millimeter")
 HU = ("[hnsf'U]", "UCUM", "Hounsfield unit")
 NO_UNITS = ("1", "UCUM", "no units")
 #: source tags copied into the report (patient and study)
-COPIED_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "PatientAge", "StudyInstanceUID",
-               "StudyID", "StudyDate", "StudyTime", "StudyDescription", "AccessionNumber",
+COPIED_TAGS = ("PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex", "PatientAge",
+               "StudyInstanceUID", "StudyID", "StudyDate", "StudyTime", "StudyDescription", "AccessionNumber",
                "ReferringPhysicianName")  # fmt: skip
 
 

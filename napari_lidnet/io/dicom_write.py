@@ -101,7 +101,8 @@ def _series_header(volume: CTVolume, description: str, source_tags: dict[str, An
     ds.Modality = "CT"
     ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
     ds.SeriesDescription = description[:64]
-    ds.DerivationDescription = f"napari-lidnet: {description}"[:1024]
+    earlier = str(tags.get("DerivationDescription") or "")  # the source's own history comes first
+    ds.DerivationDescription = f"{earlier + '; ' if earlier else ''}napari-lidnet: {description}"[-1024:]
     ds.SeriesNumber = 9001
     now = _dt.datetime.now()
     ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
