@@ -71,7 +71,7 @@ def test_deleting_a_compared_layer_or_the_lesions_restores_the_view(make_napari_
     assert not src.visible and not viewer.layers["full"].visible
     viewer.layers.remove("low denoised")
     assert src.visible and viewer.layers["full"].visible  # the view as before the comparison
-    assert widget.set_compare(True) is False  # nothing left to compare
+    assert widget.set_compare(True) is False and "deleted" in widget.status.text()  # nothing left to compare
     viewer.layers.remove("low lesions")
     widget.set_threshold(0.1)  # the slider does not bring back a layer the reader deleted
     assert "low lesions" not in _layer_names(viewer)

@@ -729,7 +729,9 @@ class DenoiseDetectWidget(QWidget):
         """Input and denoised side by side with one window/level (on), or the view as before (off)."""
         pair = self._compare_pair() if on else None
         if on and pair is None:
-            self._message("run the denoiser first: there is nothing to compare", error=True)
+            gone = self._last is not None and self._last["result"].denoised is not None
+            self._message("the denoised layer or its input was deleted: run again to compare" if gone
+                          else "run the denoiser first: there is nothing to compare", error=True)  # fmt: skip
         if on and pair is not None:
             self.compare.show(*pair)
         else:
