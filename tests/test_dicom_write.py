@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pydicom
 import pytest
@@ -179,15 +181,20 @@ def test_type2_elements_are_written_empty_when_unknown_and_kept_when_the_source_
     bare = CTVolume(np.zeros((2, 8, 8), np.float32), (2.5, 0.7, 0.7), name="array")
     ds = pydicom.dcmread(write_dicom_series(bare, tmp_path / "bare", "denoised")[0])
     assert all(kw in ds for kw in TYPE2_TAGS) and ds.PositionReferenceIndicator == "" and ds.KVP in ("", None)
-    assert ds.SoftwareVersions.startswith("napari-lidnet")
+    (made_by,) = ds.ContributingEquipmentSequence  # this program as the processing equipment, the scanner stays
+    assert made_by.Manufacturer == "napari-lidnet" and made_by.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    assert "Laterality" not in ds  # Type 2C: only where the source had it (a paired body part)
 
     hu = np.random.default_rng(1).normal(40.0, 10.0, (2, 16, 16)).round()
     given = {"PositionReferenceIndicator": "", "Laterality": "", "KVP": "120", "AcquisitionNumber": "3",
-             "IssuerOfPatientID": "HOSP-A", "DerivationDescription": "lossy conversion"}  # fmt: skip
+             "IssuerOfPatientID": "HOSP-A", "DerivationDescription": "lossy conversion", "CTDIvol": None}  # fmt: skip
     write_series(tmp_path / "src", hu, series_uid="1.2.826.0.1.3680043.8.498.79", extra=given)
     vol = read_dicom(tmp_path / "src")[0]
     assert vol.metadata["source_tags"]["PositionReferenceIndicator"] == "" and vol.metadata["source_tags"]["KVP"]
-    out = pydicom.dcmread(write_dicom_series(vol, tmp_path / "out", "denoised")[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an empty binary element (CTDIvol, FD) is left out, not written as ""
+        out = pydicom.dcmread(write_dicom_series(vol, tmp_path / "out", "denoised")[0])
+    assert "CTDIvol" not in vol.metadata["source_tags"]
     assert out.PositionReferenceIndicator == "" and out.Laterality == "" and float(out.KVP) == 120.0
     assert out.IssuerOfPatientID == "HOSP-A"  # the patient's ID stays tied to its issuer
     assert out.DerivationDescription == "lossy conversion; napari-lidnet: denoised"  # the history, then ours

@@ -90,9 +90,10 @@ def test_closed_docks_stop_working_and_let_go_of_the_viewer(make_napari_viewer, 
     widget.device_combo.setCurrentText("cpu")
     worker = widget.run()
     assert worker is not None, widget.status.text()
+    ended = []
+    worker.finished.connect(lambda: ended.append(True))
     viewer.window.remove_dock_widget(dock)
-    with qtbot.waitSignal(worker.finished, timeout=60000):
-        pass
+    qtbot.waitUntil(lambda: bool(ended), timeout=60000)
     qtbot.wait(50)
     assert _layer_names(viewer) == ["low"]  # the cancelled run added nothing
     assert f_key not in viewer.keymap and f_key not in viewer.layers["low"].keymap
@@ -173,3 +174,72 @@ def test_navigator_opened_after_a_run_reviews_it_and_refuses_without_its_image(
     viewer.layers.remove("low")
     navigator.accept(navigator.findings[1].id)  # refused with a message, no traceback, nothing half-done
     assert navigator.findings[1].status == "pending" and "image" in navigator.status.text()
+
+
+def test_a_rerun_during_a_flip_goes_on_flipping_the_new_result(make_napari_viewer, qtbot, model_dir) -> None:  # noqa: F811
+    viewer = make_napari_viewer()
+    low, ref = phantom(n=3)
+    add_ct(viewer, ref, name="full")
+    src = add_ct(viewer, low, name="low")
+    widget = make_widget(viewer, qtbot)
+    run_and_wait(widget, qtbot)
+    widget.flip()
+    widget.flip()  # the denoised image in place
+    widget.strength_spin.setValue(10)  # another strength, run again: the flip goes on with the new output
+    run_and_wait(widget, qtbot)
+    assert not viewer.layers["full"].visible and not src.visible
+    assert widget.flip() == src and widget.flip() == viewer.layers["low denoised"]
+
+
+def test_a_deleted_image_is_freed_and_never_mistaken_for_another_of_its_name(make_napari_viewer, qtbot, model_dir) -> None:  # noqa: F811
+    import gc
+    import weakref
+
+    viewer = make_napari_viewer()
+    add_ct(viewer, phantom(n=3)[0], name="CT")
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise and detect")
+    widget.device_combo.setCurrentText("cpu")
+    other = add_ct(viewer, phantom(n=3, seed=2)[0], name="other")
+    widget.image_combo.setCurrentText("other")
+    run_and_wait(widget, qtbot)  # a volume result and outputs of "other", then the last run on "CT"
+    widget.image_combo.setCurrentText("CT")
+    run_and_wait(widget, qtbot)
+    gone = weakref.ref(other)
+    viewer.layers.remove("other")
+    del other
+    gc.collect()
+    assert gone() is None  # no dock holds a deleted image (its key bindings, events, volume result)
+    viewer.window.remove_dock_widget(dock)
+    viewer.layers.remove("CT")
+    add_ct(viewer, phantom(n=3, seed=5)[0], name="CT")  # another patient, the same name
+    _, again = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise and detect")
+    again.device_combo.setCurrentText("cpu")
+    run_and_wait(again, qtbot)
+    assert "CT denoised" in _layer_names(viewer) and "CT denoised [1]" in _layer_names(viewer)  # the first kept
+
+
+def test_one_export_at_a_time_and_two_docks_share_f(make_napari_viewer, qtbot, model_dir, tmp_path, monkeypatch) -> None:  # noqa: F811
+    import time
+
+    import napari_lidnet.io.dicom_write as dicom_write
+
+    real = dicom_write.write_dicom_series
+    monkeypatch.setattr(dicom_write, "write_dicom_series", lambda *a, **k: time.sleep(1.5) or real(*a, **k))
+    viewer = make_napari_viewer()
+    add_ct(viewer, phantom(n=3)[0], name="low")
+    widget = make_widget(viewer, qtbot)
+    run_and_wait(widget, qtbot)
+    widget.export_dicom(tmp_path / "a", background=True)
+    widget.scope_combo.setCurrentText("current slice")
+    run_and_wait(widget, qtbot)  # a run ending while the export writes leaves Export off
+    assert widget.export_worker is not None and not widget.export_dicom_button.isEnabled()
+    assert widget.export_dicom(tmp_path / "b", background=True) == [] and "still writing" in widget.status.text()
+    qtbot.waitUntil(lambda: widget.export_worker is None, timeout=20000)
+    assert widget.export_dicom_button.isEnabled() and not (tmp_path / "b").exists()
+
+    from napari_lidnet._widgets.denoise_detect import DenoiseDetectWidget
+
+    second = viewer.window.add_dock_widget(DenoiseDetectWidget(viewer), name="second")  # a script's second dock
+    assert viewer.keymap[coerce_keybinding(FLIP_KEY)] is not widget._flip_key
+    viewer.window.remove_dock_widget(second)  # F goes back to the widget still open
+    assert viewer.keymap[coerce_keybinding(FLIP_KEY)] is widget._flip_key

@@ -127,6 +127,7 @@ class DockHome(QObject):
             raise ValueError(f"unknown dock area {area!r}; expected one of {sorted(AREAS)}")
         self._widget = widget
         self._docked = widget.parentWidget() is not None
+        self._closed = False
         setattr(widget, HOME_ATTR, area)
         setattr(widget, TITLE_ATTR, title)
         if area == "right":
@@ -144,10 +145,13 @@ class DockHome(QObject):
         being docked is the dock's closing."""
         if event.type() == QEvent.Type.ParentChange:
             if self._widget.parentWidget() is not None:
+                if self._closed:  # a closed widget docked again (scripts): it no longer follows the viewer
+                    self._widget.setEnabled(False)
+                    self._widget.setToolTip("this panel was closed: open a new one from the Plugins menu")
                 self._docked = True
                 QTimer.singleShot(0, self.settle)
             elif self._docked:
-                self._docked = False
+                self._docked, self._closed = False, True
                 closed = getattr(self._widget, "dock_closed", None)
                 if callable(closed):
                     closed()

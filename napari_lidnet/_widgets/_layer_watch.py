@@ -9,8 +9,12 @@ so a widget's ``closeEvent`` never runs; ``DockHome`` calls the widget's ``dock_
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable
 from typing import Any
+
+#: key functions of closed docks: never put back when another dock lets go of the key
+_CLOSED: weakref.WeakSet = weakref.WeakSet()
 
 
 class LayerWatch:
@@ -23,7 +27,7 @@ class LayerWatch:
         self._on_change = on_change
         self._names: list[list[Any]] = []  # [layer, its name as last seen]
         self._links: list[tuple[Any, Callable]] = []
-        self._keys: list[tuple[Any, str, Callable]] = []
+        self._keys: list[tuple[Any, str, Callable, Any]] = []  # target, key, ours, what ours replaced
         events = viewer.layers.events
         for name in ("inserted", "removed", "moved"):
             self.connect(getattr(events, name), self._on_list)
@@ -36,9 +40,10 @@ class LayerWatch:
         self._links.append((emitter, callback))
 
     def bind_key(self, target: Any, key: str, func: Callable) -> None:
-        """``target.bind_key(key, func)`` (the viewer or a layer), unbound by ``close`` if still ``func``."""
-        target.bind_key(key, func, overwrite=True)
-        self._keys.append((target, key, func))
+        """``target.bind_key(key, func)`` (the viewer or a layer); ``close`` puts back what it replaced (another
+        open dock's binding) if ``func`` is still bound."""
+        replaced = target.bind_key(key, func, overwrite=True)
+        self._keys.append((target, key, func, None if replaced is func else replaced))
 
     def _follow(self, layer: Any) -> None:
         self._names.append([layer, layer.name])
@@ -48,8 +53,21 @@ class LayerWatch:
         if event.type == "inserted":
             self._follow(event.value)
         elif event.type == "removed":  # != not "is not": napari gives plugins a new proxy of a layer at each access
-            self._names = [entry for entry in self._names if entry[0] != event.value]
+            self._forget(event.value)
         self._on_change({})
+
+    def _forget(self, layer: Any) -> None:
+        """Let go of a removed layer (its events and key bindings), so that its data can be freed."""
+        self._names = [entry for entry in self._names if entry[0] != layer]
+        links = []
+        for emitter, callback in self._links:
+            if getattr(emitter, "source", None) is not None and emitter.source == layer:
+                with contextlib.suppress(Exception):
+                    emitter.disconnect(callback)
+            else:
+                links.append((emitter, callback))
+        self._links = links
+        self._keys = [entry for entry in self._keys if entry[0] != layer]
 
     def _on_name(self, _event: Any = None) -> None:
         renamed = {}
@@ -66,11 +84,13 @@ class LayerWatch:
         for emitter, callback in self._links:
             with contextlib.suppress(Exception):  # a layer already gone, or a Qt object deleted
                 emitter.disconnect(callback)
-        for target, key, func in self._keys:
+        for target, key, func, replaced in reversed(self._keys):
+            _CLOSED.add(func)
             with contextlib.suppress(Exception):
                 current = target.bind_key(key, None)  # returns what was bound
-                if current is not None and current is not func:
-                    target.bind_key(key, current, overwrite=True)
+                back = replaced if current is func else current  # ours: what it replaced; else leave theirs
+                if back is not None and back not in _CLOSED:
+                    target.bind_key(key, back, overwrite=True)
         self._links, self._keys, self._names = [], [], []
 
 

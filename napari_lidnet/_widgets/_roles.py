@@ -8,7 +8,10 @@ accepted, edited or drew in the lesion navigator), ``roi`` (regions made with RO
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
+
+import numpy as np
 
 ROLE = "lidnet_role"
 DETECTIONS, REVIEWED, ROI, NOISE, CALIPERS = "detections", "reviewed", "roi", "noise", "calipers"
@@ -95,3 +98,12 @@ def pair_name(stem: str, kind: str) -> str:
 def model_item(name: str, kind: str, shipped: bool) -> str:
     """A model picker's entry: the pair name and where the model lives."""
     return f"{pair_name(name, kind)} ({'shipped' if shipped else 'user'})"
+
+
+def source_key(layer: Any) -> str:
+    """A fingerprint of an image layer's data (shape and a sample of 4096 voxels): the plugin's outputs record it,
+    so another image that took the same name is never taken for their source."""
+    data = np.asarray(layer.data)
+    flat = data.reshape(-1)
+    sample = np.ascontiguousarray(flat[:: max(1, flat.size // 4096)], dtype=np.float32)
+    return f"{'x'.join(map(str, data.shape))}:{zlib.crc32(sample.tobytes()):08x}"

@@ -37,7 +37,7 @@ from ..io.volume import n_slices
 from ..layer_data import boxes_to_shapes, removed_noise, removed_noise_kwargs
 from ._docking import DockHome, scroll_layout
 from ._layer_watch import LayerWatch, renamed_to
-from ._roles import DETECTIONS, NOISE, ROLE, derived_name, model_item, pair_name
+from ._roles import DETECTIONS, NOISE, ROLE, derived_name, model_item, pair_name, source_key
 from ._worker_utils import (
     Failure,
     JobOutput,
@@ -89,6 +89,7 @@ class DenoiseDetectWidget(QWidget):
         self._last: dict[str, Any] | None = None
         self._outputs: list[list[Any]] = []  # [source layer, role, output layer, the name it was given]
         self._volumes: list[dict[str, Any]] = []  # the last whole-volume result of each source layer
+        self._replacing = False  # a run is replacing one of its outputs (not the reader deleting it)
         self._pending: dict[str, Any] = {}
         self.compare = CompareView(napari_viewer)
         self._build_ui()
@@ -249,9 +250,15 @@ class DenoiseDetectWidget(QWidget):
 
     def _on_layers_changed(self, renamed: dict[str, str] | None = None) -> None:
         self.refresh_layers(renamed)
+        if self._replacing:  # a run replacing its own output: the comparison carries on with the new one
+            return
+        layers = self.viewer.layers
         pair = self.compare.pair
-        if pair is not None and not all(ly in self.viewer.layers for ly in pair):  # one of the pair was deleted
+        if pair is not None and not all(ly in layers for ly in pair):  # one of the pair was deleted
             self.set_compare(False)
+        # a deleted image's results are let go of (its volume, the record of its outputs), so its data can be freed
+        self._volumes = [v for v in self._volumes if v["layer"] in layers]
+        self._outputs = [e for e in self._outputs if e[0] in layers]
 
     def refresh_layers(self, renamed: dict[str, str] | None = None) -> None:
         """Refill the image choices; keeps the current choice (under its new name after a rename), else prefers
@@ -484,7 +491,7 @@ class DenoiseDetectWidget(QWidget):
                       "remove_sd": remove_sd}  # fmt: skip
         if layer.ndim == 3 and list(self._last["result"].slices) == list(range(layer.data.shape[0])):
             self._volumes = [v for v in self._volumes if v["layer"] != layer and v["layer"] in self.viewer.layers]
-            self._volumes.append(self._last)
+            self._volumes.append({**self._last, "data_id": id(layer.data)})
         self._show_denoised()
         self._show_noise()
         self._show_boxes(rebuild=merged is None)  # merged: the same lesions layer, so the review carries on
@@ -513,6 +520,8 @@ class DenoiseDetectWidget(QWidget):
         # == not "is": napari gives plugins a new proxy of a layer at each access
         last = next((v for v in self._volumes if v["layer"] == layer), None)
         if last is None or layer.ndim != 3 or (last["labels"], last["remove_sd"]) != (labels, remove_sd):
+            return None
+        if last.get("data_id") != id(layer.data):  # the image's data were replaced since: that volume is stale
             return None
         prev, depth = last["result"], layer.data.shape[0]
         if len(res.slices) >= depth or list(prev.slices) != list(range(depth)):
@@ -549,22 +558,31 @@ class DenoiseDetectWidget(QWidget):
         """A layer named ``name`` that this plugin made from the current source before this widget knew of it (a
         dock closed and opened again), so a new run replaces it instead of adding ``name [1]``."""
         layer = next((ly for ly in self.viewer.layers if ly.name == name), None)
-        meta = (layer.metadata or {}) if layer is not None else {}
-        source = (meta.get("lidnet") or {}).get("source_layer")
-        made_here = source == self._last["layer"].name or meta.get(ROLE) == NOISE
-        return layer if made_here and not any(e[2] == layer for e in self._outputs) else None
+        made = ((layer.metadata or {}).get("lidnet") or {}) if layer is not None else {}
+        here = made.get("source_key") == source_key(self._last["layer"])  # this very image, not one of its name
+        return layer if here and not any(e[2] == layer for e in self._outputs) else None
 
     def _place(self, role: str, data: Any, kwargs: dict[str, Any], layer_type: str) -> Any:
-        """Add an output layer, replacing this widget's previous output of the same role for the same source."""
+        """Add an output layer, replacing this widget's previous output of the same role for the same source (a
+        comparison showing the old one goes on with the new one)."""
         old, index = self._live(role) or self._earlier_output(kwargs["name"]), None
-        if old is not None:
-            index = self.viewer.layers.index(old)
-            self.viewer.layers.remove(old)
+        pair = self.compare.pair
         self._outputs = [e for e in self._outputs if e is not self._entry(role)]
-        new = getattr(self.viewer, f"add_{layer_type}")(data, **kwargs)
-        if index is not None:
-            self.viewer.layers.move(self.viewer.layers.index(new), index)
+        self._replacing = True
+        try:
+            if old is not None:
+                index = self.viewer.layers.index(old)
+                self.viewer.layers.remove(old)
+            new = getattr(self.viewer, f"add_{layer_type}")(data, **kwargs)
+            if index is not None:
+                self.viewer.layers.move(self.viewer.layers.index(new), index)
+        finally:
+            self._replacing = False
         self._outputs.append([self._last["layer"], role, new, new.name])
+        if pair is not None and old is not None and old in pair:
+            self.compare.pair = tuple(new if ly == old else ly for ly in pair)
+            if self.compare.side_by_side:
+                self.compare.show(*self.compare.pair)
         return new
 
     def _drop(self, role: str) -> None:
@@ -598,6 +616,7 @@ class DenoiseDetectWidget(QWidget):
             "hu": True,
             "lidnet": {
                 "source_layer": src.name,
+                "source_key": source_key(src),
                 "denoiser": self._last["labels"][0],
                 "remove_sd": self._last["remove_sd"],
                 "slices": list(self._last["result"].slices),
@@ -626,7 +645,7 @@ class DenoiseDetectWidget(QWidget):
         kwargs = {
             "name": derived_name(src.name, "removed noise"),
             **removed_noise_kwargs(noise, body),
-            "metadata": {ROLE: NOISE},
+            "metadata": {ROLE: NOISE, "lidnet": {"source_layer": src.name, "source_key": source_key(src)}},
             **self._geometry(self._last["first"]),
         }
         self._place("removed noise", noise, kwargs, "image")
@@ -678,7 +697,8 @@ class DenoiseDetectWidget(QWidget):
             "edge_width": 2,
             "face_color": "transparent",
             "text": {"string": "{score:.2f}", "anchor": "upper_left", "size": 9, "color": "yellow"},
-            "metadata": {ROLE: DETECTIONS, "lidnet": {"source_layer": src.name, "detector": self._last["labels"][1]}},
+            "metadata": {ROLE: DETECTIONS, "lidnet": {"source_layer": src.name, "source_key": source_key(src),
+                                                      "detector": self._last["labels"][1]}},
             **self._geometry(None),
         }
         self._place("lesions", [s for s, _ in shapes], kwargs, "shapes")
@@ -757,7 +777,8 @@ class DenoiseDetectWidget(QWidget):
     # ------------------------------------------------------------------------------------------------ export
     def _update_export_buttons(self) -> None:
         res = self._last["result"] if self._last else None
-        self.export_dicom_button.setEnabled(res is not None and res.denoised is not None)
+        idle = self.export_worker is None  # one export at a time
+        self.export_dicom_button.setEnabled(idle and res is not None and res.denoised is not None)
         self.export_boxes_button.setEnabled(res is not None and res.boxes is not None)
 
     def _denoised_volume(self) -> Any | None:
@@ -807,18 +828,26 @@ class DenoiseDetectWidget(QWidget):
         desc = denoised_description(base, self._last["labels"][0] or "", self._last.get("remove_sd"))
         if not background:
             return self._dicom_written(folder, _write_series(vol, folder, desc))
+        if self.export_worker is not None:
+            self._message("an export is still writing: wait for it", error=True)
+            return []
         from napari.qt.threading import create_worker
 
         worker = create_worker(_write_series, vol, folder, desc, _start_thread=False)
-        worker.returned.connect(lambda out: self._dicom_written(folder, out))
+        worker.returned.connect(self._on_exported)  # bound methods: dropped if the widget is deleted meanwhile
         worker.finished.connect(self._export_finished)
-        self.export_worker = worker
+        self.export_worker, self._export_folder = worker, folder
         self.export_dicom_button.setEnabled(False)
         self.status.setText(f"writing {n_slices(vol.hu)} slices to {folder}...")
         worker.start()
         return []
 
+    def _on_exported(self, out: list[Path] | str) -> None:
+        """A background export's outcome, said in the status line."""
+        self._dicom_written(self._export_folder, out)
+
     def _dicom_written(self, folder: str | Path, out: list[Path] | str) -> list[Path]:
+        """Say what an export wrote (or why it wrote nothing); the files, or []."""
         if isinstance(out, str):
             self._message(f"DICOM export failed: {out}", error=True)
             return []
@@ -826,6 +855,7 @@ class DenoiseDetectWidget(QWidget):
         return out
 
     def _export_finished(self) -> None:
+        """The background export ended: the Export button is free again."""
         self.export_worker = None
         self._update_export_buttons()
 

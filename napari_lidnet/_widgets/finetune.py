@@ -396,7 +396,10 @@ class FineTuneWidget(QWidget):
             "from_model": self.model_box.values()["init_denoiser"],
             **{k: advanced[k] for k in ("patch_size", "batch_size", "device", "seed")},
         }
-        shapes = self._boxes_layer(data["adapt_boxes"])
+        try:
+            shapes = self._boxes_layer(data["adapt_boxes"])
+        except KeyError as exc:
+            return None, [exc.args[0]]
         current = self._current_slice(layers[0]) if layers else None
         return adapt_request(layers, shapes, current, self.name_edit.text(), settings)
 
@@ -411,7 +414,7 @@ class FineTuneWidget(QWidget):
         if data["source"] not in ("layers", "paired"):
             return ""
         chosen = data["boxes"] if data["source"] == "layers" else data["paired_boxes"]
-        layer = self._boxes_layer(chosen)
+        layer = self._layer(chosen) if chosen and chosen != DETECT_ITEM else None
         raw = chosen == DETECT_ITEM or (layer is not None and role(layer) == DETECTIONS)
         return ", on unreviewed detections (the detector may learn its own false positives)" if raw else ""
 

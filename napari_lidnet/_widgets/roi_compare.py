@@ -358,7 +358,6 @@ class ROICompareWidget(QWidget):
         layers = self.viewer.layers
         self.watch = LayerWatch(self.viewer, self._on_layers_changed)  # added, removed, moved, renamed
         self.watch.connect(layers.events.inserted, self._on_layer_inserted)
-        self.watch.connect(layers.events.reordered, self._on_layers_changed)
         self.watch.connect(self.viewer.dims.events.current_step, self._on_step)
         for layer in layers:
             self._watch(layer)

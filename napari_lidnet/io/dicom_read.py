@@ -405,9 +405,20 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+#: value representations that an empty string writes back as it was read (text, dates, numbers as text)
+_TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+
+
 def _source_tags(ds: Any) -> dict[str, Any]:
-    """The source's ``SOURCE_TAGS`` it holds, an empty one as "" (a Type 2 element stays present, if empty)."""
-    return {kw: "" if ds.get(kw) in (None, "") else _plain(ds.get(kw)) for kw in SOURCE_TAGS if kw in ds}
+    """The source's ``SOURCE_TAGS`` it holds; an empty text one as "" (a Type 2 element stays present, if empty),
+    an empty binary one (FD, US, ...) left out."""
+    tags = {}
+    for kw in (kw for kw in SOURCE_TAGS if kw in ds):
+        if ds.get(kw) not in (None, ""):
+            tags[kw] = _plain(ds.get(kw))
+        elif ds.data_element(kw).VR in _TEXT_VRS:
+            tags[kw] = ""
+    return tags
 
 
 def _pixel_error(f: Path, tsyntax: Any, exc: Exception) -> str:

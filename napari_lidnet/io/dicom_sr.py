@@ -49,6 +49,8 @@ DEVICE_MAKER = ("121014", "DCM", "Device Observer Manufacturer")
 IMAGE_LIBRARY = ("111028", "DCM", "Image Library")
 LIBRARY_GROUP = ("126200", "DCM", "Image Library Group")
 FRAME_OF_REFERENCE = ("112227", "DCM", "Frame of Reference UID")
+MODALITY = ("121139", "DCM", "Modality")
+CT_MODALITY = ("CT", "DCM", "Computed Tomography")
 
 SCORE = ("score", PRIVATE_SCHEME, "Detector score")
 STATUS = ("status", PRIVATE_SCHEME, "Review status")
@@ -116,6 +118,7 @@ def _text(name: tuple[str, str, str], value: str) -> Any:
 
 
 def _coded(name: tuple[str, str, str], value: tuple[str, str, str], relationship: str) -> Any:
+    """A CODE content item: concept ``name``, coded value ``value``."""
     item = _item("CODE", name, relationship)
     item.ConceptCodeSequence = [_code(value)]
     return item
@@ -206,7 +209,8 @@ def _context() -> list[Any]:
     from .. import __version__
 
     uid = _item("UIDREF", DEVICE_UID, "HAS OBS CONTEXT")
-    uid.UID = generate_uid(entropy_srcs=["napari-lidnet", __version__])  # the same for every report of a version
+    # the program's UID, one per version (a device observer UID names the device, not one installation of it)
+    uid.UID = generate_uid(entropy_srcs=["napari-lidnet", __version__])
     name = _text(DEVICE_NAME, f"LIDnet detector (napari-lidnet {__version__})")
     maker = _text(DEVICE_MAKER, "napari-lidnet")
     for item in (name, maker):
@@ -216,20 +220,19 @@ def _context() -> list[Any]:
 
 
 def _library(images: Sequence[tuple[tuple[str, str], int | None]], frame_of_reference: str) -> Any:
-    """TID 1600 Image Library: one group (one frame of reference) citing each source image once."""
+    """TID 1600 Image Library: one group (CT, one frame of reference: TID 1602's shared descriptors) citing each
+    source image once."""
+    group = _item("CONTAINER", LIBRARY_GROUP)
+    group.ContinuityOfContent = "SEPARATE"
+    group.ContentSequence = [_coded(MODALITY, CT_MODALITY, "HAS ACQ CONTEXT")]
+    if frame_of_reference:
+        for_uid = _item("UIDREF", FRAME_OF_REFERENCE, "HAS ACQ CONTEXT")
+        for_uid.UID = frame_of_reference
+        group.ContentSequence.append(for_uid)
+    group.ContentSequence.extend(_image_ref(ref, frame, "CONTAINS") for ref, frame in dict.fromkeys(images))
     library = _item("CONTAINER", IMAGE_LIBRARY)
     library.ContinuityOfContent = "SEPARATE"
-    library.ContentSequence = []
-    if images:
-        group = _item("CONTAINER", LIBRARY_GROUP)
-        group.ContinuityOfContent = "SEPARATE"
-        group.ContentSequence = []
-        if frame_of_reference:
-            for_uid = _item("UIDREF", FRAME_OF_REFERENCE, "HAS ACQ CONTEXT")
-            for_uid.UID = frame_of_reference
-            group.ContentSequence.append(for_uid)
-        group.ContentSequence.extend(_image_ref(ref, frame, "CONTAINS") for ref, frame in dict.fromkeys(images))
-        library.ContentSequence.append(group)
+    library.ContentSequence = [group]
     return library
 
 
@@ -324,7 +327,8 @@ def write_sr(
     measurements.ContentSequence = groups
     frame_of_reference = str((source_tags or {}).get("FrameOfReferenceUID") or "")
     procedure = _coded(PROCEDURE, CT_PROCEDURE, "HAS CONCEPT MOD")
-    ds.ContentSequence = [*_context(), procedure, _library(images, frame_of_reference), measurements]
+    library = [_library(images, frame_of_reference)] if images else []  # TID 1500: optional, never empty
+    ds.ContentSequence = [*_context(), procedure, *library, measurements]
     if used and series_uid:
         ds.CurrentRequestedProcedureEvidenceSequence = _evidence(used, ds.StudyInstanceUID, series_uid)
     pydicom.dcmwrite(path, ds, enforce_file_format=True)

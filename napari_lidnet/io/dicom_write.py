@@ -76,7 +76,7 @@ def _stored_int16(volume: CTVolume) -> tuple[np.ndarray, float]:
 #: Equipment and CT Image modules (PS3.3 A.3): written empty when the source does not give them
 TYPE2_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
               "ReferringPhysicianName", "StudyID", "AccessionNumber", "PatientPosition", "PositionReferenceIndicator",
-              "Manufacturer", "KVP", "AcquisitionNumber", "Laterality")  # fmt: skip
+              "Manufacturer", "KVP", "AcquisitionNumber")  # fmt: skip
 
 
 def _series_header(volume: CTVolume, description: str, source_tags: dict[str, Any] | None) -> Any:
@@ -110,9 +110,25 @@ def _series_header(volume: CTVolume, description: str, source_tags: dict[str, An
     for kw in TYPE2_TAGS:  # Type 2: present, empty when the source does not say
         if kw not in ds:
             setattr(ds, kw, "")
-    ds.SoftwareVersions = f"napari-lidnet {__version__}"
+    ds.ContributingEquipmentSequence = [_processing_equipment(now)]
     _set_pixel_format(ds, volume)
     return ds
+
+
+def _processing_equipment(when: _dt.datetime) -> Any:
+    """A Contributing Equipment item naming this program as the processing equipment (PS3.3 C.7.5.1, CID 7005);
+    General Equipment keeps describing the scanner that acquired the images."""
+    from pydicom.dataset import Dataset
+
+    purpose = Dataset()
+    purpose.CodeValue, purpose.CodingSchemeDesignator, purpose.CodeMeaning = "109102", "DCM", "Processing Equipment"
+    item = Dataset()
+    item.PurposeOfReferenceCodeSequence = [purpose]
+    item.Manufacturer = "napari-lidnet"
+    item.SoftwareVersions = __version__
+    item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S")
+    item.ContributionDescription = "LIDnet denoising"
+    return item
 
 
 def _set_pixel_format(ds: Any, volume: CTVolume) -> None:

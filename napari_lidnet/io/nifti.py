@@ -180,7 +180,8 @@ def write_nifti(out: str | Path, volume: CTVolume) -> Path:
         try:
             nib.save(img, str(tmp))
         except OSError as exc:  # name the file the caller asked for, not the temporary one
-            raise type(exc)(exc.errno, exc.strerror, str(out)) from None
+            exc.filename = str(out)
+            raise
         try:
             os.link(tmp, out)  # fails, replacing nothing, when out appeared meanwhile
         except FileExistsError:
