@@ -112,6 +112,10 @@ def test_preset_keys_stay_presets_while_the_calipers_are_active(viewer_with_ct, 
         press(viewer, key)
         assert tuple(ct.contrast_limits) == contrast_limits(preset)
         assert len(layer.data) == 1 and layer.mode == "add_line"
+    # a Labels or Points layer keeps its own tool keys: 2 paints, and the window stays
+    mask = viewer.add_labels(np.zeros(ct.data.shape, np.uint8), name="mask")
+    press(viewer, "2")
+    assert mask.mode == "paint" and tuple(ct.contrast_limits) == contrast_limits("soft tissue")
 
 
 def test_measure_needs_an_image_and_says_pixels_off_a_ct(make_napari_viewer, qtbot) -> None:

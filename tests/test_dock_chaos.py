@@ -191,7 +191,9 @@ def test_a_rerun_during_a_flip_goes_on_flipping_the_new_result(make_napari_viewe
     assert widget.flip() == src and widget.flip() == viewer.layers["low denoised"]
 
 
-def test_a_deleted_image_is_freed_and_never_mistaken_for_another_of_its_name(make_napari_viewer, qtbot, model_dir) -> None:  # noqa: F811
+def test_a_deleted_image_is_freed_and_never_mistaken_for_another_of_its_name(
+    make_napari_viewer, qtbot, model_dir  # noqa: F811
+) -> None:
     import gc
     import weakref
 
@@ -218,7 +220,9 @@ def test_a_deleted_image_is_freed_and_never_mistaken_for_another_of_its_name(mak
     assert "CT denoised" in _layer_names(viewer) and "CT denoised [1]" in _layer_names(viewer)  # the first kept
 
 
-def test_one_export_at_a_time_and_two_docks_share_f(make_napari_viewer, qtbot, model_dir, tmp_path, monkeypatch) -> None:  # noqa: F811
+def test_one_export_at_a_time_and_two_docks_share_f(
+    make_napari_viewer, qtbot, model_dir, tmp_path, monkeypatch  # noqa: F811
+) -> None:
     import time
 
     import napari_lidnet.io.dicom_write as dicom_write
@@ -243,3 +247,56 @@ def test_one_export_at_a_time_and_two_docks_share_f(make_napari_viewer, qtbot, m
     assert viewer.keymap[coerce_keybinding(FLIP_KEY)] is not widget._flip_key
     viewer.window.remove_dock_widget(second)  # F goes back to the widget still open
     assert viewer.keymap[coerce_keybinding(FLIP_KEY)] is widget._flip_key
+
+
+def test_a_review_survives_renames_reruns_copies_and_a_reopened_navigator(
+    make_napari_viewer, qtbot, model_dir, tmp_path  # noqa: F811
+) -> None:
+    """Review k: renaming the image or its reviewed layer and detecting again dropped the accepted boxes from the
+    review (and the SR); any reload of another layer forgot the rejections."""
+    viewer = make_napari_viewer()
+    image = add_ct(viewer, phantom(n=4)[0], name="low")
+    widget = make_widget(viewer, qtbot)
+    widget.set_threshold(0.05)
+    run_and_wait(widget, qtbot)
+    nav_dock, nav = viewer.window.add_plugin_dock_widget(PLUGIN, "Lesion navigator")
+    first, second = nav.findings[0], nav.findings[1]
+    nav.accept(first.id)
+    nav.reject(second.id)
+
+    def decided(navigator) -> list[str]:
+        return sorted(f.status for f in navigator.findings if f.status != "pending")
+
+    image.name = "patient 7"
+    run_and_wait(widget, qtbot)  # a new lesions layer under the new name: the review carries on
+    assert decided(nav) == ["accepted", "rejected"]
+    viewer.layers["low reviewed"].name = "reviewed by JD"
+    widget.strength_spin.setValue(10)
+    run_and_wait(widget, qtbot)
+    assert decided(nav) == ["accepted", "rejected"]
+    assert [ly.name for ly in viewer.layers if ly.name.endswith("reviewed") or "JD" in ly.name] == ["reviewed by JD"]
+    from napari.layers._layer_actions import _duplicate_layer
+
+    viewer.layers.selection.active = viewer.layers["patient 7 lesions"]
+    _duplicate_layer(viewer.layers)  # napari's Duplicate Layer (metadata copied): not a new run to review
+    assert "patient 7 lesions copy" in _layer_names(viewer)
+    assert nav.boxes_combo.currentText() == "patient 7 lesions" and decided(nav) == ["accepted", "rejected"]
+    viewer.window.remove_dock_widget(nav_dock)  # closed by mistake and opened again
+    _, again = viewer.window.add_plugin_dock_widget(PLUGIN, "Lesion navigator")
+    assert decided(again) == ["accepted", "rejected"]
+    viewer.layers.remove("patient 7")
+    assert again.export(tmp_path / "review.csv") is None and "image of these boxes was removed" in again.status.text()
+
+
+def test_roi_compare_says_so_when_every_layer_goes_while_it_computes(make_napari_viewer, qtbot) -> None:
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).normal(40, 10, (3, 64, 64)).astype(np.float32), name="low")
+    _, roi = viewer.window.add_plugin_dock_widget(PLUGIN, "ROI compare")
+    shapes = viewer.add_shapes(ndim=3, name="regions")
+    shapes.add_rectangles(np.array([[1, 10, 10], [1, 10, 40], [1, 40, 40], [1, 40, 10]]))
+    roi.perceptual_check.setChecked(True)  # computed in a worker, and again (in a worker) once the layers go
+    roi.refresh()
+    assert roi.status.text() == "computing..."
+    viewer.layers.clear()
+    qtbot.waitUntil(lambda: not roi.busy, timeout=30000)
+    assert roi.status.text() != "computing..." and "New ROI layer" in roi.status.text()

@@ -127,7 +127,7 @@ def test_accept_reject_edit_and_exports(case, tmp_path: Path, qtbot) -> None:
     assert sr.PatientID == "LIDNET-TEST"
 
 
-def test_rejecting_through_the_layer_and_no_boxes(case) -> None:
+def test_rejecting_through_the_layer_and_no_boxes(case, tmp_path) -> None:
     viewer, widget, image, boxes, _ = case
     widget.accept(0)
     widget.accept(1)
@@ -135,8 +135,12 @@ def test_rejecting_through_the_layer_and_no_boxes(case) -> None:
     reviewed.selected_data = {0}
     reviewed.remove_selected()  # deleting a kept box is a rejection
     assert widget.finding(0).status == "rejected" and widget.finding(1).status == "accepted"
-    viewer.layers.remove(boxes)
-    assert widget.table.rowCount() == 0 and widget.export("x.csv") is None
+    viewer.layers.remove(boxes)  # the detections go; the kept box stays in the review and its exports
+    assert widget.table.rowCount() == 1 and [f.status for f in widget.findings] == ["accepted"]
+    assert len(read_findings(widget.export(tmp_path / "x.csv"))) == 1
+    viewer.layers.remove(reviewed)
+    widget.findings = []
+    assert widget.export(tmp_path / "y.csv") is None and "load a layer of boxes" in widget.status.text()
 
 
 def test_a_new_threshold_keeps_the_review(case) -> None:

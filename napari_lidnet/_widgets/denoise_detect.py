@@ -11,6 +11,7 @@ module level.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -698,7 +699,7 @@ class DenoiseDetectWidget(QWidget):
             "face_color": "transparent",
             "text": {"string": "{score:.2f}", "anchor": "upper_left", "size": 9, "color": "yellow"},
             "metadata": {ROLE: DETECTIONS, "lidnet": {"source_layer": src.name, "source_key": source_key(src),
-                                                      "detector": self._last["labels"][1]}},
+                                                      "detector": self._last["labels"][1], "run": uuid.uuid4().hex}},
             **self._geometry(None),
         }
         self._place("lesions", [s for s, _ in shapes], kwargs, "shapes")

@@ -40,7 +40,7 @@ from ..layer_data import PIXEL_CENTRE_SHIFT
 from ..metrics.froc import box_iou_np
 from ._docking import DockHome
 from ._layer_watch import LayerWatch, renamed_to
-from ._roles import CALIPERS, DETECTIONS, REVIEWED, ROLE, derived_name, is_ct_image, is_shapes, role
+from ._roles import CALIPERS, DETECTIONS, REVIEWED, ROLE, derived_name, is_ct_image, is_shapes, role, source_key
 from ._viewer import camera
 from .reading_room import ReadingRoom
 
@@ -254,11 +254,12 @@ class LesionNavigatorWidget(QWidget):
 
     # ---------------------------------------------------------------------------------------------- choices
     def _box_layers(self) -> list[Any]:
-        """Shapes layers to review: detections first (newest first), then the others (not reviewed layers or
-        calipers)."""
+        """Shapes layers to review: detection runs first (newest first), then copies of them, then the others (not
+        reviewed layers or calipers)."""
         shapes = [ly for ly in self.viewer.layers if is_shapes(ly) and role(ly) not in (REVIEWED, CALIPERS)]
         dets = [ly for ly in shapes if role(ly) == DETECTIONS][::-1]
-        return dets + [ly for ly in shapes if role(ly) != DETECTIONS]
+        copies = [ly for ly in dets if self._is_copy(ly) and ly.name.endswith(" copy")]  # napari names its copies
+        return [ly for ly in dets if ly not in copies] + copies + [ly for ly in shapes if role(ly) != DETECTIONS]
 
     def refresh_layers(self, renamed: dict[str, str] | None = None) -> None:
         """Refill the pickers, keeping current choices (under their new names after a rename)."""
@@ -274,8 +275,15 @@ class LesionNavigatorWidget(QWidget):
     def _on_inserted(self, event: Any) -> None:
         layer = event.value
         self.refresh_layers()
-        if is_shapes(layer) and role(layer) == DETECTIONS:  # a new detection run: review it
+        if is_shapes(layer) and role(layer) == DETECTIONS and not self._is_copy(layer):  # a new run: review it
             self.load(layer)
+
+    def _is_copy(self, layer: Any) -> bool:
+        """Whether ``layer`` is a copy (napari's Duplicate Layer) of a detection run already in the viewer."""
+        run = ((layer.metadata or {}).get("lidnet") or {}).get("run")
+        return bool(run) and any(
+            ly != layer and ((ly.metadata or {}).get("lidnet") or {}).get("run") == run for ly in self.viewer.layers
+        )
 
     def _on_removed(self, event: Any) -> None:
         layer = event.value
@@ -290,9 +298,9 @@ class LesionNavigatorWidget(QWidget):
             return
         if layer == self.reviewed_layer:
             self.reviewed_layer = None
-        if layer == self.boxes_layer:
+        if layer == self.boxes_layer:  # the detections are gone; the kept boxes stay (on the reviewed layer)
             self.boxes_layer = None
-            self.findings = []
+            self.findings = [f for f in self.findings if f.kept]
             self._fill_table()
         self.refresh_layers()
 
@@ -583,14 +591,18 @@ class LesionNavigatorWidget(QWidget):
 
     # -------------------------------------------------------------------------------------- reviewed layer
     def _find_reviewed(self) -> Any | None:
+        """The image's reviewed layer: the one that records the image's fingerprint (whatever either is called
+        now), else one named after the image (made before fingerprints)."""
         if self.image_layer is None:
             return None
+        key = source_key(self.image_layer)
+        reviewed = [ly for ly in self.viewer.layers if role(ly) == REVIEWED]
+        mine = [ly for ly in reviewed if ((ly.metadata or {}).get("lidnet") or {}).get("source_key") == key]
         name = derived_name(self.image_layer.name, "reviewed")
-        layer = self._layer(name)
-        if layer is not None and role(layer) == REVIEWED:
+        layer = (mine or [ly for ly in reviewed if ly.name == name] or [None])[0]
+        if layer is not None:
             self._connect_reviewed(layer)
-            return layer
-        return None
+        return layer
 
     def _connect_reviewed(self, layer: Any) -> None:
         if layer not in self._watched:
@@ -614,7 +626,7 @@ class LesionNavigatorWidget(QWidget):
             features={"finding": np.zeros(0, int), "status": np.zeros(0, str), "score": np.zeros(0, float)},
             feature_defaults=DRAWN_DEFAULTS,
             text={"string": "{status}", "anchor": "lower_left", "size": 9, "color": REVIEWED_COLOR},
-            metadata={ROLE: REVIEWED, "lidnet": {"source_layer": image.name}},
+            metadata={ROLE: REVIEWED, "lidnet": {"source_layer": image.name, "source_key": source_key(image)}},
         )
         self._connect_reviewed(layer)
         return layer
@@ -627,13 +639,17 @@ class LesionNavigatorWidget(QWidget):
         return c
 
     def _write_reviewed(self) -> None:
-        """Rewrite the reviewed layer from the kept findings (made on the first kept box)."""
+        """Rewrite the reviewed layer from the kept findings (made on the first decision); the rejected boxes go in
+        its metadata, so a reload, another run or a reopened navigator still knows them."""
         kept = [f for f in self.findings if f.kept]
+        rejected = [[f.slice, *f.bounds] for f in self.findings if f.status == "rejected"]
         if self.reviewed_layer is None or self.reviewed_layer not in self.viewer.layers:
-            if not kept:
+            if not kept and not rejected:
                 return
             self.reviewed_layer = self._new_reviewed()
         layer = self.reviewed_layer
+        meta = dict(layer.metadata or {})
+        layer.metadata = {**meta, "lidnet": {**(meta.get("lidnet") or {}), "rejected": rejected}}
         self._syncing = True
         try:
             layer.data = [(self._vertices(f), "rectangle") for f in kept]
@@ -690,7 +706,10 @@ class LesionNavigatorWidget(QWidget):
         >= 0.5) takes its status and box instead of coming back pending beside it; the others come along under new
         ids. The reviewed layer is relabelled with the ids of this run."""
         layer, image = self.reviewed_layer, self.image_layer
-        if layer is None or image is None or layer not in self.viewer.layers or not layer.nshapes:
+        if layer is None or image is None or layer not in self.viewer.layers:
+            return
+        self._restore_rejected(((layer.metadata or {}).get("lidnet") or {}).get("rejected") or [])
+        if not layer.nshapes:
             return
         feats = layer.features
         statuses = list(feats["status"]) if "status" in feats else ["added"] * layer.nshapes
@@ -710,6 +729,14 @@ class LesionNavigatorWidget(QWidget):
                 ids.append(kept.id)
         self._measure([f for f in self.findings if f.id in ids])
         self._label_reviewed(ids)
+
+    def _restore_rejected(self, rejected: list) -> None:
+        """Pending findings over a box the reader rejected before (same slice, IoU >= 0.5) are rejected again."""
+        for z, *bounds in rejected:
+            match = max((f for f in self.findings if f.slice == int(z) and f.status == "pending"),
+                        key=lambda f: box_iou(f.bounds, bounds), default=None)  # fmt: skip
+            if match is not None and box_iou(match.bounds, bounds) >= 0.5:
+                match.status = "rejected"
 
     def _reviewed_table(self, ids: list[int]) -> Any:
         """The reviewed layer's features: each box's finding id, status and detector score (NaN when drawn)."""
@@ -738,7 +765,10 @@ class LesionNavigatorWidget(QWidget):
         """Write the review: ``.dcm`` a DICOM Comprehensive SR of the kept boxes, ``.json``/``.csv`` every finding
         with its status. Never overwrites; returns the file, or None after showing why nothing was written."""
         path = Path(path)
-        if not self.findings or self.image_layer is None:
+        if self.findings and self.image_layer is None:
+            self._say("the image of these boxes was removed: pick it in 'image' to export")
+            return None
+        if not self.findings:
             self._say("nothing to export: load a layer of boxes first")
             return None
         try:

@@ -67,11 +67,14 @@ class ReadingRoom:
         self._adopt(event.value)
 
     def _adopt(self, layer: Any) -> None:
-        """Bind the preset keys on every layer (a layer's own number keys, e.g. napari's shape modes, where '3'
-        deletes the selected shape, would win while it is active); label the axes of a CT layer and follow its
-        contrast limits."""
-        for key, preset in PRESET_KEYS.items():
-            layer.bind_key(key, self._preset_key(preset), overwrite=True)
+        """Bind the preset keys on image and Shapes layers (a Shapes layer's own number keys, napari's shape modes,
+        where '3' deletes the selected shape, would win while it is active; Labels and Points keep their tool keys);
+        label the axes of a CT layer and follow its contrast limits."""
+        from napari.layers import Image, Shapes
+
+        if isinstance(layer, (Image, Shapes)):
+            for key, preset in PRESET_KEYS.items():
+                layer.bind_key(key, self._preset_key(preset), overwrite=True)
         if not is_ct_image(layer):
             return
         default = tuple(str(i) for i in range(-layer.ndim, 0))

@@ -69,6 +69,8 @@ from napari_lidnet.metrics.roi import (
 )
 
 TITLE = "ROI compare"  # the dock's tab
+COMPUTING = "computing..."
+NO_REGIONS = "Press \"New ROI layer\" and draw rectangles, ellipses or polygons (or pick a layer)."
 #: (row key, table header)
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("region", "region"),
@@ -633,7 +635,7 @@ class ROICompareWidget(QWidget):
         perceptual = self.perceptual_check.isChecked()
         args = (images, regions, ref, bg, self.window(), perceptual, lesion)
         if self._shapes is None:
-            self.status.setText("Press \"New ROI layer\" and draw rectangles, ellipses or polygons (or pick a layer).")
+            self.status.setText(NO_REGIONS)
         checked = [n for n in images if self._is_checked(n)]
         observer = not pair_problem(regions, lesion, bg)
         if not (perceptual or observer) and all(np.ndim(im) == 2 for im in images.values()):
@@ -641,7 +643,7 @@ class ROICompareWidget(QWidget):
             return
         from napari.qt.threading import create_worker
 
-        self.status.setText("computing...")
+        self.status.setText(COMPUTING)
         worker = create_worker(
             _compute,
             *args,
@@ -679,6 +681,8 @@ class ROICompareWidget(QWidget):
         n_reg = sum(r.shape_type in AREA_SHAPES for r in self.regions)
         if self._shapes is not None:
             self.status.setText(f"{n_reg} region(s) x {len(checked)} image(s)")
+        elif self.status.text() == COMPUTING:  # the regions (or every layer) went while computing
+            self.status.setText(NO_REGIONS)
         self.update_plot()
         self.generation += 1
 
