@@ -498,7 +498,7 @@ class DenoiseDetectWidget(QWidget):
         self._show_boxes(rebuild=merged is None)  # merged: the same lesions layer, so the review carries on
         self._update_export_buttons()
         cached = [k for k, v in res.cached.items() if v]
-        text = f"done on {res.device} in {res.seconds:.1f} s ({len(res.slices)} slices)"
+        text = f"done on {layer.name!r} ({res.device}) in {res.seconds:.1f} s ({len(res.slices)} slices)"
         if cached:
             text += f"; from cache: {', '.join(cached)}"
         if out.noise_sd is not None:
