@@ -300,3 +300,12 @@ def test_roi_compare_says_so_when_every_layer_goes_while_it_computes(make_napari
     viewer.layers.clear()
     qtbot.waitUntil(lambda: not roi.busy, timeout=30000)
     assert roi.status.text() != "computing..." and "New ROI layer" in roi.status.text()
+
+
+def test_roi_compare_keeps_the_readers_regions_when_a_reviewed_layer_appears(make_napari_viewer, qtbot) -> None:
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((3, 32, 32), np.float32), name="low")
+    _, roi = viewer.window.add_plugin_dock_widget(PLUGIN, "ROI compare")
+    viewer.add_shapes(ndim=3, name="regions")
+    viewer.add_shapes(ndim=3, name="low reviewed", metadata={"lidnet_role": "reviewed"})  # a navigator's first Reject
+    assert roi.shapes_combo.currentData() == "regions"

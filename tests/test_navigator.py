@@ -281,3 +281,40 @@ def test_one_lesion_through_neighbouring_slices_is_decided_at_once(make_napari_v
     assert [t for t, _ in tracked] == ["lesion 1"] * 3 + ["lesion 2"]
     assert len({u for _, u in tracked[:3]}) == 1 and tracked[3][1] != tracked[0][1]
 
+
+
+def _run(viewer, image, detections: np.ndarray, name: str):
+    """Another detection run's boxes on ``image`` (as the Denoise widget adds them)."""
+    return viewer.add_shapes(
+        boxes_to_shapes(detections[:, :5], 3), shape_type="rectangle", name=name, scale=image.scale,
+        translate=image.translate, features={"score": detections[:, 5]},
+        metadata={"lidnet_role": "detections", "lidnet": {"source_layer": image.name, "detector": "tiny"}},
+    )  # fmt: skip
+
+
+def test_rejections_are_kept_with_the_image_across_runs_edits_and_a_foreign_image(case) -> None:
+    """Review d: a Reject as the first decision crashed (an empty reviewed table took no status string); a run
+    without a rejected box, or a kept box deleted on the reviewed layer, lost rejections; an image opened under the
+    name of a deleted, reviewed one took over its review."""
+    viewer, widget, image, boxes, _ = case
+    widget.reject(0)  # the first decision: a rejection
+    assert widget.finding(0).status == "rejected" and viewer.layers[f"{image.name} reviewed"].nshapes == 0
+    _run(viewer, image, DETECTIONS[1:], "run 2")  # a run that does not find box 0; a decision there
+    widget.accept(widget.findings[0].id)
+    widget.load(boxes)  # back to the first run: box 0 is still rejected
+    assert {f.slice: f.status for f in widget.findings}[1] == "rejected"
+    widget.accept(2)
+    reviewed = viewer.layers[f"{image.name} reviewed"]
+    index = list(reviewed.features["finding"]).index(2)
+    reviewed.selected_data = {index}
+    reviewed.remove_selected()  # deleting a kept box on the layer is a rejection, remembered too
+    _run(viewer, image, DETECTIONS, "run 3")
+    assert sorted(f.status for f in widget.findings if f.slice == 2) == ["rejected"]
+    assert {f.slice: f.status for f in widget.findings}[1] == "rejected"
+    name = image.name
+    for layer in [ly for ly in viewer.layers if ly.name != reviewed.name]:
+        viewer.layers.remove(layer)
+    other = viewer.add_image(synthetic_hu((5, 24, 32), seed=11), name=name, scale=image.scale,
+                             translate=image.translate, metadata=dict(image.metadata))  # another patient  # fmt: skip
+    _run(viewer, other, DETECTIONS, "B lesions")
+    assert widget.reviewed_layer is None and all(f.status == "pending" for f in widget.findings)

@@ -103,7 +103,10 @@ def model_item(name: str, kind: str, shipped: bool) -> str:
 def source_key(layer: Any) -> str:
     """A fingerprint of an image layer's data (shape and a sample of 4096 voxels): the plugin's outputs record it,
     so another image that took the same name is never taken for their source."""
-    data = np.asarray(layer.data)
-    flat = data.reshape(-1)
-    sample = np.ascontiguousarray(flat[:: max(1, flat.size // 4096)], dtype=np.float32)
-    return f"{'x'.join(map(str, data.shape))}:{zlib.crc32(sample.tobytes()):08x}"
+    data = layer.data
+    shape = tuple(int(n) for n in data.shape)
+    size = int(np.prod(shape))
+    picks = np.unravel_index(np.linspace(0, max(size - 1, 0), min(size, 4096)).astype(np.int64), shape)
+    sample = np.ascontiguousarray(np.asarray(data[picks] if isinstance(data, np.ndarray) else np.asarray(data)[picks]),
+                                  dtype=np.float32)  # fmt: skip  (a numpy view is sampled, not copied)
+    return f"{'x'.join(map(str, shape))}:{zlib.crc32(sample.tobytes()):08x}"

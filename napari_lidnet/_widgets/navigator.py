@@ -127,6 +127,13 @@ def corners_in_image(shapes: Any, index: int, image: Any) -> tuple[int, np.ndarr
     return z, pix[:4, -2:] - PIXEL_CENTRE_SHIFT
 
 
+def _over(entry: list, findings: list[Finding]) -> Finding | None:
+    """The finding over a stored box ``[slice, x1, y1, x2, y2]`` (same slice, IoU >= 0.5, the best), or None."""
+    z, *bounds = entry
+    best = max((f for f in findings if f.slice == int(z)), key=lambda f: box_iou(f.bounds, bounds), default=None)
+    return best if best is not None and box_iou(best.bounds, bounds) >= 0.5 else None
+
+
 def _press(func: Any) -> Any:
     """A key binding (napari passes the viewer or layer) that calls ``func()``; one object per key, so closing the
     dock unbinds exactly it."""
@@ -599,7 +606,9 @@ class LesionNavigatorWidget(QWidget):
         reviewed = [ly for ly in self.viewer.layers if role(ly) == REVIEWED]
         mine = [ly for ly in reviewed if ((ly.metadata or {}).get("lidnet") or {}).get("source_key") == key]
         name = derived_name(self.image_layer.name, "reviewed")
-        layer = (mine or [ly for ly in reviewed if ly.name == name] or [None])[0]
+        unmarked = [ly for ly in reviewed if ly.name == name and not ((ly.metadata or {}).get("lidnet") or {}).get(
+            "source_key")]  # made before fingerprints; one with another image's fingerprint is that image's
+        layer = (mine or unmarked or [None])[0]
         if layer is not None:
             self._connect_reviewed(layer)
         return layer
@@ -642,14 +651,12 @@ class LesionNavigatorWidget(QWidget):
         """Rewrite the reviewed layer from the kept findings (made on the first decision); the rejected boxes go in
         its metadata, so a reload, another run or a reopened navigator still knows them."""
         kept = [f for f in self.findings if f.kept]
-        rejected = [[f.slice, *f.bounds] for f in self.findings if f.status == "rejected"]
         if self.reviewed_layer is None or self.reviewed_layer not in self.viewer.layers:
-            if not kept and not rejected:
+            if not kept and not any(f.status == "rejected" for f in self.findings):
                 return
             self.reviewed_layer = self._new_reviewed()
         layer = self.reviewed_layer
-        meta = dict(layer.metadata or {})
-        layer.metadata = {**meta, "lidnet": {**(meta.get("lidnet") or {}), "rejected": rejected}}
+        self._store_rejected()
         self._syncing = True
         try:
             layer.data = [(self._vertices(f), "rectangle") for f in kept]
@@ -661,10 +668,35 @@ class LesionNavigatorWidget(QWidget):
         finally:
             self._syncing = False
 
+    def _stored_rejected(self) -> list:
+        layer = self.reviewed_layer
+        return list(((layer.metadata or {}).get("lidnet") or {}).get("rejected") or []) if layer is not None else []
+
+    def _store_rejected(self) -> None:
+        """The rejected boxes in the reviewed layer's metadata: each rejected finding's detection box (as detected,
+        not as edited), plus the earlier rejections that no finding here stands for (another run, a threshold
+        move, deleted detections); a finding over an earlier one decides for it."""
+        now = [[f.slice, *self._detected_bounds(f)] for f in self.findings if f.status == "rejected"]
+        here = [f for f in self.findings if f.score is not None]
+        earlier = [r for r in self._stored_rejected() if _over(r, here) is None]
+        layer = self.reviewed_layer
+        meta = dict(layer.metadata or {})
+        layer.metadata = {**meta, "lidnet": {**(meta.get("lidnet") or {}), "rejected": earlier + now}}
+
+    def _detected_bounds(self, f: Finding) -> tuple[float, float, float, float]:
+        """The finding's box as its detection drew it (an edit moves the corners, not the detection)."""
+        key = self._origin.get(f.id)
+        if key is None:
+            return f.bounds
+        c = np.asarray(key[1:], float).reshape(-1, 2)
+        return float(c[:, 1].min()), float(c[:, 0].min()), float(c[:, 1].max()), float(c[:, 0].max())
+
     def _on_reviewed_data(self, event: Any = None) -> None:
         if self._syncing or getattr(event, "action", "changed") not in ("added", "changed", "removed"):
             return
         self._sync_from_reviewed()
+        if self.reviewed_layer is not None:
+            self._store_rejected()  # a kept box deleted on the layer is a rejection too
         self._fill_table()
         self.review_changed.emit()
 
@@ -708,9 +740,12 @@ class LesionNavigatorWidget(QWidget):
         layer, image = self.reviewed_layer, self.image_layer
         if layer is None or image is None or layer not in self.viewer.layers:
             return
-        self._restore_rejected(((layer.metadata or {}).get("lidnet") or {}).get("rejected") or [])
-        if not layer.nshapes:
-            return
+        if layer.nshapes:
+            self._adopt_kept(layer, image)
+        self._restore_rejected(self._stored_rejected())  # after the kept boxes: a kept one wins an overlap
+
+    def _adopt_kept(self, layer: Any, image: Any) -> None:
+        """The reviewed layer's boxes into this run's findings (see ``_adopt_reviewed``)."""
         feats = layer.features
         statuses = list(feats["status"]) if "status" in feats else ["added"] * layer.nshapes
         scores = list(feats["score"]) if "score" in feats else [np.nan] * layer.nshapes
@@ -732,10 +767,9 @@ class LesionNavigatorWidget(QWidget):
 
     def _restore_rejected(self, rejected: list) -> None:
         """Pending findings over a box the reader rejected before (same slice, IoU >= 0.5) are rejected again."""
-        for z, *bounds in rejected:
-            match = max((f for f in self.findings if f.slice == int(z) and f.status == "pending"),
-                        key=lambda f: box_iou(f.bounds, bounds), default=None)  # fmt: skip
-            if match is not None and box_iou(match.bounds, bounds) >= 0.5:
+        for entry in rejected:
+            match = _over(entry, [f for f in self.findings if f.status == "pending"])
+            if match is not None:
                 match.status = "rejected"
 
     def _reviewed_table(self, ids: list[int]) -> Any:
@@ -745,7 +779,11 @@ class LesionNavigatorWidget(QWidget):
         by_id = {f.id: f for f in self.findings}
         found = [by_id.get(i) for i in ids]
         scores = [np.nan if f is None or f.score is None else f.score for f in found]
-        return pd.DataFrame({"finding": ids, "status": [f.status if f else "added" for f in found], "score": scores})
+        return pd.DataFrame({
+            "finding": np.asarray(ids, dtype=int),
+            "status": np.asarray([f.status if f else "added" for f in found], dtype=object),
+            "score": np.asarray(scores, dtype=float),
+        })  # typed: an empty table must still take a status string
 
     def _label_reviewed(self, ids: list[int]) -> None:
         layer = self.reviewed_layer

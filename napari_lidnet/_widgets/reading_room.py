@@ -67,12 +67,13 @@ class ReadingRoom:
         self._adopt(event.value)
 
     def _adopt(self, layer: Any) -> None:
-        """Bind the preset keys on image and Shapes layers (a Shapes layer's own number keys, napari's shape modes,
-        where '3' deletes the selected shape, would win while it is active; Labels and Points keep their tool keys);
-        label the axes of a CT layer and follow its contrast limits."""
-        from napari.layers import Image, Shapes
+        """Bind the preset keys on image, Shapes and Points layers (their own number keys would win while they are
+        active: napari's shape and point modes, where '3' deletes the selected shape and '1' the selected points;
+        a Labels layer keeps its tool keys, none of which deletes); label the axes of a CT layer and follow its
+        contrast limits."""
+        from napari.layers import Image, Points, Shapes
 
-        if isinstance(layer, (Image, Shapes)):
+        if isinstance(layer, (Image, Points, Shapes)):
             for key, preset in PRESET_KEYS.items():
                 layer.bind_key(key, self._preset_key(preset), overwrite=True)
         if not is_ct_image(layer):

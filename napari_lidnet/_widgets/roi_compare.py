@@ -54,7 +54,7 @@ from napari_lidnet._widgets._roi_observer import (
     observer_cell,
     pair_problem,
 )
-from napari_lidnet._widgets._roles import DETECTIONS, NOT_DRAWN_BOXES, ROI, ROLE, normal_dose_of, role
+from napari_lidnet._widgets._roles import DETECTIONS, NOT_DRAWN_BOXES, REVIEWED, ROI, ROLE, normal_dose_of, role
 from napari_lidnet._widgets.reading_room import ReadingRoom
 from napari_lidnet.io.windowing import WINDOW_PRESETS, contrast_limits
 from napari_lidnet.metrics.nps import region_nps
@@ -398,7 +398,7 @@ class ROICompareWidget(QWidget):
         layer = event.value
         self._watch(layer)
         self._touch(layer)
-        if isinstance(layer, Shapes) and role(layer) not in NOT_DRAWN_BOXES:
+        if isinstance(layer, Shapes) and role(layer) not in (*NOT_DRAWN_BOXES, REVIEWED):  # a person's regions
             self.set_regions_layer(layer.name)
 
     def _on_layers_changed(self, renamed: Any = None) -> None:
@@ -660,6 +660,7 @@ class ROICompareWidget(QWidget):
         return bool(items) and items[0].checkState() == Qt.CheckState.Checked
 
     def _on_error(self, exc: Exception) -> None:
+        self.status.setText(f"could not compute the table: {exc}")
         self.rows = [{**{k: math.nan for k in ROW_KEYS}, "region": "", "image": "", "note": f"error: {exc}"}]
         self._fill_table()
         self.generation += 1
