@@ -19,6 +19,18 @@ def _layer_names(viewer) -> list[str]:
     return [ly.name for ly in viewer.layers]
 
 
+def _flipped_to_denoised(viewer, qtbot) -> tuple:
+    """A full dose, a low dose denoised by the Denoise widget, and F pressed twice: the denoised image in place."""
+    low, ref = phantom(n=3)
+    add_ct(viewer, ref, name="full")
+    src = add_ct(viewer, low, name="low")
+    widget = make_widget(viewer, qtbot)
+    run_and_wait(widget, qtbot)
+    widget.flip()
+    widget.flip()
+    return viewer, widget, src
+
+
 def test_current_slice_after_a_run_on_another_image_keeps_the_volume(make_napari_viewer, qtbot, model_dir) -> None:  # noqa: F811
     """All slices of A, then all slices of B, then the current slice of A: A's volume outputs stay whole and only
     that slice's boxes change (the merge used to know only the last run, and A lost every other slice)."""
@@ -60,14 +72,7 @@ def test_renamed_input_is_followed_and_renamed_outputs_are_kept(make_napari_view
 
 
 def test_deleting_a_compared_layer_or_the_lesions_restores_the_view(make_napari_viewer, qtbot, model_dir) -> None:  # noqa: F811
-    viewer = make_napari_viewer()
-    low, ref = phantom(n=3)
-    add_ct(viewer, ref, name="full")
-    src = add_ct(viewer, low, name="low")
-    widget = make_widget(viewer, qtbot)
-    run_and_wait(widget, qtbot)
-    widget.flip()
-    widget.flip()  # the denoised image shown in place, the CT images hidden
+    viewer, widget, src = _flipped_to_denoised(make_napari_viewer(), qtbot)
     assert not src.visible and not viewer.layers["full"].visible
     viewer.layers.remove("low denoised")
     assert src.visible and viewer.layers["full"].visible  # the view as before the comparison
@@ -177,14 +182,7 @@ def test_navigator_opened_after_a_run_reviews_it_and_refuses_without_its_image(
 
 
 def test_a_rerun_during_a_flip_goes_on_flipping_the_new_result(make_napari_viewer, qtbot, model_dir) -> None:  # noqa: F811
-    viewer = make_napari_viewer()
-    low, ref = phantom(n=3)
-    add_ct(viewer, ref, name="full")
-    src = add_ct(viewer, low, name="low")
-    widget = make_widget(viewer, qtbot)
-    run_and_wait(widget, qtbot)
-    widget.flip()
-    widget.flip()  # the denoised image in place
+    viewer, widget, src = _flipped_to_denoised(make_napari_viewer(), qtbot)
     widget.strength_spin.setValue(10)  # another strength, run again: the flip goes on with the new output
     run_and_wait(widget, qtbot)
     assert not viewer.layers["full"].visible and not src.visible
