@@ -187,6 +187,8 @@ def test_default_boxes_are_reviewed_or_drawn_never_raw_detections(make_napari_vi
     request, problems = widget.build_request()
     assert request is None and any("choose the lesion boxes" in p and "false positives" in p for p in problems)
 
+    viewer.add_shapes(ndim=3, name="empty reviewed", metadata={"lidnet_role": "reviewed"}, **geo)  # a Reject first
+    assert widget.boxes_combo.currentText() == NO_BOXES_ITEM  # a reviewed layer with no box is not the default
     viewer.add_shapes(shapes[:2], shape_type="rectangle", name="full-dose CT reviewed",
                       metadata={"lidnet_role": "reviewed"}, **geo)  # fmt: skip
     assert widget.boxes_combo.currentText() == "full-dose CT reviewed (reviewed)"

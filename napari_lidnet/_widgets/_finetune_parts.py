@@ -143,17 +143,18 @@ def box_choices(shapes: list[tuple[str, str]], detect: bool = True) -> list[tupl
 
 
 def refill_boxes(
-    combo: QComboBox, shapes: list[tuple[str, str]], detect: bool = True, renamed: dict[str, str] | None = None
-) -> None:
+    combo: QComboBox, shapes: list[tuple[str, str]], detect: bool = True, renamed: dict[str, str] | None = None,
+    empty: Collection[str] = (),
+) -> None:  # fmt: skip
     """Refill a lesion-boxes picker, keeping the current layer (under its new name after a rename); a new pick is
-    the newest reviewed layer, else the newest hand-drawn one, else no boxes (never unreviewed detections).
-    ``detect``: offer the starting detector's boxes."""
+    the newest reviewed layer, else the newest hand-drawn one, else no boxes (never unreviewed detections, never an
+    ``empty`` layer). ``detect``: offer the starting detector's boxes."""
     current = combo.currentData()
     current = renamed_to(current, renamed or {}) if current else current
     entries = box_choices(shapes, detect)
     datas = [d for _, d in entries]
-    reviewed = [n for n, r in shapes if r == "reviewed"]
-    drawn = [n for n, r in shapes if r not in ("reviewed", "detections", "roi")]
+    reviewed = [n for n, r in shapes if r == "reviewed" and n not in empty]
+    drawn = [n for n, r in shapes if r not in ("reviewed", "detections", "roi") and n not in empty]
     prefer = (reviewed or drawn or [""])[-1]
     combo.blockSignals(True)
     combo.clear()
@@ -313,17 +314,18 @@ class DataBox(QGroupBox):
 
     def refresh(
         self, images: list[str], shapes: list[tuple[str, str]], reduced: Collection[str] = (),
-        renamed: dict[str, str] | None = None,
+        renamed: dict[str, str] | None = None, empty: Collection[str] = (),
     ) -> None:  # fmt: skip
         """Refill the layer pickers with these image names and (Shapes layer name, role) pairs, keeping current
         choices, under their new names after a rename (a new pick prefers full-dose-looking names and never
         ``reduced`` ones, whose metadata says low dose or denoised; low-dose ones for the self-supervised source;
-        reviewed or hand-drawn boxes)."""
+        reviewed or hand-drawn boxes, not an ``empty`` layer: a navigator's reviewed layer holds none until a box is
+        kept)."""
         refill_checks(self.image_list, images, looks_full_dose, never=reduced, renamed=renamed)
         refill_checks(self.adapt_list, images, lambda n: n in reduced or looks_low_dose(n), renamed=renamed)
         for combo in (self.boxes_combo, self.paired_boxes_combo):
-            refill_boxes(combo, shapes, renamed=renamed)
-        refill_boxes(self.adapt_boxes_combo, shapes, detect=False, renamed=renamed)
+            refill_boxes(combo, shapes, renamed=renamed, empty=empty)
+        refill_boxes(self.adapt_boxes_combo, shapes, detect=False, renamed=renamed, empty=empty)
         low = next((n for n in images if looks_low_dose(n)), None)
         full = next((n for n in images if looks_full_dose(n)), None)
         refill(self.low_combo, images, prefer=low, renamed=renamed)

@@ -231,7 +231,8 @@ class FineTuneWidget(QWidget):
         images = self._images()
         reduced = {ly.name for ly in images if is_reduced_dose(ly)}
         shapes = [(ly.name, role(ly)) for ly in self._shapes()]
-        self.data_box.refresh([ly.name for ly in images], shapes, reduced, renamed or {})
+        empty = {ly.name for ly in self._shapes() if not len(ly.data)}
+        self.data_box.refresh([ly.name for ly in images], shapes, reduced, renamed or {}, empty)
 
     def checked_images(self) -> list[str]:
         """Names of the ticked normal-dose image layers."""
