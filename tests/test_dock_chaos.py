@@ -307,3 +307,26 @@ def test_roi_compare_keeps_the_readers_regions_when_a_reviewed_layer_appears(mak
     viewer.add_shapes(ndim=3, name="regions")
     viewer.add_shapes(ndim=3, name="low reviewed", metadata={"lidnet_role": "reviewed"})  # a navigator's first Reject
     assert roi.shapes_combo.currentData() == "regions"
+
+
+def test_navigator_scores_and_rejections_follow_the_denoise_threshold(make_napari_viewer, qtbot, model_dir) -> None:  # noqa: F811
+    """Review l: Denoise sets the boxes, then their scores, and the navigator read the old scores; a rejected box
+    that a later run at a higher threshold did not show came back pending when the threshold went down."""
+    viewer = make_napari_viewer()
+    add_ct(viewer, phantom(n=4)[0], name="low")
+    widget = make_widget(viewer, qtbot)
+    widget.set_threshold(0.05)
+    run_and_wait(widget, qtbot)
+    _, nav = viewer.window.add_plugin_dock_widget(PLUGIN, "Lesion navigator")
+    low = min(nav.findings, key=lambda f: f.score)
+    nav.reject(low.id)
+    for threshold in (low.score + 0.02, 0.05):
+        widget.set_threshold(threshold)
+        layer_scores = sorted(np.round(nav.boxes_layer.features["score"].to_numpy(float), 4))
+        assert sorted(round(f.score, 4) for f in nav.findings if f.score is not None) == layer_scores
+    widget.set_threshold(low.score + 0.02)
+    widget.strength_spin.setValue(10)
+    run_and_wait(widget, qtbot)  # another run, the rejected box under its threshold
+    widget.set_threshold(0.05)
+    again = [f for f in nav.findings if f.slice == low.slice and np.allclose(f.bounds, low.bounds, atol=1.0)]
+    assert again and all(f.status == "rejected" for f in again)

@@ -344,6 +344,7 @@ class LesionNavigatorWidget(QWidget):
         if boxes is not None and boxes != self.boxes_layer:
             self._disconnect_boxes()
             self.watch.connect(boxes.events.data, self._on_boxes_data)
+            self.watch.connect(boxes.events.features, self._on_boxes_data)  # scores set after the boxes
             self._bind_review_keys(boxes)
         self.boxes_layer, self.image_layer = boxes, image
         for combo, layer in ((self.boxes_combo, boxes), (self.image_combo, image)):
@@ -355,6 +356,8 @@ class LesionNavigatorWidget(QWidget):
         self.reviewed_layer = self._find_reviewed()
         if not same:
             self._adopt_reviewed()
+        else:  # a detection back over the threshold that the reader rejected in an earlier load is rejected again
+            self._restore_rejected(self._stored_rejected())
         self._sync_from_reviewed()
         self._fill_table()
         self._say(f"{len(self.findings)} boxes to review on {image.name}" if image is not None and boxes is not None
@@ -384,10 +387,11 @@ class LesionNavigatorWidget(QWidget):
 
     def _disconnect_boxes(self) -> None:
         if self.boxes_layer is not None:
-            try:
-                self.boxes_layer.events.data.disconnect(self._on_boxes_data)
-            except (TypeError, ValueError, RuntimeError):
-                pass
+            for emitter in (self.boxes_layer.events.data, self.boxes_layer.events.features):
+                try:
+                    emitter.disconnect(self._on_boxes_data)
+                except (TypeError, ValueError, RuntimeError):
+                    pass
 
     def _on_boxes_data(self, event: Any = None) -> None:
         if getattr(event, "action", "changed") in ("added", "removed", "changed") and self.boxes_layer is not None:
