@@ -318,3 +318,27 @@ def test_rejections_are_kept_with_the_image_across_runs_edits_and_a_foreign_imag
                              translate=image.translate, metadata=dict(image.metadata))  # another patient  # fmt: skip
     _run(viewer, other, DETECTIONS, "B lesions")
     assert widget.reviewed_layer is None and all(f.status == "pending" for f in widget.findings)
+
+
+def _threshold(boxes, detections: np.ndarray, t: float) -> None:
+    """The Denoise widget's threshold move on a detections layer: the boxes at or above ``t``, then their scores."""
+    keep = detections[detections[:, 5] >= t]
+    boxes.data = boxes_to_shapes(keep[:, :5], 3) if len(keep) else []
+    boxes.features = {"score": keep[:, 5]}
+
+
+def test_a_kept_box_and_a_drawn_one_across_a_run_at_a_higher_threshold(case) -> None:
+    """Review l: a box accepted, then a run at a higher threshold, then the threshold lowered: one row, not an
+    accepted and a pending one; a box drawn while detections are hidden keeps an id of its own."""
+    viewer, widget, image, boxes, _ = case
+    widget.accept(2)  # the 0.15 box
+    run = _run(viewer, image, DETECTIONS[DETECTIONS[:, 5] >= 0.3], "run 2")
+    _threshold(run, DETECTIONS, 0.0)
+    assert [f.status for f in widget.findings if f.slice == 2] == ["accepted"]
+    _threshold(run, DETECTIONS, 0.65)  # only the 0.91 box shown
+    reviewed = viewer.layers[f"{image.name} reviewed"]
+    reviewed.add_rectangles(np.array([[0, 2, 2], [0, 2, 6], [0, 6, 6], [0, 6, 2]], float))  # drawn by hand
+    drawn = [f for f in widget.findings if f.status == "added"]
+    _threshold(run, DETECTIONS, 0.0)
+    assert len(drawn) == 1 and [f.status for f in widget.findings if f.id == drawn[0].id] == ["added"]
+    assert sorted(f.status for f in widget.findings) == ["accepted", "added", "pending", "pending"]

@@ -356,7 +356,8 @@ class LesionNavigatorWidget(QWidget):
         self.reviewed_layer = self._find_reviewed()
         if not same:
             self._adopt_reviewed()
-        else:  # a detection back over the threshold that the reader rejected in an earlier load is rejected again
+        else:  # detections back over the threshold: a kept box without one takes it, a rejected one is rejected
+            self._absorb_kept()
             self._restore_rejected(self._stored_rejected())
         self._sync_from_reviewed()
         self._fill_table()
@@ -717,7 +718,8 @@ class LesionNavigatorWidget(QWidget):
             z, corners = corners_in_image(layer, i, image)
             f = by_id.get(ids[i])
             if f is None:
-                f = Finding(max(by_id, default=-1) + 1, z, corners, None, "added")
+                taken = [*by_id, *(g.id for g in self._parked.values())]  # hidden detections keep their ids
+                f = Finding(max(taken, default=-1) + 1, z, corners, None, "added")
                 by_id[f.id] = f
                 self.findings.append(f)
                 ids[i] = f.id
@@ -768,6 +770,15 @@ class LesionNavigatorWidget(QWidget):
                 ids.append(kept.id)
         self._measure([f for f in self.findings if f.id in ids])
         self._label_reviewed(ids)
+
+    def _absorb_kept(self) -> None:
+        """A kept box with no detection in this layer (carried over from another run) takes a pending detection
+        over it (same slice, IoU >= 0.5) as its own, instead of the box showing twice."""
+        for kept in [f for f in self.findings if f.kept and f.id not in self._origin]:
+            match = _over([kept.slice, *kept.bounds], [f for f in self.findings if f.status == "pending"])
+            if match is not None and match.id in self._origin:
+                self._origin[kept.id] = self._origin.pop(match.id)
+                self.findings.remove(match)
 
     def _restore_rejected(self, rejected: list) -> None:
         """Pending findings over a box the reader rejected before (same slice, IoU >= 0.5) are rejected again."""
