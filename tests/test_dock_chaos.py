@@ -19,6 +19,15 @@ def _layer_names(viewer) -> list[str]:
     return [ly.name for ly in viewer.layers]
 
 
+def _detected_then_navigator(viewer, qtbot, n: int) -> tuple:
+    """An n-slice low dose run through Denoise (threshold 0.05), then the Lesion navigator opened from the menu."""
+    add_ct(viewer, phantom(n=n)[0], name="low")
+    widget = make_widget(viewer, qtbot)
+    widget.set_threshold(0.05)
+    run_and_wait(widget, qtbot)
+    return viewer, widget, viewer.window.add_plugin_dock_widget(PLUGIN, "Lesion navigator")[1]
+
+
 def _flipped_to_denoised(viewer, qtbot) -> tuple:
     """A full dose, a low dose denoised by the Denoise widget, and F pressed twice: the denoised image in place."""
     low, ref = phantom(n=3)
@@ -167,12 +176,7 @@ def test_fine_tune_follows_renamed_layers_and_never_trains_on_a_vanished_boxes_l
 def test_navigator_opened_after_a_run_reviews_it_and_refuses_without_its_image(
     make_napari_viewer, qtbot, model_dir  # noqa: F811
 ) -> None:
-    viewer = make_napari_viewer()
-    add_ct(viewer, phantom(n=3)[0], name="low")
-    widget = make_widget(viewer, qtbot)
-    widget.set_threshold(0.05)
-    run_and_wait(widget, qtbot)
-    _, navigator = viewer.window.add_plugin_dock_widget(PLUGIN, "Lesion navigator")
+    viewer, widget, navigator = _detected_then_navigator(make_napari_viewer(), qtbot, 3)
     n = len(navigator.findings)
     assert n > 1 and navigator.table.rowCount() == n  # the run's boxes, ready to review
     navigator.accept(navigator.findings[0].id)
@@ -312,12 +316,7 @@ def test_roi_compare_keeps_the_readers_regions_when_a_reviewed_layer_appears(mak
 def test_navigator_scores_and_rejections_follow_the_denoise_threshold(make_napari_viewer, qtbot, model_dir) -> None:  # noqa: F811
     """Review l: Denoise sets the boxes, then their scores, and the navigator read the old scores; a rejected box
     that a later run at a higher threshold did not show came back pending when the threshold went down."""
-    viewer = make_napari_viewer()
-    add_ct(viewer, phantom(n=4)[0], name="low")
-    widget = make_widget(viewer, qtbot)
-    widget.set_threshold(0.05)
-    run_and_wait(widget, qtbot)
-    _, nav = viewer.window.add_plugin_dock_widget(PLUGIN, "Lesion navigator")
+    viewer, widget, nav = _detected_then_navigator(make_napari_viewer(), qtbot, 4)
     low = min(nav.findings, key=lambda f: f.score)
     nav.reject(low.id)
     for threshold in (low.score + 0.02, 0.05):
