@@ -119,7 +119,7 @@ def refill(
 ) -> None:
     """Replace a combo's items, keeping the current text (its new name after a rename in ``renamed``) when it is
     still there, else ``prefer``."""
-    current = renamed_to(combo.currentText(), renamed or {})
+    current = renamed_to(combo.currentText(), renamed)
     combo.blockSignals(True)
     combo.clear()
     combo.addItems(items)
@@ -150,7 +150,7 @@ def refill_boxes(
     the newest reviewed layer, else the newest hand-drawn one, else no boxes (never unreviewed detections, never an
     ``empty`` layer). ``detect``: offer the starting detector's boxes."""
     current = combo.currentData()
-    current = renamed_to(current, renamed or {}) if current else current
+    current = renamed_to(current, renamed)
     entries = box_choices(shapes, detect)
     datas = [d for _, d in entries]
     reviewed = [n for n, r in shapes if r == "reviewed" and n not in empty]
@@ -186,7 +186,7 @@ def refill_checks(
     """Refill a checkable list with ``names``, keeping the ticks (on the new names after a rename); with none left,
     tick the first name that ``looks_right`` (a predicate), or the only name left, but never one of ``never`` (a
     guess there would be wrong)."""
-    checked = {renamed_to(n, renamed or {}) for n in checked_names(items)} & set(names)
+    checked = {renamed_to(n, renamed) for n in checked_names(items)} & set(names)
     if not checked:
         fits = [n for n in names if n not in never]
         guess = next((n for n in fits if looks_right(n)), fits[0] if len(fits) == 1 else None)

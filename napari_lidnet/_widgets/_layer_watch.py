@@ -94,6 +94,6 @@ class LayerWatch:
         self._links, self._keys, self._names = [], [], []
 
 
-def renamed_to(name: str, renamed: dict[str, str]) -> str:
-    """``name`` after the renames in ``renamed`` (unchanged when it was not renamed)."""
-    return renamed.get(name, name)
+def renamed_to(name: str, renamed: dict[str, str] | None) -> str:
+    """``name`` after the renames in ``renamed`` (unchanged when it was not renamed, or nothing was)."""
+    return (renamed or {}).get(name, name)

@@ -21,15 +21,19 @@ NOT_DRAWN_BOXES = (DETECTIONS, CALIPERS)
 NAME_LIMIT = 20
 
 
+def lidnet_info(layer: Any) -> dict[str, Any]:
+    """What the plugin recorded on a layer it made (``metadata["lidnet"]``: source, models, run...), {} for others."""
+    info = (getattr(layer, "metadata", None) or {}).get("lidnet")
+    return info if isinstance(info, dict) else {}
+
+
 def role(layer: Any) -> str:
     """The layer's LIDnet role, '' for a layer the user made (older detector layers count as detections)."""
     meta = getattr(layer, "metadata", None) or {}
     if meta.get(ROLE):
         return str(meta[ROLE])
-    lid = meta.get("lidnet")
-    if isinstance(lid, dict) and "detector" in lid and "denoiser" not in lid:
-        return DETECTIONS
-    return ""
+    lid = lidnet_info(layer)
+    return DETECTIONS if "detector" in lid and "denoiser" not in lid else ""
 
 
 def is_shapes(layer: Any) -> bool:
@@ -55,8 +59,7 @@ def recorded_dose(layer: Any) -> float | None:
 
 def is_denoised(layer: Any) -> bool:
     """Whether the layer is the plugin's denoised output (its metadata names the denoiser)."""
-    lid = (getattr(layer, "metadata", None) or {}).get("lidnet")
-    return isinstance(lid, dict) and "denoiser" in lid
+    return "denoiser" in lidnet_info(layer)
 
 
 def is_reduced_dose(layer: Any) -> bool:
@@ -107,6 +110,6 @@ def source_key(layer: Any) -> str:
     shape = tuple(int(n) for n in data.shape)
     size = int(np.prod(shape))
     picks = np.unravel_index(np.linspace(0, max(size - 1, 0), min(size, 4096)).astype(np.int64), shape)
-    sample = np.ascontiguousarray(np.asarray(data[picks] if isinstance(data, np.ndarray) else np.asarray(data)[picks]),
-                                  dtype=np.float32)  # fmt: skip  (a numpy view is sampled, not copied)
+    values = data[picks] if isinstance(data, np.ndarray) else np.asarray(data)[picks]  # a numpy view: not copied
+    sample = np.ascontiguousarray(values, dtype=np.float32)
     return f"{'x'.join(map(str, shape))}:{zlib.crc32(sample.tobytes()):08x}"

@@ -38,7 +38,7 @@ from ..io.volume import n_slices
 from ..layer_data import boxes_to_shapes, removed_noise, removed_noise_kwargs
 from ._docking import DockHome, scroll_layout
 from ._layer_watch import LayerWatch, renamed_to
-from ._roles import DETECTIONS, NOISE, ROLE, derived_name, model_item, pair_name, source_key
+from ._roles import DETECTIONS, NOISE, ROLE, derived_name, lidnet_info, model_item, pair_name, source_key
 from ._worker_utils import (
     Failure,
     JobOutput,
@@ -264,7 +264,7 @@ class DenoiseDetectWidget(QWidget):
     def refresh_layers(self, renamed: dict[str, str] | None = None) -> None:
         """Refill the image choices; keeps the current choice (under its new name after a rename), else prefers
         the active layer."""
-        current = renamed_to(self.image_combo.currentText(), renamed or {})
+        current = renamed_to(self.image_combo.currentText(), renamed)
         names = [ly.name for ly in self._image_layers()]
         active = self.viewer.layers.selection.active
         self.image_combo.blockSignals(True)
@@ -491,7 +491,7 @@ class DenoiseDetectWidget(QWidget):
         self._last = {"layer": layer, "result": merged or res, "first": 0 if merged else first, "labels": labels,
                       "remove_sd": remove_sd}  # fmt: skip
         if layer.ndim == 3 and list(self._last["result"].slices) == list(range(layer.data.shape[0])):
-            self._volumes = [v for v in self._volumes if v["layer"] != layer and v["layer"] in self.viewer.layers]
+            self._volumes = [v for v in self._volumes if v["layer"] != layer]  # deleted images: _on_layers_changed
             self._volumes.append({**self._last, "data_id": id(layer.data)})
         self._show_denoised()
         self._show_noise()
@@ -559,16 +559,17 @@ class DenoiseDetectWidget(QWidget):
         """A layer named ``name`` that this plugin made from the current source before this widget knew of it (a
         dock closed and opened again), so a new run replaces it instead of adding ``name [1]``."""
         layer = next((ly for ly in self.viewer.layers if ly.name == name), None)
-        made = ((layer.metadata or {}).get("lidnet") or {}) if layer is not None else {}
-        here = made.get("source_key") == source_key(self._last["layer"])  # this very image, not one of its name
-        return layer if here and not any(e[2] == layer for e in self._outputs) else None
+        if layer is None or any(e[2] == layer for e in self._outputs):
+            return None
+        here = lidnet_info(layer).get("source_key") == source_key(self._last["layer"])  # this image, not its name
+        return layer if here else None
 
     def _place(self, role: str, data: Any, kwargs: dict[str, Any], layer_type: str) -> Any:
         """Add an output layer, replacing this widget's previous output of the same role for the same source (a
         comparison showing the old one goes on with the new one)."""
         old, index = self._live(role) or self._earlier_output(kwargs["name"]), None
-        pair = self.compare.pair
-        self._outputs = [e for e in self._outputs if e is not self._entry(role)]
+        pair, entry = self.compare.pair, self._entry(role)
+        self._outputs = [e for e in self._outputs if e is not entry]
         self._replacing = True
         try:
             if old is not None:
@@ -587,11 +588,10 @@ class DenoiseDetectWidget(QWidget):
         return new
 
     def _drop(self, role: str) -> None:
-        old = self._live(role)
+        old, entry = self._live(role), self._entry(role)
+        self._outputs = [e for e in self._outputs if e is not entry]
         if old is not None:
             self.viewer.layers.remove(old)
-        entry = self._entry(role)
-        self._outputs = [e for e in self._outputs if e is not entry]
 
     def _geometry(self, first: int | None) -> dict[str, Any]:
         src = self._last["layer"]
@@ -868,14 +868,14 @@ class DenoiseDetectWidget(QWidget):
         from ..io.boxes_io import slice_columns, write_boxes_csv
         from ..metrics.lesions import row_lesions
 
-        src = self._last["layer"]
+        src, rows = self._last["layer"], self.shown_boxes
         slices = slice_columns(src.metadata, n_slices(src.data))
         try:
-            out = write_boxes_csv(path, self.shown_boxes, slices, row_lesions(self.shown_boxes))
+            out = write_boxes_csv(path, rows, slices, row_lesions(rows))
         except (OSError, ValueError) as exc:
             self._message(f"box export failed: {exc}", error=True)
             return None
-        self._message(f"wrote {len(self.shown_boxes)} boxes to {out}")
+        self._message(f"wrote {len(rows)} boxes to {out}")
         return out
 
     def _export_dicom_dialog(self) -> None:

@@ -232,7 +232,7 @@ class FineTuneWidget(QWidget):
         reduced = {ly.name for ly in images if is_reduced_dose(ly)}
         shapes = [(ly.name, role(ly)) for ly in self._shapes()]
         empty = {ly.name for ly in self._shapes() if not len(ly.data)}
-        self.data_box.refresh([ly.name for ly in images], shapes, reduced, renamed or {}, empty)
+        self.data_box.refresh([ly.name for ly in images], shapes, reduced, renamed, empty)
 
     def checked_images(self) -> list[str]:
         """Names of the ticked normal-dose image layers."""

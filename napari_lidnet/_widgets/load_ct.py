@@ -306,7 +306,7 @@ class LoadCTWidget(QWidget):
         self.cancel_simulation()
 
     def _refresh_layers(self, renamed: dict[str, str] | None = None) -> None:
-        current = renamed_to(self.sim_layer_combo.currentText(), renamed or {})
+        current = renamed_to(self.sim_layer_combo.currentText(), renamed)
         self.sim_layer_combo.clear()
         images = [lyr for lyr in self.viewer.layers if isinstance(lyr, Image) and not lyr.rgb]
         self.sim_layer_combo.addItems([lyr.name for lyr in images])

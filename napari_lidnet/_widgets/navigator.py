@@ -40,7 +40,18 @@ from ..layer_data import PIXEL_CENTRE_SHIFT
 from ..metrics.froc import box_iou_np
 from ._docking import DockHome
 from ._layer_watch import LayerWatch, renamed_to
-from ._roles import CALIPERS, DETECTIONS, REVIEWED, ROLE, derived_name, is_ct_image, is_shapes, role, source_key
+from ._roles import (
+    CALIPERS,
+    DETECTIONS,
+    REVIEWED,
+    ROLE,
+    derived_name,
+    is_ct_image,
+    is_shapes,
+    lidnet_info,
+    role,
+    source_key,
+)
 from ._viewer import camera
 from .reading_room import ReadingRoom
 
@@ -272,7 +283,7 @@ class LesionNavigatorWidget(QWidget):
         """Refill the pickers, keeping current choices (under their new names after a rename)."""
         for combo, names in ((self.boxes_combo, [ly.name for ly in self._box_layers()]),
                              (self.image_combo, [ly.name for ly in self._images()])):  # fmt: skip
-            current = renamed_to(combo.currentText(), renamed or {})
+            current = renamed_to(combo.currentText(), renamed)
             combo.blockSignals(True)
             combo.clear()
             combo.addItems([NONE, *names])
@@ -287,10 +298,8 @@ class LesionNavigatorWidget(QWidget):
 
     def _is_copy(self, layer: Any) -> bool:
         """Whether ``layer`` is a copy (napari's Duplicate Layer) of a detection run already in the viewer."""
-        run = ((layer.metadata or {}).get("lidnet") or {}).get("run")
-        return bool(run) and any(
-            ly != layer and ((ly.metadata or {}).get("lidnet") or {}).get("run") == run for ly in self.viewer.layers
-        )
+        run = lidnet_info(layer).get("run")
+        return bool(run) and any(ly != layer and lidnet_info(ly).get("run") == run for ly in self.viewer.layers)
 
     def _on_removed(self, event: Any) -> None:
         layer = event.value
@@ -324,7 +333,7 @@ class LesionNavigatorWidget(QWidget):
 
     def _image_for(self, boxes: Any) -> Any | None:
         """The image the boxes were found on (the detections' source), else the picked one, else the top CT."""
-        src = ((boxes.metadata or {}).get("lidnet") or {}).get("source_layer") if boxes is not None else None
+        src = lidnet_info(boxes).get("source_layer")
         images = self._images()
         for candidate in (self._layer(src) if src else None, self._layer(self.image_combo.currentText())):
             if candidate is not None and candidate in images:
@@ -609,10 +618,10 @@ class LesionNavigatorWidget(QWidget):
             return None
         key = source_key(self.image_layer)
         reviewed = [ly for ly in self.viewer.layers if role(ly) == REVIEWED]
-        mine = [ly for ly in reviewed if ((ly.metadata or {}).get("lidnet") or {}).get("source_key") == key]
+        mine = [ly for ly in reviewed if lidnet_info(ly).get("source_key") == key]
         name = derived_name(self.image_layer.name, "reviewed")
-        unmarked = [ly for ly in reviewed if ly.name == name and not ((ly.metadata or {}).get("lidnet") or {}).get(
-            "source_key")]  # made before fingerprints; one with another image's fingerprint is that image's
+        # made before fingerprints; one with another image's fingerprint is that image's
+        unmarked = [ly for ly in reviewed if ly.name == name and not lidnet_info(ly).get("source_key")]
         layer = (mine or unmarked or [None])[0]
         if layer is not None:
             self._connect_reviewed(layer)
@@ -675,7 +684,7 @@ class LesionNavigatorWidget(QWidget):
 
     def _stored_rejected(self) -> list:
         layer = self.reviewed_layer
-        return list(((layer.metadata or {}).get("lidnet") or {}).get("rejected") or []) if layer is not None else []
+        return list(lidnet_info(layer).get("rejected") or [])
 
     def _store_rejected(self) -> None:
         """The rejected boxes in the reviewed layer's metadata: each rejected finding's detection box (as detected,
@@ -685,8 +694,7 @@ class LesionNavigatorWidget(QWidget):
         here = [f for f in self.findings if f.score is not None]
         earlier = [r for r in self._stored_rejected() if _over(r, here) is None]
         layer = self.reviewed_layer
-        meta = dict(layer.metadata or {})
-        layer.metadata = {**meta, "lidnet": {**(meta.get("lidnet") or {}), "rejected": earlier + now}}
+        layer.metadata = {**(layer.metadata or {}), "lidnet": {**lidnet_info(layer), "rejected": earlier + now}}
 
     def _detected_bounds(self, f: Finding) -> tuple[float, float, float, float]:
         """The finding's box as its detection drew it (an edit moves the corners, not the detection)."""

@@ -401,9 +401,9 @@ class ROICompareWidget(QWidget):
         if isinstance(layer, Shapes) and role(layer) not in (*NOT_DRAWN_BOXES, REVIEWED):  # a person's regions
             self.set_regions_layer(layer.name)
 
-    def _on_layers_changed(self, renamed: Any = None) -> None:
-        """Any change of the layer list (``renamed``: {old: new} names after a rename, else an event or None)."""
-        self._sync_layers(renamed if isinstance(renamed, dict) else {})
+    def _on_layers_changed(self, renamed: dict[str, str] | None = None) -> None:
+        """Any change of the layer list (``renamed``: {old: new} names after a rename)."""
+        self._sync_layers(renamed)
         self.schedule_refresh()
 
     def _touch(self, layer: Any) -> None:
@@ -449,10 +449,10 @@ class ROICompareWidget(QWidget):
     def _on_reference_chosen(self, index: int) -> None:
         self._reference_chosen = True
 
-    def _sync_shapes_combo(self, renamed: dict[str, str]) -> None:
+    def _sync_shapes_combo(self, renamed: dict[str, str] | None) -> None:
         """(none), then every Shapes layer; the detector's layers are marked as raw detections."""
         current = self.shapes_combo.currentData()
-        current = renamed_to(current, renamed) if current else current
+        current = renamed_to(current, renamed)
         self.shapes_combo.clear()
         self.shapes_combo.addItem(NONE, None)
         for lay in self._shapes_layers():
@@ -465,7 +465,6 @@ class ROICompareWidget(QWidget):
     def _sync_layers(self, renamed: dict[str, str] | None = None) -> None:
         """Refill the layer pickers, keeping the current choices under the layers' new names (checked images stay
         checked, new ones are)."""
-        renamed = renamed or {}
         self._syncing = True
         try:
             self._sync_shapes_combo(renamed)

@@ -111,9 +111,15 @@ def _item(value_type: str, name: tuple[str, str, str], relationship: str = "CONT
     return item
 
 
-def _text(name: tuple[str, str, str], value: str) -> Any:
-    item = _item("TEXT", name)
+def _text(name: tuple[str, str, str], value: str, relationship: str = "CONTAINS") -> Any:
+    item = _item("TEXT", name, relationship)
     item.TextValue = value
+    return item
+
+
+def _uidref(name: tuple[str, str, str], uid: str, relationship: str = "CONTAINS") -> Any:
+    item = _item("UIDREF", name, relationship)
+    item.UID = uid
     return item
 
 
@@ -166,8 +172,7 @@ def _group(k: int, region: SRRegion, ref: tuple[str, str] | None, frame: int | N
     scoord.GraphicData = closed_polyline(region.corners)
     if ref is not None:
         scoord.ContentSequence = [_image_ref(ref, frame)]
-    tracking_uid = _item("UIDREF", TRACKING_UID)
-    tracking_uid.UID = uid
+    tracking_uid = _uidref(TRACKING_UID, uid)
     label = region.label or f"finding {k + 1} (slice {region.slice})"
     children = [  # one tracked lesion: the same identifier and UID in each of its groups (TID 1500)
         _text(TRACKING_ID, label if region.lesion is None else f"lesion {region.lesion}"),
@@ -208,15 +213,16 @@ def _context() -> list[Any]:
 
     from .. import __version__
 
-    uid = _item("UIDREF", DEVICE_UID, "HAS OBS CONTEXT")
+    context = "HAS OBS CONTEXT"
     # the program's UID, one per version (a device observer UID names the device, not one installation of it)
-    uid.UID = generate_uid(entropy_srcs=["napari-lidnet", __version__])
-    name = _text(DEVICE_NAME, f"LIDnet detector (napari-lidnet {__version__})")
-    maker = _text(DEVICE_MAKER, "napari-lidnet")
-    for item in (name, maker):
-        item.RelationshipType = "HAS OBS CONTEXT"
-    return [_coded(LANGUAGE, ENGLISH, "HAS CONCEPT MOD"), _coded(OBSERVER_TYPE, DEVICE, "HAS OBS CONTEXT"), uid, name,
-            maker]  # fmt: skip
+    uid = generate_uid(entropy_srcs=["napari-lidnet", __version__])
+    return [
+        _coded(LANGUAGE, ENGLISH, "HAS CONCEPT MOD"),
+        _coded(OBSERVER_TYPE, DEVICE, context),
+        _uidref(DEVICE_UID, uid, context),
+        _text(DEVICE_NAME, f"LIDnet detector (napari-lidnet {__version__})", context),
+        _text(DEVICE_MAKER, "napari-lidnet", context),
+    ]
 
 
 def _library(images: Sequence[tuple[tuple[str, str], int | None]], frame_of_reference: str) -> Any:
@@ -226,9 +232,7 @@ def _library(images: Sequence[tuple[tuple[str, str], int | None]], frame_of_refe
     group.ContinuityOfContent = "SEPARATE"
     group.ContentSequence = [_coded(MODALITY, CT_MODALITY, "HAS ACQ CONTEXT")]
     if frame_of_reference:
-        for_uid = _item("UIDREF", FRAME_OF_REFERENCE, "HAS ACQ CONTEXT")
-        for_uid.UID = frame_of_reference
-        group.ContentSequence.append(for_uid)
+        group.ContentSequence.append(_uidref(FRAME_OF_REFERENCE, frame_of_reference, "HAS ACQ CONTEXT"))
     group.ContentSequence.extend(_image_ref(ref, frame, "CONTAINS") for ref, frame in dict.fromkeys(images))
     library = _item("CONTAINER", IMAGE_LIBRARY)
     library.ContinuityOfContent = "SEPARATE"
