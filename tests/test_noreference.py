@@ -11,12 +11,14 @@ from scipy import ndimage as ndi
 from napari_lidnet.metrics.noreference import (
     _detrend_plane,
     _tile_means,
+    _tile_plane_sds,
     _tiles,
     block_noise_sd,
     body_mask,
     correlation_length,
     edge_locations,
     edge_sharpness,
+    flat_block_noise_sds,
     flat_blocks,
     noise_autocorrelation,
     noise_sd,
@@ -129,6 +131,23 @@ def test_block_selection_sums_and_plane_fit_equal_the_direct_computation(block: 
     coef, *_ = np.linalg.lstsq(design, blocks.reshape(50, -1).T, rcond=None)
     expected = (blocks.reshape(50, -1).T - design @ coef).T.reshape(blocks.shape)
     np.testing.assert_allclose(_detrend_plane(blocks), expected, atol=1e-9)
+
+
+@pytest.mark.parametrize("block", [2, 8, 24])
+def test_plane_sds_from_cell_moments_equal_the_detrended_blocks(block: int) -> None:
+    """The per-tile SD about the plane (ddof 3) from four cell moments equals :func:`block_noise_sd`'s on the copied
+    tiles, ramps and HU offsets included; ``flat_block_noise_sds`` (which uses it) equals the median over the
+    blocks that :func:`flat_blocks` picks, for an image and a second one measured in the same blocks."""
+    rng = np.random.default_rng(block)
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    img = phantom() + rng.normal(0, 10, (SIZE, SIZE)).astype(np.float32) + 0.3 * x + 0.1 * y
+    tiles = _tiles(img, block)
+    res = _detrend_plane(tiles.astype(np.float64)).reshape(*tiles.shape[:2], -1)
+    direct = np.sqrt((res**2).sum(axis=-1) / (res.shape[-1] - 3))
+    np.testing.assert_allclose(_tile_plane_sds(img, block), direct, rtol=1e-7, atol=1e-6)
+    other = rng.normal(0, 4, (SIZE, SIZE)).astype(np.float32)
+    expected = [block_noise_sd(flat_blocks(img, block, max_slices=1, values=v)) for v in (img, other)]
+    np.testing.assert_allclose(flat_block_noise_sds(img, [img, other], block=block), expected, rtol=1e-9)
 
 
 def test_noise_across_slices_ignores_tissue_texture_continuous_in_z() -> None:

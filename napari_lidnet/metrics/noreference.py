@@ -116,15 +116,65 @@ def _tiles(a: np.ndarray, block: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(a, (block, block), axis=(0, 1))[::step, ::step]
 
 
+def _cells(a: np.ndarray, block: int) -> np.ndarray:
+    """The (block / 2)-px cells that the half-overlapping tiles of ``a`` (y, x) are made of, (ny, b/2, nx, b/2)."""
+    step = block // 2
+    ny, nx = (a.shape[0] - block) // step + 2, (a.shape[1] - block) // step + 2
+    return a[: ny * step, : nx * step].reshape(ny, step, nx, step)
+
+
+def _tile_sums(cells: np.ndarray) -> np.ndarray:
+    """Per-tile totals from per-cell totals (ny, nx): each tile is 2 x 2 cells."""
+    return cells[:-1, :-1] + cells[1:, :-1] + cells[:-1, 1:] + cells[1:, 1:]
+
+
 def _tile_means(a: np.ndarray, block: int) -> np.ndarray:
     """``_tiles(a, block).mean(axis=(2, 3))`` for a (y, x) (float64): for an even block, from the sums of the
     (block / 2)-px cells that the half-overlapping tiles are made of, one pass over the slice."""
-    step = max(1, block // 2)
-    if block != 2 * step:
+    if block % 2:
         return _tiles(a, block).mean(axis=(2, 3), dtype=np.float64)
-    ny, nx = (a.shape[0] - block) // step + 2, (a.shape[1] - block) // step + 2  # cells
-    cells = a[: ny * step, : nx * step].reshape(ny, step, nx, step).sum(axis=(1, 3), dtype=np.float64)
-    return (cells[:-1, :-1] + cells[1:, :-1] + cells[:-1, 1:] + cells[1:, 1:]) / (block * block)
+    return _tile_sums(np.einsum("iajb->ij", _cells(a, block), dtype=np.float64)) / (block * block)
+
+
+def _tile_plane_sds(a: np.ndarray, block: int) -> np.ndarray:
+    """:func:`block_noise_sd`'s SD about the least-squares plane (ddof 3) of every half-overlapping tile of ``a``
+    (y, x), (ny, nx), for an even ``block``, from four moments of each cell and no copy of a block: on a centred grid
+    the constant and the two ramps are orthogonal, so the plane's residual sum of squares is the sum of squares
+    less each one's projection."""
+    step, half, n = block // 2, (block - 1) / 2, block * block
+    c = _cells(np.asarray(a, np.float64), block)
+    r = np.arange(step, dtype=np.float64)
+    s0, s2 = np.einsum("iajb->ij", c), np.einsum("iajb,iajb->ij", c, c)
+    total = _tile_sums(s0)
+    ramp_x = _tile_sums(np.einsum("iajb,b->ij", c, r)) + step * (s0[:-1, 1:] + s0[1:, 1:]) - half * total
+    ramp_y = _tile_sums(np.einsum("iajb,a->ij", c, r)) + step * (s0[1:, :-1] + s0[1:, 1:]) - half * total
+    norm = block * float(((np.arange(block) - half) ** 2).sum())
+    rss = _tile_sums(s2) - total**2 / n - (ramp_x**2 + ramp_y**2) / norm
+    return np.sqrt(np.maximum(rss, 0.0) / (n - 3))
+
+
+def _candidate_tiles(
+    s: np.ndarray, block: int, hu_range: tuple[float, float]
+) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
+    """(the crop of slice ``s`` that the tiles cover; the flat indices of the half-overlapping tiles of that crop
+    that lie inside the body with their mean in ``hu_range``; their structure scores)."""
+    whole = (slice(None), slice(None))
+    if min(s.shape) < block:
+        return whole, np.zeros(0, int), np.zeros(0)
+    body = body_mask(s)
+    crop = _body_box(body, block)
+    s, body = s[crop], body[crop]
+    if min(s.shape) < block:  # a sliver of tissue at the image's edge holds no block
+        return crop, np.zeros(0, int), np.zeros(0)
+    if block % 2:
+        inside = _tile_means(body, block) == 1.0
+    else:
+        cells = _cells(body, block).all(axis=(1, 3))
+        inside = cells[:-1, :-1] & cells[1:, :-1] & cells[:-1, 1:] & cells[1:, 1:]
+    means = _tile_means(s, block)
+    structure = _tile_means(ndi.gaussian_gradient_magnitude(s, STRUCTURE_SIGMA), block)
+    keep = np.flatnonzero(inside & (means >= hu_range[0]) & (means <= hu_range[1]))
+    return crop, keep, structure.ravel()[keep]
 
 
 def _candidates(
@@ -132,18 +182,10 @@ def _candidates(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(tiles of ``values`` (ny, nx, b, b), or (ny, nx, k, b, b) for values (y, x, k), a view; the flat indices of
     the tiles that lie inside the body of slice ``s`` with their mean in ``hu_range``; their structure scores)."""
-    if min(s.shape) < block:
-        return np.zeros((0, 0, block, block)), np.zeros(0, int), np.zeros(0)
-    body = body_mask(s)
-    crop = _body_box(body, block)
-    s, body, values = s[crop], body[crop], values[crop]
-    if min(s.shape) < block:  # a sliver of tissue at the image's edge holds no block
-        return np.zeros((0, 0, block, block)), np.zeros(0, int), np.zeros(0)
-    inside = _tile_means(body, block) == 1.0
-    means = _tile_means(s, block)
-    structure = _tile_means(ndi.gaussian_gradient_magnitude(s, STRUCTURE_SIGMA), block)
-    keep = np.flatnonzero(inside & (means >= hu_range[0]) & (means <= hu_range[1]))
-    return _tiles(values, block), keep, structure.ravel()[keep]
+    crop, keep, score = _candidate_tiles(s, block, hu_range)
+    if min(values[crop].shape[:2]) < block:
+        return np.zeros((0, 0, block, block)), keep, score
+    return _tiles(values[crop], block), keep, score
 
 
 def _body_box(body: np.ndarray, block: int) -> tuple[slice, slice]:
@@ -187,13 +229,28 @@ def flat_block_noise_sds(
     hu2d: np.ndarray, images: list[np.ndarray], block: int = NOISE_BLOCK, hu_range: tuple[float, float] = FLAT_HU
 ) -> list[float]:
     """:func:`block_noise_sd` of each of ``images`` (each of the slice's shape) in the flattest blocks of the slice
-    ``hu2d``, chosen once (as :func:`flat_blocks` chooses them); NaN for each when there is no flat block."""
+    ``hu2d``, chosen once (as :func:`flat_blocks` chooses them); NaN for each when there is no flat block. An even
+    ``block`` is measured from per-cell moments (:func:`_tile_plane_sds`), without copying the blocks out."""
     s = np.asarray(hu2d, np.float32)
-    stacked = np.stack([np.asarray(im, np.float32) for im in images], axis=-1)
-    if stacked.shape[:2] != s.shape:
-        raise ValueError(f"images must have the slice's shape {s.shape}, got {stacked.shape[:2]}")
-    blocks = _flattest([_candidates(s, stacked, block, hu_range)], FLAT_FRACTION)
-    return [block_noise_sd(blocks[:, c]) if len(blocks) else float("nan") for c in range(len(images))]
+    ims = [np.asarray(im, np.float32) for im in images]
+    if any(im.shape != s.shape for im in ims):
+        raise ValueError(f"images must have the slice's shape {s.shape}, got {[im.shape for im in ims]}")
+    if block % 2:
+        blocks = _flattest([_candidates(s, np.stack(ims, axis=-1), block, hu_range)], FLAT_FRACTION)
+        return [block_noise_sd(blocks[:, c]) if len(blocks) else float("nan") for c in range(len(ims))]
+    crop, keep, score = _candidate_tiles(s, block, hu_range)
+    if len(keep) == 0:
+        return [float("nan")] * len(ims)
+    chosen = keep[_choose(score, FLAT_FRACTION)]
+    return [float(np.median(_tile_plane_sds(im[crop], block).ravel()[chosen])) for im in ims]
+
+
+def _choose(score: np.ndarray, fraction: float) -> np.ndarray:
+    """The selection rule of :func:`flat_blocks`: positions in ``score`` (non-empty) of the chosen candidates,
+    flattest first: at most ``fraction`` of them, each within ``FLAT_FACTOR`` times the flattest decile's score."""
+    order = np.argsort(score, kind="stable")
+    limit = FLAT_FACTOR * float(np.percentile(score, 10))
+    return order[: max(1, min(int(np.ceil(fraction * len(score))), int(np.sum(score <= limit))))]
 
 
 def _flattest(found: list[tuple[np.ndarray, np.ndarray, np.ndarray]], fraction: float) -> np.ndarray:
@@ -202,10 +259,8 @@ def _flattest(found: list[tuple[np.ndarray, np.ndarray, np.ndarray]], fraction: 
     score = np.concatenate([f[2] for f in found])
     if len(score) == 0:
         return np.zeros((0, *found[0][0].shape[-2:]))
-    order = np.argsort(score, kind="stable")
-    limit = FLAT_FACTOR * float(np.percentile(score, 10))
-    k = max(1, min(int(np.ceil(fraction * len(score))), int(np.sum(score <= limit))))
-    chosen = order[:k]
+    chosen = _choose(score, fraction)
+    k = len(chosen)
     source = np.repeat(np.arange(len(found)), [len(f[1]) for f in found])[chosen]
     local = chosen - np.concatenate([[0], np.cumsum([len(f[1]) for f in found])])[source]
     out = np.empty((k, *found[0][0].shape[2:]))
