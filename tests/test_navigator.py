@@ -342,3 +342,26 @@ def test_a_kept_box_and_a_drawn_one_across_a_run_at_a_higher_threshold(case) -> 
     _threshold(run, DETECTIONS, 0.0)
     assert len(drawn) == 1 and [f.status for f in widget.findings if f.id == drawn[0].id] == ["added"]
     assert sorted(f.status for f in widget.findings) == ["accepted", "added", "pending", "pending"]
+
+
+def test_a_kept_box_shrunk_by_the_reader_stays_one_finding_after_a_run_and_a_reopen(case) -> None:
+    """Review l (left open then): a kept box the reader shrank to half its size no longer overlaps its detection
+    by IoU 0.5, so another run or a reopened navigator showed it twice (edited, and its detection pending). The
+    reviewed layer now records each kept box's detection box, and the match uses it."""
+    viewer, widget, image, boxes, _ = case
+    widget.accept(1)  # the 0.91 box: slice 3, x 20-26, y 2-14
+    reviewed = viewer.layers[f"{image.name} reviewed"]
+    index = list(reviewed.features["finding"]).index(1)
+    corners = np.array(reviewed.data[index], copy=True)
+    lo = corners[:, 1:].min(axis=0)
+    corners[:, 1:] = lo + (corners[:, 1:] - lo) * 0.5  # the reader halves it: IoU with the detection 0.25
+    reviewed.data = [corners if i == index else d for i, d in enumerate(reviewed.data)]
+    assert [f.status for f in widget.findings if f.slice == 3] == ["edited"]
+    _run(viewer, image, DETECTIONS, "run 2")
+    assert [f.status for f in widget.findings if f.slice == 3] == ["edited"]
+    viewer.window.remove_dock_widget(widget)
+    again = LesionNavigatorWidget(viewer)
+    viewer.window.add_dock_widget(again, area="bottom")
+    again.load(boxes)
+    assert [f.status for f in again.findings if f.slice == 3] == ["edited"]
+    assert np.allclose(again.finding(1).bounds, [f.bounds for f in widget.findings if f.slice == 3][0])

@@ -367,7 +367,7 @@ class LesionNavigatorWidget(QWidget):
             self._adopt_reviewed()
         else:  # detections back over the threshold: a kept box without one takes it, a rejected one is rejected
             self._absorb_kept()
-            self._restore_rejected(self._stored_rejected())
+            self._restore_rejected(self._stored("rejected"))
         self._sync_from_reviewed()
         self._fill_table()
         self._say(f"{len(self.findings)} boxes to review on {image.name}" if image is not None and boxes is not None
@@ -670,7 +670,7 @@ class LesionNavigatorWidget(QWidget):
                 return
             self.reviewed_layer = self._new_reviewed()
         layer = self.reviewed_layer
-        self._store_rejected()
+        self._store_decisions()
         self._syncing = True
         try:
             layer.data = [(self._vertices(f), "rectangle") for f in kept]
@@ -682,19 +682,36 @@ class LesionNavigatorWidget(QWidget):
         finally:
             self._syncing = False
 
-    def _stored_rejected(self) -> list:
-        layer = self.reviewed_layer
-        return list(lidnet_info(layer).get("rejected") or [])
+    def _stored(self, key: str) -> list:
+        """A list the reviewed layer's metadata keeps (``rejected``, ``kept``); empty when there is none."""
+        return list(lidnet_info(self.reviewed_layer).get(key) or [])
 
-    def _store_rejected(self) -> None:
-        """The rejected boxes in the reviewed layer's metadata: each rejected finding's detection box (as detected,
-        not as edited), plus the earlier rejections that no finding here stands for (another run, a threshold
-        move, deleted detections); a finding over an earlier one decides for it."""
+    def _store_decisions(self) -> None:
+        """The decisions in the reviewed layer's metadata, so a reload, another run or a reopened navigator still
+        knows them. ``rejected``: each rejected finding's detection box (as detected, not as edited), plus the
+        earlier rejections that no finding here stands for (another run, a threshold move, deleted detections); a
+        finding over an earlier one decides for it. ``kept``: each kept box that came from a detection, as
+        ``[slice, detection's x1, y1, x2, y2, kept box's x1, y1, x2, y2]``, so a box the reader shrank still finds
+        its detection."""
         now = [[f.slice, *self._detected_bounds(f)] for f in self.findings if f.status == "rejected"]
         here = [f for f in self.findings if f.score is not None]
-        earlier = [r for r in self._stored_rejected() if _over(r, here) is None]
+        earlier = [r for r in self._stored("rejected") if _over(r, here) is None]
+        kept = [(f, self._kept_detection(f)) for f in self.findings if f.kept]
         layer = self.reviewed_layer
-        layer.metadata = {**(layer.metadata or {}), "lidnet": {**lidnet_info(layer), "rejected": earlier + now}}
+        layer.metadata = {**(layer.metadata or {}), "lidnet": {
+            **lidnet_info(layer), "rejected": earlier + now,
+            "kept": [[f.slice, *d, *f.bounds] for f, d in kept if d is not None]}}  # fmt: skip
+
+    def _kept_detection(self, f: Finding) -> tuple | None:
+        """The detection box of a kept finding: its own detection's, else the one stored for its box, else None."""
+        return self._detected_bounds(f) if f.id in self._origin else self._stored_detection(f.slice, f.bounds)
+
+    def _stored_detection(self, z: int, bounds: tuple) -> tuple | None:
+        """The detection box stored for the kept box ``bounds`` on slice ``z`` (the same box), or None."""
+        for entry in self._stored("kept"):
+            if int(entry[0]) == int(z) and box_iou(tuple(entry[5:9]), tuple(bounds)) >= 0.99:
+                return tuple(float(v) for v in entry[1:5])
+        return None
 
     def _detected_bounds(self, f: Finding) -> tuple[float, float, float, float]:
         """The finding's box as its detection drew it (an edit moves the corners, not the detection)."""
@@ -709,7 +726,7 @@ class LesionNavigatorWidget(QWidget):
             return
         self._sync_from_reviewed()
         if self.reviewed_layer is not None:
-            self._store_rejected()  # a kept box deleted on the layer is a rejection too
+            self._store_decisions()  # a kept box deleted on the layer is a rejection too
         self._fill_table()
         self.review_changed.emit()
 
@@ -756,7 +773,7 @@ class LesionNavigatorWidget(QWidget):
             return
         if layer.nshapes:
             self._adopt_kept(layer, image)
-        self._restore_rejected(self._stored_rejected())  # after the kept boxes: a kept one wins an overlap
+        self._restore_rejected(self._stored("rejected"))  # after the kept boxes: a kept one wins an overlap
 
     def _adopt_kept(self, layer: Any, image: Any) -> None:
         """The reviewed layer's boxes into this run's findings (see ``_adopt_reviewed``)."""
@@ -767,9 +784,9 @@ class LesionNavigatorWidget(QWidget):
         for i in range(layer.nshapes):
             z, corners = corners_in_image(layer, i, image)
             kept = Finding(-1, z, corners, None if not np.isfinite(scores[i]) else float(scores[i]), str(statuses[i]))
-            match = max((f for f in self.findings if f.slice == z and f.status == "pending"),
-                        key=lambda f: box_iou(f.bounds, kept.bounds), default=None)  # fmt: skip
-            if match is not None and box_iou(match.bounds, kept.bounds) >= 0.5:
+            where = [z, *(self._stored_detection(z, kept.bounds) or kept.bounds)]  # a shrunk box: its detection's
+            match = _over(where, [f for f in self.findings if f.status == "pending"])
+            if match is not None:
                 match.status, match.corners = kept.status, kept.corners
                 ids.append(match.id)
             else:
@@ -783,7 +800,8 @@ class LesionNavigatorWidget(QWidget):
         """A kept box with no detection in this layer (carried over from another run) takes a pending detection
         over it (same slice, IoU >= 0.5) as its own, instead of the box showing twice."""
         for kept in [f for f in self.findings if f.kept and f.id not in self._origin]:
-            match = _over([kept.slice, *kept.bounds], [f for f in self.findings if f.status == "pending"])
+            where = [kept.slice, *(self._kept_detection(kept) or kept.bounds)]
+            match = _over(where, [f for f in self.findings if f.status == "pending"])
             if match is not None and match.id in self._origin:
                 self._origin[kept.id] = self._origin.pop(match.id)
                 self.findings.remove(match)
