@@ -42,7 +42,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
     check_new_output(Path(args.out), args.archive)
     out = index_archive(
-        args.archive, args.out, dose=args.dose, seed=args.seed, command=" ".join(sys.argv), split=args.split
+        args.archive, args.out, dose=args.dose, seed=args.seed, command=args.command_line, split=args.split
     )
     header = read_header(out)
     print(
@@ -121,6 +121,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.export:
         check_export_name(args.export)  # before training: a taken name would only fail at the end
+    _check_run_folder(Path(args.out), args.data)
 
     cfg = TrainConfig(
         out=args.out,
@@ -159,34 +160,87 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     rank, _world = distributed.init_from_env(args.device)  # under torchrun: a process per GPU/CPU worker
     try:
-        return _train_and_export(cfg, rank, args.export)
+        return _train_and_export(cfg, rank, args.export, args.command_line)
     finally:
         distributed.shutdown()
 
 
-def _train_and_export(cfg, rank: int, export: str | None) -> int:
-    """Run the trainer (rank 0 reports), then export the best checkpoint under a model name if asked."""
+def _check_run_folder(out: Path, data: str | None) -> None:
+    """Refuse, before any work, a run folder inside the training data (an archive folder, or a manifest's root),
+    or an existing folder of other files that holds no run."""
+    from napari_lidnet._training.trainer import LOCK_FILE, MANIFEST_FILE, STATE_FILE
+    from napari_lidnet.datasets.manifest import is_manifest, load_manifest
+
+    source = Path(data).expanduser() if data else None
+    root = source if source is not None and source.is_dir() else None
+    if source is not None and source.is_file() and is_manifest(source):
+        root = Path(load_manifest(source)[0]["root"])
+    if root is not None and out.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"{out} lies inside the training data {root}; choose a run folder outside it")
+    run_files = {STATE_FILE, LOCK_FILE, MANIFEST_FILE, MANIFEST_FILE + ".lowdose"}
+    if out.is_dir() and not (out / STATE_FILE).exists() and any(p.name not in run_files for p in out.iterdir()):
+        raise FileExistsError(f"{out} holds other files and no training run; choose a new or empty --out folder")
+
+
+def _train_and_export(cfg, rank: int, export: str | None, command: str) -> int:
+    """Run the trainer (rank 0 reports), then export the best checkpoint under a model name if asked. Ctrl-C and
+    SIGTERM (a batch scheduler's stop) end it between two steps, saying what is kept."""
+    import signal
+
     from napari_lidnet._training.report import format_record
     from napari_lidnet._training.trainer import Trainer, TrainingError
 
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, command=command)
+    stage: dict[str, Any] = {}
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         for rec in trainer.run():
+            stage["name"] = rec.get("stage") if "stage_step" in rec else None
             line = format_record(rec) if rank == 0 else None
             if line:
                 print(line, file=sys.stderr, flush=True)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: the last checkpoint in {trainer.out} is kept; run again to resume", file=sys.stderr)
+        print(f"\ninterrupted: {trainer.kept_message(stage.get('name'))}", file=sys.stderr)
         return 130
     except TrainingError as exc:
         print(f"lidnet train: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if export and rank == 0:
         from napari_lidnet._training.export import export_run
 
-        for path in export_run(trainer.out, export, command=" ".join(sys.argv)):
+        written = export_run(trainer.out, export, command=command)
+        for path in written:
             print(f"exported {path}", file=sys.stderr)
+        print(_threshold_note(export), file=sys.stderr)
     return 0
+
+
+def _command_line(argv: Sequence[str]) -> str:
+    """An invocation as a shell command (``lidnet ...``), for the cards."""
+    import shlex
+
+    return " ".join(["lidnet", *(shlex.quote(str(a)) for a in argv)])
+
+
+def _threshold_note(name: str) -> str:
+    """Where an exported detector's score threshold comes from, and how to set one for the user's own scans."""
+    from napari_lidnet.models.registry import load_model
+    from napari_lidnet.models.weights import FALLBACK_THRESHOLD
+
+    cal = load_model(name, kind="detector")[1].get("calibration") or {}
+    how = f"set one for your scans: lidnet calibrate SCANS --from {name} --name {name}-site"
+    if cal.get("inherited_from"):
+        return (f"note: {name}_detector keeps the score threshold {cal['threshold']:.3f} calibrated for the weights it "
+                f"started from ({cal['inherited_from']}); {how}")  # fmt: skip
+    if not cal:
+        return f"note: {name}_detector has no calibrated score threshold ({FALLBACK_THRESHOLD} is used); {how}"
+    return f"{name}_detector: score threshold {cal['threshold']:.3f}"
 
 
 def _load(name: str | None, kind: str, device: str):
@@ -636,7 +690,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     stop = threading.Event()
     job = adapt_job(
         volumes, args.name, scheme=args.scheme, steps=args.steps, from_model=args.from_model, boxes=boxes,
-        device=args.device, seed=args.seed, patch_size=args.patch_size, command=" ".join(sys.argv),
+        device=args.device, seed=args.seed, patch_size=args.patch_size, command=args.command_line,
         should_stop=stop.is_set,
     )  # fmt: skip
     line_open = False
@@ -680,7 +734,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     before = default_threshold(card)
     record = calibrate_on_scans(detector, slices, denoiser, args.fp_per_slice, dev, previous=before)
     record["data"] = {"input": str(args.input), "series": len(volumes), "slices": len(slices)}
-    record["command"] = " ".join(sys.argv)
+    record["command"] = args.command_line
     path = export_detector(detector.cpu(), card, args.name, {"calibration": record})
     print(f"{args.name}: threshold {before:.3f} -> {record['threshold']:.3f}, at most {args.fp_per_slice:g} boxes "
           f"per slice on {len(slices)} slices of {args.input} (the old threshold drew "
@@ -746,6 +800,7 @@ def error_message(exc: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lidnet`` console script."""
     args = build_parser().parse_args(argv)
+    args.command_line = _command_line(sys.argv[1:] if argv is None else argv)
     prefix = f"lidnet {args.command}"
 
     def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

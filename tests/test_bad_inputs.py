@@ -360,6 +360,43 @@ def test_train_refuses_bad_data(corpus, tmp_path, capsys, case):
     assert snapshot(corpus) == before
 
 
+def test_train_refuses_a_run_folder_inside_its_data_or_among_other_files(tmp_path, capsys):
+    """Review 2026-12-05a: a run folder inside the archive (given as a folder, or as a manifest's root) was
+    written into the archive; an existing folder of other files was used as a run folder."""
+    from napari_lidnet.datasets.manifest import index_archive
+
+    data = _dataset(tmp_path / "data")
+    manifest = index_archive(data, tmp_path / "m.jsonl")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    for source, out, pattern in ((data, data / "run", r"lies inside the training data"),
+                                 (manifest, data / "sub" / "run", r"lies inside the training data"),
+                                 (data, mine, r"mine holds other files and no training run")):  # fmt: skip
+        rc, lines = run_cli(capsys, "train", "--data", source, "--out", out, *TRAIN)
+        assert_refused(rc, lines, "train", pattern)
+    assert snapshot(tmp_path) == before
+
+
+def test_an_export_says_where_the_detector_threshold_comes_from(tmp_path, capsys, models):
+    """Review 2026-12-05a: a trained detector lost its calibrated threshold silently. Continued from a calibrated
+    detector it keeps that threshold (its card names where from) and the export says how to set one."""
+    from napari_lidnet.models.detector import LesionDetector
+    from napari_lidnet.models.weights import default_threshold, read_card
+
+    data = _dataset(tmp_path / "data")
+    calibrated = {"calibration": {"threshold": 0.61, "fp_per_image": 0.5}}
+    save_weights(LesionDetector(width=8), models / "site_detector", calibrated)
+    save_weights(build_denoiser("fastdn", width=8, factor=2), models / "site_denoiser")
+    args = [*TRAIN, "--init-denoiser", "site", "--init-detector", "site", "--pretrain-from-init"]
+    rc, lines = run_cli(capsys, "train", "--data", data, "--out", tmp_path / "run", *args, "--export", "lab")
+    assert rc == 0 and "keeps the score threshold 0.610 calibrated for the weights it started from" in lines[-1]
+    assert "lidnet calibrate SCANS --from lab" in lines[-1]
+    card = read_card(models / "lab_detector")
+    assert default_threshold(card) == 0.61 and card["training"]["commands"][0].startswith("lidnet train --data")
+
+
 def test_export_name_taken_is_refused_before_training(tmp_path, capsys, models):
     """`--export v1.2` checks v1.2_denoiser/v1.2_detector (not v1.json) before training anything."""
     data = _dataset(tmp_path / "data")

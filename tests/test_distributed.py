@@ -10,6 +10,7 @@ patches on every process, so it is comparable: the LIDnet test freezes the detec
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -216,3 +217,27 @@ def test_torchrun_job_killed_mid_way_resumes_from_its_last_checkpoint(tmp_path):
     uninterrupted = _one_process_run(tmp_path / "one", data)
     for name, value in uninterrupted.items():
         assert torch.allclose(value, final[name], atol=1e-5), name
+
+
+def test_sigterm_stops_a_training_run_like_ctrl_c_and_says_what_is_kept(tmp_path):
+    """Review 2026-12-05a: a batch scheduler's SIGTERM ended `lidnet train` without a word (Ctrl-C printed that
+    'the last checkpoint' was kept even when none existed). SIGTERM now stops it as Ctrl-C does, and the line says
+    what a rerun resumes from."""
+    data = write_dataset(tmp_path / "data", _samples())
+    run = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "napari_lidnet.cli", "train", "--data", str(data), "--out", str(run), "--mode",
+        "pixel", "--pretrain-denoiser-steps", "4", "--pretrain-detector-steps", "100000", "--rounds", "0",
+        "--batch-size", "2", "--patch-size", "32", "--denoiser-width", "8", "--device", "cpu", "--workers", "0",
+    ]  # fmt: skip
+    job = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = []
+    for line in job.stderr:
+        lines.append(line)
+        if "pretrain-detector 25/" in line:
+            job.send_signal(signal.SIGTERM)
+            break
+    err = "".join(lines) + job.stderr.read()
+    assert job.wait(timeout=60) == 130, err
+    assert "interrupted: the checkpoints after pretrain-denoiser" in err and "pretrain-detector done so far" in err
+    assert _done(run)[-1] == "pretrain-denoiser"

@@ -124,7 +124,38 @@ def test_lidnet_index_command(tmp_path, capsys):
     assert main(["index", str(archive), "--out", str(out), "--dose", "0.3"]) == 0
     assert read_header(out)["dose"] == 0.3 and "3 slices" in capsys.readouterr().err
     assert main(["index", str(tmp_path / "missing"), "--out", str(tmp_path / "x.jsonl")]) == 2
-    assert "not found" in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()
+    assert "no such archive folder" in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()
+
+
+def test_derived_series_are_not_indexed_as_normal_dose_scans(tmp_path):
+    """Review 2026-12-05a: a study read with this plugin holds its denoised series (ImageType DERIVED); indexed,
+    it became 'normal-dose' training targets with noise inserted on top. Derived series are left out, named."""
+    archive = tmp_path / "study"
+    write_series(archive / "original", synthetic_hu((3, 16, 16)), series_uid="1.2.826.0.1.3680043.8.498.61")
+    write_series(archive / "denoised", synthetic_hu((3, 16, 16), seed=1), series_uid="1.2.826.0.1.3680043.8.498.62",
+                 description="CT denoised (LIDnet default)", extra={"ImageType": ["DERIVED", "SECONDARY", "AXIAL"]})
+    header, rows = load_manifest(index_archive(archive, tmp_path / "m.jsonl", dose=0.25))
+    assert len(rows) == 3 and all(r["file"].startswith("original") for r in rows)
+    assert any("DERIVED" in s and "CT denoised (LIDnet default)" in s for s in header["skipped"])
+
+
+def test_a_manifest_keeps_its_dose(tmp_path, capsys):
+    """Review 2026-12-05a: ``train --dose`` with a manifest was ignored (trained at the manifest's dose, the card
+    said the other), or refused with 'give a dose (--dose)' when it was given. Now a dose other than the
+    manifest's is refused with the command that makes one; a missing manifest is named as such."""
+    archive = tmp_path / "dicoms"
+    write_series(archive, synthetic_hu((3, 32, 32)), series_uid="1.2.826.0.1.3680043.8.498.78")
+    at_25 = index_archive(archive, tmp_path / "m25.jsonl", dose=0.25)
+    no_dose = index_archive(archive, tmp_path / "none.jsonl")
+    with pytest.raises(ValueError, match=r"indexed at dose 0.25, not at --dose 0.5.*--dose 0.5"):
+        Trainer(_cfg(tmp_path / "r1", at_25, dose=0.5, patch_size=32))
+    with pytest.raises(ValueError, match="indexed without a dose"):
+        Trainer(_cfg(tmp_path / "r2", no_dose, dose=0.25, patch_size=32))
+    trainer = Trainer(_cfg(tmp_path / "r3", at_25, dose=0.25, patch_size=32))
+    assert trainer._data_record["dose"] == 0.25 and trainer._data_record["path"] == str(at_25.resolve())
+    assert main(["train", "--data", str(tmp_path / "gone.jsonl"), "--out", str(tmp_path / "r4")]) == 2
+    assert "no such manifest" in capsys.readouterr().err
+    assert not any((tmp_path / r).exists() for r in ("r1", "r2", "r4"))
 
 
 def _cfg(out, data, **kw):

@@ -103,8 +103,9 @@ def test_init_weights_skip_pretraining_unless_asked_to_continue(tmp_path):
     cfg = dict(mode="pixel", pretrain_detector_steps=0, pretrain_denoiser_steps=30, rounds=0)
     list(Trainer(_config(tmp_path / "a", **cfg), samples).run())
     start = str(tmp_path / "a" / "best_denoiser")
-    skipped = Trainer(_config(tmp_path / "b", init_denoiser=start, **cfg), samples)
-    assert skipped.stages() == []
+    with pytest.raises(ValueError, match="nothing to train: 0 steps.*--pretrain-from-init"):
+        Trainer(_config(tmp_path / "b", init_denoiser=start, **cfg), samples)  # it reported success, trained nothing
+    assert not (tmp_path / "b").exists()
     more = Trainer(_config(tmp_path / "c", init_denoiser=start, pretrain_from_init=True, **cfg), samples)
     assert more.stages() == [("pretrain-denoiser", 30)]
     records = list(more.run())
@@ -128,6 +129,8 @@ def test_stop_then_resume_equals_an_uninterrupted_run(tmp_path):
 
     records = list(Trainer(_config(tmp_path / "cut"), samples, should_stop=stop_after_45).run())
     assert records[-1]["stage"] == "stopped" and records[-1]["step"] == 85
+    assert "checkpoints after pretrain-detector" in records[-1]["message"]
+    assert "steps of round1-denoiser done so far are lost" in records[-1]["message"]
     last, _ = load_weights(tmp_path / "cut" / "last_denoiser")  # the checkpoint kept at the stop is loadable
     resumed = list(Trainer(_config(tmp_path / "cut"), samples).run())
     assert (resumed[0]["stage"], resumed[0]["step"]) == ("round1-denoiser", 81)  # pretraining is not redone
@@ -194,6 +197,7 @@ def test_stop_in_the_first_stage_then_resume(tmp_path):
     samples = _samples()
     records = list(Trainer(_config(tmp_path / "r"), samples, should_stop=lambda: True).run())
     assert records[-1]["stage"] == "stopped" and records[-1]["step"] == 1
+    assert "no checkpoint yet" in records[-1]["message"]  # it said 'the last checkpoint is kept'
     assert not (tmp_path / "r" / "last_denoiser.json").exists()
     resumed = list(Trainer(_config(tmp_path / "r", rounds=0), samples).run())
     assert resumed[-1]["stage"] == "finished" and (tmp_path / "r" / "last_denoiser.json").exists()
@@ -227,3 +231,58 @@ def test_a_run_folder_locked_by_another_process_is_refused_until_it_ends(tmp_pat
         holder.kill()
         holder.wait()
     assert list(Trainer(_config(folder, rounds=0), _samples()).run())[-1]["stage"] == "finished"
+
+
+def _no_boxes(samples: list[Sample]) -> list[Sample]:
+    return [Sample(s.name, s.full_hu, s.low_hu, np.zeros((0, 4), np.float32), 0.7) for s in samples]
+
+
+def test_lidnet_mode_trains_a_normal_dose_archive_on_inserted_lesions(tmp_path):
+    """Review 2026-12-05a: a lab's normal-dose archive has no boxes, and LIDnet mode was refused even with
+    inserted lesions (whose boxes it trains on): the way to continue the shipped pair the README gives. The loss
+    weights are now calibrated on patches with inserted lesions, and the rounds use the detection and ROI terms."""
+    cfg = dict(pretrain_denoiser_steps=2, pretrain_detector_steps=2, rounds=1, denoiser_steps=3, detector_steps=2)
+    with pytest.raises(ValueError, match="insert simulated lesions.*--mode pixel"):
+        Trainer(_config(tmp_path / "a", **cfg), _no_boxes(_samples()))
+    records = list(Trainer(_config(tmp_path / "b", insert_lesions=1.0, **cfg), _no_boxes(_samples())).run())
+    assert records[-1]["stage"] == "finished"
+    round_losses = [r["losses"] for r in records if r.get("stage") == "round1-denoiser"]
+    assert round_losses and all(np.isfinite(v["detection"]) and "roi_perceptual" in v for v in round_losses)
+
+
+def test_a_card_says_what_the_run_started_from_and_keeps_the_threshold(tmp_path):
+    """Review 2026-12-05a: the cards named the starting weights without a hash, gave ``--denoiser``'s default
+    instead of the architecture trained, kept only the last command, and a trained detector lost its calibrated
+    threshold (the plugin then used 0.3 instead of the calibrated 0.48 without a word)."""
+    from napari_lidnet.models.detector import LesionDetector
+    from napari_lidnet.models.weights import default_threshold, read_card, save_weights
+
+    samples = _samples()
+    cfg = dict(mode="pixel", pretrain_detector_steps=0, pretrain_denoiser_steps=3, rounds=0)
+    list(Trainer(_config(tmp_path / "a", **cfg), samples).run())
+    det = tmp_path / "calibrated_detector"
+    calibrated = {"kind": "detector", "calibration": {"threshold": 0.42, "fp_per_image": 0.5}}
+    save_weights(LesionDetector(width=8), det, calibrated)
+    start = str(tmp_path / "a" / "best_denoiser")
+    more = dict(init_denoiser=start, init_detector=str(det), pretrain_from_init=True, denoiser="unet", **cfg)
+    list(Trainer(_config(tmp_path / "b", **more), samples, command="lidnet train first").run())
+    more["rounds"], more["denoiser_steps"] = 1, 2  # more rounds extend the run: its cards are written again
+    list(Trainer(_config(tmp_path / "b", **more), samples, command="lidnet train again").run())
+    card = read_card(tmp_path / "b" / "best_detector")
+    training = card["training"]
+    assert training["config"]["denoiser"] == "fastdn"  # what was trained (the init's), not --denoiser unet
+    assert training["init"]["denoiser"] == {"name": start, "sha256": read_card(start)["sha256"],
+                                            "created": read_card(start)["created"]}  # fmt: skip
+    assert training["commands"] == ["lidnet train first", "lidnet train again"]
+    assert card["calibration"]["inherited_from"] == str(det) and default_threshold(card) == 0.42
+    assert "calibration" not in read_card(tmp_path / "b" / "best_denoiser")
+
+
+def test_a_resume_says_finished_stages_keep_their_step_counts(tmp_path):
+    """Review 2026-12-05a: more steps for a finished stage on resume were ignored with 'finished' and rc 0."""
+    samples = _samples()
+    cfg = dict(mode="pixel", pretrain_detector_steps=0, rounds=0)
+    list(Trainer(_config(tmp_path / "r", pretrain_denoiser_steps=3, **cfg), samples).run())
+    records = list(Trainer(_config(tmp_path / "r", pretrain_denoiser_steps=9, **cfg), samples).run())
+    assert records[0]["stage"] == "setup" and "pretrain-denoiser finished with 3 steps" in records[0]["message"]
+    assert not any("losses" in r for r in records)

@@ -133,14 +133,36 @@ def lesion_patch(s: Any, box_index: int, patch_size: int) -> tuple[np.ndarray, n
     return hu_to_net(low), hu_to_net(full), b
 
 
-def calibration_batch(slices: list, patch_size: int, n: int, seed: int) -> PatchBatch:
+def calibration_batch(
+    slices: list, patch_size: int, n: int, seed: int, insert: bool = False, insert_lung: float = 0.0,
+    insert_max_mm: float = 0.0,
+) -> PatchBatch:
     """A fixed batch of up to ``n`` patches, each centred on a lesion: lesions drawn once (seeded) from all the boxes
-    of ``slices``, so every process and every round sees the same patches. Raises ValueError without boxes."""
+    of ``slices``, so every process and every round sees the same patches. Slices without boxes (a normal-dose
+    archive) and ``insert``: seeded patches with simulated lesions inserted (as training inserts them) instead.
+    Raises ValueError when there is no lesion either way."""
     lesions = [(i, k) for i, s in enumerate(slices) for k in range(len(np.asarray(s.boxes).reshape(-1, 4)))]
+    if not lesions and insert:
+        return _inserted_batch(slices, patch_size, n, seed, insert_lung, insert_max_mm)
     if not lesions:
         raise ValueError("no lesion boxes in the training slices to calibrate the loss weights on")
     pick = sorted(np.random.default_rng([seed, 7919]).permutation(len(lesions))[:n])
     return collate_patches([lesion_patch(slices[lesions[j][0]], lesions[j][1], patch_size) for j in pick])
+
+
+def _inserted_batch(slices: list, patch_size: int, n: int, seed: int, lung: float, max_mm: float) -> PatchBatch:
+    """Up to ``n`` seeded training patches that received at least one inserted lesion (20 tries per patch)."""
+    data = PatchDataset(slices, patch_size, seed + 7919, insert_fraction=1.0, insert_lung=lung, insert_max_mm=max_mm)
+    items: list = []
+    for index in range(20 * n):
+        item = data[index]
+        if len(item[2]):
+            items.append(item)
+        if len(items) == n:
+            break
+    if not items:
+        raise ValueError("no simulated lesion could be inserted into the training slices (no soft tissue?)")
+    return collate_patches(items)
 
 
 def patch_batches(

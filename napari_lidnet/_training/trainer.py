@@ -124,14 +124,26 @@ class Trainer:
     """Holds the models, data and checkpoint folder of one run; :meth:`run` is the progress generator."""
 
     def __init__(
-        self, config: TrainConfig, samples: list | None = None, should_stop: Callable[[], bool] | None = None
+        self,
+        config: TrainConfig,
+        samples: list | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        command: str = "",
     ) -> None:
         config.validate()
         self.cfg = config
+        self.command = command
+        if not self.stages():
+            raise ValueError(
+                "nothing to train: 0 steps (with --init-* weights the pretraining stages run only with "
+                "--pretrain-from-init); give --rounds or --pretrain-from-init"
+            )
         self.should_stop = should_stop or (lambda: False)
         self.rank, self.world_size = distributed.rank_and_world()
         self.out = Path(config.out).expanduser().resolve()
         self._new_manifest: tuple | None = None
+        self._data_record: dict[str, Any] = {}  # where the slices came from, for the cards
+        self._init_records: dict[str, Any] = {}  # the starting weights (name, sha256, date), for the cards
         self._stacked: dict[str, tuple] = {}  # stacked validation/test slices, read at their first use
         self._calibration: PatchBatch | None = None
         if samples is None:
@@ -144,8 +156,11 @@ class Trainer:
             raise ValueError("no training slices left after the validation split")
         check_patch_settings(samples, config.patch_size, config.batch_size, self.world_size)
         n_lesions = sum(len(s.boxes) for s in self.train_samples)
-        if config.mode != "pixel" and n_lesions == 0:
-            raise ValueError("LIDnet modes need lesion boxes in the training slices; none were found")
+        if config.mode != "pixel" and n_lesions == 0 and not (config.insert_lesions or config.insert_lung):
+            raise ValueError(
+                "LIDnet modes need lesion boxes: the training slices have none; insert simulated lesions "
+                "(--insert-lesions P, --insert-lung P) or train with --mode pixel"
+            )
         self.device, self.device_notice = pick_device(config.device)
         self.device = distributed.local_device(self.device)
         self.denoiser = self._init_denoiser()
@@ -174,12 +189,18 @@ class Trainer:
         header, rows, is_new = index
         self._new_manifest = (header, rows) if is_new else None
         manifest = Path(self.cfg.data) if Path(self.cfg.data).is_file() else self.out / MANIFEST_FILE
+        self._data_record = {
+            "path": str(Path(self.cfg.data).expanduser().resolve()),
+            **{k: header.get(k) for k in ("kind", "root", "dose", "seed", "split", "n")},
+            "low_dose_cache": str(lowdose_cache_dir(manifest)),
+        }
         return manifest_slices(header, rows, cache_dir=lowdose_cache_dir(manifest))
 
     # -- models and checkpoints ---------------------------------------------------------------------------
     def _init_denoiser(self) -> torch.nn.Module:
         if self.cfg.init_denoiser:
             model, card = load_model(self.cfg.init_denoiser, kind="denoiser")
+            self._init_records["denoiser"] = _weights_record(self.cfg.init_denoiser, card)
             return model.to(self.device)
         torch.manual_seed(self.cfg.seed)
         return build_denoiser(self.cfg.denoiser, **self.cfg.denoiser_kwargs).to(self.device)
@@ -187,6 +208,7 @@ class Trainer:
     def _init_detector(self) -> torch.nn.Module:
         if self.cfg.init_detector:
             model, card = load_model(self.cfg.init_detector, kind="detector")
+            self._init_records["detector"] = _weights_record(self.cfg.init_detector, card)
             return model.to(self.device)
         torch.manual_seed(self.cfg.seed + 1)
         return LesionDetector(**self.cfg.detector_kwargs).to(self.device)
@@ -199,10 +221,16 @@ class Trainer:
         return record
 
     def _card(self, kind: str, metrics: dict[str, Any]) -> dict[str, Any]:
-        return {
+        """A checkpoint's card: the settings (data path absolute, the networks' real architectures), the data's
+        origin, the starting weights, every command that ran the run, and the detector's inherited threshold."""
+        config = {**self._config_record(), "denoiser": getattr(self.denoiser, "arch", self.cfg.denoiser)}
+        card: dict[str, Any] = {
             "kind": kind,
             "training": {
-                "config": self.cfg.to_dict(),
+                "config": config,
+                **({"data": self._data_record} if self._data_record else {}),
+                **({"init": self._init_records} if self._init_records else {}),
+                "commands": list(self.state.get("commands", [])),
                 "n_train_slices": len(self.train_samples),
                 "n_val_slices": len(self.val_samples),
                 "n_test_slices": len(self.test_samples),
@@ -212,6 +240,10 @@ class Trainer:
             },
             "metrics": metrics,
         }
+        inherited = self._init_records.get("detector", {}).get("calibration")
+        if kind == "detector" and inherited:
+            card["calibration"] = {**inherited, "inherited_from": self._init_records["detector"]["name"]}
+        return card
 
     def _save(self, tag: str, metrics: dict[str, Any]) -> None:
         if self.rank:
@@ -284,7 +316,12 @@ class Trainer:
         stages = self.stages()
         total = self.total_steps()
         done_steps = sum(n for name, n in stages if name in self.state["done"])
+        unchanged = _finished_stages_changed(self.state, self.cfg)
         self.state["config"] = self._config_record()
+        if self.command and self.rank == 0:
+            self.state["commands"] = [*self.state.get("commands", []), self.command]
+        if unchanged:
+            yield {"stage": "setup", "message": unchanged, "step": done_steps, "total_steps": total}
         if self._new_manifest and self.rank == 0:
             from napari_lidnet.datasets.manifest import write_manifest
 
@@ -317,7 +354,7 @@ class Trainer:
                         "stage": "stopped",
                         "step": done_steps,
                         "total_steps": total,
-                        "message": f"stopped during {name}; the last checkpoint in {self.out} is kept",
+                        "message": f"stopped during {name}: {self.kept_message(name)}",
                     }
                     return
             self.state["done"].append(name)
@@ -339,6 +376,15 @@ class Trainer:
             "selection": self.state.get("selection"),
             "out": str(self.out),
         }
+
+    def kept_message(self, stage: str | None = None) -> str:
+        """What a stop keeps: the checkpoints after the last finished stage (the steps of ``stage``, the one under
+        way, are lost: checkpoints are written between stages), or nothing yet."""
+        done = [n for n in self.state.get("done", []) if n != "validate-start"]
+        lost = f"; the steps of {stage} done so far are lost" if stage else ""
+        if done:
+            return f"the checkpoints after {done[-1]} in {self.out} are kept{lost}; run again to resume"
+        return f"no checkpoint yet (no stage had finished): running again starts {self.out} from the beginning"
 
     def _end_of_stage(self, name: str, step: int, total: int) -> dict[str, Any]:
         metrics = self.validate()
@@ -453,7 +499,11 @@ class Trainer:
         the whole set on every process)."""
         if self._calibration is None:
             c = self.cfg
-            batch = calibration_batch(self.train_samples, c.patch_size, c.calibration_patches, c.seed)
+            batch = calibration_batch(
+                self.train_samples, c.patch_size, c.calibration_patches, c.seed,
+                insert=bool(c.insert_lesions or c.insert_lung), insert_lung=c.insert_lung,
+                insert_max_mm=c.insert_max_mm,
+            )  # fmt: skip
             self._calibration = batch.to(self.device)
         return self._calibration
 
@@ -541,3 +591,32 @@ def train(
 ) -> Iterator[dict[str, Any]]:
     """Convenience generator: build a :class:`Trainer` and run it."""
     yield from Trainer(config, samples, should_stop).run()
+
+
+def _weights_record(name: str, card: dict[str, Any]) -> dict[str, Any]:
+    """What a card says of weights a run started from: the name given, the file's hash and date, and a
+    detector's calibration (its threshold, inherited by the trained detector until it is calibrated again)."""
+    record = {"name": str(name), "sha256": card.get("sha256"), "created": card.get("created")}
+    if isinstance(card.get("calibration"), dict):
+        record["calibration"] = dict(card["calibration"])
+    return record
+
+
+#: the setting that sets each kind of stage's step count
+_STAGE_STEPS = {"pretrain-denoiser": "pretrain_denoiser_steps", "pretrain-detector": "pretrain_detector_steps",
+                "denoiser": "denoiser_steps", "detector": "detector_steps"}  # fmt: skip
+
+
+def _finished_stages_changed(state: dict[str, Any], cfg: TrainConfig) -> str:
+    """A note when a resumed run is given other step counts for stages it has finished ('' otherwise): those
+    stages are not run again; only more --rounds extend a run."""
+    saved = state.get("config") or {}
+    notes = []
+    for name in state.get("done", []):
+        key = _STAGE_STEPS.get(name) or _STAGE_STEPS.get(name.rsplit("-", 1)[-1] if name.startswith("round") else "")
+        if key and key in saved and saved[key] != getattr(cfg, key):
+            notes.append(f"{name} finished with {saved[key]} steps")
+    if not notes:
+        return ""
+    return (f"{'; '.join(dict.fromkeys(notes))}: finished stages are not run again with other step counts (more "
+            "--rounds extend a run; a new --out trains longer)")  # fmt: skip

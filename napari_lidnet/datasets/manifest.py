@@ -204,7 +204,7 @@ def _deeplesion_rows(root: Path, skipped: list[str], split: str) -> Iterator[dic
 
 
 def _dicom_rows(root: Path, skipped: list[str]) -> Iterator[dict[str, Any]]:
-    from napari_lidnet.io.dicom_read import header_floats, n_frames, scan_dicom
+    from napari_lidnet.io.dicom_read import header_floats, is_derived, n_frames, scan_dicom
     from napari_lidnet.io.nifti import is_nifti
 
     scan = scan_dicom(root)
@@ -215,6 +215,10 @@ def _dicom_rows(root: Path, skipped: list[str]) -> Iterator[dict[str, Any]]:
         ds0 = headers[0].ds
         if str(ds0.get("Modality", "") or "") != "CT":
             skipped.append(f"series {uid}: modality {ds0.get('Modality', 'missing')!r} is not CT")
+            continue
+        if is_derived(ds0):  # e.g. a denoised copy: not a normal-dose scan to insert noise into
+            what = str(ds0.get("SeriesDescription", "") or "no description")
+            skipped.append(f"series {uid} ({what}): derived images (ImageType DERIVED), not the scanner's originals")
             continue
         ordered = sorted(headers, key=lambda h: (int(h.ds.get("InstanceNumber", 0) or 0), h.path.name, h.frame or 0))
         position = 0
@@ -242,7 +246,7 @@ def archive_kind(root: str | Path) -> str:
 
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: archive folder not found")
+        raise FileNotFoundError(f"{root}: no such archive folder or manifest")
     if any(is_dataset(p.parent) for p in root.rglob("dataset.json")):
         return "dataset"
     if next(root.rglob(INFO_CSV_NAME), None) is not None:
@@ -405,7 +409,17 @@ def archive_index(
     writes it)."""
     data = Path(data)
     if data.is_file():
-        return (*load_manifest(data), False)
+        header, rows = load_manifest(data)
+        if dose is not None and header.get("dose") != dose:
+            indexed = "without a dose" if header.get("dose") is None else f"at dose {header['dose']:g}"
+            raise ValueError(
+                f"{data} was indexed {indexed}, not at --dose {dose:g}: a manifest keeps its dose; index the archive "
+                f"again (lidnet index {header.get('root', 'ARCHIVE')} --out NEW.jsonl --dose {dose:g}), or leave "
+                "--dose out"
+            )
+        return header, rows, False
+    if data.suffix.lower() in (".jsonl", ".json") and not data.exists():
+        raise FileNotFoundError(f"{data}: no such manifest (make one with `lidnet index`)")
     cached = Path(cached)
     if is_manifest(cached):
         header, rows = load_manifest(cached)

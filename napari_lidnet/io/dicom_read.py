@@ -183,6 +183,13 @@ def _scan_file(scan: DicomScan, f: Path, in_folder: bool, seen: dict[str, Path])
     scan.series.setdefault(uid, []).extend(frame_headers(f, ds) if _enhanced(ds) else [DicomHeader(f, ds)])
 
 
+def is_derived(ds: Any) -> bool:
+    """True when a DICOM image says it is DERIVED (ImageType value 1): a reconstruction, reformat or processed
+    copy (another program's denoising, or this one's), not the scanner's original image."""
+    kinds = _values(ds.get("ImageType"))
+    return bool(kinds) and str(kinds[0]).strip().upper() == "DERIVED"
+
+
 def _values(value: Any) -> list:
     """A DICOM value as a list (a single value, a multi-value, or nothing)."""
     if value is None:
