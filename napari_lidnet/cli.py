@@ -148,6 +148,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         dose=args.dose,
         workers=args.workers,
+        checkpoint_every=args.checkpoint_every,
         insert_lesions=args.insert_lesions,
         insert_lung=args.insert_lung,
         insert_max_mm=args.insert_max_mm,
@@ -158,9 +159,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg.denoiser_kwargs["width"] = args.denoiser_width
     from napari_lidnet._training import distributed
 
-    rank, _world = distributed.init_from_env(args.device)  # under torchrun: a process per GPU/CPU worker
+    rank, world = distributed.init_from_env(args.device)  # under torchrun: a process per GPU/CPU worker
     try:
-        return _train_and_export(cfg, rank, args.export, args.command_line)
+        return _train_and_export(cfg, rank, world, args.export, args.command_line)
     finally:
         distributed.shutdown()
 
@@ -182,35 +183,32 @@ def _check_run_folder(out: Path, data: str | None) -> None:
         raise FileExistsError(f"{out} holds other files and no training run; choose a new or empty --out folder")
 
 
-def _train_and_export(cfg, rank: int, export: str | None, command: str) -> int:
+def _train_and_export(cfg, rank: int, world: int, export: str | None, command: str) -> int:
     """Run the trainer (rank 0 reports), then export the best checkpoint under a model name if asked. Ctrl-C and
-    SIGTERM (a batch scheduler's stop) end it between two steps, saying what is kept."""
-    import signal
+    SIGTERM (a batch scheduler's stop) end it after the step under way, with a checkpoint there (a second Ctrl-C at
+    once), saying what is kept. Under torchrun the signals keep their defaults (every process must stop at the same
+    step; torchrun stops them all) and the checkpoints every ``--checkpoint-every`` steps are what a rerun resumes."""
+    import threading
 
     from napari_lidnet._training.report import format_record
     from napari_lidnet._training.trainer import Trainer, TrainingError
 
-    trainer = Trainer(cfg, command=command)
-    stage: dict[str, Any] = {}
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        for rec in trainer.run():
-            stage["name"] = rec.get("stage") if "stage_step" in rec else None
-            line = format_record(rec) if rank == 0 else None
-            if line:
-                print(line, file=sys.stderr, flush=True)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {trainer.kept_message(stage.get('name'))}", file=sys.stderr)
+    stop = threading.Event()
+    trainer = Trainer(cfg, should_stop=stop.is_set, command=command)
+    with _ctrl_c_stops(stop) if world == 1 else contextlib.nullcontext():
+        try:
+            for rec in trainer.run():
+                line = format_record(rec) if rank == 0 else None
+                if line:
+                    print(line, file=sys.stderr, flush=True)
+        except KeyboardInterrupt:  # a second Ctrl-C: at once
+            print(f"\ninterrupted: {trainer.kept_message()}", file=sys.stderr)
+            return 130
+        except TrainingError as exc:
+            print(f"lidnet train: error: {exc}", file=sys.stderr)
+            return 1
+    if stop.is_set():
         return 130
-    except TrainingError as exc:
-        print(f"lidnet train: error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if export and rank == 0:
         from napari_lidnet._training.export import export_run
 
@@ -470,6 +468,8 @@ def _add_train(sub: Any) -> None:
     )
     p.add_argument("--dose", type=float, default=None, help="simulate missing low-dose images at this dose fraction")
     p.add_argument("--workers", type=int, default=2, help="DataLoader processes reading slices (0: in the trainer)")
+    p.add_argument("--checkpoint-every", type=int, default=200, metavar="N",
+                   help="steps between checkpoints inside a stage, kept on a stop or crash (0: between stages only)")
     p.add_argument(
         "--insert-lesions",
         type=float,
@@ -634,8 +634,8 @@ class _Parser(argparse.ArgumentParser):
 
 @contextlib.contextmanager
 def _ctrl_c_stops(flag: Any) -> Iterator[None]:
-    """While inside, the first Ctrl-C (SIGINT) sets ``flag`` (a threading.Event: the run stops after its current
-    step and saves what it has); a second one interrupts at once. Outside the main thread nothing changes."""
+    """While inside, the first Ctrl-C (SIGINT) or SIGTERM sets ``flag`` (a threading.Event: the run stops after its
+    current step and saves what it has); a second one interrupts at once. Outside the main thread nothing changes."""
     import signal
     import threading
 
@@ -648,11 +648,12 @@ def _ctrl_c_stops(flag: Any) -> Iterator[None]:
             raise KeyboardInterrupt
         flag.set()
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous = {sig: signal.signal(sig, on_sigint) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _adapt_report(rec: dict[str, Any], line_open: bool) -> bool:

@@ -366,6 +366,12 @@ def test_threshold_follows_the_detectors_calibration(make_napari_viewer, qtbot, 
     widget.detector_combo.setCurrentText("site (user)")
     assert widget.threshold == pytest.approx(0.71)
     assert "on 40 slices of your scans (/scans/normal)" in widget.threshold_slider.toolTip()
+    save_weights(tiny_detector(seed=4), model_dir / "lab_detector", {"calibration": {
+        "threshold": 0.55, "fp_per_image": 0.5, "inherited_from": "default"}})  # fmt: skip
+    widget.refresh_models()
+    widget.detector_combo.setCurrentText("lab (user)")  # fine-tuned from the shipped detector: its threshold
+    assert widget.threshold == pytest.approx(0.55)
+    assert "for the weights this detector was trained from (default)" in widget.threshold_slider.toolTip()
     widget.detector_combo.setCurrentText("calibrated (user)")
     widget.set_threshold(0.4)
     widget.refresh_models()  # same detector kept: the user's threshold too

@@ -1,5 +1,6 @@
 """The collaborative trainer: it learns, checkpoints atomically, stops on request, resumes exactly, refuses NaN."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -117,28 +118,60 @@ def test_init_weights_skip_pretraining_unless_asked_to_continue(tmp_path):
     assert sum("losses" in r for r in records) == 30  # and trains on from there
 
 
+def _same_weights(a_dir: Path, b_dir: Path, tag: str = "last") -> None:
+    for kind in ("denoiser", "detector"):
+        a, _ = load_weights(a_dir / f"{tag}_{kind}")
+        b, _ = load_weights(b_dir / f"{tag}_{kind}")
+        for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.allclose(va, vb, atol=1e-6), k
+
+
 def test_stop_then_resume_equals_an_uninterrupted_run(tmp_path):
+    """A stop inside a stage keeps a checkpoint at that step (network, Adam's moments, schedule, RNG); the rerun
+    goes on from the next step and ends where an uninterrupted run ends."""
     samples = _samples()
     list(Trainer(_config(tmp_path / "full"), samples).run())
 
     count = {"n": 0}
 
-    def stop_after_45() -> bool:
+    def stop_after_85() -> bool:
         count["n"] += 1
         return count["n"] >= 85  # inside the first round's denoiser stage
 
-    records = list(Trainer(_config(tmp_path / "cut"), samples, should_stop=stop_after_45).run())
+    records = list(Trainer(_config(tmp_path / "cut"), samples, should_stop=stop_after_85).run())
     assert records[-1]["stage"] == "stopped" and records[-1]["step"] == 85
-    assert "checkpoints after pretrain-detector" in records[-1]["message"]
-    assert "steps of round1-denoiser done so far are lost" in records[-1]["message"]
+    assert "the checkpoint at step 5 of round1-denoiser" in records[-1]["message"]
     last, _ = load_weights(tmp_path / "cut" / "last_denoiser")  # the checkpoint kept at the stop is loadable
     resumed = list(Trainer(_config(tmp_path / "cut"), samples).run())
-    assert (resumed[0]["stage"], resumed[0]["step"]) == ("round1-denoiser", 81)  # pretraining is not redone
-    for kind in ("denoiser", "detector"):
-        a, _ = load_weights(tmp_path / "full" / f"last_{kind}")
-        b, _ = load_weights(tmp_path / "cut" / f"last_{kind}")
-        for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
-            assert torch.allclose(va, vb, atol=1e-6), k
+    assert (resumed[0]["stage"], resumed[0]["step"], resumed[0]["stage_step"]) == ("round1-denoiser", 86, 6)
+    _same_weights(tmp_path / "full", tmp_path / "cut")
+    assert not list((tmp_path / "cut").glob("partial_*"))  # the stage finished: its partial checkpoint is gone
+
+
+def _crash_at(trainer: Trainer, step: int) -> None:
+    """Run until the record of global ``step``, then drop the run as a crash would (no stop, no save)."""
+    for rec in trainer.run():
+        if rec.get("step") == step:
+            break
+
+
+def test_a_crash_resumes_from_the_last_checkpoint_inside_the_stage(tmp_path):
+    """A crash (the run ends without a stop: here the generator is dropped at step 87) keeps the checkpoint taken
+    every ``checkpoint_every`` steps; a torn one (its two files from different steps) is not used."""
+    samples = _samples()
+    list(Trainer(_config(tmp_path / "full"), samples).run())
+    _crash_at(Trainer(_config(tmp_path / "cut", checkpoint_every=4), samples), 87)
+    resumed = Trainer(_config(tmp_path / "cut", checkpoint_every=4), samples)
+    assert "the checkpoints after pretrain-detector" in resumed.kept_message()
+    records = list(resumed.run())
+    assert (records[0]["step"], records[0]["stage_step"]) == (85, 5)  # from round1-denoiser's step 4
+    _same_weights(tmp_path / "full", tmp_path / "cut")
+    _crash_at(Trainer(_config(tmp_path / "torn", checkpoint_every=4), samples), 87)
+    meta = json.loads((tmp_path / "torn" / "partial_optim.json").read_text())
+    (tmp_path / "torn" / "partial_optim.json").write_text(json.dumps({**meta, "step": 8}))  # as a torn write
+    records = list(Trainer(_config(tmp_path / "torn", checkpoint_every=4), samples).run())
+    assert (records[0]["step"], records[0]["stage_step"]) == (81, 1)  # the stage from its start
+    _same_weights(tmp_path / "full", tmp_path / "torn")
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -195,11 +228,14 @@ def test_roi_perceptual_loss_on_predicted_boxes(tmp_path):
 def test_stop_in_the_first_stage_then_resume(tmp_path):
     """Stopped before any stage finished: the run folder holds only the start validation; a re-run starts over."""
     samples = _samples()
-    records = list(Trainer(_config(tmp_path / "r"), samples, should_stop=lambda: True).run())
+    trainer = Trainer(_config(tmp_path / "r"), samples, should_stop=lambda: True)
+    assert "no checkpoint yet" in trainer.kept_message()  # it said 'the last checkpoint is kept'
+    records = list(trainer.run())
     assert records[-1]["stage"] == "stopped" and records[-1]["step"] == 1
-    assert "no checkpoint yet" in records[-1]["message"]  # it said 'the last checkpoint is kept'
+    assert "the checkpoint at step 1 of pretrain-denoiser" in records[-1]["message"]
     assert not (tmp_path / "r" / "last_denoiser.json").exists()
     resumed = list(Trainer(_config(tmp_path / "r", rounds=0), samples).run())
+    assert (resumed[0]["stage"], resumed[0]["stage_step"]) == ("pretrain-denoiser", 2)
     assert resumed[-1]["stage"] == "finished" and (tmp_path / "r" / "last_denoiser.json").exists()
 
 

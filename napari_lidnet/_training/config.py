@@ -66,6 +66,7 @@ class TrainConfig:
     device: str = "auto"
     dose: float | None = None  # archive slices without a low-dose image get one simulated at this dose fraction
     workers: int = 0  # DataLoader worker processes reading the training slices
+    checkpoint_every: int = 200  # steps between checkpoints inside a stage (0: only between stages)
     insert_lesions: float = 0.0  # share of training patches that receive synthetic lesions (sim.insert)
     insert_lung: float = 0.0  # chance that an inserted lesion is a lung nodule where the patch has lung
     insert_max_mm: float = 0.0  # largest diameter of inserted lesions (0: sim.insert's, 25 mm / 40 mm in lung)
@@ -103,6 +104,8 @@ class TrainConfig:
             raise ValueError(f"insert_max_mm must be 0 (the built-in sizes) or 5-150 mm, not {self.insert_max_mm}")
         if self.workers < 0:
             raise ValueError("workers must be >= 0")
+        if self.checkpoint_every < 0:
+            raise ValueError("checkpoint_every must be >= 0")
         if self.dose is not None and not 0.0 < self.dose <= 1.0:
             raise ValueError(f"dose must be in (0, 1], not {self.dose}")
         if self.lr <= 0 or self.detector_lr <= 0:

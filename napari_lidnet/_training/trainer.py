@@ -40,6 +40,7 @@ from napari_lidnet._training.losses import (
     roi_perceptual_loss,
     whole_image_perceptual_loss,
 )
+from napari_lidnet._training.partial import drop_partial, load_partial, save_partial, where
 from napari_lidnet._training.patches import PatchBatch, calibration_batch, check_patch_settings, patch_batches
 from napari_lidnet._training.resume import check_resume
 from napari_lidnet._training.split import split_samples
@@ -167,6 +168,8 @@ class Trainer:
         self.detector = self._init_detector()
         self.state: dict[str, Any] = {"done": [], "history": [], "best_score": None}
         self._load_state()
+        self._live: tuple | None = None  # the stage under way: (name, steps, network, model, opt, sched, step)
+        self._partial_at: tuple[str, int] | None = None  # the last checkpoint inside a stage: (stage, step)
         self._t_steps: float | None = None  # end of this process's first training step (see _eta)
         self._steps_timed = 0
 
@@ -316,54 +319,35 @@ class Trainer:
         stages = self.stages()
         total = self.total_steps()
         done_steps = sum(n for name, n in stages if name in self.state["done"])
-        unchanged = _finished_stages_changed(self.state, self.cfg)
-        self.state["config"] = self._config_record()
-        if self.command and self.rank == 0:
-            self.state["commands"] = [*self.state.get("commands", []), self.command]
-        if unchanged:
-            yield {"stage": "setup", "message": unchanged, "step": done_steps, "total_steps": total}
-        if self._new_manifest and self.rank == 0:
-            from napari_lidnet.datasets.manifest import write_manifest
-
-            write_manifest(self.out / MANIFEST_FILE, *self._new_manifest)  # indexed once: a resumed run reuses it
-        if self.device_notice:
-            yield {"stage": "setup", "message": self.device_notice, "step": done_steps, "total_steps": total}
-        if "validate-start" not in self.state["done"]:
-            metrics = self.validate()
-            self.state["start_metrics"] = metrics
-            self.state["start_test_metrics"] = self.test()
-            self.state["selection"] = RULE_SCORE if self.val_samples else RULE_LAST
-            self.state["done"].append("validate-start")
-            self._write_state()
-            yield {
-                "stage": "validate",
-                "after": "start",
-                "val": metrics,
-                "step": done_steps,
-                "total_steps": total,
-            }
+        yield from self._start(done_steps, total)
         for index, (name, n_steps) in enumerate(stages):
             if name in self.state["done"]:
                 continue
+            before = done_steps
             for rec in self._run_stage(name, index, n_steps):
-                done_steps += 1
+                done_steps = before + rec["stage_step"]  # a stage resumed inside starts past its first step
                 rec.update(step=done_steps, total_steps=total, eta_s=self._eta(total - done_steps))
                 yield rec
                 if self.should_stop():
+                    self._save_partial()  # the steps of this stage so far are kept
                     yield {
                         "stage": "stopped",
                         "step": done_steps,
                         "total_steps": total,
-                        "message": f"stopped during {name}: {self.kept_message(name)}",
+                        "message": f"stopped during {name}: {self.kept_message()}",
                     }
                     return
+            done_steps = before + n_steps
             self.state["done"].append(name)
             following = stages[index + 1][0] if index + 1 < len(stages) else None
             if following and _group(following) == _group(name):
                 self._save("last", self.state.get("last_metrics", {}))  # resumable after every stage
                 self._write_state()
+                self._drop_partial()
                 continue  # validate once per group: after pretraining, after each whole round
-            yield self._end_of_stage(name, done_steps, total)
+            end = self._end_of_stage(name, done_steps, total)
+            self._drop_partial()
+            yield end
         distributed.barrier()  # rank 0 has validated and written the last checkpoint: every rank finishes with it
         yield {
             "stage": "finished",
@@ -377,14 +361,20 @@ class Trainer:
             "out": str(self.out),
         }
 
-    def kept_message(self, stage: str | None = None) -> str:
-        """What a stop keeps: the checkpoints after the last finished stage (the steps of ``stage``, the one under
-        way, are lost: checkpoints are written between stages), or nothing yet."""
+    def kept_message(self) -> str:
+        """What a stop keeps: the checkpoint inside the stage under way (see ``partial``), or the checkpoints after
+        the last finished stage, or nothing yet; and the steps that are lost."""
+        live, out = self._live, self.out
+        if self._partial_at is not None:
+            stage, step = self._partial_at
+            lost = live[-1] - step if live is not None and live[0] == stage else 0
+            tail = f"; the {lost} steps after it are lost" if lost else ""
+            return f"the checkpoint at step {step} of {stage} in {out} is kept{tail}; run again to resume"
+        lost = f"; the {live[-1]} steps of {live[0]} done so far are lost" if live is not None else ""
         done = [n for n in self.state.get("done", []) if n != "validate-start"]
-        lost = f"; the steps of {stage} done so far are lost" if stage else ""
         if done:
-            return f"the checkpoints after {done[-1]} in {self.out} are kept{lost}; run again to resume"
-        return f"no checkpoint yet (no stage had finished): running again starts {self.out} from the beginning"
+            return f"the checkpoints after {done[-1]} in {out} are kept{lost}; run again to resume"
+        return f"no checkpoint yet{lost}: running again starts {out} from the beginning"
 
     def _end_of_stage(self, name: str, step: int, total: int) -> dict[str, Any]:
         metrics = self.validate()
@@ -424,11 +414,35 @@ class Trainer:
     def _seed(self, index: int) -> int:
         return self.cfg.seed * 1000 + index
 
+    def _start(self, done_steps: int, total: int) -> Iterator[dict[str, Any]]:
+        """A run's (or a resume's) first records: notes, and the validation of the starting weights."""
+        unchanged = _finished_stages_changed(self.state, self.cfg)
+        self.state["config"] = self._config_record()
+        if self.command and self.rank == 0:
+            self.state["commands"] = [*self.state.get("commands", []), self.command]
+        if unchanged:
+            yield {"stage": "setup", "message": unchanged, "step": done_steps, "total_steps": total}
+        if self._new_manifest and self.rank == 0:
+            from napari_lidnet.datasets.manifest import write_manifest
+
+            write_manifest(self.out / MANIFEST_FILE, *self._new_manifest)  # indexed once: a resumed run reuses it
+        if self.device_notice:
+            yield {"stage": "setup", "message": self.device_notice, "step": done_steps, "total_steps": total}
+        if "validate-start" not in self.state["done"]:
+            metrics = self.validate()
+            self.state["start_metrics"] = metrics
+            self.state["start_test_metrics"] = self.test()
+            self.state["selection"] = RULE_SCORE if self.val_samples else RULE_LAST
+            self.state["done"].append("validate-start")
+            self._write_state()
+            yield {"stage": "validate", "after": "start", "val": metrics, "step": done_steps, "total_steps": total}
+
     def _run_stage(self, name: str, index: int, n_steps: int) -> Iterator[dict[str, Any]]:
         torch.manual_seed(self._seed(index))
         joint = name.startswith("round") and name.endswith("denoiser") and self.cfg.mode != "pixel"
         batches = self._batches(index, n_steps)
-        if name.endswith("denoiser"):
+        network = "denoiser" if name.endswith("denoiser") else "detector"
+        if network == "denoiser":
             model, lr = self.denoiser, self.cfg.lr
             scales = self.calibrate() if joint else {}
             if joint:
@@ -441,7 +455,11 @@ class Trainer:
             lr *= self.cfg.round_lr_scale
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(n_steps, 1), eta_min=lr * 0.1)
-        for step in range(1, n_steps + 1):
+        first = load_partial(self.out, network, model, opt, sched, name, n_steps)  # 0: from the stage's start
+        for _ in range(first):
+            next(batches)  # the batches of the steps already taken (read, not trained on)
+        every = self.cfg.checkpoint_every
+        for step in range(first + 1, n_steps + 1):
             losses = step_fn(next(batches), opt)
             sched.step()
             bad = [k for k, v in losses.items() if not math.isfinite(v)]
@@ -450,7 +468,25 @@ class Trainer:
                     f"{', '.join(bad)} loss became {losses[bad[0]]} at {name} step {step}; the run stopped and "
                     f"the last good checkpoint in {self.out} is kept"
                 )
+            self._live = (name, n_steps, network, model, opt, sched, step)
             yield {"stage": name, "stage_step": step, "stage_total": n_steps, "losses": losses}
+            if every and step % every == 0 and step < n_steps:
+                self._save_partial()
+        self._live = None
+
+    def _save_partial(self) -> None:
+        """A checkpoint inside the stage under way (rank 0 writes it; see ``partial``)."""
+        if self._live is None:
+            return
+        name, n_steps, network, model, opt, sched, step = self._live
+        if self.rank == 0:
+            save_partial(self.out, network, model, opt, sched, where(name, n_steps, step))
+        self._partial_at = (name, step)
+
+    def _drop_partial(self) -> None:
+        self._live = self._partial_at = None
+        if self.rank == 0:
+            drop_partial(self.out)
 
     def _batches(self, index: int, n: int) -> Iterator[PatchBatch]:
         """This process's share of the stage's ``n`` seeded global batches, on the training device."""

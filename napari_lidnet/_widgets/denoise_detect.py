@@ -910,7 +910,11 @@ def _write_series(vol: Any, folder: str | Path, description: str) -> list[Path] 
 def _calibration_source(cal: dict) -> str:
     """Where a detector's threshold was calibrated, for the threshold tooltip."""
     data = cal.get("data") if isinstance(cal.get("data"), dict) else {}
+    inherited = f", for the weights this detector was trained from ({cal['inherited_from']})" if cal.get(
+        "inherited_from") else ""  # fmt: skip
     if "input" in data:  # lidnet calibrate on a site's own scans
-        return f"on {data.get('slices', '?')} slices of your scans ({data['input']})"
+        return f"on {data.get('slices', '?')} slices of your scans ({data['input']}){inherited}"
+    if inherited:
+        return f"{inherited[2:]}: `lidnet calibrate` sets one for it on your own lesion-free scans"
     return ("on the detector's calibration set (simulated anatomy: on real scans it draws more; "
             "`lidnet calibrate` sets it on your own lesion-free scans)")  # fmt: skip
