@@ -193,11 +193,12 @@ def _train_and_export(cfg, rank: int, world: int, export: str | None, command: s
     from napari_lidnet._training.report import format_record
     from napari_lidnet._training.trainer import Trainer, TrainingError
 
-    stop = threading.Event()
+    stop, stopped = threading.Event(), False
     trainer = Trainer(cfg, should_stop=stop.is_set, command=command)
     with _ctrl_c_stops(stop) if world == 1 else contextlib.nullcontext():
         try:
             for rec in trainer.run():
+                stopped = stopped or rec.get("stage") == "stopped"
                 line = format_record(rec) if rank == 0 else None
                 if line:
                     print(line, file=sys.stderr, flush=True)
@@ -207,7 +208,7 @@ def _train_and_export(cfg, rank: int, world: int, export: str | None, command: s
         except TrainingError as exc:
             print(f"lidnet train: error: {exc}", file=sys.stderr)
             return 1
-    if stop.is_set():
+    if stopped:
         return 130
     if export and rank == 0:
         from napari_lidnet._training.export import export_run

@@ -591,3 +591,25 @@ def test_finetune_widget_refuses_nan(make_napari_viewer, qtbot, models, tmp_path
     assert widget.start() is None
     assert "'nan CT': the full-dose image has NaN or infinite values" in widget.status.text()
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_stop_during_the_last_validation_still_exports(tmp_path, capsys, models, monkeypatch):
+    """Review 2026-12-05b: a Ctrl-C that arrived during the final validation let the run finish, then exited 130
+    and skipped --export without a word. The stop acts between steps only; a finished run exports."""
+    import os
+    import signal
+
+    from napari_lidnet._training.trainer import Trainer
+
+    original, calls = Trainer.validate, []
+
+    def validate_then_ctrl_c(self):
+        calls.append(1)
+        if len(calls) == 2:  # the validation after the last stage
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "validate", validate_then_ctrl_c)
+    rc, lines = run_cli(capsys, "train", "--data", _dataset(tmp_path / "data"), "--out", tmp_path / "run", *TRAIN,
+                        "--export", "late")  # fmt: skip
+    assert rc == 0 and len(calls) == 2 and (models / "late_denoiser.safetensors").exists(), lines

@@ -153,6 +153,9 @@ def test_a_manifest_keeps_its_dose(tmp_path, capsys):
         Trainer(_cfg(tmp_path / "r2", no_dose, dose=0.25, patch_size=32))
     trainer = Trainer(_cfg(tmp_path / "r3", at_25, dose=0.25, patch_size=32))
     assert trainer._data_record["dose"] == 0.25 and trainer._data_record["path"] == str(at_25.resolve())
+    list(trainer.run())
+    more = Trainer(_cfg(tmp_path / "r3", at_25, patch_size=32, rounds=1, denoiser_steps=1))  # --dose left out
+    assert list(more.run())[-1]["stage"] == "finished"  # review 2026-12-05b: it was refused ('dose: run 0.25')
     assert main(["train", "--data", str(tmp_path / "gone.jsonl"), "--out", str(tmp_path / "r4")]) == 2
     assert "no such manifest" in capsys.readouterr().err
     assert not any((tmp_path / r).exists() for r in ("r1", "r2", "r4"))

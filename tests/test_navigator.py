@@ -344,6 +344,15 @@ def test_a_kept_box_and_a_drawn_one_across_a_run_at_a_higher_threshold(case) -> 
     assert sorted(f.status for f in widget.findings) == ["accepted", "added", "pending", "pending"]
 
 
+def _shrink(reviewed, finding: int) -> None:
+    """The reader halves a kept box on the reviewed layer (its top-left corner stays)."""
+    index = list(reviewed.features["finding"]).index(finding)
+    corners = np.array(reviewed.data[index], copy=True)
+    lo = corners[:, 1:].min(axis=0)
+    corners[:, 1:] = lo + (corners[:, 1:] - lo) * 0.5
+    reviewed.data = [corners if i == index else d for i, d in enumerate(reviewed.data)]
+
+
 def test_a_kept_box_shrunk_by_the_reader_stays_one_finding_after_a_run_and_a_reopen(case) -> None:
     """Review l (left open then): a kept box the reader shrank to half its size no longer overlaps its detection
     by IoU 0.5, so another run or a reopened navigator showed it twice (edited, and its detection pending). The
@@ -351,11 +360,7 @@ def test_a_kept_box_shrunk_by_the_reader_stays_one_finding_after_a_run_and_a_reo
     viewer, widget, image, boxes, _ = case
     widget.accept(1)  # the 0.91 box: slice 3, x 20-26, y 2-14
     reviewed = viewer.layers[f"{image.name} reviewed"]
-    index = list(reviewed.features["finding"]).index(1)
-    corners = np.array(reviewed.data[index], copy=True)
-    lo = corners[:, 1:].min(axis=0)
-    corners[:, 1:] = lo + (corners[:, 1:] - lo) * 0.5  # the reader halves it: IoU with the detection 0.25
-    reviewed.data = [corners if i == index else d for i, d in enumerate(reviewed.data)]
+    _shrink(reviewed, 1)  # the reader halves it: IoU with the detection 0.25
     assert [f.status for f in widget.findings if f.slice == 3] == ["edited"]
     _run(viewer, image, DETECTIONS, "run 2")
     assert [f.status for f in widget.findings if f.slice == 3] == ["edited"]
@@ -365,3 +370,22 @@ def test_a_kept_box_shrunk_by_the_reader_stays_one_finding_after_a_run_and_a_reo
     again.load(boxes)
     assert [f.status for f in again.findings if f.slice == 3] == ["edited"]
     assert np.allclose(again.finding(1).bounds, [f.bounds for f in widget.findings if f.slice == 3][0])
+
+
+def test_a_carried_over_kept_box_keeps_its_detection_through_edits_and_deletion(case) -> None:
+    """Review 2026-12-05b: a kept box carried over a run without its detection lost the link once edited (the
+    detection came back pending beside it), and deleted, it was stored as a rejection of the edited box (the
+    detection came back pending, not rejected)."""
+    viewer, widget, image, boxes, _ = case
+    widget.accept(1)
+    reviewed = viewer.layers[f"{image.name} reviewed"]
+    run = _run(viewer, image, DETECTIONS[DETECTIONS[:, 5] < 0.5], "run 2")  # a run without the 0.91 box
+    _shrink(reviewed, [f.id for f in widget.findings if f.slice == 3][0])
+    _threshold(run, DETECTIONS, 0.0)  # the 0.91 detection is back
+    assert [f.status for f in widget.findings if f.slice == 3] == ["edited"]
+    run3 = _run(viewer, image, DETECTIONS[DETECTIONS[:, 5] < 0.5], "run 3")
+    index = list(reviewed.features["finding"]).index([f.id for f in widget.findings if f.slice == 3][0])
+    reviewed.selected_data = {index}
+    reviewed.remove_selected()  # the reader deletes it: a rejection of the detection
+    _threshold(run3, DETECTIONS, 0.0)
+    assert [f.status for f in widget.findings if f.slice == 3] == ["rejected"]

@@ -10,6 +10,7 @@ from scipy import ndimage as ndi
 
 from napari_lidnet.metrics.noreference import (
     _detrend_plane,
+    _tile_all,
     _tile_means,
     _tile_plane_sds,
     _tiles,
@@ -125,6 +126,8 @@ def test_block_selection_sums_and_plane_fit_equal_the_direct_computation(block: 
     img = phantom() + rng.normal(0, 10, (SIZE, SIZE)).astype(np.float32)
     direct = _tiles(img, block).mean(axis=(2, 3), dtype=np.float64)
     np.testing.assert_allclose(_tile_means(img, block), direct, rtol=1e-9, atol=1e-9)
+    mask = ndi.binary_dilation(rng.random((SIZE, SIZE)) > 0.999, iterations=9)  # blobs: tiles in, out and across
+    np.testing.assert_array_equal(_tile_all(mask, block), _tiles(mask, block).all(axis=(2, 3)))
     blocks = rng.normal(0, 5, (50, block, block)) + np.arange(block)[None, None, :] * rng.normal(0, 3, (50, 1, 1))
     y, x = np.mgrid[0:block, 0:block]
     design = np.stack([np.ones(block * block), x.ravel(), y.ravel()], axis=1)

@@ -106,6 +106,8 @@ def test_init_weights_skip_pretraining_unless_asked_to_continue(tmp_path):
     start = str(tmp_path / "a" / "best_denoiser")
     with pytest.raises(ValueError, match="nothing to train: 0 steps.*--pretrain-from-init"):
         Trainer(_config(tmp_path / "b", init_denoiser=start, **cfg), samples)  # it reported success, trained nothing
+    with pytest.raises(ValueError, match="nothing to train"):
+        Trainer(_config(tmp_path / "b", **{**cfg, "pretrain_denoiser_steps": 0, "rounds": 2, "denoiser_steps": 0}))
     assert not (tmp_path / "b").exists()
     more = Trainer(_config(tmp_path / "c", init_denoiser=start, pretrain_from_init=True, **cfg), samples)
     assert more.stages() == [("pretrain-denoiser", 30)]
@@ -162,15 +164,17 @@ def test_a_crash_resumes_from_the_last_checkpoint_inside_the_stage(tmp_path):
     list(Trainer(_config(tmp_path / "full"), samples).run())
     _crash_at(Trainer(_config(tmp_path / "cut", checkpoint_every=4), samples), 87)
     resumed = Trainer(_config(tmp_path / "cut", checkpoint_every=4), samples)
-    assert "the checkpoints after pretrain-detector" in resumed.kept_message()
-    records = list(resumed.run())
+    _crash_at(resumed, 86)  # resumed at step 85, crashed again before the next checkpoint
+    assert "the checkpoint at step 4 of round1-denoiser" in resumed.kept_message()  # the one on disk, still
+    records = list(Trainer(_config(tmp_path / "cut", checkpoint_every=4), samples).run())
     assert (records[0]["step"], records[0]["stage_step"]) == (85, 5)  # from round1-denoiser's step 4
     _same_weights(tmp_path / "full", tmp_path / "cut")
     _crash_at(Trainer(_config(tmp_path / "torn", checkpoint_every=4), samples), 87)
     meta = json.loads((tmp_path / "torn" / "partial_optim.json").read_text())
     (tmp_path / "torn" / "partial_optim.json").write_text(json.dumps({**meta, "step": 8}))  # as a torn write
     records = list(Trainer(_config(tmp_path / "torn", checkpoint_every=4), samples).run())
-    assert (records[0]["step"], records[0]["stage_step"]) == (81, 1)  # the stage from its start
+    assert records[0]["stage"] == "setup" and "incomplete" in records[0]["message"]
+    assert (records[1]["step"], records[1]["stage_step"]) == (81, 1)  # the stage from its start
     _same_weights(tmp_path / "full", tmp_path / "torn")
 
 
@@ -226,16 +230,20 @@ def test_roi_perceptual_loss_on_predicted_boxes(tmp_path):
 
 
 def test_stop_in_the_first_stage_then_resume(tmp_path):
-    """Stopped before any stage finished: the run folder holds only the start validation; a re-run starts over."""
+    """Stopped at the first step: a checkpoint at that step (no stage had finished), and a rerun goes on from it;
+    given another length for that stage, the rerun says so and starts it over."""
     samples = _samples()
     trainer = Trainer(_config(tmp_path / "r"), samples, should_stop=lambda: True)
-    assert "no checkpoint yet" in trainer.kept_message()  # it said 'the last checkpoint is kept'
     records = list(trainer.run())
     assert records[-1]["stage"] == "stopped" and records[-1]["step"] == 1
     assert "the checkpoint at step 1 of pretrain-denoiser" in records[-1]["message"]
     assert not (tmp_path / "r" / "last_denoiser.json").exists()
     resumed = list(Trainer(_config(tmp_path / "r", rounds=0), samples).run())
     assert (resumed[0]["stage"], resumed[0]["stage_step"]) == ("pretrain-denoiser", 2)
+    list(Trainer(_config(tmp_path / "s", pretrain_denoiser_steps=3), samples, should_stop=lambda: True).run())
+    other = list(Trainer(_config(tmp_path / "s", pretrain_denoiser_steps=4, rounds=0), samples).run())
+    assert "made for 3 steps, not 4: pretrain-denoiser starts over" in other[0]["message"]
+    assert other[1]["stage_step"] == 1
     assert resumed[-1]["stage"] == "finished" and (tmp_path / "r" / "last_denoiser.json").exists()
 
 
@@ -280,6 +288,8 @@ def test_lidnet_mode_trains_a_normal_dose_archive_on_inserted_lesions(tmp_path):
     cfg = dict(pretrain_denoiser_steps=2, pretrain_detector_steps=2, rounds=1, denoiser_steps=3, detector_steps=2)
     with pytest.raises(ValueError, match="insert simulated lesions.*--mode pixel"):
         Trainer(_config(tmp_path / "a", **cfg), _no_boxes(_samples()))
+    with pytest.raises(ValueError, match="insert_lung is the share of inserted lesions"):
+        Trainer(_config(tmp_path / "a", insert_lung=1.0, **cfg), _no_boxes(_samples()))  # inserted nothing
     records = list(Trainer(_config(tmp_path / "b", insert_lesions=1.0, **cfg), _no_boxes(_samples())).run())
     assert records[-1]["stage"] == "finished"
     round_losses = [r["losses"] for r in records if r.get("stage") == "round1-denoiser"]
@@ -316,9 +326,37 @@ def test_a_card_says_what_the_run_started_from_and_keeps_the_threshold(tmp_path)
 
 def test_a_resume_says_finished_stages_keep_their_step_counts(tmp_path):
     """Review 2026-12-05a: more steps for a finished stage on resume were ignored with 'finished' and rc 0."""
+    from napari_lidnet.models.weights import read_card
+
     samples = _samples()
     cfg = dict(mode="pixel", pretrain_detector_steps=0, rounds=0)
     list(Trainer(_config(tmp_path / "r", pretrain_denoiser_steps=3, **cfg), samples).run())
     records = list(Trainer(_config(tmp_path / "r", pretrain_denoiser_steps=9, **cfg), samples).run())
     assert records[0]["stage"] == "setup" and "pretrain-denoiser finished with 3 steps" in records[0]["message"]
     assert not any("losses" in r for r in records)
+    again = list(Trainer(_config(tmp_path / "r", pretrain_denoiser_steps=3, **cfg), samples).run())
+    assert again[0]["stage"] != "setup"  # the count it finished with: no note (it compared with the last run's)
+    assert read_card(tmp_path / "r" / "best_denoiser")["training"]["stage_steps"] == {"pretrain-denoiser": 3}
+
+
+def test_every_command_that_added_steps_is_in_the_cards(tmp_path):
+    """Review 2026-12-05b: a resumed run stopped inside a stage never wrote its state, so its command (and its
+    steps) were missing from the cards."""
+    from napari_lidnet.models.weights import read_card
+
+    samples, cfg = _samples(), dict(mode="pixel", pretrain_detector_steps=0, pretrain_denoiser_steps=30, rounds=0)
+
+    def stop_at(n: int):
+        count = {"n": 0}
+
+        def stop() -> bool:
+            count["n"] += 1
+            return count["n"] >= n
+
+        return stop
+
+    list(Trainer(_config(tmp_path / "r", **cfg), samples, should_stop=stop_at(10), command="c1").run())
+    list(Trainer(_config(tmp_path / "r", **cfg), samples, should_stop=stop_at(10), command="c2").run())
+    records = list(Trainer(_config(tmp_path / "r", **cfg), samples, command="c3").run())
+    assert records[0]["stage_step"] == 21 and records[-1]["stage"] == "finished"
+    assert read_card(tmp_path / "r" / "best_denoiser")["training"]["commands"] == ["c1", "c2", "c3"]

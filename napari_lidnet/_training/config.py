@@ -100,6 +100,10 @@ class TrainConfig:
             raise ValueError(f"insert_lesions must be in [0, 1], not {self.insert_lesions}")
         if not 0.0 <= self.insert_lung <= 1.0:
             raise ValueError(f"insert_lung must be in [0, 1], not {self.insert_lung}")
+        if self.insert_lung and not self.insert_lesions:
+            raise ValueError(
+                "insert_lung is the share of inserted lesions that are lung nodules: give insert_lesions too"
+            )
         if self.insert_max_mm != 0.0 and not 5.0 <= self.insert_max_mm <= 150.0:
             raise ValueError(f"insert_max_mm must be 0 (the built-in sizes) or 5-150 mm, not {self.insert_max_mm}")
         if self.workers < 0:

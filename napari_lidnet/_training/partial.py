@@ -6,7 +6,8 @@ naming the stage, its length and the step) and ``partial_optim.safetensors/.json
 state; the JSON holds the parameter groups, the schedule, the same stage/length/step and the tensors' SHA-256).
 Each pair is written atomically, the network first; a resume uses them only when both name the stage to run, its
 length and the same step, and the tensors match their hash: a crash between the two writes leaves a mismatch, and
-the stage is then run from its start, as before this module.
+the stage is then run from its start (with a note), as before this module. A resumed stage keeps the learning rate
+and schedule it was saved with.
 """
 
 from __future__ import annotations
@@ -55,9 +56,10 @@ def save_partial(out: Path, network: str, model: torch.nn.Module, opt: Any, sche
 
 def load_partial(
     out: Path, network: str, model: torch.nn.Module, opt: Any, sched: Any, stage: str, n_steps: int
-) -> int:
+) -> tuple[int, str]:
     """Load the stage's saved state into ``model``, ``opt``, ``sched`` and the RNG when the run folder holds a
-    whole one for ``stage`` of ``n_steps``; returns the step it was saved at (0: none, start the stage)."""
+    whole one for ``stage`` of ``n_steps``. Returns the step it was saved at (0: none, start the stage) and a note
+    when one was saved for this stage but cannot be used (another length, or a torn write)."""
     from safetensors.torch import load
 
     try:
@@ -65,12 +67,15 @@ def load_partial(
         blob = (out / f"{_OPTIM}.safetensors").read_bytes()
         saved, card = load_weights(out / f"{PARTIAL}_{network}")
     except (OSError, ValueError):
-        return 0
-    want = {**where(stage, n_steps, meta.get("step", -1)), "network": network}
-    if {k: meta.get(k) for k in want} != want or card.get("partial") != where(stage, n_steps, meta["step"]):
-        return 0
-    if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
-        return 0
+        return 0, ""
+    if meta.get("stage") != stage:
+        return 0, ""
+    if meta.get("stage_steps") != n_steps:
+        return 0, (f"the checkpoint at step {meta.get('step')} of {stage} was made for {meta.get('stage_steps')} "
+                   f"steps, not {n_steps}: {stage} starts over")  # fmt: skip
+    whole = meta.get("network") == network and card.get("partial") == where(stage, n_steps, meta.get("step", -1))
+    if not whole or hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
+        return 0, f"the checkpoint inside {stage} is incomplete (a write was cut short): {stage} starts over"
     tensors = load(blob)
     model.load_state_dict(saved.state_dict())
     moments: dict[int, dict[str, torch.Tensor]] = {}
@@ -83,7 +88,7 @@ def load_partial(
     torch.set_rng_state(tensors["rng.cpu"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return int(meta["step"])
+    return int(meta["step"]), ""
 
 
 def drop_partial(out: Path) -> None:

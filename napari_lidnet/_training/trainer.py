@@ -134,7 +134,7 @@ class Trainer:
         config.validate()
         self.cfg = config
         self.command = command
-        if not self.stages():
+        if not self.total_steps():
             raise ValueError(
                 "nothing to train: 0 steps (with --init-* weights the pretraining stages run only with "
                 "--pretrain-from-init); give --rounds or --pretrain-from-init"
@@ -144,6 +144,7 @@ class Trainer:
         self.out = Path(config.out).expanduser().resolve()
         self._new_manifest: tuple | None = None
         self._data_record: dict[str, Any] = {}  # where the slices came from, for the cards
+        self._manifest_dose: float | None = None  # the dose of a manifest given as data
         self._init_records: dict[str, Any] = {}  # the starting weights (name, sha256, date), for the cards
         self._stacked: dict[str, tuple] = {}  # stacked validation/test slices, read at their first use
         self._calibration: PatchBatch | None = None
@@ -157,10 +158,10 @@ class Trainer:
             raise ValueError("no training slices left after the validation split")
         check_patch_settings(samples, config.patch_size, config.batch_size, self.world_size)
         n_lesions = sum(len(s.boxes) for s in self.train_samples)
-        if config.mode != "pixel" and n_lesions == 0 and not (config.insert_lesions or config.insert_lung):
+        if config.mode != "pixel" and n_lesions == 0 and not config.insert_lesions:
             raise ValueError(
                 "LIDnet modes need lesion boxes: the training slices have none; insert simulated lesions "
-                "(--insert-lesions P, --insert-lung P) or train with --mode pixel"
+                "(--insert-lesions P [--insert-lung Q]) or train with --mode pixel"
             )
         self.device, self.device_notice = pick_device(config.device)
         self.device = distributed.local_device(self.device)
@@ -192,6 +193,8 @@ class Trainer:
         header, rows, is_new = index
         self._new_manifest = (header, rows) if is_new else None
         manifest = Path(self.cfg.data) if Path(self.cfg.data).is_file() else self.out / MANIFEST_FILE
+        if Path(self.cfg.data).is_file():
+            self._manifest_dose = header.get("dose")  # what --dose means for a manifest (given or left out)
         self._data_record = {
             "path": str(Path(self.cfg.data).expanduser().resolve()),
             **{k: header.get(k) for k in ("kind", "root", "dose", "seed", "split", "n")},
@@ -221,6 +224,8 @@ class Trainer:
         record = self.cfg.to_dict()
         if self.cfg.data:
             record["data"] = str(Path(self.cfg.data).expanduser().resolve())
+            if Path(self.cfg.data).is_file():  # a manifest: its own dose, whether --dose gave it or not
+                record["dose"] = self._manifest_dose
         return record
 
     def _card(self, kind: str, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -239,6 +244,7 @@ class Trainer:
                 "n_test_slices": len(self.test_samples),
                 "selection": RULE_SCORE if self.val_samples else RULE_LAST,
                 "stages_done": list(self.state["done"]),
+                "stage_steps": dict(self.state.get("stage_steps", {})),
                 "package_version": __version__,
             },
             "metrics": metrics,
@@ -268,6 +274,9 @@ class Trainer:
         if not path.exists():
             return
         state = json.loads(path.read_text())
+        saved = state.get("config") or {}
+        if saved.get("dose") is None and saved.get("data") and Path(saved["data"]).is_file():
+            saved["dose"] = self._manifest_dose  # a run folder from before manifests' doses were recorded
         check_resume(state, self._config_record())
         self.state = state
         if any(stage != "validate-start" for stage in state["done"]):  # a training stage finished: weights exist
@@ -286,7 +295,8 @@ class Trainer:
         if (not c.init_detector or c.pretrain_from_init) and c.pretrain_detector_steps:
             stages.append(("pretrain-detector", c.pretrain_detector_steps))
         for r in range(1, c.rounds + 1):
-            stages.append((f"round{r}-denoiser", c.denoiser_steps))
+            if c.denoiser_steps:
+                stages.append((f"round{r}-denoiser", c.denoiser_steps))
             if c.mode != "pixel" and c.detector_steps:
                 stages.append((f"round{r}-detector", c.detector_steps))
         return stages
@@ -325,6 +335,9 @@ class Trainer:
                 continue
             before = done_steps
             for rec in self._run_stage(name, index, n_steps):
+                if rec["stage"] == "setup":
+                    yield {**rec, "step": done_steps, "total_steps": total}
+                    continue
                 done_steps = before + rec["stage_step"]  # a stage resumed inside starts past its first step
                 rec.update(step=done_steps, total_steps=total, eta_s=self._eta(total - done_steps))
                 yield rec
@@ -339,6 +352,7 @@ class Trainer:
                     return
             done_steps = before + n_steps
             self.state["done"].append(name)
+            self.state.setdefault("stage_steps", {})[name] = n_steps
             following = stages[index + 1][0] if index + 1 < len(stages) else None
             if following and _group(following) == _group(name):
                 self._save("last", self.state.get("last_metrics", {}))  # resumable after every stage
@@ -455,7 +469,11 @@ class Trainer:
             lr *= self.cfg.round_lr_scale
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(n_steps, 1), eta_min=lr * 0.1)
-        first = load_partial(self.out, network, model, opt, sched, name, n_steps)  # 0: from the stage's start
+        first, note = load_partial(self.out, network, model, opt, sched, name, n_steps)  # 0: from the stage's start
+        if note:
+            yield {"stage": "setup", "message": note}
+        if first:
+            self._partial_at = (name, first)
         for _ in range(first):
             next(batches)  # the batches of the steps already taken (read, not trained on)
         every = self.cfg.checkpoint_every
@@ -481,6 +499,7 @@ class Trainer:
         name, n_steps, network, model, opt, sched, step = self._live
         if self.rank == 0:
             save_partial(self.out, network, model, opt, sched, where(name, n_steps, step))
+            self._write_state()  # this run's command, with the steps it added
         self._partial_at = (name, step)
 
     def _drop_partial(self) -> None:
@@ -537,7 +556,7 @@ class Trainer:
             c = self.cfg
             batch = calibration_batch(
                 self.train_samples, c.patch_size, c.calibration_patches, c.seed,
-                insert=bool(c.insert_lesions or c.insert_lung), insert_lung=c.insert_lung,
+                insert=bool(c.insert_lesions), insert_lung=c.insert_lung,
                 insert_max_mm=c.insert_max_mm,
             )  # fmt: skip
             self._calibration = batch.to(self.device)
@@ -645,14 +664,16 @@ _STAGE_STEPS = {"pretrain-denoiser": "pretrain_denoiser_steps", "pretrain-detect
 
 def _finished_stages_changed(state: dict[str, Any], cfg: TrainConfig) -> str:
     """A note when a resumed run is given other step counts for stages it has finished ('' otherwise): those
-    stages are not run again; only more --rounds extend a run."""
-    saved = state.get("config") or {}
+    stages are not run again; only more --rounds extend a run. Each stage's own count is recorded when it finishes
+    (``stage_steps``); a run folder from before that record compares with the settings it last ran with."""
+    recorded, saved = state.get("stage_steps") or {}, state.get("config") or {}
     notes = []
     for name in state.get("done", []):
         key = _STAGE_STEPS.get(name) or _STAGE_STEPS.get(name.rsplit("-", 1)[-1] if name.startswith("round") else "")
-        if key and key in saved and saved[key] != getattr(cfg, key):
-            notes.append(f"{name} finished with {saved[key]} steps")
+        ran = recorded.get(name, saved.get(key)) if key else None
+        if ran is not None and ran != getattr(cfg, key):
+            notes.append(f"{name} finished with {ran} steps")
     if not notes:
         return ""
-    return (f"{'; '.join(dict.fromkeys(notes))}: finished stages are not run again with other step counts (more "
-            "--rounds extend a run; a new --out trains longer)")  # fmt: skip
+    return (f"{'; '.join(notes)}: finished stages are not run again with other step counts (more --rounds extend a "
+            "run; a new --out trains longer)")  # fmt: skip

@@ -176,6 +176,7 @@ class LesionNavigatorWidget(QWidget):
         self._watched: weakref.WeakSet = weakref.WeakSet()
         self._origin: dict[int, tuple] = {}  # finding id -> its detection's key (slice, corners)
         self._parked: dict[tuple, Finding] = {}  # rejected findings whose detection left the layer, by key
+        self._carried: dict[int, tuple] = {}  # kept finding id -> the detection box stored for it (none here)
         self.watch = LayerWatch(napari_viewer, self._on_renamed)
         self._create_ui()
         self._create_shortcuts()
@@ -349,7 +350,7 @@ class LesionNavigatorWidget(QWidget):
         image = image if image is not None else self._image_for(boxes)
         same = boxes is not None and boxes == self.boxes_layer and image == self.image_layer
         if not same:
-            self._origin, self._parked = {}, {}
+            self._origin, self._parked, self._carried = {}, {}, {}
         if boxes is not None and boxes != self.boxes_layer:
             self._disconnect_boxes()
             self.watch.connect(boxes.events.data, self._on_boxes_data)
@@ -693,7 +694,7 @@ class LesionNavigatorWidget(QWidget):
         finding over an earlier one decides for it. ``kept``: each kept box that came from a detection, as
         ``[slice, detection's x1, y1, x2, y2, kept box's x1, y1, x2, y2]``, so a box the reader shrank still finds
         its detection."""
-        now = [[f.slice, *self._detected_bounds(f)] for f in self.findings if f.status == "rejected"]
+        now = [[f.slice, *(self._kept_detection(f) or f.bounds)] for f in self.findings if f.status == "rejected"]
         here = [f for f in self.findings if f.score is not None]
         earlier = [r for r in self._stored("rejected") if _over(r, here) is None]
         kept = [(f, self._kept_detection(f)) for f in self.findings if f.kept]
@@ -703,8 +704,11 @@ class LesionNavigatorWidget(QWidget):
             "kept": [[f.slice, *d, *f.bounds] for f, d in kept if d is not None]}}  # fmt: skip
 
     def _kept_detection(self, f: Finding) -> tuple | None:
-        """The detection box of a kept finding: its own detection's, else the one stored for its box, else None."""
-        return self._detected_bounds(f) if f.id in self._origin else self._stored_detection(f.slice, f.bounds)
+        """The detection box of a finding: its own detection's, else the one stored for it when it was carried over
+        (kept through later edits), else the one stored for its box, else None."""
+        if f.id in self._origin:
+            return self._detected_bounds(f)
+        return self._carried.get(f.id) or self._stored_detection(f.slice, f.bounds)
 
     def _stored_detection(self, z: int, bounds: tuple) -> tuple | None:
         """The detection box stored for the kept box ``bounds`` on slice ``z`` (the same box), or None."""
@@ -784,8 +788,8 @@ class LesionNavigatorWidget(QWidget):
         for i in range(layer.nshapes):
             z, corners = corners_in_image(layer, i, image)
             kept = Finding(-1, z, corners, None if not np.isfinite(scores[i]) else float(scores[i]), str(statuses[i]))
-            where = [z, *(self._stored_detection(z, kept.bounds) or kept.bounds)]  # a shrunk box: its detection's
-            match = _over(where, [f for f in self.findings if f.status == "pending"])
+            detection = self._stored_detection(z, kept.bounds)  # a shrunk box: its detection's
+            match = _over([z, *(detection or kept.bounds)], [f for f in self.findings if f.status == "pending"])
             if match is not None:
                 match.status, match.corners = kept.status, kept.corners
                 ids.append(match.id)
@@ -793,6 +797,8 @@ class LesionNavigatorWidget(QWidget):
                 kept.id, next_id = next_id, next_id + 1
                 self.findings.append(kept)
                 ids.append(kept.id)
+                if detection is not None:
+                    self._carried[kept.id] = detection
         self._measure([f for f in self.findings if f.id in ids])
         self._label_reviewed(ids)
 
@@ -804,6 +810,7 @@ class LesionNavigatorWidget(QWidget):
             match = _over(where, [f for f in self.findings if f.status == "pending"])
             if match is not None and match.id in self._origin:
                 self._origin[kept.id] = self._origin.pop(match.id)
+                self._carried.pop(kept.id, None)
                 self.findings.remove(match)
 
     def _restore_rejected(self, rejected: list) -> None:

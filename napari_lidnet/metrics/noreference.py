@@ -136,6 +136,15 @@ def _tile_means(a: np.ndarray, block: int) -> np.ndarray:
     return _tile_sums(np.einsum("iajb->ij", _cells(a, block), dtype=np.float64)) / (block * block)
 
 
+def _tile_all(mask: np.ndarray, block: int) -> np.ndarray:
+    """Whether each half-overlapping tile of ``mask`` (y, x) lies wholly inside it (for an even block: from its
+    cells, each 'all' once)."""
+    if block % 2:
+        return _tile_means(mask, block) == 1.0
+    cells = _cells(mask, block).all(axis=(1, 3))
+    return cells[:-1, :-1] & cells[1:, :-1] & cells[:-1, 1:] & cells[1:, 1:]
+
+
 def _tile_plane_sds(a: np.ndarray, block: int) -> np.ndarray:
     """:func:`block_noise_sd`'s SD about the least-squares plane (ddof 3) of every half-overlapping tile of ``a``
     (y, x), (ny, nx), for an even ``block``, from four moments of each cell and no copy of a block: on a centred grid
@@ -166,11 +175,7 @@ def _candidate_tiles(
     s, body = s[crop], body[crop]
     if min(s.shape) < block:  # a sliver of tissue at the image's edge holds no block
         return crop, np.zeros(0, int), np.zeros(0)
-    if block % 2:
-        inside = _tile_means(body, block) == 1.0
-    else:
-        cells = _cells(body, block).all(axis=(1, 3))
-        inside = cells[:-1, :-1] & cells[1:, :-1] & cells[:-1, 1:] & cells[1:, 1:]
+    inside = _tile_all(body, block)
     means = _tile_means(s, block)
     structure = _tile_means(ndi.gaussian_gradient_magnitude(s, STRUCTURE_SIGMA), block)
     keep = np.flatnonzero(inside & (means >= hu_range[0]) & (means <= hu_range[1]))
