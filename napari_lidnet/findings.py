@@ -37,6 +37,7 @@ class Finding:
     score: float | None = None
     status: str = "pending"
     measures: dict[str, Any] = field(default_factory=dict)
+    detection: tuple[float, float, float, float] | None = None  # a kept box's detection box, when not in this run
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:

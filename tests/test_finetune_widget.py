@@ -196,6 +196,11 @@ def test_default_boxes_are_reviewed_or_drawn_never_raw_detections(make_napari_vi
     assert request is not None, problems
     assert [len(i.boxes) for i in request.inputs] == [2]  # the reviewed boxes, not the raw ones
 
+    widget.den_steps_spin.setValue(0)
+    widget.det_steps_spin.setValue(0)  # review 2026-12-05c: 0 steps failed only after the data was read
+    request, problems = widget.build_request()
+    assert request is None and any("nothing to train: every stage has 0 steps" in p for p in problems), problems
+    widget.den_steps_spin.setValue(10)
     viewer.add_shapes(shapes[:1], shape_type="rectangle", name="my boxes", **geo)  # drawn by hand
     assert widget.boxes_combo.currentText() == "full-dose CT reviewed (reviewed)"  # the choice is kept
     widget.boxes_combo.setCurrentText("raw detections, unreviewed: full-dose CT lesions")  # knowingly

@@ -389,3 +389,24 @@ def test_a_carried_over_kept_box_keeps_its_detection_through_edits_and_deletion(
     reviewed.remove_selected()  # the reader deletes it: a rejection of the detection
     _threshold(run3, DETECTIONS, 0.0)
     assert [f.status for f in widget.findings if f.slice == 3] == ["rejected"]
+
+
+def test_a_box_drawn_after_a_rejection_does_not_take_the_rejected_detection(case) -> None:
+    """Review 2026-12-05c: the detection box of a carried-over kept box outlived the finding once it was deleted,
+    and a box drawn later under the reused id took it: the rejected detection was absorbed into the drawn box and
+    came back in the next run as 'added' with the detector's score."""
+    viewer, widget, image, boxes, _ = case
+    widget.accept(1)
+    reviewed = viewer.layers[f"{image.name} reviewed"]
+    low = DETECTIONS[DETECTIONS[:, 5] < 0.5]
+    run = _run(viewer, image, low, "run 2")  # without the 0.91 box: the kept box is carried over
+    carried = [f for f in widget.findings if f.slice == 3][0]
+    reviewed.selected_data = {list(reviewed.features["finding"]).index(carried.id)}
+    reviewed.remove_selected()  # rejected
+    _threshold(run, low, 0.0)  # the slider touched
+    reviewed.add_rectangles(np.array([[3, 2, 2], [3, 2, 6], [3, 6, 6], [3, 6, 2]], float))  # drawn, same slice
+    _threshold(run, DETECTIONS, 0.0)  # the rejected detection is back
+    assert sorted(f.status for f in widget.findings if f.slice == 3) == ["added", "rejected"]
+    _run(viewer, image, DETECTIONS, "run 3")
+    on_3 = sorted((f.status, f.score) for f in widget.findings if f.slice == 3)
+    assert [st for st, _ in on_3] == ["added", "rejected"] and dict(on_3)["added"] is None

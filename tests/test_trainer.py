@@ -104,7 +104,7 @@ def test_init_weights_skip_pretraining_unless_asked_to_continue(tmp_path):
     cfg = dict(mode="pixel", pretrain_detector_steps=0, pretrain_denoiser_steps=30, rounds=0)
     list(Trainer(_config(tmp_path / "a", **cfg), samples).run())
     start = str(tmp_path / "a" / "best_denoiser")
-    with pytest.raises(ValueError, match="nothing to train: 0 steps.*--pretrain-from-init"):
+    with pytest.raises(ValueError, match="nothing to train: every stage has 0 steps.*--pretrain-from-init"):
         Trainer(_config(tmp_path / "b", init_denoiser=start, **cfg), samples)  # it reported success, trained nothing
     with pytest.raises(ValueError, match="nothing to train"):
         Trainer(_config(tmp_path / "b", **{**cfg, "pretrain_denoiser_steps": 0, "rounds": 2, "denoiser_steps": 0}))
@@ -337,6 +337,13 @@ def test_a_resume_says_finished_stages_keep_their_step_counts(tmp_path):
     again = list(Trainer(_config(tmp_path / "r", pretrain_denoiser_steps=3, **cfg), samples).run())
     assert again[0]["stage"] != "setup"  # the count it finished with: no note (it compared with the last run's)
     assert read_card(tmp_path / "r" / "best_denoiser")["training"]["stage_steps"] == {"pretrain-denoiser": 3}
+    state = json.loads((tmp_path / "r" / "state.json").read_text())
+    del state["stage_steps"]  # a run folder from before the record (review 2026-12-05c): its settings of then
+    (tmp_path / "r" / "state.json").write_text(json.dumps(state))
+    list(Trainer(_config(tmp_path / "r", pretrain_denoiser_steps=9, **{**cfg, "rounds": 1}), samples).run())
+    again = list(Trainer(_config(tmp_path / "r", pretrain_denoiser_steps=3, **{**cfg, "rounds": 1}), samples).run())
+    assert not any(r["stage"] == "setup" for r in again)
+    assert json.loads((tmp_path / "r" / "state.json").read_text())["stage_steps"]["pretrain-denoiser"] == 3
 
 
 def test_every_command_that_added_steps_is_in_the_cards(tmp_path):

@@ -114,6 +114,27 @@ class TrainConfig:
             raise ValueError(f"dose must be in (0, 1], not {self.dose}")
         if self.lr <= 0 or self.detector_lr <= 0:
             raise ValueError("learning rates must be positive")
+        if not sum(n for _, n in self.stages()):
+            raise ValueError(
+                "nothing to train: every stage has 0 steps (pretraining from given weights runs only when asked to "
+                "continue them: --pretrain-from-init; a round needs denoiser or detector steps above 0)"
+            )
+
+    def stages(self) -> list[tuple[str, int]]:
+        """(name, steps) of every stage in order; names are unique so a resumed run skips finished ones. Pretraining
+        is skipped for a network given starting weights unless ``pretrain_from_init``; stages of 0 steps are left
+        out."""
+        stages = []
+        if (not self.init_denoiser or self.pretrain_from_init) and self.pretrain_denoiser_steps:
+            stages.append(("pretrain-denoiser", self.pretrain_denoiser_steps))
+        if (not self.init_detector or self.pretrain_from_init) and self.pretrain_detector_steps:
+            stages.append(("pretrain-detector", self.pretrain_detector_steps))
+        for r in range(1, self.rounds + 1):
+            if self.denoiser_steps:
+                stages.append((f"round{r}-denoiser", self.denoiser_steps))
+            if self.mode != "pixel" and self.detector_steps:
+                stages.append((f"round{r}-detector", self.detector_steps))
+        return stages
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

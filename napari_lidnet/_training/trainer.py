@@ -134,11 +134,6 @@ class Trainer:
         config.validate()
         self.cfg = config
         self.command = command
-        if not self.total_steps():
-            raise ValueError(
-                "nothing to train: 0 steps (with --init-* weights the pretraining stages run only with "
-                "--pretrain-from-init); give --rounds or --pretrain-from-init"
-            )
         self.should_stop = should_stop or (lambda: False)
         self.rank, self.world_size = distributed.rank_and_world()
         self.out = Path(config.out).expanduser().resolve()
@@ -287,19 +282,8 @@ class Trainer:
 
     # -- the schedule ---------------------------------------------------------------------------------------
     def stages(self) -> list[tuple[str, int]]:
-        """(name, steps) of every stage in order; names are unique so a resumed run skips finished ones."""
-        c = self.cfg
-        stages = []
-        if (not c.init_denoiser or c.pretrain_from_init) and c.pretrain_denoiser_steps:
-            stages.append(("pretrain-denoiser", c.pretrain_denoiser_steps))
-        if (not c.init_detector or c.pretrain_from_init) and c.pretrain_detector_steps:
-            stages.append(("pretrain-detector", c.pretrain_detector_steps))
-        for r in range(1, c.rounds + 1):
-            if c.denoiser_steps:
-                stages.append((f"round{r}-denoiser", c.denoiser_steps))
-            if c.mode != "pixel" and c.detector_steps:
-                stages.append((f"round{r}-detector", c.detector_steps))
-        return stages
+        """(name, steps) of every stage in order (``TrainConfig.stages``)."""
+        return self.cfg.stages()
 
     def total_steps(self) -> int:
         return sum(n for _, n in self.stages())
@@ -430,6 +414,11 @@ class Trainer:
 
     def _start(self, done_steps: int, total: int) -> Iterator[dict[str, Any]]:
         """A run's (or a resume's) first records: notes, and the validation of the starting weights."""
+        recorded = self.state.setdefault("stage_steps", {})
+        for name in self.state.get("done", []):  # a run folder from before the record: its settings of then
+            key = _steps_key(name)
+            if key and name not in recorded and key in (self.state.get("config") or {}):
+                recorded[name] = self.state["config"][key]
         unchanged = _finished_stages_changed(self.state, self.cfg)
         self.state["config"] = self._config_record()
         if self.command and self.rank == 0:
@@ -662,16 +651,19 @@ _STAGE_STEPS = {"pretrain-denoiser": "pretrain_denoiser_steps", "pretrain-detect
                 "denoiser": "denoiser_steps", "detector": "detector_steps"}  # fmt: skip
 
 
+def _steps_key(stage: str) -> str | None:
+    """The setting that sets a stage's step count (None for ``validate-start``)."""
+    return _STAGE_STEPS.get(stage) or _STAGE_STEPS.get(stage.rsplit("-", 1)[-1] if stage.startswith("round") else "")
+
+
 def _finished_stages_changed(state: dict[str, Any], cfg: TrainConfig) -> str:
     """A note when a resumed run is given other step counts for stages it has finished ('' otherwise): those
     stages are not run again; only more --rounds extend a run. Each stage's own count is recorded when it finishes
-    (``stage_steps``); a run folder from before that record compares with the settings it last ran with."""
-    recorded, saved = state.get("stage_steps") or {}, state.get("config") or {}
+    (``stage_steps``)."""
     notes = []
-    for name in state.get("done", []):
-        key = _STAGE_STEPS.get(name) or _STAGE_STEPS.get(name.rsplit("-", 1)[-1] if name.startswith("round") else "")
-        ran = recorded.get(name, saved.get(key)) if key else None
-        if ran is not None and ran != getattr(cfg, key):
+    for name, ran in (state.get("stage_steps") or {}).items():
+        key = _steps_key(name)
+        if key and name in state.get("done", []) and ran != getattr(cfg, key):
             notes.append(f"{name} finished with {ran} steps")
     if not notes:
         return ""

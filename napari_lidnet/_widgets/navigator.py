@@ -176,7 +176,6 @@ class LesionNavigatorWidget(QWidget):
         self._watched: weakref.WeakSet = weakref.WeakSet()
         self._origin: dict[int, tuple] = {}  # finding id -> its detection's key (slice, corners)
         self._parked: dict[tuple, Finding] = {}  # rejected findings whose detection left the layer, by key
-        self._carried: dict[int, tuple] = {}  # kept finding id -> the detection box stored for it (none here)
         self.watch = LayerWatch(napari_viewer, self._on_renamed)
         self._create_ui()
         self._create_shortcuts()
@@ -350,7 +349,7 @@ class LesionNavigatorWidget(QWidget):
         image = image if image is not None else self._image_for(boxes)
         same = boxes is not None and boxes == self.boxes_layer and image == self.image_layer
         if not same:
-            self._origin, self._parked, self._carried = {}, {}, {}
+            self._origin, self._parked = {}, {}
         if boxes is not None and boxes != self.boxes_layer:
             self._disconnect_boxes()
             self.watch.connect(boxes.events.data, self._on_boxes_data)
@@ -708,7 +707,7 @@ class LesionNavigatorWidget(QWidget):
         (kept through later edits), else the one stored for its box, else None."""
         if f.id in self._origin:
             return self._detected_bounds(f)
-        return self._carried.get(f.id) or self._stored_detection(f.slice, f.bounds)
+        return f.detection or self._stored_detection(f.slice, f.bounds)
 
     def _stored_detection(self, z: int, bounds: tuple) -> tuple | None:
         """The detection box stored for the kept box ``bounds`` on slice ``z`` (the same box), or None."""
@@ -797,8 +796,7 @@ class LesionNavigatorWidget(QWidget):
                 kept.id, next_id = next_id, next_id + 1
                 self.findings.append(kept)
                 ids.append(kept.id)
-                if detection is not None:
-                    self._carried[kept.id] = detection
+                kept.detection = detection
         self._measure([f for f in self.findings if f.id in ids])
         self._label_reviewed(ids)
 
@@ -810,7 +808,7 @@ class LesionNavigatorWidget(QWidget):
             match = _over(where, [f for f in self.findings if f.status == "pending"])
             if match is not None and match.id in self._origin:
                 self._origin[kept.id] = self._origin.pop(match.id)
-                self._carried.pop(kept.id, None)
+                kept.detection = None
                 self.findings.remove(match)
 
     def _restore_rejected(self, rejected: list) -> None:
