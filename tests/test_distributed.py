@@ -18,6 +18,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -220,7 +221,8 @@ def test_torchrun_job_killed_mid_way_resumes_from_its_last_checkpoint(tmp_path):
         assert torch.allclose(value, final[name], atol=1e-5), name
 
 
-def test_sigterm_stops_a_training_run_like_ctrl_c_and_says_what_is_kept(tmp_path):
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_sigterm_stops_a_training_run_like_ctrl_c_and_says_what_is_kept(tmp_path, workers):
     """Review 2026-12-05a: a batch scheduler's SIGTERM ended `lidnet train` without a word, losing the stage under
     way (Ctrl-C printed that 'the last checkpoint' was kept even when none existed). SIGTERM now stops it as Ctrl-C
     does, after the step under way, with a checkpoint there, and says so."""
@@ -229,14 +231,15 @@ def test_sigterm_stops_a_training_run_like_ctrl_c_and_says_what_is_kept(tmp_path
     command = [
         sys.executable, "-m", "napari_lidnet.cli", "train", "--data", str(data), "--out", str(run), "--mode",
         "pixel", "--pretrain-denoiser-steps", "4", "--pretrain-detector-steps", "100000", "--rounds", "0",
-        "--batch-size", "2", "--patch-size", "32", "--denoiser-width", "8", "--device", "cpu", "--workers", "0",
+        "--batch-size", "2", "--patch-size", "32", "--denoiser-width", "8", "--device", "cpu", "--workers", workers,
     ]  # fmt: skip
-    job = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    job = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                           start_new_session=True)  # fmt: skip
     lines = []
     for line in job.stderr:
         lines.append(line)
         if "pretrain-detector 25/" in line:
-            job.send_signal(signal.SIGTERM)
+            os.killpg(job.pid, signal.SIGTERM)  # as a scheduler or `timeout` does: the reader workers get it too
             break
     err = "".join(lines) + job.stderr.read()
     assert job.wait(timeout=60) == 130, err

@@ -165,6 +165,16 @@ def _inserted_batch(slices: list, patch_size: int, n: int, seed: int, lung: floa
     return collate_patches(items)
 
 
+def _reader_ignores_stops(_worker_id: int) -> None:
+    """A reader worker ignores Ctrl-C and SIGTERM: a scheduler (or a terminal) signals the whole process group, and
+    a worker killed by it made the trainer raise mid-step instead of stopping after the step with a checkpoint; the
+    trainer ends its workers itself (and they end when it dies)."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def patch_batches(
     slices: list,
     patch_size: int,
@@ -204,6 +214,7 @@ def patch_batches(
         collate_fn=collate_patches,
         drop_last=True,
         prefetch_factor=4 if workers else None,
+        worker_init_fn=_reader_ignores_stops if workers else None,
     )
     for k, batch in enumerate(loader):
         if k == n_batches:
