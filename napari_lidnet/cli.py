@@ -170,12 +170,12 @@ def _check_run_folder(out: Path, data: str | None) -> None:
     """Refuse, before any work, a run folder inside the training data (an archive folder, or a manifest's root),
     or an existing folder of other files that holds no run."""
     from napari_lidnet._training.trainer import LOCK_FILE, MANIFEST_FILE, STATE_FILE
-    from napari_lidnet.datasets.manifest import is_manifest, load_manifest
+    from napari_lidnet.datasets.manifest import is_manifest, read_header
 
     source = Path(data).expanduser() if data else None
     root = source if source is not None and source.is_dir() else None
     if source is not None and source.is_file() and is_manifest(source):
-        root = Path(load_manifest(source)[0]["root"])
+        root = Path(read_header(source)["root"])
     if root is not None and out.resolve().is_relative_to(root.resolve()):
         raise ValueError(f"{out} lies inside the training data {root}; choose a run folder outside it")
     run_files = {STATE_FILE, LOCK_FILE, MANIFEST_FILE, MANIFEST_FILE + ".lowdose"}
@@ -212,11 +212,13 @@ def _train_and_export(cfg, rank: int, world: int, export: str | None, command: s
         return 130
     if export and rank == 0:
         from napari_lidnet._training.export import export_run
+        from napari_lidnet.models.weights import read_card
 
         written = export_run(trainer.out, export, command=command)
         for path in written:
             print(f"exported {path}", file=sys.stderr)
-        print(_threshold_note(export), file=sys.stderr)
+        detector = next(p for p in written if p.stem.endswith("_detector"))
+        print(_threshold_note(export, read_card(detector)), file=sys.stderr)
     return 0
 
 
@@ -227,12 +229,12 @@ def _command_line(argv: Sequence[str]) -> str:
     return " ".join(["lidnet", *(shlex.quote(str(a)) for a in argv)])
 
 
-def _threshold_note(name: str) -> str:
-    """Where an exported detector's score threshold comes from, and how to set one for the user's own scans."""
-    from napari_lidnet.models.registry import load_model
+def _threshold_note(name: str, card: dict[str, Any]) -> str:
+    """Where the score threshold of the exported detector ``name`` (its ``card``) comes from, and how to set one
+    for the user's own scans."""
     from napari_lidnet.models.weights import FALLBACK_THRESHOLD
 
-    cal = load_model(name, kind="detector")[1].get("calibration") or {}
+    cal = card.get("calibration") or {}
     how = f"set one for your scans: lidnet calibrate SCANS --from {name} --name {name}-site"
     if cal.get("inherited_from"):
         return (f"note: {name}_detector keeps the score threshold {cal['threshold']:.3f} calibrated for the weights it "

@@ -15,13 +15,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from napari_lidnet.models.weights import load_weights, save_weights, weight_paths
+from napari_lidnet.models.weights import load_weights, save_weights, weight_paths, write_atomically
 
 __all__ = ["PARTIAL", "drop_partial", "load_partial", "save_partial", "where"]
 
@@ -50,8 +49,8 @@ def save_partial(out: Path, network: str, model: torch.nn.Module, opt: Any, sche
     blob = save({k: v.contiguous() for k, v in tensors.items()})
     meta = {**at, "network": network, "param_groups": state["param_groups"], "schedule": sched.state_dict(),
             "sha256": hashlib.sha256(blob).hexdigest()}  # fmt: skip
-    _atomic(out / f"{_OPTIM}.safetensors", blob)
-    _atomic(out / f"{_OPTIM}.json", json.dumps(meta, indent=1).encode())
+    write_atomically(out / f"{_OPTIM}.safetensors", blob)
+    write_atomically(out / f"{_OPTIM}.json", json.dumps(meta, indent=1).encode())
 
 
 def load_partial(
@@ -97,13 +96,4 @@ def drop_partial(out: Path) -> None:
                  *(p for net in ("denoiser", "detector") for p in weight_paths(out / f"{PARTIAL}_{net}"))):  # fmt: skip
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-
-
-def _atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 

@@ -910,11 +910,12 @@ def _write_series(vol: Any, folder: str | Path, description: str) -> list[Path] 
 def _calibration_source(cal: dict) -> str:
     """Where a detector's threshold was calibrated, for the threshold tooltip."""
     data = cal.get("data") if isinstance(cal.get("data"), dict) else {}
-    inherited = f", for the weights this detector was trained from ({cal['inherited_from']})" if cal.get(
-        "inherited_from") else ""  # fmt: skip
+    origin = cal.get("inherited_from")
+    inherited = f"for the weights this detector was trained from ({origin})" if origin else ""
     if "input" in data:  # lidnet calibrate on a site's own scans
-        return f"on {data.get('slices', '?')} slices of your scans ({data['input']}){inherited}"
+        return f"on {data.get('slices', '?')} slices of your scans ({data['input']})" + (
+            f", {inherited}" if inherited else "")  # fmt: skip
     if inherited:
-        return f"{inherited[2:]}: `lidnet calibrate` sets one for it on your own lesion-free scans"
+        return f"{inherited}: `lidnet calibrate` sets one for it on your own lesion-free scans"
     return ("on the detector's calibration set (simulated anatomy: on real scans it draws more; "
             "`lidnet calibrate` sets it on your own lesion-free scans)")  # fmt: skip

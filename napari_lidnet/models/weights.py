@@ -44,6 +44,7 @@ __all__ = [
     "read_card",
     "save_weights",
     "weight_paths",
+    "write_atomically",
 ]
 
 CARD_FORMAT = "napari-lidnet-weights"
@@ -118,6 +119,14 @@ def _write_temp(folder: Path, stem: str, data: bytes) -> Path:
             os.unlink(tmp)
         raise
     return Path(tmp)
+
+
+def write_atomically(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a fsynced temporary file renamed over it: the old file or the new one,
+    never a part."""
+    path = Path(path)
+    os.replace(_write_temp(path.parent, path.name, data), path)
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(folder: Path) -> None:
