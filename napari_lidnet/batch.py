@@ -162,7 +162,7 @@ def _write_one(
         write_dicom_series(replace(vol, hu=hu.astype(np.float32)), partial, series_description=description)
     else:
         rows = detect(model, vol.hu, device=device, score_threshold=threshold)
-        write_boxes_csv(partial, rows, slice_columns(vol.metadata, n_slices(vol.hu)), row_lesions(rows))
+        write_boxes_csv(partial, rows, slice_columns(vol.metadata, n_slices(vol.hu)), row_lesions(rows), vol.spacing)
 
 
 def run_batch(

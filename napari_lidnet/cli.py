@@ -390,7 +390,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     threshold = _threshold(args, card)
     rows = detect(model, vol.hu, device=dev, score_threshold=threshold, progress=_print_progress)
     lesions = row_lesions(rows)
-    write_boxes_csv(out, rows, slice_columns(vol.metadata, n_slices(vol.hu)), lesions)
+    write_boxes_csv(out, rows, slice_columns(vol.metadata, n_slices(vol.hu)), lesions, vol.spacing)
     found = f"{len(rows)} boxes ({lesions.max(initial=0)} lesions)"
     print(f"wrote {found} with score >= {threshold:.3f} to {out}", file=sys.stderr)
     return 0

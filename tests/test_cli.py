@@ -202,6 +202,9 @@ def test_detect_defaults_to_the_cards_threshold_and_names_each_slice(tmp_path, c
         ds = headers[int(r["slice"])]
         assert int(r["instance_number"]) == int(ds.InstanceNumber) and r["sop_instance_uid"] == ds.SOPInstanceUID
         assert float(r["z_mm"]) == pytest.approx(float(ds.ImagePositionPatient[2]))
+        dy, dx = (float(v) for v in ds.PixelSpacing)  # box sides in mm from the series' pixel size
+        assert float(r["width_mm"]) == pytest.approx((float(r["x2"]) - float(r["x1"])) * dx, abs=0.01)
+        assert float(r["height_mm"]) == pytest.approx((float(r["y2"]) - float(r["y1"])) * dy, abs=0.01)
     with pytest.raises(SystemExit) as exc:  # argparse: usage error, exit status 2
         main(["detect", str(tmp_path / "ct"), "--out", str(tmp_path / "c.csv"), "--threshold", "1.5"])
     assert exc.value.code == 2

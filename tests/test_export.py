@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 from conftest import listing, write_series
 from test_denoise_widget import add_ct, make_widget, model_dir, phantom, run_and_wait  # noqa: F401 (fixture)
 
-from napari_lidnet.io.boxes_io import read_boxes_csv
+from napari_lidnet.io.boxes_io import read_boxes_csv, write_boxes_csv
 from napari_lidnet.io.nifti import read_nifti, write_nifti
 from napari_lidnet.io.open_ct import open_ct
 from napari_lidnet.layer_data import volume_to_layer_tuple
@@ -122,6 +124,9 @@ def test_boxes_csv_and_json(make_napari_viewer, qtbot, tmp_path: Path, model_dir
         np.testing.assert_allclose(rows[:, 5], shown[:, 5], atol=6e-5)
     doc = json.loads((tmp_path / "boxes.json").read_text())
     assert [b["lesion"] for b in doc["boxes"]] == row_lesions(shown).tolist() and "lesion" in doc["columns"]
+    dy, dx = widget._last["layer"].scale[-2:]  # sizes in mm from the image's pixel size
+    np.testing.assert_allclose([b["width_mm"] for b in doc["boxes"]], (shown[:, 3] - shown[:, 1]) * dx, atol=0.006)
+    np.testing.assert_allclose([b["height_mm"] for b in doc["boxes"]], (shown[:, 4] - shown[:, 2]) * dy, atol=0.006)
     before = (tmp_path / "boxes.csv").read_bytes()
     assert widget.export_boxes(tmp_path / "boxes.csv") is None and "already exists" in widget.status.text()
     assert (tmp_path / "boxes.csv").read_bytes() == before
@@ -159,3 +164,16 @@ def test_an_oblique_single_slice_exports_with_its_tilt_and_position(make_napari_
     np.testing.assert_allclose(back.direction, vol.direction, atol=1e-6)
     np.testing.assert_allclose(back.metadata["slice_ipp"][0], vol.metadata["slice_ipp"][0], atol=1e-4)
     np.testing.assert_allclose(back.affine(), vol.affine(), atol=1e-4)
+
+
+def test_box_sides_in_mm_follow_non_square_pixels(tmp_path: Path) -> None:
+    rows = np.array([[0, 10, 20, 30, 25, 0.9], [1, 5, 5, 9, 15, 0.5]])
+    out = write_boxes_csv(tmp_path / "b.csv", rows, pixel_mm=(2.5, 0.7, 0.5))  # (z, y, x): x 0.5 mm, y 0.7 mm
+    with out.open(newline="") as fh:
+        recs = list(csv.DictReader(fh))
+    assert [float(r["width_mm"]) for r in recs] == [10.0, 2.0] and [float(r["height_mm"]) for r in recs] == [3.5, 7.0]
+    np.testing.assert_allclose(read_boxes_csv(out), rows, atol=1e-4)
+    assert "width_mm" not in (write_boxes_csv(tmp_path / "px.csv", rows).read_text().splitlines()[0])
+    with pytest.raises(ValueError, match="positive numbers of mm"):
+        write_boxes_csv(tmp_path / "bad.csv", rows, pixel_mm=(0.0, 0.5))
+    assert not (tmp_path / "bad.csv").exists()

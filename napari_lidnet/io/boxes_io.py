@@ -1,5 +1,6 @@
 """Lesion boxes to and from CSV/JSON: columns ``slice, x1, y1, x2, y2, score`` in pixels (``slice`` counts from
-the first slice of the volume as sorted along its normal), ``lesion`` where the writer was given it (boxes on
+the first slice of the volume as sorted along its normal), ``width_mm, height_mm`` (the box's x and y sides) where
+the writer was given the pixel size, ``lesion`` where the writer was given it (boxes on
 neighbouring slices that overlap share a number), then, for DICOM sources, the slice's ``instance_number`` (or
 ``frame_number`` for the frames of an enhanced multi-frame instance), ``z_mm`` (ImagePositionPatient z) and
 ``sop_instance_uid``."""
@@ -38,12 +39,23 @@ def slice_columns(metadata: dict[str, Any], n: int) -> dict[str, list]:
     return out
 
 
+def box_sides_mm(rows: np.ndarray, pixel_mm: Sequence[float]) -> dict[str, np.ndarray]:
+    """``width_mm`` (x side) and ``height_mm`` (y side) of (N, 6) box rows, ``pixel_mm`` ending in (row, column)
+    pixel size; a one-line ValueError when the size is not two or three positive numbers."""
+    size = np.asarray(pixel_mm, dtype=float).ravel()
+    if size.size not in (2, 3) or not np.all(np.isfinite(size) & (size > 0)):
+        raise ValueError(f"pixel size {size.tolist()} must be 2 or 3 positive numbers of mm")
+    rows = np.asarray(rows, dtype=float).reshape(-1, 6)
+    return {"width_mm": (rows[:, 3] - rows[:, 1]) * size[-1], "height_mm": (rows[:, 4] - rows[:, 2]) * size[-2]}
+
+
 def write_boxes_csv(
-    path: str | Path, rows: np.ndarray, slices: dict[str, list] | None = None, lesions: Sequence[int] | None = None
-) -> Path:
-    """Write (N, 6) rows as CSV, or as JSON when the path ends in .json, with each box's lesion number
-    (``lesions``, one per row) and its slice's entries of ``slices`` (:func:`slice_columns`) as further columns.
-    Refuses to overwrite."""
+    path: str | Path, rows: np.ndarray, slices: dict[str, list] | None = None, lesions: Sequence[int] | None = None,
+    pixel_mm: Sequence[float] | None = None,
+) -> Path:  # fmt: skip
+    """Write (N, 6) rows as CSV, or as JSON when the path ends in .json, with each box's sides in mm (``pixel_mm``:
+    the pixel's (row, column) size, or (z, y, x) spacing), its lesion number (``lesions``, one per row) and its
+    slice's entries of ``slices`` (:func:`slice_columns`) as further columns. Refuses to overwrite."""
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} already exists")
@@ -52,17 +64,19 @@ def write_boxes_csv(
     if lesions is not None and len(lesions) != len(rows):
         raise ValueError(f"{len(lesions)} lesion numbers for {len(rows)} boxes")
     lesion = {} if lesions is None else {"lesion": [int(n) for n in lesions]}
+    sizes = {} if pixel_mm is None else box_sides_mm(rows, pixel_mm)
     records = [
         {
             "slice": int(r[0]),
             **{k: round(float(v), 2) for k, v in zip(COLUMNS[1:5], r[1:5])},
             "score": round(float(r[5]), 4),
+            **{k: round(float(v[i]), 2) for k, v in sizes.items()},
             **{k: v[i] for k, v in lesion.items()},
             **{k: v[int(r[0])] for k, v in slices.items() if 0 <= int(r[0]) < len(v)},
         }
         for i, r in enumerate(rows)
     ]
-    fields = [*COLUMNS, *lesion, *slices]
+    fields = [*COLUMNS, *sizes, *lesion, *slices]
     try:
         fh = path.open("x", newline="")  # exclusive: never replaces a file that appeared meanwhile
     except FileExistsError:
@@ -70,7 +84,8 @@ def write_boxes_csv(
     try:
         with fh:
             if path.suffix.lower() == ".json":
-                fh.write(json.dumps({"columns": fields, "units": "pixels", "boxes": records}, indent=1))
+                units = "x1, y1, x2, y2 in pixels; width_mm, height_mm, z_mm in mm"
+                fh.write(json.dumps({"columns": fields, "units": units, "boxes": records}, indent=1))
             else:
                 writer = csv.DictWriter(fh, fieldnames=fields)
                 writer.writeheader()
