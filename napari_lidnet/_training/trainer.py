@@ -49,7 +49,7 @@ from napari_lidnet.models.denoisers import build_denoiser
 from napari_lidnet.models.detector import LesionDetector
 from napari_lidnet.models.device import pick_device
 from napari_lidnet.models.registry import load_model
-from napari_lidnet.models.weights import save_weights
+from napari_lidnet.models.weights import save_weights, write_atomically
 
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
@@ -260,9 +260,7 @@ class Trainer:
         if self.rank:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        tmp = self.out / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.state, indent=1))
-        os.replace(tmp, self.out / STATE_FILE)
+        write_atomically(self.out / STATE_FILE, json.dumps(self.state, indent=1).encode())  # fsynced: survives a crash
 
     def _load_state(self) -> None:
         path = self.out / STATE_FILE
