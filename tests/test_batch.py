@@ -180,4 +180,4 @@ def test_nifti_files_are_inputs_too(archive, tmp_path):
     assert not again.written and len(again.skipped) == 5
     detected = run_batch(archive, tmp_path / "boxes", "detect", LesionDetector(width=4).eval())
     assert sorted(p.suffix for p in detected.written) == [".csv"] * 5
-    assert all(p.read_text().startswith("slice,x1,y1,x2,y2,score,lesion") for p in detected.written)
+    assert all(p.read_text().startswith("slice,x1,y1,x2,y2,score,width_mm,height_mm,lesion") for p in detected.written)
