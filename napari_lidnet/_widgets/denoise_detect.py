@@ -871,7 +871,7 @@ class DenoiseDetectWidget(QWidget):
         src, rows = self._last["layer"], self.shown_boxes
         slices = slice_columns(src.metadata, n_slices(src.data))
         try:
-            out = write_boxes_csv(path, rows, slices, row_lesions(rows), src.scale)
+            out = write_boxes_csv(path, rows, slices, row_lesions(rows), src.scale[-2:])
         except (OSError, ValueError) as exc:
             self._message(f"box export failed: {exc}", error=True)
             return None
