@@ -18,8 +18,9 @@ one (the dose).
     PYTHONPATH=. python benchmarks/told_sd_estimators.py [--real data/real] [--every 4] [--n-sim 12] [--workers 2]
 
 ``--denoiser STEM`` runs another denoiser on the same cases (the inserted noise comes from the same cache), and
-``--baseline JSON`` (an earlier run's results) adds the paired gain of its weight-A PSNR over the baseline's, per data
-set and dose, with 95% bootstrap intervals over slices: how a candidate denoiser is compared with the shipped one.
+``--baseline JSON`` (an earlier run's results) adds the paired gain of its PSNR (weights A and D8, the product's)
+over the baseline's, per data set and dose, with 95% bootstrap intervals over slices: how a candidate denoiser is
+compared with the shipped one on real validation slices as well as on simulation.
 """
 
 from __future__ import annotations
@@ -140,12 +141,13 @@ def verdict(recs: list[dict], names: tuple[str, ...] = ("C", "D")) -> dict:
     return out
 
 
-def paired_gains(recs: list[dict], base: list[dict], n_boot: int = 2000) -> list[dict]:
-    """Weight-A PSNR gain over ``base`` (the same cases), per data set and dose (both noise models pooled), with a 95%
-    bootstrap interval over slices."""
+def paired_gains(recs: list[dict], base: list[dict], weight: str = "A", n_boot: int = 2000) -> list[dict]:
+    """PSNR gain with estimator ``weight`` (A, or D8: the product's) over ``base`` (the same cases), per data set and
+    dose (both noise models pooled), with a 95% bootstrap interval over slices."""
     key = lambda r: (r["slice"], r["model"], r["dose"])  # noqa: E731
-    ref = {key(r): r["psnr_A"] for r in base}
-    return [{"set": st, "dose": dose, **slice_mean([(r["slice"], r["psnr_A"] - ref[key(r)]) for r in recs
+    col = f"psnr_{weight}"
+    ref = {key(r): r[col] for r in base if col in r}
+    return [{"weight": weight, "set": st, "dose": dose, **slice_mean([(r["slice"], r[col] - ref[key(r)]) for r in recs
              if r["set"] == st and r["dose"] == dose and key(r) in ref], n_boot)}
             for st in sorted({r["set"] for r in recs}) for dose in DOSES]  # fmt: skip
 
@@ -218,11 +220,14 @@ def main() -> None:
     result: dict = {"denoiser": a.denoiser, "rule": rule, "cases": recs}
     if a.baseline:
         result["baseline"] = str(a.baseline)
-        result["gains"] = paired_gains(recs, json.loads(a.baseline.read_text())["cases"])
-        lines += ["", f"## Weight-A PSNR gain over `{a.baseline}` (the same cases; both noise models pooled)", "",
-                  "| data set | dose | gain (dB) | 95% CI | cases |", "|---|---|---|---|---|"]  # fmt: skip
-        lines += [f"| {g['set']} | {g['dose']} | {g['mean']:+.3f} | [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}] | "
-                  f"{g['n_cases']} |" for g in result["gains"]]  # fmt: skip
+        base = json.loads(a.baseline.read_text())["cases"]
+        weights = [w for w in ("A", "D8") if recs and f"psnr_{w}" in recs[0] and base and f"psnr_{w}" in base[0]]
+        result["gains"] = [g for w in weights for g in paired_gains(recs, base, w)]
+        lines += ["", f"## PSNR gain over `{a.baseline}` (the same cases; both noise models pooled; weight A: the "
+                  "residual's SD, D8: the product's)", "",
+                  "| weight | data set | dose | gain (dB) | 95% CI | cases |", "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {g['weight']} | {g['set']} | {g['dose']} | {g['mean']:+.3f} | [{g['ci'][0]:+.3f}, "
+                  f"{g['ci'][1]:+.3f}] | {g['n_cases']} |" for g in result["gains"]]  # fmt: skip
     md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text("\n".join(lines) + "\n")
     js.write_text(json.dumps(result, indent=1))
