@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from napari_lidnet.io.dataset import LazySample, Sample, read_dataset, read_info, write_dataset
+from napari_lidnet.io.dataset import LazySample, Sample, read_dataset, read_info, write_dataset, write_json
 from napari_lidnet.sim.make_dataset import add_low_dose, read_scanner_csv, simulate_dataset
 
 SIZE = 96
@@ -152,3 +152,12 @@ def test_add_low_dose_with_each_slices_own_protocol(tmp_path):
     with pytest.raises(ValueError, match="scanner.csv"):
         add_low_dose(plain, None, seed=1)
     assert not list((plain / "low").glob("*.png"))
+
+
+def test_a_dataset_card_is_replaced_whole_or_not_at_all(tmp_path):
+    card = tmp_path / "dataset.json"
+    write_json(card, {"n": 1})
+    with pytest.raises(TypeError):
+        write_json(card, {"n": 2, "bad": object()})
+    assert json.loads(card.read_text()) == {"n": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset.json"]

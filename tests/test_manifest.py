@@ -10,7 +10,7 @@ from conftest import HEADER, _row, listing, synthetic_hu, write_enhanced_ct, wri
 from napari_lidnet._training.config import TrainConfig
 from napari_lidnet._training.trainer import MANIFEST_FILE, Trainer
 from napari_lidnet.cli import main
-from napari_lidnet.datasets.manifest import index_archive, load_manifest, read_header, read_manifest
+from napari_lidnet.datasets.manifest import index_archive, load_manifest, read_header, read_manifest, write_manifest
 from napari_lidnet.io.dataset import Sample, read_dataset, write_dataset
 from napari_lidnet.io.dicom_read import read_dicom
 from napari_lidnet.io.png16 import write_png_hu
@@ -282,3 +282,15 @@ def test_dicom_rows_carry_their_series_and_position(two_series_dir, tmp_path):
         two_series_dir["uid_a"]: [0, 1, 2, 3],
         two_series_dir["uid_b"]: [0, 1, 2],
     }
+
+
+def test_a_failed_manifest_write_keeps_the_old_manifest_and_leaves_no_temporary_file(tmp_path):
+    out = tmp_path / "archive.jsonl"
+    write_manifest(out, {"format": "x"}, [{"file": "a.dcm"}])
+    before = out.read_bytes()
+    with pytest.raises(TypeError):
+        write_manifest(out, {"format": "x"}, [{"file": "a.dcm"}, {"file": object()}])
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive.jsonl"]
+    write_manifest(out, {"format": "y"}, [])
+    assert json.loads(out.read_text().splitlines()[0]) == {"format": "y"}

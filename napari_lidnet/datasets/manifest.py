@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_lidnet.io.atomic import write_atomically
 from napari_lidnet.io.png16 import png_shape, read_png_hu
 
 FORMAT = "lidnet-manifest"
@@ -310,14 +311,10 @@ def build_index(
 
 
 def write_manifest(out: str | Path, header: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
-    """Write a manifest atomically (a temporary file renamed into place)."""
+    """Write a manifest atomically (a fsynced temporary file renamed into place)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w") as fh:
-        for line in (header, *rows):
-            fh.write(json.dumps(line, separators=(",", ":")) + "\n")
-    os.replace(tmp, out)
+    write_atomically(out, "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in (header, *rows)).encode())
     return out
 
 

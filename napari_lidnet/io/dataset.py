@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_lidnet.io.atomic import write_atomically
 from napari_lidnet.io.png16 import png_shape, read_png_hu, write_png_hu
 
 FORMAT = "lidnet-dataset"
@@ -92,9 +92,8 @@ def read_info(path: str | Path) -> dict[str, Any]:
 
 
 def write_json(path: Path, info: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """Write a dataset card atomically (fsynced temporary file renamed into place)."""
+    write_atomically(path, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _is_unfinished(path: Path) -> bool:

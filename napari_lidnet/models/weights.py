@@ -23,10 +23,11 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from napari_lidnet.io.atomic import fsync_dir, write_atomically, write_temp
 
 if TYPE_CHECKING:
     import torch
@@ -104,40 +105,6 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"card value of type {type(obj).__name__} is not JSON serialisable")
 
 
-def _write_temp(folder: Path, stem: str, data: bytes) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=folder)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; weights are ordinary files (shared installs read them)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return Path(tmp)
-
-
-def write_atomically(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a fsynced temporary file renamed over it: the old file or the new one,
-    never a part."""
-    path = Path(path)
-    os.replace(_write_temp(path.parent, path.name, data), path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def save_weights(model: nn.Module, path: str | os.PathLike, card: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``path.safetensors`` and ``path.json`` atomically; returns the completed card.
 
@@ -170,8 +137,8 @@ def save_weights(model: nn.Module, path: str | os.PathLike, card: dict[str, Any]
     folder.mkdir(parents=True, exist_ok=True)
     tmp_w = tmp_j = backup = None
     try:
-        tmp_w = _write_temp(folder, w_path.name, blob)
-        tmp_j = _write_temp(folder, j_path.name, card_bytes)
+        tmp_w = write_temp(folder, w_path.name, blob)
+        tmp_j = write_temp(folder, j_path.name, card_bytes)
         if w_path.exists():  # keep the old weights until the card is in place too
             backup = folder / f".{w_path.name}.{uuid.uuid4().hex}.bak"
             try:
@@ -191,7 +158,7 @@ def save_weights(model: nn.Module, path: str | os.PathLike, card: dict[str, Any]
                 with contextlib.suppress(OSError):
                     os.unlink(w_path)
             raise
-        _fsync_dir(folder)
+        fsync_dir(folder)
     finally:
         for leftover in (tmp_w, tmp_j, backup):
             if leftover is not None:

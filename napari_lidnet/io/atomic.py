@@ -1,0 +1,50 @@
+"""Whole-file writes that survive a crash: a fsynced temporary file in the same folder, renamed into place.
+
+Readers see the old file or the new one, never a part. Used for weights and their cards, training state and
+checkpoints, dataset cards and manifests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["fsync_dir", "write_atomically", "write_temp"]
+
+
+def write_temp(folder: Path, stem: str, data: bytes) -> Path:
+    """Write ``data`` to a new fsynced temporary file ``.stem.*.tmp`` in ``folder`` (mode 0666 less the umask)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=folder)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; these are ordinary files (shared installs read them)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+def write_atomically(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a fsynced temporary file renamed over it: the old file or the new one,
+    never a part."""
+    path = Path(path)
+    os.replace(write_temp(path.parent, path.name, data), path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename) to disk, where the file system allows it."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
