@@ -186,8 +186,10 @@ def _check_run_folder(out: Path, data: str | None) -> None:
 def _train_and_export(cfg, rank: int, world: int, export: str | None, command: str) -> int:
     """Run the trainer (rank 0 reports), then export the best checkpoint under a model name if asked. Ctrl-C and
     SIGTERM (a batch scheduler's stop) end it after the step under way, with a checkpoint there (a second Ctrl-C at
-    once), saying what is kept. Under torchrun the signals keep their defaults (every process must stop at the same
-    step; torchrun stops them all) and the checkpoints every ``--checkpoint-every`` steps are what a rerun resumes."""
+    once), saying what is kept. Under torchrun (which passes its signal on to every process) the ranks agree on the
+    step to stop at; a second signal changes nothing there (a scheduler may signal the launcher and each process),
+    and torchrun kills the processes 30 s after its signal, so the checkpoint every ``--checkpoint-every`` steps
+    remains what a killed job resumes."""
     import threading
 
     from napari_lidnet._training.report import format_record
@@ -195,7 +197,7 @@ def _train_and_export(cfg, rank: int, world: int, export: str | None, command: s
 
     stop, stopped = threading.Event(), False
     trainer = Trainer(cfg, should_stop=stop.is_set, command=command)
-    with _ctrl_c_stops(stop) if world == 1 else contextlib.nullcontext():
+    with _ctrl_c_stops(stop, escalate=world == 1):
         try:
             for rec in trainer.run():
                 stopped = stopped or rec.get("stage") == "stopped"
@@ -636,9 +638,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 @contextlib.contextmanager
-def _ctrl_c_stops(flag: Any) -> Iterator[None]:
+def _ctrl_c_stops(flag: Any, escalate: bool = True) -> Iterator[None]:
     """While inside, the first Ctrl-C (SIGINT) or SIGTERM sets ``flag`` (a threading.Event: the run stops after its
-    current step and saves what it has); a second one interrupts at once. Outside the main thread nothing changes."""
+    current step and saves what it has); a second one interrupts at once if ``escalate``. Outside the main thread
+    nothing changes."""
     import signal
     import threading
 
@@ -647,7 +650,7 @@ def _ctrl_c_stops(flag: Any) -> Iterator[None]:
         return
 
     def on_sigint(signum: int, frame: Any) -> None:
-        if flag.is_set():
+        if flag.is_set() and escalate:
             raise KeyboardInterrupt
         flag.set()
 

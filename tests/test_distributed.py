@@ -245,3 +245,43 @@ def test_sigterm_stops_a_training_run_like_ctrl_c_and_says_what_is_kept(tmp_path
     assert job.wait(timeout=60) == 130, err
     assert re.search(r"stopped during pretrain-detector: the checkpoint at step \d+ of pretrain-detector", err), err
     assert _done(run)[-1] == "pretrain-denoiser" and (run / "partial_detector.safetensors").exists()
+
+
+def test_a_signalled_torchrun_job_stops_at_one_step_with_a_checkpoint_there_and_resumes_exactly(tmp_path):
+    """Review 2026-12-05: under torchrun a stop lost everything since the last periodic checkpoint. torchrun passes
+    its SIGTERM on to both processes; they agree on the step to stop at, rank 0 keeps a checkpoint there (no
+    periodic one exists here), and the same command resumes from it to the denoiser of an uninterrupted job."""
+    data = write_dataset(tmp_path / "data", _samples())
+
+    def command(out) -> list[str]:
+        return [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            "-m", "napari_lidnet.cli", "train", "--data", str(data), "--out", str(out), "--mode", "pixel",
+            "--pretrain-denoiser-steps", "150", "--pretrain-detector-steps", "0", "--rounds", "0", "--batch-size",
+            "4", "--patch-size", "32", "--denoiser-width", "8", "--device", "cpu", "--workers", "0",
+            "--checkpoint-every", "100000",
+        ]  # fmt: skip
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    run = tmp_path / "run"
+    job = subprocess.Popen(command(run), env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines = []
+    for line in job.stderr:
+        lines.append(line)
+        if "pretrain-denoiser 25/150" in line:
+            os.kill(job.pid, signal.SIGTERM)  # the launcher only, as `timeout` does
+            break
+    err = "".join(lines) + job.stderr.read()
+    job.wait(timeout=120)
+    stopped = re.search(r"stopped during pretrain-denoiser: the checkpoint at step (\d+) of pretrain-denoiser", err)
+    assert stopped, err[-3000:]
+    assert 25 <= int(stopped.group(1)) < 150 and (run / "partial_denoiser.safetensors").exists()
+
+    resumed = subprocess.run(command(run), env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "pretrain-denoiser 25/150" not in resumed.stderr, resumed.stderr[-2000:]  # went on from the stop
+    whole = subprocess.run(command(tmp_path / "whole"), env=env, capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    final = load_weights(run / "last_denoiser")[0].state_dict()
+    for name, value in load_weights(tmp_path / "whole" / "last_denoiser")[0].state_dict().items():
+        assert torch.allclose(value, final[name], atol=1e-6), name

@@ -78,6 +78,17 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (``flag`` itself without a process group): every rank calls it at the
+    same step, so all of them stop at that step when one was asked to."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    box = torch.tensor([int(flag)], device=on)
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return bool(box.item())
+
+
 def shutdown() -> None:
     """Leave the process group (every rank, at the end of a run): a process that exits with gloo's threads still
     running can abort ("terminate called without an active exception")."""

@@ -323,7 +323,7 @@ class Trainer:
                 done_steps = before + rec["stage_step"]  # a stage resumed inside starts past its first step
                 rec.update(step=done_steps, total_steps=total, eta_s=self._eta(total - done_steps))
                 yield rec
-                if self.should_stop():
+                if distributed.any_rank(self.should_stop()):  # under torchrun: every rank stops at this step
                     self._save_partial()  # the steps of this stage so far are kept
                     yield {
                         "stage": "stopped",
