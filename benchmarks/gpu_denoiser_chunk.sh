@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A GPU chunk of the default denoiser, for a session that is lent a device (issue 11's PSNR line at 25%): the same
 # recipe as the CPU chunks (clean targets, then three LIDnet rounds; benchmarks/results/clean_target_prereg.md), on
-# fresh simulated slices and many more steps. One device call of about 9 minutes:
+# fresh simulated slices and many more steps. One device call of about 9.5 minutes:
+#   0. issue 11's GPU speed line first (the shipped unet's slices/s, alone and through the pipeline; target > 300),
+#      at most 30 s each, so a session with one device call measures it too;
 #   1. simulate N slices with clean targets in PROCS parallel shards on the device's CPUs (new seeds 7001...);
 #   2. pixel-loss steps from the shipped default on the GPU (the stage checkpoints every 500 steps; `timeout`
 #      stops it with SIGTERM, which keeps a checkpoint at the step under way, if it runs past TRAIN_S);
@@ -10,19 +12,21 @@
 #      before the call, with scripts/compare_candidates.py and benchmarks/tissue_loss_pilot.py, then judged with
 #      benchmarks/real_anatomy.py, as every chunk before.
 # Usage (repo root on the device): OUT=... bash benchmarks/gpu_denoiser_chunk.sh   (run tool: timeout_s 560)
-# Knobs: N (slices, 480), PROCS (16), STEPS (pixel steps, 8000), BATCH (32), TRAIN_S (330), ROUNDS_S (120),
+# Knobs: N (slices, 480), PROCS (16), STEPS (pixel steps, 8000), BATCH (32), TRAIN_S (300), ROUNDS_S (120),
 # DEVICE (cuda).
 # The device image has torch, scipy, scikit-image and safetensors but not platformdirs, pydicom or tqdm: simulate
 # and train on dataset folders need none of them (checked on the CPU with those modules blocked, tiny settings).
 set -u
 OUT=${OUT:-bench-out/gpu-chunk}
-N=${N:-480}; PROCS=${PROCS:-16}; STEPS=${STEPS:-8000}; BATCH=${BATCH:-32}; TRAIN_S=${TRAIN_S:-330}; ROUNDS_S=${ROUNDS_S:-120}
+N=${N:-480}; PROCS=${PROCS:-16}; STEPS=${STEPS:-8000}; BATCH=${BATCH:-32}; TRAIN_S=${TRAIN_S:-300}; ROUNDS_S=${ROUNDS_S:-120}
 DEVICE=${DEVICE:-cuda}; WORK=${WORK:-/tmp/lidnet-gpu-chunk}
 mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 export NAPARI_LIDNET_MODEL_DIR="${NAPARI_LIDNET_MODEL_DIR:-$WORK/models}"
 LIDNET="python3 -m napari_lidnet.cli"
 { nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"; } | tee "$OUT/device.txt"
+timeout 30 python3 benchmarks/speed.py --device "$DEVICE" --models unet --runs 20 2>&1 | tee "$OUT/speed_cuda.txt"
+timeout 30 python3 benchmarks/throughput.py --devices "$DEVICE" --slices 64 --repeats 2 2>&1 | tee "$OUT/throughput_cuda.txt"
 
 t0=$(date +%s)
 per=$(( (N + PROCS - 1) / PROCS ))
