@@ -464,6 +464,7 @@ def test_disk_full_during_a_checkpoint(tmp_path, capsys, monkeypatch):
     den = build_denoiser("fastdn", width=8, blocks=1)
     save_weights(den, tmp_path / "ck" / "last_denoiser")
     old = snapshot(tmp_path / "ck")
+    data = _dataset(tmp_path / "data")  # written (fsynced) before the disk fills
 
     def no_space(fd):
         raise OSError(28, "No space left on device")
@@ -472,7 +473,6 @@ def test_disk_full_during_a_checkpoint(tmp_path, capsys, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         save_weights(build_denoiser("fastdn", width=8, blocks=1), tmp_path / "ck" / "last_denoiser")
     assert snapshot(tmp_path / "ck") == old
-    data = _dataset(tmp_path / "data")
     rc, lines = run_cli(capsys, "train", "--data", data, "--out", tmp_path / "run", *TRAIN)
     assert rc == 2 and lines[-1].startswith("lidnet train: error: No space left on device"), lines
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith((".tmp", ".bak"))]
