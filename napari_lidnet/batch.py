@@ -11,6 +11,7 @@ cannot be read (or is not CT, or holds NaN) is reported in ``BatchReport.failed`
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -27,7 +28,7 @@ from napari_lidnet.io.nifti import is_nifti, nifti_stem
 from napari_lidnet.strength import check_remove_sd
 
 PARTIAL = ".partial-"
-MARKER = ".lidnet-batch"  # in a batch output folder: the task that writes there (a re-run finishes that run)
+MARKER = ".lidnet-batch"  # in a batch output folder: the task and settings that write there (a re-run finishes it)
 Progress = Callable[[int, int, str], None]
 #: modalities processed (OT: secondary captures of CT; empty: the tag is missing)
 CT_MODALITIES = ("CT", "OT", "")
@@ -77,16 +78,51 @@ class _SeriesReader:
         return i, vol
 
 
-def _prepare_out_dir(root: str | Path, out_dir: Path, task: str) -> bool:
-    """Refuse an output inside the input, or a folder holding another task's batch run (its ``MARKER`` file) or
-    files this task's batch would not write; create it and mark it; remove what an interrupted run left
-    half-written. True when this call created the folder."""
+def batch_settings(task: str, model: Any, threshold: float, remove_sd: float | None) -> dict[str, Any]:
+    """What a batch run's outputs depend on besides its inputs: the model's content hash, and the score threshold
+    (detect) or the noise SD removed (denoise). Recorded in the ``MARKER`` file; a re-run must match them."""
+    from napari_lidnet.inference import model_fingerprint
+
+    settings: dict[str, Any] = {"model": model_fingerprint(model) if model is not None else None}
+    if task == "detect":
+        settings["threshold"] = float(threshold)
+    else:
+        settings["remove-sd"] = remove_sd
+    return settings
+
+
+def _read_marker(marker: Path) -> tuple[str | None, dict[str, Any] | None]:
+    """(task, settings) of an earlier batch run's marker; settings None for a marker of an earlier version."""
+    if not marker.is_file():
+        return None, None
+    lines = marker.read_text().splitlines()
+    try:
+        settings = json.loads(lines[1]) if len(lines) > 1 else None
+    except ValueError:
+        settings = None
+    return (lines[0].strip() if lines else None), settings
+
+
+def _changed(earlier: dict[str, Any], now: dict[str, Any]) -> str:
+    """The settings that differ, as 'key earlier (now ...)'; '' when none."""
+    diff = [k for k in now if earlier.get(k) != now[k]]
+    return ", ".join("another model" if k == "model" else f"{k} {earlier.get(k)} (now {now[k]})" for k in diff)
+
+
+def _prepare_out_dir(root: str | Path, out_dir: Path, task: str, settings: dict[str, Any]) -> bool:
+    """Refuse an output inside the input, or a folder holding another task's batch run (its ``MARKER`` file), the
+    same task's run with other ``settings``, or files this task's batch would not write; create it and mark it;
+    remove what an interrupted run left half-written. True when this call created the folder."""
     if out_dir.resolve().is_relative_to(Path(root).resolve()):
         raise ValueError(f"{out_dir} lies inside the input folder {root}; choose an output folder outside it")
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: exists and is not a folder; choose a folder for the outputs")
     marker = out_dir / MARKER
-    earlier = marker.read_text().strip() if marker.is_file() else None
+    earlier, earlier_settings = _read_marker(marker)
+    changed = _changed(earlier_settings, settings) if earlier == task and earlier_settings is not None else ""
+    if changed:
+        raise ValueError(f"{out_dir} holds a batch {task} run made with other settings ({changed}); outputs never "
+                         f"mix: choose a new folder, or run again with that run's settings to finish it")  # fmt: skip
     other = _not_batch_outputs(out_dir, task) if out_dir.is_dir() else []
     if (earlier and earlier != task) or other:
         what = f"a batch {earlier} run" if earlier and earlier != task else f"other files: {other[0]}"
@@ -94,7 +130,7 @@ def _prepare_out_dir(root: str | Path, out_dir: Path, task: str) -> bool:
                          f"the folder of an earlier batch {task} run to finish it")  # fmt: skip
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"{task}\n")
+    marker.write_text(f"{task}\n{json.dumps(settings, sort_keys=True)}\n")
     for stale in out_dir.glob(f"{PARTIAL}*"):
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     return created
@@ -206,7 +242,7 @@ def run_batch(
     out_dir = Path(out_dir)
     report = BatchReport()
     todo = _plan(items, out_dir, task, report, progress)  # refuses name collisions before anything is written
-    created = _prepare_out_dir(root, out_dir, task)
+    created = _prepare_out_dir(root, out_dir, task, batch_settings(task, model, threshold, remove_sd))
     try:
         reader = _SeriesReader(todo, root)
         loader = DataLoader(reader, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is)

@@ -349,6 +349,10 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         raise ValueError(f"{out}: cannot write {out.suffix} files; give .nii.gz, .npz, .tif, .npy or a folder (DICOM)")
     check_new_output(out, args.input, folder=not as_file)
     vol = _open_single(args.input, args.series)
+    if as_file and out.suffix.lower() != ".npy":  # before the model runs (.npy keeps no geometry to get wrong)
+        from napari_lidnet.io.volume import check_uniform_grid
+
+        check_uniform_grid(vol, "NIfTI" if is_nifti(out) else out.suffix.lower())
     model, dev, _ = _load(args.model, "denoiser", args.device)
     hu = denoise(model, vol.hu, device=dev, progress=_print_progress, remove_sd=args.remove_sd)
     _note_remove_sd(vol.hu, args.remove_sd)

@@ -147,6 +147,27 @@ def test_outputs_never_mix_with_other_files(archive, tmp_path):
     assert sorted(again.skipped) == sorted(first.written) and not again.written
 
 
+def test_a_rerun_with_other_settings_is_refused_not_reported_complete(archive, tmp_path):
+    """Review 2026-12-05: a re-run with another model, --remove-sd or --threshold skipped every series as 'already
+    complete' and kept the old outputs. The marker records the settings; a re-run must match them."""
+    out = tmp_path / "out"
+    first = run_batch(archive, out, "denoise", _denoiser())
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    other = build_denoiser("fastdn", width=8, blocks=1).eval()  # another random draw: other weights
+    with pytest.raises(ValueError, match=r"other settings \(another model\); outputs never mix"):
+        run_batch(archive, out, "denoise", other)
+    with pytest.raises(ValueError, match=r"other settings \(remove-sd None \(now 5.0\)\)"):
+        run_batch(archive, out, "denoise", _denoiser(), remove_sd=5.0)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing touched
+    again = run_batch(archive, out, "denoise", _denoiser())  # the same settings: finishes (here: nothing to do)
+    assert sorted(again.skipped) == sorted(first.written)
+    boxes = tmp_path / "boxes"
+    detector = LesionDetector(width=4).eval()
+    run_batch(archive, boxes, "detect", detector, threshold=0.3)
+    with pytest.raises(ValueError, match=r"threshold 0.3 \(now 0.05\)"):
+        run_batch(archive, boxes, "detect", detector, threshold=0.05)
+
+
 def test_output_names_are_unique_and_safe():
     """UIDs with the same last 12 characters get different names; dots, spaces, non-ASCII letters and a leading
     '.partial-' stay file-system safe and never look like a partial output."""

@@ -173,3 +173,28 @@ def test_plugin_reader_and_cli_take_nifti(dicom_volume: CTVolume, tmp_path: Path
     before = out.read_bytes()
     assert main(["denoise", str(path), str(out), "--model", "tiny_denoiser", "--device", "cpu"]) == 2
     assert out.read_bytes() == before
+
+
+def test_a_series_with_a_gap_is_not_written_to_a_uniform_grid(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Review 2026-12-05: two slices missing from a series (a 7.5 mm gap in 2.5 mm slices) went to NIfTI on the
+    median spacing, the slices above the gap 5 mm off. A uniform-grid output is refused, in one line, before the
+    model runs; a DICOM series keeps every slice's own position."""
+    z = [0.0, 2.5, 5.0, 12.5, 15.0, 17.5]
+    write_series(tmp_path / "gap", synthetic_hu((6, 32, 32)), series_uid="1.2.3.4", z_positions=z)
+    tiny_models(tmp_path / "models")
+    monkeypatch.setenv("NAPARI_LIDNET_MODEL_DIR", str(tmp_path / "models"))
+    for name in ("den.nii.gz", "den.npz", "den.tif"):
+        args = ["denoise", str(tmp_path / "gap"), str(tmp_path / name), "--model", "tiny_denoiser", "--device", "cpu"]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "unevenly spaced (one lies 5.0 mm off a 2.5 mm grid" in err and "write a DICOM series" in err, err
+        assert not (tmp_path / name).exists()
+    (vol,) = open_ct(tmp_path / "gap")
+    with pytest.raises(ValueError, match="unevenly spaced"):
+        write_nifti(tmp_path / "direct.nii.gz", vol)
+    assert main(["denoise", str(tmp_path / "gap"), str(tmp_path / "dcm"), "--model", "tiny_denoiser"]) == 0
+    (out,) = open_ct(tmp_path / "dcm")
+    np.testing.assert_allclose(np.asarray(out.metadata["slice_ipp"])[:, 2], z, atol=1e-3)
+    even = [0.0, 2.5, 5.0, 7.5, 10.0, 12.5]
+    write_series(tmp_path / "even", synthetic_hu((6, 32, 32)), series_uid="1.2.3.5", z_positions=even)
+    assert main(["denoise", str(tmp_path / "even"), str(tmp_path / "even.nii.gz"), "--model", "tiny_denoiser"]) == 0

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .checks import check_image_shape, one_line
-from .volume import CTVolume, per_slice
+from .volume import CTVolume, check_uniform_grid, per_slice
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: patient LPS from NIfTI RAS+ (and back: the matrix is its own inverse)
@@ -163,6 +163,7 @@ def write_nifti(out: str | Path, volume: CTVolume) -> Path:
 
     out = Path(out)
     _refuse_existing(out)
+    check_uniform_grid(volume, "NIfTI")
     hu = volume.hu if volume.hu.ndim == 3 else volume.hu[None]
     affine = _index_to_ras(volume)
     img = nib.Nifti1Image(np.ascontiguousarray(hu.transpose(2, 1, 0), dtype=np.float32), affine)

@@ -91,3 +91,27 @@ class CTVolume:
             "translate": self.origin,
             "metadata": {**self.metadata, "affine_lps": self.affine(), "spacing": self.spacing},
         }
+
+
+def off_grid_mm(volume: CTVolume) -> float:
+    """Largest distance (mm) of a slice's own position (``metadata["slice_ipp"]``, DICOM) from the uniform grid of
+    the volume's origin, spacing and direction: a series with a gap or uneven spacing; 0 without positions."""
+    ipp = per_slice(volume.metadata, "slice_ipp", n_slices(volume.hu)) if volume.hu.ndim == 3 else None
+    if not ipp:
+        return 0.0
+    k = np.arange(len(ipp))[:, None]
+    grid = np.asarray(volume.origin[::-1]) + k * volume.spacing[0] * volume.direction[:, 2]
+    return float(np.max(np.linalg.norm(np.asarray(ipp, dtype=float) - grid, axis=1)))
+
+
+def check_uniform_grid(volume: CTVolume, what: str) -> None:
+    """Refuse (one-line ValueError) to write ``volume`` into a format that holds only a uniform grid (``what``:
+    NIfTI, .npz, .tif) when a slice lies more than a tenth of the spacing off it."""
+    off = off_grid_mm(volume)
+    if off > 0.1 * volume.spacing[0]:
+        raise ValueError(
+            f"{volume.name}: its slices are unevenly spaced (one lies {off:.1f} mm off a {volume.spacing[0]:g} mm "
+            f"grid, e.g. a gap in the series); {what} holds a uniform grid and would misplace them: write a DICOM "
+            "series (a folder) instead"
+        )
+
