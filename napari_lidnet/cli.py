@@ -826,6 +826,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, OSError) as exc:
             print(f"{prefix}: error: {error_message(exc)}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (outputs are written whole or not at all)
+            print(f"\n{prefix}: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_lidnet.io.checks import nonfinite_note
 from napari_lidnet.io.fov import fill_padding
 from napari_lidnet.models.device import pick_device
 from napari_lidnet.models.normalize import hu_to_net, net_to_hu
@@ -180,6 +181,15 @@ def _take(stack: np.ndarray, chunk: list[int]) -> np.ndarray:
     if chunk and chunk == list(range(chunk[0], chunk[0] + len(chunk))):
         return stack[chunk[0] : chunk[0] + len(chunk)]
     return stack[chunk]
+
+
+def _check_finite(stack: np.ndarray, idx: list[int]) -> None:
+    """Refuse NaN or infinite pixels in the slices to process, before anything runs: a NaN spreads through the
+    convolutions (one pixel removes every box of its slice)."""
+    for z in idx:
+        if not np.isfinite(stack[z]).all():
+            note = nonfinite_note(stack[z], f"slice {z}")
+            raise ValueError(f"{note}; CT input must be finite HU (replace them, e.g. with -1024 HU, first)")
 
 
 def _select(n: int, slices: SliceSelection) -> list[int]:
@@ -416,6 +426,7 @@ def iter_denoise(
     check_remove_sd(settings.remove_sd)
     stack = _as_stack(hu)
     idx = _select(len(stack), slices)
+    _check_finite(stack, idx)
     out = np.empty((len(idx), *stack.shape[1:]), np.float32)
 
     def fn(x: torch.Tensor) -> list[np.ndarray]:
@@ -456,6 +467,7 @@ def iter_detect(
     settings = settings or InferenceSettings()
     stack = _as_stack(hu)
     idx = _select(len(stack), slices)
+    _check_finite(stack, idx)
     max_det = settings.max_detections
 
     def fn(x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -207,3 +207,19 @@ def test_filter_boxes_and_errors() -> None:
     with pytest.raises(ValueError, match="2D slice or a 3D volume"):
         inf.denoise(_fastdn(), np.zeros((2, 2, 8, 8), np.float32))
     assert inf.is_oom_error(RuntimeError("CUDA out of memory")) and not inf.is_oom_error(RuntimeError("shape"))
+
+
+def test_nan_or_infinite_pixels_are_refused_by_the_api_before_anything_runs() -> None:
+    """Review 2026-12-05: through the Python API one NaN pixel silently removed every box of its slice, and a
+    10 x 10 NaN patch came back as thousands of NaN pixels. Both calls and the pipeline now refuse, naming it."""
+    hu = _noisy((3, 64, 64))
+    hu[1, 0, 0] = np.nan
+    hu[2, 5, 5] = np.inf
+    det = LesionDetector(width=4).eval()
+    with pytest.raises(ValueError, match=r"slice 1: 1 of 4096 pixels are NaN \(first at index \(0, 0\)\); CT input"):
+        inf.denoise(_fastdn(), hu)
+    with pytest.raises(ValueError, match=r"slice 1: .* NaN"):
+        inf.detect(det, hu, score_threshold=0.0)
+    with pytest.raises(ValueError, match=r"slice 2: .* infinite"):
+        inf.run_pipeline(hu, denoiser=_fastdn(), detector=det, slices=[0, 2])
+    assert inf.detect(det, hu, score_threshold=0.0, slices=[0]).shape[1] == 6  # the finite slice alone runs
