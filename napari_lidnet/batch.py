@@ -5,7 +5,8 @@ finished: a re-run skips it, and a run interrupted half-way redoes only what was
 outputs are removed first). Output names are stable and unique: ``<description>_<12 hex digits of the SHA-256 of
 the series UID>`` (for a NIfTI file: its name and its path under the input folder; its denoised output is a
 ``.nii.gz``); two inputs that would still share a name are refused before anything is written. A series that
-cannot be read (or is not CT, or holds NaN) is reported in ``BatchReport.failed`` while the others are processed.
+cannot be read (or holds NaN) is reported in ``BatchReport.failed`` while the others are processed; one that is
+not CT in HU (another modality, or values that do not look like HU) in ``BatchReport.not_ct``, left out for good.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_lidnet.io.checks import check_finite, one_line
+from napari_lidnet.io.checks import check_finite, check_hu_scale, one_line
 from napari_lidnet.io.nifti import is_nifti, nifti_stem
 from napari_lidnet.strength import check_remove_sd
 
@@ -41,6 +42,7 @@ class BatchReport:
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # one line per series not processed, naming it and why
+    not_ct: list[str] = field(default_factory=list)  # one line per series left out for good: not CT in HU
 
 
 def output_name(description: str, uid: str) -> str:
@@ -72,10 +74,21 @@ class _SeriesReader:
         source = self.todo[i][1]
         try:
             vol = read_nifti(source) if isinstance(source, Path) else read_series(source, source=self.root)
-            check_finite(vol.hu, f"series {self.todo[i][2]!r} ({vol.metadata.get('series_uid', '')})")
+            what = (source.relative_to(self.root).as_posix() if isinstance(source, Path)
+                    else f"series {self.todo[i][2]!r} ({vol.metadata.get('series_uid', '')})")  # fmt: skip
+            check_finite(vol.hu, what)
         except (ValueError, OSError) as exc:
             return i, one_line(str(exc))
+        if vol.metadata.get("modality") != "CT":  # NIfTI, secondary captures: the values must look like HU
+            try:
+                check_hu_scale(vol.hu, what)
+            except ValueError as exc:
+                return i, NotCT(one_line(str(exc)))
         return i, vol
+
+
+class NotCT(str):
+    """Why a series is left out for good (it is not CT in HU), as opposed to a failure a re-run may mend."""
 
 
 def batch_settings(task: str, model: Any, threshold: float, remove_sd: float | None) -> dict[str, Any]:
@@ -167,7 +180,7 @@ def _plan(items: list, out_dir: Path, task: str, report: BatchReport, progress: 
         suffix = ".csv" if task == "detect" else ".nii.gz" if isinstance(source, Path) else ""
         final = out_dir / f"{name}{suffix}"
         if modality not in CT_MODALITIES:
-            report.failed.append(f"series {desc!r} ({key}): modality {modality!r} is not CT; not processed")
+            report.not_ct.append(f"series {desc!r} ({key}): modality {modality!r} is not CT; not processed")
         elif final.exists():
             report.skipped.append(final)
             if progress:
@@ -248,12 +261,14 @@ def run_batch(
         loader = DataLoader(reader, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is)
         for i, vol in loader:
             final, _headers, _desc = todo[i]
-            if isinstance(vol, str):
+            if isinstance(vol, NotCT):
+                report.not_ct.append(str(vol))
+            elif isinstance(vol, str):
                 report.failed.append(vol)
             else:
                 _run_one(task, vol, final, todo[i][2], report, model, device, threshold, model_name, remove_sd)
             if progress:
-                done = len(report.skipped) + len(report.written) + len(report.failed)
+                done = len(report.skipped) + len(report.written) + len(report.failed) + len(report.not_ct)
                 progress(done, len(items), final.name)
     finally:
         if created and not any(p.name != MARKER for p in out_dir.iterdir()):  # nothing written: nothing left

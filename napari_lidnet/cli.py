@@ -86,10 +86,11 @@ def check_writable(out: Path) -> None:
 
 
 def _open_single(path: str, series_uid: str | None = None):
-    """The first (largest) CT volume at ``path``, or series ``series_uid``; refused when it is not CT, holds NaN or
-    infinite values, or is blank."""
+    """The first (largest) CT volume at ``path``, or series ``series_uid``; refused when it is not CT (another
+    modality, or values that do not look like HU in a file that does not say CT), holds NaN or infinite values, or
+    is blank."""
     from napari_lidnet.batch import CT_MODALITIES
-    from napari_lidnet.io.checks import check_finite
+    from napari_lidnet.io.checks import check_finite, check_hu_scale
     from napari_lidnet.io.open_ct import open_ct
 
     with warnings.catch_warnings(record=True) as caught:  # shown only when the input is usable
@@ -99,6 +100,8 @@ def _open_single(path: str, series_uid: str | None = None):
     if modality not in CT_MODALITIES:
         raise ValueError(f"{path}: modality {modality!r} is not CT; the LIDnet models are made for CT in HU")
     check_finite(volumes[0].hu, path)
+    if modality != "CT":  # NIfTI, arrays, secondary captures: nothing says CT, so the values must look like HU
+        check_hu_scale(volumes[0].hu, path)
     for w in caught:
         warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if len(volumes) > 1:
@@ -294,6 +297,9 @@ def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
     finally:
         bar.close()
     done = f"{len(report.written)} written, {len(report.skipped)} already complete (skipped) in {out}"
+    if report.not_ct:  # left out for good: a re-run would not change it
+        n = len(report.not_ct)
+        print(f"note: {n} series left out, not CT in HU (first: {report.not_ct[0]})", file=sys.stderr)
     if report.failed:
         n = len(report.failed)
         raise ValueError(f"{n} series not processed (first: {report.failed[0]}); {done}; run again to retry")

@@ -258,8 +258,10 @@ def test_all_series_reports_series_that_cannot_be_read(corpus, models, tmp_path,
     rc, lines = run_cli(capsys, *args, "--workers", "0")
     errors = [ln for ln in lines if ln.startswith("lidnet detect: error: ")]
     assert rc == 2 and len(errors) == 1 and lines[-1] == errors[0], lines
-    assert re.search(r"7 series not processed \(first: .*\); 3 written, 0 already complete", errors[0]), errors
-    assert all(ln.startswith("lidnet detect: warning: ") for ln in lines[:-1])  # the garbage and copy files
+    assert re.search(r"6 series not processed \(first: .*\); 3 written, 0 already complete", errors[0]), errors
+    notes = [ln for ln in lines if ln.startswith("note: ")]  # the MR series: left out for good, not a failure
+    assert len(notes) == 1 and re.match(r"note: 1 series left out, not CT in HU \(first: .*'MR' is not CT", notes[0])
+    assert all(ln.startswith("lidnet detect: warning: ") for ln in lines[:-1] if ln not in notes)  # garbage, copy
     assert len(list(out.glob("*.csv"))) == 3 and snapshot(corpus) == before
     rc, lines = run_cli(capsys, *args, "--workers", "0")  # again: finished outputs are kept, not redone
     assert rc == 2 and "0 written, 3 already complete" in lines[-1]
@@ -613,3 +615,33 @@ def test_a_stop_during_the_last_validation_still_exports(tmp_path, capsys, model
     rc, lines = run_cli(capsys, "train", "--data", _dataset(tmp_path / "data"), "--out", tmp_path / "run", *TRAIN,
                         "--export", "late")  # fmt: skip
     assert rc == 0 and len(calls) == 2 and (models / "late_denoiser.safetensors").exists(), lines
+
+
+def test_inputs_that_do_not_say_ct_must_look_like_hu(tmp_path, models, capsys):
+    """Review 2026-12-05: an MR T1 NIfTI (values 2..1626) and a secondary capture without a modality (stored values
+    0..4000, no rescale) were denoised and written out as CT. Inputs that do not say CT must show air or fat;
+    a CT array with air still runs, and a batch counts the MR file as not processed while it does the CT one."""
+    import nibabel as nib
+    from conftest import make_ct_slice
+
+    rng = np.random.default_rng(0)
+    mr = rng.uniform(2, 1626, (4, 32, 32)).astype(np.float32)
+    (tmp_path / "in").mkdir()
+    nib.save(nib.Nifti1Image(mr, np.eye(4)), str(tmp_path / "in" / "t1.nii.gz"))
+    ct = mr - 1500.0  # the same shapes with air in them
+    nib.save(nib.Nifti1Image(ct, np.eye(4)), str(tmp_path / "in" / "ct.nii.gz"))
+    (tmp_path / "sc").mkdir()
+    make_ct_slice(tmp_path / "sc" / "sc.dcm", rng.integers(0, 4000, (32, 32)).astype(np.float64), series_uid="1.2.9",
+                  position=(0.0, 0.0, 0.0), slope=1.0, intercept=0.0, modality="")  # fmt: skip
+    before = snapshot(tmp_path / "in")
+    for cmd in ("denoise", "detect"):
+        for src, lowest in ((tmp_path / "in" / "t1.nii.gz", r"values 2\.\d+ to 162\d"), (tmp_path / "sc", "values 0 ")):
+            rc, lines = run_cli(capsys, *_cli_args(cmd, src, tmp_path / ("o.npy" if cmd == "denoise" else "o.csv")))
+            assert_refused(rc, lines, cmd, rf"no pixel below -50 HU \({lowest}.*so it is not CT in HU")
+    assert snapshot(tmp_path / "in") == before and not list(tmp_path.glob("o.*"))
+    report = batch.run_batch(tmp_path / "in", tmp_path / "out", "denoise", load_weights(models / "tiny_denoiser")[0])
+    assert len(report.written) == 1 and report.written[0].name.startswith("ct_"), report
+    assert len(report.not_ct) == 1 and report.not_ct[0].startswith("t1.nii.gz: no pixel below -50 HU") and not report.failed
+    args = ["denoise", tmp_path / "in", tmp_path / "out2", "--all-series", *MODEL_ARGS["denoise"], "--device", "cpu"]
+    rc, lines = run_cli(capsys, *args)  # left out for good is not a failure: a re-run would not change it
+    assert rc == 0 and lines[-2].startswith("note: 1 series left out, not CT in HU (first: t1.nii.gz"), lines

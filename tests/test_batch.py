@@ -123,7 +123,7 @@ def test_a_batch_that_writes_nothing_leaves_nothing(tmp_path):
     """Every series fails (here: not CT): the run reports it, and the output folder it made is gone again."""
     write_series(tmp_path / "mr", synthetic_hu((2, 16, 16)), series_uid=generate_uid(), modality="MR")
     report = run_batch(tmp_path / "mr", tmp_path / "out", "denoise", _denoiser())
-    assert report.failed and not report.written and not (tmp_path / "out").exists()
+    assert report.not_ct and not report.failed and not report.written and not (tmp_path / "out").exists()
     (tmp_path / "mine").mkdir()  # a folder the user made stays
     run_batch(tmp_path / "mr", tmp_path / "mine", "denoise", _denoiser())
     assert (tmp_path / "mine").is_dir()

@@ -398,7 +398,9 @@ def test_ctrl_c_during_detect_and_denoise_is_one_line_and_leaves_no_output(tmp_p
     import signal
 
     rng = np.random.default_rng(0)
-    np.save(tmp_path / "ct.npy", (rng.normal(40, 20, (64, 512, 512))).astype(np.float32))
+    hu = rng.normal(40, 20, (64, 512, 512)).astype(np.float32)
+    hu[:, :40] = -1000.0  # air
+    np.save(tmp_path / "ct.npy", hu)
 
     def ctrl_c(signum, frame):
         raise KeyboardInterrupt

@@ -62,6 +62,23 @@ def constant_note(hu: np.ndarray, what: str) -> str | None:
     return None
 
 
+#: CT in HU shows air (-1000) or fat (-100) somewhere; an image with nothing below this is not CT in HU
+LOWEST_CT_HU = -50.0
+
+
+def check_hu_scale(hu: np.ndarray, what: str) -> None:
+    """Refuse (one-line ValueError) an image whose values do not look like CT in HU: nothing below
+    ``LOWEST_CT_HU`` (another modality, such as MR, or stored values without their rescale to HU). For inputs
+    that do not say they are CT (NIfTI, arrays, DICOM without the CT modality)."""
+    lo, hi = float(np.nanmin(hu)), float(np.nanmax(hu))
+    if lo > LOWEST_CT_HU:
+        raise ValueError(
+            f"{what}: no pixel below {LOWEST_CT_HU:g} HU (values {lo:g} to {hi:g}), so it is not CT in HU: CT shows "
+            "air or fat; another modality, or stored values without their rescale to HU, would give the models "
+            "nonsense"
+        )
+
+
 def check_finite(hu: np.ndarray, what: str) -> None:
     """Refuse (ValueError) an image with NaN or infinite pixels, or one blank (constant) image."""
     note = nonfinite_note(hu, what) or constant_note(hu, what)
