@@ -61,8 +61,8 @@ class _SeriesReader:
     """A map-style dataset of series to process: item i is (i, volume or the one-line reason it cannot be read),
     read in a DataLoader worker."""
 
-    def __init__(self, todo: list, root: Path) -> None:
-        self.todo, self.root = todo, root
+    def __init__(self, todo: list, root: Path, base: Path) -> None:
+        self.todo, self.root, self.base = todo, root, base  # base: the folder NIfTI paths are named under
 
     def __len__(self) -> int:
         return len(self.todo)
@@ -74,7 +74,7 @@ class _SeriesReader:
         source = self.todo[i][1]
         try:
             vol = read_nifti(source) if isinstance(source, Path) else read_series(source, source=self.root)
-            what = (source.relative_to(self.root).as_posix() if isinstance(source, Path)
+            what = (source.relative_to(self.base).as_posix() if isinstance(source, Path)
                     else f"series {self.todo[i][2]!r} ({vol.metadata.get('series_uid', '')})")  # fmt: skip
             check_finite(vol.hu, what)
         except (ValueError, OSError) as exc:
@@ -244,20 +244,24 @@ def run_batch(
         raise ValueError("workers must be >= 0")
     check_remove_sd(remove_sd)
     root = Path(root)
-    niftis = sorted(p for p in root.rglob("*") if is_nifti(p) and p.is_file()) if root.is_dir() else []
-    try:
-        series = scan_dicom(root).series
-    except ValueError:
-        if not niftis:
-            raise
-        series = {}  # a folder of NIfTI files only
-    items = _inputs(series, niftis, root)
+    base = root if root.is_dir() else root.parent  # NIfTI outputs are named by their path under it
+    if root.is_file() and is_nifti(root):
+        niftis, series = [root], {}  # one NIfTI file
+    else:
+        niftis = sorted(p for p in root.rglob("*") if is_nifti(p) and p.is_file()) if root.is_dir() else []
+        try:
+            series = scan_dicom(root).series
+        except ValueError:
+            if not niftis:
+                raise
+            series = {}  # a folder of NIfTI files only
+    items = _inputs(series, niftis, base)
     out_dir = Path(out_dir)
     report = BatchReport()
     todo = _plan(items, out_dir, task, report, progress)  # refuses name collisions before anything is written
     created = _prepare_out_dir(root, out_dir, task, batch_settings(task, model, threshold, remove_sd))
     try:
-        reader = _SeriesReader(todo, root)
+        reader = _SeriesReader(todo, root, base)
         loader = DataLoader(reader, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is)
         for i, vol in loader:
             final, _headers, _desc = todo[i]

@@ -179,6 +179,16 @@ def test_outputs_never_overwrite(corpus, capsys, case, cmd):
     assert snapshot(corpus) == before
 
 
+def test_detect_writes_boxes_only_as_csv_or_json(corpus, tmp_path, capsys):
+    """Review 2026-12-05: `detect --out boxes.nii.gz` (or .xlsx) wrote CSV text under that name."""
+    before = snapshot(corpus)
+    for name in ("boxes.nii.gz", "boxes.xlsx", "boxes"):
+        rc, lines = run_cli(capsys, *_cli_args("detect", corpus / "arrays" / "good.npy", tmp_path / name))
+        assert_refused(rc, lines, "detect", r"boxes are written as \.csv or \.json")
+        assert not (tmp_path / name).exists()
+    assert snapshot(corpus) == before
+
+
 def test_read_only_output_folder(corpus, tmp_path, capsys, monkeypatch):
     """Refused before any work: really (chmod) as a user, by an injected PermissionError as root (root ignores
     chmod)."""

@@ -202,3 +202,18 @@ def test_nifti_files_are_inputs_too(archive, tmp_path):
     detected = run_batch(archive, tmp_path / "boxes", "detect", LesionDetector(width=4).eval())
     assert sorted(p.suffix for p in detected.written) == [".csv"] * 5
     assert all(p.read_text().startswith("slice,x1,y1,x2,y2,score,width_mm,height_mm,lesion") for p in detected.written)
+
+
+def test_one_nifti_file_is_a_batch_of_one(archive, tmp_path):
+    """Review 2026-12-05: `--all-series` on one NIfTI file said 'unreadable DICOM file'; a single DICOM file
+    worked. Both are a batch of one now; a folder of NIfTI files opened as one input names them."""
+    from napari_lidnet.io.nifti import write_nifti
+
+    (vol,) = open_ct(next(p for p in archive.iterdir() if p.is_dir()))
+    write_nifti(tmp_path / "one.nii.gz", vol)
+    report = run_batch(tmp_path / "one.nii.gz", tmp_path / "out", "detect", LesionDetector(width=4).eval())
+    assert len(report.written) == 1 and report.written[0].name.startswith("one_") and not report.failed
+    (tmp_path / "niis").mkdir()
+    write_nifti(tmp_path / "niis" / "a.nii.gz", vol)
+    with pytest.raises(ValueError, match=r"holds 1 NIfTI file\(s\) \(a.nii.gz, ...\).*--all-series"):
+        open_ct(tmp_path / "niis")

@@ -46,6 +46,8 @@ def test_padding_is_what_lies_far_below_air_at_the_border_and_nothing_else():
     joined[62:65, :80] = -1500.0
     mask = padding_mask(joined)
     assert not (mask & body).any() and mask[outside].all()
+    wide, wide_outside = _slice(fov_radius=66.0)  # the circle crosses the image's edges: the fill tapers to slivers
+    np.testing.assert_array_equal(padding_mask(wide), wide_outside)
     tiny = np.full((8, 8), -1000.0, np.float32)
     tiny[0, 0] = -1250.0  # one noisy corner pixel of a tiny image is not a fill
     assert padding_mask(tiny) is None

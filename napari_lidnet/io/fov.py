@@ -9,7 +9,8 @@ A slice's padding is every region of pixels below -1200 HU that touches the imag
 at least 0.5% of the slice (and 64 pixels): air is -1000 HU and its noise seldom reaches -1200 in more than a few
 scattered pixels, while a fill covers the corners; a lossy (JPEG 2000) file smears the fill into a range of values,
 which this still catches. Thin dark structures (streaks up to 6 px wide, even when they run out to the fill) are
-cut off: the region is eroded by 3 px and grown back by at most 6 px inside itself.
+cut off: the region is eroded by 3 px and grown back by at most 6 px inside itself; within 6 px of the image's edge
+the whole region counts (where the circle meets the edge the fill tapers to slivers thinner than the erosion).
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def padding_mask(image: np.ndarray) -> np.ndarray | None:
     region = np.isin(labels, np.unique(edge[edge > 0]))
     core = ndi.binary_erosion(region, iterations=THIN_PX, border_value=1)  # the border is outside the field too
     mask = ndi.binary_dilation(core, iterations=2 * THIN_PX) & region
+    if not mask.any():
+        return None
+    band = np.ones_like(mask)  # the slivers where the circle meets the image's edge: thin, yet padding
+    band[2 * THIN_PX : -2 * THIN_PX, 2 * THIN_PX : -2 * THIN_PX] = False
+    mask |= region & band
     return mask if mask.sum() >= least else None
 
 
