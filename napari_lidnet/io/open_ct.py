@@ -82,8 +82,10 @@ def _read(path: Path, kind: str | None, series_uid: str | None) -> list[CTVolume
             raise ValueError(f"{path}: folder is empty")
         niftis = [p.name for p in sorted(path.iterdir()) if is_nifti(p)]
         if niftis:
-            raise ValueError(f"{path}: folder holds {len(niftis)} NIfTI file(s) ({niftis[0]}, ...), each a volume of "
-                             "its own: open one file (or, in the command line, take them all with --all-series)")  # fmt: skip
+            raise ValueError(
+                f"{path}: folder holds {len(niftis)} NIfTI file(s) ({niftis[0]}, ...), each a volume of its own: "
+                "open one file (or, in the command line, take them all with --all-series)"
+            )
         raise ValueError(f"{path}: folder has no DICOM files or numbered 16-bit PNG slices")
     raise ValueError(f"{path}: not a CT file this plugin reads (DICOM, NIfTI, 16-bit PNG, .npy, .npz, .tif)")
 
