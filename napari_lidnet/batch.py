@@ -196,10 +196,9 @@ def _write_one(
 ) -> None:  # fmt: skip
     """Denoise a series into a DICOM folder, or detect its lesions into a CSV, at ``partial``."""
     from napari_lidnet.inference import denoise, detect
-    from napari_lidnet.io.boxes_io import slice_columns, write_boxes_csv
+    from napari_lidnet.io.boxes_io import write_volume_boxes
     from napari_lidnet.io.dicom_write import denoised_description, write_dicom_series
     from napari_lidnet.io.nifti import write_nifti
-    from napari_lidnet.io.volume import n_slices
     from napari_lidnet.metrics.lesions import row_lesions
 
     if task == "denoise":
@@ -211,7 +210,7 @@ def _write_one(
         write_dicom_series(replace(vol, hu=hu.astype(np.float32)), partial, series_description=description)
     else:
         rows = detect(model, vol.hu, device=device, score_threshold=threshold)
-        write_boxes_csv(partial, rows, slice_columns(vol.metadata, n_slices(vol.hu)), row_lesions(rows), vol.spacing)
+        write_volume_boxes(partial, rows, vol, row_lesions(rows))
 
 
 def run_batch(

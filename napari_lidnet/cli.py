@@ -389,8 +389,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
 def _cmd_detect(args: argparse.Namespace) -> int:
     from napari_lidnet.inference import detect
-    from napari_lidnet.io.boxes_io import slice_columns, write_boxes_csv
-    from napari_lidnet.io.volume import n_slices
+    from napari_lidnet.io.boxes_io import write_volume_boxes
     from napari_lidnet.metrics.lesions import row_lesions
 
     if args.all_series:
@@ -404,7 +403,8 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     threshold = _threshold(args, card)
     rows = detect(model, vol.hu, device=dev, score_threshold=threshold, progress=_print_progress)
     lesions = row_lesions(rows)
-    write_boxes_csv(out, rows, slice_columns(vol.metadata, n_slices(vol.hu)), lesions, vol.spacing)
+    about = {"input": str(args.input), "model": args.model or "default", "threshold": threshold}
+    write_volume_boxes(out, rows, vol, lesions, about)
     found = f"{len(rows)} boxes ({lesions.max(initial=0)} lesions)"
     print(f"wrote {found} with score >= {threshold:.3f} to {out}", file=sys.stderr)
     return 0

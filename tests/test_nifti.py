@@ -198,3 +198,30 @@ def test_a_series_with_a_gap_is_not_written_to_a_uniform_grid(tmp_path: Path, mo
     even = [0.0, 2.5, 5.0, 7.5, 10.0, 12.5]
     write_series(tmp_path / "even", synthetic_hu((6, 32, 32)), series_uid="1.2.3.5", z_positions=even)
     assert main(["denoise", str(tmp_path / "even"), str(tmp_path / "even.nii.gz"), "--model", "tiny_denoiser"]) == 0
+
+
+def test_box_centres_in_patient_mm_find_the_same_voxel_in_a_ras_file(dicom_volume: CTVolume, tmp_path: Path) -> None:
+    """Review 2026-12-05: box pixels follow the reader's grid, which mirrors a RAS-stored file's voxel order, and
+    nothing else located them. The lps_* columns are patient mm: through the file's own affine they land on the
+    voxel of the same value, and for the DICOM series on the slice's own position."""
+    import json
+
+    from napari_lidnet.io.boxes_io import write_volume_boxes
+
+    path = as_ras_nifti(dicom_volume, tmp_path / "ct.nii.gz")
+    (vol,) = open_ct(path)
+    rows = np.array([[1, 2, 3, 5, 6, 0.9], [3, 20, 10, 27, 21, 0.5], [0, 0, 0, 1, 1, 0.4]], np.float32)  # odd sides
+    for name, volume in (("nii.json", vol), ("dcm.json", dicom_volume)):
+        write_volume_boxes(tmp_path / name, rows, volume, about={"input": name})
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj)
+    boxes = json.loads((tmp_path / "nii.json").read_text())
+    assert boxes["input"] == "nii.json" and boxes["spacing_mm"] == list(vol.spacing)
+    for row, box in zip(rows, boxes["boxes"]):
+        ras = np.array([-box["lps_x_mm"], -box["lps_y_mm"], box["lps_z_mm"], 1.0])
+        i, j, k = np.rint(np.linalg.solve(img.affine, ras)[:3]).astype(int)
+        cy, cx = int((row[2] + row[4]) / 2), int((row[1] + row[3]) / 2)
+        assert data[i, j, k] == vol.hu[int(row[0]), cy, cx]
+    dcm = json.loads((tmp_path / "dcm.json").read_text())["boxes"]
+    for box, nii in zip(dcm, boxes["boxes"]):
+        assert box["lps_z_mm"] == pytest.approx(box["z_mm"]) and box["lps_x_mm"] == pytest.approx(nii["lps_x_mm"])

@@ -866,12 +866,16 @@ class DenoiseDetectWidget(QWidget):
             self._message("nothing to export: run the detector first", error=True)
             return None
         from ..io.boxes_io import slice_columns, write_boxes_csv
+        from ..io.volume import per_slice
         from ..metrics.lesions import row_lesions
 
         src, rows = self._last["layer"], self.shown_boxes
-        slices = slice_columns(src.metadata, n_slices(src.data))
+        n = n_slices(src.data)
+        slices = slice_columns(src.metadata, n)
+        geometry = (src.metadata.get("affine_lps"), per_slice(src.metadata, "slice_ipp", n))  # from the reader
+        about = {"input": src.metadata.get("source") or src.name}
         try:
-            out = write_boxes_csv(path, rows, slices, row_lesions(rows), src.scale[-2:])
+            out = write_boxes_csv(path, rows, slices, row_lesions(rows), src.scale[-2:], *geometry, about)
         except (OSError, ValueError) as exc:
             self._message(f"box export failed: {exc}", error=True)
             return None

@@ -1,6 +1,8 @@
 """Lesion boxes to and from CSV/JSON: columns ``slice, x1, y1, x2, y2, score`` in pixels (``slice`` counts from
 the first slice of the volume as sorted along its normal), ``width_mm, height_mm`` (the box's x and y sides) where
-the writer was given the pixel size, ``lesion`` where the writer was given it (boxes on
+the writer was given the pixel size, ``lps_x_mm, lps_y_mm, lps_z_mm`` (the box centre in patient coordinates,
+DICOM's LPS, whatever the file's voxel order) where it was given the volume's affine, ``lesion`` where the writer
+was given it (boxes on
 neighbouring slices that overlap share a number), then, for DICOM sources, the slice's ``instance_number`` (or
 ``frame_number`` for the frames of an enhanced multi-frame instance), ``z_mm`` (ImagePositionPatient z) and
 ``sop_instance_uid``."""
@@ -15,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .volume import per_slice
+from .volume import CTVolume, n_slices, per_slice
 
 COLUMNS = ("slice", "x1", "y1", "x2", "y2", "score")
 
@@ -49,13 +51,31 @@ def box_sides_mm(rows: np.ndarray, pixel_mm: Sequence[float]) -> dict[str, np.nd
     return {"width_mm": (rows[:, 3] - rows[:, 1]) * size[-1], "height_mm": (rows[:, 4] - rows[:, 2]) * size[-2]}
 
 
+def box_centres_lps(
+    rows: np.ndarray, affine: np.ndarray, slice_ipp: Sequence[Sequence[float]] | None = None
+) -> dict[str, np.ndarray]:
+    """Patient position (DICOM LPS, mm) of each box centre: ``affine`` maps array index (z, y, x, 1) to LPS (a 2D
+    slice's is its own with slice 0), and ``slice_ipp`` (each slice's own position, gaps included) overrides its
+    slice origins. Pixel-edge coordinates: the centre of pixel i is i + 0.5."""
+    a = np.asarray(affine, dtype=float)
+    rows = np.asarray(rows, dtype=float).reshape(-1, 6)
+    z = rows[:, 0].astype(int)
+    origin = np.asarray(slice_ipp, float)[z] if slice_ipp is not None else a[:3, 3] + np.outer(z, a[:3, 0])
+    cy, cx = (rows[:, 2] + rows[:, 4]) / 2 - 0.5, (rows[:, 1] + rows[:, 3]) / 2 - 0.5
+    pos = origin + np.outer(cy, a[:3, 1]) + np.outer(cx, a[:3, 2])
+    return {"lps_x_mm": pos[:, 0], "lps_y_mm": pos[:, 1], "lps_z_mm": pos[:, 2]}
+
+
 def write_boxes_csv(
     path: str | Path, rows: np.ndarray, slices: dict[str, list] | None = None, lesions: Sequence[int] | None = None,
-    pixel_mm: Sequence[float] | None = None,
+    pixel_mm: Sequence[float] | None = None, affine: np.ndarray | None = None,
+    slice_ipp: Sequence[Sequence[float]] | None = None, about: dict[str, Any] | None = None,
 ) -> Path:  # fmt: skip
     """Write (N, 6) rows as CSV, or as JSON when the path ends in .json, with each box's sides in mm (``pixel_mm``:
-    the pixel's (row, column) size, or (z, y, x) spacing), its lesion number (``lesions``, one per row) and its
-    slice's entries of ``slices`` (:func:`slice_columns`) as further columns. Refuses to overwrite."""
+    the pixel's (row, column) size, or (z, y, x) spacing), its centre in patient mm (``affine``, ``slice_ipp``:
+    :func:`box_centres_lps`), its lesion number (``lesions``, one per row) and its slice's entries of ``slices``
+    (:func:`slice_columns`) as further columns; ``about`` (input, model, threshold...) goes into the JSON only.
+    Refuses to overwrite."""
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} already exists")
@@ -65,6 +85,8 @@ def write_boxes_csv(
         raise ValueError(f"{len(lesions)} lesion numbers for {len(rows)} boxes")
     lesion = {} if lesions is None else {"lesion": [int(n) for n in lesions]}
     sizes = {} if pixel_mm is None else box_sides_mm(rows, pixel_mm)
+    if affine is not None:
+        sizes.update(box_centres_lps(rows, affine, slice_ipp))
     records = [
         {
             "slice": int(r[0]),
@@ -84,8 +106,10 @@ def write_boxes_csv(
     try:
         with fh:
             if path.suffix.lower() == ".json":
-                units = "x1, y1, x2, y2 in pixels; width_mm, height_mm, z_mm in mm"
-                fh.write(json.dumps({"columns": fields, "units": units, "boxes": records}, indent=1))
+                units = ("x1, y1, x2, y2 in pixels (edges: pixel i spans [i, i + 1)); the other *_mm in mm, lps_*: "
+                         "patient coordinates (x to the left, y to the back, z up)")  # fmt: skip
+                head = {"columns": fields, "units": units, **(about or {})}
+                fh.write(json.dumps({**head, "boxes": records}, indent=1, default=str))
             else:
                 writer = csv.DictWriter(fh, fieldnames=fields)
                 writer.writeheader()
@@ -94,6 +118,20 @@ def write_boxes_csv(
         path.unlink(missing_ok=True)  # no half-written file (disk full, interrupted)
         raise
     return path
+
+
+def write_volume_boxes(
+    path: str | Path, rows: np.ndarray, volume: CTVolume, lesions: Sequence[int] | None = None,
+    about: dict[str, Any] | None = None,
+) -> Path:  # fmt: skip
+    """:func:`write_boxes_csv` with every column ``volume`` gives: sides in mm, centres in patient mm, the DICOM
+    slice columns; ``about`` plus the volume's spacing and series UID go into the JSON."""
+    n = n_slices(volume.hu)
+    spacing = {"spacing_mm": list(volume.spacing), "series_uid": volume.metadata.get("series_uid")}
+    return write_boxes_csv(
+        path, rows, slice_columns(volume.metadata, n), lesions, volume.spacing, volume.affine(),
+        per_slice(volume.metadata, "slice_ipp", n), {**(about or {}), **spacing},
+    )  # fmt: skip
 
 
 def read_boxes_csv(path: str | Path) -> np.ndarray:
