@@ -201,7 +201,8 @@ def test_nifti_files_are_inputs_too(archive, tmp_path):
     assert not again.written and len(again.skipped) == 5
     detected = run_batch(archive, tmp_path / "boxes", "detect", LesionDetector(width=4).eval())
     assert sorted(p.suffix for p in detected.written) == [".csv"] * 5
-    assert all(p.read_text().startswith("slice,x1,y1,x2,y2,score,width_mm,height_mm,lps_x_mm,lps_y_mm,lps_z_mm,lesion") for p in detected.written)
+    header = "slice,x1,y1,x2,y2,score,width_mm,height_mm,lps_x_mm,lps_y_mm,lps_z_mm,lesion"
+    assert all(p.read_text().startswith(header) for p in detected.written)
 
 
 def test_one_nifti_file_is_a_batch_of_one(archive, tmp_path):
