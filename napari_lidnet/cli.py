@@ -105,7 +105,8 @@ def _open_single(path: str, series_uid: str | None = None):
     for w in caught:
         warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if len(volumes) > 1:
-        names = ", ".join(f"{v.name} ({v.metadata.get('series_uid', '')})" for v in volumes)
+        keys = [v.metadata.get("series_key") or v.metadata.get("series_uid", "") for v in volumes]
+        names = ", ".join(f"{v.name} ({key})" for v, key in zip(volumes, keys))
         print(f"{path} holds {len(volumes)} series: {names}; using the first (--series UID picks one)", file=sys.stderr)
     return volumes[0]
 
@@ -388,7 +389,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
-    from napari_lidnet.inference import detect
+    from napari_lidnet.inference import MAX_BOXES_PER_SLICE, detect
     from napari_lidnet.io.boxes_io import write_volume_boxes
     from napari_lidnet.metrics.lesions import row_lesions
 
@@ -403,11 +404,22 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     threshold = _threshold(args, card)
     rows = detect(model, vol.hu, device=dev, score_threshold=threshold, progress=_print_progress)
     lesions = row_lesions(rows)
+    _note_box_cap(rows, MAX_BOXES_PER_SLICE)
     about = {"input": str(args.input), "model": args.model or "default", "threshold": threshold}
     write_volume_boxes(out, rows, vol, lesions, about)
     found = f"{len(rows)} boxes ({lesions.max(initial=0)} lesions)"
     print(f"wrote {found} with score >= {threshold:.3f} to {out}", file=sys.stderr)
     return 0
+
+
+def _note_box_cap(rows: Any, cap: int) -> None:
+    """A note on stderr when some slices hold ``cap`` boxes, the most a slice keeps (their lowest scores left out)."""
+    import numpy as np
+
+    full = int((np.bincount(np.asarray(rows)[:, 0].astype(int)) >= cap).sum()) if len(rows) else 0
+    if full:
+        print(f"note: {full} slice(s) reached {cap} boxes, the most a slice keeps (the highest scores); boxes "
+              "scoring lower there are left out", file=sys.stderr)  # fmt: skip
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

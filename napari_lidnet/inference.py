@@ -45,6 +45,7 @@ SliceSelection = int | range | Sequence[int] | None
 
 #: detections kept in results and caches; the display threshold filters above it
 BOX_FLOOR = 0.05
+MAX_BOXES_PER_SLICE = 50  #: the most boxes a slice keeps (the highest scores)
 #: tile starts are multiples of this (largest stride of the shipped networks)
 TILE_ALIGN = 16
 DEFAULT_TILE_SIZE = 1024
@@ -83,7 +84,7 @@ class InferenceSettings:
     overlap: int = DEFAULT_OVERLAP
     amp: bool = True
     amp_dtype: str = "float16"
-    max_detections: int = 50
+    max_detections: int = MAX_BOXES_PER_SLICE
     remove_sd: float | None = None  # HU of noise the denoiser removes (strength.keep_noise); None: all
 
     def key(self) -> tuple[Any, ...]:
@@ -546,11 +547,14 @@ def detect(
     tile_size: int = DEFAULT_TILE_SIZE,
     overlap: int = DEFAULT_OVERLAP,
     amp: bool = True,
-    max_detections: int = 50,
+    max_detections: int = MAX_BOXES_PER_SLICE,
     cancel: CancelCheck | None = None,
     notice: Notice | None = None,
 ) -> np.ndarray:
-    """Lesion boxes of a slice or volume as an (N, 6) array ``slice, x1, y1, x2, y2, score`` (pixels)."""
+    """Lesion boxes of a slice or volume as an (N, 6) array ``slice, x1, y1, x2, y2, score`` (pixels): every box
+    scoring at least ``score_threshold`` (default ``BOX_FLOOR``, every candidate: the detector's calibrated
+    operating point is ``models.weights.default_threshold(card)``, as the CLI and the widget use), at most
+    ``max_detections`` per slice (the highest scores)."""
     settings = InferenceSettings(
         batch_size=batch_size, tile_size=tile_size, overlap=overlap, amp=amp, max_detections=max_detections
     )

@@ -418,3 +418,41 @@ def test_ctrl_c_during_detect_and_denoise_is_one_line_and_leaves_no_output(tmp_p
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_series_without_uids_are_listed_by_the_key_that_series_takes(tmp_path, capsys):
+    """Review 2026-12-05: anonymised exports with blank SeriesInstanceUIDs were listed as 'CT (), CT ()', and the
+    key that --series takes was shown only by a failed --series ''. The listing gives that key, and it works."""
+    from conftest import synthetic_hu, write_series
+
+    write_series(tmp_path / "ct" / "a", synthetic_hu((3, 16, 16)), series_uid="", description="Body")
+    write_series(tmp_path / "ct" / "b", synthetic_hu((2, 16, 16), seed=1), series_uid="", description="Body")
+    assert main(["denoise", str(tmp_path / "ct"), str(tmp_path / "a.npz"), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    keys = [k for k in err.split("(") if k.startswith("no-series-uid:")]
+    assert "holds 2 series" in err and len(keys) == 2, err
+    other = keys[1].split(")")[0]
+    assert main(["denoise", str(tmp_path / "ct"), str(tmp_path / "b.npz"), "--device", "cpu", "--series", other]) == 0
+    assert np.load(tmp_path / "b.npz")["hu"].shape == (2, 16, 16)
+
+
+def test_detect_says_when_slices_reach_the_box_cap(tmp_path, capsys, monkeypatch):
+    """Review 2026-12-05: at --threshold 0 every slice silently kept exactly 50 boxes (3200 for 64 slices)."""
+    from conftest import tiny_models
+
+    from napari_lidnet.inference import MAX_BOXES_PER_SLICE
+
+    tiny_models(tmp_path / "models")
+    monkeypatch.setenv("NAPARI_LIDNET_MODEL_DIR", str(tmp_path / "models"))
+    hu = np.random.default_rng(0).normal(40, 30, (3, 96, 96)).astype(np.float32)
+    hu[:, :8] = -1000.0
+    np.save(tmp_path / "ct.npy", hu)
+    args = ["detect", str(tmp_path / "ct.npy"), "--model", "tiny_detector", "--device", "cpu", "--out"]
+    assert main([*args, str(tmp_path / "all.csv"), "--threshold", "0"]) == 0
+    rows = read_boxes_csv(tmp_path / "all.csv")
+    counts = np.bincount(rows[:, 0].astype(int))
+    err = capsys.readouterr().err
+    assert counts.max() == MAX_BOXES_PER_SLICE, counts
+    assert f"note: {(counts >= MAX_BOXES_PER_SLICE).sum()} slice(s) reached {MAX_BOXES_PER_SLICE} boxes" in err, err
+    assert main([*args, str(tmp_path / "some.csv"), "--threshold", "0.99"]) == 0
+    assert "reached" not in capsys.readouterr().err

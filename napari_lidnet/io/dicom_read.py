@@ -328,6 +328,8 @@ def _read_scan(scan: DicomScan, uids: list[str], source: Path) -> list[CTVolume]
             vols.append(read_series(scan.series[uid], source=source))
         except ValueError as exc:
             failed.append(str(exc))
+            continue
+        vols[-1].metadata["series_key"] = uid  # what --series takes (a stand-in key when the UID is blank)
     if not vols:
         more = f" (and {len(failed) - 1} other series could not be read)" if len(failed) > 1 else ""
         raise ValueError(failed[0] + more)
