@@ -270,7 +270,10 @@ def _threshold(args: argparse.Namespace, card: dict[str, Any]) -> float:
 
 def _score(text: str) -> float:
     """argparse type: a detection score threshold in [0, 1]."""
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a score threshold is a number in [0, 1], got {text!r}") from None
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"a score threshold lies in [0, 1], got {text}")
     return value
@@ -694,9 +697,14 @@ def _adapt_report(rec: dict[str, Any], line_open: bool) -> bool:
     stage = rec.get("stage")
     if stage == "adapt":
         loss, eta = rec["losses"]["selfsup"], rec.get("eta_s") or 0.0
-        text = f"\rstep {rec['step']}/{rec['total_steps']}  loss {loss:.3g}  about {eta:.0f} s left "
-        print(text, end="", file=sys.stderr, flush=True)
-        return True
+        text = f"step {rec['step']}/{rec['total_steps']}  loss {loss:.3g}  about {eta:.0f} s left"
+        if sys.stderr.isatty():  # one rewritten line on a terminal
+            print(f"\r{text} ", end="", file=sys.stderr, flush=True)
+            return True
+        step, total = rec["step"], rec["total_steps"]  # in a log: a line per tenth of the steps
+        if step == total or (10 * step) // max(total, 1) > (10 * (step - 1)) // max(total, 1):
+            print(text, file=sys.stderr, flush=True)
+        return False
     if stage in ("prepare", "export"):
         text = rec.get("message", "")
     elif stage == "estimate":

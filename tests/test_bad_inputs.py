@@ -656,3 +656,14 @@ def test_inputs_that_do_not_say_ct_must_look_like_hu(tmp_path, models, capsys):
     args = ["denoise", tmp_path / "in", tmp_path / "out2", "--all-series", *MODEL_ARGS["denoise"], "--device", "cpu"]
     rc, lines = run_cli(capsys, *args)  # left out for good is not a failure: a re-run would not change it
     assert rc == 0 and lines[-2].startswith("note: 1 series left out, not CT in HU (first: t1.nii.gz"), lines
+
+
+def test_option_mistakes_get_plain_messages(corpus, capsys):
+    """Review 2026-12-05: `--threshold abc` said "invalid _score value" (a function's name), and --series was
+    ignored for an input that holds one volume."""
+    with pytest.raises(SystemExit):
+        main(["detect", str(corpus / "arrays" / "good.npy"), "--out", "x.csv", "--threshold", "abc"])
+    assert "a score threshold is a number in [0, 1], got 'abc'" in capsys.readouterr().err
+    rc, lines = run_cli(capsys, "detect", corpus / "arrays" / "good.npy", "--out", corpus / "out" / "s.csv",
+                        "--series", "1.2.3")  # fmt: skip
+    assert_refused(rc, lines, "detect", r"a series UID picks one DICOM series; this array input holds one volume")

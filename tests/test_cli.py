@@ -271,6 +271,8 @@ def test_adapt_trains_on_low_dose_alone_and_exports_a_named_model(tmp_path, caps
     np.save(tmp_path / "low.npy", vol)
     args = ["adapt", str(tmp_path / "low.npy"), "--name", "site-x", "--steps", "3", "--patch-size", "64"]
     assert main([*args, "--from", "tiny_denoiser", "--device", "cpu"]) == 0
+    log = capsys.readouterr().err  # not a terminal: whole lines, no carriage returns
+    assert "\r" not in log and "step 3/3  loss" in log, log
     model, card = load_model("site-x", "denoiser")
     assert card["kind"] == "denoiser" and "adapt" in json.dumps(card)
     np.save(tmp_path / "thin.npy", vol[:2])

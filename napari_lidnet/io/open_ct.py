@@ -58,7 +58,10 @@ def open_ct(path: str | Path, series_uid: str | None = None) -> list[CTVolume]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    volumes = _read(path, input_kind(path), series_uid)
+    kind = input_kind(path)
+    if series_uid is not None and kind not in ("dicom", None):
+        raise ValueError(f"{path}: a series UID picks one DICOM series; this {kind} input holds one volume")
+    volumes = _read(path, kind, series_uid)
     for vol in volumes:
         note_image_problems(vol)
     return volumes
