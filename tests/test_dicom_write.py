@@ -124,11 +124,13 @@ def test_failed_write_leaves_nothing_and_keeps_the_error(tmp_path, monkeypatch, 
 def test_a_series_with_a_missing_slice_keeps_each_slices_position(tmp_path):
     """A gap in the source (one slice missing) stays a gap in the written series: every slice keeps its own
     ImagePositionPatient and InstanceNumber and references its source slice, so the derived series lines up with
-    its source slice by slice; the scan's window and contrast agent are kept."""
+    its source slice by slice; the scan's windows (all of them, with their names), gantry tilt and contrast agent
+    are kept."""
     from conftest import synthetic_hu, write_series
 
     zs = [0.0, 5.0, 10.0, 20.0, 25.0]  # 15 mm missing
-    window = {"WindowCenter": ["-600", "40"], "WindowWidth": ["1500", "400"], "ContrastBolusAgent": "IOMERON"}
+    window = {"WindowCenter": ["-600", "40"], "WindowWidth": ["1500", "400"], "ContrastBolusAgent": "IOMERON",
+              "WindowCenterWidthExplanation": ["LUNG", "SOFT"], "GantryDetectorTilt": "0"}  # fmt: skip
     sources = write_series(tmp_path / "gap", synthetic_hu((5, 8, 8)), series_uid="1.2.3.99", z_positions=zs,
                            extra=window)  # fmt: skip
     with pytest.warns(UserWarning, match="uneven slice spacing"):
@@ -141,7 +143,9 @@ def test_a_series_with_a_missing_slice_keeps_each_slices_position(tmp_path):
         assert float(ds.ImagePositionPatient[2]) == pytest.approx(z)
         assert ds.InstanceNumber == orig.InstanceNumber  # the image number a reader knows from PACS
         assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == orig.SOPInstanceUID
-        assert (float(ds.WindowCenter), float(ds.WindowWidth)) == (-600.0, 1500.0)  # the scan's own first window
+        assert [float(v) for v in ds.WindowCenter] == [-600.0, 40.0] and [float(v) for v in ds.WindowWidth] == [
+            1500.0, 400.0]  # fmt: skip
+        assert list(ds.WindowCenterWidthExplanation) == ["LUNG", "SOFT"] and float(ds.GantryDetectorTilt) == 0.0
         assert ds.ContrastBolusAgent == "IOMERON"
 
 

@@ -60,6 +60,11 @@ SOURCE_TAGS = (
     "ContrastBolusAgent",
     "ContrastBolusRoute",
     "CTDIvol",
+    "GantryDetectorTilt",
+    # every display window the scanner stored (the writer sets one of its own only when there were none)
+    "WindowCenter",
+    "WindowWidth",
+    "WindowCenterWidthExplanation",
     # once lossy, a derived image stays flagged (PS3.3 C.7.6.1.1.5): carried to every series written from this one
     "LossyImageCompression",
     "LossyImageCompressionRatio",

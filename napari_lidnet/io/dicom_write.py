@@ -148,8 +148,12 @@ def _set_pixel_format(ds: Any, volume: CTVolume) -> None:
     ds.PixelRepresentation = 1
     ds.RescaleSlope = "1"
     ds.RescaleType = "HU"
+    if "WindowCenter" in ds and "WindowWidth" in ds:  # the source's windows, all of them (copied above)
+        return
     level, width = level_width(SCAN_WINDOW, volume.metadata)  # the source's own, else the default preset
     ds.WindowCenter, ds.WindowWidth = _ds_str(float(level)), _ds_str(float(width))
+    if "WindowCenterWidthExplanation" in ds:
+        del ds.WindowCenterWidthExplanation
 
 
 def _slice_dataset(
