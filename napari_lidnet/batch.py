@@ -6,7 +6,8 @@ outputs are removed first). Output names are stable and unique: ``<description>_
 the series UID>`` (for a NIfTI file: its name and its path under the input folder; its denoised output is a
 ``.nii.gz``); two inputs that would still share a name are refused before anything is written. A series that
 cannot be read (or holds NaN) is reported in ``BatchReport.failed`` while the others are processed; one that is
-not CT in HU (another modality, or values that do not look like HU) in ``BatchReport.not_ct``, left out for good.
+not CT in HU (another modality, or values that do not look like HU), or was written by this program (a denoised
+series: it would be denoised twice), in ``BatchReport.left_out``, for good.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class BatchReport:
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # one line per series not processed, naming it and why
-    not_ct: list[str] = field(default_factory=list)  # one line per series left out for good: not CT in HU
+    left_out: list[str] = field(default_factory=list)  # one line per series left out for good (not CT in HU, ours)
 
 
 def output_name(description: str, uid: str) -> str:
@@ -83,11 +84,11 @@ class _SeriesReader:
             try:
                 check_hu_scale(vol.hu, what)
             except ValueError as exc:
-                return i, NotCT(one_line(str(exc)))
+                return i, LeftOut(one_line(str(exc)))
         return i, vol
 
 
-class NotCT(str):
+class LeftOut(str):
     """Why a series is left out for good (it is not CT in HU), as opposed to a failure a re-run may mend."""
 
 
@@ -156,13 +157,20 @@ def _not_batch_outputs(out_dir: Path, task: str) -> list[str]:
     return [p.name for p in sorted(out_dir.iterdir()) if not p.name.startswith(".") and not written(p)]
 
 
+def _ours(ds: Any) -> bool:
+    """Whether a DICOM slice was written by napari-lidnet (its Contributing Equipment names it)."""
+    equipment = ds.get("ContributingEquipmentSequence", [])
+    return any(str(item.get("Manufacturer", "")) == "napari-lidnet" for item in equipment)
+
+
 def _inputs(series: dict, niftis: list[Path], root: Path) -> list[tuple[str, Any, str, str]]:
     """(key, source, description, modality) of every input: DICOM series (source: their headers) by UID, then NIfTI
-    files (source: the path) by their path under ``root``."""
+    files (source: the path) by their path under ``root``. A series this program wrote has modality "ours"."""
     items = []
     for uid, headers in sorted(series.items()):
         ds0 = headers[0].ds
-        items.append((uid, headers, str(ds0.get("SeriesDescription", "") or ""), str(ds0.get("Modality", "") or "")))
+        modality = "ours" if _ours(ds0) else str(ds0.get("Modality", "") or "")
+        items.append((uid, headers, str(ds0.get("SeriesDescription", "") or ""), modality))
     for path in niftis:
         items.append((path.relative_to(root).as_posix(), path, nifti_stem(path), "CT"))
     return items
@@ -179,8 +187,10 @@ def _plan(items: list, out_dir: Path, task: str, report: BatchReport, progress: 
         names[name.casefold()] = key
         suffix = ".csv" if task == "detect" else ".nii.gz" if isinstance(source, Path) else ""
         final = out_dir / f"{name}{suffix}"
-        if modality not in CT_MODALITIES:
-            report.not_ct.append(f"series {desc!r} ({key}): modality {modality!r} is not CT; not processed")
+        if modality == "ours":
+            report.left_out.append(f"series {desc!r} ({key}): written by napari-lidnet; not processed again")
+        elif modality not in CT_MODALITIES:
+            report.left_out.append(f"series {desc!r} ({key}): modality {modality!r} is not CT; not processed")
         elif final.exists():
             report.skipped.append(final)
             if progress:
@@ -264,14 +274,14 @@ def run_batch(
         loader = DataLoader(reader, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is)
         for i, vol in loader:
             final, _headers, _desc = todo[i]
-            if isinstance(vol, NotCT):
-                report.not_ct.append(str(vol))
+            if isinstance(vol, LeftOut):
+                report.left_out.append(str(vol))
             elif isinstance(vol, str):
                 report.failed.append(vol)
             else:
                 _run_one(task, vol, final, todo[i][2], report, model, device, threshold, model_name, remove_sd)
             if progress:
-                done = len(report.skipped) + len(report.written) + len(report.failed) + len(report.not_ct)
+                done = len(report.skipped) + len(report.written) + len(report.failed) + len(report.left_out)
                 progress(done, len(items), final.name)
     finally:
         if created and not any(p.name != MARKER for p in out_dir.iterdir()):  # nothing written: nothing left

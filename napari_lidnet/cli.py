@@ -301,9 +301,9 @@ def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
     finally:
         bar.close()
     done = f"{len(report.written)} written, {len(report.skipped)} already complete (skipped) in {out}"
-    if report.not_ct:  # left out for good: a re-run would not change it
-        n = len(report.not_ct)
-        print(f"note: {n} series left out, not CT in HU (first: {report.not_ct[0]})", file=sys.stderr)
+    if report.left_out:  # left out for good: a re-run would not change it
+        n = len(report.left_out)
+        print(f"note: {n} series left out (first: {report.left_out[0]})", file=sys.stderr)
     if report.failed:
         n = len(report.failed)
         raise ValueError(f"{n} series not processed (first: {report.failed[0]}); {done}; run again to retry")

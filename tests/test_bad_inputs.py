@@ -270,7 +270,7 @@ def test_all_series_reports_series_that_cannot_be_read(corpus, models, tmp_path,
     assert rc == 2 and len(errors) == 1 and lines[-1] == errors[0], lines
     assert re.search(r"6 series not processed \(first: .*\); 3 written, 0 already complete", errors[0]), errors
     notes = [ln for ln in lines if ln.startswith("note: ")]  # the MR series: left out for good, not a failure
-    assert len(notes) == 1 and re.match(r"note: 1 series left out, not CT in HU \(first: .*'MR' is not CT", notes[0])
+    assert len(notes) == 1 and re.match(r"note: 1 series left out \(first: .*'MR' is not CT", notes[0])
     assert all(ln.startswith("lidnet detect: warning: ") for ln in lines[:-1] if ln not in notes)  # garbage, copy
     assert len(list(out.glob("*.csv"))) == 3 and snapshot(corpus) == before
     rc, lines = run_cli(capsys, *args, "--workers", "0")  # again: finished outputs are kept, not redone
@@ -651,11 +651,11 @@ def test_inputs_that_do_not_say_ct_must_look_like_hu(tmp_path, models, capsys):
     assert snapshot(tmp_path / "in") == before and not list(tmp_path.glob("o.*"))
     report = batch.run_batch(tmp_path / "in", tmp_path / "out", "denoise", load_weights(models / "tiny_denoiser")[0])
     assert len(report.written) == 1 and report.written[0].name.startswith("ct_"), report
-    assert len(report.not_ct) == 1 and not report.failed
-    assert report.not_ct[0].startswith("t1.nii.gz: no pixel below -50 HU")
+    assert len(report.left_out) == 1 and not report.failed
+    assert report.left_out[0].startswith("t1.nii.gz: no pixel below -50 HU")
     args = ["denoise", tmp_path / "in", tmp_path / "out2", "--all-series", *MODEL_ARGS["denoise"], "--device", "cpu"]
     rc, lines = run_cli(capsys, *args)  # left out for good is not a failure: a re-run would not change it
-    assert rc == 0 and lines[-2].startswith("note: 1 series left out, not CT in HU (first: t1.nii.gz"), lines
+    assert rc == 0 and lines[-2].startswith("note: 1 series left out (first: t1.nii.gz: no pixel below -50"), lines
 
 
 def test_option_mistakes_get_plain_messages(corpus, capsys):

@@ -123,7 +123,7 @@ def test_a_batch_that_writes_nothing_leaves_nothing(tmp_path):
     """Every series fails (here: not CT): the run reports it, and the output folder it made is gone again."""
     write_series(tmp_path / "mr", synthetic_hu((2, 16, 16)), series_uid=generate_uid(), modality="MR")
     report = run_batch(tmp_path / "mr", tmp_path / "out", "denoise", _denoiser())
-    assert report.not_ct and not report.failed and not report.written and not (tmp_path / "out").exists()
+    assert report.left_out and not report.failed and not report.written and not (tmp_path / "out").exists()
     (tmp_path / "mine").mkdir()  # a folder the user made stays
     run_batch(tmp_path / "mr", tmp_path / "mine", "denoise", _denoiser())
     assert (tmp_path / "mine").is_dir()
@@ -218,3 +218,16 @@ def test_one_nifti_file_is_a_batch_of_one(archive, tmp_path):
     write_nifti(tmp_path / "niis" / "a.nii.gz", vol)
     with pytest.raises(ValueError, match=r"holds 1 NIfTI file\(s\) \(a.nii.gz, ...\).*--all-series"):
         open_ct(tmp_path / "niis")
+
+
+def test_series_this_program_wrote_are_left_out_of_a_batch(archive, tmp_path):
+    """Review 2026-12-05: a batch over a folder that also held an earlier denoised output denoised it again (and
+    detected on it). Series whose Contributing Equipment is napari-lidnet are left out with a note."""
+    import shutil
+
+    first = run_batch(archive, tmp_path / "den", "denoise", _denoiser())
+    shutil.copytree(archive, tmp_path / "both" / "scans")
+    shutil.copytree(first.written[0], tmp_path / "both" / "denoised")
+    report = run_batch(tmp_path / "both", tmp_path / "boxes", "detect", LesionDetector(width=4).eval())
+    assert len(report.written) == len(first.written) and not report.failed
+    assert len(report.left_out) == 1 and "written by napari-lidnet; not processed again" in report.left_out[0]
