@@ -399,9 +399,9 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     if args.all_series:
         return _cmd_batch(args, "detect", args.out)
     out = Path(args.out)
+    check_new_output(out, args.input)
     if out.suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"{out}: boxes are written as .csv or .json; give a file name with one of those endings")
-    check_new_output(out, args.input)
     vol = _open_single(args.input, args.series)
     model, dev, card = _load(args.model, "detector", args.device)
     threshold = _threshold(args, card)

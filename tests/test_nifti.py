@@ -225,3 +225,15 @@ def test_box_centres_in_patient_mm_find_the_same_voxel_in_a_ras_file(dicom_volum
     dcm = json.loads((tmp_path / "dcm.json").read_text())["boxes"]
     for box, nii in zip(dcm, boxes["boxes"]):
         assert box["lps_z_mm"] == pytest.approx(box["z_mm"]) and box["lps_x_mm"] == pytest.approx(nii["lps_x_mm"])
+
+
+def test_what_nibabel_fixes_in_a_header_is_a_note_not_a_stray_line(tmp_path: Path, capfd) -> None:
+    """Review 2026-12-05: a header with voxel size 0 made nibabel print an unprefixed line, and the 1 mm it
+    assumed was said nowhere. It is now one of the reader's notes (a warning the command line prints)."""
+    img = nib.Nifti1Image(np.full((4, 5, 6), -1000.0, np.float32), np.eye(4))
+    img.header["pixdim"][1:4] = 0
+    nib.save(img, str(tmp_path / "zero.nii"))
+    capfd.readouterr()
+    with pytest.warns(UserWarning, match=r"zero.nii: header fixed when read: pixdim\[1,2,3\] should be non-zero"):
+        vol = read_nifti(tmp_path / "zero.nii")
+    assert vol.spacing == (1.0, 1.0, 1.0) and "pixdim" not in capfd.readouterr().err

@@ -11,7 +11,11 @@ the output voxel for voxel).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +42,31 @@ def nifti_stem(path: str | Path) -> str:
     return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
 
 
+@contextlib.contextmanager
+def _nibabel_fixes() -> Iterator[list[str]]:
+    """Collect (instead of printing) what nibabel's logger says while a header is read and fixed."""
+    logger = logging.getLogger("nibabel.global")
+    said: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+
+    saved, logger.handlers = logger.handlers, [_Collect()]
+    try:
+        yield said
+    finally:
+        logger.handlers = saved
+
+
 def _load(path: Path) -> tuple[Any, np.ndarray]:
     """(nibabel image, float32 data with trailing 1-long axes dropped); ValueError naming the file otherwise."""
     import nibabel as nib
 
     try:
-        img = nib.load(str(path))
+        with _nibabel_fixes() as fixes:  # the header fixes nibabel logs ("setting 0 dims to 1") become our notes
+            img = nib.load(str(path))
+        img.extra["lidnet_fixes"] = fixes
         shape = tuple(int(v) for v in img.shape)
         while len(shape) > 3 and shape[-1] == 1:
             shape = shape[:-1]
@@ -97,6 +120,7 @@ def read_nifti(path: str | Path) -> CTVolume:
     if not np.all(np.isfinite(spacing_xyz) & (spacing_xyz > 0)):
         notes.append(f"{path.name}: the header's voxel size is unusable; sizes in mm assume 1 mm voxels")
         aff[:3, :3], spacing_xyz = np.eye(3), np.ones(3)
+    notes.extend(f"{path.name}: header fixed when read: {fix}" for fix in src.extra.get("lidnet_fixes", []))
     codes = [int(src.header.get("qform_code", 0)), int(src.header.get("sform_code", 0))]
     if not any(codes):
         notes.append(f"{path.name}: the header gives no patient orientation (qform and sform codes 0)")
@@ -107,6 +131,8 @@ def read_nifti(path: str | Path) -> CTVolume:
         "shape": [int(v) for v in data.shape],
         "codes": codes,
     }
+    for note in notes:  # said as DICOM's notes are (the command line prints them as warnings)
+        warnings.warn(note, UserWarning, stacklevel=2)
     direction = aff[:3, :3] / spacing_xyz
     sx, sy, sz = (float(v) for v in spacing_xyz)
     px, py, pz = (float(v) for v in aff[:3, 3])
