@@ -223,6 +223,21 @@ def _write_one(
         write_volume_boxes(partial, rows, vol, row_lesions(rows))
 
 
+def _find_inputs(root: Path) -> tuple[dict, list[Path]]:
+    """(DICOM series by UID, NIfTI files) under ``root``, a folder or one file; ValueError when there is none."""
+    from napari_lidnet.io.dicom_read import scan_dicom
+
+    if root.is_file() and is_nifti(root):
+        return {}, [root]
+    niftis = sorted(p for p in root.rglob("*") if is_nifti(p) and p.is_file()) if root.is_dir() else []
+    try:
+        return scan_dicom(root).series, niftis
+    except ValueError:
+        if not niftis:
+            raise
+        return {}, niftis  # a folder of NIfTI files only
+
+
 def run_batch(
     root: str | Path,
     out_dir: str | Path,
@@ -245,8 +260,6 @@ def run_batch(
     """
     from torch.utils.data import DataLoader
 
-    from napari_lidnet.io.dicom_read import scan_dicom
-
     if task not in ("denoise", "detect"):
         raise ValueError(f"unknown batch task {task!r}; use 'denoise' or 'detect'")
     if workers < 0:
@@ -254,17 +267,7 @@ def run_batch(
     check_remove_sd(remove_sd)
     root = Path(root)
     base = root if root.is_dir() else root.parent  # NIfTI outputs are named by their path under it
-    if root.is_file() and is_nifti(root):
-        niftis, series = [root], {}  # one NIfTI file
-    else:
-        niftis = sorted(p for p in root.rglob("*") if is_nifti(p) and p.is_file()) if root.is_dir() else []
-        try:
-            series = scan_dicom(root).series
-        except ValueError:
-            if not niftis:
-                raise
-            series = {}  # a folder of NIfTI files only
-    items = _inputs(series, niftis, base)
+    items = _inputs(*_find_inputs(root), base)
     out_dir = Path(out_dir)
     report = BatchReport()
     todo = _plan(items, out_dir, task, report, progress)  # refuses name collisions before anything is written

@@ -701,8 +701,8 @@ def _adapt_report(rec: dict[str, Any], line_open: bool) -> bool:
         if sys.stderr.isatty():  # one rewritten line on a terminal
             print(f"\r{text} ", end="", file=sys.stderr, flush=True)
             return True
-        step, total = rec["step"], rec["total_steps"]  # in a log: a line per tenth of the steps
-        if step == total or (10 * step) // max(total, 1) > (10 * (step - 1)) // max(total, 1):
+        step, total = rec["step"], rec["total_steps"]  # in a log: the first step, then a line per tenth
+        if step in (1, total) or (10 * step) // max(total, 1) > (10 * (step - 1)) // max(total, 1):
             print(text, file=sys.stderr, flush=True)
         return False
     if stage in ("prepare", "export"):
