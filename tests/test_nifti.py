@@ -237,3 +237,19 @@ def test_what_nibabel_fixes_in_a_header_is_a_note_not_a_stray_line(tmp_path: Pat
     with pytest.warns(UserWarning, match=r"zero.nii: header fixed when read: pixdim\[1,2,3\] should be non-zero"):
         vol = read_nifti(tmp_path / "zero.nii")
     assert vol.spacing == (1.0, 1.0, 1.0) and "pixdim" not in capfd.readouterr().err
+
+
+def test_a_nifti_of_whole_hu_gives_a_nifti_of_whole_hu(dicom_volume: CTVolume, tmp_path: Path) -> None:
+    """Review 2026-12-05: every NIfTI output was float32, a 34 MB int32 scan gave a 107 MB .nii.gz. Read from a file
+    of integers, a derived file stores int16 whole HU (rounded, as DICOM does); from floats, float32 as before."""
+    src = as_ras_nifti(dicom_volume, tmp_path / "int.nii.gz", np.int16, inter=-1024.0)
+    vol = read_nifti(src)
+    denoised = vol.hu + np.float32(0.4) * np.sign(vol.hu)  # sub-HU changes, as a denoiser makes
+    out = write_nifti(tmp_path / "out.nii.gz", replace(vol, hu=denoised))
+    img = nib.load(str(out))
+    assert img.get_data_dtype() == np.int16 and img.header.get_slope_inter() in ((None, None), (1.0, 0.0))
+    np.testing.assert_array_equal(read_nifti(out).hu, np.rint(denoised))
+    np.testing.assert_allclose(img.affine, nib.load(str(src)).affine, atol=1e-6)
+    floats = write_nifti(tmp_path / "f.nii.gz", replace(read_nifti(as_ras_nifti(dicom_volume, tmp_path / "f_in.nii")),
+                                                        hu=denoised))  # fmt: skip
+    assert nib.load(str(floats)).get_data_dtype() == np.float32

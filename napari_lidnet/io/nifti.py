@@ -130,6 +130,7 @@ def read_nifti(path: str | Path) -> CTVolume:
         "affine": np.asarray(src.affine, dtype=float).tolist(),
         "shape": [int(v) for v in data.shape],
         "codes": codes,
+        "integers": src.get_data_dtype().kind in "iu",  # stored whole HU: derived files store them so too
     }
     for note in notes:  # said as DICOM's notes are (the command line prints them as warnings)
         warnings.warn(note, UserWarning, stacklevel=2)
@@ -176,13 +177,29 @@ def _as_stored(img: Any, stored: Any) -> Any | None:
     return out
 
 
+def _whole_hu(img: Any, stored: Any) -> Any:
+    """``img`` as int16 whole HU (rounded, scaling 1 and 0), as DICOM stores them, when the NIfTI file it was read
+    from stored integers and the values fit; else ``img`` itself (float32)."""
+    import nibabel as nib
+
+    data = np.asarray(img.dataobj)
+    if not (isinstance(stored, dict) and stored.get("integers")) or not -32768 <= data.min() <= data.max() <= 32767:
+        return img
+    out = nib.Nifti1Image(np.rint(data).astype(np.int16), None)
+    out.set_sform(img.get_sform(coded=False), code=int(img.header["sform_code"]))
+    out.set_qform(img.get_qform(coded=False), code=int(img.header["qform_code"]))
+    out.header.set_slope_inter(1.0, 0.0)
+    return out
+
+
 def _refuse_existing(out: Path) -> None:
     if out.exists():
         raise FileExistsError(f"{out} already exists; outputs never overwrite: choose a new path")
 
 
 def write_nifti(out: str | Path, volume: CTVolume) -> Path:
-    """Write ``volume`` as a new NIfTI file: float32 HU, its LPS geometry as a RAS+ sform (and qform when the axes
+    """Write ``volume`` as a new NIfTI file: float32 HU (int16 whole HU when read from a NIfTI file of integers),
+    its LPS geometry as a RAS+ sform (and qform when the axes
     are orthogonal: a qform cannot hold a gantry-tilt shear). Never replaces a file; written under a temporary name
     and linked into place, so an interrupted write leaves no file under ``out``."""
     import nibabel as nib
@@ -200,6 +217,7 @@ def write_nifti(out: str | Path, volume: CTVolume) -> Path:
         cols = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
         img.set_sform(affine, code=1)  # scanner anatomical
         img.set_qform(affine, code=1 if np.allclose(cols.T @ cols, np.eye(3), atol=1e-6) else 0)
+    img = _whole_hu(img, volume.metadata.get("nifti_stored"))
     img.header.set_xyzt_units("mm")
     img.header["descrip"] = b"napari-lidnet"
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}{''.join(out.suffixes)}")
