@@ -25,15 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from napari_lidnet.io.checks import check_finite, check_hu_scale, one_line
+from napari_lidnet.io.checks import CT_MODALITIES, check_finite, check_hu_scale, one_line
 from napari_lidnet.io.nifti import is_nifti, nifti_stem
 from napari_lidnet.strength import check_remove_sd
 
 PARTIAL = ".partial-"
 MARKER = ".lidnet-batch"  # in a batch output folder: the task and settings that write there (a re-run finishes it)
 Progress = Callable[[int, int, str], None]
-#: modalities processed (OT: secondary captures of CT; empty: the tag is missing)
-CT_MODALITIES = ("CT", "OT", "")
 
 
 @dataclass

@@ -89,19 +89,19 @@ def _open_single(path: str, series_uid: str | None = None):
     """The first (largest) CT volume at ``path``, or series ``series_uid``; refused when it is not CT (another
     modality, or values that do not look like HU in a file that does not say CT), holds NaN or infinite values, or
     is blank."""
-    from napari_lidnet.batch import CT_MODALITIES
-    from napari_lidnet.io.checks import check_finite, check_hu_scale
+    from napari_lidnet.io.checks import CT_MODALITIES, check_finite, not_ct_note
     from napari_lidnet.io.open_ct import open_ct
 
     with warnings.catch_warnings(record=True) as caught:  # shown only when the input is usable
         warnings.simplefilter("always")
         volumes = open_ct(path, series_uid)
     modality = str(volumes[0].metadata.get("modality", "") or "")
-    if modality not in CT_MODALITIES:
-        raise ValueError(f"{path}: modality {modality!r} is not CT; the LIDnet models are made for CT in HU")
+    if modality not in CT_MODALITIES:  # said first: an MR series is not "CT with NaN"
+        raise ValueError(not_ct_note(modality, volumes[0].hu, path))
     check_finite(volumes[0].hu, path)
-    if modality != "CT":  # NIfTI, arrays, secondary captures: nothing says CT, so the values must look like HU
-        check_hu_scale(volumes[0].hu, path)
+    note = not_ct_note(modality, volumes[0].hu, path)  # NIfTI, arrays, captures: the values must look like HU
+    if note:
+        raise ValueError(note)
     for w in caught:
         warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if len(volumes) > 1:

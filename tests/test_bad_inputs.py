@@ -575,6 +575,22 @@ def test_denoise_widget_refuses_nan(make_napari_viewer, qtbot, models):
     assert "NaN" in widget.status.text() and [ly.name for ly in viewer.layers] == ["nan"]
 
 
+def test_denoise_widget_refuses_what_is_not_ct_as_the_command_line_does(make_napari_viewer, qtbot, models, corpus):
+    """Review 2026-12-05: an MR series opened as a layer named "CT ...", was denoised and exported as CT, while the
+    command line refused it. The dock refuses another modality, and an image that nothing says is CT whose values
+    do not look like HU; the MR layer is named by its modality."""
+    viewer = make_napari_viewer()
+    viewer.open(str(corpus / "dicom" / "mr"), plugin="napari-lidnet")
+    viewer.add_image(np.random.default_rng(0).uniform(2, 1600, (2, 16, 16)).astype(np.float32), name="t1 array")
+    widget = _denoise_widget(viewer, qtbot, models)
+    mr = viewer.layers[0]
+    assert mr.metadata["modality"] == "MR"
+    for name, says in ((mr.name, "modality 'MR' is not CT"), ("t1 array", "no pixel below -50 HU")):
+        widget.image_combo.setCurrentText(name)
+        assert widget.run() is None, name
+        assert says in widget.status.text() and len(viewer.layers) == 2
+
+
 def test_roi_compare_notes_nan_pixels(make_napari_viewer, qtbot):
     from napari_lidnet._widgets.roi_compare import ROICompareWidget
 

@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..io.checks import nonfinite_note
+from ..io.checks import nonfinite_note, not_ct_note
 from ..io.volume import n_slices
 from ..layer_data import boxes_to_shapes, removed_noise, removed_noise_kwargs
 from ._docking import DockHome, scroll_layout
@@ -420,6 +420,10 @@ class DenoiseDetectWidget(QWidget):
         note = nonfinite_note(hu, repr(layer.name))
         if note:
             self._message(f"{note}; CT input must be finite HU", error=True)
+            return None
+        note = not_ct_note(str(layer.metadata.get("modality", "") or ""), hu, repr(layer.name))
+        if note:  # as the command line refuses it: another modality, or values that are not HU
+            self._message(note, error=True)
             return None
         remove_sd = self.remove_sd
         self._pending = {"layer": layer, "slices": slices, "remove_sd": remove_sd}

@@ -64,6 +64,21 @@ def constant_note(hu: np.ndarray, what: str) -> str | None:
 
 #: CT in HU shows air (-1000) or fat (-100) somewhere; an image with nothing below this is not CT in HU
 LOWEST_CT_HU = -50.0
+#: modalities processed (OT: secondary captures of CT; empty: the tag is missing, or not DICOM)
+CT_MODALITIES = ("CT", "OT", "")
+
+
+def not_ct_note(modality: str, hu: np.ndarray, what: str) -> str | None:
+    """Why an image is not CT in HU (another modality; or, when nothing says CT, no pixel below
+    ``LOWEST_CT_HU``), or None."""
+    if modality not in CT_MODALITIES:
+        return f"{what}: modality {modality!r} is not CT; the LIDnet models are made for CT in HU"
+    if modality != "CT":
+        try:
+            check_hu_scale(hu, what)
+        except ValueError as exc:
+            return str(exc)
+    return None
 
 
 def check_hu_scale(hu: np.ndarray, what: str) -> None:

@@ -715,7 +715,7 @@ def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> C
         raise ValueError(f"{label} mixes multi-frame files with other files; read them one at a time")
     direction = np.stack([row_cos, col_cos, stack_dir], axis=1)
     first = None if pos is None else pos[0]
-    name = metadata["series_description"] or f"CT {metadata['series_uid'][-8:]}"
+    name = metadata["series_description"] or f"{modality or 'CT'} {metadata['series_uid'][-8:]}"
     if hu.shape[0] == 1:
         origin2 = (float(first[1]), float(first[0])) if first is not None else None
         return CTVolume(hu[0], (float(ps[0]), float(ps[1])), origin2, direction, name=name, metadata=metadata)
