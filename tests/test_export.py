@@ -106,6 +106,22 @@ def test_dicom_export_current_slice_and_plain_array(make_napari_viewer, qtbot, t
     np.testing.assert_allclose(back.origin, plain.translate, atol=1e-3)
 
 
+def test_a_simulated_low_dose_says_so_in_what_it_exports(make_napari_viewer, qtbot, tmp_path: Path, model_dir: Path) -> None:  # noqa: F811,E501
+    """Review 2026-12-05: the denoised result of Load CT's simulated 25% dose went into the patient's study named
+    like a denoised clinical series. Its description (and derivation) now start with the simulation."""
+    viewer = make_napari_viewer()
+    layer, _ = add_dicom_layer(viewer, dicom_ct(tmp_path / "src"))
+    meta = {**layer.metadata, "dose": 0.25, "simulated_dose": 0.25, "simulated_seed": 7}  # as Load CT's Simulate
+    viewer.add_image(layer.data, name="lowdose 25% dose", scale=layer.scale, translate=layer.translate, metadata=meta)
+    widget = make_widget(viewer, qtbot)
+    widget.image_combo.setCurrentText("lowdose 25% dose")
+    widget.detector_combo.setCurrentText("(none)")
+    run_and_wait(widget, qtbot)
+    ds = pydicom.dcmread(widget.export_dicom(tmp_path / "out")[0])
+    assert ds.SeriesDescription.startswith("SIMULATED 25% dose seed 7: lowdose denoised"), ds.SeriesDescription
+    assert "SIMULATED 25% dose" in ds.DerivationDescription
+
+
 def test_boxes_csv_and_json(make_napari_viewer, qtbot, tmp_path: Path, model_dir: Path) -> None:  # noqa: F811
     viewer = make_napari_viewer()
     add_ct(viewer, phantom(n=4)[0])
@@ -127,9 +143,17 @@ def test_boxes_csv_and_json(make_napari_viewer, qtbot, tmp_path: Path, model_dir
     dy, dx = widget._last["layer"].scale[-2:]  # sizes in mm from the image's pixel size
     np.testing.assert_allclose([b["width_mm"] for b in doc["boxes"]], (shown[:, 3] - shown[:, 1]) * dx, atol=0.006)
     np.testing.assert_allclose([b["height_mm"] for b in doc["boxes"]], (shown[:, 4] - shown[:, 2]) * dy, atol=0.006)
+    # what made the boxes (review 2026-12-05: only the input was recorded)
+    assert doc["threshold"] == pytest.approx(widget.threshold, abs=1e-4) and "tiny" in doc["detector"]
+    assert doc["spacing_mm"] == [float(v) for v in widget._last["layer"].scale] and "remove_sd" in doc
     before = (tmp_path / "boxes.csv").read_bytes()
     assert widget.export_boxes(tmp_path / "boxes.csv") is None and "already exists" in widget.status.text()
     assert (tmp_path / "boxes.csv").read_bytes() == before
+    viewer.add_image(phantom(n=4)[0], name="pixels")  # no voxel size: no "mm" columns holding pixels
+    widget.image_combo.setCurrentText("pixels")
+    run_and_wait(widget, qtbot)
+    header = widget.export_boxes(tmp_path / "px.csv").read_text().splitlines()[0]
+    assert header.startswith("slice,x1,y1,x2,y2,score") and "_mm" not in header
 
 
 def test_nifti_export_keeps_geometry(make_napari_viewer, qtbot, tmp_path: Path, model_dir: Path) -> None:  # noqa: F811

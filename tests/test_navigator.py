@@ -410,3 +410,20 @@ def test_a_box_drawn_after_a_rejection_does_not_take_the_rejected_detection(case
     _run(viewer, image, DETECTIONS, "run 3")
     on_3 = sorted((f.status, f.score) for f in widget.findings if f.slice == 3)
     assert [st for st, _ in on_3] == ["added", "rejected"] and dict(on_3)["added"] is None
+
+
+def test_an_image_without_a_voxel_size_is_measured_in_pixels(make_napari_viewer) -> None:
+    """Review 2026-12-05: over an image added with no voxel size (scale 1, not a CT layer) the table said "mm" for
+    pixel values while the calipers said "px". Its headers say px there, mm over a CT layer."""
+    from napari_lidnet.io.volume import CTVolume
+
+    viewer = make_napari_viewer()
+    plain = CTVolume(synthetic_hu((5, 24, 32), seed=3), (1.0, 1.0, 1.0))
+    widget, image, _ = open_with_boxes(viewer, plain)
+    image.metadata.pop("hu", None)  # as napari's own reader adds an array: nothing says it is CT
+    widget._fill_table()
+    headers = [widget.table.horizontalHeaderItem(i).text() for i in range(len(COLUMNS))]
+    assert "long (px)" in headers and "centre z, y, x (px)" in headers and not any("(mm)" in h for h in headers)
+    image.metadata["hu"] = True
+    widget._fill_table()
+    assert widget.table.horizontalHeaderItem(COL["long_mm"]).text() == "long (mm)"

@@ -51,6 +51,12 @@ def is_ct_image(layer: Any) -> bool:
     return bool((layer.metadata or {}).get("hu"))
 
 
+def has_voxel_size(layer: Any) -> bool:
+    """Whether the layer's scale is a voxel size in mm: a CT layer, or an image someone gave a scale other than 1
+    (an image with neither is measured in its pixels, "px")."""
+    return is_ct_image(layer) or bool(np.any(np.asarray(getattr(layer, "scale", [1.0])) != 1.0))
+
+
 def recorded_dose(layer: Any) -> float | None:
     """The dose fraction the layer's metadata records (1.0 normal dose; simulated and sample layers), else None."""
     dose = (getattr(layer, "metadata", None) or {}).get("dose")

@@ -38,7 +38,17 @@ from ..io.volume import n_slices
 from ..layer_data import boxes_to_shapes, removed_noise, removed_noise_kwargs
 from ._docking import DockHome, scroll_layout
 from ._layer_watch import LayerWatch, renamed_to
-from ._roles import DETECTIONS, NOISE, ROLE, derived_name, lidnet_info, model_item, pair_name, source_key
+from ._roles import (
+    DETECTIONS,
+    NOISE,
+    ROLE,
+    derived_name,
+    has_voxel_size,
+    lidnet_info,
+    model_item,
+    pair_name,
+    source_key,
+)
 from ._worker_utils import (
     Failure,
     JobOutput,
@@ -830,6 +840,9 @@ class DenoiseDetectWidget(QWidget):
 
         src = self._last["layer"]
         base = src.metadata.get("series_description") or src.name
+        dose = src.metadata.get("simulated_dose")
+        if dose is not None:  # said first (the description is cut at 64 characters): not a clinical low-dose scan
+            base = f"SIMULATED {float(dose):.0%} dose seed {src.metadata.get('simulated_seed', '?')}: {base}"
         desc = denoised_description(base, self._last["labels"][0] or "", self._last.get("remove_sd"))
         if not background:
             return self._dicom_written(folder, _write_series(vol, folder, desc))
@@ -877,9 +890,14 @@ class DenoiseDetectWidget(QWidget):
         n = n_slices(src.data)
         slices = slice_columns(src.metadata, n)
         geometry = (src.metadata.get("affine_lps"), per_slice(src.metadata, "slice_ipp", n))  # from the reader
-        about = {"input": src.metadata.get("source") or src.name}
+        den, det = self._last["labels"]
+        about = {"input": src.metadata.get("source") or src.name, "layer": src.name, "detector": det,
+                 "denoised_first_by": den or None, "remove_sd": self._last.get("remove_sd"),
+                 "threshold": round(float(self.threshold), 4), "spacing_mm": [float(v) for v in src.scale],
+                 "series_uid": src.metadata.get("series_uid")}  # fmt: skip
         try:
-            out = write_boxes_csv(path, rows, slices, row_lesions(rows), src.scale[-2:], *geometry, about)
+            pixel_mm = src.scale[-2:] if has_voxel_size(src) else None  # no "mm" columns holding pixels
+            out = write_boxes_csv(path, rows, slices, row_lesions(rows), pixel_mm, *geometry, about)
         except (OSError, ValueError) as exc:
             self._message(f"box export failed: {exc}", error=True)
             return None

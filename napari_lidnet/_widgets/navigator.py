@@ -46,6 +46,7 @@ from ._roles import (
     REVIEWED,
     ROLE,
     derived_name,
+    has_voxel_size,
     is_ct_image,
     is_shapes,
     lidnet_info,
@@ -445,6 +446,8 @@ class LesionNavigatorWidget(QWidget):
         t.setSortingEnabled(False)
         t.setRowCount(len(self.findings))
         image = self.image_layer
+        unit = "mm" if image is None or has_voxel_size(image) else "px"  # as the calipers say over that image
+        t.setHorizontalHeaderLabels([h.replace("(mm)", f"({unit})") for _, h in COLUMNS])
         instances = per_slice(image.metadata or {}, "instance_numbers", n_slices(image.data)) if image else None
         lesions = lesion_groups(self.findings)
         sizes = Counter(lesions.values())
