@@ -79,6 +79,17 @@ REMOVE_SD_MAX = 200.0
 NO_NOISE_HU = 0.5
 
 
+def _input_problem(layer: Any, hu: np.ndarray | None) -> str | None:
+    """Why the dock does not run on ``layer`` (its HU ``hu``; None when it is not 2D or 3D), as the command line
+    refuses it: its dimensions, NaN or infinite pixels, another modality or values that are not HU; else None."""
+    if hu is None:
+        return f"layer {layer.name!r} has {layer.ndim} dimensions; expected a 2D slice or 3D volume"
+    note = nonfinite_note(hu, repr(layer.name))
+    if note:
+        return f"{note}; CT input must be finite HU"
+    return not_ct_note(str(layer.metadata.get("modality", "") or ""), hu, repr(layer.name))
+
+
 class DenoiseDetectWidget(QWidget):
     """Denoise + detect on the selected CT image layer; outputs "<name> denoised", "<name> lesions" and optionally
     "<name> removed noise". Public methods (``run``, ``cancel``, ``refresh_models``, ``export_dicom``,
@@ -410,8 +421,10 @@ class DenoiseDetectWidget(QWidget):
         if layer is None:
             self._message("no CT image layer: open a CT series or add the sample data first", error=True)
             return None
-        if layer.ndim not in (2, 3):
-            self._message(f"layer {layer.name!r} has {layer.ndim} dimensions; expected a 2D slice or 3D volume", True)
+        hu = np.asarray(layer.data, dtype=np.float32) if layer.ndim in (2, 3) else None
+        problem = _input_problem(layer, hu)
+        if problem:
+            self._message(problem, error=True)
             return None
         den, det = self.denoiser_combo.currentData(), self.detector_combo.currentData()
         if den is None and det is None:
@@ -426,15 +439,6 @@ class DenoiseDetectWidget(QWidget):
             self._cache = ResultCache()
         from napari.qt.threading import create_worker
 
-        hu = np.asarray(layer.data, dtype=np.float32)
-        note = nonfinite_note(hu, repr(layer.name))
-        if note:
-            self._message(f"{note}; CT input must be finite HU", error=True)
-            return None
-        note = not_ct_note(str(layer.metadata.get("modality", "") or ""), hu, repr(layer.name))
-        if note:  # as the command line refuses it: another modality, or values that are not HU
-            self._message(note, error=True)
-            return None
         remove_sd = self.remove_sd
         self._pending = {"layer": layer, "slices": slices, "remove_sd": remove_sd}
         worker = create_worker(
