@@ -607,14 +607,17 @@ def _slice_axis(
         dup = [headers[i + 1].path.name for i in np.flatnonzero(dists < 1e-4)]
         raise ValueError(f"{label} has several slices at the same position ({', '.join(dup[:5])})")
     dz = float(np.median(dists))
-    if np.max(np.abs(dists - dz)) > _SPACING_RTOL * dz + 1e-3:
-        _warn(
-            notes,
-            f"{label}: uneven slice spacing ({dists.min():.3f} to {dists.max():.3f} mm, "
-            f"median {dz:.3f} mm); the volume uses the median",
-        )
     total = pos[-1] - pos[0]
     stack_dir = total / np.linalg.norm(total)
+    if np.max(np.abs(dists - dz)) > _SPACING_RTOL * dz + 1e-3:
+        grid = pos[0] + np.arange(len(pos))[:, None] * dz * stack_dir
+        off = float(np.max(np.linalg.norm(pos - grid, axis=1)))
+        _warn(
+            notes,
+            f"{label}: uneven slice spacing ({dists.min():.3f} to {dists.max():.3f} mm, median {dz:.3f} mm); the "
+            f"viewer stacks the slices on the median, so its positions are up to {off:.1f} mm off beyond a gap "
+            "(the navigator, box exports and DICOM outputs use each slice's own position)",
+        )
     cos = abs(float(np.dot(stack_dir, normal)))
     if cos >= 1 - _TILT_TOL:
         return normal, dz
