@@ -108,6 +108,8 @@ def test_table_matches_pure_functions_refreshes_and_exports(make_napari_viewer, 
     widget.image_list.findItems("coarse", Qt.MatchFlag.MatchExactly)[0].setCheckState(Qt.CheckState.Unchecked)
     wait_new(qtbot, widget, gen)
     assert widget.table.rowCount() == 4
+    headers = [widget.table.horizontalHeaderItem(i).text() for i in range(widget.table.columnCount())]
+    assert {"mean HU", "SD (HU)", "RMSE (HU)", "PSNR (dB)"} <= set(headers)  # units on screen (review 2026-12-05)
 
     # plots run on every kind without raising
     for kind in range(widget.plot_kind.count()):
