@@ -93,6 +93,10 @@ def test_simulate_low_dose_adds_noisier_layer(widget, qtbot):
     assert np.std(low.data[inside]) > np.std(hu[inside]) + 1.0
     np.testing.assert_array_equal(viewer.layers["phantom"].data, hu)
     assert [r.done for r in w.sim_records][-1] == 1 and w.sim_progress.isHidden()
+    body = hu > -500  # says how much noise it added, the SD to remove to compare with the normal dose (review)
+    added = float(np.std((low.data - hu)[body]))
+    assert low.metadata["simulated_added_sd"] == pytest.approx(added, rel=1e-5) and added > 1.0
+    assert f"{added:.1f} HU of noise added in the body" in w.status.text(), w.status.text()
 
 
 def test_simulation_shows_progress_and_cancels_within_one_slice(widget, qtbot):

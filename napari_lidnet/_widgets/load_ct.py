@@ -385,8 +385,11 @@ class LoadCTWidget(QWidget):
         if layer not in self.viewer.layers:
             self._error(f"{layer.name} was removed while simulating; result dropped")
             return
+        normal = np.asarray(layer.data, dtype=np.float32)
+        body = normal > -500.0  # tissue: where the inserted noise matters (air and padding aside)
+        added = float(np.std((np.asarray(result, np.float32) - normal)[body])) if body.any() else float("nan")
         meta = {**layer.metadata, "hu": True, "dose": dose, "simulated_dose": dose, "simulated_seed": seed,
-                "normal_dose": layer.name,
+                "normal_dose": layer.name, "simulated_added_sd": added,
                 "source": f"{layer.name} at {dose:.0%} dose (napari_lidnet.sim, seed {seed})"}  # fmt: skip
         new = self.viewer.add_image(
             np.asarray(result, dtype=np.float32),
@@ -397,7 +400,10 @@ class LoadCTWidget(QWidget):
             colormap="gray",
             metadata=meta,
         )
-        self._info(f"added {new.name} (low-dose partner of {layer.name})")
+        self._info(
+            f"added {new.name} (low-dose partner of {layer.name}): {added:.1f} HU of noise added in the body; to "
+            f"compare with the normal dose, remove that much (Denoise: remove {added:.0f} HU)"
+        )
         show_info(f"added {new.name}")
 
     def _on_sim_finished(self, worker: Any = None) -> None:
