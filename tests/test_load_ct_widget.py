@@ -184,3 +184,12 @@ def test_simulation_source_dose_and_a_restart_after_cancel(widget, qtbot):
     new = viewer.layers["CT 50% dose"]
     assert new.metadata["dose"] == 0.5 and new.metadata["normal_dose"] == "CT"
     assert new.metadata["source"].startswith("CT at 50% dose")
+
+
+def test_a_window_preset_leaves_a_colour_photo_alone(widget):
+    """Review 2026-12-05: with an RGB photo selected, a preset set an HU window on it and turned it white."""
+    viewer, w = widget
+    photo = viewer.add_image(np.full((32, 32, 3), 120, np.uint8), name="photo", rgb=True)
+    before = tuple(photo.contrast_limits)
+    w.apply_preset()
+    assert tuple(photo.contrast_limits) == before and "grayscale image" in w.status.text()

@@ -272,9 +272,9 @@ class LoadCTWidget(QWidget):
     def apply_preset(self) -> None:
         """Set the preset window on the selected image layer (and the CT layers linked to it); data untouched."""
         active = self.viewer.layers.selection.active
-        layer = active if isinstance(active, Image) else self.room.target_ct()  # as keys 1-5: the CT on screen
+        layer = active if isinstance(active, Image) and not active.rgb else self.room.target_ct()  # as keys 1-5
         if layer is None:
-            self._error("open a CT (or select an image layer) to apply a window preset")
+            self._error("open a CT (or select a grayscale image layer) to apply a window preset")
             return
         preset = self.preset_combo.currentText()
         self.room.apply_preset(preset, layer)
