@@ -144,6 +144,8 @@ def test_volume_run_layers_geometry_threshold_and_rerun(make_napari_viewer, qtbo
     np.testing.assert_allclose(noise.data[body], (low - den.data)[body], atol=1e-4)
     assert np.all(noise.data[~body] == 0) and np.abs(low - den.data)[~body].max() > 1  # air: removed, not shown
     assert noise.blending == "translucent" and noise.contrast_limits[0] == -noise.contrast_limits[1]
+    inputs = [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())]
+    assert "low removed noise" not in inputs and "low" in inputs  # an overlay, not an image to denoise (review)
     alpha = noise.colormap.map(np.array([0.0, 0.5, 1.0]))[:, 3]
     np.testing.assert_allclose(alpha, [1.0, 0.0, 1.0])  # nothing removed: transparent, the CT shows
     widget.noise_check.setChecked(False)

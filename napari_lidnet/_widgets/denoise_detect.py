@@ -47,6 +47,7 @@ from ._roles import (
     lidnet_info,
     model_item,
     pair_name,
+    role,
     source_key,
 )
 from ._worker_utils import (
@@ -268,7 +269,8 @@ class DenoiseDetectWidget(QWidget):
     def _image_layers(self) -> list[Image]:
         from napari.layers import Image
 
-        return [ly for ly in self.viewer.layers if isinstance(ly, Image) and not ly.rgb and not ly.multiscale]
+        return [ly for ly in self.viewer.layers
+                if isinstance(ly, Image) and not ly.rgb and not ly.multiscale and role(ly) != NOISE]  # fmt: skip
 
     def _on_layers_changed(self, renamed: dict[str, str] | None = None) -> None:
         self.refresh_layers(renamed)
