@@ -63,7 +63,7 @@ def test_bad_path_shows_message_and_adds_nothing(widget, tmp_path, qtbot):
     assert "not a CT file this plugin reads" in w.status.text()
     assert len(viewer.layers) == 0
     w.apply_window_button.click()
-    assert "select an image layer" in w.status.text()
+    assert "select a grayscale image layer" in w.status.text()
 
 
 def test_broken_dicom_message_names_file(widget, tmp_path, qtbot):
