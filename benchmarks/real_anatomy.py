@@ -456,11 +456,16 @@ def build_methods(args: argparse.Namespace, sigmas: dict[float, float]) -> tuple
 # --------------------------------------------------------------------------------------------------- evaluation
 
 
-def _detections(detector: torch.nn.Module, img: np.ndarray, a: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes (k, 4) and scores (k,) above BOX_FLOOR (cached by image and detector content)."""
+def _detections(
+    detector: torch.nn.Module, img: np.ndarray, a: argparse.Namespace, pixel_mm: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (k, 4) and scores (k,) above BOX_FLOOR (cached by image and detector content, and by the pixel size
+    for a detector that runs at its own, ``detect_mm``)."""
     img = np.ascontiguousarray(img, dtype=np.float32)
-    parts = ("detect", a.detector_key, BOX_FLOOR, img)
-    rows = a.cache.get(parts, lambda: detect(detector, img, score_threshold=BOX_FLOOR, batch_size=1))[0]
+    sized = getattr(detector, "detect_mm", None) is not None
+    parts = ("detect", a.detector_key, BOX_FLOOR, img, *((float(pixel_mm),) if sized else ()))
+    run = lambda: detect(detector, img, score_threshold=BOX_FLOOR, batch_size=1, pixel_mm=(pixel_mm, pixel_mm))  # noqa: E731
+    rows = a.cache.get(parts, run)[0]
     rows = rows.reshape(-1, 6)
     return rows[:, 1:5].astype(np.float64), rows[:, 5].astype(np.float64)
 
@@ -478,7 +483,7 @@ def lesion_cnrs(img: np.ndarray, lesions: list[dict]) -> list[float]:
 
 def case_record(out: np.ndarray, case: Case, detector: torch.nn.Module, seconds: float, a: argparse.Namespace) -> dict:
     """Metrics of one denoised lesion image against the normal-dose lesion image."""
-    boxes, scores = _detections(detector, out, a)
+    boxes, scores = _detections(detector, out, a, case.sl.pixel_mm)
     return {
         "slice": case.sl.name, "size": int(out.shape[0]), "seed": case.seed,
         "psnr": psnr(out, case.hu, window=METRIC_WINDOW), "ssim": ssim(out, case.hu, window=METRIC_WINDOW),
@@ -515,7 +520,7 @@ def evaluate_method(
         if case.seed < a.fp_seeds:
             free, seconds = _run(method, case.sl.hu + noise, ctx, a.cache)
             rec["seconds"].append(seconds)
-            rec["boxes_free"] = int((_detections(detector, free, a)[1] >= a.threshold).sum())
+            rec["boxes_free"] = int((_detections(detector, free, a, case.sl.pixel_mm)[1] >= a.threshold).sum())
             if case.sl.hu.shape[0] >= 256:
                 residuals.append(_central(free - case.sl.hu))
         records.append(rec)
@@ -536,7 +541,7 @@ def evaluate_full_dose(
             rec["psnr"], rec["ssim"] = float("inf"), 1.0
         if case.seed == 0:
             free = case.sl.hu if method is None else _run(method, case.sl.hu, ctx, a.cache)[0]
-            rec["boxes_free"] = int((_detections(detector, free, a)[1] >= a.threshold).sum())
+            rec["boxes_free"] = int((_detections(detector, free, a, case.sl.pixel_mm)[1] >= a.threshold).sum())
         records.append(rec)
     return records
 

@@ -217,7 +217,7 @@ def _write_one(
         description = denoised_description(desc, model_name, remove_sd)
         write_dicom_series(replace(vol, hu=hu.astype(np.float32)), partial, series_description=description)
     else:
-        rows = detect(model, vol.hu, device=device, score_threshold=threshold)
+        rows = detect(model, vol.hu, device=device, score_threshold=threshold, pixel_mm=vol.spacing[-2:])
         write_volume_boxes(partial, rows, vol, row_lesions(rows))
 
 

@@ -405,7 +405,8 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     vol = _open_single(args.input, args.series)
     model, dev, card = _load(args.model, "detector", args.device)
     threshold = _threshold(args, card)
-    rows = detect(model, vol.hu, device=dev, score_threshold=threshold, progress=_print_progress)
+    rows = detect(model, vol.hu, device=dev, score_threshold=threshold, progress=_print_progress,
+                  pixel_mm=vol.spacing[-2:])  # fmt: skip
     lesions = row_lesions(rows)
     _note_box_cap(rows, MAX_BOXES_PER_SLICE)
     about = {"input": str(args.input), "model": args.model or "default", "threshold": threshold}

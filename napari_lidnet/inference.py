@@ -86,10 +86,12 @@ class InferenceSettings:
     amp_dtype: str = "float16"
     max_detections: int = MAX_BOXES_PER_SLICE
     remove_sd: float | None = None  # HU of noise the denoiser removes (strength.keep_noise); None: all
+    pixel_mm: tuple[float, float] | None = None  # (row, column) pixel size: a detector with detect_mm resamples
 
     def key(self) -> tuple[Any, ...]:
         """The settings that change results."""
-        return (self.tile_size, self.overlap, self.amp, self.amp_dtype, self.max_detections, self.remove_sd)
+        return (self.tile_size, self.overlap, self.amp, self.amp_dtype, self.max_detections, self.remove_sd,
+                self.pixel_mm)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------- fingerprints
@@ -454,6 +456,29 @@ def iter_denoise(
     return out
 
 
+def detect_scale(detector: torch.nn.Module, pixel_mm: Sequence[float] | None) -> tuple[float, float] | None:
+    """(row, column) zoom that brings slices of ``pixel_mm`` to the detector's ``detect_mm``, or None (no pixel
+    size given, no ``detect_mm``, or within 2% of it)."""
+    target = getattr(detector, "detect_mm", None)
+    if target is None or pixel_mm is None:
+        return None
+    fy, fx = (float(v) / float(target) for v in np.ravel(pixel_mm)[-2:])
+    if not all(np.isfinite((fy, fx))) or min(fy, fx) <= 0:
+        raise ValueError(f"pixel size {list(np.ravel(pixel_mm))} must be two positive numbers of mm")
+    return None if max(abs(fy - 1), abs(fx - 1)) < 0.02 else (fy, fx)
+
+
+def _zoomed(images: np.ndarray, scale: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """(images resampled bilinearly by ``scale`` (pixel edges aligned), the x, y, x, y factors it applied)."""
+    from scipy import ndimage as ndi
+
+    h, w = images.shape[-2:]
+    size = (max(8, round(h * scale[0])), max(8, round(w * scale[1])))
+    factors = (size[0] / h, size[1] / w)
+    out = ndi.zoom(images, (1, *factors), order=1, grid_mode=True, mode="nearest")
+    return out.astype(np.float32, copy=False), np.array([factors[1], factors[0], factors[1], factors[0]], np.float32)
+
+
 def iter_detect(
     detector: torch.nn.Module,
     hu: np.ndarray,
@@ -464,11 +489,14 @@ def iter_detect(
     settings: InferenceSettings | None = None,
     notice: Notice | None = None,
 ) -> Generator[tuple[int, int], None, np.ndarray]:
-    """Generator form of :func:`detect`: yields ``(done, total)`` after every batch, returns (N, 6) rows."""
+    """Generator form of :func:`detect`: yields ``(done, total)`` after every batch, returns (N, 6) rows. A
+    detector with ``detect_mm`` given ``settings.pixel_mm`` sees each slice resampled to that size; boxes come back
+    in the slice's own pixels."""
     settings = settings or InferenceSettings()
     stack = _as_stack(hu)
     idx = _select(len(stack), slices)
     _check_finite(stack, idx)
+    scale = detect_scale(detector, settings.pixel_mm)
     max_det = settings.max_detections
 
     def fn(x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -483,8 +511,11 @@ def iter_detect(
         while done < len(idx):
             chunk = idx[done : done + runner.batch]
             images, pads = fill_padding(_take(stack, chunk))
+            images, factors = _zoomed(images, scale) if scale else (images, None)
             for z, (boxes, scores), pad in zip(chunk, runner.run(images, fn, combine), pads):
                 boxes, scores = boxes.float().cpu().numpy(), scores.float().cpu().numpy()
+                if factors is not None:
+                    boxes = boxes / factors  # back to the slice's own pixels
                 if len(boxes) and pad is not None:
                     keep = ~_centred_in(boxes, pad)
                     boxes, scores = boxes[keep], scores[keep]
@@ -550,14 +581,16 @@ def detect(
     max_detections: int = MAX_BOXES_PER_SLICE,
     cancel: CancelCheck | None = None,
     notice: Notice | None = None,
+    pixel_mm: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Lesion boxes of a slice or volume as an (N, 6) array ``slice, x1, y1, x2, y2, score`` (pixels): every box
     scoring at least ``score_threshold`` (default ``BOX_FLOOR``, every candidate: the detector's calibrated
     operating point is ``models.weights.default_threshold(card)``, as the CLI and the widget use), at most
-    ``max_detections`` per slice (the highest scores)."""
-    settings = InferenceSettings(
-        batch_size=batch_size, tile_size=tile_size, overlap=overlap, amp=amp, max_detections=max_detections
-    )
+    ``max_detections`` per slice (the highest scores). ``pixel_mm``: the slices' (row, column) pixel size (or a
+    (z, y, x) spacing), which a detector with ``detect_mm`` needs to see them at its size."""
+    pixel = None if pixel_mm is None else tuple(float(v) for v in np.ravel(pixel_mm)[-2:])
+    settings = InferenceSettings(batch_size=batch_size, tile_size=tile_size, overlap=overlap, amp=amp,
+                                 max_detections=max_detections, pixel_mm=pixel)  # fmt: skip
     gen = iter_detect(
         detector, hu, device, score_threshold=score_threshold, slices=slices, settings=settings, notice=notice
     )

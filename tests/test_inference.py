@@ -223,3 +223,29 @@ def test_nan_or_infinite_pixels_are_refused_by_the_api_before_anything_runs() ->
     with pytest.raises(ValueError, match=r"slice 2: .* infinite"):
         inf.run_pipeline(hu, denoiser=_fastdn(), detector=det, slices=[0, 2])
     assert inf.detect(det, hu, score_threshold=0.0, slices=[0]).shape[1] == 6  # the finite slice alone runs
+
+
+def test_a_detector_with_a_pixel_size_sees_each_slice_at_that_size() -> None:
+    """``detect_mm``: a slice of 0.35 mm pixels is detected as the same image resampled to 0.7 mm would be, the
+    boxes mapped back to its own pixels (x2); without a pixel size, or within 2% of it, nothing is resampled."""
+    from scipy import ndimage as ndi
+
+    from napari_lidnet.models.detector import with_detect_mm
+
+    torch.manual_seed(0)
+    native = LesionDetector(width=4).eval()
+    sized = with_detect_mm(native, 0.7)
+    hu = _noisy((2, 96, 128))
+    half = ndi.zoom(hu, (1, 0.5, 0.5), order=1, grid_mode=True, mode="nearest")
+    want = inf.detect(native, half, score_threshold=0.0)
+    got = inf.detect(sized, hu, score_threshold=0.0, pixel_mm=(0.35, 0.35))
+    want[:, 1:5] *= 2
+    np.testing.assert_allclose(_sorted_rows(got), _sorted_rows(want), atol=1e-3)
+    same = inf.detect(native, hu, score_threshold=0.0)
+    for kwargs in ({}, {"pixel_mm": (0.69, 0.71)}):  # no size given; within 2%
+        rows = inf.detect(sized, hu, score_threshold=0.0, **kwargs)
+        np.testing.assert_allclose(_sorted_rows(rows), _sorted_rows(same))
+    with pytest.raises(ValueError, match="pixel size"):
+        inf.detect(sized, hu, pixel_mm=(0.0, 0.7))
+    with pytest.raises(ValueError, match="detect_mm must be a positive"):
+        with_detect_mm(native, -1.0)

@@ -99,6 +99,7 @@ def inference_job(
     cache: Any,
     batch_size: int = 4,
     remove_sd: float | None = None,
+    pixel_mm: tuple[float, float] | None = None,
 ) -> Generator[Progress, None, JobOutput | Failure]:
     """Worker body: load the models, run :func:`inference.iter_pipeline`, yield :class:`Progress` after every batch.
 
@@ -118,7 +119,7 @@ def inference_job(
         if detector_path:
             det, card = store.get(detector_path, "detector")
             det_label = model_label(detector_path, card)
-        settings = InferenceSettings(batch_size=batch_size, remove_sd=remove_sd)
+        settings = InferenceSettings(batch_size=batch_size, remove_sd=remove_sd, pixel_mm=pixel_mm)
         gen = iter_pipeline(hu, den, det, device, slices=slices, settings=settings, cache=cache, notice=notices.append)
         while True:
             try:

@@ -454,6 +454,7 @@ class DenoiseDetectWidget(QWidget):
             self._cache,
             self.batch_size,
             remove_sd,
+            tuple(float(v) for v in layer.scale[-2:]) if has_voxel_size(layer) else None,  # the detector's size
             _start_thread=False,
         )
         worker.yielded.connect(self._on_progress)

@@ -170,6 +170,8 @@ class LesionDetector(nn.Module):
         size_weight, offset_weight: weights of the L1 size and offset losses in ``total``.
         flip_test: ``detect`` averages the centre probabilities and sizes of four views (the image, flipped left-right,
             up-down and both) in the image frame, offsets from the image itself: 4x the time, steadier scores.
+        detect_mm: the pixel size (mm) at which inference runs this detector: ``inference.detect`` given a slice's
+            pixel size resamples it to this size and maps the boxes back (None: every slice at its own size).
     """
 
     arch = "centernet"
@@ -184,8 +186,11 @@ class LesionDetector(nn.Module):
         size_weight: float = 1.0,
         offset_weight: float = 1.0,
         flip_test: bool = False,
+        detect_mm: float | None = None,
     ) -> None:
         super().__init__()
+        if detect_mm is not None and not detect_mm > 0:
+            raise ValueError(f"detect_mm must be a positive pixel size in mm or None, got {detect_mm!r}")
         neck_width = neck_width or 2 * width
         windows = [[float(v) for v in win] for win in windows]
         self.config = {
@@ -195,8 +200,10 @@ class LesionDetector(nn.Module):
             "size_weight": size_weight,
             "offset_weight": offset_weight,
             "flip_test": bool(flip_test),
+            "detect_mm": None if detect_mm is None else float(detect_mm),
         }
         self.size_weight, self.offset_weight, self.flip_test = size_weight, offset_weight, bool(flip_test)
+        self.detect_mm = self.config["detect_mm"]
         win = torch.tensor(windows, dtype=torch.float32)
         self.register_buffer("win_level", win[:, 0].reshape(1, -1, 1, 1), persistent=False)
         self.register_buffer("win_half", (win[:, 1] / 2).reshape(1, -1, 1, 1), persistent=False)
@@ -300,6 +307,13 @@ def with_flip_test(detector: LesionDetector, on: bool = True) -> LesionDetector:
     """A copy of ``detector`` (the same weights, in eval mode) that averages the four flipped views (or, with
     ``on=False``, does not)."""
     out = LesionDetector(**{**detector.config, "flip_test": on}).eval()
+    out.load_state_dict(detector.state_dict())
+    return out
+
+
+def with_detect_mm(detector: LesionDetector, detect_mm: float | None) -> LesionDetector:
+    """A copy of ``detector`` (the same weights, in eval mode) that inference runs at ``detect_mm`` pixels."""
+    out = LesionDetector(**{**detector.config, "detect_mm": detect_mm}).eval()
     out.load_state_dict(detector.state_dict())
     return out
 
