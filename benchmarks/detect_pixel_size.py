@@ -58,8 +58,8 @@ def _paired(a: list, b: list, gts: list, n_boot: int, seed: int = 0) -> dict:
         k = rng.integers(0, len(gts), len(gts))
         g = [gts[i] for i in k]
         gains.append(froc([b[i] for i in k], g).mean_sensitivity - froc([a[i] for i in k], g).mean_sensitivity)
-    lo, hi = np.nanpercentile(gains, [2.5, 97.5])
-    return {"native": float(ma), "R": float(mb), "gain": float(mb - ma), "ci": [float(lo), float(hi)]}
+    ci = [float(v) for v in np.nanpercentile(gains, [2.5, 97.5])] if gains else None
+    return {"native": float(ma), "R": float(mb), "gain": float(mb - ma), "ci": ci}
 
 
 def _boxes_per_negative(detector, slices: list[dict], threshold: float) -> float:

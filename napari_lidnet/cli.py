@@ -759,6 +759,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from napari_lidnet._training.export import check_export_name, export_detector
     from napari_lidnet.io.checks import check_finite
     from napari_lidnet.io.open_ct import open_ct
+    from napari_lidnet.io.volume import n_slices
     from napari_lidnet.models.registry import load_model
     from napari_lidnet.models.weights import default_threshold
 
@@ -769,10 +770,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     for vol in volumes:
         check_finite(vol.hu, args.input)
     slices = [sl for vol in volumes for sl in (vol.hu if vol.hu.ndim == 3 else vol.hu[None])]
+    pixel_mm = [float(vol.spacing[-1]) for vol in volumes for _ in range(n_slices(vol.hu))]
     detector, dev, card = _load(args.from_model, "detector", args.device)
     denoiser = None if args.as_given else load_model(args.denoiser, "denoiser", dev)[0]
     before = default_threshold(card)
-    record = calibrate_on_scans(detector, slices, denoiser, args.fp_per_slice, dev, previous=before)
+    record = calibrate_on_scans(detector, slices, denoiser, args.fp_per_slice, dev, previous=before, pixel_mm=pixel_mm)
     record["data"] = {"input": str(args.input), "series": len(volumes), "slices": len(slices)}
     record["command"] = args.command_line
     path = export_detector(detector.cpu(), card, args.name, {"calibration": record})

@@ -28,11 +28,13 @@ DEFAULT_FP_PER_IMAGE = 0.5  # false boxes per lesion-free slice at the default t
 MIN_SITE_SLICES = 8  # fewest slices of a site's own scans that ``calibrate_on_scans`` takes
 
 
-def _per_slice(detector: torch.nn.Module, images: list[np.ndarray], device: Any) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(boxes, scores) of every slice, kept from score 0.01."""
+def _per_slice(
+    detector: torch.nn.Module, images: list[np.ndarray], device: Any, pixel_mm: Sequence[float] | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(boxes, scores) of every slice, kept from score 0.01 (``pixel_mm``: each slice's pixel size)."""
     if not images:
         return []
-    return detections_per_slice(detect_rows(detector, images, device), len(images))
+    return detections_per_slice(detect_rows(detector, images, device, pixel_mm), len(images))
 
 
 def _images(samples: Sequence[Any], denoiser: torch.nn.Module | None, device: Any) -> dict[str, list[np.ndarray]]:
@@ -66,7 +68,8 @@ def _negative_detections(detector: torch.nn.Module, samples: Sequence[Any], deno
     negatives = [s for s in samples if len(np.asarray(s.boxes).reshape(-1, 4)) == 0]
     if not negatives:
         raise ValueError("calibration needs lesion-free slices (simulate some with --negatives, e.g. 0.3)")
-    return {k: _per_slice(detector, v, device) for k, v in _images(negatives, denoiser, device).items()}
+    mm = [s.spacing_mm for s in negatives]
+    return {k: _per_slice(detector, v, device, mm) for k, v in _images(negatives, denoiser, device).items()}
 
 
 def calibrate_detector(
@@ -94,7 +97,8 @@ def calibrate_detector(
     positives = [s for s in samples if len(np.asarray(s.boxes).reshape(-1, 4)) > 0]
     sens_by_type: dict[str, float] = {}
     for k, imgs in _images(positives, denoiser, device).items():
-        found = [(b[sc >= threshold], sc[sc >= threshold]) for b, sc in _per_slice(detector, imgs, device)]
+        mm = [s.spacing_mm for s in positives]
+        found = [(b[sc >= threshold], sc[sc >= threshold]) for b, sc in _per_slice(detector, imgs, device, mm)]
         fr = froc(found, [np.asarray(s.boxes).reshape(-1, 4) for s in positives], fp_rates=())
         sens_by_type[k] = float(fr.sensitivity[-1]) if fr.n_lesions else float("nan")
     rule = "lowest score with at most fp_per_image boxes per lesion-free slice, pooled over the image types"
@@ -118,8 +122,10 @@ def calibrate_on_scans(
     fp_per_image: float = DEFAULT_FP_PER_IMAGE,
     device: torch.device | str = "cpu",
     previous: float | None = None,
+    pixel_mm: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """Calibrate ``detector`` on a site's own lesion-free slices (HU, 2D), as given and (with ``denoiser``) denoised.
+    """Calibrate ``detector`` on a site's own lesion-free slices (HU, 2D; ``pixel_mm``: each one's pixel size), as
+    given and (with ``denoiser``) denoised.
 
     A threshold learned on simulated anatomy does not transfer to a real scanner's anatomy (README, real anatomy);
     normal scans of the site do. Every box on them counts as a false positive, so slices with lesions only make the
@@ -131,7 +137,7 @@ def calibrate_on_scans(
     images = {"as given": list(slices)}
     if denoiser is not None:
         images["denoised"] = by_size(images["as given"], lambda x: denoise(denoiser, x, device=device))
-    neg = {k: _per_slice(detector, v, device) for k, v in images.items()}
+    neg = {k: _per_slice(detector, v, device, pixel_mm) for k, v in images.items()}
     record = _threshold_record(neg, fp_per_image)
     if previous is not None:
         record["fp_per_image_at_previous"] = fp_rate_at([sc for f in neg.values() for _, sc in f], previous)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,14 +47,20 @@ def by_size(images: Any, run: Callable[[np.ndarray], np.ndarray]) -> list[np.nda
     return out
 
 
-def detect_rows(detector: torch.nn.Module, images: Any, device: Any) -> np.ndarray:
-    """Detections of every slice as (N, 6) rows, slice column = position in ``images``."""
-    if isinstance(images, np.ndarray):
-        return detect(detector, images, device=device, score_threshold=0.01)
+def detect_rows(
+    detector: torch.nn.Module, images: Any, device: Any, pixel_mm: Sequence[float] | None = None
+) -> np.ndarray:
+    """Detections of every slice as (N, 6) rows, slice column = position in ``images``; ``pixel_mm``: each slice's
+    pixel size, for a detector that runs at its own (``detect_mm``)."""
+    sizes = [None] * len(images) if pixel_mm is None else [float(v) for v in pixel_mm]
+    if isinstance(images, np.ndarray) and len(set(sizes)) == 1:
+        mm = None if sizes[0] is None else (sizes[0], sizes[0])
+        return detect(detector, images, device=device, score_threshold=0.01, pixel_mm=mm)
     rows = []
-    for shape in {a.shape for a in images}:
-        idx = np.array([i for i, a in enumerate(images) if a.shape == shape])
-        r = detect(detector, np.stack([images[i] for i in idx]), device=device, score_threshold=0.01)
+    for shape, size in {(a.shape, mm) for a, mm in zip(images, sizes)}:
+        idx = np.array([i for i, (a, mm) in enumerate(zip(images, sizes)) if a.shape == shape and mm == size])
+        r = detect(detector, np.stack([images[i] for i in idx]), device=device, score_threshold=0.01,
+                   pixel_mm=None if size is None else (size, size))  # fmt: skip
         r[:, 0] = idx[r[:, 0].astype(int)]
         rows.append(r)
     return np.vstack(rows)
