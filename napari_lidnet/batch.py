@@ -207,6 +207,7 @@ def _write_one(
     from napari_lidnet.io.boxes_io import write_volume_boxes
     from napari_lidnet.io.dicom_write import denoised_description, write_dicom_series
     from napari_lidnet.io.nifti import write_nifti
+    from napari_lidnet.io.volume import known_pixel_mm
     from napari_lidnet.metrics.lesions import row_lesions
 
     if task == "denoise":
@@ -217,7 +218,7 @@ def _write_one(
         description = denoised_description(desc, model_name, remove_sd)
         write_dicom_series(replace(vol, hu=hu.astype(np.float32)), partial, series_description=description)
     else:
-        rows = detect(model, vol.hu, device=device, score_threshold=threshold, pixel_mm=vol.spacing[-2:])
+        rows = detect(model, vol.hu, device=device, score_threshold=threshold, pixel_mm=known_pixel_mm(vol))
         write_volume_boxes(partial, rows, vol, row_lesions(rows))
 
 

@@ -394,6 +394,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 def _cmd_detect(args: argparse.Namespace) -> int:
     from napari_lidnet.inference import MAX_BOXES_PER_SLICE, detect
     from napari_lidnet.io.boxes_io import write_volume_boxes
+    from napari_lidnet.io.volume import known_pixel_mm
     from napari_lidnet.metrics.lesions import row_lesions
 
     if args.all_series:
@@ -406,7 +407,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     model, dev, card = _load(args.model, "detector", args.device)
     threshold = _threshold(args, card)
     rows = detect(model, vol.hu, device=dev, score_threshold=threshold, progress=_print_progress,
-                  pixel_mm=vol.spacing[-2:])  # fmt: skip
+                  pixel_mm=known_pixel_mm(vol))  # fmt: skip
     lesions = row_lesions(rows)
     _note_box_cap(rows, MAX_BOXES_PER_SLICE)
     about = {"input": str(args.input), "model": args.model or "default", "threshold": threshold}
@@ -759,7 +760,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from napari_lidnet._training.export import check_export_name, export_detector
     from napari_lidnet.io.checks import check_finite
     from napari_lidnet.io.open_ct import open_ct
-    from napari_lidnet.io.volume import n_slices
+    from napari_lidnet.io.volume import known_pixel_mm, n_slices
     from napari_lidnet.models.registry import load_model
     from napari_lidnet.models.weights import default_threshold
 
@@ -770,7 +771,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     for vol in volumes:
         check_finite(vol.hu, args.input)
     slices = [sl for vol in volumes for sl in (vol.hu if vol.hu.ndim == 3 else vol.hu[None])]
-    pixel_mm = [float(vol.spacing[-1]) for vol in volumes for _ in range(n_slices(vol.hu))]
+    sizes = [known_pixel_mm(vol) for vol in volumes]  # None where a reader assumed 1 mm: detected as given
+    pixel_mm = None if None in sizes else [s[1] for s, vol in zip(sizes, volumes) for _ in range(n_slices(vol.hu))]
     detector, dev, card = _load(args.from_model, "detector", args.device)
     denoiser = None if args.as_given else load_model(args.denoiser, "denoiser", dev)[0]
     before = default_threshold(card)

@@ -190,7 +190,7 @@ def test_detect_defaults_to_the_cards_threshold_and_names_each_slice(tmp_path, c
     assert "3/3 slices\n" in err and "\r" not in err  # a log gets progress lines, not a terminal's rewrites
     with open(tmp_path / "b.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    every = detect(detector, hu, score_threshold=0.05)
+    every = detect(detector, hu, score_threshold=0.05, pixel_mm=(0.7, 0.8))  # the series' PixelSpacing
     assert 0 < len(rows) == int((every[:, 5] >= t).sum()) and len(rows) < len(every)
     from napari_lidnet.metrics.lesions import row_lesions
 

@@ -114,7 +114,8 @@ def read_array(path: str | Path) -> CTVolume:
     if spacing.size != hu.ndim or not np.all(spacing > 0):
         raise ValueError(f"{path}: spacing {spacing.tolist()} must be {hu.ndim} positive numbers (mm per axis)")
     # an array says nothing of the patient's directions: no R/L letters
-    meta = {"format": suffix.lstrip("."), "source": str(path), "warnings": notes, "orientation_unknown": True}
+    meta = {"format": suffix.lstrip("."), "source": str(path), "warnings": notes, "orientation_unknown": True,
+            "spacing_assumed": bool(notes)}  # fmt: skip
     return CTVolume(hu, tuple(spacing.tolist()), name=path.stem, metadata=meta)
 
 

@@ -708,6 +708,7 @@ def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> C
         _warn(notes, f"{label}: GantryDetectorTilt is {tilt_tag} deg")
     _warn_lossy(headers, notes, label)
     metadata = _series_metadata(headers, source, notes, pos)
+    metadata["spacing_assumed"] = header_floats(ds0.get("PixelSpacing"), 2) is None
     if dz is None:  # some vendors write a signed SpacingBetweenSlices; a size is its magnitude
         dz = abs(float(ds0.get("SpacingBetweenSlices", 0) or 0)) or metadata["slice_thickness"] or 1.0
     rescale_type = str(ds0.get("RescaleType", "") or "").strip()

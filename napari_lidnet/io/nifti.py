@@ -120,6 +120,7 @@ def read_nifti(path: str | Path) -> CTVolume:
     if not np.all(np.isfinite(spacing_xyz) & (spacing_xyz > 0)):
         notes.append(f"{path.name}: the header's voxel size is unusable; sizes in mm assume 1 mm voxels")
         aff[:3, :3], spacing_xyz = np.eye(3), np.ones(3)
+        meta["spacing_assumed"] = True
     notes.extend(f"{path.name}: header fixed when read: {fix}" for fix in src.extra.get("lidnet_fixes", []))
     codes = [int(src.header.get("qform_code", 0)), int(src.header.get("sform_code", 0))]
     if not any(codes):

@@ -115,3 +115,9 @@ def check_uniform_grid(volume: CTVolume, what: str) -> None:
             "series (a folder) instead"
         )
 
+
+def known_pixel_mm(volume: CTVolume) -> tuple[float, float] | None:
+    """The (row, column) pixel size in mm, or None when the reader had to assume it (``spacing_assumed``)."""
+    if volume.metadata.get("spacing_assumed"):
+        return None
+    return float(volume.spacing[-2]), float(volume.spacing[-1])
