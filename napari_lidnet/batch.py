@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_lidnet.io.checks import CT_MODALITIES, check_finite, check_hu_scale, one_line
+from napari_lidnet.io.checks import CT_MODALITIES, check_finite, not_ct_note, one_line
 from napari_lidnet.io.nifti import is_nifti, nifti_stem
 from napari_lidnet.strength import check_remove_sd
 
@@ -78,12 +78,8 @@ class _SeriesReader:
             check_finite(vol.hu, what)
         except (ValueError, OSError) as exc:
             return i, one_line(str(exc))
-        if vol.metadata.get("modality") != "CT":  # NIfTI, secondary captures: the values must look like HU
-            try:
-                check_hu_scale(vol.hu, what)
-            except ValueError as exc:
-                return i, LeftOut(one_line(str(exc)))
-        return i, vol
+        note = not_ct_note(str(vol.metadata.get("modality", "") or ""), vol.hu, what)  # NIfTI, captures: HU?
+        return (i, LeftOut(one_line(note))) if note else (i, vol)
 
 
 class LeftOut(str):

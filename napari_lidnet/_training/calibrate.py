@@ -96,8 +96,8 @@ def calibrate_detector(
     threshold = record["threshold"]
     positives = [s for s in samples if len(np.asarray(s.boxes).reshape(-1, 4)) > 0]
     sens_by_type: dict[str, float] = {}
+    mm = [s.spacing_mm for s in positives]
     for k, imgs in _images(positives, denoiser, device).items():
-        mm = [s.spacing_mm for s in positives]
         found = [(b[sc >= threshold], sc[sc >= threshold]) for b, sc in _per_slice(detector, imgs, device, mm)]
         fr = froc(found, [np.asarray(s.boxes).reshape(-1, 4) for s in positives], fp_rates=())
         sens_by_type[k] = float(fr.sensitivity[-1]) if fr.n_lesions else float("nan")

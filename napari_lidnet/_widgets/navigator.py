@@ -446,7 +446,7 @@ class LesionNavigatorWidget(QWidget):
         t.setSortingEnabled(False)
         t.setRowCount(len(self.findings))
         image = self.image_layer
-        unit = "mm" if image is None or has_voxel_size(image) else "px"  # as the calipers say over that image
+        unit = "mm" if image is None or has_voxel_size(image) else "px"  # a CT layer, or an image given a scale
         t.setHorizontalHeaderLabels([h.replace("(mm)", f"({unit})") for _, h in COLUMNS])
         instances = per_slice(image.metadata or {}, "instance_numbers", n_slices(image.data)) if image else None
         lesions = lesion_groups(self.findings)

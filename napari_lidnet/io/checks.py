@@ -70,28 +70,18 @@ CT_MODALITIES = ("CT", "OT", "")
 
 def not_ct_note(modality: str, hu: np.ndarray, what: str) -> str | None:
     """Why an image is not CT in HU (another modality; or, when nothing says CT, no pixel below
-    ``LOWEST_CT_HU``), or None."""
+    ``LOWEST_CT_HU``: MR, or stored values without their rescale to HU), or None."""
     if modality not in CT_MODALITIES:
         return f"{what}: modality {modality!r} is not CT; the LIDnet models are made for CT in HU"
-    if modality != "CT":
-        try:
-            check_hu_scale(hu, what)
-        except ValueError as exc:
-            return str(exc)
-    return None
-
-
-def check_hu_scale(hu: np.ndarray, what: str) -> None:
-    """Refuse (one-line ValueError) an image whose values do not look like CT in HU: nothing below
-    ``LOWEST_CT_HU`` (another modality, such as MR, or stored values without their rescale to HU). For inputs
-    that do not say they are CT (NIfTI, arrays, DICOM without the CT modality)."""
+    if modality == "CT":
+        return None
     lo, hi = float(np.nanmin(hu)), float(np.nanmax(hu))
-    if lo > LOWEST_CT_HU:
-        raise ValueError(
-            f"{what}: no pixel below {LOWEST_CT_HU:g} HU (values {lo:g} to {hi:g}), so it is not CT in HU: CT shows "
-            "air or fat; another modality, or stored values without their rescale to HU, would give the models "
-            "nonsense"
-        )
+    if lo <= LOWEST_CT_HU:
+        return None
+    return (
+        f"{what}: no pixel below {LOWEST_CT_HU:g} HU (values {lo:g} to {hi:g}), so it is not CT in HU: CT shows air or "
+        "fat; another modality, or stored values without their rescale to HU, would give the models nonsense"
+    )
 
 
 def check_finite(hu: np.ndarray, what: str) -> None:
