@@ -427,3 +427,30 @@ def test_an_image_without_a_voxel_size_is_measured_in_pixels(make_napari_viewer)
     image.metadata["hu"] = True
     widget._fill_table()
     assert widget.table.horizontalHeaderItem(COL["long_mm"]).text() == "long (mm)"
+
+
+def test_rejected_detections_are_dimmed_on_the_detectors_layer(make_napari_viewer, tmp_path: Path) -> None:
+    """On a layer coloured by score (as the Denoise dock draws it) a rejected box turns faint grey without its score
+    label, through a threshold move that recolours the layer; accepting it again brings its score colour back."""
+    from napari_lidnet._widgets._box_marks import DIM_EDGE
+
+    write_series(tmp_path / "ct", synthetic_hu((5, 24, 32), seed=3), series_uid="1.2.826.0.1.3680043.8.498.56")
+    viewer = make_napari_viewer()
+    widget, image, boxes = open_with_boxes(viewer, open_ct(tmp_path / "ct")[0])
+    boxes.edge_colormap, boxes.edge_contrast_limits, boxes.edge_color = "plasma", (0.0, 1.0), "score"
+    boxes.text = {"string": "{score:.2f}", "color": "yellow"}
+    widget.load(boxes, image)
+    scored = np.array(boxes.edge_color)
+    widget.reject(1)
+    edges, texts = np.array(boxes.edge_color), boxes.text.color._values
+    np.testing.assert_allclose(edges[1], DIM_EDGE)
+    np.testing.assert_allclose(edges[[0, 2]], scored[[0, 2]])
+    assert texts[1][3] == 0 and texts[0][3] == 1
+    # the dock's threshold move: the same boxes again, their scores, the score colours
+    boxes.data = boxes_to_shapes(DETECTIONS[:, :5], 3)
+    boxes.features = {"score": DETECTIONS[:, 5]}
+    boxes.edge_color = "score"
+    np.testing.assert_allclose(np.array(boxes.edge_color)[1], DIM_EDGE)
+    widget.accept(1)
+    np.testing.assert_allclose(np.array(boxes.edge_color), scored)
+    assert (np.asarray(boxes.text.color._values).reshape(-1, 4)[:, 3] == 1).all()

@@ -189,6 +189,28 @@ def test_volume_regions_slices_lines_and_perceptual(make_napari_viewer, qtbot, m
         roi_perceptual.clear_cache()
 
 
+def test_current_slice_output_compares_with_the_full_reference(make_napari_viewer, qtbot):
+    """A one-slice layer placed at slice 3 of a scaled volume (as the Denoise dock's "current slice" output) gets
+    RMSE/PSNR against the reference's slice 3 under a 2D region drawn there."""
+    rng = np.random.default_rng(2)
+    full = rng.normal(40, 10, (5, 64, 64)).astype(np.float32)
+    one = full[3:4] + rng.normal(0, 15, (1, 64, 64)).astype(np.float32)
+    viewer = make_napari_viewer()
+    viewer.add_image(full, name="full", scale=(2.5, 0.7, 0.7))
+    viewer.add_image(one, name="one", scale=(2.5, 0.7, 0.7), translate=(3 * 2.5, 0, 0))
+    widget = ROICompareWidget(viewer)
+    widget.reference_combo.setCurrentText("full")
+    viewer.dims.set_current_step(0, 3)
+    flat = viewer.add_shapes(name="flat")
+    gen = widget.generation
+    flat.add_rectangles(np.array([[10 * 0.7, 10 * 0.7], [40 * 0.7, 40 * 0.7]]))
+    wait_new(qtbot, widget, gen)
+    got = table_rows(widget)[("#0", "one")]
+    err = one[0, 10:40, 10:40] - full[3, 10:40, 10:40]
+    assert got["slice"] == 0 and "compared with slice 3 of the reference" in got["note"]
+    assert got["rmse"] == pytest.approx(float(np.sqrt(np.mean(err**2))), rel=1e-4)
+
+
 def test_write_csv_function(tmp_path):
     rows = [{"region": "#0", "image": "a", "slice": 2, "mean": 1.5, "sd": math.nan, "psnr": math.inf, "note": "x"}]
     path = write_csv(tmp_path / "t.csv", rows)

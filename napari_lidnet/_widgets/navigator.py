@@ -38,6 +38,7 @@ from ..findings import KEPT, Finding, centre_world, lesion_groups, measure, writ
 from ..io.volume import n_slices, per_slice
 from ..layer_data import PIXEL_CENTRE_SHIFT
 from ..metrics.froc import box_iou_np
+from ._box_marks import dim_boxes, scored
 from ._docking import DockHome
 from ._layer_watch import LayerWatch, renamed_to
 from ._roles import (
@@ -174,6 +175,7 @@ class LesionNavigatorWidget(QWidget):
         self.image_layer: Any = None
         self.reviewed_layer: Any = None
         self._syncing = False
+        self._dimming = False
         self._watched: weakref.WeakSet = weakref.WeakSet()
         self._origin: dict[int, tuple] = {}  # finding id -> its detection's key (slice, corners)
         self._parked: dict[tuple, Finding] = {}  # rejected findings whose detection left the layer, by key
@@ -355,6 +357,7 @@ class LesionNavigatorWidget(QWidget):
             self._disconnect_boxes()
             self.watch.connect(boxes.events.data, self._on_boxes_data)
             self.watch.connect(boxes.events.features, self._on_boxes_data)  # scores set after the boxes
+            self.watch.connect(boxes.events.edge_color, self._dim_rejected)  # the dock recolours by score
             self._bind_review_keys(boxes)
         self.boxes_layer, self.image_layer = boxes, image
         for combo, layer in ((self.boxes_combo, boxes), (self.image_combo, image)):
@@ -398,9 +401,11 @@ class LesionNavigatorWidget(QWidget):
 
     def _disconnect_boxes(self) -> None:
         if self.boxes_layer is not None:
-            for emitter in (self.boxes_layer.events.data, self.boxes_layer.events.features):
+            for emitter, slot in ((self.boxes_layer.events.data, self._on_boxes_data),
+                                  (self.boxes_layer.events.features, self._on_boxes_data),
+                                  (self.boxes_layer.events.edge_color, self._dim_rejected)):  # fmt: skip
                 try:
-                    emitter.disconnect(self._on_boxes_data)
+                    emitter.disconnect(slot)
                 except (TypeError, ValueError, RuntimeError):
                     pass
 
@@ -468,6 +473,24 @@ class LesionNavigatorWidget(QWidget):
         t.resizeColumnsToContents()
         if current is not None:
             self._select_row_of(current, jump=False)
+        self._dim_rejected()
+
+    def _dim_rejected(self, event: Any = None) -> None:
+        """The table's rejections on the detector's layer: those boxes faint grey, without their score."""
+        layer, image = self.boxes_layer, self.image_layer
+        if self._dimming or layer is None or image is None or layer not in self.viewer.layers or not scored(layer):
+            return
+        status = {key: f.status for f in self.findings if (key := self._origin.get(f.id)) is not None}
+        dimmed = np.zeros(layer.nshapes, bool)
+        for i, kind in enumerate(layer.shape_type):
+            if kind not in ("line", "path"):
+                z, corners = corners_in_image(layer, i, image)
+                dimmed[i] = status.get(self._key(Finding(-1, z, corners))) == "rejected"
+        self._dimming = True  # dim_boxes recolours the layer: its edge_color event comes back here
+        try:
+            dim_boxes(layer, dimmed)
+        finally:
+            self._dimming = False
 
     @staticmethod
     def _cell(f: Finding, key: str) -> tuple[Any, str]:

@@ -304,12 +304,33 @@ def region_plane(
     return plane, mask, sl, ""
 
 
-def _same_place(a: Placement, b: Placement) -> bool:
-    return (
-        a.slice_index == b.slice_index
-        and a.vertices.shape == b.vertices.shape
-        and np.allclose(a.vertices, b.vertices, atol=0.5)
-    )
+def _same_pixels(a: Placement, b: Placement) -> bool:
+    return a.vertices.shape == b.vertices.shape and np.allclose(a.vertices, b.vertices, atol=0.5)
+
+
+def _reference_plane(
+    ref_img: Any, region: Region, name: str, reference: str, image: Any, notes: list[str]
+) -> np.ndarray | None:
+    """The reference's plane under ``region`` as placed on ``image``, or None with a note. Images of one shape
+    compare slice for slice; an image of fewer slices on the reference's in-plane grid (a "current slice" output)
+    compares with the reference slice at the same place in the world, when the region was placed through world
+    coordinates on both."""
+    a, b = region.placement(name), region.placement(reference)
+    same_shape = tuple(ref_img.shape) == tuple(image.shape)
+    world_placed = name in region.placements and reference in region.placements
+    if not same_shape and not (world_placed and tuple(ref_img.shape[-2:]) == tuple(image.shape[-2:])):
+        notes.append(f"shape {tuple(image.shape)} differs from reference {tuple(ref_img.shape)}: no comparison")
+        return None
+    if not _same_pixels(a, b) or (same_shape and a.slice_index != b.slice_index):
+        notes.append("image and reference lie on different grids (scale/translate): no comparison")
+        return None
+    sl = b.slice_index if len(ref_img.shape) == 3 else None
+    if sl is not None and not 0 <= sl < ref_img.shape[0]:
+        notes.append(f"slice {sl} outside the reference (0..{ref_img.shape[0] - 1}): no comparison")
+        return None
+    if sl is not None and sl != a.slice_index:
+        notes.append(f"compared with slice {sl} of the reference")
+    return np.asarray(ref_img[sl] if sl is not None else ref_img, dtype=np.float32)
 
 
 def _empty_row(region: Region, image_name: str) -> dict[str, Any]:
@@ -418,14 +439,9 @@ def _fill_row(
             row["cnr"] = cnr(row["mean"], bmean, bsd)
     if reference is None:
         return
-    ref_img = images[reference]
-    if tuple(ref_img.shape) != tuple(image.shape):
-        notes.append(f"shape {tuple(image.shape)} differs from reference {tuple(ref_img.shape)}: no comparison")
+    ref_plane = _reference_plane(images[reference], region, name, reference, image, notes)
+    if ref_plane is None:
         return
-    if not _same_place(region.placement(name), region.placement(reference)):
-        notes.append("image and reference lie on different grids (scale/translate): no comparison")
-        return
-    ref_plane = np.asarray(ref_img[sl] if sl is not None else ref_img, dtype=np.float32)
     row["rmse"], row["psnr"] = region_rmse_psnr(plane, ref_plane, mask, window)
     clipped = _outside_window(ref_plane[mask], window)
     if clipped > 0.5:

@@ -1,0 +1,63 @@
+"""Rejected detections dimmed on the detector's boxes layer: a faint grey outline and no score label, so the image
+shows what is still to decide and nothing bright sits over a box the reader dismissed.
+
+Only layers whose outlines are coloured by their ``score`` feature (the Denoise dock's) are dimmed: their colours
+come back from that feature when a box is no longer rejected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from napari.layers.utils.color_encoding import ConstantColorEncoding, ManualColorEncoding
+
+DIM_EDGE = (0.6, 0.6, 0.6, 0.35)
+HIDDEN = (0.0, 0.0, 0.0, 0.0)
+_FLAG = "dimmed_from_score"  # in the layer's "lidnet" metadata: its outlines were the score colormap's
+
+
+def scored(layer: Any) -> bool:
+    """Whether the layer's outlines follow its ``score`` feature (now, or before ``dim_boxes`` changed them)."""
+    if "score" not in layer.features:
+        return False
+    return layer.edge_color_mode == "colormap" or bool(layer.metadata.get("lidnet", {}).get(_FLAG))
+
+
+def dim_boxes(layer: Any, dimmed: np.ndarray) -> None:
+    """Draw the shapes where ``dimmed`` is True faint grey without their text; the others in their score colour
+    and the layer's text colour. Does nothing on a layer not coloured by score."""
+    if not scored(layer):
+        return
+    dimmed = np.asarray(dimmed, bool)
+    was_dimmed = layer.metadata.get("lidnet", {}).get(_FLAG)
+    if not dimmed.any() and not was_dimmed:
+        return
+    layer.edge_color = "score"  # back to the colormap: each shape's score colour
+    text_colour = _text_default(layer)
+    if not dimmed.any():
+        layer.text.color = ConstantColorEncoding(constant=text_colour)
+        layer.metadata.get("lidnet", {}).pop(_FLAG, None)
+        layer.refresh_text()
+        return
+    edges = np.array(layer.edge_color, dtype=float)
+    edges[dimmed[: len(edges)]] = DIM_EDGE
+    layer.edge_color = edges
+    texts = np.tile(np.asarray(_rgba(text_colour)), (layer.nshapes, 1))
+    texts[dimmed[: len(texts)]] = HIDDEN
+    layer.text.color = ManualColorEncoding(array=texts, default=text_colour)
+    layer.metadata.setdefault("lidnet", {})[_FLAG] = True
+    layer.refresh_text()
+
+
+def _text_default(layer: Any) -> Any:
+    enc = layer.text.color
+    if isinstance(enc, ConstantColorEncoding):
+        return enc.constant
+    return getattr(enc, "default", "yellow")
+
+
+def _rgba(colour: Any) -> tuple[float, ...]:
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    return tuple(float(v) for v in transform_color(colour)[0])
