@@ -174,6 +174,10 @@ def test_current_slice_scope(make_napari_viewer, qtbot, model_dir: Path) -> None
     np.testing.assert_allclose(den.data[0], inf.denoise(tiny_denoiser(), low[3]), atol=1e-3)
     lesions = viewer.layers["low lesions"]
     assert len(lesions.data) and all(np.all(v[:, 0] == 3) for v in lesions.data)
+    assert "replaces" not in widget.status.text()
+    viewer.dims.set_point(0, TRANSLATE[0] + 4 * SCALE[0])  # another slice: the slice-3 result goes, and it says so
+    run_and_wait(widget, qtbot)
+    assert "replaces the result of slice 3 (run all slices" in widget.status.text()
 
 
 def test_a_current_slice_run_after_a_volume_run_updates_that_slice_only(make_napari_viewer, qtbot, model_dir) -> None:
@@ -208,9 +212,10 @@ def test_a_current_slice_run_after_a_volume_run_updates_that_slice_only(make_nap
     assert {f.id: (f.slice, f.status, f.score) for f in nav.findings if f.slice != 3} == review
     assert "added" not in {f.status for f in nav.findings}
 
-    widget.set_remove_sd(5.0)  # another strength: the slice run stands alone, as before
+    widget.set_remove_sd(5.0)  # another strength: the slice run stands alone, as before, and says so
     run_and_wait(widget, qtbot)
     assert viewer.layers["low denoised"].data.shape == (1, 64, 64)
+    assert "replaces the all-slices result on screen" in widget.status.text()
 
 
 def test_2d_image(make_napari_viewer, qtbot, model_dir: Path) -> None:

@@ -51,6 +51,27 @@ def test_open_picked_series_and_apply_window(widget, two_series_dir, qtbot):
     np.testing.assert_array_equal(layer.data, before)
 
 
+def test_nifti_files_beside_dicom_series_are_offered_and_open(widget, two_series_dir, qtbot):
+    """A folder of DICOM series and NIfTI files (a converted copy beside them): each NIfTI file is a choice of the
+    picker and opens as its own volume."""
+    import nibabel as nib
+
+    viewer, w = widget
+    root = two_series_dir["root"]
+    hu = disk_phantom(3, 32).transpose(2, 1, 0)  # NIfTI's x, y, z
+    nib.save(nib.Nifti1Image(hu.astype(np.int16), np.diag([-0.8, -0.8, 2.0, 1.0])), str(root / "conv.nii.gz"))
+    w.path_edit.setText(str(root))
+    w.refresh_series()
+    labels = [w.series_combo.itemText(i) for i in range(w.series_combo.count())]
+    assert w.series_combo.count() == 3 and labels[-1] == "NIfTI conv.nii.gz" and "3 series found" in w.status.text()
+    w.series_combo.setCurrentIndex(2)
+    w.open_button.click()
+    qtbot.waitUntil(lambda: len(viewer.layers) == 1, timeout=10000)
+    layer = viewer.layers[0]
+    assert layer.data.shape == (3, 32, 32) and np.isclose(layer.data.min(), -1000) and "conv" in layer.name
+    np.testing.assert_allclose(layer.scale[-2:], (0.8, 0.8))
+
+
 def test_bad_path_shows_message_and_adds_nothing(widget, tmp_path, qtbot):
     viewer, w = widget
     w.path_edit.setText(str(tmp_path / "nowhere"))

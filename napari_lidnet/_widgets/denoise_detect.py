@@ -91,6 +91,21 @@ def _input_problem(layer: Any, hu: np.ndarray | None) -> str | None:
     return not_ct_note(str(layer.metadata.get("modality", "") or ""), hu, repr(layer.name))
 
 
+def _replaced_note(last: dict | None, layer: Any, res: Any) -> str | None:
+    """What a run of other slices on ``layer`` replaces on screen when it cannot be folded into the previous result
+    (a "current slice" run after another, or after a volume run with other models or strength); None when nothing
+    is lost."""
+    if last is None or last["layer"] != layer or layer.ndim != 3:
+        return None
+    old, new = sorted(int(i) for i in last["result"].slices), sorted(int(i) for i in res.slices)
+    if old == new:
+        return None
+    if len(old) >= layer.data.shape[0]:
+        return "replaces the all-slices result on screen (other models or strength)"
+    what = f"slice{'s' * (len(old) > 1)} {', '.join(map(str, old))}"
+    return f"replaces the result of {what} (run all slices to keep every slice)"
+
+
 class DenoiseDetectWidget(QWidget):
     """Denoise + detect on the selected CT image layer; outputs "<name> denoised", "<name> lesions" and optionally
     "<name> removed noise". Public methods (``run``, ``cancel``, ``refresh_models``, ``export_dicom``,
@@ -509,6 +524,7 @@ class DenoiseDetectWidget(QWidget):
         first = res.slices[0] if self._pending.get("slices") else 0
         labels, remove_sd = (out.denoiser_label, out.detector_label), self._pending.get("remove_sd")
         merged = self._into_volume(layer, res, labels, remove_sd)
+        replaced = _replaced_note(self._last, layer, res) if merged is None else None
         self._last = {"layer": layer, "result": merged or res, "first": 0 if merged else first, "labels": labels,
                       "remove_sd": remove_sd}  # fmt: skip
         if layer.ndim == 3 and list(self._last["result"].slices) == list(range(layer.data.shape[0])):
@@ -522,6 +538,8 @@ class DenoiseDetectWidget(QWidget):
         text = f"done on {layer.name!r} ({res.device}) in {res.seconds:.1f} s ({len(res.slices)} slices)"
         if cached:
             text += f"; from cache: {', '.join(cached)}"
+        if replaced:
+            text += f"; {replaced}"
         if out.noise_sd is not None:
             before, after = out.noise_sd
             if not np.isfinite(before):

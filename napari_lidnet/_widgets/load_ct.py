@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..io.nifti import nifti_files
 from ..io.open_ct import list_series, open_ct
 from ..io.volume import n_slices
 from ..io.windowing import SCAN_WINDOW, WINDOW_PRESETS
@@ -235,11 +236,12 @@ class LoadCTWidget(QWidget):
         self._scan_ok = True
         for info in infos:
             self.series_combo.addItem(info.label(), info.uid)
-        self.series_combo.setEnabled(len(infos) > 1)
-        if len(infos) > 1:
-            self._info(f"{len(infos)} series found; pick one and press Open")
-        else:
-            self._info("")
+        niftis = nifti_files(path)  # beside DICOM series, or a folder of NIfTI files: each file one choice
+        for file in niftis:
+            self.series_combo.addItem(f"NIfTI {file.name}", file)
+        n = len(infos) + len(niftis)
+        self.series_combo.setEnabled(n > 1)
+        self._info(f"{n} series found; pick one and press Open" if n > 1 else "")
         return True
 
     def open(self) -> None:
@@ -250,7 +252,10 @@ class LoadCTWidget(QWidget):
             return
         if not self.refresh_series():
             return
-        uid = self.series_combo.currentData() if self.series_combo.count() > 1 else None
+        choice = self.series_combo.currentData()
+        uid = choice if self.series_combo.count() > 1 and isinstance(choice, str) else None
+        if isinstance(choice, Path):  # a NIfTI file of the folder
+            path = str(choice)
         self.open_button.setEnabled(False)
         self._info(f"opening {Path(path).name} …")
         self._start(_open_task, (path, uid), self._on_opened, self.open_button)

@@ -36,6 +36,12 @@ def is_nifti(path: str | Path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
+def nifti_files(folder: str | Path) -> list[Path]:
+    """The NIfTI files directly in ``folder`` (sorted; none for a file), each a volume of its own."""
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p)) if folder.is_dir() else []
+
+
 def nifti_stem(path: str | Path) -> str:
     """The file name without .nii / .nii.gz."""
     name = Path(path).name

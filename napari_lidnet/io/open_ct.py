@@ -8,7 +8,7 @@ from .arrays import ARRAY_SUFFIXES, read_array
 from .checks import note_image_problems
 from .dicom_read import SeriesInfo, looks_like_dicom, read_dicom
 from .dicom_read import list_series as _list_dicom_series
-from .nifti import is_nifti, read_nifti
+from .nifti import is_nifti, nifti_files, read_nifti
 from .volume import CTVolume
 
 _SCAN_LIMIT = 2000  # files looked at when deciding whether a folder is ours
@@ -83,7 +83,7 @@ def _read(path: Path, kind: str | None, series_uid: str | None) -> list[CTVolume
     if path.is_dir():
         if not any(path.iterdir()):
             raise ValueError(f"{path}: folder is empty")
-        niftis = [p.name for p in sorted(path.iterdir()) if is_nifti(p)]
+        niftis = [p.name for p in nifti_files(path)]
         if niftis:
             raise ValueError(
                 f"{path}: folder holds {len(niftis)} NIfTI file(s) ({niftis[0]}, ...), each a volume of its own: "
