@@ -118,17 +118,22 @@ def test_preset_keys_stay_presets_while_the_calipers_are_active(viewer_with_ct, 
     assert mask.mode == "paint" and tuple(ct.contrast_limits) == contrast_limits("soft tissue")
 
 
-def test_measure_needs_an_image_and_says_pixels_off_a_ct(make_napari_viewer, qtbot) -> None:
+def test_measure_needs_an_image_and_says_pixels_without_a_voxel_size(make_napari_viewer, qtbot) -> None:
     viewer = make_napari_viewer()
     w = LoadCTWidget(viewer)
     assert w.measure() is None and "nothing to measure on" in w.status.text()
     assert len(viewer.layers) == 0
-    viewer.add_image(np.zeros((8, 64, 64), np.float32), name="cells", scale=(5.0, 0.5, 0.5))  # not a CT layer
+    viewer.add_image(np.zeros((8, 64, 64), np.float32), name="plain")  # not a CT layer, no scale: pixels
     layer = w.measure()
-    assert "'cells' is not a CT layer" in w.status.text()
+    assert "'plain' has no voxel size" in w.status.text()
     assert layer.ndim == 3  # a caliper on one slice stays on that slice
     layer.add_lines(np.array([[7, 10, 10], [7, 10, 50]]))
-    assert list(layer.text.values) == ["40.0 px"]  # 40 of that image's pixels, whatever its scale says
+    assert list(layer.text.values) == ["40.0 px"]  # 40 of that image's pixels
+    viewer.add_image(np.zeros((8, 64, 64), np.float32), name="scaled", scale=(5.0, 0.5, 0.5))  # given a voxel size
+    layer = w.measure()
+    assert "'scaled' is not a CT layer: the calipers take its scale as mm" in w.status.text()
+    layer.add_lines(np.array([[7, 10, 10], [7, 10, 50]]))
+    assert list(layer.text.values) == ["20.0 mm"]  # as the navigator measures boxes on that image
 
 
 def test_the_status_bar_reads_the_ct_under_the_cursor_while_measuring(viewer_with_ct) -> None:

@@ -2,8 +2,9 @@
 
 Load CT's "Measure (mm)" opens one over the CT layer on screen (its scale and translate: data coordinates are that
 image's pixel coordinates, so lengths follow its voxel size; a file without a stored spacing has 1 mm voxels, as
-the loader said when it opened it) and leaves it in line mode. Over an image that is not a CT layer (no voxel size
-the plugin read) lengths are in that image's pixels ("px"); without any image there is nothing to measure. A line
+the loader said when it opened it) and leaves it in line mode. Over another image its scale is taken as mm when it has
+one (as the lesion navigator does: ``has_voxel_size``), else lengths are in its pixels ("px"); without any image
+there is nothing to measure. A line
 or a path is labelled with its length, a rectangle or an ellipse with its two sides or axes (below the shape's
 right end, clear of the detector's score at the upper left); the labels follow every drawn, moved, edited or
 deleted shape.
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ._roles import CALIPERS, ROLE, is_ct_image, role
+from ._roles import CALIPERS, ROLE, has_voxel_size, role
 
 CALIPER_COLOR = "cyan"
 LENGTH_SHAPES = ("line", "path")
@@ -44,8 +45,8 @@ def caliper_label(vertices: np.ndarray, shape_type: str, scale: Any, unit: str =
 
 
 def relabel(layer: Any) -> None:
-    """Write every shape's caliper label into the layer's ``label`` feature (and so its text): mm over a CT layer,
-    the image's pixels otherwise (``metadata["caliper_unit"]``)."""
+    """Write every shape's caliper label into the layer's ``label`` feature (and so its text): mm over an image with
+    a voxel size, its pixels otherwise (``metadata["caliper_unit"]``)."""
     unit = layer.metadata.get("caliper_unit", "mm")
     scale = layer.scale if unit == "mm" else np.ones(layer.ndim)
     labels = [caliper_label(v, t, scale, unit) for v, t in zip(layer.data, layer.shape_type)]
@@ -59,12 +60,12 @@ def _on_data(event: Any) -> None:
 
 
 def caliper_unit(image: Any) -> str:
-    """'mm' over a CT layer (its scale is its voxel size), 'px' over any other image."""
-    return "mm" if is_ct_image(image) else "px"
+    """'mm' over a CT layer or an image given a scale (its voxel size), 'px' over an image without one."""
+    return "mm" if has_voxel_size(image) else "px"
 
 
 def add_calipers(viewer: Any, image: Any) -> Any:
-    """A calipers layer over ``image``, in mm when it is a CT layer, else in its pixels."""
+    """A calipers layer over ``image``, in mm when it has a voxel size (``caliper_unit``), else in its pixels."""
     unit = caliper_unit(image)
     layer = viewer.add_shapes(
         name="calipers",

@@ -39,7 +39,7 @@ from ..io.windowing import SCAN_WINDOW, WINDOW_PRESETS
 from ..layer_data import volume_layer_tuples
 from ._docking import DockHome, scroll_layout
 from ._layer_watch import LayerWatch, renamed_to
-from ._roles import NOISE, derived_name, is_reduced_dose, role
+from ._roles import NOISE, derived_name, is_ct_image, is_reduced_dose, role
 from ._worker_utils import Failure, SimProgress, simulate_job
 from .calipers import measure
 from .reading_room import HINT, ReadingRoom
@@ -298,7 +298,9 @@ class LoadCTWidget(QWidget):
         if layer is None:
             self._error("nothing to measure on: open a CT (or an image) first")
         elif layer.metadata.get("caliper_unit") != "mm":
-            self._info(f"'{image.name}' is not a CT layer with a voxel size: the calipers measure its pixels")
+            self._info(f"'{image.name}' has no voxel size (not a CT layer, no scale): the calipers measure its pixels")
+        elif not is_ct_image(image):
+            self._info(f"'{image.name}' is not a CT layer: the calipers take its scale as mm")
         return layer
 
     def _on_orientation_toggled(self, on: bool) -> None:
