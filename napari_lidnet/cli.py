@@ -279,6 +279,22 @@ def _score(text: str) -> float:
     return value
 
 
+def _device(text: str) -> str:
+    """argparse type: a device this machine has (``auto`` picks the best one; a device asked for by name that is
+    not here is refused rather than run on the CPU unasked)."""
+    if text.lower() == "auto":
+        return text
+    from napari_lidnet.models.device import pick_device
+
+    try:
+        dev, notice = pick_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if notice:
+        raise argparse.ArgumentTypeError(f"{text!r} is not available on this machine; use cpu or auto")
+    return text
+
+
 def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
     from tqdm import tqdm
 
@@ -571,7 +587,7 @@ def _add_train_schedule(p: Any) -> None:
         help="regions of the ROI perceptual loss: ground-truth boxes, detector boxes, or both",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", type=_device)
     p.add_argument("--export", default=None, help="save the best checkpoint as a named model in the model folder")
 
 
@@ -582,7 +598,7 @@ def _add_denoise(sub: Any) -> None:
     p.add_argument("output", help=".nii.gz/.nii (geometry kept), .npz/.tif/.npy file, or a new folder (DICOM series)")
     p.add_argument("--model", default=None, help="denoiser name or weights path (default: shipped)")
     p.add_argument("--series", default=None, metavar="UID", help="the DICOM series to read (default: the largest)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", type=_device)
     p.add_argument(
         "--remove-sd",
         type=float,
@@ -611,7 +627,7 @@ def _add_detect(sub: Any) -> None:
         "--threshold", type=_score, default=None,
         help="lowest score kept, in [0, 1] (default: the detector card's calibrated threshold, as in the widget)",
     )  # fmt: skip
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", type=_device)
     p.add_argument(
         "--all-series",
         action="store_true",
@@ -629,7 +645,7 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--detector", default=None, help="detector name or weights path (default: shipped)")
     p.add_argument("--max-slices", type=int, default=None)
     p.add_argument("--json", default=None, help="also write the result as JSON")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", type=_device)
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -795,7 +811,7 @@ def _add_calibrate(sub: Any) -> None:
     p.add_argument("--denoiser", default="default", help="its denoised slices are pooled in (name or path)")
     p.add_argument("--as-given", action="store_true", help="calibrate on the slices as given only")
     p.add_argument("--fp-per-slice", type=float, default=0.5, help="false boxes per slice at the threshold")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", type=_device)
     p.set_defaults(func=_cmd_calibrate)
 
 
@@ -815,7 +831,7 @@ def _add_adapt(sub: Any) -> None:
     p.add_argument("--boxes", default=None, help="lesion boxes (CSV/JSON from lidnet detect) to weight lesions")
     p.add_argument("--patch-size", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", type=_device)
     p.set_defaults(func=_cmd_adapt)
 
 

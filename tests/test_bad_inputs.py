@@ -683,3 +683,19 @@ def test_option_mistakes_get_plain_messages(corpus, capsys):
     rc, lines = run_cli(capsys, "detect", corpus / "arrays" / "good.npy", "--out", corpus / "out" / "s.csv",
                         "--series", "1.2.3")  # fmt: skip
     assert_refused(rc, lines, "detect", r"a series UID picks one DICOM series; this array input holds one volume")
+
+
+def test_a_device_this_machine_lacks_is_refused(corpus, capsys, tmp_path):
+    """Review 2026-12-05: `--device cuda` without CUDA ran on the CPU with a notice and exit 0; a device asked for by
+    name and not here is now refused before anything runs (auto still picks the best one)."""
+    import torch
+
+    out = tmp_path / "den.npy"
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as exc:
+            main(["denoise", str(corpus / "arrays" / "good.npy"), "--out", str(out), "--device", "cuda"])
+        assert exc.value.code == 2 and "'cuda' is not available on this machine; use cpu or auto" in (
+            capsys.readouterr().err)  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(["denoise", str(corpus / "arrays" / "good.npy"), "--out", str(out), "--device", "tpu"])
+    assert "unknown device 'tpu'" in capsys.readouterr().err and not out.exists()
