@@ -178,6 +178,9 @@ def test_current_slice_scope(make_napari_viewer, qtbot, model_dir: Path) -> None
     viewer.dims.set_point(0, TRANSLATE[0] + 4 * SCALE[0])  # another slice: the slice-3 result goes, and it says so
     run_and_wait(widget, qtbot)
     assert "replaces the result of slice 3 (run all slices" in widget.status.text()
+    widget.scope_combo.setCurrentText("all slices")  # covers slice 4: nothing lost, nothing said
+    run_and_wait(widget, qtbot)
+    assert "replaces" not in widget.status.text() and viewer.layers["low denoised"].data.shape == low.shape
 
 
 def test_a_current_slice_run_after_a_volume_run_updates_that_slice_only(make_napari_viewer, qtbot, model_dir) -> None:

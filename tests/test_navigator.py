@@ -454,3 +454,10 @@ def test_rejected_detections_are_dimmed_on_the_detectors_layer(make_napari_viewe
     widget.accept(1)
     np.testing.assert_allclose(np.array(boxes.edge_color), scored)
     assert (np.asarray(boxes.text.color._values).reshape(-1, 4)[:, 3] == 1).all()
+    widget.reject(2)
+    assert np.asarray(boxes.text.color._values)[2][3] == 0
+    _run(viewer, image, DETECTIONS, "run 2")  # the navigator moves to a new run: the old layer is drawn as it was
+    assert widget.boxes_layer.name == "run 2"
+    np.testing.assert_allclose(np.array(boxes.edge_color), scored)
+    assert (np.asarray(boxes.text.color._values).reshape(-1, 4)[:, 3] == 1).all()
+    assert boxes.edge_color_mode == "colormap"

@@ -209,6 +209,13 @@ def test_current_slice_output_compares_with_the_full_reference(make_napari_viewe
     err = one[0, 10:40, 10:40] - full[3, 10:40, 10:40]
     assert got["slice"] == 0 and "compared with slice 3 of the reference" in got["note"]
     assert got["rmse"] == pytest.approx(float(np.sqrt(np.mean(err**2))), rel=1e-4)
+    thin = viewer.add_image(np.concatenate([one, one]), name="thin", scale=(1.0, 0.7, 0.7),
+                            translate=(3 * 2.5, 0, 0))  # 1 mm slices there: another grid  # fmt: skip
+    gen = widget.generation
+    widget.refresh()
+    wait_new(qtbot, widget, gen)
+    got = table_rows(widget)[("#0", thin.name)]
+    assert "differs from reference" in got["note"] and math.isnan(got["rmse"])
 
 
 def test_write_csv_function(tmp_path):

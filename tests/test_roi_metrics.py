@@ -198,16 +198,20 @@ def test_one_slice_output_compares_with_the_reference_slice_at_its_place():
     one = full[3:4] + rng.normal(0, 20, (1, 48, 48)).astype(np.float32)
     box = rect(8, 8, 40, 40)
     reg = Region("r", "rectangle", box, slice_index=3)
-    reg.placements.update(one=Placement(0, box), full=Placement(3, box))
+    reg.placements.update(one=Placement(0, box, 7.5, 2.5), full=Placement(3, box, 7.5, 2.5))
     rows = {r["image"]: r for r in compare_regions({"one": one, "full": full}, [reg], reference="full")}
     mask = shape_mask("rectangle", box, (48, 48))
     want = region_rmse_psnr(one[0], full[3], mask)
     assert rows["one"]["slice"] == 0 and "compared with slice 3 of the reference" in rows["one"]["note"]
     assert (rows["one"]["rmse"], rows["one"]["psnr"]) == pytest.approx(want, rel=1e-6)
     assert rows["full"]["psnr"] == math.inf or rows["full"]["rmse"] == 0
-    reg.placements["one"] = Placement(0, box + 4)  # in-plane elsewhere: another grid
+    reg.placements["one"] = Placement(0, box + 4, 7.5, 2.5)  # in-plane elsewhere: another grid
     rows = compare_regions({"one": one, "full": full}, [reg], reference="full")
     assert "different grids" in rows[0]["note"] and math.isnan(rows[0]["psnr"])
+    for elsewhere in (Placement(0, box, 8.5, 2.5), Placement(0, box, 7.5, 1.0)):  # another position or spacing
+        reg.placements["one"] = elsewhere
+        rows = compare_regions({"one": one, "full": full}, [reg], reference="full")
+        assert "differs from reference" in rows[0]["note"] and math.isnan(rows[0]["psnr"])
     plain = Region("r", "rectangle", box, slice_index=0)  # no world placements: shapes are compared as they are
     rows = compare_regions({"one": one, "full": full}, [plain], reference="full")
     assert "differs from reference" in rows[0]["note"] and math.isnan(rows[0]["rmse"])

@@ -1,8 +1,9 @@
 """Rejected detections dimmed on the detector's boxes layer: a faint grey outline and no score label, so the image
 shows what is still to decide and nothing bright sits over a box the reader dismissed.
 
-Only layers whose outlines are coloured by their ``score`` feature (the Denoise dock's) are dimmed: their colours
-come back from that feature when a box is no longer rejected.
+Only the Denoise dock's layers are dimmed (outlines coloured by their ``score`` feature, one text colour): their
+colours come back from that feature when a box is no longer rejected, and the navigator undims a layer it stops
+reviewing (``dim_boxes(layer, none)``), so no hidden label moves to another box when the layer changes later.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ _FLAG = "dimmed_from_score"  # in the layer's "lidnet" metadata: its outlines we
 
 
 def scored(layer: Any) -> bool:
-    """Whether the layer's outlines follow its ``score`` feature (now, or before ``dim_boxes`` changed them)."""
-    if "score" not in layer.features:
+    """Whether the layer's outlines follow its ``score`` feature (now, or before ``dim_boxes`` changed them) and its
+    text has one colour (or ``dim_boxes``'s)."""
+    if "score" not in layer.features or not isinstance(layer.text.color, (ConstantColorEncoding, ManualColorEncoding)):
         return False
-    return layer.edge_color_mode == "colormap" or bool(layer.metadata.get("lidnet", {}).get(_FLAG))
+    if layer.metadata.get("lidnet", {}).get(_FLAG):
+        return True
+    return layer.edge_color_mode == "colormap" and getattr(layer, "_edge_color_property", None) == "score"
 
 
 def dim_boxes(layer: Any, dimmed: np.ndarray) -> None:

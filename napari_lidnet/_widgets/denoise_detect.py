@@ -72,6 +72,7 @@ BROWSE_ITEM = "Browse..."
 SCOPES = ("all slices", "current slice")
 BOX_COLORMAP = "plasma"
 BOX_SCORE_RANGE = (0.0, 1.0)  # one colour per score, whatever the threshold shows
+BOX_TEXT_COLOR = "yellow"
 #: score threshold slider: integer percent, from the detection floor (inference.BOX_FLOOR) to 0.95
 THRESHOLD_RANGE = (5, 95)
 #: largest noise SD (HU) the strength box takes; 0 shows "all noise"
@@ -92,17 +93,17 @@ def _input_problem(layer: Any, hu: np.ndarray | None) -> str | None:
 
 
 def _replaced_note(last: dict | None, layer: Any, res: Any) -> str | None:
-    """What a run of other slices on ``layer`` replaces on screen when it cannot be folded into the previous result
-    (a "current slice" run after another, or after a volume run with other models or strength); None when nothing
-    is lost."""
+    """What a run on ``layer`` replaces on screen of ``last`` (that layer's previous result) when it could not be
+    folded into it: a "current slice" run after a run of other slices, or after a volume run with other models or
+    strength; None when the new run covers what was there."""
     if last is None or last["layer"] != layer or layer.ndim != 3:
         return None
-    old, new = sorted(int(i) for i in last["result"].slices), sorted(int(i) for i in res.slices)
-    if old == new:
+    old, new = {int(i) for i in last["result"].slices}, {int(i) for i in res.slices}
+    if old <= new:
         return None
     if len(old) >= layer.data.shape[0]:
         return "replaces the all-slices result on screen (other models or strength)"
-    what = f"slice{'s' * (len(old) > 1)} {', '.join(map(str, old))}"
+    what = f"slice{'s' * (len(old) > 1)} {', '.join(map(str, sorted(old)))}"
     return f"replaces the result of {what} (run all slices to keep every slice)"
 
 
@@ -524,7 +525,7 @@ class DenoiseDetectWidget(QWidget):
         first = res.slices[0] if self._pending.get("slices") else 0
         labels, remove_sd = (out.denoiser_label, out.detector_label), self._pending.get("remove_sd")
         merged = self._into_volume(layer, res, labels, remove_sd)
-        replaced = _replaced_note(self._last, layer, res) if merged is None else None
+        replaced = _replaced_note(self._previous(layer), layer, res) if merged is None else None
         self._last = {"layer": layer, "result": merged or res, "first": 0 if merged else first, "labels": labels,
                       "remove_sd": remove_sd}  # fmt: skip
         if layer.ndim == 3 and list(self._last["result"].slices) == list(range(layer.data.shape[0])):
@@ -551,6 +552,12 @@ class DenoiseDetectWidget(QWidget):
         if res.boxes is not None:
             text += f"; {self._n_shown} lesions with score >= {self.threshold:.2f}"
         self.status.setText(text)
+
+    def _previous(self, layer: Any) -> dict | None:
+        """``layer``'s result on screen: the last run's when it ran on ``layer``, else its last volume run's."""
+        if self._last is not None and self._last["layer"] == layer:
+            return self._last
+        return next((v for v in self._volumes if v["layer"] == layer), None)
 
     def _into_volume(self, layer: Any, res: Any, labels: tuple, remove_sd: float | None) -> Any | None:
         """A "current slice" run folded into the last whole-volume result of the same layer (whatever ran on other
@@ -722,6 +729,7 @@ class DenoiseDetectWidget(QWidget):
         if not rebuild and layer is not None:
             layer.data = shapes
             layer.features = features
+            layer.text.color = BOX_TEXT_COLOR  # one colour again (the navigator dims its rejections after this)
             layer.edge_color = "score"
             layer.edge_contrast_limits = BOX_SCORE_RANGE  # napari rescales to the shown scores otherwise
             layer.refresh_colors()
@@ -736,7 +744,7 @@ class DenoiseDetectWidget(QWidget):
             "edge_contrast_limits": BOX_SCORE_RANGE,
             "edge_width": 2,
             "face_color": "transparent",
-            "text": {"string": "{score:.2f}", "anchor": "upper_left", "size": 9, "color": "yellow"},
+            "text": {"string": "{score:.2f}", "anchor": "upper_left", "size": 9, "color": BOX_TEXT_COLOR},
             "metadata": {ROLE: DETECTIONS, "lidnet": {"source_layer": src.name, "source_key": source_key(src),
                                                       "detector": self._last["labels"][1], "run": uuid.uuid4().hex}},
             **self._geometry(None),

@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..io.nifti import nifti_files
-from ..io.open_ct import list_series, open_ct
+from ..io.open_ct import input_kind, list_series, open_ct
 from ..io.volume import n_slices
 from ..io.windowing import SCAN_WINDOW, WINDOW_PRESETS
 from ..layer_data import volume_layer_tuples
@@ -230,13 +230,14 @@ class LoadCTWidget(QWidget):
             return False
         try:
             infos = list_series(path)
+            # NIfTI files beside DICOM series, or a folder of them: each file one choice (a PNG folder is one volume)
+            niftis = nifti_files(path) if input_kind(path) in ("dicom", None) else []
         except (ValueError, OSError) as exc:
             self._error(str(exc))
             return False
         self._scan_ok = True
         for info in infos:
             self.series_combo.addItem(info.label(), info.uid)
-        niftis = nifti_files(path)  # beside DICOM series, or a folder of NIfTI files: each file one choice
         for file in niftis:
             self.series_combo.addItem(f"NIfTI {file.name}", file)
         n = len(infos) + len(niftis)

@@ -189,7 +189,9 @@ class LesionNavigatorWidget(QWidget):
         DockHome(self, "bottom", TITLE)
 
     def dock_closed(self) -> None:
-        """The dock was closed: the widget stops listening to the viewer's layers and unbinds its review keys."""
+        """The dock was closed: the widget stops listening to the viewer's layers, unbinds its review keys and
+        undims the boxes it dimmed."""
+        self._undim()
         self.watch.close()
 
     # ------------------------------------------------------------------------------------------------------ UI
@@ -308,6 +310,7 @@ class LesionNavigatorWidget(QWidget):
         layer = event.value
         # == not "is": napari gives plugins a new proxy of a layer at each access
         if layer == self.image_layer:  # no review on an image that is gone: the picker says so, jumps stop
+            self._undim()
             self.image_layer = None
             self.refresh_layers()
             self.image_combo.blockSignals(True)
@@ -400,6 +403,7 @@ class LesionNavigatorWidget(QWidget):
         return sorted({f.id: f for f in [*new, *carried]}.values(), key=lambda f: f.id)
 
     def _disconnect_boxes(self) -> None:
+        self._undim()
         if self.boxes_layer is not None:
             for emitter, slot in ((self.boxes_layer.events.data, self._on_boxes_data),
                                   (self.boxes_layer.events.features, self._on_boxes_data),
@@ -486,6 +490,15 @@ class LesionNavigatorWidget(QWidget):
             if kind not in ("line", "path"):
                 z, corners = corners_in_image(layer, i, image)
                 dimmed[i] = status.get(self._key(Finding(-1, z, corners))) == "rejected"
+        self._dim(layer, dimmed)
+
+    def _undim(self) -> None:
+        """The boxes layer as the Denoise dock drew it: the navigator stops reviewing it."""
+        layer = self.boxes_layer
+        if layer is not None and layer in self.viewer.layers and scored(layer):
+            self._dim(layer, np.zeros(layer.nshapes, bool))
+
+    def _dim(self, layer: Any, dimmed: np.ndarray) -> None:
         self._dimming = True  # dim_boxes recolours the layer: its edge_color event comes back here
         try:
             dim_boxes(layer, dimmed)

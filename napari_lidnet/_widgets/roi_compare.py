@@ -157,7 +157,7 @@ def regions_from_shapes(shapes: Any, images: dict[str, Any], world_point: Any | 
         notes = []
         for img_name, lay in images.items():
             pix = np.array([np.asarray(lay.world_to_data(w[-lay.ndim :]), dtype=float) for w in world])
-            sl = None
+            sl, where = None, {}
             if lay.ndim >= 3:
                 z = pix[:, -3]
                 sl = int(np.floor(np.median(z) + 0.5))
@@ -165,7 +165,10 @@ def regions_from_shapes(shapes: Any, images: dict[str, Any], world_point: Any | 
                     notes.append(f"2D shape on a 3D image: slice {sl} (the viewer's current slice)")
                 elif np.ptp(z) > 0.5:
                     notes.append(f"shape spans slices; using slice {sl}")
-            region.placements[img_name] = Placement(sl, pix[:, -2:])
+                centre = np.array([sl, *pix[:, -2:].mean(0)])  # the slice's world position, for other grids
+                where = {"slice_mm": float(np.asarray(lay.data_to_world(centre))[-3]),
+                         "spacing_mm": float(lay.scale[-3])}  # fmt: skip
+            region.placements[img_name] = Placement(sl, pix[:, -2:], **where)
         region.note = "; ".join(dict.fromkeys(notes))
         regions.append(region)
     return regions

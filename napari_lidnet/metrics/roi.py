@@ -56,10 +56,13 @@ PerceptualFn = Callable[[np.ndarray, np.ndarray, tuple[float, float, float, floa
 
 @dataclass
 class Placement:
-    """Where a region lies on one image: slice index (None for a 2D image) and (n, 2) pixel (row, col)."""
+    """Where a region lies on one image: slice index (None for a 2D image) and (n, 2) pixel (row, col); for a slice
+    placed through world coordinates, that slice's world position and the image's slice spacing (mm)."""
 
     slice_index: int | None
     vertices: np.ndarray
+    slice_mm: float | None = None
+    spacing_mm: float | None = None
 
 
 @dataclass
@@ -308,17 +311,26 @@ def _same_pixels(a: Placement, b: Placement) -> bool:
     return a.vertices.shape == b.vertices.shape and np.allclose(a.vertices, b.vertices, atol=0.5)
 
 
+def _same_slice_place(a: Placement, b: Placement) -> bool:
+    """Whether two world-placed slices lie at one position with one slice spacing (a "current slice" output and
+    its source)."""
+    if None in (a.slice_mm, b.slice_mm, a.spacing_mm, b.spacing_mm):
+        return False
+    step = max(abs(a.spacing_mm), abs(b.spacing_mm), 1e-6)
+    return abs(a.spacing_mm - b.spacing_mm) <= 1e-3 * step and abs(a.slice_mm - b.slice_mm) <= 0.01 * step
+
+
 def _reference_plane(
     ref_img: Any, region: Region, name: str, reference: str, image: Any, notes: list[str]
 ) -> np.ndarray | None:
     """The reference's plane under ``region`` as placed on ``image``, or None with a note. Images of one shape
     compare slice for slice; an image of fewer slices on the reference's in-plane grid (a "current slice" output)
-    compares with the reference slice at the same place in the world, when the region was placed through world
-    coordinates on both."""
+    compares with the reference slice at the same world position and slice spacing, when the region was placed
+    through world coordinates on both (``Placement.slice_mm``)."""
     a, b = region.placement(name), region.placement(reference)
     same_shape = tuple(ref_img.shape) == tuple(image.shape)
-    world_placed = name in region.placements and reference in region.placements
-    if not same_shape and not (world_placed and tuple(ref_img.shape[-2:]) == tuple(image.shape[-2:])):
+    fewer = len(ref_img.shape) == len(image.shape) == 3 and tuple(ref_img.shape[-2:]) == tuple(image.shape[-2:])
+    if not same_shape and not (fewer and _same_slice_place(a, b)):
         notes.append(f"shape {tuple(image.shape)} differs from reference {tuple(ref_img.shape)}: no comparison")
         return None
     if not _same_pixels(a, b) or (same_shape and a.slice_index != b.slice_index):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 
@@ -16,14 +18,16 @@ def pick_device(preference: str = "auto") -> tuple[torch.device, str]:
         if mps:
             return torch.device("mps"), ""
         return torch.device("cpu"), "no GPU found: running on the CPU"
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", pref):
+        raise ValueError(f"unknown device {preference!r}; use auto, cpu, cuda, cuda:N or mps")
     if pref.startswith("cuda") and not cuda:
         return torch.device("cpu"), f"{preference} requested but CUDA is not available: falling back to the CPU"
+    if pref.startswith("cuda:") and int(pref[5:]) >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        return torch.device("cuda"), f"{preference} requested but this machine has {n} GPU(s): using cuda:0"
     if pref == "mps" and not mps:
         return torch.device("cpu"), "mps requested but Apple MPS is not available: falling back to the CPU"
-    try:
-        return torch.device(pref), ""
-    except RuntimeError:
-        raise ValueError(f"unknown device {preference!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    return torch.device(pref), ""
 
 
 def device_choices() -> list[str]:
