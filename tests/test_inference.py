@@ -134,7 +134,7 @@ def test_oom_falls_back_to_cpu_and_gives_up_on_cpu() -> None:
     vol = _noisy((2, 96, 96), seed=5)
     model = SmoothOOM(max_pixels=10**9, cpu_only=True)
     notices: list[str] = []
-    out = inf.denoise(model, vol, device="meta", batch_size=2, overlap=8, notice=notices.append)
+    out = inf.denoise(model, vol, device=torch.device("meta"), batch_size=2, overlap=8, notice=notices.append)
     np.testing.assert_allclose(out, _smooth_ref(vol), atol=1e-3)
     assert "CPU" in notices[-1] and [d for d, _ in model.calls][-1] == "cpu"
     with pytest.raises(RuntimeError, match="even with batch size 1"):
