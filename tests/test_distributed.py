@@ -247,6 +247,13 @@ def test_sigterm_stops_a_training_run_like_ctrl_c_and_says_what_is_kept(tmp_path
     assert _done(run)[-1] == "pretrain-denoiser" and (run / "partial_detector.safetensors").exists()
 
 
+def _why(stderr: str) -> str:
+    """A failed torchrun job's own words: the lines that say why a process died (torchrun's summary names only
+    the signal), then the end of its output."""
+    said = [ln for ln in stderr.splitlines() if re.search(r"terminate|what\(\)|Error|error:|Abort|Exception", ln)]
+    return "\n".join(said[:40]) + "\n...\n" + stderr[-1500:]
+
+
 def test_a_signalled_torchrun_job_stops_at_one_step_with_a_checkpoint_there_and_resumes_exactly(tmp_path):
     """Review 2026-12-05: under torchrun a stop lost everything since the last periodic checkpoint. torchrun passes
     its SIGTERM on to both processes; they agree on the step to stop at, rank 0 keeps a checkpoint there (no
@@ -278,10 +285,10 @@ def test_a_signalled_torchrun_job_stops_at_one_step_with_a_checkpoint_there_and_
     assert 25 <= int(stopped.group(1)) < 150 and (run / "partial_denoiser.safetensors").exists()
 
     resumed = subprocess.run(command(run), env=env, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.returncode == 0, _why(resumed.stderr)
     assert "pretrain-denoiser 25/150" not in resumed.stderr, resumed.stderr[-2000:]  # went on from the stop
     whole = subprocess.run(command(tmp_path / "whole"), env=env, capture_output=True, text=True, timeout=300)
-    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert whole.returncode == 0, _why(whole.stderr)
     final = load_weights(run / "last_denoiser")[0].state_dict()
     for name, value in load_weights(tmp_path / "whole" / "last_denoiser")[0].state_dict().items():
         assert torch.allclose(value, final[name], atol=1e-6), name
