@@ -202,3 +202,24 @@ def test_type2_elements_are_written_empty_when_unknown_and_kept_when_the_source_
     assert out.PositionReferenceIndicator == "" and out.Laterality == "" and float(out.KVP) == 120.0
     assert out.IssuerOfPatientID == "HOSP-A"  # the patient's ID stays tied to its issuer
     assert out.DerivationDescription == "lossy conversion; napari-lidnet: denoised"  # the history, then ours
+
+
+def test_derived_series_are_numbered_after_their_source(tmp_path):
+    """Review 2026-12-04: every derived series was 9001 and every report 9901, so a batch of four series listed four
+    9001s in a PACS. Now series N gives 9000 + N (denoised) and 9900 + N (its review report), read from the source."""
+    from pydicom.data import get_testdata_file
+
+    from napari_lidnet.findings import box_corners
+    from napari_lidnet.io.dicom_sr import SRRegion, write_sr
+    from napari_lidnet.io.dicom_write import derived_series_number
+
+    (vol,) = read_dicom(get_testdata_file("CT_small.dcm"))  # a real CT of series number 1
+    vol.metadata["source_tags"]["SeriesNumber"] = "7"
+    files = write_dicom_series(vol, tmp_path / "den", "LIDnet denoised")
+    assert int(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesNumber) == 9007
+    sr = write_sr(tmp_path / "sr.dcm", [SRRegion(0, box_corners(3, 4, 9, 10), 4.0, 3.0, 30.0, 0.8, "accepted")],
+                  source_tags=vol.metadata["source_tags"])  # fmt: skip
+    assert int(pydicom.dcmread(sr).SeriesNumber) == 9907
+    (again,) = read_dicom(get_testdata_file("CT_small.dcm"))
+    assert again.metadata["source_tags"]["SeriesNumber"] in (1, "1")  # read from the file
+    assert [derived_series_number(v, 9000) for v in (None, "", "x", -2, 899, 900)] == [9001] * 4 + [9899, 9001]

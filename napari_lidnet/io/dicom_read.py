@@ -40,6 +40,7 @@ SOURCE_TAGS = (
     "StudyDate",
     "StudyTime",
     "StudyDescription",
+    "SeriesNumber",  # a derived series is numbered after it (dicom_write.derived_series_number)
     "AccessionNumber",
     "ReferringPhysicianName",
     "FrameOfReferenceUID",

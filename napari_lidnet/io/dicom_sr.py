@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .dicom_write import derived_series_number
+
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 #: the private coding scheme of the detector's score and the review status, declared in the header
 PRIVATE_SCHEME = "99LIDNET"
@@ -271,7 +273,7 @@ def _header(source_tags: dict[str, Any], description: str) -> Any:
     ds.SOPInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.Modality = "SR"
-    ds.SeriesNumber = 9901
+    ds.SeriesNumber = derived_series_number(source_tags.get("SeriesNumber"), 9900)
     ds.InstanceNumber = 1
     ds.SeriesDescription = description[:64]
     ds.Manufacturer = "napari-lidnet"
