@@ -24,7 +24,7 @@ STATUSES = ("pending", "accepted", "rejected", "edited", "added")
 KEPT = ("accepted", "edited", "added")
 #: columns of the exported table
 COLUMNS = ("id", "lesion", "slice", "centre_z_mm", "centre_y_mm", "centre_x_mm", "long_mm", "short_mm", "mean_hu",
-           "score", "status", "x1", "y1", "x2", "y2")  # fmt: skip
+           "score", "status", "x1", "y1", "x2", "y2", "instance_number", "sop_instance_uid")  # fmt: skip
 
 
 @dataclass
@@ -143,9 +143,15 @@ def record(finding: Finding, lesion: int | None = None) -> dict[str, Any]:
     return {k: row.get(k) for k in COLUMNS}
 
 
-def write_findings(path: str | Path, findings: Sequence[Finding], info: dict[str, Any] | None = None) -> Path:
+def write_findings(
+    path: str | Path,
+    findings: Sequence[Finding],
+    info: dict[str, Any] | None = None,
+    slice_ids: Sequence[tuple[Any, Any]] | None = None,
+) -> Path:
     """Write findings as CSV, or as JSON (with ``info``: source, spacing, units) when ``path`` ends in .json, each
-    with its lesion number (boxes overlapping on neighbouring slices are one lesion).
+    with its lesion number (boxes overlapping on neighbouring slices are one lesion) and, from ``slice_ids[slice]``
+    = (InstanceNumber, SOPInstanceUID) of a DICOM source, the instance a PACS finds that slice by (empty otherwise).
 
     Refuses to overwrite an existing file.
     """
@@ -154,6 +160,10 @@ def write_findings(path: str | Path, findings: Sequence[Finding], info: dict[str
         raise FileExistsError(f"{path} already exists")
     lesions = lesion_groups(findings)
     rows = [record(f, lesions[f.id]) for f in findings]
+    for row in rows:
+        z = int(row["slice"])
+        number, uid = slice_ids[z] if slice_ids is not None and 0 <= z < len(slice_ids) else (None, None)
+        row["instance_number"], row["sop_instance_uid"] = (None if v in ("", None) else v for v in (number, uid))
     try:
         fh = path.open("x", newline="")  # exclusive: never replaces a file that appeared meanwhile
     except FileExistsError:

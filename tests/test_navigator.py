@@ -111,6 +111,11 @@ def test_accept_reject_edit_and_exports(case, tmp_path: Path, qtbot) -> None:
     assert widget.export(tmp_path / "review.json") is None and "exists" in widget.status.text()
 
     src_uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in vol.metadata["files"]]
+    numbers = [int(pydicom.dcmread(f, stop_before_pixels=True).InstanceNumber) for f in vol.metadata["files"]]
+    # each row names the instance a PACS finds its slice by (the fixture numbers slices in reverse)
+    assert [(int(r["instance_number"]), r["sop_instance_uid"]) for r in rows] == [
+        (numbers[z], src_uids[z]) for z in (1, 3, 2, 4)]  # fmt: skip
+    assert js[0]["sop_instance_uid"] == src_uids[1]
     for f in vol.metadata["files"]:  # the references come from what the reader recorded, not from the files again
         Path(f).rename(f"{f}.moved")
     sr = pydicom.dcmread(widget.export(tmp_path / "review.dcm"))

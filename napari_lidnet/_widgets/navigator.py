@@ -908,7 +908,10 @@ class LesionNavigatorWidget(QWidget):
                 "spacing_mm": [float(s) for s in image.scale],
                 "units": "pixels (boxes), mm (sizes; centre: patient LPS z, y, x for DICOM, else viewer world)",
                 }  # fmt: skip
-        return write_findings(path, self.findings, info)
+        meta, n = image.metadata or {}, n_slices(image.data)
+        numbers, uids = per_slice(meta, "instance_numbers", n), per_slice(meta, "sop_instance_uids", n)
+        ids = list(zip(numbers or [None] * n, uids or [None] * n, strict=False)) if numbers or uids else None
+        return write_findings(path, self.findings, info, ids)
 
     def _write_sr(self, path: Path) -> Path:
         from ..io.dicom_sr import SRRegion, instance_refs, write_sr
