@@ -23,8 +23,10 @@ STATUSES = ("pending", "accepted", "rejected", "edited", "added")
 #: states whose boxes are part of the reviewed result
 KEPT = ("accepted", "edited", "added")
 #: columns of the exported table
+#: the columns that find a finding's slice outside this program (from ``io.boxes_io.slice_columns``)
+SLICE_ID_COLUMNS = ("instance_number", "frame_number", "sop_instance_uid")
 COLUMNS = ("id", "lesion", "slice", "centre_z_mm", "centre_y_mm", "centre_x_mm", "long_mm", "short_mm", "mean_hu",
-           "score", "status", "x1", "y1", "x2", "y2", "instance_number", "sop_instance_uid")  # fmt: skip
+           "score", "status", "x1", "y1", "x2", "y2", *SLICE_ID_COLUMNS)  # fmt: skip
 
 
 @dataclass
@@ -147,11 +149,12 @@ def write_findings(
     path: str | Path,
     findings: Sequence[Finding],
     info: dict[str, Any] | None = None,
-    slice_ids: Sequence[tuple[Any, Any]] | None = None,
+    slice_ids: dict[str, list] | None = None,
 ) -> Path:
     """Write findings as CSV, or as JSON (with ``info``: source, spacing, units) when ``path`` ends in .json, each
-    with its lesion number (boxes overlapping on neighbouring slices are one lesion) and, from ``slice_ids[slice]``
-    = (InstanceNumber, SOPInstanceUID) of a DICOM source, the instance a PACS finds that slice by (empty otherwise).
+    with its lesion number (boxes overlapping on neighbouring slices are one lesion) and the columns of
+    ``slice_ids`` (``io.boxes_io.slice_columns`` of a DICOM source: InstanceNumber, or the frame of a multi-frame
+    instance, and SOP Instance UID per slice) that find its slice in a PACS; empty where unknown.
 
     Refuses to overwrite an existing file.
     """
@@ -162,8 +165,10 @@ def write_findings(
     rows = [record(f, lesions[f.id]) for f in findings]
     for row in rows:
         z = int(row["slice"])
-        number, uid = slice_ids[z] if slice_ids is not None and 0 <= z < len(slice_ids) else (None, None)
-        row["instance_number"], row["sop_instance_uid"] = (None if v in ("", None) else v for v in (number, uid))
+        for key in SLICE_ID_COLUMNS:
+            values = (slice_ids or {}).get(key)
+            value = values[z] if values is not None and 0 <= z < len(values) else None
+            row[key] = None if value in ("", None) else value
     try:
         fh = path.open("x", newline="")  # exclusive: never replaces a file that appeared meanwhile
     except FileExistsError:

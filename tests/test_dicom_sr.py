@@ -10,6 +10,7 @@ import pytest
 from conftest import synthetic_hu, write_series
 
 from napari_lidnet.findings import Finding, box_corners, findings_from_rows, measure, read_findings, write_findings
+from napari_lidnet.io.boxes_io import slice_columns
 from napari_lidnet.io.dicom_sr import COMPREHENSIVE_SR, SRRegion, closed_polyline, instance_refs, write_sr
 from napari_lidnet.io.open_ct import open_ct
 
@@ -140,6 +141,11 @@ def test_findings_measure_sizes_centres_and_hu(tmp_path: Path) -> None:
     assert [r["status"] for r in rows] == ["accepted", "pending"] and float(rows[0]["long_mm"]) == 8.0
     js = read_findings(write_findings(tmp_path / "f.json", [f], {"source": "test"}))
     assert js[0]["x1"] == 10 and js[0]["score"] == 0.7
+    assert js[0]["instance_number"] is None and js[0]["sop_instance_uid"] is None  # no DICOM source: empty
+    # a multi-frame source (one instance, its frames): the frame finds the slice, not an "instance number"
+    meta = {"frame_numbers": [1, 2, 3], "instance_numbers": [1, 2, 3], "sop_instance_uids": ["1.2.3"] * 3}
+    js = read_findings(write_findings(tmp_path / "mf.json", [f], {}, slice_columns(meta, 3)))
+    assert (js[0]["instance_number"], js[0]["frame_number"], js[0]["sop_instance_uid"]) == (None, 2, "1.2.3")
 
 
 def test_boxes_on_neighbouring_slices_are_one_lesion() -> None:

@@ -223,3 +223,4 @@ def test_derived_series_are_numbered_after_their_source(tmp_path):
     (again,) = read_dicom(get_testdata_file("CT_small.dcm"))
     assert again.metadata["source_tags"]["SeriesNumber"] in (1, "1")  # read from the file
     assert [derived_series_number(v, 9000) for v in (None, "", "x", -2, 899, 900)] == [9001] * 4 + [9899, 9001]
+    assert derived_series_number("9007", 9900) == 9907  # a report on the re-opened denoised series pairs with 7

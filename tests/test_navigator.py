@@ -442,7 +442,9 @@ def test_rejected_detections_are_dimmed_on_the_detectors_layer(make_napari_viewe
     write_series(tmp_path / "ct", synthetic_hu((5, 24, 32), seed=3), series_uid="1.2.826.0.1.3680043.8.498.56")
     viewer = make_napari_viewer()
     widget, image, boxes = open_with_boxes(viewer, open_ct(tmp_path / "ct")[0])
-    boxes.edge_colormap, boxes.edge_contrast_limits, boxes.edge_color = "plasma", (0.0, 1.0), "score"
+    boxes.edge_colormap, boxes.edge_color = "plasma", "score"  # as the Denoise dock colours them: one range, 0-1
+    boxes.edge_contrast_limits = (0.0, 1.0)
+    boxes.refresh_colors()
     boxes.text = {"string": "{score:.2f}", "color": "yellow"}
     widget.load(boxes, image)
     scored = np.array(boxes.edge_color)
@@ -455,7 +457,10 @@ def test_rejected_detections_are_dimmed_on_the_detectors_layer(make_napari_viewe
     boxes.data = boxes_to_shapes(DETECTIONS[:, :5], 3)
     boxes.features = {"score": DETECTIONS[:, 5]}
     boxes.edge_color = "score"
+    boxes.edge_contrast_limits = (0.0, 1.0)
+    boxes.refresh_colors()
     np.testing.assert_allclose(np.array(boxes.edge_color)[1], DIM_EDGE)
+    np.testing.assert_allclose(np.array(boxes.edge_color)[[0, 2]], scored[[0, 2]])  # the others on the 0-1 range
     widget.accept(1)
     np.testing.assert_allclose(np.array(boxes.edge_color), scored)
     assert (np.asarray(boxes.text.color._values).reshape(-1, 4)[:, 3] == 1).all()
@@ -465,4 +470,4 @@ def test_rejected_detections_are_dimmed_on_the_detectors_layer(make_napari_viewe
     assert widget.boxes_layer.name == "run 2"
     np.testing.assert_allclose(np.array(boxes.edge_color), scored)
     assert (np.asarray(boxes.text.color._values).reshape(-1, 4)[:, 3] == 1).all()
-    assert boxes.edge_color_mode == "colormap"
+    assert boxes.edge_color_mode == "colormap" and tuple(boxes.edge_contrast_limits) == (0.0, 1.0)

@@ -15,7 +15,7 @@ from napari.layers.utils.color_encoding import ConstantColorEncoding, ManualColo
 
 DIM_EDGE = (0.6, 0.6, 0.6, 0.35)
 HIDDEN = (0.0, 0.0, 0.0, 0.0)
-_FLAG = "dimmed_from_score"  # in the layer's "lidnet" metadata: its outlines were the score colormap's
+_FLAG = "dimmed_from_score"  # in the layer's "lidnet" metadata: the score colour range it had before dimming
 
 
 def scored(layer: Any) -> bool:
@@ -30,18 +30,24 @@ def scored(layer: Any) -> bool:
 
 def dim_boxes(layer: Any, dimmed: np.ndarray) -> None:
     """Draw the shapes where ``dimmed`` is True faint grey without their text; the others in their score colour
-    and the layer's text colour. Does nothing on a layer not coloured by score."""
+    (on the layer's colour range before any dimming) and the layer's text colour. Does nothing on a layer not
+    coloured by score."""
     if not scored(layer):
         return
     dimmed = np.asarray(dimmed, bool)
-    was_dimmed = layer.metadata.get("lidnet", {}).get(_FLAG)
-    if not dimmed.any() and not was_dimmed:
+    info = dict(layer.metadata.get("lidnet", {}))  # a copy: napari's Duplicate Layer shares the inner dict
+    was = info.get(_FLAG)
+    if not dimmed.any() and not was:
         return
-    layer.edge_color = "score"  # back to the colormap: each shape's score colour
+    limits = tuple(was) if isinstance(was, (list, tuple)) else tuple(layer.edge_contrast_limits)
+    layer.edge_color = "score"  # back to the colormap: each shape's score colour ...
+    layer.edge_contrast_limits = limits  # ... on the range it had (napari rescales to the scores shown)
+    layer.refresh_colors()
     text_colour = _text_default(layer)
     if not dimmed.any():
         layer.text.color = ConstantColorEncoding(constant=text_colour)
-        layer.metadata.get("lidnet", {}).pop(_FLAG, None)
+        info.pop(_FLAG, None)
+        layer.metadata["lidnet"] = info
         layer.refresh_text()
         return
     edges = np.array(layer.edge_color, dtype=float)
@@ -50,7 +56,7 @@ def dim_boxes(layer: Any, dimmed: np.ndarray) -> None:
     texts = np.tile(np.asarray(_rgba(text_colour)), (layer.nshapes, 1))
     texts[dimmed[: len(texts)]] = HIDDEN
     layer.text.color = ManualColorEncoding(array=texts, default=text_colour)
-    layer.metadata.setdefault("lidnet", {})[_FLAG] = True
+    layer.metadata["lidnet"] = {**info, _FLAG: [float(v) for v in limits]}
     layer.refresh_text()
 
 

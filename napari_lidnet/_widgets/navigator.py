@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..findings import KEPT, Finding, centre_world, lesion_groups, measure, write_findings
+from ..io.boxes_io import slice_columns
 from ..io.volume import n_slices, per_slice
 from ..layer_data import PIXEL_CENTRE_SHIFT
 from ..metrics.froc import box_iou_np
@@ -457,7 +458,8 @@ class LesionNavigatorWidget(QWidget):
         image = self.image_layer
         unit = "mm" if image is None or has_voxel_size(image) else "px"  # a CT layer, or an image given a scale
         t.setHorizontalHeaderLabels([h.replace("(mm)", f"({unit})") for _, h in COLUMNS])
-        instances = per_slice(image.metadata or {}, "instance_numbers", n_slices(image.data)) if image else None
+        ids = slice_columns(image.metadata or {}, n_slices(image.data)) if image else {}
+        instances = ids.get("instance_number")  # a multi-frame source's frames are not instance numbers
         lesions = lesion_groups(self.findings)
         sizes = Counter(lesions.values())
         for r, f in enumerate(self.findings):
@@ -908,10 +910,7 @@ class LesionNavigatorWidget(QWidget):
                 "spacing_mm": [float(s) for s in image.scale],
                 "units": "pixels (boxes), mm (sizes; centre: patient LPS z, y, x for DICOM, else viewer world)",
                 }  # fmt: skip
-        meta, n = image.metadata or {}, n_slices(image.data)
-        numbers, uids = per_slice(meta, "instance_numbers", n), per_slice(meta, "sop_instance_uids", n)
-        ids = list(zip(numbers or [None] * n, uids or [None] * n, strict=False)) if numbers or uids else None
-        return write_findings(path, self.findings, info, ids)
+        return write_findings(path, self.findings, info, slice_columns(image.metadata or {}, n_slices(image.data)))
 
     def _write_sr(self, path: Path) -> Path:
         from ..io.dicom_sr import SRRegion, instance_refs, write_sr

@@ -81,11 +81,13 @@ TYPE2_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "Stu
 
 def derived_series_number(source: Any, offset: int) -> int:
     """A derived series' number in a PACS list: ``offset`` + the source series' number, so the pair reads at a glance
-    (series 3 -> 9003 denoised, 9903 its report); ``offset + 1`` when the source has none or one of 900 or more."""
+    (series 3 -> 9003 denoised, 9903 its report; a series this program numbered, 9003, counts as its source 3);
+    ``offset + 1`` when the source has none or another one of 900 or more."""
     try:
         n = int(str(source).strip())
     except (TypeError, ValueError):
         return offset + 1
+    n = n - 9000 if 9000 <= n < 9900 else n
     return offset + n if 0 <= n < 900 else offset + 1
 
 
@@ -98,7 +100,7 @@ def _series_header(volume: CTVolume, description: str, source_tags: dict[str, An
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
     for kw, value in tags.items():
-        if kw in ("StudyInstanceUID", "FrameOfReferenceUID"):
+        if kw in ("StudyInstanceUID", "FrameOfReferenceUID", "SeriesNumber"):  # set below
             continue
         try:
             setattr(ds, kw, value)
