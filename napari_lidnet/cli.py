@@ -287,7 +287,7 @@ def _device(text: str) -> str:
     from napari_lidnet.models.device import pick_device
 
     try:
-        dev, notice = pick_device(text)
+        notice = pick_device(text)[1]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     if notice:

@@ -22,9 +22,9 @@ from napari_lidnet.metrics.lesions import LESION_IOU, lesion_numbers
 STATUSES = ("pending", "accepted", "rejected", "edited", "added")
 #: states whose boxes are part of the reviewed result
 KEPT = ("accepted", "edited", "added")
-#: columns of the exported table
 #: the columns that find a finding's slice outside this program (from ``io.boxes_io.slice_columns``)
 SLICE_ID_COLUMNS = ("instance_number", "frame_number", "sop_instance_uid")
+#: columns of the exported table
 COLUMNS = ("id", "lesion", "slice", "centre_z_mm", "centre_y_mm", "centre_x_mm", "long_mm", "short_mm", "mean_hu",
            "score", "status", "x1", "y1", "x2", "y2", *SLICE_ID_COLUMNS)  # fmt: skip
 
@@ -163,11 +163,11 @@ def write_findings(
         raise FileExistsError(f"{path} already exists")
     lesions = lesion_groups(findings)
     rows = [record(f, lesions[f.id]) for f in findings]
+    columns = {key: (slice_ids or {}).get(key) or [] for key in SLICE_ID_COLUMNS}
     for row in rows:
         z = int(row["slice"])
-        for key in SLICE_ID_COLUMNS:
-            values = (slice_ids or {}).get(key)
-            value = values[z] if values is not None and 0 <= z < len(values) else None
+        for key, values in columns.items():
+            value = values[z] if 0 <= z < len(values) else None
             row[key] = None if value in ("", None) else value
     try:
         fh = path.open("x", newline="")  # exclusive: never replaces a file that appeared meanwhile

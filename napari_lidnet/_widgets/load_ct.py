@@ -32,8 +32,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..io.nifti import nifti_files
-from ..io.open_ct import input_kind, list_series, open_ct
+from ..io.open_ct import list_series, open_ct
 from ..io.volume import n_slices
 from ..io.windowing import SCAN_WINDOW, WINDOW_PRESETS
 from ..layer_data import volume_layer_tuples
@@ -229,9 +228,7 @@ class LoadCTWidget(QWidget):
             self._error(f"{path}: no such file or folder")
             return False
         try:
-            infos = list_series(path)
-            # NIfTI files beside DICOM series, or a folder of them: each file one choice (a PNG folder is one volume)
-            niftis = nifti_files(path) if input_kind(path) in ("dicom", None) else []
+            infos, niftis = list_series(path)  # each NIfTI file is one choice
         except (ValueError, OSError) as exc:
             self._error(str(exc))
             return False

@@ -486,12 +486,12 @@ class LesionNavigatorWidget(QWidget):
         layer, image = self.boxes_layer, self.image_layer
         if self._dimming or layer is None or image is None or layer not in self.viewer.layers or not scored(layer):
             return
-        status = {key: f.status for f in self.findings if (key := self._origin.get(f.id)) is not None}
+        rejected = {self._origin.get(f.id) for f in self.findings if f.status == "rejected"} - {None}
         dimmed = np.zeros(layer.nshapes, bool)
-        for i, kind in enumerate(layer.shape_type):
+        for i, kind in enumerate(layer.shape_type if rejected else ()):  # nothing rejected: nothing to place
             if kind not in ("line", "path"):
                 z, corners = corners_in_image(layer, i, image)
-                dimmed[i] = status.get(self._key(Finding(-1, z, corners))) == "rejected"
+                dimmed[i] = self._key(Finding(-1, z, corners)) in rejected
         self._dim(layer, dimmed)
 
     def _undim(self) -> None:

@@ -93,8 +93,9 @@ def _read(path: Path, kind: str | None, series_uid: str | None) -> list[CTVolume
     raise ValueError(f"{path}: not a CT file this plugin reads (DICOM, NIfTI, 16-bit PNG, .npy, .npz, .tif)")
 
 
-def list_series(path: str | Path) -> list[SeriesInfo]:
-    """DICOM series under ``path`` (headers only); empty for non-DICOM inputs."""
-    if input_kind(path) != "dicom":
-        return []
-    return _list_dicom_series(path)
+def list_series(path: str | Path) -> tuple[list[SeriesInfo], list[Path]]:
+    """What ``path`` offers to open one at a time: its DICOM series (headers only) and the NIfTI files beside them or
+    in a folder of them (each a volume); both empty for other inputs (a PNG folder is one volume)."""
+    kind = input_kind(path)
+    series = _list_dicom_series(path) if kind == "dicom" else []
+    return series, nifti_files(path) if kind in ("dicom", None) else []
