@@ -328,3 +328,68 @@ def test_a_file_that_only_starts_like_dicom_is_not_taken_for_it(tmp_path):
         warnings.simplefilter("error")
         (vol,) = read_dicom(tmp_path)
     assert vol.hu.shape == (2, 6, 6)
+
+
+def _file_set(tmp_path, hu, uid):
+    """A DICOMDIR file-set (as a CD or a PACS export writes it: extension-less files under PT/ST/SE folders) holding
+    one synthetic series; returns the DICOMDIR's path."""
+    from pydicom.fileset import FileSet
+
+    fs = FileSet()
+    for f in write_series(tmp_path / "src", hu, series_uid=uid):
+        ds = pydicom.dcmread(f)
+        for key, value in (("PatientID", "P1"), ("PatientName", "Test^CD"), ("StudyDate", "20260101"),
+                           ("StudyTime", "120000"), ("StudyID", "1"), ("AccessionNumber", "1"), ("SeriesNumber", 1)):
+            if key not in ds:
+                setattr(ds, key, value)
+        fs.add(ds)
+    fs.write(tmp_path / "cd")
+    return tmp_path / "cd" / "DICOMDIR"
+
+
+def test_dicomdir_opens_the_series_it_lists_and_nothing_else(tmp_path):
+    """Opening a CD's DICOMDIR reads the images it indexes (not the DICOMDIR itself, not other files beside it)."""
+    hu = synthetic_hu((3, 8, 8), seed=11)
+    dicomdir = _file_set(tmp_path, hu, "1.2.3.80")
+    write_series(tmp_path / "cd" / "other", synthetic_hu((2, 8, 8), seed=12), series_uid="1.2.3.81")
+    (vol,) = read_dicom(dicomdir)
+    np.testing.assert_array_equal(vol.hu, hu)
+    assert [s.uid for s in list_series(dicomdir)] == ["1.2.3.80"]
+    assert sorted(v.metadata["series_uid"] for v in read_dicom(tmp_path / "cd")) == ["1.2.3.80", "1.2.3.81"]
+
+
+def test_dicomdir_with_missing_files_reads_the_rest_and_says_so(tmp_path):
+    hu = synthetic_hu((3, 8, 8), seed=13)
+    dicomdir = _file_set(tmp_path, hu, "1.2.3.82")
+    listed = sorted(p for p in dicomdir.parent.rglob("*") if p.is_file() and p.name != "DICOMDIR")
+    listed[0].unlink()
+    with pytest.warns(UserWarning, match="1 files it lists are missing"):
+        (vol,) = read_dicom(dicomdir)
+    assert vol.hu.shape == (2, 8, 8)
+    for p in listed[1:]:
+        p.unlink()
+    before = listing(tmp_path)
+    with pytest.raises(ValueError, match=r"DICOMDIR without images \(its 3 files are missing\)"):
+        read_dicom(dicomdir)
+    assert listing(tmp_path) == before
+
+
+def test_pydicom_dicomdir_reads_its_image_series():
+    """pydicom's sample DICOMDIR (CT, CR and MR series of three patients): every image series it lists opens."""
+    path = get_testdata_file("DICOMDIR")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the CR and MR series are said not to be CT
+        vols = read_dicom(path)
+    assert {"SmartScore - Gated 0.5 sec", "Routine Brain"} <= {v.name for v in vols}
+    assert all(v.metadata["modality"] in ("CT", "CR", "MR") for v in vols)
+
+
+def test_dicomdir_of_a_cd_mounted_in_lower_case(tmp_path):
+    """Linux often mounts an ISO 9660 CD with its upper-case names in lower case: the DICOMDIR's IDs still resolve."""
+    hu = synthetic_hu((2, 8, 8), seed=14)
+    dicomdir = _file_set(tmp_path, hu, "1.2.3.83")
+    for p in sorted(dicomdir.parent.rglob("*"), key=lambda q: -len(q.parts)):
+        if p != dicomdir:
+            p.rename(p.with_name(p.name.lower()))
+    (vol,) = read_dicom(dicomdir)
+    np.testing.assert_array_equal(vol.hu, hu)

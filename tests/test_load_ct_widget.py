@@ -72,6 +72,22 @@ def test_nifti_files_beside_dicom_series_are_offered_and_open(widget, two_series
     np.testing.assert_allclose(layer.scale[-2:], (0.8, 0.8))
 
 
+def test_a_cd_dicomdir_lists_its_series_and_opens_the_one_picked(widget, qtbot):
+    """pydicom's sample CD index (DICOMDIR: CT, CR and MR series of three patients): Load CT offers the series it
+    lists, and the CT head series picked opens as a volume."""
+    from pydicom.data import get_testdata_file
+
+    viewer, w = widget
+    w.path_edit.setText(get_testdata_file("DICOMDIR"))
+    w.refresh_series()
+    labels = [w.series_combo.itemText(i) for i in range(w.series_combo.count())]
+    assert w.series_combo.count() > 2 and any("Routine Brain" in label for label in labels)
+    w.series_combo.setCurrentIndex(next(i for i, label in enumerate(labels) if "Routine Brain" in label))
+    w.open_button.click()
+    qtbot.waitUntil(lambda: len(viewer.layers) == 1, timeout=10000)
+    assert viewer.layers[0].name == "Routine Brain" and viewer.layers[0].data.shape == (4, 16, 16)
+
+
 def test_bad_path_shows_message_and_adds_nothing(widget, tmp_path, qtbot):
     viewer, w = widget
     w.path_edit.setText(str(tmp_path / "nowhere"))

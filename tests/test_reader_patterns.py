@@ -32,7 +32,8 @@ def test_not_offered_for_common_files(plugin_manager, tmp_path: Path, name: str)
     assert "napari-lidnet" not in readers_for(plugin_manager, path)
 
 
-@pytest.mark.parametrize("name", ["slice.dcm", "SLICE.DCM", "scan.IMA", "image.dicom", "chest.nii", "chest.nii.gz"])
+@pytest.mark.parametrize("name", ["slice.dcm", "SLICE.DCM", "scan.IMA", "image.dicom", "chest.nii", "chest.nii.gz",
+                                  "dicomdir"])  # fmt: skip
 def test_offered_for_dicom_files_and_folders(plugin_manager, tmp_path: Path, name: str) -> None:
     path = tmp_path / name
     path.write_bytes(b"\0" * 16)

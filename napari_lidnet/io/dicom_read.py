@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from .checks import check_image_shape, one_line
+from .dicomdir import DICOMDIR_SOP_CLASS, dicomdir_files, is_dicomdir
 from .nifti import is_nifti
 from .volume import CTVolume, n_slices
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
-DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 
 #: tags copied from the source series onto exported (derived) series
 SOURCE_TAGS = (
@@ -273,7 +273,8 @@ def _unreadable_text(scan: DicomScan) -> str:
 
 
 def scan_dicom(path: str | Path) -> DicomScan:
-    """Read the headers of every DICOM image under ``path`` (file or folder, recursive), grouped by series.
+    """Read the headers of every DICOM image under ``path`` (file or folder, recursive; a DICOMDIR: the files it
+    lists), grouped by series.
 
     Unreadable files in a folder are skipped with a warning (in ``scan.notes``); raises ValueError for an unreadable
     file, a folder without a readable DICOM image, or FileNotFoundError for a missing path.
@@ -282,12 +283,17 @@ def scan_dicom(path: str | Path) -> DicomScan:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     scan = DicomScan(root=path)
-    files = _candidate_files(path)
+    many = path.is_dir() or is_dicomdir(path)  # a folder or a file-set: what cannot be read is skipped
+    if path.is_file() and many:
+        files, scan.notes = dicomdir_files(path)
+        scan.root = path.parent
+    else:
+        files = _candidate_files(path)
     seen: dict[str, Path] = {}
     for f in files:
         _scan_file(scan, f, path.is_dir(), seen)
     _note_localizers(scan, str(path))
-    if scan.unreadable and path.is_file():
+    if scan.unreadable and not many:
         f, reason = scan.unreadable[0]
         raise ValueError(f"{f}: unreadable DICOM file ({reason})")
     if scan.unreadable and not scan.series:
@@ -298,7 +304,7 @@ def scan_dicom(path: str | Path) -> DicomScan:
     for note in scan.notes:
         warnings.warn(note, UserWarning, stacklevel=2)
     if not scan.series:
-        what = "file" if path.is_file() else "folder"
+        what = "folder" if path.is_dir() else "DICOMDIR" if many else "file"
         extra = f" (skipped: {'; '.join(scan.skipped[:3])}{'; ...' if len(scan.skipped) > 3 else ''})"
         if path.is_dir() and not files:
             raise ValueError(f"{path}: folder is empty")
