@@ -329,3 +329,33 @@ def test_navigator_scores_and_rejections_follow_the_denoise_threshold(make_napar
     widget.set_threshold(0.05)
     again = [f for f in nav.findings if f.slice == low.slice and np.allclose(f.bounds, low.bounds, atol=1.0)]
     assert again and all(f.status == "rejected" for f in again)
+
+
+def test_the_last_closed_dock_gives_the_viewer_its_keys_mouse_and_letters_back(make_napari_viewer) -> None:
+    """The reading room (keys 1-5, right-drag window/level, HU in the status bar, orientation letters) stays while
+    any LIDnet dock is open and goes with the last one: napari's own number keys work again on a Shapes layer."""
+    from pydicom.data import get_testdata_file
+
+    from napari_lidnet._widgets.orientation_markers import OVERLAY_KEYS
+
+    viewer = make_napari_viewer()
+    viewer.open(get_testdata_file("CT_small.dcm"), plugin=PLUGIN)
+    regions = viewer.add_shapes(name="regions")
+    one = coerce_keybinding("1")
+    shapes_one = type(regions).class_keymap.get(one)  # napari's own (a shape mode), if any
+    load_dock, _ = viewer.window.add_plugin_dock_widget(PLUGIN, "Load CT")
+    nav_dock, _ = viewer.window.add_plugin_dock_widget(PLUGIN, "Lesion navigator")
+    drags = len(viewer.mouse_drag_callbacks)
+    letters = lambda: [viewer.canvas.overlays[k].visible for k in OVERLAY_KEYS.values()]  # noqa: E731
+    assert one in viewer.keymap and one in regions.keymap and any(letters())
+    viewer.window.remove_dock_widget(load_dock)
+    assert one in viewer.keymap and one in regions.keymap and any(letters())  # the navigator still holds it
+    viewer.window.remove_dock_widget(nav_dock)
+    assert one not in viewer.keymap and one not in regions.keymap and not any(letters())
+    assert len(viewer.mouse_drag_callbacks) == drags - 1
+    assert type(regions).class_keymap.get(one) is shapes_one
+    copy = viewer.add_image(viewer.layers[0].data, name="copy", metadata=dict(viewer.layers[0].metadata))
+    assert one not in copy.keymap  # a layer added now is left alone
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Load CT")  # opened again: all of it is back
+    assert one in viewer.keymap and one in regions.keymap and one in copy.keymap and any(letters())
+    assert len(viewer.mouse_drag_callbacks) == drags

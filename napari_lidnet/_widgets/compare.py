@@ -14,9 +14,9 @@ FLIP_KEY = "f"
 class CompareView:
     """Side-by-side and flip views of a (before, after) pair of image layers of one viewer."""
 
-    def __init__(self, viewer: Any) -> None:
+    def __init__(self, viewer: Any, owner: Any = None) -> None:
         self.viewer = viewer
-        self.room = ReadingRoom.install(viewer)
+        self.room = ReadingRoom.install(viewer, owner)
         self.pair: tuple[Any, Any] | None = None
         self._saved: dict[str, Any] | None = None
 

@@ -61,6 +61,7 @@ from ._worker_utils import (
     volume_from_layer,
 )
 from .compare import FLIP_KEY, CompareView
+from .reading_room import ReadingRoom
 
 if TYPE_CHECKING:
     import napari
@@ -130,7 +131,7 @@ class DenoiseDetectWidget(QWidget):
         self._volumes: list[dict[str, Any]] = []  # the last whole-volume result of each source layer
         self._replacing = False  # a run is replacing one of its outputs (not the reader deleting it)
         self._pending: dict[str, Any] = {}
-        self.compare = CompareView(napari_viewer)
+        self.compare = CompareView(napari_viewer, self)
         self._build_ui()
         self.refresh_layers()
         self.refresh_models()
@@ -152,6 +153,7 @@ class DenoiseDetectWidget(QWidget):
         widget stops listening to the viewer and unbinds its keys."""
         self.watch.close()
         self.compare.close()
+        ReadingRoom.release(self.viewer, self)
         if self.worker is not None:
             self.worker.quit()
 

@@ -113,7 +113,7 @@ class FineTuneWidget(QWidget):
         self.refresh_layers()
         self.refresh_models()
         self.watch = LayerWatch(napari_viewer, self.refresh_layers)
-        ReadingRoom.install(napari_viewer)
+        ReadingRoom.install(napari_viewer, self)
         DockHome(self, "right", TITLE)
 
     # ------------------------------------------------------------------------------------------------------- UI
@@ -518,3 +518,4 @@ class FineTuneWidget(QWidget):
         with Stop (the last good checkpoint is kept), and the widget stops listening to the viewer."""
         self._stop_event.set()
         self.watch.close()
+        ReadingRoom.release(self.viewer, self)

@@ -75,7 +75,7 @@ class LoadCTWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.room = ReadingRoom.install(napari_viewer)
+        self.room = ReadingRoom.install(napari_viewer, self)
         self._scanned_path: str | None = None
         self._scan_ok = False
         self._workers: list[Any] = []
@@ -309,6 +309,7 @@ class LoadCTWidget(QWidget):
         """The dock was closed: a simulation under way is cancelled (nothing added) and the widget stops listening."""
         self.watch.close()
         self.cancel_simulation()
+        ReadingRoom.release(self.viewer, self)
 
     def _refresh_layers(self, renamed: dict[str, str] | None = None) -> None:
         current = renamed_to(self.sim_layer_combo.currentText(), renamed)

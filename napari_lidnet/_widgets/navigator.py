@@ -170,7 +170,7 @@ class LesionNavigatorWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        ReadingRoom.install(napari_viewer)
+        ReadingRoom.install(napari_viewer, self)
         self.findings: list[Finding] = []
         self.boxes_layer: Any = None
         self.image_layer: Any = None
@@ -194,6 +194,7 @@ class LesionNavigatorWidget(QWidget):
         undims the boxes it dimmed."""
         self._undim()
         self.watch.close()
+        ReadingRoom.release(self.viewer, self)
 
     # ------------------------------------------------------------------------------------------------------ UI
     def _create_ui(self) -> None:

@@ -10,6 +10,7 @@ napari canvas text overlays, at the canvas edges, so they never cover the middle
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,10 +37,13 @@ def _geometry(layer: Any) -> np.ndarray | None:
 class OrientationMarkers:
     """The four edge letters of one viewer; ``enabled`` switches them off and on."""
 
-    def __init__(self, viewer: Any) -> None:
+    def __init__(self, viewer: Any, connect: Callable[[Any, Callable], None] | None = None) -> None:
+        """``connect(emitter, callback)`` hooks up each event (default: ``emitter.connect``; the reading room passes
+        its watch's, which disconnects them all when it closes)."""
         from napari.components.overlays import TextOverlay
 
         self.viewer = viewer
+        self._connect = connect or (lambda emitter, callback: emitter.connect(callback))
         self._enabled = True
         self._turned = False  # the camera's vertical axis was reversed by _head_up
         for edge, key in OVERLAY_KEYS.items():
@@ -51,18 +55,21 @@ class OrientationMarkers:
         for emitter in (layers.events.inserted, layers.events.removed, layers.events.moved,
                         layers.selection.events.active, viewer.dims.events.order, viewer.dims.events.ndisplay,
                         viewer.dims.events.ndim, camera(viewer).events.orientation):  # fmt: skip
-            emitter.connect(self.update)
-        viewer.dims.events.order.connect(self._head_up)
-        layers.events.inserted.connect(lambda event: self._watch(event.value))
+            self._connect(emitter, self.update)
+        self._connect(viewer.dims.events.order, self._head_up)
+        self._connect(layers.events.inserted, self._on_inserted)
         for layer in layers:
             self._watch(layer)
         self.update()
+
+    def _on_inserted(self, event: Any) -> None:
+        self._watch(event.value)
 
     def _watch(self, layer: Any) -> None:
         for name in ("visible", "scale", "translate", "rotate", "shear", "affine"):
             emitter = getattr(layer.events, name, None)
             if emitter is not None:
-                emitter.connect(self.update)
+                self._connect(emitter, self.update)
 
     @property
     def enabled(self) -> bool:

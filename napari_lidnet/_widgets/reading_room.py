@@ -2,9 +2,10 @@
 number keys, z/y/x axis labels, HU in the status bar (of the CT under the cursor whatever layer is active) and
 patient-orientation letters at the canvas edges.
 
-Installed once per viewer by every LIDnet widget (``ReadingRoom.install``). CT layers are images in HU
-(``_roles.is_ct_image``); while ``linked`` is on, a window set on one of them (by a drag, a key, a preset button
-or napari's own contrast slider) is set on all of them.
+Installed once per viewer by every LIDnet widget (``ReadingRoom.install``) and taken out when the last of them
+closes (``ReadingRoom.release``): the viewer then has napari's own keys, mouse and status bar back. CT layers are
+images in HU (``_roles.is_ct_image``); while ``linked`` is on, a window set on one of them (by a drag, a key, a
+preset button or napari's own contrast slider) is set on all of them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..io.windowing import window_limits
+from ._layer_watch import LayerWatch
 from ._roles import is_ct_image
 from ._viewer import grid
 from .orientation_markers import OrientationMarkers
@@ -41,22 +43,45 @@ class ReadingRoom:
         self.viewer = viewer
         self.linked = True
         self._syncing = False
-        viewer.layers.events.inserted.connect(self._on_inserted)
+        self._owners: weakref.WeakSet = weakref.WeakSet()
+        self.watch = LayerWatch(viewer, lambda _renamed: None)  # every hook-up, undone by close
+        self.watch.connect(viewer.layers.events.inserted, self._on_inserted)
         viewer.mouse_drag_callbacks.append(self._window_drag)
-        viewer.events.status.connect(self._on_status)
+        self.watch.connect(viewer.events.status, self._on_status)
         for key, preset in PRESET_KEYS.items():
-            viewer.bind_key(key, self._preset_key(preset), overwrite=True)
+            self.watch.bind_key(viewer, key, self._preset_key(preset))
         for layer in viewer.layers:
             self._adopt(layer)
-        self.orientation = OrientationMarkers(viewer)
+        self.orientation = OrientationMarkers(viewer, self.watch.connect)
 
     @classmethod
-    def install(cls, viewer: Any) -> ReadingRoom:
-        """The viewer's reading room, made on first use."""
+    def install(cls, viewer: Any, owner: Any = None) -> ReadingRoom:
+        """The viewer's reading room, made on first use; ``owner`` (a LIDnet widget) holds it until it calls
+        ``release``."""
         room = _ROOMS.get(viewer)
         if room is None:
             room = _ROOMS[viewer] = cls(viewer)
+        if owner is not None:
+            room._owners.add(owner)
         return room
+
+    @classmethod
+    def release(cls, viewer: Any, owner: Any) -> None:
+        """``owner``'s dock closed; when no other LIDnet widget holds the room, take it out of the viewer."""
+        room = _ROOMS.get(viewer)
+        if room is None:
+            return
+        room._owners.discard(owner)
+        if not room._owners:
+            del _ROOMS[viewer]
+            room.close()
+
+    def close(self) -> None:
+        """Unbind the keys, disconnect the events and the right-drag, hide the orientation letters."""
+        self.watch.close()
+        if self._window_drag in self.viewer.mouse_drag_callbacks:
+            self.viewer.mouse_drag_callbacks.remove(self._window_drag)
+        self.orientation.enabled = False
 
     # ------------------------------------------------------------------------------------------------ layers
     def ct_layers(self) -> list[Any]:
@@ -75,13 +100,13 @@ class ReadingRoom:
 
         if isinstance(layer, (Image, Points, Shapes)):
             for key, preset in PRESET_KEYS.items():
-                layer.bind_key(key, self._preset_key(preset), overwrite=True)
+                self.watch.bind_key(layer, key, self._preset_key(preset))
         if not is_ct_image(layer):
             return
         default = tuple(str(i) for i in range(-layer.ndim, 0))
         if layer.ndim in AXIS_LABELS and tuple(layer.axis_labels) == default:
             layer.axis_labels = AXIS_LABELS[layer.ndim]
-        layer.events.contrast_limits.connect(self._on_limits)
+        self.watch.connect(layer.events.contrast_limits, self._on_limits)
 
     def _preset_key(self, preset: str) -> Any:
         def apply(_target: Any) -> None:

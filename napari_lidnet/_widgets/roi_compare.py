@@ -224,7 +224,7 @@ class ROICompareWidget(QWidget):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        ReadingRoom.install(napari_viewer)
+        ReadingRoom.install(napari_viewer, self)
         self.rows: list[dict[str, Any]] = []
         self.regions: list[Region] = []
         self.generation = 0  # increases with every finished computation (tests wait on it)
@@ -373,6 +373,7 @@ class ROICompareWidget(QWidget):
         stops listening to the viewer."""
         self.watch.close()
         self._timer.stop()
+        ReadingRoom.release(self.viewer, self)
 
     # ------------------------------------------------------------------------------------------- layer lists
 
