@@ -393,3 +393,88 @@ def test_dicomdir_of_a_cd_mounted_in_lower_case(tmp_path):
             p.rename(p.with_name(p.name.lower()))
     (vol,) = read_dicom(dicomdir)
     np.testing.assert_array_equal(vol.hu, hu)
+
+
+def _disk_stored(size: int = 32, inside: int = 1000, outside: int = 63536) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    return np.where((yy - size / 2 + 0.5) ** 2 + (xx - size / 2 + 0.5) ** 2 < (size / 2 - 1) ** 2, inside, outside)
+
+
+def test_unsigned_pixel_padding_value_reads_as_padding_not_as_60000_hu(tmp_path):
+    """An unsigned series padded with 63536 (-2000 as stored words) outside the circle: read as a -3024 HU fill,
+    which the field-of-view code finds, not as +62512 HU of 'tissue'."""
+    from napari_lidnet.io.fov import padding_mask
+
+    stored = _disk_stored()
+    for k in range(2):
+        make_ct_slice(tmp_path / f"s{k}.dcm", stored, series_uid="1.2.3.90", position=(0, 0, 2.5 * k),
+                      extra={"PixelPaddingValue": 63536})  # fmt: skip
+    with pytest.warns(UserWarning, match="PixelPaddingValue"):
+        (vol,) = read_dicom(tmp_path)
+    outside = stored == 63536
+    assert np.all(vol.hu[:, outside] == -3024) and np.all(vol.hu[:, ~outside] == 1000 - 1024)
+    assert padding_mask(vol.hu[0]) is not None
+
+
+def test_a_slice_without_rescale_gets_the_series_rescale(tmp_path):
+    """One slice of three written without RescaleSlope/Intercept (an exporter's slip): it is read with its
+    neighbours' rescale, not 1024 HU above them, and the reader says so."""
+    stored = np.full((8, 8), 1000)
+    files = [make_ct_slice(tmp_path / f"s{k}.dcm", stored, series_uid="1.2.3.91", position=(0, 0, 2.5 * k))
+             for k in range(3)]  # fmt: skip
+    ds = pydicom.dcmread(files[1])
+    del ds.RescaleSlope, ds.RescaleIntercept
+    ds.save_as(files[1])
+    with pytest.warns(UserWarning, match="1 of 3 slices have no usable RescaleSlope/RescaleIntercept"):
+        (vol,) = read_dicom(tmp_path)
+    assert np.all(vol.hu == 1000 - 1024)
+
+
+def test_decimal_comma_in_rescale_and_thickness_is_read_as_the_number_it_means(tmp_path):
+    f = make_ct_slice(tmp_path / "s.dcm", np.full((8, 8), 100), series_uid="1.2.3.92", slope=1.25, position=(0, 0, 0))
+    raw = f.read_bytes()
+    f.write_bytes(raw.replace(b"1.25", b"1,25").replace(b"2.5 ", b"2,5 "))
+    (vol,) = read_dicom(f)
+    assert np.all(vol.hu == 100 * 1.25 - 1024) and vol.metadata["slice_thickness"] == 2.5
+
+
+def test_stored_values_without_any_rescale_are_flagged(tmp_path):
+    """A CT series with no rescale at all and nothing below 0 (stored words, or an 8-bit display copy): read as
+    they are, with a note that these are likely not HU."""
+    for k in range(2):
+        f = make_ct_slice(tmp_path / f"s{k}.dcm", _disk_stored(16, 1000, 24), series_uid="1.2.3.93",
+                          position=(0, 0, 2.5 * k))  # fmt: skip
+        ds = pydicom.dcmread(f)
+        del ds.RescaleSlope, ds.RescaleIntercept
+        ds.save_as(f)
+    with pytest.warns(UserWarning, match="no RescaleIntercept and no pixel below 0 HU"):
+        (vol,) = read_dicom(tmp_path)
+    assert vol.hu.min() == 24
+
+
+def test_one_slice_without_position_is_left_out_not_stacked_by_guess(tmp_path):
+    """Four slices at z = 6, 4, 2, 0 (written in reverse), one without ImagePositionPatient: the other three keep
+    their true order and positions (it used to drop every position and stack by InstanceNumber, flipped)."""
+    hu = synthetic_hu((4, 6, 6), seed=15)
+    files = write_series(tmp_path, hu, series_uid="1.2.3.94", z_positions=[0.0, 2.0, 4.0, 6.0])
+    ds = pydicom.dcmread(files[2])
+    del ds.ImagePositionPatient
+    ds.save_as(files[2])
+    with pytest.warns(UserWarning, match="left out 1 of 4 slices without a readable ImagePositionPatient"):
+        (vol,) = read_dicom(tmp_path)
+    np.testing.assert_array_equal(vol.hu, hu[[0, 1, 3]])
+    assert [p[2] for p in vol.metadata["slice_ipp"]] == [0.0, 2.0, 6.0]
+
+
+def test_different_images_sharing_one_sop_instance_uid_are_all_read(tmp_path):
+    """A broken anonymiser gave three slices one SOPInstanceUID: they are three images (other positions), not
+    copies of one."""
+    hu = synthetic_hu((3, 6, 6), seed=16)
+    for f in write_series(tmp_path, hu, series_uid="1.2.3.95"):
+        ds = pydicom.dcmread(f)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.999"
+        ds.save_as(f)
+    shutil.copy(f, tmp_path / "copy.dcm")  # a true copy (same position) is still read once
+    with pytest.warns(UserWarning, match="share a SOPInstanceUID but are different images"):
+        (vol,) = read_dicom(tmp_path)
+    np.testing.assert_array_equal(vol.hu, hu)

@@ -205,7 +205,8 @@ def _deeplesion_rows(root: Path, skipped: list[str], split: str) -> Iterator[dic
 
 
 def _dicom_rows(root: Path, skipped: list[str]) -> Iterator[dict[str, Any]]:
-    from napari_lidnet.io.dicom_read import header_floats, is_derived, n_frames, scan_dicom
+    from napari_lidnet.io.dicom_read import is_derived, n_frames, scan_dicom
+    from napari_lidnet.io.dicom_values import header_floats
     from napari_lidnet.io.nifti import is_nifti
 
     scan = scan_dicom(root)

@@ -20,6 +20,15 @@ from typing import Any
 import numpy as np
 
 from .checks import check_image_shape, one_line
+from .dicom_values import (
+    PADDING_HU,
+    fill_padding_values,
+    header_float,
+    header_floats,
+    header_rescale,
+    padding_stored,
+    series_rescales,
+)
 from .dicomdir import DICOMDIR_SOP_CLASS, dicomdir_files, is_dicomdir
 from .nifti import is_nifti
 from .volume import CTVolume, n_slices
@@ -154,7 +163,7 @@ def looks_like_dicom(path: str | Path) -> bool:
     return path.is_file() and (path.suffix.lower() in DICOM_SUFFIXES or _has_dicm_magic(path) or _has_raw_start(path))
 
 
-def _scan_file(scan: DicomScan, f: Path, in_folder: bool, seen: dict[str, Path]) -> None:
+def _scan_file(scan: DicomScan, f: Path, in_folder: bool, seen: dict[str, tuple[Path, tuple]]) -> None:
     """Add one file's header to ``scan``: an image to its series, anything else to skipped or unreadable."""
     import pydicom
 
@@ -180,13 +189,22 @@ def _scan_file(scan: DicomScan, f: Path, in_folder: bool, seen: dict[str, Path])
         scan.skipped.append(f"{f} (localizer)")
         return
     sop = str(ds.get("SOPInstanceUID", "") or "")
-    if sop and sop in seen:
-        scan.notes.append(f"{f} is a copy of {seen[sop]} (same SOPInstanceUID); read once")
-        scan.skipped.append(f"{f} (duplicate of {seen[sop].name})")
+    same = _image_key(ds)
+    if sop and sop in seen and seen[sop][1] == same:
+        scan.notes.append(f"{f} is a copy of {seen[sop][0]} (same SOPInstanceUID and position); read once")
+        scan.skipped.append(f"{f} (duplicate of {seen[sop][0].name})")
         return
-    seen[sop] = f
+    if sop and sop in seen:  # one UID on different images: a broken anonymiser, not a copy
+        scan.notes.append(f"{f} and {seen[sop][0]} share a SOPInstanceUID but are different images; both read")
+    seen.setdefault(sop, (f, same))
     uid = str(ds.get("SeriesInstanceUID", "") or _stand_in_uid(ds, f))
     scan.series.setdefault(uid, []).extend(frame_headers(f, ds) if _enhanced(ds) else [DicomHeader(f, ds)])
+
+
+def _image_key(ds: Any) -> tuple:
+    """What makes two files with one SOPInstanceUID the same image: position, number, size and frames."""
+    return (str(ds.get("ImagePositionPatient", "")), str(ds.get("InstanceNumber", "")), ds.get("Rows"),
+            ds.get("Columns"), n_frames(ds))  # fmt: skip
 
 
 def is_derived(ds: Any) -> bool:
@@ -289,7 +307,7 @@ def scan_dicom(path: str | Path) -> DicomScan:
         scan.root = path.parent
     else:
         files = _candidate_files(path)
-    seen: dict[str, Path] = {}
+    seen: dict[str, tuple[Path, tuple]] = {}
     for f in files:
         _scan_file(scan, f, path.is_dir(), seen)
     _note_localizers(scan, str(path))
@@ -374,7 +392,7 @@ def read_dicom(path: str | Path, series_uid: str | None = None) -> list[CTVolume
 def read_dicom_files(files: Sequence[str | Path]) -> list[CTVolume]:
     """Read an explicit list of DICOM files, grouped by series (unreadable files skipped with a warning)."""
     scan = DicomScan(root=Path(files[0]).parent)
-    seen: dict[str, Path] = {}
+    seen: dict[str, tuple[Path, tuple]] = {}
     for f in files:
         _scan_file(scan, Path(f), False, seen)
     _note_localizers(scan, f"{len(files)} files")
@@ -398,17 +416,6 @@ def n_frames(ds: Any) -> int:
         return max(1, int(ds.get("NumberOfFrames", 1) or 1))
     except (TypeError, ValueError):
         return 1
-
-
-def header_floats(value: Any, n: int) -> np.ndarray | None:
-    """A multi-valued header element as ``n`` floats, or None when missing or malformed."""
-    if value is None:
-        return None
-    try:
-        arr = np.asarray([float(v) for v in value], dtype=float)
-    except (TypeError, ValueError):
-        return None
-    return arr if arr.size == n else None
 
 
 def _plain(value: Any) -> Any:
@@ -501,9 +508,7 @@ def _frame_rescale(ds: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
     slopes, intercepts, enhanced = np.ones(n), np.zeros(n), _enhanced(ds)
     for i in range(n):
         items = _frame_items(ds, i, "PixelValueTransformationSequence") if enhanced else []
-        found = items[-1] if items else ds
-        slopes[i] = float(found.get("RescaleSlope", 1.0) or 1.0)
-        intercepts[i] = float(found.get("RescaleIntercept", 0.0) or 0.0)
+        slopes[i], intercepts[i] = header_rescale(items[-1] if items else ds) or (1.0, 0.0)
     return slopes, intercepts
 
 
@@ -517,15 +522,26 @@ def decode_pixels(header: DicomHeader) -> np.ndarray:
     return hu
 
 
-def _decode_series(headers: list[DicomHeader]) -> np.ndarray:
-    """The pixels of sorted headers as (slices, rows, cols) HU: each file decoded once, a frame header taking its
-    own frame."""
-    files: dict[Path, np.ndarray] = {}
-    parts = []
-    for h in headers:
+def _decode_series(headers: list[DicomHeader], rescales: list[tuple[float, float]], notes: list[str],
+                   label: str) -> np.ndarray:  # fmt: skip
+    """The pixels of sorted headers as (slices, rows, cols) HU, each with its own (slope, intercept): each file
+    decoded once, a frame header taking its own frame; PixelPaddingValue that would read as tissue or above set to
+    a padding fill (``dicom_values.fill_padding_values``)."""
+    files: dict[Path, tuple[Any, np.ndarray]] = {}
+    parts, padded = [], 0
+    for h, rescale in zip(headers, rescales):
         if h.path not in files:
-            files[h.path] = decode_pixels(h)
-        parts.append(files[h.path] if h.frame is None else files[h.path][h.frame : h.frame + 1])
+            files[h.path] = _read_pixels(h.path)
+        ds, raw = files[h.path]
+        stored = raw if h.frame is None else raw[h.frame : h.frame + 1]
+        hu = (stored.astype(np.float64) * rescale[0] + rescale[1]).astype(np.float32)
+        pad = padding_stored(ds)
+        if pad is not None:
+            padded += fill_padding_values(hu, stored, pad, rescale)
+        parts.append(hu)
+    if padded:
+        _warn(notes, f"{label}: {padded} pixels of PixelPaddingValue (outside the field of view) would read as "
+                     f"{pad[0] * rescale[0] + rescale[1]:.0f} HU; set to {PADDING_HU:.0f} HU")  # fmt: skip
     return np.concatenate(parts, axis=0)
 
 
@@ -593,11 +609,17 @@ def _sorted_slices(
 ) -> tuple[list[DicomHeader], np.ndarray | None]:
     """Headers sorted along the slice normal (by InstanceNumber without positions), and their positions."""
     positions = [header_floats(h.ds.get("ImagePositionPatient"), 3) for h in headers]
-    if normal is not None and all(p is not None for p in positions):
-        order = np.argsort([float(np.dot(p, normal)) for p in positions], kind="stable")
+    placed = [i for i, p in enumerate(positions) if p is not None]
+    if normal is not None and placed and (len(placed) == len(headers) or len(placed) >= max(2, len(headers) / 2)):
+        if len(placed) < len(headers):  # a few slices cannot be placed: left out, not stacked by guess
+            lost = [h.path.name for h, p in zip(headers, positions) if p is None]
+            _warn(notes, f"{label}: left out {len(lost)} of {len(headers)} slices without a readable "
+                         f"ImagePositionPatient ({', '.join(lost[:3])}{', ...' if len(lost) > 3 else ''})")  # fmt: skip
+        order = sorted(placed, key=lambda i: float(np.dot(positions[i], normal)))
         return [headers[i] for i in order], np.array([positions[i] for i in order])
     if len(headers) > 1:
-        _warn(notes, f"{label}: slices lack ImagePositionPatient/Orientation; sorted by InstanceNumber")
+        have = "orientation" if normal is None else f"position on {len(headers) - len(placed)} of {len(headers)}"
+        _warn(notes, f"{label}: slices lack ImagePositionPatient/Orientation ({have}); sorted by InstanceNumber")
     order = np.argsort([int(h.ds.get("InstanceNumber", 0) or 0) for h in headers], kind="stable")
     return [headers[i] for i in order], None
 
@@ -681,12 +703,24 @@ def _series_metadata(
         "files": [str(h.path) for h in headers],
         "source_tags": _source_tags(ds0),
         "warnings": notes,
-        "slice_thickness": float(ds0.get("SliceThickness", 0) or 0) or None,
+        "slice_thickness": header_float(ds0.get("SliceThickness")) or None,
         "image_position_patient": None if first is None else [float(v) for v in first],
         "window": _window(ds0),
         "slice_ipp": None if pos is None else pos.astype(float).tolist(),  # each slice's own (gaps included)
         **_slice_ids(headers),
     }
+
+
+def _spacing_without_positions(ds0: Any, n_images: int, notes: list[str], label: str) -> float:
+    """The slice spacing of a series or multi-frame file whose slices have no positions: SpacingBetweenSlices (some
+    vendors sign it; a size is its magnitude), else SliceThickness, else 1 mm; said when there is more than one."""
+    between = abs(header_float(ds0.get("SpacingBetweenSlices")) or 0.0)
+    thickness = header_float(ds0.get("SliceThickness")) or 0.0
+    dz, source = (between, "SpacingBetweenSlices") if between else (thickness, "SliceThickness") if thickness else (
+        1.0, "assumed")  # fmt: skip
+    if n_images > 1:
+        _warn(notes, f"{label}: no slice positions; slices stacked {dz:g} mm apart ({source})")
+    return dz
 
 
 def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> CTVolume:
@@ -710,18 +744,24 @@ def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> C
         _warn(notes, f"{label}: no PixelSpacing; assuming 1 mm pixels")
         ps = np.array([1.0, 1.0])
     stack_dir, dz = _slice_axis(headers, pos, normal, notes, label)
-    tilt_tag = float(ds0.get("GantryDetectorTilt", 0) or 0)
+    tilt_tag = header_float(ds0.get("GantryDetectorTilt")) or 0.0
     if tilt_tag != 0 and not any("gantry tilt" in n for n in notes):
         _warn(notes, f"{label}: GantryDetectorTilt is {tilt_tag} deg")
     _warn_lossy(headers, notes, label)
     metadata = _series_metadata(headers, source, notes, pos)
     metadata["spacing_assumed"] = header_floats(ds0.get("PixelSpacing"), 2) is None
-    if dz is None:  # some vendors write a signed SpacingBetweenSlices; a size is its magnitude
-        dz = abs(float(ds0.get("SpacingBetweenSlices", 0) or 0)) or metadata["slice_thickness"] or 1.0
+    if dz is None:
+        dz = _spacing_without_positions(ds0, n_images, notes, label)
     rescale_type = str(ds0.get("RescaleType", "") or "").strip()
     if rescale_type and rescale_type.upper() != "HU":
         _warn(notes, f"{label}: RescaleType is {rescale_type!r}, not 'HU'; values are read as HU")
-    hu = _decode_series(headers)
+    rescales, rescale_notes = series_rescales([h.ds for h in headers], label)
+    for note in rescale_notes:
+        _warn(notes, note)
+    hu = _decode_series(headers, rescales, notes, label)
+    if modality == "CT" and not any(header_rescale(h.ds) for h in headers) and hu.size and float(hu.min()) >= 0:
+        _warn(notes, f"{label}: no RescaleIntercept and no pixel below 0 HU (air is -1000): stored values without "
+                     "their rescale, or a display image? The models need HU")  # fmt: skip
     if hu.shape[0] > len(headers) and len(headers) > 1:
         raise ValueError(f"{label} mixes multi-frame files with other files; read them one at a time")
     direction = np.stack([row_cos, col_cos, stack_dir], axis=1)
