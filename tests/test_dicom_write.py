@@ -112,13 +112,13 @@ def test_failed_write_leaves_nothing_and_keeps_the_error(tmp_path, monkeypatch, 
         return real(path, ds, **kwargs)
 
     monkeypatch.setattr(pydicom, "dcmwrite", full_disk)
-    out = tmp_path / "out"
+    out = tmp_path / "out" if existing else tmp_path / "new" / "exports" / "out"  # folders made on the way too
     if existing:
         out.mkdir()
     with pytest.raises(OSError, match="No space left"):
         write_dicom_series(vol, out, "x")
     assert len(calls) == 3
-    assert (out.exists() and not any(out.iterdir())) if existing else not out.exists()
+    assert (out.exists() and not any(out.iterdir())) if existing else not (tmp_path / "new").exists()
 
 
 def test_a_series_with_a_missing_slice_keeps_each_slices_position(tmp_path):
@@ -224,3 +224,48 @@ def test_derived_series_are_numbered_after_their_source(tmp_path):
     assert again.metadata["source_tags"]["SeriesNumber"] in (1, "1")  # read from the file
     assert [derived_series_number(v, 9000) for v in (None, "", "x", -2, 899, 900)] == [9001] * 4 + [9899, 9001]
     assert derived_series_number("9007", 9900) == 9907  # a report on the re-opened denoised series pairs with 7
+
+
+def test_per_image_tags_follow_their_slice(tmp_path):
+    """Tube current modulation and a slice compressed lossy on its own: each derived slice carries its source
+    slice's mA, mAs, CTDIvol, SliceLocation and lossy flag (they used to be slice 0's on every slice)."""
+    from conftest import make_ct_slice
+
+    (tmp_path / "src").mkdir()
+    for k in range(4):
+        extra = {"XRayTubeCurrent": 100 + 50 * k, "Exposure": 10 + 5 * k, "CTDIvol": 5.0 + k,
+                 "SliceLocation": f"{-77.2 + 2.5 * k:.1f}"}  # fmt: skip
+        if k == 2:
+            extra |= {"LossyImageCompression": "01", "LossyImageCompressionRatio": "10"}
+        make_ct_slice(tmp_path / "src" / f"s{k}.dcm", np.full((8, 8), 1000), series_uid="1.2.3.120",
+                      position=(0, 0, 2.5 * k), instance_number=k + 1, extra=extra)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lossy, blank
+        (vol,) = read_dicom(tmp_path / "src")
+    files = write_dicom_series(vol, tmp_path / "out", "denoised")
+    written = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    assert [int(ds.XRayTubeCurrent) for ds in written] == [100, 150, 200, 250]
+    assert [int(ds.Exposure) for ds in written] == [10, 15, 20, 25]
+    assert [float(ds.CTDIvol) for ds in written] == [5.0, 6.0, 7.0, 8.0]
+    assert [float(ds.SliceLocation) for ds in written] == pytest.approx([-77.2, -74.7, -72.2, -69.7])
+    assert [ds.get("LossyImageCompression") for ds in written] == [None, None, "01", None]
+
+
+def test_empty_source_windows_get_the_default_and_a_source_without_frame_of_reference_one_stable_uid(tmp_path):
+    """Empty WindowCenter/Width in the source give the writer's default window (an empty one is invalid), and two
+    series written from one source without FrameOfReferenceUID share a frame of reference (a viewer links them)."""
+    from conftest import make_ct_slice
+
+    (tmp_path / "src").mkdir()
+    for k in range(2):
+        f = make_ct_slice(tmp_path / "src" / f"s{k}.dcm", np.full((8, 8), 1000), series_uid="1.2.3.121",
+                          position=(0, 0, 2.5 * k), extra={"WindowCenter": "", "WindowWidth": ""})  # fmt: skip
+        ds = pydicom.dcmread(f)
+        del ds.FrameOfReferenceUID
+        ds.save_as(f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # blank
+        (vol,) = read_dicom(tmp_path / "src")
+    one, two = (pydicom.dcmread(write_dicom_series(vol, tmp_path / n, "d")[0]) for n in ("a", "b"))
+    assert float(one.WindowCenter) == 40.0 and float(one.WindowWidth) == 400.0
+    assert one.FrameOfReferenceUID == two.FrameOfReferenceUID and pydicom.uid.UID(one.FrameOfReferenceUID).is_valid

@@ -81,6 +81,16 @@ SOURCE_TAGS = (
     "LossyImageCompressionMethod",
 )
 
+#: source tags that belong to each image (tube current modulation, a window per slice, a slice compressed lossy):
+#: kept slice by slice in ``metadata["slice_tags"]`` when they vary, and written so on derived series
+SLICE_TAGS = ("XRayTubeCurrent", "Exposure", "ExposureTime", "CTDIvol", "SliceLocation", "WindowCenter",
+              "WindowWidth", "LossyImageCompression", "LossyImageCompressionRatio",
+              "LossyImageCompressionMethod")  # fmt: skip
+#: the compression method a lossy transfer syntax implies (PS3.3 C.7.6.1.1.5.1), for sources that do not say
+_LOSSY_METHODS = {"1.2.840.10008.1.2.4.50": "ISO_10918_1", "1.2.840.10008.1.2.4.51": "ISO_10918_1",
+                  "1.2.840.10008.1.2.4.81": "ISO_14495_1", "1.2.840.10008.1.2.4.91": "ISO_15444_1",
+                  "1.2.840.10008.1.2.4.203": "ISO_15444_1"}  # fmt: skip
+
 _SPACING_RTOL = 0.01  # relative tolerance on slice spacing before warning "uneven"
 _TILT_TOL = 1e-3  # tolerance on |cos| between stacking direction and slice normal
 
@@ -437,16 +447,26 @@ def _plain(value: Any) -> Any:
 _TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 
 
-def _source_tags(ds: Any) -> dict[str, Any]:
-    """The source's ``SOURCE_TAGS`` it holds; an empty text one as "" (a Type 2 element stays present, if empty),
+def _source_tags(ds: Any, keywords: Sequence[str] = SOURCE_TAGS) -> dict[str, Any]:
+    """The source's ``keywords`` it holds; an empty text one as "" (a Type 2 element stays present, if empty),
     an empty binary one (FD, US, ...) left out."""
     tags = {}
-    for kw in (kw for kw in SOURCE_TAGS if kw in ds):
+    for kw in (kw for kw in keywords if kw in ds):
         if ds.get(kw) not in (None, ""):
             tags[kw] = _plain(ds.get(kw))
         elif ds.data_element(kw).VR in _TEXT_VRS:
             tags[kw] = ""
+    tsyntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    if tags.get("LossyImageCompression") == "01" and not tags.get("LossyImageCompressionMethod"):
+        if tsyntax in _LOSSY_METHODS:
+            tags["LossyImageCompressionMethod"] = _LOSSY_METHODS[tsyntax]
     return tags
+
+
+def _slice_tags(headers: list[DicomHeader]) -> list[dict[str, Any]] | None:
+    """Each slice's ``SLICE_TAGS`` (as ``_source_tags`` reads them), when some differ from the first slice's."""
+    per = [_source_tags(h.ds, SLICE_TAGS) for h in headers]
+    return per if any(p != per[0] for p in per[1:]) else None
 
 
 def _pixel_error(f: Path, tsyntax: Any, exc: Exception) -> str:
@@ -702,6 +722,7 @@ def _series_metadata(
         "modality": str(ds0.get("Modality", "") or ""),
         "files": [str(h.path) for h in headers],
         "source_tags": _source_tags(ds0),
+        "slice_tags": _slice_tags(headers),
         "warnings": notes,
         "slice_thickness": header_float(ds0.get("SliceThickness")) or None,
         "image_position_patient": None if first is None else [float(v) for v in first],

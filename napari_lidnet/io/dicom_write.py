@@ -107,9 +107,9 @@ def _series_header(volume: CTVolume, description: str, source_tags: dict[str, An
         except (ValueError, TypeError, AttributeError) as exc:
             warnings.warn(f"source tag {kw}={value!r} not copied: {exc}", UserWarning, stacklevel=3)
     ds.SOPClassUID = CT_IMAGE_STORAGE
-    ds.StudyInstanceUID = str(tags.get("StudyInstanceUID", "") or generate_uid())
+    ds.StudyInstanceUID = str(tags.get("StudyInstanceUID", "") or _stand_in_uid(volume, "study"))
     ds.SeriesInstanceUID = generate_uid()
-    ds.FrameOfReferenceUID = str(tags.get("FrameOfReferenceUID", "") or generate_uid())
+    ds.FrameOfReferenceUID = str(tags.get("FrameOfReferenceUID", "") or _stand_in_uid(volume, "frame of reference"))
     ds.Modality = "CT"
     ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
     ds.SeriesDescription = description[:64]
@@ -125,6 +125,15 @@ def _series_header(volume: CTVolume, description: str, source_tags: dict[str, An
     ds.ContributingEquipmentSequence = [_processing_equipment(now)]
     _set_pixel_format(ds, volume)
     return ds
+
+
+def _stand_in_uid(volume: CTVolume, what: str) -> str:
+    """A UID for a source that has none (a study, a frame of reference): the same for every series written from one
+    source (derived from its series UID or path), so a viewer links them; a random one for a source unknown."""
+    from pydicom.uid import generate_uid
+
+    source = str(volume.metadata.get("series_uid") or volume.metadata.get("source") or "")
+    return generate_uid(entropy_srcs=["napari-lidnet", what, source]) if source else generate_uid()
 
 
 def _processing_equipment(when: _dt.datetime) -> Any:
@@ -160,7 +169,7 @@ def _set_pixel_format(ds: Any, volume: CTVolume) -> None:
     ds.PixelRepresentation = 1
     ds.RescaleSlope = "1"
     ds.RescaleType = "HU"
-    if "WindowCenter" in ds and "WindowWidth" in ds:  # the source's windows, all of them (copied above)
+    if _given(ds.get("WindowCenter")) and _given(ds.get("WindowWidth")):  # the source's windows (copied above)
         return
     level, width = level_width(SCAN_WINDOW, volume.metadata)  # the source's own, else the default preset
     ds.WindowCenter, ds.WindowWidth = _ds_str(float(level)), _ds_str(float(width))
@@ -168,12 +177,18 @@ def _set_pixel_format(ds: Any, volume: CTVolume) -> None:
         del ds.WindowCenterWidthExplanation
 
 
+def _given(value: Any) -> bool:
+    """Whether a header value says something (not absent, not empty)."""
+    return value is not None and value != "" and not (isinstance(value, list | tuple) and not value)
+
+
 def _slice_dataset(
-    header: Any, k: int, position: np.ndarray, normal: np.ndarray, pixels: np.ndarray, source: tuple[Any, ...]
+    header: Any, k: int, position: np.ndarray, normal: np.ndarray, pixels: np.ndarray, source: tuple[Any, ...],
+    own: dict[str, Any] | None = None,
 ) -> Any:
     """Slice ``k`` of the series: a copy of the shared header with its own UID, position and pixels; ``source``:
     the source slice's (InstanceNumber, SOPInstanceUID, frame number or None, SOPClassUID), kept as its number and
-    referenced (None, '': unknown)."""
+    referenced (None, '': unknown); ``own``: the source slice's per-image tags (``dicom_read.SLICE_TAGS``)."""
     import copy
 
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -198,6 +213,10 @@ def _slice_dataset(
         ds.SourceImageSequence = [ref]
     ds.ImagePositionPatient = [_ds_str(v) for v in position]
     ds.SliceLocation = _ds_str(float(np.dot(position, normal)))
+    for kw, value in (own or {}).items():  # the source slice's own (tube current, window, lossy, location)
+        if _given(value):
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                setattr(ds, kw, value)
     ds.PixelData = pixels.tobytes()
     return ds
 
@@ -229,28 +248,31 @@ def write_dicom_series(
     numbers = per_slice(volume.metadata, "instance_numbers", len(stored)) or [None] * len(stored)
     uids = per_slice(volume.metadata, "sop_instance_uids", len(stored)) or [""] * len(stored)
     frames = per_slice(volume.metadata, "frame_numbers", len(stored)) or [None] * len(stored)
+    own = per_slice(volume.metadata, "slice_tags", len(stored)) or [None] * len(stored)
     sop_class = str(volume.metadata.get("sop_class_uid") or "")
-    created = not out_dir.exists()
+    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # deepest first
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     try:
         for k in range(len(stored)):
             path = out_dir / f"IM{k + 1:05d}.dcm"
             written.append(path)
-            ds = _slice_dataset(header, k, positions[k], normal, stored[k], (numbers[k], uids[k], frames[k], sop_class))
+            source = (numbers[k], uids[k], frames[k], sop_class)
+            ds = _slice_dataset(header, k, positions[k], normal, stored[k], source, own[k])
             pydicom.dcmwrite(path, ds, enforce_file_format=True)
     except BaseException:
-        _remove_partial(written, out_dir if created else None)
+        _remove_partial(written, created)
         raise
     return written
 
 
-def _remove_partial(files: list[Path], folder: Path | None) -> None:
-    """Best-effort clean-up after a failed write; never masks the error that caused it."""
+def _remove_partial(files: list[Path], folders: list[Path]) -> None:
+    """Best-effort clean-up after a failed write (the files, then the folders it created, deepest first); never
+    masks the error that caused it."""
     for p in files:
         with contextlib.suppress(OSError):
             p.unlink(missing_ok=True)
-    if folder is not None:
+    for folder in folders:
         with contextlib.suppress(OSError):
             folder.rmdir()
 

@@ -19,7 +19,7 @@ def n_slices(image: Any) -> int:
 
 
 #: metadata lists, one entry per slice
-PER_SLICE_KEYS = ("files", "slice_ipp", "instance_numbers", "sop_instance_uids", "frame_numbers")
+PER_SLICE_KEYS = ("files", "slice_ipp", "instance_numbers", "sop_instance_uids", "frame_numbers", "slice_tags")
 
 
 def per_slice(metadata: dict[str, Any], key: str, n: int) -> list | None:
