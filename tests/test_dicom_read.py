@@ -478,3 +478,19 @@ def test_different_images_sharing_one_sop_instance_uid_are_all_read(tmp_path):
     with pytest.warns(UserWarning, match="share a SOPInstanceUID but are different images"):
         (vol,) = read_dicom(tmp_path)
     np.testing.assert_array_equal(vol.hu, hu)
+
+
+def test_a_scout_filed_in_the_axial_series_is_left_out_and_a_real_mix_still_refused(tmp_path):
+    """One coronal 16 x 8 image (a scout not marked LOCALIZER) among six axial slices of one series UID: the axial
+    volume opens and the note names the scout. Three such images among six are a mix, still refused."""
+    hu = synthetic_hu((6, 8, 8), seed=17)
+    write_series(tmp_path / "a", hu, series_uid="1.2.3.130")
+    scout = dict(series_uid="1.2.3.130", position=(0, 0, 0), orientation=(1, 0, 0, 0, 0, -1))
+    make_ct_slice(tmp_path / "a" / "scout.dcm", np.zeros((16, 8)), **scout)
+    with pytest.warns(UserWarning, match=r"left out 1 image whose size, pixel spacing or orientation differ.*scout"):
+        (vol,) = read_dicom(tmp_path / "a")
+    np.testing.assert_array_equal(vol.hu, hu)
+    for k in (1, 2):
+        make_ct_slice(tmp_path / "a" / f"scout{k}.dcm", np.zeros((16, 8)), **scout)
+    with pytest.raises(ValueError, match="mixes image sizes"):
+        read_dicom(tmp_path / "a")

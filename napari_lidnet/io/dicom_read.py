@@ -12,6 +12,7 @@ localizers (ImageType LOCALIZER) are left out with a note.
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -606,6 +607,29 @@ def _check_grid(headers: list[DicomHeader], label: str) -> None:
             raise ValueError(f"{label} mixes {what} and cannot be stacked: {'; '.join(parts)}")
 
 
+def _grid_key(ds: Any) -> tuple:
+    """What every image of one volume shares: size, pixel spacing and orientation (to 1e-3)."""
+    iop = header_floats(ds.get("ImageOrientationPatient"), 6)
+    return int(ds.Rows), int(ds.Columns), _spacing_text(ds), None if iop is None else tuple(np.round(iop, 3))
+
+
+def _odd_ones_out(headers: list[DicomHeader], notes: list[str], label: str) -> list[DicomHeader]:
+    """The series without a few images that differ from all the others in size, pixel spacing or orientation (a
+    scout or a screen capture filed in the axial series): at most one in ten (one in a series of 4-19), left out
+    with a note naming them; a larger mix is left to the checks after, which refuse it."""
+    if len(headers) < 4:
+        return headers
+    keys = [_grid_key(h.ds) for h in headers]
+    main, n_main = Counter(keys).most_common(1)[0]
+    odd = [h.path.name for h, k in zip(headers, keys) if k != main]
+    if not odd or len(odd) > max(1, len(headers) // 10):
+        return headers
+    names = ", ".join(odd[:3]) + (", ..." if len(odd) > 3 else "")
+    _warn(notes, f"{label}: left out {len(odd)} image{'s' if len(odd) > 1 else ''} whose size, pixel spacing or "
+                 f"orientation differ from the other {n_main} ({names})")  # fmt: skip
+    return [h for h, k in zip(headers, keys) if k == main]
+
+
 def _spacing_text(ds: Any) -> str:
     """PixelSpacing to 0.1 micrometre ('none' when absent), for comparing slices."""
     ps = header_floats(ds.get("PixelSpacing"), 2)
@@ -750,6 +774,7 @@ def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> C
     ds0 = headers[0].ds
     label = _series_label(ds0)
     notes: list[str] = []
+    headers = _odd_ones_out(headers, notes, label)
     _check_grid(headers, label)
     n_images = sum(n_frames(h.ds) for h in headers)
     shape = (int(ds0.Rows), int(ds0.Columns))
