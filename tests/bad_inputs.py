@@ -43,7 +43,7 @@ DICOM_CASES = {
     "mixedsize": ("refused", r"mixes image sizes \(rows x cols\) and cannot be stacked: 16x16: s0_0\.dcm.*20x16"),
     "mixedorient": ("refused", r"mixes slice orientations \(s0_1\.dcm\)"),
     "huge": ("refused", rf"slices of {HUGE} x {HUGE} pixels are larger than 8192 x 8192"),
-    "duplicate": ("warned", r"s0_1\.dcm is a copy of .*copy\.dcm \(same SOPInstanceUID\); read once"),
+    "duplicate": ("warned", r"s0_1\.dcm is a copy of .*copy\.dcm \(same SOPInstanceUID and position\); read once"),
     "mr": ("warned", r"modality is 'MR', not 'CT'"),
     "partly_unreadable": ("warned", r"skipped 1 unreadable DICOM file, first .*garbage\.dcm \(no DICOM image header: "),
 }

@@ -255,3 +255,90 @@ def test_a_nifti_of_whole_hu_gives_a_nifti_of_whole_hu(dicom_volume: CTVolume, t
     floats = write_nifti(tmp_path / "f.nii.gz", replace(read_nifti(as_ras_nifti(dicom_volume, tmp_path / "f_in.nii")),
                                                         hu=denoised))  # fmt: skip
     assert nib.load(str(floats)).get_data_dtype() == np.float32
+
+
+def _ras_file(path: Path, data: np.ndarray, affine: np.ndarray, **header) -> Path:
+    img = nib.Nifti1Image(data, affine)
+    for key, value in header.items():
+        img.header[key] = value
+    nib.save(img, str(path))
+    return path
+
+
+def test_spatial_units_other_than_mm_are_converted(tmp_path: Path) -> None:
+    """A file in micrometres (micro-CT, some converters) or metres: sizes and positions in mm, said."""
+    data = synthetic_hu((6, 5, 4), seed=3).transpose(2, 1, 0).astype(np.float32)
+    for unit, per_mm in (("micron", 1000.0), ("meter", 0.001)):
+        img = nib.Nifti1Image(data, np.diag([0.7 * per_mm, 0.8 * per_mm, 2.5 * per_mm, 1.0]))
+        img.header.set_xyzt_units(unit)
+        nib.save(img, str(tmp_path / f"{unit}.nii"))
+        with pytest.warns(UserWarning, match=f"spatial unit {unit}; sizes converted to mm"):
+            vol = read_nifti(tmp_path / f"{unit}.nii")
+        assert vol.spacing == pytest.approx((2.5, 0.8, 0.7))
+
+
+def test_an_unusable_sform_falls_back_to_the_qform(tmp_path: Path) -> None:
+    """A zero sform with its code set (a converter's slip): the qform places the volume, in one note; nothing of
+    nibabel's multi-line errors."""
+    img = nib.Nifti1Image(synthetic_hu((6, 5, 4), seed=4).transpose(2, 1, 0).astype(np.float32), None)
+    img.set_qform(np.diag([-0.7, -0.8, 2.5, 1.0]), code=1)
+    img.set_sform(np.diag([-0.7, -0.8, 2.5, 1.0]), code=1)
+    nib.save(img, str(tmp_path / "zero_sform.nii"))
+    raw = bytearray((tmp_path / "zero_sform.nii").read_bytes())
+    raw[280:328] = bytes(48)  # srow_x, srow_y, srow_z: zero (nibabel writes its affine there on save)
+    (tmp_path / "zero_sform.nii").write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match="its sform is unusable .*; the qform is used"):
+        vol = read_nifti(tmp_path / "zero_sform.nii")
+    assert vol.spacing == pytest.approx((2.5, 0.8, 0.7)) and not vol.metadata.get("spacing_assumed")
+    with pytest.raises(ValueError, match="voxel size .* unusable for NIfTI"):
+        write_nifti(tmp_path / "out.nii", replace(vol, spacing=(0.0, 0.8, 0.7)))
+    with pytest.raises(ValueError, match=r"a NIfTI file name ends in \.nii or \.nii\.gz"):
+        write_nifti(tmp_path / "out.txt", vol)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["zero_sform.nii"]
+
+
+def test_qform_and_sform_that_disagree_are_said_and_both_written_back(tmp_path: Path) -> None:
+    """A tilted file: a sheared sform and a rigid qform, both coded. The reader says they differ (tools that take
+    the qform place it otherwise), and the derived file keeps each as it was (the qform is not the sform's
+    rotated approximation)."""
+    data = synthetic_hu((6, 5, 4), seed=5).transpose(2, 1, 0).astype(np.float32)
+    sform = np.array([[0.7, 0, 0, 10], [0, 0.8, 0.9, 20], [0, 0, 2.5, 30], [0, 0, 0, 1]])
+    qform = np.diag([0.7, 0.8, 2.5, 1.0])
+    qform[:3, 3] = (10, 20, 30)
+    img = nib.Nifti1Image(data, None)
+    img.set_sform(sform, code=1)
+    img.set_qform(qform, code=1)
+    nib.save(img, str(tmp_path / "tilt.nii"))
+    with pytest.warns(UserWarning, match="its qform and sform disagree"):
+        vol = read_nifti(tmp_path / "tilt.nii")
+    out = nib.load(str(write_nifti(tmp_path / "out.nii", vol)))
+    np.testing.assert_allclose(out.get_sform(), sform, atol=1e-4)
+    np.testing.assert_allclose(out.get_qform(), qform, atol=1e-4)
+
+
+def test_half_hu_stored_as_scaled_integers_are_not_rounded_on_write(tmp_path: Path) -> None:
+    """int16 with scl_slope 0.5 holds x.5 HU: the derived file keeps them (it used to round to whole HU)."""
+    hu = (synthetic_hu((4, 6, 5), seed=6) / 2 + 0.5).astype(np.float32)  # half-HU values
+    img = nib.Nifti1Image(np.rint(hu.transpose(2, 1, 0) * 2).astype(np.int16), np.diag([0.7, 0.8, 2.5, 1.0]))
+    img.header.set_slope_inter(0.5, 0.0)
+    nib.save(img, str(tmp_path / "half.nii"))
+    vol = read_nifti(tmp_path / "half.nii")
+    back = read_nifti(write_nifti(tmp_path / "out.nii", vol))
+    np.testing.assert_array_equal(back.hu, vol.hu)
+    assert np.any(vol.hu != np.round(vol.hu))
+
+
+def test_sizes_and_masks_are_refused_from_the_header_before_the_pixels_are_read(tmp_path: Path) -> None:
+    """A header saying 30000 x 30000 pixels is refused by its size (not a MemoryError from reading it), and an
+    unscaled uint8 file (a segmentation mask) as not HU, as the array reader refuses one."""
+    img = nib.Nifti1Image(np.zeros((4, 4, 1), np.float32), np.eye(4))
+    path = tmp_path / "huge.nii"
+    nib.save(img, str(path))
+    raw = bytearray(path.read_bytes())
+    raw[42:48] = np.array([30000, 30000, 1], "<i2").tobytes()  # dim[1..3] in the header (no pixels behind them)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="slices of 30000 x 30000 pixels are larger than"):
+        read_nifti(path)
+    nib.save(nib.Nifti1Image(np.ones((6, 5, 4), np.uint8), np.eye(4)), str(tmp_path / "mask.nii.gz"))
+    with pytest.raises(ValueError, match=r"dtype uint8 \(8 bits\) cannot hold HU"):
+        read_nifti(tmp_path / "mask.nii.gz")

@@ -78,7 +78,9 @@ def _load(path: Path) -> tuple[Any, np.ndarray]:
             shape = shape[:-1]
         if len(shape) > 3:
             raise ValueError(f"{path}: a {len(shape)}-D NIfTI image {shape}; a CT is one 3-D volume or a 2-D slice")
-        data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape + (1,) * (3 - len(shape)))
+        shape = shape + (1,) * (3 - len(shape))
+        check_image_shape(shape[::-1], _values_dtype(img), str(path))  # before the pixels are read
+        data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape)
     except ValueError as exc:
         if str(path) in str(exc):
             raise
@@ -86,6 +88,56 @@ def _load(path: Path) -> tuple[Any, np.ndarray]:
     except Exception as exc:  # nibabel, gzip, zlib and numpy raise many types on broken or truncated files
         raise ValueError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {one_line(str(exc))})") from exc
     return img, data
+
+
+def _values_dtype(img: Any) -> np.dtype:
+    """The dtype the file's values have after its scaling: the stored one without scl_slope/scl_inter (an 8-bit
+    mask stays 8-bit, and is refused as not HU), float32 with them."""
+    dtype = np.dtype(img.get_data_dtype())
+    slope, inter = img.header.get_slope_inter()
+    if dtype.kind in "iu" and slope in (None, 1.0) and inter in (None, 0.0):
+        return dtype
+    return dtype if dtype.kind not in "iuf" else np.dtype(np.float32)
+
+
+#: mm per spatial unit of the header's xyzt_units
+MM_PER_UNIT = {"mm": 1.0, "meter": 1000.0, "micron": 0.001, "unknown": 1.0}
+
+
+def _usable(affine: Any) -> bool:
+    a = np.asarray(affine, dtype=float) if affine is not None else np.zeros((4, 4))
+    return bool(np.all(np.isfinite(a)) and abs(np.linalg.det(a[:3, :3])) > 1e-12)
+
+
+def _geometry(src: Any, path: Path, notes: list[str]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(index -> RAS mm affine, qform in mm, voxel size assumed): nibabel's choice (the sform when its code is set,
+    else the qform) when it is usable, else the other, else the voxel sizes alone; scaled from the header's spatial
+    unit to mm; a qform and sform that place the volume differently are said (other tools may take the qform)."""
+    header = src.header
+    per_mm = MM_PER_UNIT.get(header.get_xyzt_units()[0], 1.0)
+    if per_mm != 1.0:
+        notes.append(f"{path.name}: spatial unit {header.get_xyzt_units()[0]}; sizes converted to mm")
+    sform, scode = header.get_sform(coded=True)
+    qform, qcode = header.get_qform(coded=True)
+    assumed = any("setting 0 dims to 1" in fix for fix in src.extra.get("lidnet_fixes", []))
+    choices = [(sform, "sform"), (qform, "qform")] if scode else [(qform, "qform"), (sform, "sform")]
+    usable = [(a, name) for a, name in choices if a is not None and _usable(a)]
+    if choices[0][0] is not None and not _usable(choices[0][0]):
+        instead = f"the {usable[0][1]} is used" if usable else "placed by its voxel sizes alone"
+        notes.append(f"{path.name}: its {choices[0][1]} is unusable (zero, not finite or flat); {instead}")
+    affine = usable[0][0] if usable else header.get_base_affine()
+    if not _usable(affine):
+        affine, assumed = np.diag([1.0, 1.0, 1.0, 1.0]), True
+    if scode and qcode and _usable(qform) and _usable(sform):
+        corners = np.array([[i, j, k, 1] for i in (0, src.shape[0]) for j in (0, src.shape[1])
+                            for k in (0, src.shape[2] if len(src.shape) > 2 else 1)], float).T  # fmt: skip
+        off = float(np.max(np.linalg.norm((sform - qform)[:3] @ corners, axis=0))) * per_mm
+        if off > 1.0:
+            notes.append(f"{path.name}: its qform and sform disagree (by up to {off:.0f} mm at the corners); read "
+                         "with the sform, as nibabel does (tools that take the qform place it otherwise)")  # fmt: skip
+    scale = np.diag([per_mm, per_mm, per_mm, 1.0])
+    qform_mm = scale @ (qform if qform is not None and _usable(qform) else affine)
+    return scale @ np.asarray(affine, dtype=float), qform_mm, assumed
 
 
 #: array axes (x, y, z) of a single slice by the patient axis its 1-voxel axis lies along: rows run to the
@@ -113,7 +165,9 @@ def read_nifti(path: str | Path) -> CTVolume:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     src, data = _load(path)
-    img = nib.Nifti1Image(data, src.affine)
+    notes: list[str] = []
+    affine, qform, assumed = _geometry(src, path, notes)
+    img = nib.Nifti1Image(data, affine)
     target = _target_axes(data.shape, img.affine)
     stored_ornt = io_orientation(img.affine)
     img = img.as_reoriented(ornt_transform(stored_ornt, axcodes2ornt(target)))
@@ -121,11 +175,9 @@ def read_nifti(path: str | Path) -> CTVolume:
     check_image_shape(hu.shape, hu.dtype, str(path))
     aff = LPS_FROM_RAS @ np.asarray(img.affine, dtype=float)
     spacing_xyz = np.linalg.norm(aff[:3, :3], axis=0)
-    notes: list[str] = []
     meta: dict[str, Any] = {"format": "nifti", "source": str(path), "warnings": notes}
-    if not np.all(np.isfinite(spacing_xyz) & (spacing_xyz > 0)):
+    if assumed:
         notes.append(f"{path.name}: the header's voxel size is unusable; sizes in mm assume 1 mm voxels")
-        aff[:3, :3], spacing_xyz = np.eye(3), np.ones(3)
         meta["spacing_assumed"] = True
     notes.extend(f"{path.name}: header fixed when read: {fix}" for fix in src.extra.get("lidnet_fixes", []))
     codes = [int(src.header.get("qform_code", 0)), int(src.header.get("sform_code", 0))]
@@ -134,10 +186,11 @@ def read_nifti(path: str | Path) -> CTVolume:
         meta["orientation_unknown"] = True  # no R/L letters from a guess
     meta["nifti_stored"] = {  # how the file stored it: write_nifti gives derived files the same voxel grid
         "ornt": ornt_transform(axcodes2ornt(target), stored_ornt).tolist(),
-        "affine": np.asarray(src.affine, dtype=float).tolist(),
+        "affine": affine.tolist(),
+        "qform": qform.tolist(),
         "shape": [int(v) for v in data.shape],
         "codes": codes,
-        "integers": src.get_data_dtype().kind in "iu",  # stored whole HU: derived files store them so too
+        "integers": src.get_data_dtype().kind in "iu" and bool(np.all(data == np.round(data))),  # whole HU
     }
     for note in notes:  # said as DICOM's notes are (the command line prints them as warnings)
         warnings.warn(note, UserWarning, stacklevel=2)
@@ -173,6 +226,7 @@ def _as_stored(img: Any, stored: Any) -> Any | None:
     try:
         back = img.as_reoriented(np.asarray(stored["ornt"], dtype=float))
         affine = np.asarray(stored["affine"], dtype=float)
+        qform = np.asarray(stored.get("qform", affine), dtype=float)
         qcode, scode = (int(c) for c in stored["codes"])
     except (KeyError, TypeError, ValueError):
         return None
@@ -180,7 +234,7 @@ def _as_stored(img: Any, stored: Any) -> Any | None:
         return None
     out = nib.Nifti1Image(np.asarray(back.dataobj, dtype=np.float32), affine)
     out.set_sform(affine, code=scode)
-    out.set_qform(affine, code=qcode)
+    out.set_qform(qform, code=qcode)
     return out
 
 
@@ -212,10 +266,14 @@ def write_nifti(out: str | Path, volume: CTVolume) -> Path:
     import nibabel as nib
 
     out = Path(out)
+    if not is_nifti(out):
+        raise ValueError(f"{out}: a NIfTI file name ends in .nii or .nii.gz")
     _refuse_existing(out)
     check_uniform_grid(volume, "NIfTI")
     hu = volume.hu if volume.hu.ndim == 3 else volume.hu[None]
     affine = _index_to_ras(volume)
+    if not _usable(affine):
+        raise ValueError(f"{out}: the volume's voxel size {volume.spacing} or direction is unusable for NIfTI")
     img = nib.Nifti1Image(np.ascontiguousarray(hu.transpose(2, 1, 0), dtype=np.float32), affine)
     stored = _as_stored(img, volume.metadata.get("nifti_stored"))
     if stored is not None:  # read from NIfTI: the same voxel grid as the input, so its masks still line up
