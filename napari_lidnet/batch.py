@@ -75,9 +75,12 @@ class _SeriesReader:
             vol = read_nifti(source) if isinstance(source, Path) else read_series(source, source=self.root)
             what = (source.relative_to(self.base).as_posix() if isinstance(source, Path)
                     else f"series {self.todo[i][2]!r} ({vol.metadata.get('series_uid', '')})")  # fmt: skip
-            check_finite(vol.hu, what)
         except (ValueError, OSError) as exc:
             return i, one_line(str(exc))
+        try:
+            check_finite(vol.hu, what)
+        except ValueError as exc:  # NaN or infinite pixels: a re-run reads the same
+            return i, LeftOut(one_line(str(exc)))
         note = not_ct_note(str(vol.metadata.get("modality", "") or ""), vol.hu, what)  # NIfTI, captures: HU?
         return (i, LeftOut(one_line(note))) if note else (i, vol)
 
@@ -224,6 +227,11 @@ def _find_inputs(root: Path) -> tuple[dict, list[Path]]:
 
     if root.is_file() and is_nifti(root):
         return {}, [root]
+    from napari_lidnet.io.open_ct import input_kind
+
+    if root.is_file() and input_kind(root) != "dicom":
+        raise ValueError(f"{root}: --all-series reads the DICOM series and NIfTI files under a folder (or one such "
+                         "file); for this file leave --all-series out")  # fmt: skip
     niftis = sorted(p for p in root.rglob("*") if is_nifti(p) and p.is_file()) if root.is_dir() else []
     try:
         return scan_dicom(root).series, niftis
@@ -282,8 +290,11 @@ def run_batch(
                 done = len(report.skipped) + len(report.written) + len(report.failed) + len(report.left_out)
                 progress(done, len(items), final.name)
     finally:
-        if created and not any(p.name != MARKER for p in out_dir.iterdir()):  # nothing written: nothing left
-            shutil.rmtree(out_dir)
+        if not any(p.name != MARKER for p in out_dir.iterdir()):  # nothing written: nothing left
+            if created:
+                shutil.rmtree(out_dir)
+            else:
+                (out_dir / MARKER).unlink(missing_ok=True)
     return report
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
+
+from napari_lidnet.io.atomic import check_writable
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -69,41 +70,48 @@ def check_new_output(out: Path, input_path: str | None = None, folder: bool = Fa
     check_writable(out)
 
 
-def check_writable(out: Path) -> None:
-    """PermissionError (before any work) when the nearest existing folder of ``out`` cannot be written."""
-    parent = out.resolve().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(13, "Permission denied (cannot write here)", str(parent))
-    import tempfile
+def _check_ct(vol: Any, path: str) -> None:
+    """Refuse a volume that is not CT (another modality, or values that do not look like HU in a file that does not
+    say CT), holds NaN or infinite values, or is blank."""
+    from napari_lidnet.io.checks import CT_MODALITIES, check_finite, not_ct_note
 
-    try:  # os.access says yes to root everywhere: a file made and gone at once is the real test
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as exc:
-        raise PermissionError(exc.errno or 13, f"cannot write here ({exc.strerror or exc})", str(parent)) from None
+    modality = str(vol.metadata.get("modality", "") or "")
+    if modality not in CT_MODALITIES:  # said first: an MR series is not "CT with NaN"
+        raise ValueError(not_ct_note(modality, vol.hu, path))
+    check_finite(vol.hu, path)
+    note = not_ct_note(modality, vol.hu, path)  # NIfTI, arrays, captures: the values must look like HU
+    if note:
+        raise ValueError(note)
+
+
+def _open_checked(path: str, series_uid: str | None = None, every: bool = False) -> list:
+    """The CT volumes at ``path`` (series ``series_uid``), the first checked by ``_check_ct``; with ``every``, all
+    of them, those that are not CT left out with a note (refused when none is). The reader's warnings are shown
+    only when the input is usable."""
+    from napari_lidnet.io.open_ct import open_ct
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        volumes = open_ct(path, series_uid)
+    kept, refused = [], []
+    for vol in volumes if every else volumes[:1]:
+        try:
+            _check_ct(vol, path)
+            kept.append(vol)
+        except ValueError as exc:
+            refused.append((vol.name, exc))
+    if not kept:
+        raise refused[0][1]
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    for name, exc in refused:
+        warnings.warn(f"left out {name}: {exc}", UserWarning, stacklevel=2)
+    return kept if every else volumes
 
 
 def _open_single(path: str, series_uid: str | None = None):
-    """The first (largest) CT volume at ``path``, or series ``series_uid``; refused when it is not CT (another
-    modality, or values that do not look like HU in a file that does not say CT), holds NaN or infinite values, or
-    is blank."""
-    from napari_lidnet.io.checks import CT_MODALITIES, check_finite, not_ct_note
-    from napari_lidnet.io.open_ct import open_ct
-
-    with warnings.catch_warnings(record=True) as caught:  # shown only when the input is usable
-        warnings.simplefilter("always")
-        volumes = open_ct(path, series_uid)
-    modality = str(volumes[0].metadata.get("modality", "") or "")
-    if modality not in CT_MODALITIES:  # said first: an MR series is not "CT with NaN"
-        raise ValueError(not_ct_note(modality, volumes[0].hu, path))
-    check_finite(volumes[0].hu, path)
-    note = not_ct_note(modality, volumes[0].hu, path)  # NIfTI, arrays, captures: the values must look like HU
-    if note:
-        raise ValueError(note)
-    for w in caught:
-        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    """The first (largest) CT volume at ``path``, or series ``series_uid``, checked by ``_check_ct``."""
+    volumes = _open_checked(path, series_uid)
     if len(volumes) > 1:
         keys = [v.metadata.get("series_key") or v.metadata.get("series_uid", "") for v in volumes]
         names = ", ".join(f"{v.name} ({key})" for v, key in zip(volumes, keys))
@@ -159,7 +167,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         split=args.split,
         test_fraction=args.test_fraction,
     )
-    if args.denoiser_width:
+    if args.denoiser_width is not None:
+        if not 4 <= args.denoiser_width <= 256:
+            raise ValueError(f"--denoiser-width must be 4-256 channels, not {args.denoiser_width}")
         cfg.denoiser_kwargs["width"] = args.denoiser_width
     from napari_lidnet._training import distributed
 
@@ -279,6 +289,25 @@ def _score(text: str) -> float:
     return value
 
 
+def _int_in(lo: int, hi: int) -> Any:
+    """argparse type: an integer in [lo, hi] (argparse names the option in its one-line error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"an integer in [{lo}, {hi}] is expected, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be in [{lo}, {hi}], got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+SEED = _int_in(0, 2**32 - 1)
+
+
 def _device(text: str) -> str:
     """argparse type: a device this machine has (``auto`` picks the best one; a device asked for by name that is
     not here is refused rather than run on the CPU unasked)."""
@@ -317,6 +346,9 @@ def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
     finally:
         bar.close()
     done = f"{len(report.written)} written, {len(report.skipped)} already complete (skipped) in {out}"
+    if report.left_out and not (report.written or report.skipped or report.failed):
+        n = len(report.left_out)
+        raise ValueError(f"nothing to {task} under {args.input}: {n} series left out (first: {report.left_out[0]})")
     if report.left_out:  # left out for good: a re-run would not change it
         n = len(report.left_out)
         print(f"note: {n} series left out (first: {report.left_out[0]})", file=sys.stderr)
@@ -446,6 +478,8 @@ def _note_box_cap(rows: Any, cap: int) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from napari_lidnet._training.report import evaluate_dataset, format_table
 
+    if args.max_slices is not None and args.max_slices < 1:
+        raise ValueError(f"--max-slices must be at least 1, not {args.max_slices}")
     if args.json:
         check_new_output(Path(args.json), args.data)
     result = evaluate_dataset(args.data, args.model, args.detector, args.device, max_slices=args.max_slices)
@@ -463,7 +497,7 @@ def _add_simulate(sub: Any) -> None:
     p.add_argument("--out", required=True, help="output folder (new or empty)")
     p.add_argument("--n", type=int, default=16, help="number of slices")
     p.add_argument("--dose", type=float, default=0.25, help="dose fraction in (0, 1]")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--kind", choices=["abdomen", "chest", "head"], default="abdomen")
     p.add_argument("--size", type=int, default=512, help="image size in pixels")
     p.add_argument(
@@ -498,7 +532,7 @@ def _add_index(sub: Any) -> None:
     p.add_argument("archive", help="folder of lidnet datasets, a DeepLesion tree (DL_info.csv), or DICOM series")
     p.add_argument("--out", required=True, help="manifest file to write (JSON Lines), outside the archive")
     p.add_argument("--dose", type=float, default=None, help="simulate missing low-dose images at this dose fraction")
-    p.add_argument("--seed", type=int, default=0, help="seed of the simulated low-dose noise")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the simulated low-dose noise")
     p.add_argument(
         "--split",
         choices=["train", "val", "test", "all"],
@@ -586,7 +620,7 @@ def _add_train_schedule(p: Any) -> None:
         default="gt",
         help="regions of the ROI perceptual loss: ground-truth boxes, detector boxes, or both",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="auto", type=_device)
     p.add_argument("--export", default=None, help="save the best checkpoint as a named model in the model folder")
 
@@ -738,11 +772,12 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     before the first step), prints one line and exits 130."""
     import threading
 
+    from napari_lidnet._training.export import check_export_name
     from napari_lidnet._training.selfsup import adapt_job, adapt_summary
     from napari_lidnet.io.boxes_io import read_boxes_csv
-    from napari_lidnet.io.open_ct import open_ct
 
-    volumes = open_ct(args.input)
+    check_export_name(args.name, kinds=("denoiser",))  # before any work: name free, model folder writable
+    volumes = _open_checked(args.input, every=True)
     boxes = read_boxes_csv(args.boxes) if args.boxes else None
     stop = threading.Event()
     job = adapt_job(
@@ -774,18 +809,14 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     """Calibrate a detector's threshold on a site's lesion-free scans; save it as a named user model."""
     from napari_lidnet._training.calibrate import calibrate_on_scans
     from napari_lidnet._training.export import check_export_name, export_detector
-    from napari_lidnet.io.checks import check_finite
-    from napari_lidnet.io.open_ct import open_ct
     from napari_lidnet.io.volume import known_pixel_mm, n_slices
     from napari_lidnet.models.registry import load_model
     from napari_lidnet.models.weights import default_threshold
 
     check_export_name(args.name, kinds=("detector",))  # before any work; NAME_denoiser may exist (lidnet adapt)
-    if not args.fp_per_slice >= 0:
-        raise ValueError(f"--fp-per-slice must be >= 0, not {args.fp_per_slice}")
-    volumes = open_ct(args.input)
-    for vol in volumes:
-        check_finite(vol.hu, args.input)
+    if not 0 <= args.fp_per_slice <= 100:
+        raise ValueError(f"--fp-per-slice must be a number of boxes per slice in [0, 100], not {args.fp_per_slice}")
+    volumes = _open_checked(args.input, every=True)
     slices = [sl for vol in volumes for sl in (vol.hu if vol.hu.ndim == 3 else vol.hu[None])]
     sizes = [known_pixel_mm(vol) for vol in volumes]  # None where a reader assumed 1 mm: detected as given
     pixel_mm = None if None in sizes else [s[1] for s, vol in zip(sizes, volumes) for _ in range(n_slices(vol.hu))]
@@ -829,8 +860,8 @@ def _add_adapt(sub: Any) -> None:
     )
     p.add_argument("--from", dest="from_model", default="default", help="starting denoiser (name or weights path)")
     p.add_argument("--boxes", default=None, help="lesion boxes (CSV/JSON from lidnet detect) to weight lesions")
-    p.add_argument("--patch-size", type=int, default=96)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patch-size", type=_int_in(32, 1024), default=96)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="auto", type=_device)
     p.set_defaults(func=_cmd_adapt)
 

@@ -458,3 +458,57 @@ def test_detect_says_when_slices_reach_the_box_cap(tmp_path, capsys, monkeypatch
     assert f"note: {(counts >= MAX_BOXES_PER_SLICE).sum()} slice(s) reached {MAX_BOXES_PER_SLICE} boxes" in err, err
     assert main([*args, str(tmp_path / "some.csv"), "--threshold", "0.99"]) == 0
     assert "reached" not in capsys.readouterr().err
+
+
+def _one_line_error(capsys, *words: str) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and all(w in err for w in words), err
+    return err
+
+
+def test_options_and_inputs_that_used_to_slip_through_exit_2_before_any_work(tmp_path, capsys, model_dir):
+    """Found by a hostile review: each of these used to end in a traceback, exit 0 with a model saved, or leave
+    something on disk. Now: one line naming the problem, exit 2, the model folder and the outputs untouched."""
+    from conftest import write_series
+
+    write_series(tmp_path / "mr", np.full((8, 16, 16), 300.0), series_uid="1.2.3.140", modality="MR")
+    np.save(tmp_path / "blank.npy", np.zeros((4, 40, 40), np.float32))
+    before = sorted(p.name for p in model_dir.iterdir())
+    cases = [
+        (["calibrate", str(tmp_path / "mr"), "--name", "c", "--device", "cpu"], ("modality 'MR' is not CT",)),
+        (["adapt", str(tmp_path / "mr"), "--name", "a", "--steps", "2", "--device", "cpu"], ("not CT",)),
+        (["adapt", str(tmp_path / "blank.npy"), "--name", "b", "--steps", "2", "--device", "cpu"], ("blank.npy",)),
+        (["adapt", str(tmp_path / "blank.npy"), "--name", "b", "--patch-size", "0"], ("--patch-size", "[32, 1024]")),
+        (["calibrate", str(tmp_path / "mr"), "--name", "c", "--fp-per-slice", "inf"], ("--fp-per-slice",)),
+        (["calibrate", str(tmp_path / "mr"), "--name", "default"], ("shipped models'",)),
+        (["train", "--data", str(tmp_path / "mr"), "--out", str(tmp_path / "r"), "--seed", "-1"], ("--seed",)),
+        (["train", "--data", str(tmp_path / "mr"), "--out", str(tmp_path / "r"), "--denoiser-width", "-3"],
+         ("--denoiser-width",)),
+        (["evaluate", str(tmp_path / "mr"), "--max-slices", "-1"], ("--max-slices",)),
+        (["index", str(tmp_path / "blank.npy"), "--out", str(tmp_path / "m.jsonl")], ("not a file",)),
+        (["denoise", str(tmp_path / "blank.npy"), str(tmp_path / "o"), "--all-series", "--device", "cpu"],
+         ("leave --all-series out",)),
+    ]  # fmt: skip
+    for argv, words in cases:
+        try:
+            code = main(argv)
+        except SystemExit as stop:  # argparse refuses an option value itself
+            code = stop.code
+        assert code == 2, argv
+        _one_line_error(capsys, *words)
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "new", tmp_path / "empty"):  # nothing but MR under the input: nothing to denoise
+        argv = ["denoise", str(tmp_path / "mr"), str(out), "--all-series", "--workers", "0", "--device", "cpu"]
+        assert main(argv) == 2
+        _one_line_error(capsys, "nothing to denoise", "1 series left out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blank.npy", "empty", "models", "mr"]
+    assert not any((tmp_path / "empty").iterdir())  # no batch marker left behind
+    assert sorted(p.name for p in model_dir.iterdir()) == before
+
+
+def test_training_refuses_rates_and_weights_that_are_not_numbers_before_writing(trained, tmp_path, capsys):
+    for option, value in (("--lr", "inf"), ("--lr", "nan"), ("--det-weight", "-1"), ("--roi-weight", "inf")):
+        run = tmp_path / "r"
+        assert main(["train", "--data", str(trained / "data"), "--out", str(run), option, value]) == 2
+        _one_line_error(capsys, "must be in")
+        assert not run.exists()

@@ -17,7 +17,8 @@ def test_table_name_and_parse(deeplesion_tree):
     assert table_file_name(root / "flat_name.png") == "flat_name.png"
     table = read_info_table(root / "DL_info.csv")
     rows = table["000001_01_01_109.png"]
-    assert len(rows) == 2 and rows[0].box == (3.5, 4.5, 10.25, 12.0) and rows[0].spacing_xyz == (0.7, 0.7, 5.0)
+    # the table's coordinates are 1-based pixel centres: 0.5 px lower as 0-based pixel edges
+    assert len(rows) == 2 and rows[0].box == (3.0, 4.0, 9.75, 11.5) and rows[0].spacing_xyz == (0.7, 0.7, 5.0)
     assert rows[1].lesion_type == 5 and rows[0].windows == (-175.0, 275.0) and rows[0].image_size == (32, 24)
 
 
@@ -27,7 +28,7 @@ def test_key_slice_with_boxes_and_spacing(deeplesion_tree):
     vol = read_deeplesion_slice(series / "109.png")  # table found two folders up
     np.testing.assert_array_equal(vol.hu, hus[109])
     assert vol.spacing == (0.7, 0.7)
-    np.testing.assert_array_equal(vol.boxes, [[0, 3.5, 4.5, 10.25, 12.0], [0, 20, 2, 30, 8]])
+    np.testing.assert_array_equal(vol.boxes, [[0, 3.0, 4.0, 9.75, 11.5], [0, 19.5, 1.5, 29.5, 7.5]])
     assert vol.metadata["lesion_types"] == ["liver", "lung"]
     assert vol.metadata["warnings"] == []
     assert listing(root) == before
@@ -41,7 +42,7 @@ def test_non_key_slice_takes_series_spacing_without_boxes(deeplesion_tree):
 
 def test_folder_stack_puts_boxes_on_key_slice(deeplesion_tree):
     root, series, hus = deeplesion_tree
-    vol = read_deeplesion_folder(series)
+    (vol,) = read_deeplesion_folder(series)
     np.testing.assert_array_equal(vol.hu, np.stack([hus[108], hus[109], hus[110]]))
     assert vol.spacing == (5.0, 0.7, 0.7)
     np.testing.assert_array_equal(vol.boxes[:, 0], [1, 1])
@@ -82,14 +83,41 @@ def test_official_split_column_selects_rows(deeplesion_tree):
     everything = read_info_table(table)
     assert [r.split for r in everything["000001_01_01_109.png"]] == [1, 3]
     train = read_info_table(table, split="train")
-    assert [r.box for r in train["000001_01_01_109.png"]] == [(3.5, 4.5, 10.25, 12.0)]
-    assert [r.box for r in read_info_table(table, split="test")["000001_01_01_109.png"]] == [(20, 2, 30, 8)]
+    assert [r.box for r in train["000001_01_01_109.png"]] == [(3.0, 4.0, 9.75, 11.5)]
+    assert [r.box for r in read_info_table(table, split="test")["000001_01_01_109.png"]] == [(19.5, 1.5, 29.5, 7.5)]
     assert read_info_table(table, split="val") == {} and read_info_table(table, split="all") == everything
-    np.testing.assert_array_equal(read_deeplesion_slice(series / "109.png", split="test").boxes, [[0, 20, 2, 30, 8]])
-    assert len(read_deeplesion_folder(series, split="train").boxes) == 1
+    test_boxes = read_deeplesion_slice(series / "109.png", split="test").boxes
+    np.testing.assert_array_equal(test_boxes, [[0, 19.5, 1.5, 29.5, 7.5]])
+    assert len(read_deeplesion_folder(series, split="train")[0].boxes) == 1
     assert len(read_deeplesion_slice(series / "109.png").boxes) == 2  # the viewer shows every annotation
     with pytest.raises(ValueError, match="split"):
         read_info_table(table, split="holdout")
     table.write_text(HEADER.replace(",Train_Val_Test", "") + _row("x.png", 1, "1, 2, 3, 4").rsplit(",", 1)[0] + "\n")
     with pytest.raises(ValueError, match="no Train_Val_Test column"):
         read_info_table(table, split="test")
+
+
+def test_sub_volumes_noisy_rows_and_a_missing_table(tmp_path):
+    """A series folder holding two sub-volumes (103-105 and 150-151, 225 mm apart at 5 mm) opens as two volumes,
+    not one stack that puts them 5 mm apart; a Possibly_noisy lesion is shown marked and left out of the training
+    index; a slice without any DL_info.csv says its 1 mm spacing is assumed."""
+    from napari_lidnet.datasets.manifest import index_archive, read_header
+
+    root = tmp_path / "DL"
+    series = root / "Images_png" / "000002_01_01"
+    series.mkdir(parents=True)
+    for k in (103, 104, 105, 150, 151):
+        write_png_hu(series / f"{k}.png", np.full((24, 32), float(k)))
+    noisy = _row("000002_01_01_150.png", 150, "5, 5, 15, 15").replace(",4,0,", ",4,1,")  # Possibly_noisy 1
+    (root / "DL_info.csv").write_text(HEADER + _row("000002_01_01_104.png", 104, "3, 4, 10, 12") + noisy)
+    with pytest.warns(UserWarning, match="2 sub-volumes"):
+        first, second = read_deeplesion_folder(series)
+    assert first.hu.shape[0] == 3 and second.hu.shape[0] == 2 and np.all(second.hu[0] == 150)
+    assert second.metadata["lesion_types"] == ["liver (possibly noisy)"] and first.metadata["lesion_types"] == ["liver"]
+    out = index_archive(root, tmp_path / "m.jsonl")
+    assert read_header(out)["n"] == 1 and any("Possibly_noisy" in s for s in read_header(out)["skipped"])
+    lone = tmp_path / "lone" / "7.png"
+    lone.parent.mkdir()
+    write_png_hu(lone, np.zeros((8, 8)))
+    with pytest.warns(UserWarning, match="no DL_info.csv beside it or above; spacing unknown"):
+        assert read_deeplesion_slice(lone).metadata["spacing_assumed"]

@@ -53,7 +53,7 @@ def test_deeplesion_tree_key_slices_with_boxes_and_simulated_low_dose(deeplesion
     assert "000002_01_01_050.png" in header["skipped"][0]  # listed in the table, PNG not downloaded
     (s,) = load_manifest(out)[1]
     assert s["name"] == "000001_01_01_109" and s["spacing_mm"] == 0.7 and s["shape"] == [24, 32]
-    assert np.allclose(s["boxes"], [[3.5, 4.5, 10.25, 12.0], [20, 2, 30, 8]])
+    assert np.allclose(s["boxes"], [[3.0, 4.0, 9.75, 11.5], [19.5, 1.5, 29.5, 7.5]])
     # with a dose, the non-square slice is skipped (the projector simulates square slices) and a square one kept
     write_png_hu(series / "110.png", hus[110][:, :24])
     (root / "DL_info.csv").write_text(

@@ -88,8 +88,9 @@ def test_deeplesion_png_gives_image_and_shapes(tmp_path):
     assert (t1, t2) == ("image", "shapes")
     assert img_kw["scale"] == (0.8, 0.8) and sh_kw["scale"] == (0.8, 0.8)
     assert np.all(img == 40.0)
-    # pixel-edge box 2,3,12,9 -> napari corners (row, col) half a pixel lower (layer_data: pixel i is centred at i)
-    np.testing.assert_array_equal(shapes[0], [[2.5, 1.5], [2.5, 11.5], [8.5, 11.5], [8.5, 1.5]])
+    # the table's 2,3,12,9 are 1-based pixel centres: 0-based centres 1,2,11,8, which is where napari draws the
+    # corners (row, col) (layer_data: pixel i is centred at i)
+    np.testing.assert_array_equal(shapes[0], [[2.0, 1.0], [2.0, 11.0], [8.0, 11.0], [8.0, 1.0]])
     assert sh_kw["shape_type"] == "rectangle" and sh_kw["features"]["label"] == ["liver"]
     # the annotations' name is not "<image> lesions", the detector's output layer (a run would land on "... [1]")
     assert sh_kw["name"] == f"{img_kw['name']} lesions (annotated)"

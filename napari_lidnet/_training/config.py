@@ -112,8 +112,10 @@ class TrainConfig:
             raise ValueError("checkpoint_every must be >= 0")
         if self.dose is not None and not 0.0 < self.dose <= 1.0:
             raise ValueError(f"dose must be in (0, 1], not {self.dose}")
-        if self.lr <= 0 or self.detector_lr <= 0:
-            raise ValueError("learning rates must be positive")
+        if not (0 < self.lr < 1 and 0 < self.detector_lr < 1):  # NaN and inf fail too
+            raise ValueError(f"learning rates must be in (0, 1), not {self.lr} and {self.detector_lr}")
+        if not (0 <= self.det_weight <= 100 and 0 <= self.roi_weight <= 100):
+            raise ValueError(f"loss weights must be in [0, 100], not {self.det_weight} and {self.roi_weight}")
         if not sum(n for _, n in self.stages()):
             raise ValueError(
                 "nothing to train: every stage has 0 steps (pretraining from given weights runs only when asked to "

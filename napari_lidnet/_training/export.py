@@ -15,6 +15,8 @@ def valid_model_name(name: str) -> str:
     name = name.strip()
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
         raise ValueError(f"model name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting alphanumeric")
+    if name.lower() == "default" or name.lower().startswith("default_"):
+        raise ValueError(f"model name {name!r} is the shipped models'; choose another name")
     return name
 
 
@@ -23,6 +25,7 @@ def check_export_name(name: str, overwrite: bool = False, kinds: tuple[str, ...]
     that name (of ``kinds``: by default its denoiser or its detector, either file of the pair) is already in the user
     model folder. A calibration saves only ``NAME_detector`` and an adaptation only ``NAME_denoiser``, so the two
     make one pair under one name."""
+    from napari_lidnet.io.atomic import check_writable
     from napari_lidnet.models.registry import user_model_dir
     from napari_lidnet.models.weights import weight_paths
 
@@ -32,6 +35,7 @@ def check_export_name(name: str, overwrite: bool = False, kinds: tuple[str, ...]
         taken = [p for p in weight_paths(dest / f"{name}_{kind}") if p.exists()]
         if taken and not overwrite:
             raise FileExistsError(f"a model named {name!r} already exists ({taken[0]}); choose another name")
+    check_writable(dest / f"{name}_{kinds[0]}")  # the model folder (or the nearest that exists) takes files
     return name
 
 

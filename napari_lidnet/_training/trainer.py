@@ -470,8 +470,8 @@ class Trainer:
             bad = [k for k, v in losses.items() if not math.isfinite(v)]
             if bad:
                 raise TrainingError(
-                    f"{', '.join(bad)} loss became {losses[bad[0]]} at {name} step {step}; the run stopped and "
-                    f"the last good checkpoint in {self.out} is kept"
+                    f"{', '.join(bad)} loss became {losses[bad[0]]} at {name} step {step}; the run stopped: "
+                    f"{self.kept_message()}"
                 )
             self._live = (name, n_steps, network, model, opt, sched, step)
             yield {"stage": name, "stage_step": step, "stage_total": n_steps, "losses": losses}

@@ -190,6 +190,9 @@ def _deeplesion_rows(root: Path, skipped: list[str], split: str) -> Iterator[dic
             if png is None:
                 skipped.append(f"{file_name}: listed in {table_path} but no PNG found")
                 continue
+            if any(r.noisy for r in rows):  # its lesion would be there without a box: the slice is left out
+                skipped.append(f"{file_name}: Possibly_noisy annotation in {table_path} (left out, as MULAN does)")
+                continue
             spacing = rows[0].spacing_xyz
             yield {
                 "name": file_name[:-4] if file_name.endswith(".png") else file_name,
@@ -247,6 +250,9 @@ def archive_kind(root: str | Path) -> str:
     from napari_lidnet.io.deeplesion import INFO_CSV_NAME
 
     root = Path(root)
+    if root.is_file():
+        raise ValueError(f"{root}: index takes an archive folder (DICOM series, DeepLesion or lidnet datasets), "
+                         "not a file")  # fmt: skip
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such archive folder or manifest")
     if any(is_dataset(p.parent) for p in root.rglob("dataset.json")):

@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["fsync_dir", "write_atomically", "write_temp"]
+__all__ = ["check_writable", "fsync_dir", "write_atomically", "write_temp"]
 
 
 def write_temp(folder: Path, stem: str, data: bytes) -> Path:
@@ -48,3 +48,17 @@ def fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def check_writable(out: Path) -> None:
+    """PermissionError (before any work) when the nearest existing folder of ``out`` cannot be written."""
+    parent = out.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(13, "Permission denied (cannot write here)", str(parent))
+    try:  # os.access says yes to root everywhere: a file made and gone at once is the real test
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise PermissionError(exc.errno or 13, f"cannot write here ({exc.strerror or exc})", str(parent)) from None

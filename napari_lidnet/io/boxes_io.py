@@ -137,9 +137,13 @@ def write_volume_boxes(
 def read_boxes_csv(path: str | Path) -> np.ndarray:
     """Read boxes written by :func:`write_boxes_csv` (CSV or JSON) back to (N, 6)."""
     path = Path(path)
-    if path.suffix.lower() == ".json":
-        records = json.loads(path.read_text())["boxes"]
-    else:
-        with path.open(newline="") as fh:
-            records = list(csv.DictReader(fh))
-    return np.array([[float(r[c]) for c in COLUMNS] for r in records], dtype=np.float32).reshape(-1, 6)
+    try:
+        if path.suffix.lower() == ".json":
+            records = json.loads(path.read_text())["boxes"]
+        else:
+            with path.open(newline="") as fh:
+                records = list(csv.DictReader(fh))
+        return np.array([[float(r[c]) for c in COLUMNS] for r in records], dtype=np.float32).reshape(-1, 6)
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        what = f"column {exc}" if isinstance(exc, KeyError) else type(exc).__name__
+        raise ValueError(f"{path}: not a boxes file of lidnet detect (CSV or JSON; {what})") from None

@@ -79,6 +79,8 @@ def is_dataset(path: str | Path) -> bool:
 def read_info(path: str | Path) -> dict[str, Any]:
     """The dataset.json of a dataset folder."""
     path = Path(path)
+    if path.is_file():
+        raise ValueError(f"{path}: a file; a lidnet dataset is a folder (lidnet simulate writes one)")
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: dataset folder not found")
     if not is_dataset(path):

@@ -4,6 +4,11 @@ DeepLesion stores slices as ``Images_png/000001_01_01/109.png``; the table names
 ``000001_01_01_109.png`` (File_name) with Key_slice_index 109, one row per lesion. The column ``Train_Val_Test``
 is the official patient-level split (1 train, 2 validation, 3 test); readers take ``split`` ("train", "val",
 "test", or None/"all" for every row): training reads the train part, evaluation the test part.
+
+The table's coordinates start from 1 at the first pixel's centre (NIH's loaders subtract 1); boxes here are pixel
+edges from 0, so each is read 0.5 px lower. ``Possibly_noisy`` rows (an unreliable annotation) are shown marked and
+left out of training and evaluation indexes, as NIH's MULAN does. One series folder may hold several sub-volumes
+(one around each key slice, with gaps between): they open as separate volumes, as NIH's DL_save_nifti writes them.
 """
 
 from __future__ import annotations
@@ -40,6 +45,13 @@ class LesionRow:
     lesion_type: int | None
     extra: dict[str, str] = field(default_factory=dict)
     split: int | None = None  # Train_Val_Test: 1 train, 2 validation, 3 test (None when the table has no column)
+    noisy: bool = False  # Possibly_noisy: an unreliable annotation
+
+    @property
+    def type_name(self) -> str:
+        """The coarse lesion type, with "(possibly noisy)" when the table flags the annotation."""
+        name = LESION_TYPES.get(self.lesion_type or -1, "unknown")
+        return f"{name} (possibly noisy)" if self.noisy else name
 
 
 def _numbers(text: str | None) -> list[float]:
@@ -87,13 +99,14 @@ def read_info_table(csv_path: str | Path, split: str | None = None) -> dict[str,
                 row = LesionRow(
                     file_name=rec["File_name"].strip(),
                     key_slice=int(float(key)) if key not in (None, "") else -1,
-                    box=(box[0], box[1], box[2], box[3]),
+                    box=(box[0] - 0.5, box[1] - 0.5, box[2] - 0.5, box[3] - 0.5),  # 1-based centres -> 0-based edges
                     spacing_xyz=(spacing[0], spacing[1], spacing[2]) if len(spacing) == 3 else None,
                     image_size=(int(size[0]), int(size[1])) if len(size) == 2 else None,
                     windows=(win[0], win[1]) if len(win) == 2 else None,
                     lesion_type=int(float(ltype)) if ltype not in (None, "") else None,
                     extra={k: v for k, v in rec.items() if k and v is not None},
                     split=int(float(part)) if part not in (None, "") else None,
+                    noisy=str(rec.get("Possibly_noisy") or "0").strip() not in ("0", "0.0", ""),
                 )
             except (ValueError, TypeError) as exc:
                 raise ValueError(f"{csv_path}, line {line}: {exc}") from exc
@@ -151,37 +164,53 @@ def read_deeplesion_slice(
         ref = (rows or series or [None])[0]
         if ref is None:
             notes.append(f"{png_path}: no row for {key!r} in {table_path}; spacing unknown (1 mm assumed)")
+    else:
+        notes.append(f"{png_path}: no {INFO_CSV_NAME} beside it or above; spacing unknown (1 mm assumed)")
     boxes = [[0.0, *r.box] for r in rows]
     return _volume(hu, png_path, key, rows, boxes, ref, notes, table_path)
 
 
 def read_deeplesion_folder(
     folder: str | Path, info_csv: str | Path | None = None, split: str | None = None
-) -> CTVolume:
-    """A folder of consecutive DeepLesion slices (``103.png`` ... ``117.png``) as a (z, y, x) CTVolume.
+) -> list[CTVolume]:
+    """A folder of DeepLesion slices (``103.png`` ... ``117.png``) as (z, y, x) CTVolumes, one per run of
+    consecutive slice numbers (a sub-volume; the gaps between them are not stacked as if 1 slice apart).
 
-    Slices are stacked by their number; boxes of every key slice in the folder get their slice index.
-    ``split``: only that part's rows.
+    Boxes of every key slice get their slice index in their sub-volume. ``split``: only that part's rows.
     """
     folder = Path(folder)
-    pngs = [p for p in folder.glob("*.png") if p.stem.isdigit()]
+    pngs = sorted((p for p in folder.glob("*.png") if p.stem.isdigit()), key=lambda p: int(p.stem))
     if not pngs:
         raise ValueError(f"{folder}: no numbered 16-bit PNG slices (like 109.png) in this folder")
-    pngs.sort(key=lambda p: int(p.stem))
-    numbers = [int(p.stem) for p in pngs]
+    runs: list[list[Path]] = []
+    for p in pngs:
+        if runs and int(p.stem) == int(runs[-1][-1].stem) + 1:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    table_path = Path(info_csv) if info_csv is not None else find_info_table(pngs[0])
+    table = read_info_table(table_path, split) if table_path is not None else None
+    first_notes = []
+    if len(runs) > 1:
+        spans = ", ".join(f"{r[0].stem}-{r[-1].stem}" for r in runs[:4]) + (", ..." if len(runs) > 4 else "")
+        first_notes.append(f"{folder}: {len(runs)} sub-volumes (slices {spans}) opened apart")
+    return [_run_volume(folder, run, table, table_path, first_notes if i == 0 else [], len(runs) > 1)
+            for i, run in enumerate(runs)]  # fmt: skip
+
+
+def _run_volume(
+    folder: Path, pngs: list[Path], table: dict | None, table_path: Path | None, notes: list[str], named_by_run: bool
+) -> CTVolume:
+    """One run of consecutive slices as a CTVolume with the boxes of its key slices."""
     slices = [read_png_hu(p) for p in pngs]
     shapes = {s.shape for s in slices}
     if len(shapes) > 1:
-        raise ValueError(f"{folder}: slices have different sizes {sorted(shapes)}; cannot stack them")
-    notes: list[str] = []
-    if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
-        notes.append(f"{folder}: slice numbers are not consecutive ({numbers[0]}..{numbers[-1]})")
-    table_path = Path(info_csv) if info_csv is not None else find_info_table(pngs[0])
+        odd = next(p for p, s in zip(pngs, slices) if s.shape != slices[0].shape)
+        raise ValueError(f"{folder}: slices have different sizes {sorted(shapes)} ({odd.name}); cannot stack them")
     rows: list[LesionRow] = []
     boxes: list[list[float]] = []
     ref: LesionRow | None = None
-    if table_path is not None:
-        table = read_info_table(table_path, split)
+    if table is not None:
         for k, p in enumerate(pngs):
             for r in table.get(table_file_name(p), []):
                 rows.append(r)
@@ -189,7 +218,10 @@ def read_deeplesion_folder(
         ref = (rows or _series_rows(table, folder.name) or [None])[0]
         if ref is None:
             notes.append(f"{folder}: no row for series {folder.name!r} in {table_path}; spacing unknown (1 mm)")
-    vol = _volume(np.stack(slices), folder, folder.name, rows, boxes, ref, notes, table_path)
+    else:
+        notes.append(f"{folder}: no {INFO_CSV_NAME} beside it or above; spacing unknown (1 mm assumed)")
+    key = f"{folder.name} {pngs[0].stem}-{pngs[-1].stem}" if named_by_run else folder.name
+    vol = _volume(np.stack(slices), folder, key, rows, boxes, ref, notes, table_path)
     vol.metadata["files"] = [str(p) for p in pngs]
     return vol
 
@@ -215,7 +247,10 @@ def _volume(
         if ref.image_size is not None and tuple(ref.image_size) != size_xy:
             notes.append(f"{source}: table says image size {ref.image_size} (x, y), file has {size_xy}")
         meta["table"] = str(table_path)
-    meta["lesion_types"] = [LESION_TYPES.get(r.lesion_type or -1, "unknown") for r in rows]
+    meta["lesion_types"] = [r.type_name for r in rows]
+    meta["possibly_noisy"] = [r.noisy for r in rows]
+    if ref is None:
+        meta["spacing_assumed"] = True
     meta["orientation_unknown"] = True  # a PNG key slice keeps no patient directions: no R/L letters
     meta["dicom_windows"] = [list(r.windows) for r in rows if r.windows is not None]
     for msg in notes:

@@ -77,7 +77,7 @@ def _read(path: Path, kind: str | None, series_uid: str | None) -> list[CTVolume
     if kind == "png":
         return [read_deeplesion_slice(path)]
     if kind == "png-folder":
-        return [read_deeplesion_folder(path)]
+        return read_deeplesion_folder(path)
     if kind == "array":
         return [read_array(path)]
     if path.is_dir():

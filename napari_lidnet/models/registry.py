@@ -122,6 +122,10 @@ def _resolve(name_or_path: str | os.PathLike, kind: str | None) -> Path:
     candidates = [m for m in list_models(kind) if m.name == text]
     if not candidates and kind is not None:  # a pair's name: NAME finds NAME_denoiser / NAME_detector
         candidates = [m for m in list_models(kind) if m.name == f"{text}_{kind}"]
+    if not candidates and Path(text).is_file():
+        raise ValueError(f"{text}: not {kind or 'a'} weights of napari-lidnet (.safetensors with a .json card)")
+    if not candidates and kind is not None and any(m.name == text for m in list_models(None)):
+        raise ValueError(f"model {text!r} is not a {kind}; choose a {kind} (lidnet denoise/detect --model NAME)")
     if not candidates:
         names = sorted({m.name for m in list_models(kind)})
         raise FileNotFoundError(

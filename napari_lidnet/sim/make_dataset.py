@@ -113,9 +113,16 @@ def _record(name: str, plan: _Plan, ph: Phantom, size: int) -> dict[str, str]:
     }  # fmt: skip
 
 
+#: slice sizes (pixels) a simulated dataset may have: a CT slice is 512, micro-CT up to 2048
+SIZE_RANGE = (32, 2048)
+
+
 def _check_args(
-    n: int, dose: float, kind: str, domain: str, negatives: float, kinds: Sequence[str], target: str = "noisy"
-) -> None:
+    n: int, dose: float, kind: str, domain: str, negatives: float, kinds: Sequence[str], target: str = "noisy",
+    size: int = 512,
+) -> None:  # fmt: skip
+    if not SIZE_RANGE[0] <= size <= SIZE_RANGE[1]:
+        raise ValueError(f"size must be {SIZE_RANGE[0]}-{SIZE_RANGE[1]} pixels, got {size}")
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
     if n < 1:
@@ -189,7 +196,7 @@ def simulate_dataset(
     ``"standard"`` or ``"hard"`` (then also ``lesion_info.csv``); a seed gives the same anatomy and noise for both.
     ``target``: ``"noisy"`` (a normal-dose scan) or ``"clean"`` (the noiseless reconstruction) as the full-dose image.
     """
-    _check_args(n, dose, kind, domain, negatives, kinds, target)
+    _check_args(n, dose, kind, domain, negatives, kinds, target, size)
     check_profile(lesions)
     out = ds.prepare_folder(out_dir)
     plans = _plans(n, dose, seed, kind, size, domain, negatives, tuple(kinds))
