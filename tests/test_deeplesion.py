@@ -8,6 +8,7 @@ from conftest import HEADER, _row, listing
 from PIL import Image
 
 from napari_lidnet.io.deeplesion import read_deeplesion_folder, read_deeplesion_slice, read_info_table, table_file_name
+from napari_lidnet.io.open_ct import open_ct
 from napari_lidnet.io.png16 import write_png_hu
 
 
@@ -113,6 +114,9 @@ def test_sub_volumes_noisy_rows_and_a_missing_table(tmp_path):
     with pytest.warns(UserWarning, match="2 sub-volumes"):
         first, second = read_deeplesion_folder(series)
     assert first.hu.shape[0] == 3 and second.hu.shape[0] == 2 and np.all(second.hu[0] == 150)
+    with pytest.warns(UserWarning):
+        (picked,) = open_ct(series, series_uid="000002_01_01 150-151")  # what lidnet --series KEY asks
+    np.testing.assert_array_equal(picked.hu, second.hu)
     assert second.metadata["lesion_types"] == ["liver (possibly noisy)"] and first.metadata["lesion_types"] == ["liver"]
     out = index_archive(root, tmp_path / "m.jsonl")
     assert read_header(out)["n"] == 1 and any("Possibly_noisy" in s for s in read_header(out)["skipped"])

@@ -494,3 +494,34 @@ def test_a_scout_filed_in_the_axial_series_is_left_out_and_a_real_mix_still_refu
         make_ct_slice(tmp_path / "a" / f"scout{k}.dcm", np.zeros((16, 8)), **scout)
     with pytest.raises(ValueError, match="mixes image sizes"):
         read_dicom(tmp_path / "a")
+
+
+def test_a_scout_sorting_first_lends_the_volume_nothing_and_copies_of_shared_uid_images_are_read_once(tmp_path):
+    """Review findings: the scout left out must not give the volume its pixel spacing even when its file sorts
+    first; a true copy of the second of several images sharing a SOPInstanceUID is still a copy; a padding value
+    on some slices only is said without a traceback."""
+    hu = synthetic_hu((6, 8, 8), seed=18)
+    write_series(tmp_path / "a", hu, series_uid="1.2.3.131")
+    make_ct_slice(tmp_path / "a" / "0_scout.dcm", np.zeros((8, 8)), series_uid="1.2.3.131", position=(0, 0, 0),
+                  pixel_spacing=(3.0, 3.0), orientation=(1, 0, 0, 0, 0, -1))  # fmt: skip
+    with pytest.warns(UserWarning, match="left out 1 image"):
+        (vol,) = read_dicom(tmp_path / "a")
+    assert vol.spacing[1:] == pytest.approx((0.7, 0.8))
+    files = write_series(tmp_path / "b", hu[:3], series_uid="1.2.3.132")
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.998"
+        ds.save_as(f)
+    shutil.copy(files[2], tmp_path / "b" / "zz_copy.dcm")
+    with pytest.warns(UserWarning, match="is a copy of"):
+        (vol,) = read_dicom(tmp_path / "b")
+    np.testing.assert_array_equal(vol.hu, hu[:3])
+    stored = _disk_stored(16)
+    (tmp_path / "c").mkdir()
+    for k in range(3):
+        extra = {"PixelPaddingValue": 63536} if k < 2 else {}
+        make_ct_slice(tmp_path / "c" / f"s{k}.dcm", stored, series_uid="1.2.3.133", position=(0, 0, 2.5 * k),
+                      extra=extra)  # fmt: skip
+    with pytest.warns(UserWarning, match="would read as 62512 HU"):
+        (vol,) = read_dicom(tmp_path / "c")
+    assert np.all(vol.hu[:2, stored == 63536] == -3024) and np.all(vol.hu[2, stored == 63536] == 62512)

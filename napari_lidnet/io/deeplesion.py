@@ -190,7 +190,8 @@ def read_deeplesion_folder(
             runs.append([p])
     table_path = Path(info_csv) if info_csv is not None else find_info_table(pngs[0])
     table = read_info_table(table_path, split) if table_path is not None else None
-    first_notes = []
+    no_table = f"{folder}: no {INFO_CSV_NAME} beside it or above; spacing unknown (1 mm assumed)"
+    first_notes = [] if table is not None else [no_table]
     if len(runs) > 1:
         spans = ", ".join(f"{r[0].stem}-{r[-1].stem}" for r in runs[:4]) + (", ..." if len(runs) > 4 else "")
         first_notes.append(f"{folder}: {len(runs)} sub-volumes (slices {spans}) opened apart")
@@ -218,11 +219,10 @@ def _run_volume(
         ref = (rows or _series_rows(table, folder.name) or [None])[0]
         if ref is None:
             notes.append(f"{folder}: no row for series {folder.name!r} in {table_path}; spacing unknown (1 mm)")
-    else:
-        notes.append(f"{folder}: no {INFO_CSV_NAME} beside it or above; spacing unknown (1 mm assumed)")
     key = f"{folder.name} {pngs[0].stem}-{pngs[-1].stem}" if named_by_run else folder.name
     vol = _volume(np.stack(slices), folder, key, rows, boxes, ref, notes, table_path)
     vol.metadata["files"] = [str(p) for p in pngs]
+    vol.metadata["series_key"] = key  # lidnet denoise/detect --series KEY picks this sub-volume
     return vol
 
 

@@ -174,7 +174,7 @@ def looks_like_dicom(path: str | Path) -> bool:
     return path.is_file() and (path.suffix.lower() in DICOM_SUFFIXES or _has_dicm_magic(path) or _has_raw_start(path))
 
 
-def _scan_file(scan: DicomScan, f: Path, in_folder: bool, seen: dict[str, tuple[Path, tuple]]) -> None:
+def _scan_file(scan: DicomScan, f: Path, in_folder: bool, seen: dict[str, list[tuple[Path, tuple]]]) -> None:
     """Add one file's header to ``scan``: an image to its series, anything else to skipped or unreadable."""
     import pydicom
 
@@ -201,13 +201,15 @@ def _scan_file(scan: DicomScan, f: Path, in_folder: bool, seen: dict[str, tuple[
         return
     sop = str(ds.get("SOPInstanceUID", "") or "")
     same = _image_key(ds)
-    if sop and sop in seen and seen[sop][1] == same:
-        scan.notes.append(f"{f} is a copy of {seen[sop][0]} (same SOPInstanceUID and position); read once")
-        scan.skipped.append(f"{f} (duplicate of {seen[sop][0].name})")
+    earlier = seen.setdefault(sop, []) if sop else []
+    copy_of = next((p for p, key in earlier if key == same), None)
+    if copy_of is not None:
+        scan.notes.append(f"{f} is a copy of {copy_of} (same SOPInstanceUID and position); read once")
+        scan.skipped.append(f"{f} (duplicate of {copy_of.name})")
         return
-    if sop and sop in seen:  # one UID on different images: a broken anonymiser, not a copy
-        scan.notes.append(f"{f} and {seen[sop][0]} share a SOPInstanceUID but are different images; both read")
-    seen.setdefault(sop, (f, same))
+    if earlier:  # one UID on different images: a broken anonymiser, not a copy
+        scan.notes.append(f"{f} and {earlier[0][0]} share a SOPInstanceUID but are different images; both read")
+    earlier.append((f, same))
     uid = str(ds.get("SeriesInstanceUID", "") or _stand_in_uid(ds, f))
     scan.series.setdefault(uid, []).extend(frame_headers(f, ds) if _enhanced(ds) else [DicomHeader(f, ds)])
 
@@ -318,7 +320,7 @@ def scan_dicom(path: str | Path) -> DicomScan:
         scan.root = path.parent
     else:
         files = _candidate_files(path)
-    seen: dict[str, tuple[Path, tuple]] = {}
+    seen: dict[str, list[tuple[Path, tuple]]] = {}
     for f in files:
         _scan_file(scan, f, path.is_dir(), seen)
     _note_localizers(scan, str(path))
@@ -403,7 +405,7 @@ def read_dicom(path: str | Path, series_uid: str | None = None) -> list[CTVolume
 def read_dicom_files(files: Sequence[str | Path]) -> list[CTVolume]:
     """Read an explicit list of DICOM files, grouped by series (unreadable files skipped with a warning)."""
     scan = DicomScan(root=Path(files[0]).parent)
-    seen: dict[str, tuple[Path, tuple]] = {}
+    seen: dict[str, list[tuple[Path, tuple]]] = {}
     for f in files:
         _scan_file(scan, Path(f), False, seen)
     _note_localizers(scan, f"{len(files)} files")
@@ -549,21 +551,30 @@ def _decode_series(headers: list[DicomHeader], rescales: list[tuple[float, float
     decoded once, a frame header taking its own frame; PixelPaddingValue that would read as tissue or above set to
     a padding fill (``dicom_values.fill_padding_values``)."""
     files: dict[Path, tuple[Any, np.ndarray]] = {}
-    parts, padded = [], 0
+    uses = Counter(h.path for h in headers)  # a file's pixels are let go after its last header
+    n_out = sum(1 if h.frame is not None else n_frames(h.ds) for h in headers)
+    out = np.empty((n_out, int(headers[0].ds.Rows), int(headers[0].ds.Columns)), np.float32)
+    k, padded, said = 0, 0, None
     for h, rescale in zip(headers, rescales):
         if h.path not in files:
             files[h.path] = _read_pixels(h.path)
         ds, raw = files[h.path]
         stored = raw if h.frame is None else raw[h.frame : h.frame + 1]
-        hu = (stored.astype(np.float64) * rescale[0] + rescale[1]).astype(np.float32)
+        if k + len(stored) > n_out:
+            raise ValueError(f"{label}: {h.path.name} holds more frames than its header says")
         pad = padding_stored(ds)
-        if pad is not None:
-            padded += fill_padding_values(hu, stored, pad, rescale)
-        parts.append(hu)
+        for frame in stored:  # frame by frame: no float64 copy of a whole multi-frame file
+            out[k] = frame.astype(np.float64) * rescale[0] + rescale[1]
+            n_pad = fill_padding_values(out[k], frame, pad, rescale) if pad is not None else 0
+            padded, said = padded + n_pad, said or (pad[0] * rescale[0] + rescale[1] if n_pad else None)
+            k += 1
+        uses[h.path] -= 1
+        if not uses[h.path]:
+            del files[h.path]
     if padded:
         _warn(notes, f"{label}: {padded} pixels of PixelPaddingValue (outside the field of view) would read as "
-                     f"{pad[0] * rescale[0] + rescale[1]:.0f} HU; set to {PADDING_HU:.0f} HU")  # fmt: skip
-    return np.concatenate(parts, axis=0)
+                     f"{said:.0f} HU; set to {PADDING_HU:.0f} HU")  # fmt: skip
+    return out[:k]
 
 
 def _warn(msgs: list[str], msg: str) -> None:
@@ -608,9 +619,17 @@ def _check_grid(headers: list[DicomHeader], label: str) -> None:
 
 
 def _grid_key(ds: Any) -> tuple:
-    """What every image of one volume shares: size, pixel spacing and orientation (to 1e-3)."""
+    """What every image of one volume shares, coarsely: size, pixel spacing and orientation to 0.1 (grouping only:
+    membership is then decided to ``_orientation``'s tolerance)."""
     iop = header_floats(ds.get("ImageOrientationPatient"), 6)
-    return int(ds.Rows), int(ds.Columns), _spacing_text(ds), None if iop is None else tuple(np.round(iop, 3))
+    return int(ds.Rows), int(ds.Columns), _spacing_text(ds), None if iop is None else tuple(np.round(iop, 1))
+
+
+def _same_plane(ds: Any, ref: Any) -> bool:
+    """Whether ``ds`` has ``ref``'s size, pixel spacing and orientation (to 1e-4, as ``_orientation`` checks)."""
+    a, b = (header_floats(d.get("ImageOrientationPatient"), 6) for d in (ds, ref))
+    same_iop = (a is None and b is None) or (a is not None and b is not None and np.allclose(a, b, atol=1e-4))
+    return _grid_key(ds)[:3] == _grid_key(ref)[:3] and same_iop
 
 
 def _odd_ones_out(headers: list[DicomHeader], notes: list[str], label: str) -> list[DicomHeader]:
@@ -620,14 +639,16 @@ def _odd_ones_out(headers: list[DicomHeader], notes: list[str], label: str) -> l
     if len(headers) < 4:
         return headers
     keys = [_grid_key(h.ds) for h in headers]
-    main, n_main = Counter(keys).most_common(1)[0]
-    odd = [h.path.name for h, k in zip(headers, keys) if k != main]
+    main = Counter(keys).most_common(1)[0][0]
+    ref = headers[keys.index(main)].ds
+    inside = [_same_plane(h.ds, ref) for h in headers]
+    odd, n_main = [h.path.name for h, ok in zip(headers, inside) if not ok], sum(inside)
     if not odd or len(odd) > max(1, len(headers) // 10):
         return headers
     names = ", ".join(odd[:3]) + (", ..." if len(odd) > 3 else "")
     _warn(notes, f"{label}: left out {len(odd)} image{'s' if len(odd) > 1 else ''} whose size, pixel spacing or "
                  f"orientation differ from the other {n_main} ({names})")  # fmt: skip
-    return [h for h, k in zip(headers, keys) if k == main]
+    return [h for h, ok in zip(headers, inside) if ok]
 
 
 def _spacing_text(ds: Any) -> str:
@@ -771,10 +792,10 @@ def _spacing_without_positions(ds0: Any, n_images: int, notes: list[str], label:
 def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> CTVolume:
     """Sort the headers of one series along the slice normal and decode them into a CTVolume."""
     headers = list(headers)
-    ds0 = headers[0].ds
-    label = _series_label(ds0)
+    label = _series_label(headers[0].ds)
     notes: list[str] = []
     headers = _odd_ones_out(headers, notes, label)
+    ds0 = headers[0].ds  # after the odd ones are out: a scout's spacing is not the volume's
     _check_grid(headers, label)
     n_images = sum(n_frames(h.ds) for h in headers)
     shape = (int(ds0.Rows), int(ds0.Columns))

@@ -59,9 +59,14 @@ def open_ct(path: str | Path, series_uid: str | None = None) -> list[CTVolume]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     kind = input_kind(path)
-    if series_uid is not None and kind not in ("dicom", None):
+    if series_uid is not None and kind not in ("dicom", "png-folder", None):
         raise ValueError(f"{path}: a series UID picks one DICOM series; this {kind} input holds one volume")
     volumes = _read(path, kind, series_uid)
+    if series_uid is not None and kind == "png-folder":  # a DeepLesion folder's sub-volume, by its name
+        keys = [v.metadata.get("series_key") for v in volumes]
+        if series_uid not in keys:
+            raise ValueError(f"{path}: no sub-volume {series_uid!r} (found: {', '.join(map(str, keys))})")
+        volumes = [volumes[keys.index(series_uid)]]
     for vol in volumes:
         note_image_problems(vol)
     return volumes
