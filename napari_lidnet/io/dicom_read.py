@@ -536,12 +536,16 @@ def _frame_rescale(ds: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def decode_pixels(header: DicomHeader) -> np.ndarray:
-    """Decode one file's pixels (frames, rows, cols) as float32 HU, each frame with its own rescale."""
+    """Decode one file's pixels (frames, rows, cols) as float32 HU, each frame with its own rescale (and its
+    PixelPaddingValue filled as ``_decode_series`` fills it)."""
     ds, raw = _read_pixels(header.path)
     slopes, intercepts = _frame_rescale(ds, len(raw))
+    pad = padding_stored(ds)
     hu = np.empty(raw.shape, np.float32)
     for i in range(len(hu)):  # frame by frame: no float64 copy of a whole multi-frame file
         hu[i] = (raw[i].astype(np.float64) * slopes[i] + intercepts[i]).astype(np.float32)
+        if pad is not None:
+            fill_padding_values(hu[i], raw[i], pad, (slopes[i], intercepts[i]))
     return hu
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from .dicom_read import SLICE_TAGS as PER_IMAGE_TAGS
 from .volume import CTVolume, per_slice
 from .windowing import SCAN_WINDOW, level_width
 
@@ -213,10 +214,13 @@ def _slice_dataset(
         ds.SourceImageSequence = [ref]
     ds.ImagePositionPatient = [_ds_str(v) for v in position]
     ds.SliceLocation = _ds_str(float(np.dot(position, normal)))
-    for kw, value in (own or {}).items():  # the source slice's own (tube current, window, lossy, location)
-        if _given(value):
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                setattr(ds, kw, value)
+    if own is not None:  # the source slice's own (tube current, window, lossy, location): none of slice 0's
+        for kw in PER_IMAGE_TAGS:
+            if _given(own.get(kw)):
+                with contextlib.suppress(ValueError, TypeError, AttributeError):
+                    setattr(ds, kw, own[kw])
+            elif kw in ds and not kw.startswith("Window"):  # a window stays the series' (one is required)
+                del ds[kw]
     ds.PixelData = pixels.tobytes()
     return ds
 
