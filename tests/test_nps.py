@@ -110,3 +110,16 @@ def test_isolated_peak_finds_a_faint_periodic_hatch_and_not_noise() -> None:
 def test_residual_spectrum_refuses_small_images() -> None:
     with pytest.raises(ValueError, match="at least 64 x 64"):
         residual_spectrum([np.zeros((32, 128))])
+
+
+def test_the_radial_average_starts_at_the_first_frequency_and_labels_rings_by_their_samples():
+    """A metrics review: the first ring held only the zero frequency (0 after detrending, shown as a dip at df/2),
+    and rings were labelled at their edges' middle, up to 24% above their samples' frequencies."""
+    rng = np.random.default_rng(3)
+    res = nps_2d(rng.normal(0, 10.0, (256, 256)), pixel_mm=0.5, roi_size=64, detrend_method="mean")
+    df = 1 / (64 * 0.5)
+    assert res.nps[0] > 0.5 * 100 * 0.25  # the first ring is noise, not an empty zero frequency
+    f = np.hypot(*np.meshgrid(res.fy, res.fx, indexing="ij"))
+    for k in (1, 3):
+        ring = (f > (k - 0.5) * df) & (f < (k + 0.5) * df)
+        assert res.f[k - 1] == pytest.approx(f[ring].mean())

@@ -253,9 +253,12 @@ def flat_block_noise_sds(
 def _choose(score: np.ndarray, fraction: float) -> np.ndarray:
     """The selection rule of :func:`flat_blocks`: positions in ``score`` (non-empty) of the chosen candidates,
     flattest first: at most ``fraction`` of them, each within ``FLAT_FACTOR`` times the flattest decile's score."""
-    order = np.argsort(score, kind="stable")
-    limit = FLAT_FACTOR * float(np.percentile(score, 10))
-    return order[: max(1, min(int(np.ceil(fraction * len(score))), int(np.sum(score <= limit))))]
+    finite = np.flatnonzero(np.isfinite(score))  # a NaN pixel spreads NaN over its neighbours' structure scores
+    if len(finite) == 0:
+        return np.zeros(0, int)
+    order = finite[np.argsort(score[finite], kind="stable")]
+    limit = FLAT_FACTOR * float(np.percentile(score[finite], 10))
+    return order[: max(1, min(int(np.ceil(fraction * len(finite))), int(np.sum(score[finite] <= limit))))]
 
 
 def _flattest(found: list[tuple[np.ndarray, np.ndarray, np.ndarray]], fraction: float) -> np.ndarray:
@@ -312,6 +315,8 @@ def block_noise_sd(blocks: np.ndarray) -> float:
 def _radial_profile(acf: np.ndarray, max_lag: int, reduce: str) -> np.ndarray:
     """ACF (centred, 1 at lag 0 after normalising) on rings of integer radius: their mean, or their largest |ACF|."""
     n = acf.shape[0]
+    if not acf[n // 2, n // 2] > 0:  # no noise in the flat regions: no correlation to speak of
+        return np.full(max_lag + 1, np.nan)
     acf = acf / acf[n // 2, n // 2]
     yy, xx = np.indices(acf.shape) - n // 2
     radius = np.rint(np.hypot(yy, xx)).astype(int)
@@ -361,13 +366,22 @@ def correlation_length(
     max_slices: int = 8,
     noise_from: str = "image",
 ) -> float:
-    """Noise correlation length (px): the interpolated lag beyond which |ACF| stays below ``threshold`` in every
-    direction (the ring envelope); NaN when no flat region is found. ``noise_from`` as in :func:`noise_sd`."""
+    """Noise correlation length (px): the interpolated lag at which |ACF| falls below ``threshold`` in every
+    direction (the ring envelope) and stays below it for two lags; NaN when no flat region is found, 0 when the
+    flat regions hold no noise. ``noise_from`` as in :func:`noise_sd`. With few flat blocks the envelope's own
+    estimation noise reaches the threshold here and there: the threshold is then raised to 1.5 times that floor
+    (the envelope's median over the outer half of the lags, where a CT's noise is long uncorrelated), and a lone
+    ring above it further out does not count."""
     lags, acf = noise_autocorrelation(hu, block, hu_range, max_slices, noise_from, reduce="max")
     if len(acf) == 0:
         return float("nan")
-    above = np.flatnonzero(np.abs(acf) >= threshold)
-    last = int(above[-1])
+    if not np.isfinite(acf[0]):  # no noise at all (0/0)
+        return 0.0
+    env = np.abs(acf)
+    threshold = max(threshold, 1.5 * float(np.median(env[len(env) // 2 :])))
+    below = env < threshold
+    settled = np.flatnonzero(below[1:-1] & below[2:]) + 1  # below at this lag and the next
+    last = int(settled[0]) - 1 if len(settled) else len(acf) - 1
     if last + 1 >= len(acf):
         return float(lags[-1])
     a0, a1 = abs(acf[last]), abs(acf[last + 1])

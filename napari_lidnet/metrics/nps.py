@@ -103,24 +103,26 @@ def nps_2d(
 def radial_average(
     nps2d: np.ndarray, fy: np.ndarray, fx: np.ndarray, n_bins: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Average a (shifted) 2D spectrum over rings of radial frequency, from 0 to the smaller Nyquist limit.
+    """Average a (shifted) 2D spectrum over rings of radial frequency, up to the smaller Nyquist limit.
 
-    Bins are as wide as the coarser frequency step; returns (bin centres in mm^-1, mean NPS per bin), empty bins
-    dropped.
+    Rings are as wide as the coarser frequency step and centred on its multiples (a sample on an axis never sits on
+    a ring's edge, where rounding would put it either side); the zero frequency, which detrending empties, is left
+    out. Returns (each ring's mean radial frequency in mm^-1, mean NPS per ring), empty rings dropped.
     """
     df = max(abs(fy[1] - fy[0]) if len(fy) > 1 else 0, abs(fx[1] - fx[0]) if len(fx) > 1 else 0)
     fmax = min(np.abs(fy).max(), np.abs(fx).max())
     n_bins = n_bins or max(int(round(fmax / df)), 1)
-    edges = np.linspace(0, fmax, n_bins + 1)
-    edges[0] = -1e-12  # include the zero frequency
-    fr = np.hypot(*np.meshgrid(fy, fx, indexing="ij"))
-    idx = np.digitize(fr.ravel(), edges) - 1
-    ok = (idx >= 0) & (idx < n_bins)
+    step = fmax / n_bins
+    edges = (np.arange(n_bins + 1) + 0.5) * step
+    edges[-1] = max(edges[-1], fmax * (1 + 1e-9))
+    fr = np.hypot(*np.meshgrid(fy, fx, indexing="ij")).ravel()
+    idx = np.digitize(fr, edges) - 1
+    ok = (idx >= 0) & (idx < n_bins) & (fr <= fmax * (1 + 1e-9))
     sums = np.bincount(idx[ok], weights=nps2d.ravel()[ok], minlength=n_bins)
+    freq = np.bincount(idx[ok], weights=fr[ok], minlength=n_bins)
     counts = np.bincount(idx[ok], minlength=n_bins)
-    centres = (np.maximum(edges[:-1], 0) + edges[1:]) / 2
     keep = counts > 0
-    return centres[keep], sums[keep] / counts[keep]
+    return freq[keep] / counts[keep], sums[keep] / counts[keep]
 
 
 def largest_inscribed_square(mask: np.ndarray) -> tuple[int, int, int] | None:
