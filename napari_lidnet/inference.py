@@ -102,7 +102,8 @@ def array_fingerprint(a: np.ndarray) -> str:
     a = np.ascontiguousarray(a)
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{a.dtype.str}{a.shape}".encode())
-    h.update(memoryview(a).cast("B"))
+    if a.size:  # an empty array has no bytes (and memoryview refuses its zero strides)
+        h.update(memoryview(a).cast("B"))
     return h.hexdigest()
 
 
@@ -209,6 +210,8 @@ def _select(n: int, slices: SliceSelection) -> list[int]:
 def tile_spans(length: int, tile: int, overlap: int, align: int = TILE_ALIGN) -> list[tuple[int, int]]:
     """``(start, end)`` of overlapping tiles along one axis; starts are multiples of ``align``, the last tile ends
     at ``length`` (it may be up to ``align - 1`` longer than ``tile``). One span when ``length <= tile``."""
+    if overlap < 0:
+        raise ValueError(f"tile overlap must be >= 0 px, not {overlap}")
     if length <= tile:
         return [(0, length)]
     if tile < 2 * overlap + align:

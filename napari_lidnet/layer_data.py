@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_lidnet.io.checks import not_ct_note
 from napari_lidnet.io.volume import CTVolume
 from napari_lidnet.io.windowing import SCAN_WINDOW, window_limits
 from napari_lidnet.metrics.noreference import fill_holes
@@ -29,11 +30,19 @@ PIXEL_CENTRE_SHIFT = -0.5
 
 def volume_to_layer_tuple(vol: CTVolume, preset: str = SCAN_WINDOW) -> LayerDataTuple:
     """Image layer tuple: HU untouched, scale/translate from geometry, a window preset (default: the scan's own,
-    else soft tissue) as contrast limits."""
+    else soft tissue) as contrast limits. An image that is not CT in HU (another modality, or nothing below
+    -50 HU in one that does not say CT: ``io.checks.not_ct_note``) is not marked as HU, so no CT window, HU
+    readout or window link applies to it; it opens at its own window, else its 1-99th percentiles."""
     kwargs = vol.layer_kwargs()
     kwargs["metadata"]["source"] = vol.metadata.get("source")
-    kwargs["metadata"]["hu"] = True
-    kwargs.update(colormap="gray", contrast_limits=window_limits(preset, vol.metadata), blending="translucent")
+    is_hu = not_ct_note(str(vol.metadata.get("modality", "") or ""), vol.hu, vol.name) is None
+    kwargs["metadata"]["hu"] = is_hu
+    if is_hu or vol.metadata.get("window"):
+        limits = window_limits(preset if is_hu else SCAN_WINDOW, vol.metadata)
+    else:
+        lo, hi = (float(v) for v in np.nanpercentile(vol.hu, [1, 99]))
+        limits = (lo, hi if hi > lo else lo + 1.0)
+    kwargs.update(colormap="gray", contrast_limits=limits, blending="translucent")
     kwargs["axis_labels"] = ("z", "y", "x")[-vol.hu.ndim :]
     return (vol.hu, kwargs, "image")
 

@@ -73,6 +73,8 @@ def keep_noise(low: np.ndarray, denoised: ArrayLike, remove_sd: float | None) ->
     remove_sd = check_remove_sd(remove_sd)
     if remove_sd is None:
         return denoised
+    if remove_sd == 0:  # nothing removed: the input itself, to the bit
+        return np.array(low, np.float32).reshape(np.shape(denoised))
     low3 = np.asarray(low, np.float32).reshape((-1, *np.shape(low)[-2:]))
     den3 = np.asarray(denoised, np.float32).reshape(low3.shape)
     out = np.empty_like(den3)

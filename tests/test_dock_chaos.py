@@ -359,3 +359,23 @@ def test_the_last_closed_dock_gives_the_viewer_its_keys_mouse_and_letters_back(m
     viewer.window.add_plugin_dock_widget(PLUGIN, "Load CT")  # opened again: all of it is back
     assert one in viewer.keymap and one in regions.keymap and one in copy.keymap and any(letters())
     assert len(viewer.mouse_drag_callbacks) == drags
+
+
+def test_flip_threshold_and_navigator_say_what_is_gone(make_napari_viewer, qtbot, model_dir) -> None:  # noqa: F811
+    """A widget review: Flip before a run did nothing silently; after the lesions layer was deleted the slider said
+    "N lesions" that were nowhere, and replaced the run's summary; the navigator kept "N boxes to review" after its
+    boxes were deleted."""
+    viewer = make_napari_viewer()
+    add_ct(viewer, phantom(n=4, size=96)[0], name="low")
+    widget = make_widget(viewer, qtbot)
+    assert widget.flip() is None and "run the denoiser first: there is nothing to flip" in widget.status.text()
+    widget.set_threshold(0.05)
+    run_and_wait(widget, qtbot)
+    assert widget.status.text().startswith("done on 'low'")
+    widget.set_threshold(0.1)
+    assert widget.status.text().startswith("done on 'low'") and widget.status.text().endswith(">= 0.10")
+    _, navigator = viewer.window.add_plugin_dock_widget(PLUGIN, "Lesion navigator")
+    viewer.layers.remove("low lesions")
+    assert "was removed: nothing left to review" in navigator.status.text()
+    widget.set_threshold(0.2)
+    assert "their layer was deleted: run again to show them" in widget.status.text()

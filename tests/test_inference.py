@@ -249,3 +249,17 @@ def test_a_detector_with_a_pixel_size_sees_each_slice_at_that_size() -> None:
         inf.detect(sized, hu, pixel_mm=(0.0, 0.7))
     with pytest.raises(ValueError, match="detect_mm must be a positive"):
         with_detect_mm(native, -1.0)
+
+
+def test_edge_inputs_of_the_api_give_clear_results() -> None:
+    """An inference review: an empty array has a fingerprint (an empty slice selection with a cache used to raise a
+    memoryview TypeError), a negative tile overlap is refused in one line, and removing 0 HU of noise returns the
+    input to the bit."""
+    from napari_lidnet.inference import array_fingerprint, tile_spans
+    from napari_lidnet.strength import keep_noise
+
+    assert array_fingerprint(np.zeros((0, 8, 8), np.float32)) != array_fingerprint(np.zeros((0, 4, 4), np.float32))
+    with pytest.raises(ValueError, match="overlap must be >= 0"):
+        tile_spans(512, 128, -8)
+    low = np.random.default_rng(0).normal(40, 20, (2, 32, 32)).astype(np.float32)
+    assert np.array_equal(keep_noise(low, low * 0.5, 0.0), low)

@@ -230,3 +230,22 @@ def test_a_window_preset_leaves_a_colour_photo_alone(widget):
     before = tuple(photo.contrast_limits)
     w.apply_preset()
     assert tuple(photo.contrast_limits) == before and "grayscale image" in w.status.text()
+
+
+def test_an_mr_series_beside_a_ct_keeps_its_own_window_and_no_hu(widget):
+    """A widget review: MR_small opened beside CT_small was marked HU, so a lung preset set on the CT turned the MR
+    into a white square and the status bar read "HU" over it. Now it is not a CT layer: its own window stays."""
+    from pydicom.data import get_testdata_file
+
+    from napari_lidnet import PLUGIN
+
+    viewer, w = widget
+    with pytest.warns(UserWarning, match="modality is 'MR'"):
+        (mr,) = viewer.open(get_testdata_file("MR_small.dcm"), plugin=PLUGIN)
+    (ct,) = viewer.open(get_testdata_file("CT_small.dcm"), plugin=PLUGIN)
+    before = tuple(mr.contrast_limits)
+    assert not mr.metadata["hu"] and ct.metadata["hu"] and before[1] > 1000  # its own window, not a CT one
+    viewer.layers.selection.active = ct
+    w.room.apply_preset("lung")
+    assert tuple(ct.contrast_limits) == contrast_limits("lung") and tuple(mr.contrast_limits) == before
+    assert mr not in w.room.ct_layers()

@@ -538,7 +538,8 @@ class DenoiseDetectWidget(QWidget):
         self._show_boxes(rebuild=merged is None)  # merged: the same lesions layer, so the review carries on
         self._update_export_buttons()
         cached = [k for k, v in res.cached.items() if v]
-        text = f"done on {layer.name!r} ({res.device}) in {res.seconds:.1f} s ({len(res.slices)} slices)"
+        n = len(res.slices)
+        text = f"done on {layer.name!r} ({res.device}) in {res.seconds:.1f} s ({n} slice{'s' if n != 1 else ''})"
         if cached:
             text += f"; from cache: {', '.join(cached)}"
         if replaced:
@@ -757,7 +758,12 @@ class DenoiseDetectWidget(QWidget):
         self.threshold_label.setText(f"{value / 100:.2f}")
         if self._last is not None:
             self._show_boxes(threshold_only=True)
-            self.status.setText(f"{self._n_shown} lesions with score >= {self.threshold:.2f}")
+            shown = f"{self._n_shown} lesions with score >= {self.threshold:.2f}"
+            if self._live("lesions") is None and self._last["result"].boxes is not None:
+                shown += " (their layer was deleted: run again to show them)"
+            head = self.status.text().split("; ")  # the run's summary stays, its lesion count follows the slider
+            keep = [part for part in head if "lesions with score" not in part]
+            self.status.setText("; ".join([*keep, shown]) if keep and keep[0].startswith("done on") else shown)
 
     def _threshold_from_detector(self, _index: int = -1) -> None:
         """Move the threshold to the chosen detector's calibrated default (its card), with the rate it means."""
@@ -795,13 +801,17 @@ class DenoiseDetectWidget(QWidget):
             return None
         return src, den
 
+    def _no_pair(self, what: str) -> None:
+        """Say why there is nothing to ``what`` (compare, flip)."""
+        gone = self._last is not None and self._last["result"].denoised is not None
+        self._message(f"the denoised layer or its input was deleted: run again to {what}" if gone
+                      else f"run the denoiser first: there is nothing to {what}", error=True)  # fmt: skip
+
     def set_compare(self, on: bool) -> bool:
         """Input and denoised side by side with one window/level (on), or the view as before (off)."""
         pair = self._compare_pair() if on else None
         if on and pair is None:
-            gone = self._last is not None and self._last["result"].denoised is not None
-            self._message("the denoised layer or its input was deleted: run again to compare" if gone
-                          else "run the denoiser first: there is nothing to compare", error=True)  # fmt: skip
+            self._no_pair("compare")
         if on and pair is not None:
             self.compare.show(*pair)
         else:
@@ -815,6 +825,7 @@ class DenoiseDetectWidget(QWidget):
         """Show the other one of input and denoised in place (key F); returns the layer now shown."""
         pair = self._compare_pair()
         if pair is None:
+            self._no_pair("flip")
             return None
         if self.compare.pair != pair:
             self.compare.pair = pair

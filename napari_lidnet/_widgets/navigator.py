@@ -326,6 +326,8 @@ class LesionNavigatorWidget(QWidget):
             self.boxes_layer = None
             self.findings = [f for f in self.findings if f.kept]
             self._fill_table()
+            kept = f"; the {len(self.findings)} accepted stay listed" if self.findings else ""
+            self._say(f"'{layer.name}' was removed: nothing left to review{kept}; pick another boxes layer")
         self.refresh_layers()
 
     def _images(self) -> list[Any]:
