@@ -110,8 +110,9 @@ def test_letters_describe_the_layer_on_screen(make_napari_viewer, tmp_path: Path
     orientation gets none."""
     viewer = make_napari_viewer()
     ReadingRoom.install(viewer)
-    supine = CTVolume(np.zeros((3, 8, 8), np.float32), (2.5, 0.7, 0.7), name="supine")
-    prone = CTVolume(np.zeros((8, 8), np.float32), (0.7, 0.7), direction=np.diag([-1.0, -1.0, 1.0]), name="prone")
+    air = np.full((3, 8, 8), -1000.0, np.float32)  # CT in HU (an image with nothing below -50 HU is not)
+    supine = CTVolume(air, (2.5, 0.7, 0.7), name="supine")
+    prone = CTVolume(air[0], (0.7, 0.7), direction=np.diag([-1.0, -1.0, 1.0]), name="prone")
     low = add(viewer, supine)
     top = add(viewer, prone)  # 2-D, on top, over all slices
     viewer.layers.selection.active = low
