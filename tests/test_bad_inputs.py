@@ -430,6 +430,14 @@ def test_export_writes_both_pairs_or_neither(tmp_path, models):
     with pytest.raises(FileExistsError, match="a model named 'v2' already exists"):
         export_run(run, "v2")
     assert snapshot(models) == before  # no half pair
+    # a kill between the two writes (no clean-up runs) leaves the denoiser alone: no model, and the name stays free
+    for p in (models / "v1.2_detector.safetensors", models / "v1.2_detector.json"):
+        p.unlink()
+    from napari_lidnet.models.registry import list_models
+
+    assert "v1.2_denoiser" not in [m.name for m in list_models()]
+    assert [p.name for p in export_run(run, "v1.2")][1] == "v1.2_detector.safetensors"
+    assert {"v1.2_denoiser", "v1.2_detector"} <= {m.name for m in list_models()}
 
 
 def test_resume_with_other_settings_is_refused_naming_the_difference(tmp_path):

@@ -367,3 +367,27 @@ def test_every_command_that_added_steps_is_in_the_cards(tmp_path):
     records = list(Trainer(_config(tmp_path / "r", **cfg), samples, command="c3").run())
     assert records[0]["stage_step"] == 21 and records[-1]["stage"] == "finished"
     assert read_card(tmp_path / "r" / "best_denoiser")["training"]["commands"] == ["c1", "c2", "c3"]
+
+
+def test_a_death_between_a_stages_checkpoint_and_its_state_does_not_train_it_twice(tmp_path, monkeypatch):
+    """A training review: killed after ``last_*`` held the finished pretrain-detector stage but before state.json
+    said so, the resume loaded those weights and trained the stage again on top. Now the card's stages tell: the
+    stage counts as done, its validation runs, and the run ends where an uninterrupted one ends."""
+    samples = _samples()
+    list(Trainer(_config(tmp_path / "full", rounds=1), samples).run())
+    real = Trainer._write_state
+
+    def killed(self) -> None:  # the kill lands on the state write that follows pretrain-detector's checkpoint
+        if self.state["done"][-1:] == ["pretrain-detector"]:
+            raise KeyboardInterrupt
+        real(self)
+
+    monkeypatch.setattr(Trainer, "_write_state", killed)
+    with pytest.raises(KeyboardInterrupt):
+        list(Trainer(_config(tmp_path / "cut", rounds=1), samples).run())
+    monkeypatch.setattr(Trainer, "_write_state", real)
+    assert "pretrain-detector" not in json.loads((tmp_path / "cut" / "state.json").read_text())["done"]
+    records = list(Trainer(_config(tmp_path / "cut", rounds=1), samples).run())
+    first = next(r for r in records if r["stage"] != "setup")
+    assert first["stage"] == "validate" and first["after"] == "pretrain-detector", [r["stage"] for r in records[:4]]
+    _same_weights(tmp_path / "full", tmp_path / "cut")

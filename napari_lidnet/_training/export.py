@@ -32,11 +32,29 @@ def check_export_name(name: str, overwrite: bool = False, kinds: tuple[str, ...]
     name = valid_model_name(name)
     dest = user_model_dir()
     for kind in kinds:
+        if _half_pair(dest, name):
+            continue  # what a killed export left: replaced by this one
         taken = [p for p in weight_paths(dest / f"{name}_{kind}") if p.exists()]
         if taken and not overwrite:
             raise FileExistsError(f"a model named {name!r} already exists ({taken[0]}); choose another name")
     check_writable(dest / f"{name}_{kinds[0]}")  # the model folder (or the nearest that exists) takes files
     return name
+
+
+def _half_pair(dest: Path, name: str) -> list[Path]:
+    """The files of ``NAME_*`` in ``dest`` when they are an exported pair with a member missing (an export killed
+    between its two writes: no model, see ``registry._scan``), else []."""
+    from napari_lidnet.models.weights import read_card, weight_paths
+
+    pair = [f"{name}_{kind}" for kind in KINDS]
+    present = [m for m in pair if weight_paths(dest / m)[1].is_file()]
+    if len(present) != 1:
+        return []
+    try:
+        marked = read_card(dest / present[0]).get("pair_of") == pair
+    except (OSError, ValueError):
+        return []
+    return [p for p in weight_paths(dest / present[0]) if p.exists()] if marked else []
 
 
 def export_run(
@@ -60,13 +78,16 @@ def export_run(
             raise FileNotFoundError(f"{src}: the run has no best {kind} checkpoint yet")
     dest = user_model_dir()
     dest.mkdir(parents=True, exist_ok=True)
+    for stale in _half_pair(dest, name):
+        stale.unlink()
     written: list[Path] = []
     try:
         for kind in KINDS:
             model, card = load_weights(run_dir / f"best_{kind}")
             extra = dict(card_extra or {})
             training = {**card.get("training", {}), **extra.pop("training", {}), "command": command}
-            card = {**card, **extra, "name": f"{name}_{kind}", "training": training}
+            card = {**card, **extra, "name": f"{name}_{kind}", "training": training,
+                    "pair_of": [f"{name}_{k}" for k in KINDS]}  # fmt: skip
             target = dest / f"{name}_{kind}"
             save_weights(model, target, card)
             written.append(weight_paths(target)[0])

@@ -163,9 +163,9 @@ class Trainer:
         self.denoiser = self._init_denoiser()
         self.detector = self._init_detector()
         self.state: dict[str, Any] = {"done": [], "history": [], "best_score": None}
-        self._load_state()
         self._live: tuple | None = None  # the stage under way: (name, steps, network, model, opt, sched, step)
         self._partial_at: tuple[str, int] | None = None  # the last checkpoint inside a stage: (stage, step)
+        self._load_state()
         self._t_steps: float | None = None  # end of this process's first training step (see _eta)
         self._steps_timed = 0
 
@@ -272,11 +272,33 @@ class Trainer:
             saved["dose"] = self._manifest_dose  # a run folder from before manifests' doses were recorded
         check_resume(state, self._config_record())
         self.state = state
+        self._adopt_saved_stage()
         if any(stage != "validate-start" for stage in state["done"]):  # a training stage finished: weights exist
             from napari_lidnet.models.weights import load_weights
 
             self.denoiser = load_weights(self.out / "last_denoiser")[0].to(self.device)
             self.detector = load_weights(self.out / "last_detector")[0].to(self.device)
+
+    def _adopt_saved_stage(self) -> None:
+        """A stage whose result reached ``last_*`` but whose state.json did not (the run died between the two
+        writes): its network's card says the stage is done, so it counts as done (training it again from those
+        weights would train it twice), and the validation that was to follow it runs first when the run resumes."""
+        from napari_lidnet.models.weights import read_card
+
+        done = self.state["done"]
+        for kind in ("denoiser", "detector"):
+            try:
+                training = read_card(self.out / f"last_{kind}").get("training") or {}
+            except (OSError, ValueError):
+                continue
+            saved = list(training.get("stages_done") or [])
+            if len(saved) == len(done) + 1 and saved[:-1] == done and saved[-1].endswith(f"-{kind}"):
+                name = saved[-1]
+                done.append(name)
+                self.state.setdefault("stage_steps", {})[name] = (training.get("stage_steps") or {}).get(name, 0)
+                self.state["validate_pending"] = name
+                self._drop_partial()
+                return
 
     # -- the schedule ---------------------------------------------------------------------------------------
     def stages(self) -> list[tuple[str, int]]:
@@ -312,6 +334,14 @@ class Trainer:
         total = self.total_steps()
         done_steps = sum(n for name, n in stages if name in self.state["done"])
         yield from self._start(done_steps, total)
+        pending = self.state.pop("validate_pending", None)  # a stage adopted from its checkpoint (see above)
+        names = [n for n, _ in stages]
+        if pending in names:
+            following = names[names.index(pending) + 1] if names.index(pending) + 1 < len(names) else None
+            if following and _group(following) == _group(pending):
+                self._write_state()
+            else:
+                yield self._end_of_stage(pending, done_steps, total)
         for index, (name, n_steps) in enumerate(stages):
             if name in self.state["done"]:
                 continue
