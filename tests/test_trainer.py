@@ -391,3 +391,12 @@ def test_a_death_between_a_stages_checkpoint_and_its_state_does_not_train_it_twi
     first = next(r for r in records if r["stage"] != "setup")
     assert first["stage"] == "validate" and first["after"] == "pretrain-detector", [r["stage"] for r in records[:4]]
     _same_weights(tmp_path / "full", tmp_path / "cut")
+
+
+def test_a_broken_state_file_is_named_in_one_line(tmp_path):
+    samples = _samples(n=4)
+    (tmp_path / "run").mkdir()
+    for text in ('{"done": [', '{"something": 1}'):
+        (tmp_path / "run" / "state.json").write_text(text)
+        with pytest.raises(ValueError, match=r"state.json: not a (readable run state|napari-lidnet run state)"):
+            Trainer(_config(tmp_path / "run"), samples)

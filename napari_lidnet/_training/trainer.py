@@ -266,7 +266,13 @@ class Trainer:
         path = self.out / STATE_FILE
         if not path.exists():
             return
-        state = json.loads(path.read_text())
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            what = type(exc).__name__
+            raise ValueError(f"{path}: not a readable run state ({what}); move it away to start afresh") from None
+        if not isinstance(state, dict) or not isinstance(state.get("done"), list):
+            raise ValueError(f"{path}: not a napari-lidnet run state (no list of done stages)")
         saved = state.get("config") or {}
         if saved.get("dose") is None and saved.get("data") and Path(saved["data"]).is_file():
             saved["dose"] = self._manifest_dose  # a run folder from before manifests' doses were recorded
