@@ -117,7 +117,11 @@ def _read_marker(marker: Path) -> tuple[str | None, dict[str, Any] | None]:
 def _changed(earlier: dict[str, Any], now: dict[str, Any]) -> str:
     """The settings that differ, as 'key earlier (now ...)'; '' when none."""
     diff = [k for k in now if earlier.get(k) != now[k]]
-    return ", ".join("another model" if k == "model" else f"{k} {earlier.get(k)} (now {now[k]})" for k in diff)
+    def shown(v: Any) -> Any:
+        return f"{v:.3g}" if isinstance(v, float) else v
+
+    return ", ".join("another model" if k == "model" else f"{k} {shown(earlier.get(k))} (now {shown(now[k])})"
+                     for k in diff)  # fmt: skip
 
 
 def _prepare_out_dir(root: str | Path, out_dir: Path, task: str, settings: dict[str, Any]) -> bool:

@@ -11,11 +11,10 @@ def format_record(rec: dict[str, Any], every: int = 25) -> str | None:
     if stage in ("setup", "stopped"):
         return rec["message"]
     if stage == "validate":
-        val = ", ".join(f"{k} {v:.4f}" for k, v in rec["val"].items() if not k.startswith("sens@"))
         best = " (best so far)" if rec.get("is_best") else ""
-        return f"validation after {rec['after']}: {val}{best}"
+        return f"validation after {rec['after']}: {format_metrics(rec['val'])}{best}"
     if stage == "finished":
-        return f"finished: best checkpoint in {rec['out']}: {rec['best']}"
+        return f"finished: best checkpoint in {rec['out']}: {format_metrics(rec.get('best') or {})}"
     step = rec.get("stage_step", 0)
     if step % every and step != rec.get("stage_total"):
         return None
@@ -23,6 +22,21 @@ def format_record(rec: dict[str, Any], every: int = 25) -> str | None:
     eta = rec.get("eta_s")
     eta_txt = f", {eta / 60:.1f} min left" if eta is not None else ""
     return f"[{rec['step']}/{rec['total_steps']}] {stage} {step}/{rec['stage_total']}: {losses}{eta_txt}"
+
+
+#: units of the validation metrics in progress lines
+_UNITS = {"psnr": " dB", "rmse": " HU"}
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """``psnr 39.32 dB, ssim 0.9512, ...``: each validation metric with its unit (sensitivities at each FP rate
+    left out: the mean FROC sensitivity stands for them)."""
+    parts = []
+    for k, v in metrics.items():
+        if k.startswith("sens@") or not isinstance(v, int | float):
+            continue
+        parts.append(f"{k} {v:.2f}{_UNITS[k]}" if k in _UNITS else f"{k} {v:.4f}")
+    return ", ".join(parts) or "no validation slices"
 
 
 def check_evaluable(samples: list, data_dir: str) -> None:
