@@ -232,3 +232,22 @@ def test_normal_dose_pick_follows_the_metadata_and_refuses_low_dose(make_napari_
     text = widget.status.text()
     line = next(ln for ln in text.splitlines() if "CT denoised" in ln)  # one line among the problems
     assert "low dose or denoised" in line and ADAPT_SOURCE[1] in line and "CT," not in line
+
+
+def test_paired_layers_on_other_grids_are_refused_and_a_failed_start_leaves_no_preparing_label(
+    make_napari_viewer, qtbot, model_dir: Path
+) -> None:
+    """A Fine-tune review: a low-dose layer 60 mm off its full-dose partner (or at another pixel size) was paired
+    pixel by pixel and trained on; the stage label kept "reading ..." after a run that ended before training."""
+    viewer = make_napari_viewer()
+    add_case(viewer)
+    widget = make_widget(viewer, qtbot, "site-grid")
+    widget.set_source("paired")
+    viewer.layers["low-dose CT"].translate = [t + (60 if k == 1 else 0) for k, t in enumerate(TRANSLATE)]
+    request, problems = widget.build_request()
+    assert request is None and any("do not lie on one grid in the viewer (translate differ)" in p for p in problems)
+    viewer.layers["low-dose CT"].translate = TRANSLATE
+    assert widget.build_request()[0] is not None
+    widget.run_panel.stage_label.setText("reading /somewhere")  # what a run that fails while preparing leaves
+    widget.run_panel.end()
+    assert widget.run_panel.stage_label.text() == ""

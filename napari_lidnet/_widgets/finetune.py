@@ -499,7 +499,8 @@ class FineTuneWidget(QWidget):
             self.stage_label.setText(f"{outcome.status}: saved as {name}")  # not the "saving ..." of the last record
             n = refresh_denoise_widgets(self.viewer, select=name)
             self.refresh_models()
-            self.name_edit.setText(default_model_name() if self.name_edit.text() == name else self.name_edit.text())
+            taken = self.name_edit.text().strip() == name  # the name was trimmed when saved
+            self.name_edit.setText(default_model_name() if taken else self.name_edit.text())
             if n:
                 text += "; selected in the denoise widget (the shipped default stays first in its list)"
         self._message(text)

@@ -91,11 +91,26 @@ def inputs_from_layers(
     return inputs, problems
 
 
+def grid_differences(a: Any, b: Any) -> list[str]:
+    """Which of scale, translate, rotate, shear and affine differ between two layers (to 1e-3)."""
+    names = ("scale", "translate", "rotate", "shear")
+    off = [n for n in names if not np.allclose(np.asarray(getattr(a, n)), np.asarray(getattr(b, n)), atol=1e-3)]
+    if not np.allclose(np.asarray(a.affine.affine_matrix), np.asarray(b.affine.affine_matrix), atol=1e-3):
+        off.append("affine")
+    return off
+
+
 def paired_input(
     low_layer: Any, full_layer: Any, shapes_layer: Any | None, current_slice: int | None = None
 ) -> tuple[CTInput, list[str]]:
-    """A low-dose layer, its full-dose reference and (optionally) a Shapes layer of lesion boxes -> one input."""
+    """A low-dose layer, its full-dose reference and (optionally) a Shapes layer of lesion boxes -> one input; a
+    problem when the two do not lie on one grid in the viewer (other pixel size, position or orientation: their
+    pixels would be paired with another place's)."""
     inputs, problems = inputs_from_layers([full_layer], shapes_layer, current_slice)
+    off = grid_differences(low_layer, full_layer)
+    if off:
+        problems = [*problems, f"{low_layer.name!r} and {full_layer.name!r} do not lie on one grid in the viewer "
+                               f"({', '.join(off)} differ): pick the low-dose image of that scan"]  # fmt: skip
     item = inputs[0]
     item.low_hu = np.asarray(low_layer.data, dtype=np.float32)
     item.name = low_layer.name
