@@ -150,19 +150,23 @@ def write_findings(
     findings: Sequence[Finding],
     info: dict[str, Any] | None = None,
     slice_ids: dict[str, list] | None = None,
+    unit: str = "mm",
 ) -> Path:
     """Write findings as CSV, or as JSON (with ``info``: source, spacing, units) when ``path`` ends in .json, each
     with its lesion number (boxes overlapping on neighbouring slices are one lesion) and the columns of
     ``slice_ids`` (``io.boxes_io.slice_columns`` of a DICOM source: InstanceNumber, or the frame of a multi-frame
     instance, and SOP Instance UID per slice) that find its slice in a PACS; empty where unknown.
 
+    ``unit`` "px" (an image without a voxel size): the ``_mm`` columns hold pixels and are named ``_px``.
     Refuses to overwrite an existing file.
     """
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} already exists")
     lesions = lesion_groups(findings)
-    rows = [record(f, lesions[f.id]) for f in findings]
+    rename = {c: c.removesuffix("_mm") + "_px" for c in COLUMNS if c.endswith("_mm")} if unit == "px" else {}
+    rows = [{rename.get(k, k): v for k, v in record(f, lesions[f.id]).items()} for f in findings]
+    columns_out = [rename.get(c, c) for c in COLUMNS]
     columns = {key: (slice_ids or {}).get(key) or [] for key in SLICE_ID_COLUMNS}
     for row in rows:
         z = int(row["slice"])
@@ -175,10 +179,10 @@ def write_findings(
         raise FileExistsError(f"{path} already exists") from None
     with fh:
         if path.suffix.lower() == ".json":
-            doc = {"format": "lidnet-findings", "version": 1, **(info or {}), "columns": list(COLUMNS)}
+            doc = {"format": "lidnet-findings", "version": 1, **(info or {}), "columns": columns_out}
             fh.write(json.dumps({**doc, "findings": rows}, indent=1))
         else:
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+            writer = csv.DictWriter(fh, fieldnames=columns_out)
             writer.writeheader()
             writer.writerows(rows)
     return path

@@ -373,9 +373,40 @@ def test_observer_rows_on_a_volume():
                                   shape_mask("rectangle", background.vertices, (160, 160)), n_boot=20)  # fmt: skip
     assert by[("#0", "vol")]["cho_d"] == pytest.approx(direct.d_prime) and by[("#0", "vol")]["cho_note"] == ""
     assert math.isnan(by[("#1", "vol")]["cho_d"]) and "lesion region #0" in by[("#1", "vol")]["cho_hint"]
-    assert "singular" in by[("#0", "flat")]["cho_note"] and "NaN" in by[("#0", "nan")]["cho_note"]
+    assert "no noise" in by[("#0", "flat")]["cho_note"] and "NaN" in by[("#0", "nan")]["cho_note"]
     by = {(r["region"], r["image"]): r for r in add_observer(rows, images, regions, 0, 2, n_boot=20)}
     assert by[("#0", "vol")]["cho_note"].startswith("lesion (slice 1) and background (slice 2) differ")
     assert math.isnan(by[("#0", "vol")]["cho_d"])
     by = {(r["region"], r["image"]): r for r in add_observer(rows, images, regions, None, 1)}
     assert by[("#0", "vol")]["cho_hint"].startswith("no lesion region chosen")
+
+
+def test_regions_on_pixel_edges_count_their_pixels_and_flat_shapes_none() -> None:
+    """An ROI review: on a scaled, translated image a 5 x 5 px rectangle drawn on pixel edges came back from world
+    coordinates a hair past them and measured 36 pixels (a 30 x 56 one 1595 instead of 1680); a polygon through
+    three points on one line measured 3 pixels; a noise-free background gave d' = 1.7e17."""
+    from napari.layers import Image, Shapes
+
+    from napari_lidnet._widgets.roi_compare import regions_from_shapes
+
+    geo = {"scale": (2.5, 0.7, 0.7), "translate": (10, -30, -30)}
+    image = Image(np.zeros((4, 96, 96), np.float32), name="a", **geo)
+    shapes = Shapes(ndim=3, **geo)
+    shapes.add_rectangles(np.array([[2, 50, 20], [2, 50, 76], [2, 80, 76], [2, 80, 20]], float))
+    shapes.add_rectangles(np.array([[2, 10, 10], [2, 10, 15], [2, 15, 15], [2, 15, 10]], float))
+    rows = compare_regions({"a": image.data}, regions_from_shapes(shapes, {"a": image}))
+    assert [r["n"] for r in rows] == [1680, 25]
+    assert not shape_mask("polygon", np.array([[2.0, 2.0], [6.0, 6.0], [10.0, 10.0]]), (16, 16)).any()
+    flat = np.full((64, 64), 40.0)
+    lesion = shape_mask("ellipse", np.array([[28.0, 28.0], [28.0, 36.0], [36.0, 36.0], [36.0, 28.0]]), flat.shape)
+    with pytest.raises(ValueError, match="no noise"):
+        region_detectability(flat, lesion, ~lesion, n_boot=5)
+
+
+def test_findings_of_an_image_without_voxel_size_are_exported_in_pixels(tmp_path) -> None:
+    from napari_lidnet.findings import Finding, write_findings
+
+    finding = Finding(id=0, slice=0, corners=np.array([[0, 2, 2], [0, 2, 12], [0, 12, 12], [0, 12, 2]], float))
+    path = write_findings(tmp_path / "f.csv", [finding], unit="px")
+    header = path.read_text().splitlines()[0].split(",")
+    assert "long_px" in header and not any(h.endswith("_mm") for h in header)

@@ -909,11 +909,13 @@ class LesionNavigatorWidget(QWidget):
 
     def _write_table(self, path: Path) -> Path:
         image = self.image_layer
+        unit = "mm" if has_voxel_size(image) else "px"  # as the table shows them
         info = {"image": image.name, "boxes": getattr(self.boxes_layer, "name", None),
-                "spacing_mm": [float(s) for s in image.scale],
-                "units": "pixels (boxes), mm (sizes; centre: patient LPS z, y, x for DICOM, else viewer world)",
+                "spacing_mm": [float(s) for s in image.scale] if unit == "mm" else None,
+                "units": f"pixels (boxes), {unit} (sizes; centre: patient LPS z, y, x for DICOM, else viewer world)",
                 }  # fmt: skip
-        return write_findings(path, self.findings, info, slice_columns(image.metadata or {}, n_slices(image.data)))
+        ids = slice_columns(image.metadata or {}, n_slices(image.data))
+        return write_findings(path, self.findings, info, ids, unit=unit)
 
     def _write_sr(self, path: Path) -> Path:
         from ..io.dicom_sr import SRRegion, instance_refs, write_sr

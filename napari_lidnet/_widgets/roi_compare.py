@@ -183,6 +183,11 @@ def _finite(value: Any) -> float:
     return v if math.isfinite(v) else math.nan
 
 
+def _region_label(name: str) -> str:
+    """A region's label without its "#index " prefix ("#2 R3" -> "R3")."""
+    return name.split(" ", 1)[1] if name.startswith("#") and " " in name else name
+
+
 def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     """Write table rows (``compare_regions`` dicts plus the observer's keys) as CSV with a header of ``CSV_KEYS``;
     NaN or a missing key -> empty cell."""
@@ -564,15 +569,23 @@ class ROICompareWidget(QWidget):
 
     @staticmethod
     def _fill_region_combo(combo: QComboBox, regions: list[Region]) -> None:
-        """(none) + area regions by index (silently); keeps the chosen index while it exists."""
+        """(none) + area regions by index (silently); keeps the chosen region while it exists: by its label (R1,
+        R2, ...: a region deleted before it shifts the indices) when labels are unique, else by its index."""
         chosen = combo.currentData()
+        label = _region_label(combo.currentText()) if chosen is not None else None
         combo.blockSignals(True)
         combo.clear()
         combo.addItem(NONE, None)
         for i, reg in enumerate(regions):
             if reg.shape_type in AREA_SHAPES:
                 combo.addItem(reg.name, i)
-        combo.setCurrentIndex(max(combo.findData(chosen), 0) if chosen is not None else 0)
+        labels = [_region_label(combo.itemText(k)) for k in range(1, combo.count())]
+        if label is not None and labels.count(label) == 1 and len(set(labels)) == len(labels):
+            combo.setCurrentIndex(labels.index(label) + 1)
+        elif label is not None and label in labels:  # labels repeat: the index decides, as before
+            combo.setCurrentIndex(max(combo.findData(chosen), 0))
+        else:  # the chosen region is gone: no choice rather than another region
+            combo.setCurrentIndex(0)
         combo.blockSignals(False)
 
     def set_background(self, index: int | None) -> None:
@@ -789,7 +802,10 @@ class ROICompareWidget(QWidget):
 
     def write_csv(self, path: str | Path) -> Path:
         """Write the current table to a new file ``path`` (CSV), each row with the reference, the PSNR/SSIM window,
-        the background and lesion regions and its image's pixel size."""
+        the background and lesion regions and its image's pixel size; refused while the table is being recomputed
+        (its numbers would not be those of the settings written beside them)."""
+        if self.busy:
+            raise ValueError("the table is being recomputed for the new settings: export again when it is done")
         def picked(combo: QComboBox) -> str:
             return combo.currentText() if combo.currentData() is not None else ""
 
@@ -816,5 +832,5 @@ class ROICompareWidget(QWidget):
             try:
                 self.write_csv(path)
                 self.status.setText(f"wrote {path}")
-            except OSError as exc:  # FileExistsError included: outputs never overwrite
+            except (OSError, ValueError) as exc:  # FileExistsError included: outputs never overwrite
                 self.status.setText(f"could not write {path}: {exc}")

@@ -380,7 +380,8 @@ def region_detectability(
     background channel vector to ``v`` for the lesion patch's own noise and takes
     ``d*^2 = v*^T K*^-1 v* - 2 n_channels``. ``auc`` equals ``auc_from_d`` (no test statistics here);
     ``n_background`` counts half-overlapping background patches (stride ``patch_size // 2``).
-    Raises ValueError (one line) for empty masks or fewer than 2 x n_channels half-overlapping patches.
+    Raises ValueError (one line) for empty masks, fewer than 2 x n_channels half-overlapping patches, or a
+    background without noise.
     """
     image, background, size, centre = _region_inputs(image, lesion_mask, background_mask, patch_size)
     u = laguerre_gauss_channels(size, n_channels, width)
@@ -396,7 +397,10 @@ def region_detectability(
     v = _channelize(extract_patches(image - level, np.array([centre]), size), u)[0]
     every = _background_positions(background, size, 1)
     values = _all_channel_outputs(image - level, u)[every[:, 0], every[:, 1]]
-    d = math.sqrt(max(_debiased_d2(v, np.cov(values, rowvar=False), 1), 0.0))
+    cov = np.cov(values, rowvar=False)
+    if not np.all(np.isfinite(cov)) or np.linalg.cond(cov) > 1e10:  # a noise-free background: K^-1 is noise
+        raise ValueError("the background region holds (almost) no noise, a noise-free image: d' is not defined")
+    d = math.sqrt(max(_debiased_d2(v, cov, 1), 0.0))
     d_ci = _percentile_ci(_block_bootstrap(v, every, values, block, n_boot, seed))
     auc = float(ndtr(d / math.sqrt(2.0)))
     return ObserverResult(

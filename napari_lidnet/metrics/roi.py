@@ -120,13 +120,18 @@ def shape_mask(shape_type: str, vertices: np.ndarray, image_shape: Sequence[int]
         ValueError: an unknown shape type or too few vertices.
     """
     shape2 = (int(image_shape[-2]), int(image_shape[-1]))
-    v = np.asarray(vertices, dtype=np.float64).reshape(-1, 2)
+    # to a micro-pixel: a corner drawn on a pixel edge comes back from world coordinates as 50.00000000000001,
+    # which the half-open edge test would count as the next pixel (a 5 x 5 region measured as 36 pixels)
+    v = np.round(np.asarray(vertices, dtype=np.float64).reshape(-1, 2), 6)
     if shape_type not in AREA_SHAPES:
         raise ValueError(f"shape type {shape_type!r} encloses no area (use one of {AREA_SHAPES})")
     if shape_type == "polygon":
         if len(v) < 3:
             raise ValueError(f"polygon needs at least 3 vertices, got {len(v)}")
         mask = np.zeros(shape2, dtype=bool)
+        area = 0.5 * abs(float(np.dot(v[:, 0], np.roll(v[:, 1], 1)) - np.dot(v[:, 1], np.roll(v[:, 0], 1))))
+        if area < 1e-6:  # points on one line enclose nothing
+            return mask
         rr, cc = draw_polygon(v[:, 0], v[:, 1], shape=shape2)
         mask[rr, cc] = True
         return mask
