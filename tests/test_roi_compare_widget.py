@@ -410,3 +410,30 @@ def test_findings_of_an_image_without_voxel_size_are_exported_in_pixels(tmp_path
     path = write_findings(tmp_path / "f.csv", [finding], unit="px")
     header = path.read_text().splitlines()[0].split(",")
     assert "long_px" in header and not any(h.endswith("_mm") for h in header)
+
+
+def test_the_background_choice_follows_its_region_when_another_is_deleted(make_napari_viewer, qtbot) -> None:
+    """An ROI review: the pickers kept a position in the list, so deleting the region before the background made
+    the lesion the background (CNR 0 everywhere). Now the choice follows the region's label; a deleted choice is
+    no choice."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).normal(40, 10, (64, 64)).astype(np.float32), name="img",
+                     metadata={"hu": True})  # fmt: skip
+    widget = ROICompareWidget(viewer)
+    roi = widget.new_roi_layer()
+    gen = widget.generation
+    for r0 in (4, 24, 44):
+        roi.add_rectangles(np.array([[r0, 4], [r0 + 14, 40]]))
+    wait_new(qtbot, widget, gen)
+    widget.set_lesion(1)  # R2
+    widget.set_background(2)  # R3
+    gen = widget.generation
+    roi.selected_data = {0}
+    roi.remove_selected()  # R1 goes: R2 and R3 are now #0 and #1
+    wait_new(qtbot, widget, gen)
+    assert widget.lesion_combo.currentText() == "#0 R2" and widget.background_combo.currentText() == "#1 R3"
+    gen = widget.generation
+    roi.selected_data = {1}
+    roi.remove_selected()  # the background itself goes
+    wait_new(qtbot, widget, gen)
+    assert widget.background_combo.currentData() is None and widget.lesion_combo.currentText() == "#0 R2"
