@@ -120,7 +120,7 @@ def test_table_matches_pure_functions_refreshes_and_exports(make_napari_viewer, 
     with out.open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 4 and rows[0]["region"] == "#0" and rows[0]["image"] == "noisy"
-    assert float(rows[0]["mean"]) == pytest.approx(got[("#0", "noisy")]["mean"])
+    assert float(rows[0]["mean_hu"]) == pytest.approx(got[("#0", "noisy")]["mean"])  # the unit in the header
     assert rows[0]["slice"] == ""
     # what the numbers were computed against travels with them
     assert rows[0]["reference"] == widget.reference_combo.currentText() and rows[0]["reference"]
@@ -222,7 +222,7 @@ def test_write_csv_function(tmp_path):
     rows = [{"region": "#0", "image": "a", "slice": 2, "mean": 1.5, "sd": math.nan, "psnr": math.inf, "note": "x"}]
     path = write_csv(tmp_path / "t.csv", rows)
     text = path.read_text().splitlines()
-    assert text[0].startswith("region,image,slice,mean,sd,n,snr")
+    assert text[0].startswith("region,image,slice,mean_hu,sd_hu,n,snr,cnr,rmse_hu,psnr_db")  # units in the header
     tail = ",note,cho_d,cho_d_low,cho_d_high,cho_auc,cho_auc_low,cho_auc_high,cho_note,reference,window_hu,background"
     assert text[0].endswith(tail + ",lesion,pixel_mm")
     assert text[1].split(",")[:5] == ["#0", "a", "2", "1.5", ""] and "inf" in text[1]

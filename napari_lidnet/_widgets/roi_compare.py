@@ -92,6 +92,8 @@ BAR_METRICS = ("mean", "sd", "snr", "cnr", "rmse", "psnr", "ssim", "roi_perceptu
 #: what the numbers were computed against, on every row of the CSV (the file stands without the screen)
 CONTEXT_KEYS = ("reference", "window_hu", "background", "lesion", "pixel_mm")
 CSV_KEYS = (*ROW_KEYS, *OBSERVER_KEYS, *CONTEXT_KEYS)
+#: CSV header names that carry their unit (the screen's headers do: "mean HU", "PSNR (dB)")
+CSV_UNITS = {"mean": "mean_hu", "sd": "sd_hu", "rmse": "rmse_hu", "psnr": "psnr_db"}
 PLOT_KINDS = ("bars", "line profile", "noise power spectrum")
 NONE = "(none)"
 REFERENCE_RANGE = "reference range"
@@ -189,14 +191,14 @@ def _region_label(name: str) -> str:
 
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
-    """Write table rows (``compare_regions`` dicts plus the observer's keys) as CSV with a header of ``CSV_KEYS``;
-    NaN or a missing key -> empty cell."""
+    """Write table rows (``compare_regions`` dicts plus the observer's keys) as CSV with a header of ``CSV_KEYS``
+    (those with a unit named with it: ``CSV_UNITS``); NaN or a missing key -> empty cell."""
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} already exists; outputs never overwrite: choose a new name")
     with path.open("x", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(CSV_KEYS)
+        writer.writerow([CSV_UNITS.get(k, k) for k in CSV_KEYS])
         for row in rows:
             out = []
             for key in CSV_KEYS:
