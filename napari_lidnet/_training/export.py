@@ -31,9 +31,7 @@ def check_export_name(name: str, overwrite: bool = False, kinds: tuple[str, ...]
 
     name = valid_model_name(name)
     dest = user_model_dir()
-    for kind in kinds:
-        if _half_pair(dest, name):
-            continue  # what a killed export left: replaced by this one
+    for kind in kinds if not _half_pair(dest, name) else ():  # what a killed export left is replaced, not taken
         taken = [p for p in weight_paths(dest / f"{name}_{kind}") if p.exists()]
         if taken and not overwrite:
             raise FileExistsError(f"a model named {name!r} already exists ({taken[0]}); choose another name")

@@ -343,7 +343,7 @@ class Trainer:
         pending = self.state.pop("validate_pending", None)  # a stage adopted from its checkpoint (see above)
         names = [n for n, _ in stages]
         if pending in names:
-            following = names[names.index(pending) + 1] if names.index(pending) + 1 < len(names) else None
+            following = (names[names.index(pending) + 1:] or [None])[0]
             if following and _group(following) == _group(pending):
                 self._write_state()
             else:

@@ -131,6 +131,7 @@ class DenoiseDetectWidget(QWidget):
         self._volumes: list[dict[str, Any]] = []  # the last whole-volume result of each source layer
         self._replacing = False  # a run is replacing one of its outputs (not the reader deleting it)
         self._pending: dict[str, Any] = {}
+        self._summary = ""  # the last run's status line without its lesion count (the slider rewrites that)
         self.compare = CompareView(napari_viewer, self)
         self._build_ui()
         self.refresh_layers()
@@ -552,6 +553,7 @@ class DenoiseDetectWidget(QWidget):
                 text += f"; no measurable noise in flat tissue (SD {before:.1f} HU: lossy or processed?)"
             else:
                 text += f"; noise SD in flat tissue {before:.1f} -> {after:.1f} HU"
+        self._summary = text
         if res.boxes is not None:
             text += f"; {self._n_shown} lesions with score >= {self.threshold:.2f}"
         self.status.setText(text)
@@ -761,9 +763,7 @@ class DenoiseDetectWidget(QWidget):
             shown = f"{self._n_shown} lesions with score >= {self.threshold:.2f}"
             if self._live("lesions") is None and self._last["result"].boxes is not None:
                 shown += " (their layer was deleted: run again to show them)"
-            head = self.status.text().split("; ")  # the run's summary stays, its lesion count follows the slider
-            keep = [part for part in head if "lesions with score" not in part]
-            self.status.setText("; ".join([*keep, shown]) if keep and keep[0].startswith("done on") else shown)
+            self.status.setText(f"{self._summary}; {shown}" if self._summary else shown)  # the run's summary stays
 
     def _threshold_from_detector(self, _index: int = -1) -> None:
         """Move the threshold to the chosen detector's calibrated default (its card), with the rate it means."""

@@ -582,12 +582,12 @@ class ROICompareWidget(QWidget):
             if reg.shape_type in AREA_SHAPES:
                 combo.addItem(reg.name, i)
         labels = [_region_label(combo.itemText(k)) for k in range(1, combo.count())]
-        if label is not None and labels.count(label) == 1 and len(set(labels)) == len(labels):
-            combo.setCurrentIndex(labels.index(label) + 1)
-        elif label is not None and label in labels:  # labels repeat: the index decides, as before
-            combo.setCurrentIndex(max(combo.findData(chosen), 0))
-        else:  # the chosen region is gone: no choice rather than another region
+        if label not in labels:  # none chosen, or the chosen region is gone: no choice rather than another region
             combo.setCurrentIndex(0)
+        elif len(set(labels)) == len(labels):
+            combo.setCurrentIndex(labels.index(label) + 1)
+        else:  # labels repeat: the index decides, as before
+            combo.setCurrentIndex(max(combo.findData(chosen), 0))
         combo.blockSignals(False)
 
     def set_background(self, index: int | None) -> None:

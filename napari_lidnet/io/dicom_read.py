@@ -543,10 +543,15 @@ def decode_pixels(header: DicomHeader) -> np.ndarray:
     pad = padding_stored(ds)
     hu = np.empty(raw.shape, np.float32)
     for i in range(len(hu)):  # frame by frame: no float64 copy of a whole multi-frame file
-        hu[i] = (raw[i].astype(np.float64) * slopes[i] + intercepts[i]).astype(np.float32)
-        if pad is not None:
-            fill_padding_values(hu[i], raw[i], pad, (slopes[i], intercepts[i]))
+        _frame_hu(hu[i], raw[i], (slopes[i], intercepts[i]), pad)
     return hu
+
+
+def _frame_hu(out: np.ndarray, stored: np.ndarray, rescale: tuple[float, float], pad: tuple | None) -> int:
+    """Fill ``out`` with one frame's HU (float64 arithmetic, float32 result) and its padding
+    (``dicom_values.fill_padding_values``); returns the number of padding pixels set."""
+    out[...] = stored.astype(np.float64) * rescale[0] + rescale[1]
+    return fill_padding_values(out, stored, pad, rescale) if pad is not None else 0
 
 
 def _decode_series(headers: list[DicomHeader], rescales: list[tuple[float, float]], notes: list[str],
@@ -568,8 +573,7 @@ def _decode_series(headers: list[DicomHeader], rescales: list[tuple[float, float
             raise ValueError(f"{label}: {h.path.name} holds more frames than its header says")
         pad = padding_stored(ds)
         for frame in stored:  # frame by frame: no float64 copy of a whole multi-frame file
-            out[k] = frame.astype(np.float64) * rescale[0] + rescale[1]
-            n_pad = fill_padding_values(out[k], frame, pad, rescale) if pad is not None else 0
+            n_pad = _frame_hu(out[k], frame, rescale, pad)
             padded, said = padded + n_pad, said or (pad[0] * rescale[0] + rescale[1] if n_pad else None)
             k += 1
         uses[h.path] -= 1
@@ -622,18 +626,14 @@ def _check_grid(headers: list[DicomHeader], label: str) -> None:
             raise ValueError(f"{label} mixes {what} and cannot be stacked: {'; '.join(parts)}")
 
 
-def _grid_key(ds: Any) -> tuple:
-    """What every image of one volume shares, coarsely: size, pixel spacing and orientation to 0.1 (grouping only:
-    membership is then decided to ``_orientation``'s tolerance)."""
-    iop = header_floats(ds.get("ImageOrientationPatient"), 6)
-    return int(ds.Rows), int(ds.Columns), _spacing_text(ds), None if iop is None else tuple(np.round(iop, 1))
+def _grid_key(ds: Any) -> tuple[tuple, np.ndarray | None]:
+    """What every image of one volume shares: (rows, columns, pixel spacing), and its orientation (or None)."""
+    return (int(ds.Rows), int(ds.Columns), _spacing_text(ds)), header_floats(ds.get("ImageOrientationPatient"), 6)
 
 
-def _same_plane(ds: Any, ref: Any) -> bool:
-    """Whether ``ds`` has ``ref``'s size, pixel spacing and orientation (to 1e-4, as ``_orientation`` checks)."""
-    a, b = (header_floats(d.get("ImageOrientationPatient"), 6) for d in (ds, ref))
-    same_iop = (a is None and b is None) or (a is not None and b is not None and np.allclose(a, b, atol=1e-4))
-    return _grid_key(ds)[:3] == _grid_key(ref)[:3] and same_iop
+def _same_orientation(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    """Both absent, or equal to 1e-4 (``_orientation``'s tolerance)."""
+    return (a is None and b is None) or (a is not None and b is not None and np.allclose(a, b, atol=1e-4))
 
 
 def _odd_ones_out(headers: list[DicomHeader], notes: list[str], label: str) -> list[DicomHeader]:
@@ -643,9 +643,9 @@ def _odd_ones_out(headers: list[DicomHeader], notes: list[str], label: str) -> l
     if len(headers) < 4:
         return headers
     keys = [_grid_key(h.ds) for h in headers]
-    main = Counter(keys).most_common(1)[0][0]
-    ref = headers[keys.index(main)].ds
-    inside = [_same_plane(h.ds, ref) for h in headers]
+    coarse = [(size, None if iop is None else tuple(np.round(iop, 1))) for size, iop in keys]  # grouping only
+    size, iop = keys[coarse.index(Counter(coarse).most_common(1)[0][0])]
+    inside = [s == size and _same_orientation(o, iop) for s, o in keys]
     odd, n_main = [h.path.name for h, ok in zip(headers, inside) if not ok], sum(inside)
     if not odd or len(odd) > max(1, len(headers) // 10):
         return headers

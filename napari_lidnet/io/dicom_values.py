@@ -16,8 +16,8 @@ import numpy as np
 #: HU given to padding pixels whose padding value rescales into or above the range of tissue (a -3024 fill, as many
 #: scanners write it: ``io.fov`` then finds it)
 PADDING_HU = -3024.0
-#: a padding value that rescales below this, or at or above ``TISSUE_MAX_HU``, is not tissue
-TISSUE_MIN_HU, TISSUE_MAX_HU = -1024.0, 3072.0
+#: a padding value that rescales at or above this is no tissue (an unsigned 63536 read as +62512 HU)
+TISSUE_MAX_HU = 3072.0
 
 
 def _number(value: Any) -> float | None:

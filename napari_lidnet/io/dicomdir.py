@@ -38,9 +38,9 @@ def dicomdir_files(path: str | Path) -> tuple[list[Path], list[str]]:
         ids = [rec.ReferencedFileID for rec in records if rec.get("ReferencedFileID")]
     except Exception as exc:  # pydicom raises many types on a broken index
         raise ValueError(f"{path}: unreadable DICOMDIR ({type(exc).__name__}: {exc})".splitlines()[0]) from None
-    listed = [_resolve(path.parent, [fid] if isinstance(fid, str) else list(fid)) for fid in ids]
-    files = [f for f in dict.fromkeys(listed) if f.is_file()]
-    missing = [f for f in dict.fromkeys(listed) if not f.is_file()]
+    listed = list(dict.fromkeys(_resolve(path.parent, [fid] if isinstance(fid, str) else list(fid)) for fid in ids))
+    files = [f for f in listed if f.is_file()]
+    missing = [f for f in listed if not f.is_file()]
     if not files:
         what = f"its {len(missing)} files are missing" if missing else "it lists no file"
         raise ValueError(f"{path}: DICOMDIR without images ({what})")
