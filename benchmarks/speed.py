@@ -1,7 +1,10 @@
 """Inference speed of the denoisers and the detector on one 512x512 slice.
 
 Usage: ``PYTHONPATH=. python benchmarks/speed.py [--device cuda] [--threads 2] [--runs 7] [--size 512]
-[--models redcnn,dncnn,fastdn,unet,detector,detector-flips] [--bm3d]``
+[--models redcnn,dncnn,fastdn,unet,unet-fp32,detector,detector-flips] [--bm3d]``
+
+Every model runs as ``inference`` runs it: channels-last where it prefers it, and the unet's inner levels in
+bfloat16 on a CPU with native bfloat16 (``models.device.cpu_has_bf16``); ``unet-fp32`` is the unet in float32.
 
 Median of ``--runs`` timed runs after two warm-up runs, in ``torch.inference_mode``; RED-CNN gets fewer runs on the
 CPU (it takes seconds). Prints a table, the RED-CNN / fastdn ratio measured in the same run, and fastdn + detector
@@ -22,6 +25,7 @@ import torch
 
 from napari_lidnet.models.denoisers import build_denoiser
 from napari_lidnet.models.detector import LesionDetector
+from napari_lidnet.models.device import cpu_has_bf16
 
 TARGET_S = 0.3
 
@@ -40,6 +44,16 @@ def time_model(fn, x: torch.Tensor, runs: int, device: torch.device) -> float:
         once()
         once()
         return statistics.median(once() for _ in range(runs))
+
+
+def _bfloat16(fn):
+    """``fn`` under CPU bfloat16 autocast, as ``inference`` runs a model that declares ``cpu_bf16``."""
+
+    def run(x: torch.Tensor):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return fn(x)
+
+    return run
 
 
 def _bm3d_ratio(x: torch.Tensor, unet_s: float, runs: int) -> dict[str, float]:
@@ -95,21 +109,24 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     wanted = [m.strip() for m in args.models.split(",") if m.strip()]
     detectors = {"detector": LesionDetector(), "detector-flips": LesionDetector(flip_test=True)}  # shipped: flips
-    models = {name: detectors[name] if name in detectors else build_denoiser(name) for name in wanted}
+    models = {name: detectors.get(name) or build_denoiser(name.removesuffix("-fp32")) for name in wanted}
     times: dict[str, float] = {}
     heavy_runs = args.runs if device.type == "cuda" else 3
     print(f"device={device} threads={torch.get_num_threads()} slice={args.size}x{args.size} torch={torch.__version__}")
-    print(f"{'model':<10}{'params':>12}{'median s':>12}")
+    print(f"{'model':<10}{'params':>12}{'median s':>12}  precision")
     for name, model in models.items():
         model = model.to(device).eval()
         xin = x
         if device.type == "cpu" and getattr(model, "prefers_channels_last", False):  # as inference runs it
             model, xin = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
         fn = model.detect if name in detectors else model
+        bf16 = device.type == "cpu" and getattr(model, "cpu_bf16", False) and cpu_has_bf16() and "fp32" not in name
+        if bf16:
+            fn = _bfloat16(fn)
         runs = heavy_runs if name in ("redcnn", "dncnn") else args.runs
         times[name] = time_model(fn, xin, runs, device)
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"{name:<10}{n_params:>12,}{times[name]:>12.4f}")
+        print(f"{name:<10}{n_params:>12,}{times[name]:>12.4f}  {'bfloat16 inside' if bf16 else 'float32'}")
     result = dict(times)
     if "redcnn" in times and "fastdn" in times:
         result["ratio"] = times["redcnn"] / times["fastdn"]

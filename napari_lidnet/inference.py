@@ -10,7 +10,9 @@ Every caller (widgets, command line, trainer validation, benchmarks) goes throug
   that pixel-unshuffle or downsample see the same pixel grid as on the whole image.
 - Out of memory: retry the batch with half the batch size, then with tiles (halved again while possible), then on
   the CPU; every step is reported through ``notice``.
-- Mixed precision (``torch.autocast``) on CUDA only; float16 by default (bfloat16 is too coarse for HU).
+- Mixed precision (``torch.autocast``, ``amp``): on CUDA float16 by default (bfloat16 is too coarse for HU); on a
+  CPU with native bfloat16 (AVX512-BF16, AMX) for models that declare ``cpu_bf16`` (the unet keeps HU in and noise
+  out in float32), else float32.
 - ``InferenceSettings.remove_sd``: remove only that SD of noise and keep the rest (``strength.keep_noise``).
 - Padding outside the scanner's field of view (``io.fov``) goes to the networks as air and comes back unchanged
   in the denoised image; no box is centred on it.
@@ -34,7 +36,7 @@ import torch
 
 from napari_lidnet.io.checks import nonfinite_note
 from napari_lidnet.io.fov import fill_padding
-from napari_lidnet.models.device import pick_device
+from napari_lidnet.models.device import cpu_has_bf16, pick_device
 from napari_lidnet.models.normalize import hu_to_net, net_to_hu
 from napari_lidnet.strength import check_remove_sd, keep_noise
 
@@ -287,6 +289,9 @@ class _Runner:
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.device.type == "cuda" and self.settings.amp:
             return torch.autocast("cuda", dtype=getattr(torch, self.settings.amp_dtype))
+        native = self.device.type == "cpu" and getattr(self.model, "cpu_bf16", False) and cpu_has_bf16()
+        if native and self.settings.amp:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _tensor(self, hu: np.ndarray) -> torch.Tensor:

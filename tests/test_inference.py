@@ -263,3 +263,25 @@ def test_edge_inputs_of_the_api_give_clear_results() -> None:
         tile_spans(512, 128, -8)
     low = np.random.default_rng(0).normal(40, 20, (2, 32, 32)).astype(np.float32)
     assert np.array_equal(keep_noise(low, low * 0.5, 0.0), low)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_cpu_bfloat16_only_where_native_and_only_for_models_that_declare_it(monkeypatch, native: bool) -> None:
+    """On a CPU without native bfloat16 (or with amp off) the unet runs in float32, exactly as without autocast;
+    with it the unet's result moves slightly (bfloat16 inside) and stays float32; a model without ``cpu_bf16``
+    (DnCNN) is unaffected either way."""
+    monkeypatch.setattr(inf, "cpu_has_bf16", lambda: native)
+    torch.manual_seed(0)
+    hu = np.random.default_rng(1).normal(40.0, 30.0, (2, 48, 64)).astype(np.float32)
+    for arch, declares in (("unet", True), ("dncnn", False)):
+        model = build_denoiser(arch).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))  # far from identity: the network's precision shows
+        fp32 = inf.denoise(model, hu, amp=False)
+        auto = inf.denoise(model, hu, amp=True)
+        assert auto.dtype == np.float32
+        if native and declares:
+            assert 0.0 < float(np.abs(auto - fp32).max()) < 0.05 * float(np.abs(fp32 - hu).max())
+        else:
+            np.testing.assert_array_equal(auto, fp32)

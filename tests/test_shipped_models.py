@@ -38,3 +38,31 @@ def test_default_denoiser_residual_has_no_periodic_texture(water) -> None:
     assert peak["local_ratio"] < 4.0, f"isolated peak {peak} in the denoised residual's NPS"
     assert phase_pattern_range(res_den) < 1.0
     assert np.std(res_den) < 0.6 * np.std(res_low)
+
+
+def _psnr(img: np.ndarray, ref: np.ndarray) -> float:
+    a, b = np.clip(img, -160, 240), np.clip(ref, -160, 240)
+    return float(10 * np.log10(400.0**2 / np.mean((a - b) ** 2)))
+
+
+def test_default_denoiser_under_cpu_bfloat16_keeps_its_quality() -> None:
+    """Inference runs the unet's inner levels in bfloat16 on CPUs that have it (forced here, emulated elsewhere):
+    against float32 on a simulated 25% dose abdomen the output moves under 0.4 HU RMS and PSNR by under 0.02 dB.
+    The head and tail stay float32: with the HU input rounded to bfloat16 the output moved about 0.9 HU RMS."""
+    import torch
+
+    from napari_lidnet.sim.phantom import make_phantom
+
+    ph = make_phantom(7, "abdomen", size=SIZE)
+    full, low = simulate_pair(ph.hu, 0.25, ph.spacing_mm, seed=5)
+    model, _card = load_model("default", kind="denoiser")
+    x = torch.from_numpy(low / 1000.0)[None, None].float()
+    with torch.inference_mode():
+        fp32 = model(x)[0, 0].numpy() * 1000.0
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+    assert out.dtype == torch.float32
+    bf16 = out[0, 0].numpy() * 1000.0
+    assert 0.0 < np.sqrt(np.mean((bf16 - fp32) ** 2)) < 0.4
+    assert abs(_psnr(bf16, full) - _psnr(fp32, full)) < 0.02
+    assert _psnr(bf16, full) > _psnr(low, full) + 2.0

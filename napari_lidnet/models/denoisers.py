@@ -180,6 +180,9 @@ class UNetDenoiser(nn.Module):
 
     arch = "unet"
     prefers_channels_last = True  # oneDNN runs its full-resolution convolutions ~1.35x faster in NHWC on the CPU
+    #: inference may run it under CPU bfloat16 autocast: only the inner levels then use bfloat16 (the head and tail
+    #: stay float32, ``forward``); on simulated slices that moved PSNR by under 0.01 dB, 1.6x faster (README)
+    cpu_bf16 = True
 
     def __init__(self, width: int = 16, levels: int = 3, blocks: int = 1, gain: float = 10.0) -> None:
         super().__init__()
@@ -206,7 +209,8 @@ class UNetDenoiser(nn.Module):
         m = 2**self.levels
         pad_h, pad_w = (-h) % m, (-w) % m
         xp = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if (pad_h or pad_w) else x
-        y = self.head(xp * self.gain)
+        with torch.autocast(x.device.type, enabled=False):  # HU in: bfloat16 would round bone by up to 3 HU
+            y = self.head(xp * self.gain)
         skips = []
         for enc, down in zip(self.enc, self.down):
             y = enc(y)
@@ -220,7 +224,8 @@ class UNetDenoiser(nn.Module):
             else:  # inference: in place, one full-size tensor fewer (about 1.05x)
                 u = F.leaky_relu_(u, 0.1).add_(skips[k])
             y = self.dec[k](u)
-        noise = self.tail(y) / self.gain
+        with torch.autocast(x.device.type, enabled=False):  # the noise out in float32, whatever ran inside
+            noise = self.tail(y.float()) / self.gain
         return x - noise[..., :h, :w]
 
 
