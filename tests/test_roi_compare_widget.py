@@ -34,6 +34,9 @@ def table_rows(widget):
             if key in OBSERVED:  # text, tooltip and value (test_observer_column checks these)
                 row[key] = (item.text(), item.toolTip(), value)
                 continue
+            if key == "area_mm2":  # a pixel count where the image has no voxel size
+                row[key], row["area_text"] = value, item.text()
+                continue
             assert item.text() == format_value(value)
             row[key] = value
         out[(row["region"], row["image"])] = row
@@ -84,6 +87,9 @@ def test_table_matches_pure_functions_refreshes_and_exports(make_napari_viewer, 
     c0 = got[("#0", "coarse")]
     assert c0["mean"] == pytest.approx(float(coarse[3:20, 5:30].mean()), rel=1e-5)
     assert "differs from reference" in c0["note"] and math.isnan(c0["rmse"])
+    # the region's area: the scaled image's pixels are 2 x 2 mm (17 x 25 of them); the others have no voxel size
+    assert c0["area_mm2"] == pytest.approx(4.0 * 17 * 25) and c0["area_text"] == format_value(4.0 * 17 * 25)
+    assert math.isnan(got[("#0", "noisy")]["area_mm2"]) and got[("#0", "noisy")]["area_text"] == f"{35 * 50} px"
 
     # background region -> CNR
     gen = widget.generation
@@ -126,6 +132,7 @@ def test_table_matches_pure_functions_refreshes_and_exports(make_napari_viewer, 
     assert rows[0]["reference"] == widget.reference_combo.currentText() and rows[0]["reference"]
     lo, hi = widget.window()
     assert rows[0]["window_hu"] == f"{lo:g}..{hi:g}" and rows[0]["pixel_mm"]
+    assert rows[0]["area_mm2"] == "" and rows[0]["n"] == str(40 * 50)  # no voxel size: the pixel count only
     with pytest.raises(FileExistsError):
         widget.write_csv(out)  # outputs never overwrite
 
@@ -223,7 +230,7 @@ def test_write_csv_function(tmp_path):
     path = write_csv(tmp_path / "t.csv", rows)
     text = path.read_text().splitlines()
     assert text[0].startswith("region,image,slice,mean_hu,sd_hu,n,snr,cnr,rmse_hu,psnr_db")  # units in the header
-    tail = ",note,cho_d,cho_d_low,cho_d_high,cho_auc,cho_auc_low,cho_auc_high,cho_note,reference,window_hu,background"
+    tail = ",note,area_mm2,cho_d,cho_d_low,cho_d_high,cho_auc,cho_auc_low,cho_auc_high,cho_note,reference,window_hu,background"
     assert text[0].endswith(tail + ",lesion,pixel_mm")
     assert text[1].split(",")[:5] == ["#0", "a", "2", "1.5", ""] and "inf" in text[1]
 

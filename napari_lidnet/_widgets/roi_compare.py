@@ -54,7 +54,16 @@ from napari_lidnet._widgets._roi_observer import (
     observer_cell,
     pair_problem,
 )
-from napari_lidnet._widgets._roles import DETECTIONS, NOT_DRAWN_BOXES, REVIEWED, ROI, ROLE, normal_dose_of, role
+from napari_lidnet._widgets._roles import (
+    DETECTIONS,
+    NOT_DRAWN_BOXES,
+    REVIEWED,
+    ROI,
+    ROLE,
+    has_voxel_size,
+    normal_dose_of,
+    role,
+)
 from napari_lidnet._widgets.reading_room import ReadingRoom
 from napari_lidnet.io.windowing import WINDOW_PRESETS, contrast_limits
 from napari_lidnet.metrics.nps import region_nps
@@ -76,6 +85,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("region", "region"),
     ("image", "image"),
     ("slice", "slice"),
+    ("area_mm2", "area (mm²)"),
     ("mean", "mean HU"),
     ("sd", "SD (HU)"),
     ("snr", "SNR"),
@@ -91,7 +101,7 @@ BAR_METRICS = ("mean", "sd", "snr", "cnr", "rmse", "psnr", "ssim", "roi_perceptu
 #: columns of the exported CSV: the region statistics, then the observer's values and intervals
 #: what the numbers were computed against, on every row of the CSV (the file stands without the screen)
 CONTEXT_KEYS = ("reference", "window_hu", "background", "lesion", "pixel_mm")
-CSV_KEYS = (*ROW_KEYS, *OBSERVER_KEYS, *CONTEXT_KEYS)
+CSV_KEYS = (*ROW_KEYS, "area_mm2", *OBSERVER_KEYS, *CONTEXT_KEYS)
 #: CSV header names that carry their unit (the screen's headers do: "mean HU", "PSNR (dB)")
 CSV_UNITS = {"mean": "mean_hu", "sd": "sd_hu", "rmse": "rmse_hu", "psnr": "psnr_db"}
 PLOT_KINDS = ("bars", "line profile", "noise power spectrum")
@@ -213,6 +223,12 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+def _pixels_only(row: dict[str, Any]) -> bool:
+    """Whether a row measured pixels on an image without a voxel size (its area is a pixel count)."""
+    n, area = row.get("n"), row.get("area_mm2")
+    return isinstance(n, (int, np.integer)) and n > 0 and not (isinstance(area, float) and math.isfinite(area))
+
+
 def _compute(images, regions, reference, background, window, perceptual_on, lesion=None):
     """Worker body (no Qt): the table rows with the model observer's keys; the ROI perceptual function is built
     here so torch loads off-GUI."""
@@ -236,6 +252,7 @@ class ROICompareWidget(QWidget):
         self.regions: list[Region] = []
         self.generation = 0  # increases with every finished computation (tests wait on it)
         self._images: dict[str, Any] = {}
+        self._pixel_area: dict[str, float] = {}  # image name -> mm² per pixel (NaN: no voxel size)
         self._shapes = None
         self._worker = None
         self._pending = False
@@ -639,6 +656,8 @@ class ROICompareWidget(QWidget):
         )
         self._sync_region_combos(regions)
         images = {n: (lay.data[0] if lay.multiscale else lay.data) for n, lay in image_layers.items()}
+        self._pixel_area = {n: abs(float(lay.scale[-2] * lay.scale[-1])) if has_voxel_size(lay) else math.nan
+                            for n, lay in image_layers.items()}  # fmt: skip
         return images, regions, ref, self.background_combo.currentData(), self.lesion_combo.currentData()
 
     def refresh(self) -> None:
@@ -650,6 +669,7 @@ class ROICompareWidget(QWidget):
             return
         images, regions, ref, bg, lesion = self._inputs()
         self._images, self.regions = images, regions
+        areas = dict(self._pixel_area)
         perceptual = self.perceptual_check.isChecked()
         args = (images, regions, ref, bg, self.window(), perceptual, lesion)
         if self._shapes is None:
@@ -657,7 +677,7 @@ class ROICompareWidget(QWidget):
         checked = [n for n in images if self._is_checked(n)]
         observer = not pair_problem(regions, lesion, bg)
         if not (perceptual or observer) and all(np.ndim(im) == 2 for im in images.values()):
-            self._show(_compute(*args), checked)
+            self._show(_compute(*args), checked, areas)
             return
         from napari.qt.threading import create_worker
 
@@ -666,7 +686,7 @@ class ROICompareWidget(QWidget):
             _compute,
             *args,
             _connect={
-                "returned": lambda rows: self._show(rows, checked),
+                "returned": lambda rows: self._show(rows, checked, areas),
                 "errored": self._on_error,
                 "finished": self._on_finished,
             },
@@ -689,10 +709,16 @@ class ROICompareWidget(QWidget):
             self._pending = False
             self.refresh()
 
-    def _show(self, rows: list[dict[str, Any]], checked: list[str]) -> None:
+    def _show(self, rows: list[dict[str, Any]], checked: list[str], areas: dict[str, float]) -> None:
+        """Show the computed rows of the checked images, each with its region's area (pixels x pixel area, mm²;
+        NaN for an image without a voxel size, shown as its pixel count)."""
         if self.watch.closed:
             return
-        self.rows = [r for r in rows if not r["image"] or r["image"] in checked]
+        self.rows = [
+            {**r, "area_mm2": r["n"] * areas.get(r["image"], math.nan) if r["n"] else math.nan}
+            for r in rows
+            if not r["image"] or r["image"] in checked
+        ]
         try:
             self._fill_table()
         except RuntimeError:  # the dock was closed while the rows were computed: nothing left to show them in
@@ -714,6 +740,8 @@ class ROICompareWidget(QWidget):
                 value = row.get(key)
                 if key in observed:
                     text, tip = observer_cell(row, key) if row.get("image") else ("", HOW_TO)
+                elif key == "area_mm2" and _pixels_only(row):
+                    text, tip = f"{row['n']} px", "this image has no voxel size: its area in pixels"
                 else:
                     text, tip = format_value(value), (str(value or "") if key == "note" else "")
                 item = QTableWidgetItem(text)
