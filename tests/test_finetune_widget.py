@@ -27,9 +27,10 @@ def add_case(viewer, n: int = 6, size: int = 64, noise: float = 80.0):
     return low, full, boxes
 
 
-def make_widget(viewer, qtbot, name: str, **settings) -> FineTuneWidget:
+def make_widget(viewer, qtbot, name: str, add: bool = True, **settings) -> FineTuneWidget:
     widget = FineTuneWidget(viewer)
-    qtbot.addWidget(widget)
+    if add:
+        qtbot.addWidget(widget)
     widget.name_edit.setText(name)
     widget.device_combo.setCurrentText("cpu")
     widget.patch_spin.setValue(32)
@@ -251,3 +252,31 @@ def test_paired_layers_on_other_grids_are_refused_and_a_failed_start_leaves_no_p
     widget.run_panel.stage_label.setText("reading /somewhere")  # what a run that fails while preparing leaves
     widget.run_panel.end()
     assert widget.run_panel.stage_label.text() == ""
+
+
+def test_closing_napari_mid_run_stops_it_and_keeps_the_best_so_far(make_napari_viewer, qtbot, model_dir) -> None:
+    """Closing the whole viewer (not just the dock) while a run trains: the run stops at its next step and its
+    best checkpoint is saved as a model, as Stop does; the window does not wait for the last step of the plan."""
+    viewer = make_napari_viewer()
+    add_case(viewer, n=4)
+    widget = make_widget(viewer, qtbot, "closed", rounds=3, den_steps=8, det_steps=2, add=False)
+    viewer.window.add_dock_widget(widget, name="Fine-tune")  # the window deletes it on closing
+    widget.dose_spin.setValue(0.1)
+    seen = {}
+
+    def on_record(rec: dict) -> None:
+        if "closed_at" not in seen and rec["stage"] == "validate" and rec["after"] == "round1-detector":
+            seen["closed_at"] = rec["step"]
+            QTimer.singleShot(0, viewer.close)
+
+    worker = widget.start()
+    assert worker is not None, widget.status.text()
+    records = []
+    worker.yielded.connect(on_record)
+    worker.yielded.connect(records.append)
+    with qtbot.waitSignal(worker.finished, timeout=60000):
+        pass
+    assert seen, "the run ended before the viewer was closed"
+    stopped = [r for r in records if r["stage"] == "stopped"]
+    assert stopped and stopped[0]["step"] - seen["closed_at"] <= 3 < stopped[0]["total_steps"] - seen["closed_at"]
+    assert load_weights(model_dir / "closed_denoiser")[1]["training"]["finetune"]["stopped_early"]

@@ -230,8 +230,8 @@ def test_write_csv_function(tmp_path):
     path = write_csv(tmp_path / "t.csv", rows)
     text = path.read_text().splitlines()
     assert text[0].startswith("region,image,slice,mean_hu,sd_hu,n,snr,cnr,rmse_hu,psnr_db")  # units in the header
-    tail = ",note,area_mm2,cho_d,cho_d_low,cho_d_high,cho_auc,cho_auc_low,cho_auc_high,cho_note,reference,window_hu,background"
-    assert text[0].endswith(tail + ",lesion,pixel_mm")
+    tail = ",note,area_mm2,cho_d,cho_d_low,cho_d_high,cho_auc,cho_auc_low,cho_auc_high,cho_note,reference,window_hu"
+    assert text[0].endswith(tail + ",background,lesion,pixel_mm")
     assert text[1].split(",")[:5] == ["#0", "a", "2", "1.5", ""] and "inf" in text[1]
 
 

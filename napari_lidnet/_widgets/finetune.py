@@ -49,6 +49,7 @@ from ._finetune_parts import (
 )
 from ._layer_watch import LayerWatch
 from ._roles import CALIPERS, DETECTIONS, is_reduced_dose, model_item, role
+from ._run_task import finish_run, register_run
 from .layer_inputs import inputs_from_layers, paired_input
 from .reading_room import ReadingRoom
 
@@ -109,6 +110,8 @@ class FineTuneWidget(QWidget):
         self.run_dir: Path | None = None
         self.records: list[dict[str, Any]] = []
         self._stop_event = threading.Event()
+        self._job_done = threading.Event()
+        self._task: Any = None  # the run's entry in the window's task list (closing napari stops it)
         self._build_ui()
         self.refresh_layers()
         self.refresh_models()
@@ -431,13 +434,11 @@ class FineTuneWidget(QWidget):
         if request is None:
             self._message(format_problems(problems), error=True)
             return None
-        from napari.qt.threading import create_worker
-
         from .._training.finetune import finetune_job
 
         self._stop_event.clear()
         self.run_dir = Path(request.config.out)
-        worker = create_worker(finetune_job, request, self._stop_event.is_set, _start_thread=False)
+        worker = self._worker(finetune_job, request, self._stop_event.is_set)
         text = f"fine-tuning {request.name!r} ({request.config.rounds} rounds){self._boxes_note()} …"
         return self._launch(worker, text)
 
@@ -447,16 +448,12 @@ class FineTuneWidget(QWidget):
         if request is None:
             self._message(adapt_message(problems), error=True)
             return None
-        from napari.qt.threading import create_worker
-
         from .._training.selfsup import adapt_job
 
         self._stop_event.clear()
         self.run_dir = None
-        stop = self._stop_event.is_set
-        worker = create_worker(
-            adapt_job, request.volumes, request.name, should_stop=stop, _start_thread=False, **request.kwargs
-        )
+        worker = self._worker(adapt_job, request.volumes, request.name, should_stop=self._stop_event.is_set,
+                              **request.kwargs)  # fmt: skip
         n, kw = len(request.volumes), request.kwargs
         text = f"adapting {request.name!r} on {n} low-dose scan{'s' * (n > 1)} ({kw['scheme']}, {kw['steps']} steps) …"
         return self._launch(worker, text)
@@ -473,8 +470,26 @@ class FineTuneWidget(QWidget):
         self.worker = worker
         self.run_panel.begin()
         self._message(text)
+        self._task = register_run(self.viewer, text.rstrip(" …"), self._stop_event, self._job_done)
         worker.start()
         return worker
+
+    def _worker(self, job: Any, *args: Any, **kwargs: Any) -> Any:
+        """A generator worker running ``job`` that sets ``_job_done`` when the job has returned (its model saved).
+
+        Not napari's ``create_worker``: that registers the run with the window, which on closing quits it at its
+        next progress record, before it saves anything; ``register_run`` registers it to stop as Stop does."""
+        from napari.qt.threading import GeneratorWorker
+
+        done = self._job_done = threading.Event()
+
+        def run() -> Any:
+            try:
+                return (yield from job(*args, **kwargs))
+            finally:
+                done.set()
+
+        return GeneratorWorker(run)
 
     def stop(self) -> None:
         """Ask the run to end at the next step; the best checkpoint so far (the self-supervised run: the model as
@@ -508,6 +523,7 @@ class FineTuneWidget(QWidget):
     def _on_finished(self) -> None:
         self.worker = None
         self.run_panel.end()
+        finish_run(self.viewer, self._task)
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
         """Closing the widget stops a running job at its next step."""
