@@ -150,3 +150,29 @@ def test_the_status_bar_reads_the_ct_under_the_cursor_while_measuring(viewer_wit
     viewer.cursor.position = (world[0], -50.0, -50.0)  # off the image: nothing added
     viewer.status = layer.get_status(viewer.cursor.position, world=True)
     assert "HU" not in viewer.status["coordinates"] and "[, ]" not in viewer.status["coordinates"]
+
+
+def test_side_by_side_the_status_bar_reads_the_image_in_the_cursors_cell(viewer_with_ct) -> None:
+    """Grid mode shows the pair over one world extent: the HU in the status bar is that of the image in the cell
+    under the cursor, whichever layer is active (napari gives the active layer's value wherever the cursor is)."""
+    viewer, ct = viewer_with_ct
+    viewer.add_image(np.full((4, 64, 64), 300.0, np.float32), name="ct denoised", scale=ct.scale,
+                           metadata={"hu": True})  # fmt: skip
+    viewer.grid.enabled = True
+    layer = LoadCTWidget(viewer).measure()
+    layer.visible = False  # a caliper layer with nothing drawn yet (a visible one takes a cell of its own)
+    world = ct.data_to_world((2, 30, 20))
+    viewer.dims.set_point(0, world[0])
+    viewer.cursor.position = tuple(world)
+    for cell, layer_name, value in (((0, 1), "ct denoised", 300.0), ((0, 0), "ct", 40.0)):
+        viewer.cursor.viewbox = cell
+        viewer.status = layer.get_status(tuple(world), world=True)
+        assert viewer.status["coordinates"].endswith(f"; {layer_name}: {value:.1f} HU"), viewer.status
+    viewer.layers.selection.active = ct
+    viewer.cursor.viewbox = (0, 1)
+    viewer.status = ct.get_status(tuple(world), world=True)  # napari: the active CT's 40 wherever the cursor is
+    coords = viewer.status["coordinates"]
+    assert coords.endswith("; ct denoised: 300.0 HU") and ": 40" not in coords, coords
+    viewer.cursor.viewbox = (0, 0)
+    viewer.status = ct.get_status(tuple(world), world=True)
+    assert viewer.status["coordinates"].endswith(": 40 HU"), viewer.status  # napari's own value, in its cell

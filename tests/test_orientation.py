@@ -138,3 +138,26 @@ def test_an_array_file_gets_no_letters(make_napari_viewer, tmp_path: Path, suffi
     data, kwargs, _ = volume_to_layer_tuple(vol)
     viewer.add_image(data, **kwargs)
     assert shown(viewer) == {}
+
+
+def test_side_by_side_letters_only_when_every_image_shown_agrees(make_napari_viewer) -> None:
+    """Grid mode draws the letters in every cell: a supine and a feet-first series side by side (left and right
+    swapped) get none; two images of one geometry get theirs; an array without geometry on top of a CT hides them
+    (the letters would describe the CT under it)."""
+    viewer = make_napari_viewer()
+    ReadingRoom.install(viewer)
+    air = np.full((3, 8, 8), -1000.0, np.float32)
+    supine = add(viewer, CTVolume(air, (2.5, 0.7, 0.7), name="supine"))
+    other = add(viewer, CTVolume(air, (2.5, 0.7, 0.7), direction=np.diag([-1.0, 1.0, -1.0]), name="feet first"))
+    viewer.grid.enabled = True
+    assert shown(viewer) == {}
+    other.visible = False
+    assert shown(viewer) == AXIAL  # one image shown
+    twin = add(viewer, CTVolume(air + 10.0, (2.5, 0.7, 0.7), name="supine denoised"))
+    assert shown(viewer) == AXIAL  # the pair agrees
+    viewer.grid.enabled = False
+    twin.visible = supine.visible = False
+    other.visible = True
+    assert shown(viewer) == {"top": "A", "bottom": "P", "left": "L", "right": "R"}
+    viewer.add_image(np.zeros((8, 8), np.float32), name="png", metadata={"hu": True, "orientation_unknown": True})
+    assert shown(viewer) == {}

@@ -1,11 +1,13 @@
 """Patient-orientation letters (R/L, A/P, S/I) at the canvas edges, as every CT console shows them.
 
-They describe the CT layer on screen (the top visible CT layer with geometry) from the DICOM or NIfTI geometry the
-reader left in its metadata (``affine_lps``) and follow what napari displays: the two displayed axes (axial, coronal
-or sagittal after a dims roll), a camera that shows an axis reversed, the layer's own scale, rotation, shear and
-affine. They hide in 3D, and when no CT layer carries patient geometry (an array or a PNG has none, a NIfTI header
-may give none: a guess would be worse than no letter). Drawn as
-napari canvas text overlays, at the canvas edges, so they never cover the middle of the image.
+They describe the image on screen (the top visible grayscale image; none when that image has no patient geometry,
+even if a CT with geometry lies under it) from the DICOM or NIfTI geometry the reader left in its metadata
+(``affine_lps``) and follow what napari displays: the two displayed axes (axial, coronal or sagittal after a dims
+roll), a camera that shows an axis reversed, the layer's own scale, rotation, shear and affine. Side by side (grid
+mode) the letters, drawn in every cell, show only when every image shown has the same ones. They hide in 3D, and
+when the image shown carries no patient geometry (an array or a PNG has none, a NIfTI header may give none: a guess
+would be worse than no letter). Drawn as napari canvas text overlays, at the canvas edges, so they never cover the
+middle of the image.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from ..io.orientation import EDGES, edge_letters
-from ._roles import is_ct_image
-from ._viewer import camera
+from ._roles import NOISE, is_ct_image, role
+from ._viewer import camera, grid
 
 #: canvas overlay key and position of each edge's letters
 OVERLAY_KEYS = {edge: f"lidnet_orientation_{edge}" for edge in EDGES}
@@ -54,7 +56,7 @@ class OrientationMarkers:
         layers = viewer.layers
         for emitter in (layers.events.inserted, layers.events.removed, layers.events.moved,
                         layers.selection.events.active, viewer.dims.events.order, viewer.dims.events.ndisplay,
-                        viewer.dims.events.ndim, camera(viewer).events.orientation):  # fmt: skip
+                        viewer.dims.events.ndim, camera(viewer).events.orientation, grid(viewer).events):  # fmt: skip
             self._connect(emitter, self.update)
         self._connect(viewer.dims.events.order, self._head_up)
         self._connect(layers.events.inserted, self._on_inserted)
@@ -80,17 +82,32 @@ class OrientationMarkers:
         self._enabled = bool(on)
         self.update()
 
+    def _shown(self) -> list[Any]:
+        """The visible grayscale images, bottom to top (the removed-noise image aside: it overlays its CT)."""
+        from napari.layers import Image
+
+        return [ly for ly in self.viewer.layers
+                if isinstance(ly, Image) and not ly.rgb and ly.visible and role(ly) != NOISE]  # fmt: skip
+
     def layer(self) -> Any | None:
-        """The CT layer the letters describe: the top visible one with patient geometry (the one on screen)."""
-        candidates = [ly for ly in self.viewer.layers if is_ct_image(ly) and ly.visible and _geometry(ly) is not None]
-        return candidates[-1] if candidates else None
+        """The CT layer the letters describe: the top visible image, when it is a CT with patient geometry."""
+        shown = self._shown()
+        top = shown[-1] if shown else None
+        return top if top is not None and is_ct_image(top) and _geometry(top) is not None else None
 
     def letters(self) -> dict[str, str] | None:
-        """{'top', 'bottom', 'left', 'right'} -> letters for the view now, None when there is nothing to label."""
-        layer = self.layer()
-        dims = self.viewer.dims
-        if layer is None or dims.ndisplay != 2:
+        """{'top', 'bottom', 'left', 'right'} -> letters for the view now, None when there is nothing to label (in
+        grid mode: unless every image shown is a CT with the same letters)."""
+        if self.viewer.dims.ndisplay != 2:
             return None
+        if not grid(self.viewer).enabled:
+            layer = self.layer()
+            return None if layer is None else self._letters_of(layer)
+        each = [self._letters_of(ly) if is_ct_image(ly) and _geometry(ly) is not None else None for ly in self._shown()]
+        return each[0] if each and all(e is not None and e == each[0] for e in each) else None
+
+    def _letters_of(self, layer: Any) -> dict[str, str] | None:
+        dims = self.viewer.dims
         offset = dims.ndim - layer.ndim  # a layer of fewer dims sits on the viewer's last ones
         axes = [int(w) - offset for w in dims.displayed]  # (down, right) in the layer's own dims
         if min(axes) < 0:

@@ -194,11 +194,25 @@ class ReadingRoom:
     def _on_status(self, event: Any) -> None:
         """Append 'HU' to the value of a CT layer in the status bar (napari shows the bare number)."""
         status = self.viewer.status
-        new = hu_status(status, {ly.name for ly in self.ct_layers()})
+        if isinstance(status, dict) and self._active_in_other_cell(status):  # napari's value is not under the cursor
+            status = {**status, "coordinates": _VALUE.sub("", str(status.get("coordinates", "")), count=1)}
+            new = self._ct_under_cursor(status) or status
+        else:
+            new = hu_status(status, {ly.name for ly in self.ct_layers()})
         if new is None and isinstance(status, dict):
             new = self._ct_under_cursor(status)
         if new is not None:
             self.viewer.status = new
+
+    def _active_in_other_cell(self, status: dict) -> bool:
+        """Side by side (grid mode): whether the layer whose value napari shows is in another cell than the cursor
+        (napari shows the active layer's value wherever the cursor is)."""
+        viewbox, layers = self.viewer.cursor.viewbox, self.viewer.layers
+        name = status.get("layer_name")
+        done = str(status.get("coordinates", "")).endswith("HU")  # the status this room set
+        if done or not grid(self.viewer).enabled or viewbox is None or name not in layers:
+            return False
+        return layers.index(name) not in set(grid(self.viewer).contents_at(tuple(viewbox), layers))
 
     def _ct_under_cursor(self, status: dict) -> dict | None:
         """While another layer is active (drawing a region, a caliper): the status with the HU of the top visible
@@ -208,7 +222,7 @@ class ReadingRoom:
             return None
         bare = coords.removesuffix(NO_SHAPE)  # napari's "no shape under the cursor" on a Shapes layer
         position = self.viewer.cursor.position
-        layer = self.layer_at(position)
+        layer = self.layer_at(position, self.viewer.cursor.viewbox)  # side by side: the image in the cursor's cell
         idx = None if layer is None else voxel_at(layer, position)
         if idx is None:
             return {**status, "coordinates": bare} if bare != coords else None
