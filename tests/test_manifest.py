@@ -294,3 +294,74 @@ def test_a_failed_manifest_write_keeps_the_old_manifest_and_leaves_no_temporary_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["archive.jsonl"]
     write_manifest(out, {"format": "y"}, [])
     assert json.loads(out.read_text().splitlines()[0]) == {"format": "y"}
+
+
+def _archive_series(folder, hu, uid, *, patient="P1", drop_rescale=(), spacing=(0.7, 0.7), names=None):
+    """One series of square slices at z = 2.5 k, files named in no order, no InstanceNumber (type 2, often empty);
+    the slices in ``drop_rescale`` stored without RescaleSlope/Intercept (their stored values: HU + 1024)."""
+    import pydicom
+    from conftest import make_ct_slice
+
+    folder.mkdir(parents=True)
+    names = names if names is not None else np.random.default_rng(3).permutation(len(hu))
+    for k, plane in enumerate(hu):
+        path = make_ct_slice(folder / f"{names[k]:05d}.dcm", plane + 1024.0, series_uid=uid, pixel_spacing=spacing,
+                             position=(-100.0, -120.0, 2.5 * k), extra={"PatientID": patient})  # fmt: skip
+        ds = pydicom.dcmread(path)
+        ds.InstanceNumber = None
+        if k in drop_rescale:
+            del ds.RescaleSlope, ds.RescaleIntercept
+        ds.save_as(path, enforce_file_format=True)
+
+
+def test_dicom_rows_follow_the_slice_positions_and_give_a_slice_without_rescale_the_series_one(tmp_path):
+    """Rows are numbered along the slices' positions, not the file names (PACS names files by UID); a slice
+    stored without a rescale is read with its series' (not 1024 HU off its neighbours), as the reader reads it."""
+    hu = synthetic_hu((6, 16, 16), seed=4)
+    _archive_series(tmp_path / "arch" / "s", hu, "1.2.3.9", drop_rescale=(3,))
+    out = index_archive(tmp_path / "arch", tmp_path / "m.jsonl", dose=0.25)
+    slices = sorted(read_manifest(out), key=lambda s: s.position)
+    (vol,) = read_dicom(tmp_path / "arch")
+    np.testing.assert_array_equal(np.stack([s.full_hu for s in slices]), vol.hu)
+    np.testing.assert_array_equal(vol.hu, hu)
+    assert any("RescaleSlope" in note for note in read_header(out)["skipped"])  # said, as the reader says it
+
+
+def test_series_that_cannot_train_are_skipped_at_index_time_with_a_reason(tmp_path):
+    """A pixel size of 0 (the low-dose simulation divides by it), stored values without any rescale (not HU) and
+    pixel data that cannot be read are listed as skipped when indexing, not met hours into a run; the good series
+    is indexed."""
+    hu = synthetic_hu((3, 16, 16), seed=5)
+    root = tmp_path / "arch"
+    _archive_series(root / "good", hu, "1.2.3.1")
+    _archive_series(root / "zero", hu, "1.2.3.2", spacing=(0.0, 0.0))
+    _archive_series(root / "raw", hu, "1.2.3.3", drop_rescale=(0, 1, 2))
+    _archive_series(root / "cut", hu, "1.2.3.4")
+    for f in sorted((root / "cut").iterdir()):
+        f.write_bytes(f.read_bytes()[:-200])  # truncated inside the pixel data
+    header = read_header(index_archive(root, tmp_path / "m.jsonl", dose=0.25))
+    assert header["n"] == 3, header["skipped"]
+    text = " | ".join(header["skipped"])
+    assert "1.2.3.2" in text and "not a pixel size" in text
+    assert "1.2.3.3" in text and "not HU" in text
+    assert "1.2.3.4" in text and "cannot be read" in text
+
+
+def test_no_patient_is_both_trained_and_held_out(tmp_path):
+    """Two reconstructions of one patient (and the same series exported twice) are two series; when validation
+    takes slices of that patient, none of the patient's slices trains."""
+    from napari_lidnet._training.split import split_samples
+
+    root = tmp_path / "arch"
+    for i, (uid, patient) in enumerate((("1.9.1", "P1"), ("1.9.2", "P1"), ("1.9.3", "P2"), ("1.9.4", "P3"))):
+        _archive_series(root / uid, synthetic_hu((10, 16, 16), seed=i), uid, patient=patient)
+    slices = read_manifest(index_archive(root, tmp_path / "m.jsonl", dose=0.25))
+    assert len({s.patient for s in slices}) == 3
+    tried = set()
+    for seed in range(12):
+        train, val, _ = split_samples(slices, 0.2, seed, 8)
+        held = {s.patient for s in val}
+        tried |= held
+        assert not held & {s.patient for s in train}, seed
+        assert train
+    assert tried == {s.patient for s in slices}  # every patient was held out under some seed

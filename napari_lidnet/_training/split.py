@@ -3,7 +3,9 @@
 Neighbouring slices of a CT volume are nearly identical: a random split puts copies of the validation slices into
 training. Here the slices are ordered by volume (group) and position, the volumes in a seeded order, and the
 held-out slices are one contiguous run of that order (validation first, then test); training slices within
-``guard`` slices of a held-out slice of the same volume are left out (unless nothing would be left to train on).
+``guard`` slices of a held-out slice of the same volume, and every slice of a patient with a held-out slice (another
+series of that patient: a second reconstruction, a copy exported twice; samples with a ``patient`` key), are left
+out (unless nothing would be left to train on).
 Independent 2D slices (each its own group) are then split as a seeded random subset.
 """
 
@@ -68,6 +70,9 @@ def split_samples(
     held = set(val) | set(test)
     train = [i for i in order if i not in held]
     near = {i for i in train for j in held if keys[i][0] == keys[j][0] and abs(keys[i][1] - keys[j][1]) <= guard}
+    patients = [getattr(s, "patient", None) for s in samples]
+    held_patients = {patients[j] for j in held} - {None}
+    near |= {i for i in train if patients[i] in held_patients}
     if len(near) < len(train):
         train = [i for i in train if i not in near]
     return [samples[i] for i in train], [samples[i] for i in val], [samples[i] for i in test]

@@ -83,8 +83,17 @@ class ManifestSlice:
         return float(self.entry.get("position", 0))
 
     @property
+    def patient(self) -> str | None:
+        """A pseudonymous key of the patient (None: unknown); no patient is both trained and held out."""
+        return self.entry.get("patient")
+
+    @property
     def full_hu(self) -> np.ndarray:
-        return _read_image(self.root / self.entry["file"], int(self.entry.get("frame", 0)))
+        hu = _read_image(self.root / self.entry["file"], int(self.entry.get("frame", 0)))
+        if "rescale" in self.entry:  # stored without a rescale (read as stored values): the series' one
+            slope, intercept = (float(v) for v in self.entry["rescale"])
+            hu = (hu.astype(np.float64) * slope + intercept).astype(np.float32)
+        return hu
 
     @property
     def low_hu(self) -> np.ndarray:
@@ -204,12 +213,12 @@ def _deeplesion_rows(root: Path, skipped: list[str], split: str) -> Iterator[dic
                 "boxes": [list(r.box) for r in rows],
                 "group": series,
                 "position": int(index.split(".")[0]) if index.split(".")[0].isdigit() else 0,
+                "patient": series.split("_")[0],  # DeepLesion's series folders are patient_study_series
             }
 
 
 def _dicom_rows(root: Path, skipped: list[str]) -> Iterator[dict[str, Any]]:
-    from napari_lidnet.io.dicom_read import is_derived, n_frames, scan_dicom
-    from napari_lidnet.io.dicom_values import header_floats
+    from napari_lidnet.io.dicom_read import scan_dicom
     from napari_lidnet.io.nifti import is_nifti
 
     scan = scan_dicom(root)
@@ -217,31 +226,74 @@ def _dicom_rows(root: Path, skipped: list[str]) -> Iterator[dict[str, Any]]:
     skipped.extend(f"{_rel(p, root)} (NIfTI: an index holds DICOM series, dataset folders or DeepLesion)"
                    for p in sorted(root.rglob("*")) if p.is_file() and is_nifti(p))  # fmt: skip
     for uid, headers in sorted(scan.series.items()):
-        ds0 = headers[0].ds
-        if str(ds0.get("Modality", "") or "") != "CT":
-            skipped.append(f"series {uid}: modality {ds0.get('Modality', 'missing')!r} is not CT")
-            continue
-        if is_derived(ds0):  # e.g. a denoised copy: not a normal-dose scan to insert noise into
-            what = str(ds0.get("SeriesDescription", "") or "no description")
-            skipped.append(f"series {uid} ({what}): derived images (ImageType DERIVED), not the scanner's originals")
-            continue
-        ordered = sorted(headers, key=lambda h: (int(h.ds.get("InstanceNumber", 0) or 0), h.path.name, h.frame or 0))
-        position = 0
-        for h in ordered:
-            ps = header_floats(h.ds.get("PixelSpacing"), 2)
-            for frame in range(n_frames(h.ds)) if h.frame is None else [h.frame]:  # an enhanced file: one per frame
-                position += 1
-                yield {
-                    "name": f"{_rel(h.path, root)}#{frame}",  # unique, whatever the file names
-                    "file": _rel(h.path, root),
-                    "frame": frame,
-                    "low": None,
-                    "shape": [int(h.ds.Rows), int(h.ds.Columns)],
-                    "spacing_mm": float(ps[0]) if ps is not None else 1.0,
-                    "boxes": [],
-                    "group": uid,
-                    "position": position - 1,
-                }
+        try:
+            yield from _series_rows(uid, headers, root, skipped)
+        except (ValueError, TypeError, OSError) as exc:  # one bad series never stops the index
+            skipped.append(f"series {uid}: {exc}")
+
+
+def _series_problem(headers: list[Any]) -> str | None:
+    """Why a series cannot train (not CT, derived, no usable pixel size, pixels unreadable or not HU), or None.
+    Decodes one file (the middle one): a series whose pixels cannot be read is skipped here, not hours into a run."""
+    from napari_lidnet.io.dicom_read import decode_pixels, is_derived
+    from napari_lidnet.io.dicom_values import header_floats, header_rescale
+
+    ds0 = headers[0].ds
+    if str(ds0.get("Modality", "") or "") != "CT":
+        return f"modality {ds0.get('Modality', 'missing')!r} is not CT"
+    if is_derived(ds0):  # e.g. a denoised copy: not a normal-dose scan to insert noise into
+        return "derived images (ImageType DERIVED), not the scanner's originals"
+    ps = header_floats(ds0.get("PixelSpacing"), 2)
+    if ps is not None and not (np.all(np.isfinite(ps)) and np.all(ps > 0)):
+        return f"PixelSpacing {list(ps)} is not a pixel size"
+    try:
+        hu = decode_pixels(headers[len(headers) // 2])
+    except (ValueError, OSError, RuntimeError, AttributeError) as exc:
+        return f"pixel data cannot be read ({str(exc).splitlines()[0]})"
+    if not any(header_rescale(h.ds) for h in headers) and hu.size and float(hu.min()) >= 0:
+        return "no RescaleIntercept and no pixel below 0 HU (air is -1000): stored values, not HU"
+    return None
+
+
+def _patient_key(ds: Any) -> str | None:
+    """A pseudonymous key of the patient (PatientID and its issuer, else the study): every series of one patient
+    shares it, so training never validates on a patient it trains on; None when the header names neither."""
+    pid = str(ds.get("PatientID", "") or "").strip()
+    who = f"{pid}|{str(ds.get('IssuerOfPatientID', '') or '').strip()}" if pid else ""
+    who = who or str(ds.get("StudyInstanceUID", "") or "").strip()
+    return hashlib.sha1(who.encode()).hexdigest()[:16] if who else None
+
+
+def _series_rows(uid: str, headers: list[Any], root: Path, skipped: list[str]) -> Iterator[dict[str, Any]]:
+    """The rows of one series in the order of its slices along their normal (InstanceNumber where positions are
+    missing), as the reader stacks them; a slice stored without a rescale gets the series' (``rescale``)."""
+    from napari_lidnet.io.dicom_read import _odd_ones_out, _orientation, _series_label, _sorted_slices, n_frames
+    from napari_lidnet.io.dicom_values import header_floats, header_rescale, series_rescales
+
+    label = _series_label(headers[0].ds)
+    notes: list[str] = []
+    headers = _odd_ones_out(headers, notes, label)
+    problem = _series_problem(headers)
+    if problem is not None:
+        skipped.append(f"{label}: {problem}")
+        return
+    iop, row_cos, col_cos = _orientation(headers, label)
+    ordered, _pos = _sorted_slices(headers, None if iop is None else np.cross(row_cos, col_cos), notes, label)
+    rescales, rescale_notes = series_rescales([h.ds for h in ordered], label)
+    skipped.extend(notes + rescale_notes)
+    patient = _patient_key(ordered[0].ds)
+    position = 0
+    for h, rescale in zip(ordered, rescales):
+        ps = header_floats(h.ds.get("PixelSpacing"), 2)
+        filled = header_rescale(h.ds) is None and rescale != (1.0, 0.0)
+        for frame in range(n_frames(h.ds)) if h.frame is None else [h.frame]:  # an enhanced file: one per frame
+            row = {"name": f"{_rel(h.path, root)}#{frame}", "file": _rel(h.path, root), "frame": frame, "low": None,
+                   "shape": [int(h.ds.Rows), int(h.ds.Columns)], "spacing_mm": float(ps[0]) if ps is not None else 1.0,
+                   "boxes": [], "group": uid, "position": position, "patient": patient}  # fmt: skip
+            if filled:
+                row["rescale"] = [float(rescale[0]), float(rescale[1])]
+            position += 1
+            yield row
 
 
 def archive_kind(root: str | Path) -> str:
