@@ -183,6 +183,10 @@ def test_training_from_an_archive_folder_indexes_it_once(tmp_path):
     assert index["root"] == str(data.resolve()) and index["n"] == 4
     again = Trainer(_cfg(run, data))
     assert again._new_manifest is None  # the run folder's index is reused
+    lines = (run / MANIFEST_FILE).read_text().splitlines()
+    old = {k: v for k, v in json.loads(lines[0]).items() if k != "indexer"}  # made before rows were in slice order
+    (run / MANIFEST_FILE).write_text("\n".join([json.dumps(old), *lines[1:]]) + "\n")
+    assert Trainer(_cfg(run, data))._new_manifest is not None  # indexed again
 
 
 def test_training_from_a_manifest_holds_a_few_slices_not_the_archive(tmp_path):

@@ -45,6 +45,9 @@ KINDS = ("dataset", "deeplesion", "dicom")
 SPLITS = ("train", "val", "test", "all")
 #: bump when the simulation of missing low-dose partners changes: old cache entries are then not used
 LOWDOSE_CACHE_VERSION = 1
+#: bump when indexing changes what rows say (2: DICOM rows in slice order, series rescales, patient keys): a run
+#: from an archive folder then indexes it again instead of reusing its older index
+INDEXER = 2
 
 
 @dataclass(repr=False, eq=False)
@@ -267,19 +270,16 @@ def _patient_key(ds: Any) -> str | None:
 def _series_rows(uid: str, headers: list[Any], root: Path, skipped: list[str]) -> Iterator[dict[str, Any]]:
     """The rows of one series in the order of its slices along their normal (InstanceNumber where positions are
     missing), as the reader stacks them; a slice stored without a rescale gets the series' (``rescale``)."""
-    from napari_lidnet.io.dicom_read import _odd_ones_out, _orientation, _series_label, _sorted_slices, n_frames
+    from napari_lidnet.io.dicom_read import n_frames, order_series
     from napari_lidnet.io.dicom_values import header_floats, header_rescale, series_rescales
 
-    label = _series_label(headers[0].ds)
-    notes: list[str] = []
-    headers = _odd_ones_out(headers, notes, label)
-    problem = _series_problem(headers)
+    ordered, notes = order_series(headers)
+    problem = _series_problem(ordered)
     if problem is not None:
-        skipped.append(f"{label}: {problem}")
+        desc = str(ordered[0].ds.get("SeriesDescription", "") or "")
+        skipped.append(f"series {uid}{f' ({desc})' if desc else ''}: {problem}")
         return
-    iop, row_cos, col_cos = _orientation(headers, label)
-    ordered, _pos = _sorted_slices(headers, None if iop is None else np.cross(row_cos, col_cos), notes, label)
-    rescales, rescale_notes = series_rescales([h.ds for h in ordered], label)
+    rescales, rescale_notes = series_rescales([h.ds for h in ordered], f"series {uid}")
     skipped.extend(notes + rescale_notes)
     patient = _patient_key(ordered[0].ds)
     position = 0
@@ -355,6 +355,7 @@ def build_index(
     header = {
         "format": FORMAT,
         "version": VERSION,
+        "indexer": INDEXER,
         "root": str(root),
         "kind": kind,
         "split": part,
@@ -480,7 +481,8 @@ def archive_index(
     if is_manifest(cached):
         header, rows = load_manifest(cached)
         same_split = "split" in header and header["split"] == effective_split(header["kind"], split)
-        if header["root"] == str(data.resolve()) and header.get("dose") == dose and same_split:
+        current = header.get("indexer", 1) == INDEXER
+        if header["root"] == str(data.resolve()) and header.get("dose") == dose and same_split and current:
             return header, rows, False
     command = f"lidnet index {data} --out {cached} --split {split}" + (f" --dose {dose:g}" if dose is not None else "")
     return (*build_index(data, dose, command=command, split=split), True)

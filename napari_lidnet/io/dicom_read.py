@@ -11,6 +11,7 @@ localizers (ImageType LOCALIZER) are left out with a note.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -162,10 +163,25 @@ def _has_raw_start(path: Path) -> bool:
     return head[4:6] in _VRS or int.from_bytes(head[4:8], "little") <= 256
 
 
+def folder_files(folder: Path) -> list[Path]:
+    """Every file under ``folder`` (recursive, sorted), following linked folders (a curated archive of links into
+    storage) but entering each real folder once, so a link back up never loops; paths stay under ``folder``."""
+    files, visited = [], set()
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in visited:
+            dirs[:] = []
+            continue
+        visited.add(real)
+        dirs.sort()
+        files.extend(p for p in (Path(top) / n for n in names) if p.is_file())
+    return sorted(files)
+
+
 def _candidate_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
-    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".") and not is_nifti(p))
+    return [p for p in folder_files(path) if not p.name.startswith(".") and not is_nifti(p)]
 
 
 def looks_like_dicom(path: str | Path) -> bool:
@@ -210,7 +226,7 @@ def _scan_file(scan: DicomScan, f: Path, in_folder: bool, seen: dict[str, list[t
     if earlier:  # one UID on different images: a broken anonymiser, not a copy
         scan.notes.append(f"{f} and {earlier[0][0]} share a SOPInstanceUID but are different images; both read")
     earlier.append((f, same))
-    uid = str(ds.get("SeriesInstanceUID", "") or _stand_in_uid(ds, f))
+    uid = str(ds.get("SeriesInstanceUID", "") or _stand_in_uid(ds, f, scan.root))
     scan.series.setdefault(uid, []).extend(frame_headers(f, ds) if _enhanced(ds) else [DicomHeader(f, ds)])
 
 
@@ -277,16 +293,27 @@ def frame_headers(f: Path, ds: Any) -> list[DicomHeader]:
     return headers
 
 
-def _stand_in_uid(ds: Any, f: Path) -> str:
-    """A series key for a file without SeriesInstanceUID: its folder plus what one series shares (study, series
-    number, frame of reference, image size, pixel spacing, orientation), so two such series never merge."""
+def _stand_in_uid(ds: Any, f: Path, root: Path) -> str:
+    """A series key for a file without SeriesInstanceUID: its folder under the scanned ``root`` plus what one series
+    shares (study, series number, frame of reference, image size, pixel spacing, orientation), so two such series
+    never merge, and one archive gives the same key whatever path reaches it (relative, absolute, moved)."""
     ps = header_floats(ds.get("PixelSpacing"), 2)
     iop = header_floats(ds.get("ImageOrientationPatient"), 6)
     parts = [
         str(ds.get(tag, "") or "") for tag in ("StudyInstanceUID", "SeriesNumber", "FrameOfReferenceUID")
     ] + [f"{ds.Rows}x{ds.Columns}", "" if ps is None else "x".join(f"{v:.4f}" for v in ps),
          "" if iop is None else ",".join(f"{v:.3f}" for v in iop)]  # fmt: skip
-    return f"no-series-uid:{f.parent}:{'|'.join(parts)}"
+    return f"no-series-uid:{_folder_under(f.parent, root)}:{'|'.join(parts)}"
+
+
+def _folder_under(folder: Path, root: Path) -> str:
+    """``folder`` relative to the scanned ``root`` (a folder, or the folder of a scanned file), as a POSIX path:
+    as walked when it lies under it, else between their resolved paths."""
+    base = root if root.is_dir() else root.parent
+    try:
+        return folder.relative_to(base).as_posix()
+    except ValueError:
+        return Path(os.path.relpath(folder.resolve(), base.resolve())).as_posix()
 
 
 def _note_localizers(scan: DicomScan, where: str) -> None:
@@ -475,6 +502,8 @@ def _slice_tags(headers: list[DicomHeader]) -> list[dict[str, Any]] | None:
 def _pixel_error(f: Path, tsyntax: Any, exc: Exception) -> str:
     """One line saying why the pixels of ``f`` cannot be decoded."""
     detail = one_line(str(exc))[:400]
+    if isinstance(exc, OSError) and exc.errno is not None:  # the file, not its content: gone, no permission, I/O
+        return f"{f}: cannot be read ({exc.strerror or detail})"
     if tsyntax is not None and not tsyntax.is_transfer_syntax:
         return f"{f}: unknown transfer syntax {tsyntax}; cannot decode its pixel data"
     if tsyntax is not None and tsyntax.is_compressed:
@@ -689,7 +718,7 @@ def _sorted_slices(
     if len(headers) > 1:
         have = "orientation" if normal is None else f"position on {len(headers) - len(placed)} of {len(headers)}"
         _warn(notes, f"{label}: slices lack ImagePositionPatient/Orientation ({have}); sorted by InstanceNumber")
-    order = np.argsort([int(h.ds.get("InstanceNumber", 0) or 0) for h in headers], kind="stable")
+    order = np.argsort([instance_number(h.ds) or 0 for h in headers], kind="stable")
     return [headers[i] for i in order], None
 
 
@@ -740,6 +769,13 @@ def _window(ds: Any) -> list[float] | None:
     return values if np.isfinite(values).all() and values[1] > 0 else None
 
 
+def instance_number(ds: Any) -> int | None:
+    """A header's InstanceNumber as an int; None when missing or malformed (text such as 'x1', a fraction, too
+    large): a bad value counts as missing, as other header numbers do."""
+    value = header_float(ds.get("InstanceNumber"))
+    return int(value) if value is not None and value.is_integer() and abs(value) < 2**31 else None
+
+
 def _slice_ids(headers: list[DicomHeader]) -> dict[str, list]:
     """Per-slice identifiers a reader needs to find a slice on the scanner or in PACS (one file per slice, or one
     frame of an enhanced file: its 1-based frame number)."""
@@ -747,7 +783,7 @@ def _slice_ids(headers: list[DicomHeader]) -> dict[str, list]:
     if any(frames) and len({h.path for h in headers}) > 1:  # frames of several files: number them in slice order
         numbers = list(range(1, len(headers) + 1))
     else:  # a frame's image number is its frame number, as viewers show "frame k of N"
-        numbers = [f or int(h.ds.get("InstanceNumber", 0) or 0) or None for h, f in zip(headers, frames)]
+        numbers = [f or instance_number(h.ds) or None for h, f in zip(headers, frames)]
     ids = {
         "instance_numbers": numbers,
         "sop_instance_uids": [str(h.ds.get("SOPInstanceUID", "") or "") for h in headers],
@@ -843,3 +879,15 @@ def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> C
         return CTVolume(hu[0], (float(ps[0]), float(ps[1])), origin2, direction, name=name, metadata=metadata)
     origin = (float(first[2]), float(first[1]), float(first[0])) if first is not None else None
     return CTVolume(hu, (dz, float(ps[0]), float(ps[1])), origin, direction, name=name, metadata=metadata)
+
+
+def order_series(headers: list[DicomHeader]) -> tuple[list[DicomHeader], list[str]]:
+    """The headers of one series as ``read_series`` stacks them (a scout among them left out, sorted along the
+    slice normal, by InstanceNumber without positions) and the notes said on the way; ValueError for a series that
+    mixes orientations. Headers only: nothing is decoded."""
+    label = _series_label(headers[0].ds)
+    notes: list[str] = []
+    headers = _odd_ones_out(list(headers), notes, label)
+    iop, row_cos, col_cos = _orientation(headers, label)
+    ordered, _pos = _sorted_slices(headers, None if iop is None else np.cross(row_cos, col_cos), notes, label)
+    return ordered, notes
