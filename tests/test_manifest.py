@@ -369,3 +369,20 @@ def test_no_patient_is_both_trained_and_held_out(tmp_path):
         assert not held & {s.patient for s in train}, seed
         assert train
     assert tried == {s.patient for s in slices}  # every patient was held out under some seed
+
+
+def test_linked_series_and_files_are_indexed_where_the_archive_shows_them(tmp_path):
+    """A curated archive of links into storage: a linked series folder is indexed (was silently missing), a folder
+    of linked files too (was: the whole index refused), each under its path in the archive."""
+    hu = synthetic_hu((3, 16, 16), seed=6)
+    _archive_series(tmp_path / "storage" / "a", hu, "1.7.1", patient="P1")
+    _archive_series(tmp_path / "storage" / "b", hu, "1.7.2", patient="P2")
+    root = tmp_path / "arch"
+    root.mkdir()
+    (root / "A").symlink_to(tmp_path / "storage" / "a", target_is_directory=True)
+    (root / "B").mkdir()
+    for f in (tmp_path / "storage" / "b").iterdir():
+        (root / "B" / f.name).symlink_to(f)
+    slices = read_manifest(index_archive(root, tmp_path / "m.jsonl", dose=0.25))
+    assert sorted({s.entry["file"].split("/")[0] for s in slices}) == ["A", "B"] and len(slices) == 6
+    assert all(s.full_hu.shape == (16, 16) for s in slices)

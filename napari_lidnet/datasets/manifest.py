@@ -168,7 +168,12 @@ def _decoded(path: Path) -> np.ndarray:
 
 # -- indexing ----------------------------------------------------------------------------------------------------
 def _rel(path: Path, root: Path) -> str:
-    return path.resolve().relative_to(root).as_posix()
+    """``path`` relative to the (resolved) archive ``root``: as walked (a linked file or folder keeps its place in
+    the archive), else resolved."""
+    try:
+        return path.absolute().relative_to(root).as_posix()
+    except ValueError:
+        return path.resolve().relative_to(root).as_posix()
 
 
 def _dataset_rows(root: Path) -> Iterator[dict[str, Any]]:
