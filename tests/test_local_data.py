@@ -368,3 +368,25 @@ def test_a_half_pair_takes_the_name(model_dir: Path) -> None:
     assert "already exists" in fj.model_name_problems("half")[0]
     assert fj.model_name_problems("free") == []
     assert fj.model_name_problems("bad/name")
+
+
+def test_dicom_folder_leaves_out_other_modalities_and_derived_copies(tmp_path: Path) -> None:
+    """A study folder holding the CT, an MR series and a denoised copy of the CT (ImageType DERIVED, as this
+    plugin writes it): only the CT trains (MR values are no HU target; the copy is processed and the same anatomy
+    again), the others are named; a folder with no scan left is refused with the reasons."""
+    from conftest import write_series
+
+    _, full, _ = phantom(n=3, size=32)
+    hu = np.rint(full)
+    write_series(tmp_path / "study" / "ct", hu, series_uid="1.2.826.0.1.3680043.8.498.81", description="Abdomen")
+    write_series(tmp_path / "study" / "mr", hu, series_uid="1.2.826.0.1.3680043.8.498.82", description="T1",
+                 modality="MR")  # fmt: skip
+    write_series(tmp_path / "study" / "dn", hu, series_uid="1.2.826.0.1.3680043.8.498.83", description="Abdomen dn",
+                 extra={"ImageType": ["DERIVED", "SECONDARY", "AXIAL"]})  # fmt: skip
+    notes: list[str] = []
+    with pytest.warns(UserWarning):  # the reader's own note on the MR series
+        inputs = ld.inputs_from_dicom(tmp_path / "study", notes)
+    assert [i.name for i in inputs] == ["Abdomen"]
+    assert any("T1" in n and "'MR'" in n for n in notes) and any("Abdomen dn" in n and "DERIVED" in n for n in notes)
+    with pytest.raises(ld.DataProblems, match="no normal-dose CT series"), pytest.warns(UserWarning):
+        ld.inputs_from_dicom(tmp_path / "study" / "mr")

@@ -196,7 +196,10 @@ def prepare_samples(
         inputs = list(req.inputs or [])
         if req.dicom_folder:
             yield f"reading {req.dicom_folder}"
-            inputs = inputs_from_dicom(req.dicom_folder)
+            left_out: list[str] = []
+            inputs = inputs_from_dicom(req.dicom_folder, left_out)
+            if left_out:
+                yield "; ".join(left_out)
         problems = check_inputs(inputs, cfg.patch_size, need_lesions, cfg.val_fraction, cfg.test_fraction)
         if problems:
             raise DataProblems(problems)

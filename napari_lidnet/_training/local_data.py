@@ -77,17 +77,49 @@ class CTInput:
         return tuple(int(n) for n in self.full_hu.shape[-2:])  # type: ignore[return-value]
 
 
-def inputs_from_dicom(folder: str | os.PathLike) -> list[CTInput]:
-    """Every CT series (or image file) under ``folder`` as a normal-dose input; its own boxes when it has some."""
+def inputs_from_dicom(folder: str | os.PathLike, left_out: list[str] | None = None) -> list[CTInput]:
+    """Every CT series (or image file) under ``folder`` as a normal-dose input; its own boxes when it has some.
+    A DICOM series of another modality, or of derived images (a denoised copy: already processed, and the same
+    anatomy again), is left out with a note appended to ``left_out``; DataProblems when nothing is left."""
     from napari_lidnet.io.open_ct import open_ct
 
-    inputs = []
+    inputs, notes = [], []
     for vol in open_ct(folder):
+        reason = _not_a_scan(vol.metadata)
+        if reason:
+            notes.append(f"{vol.name}: {reason}, left out")
+            continue
         has = vol.boxes is not None and len(vol.boxes) > 0
         boxes = np.asarray(vol.boxes, np.float32).reshape(-1, 5) if has else None
         spacing = abs(float(vol.spacing[-1]))
         inputs.append(CTInput(vol.name, vol.hu, spacing, boxes=boxes, box_source="annotations" if has else "none"))
+    if left_out is not None:
+        left_out.extend(notes)
+    if not inputs and notes:
+        raise DataProblems([f"{folder}: no normal-dose CT series to train on", *notes])
     return inputs
+
+
+def _not_a_scan(metadata: dict) -> str:
+    """Why a DICOM volume is no normal-dose CT to train on ('' when it is one, or when it is not DICOM)."""
+    if metadata.get("format") != "dicom":
+        return ""
+    modality = str(metadata.get("modality", "") or "")
+    if modality != "CT":
+        return f"modality {modality or 'missing'!r}, not CT"
+    files = metadata.get("files") or []
+    if files:
+        import pydicom
+
+        from napari_lidnet.io.dicom_read import is_derived
+
+        try:
+            ds = pydicom.dcmread(files[0], stop_before_pixels=True, specific_tags=["ImageType"])
+        except (OSError, ValueError):
+            return ""
+        if is_derived(ds):
+            return "derived images (ImageType DERIVED: a processed copy), not the scanner's originals"
+    return ""
 
 
 # ------------------------------------------------------------------------------------------------- checks
