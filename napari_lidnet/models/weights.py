@@ -123,7 +123,7 @@ def save_weights(model: nn.Module, path: str | os.PathLike, card: dict[str, Any]
         "config": dict(getattr(model, "config", {})),
         "training": {},
         "metrics": {},
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "package_version": _package_version(),
     }
     full.update({k: v for k, v in (card or {}).items() if k not in ("format", "version", "kind", "arch", "config")})
