@@ -5,9 +5,11 @@ finished: a re-run skips it, and a run interrupted half-way redoes only what was
 outputs are removed first). Output names are stable and unique: ``<description>_<12 hex digits of the SHA-256 of
 the series UID>`` (for a NIfTI file: its name and its path under the input folder; its denoised output is a
 ``.nii.gz``); two inputs that would still share a name are refused before anything is written. A series that
-cannot be read (or holds NaN) is reported in ``BatchReport.failed`` while the others are processed; one that is
-not CT in HU (another modality, or values that do not look like HU), or was written by this program (a denoised
-series: it would be denoised twice), in ``BatchReport.left_out``, for good.
+cannot be read is reported in ``BatchReport.failed`` (``Failed.fix``: the file whose content fails every re-run)
+while the others are processed; one that holds NaN, is not CT in HU (another modality, or values that do not look
+like HU), or was written by this program (a denoised series: it would be denoised twice), in
+``BatchReport.left_out``, for good. One run at a time writes an output folder (a lock held for the whole run): a
+second run there is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -31,6 +34,8 @@ from napari_lidnet.strength import check_remove_sd
 
 PARTIAL = ".partial-"
 MARKER = ".lidnet-batch"  # in a batch output folder: the task and settings that write there (a re-run finishes it)
+LOCK = ".lidnet-batch.lock"  # locked (flock) by the run writing the folder; the system lets go when it ends
+_OUTPUT_NAME = re.compile(r".+_[0-9a-f]{12}(\.csv|\.nii\.gz)?")  # as output_name names outputs (and their suffix)
 Progress = Callable[[int, int, str], None]
 
 
@@ -40,7 +45,7 @@ class BatchReport:
 
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)  # one line per series not processed, naming it and why
+    failed: list[str] = field(default_factory=list)  # one ``Failed`` line per series not processed, naming it and why
     left_out: list[str] = field(default_factory=list)  # one line per series left out for good (not CT in HU, ours)
 
 
@@ -70,13 +75,13 @@ class _SeriesReader:
         from napari_lidnet.io.dicom_read import read_series
         from napari_lidnet.io.nifti import read_nifti
 
-        source = self.todo[i][1]
+        _final, source, desc, key = self.todo[i]
+        nifti = isinstance(source, Path)
+        what = source.relative_to(self.base).as_posix() if nifti else f"series {desc!r} ({key})"
         try:
-            vol = read_nifti(source) if isinstance(source, Path) else read_series(source, source=self.root)
-            what = (source.relative_to(self.base).as_posix() if isinstance(source, Path)
-                    else f"series {self.todo[i][2]!r} ({vol.metadata.get('series_uid', '')})")  # fmt: skip
+            vol = read_nifti(source) if nifti else read_series(source, source=self.root)
         except (ValueError, OSError) as exc:
-            return i, one_line(str(exc))
+            return i, Failed.of(what, exc, source)
         try:
             check_finite(vol.hu, what)
         except ValueError as exc:  # NaN or infinite pixels: a re-run reads the same
@@ -87,6 +92,26 @@ class _SeriesReader:
 
 class LeftOut(str):
     """Why a series is left out for good (it is not CT in HU), as opposed to a failure a re-run may mend."""
+
+
+class Failed(str):
+    """One line naming a series not processed and why. ``fix``: the file (or the series' folder) whose content is
+    the cause (pixel data that cannot be read, a malformed value): a re-run fails the same way until it is fixed or
+    removed; None for an error of the file system (a file gone, no permission, an I/O error): a re-run may mend it."""
+
+    fix: Path | None = None
+
+    @classmethod
+    def of(cls, what: str, exc: BaseException, source: Any) -> Failed:
+        """The failure of input ``what`` (its NIfTI path, or its DICOM headers: ``source``) on ``exc``."""
+        msg = one_line(str(exc))
+        named_already = msg.startswith(what) or (isinstance(source, Path) and msg.startswith(str(source)))
+        line = cls(msg if named_already else f"{what}: {msg}")
+        if not any(isinstance(e, OSError) and e.errno is not None for e in (exc, exc.__cause__)):
+            files = [source] if isinstance(source, Path) else [h.path for h in source]
+            named = [f for f in files if msg.startswith(f"{f}:")]  # the file the reader's message names
+            line.fix = named[0] if named else files[0] if len(files) == 1 else files[0].parent
+        return line
 
 
 def batch_settings(task: str, model: Any, threshold: float, remove_sd: float | None) -> dict[str, Any]:
@@ -124,12 +149,16 @@ def _changed(earlier: dict[str, Any], now: dict[str, Any]) -> str:
                      for k in diff)  # fmt: skip
 
 
-def _prepare_out_dir(root: str | Path, out_dir: Path, task: str, settings: dict[str, Any]) -> bool:
-    """Refuse an output inside the input, or a folder holding another task's batch run (its ``MARKER`` file), the
-    same task's run with other ``settings``, or files this task's batch would not write; create it and mark it;
-    remove what an interrupted run left half-written. True when this call created the folder."""
+def _prepare_out_dir(root: str | Path, out_dir: Path, task: str, settings: dict[str, Any]) -> tuple[bool, int | None]:
+    """Refuse an output inside the input or around it, or a folder holding another task's batch run (its ``MARKER``
+    file), the same task's run with other ``settings``, files this task's batch would not write, or a run still
+    writing (``_lock``); create it, lock it and mark it; remove what an interrupted run left half-written.
+    (whether this call created the folder, the lock to ``_release``)."""
     if out_dir.resolve().is_relative_to(Path(root).resolve()):
         raise ValueError(f"{out_dir} lies inside the input folder {root}; choose an output folder outside it")
+    if Path(root).resolve().is_relative_to(out_dir.resolve()):
+        raise ValueError(f"the input {root} lies inside the output folder {out_dir}; choose an output folder "
+                         "outside it")  # fmt: skip
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: exists and is not a folder; choose a folder for the outputs")
     marker = out_dir / MARKER
@@ -138,24 +167,77 @@ def _prepare_out_dir(root: str | Path, out_dir: Path, task: str, settings: dict[
     if changed:
         raise ValueError(f"{out_dir} holds a batch {task} run made with other settings ({changed}); outputs never "
                          f"mix: choose a new folder, or run again with that run's settings to finish it")  # fmt: skip
-    other = _not_batch_outputs(out_dir, task) if out_dir.is_dir() else []
+    other = _not_batch_outputs(out_dir, task, earlier == task) if out_dir.is_dir() else []
     if (earlier and earlier != task) or other:
         what = f"a batch {earlier} run" if earlier and earlier != task else f"other files: {other[0]}"
         raise ValueError(f"{out_dir} is not empty (it holds {what}); outputs never mix: choose a new folder, or "
                          f"the folder of an earlier batch {task} run to finish it")  # fmt: skip
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"{task}\n{json.dumps(settings, sort_keys=True)}\n")
-    for stale in out_dir.glob(f"{PARTIAL}*"):
-        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-    return created
+    lock = _lock(out_dir)  # before anything is written or removed: another run's partial outputs are its own
+    try:
+        marker.write_text(f"{task}\n{json.dumps(settings, sort_keys=True)}\n")
+        for stale in out_dir.glob(f"{PARTIAL}*"):
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    except BaseException:
+        _release(out_dir, lock, created)
+        raise
+    return created, lock
 
 
-def _not_batch_outputs(out_dir: Path, task: str) -> list[str]:
-    """Names in ``out_dir`` that a batch ``task`` run would not have written (hidden files aside): a folder of an
-    earlier version, without the marker, is still finished; loose DICOM files of another output are not."""
+def _not_batch_outputs(out_dir: Path, task: str, marked: bool) -> list[str]:
+    """Names in ``out_dir`` that a batch ``task`` run would not have written (hidden files aside): loose DICOM files
+    of another output; and, in a folder without this task's marker (``marked``: with it, an output of an earlier
+    version keeps its older name), anything not named as ``output_name`` names outputs, so a folder of the user's
+    own folders or CSV files (an archive) is never taken for a batch output folder."""
     written = {"denoise": lambda p: p.is_dir() or is_nifti(p), "detect": lambda p: p.suffix.lower() == ".csv"}[task]
-    return [p.name for p in sorted(out_dir.iterdir()) if not p.name.startswith(".") and not written(p)]
+    return [p.name for p in sorted(out_dir.iterdir()) if not p.name.startswith(".")
+            and not (written(p) and (marked or _OUTPUT_NAME.fullmatch(p.name)))]  # fmt: skip
+
+
+def _lock(out_dir: Path) -> int | None:
+    """Lock ``out_dir`` for this run (``fcntl.flock`` on its ``LOCK`` file) and return the file's descriptor; a
+    folder that another batch run is writing is refused. The system lets go of the lock when the process ends,
+    however it ends (a crash, Ctrl-C). None where there is no ``fcntl`` (Windows: one run per folder is the user's
+    care)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    path = out_dir / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ValueError(f"{out_dir} is being written by another batch run ({holder}); outputs never mix: wait "
+                             "for it to end, or choose another output folder") from None  # fmt: skip
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino  # not the file of a run that just ended
+        except FileNotFoundError:
+            current = False
+        if current:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+            return fd
+        os.close(fd)
+
+
+def _release(out_dir: Path, lock: int | None, created: bool) -> None:
+    """The end of a run: one that wrote nothing leaves nothing (the folder it created, else its marker); then the
+    lock file is removed and let go."""
+    try:
+        if out_dir.is_dir() and not any(p.name not in (MARKER, LOCK) for p in out_dir.iterdir()):
+            if created:
+                shutil.rmtree(out_dir)
+            else:
+                (out_dir / MARKER).unlink(missing_ok=True)
+    finally:
+        if lock is not None:
+            (out_dir / LOCK).unlink(missing_ok=True)
+            os.close(lock)
 
 
 def _ours(ds: Any) -> bool:
@@ -178,8 +260,8 @@ def _inputs(series: dict, niftis: list[Path], root: Path) -> list[tuple[str, Any
 
 
 def _plan(items: list, out_dir: Path, task: str, report: BatchReport, progress: Progress | None) -> list:
-    """(final output, source, description) of every input still to do; finished ones go to ``report.skipped``,
-    non-CT ones to ``report.failed``. Refuses two inputs that would share an output name."""
+    """(final output, source, description, key) of every input still to do; finished ones go to ``report.skipped``,
+    non-CT ones and ours to ``report.left_out``. Refuses two inputs that would share an output name."""
     todo, names = [], {}
     for key, source, desc, modality in items:
         name = output_name(desc, key)
@@ -197,7 +279,7 @@ def _plan(items: list, out_dir: Path, task: str, report: BatchReport, progress: 
             if progress:
                 progress(len(report.skipped), len(items), f"{final.name} (already complete)")
         else:
-            todo.append((final, source, desc))
+            todo.append((final, source, desc, key))
     return todo
 
 
@@ -227,7 +309,7 @@ def _write_one(
 
 def _find_inputs(root: Path) -> tuple[dict, list[Path]]:
     """(DICOM series by UID, NIfTI files) under ``root``, a folder or one file; ValueError when there is none."""
-    from napari_lidnet.io.dicom_read import scan_dicom
+    from napari_lidnet.io.dicom_read import folder_files, scan_dicom
 
     if root.is_file() and is_nifti(root):
         return {}, [root]
@@ -236,7 +318,7 @@ def _find_inputs(root: Path) -> tuple[dict, list[Path]]:
     if root.is_file() and input_kind(root) != "dicom":
         raise ValueError(f"{root}: --all-series reads the DICOM series and NIfTI files under a folder (or one such "
                          "file); for this file leave --all-series out")  # fmt: skip
-    niftis = sorted(p for p in root.rglob("*") if is_nifti(p) and p.is_file()) if root.is_dir() else []
+    niftis = [p for p in folder_files(root) if is_nifti(p)] if root.is_dir() else []
     try:
         return scan_dicom(root).series, niftis
     except ValueError:
@@ -278,40 +360,37 @@ def run_batch(
     out_dir = Path(out_dir)
     report = BatchReport()
     todo = _plan(items, out_dir, task, report, progress)  # refuses name collisions before anything is written
-    created = _prepare_out_dir(root, out_dir, task, batch_settings(task, model, threshold, remove_sd))
+    created, lock = _prepare_out_dir(root, out_dir, task, batch_settings(task, model, threshold, remove_sd))
     try:
         reader = _SeriesReader(todo, root, base)
         loader = DataLoader(reader, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is)
         for i, vol in loader:
-            final, _headers, _desc = todo[i]
             if isinstance(vol, LeftOut):
                 report.left_out.append(str(vol))
-            elif isinstance(vol, str):
+            elif isinstance(vol, Failed):
                 report.failed.append(vol)
             else:
-                _run_one(task, vol, final, todo[i][2], report, model, device, threshold, model_name, remove_sd)
+                _run_one(task, vol, todo[i], report, model, device, threshold, model_name, remove_sd)
             if progress:
                 done = len(report.skipped) + len(report.written) + len(report.failed) + len(report.left_out)
-                progress(done, len(items), final.name)
+                progress(done, len(items), todo[i][0].name)
     finally:
-        if not any(p.name != MARKER for p in out_dir.iterdir()):  # nothing written: nothing left
-            if created:
-                shutil.rmtree(out_dir)
-            else:
-                (out_dir / MARKER).unlink(missing_ok=True)
+        _release(out_dir, lock, created)  # nothing written: nothing left
     return report
 
 
 def _run_one(
-    task: str, vol: Any, final: Path, desc: str, report: BatchReport, model, device, threshold, model_name,
+    task: str, vol: Any, item: tuple, report: BatchReport, model, device, threshold, model_name,
     remove_sd: float | None,
 ) -> None:  # fmt: skip
-    """Write one series' output under its partial name, then rename it; a ValueError fails only this series."""
+    """Write one series' output (``item``: as ``_plan`` lists it) under its partial name, then rename it; a
+    ValueError fails only this series."""
+    final, source, desc, key = item
     partial = final.parent / f"{PARTIAL}{final.name}"
     try:
         _write_one(task, vol, partial, model, device, threshold, desc, model_name, remove_sd)
     except ValueError as exc:
-        report.failed.append(f"series {desc!r}: {one_line(str(exc))}")
+        report.failed.append(Failed.of(f"series {desc!r} ({key})", exc, source))
         return
     os.replace(partial, final)
     report.written.append(final)

@@ -353,10 +353,25 @@ def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
         n = len(report.left_out)
         print(f"note: {n} series left out (first: {report.left_out[0]})", file=sys.stderr)
     if report.failed:
-        n = len(report.failed)
-        raise ValueError(f"{n} series not processed (first: {report.failed[0]}); {done}; run again to retry")
+        raise ValueError(_failed_summary(report.failed, done))
     print(done, file=sys.stderr)
     return 0
+
+
+def _failed_summary(failed: list[Any], done: str) -> str:
+    """The one line of a batch run with series not processed: the first one, and what to do. A series whose
+    content cannot be read (``batch.Failed.fix``: the file to fix or remove) fails a re-run the same way; an error
+    of the file system (a file gone, no permission) may not."""
+    lasting = [f for f in failed if getattr(f, "fix", None) is not None]
+    first = lasting[0] if lasting else failed[0]
+    head = f"{len(failed)} series not processed (first: {first}); {done}"
+    if not lasting:
+        return f"{head}; run again to retry"
+    more = f" (and the files of {len(lasting) - 1} other series)" if len(lasting) > 1 else ""
+    fix = f"fix or remove {lasting[0].fix}{more}"
+    if len(lasting) == len(failed):
+        return f"{head}; {fix}: a re-run fails the same way"
+    return f"{head}; {fix}: a re-run fails the same way; run again to retry the other {len(failed) - len(lasting)}"
 
 
 NOT_A_SERIES_FOLDER = {".gz", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".dcm", ".csv", ".json"}

@@ -1,12 +1,16 @@
 """Batch processing of a folder of DICOM series: one output per series, and an interrupted run resumes without
 redoing or losing finished outputs."""
 
+import os
+import shutil
+import signal
 from hashlib import sha256
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_hu, write_series
+from conftest import listing, synthetic_hu, write_series
 from pydicom.uid import generate_uid
 
 from napari_lidnet.batch import MARKER, PARTIAL, output_name, run_batch
@@ -231,3 +235,117 @@ def test_series_this_program_wrote_are_left_out_of_a_batch(archive, tmp_path):
     report = run_batch(tmp_path / "both", tmp_path / "boxes", "detect", LesionDetector(width=4).eval())
     assert len(report.written) == len(first.written) and not report.failed
     assert len(report.left_out) == 1 and "written by napari-lidnet; not processed again" in report.left_out[0]
+
+
+def test_a_batch_never_writes_into_an_archive_or_a_folder_of_the_users_own_files(archive, tmp_path, model_dir,
+                                                                                 capsys):  # fmt: skip
+    """Review 2026-12-08 (#5): a folder of folders (the archive itself, one patient given as the input) or of the
+    user's own CSV files was taken for a batch output folder and written into. Refused in one line, untouched."""
+    patient = next(p for p in sorted(archive.iterdir()))
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "my_boxes.csv").write_text("slice,x1\n0,1\n")
+    scans = tmp_path / "scans"
+    (scans / "old patient").mkdir(parents=True)
+    before = listing(tmp_path)
+    cases = (
+        (["denoise", str(patient), str(archive)], "lies inside the output folder"),  # input inside the output
+        (["detect", str(patient), "--out", str(reports)], "it holds other files: my_boxes.csv"),
+        (["denoise", str(patient), str(scans)], "it holds other files: old patient"),
+    )
+    for args, words in cases:
+        assert main([*args, "--all-series", "--model", {"denoise": "tiny_denoiser", "detect": "tiny_detector"}[args[0]],
+                     "--device", "cpu", "--workers", "0"]) == 2  # fmt: skip
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, err
+    assert listing(tmp_path) == before
+
+
+def test_series_without_a_uid_keep_their_output_name_whatever_path_reaches_the_archive(tmp_path, monkeypatch):
+    """Review 2026-12-08 (#6): a series without SeriesInstanceUID was named from its folder as typed, so the same
+    archive given as a relative path, an absolute one, or after a move was denoised again under a second name."""
+    write_series(tmp_path / "arch" / "S", synthetic_hu((3, 32, 32)), series_uid="", description="Anon")
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    first = run_batch("arch", out, "denoise", _denoiser())
+    assert len(first.written) == 1
+    again = run_batch(tmp_path / "arch", out, "denoise", _denoiser())
+    (tmp_path / "arch").rename(tmp_path / "moved")
+    moved = run_batch(tmp_path / "moved", out, "denoise", _denoiser())
+    assert again.skipped == first.written and moved.skipped == first.written
+    assert not again.written and not moved.written
+    assert sorted(p.name for p in out.iterdir() if p.name != MARKER) == [first.written[0].name]
+
+
+def test_a_failure_names_its_series_and_says_whether_a_rerun_can_mend_it(archive, tmp_path, model_dir, capsys):
+    """Review 2026-12-08 (#8): failure lines did not name the series, and a slice truncated inside its pixel data
+    was reported as 'run again to retry' though every re-run fails the same way. A file gone during the run (an
+    error of the file system) may be mended by a re-run."""
+    chest = sorted((archive / "patient1" / "study").iterdir())
+    data = chest[1].read_bytes()
+    chest[1].write_bytes(data[:-500])  # cut inside its pixel data
+    args = ["denoise", str(archive), str(tmp_path / "out"), "--all-series", "--model", "tiny_denoiser",
+            "--device", "cpu"]
+    for _ in range(2):  # the same on a re-run
+        assert main([*args, "--workers", "0"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "1 series not processed (first: series 'chest' (1.2." in err, err
+        assert f"{chest[1]}: pixel data cannot be read" in err, err
+        assert err.endswith(f"fix or remove {chest[1]}: a re-run fails the same way"), err
+    chest[1].write_bytes(data)
+
+    def remove_a_file_of_the_next_series(done, total, name):
+        if done == 1:
+            chest[0].unlink()
+
+    report = run_batch(archive, tmp_path / "gone", "denoise", _denoiser(), progress=remove_a_file_of_the_next_series)
+    assert len(report.written) == 2 and len(report.failed) == 1 and report.failed[0].fix is None
+    assert report.failed[0].startswith("series 'chest' (1.2.") and "No such file or directory" in report.failed[0]
+    from napari_lidnet.cli import _failed_summary
+
+    assert _failed_summary(report.failed, "2 written").endswith("2 written; run again to retry")
+
+
+def test_a_second_run_on_one_output_folder_is_refused_and_leaves_the_first_ones_work(archive, tmp_path, capsys,
+                                                                                     monkeypatch):  # fmt: skip
+    """Review 2026-12-08 (#9): a second run into the folder a first run was writing deleted the first one's
+    half-written output, and the first died on a bare 'No such file or directory'. The folder is locked for the
+    whole run: the second is refused in one line (exit 2), and the lock goes with the process, however it ends."""
+    import subprocess
+    import sys
+
+    save_weights(_denoiser(), tmp_path / "models" / "same_denoiser")  # the second run's settings match the first's
+    monkeypatch.setenv("NAPARI_LIDNET_MODEL_DIR", str(tmp_path / "models"))
+    out = tmp_path / "out"
+    in_progress = out / f"{PARTIAL}chest_0123456789ab"
+    second = []
+
+    def start_a_second_run(done, total, name):
+        if done == 1:
+            in_progress.mkdir()  # as the first run leaves it while it writes
+            (in_progress / "IM00001.dcm").write_bytes(b"being written")
+            second.append(main(["denoise", str(archive), str(out), "--all-series", "--model", "same_denoiser",
+                                "--device", "cpu"]))  # fmt: skip
+            second.append(capsys.readouterr().err)
+            assert in_progress.is_dir()
+            shutil.rmtree(in_progress)
+
+    first = run_batch(archive, out, "denoise", _denoiser(), progress=start_a_second_run)
+    assert len(first.written) == 3 and not first.failed and second[0] == 2
+    assert second[1].count("\n") == 1 and f"{out} is being written by another batch run (pid " in second[1]
+    from napari_lidnet.batch import LOCK
+
+    assert not (out / LOCK).exists()
+
+    # a run killed (SIGKILL, no clean-up) after its first series: the next run takes the folder and finishes it
+    shutil.rmtree(out)
+    killed = (f"import os, signal, sys, torch; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+              "from test_batch import _denoiser; from napari_lidnet.batch import run_batch; "
+              f"run_batch({str(archive)!r}, {str(out)!r}, 'denoise', _denoiser(), "
+              "progress=lambda *a: os.kill(os.getpid(), signal.SIGKILL))")  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", killed], env=env, timeout=300)
+    assert proc.returncode == -signal.SIGKILL and (out / LOCK).exists()
+    (out / f"{PARTIAL}left_0123456789ab").mkdir()  # what it was writing when it died
+    rest = run_batch(archive, out, "denoise", _denoiser())
+    assert len(rest.written) == 2 and len(rest.skipped) == 1 and not list(out.glob(f"{PARTIAL}*"))

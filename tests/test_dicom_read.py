@@ -525,3 +525,60 @@ def test_a_scout_sorting_first_lends_the_volume_nothing_and_copies_of_shared_uid
     with pytest.warns(UserWarning, match="would read as 62512 HU"):
         (vol,) = read_dicom(tmp_path / "c")
     assert np.all(vol.hu[:2, stored == 63536] == -3024) and np.all(vol.hu[2, stored == 63536] == 62512)
+
+
+def _set_raw(path, keyword: str, vr: str, value: bytes) -> None:
+    """Store ``value`` as ``keyword`` byte for byte (a malformed value pydicom would not write)."""
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    ds = pydicom.dcmread(path)
+    tag = Tag(tag_for_keyword(keyword))
+    del ds[tag]
+    ds._dict[tag] = RawDataElement(tag, vr, len(value), value, 0, False, True)
+    ds.save_as(path)
+
+
+def test_a_malformed_instance_number_counts_as_missing(tmp_path):
+    """Review 2026-12-08 (#8): one file with InstanceNumber 'x1' failed its whole series with "invalid literal for
+    int()". A bad value is treated as missing: the series opens, sorted by InstanceNumber where it has no
+    positions, and the slice keeps no number."""
+    from napari_lidnet.io.open_ct import open_ct
+
+    hu = synthetic_hu((4, 16, 16))
+    for k in range(4):
+        make_ct_slice(tmp_path / f"im{k}.dcm", hu[k] + 1024, series_uid="1.2.3.77", position=(0, 0, 2.0 * k),
+                      instance_number=k + 1, extra={"ImageOrientationPatient": None})  # fmt: skip
+    _set_raw(tmp_path / "im2.dcm", "InstanceNumber", "IS", b"x1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no positions: "sorted by InstanceNumber"; pydicom on 'x1'
+        (vol,) = read_dicom(tmp_path)
+        (opened,) = open_ct(tmp_path)
+    assert vol.metadata["instance_numbers"] == opened.metadata["instance_numbers"] == [None, 1, 2, 4]
+    np.testing.assert_allclose(vol.hu[1:], hu[[0, 1, 3]], atol=0.5)  # the numbered ones in their order
+
+
+def test_linked_series_folders_are_read_once_and_a_link_loop_ends(tmp_path):
+    """Review 2026-12-08 (#7): a series folder that is a symbolic link (a curated archive of links into storage)
+    was skipped without a word. Linked folders are followed; each real folder is entered once, so a link back up
+    neither loops nor reads a series twice."""
+    write_series(tmp_path / "arch" / "P1", synthetic_hu((3, 16, 16)), series_uid="1.2.3.61", description="one")
+    write_series(tmp_path / "storage" / "P2", synthetic_hu((2, 16, 16), 1), series_uid="1.2.3.62", description="two")
+    (tmp_path / "arch" / "P2").symlink_to(tmp_path / "storage" / "P2", target_is_directory=True)
+    (tmp_path / "arch" / "P1" / "up").symlink_to(tmp_path / "arch", target_is_directory=True)  # a loop
+    infos = list_series(tmp_path / "arch")
+    assert sorted((s.description, s.n_slices) for s in infos) == [("one", 3), ("two", 2)]
+    (vol,) = read_dicom(tmp_path / "arch", series_uid="1.2.3.62")
+    assert all(f.startswith(str(tmp_path / "arch" / "P2")) for f in vol.metadata["files"])  # named as linked
+
+
+def test_a_series_without_uid_has_one_key_whatever_path_reaches_it(tmp_path, monkeypatch):
+    """Review 2026-12-08 (#6): the stand-in key of a series without SeriesInstanceUID held its folder as typed, so
+    'arch', '/abs/arch' and a moved copy gave three keys (and batch outputs three names)."""
+    write_series(tmp_path / "arch" / "S", synthetic_hu((2, 16, 16)), series_uid="", description="anon")
+    monkeypatch.chdir(tmp_path)
+    keys = [read_dicom(p)[0].metadata["series_key"] for p in ("arch", tmp_path / "arch", "arch/../arch")]
+    shutil.copytree(tmp_path / "arch", tmp_path / "elsewhere" / "copy")
+    keys.append(read_dicom(tmp_path / "elsewhere" / "copy")[0].metadata["series_key"])
+    assert len(set(keys)) == 1 and keys[0].startswith("no-series-uid:S:"), keys
