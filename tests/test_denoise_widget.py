@@ -327,6 +327,11 @@ def test_compare_side_by_side_with_one_window_and_flip(make_napari_viewer, qtbot
     assert tuple(den.contrast_limits) == (-300, 500)
 
     drawn = viewer.add_shapes(ndim=3, name="drawn during the comparison", scale=SCALE, translate=TRANSLATE)
+    # napari's grid would give it a cell of its own (the left one: calipers for the right image drawn over the
+    # left): side by side ends, saying why, and the view is as before the comparison
+    assert not viewer.grid.enabled and not widget.compare_button.isChecked()
+    assert "side by side ended: 'drawn during the comparison' was added" in widget.status.text()
+    assert other.visible and drawn.visible
     shown = widget.flip()  # key F: one image at a time, in place
     assert not viewer.grid.enabled and not widget.compare_button.isChecked()
     assert [ly.name for ly in viewer.layers if ly.visible] == [shown.name, drawn.name]
@@ -476,3 +481,38 @@ def test_removed_noise_shows_every_body_part_and_no_air() -> None:
     np.testing.assert_array_equal(body, legs)
     assert np.all(noise[~legs] == 0) and np.abs(noise[legs]).mean() > 5
     assert np.abs(noise[:, :48][legs[:, :48]]).mean() > 5 and np.abs(noise[:, 48:][legs[:, 48:]]).mean() > 5
+
+
+def test_the_comparison_fits_the_pair_keeps_one_window_and_gives_the_3d_view_back(make_napari_viewer) -> None:
+    """Side by side fits the pair, not layers it hides (a 512 mm scout shrank the pair to a corner); the pair keeps
+    one window while compared even with Load CT's "link" off, and not after; leaving restores 3D camera angles."""
+    from napari_lidnet._widgets._viewer import camera
+    from napari_lidnet._widgets.compare import CompareView
+
+    viewer = make_napari_viewer()
+    scout = viewer.add_image(np.zeros((512, 512), np.float32), name="scout")
+    a = viewer.add_image(np.full((64, 64), 100.0, np.float32), name="ct", scale=(0.7, 0.7), metadata={"hu": True})
+    b = viewer.add_image(np.full((64, 64), 90.0, np.float32), name="ct denoised", scale=(0.7, 0.7),
+                         metadata={"hu": True})  # fmt: skip
+    view = CompareView(viewer)
+    view.show(a, b)
+    with_scout = camera(viewer).zoom
+    view.close()
+    viewer.layers.remove(scout)
+    view.show(a, b)
+    assert camera(viewer).zoom == pytest.approx(with_scout)
+    view.room.linked = False
+    view.room.set_window(a, level=-600, width=1500)
+    assert tuple(b.contrast_limits) == pytest.approx((-1350, 150))
+    view.close()
+    a.contrast_limits = (0, 200)
+    assert tuple(b.contrast_limits) == pytest.approx((-1350, 150))  # the comparison is over: no link left
+    viewer.layers.remove(b)
+    viewer.layers.remove(a)
+    vol = np.zeros((8, 32, 32), np.float32)
+    a, b = (viewer.add_image(vol, name=n, metadata={"hu": True}) for n in ("v", "v denoised"))
+    viewer.dims.ndisplay = 3
+    camera(viewer).angles = (10.0, 35.0, 60.0)
+    view.show(a, b)
+    view.close()
+    assert tuple(camera(viewer).angles) == pytest.approx((10.0, 35.0, 60.0))

@@ -346,7 +346,8 @@ def test_the_last_closed_dock_gives_the_viewer_its_keys_mouse_and_letters_back(m
     load_dock, _ = viewer.window.add_plugin_dock_widget(PLUGIN, "Load CT")
     nav_dock, _ = viewer.window.add_plugin_dock_widget(PLUGIN, "Lesion navigator")
     drags = len(viewer.mouse_drag_callbacks)
-    letters = lambda: [viewer.canvas.overlays[k].visible for k in OVERLAY_KEYS.values()]  # noqa: E731
+    overlays = viewer.canvas.overlays
+    letters = lambda: [k in overlays and overlays[k].visible for k in OVERLAY_KEYS.values()]  # noqa: E731
     assert one in viewer.keymap and one in regions.keymap and any(letters())
     viewer.window.remove_dock_widget(load_dock)
     assert one in viewer.keymap and one in regions.keymap and any(letters())  # the navigator still holds it

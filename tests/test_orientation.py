@@ -161,3 +161,23 @@ def test_side_by_side_letters_only_when_every_image_shown_agrees(make_napari_vie
     assert shown(viewer) == {"top": "A", "bottom": "P", "left": "L", "right": "R"}
     viewer.add_image(np.zeros((8, 8), np.float32), name="png", metadata={"hu": True, "orientation_unknown": True})
     assert shown(viewer) == {}
+
+
+def test_releasing_the_room_gives_napari_its_view_back(make_napari_viewer) -> None:
+    """A coronal view turned head-up by the room: when the last LIDnet dock lets the room go, the camera's turn is
+    undone (the axial view came back upside down, without letters) and the letters leave the canvas."""
+    from napari_lidnet._widgets._viewer import camera
+
+    viewer = make_napari_viewer()
+
+    class Owner:  # a LIDnet dock holding the room
+        pass
+
+    owner = Owner()
+    ReadingRoom.install(viewer, owner)
+    add(viewer, CTVolume(np.full((6, 8, 8), -1000.0, np.float32), (2.5, 0.7, 0.7), name="ct"))
+    viewer.dims.order = (1, 0, 2)  # coronal: slices run feet to head down the screen, so the camera turns
+    assert str(camera(viewer).orientation2d[0]) == "up" and shown(viewer)["top"] == "S"
+    ReadingRoom.release(viewer, owner)
+    assert str(camera(viewer).orientation2d[0]) == "down"
+    assert not any(key in viewer.canvas.overlays for key in OVERLAY_KEYS.values())

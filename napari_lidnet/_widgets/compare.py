@@ -19,6 +19,7 @@ class CompareView:
         self.room = ReadingRoom.install(viewer, owner)
         self.pair: tuple[Any, Any] | None = None
         self._saved: dict[str, Any] | None = None
+        self._followed: tuple[Any, Any] | None = None  # the pair whose windows follow each other now
 
     @property
     def side_by_side(self) -> bool:
@@ -31,7 +32,7 @@ class CompareView:
             self._saved = {
                 "visible": {ly: ly.visible for ly in self.viewer.layers},
                 "grid": (grid_.enabled, tuple(grid_.shape), grid_.stride),
-                "camera": (tuple(camera_.center), camera_.zoom),
+                "camera": (tuple(camera_.center), camera_.zoom, tuple(camera_.angles)),
                 "overlay": (overlay.visible, overlay.text, overlay.position),
                 "names": {},
             }
@@ -55,7 +56,7 @@ class CompareView:
         layout.shape = (1, 2)
         layout.stride = 1 if layers.index(before) < layers.index(after) else -1
         layout.enabled = True
-        self.viewer.reset_view()  # both images whole, side by side
+        self.viewer.reset_view(layers=list(self.pair))  # both images whole, side by side (hidden layers aside)
         for ly in self.pair:  # each image's name over it (also while flipping), tiled with the orientation letter
             self._saved["names"].setdefault(ly, (ly.name_overlay.visible, ly.name_overlay.position))
             ly.name_overlay.visible, ly.name_overlay.position = True, "top_center"
@@ -65,13 +66,32 @@ class CompareView:
         self.link_windows()
 
     def link_windows(self) -> None:
-        """One window/level for the pair: ``before``'s limits on both (and on every linked CT layer)."""
+        """One window/level for the pair: ``before``'s limits on both (and on every linked CT layer); until the
+        comparison ends, a window set on either is set on the other, whatever Load CT's "link" box says."""
         if not self._valid():
             return
         before, after = self.pair
         self.room.set_limits(before, tuple(before.contrast_limits))
         if tuple(after.contrast_limits) != tuple(before.contrast_limits):
             self.room.set_limits(after, tuple(before.contrast_limits))
+        if self._followed != self.pair:
+            self._unfollow()
+            for ly in self.pair:
+                ly.events.contrast_limits.connect(self._copy_window)
+            self._followed = self.pair
+
+    def _copy_window(self, event: Any) -> None:
+        if self._followed is None:
+            return
+        source = event.source
+        for ly in self._followed:
+            if ly != source and tuple(ly.contrast_limits) != tuple(source.contrast_limits):
+                ly.contrast_limits = tuple(source.contrast_limits)
+
+    def _unfollow(self) -> None:
+        for ly in self._followed or ():
+            ly.events.contrast_limits.disconnect(self._copy_window)
+        self._followed = None
 
     def flip(self) -> Any | None:
         """Show the other image of the pair in place (the grid closes); returns the layer now shown."""
@@ -80,7 +100,7 @@ class CompareView:
         self._remember()
         if grid(self.viewer).enabled:
             grid(self.viewer).enabled = False
-            self.viewer.reset_view()
+            self.viewer.reset_view(layers=list(self.pair))
         self._caption.visible = False
         before, after = self.pair
         shown = before if after.visible else after
@@ -103,6 +123,7 @@ class CompareView:
 
     def close(self) -> None:
         """Leave the comparison: the grid and every layer's visibility as they were before."""
+        self._unfollow()
         if self._saved is None:
             return
         enabled, shape, stride = self._saved["grid"]
@@ -111,8 +132,8 @@ class CompareView:
         for ly, visible in self._saved["visible"].items():
             if ly in self.viewer.layers:
                 ly.visible = visible
-        center, zoom = self._saved["camera"]
-        camera(self.viewer).center, camera(self.viewer).zoom = center, zoom
+        cam = camera(self.viewer)
+        cam.center, cam.zoom, cam.angles = self._saved["camera"]
         self._caption.visible, self._caption.text, self._caption.position = self._saved["overlay"]
         for ly, (visible, position) in self._saved["names"].items():
             ly.name_overlay.visible, ly.name_overlay.position = visible, position

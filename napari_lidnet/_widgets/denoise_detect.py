@@ -299,6 +299,10 @@ class DenoiseDetectWidget(QWidget):
         pair = self.compare.pair
         if pair is not None and not all(ly in layers for ly in pair):  # one of the pair was deleted
             self.set_compare(False)
+        elif self.compare.side_by_side and (added := [ly.name for ly in layers if ly.visible and ly not in pair]):
+            self.set_compare(False)  # napari's grid gives every shown layer a cell: calipers drawn for one image
+            self._message(f"side by side ended: {added[0]!r} was added (the grid would show it in a cell of its own, "
+                          "not over the image); Flip (F) compares in place")  # fmt: skip
         # a deleted image's results are let go of (its volume, the record of its outputs), so its data can be freed
         self._volumes = [v for v in self._volumes if v["layer"] in layers]
         self._outputs = [e for e in self._outputs if e[0] in layers]

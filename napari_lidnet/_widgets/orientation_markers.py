@@ -77,6 +77,16 @@ class OrientationMarkers:
     def enabled(self) -> bool:
         return self._enabled
 
+    def remove(self) -> None:
+        """Take the letters off the canvas and undo a head-up turn of the camera made here (napari's view back)."""
+        self.enabled = False
+        if self._turned:
+            cam = camera(self.viewer)
+            cam.orientation2d = ("down", cam.orientation2d[1])
+            self._turned = False
+        for key in OVERLAY_KEYS.values():
+            self.viewer.canvas.overlays.pop(key, None)
+
     @enabled.setter
     def enabled(self, on: bool) -> None:
         self._enabled = bool(on)

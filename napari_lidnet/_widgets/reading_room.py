@@ -77,11 +77,12 @@ class ReadingRoom:
             room.close()
 
     def close(self) -> None:
-        """Unbind the keys, disconnect the events and the right-drag, hide the orientation letters."""
+        """Unbind the keys, disconnect the events and the right-drag, remove the orientation letters and undo their
+        head-up turn of the camera."""
         self.watch.close()
         if self._window_drag in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.remove(self._window_drag)
-        self.orientation.enabled = False
+        self.orientation.remove()
 
     # ------------------------------------------------------------------------------------------------ layers
     def ct_layers(self) -> list[Any]:
