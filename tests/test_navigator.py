@@ -74,6 +74,14 @@ def test_table_sizes_sorting_and_jump(case) -> None:
     assert viewer.dims.current_step[0] == 3
     centre = image.data_to_world((3, 7.5, 22.5))  # box edges 2..14 x 20..26: centre pixel (7.5, 22.5)
     np.testing.assert_allclose(viewer.camera.center[-2:], centre[-2:], atol=1e-6)
+    viewer.dims.order = (1, 0, 2)  # a coronal view: the y slider moves to the box, the camera centres on (z, x)
+    widget.select(0)
+    centre = np.asarray(image.data_to_world((1, 8.0, 8.5)))  # box edges 6..11 x 4..14: centre pixel (8, 8.5)
+    assert viewer.dims.current_step[1] == 8
+    np.testing.assert_allclose(viewer.camera.center[-2:], centre[[0, 2]], atol=1e-6)
+    viewer.dims.order, viewer.dims.ndisplay = (0, 1, 2), 3  # 3D: the camera centres on the box
+    widget.select(1)
+    np.testing.assert_allclose(viewer.camera.center, image.data_to_world((3, 7.5, 22.5)), atol=1e-6)
 
 
 def test_accept_reject_edit_and_exports(case, tmp_path: Path, qtbot) -> None:
@@ -471,3 +479,15 @@ def test_rejected_detections_are_dimmed_on_the_detectors_layer(make_napari_viewe
     np.testing.assert_allclose(np.array(boxes.edge_color), scored)
     assert (np.asarray(boxes.text.color._values).reshape(-1, 4)[:, 3] == 1).all()
     assert boxes.edge_color_mode == "colormap" and tuple(boxes.edge_contrast_limits) == (0.0, 1.0)
+
+
+def test_2d_boxes_are_not_placed_on_a_made_up_slice_of_a_volume(case) -> None:
+    """A 2D Shapes layer picked against the 3D CT: its boxes lie on no slice (napari's world_to_data filled z with
+    0: "slice -40", measured on slice 0, exported so); refused in one line, the review left as it was."""
+    viewer, widget, image, boxes, vol = case
+    before = [(f.id, f.slice) for f in widget.findings]
+    flat = viewer.add_shapes([np.array([[2, 2], [2, 9], [9, 9], [9, 2]], float)], shape_type="rectangle",
+                             name="2D boxes", scale=image.scale[-2:], translate=image.translate[-2:])  # fmt: skip
+    widget.load(flat, image)
+    assert "is 2D and" in widget.status.text() and widget.boxes_layer is boxes
+    assert [(f.id, f.slice) for f in widget.findings] == before

@@ -357,6 +357,10 @@ class LesionNavigatorWidget(QWidget):
         already kept even when they left the layer. Returns the number of findings."""
         boxes = boxes if boxes is not None else self._layer(self.boxes_combo.currentText())
         image = image if image is not None else self._image_for(boxes)
+        if boxes is not None and image is not None and boxes.ndim < image.ndim:  # would land on a made-up slice
+            self._say(f"{boxes.name!r} is 2D and {image.name!r} is a volume: its boxes lie on no slice of it; pick "
+                      "a 2D image, or draw the boxes on the volume")  # fmt: skip
+            return len(self.findings)
         same = boxes is not None and boxes == self.boxes_layer and image == self.image_layer
         if not same:
             self._origin, self._parked = {}, {}
@@ -560,9 +564,13 @@ class LesionNavigatorWidget(QWidget):
         if f is None or image is None:
             return
         centre = centre_world(f, index_to_world(image))  # where napari shows it (the table's centre is the patient's)
-        if image.ndim == 3:
-            self.viewer.dims.set_point(self.viewer.dims.ndim - 3, float(centre[0]))
-        camera(self.viewer).center = (float(centre[1]), float(centre[2]))
+        world = centre[3 - image.ndim :]  # the image's own world axes, on the viewer's last ones
+        dims, offset = self.viewer.dims, self.viewer.dims.ndim - image.ndim
+        for axis in dims.not_displayed:  # axial, coronal or sagittal: every slider moves to the box
+            if axis >= offset:
+                dims.set_point(axis, float(world[axis - offset]))
+        shown = [float(world[d - offset]) if d >= offset else float(dims.point[d]) for d in dims.displayed]
+        camera(self.viewer).center = tuple(shown)
 
     def _target(self, fid: int | None) -> Finding | None:
         """The finding to decide on, or None after saying why (no row selected, or no image to place it on)."""
