@@ -166,6 +166,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         insert_max_mm=args.insert_max_mm,
         split=args.split,
         test_fraction=args.test_fraction,
+        val_max_slices=args.val_max_slices,
+        test_max_slices=args.test_max_slices,
     )
     if args.denoiser_width is not None:
         if not 4 <= args.denoiser_width <= 256:
@@ -211,6 +213,10 @@ def _train_and_export(cfg, rank: int, world: int, export: str | None, command: s
 
     stop, stopped = threading.Event(), False
     trainer = Trainer(cfg, should_stop=stop.is_set, command=command)
+    if rank == 0:
+        n_val, n_test = len(trainer.val_samples), len(trainer.test_samples)
+        print(f"slices: {len(trainer.train_samples)} train, {n_val} validation (at most {cfg.val_max_slices}), "
+              f"{n_test} test (at most {cfg.test_max_slices})", file=sys.stderr, flush=True)  # fmt: skip
     with _ctrl_c_stops(stop, escalate=world == 1):
         try:
             for rec in trainer.run():
@@ -600,8 +606,13 @@ def _add_train(sub: Any) -> None:
         "--test-fraction",
         type=float,
         default=0.0,
-        help="slices held out (contiguous blocks) and only measured, never used to choose the best checkpoint",
+        help="slices held out (contiguous blocks) and only measured, never used to choose the best checkpoint; at "
+        "most --test-max-slices of them",
     )
+    p.add_argument("--val-max-slices", type=_int_in(1, 100000), default=8, metavar="N",
+                   help="most validation slices (default 8: the validation part is 20%% of the slices up to this)")
+    p.add_argument("--test-max-slices", type=_int_in(1, 100000), default=8, metavar="N",
+                   help="most test slices (default 8)")  # fmt: skip
     p.add_argument("--out", required=True, help="run folder: checkpoints and state (resumes if it exists)")
     _add_train_schedule(p)
     p.set_defaults(func=_cmd_train)

@@ -512,3 +512,19 @@ def test_training_refuses_rates_and_weights_that_are_not_numbers_before_writing(
         assert main(["train", "--data", str(trained / "data"), "--out", str(run), option, value]) == 2
         _one_line_error(capsys, "must be in")
         assert not run.exists()
+
+
+def test_train_says_its_split_and_takes_the_held_out_caps(trained, tmp_path, capsys):
+    """The held-out parts are capped (8 slices each by default, which a --test-fraction of an archive silently hit):
+    the caps are options, and the run says at its start how many slices train, validate and test."""
+    args = ["train", "--data", str(trained / "data"), "--out", str(tmp_path / "run"), "--mode", "pixel",
+            "--denoiser", "unet", "--denoiser-width", "8", "--pretrain-denoiser-steps", "0",
+            "--pretrain-detector-steps", "0", "--rounds", "1", "--denoiser-steps", "1", "--detector-steps", "1",
+            "--batch-size", "1", "--patch-size", "64", "--device", "cpu", "--test-fraction", "0.5"]  # fmt: skip
+    assert main([*args, "--test-max-slices", "2"]) == 0
+    assert "1 validation (at most 8), 2 test (at most 2)" in capsys.readouterr().err
+    assert main([*args[:4], str(tmp_path / "run3"), *args[5:], "--test-max-slices", "3"]) == 0
+    assert "3 test (at most 3)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--test-max-slices", "0"])  # out of range: refused by the parser
+    assert exit_info.value.code == 2
