@@ -353,7 +353,8 @@ def build_index(
         rows = [r for r in rows if r["low"] is not None or r["shape"][0] == r["shape"][1]]
     if not rows:
         where = f", split {part}" if part else ""
-        raise ValueError(f"{root}: no slices found to index ({kind} archive{where})")
+        why = f"; skipped: {'; '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''}" if skipped else ""
+        raise ValueError(f"{root}: no slices found to index ({kind} archive{where}){why}")
     names = [r["name"] for r in rows]
     if len(set(names)) != len(names):
         raise ValueError(f"{root}: slice names repeat; the archive has duplicate entries")
