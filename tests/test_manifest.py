@@ -186,7 +186,11 @@ def test_training_from_an_archive_folder_indexes_it_once(tmp_path):
     lines = (run / MANIFEST_FILE).read_text().splitlines()
     old = {k: v for k, v in json.loads(lines[0]).items() if k != "indexer"}  # made before rows were in slice order
     (run / MANIFEST_FILE).write_text("\n".join([json.dumps(old), *lines[1:]]) + "\n")
-    assert Trainer(_cfg(run, data))._new_manifest is not None  # indexed again
+    assert Trainer(_cfg(run, data))._new_manifest is None  # a run resumed keeps the data (and split) it started on
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / MANIFEST_FILE).write_text((run / MANIFEST_FILE).read_text())
+    assert Trainer(_cfg(fresh, data))._new_manifest is not None  # a new run: that older index is made again
 
 
 def test_training_from_a_manifest_holds_a_few_slices_not_the_archive(tmp_path):
@@ -369,6 +373,11 @@ def test_no_patient_is_both_trained_and_held_out(tmp_path):
         assert not held & {s.patient for s in train}, seed
         assert train
     assert tried == {s.patient for s in slices}  # every patient was held out under some seed
+    one = [s for s in slices if s.patient == slices[0].patient]  # one patient only: the neighbours' guard holds
+    for seed in range(6):
+        train, val, _ = split_samples(one, 0.2, seed, 8)
+        near = {(s.group, s.position + d) for s in val for d in (-1, 0, 1)}
+        assert train and not {(s.group, s.position) for s in train} & near, seed
 
 
 def test_linked_series_and_files_are_indexed_where_the_archive_shows_them(tmp_path):

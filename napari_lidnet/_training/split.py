@@ -5,7 +5,8 @@ training. Here the slices are ordered by volume (group) and position, the volume
 held-out slices are one contiguous run of that order (validation first, then test); training slices within
 ``guard`` slices of a held-out slice of the same volume, and every slice of a patient with a held-out slice (another
 series of that patient: a second reconstruction, a copy exported twice; samples with a ``patient`` key), are left
-out (unless nothing would be left to train on).
+out; when the patient rule would leave nothing to train on (a one-patient archive), the neighbours alone are, and
+when even that would, nothing is.
 Independent 2D slices (each its own group) are then split as a seeded random subset.
 """
 
@@ -72,7 +73,9 @@ def split_samples(
     near = {i for i in train for j in held if keys[i][0] == keys[j][0] and abs(keys[i][1] - keys[j][1]) <= guard}
     patients = [getattr(s, "patient", None) for s in samples]
     held_patients = {patients[j] for j in held} - {None}
-    near |= {i for i in train if patients[i] in held_patients}
-    if len(near) < len(train):
-        train = [i for i in train if i not in near]
+    same_patient = {i for i in train if patients[i] in held_patients}
+    for drop in (near | same_patient, near):  # a one-patient archive: the neighbours' guard still holds
+        if len(drop) < len(train):
+            train = [i for i in train if i not in drop]
+            break
     return [samples[i] for i in train], [samples[i] for i in val], [samples[i] for i in test]

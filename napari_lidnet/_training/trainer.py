@@ -179,7 +179,8 @@ class Trainer:
         index: Any = None
         if self.rank == 0:
             try:
-                index = archive_index(self.cfg.data, self.out / MANIFEST_FILE, self.cfg.dose, self.cfg.split)
+                resuming = (self.out / STATE_FILE).exists()  # an older index keeps the split the run started on
+                index = archive_index(self.cfg.data, self.out / MANIFEST_FILE, self.cfg.dose, self.cfg.split, resuming)
             except (OSError, ValueError) as exc:
                 index = exc  # every rank raises it, none waits forever
         index = distributed.broadcast_object(index)

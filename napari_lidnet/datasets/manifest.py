@@ -465,11 +465,12 @@ def read_manifest(path: str | Path) -> list[ManifestSlice]:
 
 
 def archive_index(
-    data: str | Path, cached: str | Path, dose: float | None = None, split: str = "train"
+    data: str | Path, cached: str | Path, dose: float | None = None, split: str = "train", resuming: bool = False
 ) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
     """(header, rows, is_new) for ``data``: a manifest file (as indexed), or an archive folder (its index ``cached``
-    when that was made from the same folder at the same dose and split, else a new one, not written: the caller
-    writes it)."""
+    when that was made from the same folder at the same dose and split, and by this indexer revision unless
+    ``resuming``: a run carries on with the data it started on; else a new one, not written: the caller writes
+    it)."""
     data = Path(data)
     if data.is_file():
         header, rows = load_manifest(data)
@@ -487,7 +488,7 @@ def archive_index(
     if is_manifest(cached):
         header, rows = load_manifest(cached)
         same_split = "split" in header and header["split"] == effective_split(header["kind"], split)
-        current = header.get("indexer", 1) == INDEXER
+        current = resuming or header.get("indexer", 1) == INDEXER
         if header["root"] == str(data.resolve()) and header.get("dose") == dose and same_split and current:
             return header, rows, False
     command = f"lidnet index {data} --out {cached} --split {split}" + (f" --dose {dose:g}" if dose is not None else "")
