@@ -516,3 +516,21 @@ def test_the_comparison_fits_the_pair_keeps_one_window_and_gives_the_3d_view_bac
     view.show(a, b)
     view.close()
     assert tuple(camera(viewer).angles) == pytest.approx((10.0, 35.0, 60.0))
+
+
+def test_an_output_added_while_side_by_side_ends_it(make_napari_viewer, qtbot, model_dir: Path) -> None:
+    """The widget's own outputs count as added layers too: "show removed noise" ticked while side by side ends it
+    at once, saying why (it stayed on with the noise layer wrapped into the input's cell, and ended later, at an
+    unrelated layer change, naming the noise layer)."""
+    viewer = make_napari_viewer()
+    low, _ = phantom(n=3)
+    add_ct(viewer, low, metadata={"hu": True})
+    widget = make_widget(viewer, qtbot)
+    widget.detector_combo.setCurrentText("(none)")
+    widget.image_combo.setCurrentText("low")
+    run_and_wait(widget, qtbot)
+    widget.compare_button.click()
+    assert viewer.grid.enabled
+    widget.noise_check.setChecked(True)
+    assert not viewer.grid.enabled and not widget.compare_button.isChecked()
+    assert "side by side ended: 'low removed noise' was added" in widget.status.text()

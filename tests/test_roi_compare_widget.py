@@ -444,3 +444,24 @@ def test_the_background_choice_follows_its_region_when_another_is_deleted(make_n
     roi.remove_selected()  # the background itself goes
     wait_new(qtbot, widget, gen)
     assert widget.background_combo.currentData() is None and widget.lesion_combo.currentText() == "#0 R2"
+
+
+def test_a_ct_whose_pixel_size_was_assumed_is_measured_in_pixels(make_napari_viewer, qtbot) -> None:
+    """A DICOM without PixelSpacing is read at an assumed 1 mm (metadata ``spacing_assumed``; its slice spacing
+    known, so its scale is not all 1): the region's area is its pixel count, not "mm²" of a guessed size."""
+    viewer = make_napari_viewer()
+    ct = viewer.add_image(np.full((2, 40, 50), 40.0, np.float32), name="ct", scale=(2.5, 1.0, 1.0),
+                          metadata={"hu": True, "spacing_assumed": True})  # fmt: skip
+    shapes = viewer.add_shapes(name="regions", ndim=3, scale=ct.scale)
+    widget = ROICompareWidget(viewer)
+    qtbot.addWidget(widget)
+    gen = widget.generation
+    shapes.add_rectangles(np.array([[0, 5, 5], [0, 5, 25], [0, 15, 25], [0, 15, 5]], float))
+    wait_new(qtbot, widget, gen)
+    row = table_rows(widget)[("#0", "ct")]
+    assert math.isnan(row["area_mm2"]) and row["area_text"] == "200 px"
+    ct.metadata = {**ct.metadata, "spacing_assumed": False}  # the reader found it: mm² (1 x 1 mm pixels)
+    gen = widget.generation
+    widget.refresh()
+    wait_new(qtbot, widget, gen)
+    assert table_rows(widget)[("#0", "ct")]["area_mm2"] == pytest.approx(200.0)

@@ -52,9 +52,12 @@ def is_ct_image(layer: Any) -> bool:
 
 
 def has_voxel_size(layer: Any) -> bool:
-    """Whether the layer's scale is a voxel size in mm: a CT layer, or an image someone gave a scale other than 1
-    (an image with neither is measured in its pixels, "px")."""
-    return is_ct_image(layer) or bool(np.any(np.asarray(getattr(layer, "scale", [1.0])) != 1.0))
+    """Whether the layer's scale is a voxel size in mm: a CT layer whose reader found its pixel size (not assumed:
+    a DICOM without PixelSpacing, an array file), or an image someone gave a scale other than 1 (an image with
+    neither is measured in its pixels, "px")."""
+    if is_ct_image(layer):
+        return not (getattr(layer, "metadata", None) or {}).get("spacing_assumed")
+    return bool(np.any(np.asarray(getattr(layer, "scale", [1.0])) != 1.0))
 
 
 def recorded_dose(layer: Any) -> float | None:

@@ -300,12 +300,15 @@ class DenoiseDetectWidget(QWidget):
         if pair is not None and not all(ly in layers for ly in pair):  # one of the pair was deleted
             self.set_compare(False)
         elif self.compare.side_by_side and (added := [ly.name for ly in layers if ly.visible and ly not in pair]):
-            self.set_compare(False)  # napari's grid gives every shown layer a cell: calipers drawn for one image
-            self._message(f"side by side ended: {added[0]!r} was added (the grid would show it in a cell of its own, "
-                          "not over the image); Flip (F) compares in place")  # fmt: skip
+            self._end_side_by_side(added[0])  # napari's grid gives every shown layer a cell: calipers for one image
         # a deleted image's results are let go of (its volume, the record of its outputs), so its data can be freed
         self._volumes = [v for v in self._volumes if v["layer"] in layers]
         self._outputs = [e for e in self._outputs if e[0] in layers]
+
+    def _end_side_by_side(self, added: str) -> None:
+        self.set_compare(False)
+        self._message(f"side by side ended: {added!r} was added (the grid would show it in a cell of its own, not "
+                      "over the image); Flip (F) compares in place")  # fmt: skip
 
     def refresh_layers(self, renamed: dict[str, str] | None = None) -> None:
         """Refill the image choices; keeps the current choice (under its new name after a rename), else prefers
@@ -640,6 +643,8 @@ class DenoiseDetectWidget(QWidget):
             self.compare.pair = tuple(new if ly == old else ly for ly in pair)
             if self.compare.side_by_side:
                 self.compare.show(*self.compare.pair)
+        elif self.compare.side_by_side and new.visible:  # an output beside the pair (boxes, removed noise)
+            self._end_side_by_side(new.name)
         return new
 
     def _drop(self, role: str) -> None:
