@@ -8,6 +8,8 @@ H and W, and stores its constructor arguments in ``self.config`` so a weights ca
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -166,6 +168,13 @@ def upsample_conv(y: torch.Tensor, conv: nn.Conv2d, size: tuple[int, int]) -> to
     return out
 
 
+def _float32(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off for ``x``'s device (CPU and CUDA, where inference autocasts; elsewhere nothing to undo)."""
+    if x.device.type in ("cpu", "cuda"):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class UNetDenoiser(nn.Module):
     """Residual U-Net ("unet") with full-resolution input and output layers and no sub-pixel lattice.
 
@@ -209,7 +218,7 @@ class UNetDenoiser(nn.Module):
         m = 2**self.levels
         pad_h, pad_w = (-h) % m, (-w) % m
         xp = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if (pad_h or pad_w) else x
-        with torch.autocast(x.device.type, enabled=False):  # HU in: bfloat16 would round bone by up to 3 HU
+        with _float32(x):  # HU in: bfloat16 would round bone by up to 3 HU
             y = self.head(xp * self.gain)
         skips = []
         for enc, down in zip(self.enc, self.down):
@@ -224,7 +233,7 @@ class UNetDenoiser(nn.Module):
             else:  # inference: in place, one full-size tensor fewer (about 1.05x)
                 u = F.leaky_relu_(u, 0.1).add_(skips[k])
             y = self.dec[k](u)
-        with torch.autocast(x.device.type, enabled=False):  # the noise out in float32, whatever ran inside
+        with _float32(x):  # the noise out in float32, whatever ran inside
             noise = self.tail(y.float()) / self.gain
         return x - noise[..., :h, :w]
 
