@@ -379,17 +379,24 @@ def pick_gaussian_sigma(dose: float, n_phantoms: int, cache: DiskCache) -> tuple
     return best, scores
 
 
-def bm3d_on_body(img: np.ndarray, body: np.ndarray, sd: float) -> np.ndarray:
-    """BM3D on HU/1000 told ``sd`` HU, over ``body``'s bounding box + BM3D_MARGIN px (the rest left as is)."""
-    import bm3d
-
+def body_crop(body: np.ndarray) -> tuple[slice, slice]:
+    """The body's bounding box + BM3D_MARGIN px: where BM3D runs."""
     rows, cols = np.nonzero(body)
     r0, c0 = max(rows.min() - BM3D_MARGIN, 0), max(cols.min() - BM3D_MARGIN, 0)
-    r1, c1 = rows.max() + 1 + BM3D_MARGIN, cols.max() + 1 + BM3D_MARGIN
-    crop = img[r0:r1, c0:c1].astype(np.float64) / 1000.0
+    return slice(r0, rows.max() + 1 + BM3D_MARGIN), slice(c0, cols.max() + 1 + BM3D_MARGIN)
+
+
+def bm3d_on_body(img: np.ndarray, body: np.ndarray, sd: float | np.ndarray) -> np.ndarray:
+    """BM3D on HU/1000 over ``body_crop`` (the rest left as is), told ``sd``: the noise SD in HU (white noise), or
+    the noise power spectrum of the crop in HU^2 (bm3d's convention: white noise of SD s is N s^2 everywhere)."""
+    import bm3d
+
+    box = body_crop(body)
+    crop = img[box].astype(np.float64) / 1000.0
     out = np.array(img, dtype=np.float32)
-    den = bm3d.bm3d(crop, sigma_psd=sd / 1000.0)
-    out[r0:r1, c0:c1] = np.asarray(den).reshape(crop.shape) * 1000.0
+    noise = sd / 1000.0 if np.isscalar(sd) else np.asarray(sd, np.float64) / 1e6
+    den = bm3d.bm3d(crop, sigma_psd=noise)
+    out[box] = np.asarray(den).reshape(crop.shape) * 1000.0
     return out
 
 
