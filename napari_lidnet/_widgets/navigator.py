@@ -131,10 +131,11 @@ def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, 
     return float(box_iou_np(np.asarray([a], float), np.asarray([b], float))[0, 0])
 
 
-def corners_in_image(shapes: Any, index: int, image: Any) -> tuple[int, np.ndarray]:
+def corners_in_image(shapes: Any, index: int, image: Any, data: list | None = None) -> tuple[int, np.ndarray]:
     """(slice, (4, 2) row/col pixel-edge corners) of shape ``index`` of ``shapes`` in ``image``'s pixels (through
-    world coordinates, then from napari's pixel-centre coordinates to pixel edges as ``layer_data`` does)."""
-    verts = np.asarray(shapes.data[index], dtype=float)
+    world coordinates, then from napari's pixel-centre coordinates to pixel edges as ``layer_data`` does). ``data``:
+    ``shapes.data`` read once by a caller looping over every shape (napari rebuilds that list at each access)."""
+    verts = np.asarray((shapes.data if data is None else data)[index], dtype=float)
     world = np.array([np.asarray(shapes.data_to_world(v), dtype=float) for v in verts])
     pix = np.array([np.asarray(image.world_to_data(w[-image.ndim :]), dtype=float) for w in world])
     z = int(np.rint(pix[:, 0].mean())) if image.ndim == 3 else 0
@@ -432,11 +433,11 @@ class LesionNavigatorWidget(QWidget):
     def _read_findings(self, boxes: Any, image: Any) -> list[Finding]:
         feats = boxes.features
         scores = feats["score"].to_numpy(float) if "score" in feats else None
-        out = []
+        out, data = [], boxes.data
         for i, kind in enumerate(boxes.shape_type):
             if kind in ("line", "path"):
                 continue
-            z, corners = corners_in_image(boxes, i, image)
+            z, corners = corners_in_image(boxes, i, image, data)
             out.append(Finding(len(out), z, corners, None if scores is None else float(scores[i])))
         self._measure(out)
         return out
@@ -494,10 +495,10 @@ class LesionNavigatorWidget(QWidget):
         if self._dimming or layer is None or image is None or layer not in self.viewer.layers or not scored(layer):
             return
         rejected = {self._origin.get(f.id) for f in self.findings if f.status == "rejected"} - {None}
-        dimmed = np.zeros(layer.nshapes, bool)
+        dimmed, data = np.zeros(layer.nshapes, bool), layer.data if rejected else []
         for i, kind in enumerate(layer.shape_type if rejected else ()):  # nothing rejected: nothing to place
             if kind not in ("line", "path"):
-                z, corners = corners_in_image(layer, i, image)
+                z, corners = corners_in_image(layer, i, image, data)
                 dimmed[i] = self._key(Finding(-1, z, corners)) in rejected
         self._dim(layer, dimmed)
 
@@ -793,9 +794,9 @@ class LesionNavigatorWidget(QWidget):
         ids = [int(v) for v in layer.features["finding"]] if "finding" in layer.features else [-1] * layer.nshapes
         ids += [-1] * (layer.nshapes - len(ids))
         by_id = {f.id: f for f in self.findings}
-        changed, seen = [], set()
+        changed, seen, data = [], set(), layer.data
         for i in range(layer.nshapes):
-            z, corners = corners_in_image(layer, i, image)
+            z, corners = corners_in_image(layer, i, image, data)
             f = by_id.get(ids[i])
             if f is None:
                 taken = [*by_id, *(g.id for g in self._parked.values())]  # hidden detections keep their ids
@@ -835,9 +836,9 @@ class LesionNavigatorWidget(QWidget):
         feats = layer.features
         statuses = list(feats["status"]) if "status" in feats else ["added"] * layer.nshapes
         scores = list(feats["score"]) if "score" in feats else [np.nan] * layer.nshapes
-        next_id, ids = max((f.id for f in self.findings), default=-1) + 1, []
+        next_id, ids, data = max((f.id for f in self.findings), default=-1) + 1, [], layer.data
         for i in range(layer.nshapes):
-            z, corners = corners_in_image(layer, i, image)
+            z, corners = corners_in_image(layer, i, image, data)
             kept = Finding(-1, z, corners, None if not np.isfinite(scores[i]) else float(scores[i]), str(statuses[i]))
             detection = self._stored_detection(z, kept.bounds)  # a shrunk box: its detection's
             match = _over([z, *(detection or kept.bounds)], [f for f in self.findings if f.status == "pending"])
