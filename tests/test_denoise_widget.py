@@ -444,6 +444,12 @@ def test_flat_noise_sd_reads_the_noise_of_input_and_output() -> None:
     low, ref = phantom(n=3, size=128)
     before, after = flat_noise_sd(low, [0, 2], ref[[0, 2]])
     assert before == pytest.approx(40.0, rel=0.1) and after < 1.0
+    from napari_lidnet.metrics.noreference import noise_sd
+
+    low, ref = phantom(n=9, size=96)  # a volume: the same 4 evenly spaced slices measured, no copy of the rest
+    picked = [0, 1, 3, 4, 5, 6, 8]
+    assert flat_noise_sd(low, picked, ref[picked]) == (noise_sd(low[picked], max_slices=4),
+                                                       noise_sd(ref[picked], max_slices=4))  # fmt: skip
 
 
 def test_removed_noise_overlay_leaves_the_ct_visible(make_napari_viewer) -> None:

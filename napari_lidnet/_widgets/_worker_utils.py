@@ -82,11 +82,13 @@ def model_label(path: str | Path, card: dict) -> str:
 def flat_noise_sd(hu: np.ndarray, slices: list[int], denoised: np.ndarray) -> tuple[float, float]:
     """Noise SD (HU) in automatically found flat soft tissue of the input's selected slices and of the denoised ones
     (``metrics.noreference.noise_sd``, at most 4 slices each); NaN where no flat region is found."""
-    from ..metrics.noreference import noise_sd
+    from ..metrics.noreference import noise_sd, sample_slices
 
-    src = np.asarray(hu)
-    src = src[np.asarray(slices)] if src.ndim == 3 else src
-    return noise_sd(src, max_slices=4), noise_sd(np.asarray(denoised), max_slices=4)
+    src, den = np.asarray(hu), np.asarray(denoised)
+    if src.ndim == 3:  # only the (at most 4) slices measured: a copy of a whole study's input cost its size again
+        picks = sample_slices(len(slices), 4)
+        src, den = src[np.asarray(slices)[picks]], den[picks] if den.ndim == 3 else den
+    return noise_sd(src, max_slices=4), noise_sd(den, max_slices=4)
 
 
 def inference_job(
