@@ -700,7 +700,7 @@ class DenoiseDetectWidget(QWidget):
         src = self._last["layer"]
         res = self._last["result"]
         original = np.asarray(src.data, dtype=np.float32)
-        if src.ndim == 3:
+        if src.ndim == 3 and list(res.slices) != list(range(len(original))):  # the whole volume: no copy of it
             original = original[res.slices]
         noise, body = removed_noise(original, data)
         kwargs = {
