@@ -204,6 +204,20 @@ def chunk_seed(seed: int, start: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(start)]).generate_state(1)[0])
 
 
+def added_noise_sd(normal: np.ndarray, low: np.ndarray, max_slices: int = 16) -> float:
+    """SD (HU) of what a low-dose simulation added, over the tissue (> -500 HU) of at most ``max_slices`` evenly
+    spaced slices (the whole of a 600-slice study held the viewer a second or two for one number); NaN without
+    tissue."""
+    from ..metrics.noreference import sample_slices
+
+    if np.ndim(normal) == 3:
+        picks = sample_slices(len(normal), max_slices)
+        normal, low = normal[picks], low[picks]
+    normal = np.asarray(normal, np.float32)
+    body = normal > -500.0
+    return float(np.std((np.asarray(low, np.float32) - normal)[body])) if body.any() else float("nan")
+
+
 def simulate_job(
     hu: np.ndarray, dose: float, spacing_mm: float, seed: int, device: str = "auto", chunk: int | None = None
 ) -> Generator[SimProgress, None, np.ndarray | Failure]:

@@ -39,7 +39,7 @@ from ..layer_data import volume_layer_tuples
 from ._docking import DockHome, scroll_layout
 from ._layer_watch import LayerWatch, renamed_to
 from ._roles import NOISE, derived_name, is_ct_image, is_reduced_dose, role
-from ._worker_utils import Failure, SimProgress, simulate_job
+from ._worker_utils import Failure, SimProgress, added_noise_sd, simulate_job
 from .calipers import measure
 from .reading_room import HINT, ReadingRoom
 
@@ -391,9 +391,7 @@ class LoadCTWidget(QWidget):
         if layer not in self.viewer.layers:
             self._error(f"{layer.name} was removed while simulating; result dropped")
             return
-        normal = np.asarray(layer.data, dtype=np.float32)
-        body = normal > -500.0  # tissue: where the inserted noise matters (air and padding aside)
-        added = float(np.std((np.asarray(result, np.float32) - normal)[body])) if body.any() else float("nan")
+        added = added_noise_sd(np.asarray(layer.data), np.asarray(result))
         meta = {**layer.metadata, "hu": True, "dose": dose, "simulated_dose": dose, "simulated_seed": seed,
                 "normal_dose": layer.name, "simulated_added_sd": added,
                 "source": f"{layer.name} at {dose:.0%} dose (napari_lidnet.sim, seed {seed})"}  # fmt: skip
