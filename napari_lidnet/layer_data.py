@@ -171,9 +171,11 @@ def removed_noise(original: np.ndarray, denoised: np.ndarray) -> tuple[np.ndarra
     """(what denoising removed, ``original - denoised``, set to 0 in the air around the patient; the tissue mask),
     (y, x) or (z, y, x): that air holds noise, no anatomy, and colouring it would frame the image in speckle."""
     original = np.asarray(original, np.float32)
-    noise = original - np.asarray(denoised, np.float32)
-    body = np.stack([tissue_mask(s) for s in original.reshape(-1, *original.shape[-2:])]).reshape(original.shape)
-    noise[~body] = 0.0
+    noise = np.subtract(original, np.asarray(denoised, np.float32), dtype=np.float32)
+    body = np.empty(original.shape, bool)
+    for plane, mask in zip(original.reshape(-1, *original.shape[-2:]), body.reshape(-1, *original.shape[-2:])):
+        mask[...] = tissue_mask(plane)  # written in place: no list of masks stacked into a second copy
+    np.multiply(noise, body, out=noise)  # 0 in the air (no boolean-index pass over the volume)
     return noise, body
 
 
@@ -184,8 +186,8 @@ def removed_noise_kwargs(noise: np.ndarray, where: np.ndarray | None = None) -> 
     HU|: where the denoiser took nothing out the overlay is transparent and the CT shows through; speckle is the noise
     it removed, and a coherent coloured outline is anatomy it removed.
     """
-    inside = noise if where is None else noise[where]  # the body, when given
-    lim = float(max(1.0, NOISE_SDS * np.std(inside))) if inside.size else 1.0
+    n = noise.size if where is None else int(np.count_nonzero(where))  # the body, when given (no copy of it)
+    lim = float(max(1.0, NOISE_SDS * np.std(noise, where=where if where is not None else True))) if n else 1.0
     colormap = {  # napari builds the Colormap from this spec
         # input - denoised < 0: the denoiser raised HU there (red); > 0: it lowered them (blue)
         "colors": [(*NOISE_RAISED, 1.0), (0.0, 0.0, 0.0, 0.0), (*NOISE_LOWERED, 1.0)],

@@ -487,6 +487,14 @@ def test_removed_noise_shows_every_body_part_and_no_air() -> None:
     np.testing.assert_array_equal(body, legs)
     assert np.all(noise[~legs] == 0) and np.abs(noise[legs]).mean() > 5
     assert np.abs(noise[:, :48][legs[:, :48]]).mean() > 5 and np.abs(noise[:, 48:][legs[:, 48:]]).mean() > 5
+    stack = np.stack([original + removed, original - removed, original])  # a volume: slice by slice the same
+    noise3, body3 = removed_noise(stack, np.stack([original] * 3))
+    for k in range(3):
+        n_k, b_k = removed_noise(stack[k], original)
+        np.testing.assert_array_equal(noise3[k], n_k)
+        np.testing.assert_array_equal(body3[k], b_k)
+    limits = removed_noise_kwargs(noise3, body3)["contrast_limits"]
+    assert limits[1] == pytest.approx(3.0 * float(np.std(noise3[body3])), rel=1e-5)  # 3 SDs of the body's
 
 
 def test_the_comparison_fits_the_pair_keeps_one_window_and_gives_the_3d_view_back(make_napari_viewer) -> None:
