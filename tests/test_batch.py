@@ -293,14 +293,18 @@ def test_a_failure_names_its_series_and_says_whether_a_rerun_can_mend_it(archive
         assert f"{chest[1]}: pixel data cannot be read" in err, err
         assert err.endswith(f"fix or remove {chest[1]}: a re-run fails the same way"), err
     chest[1].write_bytes(data)
+    folders = {"abdomen": "patient0", "chest": "patient1", "pelvis": "patient2"}  # series run in UID order (random)
+    victim = []
 
-    def remove_a_file_of_the_next_series(done, total, name):
-        if done == 1:
-            chest[0].unlink()
+    def remove_a_file_of_a_series_not_yet_run(done, total, name):
+        if done == 1:  # the first series is written: take a file of another one away
+            victim.append(next(d for d in sorted(folders) if not name.startswith(d)))
+            sorted((archive / folders[victim[0]] / "study").iterdir())[0].unlink()
 
-    report = run_batch(archive, tmp_path / "gone", "denoise", _denoiser(), progress=remove_a_file_of_the_next_series)
+    report = run_batch(archive, tmp_path / "gone", "denoise", _denoiser(),
+                       progress=remove_a_file_of_a_series_not_yet_run)  # fmt: skip
     assert len(report.written) == 2 and len(report.failed) == 1 and report.failed[0].fix is None
-    assert report.failed[0].startswith("series 'chest' (1.2.") and "No such file or directory" in report.failed[0]
+    assert report.failed[0].startswith(f"series '{victim[0]}' (1.2.") and "No such file" in report.failed[0]
     from napari_lidnet.cli import _failed_summary
 
     assert _failed_summary(report.failed, "2 written").endswith("2 written; run again to retry")
