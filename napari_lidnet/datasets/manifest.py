@@ -226,13 +226,13 @@ def _deeplesion_rows(root: Path, skipped: list[str], split: str) -> Iterator[dic
 
 
 def _dicom_rows(root: Path, skipped: list[str]) -> Iterator[dict[str, Any]]:
-    from napari_lidnet.io.dicom_read import scan_dicom
+    from napari_lidnet.io.dicom_read import folder_files, scan_dicom
     from napari_lidnet.io.nifti import is_nifti
 
     scan = scan_dicom(root)
     skipped.extend(scan.skipped)
     skipped.extend(f"{_rel(p, root)} (NIfTI: an index holds DICOM series, dataset folders or DeepLesion)"
-                   for p in sorted(root.rglob("*")) if p.is_file() and is_nifti(p))  # fmt: skip
+                   for p in folder_files(root) if is_nifti(p))  # fmt: skip
     for uid, headers in sorted(scan.series.items()):
         try:
             yield from _series_rows(uid, headers, root, skipped)
@@ -244,7 +244,7 @@ def _series_problem(headers: list[Any]) -> str | None:
     """Why a series cannot train (not CT, derived, no usable pixel size, pixels unreadable or not HU), or None.
     Decodes one file (the middle one): a series whose pixels cannot be read is skipped here, not hours into a run."""
     from napari_lidnet.io.dicom_read import decode_pixels, is_derived
-    from napari_lidnet.io.dicom_values import header_floats, header_rescale
+    from napari_lidnet.io.dicom_values import header_floats, stored_values_only
 
     ds0 = headers[0].ds
     if str(ds0.get("Modality", "") or "") != "CT":
@@ -258,7 +258,7 @@ def _series_problem(headers: list[Any]) -> str | None:
         hu = decode_pixels(headers[len(headers) // 2])
     except (ValueError, OSError, RuntimeError, AttributeError) as exc:
         return f"pixel data cannot be read ({str(exc).splitlines()[0]})"
-    if not any(header_rescale(h.ds) for h in headers) and hu.size and float(hu.min()) >= 0:
+    if stored_values_only([h.ds for h in headers], hu):
         return "no RescaleIntercept and no pixel below 0 HU (air is -1000): stored values, not HU"
     return None
 

@@ -30,6 +30,7 @@ from .dicom_values import (
     header_rescale,
     padding_stored,
     series_rescales,
+    stored_values_only,
 )
 from .dicomdir import DICOMDIR_SOP_CLASS, dicomdir_files, is_dicomdir
 from .nifti import is_nifti
@@ -866,7 +867,7 @@ def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> C
     for note in rescale_notes:
         _warn(notes, note)
     hu = _decode_series(headers, rescales, notes, label)
-    if modality == "CT" and not any(header_rescale(h.ds) for h in headers) and hu.size and float(hu.min()) >= 0:
+    if modality == "CT" and stored_values_only([h.ds for h in headers], hu):
         _warn(notes, f"{label}: no RescaleIntercept and no pixel below 0 HU (air is -1000): stored values without "
                      "their rescale, or a display image? The models need HU")  # fmt: skip
     if hu.shape[0] > len(headers) and len(headers) > 1:

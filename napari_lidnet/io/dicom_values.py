@@ -84,6 +84,12 @@ def series_rescales(headers_ds: list[Any], label: str) -> tuple[list[tuple[float
     return [r if r is not None else common for r in found], [note]
 
 
+def stored_values_only(headers_ds: list[Any], hu: np.ndarray) -> bool:
+    """Whether a CT series' pixels are stored values, not HU: no header gives a usable rescale and no pixel lies below
+    0 HU (air is -1000)."""
+    return not any(header_rescale(ds) for ds in headers_ds) and hu.size > 0 and float(hu.min()) >= 0
+
+
 def padding_stored(ds: Any) -> tuple[float, float] | None:
     """The stored-value range (low, high) that PixelPaddingValue (and PixelPaddingRangeLimit) mark as padding,
     or None when the header marks none."""
