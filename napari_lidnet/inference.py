@@ -69,6 +69,7 @@ __all__ = [
     "iter_pipeline",
     "model_fingerprint",
     "run_pipeline",
+    "take_slices",
     "tile_spans",
 ]
 
@@ -182,8 +183,9 @@ def _as_stack(hu: np.ndarray) -> np.ndarray:
     return hu[None] if hu.ndim == 2 else hu
 
 
-def _take(stack: np.ndarray, chunk: list[int]) -> np.ndarray:
+def take_slices(stack: np.ndarray, chunk: Sequence[int]) -> np.ndarray:
     """``stack[chunk]``, as a view (no copy) when the indices are consecutive."""
+    chunk = list(chunk)
     if chunk and chunk == list(range(chunk[0], chunk[0] + len(chunk))):
         return stack[chunk[0] : chunk[0] + len(chunk)]
     return stack[chunk]
@@ -450,7 +452,7 @@ def iter_denoise(
         done = 0
         while done < len(idx):
             chunk = idx[done : done + runner.batch]
-            given = _take(stack, chunk)
+            given = take_slices(stack, chunk)
             low, pads = fill_padding(given)
             block = out[done : done + len(chunk)]
             block[:] = keep_noise(low, runner.run(low, fn, combine), settings.remove_sd)
@@ -518,7 +520,7 @@ def iter_detect(
         done = 0
         while done < len(idx):
             chunk = idx[done : done + runner.batch]
-            images, pads = fill_padding(_take(stack, chunk))
+            images, pads = fill_padding(take_slices(stack, chunk))
             images, factors = _zoomed(images, scale) if scale else (images, None)
             for z, (boxes, scores), pad in zip(chunk, runner.run(images, fn, combine), pads):
                 boxes, scores = boxes.float().cpu().numpy(), scores.float().cpu().numpy()
@@ -684,7 +686,7 @@ def iter_pipeline(
     total = len(idx) * len(stages)
     # cache keys, only when caching (hashing a volume costs more than a GPU pass over it): the input's content
     # hash, then for the detection stage the key of the denoising that made its input (no second hash)
-    image_key: Hashable = array_fingerprint(_take(stack, idx)) if cache is not None else None
+    image_key: Hashable = array_fingerprint(take_slices(stack, idx)) if cache is not None else None
     for k, (stage, model) in enumerate(stages):
         key = None
         if cache is not None:

@@ -700,8 +700,10 @@ class DenoiseDetectWidget(QWidget):
         src = self._last["layer"]
         res = self._last["result"]
         original = np.asarray(src.data, dtype=np.float32)
-        if src.ndim == 3 and list(res.slices) != list(range(len(original))):  # the whole volume: no copy of it
-            original = original[res.slices]
+        if src.ndim == 3:  # the run's slices: a view when they are consecutive (a whole volume is not copied)
+            from ..inference import take_slices
+
+            original = take_slices(original, res.slices)
         noise, body = removed_noise(original, data)
         kwargs = {
             "name": derived_name(src.name, "removed noise"),
