@@ -252,7 +252,6 @@ class ROICompareWidget(QWidget):
         self.regions: list[Region] = []
         self.generation = 0  # increases with every finished computation (tests wait on it)
         self._images: dict[str, Any] = {}
-        self._pixel_area: dict[str, float] = {}  # image name -> mm² per pixel (NaN: no voxel size)
         self._shapes = None
         self._worker = None
         self._pending = False
@@ -637,8 +636,9 @@ class ROICompareWidget(QWidget):
         text = self.window_combo.currentText()
         return None if text == REFERENCE_RANGE else contrast_limits(text)
 
-    def _inputs(self) -> tuple[dict[str, Any], list[Region], str | None, int | None, int | None]:
-        """Images (name -> array), regions, reference, background and lesion indices, as the pickers say."""
+    def _inputs(self) -> tuple[dict[str, Any], list[Region], str | None, int | None, int | None, dict[str, float]]:
+        """Images (name -> array), regions, reference, background and lesion indices, as the pickers say, and each
+        image's pixel area (mm²; NaN without a voxel size)."""
         layers = {lay.name: lay for lay in self._image_layers()}
         checked = [
             self.image_list.item(i).text()
@@ -656,9 +656,9 @@ class ROICompareWidget(QWidget):
         )
         self._sync_region_combos(regions)
         images = {n: (lay.data[0] if lay.multiscale else lay.data) for n, lay in image_layers.items()}
-        self._pixel_area = {n: abs(float(lay.scale[-2] * lay.scale[-1])) if has_voxel_size(lay) else math.nan
-                            for n, lay in image_layers.items()}  # fmt: skip
-        return images, regions, ref, self.background_combo.currentData(), self.lesion_combo.currentData()
+        areas = {n: abs(float(lay.scale[-2] * lay.scale[-1])) if has_voxel_size(lay) else math.nan
+                 for n, lay in image_layers.items()}  # fmt: skip
+        return images, regions, ref, self.background_combo.currentData(), self.lesion_combo.currentData(), areas
 
     def refresh(self) -> None:
         """Recompute the table now: inline for small 2D images, in a napari thread worker for 3D, the ROI
@@ -667,9 +667,8 @@ class ROICompareWidget(QWidget):
         if self._worker is not None:
             self._pending = True
             return
-        images, regions, ref, bg, lesion = self._inputs()
+        images, regions, ref, bg, lesion, areas = self._inputs()
         self._images, self.regions = images, regions
-        areas = dict(self._pixel_area)
         perceptual = self.perceptual_check.isChecked()
         args = (images, regions, ref, bg, self.window(), perceptual, lesion)
         if self._shapes is None:
