@@ -14,14 +14,13 @@ at least -0.02 dB at both doses.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from benchmarks.results_io import interval, refuse_existing, write_results
+from benchmarks.speed import time_model
 from napari_lidnet.metrics.bootstrap import mean_ci
 from napari_lidnet.models.device import cpu_has_bf16
 from napari_lidnet.models.registry import load_model
@@ -45,15 +44,9 @@ def run(model: torch.nn.Module, hu: np.ndarray, bf16: bool) -> np.ndarray:
 
 
 def median_s(model: torch.nn.Module, bf16: bool, runs: int = 9) -> float:
+    """Median time of ``run`` on a 512 x 512 slice of noise (``speed.time_model``: two warm-up runs first)."""
     hu = np.random.default_rng(0).normal(0.0, 50.0, (512, 512))
-    for _ in range(2):
-        run(model, hu, bf16)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        run(model, hu, bf16)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return time_model(lambda _x: run(model, hu, bf16), torch.zeros(1), runs, torch.device("cpu"))
 
 
 def main() -> None:
