@@ -11,6 +11,7 @@ the image's pixel coordinates. No Qt or torch import here.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -177,6 +178,37 @@ def removed_noise(original: np.ndarray, denoised: np.ndarray) -> tuple[np.ndarra
         mask[...] = tissue_mask(plane)  # written in place: no list of masks stacked into a second copy
     np.multiply(noise, body, out=noise)  # 0 in the air (no boolean-index pass over the volume)
     return noise, body
+
+
+#: at most this many slices, evenly spaced, set a volume overlay's contrast limits
+NOISE_LIMIT_SLICES = 16
+
+
+def removed_noise_layer(original: Any, denoised: np.ndarray) -> tuple[Any, dict[str, Any]]:
+    """The removed-noise overlay of ``original`` (y, x) or (z, y, x) and its styling (:func:`removed_noise_kwargs`).
+
+    A volume's map is a dask array computed slice by slice as napari shows it: nothing is computed or held for the
+    slices no one looks at, so neither a study-size run nor ticking the box holds the viewer. Its limits come from at
+    most ``NOISE_LIMIT_SLICES`` evenly spaced slices. A 2D image is computed at once.
+    """
+    if np.ndim(denoised) == 2:
+        noise, body = removed_noise(np.asarray(original), denoised)
+        return noise, removed_noise_kwargs(noise, body)
+    import dask.array as da
+
+    n = denoised.shape[0]
+    idx = np.unique(np.linspace(0, n - 1, min(n, NOISE_LIMIT_SLICES)).round().astype(int))
+    sample = np.stack([np.asarray(original[int(z)], np.float32) for z in idx])
+    kwargs = removed_noise_kwargs(*removed_noise(sample, denoised[idx]))
+
+    def one_slice(block_info: dict) -> np.ndarray:  # read from the arrays themselves: dask copies what it is given
+        z = block_info[None]["array-location"][0][0]
+        return removed_noise(np.asarray(original[z : z + 1], np.float32), denoised[z : z + 1])[0]
+
+    chunks = ((1,) * n, (denoised.shape[1],), (denoised.shape[2],))
+    name = f"removed-noise-{uuid.uuid4().hex}"  # named: dask would otherwise hash both volumes to name it
+    return da.map_blocks(one_slice, chunks=chunks, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32),
+                         name=name), kwargs  # fmt: skip
 
 
 def removed_noise_kwargs(noise: np.ndarray, where: np.ndarray | None = None) -> dict[str, Any]:

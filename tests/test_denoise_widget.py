@@ -203,12 +203,15 @@ def test_a_current_slice_run_after_a_volume_run_updates_that_slice_only(make_nap
     review = {f.id: (f.slice, f.status, f.score) for f in nav.findings if f.slice != 3}
     before = [np.array(v) for v in lesions.data if v[0, 0] != 3]
 
+    widget.noise_check.setChecked(True)
+    den, noise = viewer.layers["low denoised"], viewer.layers["low removed noise"]
     widget.scope_combo.setCurrentText("current slice")
     viewer.dims.set_point(0, TRANSLATE[0] + 3 * SCALE[0])
     run_and_wait(widget, qtbot)
     assert viewer.layers["low lesions"] is lesions  # the same layer: the navigator's review carries on
-    den = viewer.layers["low denoised"]
+    assert viewer.layers["low denoised"] is den and viewer.layers["low removed noise"] is noise  # refilled
     assert den.data.shape == low.shape
+    np.testing.assert_allclose(np.asarray(noise.data[3]), removed_noise(low[3], den.data[3])[0], atol=1e-4)
     np.testing.assert_allclose(den.data, volume, atol=1e-4)  # same model: slice 3 as before, the others kept
     after = [np.array(v) for v in lesions.data if v[0, 0] != 3]
     assert len(after) == len(before) and all(np.allclose(a, b) for a, b in zip(after, before))
@@ -495,6 +498,37 @@ def test_removed_noise_shows_every_body_part_and_no_air() -> None:
         np.testing.assert_array_equal(body3[k], b_k)
     limits = removed_noise_kwargs(noise3, body3)["contrast_limits"]
     assert limits[1] == pytest.approx(3.0 * float(np.std(noise3[body3])), rel=1e-5)  # 3 SDs of the body's
+
+
+class _ReadLog:
+    """A volume that records which slices were read from it."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data, self.read, self.shape, self.ndim, self.dtype = data, set(), data.shape, data.ndim, data.dtype
+
+    def __getitem__(self, key):
+        z = key if isinstance(key, int) else key.start
+        self.read.update(range(z, z + 1) if isinstance(key, int) else range(key.start, key.stop))
+        return self.data[key]
+
+
+def test_a_volume_overlay_is_computed_as_its_slices_are_shown() -> None:
+    """A study's removed-noise overlay reads at most NOISE_LIMIT_SLICES slices (its limits) when made; a slice is
+    computed when shown, and equals the whole map's."""
+    from napari_lidnet.layer_data import NOISE_LIMIT_SLICES, removed_noise_layer
+
+    rng = np.random.default_rng(1)
+    denoised = np.where(rng.random((40, 32, 32)) < 0.9, 40.0, -1000.0).astype(np.float32)
+    original = _ReadLog((denoised + rng.normal(0, 20, denoised.shape)).astype(np.float32))
+    noise, styling = removed_noise_layer(original, denoised)
+    assert len(original.read) <= NOISE_LIMIT_SLICES and noise.shape == denoised.shape
+    sample = sorted(original.read)
+    whole, body = removed_noise(original.data, denoised)
+    np.testing.assert_array_equal(np.asarray(noise[21]), whole[21])
+    assert 21 in original.read and len(original.read) <= NOISE_LIMIT_SLICES + 1
+    lim = 3.0 * float(np.std(whole[sample][body[sample]]))  # 3 SDs of the sampled slices' body
+    assert styling["contrast_limits"][1] == pytest.approx(lim, rel=1e-5)
+    np.testing.assert_array_equal(np.asarray(noise), whole)
 
 
 def test_the_comparison_fits_the_pair_keeps_one_window_and_gives_the_3d_view_back(make_napari_viewer) -> None:

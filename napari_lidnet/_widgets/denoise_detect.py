@@ -35,7 +35,7 @@ from qtpy.QtWidgets import (
 
 from ..io.checks import nonfinite_note, not_ct_note
 from ..io.volume import n_slices
-from ..layer_data import boxes_to_shapes, removed_noise, removed_noise_kwargs
+from ..layer_data import boxes_to_shapes, removed_noise_layer
 from ._docking import DockHome, scroll_layout
 from ._layer_watch import LayerWatch, renamed_to
 from ._roles import (
@@ -537,7 +537,7 @@ class DenoiseDetectWidget(QWidget):
         merged = self._into_volume(layer, res, labels, remove_sd)
         replaced = _replaced_note(self._previous(layer), layer, res) if merged is None else None
         self._last = {"layer": layer, "result": merged or res, "first": 0 if merged else first, "labels": labels,
-                      "remove_sd": remove_sd}  # fmt: skip
+                      "remove_sd": remove_sd, "merged": merged is not None}  # fmt: skip
         if layer.ndim == 3 and list(self._last["result"].slices) == list(range(layer.data.shape[0])):
             self._volumes = [v for v in self._volumes if v["layer"] != layer]  # deleted images: _on_layers_changed
             self._volumes.append({**self._last, "data_id": id(layer.data)})
@@ -624,8 +624,14 @@ class DenoiseDetectWidget(QWidget):
 
     def _place(self, role: str, data: Any, kwargs: dict[str, Any], layer_type: str) -> Any:
         """Add an output layer, replacing this widget's previous output of the same role for the same source (a
-        comparison showing the old one goes on with the new one)."""
-        old, index = self._live(role) or self._earlier_output(kwargs["name"]), None
+        comparison showing the old one goes on with the new one). A slice folded into the volume on screen refills
+        that volume's image layer instead: removing a layer costs napari a garbage collection, and the review goes on."""
+        live = self._live(role)
+        if self._last.get("merged") and layer_type == "image" and live is not None and live.data.shape == data.shape:
+            live.data = data
+            live.metadata = kwargs["metadata"]
+            return live
+        old, index = live or self._earlier_output(kwargs["name"]), None
         pair, entry = self.compare.pair, self._entry(role)
         self._outputs = [e for e in self._outputs if e is not entry]
         self._replacing = True
@@ -698,16 +704,15 @@ class DenoiseDetectWidget(QWidget):
             self._drop("removed noise")
             return
         src = self._last["layer"]
-        res = self._last["result"]
-        original = np.asarray(src.data, dtype=np.float32)
+        original = src.data
         if src.ndim == 3:  # the run's slices: a view when they are consecutive (a whole volume is not copied)
             from ..inference import take_slices
 
-            original = take_slices(original, res.slices)
-        noise, body = removed_noise(original, data)
+            original = take_slices(original, self._last["result"].slices)
+        noise, styling = removed_noise_layer(original, data)  # a volume's: computed as each slice is shown
         kwargs = {
             "name": derived_name(src.name, "removed noise"),
-            **removed_noise_kwargs(noise, body),
+            **styling,
             "metadata": {ROLE: NOISE, "lidnet": {"source_layer": src.name, "source_key": source_key(src)}},
             **self._geometry(self._last["first"]),
         }
