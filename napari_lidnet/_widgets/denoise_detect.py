@@ -625,7 +625,7 @@ class DenoiseDetectWidget(QWidget):
     def _place(self, role: str, data: Any, kwargs: dict[str, Any], layer_type: str) -> Any:
         """Add an output layer, replacing this widget's previous output of the same role for the same source (a
         comparison showing the old one goes on with the new one). A slice folded into the volume on screen refills
-        that volume's image layer instead: removing a layer costs napari a garbage collection, and the review goes on."""
+        that volume's image layer instead (removing a layer costs napari a garbage collection)."""
         live = self._live(role)
         if self._last.get("merged") and layer_type == "image" and live is not None and live.data.shape == data.shape:
             live.data = data
