@@ -340,6 +340,22 @@ def _threshold(boxes, detections: np.ndarray, t: float) -> None:
     boxes.features = {"score": keep[:, 5]}
 
 
+def test_a_threshold_move_reads_the_boxes_once_per_change(case, monkeypatch) -> None:
+    """New boxes then their scores: read when the boxes change and when the scores do, not again for napari's
+    resized feature table in between; a move that changes neither reads nothing. The scores read are the new ones."""
+    viewer, widget, image, boxes, _ = case
+    reads = []
+    read = widget._read_findings
+    monkeypatch.setattr(widget, "_read_findings", lambda *a: reads.append(1) or read(*a))
+    _threshold(boxes, DETECTIONS, 0.5)  # the 0.91 box: the table cut to one row reads 0.42 until its score is set
+    assert len(reads) == 2 and [f.score for f in widget.findings] == pytest.approx([0.91])
+    reads.clear()
+    _threshold(boxes, DETECTIONS, 0.6)  # the same box and score
+    assert reads == []
+    boxes.features = {"score": [0.95]}  # a score changed: read
+    assert len(reads) == 1 and [f.score for f in widget.findings] == pytest.approx([0.95])
+
+
 def test_a_kept_box_and_a_drawn_one_across_a_run_at_a_higher_threshold(case) -> None:
     """Review l: a box accepted, then a run at a higher threshold, then the threshold lowered: one row, not an
     accepted and a pending one; a box drawn while detections are hidden keeps an id of its own."""

@@ -11,6 +11,7 @@ image came from DICOM). Sizes and HU come from ``findings`` (plain numpy); the d
 
 from __future__ import annotations
 
+import hashlib
 import weakref
 from collections import Counter
 from pathlib import Path
@@ -142,6 +143,17 @@ def corners_in_image(shapes: Any, index: int, image: Any, data: list | None = No
     return z, pix[:4, -2:] - PIXEL_CENTRE_SHIFT
 
 
+def _stamp(shapes: Any) -> bytes:
+    """A digest of a Shapes layer's vertices, shape types and scores: equal when nothing a review reads changed."""
+    digest = hashlib.blake2b(digest_size=16)
+    for verts in shapes.data:
+        digest.update(np.ascontiguousarray(verts, dtype=np.float64).tobytes())
+    digest.update("|".join(shapes.shape_type).encode())
+    if "score" in shapes.features:
+        digest.update(shapes.features["score"].to_numpy(np.float64).tobytes())
+    return digest.digest()
+
+
 def _over(entry: list, findings: list[Finding]) -> Finding | None:
     """The finding over a stored box ``[slice, x1, y1, x2, y2]`` (same slice, IoU >= 0.5, the best), or None."""
     z, *bounds = entry
@@ -181,6 +193,7 @@ class LesionNavigatorWidget(QWidget):
         self._watched: weakref.WeakSet = weakref.WeakSet()
         self._origin: dict[int, tuple] = {}  # finding id -> its detection's key (slice, corners)
         self._parked: dict[tuple, Finding] = {}  # rejected findings whose detection left the layer, by key
+        self._read_stamp: bytes = b""  # the boxes and scores last read (_stamp)
         self.watch = LayerWatch(napari_viewer, self._on_renamed)
         self._create_ui()
         self._create_shortcuts()
@@ -376,6 +389,7 @@ class LesionNavigatorWidget(QWidget):
             combo.blockSignals(True)
             combo.setCurrentText(layer.name if layer is not None else NONE)
             combo.blockSignals(False)
+        self._read_stamp = _stamp(boxes) if boxes is not None else b""
         new = self._read_findings(boxes, image) if boxes is not None and image is not None else []
         self.findings = self._merge(new, self.findings if same else [])
         self.reviewed_layer = self._find_reviewed()
@@ -423,7 +437,11 @@ class LesionNavigatorWidget(QWidget):
                     pass
 
     def _on_boxes_data(self, event: Any = None) -> None:
-        if getattr(event, "action", "changed") in ("added", "removed", "changed") and self.boxes_layer is not None:
+        """Reload after the boxes or their scores changed; not when napari re-announces what was read (new boxes
+        fire a data event, then a features event for the resized table, then the scores set after them)."""
+        if getattr(event, "action", "changed") not in ("added", "removed", "changed") or self.boxes_layer is None:
+            return
+        if _stamp(self.boxes_layer) != self._read_stamp:
             self.load(self.boxes_layer, self.image_layer)
 
     @staticmethod
