@@ -188,3 +188,13 @@ def test_list_of_dicom_files_is_one_series(two_series_dir):
     ((data, kw, kind),) = reader(files)
     np.testing.assert_array_equal(data, two_series_dir["hu_a"])
     assert kind == "image" and kw["scale"] == pytest.approx((2.5, 0.7, 0.8))
+
+
+def test_files_opened_as_a_stack_in_napari_give_one_volume(make_napari_viewer, two_series_dir) -> None:
+    """File > Open Files as Stack (what the README tells a reader who picks a series' files): one volume per series,
+    through npe2 and napari's own open; a plain open of the same files gives each file on its own."""
+    viewer = make_napari_viewer()
+    files = [str(f) for f in two_series_dir["files_a"][::-1]]
+    (layer,) = viewer.open(files, stack=True, plugin="napari-lidnet")
+    np.testing.assert_array_equal(layer.data, two_series_dir["hu_a"])
+    assert len(viewer.open(files, plugin="napari-lidnet")) == len(files)
