@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_lidnet.io.checks import CT_MODALITIES, check_finite, not_ct_note, one_line
+from napari_lidnet.io.checks import CT_MODALITIES, ct_problem, one_line
 from napari_lidnet.io.nifti import is_nifti, nifti_stem
 from napari_lidnet.strength import check_remove_sd
 
@@ -82,12 +82,8 @@ class _SeriesReader:
             vol = read_nifti(source) if nifti else read_series(source, source=self.root)
         except (ValueError, OSError) as exc:
             return i, Failed.of(what, exc, source)
-        try:
-            check_finite(vol.hu, what)
-        except ValueError as exc:  # NaN or infinite pixels: a re-run reads the same
-            return i, LeftOut(one_line(str(exc)))
-        note = not_ct_note(str(vol.metadata.get("modality", "") or ""), vol.hu, what)  # NIfTI, captures: HU?
-        return (i, LeftOut(one_line(note))) if note else (i, vol)
+        problem = ct_problem(vol.hu, str(vol.metadata.get("modality", "") or ""), what)  # a re-run reads the same
+        return (i, LeftOut(one_line(problem))) if problem else (i, vol)
 
 
 class LeftOut(str):

@@ -71,17 +71,12 @@ def check_new_output(out: Path, input_path: str | None = None, folder: bool = Fa
 
 
 def _check_ct(vol: Any, path: str) -> None:
-    """Refuse a volume that is not CT (another modality, or values that do not look like HU in a file that does not
-    say CT), holds NaN or infinite values, or is blank."""
-    from napari_lidnet.io.checks import CT_MODALITIES, check_finite, not_ct_note
+    """Refuse a volume that is not CT the models process (``io.checks.ct_problem``)."""
+    from napari_lidnet.io.checks import ct_problem
 
-    modality = str(vol.metadata.get("modality", "") or "")
-    if modality not in CT_MODALITIES:  # said first: an MR series is not "CT with NaN"
-        raise ValueError(not_ct_note(modality, vol.hu, path))
-    check_finite(vol.hu, path)
-    note = not_ct_note(modality, vol.hu, path)  # NIfTI, arrays, captures: the values must look like HU
-    if note:
-        raise ValueError(note)
+    problem = ct_problem(vol.hu, str(vol.metadata.get("modality", "") or ""), path)
+    if problem:
+        raise ValueError(problem)
 
 
 def _open_checked(path: str, series_uid: str | None = None, every: bool = False) -> list:

@@ -583,6 +583,15 @@ def test_denoise_widget_refuses_nan(make_napari_viewer, qtbot, models):
     assert "NaN" in widget.status.text() and [ly.name for ly in viewer.layers] == ["nan"]
 
 
+def test_denoise_widget_refuses_a_blank_image_as_the_command_line_does(make_napari_viewer, qtbot, models, corpus):
+    """Review 2026-12-06: `lidnet denoise` refused a blank (constant) image, the dock ran on it."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.load(corpus / "arrays" / "constant.npy"), name="blank")
+    widget = _denoise_widget(viewer, qtbot, models)
+    assert widget.run() is None
+    assert "a blank image" in widget.status.text() and [ly.name for ly in viewer.layers] == ["blank"]
+
+
 def test_denoise_widget_refuses_what_is_not_ct_as_the_command_line_does(make_napari_viewer, qtbot, models, corpus):
     """Review 2026-12-05: an MR series opened as a layer named "CT ...", was denoised and exported as CT, while the
     command line refused it. The dock refuses another modality, and an image that nothing says is CT whose values

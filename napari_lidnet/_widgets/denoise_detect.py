@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..io.checks import nonfinite_note, not_ct_note
+from ..io.checks import ct_problem
 from ..io.volume import n_slices
 from ..layer_data import boxes_to_shapes, removed_noise_layer
 from ._docking import DockHome, scroll_layout
@@ -84,13 +84,10 @@ NO_NOISE_HU = 0.5
 
 def _input_problem(layer: Any, hu: np.ndarray | None) -> str | None:
     """Why the dock does not run on ``layer`` (its HU ``hu``; None when it is not 2D or 3D), as the command line
-    refuses it: its dimensions, NaN or infinite pixels, another modality or values that are not HU; else None."""
+    refuses it: its dimensions, else ``io.checks.ct_problem`` (modality, NaN or infinite pixels, blank, not HU)."""
     if hu is None:
         return f"layer {layer.name!r} has {layer.ndim} dimensions; expected a 2D slice or 3D volume"
-    note = nonfinite_note(hu, repr(layer.name))
-    if note:
-        return f"{note}; CT input must be finite HU"
-    return not_ct_note(str(layer.metadata.get("modality", "") or ""), hu, repr(layer.name))
+    return ct_problem(hu, str(layer.metadata.get("modality", "") or ""), repr(layer.name))
 
 
 def _replaced_note(last: dict | None, layer: Any, res: Any) -> str | None:

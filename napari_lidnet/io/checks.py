@@ -84,11 +84,16 @@ def not_ct_note(modality: str, hu: np.ndarray, what: str) -> str | None:
     )
 
 
-def check_finite(hu: np.ndarray, what: str) -> None:
-    """Refuse (ValueError) an image with NaN or infinite pixels, or one blank (constant) image."""
+def ct_problem(hu: np.ndarray, modality: str, what: str) -> str | None:
+    """Why ``hu`` is not CT the models process, in one line, else None: another modality (said first: an MR series
+    is not "CT with NaN"), NaN or infinite pixels, a blank image, or (where nothing says CT) values that are not HU.
+    The command line, batch runs and the Denoise dock refuse with it."""
+    if modality not in CT_MODALITIES:
+        return not_ct_note(modality, hu, what)
     note = nonfinite_note(hu, what) or constant_note(hu, what)
     if note:
-        raise ValueError(f"{note}; CT input must be finite HU with some contrast")
+        return f"{note}; CT input must be finite HU with some contrast"
+    return not_ct_note(modality, hu, what)
 
 
 def note_image_problems(volume: Any) -> list[str]:

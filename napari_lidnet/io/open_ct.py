@@ -53,7 +53,7 @@ def open_ct(path: str | Path, series_uid: str | None = None) -> list[CTVolume]:
     """Read any supported CT input at ``path`` into CTVolumes (one per DICOM series).
 
     NaN, infinite or constant pixels are kept (the user sees them) with a warning in ``metadata["warnings"]``;
-    the commands that compute on an image refuse them (``io.checks.check_finite``).
+    the commands that compute on an image refuse them (``io.checks.ct_problem``).
     """
     path = Path(path)
     if not path.exists():
