@@ -18,9 +18,8 @@ import numpy as np
 
 from napari_lidnet.metrics.lesions import LESION_IOU, lesion_numbers
 
-#: review states: a detection not looked at yet, kept, dismissed, kept after its box was changed, or drawn by hand
-STATUSES = ("pending", "accepted", "rejected", "edited", "added")
-#: states whose boxes are part of the reviewed result
+#: review states whose boxes are part of the reviewed result (kept, kept after its box was changed, drawn by hand);
+#: the others are "pending" (a detection not looked at yet) and "rejected"
 KEPT = ("accepted", "edited", "added")
 #: the columns that find a finding's slice outside this program (from ``io.boxes_io.slice_columns``)
 SLICE_ID_COLUMNS = ("instance_number", "frame_number", "sop_instance_uid")

@@ -158,9 +158,6 @@ class ResultCache:
             self._items.popitem(last=False)
         return value
 
-    def clear(self) -> None:
-        self._items.clear()
-
     def __len__(self) -> int:
         return len(self._items)
 

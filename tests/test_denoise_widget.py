@@ -500,6 +500,36 @@ def test_removed_noise_shows_every_body_part_and_no_air() -> None:
     assert limits[1] == pytest.approx(3.0 * float(np.std(noise3[body3])), rel=1e-5)  # 3 SDs of the body's
 
 
+def test_no_dock_offers_the_removed_noise_overlay_as_an_image(make_napari_viewer, qtbot, model_dir: Path) -> None:
+    """Review 2026-12-06: ROI compare ticked the overlay among the images to compare (RMSE against the reference
+    of a noise map) and Fine-tune offered it as a normal-dose image to train on; no dock lists it now."""
+    from napari_lidnet._widgets.finetune import FineTuneWidget
+    from napari_lidnet._widgets.load_ct import LoadCTWidget
+    from napari_lidnet._widgets.navigator import LesionNavigatorWidget
+    from napari_lidnet._widgets.roi_compare import ROICompareWidget
+
+    viewer = make_napari_viewer()
+    add_ct(viewer, phantom(n=3)[0])
+    widget = make_widget(viewer, qtbot)
+    widget.noise_check.setChecked(True)
+    run_and_wait(widget, qtbot)
+    assert "low removed noise" in names(viewer)
+    roi, tune = ROICompareWidget(viewer), FineTuneWidget(viewer)
+    nav, load = LesionNavigatorWidget(viewer), LoadCTWidget(viewer)
+    for w in (roi, tune, nav, load):
+        qtbot.addWidget(w)
+    listed = {
+        "roi images": [roi.image_list.item(i).text() for i in range(roi.image_list.count())],
+        "roi reference": [roi.reference_combo.itemText(i) for i in range(roi.reference_combo.count())],
+        "fine-tune": [tune.data_box.image_list.item(i).text() for i in range(tune.data_box.image_list.count())],
+        "navigator": [nav.image_combo.itemText(i) for i in range(nav.image_combo.count())],
+        "load ct": [load.sim_layer_combo.itemText(i) for i in range(load.sim_layer_combo.count())],
+        "denoise": [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())],
+    }
+    for dock, items in listed.items():
+        assert "low" in items and "low removed noise" not in items, (dock, items)
+
+
 class _ReadLog:
     """A volume that records which slices were read from it."""
 

@@ -169,31 +169,25 @@ def test_volume_regions_slices_lines_and_perceptual(make_napari_viewer, qtbot, m
     assert got[("#0", "low")]["mean"] == pytest.approx(float(vol[3, 20:30, 20:30].mean()), rel=1e-5)
 
     # ROI perceptual distance: a note without detector weights, a value once a user detector exists
-    from napari_lidnet.models import roi_perceptual
     from napari_lidnet.models.detector import LesionDetector
     from napari_lidnet.models.registry import MODEL_DIR_ENV, default_model
     from napari_lidnet.models.weights import save_weights
 
     monkeypatch.setenv(MODEL_DIR_ENV, str(tmp_path))
-    roi_perceptual.clear_cache()
-    try:
-        widget.reference_combo.setCurrentText("full")
-        gen = widget.generation
-        widget.perceptual_check.setChecked(True)
-        wait_new(qtbot, widget, gen, timeout=60000)
-        low = table_rows(widget)[("#0", "low")]
-        if default_model("detector") is None:
-            assert "ROI perceptual: no detector weights" in low["note"] and math.isnan(low["roi_perceptual"])
-        save_weights(LesionDetector(width=8), tmp_path / "tiny_detector")
-        roi_perceptual.clear_cache()
-        gen = widget.generation
-        widget.refresh()
-        wait_new(qtbot, widget, gen, timeout=60000)
-        got = table_rows(widget)
-        assert got[("#0", "low")]["roi_perceptual"] > 0 and got[("#0", "full")]["roi_perceptual"] == 0
-        assert "ROI perceptual" not in got[("#0", "low")]["note"]
-    finally:
-        roi_perceptual.clear_cache()
+    widget.reference_combo.setCurrentText("full")
+    gen = widget.generation
+    widget.perceptual_check.setChecked(True)
+    wait_new(qtbot, widget, gen, timeout=60000)
+    low = table_rows(widget)[("#0", "low")]
+    if default_model("detector") is None:
+        assert "ROI perceptual: no detector weights" in low["note"] and math.isnan(low["roi_perceptual"])
+    save_weights(LesionDetector(width=8), tmp_path / "tiny_detector")
+    gen = widget.generation
+    widget.refresh()
+    wait_new(qtbot, widget, gen, timeout=60000)
+    got = table_rows(widget)
+    assert got[("#0", "low")]["roi_perceptual"] > 0 and got[("#0", "full")]["roi_perceptual"] == 0
+    assert "ROI perceptual" not in got[("#0", "low")]["note"]
 
 
 def test_current_slice_output_compares_with_the_full_reference(make_napari_viewer, qtbot):

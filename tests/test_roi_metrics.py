@@ -254,16 +254,11 @@ def test_roi_perceptual_distance_properties(tmp_path, monkeypatch):
     empty.mkdir()
     monkeypatch.setattr(registry, "shipped_model_dir", lambda: empty)
     monkeypatch.setenv(registry.MODEL_DIR_ENV, str(tmp_path / "user"))
-    rp.clear_cache()
-    try:
-        rows = compare_regions({"n": ref + 40 * noise, "ref": ref}, [region], "ref", perceptual=rp.make_perceptual_fn())
-        assert "no detector weights" in rows[0]["note"] and math.isnan(rows[0]["roi_perceptual"])
-        save_weights(det, tmp_path / "user" / "mine_detector")
-        rp.clear_cache()
-        rows = compare_regions({"n": ref + 40 * noise, "ref": ref}, [region], "ref", perceptual=rp.make_perceptual_fn())
-        assert rows[0]["roi_perceptual"] == pytest.approx(d[1], rel=1e-5) and rows[0]["note"].startswith("CNR")
-    finally:
-        rp.clear_cache()
+    rows = compare_regions({"n": ref + 40 * noise, "ref": ref}, [region], "ref", perceptual=rp.make_perceptual_fn())
+    assert "no detector weights" in rows[0]["note"] and math.isnan(rows[0]["roi_perceptual"])
+    save_weights(det, tmp_path / "user" / "mine_detector")
+    rows = compare_regions({"n": ref + 40 * noise, "ref": ref}, [region], "ref", perceptual=rp.make_perceptual_fn())
+    assert rows[0]["roi_perceptual"] == pytest.approx(d[1], rel=1e-5) and rows[0]["note"].startswith("CNR")
 
 
 def test_boxes_shapes_and_masks_share_one_convention():

@@ -117,7 +117,7 @@ class FinetuneRequest:
     """Everything one fine-tuning run needs; exactly one of ``inputs``, ``dicom_folder``, ``dataset_dir``."""
 
     name: str
-    config: Any  # TrainConfig; config.out is the run folder
+    config: TrainConfig  # config.out is the run folder
     inputs: list[CTInput] | None = None
     dicom_folder: str | None = None
     dataset_dir: str | None = None
@@ -149,7 +149,7 @@ class FinetuneOutcome:
     notes: list[str] = field(default_factory=list)
 
 
-def improved(start: dict[str, float] | None, best: dict[str, float] | None, mode: str | None = None) -> bool | None:
+def improved(start: dict[str, float] | None, best: dict[str, float] | None) -> bool | None:
     """Whether ``best`` beats ``start`` by the trainer's one checkpoint score (pass held-out test metrics);
     None when either was not measured."""
     from napari_lidnet._training.trainer import selection_score

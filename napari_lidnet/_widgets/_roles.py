@@ -42,6 +42,15 @@ def is_shapes(layer: Any) -> bool:
     return isinstance(layer, Shapes)
 
 
+def grayscale_images(viewer: Any, ndims: tuple[int, ...] | None = (2, 3)) -> list[Any]:
+    """The viewer's image layers a dock works on, in layer order: grayscale, one resolution (no pyramid), not the
+    removed-noise overlay; of ``ndims`` dimensions (None: any, for a dock that explains why it refuses one)."""
+    from napari.layers import Image
+
+    return [ly for ly in viewer.layers if isinstance(ly, Image) and not ly.rgb and not ly.multiscale
+            and role(ly) != NOISE and (ndims is None or ly.ndim in ndims)]  # fmt: skip
+
+
 def is_ct_image(layer: Any) -> bool:
     """A grayscale image in HU (read, simulated or denoised by the plugin); not the removed-noise image."""
     from napari.layers import Image

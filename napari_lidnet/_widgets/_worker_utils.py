@@ -69,10 +69,6 @@ class ModelStore:
             self._models[key] = (mtime, model, card)
             return model, card
 
-    def clear(self) -> None:
-        with self._lock:
-            self._models.clear()
-
 
 def model_label(path: str | Path, card: dict) -> str:
     """Short description of a model for layer metadata and DICOM SeriesDescription."""

@@ -43,11 +43,11 @@ from ._roles import (
     NOISE,
     ROLE,
     derived_name,
+    grayscale_images,
     has_voxel_size,
     lidnet_info,
     model_item,
     pair_name,
-    role,
     source_key,
 )
 from ._worker_utils import (
@@ -283,10 +283,7 @@ class DenoiseDetectWidget(QWidget):
 
     # ---------------------------------------------------------------------------------------------- choices
     def _image_layers(self) -> list[Image]:
-        from napari.layers import Image
-
-        return [ly for ly in self.viewer.layers
-                if isinstance(ly, Image) and not ly.rgb and not ly.multiscale and role(ly) != NOISE]  # fmt: skip
+        return grayscale_images(self.viewer, ndims=None)  # a 4D image is listed, and refused with why
 
     def _on_layers_changed(self, renamed: dict[str, str] | None = None) -> None:
         self.refresh_layers(renamed)

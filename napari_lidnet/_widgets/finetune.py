@@ -48,7 +48,7 @@ from ._finetune_parts import (
     input_problems,
 )
 from ._layer_watch import LayerWatch
-from ._roles import CALIPERS, DETECTIONS, is_reduced_dose, model_item, role
+from ._roles import CALIPERS, DETECTIONS, grayscale_images, is_reduced_dose, model_item, role
 from ._run_task import finish_run, register_run
 from .layer_inputs import inputs_from_layers, paired_input
 from .reading_room import ReadingRoom
@@ -219,9 +219,7 @@ class FineTuneWidget(QWidget):
 
     # ---------------------------------------------------------------------------------------------- choices
     def _images(self) -> list[Any]:
-        from napari.layers import Image
-
-        return [ly for ly in self.viewer.layers if isinstance(ly, Image) and not ly.rgb and not ly.multiscale]
+        return grayscale_images(self.viewer, ndims=None)
 
     def _shapes(self) -> list[Any]:
         from napari.layers import Shapes

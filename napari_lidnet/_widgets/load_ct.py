@@ -38,7 +38,7 @@ from ..io.windowing import SCAN_WINDOW, WINDOW_PRESETS
 from ..layer_data import volume_layer_tuples
 from ._docking import DockHome, scroll_layout
 from ._layer_watch import LayerWatch, renamed_to
-from ._roles import NOISE, derived_name, is_ct_image, is_reduced_dose, role
+from ._roles import derived_name, grayscale_images, is_ct_image, is_reduced_dose
 from ._worker_utils import Failure, SimProgress, added_noise_sd, simulate_job
 from .calipers import measure
 from .reading_room import HINT, ReadingRoom
@@ -314,7 +314,7 @@ class LoadCTWidget(QWidget):
     def _refresh_layers(self, renamed: dict[str, str] | None = None) -> None:
         current = renamed_to(self.sim_layer_combo.currentText(), renamed)
         self.sim_layer_combo.clear()
-        images = [lyr for lyr in self.viewer.layers if isinstance(lyr, Image) and not lyr.rgb and role(lyr) != NOISE]
+        images = grayscale_images(self.viewer, ndims=None)
         self.sim_layer_combo.addItems([lyr.name for lyr in images])
         normal = [lyr.name for lyr in images if not is_reduced_dose(lyr)]  # never a low-dose layer by default
         pick = current if current in normal else (normal[0] if normal else "")

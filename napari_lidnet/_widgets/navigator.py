@@ -1,12 +1,12 @@
 """Lesion navigator dock: the detector's boxes as a table a reader steps through, accepts, rejects or edits.
 
 The table lists one row per box (slice, centre in mm, long and short axis in mm, mean HU, score, status) and sorts
-on any column; selecting a row moves the viewer to the box's slice and centres it. Accept (A), Reject (R) and Edit
-(E) act on the selected row and move on to the next pending one (N / P step without deciding). Kept boxes live on a
-layer of their own, "<image> reviewed" (role ``reviewed``): Edit selects the box there so its corners can be
-dragged, and a box drawn on that layer by hand joins the table as "added". The reviewed boxes export to CSV/JSON
-(every row with its status) and to a DICOM Comprehensive SR (kept boxes, referencing the source slices when the
-image came from DICOM). Sizes and HU come from ``findings`` (plain numpy); the dock lives in the bottom area.
+on any column; selecting a row moves the viewer to the box's slice and centres it. Accept (A) and Reject (R) act on
+the selected row and move on to the next pending one; Edit (E) keeps the row (N / P step without deciding). Kept
+boxes live on a layer of their own, "<image> reviewed" (role ``reviewed``): Edit selects the box there so its
+corners can be dragged, and a box drawn on that layer by hand joins the table as "added". The reviewed boxes export
+to CSV/JSON (every row with its status) and to a DICOM Comprehensive SR (kept boxes, referencing the source slices
+when the image came from DICOM). Sizes and HU come from ``findings`` (plain numpy); the dock lives in the bottom area.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from ._roles import (
     REVIEWED,
     ROLE,
     derived_name,
+    grayscale_images,
     has_voxel_size,
     is_ct_image,
     is_shapes,
@@ -345,11 +346,8 @@ class LesionNavigatorWidget(QWidget):
         self.refresh_layers()
 
     def _images(self) -> list[Any]:
-        """Grayscale 2D/3D images (not the removed-noise image), CT layers first."""
-        from napari.layers import Image
-
-        images = [ly for ly in self.viewer.layers if isinstance(ly, Image) and not ly.rgb and ly.ndim in (2, 3)]
-        images = [ly for ly in images if role(ly) != "noise"]
+        """Grayscale 2D/3D images (``grayscale_images``), CT layers first."""
+        images = grayscale_images(self.viewer)
         return [ly for ly in images if is_ct_image(ly)] + [ly for ly in images if not is_ct_image(ly)]
 
     def _layer(self, name: str) -> Any | None:

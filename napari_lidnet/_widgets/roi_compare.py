@@ -60,6 +60,7 @@ from napari_lidnet._widgets._roles import (
     REVIEWED,
     ROI,
     ROLE,
+    grayscale_images,
     has_voxel_size,
     normal_dose_of,
     role,
@@ -98,9 +99,9 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("note", "note"),
 )
 BAR_METRICS = ("mean", "sd", "snr", "cnr", "rmse", "psnr", "ssim", "roi_perceptual", "cho_d")
-#: columns of the exported CSV: the region statistics, then the observer's values and intervals
 #: what the numbers were computed against, on every row of the CSV (the file stands without the screen)
 CONTEXT_KEYS = ("reference", "window_hu", "background", "lesion", "pixel_mm")
+#: columns of the exported CSV: the region statistics, then the observer's values and intervals
 CSV_KEYS = (*ROW_KEYS, "area_mm2", *OBSERVER_KEYS, *CONTEXT_KEYS)
 #: CSV header names that carry their unit (the screen's headers do: "mean HU", "PSNR (dB)")
 CSV_UNITS = {"mean": "mean_hu", "sd": "sd_hu", "rmse": "rmse_hu", "psnr": "psnr_db"}
@@ -131,7 +132,8 @@ def format_value(value: Any) -> str:
 
 
 def region_label(layer: Any, index: int) -> str:
-    """'#i' plus the shape's name or label feature when the Shapes layer has one (detect widget boxes)."""
+    """'#i' plus the shape's name or label feature when the Shapes layer has one (a ROI layer's R1, R2...; the
+    lesion type of annotated boxes)."""
     feats = getattr(layer, "features", None)
     for col in ("name", "label"):
         if feats is not None and col in feats and index < len(feats):
@@ -401,9 +403,7 @@ class ROICompareWidget(QWidget):
     # ------------------------------------------------------------------------------------------- layer lists
 
     def _image_layers(self) -> list[Any]:
-        from napari.layers import Image
-
-        return [lay for lay in self.viewer.layers if isinstance(lay, Image) and not lay.rgb and lay.ndim in (2, 3)]
+        return grayscale_images(self.viewer)  # not the removed-noise overlay: it is no image of the patient
 
     def _shapes_layers(self) -> list[Any]:
         from napari.layers import Shapes
@@ -661,7 +661,7 @@ class ROICompareWidget(QWidget):
         return images, regions, ref, self.background_combo.currentData(), self.lesion_combo.currentData(), areas
 
     def refresh(self) -> None:
-        """Recompute the table now: inline for small 2D images, in a napari thread worker for 3D, the ROI
+        """Recompute the table now: inline for 2D images, in a napari thread worker for 3D, the ROI
         perceptual distance or the model observer (a refresh asked for meanwhile runs when the worker is done)."""
         self._timer.stop()
         if self._worker is not None:

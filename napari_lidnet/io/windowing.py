@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 #: name -> (level, width) in HU
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "soft tissue": (40.0, 400.0),
@@ -41,9 +39,3 @@ def window_limits(preset: str, metadata: dict | None = None) -> tuple[float, flo
 def contrast_limits(preset: str = DEFAULT_PRESET) -> tuple[float, float]:
     """Contrast limits (low, high) in HU for a named preset."""
     return window_limits(preset)
-
-
-def apply_window(hu: np.ndarray, preset: str = DEFAULT_PRESET) -> np.ndarray:
-    """HU mapped to [0, 1] through a window, for display or export to 8-bit pictures."""
-    lo, hi = contrast_limits(preset)
-    return np.clip((np.asarray(hu, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)

@@ -143,27 +143,24 @@ def roi_perceptual_distance(
 
 
 def default_detector() -> tuple[Any | None, str]:
-    """The default detector of ``models.registry`` (shipped ``default_detector``, else the newest user detector),
-    loaded once and cached, or (None, "no detector weights")."""
-    with _LOCK:
-        if "model" not in _DEFAULT:
-            try:
-                from napari_lidnet.models.registry import default_model, load_model
+    """The default detector of ``models.registry`` (shipped ``default_detector``, else the newest user detector), or
+    (None, "no detector weights"). Loaded once per weights file: a newer default (a fine-tune saved one) or a
+    rewritten file is loaded when it appears."""
+    from napari_lidnet.models.registry import default_model, load_model
+    from napari_lidnet.models.weights import weight_paths
 
-                info = default_model("detector")
+    with _LOCK:
+        try:
+            info = default_model("detector")
+            w_path = None if info is None else weight_paths(info.path)[0]
+            key = None if w_path is None else (str(w_path), w_path.stat().st_mtime_ns)
+            if "model" not in _DEFAULT or _DEFAULT.get("key") != key:
                 model = None if info is None else load_model(info.path, kind="detector")[0]
-            except Exception as exc:  # weights file unreadable or architecture unknown
-                model, note = None, f"{NO_WEIGHTS} ({exc})"
-            else:
-                note = "" if model is not None else NO_WEIGHTS
-            _DEFAULT["model"], _DEFAULT["note"] = model, note
+                _DEFAULT.update(key=key, model=model, note="" if model is not None else NO_WEIGHTS)
+        except Exception as exc:  # weights file unreadable or architecture unknown: said, and tried again next time
+            _DEFAULT.clear()
+            return None, f"{NO_WEIGHTS} ({exc})"
         return _DEFAULT["model"], _DEFAULT["note"]
-
-
-def clear_cache() -> None:
-    """Forget the cached default detector (after a new model was trained or installed)."""
-    with _LOCK:
-        _DEFAULT.clear()
 
 
 def make_perceptual_fn(
