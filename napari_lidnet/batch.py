@@ -8,7 +8,8 @@ the series UID>`` (for a NIfTI file: its name and its path under the input folde
 cannot be read is reported in ``BatchReport.failed`` (``Failed.fix``: the file whose content fails every re-run)
 while the others are processed; one that holds NaN, is not CT in HU (another modality, or values that do not look
 like HU), or was written by this program (a denoised series: it would be denoised twice), in
-``BatchReport.left_out``, for good. One run at a time writes an output folder (a lock held for the whole run): a
+``BatchReport.left_out``, for good; an output written with a caveat (slices that reached the box cap), in
+``BatchReport.notes``. One run at a time writes an output folder (a lock held for the whole run): a
 second run there is refused.
 """
 
@@ -19,22 +20,28 @@ import json
 import os
 import re
 import shutil
-import socket
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from napari_lidnet.io.checks import CT_MODALITIES, ct_problem, one_line
+from napari_lidnet.io.folder_lock import FolderInUse, FolderLock
 from napari_lidnet.io.nifti import is_nifti, nifti_stem
+from napari_lidnet.models.weights import FALLBACK_THRESHOLD
 from napari_lidnet.strength import check_remove_sd
+
+if TYPE_CHECKING:
+    import torch
+
+    from napari_lidnet.io.volume import CTVolume
 
 PARTIAL = ".partial-"
 MARKER = ".lidnet-batch"  # in a batch output folder: the task and settings that write there (a re-run finishes it)
-LOCK = ".lidnet-batch.lock"  # locked (flock) by the run writing the folder; the system lets go when it ends
+LOCK = ".lidnet-batch.lock"  # locked (io.folder_lock) by the run writing the folder; the system lets go when it ends
 _OUTPUT_NAME = re.compile(r".+_[0-9a-f]{12}(\.csv|\.nii\.gz)?")  # as output_name names outputs (and their suffix)
 Progress = Callable[[int, int, str], None]
 
@@ -47,6 +54,7 @@ class BatchReport:
     skipped: list[Path] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # one ``Failed`` line per series not processed, naming it and why
     left_out: list[str] = field(default_factory=list)  # one line per series left out for good (not CT in HU, ours)
+    notes: list[str] = field(default_factory=list)  # one line per output written with a caveat (``box_cap_note``)
 
 
 def output_name(description: str, uid: str) -> str:
@@ -57,7 +65,7 @@ def output_name(description: str, uid: str) -> str:
     return f"{desc}_{hashlib.sha256(uid.encode()).hexdigest()[:12]}"
 
 
-def _as_is(item):
+def _as_is(item: Any) -> Any:
     return item
 
 
@@ -145,7 +153,7 @@ def _changed(earlier: dict[str, Any], now: dict[str, Any]) -> str:
                      for k in diff)  # fmt: skip
 
 
-def _prepare_out_dir(root: str | Path, out_dir: Path, task: str, settings: dict[str, Any]) -> tuple[bool, int | None]:
+def _prepare_out_dir(root: str | Path, out_dir: Path, task: str, settings: dict[str, Any]) -> tuple[bool, FolderLock]:
     """Refuse an output inside the input or around it, or a folder holding another task's batch run (its ``MARKER``
     file), the same task's run with other ``settings``, files this task's batch would not write, or a run still
     writing (``_lock``); create it, lock it and mark it; remove what an interrupted run left half-written.
@@ -191,37 +199,17 @@ def _not_batch_outputs(out_dir: Path, task: str, marked: bool) -> list[str]:
             and not (written(p) and (marked or _OUTPUT_NAME.fullmatch(p.name)))]  # fmt: skip
 
 
-def _lock(out_dir: Path) -> int | None:
-    """Lock ``out_dir`` for this run (``fcntl.flock`` on its ``LOCK`` file) and return the file's descriptor; a
-    folder that another batch run is writing is refused. The system lets go of the lock when the process ends,
-    however it ends (a crash, Ctrl-C). None where there is no ``fcntl`` (Windows: one run per folder is the user's
-    care)."""
+def _lock(out_dir: Path) -> FolderLock:
+    """Lock ``out_dir`` for this run (its ``LOCK`` file, removed when let go); a folder that another batch run is
+    writing is refused."""
     try:
-        import fcntl
-    except ImportError:
-        return None
-    path = out_dir / LOCK
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise ValueError(f"{out_dir} is being written by another batch run ({holder}); outputs never mix: wait "
-                             "for it to end, or choose another output folder") from None  # fmt: skip
-        try:
-            current = os.stat(path).st_ino == os.fstat(fd).st_ino  # not the file of a run that just ended
-        except FileNotFoundError:
-            current = False
-        if current:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-            return fd
-        os.close(fd)
+        return FolderLock(out_dir, LOCK, remove=True)
+    except FolderInUse as exc:
+        raise ValueError(f"{out_dir} is being written by another batch run ({exc.holder}); outputs never mix: wait "
+                         "for it to end, or choose another output folder") from None  # fmt: skip
 
 
-def _release(out_dir: Path, lock: int | None, created: bool) -> None:
+def _release(out_dir: Path, lock: FolderLock, created: bool) -> None:
     """The end of a run: one that wrote nothing leaves nothing (the folder it created, else its marker); then the
     lock file is removed and let go."""
     try:
@@ -231,9 +219,7 @@ def _release(out_dir: Path, lock: int | None, created: bool) -> None:
             else:
                 (out_dir / MARKER).unlink(missing_ok=True)
     finally:
-        if lock is not None:
-            (out_dir / LOCK).unlink(missing_ok=True)
-            os.close(lock)
+        lock.close()
 
 
 def _ours(ds: Any) -> bool:
@@ -279,28 +265,64 @@ def _plan(items: list, out_dir: Path, task: str, report: BatchReport, progress: 
     return todo
 
 
-def _write_one(
-    task: str, vol: Any, partial: Path, model: Any, device: Any, threshold: float, desc: str, model_name: str,
-    remove_sd: float | None = None,
+def denoise_into(
+    out: Path, vol: CTVolume, model: torch.nn.Module, device: torch.device | str, model_name: str,
+    remove_sd: float | None = None, progress: Callable[[int, int], None] | None = None,
 ) -> None:  # fmt: skip
-    """Denoise a series into a DICOM folder, or detect its lesions into a CSV, at ``partial``."""
-    from napari_lidnet.inference import denoise, detect
-    from napari_lidnet.io.boxes_io import write_volume_boxes
+    """Denoise ``vol`` (``remove_sd``: that noise SD only; ``progress(done, total)`` per slice) into ``out``: a
+    NIfTI file for a .nii/.nii.gz name, else a new DICOM series folder, described as the input's series (or its
+    name) denoised by ``model_name``."""
+    from napari_lidnet.inference import denoise
     from napari_lidnet.io.dicom_write import denoised_description, write_dicom_series
     from napari_lidnet.io.nifti import write_nifti
+
+    hu = denoise(model, vol.hu, device=device, progress=progress, remove_sd=remove_sd)
+    if is_nifti(out):
+        write_nifti(out, replace(vol, hu=hu))
+        return
+    description = denoised_description(vol.metadata.get("series_description", vol.name), model_name, remove_sd)
+    write_dicom_series(replace(vol, hu=hu), out, series_description=description)
+
+
+def detect_into(
+    out: Path, vol: CTVolume, model: torch.nn.Module, device: torch.device | str, threshold: float,
+    about: dict[str, Any] | None = None, progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Detect the lesions of ``vol`` (boxes scoring at least ``threshold``) into the CSV or JSON file ``out``
+    (``about`` goes into a JSON); returns the boxes (``inference.detect``'s rows) and each one's lesion number."""
+    from napari_lidnet.inference import detect
+    from napari_lidnet.io.boxes_io import write_volume_boxes
     from napari_lidnet.io.volume import known_pixel_mm
     from napari_lidnet.metrics.lesions import row_lesions
 
+    rows = detect(model, vol.hu, device=device, score_threshold=threshold, progress=progress,
+                  pixel_mm=known_pixel_mm(vol))  # fmt: skip
+    lesions = row_lesions(rows)
+    write_volume_boxes(out, rows, vol, lesions, about)
+    return rows, lesions
+
+
+def box_cap_note(rows: np.ndarray) -> str:
+    """A note when some slices hold the most boxes a slice keeps (their lowest scores left out); '' otherwise."""
+    from napari_lidnet.inference import MAX_BOXES_PER_SLICE as cap
+
+    full = int((np.bincount(np.asarray(rows)[:, 0].astype(int)) >= cap).sum()) if len(rows) else 0
+    if not full:
+        return ""
+    return (f"{full} slice(s) reached {cap} boxes, the most a slice keeps (the highest scores); boxes scoring "
+            "lower there are left out")  # fmt: skip
+
+
+def _write_one(
+    task: str, vol: CTVolume, partial: Path, model: torch.nn.Module, device: torch.device | str, threshold: float,
+    model_name: str, remove_sd: float | None = None,
+) -> str:  # fmt: skip
+    """Denoise a series into a DICOM folder (a NIfTI file), or detect its lesions into a CSV, at ``partial``;
+    returns a note on the output ('' for none)."""
     if task == "denoise":
-        hu = denoise(model, vol.hu, device=device, remove_sd=remove_sd)
-        if is_nifti(partial):
-            write_nifti(partial, replace(vol, hu=hu.astype(np.float32)))
-            return
-        description = denoised_description(desc, model_name, remove_sd)
-        write_dicom_series(replace(vol, hu=hu.astype(np.float32)), partial, series_description=description)
-    else:
-        rows = detect(model, vol.hu, device=device, score_threshold=threshold, pixel_mm=known_pixel_mm(vol))
-        write_volume_boxes(partial, rows, vol, row_lesions(rows))
+        denoise_into(partial, vol, model, device, model_name, remove_sd)
+        return ""
+    return box_cap_note(detect_into(partial, vol, model, device, threshold)[0])
 
 
 def _find_inputs(root: Path) -> tuple[dict, list[Path]]:
@@ -327,9 +349,9 @@ def run_batch(
     root: str | Path,
     out_dir: str | Path,
     task: str,
-    model,
-    device="cpu",
-    threshold: float = 0.3,
+    model: torch.nn.Module | None,
+    device: torch.device | str = "cpu",
+    threshold: float = FALLBACK_THRESHOLD,
     model_name: str = "default",
     progress: Progress | None = None,
     workers: int = 0,
@@ -376,17 +398,19 @@ def run_batch(
 
 
 def _run_one(
-    task: str, vol: Any, item: tuple, report: BatchReport, model, device, threshold, model_name,
-    remove_sd: float | None,
+    task: str, vol: CTVolume, item: tuple, report: BatchReport, model: torch.nn.Module, device: torch.device | str,
+    threshold: float, model_name: str, remove_sd: float | None,
 ) -> None:  # fmt: skip
     """Write one series' output (``item``: as ``_plan`` lists it) under its partial name, then rename it; a
     ValueError fails only this series."""
     final, source, desc, key = item
     partial = final.parent / f"{PARTIAL}{final.name}"
     try:
-        _write_one(task, vol, partial, model, device, threshold, desc, model_name, remove_sd)
+        note = _write_one(task, vol, partial, model, device, threshold, model_name, remove_sd)
     except ValueError as exc:
         report.failed.append(Failed.of(f"series {desc!r} ({key})", exc, source))
         return
     os.replace(partial, final)
     report.written.append(final)
+    if note:
+        report.notes.append(f"{final.name}: {note}")

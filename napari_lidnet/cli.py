@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 import warnings
@@ -118,8 +119,13 @@ def _print_progress(done: int, total: int) -> None:
     """``done/total slices`` on one rewritten line on a terminal; in a log, a line per tenth of the work."""
     if sys.stderr.isatty():
         print(f"\r{done}/{total} slices", end="" if done < total else "\n", file=sys.stderr, flush=True)
-    elif done == total or (10 * done) // max(total, 1) > (10 * (done - 1)) // max(total, 1):
+    elif done == total or _new_tenth(done, total):
         print(f"{done}/{total} slices", file=sys.stderr, flush=True)
+
+
+def _new_tenth(done: int, total: int) -> bool:
+    """Whether ``done`` of ``total`` starts a new tenth of the work (a log line per tenth)."""
+    return (10 * done) // max(total, 1) > (10 * (done - 1)) // max(total, 1)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -130,40 +136,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         check_export_name(args.export)  # before training: a taken name would only fail at the end
     _check_run_folder(Path(args.out), args.data)
 
-    cfg = TrainConfig(
-        out=args.out,
-        data=args.data,
-        mode=args.mode,
-        denoiser=args.denoiser,
-        init_denoiser=args.init_denoiser,
-        init_detector=args.init_detector,
-        pretrain_denoiser_steps=args.pretrain_denoiser_steps,
-        pretrain_detector_steps=args.pretrain_detector_steps,
-        pretrain_from_init=args.pretrain_from_init,
-        rounds=args.rounds,
-        denoiser_steps=args.denoiser_steps,
-        detector_steps=args.detector_steps,
-        batch_size=args.batch_size,
-        patch_size=args.patch_size,
-        lr=args.lr,
-        detector_lr=args.detector_lr,
-        pixel_loss=args.pixel_loss,
-        det_weight=args.det_weight,
-        roi_weight=args.roi_weight,
-        roi_boxes=args.roi_boxes,
-        seed=args.seed,
-        device=args.device,
-        dose=args.dose,
-        workers=args.workers,
-        checkpoint_every=args.checkpoint_every,
-        insert_lesions=args.insert_lesions,
-        insert_lung=args.insert_lung,
-        insert_max_mm=args.insert_max_mm,
-        split=args.split,
-        test_fraction=args.test_fraction,
-        val_max_slices=args.val_max_slices,
-        test_max_slices=args.test_max_slices,
-    )
+    names = {f.name for f in dataclasses.fields(TrainConfig)}  # every train option but --denoiser-width, --export
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     if args.denoiser_width is not None:
         if not 4 <= args.denoiser_width <= 256:
             raise ValueError(f"--denoiser-width must be 4-256 channels, not {args.denoiser_width}")
@@ -353,6 +327,9 @@ def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
     if report.left_out:  # left out for good: a re-run would not change it
         n = len(report.left_out)
         print(f"note: {n} series left out (first: {report.left_out[0]})", file=sys.stderr)
+    if report.notes:
+        more = f" (and {len(report.notes) - 1} other outputs)" if len(report.notes) > 1 else ""
+        print(f"note: {report.notes[0]}{more}", file=sys.stderr)
     if report.failed:
         raise ValueError(_failed_summary(report.failed, done))
     print(done, file=sys.stderr)
@@ -411,9 +388,6 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
     check_remove_sd(args.remove_sd)  # before the input is read and the model loaded
 
-    from dataclasses import replace
-
-    from napari_lidnet.inference import denoise
     from napari_lidnet.io.arrays import ARRAY_SUFFIXES
     from napari_lidnet.io.nifti import is_nifti
 
@@ -428,38 +402,29 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
         check_uniform_grid(vol, "NIfTI" if is_nifti(out) else out.suffix.lower())
     model, dev, _ = _load(args.model, "denoiser", args.device)
-    hu = denoise(model, vol.hu, device=dev, progress=_print_progress, remove_sd=args.remove_sd)
-    _note_remove_sd(vol.hu, args.remove_sd)
-    if is_nifti(out):
-        from napari_lidnet.io.nifti import write_nifti
-
-        write_nifti(out, replace(vol, hu=hu))
-    elif as_file:
+    if as_file and not is_nifti(out):
+        from napari_lidnet.inference import denoise
         from napari_lidnet.io.arrays import write_array
 
+        hu = denoise(model, vol.hu, device=dev, progress=_print_progress, remove_sd=args.remove_sd)
+        _note_remove_sd(vol.hu, args.remove_sd)
         write_array(out, hu, vol.spacing)
         if out.suffix.lower() == ".npy":
             spacing = " x ".join(f"{v:g}" for v in vol.spacing)
             print(f"note: .npy keeps no voxel size ({spacing} mm); .npz, .tif and DICOM keep it", file=sys.stderr)
     else:
-        from napari_lidnet.io.dicom_write import denoised_description, write_dicom_series
+        from napari_lidnet.batch import denoise_into
 
-        _note_new_study(vol.metadata, args.input)
-        desc = denoised_description(
-            vol.metadata.get("series_description", vol.name), args.model or "default", args.remove_sd
-        )
-        write_dicom_series(
-            replace(vol, hu=hu), out, series_description=desc, source_tags=vol.metadata.get("source_tags")
-        )
+        denoise_into(out, vol, model, dev, args.model or "default", args.remove_sd, _print_progress)
+        _note_remove_sd(vol.hu, args.remove_sd)
+        if not as_file:
+            _note_new_study(vol.metadata, args.input)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
-    from napari_lidnet.inference import MAX_BOXES_PER_SLICE, detect
-    from napari_lidnet.io.boxes_io import write_volume_boxes
-    from napari_lidnet.io.volume import known_pixel_mm
-    from napari_lidnet.metrics.lesions import row_lesions
+    from napari_lidnet.batch import box_cap_note, detect_into
 
     if args.all_series:
         return _cmd_batch(args, "detect", args.out)
@@ -470,25 +435,14 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     vol = _open_single(args.input, args.series)
     model, dev, card = _load(args.model, "detector", args.device)
     threshold = _threshold(args, card)
-    rows = detect(model, vol.hu, device=dev, score_threshold=threshold, progress=_print_progress,
-                  pixel_mm=known_pixel_mm(vol))  # fmt: skip
-    lesions = row_lesions(rows)
-    _note_box_cap(rows, MAX_BOXES_PER_SLICE)
     about = {"input": str(args.input), "model": args.model or "default", "threshold": threshold}
-    write_volume_boxes(out, rows, vol, lesions, about)
+    rows, lesions = detect_into(out, vol, model, dev, threshold, about, _print_progress)
+    note = box_cap_note(rows)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     found = f"{len(rows)} boxes ({lesions.max(initial=0)} lesions)"
     print(f"wrote {found} with score >= {threshold:.3f} to {out}", file=sys.stderr)
     return 0
-
-
-def _note_box_cap(rows: Any, cap: int) -> None:
-    """A note on stderr when some slices hold ``cap`` boxes, the most a slice keeps (their lowest scores left out)."""
-    import numpy as np
-
-    full = int((np.bincount(np.asarray(rows)[:, 0].astype(int)) >= cap).sum()) if len(rows) else 0
-    if full:
-        print(f"note: {full} slice(s) reached {cap} boxes, the most a slice keeps (the highest scores); boxes "
-              "scoring lower there are left out", file=sys.stderr)  # fmt: skip
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -549,13 +503,24 @@ def _add_index(sub: Any) -> None:
     p.add_argument("--out", required=True, help="manifest file to write (JSON Lines), outside the archive")
     p.add_argument("--dose", type=float, default=None, help="simulate missing low-dose images at this dose fraction")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the simulated low-dose noise")
+    _add_split(p)
+    p.set_defaults(func=_cmd_index)
+
+
+def _add_split(p: Any) -> None:
+    """The ``--split`` option of ``index`` and ``train``."""
     p.add_argument(
         "--split",
         choices=["train", "val", "test", "all"],
         default="train",
         help="the official part of an archive that has one (DeepLesion's Train_Val_Test column); others: all",
     )
-    p.set_defaults(func=_cmd_index)
+
+
+def _add_all_series(p: Any, each: str) -> None:
+    """The ``--all-series`` and ``--workers`` options of ``denoise`` and ``detect`` (``each``: what is written)."""
+    p.add_argument("--all-series", action="store_true", help=f"every DICOM series and NIfTI file under INPUT, {each}")
+    p.add_argument("--workers", type=int, default=2, help="with --all-series: processes reading series ahead")
 
 
 def _add_train(sub: Any) -> None:
@@ -591,12 +556,7 @@ def _add_train(sub: Any) -> None:
         metavar="MM",
         help="largest diameter of inserted lesions and nodules, for masses (default 0: 25 mm, 40 mm in lung)",
     )
-    p.add_argument(
-        "--split",
-        choices=["train", "val", "test", "all"],
-        default="train",
-        help="the official part of an archive that has one (DeepLesion's Train_Val_Test column); others: all",
-    )
+    _add_split(p)
     p.add_argument(
         "--test-fraction",
         type=float,
@@ -662,12 +622,7 @@ def _add_denoise(sub: Any) -> None:
         help="remove only this noise SD and keep the rest (e.g. what a dose reduction added; a Wiener blend, the "
         "least-squares estimate of the scan without that noise); default: all",
     )
-    p.add_argument(
-        "--all-series",
-        action="store_true",
-        help="every DICOM series and NIfTI file under INPUT, one series folder (.nii.gz) each in OUTPUT; resumes",
-    )
-    p.add_argument("--workers", type=int, default=2, help="with --all-series: processes reading series ahead")
+    _add_all_series(p, "one series folder (.nii.gz) each in OUTPUT; resumes")
     p.set_defaults(func=_cmd_denoise)
 
 
@@ -683,12 +638,7 @@ def _add_detect(sub: Any) -> None:
         help="lowest score kept, in [0, 1] (default: the detector card's calibrated threshold, as in the widget)",
     )  # fmt: skip
     p.add_argument("--device", default="auto", type=_device)
-    p.add_argument(
-        "--all-series",
-        action="store_true",
-        help="every DICOM series and NIfTI file under INPUT, one CSV each in the --out folder; resumes, skips finished",
-    )
-    p.add_argument("--workers", type=int, default=2, help="with --all-series: processes reading series ahead")
+    _add_all_series(p, "one CSV each in the --out folder; resumes, skips finished")
     p.set_defaults(func=_cmd_detect)
 
 
@@ -775,7 +725,7 @@ def _adapt_report(rec: dict[str, Any], line_open: bool) -> bool:
             print(f"\r{text} ", end="", file=sys.stderr, flush=True)
             return True
         step, total = rec["step"], rec["total_steps"]  # in a log: the first step, then a line per tenth
-        if step in (1, total) or (10 * step) // max(total, 1) > (10 * (step - 1)) // max(total, 1):
+        if step in (1, total) or _new_tenth(step, total):
             print(text, file=sys.stderr, flush=True)
         return False
     if stage in ("prepare", "export"):

@@ -15,6 +15,7 @@ from pydicom.uid import generate_uid
 
 from napari_lidnet.batch import MARKER, PARTIAL, output_name, run_batch
 from napari_lidnet.cli import main
+from napari_lidnet.inference import MAX_BOXES_PER_SLICE
 from napari_lidnet.io.boxes_io import read_boxes_csv
 from napari_lidnet.io.open_ct import open_ct
 from napari_lidnet.models.denoisers import build_denoiser
@@ -88,7 +89,7 @@ def test_interrupted_run_with_workers_resumes_without_redoing_or_losing_outputs(
         assert np.array_equal(open_ct(a)[0].hu, open_ct(b)[0].hu)  # same outputs as a run never interrupted
 
 
-def test_detect_all_series_from_the_command_line(archive, tmp_path, monkeypatch):
+def test_detect_all_series_from_the_command_line(archive, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NAPARI_LIDNET_MODEL_DIR", str(tmp_path / "models"))
     torch.manual_seed(0)
     save_weights(LesionDetector(width=4).eval(), tmp_path / "models" / "tiny_detector")
@@ -109,6 +110,10 @@ def test_detect_all_series_from_the_command_line(archive, tmp_path, monkeypatch)
     assert main(args) == 0
     files = sorted(out.glob("*.csv"))
     assert len(files) == 3 and all(read_boxes_csv(f).shape[1] == 6 for f in files)
+    full = [(np.bincount(read_boxes_csv(f)[:, 0].astype(int)) >= MAX_BOXES_PER_SLICE).sum() for f in files]
+    err = capsys.readouterr().err  # at --threshold 0 every slice keeps the most boxes: said, as for one file
+    assert full == [3, 3, 3] and f"3 slice(s) reached {MAX_BOXES_PER_SLICE} boxes" in err, err
+    assert "(and 2 other outputs)" in err, err
     assert main(args) == 0  # nothing left to do
     assert sorted(out.glob("*.csv")) == files
 

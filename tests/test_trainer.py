@@ -263,7 +263,8 @@ def test_a_run_folder_locked_by_another_process_is_refused_until_it_ends(tmp_pat
     folder = tmp_path / "r"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from napari_lidnet._training.trainer import _RunFolderLock; lock = _RunFolderLock(Path(sys.argv[1])); "
+         "from napari_lidnet._training.trainer import LOCK_FILE; from napari_lidnet.io.folder_lock import FolderLock; "
+         "lock = FolderLock(Path(sys.argv[1]), LOCK_FILE); "
          "print('locked', flush=True); time.sleep(120)", str(folder)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

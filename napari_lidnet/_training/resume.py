@@ -1,11 +1,14 @@
 """May a run folder be resumed with these settings? Its checkpoints only make sense for the same data, mode,
 architectures, starting weights and validation split; step counts, learning rates, device and workers may change
-(more rounds extend a run)."""
+(more rounds extend a run; finished stages are not run again with other step counts: ``changed_steps_note``)."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from napari_lidnet._training.config import TrainConfig
 
 #: settings that must match the run folder's state.json to resume it
 RESUME_KEYS = (
@@ -60,3 +63,28 @@ def check_resume(state: dict[str, Any], config: Any) -> None:
             f"{out} holds a run with other settings ({'; '.join(diffs)}); run again with those settings to resume "
             "it, or choose a new --out folder"
         )
+
+
+#: the setting that sets each kind of stage's step count
+STAGE_STEPS = {"pretrain-denoiser": "pretrain_denoiser_steps", "pretrain-detector": "pretrain_detector_steps",
+               "denoiser": "denoiser_steps", "detector": "detector_steps"}  # fmt: skip
+
+
+def steps_key(stage: str) -> str | None:
+    """The setting that sets a stage's step count (None for ``validate-start``)."""
+    return STAGE_STEPS.get(stage) or STAGE_STEPS.get(stage.rsplit("-", 1)[-1] if stage.startswith("round") else "")
+
+
+def changed_steps_note(state: dict[str, Any], cfg: TrainConfig) -> str:
+    """A note when a resumed run is given other step counts for stages it has finished ('' otherwise): those
+    stages are not run again; only more --rounds extend a run. Each stage's own count is recorded when it finishes
+    (``stage_steps``)."""
+    notes = []
+    for name, ran in (state.get("stage_steps") or {}).items():
+        key = steps_key(name)
+        if key and name in state.get("done", []) and ran != getattr(cfg, key):
+            notes.append(f"{name} finished with {ran} steps")
+    if not notes:
+        return ""
+    return (f"{'; '.join(notes)}: finished stages are not run again with other step counts (more --rounds extend a "
+            "run; a new --out trains longer)")  # fmt: skip

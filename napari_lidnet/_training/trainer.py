@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -42,9 +40,10 @@ from napari_lidnet._training.losses import (
 )
 from napari_lidnet._training.partial import drop_partial, load_partial, save_partial, where
 from napari_lidnet._training.patches import PatchBatch, calibration_batch, check_patch_settings, patch_batches
-from napari_lidnet._training.resume import check_resume
+from napari_lidnet._training.resume import changed_steps_note, check_resume, steps_key
 from napari_lidnet._training.split import split_samples
 from napari_lidnet._training.validate import evaluate_denoiser, stack_samples
+from napari_lidnet.io.folder_lock import FolderInUse, FolderLock
 from napari_lidnet.models.denoisers import build_denoiser
 from napari_lidnet.models.detector import LesionDetector
 from napari_lidnet.models.device import pick_device
@@ -60,46 +59,6 @@ class TrainingError(RuntimeError):
     """A run that cannot go on (e.g. a NaN loss); the last good checkpoint is kept."""
 
 
-class _RunFolderLock:
-    """An exclusive POSIX record lock on a run folder's lock file, held until :meth:`close` or the process ends.
-
-    Record locks (``lockf``) belong to the process, so DataLoader workers forked from it do not keep the folder
-    locked after it dies; the folders locked in this process are remembered to refuse a second run here too.
-    """
-
-    held: set[Path] = set()
-
-    def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.folder = folder.resolve()
-        if self.folder in self.held:
-            raise TrainingError(f"{folder} is in use by another training run (pid {os.getpid()}, this process); "
-                                "stop it first, or train into another folder")  # fmt: skip
-        self.fh = open(folder / LOCK_FILE, "a+")
-        try:
-            import fcntl
-
-            fcntl.lockf(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # Windows: no advisory locks here; one run per folder is then the user's care
-            pass
-        except OSError:
-            self.fh.seek(0)
-            holder = self.fh.read().strip() or "another process"
-            self.fh.close()
-            raise TrainingError(
-                f"{folder} is in use by another training run ({holder}); stop it first, or train into another folder"
-            ) from None
-        self.fh.seek(0)
-        self.fh.truncate()
-        self.fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        self.fh.flush()
-        self.held.add(self.folder)
-
-    def close(self) -> None:
-        self.held.discard(self.folder)
-        self.fh.close()  # releases the lock
-
-
 def _group(stage: str) -> str:
     """``pretrain`` for the pretraining stages, ``roundN`` for the stages of round N."""
     return stage.split("-")[0]
@@ -112,8 +71,8 @@ RULE_SCORE = f"validation PSNR + {SENSITIVITY_DB:g} x mean sensitivity"
 RULE_LAST = "last round (no validation slices)"
 
 
-def selection_score(metrics: dict[str, float] | None, mode: str | None = None) -> float | None:
-    """The one checkpoint rule, the same for every mode (``mode`` is ignored): validation PSNR (dB) plus
+def selection_score(metrics: dict[str, float] | None) -> float | None:
+    """The one checkpoint rule, the same for every mode: validation PSNR (dB) plus
     ``SENSITIVITY_DB`` x mean FROC sensitivity (that term only where validation has annotated lesions).
     None without validation metrics: then the last round is the result."""
     if not metrics or "psnr" not in metrics:
@@ -324,9 +283,10 @@ class Trainer:
         lock, busy = None, None
         if self.rank == 0:
             try:
-                lock = _RunFolderLock(self.out)
-            except TrainingError as exc:
-                busy = str(exc)
+                lock = FolderLock(self.out, LOCK_FILE)
+            except FolderInUse as exc:
+                busy = (f"{self.out} is in use by another training run ({exc.holder}); stop it first, or train into "
+                        "another folder")  # fmt: skip
         busy = distributed.broadcast_object(busy)  # also the barrier: every rank has read the run folder
         if busy:
             raise TrainingError(busy)
@@ -451,15 +411,15 @@ class Trainer:
         """A run's (or a resume's) first records: notes, and the validation of the starting weights."""
         recorded = self.state.setdefault("stage_steps", {})
         for name in self.state.get("done", []):  # a run folder from before the record: its settings of then
-            key = _steps_key(name)
+            key = steps_key(name)
             if key and name not in recorded and key in (self.state.get("config") or {}):
                 recorded[name] = self.state["config"][key]
-        unchanged = _finished_stages_changed(self.state, self.cfg)
+        note = changed_steps_note(self.state, self.cfg)
         self.state["config"] = self._config_record()
         if self.command and self.rank == 0:
             self.state["commands"] = [*self.state.get("commands", []), self.command]
-        if unchanged:
-            yield {"stage": "setup", "message": unchanged, "step": done_steps, "total_steps": total}
+        if note:
+            yield {"stage": "setup", "message": note, "step": done_steps, "total_steps": total}
         if self._new_manifest and self.rank == 0:
             from napari_lidnet.datasets.manifest import write_manifest
 
@@ -665,13 +625,6 @@ class Trainer:
         return evaluate_denoiser(self.denoiser, detector, self._stacked[part], self.device)
 
 
-def train(
-    config: TrainConfig, samples: list | None = None, should_stop: Callable[[], bool] | None = None
-) -> Iterator[dict[str, Any]]:
-    """Convenience generator: build a :class:`Trainer` and run it."""
-    yield from Trainer(config, samples, should_stop).run()
-
-
 def _weights_record(name: str, card: dict[str, Any]) -> dict[str, Any]:
     """What a card says of weights a run started from: the name given, the file's hash and date, and a
     detector's calibration (its threshold, inherited by the trained detector until it is calibrated again)."""
@@ -679,28 +632,3 @@ def _weights_record(name: str, card: dict[str, Any]) -> dict[str, Any]:
     if isinstance(card.get("calibration"), dict):
         record["calibration"] = dict(card["calibration"])
     return record
-
-
-#: the setting that sets each kind of stage's step count
-_STAGE_STEPS = {"pretrain-denoiser": "pretrain_denoiser_steps", "pretrain-detector": "pretrain_detector_steps",
-                "denoiser": "denoiser_steps", "detector": "detector_steps"}  # fmt: skip
-
-
-def _steps_key(stage: str) -> str | None:
-    """The setting that sets a stage's step count (None for ``validate-start``)."""
-    return _STAGE_STEPS.get(stage) or _STAGE_STEPS.get(stage.rsplit("-", 1)[-1] if stage.startswith("round") else "")
-
-
-def _finished_stages_changed(state: dict[str, Any], cfg: TrainConfig) -> str:
-    """A note when a resumed run is given other step counts for stages it has finished ('' otherwise): those
-    stages are not run again; only more --rounds extend a run. Each stage's own count is recorded when it finishes
-    (``stage_steps``)."""
-    notes = []
-    for name, ran in (state.get("stage_steps") or {}).items():
-        key = _steps_key(name)
-        if key and name in state.get("done", []) and ran != getattr(cfg, key):
-            notes.append(f"{name} finished with {ran} steps")
-    if not notes:
-        return ""
-    return (f"{'; '.join(notes)}: finished stages are not run again with other step counts (more --rounds extend a "
-            "run; a new --out trains longer)")  # fmt: skip
