@@ -527,3 +527,22 @@ def test_mean_hu_over_the_box_window_equals_the_whole_slice_mask() -> None:
         expect = float(hu[mask].mean()) if mask.any() else float("nan")
         np.testing.assert_allclose(mean_hu(corners, hu), expect, rtol=1e-12, equal_nan=True)
     assert np.isnan(mean_hu(np.array([[100, 100], [100, 110], [110, 110], [110, 100]], float), hu))
+
+
+def test_the_pixel_map_is_napari_s_own_transform_position_by_position() -> None:
+    """``pixel_map`` (one affine map read from napari's transforms) lands every vertex where napari's per-position
+    ``data_to_world`` then ``world_to_data`` does: boxes drawn on a rotated, sheared, translated layer over an image
+    with another scale and an affine, and 2D shapes over a 3D image (zeros in front, as napari pads)."""
+    from napari.layers import Image, Shapes
+
+    from napari_lidnet._widgets.navigator import pixel_map
+
+    rng = np.random.default_rng(4)
+    image = Image(np.zeros((6, 40, 50), np.float32), scale=(2.5, 0.7, 0.8), translate=(10, -5, 3),
+                  affine=np.array([[1, 0, 0, 2], [0, 0.98, -0.2, 1], [0, 0.2, 0.98, -3], [0, 0, 0, 1]]))  # fmt: skip
+    for shapes in (Shapes(ndim=3, scale=(2.0, 0.5, 0.9), translate=(4, 1, -2), rotate=17, shear=[0.1, 0, 0]),
+                   Shapes(ndim=2, scale=(0.6, 0.75), translate=(-3, 8))):  # fmt: skip
+        verts = rng.uniform(-20, 60, (12, shapes.ndim))
+        mapped = pixel_map(shapes, image)(verts)
+        one_by_one = [image.world_to_data(shapes.data_to_world(v)[-image.ndim :]) for v in verts]
+        np.testing.assert_allclose(mapped, np.asarray(one_by_one, float), atol=1e-9)
