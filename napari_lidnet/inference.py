@@ -257,17 +257,13 @@ class _Runner:
         settings: InferenceSettings,
         notice: Notice | None,
     ) -> None:
-        if isinstance(device, str):
-            device, msg = pick_device(device)
-            if msg and notice:
-                notice(msg)
-        self.device = torch.device(device)
+        self.notice = notice or (lambda msg: None)
+        self.device = _pipeline_device(device, self.notice)
         self.model = model
         self.settings = settings
         self.batch = max(1, int(settings.batch_size))
         self.tile = int(settings.tile_size)
         self.overlap = int(settings.overlap)
-        self.notice = notice or (lambda msg: None)
         params = list(model.parameters()) + list(model.buffers())
         self._home = params[0].device if params else None
         self._was_training = model.training

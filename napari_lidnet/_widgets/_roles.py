@@ -51,6 +51,14 @@ def grayscale_images(viewer: Any, ndims: tuple[int, ...] | None = (2, 3)) -> lis
             and role(ly) != NOISE and (ndims is None or ly.ndim in ndims)]  # fmt: skip
 
 
+def current_slice(viewer: Any, layer: Any) -> int | None:
+    """The index of ``layer``'s slice under the viewer's current point (clipped to the volume); None in 2D."""
+    if layer.ndim < 3:
+        return None
+    z = float(np.asarray(layer.world_to_data(viewer.dims.point[-layer.ndim :]))[0])
+    return int(np.clip(round(z), 0, layer.data.shape[0] - 1))
+
+
 def is_ct_image(layer: Any) -> bool:
     """A grayscale image in HU (read, simulated or denoised by the plugin); not the removed-noise image."""
     from napari.layers import Image

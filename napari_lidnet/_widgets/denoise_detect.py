@@ -42,6 +42,7 @@ from ._roles import (
     DETECTIONS,
     NOISE,
     ROLE,
+    current_slice,
     derived_name,
     grayscale_images,
     has_voxel_size,
@@ -429,11 +430,6 @@ class DenoiseDetectWidget(QWidget):
         name = self.image_combo.currentText()
         return next((ly for ly in self._image_layers() if ly.name == name), None)
 
-    def _current_slice(self, layer: Image) -> int:
-        point = self.viewer.dims.point[-layer.ndim :]
-        z = float(np.asarray(layer.world_to_data(point))[0])
-        return int(np.clip(round(z), 0, layer.data.shape[0] - 1))
-
     def run(self) -> Any:
         """Start denoising/detection on the chosen layer; returns the worker (None when nothing started)."""
         if self.worker is not None:
@@ -454,7 +450,7 @@ class DenoiseDetectWidget(QWidget):
             return None
         slices = None
         if layer.ndim == 3 and self.scope_combo.currentText() == "current slice":
-            slices = [self._current_slice(layer)]
+            slices = [current_slice(self.viewer, layer)]
         if self._cache is None:
             from ..inference import ResultCache
 

@@ -19,7 +19,6 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from qtpy.QtWidgets import QWidget
 
 from .._training.finetune import (
@@ -48,7 +47,7 @@ from ._finetune_parts import (
     input_problems,
 )
 from ._layer_watch import LayerWatch
-from ._roles import CALIPERS, DETECTIONS, grayscale_images, is_reduced_dose, model_item, role
+from ._roles import CALIPERS, DETECTIONS, current_slice, grayscale_images, is_reduced_dose, model_item, role
 from ._run_task import finish_run, register_run
 from .layer_inputs import inputs_from_layers, paired_input
 from .reading_room import ReadingRoom
@@ -275,13 +274,6 @@ class FineTuneWidget(QWidget):
     def _layer(self, name: str) -> Any:
         return self.viewer.layers[name] if name and name in self.viewer.layers else None
 
-    def _current_slice(self, layer: Any) -> int | None:
-        if layer.ndim < 3:
-            return None
-        point = self.viewer.dims.point[-layer.ndim :]
-        z = float(np.asarray(layer.world_to_data(point))[0])
-        return int(np.clip(round(z), 0, layer.data.shape[0] - 1))
-
     def _boxes_layer(self, name: str | None) -> Any:
         """The picked boxes layer; None for no boxes or the starting detector's (KeyError: a picked layer is gone)."""
         if not name or name == DETECT_ITEM:
@@ -370,7 +362,7 @@ class FineTuneWidget(QWidget):
             shapes = self._boxes_layer(boxes)
         except KeyError as exc:
             return [], [exc.args[0]]
-        inputs, notes = inputs_from_layers(layers, shapes, self._current_slice(layers[0]))
+        inputs, notes = inputs_from_layers(layers, shapes, current_slice(self.viewer, layers[0]))
         return inputs, list(notes)
 
     def _paired_inputs(self, low_name: str, full_name: str, boxes: str) -> tuple[list[CTInput], list[str]]:
@@ -383,7 +375,7 @@ class FineTuneWidget(QWidget):
             shapes = self._boxes_layer(boxes)
         except KeyError as exc:
             return [], [exc.args[0]]
-        item, notes = paired_input(low, full, shapes, self._current_slice(full))
+        item, notes = paired_input(low, full, shapes, current_slice(self.viewer, full))
         return [item], list(notes)
 
     def build_adapt_request(self) -> tuple[AdaptRequest | None, list[str]]:
@@ -402,7 +394,7 @@ class FineTuneWidget(QWidget):
             shapes = self._boxes_layer(data["adapt_boxes"])
         except KeyError as exc:
             return None, [exc.args[0]]
-        current = self._current_slice(layers[0]) if layers else None
+        current = current_slice(self.viewer, layers[0]) if layers else None
         return adapt_request(layers, shapes, current, self.name_edit.text(), settings)
 
     def _boxes_note(self) -> str:
