@@ -11,7 +11,7 @@ from test_local_data import phantom
 
 from napari_lidnet._widgets.finetune import DETECT_ITEM, NO_BOXES_ITEM, SCRATCH_ITEM, FineTuneWidget
 from napari_lidnet.layer_data import boxes_to_shapes
-from napari_lidnet.models.registry import list_models
+from napari_lidnet.models.registry import MODEL_DIR_ENV, list_models
 from napari_lidnet.models.weights import load_weights
 
 SCALE, TRANSLATE = (2.5, 0.7, 0.8), (10.0, -120.0, -100.0)
@@ -280,3 +280,23 @@ def test_closing_napari_mid_run_stops_it_and_keeps_the_best_so_far(make_napari_v
     stopped = [r for r in records if r["stage"] == "stopped"]
     assert stopped and stopped[0]["step"] < seen["closed_at"] + 8 < stopped[0]["total_steps"]  # the GUI closes later
     assert load_weights(model_dir / "closed_denoiser")[1]["training"]["finetune"]["stopped_early"]
+
+
+def test_a_model_folder_that_cannot_be_written_opens_the_dock_and_refuses_a_run_in_one_line(
+    make_napari_viewer, qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 2026-12-06: a model folder that cannot be written (here: below a file, which even root cannot write
+    into) made the dock raise while opening and Start raise out of its slot. The dock opens; Start says why in one
+    line and starts nothing."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file")
+    monkeypatch.setenv(MODEL_DIR_ENV, str(blocker / "models"))
+    viewer = make_napari_viewer()
+    low, full, boxes = phantom(n=4, size=48)
+    viewer.add_image(full, name="full-dose CT")
+    viewer.add_shapes(boxes_to_shapes(boxes[:, :5], 3), shape_type="rectangle", name="boxes")
+    widget = make_widget(viewer, qtbot, "site")
+    assert widget.start() is None and widget.worker is None
+    text = widget.status.text()
+    assert f"cannot write to {blocker}" in text and MODEL_DIR_ENV in text, text
+    assert blocker.read_text() == "a file"

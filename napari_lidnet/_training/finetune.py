@@ -80,22 +80,38 @@ def new_run_dir(name: str) -> Path:
 
 def default_model_name() -> str:
     """``finetuned-YYYYMMDD-HHMM``, with ``-2``, ``-3`` ... appended while that name is taken by a user model."""
+    from napari_lidnet._training.export import check_export_name
+
     base = "finetuned-" + _dt.datetime.now().strftime("%Y%m%d-%H%M")
     name, k = base, 1
-    while model_name_problems(name):
-        k += 1
-        name = f"{base}-{k}"
-    return name
+    while True:
+        try:
+            check_export_name(name)
+        except FileExistsError:
+            k += 1
+            name = f"{base}-{k}"
+            continue
+        except OSError:  # a model folder that cannot be written is said when a run is asked for, not here
+            pass
+        return name
 
 
 def model_name_problems(name: str) -> list[str]:
-    """Why ``name`` cannot be the new model's name (bad characters, or taken in the user model folder)."""
+    """Why ``name`` cannot be the new model's name (bad characters, taken in the user model folder), or why no
+    model can be saved (the model folder or the runs folder beside it cannot be written)."""
     from napari_lidnet._training.export import check_export_name
+    from napari_lidnet.io.atomic import check_writable
+    from napari_lidnet.models.registry import MODEL_DIR_ENV
 
     try:
         check_export_name(name)
+        check_writable(runs_dir() / "probe")
     except (ValueError, FileExistsError) as exc:
         return [str(exc)]
+    except OSError as exc:
+        where = exc.filename or runs_dir().parent
+        return [f"cannot write to {where}: the fine-tuned models and their runs go there; make it writable, or "
+                f"set {MODEL_DIR_ENV} to a folder you can write"]  # fmt: skip
     return []
 
 
