@@ -117,6 +117,10 @@ def test_check_inputs_lists_every_problem() -> None:
     good = ld.CTInput("ct", full2, 0.7, low_hu=full2 + 1, boxes=boxes2)
     assert ld.check_inputs([good], patch_size=48) == []
     assert "cannot fine-tune" in str(ld.DataProblems(problems))
+    # the same CT in 0-1 units (a normalised export): not HU, said before any low dose is simulated on it
+    unit = ld.CTInput("ct", (full2 + 1024) / 4096, 0.7, boxes=boxes2)
+    (problem,) = ld.check_inputs([unit], patch_size=48)
+    assert "'ct' (full-dose): no pixel below -50 HU" in problem and "not CT in HU" in problem
 
 
 def test_samples_split_volumes_simulate_low_dose_and_keep_boxes() -> None:

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_lidnet.io.checks import not_ct_note
+
 #: fewest lesion boxes for the detection and ROI perceptual losses to mean something
 MIN_LESIONS = 2
 #: score above which the starting detector's detections become training boxes
@@ -186,6 +188,8 @@ def check_inputs(
         for label, arr in (("full-dose", item.full_hu), ("low-dose", item.low_hu)):
             if arr is not None and not np.isfinite(arr).all():
                 problems.append(f"{item.name!r}: the {label} image has NaN or infinite values")
+            elif arr is not None and (note := not_ct_note("", arr, f"{item.name!r} ({label})")):
+                problems.append(note)  # 0-1 units, stored values: the noise simulated on it would mean nothing
         if item.low_hu is None and (item.slice_shape[0] != item.slice_shape[1] or min(item.slice_shape) < 16):
             problems.append(
                 f"{item.name!r}: low-dose simulation needs square slices of 16 pixels or more, got "
