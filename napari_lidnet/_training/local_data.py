@@ -261,6 +261,20 @@ def slice_seed(seed: int, image_index: int, z: int) -> int:
     return int(np.random.SeedSequence([seed, image_index, z]).generate_state(1)[0])
 
 
+#: at most about this many slices of a volume get a simulated low-dose partner (evenly spaced, plus every slice with
+#: a lesion box): a fine-tune trains on a few hundred patches, and each simulated slice costs about a second on a CPU
+MAX_SIMULATED_SLICES = 64
+
+
+def slices_to_simulate(n: int, boxes: np.ndarray | None) -> list[int]:
+    """The slices of an ``n``-slice volume that get a simulated low-dose partner: every k-th (at most about
+    ``MAX_SIMULATED_SLICES``) and every slice with a box in ``boxes`` (``slice, x1, y1, x2, y2``)."""
+    keep = set(range(0, n, -(-n // MAX_SIMULATED_SLICES)))
+    if boxes is not None:
+        keep |= {z for z in np.rint(np.asarray(boxes, float).reshape(-1, 5)[:, 0]).astype(int) if 0 <= z < n}
+    return sorted(keep)
+
+
 def iter_samples(
     inputs: Sequence[CTInput],
     dose: float,
@@ -271,52 +285,64 @@ def iter_samples(
     should_stop: Callable[[], bool] | None = None,
     near_lesion: int = NEAR_LESION_SLICES,
 ) -> Generator[str, None, list[Any]]:
-    """Simulate missing low-dose partners slice by slice (seeded by :func:`slice_seed`), detect missing boxes with
-    ``detector`` (score >= ``box_threshold``, on the normal-dose image) and split volumes into
-    ``io.dataset.Sample`` slices named ``"<name>#<z>"``; slices without boxes within ``near_lesion`` slices of a
-    slice with boxes are left out (listed in ``CTInput.left_out``; 0 keeps every slice). Yields a message per step
-    of work; returns the samples ([] when ``should_stop`` turns True between two slices)."""
+    """Detect missing boxes with ``detector`` (score >= ``box_threshold``, on the normal-dose image), simulate
+    missing low-dose partners slice by slice (``slices_to_simulate``; seeded by :func:`slice_seed`; the fast path of
+    ``sim.lowdose``) and split volumes into ``io.dataset.Sample`` slices named ``"<name>#<z>"``; slices without boxes
+    within ``near_lesion`` slices of a slice with boxes are left out (listed in ``CTInput.left_out``; 0 keeps every
+    slice). Yields a message per step of work; returns the samples ([] when ``should_stop`` turns True)."""
     from napari_lidnet.io.dataset import Sample
 
     stop = should_stop or (lambda: False)
     samples = []
     for k, item in enumerate(inputs):
         full3 = item.full_hu[None] if item.full_hu.ndim == 2 else item.full_hu
-        low3 = None if item.low_hu is None else (item.low_hu[None] if item.low_hu.ndim == 2 else item.low_hu)
-        if low3 is None:
-            from napari_lidnet.sim.lowdose import simulate_low_dose
-
-            low3 = np.empty_like(full3, dtype=np.float32)
-            for z in range(len(full3)):
-                if stop():
-                    return []
-                yield f"simulating {dose:.0%} dose: {item.name} slice {z + 1}/{len(full3)}"
-                low3[z] = simulate_low_dose(full3[z], dose, item.spacing_mm, seed=slice_seed(seed, k, z), device=device)
+        n = full3.shape[0]
+        used = list(range(n)) if item.low_hu is not None else slices_to_simulate(n, item.boxes)
         if item.boxes is None:
-            boxes = np.zeros((0, 5), np.float32)
-            if detector is not None:
-                from napari_lidnet.inference import detect
-
-                if stop():
-                    return []
-                yield f"detecting lesions in {item.name} (score >= {box_threshold:g})"
-                rows = detect(detector, full3, device=device, score_threshold=box_threshold)
-                boxes = rows[:, :5].astype(np.float32)
+            if stop():
+                return []
+            yield f"detecting lesions in {item.name} (score >= {box_threshold:g})"
+            boxes = _detected_boxes(detector, full3, used, item.spacing_mm, device, box_threshold)
             item.boxes, item.box_source = boxes, "detected"
         h, w = item.slice_shape
         clipped = np.asarray(item.boxes, np.float32).reshape(-1, 5).copy()
         clipped[:, 1:] = np.clip(clipped[:, 1:], 0, [w, h, w, h])
-        item.left_out = near_lesion_slices(np.rint(clipped[:, 0]).astype(int), full3.shape[0], near_lesion)
+        item.left_out = near_lesion_slices(np.rint(clipped[:, 0]).astype(int), n, near_lesion)
         if item.left_out:
             yield f"{item.name}: left out slice(s) {item.left_out} (no boxes, next to annotated lesions)"
-        for z in range(full3.shape[0]):
-            if z in item.left_out:
-                continue
+        used = [z for z in used if z not in item.left_out]
+        for count, z in enumerate(used):
+            if item.low_hu is not None:
+                low = item.low_hu if item.low_hu.ndim == 2 else item.low_hu[z]
+            else:
+                if stop():
+                    return []
+                yield f"simulating {dose:.0%} dose: {item.name} slice {count + 1}/{len(used)} (of {n})"
+                low = _simulated(full3[z], dose, item.spacing_mm, slice_seed(seed, k, z), device)
             name = item.name if item.full_hu.ndim == 2 else f"{item.name}#{z}"
             b = clipped[np.rint(clipped[:, 0]) == z][:, 1:]
             full_z = np.ascontiguousarray(full3[z], dtype=np.float32)
-            samples.append(Sample(name, full_z, np.ascontiguousarray(low3[z], dtype=np.float32), b, item.spacing_mm))
+            samples.append(Sample(name, full_z, np.ascontiguousarray(low, dtype=np.float32), b, item.spacing_mm))
     return samples
+
+
+def _detected_boxes(
+    detector: Any, full3: np.ndarray, used: list[int], pixel_mm: float, device: Any, threshold: float
+) -> np.ndarray:
+    """(N, 5) boxes the detector finds on the ``used`` slices of ``full3``, seen at its pixel size (none without a
+    detector)."""
+    if detector is None:
+        return np.zeros((0, 5), np.float32)
+    from napari_lidnet.inference import detect
+
+    rows = detect(detector, full3, slices=used, device=device, score_threshold=threshold, pixel_mm=(pixel_mm,) * 2)
+    return rows[:, :5].astype(np.float32)
+
+
+def _simulated(full: np.ndarray, dose: float, spacing_mm: float, seed: int, device: Any) -> np.ndarray:
+    from napari_lidnet.sim.lowdose import simulate_low_dose
+
+    return simulate_low_dose(full, dose, spacing_mm, seed=seed, device=device, fast=True)
 
 
 def near_lesion_slices(box_slices: np.ndarray, n_slices: int, near: int = NEAR_LESION_SLICES) -> list[int]:
