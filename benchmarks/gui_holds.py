@@ -91,7 +91,28 @@ def measure(n: int, size: int, threshold: float) -> dict[str, float]:
     widget.scope_combo.setCurrentText("current slice")
     out["current-slice run folded into the volume"] = run_and_time(widget, app)
     viewer.close()
+    out["fine-tune plot: one redraw (3 rounds of 40 + 20 steps)"] = plot_redraw()
     return out
+
+
+def plot_redraw() -> float:
+    """Seconds of one redraw of the Fine-tune dock's live plot (the median of 5) after a one-click run's records."""
+    from napari_lidnet._widgets.loss_plot import TrainingPlot
+
+    plot, step = TrainingPlot(), 0
+    plot.resize(400, 360)
+    for r in range(1, 4):
+        for net, n in (("denoiser", 40), ("detector", 20)):
+            for _ in range(n):
+                step += 1
+                losses = {"pixel": 1 / step, "detection": 2 / step, "roi_perceptual": 0.1 / step}
+                plot.add_record({"stage": f"round{r}-{net}", "step": step, "losses": losses})
+        plot.add_record({"stage": "validate", "step": step, "val": {"psnr": 40.0 + r, "sensitivity": 0.5 + r / 10}})
+    times = []
+    for _ in range(5):
+        plot.add_record({"stage": "round3-denoiser", "step": step, "losses": {"pixel": 0.01}})
+        times.append(seconds(lambda: (plot.redraw(), plot.canvas.draw())))
+    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
@@ -28,11 +29,14 @@ def loss_series_name(stage: str, key: str) -> str:
 
 
 class TrainingPlot(QWidget):
-    """Two panels: losses per step (log scale) and validation PSNR (dB, left) / sensitivity (right) per step."""
+    """Two panels: losses per step (log scale) and validation PSNR (dB, left) / sensitivity (right) per step.
+
+    The curves are drawn once and then given their new points (no panel cleared and rebuilt); the layout is worked out
+    again only when a curve joins the legend: a draw holds the GUI thread, and the viewer stutters meanwhile."""
 
     def __init__(self, parent: QWidget | None = None, interval_ms: int = 500) -> None:
         super().__init__(parent)
-        self.figure = Figure(figsize=(4, 3.6), tight_layout=True)
+        self.figure = Figure(figsize=(4, 3.6))
         self.canvas = PlotCanvas(self.figure)
         self.canvas.setMinimumHeight(220)
         layout = QVBoxLayout(self)
@@ -41,8 +45,10 @@ class TrainingPlot(QWidget):
         self.ax_loss = self.figure.add_subplot(2, 1, 1)
         self.ax_val = self.figure.add_subplot(2, 1, 2)
         self.ax_sens = self.ax_val.twinx()
+        self._style_axes()
         self.losses: dict[str, list[tuple[int, float]]] = {}
         self.validation: list[tuple[int, str, dict[str, float]]] = []
+        self._lines: dict[str, Any] = {}
         self.n_draws = 0
         self._dirty = False
         self._last_redraw = 0.0
@@ -52,10 +58,31 @@ class TrainingPlot(QWidget):
         self._timer.start()
         self.redraw()
 
+    def _style_axes(self) -> None:
+        """Labels, tick sizes and the (empty) validation curves: set once."""
+        self.ax_loss.set_ylabel("loss")
+        self.ax_val.set_ylabel("val PSNR (dB)", color="tab:blue", fontsize=8)
+        self.ax_sens.set_ylabel("sensitivity", color="tab:orange", fontsize=8)
+        self.ax_sens.yaxis.set_label_position("right")
+        self.ax_sens.set_ylim(-0.02, 1.02)
+        self.ax_val.set_xlabel("step", fontsize=8)
+        for a in (self.ax_loss, self.ax_val, self.ax_sens):
+            a.tick_params(labelsize=7)
+        (self._psnr_line,) = self.ax_val.plot([], [], "o-", color="tab:blue", label="PSNR")
+        (self._sens_line,) = self.ax_sens.plot([], [], "s--", color="tab:orange", label="sensitivity")
+        self.figure.tight_layout()
+
     def clear(self) -> None:
         """Forget every series (a new run starts)."""
         self.losses.clear()
         self.validation.clear()
+        for line in self._lines.values():
+            line.remove()
+        self._lines.clear()
+        legend = self.ax_loss.get_legend()
+        if legend is not None:
+            legend.remove()
+        self.ax_loss.set_yscale("linear")
         self.redraw()
 
     def add_record(self, rec: dict[str, Any]) -> None:
@@ -78,34 +105,28 @@ class TrainingPlot(QWidget):
             self.redraw()
 
     def redraw(self) -> None:
-        """Draw both panels from the stored series (cheap enough for a few thousand points)."""
+        """Give the curves their stored points (a new series gets a curve and a legend entry) and draw."""
         self._dirty = False
         self._last_redraw = time.monotonic()
         self.n_draws += 1
-        ax = self.ax_loss
-        ax.clear()
-        for name, pts in sorted(self.losses.items()):
-            xs, ys = zip(*pts)
-            ax.plot(xs, ys, lw=1, label=name)
-        ax.set_ylabel("loss")
-        if self.losses:
-            ax.set_yscale("log")
-            ncols = 2 if len(self.losses) > 1 else 1  # above the panel: a legend inside covers the curves
-            ax.legend(fontsize=6.5, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=ncols, frameon=False)
-        ax.tick_params(labelsize=7)
-        self.ax_val.clear()
-        self.ax_sens.clear()
+        new = sorted(set(self.losses) - set(self._lines))
+        for name in sorted(self.losses):
+            if name in new:
+                (self._lines[name],) = self.ax_loss.plot([], [], lw=1, label=name)
+            self._lines[name].set_data(*zip(*self.losses[name]))
+        if new:  # above the panel: a legend inside covers the curves
+            self.ax_loss.set_yscale("log")
+            self.ax_loss.yaxis.set_minor_locator(NullLocator())  # dozens of minor ticks made each draw slow
+            handles = [self._lines[name] for name in sorted(self._lines)]
+            self.ax_loss.legend(handles=handles, fontsize=6.5, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+                                ncols=2 if len(handles) > 1 else 1, frameon=False)  # fmt: skip
         psnr = [(s, v["psnr"]) for s, _, v in self.validation if "psnr" in v]
         sens = [(s, v["sensitivity"]) for s, _, v in self.validation if "sensitivity" in v]
-        if psnr:
-            self.ax_val.plot(*zip(*psnr), "o-", color="tab:blue", label="PSNR")
-        if sens:
-            self.ax_sens.plot(*zip(*sens), "s--", color="tab:orange", label="sensitivity")
-            self.ax_sens.set_ylim(-0.02, 1.02)
-        self.ax_val.set_ylabel("val PSNR (dB)", color="tab:blue", fontsize=8)
-        self.ax_sens.set_ylabel("sensitivity", color="tab:orange", fontsize=8)
-        self.ax_sens.yaxis.set_label_position("right")  # clear() on a twin axis moves its label to the left
-        self.ax_val.set_xlabel("step", fontsize=8)
-        for a in (self.ax_val, self.ax_sens):
-            a.tick_params(labelsize=7)
+        self._psnr_line.set_data(*(zip(*psnr) if psnr else ([], [])))
+        self._sens_line.set_data(*(zip(*sens) if sens else ([], [])))
+        for ax in (self.ax_loss, self.ax_val):
+            ax.relim()
+            ax.autoscale_view()
+        if new:
+            self.figure.tight_layout()
         self.canvas.draw_idle()
