@@ -335,7 +335,10 @@ def test_stop_ends_within_one_step_and_keeps_checkpoints(model_dir: Path) -> Non
     assert json.loads((model_dir / "stopped_detector.json").read_text())["training"]["finetune"]["stopped_early"]
 
 
-def test_nan_loss_fails_cleanly_and_exports_nothing(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nan_loss_fails_cleanly_and_publishes_the_last_good_checkpoint(model_dir: Path, monkeypatch) -> None:
+    """A run that fails after a validated round (here a NaN loss in round 2) says it failed and why, and publishes
+    round 1's best checkpoint as a Stop would (review 2026-12-06: it was left in the runs folder, where no dock
+    reaches it), the failure in its card's notes."""
     from napari_lidnet._training.trainer import Trainer
 
     low, full, boxes = phantom(n=4, size=64)
@@ -353,8 +356,27 @@ def test_nan_loss_fails_cleanly_and_exports_nothing(model_dir: Path, monkeypatch
     req = fj.FinetuneRequest("broken", tiny_config(run), inputs=[ld.CTInput("ct", full, 0.7, low, boxes)])
     records, out = drive(fj.finetune_job(req))
     assert out.status == "failed" and "nan" in out.message.lower() and "round2-denoiser" in out.message
-    assert sorted(p.name for p in model_dir.iterdir()) == before  # nothing exported
-    load_weights(run / "best_denoiser")  # the round-1 checkpoint survives intact
+    assert "the best checkpoint before the failure was saved as broken" in out.message
+    added = sorted(set(p.name for p in model_dir.iterdir()) - set(before))
+    assert added == [f"broken_{k}.{e}" for k in ("denoiser", "detector") for e in ("json", "safetensors")]
+    for kind in ("denoiser", "detector"):  # the round-1 checkpoint, as the run folder keeps it
+        best, card = load_weights(run / f"best_{kind}")
+        published, pcard = load_weights(model_dir / f"broken_{kind}")
+        for key, value in best.state_dict().items():
+            np.testing.assert_array_equal(published.state_dict()[key].numpy(), value.numpy())
+        assert any("the run failed" in n for n in pcard["training"]["finetune"]["notes"])
+
+
+def test_a_run_whose_held_out_slices_hold_no_lesion_says_detection_was_not_measured(model_dir: Path) -> None:
+    """Review 2026-12-06: lesions annotated on a few slices only, none on the validation or test block: the detector
+    was trained, published and chosen with no sensitivity measured, and nothing said so."""
+    low, full, boxes = phantom(n=9, size=64)
+    run = fj.new_run_dir("heldout")
+    inputs = [ld.CTInput("ct", full, 0.7, low, boxes[boxes[:, 0] <= 2])]
+    records, out = drive(fj.finetune_job(fj.FinetuneRequest("heldout", tiny_config(run, rounds=1), inputs=inputs)))
+    assert out.status == "finished", out.message
+    assert fj.NOTE_NO_HELD_OUT_LESION in out.notes and "sensitivity" not in (out.best_metrics or {})
+    assert "sensitivity was not measured" in fj.outcome_summary(out)
 
 
 def test_job_reports_bad_data_without_training(model_dir: Path) -> None:

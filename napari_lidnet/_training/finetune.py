@@ -33,6 +33,7 @@ from napari_lidnet._training.local_data import (
     inputs_from_dicom,
     iter_samples,
 )
+from napari_lidnet.io.checks import one_line
 
 #: the one-click schedule: start from trained models (no pretraining), three short collaborative rounds
 ONE_CLICK_DEFAULTS: dict[str, Any] = {
@@ -183,6 +184,10 @@ NOTE_DETECTED = (
 )
 NOTE_NO_VALIDATION = "no validation slices: the model is the last round's, not chosen on validation"
 NOTE_NO_TEST = "no held-out test slices: whether it improved was not measured"
+NOTE_NO_HELD_OUT_LESION = (
+    "no lesion box on the validation or test slices: the detector was trained but its sensitivity was not measured "
+    "(annotate lesions on more slices, or keep using the starting detector)"
+)
 
 
 def _load_detector(name: str | None, device: Any) -> Any:
@@ -299,6 +304,32 @@ def _publish(req: FinetuneRequest, outcome: FinetuneOutcome, info: dict[str, Any
         )
 
 
+def _salvage(req: FinetuneRequest, outcome: FinetuneOutcome, info: dict[str, Any]) -> None:
+    """A run that failed after a validated round: its best checkpoint is published, as a Stop would, with the failure
+    in its notes and in the message (nothing when no round was validated, or when that export fails too)."""
+    import json
+
+    from napari_lidnet._training.trainer import STATE_FILE
+
+    try:
+        state = json.loads((Path(req.config.out) / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    if not state.get("best_metrics"):
+        return
+    failure = outcome.message
+    outcome.start_metrics, outcome.best_metrics = state.get("start_metrics"), state.get("best_metrics")
+    outcome.start_test_metrics = state.get("start_test_metrics") or None
+    outcome.best_test_metrics = state.get("best_test_metrics") or None
+    outcome.notes.append(f"the run failed ({one_line(failure)}); this is its best checkpoint before the failure")
+    try:
+        _publish(req, outcome, info, stopped=True)
+    except (OSError, ValueError):
+        outcome.exported = []
+        return
+    outcome.message = f"{failure}; the best checkpoint before the failure was saved as {req.name}"
+
+
 def _failure(exc: Exception, run_dir: Path) -> FinetuneOutcome:
     """A training error (NaN), a file error or anything else, as a returned outcome (never a crash)."""
     from napari_lidnet._training.trainer import TrainingError
@@ -338,6 +369,10 @@ def _train(
         outcome.notes.append(NOTE_NO_VALIDATION)
     if not trainer.test_samples:
         outcome.notes.append(NOTE_NO_TEST)
+    held_out = [*trainer.val_samples, *trainer.test_samples]
+    measured = req.config.mode != "pixel" and NOTE_DETECTED not in outcome.notes
+    if measured and held_out and not any(len(s.boxes) for s in held_out):
+        outcome.notes.append(NOTE_NO_HELD_OUT_LESION)
     return outcome
 
 
@@ -352,6 +387,7 @@ def finetune_job(
     should_stop = should_stop or (lambda: False)
     t0 = time.monotonic()
     held: dict[str, Any] = {"device": "cpu"}
+    info: dict[str, Any] = {}
     try:
         yield {"stage": "prepare", "message": "checking the data"}
         samples, info = yield from _prepared(req, should_stop)
@@ -370,6 +406,8 @@ def finetune_job(
             _publish(req, outcome, info, outcome.status == "stopped")
     except Exception as exc:  # every error becomes a message, never a crash of the viewer
         outcome = _failure(exc, Path(req.config.out))
+        if outcome.status == "failed" and info:
+            _salvage(req, outcome, info)
     finally:
         release_torch(held["device"])
     outcome.seconds = time.monotonic() - t0

@@ -497,6 +497,10 @@ class FineTuneWidget(QWidget):
         self.outcome = outcome
         if outcome.status in ("invalid", "failed"):
             self._message(outcome.message, error=True)
+            self.stage_label.setText(outcome.status)  # not the step it stood at, as if it went on
+            if outcome.exported:  # the best checkpoint before a failure: listed in the docks, not chosen for them
+                refresh_denoise_widgets(self.viewer)
+                self.refresh_models()
             return
         text = adapt_summary(outcome) if isinstance(outcome, AdaptOutcome) else outcome_summary(outcome)
         if outcome.exported:
