@@ -330,3 +330,23 @@ def test_the_training_plot_draws_every_point_and_starts_afresh(qtbot, tmp_path: 
     plot.add_record({"stage": "round1-denoiser", "step": 1, "losses": {"pixel": 0.5}})
     plot.redraw()
     assert [ln.get_label() for ln in plot.ax_loss.get_lines()] == ["denoiser: pixel"]
+
+
+def test_closing_waits_for_the_saved_model_while_the_window_paints(qtbot) -> None:
+    """Review 2026-12-06: closing napari mid-run waited for the model on the GUI thread without processing events,
+    5-11 s of a frozen window (which invites the system's "not responding" kill that loses the model). The wait lets
+    Qt run timers and paint meanwhile; it ends when the run is done, or gives up after its timeout."""
+    import threading
+
+    from napari_lidnet._widgets._run_task import wait_painting
+
+    done, ticks = threading.Event(), []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.monotonic()))
+    timer.start(20)
+    threading.Timer(0.6, done.set).start()
+    start = time.monotonic()
+    assert wait_painting(done, timeout=10.0)
+    assert 0.5 < time.monotonic() - start < 5.0 and len(ticks) >= 10  # the event loop ran during the wait
+    assert not wait_painting(threading.Event(), timeout=0.2)
+    timer.stop()

@@ -312,6 +312,24 @@ def test_unannotated_neighbours_of_a_lesion_are_left_out() -> None:
     assert len(kept) == 7  # pixel loss only: every slice is a fine denoising example
 
 
+def test_stop_during_a_validation_begins_no_further_stage(model_dir: Path) -> None:
+    """Review 2026-12-06: Stop pressed while round 1 was validated ran round 2's loss calibration and a step (a
+    partial checkpoint no one uses) before stopping. The run now stops before the next stage and publishes round 1."""
+    low, full, boxes = phantom(n=4, size=64)
+    flag = {"stop": False}
+    run = fj.new_run_dir("between")
+    req = fj.FinetuneRequest("between", tiny_config(run, rounds=3), inputs=[ld.CTInput("ct", full, 0.7, low, boxes)])
+    job = fj.finetune_job(req, should_stop=lambda: flag["stop"])
+    for rec in job:
+        if rec["stage"] == "validate" and rec.get("after") == "round1-detector":
+            flag["stop"] = True
+            break
+    rest, out = drive(job)
+    assert rest[0]["stage"] == "stopped" and "stopped before round2-denoiser" in rest[0]["message"]
+    assert out.status == "stopped" and out.exported
+    assert not any(p.name.startswith("partial_") for p in run.iterdir())  # no stage begun, none half-done
+
+
 def test_stop_ends_within_one_step_and_keeps_checkpoints(model_dir: Path) -> None:
     low, full, boxes = phantom(n=4, size=64)
     flag = {"stop": False}

@@ -138,7 +138,7 @@ def test_stop_then_resume_equals_an_uninterrupted_run(tmp_path):
 
     def stop_after_85() -> bool:
         count["n"] += 1
-        return count["n"] >= 85  # inside the first round's denoiser stage
+        return count["n"] >= 86  # inside round 1's denoiser stage (one check more: after pretraining's validation)
 
     records = list(Trainer(_config(tmp_path / "cut"), samples, should_stop=stop_after_85).run())
     assert records[-1]["stage"] == "stopped" and records[-1]["step"] == 85

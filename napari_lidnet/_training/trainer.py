@@ -296,23 +296,32 @@ class Trainer:
             if lock is not None:
                 lock.close()
 
+    def _validate_pending(self, stages: list[tuple[str, int]], done_steps: int, total: int) -> Iterator[dict]:
+        """A stage adopted from its checkpoint (see ``_start``): its state written, or its group validated."""
+        pending = self.state.pop("validate_pending", None)
+        names = [n for n, _ in stages]
+        if pending in names:
+            following = (names[names.index(pending) + 1 :] or [None])[0]
+            if following and _group(following) == _group(pending):
+                self._write_state()
+            else:
+                yield self._end_of_stage(pending, done_steps, total)
+
     def _run(self) -> Iterator[dict[str, Any]]:
         stages = self.stages()
         total = self.total_steps()
         done_steps = sum(n for name, n in stages if name in self.state["done"])
         yield from self._start(done_steps, total)
-        pending = self.state.pop("validate_pending", None)  # a stage adopted from its checkpoint (see above)
-        names = [n for n, _ in stages]
-        if pending in names:
-            following = (names[names.index(pending) + 1:] or [None])[0]
-            if following and _group(following) == _group(pending):
-                self._write_state()
-            else:
-                yield self._end_of_stage(pending, done_steps, total)
+        yield from self._validate_pending(stages, done_steps, total)
+        validated = False
         for index, (name, n_steps) in enumerate(stages):
             if name in self.state["done"]:
                 continue
-            before = done_steps
+            if validated and distributed.any_rank(self.should_stop()):  # Stop during a validation: no next stage
+                yield {"stage": "stopped", "step": done_steps, "total_steps": total,
+                       "message": f"stopped before {name}: {self.kept_message()}"}  # fmt: skip
+                return
+            before, validated = done_steps, False
             for rec in self._run_stage(name, index, n_steps):
                 if rec["stage"] == "setup":
                     yield {**rec, "step": done_steps, "total_steps": total}
@@ -341,6 +350,7 @@ class Trainer:
             end = self._end_of_stage(name, done_steps, total)
             self._drop_partial()
             yield end
+            validated = True
         distributed.barrier()  # rank 0 has validated and written the last checkpoint: every rank finishes with it
         yield {
             "stage": "finished",

@@ -28,10 +28,27 @@ def register_run(viewer: Any, description: str, stop: threading.Event, done: thr
 
     def cancel() -> bool:
         stop.set()
-        return done.wait(CLOSE_WAIT_S)
+        return wait_painting(done, CLOSE_WAIT_S)
 
     text = f"{description}: closing stops it and saves the best model so far"
     return register("LIDnet", Status.BUSY, text, cancel_callback=cancel)
+
+
+def wait_painting(done: threading.Event, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for ``done`` on the GUI thread while Qt keeps painting and delivering the worker's
+    signals (no input events: the closing window takes no clicks), so the window is not "not responding" while a
+    stopped run saves its model. True once ``done`` is set."""
+    import time
+
+    from qtpy.QtCore import QEventLoop
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + timeout
+    while not done.wait(0.02):
+        if time.monotonic() > end:
+            return False
+        QApplication.processEvents(QEventLoop.ProcessEventsFlag.ExcludeUserInputEvents)
+    return True
 
 
 def finish_run(viewer: Any, task: Any) -> None:
