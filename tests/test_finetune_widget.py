@@ -350,3 +350,26 @@ def test_closing_waits_for_the_saved_model_while_the_window_paints(qtbot) -> Non
     assert 0.5 < time.monotonic() - start < 5.0 and len(ticks) >= 10  # the event loop ran during the wait
     assert not wait_painting(threading.Event(), timeout=0.2)
     timer.stop()
+
+
+def test_a_plan_of_hours_runs_on_a_second_start_and_a_run_stopped_before_a_model_leaves_no_folder(
+    make_napari_viewer, qtbot, model_dir: Path
+) -> None:
+    """Review 2026-12-06: 2,000,000 steps (weeks on a CPU) started without a word, and every run stopped before its
+    first model left a run folder the dock can never resume. A plan over LONG_PLAN_STEPS asks for a second Start;
+    a run stopped before any round finished leaves nothing behind."""
+    from napari_lidnet._widgets.finetune import LONG_PLAN_STEPS
+
+    viewer = make_napari_viewer()
+    add_case(viewer, n=4)
+    widget = make_widget(viewer, qtbot, "long", rounds=60, den_steps=80, det_steps=20)
+    assert 60 * 100 > LONG_PLAN_STEPS
+    assert widget.start() is None and "6000 training steps" in widget.status.text()
+    assert "press Start again" in widget.status.text() and not (model_dir.parent / "runs").exists()
+    worker = widget.start()  # confirmed: it runs
+    assert worker is not None, widget.status.text()
+    worker.yielded.connect(lambda rec: widget.stop_button.click() if rec["stage"] == "round1-denoiser" else None)
+    wait_done(widget, qtbot, worker)
+    assert widget.outcome.status == "stopped" and not widget.outcome.exported
+    assert "no model was saved" in widget.outcome.message
+    assert not widget.run_dir.exists()  # its partial checkpoints serve no one

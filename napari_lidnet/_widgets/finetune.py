@@ -55,6 +55,8 @@ from .reading_room import ReadingRoom
 if TYPE_CHECKING:
     import napari
 
+#: plans of more training steps than this are run only when Start is pressed a second time
+LONG_PLAN_STEPS = 5000
 TITLE = "Fine-tune"  # the dock's tab
 __all__ = [
     "DETECT_ITEM",
@@ -107,6 +109,7 @@ class FineTuneWidget(QWidget):
         self.worker: Any = None
         self.outcome: FinetuneOutcome | AdaptOutcome | None = None
         self.run_dir: Path | None = None
+        self._long_plan: tuple[str, int] | None = None  # a plan over LONG_PLAN_STEPS the user was told of
         self.records: list[dict[str, Any]] = []
         self._stop_event = threading.Event()
         self._job_done = threading.Event()
@@ -423,6 +426,12 @@ class FineTuneWidget(QWidget):
         request, problems = self.build_request()
         if request is None:
             self._message(format_problems(problems), error=True)
+            return None
+        steps = sum(n for _, n in request.config.stages())
+        if steps > LONG_PLAN_STEPS and self._long_plan != (request.name, steps):
+            self._long_plan = (request.name, steps)  # asked once: Start again runs this plan as it stands
+            self._message(f"{steps} training steps is a run of hours on a CPU (about a second a step; the one-click "
+                          "plan is 180): press Start again to run it, or lower the steps (Advanced)", True)  # fmt: skip
             return None
         from .._training.finetune import finetune_job
 
