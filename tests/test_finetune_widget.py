@@ -373,3 +373,20 @@ def test_a_plan_of_hours_runs_on_a_second_start_and_a_run_stopped_before_a_model
     assert widget.outcome.status == "stopped" and not widget.outcome.exported
     assert "no model was saved" in widget.outcome.message
     assert not widget.run_dir.exists()  # its partial checkpoints serve no one
+
+
+def test_what_to_fix_first_is_said_first(make_napari_viewer, qtbot, model_dir: Path, tmp_path: Path) -> None:
+    """Review 2026-12-06: with no image layer the message led with the lesion boxes to choose; a folder holding no
+    DICOM started a run that then failed. Now the missing images are the message, and the folder is refused first."""
+    viewer = make_napari_viewer()
+    widget = make_widget(viewer, qtbot, "first")
+    assert widget.start() is None
+    assert "tick at least one" in widget.status.text() and "lesion boxes" not in widget.status.text()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "readme.txt").write_text("not a scan")
+    widget.set_source("dicom")
+    widget.data_box.dicom_edit.setText(str(notes))
+    assert widget.start() is None and widget.worker is None
+    assert "no DICOM file found" in widget.status.text()
+    assert not (model_dir.parent / "runs").exists()

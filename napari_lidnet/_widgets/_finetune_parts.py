@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 
 from .._training.finetune import ONE_CLICK_DEFAULTS, default_model_name
 from .._training.local_data import AUTO_BOX_THRESHOLD, CTInput, check_inputs
+from ..io.open_ct import input_kind
 from ._adapt_source import (
     ADAPT_SOURCE,
     SCHEME_ITEMS,
@@ -88,6 +89,8 @@ def folder_problems(source: str, folder: str) -> list[str]:
         return [f"{folder}: no such folder"]
     if source == "dataset" and not (Path(folder) / "dataset.json").is_file():
         return [f"{folder}: not a dataset folder (no dataset.json; make one with 'lidnet simulate')"]
+    if source == "dicom" and input_kind(folder) != "dicom":  # said before a run starts, not after
+        return [f"{folder}: no DICOM file found in it (pick the folder of a CT series, or the one above them)"]
     return []
 
 

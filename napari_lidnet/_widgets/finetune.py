@@ -309,12 +309,12 @@ class FineTuneWidget(QWidget):
         data = self.data_box.values()
         source = data["source"]
         chosen = data["boxes"] if source == "layers" else data["paired_boxes"]
-        if source in ("layers", "paired") and settings["mode"] != "pixel" and not chosen:
+        inputs, folder, notes = self._gather_inputs(data)
+        if inputs and source in ("layers", "paired") and settings["mode"] != "pixel" and not chosen:  # images first
             problems.append(
                 "choose the lesion boxes: a reviewed layer (Lesion navigator), a layer you drew, or, knowingly, "
                 f"{DETECT_ITEM!r} (unreviewed: the detector would learn its own false positives)"
             )
-        inputs, folder, notes = self._gather_inputs(data)
         problems.extend(notes)
         if inputs:
             problems.extend(input_problems(inputs, settings))
