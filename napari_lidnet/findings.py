@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_lidnet.io.atomic import check_new, open_new
 from napari_lidnet.metrics.lesions import LESION_IOU, lesion_numbers
 
 #: review states whose boxes are part of the reviewed result (kept, kept after its box was changed, drawn by hand);
@@ -166,9 +167,7 @@ def write_findings(
     ``unit`` "px" (an image without a voxel size): the ``_mm`` columns hold pixels and are named ``_px``.
     Refuses to overwrite an existing file.
     """
-    path = Path(path)
-    if path.exists():
-        raise FileExistsError(f"{path} already exists")
+    path = check_new(path)
     lesions = lesion_groups(findings)
     rename = {c: c.removesuffix("_mm") + "_px" for c in COLUMNS if c.endswith("_mm")} if unit == "px" else {}
     rows = [{rename.get(k, k): v for k, v in record(f, lesions[f.id]).items()} for f in findings]
@@ -179,11 +178,7 @@ def write_findings(
         for key, values in columns.items():
             value = values[z] if 0 <= z < len(values) else None
             row[key] = None if value in ("", None) else value
-    try:
-        fh = path.open("x", newline="")  # exclusive: never replaces a file that appeared meanwhile
-    except FileExistsError:
-        raise FileExistsError(f"{path} already exists") from None
-    with fh:
+    with open_new(path, newline="") as fh:
         if path.suffix.lower() == ".json":
             doc = {"format": "lidnet-findings", "version": 1, **(info or {}), "columns": columns_out}
             fh.write(json.dumps({**doc, "findings": rows}, indent=1))

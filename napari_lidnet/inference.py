@@ -5,6 +5,8 @@ Every caller (widgets, command line, trainer validation, benchmarks) goes throug
 - ``denoise`` / ``detect``: blocking calls with a progress callback and a cancel check between batches.
 - ``iter_denoise`` / ``iter_detect`` / ``iter_pipeline``: the same work as generators that yield ``(done, total)``
   after every batch and return the result (``StopIteration.value``), for workers that stop between batches.
+- ``run_to_end`` / ``map_yields``: run such a generator to its return value, or re-yield its items mapped through a
+  function and return that value (``x = yield from map_yields(gen, fn)``); callers above this module use them too.
 - Batches of slices; images larger than ``tile_size`` go through overlapping tiles blended with cosine ramps
   (denoising) or merged by ownership + NMS (detection). Tile starts are multiples of ``TILE_ALIGN`` so networks
   that pixel-unshuffle or downsample see the same pixel grid as on the whole image.
@@ -29,7 +31,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -44,6 +46,9 @@ Progress = Callable[[int, int], None]
 Notice = Callable[[str], None]
 CancelCheck = Callable[[], bool]
 SliceSelection = int | range | Sequence[int] | None
+R = TypeVar("R")  # what a generator returns
+Y = TypeVar("Y")  # what it yields
+Z = TypeVar("Z")  # what a mapped generator yields
 
 #: detections kept in results and caches; the display threshold filters above it
 BOX_FLOOR = 0.05
@@ -67,8 +72,10 @@ __all__ = [
     "iter_denoise",
     "iter_detect",
     "iter_pipeline",
+    "map_yields",
     "model_fingerprint",
     "run_pipeline",
+    "run_to_end",
     "take_slices",
     "tile_spans",
 ]
@@ -530,18 +537,34 @@ def iter_detect(
     return np.vstack(rows).astype(np.float32) if rows else np.zeros((0, 6), np.float32)
 
 
-def _drive(gen: Generator[tuple[int, int], None, Any], progress: Progress | None, cancel: CancelCheck | None) -> Any:
-    """Run a generator to the end, reporting progress and checking ``cancel`` between batches."""
+def run_to_end(gen: Generator[Any, Any, R], progress: Progress | None = None, cancel: CancelCheck | None = None) -> R:
+    """Run a generator to the end and return its return value. With ``progress`` or ``cancel`` it must yield
+    ``(done, total)``: ``progress`` gets each, and ``cancel`` is checked after each (:class:`Cancelled`)."""
     while True:
         try:
-            done, total = next(gen)
+            item = next(gen)
         except StopIteration as stop:
             return stop.value
         if progress:
-            progress(done, total)
+            progress(*item)
         if cancel is not None and cancel():
             gen.close()
+            done, total = item
             raise Cancelled(f"cancelled after {done} of {total} slices")
+
+
+def map_yields(gen: Generator[Y, Any, R], fn: Callable[[Y], Z]) -> Generator[Z, None, R]:
+    """Yield ``fn(item)`` for each item ``gen`` yields and return what ``gen`` returns (``x = yield from
+    map_yields(...)``); ``gen`` is closed when this generator ends or is closed."""
+    try:
+        while True:
+            try:
+                item = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            yield fn(item)
+    finally:
+        gen.close()
 
 
 def denoise(
@@ -566,7 +589,7 @@ def denoise(
         batch_size=batch_size, tile_size=tile_size, overlap=overlap, amp=amp, remove_sd=remove_sd
     )
     gen = iter_denoise(model, hu, device, slices=slices, settings=settings, notice=notice)
-    return _drive(gen, progress, cancel)
+    return run_to_end(gen, progress, cancel)
 
 
 def detect(
@@ -597,7 +620,7 @@ def detect(
     gen = iter_detect(
         detector, hu, device, score_threshold=score_threshold, slices=slices, settings=settings, notice=notice
     )
-    return _drive(gen, progress, cancel)
+    return run_to_end(gen, progress, cancel)
 
 
 # --------------------------------------------------------------------------------------------------- pipeline
@@ -627,21 +650,6 @@ def _pipeline_device(device: torch.device | str, tell: Notice) -> torch.device:
         if msg:
             tell(msg)
     return torch.device(device)
-
-
-def _run_stage(
-    gen: Generator[tuple[int, int], None, Any], offset: int, total: int
-) -> Generator[tuple[int, int], None, Any]:
-    """Drive one stage's generator, yielding ``(offset + done, total)``; returns the stage's result."""
-    try:
-        while True:
-            try:
-                done, _ = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            yield offset + done, total
-    finally:
-        gen.close()
 
 
 def iter_pipeline(
@@ -687,9 +695,9 @@ def iter_pipeline(
         hit = cache.get(key) if cache is not None else None
         result.cached[stage] = hit is not None
         if hit is None:
-            hit = yield from _run_stage(
-                _stage_generator(stage, model, stack, result, device, settings, tell), k * len(idx), total
-            )
+            gen = _stage_generator(stage, model, stack, result, device, settings, tell)
+            offset = k * len(idx)
+            hit = yield from map_yields(gen, lambda item, offset=offset: (offset + item[0], total))
             if cache is not None:
                 cache.put(key, hit)
         else:
@@ -740,4 +748,4 @@ def run_pipeline(
     **kwargs: Any,
 ) -> PipelineResult:
     """Blocking form of :func:`iter_pipeline` (same keyword arguments)."""
-    return _drive(iter_pipeline(hu, denoiser, detector, device, **kwargs), progress, cancel)
+    return run_to_end(iter_pipeline(hu, denoiser, detector, device, **kwargs), progress, cancel)

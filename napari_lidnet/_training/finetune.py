@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import gc
 import os
+import shutil
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -279,12 +280,9 @@ def release_torch(device: Any) -> None:
 
 def _prepared(req: FinetuneRequest, should_stop: Callable[[], bool]) -> Generator[dict[str, Any], None, tuple]:
     """Run :func:`prepare_samples`, turning its messages into progress records; returns (samples, info)."""
-    prep = prepare_samples(req, should_stop)
-    while True:
-        try:
-            yield {"stage": "prepare", "message": next(prep)}
-        except StopIteration as done:
-            return done.value
+    from napari_lidnet.inference import map_yields
+
+    return (yield from map_yields(prepare_samples(req, should_stop), lambda msg: {"stage": "prepare", "message": msg}))
 
 
 def _publish(req: FinetuneRequest, outcome: FinetuneOutcome, info: dict[str, Any], stopped: bool) -> None:
@@ -399,7 +397,9 @@ def finetune_job(
         outcome = yield from _train(req, samples, should_stop, held)
         del samples
         release_torch(held["device"])
-        if outcome.best_metrics is None:
+        if outcome.best_metrics is None:  # its partial checkpoints serve no one: the dock never resumes a run
+            shutil.rmtree(req.config.out, ignore_errors=True)
+            outcome.run_dir = None
             outcome.message = "stopped before the first round finished: no model was saved (the starting models stay)"
         else:
             yield {"stage": "export", "message": f"saving {req.name}"}

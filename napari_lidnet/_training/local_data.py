@@ -353,12 +353,9 @@ def near_lesion_slices(box_slices: np.ndarray, n_slices: int, near: int = NEAR_L
 
 def make_samples(inputs: Sequence[CTInput], dose: float, seed: int = 0, **kwargs: Any) -> list[Any]:
     """Blocking form of :func:`iter_samples` (same keyword arguments)."""
-    gen = iter_samples(inputs, dose, seed, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    from napari_lidnet.inference import run_to_end
+
+    return run_to_end(iter_samples(inputs, dose, seed, **kwargs))
 
 
 def describe_samples(samples: Sequence[Any], inputs: Sequence[CTInput] | None = None, **extra: Any) -> dict[str, Any]:

@@ -107,7 +107,7 @@ def inference_job(
     notices: list[str] = []
     try:
         yield Progress(0, 1, stage="loading models")
-        from ..inference import InferenceSettings, iter_pipeline
+        from ..inference import InferenceSettings, iter_pipeline, map_yields
 
         den = det = None
         den_label = det_label = None
@@ -119,20 +119,20 @@ def inference_job(
             det_label = model_label(detector_path, card)
         settings = InferenceSettings(batch_size=batch_size, remove_sd=remove_sd, pixel_mm=pixel_mm)
         gen = iter_pipeline(hu, den, det, device, slices=slices, settings=settings, cache=cache, notice=notices.append)
-        while True:
-            try:
-                done, total = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            yield Progress(done, total, notices[:], stage="running")
-            notices.clear()
+        result = yield from map_yields(gen, lambda item: Progress(*item, _take(notices), stage="running"))
         noise = None
         if result.denoised is not None:
             noise = flat_noise_sd(hu, result.slices, result.denoised)
         return JobOutput(result, den_label, det_label, noise)
     except Exception as exc:  # reported in the viewer, never raised into it
         return Failure(f"{type(exc).__name__}: {exc}")
+
+
+def _take(items: list[str]) -> list[str]:
+    """The items of ``items``, which is emptied."""
+    out = items[:]
+    items.clear()
+    return out
 
 
 def slice_translate(scale: tuple[float, ...], translate: tuple[float, ...], z0: int) -> tuple[float, ...]:

@@ -66,6 +66,7 @@ from napari_lidnet._widgets._roles import (
     role,
 )
 from napari_lidnet._widgets.reading_room import ReadingRoom
+from napari_lidnet.io.atomic import open_new
 from napari_lidnet.io.windowing import WINDOW_PRESETS, contrast_limits
 from napari_lidnet.metrics.nps import region_nps
 from napari_lidnet.metrics.roi import (
@@ -204,11 +205,9 @@ def _region_label(name: str) -> str:
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     """Write table rows (``compare_regions`` dicts plus the observer's keys) as CSV with a header of ``CSV_KEYS``
-    (those with a unit named with it: ``CSV_UNITS``); NaN or a missing key -> empty cell."""
+    (those with a unit named with it: ``CSV_UNITS``); NaN or a missing key -> empty cell. Never overwrites."""
     path = Path(path)
-    if path.exists():
-        raise FileExistsError(f"{path} already exists; outputs never overwrite: choose a new name")
-    with path.open("x", newline="", encoding="utf-8") as fh:
+    with open_new(path, newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow([CSV_UNITS.get(k, k) for k in CSV_KEYS])
         for row in rows:

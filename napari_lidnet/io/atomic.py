@@ -1,7 +1,7 @@
 """Whole-file writes that survive a crash: a fsynced temporary file in the same folder, renamed into place.
 
 Readers see the old file or the new one, never a part. Used for weights and their cards, training state and
-checkpoints, dataset cards and manifests.
+checkpoints, dataset cards and manifests. Exports that never overwrite open their file with :func:`open_new`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+from typing import IO, Any
 
-__all__ = ["check_writable", "fsync_dir", "write_atomically", "write_temp"]
+__all__ = ["check_new", "check_writable", "fsync_dir", "open_new", "write_atomically", "write_temp"]
 
 
 def write_temp(folder: Path, stem: str, data: bytes) -> Path:
@@ -62,3 +63,25 @@ def check_writable(out: Path) -> None:
             pass
     except OSError as exc:
         raise PermissionError(exc.errno or 13, f"cannot write here ({exc.strerror or exc})", str(parent)) from None
+
+
+def _exists_error(path: Path) -> FileExistsError:
+    return FileExistsError(f"{path} already exists; outputs never overwrite: choose a new name")
+
+
+def check_new(path: str | os.PathLike) -> Path:
+    """``path`` as a Path; FileExistsError (before any work) when something is already there."""
+    path = Path(path)
+    if path.exists():
+        raise _exists_error(path)
+    return path
+
+
+def open_new(path: str | os.PathLike, **kwargs: Any) -> IO[str]:
+    """Open a new text file for writing (``open`` keyword arguments: ``newline``, ``encoding``...); FileExistsError
+    when ``path`` exists, even when it appeared a moment ago (an exclusive open: outputs never overwrite)."""
+    path = check_new(path)
+    try:
+        return path.open("x", **kwargs)
+    except FileExistsError:
+        raise _exists_error(path) from None

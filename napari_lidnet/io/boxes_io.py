@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import check_new, open_new
 from .volume import CTVolume, n_slices, per_slice
 
 COLUMNS = ("slice", "x1", "y1", "x2", "y2", "score")
@@ -76,9 +77,7 @@ def write_boxes_csv(
     :func:`box_centres_lps`), its lesion number (``lesions``, one per row) and its slice's entries of ``slices``
     (:func:`slice_columns`) as further columns; ``about`` (input, model, threshold...) goes into the JSON only.
     Refuses to overwrite."""
-    path = Path(path)
-    if path.exists():
-        raise FileExistsError(f"{path} already exists")
+    path = check_new(path)
     rows = np.asarray(rows, dtype=float).reshape(-1, 6)
     slices = slices or {}
     if lesions is not None and len(lesions) != len(rows):
@@ -99,10 +98,7 @@ def write_boxes_csv(
         for i, r in enumerate(rows)
     ]
     fields = [*COLUMNS, *sizes, *lesion, *slices]
-    try:
-        fh = path.open("x", newline="")  # exclusive: never replaces a file that appeared meanwhile
-    except FileExistsError:
-        raise FileExistsError(f"{path} already exists") from None
+    fh = open_new(path, newline="")
     try:
         with fh:
             if path.suffix.lower() == ".json":

@@ -13,6 +13,7 @@ the results equal ``skimage.metrics``.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.ndimage import uniform_filter
 
 __all__ = ["METRIC_WINDOW", "clip_to_window", "data_range_of", "psnr", "psnr_from_mse", "rmse", "ssim", "ssim_map"]
@@ -20,7 +21,9 @@ __all__ = ["METRIC_WINDOW", "clip_to_window", "data_range_of", "psnr", "psnr_fro
 METRIC_WINDOW: tuple[float, float] = (-160.0, 240.0)
 
 
-def _prepare(x, ref, window) -> tuple[np.ndarray, np.ndarray, tuple[float, float] | None]:
+def _prepare(
+    x: ArrayLike, ref: ArrayLike, window: tuple[float, float] | None
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float] | None]:
     x = np.asarray(x, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
     if x.shape != ref.shape:
@@ -32,7 +35,7 @@ def _prepare(x, ref, window) -> tuple[np.ndarray, np.ndarray, tuple[float, float
     return x, ref, window
 
 
-def clip_to_window(x, ref, window: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+def clip_to_window(x: ArrayLike, ref: ArrayLike, window: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
     """Both images as float64, clipped to the HU ``window`` (low, high)."""
     lo, hi = float(window[0]), float(window[1])
     if not hi > lo:
@@ -60,7 +63,9 @@ def psnr_from_mse(mse: float, data_range: float) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(data_range**2 / mse))
 
 
-def psnr(x, ref, data_range: float | None = None, window: tuple[float, float] | None = METRIC_WINDOW) -> float:
+def psnr(
+    x: ArrayLike, ref: ArrayLike, data_range: float | None = None, window: tuple[float, float] | None = METRIC_WINDOW
+) -> float:
     """Peak signal-to-noise ratio in dB of ``x`` against ``ref`` (HU); mean over slices for 3D."""
     x, ref, window = _prepare(x, ref, window)
     vals = []
@@ -69,7 +74,7 @@ def psnr(x, ref, data_range: float | None = None, window: tuple[float, float] | 
     return float(np.mean(vals))
 
 
-def rmse(x, ref, window: tuple[float, float] | None = METRIC_WINDOW) -> float:
+def rmse(x: ArrayLike, ref: ArrayLike, window: tuple[float, float] | None = METRIC_WINDOW) -> float:
     """Root mean squared error in HU of the window-clipped images (``window=None``: raw HU); mean over slices."""
     x, ref, _ = _prepare(x, ref, window)
     return float(np.mean([np.sqrt(np.mean((xs - rs) ** 2)) for xs, rs in zip(_slices(x), _slices(ref), strict=True)]))
@@ -104,8 +109,8 @@ def _masked_mean(s: np.ndarray, mask: np.ndarray | None, pad: int) -> float:
 
 
 def ssim(
-    x,
-    ref,
+    x: ArrayLike,
+    ref: ArrayLike,
     data_range: float | None = None,
     window: tuple[float, float] | None = METRIC_WINDOW,
     mask: np.ndarray | None = None,

@@ -9,6 +9,7 @@ H and W, and stores its constructor arguments in ``self.config`` so a weights ca
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -241,7 +242,7 @@ class UNetDenoiser(nn.Module):
 DENOISERS: dict[str, type[nn.Module]] = {"redcnn": REDCNN, "dncnn": DnCNN, "fastdn": FastDenoiser, "unet": UNetDenoiser}
 
 
-def build_denoiser(arch: str, **kwargs) -> nn.Module:
+def build_denoiser(arch: str, **kwargs: Any) -> nn.Module:
     """Build the denoiser registered as ``arch`` with its constructor keyword arguments."""
     try:
         cls = DENOISERS[arch]

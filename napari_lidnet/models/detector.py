@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -321,7 +322,7 @@ def with_detect_mm(detector: LesionDetector, detect_mm: float | None) -> LesionD
 DETECTORS: dict[str, type[nn.Module]] = {"centernet": LesionDetector}
 
 
-def build_detector(arch: str = "centernet", **kwargs) -> nn.Module:
+def build_detector(arch: str = "centernet", **kwargs: Any) -> nn.Module:
     """Build the detector registered as ``arch`` with its constructor keyword arguments."""
     try:
         cls = DETECTORS[arch]
