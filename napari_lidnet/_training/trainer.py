@@ -59,6 +59,46 @@ class TrainingError(RuntimeError):
     """A run that cannot go on (e.g. a NaN loss); the last good checkpoint is kept."""
 
 
+def _network(stage: str) -> str:
+    """The network a stage trains."""
+    return "detector" if stage.endswith("detector") else "denoiser"
+
+
+class StepClock:
+    """Each network's pace (seconds between two of its steps in one stage: a stage's first step, with the set-up
+    and loss calibration before it, is left out) and the validations' mean time; together, the time a run has left."""
+
+    def __init__(self) -> None:
+        self.pace: dict[str, list[float]] = {}  # network -> [seconds, steps]
+        self.validation_s: list[float] = []
+        self._last: tuple[str, float] | None = None  # the stage of the last step, and when it ended
+
+    def step(self, stage: str, now: float | None = None) -> None:
+        """A step of ``stage`` ended (at ``now``)."""
+        now = time.monotonic() if now is None else now
+        if self._last is not None and self._last[0] == stage:
+            spent = self.pace.setdefault(_network(stage), [0.0, 0])
+            spent[0] += now - self._last[1]
+            spent[1] += 1
+        self._last = (stage, now)
+
+    def validated(self, seconds: float) -> None:
+        """A validation took ``seconds``; the next step is the first of its stage."""
+        self.validation_s.append(seconds)
+        self._last = None
+
+    def seconds_left(self, steps_left: dict[str, int], validations_left: int) -> float | None:
+        """Time for ``steps_left`` of each network and ``validations_left`` validations; None before any pace is
+        known. A network not timed yet is taken at the other's pace."""
+        paces = {net: s / n for net, (s, n) in self.pace.items() if n}
+        if not paces:
+            return None
+        mean = sum(paces.values()) / len(paces)
+        steps = sum(n * paces.get(net, mean) for net, n in steps_left.items())
+        val = sum(self.validation_s) / len(self.validation_s) if self.validation_s else 0.0
+        return steps + validations_left * val
+
+
 def _group(stage: str) -> str:
     """``pretrain`` for the pretraining stages, ``roundN`` for the stages of round N."""
     return stage.split("-")[0]
@@ -125,8 +165,7 @@ class Trainer:
         self._live: tuple | None = None  # the stage under way: (name, steps, network, model, opt, sched, step)
         self._partial_at: tuple[str, int] | None = None  # the last checkpoint inside a stage: (stage, step)
         self._load_state()
-        self._t_steps: float | None = None  # end of this process's first training step (see _eta)
-        self._steps_timed = 0
+        self._clock = StepClock()  # each network's pace and the validations' time, for the time left (_eta)
 
     def _archive_slices(self) -> list:
         """The slices of ``config.data`` (manifest or archive folder), read lazily. Rank 0 indexes a folder (once:
@@ -327,7 +366,7 @@ class Trainer:
                     yield {**rec, "step": done_steps, "total_steps": total}
                     continue
                 done_steps = before + rec["stage_step"]  # a stage resumed inside starts past its first step
-                rec.update(step=done_steps, total_steps=total, eta_s=self._eta(total - done_steps))
+                rec.update(step=done_steps, total_steps=total, eta_s=self._eta(stages, index, rec["stage_step"]))
                 yield rec
                 if distributed.any_rank(self.should_stop()):  # under torchrun: every rank stops at this step
                     self._save_partial()  # the steps of this stage so far are kept
@@ -380,6 +419,7 @@ class Trainer:
         return f"no checkpoint yet{lost}: running again starts {out} from the beginning"
 
     def _end_of_stage(self, name: str, step: int, total: int) -> dict[str, Any]:
+        t0 = time.monotonic()
         metrics = self.validate()
         score = selection_score(metrics)
         best = self.state["best_score"]
@@ -394,6 +434,7 @@ class Trainer:
             self.state["best_test_metrics"] = self.test()
         self.state["history"].append({"after": name, "val": metrics, "score": score})
         self._write_state()
+        self._clock.validated(time.monotonic() - t0)
         return {
             "stage": "validate",
             "after": name,
@@ -403,16 +444,18 @@ class Trainer:
             "total_steps": total,
         }
 
-    def _eta(self, remaining: int) -> float | None:
-        """Seconds left at the pace of the training steps since the first one of this process ended; None at the
-        first (data setup, calibration and the first validation are not steps: counted in, they made the first
-        estimates 10-20x too long)."""
-        now = time.monotonic()
-        if self._t_steps is None:
-            self._t_steps = now
-            return None
-        self._steps_timed += 1
-        return (now - self._t_steps) / self._steps_timed * remaining
+    def _eta(self, stages: list[tuple[str, int]], index: int, stage_step: int) -> float | None:
+        """Seconds left after step ``stage_step`` of stage ``index``: the steps of each network still to run at its
+        own pace, and the validations still to come at the time the earlier ones took (``StepClock``)."""
+        self._clock.step(stages[index][0])
+        left = {"denoiser": 0, "detector": 0}
+        validations = 0
+        for j in range(index, len(stages)):
+            name, n = stages[j]
+            left[_network(name)] += n - (stage_step if j == index else 0)
+            following = stages[j + 1][0] if j + 1 < len(stages) else None
+            validations += following is None or _group(following) != _group(name)
+        return self._clock.seconds_left(left, validations)
 
     def _seed(self, index: int) -> int:
         return self.cfg.seed * 1000 + index
@@ -437,12 +480,14 @@ class Trainer:
         if self.device_notice:
             yield {"stage": "setup", "message": self.device_notice, "step": done_steps, "total_steps": total}
         if "validate-start" not in self.state["done"]:
+            t0 = time.monotonic()
             metrics = self.validate()
             self.state["start_metrics"] = metrics
             self.state["start_test_metrics"] = self.test()
             self.state["selection"] = RULE_SCORE if self.val_samples else RULE_LAST
             self.state["done"].append("validate-start")
             self._write_state()
+            self._clock.validated(time.monotonic() - t0)
             yield {"stage": "validate", "after": "start", "val": metrics, "step": done_steps, "total_steps": total}
 
     def _run_stage(self, name: str, index: int, n_steps: int) -> Iterator[dict[str, Any]]:
