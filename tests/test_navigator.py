@@ -535,7 +535,7 @@ def test_the_pixel_map_is_napari_s_own_transform_position_by_position() -> None:
     with another scale and an affine, and 2D shapes over a 3D image (zeros in front, as napari pads)."""
     from napari.layers import Image, Shapes
 
-    from napari_lidnet._widgets.navigator import pixel_map
+    from napari_lidnet._widgets._geometry import pixel_map
 
     rng = np.random.default_rng(4)
     image = Image(np.zeros((6, 40, 50), np.float32), scale=(2.5, 0.7, 0.8), translate=(10, -5, 3),

@@ -13,6 +13,8 @@ import numpy as np
 from napari_lidnet._training.local_data import CTInput
 from napari_lidnet.layer_data import shapes_to_boxes
 
+from ._geometry import pixel_map
+
 
 def _layer_spacing_mm(layer: Any) -> float:
     """In-plane pixel size of an image layer (its last scale entry), 1.0 when unset."""
@@ -30,23 +32,19 @@ def shapes_in_image(shapes_layer: Any, image_layer: Any, current_slice: int | No
     problems: list[str] = []
     rows: list[np.ndarray] = []
     img_ndim = int(image_layer.ndim)
+    flat = shapes_layer.ndim < img_ndim  # 2D shapes over a volume: on the current slice
+    lead = None
+    if flat and current_slice is not None:
+        lead = image_layer.data_to_world([current_slice] + [0] * (img_ndim - 1))
+    to_pixels = pixel_map(shapes_layer, image_layer, lead=lead)
     types = list(getattr(shapes_layer, "shape_type", ["rectangle"] * len(shapes_layer.data)))
     for i, (verts, kind) in enumerate(zip(shapes_layer.data, types)):
         if kind in ("line", "path"):
             problems.append(f"shape {i} of {shapes_layer.name!r} is a {kind}, not a lesion box: draw rectangles")
-            continue
-        verts = np.asarray(verts, dtype=float)
-        world = np.array([np.asarray(shapes_layer.data_to_world(v), float) for v in verts])
-        if world.shape[1] < img_ndim:
-            if current_slice is None:
-                problems.append(
-                    f"shape {i} of {shapes_layer.name!r} is 2D but {image_layer.name!r} is 3D: draw it in 3D"
-                )
-                continue
-            z_world = np.asarray(image_layer.data_to_world([current_slice] + [0] * (img_ndim - 1)), float)[0]
-            world = np.hstack([np.full((len(world), img_ndim - world.shape[1]), z_world), world])
-        world = world[:, -img_ndim:]
-        rows.append(np.array([np.asarray(image_layer.world_to_data(w), float) for w in world]))
+        elif flat and current_slice is None:
+            problems.append(f"shape {i} of {shapes_layer.name!r} is 2D but {image_layer.name!r} is 3D: draw it in 3D")
+        else:
+            rows.append(to_pixels(verts))
     boxes = shapes_to_boxes(rows)
     return boxes, problems
 

@@ -43,6 +43,7 @@ from ..layer_data import PIXEL_CENTRE_SHIFT
 from ..metrics.froc import box_iou_np
 from ._box_marks import dim_boxes, scored
 from ._docking import DockHome
+from ._geometry import pixel_map
 from ._layer_watch import LayerWatch, renamed_to
 from ._roles import (
     CALIPERS,
@@ -132,29 +133,6 @@ def index_to_patient(layer: Any) -> tuple[np.ndarray, np.ndarray | None]:
 def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
     """Intersection over union of two ``x1, y1, x2, y2`` boxes."""
     return float(box_iou_np(np.asarray([a], float), np.asarray([b], float))[0, 0])
-
-
-def _affine(transform: Any, nd: int) -> tuple[np.ndarray, np.ndarray]:
-    """(matrix, offset) of an affine napari transform of ``nd``-long positions (``data_to_world``, ``world_to_data``),
-    read from nd + 1 probes."""
-    offset = np.asarray(transform(np.zeros(nd)), dtype=float)
-    return np.stack([np.asarray(transform(np.eye(nd)[i]), dtype=float) - offset for i in range(nd)], axis=1), offset
-
-
-def pixel_map(shapes: Any, image: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """``shapes``' data coordinates (k, shapes.ndim) -> ``image``'s napari data coordinates (k, image.ndim), through
-    world coordinates as napari maps one position (the last image.ndim world axes, zeros in front when fewer): one
-    affine map, read once, for every vertex of a layer (napari's per-position calls took 0.3 ms a box)."""
-    to_world, world0 = _affine(shapes.data_to_world, shapes.ndim)
-    to_pix, pix0 = _affine(image.world_to_data, image.ndim)
-
-    def to_pixels(verts: np.ndarray) -> np.ndarray:
-        world = np.asarray(verts, dtype=float) @ to_world.T + world0
-        n = image.ndim
-        world = world[:, -n:] if world.shape[1] >= n else np.pad(world, ((0, 0), (n - world.shape[1], 0)))
-        return world @ to_pix.T + pix0
-
-    return to_pixels
 
 
 def corners_in_image(

@@ -45,6 +45,7 @@ from qtpy.QtWidgets import (
 
 from napari_lidnet._widgets._canvas import PlotCanvas
 from napari_lidnet._widgets._docking import DockHome
+from napari_lidnet._widgets._geometry import pixel_map
 from napari_lidnet._widgets._layer_watch import LayerWatch, renamed_to
 from napari_lidnet._widgets._roi_observer import (
     HOW_TO,
@@ -156,6 +157,7 @@ def regions_from_shapes(shapes: Any, images: dict[str, Any], world_point: Any | 
     if world_point is not None and len(world_point):
         wp = np.asarray(world_point, dtype=float)[-nd_world:]
         base[-len(wp) :] = wp
+    to_pixels = {img_name: pixel_map(shapes, lay, lead=base) for img_name, lay in images.items()}
     regions = []
     for i, (data, stype) in enumerate(zip(shapes.data, shapes.shape_type, strict=False)):
         data = np.asarray(data, dtype=float)
@@ -163,15 +165,10 @@ def regions_from_shapes(shapes: Any, images: dict[str, Any], world_point: Any | 
         if stype not in AREA_SHAPES:
             regions.append(Region(name, stype, data[:, -2:]))
             continue
-        world = []
-        for v in data:
-            w = base.copy()
-            w[-shapes.ndim :] = np.asarray(shapes.data_to_world(v), dtype=float)
-            world.append(w)
         region = Region(name, stype, data[:, -2:])
         notes = []
         for img_name, lay in images.items():
-            pix = np.array([np.asarray(lay.world_to_data(w[-lay.ndim :]), dtype=float) for w in world])
+            pix = to_pixels[img_name](data)
             sl, where = None, {}
             if lay.ndim >= 3:
                 z = pix[:, -3]
