@@ -546,3 +546,8 @@ def test_the_pixel_map_is_napari_s_own_transform_position_by_position() -> None:
         mapped = pixel_map(shapes, image)(verts)
         one_by_one = [image.world_to_data(shapes.data_to_world(v)[-image.ndim :]) for v in verts]
         np.testing.assert_allclose(mapped, np.asarray(one_by_one, float), atol=1e-9)
+    lead = np.array([12.5, 0.0, 0.0])  # a 2D shape on the slice at world z 12.5 (the viewer's point)
+    flat = Shapes(ndim=2, scale=(0.6, 0.75), translate=(-3, 8))
+    verts = rng.uniform(-20, 60, (5, 2))
+    on_slice = [image.world_to_data([12.5, *flat.data_to_world(v)]) for v in verts]
+    np.testing.assert_allclose(pixel_map(flat, image, lead=lead)(verts), np.asarray(on_slice, float), atol=1e-9)
