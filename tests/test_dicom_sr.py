@@ -165,3 +165,28 @@ def test_boxes_on_neighbouring_slices_are_one_lesion() -> None:
     # findings numbered out of id order get the numbers of their ids
     shuffled = findings_from_rows(rows)[::-1]
     assert lesion_groups(shuffled) == groups
+
+
+def test_a_source_without_study_uid_puts_its_report_in_its_denoised_series_study(tmp_path: Path) -> None:
+    """Review 2026-12-06 (DICOM): the denoised series of a source without StudyInstanceUID got a stable stand-in
+    study, its SR a random one: each export landed in a study of its own. Both now share the stand-in; a region
+    without a pixel size is reported without sizes in mm."""
+    import warnings
+
+    from napari_lidnet.io.dicom_write import write_dicom_series
+
+    files = write_series(tmp_path / "ct", synthetic_hu((3, 16, 20), seed=6), series_uid=UID, description="chest")
+    for f in files:
+        ds = pydicom.dcmread(f)
+        del ds.StudyInstanceUID
+        ds.save_as(f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vol = open_ct(tmp_path / "ct")[0]
+    series_study = pydicom.dcmread(write_dicom_series(vol, tmp_path / "den", "d")[0]).StudyInstanceUID
+    regions = [SRRegion(1, box_corners(3, 4, 9, 10), float("nan"), float("nan"), 35.5, 0.8, "accepted")]
+    reports = [pydicom.dcmread(write_sr(tmp_path / f"sr{k}.dcm", regions, None, vol.metadata["source_tags"], UID,
+                                        source=UID)) for k in range(2)]  # fmt: skip
+    assert reports[0].StudyInstanceUID == reports[1].StudyInstanceUID == series_study
+    assert not [i for i in items(reports[0], "NUM") if "Axis" in meaning(i)]  # no size without a pixel size
+    assert [i for i in items(reports[0], "NUM") if meaning(i) == "Attenuation Coefficient"]

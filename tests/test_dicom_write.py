@@ -271,3 +271,44 @@ def test_empty_source_windows_get_the_default_and_a_source_without_frame_of_refe
     one, two = (pydicom.dcmread(write_dicom_series(vol, tmp_path / n, "d")[0]) for n in ("a", "b"))
     assert float(one.WindowCenter) == 40.0 and float(one.WindowWidth) == 400.0
     assert one.FrameOfReferenceUID == two.FrameOfReferenceUID and pydicom.uid.UID(one.FrameOfReferenceUID).is_valid
+
+
+def test_a_long_source_name_is_shortened_never_the_denoised_marker() -> None:
+    """Review 2026-12-06 (DICOM): "<source> denoised (LIDnet ...)" cut at 64 characters lost the marker, and a
+    PACS listed the denoised series under the original's name."""
+    from napari_lidnet.io.dicom_write import denoised_description
+
+    assert denoised_description("chest", "default") == "chest denoised (LIDnet default)"
+    for source in ("A" * 38, "CHEST W/O CONTRAST 1.0 B30f THIN SLICES AXIAL RECON" * 2):
+        for model, sd in (("default", None), ("finetuned-20261206-1403-2 (user)", 12.5)):
+            text = denoised_description(source, model, sd)
+            assert len(text) <= 64 and " denoised (LIDnet " in text and text.endswith(")"), text
+            assert text.startswith(source[:10])
+
+
+def test_release_flags_are_carried_and_no_pixel_size_is_invented(tmp_path) -> None:
+    """Review 2026-12-06 (DICOM): BurnedInAnnotation and the de-identification flags were dropped from what is
+    written (release filters read them); a source without PixelSpacing got a stated 1 mm x 1 mm. The flags travel,
+    and a copy of a source without a pixel size states none either (the reader then assumes one again, and says so)."""
+    from conftest import make_ct_slice
+
+    (tmp_path / "src").mkdir()
+    extra = {"BurnedInAnnotation": "YES", "PatientIdentityRemoved": "YES", "DeidentificationMethod": "site script"}
+    for k in range(2):
+        f = make_ct_slice(tmp_path / "src" / f"s{k}.dcm", np.full((8, 8), 1000), series_uid="1.2.3.122",
+                          position=(0, 0, 2.5 * k), extra=extra)  # fmt: skip
+        ds = pydicom.dcmread(f)
+        del ds.PixelSpacing
+        ds.save_as(f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no pixel spacing: 1 mm assumed, said
+        (vol,) = read_dicom(tmp_path / "src")
+    assert vol.metadata.get("spacing_assumed")
+    out = pydicom.dcmread(write_dicom_series(vol, tmp_path / "out", "d")[0])
+    assert (out.BurnedInAnnotation, out.PatientIdentityRemoved, out.DeidentificationMethod) == ("YES", "YES",
+                                                                                                 "site script")
+    assert "PixelSpacing" not in out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (again,) = read_dicom(tmp_path / "out")
+    assert again.metadata.get("spacing_assumed")

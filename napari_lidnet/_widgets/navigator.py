@@ -966,16 +966,18 @@ class LesionNavigatorWidget(QWidget):
             found = dict(zip(unique, instance_refs(unique)))
             refs = [found[f] for f in files] if len(files) == n else []
         lesions = lesion_groups(self.findings)
+        mm = 1.0 if has_voxel_size(image) else float("nan")  # sizes in pixels are not reported as mm
         regions = [
-            SRRegion(f.slice, f.corners, f.measures["long_mm"], f.measures["short_mm"], f.measures["mean_hu"],
-                     f.score, f.status, f"finding {f.id} (slice {f.slice})", lesions[f.id])  # fmt: skip
+            SRRegion(f.slice, f.corners, f.measures["long_mm"] * mm, f.measures["short_mm"] * mm,
+                     f.measures["mean_hu"], f.score, f.status, f"finding {f.id} (slice {f.slice})", lesions[f.id])
             for f in self.findings
             if f.kept
-        ]
+        ]  # fmt: skip
         if not regions:
             raise ValueError("no kept boxes: accept or draw at least one before writing a report")
         return write_sr(path, regions, refs, meta.get("source_tags") or {}, str(meta.get("series_uid") or ""),
-                        f"LIDnet reviewed lesions: {image.name}", frames)  # fmt: skip
+                        f"LIDnet reviewed lesions: {image.name}", frames,
+                        source=str(meta.get("series_uid") or meta.get("source") or ""))  # fmt: skip
 
     def _export_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(

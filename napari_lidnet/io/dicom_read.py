@@ -78,6 +78,11 @@ SOURCE_TAGS = (
     "WindowCenter",
     "WindowWidth",
     "WindowCenterWidthExplanation",
+    # what the pixels may show, and what was removed from the header: a release filter reads these on every copy
+    "BurnedInAnnotation",
+    "RecognizableVisualFeatures",
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
     # once lossy, a derived image stays flagged (PS3.3 C.7.6.1.1.5): carried to every series written from this one
     "LossyImageCompression",
     "LossyImageCompressionRatio",

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .dicom_write import derived_series_number
+from .dicom_write import derived_series_number, stand_in_uid
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 #: the private coding scheme of the detector's score and the review status, declared in the header
@@ -62,7 +62,7 @@ NO_UNITS = ("1", "UCUM", "no units")
 #: source tags copied into the report (patient and study)
 COPIED_TAGS = ("PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex", "PatientAge",
                "StudyInstanceUID", "StudyID", "StudyDate", "StudyTime", "StudyDescription", "AccessionNumber",
-               "ReferringPhysicianName")  # fmt: skip
+               "ReferringPhysicianName", "PatientIdentityRemoved", "DeidentificationMethod")  # fmt: skip
 
 
 @dataclass
@@ -180,8 +180,8 @@ def _group(k: int, region: SRRegion, ref: tuple[str, str] | None, frame: int | N
         _text(TRACKING_ID, label if region.lesion is None else f"lesion {region.lesion}"),
         tracking_uid,
         scoord,
-        _num(LONG_AXIS, region.long_mm, MM),
-        _num(SHORT_AXIS, region.short_mm, MM),
+        *[_num(axis, mm, MM) for axis, mm in ((LONG_AXIS, region.long_mm), (SHORT_AXIS, region.short_mm))
+          if np.isfinite(mm)],  # no pixel size: no size in mm is made up
     ]
     if np.isfinite(region.mean_hu):
         children.append(_num(ATTENUATION, region.mean_hu, HU, derivation=MEAN))
@@ -247,8 +247,9 @@ TYPE2_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "Stu
               "AccessionNumber", "ReferringPhysicianName")  # fmt: skip
 
 
-def _header(source_tags: dict[str, Any], description: str) -> Any:
-    """The SR's patient, study, series and document tags (patient/study copied from the source)."""
+def _header(source_tags: dict[str, Any], description: str, source: str = "") -> Any:
+    """The SR's patient, study, series and document tags (patient/study copied from the source; a source without a
+    study UID gets the stand-in its denoised series gets, ``dicom_write.stand_in_uid`` of ``source``)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -268,7 +269,7 @@ def _header(source_tags: dict[str, Any], description: str) -> Any:
     scheme.CodingSchemeName = "napari-lidnet detector score and review status"
     scheme.CodingSchemeResponsibleOrganization = "napari-lidnet"
     ds.CodingSchemeIdentificationSequence = [scheme]
-    ds.StudyInstanceUID = ds.get("StudyInstanceUID") or generate_uid()
+    ds.StudyInstanceUID = ds.get("StudyInstanceUID") or stand_in_uid(source, "study")
     ds.SOPClassUID = COMPREHENSIVE_SR
     ds.SOPInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
@@ -303,11 +304,14 @@ def write_sr(
     series_uid: str = "",
     description: str = "LIDnet reviewed lesions",
     frames: Sequence[int | None] | None = None,
+    source: str = "",
 ) -> Path:
     """Write a Comprehensive SR of ``regions`` to ``path`` (never overwrites).
 
     ``refs[slice]`` is the (SOPClassUID, SOPInstanceUID) of each source slice (None or missing: no image
-    reference); ``frames[slice]`` its frame number in a multi-frame source instance (None: a single-frame one).
+    reference); ``frames[slice]`` its frame number in a multi-frame source instance (None: a single-frame one);
+    ``source``: the source series' UID (else its path), for a stand-in study UID when its tags have none. A region
+    whose sizes are NaN (an image without a pixel size) is reported without them.
     """
     import pydicom
     from pydicom.uid import generate_uid
@@ -316,7 +320,7 @@ def write_sr(
     if path.exists():
         raise FileExistsError(f"{path} already exists")
     refs = list(refs or [])
-    ds = _header(dict(source_tags or {}), description)
+    ds = _header(dict(source_tags or {}), description, source)
     groups, used, images = [], [], []
     lesion_uids: dict[int, str] = {}  # one tracking UID per lesion; a region without a lesion gets its own
     for k, region in enumerate(regions):

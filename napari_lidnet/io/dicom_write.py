@@ -129,11 +129,15 @@ def _series_header(volume: CTVolume, description: str, source_tags: dict[str, An
 
 
 def _stand_in_uid(volume: CTVolume, what: str) -> str:
-    """A UID for a source that has none (a study, a frame of reference): the same for every series written from one
-    source (derived from its series UID or path), so a viewer links them; a random one for a source unknown."""
+    """``stand_in_uid`` for ``volume``'s source (its series UID, else its path)."""
+    return stand_in_uid(str(volume.metadata.get("series_uid") or volume.metadata.get("source") or ""), what)
+
+
+def stand_in_uid(source: str, what: str) -> str:
+    """A UID for a source that has none (a study, a frame of reference): the same for every series and report
+    written from one source (``source``: its series UID or path), so a viewer links them; random for no source."""
     from pydicom.uid import generate_uid
 
-    source = str(volume.metadata.get("series_uid") or volume.metadata.get("source") or "")
     return generate_uid(entropy_srcs=["napari-lidnet", what, source]) if source else generate_uid()
 
 
@@ -159,7 +163,8 @@ def _set_pixel_format(ds: Any, volume: CTVolume) -> None:
     dz = float(spacing[0]) if spacing[0] is not None else float(volume.metadata.get("slice_thickness") or 1.0)
     direction = np.asarray(volume.direction, dtype=float)
     ds.ImageOrientationPatient = [_ds_str(v) for v in (*direction[:, 0], *direction[:, 1])]
-    ds.PixelSpacing = [_ds_str(spacing[1]), _ds_str(spacing[2])]
+    if not volume.metadata.get("spacing_assumed"):  # a source without a pixel size: none is invented for its copy
+        ds.PixelSpacing = [_ds_str(spacing[1]), _ds_str(spacing[2])]
     ds.SliceThickness = _ds_str(float(volume.metadata.get("slice_thickness") or dz))
     ds.SpacingBetweenSlices = _ds_str(dz)
     ds.Rows, ds.Columns = (int(n) for n in np.shape(volume.hu)[-2:])
@@ -283,6 +288,13 @@ def _remove_partial(files: list[Path], folders: list[Path]) -> None:
 
 def denoised_description(source: str, model: str, remove_sd: float | None = None) -> str:
     """SeriesDescription of a denoised series: the source's and the model's names and the noise SD removed when
-    not all (DICOM LO: at most 64 chars)."""
+    not all, within DICOM LO's 64 characters: "denoised (LIDnet" is never cut off (a PACS would list the processed
+    series under the original's name); the source keeps 36 characters, the model's name what is left ("...")."""
     strength = "" if remove_sd is None else f", {remove_sd:g} HU SD removed"
-    return f"{source or 'CT'} denoised (LIDnet {model}{strength})"[:64]
+    fixed, source = len(f" denoised (LIDnet {strength})"), source or "CT"
+
+    def cut(text: str, room: int) -> str:
+        return text if len(text) <= room else text[: max(room - 3, 0)] + "..."
+
+    model = cut(model, 64 - fixed - len(cut(source, 36)))
+    return f"{cut(source, 64 - fixed - len(model))} denoised (LIDnet {model}{strength})"
