@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Hashable, Sequence
@@ -133,14 +134,26 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def cache_bytes(total: int | None = None) -> int:
+    """The default bound of a ``ResultCache``: 2 GiB, or an eighth of the machine's memory (``total`` bytes, read
+    from the system when None) where that is less: a laptop keeps room for the viewer's own copies."""
+    if total is None:
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):  # no sysconf (Windows): the fixed bound
+            total = 16 << 30
+    return int(min(2 << 30, total // 8))
+
+
 class ResultCache:
     """Small LRU cache of inference results, bounded by entries and by the bytes of the arrays it holds.
 
     Arrays are stored read-only: whoever gets one must copy before writing to it.
     """
 
-    def __init__(self, max_items: int = 8, max_bytes: int = 2 << 30) -> None:
-        self.max_items, self.max_bytes = max_items, max_bytes
+    def __init__(self, max_items: int = 8, max_bytes: int | None = None) -> None:
+        self.max_items = max_items
+        self.max_bytes = cache_bytes() if max_bytes is None else max_bytes
         self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
         self.hits = self.misses = 0
 

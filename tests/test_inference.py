@@ -178,6 +178,17 @@ def test_progress_and_cancel_between_batches() -> None:
     assert model.training
 
 
+def test_the_cache_is_bounded_by_the_machine_s_memory() -> None:
+    """A study's denoised volumes are 0.3-1 GB each: the cache keeps at most 2 GiB, and at most an eighth of the
+    machine's memory (a 4 GiB laptop: 512 MiB), and lets the oldest go past its bound."""
+    assert inf.cache_bytes(4 << 30) == 512 << 20 and inf.cache_bytes(64 << 30) == 2 << 30
+    assert 0 < inf.ResultCache().max_bytes <= 2 << 30
+    cache = inf.ResultCache(max_bytes=3 * 4000)
+    for k in range(4):
+        cache.put(k, np.zeros(1000, np.float32))  # 4000 bytes each
+    assert len(cache) == 3 and cache.get(0) is None and cache.get(3) is not None
+
+
 def test_pipeline_cache_hits_and_misses() -> None:
     den, det = _fastdn(), LesionDetector(width=4).eval()
     vol = _noisy((3, 48, 48), seed=7)
