@@ -117,7 +117,7 @@ def adapt_request(
                             "low-dose scans to adapt to")  # fmt: skip
     inputs, notes = inputs_from_layers(layers, shapes_layer, current_slice)
     problems.extend(notes)
-    volumes = [volume_of_layer(ly, item.full_hu) for ly, item in zip(layers, inputs)]  # (pixels read once)
+    volumes = [volume_of_layer(ly, np.asarray(item.full_hu, np.float32)) for ly, item in zip(layers, inputs)]
     boxes = None if shapes_layer is None else [item.boxes for item in inputs]
     try:
         prepare_adapt(volumes, settings["scheme"], settings["patch_size"], boxes)

@@ -58,6 +58,13 @@ def _inside(box: np.ndarray, shape: tuple[int, ...]) -> bool:
     return 0 <= cx < w and 0 <= cy < h and -0.5 <= z < n_z - 0.5
 
 
+def layer_hu(layer: Any) -> np.ndarray:
+    """A layer's pixels as an array in their own numeric type (an int16 study is not copied to float32 on the GUI
+    thread: training takes float32 slice by slice); anything else as float32."""
+    data = np.asarray(layer.data)
+    return data if data.dtype.kind in "iuf" else data.astype(np.float32)
+
+
 def inputs_from_layers(
     image_layers: Sequence[Any],
     shapes_layer: Any | None = None,
@@ -72,7 +79,7 @@ def inputs_from_layers(
     claimed: set[int] = set()
     n_shapes = len(shapes_layer.data) if shapes_layer is not None else 0
     for layer in image_layers:
-        hu = np.asarray(layer.data, dtype=np.float32)
+        hu = layer_hu(layer)
         boxes = None
         source = "none"
         if shapes_layer is not None:
@@ -110,6 +117,6 @@ def paired_input(
         problems = [*problems, f"{low_layer.name!r} and {full_layer.name!r} do not lie on one grid in the viewer "
                                f"({', '.join(off)} differ): pick the low-dose image of that scan"]  # fmt: skip
     item = inputs[0]
-    item.low_hu = np.asarray(low_layer.data, dtype=np.float32)
+    item.low_hu = layer_hu(low_layer)
     item.name = low_layer.name
     return item, problems
