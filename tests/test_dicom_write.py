@@ -312,3 +312,16 @@ def test_release_flags_are_carried_and_no_pixel_size_is_invented(tmp_path) -> No
         warnings.simplefilter("ignore")
         (again,) = read_dicom(tmp_path / "out")
     assert again.metadata.get("spacing_assumed")
+
+
+def test_a_single_slice_keeps_its_scanner_s_slice_location_and_acquisition_number(tmp_path) -> None:
+    """Review 2026-12-06 (DICOM): a one-slice source (pydicom's CT_small: SliceLocation -77.204, its position -75.70
+    along the normal) came back with a SliceLocation worked out from its position, and no AcquisitionNumber."""
+    from pydicom.data import get_testdata_file
+
+    src = get_testdata_file("CT_small.dcm")
+    (vol,) = read_dicom(src)
+    out = pydicom.dcmread(write_dicom_series(vol, tmp_path / "out", "d")[0])
+    ds = pydicom.dcmread(src)
+    assert float(out.SliceLocation) == pytest.approx(float(ds.SliceLocation))
+    assert int(out.AcquisitionNumber) == int(ds.AcquisitionNumber)

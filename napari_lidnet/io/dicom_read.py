@@ -70,6 +70,7 @@ SOURCE_TAGS = (
     "DerivationDescription",  # a derived source's history, kept ahead of ours
     "ReconstructionDiameter",
     "AcquisitionDate",
+    "AcquisitionNumber",
     "ContrastBolusAgent",
     "ContrastBolusRoute",
     "CTDIvol",
@@ -91,8 +92,8 @@ SOURCE_TAGS = (
 
 #: source tags that belong to each image (tube current modulation, a window per slice, a slice compressed lossy):
 #: kept slice by slice in ``metadata["slice_tags"]`` when they vary, and written so on derived series
-SLICE_TAGS = ("XRayTubeCurrent", "Exposure", "ExposureTime", "CTDIvol", "SliceLocation", "WindowCenter",
-              "WindowWidth", "LossyImageCompression", "LossyImageCompressionRatio",
+SLICE_TAGS = ("XRayTubeCurrent", "Exposure", "ExposureTime", "CTDIvol", "SliceLocation", "AcquisitionNumber",
+              "WindowCenter", "WindowWidth", "LossyImageCompression", "LossyImageCompressionRatio",
               "LossyImageCompressionMethod")  # fmt: skip
 #: the compression method a lossy transfer syntax implies (PS3.3 C.7.6.1.1.5.1), for sources that do not say
 _LOSSY_METHODS = {"1.2.840.10008.1.2.4.50": "ISO_10918_1", "1.2.840.10008.1.2.4.51": "ISO_10918_1",
@@ -500,9 +501,10 @@ def _source_tags(ds: Any, keywords: Sequence[str] = SOURCE_TAGS) -> dict[str, An
 
 
 def _slice_tags(headers: list[DicomHeader]) -> list[dict[str, Any]] | None:
-    """Each slice's ``SLICE_TAGS`` (as ``_source_tags`` reads them), when some differ from the first slice's."""
+    """Each slice's ``SLICE_TAGS`` (as ``_source_tags`` reads them), when some differ from the first slice's, or
+    for a single slice (its SliceLocation is the scanner's, not one worked out from its position)."""
     per = [_source_tags(h.ds, SLICE_TAGS) for h in headers]
-    return per if any(p != per[0] for p in per[1:]) else None
+    return per if len(per) == 1 or any(p != per[0] for p in per[1:]) else None
 
 
 def _pixel_error(f: Path, tsyntax: Any, exc: Exception) -> str:
