@@ -1,4 +1,5 @@
-"""The layer boundary: CTVolume -> napari LayerDataTuples, pixel boxes <-> Shapes rectangles.
+"""The layer boundary: CTVolume -> napari LayerDataTuples and back (a layer's slices -> CTVolume, for exports),
+pixel boxes <-> Shapes rectangles, the removed-noise overlay.
 
 Boxes are ``slice, x1, y1, x2, y2`` (or ``x1, y1, x2, y2`` in 2D) in pixel-edge coordinates: pixel column i spans
 [i, i + 1), x2/y2 are exclusive edges (docs/CONTRACTS.md; the detector, the datasets and DeepLesion use them). napari
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from napari_lidnet.io.checks import not_ct_note
-from napari_lidnet.io.volume import CTVolume
+from napari_lidnet.io.volume import CTVolume, n_slices, slice_metadata
 from napari_lidnet.io.windowing import SCAN_WINDOW, window_limits
 from napari_lidnet.metrics.noreference import fill_holes
 
@@ -227,3 +228,53 @@ def removed_noise_kwargs(noise: np.ndarray, where: np.ndarray | None = None) -> 
         "name": "removed noise",  # short: napari lists it in the layer controls
     }
     return {"contrast_limits": (-lim, lim), "colormap": colormap, "blending": "translucent", "visible": True}
+
+
+def slice_translate(scale: tuple[float, ...], translate: tuple[float, ...], z0: int) -> tuple[float, ...]:
+    """Translate of a layer holding slices ``z0...`` of a volume with ``scale``/``translate`` (data units)."""
+    t = list(translate)
+    t[0] = float(t[0]) + z0 * float(scale[0])
+    return tuple(t)
+
+
+def metadata_for_slices(metadata: dict[str, Any], first_slice: int, n: int) -> dict[str, Any]:
+    """Copy of a source layer's metadata for a layer of ``n`` slices from ``first_slice``: ``affine_lps`` moved
+    along the slice axis, ``image_position_patient`` updated and per-slice lists cut, so later exports place it
+    correctly."""
+    meta = slice_metadata(metadata, first_slice, n)
+    aff = meta.get("affine_lps")
+    if first_slice and aff is not None and np.shape(aff) == (4, 4):
+        aff = np.array(aff, dtype=float)
+        aff[:3, 3] += first_slice * aff[:3, 0]
+        meta["affine_lps"] = aff
+        meta["image_position_patient"] = [float(v) for v in aff[:3, 3]]
+    return meta
+
+
+def volume_from_layer(
+    hu: np.ndarray,
+    scale: tuple[float, ...],
+    translate: tuple[float, ...],
+    metadata: dict[str, Any],
+    name: str,
+    first_slice: int = 0,
+) -> CTVolume:
+    """A CTVolume for ``hu`` = slices ``first_slice...`` of a source layer (``scale``, ``translate``, ``metadata``).
+
+    Direction and origin come from ``metadata["affine_lps"]`` when the source came from this plugin's reader,
+    else from scale/translate with an identity direction. Other metadata (DICOM source tags) is kept.
+    """
+    meta = {k: v for k, v in metadata.items() if k not in ("affine_lps", "lidnet")}
+    meta = slice_metadata(meta, first_slice, n_slices(hu))
+    spacing = tuple(float(s) for s in scale)
+    aff = metadata.get("affine_lps")
+    if aff is None or np.shape(aff) != (4, 4):
+        origin = slice_translate(spacing, translate, first_slice) if hu.ndim == 3 else tuple(translate)
+        return CTVolume(hu, spacing, tuple(float(t) for t in origin), None, name=name, metadata=meta)
+    aff = np.asarray(aff, dtype=float)
+    spacing3 = spacing if hu.ndim == 3 else (1.0, *spacing)  # a slice's affine keeps a unit z column
+    direction = np.zeros((3, 3))
+    for col, axis in enumerate((2, 1, 0)):  # affine columns are the z, y, x array axes
+        direction[:, axis] = aff[:3, col] / spacing3[col]
+    origin_zyx = tuple((aff[:3, 3] + first_slice * aff[:3, 0])[::-1])
+    return CTVolume(hu, spacing, origin_zyx[3 - hu.ndim :], direction, name=name, metadata=meta)

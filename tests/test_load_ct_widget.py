@@ -254,7 +254,7 @@ def test_an_mr_series_beside_a_ct_keeps_its_own_window_and_no_hu(widget):
 def test_the_added_noise_of_a_study_is_measured_on_a_few_slices() -> None:
     """The SD a simulation added is read on at most 16 evenly spaced slices of a volume (the whole of a 300-slice
     study held the viewer 1.2 s for this one number): within 2% of the whole volume's for stationary noise."""
-    from napari_lidnet._widgets._worker_utils import added_noise_sd
+    from napari_lidnet._widgets._sim_job import added_noise_sd
 
     rng = np.random.default_rng(2)
     normal = np.full((120, 48, 48), -1000.0, np.float32)

@@ -1,5 +1,5 @@
-"""Plain-Python helpers of the dock widgets: model store, the denoise/detect and low-dose simulation worker
-generators, layer geometry.
+"""Plain-Python helpers of the Denoise dock: its model store and its denoise/detect worker generator (the low-dose
+simulation's is ``_sim_job``; layer geometry is ``layer_data``'s).
 
 No Qt here, and torch is imported only inside functions: workers run these; the widget turns results into layers.
 """
@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from ..io.volume import CTVolume, n_slices, slice_metadata
 
 
 @dataclass
@@ -133,113 +131,3 @@ def _take(items: list[str]) -> list[str]:
     out = items[:]
     items.clear()
     return out
-
-
-def slice_translate(scale: tuple[float, ...], translate: tuple[float, ...], z0: int) -> tuple[float, ...]:
-    """Translate of a layer holding slices ``z0...`` of a volume with ``scale``/``translate`` (data units)."""
-    t = list(translate)
-    t[0] = float(t[0]) + z0 * float(scale[0])
-    return tuple(t)
-
-
-def metadata_for_slices(metadata: dict[str, Any], first_slice: int, n: int) -> dict[str, Any]:
-    """Copy of a source layer's metadata for a layer of ``n`` slices from ``first_slice``: ``affine_lps`` moved
-    along the slice axis, ``image_position_patient`` updated and per-slice lists cut, so later exports place it
-    correctly."""
-    meta = slice_metadata(metadata, first_slice, n)
-    aff = meta.get("affine_lps")
-    if first_slice and aff is not None and np.shape(aff) == (4, 4):
-        aff = np.array(aff, dtype=float)
-        aff[:3, 3] += first_slice * aff[:3, 0]
-        meta["affine_lps"] = aff
-        meta["image_position_patient"] = [float(v) for v in aff[:3, 3]]
-    return meta
-
-
-def volume_from_layer(
-    hu: np.ndarray,
-    scale: tuple[float, ...],
-    translate: tuple[float, ...],
-    metadata: dict[str, Any],
-    name: str,
-    first_slice: int = 0,
-) -> CTVolume:
-    """A CTVolume for ``hu`` = slices ``first_slice...`` of a source layer (``scale``, ``translate``, ``metadata``).
-
-    Direction and origin come from ``metadata["affine_lps"]`` when the source came from this plugin's reader,
-    else from scale/translate with an identity direction. Other metadata (DICOM source tags) is kept.
-    """
-    meta = {k: v for k, v in metadata.items() if k not in ("affine_lps", "lidnet")}
-    meta = slice_metadata(meta, first_slice, n_slices(hu))
-    spacing = tuple(float(s) for s in scale)
-    aff = metadata.get("affine_lps")
-    if aff is None or np.shape(aff) != (4, 4):
-        origin = slice_translate(spacing, translate, first_slice) if hu.ndim == 3 else tuple(translate)
-        return CTVolume(hu, spacing, tuple(float(t) for t in origin), None, name=name, metadata=meta)
-    aff = np.asarray(aff, dtype=float)
-    spacing3 = spacing if hu.ndim == 3 else (1.0, *spacing)  # a slice's affine keeps a unit z column
-    direction = np.zeros((3, 3))
-    for col, axis in enumerate((2, 1, 0)):  # affine columns are the z, y, x array axes
-        direction[:, axis] = aff[:3, col] / spacing3[col]
-    origin_zyx = tuple((aff[:3, 3] + first_slice * aff[:3, 0])[::-1])
-    return CTVolume(hu, spacing, origin_zyx[3 - hu.ndim :], direction, name=name, metadata=meta)
-
-
-@dataclass
-class SimProgress:
-    """One progress record of the low-dose simulation: slices done of total, seconds left (None: not known yet)."""
-
-    done: int
-    total: int
-    eta_s: float | None = None
-    notice: str = ""
-
-
-def chunk_seed(seed: int, start: int) -> int:
-    """The simulation seed of the chunk that starts at slice ``start`` (fixed chunks give fixed noise)."""
-    return int(np.random.SeedSequence([int(seed), int(start)]).generate_state(1)[0])
-
-
-def added_noise_sd(normal: np.ndarray, low: np.ndarray, max_slices: int = 16) -> float:
-    """SD (HU) of what a low-dose simulation added, over the tissue (> -500 HU) of at most ``max_slices`` evenly
-    spaced slices (the whole of a 600-slice study held the viewer a second or two for one number); NaN without
-    tissue."""
-    from ..metrics.noreference import sample_slices
-
-    if np.ndim(normal) == 3:
-        picks = sample_slices(len(normal), max_slices)
-        normal, low = normal[picks], low[picks]
-    normal = np.asarray(normal, np.float32)
-    body = normal > -500.0
-    return float(np.std((np.asarray(low, np.float32) - normal)[body])) if body.any() else float("nan")
-
-
-def simulate_job(
-    hu: np.ndarray, dose: float, spacing_mm: float, seed: int, device: str = "auto", chunk: int | None = None
-) -> Generator[SimProgress, None, np.ndarray | Failure]:
-    """Worker body: ``sim.lowdose.simulate_low_dose`` over a (z, y, x) or (y, x) image in chunks of slices,
-    yielding :class:`SimProgress` after each chunk (a cancel lands between chunks). Errors become a Failure."""
-    import time
-
-    try:
-        from ..models.device import pick_device
-        from ..sim.lowdose import simulate_low_dose
-
-        dev, notice = pick_device(device)
-        chunk = chunk or (16 if dev.type == "cuda" else 4)
-        stack = np.asarray(hu, dtype=np.float32)
-        vol = stack[None] if stack.ndim == 2 else stack
-        out = np.empty_like(vol)
-        n = vol.shape[0]
-        yield SimProgress(0, n, None, notice)
-        t0 = time.perf_counter()
-        for start in range(0, n, chunk):
-            part = vol[start : start + chunk]
-            out[start : start + len(part)] = simulate_low_dose(
-                part, dose, spacing_mm, seed=chunk_seed(seed, start), device=dev, batch_size=len(part), fast=True
-            )
-            done = start + len(part)
-            yield SimProgress(done, n, (time.perf_counter() - t0) / done * (n - done))
-        return out[0] if stack.ndim == 2 else out
-    except Exception as exc:  # reported in the viewer, never raised into it
-        return Failure(f"{type(exc).__name__}: {exc}")

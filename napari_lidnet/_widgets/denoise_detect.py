@@ -35,7 +35,7 @@ from qtpy.QtWidgets import (
 
 from ..io.checks import ct_problem
 from ..io.volume import n_slices
-from ..layer_data import boxes_to_shapes, removed_noise_layer
+from ..layer_data import boxes_to_shapes, metadata_for_slices, removed_noise_layer, slice_translate, volume_from_layer
 from ._docking import DockHome, scroll_layout
 from ._layer_watch import LayerWatch, renamed_to
 from ._roles import (
@@ -57,9 +57,6 @@ from ._worker_utils import (
     ModelStore,
     Progress,
     inference_job,
-    metadata_for_slices,
-    slice_translate,
-    volume_from_layer,
 )
 from .compare import FLIP_KEY, CompareView
 from .reading_room import ReadingRoom

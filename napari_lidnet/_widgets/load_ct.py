@@ -1,7 +1,7 @@
 """'Load CT' dock widget: open a DICOM series / DeepLesion PNG / array, window presets, simulated low dose.
 
 The widget is thin: reading runs in a napari thread worker that returns data; the low-dose simulation is a
-generator worker (``_worker_utils.simulate_job``: chunks of slices on the chosen device, progress with the time
+generator worker (``_sim_job.simulate_job``: chunks of slices on the chosen device, progress with the time
 left, Cancel between chunks). The callbacks here (GUI thread) turn results into layers and messages. The dock lives
 in the right-hand column of LIDnet forms (``_docking``). No torch at import time.
 """
@@ -39,7 +39,8 @@ from ..layer_data import volume_layer_tuples
 from ._docking import DockHome, scroll_layout
 from ._layer_watch import LayerWatch, renamed_to
 from ._roles import derived_name, grayscale_images, is_ct_image, is_reduced_dose
-from ._worker_utils import Failure, SimProgress, added_noise_sd, simulate_job
+from ._sim_job import SimProgress, added_noise_sd, simulate_job
+from ._worker_utils import Failure
 from .calipers import measure
 from .reading_room import HINT, ReadingRoom
 
