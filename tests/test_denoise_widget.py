@@ -218,6 +218,13 @@ def test_a_current_slice_run_after_a_volume_run_updates_that_slice_only(make_nap
     assert {f.id: (f.slice, f.status, f.score) for f in nav.findings if f.slice != 3} == review
     assert "added" not in {f.status for f in nav.findings}
 
+    src = viewer.layers["low"]
+    src.translate = (TRANSLATE[0], TRANSLATE[1] + 50.0, TRANSLATE[2])  # the reader moved the image meanwhile
+    run_and_wait(widget, qtbot)
+    assert viewer.layers["low denoised"] is den  # refilled, and placed where the source lies now
+    np.testing.assert_allclose(den.translate, src.translate)
+    np.testing.assert_allclose(noise.translate, src.translate)
+
     widget.set_remove_sd(5.0)  # another strength: the slice run stands alone, as before, and says so
     run_and_wait(widget, qtbot)
     assert viewer.layers["low denoised"].data.shape == (1, 64, 64)

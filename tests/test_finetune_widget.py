@@ -373,6 +373,7 @@ def test_a_plan_of_hours_runs_on_a_second_start_and_a_run_stopped_before_a_model
     assert widget.outcome.status == "stopped" and not widget.outcome.exported
     assert "no model was saved" in widget.outcome.message
     assert not widget.run_dir.exists()  # its partial checkpoints serve no one
+    assert widget.start() is None and "press Start again" in widget.status.text()  # asked again next time
 
 
 def test_what_to_fix_first_is_said_first(make_napari_viewer, qtbot, model_dir: Path, tmp_path: Path) -> None:

@@ -153,6 +153,7 @@ def test_a_long_volume_simulates_low_dose_on_every_kth_slice_and_every_lesion_sl
     assert all(np.abs(s.low_hu - s.full_hu).std() > 1 for s in samples)  # simulated, not copies
     paired = ld.make_samples([ld.CTInput("pair", full, 2.0, low_hu=full + 5, boxes=on)], dose=0.25)
     assert len(paired) == n - 4
+    assert ld.slices_to_simulate(0, None) == [] and ld.slices_to_simulate(3, None) == [0, 1, 2]
 
 
 def test_missing_boxes_come_from_the_detector() -> None:

@@ -139,7 +139,7 @@ def test_stop_then_resume_equals_an_uninterrupted_run(tmp_path):
 
     def stop_after_85() -> bool:
         count["n"] += 1
-        return count["n"] >= 86  # inside round 1's denoiser stage (one check more: after pretraining's validation)
+        return count["n"] >= 87  # inside round 1's denoiser stage (two checks more: after the validations before it)
 
     records = list(Trainer(_config(tmp_path / "cut"), samples, should_stop=stop_after_85).run())
     assert records[-1]["stage"] == "stopped" and records[-1]["step"] == 85
@@ -234,14 +234,20 @@ def test_stop_in_the_first_stage_then_resume(tmp_path):
     """Stopped at the first step: a checkpoint at that step (no stage had finished), and a rerun goes on from it;
     given another length for that stage, the rerun says so and starts it over."""
     samples = _samples()
-    trainer = Trainer(_config(tmp_path / "r"), samples, should_stop=lambda: True)
+
+    def after_the_first_check():  # Stop pressed during the start's validation begins no stage: press it just after
+        calls = iter([False])
+        return lambda: next(calls, True)
+
+    trainer = Trainer(_config(tmp_path / "r"), samples, should_stop=after_the_first_check())
     records = list(trainer.run())
     assert records[-1]["stage"] == "stopped" and records[-1]["step"] == 1
     assert "the checkpoint at step 1 of pretrain-denoiser" in records[-1]["message"]
     assert not (tmp_path / "r" / "last_denoiser.json").exists()
     resumed = list(Trainer(_config(tmp_path / "r", rounds=0), samples).run())
     assert (resumed[0]["stage"], resumed[0]["stage_step"]) == ("pretrain-denoiser", 2)
-    list(Trainer(_config(tmp_path / "s", pretrain_denoiser_steps=3), samples, should_stop=lambda: True).run())
+    short = _config(tmp_path / "s", pretrain_denoiser_steps=3)
+    list(Trainer(short, samples, should_stop=after_the_first_check()).run())
     other = list(Trainer(_config(tmp_path / "s", pretrain_denoiser_steps=4, rounds=0), samples).run())
     assert "made for 3 steps, not 4: pretrain-denoiser starts over" in other[0]["message"]
     assert other[1]["stage_step"] == 1
@@ -367,7 +373,7 @@ def test_every_command_that_added_steps_is_in_the_cards(tmp_path):
     list(Trainer(_config(tmp_path / "r", **cfg), samples, should_stop=stop_at(10), command="c1").run())
     list(Trainer(_config(tmp_path / "r", **cfg), samples, should_stop=stop_at(10), command="c2").run())
     records = list(Trainer(_config(tmp_path / "r", **cfg), samples, command="c3").run())
-    assert records[0]["stage_step"] == 21 and records[-1]["stage"] == "finished"
+    assert records[0]["stage_step"] == 20 and records[-1]["stage"] == "finished"  # 9 + 10: one check after validating
     assert read_card(tmp_path / "r" / "best_denoiser")["training"]["commands"] == ["c1", "c2", "c3"]
 
 
@@ -402,6 +408,15 @@ def test_a_broken_state_file_is_named_in_one_line(tmp_path):
         (tmp_path / "run" / "state.json").write_text(text)
         with pytest.raises(ValueError, match=r"state.json: not a (readable run state|napari-lidnet run state)"):
             Trainer(_config(tmp_path / "run"), samples)
+
+
+def test_stop_during_the_start_validation_begins_no_stage(tmp_path):
+    """Review 2026-12-06b: Stop pressed while the starting weights were validated (the longest validation) still set
+    up the first stage, calibrated and took a step. Now the run stops before it, with no stage begun."""
+    records = list(Trainer(_config(tmp_path / "r"), _samples(), should_stop=lambda: True).run())
+    assert [r["stage"] for r in records] == ["validate", "stopped"]
+    assert "stopped before pretrain-denoiser" in records[-1]["message"]
+    assert not list((tmp_path / "r").glob("partial_*"))
 
 
 def test_the_time_left_counts_each_networks_pace_and_the_validations_to_come(tmp_path):

@@ -320,6 +320,8 @@ def _salvage(req: FinetuneRequest, outcome: FinetuneOutcome, info: dict[str, Any
     outcome.start_test_metrics = state.get("start_test_metrics") or None
     outcome.best_test_metrics = state.get("best_test_metrics") or None
     outcome.notes.append(f"the run failed ({one_line(failure)}); this is its best checkpoint before the failure")
+    if not req.config.boxes_are_annotations and req.config.mode != "pixel":
+        outcome.notes.append(NOTE_DETECTED)  # as a finished run's card says
     try:
         _publish(req, outcome, info, stopped=True)
     except (OSError, ValueError):

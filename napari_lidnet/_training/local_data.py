@@ -269,7 +269,7 @@ MAX_SIMULATED_SLICES = 64
 def slices_to_simulate(n: int, boxes: np.ndarray | None) -> list[int]:
     """The slices of an ``n``-slice volume that get a simulated low-dose partner: every k-th (at most about
     ``MAX_SIMULATED_SLICES``) and every slice with a box in ``boxes`` (``slice, x1, y1, x2, y2``)."""
-    keep = set(range(0, n, -(-n // MAX_SIMULATED_SLICES)))
+    keep = set(range(0, n, max(1, -(-n // MAX_SIMULATED_SLICES))))
     if boxes is not None:
         keep |= {z for z in np.rint(np.asarray(boxes, float).reshape(-1, 5)[:, 0]).astype(int) if 0 <= z < n}
     return sorted(keep)

@@ -19,6 +19,7 @@ checkpoints are written atomically, so the last good one always survives.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -350,9 +351,10 @@ class Trainer:
         stages = self.stages()
         total = self.total_steps()
         done_steps = sum(n for name, n in stages if name in self.state["done"])
-        yield from self._start(done_steps, total)
-        yield from self._validate_pending(stages, done_steps, total)
-        validated = False
+        validated = False  # a validation just ran: Stop pressed meanwhile begins no stage
+        for rec in itertools.chain(self._start(done_steps, total), self._validate_pending(stages, done_steps, total)):
+            validated = validated or rec["stage"] == "validate"
+            yield rec
         for index, (name, n_steps) in enumerate(stages):
             if name in self.state["done"]:
                 continue

@@ -617,6 +617,8 @@ class DenoiseDetectWidget(QWidget):
         if self._last.get("merged") and layer_type == "image" and live is not None and live.data.shape == data.shape:
             live.data = data
             live.metadata = kwargs["metadata"]
+            for key in ("scale", "translate", "affine"):  # where the source lies now (it may have been moved)
+                setattr(live, key, kwargs[key])
             return live
         old, index = live or self._earlier_output(kwargs["name"]), None
         pair, entry = self.compare.pair, self._entry(role)

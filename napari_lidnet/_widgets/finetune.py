@@ -435,6 +435,7 @@ class FineTuneWidget(QWidget):
             return None
         from .._training.finetune import finetune_job
 
+        self._long_plan = None  # a long plan is asked about again next time
         self._stop_event.clear()
         self.run_dir = Path(request.config.out)
         worker = self._worker(finetune_job, request, self._stop_event.is_set)
