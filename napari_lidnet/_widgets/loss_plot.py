@@ -124,9 +124,9 @@ class TrainingPlot(QWidget):
         sens = [(s, v["sensitivity"]) for s, _, v in self.validation if "sensitivity" in v]
         self._psnr_line.set_data(*(zip(*psnr) if psnr else ([], [])))
         self._sens_line.set_data(*(zip(*sens) if sens else ([], [])))
-        for ax in (self.ax_loss, self.ax_val):
+        for ax in (self.ax_loss, self.ax_val, self.ax_sens):
             ax.relim()
-            ax.autoscale_view()
+            ax.autoscale_view(scaley=ax is not self.ax_sens)  # sensitivity keeps 0..1; its steps widen the x-axis
         if new:
             self.figure.tight_layout()
         self.canvas.draw_idle()
