@@ -851,9 +851,8 @@ def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> C
     modality = str(ds0.get("Modality", "") or "")
     if modality != "CT":
         _warn(notes, f"{label}: modality is {modality or 'missing'!r}, not 'CT'; HU values may not be meaningful")
-    iop, row_cos, col_cos = _orientation(headers, label)
+    headers, pos, row_cos, col_cos = _ordered(headers, notes, label)
     normal = np.cross(row_cos, col_cos)
-    headers, pos = _sorted_slices(headers, None if iop is None else normal, notes, label)
     ps = header_floats(ds0.get("PixelSpacing"), 2)
     if ps is None:
         _warn(notes, f"{label}: no PixelSpacing; assuming 1 mm pixels")
@@ -895,7 +894,13 @@ def order_series(headers: list[DicomHeader]) -> tuple[list[DicomHeader], list[st
     mixes orientations. Headers only: nothing is decoded."""
     label = _series_label(headers[0].ds)
     notes: list[str] = []
-    headers = _odd_ones_out(list(headers), notes, label)
-    iop, row_cos, col_cos = _orientation(headers, label)
-    ordered, _pos = _sorted_slices(headers, None if iop is None else np.cross(row_cos, col_cos), notes, label)
+    ordered, *_ = _ordered(_odd_ones_out(list(headers), notes, label), notes, label)
     return ordered, notes
+
+
+def _ordered(headers: list[DicomHeader], notes: list[str], label: str) -> tuple[list, Any, np.ndarray, np.ndarray]:
+    """(headers sorted along the slice normal, their positions or None, row and column direction cosines): the one
+    ordering ``read_series`` stacks by and ``order_series`` reports (ValueError for mixed orientations)."""
+    iop, row_cos, col_cos = _orientation(headers, label)
+    ordered, pos = _sorted_slices(headers, None if iop is None else np.cross(row_cos, col_cos), notes, label)
+    return ordered, pos, row_cos, col_cos
