@@ -59,3 +59,27 @@ def test_a_process_forked_from_the_holder_does_not_keep_the_folder_locked(tmp_pa
     finally:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
+
+
+def test_threads_of_one_process_asking_at_once_get_the_folder_once(tmp_path):
+    """Record locks do not exclude their own process: the in-process check decides, and two threads asking at the
+    same moment must not both pass it (review 2026-12-06)."""
+    import threading
+
+    start, got, refused, locks = threading.Barrier(8), [], [], []
+
+    def ask() -> None:
+        start.wait()
+        try:
+            locks.append(FolderLock(tmp_path, ".lock"))
+            got.append(1)
+        except FolderInUse:
+            refused.append(1)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 1 and len(refused) == 7
+    locks[0].close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from pathlib import Path
 from types import TracebackType
 
@@ -29,18 +30,21 @@ class FolderLock:
     file is removed when the lock is let go (:meth:`close`, or leaving the ``with`` block)."""
 
     held: set[Path] = set()  # the lock files held in this process
+    _guard = threading.Lock()  # two threads of this process asking at once: one gets the folder
 
     def __init__(self, folder: Path, filename: str, remove: bool = False) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.path, self.remove = folder.resolve() / filename, remove
-        if self.path in self.held:
-            raise FolderInUse(f"pid {os.getpid()}, this process")
-        self.fd = _lock(self.path)
-        self.held.add(self.path)
+        with self._guard:
+            if self.path in self.held:
+                raise FolderInUse(f"pid {os.getpid()}, this process")
+            self.fd = _lock(self.path)
+            self.held.add(self.path)
 
     def close(self) -> None:
         """Let go of the lock (removing its file first if ``remove``: a run waiting on the old file retries)."""
-        self.held.discard(self.path)
+        with self._guard:
+            self.held.discard(self.path)
         if self.fd is not None:
             if self.remove:
                 self.path.unlink(missing_ok=True)
