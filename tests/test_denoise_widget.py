@@ -537,6 +537,27 @@ def test_no_dock_offers_the_removed_noise_overlay_as_an_image(make_napari_viewer
         assert "low" in items and "low removed noise" not in items, (dock, items)
 
 
+def test_a_raised_threshold_is_read_once_by_the_navigator(make_napari_viewer, qtbot, model_dir, monkeypatch) -> None:
+    """The lesions layer lists its boxes highest score first: a raised threshold cuts its tail, so napari's cut
+    feature table already holds the right scores and the navigator reads the boxes once (twice before: the new
+    boxes, then their scores); what it reads is what is shown."""
+    from napari_lidnet._widgets.navigator import LesionNavigatorWidget
+
+    viewer = make_napari_viewer()
+    add_ct(viewer, phantom(n=6)[0])
+    nav = LesionNavigatorWidget(viewer)
+    widget = make_widget(viewer, qtbot)
+    widget.set_threshold(0.05)
+    run_and_wait(widget, qtbot)
+    scores = np.sort(widget.shown_boxes[:, 5])
+    assert len(scores) > 10
+    reads, read = [], nav._read_findings
+    monkeypatch.setattr(nav, "_read_findings", lambda *a: reads.append(1) or read(*a))
+    widget.set_threshold(float(np.round(scores[len(scores) // 2] + 0.005, 2)))
+    assert len(reads) == 1 and 0 < len(widget.shown_boxes) < len(scores)
+    np.testing.assert_allclose(sorted(f.score for f in nav.findings), np.sort(widget.shown_boxes[:, 5]), rtol=1e-6)
+
+
 class _ReadLog:
     """A volume that records which slices were read from it."""
 

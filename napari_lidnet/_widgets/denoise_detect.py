@@ -729,7 +729,8 @@ class DenoiseDetectWidget(QWidget):
 
         src = self._last["layer"]
         rows = self.shown_boxes
-        ndim = src.ndim
+        rows = rows[np.argsort(-rows[:, 5], kind="stable")]  # highest first: a raised threshold cuts the tail, and
+        ndim = src.ndim  # napari's cut feature table already holds the right scores (the navigator reads once)
         boxes = rows[:, :5] if ndim == 3 else rows[:, 1:5]
         shapes = [(s, "rectangle") for s in boxes_to_shapes(boxes, ndim)]
         features = pd.DataFrame({"score": rows[:, 5].astype(float), "slice": rows[:, 0].astype(int)})
