@@ -21,7 +21,7 @@ import numpy as np
 from napari_lidnet.io.checks import not_ct_note
 from napari_lidnet.io.volume import CTVolume, n_slices, slice_metadata
 from napari_lidnet.io.windowing import SCAN_WINDOW, window_limits
-from napari_lidnet.metrics.noreference import fill_holes
+from napari_lidnet.metrics.noreference import fill_holes, sample_slices
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 
@@ -198,7 +198,7 @@ def removed_noise_layer(original: Any, denoised: np.ndarray) -> tuple[Any, dict[
     import dask.array as da
 
     n = denoised.shape[0]
-    idx = np.unique(np.linspace(0, n - 1, min(n, NOISE_LIMIT_SLICES)).round().astype(int))
+    idx = np.asarray(sample_slices(n, NOISE_LIMIT_SLICES))
     sample = np.stack([np.asarray(original[int(z)], np.float32) for z in idx])
     kwargs = removed_noise_kwargs(*removed_noise(sample, denoised[idx]))
 

@@ -302,6 +302,16 @@ def _publish(req: FinetuneRequest, outcome: FinetuneOutcome, info: dict[str, Any
         )
 
 
+def _take_state(req: FinetuneRequest, outcome: FinetuneOutcome, state: dict[str, Any]) -> None:
+    """The run's metrics before and after (validation and held-out test) from its trainer ``state``, and the note on
+    boxes that came from the starting detector."""
+    outcome.start_metrics, outcome.best_metrics = state.get("start_metrics"), state.get("best_metrics")
+    outcome.start_test_metrics = state.get("start_test_metrics") or None
+    outcome.best_test_metrics = state.get("best_test_metrics") or None
+    if not req.config.boxes_are_annotations and req.config.mode != "pixel":
+        outcome.notes.append(NOTE_DETECTED)
+
+
 def _salvage(req: FinetuneRequest, outcome: FinetuneOutcome, info: dict[str, Any]) -> None:
     """A run that failed after a validated round: its best checkpoint is published, as a Stop would, with the failure
     in its notes and in the message (nothing when no round was validated, or when that export fails too)."""
@@ -316,12 +326,8 @@ def _salvage(req: FinetuneRequest, outcome: FinetuneOutcome, info: dict[str, Any
     if not state.get("best_metrics"):
         return
     failure = outcome.message
-    outcome.start_metrics, outcome.best_metrics = state.get("start_metrics"), state.get("best_metrics")
-    outcome.start_test_metrics = state.get("start_test_metrics") or None
-    outcome.best_test_metrics = state.get("best_test_metrics") or None
     outcome.notes.append(f"the run failed ({one_line(failure)}); this is its best checkpoint before the failure")
-    if not req.config.boxes_are_annotations and req.config.mode != "pixel":
-        outcome.notes.append(NOTE_DETECTED)  # as a finished run's card says
+    _take_state(req, outcome, state)  # as a finished run's card says
     try:
         _publish(req, outcome, info, stopped=True)
     except (OSError, ValueError):
@@ -357,14 +363,8 @@ def _train(
         state = trainer.state
     finally:
         trainer.denoiser = trainer.detector = None
-    outcome = FinetuneOutcome(
-        "stopped" if stopped else "finished", "", str(req.config.out),
-        start_metrics=state.get("start_metrics"), best_metrics=state.get("best_metrics"),
-        start_test_metrics=state.get("start_test_metrics") or None,
-        best_test_metrics=state.get("best_test_metrics") or None,
-    )  # fmt: skip
-    if not req.config.boxes_are_annotations and req.config.mode != "pixel":
-        outcome.notes.append(NOTE_DETECTED)
+    outcome = FinetuneOutcome("stopped" if stopped else "finished", "", str(req.config.out))
+    _take_state(req, outcome, state)
     if not trainer.val_samples:
         outcome.notes.append(NOTE_NO_VALIDATION)
     if not trainer.test_samples:

@@ -100,6 +100,11 @@ class StepClock:
         return steps + validations_left * val
 
 
+def _ends_group(names: list[str], index: int) -> bool:
+    """Whether stage ``index`` of ``names`` is the last of its group (pretraining, a round): a validation follows."""
+    return index + 1 >= len(names) or _group(names[index + 1]) != _group(names[index])
+
+
 def _group(stage: str) -> str:
     """``pretrain`` for the pretraining stages, ``roundN`` for the stages of round N."""
     return stage.split("-")[0]
@@ -341,8 +346,7 @@ class Trainer:
         pending = self.state.pop("validate_pending", None)
         names = [n for n, _ in stages]
         if pending in names:
-            following = (names[names.index(pending) + 1 :] or [None])[0]
-            if following and _group(following) == _group(pending):
+            if not _ends_group(names, names.index(pending)):
                 self._write_state()
             else:
                 yield self._end_of_stage(pending, done_steps, total)
@@ -382,8 +386,7 @@ class Trainer:
             done_steps = before + n_steps
             self.state["done"].append(name)
             self.state.setdefault("stage_steps", {})[name] = n_steps
-            following = stages[index + 1][0] if index + 1 < len(stages) else None
-            if following and _group(following) == _group(name):
+            if not _ends_group([n for n, _ in stages], index):
                 self._save("last", self.state.get("last_metrics", {}))  # resumable after every stage
                 self._write_state()
                 self._drop_partial()
@@ -450,13 +453,10 @@ class Trainer:
         """Seconds left after step ``stage_step`` of stage ``index``: the steps of each network still to run at its
         own pace, and the validations still to come at the time the earlier ones took (``StepClock``)."""
         self._clock.step(stages[index][0])
-        left = {"denoiser": 0, "detector": 0}
-        validations = 0
+        left, names = {"denoiser": 0, "detector": 0}, [n for n, _ in stages]
         for j in range(index, len(stages)):
-            name, n = stages[j]
-            left[_network(name)] += n - (stage_step if j == index else 0)
-            following = stages[j + 1][0] if j + 1 < len(stages) else None
-            validations += following is None or _group(following) != _group(name)
+            left[_network(names[j])] += stages[j][1] - (stage_step if j == index else 0)
+        validations = sum(_ends_group(names, j) for j in range(index, len(stages)))
         return self._clock.seconds_left(left, validations)
 
     def _seed(self, index: int) -> int:
@@ -496,7 +496,7 @@ class Trainer:
         torch.manual_seed(self._seed(index))
         joint = name.startswith("round") and name.endswith("denoiser") and self.cfg.mode != "pixel"
         batches = self._batches(index, n_steps)
-        network = "denoiser" if name.endswith("denoiser") else "detector"
+        network = _network(name)
         if network == "denoiser":
             model, lr = self.denoiser, self.cfg.lr
             scales = self.calibrate() if joint else {}

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import check_new
 from .dicom_write import derived_series_number, stand_in_uid
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
@@ -316,9 +317,7 @@ def write_sr(
     import pydicom
     from pydicom.uid import generate_uid
 
-    path = Path(path)
-    if path.exists():
-        raise FileExistsError(f"{path} already exists")
+    path = check_new(path)
     refs = list(refs or [])
     ds = _header(dict(source_tags or {}), description, source)
     groups, used, images = [], [], []
