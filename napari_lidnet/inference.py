@@ -194,7 +194,9 @@ def is_oom_error(exc: BaseException) -> bool:
 
 
 def _as_stack(hu: np.ndarray) -> np.ndarray:
-    hu = np.asarray(hu, dtype=np.float32)
+    """``hu`` as a (z, y, x) stack; a NumPy array of integers or floats keeps its type (each batch is read as
+    float32: an int16 study is not copied whole), anything else is converted to float32."""
+    hu = hu if isinstance(hu, np.ndarray) and hu.dtype.kind in "iuf" else np.asarray(hu, dtype=np.float32)
     if hu.ndim not in (2, 3):
         raise ValueError(f"expected a 2D slice or a 3D volume, got an array of shape {hu.shape}")
     return hu[None] if hu.ndim == 2 else hu
@@ -206,6 +208,11 @@ def take_slices(stack: np.ndarray, chunk: Sequence[int]) -> np.ndarray:
     if chunk and chunk == list(range(chunk[0], chunk[0] + len(chunk))):
         return stack[chunk[0] : chunk[0] + len(chunk)]
     return stack[chunk]
+
+
+def _batch(stack: np.ndarray, chunk: Sequence[int]) -> np.ndarray:
+    """The slices ``chunk`` of ``stack`` as float32 HU (a view when they are float32 and consecutive)."""
+    return np.asarray(take_slices(stack, chunk), dtype=np.float32)
 
 
 def _check_finite(stack: np.ndarray, idx: list[int]) -> None:
@@ -465,7 +472,7 @@ def iter_denoise(
         done = 0
         while done < len(idx):
             chunk = idx[done : done + runner.batch]
-            given = take_slices(stack, chunk)
+            given = _batch(stack, chunk)
             low, pads = fill_padding(given)
             block = out[done : done + len(chunk)]
             block[:] = keep_noise(low, runner.run(low, fn, combine), settings.remove_sd)
@@ -533,7 +540,7 @@ def iter_detect(
         done = 0
         while done < len(idx):
             chunk = idx[done : done + runner.batch]
-            images, pads = fill_padding(take_slices(stack, chunk))
+            images, pads = fill_padding(_batch(stack, chunk))
             images, factors = _zoomed(images, scale) if scale else (images, None)
             for z, (boxes, scores), pad in zip(chunk, runner.run(images, fn, combine), pads):
                 boxes, scores = boxes.float().cpu().numpy(), scores.float().cpu().numpy()

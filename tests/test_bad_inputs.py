@@ -566,6 +566,13 @@ def _denoise_widget(viewer, qtbot, models):
     return widget
 
 
+def _refusal(widget, qtbot) -> str:
+    """Run the dock and wait: the worker checks the pixels (off the viewer's thread) and refuses; its message."""
+    with qtbot.waitSignal(widget.job_finished, timeout=20000):
+        assert widget.run() is not None
+    return widget.status.text()
+
+
 def test_denoise_widget_refuses_a_4d_layer(make_napari_viewer, qtbot, models):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((2, 2, 16, 16), np.float32), name="4d")
@@ -579,8 +586,7 @@ def test_denoise_widget_refuses_nan(make_napari_viewer, qtbot, models):
     hu[1, 2, 3] = np.nan
     viewer.add_image(hu, name="nan")
     widget = _denoise_widget(viewer, qtbot, models)
-    assert widget.run() is None  # refused before any worker starts
-    assert "NaN" in widget.status.text() and [ly.name for ly in viewer.layers] == ["nan"]
+    assert "NaN" in _refusal(widget, qtbot) and [ly.name for ly in viewer.layers] == ["nan"]
 
 
 def test_denoise_widget_refuses_a_blank_image_as_the_command_line_does(make_napari_viewer, qtbot, models, corpus):
@@ -588,8 +594,7 @@ def test_denoise_widget_refuses_a_blank_image_as_the_command_line_does(make_napa
     viewer = make_napari_viewer()
     viewer.add_image(np.load(corpus / "arrays" / "constant.npy"), name="blank")
     widget = _denoise_widget(viewer, qtbot, models)
-    assert widget.run() is None
-    assert "a blank image" in widget.status.text() and [ly.name for ly in viewer.layers] == ["blank"]
+    assert "a blank image" in _refusal(widget, qtbot) and [ly.name for ly in viewer.layers] == ["blank"]
 
 
 def test_denoise_widget_refuses_what_is_not_ct_as_the_command_line_does(make_napari_viewer, qtbot, models, corpus):
@@ -604,8 +609,7 @@ def test_denoise_widget_refuses_what_is_not_ct_as_the_command_line_does(make_nap
     assert mr.metadata["modality"] == "MR"
     for name, says in ((mr.name, "modality 'MR' is not CT"), ("t1 array", "no pixel below -50 HU")):
         widget.image_combo.setCurrentText(name)
-        assert widget.run() is None, name
-        assert says in widget.status.text() and len(viewer.layers) == 2
+        assert says in _refusal(widget, qtbot) and len(viewer.layers) == 2, name
 
 
 def test_roi_compare_notes_nan_pixels(make_napari_viewer, qtbot):

@@ -640,3 +640,43 @@ def test_an_output_added_while_side_by_side_ends_it(make_napari_viewer, qtbot, m
     widget.noise_check.setChecked(True)
     assert not viewer.grid.enabled and not widget.compare_button.isChecked()
     assert "side by side ended: 'low removed noise' was added" in widget.status.text()
+
+
+def test_a_lazy_int16_study_is_read_and_checked_by_the_worker(make_napari_viewer, qtbot, model_dir: Path) -> None:
+    """Left open 2026-12-06: Run converted the layer to float32 and checked it on the viewer's thread (an int16
+    study copied whole there, a lazy one read whole). Now run() reads no pixel; the worker does, and the result is
+    the float32 run's."""
+    import threading
+
+    low = np.rint(phantom(n=4)[0]).astype(np.int16)
+    reads: list[bool] = []
+
+    class Lazy:  # an array-like layer (as zarr or a lazy reader gives): records on which thread it is read
+        shape, dtype, ndim, size = low.shape, low.dtype, low.ndim, low.size
+
+        def _read(self) -> None:
+            reads.append(threading.current_thread() is threading.main_thread())
+
+        def __getitem__(self, key):
+            self._read()
+            return low[key]
+
+        def __array__(self, dtype=None, copy=None):
+            self._read()
+            return low.astype(dtype or low.dtype)
+
+    viewer = make_napari_viewer()
+    add_ct(viewer, Lazy(), name="lazy")
+    widget = make_widget(viewer, qtbot)
+    reads.clear()
+    with qtbot.waitSignal(widget.job_finished, timeout=30000):
+        assert widget.run() is not None
+        assert not any(reads), "run() read pixels on the viewer's thread"
+    assert reads and not reads[0], "the worker read nothing"
+    np.testing.assert_allclose(
+        viewer.layers["lazy denoised"].data, inf.denoise(tiny_denoiser(), low.astype(np.float32)), atol=1e-3
+    )
+    viewer.add_image(low, name="int16")  # a plain int16 layer gives the same
+    widget.image_combo.setCurrentText("int16")
+    run_and_wait(widget, qtbot)
+    np.testing.assert_allclose(viewer.layers["int16 denoised"].data, viewer.layers["lazy denoised"].data, atol=1e-4)

@@ -85,8 +85,19 @@ def flat_noise_sd(hu: np.ndarray, slices: list[int], denoised: np.ndarray) -> tu
     return noise_sd(src, max_slices=4), noise_sd(den, max_slices=4)
 
 
+def input_problem(data: Any, slices: list[int] | None, modality: str, what: str) -> tuple[np.ndarray, str | None]:
+    """``(hu, problem)``: a layer's ``data`` as an array (a NumPy array of numbers as it is: no float32 copy of an
+    int16 study; a lazy array read) and why the models do not run on it (``io.checks.ct_problem``, on the slices
+    to process), else None. Run by the worker: a study's checks and reads stay off the viewer's thread."""
+    from ..io.checks import ct_problem
+
+    hu = data if isinstance(data, np.ndarray) and data.dtype.kind in "iuf" else np.asarray(data, dtype=np.float32)
+    given = hu[np.asarray(slices)] if slices is not None and hu.ndim == 3 else hu
+    return hu, ct_problem(given, modality, what)
+
+
 def inference_job(
-    hu: np.ndarray,
+    data: Any,
     denoiser_path: str | None,
     detector_path: str | None,
     device: str,
@@ -96,14 +107,20 @@ def inference_job(
     batch_size: int = 4,
     remove_sd: float | None = None,
     pixel_mm: tuple[float, float] | None = None,
+    source: tuple[str, str] = ("", "the image"),
 ) -> Generator[Progress, None, JobOutput | Failure]:
-    """Worker body: load the models, run :func:`inference.iter_pipeline`, yield :class:`Progress` after every batch.
+    """Worker body: check the image (:func:`input_problem`; ``source`` is its modality and name), load the models,
+    run :func:`inference.iter_pipeline`, yield :class:`Progress` after every batch.
 
-    Every error becomes a returned :class:`Failure` (a RuntimeError escaping a napari generator worker would be
-    swallowed as "aborted" without a ``finished`` signal).
+    Every error, and an image the models do not take, becomes a returned :class:`Failure` (a RuntimeError escaping
+    a napari generator worker would be swallowed as "aborted" without a ``finished`` signal).
     """
     notices: list[str] = []
     try:
+        yield Progress(0, 1, stage="checking the image")
+        hu, problem = input_problem(data, slices, *source)
+        if problem:
+            return Failure(problem)
         yield Progress(0, 1, stage="loading models")
         from ..inference import InferenceSettings, iter_pipeline, map_yields
 

@@ -33,7 +33,6 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..io.checks import ct_problem
 from ..io.volume import n_slices
 from ..layer_data import boxes_to_shapes, metadata_for_slices, removed_noise_layer, slice_translate, volume_from_layer
 from ._docking import DockHome, scroll_layout
@@ -78,14 +77,6 @@ THRESHOLD_RANGE = (5, 95)
 REMOVE_SD_MAX = 200.0
 #: input noise SD (HU) in flat tissue below which there is no noise to report (lossy codecs leave exactly flat blocks)
 NO_NOISE_HU = 0.5
-
-
-def _input_problem(layer: Any, hu: np.ndarray | None) -> str | None:
-    """Why the dock does not run on ``layer`` (its HU ``hu``; None when it is not 2D or 3D), as the command line
-    refuses it: its dimensions, else ``io.checks.ct_problem`` (modality, NaN or infinite pixels, blank, not HU)."""
-    if hu is None:
-        return f"layer {layer.name!r} has {layer.ndim} dimensions; expected a 2D slice or 3D volume"
-    return ct_problem(hu, str(layer.metadata.get("modality", "") or ""), repr(layer.name))
 
 
 def _replaced_note(last: dict | None, layer: Any, res: Any) -> str | None:
@@ -436,10 +427,8 @@ class DenoiseDetectWidget(QWidget):
         if layer is None:
             self._message("no CT image layer: open a CT series or add the sample data first", error=True)
             return None
-        hu = np.asarray(layer.data, dtype=np.float32) if layer.ndim in (2, 3) else None
-        problem = _input_problem(layer, hu)
-        if problem:
-            self._message(problem, error=True)
+        if layer.ndim not in (2, 3):  # the pixels are checked by the worker (``input_problem``), off this thread
+            self._message(f"layer {layer.name!r} has {layer.ndim} dimensions; expected a 2D slice or 3D volume", True)
             return None
         den, det = self.denoiser_combo.currentData(), self.detector_combo.currentData()
         if den is None and det is None:
@@ -458,7 +447,7 @@ class DenoiseDetectWidget(QWidget):
         self._pending = {"layer": layer, "slices": slices, "remove_sd": remove_sd}
         worker = create_worker(
             inference_job,
-            hu,
+            layer.data,
             den,
             det,
             self.device_combo.currentText() or "auto",
@@ -468,6 +457,7 @@ class DenoiseDetectWidget(QWidget):
             self.batch_size,
             remove_sd,
             tuple(float(v) for v in layer.scale[-2:]) if has_voxel_size(layer) else None,  # the detector's size
+            (str(layer.metadata.get("modality", "") or ""), repr(layer.name)),
             _start_thread=False,
         )
         worker.yielded.connect(self._on_progress)
