@@ -6,8 +6,9 @@
 Everything a dock does after its worker returns runs on the GUI thread: while it runs the viewer does not repaint or
 answer the mouse. Each row times one such step as the docks run it, in a real (hidden) napari viewer with the
 shipped models and a navigator docked: a whole-volume run's results arriving, ticking "show removed noise",
-scrolling one slice with that overlay on, a threshold move that changes the boxes shown and one that changes none,
-and a current-slice run folded into the volume. The reference is napari's own ``add_image`` of the same volume in
+scrolling one slice with that overlay on, a threshold move that changes the boxes shown, one that lowers it back, a
+slider drag of five steps and a move that changes none (each with the event loop run after it), and a current-slice
+run folded into the volume. The reference is napari's own ``add_image`` of the same volume in
 the same process (median of 3); each step's ratio to it is the machine-independent figure.
 """
 
@@ -33,14 +34,17 @@ def seconds(step: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def run_and_time(widget, app, timeout: float = 1800.0) -> float:
-    """Start ``widget``'s run and wait for it; the seconds its results took on the GUI thread."""
+def run_and_time(widget, app, timeout: float = 1800.0) -> tuple[float, float]:
+    """Start ``widget``'s run and wait for it; the seconds Run held the GUI thread before its worker started, and
+    the seconds its results took there."""
     held: list[float] = []
     handler = widget._on_returned
     widget._on_returned = lambda out: held.append(seconds(lambda: handler(out)))  # connected by run()
     done: list[bool] = []
     widget.job_finished.connect(lambda: done.append(True))
-    if widget.run() is None:
+    started: list = []
+    press = seconds(lambda: started.append(widget.run()))
+    if started[0] is None:
         raise SystemExit(widget.status.text())
     end = time.monotonic() + timeout
     while not done and time.monotonic() < end:
@@ -49,7 +53,7 @@ def run_and_time(widget, app, timeout: float = 1800.0) -> float:
     widget._on_returned = handler
     if not held:
         raise SystemExit(f"the run gave no result: {widget.status.text()}")
-    return held[0]
+    return press, held[0]
 
 
 def measure(n: int, size: int, threshold: float) -> dict[str, float]:
@@ -74,22 +78,34 @@ def measure(n: int, size: int, threshold: float) -> dict[str, float]:
     widget.device_combo.setCurrentText("cpu")
     widget.set_threshold(threshold)
     out = {"napari add_image (reference)": statistics.median(refs)}
-    out["whole-volume run: results shown"] = run_and_time(widget, app)
+    out["whole-volume run: Run pressed"], out["whole-volume run: results shown"] = run_and_time(widget, app)
     out["tick 'show removed noise'"] = seconds(lambda: widget.noise_check.setChecked(True))
     z0 = viewer.dims.point[0]
     out["scroll one slice, overlay on"] = seconds(lambda: (viewer.dims.set_point(0, z0 + 2.5), app.processEvents()))
     shown = len(widget.shown_boxes)
-    out["threshold move that changes the boxes"] = seconds(lambda: widget.set_threshold(threshold + 0.05))
+
+    def move(t: float) -> float:  # the slider set, then the event loop (the navigator reads when it runs)
+        return seconds(lambda: (widget.set_threshold(t), app.processEvents()))
+
+    def drag(first: int, last: int) -> float:  # a drag's steps delivered together (queued while the viewer was busy)
+        return seconds(lambda: ([widget.threshold_slider.setValue(v) for v in range(first, last + 1)],
+                                app.processEvents()))  # fmt: skip
+
+    out["threshold move that changes the boxes"] = move(threshold + 0.05)
     out["boxes shown (low / raised threshold)"] = f"{shown} / {len(widget.shown_boxes)}"
+    out["threshold lowered back (boxes added)"] = move(threshold)
+    step = round(threshold * 100)
+    out["slider dragged 5 steps up"] = drag(step + 1, step + 5)
+    widget.set_threshold(threshold + 0.05)
     scores = np.asarray(widget._last["result"].boxes, np.float32).reshape(-1, 6)[:, 5]
     raised = threshold + 0.05
     same = next((t for t in np.arange(raised + 0.01, 0.99, 0.01) if not np.any((scores >= raised) & (scores < t))),
                 None)  # the next slider step that leaves every box as it is  # fmt: skip
     if same is not None:
-        out["threshold move that changes none"] = seconds(lambda: widget.set_threshold(float(same)))
+        out["threshold move that changes none"] = move(float(same))
     widget.set_threshold(threshold)
     widget.scope_combo.setCurrentText("current slice")
-    out["current-slice run folded into the volume"] = run_and_time(widget, app)
+    out["current-slice run folded into the volume"] = run_and_time(widget, app)[1]
     viewer.close()
     out["fine-tune plot: one redraw (3 rounds of 40 + 20 steps)"] = plot_redraw()
     return out

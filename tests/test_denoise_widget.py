@@ -537,7 +537,7 @@ def test_no_dock_offers_the_removed_noise_overlay_as_an_image(make_napari_viewer
         assert "low" in items and "low removed noise" not in items, (dock, items)
 
 
-def test_a_raised_threshold_is_read_once_by_the_navigator(make_napari_viewer, qtbot, model_dir, monkeypatch) -> None:
+def test_a_threshold_move_is_read_once_by_the_navigator(make_napari_viewer, qtbot, model_dir, monkeypatch) -> None:
     """The lesions layer lists its boxes highest score first: a raised threshold cuts its tail, so napari's cut
     feature table already holds the right scores and the navigator reads the boxes once (twice before: the new
     boxes, then their scores); what it reads is what is shown."""
@@ -554,8 +554,12 @@ def test_a_raised_threshold_is_read_once_by_the_navigator(make_napari_viewer, qt
     reads, read = [], nav._read_findings
     monkeypatch.setattr(nav, "_read_findings", lambda *a: reads.append(1) or read(*a))
     widget.set_threshold(float(np.round(scores[len(scores) // 2] + 0.005, 2)))
-    assert len(reads) == 1 and 0 < len(widget.shown_boxes) < len(scores)
+    assert 0 < len(widget.shown_boxes) < len(scores)
     np.testing.assert_allclose(sorted(f.score for f in nav.findings), np.sort(widget.shown_boxes[:, 5]), rtol=1e-6)
+    assert len(reads) == 1
+    widget.set_threshold(0.05)  # lowered: new boxes, then their scores; one read too (two before 2026-12-06)
+    np.testing.assert_allclose(sorted(f.score for f in nav.findings), scores, rtol=1e-6)
+    assert len(reads) == 2
 
 
 class _ReadLog:
@@ -680,3 +684,23 @@ def test_a_lazy_int16_study_is_read_and_checked_by_the_worker(make_napari_viewer
     widget.image_combo.setCurrentText("int16")
     run_and_wait(widget, qtbot)
     np.testing.assert_allclose(viewer.layers["int16 denoised"].data, viewer.layers["lazy denoised"].data, atol=1e-4)
+
+
+def test_a_dragged_threshold_refilters_the_boxes_once(make_napari_viewer, qtbot, model_dir: Path, monkeypatch) -> None:
+    """A drag over several slider steps while the viewer is busy (the steps queue up) refilters the boxes once,
+    when the event loop runs, at the last step; the label follows every step."""
+    viewer = make_napari_viewer()
+    add_ct(viewer, phantom(n=6)[0])
+    widget = make_widget(viewer, qtbot)
+    widget.set_threshold(0.05)
+    run_and_wait(widget, qtbot)
+    shows, show = [], widget._show_boxes
+    monkeypatch.setattr(widget, "_show_boxes", lambda **kw: shows.append(1) or show(**kw))
+    for value in (10, 15, 20, 25, 30):  # five steps of a drag, delivered before the loop runs again
+        widget.threshold_slider.setValue(value)
+    assert widget.threshold_label.text() == "0.30" and shows == []
+    qtbot.waitUntil(lambda: len(shows) == 1, timeout=2000)
+    lesions = viewer.layers["low lesions"]
+    assert len(lesions.data) == len(widget.shown_boxes) and (lesions.features["score"] >= 0.30).all()
+    qtbot.wait(50)
+    assert len(shows) == 1

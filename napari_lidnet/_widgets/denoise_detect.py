@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -138,6 +138,7 @@ class DenoiseDetectWidget(QWidget):
     def dock_closed(self) -> None:
         """The dock was closed: a running job is cancelled (its results dropped), the comparison left, and the
         widget stops listening to the viewer and unbinds its keys."""
+        self._threshold_timer.stop()
         self.watch.close()
         self.compare.close()
         ReadingRoom.release(self.viewer, self)
@@ -195,6 +196,10 @@ class DenoiseDetectWidget(QWidget):
         self.threshold_slider.setRange(*THRESHOLD_RANGE)
         self.threshold_slider.setValue(30)
         self.threshold_label = QLabel()
+        self._threshold_timer = QTimer(self)  # a dragged slider: the boxes follow once the drag lets the loop run
+        self._threshold_timer.setSingleShot(True)
+        self._threshold_timer.setInterval(0)
+        self._threshold_timer.timeout.connect(self._apply_threshold)
         self.threshold_slider.valueChanged.connect(self._on_threshold)
         self.detector_combo.currentIndexChanged.connect(self._threshold_from_detector)
         self.noise_check = QCheckBox("show removed noise")
@@ -260,8 +265,10 @@ class DenoiseDetectWidget(QWidget):
         return self.threshold_slider.value() / 100.0
 
     def set_threshold(self, value: float) -> None:
-        """Move the score threshold slider (boxes are re-filtered from the cached detections)."""
+        """Move the score threshold slider; the boxes are re-filtered from the cached detections at once."""
         self.threshold_slider.setValue(round(float(value) * 100))
+        if self._threshold_timer.isActive():
+            self._apply_threshold()
 
     def _message(self, text: str, error: bool = False) -> None:
         """Status label + napari notification."""
@@ -753,7 +760,15 @@ class DenoiseDetectWidget(QWidget):
         self._place("lesions", [s for s, _ in shapes], kwargs, "shapes")
 
     def _on_threshold(self, value: int) -> None:
+        """The slider moved: its label now; the boxes when the event loop next runs (``_apply_threshold``), so a
+        drag over many steps while napari redraws thousands of boxes refilters once, not once per step."""
         self.threshold_label.setText(f"{value / 100:.2f}")
+        if self._last is not None:
+            self._threshold_timer.start()
+
+    def _apply_threshold(self) -> None:
+        """Show the boxes at the slider's threshold, and their count in the status line."""
+        self._threshold_timer.stop()
         if self._last is not None:
             self._show_boxes(threshold_only=True)
             shown = f"{self._n_shown} lesions with score >= {self.threshold:.2f}"

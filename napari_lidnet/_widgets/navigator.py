@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtGui import QKeySequence, QShortcut
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -189,7 +189,11 @@ class LesionNavigatorWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         ReadingRoom.install(napari_viewer, self)
-        self.findings: list[Finding] = []
+        self._findings: list[Finding] = []
+        self._reload_timer = QTimer(self)  # boxes, then their scores: one read once napari has announced both
+        self._reload_timer.setSingleShot(True)
+        self._reload_timer.setInterval(0)
+        self._reload_timer.timeout.connect(self._reload)
         self.boxes_layer: Any = None
         self.image_layer: Any = None
         self.reviewed_layer: Any = None
@@ -208,9 +212,21 @@ class LesionNavigatorWidget(QWidget):
             self.load()  # opened after a detection run: its boxes are what the picker shows, ready to review
         DockHome(self, "bottom", TITLE)
 
+    @property
+    def findings(self) -> list[Finding]:
+        """The boxes under review, as the boxes layer holds them now (a reload still pending is done first)."""
+        if self._reload_timer.isActive():
+            self._reload()
+        return self._findings
+
+    @findings.setter
+    def findings(self, value: list[Finding]) -> None:
+        self._findings = value
+
     def dock_closed(self) -> None:
         """The dock was closed: the widget stops listening to the viewer's layers, unbinds its review keys and
         undims the boxes it dimmed."""
+        self._reload_timer.stop()
         self._undim()
         self.watch.close()
         ReadingRoom.release(self.viewer, self)
@@ -371,6 +387,7 @@ class LesionNavigatorWidget(QWidget):
         """Review the boxes of ``boxes`` (default: the picked layer) on ``image`` (default: the boxes' source).
         Reloading the same layer (a new score threshold) keeps each box's id and status, and keeps the boxes
         already kept even when they left the layer. Returns the number of findings."""
+        self._reload_timer.stop()  # read now: what a pending reload would have read
         boxes = boxes if boxes is not None else self._layer(self.boxes_combo.currentText())
         image = image if image is not None else self._image_for(boxes)
         if boxes is not None and image is not None and boxes.ndim < image.ndim:  # would land on a made-up slice
@@ -440,11 +457,16 @@ class LesionNavigatorWidget(QWidget):
                     pass
 
     def _on_boxes_data(self, event: Any = None) -> None:
-        """Reload after the boxes or their scores changed; not when napari re-announces what was read (new boxes
-        fire a data event, then a features event for the resized table, then the scores set after them)."""
-        if getattr(event, "action", "changed") not in ("added", "removed", "changed") or self.boxes_layer is None:
-            return
-        if _stamp(self.boxes_layer) != self._read_stamp:
+        """Reload after the boxes or their scores changed, once: new boxes fire a data event (their scores not yet
+        set), then a features event for the resized table, then one for the scores set after them; the reload
+        waits for the event loop (or the next read of ``findings``) and reads them all at once."""
+        if getattr(event, "action", "changed") in ("added", "removed", "changed") and self.boxes_layer is not None:
+            self._reload_timer.start()
+
+    def _reload(self) -> None:
+        """The pending reload: read the boxes layer again unless napari only re-announced what was read."""
+        self._reload_timer.stop()
+        if self.boxes_layer is not None and _stamp(self.boxes_layer) != self._read_stamp:
             self.load(self.boxes_layer, self.image_layer)
 
     @staticmethod
