@@ -2,7 +2,8 @@
 
 napari maps one position at a time (``data_to_world``, ``world_to_data``: 0.3 ms a box, two calls per vertex); both
 transforms are affine, so each is read once from ``nd + 1`` probes and applied to every vertex of a layer at once.
-The navigator, ROI compare and Fine-tune place shapes on images with it.
+The navigator, ROI compare and Fine-tune place shapes on images with it. Pixel-edge indices to the viewer's world and
+to the patient (``index_to_world``, ``index_to_patient``) place the navigator's findings.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from ..io.volume import n_slices, per_slice
+from ..layer_data import PIXEL_CENTRE_SHIFT
 
 
 def _affine(transform: Callable, nd: int) -> tuple[np.ndarray, np.ndarray]:
@@ -40,3 +44,52 @@ def pixel_map(shapes: Any, image: Any, lead: Sequence[float] | None = None) -> C
         return world @ to_pix.T + pix0
 
     return to_pixels
+
+
+#: (slice, y, x, 1) pixel-edge coordinate -> napari data coordinate (pixel centres at integers)
+_EDGE_TO_CENTRE = np.eye(4)
+_EDGE_TO_CENTRE[1:3, 3] = PIXEL_CENTRE_SHIFT
+
+
+def index_to_world(layer: Any) -> np.ndarray:
+    """4x4 matrix taking (slice, y, x, 1) pixel-edge coordinates of ``layer`` (pixel k spans [k, k+1) in y and x;
+    2D: the slice is ignored) to world (z, y, x) mm, through napari's own data -> world transform."""
+    nd = layer.ndim
+    origin = np.asarray(layer.data_to_world(np.zeros(nd)), dtype=float)
+    cols = [np.asarray(layer.data_to_world(np.eye(nd)[i]), dtype=float) - origin for i in range(nd)]
+    mat = np.eye(4)
+    for k, col in enumerate(cols):
+        mat[3 - nd : 3, 3 - nd + k] = col[-nd:]
+    mat[3 - nd : 3, 3] = origin[-nd:]
+    if nd == 2:
+        mat[0, 0] = 0.0
+    return mat @ _EDGE_TO_CENTRE
+
+
+_ZYX_FROM_XYZ = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
+
+
+def index_to_patient(layer: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """(4x4 matrix taking (slice, y, x, 1) pixel-edge coordinates to patient LPS (z, y, x) mm, per-slice offsets
+    or None) from the DICOM geometry the reader left in the layer's metadata (``affine_lps``: any orientation;
+    ``slice_ipp``: each slice's own position, gaps kept); napari's world coordinates for layers without it."""
+    aff = layer.metadata.get("affine_lps")
+    if aff is None or np.shape(aff) != (4, 4):
+        return index_to_world(layer), None
+    aff = np.asarray(aff, dtype=float)
+    ipp = per_slice(layer.metadata, "slice_ipp", n_slices(layer.data))
+    offsets = None if ipp is None else (np.asarray(ipp, dtype=float).reshape(-1, 3) - aff[:3, 3])[:, ::-1]
+    return _ZYX_FROM_XYZ @ aff @ _EDGE_TO_CENTRE, offsets
+
+
+def corners_in_image(
+    shapes: Any, index: int, image: Any, data: list | None = None, to_pixels: Callable | None = None,
+) -> tuple[int, np.ndarray]:  # fmt: skip
+    """(slice, (4, 2) row/col pixel-edge corners) of shape ``index`` of ``shapes`` in ``image``'s pixels (through
+    world coordinates, then from napari's pixel-centre coordinates to pixel edges as ``layer_data`` does). ``data``
+    and ``to_pixels`` (``pixel_map``): ``shapes.data`` and the map, made once by a caller looping over every shape
+    (napari rebuilds that list at each access)."""
+    verts = np.asarray((shapes.data if data is None else data)[index], dtype=float)
+    pix = (to_pixels or pixel_map(shapes, image))(verts)
+    z = int(np.rint(pix[:, 0].mean())) if image.ndim == 3 else 0
+    return z, pix[:4, -2:] - PIXEL_CENTRE_SHIFT

@@ -7,6 +7,7 @@ boxes live on a layer of their own, "<image> reviewed" (role ``reviewed``): Edit
 corners can be dragged, and a box drawn on that layer by hand joins the table as "added". The reviewed boxes export
 to CSV/JSON (every row with its status) and to a DICOM Comprehensive SR (kept boxes, referencing the source slices
 when the image came from DICOM). Sizes and HU come from ``findings`` (plain numpy); the dock lives in the bottom area.
+The reviewed layer's bookkeeping is ``_reviewed_layer``, the exports ``_review_export``, the geometry ``_geometry``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import weakref
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,28 +36,25 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..findings import KEPT, Finding, centre_world, lesion_groups, measure, write_findings
+from ..findings import KEPT, Finding, centre_world, lesion_groups, measure
 from ..io.boxes_io import slice_columns
-from ..io.volume import n_slices, per_slice
-from ..layer_data import PIXEL_CENTRE_SHIFT
-from ..metrics.froc import box_iou_np
+from ..io.volume import n_slices
 from ._box_marks import dim_boxes, scored
 from ._docking import DockHome
-from ._geometry import pixel_map
+from ._geometry import corners_in_image, index_to_patient, index_to_world, pixel_map
 from ._layer_watch import LayerWatch, renamed_to
+from ._review_export import write_review_sr, write_review_table
+from ._reviewed_layer import STATUS_COLORS, ReviewedLayer
 from ._roles import (
     CALIPERS,
     DETECTIONS,
     REVIEWED,
-    ROLE,
-    derived_name,
     grayscale_images,
     has_voxel_size,
     is_ct_image,
     is_shapes,
     lidnet_info,
     role,
-    source_key,
 )
 from ._viewer import camera
 from .reading_room import ReadingRoom
@@ -75,11 +72,6 @@ COLUMNS = (
     ("score", "score"),
     ("status", "status"),
 )
-STATUS_COLORS = {"pending": "#c8c8c8", "accepted": "#3cb44b", "edited": "#42d4f4", "added": "#f58231",
-                 "rejected": "#e05050"}  # fmt: skip
-REVIEWED_COLOR = "#3cb44b"
-#: features of a box drawn by hand on the reviewed layer (no finding yet)
-DRAWN_DEFAULTS = {"finding": -1, "status": "added", "score": np.nan}
 NONE = "(none)"
 
 
@@ -94,60 +86,6 @@ class SortItem(QTableWidgetItem):
             return str(a) < str(b)
 
 
-#: (slice, y, x, 1) pixel-edge coordinate -> napari data coordinate (pixel centres at integers)
-_EDGE_TO_CENTRE = np.eye(4)
-_EDGE_TO_CENTRE[1:3, 3] = PIXEL_CENTRE_SHIFT
-
-
-def index_to_world(layer: Any) -> np.ndarray:
-    """4x4 matrix taking (slice, y, x, 1) pixel-edge coordinates of ``layer`` (pixel k spans [k, k+1) in y and x;
-    2D: the slice is ignored) to world (z, y, x) mm, through napari's own data -> world transform."""
-    nd = layer.ndim
-    origin = np.asarray(layer.data_to_world(np.zeros(nd)), dtype=float)
-    cols = [np.asarray(layer.data_to_world(np.eye(nd)[i]), dtype=float) - origin for i in range(nd)]
-    mat = np.eye(4)
-    for k, col in enumerate(cols):
-        mat[3 - nd : 3, 3 - nd + k] = col[-nd:]
-    mat[3 - nd : 3, 3] = origin[-nd:]
-    if nd == 2:
-        mat[0, 0] = 0.0
-    return mat @ _EDGE_TO_CENTRE
-
-
-_ZYX_FROM_XYZ = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
-
-
-def index_to_patient(layer: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """(4x4 matrix taking (slice, y, x, 1) pixel-edge coordinates to patient LPS (z, y, x) mm, per-slice offsets
-    or None) from the DICOM geometry the reader left in the layer's metadata (``affine_lps``: any orientation;
-    ``slice_ipp``: each slice's own position, gaps kept); napari's world coordinates for layers without it."""
-    aff = layer.metadata.get("affine_lps")
-    if aff is None or np.shape(aff) != (4, 4):
-        return index_to_world(layer), None
-    aff = np.asarray(aff, dtype=float)
-    ipp = per_slice(layer.metadata, "slice_ipp", n_slices(layer.data))
-    offsets = None if ipp is None else (np.asarray(ipp, dtype=float).reshape(-1, 3) - aff[:3, 3])[:, ::-1]
-    return _ZYX_FROM_XYZ @ aff @ _EDGE_TO_CENTRE, offsets
-
-
-def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
-    """Intersection over union of two ``x1, y1, x2, y2`` boxes."""
-    return float(box_iou_np(np.asarray([a], float), np.asarray([b], float))[0, 0])
-
-
-def corners_in_image(
-    shapes: Any, index: int, image: Any, data: list | None = None, to_pixels: Callable | None = None,
-) -> tuple[int, np.ndarray]:  # fmt: skip
-    """(slice, (4, 2) row/col pixel-edge corners) of shape ``index`` of ``shapes`` in ``image``'s pixels (through
-    world coordinates, then from napari's pixel-centre coordinates to pixel edges as ``layer_data`` does). ``data``
-    and ``to_pixels`` (``pixel_map``): ``shapes.data`` and the map, made once by a caller looping over every shape
-    (napari rebuilds that list at each access)."""
-    verts = np.asarray((shapes.data if data is None else data)[index], dtype=float)
-    pix = (to_pixels or pixel_map(shapes, image))(verts)
-    z = int(np.rint(pix[:, 0].mean())) if image.ndim == 3 else 0
-    return z, pix[:4, -2:] - PIXEL_CENTRE_SHIFT
-
-
 def _stamp(shapes: Any) -> bytes:
     """A digest of a Shapes layer's vertices, shape types and scores: equal when nothing a review reads changed."""
     digest = hashlib.blake2b(digest_size=16)
@@ -157,13 +95,6 @@ def _stamp(shapes: Any) -> bytes:
     if "score" in shapes.features:
         digest.update(shapes.features["score"].to_numpy(np.float64).tobytes())
     return digest.digest()
-
-
-def _over(entry: list, findings: list[Finding]) -> Finding | None:
-    """The finding over a stored box ``[slice, x1, y1, x2, y2]`` (same slice, IoU >= 0.5, the best), or None."""
-    z, *bounds = entry
-    best = max((f for f in findings if f.slice == int(z)), key=lambda f: box_iou(f.bounds, bounds), default=None)
-    return best if best is not None and box_iou(best.bounds, bounds) >= 0.5 else None
 
 
 def _press(func: Any) -> Any:
@@ -177,7 +108,7 @@ def _press(func: Any) -> Any:
     return press
 
 
-class LesionNavigatorWidget(QWidget):
+class LesionNavigatorWidget(ReviewedLayer, QWidget):
     """Review detections: a sortable table, jump to a box, accept / reject / edit, reviewed layer and exports.
 
     Public methods take plain values (``load``, ``select``, ``accept``, ``reject``, ``edit``, ``export``);
@@ -706,241 +637,6 @@ class LesionNavigatorWidget(QWidget):
                 self.select(fid)
                 return
 
-    # -------------------------------------------------------------------------------------- reviewed layer
-    def _find_reviewed(self) -> Any | None:
-        """The image's reviewed layer: the one that records the image's fingerprint (whatever either is called
-        now), else one named after the image (made before fingerprints)."""
-        if self.image_layer is None:
-            return None
-        key = source_key(self.image_layer)
-        reviewed = [ly for ly in self.viewer.layers if role(ly) == REVIEWED]
-        mine = [ly for ly in reviewed if lidnet_info(ly).get("source_key") == key]
-        name = derived_name(self.image_layer.name, "reviewed")
-        # made before fingerprints; one with another image's fingerprint is that image's
-        unmarked = [ly for ly in reviewed if ly.name == name and not lidnet_info(ly).get("source_key")]
-        layer = (mine or unmarked or [None])[0]
-        if layer is not None:
-            self._connect_reviewed(layer)
-        return layer
-
-    def _connect_reviewed(self, layer: Any) -> None:
-        if layer not in self._watched:
-            self.watch.connect(layer.events.data, self._on_reviewed_data)
-            self._bind_review_keys(layer)
-            self._watched.add(layer)
-
-    def _new_reviewed(self) -> Any:
-        image = self.image_layer
-        layer = self.viewer.add_shapes(
-            name=derived_name(image.name, "reviewed"),
-            ndim=image.ndim,
-            scale=image.scale,
-            translate=image.translate,
-            rotate=image.rotate,
-            shear=image.shear,
-            affine=image.affine.affine_matrix,
-            edge_width=2,
-            face_color="transparent",
-            edge_color=STATUS_COLORS["added"],
-            features={"finding": np.zeros(0, int), "status": np.zeros(0, str), "score": np.zeros(0, float)},
-            feature_defaults=DRAWN_DEFAULTS,
-            text={"string": "{status}", "anchor": "lower_left", "size": 9, "color": REVIEWED_COLOR},
-            metadata={ROLE: REVIEWED, "lidnet": {"source_layer": image.name, "source_key": source_key(image)}},
-        )
-        self._connect_reviewed(layer)
-        return layer
-
-    def _vertices(self, f: Finding) -> np.ndarray:
-        """Napari data vertices of a finding on the reviewed layer (placed like its image)."""
-        c = np.asarray(f.corners, dtype=float) + PIXEL_CENTRE_SHIFT
-        if self.image_layer.ndim == 3:
-            return np.column_stack([np.full(len(c), float(f.slice)), c])
-        return c
-
-    def _write_reviewed(self) -> None:
-        """Rewrite the reviewed layer from the kept findings (made on the first decision); the rejected boxes go in
-        its metadata, so a reload, another run or a reopened navigator still knows them."""
-        kept = [f for f in self.findings if f.kept]
-        if self.reviewed_layer is None or self.reviewed_layer not in self.viewer.layers:
-            if not kept and not any(f.status == "rejected" for f in self.findings):
-                return
-            self.reviewed_layer = self._new_reviewed()
-        layer = self.reviewed_layer
-        self._store_decisions()
-        self._syncing = True
-        try:
-            layer.data = [(self._vertices(f), "rectangle") for f in kept]
-            layer.features = self._reviewed_table([f.id for f in kept])
-            layer.feature_defaults = DRAWN_DEFAULTS  # a box drawn by hand is a new finding
-            layer.edge_color = [STATUS_COLORS[f.status] for f in kept] if kept else STATUS_COLORS["added"]
-            layer.current_edge_color = STATUS_COLORS["added"]
-            layer.refresh_text()
-        finally:
-            self._syncing = False
-
-    def _stored(self, key: str) -> list:
-        """A list the reviewed layer's metadata keeps (``rejected``, ``kept``); empty when there is none."""
-        return list(lidnet_info(self.reviewed_layer).get(key) or [])
-
-    def _store_decisions(self) -> None:
-        """The decisions in the reviewed layer's metadata, so a reload, another run or a reopened navigator still
-        knows them. ``rejected``: each rejected finding's detection box (as detected, not as edited), plus the
-        earlier rejections that no finding here stands for (another run, a threshold move, deleted detections); a
-        finding over an earlier one decides for it. ``kept``: each kept box that came from a detection, as
-        ``[slice, detection's x1, y1, x2, y2, kept box's x1, y1, x2, y2]``, so a box the reader shrank still finds
-        its detection."""
-        now = [[f.slice, *(self._kept_detection(f) or f.bounds)] for f in self.findings if f.status == "rejected"]
-        here = [f for f in self.findings if f.score is not None]
-        earlier = [r for r in self._stored("rejected") if _over(r, here) is None]
-        kept = [(f, self._kept_detection(f)) for f in self.findings if f.kept]
-        layer = self.reviewed_layer
-        layer.metadata = {**(layer.metadata or {}), "lidnet": {
-            **lidnet_info(layer), "rejected": earlier + now,
-            "kept": [[f.slice, *d, *f.bounds] for f, d in kept if d is not None]}}  # fmt: skip
-
-    def _kept_detection(self, f: Finding) -> tuple | None:
-        """The detection box of a finding: its own detection's, else the one stored for it when it was carried over
-        (kept through later edits), else the one stored for its box, else None."""
-        if f.id in self._origin:
-            return self._detected_bounds(f)
-        return f.detection or self._stored_detection(f.slice, f.bounds)
-
-    def _stored_detection(self, z: int, bounds: tuple) -> tuple | None:
-        """The detection box stored for the kept box ``bounds`` on slice ``z`` (the same box), or None."""
-        for entry in self._stored("kept"):
-            if int(entry[0]) == int(z) and box_iou(tuple(entry[5:9]), tuple(bounds)) >= 0.99:
-                return tuple(float(v) for v in entry[1:5])
-        return None
-
-    def _detected_bounds(self, f: Finding) -> tuple[float, float, float, float]:
-        """The finding's box as its detection drew it (an edit moves the corners, not the detection)."""
-        key = self._origin.get(f.id)
-        if key is None:
-            return f.bounds
-        c = np.asarray(key[1:], float).reshape(-1, 2)
-        return float(c[:, 1].min()), float(c[:, 0].min()), float(c[:, 1].max()), float(c[:, 0].max())
-
-    def _on_reviewed_data(self, event: Any = None) -> None:
-        if self._syncing or getattr(event, "action", "changed") not in ("added", "changed", "removed"):
-            return
-        self._sync_from_reviewed()
-        if self.reviewed_layer is not None:
-            self._store_decisions()  # a kept box deleted on the layer is a rejection too
-        self._fill_table()
-        self.review_changed.emit()
-
-    def _sync_from_reviewed(self) -> None:
-        """Read the reviewed layer back: moved corners -> 'edited', drawn boxes -> 'added', deleted -> 'rejected'."""
-        layer, image = self.reviewed_layer, self.image_layer
-        if layer is None or image is None or layer not in self.viewer.layers:
-            return
-        ids = [int(v) for v in layer.features["finding"]] if "finding" in layer.features else [-1] * layer.nshapes
-        ids += [-1] * (layer.nshapes - len(ids))
-        by_id = {f.id: f for f in self.findings}
-        changed, seen, data, to_pixels = [], set(), layer.data, pixel_map(layer, image)
-        for i in range(layer.nshapes):
-            z, corners = corners_in_image(layer, i, image, data, to_pixels)
-            f = by_id.get(ids[i])
-            if f is None:
-                taken = [*by_id, *(g.id for g in self._parked.values())]  # hidden detections keep their ids
-                f = Finding(max(taken, default=-1) + 1, z, corners, None, "added")
-                by_id[f.id] = f
-                self.findings.append(f)
-                ids[i] = f.id
-            elif not np.allclose(f.corners, corners, atol=0.05) or f.slice != z:
-                f.corners, f.slice = corners, z
-                f.status = "edited" if f.status != "added" else "added"
-            else:
-                seen.add(f.id)
-                continue
-            seen.add(f.id)
-            changed.append(f)
-        for f in self.findings:
-            if f.kept and f.id not in seen:
-                f.status = "rejected"
-        self.findings = [f for f in self.findings if not (f.status == "rejected" and f.score is None)]
-        self._measure(changed)
-        self._label_reviewed(ids)
-
-    def _adopt_reviewed(self) -> None:
-        """A new layer of boxes (another run) on an image already reviewed: each box of the reviewed layer stays
-        what the reader made it (accepted, edited, added, with its score). A new detection over it (same slice, IoU
-        >= 0.5) takes its status and box instead of coming back pending beside it; the others come along under new
-        ids. The reviewed layer is relabelled with the ids of this run."""
-        layer, image = self.reviewed_layer, self.image_layer
-        if layer is None or image is None or layer not in self.viewer.layers:
-            return
-        if layer.nshapes:
-            self._adopt_kept(layer, image)
-        self._restore_rejected(self._stored("rejected"))  # after the kept boxes: a kept one wins an overlap
-
-    def _adopt_kept(self, layer: Any, image: Any) -> None:
-        """The reviewed layer's boxes into this run's findings (see ``_adopt_reviewed``)."""
-        feats = layer.features
-        statuses = list(feats["status"]) if "status" in feats else ["added"] * layer.nshapes
-        scores = list(feats["score"]) if "score" in feats else [np.nan] * layer.nshapes
-        next_id, ids, data = max((f.id for f in self.findings), default=-1) + 1, [], layer.data
-        to_pixels = pixel_map(layer, image)
-        for i in range(layer.nshapes):
-            z, corners = corners_in_image(layer, i, image, data, to_pixels)
-            kept = Finding(-1, z, corners, None if not np.isfinite(scores[i]) else float(scores[i]), str(statuses[i]))
-            detection = self._stored_detection(z, kept.bounds)  # a shrunk box: its detection's
-            match = _over([z, *(detection or kept.bounds)], [f for f in self.findings if f.status == "pending"])
-            if match is not None:
-                match.status, match.corners = kept.status, kept.corners
-                ids.append(match.id)
-            else:
-                kept.id, next_id = next_id, next_id + 1
-                self.findings.append(kept)
-                ids.append(kept.id)
-                kept.detection = detection
-        self._measure([f for f in self.findings if f.id in ids])
-        self._label_reviewed(ids)
-
-    def _absorb_kept(self) -> None:
-        """A kept box with no detection in this layer (carried over from another run) takes a pending detection
-        over it (same slice, IoU >= 0.5) as its own, instead of the box showing twice."""
-        for kept in [f for f in self.findings if f.kept and f.id not in self._origin]:
-            where = [kept.slice, *(self._kept_detection(kept) or kept.bounds)]
-            match = _over(where, [f for f in self.findings if f.status == "pending"])
-            if match is not None and match.id in self._origin:
-                self._origin[kept.id] = self._origin.pop(match.id)
-                kept.detection = None
-                self.findings.remove(match)
-
-    def _restore_rejected(self, rejected: list) -> None:
-        """Pending findings over a box the reader rejected before (same slice, IoU >= 0.5) are rejected again."""
-        for entry in rejected:
-            match = _over(entry, [f for f in self.findings if f.status == "pending"])
-            if match is not None:
-                match.status = "rejected"
-
-    def _reviewed_table(self, ids: list[int]) -> Any:
-        """The reviewed layer's features: each box's finding id, status and detector score (NaN when drawn)."""
-        import pandas as pd
-
-        by_id = {f.id: f for f in self.findings}
-        found = [by_id.get(i) for i in ids]
-        scores = [np.nan if f is None or f.score is None else f.score for f in found]
-        return pd.DataFrame({
-            "finding": np.asarray(ids, dtype=int),
-            "status": np.asarray([f.status if f else "added" for f in found], dtype=object),
-            "score": np.asarray(scores, dtype=float),
-        })  # typed: an empty table must still take a status string
-
-    def _label_reviewed(self, ids: list[int]) -> None:
-        layer = self.reviewed_layer
-        self._syncing = True
-        try:
-            layer.features = self._reviewed_table(ids)
-            statuses = list(layer.features["status"])
-            layer.feature_defaults = DRAWN_DEFAULTS
-            if statuses:
-                layer.edge_color = [STATUS_COLORS.get(st, STATUS_COLORS["added"]) for st in statuses]
-            layer.refresh_text()
-        finally:
-            self._syncing = False
-
     # ------------------------------------------------------------------------------------------------ export
     def export(self, path: str | Path) -> Path | None:
         """Write the review: ``.dcm`` a DICOM Comprehensive SR of the kept boxes, ``.json``/``.csv`` every finding
@@ -953,53 +649,13 @@ class LesionNavigatorWidget(QWidget):
             self._say("nothing to export: load a layer of boxes first")
             return None
         try:
-            out = self._write_sr(path) if path.suffix.lower() == ".dcm" else self._write_table(path)
+            out = (write_review_sr(path, self.findings, self.image_layer) if path.suffix.lower() == ".dcm"
+                   else write_review_table(path, self.findings, self.image_layer, self.boxes_layer))  # fmt: skip
         except (OSError, ValueError) as exc:
             self._say(f"export failed: {exc}")
             return None
         self._say(f"wrote {out}")
         return out
-
-    def _write_table(self, path: Path) -> Path:
-        image = self.image_layer
-        unit = "mm" if has_voxel_size(image) else "px"  # as the table shows them
-        info = {"image": image.name, "boxes": getattr(self.boxes_layer, "name", None),
-                "spacing_mm": [float(s) for s in image.scale] if unit == "mm" else None,
-                "units": f"pixels (boxes), {unit} (sizes; centre: patient LPS z, y, x for DICOM, else viewer world)",
-                }  # fmt: skip
-        ids = slice_columns(image.metadata or {}, n_slices(image.data))
-        return write_findings(path, self.findings, info, ids, unit=unit)
-
-    def _write_sr(self, path: Path) -> Path:
-        from ..io.dicom_sr import SRRegion, instance_refs, write_sr
-
-        image = self.image_layer
-        meta = image.metadata or {}
-        files = list(meta.get("files") or [])
-        n = n_slices(image.data)
-        frames = per_slice(meta, "frame_numbers", n)
-        if len(files) == 1 and n > 1 and frames is None:  # one multi-frame file without functional groups
-            files, frames = files * n, list(range(1, n + 1))
-        uids, sop_class = per_slice(meta, "sop_instance_uids", n), str(meta.get("sop_class_uid") or "")
-        if uids and all(uids) and sop_class:  # the reader's own record: no file read again
-            refs = [(sop_class, uid) for uid in uids]
-        else:
-            unique = list(dict.fromkeys(files))  # a multi-frame file is read once
-            found = dict(zip(unique, instance_refs(unique)))
-            refs = [found[f] for f in files] if len(files) == n else []
-        lesions = lesion_groups(self.findings)
-        mm = 1.0 if has_voxel_size(image) else float("nan")  # sizes in pixels are not reported as mm
-        regions = [
-            SRRegion(f.slice, f.corners, f.measures["long_mm"] * mm, f.measures["short_mm"] * mm,
-                     f.measures["mean_hu"], f.score, f.status, f"finding {f.id} (slice {f.slice})", lesions[f.id])
-            for f in self.findings
-            if f.kept
-        ]  # fmt: skip
-        if not regions:
-            raise ValueError("no kept boxes: accept or draw at least one before writing a report")
-        return write_sr(path, regions, refs, meta.get("source_tags") or {}, str(meta.get("series_uid") or ""),
-                        f"LIDnet reviewed lesions: {image.name}", frames,
-                        source=str(meta.get("series_uid") or meta.get("source") or ""))  # fmt: skip
 
     def _export_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(
