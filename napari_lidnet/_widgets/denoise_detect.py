@@ -6,12 +6,11 @@ arrays into layers on the GUI thread. Output layers are never the input layer, a
 "Compare" shows input and output side by side with one window/level (``compare.CompareView``); "Flip" (key F)
 shows one then the other in place. A model pair is listed once by its name (``NAME`` for ``NAME_denoiser`` and
 ``NAME_detector``); choosing it for one network chooses its partner for the other. torch is not imported at
-module level.
+module level. The output layers are ``_denoise_outputs``', the exports ``_denoise_export``'s.
 """
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,22 +32,16 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..io.volume import n_slices
-from ..layer_data import boxes_to_shapes, metadata_for_slices, removed_noise_layer, slice_translate, volume_from_layer
+from ._denoise_export import DenoiseExports
+from ._denoise_outputs import DenoiseOutputs
 from ._docking import DockHome, scroll_layout
 from ._layer_watch import LayerWatch, renamed_to
 from ._roles import (
-    DETECTIONS,
-    NOISE,
-    ROLE,
     current_slice,
-    derived_name,
     grayscale_images,
     has_voxel_size,
-    lidnet_info,
     model_item,
     pair_name,
-    source_key,
 )
 from ._worker_utils import (
     Failure,
@@ -62,15 +55,12 @@ from .reading_room import ReadingRoom
 
 if TYPE_CHECKING:
     import napari
-    from napari.layers import Image, Shapes
+    from napari.layers import Image
 
 TITLE = "Denoise"  # the dock's tab
 NONE_ITEM = "(none)"
 BROWSE_ITEM = "Browse..."
 SCOPES = ("all slices", "current slice")
-BOX_COLORMAP = "plasma"
-BOX_SCORE_RANGE = (0.0, 1.0)  # one colour per score, whatever the threshold shows
-BOX_TEXT_COLOR = "yellow"
 #: score threshold slider: integer percent, from the detection floor (inference.BOX_FLOOR) to 0.95
 THRESHOLD_RANGE = (5, 95)
 #: largest noise SD (HU) the strength box takes; 0 shows "all noise"
@@ -94,7 +84,7 @@ def _replaced_note(last: dict | None, layer: Any, res: Any) -> str | None:
     return f"replaces the result of {what} (run all slices to keep every slice)"
 
 
-class DenoiseDetectWidget(QWidget):
+class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
     """Denoise + detect on the selected CT image layer; outputs "<name> denoised", "<name> lesions" and optionally
     "<name> removed noise". Public methods (``run``, ``cancel``, ``refresh_models``, ``export_dicom``,
     ``export_boxes``, ``set_threshold``) take plain values so scripts and tests need no dialogs.
@@ -583,182 +573,7 @@ class DenoiseDetectWidget(QWidget):
             boxes = boxes[np.argsort(boxes[:, 0], kind="stable")]
         return replace(res, slices=list(prev.slices), denoised=denoised, boxes=boxes)
 
-    # ----------------------------------------------------------------------------------------------- outputs
-    def _entry(self, role: str) -> list[Any] | None:
-        """[source, role, output, given name] of the current source's output of ``role``, or None."""
-        src = self._last["layer"] if self._last is not None else None
-        return next((e for e in self._outputs if e[0] == src and e[1] == role), None)
-
-    def _live(self, role: str) -> Any | None:
-        """The current source's output of ``role`` while it is in the viewer under the name it was given (a layer
-        the reader renamed is theirs to keep: runs and the threshold leave it alone)."""
-        entry = self._entry(role)
-        if entry is None or entry[2] not in self.viewer.layers or entry[2].name != entry[3]:
-            return None
-        return entry[2]
-
-    def _earlier_output(self, name: str) -> Any | None:
-        """A layer named ``name`` that this plugin made from the current source before this widget knew of it (a
-        dock closed and opened again), so a new run replaces it instead of adding ``name [1]``."""
-        layer = next((ly for ly in self.viewer.layers if ly.name == name), None)
-        if layer is None or any(e[2] == layer for e in self._outputs):
-            return None
-        here = lidnet_info(layer).get("source_key") == source_key(self._last["layer"])  # this image, not its name
-        return layer if here else None
-
-    def _place(self, role: str, data: Any, kwargs: dict[str, Any], layer_type: str) -> Any:
-        """Add an output layer, replacing this widget's previous output of the same role for the same source (a
-        comparison showing the old one goes on with the new one). A slice folded into the volume on screen refills
-        that volume's image layer instead (removing a layer costs napari a garbage collection)."""
-        live = self._live(role)
-        if self._last.get("merged") and layer_type == "image" and live is not None and live.data.shape == data.shape:
-            live.data = data
-            live.metadata = kwargs["metadata"]
-            for key in ("scale", "translate", "affine"):  # where the source lies now (it may have been moved)
-                setattr(live, key, kwargs[key])
-            return live
-        old, index = live or self._earlier_output(kwargs["name"]), None
-        pair, entry = self.compare.pair, self._entry(role)
-        self._outputs = [e for e in self._outputs if e is not entry]
-        self._replacing = True
-        try:
-            if old is not None:
-                index = self.viewer.layers.index(old)
-                self.viewer.layers.remove(old)
-            new = getattr(self.viewer, f"add_{layer_type}")(data, **kwargs)
-            if index is not None:
-                self.viewer.layers.move(self.viewer.layers.index(new), index)
-        finally:
-            self._replacing = False
-        self._outputs.append([self._last["layer"], role, new, new.name])
-        if pair is not None and old is not None and old in pair:
-            self.compare.pair = tuple(new if ly == old else ly for ly in pair)
-            if self.compare.side_by_side:
-                self.compare.show(*self.compare.pair)
-        elif self.compare.side_by_side and new.visible:  # an output beside the pair (boxes, removed noise)
-            self._end_side_by_side(new.name)
-        return new
-
-    def _drop(self, role: str) -> None:
-        old, entry = self._live(role), self._entry(role)
-        self._outputs = [e for e in self._outputs if e is not entry]
-        if old is not None:
-            self.viewer.layers.remove(old)
-
-    def _geometry(self, first: int | None) -> dict[str, Any]:
-        src = self._last["layer"]
-        translate = tuple(src.translate)
-        if first is not None and src.ndim == 3:
-            translate = slice_translate(tuple(src.scale), translate, first)
-        return {"scale": tuple(src.scale), "translate": translate, "affine": src.affine.affine_matrix}
-
-    def _denoised_array(self) -> np.ndarray | None:
-        res = self._last["result"]
-        if res.denoised is None:
-            return None
-        return res.denoised[0] if self._last["layer"].ndim == 2 else res.denoised
-
-    def _show_denoised(self) -> None:
-        data = self._denoised_array()
-        if data is None:
-            self._drop("denoised")
-            return
-        src = self._last["layer"]
-        meta = {
-            **metadata_for_slices(dict(src.metadata), self._last["first"], n_slices(data)),
-            "hu": True,
-            "lidnet": {
-                "source_layer": src.name,
-                "source_key": source_key(src),
-                "denoiser": self._last["labels"][0],
-                "remove_sd": self._last["remove_sd"],
-                "slices": list(self._last["result"].slices),
-            },
-        }
-        kwargs = {
-            "name": derived_name(src.name, "denoised"),
-            "contrast_limits": tuple(src.contrast_limits),
-            "colormap": src.colormap.name,
-            "metadata": meta,
-            **self._geometry(self._last["first"]),
-        }
-        self._place("denoised", data, kwargs, "image")
-
-    def _show_noise(self) -> None:
-        data = self._denoised_array() if self._last is not None else None
-        if data is None or not self.noise_check.isChecked():
-            self._drop("removed noise")
-            return
-        src = self._last["layer"]
-        original = src.data
-        if src.ndim == 3:  # the run's slices: a view when they are consecutive (a whole volume is not copied)
-            from ..inference import take_slices
-
-            original = take_slices(original, self._last["result"].slices)
-        noise, styling = removed_noise_layer(original, data)  # a volume's: computed as each slice is shown
-        kwargs = {
-            "name": derived_name(src.name, "removed noise"),
-            **styling,
-            "metadata": {ROLE: NOISE, "lidnet": {"source_layer": src.name, "source_key": source_key(src)}},
-            **self._geometry(self._last["first"]),
-        }
-        self._place("removed noise", noise, kwargs, "image")
-
-    @property
-    def shown_boxes(self) -> np.ndarray:
-        """(N, 6) ``slice, x1, y1, x2, y2, score`` of the boxes shown (score >= threshold), absolute slices."""
-        if self._last is None or self._last["result"].boxes is None:
-            return np.zeros((0, 6), np.float32)
-        rows = np.asarray(self._last["result"].boxes, np.float32).reshape(-1, 6)
-        return rows[rows[:, 5] >= self.threshold - 1e-6]
-
-    @property
-    def _n_shown(self) -> int:
-        return len(self.shown_boxes)
-
-    def _show_boxes(self, rebuild: bool = False, threshold_only: bool = False) -> None:
-        if self._last is None:
-            return
-        if self._last["result"].boxes is None:
-            self._drop("lesions")
-            return
-        import pandas as pd
-
-        src = self._last["layer"]
-        rows = self.shown_boxes
-        rows = rows[np.argsort(-rows[:, 5], kind="stable")]  # highest first: a raised threshold cuts the tail, and
-        ndim = src.ndim  # napari's cut feature table already holds the right scores (the navigator reads once)
-        boxes = rows[:, :5] if ndim == 3 else rows[:, 1:5]
-        shapes = [(s, "rectangle") for s in boxes_to_shapes(boxes, ndim)]
-        features = pd.DataFrame({"score": rows[:, 5].astype(float), "slice": rows[:, 0].astype(int)})
-        layer: Shapes | None = self._live("lesions")
-        if threshold_only and layer is None:  # the reader deleted or renamed the lesions layer: not brought back
-            return
-        if not rebuild and layer is not None:
-            layer.data = shapes
-            layer.features = features
-            layer.text.color = BOX_TEXT_COLOR  # one colour again (the navigator dims its rejections after this)
-            layer.edge_color = "score"
-            layer.edge_contrast_limits = BOX_SCORE_RANGE  # napari rescales to the shown scores otherwise
-            layer.refresh_colors()
-            return
-        kwargs = {
-            "name": derived_name(src.name, "lesions"),
-            "ndim": ndim,
-            "shape_type": "rectangle",
-            "features": features,
-            "edge_color": "score",
-            "edge_colormap": BOX_COLORMAP,
-            "edge_contrast_limits": BOX_SCORE_RANGE,
-            "edge_width": 2,
-            "face_color": "transparent",
-            "text": {"string": "{score:.2f}", "anchor": "upper_left", "size": 9, "color": BOX_TEXT_COLOR},
-            "metadata": {ROLE: DETECTIONS, "lidnet": {"source_layer": src.name, "source_key": source_key(src),
-                                                      "detector": self._last["labels"][1], "run": uuid.uuid4().hex}},
-            **self._geometry(None),
-        }
-        self._place("lesions", [s for s, _ in shapes], kwargs, "shapes")
-
+    # ------------------------------------------------------------------------------------- threshold
     def _on_threshold(self, value: int) -> None:
         """The slider moved: its label now; the boxes when the event loop next runs (``_apply_threshold``), so a
         drag over many steps while napari redraws thousands of boxes refilters once, not once per step."""
@@ -845,150 +660,6 @@ class DenoiseDetectWidget(QWidget):
         self.compare_button.setChecked(False)
         self.compare_button.blockSignals(False)
         return shown
-
-    # ------------------------------------------------------------------------------------------------ export
-    def _update_export_buttons(self) -> None:
-        res = self._last["result"] if self._last else None
-        idle = self.export_worker is None  # one export at a time
-        self.export_dicom_button.setEnabled(idle and res is not None and res.denoised is not None)
-        self.export_boxes_button.setEnabled(res is not None and res.boxes is not None)
-
-    def _denoised_volume(self) -> Any | None:
-        """The last denoised result as a CTVolume with its source's geometry, or None (after saying why)."""
-        data = self._denoised_array() if self._last is not None else None
-        if data is None:
-            self._message("nothing to export: run the denoiser first", error=True)
-            return None
-        src = self._last["layer"]
-        first = self._last["first"]
-        return volume_from_layer(data, tuple(src.scale), tuple(src.translate), dict(src.metadata),
-                                 f"{src.name} denoised", first_slice=first)  # fmt: skip
-
-    def export_nifti(self, path: str | Path) -> Path | None:
-        """Write the last denoised result as a new NIfTI file (.nii or .nii.gz, geometry kept); never overwrites."""
-        from ..io.nifti import is_nifti, write_nifti
-
-        vol = self._denoised_volume()
-        if vol is None:
-            return None
-        if not is_nifti(path):
-            self._message(f"{Path(path).name}: a NIfTI file name ends in .nii or .nii.gz", error=True)
-            return None
-        try:
-            out = write_nifti(path, vol)
-        except (OSError, ValueError) as exc:
-            self._message(f"NIfTI export failed: {exc}", error=True)
-            return None
-        self._message(f"wrote {out}")
-        return out
-
-    def export_dicom(self, folder: str | Path, background: bool = False) -> list[Path]:
-        """Write the last denoised result as a new DERIVED DICOM series into an empty or new ``folder``.
-
-        Geometry and patient/study tags come from the input layer (when it was read from DICOM); the
-        SeriesDescription names the model. Returns the files, or [] after showing why nothing was written. With
-        ``background`` (the Export button) the files are written in a worker thread, the viewer usable meanwhile,
-        and [] is returned at once: the status line says when they are written (``export_worker`` until then).
-        """
-        vol = self._denoised_volume()
-        if vol is None:
-            return []
-        from ..io.dicom_write import denoised_description
-
-        src = self._last["layer"]
-        base = src.metadata.get("series_description") or src.name
-        dose = src.metadata.get("simulated_dose")
-        if dose is not None:  # said first (the description is cut at 64 characters): not a clinical low-dose scan
-            base = f"SIMULATED {float(dose):.0%} dose seed {src.metadata.get('simulated_seed', '?')}: {base}"
-        desc = denoised_description(base, self._last["labels"][0] or "", self._last.get("remove_sd"))
-        if not background:
-            return self._dicom_written(folder, _write_series(vol, folder, desc))
-        if self.export_worker is not None:
-            self._message("an export is still writing: wait for it", error=True)
-            return []
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(_write_series, vol, folder, desc, _start_thread=False)
-        worker.returned.connect(self._on_exported)  # bound methods: dropped if the widget is deleted meanwhile
-        worker.finished.connect(self._export_finished)
-        self.export_worker, self._export_folder = worker, folder
-        self.export_dicom_button.setEnabled(False)
-        self.status.setText(f"writing {n_slices(vol.hu)} slices to {folder}...")
-        worker.start()
-        return []
-
-    def _on_exported(self, out: list[Path] | str) -> None:
-        """A background export's outcome, said in the status line."""
-        self._dicom_written(self._export_folder, out)
-
-    def _dicom_written(self, folder: str | Path, out: list[Path] | str) -> list[Path]:
-        """Say what an export wrote (or why it wrote nothing); the files, or []."""
-        if isinstance(out, str):
-            self._message(f"DICOM export failed: {out}", error=True)
-            return []
-        self._message(f"wrote {len(out)} DICOM files to {folder}")
-        return out
-
-    def _export_finished(self) -> None:
-        """The background export ended: the Export button is free again."""
-        self.export_worker = None
-        self._update_export_buttons()
-
-    def export_boxes(self, path: str | Path) -> Path | None:
-        """Write the shown boxes (score >= threshold) as CSV, or JSON when ``path`` ends in .json; never overwrites."""
-        if self._last is None or self._last["result"].boxes is None:
-            self._message("nothing to export: run the detector first", error=True)
-            return None
-        from ..io.boxes_io import slice_columns, write_boxes_csv
-        from ..io.volume import per_slice
-        from ..metrics.lesions import row_lesions
-
-        src, rows = self._last["layer"], self.shown_boxes
-        n = n_slices(src.data)
-        slices = slice_columns(src.metadata, n)
-        geometry = (src.metadata.get("affine_lps"), per_slice(src.metadata, "slice_ipp", n))  # from the reader
-        den, det = self._last["labels"]
-        about = {"input": src.metadata.get("source") or src.name, "layer": src.name, "detector": det,
-                 "denoised_first_by": den or None, "remove_sd": self._last.get("remove_sd"),
-                 "threshold": round(float(self.threshold), 4), "spacing_mm": [float(v) for v in src.scale],
-                 "series_uid": src.metadata.get("series_uid")}  # fmt: skip
-        try:
-            pixel_mm = src.scale[-2:] if has_voxel_size(src) else None  # no "mm" columns holding pixels
-            out = write_boxes_csv(path, rows, slices, row_lesions(rows), pixel_mm, *geometry, about)
-        except (OSError, ValueError) as exc:
-            self._message(f"box export failed: {exc}", error=True)
-            return None
-        self._message(f"wrote {len(rows)} boxes to {out}")
-        return out
-
-    def _export_dicom_dialog(self) -> None:
-        """A NIfTI file for a NIfTI source, else an empty folder for a DICOM series."""
-        if self._last is not None and self._last["layer"].metadata.get("format") == "nifti":
-            path, _ = QFileDialog.getSaveFileName(self, "Save the denoised volume", "", "NIfTI (*.nii.gz *.nii)",
-                                                  options=QFileDialog.Option.DontConfirmOverwrite)  # never replaced
-            if path:
-                self.export_nifti(path)
-            return
-        folder = QFileDialog.getExistingDirectory(self, "Empty folder for the denoised DICOM series")
-        if folder:
-            self.export_dicom(folder, background=True)
-
-    def _export_boxes_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save lesion boxes", "", "CSV (*.csv);;JSON (*.json)",
-                                              options=QFileDialog.Option.DontConfirmOverwrite)  # never replaced
-        if path:
-            self.export_boxes(path)
-
-
-def _write_series(vol: Any, folder: str | Path, description: str) -> list[Path] | str:
-    """The DICOM files written, or the one-line reason nothing was (run in a worker thread by the Export button)."""
-    from ..io.dicom_write import write_dicom_series
-
-    try:
-        return write_dicom_series(vol, folder, series_description=description)
-    except (OSError, ValueError) as exc:
-        return str(exc)
-
 
 def _calibration_source(cal: dict) -> str:
     """Where a detector's threshold was calibrated, for the threshold tooltip."""

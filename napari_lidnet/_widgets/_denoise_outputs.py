@@ -1,0 +1,204 @@
+"""The Denoise dock's output layers: the denoised image, the removed-noise overlay and the lesion boxes, placed like
+their source, each replacing the dock's previous output of its role for that source (a layer the reader renamed is
+theirs), the boxes filtered by the score threshold.
+
+``DenoiseOutputs`` is a part of ``denoise_detect.DenoiseDetectWidget`` (which holds the viewer, the last result and
+the comparison these methods use), kept apart so each file holds one thing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..io.volume import n_slices
+from ..layer_data import boxes_to_shapes, metadata_for_slices, removed_noise_layer, slice_translate
+from ._roles import DETECTIONS, NOISE, ROLE, derived_name, lidnet_info, source_key
+
+if TYPE_CHECKING:
+    from napari.layers import Shapes
+
+BOX_COLORMAP = "plasma"
+BOX_SCORE_RANGE = (0.0, 1.0)  # one colour per score, whatever the threshold shows
+BOX_TEXT_COLOR = "yellow"
+
+
+class DenoiseOutputs:
+    """The output-layer half of the Denoise dock (see the module's docstring)."""
+
+    def _entry(self, role: str) -> list[Any] | None:
+        """[source, role, output, given name] of the current source's output of ``role``, or None."""
+        src = self._last["layer"] if self._last is not None else None
+        return next((e for e in self._outputs if e[0] == src and e[1] == role), None)
+
+    def _live(self, role: str) -> Any | None:
+        """The current source's output of ``role`` while it is in the viewer under the name it was given (a layer
+        the reader renamed is theirs to keep: runs and the threshold leave it alone)."""
+        entry = self._entry(role)
+        if entry is None or entry[2] not in self.viewer.layers or entry[2].name != entry[3]:
+            return None
+        return entry[2]
+
+    def _earlier_output(self, name: str) -> Any | None:
+        """A layer named ``name`` that this plugin made from the current source before this widget knew of it (a
+        dock closed and opened again), so a new run replaces it instead of adding ``name [1]``."""
+        layer = next((ly for ly in self.viewer.layers if ly.name == name), None)
+        if layer is None or any(e[2] == layer for e in self._outputs):
+            return None
+        here = lidnet_info(layer).get("source_key") == source_key(self._last["layer"])  # this image, not its name
+        return layer if here else None
+
+    def _place(self, role: str, data: Any, kwargs: dict[str, Any], layer_type: str) -> Any:
+        """Add an output layer, replacing this widget's previous output of the same role for the same source (a
+        comparison showing the old one goes on with the new one). A slice folded into the volume on screen refills
+        that volume's image layer instead (removing a layer costs napari a garbage collection)."""
+        live = self._live(role)
+        if self._last.get("merged") and layer_type == "image" and live is not None and live.data.shape == data.shape:
+            live.data = data
+            live.metadata = kwargs["metadata"]
+            for key in ("scale", "translate", "affine"):  # where the source lies now (it may have been moved)
+                setattr(live, key, kwargs[key])
+            return live
+        old, index = live or self._earlier_output(kwargs["name"]), None
+        pair, entry = self.compare.pair, self._entry(role)
+        self._outputs = [e for e in self._outputs if e is not entry]
+        self._replacing = True
+        try:
+            if old is not None:
+                index = self.viewer.layers.index(old)
+                self.viewer.layers.remove(old)
+            new = getattr(self.viewer, f"add_{layer_type}")(data, **kwargs)
+            if index is not None:
+                self.viewer.layers.move(self.viewer.layers.index(new), index)
+        finally:
+            self._replacing = False
+        self._outputs.append([self._last["layer"], role, new, new.name])
+        if pair is not None and old is not None and old in pair:
+            self.compare.pair = tuple(new if ly == old else ly for ly in pair)
+            if self.compare.side_by_side:
+                self.compare.show(*self.compare.pair)
+        elif self.compare.side_by_side and new.visible:  # an output beside the pair (boxes, removed noise)
+            self._end_side_by_side(new.name)
+        return new
+
+    def _drop(self, role: str) -> None:
+        old, entry = self._live(role), self._entry(role)
+        self._outputs = [e for e in self._outputs if e is not entry]
+        if old is not None:
+            self.viewer.layers.remove(old)
+
+    def _geometry(self, first: int | None) -> dict[str, Any]:
+        src = self._last["layer"]
+        translate = tuple(src.translate)
+        if first is not None and src.ndim == 3:
+            translate = slice_translate(tuple(src.scale), translate, first)
+        return {"scale": tuple(src.scale), "translate": translate, "affine": src.affine.affine_matrix}
+
+    def _denoised_array(self) -> np.ndarray | None:
+        res = self._last["result"]
+        if res.denoised is None:
+            return None
+        return res.denoised[0] if self._last["layer"].ndim == 2 else res.denoised
+
+    def _show_denoised(self) -> None:
+        data = self._denoised_array()
+        if data is None:
+            self._drop("denoised")
+            return
+        src = self._last["layer"]
+        meta = {
+            **metadata_for_slices(dict(src.metadata), self._last["first"], n_slices(data)),
+            "hu": True,
+            "lidnet": {
+                "source_layer": src.name,
+                "source_key": source_key(src),
+                "denoiser": self._last["labels"][0],
+                "remove_sd": self._last["remove_sd"],
+                "slices": list(self._last["result"].slices),
+            },
+        }
+        kwargs = {
+            "name": derived_name(src.name, "denoised"),
+            "contrast_limits": tuple(src.contrast_limits),
+            "colormap": src.colormap.name,
+            "metadata": meta,
+            **self._geometry(self._last["first"]),
+        }
+        self._place("denoised", data, kwargs, "image")
+
+    def _show_noise(self) -> None:
+        data = self._denoised_array() if self._last is not None else None
+        if data is None or not self.noise_check.isChecked():
+            self._drop("removed noise")
+            return
+        src = self._last["layer"]
+        original = src.data
+        if src.ndim == 3:  # the run's slices: a view when they are consecutive (a whole volume is not copied)
+            from ..inference import take_slices
+
+            original = take_slices(original, self._last["result"].slices)
+        noise, styling = removed_noise_layer(original, data)  # a volume's: computed as each slice is shown
+        kwargs = {
+            "name": derived_name(src.name, "removed noise"),
+            **styling,
+            "metadata": {ROLE: NOISE, "lidnet": {"source_layer": src.name, "source_key": source_key(src)}},
+            **self._geometry(self._last["first"]),
+        }
+        self._place("removed noise", noise, kwargs, "image")
+
+    @property
+    def shown_boxes(self) -> np.ndarray:
+        """(N, 6) ``slice, x1, y1, x2, y2, score`` of the boxes shown (score >= threshold), absolute slices."""
+        if self._last is None or self._last["result"].boxes is None:
+            return np.zeros((0, 6), np.float32)
+        rows = np.asarray(self._last["result"].boxes, np.float32).reshape(-1, 6)
+        return rows[rows[:, 5] >= self.threshold - 1e-6]
+
+    @property
+    def _n_shown(self) -> int:
+        return len(self.shown_boxes)
+
+    def _show_boxes(self, rebuild: bool = False, threshold_only: bool = False) -> None:
+        if self._last is None:
+            return
+        if self._last["result"].boxes is None:
+            self._drop("lesions")
+            return
+        import pandas as pd
+
+        src = self._last["layer"]
+        rows = self.shown_boxes
+        rows = rows[np.argsort(-rows[:, 5], kind="stable")]  # highest first: a raised threshold cuts the tail, and
+        ndim = src.ndim  # napari's cut feature table already holds the right scores (the navigator reads once)
+        boxes = rows[:, :5] if ndim == 3 else rows[:, 1:5]
+        shapes = [(s, "rectangle") for s in boxes_to_shapes(boxes, ndim)]
+        features = pd.DataFrame({"score": rows[:, 5].astype(float), "slice": rows[:, 0].astype(int)})
+        layer: Shapes | None = self._live("lesions")
+        if threshold_only and layer is None:  # the reader deleted or renamed the lesions layer: not brought back
+            return
+        if not rebuild and layer is not None:
+            layer.data = shapes
+            layer.features = features
+            layer.text.color = BOX_TEXT_COLOR  # one colour again (the navigator dims its rejections after this)
+            layer.edge_color = "score"
+            layer.edge_contrast_limits = BOX_SCORE_RANGE  # napari rescales to the shown scores otherwise
+            layer.refresh_colors()
+            return
+        kwargs = {
+            "name": derived_name(src.name, "lesions"),
+            "ndim": ndim,
+            "shape_type": "rectangle",
+            "features": features,
+            "edge_color": "score",
+            "edge_colormap": BOX_COLORMAP,
+            "edge_contrast_limits": BOX_SCORE_RANGE,
+            "edge_width": 2,
+            "face_color": "transparent",
+            "text": {"string": "{score:.2f}", "anchor": "upper_left", "size": 9, "color": BOX_TEXT_COLOR},
+            "metadata": {ROLE: DETECTIONS, "lidnet": {"source_layer": src.name, "source_key": source_key(src),
+                                                      "detector": self._last["labels"][1], "run": uuid.uuid4().hex}},
+            **self._geometry(None),
+        }
+        self._place("lesions", [s for s, _ in shapes], kwargs, "shapes")
