@@ -414,3 +414,20 @@ def test_an_int16_study_is_not_copied_to_float_on_the_gui_thread(make_napari_vie
     assert worker is not None, widget.status.text()
     wait_done(widget, qtbot, worker)
     assert widget.outcome.status == "finished" and widget.outcome.exported, widget.status.text()
+
+
+def test_the_start_pickers_keep_their_choice_when_the_models_are_listed_again(
+    make_napari_viewer, qtbot, model_dir
+) -> None:
+    """The Denoise and Fine-tune docks refill their model pickers one way (``_roles.fill_models``): a model stays
+    chosen by its path, an entry without a model by its text: "from scratch" stayed chosen only until a refresh
+    (a fine-tune run refreshes the pickers when it publishes), which put the shipped model back."""
+    viewer = make_napari_viewer()
+    widget = make_widget(viewer, qtbot, "site-c")
+    widget.start_denoiser_combo.setCurrentText(SCRATCH_ITEM)
+    widget.start_detector_combo.setCurrentText("tiny (user)")
+    widget.refresh_models()
+    assert widget.start_denoiser_combo.currentText() == SCRATCH_ITEM
+    assert widget.start_detector_combo.currentText() == "tiny (user)"
+    listed = [widget.start_denoiser_combo.itemText(i) for i in range(widget.start_denoiser_combo.count())]
+    assert listed[0] == "default (shipped)" and listed[-1] == SCRATCH_ITEM and "tiny (user)" in listed

@@ -129,6 +129,37 @@ def model_item(name: str, kind: str, shipped: bool) -> str:
     return f"{pair_name(name, kind)} ({'shipped' if shipped else 'user'})"
 
 
+def fill_models(combo: Any, kind: str, before: list[tuple] = (), after: list[tuple] = (), fallback: int = 0) -> str:
+    """Refill a model picker (a QComboBox): the ``(text, data)`` items ``before``, the registry's ``kind`` models
+    (shipped first; data: the weights path), the items ``after``. The choice stays where it was (a model by its
+    path, an item without data by its text), else goes to the default model, else to item ``fallback``. No signal
+    is sent while it refills. Returns why the registry could not be listed, else ""."""
+    from ..models.registry import default_model, list_models
+
+    current = (combo.currentText(), combo.currentData()) if combo.count() else None
+    problem, models, default = "", [], None
+    try:
+        models, default = list_models(kind), default_model(kind)
+    except Exception as exc:  # a broken user folder must not break the dock
+        problem = f"could not list {kind} models: {exc}"
+    items = [*before, *((model_item(m.name, kind, m.shipped), str(m.path)) for m in models), *after]
+    combo.blockSignals(True)
+    combo.clear()
+    for text, data in items:
+        combo.addItem(text, data)
+    paths = [data for _, data in items]
+    if current is not None and current[1] is not None and current[1] in paths:
+        combo.setCurrentIndex(paths.index(current[1]))
+    elif current is not None and current[1] is None and (None, current[0]) in [(d, t) for t, d in items]:
+        combo.setCurrentIndex([(d, t) for t, d in items].index((None, current[0])))
+    elif default is not None and str(default.path) in paths:
+        combo.setCurrentIndex(paths.index(str(default.path)))
+    else:
+        combo.setCurrentIndex(fallback % max(len(items), 1))
+    combo.blockSignals(False)
+    return problem
+
+
 def source_key(layer: Any) -> str:
     """A fingerprint of an image layer's data (shape and a sample of 4096 voxels): the plugin's outputs record it,
     so another image that took the same name is never taken for their source."""

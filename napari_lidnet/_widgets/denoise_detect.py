@@ -38,9 +38,9 @@ from ._docking import DockHome, scroll_layout
 from ._layer_watch import LayerWatch, renamed_to
 from ._roles import (
     current_slice,
+    fill_models,
     grayscale_images,
     has_voxel_size,
-    model_item,
     pair_name,
 )
 from ._worker_utils import (
@@ -308,39 +308,13 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
     def refresh_models(self) -> None:
         """Refill both model choices from the registry (shipped defaults, user models) plus browsed files;
         keeps the current choices when they still exist, else selects the default model of each kind."""
-        from ..models.registry import default_model, list_models
-
         detector_before = self.detector_combo.currentData() if self.detector_combo.count() else "(empty)"
         for kind, combo in (("denoiser", self.denoiser_combo), ("detector", self.detector_combo)):
-            current = combo.currentData()
-            keep_none = combo.count() > 0 and combo.currentText() == NONE_ITEM
-            browsed = [
-                (combo.itemText(i), combo.itemData(i))
-                for i in range(combo.count())
-                if combo.itemData(i) and str(combo.itemText(i)).startswith("file: ")
-            ]
-            combo.blockSignals(True)
-            combo.clear()
-            combo.addItem(NONE_ITEM, None)
-            try:
-                models = list_models(kind)
-                default = default_model(kind)
-            except Exception as exc:  # a broken user folder must not break the widget
-                models, default = [], None
-                self.status.setText(f"could not list {kind} models: {exc}")
-            for info in models:
-                combo.addItem(model_item(info.name, kind, info.shipped), str(info.path))
-            for text, data in browsed:
-                combo.addItem(text, data)
-            combo.addItem(BROWSE_ITEM, None)
-            paths = [combo.itemData(i) for i in range(combo.count())]
-            if keep_none:
-                combo.setCurrentIndex(0)
-            elif current is not None and current in paths:
-                combo.setCurrentIndex(paths.index(current))
-            elif default is not None:
-                combo.setCurrentIndex(paths.index(str(default.path)))
-            combo.blockSignals(False)
+            browsed = [(combo.itemText(i), combo.itemData(i)) for i in range(combo.count())
+                       if combo.itemData(i) and str(combo.itemText(i)).startswith("file: ")]  # fmt: skip
+            problem = fill_models(combo, kind, [(NONE_ITEM, None)], [*browsed, (BROWSE_ITEM, None)])
+            if problem:
+                self.status.setText(problem)
         if self.detector_combo.currentData() != detector_before:
             self._threshold_from_detector()
         if self.denoiser_combo.currentData() is None and self.detector_combo.currentData() is None:

@@ -47,7 +47,7 @@ from ._finetune_parts import (
     input_problems,
 )
 from ._layer_watch import LayerWatch
-from ._roles import CALIPERS, DETECTIONS, current_slice, grayscale_images, is_reduced_dose, model_item, role
+from ._roles import CALIPERS, DETECTIONS, current_slice, fill_models, grayscale_images, is_reduced_dose, role
 from ._run_task import finish_run, register_run
 from .layer_inputs import inputs_from_layers, paired_input
 from .reading_room import ReadingRoom
@@ -248,26 +248,10 @@ class FineTuneWidget(QWidget):
     def refresh_models(self) -> None:
         """Refill the starting-model pickers from the registry (shipped first); default: the shipped model, else
         the newest user model, else from scratch."""
-        from ..models.registry import default_model, list_models
-
         for kind, combo in (("denoiser", self.start_denoiser_combo), ("detector", self.start_detector_combo)):
-            current = combo.currentData()
-            combo.clear()
-            try:
-                models, default = list_models(kind), default_model(kind)
-            except Exception as exc:  # a broken user folder must not break the widget
-                models, default = [], None
-                self.status.setText(f"could not list {kind} models: {exc}")
-            for info in models:
-                combo.addItem(model_item(info.name, kind, info.shipped), str(info.path))
-            combo.addItem(SCRATCH_ITEM, None)
-            paths = [combo.itemData(i) for i in range(combo.count())]
-            if current in paths and current is not None:
-                combo.setCurrentIndex(paths.index(current))
-            elif default is not None:
-                combo.setCurrentIndex(paths.index(str(default.path)))
-            else:
-                combo.setCurrentIndex(combo.count() - 1)
+            problem = fill_models(combo, kind, after=[(SCRATCH_ITEM, None)], fallback=-1)
+            if problem:
+                self.status.setText(problem)
         if self.device_combo.count() == 0:
             from ..models.device import device_choices
 
