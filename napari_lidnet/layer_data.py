@@ -97,11 +97,12 @@ def boxes_layer_tuple(
     name: str = "lesions",
     scale: Sequence[float] | None = None,
     translate: Sequence[float] | None = None,
+    affine: np.ndarray | None = None,
     scores: np.ndarray | None = None,
     labels: Sequence[str] | None = None,
     edge_color: str = BOX_EDGE_COLOR,
 ) -> LayerDataTuple:
-    """Shapes layer tuple of rectangles for pixel boxes, placed like their image (same scale/translate)."""
+    """Shapes layer tuple of rectangles for pixel boxes, placed like their image (same scale, translate, affine)."""
     shapes = boxes_to_shapes(boxes, ndim)
     n = len(shapes)
     features: dict[str, Any] = {}
@@ -122,6 +123,8 @@ def boxes_layer_tuple(
         kwargs["scale"] = tuple(scale)
     if translate is not None:
         kwargs["translate"] = tuple(translate)
+    if affine is not None:
+        kwargs["affine"] = np.asarray(affine, dtype=float)
     if "score" in features and n:
         kwargs["text"] = {"string": "{score:.2f}", "anchor": "upper_left", "size": 10, "color": edge_color}
     return (shapes, kwargs, "shapes")
@@ -144,6 +147,7 @@ def volume_boxes_layer_tuple(vol: CTVolume, name: str | None = None) -> LayerDat
         name=name or f"{vol.name} {ANNOTATED}",  # not "<name> lesions": that is the detector's output layer
         scale=vol.spacing,
         translate=vol.origin,
+        affine=vol.display_affine(),
         labels=labels,
     )
 

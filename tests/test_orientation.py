@@ -181,3 +181,31 @@ def test_releasing_the_room_gives_napari_its_view_back(make_napari_viewer) -> No
     ReadingRoom.release(viewer, owner)
     assert str(camera(viewer).orientation2d[0]) == "down"
     assert not any(key in viewer.canvas.overlays for key in OVERLAY_KEYS.values())
+
+
+def test_a_feet_first_series_lies_at_its_patient_z_beside_a_head_first_one(make_napari_viewer, tmp_path: Path) -> None:
+    """Review 2026-12-06: a feet-first series (rows running to the patient's right, so its slices sort from head
+    to feet) was placed from its first slice upwards: the viewer's z ran against the patient's, and a head-first
+    series of the same positions lay mirrored beside it. Now every slice sits at its own patient z, and one slider
+    position shows the same anatomy in both (columns as each series stores them); the letters follow."""
+    from napari_lidnet._widgets._roles import current_slice
+
+    hu = synthetic_hu((5, 12, 16), seed=3)
+    write_series(tmp_path / "hfs", hu, series_uid="1.2.3.81")
+    write_series(tmp_path / "ffs", hu[:, :, ::-1], series_uid="1.2.3.82", orientation=(-1, 0, 0, 0, 1, 0))
+    viewer = make_napari_viewer()
+    ReadingRoom.install(viewer)
+    hfs, ffs = (viewer.open(str(tmp_path / name), plugin="napari-lidnet")[0] for name in ("hfs", "ffs"))
+    for layer in (hfs, ffs):
+        z_ipp = [p[2] for p in layer.metadata["slice_ipp"]]
+        assert [layer.data_to_world((k, 0, 0))[0] for k in range(5)] == pytest.approx(z_ipp), layer.name
+    assert ffs.metadata["slice_ipp"][0][2] == pytest.approx(20.0)  # sorted head to feet, as its normal runs
+    for k in range(5):
+        viewer.dims.set_point(0, 10.0 + 2.5 * k)
+        a, b = current_slice(viewer, hfs), current_slice(viewer, ffs)
+        np.testing.assert_array_equal(hfs.data[a], ffs.data[b][:, ::-1])
+    viewer.dims.order = (1, 0, 2)  # slices down the screen: the head on top for both
+    for layer in (ffs, hfs):
+        viewer.layers.selection.active = layer
+        layer.visible, (hfs if layer is ffs else ffs).visible = True, False
+        assert shown(viewer)["top"] == "S", layer.name

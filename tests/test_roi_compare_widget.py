@@ -459,3 +459,32 @@ def test_a_ct_whose_pixel_size_was_assumed_is_measured_in_pixels(make_napari_vie
     widget.refresh()
     wait_new(qtbot, widget, gen)
     assert table_rows(widget)[("#0", "ct")]["area_mm2"] == pytest.approx(200.0)
+
+
+def test_each_row_says_only_its_own_placement_and_a_mirrored_copy_is_named() -> None:
+    """Review 2026-12-06: a 2D region over three 3D images gave every row the slice notes of all three ("slice 3;
+    slice -8; slice -3"); and a copy of a series stored with its columns reversed (a feet-first or prone storage,
+    shown as stored) was measured at the region's viewer place, on other anatomy, without a word."""
+    from napari.layers import Image, Shapes
+
+    from napari_lidnet._widgets.roi_compare import regions_from_shapes
+    from napari_lidnet.io.volume import CTVolume
+
+    hu = np.random.default_rng(5).normal(40.0, 30.0, (6, 32, 32)).astype(np.float32)
+    mirror = np.diag([-1.0, 1.0, 1.0])  # rows run to the patient's right: columns stored reversed
+    vols = (CTVolume(hu, (2.5, 0.7, 0.7), (10.0, -30.0, -30.0), name="plain"),
+            CTVolume(hu[:, :, ::-1], (2.5, 0.7, 0.7), (10.0, -30.0, -8.3), mirror, name="flipped"),
+            CTVolume(hu[3:], (2.5, 0.7, 0.7), (17.5, -30.0, -30.0), name="later"))  # fmt: skip
+    layers = {}
+    for vol in vols:
+        kwargs = vol.layer_kwargs()
+        layers[kwargs.pop("name")] = Image(vol.hu, **kwargs)
+    shapes = Shapes(ndim=2, scale=(0.7, 0.7), translate=(-30.0, -30.0))
+    shapes.add_rectangles(np.array([[5, 5], [5, 12], [12, 12], [12, 5]], float))
+    regions = regions_from_shapes(shapes, layers, world_point=(20.0, 0.0, 0.0))
+    rows = {r["image"]: r for r in compare_regions({k: ly.data for k, ly in layers.items()}, regions)}
+    assert "slice 4 (the viewer" in rows["plain"]["note"] and "slice 1" not in rows["plain"]["note"]
+    assert "slice 1 (the viewer" in rows["later"]["note"] and "slice 4" not in rows["later"]["note"]
+    assert rows["later"]["mean"] == pytest.approx(rows["plain"]["mean"])  # the same anatomy on both grids
+    assert "columns reversed against 'plain'" in rows["flipped"]["note"]
+    assert "reversed" not in rows["plain"]["note"] + rows["later"]["note"]

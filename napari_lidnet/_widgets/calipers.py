@@ -72,6 +72,7 @@ def add_calipers(viewer: Any, image: Any) -> Any:
         ndim=image.ndim,
         scale=image.scale,
         translate=image.translate,
+        affine=image.affine.affine_matrix,
         edge_color=CALIPER_COLOR,
         edge_width=1.5,
         face_color="transparent",

@@ -401,6 +401,7 @@ class LoadCTWidget(QWidget):
             name=derived_name(layer.name, f"{dose:.0%} dose"),
             scale=layer.scale,
             translate=layer.translate,
+            affine=layer.affine.affine_matrix,
             contrast_limits=layer.contrast_limits,
             colormap="gray",
             metadata=meta,

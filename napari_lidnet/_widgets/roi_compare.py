@@ -158,6 +158,7 @@ def regions_from_shapes(shapes: Any, images: dict[str, Any], world_point: Any | 
         wp = np.asarray(world_point, dtype=float)[-nd_world:]
         base[-len(wp) :] = wp
     to_pixels = {img_name: pixel_map(shapes, lay, lead=base) for img_name, lay in images.items()}
+    mirrored = mirrored_notes(images)
     regions = []
     for i, (data, stype) in enumerate(zip(shapes.data, shapes.shape_type, strict=False)):
         data = np.asarray(data, dtype=float)
@@ -166,10 +167,9 @@ def regions_from_shapes(shapes: Any, images: dict[str, Any], world_point: Any | 
             regions.append(Region(name, stype, data[:, -2:]))
             continue
         region = Region(name, stype, data[:, -2:])
-        notes = []
         for img_name, lay in images.items():
             pix = to_pixels[img_name](data)
-            sl, where = None, {}
+            sl, where, notes = None, {}, [mirrored.get(img_name, "")]
             if lay.ndim >= 3:
                 z = pix[:, -3]
                 sl = int(np.floor(np.median(z) + 0.5))
@@ -180,10 +180,34 @@ def regions_from_shapes(shapes: Any, images: dict[str, Any], world_point: Any | 
                 centre = np.array([sl, *pix[:, -2:].mean(0)])  # the slice's world position, for other grids
                 where = {"slice_mm": float(np.asarray(lay.data_to_world(centre))[-3]),
                          "spacing_mm": float(lay.scale[-3])}  # fmt: skip
-            region.placements[img_name] = Placement(sl, pix[:, -2:], **where)
-        region.note = "; ".join(dict.fromkeys(notes))
+            region.placements[img_name] = Placement(sl, pix[:, -2:], **where, note="; ".join(n for n in notes if n))
         regions.append(region)
     return regions
+
+
+def _storage(layer: Any) -> tuple[int, int] | None:
+    """The signs of the patient axes a layer's rows and columns run along (its ``affine_lps``), None without one."""
+    aff = (layer.metadata or {}).get("affine_lps")
+    if aff is None or np.shape(aff) != (4, 4):
+        return None
+    cols = np.asarray(aff, dtype=float)[:3, 1:3]  # the y (down a column) and x (along a row) array axes
+    return tuple(int(np.sign(c[np.argmax(np.abs(c))])) for c in cols.T)
+
+
+def mirrored_notes(images: dict[str, Any]) -> dict[str, str]:
+    """Images stored with rows or columns reversed against the first image with patient geometry (a prone or
+    feet-first copy): the viewer shows each as stored, so one region lies on other anatomy there; a note each."""
+    known = {name: s for name, s in ((n, _storage(ly)) for n, ly in images.items()) if s is not None}
+    if not known:
+        return {}
+    first, ref = next(iter(known.items()))
+    out = {}
+    for name, signs in known.items():
+        flipped = [axis for axis, a, b in zip(("rows", "columns"), signs, ref) if a != b]
+        if flipped:
+            out[name] = (f"stored with its {' and '.join(flipped)} reversed against {first!r}: shown as stored, so the "
+                         "region lies on other anatomy here (compare images stored alike)")  # fmt: skip
+    return out
 
 
 def _finite(value: Any) -> float:
@@ -536,7 +560,8 @@ class ROICompareWidget(QWidget):
         label (R1, R2, ...) per region; it becomes the regions' source, ready to draw rectangles."""
         layers = {lay.name: lay for lay in self._image_layers()}
         image = layers.get(self.reference_combo.currentText()) or next(iter(layers.values()), None)
-        geo = {} if image is None else {"scale": image.scale, "translate": image.translate}
+        geo = {} if image is None else {"scale": image.scale, "translate": image.translate,
+                                        "affine": image.affine.affine_matrix}  # fmt: skip
         n = 1 + sum(role(lay) == ROI for lay in self._shapes_layers())
         layer = self.viewer.add_shapes(
             name=f"ROI {n}",

@@ -83,12 +83,27 @@ class CTVolume:
         aff[:3, 3] = np.asarray(origin_zyx[::-1], dtype=float)
         return aff
 
+    def display_affine(self) -> np.ndarray | None:
+        """napari's ``affine`` (applied after scale and translate) for a volume whose slices run toward the feet (a
+        feet-first series, sorted along its slice normal): the slice axis mirrored about slice 0, so that the viewer's
+        z is the patient's and series stacked either way line up. None otherwise. Rows and columns stay as stored
+        (a prone series is shown as it lies, as a PACS shows it; ``affine_lps`` and the letters tell its sides)."""
+        stack = self.direction[:, 2]
+        if self.hu.ndim != 3 or int(np.argmax(np.abs(stack))) != 2 or stack[2] > 0:
+            return None
+        aff = np.eye(4)
+        aff[0, 0], aff[0, 3] = -1.0, 2.0 * self.origin[0]
+        return aff
+
     def layer_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``viewer.add_image``: scale and translate from geometry, affine in metadata."""
+        """Keyword arguments for ``viewer.add_image``: scale and translate from geometry, the mirrored slice axis of
+        a feet-first stack as napari's affine (``display_affine``), the patient affine in metadata."""
+        flips = self.display_affine()
         return {
             "name": self.name,
             "scale": self.spacing,
             "translate": self.origin,
+            **({} if flips is None else {"affine": flips}),
             "metadata": {**self.metadata, "affine_lps": self.affine(), "spacing": self.spacing},
         }
 

@@ -57,12 +57,14 @@ PerceptualFn = Callable[[np.ndarray, np.ndarray, tuple[float, float, float, floa
 @dataclass
 class Placement:
     """Where a region lies on one image: slice index (None for a 2D image) and (n, 2) pixel (row, col); for a slice
-    placed through world coordinates, that slice's world position and the image's slice spacing (mm)."""
+    placed through world coordinates, that slice's world position and the image's slice spacing (mm); what the
+    placement needs said on that image's row (``note``)."""
 
     slice_index: int | None
     vertices: np.ndarray
     slice_mm: float | None = None
     spacing_mm: float | None = None
+    note: str = ""
 
 
 @dataclass
@@ -396,7 +398,8 @@ def compare_regions(
             continue
         for name, image in images.items():
             row = _empty_row(region, name)
-            notes = [region.note] if region.note else []
+            placed = region.placements.get(name)
+            notes = [n for n in (region.note, placed.note if placed is not None else "") if n]
             try:
                 _fill_row(row, notes, ri, region, name, image, images, reference, bg_region, background,
                           window, perceptual)  # fmt: skip
