@@ -66,6 +66,14 @@ def _open_task(path: str, series_uid: str | None) -> Any:
         return _UserError(str(exc))
 
 
+def _scan_task(path: str) -> Any:
+    """The series of ``path`` (``list_series``: DICOM series, NIfTI files), or the reason it has none."""
+    try:
+        return list_series(path)
+    except (ValueError, OSError) as exc:
+        return _UserError(str(exc))
+
+
 class LoadCTWidget(QWidget):
     """Open CT into the viewer, set display windows, and simulate low-dose partners of open images.
 
@@ -214,25 +222,35 @@ class LoadCTWidget(QWidget):
             self.path_edit.setText(path)
             self.refresh_series()
 
-    def refresh_series(self) -> bool:
-        """Scan the path's DICOM headers and offer a series picker when there are several; False on error."""
+    def refresh_series(self, then_open: bool = False) -> Any:
+        """Read the path's DICOM headers in a worker (a study of thousands of files holds the viewer for seconds
+        otherwise) and offer a series picker when there are several; with ``then_open``, open the chosen one once
+        they are read. Returns the worker, None when the path was read already (or is not there: said)."""
         path = self.path_edit.text().strip()
         if path == self._scanned_path:
-            return self._scan_ok
-        self._scanned_path = path
-        self._scan_ok = False
+            if then_open and self._scan_ok:
+                self._open_chosen()
+            return None
+        self._scanned_path, self._scan_ok = path, False
         self.series_combo.clear()
         self.series_combo.setEnabled(False)
         if not path:
-            return False
+            return None
         if not Path(path).exists():
             self._error(f"{path}: no such file or folder")
-            return False
-        try:
-            infos, niftis = list_series(path)  # each NIfTI file is one choice
-        except (ValueError, OSError) as exc:
-            self._error(str(exc))
-            return False
+            return None
+        self.open_button.setEnabled(False)
+        self._info(f"reading the headers in {Path(path).name} …")
+        then = (lambda: self._scan_ok and path == self._scanned_path and self._open_chosen()) if then_open else None
+        return self._start(_scan_task, (path,), lambda result: self._on_scanned(path, result), self.open_button, then)
+
+    def _on_scanned(self, path: str, result: Any) -> None:
+        if path != self._scanned_path:  # another path was entered meanwhile
+            return
+        if isinstance(result, _UserError):
+            self._error(result.message)
+            return
+        infos, niftis = result  # each NIfTI file is one choice
         self._scan_ok = True
         for info in infos:
             self.series_combo.addItem(info.label(), info.uid)
@@ -241,16 +259,16 @@ class LoadCTWidget(QWidget):
         n = len(infos) + len(niftis)
         self.series_combo.setEnabled(n > 1)
         self._info(f"{n} series found; pick one and press Open" if n > 1 else "")
-        return True
 
     def open(self) -> None:
-        """Read the chosen input in a worker and add its layers."""
-        path = self.path_edit.text().strip()
-        if not path:
+        """Read the chosen input in a worker and add its layers (its headers first, when not read yet)."""
+        if not self.path_edit.text().strip():
             self._error("enter a file or folder to open")
             return
-        if not self.refresh_series():
-            return
+        self.refresh_series(then_open=True)
+
+    def _open_chosen(self) -> None:
+        path = self.path_edit.text().strip()
         choice = self.series_combo.currentData()
         uid = choice if self.series_combo.count() > 1 and isinstance(choice, str) else None
         if isinstance(choice, Path):  # a NIfTI file of the folder
@@ -420,7 +438,10 @@ class LoadCTWidget(QWidget):
         self.simulation_finished.emit()
 
     # ------------------------------------------------------------------ workers
-    def _start(self, func: Any, args: tuple, on_result: Any, button: QPushButton) -> None:
+    def _start(self, func: Any, args: tuple, on_result: Any, button: QPushButton, then: Any = None) -> Any:
+        """Run ``func(*args)`` in a worker: ``on_result`` gets what it returns, ``button`` is enabled again when it
+        ends, then ``then()`` runs (connected before the start: a quick worker cannot end unheard)."""
+
         def failed(exc: Exception) -> None:
             self._error(f"{type(exc).__name__}: {exc}")
 
@@ -433,4 +454,7 @@ class LoadCTWidget(QWidget):
                 self._workers.remove(worker)
 
         worker.finished.connect(finished)
+        if then is not None:
+            worker.finished.connect(then)
         worker.start()
+        return worker
