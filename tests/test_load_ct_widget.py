@@ -294,3 +294,8 @@ def test_the_headers_are_read_off_the_viewers_thread(widget, two_series_dir, qtb
     qtbot.waitUntil(lambda: len(viewer.layers) == 1 and not w._workers, timeout=10000)
     assert on_main == [False] and w.series_combo.count() == 2 and w.open_button.isEnabled()
     assert w.status.text().startswith(f"opened {viewer.layers[0].name}")
+    w.path_edit.setText(str(two_series_dir["root"] / "sub"))  # one series: the path field left, then Open at once
+    assert w.refresh_series() is not None and w.open_button.isEnabled()  # the press is not lost while they are read
+    w.open_button.click()
+    qtbot.waitUntil(lambda: len(viewer.layers) == 2 and not w._workers, timeout=10000)
+    assert viewer.layers[1].name == "chest B" and on_main == [False, False] and w.open_button.isEnabled()

@@ -86,7 +86,7 @@ class LoadCTWidget(QWidget):
         self.viewer = napari_viewer
         self.room = ReadingRoom.install(napari_viewer, self)
         self._scanned_path: str | None = None
-        self._scan_ok = False
+        self._scan_ok = self._scanning = self._open_pending = False
         self._workers: list[Any] = []
         self.sim_worker: Any = None
         self.sim_chunk: int | None = None  # slices per simulation call (None: 4 on the CPU, 16 on a GPU)
@@ -225,13 +225,16 @@ class LoadCTWidget(QWidget):
     def refresh_series(self, then_open: bool = False) -> Any:
         """Read the path's DICOM headers in a worker (a study of thousands of files holds the viewer for seconds
         otherwise) and offer a series picker when there are several; with ``then_open``, open the chosen one once
-        they are read. Returns the worker, None when the path was read already (or is not there: said)."""
+        they are read (Open pressed while they are being read waits for them). Returns the worker, None when the
+        path was read already or is being read (or is not there: said)."""
         path = self.path_edit.text().strip()
         if path == self._scanned_path:
-            if then_open and self._scan_ok:
+            if then_open and self._scanning:
+                self._open_pending = True
+            elif then_open and self._scan_ok:
                 self._open_chosen()
             return None
-        self._scanned_path, self._scan_ok = path, False
+        self._scanned_path, self._scan_ok, self._open_pending, self._scanning = path, False, then_open, False
         self.series_combo.clear()
         self.series_combo.setEnabled(False)
         if not path:
@@ -239,10 +242,19 @@ class LoadCTWidget(QWidget):
         if not Path(path).exists():
             self._error(f"{path}: no such file or folder")
             return None
-        self.open_button.setEnabled(False)
+        self._scanning = True
         self._info(f"reading the headers in {Path(path).name} …")
-        then = (lambda: self._scan_ok and path == self._scanned_path and self._open_chosen()) if then_open else None
-        return self._start(_scan_task, (path,), lambda result: self._on_scanned(path, result), self.open_button, then)
+        return self._start(_scan_task, (path,), lambda result: self._on_scanned(path, result), None,
+                           lambda: self._scan_ended(path))  # fmt: skip
+
+    def _scan_ended(self, path: str) -> None:
+        """The headers of ``path`` are read (or failed): Open, when it was pressed meanwhile."""
+        if path != self._scanned_path:  # another path was entered meanwhile: its own scan decides
+            return
+        self._scanning = False
+        if self._open_pending and self._scan_ok:
+            self._open_chosen()
+        self._open_pending = False
 
     def _on_scanned(self, path: str, result: Any) -> None:
         if path != self._scanned_path:  # another path was entered meanwhile
@@ -438,9 +450,9 @@ class LoadCTWidget(QWidget):
         self.simulation_finished.emit()
 
     # ------------------------------------------------------------------ workers
-    def _start(self, func: Any, args: tuple, on_result: Any, button: QPushButton, then: Any = None) -> Any:
-        """Run ``func(*args)`` in a worker: ``on_result`` gets what it returns, ``button`` is enabled again when it
-        ends, then ``then()`` runs (connected before the start: a quick worker cannot end unheard)."""
+    def _start(self, func: Any, args: tuple, on_result: Any, button: QPushButton | None, then: Any = None) -> Any:
+        """Run ``func(*args)`` in a worker: ``on_result`` gets what it returns, ``button`` (if any) is enabled again
+        when it ends, then ``then()`` runs (connected before the start: a quick worker cannot end unheard)."""
 
         def failed(exc: Exception) -> None:
             self._error(f"{type(exc).__name__}: {exc}")
@@ -449,7 +461,8 @@ class LoadCTWidget(QWidget):
         self._workers.append(worker)
 
         def finished() -> None:
-            button.setEnabled(True)
+            if button is not None:
+                button.setEnabled(True)
             if worker in self._workers:
                 self._workers.remove(worker)
 
