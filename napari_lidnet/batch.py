@@ -327,7 +327,7 @@ def _write_one(
 
 def _find_inputs(root: Path) -> tuple[dict, list[Path]]:
     """(DICOM series by UID, NIfTI files) under ``root``, a folder or one file; ValueError when there is none."""
-    from napari_lidnet.io.dicom_read import folder_files, scan_dicom
+    from napari_lidnet.io.dicom_scan import folder_files, scan_dicom
 
     if root.is_file() and is_nifti(root):
         return {}, [root]

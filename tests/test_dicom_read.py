@@ -11,7 +11,8 @@ import pytest
 from conftest import listing, make_ct_slice, synthetic_hu, write_enhanced_ct, write_series
 from pydicom.data import get_testdata_file
 
-from napari_lidnet.io.dicom_read import list_series, read_dicom
+from napari_lidnet.io.dicom_read import read_dicom
+from napari_lidnet.io.dicom_scan import list_series
 
 
 def test_ct_small_single_file_hu_and_geometry():

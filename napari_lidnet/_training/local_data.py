@@ -113,7 +113,7 @@ def _not_a_scan(metadata: dict) -> str:
     if files:
         import pydicom
 
-        from napari_lidnet.io.dicom_read import is_derived
+        from napari_lidnet.io.dicom_scan import is_derived
 
         try:
             ds = pydicom.dcmread(files[0], stop_before_pixels=True, specific_tags=["ImageType"])

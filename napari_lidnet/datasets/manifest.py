@@ -161,7 +161,8 @@ def _read_image(path: Path, frame: int) -> np.ndarray:
 def _decoded(path: Path) -> np.ndarray:
     """Every frame of one DICOM file in HU, the last file kept: an enhanced file's frames, read one after the other,
     decode the file once, not once per frame."""
-    from napari_lidnet.io.dicom_read import DicomHeader, decode_pixels
+    from napari_lidnet.io.dicom_read import decode_pixels
+    from napari_lidnet.io.dicom_scan import DicomHeader
 
     return decode_pixels(DicomHeader(path, None))
 
@@ -226,7 +227,7 @@ def _deeplesion_rows(root: Path, skipped: list[str], split: str) -> Iterator[dic
 
 
 def _dicom_rows(root: Path, skipped: list[str]) -> Iterator[dict[str, Any]]:
-    from napari_lidnet.io.dicom_read import folder_files, scan_dicom
+    from napari_lidnet.io.dicom_scan import folder_files, scan_dicom
     from napari_lidnet.io.nifti import is_nifti
 
     scan = scan_dicom(root)
@@ -243,7 +244,8 @@ def _dicom_rows(root: Path, skipped: list[str]) -> Iterator[dict[str, Any]]:
 def _series_problem(headers: list[Any]) -> str | None:
     """Why a series cannot train (not CT, derived, no usable pixel size, pixels unreadable or not HU), or None.
     Decodes one file (the middle one): a series whose pixels cannot be read is skipped here, not hours into a run."""
-    from napari_lidnet.io.dicom_read import decode_pixels, is_derived
+    from napari_lidnet.io.dicom_read import decode_pixels
+    from napari_lidnet.io.dicom_scan import is_derived
     from napari_lidnet.io.dicom_values import header_floats, stored_values_only
 
     ds0 = headers[0].ds
@@ -275,7 +277,8 @@ def _patient_key(ds: Any) -> str | None:
 def _series_rows(uid: str, headers: list[Any], root: Path, skipped: list[str]) -> Iterator[dict[str, Any]]:
     """The rows of one series in the order of its slices along their normal (InstanceNumber where positions are
     missing), as the reader stacks them; a slice stored without a rescale gets the series' (``rescale``)."""
-    from napari_lidnet.io.dicom_read import n_frames, order_series
+    from napari_lidnet.io.dicom_read import order_series
+    from napari_lidnet.io.dicom_scan import n_frames
     from napari_lidnet.io.dicom_values import header_floats, header_rescale, series_rescales
 
     ordered, notes = order_series(headers)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from .arrays import ARRAY_SUFFIXES, read_array
 from .checks import note_image_problems
-from .dicom_read import SeriesInfo, looks_like_dicom, read_dicom
-from .dicom_read import list_series as _list_dicom_series
+from .dicom_read import read_dicom
+from .dicom_scan import SeriesInfo, looks_like_dicom
+from .dicom_scan import list_series as _list_dicom_series
 from .nifti import is_nifti, nifti_files, read_nifti
 from .volume import CTVolume
 
