@@ -41,9 +41,11 @@ def volume_to_layer_tuple(vol: CTVolume, preset: str = SCAN_WINDOW) -> LayerData
     kwargs["metadata"]["hu"] = is_hu
     if is_hu or vol.metadata.get("window"):
         limits = window_limits(preset if is_hu else SCAN_WINDOW, vol.metadata)
-    else:
-        lo, hi = (float(v) for v in np.nanpercentile(vol.hu, [1, 99]))
+    elif np.isfinite(vol.hu).any():
+        lo, hi = (float(v) for v in np.nanpercentile(np.where(np.isfinite(vol.hu), vol.hu, np.nan), [1, 99]))
         limits = (lo, hi if hi > lo else lo + 1.0)
+    else:  # not one finite pixel (said by the reader): napari's contrast controls need finite limits
+        limits = (0.0, 1.0)
     kwargs.update(colormap="gray", contrast_limits=limits, blending="translucent")
     kwargs["axis_labels"] = ("z", "y", "x")[-vol.hu.ndim :]
     return (vol.hu, kwargs, "image")

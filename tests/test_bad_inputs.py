@@ -718,3 +718,18 @@ def test_a_device_this_machine_lacks_is_refused(corpus, capsys, tmp_path):
         assert exc.value.code == 2 and said in capsys.readouterr().err
     assert not out.exists()
     assert main(["denoise", str(corpus / "arrays" / "good.npy"), str(out), "--device", "cpu"]) == 0 and out.exists()
+
+
+def test_an_image_without_one_finite_pixel_opens_with_finite_contrast_limits(make_napari_viewer, tmp_path):
+    """Review 2026-12-06: an all-NaN NIfTI opened with File > Open got contrast limits (nan, nan); napari's contrast
+    control raised, the layer was left half-added and closing the viewer raised too. It opens (the reader says
+    what is wrong with it), with finite limits, and the Denoise dock refuses it as before."""
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.full((6, 5, 3), np.nan, np.float32), np.diag([0.7, 0.7, 2.0, 1.0])),
+             str(tmp_path / "allnan.nii"))  # fmt: skip
+    viewer = make_napari_viewer()
+    with pytest.warns(UserWarning, match="NaN"):
+        layers = viewer.open(str(tmp_path / "allnan.nii"), plugin="napari-lidnet")
+    assert len(layers) == 1 and np.isfinite(layers[0].contrast_limits).all()
+    assert [ly.name for ly in viewer.layers] == [layers[0].name]

@@ -241,6 +241,28 @@ def test_what_nibabel_fixes_in_a_header_is_a_note_not_a_stray_line(tmp_path: Pat
     assert vol.spacing == (1.0, 1.0, 1.0) and "pixdim" not in capfd.readouterr().err
 
 
+def test_a_sform_gives_the_voxel_size_when_pixdim_is_zero(tmp_path: Path) -> None:
+    """Review 2026-12-06: a file whose sform holds 0.7 x 0.7 x 2 mm but whose unused pixdim[3] was 0 was read at
+    the right size yet marked "sizes in mm assume 1 mm voxels", and measured in pixels. Only a geometry that rests
+    on the zeroed voxel sizes (no usable sform) is an assumption."""
+    from napari_lidnet.io.volume import known_pixel_mm
+
+    for shape in ((6, 5, 4), (6, 5, 1)):
+        img = nib.Nifti1Image(np.full(shape, 40.0, np.float32), np.diag([-0.7, -0.7, 2.0, 1.0]))
+        img.header["pixdim"][3] = 0
+        nib.save(img, str(tmp_path / "z.nii"))
+        with pytest.warns(UserWarning, match="header fixed when read"):
+            vol = read_nifti(tmp_path / "z.nii")
+        assert vol.spacing[-2:] == pytest.approx((0.7, 0.7)) and known_pixel_mm(vol) == pytest.approx((0.7, 0.7))
+        assert not any("assume 1 mm" in note for note in vol.metadata["warnings"]), shape
+        (tmp_path / "z.nii").unlink()
+    img = nib.Nifti1Image(np.full((6, 5, 4), 40.0, np.float32), None)  # no sform: the zeroed sizes are all it has
+    img.header["pixdim"][1:4] = 0
+    nib.save(img, str(tmp_path / "q.nii"))
+    with pytest.warns(UserWarning):
+        assert known_pixel_mm(read_nifti(tmp_path / "q.nii")) is None
+
+
 def test_a_nifti_of_whole_hu_gives_a_nifti_of_whole_hu(dicom_volume: CTVolume, tmp_path: Path) -> None:
     """Review 2026-12-05: every NIfTI output was float32, a 34 MB int32 scan gave a 107 MB .nii.gz. Read from a file
     of integers, a derived file stores int16 whole HU (rounded, as DICOM does); from floats, float32 as before."""

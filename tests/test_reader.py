@@ -134,6 +134,28 @@ def test_written_arrays_keep_their_voxel_size(tmp_path):
         write_array(tmp_path / "v.npz", hu, (1, 1, 1))
 
 
+@pytest.mark.parametrize(("unit", "per_mm"), [("mm", 1.0), ("micron", 1e-3), ("cm", 10.0)])
+def test_an_imagej_tiff_keeps_its_voxel_size(tmp_path, unit, per_mm):
+    """Review 2026-12-06: a Fiji/ImageJ stack (pixel size in its resolution tags per its unit, slice spacing in its
+    description) opened as 1 x 1 x 1 mm with "the file stores no pixel spacing"; a TIFF with images of other sizes
+    opened the first without a word."""
+    import tifffile
+
+    hu = np.arange(3 * 6 * 5, dtype=np.float32).reshape(3, 6, 5) - 1000
+    size = np.array([2.5, 0.7, 0.6]) / per_mm  # z, y, x in the file's unit
+    tifffile.imwrite(tmp_path / "fiji.tif", hu, imagej=True, resolution=(1 / size[2], 1 / size[1]),
+                     metadata={"spacing": size[0], "unit": unit, "axes": "ZYX"})  # fmt: skip
+    back = read_array(tmp_path / "fiji.tif")
+    np.testing.assert_array_equal(back.hu, hu)
+    assert back.spacing == pytest.approx((2.5, 0.7, 0.6), rel=1e-5) and not back.metadata["spacing_assumed"]
+    assert back.metadata["warnings"] == []
+    with tifffile.TiffWriter(tmp_path / "mixed.tif") as tw:
+        tw.write(hu[0])
+        tw.write(np.zeros((4, 4), np.float32))
+    mixed = read_array(tmp_path / "mixed.tif")
+    assert mixed.hu.shape == (6, 5) and "1 more of other sizes ((4, 4)), not read" in mixed.metadata["warnings"][0]
+
+
 def test_bad_arrays_are_refused(tmp_path):
     np.save(tmp_path / "s.npy", np.array(["a", "b"]))
     np.save(tmp_path / "4d.npy", np.zeros((2, 2, 2, 2)))

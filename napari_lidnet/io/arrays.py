@@ -48,27 +48,59 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         return npz[key], spacing
 
 
-def _tiff_spacing(tif: Any, ndim: int) -> np.ndarray | None:
-    """Voxel size in mm: ``spacing_mm`` in this package's TIFF description, else the x/y resolution tags in pixels
-    per centimetre (2D: both; 3D: the slice spacing is unknown, so None)."""
-    meta = (tif.shaped_metadata or [{}])[0] or {}
-    if "spacing_mm" in meta:
-        return np.asarray(meta["spacing_mm"], dtype=float).ravel()
-    page = tif.pages[0]
-    tags = page.tags
-    if ndim != 2 or "XResolution" not in tags or "YResolution" not in tags:
-        return None
-    if int(tags["ResolutionUnit"].value if "ResolutionUnit" in tags else 2) != 3:  # 3: centimetre
+#: mm per length unit an ImageJ/Fiji TIFF names in its description (its "unit")
+IMAGEJ_MM = {"mm": 1.0, "millimeter": 1.0, "cm": 10.0, "centimeter": 10.0, "m": 1000.0, "meter": 1000.0,
+             "micron": 1e-3, "um": 1e-3, "\u00b5m": 1e-3, "\\u00b5m": 1e-3, "nm": 1e-6, "inch": 25.4}  # fmt: skip
+
+
+def _resolution_mm(tags: Any, mm_per_unit: float) -> np.ndarray | None:
+    """(row, column) pixel size in mm from the x/y resolution tags (pixels per unit), or None."""
+    if "XResolution" not in tags or "YResolution" not in tags:
         return None
     (xn, xd), (yn, yd) = tags["XResolution"].value, tags["YResolution"].value
     if min(xn, xd, yn, yd) <= 0:
         return None
-    return np.array([10.0 * yd / yn, 10.0 * xd / xn])
+    return np.array([mm_per_unit * yd / yn, mm_per_unit * xd / xn])
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+def _tiff_spacing(tif: Any, ndim: int) -> np.ndarray | None:
+    """Voxel size in mm: ``spacing_mm`` in this package's TIFF description; else an ImageJ/Fiji file's own (its
+    resolution tags in pixels per its ``unit``, its ``spacing`` between slices); else the x/y resolution tags in
+    pixels per centimetre (2D: both; 3D: the slice spacing is unknown, so None)."""
+    meta = (tif.shaped_metadata or [{}])[0] or {}
+    if "spacing_mm" in meta:
+        return np.asarray(meta["spacing_mm"], dtype=float).ravel()
+    tags = tif.pages[0].tags
+    imagej = tif.imagej_metadata or {}
+    per_mm = IMAGEJ_MM.get(str(imagej.get("unit", "")).strip().lower()) if imagej else None
+    if per_mm is not None:
+        pixel = _resolution_mm(tags, per_mm)
+        z = float(imagej.get("spacing", 0) or 0) * per_mm
+        if pixel is not None and ndim == 2:
+            return pixel
+        if pixel is not None and ndim == 3 and z > 0:
+            return np.array([z, *pixel])
+        return None
+    if ndim != 2 or int(tags["ResolutionUnit"].value if "ResolutionUnit" in tags else 2) != 3:  # 3: centimetre
+        return None
+    return _resolution_mm(tags, 10.0)
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    import logging
+
     import tifffile
 
+    quiet = logging.getLogger("tifffile")  # a broken file is said in one line (ours), not also in tifffile's log
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        return _tiff_content(path, tifffile)
+    finally:
+        quiet.setLevel(level)
+
+
+def _tiff_content(path: Path, tifffile: Any) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     with tifffile.TiffFile(path) as tif:
         photometric = tif.pages[0].photometric
         if photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR, tifffile.PHOTOMETRIC.PALETTE):
@@ -77,17 +109,22 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
             raise ValueError(f"{path}: TIFF has colour samples ({photometric.name}); expected grayscale HU{hint}")
         series = tif.series[0]
         check_image_shape(series.shape, series.dtype, str(path))
-        return series.asarray(), _tiff_spacing(tif, len(series.shape))
+        notes = []
+        if len(tif.series) > 1:  # pages of other sizes or types: one image per file is read
+            others = ", ".join(str(tuple(sr.shape)) for sr in tif.series[1:4])
+            notes.append(f"{path.name}: read its first image {tuple(series.shape)}; it holds {len(tif.series) - 1} "
+                         f"more of other sizes ({others}), not read")  # fmt: skip
+        return series.asarray(), _tiff_spacing(tif, len(series.shape)), notes
 
 
-def _read_any(path: Path, suffix: str) -> tuple[Any, np.ndarray | None]:
-    """(pixels, spacing or None) of an array file; its header is checked before the pixels are read."""
+def _read_any(path: Path, suffix: str) -> tuple[Any, np.ndarray | None, list[str]]:
+    """(pixels, spacing or None, notes) of an array file; its header is checked before the pixels are read."""
     if suffix == ".npy":
         with open(path, "rb") as fh:
             check_image_shape(*_npy_header(fh), str(path))
-        return np.load(path, allow_pickle=False, mmap_mode="r"), None
+        return np.load(path, allow_pickle=False, mmap_mode="r"), None, []
     if suffix == ".npz":
-        return _read_npz(path)
+        return (*_read_npz(path), [])
     if suffix in (".tif", ".tiff"):
         return _read_tiff(path)
     raise ValueError(f"{path}: unsupported array file type {suffix!r} (use .npy, .npz, .tif)")
@@ -100,22 +137,22 @@ def read_array(path: str | Path) -> CTVolume:
         raise FileNotFoundError(f"{path}: no such file")
     suffix = path.suffix.lower()
     try:
-        arr, spacing = _read_any(path, suffix)
+        arr, spacing, notes = _read_any(path, suffix)
         hu = np.array(arr, dtype=np.float32)  # a copy: the memory map is released
     except Exception as exc:  # numpy/tifffile/zipfile raise many types on broken files
         if isinstance(exc, ValueError | OSError) and str(path) in str(exc):
             raise  # ours, or an OSError naming the file
         raise ValueError(f"{path}: cannot read array file ({type(exc).__name__}: {one_line(str(exc))})") from exc
     check_image_shape(hu.shape, hu.dtype, str(path))
-    notes = []
-    if spacing is None:
+    assumed = spacing is None
+    if assumed:
         spacing = np.ones(hu.ndim)
         notes.append(f"{path.name}: the file stores no pixel spacing; sizes in mm assume 1 mm voxels")
     if spacing.size != hu.ndim or not np.all(spacing > 0):
         raise ValueError(f"{path}: spacing {spacing.tolist()} must be {hu.ndim} positive numbers (mm per axis)")
     # an array says nothing of the patient's directions: no R/L letters
     meta = {"format": suffix.lstrip("."), "source": str(path), "warnings": notes, "orientation_unknown": True,
-            "spacing_assumed": bool(notes)}  # fmt: skip
+            "spacing_assumed": assumed}  # fmt: skip
     return CTVolume(hu, tuple(spacing.tolist()), name=path.stem, metadata=meta)
 
 

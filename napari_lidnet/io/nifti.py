@@ -119,13 +119,14 @@ def _geometry(src: Any, path: Path, notes: list[str]) -> tuple[np.ndarray, np.nd
         notes.append(f"{path.name}: spatial unit {header.get_xyzt_units()[0]}; sizes converted to mm")
     sform, scode = header.get_sform(coded=True)
     qform, qcode = header.get_qform(coded=True)
-    assumed = any("setting 0 dims to 1" in fix for fix in src.extra.get("lidnet_fixes", []))
+    zero_dims = any("setting 0 dims to 1" in fix for fix in src.extra.get("lidnet_fixes", []))
     choices = [(sform, "sform"), (qform, "qform")] if scode else [(qform, "qform"), (sform, "sform")]
     usable = [(a, name) for a, name in choices if a is not None and _usable(a)]
     if choices[0][0] is not None and not _usable(choices[0][0]):
         instead = f"the {usable[0][1]} is used" if usable else "placed by its voxel sizes alone"
         notes.append(f"{path.name}: its {choices[0][1]} is unusable (zero, not finite or flat); {instead}")
     affine = usable[0][0] if usable else header.get_base_affine()
+    assumed = zero_dims and not (usable and usable[0][1] == "sform")  # a sform holds its voxel sizes itself
     if not _usable(affine):
         affine, assumed = np.diag([1.0, 1.0, 1.0, 1.0]), True
     if scode and qcode and _usable(qform) and _usable(sform):
