@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from conftest import HEADER, _row, listing
@@ -72,6 +74,36 @@ def test_eight_bit_png_and_bad_table_are_refused(tmp_path):
     bad.write_text(HEADER + _row("x.png", 1, "1, 2, 3"))
     with pytest.raises(ValueError, match=r"DL_info.csv, line 2: Bounding_boxes"):
         read_deeplesion_slice(png16)
+
+
+@pytest.mark.parametrize(
+    ("field", "row", "says"),
+    [("spacing", _row("x.png", 1, "1, 2, 3, 4", spacing="0, 0, 0"), "Spacing_mm_px_ '0, 0, 0' is not 3 positive"),
+     ("interval", _row("x.png", 1, "1, 2, 3, 4", spacing="0.7, 0.7, -2.5"), "is not 3 positive numbers"),
+     ("box", _row("x.png", 1, "1, nan, 3, 4"), "Bounding_boxes '1, nan, 3, 4' is not 4 finite"),
+     ("order", _row("x.png", 1, "9, 2, 3, 4"), "(x1 <= x2)")],
+)  # fmt: skip
+def test_a_table_value_that_is_no_size_or_box_is_refused_in_one_line(tmp_path, field, row, says):
+    """Review 2026-12-06: a spacing of 0 raised in napari's layer ("scale values of 0") without naming the table; a
+    negative slice interval mirrored z; a box with nan drew a rectangle with NaN corners. Each is now the table's
+    line, refused; a table saved as UTF-16 is named with what to do."""
+    png16 = tmp_path / "x.png"
+    write_png_hu(png16, np.zeros((4, 4)))
+    (tmp_path / "DL_info.csv").write_text(HEADER + row)
+    with pytest.raises(ValueError, match=rf"DL_info.csv, line 2: .*{re.escape(says)}"):
+        read_deeplesion_slice(png16)
+    (tmp_path / "DL_info.csv").write_text(HEADER + _row("x.png", 1, "1, 2, 3, 4"), encoding="utf-16")
+    with pytest.raises(ValueError, match="DL_info.csv: not UTF-8 text .*save the table as UTF-8 CSV"):
+        read_deeplesion_slice(png16)
+
+
+def test_a_key_slice_opens_at_the_tables_window(deeplesion_tree):
+    """DL_info.csv's DICOM_windows (low, high HU) is the window the slice opens at, as a DICOM's own window is."""
+    from napari_lidnet.layer_data import volume_to_layer_tuple
+
+    _, series, _ = deeplesion_tree
+    _, kwargs, _ = volume_to_layer_tuple(read_deeplesion_slice(series / "109.png"))
+    assert tuple(kwargs["contrast_limits"]) == pytest.approx((-175.0, 275.0))
 
 
 def test_official_split_column_selects_rows(deeplesion_tree):

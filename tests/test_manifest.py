@@ -67,6 +67,27 @@ def test_deeplesion_tree_key_slices_with_boxes_and_simulated_low_dose(deeplesion
     assert np.array_equal(low1, low2) and not np.array_equal(low1, s.full_hu)  # seeded per slice: same every read
 
 
+def test_deeplesion_slices_that_cannot_be_read_are_skipped_at_index_time(deeplesion_tree, tmp_path):
+    """Review 2026-12-06: an 8-bit key slice and a truncated one were indexed as usable (only their size was read)
+    and failed when training read them. Every key slice's header is checked, the first of each series decoded (as
+    one file per DICOM series is): each is skipped with its reason."""
+    from PIL import Image
+
+    root, series, hus = deeplesion_tree
+    for name, key in (("000003_01_01", 7), ("000004_01_01", 9)):
+        (root / "Images_png" / name).mkdir()
+        table = (root / "DL_info.csv").read_text()
+        (root / "DL_info.csv").write_text(table + _row(f"{name}_{key:03d}.png", key, "1, 2, 9, 9"))
+    Image.fromarray(np.zeros((24, 32), np.uint8)).save(root / "Images_png" / "000003_01_01" / "007.png")
+    write_png_hu(root / "Images_png" / "000004_01_01" / "009.png", hus[109])
+    whole = (root / "Images_png" / "000004_01_01" / "009.png").read_bytes()
+    (root / "Images_png" / "000004_01_01" / "009.png").write_bytes(whole[: len(whole) // 2])
+    header = read_header(index_archive(root, tmp_path / "dl.jsonl"))
+    skipped = " | ".join(header["skipped"])
+    assert header["n"] == 1 and "000003_01_01_007.png: " in skipped and "8-bit grayscale PNG is not a 16-bit" in skipped
+    assert "000004_01_01_009.png: " in skipped and "not a readable PNG" in skipped
+
+
 def test_dicom_archive_rows_match_the_series_reader(two_series_dir, tmp_path):
     root = two_series_dir["root"]
     before = listing(root)

@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from napari_lidnet.io.atomic import write_atomically
-from napari_lidnet.io.png16 import png_shape, read_png_hu
+from napari_lidnet.io.checks import one_line
+from napari_lidnet.io.png16 import png16_shape, read_png_hu
 
 FORMAT = "lidnet-manifest"
 VERSION = 1
@@ -198,6 +199,7 @@ def _dataset_rows(root: Path) -> Iterator[dict[str, Any]]:
 def _deeplesion_rows(root: Path, skipped: list[str], split: str) -> Iterator[dict[str, Any]]:
     from napari_lidnet.io.deeplesion import INFO_CSV_NAME, read_info_table
 
+    decoded: set[str] = set()
     for table_path in sorted(root.rglob(INFO_CSV_NAME)):
         table = read_info_table(table_path, split)
         base = table_path.parent
@@ -211,13 +213,21 @@ def _deeplesion_rows(root: Path, skipped: list[str], split: str) -> Iterator[dic
             if any(r.noisy for r in rows):  # its lesion would be there without a box: the slice is left out
                 skipped.append(f"{file_name}: Possibly_noisy annotation in {table_path} (left out, as MULAN does)")
                 continue
+            try:  # every slice's header; the first slice of each series decoded, as for a DICOM archive
+                shape = png16_shape(png)
+                if series not in decoded:
+                    read_png_hu(png)
+                    decoded.add(series)
+            except (OSError, ValueError) as exc:
+                skipped.append(f"{file_name}: {one_line(str(exc))}")
+                continue
             spacing = rows[0].spacing_xyz
             yield {
                 "name": file_name[:-4] if file_name.endswith(".png") else file_name,
                 "file": _rel(png, root),
                 "frame": 0,
                 "low": None,
-                "shape": list(png_shape(png)),
+                "shape": list(shape),
                 "spacing_mm": spacing[0] if spacing else 1.0,
                 "boxes": [list(r.box) for r in rows],
                 "group": series,

@@ -14,6 +14,7 @@ left out of training and evaluation indexes, as NIH's MULAN does. One series fol
 from __future__ import annotations
 
 import csv
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -78,6 +79,24 @@ def read_info_table(csv_path: str | Path, split: str | None = None) -> dict[str,
     if not csv_path.is_file():
         raise FileNotFoundError(f"{csv_path}: annotation table not found")
     table: dict[str, list[LesionRow]] = {}
+    try:
+        _read_rows(csv_path, code, split, table)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{csv_path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the table as UTF-8 CSV"
+                         ) from exc  # fmt: skip
+    return table
+
+
+def _checked(values: list[float], n: int, what: str, text: str | None, positive: bool = False) -> list[float]:
+    """``values`` when there are ``n`` finite ones (positive ones with ``positive``); else a one-line ValueError."""
+    if len(values) != n or not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
+        kind = f"{n} positive numbers" if positive else f"{n} finite numbers"
+        raise ValueError(f"{what} {text!r} is not {kind}")
+    return values
+
+
+def _read_rows(csv_path: Path, code: int | None, split: str | None, table: dict[str, list[LesionRow]]) -> None:
+    """The rows of a DL_info.csv into ``table`` (see ``read_info_table``), each value checked."""
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         missing = {"File_name", "Bounding_boxes"} - set(reader.fieldnames or [])
@@ -87,12 +106,16 @@ def read_info_table(csv_path: str | Path, split: str | None = None) -> dict[str,
             raise ValueError(f"{csv_path}: no Train_Val_Test column, so no {split!r} split; use split 'all'")
         for line, rec in enumerate(reader, start=2):
             try:
-                box = _numbers(rec["Bounding_boxes"])
-                if len(box) != 4:
-                    raise ValueError(f"Bounding_boxes {rec['Bounding_boxes']!r} is not 'x1, y1, x2, y2'")
+                box = _checked(_numbers(rec["Bounding_boxes"]), 4, "Bounding_boxes", rec["Bounding_boxes"])
+                if box[2] < box[0] or box[3] < box[1]:
+                    raise ValueError(f"Bounding_boxes {rec['Bounding_boxes']!r} is not 'x1, y1, x2, y2' (x1 <= x2)")
                 spacing = _numbers(rec.get("Spacing_mm_px_"))
+                if spacing:  # the column is optional; given, it is three sizes in mm (x, y, slice interval)
+                    _checked(spacing, 3, "Spacing_mm_px_", rec.get("Spacing_mm_px_"), positive=True)
                 size = _numbers(rec.get("Image_size"))
                 win = _numbers(rec.get("DICOM_windows"))
+                if win:
+                    _checked(win, 2, "DICOM_windows", rec.get("DICOM_windows"))
                 ltype = rec.get("Coarse_lesion_type", rec.get("Lesion_type"))
                 key = rec.get("Key_slice_index")
                 part = rec.get("Train_Val_Test")
@@ -112,7 +135,6 @@ def read_info_table(csv_path: str | Path, split: str | None = None) -> dict[str,
                 raise ValueError(f"{csv_path}, line {line}: {exc}") from exc
             if code is None or row.split == code:
                 table.setdefault(row.file_name, []).append(row)
-    return table
 
 
 def table_file_name(png_path: str | Path) -> str:
@@ -253,6 +275,9 @@ def _volume(
         meta["spacing_assumed"] = True
     meta["orientation_unknown"] = True  # a PNG key slice keeps no patient directions: no R/L letters
     meta["dicom_windows"] = [list(r.windows) for r in rows if r.windows is not None]
+    if meta["dicom_windows"] and meta["dicom_windows"][0][1] > meta["dicom_windows"][0][0]:
+        lo, hi = meta["dicom_windows"][0]  # the table's window (low, high HU): the slice opens at it, as a DICOM does
+        meta["window"] = [(lo + hi) / 2, hi - lo]
     for msg in notes:
         warnings.warn(msg, UserWarning, stacklevel=3)
     box_arr = np.asarray(boxes, np.float32).reshape(-1, 5)

@@ -36,14 +36,30 @@ def read_png_hu(path: str | Path) -> np.ndarray:
     return arr.astype(np.float32) - PNG_HU_OFFSET
 
 
-def png_shape(path: str | Path) -> tuple[int, int]:
-    """(rows, cols) of a PNG from its IHDR chunk, without decoding the image."""
+def png_header(path: str | Path) -> tuple[int, int, int, int]:
+    """(rows, cols, bit depth, colour type) of a PNG from its IHDR chunk, without decoding the image."""
     with open(path, "rb") as fh:
-        head = fh.read(24)
-    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        head = fh.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
         raise ValueError(f"{path}: not a PNG file")
     width, height = struct.unpack(">II", head[16:24])
-    return int(height), int(width)
+    return int(height), int(width), head[24], head[25]
+
+
+def png_shape(path: str | Path) -> tuple[int, int]:
+    """(rows, cols) of a PNG from its IHDR chunk, without decoding the image."""
+    return png_header(path)[:2]
+
+
+def png16_shape(path: str | Path) -> tuple[int, int]:
+    """(rows, cols) of a 16-bit grayscale PNG (what a DeepLesion slice is) from its header; a one-line ValueError
+    for any other PNG (the bit depth and colour type are in the header: nothing is decoded)."""
+    rows, cols, depth, colour = png_header(path)
+    if depth != 16 or colour != 0:
+        kind = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale + alpha", 6: "RGBA"}.get(colour, "colour")
+        raise ValueError(f"{path}: a {depth}-bit {kind} PNG is not a 16-bit grayscale CT slice (DeepLesion stores "
+                         f"HU + {PNG_HU_OFFSET} in 16-bit PNG)")  # fmt: skip
+    return rows, cols
 
 
 def write_png_hu(path: str | Path, hu: np.ndarray) -> None:
