@@ -135,12 +135,12 @@ def quality_rows(pairs: list[tuple], denoiser, sigma: float, n_boot: int, cache:
     }
     out = {}
     ctxs = []
-    for full, low, _ in pairs:
+    for full, low, *_ in pairs:
         body = ra.tissue_masks(full)[0]
         ctxs.append({"body": body, "true_sd": float((low - full)[body].std())})
     for name, fn in methods.items():
         p, s, secs = [], [], []
-        for (full, low, _), ctx in zip(pairs, ctxs, strict=True):
+        for (full, low, *_), ctx in zip(pairs, ctxs, strict=True):
             parts = ("chest-quality", name, key if "denoiser" in name else "", sigma, low, ctx["true_sd"])
             img, seconds = cache.get(parts, lambda fn=fn, low=low, ctx=ctx: fn(low, ctx))
             secs.append(seconds)
@@ -148,8 +148,30 @@ def quality_rows(pairs: list[tuple], denoiser, sigma: float, n_boot: int, cache:
             s.append(ssim(img, full))
         p, s = np.array(p), np.array(s)
         out[name] = {"psnr": float(p.mean()), "psnr_ci": _ci(p, np.mean, n_boot), "ssim": float(s.mean()),
-                     "ssim_ci": _ci(s, np.mean, n_boot), "s_per_slice": float(np.median(secs))}  # fmt: skip
+                     "ssim_ci": _ci(s, np.mean, n_boot), "s_per_slice": float(np.median(secs)),
+                     "psnr_each": p.tolist(), "ssim_each": s.tolist()}  # fmt: skip
         print(f"    {name}: {out[name]['psnr']:.2f} dB", flush=True)
+    return out
+
+
+#: the classical anchor the denoiser is compared with slice by slice
+ANCHOR = "BM3D, told the true SD"
+
+
+def paired_rows(rows: dict, patients: list[str], n_boot: int) -> dict:
+    """Each denoiser row minus the anchor on the same slices: mean PSNR and SSIM difference with a bootstrap interval
+    over slices, the slices it is ahead on, and each patient's mean difference (two patients: no inference across
+    patients)."""
+    out = {}
+    who = np.asarray(patients)
+    for name in (n for n in rows if n.startswith("denoiser")):
+        entry = {}
+        for metric in ("psnr", "ssim"):
+            d = np.asarray(rows[name][f"{metric}_each"]) - np.asarray(rows[ANCHOR][f"{metric}_each"])
+            by_patient = {w: float(d[who == w].mean()) for w in dict.fromkeys(patients)}
+            entry[metric] = {"mean": float(d.mean()), "ci": _ci(d, np.mean, n_boot), "ahead": int((d >= 0).sum()),
+                             "n": int(d.size), "by_patient": by_patient}  # fmt: skip
+        out[name] = entry
     return out
 
 
@@ -178,8 +200,19 @@ def report(args: argparse.Namespace, det: dict, qual: dict, thr: float, vols: li
         lines += ["", f"Image quality, {model} noise (every {args.psnr_every}th slice and the tumour slices):", "",
                   "| method | PSNR (dB) | SSIM | s / slice |", "|---|---|---|---|"]  # fmt: skip
         for name, r in rows.items():
-            lines.append(f"| {name} | {_cell(r['psnr'], r['psnr_ci'])} | {_cell(r['ssim'], r['ssim_ci'], 3)} | "
-                         f"{r['s_per_slice']:.2f} |")  # fmt: skip
+            if name != "paired":
+                lines.append(f"| {name} | {_cell(r['psnr'], r['psnr_ci'])} | {_cell(r['ssim'], r['ssim_ci'], 3)} | "
+                             f"{r['s_per_slice']:.2f} |")  # fmt: skip
+        lines += ["", f"Paired, slice by slice: each denoiser minus {ANCHOR} on the same slices ({model} noise; "
+                  "interval over slices; each patient's mean):", "",
+                  "| denoiser | PSNR difference (dB) | ahead on | by patient | SSIM difference | ahead on |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for name, r in rows.get("paired", {}).items():
+            p, q = r["psnr"], r["ssim"]
+            by = ", ".join(f"{w} {v:+.2f}" for w, v in p["by_patient"].items())
+            lines.append(f"| {name} | {p['mean']:+.2f} [{p['ci'][0]:+.2f}, {p['ci'][1]:+.2f}] | {p['ahead']} of "
+                         f"{p['n']} | {by} | {q['mean']:+.4f} [{q['ci'][0]:+.4f}, {q['ci'][1]:+.4f}] | {q['ahead']} of "
+                         f"{q['n']} |")  # fmt: skip
     return lines
 
 
@@ -220,9 +253,10 @@ def main() -> None:
     models = () if args.detection_only else MODELS
     sigma = ra.pick_gaussian_sigma(args.dose, 3, cache)[0] if models else 0.0
     for model in models:
-        pairs = [(v["hu"][z], low[z], v["pixel"]) for v, low in zip(vols, lows[model], strict=True)
+        pairs = [(v["hu"][z], low[z], v["pixel"], v["name"]) for v, low in zip(vols, lows[model], strict=True)
                  for z in range(len(v["hu"])) if z % args.psnr_every == 0 or len(v["gt"][z])]  # fmt: skip
         qual[model] = quality_rows(pairs, denoiser, sigma, args.n_boot, cache)
+        qual[model]["paired"] = paired_rows(qual[model], [pair[3] for pair in pairs], args.n_boot)
     lines = report(args, det, qual, thr, vols)
     write_results(args.results, lines, {"detection": det, "quality": qual, "threshold": thr, "argv": sys.argv})
 
