@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_lidnet.io.checks import CT_MODALITIES, ct_problem, one_line
+from napari_lidnet.io.checks import CT_MODALITIES, ct_problem, one_line, os_reason
 from napari_lidnet.io.folder_lock import FolderInUse, FolderLock
-from napari_lidnet.io.nifti import is_nifti, nifti_stem
+from napari_lidnet.io.nifti import is_nifti, is_our_denoised, nifti_stem
 from napari_lidnet.models.weights import FALLBACK_THRESHOLD
 from napari_lidnet.strength import check_remove_sd
 
@@ -230,14 +230,16 @@ def _ours(ds: Any) -> bool:
 
 def _inputs(series: dict, niftis: list[Path], root: Path) -> list[tuple[str, Any, str, str]]:
     """(key, source, description, modality) of every input: DICOM series (source: their headers) by UID, then NIfTI
-    files (source: the path) by their path under ``root``. A series this program wrote has modality "ours"."""
+    files (source: the path) by their path under ``root``. A series or file this program denoised has modality
+    "ours"."""
     items = []
     for uid, headers in sorted(series.items()):
         ds0 = headers[0].ds
         modality = "ours" if _ours(ds0) else str(ds0.get("Modality", "") or "")
         items.append((uid, headers, str(ds0.get("SeriesDescription", "") or ""), modality))
     for path in niftis:
-        items.append((path.relative_to(root).as_posix(), path, nifti_stem(path), "CT"))
+        modality = "ours" if is_our_denoised(path) else "CT"
+        items.append((path.relative_to(root).as_posix(), path, nifti_stem(path), modality))
     return items
 
 
@@ -252,9 +254,9 @@ def _plan(items: list, out_dir: Path, task: str, report: BatchReport, progress: 
         names[name.casefold()] = key
         suffix = ".csv" if task == "detect" else ".nii.gz" if isinstance(source, Path) else ""
         final = out_dir / f"{name}{suffix}"
-        if modality == "ours":
-            report.left_out.append(f"series {desc!r} ({key}): written by napari-lidnet; not processed again")
-        elif modality not in CT_MODALITIES:
+        if modality == "ours" and task == "denoise":  # its boxes are what a detect run is for
+            report.left_out.append(f"series {desc!r} ({key}): written by napari-lidnet; not denoised again")
+        elif modality not in (*CT_MODALITIES, "ours"):
             report.left_out.append(f"series {desc!r} ({key}): modality {modality!r} is not CT; not processed")
         elif final.exists():
             report.skipped.append(final)
@@ -278,7 +280,7 @@ def denoise_into(
 
     hu = denoise(model, vol.hu, device=device, progress=progress, remove_sd=remove_sd)
     if is_nifti(out):
-        write_nifti(out, replace(vol, hu=hu))
+        write_nifti(out, replace(vol, hu=hu), denoised=True)
         return
     description = denoised_description(vol.metadata.get("series_description", vol.name), model_name, remove_sd)
     write_dicom_series(replace(vol, hu=hu), out, series_description=description)
@@ -410,6 +412,10 @@ def _run_one(
     except ValueError as exc:
         report.failed.append(Failed.of(f"series {desc!r} ({key})", exc, source))
         return
+    except OSError as exc:  # the output's file system (full, read-only now): every later series would fail too
+        reason = os_reason(exc) or one_line(str(exc))
+        raise ValueError(f"writing {final.name} (series {desc!r}) failed: {reason}; {len(report.written)} written "
+                         f"before it in {final.parent}: mend that, then run again to finish") from exc  # fmt: skip
     os.replace(partial, final)
     report.written.append(final)
     if note:

@@ -330,10 +330,18 @@ def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
     if report.notes:
         more = f" (and {len(report.notes) - 1} other outputs)" if len(report.notes) > 1 else ""
         print(f"note: {report.notes[0]}{more}", file=sys.stderr)
+    for line in report.failed[:MAX_FAILED_LINES]:  # each series not processed, with its reason; the summary last
+        print(f"failed: {line}", file=sys.stderr)
+    if len(report.failed) > MAX_FAILED_LINES:
+        print(f"failed: ... and {len(report.failed) - MAX_FAILED_LINES} more", file=sys.stderr)
     if report.failed:
         raise ValueError(_failed_summary(report.failed, done))
     print(done, file=sys.stderr)
     return 0
+
+
+#: failed series a batch run lists one per line before its summary
+MAX_FAILED_LINES = 50
 
 
 def _failed_summary(failed: list[Any], done: str) -> str:
@@ -849,14 +857,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 def error_message(exc: BaseException) -> str:
     """One line for a user-caused error: an OSError as 'PATH: reason', anything else as its message."""
-    from napari_lidnet.io.checks import one_line
+    from napari_lidnet.io.checks import one_line, os_reason
 
     if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
         other = f" -> {exc.filename2}" if exc.filename2 is not None else ""
         return one_line(f"{exc.filename}{other}: {exc.strerror}")
     if isinstance(exc, OSError) and exc.strerror:
         return one_line(exc.strerror)
+    if isinstance(exc, OSError) and os_reason(exc):  # re-raised by a library with a traceback in its text
+        return one_line(os_reason(exc))
     return one_line(str(exc)) or type(exc).__name__
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, ``timeout``, ``kill``) stops a command as Ctrl-C does: outputs whole or not at all."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While inside (main thread, SIGTERM at its default), SIGTERM raises :class:`Terminated`, so a command's
+    clean-up runs (a series half written is removed) instead of the process dying mid-write."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -870,13 +905,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"{prefix}: warning: {one_line(str(message))}", file=sys.stderr)
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _sigterm_interrupts():
         warnings.showwarning = one_line_warning
         try:
             return int(args.func(args) or 0)
         except (ValueError, OSError) as exc:
             print(f"{prefix}: error: {error_message(exc)}", file=sys.stderr)
             return 2
+        except Terminated:
+            print(f"\n{prefix}: terminated (SIGTERM); nothing half-written is left", file=sys.stderr)
+            return 143
         except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (outputs are written whole or not at all)
             print(f"\n{prefix}: interrupted", file=sys.stderr)
             return 130

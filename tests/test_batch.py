@@ -229,17 +229,21 @@ def test_one_nifti_file_is_a_batch_of_one(archive, tmp_path):
         open_ct(tmp_path / "niis")
 
 
-def test_series_this_program_wrote_are_left_out_of_a_batch(archive, tmp_path):
-    """Review 2026-12-05: a batch over a folder that also held an earlier denoised output denoised it again (and
-    detected on it). Series whose Contributing Equipment is napari-lidnet are left out with a note."""
-    import shutil
-
+def test_series_this_program_wrote_are_not_denoised_again_and_are_detected_on(archive, tmp_path):
+    """Review 2026-12-05: a batch over a folder that also held an earlier denoised output denoised it again. Series
+    whose Contributing Equipment is napari-lidnet, and NIfTI files whose header names it (review 2026-12-06: a
+    NIfTI output was denoised again), are left out of a denoise run with a note. A detect run takes them (review
+    2026-12-06: `lidnet detect --all-series` over a denoised archive detected nothing): the detector reads the
+    denoised images, as in the viewer."""
     first = run_batch(archive, tmp_path / "den", "denoise", _denoiser())
     shutil.copytree(archive, tmp_path / "both" / "scans")
     shutil.copytree(first.written[0], tmp_path / "both" / "denoised")
+    assert main(["denoise", str(first.written[0]), str(tmp_path / "both" / "denoised.nii.gz"), "--device", "cpu"]) == 0
+    again = run_batch(tmp_path / "both", tmp_path / "den2", "denoise", _denoiser())
+    assert len(again.written) == len(first.written) and len(again.left_out) == 2
+    assert all("written by napari-lidnet; not denoised again" in note for note in again.left_out)
     report = run_batch(tmp_path / "both", tmp_path / "boxes", "detect", LesionDetector(width=4).eval())
-    assert len(report.written) == len(first.written) and not report.failed
-    assert len(report.left_out) == 1 and "written by napari-lidnet; not processed again" in report.left_out[0]
+    assert len(report.written) == len(first.written) + 2 and not report.failed and not report.left_out
 
 
 def test_a_batch_never_writes_into_an_archive_or_a_folder_of_the_users_own_files(archive, tmp_path, model_dir,
@@ -287,17 +291,23 @@ def test_a_failure_names_its_series_and_says_whether_a_rerun_can_mend_it(archive
     was reported as 'run again to retry' though every re-run fails the same way. A file gone during the run (an
     error of the file system) may be mended by a re-run."""
     chest = sorted((archive / "patient1" / "study").iterdir())
-    data = chest[1].read_bytes()
+    pelvis = sorted((archive / "patient2" / "study").iterdir())
+    data, other = chest[1].read_bytes(), pelvis[0].read_bytes()
     chest[1].write_bytes(data[:-500])  # cut inside its pixel data
+    pelvis[0].write_bytes(other[:-500])
     args = ["denoise", str(archive), str(tmp_path / "out"), "--all-series", "--model", "tiny_denoiser",
             "--device", "cpu"]
     for _ in range(2):  # the same on a re-run
         assert main([*args, "--workers", "0"]) == 2
-        err = capsys.readouterr().err.strip().splitlines()[-1]
-        assert "1 series not processed (first: series 'chest' (1.2." in err, err
-        assert f"{chest[1]}: pixel data cannot be read" in err, err
-        assert err.endswith(f"fix or remove {chest[1]}: a re-run fails the same way"), err
+        lines = capsys.readouterr().err.strip().splitlines()
+        err = lines[-1]
+        listed = [line for line in lines if line.startswith("failed: ")]  # review 2026-12-06: only the first was named
+        assert len(listed) == 2 and any(f"{pelvis[0]}: pixel data cannot be read" in line for line in listed), lines
+        first = chest[1] if "(first: series 'chest'" in err else pelvis[0]  # series run in UID order (random)
+        assert "2 series not processed (first: series '" in err and f"{first}: pixel data cannot be read" in err, err
+        assert err.endswith(f"fix or remove {first} (and the files of 1 other series): a re-run fails the same way")
     chest[1].write_bytes(data)
+    pelvis[0].write_bytes(other)
     folders = {"abdomen": "patient0", "chest": "patient1", "pelvis": "patient2"}  # series run in UID order (random)
     victim = []
 
@@ -358,3 +368,33 @@ def test_a_second_run_on_one_output_folder_is_refused_and_leaves_the_first_ones_
     (out / f"{PARTIAL}left_0123456789ab").mkdir()  # what it was writing when it died
     rest = run_batch(archive, out, "denoise", _denoiser())
     assert len(rest.written) == 2 and len(rest.skipped) == 1 and not list(out.glob(f"{PARTIAL}*"))
+
+
+def test_a_full_disk_stops_the_batch_in_one_line_that_names_the_output_and_the_resume(archive, tmp_path, capsys):
+    """Review 2026-12-06: a full disk printed pydicom's 900-character text with a traceback and no path, and the
+    batch did not say which output failed or that a re-run finishes it. A real file-system refusal (a file-size
+    limit on this process: writes past it fail with EFBIG, as a full disk fails them with ENOSPC) now ends it with
+    the output, the reason and what to do; nothing half-written is left, and a re-run finishes the batch."""
+    import resource
+
+    from napari_lidnet.cli import error_message
+
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of the process being killed
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1200, limit[1]))  # the run's marker fits, a 32 x 32 slice does not
+    try:
+        with pytest.raises(ValueError) as caught:
+            run_batch(archive, tmp_path / "out", "denoise", _denoiser())
+        single = main(["denoise", str(next(archive.glob("patient0/study"))), str(tmp_path / "one"), "--device", "cpu"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, previous)
+    msg = error_message(caught.value)
+    assert "\n" not in msg and "Traceback" not in msg and len(msg) < 300, msg
+    assert "File too large" in msg and "0 written before it" in msg and "then run again to finish" in msg, msg
+    assert not (tmp_path / "out").exists()  # nothing written: the folder this run made is gone too
+    assert single == 2 and not (tmp_path / "one").exists()  # `lidnet denoise IN OUT`: one line, nothing left
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "lidnet denoise: error: File too large", err[-3:]
+    report = run_batch(archive, tmp_path / "out", "denoise", _denoiser())
+    assert len(report.written) == 3 and not report.failed

@@ -528,3 +528,31 @@ def test_train_says_its_split_and_takes_the_held_out_caps(trained, tmp_path, cap
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--test-max-slices", "0"])  # out of range: refused by the parser
     assert exit_info.value.code == 2
+
+
+def test_sigterm_while_a_series_is_written_leaves_no_half_series(tmp_path, capsys, monkeypatch):
+    """Review 2026-12-06: `lidnet denoise IN OUT` stopped by SIGTERM (a scheduler, `timeout`, `kill`) left OUT with
+    16 of 64 valid slices that `lidnet detect` then read as a whole series, and a re-run was refused. SIGTERM now
+    stops it as Ctrl-C does: one line, exit 143, the slices written so far removed (a real signal, sent to this
+    process as the third slice is written)."""
+    import os
+    import signal
+
+    import pydicom
+    from conftest import synthetic_hu, write_series
+
+    write_series(tmp_path / "in", synthetic_hu((12, 64, 64), seed=4) * 0.1, series_uid="1.2.3.99")
+    real, written = pydicom.dcmwrite, []
+
+    def dcmwrite(*args, **kwargs):
+        real(*args, **kwargs)
+        written.append(args[0])
+        if len(written) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(pydicom, "dcmwrite", dcmwrite)
+    rc = main(["denoise", str(tmp_path / "in"), str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 143 and err[-1].startswith("lidnet denoise: terminated (SIGTERM)"), err[-3:]
+    assert len(written) == 3 and not (tmp_path / "out").exists()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # given back

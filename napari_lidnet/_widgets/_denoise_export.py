@@ -47,7 +47,7 @@ class DenoiseExports:
             self._message(f"{Path(path).name}: a NIfTI file name ends in .nii or .nii.gz", error=True)
             return None
         try:
-            out = write_nifti(path, vol)
+            out = write_nifti(path, vol, denoised=True)
         except (OSError, ValueError) as exc:
             self._message(f"NIfTI export failed: {exc}", error=True)
             return None

@@ -23,6 +23,19 @@ def one_line(text: str) -> str:
     return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
+def os_reason(exc: BaseException) -> str | None:
+    """The system's reason for an OSError (``[Errno 28]``'s "No space left on device", with its file when it names
+    one), also when a library re-raised it with its own text (pydicom adds the tag and a traceback); else None."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # the error, then what it was raised from
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.strerror:
+            return f"{seen.filename}: {seen.strerror}" if seen.filename is not None else seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def check_image_shape(shape: Sequence[int], dtype: Any, what: str) -> None:
     """Refuse (ValueError) an image that is not a 2D slice or 3D volume of numbers of a processable size."""
     shape = tuple(int(s) for s in shape)

@@ -259,11 +259,26 @@ def _refuse_existing(out: Path) -> None:
         raise FileExistsError(f"{out} already exists; outputs never overwrite: choose a new path")
 
 
-def write_nifti(out: str | Path, volume: CTVolume) -> Path:
+#: the header description that marks a NIfTI file this program denoised (``write_nifti(..., denoised=True)``)
+DENOISED_DESCRIP = b"napari-lidnet denoised"
+
+
+def is_our_denoised(path: str | Path) -> bool:
+    """Whether a NIfTI file was denoised by napari-lidnet (its header's description; the header only is read)."""
+    import nibabel as nib
+
+    try:
+        return bytes(nib.load(str(path)).header["descrip"]).startswith(DENOISED_DESCRIP)
+    except Exception:  # an unreadable file is the reader's to refuse, with its reason
+        return False
+
+
+def write_nifti(out: str | Path, volume: CTVolume, denoised: bool = False) -> Path:
     """Write ``volume`` as a new NIfTI file: float32 HU (int16 whole HU when read from a NIfTI file of integers),
     its LPS geometry as a RAS+ sform (and qform when the axes
-    are orthogonal: a qform cannot hold a gantry-tilt shear). Never replaces a file; written under a temporary name
-    and linked into place, so an interrupted write leaves no file under ``out``."""
+    are orthogonal: a qform cannot hold a gantry-tilt shear); ``denoised``: its description says so, and a batch
+    denoise run leaves it out. Never replaces a file; written under a temporary name and linked into place, so an
+    interrupted write leaves no file under ``out``."""
     import nibabel as nib
 
     out = Path(out)
@@ -285,7 +300,7 @@ def write_nifti(out: str | Path, volume: CTVolume) -> Path:
         img.set_qform(affine, code=1 if np.allclose(cols.T @ cols, np.eye(3), atol=1e-6) else 0)
     img = _whole_hu(img, volume.metadata.get("nifti_stored"))
     img.header.set_xyzt_units("mm")
-    img.header["descrip"] = b"napari-lidnet"
+    img.header["descrip"] = DENOISED_DESCRIP if denoised else b"napari-lidnet"
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}{''.join(out.suffixes)}")
     try:
         try:
