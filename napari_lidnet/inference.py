@@ -193,6 +193,11 @@ def is_oom_error(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
+#: the lowest HU a CT scanner stores (air reads -1000; reconstructions clip at -1024): a denoised pixel is never
+#: darker than this unless its input was (the network's small undershoot in air, 2% of a chest's voxels, is removed)
+LOWEST_HU = -1024.0
+
+
 def _as_stack(hu: np.ndarray) -> np.ndarray:
     """``hu`` as a (z, y, x) stack; a NumPy array of integers or floats keeps its type (each batch is read as
     float32: an int16 study is not copied whole), anything else is converted to float32."""
@@ -475,7 +480,8 @@ def iter_denoise(
             given = _batch(stack, chunk)
             low, pads = fill_padding(given)
             block = out[done : done + len(chunk)]
-            block[:] = keep_noise(low, runner.run(low, fn, combine), settings.remove_sd)
+            block[:] = np.maximum(keep_noise(low, runner.run(low, fn, combine), settings.remove_sd),
+                                  np.minimum(low, LOWEST_HU))  # no darker than air, unless the input was
             for image, source, pad in zip(block, given, pads):
                 if pad is not None:  # the padding goes back as it was
                     image[pad] = source[pad]
