@@ -146,8 +146,8 @@ def _read_marker(marker: Path) -> tuple[str | None, dict[str, Any] | None]:
 def _changed(earlier: dict[str, Any], now: dict[str, Any]) -> str:
     """The settings that differ, as 'key earlier (now ...)'; '' when none."""
     diff = [k for k in now if earlier.get(k) != now[k]]
-    def shown(v: Any) -> Any:
-        return f"{v:.3g}" if isinstance(v, float) else v
+    def shown(v: Any) -> Any:  # no --remove-sd is "all" the noise
+        return f"{v:.3g}" if isinstance(v, float) else "all" if v is None else v
 
     return ", ".join("another model" if k == "model" else f"{k} {shown(earlier.get(k))} (now {shown(now[k])})"
                      for k in diff)  # fmt: skip

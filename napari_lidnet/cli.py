@@ -617,7 +617,8 @@ def _add_train_schedule(p: Any) -> None:
 def _add_denoise(sub: Any) -> None:
     """The ``denoise`` subcommand."""
     p = sub.add_parser("denoise", help="denoise a CT (any format the reader takes)")
-    p.add_argument("input")
+    p.add_argument("input", help="CT to read: a DICOM file or series folder (a DICOMDIR too), a NIfTI file, a "
+                   "DeepLesion key slice, or an array file (.npy, .npz, .tif)")
     p.add_argument("output", help=".nii.gz/.nii (geometry kept), .npz/.tif/.npy file, or a new folder (DICOM series)")
     p.add_argument("--model", default=None, help="denoiser name or weights path (default: shipped)")
     p.add_argument("--series", default=None, metavar="UID", help="the DICOM series to read (default: the largest)")
@@ -637,7 +638,8 @@ def _add_denoise(sub: Any) -> None:
 def _add_detect(sub: Any) -> None:
     """The ``detect`` subcommand."""
     p = sub.add_parser("detect", help="detect lesions on the images as given (no denoising); writes a CSV of boxes")
-    p.add_argument("input")
+    p.add_argument("input", help="CT to read: a DICOM file or series folder (a DICOMDIR too), a NIfTI file, a "
+                   "DeepLesion key slice, or an array file (.npy, .npz, .tif)")
     p.add_argument("--out", required=True, help="CSV (or .json) file for the boxes")
     p.add_argument("--model", default=None, help="detector name or weights path (default: shipped)")
     p.add_argument("--series", default=None, metavar="UID", help="the DICOM series to read (default: the largest)")
@@ -653,10 +655,11 @@ def _add_detect(sub: Any) -> None:
 def _add_evaluate(sub: Any) -> None:
     """The ``evaluate`` subcommand."""
     p = sub.add_parser("evaluate", help="PSNR, SSIM and FROC of low dose, denoised and full dose on a dataset")
-    p.add_argument("data", help="dataset folder")
+    p.add_argument("data", help="a dataset folder as `lidnet simulate` writes it (each slice's full-dose and "
+                   "low-dose images with their boxes: see the README's 'The command line'); a DICOM folder is not one")
     p.add_argument("--model", default=None, help="denoiser name or weights path (default: shipped)")
     p.add_argument("--detector", default=None, help="detector name or weights path (default: shipped)")
-    p.add_argument("--max-slices", type=int, default=None)
+    p.add_argument("--max-slices", type=int, default=None, help="evaluate the first N slices only (default: all)")
     p.add_argument("--json", default=None, help="also write the result as JSON")
     p.add_argument("--device", default="auto", type=_device)
     p.set_defaults(func=_cmd_evaluate)

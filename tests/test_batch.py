@@ -165,7 +165,7 @@ def test_a_rerun_with_other_settings_is_refused_not_reported_complete(archive, t
     other = build_denoiser("fastdn", width=8, blocks=1).eval()  # another random draw: other weights
     with pytest.raises(ValueError, match=r"other settings \(another model\); outputs never mix"):
         run_batch(archive, out, "denoise", other)
-    with pytest.raises(ValueError, match=r"other settings \(remove-sd None \(now 5\)\)"):
+    with pytest.raises(ValueError, match=r"other settings \(remove-sd all \(now 5\)\)"):
         run_batch(archive, out, "denoise", _denoiser(), remove_sd=5.0)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing touched
     again = run_batch(archive, out, "denoise", _denoiser())  # the same settings: finishes (here: nothing to do)
