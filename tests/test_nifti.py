@@ -364,3 +364,27 @@ def test_sizes_and_masks_are_refused_from_the_header_before_the_pixels_are_read(
     nib.save(nib.Nifti1Image(np.ones((6, 5, 4), np.uint8), np.eye(4)), str(tmp_path / "mask.nii.gz"))
     with pytest.raises(ValueError, match=r"dtype uint8 \(8 bits\) cannot hold HU"):
         read_nifti(tmp_path / "mask.nii.gz")
+
+
+def test_a_file_without_a_voxel_size_gives_outputs_without_one(tmp_path: Path, capsys) -> None:
+    """Review 2026-12-06: a NIfTI with voxel size 0 (and no sform) was denoised into a file whose header claimed
+    1.0 mm as if measured. The derived file keeps the source's "unknown" (no sform or qform, pixdim 0): read back,
+    it says its 1 mm is assumed, as the source did."""
+    from napari_lidnet.cli import main
+    from napari_lidnet.io.volume import known_pixel_mm
+
+    hu = np.random.default_rng(0).normal(40.0, 20.0, (24, 24, 3)).astype(np.float32)
+    hu[:4] = -1000.0  # air: CT in HU
+    img = nib.Nifti1Image(hu, None)
+    img.header["pixdim"][1:4] = 0
+    nib.save(img, str(tmp_path / "zero.nii"))
+    assert main(["denoise", str(tmp_path / "zero.nii"), str(tmp_path / "out.nii.gz"), "--device", "cpu"]) == 0
+    assert "assume 1 mm voxels" in capsys.readouterr().err  # said as the file is read
+    import gzip
+
+    with gzip.open(tmp_path / "out.nii.gz") as fh:  # the header's bytes (nibabel's reading fixes the zeros)
+        raw = fh.read(348)
+    pixdim, (qcode, scode) = np.frombuffer(raw[76:108], "<f4"), np.frombuffer(raw[252:256], "<i2")
+    assert np.all(pixdim[1:4] == 0) and qcode == 0 and scode == 0
+    with pytest.warns(UserWarning, match="sizes in mm assume 1 mm voxels"):
+        assert known_pixel_mm(read_nifti(tmp_path / "out.nii.gz")) is None

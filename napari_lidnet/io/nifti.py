@@ -192,6 +192,7 @@ def read_nifti(path: str | Path) -> CTVolume:
         "shape": [int(v) for v in data.shape],
         "codes": codes,
         "integers": src.get_data_dtype().kind in "iu" and bool(np.all(data == np.round(data))),  # whole HU
+        "assumed": bool(assumed),  # no usable voxel size: a derived file says so too, never an invented 1 mm
     }
     for note in notes:  # said as DICOM's notes are (the command line prints them as warnings)
         warnings.warn(note, UserWarning, stacklevel=2)
@@ -299,6 +300,11 @@ def write_nifti(out: str | Path, volume: CTVolume, denoised: bool = False) -> Pa
         img.set_sform(affine, code=1)  # scanner anatomical
         img.set_qform(affine, code=1 if np.allclose(cols.T @ cols, np.eye(3), atol=1e-6) else 0)
     img = _whole_hu(img, volume.metadata.get("nifti_stored"))
+    source = volume.metadata.get("nifti_stored")
+    if isinstance(source, dict) and source.get("assumed"):  # as the source: no voxel size
+        img = nib.Nifti1Image(np.asanyarray(img.dataobj), None, header=img.header)  # no affine: nothing filled in
+        img.header["sform_code"], img.header["qform_code"] = 0, 0
+        img.header["pixdim"][1:4] = 0
     img.header.set_xyzt_units("mm")
     img.header["descrip"] = DENOISED_DESCRIP if denoised else b"napari-lidnet"
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}{''.join(out.suffixes)}")
