@@ -640,7 +640,9 @@ def _add_detect(sub: Any) -> None:
     p = sub.add_parser("detect", help="detect lesions on the images as given (no denoising); writes a CSV of boxes")
     p.add_argument("input", help="CT to read: a DICOM file or series folder (a DICOMDIR too), a NIfTI file, a "
                    "DeepLesion key slice, or an array file (.npy, .npz, .tif)")
-    p.add_argument("--out", required=True, help="CSV (or .json) file for the boxes")
+    p.add_argument("--out", required=True, help="CSV (or .json) file for the boxes: slice and x1..y2 in pixels of the "
+                   "image as read (a NIfTI file turned to z up, y back, x left: not its voxel order), lps_*_mm in the "
+                   "patient")  # fmt: skip
     p.add_argument("--model", default=None, help="detector name or weights path (default: shipped)")
     p.add_argument("--series", default=None, metavar="UID", help="the DICOM series to read (default: the largest)")
     p.add_argument(

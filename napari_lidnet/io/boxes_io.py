@@ -102,8 +102,10 @@ def write_boxes_csv(
     try:
         with fh:
             if path.suffix.lower() == ".json":
-                units = ("x1, y1, x2, y2 in pixels (edges: pixel i spans [i, i + 1)); the other *_mm in mm, lps_*: "
-                         "patient coordinates (x to the left, y to the back, z up)")  # fmt: skip
+                units = ("slice and x1, y1, x2, y2 in pixels (edges: pixel i spans [i, i + 1)) of the image as read: "
+                         "a DICOM series in its stored pixel order, slices along its normal; a NIfTI file turned to "
+                         "(z up, y to the back, x to the left), not its own voxel order; the other *_mm in mm, lps_*: "
+                         "patient coordinates (x to the left, y to the back, z up), for any storage")  # fmt: skip
                 head = {"columns": fields, "units": units, **(about or {})}
                 fh.write(json.dumps({**head, "boxes": records}, indent=1, default=str))
             else:
