@@ -271,7 +271,9 @@ def test_all_series_reports_series_that_cannot_be_read(corpus, models, tmp_path,
     assert re.search(r"6 series not processed \(first: .*\); 3 written, 0 already complete", errors[0]), errors
     notes = [ln for ln in lines if ln.startswith("note: ")]  # the MR series: left out for good, not a failure
     assert len(notes) == 1 and re.match(r"note: 1 series left out \(first: .*'MR' is not CT", notes[0])
-    assert all(ln.startswith("lidnet detect: warning: ") for ln in lines[:-1] if ln not in notes)  # garbage, copy
+    failed = [ln for ln in lines if ln.startswith("failed: ")]  # each series not processed, on its own line
+    assert len(failed) == 6 and all(re.match(r"failed: series '.*' \(", ln) for ln in failed), failed
+    assert all(ln.startswith("lidnet detect: warning: ") for ln in lines[:-1] if ln not in notes + failed)
     assert len(list(out.glob("*.csv"))) == 3 and snapshot(corpus) == before
     rc, lines = run_cli(capsys, *args, "--workers", "0")  # again: finished outputs are kept, not redone
     assert rc == 2 and "0 written, 3 already complete" in lines[-1]
