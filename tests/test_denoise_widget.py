@@ -705,3 +705,31 @@ def test_a_dragged_threshold_refilters_the_boxes_once(make_napari_viewer, qtbot,
     assert len(lesions.data) == len(widget.shown_boxes) and (lesions.features["score"] >= 0.30).all()
     qtbot.wait(50)
     assert len(shows) == 1
+
+
+def test_an_adapted_model_its_own_check_found_worse_says_so_in_the_pickers(make_napari_viewer, qtbot, model_dir,
+                                                                          tmp_path, capsys) -> None:  # fmt: skip
+    """`lidnet adapt` on real scans mostly made the images worse (benchmarks/results/adapt_real.md), and its own
+    no-reference estimates (on its card) said so; the model was then listed like any other. The Denoise and
+    Fine-tune pickers now mark it, and `lidnet denoise --model` warns; a model its check found better is unmarked."""
+    from napari_lidnet._widgets._roles import WORSE_MARK
+    from napari_lidnet._widgets.finetune import FineTuneWidget
+    from napari_lidnet.cli import main
+
+    def estimates(noise: float, edges: float) -> dict:
+        return {"noise_sd_hu": noise, "edge_sharpness_hu_per_mm": edges}
+
+    for name, adapted in (("worse", estimates(7.6, 57.0)), ("better", estimates(2.5, 80.0))):
+        card = {"metrics": {"noreference": {"input": estimates(14.0, 60.0), "start": estimates(3.0, 76.0),
+                                            "adapted": adapted}},
+                "training": {"selfsup": {"from_model": "default"}}}  # fmt: skip
+        save_weights(tiny_denoiser(), model_dir / f"{name}_denoiser", card)
+    viewer = make_napari_viewer()
+    for combo in (make_widget(viewer, qtbot).denoiser_combo, FineTuneWidget(viewer).start_denoiser_combo):
+        labels = [combo.itemText(i) for i in range(combo.count())]
+        assert f"worse (user){WORSE_MARK}" in labels and "better (user)" in labels, labels
+    np.save(tmp_path / "ct.npy", phantom(n=2)[0])
+    assert main(["denoise", str(tmp_path / "ct.npy"), str(tmp_path / "d.npy"), "--model", "worse_denoiser",
+                 "--device", "cpu"]) == 0  # fmt: skip
+    assert "worse_denoiser: its own no-reference check found it worse than the model it was adapted from (default)" \
+        in capsys.readouterr().err

@@ -50,7 +50,13 @@ from scipy import ndimage as ndi
 
 from napari_lidnet.io.fov import fill_padding
 from napari_lidnet.io.volume import per_slice
-from napari_lidnet.metrics.noreference import correlation_length, edge_locations, noise_sd, quality_estimates
+from napari_lidnet.metrics.noreference import (
+    correlation_length,
+    edge_locations,
+    noise_sd,
+    quality_estimates,
+    worse_than_start,
+)
 
 __all__ = [
     "GAP_FACTOR",
@@ -880,13 +886,10 @@ def adapt_summary(outcome: AdaptOutcome) -> str:
 
 def _worse_note(est: dict) -> str:
     """A caveat when the adapted model leaves more noise than the starting one and no sharper edges, both measured
-    without a reference: the starting model is then the better choice."""
-    start, adapted = est.get("start") or {}, est.get("adapted") or {}
-    noise = (start.get("noise_sd_hu"), adapted.get("noise_sd_hu"))
-    edges = (start.get("edge_sharpness_hu_per_mm"), adapted.get("edge_sharpness_hu_per_mm"))
-    if any(v is None or not np.isfinite(v) for v in (*noise, *edges)):
+    without a reference (``metrics.noreference.worse_than_start``): the starting model is then the better choice."""
+    if not worse_than_start(est):
         return ""
-    if noise[1] > noise[0] and edges[1] <= edges[0]:
-        return (f". Note: the adapted model leaves more noise ({noise[0]:.1f} -> {noise[1]:.1f} HU) and no sharper "
-                "edges than the starting one: keep using the starting model, or adapt for more steps")  # fmt: skip
+    noise = (est["start"]["noise_sd_hu"], est["adapted"]["noise_sd_hu"])
+    return (f". Note: the adapted model leaves more noise ({noise[0]:.1f} -> {noise[1]:.1f} HU) and no sharper "
+            "edges than the starting one: keep using the starting model, or adapt for more steps")  # fmt: skip
     return ""

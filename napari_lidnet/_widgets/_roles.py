@@ -129,6 +129,19 @@ def model_item(name: str, kind: str, shipped: bool) -> str:
     return f"{pair_name(name, kind)} ({'shipped' if shipped else 'user'})"
 
 
+#: what a model picker adds to a model whose own no-reference check found it worse than its start
+WORSE_MARK = " - worse than its start by its own check"
+
+
+def _model_label(info: Any, kind: str) -> str:
+    """A model's picker entry; an adapted model that its own no-reference check found worse than the model it
+    started from says so (``metrics.noreference.worse_than_start``, from its card)."""
+    from ..metrics.noreference import worse_than_start
+
+    worse = worse_than_start(((info.card or {}).get("metrics") or {}).get("noreference") or {})
+    return model_item(info.name, kind, info.shipped) + (WORSE_MARK if worse else "")
+
+
 def fill_models(combo: Any, kind: str, before: list[tuple] = (), after: list[tuple] = (), fallback: int = 0) -> str:
     """Refill a model picker (a QComboBox): the ``(text, data)`` items ``before``, the registry's ``kind`` models
     (shipped first; data: the weights path), the items ``after``. The choice stays where it was (a model by its
@@ -142,7 +155,7 @@ def fill_models(combo: Any, kind: str, before: list[tuple] = (), after: list[tup
         models, default = list_models(kind), default_model(kind)
     except Exception as exc:  # a broken user folder must not break the dock
         problem = f"could not list {kind} models: {exc}"
-    items = [*before, *((model_item(m.name, kind, m.shipped), str(m.path)) for m in models), *after]
+    items = [*before, *((_model_label(m, kind), str(m.path)) for m in models), *after]
     combo.blockSignals(True)
     combo.clear()
     for text, data in items:
