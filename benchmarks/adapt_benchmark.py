@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from napari_lidnet._training.selfsup import PairPatches, adapt_job, prepare_adapt, train_steps
-from napari_lidnet.inference import denoise
+from napari_lidnet.inference import denoise, map_yields, run_to_end
 from napari_lidnet.io.volume import CTVolume
 from napari_lidnet.metrics.image import psnr, ssim
 from napari_lidnet.metrics.noreference import edge_locations, edge_sharpness, noise_sd
@@ -137,6 +137,12 @@ def train_supervised(train: dict[str, Any], args: argparse.Namespace, device: An
     return model.eval(), info
 
 
+def _say_prepare(rec: dict) -> None:
+    """Print an adaptation record's set-up lines."""
+    if rec["stage"] == "prepare":
+        print("   ", rec["message"], flush=True)
+
+
 def train_selfsup(
     train: dict[str, Any], args: argparse.Namespace, scheme: str, device: Any, consistency: bool = True
 ) -> tuple[Any, dict[str, Any]]:
@@ -158,14 +164,7 @@ def train_selfsup(
             estimate_every=args.steps,
             command="benchmarks/adapt_benchmark.py",
         )
-        while True:
-            try:
-                rec = next(job)
-            except StopIteration as stop:
-                outcome = stop.value
-                break
-            if rec["stage"] == "prepare":
-                print("   ", rec["message"], flush=True)
+        outcome = run_to_end(map_yields(job, _say_prepare))
     model, card = load_model(outcome.exported[0].removesuffix(".safetensors"), "denoiser", device=device)
     sup = card["training"]["selfsup"]
     info.update(

@@ -71,7 +71,7 @@ from real_ct_sources import TRAINING, fetch, read_source  # noqa: E402
 from results_io import refuse_existing, write_results  # noqa: E402
 
 from napari_lidnet._training.selfsup import adapt_job, adapt_summary  # noqa: E402
-from napari_lidnet.inference import denoise  # noqa: E402
+from napari_lidnet.inference import denoise, map_yields, run_to_end  # noqa: E402
 from napari_lidnet.io.volume import CTVolume  # noqa: E402
 from napari_lidnet.metrics.image import METRIC_WINDOW, psnr, ssim  # noqa: E402
 from napari_lidnet.models.registry import MODEL_DIR_ENV, load_model  # noqa: E402
@@ -150,6 +150,12 @@ def low_dose(vol: dict[str, Any], k: int, model: str, pool: ProcessPoolExecutor)
 # --------------------------------------------------------------------------------------------------- adaptation
 
 
+def _say_stage(rec: dict) -> None:
+    """Print an adaptation record's set-up and export lines."""
+    if rec["stage"] in ("prepare", "export"):
+        print(f"    {rec['message']}", flush=True)
+
+
 def adapt(vol: dict[str, Any], low: np.ndarray, tag: str) -> tuple[Any, dict[str, Any]]:
     """``adapt_job`` on the low-dose adaptation half, as ``lidnet adapt`` runs it; the exported model loaded back."""
     spacing = (vol["slice_mm"], vol["pixel_mm"], vol["pixel_mm"])
@@ -160,14 +166,7 @@ def adapt(vol: dict[str, Any], low: np.ndarray, tag: str) -> tuple[Any, dict[str
             [volume], tag, scheme="neighbours", steps=STEPS, from_model="default", boxes=None, device="cpu",
             seed=0, patch_size=96, command=f"benchmarks/adapt_real.py ({tag})",
         )  # fmt: skip
-        while True:
-            try:
-                rec = next(job)
-            except StopIteration as stop:
-                outcome = stop.value
-                break
-            if rec["stage"] in ("prepare", "export"):
-                print(f"    {rec['message']}", flush=True)
+        outcome = run_to_end(map_yields(job, _say_stage))
     model, _card = load_model(outcome.exported[0].removesuffix(".safetensors"), "denoiser", device="cpu")
     info.update(
         status=outcome.status, steps_done=outcome.steps_done, loss_before=outcome.loss_before,
