@@ -299,3 +299,28 @@ def test_the_headers_are_read_off_the_viewers_thread(widget, two_series_dir, qtb
     w.open_button.click()
     qtbot.waitUntil(lambda: len(viewer.layers) == 2 and not w._workers, timeout=10000)
     assert viewer.layers[1].name == "chest B" and on_main == [False, False] and w.open_button.isEnabled()
+
+
+def test_only_the_newest_scan_fills_the_picker(widget, two_series_dir, qtbot, monkeypatch):
+    """Diff review 2026-12-06: paths A, B, then A again entered while A's first scan still ran (a slow disk): both
+    scans of A filled the picker (each series twice), and the first one's end let Open run before the newest."""
+    import time
+
+    from napari_lidnet._widgets import load_ct
+
+    real = load_ct.list_series
+
+    def slow(path):  # the real reader on a slow disk: the first scan ends last
+        time.sleep(0.6 if not slow.calls else 0.1)
+        slow.calls += 1
+        return real(path)
+
+    slow.calls = 0
+    monkeypatch.setattr(load_ct, "list_series", slow)
+    viewer, w = widget
+    for path in (two_series_dir["root"], two_series_dir["root"] / "sub", two_series_dir["root"]):
+        w.path_edit.setText(str(path))
+        w.refresh_series()
+    qtbot.waitUntil(lambda: not w._workers, timeout=10000)
+    labels = [w.series_combo.itemText(i) for i in range(w.series_combo.count())]
+    assert len(labels) == 2 and len(set(labels)) == 2, labels

@@ -220,3 +220,15 @@ def test_files_opened_as_a_stack_in_napari_give_one_volume(make_napari_viewer, t
     (layer,) = viewer.open(files, stack=True, plugin="napari-lidnet")
     np.testing.assert_array_equal(layer.data, two_series_dir["hu_a"])
     assert len(viewer.open(files, plugin="napari-lidnet")) == len(files)
+
+
+def test_an_imagej_stack_of_1_mm_slices_keeps_its_pixel_size(tmp_path):
+    """Diff review 2026-12-06: ImageJ writes no "spacing" line for a depth of 1 (its default): such a stack lost its
+    0.7 mm pixels and read as 1 x 1 x 1 mm "assumed"."""
+    import tifffile
+
+    hu = np.zeros((3, 6, 5), np.float32) - 1000
+    tifffile.imwrite(tmp_path / "fiji.tif", hu, imagej=True, resolution=(1 / 0.7, 1 / 0.7),
+                     metadata={"unit": "mm", "axes": "ZYX"})  # fmt: skip
+    back = read_array(tmp_path / "fiji.tif")
+    assert back.spacing == pytest.approx((1.0, 0.7, 0.7), rel=1e-5) and not back.metadata["spacing_assumed"]

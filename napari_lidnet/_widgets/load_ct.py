@@ -87,6 +87,7 @@ class LoadCTWidget(QWidget):
         self.room = ReadingRoom.install(napari_viewer, self)
         self._scanned_path: str | None = None
         self._scan_ok = self._scanning = self._open_pending = False
+        self._scan_id = 0  # the newest scan's number
         self._workers: list[Any] = []
         self.sim_worker: Any = None
         self.sim_chunk: int | None = None  # slices per simulation call (None: 4 on the CPU, 16 on a GPU)
@@ -242,22 +243,23 @@ class LoadCTWidget(QWidget):
         if not Path(path).exists():
             self._error(f"{path}: no such file or folder")
             return None
-        self._scanning = True
+        self._scanning, self._scan_id = True, self._scan_id + 1
+        scan = self._scan_id  # only the newest scan counts (a path entered again starts another)
         self._info(f"reading the headers in {Path(path).name} …")
-        return self._start(_scan_task, (path,), lambda result: self._on_scanned(path, result), None,
-                           lambda: self._scan_ended(path))  # fmt: skip
+        return self._start(_scan_task, (path,), lambda result: self._on_scanned(scan, result), None,
+                           lambda: self._scan_ended(scan))  # fmt: skip
 
-    def _scan_ended(self, path: str) -> None:
-        """The headers of ``path`` are read (or failed): Open, when it was pressed meanwhile."""
-        if path != self._scanned_path:  # another path was entered meanwhile: its own scan decides
+    def _scan_ended(self, scan: int) -> None:
+        """Scan ``scan`` ended (or failed): Open, when it was pressed meanwhile."""
+        if scan != self._scan_id:  # another scan started meanwhile: it decides
             return
         self._scanning = False
         if self._open_pending and self._scan_ok:
             self._open_chosen()
         self._open_pending = False
 
-    def _on_scanned(self, path: str, result: Any) -> None:
-        if path != self._scanned_path:  # another path was entered meanwhile
+    def _on_scanned(self, scan: int, result: Any) -> None:
+        if scan != self._scan_id:  # another scan started meanwhile
             return
         if isinstance(result, _UserError):
             self._error(result.message)

@@ -75,7 +75,7 @@ def _tiff_spacing(tif: Any, ndim: int) -> np.ndarray | None:
     per_mm = IMAGEJ_MM.get(str(imagej.get("unit", "")).strip().lower()) if imagej else None
     if per_mm is not None:
         pixel = _resolution_mm(tags, per_mm)
-        z = float(imagej.get("spacing", 0) or 0) * per_mm
+        z = float(imagej.get("spacing", 1.0) or 0) * per_mm  # ImageJ leaves out a depth of 1 (its default)
         if pixel is not None and ndim == 2:
             return pixel
         if pixel is not None and ndim == 3 and z > 0:
