@@ -18,7 +18,7 @@ Protocol (fixed and written down before any result was seen; not changed after):
   seed 7100 + volume index) and ``radon`` (``benchmarks/radon_noise.py``, seed [7200, volume index, slice]).
 - Split: the first half of the block (16 slices; abdomen 10) is the adaptation half, the second half is held out.
   Neither the held-out half nor any normal-dose image reaches the adaptation.
-- Adaptation: ``selfsup.adapt_job`` called as ``lidnet adapt`` (``cli._cmd_adapt``) calls it with its defaults:
+- Adaptation: ``selfsup.adapt_job`` called as ``lidnet adapt`` (``cli.training._cmd_adapt``) calls it with its defaults:
   scheme neighbours, 300 steps, from the shipped default denoiser, patch 96 (batch 4, lr 5e-4, seed 0, consistency
   weighting, estimates every 60 steps: adapt_job's defaults), on one CTVolume of the low-dose adaptation half
   (slice spacing as the source states it), device CPU, 2 torch threads; exported into a temporary model folder

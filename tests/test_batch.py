@@ -320,7 +320,7 @@ def test_a_failure_names_its_series_and_says_whether_a_rerun_can_mend_it(archive
                        progress=remove_a_file_of_a_series_not_yet_run)  # fmt: skip
     assert len(report.written) == 2 and len(report.failed) == 1 and report.failed[0].fix is None
     assert report.failed[0].startswith(f"series '{victim[0]}' (1.2.") and "No such file" in report.failed[0]
-    from napari_lidnet.cli import _failed_summary
+    from napari_lidnet.cli.images import failed_summary as _failed_summary
 
     assert _failed_summary(report.failed, "2 written").endswith("2 written; run again to retry")
 

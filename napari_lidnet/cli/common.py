@@ -1,0 +1,209 @@
+"""What the ``lidnet`` commands share: reading and checking an input, the output checks, the model and threshold
+options, argument types, progress lines and the Ctrl-C / SIGTERM handling of long runs."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from napari_lidnet.io.atomic import check_writable
+
+
+def check_new_output(out: Path, input_path: str | None = None, folder: bool = False) -> None:
+    """Refuse, before any work, an output that exists (a ``folder`` output may be an empty folder), one inside the
+    input folder, or one whose folder is missing or cannot be written."""
+    if out.exists() and not (folder and out.is_dir() and not any(out.iterdir())):
+        raise FileExistsError(f"{out} already exists; outputs never overwrite: choose a new path")
+    if input_path is not None and Path(input_path).is_dir():
+        if out.resolve().is_relative_to(Path(input_path).resolve()):
+            raise ValueError(f"{out} lies inside the input folder {input_path}; choose an output outside it")
+    parent = out.resolve().parent
+    if not folder and not parent.is_dir():
+        raise FileNotFoundError(f"{parent}: folder does not exist (create it first)")
+    check_writable(out)
+
+
+def check_ct(vol: Any, path: str) -> None:
+    """Refuse a volume that is not CT the models process (``io.checks.ct_problem``)."""
+    from napari_lidnet.io.checks import ct_problem
+
+    problem = ct_problem(vol.hu, str(vol.metadata.get("modality", "") or ""), path)
+    if problem:
+        raise ValueError(problem)
+
+
+def open_checked(path: str, series_uid: str | None = None, every: bool = False) -> list:
+    """The CT volumes at ``path`` (series ``series_uid``), the first checked by ``check_ct``; with ``every``, all
+    of them, those that are not CT left out with a note (refused when none is). The reader's warnings are shown
+    only when the input is usable."""
+    from napari_lidnet.io.open_ct import open_ct
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        volumes = open_ct(path, series_uid)
+    kept, refused = [], []
+    for vol in volumes if every else volumes[:1]:
+        try:
+            check_ct(vol, path)
+            kept.append(vol)
+        except ValueError as exc:
+            refused.append((vol.name, exc))
+    if not kept:
+        raise refused[0][1]
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    for name, exc in refused:
+        warnings.warn(f"left out {name}: {exc}", UserWarning, stacklevel=2)
+    return kept if every else volumes
+
+
+def open_single(path: str, series_uid: str | None = None):
+    """The first (largest) CT volume at ``path``, or series ``series_uid``, checked by ``check_ct``."""
+    volumes = open_checked(path, series_uid)
+    if len(volumes) > 1:
+        keys = [v.metadata.get("series_key") or v.metadata.get("series_uid", "") for v in volumes]
+        names = ", ".join(f"{v.name} ({key})" for v, key in zip(volumes, keys))
+        print(f"{path} holds {len(volumes)} series: {names}; using the first (--series UID picks one)", file=sys.stderr)
+    return volumes[0]
+
+
+def print_progress(done: int, total: int) -> None:
+    """``done/total slices`` on one rewritten line on a terminal; in a log, a line per tenth of the work."""
+    if sys.stderr.isatty():
+        print(f"\r{done}/{total} slices", end="" if done < total else "\n", file=sys.stderr, flush=True)
+    elif done == total or new_tenth(done, total):
+        print(f"{done}/{total} slices", file=sys.stderr, flush=True)
+
+
+def new_tenth(done: int, total: int) -> bool:
+    """Whether ``done`` of ``total`` starts a new tenth of the work (a log line per tenth)."""
+    return (10 * done) // max(total, 1) > (10 * (done - 1)) // max(total, 1)
+
+
+def threshold_note(name: str, card: dict[str, Any]) -> str:
+    """Where the score threshold of the exported detector ``name`` (its ``card``) comes from, and how to set one
+    for the user's own scans."""
+    from napari_lidnet.models.weights import FALLBACK_THRESHOLD
+
+    cal = card.get("calibration") or {}
+    how = f"set one for your scans: lidnet calibrate SCANS --from {name} --name {name}-site"
+    if cal.get("inherited_from"):
+        return (f"note: {name}_detector keeps the score threshold {cal['threshold']:.3f} calibrated for the weights it "
+                f"started from ({cal['inherited_from']}); {how}")  # fmt: skip
+    if not cal:
+        return f"note: {name}_detector has no calibrated score threshold ({FALLBACK_THRESHOLD} is used); {how}"
+    return f"{name}_detector: score threshold {cal['threshold']:.3f}"
+
+
+def load_model_arg(name: str | None, kind: str, device: str):
+    from napari_lidnet.metrics.noreference import worse_than_start
+    from napari_lidnet.models.device import pick_device
+    from napari_lidnet.models.registry import load_model
+
+    dev, notice = pick_device(device)
+    if notice:
+        print(notice, file=sys.stderr)
+    model, card = load_model(name or "default", kind=kind)
+    if worse_than_start((card.get("metrics") or {}).get("noreference") or {}):
+        print(f"warning: {name}: its own no-reference check found it worse than the model it was adapted from "
+              f"({card.get('training', {}).get('selfsup', {}).get('from_model', 'its start')})", file=sys.stderr)
+    return model.to(dev), dev, card
+
+
+def threshold_arg(args: argparse.Namespace, card: dict[str, Any]) -> float:
+    """``--threshold`` if given, else the detector card's calibrated one (the Denoise widget's default)."""
+    from napari_lidnet.models.weights import default_threshold
+
+    return default_threshold(card) if args.threshold is None else args.threshold
+
+
+def score_arg(text: str) -> float:
+    """argparse type: a detection score threshold in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a score threshold is a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a score threshold lies in [0, 1], got {text}")
+    return value
+
+
+def int_in(lo: int, hi: int) -> Any:
+    """argparse type: an integer in [lo, hi] (argparse names the option in its one-line error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"an integer in [{lo}, {hi}] is expected, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be in [{lo}, {hi}], got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+SEED = int_in(0, 2**32 - 1)
+
+
+def device_arg(text: str) -> str:
+    """argparse type: a device this machine has (``auto`` picks the best one; a device asked for by name that is
+    not here is refused rather than run on the CPU unasked)."""
+    if text.lower() == "auto":
+        return text
+    from napari_lidnet.models.device import pick_device
+
+    try:
+        notice = pick_device(text)[1]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if notice:
+        raise argparse.ArgumentTypeError(f"{text!r} is not available on this machine; use cpu or auto")
+    return text
+
+
+def add_split(p: Any) -> None:
+    """The ``--split`` option of ``index`` and ``train``."""
+    p.add_argument(
+        "--split",
+        choices=["train", "val", "test", "all"],
+        default="train",
+        help="the official part of an archive that has one (DeepLesion's Train_Val_Test column); others: all",
+    )
+
+
+def add_all_series(p: Any, each: str) -> None:
+    """The ``--all-series`` and ``--workers`` options of ``denoise`` and ``detect`` (``each``: what is written)."""
+    p.add_argument("--all-series", action="store_true", help=f"every DICOM series and NIfTI file under INPUT, {each}")
+    p.add_argument("--workers", type=int, default=2, help="with --all-series: processes reading series ahead")
+
+
+@contextlib.contextmanager
+def ctrl_c_stops(flag: Any, escalate: bool = True) -> Iterator[None]:
+    """While inside, the first Ctrl-C (SIGINT) or SIGTERM sets ``flag`` (a threading.Event: the run stops after its
+    current step and saves what it has); a second one interrupts at once if ``escalate``. Outside the main thread
+    nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if flag.is_set() and escalate:
+            raise KeyboardInterrupt
+        flag.set()
+
+    previous = {sig: signal.signal(sig, on_sigint) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,245 @@
+"""The ``lidnet`` commands that run on images: ``denoise``, ``detect`` (one input, or every series of a folder:
+``batch``) and ``evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .common import (
+    add_all_series,
+    check_new_output,
+    device_arg,
+    load_model_arg,
+    open_single,
+    print_progress,
+    score_arg,
+    threshold_arg,
+)
+
+
+def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
+    from tqdm import tqdm
+
+    from napari_lidnet.batch import run_batch
+
+    model, dev, card = load_model_arg(args.model, "denoiser" if task == "denoise" else "detector", args.device)
+    bar = tqdm(unit="series", file=sys.stderr, dynamic_ncols=True, disable=None)
+
+    def progress(done: int, total: int, name: str) -> None:
+        bar.total = total
+        bar.set_postfix_str(name[-40:], refresh=False)
+        bar.update(done - bar.n)
+
+    threshold = threshold_arg(args, card) if task == "detect" else 0.0
+    try:
+        report = run_batch(
+            args.input, out, task, model, dev, threshold, args.model or "default", progress, workers=args.workers,
+            remove_sd=getattr(args, "remove_sd", None),
+        )  # fmt: skip
+    finally:
+        bar.close()
+    done = f"{len(report.written)} written, {len(report.skipped)} already complete (skipped) in {out}"
+    if report.left_out and not (report.written or report.skipped or report.failed):
+        n = len(report.left_out)
+        raise ValueError(f"nothing to {task} under {args.input}: {n} series left out (first: {report.left_out[0]})")
+    if report.left_out:  # left out for good: a re-run would not change it
+        n = len(report.left_out)
+        print(f"note: {n} series left out (first: {report.left_out[0]})", file=sys.stderr)
+    if report.notes:
+        more = f" (and {len(report.notes) - 1} other outputs)" if len(report.notes) > 1 else ""
+        print(f"note: {report.notes[0]}{more}", file=sys.stderr)
+    for line in report.failed[:MAX_FAILED_LINES]:  # each series not processed, with its reason; the summary last
+        print(f"failed: {line}", file=sys.stderr)
+    if len(report.failed) > MAX_FAILED_LINES:
+        print(f"failed: ... and {len(report.failed) - MAX_FAILED_LINES} more", file=sys.stderr)
+    if report.failed:
+        raise ValueError(failed_summary(report.failed, done))
+    print(done, file=sys.stderr)
+    return 0
+
+
+#: failed series a batch run lists one per line before its summary
+MAX_FAILED_LINES = 50
+
+
+def failed_summary(failed: list[Any], done: str) -> str:
+    """The one line of a batch run with series not processed: the first one, and what to do. A series whose
+    content cannot be read (``batch.Failed.fix``: the file to fix or remove) fails a re-run the same way; an error
+    of the file system (a file gone, no permission) may not."""
+    lasting = [f for f in failed if getattr(f, "fix", None) is not None]
+    first = lasting[0] if lasting else failed[0]
+    head = f"{len(failed)} series not processed (first: {first}); {done}"
+    if not lasting:
+        return f"{head}; run again to retry"
+    more = f" (and the files of {len(lasting) - 1} other series)" if len(lasting) > 1 else ""
+    fix = f"fix or remove {lasting[0].fix}{more}"
+    if len(lasting) == len(failed):
+        return f"{head}; {fix}: a re-run fails the same way"
+    return f"{head}; {fix}: a re-run fails the same way; run again to retry the other {len(failed) - len(lasting)}"
+
+
+NOT_A_SERIES_FOLDER = {".gz", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".dcm", ".csv", ".json"}
+
+
+def _note_remove_sd(hu: Any, remove_sd: float | None) -> None:
+    """A note on stderr when ``--remove-sd`` is at or above the noise measured in the scan's flat tissue: the
+    weight of what is kept is then 0, i.e. all the noise was removed (as without the option)."""
+    if remove_sd is None:
+        return
+    import math
+
+    from napari_lidnet.metrics.noreference import noise_sd
+
+    measured = noise_sd(hu)
+    if math.isfinite(measured) and remove_sd >= measured:
+        print(f"note: --remove-sd {remove_sd:g} HU is at or above the noise measured in flat tissue "
+              f"({measured:.1f} HU): all the noise was removed", file=sys.stderr)  # fmt: skip
+
+
+def _note_new_study(metadata: dict[str, Any], source: str) -> None:
+    """A note on stderr when a DICOM series is written from an input without DICOM patient data: it starts a new
+    study with an empty patient, and an input without patient geometry is placed as an axial stack."""
+    if metadata.get("source_tags"):
+        return
+    where = "; its slices are placed as an axial stack (the input has no patient orientation)"
+    print(f"note: {source} carries no DICOM patient or study: the series starts a new study with an empty patient"
+          f"{where if metadata.get('orientation_unknown') else ''}", file=sys.stderr)  # fmt: skip
+
+
+def _cmd_denoise(args: argparse.Namespace) -> int:
+    if args.all_series:
+        return _cmd_batch(args, "denoise", args.output)  # run_batch checks --remove-sd before writing anything
+
+    from napari_lidnet.strength import check_remove_sd
+
+    check_remove_sd(args.remove_sd)  # before the input is read and the model loaded
+
+    from napari_lidnet.io.arrays import ARRAY_SUFFIXES
+    from napari_lidnet.io.nifti import is_nifti
+
+    out = Path(args.output)
+    as_file = out.suffix.lower() in ARRAY_SUFFIXES or is_nifti(out)
+    if not as_file and out.suffix.lower() in NOT_A_SERIES_FOLDER:
+        raise ValueError(f"{out}: cannot write {out.suffix} files; give .nii.gz, .npz, .tif, .npy or a folder (DICOM)")
+    check_new_output(out, args.input, folder=not as_file)
+    vol = open_single(args.input, args.series)
+    if as_file and out.suffix.lower() != ".npy":  # before the model runs (.npy keeps no geometry to get wrong)
+        from napari_lidnet.io.volume import check_uniform_grid
+
+        check_uniform_grid(vol, "NIfTI" if is_nifti(out) else out.suffix.lower())
+    model, dev, _ = load_model_arg(args.model, "denoiser", args.device)
+    if as_file and not is_nifti(out):
+        from napari_lidnet.inference import denoise
+        from napari_lidnet.io.arrays import write_array
+
+        hu = denoise(model, vol.hu, device=dev, progress=print_progress, remove_sd=args.remove_sd)
+        _note_remove_sd(vol.hu, args.remove_sd)
+        write_array(out, hu, vol.spacing)
+        if out.suffix.lower() == ".npy":
+            spacing = " x ".join(f"{v:g}" for v in vol.spacing)
+            print(f"note: .npy keeps no voxel size ({spacing} mm); .npz, .tif and DICOM keep it", file=sys.stderr)
+    else:
+        from napari_lidnet.batch import denoise_into
+
+        denoise_into(out, vol, model, dev, args.model or "default", args.remove_sd, print_progress)
+        _note_remove_sd(vol.hu, args.remove_sd)
+        if not as_file:
+            _note_new_study(vol.metadata, args.input)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from napari_lidnet.batch import box_cap_note, detect_into
+
+    if args.all_series:
+        return _cmd_batch(args, "detect", args.out)
+    out = Path(args.out)
+    check_new_output(out, args.input)
+    if out.suffix.lower() not in (".csv", ".json"):
+        raise ValueError(f"{out}: boxes are written as .csv or .json; give a file name with one of those endings")
+    vol = open_single(args.input, args.series)
+    model, dev, card = load_model_arg(args.model, "detector", args.device)
+    threshold = threshold_arg(args, card)
+    about = {"input": str(args.input), "model": args.model or "default", "threshold": threshold}
+    rows, lesions = detect_into(out, vol, model, dev, threshold, about, print_progress)
+    note = box_cap_note(rows)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    found = f"{len(rows)} boxes ({lesions.max(initial=0)} lesions)"
+    print(f"wrote {found} with score >= {threshold:.3f} to {out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from napari_lidnet._training.report import evaluate_dataset, format_table
+
+    if args.max_slices is not None and args.max_slices < 1:
+        raise ValueError(f"--max-slices must be at least 1, not {args.max_slices}")
+    if args.json:
+        check_new_output(Path(args.json), args.data)
+    result = evaluate_dataset(args.data, args.model, args.detector, args.device, max_slices=args.max_slices)
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "x") as fh:  # exclusive: never replaces a file
+            fh.write(json.dumps(result, indent=2))
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _add_input(p: Any, kind: str) -> None:
+    """The input, model, series and device options of a command that runs a ``kind`` on one input."""
+    p.add_argument("input", help="CT to read: a DICOM file or series folder (a DICOMDIR too), a NIfTI file, a "
+                   "DeepLesion key slice, or an array file (.npy, .npz, .tif)")  # fmt: skip
+    p.add_argument("--model", default=None, help=f"{kind} name or weights path (default: shipped)")
+    p.add_argument("--series", default=None, metavar="UID", help="the DICOM series to read (default: the largest)")
+    p.add_argument("--device", default="auto", type=device_arg)
+
+
+def add_denoise(sub: Any) -> None:
+    """The ``denoise`` subcommand."""
+    p = sub.add_parser("denoise", help="denoise a CT (any format the reader takes)")
+    _add_input(p, "denoiser")
+    p.add_argument("output", help=".nii.gz/.nii (geometry kept), .npz/.tif/.npy file, or a new folder (DICOM series)")
+    p.add_argument(
+        "--remove-sd",
+        type=float,
+        default=None,
+        metavar="HU",
+        help="remove only this noise SD and keep the rest (e.g. what a dose reduction added; a Wiener blend, the "
+        "least-squares estimate of the scan without that noise); default: all",
+    )
+    add_all_series(p, "one series folder (.nii.gz) each in OUTPUT; resumes")
+    p.set_defaults(func=_cmd_denoise)
+
+
+def add_detect(sub: Any) -> None:
+    """The ``detect`` subcommand."""
+    p = sub.add_parser("detect", help="detect lesions on the images as given (no denoising); writes a CSV of boxes")
+    _add_input(p, "detector")
+    p.add_argument("--out", required=True, help="CSV (or .json) file for the boxes: slice and x1..y2 in pixels of the "
+                   "image as read (a NIfTI file turned to z up, y back, x left: not its voxel order), lps_*_mm in the "
+                   "patient")  # fmt: skip
+    p.add_argument(
+        "--threshold", type=score_arg, default=None,
+        help="lowest score kept, in [0, 1] (default: the detector card's calibrated threshold, as in the widget)",
+    )  # fmt: skip
+    add_all_series(p, "one CSV each in the --out folder; resumes, skips finished")
+    p.set_defaults(func=_cmd_detect)
+
+
+def add_evaluate(sub: Any) -> None:
+    """The ``evaluate`` subcommand."""
+    p = sub.add_parser("evaluate", help="PSNR, SSIM and FROC of low dose, denoised and full dose on a dataset")
+    p.add_argument("data", help="a dataset folder as `lidnet simulate` writes it (each slice's full-dose and "
+                   "low-dose images with their boxes: see the README's 'The command line'); a DICOM folder is not one")
+    p.add_argument("--model", default=None, help="denoiser name or weights path (default: shipped)")
+    p.add_argument("--detector", default=None, help="detector name or weights path (default: shipped)")
+    p.add_argument("--max-slices", type=int, default=None, help="evaluate the first N slices only (default: all)")
+    p.add_argument("--json", default=None, help="also write the result as JSON")
+    p.add_argument("--device", default="auto", type=device_arg)
+    p.set_defaults(func=_cmd_evaluate)
