@@ -68,6 +68,7 @@ __all__ = [
     "array_fingerprint",
     "denoise",
     "detect",
+    "hu_array",
     "filter_boxes",
     "is_oom_error",
     "iter_denoise",
@@ -198,10 +199,15 @@ def is_oom_error(exc: BaseException) -> bool:
 LOWEST_HU = -1024.0
 
 
+def hu_array(data: Any) -> np.ndarray:
+    """``data`` as the pipeline reads it: a NumPy array of integers or floats as it is (each batch is read as
+    float32: an int16 study is not copied whole), anything else (a lazy or nested array) read as float32."""
+    return data if isinstance(data, np.ndarray) and data.dtype.kind in "iuf" else np.asarray(data, dtype=np.float32)
+
+
 def _as_stack(hu: np.ndarray) -> np.ndarray:
-    """``hu`` as a (z, y, x) stack; a NumPy array of integers or floats keeps its type (each batch is read as
-    float32: an int16 study is not copied whole), anything else is converted to float32."""
-    hu = hu if isinstance(hu, np.ndarray) and hu.dtype.kind in "iuf" else np.asarray(hu, dtype=np.float32)
+    """``hu`` (:func:`hu_array`) as a (z, y, x) stack."""
+    hu = hu_array(hu)
     if hu.ndim not in (2, 3):
         raise ValueError(f"expected a 2D slice or a 3D volume, got an array of shape {hu.shape}")
     return hu[None] if hu.ndim == 2 else hu

@@ -136,10 +136,9 @@ WORSE_MARK = " - worse than its start by its own check"
 def _model_label(info: Any, kind: str) -> str:
     """A model's picker entry; an adapted model that its own no-reference check found worse than the model it
     started from says so (``metrics.noreference.worse_than_start``, from its card)."""
-    from ..metrics.noreference import worse_than_start
+    from ..metrics.noreference import card_worse_than_start
 
-    worse = worse_than_start(((info.card or {}).get("metrics") or {}).get("noreference") or {})
-    return model_item(info.name, kind, info.shipped) + (WORSE_MARK if worse else "")
+    return model_item(info.name, kind, info.shipped) + (WORSE_MARK if card_worse_than_start(info.card) else "")
 
 
 def fill_models(combo: Any, kind: str, before: list[tuple] = (), after: list[tuple] = (), fallback: int = 0) -> str:

@@ -89,9 +89,10 @@ def input_problem(data: Any, slices: list[int] | None, modality: str, what: str)
     """``(hu, problem)``: a layer's ``data`` as an array (a NumPy array of numbers as it is: no float32 copy of an
     int16 study; a lazy array read) and why the models do not run on it (``io.checks.ct_problem``, on the slices
     to process), else None. Run by the worker: a study's checks and reads stay off the viewer's thread."""
+    from ..inference import hu_array
     from ..io.checks import ct_problem
 
-    hu = data if isinstance(data, np.ndarray) and data.dtype.kind in "iuf" else np.asarray(data, dtype=np.float32)
+    hu = hu_array(data)
     given = hu[np.asarray(slices)] if slices is not None and hu.ndim == 3 else hu
     return hu, ct_problem(given, modality, what)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._debounce import debounce_timer
 from ._denoise_export import DenoiseExports
 from ._denoise_outputs import DenoiseOutputs
 from ._docking import DockHome, scroll_layout
@@ -186,10 +187,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         self.threshold_slider.setRange(*THRESHOLD_RANGE)
         self.threshold_slider.setValue(30)
         self.threshold_label = QLabel()
-        self._threshold_timer = QTimer(self)  # a dragged slider: the boxes follow once the drag lets the loop run
-        self._threshold_timer.setSingleShot(True)
-        self._threshold_timer.setInterval(0)
-        self._threshold_timer.timeout.connect(self._apply_threshold)
+        self._threshold_timer = debounce_timer(self, self._apply_threshold)  # a dragged slider: boxes follow once
         self.threshold_slider.valueChanged.connect(self._on_threshold)
         self.detector_combo.currentIndexChanged.connect(self._threshold_from_detector)
         self.noise_check = QCheckBox("show removed noise")

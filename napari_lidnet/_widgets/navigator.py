@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtGui import QKeySequence, QShortcut
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -40,6 +40,7 @@ from ..findings import KEPT, Finding, centre_world, lesion_groups, measure
 from ..io.boxes_io import slice_columns
 from ..io.volume import n_slices
 from ._box_marks import dim_boxes, scored
+from ._debounce import debounce_timer
 from ._docking import DockHome
 from ._geometry import corners_in_image, index_to_patient, index_to_world, pixel_map
 from ._layer_watch import LayerWatch, renamed_to
@@ -121,10 +122,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         self.viewer = napari_viewer
         ReadingRoom.install(napari_viewer, self)
         self._findings: list[Finding] = []
-        self._reload_timer = QTimer(self)  # boxes, then their scores: one read once napari has announced both
-        self._reload_timer.setSingleShot(True)
-        self._reload_timer.setInterval(0)
-        self._reload_timer.timeout.connect(self._reload)
+        self._reload_timer = debounce_timer(self, self._reload)  # boxes, then their scores: one read of both
         self.boxes_layer: Any = None
         self.image_layer: Any = None
         self.reviewed_layer: Any = None

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractScrollArea,
     QCheckBox,
@@ -44,6 +44,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_lidnet._widgets._canvas import PlotCanvas
+from napari_lidnet._widgets._debounce import debounce_timer
 from napari_lidnet._widgets._docking import DockHome
 from napari_lidnet._widgets._geometry import pixel_map
 from napari_lidnet._widgets._layer_watch import LayerWatch, renamed_to
@@ -290,7 +291,7 @@ class ROICompareWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(split)
-        self._create_timer()
+        self._timer = debounce_timer(self, self.refresh, DEBOUNCE_MS)  # the table: once after the last change
         self._connect_signals()
         self._watch_viewer()
         DockHome(self, "bottom", TITLE)
@@ -381,13 +382,6 @@ class ROICompareWidget(QWidget):
         pl.addLayout(row)
         pl.addWidget(self.canvas)
         return plot_box
-
-    def _create_timer(self) -> None:
-        """The debounce timer: the table refreshes ``DEBOUNCE_MS`` after the last change."""
-        self._timer = QTimer(self)
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(DEBOUNCE_MS)
-        self._timer.timeout.connect(self.refresh)
 
     def _connect_signals(self) -> None:
         """Wire the widget's own controls: input changes schedule a refresh, plot choices redraw the plot."""

@@ -101,7 +101,7 @@ def threshold_note(name: str, card: dict[str, Any]) -> str:
 
 
 def load_model_arg(name: str | None, kind: str, device: str):
-    from napari_lidnet.metrics.noreference import worse_than_start
+    from napari_lidnet.metrics.noreference import card_worse_than_start
     from napari_lidnet.models.device import pick_device
     from napari_lidnet.models.registry import load_model
 
@@ -109,7 +109,7 @@ def load_model_arg(name: str | None, kind: str, device: str):
     if notice:
         print(notice, file=sys.stderr)
     model, card = load_model(name or "default", kind=kind)
-    if worse_than_start((card.get("metrics") or {}).get("noreference") or {}):
+    if card_worse_than_start(card):
         print(f"warning: {name}: its own no-reference check found it worse than the model it was adapted from "
               f"({card.get('training', {}).get('selfsup', {}).get('from_model', 'its start')})", file=sys.stderr)
     return model.to(dev), dev, card

@@ -89,18 +89,18 @@ def _tiff_spacing(tif: Any, ndim: int) -> np.ndarray | None:
 def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     import logging
 
-    import tifffile
-
     quiet = logging.getLogger("tifffile")  # a broken file is said in one line (ours), not also in tifffile's log
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
     try:
-        return _tiff_content(path, tifffile)
+        return _tiff_content(path)
     finally:
         quiet.setLevel(level)
 
 
-def _tiff_content(path: Path, tifffile: Any) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+def _tiff_content(path: Path) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    import tifffile
+
     with tifffile.TiffFile(path) as tif:
         photometric = tif.pages[0].photometric
         if photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR, tifffile.PHOTOMETRIC.PALETTE):

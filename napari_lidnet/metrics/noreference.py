@@ -481,6 +481,11 @@ def quality_estimates(hu: np.ndarray, pixel_mm: float, locations: np.ndarray | N
     }
 
 
+def card_worse_than_start(card: dict) -> bool:
+    """:func:`worse_than_start` of a model card's ``metrics.noreference`` (False for a card without them)."""
+    return worse_than_start(((card or {}).get("metrics") or {}).get("noreference") or {})
+
+
 def worse_than_start(estimates: dict) -> bool:
     """Whether an adapted model's own no-reference estimates (``{"start": ..., "adapted": ...}`` as ``lidnet adapt``
     records them on its card) say it leaves more noise than its starting model and no sharper edges; False when
