@@ -55,11 +55,9 @@ def index_to_world(layer: Any) -> np.ndarray:
     """4x4 matrix taking (slice, y, x, 1) pixel-edge coordinates of ``layer`` (pixel k spans [k, k+1) in y and x;
     2D: the slice is ignored) to world (z, y, x) mm, through napari's own data -> world transform."""
     nd = layer.ndim
-    origin = np.asarray(layer.data_to_world(np.zeros(nd)), dtype=float)
-    cols = [np.asarray(layer.data_to_world(np.eye(nd)[i]), dtype=float) - origin for i in range(nd)]
+    to_world, origin = _affine(layer.data_to_world, nd)
     mat = np.eye(4)
-    for k, col in enumerate(cols):
-        mat[3 - nd : 3, 3 - nd + k] = col[-nd:]
+    mat[3 - nd : 3, 3 - nd : 3] = to_world[-nd:]
     mat[3 - nd : 3, 3] = origin[-nd:]
     if nd == 2:
         mat[0, 0] = 0.0
