@@ -17,7 +17,8 @@ one (the dose).
 
     PYTHONPATH=. python benchmarks/told_sd_estimators.py [--real data/real] [--every 4] [--n-sim 12] [--workers 2]
 
-``--denoiser STEM`` runs another denoiser on the same cases (the inserted noise comes from the same cache), and
+``P`` is what the product gives told the SD (``denoise(..., remove_sd=)``: D8 for a blind model; a told model,
+``UNetDenoiser(told=True)``, takes the SD as an input). ``--denoiser STEM`` runs another denoiser on the same cases (the inserted noise comes from the same cache), and
 ``--baseline JSON`` (an earlier run's results) adds the paired gain of its PSNR (weights A and D8, the product's)
 over the baseline's, per data set and dose, with 95% bootstrap intervals over slices: how a candidate denoiser is
 compared with the shipped one on real validation slices as well as on simulation.
@@ -100,6 +101,8 @@ def one_slice(job: tuple[int, dict, str, str]) -> list[dict]:
                 out = den + np.float32(w) * (low - den)
                 rec.update({f"t_{name}": t, f"w_{name}": w, f"psnr_{name}": psnr(out, ref),
                             f"ssim_{name}": ssim(out, ref)})  # fmt: skip
+            told = np.asarray(denoise(_NET[0], low, batch_size=1, remove_sd=sd))  # the product's told output
+            rec.update({"psnr_P": psnr(told, ref), "ssim_P": ssim(told, ref), "psnr_blind": psnr(den, ref)})
             best_w, psnr_best = best_weight(low, den, ref)
             rec.update({"best_w": best_w, "psnr_best": psnr_best,
                         "psnr_ideal": psnr(den + np.float32(dose) * (low - den), ref)})  # fmt: skip
@@ -221,7 +224,8 @@ def main() -> None:
     if a.baseline:
         result["baseline"] = str(a.baseline)
         base = json.loads(a.baseline.read_text())["cases"]
-        weights = [w for w in ("A", "D8") if recs and f"psnr_{w}" in recs[0] and base and f"psnr_{w}" in base[0]]
+        weights = [w for w in ("A", "D8", "P", "blind")
+                   if recs and f"psnr_{w}" in recs[0] and base and f"psnr_{w}" in base[0]]
         result["gains"] = [g for w in weights for g in paired_gains(recs, base, w)]
         lines += ["", f"## PSNR gain over `{a.baseline}` (the same cases; both noise models pooled; weight A: the "
                   "residual's SD, D8: the product's)", "",

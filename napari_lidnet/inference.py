@@ -15,7 +15,8 @@ Every caller (widgets, command line, trainer validation, benchmarks) goes throug
 - Mixed precision (``torch.autocast``, ``amp``): on CUDA float16 by default (bfloat16 is too coarse for HU); on a
   CPU with native bfloat16 (AVX512-BF16, AMX) for models that declare ``cpu_bf16`` (the unet keeps HU in and noise
   out in float32), else float32.
-- ``InferenceSettings.remove_sd``: remove only that SD of noise and keep the rest (``strength.keep_noise``).
+- ``InferenceSettings.remove_sd``: remove only that SD of noise and keep the rest (``strength.keep_noise``; a
+  told model, ``UNetDenoiser(told=True)``, is given the SD instead).
 - Padding outside the scanner's field of view (``io.fov``) goes to the networks as air and comes back unchanged
   in the denoised image; no box is centred on it.
 - ``ResultCache``: results keyed by content fingerprints of the input and the model plus the settings, so a
@@ -473,8 +474,12 @@ def iter_denoise(
     _check_finite(stack, idx)
     out = np.empty((len(idx), *stack.shape[1:]), np.float32)
 
+    # a told model (FFDNet-style) takes the SD itself; a blind one removes all and the rest is put back after
+    told = bool(getattr(model, "told", False)) and bool(settings.remove_sd)
+
     def fn(x: torch.Tensor) -> list[np.ndarray]:
-        return list(net_to_hu(model(x)[:, 0].float()).cpu().numpy())
+        y = model(x, remove_sd=settings.remove_sd) if told else model(x)
+        return list(net_to_hu(y[:, 0].float()).cpu().numpy())
 
     def combine(parts: list, spans: list, shape: tuple[int, int]) -> np.ndarray:
         return _blend(parts, spans, shape, settings.overlap)
@@ -486,7 +491,8 @@ def iter_denoise(
             given = _batch(stack, chunk)
             low, pads = fill_padding(given)
             block = out[done : done + len(chunk)]
-            block[:] = np.maximum(keep_noise(low, runner.run(low, fn, combine), settings.remove_sd),
+            den = runner.run(low, fn, combine)
+            block[:] = np.maximum(den if told else keep_noise(low, den, settings.remove_sd),
                                   np.minimum(low, LOWEST_HU))  # no darker than air, unless the input was
             for image, source, pad in zip(block, given, pads):
                 if pad is not None:  # the padding goes back as it was

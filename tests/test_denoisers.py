@@ -151,3 +151,43 @@ def test_unet_inference_path_equals_the_plain_upsample_then_conv(shape: tuple[in
     with torch.inference_mode():
         edge = upsample_conv(y, model.up[0], (10, 12)) - model.up[0](F.interpolate(y, size=(10, 12), mode="bilinear"))
     assert float(edge.abs().max()) < 1e-5  # the one-pixel frame too
+
+
+def _told_from(blind: UNetDenoiser) -> UNetDenoiser:
+    told = UNetDenoiser(**blind.config, told=True)
+    missing, unexpected = told.load_state_dict(blind.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("told_") for k in missing)
+    return told
+
+
+def test_told_unet_starts_as_its_blind_parent_and_runs_blind_without_an_sd() -> None:
+    """FFDNet-style conditioning: made from a blind unet, the told one gives the parent's output told any SD (its
+    maps start at zero); once they are trained, no SD still gives exactly the parent's output, an SD another."""
+    torch.manual_seed(0)
+    blind = UNetDenoiser(width=4, levels=2).eval()
+    for p in blind.parameters():  # a parent that does something
+        torch.nn.init.normal_(p, std=0.2)
+    told = _told_from(blind).eval()
+    x = 0.05 * torch.randn(3, 1, 40, 36)
+    with torch.no_grad():
+        parent = blind(x)
+        torch.testing.assert_close(told(x, remove_sd=12.0), parent, rtol=0, atol=0)
+        for name in ("told_head", "told_mid"):
+            torch.nn.init.normal_(getattr(told, name).weight, std=0.5)
+        torch.testing.assert_close(told(x), parent, rtol=0, atol=0)
+        assert (told(x, remove_sd=12.0) - parent).abs().max() > 1e-3
+        assert (told(x, remove_sd=12.0) - told(x, remove_sd=30.0)).abs().max() > 1e-4
+
+
+def test_told_unet_takes_one_sd_per_image() -> None:
+    torch.manual_seed(1)
+    told = UNetDenoiser(width=4, levels=2, told=True).eval()
+    for p in told.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x = 0.05 * torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        both = told(x, remove_sd=torch.tensor([5.0, 40.0]))
+        torch.testing.assert_close(both[:1], told(x[:1], remove_sd=5.0))
+        torch.testing.assert_close(both[1:], told(x[1:], remove_sd=40.0))
+    assert build_denoiser("unet", **told.config).told and not UNetDenoiser().told
+    assert "told" not in UNetDenoiser().config  # cards of blind unets stay as they were

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from napari_lidnet.inference import InferenceSettings, denoise
@@ -107,3 +108,28 @@ def test_shipped_denoiser_told_the_sd_keeps_a_noisy_references_noise() -> None:
 
 def test_the_sd_is_part_of_the_cache_key() -> None:
     assert InferenceSettings(remove_sd=10.0).key() != InferenceSettings().key()
+
+
+def test_a_told_model_is_given_the_sd_instead_of_a_blend() -> None:
+    """A told unet (FFDNet-style) gets the SD as its input: the product's told output is the network's told one, not
+    the blind output with residual put back; blind and "remove 0" are as for any model."""
+    from napari_lidnet.models.denoisers import UNetDenoiser
+    from napari_lidnet.models.normalize import hu_to_net, net_to_hu
+
+    torch.manual_seed(3)
+    model = UNetDenoiser(width=4, levels=2, told=True).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    clean, _ = body_image(64)
+    low = (clean + fbp_like_noise(np.random.default_rng(4), clean.shape, 15.0)).astype(np.float32)
+
+    def net(sd: float | None) -> np.ndarray:
+        with torch.no_grad():
+            return net_to_hu(model(hu_to_net(torch.from_numpy(low)[None, None]), remove_sd=sd))[0, 0].numpy()
+    told = denoise(model, low, batch_size=1, amp=False, remove_sd=10.0)
+    body = low > -1000
+    np.testing.assert_allclose(told[body], net(10.0)[body], atol=1e-3)
+    blind = denoise(model, low, batch_size=1, amp=False)
+    assert np.abs(told - keep_noise(low, blind, 10.0))[body].max() > 1.0  # not the blend
+    np.testing.assert_allclose(blind[body], net(None)[body], atol=1e-3)
+    np.testing.assert_array_equal(denoise(model, low, batch_size=1, remove_sd=0.0), low)

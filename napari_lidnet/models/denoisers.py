@@ -169,6 +169,18 @@ def upsample_conv(y: torch.Tensor, conv: nn.Conv2d, size: tuple[int, int]) -> to
     return out
 
 
+def _zero_linear(width: int) -> nn.Linear:
+    """A bias-free (2 -> width) linear map starting at zero (a told model starts as its blind parent)."""
+    layer = nn.Linear(2, width, bias=False)
+    nn.init.zeros_(layer.weight)
+    return layer
+
+
+def _bias(layer: nn.Linear, cond: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``layer(cond)`` as a (B, C, 1, 1) per-channel bias in ``dtype``."""
+    return F.linear(cond, layer.weight.float()).to(dtype)[:, :, None, None]
+
+
 def _float32(x: torch.Tensor) -> contextlib.AbstractContextManager:
     """Autocast off for ``x``'s device (CPU and CUDA, where inference autocasts; elsewhere nothing to undo)."""
     if x.device.type in ("cpu", "cuda"):
@@ -186,6 +198,12 @@ class UNetDenoiser(nn.Module):
     output channel: a 4-pixel hatch in the residual's power spectrum). The full-resolution output conv sees the
     image itself. Like ``fastdn`` it predicts the noise at ``gain`` times network scale and subtracts it; the last
     conv starts near zero (near identity). Inputs are replicate-padded to a multiple of 2^levels and cropped back.
+
+    ``told=True`` adds FFDNet-style conditioning on the noise SD to remove: ``forward(x, remove_sd=HU)`` feeds
+    (1, HU / 100) through bias-free linear maps added to the full-resolution head, the bottleneck and each level's
+    way up (a constant noise-level map concatenated to the input, as FFDNet does, is the head's part of it). With
+    ``remove_sd=None`` nothing is added: the network is the blind one, so a told model starts as its blind parent
+    (the maps start at zero) and runs blind wherever no SD is given.
     """
 
     arch = "unet"
@@ -194,12 +212,16 @@ class UNetDenoiser(nn.Module):
     #: stay float32, ``forward``); on simulated slices that moved PSNR by under 0.01 dB, 1.6x faster (README)
     cpu_bf16 = True
 
-    def __init__(self, width: int = 16, levels: int = 3, blocks: int = 1, gain: float = 10.0) -> None:
+    def __init__(
+        self, width: int = 16, levels: int = 3, blocks: int = 1, gain: float = 10.0, told: bool = False
+    ) -> None:
         super().__init__()
         if levels < 1:
             raise ValueError(f"unet levels must be >= 1, got {levels}")
         self.config = {"width": width, "levels": levels, "blocks": blocks, "gain": gain}
-        self.levels, self.gain = levels, gain
+        if told:
+            self.config["told"] = True
+        self.levels, self.gain, self.told = levels, gain, told
         widths = [width * 2**k for k in range(levels + 1)]
         self.head = _conv_block(1, width)
         self.enc = nn.ModuleList(nn.Sequential(*[_conv_block(w, w) for _ in range(blocks)]) for w in widths[:-1])
@@ -213,26 +235,42 @@ class UNetDenoiser(nn.Module):
         self.tail = nn.Conv2d(width, 1, 3, padding=1)
         nn.init.normal_(self.tail.weight, std=0.01)
         nn.init.zeros_(self.tail.bias)
+        if told:  # (told flag, SD / 100 HU) -> a bias per channel: head, bottleneck, each level's way up
+            self.told_head = _zero_linear(width)
+            self.told_mid = _zero_linear(widths[-1])
+            self.told_dec = nn.ModuleList(_zero_linear(w) for w in widths[:-1])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _condition(self, x: torch.Tensor, remove_sd: float | torch.Tensor | None) -> torch.Tensor | None:
+        """(B, 2) conditioning rows (1, SD / 100) for a told model given an SD (HU; one, or one per image), else
+        None."""
+        if remove_sd is None or not self.told:
+            return None
+        sd = torch.as_tensor(remove_sd, dtype=torch.float32, device=x.device).reshape(-1).expand(x.shape[0])
+        return torch.stack([torch.ones_like(sd), sd / 100.0], dim=1)
+
+    def forward(self, x: torch.Tensor, remove_sd: float | torch.Tensor | None = None) -> torch.Tensor:
         h, w = x.shape[-2:]
         m = 2**self.levels
         pad_h, pad_w = (-h) % m, (-w) % m
         xp = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if (pad_h or pad_w) else x
+        cond = self._condition(x, remove_sd)
         with _float32(x):  # HU in: bfloat16 would round bone by up to 3 HU
-            y = self.head(xp * self.gain)
+            y = self.head[0](xp * self.gain)
+            y = self.head[1](y if cond is None else y + _bias(self.told_head, cond))
         skips = []
         for enc, down in zip(self.enc, self.down):
             y = enc(y)
             skips.append(y)
             y = down(y)
-        y = self.mid(y)
+        y = self.mid(y if cond is None else y + _bias(self.told_mid, cond, y.dtype))
         for k in reversed(range(self.levels)):
             u = upsample_conv(y, self.up[k], skips[k].shape[-2:])
             if torch.is_grad_enabled():
                 u = F.leaky_relu(u, 0.1) + skips[k]
             else:  # inference: in place, one full-size tensor fewer (about 1.05x)
                 u = F.leaky_relu_(u, 0.1).add_(skips[k])
+            if cond is not None:
+                u = u + _bias(self.told_dec[k], cond, u.dtype)
             y = self.dec[k](u)
         with _float32(x):  # the noise out in float32, whatever ran inside
             noise = self.tail(y.float()) / self.gain
