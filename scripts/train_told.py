@@ -53,10 +53,11 @@ def load_pairs(noisy: Path, clean: Path | None, real: Path | None) -> tuple[list
             if s.name not in sim or not np.array_equal(s.low_hu, sim[s.name].low_hu):
                 raise SystemExit(f"{clean}: {s.name} is not the low-dose image of {noisy} (same seed needed)")
             blind.append({"low": s.low_hu.astype(np.float32), "target": s.full_hu.astype(np.float32), "sd": None})
-    for source in [sim.values()] + ([read_dataset(real)] if real is not None else []):
+    sources = [(list(sim.values()), False)] + ([(read_dataset(real), True)] if real is not None else [])
+    for source, is_real in sources:
         for s in source:
             low, full = s.low_hu.astype(np.float32), s.full_hu.astype(np.float32)
-            told.append({"low": low, "target": full, "sd": inserted_sd(low, full), "real": source is not sim.values()})
+            told.append({"low": low, "target": full, "sd": inserted_sd(low, full), "real": is_real})
     return told, blind
 
 
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--told-lr-scale", type=float, default=10.0, help="the conditioning maps' rate over --lr")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--patch-size", type=int, default=128)
     p.add_argument("--save-every", type=int, default=250)
@@ -122,8 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(sim_told)} simulated + {len(real_told)} real told pairs, {len(blind)} blind pairs", flush=True)
     model, step = start_model(a.init, a.out)
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=a.lr)
-    command = "PYTHONPATH=. python " + shlex.join(sys.argv)
+    told_params = [p for n, p in model.named_parameters() if n.startswith("told_")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("told_")]
+    groups = [{"params": rest, "scale": 1.0}, {"params": told_params, "scale": a.told_lr_scale}]
+    opt = torch.optim.Adam([{**g, "lr": a.lr * g["scale"]} for g in groups])
+    last = a.out / "last_denoiser.json"
+    commands = json.loads(last.read_text())["training"]["commands"] if last.is_file() else []
+    commands.append("PYTHONPATH=. python " + shlex.join(sys.argv))
     t0, losses = time.time(), []
     while step < a.steps:
         rng = np.random.default_rng([a.seed, step])
@@ -133,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                  ((blind, n_blind), (real_told, n_real), (sim_told, a.batch_size - n_blind - n_real)) if n]  # fmt: skip
         low, target, sds = (torch.cat(x) for x in zip(*parts))
         for g in opt.param_groups:  # cosine over the whole run
-            g["lr"] = a.lr * 0.5 * (1 + math.cos(math.pi * step / a.steps))
+            g["lr"] = a.lr * g["scale"] * 0.5 * (1 + math.cos(math.pi * step / a.steps))
         told_rows = ~torch.isnan(sds)
         out = torch.empty_like(low)
         if (~told_rows).any():
@@ -145,10 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         step += 1
         if step % a.save_every == 0 or step == a.steps:
-            card = {"training": {"init": a.init, "commands": [command], "steps": step, "note": __doc__.split("\n")[0]}}
+            card = {"training": {"init": a.init, "commands": commands, "steps": step, "note": __doc__.split("\n")[0]}}
             save_weights(model, a.out / "last_denoiser", card)
             (a.out / "state.json").write_text(json.dumps({"step": step, "loss": float(np.mean(losses[-100:]))}))
             print(f"step {step}/{a.steps}: loss {np.mean(losses[-100:]):.3e}, {time.time() - t0:.0f} s", flush=True)
