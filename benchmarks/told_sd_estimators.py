@@ -18,10 +18,11 @@ one (the dose).
     PYTHONPATH=. python benchmarks/told_sd_estimators.py [--real data/real] [--every 4] [--n-sim 12] [--workers 2]
 
 ``P`` is what the product gives told the SD (``denoise(..., remove_sd=)``: D8 for a blind model; a told model,
-``UNetDenoiser(told=True)``, takes the SD as an input). ``--denoiser STEM`` runs another denoiser on the same cases (the inserted noise comes from the same cache), and
-``--baseline JSON`` (an earlier run's results) adds the paired gain of its PSNR (weights A and D8, the product's)
-over the baseline's, per data set and dose, with 95% bootstrap intervals over slices: how a candidate denoiser is
-compared with the shipped one on real validation slices as well as on simulation.
+``UNetDenoiser(told=True)``, takes the SD as an input). ``--denoiser STEM`` runs another denoiser on the same cases
+(the inserted noise comes from the same cache), and ``--baseline JSON`` (an earlier run's results) adds the paired
+gain of its PSNR (weights A and D8, P, and the blind output) over the baseline's, per data set and dose, with 95%
+bootstrap intervals over slices: how a candidate denoiser is compared with the shipped one on real validation slices
+as well as on simulation.
 """
 
 from __future__ import annotations
