@@ -11,7 +11,7 @@ a routine series. Methods, all starting from the shipped default denoiser, same 
 rate / seed:
 
 - ``default``: the shipped denoiser as is;
-- ``supervised``: fine-tuned with the true full-dose images (``selfsup.PairPatches``, same loop): the upper bound;
+- ``supervised``: fine-tuned with the true full-dose images (``adapt_patches.PairPatches``, same loop): the upper bound;
 - ``A neighbours``, ``B blindspot``: ``selfsup.adapt_job`` on the low-dose volume alone (exported, loaded back);
   ``A neighbours unweighted`` (``--methods``): scheme A without its consistency weighting.
 
@@ -54,7 +54,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_lidnet._training.selfsup import PairPatches, adapt_job, prepare_adapt, train_steps
+from napari_lidnet._training.adapt_data import prepare_adapt
+from napari_lidnet._training.adapt_patches import PairPatches
+from napari_lidnet._training.selfsup import adapt_job, train_steps
 from napari_lidnet.inference import denoise, map_yields, run_to_end
 from napari_lidnet.io.volume import CTVolume
 from napari_lidnet.metrics.image import psnr, ssim

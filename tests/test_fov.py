@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_lidnet._training.selfsup import prepare_adapt
+from napari_lidnet._training.adapt_data import prepare_adapt
 from napari_lidnet.inference import denoise, detect
 from napari_lidnet.io.fov import AIR_HU, fill_padding, padding_mask
 from napari_lidnet.io.volume import CTVolume

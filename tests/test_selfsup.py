@@ -9,18 +9,9 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_lidnet._training.selfsup import (
-    AdaptOutcome,
-    BlindSpotPatches,
-    NeighbourPatches,
-    adapt_job,
-    adapt_summary,
-    blindspot_input,
-    contiguous_runs,
-    neighbour_target,
-    prepare_adapt,
-    slice_positions,
-)
+from napari_lidnet._training.adapt_data import contiguous_runs, neighbour_target, prepare_adapt, slice_positions
+from napari_lidnet._training.adapt_patches import BlindSpotPatches, NeighbourPatches, blindspot_input
+from napari_lidnet._training.selfsup import AdaptOutcome, adapt_job, adapt_summary
 from napari_lidnet.io.volume import CTVolume
 from napari_lidnet.models.registry import MODEL_DIR_ENV, load_model
 

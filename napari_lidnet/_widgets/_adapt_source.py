@@ -1,7 +1,7 @@
 """The Fine-tune widget's third source: low-dose image layers alone -> ``_training.selfsup.adapt_job``.
 
 The reader keeps a volume's metadata on its layer (slice positions, DICOM files, warnings, slice thickness, the
-LPS affine), so :func:`volume_of_layer` rebuilds the CTVolume that ``selfsup.slice_positions`` and the guard rails
+LPS affine), so :func:`volume_of_layer` rebuilds the CTVolume that ``adapt_data.slice_positions`` and the guard rails
 read. :func:`adapt_request` checks everything a run needs (model name, starting model, ``prepare_adapt``) before a
 worker starts; :class:`NoReferencePlot` is the run panel's plot, which also draws the self-supervised loss and the
 no-reference estimates (noise SD, edge sharpness) of the input, the starting model and the adapted model. No torch
@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from .._training.adapt_data import prepare_adapt
 from .._training.finetune import model_name_problems
-from .._training.selfsup import adapt_job, estimates_line, prepare_adapt
+from .._training.selfsup import adapt_job, estimates_line
 from ..io.volume import CTVolume
 from ._roles import is_denoised, recorded_dose
 from .layer_inputs import inputs_from_layers
@@ -27,7 +28,7 @@ from .loss_plot import TrainingPlot
 
 #: (key, label) of the source in the data source picker
 ADAPT_SOURCE = ("adapt", "low-dose scans only (self-supervised)")
-#: (key, label) of the self-supervised schemes (``selfsup.SCHEMES``), the measured choice first
+#: (key, label) of the self-supervised schemes (``adapt_data.SCHEMES``), the measured choice first
 SCHEME_ITEMS = (
     ("neighbours", "neighbouring slices (recommended)"),
     ("blindspot", "blind spot (experimental)"),

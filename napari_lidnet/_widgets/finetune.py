@@ -367,7 +367,7 @@ class FineTuneWidget(QWidget):
 
     def build_adapt_request(self) -> tuple[AdaptRequest | None, list[str]]:
         """The self-supervised run the widget describes, or (None, problems): every check of the data
-        (``selfsup.prepare_adapt``), the name and the starting denoiser, before anything starts."""
+        (``adapt_data.prepare_adapt``), the name and the starting denoiser, before anything starts."""
         data, advanced = self.data_box.values(), self.advanced.values()
         layers = [ly for ly in (self._layer(n) for n in data["adapt_images"]) if ly is not None]
         settings = {
