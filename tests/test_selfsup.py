@@ -18,7 +18,9 @@ from napari_lidnet.models.registry import MODEL_DIR_ENV, load_model
 SIZE = 64
 
 
-def low_dose_volume(n: int = 5, size: int = SIZE, pixel: float = 0.8, seed: int = 0, **meta) -> CTVolume:
+def low_dose_volume(
+    n: int = 5, size: int = SIZE, pixel: float = 0.8, seed: int = 0, slice_mm: float = 2.5, **meta
+) -> CTVolume:
     """A body (40 HU) with an organ (90 HU) and fat (-100 HU), the same anatomy on every slice, independent
     FBP-like correlated noise (SD ~30 HU) per slice."""
     yy, xx = (np.mgrid[:size, :size] - size / 2) / size
@@ -28,7 +30,7 @@ def low_dose_volume(n: int = 5, size: int = SIZE, pixel: float = 0.8, seed: int 
     body[(yy / 0.1) ** 2 + ((xx + 0.25) / 0.08) ** 2 < 1] = -100.0
     rng = np.random.default_rng(seed)
     noise = ndi.gaussian_filter(rng.standard_normal((n, size, size)), (0, 0.7, 0.7)) * 30 / 0.4
-    return CTVolume(body[None] + noise.astype(np.float32), (2.5, pixel, pixel), name="lowdose", metadata=meta)
+    return CTVolume(body[None] + noise.astype(np.float32), (slice_mm, pixel, pixel), name="lowdose", metadata=meta)
 
 
 @pytest.fixture
@@ -150,7 +152,17 @@ def test_pixels_whose_anatomy_changes_between_neighbours_weigh_less() -> None:
 def test_overlapping_slices_are_flagged() -> None:
     data = prepare_adapt(low_dose_volume(slice_thickness=5.0), "neighbours", patch_size=32)
     assert any("5 mm slices every 2.5 mm overlap" in note for note in data.notes)
-    assert not prepare_adapt(low_dose_volume(slice_thickness=2.5), "neighbours", patch_size=32).notes
+    assert not prepare_adapt(low_dose_volume(slice_thickness=1.0, slice_mm=1.0), "neighbours", patch_size=32).notes
+
+
+def test_thick_slices_are_flagged_before_adapting() -> None:
+    """Measured on real scans (benchmarks/adapt_real.py): 2.5-5 mm apart, neighbours are other anatomy."""
+    thick = prepare_adapt(low_dose_volume(slice_thickness=2.5), "neighbours", patch_size=32).notes
+    assert thick == ["lowdose: slices 2.5 mm apart: on real scans of 2.5-5 mm slices, adapting to neighbouring "
+                     "slices mostly made the images worse (README, 'lidnet adapt'): keep the adapted model only if "
+                     "its estimates say it is better, or adapt on a thin-slice reconstruction"]  # fmt: skip
+    assert not prepare_adapt(low_dose_volume(slice_mm=2.0), "neighbours", patch_size=32).notes
+    assert not any("apart" in n for n in prepare_adapt(low_dose_volume(), "blindspot", patch_size=32).notes)
 
 
 def test_runs_split_at_gaps() -> None:

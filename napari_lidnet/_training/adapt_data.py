@@ -22,6 +22,8 @@ __all__ = ["GAP_FACTOR", "MIN_RUN", "SCHEMES", "AdaptData", "contiguous_runs", "
 SCHEMES = ("neighbours", "blindspot")
 _ALIASES = {"a": "neighbours", "neighbors": "neighbours", "b": "blindspot", "blind-spot": "blindspot"}
 GAP_FACTOR = 2.0  # a step over this x the median slice spacing splits a run (neighbours are other anatomy)
+#: mm between slices over which scheme A's neighbours hold other anatomy (measured: benchmarks/adapt_real.py)
+THICK_MM = 2.0
 MIN_RUN = 3  # slices a run needs for neighbour targets
 PIXEL_RTOL = 0.02  # relative pixel-spacing difference tolerated between volumes / between dy and dx
 MAX_BLIND_RADIUS = 8
@@ -161,6 +163,20 @@ def _overlap_note(vol: Any) -> str:
     )
 
 
+def _thick_note(vol: Any) -> str:
+    """A warning when neighbouring slices lie over ``THICK_MM`` apart: their average (scheme A's target) then mixes
+    other anatomy in, and on real scans of 2.5-5 mm slices adaptation mostly made the images worse."""
+    positions = slice_positions(vol)
+    step = float(np.median(np.abs(np.diff(positions)))) if len(positions) > 1 else 0.0
+    if step <= THICK_MM:
+        return ""
+    return (
+        f"{vol.name}: slices {step:g} mm apart: on real scans of 2.5-5 mm slices, adapting to neighbouring slices "
+        "mostly made the images worse (README, 'lidnet adapt'): keep the adapted model only if its estimates say "
+        "it is better, or adapt on a thin-slice reconstruction"
+    )
+
+
 def _box_table(boxes: Any, n_volumes: int) -> dict[tuple[int, int], np.ndarray]:
     """Per-volume (N, 5|6) ``slice, x1, y1, x2, y2[, score]`` arrays -> {(volume, slice): (N, 4)}."""
     if boxes is None:
@@ -235,7 +251,7 @@ def prepare_adapt(
         runs.append(vol_runs)
     data = AdaptData(stacks, [v.name for v in volumes], pixel_mm, scheme, items, runs, _box_table(boxes, len(stacks)))
     if scheme == "neighbours":
-        data.notes += [note for vol in volumes if (note := _overlap_note(vol))]
+        data.notes += [note for vol in volumes for f in (_overlap_note, _thick_note) if (note := f(vol))]
     split = [f"{n}: {len(r)} runs" for n, r in zip(data.names, runs) if len(r) > 1]
     if split:
         data.notes.append(f"split at slice gaps over {GAP_FACTOR:g}x the median spacing ({'; '.join(split)})")
