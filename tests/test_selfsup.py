@@ -107,6 +107,20 @@ def test_guard_rails_of_patches_and_boxes() -> None:
         prepare_adapt(low_dose_volume(), "neighbours", 32, boxes=[np.zeros((0, 5)), np.zeros((0, 5))])
 
 
+def test_the_job_refuses_a_told_denoiser(empty_model_dir: Path) -> None:
+    """Adaptation trains the blind network: a told unet's conditioning maps would go stale, so it is refused."""
+    from napari_lidnet.models.denoisers import UNetDenoiser
+    from napari_lidnet.models.weights import save_weights
+
+    save_weights(UNetDenoiser(width=4, levels=2, told=True), empty_model_dir / "told_denoiser")
+    with pytest.raises(ValueError, match="told_denoiser: a told denoiser"):
+        list(adapt_job([low_dose_volume()], "new", steps=2, from_model="told_denoiser", device="cpu", patch_size=32))
+    with pytest.raises(ValueError, match="the starting denoiser: a told denoiser"):
+        list(adapt_job([low_dose_volume()], "new", steps=2, from_model=UNetDenoiser(width=4, levels=2, told=True),
+                       device="cpu", patch_size=32))  # fmt: skip
+    assert not any(p.name.startswith("new") for p in empty_model_dir.iterdir())  # nothing exported
+
+
 def test_the_job_refuses_a_taken_name_and_no_steps(empty_model_dir: Path) -> None:
     with pytest.raises(ValueError, match="a model named 'fresh' already exists in .*: choose another name"):
         next(adapt_job([low_dose_volume()], "fresh", steps=5, from_model="fresh_denoiser"))

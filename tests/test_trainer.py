@@ -439,3 +439,16 @@ def test_the_time_left_counts_each_networks_pace_and_the_validations_to_come(tmp
     records = list(Trainer(_config(tmp_path / "r", rounds=2), _samples()).run())
     etas = [r["eta_s"] for r in records if "eta_s" in r]
     assert etas[-1] is not None and etas[-1] >= 0 and sum(e is None for e in etas) <= 2  # first steps only
+
+
+def test_a_told_denoiser_is_refused_before_anything_is_written(tmp_path):
+    """LIDnet rounds train the blind network (``model(x)``): a told unet's conditioning maps would be left fitted to
+    weights that no longer exist, so it is refused with one line and no run folder."""
+    from napari_lidnet.models.denoisers import UNetDenoiser
+    from napari_lidnet.models.weights import save_weights
+
+    save_weights(UNetDenoiser(width=4, levels=2, told=True), tmp_path / "told_denoiser")
+    cfg = dict(mode="pixel", pretrain_detector_steps=0, pretrain_denoiser_steps=5, rounds=0, pretrain_from_init=True)
+    with pytest.raises(ValueError, match="told_denoiser: a told denoiser .* start from a blind one"):
+        Trainer(_config(tmp_path / "run", init_denoiser=str(tmp_path / "told_denoiser"), **cfg), _samples())
+    assert not (tmp_path / "run").exists()

@@ -214,11 +214,15 @@ def _target_path(name: str) -> Any:
 
 def _start_model(from_model: Any, device: Any) -> tuple[Any, str]:
     """(a trainable copy of the starting denoiser on ``device``, how to name it in the card)."""
+    from napari_lidnet.models.denoisers import check_trainable_blind
+
     if hasattr(from_model, "parameters"):
+        check_trainable_blind(from_model, "the starting denoiser")
         return copy.deepcopy(from_model).to(device), f"in-memory {getattr(from_model, 'arch', 'denoiser')}"
     from napari_lidnet.models.registry import load_model
 
     model, card = load_model(from_model, kind="denoiser", device=device)
+    check_trainable_blind(model, os.fspath(from_model))
     return model, str(card.get("name") or os.fspath(from_model))
 
 

@@ -45,7 +45,7 @@ from napari_lidnet._training.resume import changed_steps_note, check_resume, ste
 from napari_lidnet._training.split import split_samples
 from napari_lidnet._training.validate import evaluate_denoiser, stack_samples
 from napari_lidnet.io.folder_lock import FolderInUse, FolderLock
-from napari_lidnet.models.denoisers import build_denoiser
+from napari_lidnet.models.denoisers import build_denoiser, check_trainable_blind
 from napari_lidnet.models.detector import LesionDetector
 from napari_lidnet.models.device import pick_device
 from napari_lidnet.models.registry import load_model
@@ -206,6 +206,7 @@ class Trainer:
     def _init_denoiser(self) -> torch.nn.Module:
         if self.cfg.init_denoiser:
             model, card = load_model(self.cfg.init_denoiser, kind="denoiser")
+            check_trainable_blind(model, str(self.cfg.init_denoiser))
             self._init_records["denoiser"] = _weights_record(self.cfg.init_denoiser, card)
             return model.to(self.device)
         torch.manual_seed(self.cfg.seed)

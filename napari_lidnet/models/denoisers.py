@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DENOISERS", "DnCNN", "FastDenoiser", "REDCNN", "UNetDenoiser", "build_denoiser"]
+__all__ = ["DENOISERS", "DnCNN", "FastDenoiser", "REDCNN", "UNetDenoiser", "build_denoiser", "check_trainable_blind"]
 
 
 class REDCNN(nn.Module):
@@ -287,3 +287,13 @@ def build_denoiser(arch: str, **kwargs: Any) -> nn.Module:
     except KeyError:
         raise ValueError(f"unknown denoiser architecture {arch!r}; known: {sorted(DENOISERS)}") from None
     return cls(**kwargs)
+
+
+def check_trainable_blind(model: nn.Module, name: str) -> None:
+    """A one-line ValueError when ``model`` is a told denoiser: LIDnet training and ``lidnet adapt`` train the blind
+    network (``model(x)``), which would leave its conditioning maps fitted to weights that no longer exist."""
+    if getattr(model, "told", False):
+        raise ValueError(
+            f"{name}: a told denoiser (it takes the noise SD as an input; scripts/train_told.py) cannot be trained "
+            "here, these steps train blind denoisers: start from a blind one"
+        )
