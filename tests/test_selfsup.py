@@ -377,3 +377,50 @@ def test_the_summary_says_when_the_adapted_model_is_worse_than_the_start() -> No
     assert "keep using the starting model" in worse and "2.0 -> 2.7 HU" in worse
     est["adapted"]["noise_sd_hu"] = 1.5
     assert "keep using" not in adapt_summary(AdaptOutcome("finished", "saved site_denoiser", "site", estimates=est))
+
+
+def _dihedral_of(patch: np.ndarray, image: np.ndarray):
+    """The flip / turn that makes ``image`` into ``patch``, or None."""
+    for k in range(8):
+        turned = np.rot90(image, k % 4)
+        turned = turned[:, ::-1] if k >= 4 else turned
+        if np.array_equal(patch, turned):
+            return lambda a, k=k: (np.rot90(a, k % 4)[:, ::-1] if k >= 4 else np.rot90(a, k % 4))
+    return None
+
+
+def test_scheme_insert_trains_on_each_slice_with_noise_inserted_at_its_own_level() -> None:
+    """Scheme C: the target is the slice itself (no other slice enters it), the input that slice plus CT noise
+    whose SD over the body is the slice's own noise SD in flat tissue, drawn with either sign."""
+    from napari_lidnet._training.adapt_data import scheme_name
+    from napari_lidnet._training.adapt_patches import InsertPatches, inserted_noise
+    from napari_lidnet.metrics.noreference import body_mask, noise_sd
+
+    assert scheme_name("C") == "insert"
+    vol = low_dose_volume(n=3, size=96)
+    data = prepare_adapt(vol, "insert", patch_size=96)  # single slices: no neighbours needed
+    assert data.items == [(0, 0), (0, 1), (0, 2)]
+    patches = InsertPatches(data, 96, lesion_fraction=0.0)
+    rng = np.random.default_rng(0)
+    signs = set()
+    for _ in range(12):
+        x, target, weight = patches.sample(rng)
+        found = [(z, f) for z in range(3) if (f := _dihedral_of(target, data.stacks[0][z])) is not None]
+        assert len(found) == 1 and np.all(weight == 1.0)  # the target is one slice of the scan, whole
+        z, turn = found[0]
+        noise = x - target
+        assert 0.8 * noise_sd(target) < np.std(noise[body_mask(target)]) < 1.25 * noise_sd(target)
+        realisation = turn(patches.noise[0, z])
+        assert np.allclose(np.abs(noise), np.abs(realisation), atol=1e-3)
+        signs.add(int(np.sign(np.sum(noise * realisation))))
+    assert signs == {-1, 1}
+    assert not inserted_noise(np.full((96, 96), -1000.0, np.float32), 0.8, [0]).any()  # no body: nothing inserted
+
+
+def test_scheme_insert_job_runs_and_records_its_scheme(empty_model_dir: Path) -> None:
+    job = adapt_job(low_dose_volume(n=3, size=64), "site-c", scheme="insert", steps=3, from_model="fresh_denoiser",
+                    device="cpu", patch_size=32)  # fmt: skip
+    _records, outcome = run_job(job)
+    assert outcome.status == "finished" and outcome.steps_done == 3
+    card = json.loads((empty_model_dir / "site-c_denoiser.json").read_text())
+    assert card["training"]["selfsup"]["scheme"] == "insert"
