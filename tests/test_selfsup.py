@@ -424,3 +424,20 @@ def test_scheme_insert_job_runs_and_records_its_scheme(empty_model_dir: Path) ->
     assert outcome.status == "finished" and outcome.steps_done == 3
     card = json.loads((empty_model_dir / "site-c_denoiser.json").read_text())
     assert card["training"]["selfsup"]["scheme"] == "insert"
+
+
+def test_scheme_insert_is_not_marked_worse_for_keeping_noise() -> None:
+    """Scheme insert keeps part of the scan's own noise by design: the no-reference "worse than its start" verdict
+    (more noise, no sharper edges) is no verdict for it (on real scans it was better while that check said worse)."""
+    from napari_lidnet.metrics.noreference import card_worse_than_start
+
+    est = {"start": {"noise_sd_hu": 3.0, "edge_sharpness_hu_per_mm": 58.1},
+           "adapted": {"noise_sd_hu": 6.9, "edge_sharpness_hu_per_mm": 57.8}}  # fmt: skip
+    card = {"metrics": {"noreference": est}, "training": {"selfsup": {"scheme": "neighbours"}}}
+    assert card_worse_than_start(card)
+    card["training"]["selfsup"]["scheme"] = "insert"
+    assert not card_worse_than_start(card)
+    outcome = AdaptOutcome("finished", "saved x", "x", estimates=est, card=card)
+    assert "no verdict" in adapt_summary(outcome) and "keep using the starting model" not in adapt_summary(outcome)
+    card["training"]["selfsup"]["scheme"] = "neighbours"
+    assert "keep using the starting model" in adapt_summary(outcome)
