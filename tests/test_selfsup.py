@@ -173,8 +173,8 @@ def test_thick_slices_are_flagged_before_adapting() -> None:
     """Measured on real scans (benchmarks/adapt_real.py): 2.5-5 mm apart, neighbours are other anatomy."""
     thick = prepare_adapt(low_dose_volume(slice_thickness=2.5), "neighbours", patch_size=32).notes
     assert thick == ["lowdose: slices 2.5 mm apart: on real scans of 2.5-5 mm slices, adapting to neighbouring "
-                     "slices mostly made the images worse (README, 'lidnet adapt'): keep the adapted model only if "
-                     "its estimates say it is better, or adapt on a thin-slice reconstruction"]  # fmt: skip
+                     "slices mostly made the images worse (README, 'lidnet adapt'): use scheme insert, or a "
+                     "thin-slice reconstruction"]  # fmt: skip
     assert not prepare_adapt(low_dose_volume(slice_mm=2.0), "neighbours", patch_size=32).notes
     assert not any("apart" in n for n in prepare_adapt(low_dose_volume(), "blindspot", patch_size=32).notes)
 

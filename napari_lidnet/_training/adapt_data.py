@@ -172,8 +172,7 @@ def _thick_note(vol: Any) -> str:
         return ""
     return (
         f"{vol.name}: slices {step:g} mm apart: on real scans of 2.5-5 mm slices, adapting to neighbouring slices "
-        "mostly made the images worse (README, 'lidnet adapt'): keep the adapted model only if its estimates say "
-        "it is better, or adapt on a thin-slice reconstruction"
+        "mostly made the images worse (README, 'lidnet adapt'): use scheme insert, or a thin-slice reconstruction"
     )
 
 
