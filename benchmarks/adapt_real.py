@@ -102,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--also-read", type=Path, default=Path("data/pypi-ct"), help="archives already there are used")
     p.add_argument("--results", type=Path, default=Path("benchmarks/results/adapt_real"), help="md/json stem")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--scheme", default="neighbours", help="lidnet adapt's scheme (neighbours, blindspot, insert)")
+    p.add_argument("--scheme", default="neighbours", help="lidnet adapt's scheme (neighbours or blindspot)")
     p.add_argument("--volumes", default=",".join(VOLUMES), help="a comma-separated subset of the volumes")
     p.add_argument("--noise-models", default=",".join(NOISE_MODELS), help="ours, radon or both")
     a = p.parse_args(argv)

@@ -152,21 +152,3 @@ def test_input_the_guard_rails_refuse_starts_nothing(make_napari_viewer, qtbot, 
     widget.start_denoiser_combo.setCurrentIndex(widget.start_denoiser_combo.count() - 1)
     assert widget.start() is None and "choose a starting denoiser" in widget.status.text()
     assert widget.worker is None and model_files(model_dir) == before
-
-
-def test_scheme_insert_is_offered_and_reaches_the_card(make_napari_viewer, qtbot, model_dir: Path, low_dose) -> None:
-    hu, pixel_mm, _boxes = low_dose
-    viewer = make_napari_viewer()
-    add_scan(viewer, hu[:1], pixel_mm)  # one slice: scheme insert needs no neighbours
-    widget = adapt_widget(viewer, qtbot, "site-i", steps=4)
-    from qtpy.QtCore import Qt
-
-    index = widget.scheme_combo.findData("insert")
-    widget.scheme_combo.setCurrentIndex(index)
-    assert "inserted" in widget.scheme_combo.currentText()
-    assert "2 mm" in widget.scheme_combo.itemData(index, Qt.ItemDataRole.ToolTipRole)
-    widget.start_button.click()
-    assert widget.worker is not None, widget.status.text()
-    wait_done(widget, qtbot, widget.worker)
-    assert widget.outcome.status == "finished", widget.status.text()
-    assert load_weights(model_dir / "site-i_denoiser")[1]["training"]["selfsup"]["scheme"] == "insert"

@@ -19,8 +19,8 @@ from napari_lidnet.metrics.noreference import (
 __all__ = ["GAP_FACTOR", "MIN_RUN", "SCHEMES", "AdaptData", "contiguous_runs", "neighbour_target", "prepare_adapt",
            "scheme_name", "slice_positions"]  # fmt: skip
 
-SCHEMES = ("neighbours", "blindspot", "insert")
-_ALIASES = {"a": "neighbours", "neighbors": "neighbours", "b": "blindspot", "blind-spot": "blindspot", "c": "insert"}
+SCHEMES = ("neighbours", "blindspot")
+_ALIASES = {"a": "neighbours", "neighbors": "neighbours", "b": "blindspot", "blind-spot": "blindspot"}
 GAP_FACTOR = 2.0  # a step over this x the median slice spacing splits a run (neighbours are other anatomy)
 #: mm between slices over which scheme A's neighbours hold other anatomy (measured: benchmarks/adapt_real.py)
 THICK_MM = 2.0
@@ -34,13 +34,13 @@ BLINDSPOT_WARNING = (
 
 
 def scheme_name(scheme: str) -> str:
-    """The canonical scheme name (``neighbours`` / ``blindspot`` / ``insert``; A, B and C accepted)."""
+    """The canonical scheme name (``neighbours`` / ``blindspot``; A and B accepted)."""
     key = str(scheme).strip().lower()
     key = _ALIASES.get(key, key)
     if key not in SCHEMES:
         raise ValueError(
-            f"unknown scheme {scheme!r}: use 'neighbours' (A, needs >= 3 contiguous slices), 'blindspot' (B, "
-            "works on single slices) or 'insert' (C, noise inserted into each slice)"
+            f"unknown scheme {scheme!r}: use 'neighbours' (A, needs >= 3 contiguous slices) or 'blindspot' (B, "
+            "works on single slices)"
         )
     return key
 
@@ -132,7 +132,7 @@ def _pixel_mm(volumes: Sequence[Any]) -> float:
 def _runs_of(vol: Any, scheme: str) -> list[tuple[int, int]]:
     """Contiguous runs of a volume usable by ``scheme`` (ValueError when scheme A has none)."""
     n = 1 if vol.hu.ndim == 2 else vol.hu.shape[0]
-    if scheme != "neighbours":  # one slice at a time
+    if scheme == "blindspot":
         return [(0, 1)] if n == 1 else contiguous_runs(slice_positions(vol))
     if n < MIN_RUN:
         raise ValueError(
@@ -172,7 +172,8 @@ def _thick_note(vol: Any) -> str:
         return ""
     return (
         f"{vol.name}: slices {step:g} mm apart: on real scans of 2.5-5 mm slices, adapting to neighbouring slices "
-        "mostly made the images worse (README, 'lidnet adapt'): use scheme insert, or a thin-slice reconstruction"
+        "mostly made the images worse (README, 'lidnet adapt'): keep the adapted model only if its estimates say "
+        "it is better, or adapt on a thin-slice reconstruction"
     )
 
 

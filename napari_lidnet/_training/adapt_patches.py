@@ -12,12 +12,10 @@ from scipy import ndimage as ndi
 
 from napari_lidnet._training.adapt_data import AdaptData
 
-__all__ = ["BlindSpotPatches", "InsertPatches", "NeighbourPatches", "PairPatches", "blind_centres", "blindspot_input",
-           "make_patches"]  # fmt: skip
+__all__ = ["BlindSpotPatches", "NeighbourPatches", "PairPatches", "blind_centres", "blindspot_input", "make_patches"]
 
 CONSISTENCY_SIGMA = 2.0  # px: smoothing of the neighbours' difference in scheme A's consistency weight
 CONSISTENCY_TAU = 3.0  # x the robust SD of that difference: where the weight halves
-INSERT_SLICES = 24  # slices that get inserted noise in scheme C (each a projection-domain simulation)
 
 
 def _dihedral(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
@@ -178,51 +176,6 @@ class BlindSpotPatches(_Patches):
         return masked, patch, (weight * centres).astype(np.float32)
 
 
-class InsertPatches(_Patches):
-    """Scheme C (after Noisier2Noise): input the slice with CT noise inserted (``sim.lowdose``'s projection-domain
-    model, scaled to the slice's own noise SD in flat tissue), target the slice itself, loss on every pixel. The
-    network learns to remove noise of this scanner-like texture and level from this scan's own anatomy; no other
-    slice enters the target, so thick slices do not blur it. Each of up to ``INSERT_SLICES`` slices (evenly spaced)
-    gets one noise realisation, drawn with either sign."""
-
-    def __init__(self, data: AdaptData, patch_size: int, seed: int = 0, **kwargs: Any):
-        super().__init__(data, patch_size, **kwargs)
-        keep = np.unique(np.linspace(0, len(self.items) - 1, min(INSERT_SLICES, len(self.items))).round().astype(int))
-        self.items = [self.items[k] for k in keep]
-        self.noise = {key: inserted_noise(data.stacks[key[0]][key[1]], data.pixel_mm, [seed, k])
-                      for k, key in enumerate(self.items)}  # fmt: skip
-
-    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        v, z, y0, x0 = self._where(rng)
-        win = (slice(y0, y0 + self.p), slice(x0, x0 + self.p))
-        image = self.data.stacks[v][z][win]
-        noise = self.noise[v, z][win] if (v, z) in self.noise else 0.0
-        sign = np.float32(1.0 if rng.random() < 0.5 else -1.0)
-        pair = [image + sign * noise, image, self._weight(v, z, y0, x0)]
-        return tuple(_dihedral([np.asarray(a, np.float32) for a in pair], rng))  # type: ignore[return-value]
-
-
-def inserted_noise(image: np.ndarray, pixel_mm: float, seed: Any) -> np.ndarray:
-    """CT noise for ``image`` (y, x): ``sim.lowdose``'s (fast path, dose 0.5, the slice squared with air for the
-    projector), scaled so its SD over the body matches the image's own noise SD in flat tissue (zeros when the image
-    has neither)."""
-    from napari_lidnet.metrics.noreference import body_mask, noise_sd
-    from napari_lidnet.sim.lowdose import simulate_low_dose
-
-    h, w = image.shape
-    side = max(h, w)
-    square = np.full((side, side), -1024.0, np.float32)
-    y0, x0 = (side - h) // 2, (side - w) // 2
-    square[y0 : y0 + h, x0 : x0 + w] = np.maximum(image, -1024.0)
-    noise = (simulate_low_dose(square, 0.5, pixel_mm, seed=np.random.SeedSequence(seed).generate_state(1)[0],
-                               fast=True) - square)[y0 : y0 + h, x0 : x0 + w]  # fmt: skip
-    own, body = noise_sd(image), body_mask(image)
-    made = float(np.std(noise[body])) if body.any() else 0.0
-    if not (np.isfinite(own) and made > 0):
-        return np.zeros_like(noise, dtype=np.float32)
-    return (noise * (own / made)).astype(np.float32)
-
-
 class PairPatches(_Patches):
     """Supervised reference (benchmarks): input low dose, target its full-dose partner (``full`` stacks); every
     slice trains."""
@@ -243,6 +196,4 @@ def make_patches(data: AdaptData, patch_size: int, consistency: bool = True, **k
     """The sampler of ``data.scheme`` (``consistency``: scheme A's weighting, see :class:`NeighbourPatches`)."""
     if data.scheme == "neighbours":
         return NeighbourPatches(data, patch_size, consistency=consistency, **kwargs)
-    if data.scheme == "insert":
-        return InsertPatches(data, patch_size, **kwargs)
     return BlindSpotPatches(data, patch_size, **kwargs)

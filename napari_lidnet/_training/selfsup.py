@@ -460,18 +460,14 @@ def adapt_summary(outcome: AdaptOutcome) -> str:
         text += f"; self-supervised loss {outcome.loss_before:.3g} -> {outcome.loss_after:.3g}"
     if outcome.seconds:
         text += f" ({outcome.seconds:.0f} s)"
-    return text + _worse_note(est, (outcome.card.get("training") or {}).get("selfsup", {}).get("scheme"))
+    return text + _worse_note(est)
 
 
-def _worse_note(est: dict, scheme: str | None = None) -> str:
+def _worse_note(est: dict) -> str:
     """A caveat when the adapted model leaves more noise than the starting one and no sharper edges, both measured
-    without a reference (``metrics.noreference.worse_than_start``): the starting model is then the better choice;
-    scheme insert keeps part of the scan's own noise by design, so for it more noise is no verdict."""
+    without a reference (``metrics.noreference.worse_than_start``): the starting model is then the better choice."""
     if not worse_than_start(est):
         return ""
-    if scheme == "insert":
-        return (". Scheme insert keeps part of the scan's own noise (nearer a normal-dose image): more noise than "
-                "the starting model is expected and no verdict; on real scans it was the better model (README)")
     noise = (est["start"]["noise_sd_hu"], est["adapted"]["noise_sd_hu"])
     return (f". Note: the adapted model leaves more noise ({noise[0]:.1f} -> {noise[1]:.1f} HU) and no sharper "
             "edges than the starting one: keep using the starting model, or adapt for more steps")  # fmt: skip

@@ -31,13 +31,10 @@ ADAPT_SOURCE = ("adapt", "low-dose scans only (self-supervised)")
 #: (key, label) of the self-supervised schemes (``adapt_data.SCHEMES``), the measured choice first
 SCHEME_ITEMS = (
     ("neighbours", "neighbouring slices (recommended)"),
-    ("insert", "inserted noise (thick slices)"),
     ("blindspot", "blind spot (experimental)"),
 )
 SCHEME_TIPS = {
     "neighbours": "the mean of the slices above and below is the target: needs >= 3 contiguous slices",
-    "insert": "CT noise at the scan's own level is inserted into each slice and the slice itself is the target: no "
-    "other slice enters it, for slices over 2 mm apart; works on single slices",
     "blindspot": "works on single slices; degraded the shipped denoiser in the benchmark: use only without neighbours",
 }
 #: the advanced settings that the self-supervised source does not use (disabled while it is chosen)

@@ -389,10 +389,9 @@ def add_adapt(sub: Any) -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument(
         "--scheme",
-        choices=["neighbours", "blindspot", "insert"],
+        choices=["neighbours", "blindspot"],
         default="neighbours",
-        help="neighbours: the mean of the slices above and below is the target; insert: CT noise inserted into each "
-        "slice, the slice itself the target (no other slice in it: for thick slices; README 'lidnet adapt')",
+        help="neighbours: the mean of the slices above and below is the target (the measured choice)",
     )
     p.add_argument("--from", dest="from_model", default="default", help="starting denoiser (name or weights path)")
     p.add_argument("--boxes", default=None, help="lesion boxes (CSV/JSON from lidnet detect) to weight lesions")

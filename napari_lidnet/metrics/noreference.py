@@ -482,12 +482,7 @@ def quality_estimates(hu: np.ndarray, pixel_mm: float, locations: np.ndarray | N
 
 
 def card_worse_than_start(card: dict) -> bool:
-    """:func:`worse_than_start` of a model card's ``metrics.noreference`` (False for a card without them, and for a
-    model adapted with scheme insert: it keeps part of the scan's own noise by design, so more noise than its start
-    is no verdict; on real scans it was better than its start while this check said worse, README)."""
-    selfsup = (((card or {}).get("training") or {}).get("selfsup")) or {}
-    if selfsup.get("scheme") == "insert":
-        return False
+    """:func:`worse_than_start` of a model card's ``metrics.noreference`` (False for a card without them)."""
     return worse_than_start(((card or {}).get("metrics") or {}).get("noreference") or {})
 
 
