@@ -74,6 +74,7 @@ from napari_lidnet._training.selfsup import adapt_job, adapt_summary  # noqa: E4
 from napari_lidnet.inference import denoise, map_yields, run_to_end  # noqa: E402
 from napari_lidnet.io.volume import CTVolume  # noqa: E402
 from napari_lidnet.metrics.image import METRIC_WINDOW, psnr, ssim  # noqa: E402
+from napari_lidnet.metrics.noreference import worse_than_start  # noqa: E402
 from napari_lidnet.models.registry import MODEL_DIR_ENV, load_model  # noqa: E402
 from napari_lidnet.sim.lowdose import simulate_low_dose  # noqa: E402
 
@@ -193,9 +194,7 @@ def noreference_verdict(est: dict[str, dict[str, Any]]) -> str:
     n0, n1, e0, e1 = vals
     if n1 < n0 and e1 >= e0:
         return "better"
-    if n1 > n0 and e1 <= e0:
-        return "worse"
-    return "trade-off"
+    return "worse" if worse_than_start(est) else "trade-off"  # the check lidnet adapt's note and the pickers use
 
 
 # --------------------------------------------------------------------------------------------------- evaluation

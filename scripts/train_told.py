@@ -34,7 +34,7 @@ import torch
 
 from napari_lidnet.io.dataset import read_dataset
 from napari_lidnet.metrics.noreference import body_mask
-from napari_lidnet.models.denoisers import UNetDenoiser
+from napari_lidnet.models.denoisers import UNetDenoiser, told_from_blind
 from napari_lidnet.models.normalize import hu_to_net
 from napari_lidnet.models.registry import load_model
 from napari_lidnet.models.weights import load_weights, save_weights
@@ -88,14 +88,10 @@ def start_model(init: str, out: Path) -> tuple[UNetDenoiser, int]:
     if (out / "state.json").is_file():
         model, _ = load_weights(last)
         return model, int(json.loads((out / "state.json").read_text())["step"])
-    blind, card = load_model(init, "denoiser")
-    if card["arch"] != "unet":
-        raise SystemExit(f"{init}: a told model is made from a unet, not {card['arch']!r}")
-    model = UNetDenoiser(**{k: v for k, v in card["config"].items() if k != "told"}, told=True)
-    missing, unexpected = model.load_state_dict(blind.state_dict(), strict=False)
-    if unexpected or any(not k.startswith("told_") for k in missing):
-        raise SystemExit(f"{init}: does not fit a told unet ({missing[:3]}, {unexpected[:3]})")
-    return model, 0
+    try:
+        return told_from_blind(load_model(init, "denoiser")[0]), 0
+    except ValueError as exc:
+        raise SystemExit(f"{init}: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

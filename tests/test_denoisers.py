@@ -13,6 +13,7 @@ from napari_lidnet.models.denoisers import (
     FastDenoiser,
     UNetDenoiser,
     build_denoiser,
+    told_from_blind,
     upsample_conv,
 )
 
@@ -153,13 +154,6 @@ def test_unet_inference_path_equals_the_plain_upsample_then_conv(shape: tuple[in
     assert float(edge.abs().max()) < 1e-5  # the one-pixel frame too
 
 
-def _told_from(blind: UNetDenoiser) -> UNetDenoiser:
-    told = UNetDenoiser(**blind.config, told=True)
-    missing, unexpected = told.load_state_dict(blind.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("told_") for k in missing)
-    return told
-
-
 def test_told_unet_starts_as_its_blind_parent_and_runs_blind_without_an_sd() -> None:
     """FFDNet-style conditioning: made from a blind unet, the told one gives the parent's output told any SD (its
     maps start at zero); once they are trained, no SD still gives exactly the parent's output, an SD another."""
@@ -167,7 +161,7 @@ def test_told_unet_starts_as_its_blind_parent_and_runs_blind_without_an_sd() -> 
     blind = UNetDenoiser(width=4, levels=2).eval()
     for p in blind.parameters():  # a parent that does something
         torch.nn.init.normal_(p, std=0.2)
-    told = _told_from(blind).eval()
+    told = told_from_blind(blind).eval()
     x = 0.05 * torch.randn(3, 1, 40, 36)
     with torch.no_grad():
         parent = blind(x)
@@ -190,4 +184,8 @@ def test_told_unet_takes_one_sd_per_image() -> None:
         torch.testing.assert_close(both[:1], told(x[:1], remove_sd=5.0))
         torch.testing.assert_close(both[1:], told(x[1:], remove_sd=40.0))
     assert build_denoiser("unet", **told.config).told and not UNetDenoiser().told
+    with pytest.raises(ValueError, match="told already"):
+        told_from_blind(told)
+    with pytest.raises(ValueError, match="made from a unet, not 'dncnn'"):
+        told_from_blind(DnCNN(depth=3, width=4))
     assert "told" not in UNetDenoiser().config  # cards of blind unets stay as they were

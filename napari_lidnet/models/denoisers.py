@@ -15,7 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DENOISERS", "DnCNN", "FastDenoiser", "REDCNN", "UNetDenoiser", "build_denoiser", "check_trainable_blind"]
+__all__ = [
+    "DENOISERS",
+    "DnCNN",
+    "FastDenoiser",
+    "REDCNN",
+    "UNetDenoiser",
+    "build_denoiser",
+    "check_trainable_blind",
+    "told_from_blind",
+]
 
 
 class REDCNN(nn.Module):
@@ -297,3 +306,15 @@ def check_trainable_blind(model: nn.Module, name: str) -> None:
             f"{name}: a told denoiser (it takes the noise SD as an input; scripts/train_told.py) cannot be trained "
             "here, these steps train blind denoisers: start from a blind one"
         )
+
+
+def told_from_blind(blind: nn.Module) -> UNetDenoiser:
+    """A told unet with ``blind``'s weights and its conditioning maps at zero: the blind unet's outputs, told any SD
+    or none (ValueError for another architecture)."""
+    if not isinstance(blind, UNetDenoiser):
+        raise ValueError(f"a told model is made from a unet, not {getattr(blind, 'arch', type(blind).__name__)!r}")
+    if blind.told:
+        raise ValueError("a told model is made from a blind unet; this one is told already")
+    told = UNetDenoiser(**blind.config, told=True)
+    told.load_state_dict(blind.state_dict(), strict=False)  # the same unet: only the told_* maps are new
+    return told
