@@ -10,7 +10,8 @@ import pytest
 from qtpy.QtCore import Qt
 
 from napari_lidnet._widgets._roi_observer import DASH, HOW_TO, OBSERVER_COLUMNS, add_observer
-from napari_lidnet._widgets.roi_compare import COLUMNS, ROICompareWidget, format_value, write_csv
+from napari_lidnet._widgets._roi_table import COLUMNS, format_value, write_csv
+from napari_lidnet._widgets.roi_compare import ROICompareWidget
 from napari_lidnet.metrics.observer import region_detectability
 from napari_lidnet.metrics.roi import Region, compare_regions, shape_mask
 
@@ -388,7 +389,7 @@ def test_regions_on_pixel_edges_count_their_pixels_and_flat_shapes_none() -> Non
     three points on one line measured 3 pixels; a noise-free background gave d' = 1.7e17."""
     from napari.layers import Image, Shapes
 
-    from napari_lidnet._widgets.roi_compare import regions_from_shapes
+    from napari_lidnet._widgets._roi_regions import regions_from_shapes
 
     geo = {"scale": (2.5, 0.7, 0.7), "translate": (10, -30, -30)}
     image = Image(np.zeros((4, 96, 96), np.float32), name="a", **geo)
@@ -467,7 +468,7 @@ def test_each_row_says_only_its_own_placement_and_a_mirrored_copy_is_named() -> 
     shown as stored) was measured at the region's viewer place, on other anatomy, without a word."""
     from napari.layers import Image, Shapes
 
-    from napari_lidnet._widgets.roi_compare import regions_from_shapes
+    from napari_lidnet._widgets._roi_regions import regions_from_shapes
     from napari_lidnet.io.volume import CTVolume
 
     hu = np.random.default_rng(5).normal(40.0, 30.0, (6, 32, 32)).astype(np.float32)

@@ -16,7 +16,6 @@ bottom dock area: pickers, table and plots side by side.
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Any
@@ -46,15 +45,18 @@ from qtpy.QtWidgets import (
 from napari_lidnet._widgets._canvas import PlotCanvas
 from napari_lidnet._widgets._debounce import debounce_timer
 from napari_lidnet._widgets._docking import DockHome
-from napari_lidnet._widgets._geometry import pixel_map
 from napari_lidnet._widgets._layer_watch import LayerWatch, renamed_to
-from napari_lidnet._widgets._roi_observer import (
-    HOW_TO,
-    OBSERVER_COLUMNS,
-    OBSERVER_KEYS,
-    add_observer,
-    observer_cell,
-    pair_problem,
+from napari_lidnet._widgets._roi_observer import HOW_TO, OBSERVER_COLUMNS, observer_cell, pair_problem
+from napari_lidnet._widgets._roi_regions import regions_from_shapes, short_label
+from napari_lidnet._widgets._roi_table import (
+    BAR_METRICS,
+    COLUMN_INDEX,
+    COLUMNS,
+    compute_rows,
+    finite,
+    format_value,
+    pixels_only,
+    write_csv,
 )
 from napari_lidnet._widgets._roles import (
     DETECTIONS,
@@ -68,15 +70,12 @@ from napari_lidnet._widgets._roles import (
     role,
 )
 from napari_lidnet._widgets.reading_room import ReadingRoom
-from napari_lidnet.io.atomic import open_new
 from napari_lidnet.io.windowing import WINDOW_PRESETS, contrast_limits
 from napari_lidnet.metrics.nps import region_nps
 from napari_lidnet.metrics.roi import (
     AREA_SHAPES,
     ROW_KEYS,
-    Placement,
     Region,
-    compare_regions,
     line_profile,
     region_plane,
 )
@@ -84,30 +83,6 @@ from napari_lidnet.metrics.roi import (
 TITLE = "ROI compare"  # the dock's tab
 COMPUTING = "computing..."
 NO_REGIONS = "Press \"New ROI layer\" and draw rectangles, ellipses or polygons (or pick a layer)."
-#: (row key, table header)
-COLUMNS: tuple[tuple[str, str], ...] = (
-    ("region", "region"),
-    ("image", "image"),
-    ("slice", "slice"),
-    ("area_mm2", "area (mm²)"),
-    ("mean", "mean HU"),
-    ("sd", "SD (HU)"),
-    ("snr", "SNR"),
-    ("cnr", "CNR"),
-    ("rmse", "RMSE (HU)"),
-    ("psnr", "PSNR (dB)"),
-    ("ssim", "SSIM"),
-    ("roi_perceptual", "ROI perceptual"),
-    *OBSERVER_COLUMNS,
-    ("note", "note"),
-)
-BAR_METRICS = ("mean", "sd", "snr", "cnr", "rmse", "psnr", "ssim", "roi_perceptual", "cho_d")
-#: what the numbers were computed against, on every row of the CSV (the file stands without the screen)
-CONTEXT_KEYS = ("reference", "window_hu", "background", "lesion", "pixel_mm")
-#: columns of the exported CSV: the region statistics, then the observer's values and intervals
-CSV_KEYS = (*ROW_KEYS, "area_mm2", *OBSERVER_KEYS, *CONTEXT_KEYS)
-#: CSV header names that carry their unit (the screen's headers do: "mean HU", "PSNR (dB)")
-CSV_UNITS = {"mean": "mean_hu", "sd": "sd_hu", "rmse": "rmse_hu", "psnr": "psnr_db"}
 PLOT_KINDS = ("bars", "line profile", "noise power spectrum")
 NONE = "(none)"
 REFERENCE_RANGE = "reference range"
@@ -115,153 +90,6 @@ DEBOUNCE_MS = 300
 #: edge colours of the regions of a new ROI layer, one per region in turn
 ROI_COLORS = ("#ffe119", "#42d4f4", "#f58231", "#3cb44b", "#f032e6", "#4363d8", "#bfef45", "#fabed4")
 DETECTIONS_PREFIX = "raw detections: "
-COLUMN_INDEX = {key: i for i, (key, _) in enumerate(COLUMNS)}
-
-
-def format_value(value: Any) -> str:
-    """Table text: '' for None/NaN, 4 significant digits (at least 2 decimals for mid-size values)."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    v = float(value)
-    if math.isnan(v):
-        return ""
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    return f"{v:.2f}" if 1 <= abs(v) < 1e5 else f"{v:.4g}"
-
-
-def region_label(layer: Any, index: int) -> str:
-    """'#i' plus the shape's name or label feature when the Shapes layer has one (a ROI layer's R1, R2...; the
-    lesion type of annotated boxes)."""
-    feats = getattr(layer, "features", None)
-    for col in ("name", "label"):
-        if feats is not None and col in feats and index < len(feats):
-            return f"#{index} {feats[col].iloc[index]}"
-    return f"#{index}"
-
-
-def regions_from_shapes(shapes: Any, images: dict[str, Any], world_point: Any | None = None) -> list[Region]:
-    """Regions of a napari Shapes layer, placed on each image layer's pixel grid through world coordinates.
-
-    Args:
-        shapes: napari Shapes layer.
-        images: image name -> napari Image layer (2D or 3D).
-        world_point: the viewer's current world position (``viewer.dims.point``), used for the slice of a 2D
-            shape over a 3D image; None means world zeros.
-    """
-    nd_world = max([shapes.ndim, *(lay.ndim for lay in images.values())])
-    base = np.zeros(nd_world)
-    if world_point is not None and len(world_point):
-        wp = np.asarray(world_point, dtype=float)[-nd_world:]
-        base[-len(wp) :] = wp
-    to_pixels = {img_name: pixel_map(shapes, lay, lead=base) for img_name, lay in images.items()}
-    mirrored = mirrored_notes(images)
-    regions = []
-    for i, (data, stype) in enumerate(zip(shapes.data, shapes.shape_type, strict=False)):
-        data = np.asarray(data, dtype=float)
-        name = region_label(shapes, i)
-        if stype not in AREA_SHAPES:
-            regions.append(Region(name, stype, data[:, -2:]))
-            continue
-        region = Region(name, stype, data[:, -2:])
-        for img_name, lay in images.items():
-            pix = to_pixels[img_name](data)
-            sl, where, notes = None, {}, [mirrored.get(img_name, "")]
-            if lay.ndim >= 3:
-                z = pix[:, -3]
-                sl = int(np.floor(np.median(z) + 0.5))
-                if shapes.ndim < 3:
-                    notes.append(f"2D shape on a 3D image: slice {sl} (the viewer's current slice)")
-                elif np.ptp(z) > 0.5:
-                    notes.append(f"shape spans slices; using slice {sl}")
-                centre = np.array([sl, *pix[:, -2:].mean(0)])  # the slice's world position, for other grids
-                where = {"slice_mm": float(np.asarray(lay.data_to_world(centre))[-3]),
-                         "spacing_mm": float(lay.scale[-3])}  # fmt: skip
-            region.placements[img_name] = Placement(sl, pix[:, -2:], **where, note="; ".join(n for n in notes if n))
-        regions.append(region)
-    return regions
-
-
-def _storage(layer: Any) -> tuple[int, int] | None:
-    """The signs of the patient axes a layer's rows and columns run along (its ``affine_lps``), None without one."""
-    aff = (layer.metadata or {}).get("affine_lps")
-    if aff is None or np.shape(aff) != (4, 4):
-        return None
-    cols = np.asarray(aff, dtype=float)[:3, 1:3]  # the y (down a column) and x (along a row) array axes
-    return tuple(int(np.sign(c[np.argmax(np.abs(c))])) for c in cols.T)
-
-
-def mirrored_notes(images: dict[str, Any]) -> dict[str, str]:
-    """Images stored with rows or columns reversed against the first image with patient geometry (a prone or
-    feet-first copy): the viewer shows each as stored, so one region lies on other anatomy there; a note each."""
-    known = {name: s for name, s in ((n, _storage(ly)) for n, ly in images.items()) if s is not None}
-    if not known:
-        return {}
-    first, ref = next(iter(known.items()))
-    out = {}
-    for name, signs in known.items():
-        flipped = [axis for axis, a, b in zip(("rows", "columns"), signs, ref) if a != b]
-        if flipped:
-            out[name] = (f"stored with its {' and '.join(flipped)} reversed against {first!r}: shown as stored, so the "
-                         "region lies on other anatomy here (compare images stored alike)")  # fmt: skip
-    return out
-
-
-def _finite(value: Any) -> float:
-    """``value`` as a float, NaN when it is missing or not a finite number (bar heights)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return v if math.isfinite(v) else math.nan
-
-
-def _region_label(name: str) -> str:
-    """A region's label without its "#index " prefix ("#2 R3" -> "R3")."""
-    return name.split(" ", 1)[1] if name.startswith("#") and " " in name else name
-
-
-def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
-    """Write table rows (``compare_regions`` dicts plus the observer's keys) as CSV with a header of ``CSV_KEYS``
-    (those with a unit named with it: ``CSV_UNITS``); NaN or a missing key -> empty cell. Never overwrites."""
-    path = Path(path)
-    with open_new(path, newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow([CSV_UNITS.get(k, k) for k in CSV_KEYS])
-        for row in rows:
-            out = []
-            for key in CSV_KEYS:
-                v = row.get(key)
-                if isinstance(v, float) and math.isnan(v):
-                    out.append("")
-                elif isinstance(v, float) and not math.isinf(v):
-                    out.append(repr(v))
-                else:
-                    out.append("" if v is None else str(v))
-            writer.writerow(out)
-    return path
-
-
-def _pixels_only(row: dict[str, Any]) -> bool:
-    """Whether a row measured pixels on an image without a voxel size (its area is a pixel count)."""
-    n, area = row.get("n"), row.get("area_mm2")
-    return isinstance(n, (int, np.integer)) and n > 0 and not (isinstance(area, float) and math.isfinite(area))
-
-
-def _compute(images, regions, reference, background, window, perceptual_on, lesion=None):
-    """Worker body (no Qt): the table rows with the model observer's keys; the ROI perceptual function is built
-    here so torch loads off-GUI."""
-    perceptual = None
-    if perceptual_on:
-        from napari_lidnet.models.roi_perceptual import make_perceptual_fn
-
-        perceptual = make_perceptual_fn()
-    rows = compare_regions(images, regions, reference, background, window, perceptual)
-    return add_observer(rows, images, regions, lesion, background)
 
 
 class ROICompareWidget(QWidget):
@@ -605,14 +433,14 @@ class ROICompareWidget(QWidget):
         """(none) + area regions by index (silently); keeps the chosen region while it exists: by its label (R1,
         R2, ...: a region deleted before it shifts the indices) when labels are unique, else by its index."""
         chosen = combo.currentData()
-        label = _region_label(combo.currentText()) if chosen is not None else None
+        label = short_label(combo.currentText()) if chosen is not None else None
         combo.blockSignals(True)
         combo.clear()
         combo.addItem(NONE, None)
         for i, reg in enumerate(regions):
             if reg.shape_type in AREA_SHAPES:
                 combo.addItem(reg.name, i)
-        labels = [_region_label(combo.itemText(k)) for k in range(1, combo.count())]
+        labels = [short_label(combo.itemText(k)) for k in range(1, combo.count())]
         if label not in labels:  # none chosen, or the chosen region is gone: no choice rather than another region
             combo.setCurrentIndex(0)
         elif len(set(labels)) == len(labels):
@@ -691,13 +519,13 @@ class ROICompareWidget(QWidget):
         checked = [n for n in images if self._is_checked(n)]
         observer = not pair_problem(regions, lesion, bg)
         if not (perceptual or observer) and all(np.ndim(im) == 2 for im in images.values()):
-            self._show(_compute(*args), checked, areas)
+            self._show(compute_rows(*args), checked, areas)
             return
         from napari.qt.threading import create_worker
 
         self.status.setText(COMPUTING)
         worker = create_worker(
-            _compute,
+            compute_rows,
             *args,
             _connect={
                 "returned": lambda rows: self._show(rows, checked, areas),
@@ -754,7 +582,7 @@ class ROICompareWidget(QWidget):
                 value = row.get(key)
                 if key in observed:
                     text, tip = observer_cell(row, key) if row.get("image") else ("", HOW_TO)
-                elif key == "area_mm2" and _pixels_only(row):
+                elif key == "area_mm2" and pixels_only(row):
                     text, tip = f"{row['n']} px", "this image has no voxel size: its area in pixels"
                 else:
                     text, tip = format_value(value), (str(value or "") if key == "note" else "")
@@ -790,10 +618,10 @@ class ROICompareWidget(QWidget):
         width = 0.8 / max(len(images), 1)
         for j, img in enumerate(images):
             found = [next((r for r in self.rows if r["region"] == reg and r["image"] == img), {}) for reg in regions]
-            vals = np.array([_finite(r.get(key)) for r in found])
+            vals = np.array([finite(r.get(key)) for r in found])
             err = None
             if key == "cho_d":  # the observer's 95% interval as an error bar
-                low, high = (np.array([_finite(r.get(f"{key}_{e}")) for r in found]) for e in ("low", "high"))
+                low, high = (np.array([finite(r.get(f"{key}_{e}")) for r in found]) for e in ("low", "high"))
                 err = np.nan_to_num(np.stack([vals - low, high - vals]).clip(min=0))
             x = np.arange(len(regions)) + (j - (len(images) - 1) / 2) * width
             ax.bar(x, vals, width, yerr=err, label=img)
