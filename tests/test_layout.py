@@ -14,7 +14,7 @@ from qtpy.QtTest import QTest
 from qtpy.QtWidgets import QDockWidget
 
 from napari_lidnet import demo
-from napari_lidnet._widgets._docking import AREAS, dock_of
+from napari_lidnet._widgets._docking import AREAS, dock_of, shows_whole_scene
 from napari_lidnet.io.windowing import contrast_limits
 
 WIDTH, HEIGHT = 1600, 1000
@@ -85,6 +85,33 @@ def _canvas_drag(viewer, start: tuple[int, int], end: tuple[int, int], button: i
     press = scene.events.mouse_press(pos=start, button=button, modifiers=())
     scene.events.mouse_move(pos=end, button=button, modifiers=(), press_event=press)
     scene.events.mouse_release(pos=end, button=button, modifiers=(), press_event=press)
+
+
+@pytest.mark.parametrize("zoomed_in", [False, True])
+def test_an_image_wholly_on_screen_stays_so_when_the_docks_open(make_napari_viewer, qtbot, zoomed_in) -> None:
+    """A 512 x 512 slice opened first fills the canvas (napari fits it); opening the docks from the Plugins menu
+    takes a column and a row from the canvas: the slice is fitted again, not cropped until Home. A view the user
+    zoomed into is left as the user set it."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(WIDTH, HEIGHT)
+    viewer.add_image(ct_volume(n=3, size=512), name="CT", scale=SCALE, metadata={"hu": True})
+    qtbot.wait(50)
+    assert shows_whole_scene(viewer)
+    if zoomed_in:
+        viewer.camera.zoom *= 3
+    zoom, before = viewer.camera.zoom, viewer.canvas.size
+    widgets = demo.open_reading_room(viewer)
+    main = viewer.window._qt_window
+    qtbot.waitUntil(lambda: all(main.dockWidgetArea(dock_of(w)) == _area(w) for w in widgets.values()), timeout=5000)
+    qtbot.wait(100)
+    after = viewer.canvas.size
+    assert after[0] < before[0] and after[1] < before[1], (before, after)  # the docks took room from the canvas
+    if zoomed_in:
+        assert viewer.camera.zoom == pytest.approx(zoom)
+        assert not shows_whole_scene(viewer)
+    else:
+        assert shows_whole_scene(viewer), (viewer.camera.zoom, viewer.camera.center, after)
+        assert viewer.camera.zoom < zoom
 
 
 def test_right_drag_and_keys_set_one_window_and_status_reads_hu(room, qtbot) -> None:

@@ -3,13 +3,17 @@
 napari docks every plugin widget on the right, one under the other, whatever the plugin asks; each LIDnet widget
 therefore moves its own dock once it is docked (``DockHome``): into its home area, tabified with the LIDnet docks
 already there, at a width (right) or height (bottom) that leaves the canvas most of the window. Forms scroll inside
-their dock (``scroll_layout``), so a tall form never makes the window grow.
+their dock (``scroll_layout``), so a tall form never makes the window grow. A dock that settles shrinks the canvas:
+an image that was wholly on screen is fitted again (``keep_fitted``), so no part of it is hidden until Home.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
+from typing import Any
 
+import numpy as np
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
@@ -34,6 +38,8 @@ HOME_ATTR = "lidnet_home"
 TITLE_ATTR = "lidnet_title"
 #: characters a combo box shows at least (longer entries are elided, the popup shows them whole)
 COMBO_CHARS = 12
+#: seconds after a dock settles during which a canvas resize refits an image that was wholly shown
+REFIT_WINDOW_S = 2.0
 
 
 def scroll_layout(widget: QWidget) -> QVBoxLayout:
@@ -117,6 +123,32 @@ def settle(widget: QWidget) -> bool:
     return True
 
 
+def shows_whole_scene(viewer: Any) -> bool:
+    """Whether the 2D canvas shows every layer's whole extent (False in 3D, in grid mode or with no layers)."""
+    if viewer is None or not len(viewer.layers) or viewer.dims.ndisplay != 2 or viewer.grid.enabled:
+        return False
+    extent = np.asarray(viewer.layers.extent.world, float)[:, list(viewer.dims.displayed)]
+    half = np.asarray(viewer.canvas.size, float) / max(float(viewer.camera.zoom), 1e-12) / 2
+    centre = np.asarray(viewer.camera.center, float)[-2:]
+    slack = 1e-6 * np.maximum(np.ptp(extent, axis=0), 1.0)
+    return bool(np.all(extent[0] >= centre - half - slack) and np.all(extent[1] <= centre + half + slack))
+
+
+def keep_fitted(viewer: Any, window_s: float = REFIT_WINDOW_S) -> None:
+    """For ``window_s`` seconds, refit the view (napari's Home) whenever the canvas is resized and the scene no
+    longer fits it: a dock has just taken room from a canvas that showed the whole image."""
+    until = time.monotonic() + window_s
+
+    def refit(event: Any = None) -> None:
+        if time.monotonic() > until:
+            viewer.canvas.events.size.disconnect(refit)
+        elif not shows_whole_scene(viewer):
+            viewer.reset_view()
+
+    viewer.canvas.events.size.connect(refit)
+    QTimer.singleShot(0, refit)
+
+
 class DockHome(QObject):
     """Keeps a LIDnet widget's dock in its home area: settles it whenever the widget is (re)docked; when a docked
     widget loses its dock (napari's X takes it out without closing it), calls the widget's ``dock_closed``."""
@@ -136,9 +168,12 @@ class DockHome(QObject):
         QTimer.singleShot(0, self.settle)
 
     def settle(self) -> None:
-        """Settle now (a deleted widget is ignored)."""
+        """Settle now (a deleted widget is ignored); an image that was wholly on screen stays so (``keep_fitted``)."""
         with contextlib.suppress(RuntimeError):  # the widget was deleted before the timer fired
-            settle(self._widget)
+            viewer = getattr(self._widget, "viewer", None)
+            fitted = viewer is not None and shows_whole_scene(viewer)
+            if settle(self._widget) and fitted:
+                keep_fitted(viewer)
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
         """A parent change (docking) schedules a settle once napari has placed the dock; losing the parent after
