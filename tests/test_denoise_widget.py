@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +138,17 @@ def test_volume_run_layers_geometry_threshold_and_rerun(make_napari_viewer, qtbo
         if len(boxes.data):
             expected = boxes.edge_colormap.map(boxes.features["score"].to_numpy())
             np.testing.assert_allclose(boxes.edge_color, expected, atol=1e-6)
+    # the status counts boxes and lesions as `lidnet detect` and the navigator do: overlapping boxes on
+    # neighbouring slices are one lesion
+    result = widget._last["result"]
+    crafted = np.array([[3, 10, 10, 30, 30, 0.9], [4, 11, 10, 31, 30, 0.8], [8, 50, 50, 60, 60, 0.7]], np.float32)
+    widget._last["result"] = dataclasses.replace(result, boxes=crafted)
+    widget.set_threshold(0.5)
+    assert "; 3 boxes (2 lesions) with score >= 0.50" in widget.status.text()
+    widget.set_threshold(0.85)
+    assert "; 1 box (1 lesion) with score >= 0.85" in widget.status.text()
+    widget._last["result"] = result
+    widget.set_threshold(0.05)
 
     widget.noise_check.setChecked(True)
     noise = viewer.layers["low removed noise"]

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..io.volume import n_slices
 from ..layer_data import boxes_to_shapes, metadata_for_slices, removed_noise_layer, slice_translate
+from ..metrics.lesions import row_lesions
 from ._roles import DETECTIONS, NOISE, ROLE, derived_name, lidnet_info, source_key
 
 if TYPE_CHECKING:
@@ -157,8 +158,13 @@ class DenoiseOutputs:
         return rows[rows[:, 5] >= self.threshold - 1e-6]
 
     @property
-    def _n_shown(self) -> int:
-        return len(self.shown_boxes)
+    def shown_text(self) -> str:
+        """The boxes shown, counted as ``lidnet detect`` counts them: "23 boxes (21 lesions) with score >= 0.50"
+        (boxes that overlap on neighbouring slices are one lesion, as in the navigator)."""
+        rows = self.shown_boxes
+        lesions = int(row_lesions(rows).max(initial=0)) if len(rows) else 0
+        boxes = f"{len(rows)} box{'es' if len(rows) != 1 else ''}"
+        return f"{boxes} ({lesions} lesion{'s' if lesions != 1 else ''}) with score >= {self.threshold:.2f}"
 
     def _show_boxes(self, rebuild: bool = False, threshold_only: bool = False) -> None:
         if self._last is None:

@@ -508,7 +508,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
                 text += f"; noise SD in flat tissue {before:.1f} -> {after:.1f} HU"
         self._summary = text
         if res.boxes is not None:
-            text += f"; {self._n_shown} lesions with score >= {self.threshold:.2f}"
+            text += f"; {self.shown_text}"
         self.status.setText(text)
 
     def _previous(self, layer: Any) -> dict | None:
@@ -558,7 +558,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         self._threshold_timer.stop()
         if self._last is not None:
             self._show_boxes(threshold_only=True)
-            shown = f"{self._n_shown} lesions with score >= {self.threshold:.2f}"
+            shown = self.shown_text
             if self._live("lesions") is None and self._last["result"].boxes is not None:
                 shown += " (their layer was deleted: run again to show them)"
             self.status.setText(f"{self._summary}; {shown}" if self._summary else shown)  # the run's summary stays
