@@ -225,6 +225,23 @@ def test_series_option_picks_one_of_several(two_series_dir, tmp_path, capsys):
     assert "no series with SeriesInstanceUID 1.2.3.4" in capsys.readouterr().err and not (tmp_path / "c.npz").exists()
 
 
+def test_a_study_with_a_larger_mr_series_runs_on_its_ct_and_keeps_the_mr_warnings_to_one_line(tmp_path, capsys):
+    """Walkthrough 2026-12-06: on a study of several series the command ran on the largest series whatever its
+    modality (an MR series larger than the CT was refused as 'not CT'), and printed every warning about series it
+    never used (26 lines for one 5-slice CT). The CT series runs; the others' warnings are one line."""
+    from conftest import synthetic_hu, write_series
+
+    uid = "1.2.826.0.1.3680043.8.498.7"
+    write_series(tmp_path / "study" / "ct", synthetic_hu((3, 16, 16)), series_uid=uid + "1", description="Chest")
+    write_series(tmp_path / "study" / "mr", synthetic_hu((5, 16, 16), seed=1), series_uid=uid + "2",
+                 description="Brain MR", modality="MR")  # fmt: skip
+    assert main(["denoise", str(tmp_path / "study"), str(tmp_path / "a.npz"), "--device", "cpu"]) == 0
+    assert np.load(tmp_path / "a.npz")["hu"].shape == (3, 16, 16)
+    err = capsys.readouterr().err
+    assert "holds 2 series" in err and "using the largest CT series, 'Chest" in err, err
+    assert "modality is 'MR'" not in err and "warning(s) about the other series" in err, err
+
+
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     bad = tmp_path / "notes.txt"
     bad.write_text("not a CT")

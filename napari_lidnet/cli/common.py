@@ -37,15 +37,32 @@ def check_ct(vol: Any, path: str) -> None:
         raise ValueError(problem)
 
 
+def _key(vol: Any) -> str:
+    """The key ``--series`` takes for ``vol``: its SeriesInstanceUID, or the reader's stand-in for a series without."""
+    return str(vol.metadata.get("series_key") or vol.metadata.get("series_uid", "") or "")
+
+
+def _about_others(message: str, chosen: Any, others: list) -> bool:
+    """Whether a reader's warning is about another series than ``chosen`` (one of ``others``, or one it skipped)."""
+    mine = _key(chosen)
+    if mine and mine in message:
+        return False
+    return any(k and k in message for k in map(_key, others)) or "series '" in message
+
+
 def open_checked(path: str, series_uid: str | None = None, every: bool = False) -> list:
     """The CT volumes at ``path`` (series ``series_uid``), the first checked by ``check_ct``; with ``every``, all
-    of them, those that are not CT left out with a note (refused when none is). The reader's warnings are shown
-    only when the input is usable."""
+    of them, those that are not CT left out with a note (refused when none is). Without ``every`` the series of a
+    CT modality come first (largest first within each group), and the reader's warnings about the other series are
+    counted in one line, not shown. The reader's warnings are shown only when the input is usable."""
+    from napari_lidnet.io.checks import CT_MODALITIES
     from napari_lidnet.io.open_ct import open_ct
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         volumes = open_ct(path, series_uid)
+    if not every:
+        volumes.sort(key=lambda v: str(v.metadata.get("modality", "") or "CT") not in CT_MODALITIES)  # stable
     kept, refused = [], []
     for vol in volumes if every else volumes[:1]:
         try:
@@ -55,20 +72,27 @@ def open_checked(path: str, series_uid: str | None = None, every: bool = False) 
             refused.append((vol.name, exc))
     if not kept:
         raise refused[0][1]
+    hidden = 0
     for w in caught:
+        if not every and _about_others(str(w.message), volumes[0], volumes[1:]):
+            hidden += 1
+            continue
         warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if hidden:
+        note = f"{hidden} warning(s) about the other series of {path} not shown (only the largest CT one is processed)"
+        warnings.warn(note, UserWarning, stacklevel=2)
     for name, exc in refused:
         warnings.warn(f"left out {name}: {exc}", UserWarning, stacklevel=2)
     return kept if every else volumes
 
 
 def open_single(path: str, series_uid: str | None = None):
-    """The first (largest) CT volume at ``path``, or series ``series_uid``, checked by ``check_ct``."""
+    """The largest CT volume at ``path`` (a CT modality first), or series ``series_uid``, checked by ``check_ct``."""
     volumes = open_checked(path, series_uid)
     if len(volumes) > 1:
-        keys = [v.metadata.get("series_key") or v.metadata.get("series_uid", "") for v in volumes]
-        names = ", ".join(f"{v.name} ({key})" for v, key in zip(volumes, keys))
-        print(f"{path} holds {len(volumes)} series: {names}; using the first (--series UID picks one)", file=sys.stderr)
+        names = ", ".join(f"{v.name} ({_key(v)})" for v in volumes)
+        print(f"{path} holds {len(volumes)} series: {names}; using the largest CT series, {volumes[0].name!r} "
+              "(--series UID picks another)", file=sys.stderr)  # fmt: skip
     return volumes[0]
 
 
