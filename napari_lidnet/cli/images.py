@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -157,6 +158,9 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     from napari_lidnet.batch import box_cap_note, detect_into
 
     if args.all_series:
+        if args.denoise_first is not None:
+            raise ValueError("--denoise-first takes one input: with --all-series run `lidnet denoise --all-series` "
+                             "first, then detect on its output folder")  # fmt: skip
         return _cmd_batch(args, "detect", args.out)
     out = Path(args.out)
     check_new_output(out, args.input)
@@ -166,6 +170,9 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     model, dev, card = load_model_arg(args.model, "detector", args.device)
     threshold = threshold_arg(args, card)
     about = {"input": str(args.input), "model": args.model or "default", "threshold": threshold}
+    if args.denoise_first is not None:
+        vol = _denoised(vol, args.denoise_first, args.device)
+        about["denoised_with"] = args.denoise_first
     rows, lesions = detect_into(out, vol, model, dev, threshold, about, print_progress)
     note = box_cap_note(rows)
     if note:
@@ -173,6 +180,15 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     found = f"{len(rows)} boxes ({lesions.max(initial=0)} lesions)"
     print(f"wrote {found} with score >= {threshold:.3f} to {out}", file=sys.stderr)
     return 0
+
+
+def _denoised(vol: Any, name: str, device: str) -> Any:
+    """``vol`` with its images denoised by the denoiser ``name`` (all the noise, as the Denoise dock's default)."""
+    from napari_lidnet.inference import denoise
+
+    model, dev, _ = load_model_arg(name, "denoiser", device)
+    print(f"denoising with {name} first", file=sys.stderr)
+    return dataclasses.replace(vol, hu=denoise(model, vol.hu, device=dev, progress=print_progress))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -219,8 +235,12 @@ def add_denoise(sub: Any) -> None:
 
 def add_detect(sub: Any) -> None:
     """The ``detect`` subcommand."""
-    p = sub.add_parser("detect", help="detect lesions on the images as given (no denoising); writes a CSV of boxes")
+    p = sub.add_parser("detect", help="detect lesions on the images as given (or denoised first, as the Denoise dock "
+                       "does: --denoise-first); writes a CSV of boxes")  # fmt: skip
     _add_input(p, "detector")
+    p.add_argument("--denoise-first", nargs="?", const="default", default=None, metavar="DENOISER",
+                   help="denoise the images first (the shipped denoiser, or this name or weights path) and detect on "
+                   "the denoised images, as the Denoise dock does; one input, not --all-series")  # fmt: skip
     p.add_argument("--out", required=True, help="CSV (or .json) file for the boxes: slice and x1..y2 in pixels of the "
                    "image as read (a NIfTI file turned to z up, y back, x left: not its voxel order), lps_*_mm in the "
                    "patient")  # fmt: skip
