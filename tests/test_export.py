@@ -59,7 +59,13 @@ def test_dicom_round_trip_volume(make_napari_viewer, qtbot, tmp_path: Path, mode
     np.testing.assert_allclose(back.direction, vol.direction, atol=1e-6)
     ds = pydicom.dcmread(files[0])
     src_ds = pydicom.dcmread(next(src_dir.glob("*.dcm")))
-    assert "tiny_denoiser" in ds.SeriesDescription and "lowdose" in ds.SeriesDescription
+    from napari_lidnet.cli import main
+
+    # the command line names the model as the dock does (walkthrough 2026-12-06: "LIDnet default_denoiser (unet)"
+    # from the dock, "LIDnet default" from the command line)
+    assert main(["denoise", str(src_dir), str(tmp_path / "cli"), "--model", "tiny", "--device", "cpu"]) == 0
+    cli_ds = pydicom.dcmread(sorted((tmp_path / "cli").rglob("*.dcm"))[0], stop_before_pixels=True)
+    assert ds.SeriesDescription == cli_ds.SeriesDescription == "lowdose denoised (LIDnet tiny (fastdn))"
     assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
     assert ds.SeriesInstanceUID != src_ds.SeriesInstanceUID and ds.SOPInstanceUID != src_ds.SOPInstanceUID
     assert ds.StudyInstanceUID == src_ds.StudyInstanceUID and ds.PatientID == src_ds.PatientID

@@ -68,11 +68,6 @@ class ModelStore:
             return model, card
 
 
-def model_label(path: str | Path, card: dict) -> str:
-    """Short description of a model for layer metadata and DICOM SeriesDescription."""
-    return f"{Path(path).name} ({card.get('arch', '?')})"
-
-
 def flat_noise_sd(hu: np.ndarray, slices: list[int], denoised: np.ndarray) -> tuple[float, float]:
     """Noise SD (HU) in automatically found flat soft tissue of the input's selected slices and of the denoised ones
     (``metrics.noreference.noise_sd``, at most 4 slices each); NaN where no flat region is found."""
@@ -124,6 +119,7 @@ def inference_job(
             return Failure(problem)
         yield Progress(0, 1, stage="loading models")
         from ..inference import InferenceSettings, iter_pipeline, map_yields
+        from ..models.registry import model_label
 
         den = det = None
         den_label = det_label = None

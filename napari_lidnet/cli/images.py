@@ -26,6 +26,7 @@ def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
     from tqdm import tqdm
 
     from napari_lidnet.batch import run_batch
+    from napari_lidnet.models.registry import model_label
 
     model, dev, card = load_model_arg(args.model, "denoiser" if task == "denoise" else "detector", args.device)
     bar = tqdm(unit="series", file=sys.stderr, dynamic_ncols=True, disable=None)
@@ -38,7 +39,8 @@ def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
     threshold = threshold_arg(args, card) if task == "detect" else 0.0
     try:
         report = run_batch(
-            args.input, out, task, model, dev, threshold, args.model or "default", progress, workers=args.workers,
+            args.input, out, task, model, dev, threshold, model_label(args.model or "default", card), progress,
+            workers=args.workers,
             remove_sd=getattr(args, "remove_sd", None),
         )  # fmt: skip
     finally:
@@ -132,7 +134,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         from napari_lidnet.io.volume import check_uniform_grid
 
         check_uniform_grid(vol, "NIfTI" if is_nifti(out) else out.suffix.lower())
-    model, dev, _ = load_model_arg(args.model, "denoiser", args.device)
+    model, dev, card = load_model_arg(args.model, "denoiser", args.device)
     if as_file and not is_nifti(out):
         from napari_lidnet.inference import denoise
         from napari_lidnet.io.arrays import write_array
@@ -145,8 +147,9 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
             print(f"note: .npy keeps no voxel size ({spacing} mm); .npz, .tif and DICOM keep it", file=sys.stderr)
     else:
         from napari_lidnet.batch import denoise_into
+        from napari_lidnet.models.registry import model_label
 
-        denoise_into(out, vol, model, dev, args.model or "default", args.remove_sd, print_progress)
+        denoise_into(out, vol, model, dev, model_label(args.model or "default", card), args.remove_sd, print_progress)
         _note_remove_sd(vol.hu, args.remove_sd)
         if not as_file:
             _note_new_study(vol.metadata, args.input)

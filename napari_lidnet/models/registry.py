@@ -65,6 +65,15 @@ def user_model_dir(create: bool = False) -> Path:
     return folder
 
 
+def model_label(name_or_path: str | os.PathLike, card: dict) -> str:
+    """How outputs name a model (layer metadata, a denoised series' description), the same in the viewer and on the
+    command line: its name without the kind ("default_denoiser" -> "default") and its architecture: "default (unet)"."""
+    name = Path(name_or_path).name
+    for kind in KINDS:
+        name = name.removesuffix(f"_{kind}")
+    return f"{name} ({card.get('arch', '?')})"
+
+
 def _check_kind(kind: str | None) -> None:
     if kind is not None and kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {KINDS}")
