@@ -583,3 +583,17 @@ def test_a_series_without_uid_has_one_key_whatever_path_reaches_it(tmp_path, mon
     shutil.copytree(tmp_path / "arch", tmp_path / "elsewhere" / "copy")
     keys.append(read_dicom(tmp_path / "elsewhere" / "copy")[0].metadata["series_key"])
     assert len(set(keys)) == 1 and keys[0].startswith("no-series-uid:S:"), keys
+
+
+def test_the_series_picker_names_a_series_as_its_layer_is_named(tmp_path):
+    """Walkthrough 2026-12-06: a series without a description was listed as '(no description)' while its layer
+    was named 'CT 30.12322', and one without a UID showed the tail of its stand-in key ('...00,0.000'). The picker
+    starts with the layer's name; a series without a UID says so and where it lies."""
+    write_series(tmp_path / "a", synthetic_hu((2, 16, 16)), series_uid="1.2.3.4.5.630.12322", description="")
+    write_series(tmp_path / "b" / "S", synthetic_hu((3, 16, 16), 1), series_uid="", description="Body 3.0")
+    write_series(tmp_path / "c", synthetic_hu((4, 16, 16), 2), series_uid="1.2.3.4.5.977", description="Chest")
+    labels = {s.n_slices: s.label() for s in list_series(tmp_path)}
+    names = {v.hu.shape[0]: v.name for v in read_dicom(tmp_path)}
+    assert labels[2].startswith(names[2] + " [CT, 2 x 16 x 16]") and names[2] == "CT 30.12322", labels
+    assert labels[3] == "Body 3.0 [CT, 3 x 16 x 16] (no series UID; in b/S)", labels
+    assert labels[4] == "Chest [CT, 4 x 16 x 16] ....4.5.977" and names[4] == "Chest", labels

@@ -22,6 +22,8 @@ from .dicomdir import DICOMDIR_SOP_CLASS, dicomdir_files, is_dicomdir
 from .nifti import is_nifti
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
+#: the start of the series key a file without SeriesInstanceUID gets (``_stand_in_uid``)
+NO_UID = "no-series-uid:"
 
 @dataclass
 class SeriesInfo:
@@ -35,9 +37,15 @@ class SeriesInfo:
     cols: int
 
     def label(self) -> str:
-        """Short human-readable line for a combo box."""
-        desc = self.description or "(no description)"
-        return f"{desc} [{self.modality}, {self.n_slices} x {self.rows} x {self.cols}] ...{self.uid[-8:]}"
+        """Short human-readable line for a combo box, starting with the name its layer gets (the description, else
+        modality and the UID's tail, as ``dicom_read`` names it); a series without a UID says so and where it is."""
+        size = f"[{self.modality}, {self.n_slices} x {self.rows} x {self.cols}]"
+        if self.uid.startswith(NO_UID):
+            folder = self.uid[len(NO_UID) :].split(":", 1)[0]
+            return f"{self.description or self.modality or 'CT'} {size} (no series UID; in {folder or '.'})"
+        if not self.description:
+            return f"{self.modality or 'CT'} {self.uid[-8:]} {size}"
+        return f"{self.description} {size} ...{self.uid[-8:]}"
 
 
 @dataclass
@@ -229,7 +237,7 @@ def _stand_in_uid(ds: Any, f: Path, root: Path) -> str:
         str(ds.get(tag, "") or "") for tag in ("StudyInstanceUID", "SeriesNumber", "FrameOfReferenceUID")
     ] + [f"{ds.Rows}x{ds.Columns}", "" if ps is None else "x".join(f"{v:.4f}" for v in ps),
          "" if iop is None else ",".join(f"{v:.3f}" for v in iop)]  # fmt: skip
-    return f"no-series-uid:{_folder_under(f.parent, root)}:{'|'.join(parts)}"
+    return f"{NO_UID}{_folder_under(f.parent, root)}:{'|'.join(parts)}"
 
 
 def _folder_under(folder: Path, root: Path) -> str:
