@@ -32,7 +32,7 @@ from napari_lidnet.io.checks import CT_MODALITIES, ct_problem, one_line, os_reas
 from napari_lidnet.io.folder_lock import FolderInUse, FolderLock
 from napari_lidnet.io.nifti import is_nifti, is_our_denoised, nifti_stem
 from napari_lidnet.models.weights import FALLBACK_THRESHOLD
-from napari_lidnet.strength import check_remove_sd
+from napari_lidnet.strength import check_strength
 
 if TYPE_CHECKING:
     import torch
@@ -118,7 +118,9 @@ class Failed(str):
         return line
 
 
-def batch_settings(task: str, model: Any, threshold: float, remove_sd: float | None) -> dict[str, Any]:
+def batch_settings(
+    task: str, model: Any, threshold: float, remove_sd: float | None, leave_sd: float | None = None
+) -> dict[str, Any]:
     """What a batch run's outputs depend on besides its inputs: the model's content hash, and the score threshold
     (detect) or the noise SD removed (denoise). Recorded in the ``MARKER`` file; a re-run must match them."""
     from napari_lidnet.inference import model_fingerprint
@@ -128,6 +130,8 @@ def batch_settings(task: str, model: Any, threshold: float, remove_sd: float | N
         settings["threshold"] = float(threshold)
     else:
         settings["remove-sd"] = remove_sd
+        if leave_sd is not None:  # absent otherwise: a run of an earlier version resumes
+            settings["leave-sd"] = leave_sd
     return settings
 
 
@@ -145,11 +149,11 @@ def _read_marker(marker: Path) -> tuple[str | None, dict[str, Any] | None]:
 
 def _changed(earlier: dict[str, Any], now: dict[str, Any]) -> str:
     """The settings that differ, as 'key earlier (now ...)'; '' when none."""
-    diff = [k for k in now if earlier.get(k) != now[k]]
+    diff = [k for k in {**earlier, **now} if earlier.get(k) != now.get(k)]  # a key of one run only differs too
     def shown(v: Any) -> Any:  # no --remove-sd is "all" the noise
         return f"{v:.3g}" if isinstance(v, float) else "all" if v is None else v
 
-    return ", ".join("another model" if k == "model" else f"{k} {shown(earlier.get(k))} (now {shown(now[k])})"
+    return ", ".join("another model" if k == "model" else f"{k} {shown(earlier.get(k))} (now {shown(now.get(k))})"
                      for k in diff)  # fmt: skip
 
 
@@ -269,20 +273,22 @@ def _plan(items: list, out_dir: Path, task: str, report: BatchReport, progress: 
 
 def denoise_into(
     out: Path, vol: CTVolume, model: torch.nn.Module, device: torch.device | str, model_name: str,
-    remove_sd: float | None = None, progress: Callable[[int, int], None] | None = None,
+    remove_sd: float | None = None, progress: Callable[[int, int], None] | None = None, leave_sd: float | None = None,
 ) -> None:  # fmt: skip
-    """Denoise ``vol`` (``remove_sd``: that noise SD only; ``progress(done, total)`` per slice) into ``out``: a
+    """Denoise ``vol`` (``remove_sd``: that noise SD only, or ``leave_sd`` left; ``progress(done, total)`` per slice)
+    into ``out``: a
     NIfTI file for a .nii/.nii.gz name, else a new DICOM series folder, described as the input's series (or its
     name) denoised by ``model_name``."""
     from napari_lidnet.inference import denoise
     from napari_lidnet.io.dicom_write import denoised_description, write_dicom_series
     from napari_lidnet.io.nifti import write_nifti
 
-    hu = denoise(model, vol.hu, device=device, progress=progress, remove_sd=remove_sd)
+    hu = denoise(model, vol.hu, device=device, progress=progress, remove_sd=remove_sd, leave_sd=leave_sd)
     if is_nifti(out):
         write_nifti(out, replace(vol, hu=hu), denoised=True)
         return
-    description = denoised_description(vol.metadata.get("series_description", vol.name), model_name, remove_sd)
+    source = vol.metadata.get("series_description", vol.name)
+    description = denoised_description(source, model_name, remove_sd, leave_sd)
     write_dicom_series(replace(vol, hu=hu), out, series_description=description)
 
 
@@ -317,12 +323,12 @@ def box_cap_note(rows: np.ndarray) -> str:
 
 def _write_one(
     task: str, vol: CTVolume, partial: Path, model: torch.nn.Module, device: torch.device | str, threshold: float,
-    model_name: str, remove_sd: float | None = None,
+    model_name: str, strength: tuple[float | None, float | None] = (None, None),
 ) -> str:  # fmt: skip
     """Denoise a series into a DICOM folder (a NIfTI file), or detect its lesions into a CSV, at ``partial``;
     returns a note on the output ('' for none)."""
     if task == "denoise":
-        denoise_into(partial, vol, model, device, model_name, remove_sd)
+        denoise_into(partial, vol, model, device, model_name, strength[0], leave_sd=strength[1])
         return ""
     return box_cap_note(detect_into(partial, vol, model, device, threshold)[0])
 
@@ -358,6 +364,7 @@ def run_batch(
     progress: Progress | None = None,
     workers: int = 0,
     remove_sd: float | None = None,
+    leave_sd: float | None = None,
 ) -> BatchReport:
     """Denoise (``task="denoise"``: a DICOM series folder per input series, a .nii.gz per NIfTI file) or detect
     (``"detect"``: a CSV per input) every image series and NIfTI file under ``root`` into ``out_dir``; finished
@@ -366,6 +373,7 @@ def run_batch(
     ``workers`` DataLoader processes read and decode the next series while the model runs on the current one.
     ``progress(done, total, name)`` is called after each series, skipped and failed ones included.
     ``remove_sd``: denoise removes only that noise SD (HU) and keeps the rest (``strength``); None: all.
+    ``leave_sd`` instead: that noise SD is left in each output's flat tissue.
     """
     from torch.utils.data import DataLoader
 
@@ -373,14 +381,14 @@ def run_batch(
         raise ValueError(f"unknown batch task {task!r}; use 'denoise' or 'detect'")
     if workers < 0:
         raise ValueError("workers must be >= 0")
-    check_remove_sd(remove_sd)
+    check_strength(remove_sd, leave_sd)
     root = Path(root)
     base = root if root.is_dir() else root.parent  # NIfTI outputs are named by their path under it
     items = _inputs(*_find_inputs(root), base)
     out_dir = Path(out_dir)
     report = BatchReport()
     todo = _plan(items, out_dir, task, report, progress)  # refuses name collisions before anything is written
-    created, lock = _prepare_out_dir(root, out_dir, task, batch_settings(task, model, threshold, remove_sd))
+    created, lock = _prepare_out_dir(root, out_dir, task, batch_settings(task, model, threshold, remove_sd, leave_sd))
     try:
         reader = _SeriesReader(todo, root, base)
         loader = DataLoader(reader, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is)
@@ -390,7 +398,7 @@ def run_batch(
             elif isinstance(vol, Failed):
                 report.failed.append(vol)
             else:
-                _run_one(task, vol, todo[i], report, model, device, threshold, model_name, remove_sd)
+                _run_one(task, vol, todo[i], report, model, device, threshold, model_name, (remove_sd, leave_sd))
             if progress:
                 done = len(report.skipped) + len(report.written) + len(report.failed) + len(report.left_out)
                 progress(done, len(items), todo[i][0].name)
@@ -401,14 +409,14 @@ def run_batch(
 
 def _run_one(
     task: str, vol: CTVolume, item: tuple, report: BatchReport, model: torch.nn.Module, device: torch.device | str,
-    threshold: float, model_name: str, remove_sd: float | None,
+    threshold: float, model_name: str, strength: tuple[float | None, float | None],
 ) -> None:  # fmt: skip
     """Write one series' output (``item``: as ``_plan`` lists it) under its partial name, then rename it; a
     ValueError fails only this series."""
     final, source, desc, key = item
     partial = final.parent / f"{PARTIAL}{final.name}"
     try:
-        note = _write_one(task, vol, partial, model, device, threshold, model_name, remove_sd)
+        note = _write_one(task, vol, partial, model, device, threshold, model_name, strength)
     except ValueError as exc:
         report.failed.append(Failed.of(f"series {desc!r} ({key})", exc, source))
         return

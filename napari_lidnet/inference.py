@@ -16,7 +16,8 @@ Every caller (widgets, command line, trainer validation, benchmarks) goes throug
   CPU with native bfloat16 (AVX512-BF16, AMX) for models that declare ``cpu_bf16`` (the unet keeps HU in and noise
   out in float32), else float32.
 - ``InferenceSettings.remove_sd``: remove only that SD of noise and keep the rest (``strength.keep_noise``; a
-  told model, ``UNetDenoiser(told=True)``, is given the SD instead).
+  told model, ``UNetDenoiser(told=True)``, is given the SD instead); ``leave_sd``: leave that SD of noise in the
+  output's flat tissue (``strength.leave_noise``), for a reader who finds a fully denoised image too smooth.
 - Padding outside the scanner's field of view (``io.fov``) goes to the networks as air and comes back unchanged
   in the denoised image; no box is centred on it.
 - ``ResultCache``: results keyed by content fingerprints of the input and the model plus the settings, so a
@@ -42,7 +43,7 @@ from napari_lidnet.io.checks import nonfinite_note
 from napari_lidnet.io.fov import fill_padding
 from napari_lidnet.models.device import cpu_has_bf16, pick_device
 from napari_lidnet.models.normalize import hu_to_net, net_to_hu
-from napari_lidnet.strength import check_remove_sd, keep_noise
+from napari_lidnet.strength import check_strength, keep_noise, leave_noise
 
 Progress = Callable[[int, int], None]
 Notice = Callable[[str], None]
@@ -99,12 +100,13 @@ class InferenceSettings:
     amp_dtype: str = "float16"
     max_detections: int = MAX_BOXES_PER_SLICE
     remove_sd: float | None = None  # HU of noise the denoiser removes (strength.keep_noise); None: all
+    leave_sd: float | None = None  # HU of noise left in the output (strength.leave_noise); not with remove_sd
     pixel_mm: tuple[float, float] | None = None  # (row, column) pixel size: a detector with detect_mm resamples
 
     def key(self) -> tuple[Any, ...]:
         """The settings that change results."""
         return (self.tile_size, self.overlap, self.amp, self.amp_dtype, self.max_detections, self.remove_sd,
-                self.pixel_mm)  # fmt: skip
+                self.pixel_mm, self.leave_sd)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------- fingerprints
@@ -468,7 +470,7 @@ def iter_denoise(
 ) -> Generator[tuple[int, int], None, np.ndarray]:
     """Generator form of :func:`denoise`: yields ``(done, total)`` slices after every batch, returns HU."""
     settings = settings or InferenceSettings()
-    check_remove_sd(settings.remove_sd)
+    check_strength(settings.remove_sd, settings.leave_sd)
     stack = _as_stack(hu)
     idx = _select(len(stack), slices)
     _check_finite(stack, idx)
@@ -492,7 +494,8 @@ def iter_denoise(
             low, pads = fill_padding(given)
             block = out[done : done + len(chunk)]
             den = runner.run(low, fn, combine)
-            block[:] = np.maximum(den if told else keep_noise(low, den, settings.remove_sd),
+            kept = den if told else keep_noise(low, den, settings.remove_sd)
+            block[:] = np.maximum(leave_noise(low, kept, settings.leave_sd),
                                   np.minimum(low, LOWEST_HU))  # no darker than air, unless the input was
             for image, source, pad in zip(block, given, pads):
                 if pad is not None:  # the padding goes back as it was
@@ -619,12 +622,14 @@ def denoise(
     cancel: CancelCheck | None = None,
     notice: Notice | None = None,
     remove_sd: float | None = None,
+    leave_sd: float | None = None,
 ) -> np.ndarray:
     """Denoise a slice (y, x) or a volume (z, y, x); returns float32 HU of the same shape, or (k, y, x) for the
     ``slices`` selected. ``remove_sd``: SD (HU) of the noise to remove, the rest is kept (``strength``); None: all.
+    ``leave_sd`` instead: SD (HU) of noise to leave in the output's flat tissue.
     Restores the model's train/eval mode (and its device after a CPU fallback)."""
     settings = InferenceSettings(
-        batch_size=batch_size, tile_size=tile_size, overlap=overlap, amp=amp, remove_sd=remove_sd
+        batch_size=batch_size, tile_size=tile_size, overlap=overlap, amp=amp, remove_sd=remove_sd, leave_sd=leave_sd
     )
     gen = iter_denoise(model, hu, device, slices=slices, settings=settings, notice=notice)
     return run_to_end(gen, progress, cancel)

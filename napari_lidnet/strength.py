@@ -1,4 +1,5 @@
-"""Denoising strength: remove a stated noise SD and keep the rest, as BM3D's ``sigma`` does.
+"""Denoising strength: remove a stated noise SD and keep the rest, as BM3D's ``sigma`` does; or leave a stated
+noise SD in the output, as a reader who finds a fully denoised image too smooth asks (``leave_noise``).
 
 The networks are blind: they remove all the noise they see. When only part of it should go (a normal-dose scan
 has noise of its own, and the user or a protocol says how much to take away, e.g. the SD that a dose reduction
@@ -22,17 +23,26 @@ from numpy.typing import ArrayLike
 
 from napari_lidnet.metrics.noreference import NOISE_BLOCK, body_mask, flat_block_noise_sds
 
-__all__ = ["blend_weight", "check_remove_sd", "keep_noise", "residual_sd", "total_noise_sd"]
+__all__ = ["blend_weight", "check_remove_sd", "check_strength", "keep_noise", "leave_noise", "leave_weight",
+           "residual_sd", "total_noise_sd"]  # fmt: skip
 
 
-def check_remove_sd(remove_sd: float | None) -> float | None:
+def check_remove_sd(remove_sd: float | None, what: str = "to remove") -> float | None:
     """``remove_sd`` as a float (None stays None: remove all); a one-line ValueError when negative or not finite."""
     if remove_sd is None:
         return None
     value = float(remove_sd)
     if not np.isfinite(value) or value < 0:
-        raise ValueError(f"noise SD to remove must be a finite number of HU >= 0, got {remove_sd!r}")
+        raise ValueError(f"noise SD {what} must be a finite number of HU >= 0, got {remove_sd!r}")
     return value
+
+
+def check_strength(remove_sd: float | None, leave_sd: float | None) -> tuple[float | None, float | None]:
+    """Both checked (:func:`check_remove_sd`); a one-line ValueError when both are given (one strength at a time)."""
+    remove_sd, leave_sd = check_remove_sd(remove_sd), check_remove_sd(leave_sd, "to leave")
+    if remove_sd is not None and leave_sd is not None:
+        raise ValueError("give the noise SD to remove or the noise SD to leave, not both")
+    return remove_sd, leave_sd
 
 
 def blend_weight(remove_sd: float, residual: float) -> float:
@@ -81,4 +91,40 @@ def keep_noise(low: np.ndarray, denoised: ArrayLike, remove_sd: float | None) ->
     for k, (lo, de) in enumerate(zip(low3, den3)):
         w = blend_weight(remove_sd, total_noise_sd(lo, de))
         out[k] = de + np.float32(w) * (lo - de)
+    return out.reshape(np.shape(denoised))
+
+
+def leave_weight(low: np.ndarray, denoised: np.ndarray, leave_sd: float) -> float:
+    """The share ``w`` of the residual to put back so that the output ``denoised + w * (low - denoised)`` shows
+    ``leave_sd`` HU of noise in the slice's flattest soft-tissue blocks (where the Denoise dock and ``lidnet adapt``
+    read the noise): with the input's, the residual's and the denoised image's SDs there (``a``, ``b``, ``d``), the
+    output's variance is ``a - 2 u c + u^2 b`` for ``u = 1 - w`` and ``c = (a^2 + b^2 - d^2) / 2``; the root in
+    [0, 1]. 1 (the input) when it holds no more than ``leave_sd``, 0 when the denoised image already holds as much;
+    0 without flat tissue (nothing to measure)."""
+    lo = np.asarray(low, np.float32)
+    de = np.asarray(denoised, np.float32)
+    a, b, d = flat_block_noise_sds(lo, [lo, lo - de, de], block=NOISE_BLOCK)
+    if not np.isfinite(a) or b <= 0:
+        return 0.0
+    target = float(leave_sd) ** 2
+    if target >= a * a:
+        return 1.0
+    if target <= d * d:
+        return 0.0
+    c = (a * a + b * b - d * d) / 2
+    u = (c - np.sqrt(max(c * c - b * b * (a * a - target), 0.0))) / (b * b)
+    return float(np.clip(1.0 - u, 0.0, 1.0))
+
+
+def leave_noise(low: np.ndarray, denoised: ArrayLike, leave_sd: float | None) -> ArrayLike:
+    """The denoised slice or stack with ``leave_sd`` HU of noise left in flat tissue, slice by slice
+    (:func:`leave_weight`); None returns ``denoised`` unchanged (remove all)."""
+    leave_sd = check_remove_sd(leave_sd, "to leave")
+    if leave_sd is None:
+        return denoised
+    low3 = np.asarray(low, np.float32).reshape((-1, *np.shape(low)[-2:]))
+    den3 = np.asarray(denoised, np.float32).reshape(low3.shape)
+    out = np.empty_like(den3)
+    for k, (lo, de) in enumerate(zip(low3, den3)):
+        out[k] = de + np.float32(leave_weight(lo, de, leave_sd)) * (lo - de)
     return out.reshape(np.shape(denoised))

@@ -126,6 +126,31 @@ def test_denoise_says_when_the_sd_to_remove_is_all_the_noise(trained, tmp_path, 
     assert "at or above the noise" not in capsys.readouterr().err
 
 
+def test_denoise_leave_sd_leaves_that_noise_and_says_so_in_the_series(tmp_path, capsys):
+    """``--leave-sd``: the output's flat tissue shows that noise SD (the shipped denoiser, a noisy DICOM series),
+    its SeriesDescription says how much was left; with ``--remove-sd`` too, one line, exit 2, nothing written."""
+    import pydicom
+    from conftest import write_series
+
+    from napari_lidnet.io.open_ct import open_ct
+    from napari_lidnet.metrics.noreference import noise_sd
+    from napari_lidnet.sim.phantom import make_phantom
+
+    rng = np.random.default_rng(5)
+    hu = np.stack([np.clip(make_phantom(s, "abdomen", size=128).hu, -1000, 1000) for s in (6, 7)])
+    hu = (np.rint((hu + rng.normal(0, 35, hu.shape)).clip(-1000, 1000) / 2) * 2).astype(np.float32)
+    write_series(tmp_path / "ct", hu, series_uid="1.2.3.57", description="Abdomen")
+    assert main(["denoise", str(tmp_path / "ct"), str(tmp_path / "out"), "--leave-sd", "12", "--device", "cpu"]) == 0
+    back = open_ct(tmp_path / "out")[0].hu
+    assert noise_sd(back) == pytest.approx(12.0, rel=0.2) and noise_sd(hu) > 25.0, (noise_sd(back), noise_sd(hu))
+    ds = pydicom.dcmread(sorted((tmp_path / "out").rglob("*.dcm"))[0], stop_before_pixels=True)
+    assert ds.SeriesDescription == "Abdomen denoised (LIDnet default (unet), 12 HU SD left)"
+    capsys.readouterr()
+    both = ["denoise", str(tmp_path / "ct"), str(tmp_path / "x"), "--leave-sd", "12", "--remove-sd", "5"]
+    assert main(both) == 2 and not (tmp_path / "x").exists()
+    assert "not both" in capsys.readouterr().err
+
+
 def test_denoise_and_detect_files(trained, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NAPARI_LIDNET_MODEL_DIR", str(trained / "models"))
     low = np.stack([s.low_hu for s in read_dataset(trained / "data")[:3]])

@@ -420,7 +420,7 @@ def test_threshold_follows_the_detectors_calibration(make_napari_viewer, qtbot, 
 def test_noise_sd_to_remove_keeps_the_rest(make_napari_viewer, qtbot, model_dir: Path) -> None:
     """The strength box: 'all noise' by default; set to an SD, the denoised layer is the blind output with the
     rest of the noise put back (strength.keep_noise), and its metadata says how much was removed."""
-    from napari_lidnet.strength import keep_noise
+    from napari_lidnet.strength import keep_noise, leave_noise
 
     viewer = make_napari_viewer()
     low, _ = phantom(n=2)
@@ -441,8 +441,18 @@ def test_noise_sd_to_remove_keeps_the_rest(make_napari_viewer, qtbot, model_dir:
     # the weight 1 - sd^2 / total SD^2: at least 3/4 of the residual comes back, more as the input holds more noise
     # than the tiny network's residual (strength.total_noise_sd)
     assert 0.75 <= np.median(back) < 1.0
+    # "leave": the SD of noise to leave in the output (walkthrough 2026-12-06: a fully denoised chest looked waxy)
+    widget.set_leave_sd(12.0)
+    assert widget.remove_sd is None and widget.leave_sd == 12.0 and widget.strength_mode.currentText() == "leave"
+    run_and_wait(widget, qtbot)
+    left = viewer.layers["low denoised"]
+    assert left.metadata["lidnet"]["leave_sd"] == 12.0 and left.metadata["lidnet"]["remove_sd"] is None
+    np.testing.assert_allclose(left.data[body], leave_noise(low, blind, 12.0)[body], atol=1e-3)
+    assert not np.allclose(left.data[body], told.data[body], atol=1e-2)
+    widget.set_leave_sd(None)
+    assert widget.leave_sd is None and widget.strength_spin.text() == "none (all removed)"
     widget.set_remove_sd(None)
-    assert widget.remove_sd is None
+    assert widget.remove_sd is None and widget.strength_mode.currentText() == "remove"
     assert "noise SD in flat tissue" in widget.status.text()
 
     _, flat = phantom(n=2)  # no noise at all, as a lossy codec leaves soft tissue: nothing to report as 0.0 -> 0.0

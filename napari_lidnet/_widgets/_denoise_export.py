@@ -72,7 +72,8 @@ class DenoiseExports:
         dose = src.metadata.get("simulated_dose")
         if dose is not None:  # said first (the description is cut at 64 characters): not a clinical low-dose scan
             base = f"SIMULATED {float(dose):.0%} dose seed {src.metadata.get('simulated_seed', '?')}: {base}"
-        desc = denoised_description(base, self._last["labels"][0] or "", self._last.get("remove_sd"))
+        desc = denoised_description(base, self._last["labels"][0] or "", self._last.get("remove_sd"),
+                                    self._last.get("leave_sd"))  # fmt: skip
         if not background:
             return self._dicom_written(folder, _write_series(vol, folder, desc))
         if self.export_worker is not None:
@@ -122,6 +123,7 @@ class DenoiseExports:
         den, det = self._last["labels"]
         about = {"input": src.metadata.get("source") or src.name, "layer": src.name, "detector": det,
                  "denoised_first_by": den or None, "remove_sd": self._last.get("remove_sd"),
+                 "leave_sd": self._last.get("leave_sd"),
                  "threshold": round(float(self.threshold), 4), "spacing_mm": [float(v) for v in src.scale],
                  "series_uid": src.metadata.get("series_uid")}  # fmt: skip
         try:

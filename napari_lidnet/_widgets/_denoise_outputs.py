@@ -117,6 +117,7 @@ class DenoiseOutputs:
                 "source_key": source_key(src),
                 "denoiser": self._last["labels"][0],
                 "remove_sd": self._last["remove_sd"],
+                "leave_sd": self._last.get("leave_sd"),
                 "slices": list(self._last["result"].slices),
             },
         }

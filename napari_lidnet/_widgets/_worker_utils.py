@@ -101,7 +101,7 @@ def inference_job(
     store: ModelStore,
     cache: Any,
     batch_size: int = 4,
-    remove_sd: float | None = None,
+    strength: tuple[float | None, float | None] = (None, None),
     pixel_mm: tuple[float, float] | None = None,
     source: tuple[str, str] = ("", "the image"),
 ) -> Generator[Progress, None, JobOutput | Failure]:
@@ -129,7 +129,8 @@ def inference_job(
         if detector_path:
             det, card = store.get(detector_path, "detector")
             det_label = model_label(detector_path, card)
-        settings = InferenceSettings(batch_size=batch_size, remove_sd=remove_sd, pixel_mm=pixel_mm)
+        remove_sd, leave_sd = strength
+        settings = InferenceSettings(batch_size=batch_size, remove_sd=remove_sd, leave_sd=leave_sd, pixel_mm=pixel_mm)
         gen = iter_pipeline(hu, den, det, device, slices=slices, settings=settings, cache=cache, notice=notices.append)
         result = yield from map_yields(gen, lambda item: Progress(*item, _take(notices), stage="running"))
         noise = None

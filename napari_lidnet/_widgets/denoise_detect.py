@@ -66,6 +66,8 @@ SCOPES = ("all slices", "current slice")
 THRESHOLD_RANGE = (5, 95)
 #: largest noise SD (HU) the strength box takes; 0 shows "all noise"
 REMOVE_SD_MAX = 200.0
+#: the strength box's modes: the noise SD to remove (BM3D's sigma), or the noise SD to leave in the output
+STRENGTH_MODES = ("remove", "leave")
 #: input noise SD (HU) in flat tissue below which there is no noise to report (lossy codecs leave exactly flat blocks)
 NO_NOISE_HU = 0.5
 
@@ -155,7 +157,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         row.addWidget(self.threshold_slider)
         row.addWidget(self.threshold_label)
         form.addRow("score threshold", row)
-        form.addRow("remove", self.strength_spin)
+        form.addRow(self.strength_mode, self.strength_spin)
         form.addRow("", self.noise_check)
         exports = QVBoxLayout()
         exports.addWidget(self.export_dicom_button)
@@ -196,18 +198,31 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
             "transparent where it removed nothing; speckle is noise, a coherent outline is anatomy it removed"
         )
         self.noise_check.toggled.connect(self._on_noise_toggled)
+        self.strength_mode = QComboBox()
+        self.strength_mode.addItems(STRENGTH_MODES)
+        self.strength_mode.setToolTip(
+            "remove: take out that SD of noise, as BM3D's sigma; leave: keep that SD of noise in the output's flat "
+            "tissue (a fully denoised image can look too smooth to read; normal-dose scans show about 10 HU)"
+        )
         self.strength_spin = QDoubleSpinBox()
         self.strength_spin.setRange(0.0, REMOVE_SD_MAX)
         self.strength_spin.setSingleStep(1.0)
         self.strength_spin.setDecimals(1)
         self.strength_spin.setSuffix(" HU SD")
-        self.strength_spin.setSpecialValueText("all noise")
+        self.strength_mode.currentTextChanged.connect(self._on_strength_mode)
+        self._on_strength_mode(self.strength_mode.currentText())
+
+    def _on_strength_mode(self, mode: str) -> None:
+        """The spin box's text at 0 and its tip follow the mode ("all noise" removed either way)."""
+        self.strength_spin.setSpecialValueText("all noise" if mode == "remove" else "none (all removed)")
         self.strength_spin.setToolTip(
             "how much noise to remove, as the SD it has (like BM3D's sigma), e.g. what a dose reduction added; "
             "the rest of the scan's noise is kept. The output is the least-squares estimate of the scan without "
             "that noise (a Wiener blend), so it shows less noise than sqrt(total^2 - removed^2). "
-            "'all noise': the network removes all it sees"
-        )
+            "'all noise': the network removes all it sees" if mode == "remove" else
+            "how much noise to leave in the output, as the SD measured in its flattest soft tissue (the status "
+            "line reads it after the run); the network's output is blended with the input, slice by slice"
+        )  # fmt: skip
 
     def _create_run_row(self) -> None:
         """Run and Cancel, the progress bar and the message line."""
@@ -239,12 +254,25 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
 
     @property
     def remove_sd(self) -> float | None:
-        """SD (HU) of the noise the denoiser removes, the rest is kept; None: all the noise (the spin box at 0)."""
+        """SD (HU) of the noise the denoiser removes, the rest is kept; None: all the noise (the spin box at 0) or
+        the "leave" mode."""
         value = self.strength_spin.value()
-        return None if value <= 0 else float(value)
+        return None if value <= 0 or self.strength_mode.currentText() != "remove" else float(value)
+
+    @property
+    def leave_sd(self) -> float | None:
+        """SD (HU) of noise left in the output in the "leave" mode; None: the "remove" mode or 0 (all removed)."""
+        value = self.strength_spin.value()
+        return None if value <= 0 or self.strength_mode.currentText() != "leave" else float(value)
 
     def set_remove_sd(self, value: float | None) -> None:
         """Set the noise SD to remove (None or 0: all noise); takes effect at the next Run."""
+        self.strength_mode.setCurrentText("remove")
+        self.strength_spin.setValue(0.0 if value is None else float(value))
+
+    def set_leave_sd(self, value: float | None) -> None:
+        """Set the noise SD to leave in the output (None or 0: none, all removed); takes effect at the next Run."""
+        self.strength_mode.setCurrentText("leave")
         self.strength_spin.setValue(0.0 if value is None else float(value))
 
     @property
@@ -412,8 +440,8 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
             self._cache = ResultCache()
         from napari.qt.threading import create_worker
 
-        remove_sd = self.remove_sd
-        self._pending = {"layer": layer, "slices": slices, "remove_sd": remove_sd}
+        remove_sd, leave_sd = self.remove_sd, self.leave_sd
+        self._pending = {"layer": layer, "slices": slices, "remove_sd": remove_sd, "leave_sd": leave_sd}
         worker = create_worker(
             inference_job,
             layer.data,
@@ -424,7 +452,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
             self._store,
             self._cache,
             self.batch_size,
-            remove_sd,
+            (remove_sd, leave_sd),
             tuple(float(v) for v in layer.scale[-2:]) if has_voxel_size(layer) else None,  # the detector's size
             (str(layer.metadata.get("modality", "") or ""), repr(layer.name)),
             _start_thread=False,
@@ -479,11 +507,12 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
             return
         res = out.result
         first = res.slices[0] if self._pending.get("slices") else 0
-        labels, remove_sd = (out.denoiser_label, out.detector_label), self._pending.get("remove_sd")
-        merged = self._into_volume(layer, res, labels, remove_sd)
+        labels = (out.denoiser_label, out.detector_label)
+        remove_sd, leave_sd = self._pending.get("remove_sd"), self._pending.get("leave_sd")
+        merged = self._into_volume(layer, res, labels, (remove_sd, leave_sd))
         replaced = _replaced_note(self._previous(layer), layer, res) if merged is None else None
         self._last = {"layer": layer, "result": merged or res, "first": 0 if merged else first, "labels": labels,
-                      "remove_sd": remove_sd, "merged": merged is not None}  # fmt: skip
+                      "remove_sd": remove_sd, "leave_sd": leave_sd, "merged": merged is not None}  # fmt: skip
         if layer.ndim == 3 and list(self._last["result"].slices) == list(range(layer.data.shape[0])):
             self._volumes = [v for v in self._volumes if v["layer"] != layer]  # deleted images: _on_layers_changed
             self._volumes.append({**self._last, "data_id": id(layer.data)})
@@ -517,14 +546,16 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
             return self._last
         return next((v for v in self._volumes if v["layer"] == layer), None)
 
-    def _into_volume(self, layer: Any, res: Any, labels: tuple, remove_sd: float | None) -> Any | None:
+    def _into_volume(self, layer: Any, res: Any, labels: tuple, strength: tuple) -> Any | None:
         """A "current slice" run folded into the last whole-volume result of the same layer (whatever ran on other
         layers since), models and strength: that slice's denoised image and boxes replaced, every other slice's kept
         (a new result; the old is not changed). None when there is no such volume result (the run's own outputs
         then replace the previous ones)."""
         # == not "is": napari gives plugins a new proxy of a layer at each access
         last = next((v for v in self._volumes if v["layer"] == layer), None)
-        if last is None or layer.ndim != 3 or (last["labels"], last["remove_sd"]) != (labels, remove_sd):
+        if last is None or layer.ndim != 3 or (last["labels"], last["remove_sd"], last.get("leave_sd")) != (
+            labels, *strength
+        ):
             return None
         if last.get("data_id") != id(layer.data):  # the image's data were replaced since: that volume is stale
             return None

@@ -41,7 +41,7 @@ def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
         report = run_batch(
             args.input, out, task, model, dev, threshold, model_label(args.model or "default", card), progress,
             workers=args.workers,
-            remove_sd=getattr(args, "remove_sd", None),
+            remove_sd=getattr(args, "remove_sd", None), leave_sd=getattr(args, "leave_sd", None),
         )  # fmt: skip
     finally:
         bar.close()
@@ -115,11 +115,11 @@ def _note_new_study(metadata: dict[str, Any], source: str) -> None:
 
 def _cmd_denoise(args: argparse.Namespace) -> int:
     if args.all_series:
-        return _cmd_batch(args, "denoise", args.output)  # run_batch checks --remove-sd before writing anything
+        return _cmd_batch(args, "denoise", args.output)  # run_batch checks the strength before writing anything
 
-    from napari_lidnet.strength import check_remove_sd
+    from napari_lidnet.strength import check_strength
 
-    check_remove_sd(args.remove_sd)  # before the input is read and the model loaded
+    check_strength(args.remove_sd, args.leave_sd)  # before the input is read and the model loaded
 
     from napari_lidnet.io.arrays import ARRAY_SUFFIXES
     from napari_lidnet.io.nifti import is_nifti
@@ -139,7 +139,8 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         from napari_lidnet.inference import denoise
         from napari_lidnet.io.arrays import write_array
 
-        hu = denoise(model, vol.hu, device=dev, progress=print_progress, remove_sd=args.remove_sd)
+        hu = denoise(model, vol.hu, device=dev, progress=print_progress, remove_sd=args.remove_sd,
+                     leave_sd=args.leave_sd)  # fmt: skip
         _note_remove_sd(vol.hu, args.remove_sd)
         write_array(out, hu, vol.spacing)
         if out.suffix.lower() == ".npy":
@@ -149,7 +150,8 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         from napari_lidnet.batch import denoise_into
         from napari_lidnet.models.registry import model_label
 
-        denoise_into(out, vol, model, dev, model_label(args.model or "default", card), args.remove_sd, print_progress)
+        denoise_into(out, vol, model, dev, model_label(args.model or "default", card), args.remove_sd, print_progress,
+                     leave_sd=args.leave_sd)  # fmt: skip
         _note_remove_sd(vol.hu, args.remove_sd)
         if not as_file:
             _note_new_study(vol.metadata, args.input)
@@ -232,6 +234,9 @@ def add_denoise(sub: Any) -> None:
         help="remove only this noise SD and keep the rest (e.g. what a dose reduction added; a Wiener blend, the "
         "least-squares estimate of the scan without that noise); default: all",
     )
+    p.add_argument("--leave-sd", type=float, default=None, metavar="HU",
+                   help="leave this noise SD in the output's flattest soft tissue (a fully denoised image can look too "
+                   "smooth to read; normal-dose scans show about 10 HU); not with --remove-sd")  # fmt: skip
     add_all_series(p, "one series folder (.nii.gz) each in OUTPUT; resumes")
     p.set_defaults(func=_cmd_denoise)
 

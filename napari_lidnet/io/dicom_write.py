@@ -286,11 +286,12 @@ def _remove_partial(files: list[Path], folders: list[Path]) -> None:
             folder.rmdir()
 
 
-def denoised_description(source: str, model: str, remove_sd: float | None = None) -> str:
-    """SeriesDescription of a denoised series: the source's and the model's names and the noise SD removed when
-    not all, within DICOM LO's 64 characters: "denoised (LIDnet" is never cut off (a PACS would list the processed
-    series under the original's name); the source keeps 36 characters, the model's name what is left ("...")."""
+def denoised_description(source: str, model: str, remove_sd: float | None = None, leave_sd: float | None = None) -> str:
+    """SeriesDescription of a denoised series: the source's and the model's names and the noise SD removed (or
+    left) when not all, within DICOM LO's 64 characters: "denoised (LIDnet" is never cut off (a PACS would list the
+    processed series under the original's name); the source keeps 36 characters, the model's name what is left."""
     strength = "" if remove_sd is None else f", {remove_sd:g} HU SD removed"
+    strength += "" if leave_sd is None else f", {leave_sd:g} HU SD left"
     fixed, source = len(f" denoised (LIDnet {strength})"), source or "CT"
 
     def cut(text: str, room: int) -> str:
