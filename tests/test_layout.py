@@ -14,7 +14,7 @@ from qtpy.QtTest import QTest
 from qtpy.QtWidgets import QDockWidget
 
 from napari_lidnet import demo
-from napari_lidnet._widgets._docking import AREAS, dock_of, shows_whole_scene
+from napari_lidnet._widgets._docking import AREAS, at_home, dock_of, shows_whole_scene
 from napari_lidnet.io.windowing import contrast_limits
 
 WIDTH, HEIGHT = 1600, 1000
@@ -90,8 +90,8 @@ def _canvas_drag(viewer, start: tuple[int, int], end: tuple[int, int], button: i
 @pytest.mark.parametrize("zoomed_in", [False, True])
 def test_an_image_wholly_on_screen_stays_so_when_the_docks_open(make_napari_viewer, qtbot, zoomed_in) -> None:
     """A 512 x 512 slice opened first fills the canvas (napari fits it); opening the docks from the Plugins menu
-    takes a column and a row from the canvas: the slice is fitted again, not cropped until Home. A view the user
-    zoomed into is left as the user set it."""
+    takes a column and a row from the canvas: the slice is fitted again (Home), not cropped until Home is pressed.
+    A view the user zoomed into is left as the user set it."""
     viewer = make_napari_viewer(show=True)
     viewer.window.resize(WIDTH, HEIGHT)
     viewer.add_image(ct_volume(n=3, size=512), name="CT", scale=SCALE, metadata={"hu": True})
@@ -111,7 +111,7 @@ def test_an_image_wholly_on_screen_stays_so_when_the_docks_open(make_napari_view
         assert not shows_whole_scene(viewer)
     else:
         assert shows_whole_scene(viewer), (viewer.camera.zoom, viewer.camera.center, after)
-        assert viewer.camera.zoom < zoom
+        assert viewer.camera.zoom < zoom and at_home(viewer)  # fitted to the canvas the docks left, not smaller
 
 
 def test_right_drag_and_keys_set_one_window_and_status_reads_hu(room, qtbot) -> None:

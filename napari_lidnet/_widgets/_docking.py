@@ -4,7 +4,7 @@ napari docks every plugin widget on the right, one under the other, whatever the
 therefore moves its own dock once it is docked (``DockHome``): into its home area, tabified with the LIDnet docks
 already there, at a width (right) or height (bottom) that leaves the canvas most of the window. Forms scroll inside
 their dock (``scroll_layout``), so a tall form never makes the window grow. A dock that settles shrinks the canvas:
-an image that was wholly on screen is fitted again (``keep_fitted``), so no part of it is hidden until Home.
+a view that showed the whole image (or napari's Home) is fitted again (``keep_fitted``), so none of it is hidden.
 """
 
 from __future__ import annotations
@@ -134,16 +134,36 @@ def shows_whole_scene(viewer: Any) -> bool:
     return bool(np.all(extent[0] >= centre - half - slack) and np.all(extent[1] <= centre + half + slack))
 
 
+def _camera(viewer: Any) -> tuple[float, ...]:
+    return (*(float(v) for v in viewer.camera.center), float(viewer.camera.zoom))
+
+
+def at_home(viewer: Any) -> bool:
+    """Whether the view is napari's Home (``fit_to_view``) for the canvas as it is: the view a user has not zoomed
+    or panned (checked by fitting and putting the camera back when it differed)."""
+    if viewer is None or not len(viewer.layers):
+        return False
+    before = _camera(viewer)
+    viewer.fit_to_view()
+    if np.allclose(_camera(viewer), before, rtol=1e-4, atol=1e-6):
+        return True
+    viewer.camera.center, viewer.camera.zoom = before[:-1], before[-1]
+    return False
+
+
 def keep_fitted(viewer: Any, window_s: float = REFIT_WINDOW_S) -> None:
-    """For ``window_s`` seconds, refit the view (napari's Home) whenever the canvas is resized and the scene no
-    longer fits it: a dock has just taken room from a canvas that showed the whole image."""
+    """For ``window_s`` seconds, fit the view again (napari's Home) whenever the canvas is resized, as long as the
+    camera is where the last fit left it: docks settling take room from a canvas (and give some back) while the
+    user has not yet touched the view. A camera moved in between ends it."""
     until = time.monotonic() + window_s
+    fitted = [_camera(viewer)]
 
     def refit(event: Any = None) -> None:
-        if time.monotonic() > until:
+        if time.monotonic() > until or not np.allclose(_camera(viewer), fitted[0], rtol=1e-4, atol=1e-6):
             viewer.canvas.events.size.disconnect(refit)
-        elif not shows_whole_scene(viewer):
-            viewer.reset_view()
+            return
+        viewer.fit_to_view()
+        fitted[0] = _camera(viewer)
 
     viewer.canvas.events.size.connect(refit)
     QTimer.singleShot(0, refit)
@@ -168,11 +188,12 @@ class DockHome(QObject):
         QTimer.singleShot(0, self.settle)
 
     def settle(self) -> None:
-        """Settle now (a deleted widget is ignored); an image that was wholly on screen stays so (``keep_fitted``)."""
+        """Settle now (a deleted widget is ignored); a view that showed the whole image, or was at napari's Home, is
+        at Home once the dock has taken its room (``keep_fitted``)."""
         with contextlib.suppress(RuntimeError):  # the widget was deleted before the timer fired
             viewer = getattr(self._widget, "viewer", None)
-            fitted = viewer is not None and shows_whole_scene(viewer)
-            if settle(self._widget) and fitted:
+            home = viewer is not None and (shows_whole_scene(viewer) or at_home(viewer))
+            if settle(self._widget) and home:
                 keep_fitted(viewer)
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
