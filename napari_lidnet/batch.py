@@ -150,10 +150,10 @@ def _read_marker(marker: Path) -> tuple[str | None, dict[str, Any] | None]:
 def _changed(earlier: dict[str, Any], now: dict[str, Any]) -> str:
     """The settings that differ, as 'key earlier (now ...)'; '' when none."""
     diff = [k for k in {**earlier, **now} if earlier.get(k) != now.get(k)]  # a key of one run only differs too
-    def shown(v: Any) -> Any:  # no --remove-sd is "all" the noise
-        return f"{v:.3g}" if isinstance(v, float) else "all" if v is None else v
+    def shown(k: str, v: Any) -> Any:  # no --remove-sd removes all the noise; no --leave-sd leaves none
+        return f"{v:.3g}" if isinstance(v, float) else ("none" if k == "leave-sd" else "all") if v is None else v
 
-    return ", ".join("another model" if k == "model" else f"{k} {shown(earlier.get(k))} (now {shown(now.get(k))})"
+    return ", ".join("another model" if k == "model" else f"{k} {shown(k, earlier.get(k))} (now {shown(k, now.get(k))})"
                      for k in diff)  # fmt: skip
 
 
@@ -381,7 +381,7 @@ def run_batch(
         raise ValueError(f"unknown batch task {task!r}; use 'denoise' or 'detect'")
     if workers < 0:
         raise ValueError("workers must be >= 0")
-    check_strength(remove_sd, leave_sd)
+    remove_sd, leave_sd = check_strength(remove_sd, leave_sd)
     root = Path(root)
     base = root if root.is_dir() else root.parent  # NIfTI outputs are named by their path under it
     items = _inputs(*_find_inputs(root), base)

@@ -38,8 +38,10 @@ def check_remove_sd(remove_sd: float | None, what: str = "to remove") -> float |
 
 
 def check_strength(remove_sd: float | None, leave_sd: float | None) -> tuple[float | None, float | None]:
-    """Both checked (:func:`check_remove_sd`); a one-line ValueError when both are given (one strength at a time)."""
+    """Both checked (:func:`check_remove_sd`); a one-line ValueError when both are given (one strength at a time).
+    Leaving 0 HU is removing all the noise: ``leave_sd`` 0 comes back None, as the Denoise dock's box at 0 says."""
     remove_sd, leave_sd = check_remove_sd(remove_sd), check_remove_sd(leave_sd, "to leave")
+    leave_sd = leave_sd or None
     if remove_sd is not None and leave_sd is not None:
         raise ValueError("give the noise SD to remove or the noise SD to leave, not both")
     return remove_sd, leave_sd

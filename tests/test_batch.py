@@ -167,7 +167,7 @@ def test_a_rerun_with_other_settings_is_refused_not_reported_complete(archive, t
         run_batch(archive, out, "denoise", other)
     with pytest.raises(ValueError, match=r"other settings \(remove-sd all \(now 5\)\)"):
         run_batch(archive, out, "denoise", _denoiser(), remove_sd=5.0)
-    with pytest.raises(ValueError, match=r"other settings \(leave-sd all \(now 10\)\)"):
+    with pytest.raises(ValueError, match=r"other settings \(leave-sd none \(now 10\)\)"):
         run_batch(archive, out, "denoise", _denoiser(), leave_sd=10.0)
     with pytest.raises(ValueError, match="not both"):
         run_batch(archive, tmp_path / "both", "denoise", _denoiser(), remove_sd=5.0, leave_sd=10.0)
@@ -177,8 +177,9 @@ def test_a_rerun_with_other_settings_is_refused_not_reported_complete(archive, t
     assert sorted(again.skipped) == sorted(first.written)
     left = tmp_path / "left"
     run_batch(archive, left, "denoise", _denoiser(), leave_sd=10.0)
-    with pytest.raises(ValueError, match=r"other settings \(leave-sd 10 \(now all\)\)"):
+    with pytest.raises(ValueError, match=r"other settings \(leave-sd 10 \(now none\)\)"):
         run_batch(archive, left, "denoise", _denoiser())  # a key of the earlier run only is a difference too
+    assert run_batch(archive, out, "denoise", _denoiser(), leave_sd=0.0).skipped  # leaving 0 HU is removing all
     boxes = tmp_path / "boxes"
     detector = LesionDetector(width=4).eval()
     run_batch(archive, boxes, "detect", detector, threshold=0.3)

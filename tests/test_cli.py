@@ -146,6 +146,10 @@ def test_denoise_leave_sd_leaves_that_noise_and_says_so_in_the_series(tmp_path, 
     ds = pydicom.dcmread(sorted((tmp_path / "out").rglob("*.dcm"))[0], stop_before_pixels=True)
     assert ds.SeriesDescription == "Abdomen denoised (LIDnet default (unet), 12 HU SD left)"
     capsys.readouterr()
+    same = ["denoise", str(tmp_path / "ct"), str(tmp_path / "same.npz"), "--leave-sd", "500", "--device", "cpu"]
+    assert main(same) == 0
+    assert "--leave-sd 500 HU is at or above the noise measured" in capsys.readouterr().err
+    np.testing.assert_allclose(np.load(tmp_path / "same.npz")["hu"], hu, atol=1e-3)  # nothing removed: the input
     both = ["denoise", str(tmp_path / "ct"), str(tmp_path / "x"), "--leave-sd", "12", "--remove-sd", "5"]
     assert main(both) == 2 and not (tmp_path / "x").exists()
     assert "not both" in capsys.readouterr().err
@@ -253,7 +257,7 @@ def test_detect_denoise_first_gives_the_boxes_of_denoise_then_detect(tmp_path, c
     common = ["--device", "cpu", "--threshold", "0.05"]
     assert main(["denoise", str(tmp_path / "ct"), str(tmp_path / "d.nii.gz"), "--device", "cpu"]) == 0
     assert main(["detect", str(tmp_path / "d.nii.gz"), "--out", str(tmp_path / "two.csv"), *common]) == 0
-    assert main(["detect", str(tmp_path / "ct"), "--denoise-first", "--out", str(tmp_path / "one.csv"), *common]) == 0
+    assert main(["detect", "--denoise-first", str(tmp_path / "ct"), "--out", str(tmp_path / "one.csv"), *common]) == 0
     assert main(["detect", str(tmp_path / "ct"), "--out", str(tmp_path / "raw.csv"), *common]) == 0
 
     def boxes(name: str) -> np.ndarray:
@@ -269,6 +273,12 @@ def test_detect_denoise_first_gives_the_boxes_of_denoise_then_detect(tmp_path, c
     args = ["detect", str(tmp_path / "ct"), "--denoise-first", "--all-series", "--out", str(tmp_path / "f")]
     assert main(args) == 2 and not (tmp_path / "f").exists()
     assert "--denoise-first takes one input" in capsys.readouterr().err
+    args = ["detect", str(tmp_path / "ct"), "--denoiser", "default", "--out", str(tmp_path / "g.csv")]
+    assert main(args) == 2 and not (tmp_path / "g.csv").exists()
+    assert "add --denoise-first" in capsys.readouterr().err
+    named = ["detect", str(tmp_path / "ct"), "--denoise-first", "--denoiser", "default", "--out"]
+    assert main([*named, str(tmp_path / "n.csv"), *common]) == 0
+    np.testing.assert_array_equal(boxes("n.csv"), one)
 
 
 def test_series_option_picks_one_of_several(two_series_dir, tmp_path, capsys):
@@ -300,6 +310,21 @@ def test_a_study_with_a_larger_mr_series_runs_on_its_ct_and_keeps_the_mr_warning
     err = capsys.readouterr().err
     assert "holds 2 series" in err and "using the largest CT series, 'Chest" in err, err
     assert "modality is 'MR'" not in err and "warning(s) about the other series" in err, err
+
+
+def test_the_warnings_of_the_one_series_processed_are_shown(tmp_path, capsys):
+    """Review 2026-12-06: a series without SeriesInstanceUID (named "series 'ABD' ()" by the reader) had its own
+    warnings hidden as being about other series, the 1 mm pixel fallback among them."""
+    import pydicom
+    from conftest import synthetic_hu, write_series
+
+    for f in write_series(tmp_path / "ct", synthetic_hu((3, 16, 16)), series_uid="", description="ABD"):
+        ds = pydicom.dcmread(f)
+        del ds.PixelSpacing
+        ds.save_as(f)
+    assert main(["denoise", str(tmp_path / "ct"), str(tmp_path / "a.npz"), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "series 'ABD' (): no PixelSpacing; assuming 1 mm pixels" in err and "not shown" not in err, err
 
 
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):

@@ -42,12 +42,22 @@ def _key(vol: Any) -> str:
     return str(vol.metadata.get("series_key") or vol.metadata.get("series_uid", "") or "")
 
 
+def _named(message: str, vol: Any) -> bool:
+    """Whether a reader's message names the series of ``vol`` (by its label or its ``--series`` key)."""
+    from napari_lidnet.io.dicom_read import series_label
+
+    meta = vol.metadata
+    desc, uid = str(meta.get("series_description", "") or ""), str(meta.get("series_uid", "") or "")
+    label = series_label(desc, uid) if (desc or uid) else ""
+    return bool(label and label in message) or bool(_key(vol) and _key(vol) in message)
+
+
 def _about_others(message: str, chosen: Any, others: list) -> bool:
-    """Whether a reader's warning is about another series than ``chosen`` (one of ``others``, or one it skipped)."""
-    mine = _key(chosen)
-    if mine and mine in message:
+    """Whether a reader's warning is about a series other than ``chosen``: one of ``others``, or one it skipped;
+    a message naming ``chosen`` (or naming no series) is not."""
+    if not others or _named(message, chosen):
         return False
-    return any(k and k in message for k in map(_key, others)) or "series '" in message
+    return any(_named(message, v) for v in others) or "series '" in message  # one the reader skipped, too
 
 
 def open_checked(path: str, series_uid: str | None = None, every: bool = False) -> list:

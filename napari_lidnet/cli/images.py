@@ -88,19 +88,21 @@ def failed_summary(failed: list[Any], done: str) -> str:
 NOT_A_SERIES_FOLDER = {".gz", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".dcm", ".csv", ".json"}
 
 
-def _note_remove_sd(hu: Any, remove_sd: float | None) -> None:
-    """A note on stderr when ``--remove-sd`` is at or above the noise measured in the scan's flat tissue: the
-    weight of what is kept is then 0, i.e. all the noise was removed (as without the option)."""
-    if remove_sd is None:
+def _note_strength(hu: Any, remove_sd: float | None, leave_sd: float | None) -> None:
+    """A note on stderr when ``--remove-sd`` or ``--leave-sd`` is at or above the noise measured in the scan's flat
+    tissue: all the noise was removed (as without the option), or none (the output is the input)."""
+    if remove_sd is None and leave_sd is None:
         return
     import math
 
     from napari_lidnet.metrics.noreference import noise_sd
 
     measured = noise_sd(hu)
-    if math.isfinite(measured) and remove_sd >= measured:
-        print(f"note: --remove-sd {remove_sd:g} HU is at or above the noise measured in flat tissue "
-              f"({measured:.1f} HU): all the noise was removed", file=sys.stderr)  # fmt: skip
+    option, value = ("--remove-sd", remove_sd) if remove_sd is not None else ("--leave-sd", leave_sd)
+    if math.isfinite(measured) and value >= measured:
+        happened = "all the noise was removed" if remove_sd is not None else "nothing was removed (the input)"
+        print(f"note: {option} {value:g} HU is at or above the noise measured in flat tissue ({measured:.1f} HU): "
+              f"{happened}", file=sys.stderr)  # fmt: skip
 
 
 def _note_new_study(metadata: dict[str, Any], source: str) -> None:
@@ -119,7 +121,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
     from napari_lidnet.strength import check_strength
 
-    check_strength(args.remove_sd, args.leave_sd)  # before the input is read and the model loaded
+    args.remove_sd, args.leave_sd = check_strength(args.remove_sd, args.leave_sd)  # before the input is read
 
     from napari_lidnet.io.arrays import ARRAY_SUFFIXES
     from napari_lidnet.io.nifti import is_nifti
@@ -141,7 +143,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
         hu = denoise(model, vol.hu, device=dev, progress=print_progress, remove_sd=args.remove_sd,
                      leave_sd=args.leave_sd)  # fmt: skip
-        _note_remove_sd(vol.hu, args.remove_sd)
+        _note_strength(vol.hu, args.remove_sd, args.leave_sd)
         write_array(out, hu, vol.spacing)
         if out.suffix.lower() == ".npy":
             spacing = " x ".join(f"{v:g}" for v in vol.spacing)
@@ -152,7 +154,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
         denoise_into(out, vol, model, dev, model_label(args.model or "default", card), args.remove_sd, print_progress,
                      leave_sd=args.leave_sd)  # fmt: skip
-        _note_remove_sd(vol.hu, args.remove_sd)
+        _note_strength(vol.hu, args.remove_sd, args.leave_sd)
         if not as_file:
             _note_new_study(vol.metadata, args.input)
     print(f"wrote {out}", file=sys.stderr)
@@ -162,8 +164,10 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 def _cmd_detect(args: argparse.Namespace) -> int:
     from napari_lidnet.batch import box_cap_note, detect_into
 
+    if args.denoiser is not None and not args.denoise_first:
+        raise ValueError("--denoiser names the denoiser of --denoise-first: add --denoise-first")
     if args.all_series:
-        if args.denoise_first is not None:
+        if args.denoise_first:
             raise ValueError("--denoise-first takes one input: with --all-series run `lidnet denoise --all-series` "
                              "first, then detect on its output folder")  # fmt: skip
         return _cmd_batch(args, "detect", args.out)
@@ -175,9 +179,9 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     model, dev, card = load_model_arg(args.model, "detector", args.device)
     threshold = threshold_arg(args, card)
     about = {"input": str(args.input), "model": args.model or "default", "threshold": threshold}
-    if args.denoise_first is not None:
-        vol = _denoised(vol, args.denoise_first, args.device)
-        about["denoised_with"] = args.denoise_first
+    if args.denoise_first:
+        vol = _denoised(vol, args.denoiser or "default", args.device)
+        about["denoised_with"] = args.denoiser or "default"
     rows, lesions = detect_into(out, vol, model, dev, threshold, about, print_progress)
     note = box_cap_note(rows)
     if note:
@@ -246,9 +250,11 @@ def add_detect(sub: Any) -> None:
     p = sub.add_parser("detect", help="detect lesions on the images as given (or denoised first, as the Denoise dock "
                        "does: --denoise-first); writes a CSV of boxes")  # fmt: skip
     _add_input(p, "detector")
-    p.add_argument("--denoise-first", nargs="?", const="default", default=None, metavar="DENOISER",
-                   help="denoise the images first (the shipped denoiser, or this name or weights path) and detect on "
-                   "the denoised images, as the Denoise dock does; one input, not --all-series")  # fmt: skip
+    p.add_argument("--denoise-first", action="store_true",
+                   help="denoise the images first (--denoiser) and detect on the denoised images, as the Denoise dock "
+                   "does; one input, not --all-series")  # fmt: skip
+    p.add_argument("--denoiser", default=None, help="with --denoise-first: denoiser name or weights path (default: "
+                   "shipped)")  # fmt: skip
     p.add_argument("--out", required=True, help="CSV (or .json) file for the boxes: slice and x1..y2 in pixels of the "
                    "image as read (a NIfTI file turned to z up, y back, x left: not its voxel order), lps_*_mm in the "
                    "patient")  # fmt: skip

@@ -329,9 +329,12 @@ def _warn_lossy(headers: list[DicomHeader], notes: list[str], label: str) -> Non
 
 
 def _series_label(ds0: Any) -> str:
-    uid = str(ds0.get("SeriesInstanceUID", ""))
-    desc = str(ds0.get("SeriesDescription", "") or "")
-    return f"series {desc!r} ({uid})" if desc else f"series {uid}"
+    return series_label(str(ds0.get("SeriesDescription", "") or ""), str(ds0.get("SeriesInstanceUID", "")))
+
+
+def series_label(description: str, uid: str) -> str:
+    """How the reader's messages name a series: "series 'DESC' (UID)", or "series UID" without a description."""
+    return f"series {description!r} ({uid})" if description else f"series {uid}"
 
 
 def _check_grid(headers: list[DicomHeader], label: str) -> None:

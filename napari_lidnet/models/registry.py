@@ -69,6 +69,8 @@ def model_label(name_or_path: str | os.PathLike, card: dict) -> str:
     """How outputs name a model (layer metadata, a denoised series' description), the same in the viewer and on the
     command line: its name without the kind ("default_denoiser" -> "default") and its architecture: "default (unet)"."""
     name = Path(name_or_path).name
+    for suffix in (".safetensors", ".json"):  # a weights file named with its ending
+        name = name.removesuffix(suffix)
     for kind in KINDS:
         name = name.removesuffix(f"_{kind}")
     return f"{name} ({card.get('arch', '?')})"
