@@ -18,11 +18,11 @@ one (the dose).
     PYTHONPATH=. python benchmarks/told_sd_estimators.py [--real data/real] [--every 4] [--n-sim 12] [--workers 2]
 
 ``P`` is what the product gives told the SD (``denoise(..., remove_sd=)``: D8 for a blind model; a told model,
-``UNetDenoiser(told=True)``, takes the SD as an input). ``--denoiser STEM`` (``NAME@X``: run at X mm pixels on finer
-slices) runs another denoiser on the same cases (the inserted noise comes from the same cache), and ``--baseline
-JSON`` (an earlier run's results) adds the paired gain of its PSNR (weights A and D8, P, and the blind output) over
-the baseline's, per data set and dose, with 95% bootstrap intervals over slices: how a candidate denoiser is
-compared with the shipped one on real validation slices as well as on simulation.
+``UNetDenoiser(told=True)``, takes the SD as an input). ``--denoiser STEM`` runs another denoiser on the same cases
+(the inserted noise comes from the same cache), and ``--baseline JSON`` (an earlier run's results) adds the paired
+gain of its PSNR (weights A and D8, P, and the blind output) over the baseline's, per data set and dose, with 95%
+bootstrap intervals over slices: how a candidate denoiser is compared with the shipped one on real validation slices
+as well as on simulation.
 """
 
 from __future__ import annotations
@@ -95,23 +95,13 @@ def noise_estimates(low: np.ndarray, den: np.ndarray) -> dict[str, float]:
     return out
 
 
-def denoiser(stem: str) -> torch.nn.Module:
-    """The denoiser ``stem`` ("name" or "name@X": run at X mm pixels on finer slices, ``inference.denoise_scale``)."""
-    name, _, mm = stem.partition("@")
-    net = load_model(name, "denoiser")[0]
-    if mm:
-        net.denoise_mm = float(mm)
-        net.config = {**net.config, "denoise_mm": float(mm)}
-    return net
-
-
 def one_slice(job: tuple[int, dict, str, tuple[str, ...]]) -> list[dict]:
     """Every (model, dose) case of one slice, for each denoiser (the noise made once)."""
     k, sl, cache_dir, stems = job
     torch.set_num_threads(1)
     for stem in stems:
         if stem not in _NET:
-            _NET[stem] = denoiser(stem)
+            _NET[stem] = load_model(stem, "denoiser")[0]
     cache = DiskCache(Path(cache_dir))
     ref, body = sl["hu"], tissue_masks(sl["hu"])[0]
     recs = []
@@ -128,7 +118,7 @@ def one_slice(job: tuple[int, dict, str, tuple[str, ...]]) -> list[dict]:
 
 def _case(sl: dict, model: str, dose: float, low: np.ndarray, ref: np.ndarray, sd: float, stem: str) -> dict:
     """One case's record for the denoiser ``stem``."""
-    den = np.asarray(denoise(_NET[stem], low, batch_size=1, pixel_mm=sl["pixel_mm"]))
+    den = np.asarray(denoise(_NET[stem], low, batch_size=1))
     rec = {"set": sl["set"], "slice": sl["name"], "pixel_mm": sl["pixel_mm"], "model": model, "dose": dose,
            "inserted_sd": sd, "ideal_w": dose, "denoiser": stem}  # fmt: skip
     for name, t in noise_estimates(low, den).items():
@@ -136,7 +126,7 @@ def _case(sl: dict, model: str, dose: float, low: np.ndarray, ref: np.ndarray, s
         out = den + np.float32(w) * (low - den)
         rec.update({f"t_{name}": t, f"w_{name}": w, f"psnr_{name}": psnr(out, ref),
                     f"ssim_{name}": ssim(out, ref)})  # fmt: skip
-    told = np.asarray(denoise(_NET[stem], low, batch_size=1, remove_sd=sd, pixel_mm=sl["pixel_mm"]))  # the product
+    told = np.asarray(denoise(_NET[stem], low, batch_size=1, remove_sd=sd))  # the product's told output
     rec.update({"psnr_P": psnr(told, ref), "ssim_P": ssim(told, ref), "psnr_blind": psnr(den, ref)})
     best_w, psnr_best = best_weight(low, den, ref)
     rec.update({"best_w": best_w, "psnr_best": psnr_best,

@@ -478,7 +478,6 @@ def iter_denoise(
 
     # a told model (FFDNet-style) takes the SD itself; a blind one removes all and the rest is put back after
     told = bool(getattr(model, "told", False)) and bool(settings.remove_sd)
-    scale = denoise_scale(model, settings.pixel_mm)  # slices finer than the model's denoise_mm: run coarser
 
     def fn(x: torch.Tensor) -> list[np.ndarray]:
         y = model(x, remove_sd=settings.remove_sd) if told else model(x)
@@ -494,10 +493,7 @@ def iter_denoise(
             given = _batch(stack, chunk)
             low, pads = fill_padding(given)
             block = out[done : done + len(chunk)]
-            if scale is None:
-                den = runner.run(low, fn, combine)
-            else:
-                den = _at_scale(low, scale, lambda a: runner.run(a, fn, combine))
+            den = runner.run(low, fn, combine)
             kept = den if told else keep_noise(low, den, settings.remove_sd)
             block[:] = np.maximum(leave_noise(low, kept, settings.leave_sd),
                                   np.minimum(low, LOWEST_HU))  # no darker than air, unless the input was
@@ -509,32 +505,6 @@ def iter_denoise(
     if slices is None and np.ndim(hu) == 2:
         return out[0]
     return out
-
-
-def denoise_scale(model: torch.nn.Module, pixel_mm: Sequence[float] | None) -> tuple[float, float] | None:
-    """(row, column) zoom (< 1) that brings slices finer than the denoiser's ``denoise_mm`` to that pixel size, or
-    None (no pixel size, no ``denoise_mm``, or slices at least that coarse: they are denoised as they are)."""
-    target = getattr(model, "denoise_mm", None)
-    if target is None or pixel_mm is None:
-        return None
-    size = np.ravel(np.asarray(pixel_mm, dtype=float))
-    fy, fx = (min(float(v) / float(target), 1.0) for v in np.resize(size, 2) if size.size)  # one number: square
-    if not all(np.isfinite((fy, fx))) or min(fy, fx) <= 0:
-        raise ValueError(f"pixel size {list(np.ravel(pixel_mm))} must be two positive numbers of mm")
-    return None if min(fy, fx) > 0.98 else (fy, fx)
-
-
-def _at_scale(images: np.ndarray, scale: tuple[float, float], run: Callable[[np.ndarray], Any]) -> np.ndarray:
-    """``run`` on ``images`` (B, H, W) resampled by ``scale`` (< 1: Gaussian anti-aliasing, then bilinear), its
-    result resampled back to (H, W) (cubic)."""
-    from scipy import ndimage as ndi
-
-    sigma = [0.0, *((1.0 / f - 1.0) / 2.0 for f in scale)]
-    small, _ = _zoomed(ndi.gaussian_filter(images, sigma, mode="nearest"), scale)
-    out = np.asarray(run(small), np.float32)
-    h, w = images.shape[-2:]
-    back = ndi.zoom(out, (1, h / out.shape[-2], w / out.shape[-1]), order=3, grid_mode=True, mode="nearest")
-    return back[:, :h, :w].astype(np.float32, copy=False)
 
 
 def detect_scale(detector: torch.nn.Module, pixel_mm: Sequence[float] | None) -> tuple[float, float] | None:
@@ -653,16 +623,13 @@ def denoise(
     notice: Notice | None = None,
     remove_sd: float | None = None,
     leave_sd: float | None = None,
-    pixel_mm: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Denoise a slice (y, x) or a volume (z, y, x); returns float32 HU of the same shape, or (k, y, x) for the
     ``slices`` selected. ``remove_sd``: SD (HU) of the noise to remove, the rest is kept (``strength``); None: all.
-    ``leave_sd`` instead: SD (HU) of noise to leave in the output's flat tissue. ``pixel_mm``: the (row, column)
-    pixel size, for a denoiser that runs finer slices at its ``denoise_mm``.
+    ``leave_sd`` instead: SD (HU) of noise to leave in the output's flat tissue.
     Restores the model's train/eval mode (and its device after a CPU fallback)."""
     settings = InferenceSettings(
-        batch_size=batch_size, tile_size=tile_size, overlap=overlap, amp=amp, remove_sd=remove_sd, leave_sd=leave_sd,
-        pixel_mm=None if pixel_mm is None else tuple(float(v) for v in np.resize(np.ravel(pixel_mm), 2)),
+        batch_size=batch_size, tile_size=tile_size, overlap=overlap, amp=amp, remove_sd=remove_sd, leave_sd=leave_sd
     )
     gen = iter_denoise(model, hu, device, slices=slices, settings=settings, notice=notice)
     return run_to_end(gen, progress, cancel)

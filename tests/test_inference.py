@@ -264,30 +264,6 @@ def test_a_detector_with_a_pixel_size_sees_each_slice_at_that_size() -> None:
         with_detect_mm(native, -1.0)
 
 
-def test_a_denoiser_with_a_working_pixel_size_runs_finer_slices_there() -> None:
-    """``denoise_mm``: a slice of 0.35 mm pixels is denoised at 0.7 mm (anti-aliased, bilinear) and brought back
-    (cubic) to its own grid; a slice at least that coarse, or one without a pixel size, is denoised as it is."""
-    from scipy import ndimage as ndi
-
-    native = _fastdn()
-    sized = _fastdn()
-    sized.denoise_mm = 0.7
-    hu = _noisy((2, 96, 128))
-    small = ndi.zoom(ndi.gaussian_filter(hu, (0, 0.5, 0.5), mode="nearest"), (1, 0.5, 0.5), order=1, grid_mode=True,
-                     mode="nearest")  # fmt: skip
-    back = ndi.zoom(inf.denoise(native, small), (1, 2, 2), order=3, grid_mode=True, mode="nearest")
-    got = inf.denoise(sized, hu, pixel_mm=(0.35, 0.35))
-    assert got.shape == hu.shape
-    inner = ndi.binary_erosion(hu > -500, np.ones((1, 9, 9)))  # (air is clamped after the way back, not before)
-    np.testing.assert_allclose(got[inner], back[inner], atol=0.5)  # HU; the noise is 40 HU
-    same = inf.denoise(native, hu)
-    for kwargs in ({}, {"pixel_mm": (0.7, 0.7)}, {"pixel_mm": 1.2}):  # no size given; as coarse; coarser
-        np.testing.assert_allclose(inf.denoise(sized, hu, **kwargs), same, atol=1e-5)
-    assert not np.allclose(got, same, atol=1.0)
-    with pytest.raises(ValueError, match="pixel size"):
-        inf.denoise(sized, hu, pixel_mm=(0.0, 0.7))
-
-
 def test_edge_inputs_of_the_api_give_clear_results() -> None:
     """An inference review: an empty array has a fingerprint (an empty slice selection with a cache used to raise a
     memoryview TypeError), a negative tile overlap is refused in one line, and removing 0 HU of noise returns the
