@@ -148,6 +148,13 @@ def test_input_the_guard_rails_refuse_starts_nothing(make_napari_viewer, qtbot, 
     widget.data_box.set_adapt_images(["full-dose CT"])
     assert widget.start() is None
     assert "full-dose CT: its metadata says normal dose" in widget.status.text(), widget.status.text()
+    # an image that is not CT in HU (walkthrough 2026-12-06: it trained and saved a model): refused, as the other
+    # sources and `lidnet adapt` refuse it
+    viewer.layers.clear()
+    add_scan(viewer, np.abs(hu[:6]) + 1.0, pixel_mm, name="positive only")
+    widget.data_box.set_adapt_images(["positive only"])
+    assert widget.start() is None
+    assert "'positive only': no pixel below -50 HU" in widget.status.text(), widget.status.text()
     # no starting denoiser: said, nothing started
     widget.start_denoiser_combo.setCurrentIndex(widget.start_denoiser_combo.count() - 1)
     assert widget.start() is None and "choose a starting denoiser" in widget.status.text()

@@ -21,6 +21,7 @@ import numpy as np
 from .._training.adapt_data import prepare_adapt
 from .._training.finetune import model_name_problems
 from .._training.selfsup import adapt_job, estimates_line
+from ..io.checks import ct_problem
 from ..io.volume import CTVolume
 from ._roles import is_denoised, recorded_dose
 from .layer_inputs import inputs_from_layers
@@ -119,6 +120,10 @@ def adapt_request(
     inputs, notes = inputs_from_layers(layers, shapes_layer, current_slice)
     problems.extend(notes)
     volumes = [volume_of_layer(ly, np.asarray(item.full_hu, np.float32)) for ly, item in zip(layers, inputs)]
+    for vol in volumes:  # as the other sources and `lidnet adapt` refuse them: another modality, not HU, NaN
+        problem = ct_problem(vol.hu, str(vol.metadata.get("modality", "") or ""), repr(vol.name))
+        if problem:
+            problems.append(problem)
     boxes = None if shapes_layer is None else [item.boxes for item in inputs]
     try:
         prepare_adapt(volumes, settings["scheme"], settings["patch_size"], boxes)
