@@ -121,6 +121,11 @@ def test_check_inputs_lists_every_problem() -> None:
     unit = ld.CTInput("ct", (full2 + 1024) / 4096, 0.7, boxes=boxes2)
     (problem,) = ld.check_inputs([unit], patch_size=48)
     assert "'ct' (full-dose): no pixel below -50 HU" in problem and "not CT in HU" in problem
+    # paired layers: a problem of the full-dose image names that image (walkthrough 2026-12-06: the low one's name)
+    pair = ld.CTInput("low", full2 + 1, 0.7, low_hu=full2, boxes=boxes2, full_name="full in 0-1")
+    pair.full_hu = (full2 + 1024) / 4096
+    (problem,) = ld.check_inputs([pair], patch_size=48)
+    assert problem.startswith("'full in 0-1' (full-dose): no pixel below -50 HU"), problem
 
 
 def test_samples_split_volumes_simulate_low_dose_and_keep_boxes() -> None:

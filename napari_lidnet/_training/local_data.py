@@ -69,6 +69,7 @@ class CTInput:
     boxes: np.ndarray | None = None
     box_source: str = "none"  # drawn | annotations | detected | none
     left_out: list[int] = field(default_factory=list)  # slices left out next to annotated lesions (iter_samples)
+    full_name: str = ""  # the full-dose image's own name when it is another layer than ``name`` (paired layers)
 
     @property
     def n_slices(self) -> int:
@@ -166,6 +167,11 @@ def _slices_needed(val_fraction: float, test_fraction: float) -> tuple[int, str]
     return 1 + len(parts), " and ".join(["training", *parts])
 
 
+def _named(item: CTInput, label: str) -> str:
+    """The name of ``item``'s image ``label`` ("full-dose" or "low-dose"): paired layers have one each."""
+    return item.full_name if label == "full-dose" and item.full_name else item.name
+
+
 def check_inputs(
     inputs: Sequence[CTInput],
     patch_size: int,
@@ -188,7 +194,7 @@ def check_inputs(
         for label, arr in (("full-dose", item.full_hu), ("low-dose", item.low_hu)):
             if arr is not None and not np.isfinite(arr).all():
                 problems.append(f"{item.name!r}: the {label} image has NaN or infinite values")
-            elif arr is not None and (note := not_ct_note("", arr, f"{item.name!r} ({label})")):
+            elif arr is not None and (note := not_ct_note("", arr, f"{_named(item, label)!r} ({label})")):
                 problems.append(note)  # 0-1 units, stored values: the noise simulated on it would mean nothing
         if item.low_hu is None and (item.slice_shape[0] != item.slice_shape[1] or min(item.slice_shape) < 16):
             problems.append(

@@ -118,5 +118,5 @@ def paired_input(
                                f"({', '.join(off)} differ): pick the low-dose image of that scan"]  # fmt: skip
     item = inputs[0]
     item.low_hu = layer_hu(low_layer)
-    item.name = low_layer.name
+    item.name, item.full_name = low_layer.name, full_layer.name
     return item, problems
