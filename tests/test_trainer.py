@@ -1,6 +1,7 @@
 """The collaborative trainer: it learns, checkpoints atomically, stops on request, resumes exactly, refuses NaN."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -452,3 +453,37 @@ def test_a_told_denoiser_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="told_denoiser: a told denoiser .* start from a blind one"):
         Trainer(_config(tmp_path / "run", init_denoiser=str(tmp_path / "told_denoiser"), **cfg), _samples())
     assert not (tmp_path / "run").exists()
+
+
+def test_the_start_says_what_the_input_scores_and_when_the_references_are_noisy(tmp_path):
+    """Walkthrough 2026-12-06: on a real chest whose normal-dose slices carry 60 HU of noise and a low dose that adds
+    13, a model that kept the noise was reported as a large PSNR gain, with no baseline and no warning. The run
+    says what the low-dose input itself scores, and notes references as noisy as the low dose (not clean ones)."""
+    from napari_lidnet._training.report import format_record
+    from napari_lidnet.metrics.image import METRIC_WINDOW, psnr
+
+    def run(samples, out):
+        cfg = _config(out, mode="pixel", pretrain_denoiser_steps=2, pretrain_detector_steps=0, rounds=0)
+        start = next(r for r in Trainer(cfg, samples).run() if r["stage"] == "validate")
+        return [format_record(start)]  # what the command line prints of it (the dock shows the same text)
+
+    clean = _samples()
+    messages = run(clean, tmp_path / "clean")
+    state = json.loads((tmp_path / "clean" / "state.json").read_text())
+    val = state["input_metrics"]
+    assert f"(the low-dose input itself: psnr {val['psnr']:.2f} dB)" in messages[0], messages
+    assert 35 < val["added_noise_hu"] < 45 and val["reference_noise_hu"] < 5  # 40 HU added to clean references
+    assert not any("noise of their own" in m for m in messages) and not state.get("notes")
+    rng = np.random.default_rng(1)
+    noisy = [Sample(s.name, s.full_hu + rng.normal(0, 60, s.full_hu.shape).astype(np.float32), None, s.boxes, 0.7)
+             for s in clean]  # fmt: skip
+    for s in noisy:
+        s.low_hu = s.full_hu + rng.normal(0, 15, s.full_hu.shape).astype(np.float32)
+    (line,) = run(noisy, tmp_path / "noisy")
+    state = json.loads((tmp_path / "noisy" / "state.json").read_text())
+    note = line.split("; note: ", 1)[1]
+    own, added = (int(v) for v in re.findall(r"(\d+) HU", note)[:2])
+    assert 57 <= own <= 63 and 14 <= added <= 16 and "more than the" in note, note
+    assert state["notes"] == [note]
+    low_psnr = [psnr(s.low_hu, s.full_hu, window=METRIC_WINDOW) for s in noisy]
+    assert min(low_psnr) - 0.5 < state["input_metrics"]["psnr"] < max(low_psnr) + 0.5

@@ -164,6 +164,7 @@ class FinetuneOutcome:
     seconds: float = 0.0
     start_test_metrics: dict[str, float] | None = None
     best_test_metrics: dict[str, float] | None = None
+    input_test_metrics: dict[str, float] | None = None  # the low-dose input itself (no denoising), test or validation
     notes: list[str] = field(default_factory=list)
 
 
@@ -290,6 +291,7 @@ def _publish(req: FinetuneRequest, outcome: FinetuneOutcome, info: dict[str, Any
     data = {
         **info, "start_metrics": outcome.start_metrics, "best_metrics": outcome.best_metrics,
         "start_test_metrics": outcome.start_test_metrics, "best_test_metrics": outcome.best_test_metrics,
+        "input_test_metrics": outcome.input_test_metrics,
         "notes": list(outcome.notes), "stopped_early": stopped, "run": outcome.run_dir,
     }  # fmt: skip
     outcome.exported = [str(p) for p in publish_run(outcome.run_dir, req.name, data, req.command)]
@@ -308,6 +310,8 @@ def _take_state(req: FinetuneRequest, outcome: FinetuneOutcome, state: dict[str,
     outcome.start_metrics, outcome.best_metrics = state.get("start_metrics"), state.get("best_metrics")
     outcome.start_test_metrics = state.get("start_test_metrics") or None
     outcome.best_test_metrics = state.get("best_test_metrics") or None
+    outcome.input_test_metrics = state.get("input_test_metrics") or state.get("input_metrics") or None
+    outcome.notes.extend(n for n in state.get("notes", []) if n not in outcome.notes)
     if not req.config.boxes_are_annotations and req.config.mode != "pixel":
         outcome.notes.append(NOTE_DETECTED)
 
@@ -416,11 +420,15 @@ def finetune_job(
     return outcome
 
 
-def _before_after(label: str, start: dict[str, float] | None, best: dict[str, float] | None, sens: bool) -> str:
+def _before_after(
+    label: str, start: dict[str, float] | None, best: dict[str, float] | None, sens: bool, base: dict | None = None
+) -> str:
     s, b = start or {}, best or {}
     if "psnr" not in s or "psnr" not in b:
         return ""
     text = f"; {label} PSNR {s['psnr']:.2f} -> {b['psnr']:.2f} dB"
+    if base and "psnr" in base:
+        text += f" (the low-dose input itself: {base['psnr']:.2f} dB)"
     if sens and "sensitivity" in s and "sensitivity" in b:
         text += f", sensitivity {s['sensitivity']:.3f} -> {b['sensitivity']:.3f}"
     return text
@@ -430,7 +438,8 @@ def outcome_summary(outcome: FinetuneOutcome) -> str:
     """One human-readable paragraph: what happened, held-out test and validation before/after, and the notes."""
     text = outcome.message
     sens = NOTE_DETECTED not in outcome.notes
-    text += _before_after("held-out test", outcome.start_test_metrics, outcome.best_test_metrics, sens)
+    base = outcome.input_test_metrics
+    text += _before_after("held-out test", outcome.start_test_metrics, outcome.best_test_metrics, sens, base)
     text += _before_after("validation", outcome.start_metrics, outcome.best_metrics, sens)
     if outcome.notes:
         text += "; note: " + "; ".join(outcome.notes)

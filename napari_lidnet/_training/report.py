@@ -12,7 +12,7 @@ def format_record(rec: dict[str, Any], every: int = 25) -> str | None:
         return rec["message"]
     if stage == "validate":
         best = " (best so far)" if rec.get("is_best") else ""
-        return f"validation after {rec['after']}: {format_metrics(rec['val'])}{best}"
+        return f"validation after {rec['after']}: {format_metrics(rec['val'])}{best}{input_text(rec)}"
     if stage == "finished":
         return f"finished: best checkpoint in {rec['out']}: {format_metrics(rec.get('best') or {})}"
     step = rec.get("stage_step", 0)
@@ -111,3 +111,10 @@ def format_table(result: dict[str, Any]) -> str:
     for name, r in result["results"].items():  # "-": not measured (the reference against itself)
         lines.append(f"{name:<10}" + "".join(f"{r[k]:>{width}.4f}" if k in r else f"{'-':>{width}}" for k in keys))
     return "\n".join(lines)
+
+
+def input_text(rec: dict[str, Any]) -> str:
+    """What the start's validation record says of the input itself: its PSNR without denoising, and the notes."""
+    base = rec.get("input") or {}
+    text = f" (the low-dose input itself: psnr {base['psnr']:.2f} dB)" if "psnr" in base else ""
+    return text + "".join(f"; note: {n}" for n in rec.get("notes") or [])

@@ -43,7 +43,7 @@ from napari_lidnet._training.partial import drop_partial, load_partial, save_par
 from napari_lidnet._training.patches import PatchBatch, calibration_batch, check_patch_settings, patch_batches
 from napari_lidnet._training.resume import changed_steps_note, check_resume, steps_key
 from napari_lidnet._training.split import split_samples
-from napari_lidnet._training.validate import evaluate_denoiser, stack_samples
+from napari_lidnet._training.validate import evaluate_denoiser, input_quality, noisy_reference_note, stack_samples
 from napari_lidnet.io.folder_lock import FolderInUse, FolderLock
 from napari_lidnet.models.denoisers import build_denoiser, check_trainable_blind
 from napari_lidnet.models.detector import LesionDetector
@@ -487,11 +487,28 @@ class Trainer:
             metrics = self.validate()
             self.state["start_metrics"] = metrics
             self.state["start_test_metrics"] = self.test()
+            said = self._input_baseline()
             self.state["selection"] = RULE_SCORE if self.val_samples else RULE_LAST
             self.state["done"].append("validate-start")
             self._write_state()
             self._clock.validated(time.monotonic() - t0)
-            yield {"stage": "validate", "after": "start", "val": metrics, "step": done_steps, "total_steps": total}
+            yield {"stage": "validate", "after": "start", "val": metrics, "step": done_steps, "total_steps": total,
+                   **said}  # fmt: skip
+
+    def _input_baseline(self) -> dict[str, Any]:
+        """The low-dose input's own scores (no denoising) on the validation and test slices, into the state; for the
+        start's validation record, the input's (``input``) and a note when the references are as noisy as the low
+        dose (``notes``, ``noisy_reference_note``)."""
+        for part, key in (("val", "input_metrics"), ("test", "input_test_metrics")):
+            if part in self._stacked:
+                self.state[key] = input_quality(self._stacked[part])
+        base = self.state.get("input_metrics")
+        if not base:
+            return {}
+        note = noisy_reference_note(base)
+        if note:
+            self.state.setdefault("notes", []).append(note)
+        return {"input": base, "notes": [note] if note else []}
 
     def _run_stage(self, name: str, index: int, n_steps: int) -> Iterator[dict[str, Any]]:
         torch.manual_seed(self._seed(index))

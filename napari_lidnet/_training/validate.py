@@ -98,3 +98,32 @@ def evaluate_denoiser(
     low, full, gt = stacked
     images = low if denoiser is None else by_size(low, lambda x: denoise(denoiser, x, device=device))
     return evaluate_images(images, full, gt, detector, device)
+
+
+def input_quality(stacked: tuple[Any, Any, list[np.ndarray]]) -> dict[str, float]:
+    """What a denoiser must beat and whether the references can say it: the low-dose slices' own PSNR against the
+    full-dose ones (no denoising), the full-dose slices' own noise SD in flat tissue (``noise_sd``) and the SD of
+    the noise the low dose adds (low - full over the body)."""
+    from napari_lidnet.metrics.noreference import noise_sd
+
+    low, full, _ = stacked
+    added = [float(np.std((a - b)[b > -500])) for a, b in zip(low, full) if (b > -500).any()]
+    own = [noise_sd(b) for b in full[:8]]
+    return {
+        "psnr": float(np.mean([psnr(a, b, window=METRIC_WINDOW) for a, b in zip(low, full)])),
+        "reference_noise_hu": float(np.nanmedian(own)) if np.isfinite(own).any() else float("nan"),
+        "added_noise_hu": float(np.median(added)) if added else float("nan"),
+    }
+
+
+def noisy_reference_note(quality: dict[str, float]) -> str:
+    """A note when the full-dose references carry about as much noise as the low dose adds, or more ('' if not): a
+    denoiser trained to match them learns to keep noise, and a PSNR against them rewards it."""
+    own, added = quality.get("reference_noise_hu", np.nan), quality.get("added_noise_hu", np.nan)
+    if not (np.isfinite(own) and np.isfinite(added)) or own < 0.8 * added:
+        return ""
+    than = "more than" if own > added else "about"
+    return (f"the normal-dose images carry {own:.0f} HU of noise of their own, {than} the {added:.0f} HU the low "
+            "dose adds: a denoiser trained to match them learns to keep noise, and PSNR "
+            "against them rewards it; train on cleaner normal-dose scans, or adapt to the low-dose scans alone "
+            "(self-supervised)")  # fmt: skip

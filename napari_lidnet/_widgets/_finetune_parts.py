@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 
 from .._training.finetune import ONE_CLICK_DEFAULTS, default_model_name
 from .._training.local_data import AUTO_BOX_THRESHOLD, CTInput, check_inputs
+from .._training.report import input_text
 from ..io.open_ct import input_kind
 from ._adapt_source import (
     ADAPT_SOURCE,
@@ -520,7 +521,7 @@ class RunPanel(QWidget):
             parts = [f"PSNR {val['psnr']:.2f} dB"] if "psnr" in val else []
             parts += [f"sensitivity {val['sensitivity']:.2f}"] if "sensitivity" in val else []
             best = " (best so far)" if rec.get("is_best") else ""
-            self.status.setText(f"validation after {rec.get('after')}: {', '.join(parts)}{best}")
+            self.status.setText(f"validation after {rec.get('after')}: {', '.join(parts)}{best}{input_text(rec)}")
             self.plot.add_record(rec)
         elif stage == "estimate":
             self.status.setText(estimate_text(rec))
