@@ -197,6 +197,11 @@ def test_bad_settings_and_data_are_refused(tmp_path):
     no_lesions = [Sample(s.name, s.full_hu, s.low_hu, np.zeros((0, 4), np.float32), 0.7) for s in _samples()]
     with pytest.raises(ValueError, match="lesion"):
         Trainer(_config(tmp_path / "b"), no_lesions)
+    # pixel mode on slices without boxes (walkthrough 2026-12-06: it pretrained and exported a detector that boxed
+    # nothing): the detector stage is refused; without it the denoiser trains
+    with pytest.raises(ValueError, match="no lesion boxes: the detector's 20 pretraining steps would learn from none"):
+        Trainer(_config(tmp_path / "b", mode="pixel"), no_lesions)
+    Trainer(_config(tmp_path / "b2", mode="pixel", pretrain_detector_steps=0), no_lesions)
     with pytest.raises(ValueError, match="patch size"):
         Trainer(_config(tmp_path / "c", patch_size=128), _samples(size=96))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

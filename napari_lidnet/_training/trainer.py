@@ -163,6 +163,12 @@ class Trainer:
                 "LIDnet modes need lesion boxes: the training slices have none; insert simulated lesions "
                 "(--insert-lesions P [--insert-lung Q]) or train with --mode pixel"
             )
+        if n_lesions == 0 and not config.insert_lesions and "pretrain-detector" in dict(config.stages()):
+            raise ValueError(
+                f"the training slices have no lesion boxes: the detector's {config.pretrain_detector_steps} "
+                "pretraining steps would learn from none (and an exported detector would box nothing); pass "
+                "--pretrain-detector-steps 0 to train the denoiser alone, or --insert-lesions P"
+            )
         self.device, self.device_notice = pick_device(config.device)
         self.device = distributed.local_device(self.device)
         self.denoiser = self._init_denoiser()
