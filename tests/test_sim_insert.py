@@ -216,7 +216,8 @@ def _flat(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("share", [0.0, 1.0])
 def test_a_detector_learns_lesions_from_lesion_free_slices_only_with_insertion(tmp_path, share):
-    """Normal scans without a single annotation train a detector once synthetic lesions are inserted."""
+    """Normal scans without a single annotation train a detector once synthetic lesions are inserted; without
+    insertion there is nothing to learn and the run is refused."""
     torch.manual_seed(0)
     samples = [Sample(f"s{i}", *_flat(i), np.zeros((0, 4), np.float32), 0.7) for i in range(8)]
     cfg = TrainConfig(
@@ -224,6 +225,11 @@ def test_a_detector_learns_lesions_from_lesion_free_slices_only_with_insertion(t
         batch_size=4, patch_size=64, detector_lr=3e-3, detector_kwargs={"width": 8}, val_fraction=0.25,
         device="cpu", insert_lesions=share,
     )  # fmt: skip
+    if not share:  # nothing to learn from: refused before anything is written, not trained into a blind detector
+        with pytest.raises(ValueError, match="no lesion boxes"):
+            Trainer(cfg, samples)
+        assert not (tmp_path / "run").exists()
+        return
     trainer = Trainer(cfg, samples)
     list(trainer.run())
     images, truth = [], []
@@ -235,4 +241,4 @@ def test_a_detector_learns_lesions_from_lesion_free_slices_only_with_insertion(t
     rows = detect(trainer.detector.eval(), np.stack(images), score_threshold=0.05).reshape(-1, 6)
     found = [(rows[rows[:, 0] == i][:, 1:5], rows[rows[:, 0] == i][:, 5]) for i in range(len(images))]
     sens = froc(found, truth, fp_rates=(0.5, 1, 2)).mean_sensitivity
-    assert sens >= 0.5 if share else sens < 0.2, sens
+    assert sens >= 0.5, sens
