@@ -246,7 +246,7 @@ def test_sigterm_stops_a_training_run_like_ctrl_c_and_says_what_is_kept(tmp_path
             os.killpg(job.pid, signal.SIGTERM)  # as a scheduler or `timeout` does: the reader workers get it too
             break
     err = "".join(lines) + job.stderr.read()
-    assert job.wait(timeout=60) == 130, err
+    assert job.wait(timeout=60) == 143, err  # 128 + SIGTERM, as the other commands exit (walkthrough 2026-12-06)
     assert re.search(r"stopped during pretrain-detector: the checkpoint at step \d+ of pretrain-detector", err), err
     assert _done(run)[-1] == "pretrain-denoiser" and (run / "partial_detector.safetensors").exists()
 

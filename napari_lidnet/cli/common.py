@@ -218,6 +218,16 @@ def add_all_series(p: Any, each: str) -> None:
     p.add_argument("--workers", type=int, default=2, help="with --all-series: processes reading series ahead")
 
 
+def stop_status(flag: Any) -> tuple[int, str]:
+    """The exit status and word of a run that ``ctrl_c_stops`` stopped: 143 "terminated (SIGTERM)" for a SIGTERM (a
+    scheduler, ``timeout``, ``kill``: 128 + 15, as the other commands exit), else 130 "interrupted" (Ctrl-C)."""
+    import signal
+
+    if getattr(flag, "signum", None) == signal.SIGTERM:
+        return 143, "terminated (SIGTERM)"
+    return 130, "interrupted"
+
+
 @contextlib.contextmanager
 def ctrl_c_stops(flag: Any, escalate: bool = True) -> Iterator[None]:
     """While inside, the first Ctrl-C (SIGINT) or SIGTERM sets ``flag`` (a threading.Event: the run stops after its
@@ -233,6 +243,7 @@ def ctrl_c_stops(flag: Any, escalate: bool = True) -> Iterator[None]:
     def on_sigint(signum: int, frame: Any) -> None:
         if flag.is_set() and escalate:
             raise KeyboardInterrupt
+        flag.signum = signum  # which one stopped it: the exit status says (stop_status)
         flag.set()
 
     previous = {sig: signal.signal(sig, on_sigint) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -21,6 +21,7 @@ from .common import (
     load_model_arg,
     new_tenth,
     open_checked,
+    stop_status,
     threshold_note,
 )
 
@@ -134,7 +135,7 @@ def _train_and_export(cfg, rank: int, world: int, export: str | None, command: s
             print(f"lidnet train: error: {exc}", file=sys.stderr)
             return 1
     if stopped:
-        return 130
+        return stop_status(stop)[0]
     if export and rank == 0:
         from napari_lidnet._training.export import export_run
         from napari_lidnet.models.weights import read_card
@@ -334,8 +335,9 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         return 130
     end = "\n" if line_open else ""
     if outcome.status == "stopped":
-        print(f"{end}interrupted: {adapt_summary(outcome)}", file=sys.stderr)
-        return 130
+        status, word = stop_status(stop)
+        print(f"{end}{word}: {adapt_summary(outcome)}", file=sys.stderr)
+        return status
     print(f"{end}{adapt_summary(outcome)}", file=sys.stderr)
     return 0
 
