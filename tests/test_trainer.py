@@ -146,7 +146,10 @@ def test_stop_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert records[-1]["stage"] == "stopped" and records[-1]["step"] == 85
     assert "the checkpoint at step 5 of round1-denoiser" in records[-1]["message"]
     last, _ = load_weights(tmp_path / "cut" / "last_denoiser")  # the checkpoint kept at the stop is loadable
-    resumed = list(Trainer(_config(tmp_path / "cut"), samples).run())
+    again = Trainer(_config(tmp_path / "cut"), samples)
+    assert again.resume_line().startswith(  # what `lidnet train` says first (walkthrough 2026-12-06: nothing)
+        f"resuming the run in {tmp_path / 'cut'}: 2 stage(s) finished (80 of 110 steps)"), again.resume_line()
+    resumed = list(again.run())
     assert (resumed[0]["stage"], resumed[0]["step"], resumed[0]["stage_step"]) == ("round1-denoiser", 86, 6)
     _same_weights(tmp_path / "full", tmp_path / "cut")
     assert not list((tmp_path / "cut").glob("partial_*"))  # the stage finished: its partial checkpoint is gone

@@ -176,6 +176,7 @@ class Trainer:
         self.state: dict[str, Any] = {"done": [], "history": [], "best_score": None}
         self._live: tuple | None = None  # the stage under way: (name, steps, network, model, opt, sched, step)
         self._partial_at: tuple[str, int] | None = None  # the last checkpoint inside a stage: (stage, step)
+        self.resumed = False  # the run folder held an earlier run's state (``resume_line`` says so)
         self._load_state()
         self._clock = StepClock()  # each network's pace and the validations' time, for the time left (_eta)
 
@@ -290,12 +291,22 @@ class Trainer:
             saved["dose"] = self._manifest_dose  # a run folder from before manifests' doses were recorded
         check_resume(state, self._config_record())
         self.state = state
+        self.resumed = True
         self._adopt_saved_stage()
         if any(stage != "validate-start" for stage in state["done"]):  # a training stage finished: weights exist
             from napari_lidnet.models.weights import load_weights
 
             self.denoiser = load_weights(self.out / "last_denoiser")[0].to(self.device)
             self.detector = load_weights(self.out / "last_detector")[0].to(self.device)
+
+    def resume_line(self) -> str:
+        """What a resumed run goes on from ('' for a new run): the stages finished and the steps they hold."""
+        if not self.resumed:
+            return ""
+        done = [n for n in self.state.get("done", []) if n != "validate-start"]
+        steps = sum(n for name, n in self.stages() if name in done)
+        return (f"resuming the run in {self.out}: {len(done)} stage(s) finished ({steps} of {self.total_steps()} "
+                "steps); a stage under way goes on from its last checkpoint")  # fmt: skip
 
     def _adopt_saved_stage(self) -> None:
         """A stage whose result reached ``last_*`` but whose state.json did not (the run died between the two
