@@ -276,9 +276,8 @@ def denoise_into(
     remove_sd: float | None = None, progress: Callable[[int, int], None] | None = None, leave_sd: float | None = None,
 ) -> None:  # fmt: skip
     """Denoise ``vol`` (``remove_sd``: that noise SD only, or ``leave_sd`` left; ``progress(done, total)`` per slice)
-    into ``out``: a
-    NIfTI file for a .nii/.nii.gz name, else a new DICOM series folder, described as the input's series (or its
-    name) denoised by ``model_name``."""
+    into ``out``: a NIfTI file for a .nii/.nii.gz name, else a new DICOM series folder, described as the input's
+    series (or its name) denoised by ``model_name``."""
     from napari_lidnet.inference import denoise
     from napari_lidnet.io.dicom_write import denoised_description, write_dicom_series
     from napari_lidnet.io.nifti import write_nifti

@@ -18,6 +18,8 @@ simulated / real validation slices over the residual alone. No parameter is fitt
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from numpy.typing import ArrayLike
 
@@ -87,12 +89,20 @@ def keep_noise(low: np.ndarray, denoised: ArrayLike, remove_sd: float | None) ->
         return denoised
     if remove_sd == 0:  # nothing removed: the input itself, to the bit
         return np.array(low, np.float32).reshape(np.shape(denoised))
+    return _blend_slices(low, denoised, lambda lo, de: blend_weight(remove_sd, total_noise_sd(lo, de)))
+
+
+Weight = Callable[[np.ndarray, np.ndarray], float]
+
+
+def _blend_slices(low: np.ndarray, denoised: ArrayLike, weight: Weight) -> np.ndarray:
+    """``denoised + w * (low - denoised)`` slice by slice, ``w = weight(low slice, denoised slice)``, shaped as
+    ``denoised``."""
     low3 = np.asarray(low, np.float32).reshape((-1, *np.shape(low)[-2:]))
     den3 = np.asarray(denoised, np.float32).reshape(low3.shape)
     out = np.empty_like(den3)
     for k, (lo, de) in enumerate(zip(low3, den3)):
-        w = blend_weight(remove_sd, total_noise_sd(lo, de))
-        out[k] = de + np.float32(w) * (lo - de)
+        out[k] = de + np.float32(weight(lo, de)) * (lo - de)
     return out.reshape(np.shape(denoised))
 
 
@@ -100,7 +110,7 @@ def leave_weight(low: np.ndarray, denoised: np.ndarray, leave_sd: float) -> floa
     """The share ``w`` of the residual to put back so that the output ``denoised + w * (low - denoised)`` shows
     ``leave_sd`` HU of noise in the slice's flattest soft-tissue blocks (where the Denoise dock and ``lidnet adapt``
     read the noise): with the input's, the residual's and the denoised image's SDs there (``a``, ``b``, ``d``), the
-    output's variance is ``a - 2 u c + u^2 b`` for ``u = 1 - w`` and ``c = (a^2 + b^2 - d^2) / 2``; the root in
+    output's variance is ``a^2 - 2 u c + u^2 b^2`` for ``u = 1 - w`` and ``c = (a^2 + b^2 - d^2) / 2``; the root in
     [0, 1]. 1 (the input) when it holds no more than ``leave_sd``, 0 when the denoised image already holds as much;
     0 without flat tissue (nothing to measure)."""
     lo = np.asarray(low, np.float32)
@@ -124,9 +134,4 @@ def leave_noise(low: np.ndarray, denoised: ArrayLike, leave_sd: float | None) ->
     leave_sd = check_remove_sd(leave_sd, "to leave")
     if leave_sd is None:
         return denoised
-    low3 = np.asarray(low, np.float32).reshape((-1, *np.shape(low)[-2:]))
-    den3 = np.asarray(denoised, np.float32).reshape(low3.shape)
-    out = np.empty_like(den3)
-    for k, (lo, de) in enumerate(zip(low3, den3)):
-        out[k] = de + np.float32(leave_weight(lo, de, leave_sd)) * (lo - de)
-    return out.reshape(np.shape(denoised))
+    return _blend_slices(low, denoised, lambda lo, de: leave_weight(lo, de, leave_sd))

@@ -256,23 +256,28 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
     def remove_sd(self) -> float | None:
         """SD (HU) of the noise the denoiser removes, the rest is kept; None: all the noise (the spin box at 0) or
         the "leave" mode."""
-        value = self.strength_spin.value()
-        return None if value <= 0 or self.strength_mode.currentText() != "remove" else float(value)
+        return self._strength("remove")
 
     @property
     def leave_sd(self) -> float | None:
         """SD (HU) of noise left in the output in the "leave" mode; None: the "remove" mode or 0 (all removed)."""
+        return self._strength("leave")
+
+    def _strength(self, mode: str) -> float | None:
+        """The strength box's SD in ``mode``; None at 0 or in the other mode."""
         value = self.strength_spin.value()
-        return None if value <= 0 or self.strength_mode.currentText() != "leave" else float(value)
+        return None if value <= 0 or self.strength_mode.currentText() != mode else float(value)
 
     def set_remove_sd(self, value: float | None) -> None:
         """Set the noise SD to remove (None or 0: all noise); takes effect at the next Run."""
-        self.strength_mode.setCurrentText("remove")
-        self.strength_spin.setValue(0.0 if value is None else float(value))
+        self._set_strength("remove", value)
 
     def set_leave_sd(self, value: float | None) -> None:
         """Set the noise SD to leave in the output (None or 0: none, all removed); takes effect at the next Run."""
-        self.strength_mode.setCurrentText("leave")
+        self._set_strength("leave", value)
+
+    def _set_strength(self, mode: str, value: float | None) -> None:
+        self.strength_mode.setCurrentText(mode)
         self.strength_spin.setValue(0.0 if value is None else float(value))
 
     @property
