@@ -327,6 +327,20 @@ def test_the_warnings_of_the_one_series_processed_are_shown(tmp_path, capsys):
     assert "series 'ABD' (): no PixelSpacing; assuming 1 mm pixels" in err and "not shown" not in err, err
 
 
+def test_a_denoised_series_saved_as_an_array_keeps_its_patient_geometry(tmp_path):
+    """.npz and .tif outputs of a DICOM series carry its origin and directions (a .npy keeps none)."""
+    from conftest import synthetic_hu, write_series
+
+    hu = synthetic_hu((3, 16, 16))
+    write_series(tmp_path / "ct", hu, series_uid="1.2.826.0.1.3680043.9.7", z_positions=[-40, -42.5, -45])
+    src = open_ct(tmp_path / "ct")[0]
+    for name in ("a.npz", "a.tif"):
+        assert main(["denoise", str(tmp_path / "ct"), str(tmp_path / name), "--device", "cpu"]) == 0
+        out = open_ct(tmp_path / name)[0]
+        np.testing.assert_allclose(out.affine(), src.affine())
+        assert not out.metadata["orientation_unknown"]
+
+
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     bad = tmp_path / "notes.txt"
     bad.write_text("not a CT")

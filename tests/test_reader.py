@@ -11,6 +11,7 @@ from PIL import Image
 from napari_lidnet._reader import napari_get_reader
 from napari_lidnet.io.arrays import read_array
 from napari_lidnet.io.png16 import write_png_hu
+from napari_lidnet.io.volume import CTVolume
 from napari_lidnet.io.windowing import contrast_limits
 from napari_lidnet.layer_data import boxes_layer_tuple, boxes_to_shapes, shapes_to_boxes
 
@@ -132,6 +133,31 @@ def test_written_arrays_keep_their_voxel_size(tmp_path):
     assert read_array(tmp_path / "fiji.tif").spacing == pytest.approx((0.4, 0.5))  # another program's TIFF
     with pytest.raises(FileExistsError):
         write_array(tmp_path / "v.npz", hu, (1, 1, 1))
+
+
+def test_written_arrays_keep_the_patient_geometry_they_were_given(tmp_path):
+    """Walkthrough 2026-12-06: a denoised DICOM series saved as .npz lost its origin and directions (no R/L letters,
+    positions from 0). Written with them, .npz and TIFF give them back (the letters with them); a malformed
+    direction is refused in one line; an array written without them still says nothing of the patient."""
+    from napari_lidnet.io.arrays import write_array
+
+    hu = np.arange(2 * 6 * 5, dtype=np.float32).reshape(2, 6, 5) - 1000
+    feet_first = np.diag([-1.0, 1.0, -1.0])  # x to the patient's right, z towards the feet
+    origin = (-120.5, 33.0, 71.25)
+    for name in ("g.npz", "g.tif"):
+        write_array(tmp_path / name, hu, (2.5, 0.66, 0.7), origin, feet_first)
+        back = read_array(tmp_path / name)
+        assert back.origin == pytest.approx(origin) and not back.metadata["orientation_unknown"]
+        np.testing.assert_array_equal(back.direction, feet_first)
+        np.testing.assert_allclose(back.affine(), CTVolume(hu, (2.5, 0.66, 0.7), origin, feet_first).affine())
+    write_array(tmp_path / "plain.npz", hu, (2.5, 0.66, 0.7))
+    assert read_array(tmp_path / "plain.npz").metadata["orientation_unknown"]
+    np.savez(tmp_path / "skew.npz", hu=hu, spacing=[2.5, 0.66, 0.7], origin=origin, direction=np.ones((3, 3)))
+    with pytest.raises(ValueError, match="skew.npz: origin .* must be 3 positions"):
+        read_array(tmp_path / "skew.npz")
+    with pytest.raises(ValueError, match="both origin and direction"):
+        write_array(tmp_path / "half.npz", hu, (2.5, 0.66, 0.7), origin)
+    assert not (tmp_path / "half.npz").exists()
 
 
 @pytest.mark.parametrize(("unit", "per_mm"), [("mm", 1.0), ("micron", 1e-3), ("cm", 10.0)])

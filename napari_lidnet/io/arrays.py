@@ -1,5 +1,7 @@
 """HU arrays from .npy, .npz and .tif/.tiff files -> CTVolume (spacing 1 mm, with a warning, unless the file says
-otherwise), and back.
+otherwise), and back. A .npz or TIFF this package wrote from a scan with patient geometry keeps its origin and
+direction too (``origin``/``direction`` arrays, or the TIFF description's ``origin_mm``/``direction``), so the
+R/L letters and world positions come back; any other array says nothing of the patient's directions.
 
 The shape and dtype are read from the file's header and checked (``io.checks``) before any pixel is read, so a
 huge, empty, 1D/4D, boolean, 8-bit or complex array is refused without allocating it.
@@ -17,6 +19,10 @@ from .checks import check_image_shape, one_line
 from .volume import CTVolume
 
 ARRAY_SUFFIXES = {".npy", ".npz", ".tif", ".tiff"}
+#: the .npz members (besides ``hu``) that hold geometry: voxel size, origin (z, y, x order) and direction (3 x 3)
+GEOMETRY_KEYS = ("spacing", "origin", "direction")
+#: their names in the description of a TIFF this package writes
+TIFF_NAMES = {"spacing": "spacing_mm", "origin": "origin_mm", "direction": "direction"}
 
 
 def _npy_header(fh: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
@@ -31,21 +37,22 @@ def _npz_key(path: Path, keys: list[str]) -> str:
     """The member holding HU: ``hu``, or the only array besides ``spacing``."""
     if "hu" in keys:
         return "hu"
-    others = [k for k in keys if k != "spacing"]
+    others = [k for k in keys if k not in GEOMETRY_KEYS]
     if len(others) != 1:
         raise ValueError(f"{path}: .npz has arrays {keys}; name the HU array 'hu'")
     return others[0]
 
 
-def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+def _read_npz(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(pixels, the geometry members it has: ``GEOMETRY_KEYS``)."""
     with zipfile.ZipFile(path) as zf:
         members = {Path(n).stem: n for n in zf.namelist() if n.endswith(".npy")}
         key = _npz_key(path, sorted(members))
         with zf.open(members[key]) as fh:
             check_image_shape(*_npy_header(fh), f"{path} [{key}]")
     with np.load(path, allow_pickle=False) as npz:
-        spacing = np.asarray(npz["spacing"], dtype=float).ravel() if "spacing" in npz.files else None
-        return npz[key], spacing
+        geometry = {k: np.asarray(npz[k], dtype=float) for k in GEOMETRY_KEYS if k in npz.files}
+        return npz[key], geometry
 
 
 #: mm per length unit an ImageJ/Fiji TIFF names in its description (its "unit")
@@ -63,13 +70,20 @@ def _resolution_mm(tags: Any, mm_per_unit: float) -> np.ndarray | None:
     return np.array([mm_per_unit * yd / yn, mm_per_unit * xd / xn])
 
 
-def _tiff_spacing(tif: Any, ndim: int) -> np.ndarray | None:
-    """Voxel size in mm: ``spacing_mm`` in this package's TIFF description; else an ImageJ/Fiji file's own (its
-    resolution tags in pixels per its ``unit``, its ``spacing`` between slices); else the x/y resolution tags in
-    pixels per centimetre (2D: both; 3D: the slice spacing is unknown, so None)."""
+def _tiff_geometry(tif: Any, ndim: int) -> dict[str, np.ndarray]:
+    """This package's TIFF description: its ``spacing_mm`` and, when written from a scan with patient geometry,
+    ``origin_mm`` and ``direction``; any other TIFF: the voxel size of :func:`_tiff_spacing` alone."""
     meta = (tif.shaped_metadata or [{}])[0] or {}
-    if "spacing_mm" in meta:
-        return np.asarray(meta["spacing_mm"], dtype=float).ravel()
+    if "spacing_mm" not in meta:
+        spacing = _tiff_spacing(tif, ndim)
+        return {} if spacing is None else {"spacing": spacing}
+    return {k: np.asarray(meta[name], dtype=float) for k, name in TIFF_NAMES.items() if name in meta}
+
+
+def _tiff_spacing(tif: Any, ndim: int) -> np.ndarray | None:
+    """Voxel size in mm of another program's TIFF: an ImageJ/Fiji file's own (its resolution tags in pixels per
+    its ``unit``, its ``spacing`` between slices); else the x/y resolution tags in pixels per centimetre (2D: both;
+    3D: the slice spacing is unknown, so None)."""
     tags = tif.pages[0].tags
     imagej = tif.imagej_metadata or {}
     per_mm = IMAGEJ_MM.get(str(imagej.get("unit", "")).strip().lower()) if imagej else None
@@ -86,7 +100,7 @@ def _tiff_spacing(tif: Any, ndim: int) -> np.ndarray | None:
     return _resolution_mm(tags, 10.0)
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+def _read_tiff(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
     import logging
 
     quiet = logging.getLogger("tifffile")  # a broken file is said in one line (ours), not also in tifffile's log
@@ -98,7 +112,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
         quiet.setLevel(level)
 
 
-def _tiff_content(path: Path) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+def _tiff_content(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
@@ -114,15 +128,16 @@ def _tiff_content(path: Path) -> tuple[np.ndarray, np.ndarray | None, list[str]]
             others = ", ".join(str(tuple(sr.shape)) for sr in tif.series[1:4])
             notes.append(f"{path.name}: read its first image {tuple(series.shape)}; it holds {len(tif.series) - 1} "
                          f"more of other sizes ({others}), not read")  # fmt: skip
-        return series.asarray(), _tiff_spacing(tif, len(series.shape)), notes
+        return series.asarray(), _tiff_geometry(tif, len(series.shape)), notes
 
 
-def _read_any(path: Path, suffix: str) -> tuple[Any, np.ndarray | None, list[str]]:
-    """(pixels, spacing or None, notes) of an array file; its header is checked before the pixels are read."""
+def _read_any(path: Path, suffix: str) -> tuple[Any, dict[str, np.ndarray], list[str]]:
+    """(pixels, geometry: ``GEOMETRY_KEYS`` it stores, notes) of an array file; its header is checked before the
+    pixels are read."""
     if suffix == ".npy":
         with open(path, "rb") as fh:
             check_image_shape(*_npy_header(fh), str(path))
-        return np.load(path, allow_pickle=False, mmap_mode="r"), None, []
+        return np.load(path, allow_pickle=False, mmap_mode="r"), {}, []
     if suffix == ".npz":
         return (*_read_npz(path), [])
     if suffix in (".tif", ".tiff"):
@@ -131,49 +146,71 @@ def _read_any(path: Path, suffix: str) -> tuple[Any, np.ndarray | None, list[str
 
 
 def read_array(path: str | Path) -> CTVolume:
-    """Read HU from ``.npy``, ``.npz`` (key ``hu`` or the only array, optional ``spacing``) or a TIFF."""
+    """Read HU from ``.npy``, ``.npz`` (key ``hu`` or the only array, optional ``spacing``, ``origin`` and
+    ``direction``) or a TIFF."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     suffix = path.suffix.lower()
     try:
-        arr, spacing, notes = _read_any(path, suffix)
+        arr, geometry, notes = _read_any(path, suffix)
         hu = np.array(arr, dtype=np.float32)  # a copy: the memory map is released
     except Exception as exc:  # numpy/tifffile/zipfile raise many types on broken files
         if isinstance(exc, ValueError | OSError) and str(path) in str(exc):
             raise  # ours, or an OSError naming the file
         raise ValueError(f"{path}: cannot read array file ({type(exc).__name__}: {one_line(str(exc))})") from exc
     check_image_shape(hu.shape, hu.dtype, str(path))
-    assumed = spacing is None
+    assumed = "spacing" not in geometry
     if assumed:
-        spacing = np.ones(hu.ndim)
         notes.append(f"{path.name}: the file stores no pixel spacing; sizes in mm assume 1 mm voxels")
+    spacing = geometry["spacing"].ravel() if not assumed else np.ones(hu.ndim)
     if spacing.size != hu.ndim or not np.all(spacing > 0):
         raise ValueError(f"{path}: spacing {spacing.tolist()} must be {hu.ndim} positive numbers (mm per axis)")
-    # an array says nothing of the patient's directions: no R/L letters
-    meta = {"format": suffix.lstrip("."), "source": str(path), "warnings": notes, "orientation_unknown": True,
-            "spacing_assumed": assumed}  # fmt: skip
-    return CTVolume(hu, tuple(spacing.tolist()), name=path.stem, metadata=meta)
+    origin, direction = _patient_geometry(path, geometry, hu.ndim)
+    # without origin and direction an array says nothing of the patient's directions: no R/L letters
+    meta = {"format": suffix.lstrip("."), "source": str(path), "warnings": notes, "spacing_assumed": assumed,
+            "orientation_unknown": direction is None}  # fmt: skip
+    return CTVolume(hu, tuple(spacing.tolist()), origin, direction, name=path.stem, metadata=meta)
 
 
-def write_array(out: str | Path, hu: np.ndarray, spacing: tuple[float, ...]) -> Path:
-    """Write ``hu`` as .npy, .npz (``hu`` and ``spacing``) or TIFF (spacing in its description and, for x/y, its
-    resolution tags), created exclusively; a failed write leaves no file. A .npy keeps no spacing."""
+def _patient_geometry(path: Path, geometry: dict[str, np.ndarray], ndim: int) -> tuple[tuple | None, Any]:
+    """(origin, direction) the file stores, both or neither; a one-line ValueError when malformed."""
+    if "origin" not in geometry and "direction" not in geometry:
+        return None, None
+    origin, direction = geometry.get("origin", np.zeros(0)).ravel(), geometry.get("direction", np.zeros(0))
+    rotation = direction.shape == (3, 3) and np.allclose(direction.T @ direction, np.eye(3), atol=1e-4)
+    if origin.size != ndim or not np.all(np.isfinite(origin)) or not rotation:
+        raise ValueError(f"{path}: origin {origin.tolist()} and direction {direction.tolist()} must be {ndim} "
+                         "positions (mm) and a 3 x 3 matrix of unit, orthogonal columns")  # fmt: skip
+    return tuple(origin.tolist()), direction
+
+
+def write_array(out: str | Path, hu: np.ndarray, spacing: tuple[float, ...], origin: tuple[float, ...] | None = None,
+                direction: np.ndarray | None = None) -> Path:  # fmt: skip
+    """Write ``hu`` as .npy, .npz (``hu``, ``spacing`` and, when given, ``origin`` and ``direction``) or TIFF (the
+    same in its description; x/y spacing also in its resolution tags), created exclusively; a failed write leaves no
+    file. A .npy keeps no geometry. ``origin`` and ``direction`` (a :class:`CTVolume`'s) go together or not at all."""
     out = Path(out)
     suffix = out.suffix.lower()
+    if (origin is None) != (direction is None):
+        raise ValueError("give both origin and direction, or neither")
+    geometry = {"spacing": np.asarray(spacing, dtype=float)}
+    if origin is not None:
+        geometry.update(origin=np.asarray(origin, dtype=float), direction=np.asarray(direction, dtype=float))
     fh = open(out, "xb")  # noqa: SIM115 (closed below; exclusive: never replaces a file)
     try:
         with fh:
             if suffix == ".npy":
                 np.save(fh, hu)
             elif suffix == ".npz":
-                np.savez_compressed(fh, hu=hu, spacing=np.asarray(spacing))
+                np.savez_compressed(fh, hu=hu, **geometry)
             else:
                 import tifffile
 
+                meta = {TIFF_NAMES[k]: v.tolist() for k, v in geometry.items()}
                 dy, dx = (float(v) for v in spacing[-2:])
-                tifffile.imwrite(fh, hu, photometric="minisblack", metadata={"spacing_mm": [float(v) for v in spacing]},
-                                 resolution=(10.0 / dx, 10.0 / dy), resolutionunit="CENTIMETER")  # fmt: skip
+                tifffile.imwrite(fh, hu, photometric="minisblack", metadata=meta, resolution=(10.0 / dx, 10.0 / dy),
+                                 resolutionunit="CENTIMETER")  # fmt: skip
     except BaseException:
         out.unlink(missing_ok=True)
         raise
