@@ -102,6 +102,23 @@ def test_snr_cnr_formulas_and_rows():
     assert compare_regions({"img": img, "ref": img}, regions, "ref", background=1)[0]["note"] == ""
 
 
+def test_snr_is_not_given_for_air_fat_or_water():
+    """Walkthrough 2026-12-06: an ROI in air read "SNR -52". HU is relative to water, so mean / SD means nothing at
+    or below 0 HU: the row leaves SNR blank and says why; tissue above 0 HU keeps it."""
+    rng = np.random.default_rng(2)
+    img = rng.normal(0, 20.0, (60, 60))
+    img[:, :20] += -1000.0  # air
+    img[:, 20:40] += -100.0  # fat
+    img[:, 40:] += 60.0  # liver
+    regions = [Region(name, "rectangle", rect(5, x0, 55, x0 + 15)) for name, x0 in (("air", 2), ("fat", 22),
+                                                                                   ("liver", 42))]  # fmt: skip
+    air, fat, liver = compare_regions({"img": img}, regions)
+    for row in (air, fat):
+        assert np.isnan(row["snr"]) and "SNR not given: mean" in row["note"] and np.isfinite(row["sd"])
+    assert liver["snr"] == pytest.approx(liver["mean"] / liver["sd"]) and "SNR not" not in liver["note"]
+    assert liver["snr"] == pytest.approx(3.0, rel=0.15)
+
+
 def test_psnr_ssim_in_rectangle_match_skimage_on_crop():
     rng = np.random.default_rng(2)
     ref = rng.uniform(-100, 200, (80, 90)).astype(np.float32)

@@ -7,7 +7,8 @@ x2/y2 exclusive edges, the convention of every box in the product; ``layer_data`
 
 Choices (also in the docstrings below):
 
-- SD is the sample standard deviation (``ddof=1``); SNR = mean / SD.
+- SD is the sample standard deviation (``ddof=1``); SNR = mean / SD, for regions above 0 HU only (HU is relative
+  to water: for air, fat or water the ratio means nothing; the row says so and gives SD and CNR).
 - CNR = |mean_roi - mean_bg| / SD_bg, with the background region measured on the same image.
 - RMSE, PSNR and SSIM against a reference are computed on images clipped to a display window (default soft
   tissue, -160..240 HU) with ``data_range`` = window width; with ``window=None`` nothing is clipped and
@@ -447,7 +448,9 @@ def _fill_row(
     if bad:
         notes.append(f"{bad} NaN or infinite pixel(s) in the region: statistics are not defined")
     row["mean"], row["sd"], row["n"] = region_stats(plane, mask)
-    row["snr"] = snr(row["mean"], row["sd"])
+    row["snr"] = snr(row["mean"], row["sd"]) if row["mean"] > 0 else math.nan
+    if row["mean"] <= 0:
+        notes.append(f"SNR not given: mean {row['mean']:.0f} HU (HU is relative to water; read SD or CNR)")
     if bg_region is not None:
         if ri == background:
             notes.append("background region")
