@@ -87,7 +87,7 @@ def test_evaluate_reports_low_denoised_full(trained, tmp_path, capsys, monkeypat
             [
                 "evaluate",
                 str(trained / "data"),
-                "--model",
+                "--denoiser",  # as detect --denoise-first names it (--model, the older name, still works)
                 "tiny_denoiser",
                 "--detector",
                 "tiny_detector",
@@ -106,7 +106,9 @@ def test_evaluate_reports_low_denoised_full(trained, tmp_path, capsys, monkeypat
     assert head.split() == ["image", "psnr", "ssim", "sens@0.5", "sens@1", "sens@2", "sens@4", "sens@8", "sensitivity"]
     full_row = next(line for line in lines if line.startswith("full dose")).split()
     assert full_row[2:4] == ["-", "-"] and "nan" not in table  # PSNR/SSIM of the reference: not measured
-    res = json.loads(out.read_text())["results"]
+    result = json.loads(out.read_text())
+    assert result["denoiser"] != "default" and "tiny" in result["denoiser"], result["denoiser"]
+    res = result["results"]
     assert "psnr" not in res["full dose"] and 0 <= res["full dose"]["sensitivity"] <= 1  # detection only
     samples = read_dataset(trained / "data")
     low = np.stack([s.low_hu for s in samples])

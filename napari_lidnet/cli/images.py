@@ -272,7 +272,8 @@ def add_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="PSNR, SSIM and FROC of low dose, denoised and full dose on a dataset")
     p.add_argument("data", help="a dataset folder as `lidnet simulate` writes it (each slice's full-dose and "
                    "low-dose images with their boxes: see the README's 'The command line'); a DICOM folder is not one")
-    p.add_argument("--model", default=None, help="denoiser name or weights path (default: shipped)")
+    p.add_argument("--denoiser", "--model", dest="model", default=None,
+                   help="denoiser name or weights path (default: shipped); --model is the same option")  # fmt: skip
     p.add_argument("--detector", default=None, help="detector name or weights path (default: shipped)")
     p.add_argument("--max-slices", type=int, default=None, help="evaluate the first N slices only (default: all)")
     p.add_argument("--json", default=None, help="also write the result as JSON")
