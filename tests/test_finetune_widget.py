@@ -393,6 +393,31 @@ def test_what_to_fix_first_is_said_first(make_napari_viewer, qtbot, model_dir: P
     assert not (model_dir.parent / "runs").exists()
 
 
+def test_a_dataset_without_lesion_boxes_is_refused_before_a_lidnet_run(make_napari_viewer, qtbot, model_dir: Path,
+                                                                      tmp_path: Path) -> None:  # fmt: skip
+    """Walkthrough 2026-12-06: a dataset folder without lesion boxes started a LIDnet run that then failed with the
+    command line's advice (--insert-lesions, --mode pixel). Now Start refuses it at once in the dock's words, and the
+    denoiser-alone mode takes the same folder."""
+    from napari_lidnet.io.dataset import Sample, write_dataset
+
+    rng = np.random.default_rng(0)
+    full = [rng.normal(40, 10, (48, 48)).astype(np.float32) for _ in range(6)]
+    samples = [Sample(f"s{k}", f, f + rng.normal(0, 20, f.shape).astype(np.float32), np.zeros((0, 4)), 0.7)
+               for k, f in enumerate(full)]  # fmt: skip
+    folder = write_dataset(tmp_path / "no-lesions", samples, {"dose": 0.25})
+    viewer = make_napari_viewer()
+    widget = make_widget(viewer, qtbot, "nolesions")
+    widget.set_source("dataset")
+    widget.data_box.dataset_edit.setText(str(folder))
+    assert widget.start() is None and widget.worker is None
+    assert "no-lesions: its slices have no lesion boxes" in widget.status.text()
+    assert "denoiser alone" in widget.status.text() and "--" not in widget.status.text()
+    assert not (model_dir.parent / "runs").exists()
+    widget.mode_combo.setCurrentIndex(widget.mode_combo.findData("pixel"))
+    request, problems = widget.build_request()
+    assert request is not None and problems == [], problems
+
+
 def test_an_int16_study_is_not_copied_to_float_on_the_gui_thread(make_napari_viewer, qtbot, model_dir: Path) -> None:
     """Review 2026-12-06: int16 layers were copied to float32 at Start (on the GUI thread) and held for the whole run
     (peak +1021 MiB on a 300-slice study against +451 MiB for float32). The inputs are the layers' own arrays, and

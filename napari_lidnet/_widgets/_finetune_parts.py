@@ -7,6 +7,7 @@ functions here.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -82,17 +83,31 @@ def spin_box(lo: float, hi: float, value: float, decimals: int | None = None, st
     return box
 
 
-def folder_problems(source: str, folder: str) -> list[str]:
-    """What is wrong with the folder of a ``dicom`` or ``dataset`` source (empty list: fine)."""
+def folder_problems(source: str, folder: str, need_lesions: bool = False) -> list[str]:
+    """What is wrong with the folder of a ``dicom`` or ``dataset`` source (empty list: fine); ``need_lesions``: a
+    dataset must hold lesion boxes (the LIDnet losses), said here before a run starts."""
     if not folder:
         return [f"choose a {'DICOM' if source == 'dicom' else 'dataset'} folder"]
     if not Path(folder).is_dir():
         return [f"{folder}: no such folder"]
     if source == "dataset" and not (Path(folder) / "dataset.json").is_file():
         return [f"{folder}: not a dataset folder (no dataset.json; make one with 'lidnet simulate')"]
+    if source == "dataset" and need_lesions and not _has_boxes(Path(folder) / "lesions.csv"):
+        return [f"{folder}: its slices have no lesion boxes (lesions.csv lists none): choose "
+                f"{LOSS_MODES[1][1]!r} under Advanced, or a dataset with lesions"]  # fmt: skip
     if source == "dicom" and input_kind(folder) != "dicom":  # said before a run starts, not after
         return [f"{folder}: no DICOM file found in it (pick the folder of a CT series, or the one above them)"]
     return []
+
+
+def _has_boxes(lesions_csv: Path) -> bool:
+    """Whether a dataset's lesions.csv lists at least one box (a line after its header); a missing or unreadable
+    file counts as holding some: reading the dataset says what is wrong with it."""
+    try:
+        with open(lesions_csv, encoding="utf-8", errors="replace") as fh:
+            return any(line.strip() for line in itertools.islice(fh, 1, None))
+    except OSError:
+        return True
 
 
 def input_problems(inputs: Sequence[CTInput], settings: dict[str, Any]) -> list[str]:

@@ -293,7 +293,7 @@ class FineTuneWidget(QWidget):
         data = self.data_box.values()
         source = data["source"]
         chosen = data["boxes"] if source == "layers" else data["paired_boxes"]
-        inputs, folder, notes = self._gather_inputs(data)
+        inputs, folder, notes = self._gather_inputs(data, settings["mode"] != "pixel")
         if inputs and source in ("layers", "paired") and settings["mode"] != "pixel" and not chosen:  # images first
             problems.append(
                 "choose the lesion boxes: a reviewed layer (Lesion navigator), a layer you drew, or, knowingly, "
@@ -321,7 +321,7 @@ class FineTuneWidget(QWidget):
         )
         return request, []
 
-    def _gather_inputs(self, data: dict[str, Any]) -> tuple[list[CTInput], str | None, list[str]]:
+    def _gather_inputs(self, data: dict[str, Any], need_lesions: bool) -> tuple[list[CTInput], str | None, list[str]]:
         """(inputs, folder, problems) of the data source in ``data`` (``DataBox.values()``): inputs from the
         layers for the layer sources, the folder for the folder sources."""
         source = data["source"]
@@ -332,7 +332,7 @@ class FineTuneWidget(QWidget):
             inputs, problems = self._paired_inputs(data["low"], data["full"], data["paired_boxes"])
             return inputs, None, problems
         folder = data["dicom_folder"] if source == "dicom" else data["dataset_folder"]
-        return [], folder, folder_problems(source, folder)
+        return [], folder, folder_problems(source, folder, need_lesions)
 
     def _layer_inputs(self, names: list[str], boxes: str) -> tuple[list[CTInput], list[str]]:
         layers = [self._layer(n) for n in names]
