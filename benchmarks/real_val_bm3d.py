@@ -11,7 +11,10 @@ the radon model at 25% and 10%). Rows: low dose, a Gaussian filter (sigma picked
 and per slice group. Nothing is chosen with it: it says whether the gap seen on pydicom's heads is one of real
 anatomy in general, and where.
 
-    PYTHONPATH=. python benchmarks/real_val_bm3d.py --real data/pypi-ct --workers 2
+    PYTHONPATH=. python benchmarks/real_val_bm3d.py --real data/pypi-ct --workers 2 [--models ours,radon,ours-mm]
+
+``--models ours-mm``: our insertion with the noise grain of a scanner sampling every 1 mm
+(``real_anatomy.NOISE_SAMPLING_MM``), on the seeds of ``ours`` (``benchmarks/results/noise_grain_prereg.md``).
 """
 
 from __future__ import annotations
@@ -49,18 +52,22 @@ def scan_group(name: str) -> str:
     return f"{scan} at 0.4-0.8 mm" if folder == "val-zoom" else scan
 
 
-def one_slice(job: tuple[int, dict, str, dict]) -> list[dict]:
+#: the seed index of each noise model: ``ours-mm`` draws the seeds of ``ours`` (the two paired, case by case)
+SEED_INDEX = {"ours": 0, "radon": 1, "ours-mm": 0}
+
+
+def one_slice(job: tuple[int, dict, str, tuple[dict, tuple[str, ...]]]) -> list[dict]:
     """Every (noise model, dose) case of one slice: each row's PSNR and SSIM (BM3D cached under the case)."""
-    k, sl, cache_dir, sigmas = job
+    k, sl, cache_dir, (sigmas, models) = job
     torch.set_num_threads(1)
     if not _NET:
         _NET.append(load_model("default", "denoiser")[0])
     cache = DiskCache(Path(cache_dir))
     ref, body = sl["hu"], tissue_masks(sl["hu"])[0]
     recs = []
-    for m, model in enumerate(MODELS):
+    for model in models:
         for j, dose in enumerate(DOSES):
-            seed = 7000 + 10 * k + 2 * m + j  # told_sd_estimators' seeds: the same noise, from the same cache
+            seed = 7000 + 10 * k + 2 * SEED_INDEX[model] + j  # told_sd_estimators' seeds: the same noise and cache
             low = (ref + inserted_noise(ref, sl["pixel_mm"], model, dose, seed, cache)).astype(np.float32)
             sd = float(np.std((low - ref)[body]))
             images = {
@@ -99,7 +106,7 @@ def table(recs: list[dict]) -> list[str]:
         groups = sorted({r[group_key] for r in recs})
         for g in groups:
             for dose in DOSES:
-                for model in MODELS:
+                for model in sorted({r["model"] for r in recs}, key=list(SEED_INDEX).index):
                     sel = [r for r in recs if r[group_key] == g and r["dose"] == dose and r["model"] == model]
                     if not sel or (group_key == "group" and g == "simulation"):
                         continue
@@ -119,11 +126,15 @@ def main() -> None:
     add_case_args(p)
     p.add_argument("--gauss-cache", type=Path, default=Path("bench-out/real_anatomy/cache"))
     p.add_argument("--results", type=Path, default=Path("benchmarks/results/real_val_bm3d"))
+    p.add_argument("--models", default=",".join(MODELS), help=f"noise models among {', '.join(SEED_INDEX)}")
     a = p.parse_args()
+    models = tuple(a.models.split(","))
+    if not set(models) <= set(SEED_INDEX):
+        p.error(f"noise models among {', '.join(SEED_INDEX)}")
     refuse_existing(a.results)
     sigmas = {str(d): pick_gaussian_sigma(d, 4, DiskCache(a.gauss_cache))[0] for d in DOSES}
     print(f"Gaussian sigma {sigmas}", flush=True)
-    recs, minutes = run_cases(a, one_slice, sigmas)
+    recs, minutes = run_cases(a, one_slice, (sigmas, models))
     command = "PYTHONPATH=. python benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:])
     md = [f"# The shipped denoiser against BM3D on the real validation slices ({datetime.date.today()})", "",
           f"Command: `{command}`; {minutes:.0f} min on this CPU. Validation data only (no pydicom or pyradiomics "

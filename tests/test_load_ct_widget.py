@@ -142,6 +142,29 @@ def test_simulate_low_dose_adds_noisier_layer(widget, qtbot):
     assert f"{added:.1f} HU of noise added in the body" in w.status.text(), w.status.text()
 
 
+def test_the_low_dose_copy_of_fine_pixels_has_a_scanner_noise_grain(widget, qtbot):
+    """Review 2026-12-06: the copy of a 0.5 mm slice had a bone-kernel grain (bins one pixel wide). It is now the
+    noise of a scanner sampling every 1 mm (``SCANNER_SAMPLING_MM``), the same draw as the simulator's."""
+    from napari_lidnet._widgets._sim_job import chunk_seed
+    from napari_lidnet.sim.lowdose import SCANNER_SAMPLING_MM, simulate_low_dose
+
+    viewer, w = widget
+    hu = disk_phantom()
+    viewer.add_image(hu, name="fine", scale=(0.5, 0.5), metadata={"hu": True})
+    w.sim_layer_combo.setCurrentText("fine")
+    w.dose_spin.setValue(0.25)
+    w.sim_device_combo.setCurrentText("cpu")
+    with qtbot.waitSignal(w.simulation_finished, timeout=60000):
+        w.simulate_button.click()
+    low = viewer.layers["fine 25% dose"].data
+    kw = {"seed": chunk_seed(w.seed_spin.value(), 0), "fast": True}
+    same = simulate_low_dose(hu, 0.25, 0.5, sampling_mm=SCANNER_SAMPLING_MM, **kw)
+    np.testing.assert_allclose(low, same, atol=1e-3)
+    legacy = simulate_low_dose(hu, 0.25, 0.5, **kw)
+    inside = np.hypot(*(np.mgrid[:64, :64] - 32)) < 15
+    assert np.std((low - hu)[inside]) < 0.8 * np.std((legacy - hu)[inside])  # coarser grain, fewer HU per pixel
+
+
 def test_simulation_shows_progress_and_cancels_within_one_slice(widget, qtbot):
     """One slice per call: the bar counts slices with the time left; Cancel frees the controls at once and the
     worker stops after the slice in hand; nothing is added."""

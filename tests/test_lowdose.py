@@ -320,3 +320,54 @@ def test_fast_view_plan():
     assert lowdose.fast_views(500) == (248, 496)  # 496 views drawn with 500/496 of the photons each
     assert lowdose.fast_views(8) == (8, 16)
     assert [lowdose.fast_step(s) for s in (64, 128, 256, 384, 512, 1024)] == [1, 1, 2, 3, 4, 4]
+
+
+def _grain(px: float, sampling_mm: float | None, fast: bool = False) -> tuple[float, float]:
+    """(noise centroid in cycles/mm, noise SD in HU) in the middle of a 60 mm water disc at ``px`` mm pixels, 25%
+    dose, two seeds."""
+    n = 2 * int(round(36 / px))
+    yy, xx = (np.mgrid[:n, :n] - n // 2) * px
+    disc = np.where(yy**2 + xx**2 < 30.0**2, 0.0, -1000.0).astype(np.float32)
+    h = int(round(10 / px))
+    f = np.hypot(*np.meshgrid(np.fft.fftfreq(2 * h), np.fft.fftfreq(2 * h)))
+    cents, sds = [], []
+    for seed in (1, 2):
+        noise = simulate_low_dose(disc, 0.25, px, seed=seed, n_angles=240, fast=fast, sampling_mm=sampling_mm) - disc
+        roi = noise[n // 2 - h : n // 2 + h, n // 2 - h : n // 2 + h]
+        power = np.abs(np.fft.fft2(roi - roi.mean())) ** 2
+        cents.append(float((power * f).sum() / power.sum()) / px)
+        sds.append(float(roi.std()))
+    return float(np.mean(cents)), float(np.mean(sds))
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_scanner_noise_grain_is_set_in_mm_not_by_the_pixel(fast):
+    """Review 2026-12-06: bins one pixel wide gave fine pixels a bone-kernel grain (the centroid 0.33 cycles/px at
+    any pixel). ``sampling_mm``: a scanner sampling every 1 mm gives, at 0.5-1 mm pixels, the grain (cycles/mm)
+    and SD it gives at 1 mm; at and above 1 mm it is the legacy model itself."""
+    ref_c, ref_sd = _grain(1.0, None, fast)
+    for px in (0.5, 0.7):
+        c, sd = _grain(px, 1.0, fast)
+        assert c == pytest.approx(ref_c, rel=0.15) and sd == pytest.approx(ref_sd, rel=0.25), (px, c, sd)
+        legacy_c, _ = _grain(px, None, fast)
+        assert legacy_c > 1.3 * ref_c  # the legacy grain: finer in mm as the pixel shrinks
+    n = 64
+    img = np.full((n, n), 40.0, np.float32)
+    for px in (1.0, 1.4):
+        same = simulate_low_dose(img, 0.25, px, seed=3, fast=fast, sampling_mm=1.0)
+        np.testing.assert_array_equal(same, simulate_low_dose(img, 0.25, px, seed=3, fast=fast))
+
+
+def test_ramp_band_one_is_the_plain_filter_and_a_band_limits_it():
+    """``ramp_filter(band=1)`` is the filter itself; a band < 1 folds it into the band's Nyquist (nothing at the
+    band's sampling frequency but the sinc^2-weighted repeat) and is refused outside (0, 1]."""
+    plain = projector.ramp_filter(101, "shepp-logan", "cpu")
+    torch.testing.assert_close(projector.ramp_filter(101, "shepp-logan", "cpu", band=1.0), plain)
+    half = projector.ramp_filter(101, "shepp-logan", "cpu", band=0.5)
+    f = torch.fft.rfftfreq(2 * (plain.shape[0] - 1))
+    assert float(half[(f - 0.5).abs().argmin()]) < 1e-6  # a repeat's zero at the sampling frequency
+    ramp, i = projector.ramp_filter(101, "ram-lak", "cpu"), int((f - 0.1).abs().argmin())
+    fk = float(f[i]) / 0.5  # inside the band: the ramp, the window at f / band, the interpolation's sinc^2
+    assert float(half[i]) == pytest.approx(float(ramp[i]) * np.sinc(fk) ** 3, rel=1e-4)
+    with pytest.raises(ValueError, match="band"):
+        projector.ramp_filter(101, "shepp-logan", "cpu", band=1.5)

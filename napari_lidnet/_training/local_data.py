@@ -346,9 +346,10 @@ def _detected_boxes(
 
 
 def _simulated(full: np.ndarray, dose: float, spacing_mm: float, seed: int, device: Any) -> np.ndarray:
-    from napari_lidnet.sim.lowdose import simulate_low_dose
+    from napari_lidnet.sim.lowdose import SCANNER_SAMPLING_MM, simulate_low_dose
 
-    return simulate_low_dose(full, dose, spacing_mm, seed=seed, device=device, fast=True)
+    return simulate_low_dose(full, dose, spacing_mm, seed=seed, device=device, fast=True,
+                             sampling_mm=SCANNER_SAMPLING_MM)  # fmt: skip
 
 
 def near_lesion_slices(box_slices: np.ndarray, n_slices: int, near: int = NEAR_LESION_SLICES) -> list[int]:

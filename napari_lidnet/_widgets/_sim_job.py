@@ -51,7 +51,7 @@ def simulate_job(
 
     try:
         from ..models.device import pick_device
-        from ..sim.lowdose import simulate_low_dose
+        from ..sim.lowdose import SCANNER_SAMPLING_MM, simulate_low_dose
 
         dev, notice = pick_device(device)
         chunk = chunk or (16 if dev.type == "cuda" else 4)
@@ -64,7 +64,8 @@ def simulate_job(
         for start in range(0, n, chunk):
             part = vol[start : start + chunk]
             out[start : start + len(part)] = simulate_low_dose(
-                part, dose, spacing_mm, seed=chunk_seed(seed, start), device=dev, batch_size=len(part), fast=True
+                part, dose, spacing_mm, seed=chunk_seed(seed, start), device=dev, batch_size=len(part), fast=True,
+                sampling_mm=SCANNER_SAMPLING_MM,
             )
             done = start + len(part)
             yield SimProgress(done, n, (time.perf_counter() - t0) / done * (n - done))

@@ -45,7 +45,7 @@ VERSION = 1
 KINDS = ("dataset", "deeplesion", "dicom")
 SPLITS = ("train", "val", "test", "all")
 #: bump when the simulation of missing low-dose partners changes: old cache entries are then not used
-LOWDOSE_CACHE_VERSION = 1
+LOWDOSE_CACHE_VERSION = 2
 #: bump when indexing changes what rows say (2: DICOM rows in slice order, series rescales, patient keys): a run
 #: from an archive folder then indexes it again instead of reusing its older index
 INDEXER = 2
@@ -118,9 +118,10 @@ class ManifestSlice:
 
     def _simulate(self) -> np.ndarray:
         """The simulated low-dose partner in whole HU (as stored in the cache)."""
-        from napari_lidnet.sim.lowdose import simulate_low_dose
+        from napari_lidnet.sim.lowdose import SCANNER_SAMPLING_MM, simulate_low_dose
 
-        low = simulate_low_dose(self.full_hu, self.dose, self.spacing_mm, seed=self.noise_seed)
+        low = simulate_low_dose(self.full_hu, self.dose, self.spacing_mm, seed=self.noise_seed,
+                                sampling_mm=SCANNER_SAMPLING_MM)  # fmt: skip
         return np.clip(np.rint(low), -32768, 32767).astype(np.float32)
 
     def _cache_key(self) -> str:

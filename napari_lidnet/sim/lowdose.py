@@ -69,6 +69,10 @@ I0_DEFAULT = 2.5e6  # photons per detector bin and view at full dose (calibrated
 ELECTRONIC_NOISE_VAR = 10.0  # counts^2
 COUNT_FLOOR = 1.0  # counts: smallest measurement before the log (photon starvation)
 DEFAULT_FILTER = "shepp-logan"
+#: the detector sampling (mm) of the scanner the viewer's, the Fine-tune dock's and ``lidnet index --dose``'s
+#: insertion models: slices with finer pixels get its noise grain (``simulate_low_dose(sampling_mm=)``; the training
+#: sets of the shipped models keep bins one pixel wide, ``benchmarks/results/noise_grain_prereg.md``)
+SCANNER_SAMPLING_MM = 1.0
 FAST_VIEW_BIN = 2  # fast path: the inserted noise is reconstructed from views binned 2 to 1
 FAST_MAX_STEP = 4  # fast path: expected counts from a projection up to 4x coarser (views, bins, along the ray) ...
 FAST_MIN_COARSE = 128  # ... on an image of at least 128 pixels
@@ -214,7 +218,7 @@ def fast_step(size: int) -> int:
 
 def _inserted_noise_fast(
     mu: torch.Tensor, spacing_mm: float, n_angles: int, circle: bool, seeds: list[int], filter_name: str,
-    i0: float, dose: float, electronic_noise: float,
+    i0: float, dose: float, electronic_noise: float, band: float = 1.0,
 ) -> torch.Tensor:  # fmt: skip
     """Fast path of the inserted noise (B, N, N) in mu: line integrals from ``forward_project_coarse`` interpolated
     to n_f fine views at (i + 1/2) pi / n_f, noise drawn there, each group of FAST_VIEW_BIN views averaged into one
@@ -231,7 +235,7 @@ def _inserted_noise_fast(
     p = projector.resample_sinogram(coarse, step, theta, projector.detector_bins(size))
     dp = _noise_difference(p, i0 * scale, dose, electronic_noise * scale, seeds)
     dp = dp.view(dp.shape[0], n_b, m, dp.shape[-1]).mean(2)
-    return projector.fbp(dp, size, spacing_mm, filter_name, circle=circle, offset=0.5)
+    return projector.fbp(dp, size, spacing_mm, filter_name, circle=circle, offset=0.5, band=band)
 
 
 def simulate_low_dose(
@@ -246,6 +250,8 @@ def simulate_low_dose(
     device: str | torch.device = "cpu",
     batch_size: int = 4,
     fast: bool = False,
+    *,
+    sampling_mm: float | None = None,
 ) -> np.ndarray:
     """A normal-dose CT (y, x) or (z, y, x) in HU made into a ``dose`` scan by projection-domain noise insertion.
 
@@ -253,13 +259,19 @@ def simulate_low_dose(
     (when the image is air there) are returned unchanged. ``dose == 1`` returns a copy. ``fast``: the variance map
     from a coarse projection and the noise reconstructed from pairs of views averaged (module docstring: ~6x less
     CPU at 512 x 512, the same noise SD and NPS within a few percent); for a seed, its image is close to the exact
-    path's but not equal to it.
+    path's but not equal to it. ``sampling_mm``: the detector sampling (mm at the isocentre) the kernel is defined
+    at. Pixels finer than it get the noise of that scanner: the kernel's frequencies in mm, not in pixels, and its
+    photons per mm (``i0`` per ``sampling_mm``), so the noise grain and SD do not change with the display pixel, as
+    on a scanner. None: bins one pixel wide with ``i0`` each, the kernel in cycles per pixel (the model until
+    2026-12-06: the grain scales with the pixel).
     """
     dose = _check_dose(dose)
     stack, squeeze = _as_stack(hu)
     out = stack.copy()
     if dose == 1.0:
         return out[0] if squeeze else out
+    band = 1.0 if sampling_mm is None else min(1.0, spacing_mm / float(sampling_mm))
+    i0, electronic_noise = i0 * band, electronic_noise * band  # a bin holds band of a detector sample's photons
     dev = _device(device)
     seeds = _slice_seeds(seed, stack.shape[0])
     n_angles = n_angles or projector.default_n_angles(stack.shape[1])
@@ -269,11 +281,11 @@ def simulate_low_dose(
             circle = projector.is_inside_circle(mu)
             part = seeds[b0 : b0 + batch_size]
             if fast:
-                noise = (i0, dose, electronic_noise)
+                noise = (i0, dose, electronic_noise, band)
                 dmu = _inserted_noise_fast(mu, spacing_mm, n_angles, circle, part, filter_name, *noise)
             else:
                 p = projector.forward_project(mu, spacing_mm, n_angles, circle=circle)
                 dp = _noise_difference(p, i0, dose, electronic_noise, part)
-                dmu = projector.fbp(dp, stack.shape[1], spacing_mm, filter_name, circle=circle)
+                dmu = projector.fbp(dp, stack.shape[1], spacing_mm, filter_name, circle=circle, band=band)
             out[b0 : b0 + batch_size] += (dmu * (1000.0 / MU_WATER)).cpu().numpy()
     return out[0] if squeeze else out

@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -136,13 +137,18 @@ def parse_kernel(name: str) -> tuple[str, tuple[float, float, float] | None]:
 
 
 @lru_cache(maxsize=32)
-def ramp_filter(n_det: int, filter_name: str, device: str) -> torch.Tensor:
+def ramp_filter(n_det: int, filter_name: str, device: str, band: float = 1.0) -> torch.Tensor:
     """Frequency response (rfft bins) of the discrete ramp filter with apodisation, for zero padding to 2x.
 
     The ramp is the FFT of the spatial Ram-Lak kernel (h0 = 1/4, h_n = -1/(pi n)^2 for odd n, 0 for even n), which
     avoids the DC error of a sampled |f|; windows multiply it in frequency (f in cycles/pixel, up to 0.5).
-    ``filter_name``: one of FILTERS, a KERNELS name, or an ``apod:`` spec (``apod_window``).
+    ``filter_name``: one of FILTERS, a KERNELS name, or an ``apod:`` spec (``apod_window``). ``band`` < 1: the
+    data of a scanner that samples every ``1 / band`` bins, filtered at its sampling and linearly interpolated to
+    the bins (``lowdose``'s ``sampling_mm``: the noise of a detector coarser than the pixels): its response
+    repeats with period ``band`` (the samples' spectrum), the window at the folded frequency, times sinc^2.
     """
+    if not 0.0 < band <= 1.0:
+        raise ValueError(f"band must be in (0, 1], got {band}")
     base, apod = parse_kernel(filter_name)
     pad = max(64, 1 << int(math.ceil(math.log2(2 * n_det))))
     n = torch.cat([torch.arange(1, pad // 2 + 1), torch.arange(pad // 2 - 1, 0, -1)]).double()
@@ -152,9 +158,14 @@ def ramp_filter(n_det: int, filter_name: str, device: str) -> torch.Tensor:
     h[1:][odd] = -1.0 / (math.pi * n[odd]) ** 2
     resp = torch.fft.rfft(h).real  # ~ |f| in cycles/pixel, 1/2 at Nyquist
     f = torch.fft.rfftfreq(pad, dtype=torch.float64)  # cycles per pixel
+    if band < 1.0:  # per scanner sample: folded into its Nyquist band, the ramp taken there
+        fk = f / band
+        f = (fk - torch.round(fk)).abs()
+        ramp = np.interp(f * band, torch.fft.rfftfreq(pad, dtype=torch.float64), resp)
+        resp = torch.from_numpy(ramp) * torch.sinc(fk) ** 2
     w = 2 * math.pi * f
     if base == "shepp-logan":
-        resp[1:] *= torch.sin(w[1:] / 2) / (w[1:] / 2)
+        resp[f > 0] *= torch.sin(w[f > 0] / 2) / (w[f > 0] / 2)
     elif base == "cosine":
         resp *= torch.cos(w / 2)
     elif base == "hamming":
@@ -324,10 +335,11 @@ def resample_sinogram(coarse: torch.Tensor, step: int, theta: torch.Tensor, n_de
     return out[0, 0] if squeeze else out[0]
 
 
-def filter_sinogram(sino: torch.Tensor, filter_name: str = "ram-lak") -> torch.Tensor:
-    """Ramp-filter (B, n_angles, n_det) sinograms along the detector, with zero padding (pixel units)."""
+def filter_sinogram(sino: torch.Tensor, filter_name: str = "ram-lak", band: float = 1.0) -> torch.Tensor:
+    """Ramp-filter (B, n_angles, n_det) sinograms along the detector, with zero padding (pixel units); ``band``:
+    see :func:`ramp_filter`."""
     n_det = sino.shape[-1]
-    resp = ramp_filter(n_det, filter_name, str(sino.device))
+    resp = ramp_filter(n_det, filter_name, str(sino.device), band)
     pad = 2 * (resp.shape[0] - 1)
     spec = torch.fft.rfft(sino.float(), n=pad, dim=-1) * resp
     return torch.fft.irfft(spec, n=pad, dim=-1)[..., :n_det]
@@ -466,13 +478,14 @@ def fbp(
     filter_name: str = "ram-lak",
     circle: bool = False,
     offset: float = 0.0,
+    band: float = 1.0,
 ) -> torch.Tensor:
     """Filtered back projection of line-integral sinograms from ``forward_project``: (B, size, size).
 
     Scale: f = pi / (n_angles * pixel_mm) * sum_views (ramp * p)(t), the discrete inverse Radon transform.
-    ``offset``: views at (k + offset) * pi / n_angles (see ``back_project``).
+    ``offset``: views at (k + offset) * pi / n_angles (see ``back_project``); ``band``: see :func:`ramp_filter`.
     """
     q, squeeze = _as_batch(sino, "sinogram")
-    img = back_project(filter_sinogram(q, filter_name), size, circle=circle, offset=offset)
+    img = back_project(filter_sinogram(q, filter_name, band), size, circle=circle, offset=offset)
     img *= math.pi / (q.shape[1] * pixel_mm)
     return img[0] if squeeze else img
