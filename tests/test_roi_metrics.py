@@ -327,7 +327,12 @@ def test_a_region_outside_the_psnr_window_says_so():
     regions = [Region("lung", "rectangle", rect(8, 40, 24, 56)), Region("mixed", "rectangle", rect(8, 20, 24, 36)),
                Region("tissue", "rectangle", rect(8, 4, 24, 20))]  # fmt: skip
     rows = {r["region"]: r for r in compare_regions(images, regions, reference="ref", window=(-160.0, 240.0))}
-    assert "all of the reference in the region is outside the PSNR/SSIM window -160..240 HU" in rows["lung"]["note"]
+    lung = rows["lung"]  # walkthrough 2026-12-06: it read RMSE 0, PSNR inf, SSIM 1 for images that differ there
+    assert "the reference in the region is all outside the PSNR/SSIM window -160..240 HU" in lung["note"]
+    assert all(np.isnan(lung.get(k, np.nan)) for k in ("rmse", "psnr", "ssim")) and np.isfinite(lung["sd"])
+    mostly = next(r for r in compare_regions(images, [Region("edge", "rectangle", rect(8, 26, 24, 42))], "ref",
+                                             window=(-160.0, 240.0)) if r["image"] == "low")  # 10 of 16 columns lung
+    assert "62% of the reference in the region is outside" in mostly["note"] and np.isfinite(mostly["psnr"])
     assert "PSNR/SSIM window" not in rows["mixed"]["note"] and "PSNR/SSIM window" not in rows["tissue"]["note"]
     lung_window = compare_regions(images, regions[:1], reference="ref", window=(-1000.0, 200.0))
     assert "PSNR/SSIM window" not in lung_window[0]["note"]

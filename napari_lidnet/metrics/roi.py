@@ -423,6 +423,21 @@ def _outside_window(values: np.ndarray, window: tuple[float, float] | None) -> f
     return float(np.mean((values < window[0]) | (values > window[1])))
 
 
+def _fill_comparison(
+    row: dict[str, Any], notes: list[str], plane: np.ndarray, ref_plane: np.ndarray, mask: np.ndarray,
+    window: tuple[float, float] | None, clipped: float,
+) -> None:  # fmt: skip
+    """RMSE, PSNR and SSIM of one region against the reference (``clipped``: the share of it outside the window)."""
+    row["rmse"], row["psnr"] = region_rmse_psnr(plane, ref_plane, mask, window)
+    if clipped > 0.5:
+        notes.append(f"{100 * clipped:.0f}% of the reference in the region is outside the PSNR/SSIM window "
+                     f"{window[0]:g}..{window[1]:g} HU, clipped there: pick a window that holds it")  # fmt: skip
+    try:
+        row["ssim"] = region_ssim(plane, ref_plane, mask, window)
+    except ValueError as exc:
+        notes.append(f"SSIM: {exc}")
+
+
 def _fill_row(
     row: dict[str, Any],
     notes: list[str],
@@ -465,16 +480,12 @@ def _fill_row(
     ref_plane = _reference_plane(images[reference], region, name, reference, image, notes)
     if ref_plane is None:
         return
-    row["rmse"], row["psnr"] = region_rmse_psnr(plane, ref_plane, mask, window)
     clipped = _outside_window(ref_plane[mask], window)
-    if clipped > 0.5:
-        where = "all" if clipped == 1.0 else f"{100 * clipped:.0f}%"
-        notes.append(f"{where} of the reference in the region is outside the PSNR/SSIM window "
-                     f"{window[0]:g}..{window[1]:g} HU, clipped there: pick a window that holds it")  # fmt: skip
-    try:
-        row["ssim"] = region_ssim(plane, ref_plane, mask, window)
-    except ValueError as exc:
-        notes.append(f"SSIM: {exc}")
+    if clipped == 1.0:  # both images clipped to the window's edge there: an RMSE of 0, a PSNR of inf, mean nothing
+        notes.append(f"the reference in the region is all outside the PSNR/SSIM window {window[0]:g}..{window[1]:g} "
+                     "HU: RMSE/PSNR/SSIM not given; pick a window that holds it")  # fmt: skip
+    else:
+        _fill_comparison(row, notes, plane, ref_plane, mask, window, clipped)
     if perceptual is not None:
         try:
             row["roi_perceptual"] = float(perceptual(plane, ref_plane, region_box(mask)))
