@@ -156,6 +156,29 @@ def test_rejecting_through_the_layer_and_no_boxes(case, tmp_path) -> None:
     assert widget.export(tmp_path / "y.csv") is None and "load a layer of boxes" in widget.status.text()
 
 
+def test_the_review_of_a_simulated_low_dose_image_says_so_in_its_exports(make_napari_viewer, tmp_path: Path) -> None:
+    """Walkthrough 2026-12-06: the SR of a review made on the viewer's simulated 25% copy read "LIDnet reviewed
+    lesions: ..." in the patient's study, like a report of a real scan. Its SeriesDescription and the JSON's record
+    now start with what the Denoise dock's DICOM export says: SIMULATED, the dose and the seed."""
+    import json
+
+    write_series(tmp_path / "ct", synthetic_hu((5, 24, 32), seed=3), series_uid="1.2.826.0.1.3680043.8.498.56")
+    vol = open_ct(tmp_path / "ct")[0]
+    vol.metadata.update(simulated_dose=0.25, simulated_seed=3)  # as Load CT's Simulate records its copy
+    viewer = make_napari_viewer()
+    widget, image, _ = open_with_boxes(viewer, vol)
+    widget.accept(0)
+    sr = pydicom.dcmread(widget.export(tmp_path / "review.dcm"))
+    assert sr.SeriesDescription.startswith("SIMULATED 25% dose seed 3: LIDnet reviewed lesions"), sr.SeriesDescription
+    info = json.loads((widget.export(tmp_path / "review.json")).read_text())
+    assert info["simulated"] == "SIMULATED 25% dose seed 3" and info["findings"]
+    real = open_ct(tmp_path / "ct")[0]  # the scan itself: no such words
+    viewer2 = make_napari_viewer()
+    widget2, _, _ = open_with_boxes(viewer2, real)
+    widget2.accept(0)
+    assert pydicom.dcmread(widget2.export(tmp_path / "real.dcm")).SeriesDescription.startswith("LIDnet reviewed")
+
+
 def test_a_new_threshold_keeps_the_review(case) -> None:
     """The denoise widget refilters the same detections layer when the score threshold moves: reviewed boxes keep
     their id and status, kept ones stay even when their detection drops below the threshold."""

@@ -13,7 +13,7 @@ from qtpy.QtWidgets import QFileDialog
 
 from ..io.volume import n_slices
 from ..layer_data import volume_from_layer
-from ._roles import has_voxel_size
+from ._roles import has_voxel_size, simulated_label
 
 
 class DenoiseExports:
@@ -69,9 +69,9 @@ class DenoiseExports:
 
         src = self._last["layer"]
         base = src.metadata.get("series_description") or src.name
-        dose = src.metadata.get("simulated_dose")
-        if dose is not None:  # said first (the description is cut at 64 characters): not a clinical low-dose scan
-            base = f"SIMULATED {float(dose):.0%} dose seed {src.metadata.get('simulated_seed', '?')}: {base}"
+        simulated = simulated_label(src.metadata)
+        if simulated:  # said first (the description is cut at 64 characters): not a clinical low-dose scan
+            base = f"{simulated}: {base}"
         desc = denoised_description(base, self._last["labels"][0] or "", self._last.get("remove_sd"),
                                     self._last.get("leave_sd"))  # fmt: skip
         if not background:

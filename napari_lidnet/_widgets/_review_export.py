@@ -8,7 +8,7 @@ from typing import Any
 from ..findings import Finding, lesion_groups, write_findings
 from ..io.boxes_io import slice_columns
 from ..io.volume import n_slices, per_slice
-from ._roles import has_voxel_size
+from ._roles import has_voxel_size, simulated_label
 
 
 def write_review_table(path: Path, findings: list[Finding], image: Any, boxes: Any) -> Path:
@@ -18,6 +18,7 @@ def write_review_table(path: Path, findings: list[Finding], image: Any, boxes: A
     info = {"image": image.name, "boxes": getattr(boxes, "name", None),
             "spacing_mm": [float(s) for s in image.scale] if unit == "mm" else None,
             "units": f"pixels (boxes), {unit} (sizes; centre: patient LPS z, y, x for DICOM, else viewer world)",
+            "simulated": simulated_label(image.metadata),  # the slice ids are those of the normal-dose source
             }  # fmt: skip
     ids = slice_columns(image.metadata or {}, n_slices(image.data))
     return write_findings(path, findings, info, ids, unit=unit)
@@ -51,6 +52,8 @@ def write_review_sr(path: Path, findings: list[Finding], image: Any) -> Path:
     ]  # fmt: skip
     if not regions:
         raise ValueError("no kept boxes: accept or draw at least one before writing a report")
+    simulated = simulated_label(meta)  # first: the description is cut at 64 characters
+    description = f"{simulated + ': ' if simulated else ''}LIDnet reviewed lesions: {image.name}"
     return write_sr(path, regions, refs, meta.get("source_tags") or {}, str(meta.get("series_uid") or ""),
-                    f"LIDnet reviewed lesions: {image.name}", frames,
+                    description, frames,
                     source=str(meta.get("series_uid") or meta.get("source") or ""))  # fmt: skip

@@ -83,6 +83,16 @@ def recorded_dose(layer: Any) -> float | None:
     return float(dose) if isinstance(dose, (int, float)) and not isinstance(dose, bool) else None
 
 
+def simulated_label(metadata: dict | None) -> str | None:
+    """"SIMULATED 25% dose seed 3" for an image made by the viewer's low-dose simulation (or denoised from one,
+    whose metadata it keeps), None for others: said first in what is exported from it, so that no one reads it as a
+    scan of the patient at that dose."""
+    dose = (metadata or {}).get("simulated_dose")
+    if dose is None:
+        return None
+    return f"SIMULATED {float(dose):.0%} dose seed {(metadata or {}).get('simulated_seed', '?')}"
+
+
 def is_denoised(layer: Any) -> bool:
     """Whether the layer is the plugin's denoised output (its metadata names the denoiser)."""
     return "denoiser" in lidnet_info(layer)
