@@ -155,6 +155,8 @@ def test_boxes_csv_and_json(make_napari_viewer, qtbot, tmp_path: Path, model_dir
     before = (tmp_path / "boxes.csv").read_bytes()
     assert widget.export_boxes(tmp_path / "boxes.csv") is None and "already exists" in widget.status.text()
     assert (tmp_path / "boxes.csv").read_bytes() == before
+    assert widget.export_boxes(tmp_path / "boxes") is None and not (tmp_path / "boxes").exists()  # no type: refused
+    assert "boxes: give a .csv or .json file" in widget.status.text()
     viewer.add_image(phantom(n=4)[0], name="pixels")  # no voxel size: no "mm" columns holding pixels
     widget.image_combo.setCurrentText("pixels")
     run_and_wait(widget, qtbot)

@@ -179,6 +179,28 @@ def test_the_review_of_a_simulated_low_dose_image_says_so_in_its_exports(make_na
     assert pydicom.dcmread(widget2.export(tmp_path / "real.dcm")).SeriesDescription.startswith("LIDnet reviewed")
 
 
+def test_exports_write_the_type_the_reader_picked(case, tmp_path: Path, monkeypatch) -> None:
+    """Walkthrough 2026-12-06: the dialog's choice was thrown away, so "DICOM SR (*.dcm)" with the name "review"
+    wrote a CSV called "review", and "x.txt" a CSV too. A name without a known suffix gets the chosen type's; an
+    unknown suffix is refused in one line, nothing written."""
+    from qtpy.QtWidgets import QFileDialog
+
+    from napari_lidnet._widgets._save_dialog import with_suffix
+
+    _, widget, _, _, _ = case
+    widget.accept(0)
+    assert widget.export(tmp_path / "x.txt") is None and not (tmp_path / "x.txt").exists()
+    assert widget.status.text() == "export failed: x.txt: give a .dcm, .csv or .json file (DICOM SR, CSV or JSON)"
+    picked = (str(tmp_path / "review"), "DICOM SR (*.dcm)")
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: picked)
+    widget._export_dialog()
+    assert pydicom.dcmread(tmp_path / "review.dcm").Modality == "SR" and not (tmp_path / "review").exists()
+    filters = "NIfTI (*.nii.gz *.nii);;CSV (*.csv)"
+    assert with_suffix("/a/vol", filters, "NIfTI (*.nii.gz *.nii)") == "/a/vol.nii.gz"
+    assert with_suffix("/a/VOL.NII.GZ", filters, "CSV (*.csv)") == "/a/VOL.NII.GZ"  # a known suffix is kept
+    assert with_suffix("/a/t.v1", filters, "") == "/a/t.v1.nii.gz"  # no filter reported: the first type
+
+
 def test_a_new_threshold_keeps_the_review(case) -> None:
     """The denoise widget refilters the same detections layer when the score threshold moves: reviewed boxes keep
     their id and status, kept ones stay even when their detection drops below the threshold."""

@@ -136,6 +136,9 @@ def test_table_matches_pure_functions_refreshes_and_exports(make_napari_viewer, 
     assert rows[0]["area_mm2"] == "" and rows[0]["n"] == str(40 * 50)  # no voxel size: the pixel count only
     with pytest.raises(FileExistsError):
         widget.write_csv(out)  # outputs never overwrite
+    with pytest.raises(ValueError, match=r"roi.txt: give a .csv file"):
+        widget.write_csv(tmp_path / "roi.txt")  # a CSV under another type's name: refused, nothing written
+    assert not (tmp_path / "roi.txt").exists()
 
 
 def test_volume_regions_slices_lines_and_perceptual(make_napari_viewer, qtbot, monkeypatch, tmp_path):

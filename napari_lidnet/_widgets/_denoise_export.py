@@ -14,6 +14,7 @@ from qtpy.QtWidgets import QFileDialog
 from ..io.volume import n_slices
 from ..layer_data import volume_from_layer
 from ._roles import has_voxel_size, simulated_label
+from ._save_dialog import check_suffix, save_path
 
 
 class DenoiseExports:
@@ -127,6 +128,7 @@ class DenoiseExports:
                  "threshold": round(float(self.threshold), 4), "spacing_mm": [float(v) for v in src.scale],
                  "series_uid": src.metadata.get("series_uid")}  # fmt: skip
         try:
+            check_suffix(path, [".csv", ".json"], "lesion boxes")
             pixel_mm = src.scale[-2:] if has_voxel_size(src) else None  # no "mm" columns holding pixels
             out = write_boxes_csv(path, rows, slices, row_lesions(rows), pixel_mm, *geometry, about)
         except (OSError, ValueError) as exc:
@@ -138,8 +140,7 @@ class DenoiseExports:
     def _export_dicom_dialog(self) -> None:
         """A NIfTI file for a NIfTI source, else an empty folder for a DICOM series."""
         if self._last is not None and self._last["layer"].metadata.get("format") == "nifti":
-            path, _ = QFileDialog.getSaveFileName(self, "Save the denoised volume", "", "NIfTI (*.nii.gz *.nii)",
-                                                  options=QFileDialog.Option.DontConfirmOverwrite)  # never replaced
+            path = save_path(self, "Save the denoised volume", "NIfTI (*.nii.gz *.nii)")  # never replaced
             if path:
                 self.export_nifti(path)
             return
@@ -148,8 +149,7 @@ class DenoiseExports:
             self.export_dicom(folder, background=True)
 
     def _export_boxes_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save lesion boxes", "", "CSV (*.csv);;JSON (*.json)",
-                                              options=QFileDialog.Option.DontConfirmOverwrite)  # never replaced
+        path = save_path(self, "Save lesion boxes", "CSV (*.csv);;JSON (*.json)")  # never replaced
         if path:
             self.export_boxes(path)
 

@@ -24,7 +24,6 @@ from qtpy.QtGui import QKeySequence, QShortcut
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QGridLayout,
     QHBoxLayout,
@@ -57,6 +56,7 @@ from ._roles import (
     lidnet_info,
     role,
 )
+from ._save_dialog import check_suffix, save_path
 from ._viewer import camera
 from .reading_room import ReadingRoom
 
@@ -647,6 +647,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
             self._say("nothing to export: load a layer of boxes first")
             return None
         try:
+            check_suffix(path, [".dcm", ".csv", ".json"], "DICOM SR, CSV or JSON")
             out = (write_review_sr(path, self.findings, self.image_layer) if path.suffix.lower() == ".dcm"
                    else write_review_table(path, self.findings, self.image_layer, self.boxes_layer))  # fmt: skip
         except (OSError, ValueError) as exc:
@@ -656,9 +657,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         return out
 
     def _export_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Export the review", "", "DICOM SR (*.dcm);;CSV (*.csv);;JSON (*.json)"
-        )
+        path = save_path(self, "Export the review", "DICOM SR (*.dcm);;CSV (*.csv);;JSON (*.json)")
         if path:
             self.export(path)
 

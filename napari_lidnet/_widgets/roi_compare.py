@@ -27,7 +27,6 @@ from qtpy.QtWidgets import (
     QAbstractScrollArea,
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -69,6 +68,7 @@ from napari_lidnet._widgets._roles import (
     normal_dose_of,
     role,
 )
+from napari_lidnet._widgets._save_dialog import check_suffix, save_path
 from napari_lidnet._widgets.reading_room import ReadingRoom
 from napari_lidnet.io.windowing import WINDOW_PRESETS, contrast_limits
 from napari_lidnet.metrics.nps import region_nps
@@ -678,6 +678,8 @@ class ROICompareWidget(QWidget):
         (its numbers would not be those of the settings written beside them)."""
         if self.busy:
             raise ValueError("the table is being recomputed for the new settings: export again when it is done")
+        check_suffix(path, [".csv"], "the ROI table")
+
         def picked(combo: QComboBox) -> str:
             return combo.currentText() if combo.currentData() is not None else ""
 
@@ -696,10 +698,7 @@ class ROICompareWidget(QWidget):
         return write_csv(path, rows)
 
     def _export_clicked(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Export ROI table", "roi_compare.csv", "CSV (*.csv)",
-            options=QFileDialog.Option.DontConfirmOverwrite,  # an existing file is refused, never replaced
-        )  # fmt: skip
+        path = save_path(self, "Export ROI table", "CSV (*.csv)", "roi_compare.csv")  # an existing file is refused
         if path:
             try:
                 self.write_csv(path)
