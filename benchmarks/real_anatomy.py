@@ -837,7 +837,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threshold", type=float, default=None, help="boxes/slice threshold (default: the card's)")
     p.add_argument("--quick", action="store_true", help="2 seeds, 1 lesion-free seed, 200 resamples, 1 phantom")
     p.add_argument("--models", default=",".join(MODELS),
-                   help="noise models: ours, radon (issue 11's), ours-mm (beside them, never for its lines)")  # fmt: skip
+                   help="noise models: ours, radon (issue 11's), ours-mm (reported beside them only)")  # fmt: skip
     p.add_argument("--simulated", type=int, default=0, metavar="N",
                    help="the same protocol on N simulated slices instead of the real ones (results stem _sim)")
     a = p.parse_args(argv)
