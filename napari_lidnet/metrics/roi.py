@@ -21,6 +21,7 @@ Choices (also in the docstrings below):
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -423,12 +424,39 @@ def _outside_window(values: np.ndarray, window: tuple[float, float] | None) -> f
     return float(np.mean((values < window[0]) | (values > window[1])))
 
 
+#: the reference's own noise SD per slice (``_own_noise``), kept while the table is recomputed for edits
+_NOISE_CACHE: dict[tuple, float] = {}
+
+
+def _own_noise(plane: np.ndarray) -> float:
+    """The flat-tissue noise SD (HU) of one slice (``noreference.noise_sd``; NaN without flat tissue), cached."""
+    from napari_lidnet.metrics.noreference import noise_sd
+
+    key = (plane.shape, hashlib.sha1(np.ascontiguousarray(plane[::5, ::5]).tobytes()).hexdigest())
+    if key not in _NOISE_CACHE:
+        if len(_NOISE_CACHE) >= 64:
+            _NOISE_CACHE.clear()
+        _NOISE_CACHE[key] = noise_sd(plane)
+    return _NOISE_CACHE[key]
+
+
 def _fill_comparison(
     row: dict[str, Any], notes: list[str], plane: np.ndarray, ref_plane: np.ndarray, mask: np.ndarray,
     window: tuple[float, float] | None, clipped: float,
 ) -> None:  # fmt: skip
-    """RMSE, PSNR and SSIM of one region against the reference (``clipped``: the share of it outside the window)."""
+    """RMSE, PSNR and SSIM of one region against the reference (``clipped``: the share of it outside the window),
+    and a note when the reference's own noise makes most of the squared error: then an image that keeps noise
+    scores closer to it than one that removes it."""
     row["rmse"], row["psnr"] = region_rmse_psnr(plane, ref_plane, mask, window)
+    own = _own_noise(ref_plane) if row["rmse"] > 0 else math.nan
+    share = own**2 / row["rmse"] ** 2 if np.isfinite(own) else 0.0
+    if share > 1.1:  # less error than the reference's noise alone: the image carries that noise too
+        notes.append(f"its error ({row['rmse']:.0f} HU RMS) is below the reference's own noise ({own:.0f} HU in its "
+                     "flat tissue): it shares that noise (made from the reference?) and scores closer than an image "
+                     "without it")  # fmt: skip
+    elif share >= 0.5:
+        notes.append(f"about {min(share, 1.0):.0%} of the squared error is the reference's own noise ({own:.0f} HU "
+                     "in its flat tissue): an image that keeps noise scores closer; compare SDs too")  # fmt: skip
     if clipped > 0.5:
         notes.append(f"{100 * clipped:.0f}% of the reference in the region is outside the PSNR/SSIM window "
                      f"{window[0]:g}..{window[1]:g} HU, clipped there: pick a window that holds it")  # fmt: skip
