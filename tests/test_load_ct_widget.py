@@ -165,6 +165,30 @@ def test_the_low_dose_copy_of_fine_pixels_has_a_scanner_noise_grain(widget, qtbo
     assert np.std((low - hu)[inside]) < 0.8 * np.std((legacy - hu)[inside])  # coarser grain, fewer HU per pixel
 
 
+@pytest.mark.parametrize("dose", [0.25, 0.5])
+def test_the_low_dose_copy_of_a_noisy_scan_adds_the_noise_of_that_dose(widget, qtbot, dose):
+    """Walkthrough 2026-12-06: a real chest with 37-60 HU of its own noise got 16 HU added at "25% dose" (the
+    scanner model's photon count of a phantom). The copy is calibrated to the scan's own noise: a quarter of the
+    dose doubles the noise SD (adds sqrt(3) times it), half the dose adds as much as the scan has."""
+    from napari_lidnet.metrics.noreference import flat_block_noise_sds
+
+    viewer, w = widget
+    rng = np.random.default_rng(4)
+    hu = disk_phantom(size=128) + rng.normal(0, 20, (128, 128)).astype(np.float32) * (disk_phantom(size=128) > -500)
+    viewer.add_image(hu, name="scan", scale=(0.7, 0.7), metadata={"hu": True})
+    w.sim_layer_combo.setCurrentText("scan")
+    w.dose_spin.setValue(dose)
+    w.sim_device_combo.setCurrentText("cpu")
+    with qtbot.waitSignal(w.simulation_finished, timeout=60000):
+        w.simulate_button.click()
+    low = viewer.layers[f"scan {dose:.0%} dose"]
+    own, added = flat_block_noise_sds(hu, [hu, low.data - hu])
+    assert own == pytest.approx(20, rel=0.1)
+    assert added == pytest.approx(own * np.sqrt(1 / dose - 1), rel=0.15), (own, added)
+    assert low.metadata["simulated_noise_level"].startswith(f"calibrated to the scan's own noise: {own:.1f} HU")
+    assert "calibrated to the scan's own noise" in w.status.text()
+
+
 def test_simulation_shows_progress_and_cancels_within_one_slice(widget, qtbot):
     """One slice per call: the bar counts slices with the time left; Cancel frees the controls at once and the
     worker stops after the slice in hand; nothing is added."""

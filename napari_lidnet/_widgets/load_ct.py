@@ -414,6 +414,8 @@ class LoadCTWidget(QWidget):
             self.sim_eta.setText(f"about {left} left")
         if rec.notice:
             self._info(rec.notice)
+        if rec.calibration:
+            self._info(f"simulating: {rec.calibration} …")
 
     def _on_simulated(self, result: Any, layer: Any, dose: float, seed: int) -> None:
         if self.watch.closed:
@@ -425,8 +427,9 @@ class LoadCTWidget(QWidget):
             self._error(f"{layer.name} was removed while simulating; result dropped")
             return
         added = added_noise_sd(np.asarray(layer.data), np.asarray(result))
+        how = next((r.calibration for r in self.sim_records if r.calibration), "")
         meta = {**layer.metadata, "hu": True, "dose": dose, "simulated_dose": dose, "simulated_seed": seed,
-                "normal_dose": layer.name, "simulated_added_sd": added,
+                "normal_dose": layer.name, "simulated_added_sd": added, "simulated_noise_level": how,
                 "source": f"{layer.name} at {dose:.0%} dose (napari_lidnet.sim, seed {seed})"}  # fmt: skip
         new = self.viewer.add_image(
             np.asarray(result, dtype=np.float32),
@@ -439,8 +442,8 @@ class LoadCTWidget(QWidget):
             metadata=meta,
         )
         self._info(
-            f"added {new.name} (low-dose partner of {layer.name}): {added:.1f} HU of noise added in the body; to "
-            f"compare with the normal dose, remove that much (Denoise: remove {added:.0f} HU)"
+            f"added {new.name} (low-dose partner of {layer.name}): {added:.1f} HU of noise added in the body "
+            f"({how}); to compare with the normal dose, remove that much (Denoise: remove {added:.0f} HU)"
         )
         show_info(f"added {new.name}")
 
