@@ -296,7 +296,9 @@ def iter_samples(
     ``sim.lowdose``) and split volumes into ``io.dataset.Sample`` slices named ``"<name>#<z>"``; slices without boxes
     within ``near_lesion`` slices of a slice with boxes are left out (listed in ``CTInput.left_out``; 0 keeps every
     slice). Yields a message per step of work; returns the samples ([] when ``should_stop`` turns True)."""
+    from napari_lidnet._training.noise_level import calibrated_i0
     from napari_lidnet.io.dataset import Sample
+    from napari_lidnet.sim.lowdose import simulate_low_dose
 
     stop = should_stop or (lambda: False)
     samples = []
@@ -317,6 +319,10 @@ def iter_samples(
         if item.left_out:
             yield f"{item.name}: left out slice(s) {item.left_out} (no boxes, next to annotated lesions)"
         used = [z for z in used if z not in item.left_out]
+        i0 = None
+        if item.low_hu is None and used:
+            i0, how = calibrated_i0(full3, dose, item.spacing_mm, slice_seed(seed, k, n), **_sim_kwargs(device))
+            yield f"{item.name}: {how}"
         for count, z in enumerate(used):
             if item.low_hu is not None:
                 low = item.low_hu if item.low_hu.ndim == 2 else item.low_hu[z]
@@ -324,7 +330,8 @@ def iter_samples(
                 if stop():
                     return []
                 yield f"simulating {dose:.0%} dose: {item.name} slice {count + 1}/{len(used)} (of {n})"
-                low = _simulated(full3[z], dose, item.spacing_mm, slice_seed(seed, k, z), device)
+                low = simulate_low_dose(full3[z], dose, item.spacing_mm, seed=slice_seed(seed, k, z), i0=i0,
+                                        **_sim_kwargs(device))  # fmt: skip
             name = item.name if item.full_hu.ndim == 2 else f"{item.name}#{z}"
             b = clipped[np.rint(clipped[:, 0]) == z][:, 1:]
             full_z = np.ascontiguousarray(full3[z], dtype=np.float32)
@@ -345,11 +352,11 @@ def _detected_boxes(
     return rows[:, :5].astype(np.float32)
 
 
-def _simulated(full: np.ndarray, dose: float, spacing_mm: float, seed: int, device: Any) -> np.ndarray:
-    from napari_lidnet.sim.lowdose import SCANNER_SAMPLING_MM, simulate_low_dose
+def _sim_kwargs(device: Any) -> dict[str, Any]:
+    """The viewer's insertion: the fast path with the 1 mm scanner's grain (``sim.lowdose.SCANNER_SAMPLING_MM``)."""
+    from napari_lidnet.sim.lowdose import SCANNER_SAMPLING_MM
 
-    return simulate_low_dose(full, dose, spacing_mm, seed=seed, device=device, fast=True,
-                             sampling_mm=SCANNER_SAMPLING_MM)  # fmt: skip
+    return {"device": device, "fast": True, "sampling_mm": SCANNER_SAMPLING_MM}
 
 
 def near_lesion_slices(box_slices: np.ndarray, n_slices: int, near: int = NEAR_LESION_SLICES) -> list[int]:

@@ -43,42 +43,16 @@ def added_noise_sd(normal: np.ndarray, low: np.ndarray, max_slices: int = 16) ->
     return float(np.std((np.asarray(low, np.float32) - normal)[body])) if body.any() else float("nan")
 
 
-#: below this noise SD in flat tissue (HU) an image is taken as noiseless (a phantom): the scanner model's photon
-#: count is assumed, not calibrated to it
-MIN_OWN_NOISE_HU = 2.0
-
-
-def calibrated_i0(vol: np.ndarray, dose: float, spacing_mm: float, seed: int, **kwargs) -> tuple[float, str]:
-    """(photons per detector sample and view, what was done) that make the inserted noise a ``dose`` scan's: the
-    scan's own noise SD in flat tissue (``metrics.noreference.noise_sd``) times sqrt(1 / dose - 1), measured in the
-    same flat blocks of a probe slice simulated at ``I0_DEFAULT`` (noise SD goes as 1 / sqrt(photons)). A scan
-    without noise of its own, or without flat tissue, keeps ``I0_DEFAULT``."""
-    from ..metrics.noreference import flat_block_noise_sds, noise_sd, sample_slices
-    from ..sim.lowdose import I0_DEFAULT, simulate_low_dose
-
-    own = noise_sd(vol)
-    if not np.isfinite(own) or own < MIN_OWN_NOISE_HU:
-        return I0_DEFAULT, "the image shows no noise of its own: the scanner model's full-dose photon count assumed"
-    target = own * float(np.sqrt(1.0 / dose - 1.0))
-    for k in dict.fromkeys([len(vol) // 2, *sample_slices(len(vol), 8)]):  # the middle slice first
-        probe = simulate_low_dose(vol[k], dose, spacing_mm, seed=seed, **kwargs) - vol[k]
-        probe_sd = flat_block_noise_sds(vol[k], [probe])[0]
-        if np.isfinite(probe_sd) and probe_sd > 0:
-            return (I0_DEFAULT * (probe_sd / target) ** 2,
-                    f"calibrated to the scan's own noise: {own:.1f} HU in flat tissue, so {dose:.0%} dose adds "
-                    f"{target:.1f} HU there")  # fmt: skip
-    return I0_DEFAULT, "no flat tissue to calibrate on: the scanner model's full-dose photon count assumed"
-
-
 def simulate_job(
     hu: np.ndarray, dose: float, spacing_mm: float, seed: int, device: str = "auto", chunk: int | None = None
 ) -> Generator[SimProgress, None, np.ndarray | Failure]:
     """Worker body: ``sim.lowdose.simulate_low_dose`` over a (z, y, x) or (y, x) image in chunks of slices, its
-    photon count calibrated to the scan's own noise (:func:`calibrated_i0`), yielding :class:`SimProgress` after
-    each chunk (a cancel lands between chunks). Errors become a Failure."""
+    photon count calibrated to the scan's own noise (``_training.noise_level.calibrated_i0``), yielding
+    :class:`SimProgress` after each chunk (a cancel lands between chunks). Errors become a Failure."""
     import time
 
     try:
+        from .._training.noise_level import calibrated_i0
         from ..models.device import pick_device
         from ..sim.lowdose import SCANNER_SAMPLING_MM, simulate_low_dose
 
