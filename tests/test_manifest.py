@@ -182,6 +182,27 @@ def test_a_manifest_keeps_its_dose(tmp_path, capsys):
     assert not any((tmp_path / r).exists() for r in ("r1", "r2", "r4"))
 
 
+def test_an_archive_s_simulated_partners_carry_each_slice_s_own_noise_at_the_dose(tmp_path):
+    """Session 20's walkthrough: a chest with 60 HU of its own noise got 13-19 HU at "25%" (a phantom's photon
+    count), and a model trained on it learned to keep noise. A run from an archive now scales each simulated
+    partner's noise to the slice's own noise at the dose (sqrt(3) times it at 25%), with the 1 mm scanner's grain."""
+    from napari_lidnet.metrics.noreference import flat_block_noise_sds
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:128, :128]
+    body = ((yy - 64) / 56) ** 2 + ((xx - 64) / 58) ** 2 < 1
+    hu = np.where(body, 40.0, -1000.0) + rng.normal(0, 25, (3, 128, 128)) * body
+    write_series(tmp_path / "scans", np.rint(hu).astype(np.float32), series_uid="1.2.826.0.1.3680043.8.498.79")
+    index = index_archive(tmp_path / "scans", tmp_path / "m.jsonl", dose=0.25)
+    trainer = Trainer(_cfg(tmp_path / "run", index, dose=0.25, patch_size=32, val_fraction=0.34))
+    for s in trainer.train_samples:
+        full = s.full_hu
+        own, added = flat_block_noise_sds(full, [full, s.low_hu - full])
+        assert added == pytest.approx(own * np.sqrt(3), rel=0.2), (own, added)
+    plain = read_manifest(index)[0]  # read without a run: the scanner model's photon count, far less here
+    assert flat_block_noise_sds(plain.full_hu, [plain.low_hu - plain.full_hu])[0] < 0.5 * own * np.sqrt(3)
+
+
 def _cfg(out, data, **kw):
     base = dict(
         out=str(out), data=str(data), mode="pixel", pretrain_denoiser_steps=2, pretrain_detector_steps=0, rounds=0,

@@ -34,3 +34,15 @@ def calibrated_i0(vol: np.ndarray, dose: float, spacing_mm: float, seed: int, **
                     f"calibrated to the scan's own noise: {own:.1f} HU in flat tissue, so {dose:.0%} dose adds "
                     f"{target:.1f} HU there")  # fmt: skip
     return I0_DEFAULT, "no flat tissue to calibrate on: the scanner model's full-dose photon count assumed"
+
+
+def calibrated_noise(full: np.ndarray, noise: np.ndarray, dose: float) -> np.ndarray:
+    """``noise`` inserted into the slice ``full`` (simulated at ``I0_DEFAULT``) scaled to the slice's own noise at
+    ``dose``: SD own * sqrt(1 / dose - 1) in its flat tissue (noise SD goes as 1 / sqrt(photons)); unchanged for a
+    slice without noise of its own or without flat tissue. Per slice, as a manifest reads them."""
+    from napari_lidnet.metrics.noreference import flat_block_noise_sds
+
+    own, added = flat_block_noise_sds(full, [full, noise])
+    if not (np.isfinite(own) and own >= MIN_OWN_NOISE_HU and np.isfinite(added) and added > 0):
+        return noise
+    return (noise * (own * float(np.sqrt(1.0 / dose - 1.0)) / added)).astype(np.float32)

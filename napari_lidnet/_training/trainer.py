@@ -207,7 +207,9 @@ class Trainer:
             **{k: header.get(k) for k in ("kind", "root", "dose", "seed", "split", "n")},
             "low_dose_cache": str(lowdose_cache_dir(manifest)),
         }
-        return manifest_slices(header, rows, cache_dir=lowdose_cache_dir(manifest))
+        from napari_lidnet._training.noise_level import calibrated_noise
+
+        return manifest_slices(header, rows, cache_dir=lowdose_cache_dir(manifest), calibrate=calibrated_noise)
 
     # -- models and checkpoints ---------------------------------------------------------------------------
     def _init_denoiser(self) -> torch.nn.Module:

@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,9 @@ class ManifestSlice:
     dose: float | None
     noise_seed: int
     cache_dir: Path | None = None
+    #: ``(full, noise, dose) -> noise`` that sets a simulated partner's noise level (``_training.noise_level``:
+    #: the slice's own noise at that dose); None keeps the scanner model's photon count
+    calibrate: Callable[[np.ndarray, np.ndarray, float], np.ndarray] | None = None
 
     @property
     def boxes(self) -> np.ndarray:
@@ -120,14 +123,17 @@ class ManifestSlice:
         """The simulated low-dose partner in whole HU (as stored in the cache)."""
         from napari_lidnet.sim.lowdose import SCANNER_SAMPLING_MM, simulate_low_dose
 
-        low = simulate_low_dose(self.full_hu, self.dose, self.spacing_mm, seed=self.noise_seed,
+        full = self.full_hu
+        low = simulate_low_dose(full, self.dose, self.spacing_mm, seed=self.noise_seed,
                                 sampling_mm=SCANNER_SAMPLING_MM)  # fmt: skip
+        if self.calibrate is not None:
+            low = full + self.calibrate(full, low - full, self.dose)
         return np.clip(np.rint(low), -32768, 32767).astype(np.float32)
 
     def _cache_key(self) -> str:
         st = (self.root / self.entry["file"]).stat()
         parts = [self.entry["file"], int(self.entry.get("frame", 0)), self.dose, self.noise_seed, st.st_size,
-                 st.st_mtime_ns, LOWDOSE_CACHE_VERSION]  # fmt: skip
+                 st.st_mtime_ns, LOWDOSE_CACHE_VERSION, self.calibrate is not None]  # fmt: skip
         return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:32]
 
     def __repr__(self) -> str:
@@ -451,10 +457,14 @@ def load_manifest(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]
 
 
 def manifest_slices(
-    header: dict[str, Any], rows: list[dict[str, Any]], cache_dir: str | Path | None = None
+    header: dict[str, Any],
+    rows: list[dict[str, Any]],
+    cache_dir: str | Path | None = None,
+    calibrate: Callable[[np.ndarray, np.ndarray, float], np.ndarray] | None = None,
 ) -> list[ManifestSlice]:
     """The rows of a manifest as lazily read slices (low-dose noise seeded per slice from the header's seed),
-    simulated low doses kept in ``cache_dir`` (none inside the archive: there nothing is cached)."""
+    simulated low doses kept in ``cache_dir`` (none inside the archive: there nothing is cached), their noise level
+    set by ``calibrate`` (:attr:`ManifestSlice.calibrate`)."""
     root = Path(header["root"])
     if not root.is_dir():
         raise FileNotFoundError(f"the archive {root} of this manifest is not there (moved? index it again)")
@@ -469,7 +479,7 @@ def manifest_slices(
     cache = Path(cache_dir).resolve() if cache_dir is not None else None
     if cache is not None and cache.is_relative_to(root.resolve()):
         cache = None  # never write into the user's archive
-    return [ManifestSlice(r["name"], root, r, dose, int(seed), cache) for r, seed in zip(rows, seeds)]
+    return [ManifestSlice(r["name"], root, r, dose, int(seed), cache, calibrate) for r, seed in zip(rows, seeds)]
 
 
 def read_manifest(path: str | Path) -> list[ManifestSlice]:
