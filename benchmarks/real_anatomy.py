@@ -277,7 +277,7 @@ def inserted_noise(
         parts = ("ours", dose, seed, pixel_mm, hu, simulate_low_dose.__defaults__)
         return cache.get(parts, lambda: simulate_low_dose(hu, dose, pixel_mm, seed=seed) - hu)[0]
     if model == "ours-mm":  # the grain of a 1 mm scanner at the noise level of ``ours`` (its SD, same draw)
-        parts = (model, dose, seed, pixel_mm, hu, simulate_low_dose.__defaults__, NOISE_SAMPLING_MM, "sd-matched")
+        parts = (model, dose, seed, pixel_mm, hu, simulate_low_dose.__defaults__, NOISE_SAMPLING_MM, "sd-matched", 2)
         return cache.get(parts, lambda: _ours_mm(hu, pixel_mm, dose, seed, cache))[0]
     consts = (radon_noise.I0_RADON, radon_noise.N_VIEWS, radon_noise.FILTER, radon_noise.SIGMA_E2)
     parts = ("radon", dose, seed, pixel_mm, hu, consts)

@@ -155,6 +155,10 @@ def test_written_arrays_keep_the_patient_geometry_they_were_given(tmp_path):
     np.savez(tmp_path / "skew.npz", hu=hu, spacing=[2.5, 0.66, 0.7], origin=origin, direction=np.ones((3, 3)))
     with pytest.raises(ValueError, match="skew.npz: origin .* must be 3 positions"):
         read_array(tmp_path / "skew.npz")
+    tilt = np.radians(15)  # review 2026-12-06: a gantry-tilted series' sheared axes were written and then refused
+    tilted = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, np.sin(tilt)], [0.0, 0.0, np.cos(tilt)]])
+    write_array(tmp_path / "tilt.tif", hu, (2.5, 0.66, 0.7), origin, tilted)
+    np.testing.assert_allclose(read_array(tmp_path / "tilt.tif").direction, tilted)
     with pytest.raises(ValueError, match="both origin and direction"):
         write_array(tmp_path / "half.npz", hu, (2.5, 0.66, 0.7), origin)
     assert not (tmp_path / "half.npz").exists()

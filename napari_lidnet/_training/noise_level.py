@@ -12,28 +12,59 @@ import numpy as np
 #: below this noise SD in flat tissue (HU) an image is taken as noiseless (a phantom): the scanner model's photon
 #: count is assumed, not calibrated to it
 MIN_OWN_NOISE_HU = 2.0
+#: simulated probe slices at most, to set the photon count
+PROBES = 4
 
 
 def calibrated_i0(vol: np.ndarray, dose: float, spacing_mm: float, seed: int, **kwargs) -> tuple[float, str]:
     """(photons per detector sample and view, what was done) that make the inserted noise a ``dose`` scan's: the
     scan's own noise SD in flat tissue (``metrics.noreference.noise_sd``) times sqrt(1 / dose - 1), measured in the
-    same flat blocks of a probe slice simulated at ``I0_DEFAULT`` (noise SD goes as 1 / sqrt(photons)). A scan
-    without noise of its own, or without flat tissue, keeps ``I0_DEFAULT``."""
-    from napari_lidnet.metrics.noreference import flat_block_noise_sds, noise_sd, sample_slices
-    from napari_lidnet.sim.lowdose import I0_DEFAULT, simulate_low_dose
+    same flat blocks of a probe slice. Noise SD goes as 1 / sqrt(photons) until electronic noise and photon
+    starvation take over (a noisy scan's few photons), so the count is refined from probes at the counts found
+    (at most ``PROBES``, to within 5%). A scan without noise of its own, or without flat tissue, keeps
+    ``I0_DEFAULT``."""
+    from napari_lidnet.metrics.noreference import noise_sd
+    from napari_lidnet.sim.lowdose import I0_DEFAULT
 
+    vol = np.asarray(vol, np.float32)
+    vol = vol[None] if vol.ndim == 2 else vol
+    if dose >= 1.0:
+        return I0_DEFAULT, "dose 1: the scan itself, nothing added"
     own = noise_sd(vol)
     if not np.isfinite(own) or own < MIN_OWN_NOISE_HU:
         return I0_DEFAULT, "the image shows no noise of its own: the scanner model's full-dose photon count assumed"
-    target = own * float(np.sqrt(1.0 / dose - 1.0))
-    for k in dict.fromkeys([len(vol) // 2, *sample_slices(len(vol), 8)]):  # the middle slice first
-        probe = simulate_low_dose(vol[k], dose, spacing_mm, seed=seed, **kwargs) - vol[k]
-        probe_sd = flat_block_noise_sds(vol[k], [probe])[0]
-        if np.isfinite(probe_sd) and probe_sd > 0:
-            return (I0_DEFAULT * (probe_sd / target) ** 2,
-                    f"calibrated to the scan's own noise: {own:.1f} HU in flat tissue, so {dose:.0%} dose adds "
-                    f"{target:.1f} HU there")  # fmt: skip
-    return I0_DEFAULT, "no flat tissue to calibrate on: the scanner model's full-dose photon count assumed"
+    k = _flat_slice(vol)
+    if k is None:
+        return I0_DEFAULT, "no flat tissue to calibrate on: the scanner model's full-dose photon count assumed"
+    target, i0, slope, last = own * float(np.sqrt(1.0 / dose - 1.0)), I0_DEFAULT, 0.5, None
+    for _ in range(PROBES):  # Newton steps on log SD against log photons, the slope measured from the last two
+        probe = _probe_sd(vol[k], dose, spacing_mm, seed, i0, **kwargs)
+        if not (np.isfinite(probe) and probe > 0) or abs(probe / target - 1.0) < 0.05:
+            break
+        if last is not None and last[0] != i0 and last[1] != probe:
+            slope = float(np.clip(-np.log(probe / last[1]) / np.log(i0 / last[0]), 0.3, 2.0))
+        last, i0 = (i0, probe), i0 * (probe / target) ** (1.0 / slope)
+    return i0, (f"calibrated to the scan's own noise: {own:.1f} HU in flat tissue, so {dose:.0%} dose adds "
+                f"{target:.1f} HU")  # fmt: skip
+
+
+def _flat_slice(vol: np.ndarray) -> int | None:
+    """The middle slice, else the first of a few evenly spaced ones, that has flat soft tissue."""
+    from napari_lidnet.metrics.noreference import flat_block_noise_sds, sample_slices
+
+    for k in dict.fromkeys([len(vol) // 2, *sample_slices(len(vol), 8)]):
+        if np.isfinite(flat_block_noise_sds(vol[k], [vol[k]])[0]):
+            return int(k)
+    return None
+
+
+def _probe_sd(hu2d: np.ndarray, dose: float, spacing_mm: float, seed: int, i0: float, **kwargs) -> float:
+    """The SD of the noise inserted at ``i0`` into one slice, in its flat blocks."""
+    from napari_lidnet.metrics.noreference import flat_block_noise_sds
+    from napari_lidnet.sim.lowdose import simulate_low_dose
+
+    noise = simulate_low_dose(hu2d, dose, spacing_mm, seed=seed, i0=i0, **kwargs) - hu2d
+    return flat_block_noise_sds(hu2d, [noise])[0]
 
 
 def calibrated_noise(full: np.ndarray, noise: np.ndarray, dose: float) -> np.ndarray:

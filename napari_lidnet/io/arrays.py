@@ -178,10 +178,11 @@ def _patient_geometry(path: Path, geometry: dict[str, np.ndarray], ndim: int) ->
     if "origin" not in geometry and "direction" not in geometry:
         return None, None
     origin, direction = geometry.get("origin", np.zeros(0)).ravel(), geometry.get("direction", np.zeros(0))
-    rotation = direction.shape == (3, 3) and np.allclose(direction.T @ direction, np.eye(3), atol=1e-4)
-    if origin.size != ndim or not np.all(np.isfinite(origin)) or not rotation:
+    axes = direction.shape == (3, 3) and bool(np.all(np.isfinite(direction)))  # unit columns; a gantry-tilted
+    axes = axes and np.allclose(np.linalg.norm(direction, axis=0), 1.0, atol=1e-4)  # series' are not orthogonal
+    if origin.size != ndim or not np.all(np.isfinite(origin)) or not axes or abs(np.linalg.det(direction)) < 0.1:
         raise ValueError(f"{path}: origin {origin.tolist()} and direction {direction.tolist()} must be {ndim} "
-                         "positions (mm) and a 3 x 3 matrix of unit, orthogonal columns")  # fmt: skip
+                         "positions (mm) and a 3 x 3 matrix of independent unit columns")  # fmt: skip
     return tuple(origin.tolist()), direction
 
 

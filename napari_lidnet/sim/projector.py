@@ -145,7 +145,9 @@ def ramp_filter(n_det: int, filter_name: str, device: str, band: float = 1.0) ->
     ``filter_name``: one of FILTERS, a KERNELS name, or an ``apod:`` spec (``apod_window``). ``band`` < 1: the
     data of a scanner that samples every ``1 / band`` bins, filtered at its sampling and linearly interpolated to
     the bins (``lowdose``'s ``sampling_mm``: the noise of a detector coarser than the pixels): its response
-    repeats with period ``band`` (the samples' spectrum), the window at the folded frequency, times sinc^2.
+    repeats with period ``band`` (the samples' spectrum), the window at the folded frequency, times the scanner's
+    interpolation (sinc^2 at its sampling) over the bins' own (``back_project`` interpolates between bins), so
+    that the response tends to the plain one as ``band`` tends to 1.
     """
     if not 0.0 < band <= 1.0:
         raise ValueError(f"band must be in (0, 1], got {band}")
@@ -159,10 +161,10 @@ def ramp_filter(n_det: int, filter_name: str, device: str, band: float = 1.0) ->
     resp = torch.fft.rfft(h).real  # ~ |f| in cycles/pixel, 1/2 at Nyquist
     f = torch.fft.rfftfreq(pad, dtype=torch.float64)  # cycles per pixel
     if band < 1.0:  # per scanner sample: folded into its Nyquist band, the ramp taken there
-        fk = f / band
+        fk = f / band  # the scanner's linear interpolation (sinc^2 at its sampling) in place of the bins' own
+        ramp = np.interp((fk - torch.round(fk)).abs() * band, f, resp)  # (back_project's, sinc^2 at the bins)
+        resp = torch.from_numpy(ramp) * torch.sinc(fk) ** 2 / torch.sinc(f) ** 2
         f = (fk - torch.round(fk)).abs()
-        ramp = np.interp(f * band, torch.fft.rfftfreq(pad, dtype=torch.float64), resp)
-        resp = torch.from_numpy(ramp) * torch.sinc(fk) ** 2
     w = 2 * math.pi * f
     if base == "shepp-logan":
         resp[f > 0] *= torch.sin(w[f > 0] / 2) / (w[f > 0] / 2)
