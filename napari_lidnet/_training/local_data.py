@@ -296,7 +296,7 @@ def iter_samples(
     ``sim.lowdose``) and split volumes into ``io.dataset.Sample`` slices named ``"<name>#<z>"``; slices without boxes
     within ``near_lesion`` slices of a slice with boxes are left out (listed in ``CTInput.left_out``; 0 keeps every
     slice). Yields a message per step of work; returns the samples ([] when ``should_stop`` turns True)."""
-    from napari_lidnet._training.noise_level import calibrated_i0
+    from napari_lidnet._training.noise_level import calibrated_i0, insertion_kwargs
     from napari_lidnet.io.dataset import Sample
     from napari_lidnet.sim.lowdose import simulate_low_dose
 
@@ -321,7 +321,7 @@ def iter_samples(
         used = [z for z in used if z not in item.left_out]
         i0 = None
         if item.low_hu is None and used:
-            i0, how = calibrated_i0(full3, dose, item.spacing_mm, slice_seed(seed, k, n), **_sim_kwargs(device))
+            i0, how = calibrated_i0(full3, dose, item.spacing_mm, slice_seed(seed, k, n), **insertion_kwargs(device))
             yield f"{item.name}: {how}"
         for count, z in enumerate(used):
             if item.low_hu is not None:
@@ -331,7 +331,7 @@ def iter_samples(
                     return []
                 yield f"simulating {dose:.0%} dose: {item.name} slice {count + 1}/{len(used)} (of {n})"
                 low = simulate_low_dose(full3[z], dose, item.spacing_mm, seed=slice_seed(seed, k, z), i0=i0,
-                                        **_sim_kwargs(device))  # fmt: skip
+                                        **insertion_kwargs(device))  # fmt: skip
             name = item.name if item.full_hu.ndim == 2 else f"{item.name}#{z}"
             b = clipped[np.rint(clipped[:, 0]) == z][:, 1:]
             full_z = np.ascontiguousarray(full3[z], dtype=np.float32)
@@ -350,13 +350,6 @@ def _detected_boxes(
 
     rows = detect(detector, full3, slices=used, device=device, score_threshold=threshold, pixel_mm=(pixel_mm,) * 2)
     return rows[:, :5].astype(np.float32)
-
-
-def _sim_kwargs(device: Any) -> dict[str, Any]:
-    """The viewer's insertion: the fast path with the 1 mm scanner's grain (``sim.lowdose.SCANNER_SAMPLING_MM``)."""
-    from napari_lidnet.sim.lowdose import SCANNER_SAMPLING_MM
-
-    return {"device": device, "fast": True, "sampling_mm": SCANNER_SAMPLING_MM}
 
 
 def near_lesion_slices(box_slices: np.ndarray, n_slices: int, near: int = NEAR_LESION_SLICES) -> list[int]:

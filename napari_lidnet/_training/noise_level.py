@@ -7,6 +7,8 @@ it). The scan's own noise is measured in its flat tissue (``metrics.noreference`
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 #: below this noise SD in flat tissue (HU) an image is taken as noiseless (a phantom): the scanner model's photon
@@ -14,6 +16,22 @@ import numpy as np
 MIN_OWN_NOISE_HU = 2.0
 #: simulated probe slices at most, to set the photon count
 PROBES = 4
+
+
+def insertion_kwargs(device: Any) -> dict[str, Any]:
+    """The product's own insertion (the viewer's copy, the Fine-tune dock's partners): ``simulate_low_dose``'s fast
+    path with the 1 mm scanner's grain (``sim.lowdose.SCANNER_SAMPLING_MM``) on ``device``."""
+    from napari_lidnet.sim.lowdose import SCANNER_SAMPLING_MM
+
+    return {"device": device, "fast": True, "sampling_mm": SCANNER_SAMPLING_MM}
+
+
+def _added_sd(own: float, dose: float) -> float | None:
+    """The SD a ``dose`` scan adds to a scan with ``own`` HU of noise in flat tissue, own * sqrt(1 / dose - 1); None
+    when ``own`` is not a measured noise (NaN, or below ``MIN_OWN_NOISE_HU``: a noiseless image)."""
+    if not np.isfinite(own) or own < MIN_OWN_NOISE_HU:
+        return None
+    return own * float(np.sqrt(1.0 / dose - 1.0))
 
 
 def calibrated_i0(vol: np.ndarray, dose: float, spacing_mm: float, seed: int, **kwargs) -> tuple[float, str]:
@@ -31,12 +49,13 @@ def calibrated_i0(vol: np.ndarray, dose: float, spacing_mm: float, seed: int, **
     if dose >= 1.0:
         return I0_DEFAULT, "dose 1: the scan itself, nothing added"
     own = noise_sd(vol)
-    if not np.isfinite(own) or own < MIN_OWN_NOISE_HU:
+    target = _added_sd(own, dose)
+    if target is None:
         return I0_DEFAULT, "the image shows no noise of its own: the scanner model's full-dose photon count assumed"
     k = _flat_slice(vol)
     if k is None:
         return I0_DEFAULT, "no flat tissue to calibrate on: the scanner model's full-dose photon count assumed"
-    target, i0, slope, last = own * float(np.sqrt(1.0 / dose - 1.0)), I0_DEFAULT, 0.5, None
+    i0, slope, last = I0_DEFAULT, 0.5, None
     for _ in range(PROBES):  # Newton steps on log SD against log photons, the slope measured from the last two
         probe = _probe_sd(vol[k], dose, spacing_mm, seed, i0, **kwargs)
         if not (np.isfinite(probe) and probe > 0) or abs(probe / target - 1.0) < 0.05:
@@ -74,6 +93,7 @@ def calibrated_noise(full: np.ndarray, noise: np.ndarray, dose: float) -> np.nda
     from napari_lidnet.metrics.noreference import flat_block_noise_sds
 
     own, added = flat_block_noise_sds(full, [full, noise])
-    if not (np.isfinite(own) and own >= MIN_OWN_NOISE_HU and np.isfinite(added) and added > 0):
+    target = _added_sd(own, dose)
+    if target is None or not (np.isfinite(added) and added > 0):
         return noise
-    return (noise * (own * float(np.sqrt(1.0 / dose - 1.0)) / added)).astype(np.float32)
+    return (noise * (target / added)).astype(np.float32)

@@ -52,9 +52,9 @@ def simulate_job(
     import time
 
     try:
-        from .._training.noise_level import calibrated_i0
+        from .._training.noise_level import calibrated_i0, insertion_kwargs
         from ..models.device import pick_device
-        from ..sim.lowdose import SCANNER_SAMPLING_MM, simulate_low_dose
+        from ..sim.lowdose import simulate_low_dose
 
         dev, notice = pick_device(device)
         chunk = chunk or (16 if dev.type == "cuda" else 4)
@@ -62,7 +62,7 @@ def simulate_job(
         vol = stack[None] if stack.ndim == 2 else stack
         out = np.empty_like(vol)
         n = vol.shape[0]
-        kw = {"device": dev, "fast": True, "sampling_mm": SCANNER_SAMPLING_MM}
+        kw = insertion_kwargs(dev)
         i0, how = calibrated_i0(vol, dose, spacing_mm, chunk_seed(seed, n + 1), **kw)  # a seed no chunk has
         yield SimProgress(0, n, None, notice, how)
         t0 = time.perf_counter()

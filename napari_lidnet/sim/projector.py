@@ -161,10 +161,11 @@ def ramp_filter(n_det: int, filter_name: str, device: str, band: float = 1.0) ->
     resp = torch.fft.rfft(h).real  # ~ |f| in cycles/pixel, 1/2 at Nyquist
     f = torch.fft.rfftfreq(pad, dtype=torch.float64)  # cycles per pixel
     if band < 1.0:  # per scanner sample: folded into its Nyquist band, the ramp taken there
-        fk = f / band  # the scanner's linear interpolation (sinc^2 at its sampling) in place of the bins' own
-        ramp = np.interp((fk - torch.round(fk)).abs() * band, f, resp)  # (back_project's, sinc^2 at the bins)
-        resp = torch.from_numpy(ramp) * torch.sinc(fk) ** 2 / torch.sinc(f) ** 2
-        f = (fk - torch.round(fk)).abs()
+        fk = f / band
+        folded = (fk - torch.round(fk)).abs()
+        ramp = torch.from_numpy(np.interp(folded * band, f, resp))
+        # the scanner's linear interpolation (sinc^2 at its sampling) in place of the bins' own (back_project's)
+        resp, f = ramp * torch.sinc(fk) ** 2 / torch.sinc(f) ** 2, folded
     w = 2 * math.pi * f
     if base == "shepp-logan":
         resp[f > 0] *= torch.sin(w[f > 0] / 2) / (w[f > 0] / 2)
