@@ -16,6 +16,8 @@ Per case (slice x noise model x dose), with d = blind output, r = low - d, E = r
   nps      semi-oracle: as white, S_n(b) from the true inserted noise's spectrum (|FFT(n * body)|^2 / N per bin):
            told the noise's shape as well as its SD (what bm3d's sigma_psd could be told)
   bm3d     BM3D told the SD (cache key ("bm3d-told", low, sd), real_anatomy.bm3d_on_body)
+  sureW    SURE per radial bin, the told noise white (rule and outcome: results/spectral_sure_prereg.md)
+  sureF    the same with the input's own noise texture (radial NPS of its flattest 16 px blocks)
 Radial bins: 20 bins of 0.025 cycles/px on 0..0.5 plus the corners (> 0.5) as a 21st.
 
     PYTHONPATH=. python benchmarks/spectral_blend.py --n-sim 12 [--results benchmarks/results/spectral_blend]
@@ -30,6 +32,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -45,14 +48,15 @@ from told_sd_estimators import DOSES, MODELS, validation_slices  # noqa: E402
 
 from napari_lidnet.inference import denoise  # noqa: E402
 from napari_lidnet.metrics.bootstrap import mean_ci  # noqa: E402
-from napari_lidnet.metrics.image import METRIC_WINDOW, psnr  # noqa: E402
-from napari_lidnet.metrics.noreference import _detrend_plane, flat_blocks  # noqa: E402
+from napari_lidnet.metrics.image import METRIC_WINDOW, psnr, ssim  # noqa: E402
+from napari_lidnet.metrics.noreference import body_mask, detrend_plane, flat_blocks  # noqa: E402
 from napari_lidnet.models.registry import load_model  # noqa: E402
 
 OUT = Path("bench-out/spectral_blend")  # cache spill, nps.json and results.json (--out)
 NBIN = 21
 ERR_EDGES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)  # coarse bins (cycles/px) of the error spectra
-ROWS = ("bm3d", "blind", "P", "scal", "orW", "orM", "white", "nps")
+ROWS = ("bm3d", "blind", "P", "scal", "orW", "orM", "white", "nps", "sureW", "sureF")
+SSIM_ROWS = ("bm3d", "P", "sureW", "sureF")
 _NET: list[torch.nn.Module] = []
 
 
@@ -136,6 +140,60 @@ def spectral_rows(low, d, ref, body, sd, noise) -> tuple[dict[str, np.ndarray], 
     return outs, weights
 
 
+# ---------------------------------------------------------------- SURE per radial bin (spectral_sure_prereg.md)
+def noise_texture(low: np.ndarray) -> np.ndarray:
+    """The input's noise power spectrum shape on the slice's FFT grid, mean 1: the radial NPS of its flattest
+    soft-tissue blocks (16 px, plane removed) per distinct radius, interpolated in radius (held
+    at the ends); flat (white) when the slice has fewer than 8 such blocks."""
+    lo = np.asarray(low, np.float64)
+    _, rho = radial_bins(lo.shape)
+    blocks = flat_blocks(lo, block=16)
+    if len(blocks) < 8:
+        return np.ones(lo.shape)
+    p = (np.abs(np.fft.fft2(detrend_plane(blocks))) ** 2).mean(axis=0)
+    f = np.fft.fftfreq(16)
+    r = np.round(np.hypot(f[:, None], f[None, :]), 9).ravel()
+    radii, inv = np.unique(r, return_inverse=True)
+    prof = np.bincount(inv, p.ravel()) / np.bincount(inv)
+    keep = radii > 0
+    shape = np.interp(rho, radii[keep], prof[keep])
+    return shape / shape.mean() if shape.mean() > 0 else np.ones(lo.shape)
+
+
+def sure_band_blend(
+    low: np.ndarray,
+    denoised: np.ndarray,
+    remove_sd: float,
+    denoise_fn: Callable[[np.ndarray], np.ndarray],
+    texture: np.ndarray | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """``denoised`` with a share ``W_b`` of the residual put back per radial frequency bin, each ``W_b`` minimising
+    Stein's unbiased estimate of the MSE to the image without ``remove_sd`` HU of noise of the given ``texture``
+    (NPS shape, mean 1; None: white): ``1 - W_b = (T_b - D_b) / R_b`` with R_b the residual's power in the bin,
+    T_b the told noise's, D_b = tr(P_b Sigma J) of the network (``denoise_fn``, one probe at ``0.1`` of a noise
+    draw); all three over the body. One 2D slice."""
+    lo = np.asarray(low, np.float64)
+    de = np.asarray(denoised, np.float64)
+    idx, _ = radial_bins(lo.shape)
+    body = body_mask(de)
+    if remove_sd <= 0 or not body.any():
+        return np.asarray(low if remove_sd <= 0 else denoised, np.float32)
+    shape = np.ones(lo.shape) if texture is None else np.asarray(texture, np.float64)
+    g = np.random.default_rng(seed).standard_normal(lo.shape)
+    n = np.fft.ifft2(np.fft.fft2(g) * np.sqrt(shape)).real
+    n *= remove_sd / max(float(n[body].std()), 1e-12)
+    probe = np.asarray(denoise_fn((lo + 0.1 * n).astype(np.float32)), np.float64)
+    bins = lambda v: np.bincount(idx.ravel(), v.ravel(), NBIN) / lo.size  # noqa: E731
+    nf = np.fft.fft2(n * body)
+    rf = np.fft.fft2((lo - de) * body)
+    t = bins(np.abs(nf) ** 2)
+    d = bins((np.conj(nf) * np.fft.fft2((probe - de) * body)).real) / 0.1
+    r = bins(np.abs(rf) ** 2)
+    w = np.clip(1 - (t - d) / np.maximum(r, 1e-12), 0.0, 1.0)
+    return (de + np.fft.ifft2(np.fft.fft2(lo - de) * w[idx]).real).astype(np.float32)
+
+
 def one_slice(job: tuple[int, dict, str]) -> list[dict]:
     k, sl, cache_dir = job
     torch.set_num_threads(1)
@@ -162,6 +220,9 @@ def one_slice(job: tuple[int, dict, str]) -> list[dict]:
             outs, weights = spectral_rows(low, d, ref, body, sd, noise)
             r = (low - d).astype(np.float64)
             w_prod = float(((P - d) * r).sum() / (r * r).sum())
+            fn = lambda a: np.asarray(denoise(net, a, batch_size=1))  # noqa: E731
+            outs["sureW"] = sure_band_blend(low, d, sd, fn, None, seed)
+            outs["sureF"] = sure_band_blend(low, d, sd, fn, noise_texture(low), seed)
             imgs = {"bm3d": bm3d, "blind": d, "P": P, **outs}
             rec = {"k": k, "set": sl["set"], "slice": sl["name"], "group": scan_group(sl["name"]),
                    "pixel_mm": float(sl["pixel_mm"]), "model": model, "dose": dose, "sd": sd,
@@ -169,6 +230,8 @@ def one_slice(job: tuple[int, dict, str]) -> list[dict]:
                    "bm3d_computed_s": [s for _, s in bm3d_missed], "misses": list(cache.missed)}
             for row, img in imgs.items():
                 rec[f"psnr_{row}"] = psnr(img, ref)
+            for row in SSIM_ROWS:
+                rec[f"ssim_{row}"] = ssim(imgs[row], ref)
             rec["err_bands"] = {row: radial_error(imgs[row], ref, rho)
                                 for row in ("bm3d", "blind", "P", "orM", "white")}
             rec["err_bands"]["scal"] = radial_error(d + np.float32(w_scal) * (low - d), ref, rho)
@@ -176,7 +239,7 @@ def one_slice(job: tuple[int, dict, str]) -> list[dict]:
             recs.append(rec)
     print(f"  [{k}] {sl['name']}: " + ", ".join(
         f"{r['model']} {r['dose']}: P {r['psnr_P'] - r['psnr_bm3d']:+.2f} orM {r['psnr_orM'] - r['psnr_bm3d']:+.2f} "
-        f"white {r['psnr_white'] - r['psnr_bm3d']:+.2f}" for r in recs) + f" ({sum(r['seconds'] for r in recs):.0f} s)",
+        f"sureF {r['psnr_sureF'] - r['psnr_bm3d']:+.2f}" for r in recs) + f" ({sum(r['seconds'] for r in recs):.0f} s)",
         flush=True)
     return recs
 
@@ -185,7 +248,7 @@ def one_slice(job: tuple[int, dict, str]) -> list[dict]:
 def nps_shape(blocks: np.ndarray) -> tuple[np.ndarray, float]:
     """Radial NPS (share of the variance per radial bin, 0.05 cycles/px wide, last bin = corners) of plane-
     detrended blocks, and the variance."""
-    b = _detrend_plane(blocks)
+    b = detrend_plane(blocks)
     p = (np.abs(np.fft.fft2(b)) ** 2).mean(axis=0) / b.shape[-1] ** 2
     fy = np.fft.fftfreq(b.shape[-1])
     rho = np.hypot(fy[:, None], fy[None, :])
@@ -215,7 +278,7 @@ def nps_report(slices: list[tuple[int, dict]], cache_dir: str) -> list[dict]:
             shape, cen = nps_shape(blocks)
             rec[name] = {"shape": [float(x) for x in shape], "centroid_cyc_px": cen,
                          "centroid_cyc_mm": cen / float(sl["pixel_mm"]),
-                         "sd": float(np.sqrt(np.mean(_detrend_plane(blocks) ** 2)))}
+                         "sd": float(np.sqrt(np.mean(detrend_plane(blocks) ** 2)))}
         out.append(rec)
     return out
 
@@ -339,6 +402,33 @@ def vs_product(recs: list[dict]) -> list[str]:
     return lines
 
 
+def sure_table(recs: list[dict]) -> list[str]:
+    """The rule of ``spectral_sure_prereg.md``: each SURE row minus P (PSNR, SSIM), paired, per cell."""
+    lines = ["| set | dose | noise | n | P-BM3D | sureW - P [95% CI] | sureF - P [95% CI] | SSIM P / BM3D | "
+             "SSIM sureW - P | SSIM sureF - P |", "|" + "---|" * 10]
+    sets = (("val-zoom", lambda r: r["set"] == "real validation" and "0.4-0.8" in r["group"]),
+            ("real native", lambda r: r["set"] == "real validation" and "0.4-0.8" not in r["group"]),
+            ("simulation", lambda r: r["set"] == "simulation"),
+            ("head at 0.4-0.8 mm", lambda r: r["group"] == "dicom2stl-head at 0.4-0.8 mm"))
+    for name, f in sets:
+        for dose in DOSES:
+            for model in MODELS:
+                sel = [r for r in recs if f(r) and r["dose"] == dose and r["model"] == model]
+                if not sel:
+                    continue
+                cells = [f"{np.mean([r['psnr_P'] - r['psnr_bm3d'] for r in sel]):+.2f}"]
+                for row in ("sureW", "sureF"):
+                    diffs = np.array([r[f"psnr_{row}"] - r["psnr_P"] for r in sel])
+                    lo, hi = mean_ci(diffs, n_boot=2000, seed=0).ci if len(sel) > 1 else (np.nan, np.nan)
+                    cells.append(f"{diffs.mean():+.2f} [{lo:+.2f}, {hi:+.2f}]")
+                ssims = [np.mean([r[f"ssim_{x}"] for r in sel]) for x in ("P", "bm3d")]
+                cells.append(f"{ssims[0]:.3f} / {ssims[1]:.3f}")
+                for row in ("sureW", "sureF"):
+                    cells.append(f"{np.mean([r[f'ssim_{row}'] - r['ssim_P'] for r in sel]):+.4f}")
+                lines.append(f"| {name} | {dose:g} | {model} | {len(sel)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render(recs: list[dict], nps: list[dict], minutes: float, argv: list[str]) -> list[str]:
     misses = [m for r in recs for m in r["misses"]]
     bm3d_s = [s for r in recs for s in r["bm3d_computed_s"]]
@@ -351,7 +441,8 @@ def render(recs: list[dict], nps: list[dict], minutes: float, argv: list[str]) -
             "W = clip(1 - S_white/S_r) with S_white = sd^2 N_body/N and S_r the radial mean of |FFT(r*body)|^2/N; "
             "nps: the same with the true inserted noise's spectrum). Differences to BM3D: mean over slices "
             "(one case per slice per row), 95% percentile bootstrap over slices (2000, seed 0).", "",
-            *table(recs), "", "## Each blend minus the product's told output P (paired, dB)", "",
+            *table(recs), "", "## SURE per radial bin (rule: spectral_sure_prereg.md), paired with P", "",
+            *sure_table(recs), "", "## Each blend minus the product's told output P (paired, dB)", "",
             *vs_product(recs), "", "## Mean W per radial bin (cycles/px), 25% dose", "", *weight_table(recs), "",
             "## Windowed error power per radial band (cycles/px; HU^2, sums to the PSNR MSE), 25% dose", "",
             *err_table(recs), "", "## Noise texture: radial NPS in flat soft tissue (32 px blocks chosen on the "

@@ -9,7 +9,6 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_lidnet.metrics.noreference import (
-    _detrend_plane,
     _tile_all,
     _tile_means,
     _tile_plane_sds,
@@ -17,6 +16,7 @@ from napari_lidnet.metrics.noreference import (
     block_noise_sd,
     body_mask,
     correlation_length,
+    detrend_plane,
     edge_locations,
     edge_sharpness,
     flat_block_noise_sds,
@@ -133,7 +133,7 @@ def test_block_selection_sums_and_plane_fit_equal_the_direct_computation(block: 
     design = np.stack([np.ones(block * block), x.ravel(), y.ravel()], axis=1)
     coef, *_ = np.linalg.lstsq(design, blocks.reshape(50, -1).T, rcond=None)
     expected = (blocks.reshape(50, -1).T - design @ coef).T.reshape(blocks.shape)
-    np.testing.assert_allclose(_detrend_plane(blocks), expected, atol=1e-9)
+    np.testing.assert_allclose(detrend_plane(blocks), expected, atol=1e-9)
 
 
 @pytest.mark.parametrize("block", [2, 8, 24])
@@ -145,7 +145,7 @@ def test_plane_sds_from_cell_moments_equal_the_detrended_blocks(block: int) -> N
     y, x = np.mgrid[0:SIZE, 0:SIZE]
     img = phantom() + rng.normal(0, 10, (SIZE, SIZE)).astype(np.float32) + 0.3 * x + 0.1 * y
     tiles = _tiles(img, block)
-    res = _detrend_plane(tiles.astype(np.float64)).reshape(*tiles.shape[:2], -1)
+    res = detrend_plane(tiles.astype(np.float64)).reshape(*tiles.shape[:2], -1)
     direct = np.sqrt((res**2).sum(axis=-1) / (res.shape[-1] - 3))
     np.testing.assert_allclose(_tile_plane_sds(img, block), direct, rtol=1e-7, atol=1e-6)
     other = rng.normal(0, 4, (SIZE, SIZE)).astype(np.float32)

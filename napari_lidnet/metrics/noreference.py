@@ -48,6 +48,7 @@ __all__ = [
     "block_noise_sd",
     "body_mask",
     "correlation_length",
+    "detrend_plane",
     "edge_locations",
     "edge_sharpness",
     "fill_holes",
@@ -278,7 +279,7 @@ def _flattest(found: list[tuple[np.ndarray, np.ndarray, np.ndarray]], fraction: 
     return out
 
 
-def _detrend_plane(blocks: np.ndarray) -> np.ndarray:
+def detrend_plane(blocks: np.ndarray) -> np.ndarray:
     """Each block (..., b, b) minus its least-squares plane (in closed form: on a centred square grid the constant
     and the two ramps are orthogonal, so each is projected out on its own)."""
     b = blocks.shape[-1]
@@ -307,7 +308,7 @@ def block_noise_sd(blocks: np.ndarray) -> float:
     """The median over ``blocks`` (K, b, b) of the SD about each block's least-squares plane (ddof 3); NaN if K = 0."""
     if len(blocks) == 0:
         return float("nan")
-    res = _detrend_plane(blocks).reshape(len(blocks), -1)
+    res = detrend_plane(blocks).reshape(len(blocks), -1)
     sds = np.sqrt((res**2).sum(axis=1) / (res.shape[1] - 3))
     return float(np.median(sds))
 
@@ -345,7 +346,7 @@ def noise_autocorrelation(
     blocks = flat_blocks(hu, block, hu_range, max_slices=max_slices, noise_from=noise_from)
     if len(blocks) == 0:
         return np.zeros(0), np.zeros(0)
-    res = _detrend_plane(blocks)
+    res = detrend_plane(blocks)
     n = 2 * block
     per_block = np.fft.irfft2(np.abs(np.fft.rfft2(res, s=(n, n))) ** 2, s=(n, n))
     per_block /= np.maximum(per_block[:, :1, :1], 1e-12)  # each block's ACF, 1 at lag 0
