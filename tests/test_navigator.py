@@ -340,6 +340,22 @@ def test_one_lesion_through_neighbouring_slices_is_decided_at_once(make_napari_v
     assert len({u for _, u in tracked[:3]}) == 1 and tracked[3][1] != tracked[0][1]
 
 
+def test_accepting_a_lesion_keeps_a_box_rejected_on_its_own(make_napari_viewer, tmp_path: Path) -> None:
+    """A reader rejects one slice's box of a three-slice lesion (a wrong box), then accepts the lesion: that box stays
+    rejected and the status says so; accepting the lesion from the rejected row itself keeps that row."""
+    write_series(tmp_path / "ct", synthetic_hu((5, 24, 32), seed=4), series_uid="1.2.826.0.1.3680043.8.498.57")
+    vol = open_ct(tmp_path / "ct")[0]
+    rows = np.array([[1, 4, 4, 14, 12, 0.8], [2, 5, 4, 15, 12, 0.7], [3, 4, 5, 14, 13, 0.6]], np.float32)
+    viewer = make_napari_viewer()
+    widget, _image, _boxes = open_with_boxes(viewer, vol, rows)
+    widget.reject(2)
+    widget.accept_lesion(0)
+    assert [widget.finding(i).status for i in range(3)] == ["accepted", "accepted", "rejected"]
+    assert "2 findings kept (1 rejected before stays rejected: slice 3)" in widget.status.text()
+    widget.accept_lesion(2)  # from the rejected row: the reader means that box
+    assert [widget.finding(i).status for i in range(3)] == ["accepted"] * 3
+
+
 
 def _run(viewer, image, detections: np.ndarray, name: str):
     """Another detection run's boxes on ``image`` (as the Denoise widget adds them)."""

@@ -63,6 +63,21 @@ def test_polygon_area_shoelace():
     assert m.sum() == pytest.approx(shoelace, rel=0.02)
 
 
+def test_a_polygon_on_a_rectangles_corners_holds_the_rectangles_pixels():
+    """A walkthrough drew the same four corners as a rectangle (810 px) and as a polygon (868 px): the polygon
+    counted the pixel centres on all four sides. Both now hold the centres on the top and left sides only, also
+    rotated in order, and a concave polygon's notch is left out."""
+    corners = rect(40, 60, 67, 90)  # rows 40..67, columns 60..90 on pixel centres
+    want = shape_mask("rectangle", corners, (128, 128))
+    assert want.sum() == 27 * 30
+    for k in range(4):
+        np.testing.assert_array_equal(shape_mask("polygon", np.roll(corners, k, axis=0), (128, 128)), want)
+        np.testing.assert_array_equal(shape_mask("polygon", np.roll(corners[::-1], k, axis=0), (128, 128)), want)
+    notch = np.array([[10, 10], [10, 30], [30, 30], [30, 20], [20, 20], [20, 10]], float)  # an L
+    m = shape_mask("polygon", notch, (40, 40))
+    assert m.sum() == 20 * 20 - 10 * 10 and m[10, 10] and not m[25, 15] and m[25, 25] and not m[30, 25]
+
+
 def test_unknown_shape_and_bad_vertices_raise():
     with pytest.raises(ValueError, match="no area"):
         shape_mask("line", np.zeros((2, 2)), (10, 10))

@@ -588,7 +588,8 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
 
     def accept_lesion(self, fid: int | None = None) -> None:
         """Keep every finding of the lesion of finding ``fid`` (default: the selected row): its overlapping boxes on
-        neighbouring slices (``findings.lesion_groups``); move on to the next pending."""
+        neighbouring slices (``findings.lesion_groups``), except those rejected one by one before (a wrong box on
+        one slice stays rejected; the row acted on is kept); move on to the next pending."""
         self._decide_lesion(fid, keep=True)
 
     def reject_lesion(self, fid: int | None = None) -> None:
@@ -601,10 +602,16 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
             return
         lesions = lesion_groups(self.findings)
         members = [g for g in self.findings if lesions[g.id] == lesions[f.id]]
+        held = [g for g in members if keep and g.status == "rejected" and g is not f]
         for g in members:
-            g.status = (g.status if g.status in KEPT else "accepted") if keep else "rejected"
-        what = "kept" if keep else "rejected"
-        self._decided(f"lesion {lesions[f.id]}: {len(members)} finding{'s' if len(members) > 1 else ''} {what}")
+            if g not in held:
+                g.status = (g.status if g.status in KEPT else "accepted") if keep else "rejected"
+        n = len(members) - len(held)
+        what = f"lesion {lesions[f.id]}: {n} finding{'s' if n > 1 else ''} {'kept' if keep else 'rejected'}"
+        if held:
+            slices = ", ".join(str(g.slice) for g in held)
+            what += f" ({len(held)} rejected before stay{'s' if len(held) == 1 else ''} rejected: slice {slices})"
+        self._decided(what)
 
     def _decided(self, what: str) -> None:
         self._write_reviewed()

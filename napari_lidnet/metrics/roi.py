@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from skimage.draw import polygon as draw_polygon
 
 from napari_lidnet.metrics.image import METRIC_WINDOW, clip_to_window, data_range_of, psnr_from_mse, ssim_map
 
@@ -116,7 +115,8 @@ def shape_mask(shape_type: str, vertices: np.ndarray, image_shape: Sequence[int]
         shape_type: "rectangle" (4 corners; axis-aligned ones cover rows ``r0 <= r < r1`` and columns
             ``c0 <= c < c1``, so integer corners give exactly (r1 - r0) x (c1 - c0) pixels, like the boxes'
             exclusive x2/y2 edges), "ellipse" (4 corners of its bounding box, possibly rotated; closed test
-            ``|u| <= 1``) or "polygon" (``skimage.draw.polygon`` on pixel centres).
+            ``|u| <= 1``) or "polygon" (a centre on its edge counts on the top and left sides only, as the
+            rectangle's edges do, so a polygon drawn on a rectangle's corners holds the same pixels).
         vertices: (n, 2) pixel (row, col).
         image_shape: (rows, cols) of the mask (extra leading dimensions are ignored).
 
@@ -136,9 +136,7 @@ def shape_mask(shape_type: str, vertices: np.ndarray, image_shape: Sequence[int]
         area = 0.5 * abs(float(np.dot(v[:, 0], np.roll(v[:, 1], 1)) - np.dot(v[:, 1], np.roll(v[:, 0], 1))))
         if area < 1e-6:  # points on one line enclose nothing
             return mask
-        rr, cc = draw_polygon(v[:, 0], v[:, 1], shape=shape2)
-        mask[rr, cc] = True
-        return mask
+        return _polygon_mask(v, shape2)
     if len(v) != 4:
         raise ValueError(f"{shape_type} needs the 4 corners of its bounding box, got {len(v)} vertices")
     rr, cc = _pixel_grid(shape2)
@@ -153,6 +151,26 @@ def shape_mask(shape_type: str, vertices: np.ndarray, image_shape: Sequence[int]
     axes = np.stack([(v[1] - v[0]) / 2, (v[3] - v[0]) / 2], axis=1)  # semi-axis vectors
     u = _solve(axes, rr - centre[0], cc - centre[1])
     return u[0] ** 2 + u[1] ** 2 <= 1.0 + 1e-9  # the 4 extreme pixels lie on |u| = 1: rounding must not drop them
+
+
+def _polygon_mask(v: np.ndarray, shape2: tuple[int, int]) -> np.ndarray:
+    """Pixel centres inside the polygon ``v`` (n, 2) by the crossing rule with half-open edges: each edge counts for
+    rows ``min <= r < max`` and for centres strictly left of it, so centres on the top and left sides are inside,
+    those on the bottom and right sides are not (the rectangle's convention); any self-intersection even-odd."""
+    mask = np.zeros(shape2, dtype=bool)
+    r0, c0 = np.maximum(np.floor(v.min(axis=0)).astype(int), 0)
+    r1, c1 = np.minimum(np.ceil(v.max(axis=0)).astype(int) + 1, shape2)
+    if r1 <= r0 or c1 <= c0:
+        return mask
+    rr, cc = np.mgrid[r0:r1, c0:c1].astype(np.float64)
+    inside = np.zeros(rr.shape, dtype=bool)
+    for (ya, xa), (yb, xb) in zip(v, np.roll(v, -1, axis=0)):
+        if ya == yb:
+            continue
+        spans = (np.minimum(ya, yb) <= rr) & (rr < np.maximum(ya, yb))
+        inside ^= spans & (cc < xa + (rr - ya) * (xb - xa) / (yb - ya))
+    mask[r0:r1, c0:c1] = inside
+    return mask
 
 
 def _solve(m: np.ndarray, dr: np.ndarray, dc: np.ndarray) -> np.ndarray:
