@@ -280,6 +280,7 @@ def test_cancel_mid_volume_adds_nothing(make_napari_viewer, qtbot, model_dir: Pa
     assert "cancelled" in widget.status.text()  # said in the status line, not in a pop-up over the image
     assert not any("cancelled" in str(r.message) for r in notification_manager.records[before:])
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+    assert widget.progress.value() == 0 and "slices" not in widget.progress.format()  # no run's share left standing
 
 
 def test_errors_are_messages(make_napari_viewer, qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -493,6 +493,8 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
 
     def _on_aborted(self) -> None:
         self.status.setText("cancelled: no layers added")  # the reader pressed Cancel: no pop-up over the image
+        self.progress.setValue(0)  # not a run's share left standing as if it went on
+        self.progress.setFormat("%p%")
 
     def _on_finished(self) -> None:
         self.worker = None
