@@ -33,7 +33,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -493,18 +493,35 @@ def iter_denoise(
             given = _batch(stack, chunk)
             low, pads = fill_padding(given)
             block = out[done : done + len(chunk)]
-            den = runner.run(low, fn, combine)
-            kept = den if told else keep_noise(low, den, settings.remove_sd)
-            block[:] = np.maximum(leave_noise(low, kept, settings.leave_sd),
-                                  np.minimum(low, LOWEST_HU))  # no darker than air, unless the input was
-            for image, source, pad in zip(block, given, pads):
-                if pad is not None:  # the padding goes back as it was
-                    image[pad] = source[pad]
+            block[:] = _finished(runner.run(low, fn, combine), low, given, pads)
+            if not told:
+                block[:] = apply_strength(given, block, settings.remove_sd, settings.leave_sd)
             done += len(chunk)
             yield done, len(idx)
     if slices is None and np.ndim(hu) == 2:
         return out[0]
     return out
+
+
+def _finished(den: np.ndarray, low: np.ndarray, given: np.ndarray, pads: list[np.ndarray | None]) -> np.ndarray:
+    """A network's (B, H, W) output no darker than air unless the input (``low``, padding as air) was, and each
+    slice's padding back as it was in ``given``."""
+    out = np.maximum(den, np.minimum(low, LOWEST_HU))
+    for image, source, pad in zip(out, given, pads):
+        if pad is not None:
+            image[pad] = source[pad]
+    return out
+
+
+def apply_strength(given: np.ndarray, blind: np.ndarray, remove_sd: float | None, leave_sd: float | None) -> np.ndarray:
+    """A blind denoiser's (B, H, W) output ``blind`` of the slices ``given`` with the strength applied after the
+    network: ``remove_sd`` HU of noise removed (``strength.keep_noise``) or ``leave_sd`` HU left
+    (``strength.leave_noise``), as :func:`iter_denoise` gives it; ``blind`` itself when neither is set."""
+    if remove_sd is None and leave_sd is None:
+        return blind
+    low, pads = fill_padding(np.asarray(given, np.float32))
+    kept = leave_noise(low, keep_noise(low, blind, remove_sd), leave_sd)
+    return _finished(np.asarray(kept, np.float32), low, given, pads)
 
 
 def detect_scale(detector: torch.nn.Module, pixel_mm: Sequence[float] | None) -> tuple[float, float] | None:
@@ -711,10 +728,16 @@ def iter_pipeline(
     Yields ``(done, total)`` slices over both stages; returns a :class:`PipelineResult`. With ``cache``, each
     stage is looked up by (input fingerprint, model fingerprint, slices, settings, device type) first. The input
     is read in batches, never copied whole: peak memory is the output plus a batch (``benchmarks/
-    pipeline_memory.py``).
+    pipeline_memory.py``). A blind denoiser's strength (``remove_sd``, ``leave_sd``) is applied after both
+    stages (:func:`apply_strength`): the detector reads the fully denoised slices, as it was calibrated, so the
+    boxes do not change with the strength, and a new strength reuses both cached stages.
     """
     t0 = time.perf_counter()
     settings = settings or InferenceSettings()
+    check_strength(settings.remove_sd, settings.leave_sd)
+    told = bool(getattr(denoiser, "told", False)) and bool(settings.remove_sd)
+    after = denoiser is not None and not told and (settings.remove_sd, settings.leave_sd) != (None, None)
+    final, settings = settings, replace(settings, remove_sd=None, leave_sd=None) if after else settings
     stack = _as_stack(hu)
     idx = _select(len(stack), slices)
     result = PipelineResult(slices=idx)
@@ -749,6 +772,11 @@ def iter_pipeline(
             result.denoised, image_key = hit, key
         else:
             result.boxes = hit
+    if after:  # slice by slice: the cached blind output stays as it is, the input is never copied whole
+        out = np.empty_like(result.denoised) if cache is not None else result.denoised
+        for k, i in enumerate(idx):
+            out[k] = apply_strength(stack[i : i + 1], result.denoised[k : k + 1], final.remove_sd, final.leave_sd)[0]
+        result.denoised = out
     result.seconds = time.perf_counter() - t0
     return result
 

@@ -214,6 +214,28 @@ def test_pipeline_cache_hits_and_misses() -> None:
     assert other.denoised is None and other.cached == {"detect": False}
 
 
+def test_a_new_strength_reuses_both_stages_and_keeps_the_boxes() -> None:
+    """A walkthrough on a 64-slice chest: each new strength re-ran both networks (4-5 min on a CPU) and moved the
+    boxes. A blind denoiser's strength is applied after both stages: the detector reads the fully denoised slices,
+    the cached stages serve, and the output is the direct call's (``denoise(..., remove_sd=)``) with the cached
+    blind output untouched."""
+    den, det = SmoothOOM(max_pixels=10**9), LesionDetector(width=4).eval()  # a mean filter: a real residual
+    vol = _noisy((3, 48, 48), seed=8)
+    cache = inf.ResultCache()
+    blind = inf.run_pipeline(vol, den, det, "cpu", cache=cache)
+    for remove_sd, leave_sd in ((10.0, None), (None, 12.0)):
+        settings = inf.InferenceSettings(remove_sd=remove_sd, leave_sd=leave_sd)
+        run = inf.run_pipeline(vol, den, det, "cpu", cache=cache, settings=settings)
+        assert run.cached == {"denoise": True, "detect": True}
+        np.testing.assert_array_equal(run.boxes, blind.boxes)
+        direct = inf.denoise(den, vol, remove_sd=remove_sd, leave_sd=leave_sd)
+        np.testing.assert_allclose(run.denoised, direct, atol=1e-4)
+        assert np.abs(run.denoised - blind.denoised).max() > 1.0  # noise was put back
+    np.testing.assert_allclose(blind.denoised, inf.denoise(den, vol), atol=1e-4)  # the cached one as it was
+    with pytest.raises(ValueError, match="not both"):
+        inf.run_pipeline(vol, den, det, "cpu", settings=inf.InferenceSettings(remove_sd=1.0, leave_sd=2.0))
+
+
 def test_filter_boxes_and_errors() -> None:
     rows = np.array([[0, 1, 1, 5, 5, 0.9], [1, 2, 2, 6, 6, 0.2]], np.float32)
     assert len(inf.filter_boxes(rows, 0.5)) == 1 and len(inf.filter_boxes(rows, 0.1)) == 2
