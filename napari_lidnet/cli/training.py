@@ -369,6 +369,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"{args.name}: threshold {before:.3f} -> {record['threshold']:.3f}, at most {args.fp_per_slice:g} boxes "
           f"per slice on {len(slices)} slices of {args.input} (the old threshold drew "
           f"{record['fp_per_image_at_previous']:.2f}); saved {path}", file=sys.stderr)  # fmt: skip
+    if record["threshold"] < before:  # calibration spends the whole budget: say so, and how to keep fewer boxes
+        print(f"note: the threshold went down: these scans drew fewer than {args.fp_per_slice:g} false boxes per "
+              f"slice, so {args.name} draws more boxes than the old threshold (up to {args.fp_per_slice:g} per "
+              "slice on scans like these); give a smaller --fp-per-slice for fewer", file=sys.stderr)  # fmt: skip
     return 0
 
 
