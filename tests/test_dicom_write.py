@@ -314,6 +314,47 @@ def test_release_flags_are_carried_and_no_pixel_size_is_invented(tmp_path) -> No
     assert again.metadata.get("spacing_assumed")
 
 
+def test_padding_and_the_de_identification_codes_are_carried(tmp_path) -> None:
+    """Walkthrough 2026-12-06 (a real chest, CLI): a denoised series kept the padding pixels but dropped
+    PixelPaddingValue, and copied DeidentificationMethod without the code sequence it refers to. Both travel now:
+    the padding value marks exactly the source's padding pixels (in the new series' stored values), the codes are
+    the source's; a padding that reads as air (-1024 HU, where the denoiser holds air) is not declared."""
+    from conftest import make_ct_slice
+    from pydicom.dataset import Dataset
+
+    from napari_lidnet.io.dicom_sr import SRRegion, write_sr
+
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator = "113100", "DCM"
+    code.CodeMeaning = "Basic Application Confidentiality Profile"
+    yy, xx = np.mgrid[:16, :16]
+    outside = (yy - 7.5) ** 2 + (xx - 7.5) ** 2 >= 7**2
+    for name, pad, hu_pad in (("unsigned", 63536, -3024.0), ("air", 0, None)):
+        src = tmp_path / name
+        src.mkdir()
+        extra = {"PixelPaddingValue": pad, "PatientIdentityRemoved": "YES", "DeidentificationMethod": "profile",
+                 "DeidentificationMethodCodeSequence": [code]}  # fmt: skip
+        for k in range(2):
+            make_ct_slice(src / f"s{k}.dcm", np.where(outside, pad, 1000), series_uid=f"1.2.3.{123 + len(name)}",
+                          position=(0, 0, 2.5 * k), extra=extra)  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the unsigned padding is said
+            (vol,) = read_dicom(src)
+        out = pydicom.dcmread(write_dicom_series(vol, tmp_path / f"{name}-out", "d")[0])
+        assert [c.CodeValue for c in out.DeidentificationMethodCodeSequence] == ["113100"]
+        if hu_pad is None:
+            assert "PixelPaddingValue" not in out
+            continue
+        stored = out.pixel_array
+        assert np.array_equal(stored == out.PixelPaddingValue, outside)
+        assert out.PixelPaddingValue * float(out.RescaleSlope) + float(out.RescaleIntercept) == hu_pad
+        (again,) = read_dicom(tmp_path / f"{name}-out")
+        np.testing.assert_array_equal(again.hu, vol.hu)
+        box = SRRegion(0, np.array([[4, 4], [4, 8], [8, 8], [8, 4]], float), 2.8, 2.8, 0.0, 0.9)
+        sr = pydicom.dcmread(write_sr(tmp_path / "review.dcm", [box], source_tags=vol.metadata["source_tags"]))
+        assert [c.CodeValue for c in sr.DeidentificationMethodCodeSequence] == ["113100"]
+
+
 def test_a_single_slice_keeps_its_scanner_s_slice_location_and_acquisition_number(tmp_path) -> None:
     """Review 2026-12-06 (DICOM): a one-slice source (pydicom's CT_small: SliceLocation -77.204, its position -75.70
     along the normal) came back with a SliceLocation worked out from its position, and no AcquisitionNumber."""

@@ -27,6 +27,7 @@ from .dicom_values import (
     header_float,
     header_floats,
     header_rescale,
+    padding_hu,
     padding_stored,
     series_rescales,
     stored_values_only,
@@ -79,6 +80,7 @@ SOURCE_TAGS = (
     "RecognizableVisualFeatures",
     "PatientIdentityRemoved",
     "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence",  # the PS3.15 profile codes DeidentificationMethod refers to
     # once lossy, a derived image stays flagged (PS3.3 C.7.6.1.1.5): carried to every series written from this one
     "LossyImageCompression",
     "LossyImageCompressionRatio",
@@ -153,7 +155,10 @@ def read_dicom_files(files: Sequence[str | Path]) -> list[CTVolume]:
 def _plain(value: Any) -> Any:
     """pydicom value -> JSON-friendly Python value."""
     from pydicom.multival import MultiValue
+    from pydicom.sequence import Sequence
 
+    if isinstance(value, Sequence):  # a code sequence: its items' elements by keyword (pydicom's again on writing)
+        return [{e.keyword: _plain(e.value) for e in item if e.keyword} for item in value]
     if isinstance(value, MultiValue | list | tuple):
         return [_plain(v) for v in value]
     if isinstance(value, bool):
@@ -561,6 +566,7 @@ def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> C
     for note in rescale_notes:
         _warn(notes, note)
     hu = _decode_series(headers, rescales, notes, label)
+    metadata["padding_hu"] = padding_hu(ds0, rescales[0])  # written back as PixelPaddingValue on derived series
     if modality == "CT" and stored_values_only([h.ds for h in headers], hu):
         _warn(notes, f"{label}: no RescaleIntercept and no pixel below 0 HU (air is -1000): stored values without "
                      "their rescale, or a display image? The models need HU")  # fmt: skip

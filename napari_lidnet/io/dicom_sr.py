@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import check_new
+from .dicom_values import tag_value
 from .dicom_write import derived_series_number, stand_in_uid
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
@@ -63,7 +64,8 @@ NO_UNITS = ("1", "UCUM", "no units")
 #: source tags copied into the report (patient and study)
 COPIED_TAGS = ("PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex", "PatientAge",
                "StudyInstanceUID", "StudyID", "StudyDate", "StudyTime", "StudyDescription", "AccessionNumber",
-               "ReferringPhysicianName", "PatientIdentityRemoved", "DeidentificationMethod")  # fmt: skip
+               "ReferringPhysicianName", "PatientIdentityRemoved", "DeidentificationMethod",
+               "DeidentificationMethodCodeSequence")  # fmt: skip
 
 
 @dataclass
@@ -259,7 +261,7 @@ def _header(source_tags: dict[str, Any], description: str, source: str = "") -> 
     ds.SpecificCharacterSet = "ISO_IR 192"
     for kw in COPIED_TAGS:
         if source_tags.get(kw) not in (None, ""):
-            setattr(ds, kw, source_tags[kw])
+            setattr(ds, kw, tag_value(source_tags[kw]))
     for kw in TYPE2_TAGS:  # Type 2: present, empty when the source does not say
         if kw not in ds:
             setattr(ds, kw, "")

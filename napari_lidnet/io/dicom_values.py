@@ -100,6 +100,33 @@ def padding_stored(ds: Any) -> tuple[float, float] | None:
     return (value, value) if limit is None else (min(value, limit), max(value, limit))
 
 
+def padding_hu(ds: Any, rescale: tuple[float, float]) -> float | None:
+    """The HU that the series' PixelPaddingValue reads as (``PADDING_HU`` where :func:`fill_padding_values` sets
+    it), so a derived series can mark the same pixels; None without PixelPaddingValue."""
+    pad = padding_stored(ds)
+    if pad is None:
+        return None
+    value = pad[0] * rescale[0] + rescale[1]
+    return PADDING_HU if value >= TISSUE_MAX_HU else float(value)
+
+
+def tag_value(value: Any) -> Any:
+    """A header value as pydicom sets it: a code sequence kept as a list of dicts (``dicom_read._plain``) becomes
+    a Sequence of Datasets again; anything else as it is."""
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        from pydicom.dataset import Dataset
+        from pydicom.sequence import Sequence
+
+        items = []
+        for item in value:
+            ds = Dataset()
+            for kw, v in item.items():
+                setattr(ds, kw, tag_value(v))
+            items.append(ds)
+        return Sequence(items)
+    return value
+
+
 def fill_padding_values(hu: np.ndarray, stored: np.ndarray, pad: tuple[float, float], rescale: tuple) -> int:
     """Set the pixels of ``hu`` whose stored value lies in ``pad`` to ``PADDING_HU`` when the padding value
     rescales to no tissue HU at or above ``TISSUE_MAX_HU`` (an unsigned 63536 read as +62512 HU); a padding that

@@ -12,10 +12,14 @@ import numpy as np
 
 from .. import __version__
 from .dicom_read import SLICE_TAGS as PER_IMAGE_TAGS
+from .dicom_values import tag_value
 from .volume import CTVolume, per_slice
 from .windowing import SCAN_WINDOW, level_width
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+#: a source's PixelPaddingValue is written back only when its HU lie below every value a scan stores (-1024), so no
+#: air pixel of a derived image (the denoiser holds air at -1024) reads as padding
+LOWEST_WRITTEN_HU = -1024.5
 _INT16_MIN, _INT16_MAX = -32768, 32767
 
 
@@ -104,7 +108,7 @@ def _series_header(volume: CTVolume, description: str, source_tags: dict[str, An
         if kw in ("StudyInstanceUID", "FrameOfReferenceUID", "SeriesNumber"):  # set below
             continue
         try:
-            setattr(ds, kw, value)
+            setattr(ds, kw, tag_value(value))
         except (ValueError, TypeError, AttributeError) as exc:
             warnings.warn(f"source tag {kw}={value!r} not copied: {exc}", UserWarning, stacklevel=3)
     ds.SOPClassUID = CT_IMAGE_STORAGE
@@ -251,6 +255,9 @@ def write_dicom_series(
     stored, intercept = _stored_int16(volume)
     header = _series_header(volume, series_description, source_tags)
     header.RescaleIntercept = _ds_str(intercept)
+    pad = volume.metadata.get("padding_hu")
+    if pad is not None and pad < LOWEST_WRITTEN_HU and -32768 <= round(pad - intercept) <= 32767:
+        header.PixelPaddingValue = int(round(pad - intercept))  # the source's padding, kept where it was
     direction = np.asarray(volume.direction, dtype=float)
     normal = np.cross(direction[:, 0], direction[:, 1])
     positions = _slice_positions(volume, len(stored))
