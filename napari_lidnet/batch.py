@@ -274,10 +274,10 @@ def _plan(items: list, out_dir: Path, task: str, report: BatchReport, progress: 
 def denoise_into(
     out: Path, vol: CTVolume, model: torch.nn.Module, device: torch.device | str, model_name: str,
     remove_sd: float | None = None, progress: Callable[[int, int], None] | None = None, leave_sd: float | None = None,
-) -> None:  # fmt: skip
+) -> np.ndarray:  # fmt: skip
     """Denoise ``vol`` (``remove_sd``: that noise SD only, or ``leave_sd`` left; ``progress(done, total)`` per slice)
     into ``out``: a NIfTI file for a .nii/.nii.gz name, else a new DICOM series folder, described as the input's
-    series (or its name) denoised by ``model_name``."""
+    series (or its name) denoised by ``model_name``; returns the denoised HU."""
     from napari_lidnet.inference import denoise
     from napari_lidnet.io.dicom_write import denoised_description, write_dicom_series
     from napari_lidnet.io.nifti import write_nifti
@@ -285,10 +285,11 @@ def denoise_into(
     hu = denoise(model, vol.hu, device=device, progress=progress, remove_sd=remove_sd, leave_sd=leave_sd)
     if is_nifti(out):
         write_nifti(out, replace(vol, hu=hu), denoised=True)
-        return
+        return hu
     source = vol.metadata.get("series_description", vol.name)
     description = denoised_description(source, model_name, remove_sd, leave_sd)
     write_dicom_series(replace(vol, hu=hu), out, series_description=description)
+    return hu
 
 
 def detect_into(

@@ -135,7 +135,7 @@ def test_denoise_leave_sd_leaves_that_noise_and_says_so_in_the_series(tmp_path, 
     from conftest import write_series
 
     from napari_lidnet.io.open_ct import open_ct
-    from napari_lidnet.metrics.noreference import noise_sd
+    from napari_lidnet.metrics.noreference import flat_noise_sd, noise_sd
     from napari_lidnet.sim.phantom import make_phantom
 
     rng = np.random.default_rng(5)
@@ -145,6 +145,9 @@ def test_denoise_leave_sd_leaves_that_noise_and_says_so_in_the_series(tmp_path, 
     assert main(["denoise", str(tmp_path / "ct"), str(tmp_path / "out"), "--leave-sd", "12", "--device", "cpu"]) == 0
     back = open_ct(tmp_path / "out")[0].hu
     assert noise_sd(back) == pytest.approx(12.0, rel=0.2) and noise_sd(hu) > 25.0, (noise_sd(back), noise_sd(hu))
+    # the noise before and after, as the Denoise dock says it (a walkthrough had no number to choose the SD from)
+    before, after = flat_noise_sd(hu, [0, 1], back)
+    assert f"noise SD in flat tissue {before:.1f} -> {after:.1f} HU" in capsys.readouterr().err
     ds = pydicom.dcmread(sorted((tmp_path / "out").rglob("*.dcm"))[0], stop_before_pixels=True)
     assert ds.SeriesDescription == "Abdomen denoised (LIDnet default (unet), 12 HU SD left)"
     capsys.readouterr()

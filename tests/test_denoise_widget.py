@@ -476,7 +476,7 @@ def test_noise_sd_to_remove_keeps_the_rest(make_napari_viewer, qtbot, model_dir:
 
 def test_flat_noise_sd_reads_the_noise_of_input_and_output() -> None:
     """The status line's no-reference noise SD: the phantom's 40 HU of noise in, nothing in the noise-free image."""
-    from napari_lidnet._widgets._worker_utils import flat_noise_sd
+    from napari_lidnet.metrics.noreference import flat_noise_sd
 
     low, ref = phantom(n=3, size=128)
     before, after = flat_noise_sd(low, [0, 2], ref[[0, 2]])

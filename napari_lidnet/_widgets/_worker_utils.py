@@ -68,18 +68,6 @@ class ModelStore:
             return model, card
 
 
-def flat_noise_sd(hu: np.ndarray, slices: list[int], denoised: np.ndarray) -> tuple[float, float]:
-    """Noise SD (HU) in automatically found flat soft tissue of the input's selected slices and of the denoised ones
-    (``metrics.noreference.noise_sd``, at most 4 slices each); NaN where no flat region is found."""
-    from ..metrics.noreference import noise_sd, sample_slices
-
-    src, den = np.asarray(hu), np.asarray(denoised)
-    if src.ndim == 3:  # only the (at most 4) slices measured: a copy of a whole study's input cost its size again
-        picks = sample_slices(len(slices), 4)
-        src, den = src[np.asarray(slices)[picks]], den[picks] if den.ndim == 3 else den
-    return noise_sd(src, max_slices=4), noise_sd(den, max_slices=4)
-
-
 def input_problem(data: Any, slices: list[int] | None, modality: str, what: str) -> tuple[np.ndarray, str | None]:
     """``(hu, problem)``: a layer's ``data`` as an array (a NumPy array of numbers as it is: no float32 copy of an
     int16 study; a lazy array read) and why the models do not run on it (``io.checks.ct_problem``, on the slices
@@ -135,6 +123,8 @@ def inference_job(
         result = yield from map_yields(gen, lambda item: Progress(*item, _take(notices), stage="running"))
         noise = None
         if result.denoised is not None:
+            from ..metrics.noreference import flat_noise_sd
+
             noise = flat_noise_sd(hu, result.slices, result.denoised)
         return JobOutput(result, den_label, det_label, noise)
     except Exception as exc:  # reported in the viewer, never raised into it

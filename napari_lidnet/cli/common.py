@@ -139,10 +139,10 @@ def load_model_arg(name: str | None, kind: str, device: str):
     from napari_lidnet.models.device import pick_device
     from napari_lidnet.models.registry import load_model
 
+    model, card = load_model(name or "default", kind=kind)  # an unknown name fails in one line, before the device
     dev, notice = pick_device(device)
     if notice:
         print(notice, file=sys.stderr)
-    model, card = load_model(name or "default", kind=kind)
     if card_worse_than_start(card):
         print(f"warning: {name}: its own no-reference check found it worse than the model it was adapted from "
               f"({card.get('training', {}).get('selfsup', {}).get('from_model', 'its start')})", file=sys.stderr)

@@ -88,16 +88,20 @@ def failed_summary(failed: list[Any], done: str) -> str:
 NOT_A_SERIES_FOLDER = {".gz", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".dcm", ".csv", ".json"}
 
 
-def _note_strength(hu: Any, remove_sd: float | None, leave_sd: float | None) -> None:
-    """A note on stderr when ``--remove-sd`` or ``--leave-sd`` is at or above the noise measured in the scan's flat
-    tissue: all the noise was removed (as without the option), or none (the output is the input)."""
-    if remove_sd is None and leave_sd is None:
-        return
+def _note_noise(hu: Any, denoised: Any, remove_sd: float | None, leave_sd: float | None) -> None:
+    """The noise SD in flat tissue before and after, on stderr, as the Denoise dock reports it (to choose
+    ``--remove-sd`` / ``--leave-sd`` from); a note when either option is at or above the noise measured before: all
+    the noise was removed (as without the option), or none (the output is the input)."""
     import math
 
-    from napari_lidnet.metrics.noreference import noise_sd
+    from napari_lidnet.io.volume import n_slices
+    from napari_lidnet.metrics.noreference import flat_noise_sd
 
-    measured = noise_sd(hu)
+    measured, after = flat_noise_sd(hu, list(range(n_slices(hu))), denoised)
+    if math.isfinite(measured):
+        print(f"noise SD in flat tissue {measured:.1f} -> {after:.1f} HU", file=sys.stderr)
+    if remove_sd is None and leave_sd is None:
+        return
     option, value = ("--remove-sd", remove_sd) if remove_sd is not None else ("--leave-sd", leave_sd)
     if math.isfinite(measured) and value >= measured:
         happened = "all the noise was removed" if remove_sd is not None else "nothing was removed (the input)"
@@ -143,7 +147,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
         hu = denoise(model, vol.hu, device=dev, progress=print_progress, remove_sd=args.remove_sd,
                      leave_sd=args.leave_sd)  # fmt: skip
-        _note_strength(vol.hu, args.remove_sd, args.leave_sd)
+        _note_noise(vol.hu, hu, args.remove_sd, args.leave_sd)
         known = not vol.metadata.get("orientation_unknown")  # an array's or a PNG's made-up geometry stays out
         write_array(out, hu, vol.spacing, *((vol.origin, vol.direction) if known else (None, None)))
         if out.suffix.lower() == ".npy":
@@ -153,9 +157,9 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         from napari_lidnet.batch import denoise_into
         from napari_lidnet.models.registry import model_label
 
-        denoise_into(out, vol, model, dev, model_label(args.model or "default", card), args.remove_sd, print_progress,
-                     leave_sd=args.leave_sd)  # fmt: skip
-        _note_strength(vol.hu, args.remove_sd, args.leave_sd)
+        hu = denoise_into(out, vol, model, dev, model_label(args.model or "default", card), args.remove_sd,
+                          print_progress, leave_sd=args.leave_sd)  # fmt: skip
+        _note_noise(vol.hu, hu, args.remove_sd, args.leave_sd)
         if not as_file:
             _note_new_study(vol.metadata, args.input)
     print(f"wrote {out}", file=sys.stderr)
@@ -181,7 +185,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     threshold = threshold_arg(args, card)
     about = {"input": str(args.input), "model": args.model or "default", "threshold": threshold}
     if args.denoise_first:
-        vol = _denoised(vol, args.denoiser or "default", args.device)
+        vol = _denoised(vol, args.denoiser or "default", str(dev))  # the detector's device: said once
         about["denoised_with"] = args.denoiser or "default"
     rows, lesions = detect_into(out, vol, model, dev, threshold, about, print_progress)
     note = box_cap_note(rows)

@@ -54,6 +54,7 @@ __all__ = [
     "fill_holes",
     "flat_block_noise_sds",
     "flat_blocks",
+    "flat_noise_sd",
     "noise_autocorrelation",
     "noise_sd",
     "quality_estimates",
@@ -497,3 +498,14 @@ def worse_than_start(estimates: dict) -> bool:
         return False
     noise0, edges0, noise1, edges1 = (float(v) for v in values)
     return noise1 > noise0 and edges1 <= edges0
+
+
+def flat_noise_sd(hu: np.ndarray, slices: list[int], denoised: np.ndarray) -> tuple[float, float]:
+    """Noise SD (HU) in automatically found flat soft tissue of the input's selected slices and of the denoised ones
+    (:func:`noise_sd`, at most 4 slices each), as the Denoise dock and ``lidnet denoise`` report it; NaN where no
+    flat region is found."""
+    src, den = np.asarray(hu), np.asarray(denoised)
+    if src.ndim == 3:  # only the (at most 4) slices measured: a copy of a whole study's input cost its size again
+        picks = sample_slices(len(slices), 4)
+        src, den = src[np.asarray(slices)[picks]], den[picks] if den.ndim == 3 else den
+    return noise_sd(src, max_slices=4), noise_sd(den, max_slices=4)
