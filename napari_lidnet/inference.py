@@ -772,13 +772,21 @@ def iter_pipeline(
             result.denoised, image_key = hit, key
         else:
             result.boxes = hit
-    if after:  # slice by slice: the cached blind output stays as it is, the input is never copied whole
-        out = np.empty_like(result.denoised) if cache is not None else result.denoised
-        for k, i in enumerate(idx):
-            out[k] = apply_strength(stack[i : i + 1], result.denoised[k : k + 1], final.remove_sd, final.leave_sd)[0]
-        result.denoised = out
+    if after:
+        result.denoised = _strengthened(stack, idx, result.denoised, final, in_place=cache is None)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _strengthened(
+    stack: np.ndarray, idx: list[int], blind: np.ndarray, settings: InferenceSettings, in_place: bool
+) -> np.ndarray:
+    """:func:`apply_strength` slice by slice (the input is never copied whole), into ``blind`` itself with
+    ``in_place``, else into a new array (a cached blind output stays as it is)."""
+    out = blind if in_place else np.empty_like(blind)
+    for k, i in enumerate(idx):
+        out[k] = apply_strength(stack[i : i + 1], blind[k : k + 1], settings.remove_sd, settings.leave_sd)[0]
+    return out
 
 
 def _stage_generator(

@@ -147,9 +147,9 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
         hu = denoise(model, vol.hu, device=dev, progress=print_progress, remove_sd=args.remove_sd,
                      leave_sd=args.leave_sd)  # fmt: skip
-        _note_noise(vol.hu, hu, args.remove_sd, args.leave_sd)
         known = not vol.metadata.get("orientation_unknown")  # an array's or a PNG's made-up geometry stays out
         write_array(out, hu, vol.spacing, *((vol.origin, vol.direction) if known else (None, None)))
+        _note_noise(vol.hu, hu, args.remove_sd, args.leave_sd)  # once written: a failed write says only why
         if out.suffix.lower() == ".npy":
             spacing = " x ".join(f"{v:g}" for v in vol.spacing)
             print(f"note: .npy keeps no voxel size ({spacing} mm); .npz, .tif and DICOM keep it", file=sys.stderr)
