@@ -733,11 +733,8 @@ def iter_pipeline(
     boxes do not change with the strength, and a new strength reuses both cached stages.
     """
     t0 = time.perf_counter()
-    settings = settings or InferenceSettings()
-    check_strength(settings.remove_sd, settings.leave_sd)
-    told = bool(getattr(denoiser, "told", False)) and bool(settings.remove_sd)
-    after = denoiser is not None and not told and (settings.remove_sd, settings.leave_sd) != (None, None)
-    final, settings = settings, replace(settings, remove_sd=None, leave_sd=None) if after else settings
+    final = settings or InferenceSettings()
+    settings, after = _network_settings(denoiser, final)
     stack = _as_stack(hu)
     idx = _select(len(stack), slices)
     result = PipelineResult(slices=idx)
@@ -776,6 +773,15 @@ def iter_pipeline(
         result.denoised = _strengthened(stack, idx, result.denoised, final, in_place=cache is None)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _network_settings(denoiser: torch.nn.Module | None, settings: InferenceSettings) -> tuple[InferenceSettings, bool]:
+    """(the settings the networks run with, whether the strength is applied after them): a blind denoiser runs
+    without it (:func:`apply_strength` follows), a told one is given it."""
+    check_strength(settings.remove_sd, settings.leave_sd)
+    told = bool(getattr(denoiser, "told", False)) and bool(settings.remove_sd)
+    after = denoiser is not None and not told and (settings.remove_sd, settings.leave_sd) != (None, None)
+    return (replace(settings, remove_sd=None, leave_sd=None) if after else settings), after
 
 
 def _strengthened(
