@@ -728,10 +728,8 @@ def iter_pipeline(
     Yields ``(done, total)`` slices over both stages; returns a :class:`PipelineResult`. With ``cache``, each
     stage is looked up by (input fingerprint, model fingerprint, slices, settings, device type) first. The input
     is read in batches, never copied whole: peak memory is the output plus a batch (``benchmarks/
-    pipeline_memory.py``). A blind denoiser's strength (``remove_sd``, ``leave_sd``) is applied after both
-    stages (:func:`apply_strength`): the detector reads the fully denoised slices, as it was calibrated, so the
-    boxes do not change with the strength, and a new strength reuses both cached stages.
-    """
+    pipeline_memory.py``). A blind denoiser's strength is applied after both stages (:func:`apply_strength`): the
+    detector reads the fully denoised slices it was calibrated on, and a new strength reuses both cached stages."""
     t0 = time.perf_counter()
     final = settings or InferenceSettings()
     settings, after = _network_settings(denoiser, final)
