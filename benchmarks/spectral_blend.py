@@ -380,25 +380,37 @@ def nps_table(nps: list[dict]) -> list[str]:
     return lines
 
 
+SETS = (("val-zoom", lambda r: r["set"] == "real validation" and "0.4-0.8" in r["group"]),
+        ("real native", lambda r: r["set"] == "real validation" and "0.4-0.8" not in r["group"]),
+        ("simulation", lambda r: r["set"] == "simulation"),
+        ("head at 0.4-0.8 mm", lambda r: r["group"] == "dicom2stl-head at 0.4-0.8 mm"))
+
+
+def cells_by_set(recs: list[dict]):
+    """(set name, dose, noise model, the cases) for each cell of the paired tables that has cases."""
+    for name, f in SETS:
+        for dose in DOSES:
+            for model in MODELS:
+                sel = [r for r in recs if f(r) and r["dose"] == dose and r["model"] == model]
+                if sel:
+                    yield name, dose, model, sel
+
+
+def paired_cell(sel: list[dict], row: str) -> str:
+    """Mean PSNR of ``row`` minus P over the cases, with its 95% bootstrap interval over slices."""
+    diffs = np.array([r[f"psnr_{row}"] - r["psnr_P"] for r in sel])
+    lo, hi = mean_ci(diffs, n_boot=2000, seed=0).ci if len(sel) > 1 else (np.nan, np.nan)
+    return f"{diffs.mean():+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
 def vs_product(recs: list[dict]) -> list[str]:
     """Each blend minus the product's told output P, paired by case, 95% bootstrap over slices."""
     rows = ("scal", "orM", "white", "nps", "bm3d")
     lines = ["| set | dose | noise | n | " + " | ".join(f"{r} - P [95% CI]" for r in rows) + " |",
              "|" + "---|" * (4 + len(rows))]
-    sets = (("val-zoom", lambda r: r["set"] == "real validation" and "0.4-0.8" in r["group"]),
-            ("real native", lambda r: r["set"] == "real validation" and "0.4-0.8" not in r["group"]),
-            ("simulation", lambda r: r["set"] == "simulation"),
-            ("head at 0.4-0.8 mm", lambda r: r["group"] == "dicom2stl-head at 0.4-0.8 mm"))
-    for name, f in sets:
-        for dose in DOSES:
-            for model in MODELS:
-                sel = [r for r in recs if f(r) and r["dose"] == dose and r["model"] == model]
-                cells = []
-                for row in rows:
-                    diffs = np.array([r[f"psnr_{row}"] - r["psnr_P"] for r in sel])
-                    lo, hi = mean_ci(diffs, n_boot=2000, seed=0).ci
-                    cells.append(f"{diffs.mean():+.2f} [{lo:+.2f}, {hi:+.2f}]")
-                lines.append(f"| {name} | {dose:g} | {model} | {len(sel)} | " + " | ".join(cells) + " |")
+    for name, dose, model, sel in cells_by_set(recs):
+        cells = [paired_cell(sel, row) for row in rows]
+        lines.append(f"| {name} | {dose:g} | {model} | {len(sel)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -406,26 +418,13 @@ def sure_table(recs: list[dict]) -> list[str]:
     """The rule of ``spectral_sure_prereg.md``: each SURE row minus P (PSNR, SSIM), paired, per cell."""
     lines = ["| set | dose | noise | n | P-BM3D | sureW - P [95% CI] | sureF - P [95% CI] | SSIM P / BM3D | "
              "SSIM sureW - P | SSIM sureF - P |", "|" + "---|" * 10]
-    sets = (("val-zoom", lambda r: r["set"] == "real validation" and "0.4-0.8" in r["group"]),
-            ("real native", lambda r: r["set"] == "real validation" and "0.4-0.8" not in r["group"]),
-            ("simulation", lambda r: r["set"] == "simulation"),
-            ("head at 0.4-0.8 mm", lambda r: r["group"] == "dicom2stl-head at 0.4-0.8 mm"))
-    for name, f in sets:
-        for dose in DOSES:
-            for model in MODELS:
-                sel = [r for r in recs if f(r) and r["dose"] == dose and r["model"] == model]
-                if not sel:
-                    continue
-                cells = [f"{np.mean([r['psnr_P'] - r['psnr_bm3d'] for r in sel]):+.2f}"]
-                for row in ("sureW", "sureF"):
-                    diffs = np.array([r[f"psnr_{row}"] - r["psnr_P"] for r in sel])
-                    lo, hi = mean_ci(diffs, n_boot=2000, seed=0).ci if len(sel) > 1 else (np.nan, np.nan)
-                    cells.append(f"{diffs.mean():+.2f} [{lo:+.2f}, {hi:+.2f}]")
-                ssims = [np.mean([r[f"ssim_{x}"] for r in sel]) for x in ("P", "bm3d")]
-                cells.append(f"{ssims[0]:.3f} / {ssims[1]:.3f}")
-                for row in ("sureW", "sureF"):
-                    cells.append(f"{np.mean([r[f'ssim_{row}'] - r['ssim_P'] for r in sel]):+.4f}")
-                lines.append(f"| {name} | {dose:g} | {model} | {len(sel)} | " + " | ".join(cells) + " |")
+    for name, dose, model, sel in cells_by_set(recs):
+        cells = [f"{np.mean([r['psnr_P'] - r['psnr_bm3d'] for r in sel]):+.2f}"]
+        cells += [paired_cell(sel, row) for row in ("sureW", "sureF")]
+        ssims = [np.mean([r[f"ssim_{x}"] for r in sel]) for x in ("P", "bm3d")]
+        cells.append(f"{ssims[0]:.3f} / {ssims[1]:.3f}")
+        cells += [f"{np.mean([r[f'ssim_{row}'] - r['ssim_P'] for r in sel]):+.4f}" for row in ("sureW", "sureF")]
+        lines.append(f"| {name} | {dose:g} | {model} | {len(sel)} | " + " | ".join(cells) + " |")
     return lines
 
 
