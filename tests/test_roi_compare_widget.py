@@ -492,3 +492,24 @@ def test_each_row_says_only_its_own_placement_and_a_mirrored_copy_is_named() -> 
     assert rows["later"]["mean"] == pytest.approx(rows["plain"]["mean"])  # the same anatomy on both grids
     assert "columns reversed against 'plain'" in rows["flipped"]["note"]
     assert "reversed" not in rows["plain"]["note"] + rows["later"]["note"]
+
+
+def test_a_background_picked_right_after_drawing_is_kept(make_napari_viewer, qtbot, images2d) -> None:
+    """A walkthrough drew two regions and picked the background before the table's first refresh: the pickers were
+    still empty, so "(none)" was kept silently and every CNR cell stayed blank. The pickers list "(none)" from the
+    start and a region drawn since the last refresh can be picked at once."""
+    _clean, noisy = images2d
+    viewer = make_napari_viewer()
+    viewer.add_image(noisy, name="noisy")
+    widget = ROICompareWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget.background_combo.currentText() == widget.lesion_combo.currentText() == "(none)"
+    shapes = viewer.add_shapes(name="regions")
+    shapes.add_rectangles(np.array([[50, 50], [80, 80]]))
+    shapes.add_rectangles(np.array([[5, 5], [30, 30]]))
+    gen = widget.generation
+    widget.set_background(1)  # before the debounced refresh has listed the regions
+    assert widget.background_combo.currentData() == 1
+    wait_new(qtbot, widget, gen)
+    got = table_rows(widget)
+    assert np.isfinite(got[("#0", "noisy")]["cnr"]) and "background region" in got[("#1", "noisy")]["note"]

@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
+    QGridLayout,
     QHBoxLayout,
     QLabel,
     QListWidget,
@@ -140,7 +141,7 @@ class ROICompareWidget(QWidget):
         area.setSizeAdjustPolicy(QAbstractScrollArea.SizeAdjustPolicy.AdjustIgnored)
         return area
 
-    def _create_inputs(self) -> tuple[QFormLayout, QHBoxLayout]:
+    def _create_inputs(self) -> tuple[QFormLayout, QGridLayout]:
         """The form of pickers (regions, images, reference, background, window, perceptual) and the button row."""
         self.shapes_combo = QComboBox()
         self.shapes_combo.setToolTip("the Shapes layer you drew on last; the detector's boxes only when picked here")
@@ -172,10 +173,12 @@ class ROICompareWidget(QWidget):
         form.addRow("Background", self.background_combo)
         form.addRow("PSNR/SSIM window", self.window_combo)
         form.addRow(self.perceptual_check)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.new_roi_button)
-        buttons.addWidget(self.refresh_button)
-        buttons.addWidget(self.export_button)
+        for combo in (self.lesion_combo, self.background_combo):  # "(none)" before any region is drawn
+            self._fill_region_combo(combo, [])
+        buttons = QGridLayout()  # two rows: one row of three was cut off in a bottom dock at 1600 x 1000
+        buttons.addWidget(self.new_roi_button, 0, 0, 1, 2)
+        buttons.addWidget(self.refresh_button, 1, 0)
+        buttons.addWidget(self.export_button, 1, 1)
         return form, buttons
 
     def _create_table(self) -> QTableWidget:
@@ -451,11 +454,18 @@ class ROICompareWidget(QWidget):
 
     def set_background(self, index: int | None) -> None:
         """Choose the background region by its index in the Shapes layer (None: no background)."""
-        self.background_combo.setCurrentIndex(max(self.background_combo.findData(index), 0) if index is not None else 0)
+        self._pick(self.background_combo, index)
 
     def set_lesion(self, index: int | None) -> None:
         """Choose the lesion region (for the model observer) by its index in the Shapes layer (None: none)."""
-        self.lesion_combo.setCurrentIndex(max(self.lesion_combo.findData(index), 0) if index is not None else 0)
+        self._pick(self.lesion_combo, index)
+
+    def _pick(self, combo: QComboBox, index: int | None) -> None:
+        """Select region ``index`` in ``combo``; a region drawn since the last refresh is listed first (a
+        walkthrough picked a background right after drawing it and silently got none)."""
+        if index is not None and combo.findData(index) < 0:
+            self._inputs()  # lists the regions as they are now
+        combo.setCurrentIndex(max(combo.findData(index), 0) if index is not None else 0)
 
     # ------------------------------------------------------------------------------------------- computation
 
