@@ -354,6 +354,9 @@ def test_accepting_a_lesion_keeps_a_box_rejected_on_its_own(make_napari_viewer, 
     assert "2 findings kept (1 rejected before stays rejected: slice 3)" in widget.status.text()
     widget.accept_lesion(2)  # from the rejected row: the reader means that box
     assert [widget.finding(i).status for i in range(3)] == ["accepted"] * 3
+    widget.reject_lesion(1)  # a lesion rejected as a whole (a review found only one box came back) ...
+    widget.accept_lesion(0)  # ... comes back whole
+    assert [widget.finding(i).status for i in range(3)] == ["accepted"] * 3
 
 
 

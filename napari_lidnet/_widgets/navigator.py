@@ -130,6 +130,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         self._dimming = False
         self._watched: weakref.WeakSet = weakref.WeakSet()
         self._origin: dict[int, tuple] = {}  # finding id -> its detection's key (slice, corners)
+        self._alone: set[int] = set()  # ids rejected one by one (Reject), which accepting their lesion leaves so
         self._parked: dict[tuple, Finding] = {}  # rejected findings whose detection left the layer, by key
         self._read_stamp: bytes = b""  # the boxes and scores last read (_stamp)
         self.watch = LayerWatch(napari_viewer, self._on_renamed)
@@ -560,6 +561,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         f = self._target(fid)
         if f is not None:
             f.status = f.status if f.status in KEPT else "accepted"
+            self._alone.discard(f.id)
             self._decided(f"finding {f.id} {f.status}")
 
     def reject(self, fid: int | None = None) -> None:
@@ -567,6 +569,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         f = self._target(fid)
         if f is not None:
             f.status = "rejected"
+            self._alone.add(f.id)
             self._decided(f"finding {f.id} {f.status}")
 
     def edit(self, fid: int | None = None) -> None:
@@ -576,6 +579,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
             return
         if f.status not in KEPT:
             f.status = "accepted"
+        self._alone.discard(f.id)
         self._write_reviewed()
         layer = self.reviewed_layer
         index = list(layer.features["finding"]).index(f.id)
@@ -588,8 +592,9 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
 
     def accept_lesion(self, fid: int | None = None) -> None:
         """Keep every finding of the lesion of finding ``fid`` (default: the selected row): its overlapping boxes on
-        neighbouring slices (``findings.lesion_groups``), except those rejected one by one before (a wrong box on
-        one slice stays rejected; the row acted on is kept); move on to the next pending."""
+        neighbouring slices (``findings.lesion_groups``), except those rejected one by one (Reject) before (a wrong
+        box on one slice stays rejected; the row acted on is kept; a lesion rejected as a whole comes back whole);
+        move on to the next pending."""
         self._decide_lesion(fid, keep=True)
 
     def reject_lesion(self, fid: int | None = None) -> None:
@@ -602,10 +607,12 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
             return
         lesions = lesion_groups(self.findings)
         members = [g for g in self.findings if lesions[g.id] == lesions[f.id]]
-        held = [g for g in members if keep and g.status == "rejected" and g is not f]
+        held = [g for g in members if keep and g.status == "rejected" and g.id in self._alone and g is not f]
         for g in members:
             if g not in held:
                 g.status = (g.status if g.status in KEPT else "accepted") if keep else "rejected"
+                if keep:
+                    self._alone.discard(g.id)
         n = len(members) - len(held)
         what = f"lesion {lesions[f.id]}: {n} finding{'s' if n > 1 else ''} {'kept' if keep else 'rejected'}"
         if held:
