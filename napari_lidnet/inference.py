@@ -745,7 +745,7 @@ def iter_pipeline(
     device = _pipeline_device(device, tell)
     result.device = str(device)
     stages = [(s, m) for s, m in (("denoise", denoiser), ("detect", detector)) if m is not None]
-    total = len(idx) * len(stages)
+    total = len(idx) * (len(stages) + after)  # the strength step counts its slices too (and can be cancelled)
     # cache keys, only when caching (hashing a volume costs more than a GPU pass over it): the input's content
     # hash, then for the detection stage the key of the denoising that made its input (no second hash)
     image_key: Hashable = array_fingerprint(take_slices(stack, idx)) if cache is not None else None
@@ -768,7 +768,9 @@ def iter_pipeline(
         else:
             result.boxes = hit
     if after:
-        result.denoised = _strengthened(stack, idx, result.denoised, final, in_place=cache is None)
+        gen = _strengthened(stack, idx, result.denoised, final, in_place=cache is None)
+        offset = len(stages) * len(idx)
+        result.denoised = yield from map_yields(gen, lambda done: (offset + done, total))
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -779,17 +781,20 @@ def _network_settings(denoiser: torch.nn.Module | None, settings: InferenceSetti
     check_strength(settings.remove_sd, settings.leave_sd)
     told = bool(getattr(denoiser, "told", False)) and bool(settings.remove_sd)
     after = denoiser is not None and not told and (settings.remove_sd, settings.leave_sd) != (None, None)
-    return (replace(settings, remove_sd=None, leave_sd=None) if after else settings), after
+    blind = after or denoiser is None  # without a denoiser the strength is moot: not in the detection's key
+    return (replace(settings, remove_sd=None, leave_sd=None) if blind else settings), after
 
 
 def _strengthened(
     stack: np.ndarray, idx: list[int], blind: np.ndarray, settings: InferenceSettings, in_place: bool
-) -> np.ndarray:
-    """:func:`apply_strength` slice by slice (the input is never copied whole), into ``blind`` itself with
-    ``in_place``, else into a new array (a cached blind output stays as it is)."""
+) -> Generator[int, None, np.ndarray]:
+    """:func:`apply_strength` slice by slice (the input is never copied whole), yielding the slices done, into
+    ``blind`` itself with ``in_place``, else into a new array (a cached blind output stays as it is, so a run with
+    a cache and a strength holds two outputs)."""
     out = blind if in_place else np.empty_like(blind)
     for k, i in enumerate(idx):
         out[k] = apply_strength(stack[i : i + 1], blind[k : k + 1], settings.remove_sd, settings.leave_sd)[0]
+        yield k + 1
     return out
 
 

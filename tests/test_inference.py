@@ -232,6 +232,14 @@ def test_a_new_strength_reuses_both_stages_and_keeps_the_boxes() -> None:
         np.testing.assert_allclose(run.denoised, direct, atol=1e-4)
         assert np.abs(run.denoised - blind.denoised).max() > 1.0  # noise was put back
     np.testing.assert_allclose(blind.denoised, inf.denoise(den, vol), atol=1e-4)  # the cached one as it was
+    seen: list[tuple[int, int]] = []  # the strength step reports its slices, and a cancel there stops the run
+    with pytest.raises(inf.Cancelled):
+        inf.run_pipeline(vol, den, det, "cpu", cache=cache, settings=inf.InferenceSettings(remove_sd=5.0),
+                         progress=lambda d, t: seen.append((d, t)), cancel=lambda: len(seen) == 3)  # fmt: skip
+    assert seen == [(3, 9), (6, 9), (7, 9)]  # both stages from the cache, then the first strengthened slice
+    alone = inf.run_pipeline(vol, None, det, "cpu", cache=cache, settings=inf.InferenceSettings(remove_sd=5.0))
+    assert alone.cached == {"detect": False}  # detection of the input itself: the strength is no part of it
+    assert inf.run_pipeline(vol, None, det, "cpu", cache=cache).cached == {"detect": True}
     with pytest.raises(ValueError, match="not both"):
         inf.run_pipeline(vol, den, det, "cpu", settings=inf.InferenceSettings(remove_sd=1.0, leave_sd=2.0))
 

@@ -73,6 +73,12 @@ def test_a_polygon_on_a_rectangles_corners_holds_the_rectangles_pixels():
     for k in range(4):
         np.testing.assert_array_equal(shape_mask("polygon", np.roll(corners, k, axis=0), (128, 128)), want)
         np.testing.assert_array_equal(shape_mask("polygon", np.roll(corners[::-1], k, axis=0), (128, 128)), want)
+    turned = np.array([[10.3, 40.0], [40.0, 70.7], [70.7, 40.0], [40.0, 10.3]])  # the review: edge pixels swapped
+    for k in range(4):
+        np.testing.assert_array_equal(shape_mask("rectangle", np.roll(turned, k, axis=0), (128, 128)),
+                                      shape_mask("polygon", turned, (128, 128)))  # fmt: skip
+    bowtie = np.array([[10, 10], [30, 30], [30, 10], [10, 30]], float)  # equal lobes: zero signed area
+    assert shape_mask("polygon", bowtie, (40, 40)).sum() > 150
     notch = np.array([[10, 10], [10, 30], [30, 30], [30, 20], [20, 20], [20, 10]], float)  # an L
     m = shape_mask("polygon", notch, (40, 40))
     assert m.sum() == 20 * 20 - 10 * 10 and m[10, 10] and not m[25, 15] and m[25, 25] and not m[30, 25]

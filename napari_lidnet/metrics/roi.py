@@ -132,10 +132,8 @@ def shape_mask(shape_type: str, vertices: np.ndarray, image_shape: Sequence[int]
     if shape_type == "polygon":
         if len(v) < 3:
             raise ValueError(f"polygon needs at least 3 vertices, got {len(v)}")
-        mask = np.zeros(shape2, dtype=bool)
-        area = 0.5 * abs(float(np.dot(v[:, 0], np.roll(v[:, 1], 1)) - np.dot(v[:, 1], np.roll(v[:, 0], 1))))
-        if area < 1e-6:  # points on one line enclose nothing
-            return mask
+        if np.linalg.matrix_rank(v - v.mean(axis=0), tol=1e-6) < 2:  # points on one line enclose nothing (a
+            return np.zeros(shape2, dtype=bool)  # bow-tie's lobes cancel in the signed area: not this test)
         return _polygon_mask(v, shape2)
     if len(v) != 4:
         raise ValueError(f"{shape_type} needs the 4 corners of its bounding box, got {len(v)} vertices")
@@ -144,9 +142,7 @@ def shape_mask(shape_type: str, vertices: np.ndarray, image_shape: Sequence[int]
         if _is_axis_aligned(v):
             (r0, c0), (r1, c1) = v.min(axis=0), v.max(axis=0)
             return (rr >= r0) & (rr < r1) & (cc >= c0) & (cc < c1)
-        edges = np.stack([v[1] - v[0], v[3] - v[0]], axis=1)  # columns: edge vectors
-        u = _solve(edges, rr - v[0, 0], cc - v[0, 1])
-        return (u[0] >= 0) & (u[0] < 1) & (u[1] >= 0) & (u[1] < 1)
+        return _polygon_mask(v, shape2)  # turned: the polygon's rule, so either shape on its corners is the same
     centre = v.mean(axis=0)
     axes = np.stack([(v[1] - v[0]) / 2, (v[3] - v[0]) / 2], axis=1)  # semi-axis vectors
     u = _solve(axes, rr - centre[0], cc - centre[1])
