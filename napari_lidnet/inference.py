@@ -767,10 +767,8 @@ def iter_pipeline(
             result.denoised, image_key = hit, key
         else:
             result.boxes = hit
-    if after:
-        gen = _strengthened(stack, idx, result.denoised, final, in_place=cache is None)
-        offset = len(stages) * len(idx)
-        result.denoised = yield from map_yields(gen, lambda done: (offset + done, total))
+    if after:  # after the stages: its slices are counted from there
+        result.denoised = yield from _strengthened(stack, idx, result.denoised, final, cache is None, total)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -786,15 +784,15 @@ def _network_settings(denoiser: torch.nn.Module | None, settings: InferenceSetti
 
 
 def _strengthened(
-    stack: np.ndarray, idx: list[int], blind: np.ndarray, settings: InferenceSettings, in_place: bool
-) -> Generator[int, None, np.ndarray]:
-    """:func:`apply_strength` slice by slice (the input is never copied whole), yielding the slices done, into
-    ``blind`` itself with ``in_place``, else into a new array (a cached blind output stays as it is, so a run with
-    a cache and a strength holds two outputs)."""
+    stack: np.ndarray, idx: list[int], blind: np.ndarray, settings: InferenceSettings, in_place: bool, total: int
+) -> Generator[tuple[int, int], None, np.ndarray]:
+    """:func:`apply_strength` slice by slice (the input is never copied whole), the pipeline's last ``len(idx)`` of
+    ``total`` steps, into ``blind`` itself with ``in_place``, else into a new array (a cached blind output stays as
+    it is, so a run with a cache and a strength holds two outputs)."""
     out = blind if in_place else np.empty_like(blind)
     for k, i in enumerate(idx):
         out[k] = apply_strength(stack[i : i + 1], blind[k : k + 1], settings.remove_sd, settings.leave_sd)[0]
-        yield k + 1
+        yield total - len(idx) + k + 1, total
     return out
 
 

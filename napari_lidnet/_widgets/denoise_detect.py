@@ -69,8 +69,6 @@ THRESHOLD_RANGE = (5, 95)
 REMOVE_SD_MAX = 1000.0
 #: the strength box's modes: the noise SD to remove (BM3D's sigma), or the noise SD to leave in the output
 STRENGTH_MODES = ("remove", "leave")
-#: input noise SD (HU) in flat tissue below which there is no noise to report (lossy codecs leave exactly flat blocks)
-NO_NOISE_HU = 0.5
 
 
 def _replaced_note(last: dict | None, layer: Any, res: Any) -> str | None:
@@ -536,6 +534,8 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         if replaced:
             text += f"; {replaced}"
         if out.noise_sd is not None:
+            from ..metrics.noreference import NO_NOISE_HU
+
             before, after = out.noise_sd
             if not np.isfinite(before):
                 text += "; no flat soft tissue found to measure the noise in"
@@ -696,4 +696,5 @@ def _rates_by_set(cal: dict) -> str:
         if isinstance(by, dict) and by:
             rates = ", ".join(f"{kind} {float(v):.2f}" for kind, v in by.items() if isinstance(v, int | float))
             parts.append(f"{name}: {rates}")
-    return ("; by set (this dock detects on the denoised image): " + "; ".join(parts)) if parts else ""
+    return ("; by set (the dock detects on the denoised image when a denoiser is chosen): " + "; ".join(parts)
+            if parts else "")

@@ -95,10 +95,12 @@ def _note_noise(hu: Any, denoised: Any, remove_sd: float | None, leave_sd: float
     import math
 
     from napari_lidnet.io.volume import n_slices
-    from napari_lidnet.metrics.noreference import flat_noise_sd
+    from napari_lidnet.metrics.noreference import NO_NOISE_HU, flat_noise_sd
 
     measured, after = flat_noise_sd(hu, list(range(n_slices(hu))), denoised)
-    if math.isfinite(measured):
+    if math.isfinite(measured) and measured < NO_NOISE_HU:  # as the Denoise dock says it
+        print(f"no measurable noise in flat tissue (SD {measured:.1f} HU: lossy or processed?)", file=sys.stderr)
+    elif math.isfinite(measured):
         print(f"noise SD in flat tissue {measured:.1f} -> {after:.1f} HU", file=sys.stderr)
     if remove_sd is None and leave_sd is None:
         return

@@ -45,6 +45,7 @@ from napari_lidnet.metrics.image import METRIC_WINDOW
 
 __all__ = [
     "FLAT_HU",
+    "NO_NOISE_HU",
     "block_noise_sd",
     "body_mask",
     "correlation_length",
@@ -62,6 +63,8 @@ __all__ = [
 ]
 
 FLAT_HU: tuple[float, float] = (-200.0, 300.0)
+#: noise SD (HU) in flat tissue below which there is no noise to report (lossy codecs leave exactly flat blocks)
+NO_NOISE_HU = 0.5
 STRUCTURE_SIGMA = 3.0  # px: smoothing of the structure map that ranks blocks by flatness
 EDGE_SIGMA = 1.0  # px: Gaussian derivative of the sharpness measure
 EDGE_FIND_SIGMA = 3.0  # px: smoothing of the gradient that locates the strongest edges (noise hardly moves them)
