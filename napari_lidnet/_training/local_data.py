@@ -301,6 +301,7 @@ def iter_samples(
     from napari_lidnet.sim.lowdose import simulate_low_dose
 
     stop = should_stop or (lambda: False)
+    insertion = insertion_kwargs(device)
     samples = []
     for k, item in enumerate(inputs):
         full3 = item.full_hu[None] if item.full_hu.ndim == 2 else item.full_hu
@@ -321,7 +322,7 @@ def iter_samples(
         used = [z for z in used if z not in item.left_out]
         i0 = None
         if item.low_hu is None and used:
-            i0, how = calibrated_i0(full3, dose, item.spacing_mm, slice_seed(seed, k, n), **insertion_kwargs(device))
+            i0, how = calibrated_i0(full3, dose, item.spacing_mm, slice_seed(seed, k, n), **insertion)
             yield f"{item.name}: {how}"
         for count, z in enumerate(used):
             if item.low_hu is not None:
@@ -331,7 +332,7 @@ def iter_samples(
                     return []
                 yield f"simulating {dose:.0%} dose: {item.name} slice {count + 1}/{len(used)} (of {n})"
                 low = simulate_low_dose(full3[z], dose, item.spacing_mm, seed=slice_seed(seed, k, z), i0=i0,
-                                        **insertion_kwargs(device))  # fmt: skip
+                                        **insertion)  # fmt: skip
             name = item.name if item.full_hu.ndim == 2 else f"{item.name}#{z}"
             b = clipped[np.rint(clipped[:, 0]) == z][:, 1:]
             full_z = np.ascontiguousarray(full3[z], dtype=np.float32)

@@ -688,8 +688,8 @@ def _calibration_source(cal: dict) -> str:
 
 def _rates_by_set(cal: dict) -> str:
     """The calibration's false boxes per lesion-free slice by set and by image (as given / denoised), for the
-    threshold tooltip: the dock detects on the denoised image, which on real scans draws more boxes than the image
-    as given (the shipped card: 0.27 vs 0.02 on real validation slices); empty without them."""
+    threshold tooltip: the dock detects on the denoised image, which on real scans draws several times the boxes of
+    the image as given (the shipped card's real validation slices); empty without them."""
     parts = []
     for name, rec in (cal.get("sets") or {}).items():
         by = rec.get("fp_per_image_by_type") if isinstance(rec, dict) else None

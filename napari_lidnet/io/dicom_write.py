@@ -256,7 +256,7 @@ def write_dicom_series(
     header = _series_header(volume, series_description, source_tags)
     header.RescaleIntercept = _ds_str(intercept)
     pad = volume.metadata.get("padding_hu")
-    if pad is not None and pad < LOWEST_WRITTEN_HU and -32768 <= round(pad - intercept) <= 32767:
+    if pad is not None and pad < LOWEST_WRITTEN_HU and _INT16_MIN <= round(pad - intercept) <= _INT16_MAX:
         header.PixelPaddingValue = int(round(pad - intercept))  # the source's padding, kept where it was
     direction = np.asarray(volume.direction, dtype=float)
     normal = np.cross(direction[:, 0], direction[:, 1])
