@@ -359,6 +359,30 @@ def test_accepting_a_lesion_keeps_a_box_rejected_on_its_own(make_napari_viewer, 
     assert [widget.finding(i).status for i in range(3)] == ["accepted"] * 3
 
 
+def test_a_box_rejected_on_its_own_is_that_run_s_box_only(make_napari_viewer, tmp_path: Path) -> None:
+    """The mark "rejected on its own" belongs to the run whose box it was: another run (ids from 0 again) accepts
+    its lesion whole; a kept box deleted from the reviewed layer is rejected on its own like Reject."""
+    write_series(tmp_path / "ct", synthetic_hu((5, 24, 32), seed=4), series_uid="1.2.826.0.1.3680043.8.498.57")
+    vol = open_ct(tmp_path / "ct")[0]
+    rows = np.array([[1, 4, 4, 14, 12, 0.8], [2, 5, 4, 15, 12, 0.7], [3, 4, 5, 14, 13, 0.6]], np.float32)
+    viewer = make_napari_viewer()
+    widget, image, _boxes = open_with_boxes(viewer, vol, rows)
+    widget.reject(2)
+    other = rows.copy()
+    other[:, 1:5] += [14, 10, 14, 10]  # another lesion, elsewhere
+    widget.load(_run(viewer, image, other, "run B"), image)
+    widget.reject_lesion(0)
+    widget.accept_lesion(0)
+    assert [f.status for f in widget.findings] == ["accepted"] * 3
+    reviewed = viewer.layers[f"{image.name} reviewed"]
+    gone = list(reviewed.features["finding"]).index(2)
+    reviewed.selected_data = {gone}
+    reviewed.remove_selected()  # the reader deletes one wrong box on the layer
+    assert widget.finding(2).status == "rejected"
+    widget.accept_lesion(0)
+    assert [widget.finding(i).status for i in range(3)] == ["accepted", "accepted", "rejected"]
+
+
 
 def _run(viewer, image, detections: np.ndarray, name: str):
     """Another detection run's boxes on ``image`` (as the Denoise widget adds them)."""

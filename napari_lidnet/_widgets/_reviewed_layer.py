@@ -189,9 +189,11 @@ class ReviewedLayer:
             seen.add(f.id)
             changed.append(f)
         for f in self.findings:
-            if f.kept and f.id not in seen:
+            if f.kept and f.id not in seen:  # deleted on the layer: rejected on its own, as Reject does
                 f.status = "rejected"
+                self._alone.add(f.id)
         self.findings = [f for f in self.findings if not (f.status == "rejected" and f.score is None)]
+        self._alone &= {f.id for f in self.findings} | {f.id for f in self._parked.values()}  # a dropped id is reused
         self._measure(changed)
         self._label_reviewed(ids)
 

@@ -325,8 +325,8 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
                       "a 2D image, or draw the boxes on the volume")  # fmt: skip
             return len(self.findings)
         same = boxes is not None and boxes == self.boxes_layer and image == self.image_layer
-        if not same:
-            self._origin, self._parked = {}, {}
+        if not same:  # another run: its ids start again, so the marks of the last one go
+            self._origin, self._parked, self._alone = {}, {}, set()
         if boxes is not None and boxes != self.boxes_layer:
             self._disconnect_boxes()
             self.watch.connect(boxes.events.data, self._on_boxes_data)
