@@ -494,6 +494,29 @@ def test_each_row_says_only_its_own_placement_and_a_mirrored_copy_is_named() -> 
     assert "reversed" not in rows["plain"]["note"] + rows["later"]["note"]
 
 
+def test_a_region_picked_by_index_is_the_one_there_now(make_napari_viewer, qtbot, images2d) -> None:
+    """A region deleted and another drawn since the last refresh: picking index 1 picks the new region there, not
+    the deleted one the picker still listed at that index."""
+    _clean, noisy = images2d
+    viewer = make_napari_viewer()
+    viewer.add_image(noisy, name="noisy")
+    widget = ROICompareWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    shapes = viewer.add_shapes(name="regions", features={"name": np.array([], dtype=object)})
+    for name, corners in (("R1", [[50, 50], [80, 80]]), ("R2", [[5, 5], [30, 30]])):
+        shapes.feature_defaults["name"] = name
+        shapes.add_rectangles(np.array(corners))
+    widget.refresh()
+    shapes.selected_data = {0}
+    shapes.remove_selected()  # R2 is #0 now
+    shapes.feature_defaults["name"] = "R3"
+    shapes.add_rectangles(np.array([[90, 90], [120, 120]]))  # R3 is #1
+    widget.set_background(1)
+    assert widget.background_combo.currentData() == 1 and "R3" in widget.background_combo.currentText()
+    widget.refresh()
+    assert "R3" in widget.background_combo.currentText()
+
+
 def test_a_background_picked_right_after_drawing_is_kept(make_napari_viewer, qtbot, images2d) -> None:
     """A walkthrough drew two regions and picked the background before the table's first refresh: the pickers were
     still empty, so "(none)" was kept silently and every CNR cell stayed blank. The pickers list "(none)" from the

@@ -461,9 +461,10 @@ class ROICompareWidget(QWidget):
         self._pick(self.lesion_combo, index)
 
     def _pick(self, combo: QComboBox, index: int | None) -> None:
-        """Select region ``index`` in ``combo``; a region drawn since the last refresh is listed first (a
-        walkthrough picked a background right after drawing it and silently got none)."""
-        if index is not None and combo.findData(index) < 0:
+        """Select region ``index`` in ``combo``, listed as the regions are now: one drawn since the last refresh
+        (a walkthrough picked a background right after drawing it and silently got none), or one that took the index
+        of a region deleted since (the old one was picked)."""
+        if index is not None:
             self._inputs()  # lists the regions as they are now
         combo.setCurrentIndex(max(combo.findData(index), 0) if index is not None else 0)
 
