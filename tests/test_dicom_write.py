@@ -355,6 +355,26 @@ def test_padding_and_the_de_identification_codes_are_carried(tmp_path) -> None:
         assert [c.CodeValue for c in sr.DeidentificationMethodCodeSequence] == ["113100"]
 
 
+def test_a_padding_range_is_carried_whole(tmp_path) -> None:
+    """Review 2026-12-06: a source whose PixelPaddingValue..PixelPaddingRangeLimit spans several stored values
+    (padding filled with two of them, below air) got a derived series marking only the first: the range travels."""
+    from conftest import make_ct_slice
+
+    yy, xx = np.mgrid[:16, :16]
+    outside = (yy - 7.5) ** 2 + (xx - 7.5) ** 2 >= 7**2
+    stored_in = np.where(outside, np.where(xx % 2 == 0, 0, 300), 3000)  # HU -3024 and -2724 outside, -24 inside
+    (tmp_path / "src").mkdir()
+    for k in range(2):
+        make_ct_slice(tmp_path / "src" / f"s{k}.dcm", stored_in, series_uid="1.2.3.4567", position=(0, 0, 2.5 * k),
+                      intercept=-3024.0, extra={"PixelPaddingValue": 0, "PixelPaddingRangeLimit": 400})  # fmt: skip
+    (vol,) = read_dicom(tmp_path / "src")
+    out = pydicom.dcmread(write_dicom_series(vol, tmp_path / "out", "d")[0])
+    lo, hi = sorted((out.PixelPaddingValue, out.PixelPaddingRangeLimit))
+    assert np.array_equal((out.pixel_array >= lo) & (out.pixel_array <= hi), outside)
+    hu = np.array([lo, hi]) * float(out.RescaleSlope) + float(out.RescaleIntercept)
+    np.testing.assert_array_equal(hu, [-3024, -2624])  # the source's range: stored 0..400 at intercept -3024
+
+
 def test_a_single_slice_keeps_its_scanner_s_slice_location_and_acquisition_number(tmp_path) -> None:
     """Review 2026-12-06 (DICOM): a one-slice source (pydicom's CT_small: SliceLocation -77.204, its position -75.70
     along the normal) came back with a SliceLocation worked out from its position, and no AcquisitionNumber."""

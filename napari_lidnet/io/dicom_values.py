@@ -100,14 +100,17 @@ def padding_stored(ds: Any) -> tuple[float, float] | None:
     return (value, value) if limit is None else (min(value, limit), max(value, limit))
 
 
-def padding_hu(ds: Any, rescale: tuple[float, float]) -> float | None:
-    """The HU that the series' PixelPaddingValue reads as (``PADDING_HU`` where :func:`fill_padding_values` sets
-    it), so a derived series can mark the same pixels; None without PixelPaddingValue."""
+def padding_hu(ds: Any, rescale: tuple[float, float]) -> tuple[float, float] | None:
+    """The HU range (low, high) that the series' PixelPaddingValue (to PixelPaddingRangeLimit) reads as
+    (``PADDING_HU`` where :func:`fill_padding_values` sets it), so a derived series can mark the same pixels; None
+    without PixelPaddingValue."""
     pad = padding_stored(ds)
     if pad is None:
         return None
-    value = pad[0] * rescale[0] + rescale[1]
-    return PADDING_HU if value >= TISSUE_MAX_HU else float(value)
+    if pad[0] * rescale[0] + rescale[1] >= TISSUE_MAX_HU:
+        return PADDING_HU, PADDING_HU
+    lo, hi = sorted(float(v * rescale[0] + rescale[1]) for v in pad)
+    return lo, hi
 
 
 def tag_value(value: Any) -> Any:

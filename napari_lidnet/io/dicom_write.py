@@ -234,6 +234,21 @@ def _slice_dataset(
     return ds
 
 
+def _declare_padding(header: Any, pad: Any, intercept: float) -> None:
+    """PixelPaddingValue (and PixelPaddingRangeLimit) of the source's padding HU range ``pad`` (``(low, high)``,
+    or one value), in the new series' stored values; nothing when the range reaches air, which the denoiser writes
+    (it would mark tissue), or does not fit int16."""
+    if pad is None:
+        return
+    lo, hi = (float(pad), float(pad)) if np.ndim(pad) == 0 else (float(min(pad)), float(max(pad)))
+    stored = int(round(lo - intercept)), int(round(hi - intercept))
+    if hi >= LOWEST_WRITTEN_HU or not all(_INT16_MIN <= v <= _INT16_MAX for v in stored):
+        return
+    header.PixelPaddingValue = stored[0]  # the source's padding, kept where it was
+    if stored[1] != stored[0]:
+        header.PixelPaddingRangeLimit = stored[1]
+
+
 def write_dicom_series(
     volume: CTVolume,
     out_dir: str | Path,
@@ -255,9 +270,7 @@ def write_dicom_series(
     stored, intercept = _stored_int16(volume)
     header = _series_header(volume, series_description, source_tags)
     header.RescaleIntercept = _ds_str(intercept)
-    pad = volume.metadata.get("padding_hu")
-    if pad is not None and pad < LOWEST_WRITTEN_HU and _INT16_MIN <= round(pad - intercept) <= _INT16_MAX:
-        header.PixelPaddingValue = int(round(pad - intercept))  # the source's padding, kept where it was
+    _declare_padding(header, volume.metadata.get("padding_hu"), intercept)
     direction = np.asarray(volume.direction, dtype=float)
     normal = np.cross(direction[:, 0], direction[:, 1])
     positions = _slice_positions(volume, len(stored))
