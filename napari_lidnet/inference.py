@@ -729,7 +729,9 @@ def iter_pipeline(
     stage is looked up by (input fingerprint, model fingerprint, slices, settings, device type) first. The input
     is read in batches, never copied whole: peak memory is the output plus a batch (``benchmarks/
     pipeline_memory.py``). A blind denoiser's strength is applied after both stages (:func:`apply_strength`): the
-    detector reads the fully denoised slices it was calibrated on, and a new strength reuses both cached stages."""
+    detector reads the fully denoised slices it was calibrated on, and a new strength reuses both cached stages. A
+    told denoiser (``denoiser.told``) takes ``remove_sd`` as its input instead: the detector reads that output, so
+    there a new strength reruns both stages and the boxes may move."""
     t0 = time.perf_counter()
     final = settings or InferenceSettings()
     settings, after = _network_settings(denoiser, final)
@@ -776,9 +778,9 @@ def iter_pipeline(
 def _network_settings(denoiser: torch.nn.Module | None, settings: InferenceSettings) -> tuple[InferenceSettings, bool]:
     """(the settings the networks run with, whether the strength is applied after them): a blind denoiser runs
     without it (:func:`apply_strength` follows), a told one is given it."""
-    check_strength(settings.remove_sd, settings.leave_sd)
-    told = bool(getattr(denoiser, "told", False)) and bool(settings.remove_sd)
-    after = denoiser is not None and not told and (settings.remove_sd, settings.leave_sd) != (None, None)
+    strength = check_strength(settings.remove_sd, settings.leave_sd)  # leaving 0 HU: no strength at all
+    told = bool(getattr(denoiser, "told", False)) and bool(strength[0])
+    after = denoiser is not None and not told and strength != (None, None)
     blind = after or denoiser is None  # without a denoiser the strength is moot: not in the detection's key
     return (replace(settings, remove_sd=None, leave_sd=None) if blind else settings), after
 

@@ -237,6 +237,10 @@ def test_a_new_strength_reuses_both_stages_and_keeps_the_boxes() -> None:
         inf.run_pipeline(vol, den, det, "cpu", cache=cache, settings=inf.InferenceSettings(remove_sd=5.0),
                          progress=lambda d, t: seen.append((d, t)), cancel=lambda: len(seen) == 3)  # fmt: skip
     assert seen == [(3, 9), (6, 9), (7, 9)]  # both stages from the cache, then the first strengthened slice
+    seen.clear()  # leaving 0 HU is removing it all: the blind run itself, no strength step
+    inf.run_pipeline(vol, den, det, "cpu", cache=cache, settings=inf.InferenceSettings(leave_sd=0.0),
+                     progress=lambda d, t: seen.append((d, t)))  # fmt: skip
+    assert seen[-1] == (6, 6)
     alone = inf.run_pipeline(vol, None, det, "cpu", cache=cache, settings=inf.InferenceSettings(remove_sd=5.0))
     assert alone.cached == {"detect": False}  # detection of the input itself: the strength is no part of it
     assert inf.run_pipeline(vol, None, det, "cpu", cache=cache).cached == {"detect": True}
