@@ -138,6 +138,7 @@ def test_a_series_with_a_missing_slice_keeps_each_slices_position(tmp_path):
     assert [p[2] for p in src.metadata["slice_ipp"]] == zs
     assert src.metadata["instance_numbers"] == [5, 4, 3, 2, 1]  # write_series numbers them head first
     files = write_dicom_series(src, tmp_path / "out", "LIDnet denoised")
+    assert [f.name for f in files] == [f"IM{n:05d}.dcm" for n in (5, 4, 3, 2, 1)]  # named as PACS lists them
     for f, source, z in zip(files, sources, zs):
         ds, orig = pydicom.dcmread(f, stop_before_pixels=True), pydicom.dcmread(source, stop_before_pixels=True)
         assert float(ds.ImagePositionPatient[2]) == pytest.approx(z)

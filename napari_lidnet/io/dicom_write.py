@@ -282,9 +282,10 @@ def write_dicom_series(
     created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # deepest first
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    names = _file_numbers(numbers)
     try:
         for k in range(len(stored)):
-            path = out_dir / f"IM{k + 1:05d}.dcm"
+            path = out_dir / f"IM{names[k]:05d}.dcm"
             written.append(path)
             source = (numbers[k], uids[k], frames[k], sop_class)
             ds = _slice_dataset(header, k, positions[k], normal, stored[k], source, own[k])
@@ -293,6 +294,18 @@ def write_dicom_series(
         _remove_partial(written, created)
         raise
     return written
+
+
+def _file_numbers(numbers: list[Any]) -> list[int]:
+    """Each slice's file number: its InstanceNumber when every slice has a distinct positive one (a PACS and a file
+    browser then list the files in the same order), else its place along the normal from 1."""
+    try:
+        values = [int(n) for n in numbers]
+    except (TypeError, ValueError):
+        values = []
+    if values and min(values) > 0 and len(set(values)) == len(values):
+        return values
+    return list(range(1, len(numbers) + 1))
 
 
 def _remove_partial(files: list[Path], folders: list[Path]) -> None:
