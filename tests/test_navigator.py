@@ -340,14 +340,19 @@ def test_one_lesion_through_neighbouring_slices_is_decided_at_once(make_napari_v
     assert len({u for _, u in tracked[:3]}) == 1 and tracked[3][1] != tracked[0][1]
 
 
+THREE_SLICES = [[1, 4, 4, 14, 12, 0.8], [2, 5, 4, 15, 12, 0.7], [3, 4, 5, 14, 13, 0.6]]  # one lesion, slices 1-3
+
+
+def _three_slice_lesion(viewer, tmp_path: Path):
+    """A navigator on a 5-slice series with the boxes of one lesion on slices 1-3 (ids 0-2)."""
+    write_series(tmp_path / "ct", synthetic_hu((5, 24, 32), seed=4), series_uid="1.2.826.0.1.3680043.8.498.57")
+    return open_with_boxes(viewer, open_ct(tmp_path / "ct")[0], np.array(THREE_SLICES, np.float32))
+
+
 def test_accepting_a_lesion_keeps_a_box_rejected_on_its_own(make_napari_viewer, tmp_path: Path) -> None:
     """A reader rejects one slice's box of a three-slice lesion (a wrong box), then accepts the lesion: that box stays
     rejected and the status says so; accepting the lesion from the rejected row itself keeps that row."""
-    write_series(tmp_path / "ct", synthetic_hu((5, 24, 32), seed=4), series_uid="1.2.826.0.1.3680043.8.498.57")
-    vol = open_ct(tmp_path / "ct")[0]
-    rows = np.array([[1, 4, 4, 14, 12, 0.8], [2, 5, 4, 15, 12, 0.7], [3, 4, 5, 14, 13, 0.6]], np.float32)
-    viewer = make_napari_viewer()
-    widget, _image, _boxes = open_with_boxes(viewer, vol, rows)
+    widget, _image, _boxes = _three_slice_lesion(make_napari_viewer(), tmp_path)
     widget.reject(2)
     widget.accept_lesion(0)
     assert [widget.finding(i).status for i in range(3)] == ["accepted", "accepted", "rejected"]
@@ -362,13 +367,10 @@ def test_accepting_a_lesion_keeps_a_box_rejected_on_its_own(make_napari_viewer, 
 def test_a_box_rejected_on_its_own_is_that_run_s_box_only(make_napari_viewer, tmp_path: Path) -> None:
     """The mark "rejected on its own" belongs to the run whose box it was: another run (ids from 0 again) accepts
     its lesion whole; a kept box deleted from the reviewed layer is rejected on its own like Reject."""
-    write_series(tmp_path / "ct", synthetic_hu((5, 24, 32), seed=4), series_uid="1.2.826.0.1.3680043.8.498.57")
-    vol = open_ct(tmp_path / "ct")[0]
-    rows = np.array([[1, 4, 4, 14, 12, 0.8], [2, 5, 4, 15, 12, 0.7], [3, 4, 5, 14, 13, 0.6]], np.float32)
     viewer = make_napari_viewer()
-    widget, image, _boxes = open_with_boxes(viewer, vol, rows)
+    widget, image, _boxes = _three_slice_lesion(viewer, tmp_path)
     widget.reject(2)
-    other = rows.copy()
+    other = np.array(THREE_SLICES, np.float32)
     other[:, 1:5] += [14, 10, 14, 10]  # another lesion, elsewhere
     widget.load(_run(viewer, image, other, "run B"), image)
     widget.reject_lesion(0)
