@@ -729,9 +729,8 @@ def iter_pipeline(
     stage is looked up by (input fingerprint, model fingerprint, slices, settings, device type) first. The input
     is read in batches, never copied whole: peak memory is the output plus a batch (``benchmarks/
     pipeline_memory.py``). A blind denoiser's strength is applied after both stages (:func:`apply_strength`): the
-    detector reads the fully denoised slices it was calibrated on, and a new strength reuses both cached stages. A
-    told denoiser (``denoiser.told``) takes ``remove_sd`` as its input instead: the detector reads that output, so
-    there a new strength reruns both stages and the boxes may move."""
+    detector reads the fully denoised slices it was calibrated on, and a new strength reuses both cached stages; a
+    told one (``denoiser.told``) takes ``remove_sd`` in, so the detector reads that output and the boxes may move."""
     t0 = time.perf_counter()
     final = settings or InferenceSettings()
     settings, after = _network_settings(denoiser, final)

@@ -2,6 +2,7 @@
 denoise, detect; bad input exits 2 with one clear line and writes nothing."""
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -655,6 +656,29 @@ def test_train_says_its_split_and_takes_the_held_out_caps(trained, tmp_path, cap
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--test-max-slices", "0"])  # out of range: refused by the parser
     assert exit_info.value.code == 2
+
+
+def test_train_says_when_its_best_checkpoint_is_below_its_start(trained, tmp_path, capsys, monkeypatch):
+    """Walkthrough 2026-12-06: continuing the shipped pair at the default rate exported a model 2 dB below the one it
+    started from, said nowhere. The run says it, and the exported model is marked (a warning wherever it loads)."""
+    from napari_lidnet.metrics.noreference import card_worse_than_start
+    from napari_lidnet.models.weights import read_card
+
+    shutil.copytree(trained / "models", tmp_path / "models")  # its export stays out of the other tests' folder
+    monkeypatch.setenv("NAPARI_LIDNET_MODEL_DIR", str(tmp_path / "models"))
+    args = ["train", "--data", str(trained / "data"), "--out", str(tmp_path / "run"), "--mode", "pixel",
+            "--init-denoiser", "tiny", "--init-detector", "tiny", "--pretrain-from-init",
+            "--pretrain-denoiser-steps", "10", "--pretrain-detector-steps", "0", "--rounds", "0", "--lr", "0.03",
+            "--batch-size", "2", "--patch-size", "64", "--device", "cpu", "--export", "wrecked"]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "; the starting weights: psnr" in err
+    assert "warning: the best checkpoint is worse than the weights the run started from: its validation score" in err
+    path = next(m for m in list_models() if m.name == "wrecked_denoiser").path
+    assert card_worse_than_start(read_card(path))
+    assert main(["denoise", str(trained / "data" / "full" / sorted(os.listdir(trained / "data" / "full"))[0]),
+                 str(tmp_path / "out.npy"), "--model", "wrecked_denoiser", "--device", "cpu"]) == 0  # fmt: skip
+    assert "warning: wrecked_denoiser: its validation score" in capsys.readouterr().err
 
 
 def test_sigterm_while_a_series_is_written_leaves_no_half_series(tmp_path, capsys, monkeypatch):

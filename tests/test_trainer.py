@@ -15,6 +15,8 @@ from napari_lidnet._training.config import TrainConfig
 from napari_lidnet._training.split import split_samples
 from napari_lidnet._training.trainer import Trainer, TrainingError
 from napari_lidnet.io.dataset import Sample
+from napari_lidnet.metrics.noreference import card_worse_than_start, worse_reason
+from napari_lidnet.metrics.selection import selection_score
 from napari_lidnet.models.weights import load_weights
 
 
@@ -120,6 +122,16 @@ def test_init_weights_skip_pretraining_unless_asked_to_continue(tmp_path):
     ]
     assert vals[0] > first[0] + 1.0  # it starts from the trained weights, not from scratch
     assert sum("losses" in r for r in records) == 30  # and trains on from there
+    assert not card_worse_than_start(load_weights(tmp_path / "a" / "best_denoiser")[1])  # far above its random start
+    # continued at a rate that wrecks it: the card keeps the start's score, and says the model fell below it
+    wrecked = Trainer(_config(tmp_path / "e", init_denoiser=start, pretrain_from_init=True, lr=0.03, **cfg), samples)
+    end = [r for r in wrecked.run() if r["stage"] == "finished"][0]
+    card = load_weights(tmp_path / "e" / "best_denoiser")[1]
+    assert card["training"]["start_metrics"]["psnr"] == pytest.approx(end["start"]["psnr"])
+    assert card["metrics"]["psnr"] < end["start"]["psnr"] - 1.0 and card_worse_than_start(card)
+    a, b = (selection_score(end[k]) for k in ("start", "best"))
+    assert worse_reason(card) == f"its validation score (PSNR + 20 x sensitivity) fell from {a:.2f} to {b:.2f} dB " \
+        "during training"
 
 
 def _same_weights(a_dir: Path, b_dir: Path, tag: str = "last") -> None:

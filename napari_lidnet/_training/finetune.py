@@ -4,7 +4,7 @@
 exactly the same code. Runs live next to the user model folder, never in the working directory. torch is imported
 only inside functions.
 
-What the outcome claims: the best checkpoint is chosen on the validation slices (``trainer.selection_score``);
+What the outcome claims: the best checkpoint is chosen on the validation slices (``metrics.selection.selection_score``);
 "improved" is judged on a held-out test part (contiguous slices never used for a choice) by the same score; with
 boxes from the starting detector no sensitivity is reported or counted (it would measure agreement with that
 detector); without validation slices the last round is the result. ``outcome_summary`` says all of this.
@@ -171,7 +171,7 @@ class FinetuneOutcome:
 def improved(start: dict[str, float] | None, best: dict[str, float] | None) -> bool | None:
     """Whether ``best`` beats ``start`` by the trainer's one checkpoint score (pass held-out test metrics);
     None when either was not measured."""
-    from napari_lidnet._training.trainer import selection_score
+    from napari_lidnet.metrics.selection import selection_score
 
     a, b = selection_score(start), selection_score(best)
     if a is None or b is None:

@@ -14,7 +14,8 @@ def format_record(rec: dict[str, Any], every: int = 25) -> str | None:
         best = " (best so far)" if rec.get("is_best") else ""
         return f"validation after {rec['after']}: {format_metrics(rec['val'])}{best}{input_text(rec)}"
     if stage == "finished":
-        return f"finished: best checkpoint in {rec['out']}: {format_metrics(rec.get('best') or {})}"
+        start = f"; the starting weights: {format_metrics(rec['start'])}" if rec.get("start") else ""
+        return f"finished: best checkpoint in {rec['out']}: {format_metrics(rec.get('best') or {})}{start}"
     step = rec.get("stage_step", 0)
     if step % every and step != rec.get("stage_total"):
         return None

@@ -45,6 +45,7 @@ from napari_lidnet._training.resume import changed_steps_note, check_resume, ste
 from napari_lidnet._training.split import split_samples
 from napari_lidnet._training.validate import evaluate_denoiser, input_quality, noisy_reference_note, stack_samples
 from napari_lidnet.io.folder_lock import FolderInUse, FolderLock
+from napari_lidnet.metrics.selection import SENSITIVITY_DB, selection_score
 from napari_lidnet.models.denoisers import build_denoiser, check_trainable_blind
 from napari_lidnet.models.detector import LesionDetector
 from napari_lidnet.models.device import pick_device
@@ -110,20 +111,9 @@ def _group(stage: str) -> str:
     return stage.split("-")[0]
 
 
-#: dB of validation PSNR that a mean FROC sensitivity of 1 is worth in the checkpoint score (0.05 -> 1 dB)
-SENSITIVITY_DB = 20.0
 #: how the best checkpoint was chosen, in ``state.json``
 RULE_SCORE = f"validation PSNR + {SENSITIVITY_DB:g} x mean sensitivity"
 RULE_LAST = "last round (no validation slices)"
-
-
-def selection_score(metrics: dict[str, float] | None) -> float | None:
-    """The one checkpoint rule, the same for every mode: validation PSNR (dB) plus
-    ``SENSITIVITY_DB`` x mean FROC sensitivity (that term only where validation has annotated lesions).
-    None without validation metrics: then the last round is the result."""
-    if not metrics or "psnr" not in metrics:
-        return None
-    return float(metrics["psnr"] + SENSITIVITY_DB * metrics.get("sensitivity", 0.0))
 
 
 class Trainer:
@@ -249,6 +239,7 @@ class Trainer:
                 **({"data": self._data_record} if self._data_record else {}),
                 **({"init": self._init_records} if self._init_records else {}),
                 "commands": list(self.state.get("commands", [])),
+                **({"start_metrics": self.state["start_metrics"]} if self.state.get("start_metrics") else {}),
                 "n_train_slices": len(self.train_samples),
                 "n_val_slices": len(self.val_samples),
                 "n_test_slices": len(self.test_samples),

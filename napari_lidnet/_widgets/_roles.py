@@ -139,13 +139,14 @@ def model_item(name: str, kind: str, shipped: bool) -> str:
     return f"{pair_name(name, kind)} ({'shipped' if shipped else 'user'})"
 
 
-#: what a model picker adds to a model whose own no-reference check found it worse than its start
+#: what a model picker adds to a model that its own check found worse than its start (``noreference.worse_reason``)
 WORSE_MARK = " - worse than its start by its own check"
 
 
 def _model_label(info: Any, kind: str) -> str:
-    """A model's picker entry; an adapted model that its own no-reference check found worse than the model it
-    started from says so (``metrics.noreference.worse_than_start``, from its card)."""
+    """A model's picker entry; a model that its own check found worse than the model it started from says so
+    (an adapted model's no-reference check, a trained one's validation score: ``metrics.noreference.worse_reason``,
+    from its card)."""
     from ..metrics.noreference import card_worse_than_start
 
     return model_item(info.name, kind, info.shipped) + (WORSE_MARK if card_worse_than_start(info.card) else "")

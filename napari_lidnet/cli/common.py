@@ -135,7 +135,7 @@ def threshold_note(name: str, card: dict[str, Any]) -> str:
 
 
 def load_model_arg(name: str | None, kind: str, device: str):
-    from napari_lidnet.metrics.noreference import card_worse_than_start
+    from napari_lidnet.metrics.noreference import worse_reason
     from napari_lidnet.models.device import pick_device
     from napari_lidnet.models.registry import load_model
 
@@ -143,9 +143,9 @@ def load_model_arg(name: str | None, kind: str, device: str):
     dev, notice = pick_device(device)
     if notice:
         print(notice, file=sys.stderr)
-    if card_worse_than_start(card):
-        print(f"warning: {name}: its own no-reference check found it worse than the model it was adapted from "
-              f"({card.get('training', {}).get('selfsup', {}).get('from_model', 'its start')})", file=sys.stderr)
+    worse = worse_reason(card)
+    if worse:
+        print(f"warning: {name}: {worse}", file=sys.stderr)
     return model.to(dev), dev, card
 
 
