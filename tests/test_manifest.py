@@ -400,7 +400,7 @@ def test_series_that_cannot_train_are_skipped_at_index_time_with_a_reason(tmp_pa
 def test_no_patient_is_both_trained_and_held_out(tmp_path):
     """Two reconstructions of one patient (and the same series exported twice) are two series; when validation
     takes slices of that patient, none of the patient's slices trains."""
-    from napari_lidnet._training.split import split_samples
+    from napari_lidnet._training.split import left_out, split_samples
 
     root = tmp_path / "arch"
     for i, (uid, patient) in enumerate((("1.9.1", "P1"), ("1.9.2", "P1"), ("1.9.3", "P2"), ("1.9.4", "P3"))):
@@ -415,11 +415,18 @@ def test_no_patient_is_both_trained_and_held_out(tmp_path):
         assert not held & {s.patient for s in train}, seed
         assert train
     assert tried == {s.patient for s in slices}  # every patient was held out under some seed
+    train, val, test = split_samples(slices, 0.2, 0, 8)  # and the run says what that cost (a walkthrough lost 56 of 84)
+    lost = len(slices) - len(train) - len(val) - len(test)
+    patient_rest = sum(s.patient == val[0].patient for s in slices) - len(val)
+    said = left_out(slices, train, [*val, *test])
+    assert lost == patient_rest and said.startswith(f"left out {lost} slices: ") and "held-out slices' patient" in said
     one = [s for s in slices if s.patient == slices[0].patient]  # one patient only: the neighbours' guard holds
     for seed in range(6):
         train, val, _ = split_samples(one, 0.2, seed, 8)
         near = {(s.group, s.position + d) for s in val for d in (-1, 0, 1)}
         assert train and not {(s.group, s.position) for s in train} & near, seed
+    said = left_out(one, train, val)
+    assert said.startswith("left out ") and "next to a held-out slice" in said and "patient" not in said
 
 
 def test_linked_series_and_files_are_indexed_where_the_archive_shows_them(tmp_path):

@@ -42,7 +42,7 @@ from napari_lidnet._training.losses import (
 from napari_lidnet._training.partial import drop_partial, load_partial, save_partial, where
 from napari_lidnet._training.patches import PatchBatch, calibration_batch, check_patch_settings, patch_batches
 from napari_lidnet._training.resume import changed_steps_note, check_resume, steps_key
-from napari_lidnet._training.split import split_samples
+from napari_lidnet._training.split import left_out, split_samples
 from napari_lidnet._training.validate import evaluate_denoiser, input_quality, noisy_reference_note, stack_samples
 from napari_lidnet.io.folder_lock import FolderInUse, FolderLock
 from napari_lidnet.metrics.selection import SENSITIVITY_DB, selection_score
@@ -146,6 +146,8 @@ class Trainer:
         )  # fmt: skip
         if not self.train_samples:
             raise ValueError("no training slices left after the validation split")
+        note = left_out(samples, self.train_samples, [*self.val_samples, *self.test_samples])
+        self.split_note = f"; {note}" if note else ""  # what the split left out, for the run's first line
         check_patch_settings(samples, config.patch_size, config.batch_size, self.world_size)
         n_lesions = sum(len(s.boxes) for s in self.train_samples)
         if config.mode != "pixel" and n_lesions == 0 and not config.insert_lesions:

@@ -121,7 +121,7 @@ def _train_and_export(cfg, rank: int, world: int, export: str | None, command: s
     if rank == 0:
         n_val, n_test = len(trainer.val_samples), len(trainer.test_samples)
         print(f"slices: {len(trainer.train_samples)} train, {n_val} validation (at most {cfg.val_max_slices}), "
-              f"{n_test} test (at most {cfg.test_max_slices})", file=sys.stderr, flush=True)  # fmt: skip
+              f"{n_test} test (at most {cfg.test_max_slices}){trainer.split_note}", file=sys.stderr, flush=True)
         if trainer.resumed:
             print(trainer.resume_line(), file=sys.stderr, flush=True)
     with ctrl_c_stops(stop, escalate=world == 1):
