@@ -3,9 +3,13 @@ layers, the low-dose simulation as a job (progress, time left, Cancel within one
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+import torch
 
+from napari_lidnet._widgets._worker_utils import dock_threads
 from napari_lidnet._widgets.load_ct import LoadCTWidget
 from napari_lidnet._widgets.reading_room import ReadingRoom
 from napari_lidnet.io.windowing import contrast_limits
@@ -125,8 +129,15 @@ def test_simulate_low_dose_adds_noisier_layer(widget, qtbot):
     w.sim_layer_combo.setCurrentText("phantom")
     w.dose_spin.setValue(0.25)
     w.sim_device_combo.setCurrentText("cpu")
-    with qtbot.waitSignal(w.simulation_finished, timeout=60000):
-        w.simulate_button.click()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # torch's own default: every core
+    try:
+        with qtbot.waitSignal(w.simulation_finished, timeout=60000):
+            w.simulate_button.click()
+        shared = dock_threads(len(os.sched_getaffinity(0)), dict(os.environ))  # one core left to the viewer
+        assert torch.get_num_threads() == (shared or len(os.sched_getaffinity(0)))
+    finally:
+        torch.set_num_threads(threads)
     low = viewer.layers["phantom 25% dose"]  # a short name: the layer list shows it whole
     assert low.data.shape == hu.shape and tuple(low.scale) == (0.8, 0.8)
     assert tuple(low.contrast_limits) == (-160, 240)
@@ -371,3 +382,10 @@ def test_only_the_newest_scan_fills_the_picker(widget, two_series_dir, qtbot, mo
     qtbot.waitUntil(lambda: not w._workers, timeout=10000)
     labels = [w.series_combo.itemText(i) for i in range(w.series_combo.count())]
     assert len(labels) == 2 and len(set(labels)) == 2, labels
+
+
+def test_the_docks_leave_the_viewer_a_core():
+    """Two walkthroughs on a busy 2-core machine: torch's threads on every core ran the simulation 10-40x slower
+    than one thread, and the viewer stuttered. The docks' jobs take every core but one; OMP_NUM_THREADS wins."""
+    assert [dock_threads(n, {}) for n in (1, 2, 4, 16)] == [1, 1, 3, 15]
+    assert dock_threads(8, {"OMP_NUM_THREADS": "4"}) is None and dock_threads(8, {"OMP_NUM_THREADS": " "}) == 7

@@ -50,6 +50,7 @@ from ._worker_utils import (
     ModelStore,
     Progress,
     inference_job,
+    share_cores,
 )
 from .compare import FLIP_KEY, CompareView
 from .reading_room import ReadingRoom
@@ -446,6 +447,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
 
         remove_sd, leave_sd = self.remove_sd, self.leave_sd
         self._pending = {"layer": layer, "slices": slices, "remove_sd": remove_sd, "leave_sd": leave_sd}
+        share_cores()
         worker = create_worker(
             inference_job,
             layer.data,

@@ -49,6 +49,7 @@ from ._finetune_parts import (
 from ._layer_watch import LayerWatch
 from ._roles import CALIPERS, DETECTIONS, current_slice, fill_models, grayscale_images, is_reduced_dose, role
 from ._run_task import finish_run, register_run
+from ._worker_utils import share_cores
 from .layer_inputs import inputs_from_layers, paired_input
 from .reading_room import ReadingRoom
 
@@ -465,6 +466,7 @@ class FineTuneWidget(QWidget):
         next progress record, before it saves anything; ``register_run`` registers it to stop as Stop does."""
         from napari.qt.threading import GeneratorWorker
 
+        share_cores()
         done = self._job_done = threading.Event()
 
         def run() -> Any:

@@ -40,7 +40,7 @@ from ._docking import DockHome, scroll_layout
 from ._layer_watch import LayerWatch, renamed_to
 from ._roles import derived_name, grayscale_images, is_ct_image, is_reduced_dose
 from ._sim_job import SimProgress, added_noise_sd, simulate_job
-from ._worker_utils import Failure
+from ._worker_utils import Failure, share_cores
 from .calipers import measure
 from .reading_room import HINT, ReadingRoom
 
@@ -376,6 +376,7 @@ class LoadCTWidget(QWidget):
             return None
         dose, seed = float(self.dose_spin.value()), int(self.seed_spin.value())
         args = (hu, dose, float(layer.scale[-1]), seed, self.sim_device_combo.currentText(), self.sim_chunk)
+        share_cores()
         worker = create_worker(simulate_job, *args, _start_thread=False)
         worker.yielded.connect(lambda rec, w=worker: self._on_sim_progress(rec) if w is self.sim_worker else None)
         worker.returned.connect(lambda out: self._on_simulated(out, layer, dose, seed))

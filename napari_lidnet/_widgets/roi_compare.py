@@ -70,6 +70,7 @@ from napari_lidnet._widgets._roles import (
     role,
 )
 from napari_lidnet._widgets._save_dialog import check_suffix, save_path
+from napari_lidnet._widgets._worker_utils import share_cores
 from napari_lidnet._widgets.reading_room import ReadingRoom
 from napari_lidnet.io.windowing import WINDOW_PRESETS, contrast_limits
 from napari_lidnet.metrics.nps import region_nps
@@ -535,6 +536,7 @@ class ROICompareWidget(QWidget):
         from napari.qt.threading import create_worker
 
         self.status.setText(COMPUTING)
+        share_cores()
         worker = create_worker(
             compute_rows,
             *args,
