@@ -125,7 +125,9 @@ def test_broken_dicom_message_names_file(widget, tmp_path, qtbot):
 def test_simulate_low_dose_adds_noisier_layer(widget, qtbot):
     viewer, w = widget
     hu = disk_phantom()
-    viewer.add_image(hu, name="phantom", scale=(0.8, 0.8), contrast_limits=(-160, 240), metadata={"hu": True})
+    exposure = {"CTDIvol": 18.54, "Exposure": 253, "XRayTubeCurrent": 615, "ExposureTime": 330, "KVP": 120}
+    viewer.add_image(hu, name="phantom", scale=(0.8, 0.8), contrast_limits=(-160, 240),
+                     metadata={"hu": True, "source_tags": exposure})  # fmt: skip
     w.sim_layer_combo.setCurrentText("phantom")
     w.dose_spin.setValue(0.25)
     w.sim_device_combo.setCurrentText("cpu")
@@ -142,6 +144,9 @@ def test_simulate_low_dose_adds_noisier_layer(widget, qtbot):
     assert low.data.shape == hu.shape and tuple(low.scale) == (0.8, 0.8)
     assert tuple(low.contrast_limits) == (-160, 240)
     assert low.metadata["normal_dose"] == "phantom" and low.metadata["hu"]  # ROI compare's default reference
+    # the exposure it states is the simulated one (a walkthrough's "SIMULATED 25%" series kept 18.54 mGy, 253 mAs)
+    assert low.metadata["source_tags"] == {**exposure, "CTDIvol": 18.54 * 0.25, "Exposure": 63, "XRayTubeCurrent": 154}
+    assert viewer.layers["phantom"].metadata["source_tags"] == exposure
     yy, xx = np.mgrid[:64, :64]
     inside = (yy - 32) ** 2 + (xx - 32) ** 2 < 15**2
     assert np.std(low.data[inside]) > np.std(hu[inside]) + 1.0

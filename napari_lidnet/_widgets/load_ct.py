@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..io.dicom_values import at_dose
 from ..io.open_ct import list_series, open_ct
 from ..io.volume import n_slices
 from ..io.windowing import SCAN_WINDOW, WINDOW_PRESETS
@@ -432,6 +433,10 @@ class LoadCTWidget(QWidget):
         meta = {**layer.metadata, "hu": True, "dose": dose, "simulated_dose": dose, "simulated_seed": seed,
                 "normal_dose": layer.name, "simulated_added_sd": added, "simulated_noise_level": how,
                 "source": f"{layer.name} at {dose:.0%} dose (napari_lidnet.sim, seed {seed})"}  # fmt: skip
+        if isinstance(meta.get("source_tags"), dict):  # its exposure is the simulated one
+            meta["source_tags"] = at_dose(meta["source_tags"], dose)
+        if isinstance(meta.get("slice_tags"), list):
+            meta["slice_tags"] = [at_dose(t, dose) if isinstance(t, dict) else t for t in meta["slice_tags"]]
         new = self.viewer.add_image(
             np.asarray(result, dtype=np.float32),
             name=derived_name(layer.name, f"{dose:.0%} dose"),

@@ -113,6 +113,25 @@ def padding_hu(ds: Any, rescale: tuple[float, float]) -> tuple[float, float] | N
     return lo, hi
 
 
+#: exposure values that scale with the dose (tube current, current-time product, CTDIvol); ExposureTime does not
+DOSE_TAGS = ("XRayTubeCurrent", "Exposure", "ExposureInuAs", "CTDIvol")
+
+
+def at_dose(tags: dict[str, Any] | None, dose: float) -> dict[str, Any] | None:
+    """``tags`` (``metadata["source_tags"]`` or one slice's ``slice_tags``) with the :data:`DOSE_TAGS` values times
+    ``dose``, so that a simulated low-dose copy written as DICOM states its own exposure, not the scan's (a
+    walkthrough's "SIMULATED 25% dose" series kept 18.54 mGy and 253 mAs); whole numbers stay whole (IS)."""
+    if not tags:
+        return tags
+    out = dict(tags)
+    for key in DOSE_TAGS:
+        value = out.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        out[key] = int(round(value * dose)) if isinstance(value, int) else float(value) * dose
+    return out
+
+
 def tag_value(value: Any) -> Any:
     """A header value as pydicom sets it: a code sequence kept as a list of dicts (``dicom_read._plain``) becomes
     a Sequence of Datasets again; anything else as it is."""
