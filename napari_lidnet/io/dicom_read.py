@@ -190,6 +190,16 @@ def _source_tags(ds: Any, keywords: Sequence[str] = SOURCE_TAGS) -> dict[str, An
     return tags
 
 
+def _sop_uid(ds: Any, key: str) -> str:
+    """The slice's ``SOPInstanceUID`` / ``SOPClassUID``, else its file meta's copy (``MediaStorage...``): an
+    anonymiser that blanked the dataset's left an SR and a derived series referencing nothing (a walkthrough)."""
+    value = str(ds.get(key, "") or "").strip()
+    if value:
+        return value
+    meta = getattr(ds, "file_meta", None)
+    return str((meta.get(f"MediaStorage{key}", "") if meta is not None else "") or "").strip()
+
+
 def _slice_tags(headers: list[DicomHeader]) -> list[dict[str, Any]] | None:
     """Each slice's ``SLICE_TAGS`` (as ``_source_tags`` reads them), when some differ from the first slice's, or
     for a single slice (its SliceLocation is the scanner's, not one worked out from its position)."""
@@ -487,7 +497,7 @@ def _slice_ids(headers: list[DicomHeader]) -> dict[str, list]:
         numbers = [f or instance_number(h.ds) or None for h, f in zip(headers, frames)]
     ids = {
         "instance_numbers": numbers,
-        "sop_instance_uids": [str(h.ds.get("SOPInstanceUID", "") or "") for h in headers],
+        "sop_instance_uids": [_sop_uid(h.ds, "SOPInstanceUID") for h in headers],
     }
     if any(frames):
         ids["frame_numbers"] = frames
@@ -503,7 +513,7 @@ def _series_metadata(
         "format": "dicom",
         "source": str(source if source is not None else headers[0].path),
         "series_uid": str(ds0.get("SeriesInstanceUID", "")),
-        "sop_class_uid": str(ds0.get("SOPClassUID", "") or ""),
+        "sop_class_uid": _sop_uid(ds0, "SOPClassUID"),
         "series_description": str(ds0.get("SeriesDescription", "") or ""),
         "modality": str(ds0.get("Modality", "") or ""),
         "files": [str(h.path) for h in headers],
