@@ -267,6 +267,8 @@ def test_per_image_tags_follow_their_slice(tmp_path):
             extra |= {"LossyImageCompression": "01", "LossyImageCompressionRatio": "10"}
         if k == 3:
             del extra["CTDIvol"]  # this slice does not say: it must not take slice 0's
+        if k == 0:
+            extra["AcquisitionNumber"] = 1  # the others do not say: Type 2, so present and empty there
         make_ct_slice(tmp_path / "src" / f"s{k}.dcm", np.full((8, 8), 1000), series_uid="1.2.3.120",
                       position=(0, 0, 2.5 * k), instance_number=k + 1, extra=extra)  # fmt: skip
     with warnings.catch_warnings():
@@ -279,6 +281,8 @@ def test_per_image_tags_follow_their_slice(tmp_path):
     assert [float(ds.CTDIvol) if "CTDIvol" in ds else None for ds in written] == [5.0, 6.0, 7.0, None]
     assert [float(ds.SliceLocation) for ds in written] == pytest.approx([-77.2, -74.7, -72.2, -69.7])
     assert [ds.get("LossyImageCompression") for ds in written] == [None, None, "01", None]
+    numbers = [str(ds.AcquisitionNumber or "") if "AcquisitionNumber" in ds else None for ds in written]
+    assert numbers == ["1", "", "", ""]  # Type 2: present, empty where the source slice does not say
 
 
 def test_empty_source_windows_get_the_default_and_a_source_without_frame_of_reference_one_stable_uid(tmp_path):
