@@ -116,6 +116,30 @@ def test_one_click_run_improves_and_publishes(make_napari_viewer, qtbot, model_d
     assert widget.name_edit.text() != "site-b"
 
 
+def test_scans_without_lesion_boxes_fine_tune_both_networks_with_synthetic_lesions(
+    make_napari_viewer, qtbot, model_dir: Path
+) -> None:
+    """Walkthrough 2026-12-06: a clinic's normal scans have no lesion boxes, so the dock refused a LIDnet run (the
+    command line's --insert-lesions was not offered). "synthetic lesions" (Advanced) gives patches lesions to train
+    both networks on: no boxes are needed then."""
+    viewer = make_napari_viewer()
+    add_case(viewer, n=4)
+    viewer.layers.remove("lesions")  # lesion-free scans
+    widget = make_widget(viewer, qtbot, "normals", rounds=1, den_steps=4, det_steps=2)
+    widget.start_denoiser_combo.setCurrentText("tiny (user)")
+    widget.set_source("paired")
+    assert widget.start() is None and "choose the lesion boxes" in widget.status.text()
+    widget.insert_spin.setValue(0.5)
+    worker = widget.start()
+    assert worker is not None, widget.status.text()
+    wait_done(widget, qtbot, worker)
+    assert widget.outcome is not None and widget.outcome.status == "finished", widget.status.text()
+    card = load_weights(model_dir / "normals_detector")[1]
+    assert card["training"]["config"]["insert_lesions"] == 0.5
+    assert card["training"]["finetune"]["images"][0]["boxes"] == "none (synthetic lesions)"
+    assert any(r.get("losses", {}).get("detection") for r in widget.records if r["stage"].endswith("detector"))
+
+
 def test_stop_ends_the_run_and_keeps_the_best_so_far(make_napari_viewer, qtbot, model_dir: Path) -> None:
     viewer = make_napari_viewer()
     add_case(viewer, n=4)

@@ -52,6 +52,7 @@ ONE_CLICK_DEFAULTS: dict[str, Any] = {
     "roi_weight": TrainConfig.roi_weight,
     "val_fraction": 0.2,
     "test_fraction": 0.2,
+    "insert_lesions": 0.0,  # share of patches given synthetic lesions (0: the boxes given are the only lesions)
     "seed": 0,
     "device": "auto",
 }
@@ -207,8 +208,8 @@ def prepare_samples(
 
     Raises :class:`DataProblems` listing everything wrong with the data (and ([], {}) when stopped)."""
     cfg = req.config
-    need_lesions = cfg.mode != "pixel"
-    near = None if need_lesions else 0  # pixel loss only: unannotated slices are fine
+    need_lesions = cfg.mode != "pixel" and not cfg.insert_lesions  # synthetic lesions: scans without any train too
+    near = None if need_lesions else 0  # pixel loss only or synthetic lesions: unannotated slices are fine
     if req.dataset_dir:
         from napari_lidnet.io.dataset import read_dataset
 
@@ -230,7 +231,7 @@ def prepare_samples(
 
         device = pick_device(cfg.device)[0]
         detector = None
-        if not need_lesions:  # pixel loss only: boxes are not needed, nothing to detect
+        if cfg.mode == "pixel":  # pixel loss only: boxes are not needed, nothing to detect
             for item in inputs:
                 if item.boxes is None:
                     item.boxes = np.zeros((0, 5), np.float32)

@@ -157,7 +157,8 @@ def _box_problems(item: CTInput) -> list[str]:
 def _lesion_advice(n: int) -> str:
     return (
         f"only {n} lesion box(es); the detection and ROI losses need at least {MIN_LESIONS}: draw rectangles "
-        f"around lesions on a Shapes layer, or train the denoiser alone (pixel loss) in Advanced"
+        f"around lesions on a Shapes layer, give synthetic lesions, or train the denoiser alone (pixel loss) in "
+        "Advanced"
     )
 
 

@@ -41,6 +41,7 @@ SCHEME_TIPS = {
 #: the advanced settings that the self-supervised source does not use (disabled while it is chosen)
 UNUSED_SETTINGS = (
     "mode_combo",
+    "insert_spin",
     "rounds_spin",
     "den_steps_spin",
     "det_steps_spin",

@@ -112,7 +112,7 @@ def _has_boxes(lesions_csv: Path) -> bool:
 
 def input_problems(inputs: Sequence[CTInput], settings: dict[str, Any]) -> list[str]:
     """What is wrong with the inputs for the run ``settings`` describe (``FineTuneWidget.settings()``)."""
-    need_lesions = settings["mode"] != "pixel"
+    need_lesions = settings["mode"] != "pixel" and not settings.get("insert_lesions")
     problems = list(check_inputs(inputs, settings["patch_size"], need_lesions, settings["val_fraction"]))
     if need_lesions and any(i.boxes is None for i in inputs) and not settings["init_detector"]:
         problems.append(
@@ -417,6 +417,7 @@ class AdvancedBox(QWidget):
             ("patch size", self.patch_spin),
             ("batch size", self.batch_spin),
             ("validation split", self.val_spin),
+            ("synthetic lesions", self.insert_spin),
             ("auto-box score threshold", self.box_threshold_spin),
             ("device", self.device_combo),
             ("seed", self.seed_spin),
@@ -440,6 +441,9 @@ class AdvancedBox(QWidget):
         self.patch_spin = spin_box(32, 512, d["patch_size"], None, 16)
         self.batch_spin = spin_box(1, 64, d["batch_size"])
         self.val_spin = spin_box(0.0, 0.9, d["val_fraction"], 2, 0.05)
+        self.insert_spin = spin_box(0.0, 1.0, d["insert_lesions"], 2, 0.1)
+        self.insert_spin.setToolTip("share of training patches given synthetic lesions (soft tissue, lung): both "
+                                    "networks then train on scans without lesion boxes too; 0: only your boxes")
         self.box_threshold_spin = spin_box(0.05, 0.99, AUTO_BOX_THRESHOLD, 2, 0.05)
         self.device_combo = QComboBox()
         self.seed_spin = spin_box(0, 2**31 - 1, d["seed"])
@@ -469,6 +473,7 @@ class AdvancedBox(QWidget):
             "patch_size": self.patch_spin.value(),
             "batch_size": self.batch_spin.value(),
             "val_fraction": self.val_spin.value(),
+            "insert_lesions": self.insert_spin.value(),
             "device": self.device_combo.currentText() or "auto",
             "seed": self.seed_spin.value(),
             "box_threshold": float(self.box_threshold_spin.value()),

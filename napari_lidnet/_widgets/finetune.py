@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from qtpy.QtWidgets import QWidget
 
 from .._training.finetune import (
@@ -176,6 +177,7 @@ class FineTuneWidget(QWidget):
             "patch_spin",
             "batch_spin",
             "val_spin",
+            "insert_spin",
             "box_threshold_spin",
             "device_combo",
             "seed_spin",
@@ -294,8 +296,11 @@ class FineTuneWidget(QWidget):
         data = self.data_box.values()
         source = data["source"]
         chosen = data["boxes"] if source == "layers" else data["paired_boxes"]
-        inputs, folder, notes = self._gather_inputs(data, settings["mode"] != "pixel")
-        if inputs and source in ("layers", "paired") and settings["mode"] != "pixel" and not chosen:  # images first
+        synthetic = bool(settings["insert_lesions"])
+        inputs, folder, notes = self._gather_inputs(data, settings["mode"] != "pixel" and not synthetic)
+        for item in inputs if synthetic and not chosen else ():  # no boxes: the synthetic lesions are the lesions
+            item.boxes, item.box_source = np.zeros((0, 5), np.float32), "none (synthetic lesions)"
+        if inputs and source in ("layers", "paired") and settings["mode"] != "pixel" and not chosen and not synthetic:
             problems.append(
                 "choose the lesion boxes: a reviewed layer (Lesion navigator), a layer you drew, or, knowingly, "
                 f"{DETECT_ITEM!r} (unreviewed: the detector would learn its own false positives)"
