@@ -152,6 +152,15 @@ def test_boxes_csv_and_json(make_napari_viewer, qtbot, tmp_path: Path, model_dir
     # what made the boxes (review 2026-12-05: only the input was recorded)
     assert doc["threshold"] == pytest.approx(widget.threshold, abs=1e-4) and "tiny" in doc["detector"]
     assert doc["spacing_mm"] == [float(v) for v in widget._last["layer"].scale] and "remove_sd" in doc
+    assert "unreviewed" not in widget.status.text()
+    from napari_lidnet._widgets.navigator import LesionNavigatorWidget
+
+    navigator = LesionNavigatorWidget(viewer)  # a review of these boxes: the dock's export says it is not that
+    navigator.load(viewer.layers[widget.output("lesions").name], widget._last["layer"])
+    navigator.reject(navigator.findings[0].id)
+    navigator.accept(navigator.findings[1].id)
+    widget.export_boxes(tmp_path / "after-review.csv")
+    assert f"the detector's, unreviewed (the review on '{widget._last['layer'].name} reviewed'" in widget.status.text()
     before = (tmp_path / "boxes.csv").read_bytes()
     assert widget.export_boxes(tmp_path / "boxes.csv") is None and "already exists" in widget.status.text()
     assert (tmp_path / "boxes.csv").read_bytes() == before
