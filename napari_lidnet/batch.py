@@ -279,16 +279,18 @@ def denoise_into(
     into ``out``: a NIfTI file for a .nii/.nii.gz name, else a new DICOM series folder, described as the input's
     series (or its name) denoised by ``model_name``; returns the denoised HU."""
     from napari_lidnet.inference import denoise
-    from napari_lidnet.io.dicom_write import denoised_description, write_dicom_series
+    from napari_lidnet.io.dicom_write import denoised_description, strength_note, write_dicom_series
     from napari_lidnet.io.nifti import write_nifti
 
     hu = denoise(model, vol.hu, device=device, progress=progress, remove_sd=remove_sd, leave_sd=leave_sd)
     if is_nifti(out):
-        write_nifti(out, replace(vol, hu=hu), denoised=True)
+        note = f"LIDnet {model_name}{strength_note(remove_sd, leave_sd)}"
+        write_nifti(out, replace(vol, hu=hu), denoised=True, note=note)
         return hu
     source = vol.metadata.get("series_description", vol.name)
-    description = denoised_description(source, model_name, remove_sd, leave_sd)
-    write_dicom_series(replace(vol, hu=hu), out, series_description=description)
+    how = (source, model_name, remove_sd, leave_sd)
+    write_dicom_series(replace(vol, hu=hu), out, series_description=denoised_description(*how),
+                       derivation=denoised_description(*how, whole=True))  # fmt: skip
     return hu
 
 

@@ -154,6 +154,13 @@ def test_denoise_leave_sd_leaves_that_noise_and_says_so_in_the_series(tmp_path, 
     assert float(said[2]) == pytest.approx(after, abs=0.25) and abs(after - 12.0) < 2.4, (said[2], after)
     ds = pydicom.dcmread(sorted((tmp_path / "out").rglob("*.dcm"))[0], stop_before_pixels=True)
     assert ds.SeriesDescription == "Abdomen denoised (LIDnet default (unet), 12 HU SD left)"
+    assert ds.DerivationDescription.endswith("napari-lidnet: Abdomen denoised (LIDnet default (unet), 12 HU SD left)")
+    nifti = ["denoise", str(tmp_path / "ct"), str(tmp_path / "d.nii.gz"), "--leave-sd", "12", "--device", "cpu"]
+    assert main(nifti) == 0  # a NIfTI output says the strength too (a walkthrough's said only "denoised")
+    import nibabel as nib
+
+    said_nifti = bytes(nib.load(str(tmp_path / "d.nii.gz")).header["descrip"]).rstrip(b"\0")
+    assert said_nifti == b"napari-lidnet denoised: LIDnet default (unet), 12 HU SD left"
     capsys.readouterr()
     same = ["denoise", str(tmp_path / "ct"), str(tmp_path / "same.npz"), "--leave-sd", "500", "--device", "cpu"]
     assert main(same) == 0

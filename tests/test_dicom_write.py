@@ -316,6 +316,8 @@ def test_a_long_source_name_is_shortened_never_the_denoised_marker() -> None:
             text = denoised_description(source, model, sd)
             assert len(text) <= 64 and " denoised (LIDnet " in text and text.endswith(")"), text
             assert text.startswith(source[:10])
+            whole = denoised_description(source, model, sd, whole=True)  # the DerivationDescription's: uncut
+            assert whole == f"{source} denoised (LIDnet {model}{f', {sd:g} HU SD removed' if sd else ''})"
 
 
 def test_release_flags_are_carried_and_no_pixel_size_is_invented(tmp_path) -> None:

@@ -39,6 +39,7 @@ class DenoiseExports:
 
     def export_nifti(self, path: str | Path) -> Path | None:
         """Write the last denoised result as a new NIfTI file (.nii or .nii.gz, geometry kept); never overwrites."""
+        from ..io.dicom_write import strength_note
         from ..io.nifti import is_nifti, write_nifti
 
         vol = self._denoised_volume()
@@ -48,7 +49,9 @@ class DenoiseExports:
             self._message(f"{Path(path).name}: a NIfTI file name ends in .nii or .nii.gz", error=True)
             return None
         try:
-            out = write_nifti(path, vol, denoised=True)
+            strength = strength_note(self._last.get("remove_sd"), self._last.get("leave_sd"))
+            note = f"LIDnet {self._last['labels'][0] or ''}{strength}"
+            out = write_nifti(path, vol, denoised=True, note=note)
         except (OSError, ValueError) as exc:
             self._message(f"NIfTI export failed: {exc}", error=True)
             return None
@@ -73,8 +76,8 @@ class DenoiseExports:
         simulated = simulated_label(src.metadata)
         if simulated:  # said first (the description is cut at 64 characters): not a clinical low-dose scan
             base = f"{simulated}: {base}"
-        desc = denoised_description(base, self._last["labels"][0] or "", self._last.get("remove_sd"),
-                                    self._last.get("leave_sd"))  # fmt: skip
+        how = (base, self._last["labels"][0] or "", self._last.get("remove_sd"), self._last.get("leave_sd"))
+        desc = denoised_description(*how), denoised_description(*how, whole=True)  # the derivation uncut
         if not background:
             return self._dicom_written(folder, _write_series(vol, folder, desc))
         if self.export_worker is not None:
@@ -158,11 +161,12 @@ class DenoiseExports:
             self.export_boxes(path)
 
 
-def _write_series(vol: Any, folder: str | Path, description: str) -> list[Path] | str:
-    """The DICOM files written, or the one-line reason nothing was (run in a worker thread by the Export button)."""
+def _write_series(vol: Any, folder: str | Path, description: tuple[str, str]) -> list[Path] | str:
+    """The DICOM files written (``description``: the SeriesDescription and the whole DerivationDescription), or the
+    one-line reason nothing was (run in a worker thread by the Export button)."""
     from ..io.dicom_write import write_dicom_series
 
     try:
-        return write_dicom_series(vol, folder, series_description=description)
+        return write_dicom_series(vol, folder, series_description=description[0], derivation=description[1])
     except (OSError, ValueError) as exc:
         return str(exc)

@@ -96,7 +96,7 @@ def derived_series_number(source: Any, offset: int) -> int:
     return offset + n if 0 <= n < 900 else offset + 1
 
 
-def _series_header(volume: CTVolume, description: str, source_tags: dict[str, Any] | None) -> Any:
+def _series_header(volume: CTVolume, description: str, source_tags: dict[str, Any] | None, derivation: str) -> Any:
     """The tags every slice of the new series shares: copied source tags, UIDs, dates, geometry, pixel format."""
     from pydicom.dataset import Dataset
     from pydicom.uid import generate_uid
@@ -119,7 +119,7 @@ def _series_header(volume: CTVolume, description: str, source_tags: dict[str, An
     ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
     ds.SeriesDescription = description[:64]
     earlier = str(tags.get("DerivationDescription") or "")  # the source's own history comes first
-    ds.DerivationDescription = f"{earlier + '; ' if earlier else ''}napari-lidnet: {description}"[-1024:]
+    ds.DerivationDescription = f"{earlier + '; ' if earlier else ''}napari-lidnet: {derivation or description}"[-1024:]
     ds.SeriesNumber = derived_series_number(tags.get("SeriesNumber"), 9000)
     now = _dt.datetime.now()
     ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
@@ -256,8 +256,12 @@ def write_dicom_series(
     out_dir: str | Path,
     series_description: str,
     source_tags: dict[str, Any] | None = None,
+    derivation: str = "",
 ) -> list[Path]:
     """Write ``volume`` as a new DERIVED/SECONDARY CT series into an empty (or new) folder.
+
+    ``derivation``: what was done, whole, for the DerivationDescription (up to 1024 characters; default the
+    SeriesDescription, which DICOM cuts at 64).
 
     ``source_tags`` (default ``volume.metadata["source_tags"]``) are copied onto every slice (patient, study,
     frame of reference, acquisition). HU are rounded to integers and stored as int16 with RescaleSlope 1 and a
@@ -270,7 +274,7 @@ def write_dicom_series(
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     stored, intercept = _stored_int16(volume)
-    header = _series_header(volume, series_description, source_tags)
+    header = _series_header(volume, series_description, source_tags, derivation)
     header.RescaleIntercept = _ds_str(intercept)
     _declare_padding(header, volume.metadata.get("padding_hu"), intercept)
     direction = np.asarray(volume.direction, dtype=float)
@@ -321,13 +325,23 @@ def _remove_partial(files: list[Path], folders: list[Path]) -> None:
             folder.rmdir()
 
 
-def denoised_description(source: str, model: str, remove_sd: float | None = None, leave_sd: float | None = None) -> str:
+def strength_note(remove_sd: float | None, leave_sd: float | None) -> str:
+    """", 10 HU SD removed" / ", 4 HU SD left" for a denoising that did not remove all the noise, else ""."""
+    return ("" if remove_sd is None else f", {remove_sd:g} HU SD removed") + (
+        "" if leave_sd is None else f", {leave_sd:g} HU SD left")  # fmt: skip
+
+
+def denoised_description(
+    source: str, model: str, remove_sd: float | None = None, leave_sd: float | None = None, whole: bool = False
+) -> str:
     """SeriesDescription of a denoised series: the source's and the model's names and the noise SD removed (or
     left) when not all, within DICOM LO's 64 characters: "denoised (LIDnet" is never cut off (a PACS would list the
-    processed series under the original's name); the source keeps 36 characters, the model's name what is left."""
-    strength = "" if remove_sd is None else f", {remove_sd:g} HU SD removed"
-    strength += "" if leave_sd is None else f", {leave_sd:g} HU SD left"
+    processed series under the original's name); the source keeps 36 characters, the model's name what is left.
+    ``whole``: nothing cut (for the DerivationDescription)."""
+    strength = strength_note(remove_sd, leave_sd)
     fixed, source = len(f" denoised (LIDnet {strength})"), source or "CT"
+    if whole:
+        return f"{source} denoised (LIDnet {model}{strength})"
 
     def cut(text: str, room: int) -> str:
         return text if len(text) <= room else text[: max(room - 3, 0)] + "..."

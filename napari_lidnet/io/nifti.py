@@ -274,12 +274,12 @@ def is_our_denoised(path: str | Path) -> bool:
         return False
 
 
-def write_nifti(out: str | Path, volume: CTVolume, denoised: bool = False) -> Path:
+def write_nifti(out: str | Path, volume: CTVolume, denoised: bool = False, note: str = "") -> Path:
     """Write ``volume`` as a new NIfTI file: float32 HU (int16 whole HU when read from a NIfTI file of integers),
-    its LPS geometry as a RAS+ sform (and qform when the axes
-    are orthogonal: a qform cannot hold a gantry-tilt shear); ``denoised``: its description says so, and a batch
-    denoise run leaves it out. Never replaces a file; written under a temporary name and linked into place, so an
-    interrupted write leaves no file under ``out``."""
+    its LPS geometry as a RAS+ sform (and qform when the axes are orthogonal: a qform cannot hold a gantry-tilt
+    shear); ``denoised``: its description says so (with ``note`` after it: the model and strength, in NIfTI's 80
+    bytes), and a batch denoise run leaves it out. Never replaces a file; written under a temporary name and linked
+    into place, so an interrupted write leaves no file under ``out``."""
     import nibabel as nib
 
     out = Path(out)
@@ -306,7 +306,8 @@ def write_nifti(out: str | Path, volume: CTVolume, denoised: bool = False) -> Pa
         img.header["sform_code"], img.header["qform_code"] = 0, 0
         img.header["pixdim"][1:4] = 0
     img.header.set_xyzt_units("mm")
-    img.header["descrip"] = DENOISED_DESCRIP if denoised else b"napari-lidnet"
+    said = (DENOISED_DESCRIP + (f": {note}".encode("ascii", "replace") if note else b""))[:80]
+    img.header["descrip"] = said if denoised else b"napari-lidnet"
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}{''.join(out.suffixes)}")
     try:
         try:
