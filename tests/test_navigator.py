@@ -320,6 +320,8 @@ def test_one_lesion_through_neighbouring_slices_is_decided_at_once(make_napari_v
     assert lesion == {0: 1, 1: 1, 2: 1, 3: 2, 4: 3}  # slice 4's box is two slices from slice 2's: another lesion
     row = widget.row_ids().index(1)
     assert widget.table.item(row, COL["lesion"]).text() == "1 (3 sl.)"
+    tips = [widget.table.horizontalHeaderItem(COL[k]).toolTip() for k in ("long_mm", "mean_hu")]
+    assert tips[0].startswith("the box's long side") and "inside the box" in tips[1]  # not the lesion's own
     widget.select(1)
     key = viewer.window._qt_viewer.canvas._key_map_handler
     key.press_key("Shift-A")

@@ -73,6 +73,13 @@ COLUMNS = (
     ("score", "score"),
     ("status", "status"),
 )
+#: what the size and HU columns measure (a walkthrough read the box's sides as the lesion's axes)
+HEADER_TIPS = {
+    "long_mm": "the box's long side: an upright box around an oblique lesion understates its long axis (up to "
+    "1.4x); Edit, then turn and fit the box on the reviewed layer to measure the lesion",
+    "short_mm": "the box's short side (see long)",
+    "mean_hu": "mean HU of every pixel inside the box, lesion and surroundings",
+}
 NONE = "(none)"
 
 
@@ -438,6 +445,9 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         image = self.image_layer
         unit = "mm" if image is None or has_voxel_size(image) else "px"  # a CT layer, or an image given a scale
         t.setHorizontalHeaderLabels([h.replace("(mm)", f"({unit})") for _, h in COLUMNS])
+        for c, (key, _) in enumerate(COLUMNS):
+            if key in HEADER_TIPS:
+                t.horizontalHeaderItem(c).setToolTip(HEADER_TIPS[key])
         ids = slice_columns(image.metadata or {}, n_slices(image.data)) if image else {}
         instances = ids.get("instance_number")  # a multi-frame source's frames are not instance numbers
         lesions = lesion_groups(self.findings)
