@@ -196,6 +196,21 @@ def test_missing_boxes_come_from_the_detector() -> None:
     assert set(np.rint(item.boxes[:, 0]).astype(int)) <= {0, 1}
 
 
+def test_too_few_detected_boxes_are_said_before_any_slice_is_simulated() -> None:
+    """Walkthrough 2026-12-06: with boxes from the starting detector, a run that found none simulated every slice
+    (minutes) before refusing. Detection comes first, and too few boxes stop the run there."""
+    _, full, _ = phantom(n=3, size=64)
+    det = LesionDetector(width=4).eval()
+    with torch.no_grad():  # sure about nothing: no box anywhere
+        det.heatmap_head[-1].bias.fill_(-8.0)
+    item = ld.CTInput("vol", full, 0.7)  # no low dose: it would be simulated
+    said = []
+    with pytest.raises(ld.TooFewLesions, match="only 0 lesion box"):
+        gen = ld.iter_samples([item], 0.25, detector=det, box_threshold=0.5, min_boxes=ld.MIN_LESIONS)
+        said.extend(gen)
+    assert said == ["detecting lesions in vol (score >= 0.5)"]
+
+
 def test_dicom_folder_gives_normal_dose_inputs(tmp_path: Path) -> None:
     from conftest import write_series
 

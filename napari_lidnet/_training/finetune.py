@@ -26,8 +26,10 @@ import numpy as np
 from napari_lidnet._training.config import TrainConfig  # a plain dataclass: no torch
 from napari_lidnet._training.local_data import (
     AUTO_BOX_THRESHOLD,
+    MIN_LESIONS,
     CTInput,
     DataProblems,
+    TooFewLesions,
     check_inputs,
     check_samples,
     describe_samples,
@@ -240,9 +242,11 @@ def prepare_samples(
                 raise DataProblems(["no lesion boxes and no trained detector to find them: draw rectangles"])
             detector = _load_detector(cfg.init_detector, device)
         extra = {} if near is None else {"near_lesion": near}
-        samples = yield from iter_samples(
-            inputs, req.dose, cfg.seed, detector, device, req.box_threshold, should_stop, **extra
-        )
+        try:
+            samples = yield from iter_samples(inputs, req.dose, cfg.seed, detector, device, req.box_threshold,
+                                              should_stop, min_boxes=MIN_LESIONS if need_lesions else 0, **extra)
+        except TooFewLesions as exc:  # known after detection, before the simulation
+            raise DataProblems([str(exc)]) from None
         del detector
         if should_stop is not None and should_stop():
             return [], {}

@@ -154,6 +154,10 @@ def _box_problems(item: CTInput) -> list[str]:
     return out
 
 
+class TooFewLesions(ValueError):
+    """Fewer lesion boxes than a run needs (the message says what to do)."""
+
+
 def _lesion_advice(n: int) -> str:
     return (
         f"only {n} lesion box(es); the detection and ROI losses need at least {MIN_LESIONS}: draw rectangles "
@@ -291,8 +295,10 @@ def iter_samples(
     box_threshold: float = AUTO_BOX_THRESHOLD,
     should_stop: Callable[[], bool] | None = None,
     near_lesion: int = NEAR_LESION_SLICES,
+    min_boxes: int = 0,
 ) -> Generator[str, None, list[Any]]:
-    """Detect missing boxes with ``detector`` (score >= ``box_threshold``, on the normal-dose image), simulate
+    """Detect missing boxes with ``detector`` (score >= ``box_threshold``, on the normal-dose image; fewer than
+    ``min_boxes`` in all raise :class:`TooFewLesions` before anything is simulated), simulate
     missing low-dose partners slice by slice (``slices_to_simulate``; seeded by :func:`slice_seed`; the fast path of
     ``sim.lowdose``) and split volumes into ``io.dataset.Sample`` slices named ``"<name>#<z>"``; slices without boxes
     within ``near_lesion`` slices of a slice with boxes are left out (listed in ``CTInput.left_out``; 0 keeps every
@@ -303,17 +309,23 @@ def iter_samples(
 
     stop = should_stop or (lambda: False)
     insertion = insertion_kwargs(device)
+    for item in inputs:  # every detection first: too few boxes is said before minutes of simulation (walkthrough)
+        if item.boxes is None:
+            if stop():
+                return []
+            yield f"detecting lesions in {item.name} (score >= {box_threshold:g})"
+            full3 = item.full_hu[None] if item.full_hu.ndim == 2 else item.full_hu
+            used = list(range(len(full3))) if item.low_hu is not None else slices_to_simulate(len(full3), None)
+            boxes = _detected_boxes(detector, full3, used, item.spacing_mm, device, box_threshold)
+            item.boxes, item.box_source = boxes, "detected"
+    found = sum(len(i.boxes) for i in inputs)
+    if found < min_boxes:
+        raise TooFewLesions(_lesion_advice(found))
     samples = []
     for k, item in enumerate(inputs):
         full3 = item.full_hu[None] if item.full_hu.ndim == 2 else item.full_hu
         n = full3.shape[0]
         used = list(range(n)) if item.low_hu is not None else slices_to_simulate(n, item.boxes)
-        if item.boxes is None:
-            if stop():
-                return []
-            yield f"detecting lesions in {item.name} (score >= {box_threshold:g})"
-            boxes = _detected_boxes(detector, full3, used, item.spacing_mm, device, box_threshold)
-            item.boxes, item.box_source = boxes, "detected"
         h, w = item.slice_shape
         clipped = np.asarray(item.boxes, np.float32).reshape(-1, 5).copy()
         clipped[:, 1:] = np.clip(clipped[:, 1:], 0, [w, h, w, h])
