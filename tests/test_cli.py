@@ -469,6 +469,27 @@ def test_train_refuses_a_bad_insertion_setting_before_writing(trained, tmp_path,
     assert not run.exists()
 
 
+def test_calibrate_takes_every_series_and_nifti_file_of_a_folder(tmp_path, capsys, model_dir):
+    """Walkthrough 2026-12-06: a folder of normals (a DICOM series and a NIfTI head) was calibrated on the series
+    alone, without a word; a folder of NIfTI files only was refused with advice (--all-series) calibrate lacks."""
+    from conftest import synthetic_hu, write_series
+
+    from napari_lidnet.io.nifti import write_nifti
+    from napari_lidnet.io.volume import CTVolume
+
+    write_series(tmp_path / "normals" / "series", synthetic_hu((5, 64, 64), seed=3), series_uid="1.2.3.77")
+    (tmp_path / "niftis").mkdir()
+    for k, name in enumerate(("head.nii.gz", "neck.nii.gz")):
+        vol = CTVolume(synthetic_hu((4, 64, 64), seed=4 + k), (2.0, 0.8, 0.8), (10.0, -25.0, -25.0))
+        write_nifti(tmp_path / ("normals" if k == 0 else "niftis") / name, vol)
+        if k == 0:
+            write_nifti(tmp_path / "niftis" / "head.nii.gz", vol)
+    for folder, slices in (("normals", 9), ("niftis", 8)):
+        args = ["calibrate", str(tmp_path / folder), "--name", f"site-{folder}", "--as-given", "--device", "cpu"]
+        assert main(args) == 0, capsys.readouterr().err
+        assert f"on {slices} slices of" in capsys.readouterr().err
+
+
 def test_calibrate_sets_the_threshold_on_a_sites_own_scans(tmp_path, capsys, model_dir):
     """`lidnet calibrate` puts the threshold where the site's lesion-free slices (as given and denoised, pooled)
     carry at most the asked number of boxes, the lowest such score; saves NAME_detector; never over a name."""

@@ -60,6 +60,23 @@ def _about_others(message: str, chosen: Any, others: list) -> bool:
     return any(_named(message, v) for v in others) or "series '" in message  # one the reader skipped, too
 
 
+def _every_volume(path: str) -> list:
+    """Every DICOM series and NIfTI file under the folder ``path`` (a walkthrough's folder of normals was calibrated
+    on its DICOM series alone, the NIfTI head beside it left out without a word), else what ``open_ct`` reads."""
+    from napari_lidnet.io.dicom_scan import folder_files
+    from napari_lidnet.io.nifti import is_nifti, read_nifti
+    from napari_lidnet.io.open_ct import open_ct
+
+    niftis = [f for f in folder_files(Path(path)) if is_nifti(f)] if Path(path).is_dir() else []
+    try:
+        volumes = open_ct(path)
+    except ValueError:
+        if not niftis:
+            raise
+        volumes = []  # a folder of NIfTI files only
+    return [*volumes, *(read_nifti(f) for f in niftis)]
+
+
 def open_checked(path: str, series_uid: str | None = None, every: bool = False) -> list:
     """The CT volumes at ``path`` (series ``series_uid``), the first checked by ``check_ct``; with ``every``, all
     of them, those that are not CT left out with a note (refused when none is). Without ``every`` the series of a
@@ -70,7 +87,7 @@ def open_checked(path: str, series_uid: str | None = None, every: bool = False) 
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        volumes = open_ct(path, series_uid)
+        volumes = _every_volume(path) if every and series_uid is None else open_ct(path, series_uid)
     if not every:
         volumes.sort(key=lambda v: str(v.metadata.get("modality", "") or "CT") not in CT_MODALITIES)  # stable
     kept, refused = [], []
