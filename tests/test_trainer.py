@@ -165,6 +165,9 @@ def test_stop_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert (resumed[0]["stage"], resumed[0]["step"], resumed[0]["stage_step"]) == ("round1-denoiser", 86, 6)
     _same_weights(tmp_path / "full", tmp_path / "cut")
     assert not list((tmp_path / "cut").glob("partial_*"))  # the stage finished: its partial checkpoint is gone
+    # the finished run again, with another rate: it says the rate changes nothing (a walkthrough's re-run was silent)
+    line = Trainer(_config(tmp_path / "cut", lr=5e-3), samples).resume_line()
+    assert line.endswith("; --lr 0.005 (the run's 0.003) apply to nothing: no step is left to run"), line
 
 
 def _crash_at(trainer: Trainer, step: int) -> None:

@@ -88,3 +88,17 @@ def changed_steps_note(state: dict[str, Any], cfg: TrainConfig) -> str:
         return ""
     return (f"{'; '.join(notes)}: finished stages are not run again with other step counts (more --rounds extend a "
             "run; a new --out trains longer)")  # fmt: skip
+
+
+#: settings a resumed run may change: they apply to the steps it still has to run
+TRAINING_KEYS = ("lr", "detector_lr", "round_lr_scale", "batch_size", "patch_size", "pixel_loss", "det_weight",
+                 "roi_weight")  # fmt: skip
+
+
+def changed_settings(state: dict[str, Any], config: Any) -> list[str]:
+    """``--lr 0.005 (the run's 0.0001)`` for each of :data:`TRAINING_KEYS` that ``config`` changes from the run's
+    ``state.json``: a walkthrough's re-run of a finished run with other settings changed nothing, without a word."""
+    saved = state.get("config") or {}
+    now = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return [f"--{key.replace('_', '-')} {now.get(key)!r} (the run's {saved[key]!r})"
+            for key in TRAINING_KEYS if key in saved and saved[key] != now.get(key)]  # fmt: skip

@@ -41,7 +41,7 @@ from napari_lidnet._training.losses import (
 )
 from napari_lidnet._training.partial import drop_partial, load_partial, save_partial, where
 from napari_lidnet._training.patches import PatchBatch, calibration_batch, check_patch_settings, patch_batches
-from napari_lidnet._training.resume import changed_steps_note, check_resume, steps_key
+from napari_lidnet._training.resume import changed_settings, changed_steps_note, check_resume, steps_key
 from napari_lidnet._training.split import left_out, split_samples
 from napari_lidnet._training.validate import evaluate_denoiser, input_quality, noisy_reference_note, stack_samples
 from napari_lidnet.io.folder_lock import FolderInUse, FolderLock
@@ -300,8 +300,11 @@ class Trainer:
             return ""
         done = [n for n in self.state.get("done", []) if n != "validate-start"]
         steps = sum(n for name, n in self.stages() if name in done)
+        changed = changed_settings(self.state, self.cfg)
+        left = "the steps still to run" if steps < self.total_steps() else "nothing: no step is left to run"
+        also = f"; {', '.join(changed)} apply to {left}" if changed else ""
         return (f"resuming the run in {self.out}: {len(done)} stage(s) finished ({steps} of {self.total_steps()} "
-                "steps); a stage under way goes on from its last checkpoint")  # fmt: skip
+                f"steps); a stage under way goes on from its last checkpoint{also}")  # fmt: skip
 
     def _adopt_saved_stage(self) -> None:
         """A stage whose result reached ``last_*`` but whose state.json did not (the run died between the two
