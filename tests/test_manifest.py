@@ -195,10 +195,14 @@ def test_an_archive_s_simulated_partners_carry_each_slice_s_own_noise_at_the_dos
     write_series(tmp_path / "scans", np.rint(hu).astype(np.float32), series_uid="1.2.826.0.1.3680043.8.498.79")
     index = index_archive(tmp_path / "scans", tmp_path / "m.jsonl", dose=0.25)
     trainer = Trainer(_cfg(tmp_path / "run", index, dose=0.25, patch_size=32, val_fraction=0.34))
+    assert all(s.to_simulate for s in trainer.train_samples + trainer.val_samples)
     for s in trainer.train_samples:
         full = s.full_hu
         own, added = flat_block_noise_sds(full, [full, s.low_hu - full])
         assert added == pytest.approx(own * np.sqrt(3), rel=0.2), (own, added)
+    assert not any(s.to_simulate for s in trainer.train_samples)  # cached beside the manifest
+    said = [r["message"] for r in trainer.run() if r["stage"] == "setup"]  # the run says what it will make first
+    assert f"{len(trainer.val_samples)} slices have no low-dose partner yet" in " ".join(said), said
     plain = read_manifest(index)[0]  # read without a run: the scanner model's photon count, far less here
     assert flat_block_noise_sds(plain.full_hu, [plain.low_hu - plain.full_hu])[0] < 0.5 * own * np.sqrt(3)
 

@@ -497,6 +497,13 @@ class Trainer:
             write_manifest(self.out / MANIFEST_FILE, *self._new_manifest)  # indexed once: a resumed run reuses it
         if self.device_notice:
             yield {"stage": "setup", "message": self.device_notice, "step": done_steps, "total_steps": total}
+        pending = sum(bool(getattr(s, "to_simulate", False)) for s in (*self.train_samples, *self.val_samples,
+                                                                         *self.test_samples))  # fmt: skip
+        if pending:  # a walkthrough's first run said nothing for minutes while they were made
+            yield {"stage": "setup", "step": done_steps, "total_steps": total,
+                   "message": f"{pending} slices have no low-dose partner yet: each is simulated when first used "
+                              "(seconds each on a CPU, the validation slices first) and kept beside the manifest, "
+                              "so a re-run starts at once"}  # fmt: skip
         if "validate-start" not in self.state["done"]:
             t0 = time.monotonic()
             metrics = self.validate()

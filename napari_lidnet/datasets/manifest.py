@@ -119,6 +119,13 @@ class ManifestSlice:
         _write_atomically(target, low.astype(np.int16))
         return low
 
+    @property
+    def to_simulate(self) -> bool:
+        """Whether reading ``low_hu`` simulates it now (no low-dose file, none in the cache yet)."""
+        if self.entry.get("low") or self.dose is None:
+            return False
+        return self.cache_dir is None or not (self.cache_dir / f"{self._cache_key()}.npy").exists()
+
     def _simulate(self) -> np.ndarray:
         """The simulated low-dose partner in whole HU (as stored in the cache)."""
         from napari_lidnet.sim.lowdose import SCANNER_SAMPLING_MM, simulate_low_dose
