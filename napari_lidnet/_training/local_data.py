@@ -309,17 +309,10 @@ def iter_samples(
 
     stop = should_stop or (lambda: False)
     insertion = insertion_kwargs(device)
-    for item in inputs:  # every detection first: too few boxes is said before minutes of simulation (walkthrough)
-        if item.boxes is None:
-            if stop():
-                return []
-            yield f"detecting lesions in {item.name} (score >= {box_threshold:g})"
-            full3 = item.full_hu[None] if item.full_hu.ndim == 2 else item.full_hu
-            used = list(range(len(full3))) if item.low_hu is not None else slices_to_simulate(len(full3), None)
-            boxes = _detected_boxes(detector, full3, used, item.spacing_mm, device, box_threshold)
-            item.boxes, item.box_source = boxes, "detected"
+    if not (yield from _detect_missing(inputs, detector, device, box_threshold, stop)):
+        return []
     found = sum(len(i.boxes) for i in inputs)
-    if found < min_boxes:
+    if found < min_boxes:  # said before minutes of simulation (a walkthrough waited for it)
         raise TooFewLesions(_lesion_advice(found))
     samples = []
     for k, item in enumerate(inputs):
@@ -351,6 +344,22 @@ def iter_samples(
             full_z = np.ascontiguousarray(full3[z], dtype=np.float32)
             samples.append(Sample(name, full_z, np.ascontiguousarray(low, dtype=np.float32), b, item.spacing_mm))
     return samples
+
+
+def _detect_missing(
+    inputs: Sequence[CTInput], detector: Any, device: Any, threshold: float, stop: Callable[[], bool]
+) -> Generator[str, None, bool]:
+    """Boxes for every input without any, from ``detector`` (on the slices that will be used); False when stopped."""
+    for item in inputs:
+        if item.boxes is None:
+            if stop():
+                return False
+            yield f"detecting lesions in {item.name} (score >= {threshold:g})"
+            full3 = item.full_hu[None] if item.full_hu.ndim == 2 else item.full_hu
+            used = list(range(len(full3))) if item.low_hu is not None else slices_to_simulate(len(full3), None)
+            item.boxes = _detected_boxes(detector, full3, used, item.spacing_mm, device, threshold)
+            item.box_source = "detected"
+    return True
 
 
 def _detected_boxes(
