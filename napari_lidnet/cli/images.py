@@ -189,6 +189,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     if args.denoise_first:
         vol = _denoised(vol, args.denoiser or "default", str(dev))  # the detector's device: said once
         about["denoised_with"] = args.denoiser or "default"
+        print("detecting lesions on the denoised images", file=sys.stderr)  # the second count of slices
     rows, lesions = detect_into(out, vol, model, dev, threshold, about, print_progress)
     note = box_cap_note(rows)
     if note:
