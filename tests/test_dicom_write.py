@@ -227,31 +227,30 @@ def test_derived_series_are_numbered_after_their_source(tmp_path):
     assert derived_series_number("9007", 9900) == 9907  # a report on the re-opened denoised series pairs with 7
 
 
-def test_blank_sop_uids_are_taken_from_the_file_meta(tmp_path):
+def test_blank_sop_uids_give_no_reference_rather_than_an_empty_or_an_original_one(tmp_path):
     """Walkthrough 2026-12-06 (a real anonymised abdomen): the datasets' SOPInstanceUID and SOPClassUID were blank,
-    the file meta held them; the derived series referenced no source and the SR's references were empty (12
-    dciodvfy errors). The file meta's copies stand in."""
+    and the SR wrote empty references (12 dciodvfy errors). The file meta's copies are not used (review: they may
+    be the original, identifying UIDs): the SR and the derived series reference no source image, and stay valid."""
     import pydicom
     from conftest import make_ct_slice
 
-    from napari_lidnet.io.dicom_sr import SRRegion, write_sr
+    from napari_lidnet.io.dicom_sr import SRRegion, instance_refs, write_sr
 
     (tmp_path / "src").mkdir()
     for k in range(2):
         make_ct_slice(tmp_path / "src" / f"s{k}.dcm", np.full((8, 8), 1000), series_uid="1.2.3.121",
                       position=(0, 0, 2.5 * k), instance_number=k + 1, extra={"SOPInstanceUID": "", "SOPClassUID": ""})
-    metas = [pydicom.dcmread(f).file_meta for f in sorted((tmp_path / "src").iterdir())]
+    metas = [pydicom.dcmread(f).file_meta.MediaStorageSOPInstanceUID for f in sorted((tmp_path / "src").iterdir())]
     (vol,) = read_dicom(tmp_path / "src")
-    assert sorted(vol.metadata["sop_instance_uids"]) == sorted(m.MediaStorageSOPInstanceUID for m in metas)
+    assert vol.metadata["sop_instance_uids"] == ["", ""]
     out = pydicom.dcmread(write_dicom_series(vol, tmp_path / "out", "d")[0])
-    ref = out.SourceImageSequence[0]
-    assert ref.ReferencedSOPInstanceUID == vol.metadata["sop_instance_uids"][0]
-    assert ref.ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+    assert "SourceImageSequence" not in out
     box = SRRegion(0, np.array([[2, 2], [2, 5], [5, 5], [5, 2]], float), 2.1, 2.4, 0.0, 0.9)
-    refs = [(vol.metadata["sop_class_uid"], uid) for uid in vol.metadata["sop_instance_uids"]]
+    refs = instance_refs(vol.metadata["files"])  # what the navigator's export reads again
     sr = pydicom.dcmread(write_sr(tmp_path / "review.dcm", [box], refs, vol.metadata["source_tags"], "1.2.3.121"))
-    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
-    assert [(r.ReferencedSOPClassUID, r.ReferencedSOPInstanceUID) for r in evidence] == refs[:1]
+    text = str(sr)
+    assert "CurrentRequestedProcedureEvidenceSequence" not in sr and "ReferencedSOPInstanceUID" not in text
+    assert not any(uid in text for uid in metas)
 
 
 def test_per_image_tags_follow_their_slice(tmp_path):

@@ -191,13 +191,10 @@ def _source_tags(ds: Any, keywords: Sequence[str] = SOURCE_TAGS) -> dict[str, An
 
 
 def _sop_uid(ds: Any, key: str) -> str:
-    """The slice's ``SOPInstanceUID`` / ``SOPClassUID``, else its file meta's copy (``MediaStorage...``): an
-    anonymiser that blanked the dataset's left an SR and a derived series referencing nothing (a walkthrough)."""
-    value = str(ds.get(key, "") or "").strip()
-    if value:
-        return value
-    meta = getattr(ds, "file_meta", None)
-    return str((meta.get(f"MediaStorage{key}", "") if meta is not None else "") or "").strip()
+    """The slice's ``SOPInstanceUID`` / ``SOPClassUID`` ('' when blank). Not the file meta's copy: where an
+    anonymiser blanked the dataset's, that copy may still be the original, identifying UID (review); what is
+    written from such a slice references no source image instead (``dicom_sr.write_sr``)."""
+    return str(ds.get(key, "") or "").strip()
 
 
 def _slice_tags(headers: list[DicomHeader]) -> list[dict[str, Any]] | None:

@@ -327,6 +327,7 @@ def write_sr(
     for k, region in enumerate(regions):
         z = int(region.slice)
         ref = refs[z] if 0 <= z < len(refs) else None
+        ref = ref if ref is not None and all(str(v).strip() for v in ref) else None  # a blank UID references nothing
         frame = frames[z] if frames is not None and 0 <= z < len(frames) else None
         uid = generate_uid() if region.lesion is None else lesion_uids.setdefault(region.lesion, generate_uid())
         groups.append(_group(k, region, ref, frame, uid))
