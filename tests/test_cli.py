@@ -707,7 +707,7 @@ def test_train_says_when_its_best_checkpoint_is_below_its_start(trained, tmp_pat
     assert card_worse_than_start(read_card(path))
     assert main(["denoise", str(trained / "data" / "full" / sorted(os.listdir(trained / "data" / "full"))[0]),
                  str(tmp_path / "out.npy"), "--model", "wrecked_denoiser", "--device", "cpu"]) == 0  # fmt: skip
-    assert "warning: wrecked_denoiser: its validation score" in capsys.readouterr().err
+    assert "warning: wrecked_denoiser: its validation PSNR fell from" in capsys.readouterr().err
 
 
 def test_sigterm_while_a_series_is_written_leaves_no_half_series(tmp_path, capsys, monkeypatch):

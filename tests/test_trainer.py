@@ -16,7 +16,6 @@ from napari_lidnet._training.split import split_samples
 from napari_lidnet._training.trainer import Trainer, TrainingError
 from napari_lidnet.io.dataset import Sample
 from napari_lidnet.metrics.noreference import card_worse_than_start, worse_reason
-from napari_lidnet.metrics.selection import selection_score
 from napari_lidnet.models.weights import load_weights
 
 
@@ -129,9 +128,15 @@ def test_init_weights_skip_pretraining_unless_asked_to_continue(tmp_path):
     card = load_weights(tmp_path / "e" / "best_denoiser")[1]
     assert card["training"]["start_metrics"]["psnr"] == pytest.approx(end["start"]["psnr"])
     assert card["metrics"]["psnr"] < end["start"]["psnr"] - 1.0 and card_worse_than_start(card)
-    a, b = (selection_score(end[k]) for k in ("start", "best"))
-    assert worse_reason(card) == f"its validation score (PSNR + 20 x sensitivity) fell from {a:.2f} to {b:.2f} dB " \
-        "during training"
+    a, b = (end[k]["psnr"] for k in ("start", "best"))
+    assert worse_reason(card) == f"its validation PSNR fell from {a:.2f} dB to {b:.2f} dB during training"
+    untouched = load_weights(tmp_path / "e" / "best_detector")[1]  # a pixel run: the detector never trained
+    assert "start_metrics" not in untouched["training"] and not card_worse_than_start(untouched)
+    detector = {"kind": "detector", "metrics": {"psnr": 20.0, "sensitivity": 0.61},
+                "training": {"start_metrics": {"psnr": 30.0, "sensitivity": 0.6}}}  # fmt: skip
+    assert not card_worse_than_start(detector)  # judged on its own term: sensitivity, which held
+    detector["metrics"]["sensitivity"] = 0.5
+    assert worse_reason(detector) == "its validation mean sensitivity fell from 0.600 to 0.500 during training"
 
 
 def _same_weights(a_dir: Path, b_dir: Path, tag: str = "last") -> None:

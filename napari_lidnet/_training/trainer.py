@@ -241,7 +241,7 @@ class Trainer:
                 **({"data": self._data_record} if self._data_record else {}),
                 **({"init": self._init_records} if self._init_records else {}),
                 "commands": list(self.state.get("commands", [])),
-                **({"start_metrics": self.state["start_metrics"]} if self.state.get("start_metrics") else {}),
+                **({"start_metrics": self.state["start_metrics"]} if self._trained(kind) else {}),
                 "n_train_slices": len(self.train_samples),
                 "n_val_slices": len(self.val_samples),
                 "n_test_slices": len(self.test_samples),
@@ -256,6 +256,11 @@ class Trainer:
         if kind == "detector" and inherited:
             card["calibration"] = {**inherited, "inherited_from": self._init_records["detector"]["name"]}
         return card
+
+    def _trained(self, kind: str) -> bool:
+        """Whether this run trains network ``kind`` (a stage of its own with steps) and measured its start."""
+        return bool(self.state.get("start_metrics")) and any(
+            name.endswith(f"-{kind}") and steps > 0 for name, steps in self.stages())  # fmt: skip
 
     def _save(self, tag: str, metrics: dict[str, Any]) -> None:
         if self.rank:

@@ -37,6 +37,14 @@ def below_start(start: dict[str, float] | None, end: dict[str, float] | None) ->
 
 
 def card_below_start(card: dict[str, Any] | None) -> str | None:
-    """:func:`below_start` of a trained model's card (``training.start_metrics`` and ``metrics``)."""
+    """Why a trained network's card (``training.start_metrics`` beside ``metrics``, written only for a network
+    that trained) says it ended below its start, judged on its own term: a denoiser's validation PSNR, a
+    detector's mean sensitivity (``BELOW_START_DB`` of score either way); None when it did not, or cannot say."""
     card = card or {}
-    return below_start((card.get("training") or {}).get("start_metrics"), card.get("metrics"))
+    start, end = (card.get("training") or {}).get("start_metrics") or {}, card.get("metrics") or {}
+    key, scale, unit = ("psnr", 1.0, " dB") if card.get("kind") == "denoiser" else ("sensitivity", SENSITIVITY_DB, "")
+    a, b = start.get(key), end.get(key)
+    if not all(isinstance(v, int | float) for v in (a, b)) or (b - a) * scale >= -BELOW_START_DB:
+        return None
+    what, digits = ("PSNR", 2) if key == "psnr" else ("mean sensitivity", 3)
+    return f"its validation {what} fell from {a:.{digits}f}{unit} to {b:.{digits}f}{unit} during training"
