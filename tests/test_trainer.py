@@ -166,6 +166,9 @@ def test_stop_then_resume_equals_an_uninterrupted_run(tmp_path):
     again = Trainer(_config(tmp_path / "cut"), samples)
     assert again.resume_line().startswith(  # what `lidnet train` says first (walkthrough 2026-12-06: nothing)
         f"resuming the run in {tmp_path / 'cut'}: 2 stage(s) finished (80 of 110 steps)"), again.resume_line()
+    other = Trainer(_config(tmp_path / "cut", lr=1e-3), samples).resume_line()  # the stage under way keeps its rate
+    assert other.endswith("--lr 0.001 (the run's 0.003) apply to the stages not started yet (a stage under way goes "
+                          "on at its own)"), other
     resumed = list(again.run())
     assert (resumed[0]["stage"], resumed[0]["step"], resumed[0]["stage_step"]) == ("round1-denoiser", 86, 6)
     _same_weights(tmp_path / "full", tmp_path / "cut")

@@ -90,7 +90,7 @@ def changed_steps_note(state: dict[str, Any], cfg: TrainConfig) -> str:
             "run; a new --out trains longer)")  # fmt: skip
 
 
-#: settings a resumed run may change: they apply to the steps it still has to run
+#: settings a resumed run may change: they apply to the stages it has not started (a partial stage keeps its own)
 TRAINING_KEYS = ("lr", "detector_lr", "round_lr_scale", "batch_size", "patch_size", "pixel_loss", "det_weight",
                  "roi_weight")  # fmt: skip
 

@@ -306,7 +306,8 @@ class Trainer:
         done = [n for n in self.state.get("done", []) if n != "validate-start"]
         steps = sum(n for name, n in self.stages() if name in done)
         changed = changed_settings(self.state, self.cfg)
-        left = "the steps still to run" if steps < self.total_steps() else "nothing: no step is left to run"
+        left = ("the stages not started yet (a stage under way goes on at its own)" if steps < self.total_steps()
+                else "nothing: no step is left to run")  # fmt: skip
         also = f"; {', '.join(changed)} apply to {left}" if changed else ""
         return (f"resuming the run in {self.out}: {len(done)} stage(s) finished ({steps} of {self.total_steps()} "
                 f"steps); a stage under way goes on from its last checkpoint{also}")  # fmt: skip
