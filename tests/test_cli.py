@@ -485,10 +485,14 @@ def test_calibrate_takes_every_series_and_nifti_file_of_a_folder(tmp_path, capsy
         write_nifti(tmp_path / ("normals" if k == 0 else "niftis") / name, vol)
         if k == 0:
             write_nifti(tmp_path / "niftis" / "head.nii.gz", vol)
+    (tmp_path / "normals" / "._head.nii.gz").write_bytes(b"\x00\x05\x16\x07" + bytes(4000))  # a Mac's sidecar
+    write_nifti(tmp_path / "normals" / "head_denoised.nii.gz", vol, denoised=True, note="LIDnet default")  # an output
     for folder, slices in (("normals", 9), ("niftis", 8)):
         args = ["calibrate", str(tmp_path / folder), "--name", f"site-{folder}", "--as-given", "--device", "cpu"]
         assert main(args) == 0, capsys.readouterr().err
-        assert f"on {slices} slices of" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert f"on {slices} slices of" in err
+        assert ("1 NIfTI file(s) this program denoised left out" in err) == (folder == "normals")
 
 
 def test_calibrate_sets_the_threshold_on_a_sites_own_scans(tmp_path, capsys, model_dir):

@@ -62,19 +62,31 @@ def _about_others(message: str, chosen: Any, others: list) -> bool:
 
 def _every_volume(path: str) -> list:
     """Every DICOM series and NIfTI file under the folder ``path`` (a walkthrough's folder of normals was calibrated
-    on its DICOM series alone, the NIfTI head beside it left out without a word), else what ``open_ct`` reads."""
+    on its DICOM series alone, the NIfTI head beside it left out without a word), else what ``open_ct`` reads.
+    Hidden files and this program's own denoised NIfTI outputs are not inputs; what cannot be read is said and
+    left out while anything else is read."""
     from napari_lidnet.io.dicom_scan import folder_files
-    from napari_lidnet.io.nifti import is_nifti, read_nifti
+    from napari_lidnet.io.nifti import is_nifti, is_our_denoised, read_nifti
     from napari_lidnet.io.open_ct import open_ct
 
-    niftis = [f for f in folder_files(Path(path)) if is_nifti(f)] if Path(path).is_dir() else []
-    try:
-        volumes = open_ct(path)
-    except ValueError:
-        if not niftis:
-            raise
-        volumes = []  # a folder of NIfTI files only
-    return [*volumes, *(read_nifti(f) for f in niftis)]
+    found = folder_files(Path(path)) if Path(path).is_dir() else []
+    niftis = [f for f in found if is_nifti(f) and not f.name.startswith(".")]
+    ours = [f for f in niftis if is_our_denoised(f)]
+    if ours:
+        warnings.warn(f"{len(ours)} NIfTI file(s) this program denoised left out ({ours[0].name}, ...)", stacklevel=2)
+    readers = [lambda: open_ct(path), *(lambda f=f: [read_nifti(f)] for f in niftis if f not in ours)]
+    volumes, problems = [], []
+    for read in readers:
+        try:
+            volumes.extend(read())
+        except ValueError as exc:
+            problems.append(exc)
+    if not volumes:
+        raise problems[0]
+    for exc in problems if niftis else ():  # a folder of NIfTI files only: the DICOM reader's "no series" is moot
+        if "NIfTI file(s)" not in str(exc):
+            warnings.warn(f"left out: {exc}", stacklevel=2)
+    return volumes
 
 
 def open_checked(path: str, series_uid: str | None = None, every: bool = False) -> list:
