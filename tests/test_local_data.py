@@ -473,6 +473,32 @@ def test_a_half_pair_takes_the_name(model_dir: Path) -> None:
     assert fj.model_name_problems("bad/name")
 
 
+def test_a_folder_of_normal_scans_with_synthetic_lesions_takes_no_detections(model_dir: Path, tmp_path: Path) -> None:
+    """Review 2026-12-06: with "synthetic lesions" a DICOM folder of normal scans was refused without a starting
+    detector ("draw rectangles"), and with one its unreviewed false positives became the lesion targets. The
+    inserted lesions are the lesions: no box is detected, and the run's data says so."""
+    from conftest import write_series
+
+    from napari_lidnet._training.finetune import FinetuneRequest, one_click_config, prepare_samples
+
+    hu = np.random.default_rng(0).normal(40, 20, (6, 64, 64)).astype(np.float32)
+    write_series(tmp_path / "normals", np.rint(hu), series_uid="1.2.826.0.1.3680043.8.498.78")
+    for detector in (None, "tiny_detector"):
+        cfg = one_click_config(tmp_path / "run", insert_lesions=0.5, init_denoiser=None, init_detector=detector,
+                               patch_size=32)  # fmt: skip
+        req = FinetuneRequest(name="x", config=cfg, dicom_folder=str(tmp_path / "normals"), source="dicom")
+        said = []
+        try:
+            gen = prepare_samples(req)
+            while True:
+                said.append(next(gen))
+        except StopIteration as done:
+            samples, info = done.value
+        assert len(samples) == 6 and sum(len(s.boxes) for s in samples) == 0
+        assert not any(m.startswith("detecting") for m in said), said
+        assert [i["boxes"] for i in info["images"]] == ["none (synthetic lesions)"]
+
+
 def test_dicom_folder_leaves_out_other_modalities_and_derived_copies(tmp_path: Path) -> None:
     """A study folder holding the CT, an MR series and a denoised copy of the CT (ImageType DERIVED, as this
     plugin writes it): only the CT trains (MR values are no HU target; the copy is processed and the same anatomy

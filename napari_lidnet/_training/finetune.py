@@ -226,6 +226,8 @@ def prepare_samples(
             inputs = inputs_from_dicom(req.dicom_folder, left_out)
             if left_out:
                 yield "; ".join(left_out)
+            for item in inputs if cfg.insert_lesions else ():  # normal scans: the synthetic lesions are the lesions,
+                item.boxes, item.box_source = np.zeros((0, 5), np.float32), "none (synthetic lesions)"  # not detections
         problems = check_inputs(inputs, cfg.patch_size, need_lesions, cfg.val_fraction, cfg.test_fraction)
         if problems:
             raise DataProblems(problems)
