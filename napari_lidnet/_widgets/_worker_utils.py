@@ -15,13 +15,17 @@ from typing import Any
 import numpy as np
 
 
-def dock_threads(cores: int, env: dict[str, str]) -> int | None:
+def dock_threads(cores: int, env: dict[str, str], default: int | None = None) -> int | None:
     """Torch threads for the docks' jobs: all the cores but one, which the viewer keeps to draw while a job runs
     (two walkthroughs on a busy 2-core machine: the low-dose simulation ran 10-40x and denoising 2-4x slower on
-    torch's 2 threads than on 1); None where the user chose (``OMP_NUM_THREADS`` set: theirs stands)."""
+    torch's 2 threads than on 1), never more than torch's own ``default`` (its physical cores); None where the
+    user chose (``OMP_NUM_THREADS`` set: theirs stands)."""
     if env.get("OMP_NUM_THREADS", "").strip():
         return None
-    return max(1, cores - 1)
+    return max(1, min(cores - 1, default or cores))
+
+
+_TORCH_DEFAULT: list[int] = []  # torch's own thread count, read before the first change
 
 
 def share_cores() -> None:
@@ -30,8 +34,10 @@ def share_cores() -> None:
 
     import torch
 
+    if not _TORCH_DEFAULT:
+        _TORCH_DEFAULT.append(torch.get_num_threads())
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    n = dock_threads(cores, dict(os.environ))
+    n = dock_threads(cores, dict(os.environ), _TORCH_DEFAULT[0])
     if n is not None and torch.get_num_threads() != n:
         torch.set_num_threads(n)
 
