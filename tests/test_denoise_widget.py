@@ -187,9 +187,9 @@ def test_current_slice_scope(make_napari_viewer, qtbot, model_dir: Path) -> None
     lesions = viewer.layers["low lesions"]
     assert len(lesions.data) and all(np.all(v[:, 0] == 3) for v in lesions.data)
     assert "replaces" not in widget.status.text()
-    widget.set_compare(True)  # elsewhere the denoised panel is blank: the caption says why
-    caption = viewer.canvas.overlays["text"].text
-    assert caption == "F: flip in place; denoised on 1 of 6 slices (run all slices for the rest)"
+    widget.set_compare(True)  # elsewhere the denoised panel is blank: the status line says why
+    assert "side by side: denoised on 1 of 6 slices, blank elsewhere" in widget.status.text()
+    assert viewer.canvas.overlays["text"].text == "F: flip in place"  # short: clear of the orientation letters
     widget.set_compare(False)
     viewer.dims.set_point(0, TRANSLATE[0] + 4 * SCALE[0])  # another slice: the slice-3 result goes, and it says so
     run_and_wait(widget, qtbot)

@@ -60,7 +60,7 @@ class CompareView:
         for ly in self.pair:  # each image's name over it (also while flipping), tiled with the orientation letter
             self._saved["names"].setdefault(ly, (ly.name_overlay.visible, ly.name_overlay.position))
             ly.name_overlay.visible, ly.name_overlay.position = True, "top_center"
-        self._caption.text = "F: flip in place" + _thin_note(before, after)  # clear of the orientation letters
+        self._caption.text = "F: flip in place"  # short, clear of the orientation letters centred on each edge
         self._caption.position = "bottom_right"
         self._caption.visible = True
         self.link_windows()
@@ -144,8 +144,8 @@ def _slices(layer: Any) -> int:
     return int(layer.data.shape[0]) if layer.ndim == 3 else 1
 
 
-def _thin_note(before: Any, after: Any) -> str:
+def thin_note(before: Any, after: Any) -> str:
     """Said when ``after`` covers fewer slices than ``before`` (a "current slice" run): elsewhere its panel is
-    blank, which a walkthrough took for a failed denoiser."""
+    blank, which a walkthrough took for a failed denoiser; '' otherwise."""
     n, k = _slices(before), _slices(after)
-    return f"; denoised on {k} of {n} slices (run all slices for the rest)" if k < n else ""
+    return f"side by side: denoised on {k} of {n} slices, blank elsewhere (run all slices for them)" if k < n else ""

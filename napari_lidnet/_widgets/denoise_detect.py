@@ -52,7 +52,7 @@ from ._worker_utils import (
     inference_job,
     share_cores,
 )
-from .compare import FLIP_KEY, CompareView
+from .compare import FLIP_KEY, CompareView, thin_note
 from .reading_room import ReadingRoom
 
 if TYPE_CHECKING:
@@ -653,6 +653,8 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
             self._no_pair("compare")
         if on and pair is not None:
             self.compare.show(*pair)
+            if thin_note(*pair):  # in the status line: a longer caption would cover the orientation letters
+                self._message(thin_note(*pair))
         else:
             self.compare.close()
         self.compare_button.blockSignals(True)
