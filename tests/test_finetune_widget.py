@@ -129,6 +129,7 @@ def test_scans_without_lesion_boxes_fine_tune_both_networks_with_synthetic_lesio
     widget.start_denoiser_combo.setCurrentText("tiny (user)")
     widget.set_source("paired")
     assert widget.start() is None and "choose the lesion boxes" in widget.status.text()
+    assert "scans without lesions: give synthetic lesions (Advanced)" in widget.status.text()
     widget.insert_spin.setValue(0.5)
     worker = widget.start()
     assert worker is not None, widget.status.text()

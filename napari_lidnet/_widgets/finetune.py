@@ -303,7 +303,8 @@ class FineTuneWidget(QWidget):
         if inputs and source in ("layers", "paired") and settings["mode"] != "pixel" and not chosen and not synthetic:
             problems.append(
                 "choose the lesion boxes: a reviewed layer (Lesion navigator), a layer you drew, or, knowingly, "
-                f"{DETECT_ITEM!r} (unreviewed: the detector would learn its own false positives)"
+                f"{DETECT_ITEM!r} (unreviewed: the detector would learn its own false positives); scans without "
+                "lesions: give synthetic lesions (Advanced)"
             )
         problems.extend(notes)
         if inputs:
