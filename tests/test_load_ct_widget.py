@@ -61,6 +61,29 @@ def test_open_picked_series_and_apply_window(widget, two_series_dir, qtbot):
     np.testing.assert_array_equal(layer.data, before)
 
 
+def test_every_stored_window_of_a_series_is_a_preset(widget, qtbot, tmp_path):
+    """Walkthrough 2026-12-06: a real abdomen stored two windows (40/300 and 300/1500); only the first was offered.
+    Each further stored window is a preset once the series is open, named with its explanation."""
+    from conftest import synthetic_hu, write_series
+
+    viewer, w = widget
+    windows = {"WindowCenter": ["40", "300"], "WindowWidth": ["300", "1500"],
+               "WindowCenterWidthExplanation": ["WINDOW1", "WINDOW2"]}  # fmt: skip
+    write_series(tmp_path / "abdomen", synthetic_hu((3, 32, 32), seed=2), series_uid="1.2.3.61", extra=windows)
+    w.path_edit.setText(str(tmp_path / "abdomen"))
+    scan(w, qtbot)
+    w.open_button.click()
+    qtbot.waitUntil(lambda: len(viewer.layers) == 1, timeout=10000)
+    layer = viewer.layers[0]
+    assert tuple(layer.contrast_limits) == (40 - 150, 40 + 150)  # the scan's own: its first window
+    presets = [w.preset_combo.itemText(i) for i in range(w.preset_combo.count())]
+    assert presets.count("scan's own 2: WINDOW2") == 1
+    viewer.layers.selection.active = layer
+    w.preset_combo.setCurrentText("scan's own 2: WINDOW2")
+    w.apply_window_button.click()
+    assert tuple(layer.contrast_limits) == (300 - 750, 300 + 750)
+
+
 def test_nifti_files_beside_dicom_series_are_offered_and_open(widget, two_series_dir, qtbot):
     """A folder of DICOM series and NIfTI files (a converted copy beside them): each NIfTI file is a choice of the
     picker and opens as its own volume."""

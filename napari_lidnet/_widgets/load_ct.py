@@ -35,7 +35,7 @@ from qtpy.QtWidgets import (
 from ..io.dicom_values import at_dose
 from ..io.open_ct import list_series, open_ct
 from ..io.volume import n_slices
-from ..io.windowing import SCAN_WINDOW, WINDOW_PRESETS
+from ..io.windowing import SCAN_WINDOW, WINDOW_PRESETS, stored_presets
 from ..layer_data import volume_layer_tuples
 from ._docking import DockHome, scroll_layout
 from ._layer_watch import LayerWatch, renamed_to
@@ -129,7 +129,8 @@ class LoadCTWidget(QWidget):
         self.preset_combo = QComboBox()
         self.preset_combo.addItems([SCAN_WINDOW, *WINDOW_PRESETS])
         self.preset_combo.setCurrentText(SCAN_WINDOW)
-        self.preset_combo.setToolTip(f"'{SCAN_WINDOW}': the window stored in the DICOM series, else soft tissue")
+        self.preset_combo.setToolTip(f"'{SCAN_WINDOW}': the window stored in the DICOM series, else soft tissue; "
+                                     f"'{SCAN_WINDOW} 2', ...: its further stored windows (listed once opened)")
         self.apply_window_button = QPushButton("Apply to selected layer")
         self.link_check = QCheckBox("one window/level for all CT layers")
         self.link_check.setChecked(self.room.linked)
@@ -302,6 +303,8 @@ class LoadCTWidget(QWidget):
                 layer = getattr(self.viewer, f"add_{kind}")(data, **kwargs)
                 names.append(layer.name)
             notes.extend(vol.metadata.get("warnings", []))
+            listed = {self.preset_combo.itemText(i) for i in range(self.preset_combo.count())}
+            self.preset_combo.addItems([p for p in stored_presets(vol.metadata) if p not in listed])
         text = f"opened {', '.join(names)}"
         self._info(text + ("\n" + "\n".join(notes) if notes else ""))
 

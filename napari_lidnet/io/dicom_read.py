@@ -477,6 +477,25 @@ def _window(ds: Any) -> list[float] | None:
     return values if np.isfinite(values).all() and values[1] > 0 else None
 
 
+def _windows(ds: Any) -> list[list[Any]]:
+    """Every display window the scan stores, [level, width, explanation] (a reader picks among them as at a
+    console: a walkthrough's abdomen stored 40/300 and 300/1500); the valid ones, in their order."""
+    def values(kw: str) -> list[Any]:
+        v = ds.get(kw)
+        return list(v) if isinstance(v, Sequence) and not isinstance(v, str) else ([] if v in (None, "") else [v])
+
+    out = []
+    names = values("WindowCenterWidthExplanation")
+    for k, (c, w) in enumerate(zip(values("WindowCenter"), values("WindowWidth"))):
+        try:
+            level, width = float(c), float(w)
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite([level, width]).all() and width > 0:
+            out.append([level, width, str(names[k]).strip() if k < len(names) else ""])
+    return out
+
+
 def instance_number(ds: Any) -> int | None:
     """A header's InstanceNumber as an int; None when missing or malformed (text such as 'x1', a fraction, too
     large): a bad value counts as missing, as other header numbers do."""
@@ -520,6 +539,7 @@ def _series_metadata(
         "slice_thickness": header_float(ds0.get("SliceThickness")) or None,
         "image_position_patient": None if first is None else [float(v) for v in first],
         "window": _window(ds0),
+        "windows": _windows(ds0),
         "slice_ipp": None if pos is None else pos.astype(float).tolist(),  # each slice's own (gaps included)
         **_slice_ids(headers),
     }
