@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,12 +68,32 @@ def findings_from_rows(rows: np.ndarray) -> list[Finding]:
     ]  # fmt: skip
 
 
-def lesion_groups(findings: Sequence[Finding], iou: float = LESION_IOU) -> dict[int, int]:
+def lesion_groups(
+    findings: Sequence[Finding], iou: float = LESION_IOU, previous: dict[int, int] | None = None
+) -> dict[int, int]:
     """Finding id -> lesion number (1, 2, ... in order of first slice, then of id): boxes on adjacent slices whose
-    in-plane IoU reaches ``iou`` are one lesion (:func:`napari_lidnet.metrics.lesions.lesion_numbers`)."""
+    in-plane IoU reaches ``iou`` are one lesion (:func:`napari_lidnet.metrics.lesions.lesion_numbers`). With
+    ``previous`` (the numbers shown before an edit) a lesion keeps the number most of its boxes had, larger lesions
+    first, and a lesion that is new (split off, drawn) takes the next free number: a reader's "lesion 4" stays
+    lesion 4 when a box is moved off another lesion (a walkthrough saw an unrelated lesion renumbered)."""
     ordered = sorted(findings, key=lambda f: f.id)
     numbers = lesion_numbers([f.slice for f in ordered], np.array([f.bounds for f in ordered]), iou)
-    return {f.id: int(n) for f, n in zip(ordered, numbers)}
+    raw = {f.id: int(n) for f, n in zip(ordered, numbers)}
+    if not previous:
+        return raw
+    members: dict[int, list[int]] = {}
+    for fid, n in raw.items():
+        members.setdefault(n, []).append(fid)
+    taken: dict[int, int] = {}  # raw number -> kept number
+    for n in sorted(members, key=lambda n: (-len(members[n]), n)):
+        votes = Counter(previous[f] for f in members[n] if f in previous and previous[f] not in taken.values())
+        if votes:
+            taken[n] = min(votes, key=lambda v: (-votes[v], v))
+    fresh = max([*previous.values(), *taken.values()], default=0) + 1
+    for n in sorted(members):
+        if n not in taken:
+            taken[n], fresh = fresh, fresh + 1
+    return {fid: taken[n] for fid, n in raw.items()}
 
 
 def axes_mm(corners: np.ndarray, spacing_yx: Sequence[float]) -> tuple[float, float]:
@@ -158,17 +179,19 @@ def write_findings(
     info: dict[str, Any] | None = None,
     slice_ids: dict[str, list] | None = None,
     unit: str = "mm",
+    lesions: dict[int, int] | None = None,
 ) -> Path:
     """Write findings as CSV, or as JSON (with ``info``: source, spacing, units) when ``path`` ends in .json, each
     with its lesion number (boxes overlapping on neighbouring slices are one lesion) and the columns of
     ``slice_ids`` (``io.boxes_io.slice_columns`` of a DICOM source: InstanceNumber, or the frame of a multi-frame
     instance, and SOP Instance UID per slice) that find its slice in a PACS; empty where unknown.
 
-    ``unit`` "px" (an image without a voxel size): the ``_mm`` columns hold pixels and are named ``_px``.
-    Refuses to overwrite an existing file.
+    ``unit`` "px" (an image without a voxel size): the ``_mm`` columns hold pixels and are named ``_px``;
+    ``lesions``: the numbers shown (:func:`lesion_groups` with ``previous``), else numbered afresh. Refuses to
+    overwrite an existing file.
     """
     path = check_new(path)
-    lesions = lesion_groups(findings)
+    lesions = lesions if lesions is not None else lesion_groups(findings)
     rename = {c: c.removesuffix("_mm") + "_px" for c in COLUMNS if c.endswith("_mm")} if unit == "px" else {}
     rows = [{rename.get(k, k): v for k, v in record(f, lesions[f.id]).items()} for f in findings]
     columns_out = [rename.get(c, c) for c in COLUMNS]

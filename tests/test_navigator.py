@@ -388,6 +388,24 @@ def test_a_box_rejected_on_its_own_is_that_run_s_box_only(make_napari_viewer, tm
 
 
 
+def test_a_lesion_keeps_its_number_when_a_box_is_moved_off_it(make_napari_viewer, tmp_path: Path) -> None:
+    """Walkthrough 2026-12-06: moving one box off a three-slice lesion renumbered the lesion (numbers follow the
+    first slice, and the moved box's slice came first). The lesion keeps its number; the box moved off takes the
+    next free one; the table and the export agree."""
+    widget, image, _boxes = _three_slice_lesion(make_napari_viewer(), tmp_path)
+    widget.accept_lesion(0)
+    assert set(widget.lesion_numbers().values()) == {1}
+    reviewed = widget.reviewed_layer
+    k = list(reviewed.features["finding"]).index(0)  # the box on slice 1, the lesion's first
+    data = [np.array(d, copy=True) for d in reviewed.data]
+    data[k][:, -1] += 14  # dragged 14 px to the right: off the other two
+    reviewed.data = data
+    assert widget.lesion_numbers() == {0: 2, 1: 1, 2: 1}
+    assert widget.table.item(widget.row_ids().index(1), COL["lesion"]).text() == "1 (2 sl.)"
+    rows = read_findings(widget.export(tmp_path / "review.csv"))
+    assert {r["id"]: r["lesion"] for r in rows} == {"0": "2", "1": "1", "2": "1"}
+
+
 def _run(viewer, image, detections: np.ndarray, name: str):
     """Another detection run's boxes on ``image`` (as the Denoise widget adds them)."""
     return viewer.add_shapes(

@@ -11,7 +11,9 @@ from ..io.volume import n_slices, per_slice
 from ._roles import has_voxel_size, simulated_label
 
 
-def write_review_table(path: Path, findings: list[Finding], image: Any, boxes: Any) -> Path:
+def write_review_table(
+    path: Path, findings: list[Finding], image: Any, boxes: Any, lesions: dict | None = None
+) -> Path:
     """Every finding with its status, as CSV or JSON (by the suffix): sizes in mm where the image has a voxel size,
     the slice ids a PACS shows."""
     unit = "mm" if has_voxel_size(image) else "px"  # as the table shows them
@@ -21,10 +23,10 @@ def write_review_table(path: Path, findings: list[Finding], image: Any, boxes: A
             "simulated": simulated_label(image.metadata),  # the slice ids are those of the normal-dose source
             }  # fmt: skip
     ids = slice_columns(image.metadata or {}, n_slices(image.data))
-    return write_findings(path, findings, info, ids, unit=unit)
+    return write_findings(path, findings, info, ids, unit=unit, lesions=lesions)
 
 
-def write_review_sr(path: Path, findings: list[Finding], image: Any) -> Path:
+def write_review_sr(path: Path, findings: list[Finding], image: Any, lesions: dict | None = None) -> Path:
     """A DICOM Comprehensive SR of the kept findings, referencing the source slices when the image came from DICOM
     (the reader's record of its instances, else its files read again)."""
     from ..io.dicom_sr import SRRegion, instance_refs, write_sr
@@ -42,7 +44,7 @@ def write_review_sr(path: Path, findings: list[Finding], image: Any) -> Path:
         unique = list(dict.fromkeys(files))  # a multi-frame file is read once
         found = dict(zip(unique, instance_refs(unique)))
         refs = [found[f] for f in files] if len(files) == n else []
-    lesions = lesion_groups(findings)
+    lesions = lesions if lesions is not None else lesion_groups(findings)
     mm = 1.0 if has_voxel_size(image) else float("nan")  # sizes in pixels are not reported as mm
     regions = [
         SRRegion(f.slice, f.corners, f.measures["long_mm"] * mm, f.measures["short_mm"] * mm,

@@ -137,6 +137,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         self._dimming = False
         self._watched: weakref.WeakSet = weakref.WeakSet()
         self._origin: dict[int, tuple] = {}  # finding id -> its detection's key (slice, corners)
+        self._lesions: dict[int, int] = {}  # finding id -> the lesion number shown (kept across edits)
         self._alone: set[int] = set()  # ids rejected one by one (Reject), which accepting their lesion leaves so
         self._parked: dict[tuple, Finding] = {}  # rejected findings whose detection left the layer, by key
         self._read_stamp: bytes = b""  # the boxes and scores last read (_stamp)
@@ -332,8 +333,8 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
                       "a 2D image, or draw the boxes on the volume")  # fmt: skip
             return len(self.findings)
         same = boxes is not None and boxes == self.boxes_layer and image == self.image_layer
-        if not same:  # another run: its ids start again, so the marks of the last one go
-            self._origin, self._parked, self._alone = {}, {}, set()
+        if not same:  # another run: its ids start again, so the marks (and lesion numbers) of the last one go
+            self._origin, self._parked, self._alone, self._lesions = {}, {}, set(), {}
         if boxes is not None and boxes != self.boxes_layer:
             self._disconnect_boxes()
             self.watch.connect(boxes.events.data, self._on_boxes_data)
@@ -450,7 +451,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
                 t.horizontalHeaderItem(c).setToolTip(HEADER_TIPS[key])
         ids = slice_columns(image.metadata or {}, n_slices(image.data)) if image else {}
         instances = ids.get("instance_number")  # a multi-frame source's frames are not instance numbers
-        lesions = lesion_groups(self.findings)
+        lesions = self.lesion_numbers()
         sizes = Counter(lesions.values())
         for r, f in enumerate(self.findings):
             for c, (key, _) in enumerate(COLUMNS):
@@ -611,11 +612,17 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         """Dismiss every finding of the lesion of finding ``fid`` (default: the selected row)."""
         self._decide_lesion(fid, keep=False)
 
+    def lesion_numbers(self) -> dict[int, int]:
+        """Finding id -> lesion number, as shown: each lesion keeps its number across edits (``lesion_groups``
+        with the numbers shown before)."""
+        self._lesions = lesion_groups(self.findings, previous=self._lesions)
+        return self._lesions
+
     def _decide_lesion(self, fid: int | None, keep: bool) -> None:
         f = self._target(fid)
         if f is None:
             return
-        lesions = lesion_groups(self.findings)
+        lesions = self.lesion_numbers()
         members = [g for g in self.findings if lesions[g.id] == lesions[f.id]]
         held = [g for g in members if keep and g.status == "rejected" and g.id in self._alone and g is not f]
         for g in members:
@@ -672,8 +679,9 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
             return None
         try:
             check_suffix(path, [".dcm", ".csv", ".json"], "DICOM SR, CSV or JSON")
-            out = (write_review_sr(path, self.findings, self.image_layer) if path.suffix.lower() == ".dcm"
-                   else write_review_table(path, self.findings, self.image_layer, self.boxes_layer))  # fmt: skip
+            lesions = self.lesion_numbers()
+            out = (write_review_sr(path, self.findings, self.image_layer, lesions) if path.suffix.lower() == ".dcm"
+                   else write_review_table(path, self.findings, self.image_layer, self.boxes_layer, lesions))
         except (OSError, ValueError) as exc:
             self._say(f"export failed: {exc}")
             return None
