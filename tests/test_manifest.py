@@ -143,7 +143,10 @@ def test_lidnet_index_command(tmp_path, capsys):
     write_series(archive, synthetic_hu((3, 16, 16)), series_uid="1.2.826.0.1.3680043.8.498.77")
     out = tmp_path / "m.jsonl"
     assert main(["index", str(archive), "--out", str(out), "--dose", "0.3"]) == 0
-    assert read_header(out)["dose"] == 0.3 and "3 slices" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert read_header(out)["dose"] == 0.3 and "3 slices" in err and "add no noise" not in err
+    assert main(["index", str(archive), "--out", str(tmp_path / "one.jsonl"), "--dose", "1"]) == 0
+    assert "note: --dose 1 is the scans' own dose" in capsys.readouterr().err  # (a walkthrough: said nothing)
     assert main(["index", str(tmp_path / "missing"), "--out", str(tmp_path / "x.jsonl")]) == 2
     assert "no such archive folder" in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()
 

@@ -60,6 +60,9 @@ def _cmd_index(args: argparse.Namespace) -> int:
     )
     for line in header["skipped"][:10]:
         print(f"  skipped: {line}", file=sys.stderr)
+    if args.dose is not None and args.dose >= 1 and header["n_without_low"]:  # accepted without a word before
+        print("note: --dose 1 is the scans' own dose: their simulated low-dose partners add no noise (give the "
+              "fraction of it to train for, e.g. --dose 0.25)", file=sys.stderr)  # fmt: skip
     return 0
 
 
