@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 PARTIAL = ".partial-"
 MARKER = ".lidnet-batch"  # in a batch output folder: the task and settings that write there (a re-run finishes it)
+SOURCES = ".lidnet-batch-sources.json"  # output name -> a stamp of the source it was written from
 LOCK = ".lidnet-batch.lock"  # locked (io.folder_lock) by the run writing the folder; the system lets go when it ends
 _OUTPUT_NAME = re.compile(r".+_[0-9a-f]{12}(\.csv|\.nii\.gz)?")  # as output_name names outputs (and their suffix)
 Progress = Callable[[int, int, str], None]
@@ -247,6 +248,38 @@ def _inputs(series: dict, niftis: list[Path], root: Path) -> list[tuple[str, Any
     return items
 
 
+def _stamp(source: Any) -> str:
+    """What a source is now: its files' names and sizes (a DICOM series' headers, or a NIfTI file's path), so a
+    series topped up after an incomplete transfer, or a file replaced, is seen (a walkthrough: skipped as done);
+    not their folders or times, so an archive moved or copied is the same archive."""
+    paths = [Path(source)] if isinstance(source, Path) else [Path(h.path) for h in source]
+    parts = []
+    for p in paths:
+        try:
+            parts.append((p.name, p.stat().st_size))
+        except OSError:
+            parts.append((p.name, -1))
+    return hashlib.sha1(json.dumps(sorted(parts)).encode()).hexdigest()
+
+
+def _stamps(out_dir: Path) -> dict[str, str]:
+    """The source stamps recorded in ``out_dir`` (empty for a folder of an earlier version: its outputs count as
+    done, as before)."""
+    try:
+        stamps = json.loads((out_dir / SOURCES).read_text())
+    except (OSError, ValueError):
+        return {}
+    return stamps if isinstance(stamps, dict) else {}
+
+
+def _record_stamp(final: Path, source: Any) -> None:
+    """Record the stamp of the source ``final`` was written from (rewritten whole, atomically)."""
+    stamps = {**_stamps(final.parent), final.name: _stamp(source)}
+    tmp = final.parent / f"{PARTIAL}{SOURCES}"
+    tmp.write_text(json.dumps(stamps, indent=1, sort_keys=True))
+    os.replace(tmp, final.parent / SOURCES)
+
+
 def _plan(items: list, out_dir: Path, task: str, report: BatchReport, progress: Progress | None) -> list:
     """(final output, source, description, key) of every input still to do; finished ones go to ``report.skipped``,
     non-CT ones and ours to ``report.left_out``. Refuses two inputs that would share an output name."""
@@ -262,6 +295,9 @@ def _plan(items: list, out_dir: Path, task: str, report: BatchReport, progress: 
             report.left_out.append(f"series {desc!r} ({key}): written by napari-lidnet; not denoised again")
         elif modality not in (*CT_MODALITIES, "ours"):
             report.left_out.append(f"series {desc!r} ({key}): modality {modality!r} is not CT; not processed")
+        elif final.exists() and _stamps(out_dir).get(final.name, _stamp(source)) != _stamp(source):
+            report.left_out.append(f"{final.name}: its source ({desc!r}, {key}) changed since it was written; left "
+                                   "as it is (outputs never overwrite): move it away and run again to redo it")
         elif final.exists():
             report.skipped.append(final)
             if progress:
@@ -427,6 +463,7 @@ def _run_one(
         raise ValueError(f"writing {final.name} (series {desc!r}) failed: {reason}; {len(report.written)} written "
                          f"before it in {final.parent}: mend that, then run again to finish") from exc  # fmt: skip
     os.replace(partial, final)
+    _record_stamp(final, source)
     report.written.append(final)
     if note:
         report.notes.append(f"{final.name}: {note}")

@@ -63,7 +63,31 @@ def test_denoise_all_series_then_resume(archive, tmp_path):
     assert again.written == [lost] and sorted(again.skipped) == sorted(kept)
     assert {p: sorted(f.stat().st_mtime_ns for f in p.iterdir()) for p in kept} == kept  # untouched
     assert not list(out.glob(f"{PARTIAL}*"))
-    assert sorted(p.name for p in out.iterdir() if p.name != MARKER) == sorted(p.name for p in report.written)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(p.name for p in report.written)
+
+
+def test_a_source_changed_since_its_output_is_said_not_skipped_as_done(archive, tmp_path):
+    """Walkthrough 2026-12-06: a series topped up after an incomplete transfer (6 -> 8 slices) was skipped as
+    'already complete', its output short of two slices, without a word. A source whose files changed since its
+    output was written is said and left (outputs never overwrite); moving the old output away redoes it."""
+    out = tmp_path / "out"
+    detector = LesionDetector(width=4).eval()
+    first = run_batch(archive, out, "detect", detector)
+    assert len(first.written) == 3
+    chest = next(p for p in archive.rglob("*") if p.is_dir() and any(p.glob("*.dcm"))
+                 and "chest" in str(open_ct(p)[0].metadata.get("series_description")))  # fmt: skip
+    uid = open_ct(chest)[0].metadata["series_uid"]
+    more = write_series(tmp_path / "more", synthetic_hu((5, 32, 32), seed=1), series_uid=uid, description="chest",
+                        z_positions=[10.0 + 2.5 * k for k in range(5)])  # fmt: skip
+    for f in more[3:]:  # two more slices of the same series arrive (z 17.5 and 20 mm)
+        shutil.copy(f, chest / f"late_{f.name}")
+    again = run_batch(archive, out, "detect", detector)
+    stale = next(p for p in first.written if p.name.startswith("chest"))
+    assert not again.written and len(again.skipped) == 2
+    assert any(s.startswith(f"{stale.name}: its source ('chest'") and "move it away" in s for s in again.left_out)
+    stale.rename(tmp_path / stale.name)  # moved away: redone from the whole series
+    third = run_batch(archive, out, "detect", detector)
+    assert third.written == [stale] and not third.left_out, (third.failed, third.left_out, third.skipped)
 
 
 def test_interrupted_run_with_workers_resumes_without_redoing_or_losing_outputs(archive, tmp_path):
@@ -78,13 +102,13 @@ def test_interrupted_run_with_workers_resumes_without_redoing_or_losing_outputs(
 
     with pytest.raises(KeyboardInterrupt):
         run_batch(archive, out, "denoise", _denoiser(), progress=interrupt_after_two, workers=2)
-    first = {p: sorted(f.stat().st_mtime_ns for f in p.iterdir()) for p in out.iterdir() if p.name != MARKER}
+    first = {p: sorted(f.stat().st_mtime_ns for f in p.iterdir()) for p in out.iterdir() if not p.name.startswith(".")}
     assert len(first) == 2 and seen == [(1, 3), (2, 3)]
     again = run_batch(archive, out, "denoise", _denoiser(), workers=2)
     assert sorted(again.skipped) == sorted(first) and len(again.written) == 1
     assert {p: sorted(f.stat().st_mtime_ns for f in p.iterdir()) for p in first} == first  # not redone
     reference = run_batch(archive, tmp_path / "uninterrupted", "denoise", _denoiser())
-    for a, b in zip(sorted(p for p in out.iterdir() if p.name != MARKER), sorted(reference.written)):
+    for a, b in zip(sorted(p for p in out.iterdir() if not p.name.startswith(".")), sorted(reference.written)):
         assert a.name == b.name
         assert np.array_equal(open_ct(a)[0].hu, open_ct(b)[0].hu)  # same outputs as a run never interrupted
 
@@ -293,7 +317,7 @@ def test_series_without_a_uid_keep_their_output_name_whatever_path_reaches_the_a
     moved = run_batch(tmp_path / "moved", out, "denoise", _denoiser())
     assert again.skipped == first.written and moved.skipped == first.written
     assert not again.written and not moved.written
-    assert sorted(p.name for p in out.iterdir() if p.name != MARKER) == [first.written[0].name]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [first.written[0].name]
 
 
 def test_a_failure_names_its_series_and_says_whether_a_rerun_can_mend_it(archive, tmp_path, model_dir, capsys):
