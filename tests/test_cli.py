@@ -470,6 +470,25 @@ def test_train_refuses_a_bad_insertion_setting_before_writing(trained, tmp_path,
     assert not run.exists()
 
 
+def test_one_input_is_the_largest_volume_of_a_deeplesion_folder(tmp_path, capsys):
+    """Walkthrough 2026-12-06: a DeepLesion folder with two runs of slices (108-110 and 120-123): 'using the largest
+    CT series' took the first, the 3-slice run. The largest volume is the one used."""
+    from conftest import write_png_hu
+
+    from napari_lidnet.cli.common import open_single
+
+    folder = tmp_path / "000001_01_01"
+    folder.mkdir()
+    for k in (108, 109, 110, 120, 121, 122, 123):
+        hu = np.full((24, 32), -1000.0, np.float32)
+        hu[4:20, 4:28] = 40.0 + k  # a body in air
+        write_png_hu(folder / f"{k}.png", hu)
+    with pytest.warns(UserWarning):  # no DL_info.csv: 1 mm assumed, said
+        vol = open_single(str(folder))
+    assert vol.hu.shape[0] == 4 and float(vol.hu[0, 10, 10]) == 160.0
+    assert f"using the largest CT series, {vol.name!r}" in capsys.readouterr().err
+
+
 def test_calibrate_takes_every_series_and_nifti_file_of_a_folder(tmp_path, capsys, model_dir):
     """Walkthrough 2026-12-06: a folder of normals (a DICOM series and a NIfTI head) was calibrated on the series
     alone, without a word; a folder of NIfTI files only was refused with advice (--all-series) calibrate lacks."""

@@ -101,7 +101,7 @@ def open_checked(path: str, series_uid: str | None = None, every: bool = False) 
         warnings.simplefilter("always")
         volumes = _every_volume(path) if every and series_uid is None else open_ct(path, series_uid)
     if not every:
-        volumes.sort(key=lambda v: str(v.metadata.get("modality", "") or "CT") not in CT_MODALITIES)  # stable
+        volumes.sort(key=lambda v: (str(v.metadata.get("modality", "") or "CT") not in CT_MODALITIES, -v.hu.size))
     kept, refused = [], []
     for vol in volumes if every else volumes[:1]:
         try:
