@@ -283,7 +283,7 @@ def _record_stamp(final: Path, source: Any) -> None:
 def _plan(items: list, out_dir: Path, task: str, report: BatchReport, progress: Progress | None) -> list:
     """(final output, source, description, key) of every input still to do; finished ones go to ``report.skipped``,
     non-CT ones and ours to ``report.left_out``. Refuses two inputs that would share an output name."""
-    todo, names = [], {}
+    todo, names, stamps = [], {}, _stamps(out_dir)
     for key, source, desc, modality in items:
         name = output_name(desc, key)
         if name.casefold() in names:
@@ -295,7 +295,7 @@ def _plan(items: list, out_dir: Path, task: str, report: BatchReport, progress: 
             report.left_out.append(f"series {desc!r} ({key}): written by napari-lidnet; not denoised again")
         elif modality not in (*CT_MODALITIES, "ours"):
             report.left_out.append(f"series {desc!r} ({key}): modality {modality!r} is not CT; not processed")
-        elif final.exists() and _stamps(out_dir).get(final.name, _stamp(source)) != _stamp(source):
+        elif final.exists() and final.name in stamps and stamps[final.name] != _stamp(source):
             report.left_out.append(f"{final.name}: its source ({desc!r}, {key}) changed since it was written; left "
                                    "as it is (outputs never overwrite): move it away and run again to redo it")
         elif final.exists():

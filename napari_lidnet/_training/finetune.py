@@ -35,6 +35,7 @@ from napari_lidnet._training.local_data import (
     describe_samples,
     inputs_from_dicom,
     iter_samples,
+    synthetic_lesions_only,
 )
 from napari_lidnet.io.checks import one_line
 
@@ -226,8 +227,8 @@ def prepare_samples(
             inputs = inputs_from_dicom(req.dicom_folder, left_out)
             if left_out:
                 yield "; ".join(left_out)
-            for item in inputs if cfg.insert_lesions else ():  # normal scans: the synthetic lesions are the lesions,
-                item.boxes, item.box_source = np.zeros((0, 5), np.float32), "none (synthetic lesions)"  # not detections
+            if cfg.insert_lesions:  # normal scans: the synthetic lesions are the lesions, not detections
+                synthetic_lesions_only(inputs)
         problems = check_inputs(inputs, cfg.patch_size, need_lesions, cfg.val_fraction, cfg.test_fraction)
         if problems:
             raise DataProblems(problems)

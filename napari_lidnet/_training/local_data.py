@@ -154,6 +154,13 @@ def _box_problems(item: CTInput) -> list[str]:
     return out
 
 
+def synthetic_lesions_only(inputs: Sequence[CTInput]) -> None:
+    """Mark ``inputs`` as lesion-free scans whose lesions are the synthetic ones a run inserts (no boxes given,
+    none detected: a detector's false positives on normal scans would become lesion targets)."""
+    for item in inputs:
+        item.boxes, item.box_source = np.zeros((0, 5), np.float32), "none (synthetic lesions)"
+
+
 class TooFewLesions(ValueError):
     """Fewer lesion boxes than a run needs (the message says what to do)."""
 

@@ -13,7 +13,7 @@ from qtpy.QtWidgets import QFileDialog
 
 from ..io.volume import n_slices
 from ..layer_data import volume_from_layer
-from ._roles import REVIEWED, has_voxel_size, lidnet_info, role, simulated_label, source_key
+from ._roles import has_voxel_size, reviewed_of, simulated_label
 from ._save_dialog import check_suffix, save_path
 
 
@@ -137,8 +137,7 @@ class DenoiseExports:
         except (OSError, ValueError) as exc:
             self._message(f"box export failed: {exc}", error=True)
             return None
-        reviewed = [ly.name for ly in self.viewer.layers
-                    if role(ly) == REVIEWED and lidnet_info(ly).get("source_key") == source_key(src)]  # fmt: skip
+        reviewed = [ly.name for ly in reviewed_of(self.viewer.layers, src)]
         note = (f": the detector's, unreviewed (the review on {reviewed[0]!r} exports from the Lesion navigator)"
                 if reviewed else "")  # a walkthrough sent on boxes it had rejected there  # fmt: skip
         self._message(f"wrote {len(rows)} boxes to {out}{note}")

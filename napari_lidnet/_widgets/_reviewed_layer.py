@@ -16,7 +16,7 @@ from ..findings import Finding
 from ..layer_data import PIXEL_CENTRE_SHIFT
 from ..metrics.froc import box_iou_np
 from ._geometry import corners_in_image, pixel_map
-from ._roles import REVIEWED, ROLE, derived_name, lidnet_info, role, source_key
+from ._roles import REVIEWED, ROLE, derived_name, lidnet_info, reviewed_of, role, source_key
 
 STATUS_COLORS = {"pending": "#c8c8c8", "accepted": "#3cb44b", "edited": "#42d4f4", "added": "#f58231",
                  "rejected": "#e05050"}  # fmt: skip
@@ -45,9 +45,8 @@ class ReviewedLayer:
         now), else one named after the image (made before fingerprints)."""
         if self.image_layer is None:
             return None
-        key = source_key(self.image_layer)
         reviewed = [ly for ly in self.viewer.layers if role(ly) == REVIEWED]
-        mine = [ly for ly in reviewed if lidnet_info(ly).get("source_key") == key]
+        mine = reviewed_of(reviewed, self.image_layer)
         name = derived_name(self.image_layer.name, "reviewed")
         # made before fingerprints; one with another image's fingerprint is that image's
         unmarked = [ly for ly in reviewed if ly.name == name and not lidnet_info(ly).get("source_key")]

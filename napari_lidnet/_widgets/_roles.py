@@ -193,3 +193,9 @@ def source_key(layer: Any) -> str:
     values = data[picks] if isinstance(data, np.ndarray) else np.asarray(data)[picks]  # a numpy view: not copied
     sample = np.ascontiguousarray(values, dtype=np.float32)
     return f"{'x'.join(map(str, shape))}:{zlib.crc32(sample.tobytes()):08x}"
+
+
+def reviewed_of(layers: Any, image: Any) -> list[Any]:
+    """The reviewed layers (Lesion navigator) that record ``image``'s fingerprint (:func:`source_key`) as source."""
+    key = source_key(image)
+    return [ly for ly in layers if role(ly) == REVIEWED and lidnet_info(ly).get("source_key") == key]

@@ -653,8 +653,9 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
             self._no_pair("compare")
         if on and pair is not None:
             self.compare.show(*pair)
-            if thin_note(*pair):  # in the status line: a longer caption would cover the orientation letters
-                self._message(thin_note(*pair))
+            note = thin_note(*pair)
+            if note:  # in the status line: a longer caption would cover the orientation letters
+                self._message(note)
         else:
             self.compare.close()
         self.compare_button.blockSignals(True)

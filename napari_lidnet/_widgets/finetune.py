@@ -19,7 +19,6 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from qtpy.QtWidgets import QWidget
 
 from .._training.finetune import (
@@ -30,7 +29,7 @@ from .._training.finetune import (
     new_run_dir,
     outcome_summary,
 )
-from .._training.local_data import CTInput, format_problems
+from .._training.local_data import CTInput, format_problems, synthetic_lesions_only
 from .._training.selfsup import AdaptOutcome, adapt_summary
 from ._adapt_source import ADAPT_SOURCE, AdaptRequest, adapt_message, adapt_request
 from ._docking import DockHome, scroll_layout
@@ -298,8 +297,8 @@ class FineTuneWidget(QWidget):
         chosen = data["boxes"] if source == "layers" else data["paired_boxes"]
         synthetic = bool(settings["insert_lesions"])
         inputs, folder, notes = self._gather_inputs(data, settings["mode"] != "pixel" and not synthetic)
-        for item in inputs if synthetic and not chosen else ():  # no boxes: the synthetic lesions are the lesions
-            item.boxes, item.box_source = np.zeros((0, 5), np.float32), "none (synthetic lesions)"
+        if synthetic and not chosen:  # no boxes: the synthetic lesions are the lesions
+            synthetic_lesions_only(inputs)
         if inputs and source in ("layers", "paired") and settings["mode"] != "pixel" and not chosen and not synthetic:
             problems.append(
                 "choose the lesion boxes: a reviewed layer (Lesion navigator), a layer you drew, or, knowingly, "
