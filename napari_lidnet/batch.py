@@ -31,6 +31,7 @@ import numpy as np
 from napari_lidnet.io.checks import CT_MODALITIES, ct_problem, one_line, os_reason
 from napari_lidnet.io.folder_lock import FolderInUse, FolderLock
 from napari_lidnet.io.nifti import is_nifti, is_our_denoised, nifti_stem
+from napari_lidnet.io.reader_workers import reader_worker_init
 from napari_lidnet.models.weights import FALLBACK_THRESHOLD
 from napari_lidnet.strength import check_strength
 
@@ -429,7 +430,10 @@ def run_batch(
     created, lock = _prepare_out_dir(root, out_dir, task, batch_settings(task, model, threshold, remove_sd, leave_sd))
     try:
         reader = _SeriesReader(todo, root, base)
-        loader = DataLoader(reader, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is)
+        loader = DataLoader(
+            reader, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is,
+            worker_init_fn=reader_worker_init if workers else None,
+        )  # fmt: skip
         for i, vol in loader:
             if isinstance(vol, LeftOut):
                 report.left_out.append(str(vol))

@@ -432,3 +432,63 @@ def test_a_full_disk_stops_the_batch_in_one_line_that_names_the_output_and_the_r
     assert err[-1] == "lidnet denoise: error: File too large", err[-3:]
     report = run_batch(archive, tmp_path / "out", "denoise", _denoiser())
     assert len(report.written) == 3 and not report.failed
+
+
+_KILLED_MID_BATCH = """
+import os, signal, sys
+from pathlib import Path
+import torch
+from napari_lidnet.batch import run_batch
+from napari_lidnet.models.denoisers import build_denoiser
+
+def children():
+    pids = []
+    for task in Path("/proc/self/task").iterdir():
+        pids += (task / "children").read_text().split()
+    return pids
+
+def killed_after_first(done, total, name):
+    print(" ".join(children()), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+torch.manual_seed(0)
+run_batch(sys.argv[1], sys.argv[2], "denoise", build_denoiser("fastdn", width=4, blocks=1).eval(),
+          progress=killed_after_first, workers=1)
+"""
+
+
+def _gone(pid: str) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status  # dead, not yet reaped
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child processes from Linux's /proc")
+def test_a_batch_run_killed_outright_leaves_no_reader_process_behind(tmp_path):
+    """Walkthrough 2026-12-06: `kill -9` of a batch run left its DataLoader reader blocked for good on a full pipe
+    (it had read ahead series larger than the pipe holds). The reader now ends with the run."""
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "archive"
+    for k in range(4):
+        write_series(root / f"p{k}", synthetic_hu((4, 128, 128), seed=k), series_uid=generate_uid())
+    said = tmp_path / "said.txt"
+    with said.open("w") as out:  # a file, not a pipe: a reader left behind would hold a pipe open
+        run = subprocess.run(
+            [sys.executable, "-c", _KILLED_MID_BATCH, str(root), str(tmp_path / "out")],
+            stdout=out, stderr=subprocess.STDOUT, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+    assert run.returncode == -signal.SIGKILL, said.read_text()
+    readers = said.read_text().split()
+    assert readers, "the run had a reader process"
+    deadline = time.monotonic() + 20
+    while not all(_gone(pid) for pid in readers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in readers if not _gone(pid)]
+    for pid in left:
+        os.kill(int(pid), signal.SIGKILL)
+    assert not left, f"reader processes {left} outlived the killed run"

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from napari_lidnet.io.fov import air_filled
+from napari_lidnet.io.reader_workers import end_with_parent
 from napari_lidnet.models.normalize import hu_to_net
 from napari_lidnet.sim.insert import insert_lesions, lung_mask
 
@@ -168,11 +169,12 @@ def _inserted_batch(slices: list, patch_size: int, n: int, seed: int, lung: floa
 def _reader_ignores_stops(_worker_id: int) -> None:
     """A reader worker ignores Ctrl-C and SIGTERM: a scheduler (or a terminal) signals the whole process group, and
     a worker killed by it made the trainer raise mid-step instead of stopping after the step with a checkpoint; the
-    trainer ends its workers itself (and they end when it dies)."""
+    trainer ends its workers itself, and they end when it dies (killed, it left them blocked on a full pipe)."""
     import signal
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+    end_with_parent()
 
 
 def patch_batches(

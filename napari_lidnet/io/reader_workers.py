@@ -1,0 +1,32 @@
+"""Reader worker processes (torch DataLoader workers) that end when the process that started them dies."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def end_with_parent() -> None:
+    """Have the kernel kill this process when its parent dies (Linux; elsewhere nothing).
+
+    A DataLoader worker watches its parent only while it waits for work: killed with SIGKILL, the parent left a
+    worker that had read ahead blocked for good on a full pipe (a batch run's series reader, walkthrough
+    2026-12-06)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = multiprocessing.parent_process()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if parent is not None and os.getppid() != parent.pid:  # the parent died before the call
+        os._exit(1)
+
+
+def reader_worker_init(_worker_id: int) -> None:
+    """A DataLoader ``worker_init_fn``: the worker ends with its parent."""
+    end_with_parent()
