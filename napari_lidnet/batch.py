@@ -57,6 +57,7 @@ class BatchReport:
     failed: list[str] = field(default_factory=list)  # one ``Failed`` line per series not processed, naming it and why
     left_out: list[str] = field(default_factory=list)  # one line per series left out for good (not CT in HU, ours)
     notes: list[str] = field(default_factory=list)  # one line per output written with a caveat (``box_cap_note``)
+    not_read: list[str] = field(default_factory=list)  # one line per folder of PNG slices or arrays passed by
 
 
 def output_name(description: str, uid: str) -> str:
@@ -372,24 +373,49 @@ def _write_one(
     return box_cap_note(detect_into(partial, vol, model, device, threshold)[0])
 
 
-def _find_inputs(root: Path) -> tuple[dict, list[Path]]:
-    """(DICOM series by UID, NIfTI files) under ``root``, a folder or one file; ValueError when there is none."""
+def _find_inputs(root: Path) -> tuple[dict, list[Path], list[str]]:
+    """(DICOM series by UID, NIfTI files, folders of images a batch run does not read) under ``root``, a folder or
+    one file; ValueError when there is nothing to read."""
     from napari_lidnet.io.dicom_scan import folder_files, scan_dicom
 
     if root.is_file() and is_nifti(root):
-        return {}, [root]
+        return {}, [root], []
     from napari_lidnet.io.open_ct import input_kind
 
     if root.is_file() and input_kind(root) != "dicom":
         raise ValueError(f"{root}: --all-series reads the DICOM series and NIfTI files under a folder (or one such "
                          "file); for this file leave --all-series out")  # fmt: skip
-    niftis = [p for p in folder_files(root) if is_nifti(p)] if root.is_dir() else []
+    files = folder_files(root) if root.is_dir() else []
+    niftis = [p for p in files if is_nifti(p)]
+    others = _not_read(root, files)
     try:
-        return scan_dicom(root).series, niftis
-    except ValueError:
-        if not niftis:
-            raise
-        return {}, niftis  # a folder of NIfTI files only
+        return scan_dicom(root).series, niftis, others
+    except ValueError as exc:
+        if niftis:
+            return {}, niftis, others  # a folder of NIfTI files only
+        if others:
+            raise ValueError(f"{root}: no DICOM series or NIfTI file, which --all-series reads; {others[0]}") from exc
+        raise
+
+
+#: inputs ``lidnet denoise`` reads one file or folder at a time, and a batch run does not
+NOT_BATCHED = {".png": "PNG slice", ".npy": "array", ".npz": "array", ".tif": "TIFF file", ".tiff": "TIFF file"}
+
+
+def _not_read(root: Path, files: list[Path]) -> list[str]:
+    """One line per folder under ``root`` holding PNG slices (DeepLesion) or arrays, which a batch run passes by."""
+    found: dict[Path, dict[str, int]] = {}
+    for p in files:
+        kind = NOT_BATCHED.get(p.suffix.lower())
+        if kind and not p.name.startswith("."):
+            counts = found.setdefault(p.parent, {})
+            counts[kind] = counts.get(kind, 0) + 1
+    lines = []
+    for folder, counts in found.items():
+        what = ", ".join(f"{n} {kind}" + "s" * (n > 1) for kind, n in counts.items())
+        lines.append(f"{folder.relative_to(root).as_posix()}: {what} not read (--all-series reads DICOM and NIfTI; "
+                     "run `lidnet denoise` on that folder or file without it)")  # fmt: skip
+    return lines
 
 
 def run_batch(
@@ -423,9 +449,10 @@ def run_batch(
     remove_sd, leave_sd = check_strength(remove_sd, leave_sd)
     root = Path(root)
     base = root if root.is_dir() else root.parent  # NIfTI outputs are named by their path under it
-    items = _inputs(*_find_inputs(root), base)
+    series, niftis, not_read = _find_inputs(root)
+    items = _inputs(series, niftis, base)
     out_dir = Path(out_dir)
-    report = BatchReport()
+    report = BatchReport(not_read=not_read)
     todo = _plan(items, out_dir, task, report, progress)  # refuses name collisions before anything is written
     created, lock = _prepare_out_dir(root, out_dir, task, batch_settings(task, model, threshold, remove_sd, leave_sd))
     try:

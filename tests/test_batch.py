@@ -492,3 +492,35 @@ def test_a_batch_run_killed_outright_leaves_no_reader_process_behind(tmp_path):
     for pid in left:
         os.kill(int(pid), signal.SIGKILL)
     assert not left, f"reader processes {left} outlived the killed run"
+
+
+def test_folders_of_png_slices_or_arrays_are_said_not_passed_by(archive, tmp_path, monkeypatch, capsys):
+    """Walkthrough 2026-12-06: `--all-series` passed a DeepLesion PNG folder by without a word. It reads DICOM and
+    NIfTI only; other images under the folder are named, and a folder holding only those is a one-line refusal."""
+    from napari_lidnet.io.png16 import write_png_hu
+
+    keys = archive / "patient9" / "Images_png" / "000001_01_01"
+    keys.mkdir(parents=True)
+    for k in (108, 109, 110):
+        write_png_hu(keys / f"{k}.png", synthetic_hu((32, 32), seed=k))
+    np.save(archive / "patient9" / "volume.npy", synthetic_hu((3, 32, 32)))
+    report = run_batch(archive, tmp_path / "out", "denoise", _denoiser())
+    assert len(report.written) == 3
+    assert report.not_read == [
+        "patient9/Images_png/000001_01_01: 3 PNG slices not read (--all-series reads DICOM and NIfTI; run `lidnet "
+        "denoise` on that folder or file without it)",
+        "patient9: 1 array not read (--all-series reads DICOM and NIfTI; run `lidnet denoise` on that folder or "
+        "file without it)",
+    ]
+    monkeypatch.setenv("NAPARI_LIDNET_MODEL_DIR", str(tmp_path / "models"))
+    save_weights(_denoiser(), tmp_path / "models" / "tiny_denoiser")
+    args = ["denoise", str(archive), str(tmp_path / "out"), "--all-series", "--model", "tiny_denoiser"]
+    assert main([*args, "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "note: patient9/Images_png/000001_01_01: 3 PNG slices not read" in err, err
+    assert "(and 1 other folders)" in err, err
+    before = listing(tmp_path)
+    with pytest.raises(ValueError, match=r"no DICOM series or NIfTI file, which --all-series reads; "
+                                         r"\.: 3 PNG slices not read"):  # fmt: skip
+        run_batch(keys, tmp_path / "keys-out", "denoise", _denoiser())
+    assert listing(tmp_path) == before

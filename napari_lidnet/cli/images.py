@@ -52,6 +52,9 @@ def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
     if report.left_out:  # left out for good: a re-run would not change it
         n = len(report.left_out)
         print(f"note: {n} series left out (first: {report.left_out[0]})", file=sys.stderr)
+    if report.not_read:
+        more = f" (and {len(report.not_read) - 1} other folders)" if len(report.not_read) > 1 else ""
+        print(f"note: {report.not_read[0]}{more}", file=sys.stderr)
     if report.notes:
         more = f" (and {len(report.notes) - 1} other outputs)" if len(report.notes) > 1 else ""
         print(f"note: {report.notes[0]}{more}", file=sys.stderr)
