@@ -419,3 +419,22 @@ def test_a_single_slice_keeps_its_scanner_s_slice_location_and_acquisition_numbe
     ds = pydicom.dcmread(src)
     assert float(out.SliceLocation) == pytest.approx(float(ds.SliceLocation))
     assert int(out.AcquisitionNumber) == int(ds.AcquisitionNumber)
+
+
+def test_a_series_from_png_slices_states_no_thickness_and_says_its_orientation_is_assumed(tmp_path, deeplesion_tree):
+    """Walkthrough 2026-12-06: a series written from DeepLesion PNG slices stated a slice thickness (the slice
+    interval) and an axial orientation the PNGs do not give. SliceThickness is Type 2: empty; the orientation, Type 1,
+    is written and said to be assumed. A DICOM source keeps both as it gave them."""
+    from napari_lidnet.io.open_ct import open_ct
+
+    _root, series, _hus = deeplesion_tree
+    (png,) = open_ct(series)
+    files = write_dicom_series(png, tmp_path / "from-png", "LIDnet denoised")
+    ds = pydicom.dcmread(files[0])
+    assert "SliceThickness" in ds and ds.SliceThickness in ("", None)  # present, empty
+    assert float(ds.SpacingBetweenSlices) == png.spacing[0]
+    assert "gives no patient orientation or position" in ds.ImageComments
+    dicom = CTVolume(np.zeros((2, 8, 8), np.float32), (5.0, 0.7, 0.7), name="ct",
+                     metadata={"slice_thickness": 2.5})  # fmt: skip
+    ds = pydicom.dcmread(write_dicom_series(dicom, tmp_path / "from-dicom", "LIDnet denoised")[0])
+    assert float(ds.SliceThickness) == 2.5 and "ImageComments" not in ds

@@ -169,7 +169,11 @@ def _set_pixel_format(ds: Any, volume: CTVolume) -> None:
     ds.ImageOrientationPatient = [_ds_str(v) for v in (*direction[:, 0], *direction[:, 1])]
     if not volume.metadata.get("spacing_assumed"):  # a source without a pixel size: none is invented for its copy
         ds.PixelSpacing = [_ds_str(spacing[1]), _ds_str(spacing[2])]
-    ds.SliceThickness = _ds_str(float(volume.metadata.get("slice_thickness") or dz))
+    thickness = volume.metadata.get("slice_thickness")  # Type 2: empty where the source does not say (PNG, array)
+    ds.SliceThickness = _ds_str(float(thickness)) if thickness else ""
+    if volume.metadata.get("orientation_unknown"):  # Type 1 all the same: said to be assumed
+        ds.ImageComments = ("The source image gives no patient orientation or position: the axial orientation and "
+                            "the positions stated here are assumed.")  # fmt: skip
     ds.SpacingBetweenSlices = _ds_str(dz)
     ds.Rows, ds.Columns = (int(n) for n in np.shape(volume.hu)[-2:])
     ds.SamplesPerPixel = 1
