@@ -150,15 +150,33 @@ def test_psnr_ssim_in_rectangle_match_skimage_on_crop():
     rmse, psnr = region_rmse_psnr(img, ref, mask)
     assert psnr == pytest.approx(peak_signal_noise_ratio(cr, cx, data_range=400.0), abs=1e-4)
     assert rmse == pytest.approx(np.sqrt(np.mean((cx.astype(float) - cr) ** 2)), rel=1e-6)
-    ssim = region_ssim(img, ref, mask)
-    assert ssim == pytest.approx(structural_similarity(cx, cr, data_range=400.0), abs=1e-6)
+    ssim = region_ssim(img, ref, mask)  # each region pixel's 7x7 window, as in the whole slice's SSIM map
+    full = structural_similarity(np.clip(img, -160, 240), np.clip(ref, -160, 240), data_range=400.0, full=True)[1]
+    assert ssim == pytest.approx(full[mask].mean(), abs=1e-6)
     # no window: data range of the reference slice, no clipping
     _, psnr_raw = region_rmse_psnr(img, ref, mask, window=None)
     dr = float(ref.max() - ref.min())
     expect = peak_signal_noise_ratio(ref[12:60, 15:70], img[12:60, 15:70], data_range=dr)
     assert psnr_raw == pytest.approx(expect, abs=1e-4)
     ssim_raw = region_ssim(img, ref, mask, window=None)
-    assert ssim_raw == pytest.approx(structural_similarity(img[12:60, 15:70], ref[12:60, 15:70], data_range=dr))
+    assert ssim_raw == pytest.approx(structural_similarity(img, ref, data_range=dr, full=True)[1][mask].mean())
+
+
+def test_ssim_of_a_lesion_sized_region_uses_all_its_pixels():
+    """Physicist's audit 2026-12-06: a 10x10 region's SSIM averaged 16 of its 100 pixels (those 3 px inside its
+    own bounding box), so it described the region's centre. Every pixel counts now, each with its own window;
+    only pixels whose window leaves the image are left out."""
+    rng = np.random.default_rng(7)
+    ref = rng.uniform(-100, 200, (64, 64))
+    img = ref.copy()
+    img[20:25, 20:30] += rng.normal(0, 60, (5, 10))  # the region's upper half is noisy
+    mask = shape_mask("rectangle", rect(20, 20, 30, 30), ref.shape)
+    assert mask.sum() == 100
+    full = structural_similarity(np.clip(img, -160, 240), np.clip(ref, -160, 240), data_range=400.0, full=True)[1]
+    assert region_ssim(img, ref, mask) == pytest.approx(full[mask].mean(), abs=1e-9)
+    assert abs(region_ssim(img, ref, mask) - full[23:27, 23:27].mean()) > 0.01  # not the centre's 16 pixels
+    edge = shape_mask("rectangle", rect(0, 10, 6, 20), ref.shape)  # rows 3-5 have their whole window
+    assert region_ssim(img, ref, edge) == pytest.approx(full[3:6, 10:20].mean(), abs=1e-9)
 
 
 def test_ssim_ellipse_uses_mask_and_identity_is_one():
@@ -168,8 +186,8 @@ def test_ssim_ellipse_uses_mask_and_identity_is_one():
     assert region_ssim(ref, ref, mask) == pytest.approx(1.0)
     noisy = ref + rng.normal(0, 50, ref.shape)
     assert region_ssim(noisy, ref, mask) < 0.9
-    with pytest.raises(ValueError, match="smaller than"):
-        region_ssim(noisy, ref, shape_mask("rectangle", rect(0, 0, 5, 30), ref.shape))
+    with pytest.raises(ValueError, match="no pixel of the region has its whole 7x7 SSIM window inside the image"):
+        region_ssim(noisy, ref, shape_mask("rectangle", rect(0, 0, 3, 30), ref.shape))
 
 
 def test_compare_regions_reference_rows_and_bad_inputs_give_notes():
@@ -182,7 +200,7 @@ def test_compare_regions_reference_rows_and_bad_inputs_give_notes():
         Region("r", "rectangle", rect(10, 10, 50, 50), slice_index=2, image_shape=clean.shape),
         Region("outside", "rectangle", rect(100, 100, 120, 120), slice_index=2),
         Region("bad slice", "rectangle", rect(10, 10, 20, 20), slice_index=9),
-        Region("tiny", "rectangle", rect(10, 10, 13, 13), slice_index=2),
+        Region("tiny", "rectangle", rect(0, 10, 3, 13), slice_index=2),
         Region("line", "line", np.array([[0, 0], [5, 5]], float), slice_index=2),
     ]
     rows = compare_regions({"noisy": noisy, "clean": clean, "other": other}, regions, reference="clean")

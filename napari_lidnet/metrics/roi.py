@@ -248,29 +248,29 @@ def region_ssim(
     mask: np.ndarray,
     window: tuple[float, float] | None = METRIC_WINDOW,
 ) -> float:
-    """SSIM inside a region: skimage SSIM map on the bounding-box crop, averaged over the mask's pixels that
-    lie at least ``(7 - 1) // 2`` pixels inside the crop (skimage's border rule).
+    """SSIM inside a region: the mean over the region's pixels of the SSIM map (7x7 uniform windows, skimage's
+    defaults), each pixel's window centred on it, so a lesion-sized region is measured on all its pixels (a pixel
+    within 3 px of the image's edge, whose window would leave the image, is left out).
 
-    Windowing and data_range as in :func:`region_rmse_psnr`. On a rectangle this equals
-    ``structural_similarity(crop_x, crop_ref, data_range=...)``. Raises ValueError when the region's bounding box
-    is smaller than the 7x7 SSIM window.
+    Windowing and data_range as in :func:`region_rmse_psnr`. Equals the region's mean of skimage's
+    ``structural_similarity(..., full=True)`` map of the whole slice. Raises ValueError when no pixel of the
+    region has its whole window inside the image.
     """
     box = mask_bbox(mask)
     if box is None:
         raise ValueError("empty region")
-    r0, c0, r1, c1 = box
-    if r1 - r0 < SSIM_WIN or c1 - c0 < SSIM_WIN:
-        raise ValueError(f"region {r1 - r0}x{c1 - c0} px is smaller than the {SSIM_WIN}x{SSIM_WIN} SSIM window")
-    data_range = data_range_of(np.asarray(reference, np.float64), None, window)  # whole slice, as for PSNR
-    x, ref, _ = _window(image[r0:r1, c0:c1], reference[r0:r1, c0:c1], window)
-    smap = ssim_map(x, ref, data_range, SSIM_WIN)
     pad = (SSIM_WIN - 1) // 2
-    inner = np.zeros_like(smap, dtype=bool)
-    inner[pad : smap.shape[0] - pad, pad : smap.shape[1] - pad] = True
+    r0, c0, r1, c1 = box
+    r0, c0 = max(r0 - pad, 0), max(c0 - pad, 0)  # the crop holds every region pixel's window
+    r1, c1 = min(r1 + pad, mask.shape[0]), min(c1 + pad, mask.shape[1])
+    inner = np.zeros((r1 - r0, c1 - c0), dtype=bool)
+    inner[pad : r1 - r0 - pad, pad : c1 - c0 - pad] = True
     sel = mask[r0:r1, c0:c1] & inner
     if not sel.any():
-        raise ValueError("region has no pixels away from the SSIM window border")
-    return float(smap[sel].mean(dtype=np.float64))
+        raise ValueError(f"no pixel of the region has its whole {SSIM_WIN}x{SSIM_WIN} SSIM window inside the image")
+    data_range = data_range_of(np.asarray(reference, np.float64), None, window)  # whole slice, as for PSNR
+    x, ref, _ = _window(image[r0:r1, c0:c1], reference[r0:r1, c0:c1], window)
+    return float(ssim_map(x, ref, data_range, SSIM_WIN)[sel].mean(dtype=np.float64))
 
 
 def line_profile(plane: np.ndarray, mask: np.ndarray, margin: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
