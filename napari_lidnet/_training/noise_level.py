@@ -64,7 +64,7 @@ def calibrated_i0(vol: np.ndarray, dose: float, spacing_mm: float, seed: int, **
             slope = float(np.clip(-np.log(probe / last[1]) / np.log(i0 / last[0]), 0.3, 2.0))
         last, i0 = (i0, probe), i0 * (probe / target) ** (1.0 / slope)
     return i0, (f"calibrated to the scan's own noise: {own:.1f} HU in flat tissue, so {dose:.0%} dose adds "
-                f"{target:.1f} HU")  # fmt: skip
+                f"{target:.1f} HU there")  # fmt: skip
 
 
 def _flat_slice(vol: np.ndarray) -> int | None:

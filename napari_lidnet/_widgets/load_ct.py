@@ -451,8 +451,9 @@ class LoadCTWidget(QWidget):
             metadata=meta,
         )
         self._info(
-            f"added {new.name} (low-dose partner of {layer.name}): {added:.1f} HU of noise added in the body "
-            f"({how}); to compare with the normal dose, remove that much (Denoise: remove {added:.0f} HU)"
+            f"added {new.name} (low-dose partner of {layer.name}): {added:.1f} HU of noise added over the whole body "
+            f"(more than in flat tissue alone; {how}); to compare with the normal dose, remove that much (Denoise: "
+            f"remove {added:.0f} HU)"
         )
         show_info(f"added {new.name}")
 
