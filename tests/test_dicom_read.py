@@ -597,3 +597,18 @@ def test_the_series_picker_names_a_series_as_its_layer_is_named(tmp_path):
     assert labels[2].startswith(names[2] + " [CT, 2 x 16 x 16]") and names[2] == "CT 30.12322", labels
     assert labels[3] == "Body 3.0 [CT, 3 x 16 x 16] (no series UID; in b/S)", labels
     assert labels[4] == "Chest [CT, 4 x 16 x 16] ....4.5.977" and names[4] == "Chest", labels
+
+
+def test_the_scans_own_window_is_its_first_valid_stored_one(tmp_path):
+    """Reread 2026-12-06: where a series' first stored window was invalid (width 0), "scan's own" fell back to soft
+    tissue while "scan's own 2" named the next valid window. The scan's own is its first valid window now, and the
+    further presets count valid windows only."""
+    from napari_lidnet.io.windowing import SCAN_WINDOW, level_width, stored_presets
+
+    windows = {"WindowCenter": ["40", "300", "-600"], "WindowWidth": ["0", "1500", "1200"],
+               "WindowCenterWidthExplanation": ["BROKEN", "BONE", "LUNG"]}  # fmt: skip
+    write_series(tmp_path / "s", synthetic_hu((2, 16, 16)), series_uid="1.2.3.62", extra=windows)
+    meta = read_dicom(tmp_path / "s")[0].metadata
+    assert level_width(SCAN_WINDOW, meta) == (300.0, 1500.0)
+    assert stored_presets(meta) == [f"{SCAN_WINDOW} 2: LUNG"]
+    assert level_width(f"{SCAN_WINDOW} 2: LUNG", meta) == (-600.0, 1200.0)

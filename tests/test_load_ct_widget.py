@@ -181,7 +181,8 @@ def test_simulate_low_dose_adds_noisier_layer(widget, qtbot):
     body = hu > -500  # says how much noise it added, the SD to remove to compare with the normal dose (review)
     added = float(np.std((low.data - hu)[body]))
     assert low.metadata["simulated_added_sd"] == pytest.approx(added, rel=1e-5) and added > 1.0
-    assert f"{added:.1f} HU of noise added over the whole body (more than in flat tissue alone" in w.status.text(), w.status.text()
+    said = f"{added:.1f} HU of noise added over the whole body (more than in flat tissue alone"
+    assert said in w.status.text(), w.status.text()
 
 
 def test_the_low_dose_copy_of_fine_pixels_has_a_scanner_noise_grain(widget, qtbot):

@@ -464,19 +464,6 @@ def _slice_axis(
     return stack_dir, dz
 
 
-def _window(ds: Any) -> list[float] | None:
-    """The scan's own display window [level, width] in HU (the first when it lists several), or None."""
-    values = []
-    for kw in ("WindowCenter", "WindowWidth"):
-        v = ds.get(kw)
-        v = v[0] if isinstance(v, Sequence) and not isinstance(v, str) and len(v) else v
-        try:
-            values.append(float(v))
-        except (TypeError, ValueError):
-            return None
-    return values if np.isfinite(values).all() and values[1] > 0 else None
-
-
 def _windows(ds: Any) -> list[list[Any]]:
     """Every display window the scan stores, [level, width, explanation] (a reader picks among them as at a
     console: a walkthrough's abdomen stored 40/300 and 300/1500); the valid ones, in their order."""
@@ -525,6 +512,7 @@ def _series_metadata(
 ) -> dict[str, Any]:
     ds0 = headers[0].ds
     first = None if pos is None else pos[0]
+    windows = _windows(ds0)
     return {
         "format": "dicom",
         "source": str(source if source is not None else headers[0].path),
@@ -538,8 +526,8 @@ def _series_metadata(
         "warnings": notes,
         "slice_thickness": header_float(ds0.get("SliceThickness")) or None,
         "image_position_patient": None if first is None else [float(v) for v in first],
-        "window": _window(ds0),
-        "windows": _windows(ds0),
+        "window": windows[0][:2] if windows else None,  # the scan's own: the first valid one it stores
+        "windows": windows,
         "slice_ipp": None if pos is None else pos.astype(float).tolist(),  # each slice's own (gaps included)
         **_slice_ids(headers),
     }

@@ -12,9 +12,10 @@ For scans without a normal-dose partner (self-supervised adaptation), where PSNR
   CTA and 38 HU on skull-base slices, and were 2.8x off on average on simulated slices, 8 px 0.29x
   (``benchmarks/noise_estimate.py``). The price: a plane on a small block takes in low-frequency noise, so noise
   far smoother than CT's (Gaussian-filtered, sigma 1 px) reads 23% low; CT's ramp-filtered noise read at most 16%
-  low there, on the smoothest kernels, and 18% low with a 1 mm grain on 0.43 mm pixels. Unless ``noise_from="slices"`` (a contiguous volume whose slices have independent
-  noise): then the blocks hold the second difference across z, x_z - (x_{z-1} + x_{z+1}) / 2 scaled to one
-  slice's SD, in which anatomy and texture continuous in z cancel (preferred whenever a volume allows it).
+  low there, on the smoothest kernels, and 18% low with a 1 mm grain on 0.43 mm pixels. Unless
+  ``noise_from="slices"`` (a contiguous volume whose slices have independent noise): then the blocks hold the
+  second difference across z, x_z - (x_{z-1} + x_{z+1}) / 2 scaled to one slice's SD, in which anatomy and
+  texture continuous in z cancel (preferred whenever a volume allows it).
 - Noise correlation length: the radially averaged autocorrelation of the flat blocks' noise (plane removed,
   zero-padded FFT, normalised by the number of pixel pairs at each lag; the median over the blocks, so that a
   few blocks crossing an edge do not count; the offset that removing each block's plane leaves at large lags,
