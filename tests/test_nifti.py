@@ -388,3 +388,25 @@ def test_a_file_without_a_voxel_size_gives_outputs_without_one(tmp_path: Path, c
     assert np.all(pixdim[1:4] == 0) and qcode == 0 and scode == 0
     with pytest.warns(UserWarning, match="sizes in mm assume 1 mm voxels"):
         assert known_pixel_mm(read_nifti(tmp_path / "out.nii.gz")) is None
+
+
+@pytest.mark.parametrize("codes", [(0, 2), (1, 0), (2, 4)])
+def test_a_current_slice_of_a_nifti_file_keeps_its_header_codes(tmp_path: Path, codes: tuple[int, int]) -> None:
+    """Walkthrough 2026-12-06: the Denoise dock's "current slice" export of a NIfTI source (one slice: not the file's
+    grid, so not written in its voxel order) wrote qform/sform codes 1/1 whatever the file said (2: aligned to
+    another scan, 4: a template; 0: not given). The file's codes stay; the slice is placed where it was."""
+    from napari_lidnet.layer_data import volume_from_layer, volume_to_layer_tuple
+
+    affine = np.array([[-0.8, 0, 0, 50], [0, 0.8, 0, -20], [0, 0, 2.5, -300], [0, 0, 0, 1]])
+    img = nib.Nifti1Image(synthetic_hu((7, 6, 4), seed=3), affine)
+    img.set_qform(affine, code=codes[0])
+    img.set_sform(affine, code=codes[1])
+    nib.save(img, str(tmp_path / "in.nii.gz"))
+    vol = read_nifti(tmp_path / "in.nii.gz")
+    data, kwargs, _kind = volume_to_layer_tuple(vol)
+    one = volume_from_layer(data[2:3] + 1.0, kwargs["scale"], kwargs["translate"], kwargs["metadata"], "slice",
+                            first_slice=2)  # fmt: skip
+    out = nib.load(str(write_nifti(tmp_path / "slice.nii.gz", one, denoised=True)))
+    assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == codes
+    centre = [(n - 1) / 2 for n in out.shape[:3]]  # the slice's centre lies at the source's slice 2's centre
+    np.testing.assert_allclose(out.affine @ [*centre, 1], affine @ [3, 2.5, 2, 1], atol=1e-4)

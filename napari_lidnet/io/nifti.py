@@ -240,6 +240,16 @@ def _as_stored(img: Any, stored: Any) -> Any | None:
     return out
 
 
+def _source_codes(stored: Any) -> tuple[int, int]:
+    """(qform code, sform code) of the NIfTI file a volume was read from (walkthrough 2026-12-06: a current slice of
+    a file with codes 0/2 was written 1/1), else scanner anatomical (1, 1)."""
+    try:
+        qcode, scode = (int(c) for c in stored["codes"])
+    except (KeyError, TypeError, ValueError):
+        return 1, 1
+    return qcode, scode
+
+
 def _whole_hu(img: Any, stored: Any) -> Any:
     """``img`` as int16 whole HU (rounded, scaling 1 and 0), as DICOM stores them, when the NIfTI file it was read
     from stored integers and the values fit; else ``img`` itself (float32)."""
@@ -295,10 +305,11 @@ def write_nifti(out: str | Path, volume: CTVolume, denoised: bool = False, note:
     stored = _as_stored(img, volume.metadata.get("nifti_stored"))
     if stored is not None:  # read from NIfTI: the same voxel grid as the input, so its masks still line up
         img = stored
-    else:
+    else:  # another grid (a current slice of a NIfTI source: its codes kept) or another source (scanner anatomical)
+        qcode, scode = _source_codes(volume.metadata.get("nifti_stored"))
         cols = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
-        img.set_sform(affine, code=1)  # scanner anatomical
-        img.set_qform(affine, code=1 if np.allclose(cols.T @ cols, np.eye(3), atol=1e-6) else 0)
+        img.set_sform(affine, code=scode)
+        img.set_qform(affine, code=qcode if np.allclose(cols.T @ cols, np.eye(3), atol=1e-6) else 0)
     img = _whole_hu(img, volume.metadata.get("nifti_stored"))
     source = volume.metadata.get("nifti_stored")
     if isinstance(source, dict) and source.get("assumed"):  # as the source: no voxel size
