@@ -160,3 +160,23 @@ def test_pictures_of_the_layout_the_comparison_and_the_navigator(room, qtbot, tm
     assert not np.array_equal(pictures[0], pictures[1])  # the comparison is a different view
     nav = widgets["navigator"]
     assert any(f.status == "accepted" for f in nav.findings)
+
+
+def test_docks_opened_before_the_window_is_shown_settle_as_tabs(make_napari_viewer, qtbot, model_dir: Path) -> None:
+    """Walkthrough 2026-12-06: a script made its viewer with show=False, opened every dock and then showed the
+    window: the forms stood one under another in a 50 px column and the tables side by side, none tabbed (a dock
+    of a hidden window counted as closed)."""
+    viewer = make_napari_viewer(show=False)
+    viewer.window.resize(WIDTH, HEIGHT)
+    viewer.add_image(ct_volume(seed=1), name="Chest 5mm", scale=SCALE, metadata={"hu": True})
+    widgets = demo.open_reading_room(viewer)
+    qtbot.wait(50)
+    viewer.window.show()
+    main = viewer.window._qt_window
+    right = [dock_of(widgets[k]) for k in ("load", "denoise", "finetune")]
+    bottom = [dock_of(widgets[k]) for k in ("navigator", "roi")]
+    qtbot.waitUntil(lambda: set(main.tabifiedDockWidgets(right[0])) == set(right[1:])
+                    and set(main.tabifiedDockWidgets(bottom[0])) == set(bottom[1:]), timeout=5000)  # fmt: skip
+    canvas = viewer.window._qt_viewer.canvas.native
+    qtbot.waitUntil(lambda: canvas.width() >= 0.6 * main.width(), timeout=5000)
+    assert dock_of(widgets["denoise"]).width() >= 200

@@ -180,6 +180,7 @@ class DockHome(QObject):
         self._widget = widget
         self._docked = widget.parentWidget() is not None
         self._closed = False
+        self._watching = False
         setattr(widget, HOME_ATTR, area)
         setattr(widget, TITLE_ATTR, title)
         if area == "right":
@@ -191,14 +192,28 @@ class DockHome(QObject):
         """Settle now (a deleted widget is ignored); a view that showed the whole image, or was at napari's Home, is
         at Home once the dock has taken its room (``keep_fitted``)."""
         with contextlib.suppress(RuntimeError):  # the widget was deleted before the timer fired
+            self._watch_window()
             viewer = getattr(self._widget, "viewer", None)
             home = viewer is not None and (shows_whole_scene(viewer) or at_home(viewer))
             if settle(self._widget) and home:
                 keep_fitted(viewer)
 
+    def _watch_window(self) -> None:
+        """Watch the main window once it is known: docks opened while it was hidden (a script's show=False viewer)
+        count as closed, none tabbed, so each settles again when the window is shown."""
+        dock = dock_of(self._widget)
+        main = dock.parentWidget() if dock is not None else None
+        if isinstance(main, QMainWindow) and not self._watching:  # a flag: a reference would keep the viewer alive
+            main.installEventFilter(self)
+            self._watching = True
+
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
         """A parent change (docking) schedules a settle once napari has placed the dock; losing the parent after
-        being docked is the dock's closing."""
+        being docked is the dock's closing. The main window's showing settles again."""
+        if obj is not self._widget:
+            if event.type() == QEvent.Type.Show and not self._closed:
+                QTimer.singleShot(0, self.settle)
+            return False
         if event.type() == QEvent.Type.ParentChange:
             if self._widget.parentWidget() is not None:
                 if self._closed:  # a closed widget docked again (scripts): it no longer follows the viewer
