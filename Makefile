@@ -51,4 +51,4 @@ bench: install
 	$(PY) benchmarks/sim_speed.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info demo-out
+	rm -rf $(VENV) build *.egg-info demo-out demo-out-*

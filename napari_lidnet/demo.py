@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -197,7 +198,7 @@ def _wait_table(widget: Any, timeout_s: float = 120.0) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Open the demo; with ``--headless`` write the screenshot, the report and the README's pictures, then exit."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m napari_lidnet.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--headless", action="store_true", help="no window: write screenshot + report, then exit")
     parser.add_argument("--out", default="demo-out", help="folder for screenshot.png and report.md/json")
     parser.add_argument(
@@ -206,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=None,
                         help="score threshold of the shown boxes (default: the detector's calibrated one)")  # fmt: skip
     args = parser.parse_args(argv)
+    problem = display_problem()
+    if problem:
+        print(f"demo: {problem}", file=sys.stderr)
+        return 2
+    if args.headless:
+        args.out = str(free_folder(Path(args.out)))
 
     import napari
 
@@ -239,6 +246,30 @@ def main(argv: list[str] | None = None) -> int:
         napari.run()
         return 0
     return _headless_outputs(viewer, widgets, args, {"open sample": t_sample, "denoise + detect": t_run})
+
+
+def display_problem(env: dict[str, str] | None = None) -> str:
+    """Why napari cannot open a window here (Linux without an X or Wayland display, no Qt platform chosen), in one
+    line; '' when it can (Qt aborted with a page of text)."""
+    env = os.environ if env is None else env
+    shown = any(env.get(k) for k in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"))
+    if shown or not sys.platform.startswith("linux"):
+        return ""
+    return ("no display to open napari on (DISPLAY is not set): run it under a virtual X server, `xvfb-run -a python "
+            "-m napari_lidnet.demo --headless`, or `make demo HEADLESS=1`")
+
+
+def free_folder(out: Path) -> Path:
+    """``out`` when it is new or empty, else the first free ``out-2``, ``out-3``, ... (said): an earlier demo's
+    outputs are never overwritten."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return out
+    k = 2
+    while (out.with_name(f"{out.name}-{k}")).exists():
+        k += 1
+    free = out.with_name(f"{out.name}-{k}")
+    print(f"demo: {out} holds earlier outputs (never overwritten): writing {free}", file=sys.stderr)
+    return free
 
 
 def _headless_outputs(viewer: Any, widgets: dict[str, Any], args: Any, timings: dict[str, float]) -> int:

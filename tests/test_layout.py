@@ -5,6 +5,7 @@ README's pictures (layout, comparison, navigator) are taken at the window's size
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +181,25 @@ def test_docks_opened_before_the_window_is_shown_settle_as_tabs(make_napari_view
     canvas = viewer.window._qt_viewer.canvas.native
     qtbot.waitUntil(lambda: canvas.width() >= 0.6 * main.width(), timeout=5000)
     assert dock_of(widgets["denoise"]).width() >= 200
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a display is an X or Wayland server on Linux only")
+def test_the_demo_without_a_display_says_so_in_one_line_and_never_overwrites(tmp_path, monkeypatch, capsys) -> None:
+    """Walkthrough 2026-12-06: `python -m napari_lidnet.demo --headless` without a display aborted with Qt's page
+    of text (exit 134), and a second headless run overwrote the first one's outputs in its --out folder."""
+    for key in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(key, raising=False)
+    out = tmp_path / "demo-out"
+    assert demo.main(["--headless", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("demo: no display to open napari on") and "xvfb-run" in err and "\n" not in err
+    assert not out.exists()
+    assert demo.display_problem({"DISPLAY": ":99"}) == ""
+    assert demo.free_folder(out) == out  # new
+    out.mkdir()
+    assert demo.free_folder(out) == out  # empty
+    (out / "report.md").write_text("an earlier run")
+    (tmp_path / "demo-out-2").mkdir()
+    (tmp_path / "demo-out-2" / "report.md").write_text("another")
+    assert demo.free_folder(out) == tmp_path / "demo-out-3"
+    assert "holds earlier outputs (never overwritten): writing" in capsys.readouterr().err
