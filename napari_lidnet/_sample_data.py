@@ -91,7 +91,7 @@ def _sample_arrays(n_slices: int, size: int) -> tuple[np.ndarray, np.ndarray, np
 
 
 def sample_abdomen(n_slices: int = 6, size: int = 512) -> list[LayerDataTuple]:
-    """Layer tuples: low-dose image, full-dose image (soft-tissue window, mm scale) and ground-truth boxes."""
+    """Layer tuples: full-dose image, low-dose image above it (soft-tissue window, mm scale), ground-truth boxes."""
     from napari_lidnet.io.volume import CTVolume
     from napari_lidnet.layer_data import boxes_layer_tuple, volume_to_layer_tuple
 
@@ -99,9 +99,9 @@ def sample_abdomen(n_slices: int = 6, size: int = 512) -> list[LayerDataTuple]:
     source = f"simulated abdomen phantom (seed {SAMPLE_SEED}), {SAMPLE_DOSE:.0%} dose, napari_lidnet.sim"
     meta = {"source": source, "dose": SAMPLE_DOSE}
     low_meta = {**meta, "normal_dose": FULL_NAME}  # ROI compare's reference, Fine-tune's pairing
-    layers = [
-        volume_to_layer_tuple(CTVolume(low.copy(), spacing, name=LOW_NAME, metadata=low_meta)),
+    layers = [  # the low dose on top of its reference: the image a user opens the sample to denoise is the one shown
         volume_to_layer_tuple(CTVolume(full.copy(), spacing, name=FULL_NAME, metadata={**meta, "dose": 1.0})),
+        volume_to_layer_tuple(CTVolume(low.copy(), spacing, name=LOW_NAME, metadata=low_meta)),
     ]
     layers.append(
         boxes_layer_tuple(
