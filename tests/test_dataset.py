@@ -161,3 +161,23 @@ def test_a_dataset_card_is_replaced_whole_or_not_at_all(tmp_path):
         write_json(card, {"n": 2, "bad": object()})
     assert json.loads(card.read_text()) == {"n": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset.json"]
+
+
+def test_a_slice_of_a_dataset_opens_with_its_pixel_size_and_boxes(tmp_path):
+    """Fresh-install walkthrough 2026-12-06: `lidnet denoise sim/low/ out/` said the folder had no numbered PNG
+    slices, and one slice of it opened at an assumed 1 mm pixel. A slice opens with its own pixel size and boxes;
+    the dataset or its low/ and full/ folders (slices of separate phantoms) get a one-line answer."""
+    from napari_lidnet.io.open_ct import open_ct
+
+    root = write_dataset(tmp_path / "ds", _hand_samples(), {"dose": 0.25})
+    samples = read_dataset(root)
+    for part in ("low", "full"):
+        for s in samples if part == "full" else [s for s in samples if s.low_hu is not None]:
+            (vol,) = open_ct(root / part / f"{s.name}.png")
+            assert vol.spacing == (s.spacing_mm, s.spacing_mm) and not vol.metadata.get("spacing_assumed")
+            np.testing.assert_array_equal(vol.hu, s.low_hu if part == "low" else s.full_hu)
+            np.testing.assert_allclose(vol.boxes[:, 1:], s.boxes)
+            assert np.all(vol.boxes[:, 0] == 0) and vol.metadata.get("dose") == (0.25 if part == "low" else None)
+    for folder in (root, root / "low", root / "full"):
+        with pytest.raises(ValueError, match=r"a lidnet dataset's slices .*not one volume: open one of its PNG files"):
+            open_ct(folder)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from .arrays import ARRAY_SUFFIXES, read_array
 from .checks import note_image_problems
+from .dataset import is_dataset, read_dataset, read_info
 from .dicom_read import read_dicom
 from .dicom_scan import SeriesInfo, looks_like_dicom
 from .dicom_scan import list_series as _list_dicom_series
 from .nifti import is_nifti, nifti_files, read_nifti
+from .png16 import read_png_hu
 from .volume import CTVolume
 
 _SCAN_LIMIT = 2000  # files looked at when deciding whether a folder is ours
@@ -80,6 +84,12 @@ def _read(path: Path, kind: str | None, series_uid: str | None) -> list[CTVolume
         return read_dicom(path, series_uid=series_uid)
     if kind == "nifti":
         return [read_nifti(path)]
+    dataset = _dataset_root(path)
+    if kind == "png" and dataset is not None:
+        return [_dataset_slice(path, dataset)]
+    if dataset is not None and path.is_dir():
+        raise ValueError(f"{path}: a lidnet dataset's slices (separate phantoms or scans, each with its own "
+                         f"pixel size), not one volume: open one of its PNG files, or `lidnet evaluate {dataset}`")
     if kind == "png":
         return [read_deeplesion_slice(path)]
     if kind == "png-folder":
@@ -97,6 +107,30 @@ def _read(path: Path, kind: str | None, series_uid: str | None) -> list[CTVolume
             )
         raise ValueError(f"{path}: folder has no DICOM files or numbered 16-bit PNG slices")
     raise ValueError(f"{path}: not a CT file this plugin reads (DICOM, NIfTI, 16-bit PNG, .npy, .npz, .tif)")
+
+
+def _dataset_root(path: Path) -> Path | None:
+    """The lidnet dataset (``lidnet simulate``'s folder) that ``path`` is, or whose full/ or low/ slice or folder
+    it is; None otherwise."""
+    for root, part in ((path, None), (path.parent, path.name), (path.parent.parent, path.parent.name)):
+        if (part is None or part in ("full", "low")) and is_dataset(root):
+            return root
+    return None
+
+
+def _dataset_slice(path: Path, root: Path) -> CTVolume:
+    """One slice of a lidnet dataset with its pixel size (slices.csv) and lesion boxes (lesions.csv): it was read
+    as a DeepLesion slice at an assumed 1 mm (a fresh-install walkthrough, 2026-12-06)."""
+    sample = next((s for s in read_dataset(root, lazy=True) if f"{s.name}.png" == path.name), None)
+    if sample is None:
+        raise ValueError(f"{path}: not listed in {root / 'slices.csv'}")
+    boxes = np.concatenate([np.zeros((len(sample.boxes), 1), np.float32), sample.boxes], axis=1)
+    meta = {"format": "lidnet-dataset", "source": str(path), "dataset": str(root), "orientation_unknown": True}
+    dose = read_info(root).get("dose")
+    if path.parent.name == "low" and isinstance(dose, int | float):
+        meta["dose"] = float(dose)
+    return CTVolume(read_png_hu(path), (sample.spacing_mm,) * 2, boxes=boxes, name=f"{path.parent.name} {path.stem}",
+                    metadata=meta)  # fmt: skip
 
 
 def list_series(path: str | Path) -> tuple[list[SeriesInfo], list[Path]]:
