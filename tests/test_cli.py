@@ -574,6 +574,18 @@ def test_help_shows_each_default(capsys):
     assert "--steps STEPS default: 300" in " ".join(capsys.readouterr().out.split())
 
 
+def test_version_and_a_plain_top_level_help(capsys):
+    """Fresh-install walkthrough 2026-12-06: no `lidnet --version`, and the top-level help showed reST markup."""
+    from napari_lidnet import __version__
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"lidnet (napari-lidnet) {__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "``" not in capsys.readouterr().out
+
+
 def test_ctrl_c_during_detect_and_denoise_is_one_line_and_leaves_no_output(tmp_path, capsys):
     """Review 2026-12-05: Ctrl-C during `lidnet denoise`/`detect` printed a 54-line torch traceback. A real SIGINT
     (a timer, while the shipped models run on a 64-slice volume) now ends it with one line, exit 130, no output."""

@@ -60,7 +60,10 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = _Parser(prog="lidnet", description=__doc__.splitlines()[0])
+    from napari_lidnet import __version__
+
+    parser = _Parser(prog="lidnet", description=__doc__.splitlines()[0].replace("``", ""))
+    parser.add_argument("--version", action="version", version=f"lidnet (napari-lidnet) {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     adders = (add_simulate, add_index, add_train, add_denoise, add_detect, add_evaluate, add_adapt)
     for add in (*adders, add_calibrate):
