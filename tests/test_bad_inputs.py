@@ -534,6 +534,57 @@ def test_kill_9_during_a_save_keeps_the_old_checkpoint(tmp_path):
         assert torch.equal(model.state_dict()[key], value), key
 
 
+KILLED_WRITING = """
+import os, signal, sys
+import numpy as np, pydicom
+from napari_lidnet.cli import main
+kind = sys.argv[1]
+if kind == "dicom":
+    real = pydicom.dcmwrite
+    done = []
+    def write_then_die(path, *args, **kwargs):
+        real(path, *args, **kwargs)
+        done.append(path)
+        if len(done) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)  # killed with 2 of the series' slices written
+    pydicom.dcmwrite = write_then_die
+else:
+    def half_then_die(fh, *args, **kwargs):
+        fh.write(b"\\x93NUMPY half")
+        fh.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    np.save = half_then_die
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("kind", ["dicom", "npy", "csv"])
+def test_a_denoise_or_detect_killed_mid_write_leaves_no_output_and_a_rerun_writes_it(corpus, models, tmp_path, kind):
+    """Review 2026-12-06: `lidnet denoise` killed mid-write left a DICOM folder of 3 of 12 valid slices (a whole,
+    shorter series to look at) or an empty .npy, and every rerun was refused ('already exists'). A real SIGKILL
+    during the write now leaves nothing under the output's name, and the same command then writes it."""
+    out = tmp_path / {"dicom": "den_series", "npy": "den.npy", "csv": "boxes.csv"}[kind]
+    cmd = "detect" if kind == "csv" else "denoise"
+    args = [str(a) for a in _cli_args(cmd, corpus / "dicom" / "good", out)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    script = textwrap.dedent(KILLED_WRITING)
+    if kind == "csv":  # the boxes are written with the csv module: killed after their first row
+        script = script.replace("main(sys.argv[2:])", textwrap.dedent("""
+            import csv
+            real_rows = csv.DictWriter.writerows
+            def rows_then_die(self, rows):
+                real_rows(self, list(rows)[:1])
+                os.kill(os.getpid(), signal.SIGKILL)
+            csv.DictWriter.writerows = rows_then_die
+            main(sys.argv[2:])"""))
+    proc = subprocess.run([sys.executable, "-c", script, kind, *args], env=env, timeout=300, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["models"]  # nothing visible
+    assert main(args) == 0 and out.exists()  # the rerun is not refused
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["models", out.name])  # leftovers cleared
+
+
 # ------------------------------------------------------------------------------------------------- widgets
 
 

@@ -438,3 +438,29 @@ def test_a_series_from_png_slices_states_no_thickness_and_says_its_orientation_i
                      metadata={"slice_thickness": 2.5})  # fmt: skip
     ds = pydicom.dcmread(write_dicom_series(dicom, tmp_path / "from-dicom", "LIDnet denoised")[0])
     assert float(ds.SliceThickness) == 2.5 and "ImageComments" not in ds
+
+
+def test_a_series_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    """Review 2026-12-06: `lidnet denoise` killed mid-write left a folder of 3 of 12 valid slices, which looked like
+    a whole, shorter series, and every rerun was refused. Until its last slice is written nothing is under the
+    output's name (into a new folder, or into an existing empty one); what a killed write left is cleared."""
+    import os
+
+    vol = CTVolume(np.zeros((6, 8, 8), np.float32), (2.0, 0.7, 0.7), name="ct")
+    real = pydicom.dcmwrite
+    seen = []
+
+    def watch(path, *args, **kwargs):
+        seen.append(sorted(p.name for p in out.iterdir()) if out.exists() else None)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmwrite", watch)
+    for out in (tmp_path / "new", tmp_path / "empty"):
+        if out.name == "empty":
+            out.mkdir()
+            (out / f".lidnet.partial-{2**22 + 7}").mkdir()  # a killed write's leftover (no such process)
+        seen.clear()
+        files = write_dicom_series(vol, out, "LIDnet denoised")
+        assert seen == [None] * 6 if out.name == "new" else all(s == [] or s[0].startswith(".") for s in seen)
+        assert sorted(os.listdir(out)) == [f.name for f in files] and len(files) == 6
+    assert sorted(os.listdir(tmp_path)) == ["empty", "new"]  # no temporary folder left beside them

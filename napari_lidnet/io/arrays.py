@@ -15,6 +15,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from .atomic import new_file
 from .checks import check_image_shape, one_line
 from .volume import CTVolume
 
@@ -189,8 +190,9 @@ def _patient_geometry(path: Path, geometry: dict[str, np.ndarray], ndim: int) ->
 def write_array(out: str | Path, hu: np.ndarray, spacing: tuple[float, ...], origin: tuple[float, ...] | None = None,
                 direction: np.ndarray | None = None) -> Path:  # fmt: skip
     """Write ``hu`` as .npy, .npz (``hu``, ``spacing`` and, when given, ``origin`` and ``direction``) or TIFF (the
-    same in its description; x/y spacing also in its resolution tags), created exclusively; a failed write leaves no
-    file. A .npy keeps no geometry. ``origin`` and ``direction`` (a :class:`CTVolume`'s) go together or not at all."""
+    same in its description; x/y spacing also in its resolution tags), created exclusively; a failed or killed write
+    leaves no file under ``out``. A .npy keeps no geometry. ``origin`` and ``direction`` (a :class:`CTVolume`'s)
+    go together or not at all."""
     out = Path(out)
     suffix = out.suffix.lower()
     if (origin is None) != (direction is None):
@@ -198,21 +200,16 @@ def write_array(out: str | Path, hu: np.ndarray, spacing: tuple[float, ...], ori
     geometry = {"spacing": np.asarray(spacing, dtype=float)}
     if origin is not None:
         geometry.update(origin=np.asarray(origin, dtype=float), direction=np.asarray(direction, dtype=float))
-    fh = open(out, "xb")  # noqa: SIM115 (closed below; exclusive: never replaces a file)
-    try:
-        with fh:
-            if suffix == ".npy":
-                np.save(fh, hu)
-            elif suffix == ".npz":
-                np.savez_compressed(fh, hu=hu, **geometry)
-            else:
-                import tifffile
+    with new_file(out) as tmp, open(tmp, "xb") as fh:  # appears whole under ``out`` or not at all
+        if suffix == ".npy":
+            np.save(fh, hu)
+        elif suffix == ".npz":
+            np.savez_compressed(fh, hu=hu, **geometry)
+        else:
+            import tifffile
 
-                meta = {TIFF_NAMES[k]: v.tolist() for k, v in geometry.items()}
-                dy, dx = (float(v) for v in spacing[-2:])
-                tifffile.imwrite(fh, hu, photometric="minisblack", metadata=meta, resolution=(10.0 / dx, 10.0 / dy),
-                                 resolutionunit="CENTIMETER")  # fmt: skip
-    except BaseException:
-        out.unlink(missing_ok=True)
-        raise
+            meta = {TIFF_NAMES[k]: v.tolist() for k, v in geometry.items()}
+            dy, dx = (float(v) for v in spacing[-2:])
+            tifffile.imwrite(fh, hu, photometric="minisblack", metadata=meta, resolution=(10.0 / dx, 10.0 / dy),
+                             resolutionunit="CENTIMETER")  # fmt: skip
     return out

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import check_new, open_new
+from .atomic import check_new, new_file
 from .volume import CTVolume, n_slices, per_slice
 
 COLUMNS = ("slice", "x1", "y1", "x2", "y2", "score")
@@ -98,23 +98,18 @@ def write_boxes_csv(
         for i, r in enumerate(rows)
     ]
     fields = [*COLUMNS, *sizes, *lesion, *slices]
-    fh = open_new(path, newline="")
-    try:
-        with fh:
-            if path.suffix.lower() == ".json":
-                units = ("slice and x1, y1, x2, y2 in pixels (edges: pixel i spans [i, i + 1)) of the image as read: "
-                         "a DICOM series in its stored pixel order, slices along its normal; a NIfTI file turned to "
-                         "(z up, y to the back, x to the left), not its own voxel order; the other *_mm in mm, lps_*: "
-                         "patient coordinates (x to the left, y to the back, z up), for any storage")  # fmt: skip
-                head = {"columns": fields, "units": units, **(about or {})}
-                fh.write(json.dumps({**head, "boxes": records}, indent=1, default=str))
-            else:
-                writer = csv.DictWriter(fh, fieldnames=fields)
-                writer.writeheader()
-                writer.writerows(records)
-    except BaseException:
-        path.unlink(missing_ok=True)  # no half-written file (disk full, interrupted)
-        raise
+    with new_file(path) as tmp, open(tmp, "x", newline="") as fh:  # no half-written file (disk full, killed)
+        if path.suffix.lower() == ".json":
+            units = ("slice and x1, y1, x2, y2 in pixels (edges: pixel i spans [i, i + 1)) of the image as read: "
+                     "a DICOM series in its stored pixel order, slices along its normal; a NIfTI file turned to "
+                     "(z up, y to the back, x to the left), not its own voxel order; the other *_mm in mm, lps_*: "
+                     "patient coordinates (x to the left, y to the back, z up), for any storage")  # fmt: skip
+            head = {"columns": fields, "units": units, **(about or {})}
+            fh.write(json.dumps({**head, "boxes": records}, indent=1, default=str))
+        else:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(records)
     return path
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from .atomic import is_partial, new_folder
 from .dicom_read import SLICE_TAGS as PER_IMAGE_TAGS
 from .dicom_values import tag_value
 from .volume import CTVolume, per_slice
@@ -59,7 +60,7 @@ def _check_out_dir(out_dir: Path) -> None:
     if out_dir.exists():
         if not out_dir.is_dir():
             raise ValueError(f"{out_dir}: exists and is not a folder; choose an empty or new folder")
-        if any(out_dir.iterdir()):
+        if any(not is_partial(p) for p in out_dir.iterdir()):  # a killed write's hidden leftovers do not count
             raise ValueError(f"{out_dir}: folder is not empty; refusing to write a DICOM series into it")
 
 
@@ -289,21 +290,19 @@ def write_dicom_series(
     frames = per_slice(volume.metadata, "frame_numbers", len(stored)) or [None] * len(stored)
     own = per_slice(volume.metadata, "slice_tags", len(stored)) or [None] * len(stored)
     sop_class = str(volume.metadata.get("sop_class_uid") or "")
-    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # deepest first
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
+    created = [p for p in out_dir.parents if not p.exists()]  # deepest first
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     names = _file_numbers(numbers)
     try:
-        for k in range(len(stored)):
-            path = out_dir / f"IM{names[k]:05d}.dcm"
-            written.append(path)
-            source = (numbers[k], uids[k], frames[k], sop_class)
-            ds = _slice_dataset(header, k, positions[k], normal, stored[k], source, own[k])
-            pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        with new_folder(out_dir) as tmp:  # the series appears whole or not at all
+            for k in range(len(stored)):
+                source = (numbers[k], uids[k], frames[k], sop_class)
+                ds = _slice_dataset(header, k, positions[k], normal, stored[k], source, own[k])
+                pydicom.dcmwrite(tmp / f"IM{names[k]:05d}.dcm", ds, enforce_file_format=True)
     except BaseException:
-        _remove_partial(written, created)
+        _remove_folders(created)
         raise
-    return written
+    return [out_dir / f"IM{n:05d}.dcm" for n in names]
 
 
 def _file_numbers(numbers: list[Any]) -> list[int]:
@@ -318,12 +317,9 @@ def _file_numbers(numbers: list[Any]) -> list[int]:
     return list(range(1, len(numbers) + 1))
 
 
-def _remove_partial(files: list[Path], folders: list[Path]) -> None:
-    """Best-effort clean-up after a failed write (the files, then the folders it created, deepest first); never
-    masks the error that caused it."""
-    for p in files:
-        with contextlib.suppress(OSError):
-            p.unlink(missing_ok=True)
+def _remove_folders(folders: list[Path]) -> None:
+    """Best-effort clean-up after a failed write: the (empty) folders it created, deepest first; never masks the
+    error that caused it."""
     for folder in folders:
         with contextlib.suppress(OSError):
             folder.rmdir()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import new_file
 from .checks import check_image_shape, one_line
 from .volume import CTVolume, check_uniform_grid, per_slice
 
@@ -319,20 +319,10 @@ def write_nifti(out: str | Path, volume: CTVolume, denoised: bool = False, note:
     img.header.set_xyzt_units("mm")
     said = (DENOISED_DESCRIP + (f": {note}".encode("ascii", "replace") if note else b""))[:80]
     img.header["descrip"] = said if denoised else b"napari-lidnet"
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}{''.join(out.suffixes)}")
-    try:
+    with new_file(out) as tmp:
         try:
             nib.save(img, str(tmp))
         except OSError as exc:  # name the file the caller asked for, not the temporary one
             exc.filename = str(out)
             raise
-        try:
-            os.link(tmp, out)  # fails, replacing nothing, when out appeared meanwhile
-        except FileExistsError:
-            raise
-        except OSError:  # a file system without hard links
-            _refuse_existing(out)
-            os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
