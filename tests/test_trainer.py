@@ -206,6 +206,38 @@ def test_a_crash_resumes_from_the_last_checkpoint_inside_the_stage(tmp_path):
     _same_weights(tmp_path / "full", tmp_path / "torn")
 
 
+class _Killed(BaseException):
+    """A kill: nothing of the run's own clean-up handles it."""
+
+
+def test_a_kill_between_the_first_stages_two_saves_resumes(tmp_path, monkeypatch):
+    """Review 2026-12-06: killed after the first stage's last_denoiser was written and before last_detector existed,
+    a run could never resume ('weights card not found: .../last_detector.json'), and the failed resume had already
+    dropped the stage's in-stage checkpoint. The detector no stage has trained is the run's start: it resumes, and
+    ends as an uninterrupted run."""
+    import napari_lidnet._training.trainer as trainer_module
+
+    samples = _samples()
+    list(Trainer(_config(tmp_path / "full"), samples).run())
+    real = trainer_module.save_weights
+
+    def die_before_the_detector(model, path, card=None):
+        if Path(path).name == "last_detector":
+            raise _Killed
+        return real(model, path, card)
+
+    monkeypatch.setattr(trainer_module, "save_weights", die_before_the_detector)
+    with pytest.raises(_Killed):
+        list(Trainer(_config(tmp_path / "cut"), samples).run())
+    monkeypatch.setattr(trainer_module, "save_weights", real)
+    assert (tmp_path / "cut" / "last_denoiser.json").exists() and not (tmp_path / "cut" / "last_detector.json").exists()
+    again = Trainer(_config(tmp_path / "cut"), samples)
+    assert "pretrain-denoiser" in again.state["done"]
+    records = list(again.run())
+    assert records[-1]["stage"] == "finished"
+    _same_weights(tmp_path / "full", tmp_path / "cut")
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     samples = _samples()
     run = tmp_path / "run"

@@ -292,12 +292,23 @@ class Trainer:
         check_resume(state, self._config_record())
         self.state = state
         self.resumed = True
-        self._adopt_saved_stage()
+        adopted = self._adopt_saved_stage()
         if any(stage != "validate-start" for stage in state["done"]):  # a training stage finished: weights exist
-            from napari_lidnet.models.weights import load_weights
+            self._load_last()
+        if adopted:  # its in-stage checkpoint is dropped once the stage's weights have loaded
+            self._drop_partial()
 
-            self.denoiser = load_weights(self.out / "last_denoiser")[0].to(self.device)
-            self.detector = load_weights(self.out / "last_detector")[0].to(self.device)
+    def _load_last(self) -> None:
+        """The networks of the last finished stage. A run killed between the first stage's two saves has no
+        ``last_`` file of the network no stage has trained yet: that one is the run's start (review 2026-12-06:
+        such a run could never resume)."""
+        from napari_lidnet.models.weights import load_weights
+
+        for kind in ("denoiser", "detector"):
+            path = self.out / f"last_{kind}"
+            trained = any(name.endswith(f"-{kind}") for name in self.state["done"])
+            if trained or path.with_suffix(".json").exists():
+                setattr(self, kind, load_weights(path)[0].to(self.device))
 
     def resume_line(self) -> str:
         """What a resumed run goes on from ('' for a new run): the stages finished and the steps they hold."""
@@ -312,10 +323,11 @@ class Trainer:
         return (f"resuming the run in {self.out}: {len(done)} stage(s) finished ({steps} of {self.total_steps()} "
                 f"steps); a stage under way goes on from its last checkpoint{also}")  # fmt: skip
 
-    def _adopt_saved_stage(self) -> None:
+    def _adopt_saved_stage(self) -> bool:
         """A stage whose result reached ``last_*`` but whose state.json did not (the run died between the two
         writes): its network's card says the stage is done, so it counts as done (training it again from those
-        weights would train it twice), and the validation that was to follow it runs first when the run resumes."""
+        weights would train it twice), and the validation that was to follow it runs first when the run resumes;
+        True when it did."""
         from napari_lidnet.models.weights import read_card
 
         done = self.state["done"]
@@ -330,8 +342,8 @@ class Trainer:
                 done.append(name)
                 self.state.setdefault("stage_steps", {})[name] = (training.get("stage_steps") or {}).get(name, 0)
                 self.state["validate_pending"] = name
-                self._drop_partial()
-                return
+                return True
+        return False
 
     # -- the schedule ---------------------------------------------------------------------------------------
     def stages(self) -> list[tuple[str, int]]:
