@@ -198,12 +198,45 @@ def test_a_crash_resumes_from_the_last_checkpoint_inside_the_stage(tmp_path):
     assert (records[0]["step"], records[0]["stage_step"]) == (85, 5)  # from round1-denoiser's step 4
     _same_weights(tmp_path / "full", tmp_path / "cut")
     _crash_at(Trainer(_config(tmp_path / "torn", checkpoint_every=4), samples), 87)
-    meta = json.loads((tmp_path / "torn" / "partial_optim.json").read_text())
-    (tmp_path / "torn" / "partial_optim.json").write_text(json.dumps({**meta, "step": 8}))  # as a torn write
+    meta = json.loads((tmp_path / "torn" / "partial_a_optim.json").read_text())
+    (tmp_path / "torn" / "partial_a_optim.json").write_text(json.dumps({**meta, "step": 8}))  # as a torn write
     records = list(Trainer(_config(tmp_path / "torn", checkpoint_every=4), samples).run())
     assert records[0]["stage"] == "setup" and "incomplete" in records[0]["message"]
     assert (records[1]["step"], records[1]["stage_step"]) == (81, 1)  # the stage from its start
     _same_weights(tmp_path / "full", tmp_path / "torn")
+
+
+def test_a_torn_checkpoint_leaves_the_one_before_it(tmp_path, monkeypatch):
+    """Review 2026-12-06: a checkpoint was written over the only one in place, so a kill mid-write (or a second
+    Ctrl-C) lost the whole stage's steps. Checkpoints alternate between two slots: a torn newest one leaves the one
+    before it, which the resume takes; and a second Ctrl-C during a write waits until it is whole."""
+    import napari_lidnet._training.partial as partial_module
+    from napari_lidnet.io.interrupts import interrupt_now
+
+    samples = _samples()
+    list(Trainer(_config(tmp_path / "full"), samples).run())
+    _crash_at(Trainer(_config(tmp_path / "torn", checkpoint_every=4), samples), 89)  # round1-denoiser steps 4, 8 saved
+    slots = {json.loads(p.read_text())["step"]: p for p in (tmp_path / "torn").glob("partial_*_optim.json")}
+    assert sorted(slots) == [4, 8]
+    meta = json.loads(slots[8].read_text())
+    slots[8].write_text(json.dumps({**meta, "sha256": "0" * 64}))  # the newest torn, as a kill mid-write leaves it
+    records = list(Trainer(_config(tmp_path / "torn", checkpoint_every=4), samples).run())
+    assert (records[0]["step"], records[0]["stage_step"]) == (85, 5)  # from the checkpoint before it: step 4
+    _same_weights(tmp_path / "full", tmp_path / "torn")
+
+    real = partial_module.save_weights
+
+    def second_ctrl_c_mid_write(*args, **kwargs):
+        interrupt_now()  # arrives while the network is being written; the optimiser's files are still to come
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(partial_module, "save_weights", second_ctrl_c_mid_write)
+    with pytest.raises(KeyboardInterrupt):  # at the first checkpoint: pretrain-denoiser's step 4
+        list(Trainer(_config(tmp_path / "twice", checkpoint_every=4), samples).run())
+    monkeypatch.setattr(partial_module, "save_weights", real)
+    records = list(Trainer(_config(tmp_path / "twice", checkpoint_every=4), samples).run())
+    assert (records[0]["stage"], records[0]["stage_step"]) == ("pretrain-denoiser", 5)  # that checkpoint is whole
+    _same_weights(tmp_path / "full", tmp_path / "twice")
 
 
 class _Killed(BaseException):

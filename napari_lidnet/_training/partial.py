@@ -1,13 +1,14 @@
 """Checkpoints inside a stage: the trained network, its optimiser, its schedule and the RNG at a step, so that a stop,
 a scheduler's SIGTERM or a crash resumes inside the stage (as an uninterrupted run goes on) instead of redoing it.
 
-Files in the run folder, without pickle: ``partial_<network>.safetensors/.json`` (:func:`save_weights`, its card
-naming the stage, its length and the step) and ``partial_optim.safetensors/.json`` (Adam's moments and the RNG
-state; the JSON holds the parameter groups, the schedule, the same stage/length/step and the tensors' SHA-256).
-Each pair is written atomically, the network first; a resume uses them only when both name the stage to run, its
-length and the same step, and the tensors match their hash: a crash between the two writes leaves a mismatch, and
-the stage is then run from its start (with a note), as before this module. A resumed stage keeps the learning rate
-and schedule it was saved with.
+Files in the run folder, without pickle, in two slots (``a``, ``b``): ``partial_<slot>_<network>.safetensors/.json``
+(:func:`save_weights`, its card naming the stage, its length and the step) and ``partial_<slot>_optim.safetensors/
+.json`` (Adam's moments and the RNG state; the JSON holds the parameter groups, the schedule, the same stage/length/
+step and the tensors' SHA-256). A checkpoint is written into the slot that does not hold the newest whole one, so a
+kill (or a second Ctrl-C) mid-write leaves that one as it was: writing over the only set in place lost the whole
+stage's steps (review 2026-12-06). A resume takes the newest slot whose files all name the stage to run, its length
+and the same step, with tensors matching their hash; when a slot for the stage exists and none is whole, the stage
+is run from its start (with a note). A resumed stage keeps the learning rate and schedule it was saved with.
 """
 
 from __future__ import annotations
@@ -22,10 +23,15 @@ import torch
 
 from napari_lidnet.models.weights import load_weights, save_weights, weight_paths, write_atomically
 
-__all__ = ["PARTIAL", "drop_partial", "load_partial", "save_partial", "where"]
+__all__ = ["PARTIAL", "SLOTS", "drop_partial", "load_partial", "save_partial", "where"]
 
 PARTIAL = "partial"
-_OPTIM = f"{PARTIAL}_optim"
+SLOTS = ("a", "b")
+
+
+def _names(slot: str, network: str) -> tuple[str, str]:
+    """(network weights stem, optimiser stem) of one slot."""
+    return f"{PARTIAL}_{slot}_{network}", f"{PARTIAL}_{slot}_optim"
 
 
 def where(stage: str, n_steps: int, step: int) -> dict[str, Any]:
@@ -33,12 +39,25 @@ def where(stage: str, n_steps: int, step: int) -> dict[str, Any]:
     return {"stage": stage, "stage_steps": int(n_steps), "step": int(step)}
 
 
+def _meta(out: Path, slot: str) -> dict[str, Any]:
+    try:
+        meta = json.loads((out / f"{PARTIAL}_{slot}_optim.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def save_partial(out: Path, network: str, model: torch.nn.Module, opt: Any, sched: Any, at: dict) -> None:
-    """Write the stage's state at ``at`` (:func:`where`): the network ``network`` (denoiser/detector) under
-    training, then the optimiser, the schedule and the RNG."""
+    """Write the stage's state at ``at`` (:func:`where`) into the slot not holding the newest whole checkpoint: the
+    network ``network`` (denoiser/detector) under training, then the optimiser, the schedule and the RNG."""
     from safetensors.torch import save
 
-    save_weights(model, out / f"{PARTIAL}_{network}", {"partial": at})
+    newest = _newest_whole(out, network, at["stage"], at["stage_steps"])
+    slot = SLOTS[1] if newest is not None and newest[0] == SLOTS[0] else SLOTS[0]
+    weights, optim = _names(slot, network)
+    for path in (out / f"{optim}.json", out / f"{optim}.safetensors"):  # the slot is torn from here on: said so
+        path.unlink(missing_ok=True)
+    save_weights(model, out / weights, {"partial": at})
     state = opt.state_dict()
     tensors = {"rng.cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -49,32 +68,50 @@ def save_partial(out: Path, network: str, model: torch.nn.Module, opt: Any, sche
     blob = save({k: v.contiguous() for k, v in tensors.items()})
     meta = {**at, "network": network, "param_groups": state["param_groups"], "schedule": sched.state_dict(),
             "sha256": hashlib.sha256(blob).hexdigest()}  # fmt: skip
-    write_atomically(out / f"{_OPTIM}.safetensors", blob)
-    write_atomically(out / f"{_OPTIM}.json", json.dumps(meta, indent=1).encode())
+    write_atomically(out / f"{optim}.safetensors", blob)
+    write_atomically(out / f"{optim}.json", json.dumps(meta, indent=1).encode())
+
+
+def _whole(out: Path, slot: str, network: str, stage: str, n_steps: int) -> tuple[dict, bytes, Any] | None:
+    """(meta, optimiser tensors, network) of a slot whose files are whole and name ``stage`` of ``n_steps``."""
+    meta = _meta(out, slot)
+    if meta.get("stage") != stage or meta.get("stage_steps") != n_steps or meta.get("network") != network:
+        return None
+    weights, optim = _names(slot, network)
+    try:
+        blob = (out / f"{optim}.safetensors").read_bytes()
+        saved, card = load_weights(out / weights)
+    except (OSError, ValueError):
+        return None
+    if card.get("partial") != where(stage, n_steps, meta.get("step", -1)):
+        return None
+    return (meta, blob, saved) if hashlib.sha256(blob).hexdigest() == meta.get("sha256") else None
+
+
+def _newest_whole(out: Path, network: str, stage: str, n_steps: int) -> tuple[str, tuple] | None:
+    found = [(slot, w) for slot in SLOTS if (w := _whole(out, slot, network, stage, n_steps)) is not None]
+    return max(found, key=lambda f: int(f[1][0]["step"])) if found else None
 
 
 def load_partial(
     out: Path, network: str, model: torch.nn.Module, opt: Any, sched: Any, stage: str, n_steps: int
 ) -> tuple[int, str]:
-    """Load the stage's saved state into ``model``, ``opt``, ``sched`` and the RNG when the run folder holds a
-    whole one for ``stage`` of ``n_steps``. Returns the step it was saved at (0: none, start the stage) and a note
-    when one was saved for this stage but cannot be used (another length, or a torn write)."""
+    """Load the stage's saved state into ``model``, ``opt``, ``sched`` and the RNG from the newest whole slot for
+    ``stage`` of ``n_steps``. Returns the step it was saved at (0: none, start the stage) and a note when one was
+    saved for this stage but none can be used (another length, or torn writes)."""
     from safetensors.torch import load
 
-    try:
-        meta = json.loads((out / f"{_OPTIM}.json").read_text())
-        blob = (out / f"{_OPTIM}.safetensors").read_bytes()
-        saved, card = load_weights(out / f"{PARTIAL}_{network}")
-    except (OSError, ValueError):
+    newest = _newest_whole(out, network, stage, n_steps)
+    if newest is None:
+        metas = [m for m in (_meta(out, slot) for slot in SLOTS) if m.get("stage") == stage]
+        other = next((m for m in metas if m.get("stage_steps") != n_steps), None)
+        if other is not None:
+            return 0, (f"the checkpoint at step {other.get('step')} of {stage} was made for "
+                       f"{other.get('stage_steps')} steps, not {n_steps}: {stage} starts over")  # fmt: skip
+        if metas or any((out / f"{_names(slot, network)[0]}.json").exists() for slot in SLOTS):
+            return 0, f"the checkpoint inside {stage} is incomplete (a write was cut short): {stage} starts over"
         return 0, ""
-    if meta.get("stage") != stage:
-        return 0, ""
-    if meta.get("stage_steps") != n_steps:
-        return 0, (f"the checkpoint at step {meta.get('step')} of {stage} was made for {meta.get('stage_steps')} "
-                   f"steps, not {n_steps}: {stage} starts over")  # fmt: skip
-    whole = meta.get("network") == network and card.get("partial") == where(stage, n_steps, meta.get("step", -1))
-    if not whole or hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
-        return 0, f"the checkpoint inside {stage} is incomplete (a write was cut short): {stage} starts over"
+    meta, blob, saved = newest[1]
     tensors = load(blob)
     model.load_state_dict(saved.state_dict())
     moments: dict[int, dict[str, torch.Tensor]] = {}
@@ -91,9 +128,10 @@ def load_partial(
 
 
 def drop_partial(out: Path) -> None:
-    """Remove a stage's partial checkpoint (the stage has finished; its end-of-stage checkpoint replaces it)."""
-    for path in (out / f"{_OPTIM}.safetensors", out / f"{_OPTIM}.json",
-                 *(p for net in ("denoiser", "detector") for p in weight_paths(out / f"{PARTIAL}_{net}"))):  # fmt: skip
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
+    """Remove a stage's partial checkpoints (the stage has finished; its end-of-stage checkpoint replaces them)."""
+    for slot in ("", *(f"{s}_" for s in SLOTS)):  # "": the one set of earlier versions
+        paths = [out / f"{PARTIAL}_{slot}optim.safetensors", out / f"{PARTIAL}_{slot}optim.json"]
+        paths += [p for net in ("denoiser", "detector") for p in weight_paths(out / f"{PARTIAL}_{slot}{net}")]
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()

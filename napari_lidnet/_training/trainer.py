@@ -45,6 +45,7 @@ from napari_lidnet._training.resume import changed_settings, changed_steps_note,
 from napari_lidnet._training.split import left_out, split_samples
 from napari_lidnet._training.validate import evaluate_denoiser, input_quality, noisy_reference_note, stack_samples
 from napari_lidnet.io.folder_lock import FolderInUse, FolderLock
+from napari_lidnet.io.interrupts import uninterrupted
 from napari_lidnet.metrics.selection import SENSITIVITY_DB, selection_score
 from napari_lidnet.models.denoisers import build_denoiser, check_trainable_blind
 from napari_lidnet.models.detector import LesionDetector
@@ -266,8 +267,9 @@ class Trainer:
         if self.rank:
             return  # rank 0 writes the checkpoints
         self.out.mkdir(parents=True, exist_ok=True)
-        save_weights(self.denoiser, self.out / f"{tag}_denoiser", self._card("denoiser", metrics))
-        save_weights(self.detector, self.out / f"{tag}_detector", self._card("detector", metrics))
+        with uninterrupted():
+            save_weights(self.denoiser, self.out / f"{tag}_denoiser", self._card("denoiser", metrics))
+            save_weights(self.detector, self.out / f"{tag}_detector", self._card("detector", metrics))
 
     def _write_state(self) -> None:
         if self.rank:
@@ -597,8 +599,9 @@ class Trainer:
             return
         name, n_steps, network, model, opt, sched, step = self._live
         if self.rank == 0:
-            save_partial(self.out, network, model, opt, sched, where(name, n_steps, step))
-            self._write_state()  # this run's command, with the steps it added
+            with uninterrupted():  # a second Ctrl-C waits for a whole checkpoint
+                save_partial(self.out, network, model, opt, sched, where(name, n_steps, step))
+                self._write_state()  # this run's command, with the steps it added
         self._partial_at = (name, step)
 
     def _drop_partial(self) -> None:

@@ -260,7 +260,8 @@ def stop_status(flag: Any) -> tuple[int, str]:
 @contextlib.contextmanager
 def ctrl_c_stops(flag: Any, escalate: bool = True) -> Iterator[None]:
     """While inside, the first Ctrl-C (SIGINT) or SIGTERM sets ``flag`` (a threading.Event: the run stops after its
-    current step and saves what it has); a second one interrupts at once if ``escalate``. Outside the main thread
+    current step and saves what it has); a second one interrupts at once if ``escalate`` (after the checkpoint being
+    written, if any: ``io.interrupts``). Outside the main thread
     nothing changes."""
     import signal
     import threading
@@ -269,9 +270,12 @@ def ctrl_c_stops(flag: Any, escalate: bool = True) -> Iterator[None]:
         yield
         return
 
+    from napari_lidnet.io.interrupts import interrupt_now
+
     def on_sigint(signum: int, frame: Any) -> None:
         if flag.is_set() and escalate:
-            raise KeyboardInterrupt
+            interrupt_now()  # at once, or once the checkpoint being written is whole
+            return
         flag.signum = signum  # which one stopped it: the exit status says (stop_status)
         flag.set()
 
