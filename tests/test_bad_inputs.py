@@ -457,6 +457,10 @@ def test_resume_with_other_settings_is_refused_naming_the_difference(tmp_path):
     assert "\n" not in msg and "denoiser: run 'fastdn', now 'redcnn'" in msg and "other'" in msg and "data: run" in msg
     with pytest.raises(ValueError, match=r"denoiser_kwargs: run \{\}, now \{'width': 16\}"):
         check_resume(state, TrainConfig(**{**cfg.to_dict(), "denoiser_kwargs": {"width": 16}}))
+    # review 2026-12-06: what the patches and the ROI loss are made of was changed on a resume without a word
+    for key, value in (("insert_lesions", 0.5), ("roi_boxes", "predicted"), ("roi_levels", (0,))):
+        with pytest.raises(ValueError, match=rf"{key}: run "):
+            check_resume(state, TrainConfig(**{**cfg.to_dict(), key: value}))
 
 
 def test_cli_resume_with_another_architecture_is_refused(tmp_path, capsys, models):

@@ -25,6 +25,15 @@ RESUME_KEYS = (
     "val_max_slices",
     "test_fraction",
     "split",
+    # what the patches and the ROI loss are made of, read at every step, so a stage under way would change midway
+    # (review 2026-12-06: a changed --insert-lesions or --roi-boxes was taken without a word)
+    "insert_lesions",
+    "insert_lung",
+    "insert_max_mm",
+    "roi_boxes",
+    "roi_score",
+    "roi_margin",
+    "roi_levels",
 )
 _PATH_KEYS = ("data", "init_denoiser", "init_detector")
 
