@@ -451,3 +451,23 @@ def test_linked_series_and_files_are_indexed_where_the_archive_shows_them(tmp_pa
     slices = read_manifest(index_archive(root, tmp_path / "m.jsonl", dose=0.25))
     assert sorted({s.entry["file"].split("/")[0] for s in slices}) == ["A", "B"] and len(slices) == 6
     assert all(s.full_hu.shape == (16, 16) for s in slices)
+
+
+def test_a_run_whose_dataset_was_made_again_is_not_resumed_with_the_old_boxes(tmp_path):
+    """Review 2026-12-06: the data folder made again with another seed (the same file names) was resumed without a
+    word: the new images trained with the boxes of the run's cached index. Its tables are fingerprinted when the run
+    indexes them; a resume refuses changed ones in one line, and an unchanged folder resumes as before."""
+    import shutil
+
+    data = _dataset(tmp_path / "data", n=4, seed=0)
+    run = tmp_path / "run"
+    list(Trainer(_cfg(run, data, rounds=1, denoiser_steps=1, detector_steps=0)).run())
+    assert Trainer(_cfg(run, data))._new_manifest is None  # unchanged: resumed on its index
+    shutil.rmtree(data)
+    rng = np.random.default_rng(9)
+    samples = [Sample(f"s{i}", rng.integers(-200, 200, (48, 48)).astype(np.float32),
+                      rng.integers(-200, 200, (48, 48)).astype(np.float32), np.array([[1, 2, 9, 9]], np.float32), 0.8)
+               for i in range(4)]  # fmt: skip
+    write_dataset(data, samples, {"dose": 0.25, "seed": 9})
+    with pytest.raises(ValueError, match=r"changed since this run indexed it .*restore the data, or start a new --out"):
+        Trainer(_cfg(run, data))

@@ -399,8 +399,23 @@ def build_index(
         "skipped": skipped[:100],
         "n_skipped": len(skipped),
         "command": command,
+        "tables": tables_fingerprint(root, kind),
     }
     return header, rows
+
+
+def tables_fingerprint(root: Path, kind: str) -> str | None:
+    """SHA-256 of the tables an archive's boxes, pixel sizes and provenance come from (each lidnet dataset's
+    dataset.json, slices.csv and lesions.csv; DeepLesion's DL_info.csv); None for DICOM archives (no tables)."""
+    from napari_lidnet.io.deeplesion import INFO_CSV_NAME
+
+    names = {"dataset": ("dataset.json", "slices.csv", "lesions.csv"), "deeplesion": (INFO_CSV_NAME,)}.get(kind)
+    if names is None:
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for name in names for p in root.rglob(name) if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def write_manifest(out: str | Path, header: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
@@ -521,6 +536,12 @@ def archive_index(
         same_split = "split" in header and header["split"] == effective_split(header["kind"], split)
         current = resuming or header.get("indexer", 1) == INDEXER
         if header["root"] == str(data.resolve()) and header.get("dose") == dose and same_split and current:
-            return header, rows, False
+            changed = header.get("tables") not in (None, tables_fingerprint(data.resolve(), header["kind"]))
+            if changed and resuming:  # review 2026-12-06: new images were trained with the old boxes, silently
+                raise ValueError(f"{data} changed since this run indexed it (its tables of slices and lesion boxes "
+                                 "differ): resuming would mix the new images with the old boxes and split; restore "
+                                 "the data, or start a new --out")  # fmt: skip
+            if not changed:
+                return header, rows, False
     command = f"lidnet index {data} --out {cached} --split {split}" + (f" --dose {dose:g}" if dose is not None else "")
     return (*build_index(data, dose, command=command, split=split), True)
