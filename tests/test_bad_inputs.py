@@ -440,6 +440,9 @@ def test_export_writes_both_pairs_or_neither(tmp_path, models):
     assert "v1.2_denoiser" not in [m.name for m in list_models()]
     assert [p.name for p in export_run(run, "v1.2")][1] == "v1.2_detector.safetensors"
     assert {"v1.2_denoiser", "v1.2_detector"} <= {m.name for m in list_models()}
+    # review 2026-12-06: killed after the detector's weights but before its card, the denoiser was listed alone
+    (models / "v1.2_detector.json").unlink()
+    assert "v1.2_denoiser" not in [m.name for m in list_models()]
 
 
 def test_resume_with_other_settings_is_refused_naming_the_difference(tmp_path):
@@ -790,3 +793,21 @@ def test_an_image_without_one_finite_pixel_opens_with_finite_contrast_limits(mak
         layers = viewer.open(str(tmp_path / "allnan.nii"), plugin="napari-lidnet")
     assert len(layers) == 1 and np.isfinite(layers[0].contrast_limits).all()
     assert [ly.name for ly in viewer.layers] == [layers[0].name]
+
+
+def test_a_calibrated_detector_outlives_the_pair_it_came_from(tmp_path, models):
+    """Review 2026-12-06: `lidnet calibrate --model lab --name site` copied the lab pair's `pair_of` onto
+    site_detector, so deleting the lab models made 'site' vanish from every list, its files still there."""
+    from napari_lidnet._training.export import export_detector
+    from napari_lidnet.models.registry import list_models, load_model
+
+    run = tmp_path / "run"
+    tiny_models(run, prefix="best")
+    export_run(run, "lab")
+    detector, card = load_model("lab", "detector")
+    assert card["pair_of"] == ["lab_denoiser", "lab_detector"]
+    export_detector(detector, card, "site", {"calibration": {"threshold": 0.4}})
+    for p in models.glob("lab_*"):
+        p.unlink()
+    assert "site_detector" in [m.name for m in list_models("detector")]
+    assert "pair_of" not in load_model("site", "detector")[1]

@@ -107,5 +107,6 @@ def export_detector(model: Any, card: dict, name: str, card_extra: dict) -> Path
 
     name = check_export_name(name, kinds=("detector",))
     target = user_model_dir(create=True) / f"{name}_detector"
-    save_weights(model, target, {**card, **card_extra, "name": f"{name}_detector"})
+    own = {k: v for k, v in card.items() if k != "pair_of"}  # a model of its own: it outlives its source's pair
+    save_weights(model, target, {**own, **card_extra, "name": f"{name}_detector"})
     return weight_paths(target)[0]

@@ -94,7 +94,7 @@ def _scan(folder: Path, shipped: bool) -> list[ModelInfo]:
         except (OSError, ValueError) as exc:
             warnings.warn(f"skipping model {j_path}: {exc}", stacklevel=3)
             continue
-        if not all(weight_paths(folder / member)[0].is_file() for member in card.get("pair_of") or []):
+        if not all(p.is_file() for member in card.get("pair_of") or [] for p in weight_paths(folder / member)):
             continue  # half of an exported pair whose export was killed: not a model (the next export replaces it)
         found.append(ModelInfo(j_path.stem, card["kind"], j_path.with_suffix(""), card, shipped))
     return found
