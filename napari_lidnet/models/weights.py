@@ -159,12 +159,25 @@ def save_weights(model: nn.Module, path: str | os.PathLike, card: dict[str, Any]
                     os.unlink(w_path)
             raise
         fsync_dir(folder)
+        _clear_leftovers(w_path, j_path)  # the pair is whole: what killed saves of it left is of no use now
     finally:
         for leftover in (tmp_w, tmp_j, backup):
             if leftover is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(leftover)
     return full
+
+
+def _clear_leftovers(w_path: Path, j_path: Path) -> None:
+    """Remove the temporary files and backups that killed saves of this pair left (each up to a weights file in
+    size; review 2026-12-06: they stayed for good)."""
+    import glob
+
+    for pattern in (f".{glob.escape(w_path.name)}.*.bak", f".{glob.escape(w_path.name)}.*.tmp",
+                    f".{glob.escape(j_path.name)}.*.tmp"):  # fmt: skip
+        for leftover in w_path.parent.glob(pattern):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
 
 
 def _backup_matching(w_path: Path, digest: str) -> bytes | None:
