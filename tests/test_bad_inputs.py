@@ -503,7 +503,9 @@ def test_disk_full_during_a_checkpoint(tmp_path, capsys, monkeypatch):
         save_weights(build_denoiser("fastdn", width=8, blocks=1), tmp_path / "ck" / "last_denoiser")
     assert snapshot(tmp_path / "ck") == old
     rc, lines = run_cli(capsys, "train", "--data", data, "--out", tmp_path / "run", *TRAIN)
-    assert rc == 2 and lines[-1].startswith("lidnet train: error: No space left on device"), lines
+    run = tmp_path / "run"  # the file named and what is kept (review 2026-12-06: a bare 'No space left on device')
+    assert rc == 2 and lines[-1].startswith(f"lidnet train: error: {run}/"), lines
+    assert ": No space left on device; " in lines[-1] and "again" in lines[-1], lines
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith((".tmp", ".bak"))]
 
 

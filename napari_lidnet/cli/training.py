@@ -141,6 +141,10 @@ def _train_and_export(cfg, rank: int, world: int, export: str | None, command: s
         except TrainingError as exc:
             print(f"lidnet train: error: {exc}", file=sys.stderr)
             return 1
+        except OSError as exc:  # a full disk: the file and what is kept (review 2026-12-06: a bare strerror)
+            if not exc.strerror:
+                raise
+            raise OSError(exc.errno, f"{exc.strerror}; {trainer.kept_message()}", exc.filename) from exc
     if stopped:
         return stop_status(stop)[0]
     worse = below_start(finished.get("start"), finished.get("best")) if rank == 0 else None

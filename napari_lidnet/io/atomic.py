@@ -34,9 +34,11 @@ def write_temp(folder: Path, stem: str, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:  # a failed write names no file: the one meant
+            exc.filename = str(folder / stem)
         raise
     return Path(tmp)
 
