@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_lidnet.io.arrays import ARRAY_SUFFIXES
+from napari_lidnet.io.atomic import remove_stale_partials
 from napari_lidnet.io.checks import CT_MODALITIES, ct_problem, one_line, os_reason
 from napari_lidnet.io.folder_lock import FolderInUse, FolderLock
 from napari_lidnet.io.nifti import is_nifti, is_our_denoised, nifti_stem
@@ -190,6 +192,7 @@ def _prepare_out_dir(root: str | Path, out_dir: Path, task: str, settings: dict[
         marker.write_text(f"{task}\n{json.dumps(settings, sort_keys=True)}\n")
         for stale in out_dir.glob(f"{PARTIAL}*"):
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        remove_stale_partials(out_dir)  # what a killed run's writers left under their temporary names
     except BaseException:
         _release(out_dir, lock, created)
         raise
@@ -399,7 +402,7 @@ def _find_inputs(root: Path) -> tuple[dict, list[Path], list[str]]:
 
 
 #: inputs ``lidnet denoise`` reads one file or folder at a time, and a batch run does not
-NOT_BATCHED = {".png": "PNG slice", ".npy": "array", ".npz": "array", ".tif": "TIFF file", ".tiff": "TIFF file"}
+NOT_BATCHED = {".png": "PNG slice", **dict.fromkeys(ARRAY_SUFFIXES, "array")}
 
 
 def _not_read(root: Path, files: list[Path]) -> list[str]:

@@ -223,7 +223,7 @@ def test_disk_full_while_writing_leaves_no_partial_output(corpus, models, tmp_pa
     monkeypatch.setattr(np, "save", full_disk)
     out = tmp_path / "den.npy"
     rc, lines = run_cli(capsys, *_cli_args("denoise", corpus / "arrays" / "good.npy", out))
-    assert rc == 2 and lines == ["2/2 slices", "lidnet denoise: error: No space left on device"]  # after progress
+    assert rc == 2 and lines == ["2/2 slices", f"lidnet denoise: error: {out}: No space left on device"]  # named
     assert not out.exists()
 
 

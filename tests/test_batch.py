@@ -57,12 +57,15 @@ def test_denoise_all_series_then_resume(archive, tmp_path):
     lost.rmdir()
     (out / f"{PARTIAL}{lost.name}").mkdir()
     (out / f"{PARTIAL}{lost.name}" / "slice0.dcm").write_bytes(b"half")
+    killed = out / f".{PARTIAL}{lost.name}.partial-{2**22 + 9}.0badc0de"  # a killed writer's (review 2026-12-06)
+    killed.mkdir()
+    (killed / "IM00001.dcm").write_bytes(b"a whole slice of a series never finished")
     kept = {p: sorted(f.stat().st_mtime_ns for f in p.iterdir()) for p in report.written if p != lost}
 
     again = run_batch(archive, out, "denoise", _denoiser())
     assert again.written == [lost] and sorted(again.skipped) == sorted(kept)
     assert {p: sorted(f.stat().st_mtime_ns for f in p.iterdir()) for p in kept} == kept  # untouched
-    assert not list(out.glob(f"{PARTIAL}*"))
+    assert not list(out.glob(f"{PARTIAL}*")) and not killed.exists()
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(p.name for p in report.written)
 
 
@@ -429,7 +432,7 @@ def test_a_full_disk_stops_the_batch_in_one_line_that_names_the_output_and_the_r
     assert not (tmp_path / "out").exists()  # nothing written: the folder this run made is gone too
     assert single == 2 and not (tmp_path / "one").exists()  # `lidnet denoise IN OUT`: one line, nothing left
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == "lidnet denoise: error: File too large", err[-3:]
+    assert err[-1] == f"lidnet denoise: error: {tmp_path / 'one'}: File too large", err[-3:]  # the output named
     report = run_batch(archive, tmp_path / "out", "denoise", _denoiser())
     assert len(report.written) == 3 and not report.failed
 

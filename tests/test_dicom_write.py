@@ -464,3 +464,7 @@ def test_a_series_appears_whole_or_not_at_all(tmp_path, monkeypatch):
         assert seen == [None] * 6 if out.name == "new" else all(s == [] or s[0].startswith(".") for s in seen)
         assert sorted(os.listdir(out)) == [f.name for f in files] and len(files) == 6
     assert sorted(os.listdir(tmp_path)) == ["empty", "new"]  # no temporary folder left beside them
+    busy = tmp_path / "busy"  # another process writing into the same empty folder: refused, not mixed (review)
+    (busy / f".busy.partial-{os.getppid()}.1234abcd").mkdir(parents=True)
+    with pytest.raises(ValueError, match="folder is not empty"):
+        write_dicom_series(vol, busy, "LIDnet denoised")

@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -98,8 +99,9 @@ def open_new(path: str | os.PathLike, **kwargs: Any) -> IO[str]:
 
 
 def partial_name(out: Path) -> Path:
-    """The hidden temporary name beside ``out`` that this process writes it under (its suffixes kept)."""
-    return out.with_name(f".{out.name}{PARTIAL_MARK}{os.getpid()}{''.join(out.suffixes)}")
+    """A hidden temporary name beside ``out`` (``.NAME.partial-PID.TOKEN`` and its suffixes): the process that
+    writes it, and a random token, so a reused process id or a second thread never meets it."""
+    return out.with_name(f".{out.name}{PARTIAL_MARK}{os.getpid()}.{uuid.uuid4().hex[:8]}{''.join(out.suffixes)}")
 
 
 def _fsync_file(path: Path) -> None:
@@ -121,7 +123,22 @@ def publish(tmp: Path, out: Path) -> None:
     except OSError:  # a file system without hard links
         check_new(out)
         os.replace(tmp, out)
-    fsync_dir(out.parent)
+    else:
+        tmp.unlink()
+
+
+@contextlib.contextmanager
+def _named_as(tmp: Path, out: Path) -> Iterator[None]:
+    """An OSError about the temporary ``tmp`` (or a file in it), or about no file, names ``out`` instead: the name
+    the user gave."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:  # a failed write names no file
+            exc.filename = str(out)
+        elif str(exc.filename).startswith(str(tmp)):
+            exc.filename = str(out) + str(exc.filename)[len(str(tmp)):]
+        raise
 
 
 @contextlib.contextmanager
@@ -132,44 +149,49 @@ def new_file(out: str | os.PathLike) -> Iterator[Path]:
     remove_stale_partials(out.parent, out.name)
     tmp = partial_name(out)
     try:
-        yield tmp
-        publish(tmp, out)
+        with _named_as(tmp, out):
+            yield tmp
+            publish(tmp, out)
+        fsync_dir(out.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def new_folder(out_dir: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder to write a set of files into; when the block ends they are in ``out_dir`` (a new
-    folder: renamed into place; an existing empty one, such as a USB stick's root: moved into it), and on an error
-    (or a kill) ``out_dir`` holds none of them. The caller has checked that ``out_dir`` is new or empty."""
+    """Yield a temporary folder to write a set of files into; when the block ends they are in ``out_dir``, and on an
+    error (or a kill) none of them is there. A new folder is renamed into place whole; into an existing empty one
+    (a USB stick's root) the files are moved one by one, each refusing a name taken meanwhile (a kill during those
+    milliseconds leaves part of the set). The caller has checked that ``out_dir`` is new or empty."""
     out_dir = Path(out_dir)
     existing = out_dir.is_dir()
     remove_stale_partials(out_dir if existing else out_dir.parent, None if existing else out_dir.name)
-    tmp = out_dir / f".lidnet{PARTIAL_MARK}{os.getpid()}" if existing else partial_name(out_dir)
+    tmp = out_dir / partial_name(out_dir).name if existing else partial_name(out_dir)
     tmp.mkdir(parents=not existing)
     try:
-        yield tmp
-        for f in os.listdir(tmp):
-            _fsync_file(tmp / f)
-        fsync_dir(tmp)
-        if existing:
-            for f in sorted(os.listdir(tmp)):
-                os.rename(tmp / f, out_dir / f)
-            fsync_dir(out_dir)
-        else:
-            os.rename(tmp, out_dir)  # a folder made there meanwhile: refused unless it is empty
-            fsync_dir(out_dir.parent)
+        with _named_as(tmp, out_dir):
+            yield tmp
+            for f in os.listdir(tmp):
+                _fsync_file(tmp / f)
+            fsync_dir(tmp)
+            if existing:
+                for f in sorted(os.listdir(tmp)):
+                    publish(tmp / f, out_dir / f)
+            else:
+                os.rename(tmp, out_dir)  # a folder made there meanwhile: refused unless it is empty
+            fsync_dir(out_dir if existing else out_dir.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def is_partial(path: Path) -> bool:
-    """Whether ``path`` is what a killed write of this module left (a hidden ``.NAME.partial-PID``)."""
+    """Whether ``path`` is a temporary name of this module (a hidden ``.NAME.partial-PID...``)."""
     return path.name.startswith(".") and PARTIAL_MARK in path.name
 
 
 def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) there sends a Ctrl-C event: every leftover is taken as in use
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -186,7 +208,7 @@ def remove_stale_partials(folder: Path, name: str | None = None) -> None:
         for p in folder.iterdir():
             if not is_partial(p) or (name is not None and not p.name.startswith(f".{name}{PARTIAL_MARK}")):
                 continue
-            pid = p.name.split(PARTIAL_MARK, 1)[1].split(".", 1)[0]
+            pid = p.name.rsplit(PARTIAL_MARK, 1)[1].split(".", 1)[0]  # the last mark: names may hold one too
             if pid.isdigit() and not _pid_alive(int(pid)):
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p, ignore_errors=True)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from .atomic import is_partial, new_folder
+from .atomic import new_folder, remove_stale_partials
 from .dicom_read import SLICE_TAGS as PER_IMAGE_TAGS
 from .dicom_values import tag_value
 from .volume import CTVolume, per_slice
@@ -60,7 +60,8 @@ def _check_out_dir(out_dir: Path) -> None:
     if out_dir.exists():
         if not out_dir.is_dir():
             raise ValueError(f"{out_dir}: exists and is not a folder; choose an empty or new folder")
-        if any(not is_partial(p) for p in out_dir.iterdir()):  # a killed write's hidden leftovers do not count
+        remove_stale_partials(out_dir)  # a killed write's hidden leftovers; a running writer's stay and count
+        if any(out_dir.iterdir()):
             raise ValueError(f"{out_dir}: folder is not empty; refusing to write a DICOM series into it")
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import new_file
+from .atomic import check_new, new_file
 from .checks import check_image_shape, one_line
 from .volume import CTVolume, check_uniform_grid, per_slice
 
@@ -265,11 +265,6 @@ def _whole_hu(img: Any, stored: Any) -> Any:
     return out
 
 
-def _refuse_existing(out: Path) -> None:
-    if out.exists():
-        raise FileExistsError(f"{out} already exists; outputs never overwrite: choose a new path")
-
-
 #: the header description that marks a NIfTI file this program denoised (``write_nifti(..., denoised=True)``)
 DENOISED_DESCRIP = b"napari-lidnet denoised"
 
@@ -295,7 +290,7 @@ def write_nifti(out: str | Path, volume: CTVolume, denoised: bool = False, note:
     out = Path(out)
     if not is_nifti(out):
         raise ValueError(f"{out}: a NIfTI file name ends in .nii or .nii.gz")
-    _refuse_existing(out)
+    check_new(out)
     check_uniform_grid(volume, "NIfTI")
     hu = volume.hu if volume.hu.ndim == 3 else volume.hu[None]
     affine = _index_to_ras(volume)
@@ -319,10 +314,6 @@ def write_nifti(out: str | Path, volume: CTVolume, denoised: bool = False, note:
     img.header.set_xyzt_units("mm")
     said = (DENOISED_DESCRIP + (f": {note}".encode("ascii", "replace") if note else b""))[:80]
     img.header["descrip"] = said if denoised else b"napari-lidnet"
-    with new_file(out) as tmp:
-        try:
-            nib.save(img, str(tmp))
-        except OSError as exc:  # name the file the caller asked for, not the temporary one
-            exc.filename = str(out)
-            raise
+    with new_file(out) as tmp:  # an error names ``out``, not the temporary file
+        nib.save(img, str(tmp))
     return out

@@ -139,12 +139,7 @@ def save_weights(model: nn.Module, path: str | os.PathLike, card: dict[str, Any]
     try:
         tmp_w = write_temp(folder, w_path.name, blob)
         tmp_j = write_temp(folder, j_path.name, card_bytes)
-        if w_path.exists():  # keep the old weights until the card is in place too
-            backup = folder / f".{w_path.name}.{uuid.uuid4().hex}.bak"
-            try:
-                os.link(w_path, backup)
-            except OSError:  # no hard links on this file system
-                shutil.copy2(w_path, backup)
+        backup = _backup(w_path)  # the old weights stay until the card is in place too
         os.replace(tmp_w, w_path)
         tmp_w = None
         try:
@@ -166,6 +161,18 @@ def save_weights(model: nn.Module, path: str | os.PathLike, card: dict[str, Any]
                 with contextlib.suppress(OSError):
                     os.unlink(leftover)
     return full
+
+
+def _backup(w_path: Path) -> Path | None:
+    """A hidden copy (a hard link where the file system has them) of the weights a save replaces; None if none."""
+    if not w_path.exists():
+        return None
+    backup = w_path.parent / f".{w_path.name}.{uuid.uuid4().hex}.bak"
+    try:
+        os.link(w_path, backup)
+    except OSError:  # no hard links on this file system
+        shutil.copy2(w_path, backup)
+    return backup
 
 
 def _clear_leftovers(w_path: Path, j_path: Path) -> None:
