@@ -231,12 +231,42 @@ def test_a_torn_checkpoint_leaves_the_one_before_it(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(partial_module, "save_weights", second_ctrl_c_mid_write)
+    twice = Trainer(_config(tmp_path / "twice", checkpoint_every=4), samples)
     with pytest.raises(KeyboardInterrupt):  # at the first checkpoint: pretrain-denoiser's step 4
-        list(Trainer(_config(tmp_path / "twice", checkpoint_every=4), samples).run())
+        list(twice.run())
     monkeypatch.setattr(partial_module, "save_weights", real)
+    assert twice.kept_message().startswith("the checkpoint at step 4 of pretrain-denoiser")  # what the CLI prints
     records = list(Trainer(_config(tmp_path / "twice", checkpoint_every=4), samples).run())
     assert (records[0]["stage"], records[0]["stage_step"]) == ("pretrain-denoiser", 5)  # that checkpoint is whole
     _same_weights(tmp_path / "full", tmp_path / "twice")
+
+
+def test_a_checkpoint_of_an_earlier_version_still_resumes(tmp_path):
+    """Review 2026-12-06: a run folder whose in-stage checkpoint has the earlier single-set names (partial_optim,
+    partial_<network>) was started over without a word. It is read as a third slot."""
+    samples = _samples()
+    list(Trainer(_config(tmp_path / "full"), samples).run())
+    _crash_at(Trainer(_config(tmp_path / "old", checkpoint_every=4), samples), 87)  # round1-denoiser step 4, slot a
+    for p in (tmp_path / "old").glob("partial_a_*"):
+        p.rename(p.with_name(p.name.replace("partial_a_", "partial_")))
+    records = list(Trainer(_config(tmp_path / "old", checkpoint_every=4), samples).run())
+    assert (records[0]["step"], records[0]["stage_step"]) == (85, 5)
+    _same_weights(tmp_path / "full", tmp_path / "old")
+    assert not list((tmp_path / "old").glob("partial*"))
+
+
+def test_an_error_of_a_write_is_not_hidden_by_a_held_back_ctrl_c():
+    """Review 2026-12-06: a second Ctrl-C held back during a checkpoint write turned the write's own error (a full
+    disk) into a KeyboardInterrupt, so its message was never said."""
+    from napari_lidnet.io.interrupts import interrupt_now, uninterrupted
+
+    with pytest.raises(OSError, match="No space"), uninterrupted():
+        interrupt_now()
+        raise OSError(28, "No space left on device")
+    with pytest.raises(KeyboardInterrupt), uninterrupted():  # and a write that ends well: the Ctrl-C then
+        interrupt_now()
+    with uninterrupted():
+        pass  # nothing held back is left over
 
 
 class _Killed(BaseException):

@@ -6,7 +6,8 @@ Files in the run folder, without pickle, in two slots (``a``, ``b``): ``partial_
 .json`` (Adam's moments and the RNG state; the JSON holds the parameter groups, the schedule, the same stage/length/
 step and the tensors' SHA-256). A checkpoint is written into the slot that does not hold the newest whole one, so a
 kill (or a second Ctrl-C) mid-write leaves that one as it was: writing over the only set in place lost the whole
-stage's steps (review 2026-12-06). A resume takes the newest slot whose files all name the stage to run, its length
+stage's steps (review 2026-12-06). A resume takes the newest slot (the single set of earlier versions, ``partial_
+<network>``/``partial_optim``, counts as a third) whose files all name the stage to run, its length
 and the same step, with tensors matching their hash; when a slot for the stage exists and none is whole, the stage
 is run from its start (with a note). A resumed stage keeps the learning rate and schedule it was saved with.
 """
@@ -27,11 +28,14 @@ __all__ = ["PARTIAL", "SLOTS", "drop_partial", "load_partial", "save_partial", "
 
 PARTIAL = "partial"
 SLOTS = ("a", "b")
+#: the slots a resume looks in: the two, and the one set of earlier versions (a run folder from before them)
+READ_SLOTS = (*SLOTS, "")
 
 
 def _names(slot: str, network: str) -> tuple[str, str]:
-    """(network weights stem, optimiser stem) of one slot."""
-    return f"{PARTIAL}_{slot}_{network}", f"{PARTIAL}_{slot}_optim"
+    """(network weights stem, optimiser stem) of one slot ("": the earlier versions' names)."""
+    prefix = f"{PARTIAL}_{slot}_" if slot else f"{PARTIAL}_"
+    return f"{prefix}{network}", f"{prefix}optim"
 
 
 def where(stage: str, n_steps: int, step: int) -> dict[str, Any]:
@@ -41,7 +45,7 @@ def where(stage: str, n_steps: int, step: int) -> dict[str, Any]:
 
 def _meta(out: Path, slot: str) -> dict[str, Any]:
     try:
-        meta = json.loads((out / f"{PARTIAL}_{slot}_optim.json").read_text())
+        meta = json.loads((out / f"{_names(slot, '')[1]}.json").read_text())
     except (OSError, ValueError):
         return {}
     return meta if isinstance(meta, dict) else {}
@@ -89,7 +93,7 @@ def _whole(out: Path, slot: str, network: str, stage: str, n_steps: int) -> tupl
 
 
 def _newest_whole(out: Path, network: str, stage: str, n_steps: int) -> tuple[str, tuple] | None:
-    found = [(slot, w) for slot in SLOTS if (w := _whole(out, slot, network, stage, n_steps)) is not None]
+    found = [(slot, w) for slot in READ_SLOTS if (w := _whole(out, slot, network, stage, n_steps)) is not None]
     return max(found, key=lambda f: int(f[1][0]["step"])) if found else None
 
 
@@ -103,12 +107,12 @@ def load_partial(
 
     newest = _newest_whole(out, network, stage, n_steps)
     if newest is None:
-        metas = [m for m in (_meta(out, slot) for slot in SLOTS) if m.get("stage") == stage]
+        metas = [m for m in (_meta(out, slot) for slot in READ_SLOTS) if m.get("stage") == stage]
         other = next((m for m in metas if m.get("stage_steps") != n_steps), None)
         if other is not None:
             return 0, (f"the checkpoint at step {other.get('step')} of {stage} was made for "
                        f"{other.get('stage_steps')} steps, not {n_steps}: {stage} starts over")  # fmt: skip
-        if metas or any((out / f"{_names(slot, network)[0]}.json").exists() for slot in SLOTS):
+        if metas or any((out / f"{_names(slot, network)[0]}.json").exists() for slot in READ_SLOTS):
             return 0, f"the checkpoint inside {stage} is incomplete (a write was cut short): {stage} starts over"
         return 0, ""
     meta, blob, saved = newest[1]
@@ -129,9 +133,10 @@ def load_partial(
 
 def drop_partial(out: Path) -> None:
     """Remove a stage's partial checkpoints (the stage has finished; its end-of-stage checkpoint replaces them)."""
-    for slot in ("", *(f"{s}_" for s in SLOTS)):  # "": the one set of earlier versions
-        paths = [out / f"{PARTIAL}_{slot}optim.safetensors", out / f"{PARTIAL}_{slot}optim.json"]
-        paths += [p for net in ("denoiser", "detector") for p in weight_paths(out / f"{PARTIAL}_{slot}{net}")]
+    for slot in READ_SLOTS:
+        optim = _names(slot, "")[1]
+        paths = [out / f"{optim}.safetensors", out / f"{optim}.json"]
+        paths += [p for net in ("denoiser", "detector") for p in weight_paths(out / _names(slot, net)[0])]
         for path in paths:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

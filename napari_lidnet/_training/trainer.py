@@ -598,11 +598,11 @@ class Trainer:
         if self._live is None:
             return
         name, n_steps, network, model, opt, sched, step = self._live
-        if self.rank == 0:
-            with uninterrupted():  # a second Ctrl-C waits for a whole checkpoint
+        with uninterrupted():  # a second Ctrl-C waits for a whole checkpoint, and then says it is kept
+            if self.rank == 0:
                 save_partial(self.out, network, model, opt, sched, where(name, n_steps, step))
                 self._write_state()  # this run's command, with the steps it added
-        self._partial_at = (name, step)
+            self._partial_at = (name, step)
 
     def _drop_partial(self) -> None:
         self._live = self._partial_at = None

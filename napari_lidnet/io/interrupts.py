@@ -11,15 +11,20 @@ _state = {"depth": 0, "pending": False}
 
 @contextlib.contextmanager
 def uninterrupted() -> Iterator[None]:
-    """Inside, :func:`interrupt_now` waits: KeyboardInterrupt is raised when the (outermost) block ends."""
+    """Inside, :func:`interrupt_now` waits: KeyboardInterrupt is raised when the (outermost) block ends, unless it
+    ends with an error of its own (a full disk), which is then raised instead."""
     _state["depth"] += 1
     try:
         yield
-    finally:
+    except BaseException:  # an error of the write itself goes on as it is, with its own message
         _state["depth"] -= 1
-        if _state["depth"] == 0 and _state["pending"]:
+        if _state["depth"] == 0:
             _state["pending"] = False
-            raise KeyboardInterrupt
+        raise
+    _state["depth"] -= 1
+    if _state["depth"] == 0 and _state["pending"]:
+        _state["pending"] = False
+        raise KeyboardInterrupt
 
 
 def interrupt_now() -> None:
