@@ -527,3 +527,18 @@ def test_folders_of_png_slices_or_arrays_are_said_not_passed_by(archive, tmp_pat
                                          r"\.: 3 PNG slices not read"):  # fmt: skip
         run_batch(keys, tmp_path / "keys-out", "denoise", _denoiser())
     assert listing(tmp_path) == before
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_reader_workers_run_under_every_start_method(method):
+    """Review 2026-12-06: under forkserver (Python 3.14's default on Linux) a worker's parent is the fork server,
+    and the check meant for a parent that died first made every worker exit at once."""
+    import multiprocessing
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from napari_lidnet.io.reader_workers import reader_worker_init
+
+    loader = DataLoader(TensorDataset(torch.arange(4)), batch_size=None, num_workers=2,
+                        worker_init_fn=reader_worker_init, multiprocessing_context=multiprocessing.get_context(method))
+    assert sorted(int(x[0]) for x in loader) == [0, 1, 2, 3]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import sys
@@ -11,7 +10,9 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def end_with_parent() -> None:
-    """Have the kernel kill this process when its parent dies (Linux; elsewhere nothing).
+    """Have the kernel kill this process when its parent dies (Linux; elsewhere nothing). Under the forkserver start
+    method the parent is the fork server, which ends with the run (comparing with the run's own process made every
+    worker exit at once; review 2026-12-06).
 
     A DataLoader worker watches its parent only while it waits for work: killed with SIGKILL, the parent left a
     worker that had read ahead blocked for good on a full pipe (a batch run's series reader, walkthrough
@@ -20,10 +21,10 @@ def end_with_parent() -> None:
         return
     import ctypes
 
-    parent = multiprocessing.parent_process()
+    parent = os.getppid()  # the run's process (fork, spawn) or the fork server that lives as long as it
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if parent is not None and os.getppid() != parent.pid:  # the parent died before the call
+    if os.getppid() != parent:  # the parent died before the call
         os._exit(1)
 
 
