@@ -181,6 +181,12 @@ def test_docks_opened_before_the_window_is_shown_settle_as_tabs(make_napari_view
     canvas = viewer.window._qt_viewer.canvas.native
     qtbot.waitUntil(lambda: canvas.width() >= 0.6 * main.width(), timeout=5000)
     assert dock_of(widgets["denoise"]).width() >= 200
+    left = Qt.DockWidgetArea.LeftDockWidgetArea  # a dock the reader moves stays there when the window shows again
+    main.addDockWidget(left, dock_of(widgets["roi"]))
+    viewer.window._qt_window.hide()
+    viewer.window.show()
+    qtbot.wait(100)
+    assert main.dockWidgetArea(dock_of(widgets["roi"])) == left
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a display is an X or Wayland server on Linux only")

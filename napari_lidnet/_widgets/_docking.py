@@ -200,7 +200,7 @@ class DockHome(QObject):
 
     def _watch_window(self) -> None:
         """Watch the main window once it is known: docks opened while it was hidden (a script's show=False viewer)
-        count as closed, none tabbed, so each settles again when the window is shown."""
+        count as closed, none tabbed, so each settles again when the window is first shown."""
         dock = dock_of(self._widget)
         main = dock.parentWidget() if dock is not None else None
         if isinstance(main, QMainWindow) and not self._watching:  # a flag: a reference would keep the viewer alive
@@ -211,8 +211,10 @@ class DockHome(QObject):
         """A parent change (docking) schedules a settle once napari has placed the dock; losing the parent after
         being docked is the dock's closing. The main window's showing settles again."""
         if obj is not self._widget:
-            if event.type() == QEvent.Type.Show and not self._closed:
-                QTimer.singleShot(0, self.settle)
+            if event.type() == QEvent.Type.Show:  # the first showing only: a dock the user moved since stays put
+                obj.removeEventFilter(self)
+                if not self._closed:
+                    QTimer.singleShot(0, self.settle)
             return False
         if event.type() == QEvent.Type.ParentChange:
             if self._widget.parentWidget() is not None:
