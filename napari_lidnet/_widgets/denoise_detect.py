@@ -323,7 +323,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
 
     def refresh_layers(self, renamed: dict[str, str] | None = None) -> None:
         """Refill the image choices; keeps the current choice (under its new name after a rename), else prefers
-        the active layer."""
+        the active layer, else the topmost low-dose image that names its normal dose."""
         current = renamed_to(self.image_combo.currentText(), renamed)
         names = [ly.name for ly in self._image_layers()]
         active = self.viewer.layers.selection.active
@@ -334,6 +334,10 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
             self.image_combo.setCurrentText(current)
         elif active is not None and active.name in names:
             self.image_combo.setCurrentText(active.name)
+        else:  # a low-dose image over its reference (the sample): the one to denoise, not the first listed
+            low = [ly.name for ly in self._image_layers() if ly.metadata.get("normal_dose")]
+            if low:
+                self.image_combo.setCurrentText(low[-1])
         self.image_combo.blockSignals(False)
 
     def refresh_models(self) -> None:
