@@ -181,3 +181,5 @@ def test_a_slice_of_a_dataset_opens_with_its_pixel_size_and_boxes(tmp_path):
     for folder in (root, root / "low", root / "full"):
         with pytest.raises(ValueError, match=r"a lidnet dataset's slices .*not one volume: open one of its PNG files"):
             open_ct(folder)
+    (root / "full" / f"{samples[1].name}.png").unlink()  # another slice gone: this one still opens (review 12-06)
+    assert open_ct(root / "full" / f"{samples[0].name}.png")[0].spacing == (samples[0].spacing_mm,) * 2

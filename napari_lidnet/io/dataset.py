@@ -171,6 +171,22 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def slice_entry(path: str | Path, file: str) -> tuple[float, np.ndarray] | None:
+    """(pixel size in mm, boxes (N, 4)) that a dataset's tables give one slice file, None when slices.csv does not
+    list it; only that slice's rows are used (the other files need not be there)."""
+    path = Path(path)
+    row = next((r for r in _read_csv(path / "slices.csv") if r.get("file") == file), None)
+    if row is None:
+        return None
+    try:
+        spacing = float(row["spacing_mm"])
+        boxes = [[float(r[k]) for k in ("x1", "y1", "x2", "y2")] for r in _read_csv(path / "lesions.csv")
+                 if r.get("file") == file]  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{path}: slices.csv or lesions.csv has a malformed row for {file}") from None
+    return spacing, np.array(boxes, np.float32).reshape(-1, 4)
+
+
 def read_dataset(path: str | Path, lazy: bool = False) -> list[Sample]:
     """All samples of a dataset folder, in slices.csv order; ``lazy`` reads pixels only when accessed."""
     path = Path(path)

@@ -8,7 +8,7 @@ import numpy as np
 
 from .arrays import ARRAY_SUFFIXES, read_array
 from .checks import note_image_problems
-from .dataset import is_dataset, read_dataset, read_info
+from .dataset import is_dataset, read_info, slice_entry
 from .dicom_read import read_dicom
 from .dicom_scan import SeriesInfo, looks_like_dicom
 from .dicom_scan import list_series as _list_dicom_series
@@ -121,15 +121,16 @@ def _dataset_root(path: Path) -> Path | None:
 def _dataset_slice(path: Path, root: Path) -> CTVolume:
     """One slice of a lidnet dataset with its pixel size (slices.csv) and lesion boxes (lesions.csv): it was read
     as a DeepLesion slice at an assumed 1 mm (a fresh-install walkthrough, 2026-12-06)."""
-    sample = next((s for s in read_dataset(root, lazy=True) if f"{s.name}.png" == path.name), None)
-    if sample is None:
+    entry = slice_entry(root, path.name)
+    if entry is None:
         raise ValueError(f"{path}: not listed in {root / 'slices.csv'}")
-    boxes = np.concatenate([np.zeros((len(sample.boxes), 1), np.float32), sample.boxes], axis=1)
+    spacing, found = entry
+    boxes = np.concatenate([np.zeros((len(found), 1), np.float32), found], axis=1)
     meta = {"format": "lidnet-dataset", "source": str(path), "dataset": str(root), "orientation_unknown": True}
     dose = read_info(root).get("dose")
     if path.parent.name == "low" and isinstance(dose, int | float):
         meta["dose"] = float(dose)
-    return CTVolume(read_png_hu(path), (sample.spacing_mm,) * 2, boxes=boxes, name=f"{path.parent.name} {path.stem}",
+    return CTVolume(read_png_hu(path), (spacing, spacing), boxes=boxes, name=f"{path.parent.name} {path.stem}",
                     metadata=meta)  # fmt: skip
 
 
