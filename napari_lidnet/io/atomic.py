@@ -88,14 +88,13 @@ def check_new(path: str | os.PathLike) -> Path:
     return path
 
 
-def open_new(path: str | os.PathLike, **kwargs: Any) -> IO[str]:
-    """Open a new text file for writing (``open`` keyword arguments: ``newline``, ``encoding``...); FileExistsError
-    when ``path`` exists, even when it appeared a moment ago (an exclusive open: outputs never overwrite)."""
-    path = check_new(path)
-    try:
-        return path.open("x", **kwargs)
-    except FileExistsError:
-        raise _exists_error(path) from None
+@contextlib.contextmanager
+def open_new(path: str | os.PathLike, **kwargs: Any) -> Iterator[IO[str]]:
+    """Open a new text file for writing (``open`` keyword arguments: ``newline``, ``encoding``...), written under a
+    temporary name and given its name when the block ends (:func:`new_file`); FileExistsError when ``path`` exists,
+    even when it appeared a moment ago: outputs never overwrite."""
+    with new_file(path) as tmp, open(tmp, "x", **kwargs) as fh:
+        yield fh
 
 
 def partial_name(out: Path) -> Path:

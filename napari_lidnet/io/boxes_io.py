@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import check_new, new_file
+from .atomic import check_new, open_new
 from .volume import CTVolume, n_slices, per_slice
 
 COLUMNS = ("slice", "x1", "y1", "x2", "y2", "score")
@@ -98,7 +98,7 @@ def write_boxes_csv(
         for i, r in enumerate(rows)
     ]
     fields = [*COLUMNS, *sizes, *lesion, *slices]
-    with new_file(path) as tmp, open(tmp, "x", newline="") as fh:  # no half-written file (disk full, killed)
+    with open_new(path, newline="") as fh:  # no half-written file (disk full, killed)
         if path.suffix.lower() == ".json":
             units = ("slice and x1, y1, x2, y2 in pixels (edges: pixel i spans [i, i + 1)) of the image as read: "
                      "a DICOM series in its stored pixel order, slices along its normal; a NIfTI file turned to "

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import check_new
+from .atomic import check_new, new_file
 from .dicom_values import tag_value
 from .dicom_write import derived_series_number, stand_in_uid
 
@@ -343,5 +343,6 @@ def write_sr(
     ds.ContentSequence = [*_context(), procedure, *library, measurements]
     if used and series_uid:
         ds.CurrentRequestedProcedureEvidenceSequence = _evidence(used, ds.StudyInstanceUID, series_uid)
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    with new_file(path) as tmp:  # whole or not at all
+        pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
     return path
