@@ -107,7 +107,7 @@ def main() -> None:
         rows.append(res)
     base = rows[0]["slices_per_s"]["round"]
     print(f"device {a.device}, {a.threads} thread(s) per process, {a.batch_per_proc} patches of {a.patch}^2 "
-          f"per process and step, fastdn + detector, one LIDnet round")  # fmt: skip
+          f"per process and step, the shipped pair, one LIDnet round")  # fmt: skip
     print("| processes | global batch | denoiser step (slices/s) | detector step (slices/s) | round (slices/s) "
           f"| vs {a.procs[0]} |")  # fmt: skip
     print("|---|---|---|---|---|---|")
