@@ -54,8 +54,13 @@ def write_atomically(path: str | os.PathLike, data: bytes) -> None:
 
 def fsync_dir(folder: Path) -> None:
     """Flush a folder's entries (a rename) to disk, where the file system allows it."""
+    _fsync(folder)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a folder's entries, to disk where the file system allows it."""
     with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
@@ -103,18 +108,9 @@ def partial_name(out: Path) -> Path:
     return out.with_name(f".{out.name}{PARTIAL_MARK}{os.getpid()}.{uuid.uuid4().hex[:8]}{''.join(out.suffixes)}")
 
 
-def _fsync_file(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def publish(tmp: Path, out: Path) -> None:
     """Give the written file ``tmp`` its name ``out``, never replacing a file that appeared there meanwhile."""
-    _fsync_file(tmp)
+    _fsync(tmp)
     try:
         os.link(tmp, out)  # fails, replacing nothing, when out exists
     except FileExistsError:
@@ -171,7 +167,7 @@ def new_folder(out_dir: str | os.PathLike) -> Iterator[Path]:
         with _named_as(tmp, out_dir):
             yield tmp
             for f in os.listdir(tmp):
-                _fsync_file(tmp / f)
+                _fsync(tmp / f)
             fsync_dir(tmp)
             if existing:
                 for f in sorted(os.listdir(tmp)):
