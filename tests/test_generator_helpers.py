@@ -60,10 +60,12 @@ def test_open_new_refuses_existing(tmp_path):
     message = "out.csv already exists; outputs never overwrite: choose a new name"
     with pytest.raises(FileExistsError, match=message):
         check_new(path)
-    with pytest.raises(FileExistsError, match=message):
-        open_new(str(path))
+    with pytest.raises(FileExistsError, match=message), open_new(str(path)):
+        pass
     assert path.read_text() == "a\n"
     link = tmp_path / "dangling.csv"
-    link.symlink_to(tmp_path / "nowhere")  # exists() is False, the exclusive open still refuses
-    with pytest.raises(FileExistsError, match="dangling.csv already exists"):
-        open_new(link)
+    link.symlink_to(tmp_path / "nowhere")  # exists() is False, the name is taken all the same: refused
+    with pytest.raises(FileExistsError, match="dangling.csv already exists"), open_new(link) as fh:
+        fh.write("b\n")
+    assert link.is_symlink() and not (tmp_path / "nowhere").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling.csv", "out.csv"]  # no temporary file left
