@@ -129,6 +129,8 @@ def _named_as(tmp: Path, out: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
+        if exc.errno is None:  # a message of its own (outputs never overwrite)
+            raise
         if exc.filename is None:  # a failed write names no file
             exc.filename = str(out)
         elif str(exc.filename).startswith(str(tmp)):
