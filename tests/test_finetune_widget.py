@@ -114,6 +114,13 @@ def test_one_click_run_improves_and_publishes(make_napari_viewer, qtbot, model_d
     texts = [widget.start_denoiser_combo.itemText(i) for i in range(widget.start_denoiser_combo.count())]
     assert "site-b (user)" in texts  # one name for the pair, as typed
     assert widget.name_edit.text() != "site-b"
+    # walkthrough 2026-12-06: a model that scored below its start on the held-out slices was selected all the same
+    import dataclasses
+
+    denoise.denoiser_combo.setCurrentIndex(0)
+    widget._on_returned(dataclasses.replace(out, improved=False))
+    assert denoise.denoiser_combo.currentIndex() == 0 and "listed in the denoise widget, not selected" in \
+        widget.status.text(), widget.status.text()  # fmt: skip
 
 
 def test_scans_without_lesion_boxes_fine_tune_both_networks_with_synthetic_lesions(

@@ -507,12 +507,14 @@ class FineTuneWidget(QWidget):
         if outcome.exported:
             name = Path(outcome.exported[0]).name.rsplit("_", 1)[0]
             self.stage_label.setText(f"{outcome.status}: saved as {name}")  # not the "saving ..." of the last record
-            n = refresh_denoise_widgets(self.viewer, select=name)
+            worse = getattr(outcome, "improved", None) is False  # walkthrough 2026-12-06: selected all the same
+            n = refresh_denoise_widgets(self.viewer, select=None if worse else name)
             self.refresh_models()
             taken = self.name_edit.text().strip() == name  # the name was trimmed when saved
             self.name_edit.setText(default_model_name() if taken else self.name_edit.text())
             if n:
-                text += "; selected in the denoise widget (the shipped default stays first in its list)"
+                text += ("; listed in the denoise widget, not selected" if worse else
+                         "; selected in the denoise widget (the shipped default stays first in its list)")
         self._message(text)
 
     def _on_finished(self) -> None:
