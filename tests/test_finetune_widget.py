@@ -179,6 +179,8 @@ def test_stop_ends_the_run_and_keeps_the_best_so_far(make_napari_viewer, qtbot, 
     info = load_weights(model_dir / "stopped_denoiser")[1]["training"]["finetune"]
     assert info["stopped_early"] and info["dose"] == pytest.approx(0.1)
     assert info["images"][0]["name"] == "full-dose CT"
+    # walkthrough 2026-12-06: Start after a Stop began a new run from the old start without a word
+    assert "Start begins a new run: to go on from this one, pick stopped as the start" in widget.status.text()
 
 
 def test_bad_data_gives_a_message_and_starts_nothing(make_napari_viewer, qtbot, model_dir: Path, tmp_path) -> None:
@@ -245,6 +247,8 @@ def test_default_boxes_are_reviewed_or_drawn_never_raw_detections(make_napari_vi
     assert "unreviewed detections" in widget._boxes_note()
     widget.set_source("dicom")  # a folder without annotations gets the starting detector's boxes: said at start
     assert "starting detector's boxes" in widget._boxes_note()
+    widget.insert_spin.setValue(0.5)  # with synthetic lesions it takes none (walkthrough 2026-12-06: said it did)
+    assert widget._boxes_note() == ", on synthetic lesions inserted into the folder's scans"
 
 
 def test_normal_dose_pick_follows_the_metadata_and_refuses_low_dose(make_napari_viewer, qtbot, model_dir) -> None:
@@ -406,6 +410,7 @@ def test_a_plan_of_hours_runs_on_a_second_start_and_a_run_stopped_before_a_model
     wait_done(widget, qtbot, worker)
     assert widget.outcome.status == "stopped" and not widget.outcome.exported
     assert "no model was saved" in widget.outcome.message
+    assert not widget.outcome.notes  # nothing said about a model there is not (walkthrough 2026-12-06)
     assert not widget.run_dir.exists()  # its partial checkpoints serve no one
     assert widget.start() is None and "press Start again" in widget.status.text()  # asked again next time
 

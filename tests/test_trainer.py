@@ -597,7 +597,7 @@ def test_the_start_says_what_the_input_scores_and_when_the_references_are_noisy(
     messages = run(clean, tmp_path / "clean")
     state = json.loads((tmp_path / "clean" / "state.json").read_text())
     val = state["input_metrics"]
-    assert f"(the low-dose input itself: psnr {val['psnr']:.2f} dB)" in messages[0], messages
+    assert f"(the low-dose input itself: PSNR {val['psnr']:.2f} dB)" in messages[0], messages
     assert 35 < val["added_noise_hu"] < 45 and val["reference_noise_hu"] < 5  # 40 HU added to clean references
     assert not any("noise of their own" in m for m in messages) and not state.get("notes")
     rng = np.random.default_rng(1)

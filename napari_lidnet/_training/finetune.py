@@ -415,6 +415,7 @@ def finetune_job(
             shutil.rmtree(req.config.out, ignore_errors=True)
             outcome.run_dir = None
             outcome.message = "stopped before the first round finished: no model was saved (the starting models stay)"
+            outcome.notes.clear()  # what the numbers of a saved model would not mean: there is none
         else:
             yield {"stage": "export", "message": f"saving {req.name}"}
             _publish(req, outcome, info, outcome.status == "stopped")

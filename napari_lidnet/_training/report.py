@@ -117,5 +117,5 @@ def format_table(result: dict[str, Any]) -> str:
 def input_text(rec: dict[str, Any]) -> str:
     """What the start's validation record says of the input itself: its PSNR without denoising, and the notes."""
     base = rec.get("input") or {}
-    text = f" (the low-dose input itself: psnr {base['psnr']:.2f} dB)" if "psnr" in base else ""
+    text = f" (the low-dose input itself: PSNR {base['psnr']:.2f} dB)" if "psnr" in base else ""
     return text + "".join(f"; note: {n}" for n in rec.get("notes") or [])

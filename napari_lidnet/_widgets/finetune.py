@@ -395,6 +395,8 @@ class FineTuneWidget(QWidget):
         data = self.data_box.values()
         if self.settings()["mode"] == "pixel":
             return ""
+        if data["source"] == "dicom" and self.settings()["insert_lesions"]:  # then no detected box is taken
+            return ", on synthetic lesions inserted into the folder's scans"
         if data["source"] == "dicom":  # series without annotations get the starting detector's boxes
             return (", on the starting detector's boxes where the folder has no annotations (the detector may learn "
                     "its own false positives)")  # fmt: skip
@@ -515,6 +517,8 @@ class FineTuneWidget(QWidget):
             if n:
                 text += ("; listed in the denoise widget, not selected" if worse else
                          "; selected in the denoise widget (the shipped default stays first in its list)")
+            if outcome.status == "stopped":  # walkthrough 2026-12-06: Start then began anew without a word
+                text += f"; Start begins a new run: to go on from this one, pick {name} as the start"
         self._message(text)
 
     def _on_finished(self) -> None:
