@@ -73,6 +73,14 @@ def test_docks_are_tabs_and_the_canvas_keeps_the_width(room) -> None:
     assert dock_of(widgets["denoise"]).width() <= 300
     demo.raise_tab(widgets["finetune"])  # its layer list spans the column (beside a label it was 74 px: "low-dos…")
     assert widgets["finetune"].data_box.image_list.width() >= 0.7 * dock_of(widgets["finetune"]).width()
+    from qtpy.QtWidgets import QAbstractSpinBox, QApplication, QLineEdit
+
+    widgets["finetune"].advanced_button.click()  # walkthrough 2026-12-06: the rate read "0.00", the name its end
+    QApplication.processEvents()
+    fields = [*widgets["finetune"].findChildren(QAbstractSpinBox), *widgets["finetune"].findChildren(QLineEdit)]
+    cut = [(type(f).__name__, f.text() if hasattr(f, "text") else "", f.width(), f.sizeHint().width()) for f in fields
+           if f.isVisible() and not isinstance(f.parent(), QAbstractSpinBox) and f.width() < f.sizeHint().width()]
+    assert not cut, cut  # every number and name shown whole
     roi = widgets["roi"]
     assert dock_of(roi).height() >= 250 and roi.table.viewport().height() >= 150  # a table one can read
     assert roi.canvas.height() >= 150 and roi.table.width() >= 400

@@ -257,6 +257,7 @@ class DataBox(QGroupBox):
         self.source_combo.currentIndexChanged.connect(self._on_source)
         self.dose_spin = spin_box(0.05, 1.0, 0.25, 2, 0.05)
         form = QFormLayout(self)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapAllRows)
         form.addRow("source", self.source_combo)
         form.addRow(self.pages)
         form.addRow("dose fraction", self.dose_spin)
@@ -378,6 +379,7 @@ class ModelBox(QGroupBox):
         self.name_edit = QLineEdit(default_model_name())
         self.start_denoiser_combo, self.start_detector_combo = QComboBox(), QComboBox()
         form = QFormLayout(self)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapAllRows)  # the narrow column: each label above its field
         form.addRow("new model name", self.name_edit)
         form.addRow("start denoiser", self.start_denoiser_combo)
         form.addRow("start detector", self.start_detector_combo)
@@ -406,6 +408,7 @@ class AdvancedBox(QWidget):
         self._create_fields()
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapAllRows)  # beside its label a rate read "0.00" (clipped)
         rows = (
             ("losses", self.mode_combo),
             ("rounds", self.rounds_spin),
