@@ -495,3 +495,33 @@ def test_the_start_pickers_keep_their_choice_when_the_models_are_listed_again(
     assert widget.start_detector_combo.currentText() == "tiny (user)"
     listed = [widget.start_denoiser_combo.itemText(i) for i in range(widget.start_denoiser_combo.count())]
     assert listed[0] == "default (shipped)" and listed[-1] == SCRATCH_ITEM and "tiny (user)" in listed
+
+
+def test_the_training_plot_stays_readable_in_the_narrow_column(qtbot) -> None:
+    """Walkthrough 2026-12-06: in the reading room's 247 px column the two-column legend beside the layout squeezed
+    both panels to a few pixels, its entries cut. The legend takes one column above the panels, which keep the
+    width; it stays so when the column is resized."""
+    from napari_lidnet._widgets.loss_plot import TrainingPlot
+
+    plot = TrainingPlot()
+    qtbot.addWidget(plot)
+    plot.resize(247, 360)
+    plot.show()
+    qtbot.waitExposed(plot)
+    for step in range(1, 6):
+        plot.add_record({"stage": "round1-denoiser", "step": step,
+                         "losses": {"pixel": 1 / step, "detection": 2 / step, "ROI perceptual": 0.5 / step}})
+        plot.add_record({"stage": "round1-detector", "step": step, "losses": {"detection": 3 / step}})
+    plot.add_record({"stage": "validate", "step": 5, "val": {"psnr": 40.2, "sensitivity": 0.7}})
+    plot.redraw()
+    for width in (247, 420, 247):
+        plot.resize(width, 360)
+        qtbot.wait(50)
+        plot.canvas.draw()
+        renderer = plot.figure.canvas.get_renderer()
+        fig = plot.figure.bbox
+        for ax in (plot.ax_loss, plot.ax_val):
+            assert ax.get_window_extent(renderer).width >= 0.45 * fig.width, (width, ax.get_window_extent(renderer))
+        legend = plot.ax_loss.get_legend().get_window_extent(renderer)
+        assert fig.x0 - 1 <= legend.x0 and legend.x1 <= fig.x1 + 1 and legend.y1 <= fig.y1 + 1, (width, legend)
+        assert legend.y0 >= plot.ax_loss.get_window_extent(renderer).y1 - 1  # above the curves, not over them

@@ -6,10 +6,12 @@ every ``interval_ms`` (a validation record redraws at once), so a fast run does 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any
 
+import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 from qtpy.QtCore import QTimer
@@ -118,8 +120,9 @@ class TrainingPlot(QWidget):
             self.ax_loss.set_yscale("log")
             self.ax_loss.yaxis.set_minor_locator(NullLocator())  # dozens of minor ticks made each draw slow
             handles = [self._lines[name] for name in sorted(self._lines)]
-            self.ax_loss.legend(handles=handles, fontsize=6.5, loc="lower center", bbox_to_anchor=(0.5, 1.0),
-                                ncols=2 if len(handles) > 1 else 1, frameon=False)  # fmt: skip
+            legend = self.ax_loss.legend(handles=handles, fontsize=6.5, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+                                         ncols=1, frameon=False)  # fmt: skip
+            legend.set_in_layout(False)  # in the layout, a wide legend squeezed the panels to a few pixels
         psnr = [(s, v["psnr"]) for s, _, v in self.validation if "psnr" in v]
         sens = [(s, v["sensitivity"]) for s, _, v in self.validation if "sensitivity" in v]
         self._psnr_line.set_data(*(zip(*psnr) if psnr else ([], [])))
@@ -128,5 +131,21 @@ class TrainingPlot(QWidget):
             ax.relim()
             ax.autoscale_view(scaley=ax is not self.ax_sens)  # sensitivity keeps 0..1; its steps widen the x-axis
         if new:
+            self._layout()
+        self.canvas.draw_idle()
+
+    def _layout(self) -> None:
+        """The panels laid out for the canvas as it is, with room above the loss panel for its legend (one column:
+        two were wider than the reading room's column)."""
+        with contextlib.suppress(ValueError, np.linalg.LinAlgError):  # a canvas too small to lay out: as it was
             self.figure.tight_layout()
+            legend = self.ax_loss.get_legend()
+            if legend is not None and self.figure.bbox.height > 0:
+                height = legend.get_window_extent(self.canvas.get_renderer()).height / self.figure.bbox.height
+                self.figure.subplots_adjust(top=max(self.figure.subplotpars.top - height, 0.45))
+
+    def resizeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
+        """A resized column lays the panels out again (the legend's share of the height changes)."""
+        super().resizeEvent(event)
+        self._layout()
         self.canvas.draw_idle()
