@@ -396,3 +396,14 @@ def test_a_reference_noisier_than_the_image_is_said():
     assert said == {("tissue", "denoised"), ("small", "denoised")}, [(r["image"], r["note"]) for r in rows]
     clean_ref = {"ref": clean, "denoised": images["denoised"]}
     assert "noisier" not in compare_regions(clean_ref, regions[:1], "ref")[1]["note"]
+
+
+def test_a_uniform_region_says_why_it_has_no_snr():
+    """Walkthrough 2026-12-06: a region of SD 0 left the SNR cell blank without a word, and the table printed 0 as
+    "0" beside "0.005372" and "4.62"."""
+    from napari_lidnet._widgets._roi_table import format_value
+
+    flat = np.full((32, 32), 40.0, np.float32)
+    (row,) = compare_regions({"flat": flat}, [Region("r", "rectangle", rect(4, 4, 20, 20))])
+    assert math.isnan(row["snr"]) and "SNR not given: SD 0" in row["note"], row["note"]
+    assert [format_value(v) for v in (0.0, 0.005372, 4.62, 123456.0, 7)] == ["0.00", "0.00537", "4.62", "1.23e+05", "7"]

@@ -44,7 +44,7 @@ COLUMN_INDEX = {key: i for i, (key, _) in enumerate(COLUMNS)}
 
 
 def format_value(value: Any) -> str:
-    """Table text: '' for None/NaN, 4 significant digits (at least 2 decimals for mid-size values)."""
+    """Table text: '' for None/NaN, 2 decimals from 0.01 to 1e5 (0 too), 3 significant digits beyond."""
     if value is None:
         return ""
     if isinstance(value, str):
@@ -56,7 +56,9 @@ def format_value(value: Any) -> str:
         return "inf" if v > 0 else "-inf"
     if isinstance(value, (int, np.integer)):
         return str(int(value))
-    return f"{v:.2f}" if 1 <= abs(v) < 1e5 else f"{v:.4g}"
+    if v == 0:
+        return "0.00"  # as its neighbours in a column of decimals (it read "0" beside "4.62")
+    return f"{v:.2f}" if 0.01 <= abs(v) < 1e5 else f"{v:.3g}"
 
 
 def finite(value: Any) -> float:
