@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_lidnet.io.arrays import ARRAY_SUFFIXES
-from napari_lidnet.io.atomic import remove_stale_partials
+from napari_lidnet.io.atomic import remove_stale_partials, write_atomically
 from napari_lidnet.io.checks import CT_MODALITIES, ct_problem, one_line, os_reason
 from napari_lidnet.io.folder_lock import FolderInUse, FolderLock
 from napari_lidnet.io.nifti import is_nifti, is_our_denoised, nifti_stem
@@ -280,9 +280,7 @@ def _stamps(out_dir: Path) -> dict[str, str]:
 def _record_stamp(final: Path, source: Any) -> None:
     """Record the stamp of the source ``final`` was written from (rewritten whole, atomically)."""
     stamps = {**_stamps(final.parent), final.name: _stamp(source)}
-    tmp = final.parent / f"{PARTIAL}{SOURCES}"
-    tmp.write_text(json.dumps(stamps, indent=1, sort_keys=True))
-    os.replace(tmp, final.parent / SOURCES)
+    write_atomically(final.parent / SOURCES, json.dumps(stamps, indent=1, sort_keys=True).encode())
 
 
 def _plan(items: list, out_dir: Path, task: str, report: BatchReport, progress: Progress | None) -> list:
