@@ -91,3 +91,24 @@ def test_cli_help_and_bad_input(run, tmp_path):
     assert res.returncode == 2
     assert "dose" in res.stderr.lower()
     assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir())
+
+
+def test_every_folder_of_the_package_is_a_listed_package():
+    """setup.cfg's package search finds every folder of napari_lidnet (the weights folder too, so the build neither
+    warns that it "would be ignored" nor relies on that warning's fallback to ship the shipped models)."""
+    import configparser
+
+    from setuptools import find_namespace_packages, find_packages
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    find = {"find:": find_packages, "find_namespace:": find_namespace_packages}[cfg["options"]["packages"].strip()]
+    opts = cfg["options.packages.find"]
+    found = set(find(where=str(REPO), include=opts["include"].split(), exclude=opts.get("exclude", "").split()))
+    folders = {
+        ".".join(p.relative_to(REPO).parts)
+        for p in [SOURCE, *SOURCE.rglob("*")]
+        if p.is_dir() and "__pycache__" not in p.parts
+    }
+    assert folders - found == set(), "folders the wheel would not list as packages"
+    assert not {name for name in found if "__pycache__" in name}
