@@ -464,6 +464,19 @@ def test_resume_with_other_settings_is_refused_naming_the_difference(tmp_path):
     for key, value in (("insert_lesions", 0.5), ("roi_boxes", "predicted"), ("roi_levels", (0,))):
         with pytest.raises(ValueError, match=rf"{key}: run "):
             check_resume(state, TrainConfig(**{**cfg.to_dict(), key: value}))
+    # a pixel-loss run (or one with no ROI term) never reads the ROI settings: changing them does not block it
+    for base in ({"mode": "pixel"}, {"roi_weight": 0.0}, {"mode": "lidnet-noroi"}):
+        run_cfg = TrainConfig(**{**cfg.to_dict(), **base})
+        pixel = {"config": run_cfg.to_dict(), "done": ["validate-start"]}
+        check_resume(pixel, TrainConfig(**{**run_cfg.to_dict(), "roi_boxes": "both", "roi_margin": 0.5}))
+    whole = TrainConfig(**{**cfg.to_dict(), "mode": "lidnet-wholeperc"})
+    check_resume({"config": whole.to_dict()}, TrainConfig(**{**whole.to_dict(), "roi_boxes": "both"}))
+    with pytest.raises(ValueError, match=r"roi_levels: run "):  # the whole-image perceptual term reads the levels
+        check_resume({"config": whole.to_dict()}, TrainConfig(**{**whole.to_dict(), "roi_levels": (0,)}))
+    with pytest.raises(ValueError, match=r"roi_margin: run "):  # a pixel run resumed as a lidnet run reads it now
+        pixel = TrainConfig(**{**cfg.to_dict(), "roi_weight": 0.0})
+        check_resume({"config": pixel.to_dict()}, TrainConfig(**{**pixel.to_dict(), "roi_weight": 0.3,
+                                                                  "roi_margin": 0.5}))  # fmt: skip
 
 
 def test_cli_resume_with_another_architecture_is_refused(tmp_path, capsys, models):

@@ -36,6 +36,15 @@ RESUME_KEYS = (
     "roi_levels",
 )
 _PATH_KEYS = ("data", "init_denoiser", "init_detector")
+#: the modes whose denoiser loss reads each ROI setting (with a non-zero ``roi_weight``); others ignore them
+_ROI_MODES = {"roi_boxes": ("lidnet",), "roi_score": ("lidnet",), "roi_margin": ("lidnet",),
+              "roi_levels": ("lidnet", "lidnet-wholeperc")}  # fmt: skip
+
+
+def _read(key: str, config: dict[str, Any]) -> bool:
+    """Whether a run with ``config`` reads setting ``key`` (a pixel-loss run never reads the ROI settings)."""
+    modes = _ROI_MODES.get(key)
+    return modes is None or (config.get("mode", "lidnet") in modes and bool(config.get("roi_weight", 1.0)))
 
 
 def _comparable(key: str, value: Any) -> Any:
@@ -54,7 +63,7 @@ def resume_differences(state: dict[str, Any], config: Any) -> list[str]:
     now = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     diffs = []
     for key in RESUME_KEYS:
-        if key not in saved:
+        if key not in saved or not (_read(key, saved) or _read(key, now)):
             continue
         old, new = _comparable(key, saved[key]), _comparable(key, now.get(key))
         if old != new:
