@@ -471,4 +471,3 @@ def _worse_note(est: dict) -> str:
     noise = (est["start"]["noise_sd_hu"], est["adapted"]["noise_sd_hu"])
     return (f". Note: the adapted model leaves more noise ({noise[0]:.1f} -> {noise[1]:.1f} HU) and no sharper "
             "edges than the starting one: keep using the starting model, or adapt for more steps")  # fmt: skip
-    return ""
