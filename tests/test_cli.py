@@ -377,13 +377,19 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_simulate_random_domain_records_each_slice_scanner(tmp_path):
-    """`--domain random` draws a body part and a scanner per slice and records them; negatives carry no box."""
+def test_simulate_random_domain_records_each_slice_scanner(tmp_path, capsys):
+    """`--domain random` draws a body part and a scanner per slice and records them; negatives carry no box. Its
+    progress in a log (stderr not a terminal) is a line per tenth, not one line of carriage returns."""
     import csv
 
     out = tmp_path / "rand"
     assert main(["simulate", "--out", str(out), "--n", "4", "--size", "64", "--domain", "random",
                  "--negatives", "1", "--kinds", "head,chest", "--seed", "5"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert lines[:5] == [f"simulated {i}/4 slices" for i in range(1, 5)] + [lines[4]], lines
+    assert lines[4].startswith("wrote 4 slice pairs with randomised scanners")
     rows = list(csv.DictReader((out / "scanner.csv").open()))
     assert [r["file"] for r in rows] == [f"{s.name}.png" for s in read_dataset(out)]
     assert {r["kind"] for r in rows} <= {"head", "chest"}

@@ -135,12 +135,13 @@ def open_single(path: str, series_uid: str | None = None):
     return volumes[0]
 
 
-def print_progress(done: int, total: int) -> None:
-    """``done/total slices`` on one rewritten line on a terminal; in a log, a line per tenth of the work."""
+def print_progress(done: int, total: int, verb: str = "") -> None:
+    """``[verb ]done/total slices`` on one rewritten line on a terminal; in a log, a line per tenth of the work."""
+    text = f"{verb} {done}/{total} slices" if verb else f"{done}/{total} slices"
     if sys.stderr.isatty():
-        print(f"\r{done}/{total} slices", end="" if done < total else "\n", file=sys.stderr, flush=True)
+        print(f"\r{text}", end="" if done < total else "\n", file=sys.stderr, flush=True)
     elif done == total or new_tenth(done, total):
-        print(f"{done}/{total} slices", file=sys.stderr, flush=True)
+        print(text, file=sys.stderr, flush=True)
 
 
 def new_tenth(done: int, total: int) -> bool:

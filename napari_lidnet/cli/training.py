@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from .common import (
     load_model_arg,
     new_tenth,
     open_checked,
+    print_progress,
     stop_status,
     threshold_note,
 )
@@ -31,17 +33,15 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     check_writable(Path(args.out))
 
-    def progress(i: int, n: int) -> None:
-        print(f"\rsimulated {i}/{n} slices", end="", file=sys.stderr, flush=True)
-
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    progress = partial(print_progress, verb="simulated")  # one rewritten line on a terminal, a line a tenth in a log
     out = simulate_dataset(
         args.out, n=args.n, dose=args.dose, seed=args.seed, kind=args.kind, size=args.size, progress=progress,
         domain=args.domain, negatives=args.negatives, kinds=kinds, lesions=args.lesions, target=args.target,
     )  # fmt: skip
     dose = f"at dose {args.dose:g}" if args.domain == "fixed" else "with randomised scanners (scanner.csv)"
     profile = "" if args.lesions == "standard" else f", {args.lesions} lesions (lesion_info.csv)"
-    print(f"\nwrote {args.n} slice pairs {dose}{profile} to {out}", file=sys.stderr)
+    print(f"wrote {args.n} slice pairs {dose}{profile} to {out}", file=sys.stderr)
     return 0
 
 
