@@ -69,3 +69,17 @@ def test_open_new_refuses_existing(tmp_path):
         fh.write("b\n")
     assert link.is_symlink() and not (tmp_path / "nowhere").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling.csv", "out.csv"]  # no temporary file left
+
+
+def test_write_atomically_replaces_whole_and_leaves_nothing_when_it_cannot(tmp_path):
+    from napari_lidnet.io.atomic import write_atomically
+
+    target = tmp_path / "cache.npy"
+    write_atomically(target, b"one")
+    write_atomically(target, b"two")
+    assert target.read_bytes() == b"two" and [p.name for p in tmp_path.iterdir()] == ["cache.npy"]
+    (tmp_path / "dir.npy").mkdir()  # a folder where the file goes: the rename fails
+    (tmp_path / "dir.npy" / "x").write_text("x")
+    with pytest.raises(OSError):
+        write_atomically(tmp_path / "dir.npy", b"three")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.npy", "dir.npy"]  # no temporary file left

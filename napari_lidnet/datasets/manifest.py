@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
-import os
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +115,7 @@ class ManifestSlice:
         except (OSError, ValueError, EOFError):  # not there yet (or unreadable): simulate and keep it
             pass
         low = self._simulate()
-        _write_atomically(target, low.astype(np.int16))
+        _keep_cached(target, low.astype(np.int16))
         return low
 
     @property
@@ -147,17 +146,16 @@ class ManifestSlice:
         return f"ManifestSlice({self.name!r}, boxes={len(self.boxes)}, file={self.entry['file']!r})"
 
 
-def _write_atomically(target: Path, array: np.ndarray) -> None:
-    """``np.save`` to a unique temporary file renamed into place (readers never see half a file; concurrent
-    writers of the same key write the same bytes). A cache that cannot be written is skipped."""
-    tmp = target.with_name(f".{target.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+def _keep_cached(target: Path, array: np.ndarray) -> None:
+    """``np.save`` through a temporary file renamed into place (``io.atomic.write_atomically``: readers never see
+    half a file; concurrent writers of the same key write the same bytes). A cache that cannot be written is skipped."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, target)
+        write_atomically(target, buffer.getvalue())
     except OSError:
-        tmp.unlink(missing_ok=True)
+        pass
 
 
 def lowdose_cache_dir(manifest: str | Path) -> Path:

@@ -48,7 +48,12 @@ def write_atomically(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a fsynced temporary file renamed over it: the old file or the new one,
     never a part."""
     path = Path(path)
-    os.replace(write_temp(path.parent, path.name, data), path)
+    tmp = write_temp(path.parent, path.name, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:  # a folder in the way, a read-only target: the temporary file goes too
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
