@@ -39,7 +39,7 @@ def sample_metrics(viewer: Any, threshold: float) -> dict[str, Any]:
     from napari_lidnet._training.validate import detections_per_slice
     from napari_lidnet.layer_data import shapes_to_boxes
     from napari_lidnet.metrics.froc import froc
-    from napari_lidnet.metrics.image import METRIC_WINDOW, psnr, ssim
+    from napari_lidnet.metrics.image import METRIC_WINDOW, slice_quality
 
     low = np.asarray(viewer.layers[LOW].data)
     full = np.asarray(viewer.layers[FULL].data)
@@ -51,13 +51,10 @@ def sample_metrics(viewer: Any, threshold: float) -> dict[str, Any]:
     rows = np.hstack([found, scores[:, None]]) if len(found) else np.zeros((0, 6))
     per_slice_gt = [gt[gt[:, 0] == z, 1:5] for z in range(n)]
     fr = froc(detections_per_slice(rows, n), per_slice_gt)  # the shown boxes are those >= threshold
-    quality = {
-        name: {
-            "psnr_db": float(np.mean([psnr(a, b, window=METRIC_WINDOW) for a, b in zip(img, full)])),
-            "ssim": float(np.mean([ssim(a, b, window=METRIC_WINDOW) for a, b in zip(img, full)])),
-        }
-        for name, img in (("low dose", low), ("denoised", den))
-    }
+    quality = {}
+    for name, img in (("low dose", low), ("denoised", den)):
+        q = slice_quality(img, full, window=METRIC_WINDOW)
+        quality[name] = {"psnr_db": q["psnr"], "ssim": q["ssim"]}
     return {
         "window_hu": list(METRIC_WINDOW),
         "quality": quality,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 
-from napari_lidnet.metrics.image import METRIC_WINDOW, psnr, rmse, ssim
+from napari_lidnet.metrics.image import METRIC_WINDOW, psnr, rmse, slice_quality, ssim
 
 
 @pytest.fixture
@@ -52,6 +52,15 @@ def test_volumes_are_mean_over_slices(pair) -> None:
     assert psnr(vol_x[:2], vol_r[:2]) == pytest.approx(np.mean([psnr(x, ref), psnr(x + 10, ref)]))
     assert ssim(vol_x, vol_r) == pytest.approx(np.mean([ssim(x, ref), ssim(x + 10, ref), 1.0]))
     assert rmse(vol_x, vol_r) == pytest.approx(np.mean([rmse(x, ref), rmse(x + 10, ref), 0.0]))
+    # review 2026-12-06: one slice equal to its reference (air only) made the volume's PSNR inf; it has no error to
+    # measure and is left out of the mean, in the volume and in a list of slices of other sizes alike
+    expected = np.mean([psnr(x, ref), psnr(x + 10, ref)])
+    assert psnr(vol_x, vol_r) == pytest.approx(expected)
+    air = np.full((20, 20), -1000.0)
+    quality = slice_quality([x, x + 10, air + np.random.default_rng(1).normal(0, 30, air.shape)], [ref, ref, air])
+    assert quality["psnr"] == pytest.approx(expected)
+    assert quality["ssim"] == pytest.approx(np.mean([ssim(x, ref), ssim(x + 10, ref), 1.0]))
+    assert psnr(vol_r, vol_r) == np.inf and np.isnan(slice_quality([], [])["psnr"])
 
 
 def test_masked_ssim_averages_the_map_inside_the_mask(pair) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from napari_lidnet.inference import denoise, detect
 from napari_lidnet.metrics.froc import froc
-from napari_lidnet.metrics.image import METRIC_WINDOW, psnr, ssim
+from napari_lidnet.metrics.image import METRIC_WINDOW, slice_quality
 
 
 def detections_per_slice(rows: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -75,10 +75,7 @@ def evaluate_images(
 ) -> dict[str, float]:
     """Quality of ``images`` (z, y, x HU, or a list of slices of several sizes) against ``full``, and the
     detector's FROC on ``images``."""
-    result = {
-        "psnr": float(np.mean([psnr(a, b, window=METRIC_WINDOW) for a, b in zip(images, full)])),
-        "ssim": float(np.mean([ssim(a, b, window=METRIC_WINDOW) for a, b in zip(images, full)])),
-    }
+    result = slice_quality(images, full, window=METRIC_WINDOW)
     if detector is not None and sum(len(b) for b in gt_boxes):
         rows = detect_rows(detector, images, device)
         fr = froc(detections_per_slice(rows, len(images)), gt_boxes)
@@ -110,7 +107,7 @@ def input_quality(stacked: tuple[Any, Any, list[np.ndarray]]) -> dict[str, float
     added = [float(np.std((a - b)[b > -500])) for a, b in zip(low, full) if (b > -500).any()]
     own = [noise_sd(b) for b in full[:8]]
     return {
-        "psnr": float(np.mean([psnr(a, b, window=METRIC_WINDOW) for a, b in zip(low, full)])),
+        "psnr": slice_quality(low, full, window=METRIC_WINDOW)["psnr"],
         "reference_noise_hu": float(np.nanmedian(own)) if np.isfinite(own).any() else float("nan"),
         "added_noise_hu": float(np.median(added)) if added else float("nan"),
     }

@@ -4,19 +4,24 @@ Convention: both images are clipped to a HU window before PSNR and SSIM (default
 the abdominal soft-tissue display window of the low-dose CT literature) and ``data_range`` defaults to the window
 width; ``window=None`` skips clipping and then ``data_range`` defaults to the reference's range (max - min).
 RMSE follows the same rule as PSNR: HU on window-clipped images (``window=None``: raw HU), so that
-PSNR = 20 log10(data_range / RMSE) always holds. 3D arrays (z, y, x) are evaluated slice by slice and the
-per-slice values averaged. SSIM follows Wang et al. 2004 with skimage's defaults (7x7 uniform window, K1 = 0.01,
-K2 = 0.03, sample covariance, reflect borders, mean over the map without a 3-pixel border), so on plain arrays
-the results equal ``skimage.metrics``.
+PSNR = 20 log10(data_range / RMSE) holds on every slice. 3D arrays (z, y, x), and lists of slices
+(:func:`slice_quality`), are evaluated slice by slice and the per-slice values averaged; a slice equal to its
+reference inside the window (air only, say) has no error to measure and no finite PSNR, so it is left out of the
+PSNR mean (the mean is inf only when every slice is such a slice). SSIM follows Wang et al. 2004 with skimage's
+defaults (7x7 uniform window, K1 = 0.01, K2 = 0.03, sample covariance, reflect borders, mean over the map without a
+3-pixel border), so on plain arrays the results equal ``skimage.metrics``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.ndimage import uniform_filter
 
-__all__ = ["METRIC_WINDOW", "clip_to_window", "data_range_of", "psnr", "psnr_from_mse", "rmse", "ssim", "ssim_map"]
+__all__ = ["METRIC_WINDOW", "clip_to_window", "data_range_of", "mean_psnr", "psnr", "psnr_from_mse", "rmse",
+           "slice_quality", "ssim", "ssim_map"]  # fmt: skip
 
 METRIC_WINDOW: tuple[float, float] = (-160.0, 240.0)
 
@@ -71,7 +76,26 @@ def psnr(
     vals = []
     for xs, rs in zip(_slices(x), _slices(ref), strict=True):
         vals.append(psnr_from_mse(float(np.mean((xs - rs) ** 2)), data_range_of(rs, data_range, window)))
-    return float(np.mean(vals))
+    return mean_psnr(vals)
+
+
+def mean_psnr(values: list[float]) -> float:
+    """The mean of per-slice PSNRs, slices without error (inf) left out: inf only when every slice has none (one
+    air-only slice made a whole volume's PSNR inf); NaN for none."""
+    finite = [v for v in values if v != float("inf")]
+    if not values:
+        return float("nan")
+    return float(np.mean(finite)) if finite else float("inf")
+
+
+def slice_quality(images: Any, refs: Any, window: tuple[float, float] | None = METRIC_WINDOW) -> dict[str, float]:
+    """``{"psnr", "ssim"}``: the per-slice means of ``images`` against ``refs`` (a (z, y, x) array or a list of
+    slices, which may differ in size), PSNR by :func:`mean_psnr`."""
+    pairs = list(zip(images, refs, strict=True))
+    return {
+        "psnr": mean_psnr([psnr(a, b, window=window) for a, b in pairs]),
+        "ssim": float(np.mean([ssim(a, b, window=window) for a, b in pairs])) if pairs else float("nan"),
+    }
 
 
 def rmse(x: ArrayLike, ref: ArrayLike, window: tuple[float, float] | None = METRIC_WINDOW) -> float:
