@@ -23,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import ArrayLike
 
+from napari_lidnet.io.fov import PADDING_BELOW_HU
 from napari_lidnet.metrics.noreference import NOISE_BLOCK, body_mask, flat_block_noise_sds
 
 __all__ = ["blend_weight", "check_remove_sd", "check_strength", "keep_noise", "leave_noise", "leave_weight",
@@ -56,12 +57,27 @@ def blend_weight(remove_sd: float, residual: float) -> float:
     return float(np.clip(1.0 - (remove_sd / residual) ** 2, 0.0, 1.0))
 
 
+def _region(denoised: np.ndarray) -> np.ndarray:
+    """The body of a slice, else (a crop of lung alone) every pixel inside the field of view."""
+    body = body_mask(denoised)
+    return body if body.any() else denoised > PADDING_BELOW_HU
+
+
+def _region_sds(low: np.ndarray, denoised: np.ndarray) -> tuple[float, float, float]:
+    """SDs of the input, the residual and the denoised slice over :func:`_region` (NaN when it is empty)."""
+    region = _region(denoised)
+    if not region.any():
+        return float("nan"), float("nan"), float("nan")
+    return tuple(float(np.std(v[region])) for v in (low, low - denoised, denoised))  # type: ignore[return-value]
+
+
 def residual_sd(low: np.ndarray, denoised: np.ndarray, stride: int = 2) -> float:
     """SD (HU) of ``low - denoised`` over the body of one slice, on every ``stride``-th pixel in y and x (a quarter
-    of a 512 x 512 slice is 65k samples: the same SD to a fraction of a percent, in a quarter of the time); NaN when
-    the slice has no body."""
+    of a 512 x 512 slice is 65k samples: the same SD to a fraction of a percent, in a quarter of the time). A slice
+    with no body (a crop of lung alone) takes every pixel inside the field of view (it was NaN, and any SD to remove
+    then removed all the noise); NaN when there is none."""
     den = np.asarray(denoised)[::stride, ::stride]
-    body = body_mask(den)
+    body = _region(den)
     if not body.any():
         return float("nan")
     return float(np.std((np.asarray(low, np.float64)[::stride, ::stride] - den)[body]))
@@ -111,11 +127,14 @@ def leave_weight(low: np.ndarray, denoised: np.ndarray, leave_sd: float) -> floa
     ``leave_sd`` HU of noise in the slice's flattest soft-tissue blocks (where the Denoise dock and ``lidnet adapt``
     read the noise): with the input's, the residual's and the denoised image's SDs there (``a``, ``b``, ``d``), the
     output's variance is ``a^2 - 2 u c + u^2 b^2`` for ``u = 1 - w`` and ``c = (a^2 + b^2 - d^2) / 2``; the root in
-    [0, 1]. 1 (the input) when it holds no more than ``leave_sd``, 0 when the denoised image already holds as much;
-    0 without flat tissue (nothing to measure)."""
+    [0, 1]. 1 (the input) when it holds no more than ``leave_sd``, 0 when the denoised image already holds as much.
+    Without flat tissue (a crop of lung alone) the three SDs are taken over the body, else the field of view, where
+    anatomy adds to them (it was 0 there, all the noise removed); 0 when there is nothing to measure at all."""
     lo = np.asarray(low, np.float32)
     de = np.asarray(denoised, np.float32)
     a, b, d = flat_block_noise_sds(lo, [lo, lo - de, de], block=NOISE_BLOCK)
+    if not np.isfinite(a) or b <= 0:
+        a, b, d = _region_sds(lo, de)
     if not np.isfinite(a) or b <= 0:
         return 0.0
     target = float(leave_sd) ** 2

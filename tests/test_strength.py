@@ -169,3 +169,18 @@ def test_leaving_a_noise_sd_shows_that_sd_in_flat_tissue() -> None:
         check_strength(5.0, 10.0)
     with pytest.raises(ValueError, match="noise SD to leave must be"):
         denoise(model, low[0], leave_sd=-1.0)
+
+
+def test_a_slice_without_body_keeps_the_strength_asked_for() -> None:
+    """Review 2026-12-06: on a crop of lung alone (nothing above -500 HU) the residual's SD was NaN, and removing
+    1 HU of 30 removed all the noise, as did leaving 10 HU. The field of view stands in for the body there."""
+    rng = np.random.default_rng(2)
+    den = np.full((128, 128), -850.0, np.float32)
+    low = den + fbp_like_noise(rng, den.shape, 30.0)
+    assert residual_sd(low, den) == pytest.approx(30.0, rel=0.05)
+    slight = keep_noise(low, den, 1.0)
+    assert np.std(slight - low) < 0.05 * np.std(low - den)  # removing 1 HU of 30 changes the slice slightly
+    assert np.std(keep_noise(low, den, 20.0) - den) == pytest.approx(np.sqrt(30**2 - 20**2) ** 2 / 30, rel=0.1)
+    assert np.std(leave_noise(low, den, 10.0) - den) == pytest.approx(10.0, rel=0.1)
+    padding = np.full((64, 64), -3024.0, np.float32)  # outside the field of view only: nothing to measure
+    assert np.isnan(residual_sd(padding, padding))
