@@ -9,7 +9,6 @@ pictures (``layout.png``, ``compare.png``, ``navigator.png``, 1600 x 1000) to ``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from napari_lidnet import PLUGIN
+from napari_lidnet.io.json_text import strict_dumps
 
 LOW, FULL, TRUTH = "low-dose CT (25%)", "full-dose CT", "lesions (ground truth)"
 
@@ -70,7 +70,7 @@ def sample_metrics(viewer: Any, threshold: float) -> dict[str, Any]:
 def write_report(out: Path, metrics: dict[str, Any], timings: dict[str, float], models: dict[str, str]) -> None:
     """report.json plus a short report.md."""
     report = {"metrics": metrics, "timings_s": timings, "models": models}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.json").write_text(strict_dumps(report, indent=2))
     q = metrics["quality"]
     lines = [
         "# napari-lidnet demo report",

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from napari_lidnet.io.atomic import check_new, open_new
+from napari_lidnet.io.json_text import strict_dumps
 from napari_lidnet.metrics.lesions import LESION_IOU, lesion_numbers
 
 #: review states whose boxes are part of the reviewed result (kept, kept after its box was changed, drawn by hand);
@@ -168,7 +169,7 @@ def record(finding: Finding, lesion: int | None = None) -> dict[str, Any]:
     x1, y1, x2, y2 = finding.bounds
     score = None if finding.score is None else round(float(finding.score), 4)  # the detector's float32, rounded
     row = {"id": finding.id, "lesion": lesion, "slice": finding.slice, "score": score, "status": finding.status}
-    row.update({k: round(float(v), 2) for k, v in finding.measures.items()})
+    row.update({k: round(float(v), 2) if np.isfinite(v) else None for k, v in finding.measures.items()})
     row.update({"x1": round(x1, 2), "y1": round(y1, 2), "x2": round(x2, 2), "y2": round(y2, 2)})
     return {k: row.get(k) for k in COLUMNS}
 
@@ -204,7 +205,7 @@ def write_findings(
     with open_new(path, newline="") as fh:
         if path.suffix.lower() == ".json":
             doc = {"format": "lidnet-findings", "version": 1, **(info or {}), "columns": columns_out}
-            fh.write(json.dumps({**doc, "findings": rows}, indent=1))
+            fh.write(strict_dumps({**doc, "findings": rows}, indent=1))  # no measure: null, not NaN
         else:
             writer = csv.DictWriter(fh, fieldnames=columns_out)
             writer.writeheader()

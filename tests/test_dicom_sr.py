@@ -190,3 +190,22 @@ def test_a_source_without_study_uid_puts_its_report_in_its_denoised_series_study
     assert reports[0].StudyInstanceUID == reports[1].StudyInstanceUID == series_study
     assert not [i for i in items(reports[0], "NUM") if "Axis" in meaning(i)]  # no size without a pixel size
     assert [i for i in items(reports[0], "NUM") if meaning(i) == "Attenuation Coefficient"]
+
+
+def test_a_measure_that_does_not_exist_is_null_in_json_and_empty_in_csv(tmp_path: Path) -> None:
+    """Review 2026-12-06: a box holding no pixel centre has no mean HU; the JSON export wrote the token NaN, which
+    strict readers (JSON.parse, jq, PACS tools) reject."""
+    import csv
+    import json
+
+    f = Finding(0, 1, box_corners(10.2, 10.2, 10.4, 10.4), 0.7)  # a tiny drawn box between pixel centres
+    measure(f, np.zeros((2, 32, 32), np.float32), (2.5, 0.7, 0.7), np.diag([2.5, 0.7, 0.7, 1.0]))
+    assert np.isnan(f.measures["mean_hu"])
+
+    def strict(constant: str) -> None:
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    doc = json.loads(write_findings(tmp_path / "f.json", [f], {"source": "t"}).read_text(), parse_constant=strict)
+    assert doc["findings"][0]["mean_hu"] is None and doc["findings"][0]["long_mm"] > 0
+    row = next(csv.DictReader(write_findings(tmp_path / "f.csv", [f]).open()))
+    assert row["mean_hu"] == ""

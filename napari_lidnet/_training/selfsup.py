@@ -49,6 +49,7 @@ import numpy as np
 
 from napari_lidnet._training.adapt_data import MIN_RUN, AdaptData, prepare_adapt
 from napari_lidnet._training.adapt_patches import make_patches
+from napari_lidnet.io.json_text import finite
 from napari_lidnet.metrics.noreference import (
     correlation_length,
     edge_locations,
@@ -170,8 +171,8 @@ def _estimates(hu: np.ndarray, pixel_mm: float, triplets: bool, edges: np.ndarra
 
 
 def _nanmedian(values: list[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.median(finite)) if finite else float("nan")
+    kept = [v for v in values if math.isfinite(v)]
+    return float(np.median(kept)) if kept else float("nan")
 
 
 def denoiser_outputs(model: Any, hu: np.ndarray, device: Any) -> np.ndarray:
@@ -264,15 +265,6 @@ def _setup(run: _Run, from_model: Any) -> Generator[dict[str, Any], None, None]:
     yield {"stage": "estimate", "step": 0, "total_steps": run.settings["steps"], "estimates": dict(run.estimates)}
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with NaN / infinite floats (no flat region, no edges) replaced by None, for a JSON card."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _card(run: _Run, outcome: AdaptOutcome, name: str, command: str) -> dict[str, Any]:
     s, data = run.settings, run.data
     selfsup = {
@@ -296,7 +288,7 @@ def _card(run: _Run, outcome: AdaptOutcome, name: str, command: str) -> dict[str
     return {
         "name": f"{name}_denoiser",
         "training": {"selfsup": selfsup, "command": command},
-        "metrics": {"noreference": _finite(run.estimates)},
+        "metrics": {"noreference": finite(run.estimates)},  # no flat region, no edges: null
     }
 
 

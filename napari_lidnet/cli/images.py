@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from napari_lidnet.io.json_text import strict_dumps
 
 from .common import (
     add_all_series,
@@ -222,7 +223,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_table(result))
     if args.json:
         with open(args.json, "x") as fh:  # exclusive: never replaces a file
-            fh.write(json.dumps(result, indent=2))
+            fh.write(strict_dumps(result, indent=2))
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
 

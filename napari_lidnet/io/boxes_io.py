@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import check_new, open_new
+from .json_text import strict_dumps
 from .volume import CTVolume, n_slices, per_slice
 
 COLUMNS = ("slice", "x1", "y1", "x2", "y2", "score")
@@ -105,7 +106,7 @@ def write_boxes_csv(
                      "(z up, y to the back, x to the left), not its own voxel order; the other *_mm in mm, lps_*: "
                      "patient coordinates (x to the left, y to the back, z up), for any storage")  # fmt: skip
             head = {"columns": fields, "units": units, **(about or {})}
-            fh.write(json.dumps({**head, "boxes": records}, indent=1, default=str))
+            fh.write(strict_dumps({**head, "boxes": records}, indent=1, default=str))
         else:
             writer = csv.DictWriter(fh, fieldnames=fields)
             writer.writeheader()
