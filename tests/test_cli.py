@@ -370,6 +370,14 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     np.save(tmp_path / "ct.npy", np.zeros((4, 4), np.float32))
     assert main(["denoise", str(tmp_path / "ct.npy"), str(tmp_path / "den.nrrd")]) == 2  # not a DICOM folder
     assert "cannot write .nrrd files" in capsys.readouterr().err and not (tmp_path / "den.nrrd").exists()
+    for typo in ("den.xyz", "den.nii.gzz", "den.npzz"):  # walkthrough 2026-12-06: a typo wrote a DICOM folder
+        assert main(["denoise", str(tmp_path / "ct.npy"), str(tmp_path / typo)]) == 2
+        assert f"cannot write {Path(typo).suffix} files" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.npy", "notes.txt"]
+    np.save(tmp_path / "ct.npy", np.where(np.arange(32) < 8, -1000.0, 40.0).astype(np.float32) * np.ones((32, 1)))
+    assert main(["denoise", str(tmp_path / "ct.npy"), str(tmp_path / "den.v2")]) == 0  # a folder's name: DICOM
+    assert any((tmp_path / "den.v2").glob("*.dcm"))
+    shutil.rmtree(tmp_path / "den.v2")
     (tmp_path / "ct.npy").unlink()
     assert main(["simulate", "--out", str(tmp_path / "d"), "--n", "1", "--dose", "0"]) == 2
     assert "dose" in capsys.readouterr().err

@@ -92,6 +92,13 @@ def failed_summary(failed: list[Any], done: str) -> str:
 NOT_A_SERIES_FOLDER = {".gz", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".dcm", ".csv", ".json"}
 
 
+def _looks_like_a_file_type(out: Path) -> bool:
+    """A new output whose ending reads as a file type (1-5 letters: ``out.xyz``, ``scan.nii.gzz``), not as part of a
+    folder's name (``run.v2``, ``series.1.2``, ``out.dicom``): a typo wrote a DICOM folder named like a file."""
+    suffix = out.suffix.lower()[1:]
+    return not out.is_dir() and suffix.isalpha() and len(suffix) <= 5 and suffix != "dicom"
+
+
 def _note_noise(hu: Any, denoised: Any, remove_sd: float | None, leave_sd: float | None) -> None:
     """The noise SD in flat tissue before and after, on stderr, as the Denoise dock reports it (to choose
     ``--remove-sd`` / ``--leave-sd`` from); a note when either option is at or above the noise measured before: all
@@ -138,7 +145,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     as_file = out.suffix.lower() in ARRAY_SUFFIXES or is_nifti(out)
-    if not as_file and out.suffix.lower() in NOT_A_SERIES_FOLDER:
+    if not as_file and (out.suffix.lower() in NOT_A_SERIES_FOLDER or _looks_like_a_file_type(out)):
         raise ValueError(f"{out}: cannot write {out.suffix} files; give .nii.gz, .npz, .tif, .npy or a folder (DICOM)")
     check_new_output(out, args.input, folder=not as_file)
     vol = open_single(args.input, args.series)
