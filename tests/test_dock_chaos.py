@@ -380,3 +380,18 @@ def test_flip_threshold_and_navigator_say_what_is_gone(make_napari_viewer, qtbot
     assert "was removed: nothing left to review" in navigator.status.text()
     widget.set_threshold(0.2)
     assert "their layer was deleted: run again to show them" in widget.status.text()
+
+
+def test_the_threshold_says_when_the_image_itself_was_removed(make_napari_viewer, qtbot, model_dir) -> None:  # noqa: F811
+    """Walkthrough 2026-12-06: with only the source image deleted, the status said the lesions layer "was deleted:
+    run again", while that layer was still there and there was nothing left to run on."""
+    viewer = make_napari_viewer()
+    add_ct(viewer, phantom(n=4, size=96)[0], name="low")
+    widget = make_widget(viewer, qtbot)
+    widget.set_threshold(0.05)
+    run_and_wait(widget, qtbot)
+    viewer.layers.remove("low")
+    widget.set_threshold(0.2)
+    text = widget.status.text()
+    assert "low lesions" in viewer.layers and "the image they were found on was removed" in text, text
+    assert "their layer was deleted" not in text

@@ -604,7 +604,9 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         if self._last is not None:
             self._show_boxes(threshold_only=True)
             shown = self.shown_text
-            if self._live("lesions") is None and self._last["result"].boxes is not None:
+            if self._last["layer"] not in self.viewer.layers:  # walkthrough: it said the boxes' layer was deleted
+                shown += " (the image they were found on was removed: its boxes layer keeps the threshold it had)"
+            elif self._live("lesions") is None and self._last["result"].boxes is not None:
                 shown += " (their layer was deleted: run again to show them)"
             self.status.setText(f"{self._summary}; {shown}" if self._summary else shown)  # the run's summary stays
 
