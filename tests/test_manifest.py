@@ -312,6 +312,14 @@ def test_deeplesion_official_split_is_honoured(deeplesion_tree, tmp_path):
 
     assert main(["index", str(root), "--out", str(tmp_path / "cli.jsonl"), "--split", "test"]) == 0
     assert [r["name"] for r in load_manifest(tmp_path / "cli.jsonl")[1]] == names["test"]
+    # walkthrough 2026-12-06: training on a manifest of another part (here the test part) ran to the end
+    from napari_lidnet.datasets.manifest import archive_index
+
+    for made, asked in (("test", "train"), ("all", "train"), ("train", "all")):
+        with pytest.raises(ValueError, match=rf"holds DeepLesion's '{made}' part, not the '{asked}' part"):
+            archive_index(tmp_path / f"{made}.jsonl", tmp_path / "cached.jsonl", split=asked)
+    _, rows, _ = archive_index(tmp_path / "test.jsonl", tmp_path / "cached.jsonl", split="test")
+    assert [r["name"] for r in rows] == names["test"]
 
 
 def test_training_from_a_deeplesion_folder_uses_its_train_part(deeplesion_tree, tmp_path):

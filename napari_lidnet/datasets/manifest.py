@@ -525,6 +525,13 @@ def archive_index(
                 f"again (lidnet index {header.get('root', 'ARCHIVE')} --out NEW.jsonl --dose {dose:g}), or leave "
                 "--dose out"
             )
+        kind, indexed_split = header.get("kind"), header.get("split")
+        if kind == "deeplesion" and indexed_split is not None and indexed_split != split:
+            raise ValueError(  # walkthrough 2026-12-06: a test-part manifest trained to the end under --split train
+                f"{data} holds DeepLesion's {indexed_split!r} part, not the {split!r} part asked for (--split, "
+                f"default train): index that part (lidnet index {header.get('root', 'ARCHIVE')} --out NEW.jsonl "
+                f"--split {split}), or give --split {indexed_split} to train on this one knowingly"
+            )
         return header, rows, False
     if data.suffix.lower() in (".jsonl", ".json") and not data.exists():
         raise FileNotFoundError(f"{data}: no such manifest (make one with `lidnet index`)")
