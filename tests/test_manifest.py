@@ -479,3 +479,27 @@ def test_a_run_whose_dataset_was_made_again_is_not_resumed_with_the_old_boxes(tm
     write_dataset(data, samples, {"dose": 0.25, "seed": 9})
     with pytest.raises(ValueError, match=r"changed since this run indexed it .*restore the data, or start a new --out"):
         Trainer(_cfg(run, data))
+
+
+def test_evaluate_takes_a_manifest_of_deeplesions_test_part(deeplesion_tree, tmp_path, capsys):
+    """Walkthrough 2026-12-06: no command evaluated on DeepLesion's official test part (evaluate took dataset folders
+    only); it takes a manifest now, low doses simulated at its dose; one without a dose is refused in one line."""
+    from napari_lidnet.cli import main
+
+    root, series, _ = deeplesion_tree
+    yy, xx = np.mgrid[:64, :64]
+    body = np.where((yy - 32) ** 2 + (xx - 32) ** 2 < 26**2, 40.0, -1000.0) + 60.0 * ((yy - 8) ** 2 + (xx - 9) ** 2 < 9)
+    write_png_hu(series / "110.png", body.astype(np.float32))  # square, as simulating a low dose needs
+    lines = (root / "DL_info.csv").read_text().splitlines()
+    test_row = _row("000001_01_01_110.png", 110, "4, 4, 14, 12").rstrip("\n")[:-1] + "3"
+    (root / "DL_info.csv").write_text("\n".join([*lines, test_row]) + "\n")
+    assert main(["index", str(root), "--out", str(tmp_path / "t.jsonl"), "--split", "test", "--dose", "0.25"]) == 0
+    assert main(["evaluate", str(tmp_path / "t.jsonl"), "--json", str(tmp_path / "e.json")]) == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["n_slices"] == 1 and result["n_lesions"] == 1
+    assert np.isfinite(result["results"]["low dose"]["psnr"]) and "sensitivity" in result["results"]["denoised"]
+    assert main(["index", str(root), "--out", str(tmp_path / "nodose.jsonl"), "--split", "test"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "nodose.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "indexed without a dose" in err and "--dose" in err

@@ -40,12 +40,21 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     return ", ".join(parts) or "no validation slices"
 
 
+def _no_low_dose(sample: Any) -> bool:
+    """Whether a slice has no low-dose partner (a manifest's slice has one when its manifest has a dose)."""
+    if hasattr(sample, "low_path"):
+        return sample.low_path is None
+    if hasattr(sample, "entry"):
+        return not sample.entry.get("low") and sample.dose is None
+    return sample.low_hu is None
+
+
 def check_evaluable(samples: list, data_dir: str) -> None:
     """Refuse (one-line ValueError) slices that cannot be evaluated together: none, some without a low-dose
     partner, or slices of different sizes."""
     if not samples:
         raise ValueError(f"{data_dir}: no slices to evaluate")
-    no_low = [s.name for s in samples if (s.low_path if hasattr(s, "low_path") else s.low_hu) is None]
+    no_low = [s.name for s in samples if _no_low_dose(s)]
     if no_low:
         raise ValueError(
             f"{data_dir}: {len(no_low)} of {len(samples)} slices have no low-dose image in low/ (first: {no_low[0]}); "
@@ -59,6 +68,22 @@ def check_evaluable(samples: list, data_dir: str) -> None:
         raise ValueError(f"{data_dir}: slices differ in size ({sizes}); evaluate slices of one size at a time")
 
 
+def _evaluation_slices(data: str) -> list:
+    """The slices of a lidnet dataset folder, or of a manifest (``lidnet index``: DeepLesion's official test part,
+    say), its low doses simulated at the dose it was indexed with and kept beside it as training keeps them."""
+    from napari_lidnet.datasets.manifest import is_manifest, load_manifest, read_manifest
+    from napari_lidnet.io.dataset import read_dataset
+
+    if not is_manifest(data):
+        return read_dataset(data, lazy=True)
+    header, rows = load_manifest(data)
+    if header.get("dose") is None and any(not r.get("low") for r in rows):
+        raise ValueError(f"{data} was indexed without a dose, and its slices have no low-dose images: index the "
+                         f"archive again with one (lidnet index {header.get('root', 'ARCHIVE')} --out NEW.jsonl "
+                         "--dose 0.25)")  # fmt: skip
+    return read_manifest(data)
+
+
 def evaluate_dataset(
     data_dir: str,
     denoiser: str | None = None,
@@ -69,13 +94,12 @@ def evaluate_dataset(
     """PSNR, SSIM and FROC of the low-dose input, the denoised output and the full-dose reference."""
     from napari_lidnet._training.validate import evaluate_images, stack_samples
     from napari_lidnet.inference import denoise
-    from napari_lidnet.io.dataset import read_dataset
     from napari_lidnet.metrics.froc import froc
     from napari_lidnet.metrics.image import METRIC_WINDOW
     from napari_lidnet.models.device import pick_device
     from napari_lidnet.models.registry import load_model
 
-    samples = read_dataset(data_dir, lazy=True)[:max_slices]
+    samples = _evaluation_slices(data_dir)[:max_slices]
     check_evaluable(samples, data_dir)
     dev, _ = pick_device(device)
     den, den_card = load_model(denoiser or "default", kind="denoiser")

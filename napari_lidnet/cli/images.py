@@ -289,7 +289,9 @@ def add_evaluate(sub: Any) -> None:
     """The ``evaluate`` subcommand."""
     p = sub.add_parser("evaluate", help="PSNR, SSIM and FROC of low dose, denoised and full dose on a dataset")
     p.add_argument("data", help="a dataset folder as `lidnet simulate` writes it (each slice's full-dose and "
-                   "low-dose images with their boxes: see the README's 'The command line'); a DICOM folder is not one")
+                   "low-dose images with their boxes: see the README's 'The command line'), or a manifest "
+                   "(`lidnet index ... --dose D`: DeepLesion's official test part, say; low doses simulated at D); a "
+                   "DICOM folder is not one")
     p.add_argument("--denoiser", "--model", dest="model", default=None,
                    help="denoiser name or weights path (default: shipped); --model is the same option")  # fmt: skip
     p.add_argument("--detector", default=None, help="detector name or weights path (default: shipped)")
