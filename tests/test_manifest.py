@@ -175,6 +175,9 @@ def test_a_manifest_keeps_its_dose(tmp_path, capsys):
         Trainer(_cfg(tmp_path / "r1", at_25, dose=0.5, patch_size=32))
     with pytest.raises(ValueError, match="indexed without a dose"):
         Trainer(_cfg(tmp_path / "r2", no_dose, dose=0.25, patch_size=32))
+    with pytest.raises(ValueError) as err:  # walkthrough 2026-12-06: without --dose it said "give a dose (--dose)"
+        Trainer(_cfg(tmp_path / "r2", no_dose, patch_size=32))
+    assert "index the archive again" in str(err.value) and "give a dose" not in str(err.value)
     trainer = Trainer(_cfg(tmp_path / "r3", at_25, dose=0.25, patch_size=32))
     assert trainer._data_record["dose"] == 0.25 and trainer._data_record["path"] == str(at_25.resolve())
     list(trainer.run())

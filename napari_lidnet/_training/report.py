@@ -71,16 +71,12 @@ def check_evaluable(samples: list, data_dir: str) -> None:
 def _evaluation_slices(data: str) -> list:
     """The slices of a lidnet dataset folder, or of a manifest (``lidnet index``: DeepLesion's official test part,
     say), its low doses simulated at the dose it was indexed with and kept beside it as training keeps them."""
-    from napari_lidnet.datasets.manifest import is_manifest, load_manifest, read_manifest
+    from napari_lidnet.datasets.manifest import check_has_dose, is_manifest, load_manifest, read_manifest
     from napari_lidnet.io.dataset import read_dataset
 
     if not is_manifest(data):
         return read_dataset(data, lazy=True)
-    header, rows = load_manifest(data)
-    if header.get("dose") is None and any(not r.get("low") for r in rows):
-        raise ValueError(f"{data} was indexed without a dose, and its slices have no low-dose images: index the "
-                         f"archive again with one (lidnet index {header.get('root', 'ARCHIVE')} --out NEW.jsonl "
-                         "--dose 0.25)")  # fmt: skip
+    check_has_dose(data, *load_manifest(data))
     return read_manifest(data)
 
 

@@ -508,6 +508,15 @@ def read_manifest(path: str | Path) -> list[ManifestSlice]:
     return manifest_slices(*load_manifest(path), cache_dir=lowdose_cache_dir(path))
 
 
+def check_has_dose(data: str | Path, header: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Refuse (one line: how to index it again) a manifest indexed without a dose whose slices have no low-dose
+    images: nothing would give them a low-dose partner (its dose cannot be set afterwards)."""
+    if header.get("dose") is None and any(not r.get("low") for r in rows):
+        raise ValueError(f"{data} was indexed without a dose, and its slices have no low-dose images: index the "
+                         f"archive again with one (lidnet index {header.get('root', 'ARCHIVE')} --out NEW.jsonl "
+                         "--dose 0.25)")  # fmt: skip
+
+
 def archive_index(
     data: str | Path, cached: str | Path, dose: float | None = None, split: str = "train", resuming: bool = False
 ) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
@@ -532,6 +541,7 @@ def archive_index(
                 f"default train): index that part (lidnet index {header.get('root', 'ARCHIVE')} --out NEW.jsonl "
                 f"--split {split}), or give --split {indexed_split} to train on this one knowingly"
             )
+        check_has_dose(data, header, rows)  # walkthrough: "give --dose", then --dose refused for this manifest
         return header, rows, False
     if data.suffix.lower() in (".jsonl", ".json") and not data.exists():
         raise FileNotFoundError(f"{data}: no such manifest (make one with `lidnet index`)")
