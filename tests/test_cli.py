@@ -81,6 +81,20 @@ def test_train_exports_a_listed_model(trained, monkeypatch):
     assert "round1-detector" in state["done"]
 
 
+def test_a_detector_the_run_never_trained_is_not_exported(trained, tmp_path, capsys, monkeypatch):
+    """Walkthrough 2026-12-06: a pixel run with no detector steps and no starting detector exported its random
+    detector as a model; now its denoiser is exported alone (no pair), with a line that says why."""
+    monkeypatch.setenv("NAPARI_LIDNET_MODEL_DIR", str(tmp_path / "models"))
+    args = ["train", "--data", str(trained / "data"), "--out", str(tmp_path / "run"), "--mode", "pixel",
+            "--pretrain-denoiser-steps", "2", "--pretrain-detector-steps", "0", "--rounds", "0", "--batch-size", "2",
+            "--patch-size", "64", "--denoiser-width", "8", "--workers", "0", "--device", "cpu", "--export", "solo"]
+    assert main(args) == 0
+    assert "the denoiser was exported alone" in capsys.readouterr().err
+    models = {m.name: m for m in list_models()}
+    assert "solo_denoiser" in models and "solo_detector" not in models
+    assert "pair_of" not in json.loads((tmp_path / "models" / "solo_denoiser.json").read_text())
+
+
 def test_evaluate_reports_low_denoised_full(trained, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("NAPARI_LIDNET_MODEL_DIR", str(trained / "models"))
     out = tmp_path / "eval.json"

@@ -55,6 +55,22 @@ def _half_pair(dest: Path, name: str) -> list[Path]:
     return [p for p in weight_paths(dest / present[0]) if p.exists()] if marked else []
 
 
+def trained_kinds(run_dir: Path) -> list[str]:
+    """The networks of a run worth exporting: those it trained (a stage of theirs ran steps) or started from a
+    model (``init_*``); a network left at its random start (``--pretrain-detector-steps 0`` in a pixel run) is
+    not one (a walkthrough's export published such a detector as a model). A card without the record counts."""
+    from napari_lidnet.models.weights import read_card
+
+    kinds = []
+    for kind in KINDS:
+        training = read_card(run_dir / f"best_{kind}").get("training") or {}
+        steps = training.get("stage_steps")
+        started = (training.get("config") or {}).get(f"init_{kind}")
+        if steps is None or started or any(n for stage, n in steps.items() if stage.endswith(kind)):
+            kinds.append(kind)
+    return kinds
+
+
 def export_run(
     run_dir: str | Path, name: str, command: str = "", overwrite: bool = False, card_extra: dict | None = None
 ) -> list[Path]:
@@ -74,18 +90,22 @@ def export_run(
         src = weight_paths(run_dir / f"best_{kind}")[0]
         if not src.exists():
             raise FileNotFoundError(f"{src}: the run has no best {kind} checkpoint yet")
+    kinds = trained_kinds(run_dir)
+    if not kinds:
+        raise ValueError(f"{run_dir}: the run trained neither network and started from no model: nothing to export")
     dest = user_model_dir()
     dest.mkdir(parents=True, exist_ok=True)
     for stale in _half_pair(dest, name):
         stale.unlink()
     written: list[Path] = []
     try:
-        for kind in KINDS:
+        for kind in kinds:
             model, card = load_weights(run_dir / f"best_{kind}")
             extra = dict(card_extra or {})
             training = {**card.get("training", {}), **extra.pop("training", {}), "command": command}
-            card = {**card, **extra, "name": f"{name}_{kind}", "training": training,
-                    "pair_of": [f"{name}_{k}" for k in KINDS]}  # fmt: skip
+            card = {**card, **extra, "name": f"{name}_{kind}", "training": training}
+            if len(kinds) == len(KINDS):
+                card["pair_of"] = [f"{name}_{k}" for k in KINDS]
             target = dest / f"{name}_{kind}"
             save_weights(model, target, card)
             written.append(weight_paths(target)[0])
