@@ -157,3 +157,22 @@ def test_sub_volumes_noisy_rows_and_a_missing_table(tmp_path):
     write_png_hu(lone, np.zeros((8, 8)))
     with pytest.warns(UserWarning, match="no DL_info.csv beside it or above; spacing unknown"):
         assert read_deeplesion_slice(lone).metadata["spacing_assumed"]
+
+
+def test_a_linked_image_folder_and_a_neighbour_slice_keep_the_archives_table(deeplesion_tree, tmp_path):
+    """Walkthrough 2026-12-06: an Images_png linked in from another disk opened at 1 mm without boxes or window
+    ("no DL_info.csv beside it or above": the search began at the link's target); a neighbour slice took its
+    series' spacing but not its window."""
+    root, series, hus = deeplesion_tree
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "DL_info.csv").write_text((root / "DL_info.csv").read_text())
+    store = tmp_path / "store"
+    (root / "DL_info.csv").rename(tmp_path / "away.csv")  # the images' own disk holds no table
+    store.mkdir()
+    (root / "Images_png").rename(store / "Images_png")
+    (project / "Images_png").symlink_to(store / "Images_png")
+    vol = read_deeplesion_slice(project / "Images_png" / "000001_01_01" / "109.png")
+    assert vol.spacing == (0.7, 0.7) and len(vol.boxes) == 2 and vol.metadata["table"].startswith(str(project))
+    neighbour = read_deeplesion_slice(project / "Images_png" / "000001_01_01" / "110.png")
+    assert neighbour.spacing == (0.7, 0.7) and neighbour.metadata["window"] == [50.0, 450.0]

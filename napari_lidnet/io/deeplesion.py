@@ -146,15 +146,18 @@ def table_file_name(png_path: str | Path) -> str:
 
 
 def find_info_table(png_path: str | Path, levels: int = 3) -> Path | None:
-    """A DL_info.csv in the slice's folder or up to ``levels`` folders above it."""
-    folder = Path(png_path).resolve().parent
-    for _ in range(levels + 1):
-        cand = folder / INFO_CSV_NAME
-        if cand.is_file():
-            return cand
-        if folder.parent == folder:
-            break
-        folder = folder.parent
+    """A DL_info.csv in the slice's folder or up to ``levels`` folders above it: above the path as given first (an
+    ``Images_png`` linked in from another disk keeps the table of the archive it is linked into; searching from
+    the link's target missed it), then above the path with its links resolved."""
+    for start in (Path(png_path).absolute().parent, Path(png_path).resolve().parent):
+        folder = start
+        for _ in range(levels + 1):
+            cand = folder / INFO_CSV_NAME
+            if cand.is_file():
+                return cand
+            if folder.parent == folder:
+                break
+            folder = folder.parent
     return None
 
 
@@ -274,7 +277,8 @@ def _volume(
     if ref is None:
         meta["spacing_assumed"] = True
     meta["orientation_unknown"] = True  # a PNG key slice keeps no patient directions: no R/L letters
-    meta["dicom_windows"] = [list(r.windows) for r in rows if r.windows is not None]
+    own = [r for r in (rows or ([ref] if ref is not None else [])) if r.windows is not None]
+    meta["dicom_windows"] = [list(r.windows) for r in own]  # a neighbour slice: its series' window, as its spacing
     if meta["dicom_windows"] and meta["dicom_windows"][0][1] > meta["dicom_windows"][0][0]:
         lo, hi = meta["dicom_windows"][0]  # the table's window (low, high HU): the slice opens at it, as a DICOM does
         meta["window"] = [(lo + hi) / 2, hi - lo]
