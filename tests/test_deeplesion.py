@@ -73,7 +73,10 @@ def test_eight_bit_png_and_bad_table_are_refused(tmp_path):
         read_deeplesion_slice(png16)
     bad.write_text(HEADER + _row("x.png", 1, "1, 2, 3"))
     with pytest.raises(ValueError, match=r"DL_info.csv, line 2: Bounding_boxes"):
-        read_deeplesion_slice(png16)
+        read_info_table(bad)
+    bad.write_text(HEADER + _row("x.png", 1, "1, 2, 3, 4").replace(",1,1,1,1,", ",1,1,1,abc,", 1))  # named column
+    with pytest.raises(ValueError, match=r"line 2: Key_slice_index 'abc' is not a number"):
+        read_info_table(bad)
 
 
 @pytest.mark.parametrize(
@@ -86,12 +89,17 @@ def test_eight_bit_png_and_bad_table_are_refused(tmp_path):
 def test_a_table_value_that_is_no_size_or_box_is_refused_in_one_line(tmp_path, field, row, says):
     """Review 2026-12-06: a spacing of 0 raised in napari's layer ("scale values of 0") without naming the table; a
     negative slice interval mirrored z; a box with nan drew a rectangle with NaN corners. Each is now the table's
-    line, refused; a table saved as UTF-16 is named with what to do."""
+    line, refused where the table is indexed; a table saved as UTF-16 is named with what to do. The viewer (walkthrough
+    2026-12-06: one typo anywhere made every slice of the archive fail to open) leaves that row out, with a note."""
     png16 = tmp_path / "x.png"
     write_png_hu(png16, np.zeros((4, 4)))
-    (tmp_path / "DL_info.csv").write_text(HEADER + row)
+    (tmp_path / "DL_info.csv").write_text(HEADER + row + _row("y.png", 1, "1, 2, 3, 4"))
     with pytest.raises(ValueError, match=rf"DL_info.csv, line 2: .*{re.escape(says)}"):
-        read_deeplesion_slice(png16)
+        read_info_table(tmp_path / "DL_info.csv")
+    left_out = rf"1 row\(s\) could not be read and were left out \(line 2: .*{re.escape(says)}"
+    with pytest.warns(UserWarning, match=left_out):
+        vol = read_deeplesion_slice(png16)
+    assert len(vol.boxes) == 0 and vol.metadata["spacing_assumed"]
     (tmp_path / "DL_info.csv").write_text(HEADER + _row("x.png", 1, "1, 2, 3, 4"), encoding="utf-16")
     with pytest.raises(ValueError, match="DL_info.csv: not UTF-8 text .*save the table as UTF-8 CSV"):
         read_deeplesion_slice(png16)

@@ -19,6 +19,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -70,17 +71,20 @@ def split_code(split: str | None) -> int | None:
     return SPLITS[split]
 
 
-def read_info_table(csv_path: str | Path, split: str | None = None) -> dict[str, list[LesionRow]]:
+def read_info_table(
+    csv_path: str | Path, split: str | None = None, skipped: list[str] | None = None
+) -> dict[str, list[LesionRow]]:
     """Read a DL_info.csv style table: File_name -> lesion rows, only those of ``split`` (train/val/test, by the
     Train_Val_Test column; None or "all": every row). A table without that column has no split: asking for one
-    raises ValueError."""
+    raises ValueError. A row that cannot be read raises a one-line ValueError naming its line, or, given a
+    ``skipped`` list (the viewer, which reads one series), is left out and named there."""
     code = split_code(split)
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise FileNotFoundError(f"{csv_path}: annotation table not found")
     table: dict[str, list[LesionRow]] = {}
     try:
-        _read_rows(csv_path, code, split, table)
+        _read_rows(csv_path, code, split, table, skipped)
     except UnicodeDecodeError as exc:
         raise ValueError(f"{csv_path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the table as UTF-8 CSV"
                          ) from exc  # fmt: skip
@@ -95,7 +99,21 @@ def _checked(values: list[float], n: int, what: str, text: str | None, positive:
     return values
 
 
-def _read_rows(csv_path: Path, code: int | None, split: str | None, table: dict[str, list[LesionRow]]) -> None:
+def _int_of(rec: dict[str, Any], *columns: str) -> int | None:
+    """The integer in the first of ``columns`` the row has (None when empty); a ValueError naming the column."""
+    column = next((c for c in columns if c in rec), columns[0])
+    value = rec.get(column)
+    if value in (None, ""):
+        return None
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        raise ValueError(f"{column} {value!r} is not a number") from None
+
+
+def _read_rows(
+    csv_path: Path, code: int | None, split: str | None, table: dict[str, list[LesionRow]], skipped: list[str] | None
+) -> None:
     """The rows of a DL_info.csv into ``table`` (see ``read_info_table``), each value checked."""
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
@@ -116,23 +134,24 @@ def _read_rows(csv_path: Path, code: int | None, split: str | None, table: dict[
                 win = _numbers(rec.get("DICOM_windows"))
                 if win:
                     _checked(win, 2, "DICOM_windows", rec.get("DICOM_windows"))
-                ltype = rec.get("Coarse_lesion_type", rec.get("Lesion_type"))
-                key = rec.get("Key_slice_index")
-                part = rec.get("Train_Val_Test")
+                key = _int_of(rec, "Key_slice_index")
                 row = LesionRow(
                     file_name=rec["File_name"].strip(),
-                    key_slice=int(float(key)) if key not in (None, "") else -1,
+                    key_slice=-1 if key is None else key,
                     box=(box[0] - 0.5, box[1] - 0.5, box[2] - 0.5, box[3] - 0.5),  # 1-based centres -> 0-based edges
                     spacing_xyz=(spacing[0], spacing[1], spacing[2]) if len(spacing) == 3 else None,
                     image_size=(int(size[0]), int(size[1])) if len(size) == 2 else None,
                     windows=(win[0], win[1]) if len(win) == 2 else None,
-                    lesion_type=int(float(ltype)) if ltype not in (None, "") else None,
+                    lesion_type=_int_of(rec, "Coarse_lesion_type", "Lesion_type"),
                     extra={k: v for k, v in rec.items() if k and v is not None},
-                    split=int(float(part)) if part not in (None, "") else None,
+                    split=_int_of(rec, "Train_Val_Test"),
                     noisy=str(rec.get("Possibly_noisy") or "0").strip() not in ("0", "0.0", ""),
                 )
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"{csv_path}, line {line}: {exc}") from exc
+            except (ValueError, TypeError, AttributeError) as exc:
+                if skipped is None:
+                    raise ValueError(f"{csv_path}, line {line}: {exc}") from exc
+                skipped.append(f"line {line}: {exc}")
+                continue
             if code is None or row.split == code:
                 table.setdefault(row.file_name, []).append(row)
 
@@ -165,6 +184,17 @@ def _series_rows(table: dict[str, list[LesionRow]], series: str) -> list[LesionR
     return [r for name, rs in table.items() if name.startswith(f"{series}_") for r in rs]
 
 
+def _viewer_table(table_path: Path, split: str | None, notes: list[str]) -> dict[str, list[LesionRow]]:
+    """The table as the viewer reads it: a row that cannot be read is left out with a note (one typo in a
+    32,735-row table made every slice of the archive fail to open); indexing and training stay strict."""
+    skipped: list[str] = []
+    table = read_info_table(table_path, split, skipped)
+    if skipped:
+        notes.append(f"{table_path}: {len(skipped)} row(s) could not be read and were left out ({skipped[0]}"
+                     f"{'; ...' if len(skipped) > 1 else ''})")  # fmt: skip
+    return table
+
+
 def read_deeplesion_slice(
     png_path: str | Path, info_csv: str | Path | None = None, split: str | None = None
 ) -> CTVolume:
@@ -183,7 +213,7 @@ def read_deeplesion_slice(
     rows: list[LesionRow] = []
     ref: LesionRow | None = None
     if table_path is not None:
-        table = read_info_table(table_path, split)
+        table = _viewer_table(table_path, split, notes)
         rows = table.get(key, [])
         series = _series_rows(table, png_path.parent.name) if _SERIES_DIR.match(png_path.parent.name) else []
         ref = (rows or series or [None])[0]
@@ -214,9 +244,10 @@ def read_deeplesion_folder(
         else:
             runs.append([p])
     table_path = Path(info_csv) if info_csv is not None else find_info_table(pngs[0])
-    table = read_info_table(table_path, split) if table_path is not None else None
-    no_table = f"{folder}: no {INFO_CSV_NAME} beside it or above; spacing unknown (1 mm assumed)"
-    first_notes = [] if table is not None else [no_table]
+    first_notes: list[str] = []
+    table = _viewer_table(table_path, split, first_notes) if table_path is not None else None
+    if table is None:
+        first_notes.append(f"{folder}: no {INFO_CSV_NAME} beside it or above; spacing unknown (1 mm assumed)")
     if len(runs) > 1:
         spans = ", ".join(f"{r[0].stem}-{r[-1].stem}" for r in runs[:4]) + (", ..." if len(runs) > 4 else "")
         first_notes.append(f"{folder}: {len(runs)} sub-volumes (slices {spans}) opened apart")
