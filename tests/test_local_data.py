@@ -519,3 +519,24 @@ def test_dicom_folder_leaves_out_other_modalities_and_derived_copies(tmp_path: P
     assert any("T1" in n and "'MR'" in n for n in notes) and any("Abdomen dn" in n and "DERIVED" in n for n in notes)
     with pytest.raises(ld.DataProblems, match="no normal-dose CT series"), pytest.warns(UserWarning):
         ld.inputs_from_dicom(tmp_path / "study" / "mr")
+
+
+def test_overlapping_images_take_their_own_annotations_not_one_layers() -> None:
+    """Walkthrough 2026-12-06: two DeepLesion key slices (both at the canvas origin) ticked with one's annotated
+    layer: the other was trained with that lesion and its own as background, without a word."""
+    _, a, boxes = phantom(n=2, size=64, seed=1)
+    _, b, _ = phantom(n=2, size=64, seed=2)
+    img_a, img_b = Image(a, name="a"), Image(b, name="b")  # same place on the canvas
+    ann_a = Shapes(boxes_to_shapes(boxes[:1], 3), shape_type="rectangle", name="a lesions (annotated)")
+    ann_b = Shapes(boxes_to_shapes(np.array([[1, 40, 40, 50, 52]], float), 3), shape_type="rectangle",
+                   name="b lesions (annotated)")  # fmt: skip
+    everything = [img_a, img_b, ann_a, ann_b]
+    inputs, problems = li.inputs_from_layers([img_a, img_b], ann_a, None, everything)
+    assert problems == []
+    np.testing.assert_allclose(inputs[0].boxes, boxes[:1], atol=1e-4)
+    np.testing.assert_allclose(inputs[1].boxes, [[1, 40, 40, 50, 52]], atol=1e-4)
+    _, problems = li.inputs_from_layers([img_a, img_b], ann_a, None, [img_a, img_b, ann_a])
+    assert len(problems) == 1 and "'b' has no 'b lesions (annotated)' layer" in problems[0]
+    drawn = Shapes(boxes_to_shapes(boxes[:1], 3), shape_type="rectangle", name="my boxes")
+    _, problems = li.inputs_from_layers([img_a, img_b], drawn, None, everything)
+    assert len(problems) == 1 and "overlap on the canvas" in problems[0]

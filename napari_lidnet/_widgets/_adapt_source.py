@@ -102,6 +102,7 @@ def adapt_request(
     current_slice: int | None,
     name: str,
     settings: dict[str, Any],
+    all_layers: Sequence[Any] = (),
 ) -> tuple[AdaptRequest | None, list[str]]:
     """The run ``settings`` describe (scheme, steps, lr, from_model, patch_size, batch_size, device, seed) on the
     image ``layers`` with optional lesion boxes from ``shapes_layer``, or (None, every problem found): nothing is
@@ -118,7 +119,7 @@ def adapt_request(
         if denoised or (dose is not None and dose >= 1.0):
             problems.append(f"{ly.name}: its metadata says {'denoised' if denoised else 'normal dose'}; tick the "
                             "low-dose scans to adapt to")  # fmt: skip
-    inputs, notes = inputs_from_layers(layers, shapes_layer, current_slice)
+    inputs, notes = inputs_from_layers(layers, shapes_layer, current_slice, all_layers)
     problems.extend(notes)
     volumes = [volume_of_layer(ly, np.asarray(item.full_hu, np.float32)) for ly, item in zip(layers, inputs)]
     for vol in volumes:  # as the other sources and `lidnet adapt` refuse them: another modality, not HU, NaN

@@ -355,7 +355,7 @@ class FineTuneWidget(QWidget):
             shapes = self._boxes_layer(boxes)
         except KeyError as exc:
             return [], [exc.args[0]]
-        inputs, notes = inputs_from_layers(layers, shapes, current_slice(self.viewer, layers[0]))
+        inputs, notes = inputs_from_layers(layers, shapes, current_slice(self.viewer, layers[0]), self.viewer.layers)
         return inputs, list(notes)
 
     def _paired_inputs(self, low_name: str, full_name: str, boxes: str) -> tuple[list[CTInput], list[str]]:
@@ -388,7 +388,7 @@ class FineTuneWidget(QWidget):
         except KeyError as exc:
             return None, [exc.args[0]]
         current = current_slice(self.viewer, layers[0]) if layers else None
-        return adapt_request(layers, shapes, current, self.name_edit.text(), settings)
+        return adapt_request(layers, shapes, current, self.name_edit.text(), settings, self.viewer.layers)
 
     def _boxes_note(self) -> str:
         """', on unreviewed detections' when the chosen lesion boxes are (or may be) the detector's own."""

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from napari_lidnet._training.local_data import CTInput
-from napari_lidnet.layer_data import shapes_to_boxes
+from napari_lidnet.layer_data import ANNOTATED, shapes_to_boxes
 
 from ._geometry import pixel_map
 
@@ -69,20 +69,36 @@ def inputs_from_layers(
     image_layers: Sequence[Any],
     shapes_layer: Any | None = None,
     current_slice: int | None = None,
+    all_layers: Sequence[Any] = (),
 ) -> tuple[list[CTInput], list[str]]:
     """Normal-dose image layers (2D/3D, HU) -> inputs; boxes from ``shapes_layer`` (None: detect them later).
 
-    With several images, a box belongs to the image that holds its centre; a box inside none is reported.
+    With several images, a box belongs to the image that holds its centre; a box inside none is reported. Images
+    that overlap on the canvas (DeepLesion key slices all sit at the origin) cannot share one boxes layer: a box
+    would belong to each of them (a walkthrough's second slice was trained with the first one's lesion, its own
+    as background). An annotated layer (``<image> lesions (annotated)``) then stands for each image's own, found
+    among ``all_layers``; other boxes layers are refused.
     """
     problems: list[str] = []
     inputs = []
     claimed: set[int] = set()
     n_shapes = len(shapes_layer.data) if shapes_layer is not None else 0
+    own = _own_annotations(image_layers, shapes_layer, all_layers, problems)
     for layer in image_layers:
         hu = layer_hu(layer)
         boxes = None
         source = "none"
-        if shapes_layer is not None:
+        if own is not None:
+            if own.get(layer.name) is None:
+                boxes, source = np.zeros((0, 5), np.float32), "none"
+                if own:  # an image with no annotations of its own would train as lesion-free
+                    problems.append(f"{layer.name!r} has no '{layer.name} {ANNOTATED}' layer: with images that "
+                                    "overlap on the canvas each needs its own; untick it, or tick it alone")
+            else:
+                boxes, notes = shapes_in_image(own[layer.name], layer, current_slice)
+                problems.extend(n for n in notes if n not in problems)
+                source = f"drawn ({own[layer.name].name})"
+        elif shapes_layer is not None:
             all_boxes, notes = shapes_in_image(shapes_layer, layer, current_slice)
             problems.extend(n for n in notes if n not in problems)
             mine = [k for k, b in enumerate(all_boxes) if len(image_layers) == 1 or _inside(b, hu.shape)]
@@ -90,10 +106,38 @@ def inputs_from_layers(
             boxes = all_boxes[mine].reshape(-1, 5)
             source = f"drawn ({shapes_layer.name})"
         inputs.append(CTInput(layer.name, hu, _layer_spacing_mm(layer), boxes=boxes, box_source=source))
-    if shapes_layer is not None and len(image_layers) > 1 and len(claimed) < n_shapes:
+    if own is None and shapes_layer is not None and len(image_layers) > 1 and len(claimed) < n_shapes:
         lost = n_shapes - len(claimed)
         problems.append(f"{lost} box(es) of {shapes_layer.name!r} lie outside every chosen image")
     return inputs, problems
+
+
+def _overlapping(layers: Sequence[Any]) -> tuple[str, str] | None:
+    """Two of ``layers`` whose extents on the canvas overlap (in y and x, and z where both have it), or None."""
+    for i, a in enumerate(layers):
+        for b in layers[i + 1 :]:
+            ea, eb = np.asarray(a.extent.world, float), np.asarray(b.extent.world, float)
+            n = min(ea.shape[1], eb.shape[1])
+            lo, hi = np.maximum(ea[0, -n:], eb[0, -n:]), np.minimum(ea[1, -n:], eb[1, -n:])
+            if np.all(lo < hi):
+                return a.name, b.name
+    return None
+
+
+def _own_annotations(
+    image_layers: Sequence[Any], shapes_layer: Any | None, all_layers: Sequence[Any], problems: list[str]
+) -> dict[str, Any] | None:
+    """For overlapping images and one boxes layer: each image's own annotated layer (None where it has none), or
+    a problem when the boxes layer is not an annotated one; None when the images do not overlap."""
+    if shapes_layer is None or len(image_layers) < 2 or (pair := _overlapping(image_layers)) is None:
+        return None
+    if not str(shapes_layer.name).endswith(ANNOTATED):
+        problems.append(f"{pair[0]!r} and {pair[1]!r} overlap on the canvas, so a box of {shapes_layer.name!r} "
+                        "would belong to both: tick one image per boxes layer, or images that each have their own "
+                        f"'{ANNOTATED}' layer")  # fmt: skip
+        return {}
+    by_name = {ly.name: ly for ly in all_layers}
+    return {ly.name: by_name.get(f"{ly.name} {ANNOTATED}") for ly in image_layers}
 
 
 def grid_differences(a: Any, b: Any) -> list[str]:
