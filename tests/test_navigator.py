@@ -666,3 +666,24 @@ def test_the_pixel_map_is_napari_s_own_transform_position_by_position() -> None:
     verts = rng.uniform(-20, 60, (5, 2))
     on_slice = [image.world_to_data([12.5, *flat.data_to_world(v)]) for v in verts]
     np.testing.assert_allclose(pixel_map(flat, image, lead=lead)(verts), np.asarray(on_slice, float), atol=1e-9)
+
+
+def test_lesion_numbers_follow_a_threshold_until_the_review_begins(case) -> None:
+    """Walkthrough 2026-12-06: the threshold moved while the navigator was open, and its lesion numbers no longer
+    matched the Denoise dock's box export (numbered afresh, first slice first) for the same boxes. Until the reader
+    decides, a new threshold numbers afresh; after, each lesion keeps its number."""
+    from napari_lidnet.metrics.lesions import row_lesions
+
+    viewer, widget, image, boxes, _ = case
+    boxes.data = [boxes.data[1]]  # a higher threshold: only the slice-3 box
+    assert list(widget.lesion_numbers().values()) == [1]
+    boxes.data = boxes_to_shapes(DETECTIONS[:, :5], 3)  # back: the slice-1 box is lesion 1 in the export
+    shown = widget.lesion_numbers()
+    by_slice = {f.slice: shown[f.id] for f in widget.findings}
+    exported = dict(zip(DETECTIONS[:, 0].astype(int), row_lesions(DETECTIONS)))
+    assert by_slice == exported, (by_slice, exported)
+    widget.accept(1)  # the review has begun: numbers stay put through a threshold round trip
+    before = widget.lesion_numbers()
+    boxes.data = [boxes.data[1]]
+    boxes.data = boxes_to_shapes(DETECTIONS[:, :5], 3)
+    assert widget.lesion_numbers() == before

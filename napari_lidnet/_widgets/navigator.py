@@ -335,6 +335,9 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         same = boxes is not None and boxes == self.boxes_layer and image == self.image_layer
         if not same:  # another run: its ids start again, so the marks (and lesion numbers) of the last one go
             self._origin, self._parked, self._alone, self._lesions = {}, {}, set(), {}
+        elif all(f.status == "pending" for f in self.findings):  # a threshold tried before the review began: its
+            self._lesions = {}  # boxes numbered afresh, as the Denoise dock's export numbers them (a walkthrough's
+            # two exports gave one lesion two numbers); once the reader decides, each lesion keeps its number
         if boxes is not None and boxes != self.boxes_layer:
             self._disconnect_boxes()
             self.watch.connect(boxes.events.data, self._on_boxes_data)
