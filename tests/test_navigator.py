@@ -687,3 +687,18 @@ def test_lesion_numbers_follow_a_threshold_until_the_review_begins(case) -> None
     boxes.data = [boxes.data[1]]
     boxes.data = boxes_to_shapes(DETECTIONS[:, :5], 3)
     assert widget.lesion_numbers() == before
+
+
+def test_a_reopened_navigator_finds_a_review_whose_detections_were_deleted(case, tmp_path: Path) -> None:
+    """Walkthrough 2026-12-06: accept two, delete the detections, close and reopen the navigator: the reviewed layer
+    (the kept boxes) was in the viewer, but the dock offered "(none)" and refused to export."""
+    viewer, widget, image, boxes, _ = case
+    widget.accept(0)
+    widget.accept(1)
+    viewer.layers.remove(boxes)
+    widget.close()
+    again = LesionNavigatorWidget(viewer)
+    assert sorted(f.status for f in again.findings) == ["accepted", "accepted"]
+    assert again.image_layer == image and "2 kept boxes" in again.status.text()
+    out = again.export(tmp_path / "review.csv")
+    assert out is not None and len(read_findings(out)) == 2

@@ -54,6 +54,7 @@ from ._roles import (
     is_ct_image,
     is_shapes,
     lidnet_info,
+    reviewed_of,
     role,
 )
 from ._save_dialog import check_suffix, save_path
@@ -148,6 +149,8 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         self.refresh_layers()
         if self.boxes_combo.currentText() != NONE and role(self._layer(self.boxes_combo.currentText())) == DETECTIONS:
             self.load()  # opened after a detection run: its boxes are what the picker shows, ready to review
+        elif (reviewed := self._reviewed_image()) is not None:  # its detections deleted, the dock reopened: the
+            self.load(None, reviewed)  # review was in the viewer, unreachable (walkthrough 2026-12-06)
         DockHome(self, "bottom", TITLE)
 
     @property
@@ -303,6 +306,10 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
             self._say(f"'{layer.name}' was removed: nothing left to review{kept}; pick another boxes layer")
         self.refresh_layers()
 
+    def _reviewed_image(self) -> Any | None:
+        """The first image with a reviewed layer of its own (the navigator's kept boxes), or None."""
+        return next((ly for ly in self._images() if reviewed_of(self.viewer.layers, ly)), None)
+
     def _images(self) -> list[Any]:
         """Grayscale 2D/3D images (``grayscale_images``), CT layers first."""
         images = grayscale_images(self.viewer)
@@ -361,8 +368,14 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
             self._restore_rejected(self._stored("rejected"))
         self._sync_from_reviewed()
         self._fill_table()
-        self._say(f"{len(self.findings)} boxes to review on {image.name}" if image is not None and boxes is not None
-                  else "choose a layer of boxes (run the detector) and its image")  # fmt: skip
+        if image is not None and boxes is not None:
+            self._say(f"{len(self.findings)} boxes to review on {image.name}")
+        elif image is not None and self.findings:
+            self._say(f"the review of {image.name}: {len(self.findings)} kept boxes on "
+                      f"{self.reviewed_layer.name if self.reviewed_layer is not None else 'its reviewed layer'} (its "
+                      "detections were removed: run the detector to review more)")  # fmt: skip
+        else:
+            self._say("choose a layer of boxes (run the detector) and its image")
         return len(self.findings)
 
     def _merge(self, new: list[Finding], old: list[Finding]) -> list[Finding]:
