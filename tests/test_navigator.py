@@ -702,3 +702,21 @@ def test_a_reopened_navigator_finds_a_review_whose_detections_were_deleted(case,
     assert again.image_layer == image and "2 kept boxes" in again.status.text()
     out = again.export(tmp_path / "review.csv")
     assert out is not None and len(read_findings(out)) == 2
+
+
+def test_the_current_finding_s_box_is_drawn_wider(case) -> None:
+    """Walkthrough 2026-12-06: on a slice with several boxes the selected row's box looked like the others."""
+    viewer, widget, image, boxes, _ = case
+    base = [float(w) for w in boxes.edge_width]
+    widget.select(1)
+    widths = [float(w) for w in boxes.edge_width]
+    assert widths[1] > base[1] and widths[0] == base[0] and widths[2] == base[2]
+    widget.select(2)
+    widths = [float(w) for w in boxes.edge_width]
+    assert widths[1] == base[1] and widths[2] > base[2]
+    widget.accept(0)  # kept: its box is on the reviewed layer, marked there when it is the current row
+    reviewed = viewer.layers[f"{image.name} reviewed"]
+    kept_width = float(reviewed.edge_width[0])
+    widget.select(0)
+    assert reviewed.nshapes == 1 and float(reviewed.edge_width[0]) == pytest.approx(3 * kept_width)
+    assert [float(w) for w in boxes.edge_width] == base

@@ -71,3 +71,33 @@ def _rgba(colour: Any) -> tuple[float, ...]:
     from napari.utils.colormaps.standardize_color import transform_color
 
     return tuple(float(v) for v in transform_color(colour)[0])
+
+
+#: the current finding's outline, this many times as wide as the others (on whichever layer holds it)
+CURRENT_WIDTH = 3.0
+
+
+def mark_current(layer: Any, index: int) -> tuple[Any, int, float, float] | None:
+    """Widen shape ``index``'s outline on ``layer`` (the row the reader is deciding on: on a slice with several
+    boxes it looked like the others); returns what :func:`unmark` needs, or None when there is no such shape."""
+    widths = [float(w) for w in layer.edge_width]
+    if not 0 <= index < len(widths):
+        return None
+    before = widths[index]
+    widths[index] = before * CURRENT_WIDTH
+    layer.edge_width = widths
+    return layer, index, before, widths[index]
+
+
+def unmark(mark: tuple[Any, int, float, float] | None, layers: Any) -> None:
+    """Undo :func:`mark_current` where the shape is still there and still as it was marked (a new threshold
+    rebuilds a layer's shapes at their usual width)."""
+    if mark is None:
+        return
+    layer, index, before, marked = mark
+    if layer not in layers or index >= layer.nshapes:
+        return
+    widths = [float(w) for w in layer.edge_width]
+    if np.isclose(widths[index], marked):
+        widths[index] = before
+        layer.edge_width = widths

@@ -38,7 +38,7 @@ from qtpy.QtWidgets import (
 from ..findings import KEPT, Finding, centre_world, lesion_groups, measure
 from ..io.boxes_io import slice_columns
 from ..io.volume import n_slices
-from ._box_marks import dim_boxes, scored
+from ._box_marks import dim_boxes, mark_current, scored, unmark
 from ._debounce import debounce_timer
 from ._docking import DockHome
 from ._geometry import corners_in_image, index_to_patient, index_to_world, pixel_map
@@ -142,6 +142,9 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         self._alone: set[int] = set()  # ids rejected one by one (Reject), which accepting their lesion leaves so
         self._parked: dict[tuple, Finding] = {}  # rejected findings whose detection left the layer, by key
         self._read_stamp: bytes = b""  # the boxes and scores last read (_stamp)
+        self._read_indices: list[int] = []  # the shape of each finding last read, in the boxes layer
+        self._shape_index: dict[int, int] = {}  # finding id -> its shape in the boxes layer
+        self._mark: Any = None  # the current finding's widened outline (_box_marks.mark_current)
         self.watch = LayerWatch(napari_viewer, self._on_renamed)
         self._create_ui()
         self._create_shortcuts()
@@ -358,7 +361,9 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
             combo.blockSignals(False)
         self._read_stamp = _stamp(boxes) if boxes is not None else b""
         new = self._read_findings(boxes, image) if boxes is not None and image is not None else []
+        shape_of = {id(f): i for f, i in zip(new, self._read_indices)}
         self.findings = self._merge(new, self.findings if same else [])
+        self._shape_index = {f.id: shape_of[id(f)] for f in new}
         self._measure([f for f in self.findings if not f.measures])  # the same detection keeps its measures
         self.reviewed_layer = self._find_reviewed()
         if not same:
@@ -431,11 +436,13 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         feats = boxes.features
         scores = feats["score"].to_numpy(float) if "score" in feats else None
         out, data, to_pixels = [], boxes.data, pixel_map(boxes, image)
+        self._read_indices = []  # each finding's shape in the layer (the current one is marked there)
         for i, kind in enumerate(boxes.shape_type):
             if kind in ("line", "path"):
                 continue
             z, corners = corners_in_image(boxes, i, image, data, to_pixels)
             out.append(Finding(len(out), z, corners, None if scores is None else float(scores[i])))
+            self._read_indices.append(i)
         return out  # measured by load, those the merge did not carry over
 
     def _measure(self, findings: list[Finding]) -> None:
@@ -564,6 +571,8 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         f, image = self.finding(fid), self.image_layer
         if f is None or image is None:
             return
+        unmark(self._mark, self.viewer.layers)
+        self._mark = self._mark_finding(f)
         centre = centre_world(f, index_to_world(image))  # where napari shows it (the table's centre is the patient's)
         world = centre[3 - image.ndim :]  # the image's own world axes, on the viewer's last ones
         dims, offset = self.viewer.dims, self.viewer.dims.ndim - image.ndim
@@ -572,6 +581,15 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
                 dims.set_point(axis, float(world[axis - offset]))
         shown = [float(world[d - offset]) if d >= offset else float(dims.point[d]) for d in dims.displayed]
         camera(self.viewer).center = tuple(shown)
+
+    def _mark_finding(self, f: Finding) -> Any:
+        """Widen the outline of ``f``'s box: on the reviewed layer when kept, else on the detections."""
+        reviewed = self.reviewed_layer
+        if f.kept and reviewed is not None and "finding" in reviewed.features:
+            ids = list(reviewed.features["finding"])
+            return mark_current(reviewed, ids.index(f.id)) if f.id in ids else None
+        index = self._shape_index.get(f.id)
+        return mark_current(self.boxes_layer, index) if index is not None and self.boxes_layer is not None else None
 
     def _target(self, fid: int | None) -> Finding | None:
         """The finding to decide on, or None after saying why (no row selected, or no image to place it on)."""
