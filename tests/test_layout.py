@@ -73,7 +73,7 @@ def test_docks_are_tabs_and_the_canvas_keeps_the_width(room) -> None:
     assert dock_of(widgets["denoise"]).width() <= 300
     demo.raise_tab(widgets["finetune"])  # its layer list spans the column (beside a label it was 74 px: "low-dos…")
     assert widgets["finetune"].data_box.image_list.width() >= 0.7 * dock_of(widgets["finetune"]).width()
-    from qtpy.QtWidgets import QAbstractSpinBox, QApplication, QLineEdit
+    from qtpy.QtWidgets import QAbstractSpinBox, QApplication, QLineEdit, QPushButton
 
     widgets["finetune"].advanced_button.click()  # walkthrough 2026-12-06: the rate read "0.00", the name its end
     QApplication.processEvents()
@@ -86,6 +86,19 @@ def test_docks_are_tabs_and_the_canvas_keeps_the_width(room) -> None:
     assert roi.canvas.height() >= 150 and roi.table.width() >= 400
     assert all(isinstance(d, QDockWidget) for d in right + bottom)
     assert viewer.dims.axis_labels == ("z", "y", "x")
+    uid = "1.2.276.0.7230010.3.1.3.296485376.1.1521713419.1802493"  # walkthrough 2026-12-06: a load note with a
+    for key in ("load", "denoise", "finetune", "navigator", "roi"):  # UID pushed Load CT's buttons out of view
+        demo.raise_tab(widgets[key])
+        dock = dock_of(widgets[key])
+        before = widgets[key].minimumSizeHint().width()
+        widgets[key].status.setText(f"series 'Plain' ({uid}) {uid}{uid}")
+        QApplication.processEvents()
+        assert widgets[key].minimumSizeHint().width() <= max(before, dock.width()), key
+        assert (main.width(), main.height()) == (WIDTH, HEIGHT), key
+    buttons = [b for b in widgets["load"].findChildren(QPushButton) if b.isVisible()]
+    demo.raise_tab(widgets["load"])
+    QApplication.processEvents()
+    assert all(b.mapTo(widgets["load"], b.rect().topRight()).x() <= widgets["load"].width() for b in buttons)
 
 
 def _canvas_drag(viewer, start: tuple[int, int], end: tuple[int, int], button: int = 2) -> None:

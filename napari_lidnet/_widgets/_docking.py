@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QMainWindow,
     QScrollArea,
+    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
@@ -54,6 +55,17 @@ def scroll_layout(widget: QWidget) -> QVBoxLayout:
     area.setWidget(body)
     outer.addWidget(area)
     return QVBoxLayout(body)
+
+
+def wrapping_label(text: str = "") -> QLabel:
+    """A word-wrapped label that never widens its dock: a token it cannot break (a series UID, a path) is cut at
+    the dock's edge (a walkthrough's load note quoting a UID pushed Load CT's fields and buttons out of view)."""
+    label = QLabel(text)
+    label.setWordWrap(True)
+    policy = label.sizePolicy()
+    policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
+    label.setSizePolicy(policy)
+    return label
 
 
 def compact(widget: QWidget) -> None:

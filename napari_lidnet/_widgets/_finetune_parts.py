@@ -47,6 +47,7 @@ from ._adapt_source import (
     adapt_default,
     estimate_text,
 )
+from ._docking import wrapping_label
 from ._layer_watch import renamed_to
 
 #: (key, label) of the data sources
@@ -500,8 +501,7 @@ class RunPanel(QWidget):
         self.overall_bar = QProgressBar()
         self.overall_bar.setFormat("overall %p%")
         self.eta_label = QLabel("")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = wrapping_label()
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.plot = NoReferencePlot(self)
         layout = QVBoxLayout(self)

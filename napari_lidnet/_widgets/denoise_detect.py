@@ -35,7 +35,7 @@ from qtpy.QtWidgets import (
 from ._debounce import debounce_timer
 from ._denoise_export import DenoiseExports
 from ._denoise_outputs import DenoiseOutputs
-from ._docking import DockHome, scroll_layout
+from ._docking import DockHome, scroll_layout, wrapping_label
 from ._layer_watch import LayerWatch, renamed_to
 from ._roles import (
     current_slice,
@@ -233,8 +233,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.progress = QProgressBar()
         self.progress.setFormat("%p%")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = wrapping_label()
         self._run_row = QHBoxLayout()
         self._run_row.addWidget(self.run_button)
         self._run_row.addWidget(self.cancel_button)

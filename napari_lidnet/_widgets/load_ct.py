@@ -37,7 +37,7 @@ from ..io.open_ct import list_series, open_ct
 from ..io.volume import n_slices
 from ..io.windowing import SCAN_WINDOW, WINDOW_PRESETS, stored_presets
 from ..layer_data import volume_layer_tuples
-from ._docking import DockHome, scroll_layout
+from ._docking import DockHome, scroll_layout, wrapping_label
 from ._layer_watch import LayerWatch, renamed_to
 from ._roles import derived_name, grayscale_images, is_ct_image, is_reduced_dose
 from ._sim_job import SimProgress, added_noise_sd, simulate_job
@@ -94,8 +94,7 @@ class LoadCTWidget(QWidget):
         self.sim_chunk: int | None = None  # slices per simulation call (None: 4 on the CPU, 16 on a GPU)
         self.sim_records: list[SimProgress] = []
 
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = wrapping_label()
         layout = scroll_layout(self)
         for w in (self._create_open_box(), self._create_window_box(), self._create_simulate_box(), self.status):
             layout.addWidget(w)
@@ -142,8 +141,7 @@ class LoadCTWidget(QWidget):
         self.measure_button = QPushButton("Measure (mm)")
         self.measure_button.setToolTip("calipers on the CT layer on screen: each line drawn shows its length in mm")
         self.measure_button.clicked.connect(self.measure)
-        hint = QLabel(HINT)
-        hint.setWordWrap(True)
+        hint = wrapping_label(HINT)
         hint.setStyleSheet("color: gray;")
         win_box = QGroupBox("Window")
         win_form = QFormLayout(win_box)

@@ -27,7 +27,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGridLayout,
     QHBoxLayout,
-    QLabel,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -40,7 +39,7 @@ from ..io.boxes_io import slice_columns
 from ..io.volume import n_slices
 from ._box_marks import dim_boxes, mark_current, scored, unmark
 from ._debounce import debounce_timer
-from ._docking import DockHome
+from ._docking import DockHome, wrapping_label
 from ._geometry import corners_in_image, index_to_patient, index_to_world, pixel_map
 from ._layer_watch import LayerWatch, renamed_to
 from ._review_export import write_review_sr, write_review_table
@@ -195,8 +194,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         for key in ("accept_lesion", "reject_lesion"):
             self.buttons[key].setToolTip("every box of the selected row's lesion: its overlapping boxes on "
                                          "neighbouring slices (the 'lesion' column)")  # fmt: skip
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = wrapping_label()
         form = QFormLayout()
         form.addRow("boxes", self.boxes_combo)
         form.addRow("image", self.image_combo)

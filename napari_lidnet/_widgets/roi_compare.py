@@ -30,7 +30,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGridLayout,
     QHBoxLayout,
-    QLabel,
     QListWidget,
     QListWidgetItem,
     QPushButton,
@@ -44,7 +43,7 @@ from qtpy.QtWidgets import (
 
 from napari_lidnet._widgets._canvas import PlotCanvas
 from napari_lidnet._widgets._debounce import debounce_timer
-from napari_lidnet._widgets._docking import DockHome
+from napari_lidnet._widgets._docking import DockHome, wrapping_label
 from napari_lidnet._widgets._layer_watch import LayerWatch, renamed_to
 from napari_lidnet._widgets._roi_observer import HOW_TO, OBSERVER_COLUMNS, observer_cell, pair_problem
 from napari_lidnet._widgets._roi_regions import regions_from_shapes, short_label
@@ -111,8 +110,7 @@ class ROICompareWidget(QWidget):
         self._syncing = False
         self._touched: dict[int, int] = {}  # id(shapes layer) -> order of its last edit or insertion
         self._reference_chosen = False  # the user picked the reference: stop defaulting it
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = wrapping_label()
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self._create_input_panel())
         split.addWidget(self._create_table())
