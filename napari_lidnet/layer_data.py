@@ -103,11 +103,13 @@ def boxes_layer_tuple(
     scores: np.ndarray | None = None,
     labels: Sequence[str] | None = None,
     edge_color: str = BOX_EDGE_COLOR,
+    features: dict[str, Any] | None = None,
 ) -> LayerDataTuple:
-    """Shapes layer tuple of rectangles for pixel boxes, placed like their image (same scale, translate, affine)."""
+    """Shapes layer tuple of rectangles for pixel boxes, placed like their image (same scale, translate, affine);
+    ``features``: more columns, one value per box."""
     shapes = boxes_to_shapes(boxes, ndim)
     n = len(shapes)
-    features: dict[str, Any] = {}
+    features = {k: list(v)[:n] for k, v in (features or {}).items()}
     if scores is not None:
         features["score"] = np.asarray(scores, dtype=float).reshape(-1)[:n]
     if labels is not None:
@@ -132,6 +134,9 @@ def boxes_layer_tuple(
     return (shapes, kwargs, "shapes")
 
 
+#: features of an annotated layer holding each lesion's measured diameters (mm): DeepLesion's RECIST axes
+RECIST_LONG, RECIST_SHORT = "recist_long_mm", "recist_short_mm"
+
 #: name suffix of a volume's own boxes (a reader's annotations, DeepLesion's bookmarks): the ground truth
 ANNOTATED = "lesions (annotated)"
 
@@ -143,6 +148,10 @@ def volume_boxes_layer_tuple(vol: CTVolume, name: str | None = None) -> LayerDat
     labels = vol.metadata.get("lesion_types")
     if labels is not None and len(labels) != len(vol.boxes):
         labels = None
+    recist = vol.metadata.get("recist_mm")  # DeepLesion's diameters: its boxes are padded, so their sides are not
+    extra = {}
+    if recist is not None and len(recist) == len(vol.boxes):
+        extra = {RECIST_LONG: [float(r[0]) for r in recist], RECIST_SHORT: [float(r[1]) for r in recist]}
     return boxes_layer_tuple(
         vol.boxes,
         vol.hu.ndim,
@@ -151,6 +160,7 @@ def volume_boxes_layer_tuple(vol: CTVolume, name: str | None = None) -> LayerDat
         translate=vol.origin,
         affine=vol.display_affine(),
         labels=labels,
+        features=extra,
     )
 
 

@@ -720,3 +720,22 @@ def test_the_current_finding_s_box_is_drawn_wider(case) -> None:
     widget.select(0)
     assert reviewed.nshapes == 1 and float(reviewed.edge_width[0]) == pytest.approx(3 * kept_width)
     assert [float(w) for w in boxes.edge_width] == base
+
+
+def test_deeplesion_boxes_measure_their_recist_diameters_not_their_padded_sides(make_napari_viewer, deeplesion_tree):
+    """Walkthrough 2026-12-06: DeepLesion pads each box 5 px beyond the RECIST axes; the navigator gave a 4.9 mm
+    lesion as 11.9 mm (the box). Its long/short are the table's diameters (5 and 3 px at 0.7 mm here)."""
+    from napari_lidnet.io.deeplesion import read_deeplesion_slice
+    from napari_lidnet.layer_data import volume_layer_tuples
+
+    _, series, _ = deeplesion_tree
+    viewer = make_napari_viewer()
+    tuples = volume_layer_tuples(read_deeplesion_slice(series / "109.png"))
+    (img_data, img_kwargs, _), (box_data, box_kwargs, _) = tuples
+    image = viewer.add_image(img_data, **img_kwargs)
+    boxes = viewer.add_shapes(box_data, **box_kwargs)
+    widget = LesionNavigatorWidget(viewer)
+    widget.load(boxes, image)
+    sizes = sorted((round(f.measures["long_mm"], 3), round(f.measures["short_mm"], 3)) for f in widget.findings)
+    assert sizes == [(3.5, 2.1), (3.5, 2.1)]
+    assert "RECIST diameters" in widget.status.text()

@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
 from ..findings import KEPT, Finding, centre_world, lesion_groups, measure
 from ..io.boxes_io import slice_columns
 from ..io.volume import n_slices
+from ..layer_data import RECIST_LONG, RECIST_SHORT
 from ._box_marks import dim_boxes, mark_current, scored, unmark
 from ._debounce import debounce_timer
 from ._docking import DockHome, wrapping_label
@@ -363,6 +364,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         self.findings = self._merge(new, self.findings if same else [])
         self._shape_index = {f.id: shape_of[id(f)] for f in new}
         self._measure([f for f in self.findings if not f.measures])  # the same detection keeps its measures
+        recist = self._recist_sizes(boxes)
         self.reviewed_layer = self._find_reviewed()
         if not same:
             self._adopt_reviewed()
@@ -372,7 +374,9 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         self._sync_from_reviewed()
         self._fill_table()
         if image is not None and boxes is not None:
-            self._say(f"{len(self.findings)} boxes to review on {image.name}")
+            sizes = (f"; long/short of {recist} box(es): the table's RECIST diameters (DeepLesion pads its boxes 5 px "
+                     "each side)") if recist else ""  # fmt: skip
+            self._say(f"{len(self.findings)} boxes to review on {image.name}{sizes}")
         elif image is not None and self.findings:
             self._say(f"the review of {image.name}: {len(self.findings)} kept boxes on "
                       f"{self.reviewed_layer.name if self.reviewed_layer is not None else 'its reviewed layer'} (its "
@@ -442,6 +446,21 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
             out.append(Finding(len(out), z, corners, None if scores is None else float(scores[i])))
             self._read_indices.append(i)
         return out  # measured by load, those the merge did not carry over
+
+    def _recist_sizes(self, boxes: Any) -> int:
+        """Long/short axes from the layer's measured diameters (``layer_data.RECIST_LONG``: DeepLesion's) for the
+        boxes that carry them, instead of the box's sides (a 4.9 mm lesion showed as 11.9 mm); how many."""
+        feats = getattr(boxes, "features", {})
+        if boxes is None or RECIST_LONG not in feats or RECIST_SHORT not in feats:
+            return 0
+        longs, shorts = feats[RECIST_LONG].to_numpy(float), feats[RECIST_SHORT].to_numpy(float)
+        n = 0
+        for f in self.findings:
+            i = self._shape_index.get(f.id)
+            if i is not None and i < len(longs) and np.isfinite(longs[i]) and f.status != "edited":
+                f.measures.update(long_mm=float(longs[i]), short_mm=float(shorts[i]))
+                n += 1
+        return n
 
     def _measure(self, findings: list[Finding]) -> None:
         image = self.image_layer

@@ -282,6 +282,16 @@ def _run_volume(
     return vol
 
 
+def _recist_mm(row: LesionRow, pixel_mm: float) -> list[float]:
+    """The row's RECIST long and short diameters in mm (``Lesion_diameters_Pixel_`` x the pixel size): what a
+    DeepLesion box measures, not its sides, which DeepLesion pads by 5 px on each side; NaN where not given."""
+    values = _numbers(row.extra.get("Lesion_diameters_Pixel_"))
+    if len(values) != 2 or not all(math.isfinite(v) and v >= 0 for v in values):
+        return [math.nan, math.nan]
+    long_px, short_px = max(values), min(values)
+    return [long_px * pixel_mm, short_px * pixel_mm]
+
+
 def _volume(
     hu: np.ndarray,
     source: Path,
@@ -304,6 +314,8 @@ def _volume(
             notes.append(f"{source}: table says image size {ref.image_size} (x, y), file has {size_xy}")
         meta["table"] = str(table_path)
     meta["lesion_types"] = [r.type_name for r in rows]
+    if ref is not None and ref.spacing_xyz is not None:  # the boxes are the RECIST axes' extent padded by 5 px
+        meta["recist_mm"] = [_recist_mm(r, ref.spacing_xyz[0]) for r in rows]
     meta["possibly_noisy"] = [r.noisy for r in rows]
     if ref is None:
         meta["spacing_assumed"] = True
