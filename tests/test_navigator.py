@@ -739,3 +739,16 @@ def test_deeplesion_boxes_measure_their_recist_diameters_not_their_padded_sides(
     sizes = sorted((round(f.measures["long_mm"], 3), round(f.measures["short_mm"], 3)) for f in widget.findings)
     assert sizes == [(3.5, 2.1), (3.5, 2.1)]
     assert "RECIST diameters" in widget.status.text()
+
+
+def test_stepping_through_findings_side_by_side_says_where_the_box_is(case) -> None:
+    """Walkthrough 2026-12-06: in Compare (napari's grid, the two images alone) a jump moved to the finding but no
+    box showed, without a word; the status says the box is at the centre and that Flip shows it."""
+    viewer, widget, image, boxes, _ = case
+    viewer.grid.enabled, boxes.visible = True, False  # as Compare leaves them
+    widget.select(1)
+    assert "its box is hidden: F flips" in widget.status.text()
+    viewer.grid.enabled, boxes.visible = False, True
+    widget.status.setText("")
+    widget.select(0)
+    assert "hidden" not in widget.status.text()

@@ -58,7 +58,7 @@ from ._roles import (
     role,
 )
 from ._save_dialog import check_suffix, save_path
-from ._viewer import camera
+from ._viewer import camera, grid
 from .reading_room import ReadingRoom
 
 TITLE = "Navigator"  # the dock's tab
@@ -598,6 +598,10 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
                 dims.set_point(axis, float(world[axis - offset]))
         shown = [float(world[d - offset]) if d >= offset else float(dims.point[d]) for d in dims.displayed]
         camera(self.viewer).center = tuple(shown)
+        boxes = self.boxes_layer if self.boxes_layer is not None else self.reviewed_layer
+        if grid(self.viewer).enabled and boxes is not None and not boxes.visible:  # Compare shows the images alone
+            self._say(f"finding {f.id} is at the centre of both panels; side by side shows the images alone, so its "
+                      "box is hidden: F flips the two in place with the boxes drawn")  # fmt: skip
 
     def _mark_finding(self, f: Finding) -> Any:
         """Widen the outline of ``f``'s box: on the reviewed layer when kept, else on the detections."""
