@@ -799,3 +799,27 @@ def test_sigterm_while_a_series_is_written_leaves_no_half_series(tmp_path, capsy
     assert rc == 143 and err[-1].startswith("lidnet denoise: terminated (SIGTERM)"), err[-3:]
     assert len(written) == 3 and not (tmp_path / "out").exists()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # given back
+
+
+def test_boxes_of_a_deeplesion_folder_name_its_slices_and_no_patient_coordinates(tmp_path):
+    """Walkthrough 2026-12-06: a DeepLesion sub-volume's boxes gave the index inside it as the slice (1 for 105.png)
+    and lps_*_mm for PNGs, which have no patient orientation. They carry the archive's slice number, and no lps_."""
+    import csv
+    import warnings
+
+    from conftest import write_png_hu
+
+    from napari_lidnet.io.boxes_io import write_volume_boxes
+    from napari_lidnet.io.deeplesion import read_deeplesion_folder
+
+    folder = tmp_path / "000001_01_01"
+    folder.mkdir()
+    for k in (104, 105, 106):
+        write_png_hu(folder / f"{k}.png", np.full((24, 32), 40.0, np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no DL_info.csv: 1 mm assumed, said
+        (vol,) = read_deeplesion_folder(folder)
+    out = write_volume_boxes(tmp_path / "b.csv", np.array([[1, 2, 3, 9, 8, 0.9]]), vol)
+    (row,) = list(csv.DictReader(out.open()))
+    assert row["slice"] == "1" and row["deeplesion_slice"] == "105"
+    assert not any(k.startswith("lps_") for k in row), row

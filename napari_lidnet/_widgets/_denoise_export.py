@@ -116,14 +116,15 @@ class DenoiseExports:
         if self._last is None or self._last["result"].boxes is None:
             self._message("nothing to export: run the detector first", error=True)
             return None
-        from ..io.boxes_io import slice_columns, write_boxes_csv
+        from ..io.boxes_io import patient_affine, slice_columns, write_boxes_csv
         from ..io.volume import per_slice
         from ..metrics.lesions import row_lesions
 
         src, rows = self._last["layer"], self.shown_boxes
         n = n_slices(src.data)
         slices = slice_columns(src.metadata, n)
-        geometry = (src.metadata.get("affine_lps"), per_slice(src.metadata, "slice_ipp", n))  # from the reader
+        geometry = (patient_affine(src.metadata, src.metadata.get("affine_lps")),  # from the reader
+                    per_slice(src.metadata, "slice_ipp", n))  # fmt: skip
         den, det = self._last["labels"]
         about = {"input": src.metadata.get("source") or src.name, "layer": src.name, "detector": det,
                  "denoised_first_by": den or None, "remove_sd": self._last.get("remove_sd"),

@@ -40,7 +40,16 @@ def slice_columns(metadata: dict[str, Any], n: int) -> dict[str, list]:
         out["z_mm"] = [round(float(p[2]), 3) for p in ipp]
     if uids is not None:
         out["sop_instance_uid"] = [str(u) for u in uids]
+    files = metadata.get("files")
+    if metadata.get("format") == "deeplesion" and isinstance(files, list) and len(files) == n:
+        out["deeplesion_slice"] = [_slice_number(f) for f in files]  # the archive's own number (105.png: 105)
     return out
+
+
+def _slice_number(path: str) -> int | str:
+    """A DeepLesion slice's number from its file name (``.../105.png`` -> 105), else the name."""
+    stem = Path(path).stem
+    return int(stem) if stem.isdigit() else stem
 
 
 def box_sides_mm(rows: np.ndarray, pixel_mm: Sequence[float]) -> dict[str, np.ndarray]:
@@ -114,6 +123,12 @@ def write_boxes_csv(
     return path
 
 
+def patient_affine(metadata: dict[str, Any], affine: Any) -> Any:
+    """``affine`` where the source records a patient orientation, else None: the ``lps_*`` columns of a PNG or a
+    plain array would be millimetres from a made-up origin, not patient coordinates."""
+    return None if metadata.get("orientation_unknown") else affine
+
+
 def write_volume_boxes(
     path: str | Path, rows: np.ndarray, volume: CTVolume, lesions: Sequence[int] | None = None,
     about: dict[str, Any] | None = None,
@@ -122,8 +137,9 @@ def write_volume_boxes(
     slice columns; ``about`` plus the volume's spacing and series UID go into the JSON."""
     n = n_slices(volume.hu)
     spacing = {"spacing_mm": list(volume.spacing), "series_uid": volume.metadata.get("series_uid")}
+    affine = patient_affine(volume.metadata, volume.affine())
     return write_boxes_csv(
-        path, rows, slice_columns(volume.metadata, n), lesions, volume.spacing, volume.affine(),
+        path, rows, slice_columns(volume.metadata, n), lesions, volume.spacing, affine,
         per_slice(volume.metadata, "slice_ipp", n), {**(about or {}), **spacing},
     )  # fmt: skip
 
