@@ -184,3 +184,15 @@ def test_a_linked_image_folder_and_a_neighbour_slice_keep_the_archives_table(dee
     assert vol.spacing == (0.7, 0.7) and len(vol.boxes) == 2 and vol.metadata["table"].startswith(str(project))
     neighbour = read_deeplesion_slice(project / "Images_png" / "000001_01_01" / "110.png")
     assert neighbour.spacing == (0.7, 0.7) and neighbour.metadata["window"] == [50.0, 450.0]
+
+
+def test_the_archive_its_table_and_images_folder_say_what_to_open(deeplesion_tree):
+    """Walkthrough 2026-12-06: opening DL_info.csv, the archive or Images_png said "not a CT file" / "no DICOM
+    files", with no next step."""
+    root, series, _ = deeplesion_tree
+    for path in (root / "DL_info.csv", root, root / "Images_png"):
+        with pytest.raises(ValueError) as err:
+            open_ct(path)
+        text = str(err.value)
+        assert "a DeepLesion archive; open one series folder under Images_png" in text and "\n" not in text, text
+        assert str(series) in text and "lidnet index" in text

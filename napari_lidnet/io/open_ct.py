@@ -105,8 +105,25 @@ def _read(path: Path, kind: str | None, series_uid: str | None) -> list[CTVolume
                 f"{path}: folder holds {len(niftis)} NIfTI file(s) ({niftis[0]}, ...), each a volume of its own: "
                 "open one file (or, in the command line, take them all with --all-series)"
             )
+        _deeplesion_hint(path)
         raise ValueError(f"{path}: folder has no DICOM files or numbered 16-bit PNG slices")
+    _deeplesion_hint(path)
     raise ValueError(f"{path}: not a CT file this plugin reads (DICOM, NIfTI, 16-bit PNG, .npy, .npz, .tif)")
+
+
+def _deeplesion_hint(path: Path) -> None:
+    """A one-line ValueError with the next step when ``path`` is DeepLesion's table, its archive folder or its
+    ``Images_png`` (a walkthrough got "not a CT file" and "no DICOM files" there, with nothing to do next)."""
+    from .deeplesion import INFO_CSV_NAME
+
+    root = path.parent if path.name in (INFO_CSV_NAME, "Images_png") else path
+    images = root / "Images_png"
+    if (root / INFO_CSV_NAME).is_file() or (images.is_dir() and path.is_dir()):
+        series = next((p.name for p in sorted(images.iterdir()) if p.is_dir()), "000001_01_01") \
+            if images.is_dir() else "000001_01_01"  # fmt: skip
+        raise ValueError(f"{path}: a DeepLesion archive; open one series folder under Images_png (e.g. "
+                         f"{images / series}) or one of its slices, or index the archive for training "
+                         f"(lidnet index {root} --out dl.jsonl)")  # fmt: skip
 
 
 def _dataset_root(path: Path) -> Path | None:
