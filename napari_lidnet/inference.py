@@ -213,6 +213,8 @@ def _as_stack(hu: np.ndarray) -> np.ndarray:
     hu = hu_array(hu)
     if hu.ndim not in (2, 3):
         raise ValueError(f"expected a 2D slice or a 3D volume, got an array of shape {hu.shape}")
+    if 0 in hu.shape[-2:]:  # a layer cropped to nothing: torch failed deep in the network
+        raise ValueError(f"an image of shape {hu.shape} has no pixels in a slice")
     return hu[None] if hu.ndim == 2 else hu
 
 
@@ -530,9 +532,11 @@ def detect_scale(detector: torch.nn.Module, pixel_mm: Sequence[float] | None) ->
     target = getattr(detector, "detect_mm", None)
     if target is None or pixel_mm is None:
         return None
-    fy, fx = (float(v) / float(target) for v in np.ravel(pixel_mm)[-2:])
-    if not all(np.isfinite((fy, fx))) or min(fy, fx) <= 0:
-        raise ValueError(f"pixel size {list(np.ravel(pixel_mm))} must be two positive numbers of mm")
+    size = [float(v) for v in np.ravel(pixel_mm)]
+    size = size * 2 if len(size) == 1 else size  # one value: square pixels, as everywhere else
+    fy, fx = (v / float(target) for v in size[-2:])
+    if len(size) < 2 or not all(np.isfinite((fy, fx))) or min(fy, fx) <= 0:
+        raise ValueError(f"pixel size {size} must be two positive numbers of mm")
     return None if max(abs(fy - 1), abs(fx - 1)) < 0.02 else (fy, fx)
 
 

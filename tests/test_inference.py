@@ -349,3 +349,17 @@ def test_a_denoised_pixel_is_never_darker_than_air_unless_its_input_was() -> Non
     assert out[hu == -1024].min() >= -1024 and out[0, 2, 2] >= -1100 - 1e-3
     body = np.s_[:, 20:44, 20:44]
     np.testing.assert_allclose(out[body], raw[body], atol=1e-3)
+
+
+def test_edge_inputs_refused_in_one_line_or_taken_as_meant() -> None:
+    """Review 2026-12-06: an image with no pixels in a slice failed deep in torch; one pixel size for a detector
+    that resamples to its own failed with "not enough values to unpack" (one value means square pixels elsewhere)."""
+    den = build_denoiser("fastdn", width=8, blocks=1).eval()
+    for shape in ((2, 0, 32), (0, 0)):
+        with pytest.raises(ValueError, match=r"has no pixels in a slice"):
+            inf.denoise(den, np.zeros(shape, np.float32))
+    detector = LesionDetector(width=4).eval()
+    detector.detect_mm = 0.8
+    assert inf.detect_scale(detector, 0.4) == inf.detect_scale(detector, (0.4, 0.4)) == (0.5, 0.5)
+    with pytest.raises(ValueError, match=r"pixel size \[0.0, 0.8\] must be two positive"):
+        inf.detect_scale(detector, (0.0, 0.8))

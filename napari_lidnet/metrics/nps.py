@@ -81,7 +81,9 @@ def nps_2d(
     region = np.asarray(region, dtype=np.float64)
     if region.ndim != 2 or min(region.shape) < 4:
         raise ValueError(f"NPS needs a 2D region of at least 4x4 pixels, got shape {region.shape}")
-    dy, dx = (float(pixel_mm), float(pixel_mm)) if np.isscalar(pixel_mm) else map(float, pixel_mm)
+    dy, dx = (abs(float(v)) for v in ((pixel_mm, pixel_mm) if np.isscalar(pixel_mm) else pixel_mm))  # a flipped
+    if not (np.isfinite(dy) and np.isfinite(dx) and dy > 0 and dx > 0):  # layer's scale is negative: sizes count
+        raise ValueError(f"pixel size {pixel_mm!r} must be positive numbers of mm")
     if roi_size is None or min(region.shape) < roi_size:
         sy, sx = region.shape
     else:
