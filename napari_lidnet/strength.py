@@ -57,10 +57,16 @@ def blend_weight(remove_sd: float, residual: float) -> float:
     return float(np.clip(1.0 - (remove_sd / residual) ** 2, 0.0, 1.0))
 
 
+#: the body stands for the slice's noise when it covers at least this share of the field of view
+MIN_BODY_SHARE = 0.05
+
+
 def _region(denoised: np.ndarray) -> np.ndarray:
-    """The body of a slice, else (a crop of lung alone) every pixel inside the field of view."""
+    """The body of a slice, else (a crop of lung alone, where the largest region above -500 HU may be one vessel
+    pixel) every pixel inside the field of view."""
     body = body_mask(denoised)
-    return body if body.any() else denoised > PADDING_BELOW_HU
+    inside = denoised > PADDING_BELOW_HU
+    return body if body.sum() >= MIN_BODY_SHARE * inside.sum() and body.any() else inside
 
 
 def _region_sds(low: np.ndarray, denoised: np.ndarray) -> tuple[float, float, float]:
@@ -128,11 +134,15 @@ def leave_weight(low: np.ndarray, denoised: np.ndarray, leave_sd: float) -> floa
     read the noise): with the input's, the residual's and the denoised image's SDs there (``a``, ``b``, ``d``), the
     output's variance is ``a^2 - 2 u c + u^2 b^2`` for ``u = 1 - w`` and ``c = (a^2 + b^2 - d^2) / 2``; the root in
     [0, 1]. 1 (the input) when it holds no more than ``leave_sd``, 0 when the denoised image already holds as much.
-    Without flat tissue (a crop of lung alone) the three SDs are taken over the body, else the field of view, where
-    anatomy adds to them (it was 0 there, all the noise removed); 0 when there is nothing to measure at all."""
+    Without flat soft tissue (a crop of lung alone) the flattest blocks at any density inside the field of view
+    stand in, and without those the SDs over the body or field of view, where anatomy adds to them (it was 0 there:
+    all the noise removed); 0 when there is nothing to measure at all."""
     lo = np.asarray(low, np.float32)
     de = np.asarray(denoised, np.float32)
     a, b, d = flat_block_noise_sds(lo, [lo, lo - de, de], block=NOISE_BLOCK)
+    if not np.isfinite(a) or b <= 0:  # no flat soft tissue: flat blocks at any density inside the field of view
+        a, b, d = flat_block_noise_sds(lo, [lo, lo - de, de], NOISE_BLOCK, (PADDING_BELOW_HU, 4000.0),
+                                       lo > PADDING_BELOW_HU)  # fmt: skip
     if not np.isfinite(a) or b <= 0:
         a, b, d = _region_sds(lo, de)
     if not np.isfinite(a) or b <= 0:

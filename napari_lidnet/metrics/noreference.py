@@ -169,14 +169,14 @@ def _tile_plane_sds(a: np.ndarray, block: int) -> np.ndarray:
 
 
 def _candidate_tiles(
-    s: np.ndarray, block: int, hu_range: tuple[float, float]
+    s: np.ndarray, block: int, hu_range: tuple[float, float], region: np.ndarray | None = None
 ) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
     """(the crop of slice ``s`` that the tiles cover; the flat indices of the half-overlapping tiles of that crop
-    that lie inside the body with their mean in ``hu_range``; their structure scores)."""
+    that lie inside the body (or ``region``) with their mean in ``hu_range``; their structure scores)."""
     whole = (slice(None), slice(None))
     if min(s.shape) < block:
         return whole, np.zeros(0, int), np.zeros(0)
-    body = body_mask(s)
+    body = body_mask(s) if region is None else np.asarray(region, bool)
     crop = _body_box(body, block)
     s, body = s[crop], body[crop]
     if min(s.shape) < block:  # a sliver of tissue at the image's edge holds no block
@@ -237,11 +237,16 @@ def flat_blocks(
 
 
 def flat_block_noise_sds(
-    hu2d: np.ndarray, images: list[np.ndarray], block: int = NOISE_BLOCK, hu_range: tuple[float, float] = FLAT_HU
+    hu2d: np.ndarray,
+    images: list[np.ndarray],
+    block: int = NOISE_BLOCK,
+    hu_range: tuple[float, float] = FLAT_HU,
+    region: np.ndarray | None = None,
 ) -> list[float]:
     """:func:`block_noise_sd` of each of ``images`` (each of the slice's shape) in the flattest blocks of the slice
     ``hu2d``, chosen once (as :func:`flat_blocks` chooses them); NaN for each when there is no flat block. An even
-    ``block`` is measured from per-cell moments (:func:`_tile_plane_sds`), without copying the blocks out."""
+    ``block`` is measured from per-cell moments (:func:`_tile_plane_sds`), without copying the blocks out.
+    ``region`` (even blocks): where blocks may lie instead of the body (a crop of lung alone has none)."""
     s = np.asarray(hu2d, np.float32)
     ims = [np.asarray(im, np.float32) for im in images]
     if any(im.shape != s.shape for im in ims):
@@ -249,7 +254,7 @@ def flat_block_noise_sds(
     if block % 2:
         blocks = _flattest([_candidates(s, np.stack(ims, axis=-1), block, hu_range)], FLAT_FRACTION)
         return [block_noise_sd(blocks[:, c]) if len(blocks) else float("nan") for c in range(len(ims))]
-    crop, keep, score = _candidate_tiles(s, block, hu_range)
+    crop, keep, score = _candidate_tiles(s, block, hu_range, region)
     if len(keep) == 0:
         return [float("nan")] * len(ims)
     chosen = keep[_choose(score, FLAT_FRACTION)]
