@@ -697,6 +697,8 @@ def test_a_reopened_navigator_finds_a_review_whose_detections_were_deleted(case,
     widget.accept(1)
     viewer.layers.remove(boxes)
     widget.close()
+    viewer.add_shapes([np.array([[0, 1, 1], [0, 1, 5], [0, 5, 5], [0, 5, 1]], float)], shape_type="rectangle",
+                      name="my notes on another scan", translate=(0, 0, 100))  # review: loaded as 'pending' boxes
     again = LesionNavigatorWidget(viewer)
     assert sorted(f.status for f in again.findings) == ["accepted", "accepted"]
     assert again.image_layer == image and "2 kept boxes" in again.status.text()
@@ -739,6 +741,12 @@ def test_deeplesion_boxes_measure_their_recist_diameters_not_their_padded_sides(
     sizes = sorted((round(f.measures["long_mm"], 3), round(f.measures["short_mm"], 3)) for f in widget.findings)
     assert sizes == [(3.5, 2.1), (3.5, 2.1)]
     assert "RECIST diameters" in widget.status.text()
+    widget.accept(0)  # review: a reopened dock measured the kept box by its padded sides again
+    widget.close()
+    again = LesionNavigatorWidget(viewer)  # the image's own annotated layer and its review, as before
+    assert again.boxes_layer == boxes and [f.status for f in again.findings] == ["accepted", "pending"]
+    sizes = sorted((round(f.measures["long_mm"], 3), round(f.measures["short_mm"], 3)) for f in again.findings)
+    assert sizes == [(3.5, 2.1), (3.5, 2.1)], sizes
 
 
 def test_stepping_through_findings_side_by_side_says_where_the_box_is(case) -> None:

@@ -37,7 +37,7 @@ from qtpy.QtWidgets import (
 from ..findings import KEPT, Finding, centre_world, lesion_groups, measure
 from ..io.boxes_io import slice_columns
 from ..io.volume import n_slices
-from ..layer_data import RECIST_LONG, RECIST_SHORT
+from ..layer_data import ANNOTATED, RECIST_LONG, RECIST_SHORT
 from ._box_marks import dim_boxes, mark_current, scored, unmark
 from ._debounce import debounce_timer
 from ._docking import DockHome, wrapping_label
@@ -153,7 +153,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         if self.boxes_combo.currentText() != NONE and role(self._layer(self.boxes_combo.currentText())) == DETECTIONS:
             self.load()  # opened after a detection run: its boxes are what the picker shows, ready to review
         elif (reviewed := self._reviewed_image()) is not None:  # its detections deleted, the dock reopened: the
-            self.load(None, reviewed)  # review was in the viewer, unreachable (walkthrough 2026-12-06)
+            self._load_review(reviewed)  # review was in the viewer, unreachable (walkthrough 2026-12-06)
         DockHome(self, "bottom", TITLE)
 
     @property
@@ -308,6 +308,18 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
             self._say(f"'{layer.name}' was removed: nothing left to review{kept}; pick another boxes layer")
         self.refresh_layers()
 
+    def _load_review(self, image: Any) -> None:
+        """Review ``image`` with the boxes layer picked when it is that image's own (its detections or its
+        annotations), else its reviewed layer alone (not another scan's boxes that the picker shows)."""
+        picked = self._layer(self.boxes_combo.currentText())
+        own = picked is not None and (lidnet_info(picked).get("source_layer") == image.name
+                                      or picked.name == f"{image.name} {ANNOTATED}")  # fmt: skip
+        if not own:
+            self.boxes_combo.blockSignals(True)
+            self.boxes_combo.setCurrentText(NONE)
+            self.boxes_combo.blockSignals(False)
+        self.load(picked if own else None, image)
+
     def _reviewed_image(self) -> Any | None:
         """The first image with a reviewed layer of its own (the navigator's kept boxes), or None."""
         return next((ly for ly in self._images() if reviewed_of(self.viewer.layers, ly)), None)
@@ -364,7 +376,6 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         self.findings = self._merge(new, self.findings if same else [])
         self._shape_index = {f.id: shape_of[id(f)] for f in new}
         self._measure([f for f in self.findings if not f.measures])  # the same detection keeps its measures
-        recist = self._recist_sizes(boxes)
         self.reviewed_layer = self._find_reviewed()
         if not same:
             self._adopt_reviewed()
@@ -372,6 +383,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
             self._absorb_kept()
             self._restore_rejected(self._stored("rejected"))
         self._sync_from_reviewed()
+        recist = self._recist_sizes(boxes)  # after the kept boxes are adopted (measured again by their sides)
         self._fill_table()
         if image is not None and boxes is not None:
             sizes = (f"; long/short of {recist} box(es): the table's RECIST diameters (DeepLesion pads its boxes 5 px "
