@@ -716,6 +716,12 @@ def test_the_current_finding_s_box_is_drawn_wider(case) -> None:
     widget.select(2)
     widths = [float(w) for w in boxes.edge_width]
     assert widths[1] == base[1] and widths[2] > base[2]
+    for kept in ([1, 2], [0, 1, 2]):  # review: after a threshold move the wide outline sat on another finding's box
+        boxes.data = [boxes_to_shapes(DETECTIONS[:, :5], 3)[k] for k in kept]
+        assert len(widget.findings) == len(kept) and widget.current_id() == 2  # read now (reloads wait for events)
+        widths = [float(w) for w in boxes.edge_width]
+        current = kept.index(2)  # finding 2 (the slice-2 box) is shape 1, then shape 2
+        assert widths[current] > base[0] and all(w == base[0] for k, w in enumerate(widths) if k != current), widths
     widget.accept(0)  # kept: its box is on the reviewed layer, marked there when it is the current row
     reviewed = viewer.layers[f"{image.name} reviewed"]
     kept_width = float(reviewed.edge_width[0])

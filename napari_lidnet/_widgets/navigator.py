@@ -385,6 +385,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         self._sync_from_reviewed()
         recist = self._recist_sizes(boxes)  # after the kept boxes are adopted (measured again by their sides)
         self._fill_table()
+        self._remark()
         if image is not None and boxes is not None:
             sizes = (f"; long/short of {recist} box(es): the table's RECIST diameters (DeepLesion pads its boxes 5 px "
                      "each side)") if recist else ""  # fmt: skip
@@ -614,6 +615,14 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         if grid(self.viewer).enabled and boxes is not None and not boxes.visible:  # Compare shows the images alone
             self._say(f"finding {f.id} is at the centre of both panels; side by side shows the images alone, so its "
                       "box is hidden: F flips the two in place with the boxes drawn")  # fmt: skip
+
+    def _remark(self) -> None:
+        """Mark the current row's box again after the layers were read anew: a new threshold renumbers the shapes
+        and napari keeps the widths by position, so the wide outline sat on another finding's box."""
+        unmark(self._mark, self.viewer.layers)
+        fid = self.current_id()
+        f = self.finding(fid) if fid is not None else None
+        self._mark = self._mark_finding(f) if f is not None else None
 
     def _mark_finding(self, f: Finding) -> Any:
         """Widen the outline of ``f``'s box: on the reviewed layer when kept, else on the detections."""
