@@ -323,6 +323,8 @@ def test_deeplesion_official_split_is_honoured(deeplesion_tree, tmp_path):
             archive_index(tmp_path / f"{made}.jsonl", tmp_path / "cached.jsonl", split=asked)
     with pytest.raises(ValueError, match="indexed without a dose"):  # past the split check: the same part
         archive_index(tmp_path / "test.jsonl", tmp_path / "cached.jsonl", split="test")
+    with pytest.raises(ValueError, match="indexed without a dose"):  # a run started so before the check resumes
+        archive_index(tmp_path / "test.jsonl", tmp_path / "cached.jsonl", split="train", resuming=True)
 
 
 def test_training_from_a_deeplesion_folder_uses_its_train_part(deeplesion_tree, tmp_path):

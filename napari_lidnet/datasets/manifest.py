@@ -535,8 +535,9 @@ def archive_index(
                 "--dose out"
             )
         kind, indexed_split = header.get("kind"), header.get("split")
-        if kind == "deeplesion" and indexed_split is not None and indexed_split != split:
+        if kind == "deeplesion" and indexed_split is not None and indexed_split != split and not resuming:
             raise ValueError(  # walkthrough 2026-12-06: a test-part manifest trained to the end under --split train
+                # (a run started so before this check resumes as it began: it carries on with its data)
                 f"{data} holds DeepLesion's {indexed_split!r} part, not the {split!r} part asked for (--split, "
                 f"default train): index that part (lidnet index {header.get('root', 'ARCHIVE')} --out NEW.jsonl "
                 f"--split {split}), or give --split {indexed_split} to train on this one knowingly"
