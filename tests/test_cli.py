@@ -93,6 +93,13 @@ def test_a_detector_the_run_never_trained_is_not_exported(trained, tmp_path, cap
     models = {m.name: m for m in list_models()}
     assert "solo_denoiser" in models and "solo_detector" not in models
     assert "pair_of" not in json.loads((tmp_path / "models" / "solo_denoiser.json").read_text())
+    for option, value in (("--out", str(tmp_path / "run2")), ("--pretrain-denoiser-steps", "0"),
+                          ("--pretrain-detector-steps", "2"), ("--export", "det-solo")):  # fmt: skip
+        args[args.index(option) + 1] = value
+    assert main(args) == 0  # the other way round: the review found it exported without a word
+    assert "the run never trained its denoiser" in capsys.readouterr().err
+    names = {m.name for m in list_models()}
+    assert "det-solo_detector" in names and "det-solo_denoiser" not in names
 
 
 def test_evaluate_reports_low_denoised_full(trained, tmp_path, capsys, monkeypatch):

@@ -159,12 +159,13 @@ def _train_and_export(cfg, rank: int, world: int, export: str | None, command: s
         written = export_run(trainer.out, export, command=command)
         for path in written:
             print(f"exported {path}", file=sys.stderr)
-        detector = next((p for p in written if p.stem.endswith("_detector")), None)
-        if detector is None:
-            print("the run never trained its detector and started from none (its weights are random): the "
-                  "denoiser was exported alone", file=sys.stderr)  # fmt: skip
-        else:
-            print(threshold_note(export, read_card(detector)), file=sys.stderr)
+        kinds = {p.stem.rsplit("_", 1)[-1]: p for p in written}
+        for missing, alone in (("detector", "denoiser"), ("denoiser", "detector")):
+            if missing not in kinds:
+                print(f"the run never trained its {missing} and started from none (its weights are random): the "
+                      f"{alone} was exported alone", file=sys.stderr)  # fmt: skip
+        if "detector" in kinds:
+            print(threshold_note(export, read_card(kinds["detector"])), file=sys.stderr)
     return 0
 
 
