@@ -399,6 +399,9 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     assert main(["denoise", str(tmp_path / "ct.npy"), str(tmp_path / "den.v2")]) == 0  # a folder's name: DICOM
     assert any((tmp_path / "den.v2").glob("*.dcm"))
     shutil.rmtree(tmp_path / "den.v2")
+    assert main(["denoise", str(tmp_path / "ct.npy"), str(tmp_path / "followup.final") + "/"]) == 0  # asked for
+    assert any((tmp_path / "followup.final").glob("*.dcm"))
+    shutil.rmtree(tmp_path / "followup.final")
     (tmp_path / "ct.npy").unlink()
     assert main(["simulate", "--out", str(tmp_path / "d"), "--n", "1", "--dose", "0"]) == 2
     assert "dose" in capsys.readouterr().err

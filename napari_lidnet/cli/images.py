@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -145,8 +146,11 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     as_file = out.suffix.lower() in ARRAY_SUFFIXES or is_nifti(out)
-    if not as_file and (out.suffix.lower() in NOT_A_SERIES_FOLDER or _looks_like_a_file_type(out)):
-        raise ValueError(f"{out}: cannot write {out.suffix} files; give .nii.gz, .npz, .tif, .npy or a folder (DICOM)")
+    folder_asked = args.output.endswith(("/", os.sep))  # "followup.final/": a DICOM folder of that name
+    file_like = out.suffix.lower() in NOT_A_SERIES_FOLDER or _looks_like_a_file_type(out)
+    if not as_file and not folder_asked and file_like:
+        raise ValueError(f"{out}: cannot write {out.suffix} files; give .nii.gz, .npz, .tif, .npy or a folder (DICOM; "
+                         f"a folder name ending in {out.suffix}: end it with /)")  # fmt: skip
     check_new_output(out, args.input, folder=not as_file)
     vol = open_single(args.input, args.series)
     if as_file and out.suffix.lower() != ".npy":  # before the model runs (.npy keeps no geometry to get wrong)
