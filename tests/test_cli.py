@@ -820,7 +820,7 @@ def test_boxes_of_a_deeplesion_folder_name_its_slices_and_no_patient_coordinates
     from conftest import write_png_hu
 
     from napari_lidnet.io.boxes_io import write_volume_boxes
-    from napari_lidnet.io.deeplesion import read_deeplesion_folder
+    from napari_lidnet.io.deeplesion import read_deeplesion_folder, read_deeplesion_slice
 
     folder = tmp_path / "000001_01_01"
     folder.mkdir()
@@ -833,3 +833,8 @@ def test_boxes_of_a_deeplesion_folder_name_its_slices_and_no_patient_coordinates
     (row,) = list(csv.DictReader(out.open()))
     assert row["slice"] == "1" and row["deeplesion_slice"] == "105"
     assert not any(k.startswith("lps_") for k in row), row
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        key = read_deeplesion_slice(folder / "106.png")  # a key slice opened alone: its number too
+    (row,) = list(csv.DictReader(write_volume_boxes(tmp_path / "k.csv", np.array([[0, 2, 3, 9, 8, 0.9]]), key).open()))
+    assert row["slice"] == "0" and row["deeplesion_slice"] == "106"

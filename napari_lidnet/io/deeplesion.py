@@ -222,7 +222,9 @@ def read_deeplesion_slice(
     else:
         notes.append(f"{png_path}: no {INFO_CSV_NAME} beside it or above; spacing unknown (1 mm assumed)")
     boxes = [[0.0, *r.box] for r in rows]
-    return _volume(hu, png_path, key, rows, boxes, ref, notes, table_path)
+    vol = _volume(hu, png_path, key, rows, boxes, ref, notes, table_path)
+    vol.metadata["files"] = [str(png_path)]  # the slice's number in its series, as a folder's volumes record it
+    return vol
 
 
 def read_deeplesion_folder(
