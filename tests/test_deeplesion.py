@@ -196,3 +196,8 @@ def test_the_archive_its_table_and_images_folder_say_what_to_open(deeplesion_tre
         text = str(err.value)
         assert "a DeepLesion archive; open one series folder under Images_png" in text and "\n" not in text, text
         assert str(series) in text and "lidnet index" in text
+    alone = root.parent / "copy"
+    alone.mkdir()
+    (alone / "DL_info.csv").write_text((root / "DL_info.csv").read_text())  # the table without its images
+    with pytest.raises(ValueError, match="DeepLesion's lesion table, without its Images_png beside it"):
+        open_ct(alone / "DL_info.csv")

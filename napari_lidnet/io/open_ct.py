@@ -118,12 +118,16 @@ def _deeplesion_hint(path: Path) -> None:
 
     root = path.parent if path.name in (INFO_CSV_NAME, "Images_png") else path
     images = root / "Images_png"
-    if (root / INFO_CSV_NAME).is_file() or (images.is_dir() and path.is_dir()):
-        series = next((p.name for p in sorted(images.iterdir()) if p.is_dir()), "000001_01_01") \
-            if images.is_dir() else "000001_01_01"  # fmt: skip
-        raise ValueError(f"{path}: a DeepLesion archive; open one series folder under Images_png (e.g. "
-                         f"{images / series}) or one of its slices, or index the archive for training "
-                         f"(lidnet index {root} --out dl.jsonl)")  # fmt: skip
+    if not images.is_dir():
+        if (root / INFO_CSV_NAME).is_file():
+            raise ValueError(f"{path}: DeepLesion's lesion table, without its Images_png beside it: open a series "
+                             "folder of the archive's Images_png, or one of its slices")  # fmt: skip
+        return
+    if (root / INFO_CSV_NAME).is_file() or path.is_dir():
+        series = next((p for p in sorted(images.iterdir()) if p.is_dir()), None)
+        example = f" (e.g. {series})" if series is not None else ""
+        raise ValueError(f"{path}: a DeepLesion archive; open one series folder under Images_png{example} or one of "
+                         f"its slices, or index the archive for training (lidnet index {root} --out dl.jsonl)")
 
 
 def _dataset_root(path: Path) -> Path | None:
