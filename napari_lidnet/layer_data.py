@@ -13,6 +13,7 @@ the image's pixel coordinates. No Qt or torch import here.
 from __future__ import annotations
 
 import uuid
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -104,6 +105,7 @@ def boxes_layer_tuple(
     labels: Sequence[str] | None = None,
     edge_color: str = BOX_EDGE_COLOR,
     features: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> LayerDataTuple:
     """Shapes layer tuple of rectangles for pixel boxes, placed like their image (same scale, translate, affine);
     ``features``: more columns, one value per box."""
@@ -123,6 +125,8 @@ def boxes_layer_tuple(
         "ndim": ndim,
         "features": features,
     }
+    if metadata:
+        kwargs["metadata"] = metadata
     if scale is not None:
         kwargs["scale"] = tuple(scale)
     if translate is not None:
@@ -132,6 +136,18 @@ def boxes_layer_tuple(
     if "score" in features and n:
         kwargs["text"] = {"string": "{score:.2f}", "anchor": "upper_left", "size": 10, "color": edge_color}
     return (shapes, kwargs, "shapes")
+
+
+def data_key(data: Any) -> str:
+    """A fingerprint of an image's data (shape and a sample of 4096 voxels): layers made from an image record it
+    (the plugin's outputs, a reader's annotations), so another image that took the same name is never taken for
+    their source, and a renamed one still is."""
+    shape = tuple(int(n) for n in data.shape)
+    size = int(np.prod(shape))
+    picks = np.unravel_index(np.linspace(0, max(size - 1, 0), min(size, 4096)).astype(np.int64), shape)
+    values = data[picks] if isinstance(data, np.ndarray) else np.asarray(data)[picks]  # a numpy view: not copied
+    sample = np.ascontiguousarray(values, dtype=np.float32)
+    return f"{'x'.join(map(str, shape))}:{zlib.crc32(sample.tobytes()):08x}"
 
 
 #: features of an annotated layer holding each lesion's measured diameters (mm): DeepLesion's RECIST axes
@@ -161,6 +177,7 @@ def volume_boxes_layer_tuple(vol: CTVolume, name: str | None = None) -> LayerDat
         affine=vol.display_affine(),
         labels=labels,
         features=extra,
+        metadata={"lidnet": {"source_key": data_key(vol.hu)}},  # its image, whatever either is called later
     )
 
 

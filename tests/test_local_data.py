@@ -540,3 +540,23 @@ def test_overlapping_images_take_their_own_annotations_not_one_layers() -> None:
     drawn = Shapes(boxes_to_shapes(boxes[:1], 3), shape_type="rectangle", name="my boxes")
     _, problems = li.inputs_from_layers([img_a, img_b], drawn, None, everything)
     assert len(problems) == 1 and "overlap on the canvas" in problems[0]
+
+
+def test_a_renamed_image_keeps_its_annotations() -> None:
+    """Review 2026-12-06: annotated layers were matched to images by name only: a renamed image lost its own, and
+    the advice was to untick it. A reader's annotated layer records its image's fingerprint."""
+    from napari_lidnet.io.volume import CTVolume
+    from napari_lidnet.layer_data import volume_layer_tuples
+
+    _, a, boxes = phantom(n=2, size=64, seed=1)
+    _, b, _ = phantom(n=2, size=64, seed=2)
+    made = []
+    for name, hu, box in (("a", a, boxes[:1]), ("b", b, np.array([[1, 40, 40, 50, 52]], np.float32))):
+        (data, kwargs, _), (shapes, skwargs, _) = volume_layer_tuples(CTVolume(hu, (2.5, 0.7, 0.7), boxes=box,
+                                                                               name=name))  # fmt: skip
+        made += [Image(data, **kwargs), Shapes(shapes, **skwargs)]
+    img_a, ann_a, img_b, ann_b = made
+    img_a.name = "case A"  # renamed by the reader
+    inputs, problems = li.inputs_from_layers([img_a, img_b], ann_a, None, made)
+    assert problems == [] and [len(i.boxes) for i in inputs] == [1, 1]
+    np.testing.assert_allclose(inputs[1].boxes, [[1, 40, 40, 50, 52]], atol=1e-4)

@@ -8,10 +8,11 @@ accepted, edited or drew in the lesion navigator), ``roi`` (regions made with RO
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
 import numpy as np
+
+from napari_lidnet.layer_data import data_key
 
 ROLE = "lidnet_role"
 DETECTIONS, REVIEWED, ROI, NOISE, CALIPERS = "detections", "reviewed", "roi", "noise", "calipers"
@@ -184,15 +185,9 @@ def fill_models(combo: Any, kind: str, before: list[tuple] = (), after: list[tup
 
 
 def source_key(layer: Any) -> str:
-    """A fingerprint of an image layer's data (shape and a sample of 4096 voxels): the plugin's outputs record it,
-    so another image that took the same name is never taken for their source."""
-    data = layer.data
-    shape = tuple(int(n) for n in data.shape)
-    size = int(np.prod(shape))
-    picks = np.unravel_index(np.linspace(0, max(size - 1, 0), min(size, 4096)).astype(np.int64), shape)
-    values = data[picks] if isinstance(data, np.ndarray) else np.asarray(data)[picks]  # a numpy view: not copied
-    sample = np.ascontiguousarray(values, dtype=np.float32)
-    return f"{'x'.join(map(str, shape))}:{zlib.crc32(sample.tobytes()):08x}"
+    """A fingerprint of an image layer's data (``layer_data.data_key``): the plugin's outputs record it, so another
+    image that took the same name is never taken for their source."""
+    return data_key(layer.data)
 
 
 def reviewed_of(layers: Any, image: Any) -> list[Any]:

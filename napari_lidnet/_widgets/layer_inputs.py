@@ -14,6 +14,7 @@ from napari_lidnet._training.local_data import CTInput
 from napari_lidnet.layer_data import ANNOTATED, shapes_to_boxes
 
 from ._geometry import pixel_map
+from ._roles import lidnet_info, source_key
 
 
 def _layer_spacing_mm(layer: Any) -> float:
@@ -136,8 +137,17 @@ def _own_annotations(
                         "would belong to both: tick one image per boxes layer, or images that each have their own "
                         f"'{ANNOTATED}' layer")  # fmt: skip
         return {}
-    by_name = {ly.name: ly for ly in all_layers}
-    return {ly.name: by_name.get(f"{ly.name} {ANNOTATED}") for ly in image_layers}
+    return {ly.name: _annotations_of(ly, all_layers) for ly in image_layers}
+
+
+def _annotations_of(image: Any, layers: Sequence[Any]) -> Any | None:
+    """``image``'s own annotated layer: the one that records its fingerprint (a reader's), else the one named after
+    it; None when it has none."""
+    key = source_key(image)
+    annotated = [ly for ly in layers if str(ly.name).endswith(ANNOTATED)]
+    return next((ly for ly in annotated if lidnet_info(ly).get("source_key") == key), None) or next(
+        (ly for ly in annotated if ly.name == f"{image.name} {ANNOTATED}"), None
+    )
 
 
 def grid_differences(a: Any, b: Any) -> list[str]:

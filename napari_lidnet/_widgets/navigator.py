@@ -56,6 +56,7 @@ from ._roles import (
     lidnet_info,
     reviewed_of,
     role,
+    source_key,
 )
 from ._save_dialog import check_suffix, save_path
 from ._viewer import camera, grid
@@ -312,7 +313,8 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         """Review ``image`` with the boxes layer picked when it is that image's own (its detections or its
         annotations), else its reviewed layer alone (not another scan's boxes that the picker shows)."""
         picked = self._layer(self.boxes_combo.currentText())
-        own = picked is not None and (lidnet_info(picked).get("source_layer") == image.name
+        own = picked is not None and (lidnet_info(picked).get("source_key") == source_key(image)
+                                      or lidnet_info(picked).get("source_layer") == image.name
                                       or picked.name == f"{image.name} {ANNOTATED}")  # fmt: skip
         if not own:
             self.boxes_combo.blockSignals(True)

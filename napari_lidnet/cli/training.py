@@ -153,20 +153,25 @@ def _train_and_export(cfg, rank: int, world: int, export: str | None, command: s
               "validation slices; a lower --lr (e.g. 1e-4) keeps more of what they learned"
               + (f"; {export} is marked so wherever it is picked" if export else ""), file=sys.stderr)  # fmt: skip
     if export and rank == 0:
-        from napari_lidnet._training.export import export_run
-        from napari_lidnet.models.weights import read_card
-
-        written = export_run(trainer.out, export, command=command)
-        for path in written:
-            print(f"exported {path}", file=sys.stderr)
-        kinds = {p.stem.rsplit("_", 1)[-1]: p for p in written}
-        for missing, alone in (("detector", "denoiser"), ("denoiser", "detector")):
-            if missing not in kinds:
-                print(f"the run never trained its {missing} and started from none (its weights are random): the "
-                      f"{alone} was exported alone", file=sys.stderr)  # fmt: skip
-        if "detector" in kinds:
-            print(threshold_note(export, read_card(kinds["detector"])), file=sys.stderr)
+        _export(trainer.out, export, command)
     return 0
+
+
+def _export(run: Path, name: str, command: str) -> None:
+    """Export the run's best pair as ``name`` and say what was written, and which network was left out."""
+    from napari_lidnet._training.export import export_run
+    from napari_lidnet.models.weights import read_card
+
+    written = export_run(run, name, command=command)
+    for path in written:
+        print(f"exported {path}", file=sys.stderr)
+    kinds = {p.stem.rsplit("_", 1)[-1]: p for p in written}
+    for missing, alone in (("detector", "denoiser"), ("denoiser", "detector")):
+        if missing not in kinds:
+            print(f"the run never trained its {missing} and started from none (its weights are random): the "
+                  f"{alone} was exported alone", file=sys.stderr)  # fmt: skip
+    if "detector" in kinds:
+        print(threshold_note(name, read_card(kinds["detector"])), file=sys.stderr)
 
 
 def add_simulate(sub: Any) -> None:
