@@ -525,3 +525,41 @@ def test_the_training_plot_stays_readable_in_the_narrow_column(qtbot) -> None:
         legend = plot.ax_loss.get_legend().get_window_extent(renderer)
         assert fig.x0 - 1 <= legend.x0 and legend.x1 <= fig.x1 + 1 and legend.y1 <= fig.y1 + 1, (width, legend)
         assert legend.y0 >= plot.ax_loss.get_window_extent(renderer).y1 - 1  # above the curves, not over them
+
+
+def test_a_deeplesion_archive_fine_tunes_on_its_train_part(make_napari_viewer, qtbot, model_dir: Path,
+                                                           tmp_path: Path) -> None:  # fmt: skip
+    """Walkthrough 2026-12-06: the dock had no DeepLesion source (its folder sources refused the archive, which
+    `lidnet train --data` takes). The dataset source takes one: its train part, indexed when the run starts, low
+    doses simulated when a slice is first used, kept in the run folder; the test part is never read."""
+    from conftest import HEADER, _row
+    from test_local_data import phantom
+
+    from napari_lidnet.io.png16 import write_png_hu
+
+    root = tmp_path / "DeepLesion"
+    _, full, boxes = phantom(n=8, size=64, noise=0.0, seed=3)
+    rows = []
+    for k in range(8):
+        series = root / "Images_png" / f"00000{k}_01_01"
+        series.mkdir(parents=True)
+        write_png_hu(series / "050.png", full[k])
+        box = boxes[boxes[:, 0] == k][:1, 1:] if (boxes[:, 0] == k).any() else np.array([[20.0, 20.0, 30.0, 30.0]])
+        text = ", ".join(f"{v + 0.5:.1f}" for v in box[0])  # the table's 1-based centres
+        part = "3" if k == 7 else "1"  # one patient in the official test part
+        rows.append(_row(f"00000{k}_01_01_050.png", 50, text, size="64, 64").rstrip("\n")[:-1] + part + "\n")
+    (root / "DL_info.csv").write_text(HEADER + "".join(rows))
+    viewer = make_napari_viewer()
+    widget = make_widget(viewer, qtbot, "dl-tuned", rounds=1, den_steps=3, det_steps=2)
+    widget.start_denoiser_combo.setCurrentText("tiny (user)")
+    widget.set_source("dataset")
+    widget.data_box.dataset_edit.setText(str(root))
+    worker = widget.start()
+    assert worker is not None, widget.status.text()
+    wait_done(widget, qtbot, worker)
+    assert widget.outcome is not None and widget.outcome.status == "finished", widget.status.text()
+    card = load_weights(model_dir / "dl-tuned_denoiser")[1]
+    assert card["training"]["finetune"]["source"] == "deeplesion" and card["training"]["finetune"]["n_slices"] == 7
+    cached = list((Path(widget.outcome.run_dir) / "lowdose").glob("*.npy"))
+    assert 0 < len(cached) <= 7  # simulated when used, in the run folder, never in the archive
+    assert not any(p.suffix == ".npy" for p in root.rglob("*"))

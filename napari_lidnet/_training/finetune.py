@@ -204,6 +204,13 @@ def _load_detector(name: str | None, device: Any) -> Any:
     return load_model(name, kind="detector", device=device)[0]
 
 
+def is_deeplesion_archive(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is a DeepLesion archive's root (``DL_info.csv`` beside ``Images_png``), without walking it."""
+    from napari_lidnet.io.deeplesion import INFO_CSV_NAME
+
+    return (Path(folder) / INFO_CSV_NAME).is_file() and (Path(folder) / "Images_png").is_dir()
+
+
 def prepare_samples(
     req: FinetuneRequest, should_stop: Callable[[], bool] | None = None
 ) -> Generator[str, None, tuple[list[Any], dict[str, Any]]]:
@@ -213,7 +220,14 @@ def prepare_samples(
     cfg = req.config
     need_lesions = cfg.mode != "pixel" and not cfg.insert_lesions  # synthetic lesions: scans without any train too
     near = None if need_lesions else 0  # pixel loss only or synthetic lesions: unannotated slices are fine
-    if req.dataset_dir:
+    if req.dataset_dir and is_deeplesion_archive(req.dataset_dir):
+        from napari_lidnet.datasets.manifest import build_index, manifest_slices
+
+        yield f"indexing {req.dataset_dir} (DeepLesion's train part; low doses simulated at {req.dose:g} when used)"
+        header, rows = build_index(req.dataset_dir, dose=req.dose, seed=cfg.seed, split="train")
+        samples = manifest_slices(header, rows, cache_dir=Path(cfg.out) / "lowdose")  # kept in the run folder
+        info = describe_samples(samples, source="deeplesion", folder=str(req.dataset_dir), dose=req.dose)
+    elif req.dataset_dir:
         from napari_lidnet.io.dataset import read_dataset
 
         yield f"reading {req.dataset_dir}"

@@ -233,6 +233,15 @@ def check_inputs(
     return problems
 
 
+def _shapes(sample: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(low-dose, full-dose) shapes of a sample; an archive's slice (``ManifestSlice``) from its index, without
+    reading it or simulating its low dose (a DeepLesion archive holds thousands)."""
+    if hasattr(sample, "entry") and hasattr(sample, "shape"):
+        low = sample.entry.get("low")
+        return (tuple(sample.shape) if not low else tuple(sample.low_hu.shape)), tuple(sample.shape)
+    return tuple(sample.low_hu.shape), tuple(sample.full_hu.shape)
+
+
 def check_samples(
     samples: Sequence[Any],
     patch_size: int,
@@ -247,10 +256,11 @@ def check_samples(
     problems: list[str] = []
     if not samples:
         return ["no slices to train on"]
-    mismatch = [s.name for s in samples if s.low_hu.shape != s.full_hu.shape]
+    shapes = [_shapes(s) for s in samples]
+    mismatch = [s.name for s, (low, full) in zip(samples, shapes) if low != full]
     if mismatch:
         problems.append(f"low- and full-dose shapes differ in {mismatch[:3]}")
-    small = [s.name for s in samples if min(s.full_hu.shape) < patch_size]
+    small = [s.name for s, (_, full) in zip(samples, shapes) if min(full) < patch_size]
     if small:
         problems.append(f"slices {small[:3]} are smaller than the patch size {patch_size}: lower it in Advanced")
     need, parts = _slices_needed(val_fraction, test_fraction)
@@ -400,7 +410,7 @@ def describe_samples(samples: Sequence[Any], inputs: Sequence[CTInput] | None = 
     info: dict[str, Any] = {
         "n_slices": len(samples),
         "n_lesions": int(sum(len(s.boxes) for s in samples)),
-        "slice_shapes": sorted({f"{s.full_hu.shape[1]}x{s.full_hu.shape[0]}" for s in samples}),
+        "slice_shapes": sorted({f"{full[1]}x{full[0]}" for _, full in map(_shapes, samples)}),
     }
     if inputs:
         info["images"] = [

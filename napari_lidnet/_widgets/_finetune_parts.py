@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._training.finetune import ONE_CLICK_DEFAULTS, default_model_name
+from .._training.finetune import ONE_CLICK_DEFAULTS, default_model_name, is_deeplesion_archive
 from .._training.local_data import AUTO_BOX_THRESHOLD, CTInput, check_inputs
 from .._training.report import input_text
 from ..io.open_ct import input_kind
@@ -55,7 +55,7 @@ SOURCES = (
     ("layers", "normal-dose image layers (simulate low dose)"),
     ("paired", "paired low-dose / full-dose layers"),
     ("dicom", "DICOM folder (normal dose, simulate low dose)"),
-    ("dataset", "dataset folder (lidnet simulate)"),
+    ("dataset", "dataset folder (lidnet simulate, or DeepLesion)"),
     ADAPT_SOURCE,
 )
 DETECT_ITEM = "(detect with the starting detector)"
@@ -91,8 +91,11 @@ def folder_problems(source: str, folder: str, need_lesions: bool = False) -> lis
         return [f"choose a {'DICOM' if source == 'dicom' else 'dataset'} folder"]
     if not Path(folder).is_dir():
         return [f"{folder}: no such folder"]
+    if source == "dataset" and is_deeplesion_archive(folder):
+        return []  # its train part, indexed when the run starts (boxes from DL_info.csv)
     if source == "dataset" and not (Path(folder) / "dataset.json").is_file():
-        return [f"{folder}: not a dataset folder (no dataset.json; make one with 'lidnet simulate')"]
+        return [f"{folder}: not a dataset folder (no dataset.json; make one with 'lidnet simulate'), nor a DeepLesion "
+                "archive (DL_info.csv beside Images_png)"]  # fmt: skip
     if source == "dataset" and need_lesions and not _has_boxes(Path(folder) / "lesions.csv"):
         return [f"{folder}: its slices have no lesion boxes (lesions.csv lists none): choose "
                 f"{LOSS_MODES[1][1]!r} under Advanced, or a dataset with lesions"]  # fmt: skip
