@@ -542,3 +542,46 @@ def test_reader_workers_run_under_every_start_method(method):
     loader = DataLoader(TensorDataset(torch.arange(4)), batch_size=None, num_workers=2,
                         worker_init_fn=reader_worker_init, multiprocessing_context=multiprocessing.get_context(method))
     assert sorted(int(x[0]) for x in loader) == [0, 1, 2, 3]
+
+
+def _screen_capture(path: Path, rgb: bool) -> None:
+    """An exam's dose screen: a Secondary Capture with Modality CT, colour or 8-bit grey, no rescale to HU."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.SeriesDescription, ds.ImageType = "CT", "Dose Report", ["DERIVED", "SECONDARY", "OTHER"]
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 48, 64, 8, 8, 7, 0
+    pixels = np.random.default_rng(0).integers(0, 255, (48, 64, 3) if rgb else (48, 64), dtype=np.uint8)
+    ds.SamplesPerPixel = 3 if rgb else 1
+    ds.PhotometricInterpretation = "RGB" if rgb else "MONOCHROME2"
+    if rgb:
+        ds.PlanarConfiguration = 0
+    ds.PixelData = pixels.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+
+
+def test_an_exams_dose_screens_are_left_out_with_a_note(archive, tmp_path, monkeypatch, capsys):
+    """Walkthrough 2026-12-06: a colour dose screen (Secondary Capture, Modality CT) failed every --all-series run
+    ("fix or remove" a file of the patient's archive); an 8-bit grey one was denoised and written as a CT series."""
+    monkeypatch.setenv("NAPARI_LIDNET_MODEL_DIR", str(tmp_path / "models"))
+    torch.manual_seed(0)
+    save_weights(LesionDetector(width=4).eval(), tmp_path / "models" / "tiny_detector")
+    _screen_capture(archive / "patient0" / "dose" / "IM0001.dcm", rgb=True)
+    _screen_capture(archive / "patient1" / "dose" / "IM0001.dcm", rgb=False)
+    out = tmp_path / "boxes"
+    assert main(["detect", str(archive), "--out", str(out), "--all-series", "--model", "tiny_detector"]) == 0
+    assert len(list(out.glob("*.csv"))) == 3
+    assert "left out 2 screen captures" in capsys.readouterr().err
+    with pytest.raises(ValueError) as err:  # a folder of screens alone: one line, no CT in it
+        open_ct(archive / "patient0" / "dose")
+    assert "\n" not in str(err.value) and "screen capture" in str(err.value), err.value

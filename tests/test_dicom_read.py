@@ -42,6 +42,7 @@ def test_undecodable_transfer_syntax_names_syntax_and_file(tmp_path):
     src = get_testdata_file("JPEG2000.dcm")
     ds = pydicom.dcmread(src)
     ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: no decoder installed
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # a CT image, not a screen
     bad = tmp_path / "mpeg.dcm"
     ds.save_as(bad)
     with pytest.raises(ValueError) as err, warnings.catch_warnings():

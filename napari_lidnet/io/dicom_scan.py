@@ -149,6 +149,10 @@ def _scan_file(scan: DicomScan, f: Path, in_folder: bool, seen: dict[str, list[t
     if "LOCALIZER" in [str(v).upper() for v in _values(ds.get("ImageType"))]:
         scan.skipped.append(f"{f} (localizer)")
         return
+    screen = _screen_capture(ds, sop_class)
+    if screen:  # a walkthrough: an exam's colour dose screen failed every --all-series run
+        scan.skipped.append(f"{f} ({screen})")
+        return
     sop = str(ds.get("SOPInstanceUID", "") or "")
     same = _image_key(ds)
     earlier = seen.setdefault(sop, []) if sop else []
@@ -162,6 +166,25 @@ def _scan_file(scan: DicomScan, f: Path, in_folder: bool, seen: dict[str, list[t
     earlier.append((f, same))
     uid = str(ds.get("SeriesInstanceUID", "") or _stand_in_uid(ds, f, scan.root))
     scan.series.setdefault(uid, []).extend(frame_headers(f, ds) if enhanced(ds) else [DicomHeader(f, ds)])
+
+
+#: Secondary Capture image storage SOP classes (single- and multi-frame): screens, scanned documents
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def _screen_capture(ds: Any, meta_sop_class: str) -> str:
+    """Why an image is a screen capture rather than a CT reconstruction ('' when it is not): a colour image, or a
+    secondary capture with no rescale to HU (display values: an exam's dose screen or protocol page)."""
+    try:
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (TypeError, ValueError):
+        samples = 1
+    if samples != 1:
+        return f"colour image, {samples} samples per pixel: a screen capture, not CT"
+    sop_class = str(ds.get("SOPClassUID", "") or meta_sop_class)
+    if sop_class.startswith(SECONDARY_CAPTURE) and "RescaleIntercept" not in ds:
+        return "secondary capture without a rescale to HU: a screen capture, not CT"
+    return ""
 
 
 def _image_key(ds: Any) -> tuple:
@@ -255,6 +278,11 @@ def _note_localizers(scan: DicomScan, where: str) -> None:
     n = sum(s.endswith("(localizer)") for s in scan.skipped)
     if n and scan.series:
         scan.notes.append(f"{where}: left out {n} localizer image{'s' if n > 1 else ''} (ImageType LOCALIZER)")
+    screens = [s for s in scan.skipped if s.endswith("a screen capture, not CT)")]
+    if screens:
+        scan.notes.append(f"{where}: left out {len(screens)} screen capture{'s' if len(screens) > 1 else ''} (a dose "
+                          f"screen or protocol page, not CT: colour, or a secondary capture without a rescale to HU; "
+                          f"first {screens[0].split(' (')[0]})")  # fmt: skip
 
 
 def _unreadable_text(scan: DicomScan) -> str:
