@@ -7,10 +7,11 @@ import warnings
 import numpy as np
 import pydicom
 import pytest
-from conftest import listing
+from conftest import listing, synthetic_hu, write_series
 
 from napari_lidnet.io.dicom_read import read_dicom
 from napari_lidnet.io.dicom_write import write_dicom_series
+from napari_lidnet.io.open_ct import open_ct
 from napari_lidnet.io.volume import CTVolume
 
 
@@ -468,3 +469,27 @@ def test_a_series_appears_whole_or_not_at_all(tmp_path, monkeypatch):
     (busy / f".busy.partial-{os.getppid()}.1234abcd").mkdir(parents=True)
     with pytest.raises(ValueError, match="folder is not empty"):
         write_dicom_series(vol, busy, "LIDnet denoised")
+
+
+def test_a_series_without_positions_says_its_geometry_is_assumed(tmp_path):
+    """Walkthrough 2026-12-06: a series without ImagePositionPatient/Orientation was written with made-up positions
+    stated as the patient's, its copied SliceLocation contradicting them, and its boxes had lps_* columns."""
+    import csv
+
+    from napari_lidnet.io.boxes_io import write_volume_boxes
+
+    files = write_series(tmp_path / "src", synthetic_hu((3, 16, 16)), series_uid="1.2.826.0.1.3680043.8.498.71")
+    for k, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        del ds.ImagePositionPatient, ds.ImageOrientationPatient
+        ds.SliceLocation = -100.0 + 2.5 * k
+        ds.save_as(f)
+    vol = open_ct(tmp_path / "src")[0]
+    assert vol.metadata["orientation_unknown"]
+    written = write_dicom_series(vol, tmp_path / "out", "denoised")
+    for f in written:
+        ds = pydicom.dcmread(f)
+        assert "assumed" in str(ds.ImageComments)
+        assert float(ds.SliceLocation) == pytest.approx(float(ds.ImagePositionPatient[2]))
+    (row,) = list(csv.DictReader(write_volume_boxes(tmp_path / "b.csv", np.array([[1, 2, 3, 9, 8, 0.9]]), vol).open()))
+    assert not any(k.startswith("lps_") for k in row)

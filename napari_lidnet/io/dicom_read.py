@@ -369,8 +369,10 @@ def _grid_key(ds: Any) -> tuple[tuple, np.ndarray | None]:
 
 
 def _same_orientation(a: np.ndarray | None, b: np.ndarray | None) -> bool:
-    """Both absent, or equal to 1e-4 (``_orientation``'s tolerance)."""
-    return (a is None and b is None) or (a is not None and b is not None and np.allclose(a, b, atol=1e-4))
+    """Both absent, or equal to ``ORIENTATION_TOLERANCE`` (``_orientation``'s)."""
+    if a is None or b is None:
+        return a is None and b is None
+    return bool(np.allclose(a, b, atol=ORIENTATION_TOLERANCE))
 
 
 def _odd_ones_out(headers: list[DicomHeader], notes: list[str], label: str) -> list[DicomHeader]:
@@ -398,6 +400,11 @@ def _spacing_text(ds: Any) -> str:
     return "none" if ps is None else "x".join(f"{v:.4f}" for v in ps)
 
 
+#: direction cosines of one series' slices may differ by this much (0.06 deg: a workstation's re-export writes its
+#: orientation with float noise; 1e-4, 0.006 deg, refused such a series whole)
+ORIENTATION_TOLERANCE = 1e-3
+
+
 def _orientation(headers: list[DicomHeader], label: str) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """(ImageOrientationPatient or None, row cosines, column cosines); refuses mixed orientations."""
     iop = header_floats(headers[0].ds.get("ImageOrientationPatient"), 6)
@@ -405,8 +412,10 @@ def _orientation(headers: list[DicomHeader], label: str) -> tuple[np.ndarray | N
         return None, np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
     for h in headers[1:]:
         other = header_floats(h.ds.get("ImageOrientationPatient"), 6)
-        if other is None or not np.allclose(other, iop, atol=1e-4):
-            raise ValueError(f"{label} mixes slice orientations ({h.path.name}); cannot stack one volume")
+        if other is None or not np.allclose(other, iop, atol=ORIENTATION_TOLERANCE):
+            found = "none" if other is None else " ".join(f"{v:.4g}" for v in other)
+            raise ValueError(f"{label} mixes slice orientations ({headers[0].path.name}: "
+                             f"{' '.join(f'{v:.4g}' for v in iop)}; {h.path.name}: {found}); cannot stack one volume")
     return iop, iop[:3], iop[3:]
 
 
@@ -572,6 +581,10 @@ def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> C
     _warn_lossy(headers, notes, label)
     metadata = _series_metadata(headers, source, notes, pos)
     metadata["spacing_assumed"] = header_floats(ds0.get("PixelSpacing"), 2) is None
+    # no positions or orientation: the geometry is made up (axial, from 0), and exports say so (a walkthrough's
+    # derived series stated it as the patient's, and its boxes had lps_* columns)
+    no_iop = header_floats(headers[0].ds.get("ImageOrientationPatient"), 6) is None
+    metadata["orientation_unknown"] = pos is None or no_iop
     if dz is None:
         dz = _spacing_without_positions(ds0, n_images, notes, label)
     rescale_type = str(ds0.get("RescaleType", "") or "").strip()
