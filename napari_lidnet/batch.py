@@ -30,7 +30,7 @@ import numpy as np
 
 from napari_lidnet.io.arrays import ARRAY_SUFFIXES
 from napari_lidnet.io.atomic import remove_stale_partials, write_atomically
-from napari_lidnet.io.checks import CT_MODALITIES, ct_problem, one_line, os_reason
+from napari_lidnet.io.checks import CT_MODALITIES, NotHU, ct_problem, one_line, os_reason
 from napari_lidnet.io.folder_lock import FolderInUse, FolderLock
 from napari_lidnet.io.nifti import is_nifti, is_our_denoised, nifti_stem
 from napari_lidnet.io.reader_workers import reader_worker_init
@@ -93,6 +93,9 @@ class _SeriesReader:
         what = source.relative_to(self.base).as_posix() if nifti else f"series {desc!r} ({key})"
         try:
             vol = read_nifti(source) if nifti else read_series(source, source=self.root)
+        except NotHU as exc:  # a label map: not CT for good, left out like another modality, named as they are
+            text = str(exc)
+            return i, LeftOut(one_line(f"{what}: {text.split(': ', 1)[1]}" if ": " in text else text))
         except (ValueError, OSError) as exc:
             return i, Failed.of(what, exc, source)
         problem = ct_problem(vol.hu, str(vol.metadata.get("modality", "") or ""), what)  # a re-run reads the same

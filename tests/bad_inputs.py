@@ -41,7 +41,7 @@ DICOM_CASES = {
     "nopixels": ("refused", r"s0_1\.dcm: DICOM file has no PixelData element"),
     "badsyntax": ("refused", r"s0_0\.dcm: unknown transfer syntax 1\.2\.3\.4\.5"),
     "mixedsize": ("refused", r"mixes image sizes \(rows x cols\) and cannot be stacked: 16x16: s0_0\.dcm.*20x16"),
-    "mixedorient": ("refused", r"mixes slice orientations \(s0_1\.dcm\)"),
+    "mixedorient": ("refused", r"mixes slice orientations \(s0_0\.dcm: 1 0 0 0 1 0; s0_1\.dcm: 1 0 0 0 0 -1\)"),
     "huge": ("refused", rf"slices of {HUGE} x {HUGE} pixels are larger than 8192 x 8192"),
     "duplicate": ("warned", r"s0_1\.dcm is a copy of .*copy\.dcm \(same SOPInstanceUID and position\); read once"),
     "mr": ("warned", r"modality is 'MR', not 'CT'"),

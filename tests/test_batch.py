@@ -585,3 +585,26 @@ def test_an_exams_dose_screens_are_left_out_with_a_note(archive, tmp_path, monke
     with pytest.raises(ValueError) as err:  # a folder of screens alone: one line, no CT in it
         open_ct(archive / "patient0" / "dose")
     assert "\n" not in str(err.value) and "screen capture" in str(err.value), err.value
+
+
+def test_label_maps_beside_the_images_are_left_out_each_named(tmp_path, monkeypatch, capsys):
+    """Walkthrough 2026-12-06: nnU-Net's labelsTr (uint8 label maps) beside imagesTr failed every --all-series run
+    ("fix or remove" the ground truth); only the first series left out was named."""
+    import nibabel as nib
+
+    monkeypatch.setenv("NAPARI_LIDNET_MODEL_DIR", str(tmp_path / "models"))
+    torch.manual_seed(0)
+    save_weights(LesionDetector(width=4).eval(), tmp_path / "models" / "tiny_detector")
+    root = tmp_path / "Dataset001"
+    for k in range(2):
+        (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+        (root / "labelsTr").mkdir(parents=True, exist_ok=True)
+        ct = synthetic_hu((3, 32, 32), seed=k).transpose(2, 1, 0).astype(np.int16)
+        nib.save(nib.Nifti1Image(ct, np.diag([0.7, 0.7, 2.5, 1.0])), root / "imagesTr" / f"case_{k:03d}_0000.nii.gz")
+        labels = (ct > 100).astype(np.uint8)
+        nib.save(nib.Nifti1Image(labels, np.diag([0.7, 0.7, 2.5, 1.0])), root / "labelsTr" / f"case_{k:03d}.nii.gz")
+    out = tmp_path / "boxes"
+    assert main(["detect", str(root), "--out", str(out), "--all-series", "--model", "tiny_detector"]) == 0
+    err = capsys.readouterr().err
+    assert len(list(out.glob("*.csv"))) == 2 and "note: 2 series left out (first: labelsTr/case_000.nii.gz" in err
+    assert "left out: labelsTr/case_001.nii.gz" in err and "8 bits" in err, err

@@ -36,14 +36,21 @@ def os_reason(exc: BaseException) -> str | None:
     return None
 
 
+class NotHU(ValueError):
+    """An image that cannot be CT in HU whatever is done to it (8-bit, boolean, not numbers): a batch leaves it out
+    with a note, as it leaves out other non-CT images, instead of failing the run (nnU-Net's labelsTr beside
+    imagesTr failed every --all-series run)."""
+
+
 def check_image_shape(shape: Sequence[int], dtype: Any, what: str) -> None:
-    """Refuse (ValueError) an image that is not a 2D slice or 3D volume of numbers of a processable size."""
+    """Refuse (ValueError) an image that is not a 2D slice or 3D volume of numbers of a processable size;
+    :class:`NotHU` for one whose type cannot hold HU."""
     shape = tuple(int(s) for s in shape)
     dtype = np.dtype(dtype)
     if dtype.kind not in "iuf":
-        raise ValueError(f"{what}: dtype {dtype} is not numbers in HU (expected integer or float)")
+        raise NotHU(f"{what}: dtype {dtype} is not numbers in HU (expected integer or float)")
     if dtype.itemsize == 1:
-        raise ValueError(f"{what}: dtype {dtype} (8 bits) cannot hold HU (-1024..3071); is it a display image?")
+        raise NotHU(f"{what}: dtype {dtype} (8 bits) cannot hold HU (-1024..3071); a label map or display image?")
     if len(shape) not in (2, 3):
         raise ValueError(f"{what}: shape {shape}; expected a 2D slice (y, x) or a 3D volume (z, y, x)")
     if min(shape) < 1:
