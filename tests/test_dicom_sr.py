@@ -165,6 +165,12 @@ def test_boxes_on_neighbouring_slices_are_one_lesion() -> None:
     # findings numbered out of id order get the numbers of their ids
     shuffled = findings_from_rows(rows)[::-1]
     assert lesion_groups(shuffled) == groups
+    # walkthrough 2026-12-06 (5 mm slices): a lesion's end slice shows a small box wholly inside its neighbour's,
+    # IoU 0.15: one lesion, not two; a small box only touching a big one on the next slice stays another lesion
+    cap = np.array([[2, 190, 171, 208, 189, 0.7], [3, 183, 163, 215, 198, 0.6]])
+    assert row_lesions(cap).tolist() == [1, 1]
+    touching = np.array([[2, 0, 0, 10, 10, 0.7], [3, 8, 8, 40, 40, 0.6]])  # 4 of 100 px of the small box
+    assert row_lesions(touching).tolist() == [1, 2]
 
 
 def test_a_source_without_study_uid_puts_its_report_in_its_denoised_series_study(tmp_path: Path) -> None:
