@@ -763,3 +763,18 @@ def test_an_adapted_model_its_own_check_found_worse_says_so_in_the_pickers(make_
                  "--device", "cpu"]) == 0  # fmt: skip
     assert "worse_denoiser: its own no-reference check found it worse than the model it was adapted from (default)" \
         in capsys.readouterr().err
+
+
+def test_outputs_go_above_their_source_and_below_the_readers_calipers(make_napari_viewer, qtbot, model_dir) -> None:
+    """Walkthrough 2026-12-06: calipers measured before a run disappeared under the denoised image, added on top."""
+    viewer = make_napari_viewer()
+    low, _ = phantom(n=3)
+    add_ct(viewer, low, metadata={"hu": True})
+    calipers = viewer.add_shapes([np.array([[1, 10, 10], [1, 10, 40]], float)], shape_type="line", name="calipers",
+                                 scale=SCALE, translate=TRANSLATE)  # fmt: skip
+    widget = make_widget(viewer, qtbot)
+    widget.set_threshold(0.05)
+    run_and_wait(widget, qtbot)
+    names = [ly.name for ly in viewer.layers]
+    assert names.index("low") < names.index("low denoised") < names.index("calipers"), names
+    assert calipers.visible

@@ -71,6 +71,8 @@ class DenoiseOutputs:
                 index = self.viewer.layers.index(old)
                 self.viewer.layers.remove(old)
             new = getattr(self.viewer, f"add_{layer_type}")(data, **kwargs)
+            if index is None and layer_type == "image":
+                index = self._above_source()
             if index is not None:
                 self.viewer.layers.move(self.viewer.layers.index(new), index)
         finally:
@@ -83,6 +85,17 @@ class DenoiseOutputs:
         elif self.compare.side_by_side and new.visible:  # an output beside the pair (boxes, removed noise)
             self._end_side_by_side(new.name)
         return new
+
+    def _above_source(self) -> int | None:
+        """Where a first image output goes: just above its source and the source's other image outputs, below the
+        reader's calipers, regions and boxes (added on top, the denoised image hid a walkthrough's calipers)."""
+        layers, src = self.viewer.layers, self._last["layer"]
+        if src not in layers:
+            return None
+        from napari.layers import Image
+
+        mine = [e[2] for e in self._outputs if e[0] == src and e[2] in layers and isinstance(e[2], Image)]
+        return max(layers.index(ly) for ly in [src, *mine]) + 1
 
     def _drop(self, role: str) -> None:
         old, entry = self._live(role), self._entry(role)
