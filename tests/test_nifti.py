@@ -410,3 +410,17 @@ def test_a_current_slice_of_a_nifti_file_keeps_its_header_codes(tmp_path: Path, 
     assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == codes
     centre = [(n - 1) / 2 for n in out.shape[:3]]  # the slice's centre lies at the source's slice 2's centre
     np.testing.assert_allclose(out.affine @ [*centre, 1], affine @ [3, 2.5, 2, 1], atol=1e-4)
+
+
+def test_a_folder_of_nifti_files_alone_is_not_called_empty(tmp_path, capsys):
+    """Walkthrough 2026-12-06: `lidnet index` / `train` on a folder of NIfTI files said "folder is empty"."""
+    import nibabel as nib
+
+    from napari_lidnet.cli import main
+
+    folder = tmp_path / "niftis"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(np.full((8, 8, 2), 40, np.int16), np.eye(4)), folder / "a.nii.gz")
+    assert main(["index", str(folder), "--out", str(tmp_path / "i.jsonl"), "--dose", "0.25"]) == 2
+    err = capsys.readouterr().err
+    assert "holds NIfTI files only (1, first a.nii.gz)" in err and "empty" not in err and err.count("\n") == 1

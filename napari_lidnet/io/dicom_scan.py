@@ -327,6 +327,11 @@ def scan_dicom(path: str | Path) -> DicomScan:
         what = "folder" if path.is_dir() else "DICOMDIR" if many else "file"
         extra = f" (skipped: {'; '.join(scan.skipped[:3])}{'; ...' if len(scan.skipped) > 3 else ''})"
         if path.is_dir() and not files:
+            niftis = [p for p in path.rglob("*") if p.name.lower().endswith((".nii", ".nii.gz"))]
+            if niftis:  # a walkthrough's folder of NIfTI files was said to be "empty"
+                raise ValueError(f"{path}: holds NIfTI files only ({len(niftis)}, first {niftis[0].name}), no DICOM "
+                                 "series: open one file (denoise/detect take the folder with --all-series; index "
+                                 "and train take DICOM series, lidnet datasets or DeepLesion)")  # fmt: skip
             raise ValueError(f"{path}: folder is empty")
         raise ValueError(f"{path}: {what} contains no DICOM image{extra if scan.skipped else ''}")
     return scan
