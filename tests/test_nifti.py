@@ -146,13 +146,19 @@ def test_bad_files_get_one_line(tmp_path: Path) -> None:
 
 
 def test_a_header_without_orientation_is_flagged(tmp_path: Path) -> None:
-    img = nib.Nifti1Image(np.zeros((8, 8, 3), np.float32), np.diag([0.7, 0.7, 2.5, 1]))
+    """Without a qform or sform code the volume is shown in its stored voxel order (walkthrough 2026-12-06: it was
+    mirrored by Analyze's radiological guess, without a word) and a derived file keeps that order."""
+    stored = np.arange(8 * 6 * 3, dtype=np.float32).reshape(8, 6, 3) - 100  # (i, j, k), no symmetry
+    img = nib.Nifti1Image(stored, np.diag([0.7, 0.7, 2.5, 1]))
     img.set_qform(None, code=0)
     img.set_sform(None, code=0)
     nib.save(img, str(tmp_path / "bare.nii"))
     vol = read_nifti(tmp_path / "bare.nii")
     assert vol.metadata["orientation_unknown"] and "no patient orientation" in vol.metadata["warnings"][0]
     assert vol.spacing == pytest.approx((2.5, 0.7, 0.7))
+    np.testing.assert_array_equal(vol.hu, stored.transpose(2, 1, 0))  # z = k, row = j, column = i
+    out = write_nifti(tmp_path / "out.nii.gz", vol)
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj), stored)
 
 
 def test_plugin_reader_and_cli_take_nifti(dicom_volume: CTVolume, tmp_path: Path, monkeypatch) -> None:

@@ -125,7 +125,11 @@ def _geometry(src: Any, path: Path, notes: list[str]) -> tuple[np.ndarray, np.nd
     if choices[0][0] is not None and not _usable(choices[0][0]):
         instead = f"the {usable[0][1]} is used" if usable else "placed by its voxel sizes alone"
         notes.append(f"{path.name}: its {choices[0][1]} is unusable (zero, not finite or flat); {instead}")
-    affine = usable[0][0] if usable else header.get_base_affine()
+    if usable:
+        affine = usable[0][0]
+    else:  # no orientation at all: the stored voxel order as LPS (no flip from Analyze's radiological guess, which
+        zooms = [float(z) or 1.0 for z in header.get_zooms()[:3]] + [1.0] * (3 - len(header.get_zooms()[:3]))
+        affine = np.diag([-zooms[0], -zooms[1], zooms[2], 1.0])  # mirrored a walkthrough's file with no word)
     assumed = zero_dims and not (usable and usable[0][1] == "sform")  # a sform holds its voxel sizes itself
     if not _usable(affine):
         affine, assumed = np.diag([1.0, 1.0, 1.0, 1.0]), True
@@ -183,7 +187,8 @@ def read_nifti(path: str | Path) -> CTVolume:
     notes.extend(f"{path.name}: header fixed when read: {fix}" for fix in src.extra.get("lidnet_fixes", []))
     codes = [int(src.header.get("qform_code", 0)), int(src.header.get("sform_code", 0))]
     if not any(codes):
-        notes.append(f"{path.name}: the header gives no patient orientation (qform and sform codes 0)")
+        notes.append(f"{path.name}: the header gives no patient orientation (qform and sform codes 0): shown in its "
+                     "stored voxel order, rows along its 2nd axis, columns along its 1st")
         meta["orientation_unknown"] = True  # no R/L letters from a guess
     meta["nifti_stored"] = {  # how the file stored it: write_nifti gives derived files the same voxel grid
         "ornt": ornt_transform(axcodes2ornt(target), stored_ornt).tolist(),
