@@ -403,7 +403,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 def add_calibrate(sub: Any) -> None:
     """The ``calibrate`` subcommand."""
     p = sub.add_parser("calibrate", help="set a detector's score threshold on your own lesion-free scans")
-    p.add_argument("input", help="normal (lesion-free) CT: DICOM series or folder, or an array file")
+    p.add_argument("input", help="normal (lesion-free) CT: a DICOM series or folder, a NIfTI file, or an array file")
     p.add_argument("--name", required=True, help="name of the new model (saved as NAME_detector, never over one)")
     p.add_argument("--from", dest="from_model", default="default", help="detector to calibrate (name or path)")
     p.add_argument("--denoiser", default="default", help="its denoised slices are pooled in (name or path)")
@@ -416,7 +416,8 @@ def add_calibrate(sub: Any) -> None:
 def add_adapt(sub: Any) -> None:
     """The ``adapt`` subcommand."""
     p = sub.add_parser("adapt", help="adapt the denoiser to a scanner from its low-dose scans alone (self-supervised)")
-    p.add_argument("input", help="low-dose CT: a DICOM series or folder, or an array file (3D, contiguous slices)")
+    p.add_argument("input", help="low-dose CT: a DICOM series or folder, a NIfTI file, or an array file (3D, "
+                   "contiguous slices)")
     p.add_argument("--name", required=True, help="name of the new model (saved as NAME_denoiser, never over one)")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument(
