@@ -493,3 +493,20 @@ def test_a_series_without_positions_says_its_geometry_is_assumed(tmp_path):
         assert float(ds.SliceLocation) == pytest.approx(float(ds.ImagePositionPatient[2]))
     (row,) = list(csv.DictReader(write_volume_boxes(tmp_path / "b.csv", np.array([[1, 2, 3, 9, 8, 0.9]]), vol).open()))
     assert not any(k.startswith("lps_") for k in row)
+
+
+def test_spacing_between_slices_is_along_the_normal_and_absent_when_uneven(tmp_path):
+    """Walkthrough 2026-12-06: a 15-deg gantry tilt's derived series said 2.5 mm between slices (the planes are
+    2.415 mm apart), and a series with a gap said its median step."""
+    tilt = np.radians(15.0)
+    write_series(tmp_path / "tilt", synthetic_hu((4, 16, 16)), series_uid="1.2.826.0.1.3680043.8.498.81",
+                 orientation=(1, 0, 0, 0, np.cos(tilt), np.sin(tilt)))  # fmt: skip
+    write_series(tmp_path / "gap", synthetic_hu((4, 16, 16)), series_uid="1.2.826.0.1.3680043.8.498.82",
+                 z_positions=[0.0, 2.5, 5.0, 12.5])  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tilt and the gap are said when read
+        tilted, gapped = open_ct(tmp_path / "tilt")[0], open_ct(tmp_path / "gap")[0]
+    (f, *_) = write_dicom_series(tilted, tmp_path / "o1", "tilted")
+    assert float(pydicom.dcmread(f).SpacingBetweenSlices) == pytest.approx(2.5 * np.cos(tilt), abs=1e-3)
+    (f, *_) = write_dicom_series(gapped, tmp_path / "o2", "gapped")
+    assert "SpacingBetweenSlices" not in pydicom.dcmread(f)
