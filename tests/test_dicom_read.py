@@ -627,3 +627,31 @@ def test_positions_written_to_a_tenth_of_a_mm_stack_at_their_mean_spacing(tmp_pa
         (vol,) = read_dicom(tmp_path / "s")
     assert vol.spacing[0] == pytest.approx(0.625, abs=0.005)  # the endpoints are rounded too
     assert not any("uneven" in str(w.message) for w in caught)
+
+
+def test_a_missing_pixel_spacing_names_the_detectors_and_a_two_patient_folder_says_so(tmp_path, capsys):
+    """Walkthrough 2026-12-06: 'assuming 1 mm pixels' did not name the ImagerPixelSpacing the file has (sizes 2.5x
+    too small, unexplained); the largest series was picked across two patients without a word."""
+    from conftest import synthetic_hu, write_series
+
+    from napari_lidnet.cli.common import open_single
+
+    files = write_series(tmp_path / "a", synthetic_hu((3, 8, 8)), series_uid="1.2.826.0.1.3680043.8.498.92")
+    for f in files:
+        ds = pydicom.dcmread(f)
+        del ds.PixelSpacing
+        ds.ImagerPixelSpacing = [2.5, 2.5]
+        ds.save_as(f)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read_dicom(tmp_path / "a")
+    assert any("ImagerPixelSpacing 2.5 x 2.5 mm is at the detector" in str(w.message) for w in caught)
+    other = write_series(tmp_path / "b", synthetic_hu((2, 8, 8)), series_uid="1.2.826.0.1.3680043.8.498.93")
+    for f in other:
+        ds = pydicom.dcmread(f)
+        ds.PatientID = "SOMEONE-ELSE"
+        ds.save_as(f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        open_single(str(tmp_path))
+    assert "holds 2 series of 2 patients" in capsys.readouterr().err

@@ -130,7 +130,9 @@ def open_single(path: str, series_uid: str | None = None):
     volumes = open_checked(path, series_uid)
     if len(volumes) > 1:
         names = ", ".join(f"{v.name} ({_key(v)})" for v in volumes)
-        print(f"{path} holds {len(volumes)} series: {names}; using the largest CT series, {volumes[0].name!r} "
+        patients = {str((v.metadata.get("source_tags") or {}).get("PatientID", "")) for v in volumes} - {""}
+        whose = f" of {len(patients)} patients" if len(patients) > 1 else ""  # a walkthrough's tree held two
+        print(f"{path} holds {len(volumes)} series{whose}: {names}; using the largest CT series, {volumes[0].name!r} "
               "(--series UID picks another)", file=sys.stderr)  # fmt: skip
     return volumes[0]
 

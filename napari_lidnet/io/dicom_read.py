@@ -580,7 +580,10 @@ def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> C
     normal = np.cross(row_cos, col_cos)
     ps = header_floats(ds0.get("PixelSpacing"), 2)
     if ps is None:
-        _warn(notes, f"{label}: no PixelSpacing; assuming 1 mm pixels")
+        imager = header_floats(ds0.get("ImagerPixelSpacing"), 2)
+        at_detector = (f" (its ImagerPixelSpacing {imager[0]:g} x {imager[1]:g} mm is at the detector, not in the "
+                       "patient: not used)") if imager is not None else ""  # fmt: skip
+        _warn(notes, f"{label}: no PixelSpacing; assuming 1 mm pixels{at_detector}")
         ps = np.array([1.0, 1.0])
     stack_dir, dz = _slice_axis(headers, pos, normal, notes, label)
     tilt_tag = header_float(ds0.get("GantryDetectorTilt")) or 0.0
