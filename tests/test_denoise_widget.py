@@ -772,9 +772,13 @@ def test_outputs_go_above_their_source_and_below_the_readers_calipers(make_napar
     add_ct(viewer, low, metadata={"hu": True})
     calipers = viewer.add_shapes([np.array([[1, 10, 10], [1, 10, 40]], float)], shape_type="line", name="calipers",
                                  scale=SCALE, translate=TRANSLATE)  # fmt: skip
+    viewer.add_image(np.zeros_like(low), name="prior scan", scale=SCALE, translate=TRANSLATE)  # another scan
+    viewer.layers.move(viewer.layers.index(calipers), len(viewer.layers))  # the reader's calipers on top
     widget = make_widget(viewer, qtbot)
+    widget.image_combo.setCurrentText("low")
     widget.set_threshold(0.05)
+    widget.noise_check.setChecked(True)
     run_and_wait(widget, qtbot)
-    names = [ly.name for ly in viewer.layers]
-    assert names.index("low") < names.index("low denoised") < names.index("calipers"), names
-    assert calipers.visible
+    names = [ly.name for ly in viewer.layers]  # review: just above its source, it went under the prior scan
+    assert names.index("prior scan") < names.index("low denoised") < names.index("calipers"), names
+    assert names.index("low removed noise") < names.index("calipers") and calipers.visible, names

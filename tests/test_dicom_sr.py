@@ -171,6 +171,11 @@ def test_boxes_on_neighbouring_slices_are_one_lesion() -> None:
     assert row_lesions(cap).tolist() == [1, 1]
     touching = np.array([[2, 0, 0, 10, 10, 0.7], [3, 8, 8, 40, 40, 0.6]])  # 4 of 100 px of the small box
     assert row_lesions(touching).tolist() == [1, 2]
+    # review: cover chained a small lesion to a large mass beside it on its own slice, and two small ones together
+    beside = np.array([[0, 10, 10, 14, 14, 0.9], [1, 10, 10, 14, 14, 0.8], [1, 0, 0, 40, 40, 0.7]])
+    assert row_lesions(beside).tolist() == [1, 1, 2]
+    two_small = np.array([[0, 2, 2, 6, 6, 0.9], [0, 30, 30, 34, 34, 0.8], [1, 0, 0, 40, 40, 0.7]])
+    assert len(set(row_lesions(two_small).tolist())) >= 2
 
 
 def test_a_source_without_study_uid_puts_its_report_in_its_denoised_series_study(tmp_path: Path) -> None:

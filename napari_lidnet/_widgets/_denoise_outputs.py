@@ -72,7 +72,7 @@ class DenoiseOutputs:
                 self.viewer.layers.remove(old)
             new = getattr(self.viewer, f"add_{layer_type}")(data, **kwargs)
             if index is None and layer_type == "image":
-                index = self._above_source()
+                index = self._above_images(new)
             if index is not None:
                 self.viewer.layers.move(self.viewer.layers.index(new), index)
         finally:
@@ -86,16 +86,14 @@ class DenoiseOutputs:
             self._end_side_by_side(new.name)
         return new
 
-    def _above_source(self) -> int | None:
-        """Where a first image output goes: just above its source and the source's other image outputs, below the
-        reader's calipers, regions and boxes (added on top, the denoised image hid a walkthrough's calipers)."""
-        layers, src = self.viewer.layers, self._last["layer"]
-        if src not in layers:
-            return None
+    def _above_images(self, new: Any) -> int | None:
+        """Where a first image output goes: above every image (another scan above the source would hide it), below
+        the reader's calipers, regions and boxes (added on top, the denoised image hid a walkthrough's calipers)."""
         from napari.layers import Image
 
-        mine = [e[2] for e in self._outputs if e[0] == src and e[2] in layers and isinstance(e[2], Image)]
-        return max(layers.index(ly) for ly in [src, *mine]) + 1
+        layers = self.viewer.layers
+        images = [k for k, ly in enumerate(layers) if isinstance(ly, Image) and ly != new]
+        return max(images) + 1 if images else None
 
     def _drop(self, role: str) -> None:
         old, entry = self._live(role), self._entry(role)

@@ -47,12 +47,18 @@ def lesion_numbers(slices: Sequence[int], boxes: np.ndarray, iou: float = LESION
     by_slice: dict[int, list[int]] = {}
     for i, z in enumerate(slices):
         by_slice.setdefault(z, []).append(i)
-    for z, here in by_slice.items():
+    spans = {i: {z} for i, z in enumerate(slices)}  # each group's slices (a group holds one box per slice)
+    for z, here in sorted(by_slice.items()):
         above = by_slice.get(z + 1, [])
         if above:
-            same = (box_iou_np(boxes[here], boxes[above]) >= iou) | (_cover(boxes[here], boxes[above]) >= LESION_COVER)
-            for a, b in zip(*np.nonzero(same)):
-                parent[root(here[a])] = root(above[b])
+            linked = box_iou_np(boxes[here], boxes[above]) >= iou
+            covered = _cover(boxes[here], boxes[above]) >= LESION_COVER
+            for a, b in zip(*np.nonzero(linked | covered)):
+                ra, rb = root(here[a]), root(above[b])
+                if ra == rb or (not linked[a, b] and spans[ra] & spans[rb]):
+                    continue  # by cover alone, never two boxes of one slice (a small lesion beside a large mass)
+                parent[ra] = rb
+                spans[rb] |= spans.pop(ra)
     first: dict[int, tuple[int, int]] = {}
     for i, z in enumerate(slices):
         r = root(i)
