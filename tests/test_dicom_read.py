@@ -655,3 +655,25 @@ def test_a_missing_pixel_spacing_names_the_detectors_and_a_two_patient_folder_sa
         warnings.simplefilter("ignore")
         open_single(str(tmp_path))
     assert "holds 2 series of 2 patients" in capsys.readouterr().err
+
+
+def test_a_16_bit_secondary_capture_placed_in_the_patient_is_ct_and_a_screen_alone_says_so(tmp_path):
+    """Review 2026-12-06: the screen-capture rule also refused a workstation's CT export stored as a 16-bit
+    Secondary Capture with its geometry; a screen opened alone said "contains no DICOM image"."""
+    from conftest import synthetic_hu, write_series
+
+    files = write_series(tmp_path / "sc", synthetic_hu((3, 8, 8)), series_uid="1.2.826.0.1.3680043.8.498.94")
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+        del ds.RescaleIntercept, ds.RescaleSlope
+        ds.save_as(f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stored values without a rescale: said
+        (vol,) = read_dicom(tmp_path / "sc")
+    assert vol.hu.shape == (3, 8, 8)
+    with pytest.raises(ValueError) as err, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        read_dicom(get_testdata_file("SC_rgb_small_odd.dcm"))
+    assert "a screen capture (colour image, 3 samples per pixel" in str(err.value) and "no DICOM image" not in str(
+        err.value)

@@ -182,8 +182,15 @@ def _screen_capture(ds: Any, meta_sop_class: str) -> str:
     if samples != 1:
         return f"colour image, {samples} samples per pixel: a screen capture, not CT"
     sop_class = str(ds.get("SOPClassUID", "") or meta_sop_class)
-    if sop_class.startswith(SECONDARY_CAPTURE) and "RescaleIntercept" not in ds:
-        return "secondary capture without a rescale to HU: a screen capture, not CT"
+    if not sop_class.startswith(SECONDARY_CAPTURE) or "RescaleIntercept" in ds:
+        return ""
+    try:
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+    except (TypeError, ValueError):
+        bits = 16
+    placed = "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds
+    if bits <= 8 or not placed:  # a workstation's 16-bit HU export with its geometry is a CT reconstruction
+        return "an 8-bit or unplaced secondary capture without a rescale to HU: a screen capture, not CT"
     return ""
 
 
@@ -323,6 +330,10 @@ def scan_dicom(path: str | Path) -> DicomScan:
         scan.skipped.extend(f"{f} (unreadable: {reason})" for f, reason in scan.unreadable)
     for note in scan.notes:
         warnings.warn(note, UserWarning, stacklevel=2)
+    if not scan.series and scan.skipped and all(s.endswith("a screen capture, not CT)") for s in scan.skipped):
+        first = scan.skipped[0].split(" (", 1)[1].rstrip(")")
+        n = len(scan.skipped)
+        raise ValueError(f"{path}: {'a screen capture' if n == 1 else f'{n} screen captures and no CT'} ({first})")
     if not scan.series:
         what = "folder" if path.is_dir() else "DICOMDIR" if many else "file"
         extra = f" (skipped: {'; '.join(scan.skipped[:3])}{'; ...' if len(scan.skipped) > 3 else ''})"
