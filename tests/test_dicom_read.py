@@ -627,6 +627,12 @@ def test_positions_written_to_a_tenth_of_a_mm_stack_at_their_mean_spacing(tmp_pa
         (vol,) = read_dicom(tmp_path / "s")
     assert vol.spacing[0] == pytest.approx(0.625, abs=0.005)  # the endpoints are rounded too
     assert not any("uneven" in str(w.message) for w in caught)
+    zs = [10.123 + 0.5 * k + (0.1 if k > 3 else 0.0) for k in range(8)]  # review: a real 0.6 mm step, not rounding
+    write_series(tmp_path / "t", synthetic_hu((8, 8, 8)), series_uid="1.2.826.0.1.3680043.8.498.95", z_positions=zs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (vol,) = read_dicom(tmp_path / "t")
+    assert vol.spacing[0] == pytest.approx(0.5) and any("uneven" in str(w.message) for w in caught)
 
 
 def test_a_missing_pixel_spacing_names_the_detectors_and_a_two_patient_folder_says_so(tmp_path, capsys):

@@ -439,8 +439,9 @@ def _sorted_slices(
     return [headers[i] for i in order], None
 
 
-#: slice positions within this of an even stack are one (a scanner that writes ImagePositionPatient to 0.1 mm)
-ROUNDED_MM = 0.1
+#: slice positions written to 0.1 mm and within this of an even stack are one (0.05 mm of rounding in each position
+#: and in the stack's ends)
+ROUNDED_MM = 0.1 + 1e-3
 
 
 def _slice_axis(
@@ -459,7 +460,8 @@ def _slice_axis(
     stack_dir = total / np.linalg.norm(total)
     mean = float(np.linalg.norm(total)) / (len(pos) - 1)
     even = pos[0] + np.arange(len(pos))[:, None] * mean * stack_dir
-    if float(np.max(np.linalg.norm(pos - even, axis=1))) <= min(ROUNDED_MM, 0.25 * mean):
+    on_grid = np.allclose(pos * 10, np.rint(pos * 10), atol=1e-3)  # every coordinate written to 0.1 mm
+    if on_grid and float(np.max(np.linalg.norm(pos - even, axis=1))) <= min(ROUNDED_MM, 0.25 * mean):
         dz = mean  # positions written to 0.1 mm: 0.625 mm slices read 0.6 by the median, 4% short, "uneven"
     elif np.max(np.abs(dists - dz)) > _SPACING_RTOL * dz + 1e-3:
         grid = pos[0] + np.arange(len(pos))[:, None] * dz * stack_dir

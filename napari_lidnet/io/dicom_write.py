@@ -168,8 +168,10 @@ def _spacing_between(volume: CTVolume, dz: float, direction: np.ndarray) -> floa
     at 15 deg is 2.415 mm between the planes), None when the slices' own positions are unevenly spaced."""
     ipp = volume.metadata.get("slice_ipp")
     if isinstance(ipp, list) and len(ipp) > 2:
-        steps = np.linalg.norm(np.diff(np.asarray(ipp, float), axis=0), axis=1)
-        if np.max(np.abs(steps - dz)) > 0.01 * dz + 0.1:  # a gap, or positions far from the stack's
+        pos = np.asarray(ipp, float)
+        steps = np.linalg.norm(np.diff(pos, axis=0), axis=1)
+        rounded = np.allclose(pos * 10, np.rint(pos * 10), atol=1e-3)  # written to 0.1 mm: steps differ by that
+        if np.max(np.abs(steps - dz)) > 0.01 * dz + (0.1 if rounded else 0.0) + 1e-3:  # a gap, or another step
             return None
     normal = np.cross(direction[:, 0], direction[:, 1])
     cos = abs(float(np.dot(direction[:, 2], normal))) if np.linalg.norm(normal) > 0 else 1.0
