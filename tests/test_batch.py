@@ -544,8 +544,9 @@ def test_reader_workers_run_under_every_start_method(method):
     assert sorted(int(x[0]) for x in loader) == [0, 1, 2, 3]
 
 
-def _screen_capture(path: Path, rgb: bool) -> None:
-    """An exam's dose screen: a Secondary Capture with Modality CT, colour or 8-bit grey, no rescale to HU."""
+def _screen_capture(path: Path, rgb: bool, ct_8bit: bool = False) -> None:
+    """An exam's dose screen: a Secondary Capture with Modality CT, colour or 8-bit grey, no rescale to HU; with
+    ``ct_8bit`` an 8-bit image stored as a placed CT slice with a rescale (no CT scanner writes one)."""
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
@@ -565,6 +566,10 @@ def _screen_capture(path: Path, rgb: bool) -> None:
     ds.PhotometricInterpretation = "RGB" if rgb else "MONOCHROME2"
     if rgb:
         ds.PlanarConfiguration = 0
+    if ct_8bit:
+        ds.SOPClassUID = meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 0], [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.RescaleIntercept, ds.RescaleSlope = [0.7, 0.7], -1024, 1
     ds.PixelData = pixels.tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
@@ -603,8 +608,9 @@ def test_label_maps_beside_the_images_are_left_out_each_named(tmp_path, monkeypa
         nib.save(nib.Nifti1Image(ct, np.diag([0.7, 0.7, 2.5, 1.0])), root / "imagesTr" / f"case_{k:03d}_0000.nii.gz")
         labels = (ct > 100).astype(np.uint8)
         nib.save(nib.Nifti1Image(labels, np.diag([0.7, 0.7, 2.5, 1.0])), root / "labelsTr" / f"case_{k:03d}.nii.gz")
+    _screen_capture(root / "dicom8" / "IM1.dcm", rgb=False, ct_8bit=True)  # review: an 8-bit DICOM was detected on
     out = tmp_path / "boxes"
     assert main(["detect", str(root), "--out", str(out), "--all-series", "--model", "tiny_detector"]) == 0
     err = capsys.readouterr().err
-    assert len(list(out.glob("*.csv"))) == 2 and "note: 2 series left out (first: labelsTr/case_000.nii.gz" in err
-    assert "left out: labelsTr/case_001.nii.gz" in err and "8 bits" in err, err
+    assert len(list(out.glob("*.csv"))) == 2 and "note: 3 series left out (first: " in err, err
+    assert "left out: labelsTr/case_001.nii.gz" in err and "8 bits" in err and "8-bit pixels" in err, err

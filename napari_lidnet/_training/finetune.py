@@ -211,6 +211,23 @@ def is_deeplesion_archive(folder: str | os.PathLike) -> bool:
     return (Path(folder) / INFO_CSV_NAME).is_file() and (Path(folder) / "Images_png").is_dir()
 
 
+def _folder_samples(req: FinetuneRequest) -> Generator[str, None, tuple[list[Any], dict[str, Any]]]:
+    """The slices of a dataset folder, or of a DeepLesion archive's train part (indexed now, low doses simulated
+    when first used and kept in the run folder), and their description."""
+    if is_deeplesion_archive(req.dataset_dir):
+        from napari_lidnet.datasets.manifest import build_index, manifest_slices
+
+        yield f"indexing {req.dataset_dir} (DeepLesion's train part; low doses simulated at {req.dose:g} when used)"
+        header, rows = build_index(req.dataset_dir, dose=req.dose, seed=req.config.seed, split="train")
+        samples = manifest_slices(header, rows, cache_dir=Path(req.config.out) / "lowdose")  # kept in the run folder
+        return samples, describe_samples(samples, source="deeplesion", folder=str(req.dataset_dir), dose=req.dose)
+    from napari_lidnet.io.dataset import read_dataset
+
+    yield f"reading {req.dataset_dir}"
+    samples = read_dataset(req.dataset_dir)
+    return samples, describe_samples(samples, source="dataset", folder=str(req.dataset_dir))
+
+
 def prepare_samples(
     req: FinetuneRequest, should_stop: Callable[[], bool] | None = None
 ) -> Generator[str, None, tuple[list[Any], dict[str, Any]]]:
@@ -220,19 +237,8 @@ def prepare_samples(
     cfg = req.config
     need_lesions = cfg.mode != "pixel" and not cfg.insert_lesions  # synthetic lesions: scans without any train too
     near = None if need_lesions else 0  # pixel loss only or synthetic lesions: unannotated slices are fine
-    if req.dataset_dir and is_deeplesion_archive(req.dataset_dir):
-        from napari_lidnet.datasets.manifest import build_index, manifest_slices
-
-        yield f"indexing {req.dataset_dir} (DeepLesion's train part; low doses simulated at {req.dose:g} when used)"
-        header, rows = build_index(req.dataset_dir, dose=req.dose, seed=cfg.seed, split="train")
-        samples = manifest_slices(header, rows, cache_dir=Path(cfg.out) / "lowdose")  # kept in the run folder
-        info = describe_samples(samples, source="deeplesion", folder=str(req.dataset_dir), dose=req.dose)
-    elif req.dataset_dir:
-        from napari_lidnet.io.dataset import read_dataset
-
-        yield f"reading {req.dataset_dir}"
-        samples = read_dataset(req.dataset_dir)
-        info = describe_samples(samples, source="dataset", folder=str(req.dataset_dir))
+    if req.dataset_dir:
+        samples, info = yield from _folder_samples(req)
     else:
         inputs = list(req.inputs or [])
         if req.dicom_folder:
