@@ -193,6 +193,19 @@ def _wait_table(widget: Any, timeout_s: float = 120.0) -> None:
         time.sleep(0.02)
 
 
+def _settle_workers(timeout_s: float = 120.0) -> None:
+    """Let every background job (ROI compare's table after the last picture, say) finish and deliver its signals
+    before the viewer closes: one that finished after the docks were deleted aborted the demo at exit (exit 134)."""
+    from qtpy.QtCore import QThreadPool
+    from qtpy.QtWidgets import QApplication
+
+    pool, t0 = QThreadPool.globalInstance(), time.perf_counter()
+    while pool.activeThreadCount() and time.perf_counter() - t0 < timeout_s:
+        QApplication.processEvents()
+        pool.waitForDone(20)
+    QApplication.processEvents()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Open the demo; with ``--headless`` write the screenshot, the report and the README's pictures, then exit."""
     parser = argparse.ArgumentParser(prog="python -m napari_lidnet.demo", description=__doc__.splitlines()[0])
@@ -280,6 +293,7 @@ def _headless_outputs(viewer: Any, widgets: dict[str, Any], args: Any, timings: 
     models = {k: Path(str(getattr(widget, f"{k}_combo").currentData())).name for k in ("denoiser", "detector")}
     write_report(out, metrics, timings, models)
     pictures = take_pictures(viewer, widgets, Path(args.pictures or out), _wait_table)
+    _settle_workers()
     viewer.close()
     print((out / "report.md").read_text())
     print("pictures: " + ", ".join(str(p) for p in pictures))
