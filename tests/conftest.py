@@ -123,8 +123,7 @@ def synthetic_hu(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 def two_series_dir(tmp_path: Path) -> dict:
     """A folder with two CT series (4 and 3 slices), a README and a non-image DICOM (SR-like) file."""
     import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     root = tmp_path / "study"
     hu_a = synthetic_hu((4, 12, 10), seed=1)
@@ -133,14 +132,7 @@ def two_series_dir(tmp_path: Path) -> dict:
     files_a = write_series(root, hu_a, series_uid=uid_a, description="abdomen A")
     files_b = write_series(root / "sub", hu_b, series_uid=uid_b, description="chest B", z_positions=[5.0, 0.0, -5.0])
     (root / "README.txt").write_text("not a DICOM file\n")
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    sr = Dataset()
-    sr.file_meta = meta
-    sr.SOPClassUID = meta.MediaStorageSOPClassUID
-    sr.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    sr = dataset_of_class("1.2.840.10008.5.1.4.1.1.88.11")
     sr.SeriesInstanceUID = generate_uid()
     sr.Modality = "SR"
     pydicom.dcmwrite(root / "report.dcm", sr, enforce_file_format=True)
@@ -153,6 +145,21 @@ def two_series_dir(tmp_path: Path) -> dict:
         "files_a": files_a,
         "files_b": files_b,
     }
+
+
+def dataset_of_class(sop_class: str):
+    """A pydicom Dataset of ``sop_class`` with its file meta (explicit VR little endian) and a new instance UID."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    return ds
 
 
 def listing(folder: Path) -> list[tuple[str, int]]:

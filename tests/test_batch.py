@@ -548,16 +548,9 @@ def _screen_capture(path: Path, rgb: bool, ct_8bit: bool = False) -> None:
     """An exam's dose screen: a Secondary Capture with Modality CT, colour or 8-bit grey, no rescale to HU; with
     ``ct_8bit`` an 8-bit image stored as a placed CT slice with a rescale (no CT scanner writes one)."""
     import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
+    from conftest import dataset_of_class
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds = dataset_of_class("1.2.840.10008.5.1.4.1.1.7")
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.Modality, ds.SeriesDescription, ds.ImageType = "CT", "Dose Report", ["DERIVED", "SECONDARY", "OTHER"]
     ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 48, 64, 8, 8, 7, 0
@@ -567,7 +560,7 @@ def _screen_capture(path: Path, rgb: bool, ct_8bit: bool = False) -> None:
     if rgb:
         ds.PlanarConfiguration = 0
     if ct_8bit:
-        ds.SOPClassUID = meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
         ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 0], [1, 0, 0, 0, 1, 0]
         ds.PixelSpacing, ds.RescaleIntercept, ds.RescaleSlope = [0.7, 0.7], -1024, 1
     ds.PixelData = pixels.tobytes()
