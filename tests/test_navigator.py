@@ -766,3 +766,21 @@ def test_stepping_through_findings_side_by_side_says_where_the_box_is(case) -> N
     widget.status.setText("")
     widget.select(0)
     assert "hidden" not in widget.status.text()
+
+
+def test_the_review_export_says_when_centres_are_not_patient_coordinates(make_napari_viewer, tmp_path: Path) -> None:
+    """Review 2026-12-06: for a source without a patient position the review file's units still called the centre
+    column patient LPS coordinates."""
+    import json
+
+    viewer = make_napari_viewer()
+    for name, meta in (("placed", {"affine_lps": np.eye(4).tolist()}), ("unplaced", {"orientation_unknown": True})):
+        vol = synthetic_hu((2, 24, 32), seed=1)
+        image = viewer.add_image(vol, name=name, scale=(2.5, 0.7, 0.7), metadata={"hu": True, **meta})
+        widget = LesionNavigatorWidget(viewer)
+        boxes = viewer.add_shapes(boxes_to_shapes(DETECTIONS[:1, :5], 3), shape_type="rectangle",
+                                  name=f"{name} lesions", scale=image.scale, features={"score": DETECTIONS[:1, 5]},
+                                  metadata={"lidnet_role": "detections", "lidnet": {"source_layer": name}})  # fmt: skip
+        widget.load(boxes, image)
+        units = json.loads(widget.export(tmp_path / f"{name}.json").read_text())["units"]
+        assert ("patient LPS" in units) == (name == "placed"), units

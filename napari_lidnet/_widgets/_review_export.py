@@ -17,9 +17,12 @@ def write_review_table(
     """Every finding with its status, as CSV or JSON (by the suffix): sizes in mm where the image has a voxel size,
     the slice ids a PACS shows."""
     unit = "mm" if has_voxel_size(image) else "px"  # as the table shows them
+    meta = image.metadata or {}
+    placed = meta.get("affine_lps") is not None and not meta.get("orientation_unknown")  # what the file places
+    centre = "patient LPS z, y, x" if placed else "viewer world (the source gives no patient position)"
     info = {"image": image.name, "boxes": getattr(boxes, "name", None),
             "spacing_mm": [float(s) for s in image.scale] if unit == "mm" else None,
-            "units": f"pixels (boxes), {unit} (sizes; centre: patient LPS z, y, x for DICOM, else viewer world)",
+            "units": f"pixels (boxes), {unit} (sizes; centre: {centre})",
             "simulated": simulated_label(image.metadata),  # the slice ids are those of the normal-dose source
             }  # fmt: skip
     ids = slice_columns(image.metadata or {}, n_slices(image.data))
