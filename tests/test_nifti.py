@@ -430,3 +430,13 @@ def test_a_folder_of_nifti_files_alone_is_not_called_empty(tmp_path, capsys):
     assert main(["index", str(folder), "--out", str(tmp_path / "i.jsonl"), "--dose", "0.25"]) == 2
     err = capsys.readouterr().err
     assert "holds NIfTI files only (1, first a.nii.gz)" in err and "empty" not in err and err.count("\n") == 1
+
+
+def test_a_2d_nifti_slice_is_written_back_2d(tmp_path: Path) -> None:
+    """Walkthrough 2026-12-06: a 512 x 512 NIfTI slice came back 512 x 512 x 1."""
+    stored = (np.arange(32 * 24, dtype=np.int16).reshape(32, 24) - 300).astype(np.int16)
+    nib.save(nib.Nifti1Image(stored, np.diag([0.7, 0.7, 2.5, 1])), str(tmp_path / "slice.nii.gz"))
+    vol = read_nifti(tmp_path / "slice.nii.gz")
+    back = nib.load(str(write_nifti(tmp_path / "out.nii.gz", vol)))
+    assert back.shape == (32, 24)
+    np.testing.assert_array_equal(np.asarray(back.dataobj), stored)

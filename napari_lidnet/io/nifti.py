@@ -195,6 +195,7 @@ def read_nifti(path: str | Path) -> CTVolume:
         "affine": affine.tolist(),
         "qform": qform.tolist(),
         "shape": [int(v) for v in data.shape],
+        "file_shape": [int(v) for v in src.shape],  # a 2-D file stays 2-D when written back
         "codes": codes,
         "integers": src.get_data_dtype().kind in "iu" and bool(np.all(data == np.round(data))),  # whole HU
         "assumed": bool(assumed),  # no usable voxel size: a derived file says so too, never an invented 1 mm
@@ -284,6 +285,17 @@ def is_our_denoised(path: str | Path) -> bool:
         return False
 
 
+def _file_dims(img: Any, stored: Any) -> Any:
+    """``img`` with the source file's own dimensions where it had fewer than three and the voxels are the same (a
+    walkthrough's 512 x 512 slice came back 512 x 512 x 1)."""
+    import nibabel as nib
+
+    shape = stored.get("file_shape") if isinstance(stored, dict) else None
+    if not shape or len(shape) >= 3 or img.shape != (*shape, *[1] * (len(img.shape) - len(shape))):
+        return img
+    return nib.Nifti1Image(np.asanyarray(img.dataobj).reshape(shape), img.affine, header=img.header)
+
+
 def write_nifti(out: str | Path, volume: CTVolume, denoised: bool = False, note: str = "") -> Path:
     """Write ``volume`` as a new NIfTI file: float32 HU (int16 whole HU when read from a NIfTI file of integers),
     its LPS geometry as a RAS+ sform (and qform when the axes are orthogonal: a qform cannot hold a gantry-tilt
@@ -316,6 +328,7 @@ def write_nifti(out: str | Path, volume: CTVolume, denoised: bool = False, note:
         img = nib.Nifti1Image(np.asanyarray(img.dataobj), None, header=img.header)  # no affine: nothing filled in
         img.header["sform_code"], img.header["qform_code"] = 0, 0
         img.header["pixdim"][1:4] = 0
+    img = _file_dims(img, source)
     img.header.set_xyzt_units("mm")
     said = (DENOISED_DESCRIP + (f": {note}".encode("ascii", "replace") if note else b""))[:80]
     img.header["descrip"] = said if denoised else b"napari-lidnet"
