@@ -412,7 +412,7 @@ def _orientation(headers: list[DicomHeader], label: str) -> tuple[np.ndarray | N
         return None, np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
     for h in headers[1:]:
         other = header_floats(h.ds.get("ImageOrientationPatient"), 6)
-        if other is None or not np.allclose(other, iop, atol=ORIENTATION_TOLERANCE):
+        if not _same_orientation(other, iop):
             found = "none" if other is None else " ".join(f"{v:.4g}" for v in other)
             raise ValueError(f"{label} mixes slice orientations ({headers[0].path.name}: "
                              f"{' '.join(f'{v:.4g}' for v in iop)}; {h.path.name}: {found}); cannot stack one volume")
@@ -444,6 +444,12 @@ def _sorted_slices(
 ROUNDED_MM = 0.1 + 1e-3
 
 
+def written_to_tenth_mm(positions: np.ndarray) -> bool:
+    """Whether every coordinate of the slice positions is a multiple of 0.1 mm (a scanner that rounds them so)."""
+    pos = np.asarray(positions, dtype=float)
+    return bool(np.allclose(pos * 10, np.rint(pos * 10), atol=1e-3))
+
+
 def _slice_axis(
     headers: list[DicomHeader], pos: np.ndarray | None, normal: np.ndarray, notes: list[str], label: str
 ) -> tuple[np.ndarray, float | None]:
@@ -460,8 +466,7 @@ def _slice_axis(
     stack_dir = total / np.linalg.norm(total)
     mean = float(np.linalg.norm(total)) / (len(pos) - 1)
     even = pos[0] + np.arange(len(pos))[:, None] * mean * stack_dir
-    on_grid = np.allclose(pos * 10, np.rint(pos * 10), atol=1e-3)  # every coordinate written to 0.1 mm
-    if on_grid and float(np.max(np.linalg.norm(pos - even, axis=1))) <= min(ROUNDED_MM, 0.25 * mean):
+    if written_to_tenth_mm(pos) and float(np.max(np.linalg.norm(pos - even, axis=1))) <= min(ROUNDED_MM, 0.25 * mean):
         dz = mean  # positions written to 0.1 mm: 0.625 mm slices read 0.6 by the median, 4% short, "uneven"
     elif np.max(np.abs(dists - dz)) > _SPACING_RTOL * dz + 1e-3:
         grid = pos[0] + np.arange(len(pos))[:, None] * dz * stack_dir

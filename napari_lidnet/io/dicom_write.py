@@ -13,6 +13,7 @@ import numpy as np
 from .. import __version__
 from .atomic import new_folder, remove_stale_partials
 from .dicom_read import SLICE_TAGS as PER_IMAGE_TAGS
+from .dicom_read import written_to_tenth_mm
 from .dicom_values import tag_value
 from .volume import CTVolume, per_slice
 from .windowing import SCAN_WINDOW, level_width
@@ -170,7 +171,7 @@ def _spacing_between(volume: CTVolume, dz: float, direction: np.ndarray) -> floa
     if isinstance(ipp, list) and len(ipp) > 2:
         pos = np.asarray(ipp, float)
         steps = np.linalg.norm(np.diff(pos, axis=0), axis=1)
-        rounded = np.allclose(pos * 10, np.rint(pos * 10), atol=1e-3)  # written to 0.1 mm: steps differ by that
+        rounded = written_to_tenth_mm(pos)  # positions written to 0.1 mm: their steps differ by that much
         if np.max(np.abs(steps - dz)) > 0.01 * dz + (0.1 if rounded else 0.0) + 1e-3:  # a gap, or another step
             return None
     normal = np.cross(direction[:, 0], direction[:, 1])
