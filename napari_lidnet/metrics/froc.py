@@ -8,23 +8,35 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FROCResult", "box_iou_np", "fp_rate_at", "froc", "match_detections", "threshold_at_fp_rate"]
+__all__ = ["FROCResult", "box_cover_np", "box_iou_np", "fp_rate_at", "froc", "match_detections", "threshold_at_fp_rate"]
 
 
 def _area(z: np.ndarray) -> np.ndarray:
     return np.clip(z[:, 2] - z[:, 0], 0, None) * np.clip(z[:, 3] - z[:, 1], 0, None)
 
 
-def box_iou_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of (N, 4) and (M, 4) boxes ``x1, y1, x2, y2`` -> (N, M) float64."""
+def _intersections(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pairwise intersection areas (N, M), areas of ``a``, areas of ``b``) of boxes ``x1, y1, x2, y2``."""
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
     wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    union = _area(a)[:, None] + _area(b)[None, :] - inter
+    return wh[..., 0] * wh[..., 1], _area(a), _area(b)
+
+
+def box_iou_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of (N, 4) and (M, 4) boxes ``x1, y1, x2, y2`` -> (N, M) float64."""
+    inter, area_a, area_b = _intersections(a, b)
+    union = area_a[:, None] + area_b[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def box_cover_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise share of the smaller box of each pair that the pair's intersection covers -> (N, M) float64."""
+    inter, area_a, area_b = _intersections(a, b)
+    smaller = np.minimum(area_a[:, None], area_b[None, :])
+    return np.divide(inter, smaller, out=np.zeros_like(inter), where=smaller > 0)
 
 
 def match_detections(boxes: np.ndarray, scores: np.ndarray, gt: np.ndarray, iou_threshold: float = 0.5) -> np.ndarray:

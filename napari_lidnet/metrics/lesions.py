@@ -7,26 +7,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .froc import box_iou_np
+from .froc import box_cover_np, box_iou_np
 
 #: boxes on neighbouring slices whose in-plane overlap (IoU) reaches this are one lesion
 LESION_IOU = 0.3
 #: ... and so are two whose intersection covers this share of the smaller box: on thick slices a round lesion's
 #: end slice shows a small box wholly inside its neighbour's (IoU 0.15-0.29 in a walkthrough: one lesion, 3 numbers)
 LESION_COVER = 0.5
-
-
-def _cover(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) share of the smaller box of each pair that the pair's intersection covers."""
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    smaller = np.minimum(area_a[:, None], area_b[None, :])
-    return np.divide(inter, smaller, out=np.zeros_like(inter), where=smaller > 0)
 
 
 def lesion_numbers(slices: Sequence[int], boxes: np.ndarray, iou: float = LESION_IOU) -> np.ndarray:
@@ -52,7 +39,7 @@ def lesion_numbers(slices: Sequence[int], boxes: np.ndarray, iou: float = LESION
         above = by_slice.get(z + 1, [])
         if above:
             linked = box_iou_np(boxes[here], boxes[above]) >= iou
-            covered = _cover(boxes[here], boxes[above]) >= LESION_COVER
+            covered = box_cover_np(boxes[here], boxes[above]) >= LESION_COVER
             for a, b in zip(*np.nonzero(linked | covered)):
                 ra, rb = root(here[a]), root(above[b])
                 if ra == rb or (not linked[a, b] and spans[ra] & spans[rb]):
