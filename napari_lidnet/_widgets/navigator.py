@@ -143,7 +143,6 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         self._alone: set[int] = set()  # ids rejected one by one (Reject), which accepting their lesion leaves so
         self._parked: dict[tuple, Finding] = {}  # rejected findings whose detection left the layer, by key
         self._read_stamp: bytes = b""  # the boxes and scores last read (_stamp)
-        self._read_indices: list[int] = []  # the shape of each finding last read, in the boxes layer
         self._shape_index: dict[int, int] = {}  # finding id -> its shape in the boxes layer
         self._mark: Any = None  # the current finding's widened outline (_box_marks.mark_current)
         self.watch = LayerWatch(napari_viewer, self._on_renamed)
@@ -373,8 +372,8 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
             combo.setCurrentText(layer.name if layer is not None else NONE)
             combo.blockSignals(False)
         self._read_stamp = _stamp(boxes) if boxes is not None else b""
-        new = self._read_findings(boxes, image) if boxes is not None and image is not None else []
-        shape_of = {id(f): i for f, i in zip(new, self._read_indices)}
+        new, shapes = self._read_findings(boxes, image) if boxes is not None and image is not None else ([], [])
+        shape_of = {id(f): i for f, i in zip(new, shapes)}
         self.findings = self._merge(new, self.findings if same else [])
         self._shape_index = {f.id: shape_of[id(f)] for f in new}
         self._measure([f for f in self.findings if not f.measures])  # the same detection keeps its measures
@@ -387,7 +386,8 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         self._sync_from_reviewed()
         recist = self._recist_sizes(boxes)  # after the kept boxes are adopted (measured again by their sides)
         self._fill_table()
-        self._remark()
+        fid = self.current_id()  # marked again: a new threshold renumbers the shapes and napari keeps the widths by
+        self._set_mark(self.finding(fid) if fid is not None else None)  # position (the outline sat on another box)
         if image is not None and boxes is not None:
             sizes = (f"; long/short of {recist} box(es): the table's RECIST diameters (DeepLesion pads its boxes 5 px "
                      "each side)") if recist else ""  # fmt: skip
@@ -449,18 +449,19 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
     def _key(f: Finding) -> tuple:
         return (f.slice, *np.round(np.asarray(f.corners, float).reshape(-1), 1))
 
-    def _read_findings(self, boxes: Any, image: Any) -> list[Finding]:
+    def _read_findings(self, boxes: Any, image: Any) -> tuple[list[Finding], list[int]]:
+        """The layer's boxes as findings, and each one's shape in the layer (the current one is marked there)."""
         feats = boxes.features
         scores = feats["score"].to_numpy(float) if "score" in feats else None
         out, data, to_pixels = [], boxes.data, pixel_map(boxes, image)
-        self._read_indices = []  # each finding's shape in the layer (the current one is marked there)
+        shapes: list[int] = []
         for i, kind in enumerate(boxes.shape_type):
             if kind in ("line", "path"):
                 continue
             z, corners = corners_in_image(boxes, i, image, data, to_pixels)
             out.append(Finding(len(out), z, corners, None if scores is None else float(scores[i])))
-            self._read_indices.append(i)
-        return out  # measured by load, those the merge did not carry over
+            shapes.append(i)
+        return out, shapes  # measured by load, those the merge did not carry over
 
     def _recist_sizes(self, boxes: Any) -> int:
         """Long/short axes from the layer's measured diameters (``layer_data.RECIST_LONG``: DeepLesion's) for the
@@ -603,8 +604,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         f, image = self.finding(fid), self.image_layer
         if f is None or image is None:
             return
-        unmark(self._mark, self.viewer.layers)
-        self._mark = self._mark_finding(f)
+        self._set_mark(f)
         centre = centre_world(f, index_to_world(image))  # where napari shows it (the table's centre is the patient's)
         world = centre[3 - image.ndim :]  # the image's own world axes, on the viewer's last ones
         dims, offset = self.viewer.dims, self.viewer.dims.ndim - image.ndim
@@ -618,12 +618,9 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
             self._say(f"finding {f.id} is at the centre of both panels; side by side shows the images alone, so its "
                       "box is hidden: F flips the two in place with the boxes drawn")  # fmt: skip
 
-    def _remark(self) -> None:
-        """Mark the current row's box again after the layers were read anew: a new threshold renumbers the shapes
-        and napari keeps the widths by position, so the wide outline sat on another finding's box."""
+    def _set_mark(self, f: Finding | None) -> None:
+        """Widen ``f``'s box (None: no box), the last one's back to its width."""
         unmark(self._mark, self.viewer.layers)
-        fid = self.current_id()
-        f = self.finding(fid) if fid is not None else None
         self._mark = self._mark_finding(f) if f is not None else None
 
     def _mark_finding(self, f: Finding) -> Any:
