@@ -94,8 +94,7 @@ class _SeriesReader:
         try:
             vol = read_nifti(source) if nifti else read_series(source, source=self.root)
         except NotHU as exc:  # a label map: not CT for good, left out like another modality, named as they are
-            text = str(exc)
-            return i, LeftOut(one_line(f"{what}: {text.split(': ', 1)[1]}" if ": " in text else text))
+            return i, LeftOut(one_line(f"{what}: {exc.reason}"))
         except (ValueError, OSError) as exc:
             return i, Failed.of(what, exc, source)
         problem = ct_problem(vol.hu, str(vol.metadata.get("modality", "") or ""), what)  # a re-run reads the same

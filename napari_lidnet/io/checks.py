@@ -39,7 +39,14 @@ def os_reason(exc: BaseException) -> str | None:
 class NotHU(ValueError):
     """An image that cannot be CT in HU whatever is done to it (8-bit, boolean, not numbers): a batch leaves it out
     with a note, as it leaves out other non-CT images, instead of failing the run (nnU-Net's labelsTr beside
-    imagesTr failed every --all-series run)."""
+    imagesTr failed every --all-series run). The message is ``what: reason``; ``reason`` alone names no file."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(f"{what}: {reason}")
+        self.what, self.reason = what, reason
+
+    def __reduce__(self) -> tuple:  # a reader process hands it back whole
+        return type(self), (self.what, self.reason)
 
 
 def check_image_shape(shape: Sequence[int], dtype: Any, what: str) -> None:
@@ -48,9 +55,9 @@ def check_image_shape(shape: Sequence[int], dtype: Any, what: str) -> None:
     shape = tuple(int(s) for s in shape)
     dtype = np.dtype(dtype)
     if dtype.kind not in "iuf":
-        raise NotHU(f"{what}: dtype {dtype} is not numbers in HU (expected integer or float)")
+        raise NotHU(what, f"dtype {dtype} is not numbers in HU (expected integer or float)")
     if dtype.itemsize == 1:
-        raise NotHU(f"{what}: dtype {dtype} (8 bits) cannot hold HU (-1024..3071); a label map or display image?")
+        raise NotHU(what, f"dtype {dtype} (8 bits) cannot hold HU (-1024..3071); a label map or display image?")
     if len(shape) not in (2, 3):
         raise ValueError(f"{what}: shape {shape}; expected a 2D slice (y, x) or a 3D volume (z, y, x)")
     if min(shape) < 1:

@@ -582,7 +582,7 @@ def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> C
     check_image_shape((n_images, *shape) if n_images > 1 else shape, np.float32, label)
     modality = str(ds0.get("Modality", "") or "")
     if int(ds0.get("BitsAllocated", 16) or 16) <= 8:  # as an 8-bit NIfTI or array is refused (a batch leaves it out)
-        raise NotHU(f"{label}: 8-bit pixels cannot hold HU (-1024..3071); a label map or display image?")
+        raise NotHU(label, "8-bit pixels cannot hold HU (-1024..3071); a label map or display image?")
     if modality != "CT":
         _warn(notes, f"{label}: modality is {modality or 'missing'!r}, not 'CT'; HU values may not be meaningful")
     headers, pos, row_cos, col_cos = _ordered(headers, notes, label)

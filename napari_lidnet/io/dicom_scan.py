@@ -170,6 +170,8 @@ def _scan_file(scan: DicomScan, f: Path, in_folder: bool, seen: dict[str, list[t
 
 #: Secondary Capture image storage SOP classes (single- and multi-frame): screens, scanned documents
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+#: how a skipped screen capture's reason ends (the notes and the refusal find them by it)
+SCREEN = "a screen capture, not CT"
 
 
 def _screen_capture(ds: Any, meta_sop_class: str) -> str:
@@ -180,7 +182,7 @@ def _screen_capture(ds: Any, meta_sop_class: str) -> str:
     except (TypeError, ValueError):
         samples = 1
     if samples != 1:
-        return f"colour image, {samples} samples per pixel: a screen capture, not CT"
+        return f"colour image, {samples} samples per pixel: {SCREEN}"
     sop_class = str(ds.get("SOPClassUID", "") or meta_sop_class)
     if not sop_class.startswith(SECONDARY_CAPTURE) or "RescaleIntercept" in ds:
         return ""
@@ -190,7 +192,7 @@ def _screen_capture(ds: Any, meta_sop_class: str) -> str:
         bits = 16
     placed = "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds
     if bits <= 8 or not placed:  # a workstation's 16-bit HU export with its geometry is a CT reconstruction
-        return "an 8-bit or unplaced secondary capture without a rescale to HU: a screen capture, not CT"
+        return f"an 8-bit or unplaced secondary capture without a rescale to HU: {SCREEN}"
     return ""
 
 
@@ -285,11 +287,11 @@ def _note_localizers(scan: DicomScan, where: str) -> None:
     n = sum(s.endswith("(localizer)") for s in scan.skipped)
     if n and scan.series:
         scan.notes.append(f"{where}: left out {n} localizer image{'s' if n > 1 else ''} (ImageType LOCALIZER)")
-    screens = [s for s in scan.skipped if s.endswith("a screen capture, not CT)")]
+    screens = [s for s in scan.skipped if s.endswith(f"{SCREEN})")]
     if screens:
         scan.notes.append(f"{where}: left out {len(screens)} screen capture{'s' if len(screens) > 1 else ''} (a dose "
                           f"screen or protocol page, not CT: colour, or a secondary capture without a rescale to HU; "
-                          f"first {screens[0].split(' (')[0]})")  # fmt: skip
+                          f"first {screens[0].rsplit(' (', 1)[0]})")  # fmt: skip
 
 
 def _unreadable_text(scan: DicomScan) -> str:
@@ -330,8 +332,8 @@ def scan_dicom(path: str | Path) -> DicomScan:
         scan.skipped.extend(f"{f} (unreadable: {reason})" for f, reason in scan.unreadable)
     for note in scan.notes:
         warnings.warn(note, UserWarning, stacklevel=2)
-    if not scan.series and scan.skipped and all(s.endswith("a screen capture, not CT)") for s in scan.skipped):
-        first = scan.skipped[0].split(" (", 1)[1].rstrip(")")
+    if not scan.series and scan.skipped and all(s.endswith(f"{SCREEN})") for s in scan.skipped):
+        first = scan.skipped[0].rsplit(" (", 1)[1].rstrip(")")  # the reason (a path may hold " (" too)
         n = len(scan.skipped)
         raise ValueError(f"{path}: {'a screen capture' if n == 1 else f'{n} screen captures and no CT'} ({first})")
     if not scan.series:
