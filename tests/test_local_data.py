@@ -560,3 +560,19 @@ def test_a_renamed_image_keeps_its_annotations() -> None:
     inputs, problems = li.inputs_from_layers([img_a, img_b], ann_a, None, made)
     assert problems == [] and [len(i.boxes) for i in inputs] == [1, 1]
     np.testing.assert_allclose(inputs[1].boxes, [[1, 40, 40, 50, 52]], atol=1e-4)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_check_samples_names_a_low_dose_partner_of_another_size(tmp_path, lazy):
+    """A low-dose PNG of another size than its full-dose slice is named (a lazy folder reads it from the header)."""
+    from napari_lidnet.io.dataset import Sample, read_dataset, write_dataset
+    from napari_lidnet.io.png16 import write_png_hu
+
+    full = np.zeros((48, 48), np.float32)
+    write_dataset(tmp_path / "ds", [Sample(f"s{k}", full, full + 1, np.zeros((0, 4)), 0.7) for k in range(3)])
+    write_png_hu(tmp_path / "ds" / "low" / "s1.png", np.zeros((40, 48), np.float32))
+    samples = read_dataset(tmp_path / "ds", lazy=lazy)
+    assert [s.has_low_dose for s in samples] == [True] * 3
+    assert [s.low_shape for s in samples] == [(48, 48), (40, 48), (48, 48)]
+    problems = ld.check_samples(samples, 32, need_lesions=False)
+    assert any("low- and full-dose shapes differ in ['s1']" in p for p in problems), problems

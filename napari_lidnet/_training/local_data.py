@@ -233,15 +233,6 @@ def check_inputs(
     return problems
 
 
-def _shapes(sample: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(low-dose, full-dose) shapes of a sample; an archive's slice (``ManifestSlice``) from its index, without
-    reading it or simulating its low dose (a DeepLesion archive holds thousands)."""
-    if hasattr(sample, "entry") and hasattr(sample, "shape"):
-        low = sample.entry.get("low")
-        return (tuple(sample.shape) if not low else tuple(sample.low_hu.shape)), tuple(sample.shape)
-    return tuple(sample.low_hu.shape), tuple(sample.full_hu.shape)
-
-
 def check_samples(
     samples: Sequence[Any],
     patch_size: int,
@@ -256,7 +247,7 @@ def check_samples(
     problems: list[str] = []
     if not samples:
         return ["no slices to train on"]
-    shapes = [_shapes(s) for s in samples]
+    shapes = [(tuple(s.low_shape), tuple(s.shape)) for s in samples]  # from headers and indexes: no pixel read
     mismatch = [s.name for s, (low, full) in zip(samples, shapes) if low != full]
     if mismatch:
         problems.append(f"low- and full-dose shapes differ in {mismatch[:3]}")
@@ -410,7 +401,7 @@ def describe_samples(samples: Sequence[Any], inputs: Sequence[CTInput] | None = 
     info: dict[str, Any] = {
         "n_slices": len(samples),
         "n_lesions": int(sum(len(s.boxes) for s in samples)),
-        "slice_shapes": sorted({f"{full[1]}x{full[0]}" for _, full in map(_shapes, samples)}),
+        "slice_shapes": sorted({f"{s.shape[1]}x{s.shape[0]}" for s in samples}),
     }
     if inputs:
         info["images"] = [

@@ -40,21 +40,12 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     return ", ".join(parts) or "no validation slices"
 
 
-def _no_low_dose(sample: Any) -> bool:
-    """Whether a slice has no low-dose partner (a manifest's slice has one when its manifest has a dose)."""
-    if hasattr(sample, "low_path"):
-        return sample.low_path is None
-    if hasattr(sample, "entry"):
-        return not sample.entry.get("low") and sample.dose is None
-    return sample.low_hu is None
-
-
 def check_evaluable(samples: list, data_dir: str) -> None:
     """Refuse (one-line ValueError) slices that cannot be evaluated together: none, some without a low-dose
     partner, or slices of different sizes."""
     if not samples:
         raise ValueError(f"{data_dir}: no slices to evaluate")
-    no_low = [s.name for s in samples if _no_low_dose(s)]
+    no_low = [s.name for s in samples if not s.has_low_dose]
     if no_low:
         raise ValueError(
             f"{data_dir}: {len(no_low)} of {len(samples)} slices have no low-dose image in low/ (first: {no_low[0]}); "

@@ -119,6 +119,16 @@ class ManifestSlice:
         return low
 
     @property
+    def has_low_dose(self) -> bool:
+        """Whether the slice has a low-dose partner: a file, or a dose to simulate one at."""
+        return bool(self.entry.get("low")) or self.dose is not None
+
+    @property
+    def low_shape(self) -> tuple[int, ...]:
+        """Shape of the low-dose partner, without simulating it (a simulated one has the slice's shape)."""
+        return tuple(self.low_hu.shape) if self.entry.get("low") else self.shape
+
+    @property
     def to_simulate(self) -> bool:
         """Whether reading ``low_hu`` simulates it now (no low-dose file, none in the cache yet)."""
         if self.entry.get("low") or self.dose is None:

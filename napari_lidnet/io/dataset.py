@@ -43,6 +43,19 @@ class Sample:
         rows, cols = np.shape(self.full_hu)[-2:]
         return int(rows), int(cols)
 
+    @property
+    def has_low_dose(self) -> bool:
+        """Whether the slice has a low-dose partner."""
+        return self.low_hu is not None
+
+    @property
+    def low_shape(self) -> tuple[int, ...]:
+        """Shape of the low-dose partner (of the slice itself when it has none)."""
+        if self.low_hu is None:
+            return self.shape
+        rows, cols = np.shape(self.low_hu)[-2:]
+        return int(rows), int(cols)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, boxes={len(self.boxes)}, spacing_mm={self.spacing_mm})"
 
@@ -57,6 +70,14 @@ class LazySample(Sample):
     @property
     def shape(self) -> tuple[int, int]:
         return png_shape(self.full_path)  # from the PNG header, no pixel read
+
+    @property
+    def has_low_dose(self) -> bool:
+        return self.low_path is not None
+
+    @property
+    def low_shape(self) -> tuple[int, ...]:
+        return png_shape(self.low_path) if self.low_path is not None else self.shape
 
     @property
     def full_hu(self) -> np.ndarray:  # type: ignore[override]
