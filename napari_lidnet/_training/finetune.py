@@ -38,6 +38,7 @@ from napari_lidnet._training.local_data import (
     synthetic_lesions_only,
 )
 from napari_lidnet.io.checks import one_line
+from napari_lidnet.io.deeplesion import is_deeplesion_archive
 
 #: the one-click schedule: start from trained models (no pretraining), three short collaborative rounds
 ONE_CLICK_DEFAULTS: dict[str, Any] = {
@@ -202,13 +203,6 @@ def _load_detector(name: str | None, device: Any) -> Any:
     if not name:
         return None
     return load_model(name, kind="detector", device=device)[0]
-
-
-def is_deeplesion_archive(folder: str | os.PathLike) -> bool:
-    """Whether ``folder`` is a DeepLesion archive's root (``DL_info.csv`` beside ``Images_png``), without walking it."""
-    from napari_lidnet.io.deeplesion import INFO_CSV_NAME
-
-    return (Path(folder) / INFO_CSV_NAME).is_file() and (Path(folder) / "Images_png").is_dir()
 
 
 def _folder_samples(req: FinetuneRequest) -> Generator[str, None, tuple[list[Any], dict[str, Any]]]:

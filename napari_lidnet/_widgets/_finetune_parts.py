@@ -34,9 +34,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._training.finetune import ONE_CLICK_DEFAULTS, default_model_name, is_deeplesion_archive
+from .._training.finetune import ONE_CLICK_DEFAULTS, default_model_name
 from .._training.local_data import AUTO_BOX_THRESHOLD, CTInput, check_inputs
 from .._training.report import input_text
+from ..io.deeplesion import is_deeplesion_archive
 from ..io.open_ct import input_kind
 from ._adapt_source import (
     ADAPT_SOURCE,

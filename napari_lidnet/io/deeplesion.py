@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -154,6 +155,11 @@ def _read_rows(
                 continue
             if code is None or row.split == code:
                 table.setdefault(row.file_name, []).append(row)
+
+
+def is_deeplesion_archive(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is a DeepLesion archive's root (``DL_info.csv`` beside ``Images_png``), without walking it."""
+    return (Path(folder) / INFO_CSV_NAME).is_file() and (Path(folder) / "Images_png").is_dir()
 
 
 def table_file_name(png_path: str | Path) -> str:

@@ -114,7 +114,7 @@ def _read(path: Path, kind: str | None, series_uid: str | None) -> list[CTVolume
 def _deeplesion_hint(path: Path) -> None:
     """A one-line ValueError with the next step when ``path`` is DeepLesion's table, its archive folder or its
     ``Images_png`` (a walkthrough got "not a CT file" and "no DICOM files" there, with nothing to do next)."""
-    from .deeplesion import INFO_CSV_NAME
+    from .deeplesion import INFO_CSV_NAME, is_deeplesion_archive
 
     root = path.parent if path.name in (INFO_CSV_NAME, "Images_png") else path
     images = root / "Images_png"
@@ -123,7 +123,7 @@ def _deeplesion_hint(path: Path) -> None:
             raise ValueError(f"{path}: DeepLesion's lesion table, without its Images_png beside it: open a series "
                              "folder of the archive's Images_png, or one of its slices")  # fmt: skip
         return
-    if (root / INFO_CSV_NAME).is_file() or path.is_dir():
+    if is_deeplesion_archive(root) or path.is_dir():
         series = next((p for p in sorted(images.iterdir()) if p.is_dir()), None)
         example = f" (e.g. {series})" if series is not None else ""
         raise ValueError(f"{path}: a DeepLesion archive; open one series folder under Images_png{example} or one of "
