@@ -249,8 +249,6 @@ def _slice_dataset(
     ds.SliceLocation = _ds_str(float(np.dot(position, normal)))
     if own is not None:  # the source slice's own (tube current, window, lossy, location): none of slice 0's
         for kw in PER_IMAGE_TAGS:
-            if kw == "SliceLocation" and kw in own and own[kw] is None:
-                continue  # the written position's (a source without positions: its own would contradict them)
             if _given(own.get(kw)):
                 with contextlib.suppress(ValueError, TypeError, AttributeError):
                     setattr(ds, kw, own[kw])
@@ -311,7 +309,8 @@ def write_dicom_series(
     frames = per_slice(volume.metadata, "frame_numbers", len(stored)) or [None] * len(stored)
     own = per_slice(volume.metadata, "slice_tags", len(stored)) or [None] * len(stored)
     if volume.metadata.get("orientation_unknown"):  # positions are made up: the source's SliceLocation contradicts them
-        own = [None if o is None else {**o, "SliceLocation": None} for o in own]  # the written position's, below
+        own = [None if o is None else {**o, "SliceLocation": _ds_str(float(np.dot(p, normal)))}
+               for o, p in zip(own, positions)]  # fmt: skip
     sop_class = str(volume.metadata.get("sop_class_uid") or "")
     created = [p for p in out_dir.parents if not p.exists()]  # deepest first
     out_dir.parent.mkdir(parents=True, exist_ok=True)
