@@ -8,7 +8,7 @@ from typing import Any
 from ..findings import Finding, lesion_groups, write_findings
 from ..io.boxes_io import slice_columns
 from ..io.volume import n_slices, per_slice
-from ._roles import has_voxel_size, simulated_label
+from ._roles import has_voxel_size, places_patient, simulated_label
 
 
 def write_review_table(
@@ -17,9 +17,7 @@ def write_review_table(
     """Every finding with its status, as CSV or JSON (by the suffix): sizes in mm where the image has a voxel size,
     the slice ids a PACS shows."""
     unit = "mm" if has_voxel_size(image) else "px"  # as the table shows them
-    meta = image.metadata or {}
-    placed = meta.get("affine_lps") is not None and not meta.get("orientation_unknown")  # what the file places
-    centre = "patient LPS z, y, x" if placed else "viewer world (the source gives no patient position)"
+    centre = "patient LPS z, y, x" if places_patient(image) else "viewer world (the source gives no patient position)"
     info = {"image": image.name, "boxes": getattr(boxes, "name", None),
             "spacing_mm": [float(s) for s in image.scale] if unit == "mm" else None,
             "units": f"pixels (boxes), {unit} (sizes; centre: {centre})",

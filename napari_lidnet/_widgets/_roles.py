@@ -78,6 +78,13 @@ def has_voxel_size(layer: Any) -> bool:
     return bool(np.any(np.asarray(getattr(layer, "scale", [1.0])) != 1.0))
 
 
+def places_patient(layer: Any) -> bool:
+    """Whether the layer's source places it in the patient (a DICOM geometry with an orientation): its positions are
+    patient LPS mm, not the viewer's world."""
+    meta = getattr(layer, "metadata", None) or {}
+    return meta.get("affine_lps") is not None and not meta.get("orientation_unknown")
+
+
 def recorded_dose(layer: Any) -> float | None:
     """The dose fraction the layer's metadata records (1.0 normal dose; simulated and sample layers), else None."""
     dose = (getattr(layer, "metadata", None) or {}).get("dose")

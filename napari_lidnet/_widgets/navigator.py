@@ -54,6 +54,7 @@ from ._roles import (
     is_ct_image,
     is_shapes,
     lidnet_info,
+    places_patient,
     reviewed_of,
     role,
     source_key,
@@ -82,7 +83,18 @@ HEADER_TIPS = {
     "short_mm": "the box's short side (see long)",
     "mean_hu": "mean HU of every pixel inside the box, lesion and surroundings",
 }
+#: where the centre column's positions are: the patient's (a DICOM geometry), else the viewer's world
+CENTRE_TIPS = {
+    True: "the box centre in patient LPS coordinates, as the scanner's positions give them",
+    False: "the box centre in the viewer's world coordinates: the source gives no patient position (not LPS)",
+}
 NONE = "(none)"
+
+
+def _header(key: str, header: str, unit: str, placed: bool) -> str:
+    """A column's header in the table's unit; the centre's says "viewer" where the source places nothing."""
+    header = header.replace("(mm)", f"({unit})")
+    return header.replace(")", ", viewer)") if key == "centre" and not placed else header
 
 
 class SortItem(QTableWidgetItem):
@@ -501,10 +513,12 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         t.setRowCount(len(self.findings))
         image = self.image_layer
         unit = "mm" if image is None or has_voxel_size(image) else "px"  # a CT layer, or an image given a scale
-        t.setHorizontalHeaderLabels([h.replace("(mm)", f"({unit})") for _, h in COLUMNS])
+        placed = image is None or places_patient(image)
+        t.setHorizontalHeaderLabels([_header(key, h, unit, placed) for key, h in COLUMNS])
+        tips = {**HEADER_TIPS, "centre": CENTRE_TIPS[placed]}
         for c, (key, _) in enumerate(COLUMNS):
-            if key in HEADER_TIPS:
-                t.horizontalHeaderItem(c).setToolTip(HEADER_TIPS[key])
+            if key in tips:
+                t.horizontalHeaderItem(c).setToolTip(tips[key])
         ids = slice_columns(image.metadata or {}, n_slices(image.data)) if image else {}
         instances = ids.get("instance_number")  # a multi-frame source's frames are not instance numbers
         lesions = self.lesion_numbers()
