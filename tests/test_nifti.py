@@ -440,3 +440,15 @@ def test_a_2d_nifti_slice_is_written_back_2d(tmp_path: Path) -> None:
     back = nib.load(str(write_nifti(tmp_path / "out.nii.gz", vol)))
     assert back.shape == (32, 24)
     np.testing.assert_array_equal(np.asarray(back.dataobj), stored)
+
+
+def test_a_2d_nifti_slices_boxes_carry_no_dicom_columns(tmp_path: Path) -> None:
+    """Review 2026-12-07: a one-slice NIfTI's boxes had the DICOM-only ``z_mm`` (ImagePositionPatient z) beside
+    ``lps_z_mm``, a column a NIfTI volume's boxes do not have."""
+    from napari_lidnet.io.boxes_io import slice_columns
+
+    stored = np.zeros((32, 24), np.int16)
+    nib.save(nib.Nifti1Image(stored, np.diag([0.7, 0.7, 2.5, 1])), str(tmp_path / "slice.nii.gz"))
+    vol = read_nifti(tmp_path / "slice.nii.gz")
+    assert vol.metadata.get("slice_ipp") is not None  # kept to write the slice back
+    assert slice_columns(vol.metadata, 1) == {}

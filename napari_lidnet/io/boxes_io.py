@@ -36,7 +36,7 @@ def slice_columns(metadata: dict[str, Any], n: int) -> dict[str, list]:
         out["frame_number"] = ["" if v is None else int(v) for v in frames]
     elif numbers is not None:
         out["instance_number"] = ["" if v is None else int(v) for v in numbers]
-    if ipp is not None:
+    if ipp is not None and metadata.get("format") == "dicom":  # a 2-D NIfTI keeps its position too: lps_z_mm says it
         out["z_mm"] = [round(float(p[2]), 3) for p in ipp]
     if uids is not None:
         out["sop_instance_uid"] = [str(u) for u in uids]
