@@ -588,9 +588,11 @@ def test_rejected_detections_are_dimmed_on_the_detectors_layer(make_napari_viewe
     widget.load(boxes, image)
     scored = np.array(boxes.edge_color)
     widget.reject(1)
+    current = widget.current_id()  # moved on: its box is white (test_the_mark_survives_the_score_colours_and_dimming)
+    others = [k for k in (0, 2) if k != current]
     edges, texts = np.array(boxes.edge_color), boxes.text.color._values
     np.testing.assert_allclose(edges[1], DIM_EDGE)
-    np.testing.assert_allclose(edges[[0, 2]], scored[[0, 2]])
+    np.testing.assert_allclose(edges[others], scored[others])
     assert texts[1][3] == 0 and texts[0][3] == 1
     # the dock's threshold move: the same boxes again, their scores, the score colours
     boxes.data = boxes_to_shapes(DETECTIONS[:, :5], 3)
@@ -599,9 +601,10 @@ def test_rejected_detections_are_dimmed_on_the_detectors_layer(make_napari_viewe
     boxes.edge_contrast_limits = (0.0, 1.0)
     boxes.refresh_colors()
     np.testing.assert_allclose(np.array(boxes.edge_color)[1], DIM_EDGE)
-    np.testing.assert_allclose(np.array(boxes.edge_color)[[0, 2]], scored[[0, 2]])  # the others on the 0-1 range
+    np.testing.assert_allclose(np.array(boxes.edge_color)[others], scored[others])  # the others on the 0-1 range
     widget.accept(1)
-    np.testing.assert_allclose(np.array(boxes.edge_color), scored)
+    unmarked = [k for k in range(3) if k != widget.current_id()]
+    np.testing.assert_allclose(np.array(boxes.edge_color)[unmarked], scored[unmarked])
     assert (np.asarray(boxes.text.color._values).reshape(-1, 4)[:, 3] == 1).all()
     widget.reject(2)
     assert np.asarray(boxes.text.color._values)[2][3] == 0
@@ -706,28 +709,58 @@ def test_a_reopened_navigator_finds_a_review_whose_detections_were_deleted(case,
     assert out is not None and len(read_findings(out)) == 2
 
 
-def test_the_current_finding_s_box_is_drawn_wider(case) -> None:
-    """Walkthrough 2026-12-06: on a slice with several boxes the selected row's box looked like the others."""
+def _white(layer) -> list[bool]:
+    from napari_lidnet._widgets._box_marks import MARK_EDGE
+
+    return [bool(np.allclose(c, MARK_EDGE)) for c in np.asarray(layer.edge_color)]
+
+
+def test_the_current_finding_s_box_is_drawn_white_at_its_width(case) -> None:
+    """Walkthrough 2026-12-06: on a slice with several boxes the selected row's box looked like the others; then
+    (walkthrough 2026-12-07) its outline, widened three times, covered 83-87% of a 7.7 mm lesion at every zoom. It is
+    drawn white, as wide as the others."""
     viewer, widget, image, boxes, _ = case
     base = [float(w) for w in boxes.edge_width]
+    colours = np.asarray(boxes.edge_color).copy()
     widget.select(1)
-    widths = [float(w) for w in boxes.edge_width]
-    assert widths[1] > base[1] and widths[0] == base[0] and widths[2] == base[2]
+    assert _white(boxes) == [False, True, False] and [float(w) for w in boxes.edge_width] == base
     widget.select(2)
-    widths = [float(w) for w in boxes.edge_width]
-    assert widths[1] == base[1] and widths[2] > base[2]
-    for kept in ([1, 2], [0, 1, 2]):  # review: after a threshold move the wide outline sat on another finding's box
+    assert _white(boxes) == [False, False, True]
+    np.testing.assert_allclose(np.asarray(boxes.edge_color)[:2], colours[:2])  # the last one's colour is back
+    for kept in ([1, 2], [0, 1, 2]):  # review: after a threshold move the outline sat on another finding's box
         boxes.data = [boxes_to_shapes(DETECTIONS[:, :5], 3)[k] for k in kept]
         assert len(widget.findings) == len(kept) and widget.current_id() == 2  # read now (reloads wait for events)
-        widths = [float(w) for w in boxes.edge_width]
         current = kept.index(2)  # finding 2 (the slice-2 box) is shape 1, then shape 2
-        assert widths[current] > base[0] and all(w == base[0] for k, w in enumerate(widths) if k != current), widths
+        assert _white(boxes) == [k == current for k in range(len(kept))]
     widget.accept(0)  # kept: its box is on the reviewed layer, marked there when it is the current row
     reviewed = viewer.layers[f"{image.name} reviewed"]
-    kept_width = float(reviewed.edge_width[0])
+    kept_width = [float(w) for w in reviewed.edge_width]
     widget.select(0)
-    assert reviewed.nshapes == 1 and float(reviewed.edge_width[0]) == pytest.approx(3 * kept_width)
-    assert [float(w) for w in boxes.edge_width] == base
+    assert reviewed.nshapes == 1 and _white(reviewed) == [True] and not any(_white(boxes))
+    assert [float(w) for w in boxes.edge_width] == base and [float(w) for w in reviewed.edge_width] == kept_width
+
+
+def test_the_mark_survives_the_score_colours_and_dimming(make_napari_viewer, tmp_path: Path) -> None:
+    """On a layer coloured by score (the Denoise dock's), the current box stays white through a rejection's dimming
+    and a recolouring by score; moving on gives it its score colour back."""
+    write_series(tmp_path / "ct", synthetic_hu((5, 24, 32), seed=3), series_uid="1.2.826.0.1.3680043.8.498.58")
+    viewer = make_napari_viewer()
+    widget, image, boxes = open_with_boxes(viewer, open_ct(tmp_path / "ct")[0])
+    boxes.edge_colormap, boxes.edge_color = "plasma", "score"
+    boxes.edge_contrast_limits = (0.0, 1.0)
+    boxes.refresh_colors()
+    boxes.text = {"string": "{score:.2f}", "color": "yellow"}
+    widget.load(boxes, image)
+    scored_colours = np.asarray(boxes.edge_color).copy()
+    widget.select(0)
+    widget.reject(1)  # dims box 1; the current row moves on
+    current = widget.current_id()
+    assert _white(boxes) == [k == current for k in range(3)]
+    boxes.edge_color = "score"  # the dock's threshold move recolours by score
+    boxes.refresh_colors()
+    assert _white(boxes) == [k == current for k in range(3)]
+    widget.select(0)
+    np.testing.assert_allclose(np.asarray(boxes.edge_color)[current], scored_colours[current])
 
 
 def test_deeplesion_boxes_measure_their_recist_diameters_not_their_padded_sides(make_napari_viewer, deeplesion_tree):

@@ -73,31 +73,60 @@ def _rgba(colour: Any) -> tuple[float, ...]:
     return tuple(float(v) for v in transform_color(colour)[0])
 
 
-#: the current finding's outline, this many times as wide as the others (on whichever layer holds it)
-CURRENT_WIDTH = 3.0
+#: the current finding's outline colour: white, as wide as the others (a widened outline covered most of a small
+#: lesion, its band growing with the zoom; white is not on the score colour map nor among the review's colours)
+MARK_EDGE = (1.0, 1.0, 1.0, 1.0)
 
 
-def mark_current(layer: Any, index: int) -> tuple[Any, int, float, float] | None:
-    """Widen shape ``index``'s outline on ``layer`` (the row the reader is deciding on: on a slice with several
+def mark_current(layer: Any, index: int) -> tuple[Any, int, np.ndarray] | None:
+    """Draw shape ``index``'s outline on ``layer`` white (the row the reader is deciding on: on a slice with several
     boxes it looked like the others); returns what :func:`unmark` needs, or None when there is no such shape."""
-    widths = [float(w) for w in layer.edge_width]
-    if not 0 <= index < len(widths):
+    colours = np.array(layer.edge_color, dtype=float).reshape(-1, 4)
+    if not 0 <= index < len(colours):
         return None
-    before = widths[index]
-    widths[index] = before * CURRENT_WIDTH
-    layer.edge_width = widths
-    return layer, index, before, widths[index]
+    before = colours[index].copy()
+    if scored(layer):  # its own colours from here on: dim_boxes brings the score colours back on its range
+        _hold_score_range(layer)
+    colours[index] = MARK_EDGE
+    _set_edges(layer, colours)
+    return layer, index, before
 
 
-def unmark(mark: tuple[Any, int, float, float] | None, layers: Any) -> None:
-    """Undo :func:`mark_current` where the shape is still there and still as it was marked (a new threshold
-    rebuilds a layer's shapes at their usual width)."""
+def remark(mark: tuple[Any, int, np.ndarray] | None) -> tuple[Any, int, np.ndarray] | None:
+    """:func:`mark_current` again after the layer was recoloured (a no-op when the mark is still there)."""
+    if mark is None:
+        return None
+    layer, index, _ = mark
+    colours = np.array(layer.edge_color, dtype=float).reshape(-1, 4)
+    if index < len(colours) and np.allclose(colours[index], MARK_EDGE):
+        return mark
+    return mark_current(layer, index)
+
+
+def unmark(mark: tuple[Any, int, np.ndarray] | None, layers: Any) -> None:
+    """Undo :func:`mark_current` where the shape is still there and still marked (a new threshold rebuilds a
+    layer's shapes in their score colours)."""
     if mark is None:
         return
-    layer, index, before, marked = mark
+    layer, index, before = mark
     if layer not in layers or index >= layer.nshapes:
         return
-    widths = [float(w) for w in layer.edge_width]
-    if np.isclose(widths[index], marked):
-        widths[index] = before
-        layer.edge_width = widths
+    colours = np.array(layer.edge_color, dtype=float).reshape(-1, 4)
+    if np.allclose(colours[index], MARK_EDGE):
+        colours[index] = before
+        _set_edges(layer, colours)
+
+
+def _set_edges(layer: Any, colours: np.ndarray) -> None:
+    """Set each shape's outline colour; a box drawn later still takes the layer's colour for new boxes (napari
+    makes the last colour set the new boxes' one)."""
+    new_boxes = layer.current_edge_color
+    layer.edge_color = colours
+    layer.current_edge_color = new_boxes
+
+
+def _hold_score_range(layer: Any) -> None:
+    """Record the score colour range of a layer about to take colours of its own (``dim_boxes`` restores it)."""
+    info = dict(layer.metadata.get("lidnet", {}))  # a copy: napari's Duplicate Layer shares the inner dict
+    if not info.get(_FLAG):
+        layer.metadata["lidnet"] = {**info, _FLAG: [float(v) for v in layer.edge_contrast_limits]}

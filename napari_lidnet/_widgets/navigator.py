@@ -38,7 +38,7 @@ from ..findings import KEPT, Finding, centre_world, lesion_groups, measure
 from ..io.boxes_io import slice_columns
 from ..io.volume import n_slices
 from ..layer_data import ANNOTATED, RECIST_LONG, RECIST_SHORT
-from ._box_marks import dim_boxes, mark_current, scored, unmark
+from ._box_marks import dim_boxes, mark_current, remark, scored, unmark
 from ._debounce import debounce_timer
 from ._docking import DockHome, wrapping_label
 from ._geometry import corners_in_image, index_to_patient, index_to_world, pixel_map
@@ -156,7 +156,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         self._parked: dict[tuple, Finding] = {}  # rejected findings whose detection left the layer, by key
         self._read_stamp: bytes = b""  # the boxes and scores last read (_stamp)
         self._shape_index: dict[int, int] = {}  # finding id -> its shape in the boxes layer
-        self._mark: Any = None  # the current finding's widened outline (_box_marks.mark_current)
+        self._mark: Any = None  # the current finding's white outline (_box_marks.mark_current)
         self.watch = LayerWatch(napari_viewer, self._on_renamed)
         self._create_ui()
         self._create_shortcuts()
@@ -559,6 +559,8 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
     def _undim(self) -> None:
         """The boxes layer as the Denoise dock drew it: the navigator stops reviewing it."""
         layer = self.boxes_layer
+        if self._mark is not None and self._mark[0] is layer:
+            self._set_mark(None)
         if layer is not None and layer in self.viewer.layers and scored(layer):
             self._dim(layer, np.zeros(layer.nshapes, bool))
 
@@ -566,6 +568,8 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         self._dimming = True  # dim_boxes recolours the layer: its edge_color event comes back here
         try:
             dim_boxes(layer, dimmed)
+            if self._mark is not None and self._mark[0] is layer:  # the score colours again: marked again
+                self._mark = remark(self._mark)
         finally:
             self._dimming = False
 
@@ -633,12 +637,16 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
                       "box is hidden: F flips the two in place with the boxes drawn")  # fmt: skip
 
     def _set_mark(self, f: Finding | None) -> None:
-        """Widen ``f``'s box (None: no box), the last one's back to its width."""
-        unmark(self._mark, self.viewer.layers)
-        self._mark = self._mark_finding(f) if f is not None else None
+        """Mark ``f``'s box (None: no box), the last one back to its colour."""
+        self._dimming = True  # recolours: the boxes layer's edge_color event comes back here
+        try:
+            unmark(self._mark, self.viewer.layers)
+            self._mark = self._mark_finding(f) if f is not None else None
+        finally:
+            self._dimming = False
 
     def _mark_finding(self, f: Finding) -> Any:
-        """Widen the outline of ``f``'s box: on the reviewed layer when kept, else on the detections."""
+        """Mark the outline of ``f``'s box: on the reviewed layer when kept, else on the detections."""
         reviewed = self.reviewed_layer
         if f.kept and reviewed is not None and "finding" in reviewed.features:
             ids = list(reviewed.features["finding"])
