@@ -108,8 +108,8 @@ def test_preset_keys_stay_presets_while_the_calipers_are_active(viewer_with_ct, 
     layer = LoadCTWidget(viewer).measure()
     layer.add_lines(np.array([[2, 10, 10], [2, 10, 35]]))
     layer.selected_data = {0}
-    for key, preset in (("3", "bone"), ("2", "lung"), ("1", "soft tissue")):
-        press(viewer, key)
+    for key, preset in (("3", "bone"), ("6", "mediastinum"), ("7", "abdomen"), ("2", "lung"), ("1", "soft tissue")):
+        press(viewer, key)  # 6 and 7: walkthrough 2026-12-07 looked for a mediastinal and an abdominal window
         assert tuple(ct.contrast_limits) == contrast_limits(preset)
         assert len(layer.data) == 1 and layer.mode == "add_line"
     # a Labels or Points layer keeps its own tool keys: 2 paints, and the window stays

@@ -310,7 +310,7 @@ class LoadCTWidget(QWidget):
     def apply_preset(self) -> None:
         """Set the preset window on the selected image layer (and the CT layers linked to it); data untouched."""
         active = self.viewer.layers.selection.active
-        layer = active if isinstance(active, Image) and not active.rgb else self.room.target_ct()  # as keys 1-5
+        layer = active if isinstance(active, Image) and not active.rgb else self.room.target_ct()  # as keys 1-7
         if layer is None:
             self._error("open a CT (or select a grayscale image layer) to apply a window preset")
             return

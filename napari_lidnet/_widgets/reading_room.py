@@ -24,12 +24,13 @@ from ._viewer import grid
 from .orientation_markers import OrientationMarkers
 
 #: number key -> window preset
-PRESET_KEYS = {"1": "soft tissue", "2": "lung", "3": "bone", "4": "brain", "5": "liver"}
+PRESET_KEYS = {"1": "soft tissue", "2": "lung", "3": "bone", "4": "brain", "5": "liver", "6": "mediastinum",
+               "7": "abdomen"}  # fmt: skip
 #: right-drag sensitivity: pixels of horizontal drag that double the width / of vertical drag that move the level by
 #: one width
 DRAG_PX_PER_WIDTH = 200.0
 AXIS_LABELS = {2: ("y", "x"), 3: ("z", "y", "x")}
-HINT = "right-drag on the image: window (left-right) and level (up-down); keys 1-5: " + ", ".join(
+HINT = "right-drag on the image: window (left-right) and level (up-down); keys 1-7: " + ", ".join(
     f"{k} {v}" for k, v in PRESET_KEYS.items()
 )
 

@@ -7,6 +7,8 @@ import re
 #: name -> (level, width) in HU
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "soft tissue": (40.0, 400.0),
+    "mediastinum": (50.0, 350.0),
+    "abdomen": (50.0, 400.0),
     "liver": (60.0, 160.0),
     "lung": (-600.0, 1500.0),
     "bone": (400.0, 1800.0),
