@@ -170,6 +170,37 @@ def test_volume_run_layers_geometry_threshold_and_rerun(make_napari_viewer, qtbo
     assert widget._cache.hits == 2
 
 
+def test_hand_edits_on_the_lesions_layer_survive_the_threshold(make_napari_viewer, qtbot, model_dir: Path) -> None:
+    """Walkthrough 2026-12-07: a box drawn on the lesions layer vanished at the next threshold move, a moved box jumped
+    back to where the detector had put it, and a drawn box took the last row's score (0.51, shown and exported).
+    A drawn box has no score and stays; a moved one stays where the reader put it; a deleted one stays deleted."""
+    viewer = make_napari_viewer()
+    low, _ = phantom(n=6, size=64)
+    add_ct(viewer, low.copy())
+    widget = make_widget(viewer, qtbot)
+    run_and_wait(widget, qtbot)
+    rows = np.array([[1, 10, 10, 20, 20, 0.9], [2, 30, 30, 40, 44, 0.8], [3, 5, 40, 15, 50, 0.7],
+                     [4, 40, 8, 50, 18, 0.6]], np.float32)  # fmt: skip
+    widget._last["result"] = dataclasses.replace(widget._last["result"], boxes=rows)
+    widget.set_threshold(0.5)
+    boxes = viewer.layers["low lesions"]
+    assert len(boxes.data) == 4
+    boxes.add_rectangles(np.array([[2, 50, 50], [2, 50, 60], [2, 58, 60], [2, 58, 50]], float))  # drawn
+    assert np.isnan(boxes.features["score"].iloc[-1]) and boxes.text.values[-1] == ""  # no score of the last row
+    moved = np.array(boxes.data[1]) + [0, 3, 2]  # the 0.8 box, moved 3 px down and 2 right
+    boxes.data = [moved if k == 1 else d for k, d in enumerate(boxes.data)]
+    boxes.selected_data = {2}
+    boxes.remove_selected()  # the 0.7 box
+    for t in (0.65, 0.5, 0.3):
+        widget.set_threshold(t)
+        scores = boxes.features["score"].to_numpy()
+        shown = sorted(f"{v:.1f}" for v in scores if np.isfinite(v))  # never the deleted 0.7; 0.6 below 0.65
+        assert shown == (["0.6", "0.8", "0.9"] if t < 0.65 else ["0.8", "0.9"]), (t, shown)
+        np.testing.assert_allclose(boxes.data[int(np.nanargmin(np.abs(scores - 0.8)))], moved)
+        drawn = [d for d, v in zip(boxes.data, scores) if not np.isfinite(v)]
+        assert len(drawn) == 1 and drawn[0][:, 0].tolist() == [2, 2, 2, 2]
+
+
 def test_current_slice_scope(make_napari_viewer, qtbot, model_dir: Path) -> None:
     viewer = make_napari_viewer()
     low, _ = phantom(n=6)

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..io.volume import n_slices
-from ..layer_data import boxes_to_shapes, metadata_for_slices, removed_noise_layer, slice_translate
+from ..layer_data import metadata_for_slices, removed_noise_layer, slice_translate
 from ..metrics.lesions import row_lesions
+from ._hand_edits import DRAWN_BOX, HandEdits
 from ._roles import DETECTIONS, NOISE, ROLE, derived_name, lidnet_info, source_key
 
 if TYPE_CHECKING:
@@ -184,21 +185,24 @@ class DenoiseOutputs:
         if self._last["result"].boxes is None:
             self._drop("lesions")
             return
-        import pandas as pd
-
         src = self._last["layer"]
         rows = self.shown_boxes
         rows = rows[np.argsort(-rows[:, 5], kind="stable")]  # highest first: a raised threshold cuts the tail, and
         ndim = src.ndim  # napari's cut feature table already holds the right scores (the navigator reads once)
-        boxes = rows[:, :5] if ndim == 3 else rows[:, 1:5]
-        shapes = [(s, "rectangle") for s in boxes_to_shapes(boxes, ndim)]
-        features = pd.DataFrame({"score": rows[:, 5].astype(float), "slice": rows[:, 0].astype(int)})
         layer: Shapes | None = self._live("lesions")
         if threshold_only and layer is None:  # the reader deleted or renamed the lesions layer: not brought back
             return
+        if rebuild or self._last.get("edits") is None:  # a run's own layer: nothing edited on it yet
+            self._last["edits"] = HandEdits()
+        edits = self._last["edits"]
+        if not rebuild and layer is not None:
+            edits.read(layer)  # what the reader drew, moved or deleted on it since it was last drawn
+        all_rows = np.asarray(self._last["result"].boxes, np.float32).reshape(-1, 6)
+        shapes, features = edits.apply(rows, ndim, all_rows)
         if not rebuild and layer is not None:
             layer.data = shapes
             layer.features = features
+            layer.feature_defaults = DRAWN_BOX  # a box drawn on it: no detector score, no detection
             layer.text.color = BOX_TEXT_COLOR  # one colour again (the navigator dims its rejections after this)
             layer.edge_color = "score"
             layer.edge_contrast_limits = BOX_SCORE_RANGE  # napari rescales to the shown scores otherwise
@@ -214,7 +218,8 @@ class DenoiseOutputs:
             "edge_contrast_limits": BOX_SCORE_RANGE,
             "edge_width": 2,
             "face_color": "transparent",
-            "text": {"string": "{score:.2f}", "anchor": "upper_left", "size": 9, "color": BOX_TEXT_COLOR},
+            "feature_defaults": DRAWN_BOX,
+            "text": {"string": "{label}", "anchor": "upper_left", "size": 9, "color": BOX_TEXT_COLOR},
             "metadata": {ROLE: DETECTIONS, "lidnet": {"source_layer": src.name, "source_key": source_key(src),
                                                       "detector": self._last["labels"][1], "run": uuid.uuid4().hex}},
             **self._geometry(None),

@@ -522,8 +522,10 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         remove_sd, leave_sd = self._pending.get("remove_sd"), self._pending.get("leave_sd")
         merged = self._into_volume(layer, res, labels, (remove_sd, leave_sd))
         replaced = _replaced_note(self._previous(layer), layer, res) if merged is None else None
+        same = merged is not None and self._last is not None and self._last["layer"] == layer
+        edits = self._last.get("edits") if same else None  # the same lesions layer: the reader's edits stay
         self._last = {"layer": layer, "result": merged or res, "first": 0 if merged else first, "labels": labels,
-                      "remove_sd": remove_sd, "leave_sd": leave_sd, "merged": merged is not None}  # fmt: skip
+                      "remove_sd": remove_sd, "leave_sd": leave_sd, "merged": merged is not None, "edits": edits}
         if layer.ndim == 3 and list(self._last["result"].slices) == list(range(layer.data.shape[0])):
             self._volumes = [v for v in self._volumes if v["layer"] != layer]  # deleted images: _on_layers_changed
             self._volumes.append({**self._last, "data_id": id(layer.data)})

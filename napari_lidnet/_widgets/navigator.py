@@ -471,7 +471,8 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
             if kind in ("line", "path"):
                 continue
             z, corners = corners_in_image(boxes, i, image, data, to_pixels)
-            out.append(Finding(len(out), z, corners, None if scores is None else float(scores[i])))
+            score = None if scores is None or not np.isfinite(scores[i]) else float(scores[i])  # NaN: drawn by hand
+            out.append(Finding(len(out), z, corners, score))
             shapes.append(i)
         return out, shapes  # measured by load, those the merge did not carry over
 

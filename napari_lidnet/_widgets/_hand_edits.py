@@ -1,0 +1,74 @@
+"""The reader's hand edits on the Denoise dock's lesions layer, kept while the layer is redrawn: a box drawn on it (no
+detector score), a detection moved or resized, a detection deleted. The layer is redrawn from the run's boxes at
+every threshold move; before, a walkthrough's drawn box vanished and a moved one jumped back, without a word."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..layer_data import boxes_to_shapes
+
+#: features of a box drawn by hand on the lesions layer: no detector score, no detection, no label
+DRAWN_BOX = {"score": np.nan, "slice": -1, "detection": "", "label": ""}
+
+
+def detection_keys(rows: np.ndarray) -> list[str]:
+    """A key per ``slice, x1, y1, x2, y2, score`` row (slice and corners to 0.01 px): one detection's key at every
+    threshold, and in a volume whose other slices were run again."""
+    return [f"{int(r[0])}:{r[1]:.2f}:{r[2]:.2f}:{r[3]:.2f}:{r[4]:.2f}" for r in np.asarray(rows, float)]
+
+
+class HandEdits:
+    """What the reader changed on one run's lesions layer (:meth:`read`), put back on each redraw (:meth:`apply`)."""
+
+    def __init__(self) -> None:
+        self.moved: dict[str, tuple[np.ndarray, str]] = {}  # detection key -> (vertices, shape type) now
+        self.deleted: set[str] = set()
+        self.drawn: list[tuple[np.ndarray, str]] = []
+        self._written: dict[str, np.ndarray] = {}  # detection key -> vertices as last drawn
+
+    def __len__(self) -> int:
+        return len(self.moved) + len(self.deleted) + len(self.drawn)
+
+    def read(self, layer: Any) -> None:
+        """Take in the boxes drawn, moved and deleted on ``layer`` since :meth:`apply` drew it."""
+        if "detection" not in layer.features:
+            return
+        keys = layer.features["detection"].astype(str).tolist()
+        present, drawn = set(), []
+        for key, verts, kind in zip(keys, layer.data, layer.shape_type):
+            verts = np.array(verts, dtype=float)
+            if key not in self._written:  # drawn by hand (napari gives it DRAWN_BOX's empty detection)
+                drawn.append((verts, kind))
+                continue
+            present.add(key)
+            was = self._written[key]
+            if was.shape != verts.shape or not np.allclose(was, verts):
+                self.moved[key] = (verts, kind)
+        self.deleted |= set(self._written) - present
+        self.drawn = drawn
+
+    def apply(self, rows: np.ndarray, ndim: int, all_rows: np.ndarray) -> tuple[list[tuple[np.ndarray, str]], Any]:
+        """(shapes, features) of the boxes ``rows`` (those over the threshold, of ``all_rows``) with the edits: the
+        deleted left out, the moved where the reader put them, the drawn added (a moved box whose detection a new
+        run replaced stays, as drawn)."""
+        import pandas as pd
+
+        keys = detection_keys(rows)
+        shown = [k not in self.deleted for k in keys]
+        rows, keys = rows[shown], [k for k, s in zip(keys, shown) if s]
+        boxes = rows[:, :5] if ndim == 3 else rows[:, 1:5]
+        shapes = [self.moved.get(k, (s, "rectangle")) for k, s in zip(keys, boxes_to_shapes(boxes, ndim))]
+        self._written = {k: np.array(v, dtype=float) for k, (v, _) in zip(keys, shapes)}
+        known = set(detection_keys(all_rows))
+        extra = [*self.drawn, *(v for k, v in self.moved.items() if k not in known and k not in self.deleted)]
+        slices = [int(np.rint(np.mean(np.asarray(v)[:, 0]))) if ndim == 3 else 0 for v, _ in extra]
+        features = pd.DataFrame({
+            "score": pd.Series([*rows[:, 5].astype(float), *[np.nan] * len(extra)], dtype=float),
+            "slice": pd.Series([*rows[:, 0].astype(int), *slices], dtype=int),
+            "detection": pd.Series([*keys, *[""] * len(extra)], dtype=object),  # text even when there is none
+            "label": pd.Series([*(f"{v:.2f}" for v in rows[:, 5]), *[""] * len(extra)], dtype=object),
+        })  # fmt: skip
+        return [*shapes, *extra], features
