@@ -404,6 +404,28 @@ def test_compare_side_by_side_with_one_window_and_flip(make_napari_viewer, qtbot
     assert not src.name_overlay.visible and not den.name_overlay.visible and not viewer.canvas.overlays["text"].visible
 
 
+def test_flip_from_side_by_side_keeps_the_view_and_draws_the_boxes(make_napari_viewer, qtbot, model_dir) -> None:
+    """Walkthrough 2026-12-07: F pressed in side by side (zoomed on a finding) went back to the whole image and kept
+    the boxes hidden, though the navigator had said F shows them. The same spot at the same zoom, boxes drawn."""
+    viewer = make_napari_viewer()
+    low, _ = phantom(n=3)
+    add_ct(viewer, low, metadata={"hu": True})
+    widget = make_widget(viewer, qtbot)
+    widget.set_threshold(0.0)
+    run_and_wait(widget, qtbot)
+    boxes = viewer.layers["low lesions"]
+    assert boxes.visible and len(boxes.data)
+    widget.set_compare(True)
+    assert viewer.grid.enabled and not boxes.visible  # side by side: the images alone
+    viewer.camera.zoom *= 4
+    viewer.camera.center = (0.0, 5.0, 12.0)
+    where = (tuple(viewer.camera.center), viewer.camera.zoom)
+    shown = widget.flip()
+    assert not viewer.grid.enabled and shown.visible and boxes.visible
+    assert tuple(viewer.camera.center)[-2:] == pytest.approx(where[0][-2:])
+    assert viewer.camera.zoom == pytest.approx(where[1])
+
+
 def test_a_model_pair_is_chosen_by_its_name(make_napari_viewer, qtbot, model_dir: Path) -> None:
     viewer = make_napari_viewer()
     widget = make_widget(viewer, qtbot)

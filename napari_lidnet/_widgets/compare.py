@@ -98,15 +98,18 @@ class CompareView:
         if not self._valid():
             return None
         self._remember()
-        if grid(self.viewer).enabled:
+        if grid(self.viewer).enabled:  # from side by side: the same spot at the same zoom (a finding in view stays)
+            cam = camera(self.viewer)
+            centre, zoom = tuple(cam.center), cam.zoom
             grid(self.viewer).enabled = False
-            self.viewer.reset_view(layers=list(self.pair))
+            cam.center, cam.zoom = centre, zoom
         self._caption.visible = False
         before, after = self.pair
         shown = before if after.visible else after
         for ly in self.viewer.layers:  # == not "is": napari gives plugins a new proxy of a layer at each access
-            self._keep_visibility(ly)
-            ly.visible = ly == shown or (ly.visible and ly not in self.pair and not self._is_image(ly))
+            self._keep_visibility(ly)  # boxes, calipers, regions: as before the comparison (side by side hid them)
+            drawn = self._saved["visible"][ly]
+            ly.visible = ly == shown or (drawn and ly not in self.pair and not self._is_image(ly))
         self.link_windows()
         return shown
 
