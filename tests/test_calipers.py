@@ -176,3 +176,17 @@ def test_side_by_side_the_status_bar_reads_the_image_in_the_cursors_cell(viewer_
     viewer.cursor.viewbox = (0, 0)
     viewer.status = ct.get_status(tuple(world), world=True)
     assert viewer.status["coordinates"].endswith(": 40 HU"), viewer.status  # napari's own value, in its cell
+
+
+def test_the_window_and_level_are_shown_on_the_image_in_hu(viewer_with_ct, qtbot) -> None:
+    """Walkthrough 2026-12-07: after a drag or a preset key no number said which window was on; a PACS shows it in a
+    corner of the image. The lower right corner reads 'W .. L .. HU', following keys, napari's slider and removal."""
+    viewer, ct = viewer_with_ct
+    LoadCTWidget(viewer)
+    overlay = viewer.canvas.overlays["text"]
+    press(viewer, "2")  # lung: -600 / 1500
+    assert overlay.visible and overlay.text == "W 1500  L -600 HU" and overlay.position == "bottom_right"
+    ct.contrast_limits = (-100, 300)  # napari's own slider
+    assert overlay.text == "W 400  L 100 HU"
+    viewer.layers.remove(ct)
+    assert not overlay.visible

@@ -28,18 +28,13 @@ class CompareView:
 
     def _remember(self) -> None:
         if self._saved is None:
-            grid_, camera_, overlay = grid(self.viewer), camera(self.viewer), self._caption
+            grid_, camera_ = grid(self.viewer), camera(self.viewer)
             self._saved = {
                 "visible": {ly: ly.visible for ly in self.viewer.layers},
                 "grid": (grid_.enabled, tuple(grid_.shape), grid_.stride),
                 "camera": (tuple(camera_.center), camera_.zoom, tuple(camera_.angles)),
-                "overlay": (overlay.visible, overlay.text, overlay.position),
                 "names": {},
             }
-
-    @property
-    def _caption(self) -> Any:
-        return self.viewer.canvas.overlays["text"]
 
     def _valid(self) -> bool:
         return self.pair is not None and all(ly in self.viewer.layers for ly in self.pair)
@@ -60,9 +55,7 @@ class CompareView:
         for ly in self.pair:  # each image's name over it (also while flipping), tiled with the orientation letter
             self._saved["names"].setdefault(ly, (ly.name_overlay.visible, ly.name_overlay.position))
             ly.name_overlay.visible, ly.name_overlay.position = True, "top_center"
-        self._caption.text = "F: flip in place"  # short, clear of the orientation letters centred on each edge
-        self._caption.position = "bottom_right"
-        self._caption.visible = True
+        self.room.set_caption("F: flip in place")  # short: after the window readout, in the lower right corner
         self.link_windows()
 
     def link_windows(self) -> None:
@@ -103,7 +96,7 @@ class CompareView:
             centre, zoom = tuple(cam.center), cam.zoom
             grid(self.viewer).enabled = False
             cam.center, cam.zoom = centre, zoom
-        self._caption.visible = False
+        self.room.set_caption("")
         before, after = self.pair
         shown = before if after.visible else after
         for ly in self.viewer.layers:  # == not "is": napari gives plugins a new proxy of a layer at each access
@@ -137,7 +130,7 @@ class CompareView:
                 ly.visible = visible
         cam = camera(self.viewer)
         cam.center, cam.zoom, cam.angles = self._saved["camera"]
-        self._caption.visible, self._caption.text, self._caption.position = self._saved["overlay"]
+        self.room.set_caption("")
         for ly, (visible, position) in self._saved["names"].items():
             ly.name_overlay.visible, ly.name_overlay.position = visible, position
         self._saved = None

@@ -44,9 +44,11 @@ class ReadingRoom:
         self.viewer = viewer
         self.linked = True
         self._syncing = False
+        self._caption = ""  # a note after the window readout (Compare's "F: flip in place")
         self._owners: weakref.WeakSet = weakref.WeakSet()
         self.watch = LayerWatch(viewer, lambda _renamed: None)  # every hook-up, undone by close
         self.watch.connect(viewer.layers.events.inserted, self._on_inserted)
+        self.watch.connect(viewer.layers.events.removed, self._on_removed)
         viewer.mouse_drag_callbacks.append(self._window_drag)
         self.watch.connect(viewer.events.status, self._on_status)
         for key, preset in PRESET_KEYS.items():
@@ -109,6 +111,10 @@ class ReadingRoom:
         if layer.ndim in AXIS_LABELS and tuple(layer.axis_labels) == default:
             layer.axis_labels = AXIS_LABELS[layer.ndim]
         self.watch.connect(layer.events.contrast_limits, self._on_limits)
+        self.show_window()
+
+    def _on_removed(self, _event: Any) -> None:
+        self.show_window()  # the readout of a CT layer still there, or none
 
     def _preset_key(self, preset: str) -> Any:
         def apply(_target: Any) -> None:
@@ -142,12 +148,31 @@ class ReadingRoom:
                 ly.contrast_limits = (lo, hi)
         finally:
             self._syncing = False
+        self.show_window(layer)
 
     def _on_limits(self, event: Any) -> None:
         layer = getattr(event, "source", None)
-        if self._syncing or not self.linked or layer is None or layer not in self.viewer.layers:
+        if self._syncing or layer is None or layer not in self.viewer.layers:
             return
-        self.set_limits(layer, tuple(layer.contrast_limits))
+        if self.linked:
+            self.set_limits(layer, tuple(layer.contrast_limits))
+        else:
+            self.show_window(layer)
+
+    def set_caption(self, text: str) -> None:
+        """A short note shown after the window readout ('' for none)."""
+        self._caption = text
+        self.show_window()
+
+    def show_window(self, layer: Any = None) -> None:
+        """The window and level in HU of ``layer`` (default: the active or top CT layer) in the canvas's lower right
+        corner, as a PACS shows them, updated as they change (by key, drag, preset or napari's slider)."""
+        layer = layer if is_ct_image(layer) else self.target_ct()
+        overlay = self.viewer.canvas.overlays["text"]
+        text = window_text(tuple(layer.contrast_limits)) if layer is not None else ""
+        overlay.text = "   ".join(t for t in (text, self._caption) if t)
+        overlay.position = "bottom_right"  # clear of the orientation letters centred on each edge
+        overlay.visible = bool(overlay.text)
 
     def target_ct(self) -> Any | None:
         """The active CT layer, else the top visible one (None without CT layers)."""
@@ -229,6 +254,12 @@ class ReadingRoom:
         if idx is None:
             return {**status, "coordinates": bare} if bare != coords else None
         return {**status, "coordinates": f"{bare}; {layer.name}: {float(layer.data[idx]):.1f} HU"}
+
+
+def window_text(limits: tuple[float, float]) -> str:
+    """'W 400  L 40 HU' of contrast limits (low, high) in HU."""
+    lo, hi = (float(v) for v in limits)
+    return f"W {hi - lo:.0f}  L {(hi + lo) / 2:.0f} HU"
 
 
 def voxel_at(layer: Any, position: Any) -> tuple[int, ...] | None:
