@@ -838,3 +838,35 @@ def test_boxes_of_a_deeplesion_folder_name_its_slices_and_no_patient_coordinates
         key = read_deeplesion_slice(folder / "106.png")  # a key slice opened alone: its number too
     (row,) = list(csv.DictReader(write_volume_boxes(tmp_path / "k.csv", np.array([[0, 2, 3, 9, 8, 0.9]]), key).open()))
     assert row["slice"] == "0" and row["deeplesion_slice"] == "106"
+
+
+def test_boxes_of_a_source_without_a_pixel_size_carry_no_mm(tmp_path) -> None:
+    """CLI audit 2026-12-07: boxes of a .npy (and of a DICOM without PixelSpacing) had width_mm/height_mm equal to
+    their sides in pixels and lps_* from the assumed 1 mm, without a word. No mm columns there; a known size keeps
+    them."""
+    import csv
+
+    from napari_lidnet.io.boxes_io import write_volume_boxes
+    from napari_lidnet.io.volume import CTVolume
+
+    rows = np.array([[1, 2, 3, 9, 8, 0.9]])
+    assumed = CTVolume(np.zeros((3, 24, 32), np.float32), (1.0, 1.0, 1.0), metadata={"spacing_assumed": True})
+    (row,) = list(csv.DictReader(write_volume_boxes(tmp_path / "a.csv", rows, assumed).open()))
+    assert not any(k.endswith("_mm") for k in row), row
+    info = json.loads(write_volume_boxes(tmp_path / "a.json", rows, assumed).read_text())
+    assert info["spacing_mm"] is None
+    known = CTVolume(np.zeros((3, 24, 32), np.float32), (2.0, 0.5, 0.5))
+    (row,) = list(csv.DictReader(write_volume_boxes(tmp_path / "k.csv", rows, known).open()))
+    assert float(row["width_mm"]) == 3.5 and "lps_x_mm" in row
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".tif"])
+def test_an_assumed_voxel_size_is_not_written_as_measured(tmp_path, suffix) -> None:
+    """CLI audit 2026-12-07: a .npy (no voxel size: 1 mm assumed) denoised to .npz stored spacing [1, 1], so every
+    later read took the made-up 1 mm as known. The output stores none and reads back as assumed."""
+    from napari_lidnet.io.arrays import read_array
+
+    low = np.where(np.hypot(*np.mgrid[-16:16, -16:16]) < 12, 40.0, -1000.0).astype(np.float32)[None].repeat(2, 0)
+    np.save(tmp_path / "ct.npy", low)
+    assert main(["denoise", str(tmp_path / "ct.npy"), str(tmp_path / f"out{suffix}")]) == 0
+    assert read_array(tmp_path / f"out{suffix}").metadata["spacing_assumed"]

@@ -187,17 +187,17 @@ def _patient_geometry(path: Path, geometry: dict[str, np.ndarray], ndim: int) ->
     return tuple(origin.tolist()), direction
 
 
-def write_array(out: str | Path, hu: np.ndarray, spacing: tuple[float, ...], origin: tuple[float, ...] | None = None,
-                direction: np.ndarray | None = None) -> Path:  # fmt: skip
+def write_array(out: str | Path, hu: np.ndarray, spacing: tuple[float, ...] | None,
+                origin: tuple[float, ...] | None = None, direction: np.ndarray | None = None) -> Path:  # fmt: skip
     """Write ``hu`` as .npy, .npz (``hu``, ``spacing`` and, when given, ``origin`` and ``direction``) or TIFF (the
     same in its description; x/y spacing also in its resolution tags), created exclusively; a failed or killed write
-    leaves no file under ``out``. A .npy keeps no geometry. ``origin`` and ``direction`` (a :class:`CTVolume`'s)
-    go together or not at all."""
+    leaves no file under ``out``. A .npy keeps no geometry; ``spacing`` None: none known (an assumed 1 mm is not
+    written as if measured). ``origin`` and ``direction`` (a :class:`CTVolume`'s) go together or not at all."""
     out = Path(out)
     suffix = out.suffix.lower()
     if (origin is None) != (direction is None):
         raise ValueError("give both origin and direction, or neither")
-    geometry = {"spacing": np.asarray(spacing, dtype=float)}
+    geometry = {} if spacing is None else {"spacing": np.asarray(spacing, dtype=float)}
     if origin is not None:
         geometry.update(origin=np.asarray(origin, dtype=float), direction=np.asarray(direction, dtype=float))
     with new_file(out) as tmp, open(tmp, "xb") as fh:  # appears whole under ``out`` or not at all
@@ -209,7 +209,10 @@ def write_array(out: str | Path, hu: np.ndarray, spacing: tuple[float, ...], ori
             import tifffile
 
             meta = {TIFF_NAMES[k]: v.tolist() for k, v in geometry.items()}
-            dy, dx = (float(v) for v in spacing[-2:])
-            tifffile.imwrite(fh, hu, photometric="minisblack", metadata=meta, resolution=(10.0 / dx, 10.0 / dy),
-                             resolutionunit="CENTIMETER")  # fmt: skip
+            if spacing is None:
+                tifffile.imwrite(fh, hu, photometric="minisblack", metadata=meta)
+            else:
+                dy, dx = (float(v) for v in spacing[-2:])
+                tifffile.imwrite(fh, hu, photometric="minisblack", metadata=meta, resolution=(10.0 / dx, 10.0 / dy),
+                                 resolutionunit="CENTIMETER")  # fmt: skip
     return out

@@ -19,7 +19,7 @@ import numpy as np
 
 from .atomic import check_new, open_new
 from .json_text import strict_dumps
-from .volume import CTVolume, n_slices, per_slice
+from .volume import CTVolume, known_pixel_mm, n_slices, per_slice
 
 COLUMNS = ("slice", "x1", "y1", "x2", "y2", "score")
 
@@ -133,13 +133,15 @@ def write_volume_boxes(
     path: str | Path, rows: np.ndarray, volume: CTVolume, lesions: Sequence[int] | None = None,
     about: dict[str, Any] | None = None,
 ) -> Path:  # fmt: skip
-    """:func:`write_boxes_csv` with every column ``volume`` gives: sides in mm, centres in patient mm, the DICOM
-    slice columns; ``about`` plus the volume's spacing and series UID go into the JSON."""
+    """:func:`write_boxes_csv` with every column ``volume`` gives: sides in mm, centres in patient mm (neither when
+    the reader assumed the pixel size), the DICOM slice columns; ``about`` plus the volume's spacing and series UID go
+    into the JSON."""
     n = n_slices(volume.hu)
-    spacing = {"spacing_mm": list(volume.spacing), "series_uid": volume.metadata.get("series_uid")}
-    affine = patient_affine(volume.metadata, volume.affine())
+    known = known_pixel_mm(volume) is not None  # an assumed 1 mm would give pixels as mm
+    spacing = {"spacing_mm": list(volume.spacing) if known else None, "series_uid": volume.metadata.get("series_uid")}
+    affine = patient_affine(volume.metadata, volume.affine()) if known else None
     return write_boxes_csv(
-        path, rows, slice_columns(volume.metadata, n), lesions, volume.spacing, affine,
+        path, rows, slice_columns(volume.metadata, n), lesions, volume.spacing if known else None, affine,
         per_slice(volume.metadata, "slice_ipp", n), {**(about or {}), **spacing},
     )  # fmt: skip
 
