@@ -683,3 +683,35 @@ def test_a_16_bit_secondary_capture_placed_in_the_patient_is_ct_and_a_screen_alo
         read_dicom(get_testdata_file("SC_rgb_small_odd.dcm"))
     assert "a screen capture (colour image, 3 samples per pixel" in str(err.value) and "no DICOM image" not in str(
         err.value)
+
+
+@pytest.mark.parametrize("slope", [b"ab", b"0 "])
+def test_an_unusable_rescale_slope_is_refused_not_read_as_stored_values(tmp_path, slope) -> None:
+    """CLI audit 2026-12-07: a series whose RescaleSlope is malformed or 0 (its intercept -1024 there) was read as
+    stored values, air at +24 HU, with a note blaming a missing intercept, and the models ran on it."""
+    import pydicom
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    files = write_series(tmp_path / "ct", synthetic_hu((3, 16, 16), seed=1), series_uid="1.2.826.0.1.3680043.8.498.61")
+    for f in files:  # the bytes as a broken writer left them ("ab" is no number pydicom would write)
+        ds = pydicom.dcmread(f)
+        ds[0x00281053] = RawDataElement(Tag(0x00281053), "DS", 2, slope, 0, False, True)
+        ds.save_as(f)
+    with pytest.raises(ValueError, match="RescaleSlope '(ab|0)' is not a usable slope"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        read_dicom(tmp_path / "ct")
+
+
+def test_a_pixel_spacing_of_zero_is_taken_as_missing(tmp_path) -> None:
+    """CLI audit 2026-12-07: PixelSpacing 0\\0 was accepted: a DICOM output kept it and sizes failed after the run."""
+    import pydicom
+
+    files = write_series(tmp_path / "ct", synthetic_hu((3, 16, 16), seed=1), series_uid="1.2.826.0.1.3680043.8.498.62")
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.PixelSpacing = [0, 0]
+        ds.save_as(f)
+    with pytest.warns(UserWarning, match=r"PixelSpacing 0 x 0 mm is not a pixel size; assuming 1 mm"):
+        (vol,) = read_dicom(tmp_path / "ct")
+    assert vol.spacing[-2:] == (1.0, 1.0) and vol.metadata["spacing_assumed"]

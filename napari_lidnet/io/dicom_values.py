@@ -77,11 +77,24 @@ def series_rescales(headers_ds: list[Any], label: str) -> tuple[list[tuple[float
     if not missing:
         return found, []
     if not present:
+        _refuse_bad_slope(headers_ds, label)
         return [(1.0, 0.0)] * len(found), []
     common = Counter(present).most_common(1)[0][0]
     note = (f"{label}: {missing} of {len(found)} slices have no usable RescaleSlope/RescaleIntercept; they are read "
             f"with the series' slope {common[0]:g} and intercept {common[1]:g}")  # fmt: skip
     return [r if r is not None else common for r in found], [note]
+
+
+def _refuse_bad_slope(headers_ds: list[Any], label: str) -> None:
+    """NotHU when the series' rescale is there but its slope is not a usable number (malformed, or 0): read as
+    stored values, air came out at +24 HU and the models ran on it."""
+    from .checks import NotHU
+
+    for ds in headers_ds:
+        if "RescaleSlope" in ds and header_float(ds.get("RescaleIntercept")) is not None:
+            raw = ds.get("RescaleSlope")
+            raise NotHU(label, f"RescaleSlope {raw!r} is not a usable slope (a number other than 0): its pixels "
+                               "cannot be read as HU")  # fmt: skip
 
 
 def stored_values_only(headers_ds: list[Any], hu: np.ndarray) -> bool:
