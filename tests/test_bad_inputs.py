@@ -374,6 +374,25 @@ def test_train_refuses_bad_data(corpus, tmp_path, capsys, case):
     assert snapshot(corpus) == before
 
 
+def test_an_unreadable_slice_read_by_workers_ends_the_run_in_one_line(tmp_path):
+    """CLI audit 2026-12-07: with reader workers (the default --workers 2) one truncated PNG printed the worker's
+    whole traceback as the "one line" (3000 characters), then the process never exited (its readers ignore SIGTERM,
+    which Python's exit sends them) and held the run folder's lock. One line naming the file, exit 2."""
+    data = _dataset(tmp_path / "data")
+    png = data / "low" / "s1.png"
+    png.write_bytes(png.read_bytes()[:200])
+    args = list(TRAIN)
+    args[args.index("--workers") + 1] = "2"
+    args[args.index("--pretrain-denoiser-steps") + 1] = "20"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "napari_lidnet.cli", "train", "--data", str(data), "--out", str(tmp_path / "run"),
+           *args]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, timeout=120, capture_output=True, text=True)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith("lidnet train: error: "), proc.stderr[-2000:]
+    assert "s1.png: not a readable PNG" in last and "Traceback" not in last and len(last) < 300, last
+
+
 def test_train_refuses_a_run_folder_inside_its_data_or_among_other_files(tmp_path, capsys):
     """Review 2026-12-05a: a run folder inside the archive (given as a folder, or as a manifest's root) was
     written into the archive; an existing folder of other files was used as a run folder."""

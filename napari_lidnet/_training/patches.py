@@ -218,7 +218,27 @@ def patch_batches(
         prefetch_factor=4 if workers else None,
         worker_init_fn=_reader_ignores_stops if workers else None,
     )
-    for k, batch in enumerate(loader):
-        if k == n_batches:
-            return
-        yield batch
+    batches = iter(loader)
+    try:
+        for k, batch in enumerate(batches):
+            if k == n_batches:
+                return
+            yield batch
+    except Exception as exc:
+        raise _reader_error(exc) from None
+    finally:  # end the readers now: they ignore SIGTERM, so left for exit they kept a failed run from ending
+        getattr(batches, "_shutdown_workers", lambda: None)()
+
+
+def _reader_error(exc: Exception) -> Exception:
+    """The error a reader worker raised, with its own message: torch re-raises it as "Caught ValueError in DataLoader
+    worker process 0." and the worker's whole traceback, which made a 3000-character "one line"."""
+    text = str(exc)
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return exc
+    last = text.rstrip().splitlines()[-1]
+    message = last.split(": ", 1)[1] if last.startswith(f"{type(exc).__name__}: ") else last
+    try:
+        return type(exc)(message)
+    except TypeError:  # an exception type that takes other arguments: the message as a ValueError
+        return ValueError(message)
