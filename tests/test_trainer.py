@@ -178,6 +178,33 @@ def test_stop_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert line.endswith("; --lr 0.005 (the run's 0.003) apply to nothing: no step is left to run"), line
 
 
+def test_a_resumed_stage_goes_on_with_its_own_batch_size(tmp_path, monkeypatch):
+    """CLI audit 2026-12-07: a resume with a new --batch-size said a stage under way goes on at its own, yet the rest
+    of that stage drew batches of the new size (and skipped the first steps' batches of that new sequence). The
+    stage under way keeps the settings it was trained with; the stages after it take the new ones."""
+    import napari_lidnet._training.trainer as trainer_module
+
+    samples = _samples()
+    count = {"n": 0}
+
+    def stop_after_85() -> bool:
+        count["n"] += 1
+        return count["n"] >= 87  # inside round 1's denoiser stage, as in the test above
+
+    list(Trainer(_config(tmp_path / "cut"), samples, should_stop=stop_after_85).run())
+    sizes: list[int] = []
+    real = trainer_module.patch_batches
+
+    def recorded(slices, patch_size, batch_size, *args, **kwargs):
+        sizes.append(batch_size)
+        return real(slices, patch_size, batch_size, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "patch_batches", recorded)
+    resumed = list(Trainer(_config(tmp_path / "cut", batch_size=2), samples).run())
+    assert resumed[0]["stage"] == "round1-denoiser" and resumed[-1]["stage"] == "finished"
+    assert sizes[0] == 4 and sizes[1:] and set(sizes[1:]) == {2}, sizes  # the stage under way, then the others
+
+
 def _crash_at(trainer: Trainer, step: int) -> None:
     """Run until the record of global ``step``, then drop the run as a crash would (no stop, no save)."""
     for rec in trainer.run():

@@ -24,7 +24,7 @@ import torch
 
 from napari_lidnet.models.weights import load_weights, save_weights, weight_paths, write_atomically
 
-__all__ = ["PARTIAL", "SLOTS", "drop_partial", "load_partial", "save_partial", "where"]
+__all__ = ["PARTIAL", "SLOTS", "drop_partial", "load_partial", "partial_settings", "save_partial", "where"]
 
 PARTIAL = "partial"
 SLOTS = ("a", "b")
@@ -51,9 +51,13 @@ def _meta(out: Path, slot: str) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def save_partial(out: Path, network: str, model: torch.nn.Module, opt: Any, sched: Any, at: dict) -> None:
+def save_partial(
+    out: Path, network: str, model: torch.nn.Module, opt: Any, sched: Any, at: dict,
+    settings: dict[str, Any] | None = None,
+) -> None:  # fmt: skip
     """Write the stage's state at ``at`` (:func:`where`) into the slot not holding the newest whole checkpoint: the
-    network ``network`` (denoiser/detector) under training, then the optimiser, the schedule and the RNG."""
+    network ``network`` (denoiser/detector) under training, then the optimiser, the schedule, the RNG and the
+    stage's ``settings`` (batch and patch size, losses: :func:`partial_settings` gives them back)."""
     from safetensors.torch import save
 
     newest = _newest_whole(out, network, at["stage"], at["stage_steps"])
@@ -71,7 +75,7 @@ def save_partial(out: Path, network: str, model: torch.nn.Module, opt: Any, sche
             tensors[f"opt.{index}.{key}"] = (value if torch.is_tensor(value) else torch.tensor(value)).cpu()
     blob = save({k: v.contiguous() for k, v in tensors.items()})
     meta = {**at, "network": network, "param_groups": state["param_groups"], "schedule": sched.state_dict(),
-            "sha256": hashlib.sha256(blob).hexdigest()}  # fmt: skip
+            "settings": settings or {}, "sha256": hashlib.sha256(blob).hexdigest()}  # fmt: skip
     write_atomically(out / f"{optim}.safetensors", blob)
     write_atomically(out / f"{optim}.json", json.dumps(meta, indent=1).encode())
 
@@ -95,6 +99,14 @@ def _whole(out: Path, slot: str, network: str, stage: str, n_steps: int) -> tupl
 def _newest_whole(out: Path, network: str, stage: str, n_steps: int) -> tuple[str, tuple] | None:
     found = [(slot, w) for slot in READ_SLOTS if (w := _whole(out, slot, network, stage, n_steps)) is not None]
     return max(found, key=lambda f: int(f[1][0]["step"])) if found else None
+
+
+def partial_settings(out: Path, network: str, stage: str, n_steps: int) -> dict[str, Any]:
+    """The settings ``stage`` of ``n_steps`` was trained with up to its newest whole checkpoint (empty: none, or
+    saved before settings were recorded): a resumed stage goes on with them, whatever the new command says."""
+    newest = _newest_whole(out, network, stage, n_steps)
+    settings = newest[1][0].get("settings") if newest is not None else None
+    return dict(settings) if isinstance(settings, dict) else {}
 
 
 def load_partial(

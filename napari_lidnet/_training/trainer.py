@@ -24,6 +24,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,15 @@ from napari_lidnet._training.losses import (
     roi_perceptual_loss,
     whole_image_perceptual_loss,
 )
-from napari_lidnet._training.partial import drop_partial, load_partial, save_partial, where
+from napari_lidnet._training.partial import drop_partial, load_partial, partial_settings, save_partial, where
 from napari_lidnet._training.patches import PatchBatch, calibration_batch, check_patch_settings, patch_batches
-from napari_lidnet._training.resume import changed_settings, changed_steps_note, check_resume, steps_key
+from napari_lidnet._training.resume import (
+    TRAINING_KEYS,
+    changed_settings,
+    changed_steps_note,
+    check_resume,
+    steps_key,
+)
 from napari_lidnet._training.split import left_out, split_samples
 from napari_lidnet._training.validate import evaluate_denoiser, input_quality, noisy_reference_note, stack_samples
 from napari_lidnet.io.folder_lock import FolderInUse, FolderLock
@@ -553,6 +560,24 @@ class Trainer:
         return {"input": base, "notes": [note] if note else []}
 
     def _run_stage(self, name: str, index: int, n_steps: int) -> Iterator[dict[str, Any]]:
+        """Train one stage; a stage resumed from its checkpoint goes on with the settings it was trained with (a
+        resume's new --batch-size used to apply to the rest of the stage under way, though it said it would not)."""
+        own = partial_settings(self.out, _network(name), name, n_steps)
+        kept = {k: v for k, v in own.items() if k in TRAINING_KEYS and getattr(self.cfg, k) != v}
+        if not kept:
+            yield from self._stage_steps(name, index, n_steps)
+            return
+        given, self.cfg = self.cfg, replace(self.cfg, **kept)
+        try:
+            yield from self._stage_steps(name, index, n_steps)
+        finally:
+            self.cfg = given
+
+    def _stage_settings(self) -> dict[str, Any]:
+        """The settings a checkpoint inside a stage records (``resume.TRAINING_KEYS``)."""
+        return {k: getattr(self.cfg, k) for k in TRAINING_KEYS}
+
+    def _stage_steps(self, name: str, index: int, n_steps: int) -> Iterator[dict[str, Any]]:
         torch.manual_seed(self._seed(index))
         joint = name.startswith("round") and name.endswith("denoiser") and self.cfg.mode != "pixel"
         batches = self._batches(index, n_steps)
@@ -600,7 +625,7 @@ class Trainer:
         name, n_steps, network, model, opt, sched, step = self._live
         with uninterrupted():  # a second Ctrl-C waits for a whole checkpoint, and then says it is kept
             if self.rank == 0:
-                save_partial(self.out, network, model, opt, sched, where(name, n_steps, step))
+                save_partial(self.out, network, model, opt, sched, where(name, n_steps, step), self._stage_settings())
                 self._write_state()  # this run's command, with the steps it added
             self._partial_at = (name, step)
 
