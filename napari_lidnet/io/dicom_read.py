@@ -569,6 +569,21 @@ def _spacing_without_positions(ds0: Any, n_images: int, notes: list[str], label:
     return dz
 
 
+def _pixel_spacing(ds0: Any, notes: list[str], label: str) -> np.ndarray | None:
+    """The (row, column) PixelSpacing in mm, or None (1 mm assumed, said) when it is missing or not a pixel size (a
+    size of 0 broke every mm later on)."""
+    ps = header_floats(ds0.get("PixelSpacing"), 2)
+    if ps is not None and not (np.all(np.isfinite(ps)) and np.all(ps > 0)):
+        _warn(notes, f"{label}: PixelSpacing {ps[0]:g} x {ps[1]:g} mm is not a pixel size; assuming 1 mm pixels")
+        return None
+    if ps is None:
+        imager = header_floats(ds0.get("ImagerPixelSpacing"), 2)
+        at_detector = (f" (its ImagerPixelSpacing {imager[0]:g} x {imager[1]:g} mm is at the detector, not in the "
+                       "patient: not used)") if imager is not None else ""  # fmt: skip
+        _warn(notes, f"{label}: no PixelSpacing; assuming 1 mm pixels{at_detector}")
+    return ps
+
+
 def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> CTVolume:
     """Sort the headers of one series along the slice normal and decode them into a CTVolume."""
     headers = list(headers)
@@ -587,24 +602,15 @@ def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> C
         _warn(notes, f"{label}: modality is {modality or 'missing'!r}, not 'CT'; HU values may not be meaningful")
     headers, pos, row_cos, col_cos = _ordered(headers, notes, label)
     normal = np.cross(row_cos, col_cos)
-    ps = header_floats(ds0.get("PixelSpacing"), 2)
-    if ps is not None and not (np.all(np.isfinite(ps)) and np.all(ps > 0)):  # a size of 0 broke every mm later on
-        _warn(notes, f"{label}: PixelSpacing {ps[0]:g} x {ps[1]:g} mm is not a pixel size; assuming 1 mm pixels")
-        ps = None
-    elif ps is None:
-        imager = header_floats(ds0.get("ImagerPixelSpacing"), 2)
-        at_detector = (f" (its ImagerPixelSpacing {imager[0]:g} x {imager[1]:g} mm is at the detector, not in the "
-                       "patient: not used)") if imager is not None else ""  # fmt: skip
-        _warn(notes, f"{label}: no PixelSpacing; assuming 1 mm pixels{at_detector}")
-    metadata_assumed = ps is None
-    ps = np.array([1.0, 1.0]) if ps is None else ps
+    ps = _pixel_spacing(ds0, notes, label)
     stack_dir, dz = _slice_axis(headers, pos, normal, notes, label)
     tilt_tag = header_float(ds0.get("GantryDetectorTilt")) or 0.0
     if tilt_tag != 0 and not any("gantry tilt" in n for n in notes):
         _warn(notes, f"{label}: GantryDetectorTilt is {tilt_tag} deg")
     _warn_lossy(headers, notes, label)
     metadata = _series_metadata(headers, source, notes, pos)
-    metadata["spacing_assumed"] = metadata_assumed
+    metadata["spacing_assumed"] = ps is None
+    ps = np.array([1.0, 1.0]) if ps is None else ps
     # no positions or orientation: the geometry is made up (axial, from 0), and exports say so (a walkthrough's
     # derived series stated it as the patient's, and its boxes had lps_* columns)
     no_iop = header_floats(headers[0].ds.get("ImageOrientationPatient"), 6) is None
