@@ -99,7 +99,8 @@ def _has_raw_start(path: Path) -> bool:
 
 def folder_files(folder: Path) -> list[Path]:
     """Every file under ``folder`` (recursive, sorted), following linked folders (a curated archive of links into
-    storage) but entering each real folder once, so a link back up never loops; paths stay under ``folder``."""
+    storage) but entering each real folder once, so a link back up never loops; paths stay under ``folder``. Hidden
+    folders are not entered (a killed write's half-written series lies in one)."""
     files, visited = [], set()
     for top, dirs, names in os.walk(folder, followlinks=True):
         real = os.path.realpath(top)
@@ -107,7 +108,7 @@ def folder_files(folder: Path) -> list[Path]:
             dirs[:] = []
             continue
         visited.add(real)
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # hidden: a killed write's half series, .git...
         files.extend(p for p in (Path(top) / n for n in names) if p.is_file())
     return sorted(files)
 
