@@ -189,6 +189,19 @@ def test_detect_writes_boxes_only_as_csv_or_json(corpus, tmp_path, capsys):
     assert snapshot(corpus) == before
 
 
+@pytest.mark.parametrize("cmd", ["denoise", "detect"])
+def test_all_series_refuses_a_series_and_a_file_name(corpus, tmp_path, capsys, cmd):
+    """CLI audit 2026-12-07: `--all-series --series UID` processed every series without a word, and `detect
+    --all-series --out x.csv` made a folder named x.csv holding the CSV files."""
+    before = snapshot(corpus)
+    args = [*_cli_args(cmd, corpus / "dicom" / "good", tmp_path / "out"), "--all-series"]
+    rc, lines = run_cli(capsys, *args, "--series", "1.2.3")
+    assert_refused(rc, lines, cmd, r"--series picks one series of one input; --all-series takes every one")
+    rc, lines = run_cli(capsys, *_cli_args(cmd, corpus / "dicom" / "good", tmp_path / "boxes.csv"), "--all-series")
+    assert_refused(rc, lines, cmd, r"boxes\.csv: --all-series writes one file per series into a folder")
+    assert snapshot(corpus) == before and not list(tmp_path.iterdir())
+
+
 def test_read_only_output_folder(corpus, tmp_path, capsys, monkeypatch):
     """Refused before any work: really (chmod) as a user, by an injected PermissionError as root (root ignores
     chmod)."""
