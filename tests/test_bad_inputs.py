@@ -218,12 +218,24 @@ def test_read_only_output_folder(corpus, tmp_path, capsys, monkeypatch):
         _cli_args("detect", corpus / "arrays" / "good.npy", ro / "x.csv"),
         ["simulate", "--out", ro / "data", "--n", "1", "--size", "64"],
         ["index", corpus / "dicom" / "good", "--out", ro / "x.jsonl"],
+        _cli_args("denoise", corpus / "arrays" / "good.npy", ro),  # the empty folder itself (audit 2026-12-07: refused
+        ["simulate", "--out", ro, "--n", "1", "--size", "64"],  # after the work, naming a temporary path)
     ]
     for args in commands:
         rc, lines = run_cli(capsys, *args)
         assert_refused(rc, lines, args[0], rf"{re.escape(str(ro))}: Permission denied")
     ro.chmod(0o755)
     assert snapshot(corpus) == before and not list(ro.iterdir())
+
+
+def test_train_refuses_a_file_as_its_run_folder_up_front(tmp_path, capsys):
+    """CLI audit 2026-12-07: `train --out afile` read the data and models, then said "File exists; no checkpoint yet:
+    running again starts ... from the beginning", which running again does not change."""
+    data = _dataset(tmp_path / "data")
+    (tmp_path / "afile").write_text("mine")
+    rc, lines = run_cli(capsys, "train", "--data", data, "--out", tmp_path / "afile", *TRAIN)
+    assert_refused(rc, lines, "train", r"afile is a file, not a run folder")
+    assert (tmp_path / "afile").read_text() == "mine"
 
 
 def test_disk_full_while_writing_leaves_no_partial_output(corpus, models, tmp_path, capsys, monkeypatch):

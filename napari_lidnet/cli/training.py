@@ -101,6 +101,8 @@ def _check_run_folder(out: Path, data: str | None) -> None:
         root = Path(read_header(source)["root"])
     if root is not None and out.resolve().is_relative_to(root.resolve()):
         raise ValueError(f"{out} lies inside the training data {root}; choose a run folder outside it")
+    if out.exists() and not out.is_dir():  # refused late before, with a hint that running again would help
+        raise FileExistsError(f"{out} is a file, not a run folder; choose a new or empty --out folder")
     run_files = {STATE_FILE, LOCK_FILE, MANIFEST_FILE, MANIFEST_FILE + ".lowdose"}
     if out.is_dir() and not (out / STATE_FILE).exists() and any(p.name not in run_files for p in out.iterdir()):
         raise FileExistsError(f"{out} holds other files and no training run; choose a new or empty --out folder")

@@ -73,8 +73,9 @@ def _fsync(path: Path) -> None:
 
 
 def check_writable(out: Path) -> None:
-    """PermissionError (before any work) when the nearest existing folder of ``out`` cannot be written."""
-    parent = out.resolve().parent
+    """PermissionError (before any work) when the nearest existing folder of ``out`` (``out`` itself when it is an
+    existing folder: an empty read-only one was refused only after the work) cannot be written."""
+    parent = out.resolve() if out.is_dir() else out.resolve().parent
     while not parent.exists():
         parent = parent.parent
     if not os.access(parent, os.W_OK):
