@@ -645,11 +645,33 @@ def test_ctrl_c_during_detect_and_denoise_is_one_line_and_leaves_no_output(tmp_p
             rc = main(argv)
             signal.setitimer(signal.ITIMER_REAL, 0)
             err = capsys.readouterr().err.strip().splitlines()
-            assert rc == 130 and err[-1] == f"lidnet {args[0]}: interrupted", err[-5:]
+            assert rc == 130 and err[-1] == f"lidnet {args[0]}: interrupted; nothing half-written is left", err[-5:]
             assert "Traceback" not in "\n".join(err) and not (tmp_path / out).exists()
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_ctrl_c_during_simulate_says_the_folder_is_marked_unfinished(tmp_path, capsys):
+    """CLI audit 2026-12-07: a stopped `simulate` said "nothing half-written is left" over a folder of 19 of 30
+    pairs (marked unfinished, refused by readers): it says so, and that the same command writes it again."""
+    import signal
+
+    def ctrl_c(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, ctrl_c)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 1.5)
+        rc = main(["simulate", "--out", str(tmp_path / "sim"), "--n", "40", "--size", "256"])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 130 and err[-1].endswith("interrupted; the dataset folder is marked unfinished (nothing reads it): "
+                                          "the same command writes it again"), err[-3:]
+    with pytest.raises(ValueError, match="did not finish"):
+        read_dataset(tmp_path / "sim")
 
 
 def test_series_without_uids_are_listed_by_the_key_that_series_takes(tmp_path, capsys):

@@ -129,11 +129,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{prefix}: error: {error_message(exc)}", file=sys.stderr)
             return 2
         except Terminated:
-            print(f"\n{prefix}: terminated (SIGTERM); nothing half-written is left", file=sys.stderr)
+            print(f"\n{prefix}: terminated (SIGTERM); {_left_after_stop(args.command)}", file=sys.stderr)
             return 143
-        except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (outputs are written whole or not at all)
-            print(f"\n{prefix}: interrupted", file=sys.stderr)
+        except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+            print(f"\n{prefix}: interrupted; {_left_after_stop(args.command)}", file=sys.stderr)
             return 130
+
+
+def _left_after_stop(command: str) -> str:
+    """What a stopped command leaves: outputs are written whole or not at all, but a simulated dataset is written
+    in place, marked unfinished (it said "nothing half-written is left" over 19 of 30 slices)."""
+    if command == "simulate":
+        return "the dataset folder is marked unfinished (nothing reads it): the same command writes it again"
+    return "nothing half-written is left"
 
 
 if __name__ == "__main__":
