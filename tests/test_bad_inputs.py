@@ -252,6 +252,25 @@ def test_disk_full_while_writing_leaves_no_partial_output(corpus, models, tmp_pa
     assert not out.exists()
 
 
+def test_disk_full_inside_pydicom_names_the_series_folder(corpus, models, tmp_path, capsys, monkeypatch):
+    """CLI audit 2026-12-07 (a 3 MB tmpfs): writing a DICOM series onto a full disk said only "No space left on
+    device": pydicom re-raises the error as "With tag (7FE0,0010) got exception: ...", without its errno."""
+    import pydicom.filewriter
+
+    real = pydicom.filewriter.write_data_element
+
+    def full_disk(fp, elem, *args, **kwargs):
+        if elem.tag == 0x7FE00010:
+            raise OSError(28, "No space left on device")
+        return real(fp, elem, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom.filewriter, "write_data_element", full_disk)
+    out = tmp_path / "den_series"
+    rc, lines = run_cli(capsys, *_cli_args("denoise", corpus / "arrays" / "good.npy", out))
+    assert rc == 2 and lines[-1] == f"lidnet denoise: error: {out}: No space left on device", lines
+    assert [p.name for p in tmp_path.iterdir()] == ["models"]  # no series, no hidden half of one
+
+
 def test_odd_output_names_and_colliding_series(corpus, models, tmp_path, capsys):
     """Dots, spaces and non-ASCII letters in output names work; two series whose descriptions and UID tails
     collide get two outputs (before, the second replaced or skipped the first)."""

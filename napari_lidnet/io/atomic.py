@@ -135,13 +135,16 @@ def _named_as(tmp: Path, out: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
+        cause = exc.__cause__
+        if exc.errno is None and isinstance(cause, OSError) and cause.errno is not None:
+            exc = cause  # a library's rewrapping lost the errno (pydicom: "With tag (7FE0,0010) got exception: ...")
         if exc.errno is None:  # a message of its own (outputs never overwrite)
             raise
         if exc.filename is None:  # a failed write names no file
             exc.filename = str(out)
         elif str(exc.filename).startswith(str(tmp)):
             exc.filename = str(out) + str(exc.filename)[len(str(tmp)):]
-        raise
+        raise exc from None
 
 
 @contextlib.contextmanager
