@@ -384,6 +384,25 @@ def test_roi_perceptual_loss_on_predicted_boxes(tmp_path):
         Trainer(_config(tmp_path / "bad", roi_boxes="random"), _samples())
 
 
+def test_a_stop_during_the_validation_after_a_stage_counts_its_lost_steps(tmp_path, monkeypatch):
+    """CLI audit 2026-12-07: a double Ctrl-C during the validation after a stage said only that the checkpoint at
+    step 15 was kept; the 5 steps after it, which the stage had finished but not yet saved, are lost too."""
+    trainer = Trainer(_config(tmp_path / "r", checkpoint_every=15), _samples())
+    real, calls = trainer.validate, {"n": 0}
+
+    def interrupted_second_validation():
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first validates the start; the second follows pretrain-detector (20 steps)
+            raise KeyboardInterrupt
+        return real()
+
+    monkeypatch.setattr(trainer, "validate", interrupted_second_validation)
+    with pytest.raises(KeyboardInterrupt):
+        list(trainer.run())
+    message = trainer.kept_message()
+    assert "the checkpoint at step 15 of pretrain-detector" in message and "the 5 steps after it are lost" in message
+
+
 def test_stop_in_the_first_stage_then_resume(tmp_path):
     """Stopped at the first step: a checkpoint at that step (no stage had finished), and a rerun goes on from it;
     given another length for that stage, the rerun says so and starts it over."""

@@ -616,7 +616,8 @@ class Trainer:
             yield {"stage": name, "stage_step": step, "stage_total": n_steps, "losses": losses}
             if every and step % every == 0 and step < n_steps:
                 self._save_partial()
-        self._live = None
+        # _live stays until the stage's own checkpoint replaces its partial one (_drop_partial): a stop during the
+        # validation after it still says how many of its steps are lost
 
     def _save_partial(self) -> None:
         """A checkpoint inside the stage under way (rank 0 writes it; see ``partial``)."""
