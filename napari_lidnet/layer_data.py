@@ -93,6 +93,11 @@ def shapes_to_boxes(shapes_layer: Any) -> np.ndarray:
     return np.asarray(rows, dtype=np.float32).reshape(-1, 5)
 
 
+#: ``metadata[ROLE]`` of a layer: what it is to the plugin (``_widgets._roles`` reads it); ANNOTATIONS: a scan's own
+#: lesion boxes (the sample's ground truth, DeepLesion's bookmarks), offered as regions but never picked on their own
+ROLE, ANNOTATIONS = "lidnet_role", "annotations"
+
+
 def boxes_layer_tuple(
     boxes: np.ndarray,
     ndim: int,
@@ -107,8 +112,8 @@ def boxes_layer_tuple(
     features: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> LayerDataTuple:
-    """Shapes layer tuple of rectangles for pixel boxes, placed like their image (same scale, translate, affine);
-    ``features``: more columns, one value per box."""
+    """Shapes layer tuple of rectangles for a scan's own lesion boxes (role ANNOTATIONS), placed like their image
+    (same scale, translate, affine); ``features``: more columns, one value per box."""
     shapes = boxes_to_shapes(boxes, ndim)
     n = len(shapes)
     features = {k: list(v)[:n] for k, v in (features or {}).items()}
@@ -125,8 +130,7 @@ def boxes_layer_tuple(
         "ndim": ndim,
         "features": features,
     }
-    if metadata:
-        kwargs["metadata"] = metadata
+    kwargs["metadata"] = {ROLE: ANNOTATIONS, **(metadata or {})}
     if scale is not None:
         kwargs["scale"] = tuple(scale)
     if translate is not None:

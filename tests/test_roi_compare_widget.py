@@ -536,3 +536,33 @@ def test_a_background_picked_right_after_drawing_is_kept(make_napari_viewer, qtb
     wait_new(qtbot, widget, gen)
     got = table_rows(widget)
     assert np.isfinite(got[("#0", "noisy")]["cnr"]) and "background region" in got[("#1", "noisy")]["note"]
+
+
+def test_a_scans_own_annotations_are_offered_not_picked(make_napari_viewer, qtbot) -> None:
+    """Walkthrough 2026-12-07: on the sample ROI compare picked the 16 ground-truth boxes before anything was drawn
+    (48 rows, its bar labels overprinted into one strip). They are offered; picked once the reader edits them, and a
+    drawn ROI layer is picked as before. Many regions' labels stand upright, at most 20 of them."""
+    from napari_lidnet._sample_data import TRUTH_NAME, sample_abdomen
+    from napari_lidnet.layer_data import ANNOTATIONS, ROLE
+
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in sample_abdomen():
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    truth = viewer.layers[TRUTH_NAME]
+    assert truth.metadata[ROLE] == ANNOTATIONS
+    widget = ROICompareWidget(viewer)
+    offered = [widget.shapes_combo.itemData(i) for i in range(widget.shapes_combo.count())]
+    assert TRUTH_NAME in offered and widget.default_regions_layer() is None
+    truth.data = [truth.data[0] + [0, 1, 1], *truth.data[1:]]  # the reader moves one: now theirs to compare
+    assert widget.shapes_combo.currentData() == TRUTH_NAME and widget.default_regions_layer() == TRUTH_NAME
+    regions = widget.new_roi_layer()
+    assert widget.shapes_combo.currentData() == regions.name
+    widget.set_regions_layer(TRUTH_NAME)
+    gen = widget.generation
+    widget.refresh()
+    wait_new(qtbot, widget, gen, timeout=60000)
+    widget.plot_kind.setCurrentText("bars")
+    widget.update_plot()
+    labels = [t.get_text() for t in widget.figure.axes[0].get_xticklabels()]
+    assert len(labels) == 16 and sum(bool(t) for t in labels) <= 20 and labels[0]
+    assert all(t.get_rotation() == 90 for t in widget.figure.axes[0].get_xticklabels())

@@ -2,7 +2,8 @@
 
 Roles (``layer.metadata["lidnet_role"]``): ``detections`` (the detector's raw boxes), ``reviewed`` (boxes a reader
 accepted, edited or drew in the lesion navigator), ``roi`` (regions made with ROI compare's "New ROI layer"),
-``noise`` (the removed-noise image), ``calipers`` (measurements: lines labelled in mm). CT images in HU carry
+``noise`` (the removed-noise image), ``calipers`` (measurements: lines labelled in mm), ``annotations`` (a scan's own
+lesion boxes: the sample's ground truth, DeepLesion's). CT images in HU carry
 ``metadata["hu"] = True``; a simulated low-dose image names its normal-dose source in ``metadata["normal_dose"]``.
 """
 
@@ -12,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from napari_lidnet.layer_data import data_key
+from napari_lidnet.layer_data import ANNOTATIONS, ROLE, data_key
 
-ROLE = "lidnet_role"
 DETECTIONS, REVIEWED, ROI, NOISE, CALIPERS = "detections", "reviewed", "roi", "noise", "calipers"
 #: Shapes roles that are not regions or lesion boxes a person drew: never picked for one on their own
 NOT_DRAWN_BOXES = (DETECTIONS, CALIPERS)
+#: Shapes roles offered as regions but not picked for them on their own (a scan's 16 annotations made 48 rows)
+NOT_PICKED_REGIONS = (*NOT_DRAWN_BOXES, ANNOTATIONS)
 #: longest base name kept whole in a derived layer's name (napari's layer list shows about 24 characters)
 NAME_LIMIT = 20
 

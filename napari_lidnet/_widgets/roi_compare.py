@@ -60,6 +60,7 @@ from napari_lidnet._widgets._roi_table import (
 from napari_lidnet._widgets._roles import (
     DETECTIONS,
     NOT_DRAWN_BOXES,
+    NOT_PICKED_REGIONS,
     REVIEWED,
     ROI,
     ROLE,
@@ -72,6 +73,7 @@ from napari_lidnet._widgets._save_dialog import check_suffix, save_path
 from napari_lidnet._widgets._worker_utils import share_cores
 from napari_lidnet._widgets.reading_room import ReadingRoom
 from napari_lidnet.io.windowing import WINDOW_PRESETS, contrast_limits
+from napari_lidnet.layer_data import ANNOTATIONS
 from napari_lidnet.metrics.nps import region_nps
 from napari_lidnet.metrics.roi import (
     AREA_SHAPES,
@@ -268,8 +270,9 @@ class ROICompareWidget(QWidget):
 
         layer = event.value
         self._watch(layer)
-        self._touch(layer)
-        if isinstance(layer, Shapes) and role(layer) not in (*NOT_DRAWN_BOXES, REVIEWED):  # a person's regions
+        if role(layer) != ANNOTATIONS:  # a scan's own boxes count once the user edits them
+            self._touch(layer)
+        if isinstance(layer, Shapes) and role(layer) not in (*NOT_PICKED_REGIONS, REVIEWED):  # a person's regions
             self.set_regions_layer(layer.name)
 
     def _on_layers_changed(self, renamed: dict[str, str] | None = None) -> None:
@@ -300,12 +303,13 @@ class ROICompareWidget(QWidget):
         self.shapes_combo.setCurrentIndex(max(idx, 0))
 
     def default_regions_layer(self) -> str | None:
-        """The user's Shapes layer edited (or added) last; never the detector's boxes or calipers; None if none."""
+        """The user's Shapes layer edited (or added) last; never the detector's boxes or calipers, nor a scan's own
+        annotations until the user edits them; None if none."""
         layers = self._shapes_layers()
         user = [
             (self._touched.get(id(lay), 0), k, lay)
             for k, lay in enumerate(layers)
-            if role(lay) not in NOT_DRAWN_BOXES
+            if role(lay) not in NOT_PICKED_REGIONS or (role(lay) == ANNOTATIONS and id(lay) in self._touched)
         ]
         return max(user, key=lambda t: t[:2])[2].name if user else None
 
@@ -636,7 +640,9 @@ class ROICompareWidget(QWidget):
                 err = np.nan_to_num(np.stack([vals - low, high - vals]).clip(min=0))
             x = np.arange(len(regions)) + (j - (len(images) - 1) / 2) * width
             ax.bar(x, vals, width, yerr=err, label=img)
-        ax.set_xticks(np.arange(len(regions)), regions)
+        ax.set_xticks(np.arange(len(regions)), _tick_labels(regions))
+        if sum(len(r) for r in regions) > MAX_FLAT_LABELS:  # side by side they overprinted into one grey strip
+            ax.tick_params(axis="x", labelrotation=90, labelsize="x-small")
         ax.set_ylabel(dict(COLUMNS)[key])
         if images:  # above the axes (inside, it covered the bars), one name per row when names are long
             ncols = 1 if max(len(i) for i in images) > 12 else min(len(images), 3)
@@ -716,3 +722,13 @@ class ROICompareWidget(QWidget):
                 self.status.setText(f"wrote {path}")
             except (OSError, ValueError) as exc:  # FileExistsError included: outputs never overwrite
                 self.status.setText(f"could not write {path}: {exc}")
+
+
+#: characters of region names that fit side by side under the bars; more: turned upright, at most MAX_TICKS shown
+MAX_FLAT_LABELS, MAX_TICKS = 40, 20
+
+
+def _tick_labels(regions: list[str]) -> list[str]:
+    """The bars' labels: every region's name, or every k-th one's when there are more than ``MAX_TICKS``."""
+    step = max(1, math.ceil(len(regions) / MAX_TICKS))
+    return [name if k % step == 0 else "" for k, name in enumerate(regions)]
