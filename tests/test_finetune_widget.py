@@ -563,3 +563,19 @@ def test_a_deeplesion_archive_fine_tunes_on_its_train_part(make_napari_viewer, q
     cached = list((Path(widget.outcome.run_dir) / "lowdose").glob("*.npy"))
     assert 0 < len(cached) <= 7  # simulated when used, in the run folder, never in the archive
     assert not any(p.suffix == ".npy" for p in root.rglob("*"))
+
+
+def test_a_saved_network_below_its_start_is_named_in_the_finish_note(tmp_path) -> None:
+    """Walkthrough 2026-12-07: a stopped fine-tune's pair was selected (better as a whole on the test slices) while
+    its detector's validation sensitivity had fallen from 0.467 to 0.333, and the message said nothing of it."""
+    from napari_lidnet._widgets.finetune import _worse_networks
+    from napari_lidnet.models.detector import LesionDetector
+    from napari_lidnet.models.weights import save_weights
+
+    card = {"metrics": {"psnr": 36.3, "sensitivity": 0.333},
+            "training": {"start_metrics": {"psnr": 35.5, "sensitivity": 0.467}}}  # fmt: skip
+    save_weights(LesionDetector(width=4), tmp_path / "run_detector", card)
+    save_weights(LesionDetector(width=4), tmp_path / "fine_detector", {"metrics": {"sensitivity": 0.5},
+                 "training": {"start_metrics": {"sensitivity": 0.4}}})  # fmt: skip
+    notes = _worse_networks([str(tmp_path / "run_detector"), str(tmp_path / "fine_detector")])
+    assert notes == ["its detector: its validation mean sensitivity fell from 0.467 to 0.333 during training"]
