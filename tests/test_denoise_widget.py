@@ -405,6 +405,33 @@ def test_compare_side_by_side_with_one_window_and_flip(make_napari_viewer, qtbot
     assert viewer.canvas.overlays["text"].text == "W 800  L 100 HU"  # the window readout alone
 
 
+def test_compare_shows_a_simulated_low_doses_reference_as_a_third_panel(make_napari_viewer, qtbot, model_dir) -> None:
+    """Walkthrough 2026-12-07: Compare showed low dose and denoised only; with the normal dose the low dose was
+    simulated from open, a reader checks a box against it by leaving Compare. It is a third panel, on one window;
+    Flip still flips the pair; leaving restores the view."""
+    viewer = make_napari_viewer()
+    low, full = phantom(n=3)
+    ref = add_ct(viewer, full, name="full", metadata={"hu": True})
+    src = add_ct(viewer, low, metadata={"hu": True, "normal_dose": "full"})
+    widget = make_widget(viewer, qtbot)
+    widget.detector_combo.setCurrentText("(none)")
+    widget.image_combo.setCurrentText("low")
+    run_and_wait(widget, qtbot)
+    den = viewer.layers["low denoised"]
+    assert widget.set_compare(True)
+    layers = list(viewer.layers)
+    assert tuple(viewer.grid.shape) == (1, 3) and [ly.name for ly in layers if ly.visible] == ["full", "low",
+                                                                                                "low denoised"]
+    assert {viewer.grid.position(layers.index(ly), layers) for ly in (ref, src, den)} == {(0, 0), (0, 1), (0, 2)}
+    assert ref.name_overlay.visible
+    den.contrast_limits = (-20, 120)  # one window on the three
+    assert tuple(ref.contrast_limits) == tuple(src.contrast_limits) == (-20, 120)
+    shown = widget.flip()
+    assert shown in (src, den) and not ref.visible
+    widget.set_compare(False)
+    assert not viewer.grid.enabled and ref.visible and not ref.name_overlay.visible
+
+
 def test_flip_from_side_by_side_keeps_the_view_and_draws_the_boxes(make_napari_viewer, qtbot, model_dir) -> None:
     """Walkthrough 2026-12-07: F pressed in side by side (zoomed on a finding) went back to the whole image and kept
     the boxes hidden, though the navigator had said F shows them. The same spot at the same zoom, boxes drawn."""

@@ -82,7 +82,7 @@ class DenoiseOutputs:
         if pair is not None and old is not None and old in pair:
             self.compare.pair = tuple(new if ly == old else ly for ly in pair)
             if self.compare.side_by_side:
-                self.compare.show(*self.compare.pair)
+                self.compare.show(*self.compare.pair, self.compare.reference)
         elif self.compare.side_by_side and new.visible:  # an output beside the pair (boxes, removed noise)
             self._end_side_by_side(new.name)
         return new

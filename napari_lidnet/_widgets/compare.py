@@ -19,7 +19,13 @@ class CompareView:
         self.room = ReadingRoom.install(viewer, owner)
         self.pair: tuple[Any, Any] | None = None
         self._saved: dict[str, Any] | None = None
-        self._followed: tuple[Any, Any] | None = None  # the pair whose windows follow each other now
+        self._followed: tuple[Any, ...] | None = None  # the images whose windows follow each other now
+        self._third: list[Any] = []  # side by side: the reference beside the pair
+
+    @property
+    def reference(self) -> Any | None:
+        """The third panel beside the pair (None: the pair alone)."""
+        return next((ly for ly in self._third if ly in self.viewer.layers), None)
 
     @property
     def side_by_side(self) -> bool:
@@ -39,39 +45,44 @@ class CompareView:
     def _valid(self) -> bool:
         return self.pair is not None and all(ly in self.viewer.layers for ly in self.pair)
 
-    def show(self, before: Any, after: Any) -> None:
-        """Show ``before`` (left) and ``after`` (right) alone, side by side, with ``before``'s window on both."""
+    def show(self, before: Any, after: Any, reference: Any = None) -> None:
+        """Show ``before`` (left) and ``after`` (right) alone, side by side, with ``before``'s window on both; a
+        ``reference`` (the normal dose a simulated low dose came from) as a third panel, in layer order."""
         self._remember()
         self.pair = (before, after)
+        shown = [before, after] if reference is None or reference in self.pair else [before, after, reference]
         for ly in self.viewer.layers:
             self._keep_visibility(ly)
-            ly.visible = ly in self.pair
+            ly.visible = ly in shown
         layers = self.viewer.layers
         layout = grid(self.viewer)
-        layout.shape = (1, 2)
+        layout.shape = (1, len(shown))
         layout.stride = 1 if layers.index(before) < layers.index(after) else -1
         layout.enabled = True
-        self.viewer.reset_view(layers=list(self.pair))  # both images whole, side by side (hidden layers aside)
-        for ly in self.pair:  # each image's name over it (also while flipping), tiled with the orientation letter
+        self.viewer.reset_view(layers=shown)  # the images whole, side by side (hidden layers aside)
+        self._third = shown[2:]
+        for ly in shown:  # each image's name over it (also while flipping), tiled with the orientation letter
             self._saved["names"].setdefault(ly, (ly.name_overlay.visible, ly.name_overlay.position))
             ly.name_overlay.visible, ly.name_overlay.position = True, "top_center"
         self.room.set_caption("F: flip in place")  # short: after the window readout, in the lower right corner
         self.link_windows()
 
     def link_windows(self) -> None:
-        """One window/level for the pair: ``before``'s limits on both (and on every linked CT layer); until the
-        comparison ends, a window set on either is set on the other, whatever Load CT's "link" box says."""
+        """One window/level for the pair (and the reference beside it): ``before``'s limits on each (and on every
+        linked CT layer); until the comparison ends, a window set on one is set on the others, whatever Load CT's
+        "link" box says."""
         if not self._valid():
             return
-        before, after = self.pair
-        self.room.set_limits(before, tuple(before.contrast_limits))
-        if tuple(after.contrast_limits) != tuple(before.contrast_limits):
-            self.room.set_limits(after, tuple(before.contrast_limits))
-        if self._followed != self.pair:
+        before = self.pair[0]
+        followed = (*self.pair, *(ly for ly in self._third if ly in self.viewer.layers))
+        for ly in followed:
+            if tuple(ly.contrast_limits) != tuple(before.contrast_limits) or ly is before:
+                self.room.set_limits(ly, tuple(before.contrast_limits))
+        if self._followed != followed:
             self._unfollow()
-            for ly in self.pair:
+            for ly in followed:
                 ly.events.contrast_limits.connect(self._copy_window)
-            self._followed = self.pair
+            self._followed = followed
 
     def _copy_window(self, event: Any) -> None:
         if self._followed is None:
@@ -120,6 +131,7 @@ class CompareView:
     def close(self) -> None:
         """Leave the comparison: the grid and every layer's visibility as they were before."""
         self._unfollow()
+        self._third = []
         if self._saved is None:
             return
         enabled, shape, stride = self._saved["grid"]

@@ -42,6 +42,7 @@ from ._roles import (
     fill_models,
     grayscale_images,
     has_voxel_size,
+    normal_dose_of,
     pair_name,
 )
 from ._worker_utils import (
@@ -658,8 +659,8 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         pair = self._compare_pair() if on else None
         if on and pair is None:
             self._no_pair("compare")
-        if on and pair is not None:
-            self.compare.show(*pair)
+        if on and pair is not None:  # a simulated low dose's normal dose beside them (a research scan's truth)
+            self.compare.show(*pair, normal_dose_of(pair[0], self.viewer.layers))
             note = thin_note(*pair)
             if note:  # in the status line: a longer caption would cover the orientation letters
                 self._message(note)
