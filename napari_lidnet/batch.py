@@ -31,6 +31,7 @@ import numpy as np
 from napari_lidnet.io.arrays import ARRAY_SUFFIXES
 from napari_lidnet.io.atomic import remove_stale_partials, write_atomically
 from napari_lidnet.io.checks import CT_MODALITIES, NotHU, ct_problem, one_line, os_reason
+from napari_lidnet.io.dicom_read import written_here
 from napari_lidnet.io.folder_lock import FolderInUse, FolderLock
 from napari_lidnet.io.nifti import is_nifti, is_our_denoised, nifti_stem
 from napari_lidnet.io.reader_workers import reader_worker_init
@@ -234,12 +235,6 @@ def _release(out_dir: Path, lock: FolderLock, created: bool) -> None:
         lock.close()
 
 
-def _ours(ds: Any) -> bool:
-    """Whether a DICOM slice was written by napari-lidnet (its Contributing Equipment names it)."""
-    equipment = ds.get("ContributingEquipmentSequence", [])
-    return any(str(item.get("Manufacturer", "")) == "napari-lidnet" for item in equipment)
-
-
 def _inputs(series: dict, niftis: list[Path], root: Path) -> list[tuple[str, Any, str, str]]:
     """(key, source, description, modality) of every input: DICOM series (source: their headers) by UID, then NIfTI
     files (source: the path) by their path under ``root``. A series or file this program denoised has modality
@@ -247,7 +242,7 @@ def _inputs(series: dict, niftis: list[Path], root: Path) -> list[tuple[str, Any
     items = []
     for uid, headers in sorted(series.items()):
         ds0 = headers[0].ds
-        modality = "ours" if _ours(ds0) else str(ds0.get("Modality", "") or "")
+        modality = "ours" if written_here(ds0) else str(ds0.get("Modality", "") or "")
         items.append((uid, headers, str(ds0.get("SeriesDescription", "") or ""), modality))
     for path in niftis:
         modality = "ours" if is_our_denoised(path) else "CT"

@@ -892,3 +892,16 @@ def test_an_assumed_voxel_size_is_not_written_as_measured(tmp_path, suffix) -> N
     np.save(tmp_path / "ct.npy", low)
     assert main(["denoise", str(tmp_path / "ct.npy"), str(tmp_path / f"out{suffix}")]) == 0
     assert read_array(tmp_path / f"out{suffix}").metadata["spacing_assumed"]
+
+
+def test_denoising_our_own_output_again_says_so(tmp_path, capsys) -> None:
+    """CLI audit 2026-12-07: `lidnet denoise out1 out1b` denoised a series this program had denoised, without a
+    word (--all-series leaves such series out: "it would be denoised twice")."""
+    from conftest import synthetic_hu, write_series
+
+    write_series(tmp_path / "ct", synthetic_hu((3, 32, 32), seed=2), series_uid="1.2.826.0.1.3680043.8.498.65")
+    for first, again in (("den1", "den2"), ("den1.nii.gz", "den2.nii.gz")):
+        assert main(["denoise", str(tmp_path / "ct"), str(tmp_path / first)]) == 0
+        assert "denoised by napari-lidnet already" not in capsys.readouterr().err
+        assert main(["denoise", str(tmp_path / first), str(tmp_path / again)]) == 0
+        assert "was denoised by napari-lidnet already" in capsys.readouterr().err

@@ -161,6 +161,9 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                          f"a folder name ending in {out.suffix}: end it with /)")  # fmt: skip
     check_new_output(out, args.input, folder=not as_file)
     vol = open_single(args.input, args.series)
+    if vol.metadata.get("written_here"):  # --all-series leaves such a series out; one named is the user's choice
+        print(f"note: {args.input} was denoised by napari-lidnet already; denoising it again removes detail as well "
+              "as what noise is left", file=sys.stderr)  # fmt: skip
     if as_file and out.suffix.lower() != ".npy":  # before the model runs (.npy keeps no geometry to get wrong)
         from napari_lidnet.io.volume import check_uniform_grid
 

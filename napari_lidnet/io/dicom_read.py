@@ -544,6 +544,7 @@ def _series_metadata(
         "sop_class_uid": _sop_uid(ds0, "SOPClassUID"),
         "series_description": str(ds0.get("SeriesDescription", "") or ""),
         "modality": str(ds0.get("Modality", "") or ""),
+        "written_here": written_here(ds0),  # a series this program denoised: denoising it again removes more
         "files": [str(h.path) for h in headers],
         "source_tags": _source_tags(ds0),
         "slice_tags": _slice_tags(headers),
@@ -555,6 +556,12 @@ def _series_metadata(
         "slice_ipp": None if pos is None else pos.astype(float).tolist(),  # each slice's own (gaps included)
         **_slice_ids(headers),
     }
+
+
+def written_here(ds: Any) -> bool:
+    """Whether a DICOM slice was written by napari-lidnet (its Contributing Equipment names it)."""
+    equipment = ds.get("ContributingEquipmentSequence", [])
+    return any(str(item.get("Manufacturer", "")) == "napari-lidnet" for item in equipment)
 
 
 def _spacing_without_positions(ds0: Any, n_images: int, notes: list[str], label: str) -> float:

@@ -180,7 +180,8 @@ def read_nifti(path: str | Path) -> CTVolume:
     check_image_shape(hu.shape, hu.dtype, str(path))
     aff = LPS_FROM_RAS @ np.asarray(img.affine, dtype=float)
     spacing_xyz = np.linalg.norm(aff[:3, :3], axis=0)
-    meta: dict[str, Any] = {"format": "nifti", "source": str(path), "warnings": notes}
+    meta: dict[str, Any] = {"format": "nifti", "source": str(path), "warnings": notes,
+                            "written_here": bytes(src.header["descrip"]).startswith(DENOISED_DESCRIP)}  # fmt: skip
     if assumed:
         notes.append(f"{path.name}: the header's voxel size is unusable; sizes in mm assume 1 mm voxels")
         meta["spacing_assumed"] = True
