@@ -218,3 +218,13 @@ def test_box_sides_in_mm_follow_non_square_pixels(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="positive numbers of mm"):
         write_boxes_csv(tmp_path / "bad.csv", rows, pixel_mm=(0.0, 0.5))
     assert not (tmp_path / "bad.csv").exists()
+
+
+@pytest.mark.parametrize("name", ["ü-name", "-lead", "a b", "x" * 65])
+def test_a_model_name_refusal_says_which_characters(name) -> None:
+    """CLI audit 2026-12-07: 'ü-name' was refused as not "letters": the rule is ASCII letters; it says so."""
+    from napari_lidnet._training.export import valid_model_name
+
+    with pytest.raises(ValueError, match=r"use 1-64 ASCII letters \(a-z, A-Z\), digits"):
+        valid_model_name(name)
+    assert valid_model_name(" lab-2.v1 ") == "lab-2.v1"

@@ -14,7 +14,8 @@ def valid_model_name(name: str) -> str:
     """A model name safe as a file name, or ValueError saying why not."""
     name = name.strip()
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
-        raise ValueError(f"model name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting alphanumeric")
+        raise ValueError(f"model name {name!r}: use 1-64 ASCII letters (a-z, A-Z), digits, '.', '_' or '-', starting "
+                         "with a letter or digit")
     if name.lower() == "default" or name.lower().startswith("default_"):
         raise ValueError(f"model name {name!r} is the shipped models'; choose another name")
     return name

@@ -192,7 +192,7 @@ def add_simulate(sub: Any) -> None:
         help="random: each slice draws body part, field of view, contrast and scanner "
         "(dose 5-50%%, 500-1200 views, kernel, electronic noise, thickness); --dose and --kind are then unused",
     )
-    p.add_argument("--negatives", type=float, default=0.0, help="fraction of lesion-free slices, in [0, 1)")
+    p.add_argument("--negatives", type=float, default=0.0, help="fraction of lesion-free slices, in [0, 1]")
     p.add_argument("--kinds", default="head,chest,abdomen", help="body parts mixed with --domain random")
     p.add_argument(
         "--lesions",
