@@ -891,3 +891,15 @@ def test_a_calibrated_detector_outlives_the_pair_it_came_from(tmp_path, models):
         p.unlink()
     assert "site_detector" in [m.name for m in list_models("detector")]
     assert "pair_of" not in load_model("site", "detector")[1]
+
+
+def test_an_empty_boxes_file_is_refused_a_header_alone_is_no_boxes(tmp_path) -> None:
+    """CLI audit 2026-12-07: `lidnet adapt --boxes empty.csv` took an empty file for "no boxes" without a word."""
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ValueError, match=r"empty\.csv: not a boxes file .*the file is empty"):
+        read_boxes_csv(tmp_path / "empty.csv")
+    (tmp_path / "none.csv").write_text("slice,x1,y1,x2,y2,score\n")  # what detect writes when it finds nothing
+    assert read_boxes_csv(tmp_path / "none.csv").shape == (0, 6)
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match=r"column 'slice'"):
+        read_boxes_csv(tmp_path / "other.csv")

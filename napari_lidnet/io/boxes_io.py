@@ -154,7 +154,11 @@ def read_boxes_csv(path: str | Path) -> np.ndarray:
             records = json.loads(path.read_text())["boxes"]
         else:
             with path.open(newline="") as fh:
-                records = list(csv.DictReader(fh))
+                reader = csv.DictReader(fh)
+                records, fields = list(reader), reader.fieldnames or []
+            missing = [c for c in COLUMNS if c not in fields]
+            if missing:  # an empty file was taken for "no boxes" (a header alone is no boxes)
+                raise KeyError(missing[0] if fields else "header (the file is empty)")
         return np.array([[float(r[c]) for c in COLUMNS] for r in records], dtype=np.float32).reshape(-1, 6)
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         what = f"column {exc}" if isinstance(exc, KeyError) else type(exc).__name__
