@@ -164,8 +164,9 @@ def test_stop_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert "the checkpoint at step 5 of round1-denoiser" in records[-1]["message"]
     last, _ = load_weights(tmp_path / "cut" / "last_denoiser")  # the checkpoint kept at the stop is loadable
     again = Trainer(_config(tmp_path / "cut"), samples)
-    assert again.resume_line().startswith(  # what `lidnet train` says first (walkthrough 2026-12-06: nothing)
-        f"resuming the run in {tmp_path / 'cut'}: 2 stage(s) finished (80 of 110 steps)"), again.resume_line()
+    assert again.resume_line() == (  # what `lidnet train` says first (walkthrough 2026-12-06: nothing; the audit
+        f"resuming the run in {tmp_path / 'cut'}: 2 stage(s) finished (80 of 110 steps); "  # of 2026-12-07: from
+        "round1-denoiser goes on from its checkpoint at step 5 of 10"), again.resume_line()  # which step)
     other = Trainer(_config(tmp_path / "cut", lr=1e-3), samples).resume_line()  # the stage under way keeps its rate
     assert other.endswith("--lr 0.001 (the run's 0.003) apply to the stages not started yet (a stage under way goes "
                           "on at its own)"), other

@@ -24,7 +24,8 @@ import torch
 
 from napari_lidnet.models.weights import load_weights, save_weights, weight_paths, write_atomically
 
-__all__ = ["PARTIAL", "SLOTS", "drop_partial", "load_partial", "partial_settings", "save_partial", "where"]
+__all__ = ["PARTIAL", "SLOTS", "drop_partial", "load_partial", "partial_settings", "partial_step", "save_partial",
+           "where"]  # fmt: skip
 
 PARTIAL = "partial"
 SLOTS = ("a", "b")
@@ -99,6 +100,12 @@ def _whole(out: Path, slot: str, network: str, stage: str, n_steps: int) -> tupl
 def _newest_whole(out: Path, network: str, stage: str, n_steps: int) -> tuple[str, tuple] | None:
     found = [(slot, w) for slot in READ_SLOTS if (w := _whole(out, slot, network, stage, n_steps)) is not None]
     return max(found, key=lambda f: int(f[1][0]["step"])) if found else None
+
+
+def partial_step(out: Path, network: str, stage: str, n_steps: int) -> int:
+    """The step of the newest whole checkpoint inside ``stage`` of ``n_steps`` (0: none; the stage starts over)."""
+    newest = _newest_whole(out, network, stage, n_steps)
+    return int(newest[1][0]["step"]) if newest is not None else 0
 
 
 def partial_settings(out: Path, network: str, stage: str, n_steps: int) -> dict[str, Any]:

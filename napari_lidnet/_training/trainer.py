@@ -40,7 +40,14 @@ from napari_lidnet._training.losses import (
     roi_perceptual_loss,
     whole_image_perceptual_loss,
 )
-from napari_lidnet._training.partial import drop_partial, load_partial, partial_settings, save_partial, where
+from napari_lidnet._training.partial import (
+    drop_partial,
+    load_partial,
+    partial_settings,
+    partial_step,
+    save_partial,
+    where,
+)
 from napari_lidnet._training.patches import PatchBatch, calibration_batch, check_patch_settings, patch_batches
 from napari_lidnet._training.resume import (
     TRAINING_KEYS,
@@ -330,7 +337,15 @@ class Trainer:
                 else "nothing: no step is left to run")  # fmt: skip
         also = f"; {', '.join(changed)} apply to {left}" if changed else ""
         return (f"resuming the run in {self.out}: {len(done)} stage(s) finished ({steps} of {self.total_steps()} "
-                f"steps); a stage under way goes on from its last checkpoint{also}")  # fmt: skip
+                f"steps){self._next_stage_note(done)}{also}")  # fmt: skip
+
+    def _next_stage_note(self, done: list[str]) -> str:
+        """'; round1-denoiser goes on from its checkpoint at step 5 of 10' (or starts), '' when none is left."""
+        name, n = next(((name, n) for name, n in self.stages() if name not in done), (None, 0))
+        if name is None:
+            return ""
+        step = partial_step(self.out, _network(name), name, n)
+        return f"; {name} goes on from its checkpoint at step {step} of {n}" if step else f"; {name} starts"
 
     def _adopt_saved_stage(self) -> bool:
         """A stage whose result reached ``last_*`` but whose state.json did not (the run died between the two
