@@ -457,6 +457,16 @@ def test_a_run_folder_locked_by_another_process_is_refused_until_it_ends(tmp_pat
         holder.kill()
         holder.wait()
     assert list(Trainer(_config(folder, rounds=0), _samples()).run())[-1]["stage"] == "finished"
+    # a run's folder (its state written) in use: refused when the trainer is made, before its state is read (the
+    # CLI said "resuming the run in ..." first; audit 2026-12-07)
+    holder = subprocess.Popen(holder.args, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(TrainingError, match=rf"in use by another training run \(pid {holder.pid} on "):
+            Trainer(_config(folder, rounds=0), _samples())
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def _no_boxes(samples: list[Sample]) -> list[Sample]:

@@ -147,6 +147,8 @@ class Trainer:
         self.should_stop = should_stop or (lambda: False)
         self.rank, self.world_size = distributed.rank_and_world()
         self.out = Path(config.out).expanduser().resolve()
+        if self.rank == 0 and (self.out / STATE_FILE).exists():  # another run's folder in use: refused before its
+            self._check_free()  # state is read ("resuming the run in ..." was said first, then the refusal)
         self._new_manifest: tuple | None = None
         self._data_record: dict[str, Any] = {}  # where the slices came from, for the cards
         self._manifest_dose: float | None = None  # the dose of a manifest given as data
@@ -326,6 +328,13 @@ class Trainer:
             if trained or path.with_suffix(".json").exists():
                 setattr(self, kind, load_weights(path)[0].to(self.device))
 
+    def _check_free(self) -> None:
+        """TrainingError when another run holds the run folder's lock."""
+        try:
+            FolderLock(self.out, LOCK_FILE).close()
+        except FolderInUse as exc:
+            raise TrainingError(_in_use(self.out, exc.holder)) from None
+
     def resume_line(self) -> str:
         """What a resumed run goes on from ('' for a new run): the stages finished and the steps they hold."""
         if not self.resumed:
@@ -388,8 +397,7 @@ class Trainer:
             try:
                 lock = FolderLock(self.out, LOCK_FILE)
             except FolderInUse as exc:
-                busy = (f"{self.out} is in use by another training run ({exc.holder}); stop it first, or train into "
-                        "another folder")  # fmt: skip
+                busy = _in_use(self.out, exc.holder)
         busy = distributed.broadcast_object(busy)  # also the barrier: every rank has read the run folder
         if busy:
             raise TrainingError(busy)
@@ -791,3 +799,7 @@ def _weights_record(name: str, card: dict[str, Any]) -> dict[str, Any]:
     if isinstance(card.get("calibration"), dict):
         record["calibration"] = dict(card["calibration"])
     return record
+
+
+def _in_use(out: Path, holder: str) -> str:
+    return f"{out} is in use by another training run ({holder}); stop it first, or train into another folder"
