@@ -174,6 +174,10 @@ def test_hand_edits_on_the_lesions_layer_survive_the_threshold(make_napari_viewe
     """Walkthrough 2026-12-07: a box drawn on the lesions layer vanished at the next threshold move, a moved box jumped
     back to where the detector had put it, and a drawn box took the last row's score (0.51, shown and exported).
     A drawn box has no score and stays; a moved one stays where the reader put it; a deleted one stays deleted."""
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    from napari_lidnet._widgets._denoise_outputs import DRAWN_EDGE
+
     viewer = make_napari_viewer()
     low, _ = phantom(n=6, size=64)
     add_ct(viewer, low.copy())
@@ -186,7 +190,9 @@ def test_hand_edits_on_the_lesions_layer_survive_the_threshold(make_napari_viewe
     boxes = viewer.layers["low lesions"]
     assert len(boxes.data) == 4
     boxes.add_rectangles(np.array([[2, 50, 50], [2, 50, 60], [2, 58, 60], [2, 58, 50]], float))  # drawn
-    assert np.isnan(boxes.features["score"].iloc[-1]) and boxes.text.values[-1] == ""  # no score of the last row
+    assert np.isnan(boxes.features["score"].iloc[-1]) and boxes.text.values[-1] == "drawn"  # not the last row's
+    orange = tuple(transform_color(DRAWN_EDGE)[0])
+    np.testing.assert_allclose(boxes.edge_color[-1], orange)  # seen (napari draws a NaN score transparent)
     moved = np.array(boxes.data[1]) + [0, 3, 2]  # the 0.8 box, moved 3 px down and 2 right
     boxes.data = [moved if k == 1 else d for k, d in enumerate(boxes.data)]
     boxes.selected_data = {2}
@@ -199,6 +205,7 @@ def test_hand_edits_on_the_lesions_layer_survive_the_threshold(make_napari_viewe
         np.testing.assert_allclose(boxes.data[int(np.nanargmin(np.abs(scores - 0.8)))], moved)
         drawn = [d for d, v in zip(boxes.data, scores) if not np.isfinite(v)]
         assert len(drawn) == 1 and drawn[0][:, 0].tolist() == [2, 2, 2, 2]
+        np.testing.assert_allclose(boxes.edge_color[np.isnan(scores)][0], orange)
 
 
 def test_current_slice_scope(make_napari_viewer, qtbot, model_dir: Path) -> None:

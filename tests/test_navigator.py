@@ -740,6 +740,30 @@ def test_the_current_finding_s_box_is_drawn_white_at_its_width(case) -> None:
     assert [float(w) for w in boxes.edge_width] == base and [float(w) for w in reviewed.edge_width] == kept_width
 
 
+def test_the_mark_with_boxes_selected_and_on_a_recoloured_reviewed_layer(case) -> None:
+    """Review 2026-12-07: with the reader's box selected, moving on left two boxes white (napari's setter of the
+    new-box colour recolours the selection), or none; and a box drawn on the reviewed layer recoloured it by status,
+    wiping the current box's mark, which the earlier widened outline had survived."""
+    viewer, widget, image, boxes, _ = case
+    widget.select(1)
+    boxes.mode = "select"
+    boxes.selected_data = {1}  # the reader clicks the current (white) box
+    widget.select(2)
+    assert _white(boxes) == [False, False, True]
+    boxes.selected_data = {0}  # another box first, then the row of box 1
+    widget.select(1)
+    assert _white(boxes) == [False, True, False]
+    boxes.selected_data = set()
+    boxes.mode = "pan_zoom"
+    widget.accept(0)
+    widget.accept(1)
+    reviewed = viewer.layers[f"{image.name} reviewed"]
+    widget.select(0)
+    reviewed.add_rectangles(np.array([[2, 1, 1], [2, 1, 5], [2, 5, 5], [2, 5, 1]], float))  # the reader adds one
+    assert len(widget.findings) == 4  # read now: three detections and the drawn box
+    assert widget.current_id() == 0 and _white(reviewed)[0] and sum(_white(reviewed)) == 1
+
+
 def test_the_mark_survives_the_score_colours_and_dimming(make_napari_viewer, tmp_path: Path) -> None:
     """On a layer coloured by score (the Denoise dock's), the current box stays white through a rejection's dimming
     and a recolouring by score; moving on gives it its score colour back."""

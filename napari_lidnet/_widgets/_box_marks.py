@@ -119,10 +119,15 @@ def unmark(mark: tuple[Any, int, np.ndarray] | None, layers: Any) -> None:
 
 def _set_edges(layer: Any, colours: np.ndarray) -> None:
     """Set each shape's outline colour; a box drawn later still takes the layer's colour for new boxes (napari
-    makes the last colour set the new boxes' one)."""
-    new_boxes = layer.current_edge_color
+    makes the last colour set the new boxes' one), and no selected shape takes it (napari's setter of that colour
+    recolours the selection: a selected box went white, or lost its mark)."""
+    new_boxes, selected = layer.current_edge_color, set(layer.selected_data)
+    if selected:
+        layer.selected_data = set()
     layer.edge_color = colours
     layer.current_edge_color = new_boxes
+    if selected:
+        layer.selected_data = selected
 
 
 def _hold_score_range(layer: Any) -> None:

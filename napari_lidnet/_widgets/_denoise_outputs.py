@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from napari.layers import Shapes
 
 BOX_COLORMAP = "plasma"
+DRAWN_EDGE = "#f58231"  # a box drawn by hand (no score): the reviewed layer's colour of an added box
 BOX_SCORE_RANGE = (0.0, 1.0)  # one colour per score, whatever the threshold shows
 BOX_TEXT_COLOR = "yellow"
 
@@ -214,7 +215,7 @@ class DenoiseOutputs:
             "shape_type": "rectangle",
             "features": features,
             "edge_color": "score",
-            "edge_colormap": BOX_COLORMAP,
+            "edge_colormap": _box_colormap(),
             "edge_contrast_limits": BOX_SCORE_RANGE,
             "edge_width": 2,
             "face_color": "transparent",
@@ -225,3 +226,14 @@ class DenoiseOutputs:
             **self._geometry(None),
         }
         self._place("lesions", [s for s, _ in shapes], kwargs, "shapes")
+
+
+def _box_colormap() -> Any:
+    """The score colour map, drawing a box without a score (drawn by hand) in ``DRAWN_EDGE``: napari's NaN colour is
+    transparent, and a drawn box was invisible."""
+    from napari.utils.colormaps import ensure_colormap
+    from napari.utils.colormaps.colormap import Colormap
+
+    base = ensure_colormap(BOX_COLORMAP)
+    return Colormap(colors=base.colors, controls=base.controls, interpolation=base.interpolation,
+                    name=f"{BOX_COLORMAP} (drawn: orange)", nan_color=DRAWN_EDGE)  # fmt: skip

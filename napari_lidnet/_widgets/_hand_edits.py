@@ -10,8 +10,8 @@ import numpy as np
 
 from ..layer_data import boxes_to_shapes
 
-#: features of a box drawn by hand on the lesions layer: no detector score, no detection, no label
-DRAWN_BOX = {"score": np.nan, "slice": -1, "detection": "", "label": ""}
+#: features of a box drawn by hand on the lesions layer: no detector score, no detection; labelled "drawn"
+DRAWN_BOX = {"score": np.nan, "slice": -1, "detection": "", "label": "drawn"}
 
 
 def detection_keys(rows: np.ndarray) -> list[str]:
@@ -69,6 +69,6 @@ class HandEdits:
             "score": pd.Series([*rows[:, 5].astype(float), *[np.nan] * len(extra)], dtype=float),
             "slice": pd.Series([*rows[:, 0].astype(int), *slices], dtype=int),
             "detection": pd.Series([*keys, *[""] * len(extra)], dtype=object),  # text even when there is none
-            "label": pd.Series([*(f"{v:.2f}" for v in rows[:, 5]), *[""] * len(extra)], dtype=object),
+            "label": pd.Series([*(f"{v:.2f}" for v in rows[:, 5]), *["drawn"] * len(extra)], dtype=object),
         })  # fmt: skip
         return [*shapes, *extra], features

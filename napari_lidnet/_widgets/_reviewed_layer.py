@@ -109,6 +109,7 @@ class ReviewedLayer:
             layer.refresh_text()
         finally:
             self._syncing = False
+        self._mark_again()
 
     def _stored(self, key: str) -> list:
         """A list the reviewed layer's metadata keeps (``rejected``, ``kept``); empty when there is none."""
@@ -274,3 +275,4 @@ class ReviewedLayer:
             layer.refresh_text()
         finally:
             self._syncing = False
+        self._mark_again()  # the statuses' colours went over the current box's mark

@@ -646,6 +646,11 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         finally:
             self._dimming = False
 
+    def _mark_again(self) -> None:
+        """The current finding's box marked again (its layer was recoloured: the reviewed layer's statuses)."""
+        fid = self.current_id()
+        self._set_mark(self.finding(fid) if fid is not None else None)
+
     def _mark_finding(self, f: Finding) -> Any:
         """Mark the outline of ``f``'s box: on the reviewed layer when kept, else on the detections."""
         reviewed = self.reviewed_layer
