@@ -892,6 +892,18 @@ def test_an_assumed_voxel_size_is_not_written_as_measured(tmp_path, suffix) -> N
     np.save(tmp_path / "ct.npy", low)
     assert main(["denoise", str(tmp_path / "ct.npy"), str(tmp_path / f"out{suffix}")]) == 0
     assert read_array(tmp_path / f"out{suffix}").metadata["spacing_assumed"]
+    # a DICOM series without PixelSpacing: its slice spacing is measured from the positions, and stays (review)
+    import pydicom
+    from conftest import synthetic_hu, write_series
+
+    uid = "1.2.826.0.1.3680043.8.498.66"
+    for f in write_series(tmp_path / "dcm", synthetic_hu((3, 32, 32), seed=2), series_uid=uid):
+        ds = pydicom.dcmread(f)
+        del ds.PixelSpacing
+        ds.save_as(f)
+    assert main(["denoise", str(tmp_path / "dcm"), str(tmp_path / f"dcm{suffix}")]) == 0
+    back = read_array(tmp_path / f"dcm{suffix}")
+    assert back.metadata["spacing_assumed"] and back.spacing[0] == pytest.approx(2.5)
 
 
 def test_denoising_our_own_output_again_says_so(tmp_path, capsys) -> None:

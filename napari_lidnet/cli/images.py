@@ -176,11 +176,11 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         hu = denoise(model, vol.hu, device=dev, progress=print_progress, remove_sd=args.remove_sd,
                      leave_sd=args.leave_sd)  # fmt: skip
         known = not vol.metadata.get("orientation_unknown")  # an array's or a PNG's made-up geometry stays out
-        spacing = None if vol.metadata.get("spacing_assumed") else vol.spacing  # an assumed 1 mm stays assumed
-        write_array(out, hu, spacing, *((vol.origin, vol.direction) if known else (None, None)))
+        assumed = bool(vol.metadata.get("spacing_assumed"))  # an assumed 1 mm stays assumed (slice spacing kept)
+        write_array(out, hu, vol.spacing, *((vol.origin, vol.direction) if known else (None, None)), assumed)
         _note_noise(vol.hu, hu, args.remove_sd, args.leave_sd)  # once written: a failed write says only why
-        if out.suffix.lower() == ".npy" and spacing is not None:
-            size = " x ".join(f"{v:g}" for v in spacing)
+        if out.suffix.lower() == ".npy" and not assumed:
+            size = " x ".join(f"{v:g}" for v in vol.spacing)
             print(f"note: .npy keeps no voxel size ({size} mm); .npz, .tif and DICOM keep it", file=sys.stderr)
     else:
         from napari_lidnet.batch import denoise_into

@@ -21,9 +21,11 @@ from .volume import CTVolume
 
 ARRAY_SUFFIXES = {".npy", ".npz", ".tif", ".tiff"}
 #: the .npz members (besides ``hu``) that hold geometry: voxel size, origin (z, y, x order) and direction (3 x 3)
-GEOMETRY_KEYS = ("spacing", "origin", "direction")
-#: their names in the description of a TIFF this package writes
-TIFF_NAMES = {"spacing": "spacing_mm", "origin": "origin_mm", "direction": "direction"}
+GEOMETRY_KEYS = ("spacing", "origin", "direction", "spacing_assumed")
+#: their names in the description of a TIFF this package writes (``spacing_assumed``: 1 when the in-plane pixel size
+#: was assumed where the file came from; the slice spacing may still be measured)
+TIFF_NAMES = {"spacing": "spacing_mm", "origin": "origin_mm", "direction": "direction",
+              "spacing_assumed": "spacing_assumed"}  # fmt: skip
 
 
 def _npy_header(fh: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
@@ -161,10 +163,12 @@ def read_array(path: str | Path) -> CTVolume:
             raise  # ours, or an OSError naming the file
         raise ValueError(f"{path}: cannot read array file ({type(exc).__name__}: {one_line(str(exc))})") from exc
     check_image_shape(hu.shape, hu.dtype, str(path))
-    assumed = "spacing" not in geometry
-    if assumed:
+    assumed = "spacing" not in geometry or bool(geometry.get("spacing_assumed", np.zeros(1)).any())
+    if "spacing" not in geometry:
         notes.append(f"{path.name}: the file stores no pixel spacing; sizes in mm assume 1 mm voxels")
-    spacing = geometry["spacing"].ravel() if not assumed else np.ones(hu.ndim)
+    elif assumed:
+        notes.append(f"{path.name}: the file records its pixel size as assumed (1 mm where it came from)")
+    spacing = geometry["spacing"].ravel() if "spacing" in geometry else np.ones(hu.ndim)
     if spacing.size != hu.ndim or not np.all(spacing > 0):
         raise ValueError(f"{path}: spacing {spacing.tolist()} must be {hu.ndim} positive numbers (mm per axis)")
     origin, direction = _patient_geometry(path, geometry, hu.ndim)
@@ -187,17 +191,20 @@ def _patient_geometry(path: Path, geometry: dict[str, np.ndarray], ndim: int) ->
     return tuple(origin.tolist()), direction
 
 
-def write_array(out: str | Path, hu: np.ndarray, spacing: tuple[float, ...] | None,
-                origin: tuple[float, ...] | None = None, direction: np.ndarray | None = None) -> Path:  # fmt: skip
+def write_array(out: str | Path, hu: np.ndarray, spacing: tuple[float, ...], origin: tuple[float, ...] | None = None,
+                direction: np.ndarray | None = None, spacing_assumed: bool = False) -> Path:  # fmt: skip
     """Write ``hu`` as .npy, .npz (``hu``, ``spacing`` and, when given, ``origin`` and ``direction``) or TIFF (the
     same in its description; x/y spacing also in its resolution tags), created exclusively; a failed or killed write
-    leaves no file under ``out``. A .npy keeps no geometry; ``spacing`` None: none known (an assumed 1 mm is not
-    written as if measured). ``origin`` and ``direction`` (a :class:`CTVolume`'s) go together or not at all."""
+    leaves no file under ``out``. A .npy keeps no geometry. ``origin`` and ``direction`` (a :class:`CTVolume`'s)
+    go together or not at all. ``spacing_assumed``: the in-plane pixel size was assumed, recorded so (a later read
+    took a made-up 1 mm as measured)."""
     out = Path(out)
     suffix = out.suffix.lower()
     if (origin is None) != (direction is None):
         raise ValueError("give both origin and direction, or neither")
-    geometry = {} if spacing is None else {"spacing": np.asarray(spacing, dtype=float)}
+    geometry = {"spacing": np.asarray(spacing, dtype=float)}
+    if spacing_assumed:
+        geometry["spacing_assumed"] = np.ones(1)
     if origin is not None:
         geometry.update(origin=np.asarray(origin, dtype=float), direction=np.asarray(direction, dtype=float))
     with new_file(out) as tmp, open(tmp, "xb") as fh:  # appears whole under ``out`` or not at all
@@ -209,10 +216,7 @@ def write_array(out: str | Path, hu: np.ndarray, spacing: tuple[float, ...] | No
             import tifffile
 
             meta = {TIFF_NAMES[k]: v.tolist() for k, v in geometry.items()}
-            if spacing is None:
-                tifffile.imwrite(fh, hu, photometric="minisblack", metadata=meta)
-            else:
-                dy, dx = (float(v) for v in spacing[-2:])
-                tifffile.imwrite(fh, hu, photometric="minisblack", metadata=meta, resolution=(10.0 / dx, 10.0 / dy),
-                                 resolutionunit="CENTIMETER")  # fmt: skip
+            dy, dx = (float(v) for v in spacing[-2:])
+            tifffile.imwrite(fh, hu, photometric="minisblack", metadata=meta, resolution=(10.0 / dx, 10.0 / dy),
+                             resolutionunit="CENTIMETER")  # fmt: skip
     return out
