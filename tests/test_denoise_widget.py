@@ -170,13 +170,14 @@ def test_volume_run_layers_geometry_threshold_and_rerun(make_napari_viewer, qtbo
     assert widget._cache.hits == 2
 
 
-def test_hand_edits_on_the_lesions_layer_survive_the_threshold(make_napari_viewer, qtbot, model_dir: Path) -> None:
+def test_hand_edits_on_the_lesions_layer_survive_the_threshold(make_napari_viewer, qtbot, model_dir, tmp_path) -> None:
     """Walkthrough 2026-12-07: a box drawn on the lesions layer vanished at the next threshold move, a moved box jumped
     back to where the detector had put it, and a drawn box took the last row's score (0.51, shown and exported).
     A drawn box has no score and stays; a moved one stays where the reader put it; a deleted one stays deleted."""
     from napari.utils.colormaps.standardize_color import transform_color
 
     from napari_lidnet._widgets._denoise_outputs import DRAWN_EDGE
+    from napari_lidnet.io.boxes_io import read_boxes_csv
 
     viewer = make_napari_viewer()
     low, _ = phantom(n=6, size=64)
@@ -206,6 +207,31 @@ def test_hand_edits_on_the_lesions_layer_survive_the_threshold(make_napari_viewe
         drawn = [d for d, v in zip(boxes.data, scores) if not np.isfinite(v)]
         assert len(drawn) == 1 and drawn[0][:, 0].tolist() == [2, 2, 2, 2]
         np.testing.assert_allclose(boxes.edge_color[np.isnan(scores)][0], orange)
+    # the count and the export are the layer's: the deleted 0.7 left out, the moved 0.8 where the reader put it
+    assert widget.status.text().endswith("3 boxes (3 lesions) with score >= 0.30 (hand edits: 1 deleted, 1 moved, "
+                                         "1 drawn)"), widget.status.text()
+    out = widget.export_boxes(tmp_path / "boxes.csv")
+    exported = read_boxes_csv(out)
+    assert sorted(np.round(exported[:, 5], 1)) == [0.6, 0.8, 0.9]
+    np.testing.assert_allclose(exported[np.argmin(np.abs(exported[:, 5] - 0.8)), :5], [2, 32, 33, 42, 47])
+
+
+def test_the_box_export_of_an_assumed_pixel_size_has_no_mm(make_napari_viewer, qtbot, model_dir, tmp_path) -> None:
+    """Review 2026-12-07: the dock's box export of a DICOM without PixelSpacing (1 mm assumed) wrote lps_* columns
+    from the made-up pixel, where `lidnet detect` writes none."""
+    import csv
+
+    viewer = make_napari_viewer()
+    low, _ = phantom(n=3, size=64)
+    add_ct(viewer, low, metadata={"hu": True, "spacing_assumed": True, "affine_lps": np.eye(4).tolist()},
+           scale=(2.5, 1.0, 1.0))  # fmt: skip
+    widget = make_widget(viewer, qtbot)
+    run_and_wait(widget, qtbot)
+    widget._last["result"] = dataclasses.replace(widget._last["result"], boxes=np.array([[1, 10, 10, 20, 20, 0.9]]))
+    widget.set_threshold(0.5)
+    out = widget.export_boxes(tmp_path / "boxes.csv")
+    header = next(csv.reader(out.open()))
+    assert not any(c.endswith("_mm") for c in header), header
 
 
 def test_current_slice_scope(make_napari_viewer, qtbot, model_dir: Path) -> None:

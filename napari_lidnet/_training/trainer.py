@@ -147,8 +147,10 @@ class Trainer:
         self.should_stop = should_stop or (lambda: False)
         self.rank, self.world_size = distributed.rank_and_world()
         self.out = Path(config.out).expanduser().resolve()
-        if self.rank == 0 and (self.out / STATE_FILE).exists():  # another run's folder in use: refused before its
-            self._check_free()  # state is read ("resuming the run in ..." was said first, then the refusal)
+        busy = self._holder() if self.rank == 0 and (self.out / STATE_FILE).exists() else None  # before its state
+        busy = distributed.broadcast_object(busy)  # is read ("resuming the run in ..." was said, then the refusal);
+        if busy:  # every rank refuses (the others waited for a rank 0 that had left)
+            raise TrainingError(busy)
         self._new_manifest: tuple | None = None
         self._data_record: dict[str, Any] = {}  # where the slices came from, for the cards
         self._manifest_dose: float | None = None  # the dose of a manifest given as data
@@ -328,12 +330,13 @@ class Trainer:
             if trained or path.with_suffix(".json").exists():
                 setattr(self, kind, load_weights(path)[0].to(self.device))
 
-    def _check_free(self) -> None:
-        """TrainingError when another run holds the run folder's lock."""
+    def _holder(self) -> str | None:
+        """Why the run folder is refused when another run holds its lock; None when it is free."""
         try:
             FolderLock(self.out, LOCK_FILE).close()
         except FolderInUse as exc:
-            raise TrainingError(_in_use(self.out, exc.holder)) from None
+            return _in_use(self.out, exc.holder)
+        return None
 
     def resume_line(self) -> str:
         """What a resumed run goes on from ('' for a new run): the stages finished and the steps they hold."""

@@ -123,17 +123,19 @@ class DenoiseExports:
         src, rows = self._last["layer"], self.shown_boxes
         n = n_slices(src.data)
         slices = slice_columns(src.metadata, n)
-        geometry = (patient_affine(src.metadata, src.metadata.get("affine_lps")),  # from the reader
+        known = has_voxel_size(src)  # an assumed 1 mm gives no mm and no patient position (as lidnet detect)
+        geometry = (patient_affine(src.metadata, src.metadata.get("affine_lps")) if known else None,  # the reader's
                     per_slice(src.metadata, "slice_ipp", n))  # fmt: skip
         den, det = self._last["labels"]
         about = {"input": src.metadata.get("source") or src.name, "layer": src.name, "detector": det,
                  "denoised_first_by": den or None, "remove_sd": self._last.get("remove_sd"),
                  "leave_sd": self._last.get("leave_sd"),
-                 "threshold": round(float(self.threshold), 4), "spacing_mm": [float(v) for v in src.scale],
+                 "threshold": round(float(self.threshold), 4),
+                 "spacing_mm": [float(v) for v in src.scale] if known else None,
                  "series_uid": src.metadata.get("series_uid")}  # fmt: skip
         try:
             check_suffix(path, [".csv", ".json"], "lesion boxes")
-            pixel_mm = src.scale[-2:] if has_voxel_size(src) else None  # no "mm" columns holding pixels
+            pixel_mm = src.scale[-2:] if known else None  # no "mm" columns holding pixels
             out = write_boxes_csv(path, rows, slices, row_lesions(rows), pixel_mm, *geometry, about)
         except (OSError, ValueError) as exc:
             self._message(f"box export failed: {exc}", error=True)
@@ -141,6 +143,9 @@ class DenoiseExports:
         reviewed = [ly.name for ly in reviewed_of(self.viewer.layers, src)]
         note = (f": the detector's, unreviewed (the review on {reviewed[0]!r} exports from the Lesion navigator)"
                 if reviewed else "")  # a walkthrough sent on boxes it had rejected there  # fmt: skip
+        edits = self._last.get("edits")
+        if edits is not None and edits.summary():  # deleted and moved as on the layer; drawn: not the detector's
+            note += f"; {edits.summary()} (drawn boxes: the Lesion navigator's review exports them)"
         self._message(f"wrote {len(rows)} boxes to {out}{note}")
         return out
 

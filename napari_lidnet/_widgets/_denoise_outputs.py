@@ -165,9 +165,20 @@ class DenoiseOutputs:
 
     @property
     def shown_boxes(self) -> np.ndarray:
-        """(N, 6) ``slice, x1, y1, x2, y2, score`` of the boxes shown (score >= threshold), absolute slices."""
+        """(N, 6) ``slice, x1, y1, x2, y2, score`` of the boxes shown (score >= threshold), absolute slices, with
+        the reader's hand edits (deleted out, moved where put; drawn boxes, scoreless, the navigator exports)."""
         if self._last is None or self._last["result"].boxes is None:
             return np.zeros((0, 6), np.float32)
+        rows, edits = self._detected_rows(), self._last.get("edits")
+        if edits is None:
+            return rows
+        layer = self._live("lesions")
+        if layer is not None:
+            edits.read(layer)  # edits made since the layer was last drawn
+        return edits.rows(rows)  # as the reader left them on the layer
+
+    def _detected_rows(self) -> np.ndarray:
+        """The detector's rows with score >= threshold, before any hand edit."""
         rows = np.asarray(self._last["result"].boxes, np.float32).reshape(-1, 6)
         return rows[rows[:, 5] >= self.threshold - 1e-6]
 
@@ -178,7 +189,9 @@ class DenoiseOutputs:
         rows = self.shown_boxes
         lesions = int(row_lesions(rows).max(initial=0)) if len(rows) else 0
         boxes = f"{len(rows)} box{'es' if len(rows) != 1 else ''}"
-        return f"{boxes} ({lesions} lesion{'s' if lesions != 1 else ''}) with score >= {self.threshold:.2f}"
+        edits = self._last.get("edits") if self._last is not None else None
+        note = f" ({edits.summary()})" if edits is not None and edits.summary() else ""
+        return f"{boxes} ({lesions} lesion{'s' if lesions != 1 else ''}) with score >= {self.threshold:.2f}{note}"
 
     def _show_boxes(self, rebuild: bool = False, threshold_only: bool = False) -> None:
         if self._last is None:
@@ -187,7 +200,7 @@ class DenoiseOutputs:
             self._drop("lesions")
             return
         src = self._last["layer"]
-        rows = self.shown_boxes
+        rows = self._detected_rows()
         rows = rows[np.argsort(-rows[:, 5], kind="stable")]  # highest first: a raised threshold cuts the tail, and
         ndim = src.ndim  # napari's cut feature table already holds the right scores (the navigator reads once)
         layer: Shapes | None = self._live("lesions")

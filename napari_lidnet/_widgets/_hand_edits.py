@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..layer_data import boxes_to_shapes
+from ..layer_data import boxes_to_shapes, shapes_to_boxes
 
 #: features of a box drawn by hand on the lesions layer: no detector score, no detection; labelled "drawn"
 DRAWN_BOX = {"score": np.nan, "slice": -1, "detection": "", "label": "drawn"}
@@ -49,6 +49,24 @@ class HandEdits:
                 self.moved[key] = (verts, kind)
         self.deleted |= set(self._written) - present
         self.drawn = drawn
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """The detector's ``slice, x1, y1, x2, y2, score`` rows as the reader left them: the deleted left out, the
+        moved at their new place (drawn boxes have no score: the navigator's review exports them)."""
+        rows = np.asarray(rows, np.float32).reshape(-1, 6)
+        keys = detection_keys(rows)
+        out = rows[[k not in self.deleted for k in keys]].copy()
+        for i, key in enumerate(k for k in keys if k not in self.deleted):
+            if key in self.moved:
+                box = shapes_to_boxes([self.moved[key][0]])[0]
+                out[i, :5] = box if self.moved[key][0].shape[1] >= 3 else [out[i, 0], *box[1:]]
+        return out
+
+    def summary(self) -> str:
+        """'hand edits: 1 deleted, 1 moved, 1 drawn' ('' with none)."""
+        parts = [f"{n} {what}" for n, what in ((len(self.deleted), "deleted"), (len(self.moved), "moved"),
+                                                (len(self.drawn), "drawn")) if n]  # fmt: skip
+        return f"hand edits: {', '.join(parts)}" if parts else ""
 
     def apply(self, rows: np.ndarray, ndim: int, all_rows: np.ndarray) -> tuple[list[tuple[np.ndarray, str]], Any]:
         """(shapes, features) of the boxes ``rows`` (those over the threshold, of ``all_rows``) with the edits: the

@@ -84,7 +84,8 @@ def places_patient(layer: Any) -> bool:
     """Whether the layer's source places it in the patient (a DICOM geometry with an orientation): its positions are
     patient LPS mm, not the viewer's world."""
     meta = getattr(layer, "metadata", None) or {}
-    return meta.get("affine_lps") is not None and not meta.get("orientation_unknown")
+    known = not meta.get("spacing_assumed")  # positions on a made-up 1 mm pixel are not the patient's
+    return meta.get("affine_lps") is not None and not meta.get("orientation_unknown") and known
 
 
 def recorded_dose(layer: Any) -> float | None:

@@ -81,11 +81,13 @@ class ReadingRoom:
 
     def close(self) -> None:
         """Unbind the keys, disconnect the events and the right-drag, remove the orientation letters and undo their
-        head-up turn of the camera."""
+        head-up turn of the camera, and take the window readout off the canvas (it would no longer follow)."""
         self.watch.close()
         if self._window_drag in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.remove(self._window_drag)
         self.orientation.remove()
+        overlay = self.viewer.canvas.overlays["text"]
+        overlay.text, overlay.visible = "", False
 
     # ------------------------------------------------------------------------------------------------ layers
     def ct_layers(self) -> list[Any]:
