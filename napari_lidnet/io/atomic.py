@@ -152,7 +152,7 @@ def new_file(out: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside the new file ``out`` to write; when the block ends it becomes ``out``, and on
     an error (or a kill) no file is under ``out``."""
     out = check_new(out)
-    remove_stale_partials(out.parent)  # any killed write's leftovers here, whatever the name it was writing
+    remove_stale_partials(out.parent, out.name)  # only its own name's: another machine's write may share the folder
     tmp = partial_name(out)
     try:
         with _named_as(tmp, out):
@@ -171,7 +171,7 @@ def new_folder(out_dir: str | os.PathLike) -> Iterator[Path]:
     milliseconds leaves part of the set). The caller has checked that ``out_dir`` is new or empty."""
     out_dir = Path(out_dir)
     existing = out_dir.is_dir()
-    remove_stale_partials(out_dir if existing else out_dir.parent)
+    remove_stale_partials(out_dir if existing else out_dir.parent, None if existing else out_dir.name)
     tmp = out_dir / partial_name(out_dir).name if existing else partial_name(out_dir)
     tmp.mkdir(parents=not existing)
     try:
