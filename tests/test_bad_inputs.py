@@ -190,7 +190,7 @@ def test_detect_writes_boxes_only_as_csv_or_json(corpus, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("cmd", ["denoise", "detect"])
-def test_all_series_refuses_a_series_and_a_file_name(corpus, tmp_path, capsys, cmd):
+def test_all_series_refuses_a_series_and_a_file_name(corpus, models, tmp_path, capsys, cmd):
     """CLI audit 2026-12-07: `--all-series --series UID` processed every series without a word, and `detect
     --all-series --out x.csv` made a folder named x.csv holding the CSV files."""
     before = snapshot(corpus)
@@ -199,7 +199,11 @@ def test_all_series_refuses_a_series_and_a_file_name(corpus, tmp_path, capsys, c
     assert_refused(rc, lines, cmd, r"--series picks one series of one input; --all-series takes every one")
     rc, lines = run_cli(capsys, *_cli_args(cmd, corpus / "dicom" / "good", tmp_path / "boxes.csv"), "--all-series")
     assert_refused(rc, lines, cmd, r"boxes\.csv: --all-series writes one file per series into a folder")
-    assert snapshot(corpus) == before and not list(tmp_path.iterdir())
+    assert snapshot(corpus) == before and [p.name for p in tmp_path.iterdir()] == ["models"]
+    if cmd == "denoise":  # a folder meant to be named so: ended with /, as a single output's (review)
+        rc, lines = run_cli(capsys, *_cli_args(cmd, corpus / "dicom" / "good", f"{tmp_path / 'run.final'}/"),
+                            "--all-series")  # fmt: skip
+        assert rc == 0 and (tmp_path / "run.final").is_dir(), lines
 
 
 def test_read_only_output_folder(corpus, tmp_path, capsys, monkeypatch):

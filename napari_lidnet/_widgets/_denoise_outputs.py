@@ -225,7 +225,7 @@ class DenoiseOutputs:
         kwargs = {
             "name": derived_name(src.name, "lesions"),
             "ndim": ndim,
-            "shape_type": "rectangle",
+            "shape_type": [kind for _, kind in shapes],  # a drawn ellipse or path stays one
             "features": features,
             "edge_color": "score",
             "edge_colormap": _box_colormap(),

@@ -32,9 +32,9 @@ def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
 
     if args.series is not None:  # it was ignored: every series was processed
         raise ValueError("--series picks one series of one input; --all-series takes every one: give one of them")
-    if _looks_like_a_file_type(Path(out)):  # a folder named x.csv held the CSV files
+    if not out.endswith(("/", os.sep)) and _looks_like_a_file_type(Path(out)):  # a folder named x.csv held the CSVs
         raise ValueError(f"{out}: --all-series writes one file per series into a folder; give a folder name, not a "
-                         f"file name ending in {Path(out).suffix}")  # fmt: skip
+                         f"file name ending in {Path(out).suffix} (a folder named so: end it with /)")  # fmt: skip
 
     model, dev, card = load_model_arg(args.model, "denoiser" if task == "denoise" else "detector", args.device)
     bar = tqdm(unit="series", file=sys.stderr, dynamic_ncols=True, disable=None)
