@@ -249,4 +249,4 @@ def _box_colormap() -> Any:
 
     base = ensure_colormap(BOX_COLORMAP)
     return Colormap(colors=base.colors, controls=base.controls, interpolation=base.interpolation,
-                    name=f"{BOX_COLORMAP} (drawn: orange)", nan_color=DRAWN_EDGE)  # fmt: skip
+                    name="lidnet boxes", nan_color=DRAWN_EDGE)  # napari lists it by name: short  # fmt: skip
