@@ -180,16 +180,16 @@ def test_side_by_side_the_status_bar_reads_the_image_in_the_cursors_cell(viewer_
 
 def test_the_window_and_level_are_shown_on_the_image_in_hu(viewer_with_ct, qtbot) -> None:
     """Walkthrough 2026-12-07: after a drag or a preset key no number said which window was on; a PACS shows it in a
-    corner of the image. The lower right corner reads 'W .. L .. HU', following keys, napari's slider and removal."""
+    corner of the image. The lower right corner reads 'W .. L ..' (HU), following keys, napari's slider and removal."""
     from napari_lidnet._widgets.reading_room import ReadingRoom
 
     viewer, ct = viewer_with_ct
     widget = LoadCTWidget(viewer)
     overlay = viewer.canvas.overlays["text"]
     press(viewer, "2")  # lung: -600 / 1500
-    assert overlay.visible and overlay.text == "W 1500  L -600 HU" and overlay.position == "bottom_right"
+    assert overlay.visible and overlay.text == "W 1500  L -600" and overlay.position == "bottom_right"
     ct.contrast_limits = (-100, 300)  # napari's own slider
-    assert overlay.text == "W 400  L 100 HU"
+    assert overlay.text == "W 400  L 100"
     viewer.layers.remove(ct)
     assert not overlay.visible
     viewer.add_image(np.full((4, 64, 64), 40.0, np.float32), name="ct", metadata={"hu": True})

@@ -64,7 +64,6 @@ class CompareView:
         for ly in shown:  # each image's name over it (also while flipping), tiled with the orientation letter
             self._saved["names"].setdefault(ly, (ly.name_overlay.visible, ly.name_overlay.position))
             ly.name_overlay.visible, ly.name_overlay.position = True, "top_center"
-        self.room.set_caption("F: flip in place")  # short: after the window readout, in the lower right corner
         self.link_windows()
 
     def link_windows(self) -> None:
@@ -107,7 +106,6 @@ class CompareView:
             centre, zoom = tuple(cam.center), cam.zoom
             grid(self.viewer).enabled = False
             cam.center, cam.zoom = centre, zoom
-        self.room.set_caption("")
         before, after = self.pair
         shown = before if after.visible else after
         for ly in self.viewer.layers:  # == not "is": napari gives plugins a new proxy of a layer at each access
@@ -142,7 +140,6 @@ class CompareView:
                 ly.visible = visible
         cam = camera(self.viewer)
         cam.center, cam.zoom, cam.angles = self._saved["camera"]
-        self.room.set_caption("")
         for ly, (visible, position) in self._saved["names"].items():
             ly.name_overlay.visible, ly.name_overlay.position = visible, position
         self._saved = None

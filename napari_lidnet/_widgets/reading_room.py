@@ -44,7 +44,6 @@ class ReadingRoom:
         self.viewer = viewer
         self.linked = True
         self._syncing = False
-        self._caption = ""  # a note after the window readout (Compare's "F: flip in place")
         self._owners: weakref.WeakSet = weakref.WeakSet()
         self.watch = LayerWatch(viewer, lambda _renamed: None)  # every hook-up, undone by close
         self.watch.connect(viewer.layers.events.inserted, self._on_inserted)
@@ -161,19 +160,14 @@ class ReadingRoom:
         else:
             self.show_window(layer)
 
-    def set_caption(self, text: str) -> None:
-        """A short note shown after the window readout ('' for none)."""
-        self._caption = text
-        self.show_window()
-
     def show_window(self, layer: Any = None) -> None:
         """The window and level in HU of ``layer`` (default: the active or top CT layer) in the canvas's lower right
         corner, as a PACS shows them, updated as they change (by key, drag, preset or napari's slider)."""
         layer = layer if is_ct_image(layer) else self.target_ct()
         overlay = self.viewer.canvas.overlays["text"]
         text = window_text(tuple(layer.contrast_limits)) if layer is not None else ""
-        overlay.text = "   ".join(t for t in (text, self._caption) if t)
-        overlay.position = "bottom_right"  # clear of the orientation letters centred on each edge
+        overlay.text = text
+        overlay.position = "bottom_right"  # short: clear of the orientation letter centred on a third panel's edge
         overlay.visible = bool(overlay.text)
 
     def target_ct(self) -> Any | None:
@@ -259,9 +253,9 @@ class ReadingRoom:
 
 
 def window_text(limits: tuple[float, float]) -> str:
-    """'W 400  L 40 HU' of contrast limits (low, high) in HU."""
+    """'W 400  L 40' (HU) of contrast limits (low, high) in HU, as a PACS writes it."""
     lo, hi = (float(v) for v in limits)
-    return f"W {hi - lo:.0f}  L {(hi + lo) / 2:.0f} HU"
+    return f"W {hi - lo:.0f}  L {(hi + lo) / 2:.0f}"
 
 
 def voxel_at(layer: Any, position: Any) -> tuple[int, ...] | None:
