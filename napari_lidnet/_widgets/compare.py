@@ -101,7 +101,8 @@ class CompareView:
         if not self._valid():
             return None
         self._remember()
-        if grid(self.viewer).enabled:  # from side by side: the same spot at the same zoom (a finding in view stays)
+        from_grid = bool(grid(self.viewer).enabled)
+        if from_grid:  # from side by side: the same spot at the same zoom (a finding in view stays)
             cam = camera(self.viewer)
             centre, zoom = tuple(cam.center), cam.zoom
             grid(self.viewer).enabled = False
@@ -109,8 +110,8 @@ class CompareView:
         before, after = self.pair
         shown = before if after.visible else after
         for ly in self.viewer.layers:  # == not "is": napari gives plugins a new proxy of a layer at each access
-            self._keep_visibility(ly)  # boxes, calipers, regions: as before the comparison (side by side hid them)
-            drawn = self._saved["visible"][ly]
+            self._keep_visibility(ly)  # boxes, calipers, regions: from side by side (which hid them) as before the
+            drawn = self._saved["visible"][ly] if from_grid else ly.visible  # comparison; else as the reader left them
             ly.visible = ly == shown or (drawn and ly not in self.pair and not self._is_image(ly))
         self.link_windows()
         return shown
