@@ -764,6 +764,33 @@ def test_the_mark_with_boxes_selected_and_on_a_recoloured_reviewed_layer(case) -
     assert widget.current_id() == 0 and _white(reviewed)[0] and sum(_white(reviewed)) == 1
 
 
+def test_a_box_moved_by_hand_on_the_dock_s_layer_stays_its_finding(case) -> None:
+    """Walkthrough 2026-12-07: moving a pending box on the Denoise dock's lesions layer (not with Edit) dropped its
+    finding and listed the box as a new one (another id); a rejected one came back pending. The dock's detection key
+    of each box (its ``detection`` feature) keeps a moved box its id and status (kept boxes move with Edit)."""
+    viewer, widget, image, boxes, _ = case
+    boxes.features = {**{k: boxes.features[k] for k in boxes.features}, "detection": ["a", "b", "c"]}
+    widget.load(boxes, image)
+    ids = [f.id for f in widget.findings]
+    widget.reject(1)
+    data = list(boxes.data)
+    data[0] = data[0] + [0, 1, 2]  # pending box 0 moved 1 px down, 2 px right
+    data[1] = data[1] + [0, 2, 0]  # the rejected box 1 moved too
+    boxes.data = data
+    widget.load(boxes, image)
+    assert [f.id for f in widget.findings] == ids, [(f.id, f.status) for f in widget.findings]
+    moved = widget.finding(ids[0])
+    assert moved.status == "pending" and moved.bounds[0] == pytest.approx(_edges(data[0])[0])
+    assert widget.finding(ids[1]).status == "rejected"
+
+
+def _edges(verts) -> tuple[float, ...]:
+    """x1, y1, x2, y2 of a rectangle's vertices in pixel edges (napari's pixel-centre corners shifted back)."""
+    from napari_lidnet.layer_data import shapes_to_boxes
+
+    return tuple(float(v) for v in shapes_to_boxes([verts])[0, 1:])
+
+
 def test_the_mark_survives_the_score_colours_and_dimming(make_napari_viewer, tmp_path: Path) -> None:
     """On a layer coloured by score (the Denoise dock's), the current box stays white through a rejection's dimming
     and a recolouring by score; moving on gives it its score colour back."""

@@ -151,6 +151,8 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         self._dimming = False
         self._watched: weakref.WeakSet = weakref.WeakSet()
         self._origin: dict[int, tuple] = {}  # finding id -> its detection's key (slice, corners)
+        self._moved_key: dict[int, str] = {}  # finding id -> the Denoise dock's detection key of its box (a box moved
+        # by hand on the lesions layer is the same finding: hand_edits.detection_keys)
         self._lesions: dict[int, int] = {}  # finding id -> the lesion number shown (kept across edits)
         self._alone: set[int] = set()  # ids rejected one by one (Reject), which accepting their lesion leaves so
         self._parked: dict[tuple, Finding] = {}  # rejected findings whose detection left the layer, by key
@@ -386,7 +388,9 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         self._read_stamp = _stamp(boxes) if boxes is not None else b""
         new, shapes = self._read_findings(boxes, image) if boxes is not None and image is not None else ([], [])
         shape_of = {id(f): i for f, i in zip(new, shapes)}
-        self.findings = self._merge(new, self.findings if same else [])
+        keys = _layer_keys(boxes, new, shapes)
+        self.findings = self._merge(new, self.findings if same else [], keys)
+        self._moved_key = {f.id: keys[id(f)] for f in new if keys.get(id(f))}
         self._shape_index = {f.id: shape_of[id(f)] for f in new}
         self._measure([f for f in self.findings if not f.measures])  # the same detection keeps its measures
         self.reviewed_layer = self._find_reviewed()
@@ -412,19 +416,25 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
             self._say("choose a layer of boxes (run the detector) and its image")
         return len(self.findings)
 
-    def _merge(self, new: list[Finding], old: list[Finding]) -> list[Finding]:
+    def _merge(self, new: list[Finding], old: list[Finding], keys: dict[int, str] | None = None) -> list[Finding]:
         """New findings take the id, status and box of the old finding from the same detection; kept findings
         whose detection left stay; the others are parked, so a detection that comes back keeps its id (exports cite
-        it) and is still rejected if it was."""
+        it) and is still rejected if it was. ``keys``: the Denoise dock's detection key of each new finding (by
+        ``id()``): a pending or rejected box the reader moved on the lesions layer keeps its id and status."""
         by_origin = {**self._parked, **{self._origin[f.id]: f for f in old if f.id in self._origin}}
+        moved_from = {self._moved_key[g.id]: g for g in old if not g.kept and g.id in self._moved_key}
         next_id = max((f.id for f in [*old, *self._parked.values()]), default=-1) + 1
         origin: dict[int, tuple] = {}
         for f in new:
             key = self._key(f)
             prev = by_origin.pop(key, None)
+            was = moved_from.get((keys or {}).get(id(f), ""))
             if prev is not None:  # the same detection: the review (and any edit of the box) carries over
                 f.id, f.status, f.corners, f.slice = prev.id, prev.status, prev.corners, prev.slice
                 f.measures = prev.measures
+            elif was is not None and self._origin.get(was.id) in by_origin:  # moved by hand: its box as it is now
+                by_origin.pop(self._origin[was.id])
+                f.id, f.status = was.id, was.status
             else:
                 f.id, next_id = next_id, next_id + 1
             origin[f.id] = key
@@ -804,3 +814,13 @@ def _color(hex_color: str) -> Any:
     from qtpy.QtGui import QColor
 
     return QColor(hex_color)
+
+
+def _layer_keys(boxes: Any, findings: list[Finding], shapes: list[int]) -> dict[int, str]:
+    """The Denoise dock's detection key of each finding's box (by ``id()``; its lesions layer's ``detection``
+    feature), {} for other layers."""
+    feats = getattr(boxes, "features", None)
+    if feats is None or "detection" not in feats:
+        return {}
+    column = [str(v) for v in feats["detection"]]
+    return {id(f): column[i] for f, i in zip(findings, shapes) if i < len(column) and column[i]}
