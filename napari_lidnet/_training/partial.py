@@ -24,8 +24,7 @@ import torch
 
 from napari_lidnet.models.weights import load_weights, save_weights, weight_paths, write_atomically
 
-__all__ = ["PARTIAL", "SLOTS", "drop_partial", "load_partial", "partial_settings", "partial_step", "save_partial",
-           "where"]  # fmt: skip
+__all__ = ["PARTIAL", "SLOTS", "drop_partial", "load_partial", "partial_meta", "save_partial", "where"]
 
 PARTIAL = "partial"
 SLOTS = ("a", "b")
@@ -58,7 +57,7 @@ def save_partial(
 ) -> None:  # fmt: skip
     """Write the stage's state at ``at`` (:func:`where`) into the slot not holding the newest whole checkpoint: the
     network ``network`` (denoiser/detector) under training, then the optimiser, the schedule, the RNG and the
-    stage's ``settings`` (batch and patch size, losses: :func:`partial_settings` gives them back)."""
+    stage's ``settings`` (batch and patch size, losses: :func:`partial_meta` gives them back)."""
     from safetensors.torch import save
 
     newest = _newest_whole(out, network, at["stage"], at["stage_steps"])
@@ -102,18 +101,11 @@ def _newest_whole(out: Path, network: str, stage: str, n_steps: int) -> tuple[st
     return max(found, key=lambda f: int(f[1][0]["step"])) if found else None
 
 
-def partial_step(out: Path, network: str, stage: str, n_steps: int) -> int:
-    """The step of the newest whole checkpoint inside ``stage`` of ``n_steps`` (0: none; the stage starts over)."""
+def partial_meta(out: Path, network: str, stage: str, n_steps: int) -> dict[str, Any]:
+    """The record of the newest whole checkpoint inside ``stage`` of ``n_steps``: its ``step`` and the ``settings``
+    the stage was trained with (a resumed stage goes on with them); {} when there is none (the stage starts over)."""
     newest = _newest_whole(out, network, stage, n_steps)
-    return int(newest[1][0]["step"]) if newest is not None else 0
-
-
-def partial_settings(out: Path, network: str, stage: str, n_steps: int) -> dict[str, Any]:
-    """The settings ``stage`` of ``n_steps`` was trained with up to its newest whole checkpoint (empty: none, or
-    saved before settings were recorded): a resumed stage goes on with them, whatever the new command says."""
-    newest = _newest_whole(out, network, stage, n_steps)
-    settings = newest[1][0].get("settings") if newest is not None else None
-    return dict(settings) if isinstance(settings, dict) else {}
+    return dict(newest[1][0]) if newest is not None else {}
 
 
 def load_partial(

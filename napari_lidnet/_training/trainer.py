@@ -43,8 +43,7 @@ from napari_lidnet._training.losses import (
 from napari_lidnet._training.partial import (
     drop_partial,
     load_partial,
-    partial_settings,
-    partial_step,
+    partial_meta,
     save_partial,
     where,
 )
@@ -356,7 +355,7 @@ class Trainer:
         name, n = next(((name, n) for name, n in self.stages() if name not in done), (None, 0))
         if name is None:
             return ""
-        step = partial_step(self.out, _network(name), name, n)
+        step = int(partial_meta(self.out, _network(name), name, n).get("step", 0))
         return f"; {name} goes on from its checkpoint at step {step} of {n}" if step else f"; {name} starts"
 
     def _adopt_saved_stage(self) -> bool:
@@ -588,12 +587,11 @@ class Trainer:
     def _run_stage(self, name: str, index: int, n_steps: int) -> Iterator[dict[str, Any]]:
         """Train one stage; a stage resumed from its checkpoint goes on with the settings it was trained with (a
         resume's new --batch-size used to apply to the rest of the stage under way, though it said it would not)."""
-        own = partial_settings(self.out, _network(name), name, n_steps)
+        own = partial_meta(self.out, _network(name), name, n_steps).get("settings")
+        own = own if isinstance(own, dict) else {}  # none recorded: a checkpoint of an earlier version
         kept = {k: v for k, v in own.items() if k in TRAINING_KEYS and getattr(self.cfg, k) != v}
-        if not kept:
-            yield from self._stage_steps(name, index, n_steps)
-            return
-        given, self.cfg = self.cfg, replace(self.cfg, **kept)
+        given = self.cfg
+        self.cfg = replace(given, **kept) if kept else given
         try:
             yield from self._stage_steps(name, index, n_steps)
         finally:

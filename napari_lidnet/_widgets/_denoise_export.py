@@ -144,8 +144,9 @@ class DenoiseExports:
         note = (f": the detector's, unreviewed (the review on {reviewed[0]!r} exports from the Lesion navigator)"
                 if reviewed else "")  # a walkthrough sent on boxes it had rejected there  # fmt: skip
         edits = self._last.get("edits")
-        if edits is not None and edits.summary():  # deleted and moved as on the layer; drawn: not the detector's
-            note += f"; {edits.summary()} (drawn boxes: the Lesion navigator's review exports them)"
+        summary = edits.summary() if edits is not None else ""  # deleted and moved as on the layer; drawn: not the
+        if summary:  # detector's
+            note += f"; {summary} (drawn boxes: the Lesion navigator's review exports them)"
         self._message(f"wrote {len(rows)} boxes to {out}{note}")
         return out
 

@@ -177,9 +177,13 @@ class DenoiseOutputs:
             edits.read(layer)  # edits made since the layer was last drawn
         return edits.rows(rows)  # as the reader left them on the layer
 
+    def _result_rows(self) -> np.ndarray:
+        """Every ``slice, x1, y1, x2, y2, score`` row the detector gave in the last run."""
+        return np.asarray(self._last["result"].boxes, np.float32).reshape(-1, 6)
+
     def _detected_rows(self) -> np.ndarray:
         """The detector's rows with score >= threshold, before any hand edit."""
-        rows = np.asarray(self._last["result"].boxes, np.float32).reshape(-1, 6)
+        rows = self._result_rows()
         return rows[rows[:, 5] >= self.threshold - 1e-6]
 
     @property
@@ -190,7 +194,8 @@ class DenoiseOutputs:
         lesions = int(row_lesions(rows).max(initial=0)) if len(rows) else 0
         boxes = f"{len(rows)} box{'es' if len(rows) != 1 else ''}"
         edits = self._last.get("edits") if self._last is not None else None
-        note = f" ({edits.summary()})" if edits is not None and edits.summary() else ""
+        summary = edits.summary() if edits is not None else ""
+        note = f" ({summary})" if summary else ""
         return f"{boxes} ({lesions} lesion{'s' if lesions != 1 else ''}) with score >= {self.threshold:.2f}{note}"
 
     def _show_boxes(self, rebuild: bool = False, threshold_only: bool = False) -> None:
@@ -211,8 +216,7 @@ class DenoiseOutputs:
         edits = self._last["edits"]
         if not rebuild and layer is not None:
             edits.read(layer)  # what the reader drew, moved or deleted on it since it was last drawn
-        all_rows = np.asarray(self._last["result"].boxes, np.float32).reshape(-1, 6)
-        shapes, features = edits.apply(rows, ndim, all_rows)
+        shapes, features = edits.apply(rows, ndim, self._result_rows())
         if not rebuild and layer is not None:
             layer.data = shapes
             layer.features = features

@@ -29,9 +29,6 @@ class HandEdits:
         self.drawn: list[tuple[np.ndarray, str]] = []
         self._written: dict[str, np.ndarray] = {}  # detection key -> vertices as last drawn
 
-    def __len__(self) -> int:
-        return len(self.moved) + len(self.deleted) + len(self.drawn)
-
     def read(self, layer: Any) -> None:
         """Take in the boxes drawn, moved and deleted on ``layer`` since :meth:`apply` drew it."""
         if "detection" not in layer.features:
@@ -53,14 +50,19 @@ class HandEdits:
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """The detector's ``slice, x1, y1, x2, y2, score`` rows as the reader left them: the deleted left out, the
         moved at their new place (drawn boxes have no score: the navigator's review exports them)."""
-        rows = np.asarray(rows, np.float32).reshape(-1, 6)
-        keys = detection_keys(rows)
-        out = rows[[k not in self.deleted for k in keys]].copy()
-        for i, key in enumerate(k for k in keys if k not in self.deleted):
+        out, keys = self._not_deleted(np.asarray(rows, np.float32).reshape(-1, 6))
+        out = out.copy()
+        for i, key in enumerate(keys):
             if key in self.moved:
                 box = shapes_to_boxes([self.moved[key][0]])[0]
                 out[i, :5] = box if self.moved[key][0].shape[1] >= 3 else [out[i, 0], *box[1:]]
         return out
+
+    def _not_deleted(self, rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """The rows the reader did not delete, and their detection keys."""
+        keys = detection_keys(rows)
+        kept = [k not in self.deleted for k in keys]
+        return rows[kept], [k for k, s in zip(keys, kept) if s]
 
     def summary(self) -> str:
         """'hand edits: 1 deleted, 1 moved, 1 drawn' ('' with none)."""
@@ -74,9 +76,7 @@ class HandEdits:
         run replaced stays, as drawn)."""
         import pandas as pd
 
-        keys = detection_keys(rows)
-        shown = [k not in self.deleted for k in keys]
-        rows, keys = rows[shown], [k for k, s in zip(keys, shown) if s]
+        rows, keys = self._not_deleted(rows)
         boxes = rows[:, :5] if ndim == 3 else rows[:, 1:5]
         shapes = [self.moved.get(k, (s, "rectangle")) for k, s in zip(keys, boxes_to_shapes(boxes, ndim))]
         self._written = {k: np.array(v, dtype=float) for k, (v, _) in zip(keys, shapes)}

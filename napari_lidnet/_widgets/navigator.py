@@ -402,8 +402,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         self._sync_from_reviewed()
         recist = self._recist_sizes(boxes)  # after the kept boxes are adopted (measured again by their sides)
         self._fill_table()
-        fid = self.current_id()  # marked again: a new threshold renumbers the shapes and napari keeps the widths by
-        self._set_mark(self.finding(fid) if fid is not None else None)  # position (the outline sat on another box)
+        self._mark_again()  # a new threshold renumbers the shapes (the mark sat on another box)
         if image is not None and boxes is not None:
             sizes = (f"; long/short of {recist} box(es): the table's RECIST diameters (DeepLesion pads its boxes 5 px "
                      "each side)") if recist else ""  # fmt: skip
