@@ -181,7 +181,7 @@ def read_nifti(path: str | Path) -> CTVolume:
     aff = LPS_FROM_RAS @ np.asarray(img.affine, dtype=float)
     spacing_xyz = np.linalg.norm(aff[:3, :3], axis=0)
     meta: dict[str, Any] = {"format": "nifti", "source": str(path), "warnings": notes,
-                            "written_here": bytes(src.header["descrip"]).startswith(DENOISED_DESCRIP)}  # fmt: skip
+                            "written_here": _denoised_here(src.header)}  # fmt: skip
     if assumed:
         notes.append(f"{path.name}: the header's voxel size is unusable; sizes in mm assume 1 mm voxels")
         meta["spacing_assumed"] = True
@@ -276,12 +276,17 @@ def _whole_hu(img: Any, stored: Any) -> Any:
 DENOISED_DESCRIP = b"napari-lidnet denoised"
 
 
+def _denoised_here(header: Any) -> bool:
+    """Whether a NIfTI header's description says napari-lidnet denoised the image."""
+    return bytes(header["descrip"]).startswith(DENOISED_DESCRIP)
+
+
 def is_our_denoised(path: str | Path) -> bool:
     """Whether a NIfTI file was denoised by napari-lidnet (its header's description; the header only is read)."""
     import nibabel as nib
 
     try:
-        return bytes(nib.load(str(path)).header["descrip"]).startswith(DENOISED_DESCRIP)
+        return _denoised_here(nib.load(str(path)).header)
     except Exception:  # an unreadable file is the reader's to refuse, with its reason
         return False
 
