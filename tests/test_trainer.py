@@ -16,7 +16,7 @@ from napari_lidnet._training.split import split_samples
 from napari_lidnet._training.trainer import Trainer, TrainingError
 from napari_lidnet.io.dataset import Sample
 from napari_lidnet.metrics.noreference import card_worse_than_start, worse_reason
-from napari_lidnet.models.weights import load_weights
+from napari_lidnet.models.weights import load_weights, read_card
 
 
 def _samples(n: int = 8, size: int = 96, noise: float = 40.0, seed: int = 0) -> list[Sample]:
@@ -204,6 +204,13 @@ def test_a_resumed_stage_goes_on_with_its_own_batch_size(tmp_path, monkeypatch):
     resumed = list(Trainer(_config(tmp_path / "cut", batch_size=2), samples).run())
     assert resumed[0]["stage"] == "round1-denoiser" and resumed[-1]["stage"] == "finished"
     assert sizes[0] == 4 and sizes[1:] and set(sizes[1:]) == {2}, sizes  # the stage under way, then the others
+    # the cards say so (they gave batch 2 for every stage): each stage before the resume's new ones ran at 4
+    card = read_card(tmp_path / "cut" / "last_denoiser")["training"]
+    assert card["config"]["batch_size"] == 2
+    done = [n for n in card["stages_done"] if n != "validate-start"]
+    apart = card["stage_settings"]
+    assert done.index("round1-denoiser") < len(done) - 1 and list(apart) == done[: done.index("round1-denoiser") + 1]
+    assert all(own == {"batch_size": 4} for own in apart.values()), apart
 
 
 def _crash_at(trainer: Trainer, step: int) -> None:
@@ -493,7 +500,7 @@ def test_a_card_says_what_the_run_started_from_and_keeps_the_threshold(tmp_path)
     instead of the architecture trained, kept only the last command, and a trained detector lost its calibrated
     threshold (the plugin then used 0.3 instead of the calibrated 0.48 without a word)."""
     from napari_lidnet.models.detector import LesionDetector
-    from napari_lidnet.models.weights import default_threshold, read_card, save_weights
+    from napari_lidnet.models.weights import default_threshold, save_weights
 
     samples = _samples()
     cfg = dict(mode="pixel", pretrain_detector_steps=0, pretrain_denoiser_steps=3, rounds=0)
@@ -518,7 +525,6 @@ def test_a_card_says_what_the_run_started_from_and_keeps_the_threshold(tmp_path)
 
 def test_a_resume_says_finished_stages_keep_their_step_counts(tmp_path):
     """Review 2026-12-05a: more steps for a finished stage on resume were ignored with 'finished' and rc 0."""
-    from napari_lidnet.models.weights import read_card
 
     samples = _samples()
     cfg = dict(mode="pixel", pretrain_detector_steps=0, rounds=0)
@@ -541,7 +547,6 @@ def test_a_resume_says_finished_stages_keep_their_step_counts(tmp_path):
 def test_every_command_that_added_steps_is_in_the_cards(tmp_path):
     """Review 2026-12-05b: a resumed run stopped inside a stage never wrote its state, so its command (and its
     steps) were missing from the cards."""
-    from napari_lidnet.models.weights import read_card
 
     samples, cfg = _samples(), dict(mode="pixel", pretrain_detector_steps=0, pretrain_denoiser_steps=30, rounds=0)
 

@@ -266,6 +266,7 @@ class Trainer:
                 "selection": RULE_SCORE if self.val_samples else RULE_LAST,
                 "stages_done": list(self.state["done"]),
                 "stage_steps": dict(self.state.get("stage_steps", {})),
+                **({"stage_settings": own} if (own := self._settings_apart(config)) else {}),
                 "package_version": __version__,
             },
             "metrics": metrics,
@@ -274,6 +275,16 @@ class Trainer:
         if kind == "detector" and inherited:
             card["calibration"] = {**inherited, "inherited_from": self._init_records["detector"]["name"]}
         return card
+
+    def _settings_apart(self, config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Per finished stage, the settings it trained with where they differ from ``config`` (the last command's):
+        a resumed run's earlier stages, or a stage that kept its own on a resume."""
+        apart = {}
+        for name, own in (self.state.get("stage_settings") or {}).items():
+            diff = {k: v for k, v in own.items() if k in config and config[k] != v}
+            if diff and name in self.state["done"]:
+                apart[name] = diff
+        return apart
 
     def _trained(self, kind: str) -> bool:
         """Whether this run trains network ``kind`` (a stage of its own with steps) and measured its start."""
@@ -376,6 +387,10 @@ class Trainer:
                 name = saved[-1]
                 done.append(name)
                 self.state.setdefault("stage_steps", {})[name] = (training.get("stage_steps") or {}).get(name, 0)
+                config = training.get("config") or {}
+                self.state.setdefault("stage_settings", {})[name] = {
+                    **{k: config[k] for k in TRAINING_KEYS if k in config},
+                    **((training.get("stage_settings") or {}).get(name) or {})}  # fmt: skip
                 self.state["validate_pending"] = name
                 return True
         return False
@@ -594,6 +609,7 @@ class Trainer:
         self.cfg = replace(given, **kept) if kept else given
         try:
             yield from self._stage_steps(name, index, n_steps)
+            self.state.setdefault("stage_settings", {})[name] = self._stage_settings()  # for the cards
         finally:
             self.cfg = given
 
