@@ -784,6 +784,27 @@ def test_a_box_moved_by_hand_on_the_dock_s_layer_stays_its_finding(case) -> None
     assert widget.finding(ids[1]).status == "rejected"
 
 
+def test_a_kept_box_moved_on_the_dock_s_layer_moves_its_reviewed_box(case) -> None:
+    """Left alone 2026-12-07, mended the next session: an accepted box moved on the lesions layer (not with Edit)
+    showed twice, the kept box where it was and the moved one as a new pending finding. It stays its finding,
+    edited, and its box on the reviewed layer follows."""
+    viewer, widget, image, boxes, _ = case
+    boxes.features = {**{k: boxes.features[k] for k in boxes.features}, "detection": ["a", "b", "c"]}
+    widget.load(boxes, image)
+    ids = [f.id for f in widget.findings]
+    widget.accept(ids[2])
+    reviewed = viewer.layers[f"{image.name} reviewed"]
+    data = list(boxes.data)
+    data[2] = data[2] + [0, 2, 3]
+    boxes.data = data
+    widget.load(boxes, image)
+    assert [f.id for f in widget.findings] == ids, [(f.id, f.status) for f in widget.findings]
+    moved = widget.finding(ids[2])
+    assert moved.status == "edited" and moved.bounds == pytest.approx(_edges(data[2]))
+    assert reviewed.nshapes == 1 and _edges(reviewed.data[0]) == pytest.approx(_edges(data[2]))
+    assert list(reviewed.features["finding"]) == [ids[2]] and list(reviewed.features["status"]) == ["edited"]
+
+
 def _edges(verts) -> tuple[float, ...]:
     """x1, y1, x2, y2 of a rectangle's vertices in pixel edges (napari's pixel-centre corners shifted back)."""
     from napari_lidnet.layer_data import shapes_to_boxes

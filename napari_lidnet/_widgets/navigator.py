@@ -153,6 +153,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         self._origin: dict[int, tuple] = {}  # finding id -> its detection's key (slice, corners)
         self._moved_key: dict[int, str] = {}  # finding id -> the Denoise dock's detection key of its box (a box moved
         # by hand on the lesions layer is the same finding: hand_edits.detection_keys)
+        self._moved_kept = False  # the last merge moved a kept box (its reviewed-layer box is rewritten)
         self._lesions: dict[int, int] = {}  # finding id -> the lesion number shown (kept across edits)
         self._alone: set[int] = set()  # ids rejected one by one (Reject), which accepting their lesion leaves so
         self._parked: dict[tuple, Finding] = {}  # rejected findings whose detection left the layer, by key
@@ -389,6 +390,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         new, shapes = self._read_findings(boxes, image) if boxes is not None and image is not None else ([], [])
         shape_of = {id(f): i for f, i in zip(new, shapes)}
         keys = _layer_keys(boxes, new, shapes)
+        self._moved_kept = False
         self.findings = self._merge(new, self.findings if same else [], keys)
         self._moved_key = {f.id: keys[id(f)] for f in new if keys.get(id(f))}
         self._shape_index = {f.id: shape_of[id(f)] for f in new}
@@ -399,6 +401,8 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         else:  # detections back over the threshold: a kept box without one takes it, a rejected one is rejected
             self._absorb_kept()
             self._restore_rejected(self._stored("rejected"))
+            if self._moved_kept:  # a kept box moved on the lesions layer: the reviewed layer takes it where it is
+                self._write_reviewed()
         self._sync_from_reviewed()
         recist = self._recist_sizes(boxes)  # after the kept boxes are adopted (measured again by their sides)
         self._fill_table()
@@ -419,9 +423,9 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         """New findings take the id, status and box of the old finding from the same detection; kept findings
         whose detection left stay; the others are parked, so a detection that comes back keeps its id (exports cite
         it) and is still rejected if it was. ``keys``: the Denoise dock's detection key of each new finding (by
-        ``id()``): a pending or rejected box the reader moved on the lesions layer keeps its id and status."""
+        ``id()``): a box the reader moved on the lesions layer keeps its id and status (a kept one: edited)."""
         by_origin = {**self._parked, **{self._origin[f.id]: f for f in old if f.id in self._origin}}
-        moved_from = {self._moved_key[g.id]: g for g in old if not g.kept and g.id in self._moved_key}
+        moved_from = {self._moved_key[g.id]: g for g in old if g.id in self._moved_key}
         next_id = max((f.id for f in [*old, *self._parked.values()]), default=-1) + 1
         origin: dict[int, tuple] = {}
         for f in new:
@@ -433,7 +437,8 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
                 f.measures = prev.measures
             elif was is not None and self._origin.get(was.id) in by_origin:  # moved by hand: its box as it is now
                 by_origin.pop(self._origin[was.id])
-                f.id, f.status = was.id, was.status
+                f.id, f.status = was.id, "edited" if was.status == "accepted" else was.status
+                self._moved_kept = self._moved_kept or was.kept  # its box on the reviewed layer follows
             else:
                 f.id, next_id = next_id, next_id + 1
             origin[f.id] = key
