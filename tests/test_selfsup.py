@@ -122,7 +122,7 @@ def test_the_job_refuses_a_told_denoiser(empty_model_dir: Path) -> None:
 
 
 def test_the_job_refuses_a_taken_name_and_no_steps(empty_model_dir: Path) -> None:
-    with pytest.raises(ValueError, match="a model named 'fresh' already exists in .*: choose another name"):
+    with pytest.raises(FileExistsError, match="a model named 'fresh' already exists .*; choose another name"):
         next(adapt_job([low_dose_volume()], "fresh", steps=5, from_model="fresh_denoiser"))
     with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
         next(adapt_job([low_dose_volume()], "new", steps=0, from_model="fresh_denoiser"))

@@ -21,7 +21,7 @@ def valid_model_name(name: str) -> str:
     return name
 
 
-def check_export_name(name: str, overwrite: bool = False, kinds: tuple[str, ...] = KINDS) -> str:
+def check_export_name(name: str, kinds: tuple[str, ...] = KINDS) -> str:
     """The valid ``name``, or an error before anything is trained or written: FileExistsError when a model of
     that name (of ``kinds``: by default its denoiser or its detector, either file of the pair) is already in the user
     model folder. A calibration saves only ``NAME_detector`` and an adaptation only ``NAME_denoiser``, so the two
@@ -34,7 +34,7 @@ def check_export_name(name: str, overwrite: bool = False, kinds: tuple[str, ...]
     dest = user_model_dir()
     for kind in kinds if not _half_pair(dest, name) else ():  # what a killed export left is replaced, not taken
         taken = [p for p in weight_paths(dest / f"{name}_{kind}") if p.exists()]
-        if taken and not overwrite:
+        if taken:
             raise FileExistsError(f"a model named {name!r} already exists ({taken[0]}); choose another name")
     check_writable(dest / f"{name}_{kinds[0]}")  # the model folder (or the nearest that exists) takes files
     return name
@@ -73,10 +73,10 @@ def trained_kinds(run_dir: Path) -> list[str]:
 
 
 def export_run(
-    run_dir: str | Path, name: str, command: str = "", overwrite: bool = False, card_extra: dict | None = None
+    run_dir: str | Path, name: str, command: str = "", card_extra: dict | None = None
 ) -> list[Path]:
     """Copy ``best_denoiser``/``best_detector`` of a run into the user model folder as ``NAME_denoiser``/
-    ``NAME_detector`` (atomic writes; an existing model is kept unless ``overwrite``). ``card_extra`` entries are
+    ``NAME_detector`` (atomic writes; never over an existing model). ``card_extra`` entries are
     merged into each card's top level (``training`` entries into its ``training`` section).
 
     Both names and both sources are checked before anything is written, and a failure while writing the second
@@ -85,7 +85,7 @@ def export_run(
     from napari_lidnet.models.registry import user_model_dir
     from napari_lidnet.models.weights import load_weights, save_weights, weight_paths
 
-    name = check_export_name(name, overwrite)
+    name = check_export_name(name)
     run_dir = Path(run_dir)
     for kind in KINDS:
         src = weight_paths(run_dir / f"best_{kind}")[0]
@@ -111,11 +111,10 @@ def export_run(
             save_weights(model, target, card)
             written.append(weight_paths(target)[0])
     except BaseException:
-        if not overwrite:
-            for w_path in written:
-                for p in weight_paths(w_path):
-                    with contextlib.suppress(OSError):
-                        p.unlink()
+        for w_path in written:
+            for p in weight_paths(w_path):
+                with contextlib.suppress(OSError):
+                    p.unlink()
         raise
     return written
 

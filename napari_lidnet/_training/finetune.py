@@ -37,7 +37,7 @@ from napari_lidnet._training.local_data import (
     iter_samples,
     synthetic_lesions_only,
 )
-from napari_lidnet.io.checks import one_line
+from napari_lidnet.io.checks import error_text, one_line
 from napari_lidnet.io.deeplesion import is_deeplesion_archive
 
 #: the one-click schedule: start from trained models (no pretraining), three short collaborative rounds
@@ -368,7 +368,7 @@ def _failure(exc: Exception, run_dir: Path) -> FinetuneOutcome:
 
     if isinstance(exc, DataProblems):
         return FinetuneOutcome("invalid", str(exc))
-    text = str(exc) if isinstance(exc, (TrainingError, ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
+    text = one_line(str(exc)) if isinstance(exc, TrainingError) else error_text(exc)
     return FinetuneOutcome("failed", text, str(run_dir) if run_dir.exists() else None)
 
 

@@ -202,15 +202,12 @@ class AdaptOutcome:
 
 
 def _target_path(name: str) -> Any:
-    """``user_model_dir()/NAME_denoiser`` (ValueError: a bad name or a model already there)."""
-    from napari_lidnet._training.export import valid_model_name
+    """``user_model_dir()/NAME_denoiser`` (ValueError: a bad name; FileExistsError: a denoiser of that name is there;
+    NAME_detector may be: ``lidnet calibrate`` makes the pair)."""
+    from napari_lidnet._training.export import check_export_name
     from napari_lidnet.models.registry import user_model_dir
 
-    name = valid_model_name(name)
-    folder = user_model_dir()
-    if (folder / f"{name}_denoiser.json").exists():  # NAME_detector may exist: lidnet calibrate makes the pair
-        raise ValueError(f"a model named {name!r} already exists in {folder}: choose another name")
-    return folder / f"{name}_denoiser"
+    return user_model_dir() / f"{check_export_name(name, kinds=('denoiser',))}_denoiser"
 
 
 def _start_model(from_model: Any, device: Any) -> tuple[Any, str]:

@@ -23,6 +23,7 @@ from .._training.finetune import model_name_problems
 from .._training.selfsup import adapt_job, estimates_line
 from ..io.checks import ct_problem
 from ..io.volume import CTVolume
+from ..layer_data import volume_from_layer
 from ._roles import is_denoised, recorded_dose
 from .layer_inputs import inputs_from_layers
 from .loss_plot import TrainingPlot
@@ -60,24 +61,12 @@ def adapt_default(key: str) -> Any:
     return inspect.signature(adapt_job).parameters[key].default
 
 
-def _direction(meta: dict[str, Any], ndim: int) -> np.ndarray | None:
-    """The (3, 3) direction cosines (columns: x, y, z array axes) from the layer's ``affine_lps``, or None."""
-    aff = np.asarray(meta.get("affine_lps", np.zeros(0)), float)
-    if ndim != 3 or aff.shape != (4, 4):
-        return None
-    cols = np.stack([aff[:3, 2], aff[:3, 1], aff[:3, 0]], axis=1)  # affine columns are the z, y, x axes
-    norms = np.linalg.norm(cols, axis=0)
-    return cols / norms if np.all(norms > 0) else None
-
-
 def volume_of_layer(layer: Any, hu: np.ndarray | None = None) -> CTVolume:
-    """The CTVolume an image layer shows: its pixels (``hu`` when already read), scale as spacing, translate as
-    origin, its name and metadata (where the reader keeps slice positions and DICOM headers)."""
+    """The CTVolume an image layer shows (``layer_data.volume_from_layer``): its pixels (``hu`` when already read),
+    scale as spacing, its reader's geometry, name and metadata (where the reader keeps slice positions)."""
     data = np.asarray(layer.data if hu is None else hu, np.float32)
-    meta = dict(getattr(layer, "metadata", None) or {})
     spacing = tuple(abs(float(s)) or 1.0 for s in layer.scale)
-    origin = tuple(float(t) for t in layer.translate)
-    return CTVolume(data, spacing, origin, _direction(meta, data.ndim), name=layer.name, metadata=meta)
+    return volume_from_layer(data, spacing, tuple(layer.translate), dict(layer.metadata or {}), layer.name)
 
 
 @dataclass

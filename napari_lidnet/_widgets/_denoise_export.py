@@ -170,9 +170,10 @@ class DenoiseExports:
 def _write_series(vol: Any, folder: str | Path, description: tuple[str, str]) -> list[Path] | str:
     """The DICOM files written (``description``: the SeriesDescription and the whole DerivationDescription), or the
     one-line reason nothing was (run in a worker thread by the Export button)."""
+    from ..io.checks import error_text
     from ..io.dicom_write import write_dicom_series
 
     try:
         return write_dicom_series(vol, folder, series_description=description[0], derivation=description[1])
     except (OSError, ValueError) as exc:
-        return str(exc)
+        return error_text(exc)

@@ -75,4 +75,4 @@ def simulate_job(
             yield SimProgress(done, n, (time.perf_counter() - t0) / done * (n - done))
         return out[0] if stack.ndim == 2 else out
     except Exception as exc:  # reported in the viewer, never raised into it
-        return Failure(f"{type(exc).__name__}: {exc}")
+        return Failure.of(exc)

@@ -48,6 +48,13 @@ class Failure:
 
     message: str
 
+    @classmethod
+    def of(cls, exc: BaseException) -> Failure:
+        """The failure of ``exc``, in one line (``io.checks.error_text``)."""
+        from ..io.checks import error_text
+
+        return cls(error_text(exc))
+
 
 @dataclass
 class JobOutput:
@@ -155,7 +162,7 @@ def inference_job(
             noise = flat_noise_sd(hu, result.slices, result.denoised)
         return JobOutput(result, den_label, det_label, noise)
     except Exception as exc:  # reported in the viewer, never raised into it
-        return Failure(f"{type(exc).__name__}: {exc}")
+        return Failure.of(exc)
 
 
 def _take(items: list[str]) -> list[str]:

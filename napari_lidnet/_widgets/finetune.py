@@ -31,6 +31,7 @@ from .._training.finetune import (
 )
 from .._training.local_data import CTInput, format_problems, synthetic_lesions_only
 from .._training.selfsup import AdaptOutcome, adapt_summary
+from ..io.checks import error_text
 from ._adapt_source import ADAPT_SOURCE, AdaptRequest, adapt_message, adapt_request
 from ._docking import DockHome, scroll_layout
 from ._finetune_parts import (
@@ -457,7 +458,7 @@ class FineTuneWidget(QWidget):
         self.plot.clear()
         worker.yielded.connect(self._on_record)
         worker.returned.connect(self._on_returned)
-        worker.errored.connect(lambda exc: self._message(f"{type(exc).__name__}: {exc}", error=True))
+        worker.errored.connect(lambda exc: self._message(error_text(exc), error=True))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self.run_panel.begin()

@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..io.checks import error_text
 from ..io.dicom_values import at_dose
 from ..io.open_ct import list_series, open_ct
 from ..io.volume import n_slices
@@ -53,18 +54,11 @@ if TYPE_CHECKING:
     import napari
 
 
-class _UserError:
-    """A user-caused failure returned (not raised) by a worker, shown as a message."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-
-
 def _open_task(path: str, series_uid: str | None) -> Any:
     try:
         return open_ct(path, series_uid=series_uid)
     except (ValueError, OSError) as exc:
-        return _UserError(str(exc))
+        return Failure.of(exc)
 
 
 def _scan_task(path: str) -> Any:
@@ -72,7 +66,7 @@ def _scan_task(path: str) -> Any:
     try:
         return list_series(path)
     except (ValueError, OSError) as exc:
-        return _UserError(str(exc))
+        return Failure.of(exc)
 
 
 class LoadCTWidget(QWidget):
@@ -261,7 +255,7 @@ class LoadCTWidget(QWidget):
     def _on_scanned(self, scan: int, result: Any) -> None:
         if scan != self._scan_id:  # another scan started meanwhile
             return
-        if isinstance(result, _UserError):
+        if isinstance(result, Failure):
             self._error(result.message)
             return
         infos, niftis = result  # each NIfTI file is one choice
@@ -292,7 +286,7 @@ class LoadCTWidget(QWidget):
         self._start(_open_task, (path, uid), self._on_opened, self.open_button)
 
     def _on_opened(self, result: Any) -> None:
-        if isinstance(result, _UserError):
+        if isinstance(result, Failure):
             self._error(result.message)
             return
         names, notes = [], []
@@ -468,7 +462,7 @@ class LoadCTWidget(QWidget):
         when it ends, then ``then()`` runs (connected before the start: a quick worker cannot end unheard)."""
 
         def failed(exc: Exception) -> None:
-            self._error(f"{type(exc).__name__}: {exc}")
+            self._error(error_text(exc))
 
         worker = create_worker(func, *args, _connect={"returned": on_result, "errored": failed}, _start_thread=False)
         self._workers.append(worker)

@@ -72,17 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def error_message(exc: BaseException) -> str:
-    """One line for a user-caused error: an OSError as 'PATH: reason', anything else as its message."""
-    from napari_lidnet.io.checks import one_line, os_reason
+    """One line for a user-caused error (``io.checks.error_text``)."""
+    from napari_lidnet.io.checks import error_text
 
-    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
-        other = f" -> {exc.filename2}" if exc.filename2 is not None else ""
-        return one_line(f"{exc.filename}{other}: {exc.strerror}")
-    if isinstance(exc, OSError) and exc.strerror:
-        return one_line(exc.strerror)
-    if isinstance(exc, OSError) and os_reason(exc):  # re-raised by a library with a traceback in its text
-        return one_line(os_reason(exc))
-    return one_line(str(exc)) or type(exc).__name__
+    return error_text(exc)
 
 
 class Terminated(KeyboardInterrupt):

@@ -23,6 +23,22 @@ def one_line(text: str) -> str:
     return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
+def error_text(exc: BaseException) -> str:
+    """One line for an error shown to a user: an OSError as 'PATH: reason', a ValueError as its message, anything
+    else (a fault of ours or a library's) as 'Type: message'."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        other = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+        return one_line(f"{exc.filename}{other}: {exc.strerror}")
+    if isinstance(exc, OSError) and exc.strerror:
+        return one_line(exc.strerror)
+    if isinstance(exc, OSError) and os_reason(exc):  # re-raised by a library with a traceback in its text
+        return one_line(os_reason(exc))
+    text = one_line(str(exc))
+    if isinstance(exc, (ValueError, OSError)):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def os_reason(exc: BaseException) -> str | None:
     """The system's reason for an OSError (``[Errno 28]``'s "No space left on device", with its file when it names
     one), also when a library re-raised it with its own text (pydicom adds the tag and a traceback); else None."""

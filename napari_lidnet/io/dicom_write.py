@@ -99,12 +99,12 @@ def derived_series_number(source: Any, offset: int) -> int:
     return offset + n if 0 <= n < 900 else offset + 1
 
 
-def _series_header(volume: CTVolume, description: str, source_tags: dict[str, Any] | None, derivation: str) -> Any:
+def _series_header(volume: CTVolume, description: str, derivation: str) -> Any:
     """The tags every slice of the new series shares: copied source tags, UIDs, dates, geometry, pixel format."""
     from pydicom.dataset import Dataset
     from pydicom.uid import generate_uid
 
-    tags = dict(volume.metadata.get("source_tags") or {}) if source_tags is None else dict(source_tags)
+    tags = dict(volume.metadata.get("source_tags") or {})
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
     for kw, value in tags.items():
@@ -279,7 +279,6 @@ def write_dicom_series(
     volume: CTVolume,
     out_dir: str | Path,
     series_description: str,
-    source_tags: dict[str, Any] | None = None,
     derivation: str = "",
 ) -> list[Path]:
     """Write ``volume`` as a new DERIVED/SECONDARY CT series into an empty (or new) folder.
@@ -287,7 +286,7 @@ def write_dicom_series(
     ``derivation``: what was done, whole, for the DerivationDescription (up to 1024 characters; default the
     SeriesDescription, which DICOM cuts at 64).
 
-    ``source_tags`` (default ``volume.metadata["source_tags"]``) are copied onto every slice (patient, study,
+    ``volume.metadata["source_tags"]`` are copied onto every slice (patient, study,
     frame of reference, acquisition). HU are rounded to integers and stored as int16 with RescaleSlope 1 and a
     RescaleIntercept chosen so they fit. Returns the written files in slice order. Never overwrites: a folder that
     already contains anything is refused. On any error every file written so far (a half-written one included)
@@ -298,7 +297,7 @@ def write_dicom_series(
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     stored, intercept = _stored_int16(volume)
-    header = _series_header(volume, series_description, source_tags, derivation)
+    header = _series_header(volume, series_description, derivation)
     header.RescaleIntercept = _ds_str(intercept)
     _declare_padding(header, volume.metadata.get("padding_hu"), intercept)
     direction = np.asarray(volume.direction, dtype=float)
