@@ -282,9 +282,10 @@ def _ramp_1d(start: int, end: int, length: int, overlap: int) -> np.ndarray:
 
 
 def filter_boxes(rows: np.ndarray, threshold: float) -> np.ndarray:
-    """Rows ``slice, x1, y1, x2, y2, score`` with score >= threshold."""
+    """Rows ``slice, x1, y1, x2, y2, score`` with score >= threshold (float32 scores: a score shown as the
+    threshold's digits counts)."""
     rows = np.asarray(rows, np.float32).reshape(-1, 6)
-    return rows[rows[:, 5] >= threshold]
+    return rows[rows[:, 5] >= threshold - 1e-6]
 
 
 # --------------------------------------------------------------------------------------------------- the runner

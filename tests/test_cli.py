@@ -785,7 +785,7 @@ def test_train_says_its_split_and_takes_the_held_out_caps(trained, tmp_path, cap
 def test_train_says_when_its_best_checkpoint_is_below_its_start(trained, tmp_path, capsys, monkeypatch):
     """Walkthrough 2026-12-06: continuing the shipped pair at the default rate exported a model 2 dB below the one it
     started from, said nowhere. The run says it, and the exported model is marked (a warning wherever it loads)."""
-    from napari_lidnet.metrics.noreference import card_worse_than_start
+    from napari_lidnet.metrics.selection import worse_reason
     from napari_lidnet.models.weights import read_card
 
     shutil.copytree(trained / "models", tmp_path / "models")  # its export stays out of the other tests' folder
@@ -799,7 +799,7 @@ def test_train_says_when_its_best_checkpoint_is_below_its_start(trained, tmp_pat
     assert "; the starting weights: psnr" in err
     assert "warning: the best checkpoint is worse than the weights the run started from: its validation score" in err
     path = next(m for m in list_models() if m.name == "wrecked_denoiser").path
-    assert card_worse_than_start(read_card(path))
+    assert worse_reason(read_card(path)) is not None
     assert main(["denoise", str(trained / "data" / "full" / sorted(os.listdir(trained / "data" / "full"))[0]),
                  str(tmp_path / "out.npy"), "--model", "wrecked_denoiser", "--device", "cpu"]) == 0  # fmt: skip
     assert "warning: wrecked_denoiser: its validation PSNR fell from" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from napari_lidnet._training.config import TrainConfig
 from napari_lidnet._training.split import split_samples
 from napari_lidnet._training.trainer import Trainer, TrainingError
 from napari_lidnet.io.dataset import Sample
-from napari_lidnet.metrics.noreference import card_worse_than_start, worse_reason
+from napari_lidnet.metrics.selection import worse_reason
 from napari_lidnet.models.weights import load_weights, read_card
 
 
@@ -121,20 +121,20 @@ def test_init_weights_skip_pretraining_unless_asked_to_continue(tmp_path):
     ]
     assert vals[0] > first[0] + 1.0  # it starts from the trained weights, not from scratch
     assert sum("losses" in r for r in records) == 30  # and trains on from there
-    assert not card_worse_than_start(load_weights(tmp_path / "a" / "best_denoiser")[1])  # far above its random start
+    assert worse_reason(load_weights(tmp_path / "a" / "best_denoiser")[1]) is None  # far above its random start
     # continued at a rate that wrecks it: the card keeps the start's score, and says the model fell below it
     wrecked = Trainer(_config(tmp_path / "e", init_denoiser=start, pretrain_from_init=True, lr=0.03, **cfg), samples)
     end = [r for r in wrecked.run() if r["stage"] == "finished"][0]
     card = load_weights(tmp_path / "e" / "best_denoiser")[1]
     assert card["training"]["start_metrics"]["psnr"] == pytest.approx(end["start"]["psnr"])
-    assert card["metrics"]["psnr"] < end["start"]["psnr"] - 1.0 and card_worse_than_start(card)
+    assert card["metrics"]["psnr"] < end["start"]["psnr"] - 1.0 and worse_reason(card) is not None
     a, b = (end[k]["psnr"] for k in ("start", "best"))
     assert worse_reason(card) == f"its validation PSNR fell from {a:.2f} dB to {b:.2f} dB during training"
     untouched = load_weights(tmp_path / "e" / "best_detector")[1]  # a pixel run: the detector never trained
-    assert "start_metrics" not in untouched["training"] and not card_worse_than_start(untouched)
+    assert "start_metrics" not in untouched["training"] and worse_reason(untouched) is None
     detector = {"kind": "detector", "metrics": {"psnr": 20.0, "sensitivity": 0.61},
                 "training": {"start_metrics": {"psnr": 30.0, "sensitivity": 0.6}}}  # fmt: skip
-    assert not card_worse_than_start(detector)  # judged on its own term: sensitivity, which held
+    assert worse_reason(detector) is None  # judged on its own term: sensitivity, which held
     detector["metrics"]["sensitivity"] = 0.5
     assert worse_reason(detector) == "its validation mean sensitivity fell from 0.600 to 0.500 during training"
 

@@ -183,8 +183,9 @@ class DenoiseOutputs:
 
     def _detected_rows(self) -> np.ndarray:
         """The detector's rows with score >= threshold, before any hand edit."""
-        rows = self._result_rows()
-        return rows[rows[:, 5] >= self.threshold - 1e-6]
+        from ..inference import filter_boxes
+
+        return filter_boxes(self._result_rows(), self.threshold)
 
     @property
     def shown_text(self) -> str:

@@ -150,17 +150,17 @@ def model_item(name: str, kind: str, shipped: bool) -> str:
     return f"{pair_name(name, kind)} ({'shipped' if shipped else 'user'})"
 
 
-#: what a model picker adds to a model that its own check found worse than its start (``noreference.worse_reason``)
+#: what a model picker adds to a model that its own check found worse than its start (``selection.worse_reason``)
 WORSE_MARK = " - worse than its start by its own check"
 
 
 def _model_label(info: Any, kind: str) -> str:
     """A model's picker entry; a model that its own check found worse than the model it started from says so
-    (an adapted model's no-reference check, a trained one's validation score: ``metrics.noreference.worse_reason``,
+    (an adapted model's no-reference check, a trained one's validation score: ``metrics.selection.worse_reason``,
     from its card)."""
-    from ..metrics.noreference import card_worse_than_start
+    from ..metrics.selection import worse_reason
 
-    return model_item(info.name, kind, info.shipped) + (WORSE_MARK if card_worse_than_start(info.card) else "")
+    return model_item(info.name, kind, info.shipped) + (WORSE_MARK if worse_reason(info.card) is not None else "")
 
 
 def fill_models(combo: Any, kind: str, before: list[tuple] = (), after: list[tuple] = (), fallback: int = 0) -> str:

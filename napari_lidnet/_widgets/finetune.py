@@ -545,7 +545,7 @@ def _worse_networks(exported: list[str]) -> list[str]:
     """'its detector: its validation mean sensitivity fell from 0.467 to 0.333 during training' for each saved
     network whose card says it ended below its start (a pair better as a whole was selected without a word of
     its detector's fall)."""
-    from ..metrics.noreference import worse_reason
+    from ..metrics.selection import worse_reason
     from ..models.weights import read_card
 
     notes = []

@@ -167,7 +167,7 @@ def threshold_note(name: str, card: dict[str, Any]) -> str:
 
 
 def load_model_arg(name: str | None, kind: str, device: str):
-    from napari_lidnet.metrics.noreference import worse_reason
+    from napari_lidnet.metrics.selection import worse_reason
     from napari_lidnet.models.device import pick_device
     from napari_lidnet.models.registry import load_model
 

@@ -492,24 +492,6 @@ def quality_estimates(hu: np.ndarray, pixel_mm: float, locations: np.ndarray | N
     }
 
 
-def card_worse_than_start(card: dict) -> bool:
-    """Whether a model's card says it is worse than the model it started from: an adapted model's own
-    no-reference check (:func:`worse_than_start` of ``metrics.noreference``), or a trained model's validation score
-    below its start's (``metrics.selection.card_below_start``); False for a card with neither."""
-    return worse_reason(card) is not None
-
-
-def worse_reason(card: dict) -> str | None:
-    """Why :func:`card_worse_than_start` holds, in words; None when it does not."""
-    from napari_lidnet.metrics.selection import card_below_start
-
-    card = card or {}
-    if worse_than_start((card.get("metrics") or {}).get("noreference") or {}):
-        start = (card.get("training") or {}).get("selfsup", {}).get("from_model", "its start")
-        return f"its own no-reference check found it worse than the model it was adapted from ({start})"
-    return card_below_start(card)
-
-
 def worse_than_start(estimates: dict) -> bool:
     """Whether an adapted model's own no-reference estimates (``{"start": ..., "adapted": ...}`` as ``lidnet adapt``
     records them on its card) say it leaves more noise than its starting model and no sharper edges; False when

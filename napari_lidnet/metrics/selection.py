@@ -48,3 +48,16 @@ def card_below_start(card: dict[str, Any] | None) -> str | None:
         return None
     what, digits = ("PSNR", 2) if key == "psnr" else ("mean sensitivity", 3)
     return f"its validation {what} fell from {a:.{digits}f}{unit} to {b:.{digits}f}{unit} during training"
+
+
+def worse_reason(card: dict[str, Any] | None) -> str | None:
+    """Why a model's card says it is worse than the model it started from, in words: an adapted model's own
+    no-reference check (``noreference.worse_than_start``), or a trained network's validation score below its
+    start's (:func:`card_below_start`); None when the card says neither."""
+    from napari_lidnet.metrics.noreference import worse_than_start
+
+    card = card or {}
+    if worse_than_start((card.get("metrics") or {}).get("noreference") or {}):
+        start = (card.get("training") or {}).get("selfsup", {}).get("from_model", "its start")
+        return f"its own no-reference check found it worse than the model it was adapted from ({start})"
+    return card_below_start(card)
