@@ -17,14 +17,12 @@ PathLike = str | Path
 def _is_png16(path: Path) -> bool:
     """16-bit grayscale PNG (DeepLesion convention), from its IHDR chunk (not decoded, whatever its size); other
     PNGs are left to napari's own reader."""
+    from napari_lidnet.io.png16 import png_header
+
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(26)
-    except OSError:
+        return png_header(path)[2:] == (16, 0)
+    except (OSError, ValueError):
         return False
-    return (
-        len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[24:26] == b"\x10\x00"
-    )
 
 
 def _claims(path: PathLike) -> bool:

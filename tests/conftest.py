@@ -281,3 +281,37 @@ def write_enhanced_ct(path, hu, z_positions, spacing=(0.7, 0.7), intercepts=None
 
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
     return ds.SOPInstanceUID
+
+
+#: the docks napari makes from the manifest, each given a proxy of the viewer (napari.utils._proxies)
+_DOCKS = (
+    ("napari_lidnet._widgets.load_ct", "LoadCTWidget"),
+    ("napari_lidnet._widgets.denoise_detect", "DenoiseDetectWidget"),
+    ("napari_lidnet._widgets.navigator", "LesionNavigatorWidget"),
+    ("napari_lidnet._widgets.roi_compare", "ROICompareWidget"),
+    ("napari_lidnet._widgets.finetune", "FineTuneWidget"),
+)
+
+
+@pytest.fixture(autouse=True)
+def docks_get_the_viewer_as_napari_gives_it(request, monkeypatch):
+    """Every dock a test makes gets what napari's Plugins menu gives one: a ``PublicOnlyProxy`` of the viewer, which
+    hands out a new proxy of a layer at each access (so ``id()``, ``is`` and weak references of layers got through
+    it do not last), where a plain test viewer hands out the layers themselves."""
+    if "make_napari_viewer" not in request.fixturenames:
+        return
+    import functools
+    import importlib
+
+    from napari.utils._proxies import PublicOnlyProxy
+
+    for module, name in _DOCKS:
+        cls = getattr(importlib.import_module(module), name)
+
+        @functools.wraps(cls.__init__)
+        def init(self, napari_viewer, *args, _init=cls.__init__, **kwargs):
+            if not isinstance(napari_viewer, PublicOnlyProxy):
+                napari_viewer = PublicOnlyProxy(napari_viewer)
+            _init(self, napari_viewer, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", init)

@@ -180,12 +180,15 @@ def test_side_by_side_the_status_bar_reads_the_image_in_the_cursors_cell(viewer_
 
 def test_the_window_and_level_are_shown_on_the_image_in_hu(viewer_with_ct, qtbot) -> None:
     """Walkthrough 2026-12-07: after a drag or a preset key no number said which window was on; a PACS shows it in a
-    corner of the image. The lower right corner reads 'W .. L ..' (HU), following keys, napari's slider and removal."""
-    from napari_lidnet._widgets.reading_room import ReadingRoom
+    corner of the image. The lower right corner reads 'W .. L ..' (HU), following keys, napari's slider and removal;
+    napari's own text overlay stays the user's (napari audit 2026-12-07: the readout wrote over it, and closing the
+    dock blanked it)."""
+    from napari_lidnet._widgets.reading_room import READOUT, ReadingRoom
 
     viewer, ct = viewer_with_ct
+    viewer.text_overlay.text, viewer.text_overlay.visible = "Study 2024-001", True  # the user's own
     widget = LoadCTWidget(viewer)
-    overlay = viewer.canvas.overlays["text"]
+    overlay = viewer.canvas.overlays[READOUT]
     press(viewer, "2")  # lung: -600 / 1500
     assert overlay.visible and overlay.text == "W 1500  L -600" and overlay.position == "bottom_right"
     ct.contrast_limits = (-100, 300)  # napari's own slider
@@ -194,5 +197,7 @@ def test_the_window_and_level_are_shown_on_the_image_in_hu(viewer_with_ct, qtbot
     assert not overlay.visible
     viewer.add_image(np.full((4, 64, 64), 40.0, np.float32), name="ct", metadata={"hu": True})
     assert overlay.visible
+    assert viewer.text_overlay.text == "Study 2024-001" and viewer.text_overlay.visible
     ReadingRoom.release(viewer, widget)  # the last LIDnet dock closed: nothing follows the window any more
-    assert not overlay.visible and overlay.text == ""
+    assert READOUT not in viewer.canvas.overlays
+    assert viewer.text_overlay.text == "Study 2024-001" and viewer.text_overlay.visible

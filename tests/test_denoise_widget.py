@@ -13,6 +13,7 @@ from torch import nn
 
 from napari_lidnet import inference as inf
 from napari_lidnet._widgets.denoise_detect import DenoiseDetectWidget
+from napari_lidnet._widgets.reading_room import READOUT
 from napari_lidnet.layer_data import removed_noise, removed_noise_kwargs
 from napari_lidnet.models.denoisers import build_denoiser
 from napari_lidnet.models.detector import LesionDetector
@@ -216,6 +217,53 @@ def test_hand_edits_on_the_lesions_layer_survive_the_threshold(make_napari_viewe
     np.testing.assert_allclose(exported[np.argmin(np.abs(exported[:, 5] - 0.8)), :5], [2, 32, 33, 42, 47])
 
 
+def test_a_pasted_detection_is_a_drawn_box_and_its_original_stays(make_napari_viewer, qtbot, model_dir) -> None:
+    """napari audit 2026-12-07: napari's copy and paste (Ctrl+C, Ctrl+V) of a detection gave the copy its score and
+    detection key; the next threshold move took the copy for the detection moved, and the original vanished."""
+    viewer = make_napari_viewer()
+    low, _ = phantom(n=6, size=64)
+    add_ct(viewer, low.copy())
+    widget = make_widget(viewer, qtbot)
+    run_and_wait(widget, qtbot)
+    rows = np.array([[1, 10, 10, 20, 20, 0.9], [3, 30, 30, 40, 44, 0.8]], np.float32)
+    widget._last["result"] = dataclasses.replace(widget._last["result"], boxes=rows)
+    widget.set_threshold(0.5)
+    boxes = viewer.layers["low lesions"]
+    original = np.array(boxes.data[0])
+    viewer.dims.set_point(0, 4)
+    boxes.selected_data = {0}
+    boxes._copy_data()  # napari's Ctrl+C and Ctrl+V
+    boxes._paste_data()
+    qtbot.waitUntil(lambda: np.isnan(boxes.features["score"].iloc[-1]), timeout=2000)
+    assert boxes.nshapes == 3 and boxes.text.values[-1] == "drawn"
+    for t in (0.85, 0.5):
+        widget.set_threshold(t)
+        scores = boxes.features["score"].to_numpy()
+        kept = [np.array(d) for d, v in zip(boxes.data, scores) if v == pytest.approx(0.9)]
+        assert len(kept) == 1, (t, scores)
+        np.testing.assert_allclose(kept[0], original)  # the detection where the detector put it
+        assert int(np.isnan(scores).sum()) == 1  # the copy, drawn
+    assert "hand edits: 1 drawn" in widget.status.text(), widget.status.text()
+
+
+def test_a_rerun_keeps_how_the_reader_set_the_outputs_to_look(make_napari_viewer, qtbot, model_dir) -> None:
+    """napari audit 2026-12-07: every rerun (or a new strength) replaced the output layers with the dock's own look:
+    a reader's colour map, opacity and gamma on the denoised image, line width and text size on the boxes, went."""
+    viewer = make_napari_viewer()
+    low, _ = phantom(n=4, size=64)
+    add_ct(viewer, low.copy())
+    widget = make_widget(viewer, qtbot)
+    run_and_wait(widget, qtbot)
+    den, boxes = viewer.layers["low denoised"], viewer.layers["low lesions"]
+    den.colormap, den.opacity, den.gamma = "viridis", 0.5, 0.7
+    boxes.current_edge_width, boxes.text.size, boxes.opacity = 6, 20, 0.3  # as the layer controls set them
+    run_and_wait(widget, qtbot)
+    den2, boxes2 = viewer.layers["low denoised"], viewer.layers["low lesions"]
+    assert den2 is not den and boxes2 is not boxes  # new layers, as a rerun makes
+    assert (den2.colormap.name, den2.opacity, den2.gamma) == ("viridis", 0.5, 0.7)
+    assert boxes2.text.size == 20 and boxes2.opacity == pytest.approx(0.3) and boxes2.current_edge_width == 6
+
+
 def test_the_box_export_of_an_assumed_pixel_size_has_no_mm(make_napari_viewer, qtbot, model_dir, tmp_path) -> None:
     """Review 2026-12-07: the dock's box export of a DICOM without PixelSpacing (1 mm assumed) wrote lps_* columns
     from the made-up pixel, where `lidnet detect` writes none."""
@@ -253,7 +301,7 @@ def test_current_slice_scope(make_napari_viewer, qtbot, model_dir: Path) -> None
     assert "replaces" not in widget.status.text()
     widget.set_compare(True)  # elsewhere the denoised panel is blank: the status line says why
     assert "side by side: denoised on 1 of 6 slices, blank elsewhere" in widget.status.text()
-    assert viewer.canvas.overlays["text"].text == "W 400  L 40"  # the window readout (the Flip button names F)
+    assert viewer.canvas.overlays[READOUT].text == "W 400  L 40"  # the window readout (the Flip button names F)
     widget.set_compare(False)
     viewer.dims.set_point(0, TRANSLATE[0] + 4 * SCALE[0])  # another slice: the slice-3 result goes, and it says so
     run_and_wait(widget, qtbot)
@@ -413,7 +461,7 @@ def test_compare_side_by_side_with_one_window_and_flip(make_napari_viewer, qtbot
     assert viewer.grid.position(layers.index(den), layers) == (0, 1)  # denoised on the right
     assert [ly.name for ly in viewer.layers if ly.visible] == ["low", "low denoised"]
     assert src.name_overlay.visible and den.name_overlay.visible and not other.name_overlay.visible  # which is which
-    assert viewer.canvas.overlays["text"].text == "W 100  L 0"
+    assert viewer.canvas.overlays[READOUT].text == "W 100  L 0"
     src.contrast_limits = (-300, 500)  # a window set on one side is the window of both
     assert tuple(den.contrast_limits) == (-300, 500)
 
@@ -435,7 +483,7 @@ def test_compare_side_by_side_with_one_window_and_flip(make_napari_viewer, qtbot
     assert not viewer.grid.enabled and other.visible and src.visible and den.visible
     assert drawn.visible  # added during the comparison (hidden by the second Compare): back as it was made
     assert not src.name_overlay.visible and not den.name_overlay.visible
-    assert viewer.canvas.overlays["text"].text == "W 800  L 100"  # the window readout alone
+    assert viewer.canvas.overlays[READOUT].text == "W 800  L 100"  # the window readout alone
 
 
 def test_compare_shows_a_simulated_low_doses_reference_as_a_third_panel(make_napari_viewer, qtbot, model_dir) -> None:

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from napari_lidnet._training import distributed
 from napari_lidnet._training.config import TrainConfig
 from napari_lidnet._training.patches import patch_batches
 from napari_lidnet._training.trainer import Trainer
@@ -56,7 +57,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         records = list(Trainer(_config(out), _samples()).run())
         assert records[-1]["stage"] == "finished"
     finally:
-        dist.destroy_process_group()
+        distributed.shutdown()  # as `lidnet train` ends
 
 
 def _lesion_samples() -> list[Sample]:
@@ -94,7 +95,7 @@ def _lidnet_worker(rank: int, port: int, out: str, detector: str) -> None:
         records = list(trainer.run())
         assert records[-1]["stage"] == "finished"
     finally:
-        dist.destroy_process_group()
+        distributed.shutdown()  # as `lidnet train` ends
 
 
 def test_two_gloo_processes_equal_one_process_in_a_lidnet_round(tmp_path):

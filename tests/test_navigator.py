@@ -805,6 +805,27 @@ def test_a_kept_box_moved_on_the_dock_s_layer_moves_its_reviewed_box(case) -> No
     assert list(reviewed.features["finding"]) == [ids[2]] and list(reviewed.features["status"]) == ["edited"]
 
 
+def test_a_box_picked_on_the_canvas_is_the_one_decided(case) -> None:
+    """napari audit 2026-12-07: with row 0 selected, the reader clicked another box with napari's select tool and
+    pressed A: finding 0 was accepted, the clicked one stayed pending. The picked box becomes the current row."""
+    viewer, widget, image, boxes, _ = case
+    widget.select(0)
+    camera_before = tuple(viewer.camera.center)
+    viewer.layers.selection.active = boxes
+    boxes.mode = "select"
+    boxes.selected_data = {widget._shape_index[2]}  # the reader clicks finding 2's box
+    assert widget.current_id() == 2 and _white(boxes)[widget._shape_index[2]]
+    assert tuple(viewer.camera.center) == camera_before  # the box is in view: nothing jumps
+    widget.accept()
+    assert widget.finding(2).status == "accepted" and widget.finding(0).status == "pending"
+    reviewed = viewer.layers[f"{image.name} reviewed"]
+    viewer.layers.selection.active = reviewed
+    widget.select(1)
+    reviewed.mode = "select"
+    reviewed.selected_data = {0}  # finding 2's kept box, clicked on the reviewed layer
+    assert widget.current_id() == 2
+
+
 def _edges(verts) -> tuple[float, ...]:
     """x1, y1, x2, y2 of a rectangle's vertices in pixel edges (napari's pixel-centre corners shifted back)."""
     from napari_lidnet.layer_data import shapes_to_boxes

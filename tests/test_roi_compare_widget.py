@@ -132,7 +132,7 @@ def test_table_matches_pure_functions_refreshes_and_exports(make_napari_viewer, 
     # what the numbers were computed against travels with them
     assert rows[0]["reference"] == widget.reference_combo.currentText() and rows[0]["reference"]
     lo, hi = widget.window()
-    assert rows[0]["window_hu"] == f"{lo:g}..{hi:g}" and rows[0]["pixel_mm"]
+    assert rows[0]["window_hu"] == f"{lo:g}..{hi:g}" and rows[0]["pixel_mm"] == ""  # no voxel size: not "1 x 1"
     assert rows[0]["area_mm2"] == "" and rows[0]["n"] == str(40 * 50)  # no voxel size: the pixel count only
     with pytest.raises(FileExistsError):
         widget.write_csv(out)  # outputs never overwrite
@@ -268,7 +268,7 @@ def test_regions_follow_the_user_and_reference_follows_the_metadata(make_napari_
 
     roi = widget.new_roi_layer()
     assert widget.shapes_combo.currentData() == roi.name and roi.mode == "add_rectangle"
-    assert viewer.layers.selection.active is roi and roi.metadata["lidnet_role"] == "roi"
+    assert viewer.layers.selection.active == roi and roi.metadata["lidnet_role"] == "roi"
     gen = widget.generation
     roi.add_rectangles(np.array([[5, 10], [40, 60]]))
     roi.add_ellipses(np.array([[64, 64], [20, 20]]))
@@ -566,3 +566,36 @@ def test_a_scans_own_annotations_are_offered_not_picked(make_napari_viewer, qtbo
     labels = [t.get_text() for t in widget.figure.axes[0].get_xticklabels()]
     assert len(labels) == 16 and sum(bool(t) for t in labels) <= 20 and labels[0]
     assert all(t.get_rotation() == 90 for t in widget.figure.axes[0].get_xticklabels())
+
+
+def test_the_regions_fall_back_to_the_layer_drawn_on_before(make_napari_viewer, qtbot, images2d):
+    """When the regions layer goes, the regions are the layer the user drew on before it, not the newest Shapes
+    layer (the dock keeps that order by the layers behind napari's proxies, which are new at each access)."""
+    clean, _ = images2d
+    viewer = make_napari_viewer()
+    viewer.add_image(clean, name="ct", metadata={"hu": True})
+    widget = ROICompareWidget(viewer)
+    first, second = viewer.add_shapes(name="first"), viewer.add_shapes(name="second")
+    viewer.add_shapes(name="untouched")
+    first.add_rectangles(np.array([[5, 10], [40, 60]]))
+    second.add_rectangles(np.array([[5, 10], [40, 60]]))
+    assert widget.shapes_combo.currentData() == "second"
+    viewer.layers.remove(second)
+    assert widget.shapes_combo.currentData() == "first"
+
+
+def test_the_navigator_s_reviewed_boxes_do_not_take_over_the_regions(make_napari_viewer, qtbot, images2d):
+    """napari audit 2026-12-07: one Accept in the navigator (which writes its reviewed layer) switched ROI compare
+    from the reader's two regions to the reviewed layer's box."""
+    clean, _ = images2d
+    viewer = make_napari_viewer()
+    viewer.add_image(clean, name="ct", metadata={"hu": True})
+    widget = ROICompareWidget(viewer)
+    mine = viewer.add_shapes(name="my regions")
+    mine.add_rectangles(np.array([[5, 10], [40, 60]]))
+    mine.add_rectangles(np.array([[50, 50], [70, 70]]))
+    reviewed = viewer.add_shapes(name="ct reviewed", metadata={"lidnet_role": "reviewed"})
+    reviewed.data = [corners(10, 10, 30, 30)]  # as the navigator writes a kept box
+    assert widget.shapes_combo.currentData() == "my regions"
+    viewer.layers.remove(mine)
+    assert widget.shapes_combo.currentData() is None  # the reviewed boxes are offered, not picked on their own

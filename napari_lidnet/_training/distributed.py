@@ -91,6 +91,10 @@ def any_rank(flag: bool) -> bool:
 
 def shutdown() -> None:
     """Leave the process group (every rank, at the end of a run): a process that exits with gloo's threads still
-    running can abort ("terminate called without an active exception")."""
+    running can abort ("terminate called without an active exception"). The DDP wrappers left in reference cycles
+    are collected first, so none holds the group into the interpreter's teardown."""
     if dist.is_available() and dist.is_initialized():
+        import gc
+
+        gc.collect()
         dist.destroy_process_group()

@@ -47,11 +47,9 @@ class DataProblems(ValueError):
         super().__init__(format_problems(self.problems))
 
 
-def format_problems(problems: Sequence[str]) -> str:
-    """One message listing every problem."""
-    if len(problems) == 1:
-        return f"cannot fine-tune on this data: {problems[0]}"
-    return "cannot fine-tune on this data:\n" + "\n".join(f"- {p}" for p in problems)
+def format_problems(problems: Sequence[str], verb: str = "fine-tune") -> str:
+    """One line listing every problem: "cannot fine-tune on this data: a; b"."""
+    return f"cannot {verb} on this data: " + "; ".join(problems)
 
 
 @dataclass

@@ -78,13 +78,6 @@ class AdaptRequest:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def adapt_message(problems: Sequence[str]) -> str:
-    """One message listing every problem (one line when there is one)."""
-    if len(problems) == 1:
-        return f"cannot adapt on this data: {problems[0]}"
-    return "cannot adapt on this data:\n" + "\n".join(f"- {p}" for p in problems)
-
-
 def adapt_request(
     layers: Sequence[Any],
     shapes_layer: Any | None,

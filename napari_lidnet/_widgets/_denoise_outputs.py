@@ -73,6 +73,8 @@ class DenoiseOutputs:
                 index = self.viewer.layers.index(old)
                 self.viewer.layers.remove(old)
             new = getattr(self.viewer, f"add_{layer_type}")(data, **kwargs)
+            if old is not None:
+                _keep_look(old, new)  # a rerun's output looks as the reader left the last one
             if index is None and layer_type == "image":
                 index = self._above_images(new)
             if index is not None:
@@ -243,7 +245,49 @@ class DenoiseOutputs:
                                                       "detector": self._last["labels"][1], "run": uuid.uuid4().hex}},
             **self._geometry(None),
         }
-        self._place("lesions", [s for s, _ in shapes], kwargs, "shapes")
+        layer = self._place("lesions", [s for s, _ in shapes], kwargs, "shapes")
+        self.watch.connect(layer.events.features, lambda _event: self._on_boxes_features(layer))
+
+    def _on_boxes_features(self, layer: Any) -> None:
+        """napari's paste (Ctrl+V) gives a pasted box every feature of its original, its score and detection key
+        included (and says so with a features event only): the copy is made a drawn box (no score)."""
+        if self._last is not None and self._last.get("edits") is not None:
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, lambda: self._unscore_copies(layer))  # after napari has drawn the pasted shapes
+
+    def _unscore_copies(self, layer: Any) -> None:
+        edits = self._last.get("edits") if self._last is not None else None
+        if edits is None or layer not in self.viewer.layers or "detection" not in layer.features:
+            return
+        copies = edits.copies(layer)
+        if copies:
+            features = layer.features.copy()
+            for key, value in DRAWN_BOX.items():
+                features.loc[copies, key] = value
+            layer.features = features
+            layer.refresh_text()
+            layer.refresh_colors()
+
+
+#: what the reader may have changed on an output layer that a rerun keeps
+_LOOK = ("opacity", "blending", "visible")
+
+
+def _keep_look(old: Any, new: Any) -> None:
+    """``new`` (a rerun's output) takes ``old``'s display settings: opacity, visibility; an image its colour map and
+    gamma, a box layer its line width and text size."""
+    from napari.layers import Image, Shapes
+
+    for kind, more in ((Image, ("colormap", "gamma")), (Shapes, ())):
+        if isinstance(old, kind) and isinstance(new, kind):  # isinstance: napari hands a dock proxies of layers
+            for name in (*_LOOK, *more):
+                setattr(new, name, getattr(old, name))
+    if isinstance(old, Shapes) and isinstance(new, Shapes):
+        new.current_edge_width = old.current_edge_width  # the layer controls' width
+        if new.nshapes:
+            new.edge_width = [old.current_edge_width] * new.nshapes
+        new.text.size = old.text.size
 
 
 def _box_colormap() -> Any:

@@ -34,18 +34,36 @@ class HandEdits:
         if "detection" not in layer.features:
             return
         keys = layer.features["detection"].astype(str).tolist()
+        shapes = [np.array(verts, dtype=float) for verts in layer.data]
+        own = self._owners(keys, shapes)
         present, drawn = set(), []
-        for key, verts, kind in zip(keys, layer.data, layer.shape_type):
-            verts = np.array(verts, dtype=float)
-            if key not in self._written:  # drawn by hand (napari gives it DRAWN_BOX's empty detection)
+        for i, (key, verts, kind) in enumerate(zip(keys, shapes, layer.shape_type)):
+            if own.get(key) != i:  # drawn by hand (DRAWN_BOX's empty key), or a copy pasted with its detection's
                 drawn.append((verts, kind))
                 continue
             present.add(key)
-            was = self._written[key]
-            if was.shape != verts.shape or not np.allclose(was, verts):
+            if not _same(verts, self._written[key]):
                 self.moved[key] = (verts, kind)
         self.deleted |= set(self._written) - present
         self.drawn = drawn
+
+    def _owners(self, keys: list[str], shapes: list[np.ndarray]) -> dict[str, int]:
+        """Detection key -> the shape that is that detection: where it was drawn if a shape is still there, else the
+        first with its key (napari's copy and paste gives the copy every feature of the box, its key included)."""
+        own: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            if key not in self._written:
+                continue
+            was = self._written[key]
+            if key not in own or (not _same(shapes[own[key]], was) and _same(shapes[i], was)):
+                own[key] = i
+        return own
+
+    def copies(self, layer: Any) -> list[int]:
+        """Indices of the shapes on ``layer`` that carry a detection's key without being that detection (pasted)."""
+        keys = layer.features["detection"].astype(str).tolist()
+        own = self._owners(keys, [np.array(verts, dtype=float) for verts in layer.data])
+        return [i for i, key in enumerate(keys) if key in self._written and own.get(key) != i]
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """The detector's ``slice, x1, y1, x2, y2, score`` rows as the reader left them: the deleted left out, the
@@ -90,3 +108,7 @@ class HandEdits:
             "label": pd.Series([*(f"{v:.2f}" for v in rows[:, 5]), *["drawn"] * len(extra)], dtype=object),
         })  # fmt: skip
         return [*shapes, *extra], features
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and bool(np.allclose(a, b))

@@ -16,7 +16,7 @@ from ..findings import Finding
 from ..layer_data import PIXEL_CENTRE_SHIFT
 from ..metrics.froc import box_iou_np
 from ._geometry import corners_in_image, pixel_map
-from ._roles import REVIEWED, ROLE, derived_name, lidnet_info, reviewed_of, role, source_key
+from ._roles import REVIEWED, ROLE, behind_proxy, derived_name, lidnet_info, reviewed_of, role, source_key
 
 STATUS_COLORS = {"pending": "#c8c8c8", "accepted": "#3cb44b", "edited": "#42d4f4", "added": "#f58231",
                  "rejected": "#e05050"}  # fmt: skip
@@ -56,10 +56,11 @@ class ReviewedLayer:
         return layer
 
     def _connect_reviewed(self, layer: Any) -> None:
-        if layer not in self._watched:
+        if behind_proxy(layer) not in self._watched:
             self.watch.connect(layer.events.data, self._on_reviewed_data)
+            self.watch.connect(layer.selected_data.events.items_changed, self._follow_selection)
             self._bind_review_keys(layer)
-            self._watched.add(layer)
+            self._watched.add(behind_proxy(layer))
 
     def _new_reviewed(self) -> Any:
         image = self.image_layer

@@ -80,6 +80,20 @@ def has_voxel_size(layer: Any) -> bool:
     return bool(np.any(np.asarray(getattr(layer, "scale", [1.0])) != 1.0))
 
 
+def behind_proxy(obj: Any) -> Any:
+    """The napari object behind a plugin's proxy (napari hands a dock a proxy of its viewer, and a new proxy of a
+    layer at each access: neither ``id()`` nor a weak reference of the proxy lasts), else ``obj`` itself."""
+    return getattr(obj, "__wrapped__", obj)
+
+
+def pixel_mm(layer: Any) -> tuple[float, float] | None:
+    """An image layer's in-plane pixel size (rows, columns) in mm; None when it has none (:func:`has_voxel_size`)."""
+    if not has_voxel_size(layer):
+        return None
+    dy, dx = (abs(float(v)) for v in layer.scale[-2:])
+    return (dy, dx) if dy > 0 and dx > 0 else None
+
+
 def places_patient(layer: Any) -> bool:
     """Whether the layer's source places it in the patient (a DICOM geometry with an orientation): its positions are
     patient LPS mm, not the viewer's world."""

@@ -41,9 +41,9 @@ from ._roles import (
     current_slice,
     fill_models,
     grayscale_images,
-    has_voxel_size,
     normal_dose_of,
     pair_name,
+    pixel_mm,
 )
 from ._worker_utils import (
     Failure,
@@ -463,7 +463,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
             self._cache,
             self.batch_size,
             (remove_sd, leave_sd),
-            tuple(float(v) for v in layer.scale[-2:]) if has_voxel_size(layer) else None,  # the detector's size
+            pixel_mm(layer),  # the detector's size
             (str(layer.metadata.get("modality", "") or ""), repr(layer.name)),
             _start_thread=False,
         )

@@ -32,7 +32,7 @@ from .._training.finetune import (
 from .._training.local_data import CTInput, format_problems, synthetic_lesions_only
 from .._training.selfsup import AdaptOutcome, adapt_summary
 from ..io.checks import error_text
-from ._adapt_source import ADAPT_SOURCE, AdaptRequest, adapt_message, adapt_request
+from ._adapt_source import ADAPT_SOURCE, AdaptRequest, adapt_request
 from ._docking import DockHome, scroll_layout
 from ._finetune_parts import (
     DETECT_ITEM,
@@ -439,7 +439,7 @@ class FineTuneWidget(QWidget):
         """Check the self-supervised run and start it in a worker; None (message in ``status``) when it cannot."""
         request, problems = self.build_adapt_request()
         if request is None:
-            self._message(adapt_message(problems), error=True)
+            self._message(format_problems(problems, "adapt"), error=True)
             return None
         from .._training.selfsup import adapt_job
 

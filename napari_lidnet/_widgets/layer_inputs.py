@@ -14,13 +14,12 @@ from napari_lidnet._training.local_data import CTInput
 from napari_lidnet.layer_data import ANNOTATED, shapes_to_boxes
 
 from ._geometry import pixel_map
-from ._roles import lidnet_info, source_key
+from ._roles import lidnet_info, pixel_mm, source_key
 
 
 def _layer_spacing_mm(layer: Any) -> float:
-    """In-plane pixel size of an image layer (its last scale entry), 1.0 when unset."""
-    s = abs(float(layer.scale[-1]))
-    return s if s > 0 else 1.0
+    """In-plane pixel size of an image layer (its columns'), 1.0 when it has none."""
+    return (pixel_mm(layer) or (1.0, 1.0))[1]
 
 
 def shapes_in_image(shapes_layer: Any, image_layer: Any, current_slice: int | None = None) -> tuple[np.ndarray, list]:

@@ -380,6 +380,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
             self.watch.connect(boxes.events.data, self._on_boxes_data)
             self.watch.connect(boxes.events.features, self._on_boxes_data)  # scores set after the boxes
             self.watch.connect(boxes.events.edge_color, self._dim_rejected)  # the dock recolours by score
+            self.watch.connect(boxes.selected_data.events.items_changed, self._follow_selection)
             self._bind_review_keys(boxes)
         self.boxes_layer, self.image_layer = boxes, image
         for combo, layer in ((self.boxes_combo, boxes), (self.image_combo, image)):
@@ -449,10 +450,12 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
 
     def _disconnect_boxes(self) -> None:
         self._undim()
-        if self.boxes_layer is not None:
-            for emitter, slot in ((self.boxes_layer.events.data, self._on_boxes_data),
-                                  (self.boxes_layer.events.features, self._on_boxes_data),
-                                  (self.boxes_layer.events.edge_color, self._dim_rejected)):  # fmt: skip
+        boxes = self.boxes_layer
+        if boxes is not None:
+            for emitter, slot in ((boxes.events.data, self._on_boxes_data),
+                                  (boxes.events.features, self._on_boxes_data),
+                                  (boxes.events.edge_color, self._dim_rejected),
+                                  (boxes.selected_data.events.items_changed, self._follow_selection)):  # fmt: skip
                 try:
                     emitter.disconnect(slot)
                 except (TypeError, ValueError, RuntimeError):
@@ -673,6 +676,27 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
             return mark_current(reviewed, ids.index(f.id)) if f.id in ids else None
         index = self._shape_index.get(f.id)
         return mark_current(self.boxes_layer, index) if index is not None and self.boxes_layer is not None else None
+
+    def _follow_selection(self, _event: Any = None) -> None:
+        """A box the reader picked on the canvas (napari's select tool) becomes the current row, so that A, R and E
+        decide on the box picked, not on the row selected before."""
+        if self._dimming:  # the mark's recolouring clears and restores the selection
+            return
+        for layer in (self.boxes_layer, self.reviewed_layer):
+            if layer is None or layer != self.viewer.layers.selection.active or len(layer.selected_data) != 1:
+                continue
+            fid = self._finding_of_shape(layer, next(iter(layer.selected_data)))
+            if fid is not None and fid != self.current_id():
+                self._select_row_of(fid, jump=False)  # the box is in view: the camera stays
+                self._set_mark(self.finding(fid))
+            return
+
+    def _finding_of_shape(self, layer: Any, index: int) -> int | None:
+        """The finding whose box is shape ``index`` of ``layer`` (the boxes or the reviewed layer), else None."""
+        if layer == self.boxes_layer:
+            return next((fid for fid, i in self._shape_index.items() if i == index), None)
+        ids = list(layer.features["finding"]) if "finding" in layer.features else []
+        return int(ids[index]) if index < len(ids) and self.finding(int(ids[index])) is not None else None
 
     def _target(self, fid: int | None) -> Finding | None:
         """The finding to decide on, or None after saying why (no row selected, or no image to place it on)."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..io.windowing import window_limits
 from ._layer_watch import LayerWatch
-from ._roles import is_ct_image
+from ._roles import behind_proxy, is_ct_image
 from ._viewer import grid
 from .orientation_markers import OrientationMarkers
 
@@ -35,6 +35,8 @@ HINT = "right-drag on the image: window (left-right) and level (up-down); keys 1
 )
 
 _ROOMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: the canvas overlay that shows the window and level
+READOUT = "lidnet window"
 
 
 class ReadingRoom:
@@ -60,9 +62,9 @@ class ReadingRoom:
     def install(cls, viewer: Any, owner: Any = None) -> ReadingRoom:
         """The viewer's reading room, made on first use; ``owner`` (a LIDnet widget) holds it until it calls
         ``release``."""
-        room = _ROOMS.get(viewer)
+        room = _ROOMS.get(behind_proxy(viewer))  # each dock holds its own proxy of the viewer
         if room is None:
-            room = _ROOMS[viewer] = cls(viewer)
+            room = _ROOMS[behind_proxy(viewer)] = cls(viewer)
         if owner is not None:
             room._owners.add(owner)
         return room
@@ -70,12 +72,12 @@ class ReadingRoom:
     @classmethod
     def release(cls, viewer: Any, owner: Any) -> None:
         """``owner``'s dock closed; when no other LIDnet widget holds the room, take it out of the viewer."""
-        room = _ROOMS.get(viewer)
+        room = _ROOMS.get(behind_proxy(viewer))
         if room is None:
             return
         room._owners.discard(owner)
         if not room._owners:
-            del _ROOMS[viewer]
+            del _ROOMS[behind_proxy(viewer)]
             room.close()
 
     def close(self) -> None:
@@ -85,8 +87,7 @@ class ReadingRoom:
         if self._window_drag in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.remove(self._window_drag)
         self.orientation.remove()
-        overlay = self.viewer.canvas.overlays["text"]
-        overlay.text, overlay.visible = "", False
+        self.viewer.canvas.overlays.pop(READOUT, None)
 
     # ------------------------------------------------------------------------------------------------ layers
     def ct_layers(self) -> list[Any]:
@@ -164,10 +165,13 @@ class ReadingRoom:
         """The window and level in HU of ``layer`` (default: the active or top CT layer) in the canvas's lower right
         corner, as a PACS shows them, updated as they change (by key, drag, preset or napari's slider)."""
         layer = layer if is_ct_image(layer) else self.target_ct()
-        overlay = self.viewer.canvas.overlays["text"]
-        text = window_text(tuple(layer.contrast_limits)) if layer is not None else ""
-        overlay.text = text
-        overlay.position = "bottom_right"  # short: clear of the orientation letter centred on a third panel's edge
+        overlays = self.viewer.canvas.overlays
+        if READOUT not in overlays:  # an overlay of its own: napari's text overlay is the user's
+            from napari.components.overlays import TextOverlay
+
+            overlays[READOUT] = TextOverlay(position="bottom_right")  # clear of the orientation letters
+        overlay = overlays[READOUT]
+        overlay.text = window_text(tuple(layer.contrast_limits)) if layer is not None else ""
         overlay.visible = bool(overlay.text)
 
     def target_ct(self) -> Any | None:

@@ -64,9 +64,10 @@ from napari_lidnet._widgets._roles import (
     REVIEWED,
     ROI,
     ROLE,
+    behind_proxy,
     grayscale_images,
-    has_voxel_size,
     normal_dose_of,
+    pixel_mm,
     role,
 )
 from napari_lidnet._widgets._save_dialog import check_suffix, save_path
@@ -110,7 +111,7 @@ class ROICompareWidget(QWidget):
         self._worker = None
         self._pending = False
         self._syncing = False
-        self._touched: dict[int, int] = {}  # id(shapes layer) -> order of its last edit or insertion
+        self._touched: dict[int, int] = {}  # id(shapes layer behind its proxy) -> order of its last edit or insertion
         self._reference_chosen = False  # the user picked the reference: stop defaulting it
         self.status = wrapping_label()
         split = QSplitter(Qt.Orientation.Horizontal)
@@ -284,15 +285,19 @@ class ROICompareWidget(QWidget):
         """Remember ``layer`` as the Shapes layer the user worked on last (not detector or caliper layers)."""
         from napari.layers import Shapes
 
-        if isinstance(layer, Shapes) and role(layer) not in NOT_DRAWN_BOXES:
-            self._touched[id(layer)] = max(self._touched.values(), default=0) + 1
+        if isinstance(layer, Shapes) and role(layer) not in (*NOT_DRAWN_BOXES, REVIEWED):
+            self._touched[id(behind_proxy(layer))] = max(self._touched.values(), default=0) + 1
+
+    def _touch_order(self, layer: Any) -> int:
+        """When the user last worked on ``layer`` (higher is later), 0 never."""
+        return self._touched.get(id(behind_proxy(layer)), 0)
 
     def _on_shapes_edited(self, event: Any) -> None:
         """A drawn, moved or deleted shape: its layer becomes the regions' source (following the user)."""
         layer = getattr(event, "source", None)
         if getattr(event, "action", "changed") not in ("added", "changed", "removed") or layer is None:
             return
-        if role(layer) in NOT_DRAWN_BOXES or layer == self._shapes:
+        if role(layer) in (*NOT_DRAWN_BOXES, REVIEWED) or layer == self._shapes:  # the navigator writes its boxes
             return
         self._touch(layer)
         self.set_regions_layer(layer.name)
@@ -307,9 +312,9 @@ class ROICompareWidget(QWidget):
         annotations until the user edits them; None if none."""
         layers = self._shapes_layers()
         user = [
-            (self._touched.get(id(lay), 0), k, lay)
+            (self._touch_order(lay), k, lay)
             for k, lay in enumerate(layers)
-            if role(lay) not in NOT_PICKED_REGIONS or (role(lay) == ANNOTATIONS and id(lay) in self._touched)
+            if role(lay) not in (*NOT_PICKED_REGIONS, REVIEWED) or (role(lay) == ANNOTATIONS and self._touch_order(lay))
         ]
         return max(user, key=lambda t: t[:2])[2].name if user else None
 
@@ -513,8 +518,7 @@ class ROICompareWidget(QWidget):
         )
         self._sync_region_combos(regions)
         images = {n: (lay.data[0] if lay.multiscale else lay.data) for n, lay in image_layers.items()}
-        areas = {n: abs(float(lay.scale[-2] * lay.scale[-1])) if has_voxel_size(lay) else math.nan
-                 for n, lay in image_layers.items()}  # fmt: skip
+        areas = {n: math.prod(pixel_mm(lay) or [math.nan]) for n, lay in image_layers.items()}
         return images, regions, ref, self.background_combo.currentData(), self.lesion_combo.currentData(), areas
 
     def refresh(self) -> None:
@@ -648,9 +652,10 @@ class ROICompareWidget(QWidget):
             ncols = 1 if max(len(i) for i in images) > 12 else min(len(images), 3)
             ax.legend(fontsize="x-small", loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=ncols, frameon=False)
 
-    def _pixel_mm(self, name: str) -> tuple[float, float]:
+    def _pixel_mm(self, name: str) -> tuple[float, float] | None:
+        """The pixel size in mm of the image called ``name``; None when it has none (plots in px)."""
         lay = next((lay for lay in self._image_layers() if lay.name == name), None)
-        return (1.0, 1.0) if lay is None else (float(lay.scale[-2]), float(lay.scale[-1]))
+        return None if lay is None else pixel_mm(lay)
 
     def _plot_region_curves(self, ax: Any, kind: str) -> None:
         region = next((r for r in self.regions if r.name == self.plot_region.currentText()), None)
@@ -665,12 +670,13 @@ class ROICompareWidget(QWidget):
             if plane is None:
                 problems.append(f"{name}: {note}")
                 continue
-            dy, dx = self._pixel_mm(name)
+            mm = self._pixel_mm(name)
+            (dy, dx), unit = mm or (1.0, 1.0), "mm" if mm else "px"
             if kind == "line profile":
                 cols, vals = line_profile(plane, mask)
                 centre = (cols[0] + cols[-1]) / 2 if len(cols) else 0.0
                 ax.plot((cols - centre) * dx, vals, label=name)
-                ax.set_xlabel("position along the centre row (mm from the region centre)")
+                ax.set_xlabel(f"position along the centre row ({unit} from the region centre)")
                 ax.set_ylabel("HU")
             else:
                 try:
@@ -679,8 +685,8 @@ class ROICompareWidget(QWidget):
                     problems.append(f"{name}: {exc}")
                     continue
                 ax.plot(res.f, res.nps, label=name)
-                ax.set_xlabel("spatial frequency (mm$^{-1}$)")
-                ax.set_ylabel("NPS (HU$^2$ mm$^2$)")
+                ax.set_xlabel(f"spatial frequency ({unit}$^{{-1}}$)")
+                ax.set_ylabel(f"NPS (HU$^2$ {unit}$^2$)")
         ax.set_title(region.name, fontsize="small")
         if ax.lines:
             ax.legend(fontsize="small")
@@ -710,8 +716,8 @@ class ROICompareWidget(QWidget):
         }
         rows = []
         for row in self.rows:
-            dy, dx = self._pixel_mm(row.get("image", "")) if row.get("image") else (math.nan, math.nan)
-            rows.append({**row, **context, "pixel_mm": "" if math.isnan(dy) else f"{dy:g} x {dx:g}"})
+            mm = self._pixel_mm(row.get("image", "")) if row.get("image") else None
+            rows.append({**row, **context, "pixel_mm": "" if mm is None else f"{mm[0]:g} x {mm[1]:g}"})
         return write_csv(path, rows)
 
     def _export_clicked(self) -> None:
