@@ -93,12 +93,13 @@ def _sample_arrays(n_slices: int, size: int) -> tuple[np.ndarray, np.ndarray, np
 def sample_abdomen(n_slices: int = 6, size: int = 512) -> list[LayerDataTuple]:
     """Layer tuples: full-dose image, low-dose image above it (soft-tissue window, mm scale), ground-truth boxes."""
     from napari_lidnet.io.volume import CTVolume
-    from napari_lidnet.layer_data import boxes_layer_tuple, volume_to_layer_tuple
+    from napari_lidnet.layer_data import boxes_layer_tuple, data_key, volume_to_layer_tuple
 
     low, full, boxes, kinds, spacing = _sample_arrays(int(n_slices), int(size))
     source = f"simulated abdomen phantom (seed {SAMPLE_SEED}), {SAMPLE_DOSE:.0%} dose, napari_lidnet.sim"
     meta = {"source": source, "dose": SAMPLE_DOSE}
-    low_meta = {**meta, "normal_dose": FULL_NAME}  # ROI compare's reference, Fine-tune's pairing
+    low_meta = {**meta, "normal_dose": FULL_NAME, "normal_dose_key": data_key(full)}  # ROI compare's reference,
+    # Fine-tune's pairing (by the full dose's fingerprint: a second sample's low dose is not paired with the first's)
     layers = [  # the low dose on top of its reference: the image a user opens the sample to denoise is the one shown
         volume_to_layer_tuple(CTVolume(full.copy(), spacing, name=FULL_NAME, metadata={**meta, "dose": 1.0})),
         volume_to_layer_tuple(CTVolume(low.copy(), spacing, name=LOW_NAME, metadata=low_meta)),

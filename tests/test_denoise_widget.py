@@ -309,6 +309,13 @@ def test_current_slice_scope(make_napari_viewer, qtbot, model_dir: Path) -> None
     widget.scope_combo.setCurrentText("all slices")  # covers slice 4: nothing lost, nothing said
     run_and_wait(widget, qtbot)
     assert "replaces" not in widget.status.text() and viewer.layers["low denoised"].data.shape == low.shape
+    # napari audit 2026-12-07: in a side-on or 3D view "current slice" ran on an axial slice nobody was looking at
+    widget.scope_combo.setCurrentText("current slice")
+    for turn, said in ((lambda: viewer.dims.roll(), "side on"), (lambda: setattr(viewer.dims, "ndisplay", 3), "3D")):
+        turn()
+        assert widget.run() is None and said in widget.status.text(), widget.status.text()
+        viewer.dims.ndisplay, viewer.dims.order = 2, (0, 1, 2)
+    run_and_wait(widget, qtbot)  # the axial view again: it runs
 
 
 def test_a_current_slice_run_after_a_volume_run_updates_that_slice_only(make_napari_viewer, qtbot, model_dir) -> None:

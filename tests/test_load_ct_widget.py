@@ -290,6 +290,9 @@ def test_derived_layer_names_are_short_and_cut_between_words():
     assert name == "CHEST 5.0 B31f LUNG… 25% dose" and len(name) <= 30  # the tag that tells layers apart stays
     assert short_name("low-dose CT (25%)") == "low-dose CT (25%)"
     assert short_name("averyveryverylongseriesdescription") == "averyveryverylongse…"
+    # napari audit 2026-12-07: the " [1]" of a second study was cut, and its outputs were named as the first's
+    assert short_name("low-dose CT (25%) [1]") == "low-dose CT (25%) [1]"
+    assert short_name("CHEST 5.0 B31f LUNG WINDOW [12]") == "CHEST 5.0 B31f LUNG… [12]"
 
 
 def test_simulation_source_dose_and_a_restart_after_cancel(widget, qtbot):

@@ -599,3 +599,26 @@ def test_the_navigator_s_reviewed_boxes_do_not_take_over_the_regions(make_napari
     assert widget.shapes_combo.currentData() == "my regions"
     viewer.layers.remove(mine)
     assert widget.shapes_combo.currentData() is None  # the reviewed boxes are offered, not picked on their own
+
+
+def test_the_reference_is_the_recorded_normal_dose_image_not_one_of_its_name(make_napari_viewer, images2d):
+    """napari audit 2026-12-07: a second study's low dose took the first study's normal dose (recorded by name) as
+    its reference, and a renamed normal dose was lost. The fingerprint recorded beside the name decides."""
+    from napari_lidnet._widgets._roles import normal_dose_of
+    from napari_lidnet.layer_data import data_key
+
+    clean, noisy = images2d
+    viewer = make_napari_viewer()
+    full1 = viewer.add_image(clean, name="full", metadata={"hu": True})
+    low1 = viewer.add_image(noisy, name="low", metadata={"hu": True, "normal_dose": "full",
+                                                         "normal_dose_key": data_key(clean)})  # fmt: skip
+    full2 = viewer.add_image(clean + 7.0, name="full", metadata={"hu": True})  # napari calls it "full [1]"
+    low2 = viewer.add_image(noisy + 7.0, name="low", metadata={"hu": True, "normal_dose": "full",
+                                                               "normal_dose_key": data_key(clean + 7.0)})  # fmt: skip
+    assert normal_dose_of(low2, viewer.layers) == full2 and normal_dose_of(low1, viewer.layers) == full1
+    widget = ROICompareWidget(viewer)
+    assert widget.default_reference() == full2.name
+    full1.name = "study 1 normal dose"
+    assert normal_dose_of(low1, viewer.layers) == full1  # renamed, still its reference
+    viewer.layers.remove(full2)
+    assert normal_dose_of(low2, viewer.layers) is None  # gone: not the other study's "full"

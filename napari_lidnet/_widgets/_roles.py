@@ -9,6 +9,7 @@ lesion boxes: the sample's ground truth, DeepLesion's). CT images in HU carry
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,18 @@ def current_slice(viewer: Any, layer: Any) -> int | None:
         return None
     z = float(np.asarray(layer.world_to_data(viewer.dims.point[-layer.ndim :]))[0])
     return int(np.clip(round(z), 0, layer.data.shape[0] - 1))
+
+
+def slice_not_shown(viewer: Any, layer: Any) -> str | None:
+    """Why the viewer shows no one axial slice of the volume ``layer`` (3D rendering, or a view whose plane holds
+    the slice axis: sagittal or coronal), in words; None when it does (or ``layer`` is 2D)."""
+    if layer.ndim < 3:
+        return None
+    if viewer.dims.ndisplay == 3:
+        return "the view is 3D"
+    if viewer.dims.ndim - layer.ndim in viewer.dims.displayed:
+        return "the view shows the slices side on (sagittal or coronal)"
+    return None
 
 
 def is_ct_image(layer: Any) -> bool:
@@ -132,16 +145,27 @@ def is_reduced_dose(layer: Any) -> bool:
 
 
 def normal_dose_of(layer: Any, layers: Any) -> Any | None:
-    """The normal-dose layer recorded in ``layer``'s metadata (simulated from it, or denoised from one that was)."""
-    name = (getattr(layer, "metadata", None) or {}).get("normal_dose")
-    names = [ly.name for ly in layers]
-    return layers[name] if name and name in names and name != layer.name else None
+    """The normal-dose layer recorded in ``layer``'s metadata (simulated from it, or denoised from one that was):
+    the image of the recorded fingerprint (``normal_dose_key``: another study's image of the same name is not it, a
+    renamed one still is), else, where none was recorded, the image of the recorded name."""
+    meta = getattr(layer, "metadata", None) or {}
+    key, name = meta.get("normal_dose_key"), meta.get("normal_dose")
+    from napari.layers import Image
+
+    images = [ly for ly in layers if ly != layer and isinstance(ly, Image)]
+    if key:
+        return next((ly for ly in images if source_key(ly) == key), None)
+    return next((ly for ly in images if name and ly.name == name), None)
 
 
 def short_name(name: str, limit: int = NAME_LIMIT) -> str:
-    """``name`` cut at a word boundary to at most ``limit`` characters (an ellipsis marks the cut)."""
+    """``name`` cut at a word boundary to at most ``limit`` characters (an ellipsis marks the cut); napari's " [1]"
+    of a second layer of the same name is kept, so two studies' outputs keep apart."""
     if len(name) <= limit:
         return name
+    match = re.search(r" \[\d+\]$", name)
+    if match:
+        return short_name(name[: match.start()], limit) + match.group()
     head = name[: limit - 1]
     if name[limit - 1] != " " and " " in head[limit // 2 :]:  # the cut would split a word: drop that word
         head = head.rsplit(" ", 1)[0]

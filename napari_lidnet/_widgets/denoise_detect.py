@@ -44,6 +44,7 @@ from ._roles import (
     normal_dose_of,
     pair_name,
     pixel_mm,
+    slice_not_shown,
 )
 from ._worker_utils import (
     Failure,
@@ -442,6 +443,10 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
             return None
         slices = None
         if layer.ndim == 3 and self.scope_combo.currentText() == "current slice":
+            hidden = slice_not_shown(self.viewer, layer)
+            if hidden:  # an audit's sagittal view ran on an axial slice taken from the hidden slider
+                self._message(f"no current slice: {hidden}; show the axial slices (2D), or run the whole volume", True)
+                return None
             slices = [current_slice(self.viewer, layer)]
         if self._cache is None:
             from ..inference import ResultCache

@@ -40,7 +40,7 @@ from ..io.windowing import SCAN_WINDOW, WINDOW_PRESETS, stored_presets
 from ..layer_data import volume_layer_tuples
 from ._docking import DockHome, scroll_layout, wrapping_label
 from ._layer_watch import LayerWatch, renamed_to
-from ._roles import derived_name, grayscale_images, is_ct_image, is_reduced_dose
+from ._roles import derived_name, grayscale_images, is_ct_image, is_reduced_dose, source_key
 from ._sim_job import SimProgress, added_noise_sd, simulate_job
 from ._worker_utils import Failure, share_cores
 from .calipers import measure
@@ -426,7 +426,8 @@ class LoadCTWidget(QWidget):
         added = added_noise_sd(np.asarray(layer.data), np.asarray(result))
         how = next((r.calibration for r in self.sim_records if r.calibration), "")
         meta = {**layer.metadata, "hu": True, "dose": dose, "simulated_dose": dose, "simulated_seed": seed,
-                "normal_dose": layer.name, "simulated_added_sd": added, "simulated_noise_level": how,
+                "normal_dose": layer.name, "normal_dose_key": source_key(layer), "simulated_added_sd": added,
+                "simulated_noise_level": how,
                 "source": f"{layer.name} at {dose:.0%} dose (napari_lidnet.sim, seed {seed})"}  # fmt: skip
         if isinstance(meta.get("source_tags"), dict):  # its exposure is the simulated one
             meta["source_tags"] = at_dose(meta["source_tags"], dose)
