@@ -826,6 +826,21 @@ def test_a_box_picked_on_the_canvas_is_the_one_decided(case) -> None:
     assert widget.current_id() == 2
 
 
+def test_the_status_bar_hint_says_what_the_keys_do_on_the_boxes_layer(case) -> None:
+    """napari audit 2026-12-07: with the lesions layer active napari's hint still read "use <R> for add rectangles"
+    and "use <7> for transform", while R rejected a finding and 7 set the abdomen window."""
+    from napari_lidnet._widgets.navigator import REVIEW_HINT
+    from napari_lidnet._widgets.reading_room import PRESET_HINT
+
+    viewer, widget, image, boxes, _ = case
+    for mode in ("pan_zoom", "select", "direct"):  # napari writes its hint again at every mode change
+        boxes.mode = mode
+        parts = boxes.help.split(", ")
+        assert REVIEW_HINT in parts and PRESET_HINT in parts, boxes.help
+        assert not any(p.startswith(("use <R> ", "use <E> ", "use <P> ", "use <7> ", "use <1> ")) for p in parts)
+        assert "use <L> for add lines" in parts  # napari's keys that still do what it says stay
+
+
 def _edges(verts) -> tuple[float, ...]:
     """x1, y1, x2, y2 of a rectangle's vertices in pixel edges (napari's pixel-centre corners shifted back)."""
     from napari_lidnet.layer_data import shapes_to_boxes

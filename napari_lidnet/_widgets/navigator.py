@@ -42,6 +42,7 @@ from ._box_marks import dim_boxes, mark_current, remark, scored, unmark
 from ._debounce import debounce_timer
 from ._docking import DockHome, wrapping_label
 from ._geometry import corners_in_image, index_to_patient, index_to_world, pixel_map
+from ._key_help import keep_help_mended
 from ._layer_watch import LayerWatch, renamed_to
 from ._review_export import write_review_sr, write_review_table
 from ._reviewed_layer import STATUS_COLORS, ReviewedLayer
@@ -90,11 +91,15 @@ CENTRE_TIPS = {
 }
 NONE = "(none)"
 
+#: the status bar's hint on the boxes layers while the review keys are bound there
+REVIEW_HINT = "LIDnet: <A> accept; <R> reject; <E> edit; <N>/<P> next/previous finding"
+
 
 def _header(key: str, header: str, unit: str, placed: bool) -> str:
     """A column's header in the table's unit; the centre's says "viewer" where the source places nothing."""
     header = header.replace("(mm)", f"({unit})")
     return header.replace(")", ", viewer)") if key == "centre" and not placed else header
+
 
 
 class SortItem(QTableWidgetItem):
@@ -261,6 +266,8 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         and the next click add a box; the toolbar still draws)."""
         for key, press in self._review_keys.items():
             self.watch.bind_key(target, key, press)
+        if target is not self.viewer:  # napari's hint on the layer named R as "add rectangles"
+            keep_help_mended(self.watch.connect, target, self._review_keys, REVIEW_HINT)
 
     def _watch_viewer(self) -> None:
         events = self.viewer.layers.events

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..io.windowing import window_limits
+from ._key_help import keep_help_mended
 from ._layer_watch import LayerWatch
 from ._roles import behind_proxy, is_ct_image
 from ._viewer import grid
@@ -33,6 +34,8 @@ AXIS_LABELS = {2: ("y", "x"), 3: ("z", "y", "x")}
 HINT = "right-drag on the image: window (left-right) and level (up-down); keys 1-7: " + ", ".join(
     f"{k} {v}" for k, v in PRESET_KEYS.items()
 )
+#: the status bar's hint on a layer whose number keys set the window
+PRESET_HINT = "LIDnet: <1>-<7> set the window"
 
 _ROOMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 #: the canvas overlay that shows the window and level
@@ -107,6 +110,7 @@ class ReadingRoom:
         if isinstance(layer, (Image, Points, Shapes)):
             for key, preset in PRESET_KEYS.items():
                 self.watch.bind_key(layer, key, self._preset_key(preset))
+            keep_help_mended(self.watch.connect, layer, PRESET_KEYS, PRESET_HINT)
         if not is_ct_image(layer):
             return
         default = tuple(str(i) for i in range(-layer.ndim, 0))
