@@ -264,6 +264,24 @@ def test_a_rerun_keeps_how_the_reader_set_the_outputs_to_look(make_napari_viewer
     assert boxes2.text.size == 20 and boxes2.opacity == pytest.approx(0.3) and boxes2.current_edge_width == 6
 
 
+def test_the_outputs_move_with_their_source(make_napari_viewer, qtbot, model_dir) -> None:
+    """napari audit 2026-12-07: the source's scale changed after a run (napari's transform mode, the console) left
+    the denoised image and the boxes where they were, on other slices of the moved source."""
+    viewer = make_napari_viewer()
+    low, _ = phantom(n=6, size=64)
+    src = add_ct(viewer, low.copy())
+    widget = make_widget(viewer, qtbot)
+    widget.scope_combo.setCurrentText("current slice")
+    viewer.dims.set_point(0, TRANSLATE[0] + 3 * SCALE[0])
+    run_and_wait(widget, qtbot)
+    den, boxes = viewer.layers["low denoised"], viewer.layers["low lesions"]
+    src.scale = (2 * SCALE[0], *SCALE[1:])
+    src.translate = (TRANSLATE[0] + 10.0, *TRANSLATE[1:])
+    np.testing.assert_allclose(den.data_to_world((0, 5, 7)), src.data_to_world((3, 5, 7)))  # still slice 3
+    np.testing.assert_allclose(boxes.scale, src.scale)
+    np.testing.assert_allclose(boxes.translate, src.translate)
+
+
 def test_the_box_export_of_an_assumed_pixel_size_has_no_mm(make_napari_viewer, qtbot, model_dir, tmp_path) -> None:
     """Review 2026-12-07: the dock's box export of a DICOM without PixelSpacing (1 mm assumed) wrote lps_* columns
     from the made-up pixel, where `lidnet detect` writes none."""

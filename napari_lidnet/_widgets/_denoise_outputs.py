@@ -17,7 +17,7 @@ from ..io.volume import n_slices
 from ..layer_data import metadata_for_slices, removed_noise_layer, slice_translate
 from ..metrics.lesions import row_lesions
 from ._hand_edits import DRAWN_BOX, HandEdits
-from ._roles import DETECTIONS, NOISE, ROLE, derived_name, lidnet_info, source_key
+from ._roles import DETECTIONS, NOISE, ROLE, behind_proxy, derived_name, lidnet_info, source_key
 
 if TYPE_CHECKING:
     from napari.layers import Shapes
@@ -82,6 +82,7 @@ class DenoiseOutputs:
         finally:
             self._replacing = False
         self._outputs.append([self._last["layer"], role, new, new.name])
+        self._follow(self._last["layer"])
         if pair is not None and old is not None and old in pair:
             self.compare.pair = tuple(new if ly == old else ly for ly in pair)
             if self.compare.side_by_side:
@@ -89,6 +90,25 @@ class DenoiseOutputs:
         elif self.compare.side_by_side and new.visible:  # an output beside the pair (boxes, removed noise)
             self._end_side_by_side(new.name)
         return new
+
+    def _follow(self, src: Any) -> None:
+        """The outputs of ``src`` move with it when its scale, translate or affine change (napari's transform
+        mode, the console): an audit's boxes stayed put and the navigator measured them on other slices."""
+        if id(behind_proxy(src)) in self._followed:
+            return
+        self._followed.add(id(behind_proxy(src)))
+        for name in ("scale", "translate", "affine"):
+            self.watch.connect(getattr(src.events, name), lambda _event=None, s=src: self._moved_source(s))
+
+    def _moved_source(self, src: Any) -> None:
+        if self._last is None or self._last["layer"] != src:
+            return
+        first = self._last["first"]
+        for role in ("denoised", "removed noise", "lesions"):
+            live = self._live(role)
+            if live is not None:
+                for key, value in self._geometry(None if role == "lesions" else first).items():
+                    setattr(live, key, value)
 
     def _above_images(self, new: Any) -> int | None:
         """Where a first image output goes: above every image (another scan above the source would hide it), below

@@ -109,6 +109,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         self._cache: Any = None  # inference.ResultCache, created on the first run (torch import)
         self._last: dict[str, Any] | None = None
         self._outputs: list[list[Any]] = []  # [source layer, role, output layer, the name it was given]
+        self._followed: set[int] = set()  # sources whose moves (scale, translate, affine) the outputs follow
         self._volumes: list[dict[str, Any]] = []  # the last whole-volume result of each source layer
         self._replacing = False  # a run is replacing one of its outputs (not the reader deleting it)
         self._pending: dict[str, Any] = {}
