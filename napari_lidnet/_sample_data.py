@@ -9,8 +9,7 @@ instant, also in a new session. torch is imported only when the data are generat
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -56,12 +55,13 @@ def _load_cached(path: Path) -> tuple | None:
 
 
 def _save_cached(path: Path, low, full, boxes, kinds, spacing) -> None:
+    from napari_lidnet.io.atomic import write_atomically
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, low=low, full=full, boxes=boxes, kinds=np.array(kinds, dtype=str), spacing=spacing)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, low=low, full=full, boxes=boxes, kinds=np.array(kinds, dtype=str), spacing=spacing)
-        os.replace(tmp, path)
+        write_atomically(path, buffer.getvalue())
     except OSError:
         pass  # a read-only home only costs regeneration next time
 

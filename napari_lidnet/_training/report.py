@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 
+def time_left_text(eta_s: float) -> str:
+    """'40 s' below 90 s, else '2.5 min': how every progress line says the time left."""
+    return f"{eta_s:.0f} s" if eta_s < 90 else f"{eta_s / 60:.1f} min"
+
+
 def format_record(rec: dict[str, Any], every: int = 25) -> str | None:
     """One log line for a progress record (training steps are thinned to every ``every``-th step)."""
     stage = rec.get("stage")
@@ -21,7 +26,7 @@ def format_record(rec: dict[str, Any], every: int = 25) -> str | None:
         return None
     losses = ", ".join(f"{k} {v:.4g}" for k, v in rec.get("losses", {}).items())
     eta = rec.get("eta_s")
-    eta_txt = f", {eta / 60:.1f} min left" if eta is not None else ""
+    eta_txt = f", {time_left_text(eta)} left" if eta is not None else ""
     return f"[{rec['step']}/{rec['total_steps']}] {stage} {step}/{rec['stage_total']}: {losses}{eta_txt}"
 
 

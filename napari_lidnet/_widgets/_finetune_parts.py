@@ -36,7 +36,7 @@ from qtpy.QtWidgets import (
 
 from .._training.finetune import ONE_CLICK_DEFAULTS, default_model_name
 from .._training.local_data import AUTO_BOX_THRESHOLD, CTInput, check_inputs
-from .._training.report import input_text
+from .._training.report import input_text, time_left_text
 from ..io.deeplesion import is_deeplesion_archive
 from ..io.open_ct import input_kind
 from ._adapt_source import (
@@ -563,5 +563,5 @@ class RunPanel(QWidget):
             self.stage_bar.setValue(int(done))
             eta = rec.get("eta_s")
             if eta is not None:
-                self.eta_label.setText(f"about {eta / 60:.1f} min left" if eta >= 60 else f"about {eta:.0f} s left")
+                self.eta_label.setText(f"about {time_left_text(eta)} left")
             self.plot.add_record(rec)

@@ -97,7 +97,15 @@ def pixels_only(row: dict[str, Any]) -> bool:
     return isinstance(n, (int, np.integer)) and n > 0 and not (isinstance(area, float) and math.isfinite(area))
 
 
-def compute_rows(images, regions, reference, background, window, perceptual_on, lesion=None):
+def compute_rows(
+    images: dict[str, np.ndarray],
+    regions: list[Any],
+    reference: str | None,
+    background: str | None,
+    window: tuple[float, float] | None,
+    perceptual_on: bool,
+    lesion: str | None = None,
+) -> list[dict[str, Any]]:
     """Worker body (no Qt): the table rows with the model observer's keys; the ROI perceptual function is built
     here so torch loads off-GUI."""
     perceptual = None

@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .._training.report import time_left_text
 from ..io.checks import error_text
 from ..io.dicom_values import at_dose
 from ..io.open_ct import list_series, open_ct
@@ -407,8 +408,7 @@ class LoadCTWidget(QWidget):
         self.sim_progress.setRange(0, rec.total)
         self.sim_progress.setValue(rec.done)
         if rec.eta_s is not None and rec.done < rec.total:
-            left = f"{rec.eta_s:.0f} s" if rec.eta_s < 90 else f"{rec.eta_s / 60:.1f} min"
-            self.sim_eta.setText(f"about {left} left")
+            self.sim_eta.setText(f"about {time_left_text(rec.eta_s)} left")
         if rec.notice:
             self._info(rec.notice)
         if rec.calibration:

@@ -9,9 +9,12 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from napari_lidnet.io.atomic import check_writable
+
+if TYPE_CHECKING:
+    from napari_lidnet.io.volume import CTVolume
 
 
 def check_new_output(out: Path, input_path: str | None = None, folder: bool = False) -> None:
@@ -125,7 +128,7 @@ def open_checked(path: str, series_uid: str | None = None, every: bool = False) 
     return kept if every else volumes
 
 
-def open_single(path: str, series_uid: str | None = None):
+def open_single(path: str, series_uid: str | None = None) -> CTVolume:
     """The largest CT volume at ``path`` (a CT modality first), or series ``series_uid``, checked by ``check_ct``."""
     volumes = open_checked(path, series_uid)
     if len(volumes) > 1:
@@ -166,7 +169,9 @@ def threshold_note(name: str, card: dict[str, Any]) -> str:
     return f"{name}_detector: score threshold {cal['threshold']:.3f}"
 
 
-def load_model_arg(name: str | None, kind: str, device: str):
+def load_model_arg(name: str | None, kind: str, device: str) -> tuple[Any, Any, dict[str, Any]]:
+    """(model on its device, the device, its card) of ``--model`` (None: the shipped default), with a warning when
+    its card says it ended worse than it started."""
     from napari_lidnet.metrics.selection import worse_reason
     from napari_lidnet.models.device import pick_device
     from napari_lidnet.models.registry import load_model
@@ -177,7 +182,7 @@ def load_model_arg(name: str | None, kind: str, device: str):
         print(notice, file=sys.stderr)
     worse = worse_reason(card)
     if worse:
-        print(f"warning: {name}: {worse}", file=sys.stderr)
+        print(f"warning: {name or 'default'}: {worse}", file=sys.stderr)
     return model.to(dev), dev, card
 
 

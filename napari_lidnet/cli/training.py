@@ -308,12 +308,13 @@ def _add_train_schedule(p: Any) -> None:
 def _adapt_report(rec: dict[str, Any], line_open: bool) -> bool:
     """Print one record of ``selfsup.adapt_job`` on stderr: notes and estimates as lines, steps on one line that
     is rewritten (``\\r``); returns whether that step line is left open."""
+    from napari_lidnet._training.report import time_left_text
     from napari_lidnet._training.selfsup import estimates_line
 
     stage = rec.get("stage")
     if stage == "adapt":
         loss, eta = rec["losses"]["selfsup"], rec.get("eta_s") or 0.0
-        text = f"step {rec['step']}/{rec['total_steps']}  loss {loss:.3g}  about {eta:.0f} s left"
+        text = f"step {rec['step']}/{rec['total_steps']}  loss {loss:.3g}  about {time_left_text(eta)} left"
         if sys.stderr.isatty():  # one rewritten line on a terminal
             print(f"\r{text} ", end="", file=sys.stderr, flush=True)
             return True

@@ -15,6 +15,7 @@ its low-dose images are those of the noisy-target dataset of the same seed.
 from __future__ import annotations
 
 import csv
+import io
 import shlex
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -227,12 +228,13 @@ def simulate_dataset(
 
 
 def _write_csv(path: Path, rows: list[dict[str, str]], columns: Sequence[str] = tuple(_COLUMNS)) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns))
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
+    from napari_lidnet.io.atomic import write_atomically
+
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=list(columns))
+    w.writeheader()
+    w.writerows(rows)
+    write_atomically(path, text.getvalue().encode())
 
 
 def read_scanner_csv(dataset_dir: str | Path) -> dict[str, dict[str, str]]:
