@@ -12,7 +12,7 @@ from conftest import listing, make_ct_slice, synthetic_hu, write_enhanced_ct, wr
 from pydicom.data import get_testdata_file
 
 from napari_lidnet.io.dicom_read import read_dicom
-from napari_lidnet.io.dicom_scan import list_series
+from napari_lidnet.io.dicom_scan import list_dicom_series
 
 
 def test_ct_small_single_file_hu_and_geometry():
@@ -61,7 +61,7 @@ def test_rgb_secondary_capture_is_refused():
 def test_multi_series_folder_sorted_by_position_with_per_slice_rescale(two_series_dir):
     d = two_series_dir
     before = listing(d["root"])
-    infos = list_series(d["root"])
+    infos = list_dicom_series(d["root"])
     assert [(i.uid, i.n_slices, i.rows, i.cols) for i in infos] == [(d["uid_a"], 4, 12, 10), (d["uid_b"], 3, 8, 8)]
     assert infos[0].description == "abdomen A" and infos[0].modality == "CT"
 
@@ -211,7 +211,7 @@ def test_dicomdir_is_skipped(tmp_path, two_series_dir):
     if dicomdir is None:
         pytest.skip("pydicom test DICOMDIR not available")
     shutil.copy(dicomdir, root / "DICOMDIR")
-    assert [i.n_slices for i in list_series(root)] == [4, 3]
+    assert [i.n_slices for i in list_dicom_series(root)] == [4, 3]
 
 
 def test_enhanced_ct_frames_take_their_functional_groups(tmp_path):
@@ -227,7 +227,7 @@ def test_enhanced_ct_frames_take_their_functional_groups(tmp_path):
     assert vol.spacing == pytest.approx((2.5, 0.7, 0.7)) and vol.origin == pytest.approx((32.5, -60.0, -50.0))
     assert vol.metadata["frame_numbers"] == [4, 3, 2, 1] and vol.metadata["instance_numbers"] == [4, 3, 2, 1]
     assert vol.metadata["sop_instance_uids"] == [sop] * 4
-    assert list_series(tmp_path)[0].n_slices == 4
+    assert list_dicom_series(tmp_path)[0].n_slices == 4
 
 
 def test_enhanced_ct_written_back_references_its_frames(tmp_path):
@@ -269,7 +269,7 @@ def test_localizers_are_left_out_and_the_axial_series_opens(tmp_path):
     (tmp_path / "loc_own.dcm").unlink()
     write_series(tmp_path / "big", synthetic_hu((2, 32, 32), seed=6), series_uid="1.2.3.42", description="big")
     assert [v.metadata["series_description"] for v in read_dicom(tmp_path)] == ["axial", "big"]
-    assert [s.description for s in list_series(tmp_path)] == ["axial", "big"]
+    assert [s.description for s in list_dicom_series(tmp_path)] == ["axial", "big"]
 
 
 def test_mixed_pixel_spacing_refused_naming_files(tmp_path):
@@ -356,7 +356,7 @@ def test_dicomdir_opens_the_series_it_lists_and_nothing_else(tmp_path):
     write_series(tmp_path / "cd" / "other", synthetic_hu((2, 8, 8), seed=12), series_uid="1.2.3.81")
     (vol,) = read_dicom(dicomdir)
     np.testing.assert_array_equal(vol.hu, hu)
-    assert [s.uid for s in list_series(dicomdir)] == ["1.2.3.80"]
+    assert [s.uid for s in list_dicom_series(dicomdir)] == ["1.2.3.80"]
     assert sorted(v.metadata["series_uid"] for v in read_dicom(tmp_path / "cd")) == ["1.2.3.80", "1.2.3.81"]
 
 
@@ -569,7 +569,7 @@ def test_linked_series_folders_are_read_once_and_a_link_loop_ends(tmp_path):
     write_series(tmp_path / "storage" / "P2", synthetic_hu((2, 16, 16), 1), series_uid="1.2.3.62", description="two")
     (tmp_path / "arch" / "P2").symlink_to(tmp_path / "storage" / "P2", target_is_directory=True)
     (tmp_path / "arch" / "P1" / "up").symlink_to(tmp_path / "arch", target_is_directory=True)  # a loop
-    infos = list_series(tmp_path / "arch")
+    infos = list_dicom_series(tmp_path / "arch")
     assert sorted((s.description, s.n_slices) for s in infos) == [("one", 3), ("two", 2)]
     (vol,) = read_dicom(tmp_path / "arch", series_uid="1.2.3.62")
     assert all(f.startswith(str(tmp_path / "arch" / "P2")) for f in vol.metadata["files"])  # named as linked
@@ -593,7 +593,7 @@ def test_the_series_picker_names_a_series_as_its_layer_is_named(tmp_path):
     write_series(tmp_path / "a", synthetic_hu((2, 16, 16)), series_uid="1.2.3.4.5.630.12322", description="")
     write_series(tmp_path / "b" / "S", synthetic_hu((3, 16, 16), 1), series_uid="", description="Body 3.0")
     write_series(tmp_path / "c", synthetic_hu((4, 16, 16), 2), series_uid="1.2.3.4.5.977", description="Chest")
-    labels = {s.n_slices: s.label() for s in list_series(tmp_path)}
+    labels = {s.n_slices: s.label() for s in list_dicom_series(tmp_path)}
     names = {v.hu.shape[0]: v.name for v in read_dicom(tmp_path)}
     assert labels[2].startswith(names[2] + " [CT, 2 x 16 x 16]") and names[2] == "CT 30.12322", labels
     assert labels[3] == "Body 3.0 [CT, 3 x 16 x 16] (no series UID; in b/S)", labels

@@ -351,7 +351,7 @@ def scan_dicom(path: str | Path) -> DicomScan:
     return scan
 
 
-def list_series(path: str | Path) -> list[SeriesInfo]:
+def list_dicom_series(path: str | Path) -> list[SeriesInfo]:
     """Image series under ``path`` (headers only), largest first."""
     scan = scan_dicom(path)
     infos = []

@@ -10,8 +10,7 @@ from .arrays import ARRAY_SUFFIXES, read_array
 from .checks import note_image_problems
 from .dataset import is_dataset, read_info, slice_entry
 from .dicom_read import read_dicom
-from .dicom_scan import SeriesInfo, looks_like_dicom
-from .dicom_scan import list_series as _list_dicom_series
+from .dicom_scan import SeriesInfo, list_dicom_series, looks_like_dicom
 from .nifti import is_nifti, nifti_files, read_nifti
 from .png16 import read_png_hu
 from .volume import CTVolume
@@ -159,5 +158,5 @@ def list_series(path: str | Path) -> tuple[list[SeriesInfo], list[Path]]:
     """What ``path`` offers to open one at a time: its DICOM series (headers only) and the NIfTI files beside them or
     in a folder of them (each a volume); both empty for other inputs (a PNG folder is one volume)."""
     kind = input_kind(path)
-    series = _list_dicom_series(path) if kind == "dicom" else []
+    series = list_dicom_series(path) if kind == "dicom" else []
     return series, nifti_files(path) if kind in ("dicom", None) else []
