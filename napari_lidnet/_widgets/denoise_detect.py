@@ -426,6 +426,17 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         name = self.image_combo.currentText()
         return next((ly for ly in self._image_layers() if ly.name == name), None)
 
+    def _scope_slices(self, layer: Any) -> list[int] | None:
+        """The slices to run: None for all, the one on screen for "current slice"; [] (said why) when the view shows
+        no one axial slice (an audit's sagittal view ran on a slice taken from the hidden slider)."""
+        if layer.ndim < 3 or self.scope_combo.currentText() != "current slice":
+            return None
+        hidden = slice_not_shown(self.viewer, layer)
+        if hidden:
+            self._message(f"no current slice: {hidden}; show the axial slices (2D), or run the whole volume", True)
+            return []
+        return [current_slice(self.viewer, layer)]
+
     def run(self) -> Any:
         """Start denoising/detection on the chosen layer; returns the worker (None when nothing started)."""
         if self.worker is not None:
@@ -442,13 +453,9 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         if den is None and det is None:
             self._message("choose a denoiser and/or a detector (no weights found? browse to a weights file)", True)
             return None
-        slices = None
-        if layer.ndim == 3 and self.scope_combo.currentText() == "current slice":
-            hidden = slice_not_shown(self.viewer, layer)
-            if hidden:  # an audit's sagittal view ran on an axial slice taken from the hidden slider
-                self._message(f"no current slice: {hidden}; show the axial slices (2D), or run the whole volume", True)
-                return None
-            slices = [current_slice(self.viewer, layer)]
+        slices = self._scope_slices(layer)
+        if slices == []:
+            return None
         if self._cache is None:
             from ..inference import ResultCache
 

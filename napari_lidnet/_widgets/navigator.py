@@ -383,12 +383,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
             self._lesions = {}  # boxes numbered afresh, as the Denoise dock's export numbers them (a walkthrough's
             # two exports gave one lesion two numbers); once the reader decides, each lesion keeps its number
         if boxes is not None and boxes != self.boxes_layer:
-            self._disconnect_boxes()
-            self.watch.connect(boxes.events.data, self._on_boxes_data)
-            self.watch.connect(boxes.events.features, self._on_boxes_data)  # scores set after the boxes
-            self.watch.connect(boxes.events.edge_color, self._dim_rejected)  # the dock recolours by score
-            self.watch.connect(boxes.selected_data.events.items_changed, self._follow_selection)
-            self._bind_review_keys(boxes)
+            self._connect_boxes(boxes)
         self.boxes_layer, self.image_layer = boxes, image
         for combo, layer in ((self.boxes_combo, boxes), (self.image_combo, image)):
             combo.blockSignals(True)
@@ -454,6 +449,15 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         self._parked = {k: f for k, f in by_origin.items() if not f.kept}  # rejected or pending: same id on return
         self._origin = origin | {f.id: self._origin[f.id] for f in carried if f.id in self._origin}
         return sorted({f.id: f for f in [*new, *carried]}.values(), key=lambda f: f.id)
+
+    def _connect_boxes(self, boxes: Any) -> None:
+        """Follow a new boxes layer (and let go of the last one)."""
+        self._disconnect_boxes()
+        self.watch.connect(boxes.events.data, self._on_boxes_data)
+        self.watch.connect(boxes.events.features, self._on_boxes_data)  # scores set after the boxes
+        self.watch.connect(boxes.events.edge_color, self._dim_rejected)  # the dock recolours by score
+        self.watch.connect(boxes.selected_data.events.items_changed, self._follow_selection)
+        self._bind_review_keys(boxes)
 
     def _disconnect_boxes(self) -> None:
         self._undim()

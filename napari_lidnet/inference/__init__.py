@@ -27,11 +27,7 @@ Every caller (widgets, command line, trainer validation, benchmarks) goes throug
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import math
-import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Generator, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -39,6 +35,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from napari_lidnet.inference.cache import ResultCache, array_fingerprint, cache_bytes, model_fingerprint
+from napari_lidnet.inference.tiles import TILE_ALIGN, blend, centred_in, merge_detections, tile_spans
 from napari_lidnet.io.checks import nonfinite_note
 from napari_lidnet.io.fov import fill_padding
 from napari_lidnet.models.device import cpu_has_bf16, pick_device
@@ -56,8 +54,6 @@ Z = TypeVar("Z")  # what a mapped generator yields
 #: detections kept in results and caches; the display threshold filters above it
 BOX_FLOOR = 0.05
 MAX_BOXES_PER_SLICE = 50  #: the most boxes a slice keeps (the highest scores)
-#: tile starts are multiples of this (largest stride of the shipped networks)
-TILE_ALIGN = 16
 DEFAULT_TILE_SIZE = 1024
 DEFAULT_OVERLAP = 128
 
@@ -68,6 +64,7 @@ __all__ = [
     "PipelineResult",
     "ResultCache",
     "array_fingerprint",
+    "cache_bytes",
     "denoise",
     "detect",
     "hu_array",
@@ -107,83 +104,6 @@ class InferenceSettings:
         """The settings that change results."""
         return (self.tile_size, self.overlap, self.amp, self.amp_dtype, self.max_detections, self.remove_sd,
                 self.pixel_mm, self.leave_sd)  # fmt: skip
-
-
-# --------------------------------------------------------------------------------------------------- fingerprints
-
-
-def array_fingerprint(a: np.ndarray) -> str:
-    """Content hash (BLAKE2b, 128 bits) of an array's dtype, shape and bytes (~1 GB/s)."""
-    a = np.ascontiguousarray(a)
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{a.dtype.str}{a.shape}".encode())
-    if a.size:  # an empty array has no bytes (and memoryview refuses its zero strides)
-        h.update(memoryview(a).cast("B"))
-    return h.hexdigest()
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """Content hash of a model's class, config and state (changes when it is fine-tuned in place)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(type(model).__qualname__.encode())
-    h.update(repr(sorted(getattr(model, "config", {}).items())).encode())
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        if t.is_meta:
-            h.update(str(tuple(t.shape)).encode())
-            continue
-        arr = t.detach().to("cpu").contiguous()
-        h.update(str(arr.dtype).encode())
-        h.update(arr.reshape(-1).view(torch.uint8).numpy().tobytes() if arr.numel() else b"")
-    return h.hexdigest()
-
-
-def cache_bytes(total: int | None = None) -> int:
-    """The default bound of a ``ResultCache``: 2 GiB, or an eighth of the machine's memory (``total`` bytes, read
-    from the system when None) where that is less: a laptop keeps room for the viewer's own copies."""
-    if total is None:
-        try:
-            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (AttributeError, ValueError, OSError):  # no sysconf (Windows): the fixed bound
-            total = 16 << 30
-    return int(min(2 << 30, total // 8))
-
-
-class ResultCache:
-    """Small LRU cache of inference results, bounded by entries and by the bytes of the arrays it holds.
-
-    Arrays are stored read-only: whoever gets one must copy before writing to it.
-    """
-
-    def __init__(self, max_items: int = 8, max_bytes: int | None = None) -> None:
-        self.max_items = max_items
-        self.max_bytes = cache_bytes() if max_bytes is None else max_bytes
-        self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
-        self.hits = self.misses = 0
-
-    def get(self, key: Hashable) -> np.ndarray | None:
-        """The cached array or None; counts hits and misses."""
-        value = self._items.get(key)
-        if value is None:
-            self.misses += 1
-            return None
-        self._items.move_to_end(key)
-        self.hits += 1
-        return value
-
-    def put(self, key: Hashable, value: np.ndarray) -> np.ndarray:
-        """Store ``value`` (made read-only) and evict the oldest entries over the limits; returns it."""
-        value.setflags(write=False)
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.max_items or (
-            len(self._items) > 1 and sum(v.nbytes for v in self._items.values()) > self.max_bytes
-        ):
-            self._items.popitem(last=False)
-        return value
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -249,36 +169,6 @@ def _select(n: int, slices: SliceSelection) -> list[int]:
     if bad:
         raise ValueError(f"slice indices {bad[:5]} out of range for a volume of {n} slices")
     return idx
-
-
-def tile_spans(length: int, tile: int, overlap: int, align: int = TILE_ALIGN) -> list[tuple[int, int]]:
-    """``(start, end)`` of overlapping tiles along one axis; starts are multiples of ``align``, the last tile ends
-    at ``length`` (it may be up to ``align - 1`` longer than ``tile``). One span when ``length <= tile``."""
-    if overlap < 0:
-        raise ValueError(f"tile overlap must be >= 0 px, not {overlap}")
-    if length <= tile:
-        return [(0, length)]
-    if tile < 2 * overlap + align:
-        raise ValueError(f"tile size {tile} too small for an overlap of {overlap} (needs >= {2 * overlap + align})")
-    n = 1 + math.ceil((length - tile) / (tile - overlap - align))
-    starts = sorted({(round(i * (length - tile) / (n - 1)) // align) * align for i in range(n)})
-    return [(s, s + tile) for s in starts[:-1]] + [(starts[-1], length)]
-
-
-def _ramp_1d(start: int, end: int, length: int, overlap: int) -> np.ndarray:
-    """Blending weights of one tile along one axis: zero for ``overlap // 4`` pixels at an inner edge (where the
-    tile's zero padding disturbs the output), then a cosine ramp over ``overlap // 2`` pixels, then one."""
-    n = end - start
-    w = np.ones(n, np.float64)
-    margin, ramp = overlap // 4, max(1, overlap // 2)
-    up = np.zeros(min(n, margin + ramp))
-    t = (np.arange(ramp) + 0.5) / ramp
-    up[margin : margin + ramp] = (np.sin(t * np.pi / 2) ** 2)[: max(0, len(up) - margin)]
-    if start > 0:
-        w[: len(up)] = np.minimum(w[: len(up)], up)
-    if end < length:
-        w[n - len(up) :] = np.minimum(w[n - len(up) :], up[::-1])
-    return w
 
 
 def filter_boxes(rows: np.ndarray, threshold: float) -> np.ndarray:
@@ -409,56 +299,6 @@ class _Runner:
         return out
 
 
-def _blend(parts: list[np.ndarray], spans: list, shape: tuple[int, int], overlap: int) -> np.ndarray:
-    acc = np.zeros(shape, np.float64)
-    wsum = np.zeros(shape, np.float64)
-    for part, ((y0, y1), (x0, x1)) in zip(parts, spans):
-        wgt = np.outer(_ramp_1d(y0, y1, shape[0], overlap), _ramp_1d(x0, x1, shape[1], overlap))
-        acc[y0:y1, x0:x1] += wgt * part
-        wsum[y0:y1, x0:x1] += wgt
-    return (acc / wsum).astype(np.float32)
-
-
-def _owned(spans: list[tuple[int, int]], k: int, length: int) -> tuple[float, float]:
-    """The part of tile ``k`` that owns detections: split every overlap at its middle."""
-    lo = 0.0 if k == 0 else (spans[k][0] + spans[k - 1][1]) / 2
-    hi = float(length) if k == len(spans) - 1 else (spans[k + 1][0] + spans[k][1]) / 2
-    return lo, hi
-
-
-def _merge_detections(parts: list, spans: list, shape: tuple[int, int], max_det: int) -> tuple:
-    from napari_lidnet.models.nms import nms
-
-    ys = sorted({s[0] for s in spans})
-    xs = sorted({s[1] for s in spans})
-    boxes, scores = [], []
-    for (b, s), (yspan, xspan) in zip(parts, spans):
-        if not len(b):
-            continue
-        b = b.clone()
-        b[:, 0::2] += xspan[0]
-        b[:, 1::2] += yspan[0]
-        cy, cx = (b[:, 1] + b[:, 3]) / 2, (b[:, 0] + b[:, 2]) / 2
-        ylo, yhi = _owned(ys, ys.index(yspan), shape[0])
-        xlo, xhi = _owned(xs, xs.index(xspan), shape[1])
-        keep = (cy >= ylo) & (cy < yhi) & (cx >= xlo) & (cx < xhi)
-        boxes.append(b[keep])
-        scores.append(s[keep])
-    if not boxes:
-        return torch.zeros(0, 4), torch.zeros(0)
-    b, s = torch.cat(boxes), torch.cat(scores)
-    kept = nms(b, s, 0.5)[:max_det]
-    return b[kept], s[kept]
-
-
-def _centred_in(boxes: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Which (N, 4) pixel boxes ``x1, y1, x2, y2`` have their centre on a True pixel of ``mask``."""
-    h, w = mask.shape
-    cx = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2).astype(int), 0, w - 1)
-    cy = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2).astype(int), 0, h - 1)
-    return mask[cy, cx]
-
-
 # --------------------------------------------------------------------------------------------------- generators
 
 
@@ -487,7 +327,7 @@ def iter_denoise(
         return list(net_to_hu(y[:, 0].float()).cpu().numpy())
 
     def combine(parts: list, spans: list, shape: tuple[int, int]) -> np.ndarray:
-        return _blend(parts, spans, shape, settings.overlap)
+        return blend(parts, spans, shape, settings.overlap)
 
     with _Runner(model, device, settings, notice) as runner:
         done = 0
@@ -576,7 +416,7 @@ def iter_detect(
         return detector.detect(x, score_threshold=score_threshold, max_detections=max_det)
 
     def combine(parts: list, spans: list, shape: tuple[int, int]) -> tuple:
-        return _merge_detections(parts, spans, shape, max_det)
+        return merge_detections(parts, spans, shape, max_det)
 
     rows: list[np.ndarray] = []
     with _Runner(detector, device, settings, notice) as runner:
@@ -590,7 +430,7 @@ def iter_detect(
                 if factors is not None:
                     boxes = boxes / factors  # back to the slice's own pixels
                 if len(boxes) and pad is not None:
-                    keep = ~_centred_in(boxes, pad)
+                    keep = ~centred_in(boxes, pad)
                     boxes, scores = boxes[keep], scores[keep]
                 if len(boxes):
                     zcol = np.full((len(boxes), 1), z, np.float32)
