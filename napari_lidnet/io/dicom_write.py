@@ -25,9 +25,8 @@ LOWEST_WRITTEN_HU = -1024.5
 _INT16_MIN, _INT16_MAX = -32768, 32767
 
 
-def _intercept_for(hu_rounded: np.ndarray) -> float:
-    """Rescale intercept (slope 1) so that ``hu - intercept`` fits int16; 0 when HU already fit."""
-    lo, hi = float(hu_rounded.min()), float(hu_rounded.max())
+def _intercept_for(lo: float, hi: float) -> float:
+    """Rescale intercept (slope 1) so that rounded HU from ``lo`` to ``hi`` minus it fit int16; 0 when they fit."""
     if lo >= _INT16_MIN and hi <= _INT16_MAX:
         return 0.0
     return float(np.floor((lo + hi) / 2))
@@ -66,18 +65,33 @@ def _check_out_dir(out_dir: Path) -> None:
             raise ValueError(f"{out_dir}: folder is not empty; refusing to write a DICOM series into it")
 
 
-def _stored_int16(volume: CTVolume) -> tuple[np.ndarray, float]:
-    """(z, y, x) int16 stored values and the RescaleIntercept that maps them back to (rounded) HU."""
-    hu = np.asarray(volume.hu, dtype=np.float64)
-    if not np.all(np.isfinite(hu)):
-        raise ValueError(f"volume {volume.name!r} contains NaN or infinite values; cannot write DICOM")
-    rounded = np.rint(hu if hu.ndim == 3 else hu[None])
-    intercept = _intercept_for(rounded)
-    stored = rounded - intercept
-    if stored.min() < _INT16_MIN or stored.max() > _INT16_MAX:
+class _StoredSlices:
+    """A volume's int16 stored values, made one slice at a time as they are written (a whole-volume conversion held
+    6.5 times the volume: a memory audit's 600-slice export peaked at 5.8 GB)."""
+
+    def __init__(self, hu: np.ndarray, intercept: float) -> None:
+        self.hu, self.intercept = hu, intercept
+
+    def __len__(self) -> int:
+        return len(self.hu)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        stored = np.rint(np.asarray(self.hu[k], dtype=np.float64)) - self.intercept
+        return np.clip(stored, _INT16_MIN, _INT16_MAX).astype("<i2")
+
+
+def _stored_int16(volume: CTVolume) -> tuple[_StoredSlices, float]:
+    """(z, y, x) int16 stored values (slice by slice) and the RescaleIntercept that maps them back to rounded HU."""
+    hu = volume.hu if volume.hu.ndim == 3 else volume.hu[None]
+    lo, hi = np.inf, -np.inf
+    for plane in hu:  # the range and the check slice by slice: no whole-volume copy
+        if not np.all(np.isfinite(plane)):
+            raise ValueError(f"volume {volume.name!r} contains NaN or infinite values; cannot write DICOM")
+        lo, hi = min(lo, float(np.rint(plane.min()))), max(hi, float(np.rint(plane.max())))
+    intercept = _intercept_for(lo, hi)
+    if lo - intercept < _INT16_MIN or hi - intercept > _INT16_MAX:
         warnings.warn(f"volume {volume.name!r}: HU range exceeds 16 bits; values clipped", UserWarning, stacklevel=3)
-        stored = np.clip(stored, _INT16_MIN, _INT16_MAX)
-    return stored.astype("<i2"), intercept
+    return _StoredSlices(hu, intercept), intercept
 
 
 #: Type 2 (and 2C for CT) attributes of the Patient, General Study, General Series, Frame of Reference, General
