@@ -3,6 +3,8 @@ deleting layers under it, running on one image between two runs on another. Head
 
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -384,14 +386,19 @@ def test_flip_threshold_and_navigator_say_what_is_gone(make_napari_viewer, qtbot
 
 def test_the_threshold_says_when_the_image_itself_was_removed(make_napari_viewer, qtbot, model_dir) -> None:  # noqa: F811
     """Walkthrough 2026-12-06: with only the source image deleted, the status said the lesions layer "was deleted:
-    run again", while that layer was still there and there was nothing left to run on."""
+    run again", while that layer was still there and there was nothing left to run on. Memory audit 2026-12-07: the
+    dock held the deleted image and its results (twice the study) for as long as it was open."""
     viewer = make_napari_viewer()
     add_ct(viewer, phantom(n=4, size=96)[0], name="low")
     widget = make_widget(viewer, qtbot)
     widget.set_threshold(0.05)
     run_and_wait(widget, qtbot)
+    data = weakref.ref(viewer.layers["low"].data)
     viewer.layers.remove("low")
     widget.set_threshold(0.2)
     text = widget.status.text()
-    assert "low lesions" in viewer.layers and "the image they were found on was removed" in text, text
+    assert "low lesions" in viewer.layers and "the image the boxes were found on was removed" in text, text
+    gc.collect()
+    assert data() is None  # the deleted image's pixels are freed while the dock stays open
     assert "their layer was deleted" not in text
+    assert widget._last is None and widget._cache is None and not widget.export_dicom_button.isEnabled()

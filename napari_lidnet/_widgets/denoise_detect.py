@@ -108,6 +108,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         self._store = ModelStore()
         self._cache: Any = None  # inference.ResultCache, created on the first run (torch import)
         self._last: dict[str, Any] | None = None
+        self._source_gone = False  # the last run's image was deleted (its results let go of, its boxes layer kept)
         self._outputs: list[list[Any]] = []  # [source layer, role, output layer, the name it was given]
         self._followed: set[int] = set()  # sources whose moves (scale, translate, affine) the outputs follow
         self._volumes: list[dict[str, Any]] = []  # the last whole-volume result of each source layer
@@ -314,9 +315,13 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
             self.set_compare(False)
         elif self.compare.side_by_side and (added := [ly.name for ly in layers if ly.visible and ly not in pair]):
             self._end_side_by_side(added[0])  # napari's grid gives every shown layer a cell: calipers for one image
-        # a deleted image's results are let go of (its volume, the record of its outputs), so its data can be freed
+        # a deleted image's results are let go of (its volume, the record of its outputs, the last run and the
+        # cached results), so its data can be freed: a memory audit found a deleted study's 2x its size held
         self._volumes = [v for v in self._volumes if v["layer"] in layers]
         self._outputs = [e for e in self._outputs if e[0] in layers]
+        if self._last is not None and self._last["layer"] not in layers:
+            self._last, self._cache, self._source_gone = None, None, True
+            self._update_export_buttons()
 
     def _end_side_by_side(self, added: str) -> None:
         self.set_compare(False)
@@ -521,23 +526,25 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         self.job_finished.emit()
 
     def _on_returned(self, out: JobOutput | Failure) -> None:
+        pending, self._pending = self._pending, {}  # not held after the run: the image may be deleted and freed
         if self.watch.closed:  # the dock was closed while the job ran: nothing is added to the viewer
             return
         if isinstance(out, Failure):
             self._message(out.message, error=True)
             return
-        layer = self._pending.get("layer")
+        layer = pending.get("layer")
         if layer is None or layer not in self.viewer.layers:
             self._message("the input layer was removed while running; results dropped", error=True)
             return
         res = out.result
-        first = res.slices[0] if self._pending.get("slices") else 0
+        first = res.slices[0] if pending.get("slices") else 0
         labels = (out.denoiser_label, out.detector_label)
-        remove_sd, leave_sd = self._pending.get("remove_sd"), self._pending.get("leave_sd")
+        remove_sd, leave_sd = pending.get("remove_sd"), pending.get("leave_sd")
         merged = self._into_volume(layer, res, labels, (remove_sd, leave_sd))
         replaced = _replaced_note(self._previous(layer), layer, res) if merged is None else None
         same = merged is not None and self._last is not None and self._last["layer"] == layer
         edits = self._last.get("edits") if same else None  # the same lesions layer: the reader's edits stay
+        self._source_gone = False
         self._last = {"layer": layer, "result": merged or res, "first": 0 if merged else first, "labels": labels,
                       "remove_sd": remove_sd, "leave_sd": leave_sd, "merged": merged is not None, "edits": edits}
         if layer.ndim == 3 and list(self._last["result"].slices) == list(range(layer.data.shape[0])):
@@ -610,18 +617,19 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         """The slider moved: its label now; the boxes when the event loop next runs (``_apply_threshold``), so a
         drag over many steps while napari redraws thousands of boxes refilters once, not once per step."""
         self.threshold_label.setText(f"{value / 100:.2f}")
-        if self._last is not None:
+        if self._last is not None or self._source_gone:
             self._threshold_timer.start()
 
     def _apply_threshold(self) -> None:
         """Show the boxes at the slider's threshold, and their count in the status line."""
         self._threshold_timer.stop()
+        if self._source_gone:  # a walkthrough's status said the boxes' layer was deleted
+            self.status.setText("the image the boxes were found on was removed: its boxes layer keeps the threshold "
+                                "it had; run again on an image to review new boxes")  # fmt: skip
         if self._last is not None:
             self._show_boxes(threshold_only=True)
             shown = self.shown_text
-            if self._last["layer"] not in self.viewer.layers:  # walkthrough: it said the boxes' layer was deleted
-                shown += " (the image they were found on was removed: its boxes layer keeps the threshold it had)"
-            elif self._live("lesions") is None and self._last["result"].boxes is not None:
+            if self._live("lesions") is None and self._last["result"].boxes is not None:
                 shown += " (their layer was deleted: run again to show them)"
             self.status.setText(f"{self._summary}; {shown}" if self._summary else shown)  # the run's summary stays
 
@@ -663,7 +671,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
 
     def _no_pair(self, what: str) -> None:
         """Say why there is nothing to ``what`` (compare, flip)."""
-        gone = self._last is not None and self._last["result"].denoised is not None
+        gone = self._source_gone or (self._last is not None and self._last["result"].denoised is not None)
         self._message(f"the denoised layer or its input was deleted: run again to {what}" if gone
                       else f"run the denoiser first: there is nothing to {what}", error=True)  # fmt: skip
 
