@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_lidnet.io.atomic import check_new, open_new
-from napari_lidnet.io.json_text import strict_dumps
+from napari_lidnet.io.atomic import check_new
+from napari_lidnet.io.boxes_io import write_table
 from napari_lidnet.metrics.lesions import LESION_IOU, lesion_numbers
 
 #: review states whose boxes are part of the reviewed result (kept, kept after its box was changed, drawn by hand);
@@ -202,15 +202,8 @@ def write_findings(
         for key, values in columns.items():
             value = values[z] if 0 <= z < len(values) else None
             row[key] = None if value in ("", None) else value
-    with open_new(path, newline="") as fh:
-        if path.suffix.lower() == ".json":
-            doc = {"format": "lidnet-findings", "version": 1, **(info or {}), "columns": columns_out}
-            fh.write(strict_dumps({**doc, "findings": rows}, indent=1))  # no measure: null, not NaN
-        else:
-            writer = csv.DictWriter(fh, fieldnames=columns_out)
-            writer.writeheader()
-            writer.writerows(rows)
-    return path
+    head = {"format": "lidnet-findings", "version": 1, **(info or {}), "columns": columns_out}
+    return write_table(path, columns_out, rows, head, "findings")
 
 
 def read_findings(path: str | Path) -> list[dict[str, Any]]:

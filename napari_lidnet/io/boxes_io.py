@@ -108,14 +108,19 @@ def write_boxes_csv(
         for i, r in enumerate(rows)
     ]
     fields = [*COLUMNS, *sizes, *lesion, *slices]
+    units = ("slice and x1, y1, x2, y2 in pixels (edges: pixel i spans [i, i + 1)) of the image as read: "
+             "a DICOM series in its stored pixel order, slices along its normal; a NIfTI file turned to "
+             "(z up, y to the back, x to the left), not its own voxel order; the other *_mm in mm, lps_*: "
+             "patient coordinates (x to the left, y to the back, z up), for any storage")  # fmt: skip
+    return write_table(path, fields, records, {"columns": fields, "units": units, **(about or {})}, "boxes")
+
+
+def write_table(path: Path, fields: list[str], records: list[dict[str, Any]], head: dict[str, Any], key: str) -> Path:
+    """``records`` as CSV (``fields`` its columns), or as JSON (``head`` and the records under ``key``) when ``path``
+    ends in .json; written whole or not at all, never over a file."""
     with open_new(path, newline="") as fh:  # no half-written file (disk full, killed)
         if path.suffix.lower() == ".json":
-            units = ("slice and x1, y1, x2, y2 in pixels (edges: pixel i spans [i, i + 1)) of the image as read: "
-                     "a DICOM series in its stored pixel order, slices along its normal; a NIfTI file turned to "
-                     "(z up, y to the back, x to the left), not its own voxel order; the other *_mm in mm, lps_*: "
-                     "patient coordinates (x to the left, y to the back, z up), for any storage")  # fmt: skip
-            head = {"columns": fields, "units": units, **(about or {})}
-            fh.write(strict_dumps({**head, "boxes": records}, indent=1, default=str))
+            fh.write(strict_dumps({**head, key: records}, indent=1, default=str))  # no measure: null, not NaN
         else:
             writer = csv.DictWriter(fh, fieldnames=fields)
             writer.writeheader()
