@@ -93,7 +93,7 @@ class DenoiseOutputs:
 
     def _follow(self, src: Any) -> None:
         """The outputs of ``src`` move with it when its scale, translate or affine change (napari's transform
-        mode, the console): an audit's boxes stayed put and the navigator measured them on other slices."""
+        mode, the console), so the boxes stay on the slices they were found on."""
         if id(behind_proxy(src)) in self._followed:
             return
         self._followed.add(id(behind_proxy(src)))

@@ -316,7 +316,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         elif self.compare.side_by_side and (added := [ly.name for ly in layers if ly.visible and ly not in pair]):
             self._end_side_by_side(added[0])  # napari's grid gives every shown layer a cell: calipers for one image
         # a deleted image's results are let go of (its volume, the record of its outputs, the last run and the
-        # cached results), so its data can be freed: a memory audit found a deleted study's 2x its size held
+        # cached results), so its data can be freed (they held twice the study)
         self._volumes = [v for v in self._volumes if v["layer"] in layers]
         self._outputs = [e for e in self._outputs if e[0] in layers]
         if self._last is not None and self._last["layer"] not in layers:
@@ -433,7 +433,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
 
     def _scope_slices(self, layer: Any) -> list[int] | None:
         """The slices to run: None for all, the one on screen for "current slice"; [] (said why) when the view shows
-        no one axial slice (an audit's sagittal view ran on a slice taken from the hidden slider)."""
+        no one axial slice (a sagittal view's "current slice" would be one taken from the hidden slider)."""
         if layer.ndim < 3 or self.scope_combo.currentText() != "current slice":
             return None
         hidden = slice_not_shown(self.viewer, layer)

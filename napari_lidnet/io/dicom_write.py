@@ -67,7 +67,7 @@ def _check_out_dir(out_dir: Path) -> None:
 
 class _StoredSlices:
     """A volume's int16 stored values, made one slice at a time as they are written (a whole-volume conversion held
-    6.5 times the volume: a memory audit's 600-slice export peaked at 5.8 GB)."""
+    6.5 times the volume: 5.8 GB more at the end of a 600-slice export)."""
 
     def __init__(self, hu: np.ndarray, intercept: float) -> None:
         self.hu, self.intercept = hu, intercept
