@@ -262,6 +262,12 @@ def test_a_rerun_keeps_how_the_reader_set_the_outputs_to_look(make_napari_viewer
     assert den2 is not den and boxes2 is not boxes  # new layers, as a rerun makes
     assert (den2.colormap.name, den2.opacity, den2.gamma) == ("viridis", 0.5, 0.7)
     assert boxes2.text.size == 20 and boxes2.opacity == pytest.approx(0.3) and boxes2.current_edge_width == 6
+    # review 2026-12-07: a rerun during side by side took Compare's hiding of the boxes for the reader's, for good
+    widget.set_compare(True)
+    assert not boxes2.visible  # side by side shows the images alone
+    run_and_wait(widget, qtbot)
+    widget.set_compare(False)
+    assert viewer.layers["low lesions"].visible
 
 
 def test_the_outputs_move_with_their_source(make_napari_viewer, qtbot, model_dir) -> None:
@@ -280,6 +286,14 @@ def test_the_outputs_move_with_their_source(make_napari_viewer, qtbot, model_dir
     np.testing.assert_allclose(den.data_to_world((0, 5, 7)), src.data_to_world((3, 5, 7)))  # still slice 3
     np.testing.assert_allclose(boxes.scale, src.scale)
     np.testing.assert_allclose(boxes.translate, src.translate)
+    # review 2026-12-07: only the last run's source was followed; a study run before it stayed put
+    other = add_ct(viewer, low.copy() + 5.0, name="other")
+    widget.image_combo.setCurrentText("other")
+    run_and_wait(widget, qtbot)
+    src.scale = SCALE
+    np.testing.assert_allclose(den.data_to_world((0, 5, 7)), src.data_to_world((3, 5, 7)))
+    np.testing.assert_allclose(boxes.scale, SCALE)
+    assert other.scale[0] == SCALE[0]
 
 
 def test_the_box_export_of_an_assumed_pixel_size_has_no_mm(make_napari_viewer, qtbot, model_dir, tmp_path) -> None:

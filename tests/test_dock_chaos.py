@@ -401,4 +401,26 @@ def test_the_threshold_says_when_the_image_itself_was_removed(make_napari_viewer
     gc.collect()
     assert data() is None  # the deleted image's pixels are freed while the dock stays open
     assert "their layer was deleted" not in text
-    assert widget._last is None and widget._cache is None and not widget.export_dicom_button.isEnabled()
+    assert widget._last is None and len(widget._cache) == 0 and not widget.export_dicom_button.isEnabled()
+
+
+def test_a_deleted_image_s_cached_results_go_and_the_other_study_s_stay(make_napari_viewer, qtbot, model_dir) -> None:  # noqa: F811
+    """Review 2026-12-07: letting go of a deleted image emptied the whole result cache, so a rerun on another open
+    study computed everything again; a detector-only run's image deleted made Compare speak of a denoised layer."""
+    viewer = make_napari_viewer()
+    add_ct(viewer, phantom(n=3, size=64)[0], name="low")
+    add_ct(viewer, phantom(n=3, size=64, seed=5)[0] + 10.0, name="other")
+    widget = make_widget(viewer, qtbot)
+    for name in ("other", "low"):
+        widget.image_combo.setCurrentText(name)
+        run_and_wait(widget, qtbot)
+    viewer.layers.remove("low")
+    assert len(widget._cache) == 2  # the other study's denoising and detection
+    widget.image_combo.setCurrentText("other")
+    run_and_wait(widget, qtbot)
+    assert "from cache: denoise, detect" in widget.status.text(), widget.status.text()
+    widget.denoiser_combo.setCurrentText("(none)")
+    run_and_wait(widget, qtbot)  # detection alone
+    viewer.layers.remove("other")
+    widget.set_compare(True)
+    assert "run the denoiser first" in widget.status.text(), widget.status.text()

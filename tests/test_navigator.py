@@ -839,6 +839,8 @@ def test_the_status_bar_hint_says_what_the_keys_do_on_the_boxes_layer(case) -> N
         assert REVIEW_HINT in parts and PRESET_HINT in parts, boxes.help
         assert not any(p.startswith(("use <R> ", "use <E> ", "use <P> ", "use <7> ", "use <1> ")) for p in parts)
         assert "use <L> for add lines" in parts  # napari's keys that still do what it says stay
+    widget.dock_closed()  # the keys are napari's again: the hint no longer names them as LIDnet's
+    assert REVIEW_HINT not in boxes.help.split(", ")
 
 
 def _edges(verts) -> tuple[float, ...]:

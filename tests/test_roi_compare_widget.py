@@ -622,3 +622,16 @@ def test_the_reference_is_the_recorded_normal_dose_image_not_one_of_its_name(mak
     assert normal_dose_of(low1, viewer.layers) == full1  # renamed, still its reference
     viewer.layers.remove(full2)
     assert normal_dose_of(low2, viewer.layers) is None  # gone: not the other study's "full"
+    # review 2026-12-07: every image was fingerprinted, the Denoise dock's lazy removed-noise overlay computed whole
+    import dask.array as da
+
+    computed = []
+
+    def block(b):
+        computed.append(1)
+        return b
+
+    lazy = da.zeros((3, *clean.shape), chunks=(1, *clean.shape), dtype=np.float32).map_blocks(block)
+    viewer.add_image(lazy, name="removed noise", metadata={"lidnet_role": "noise", "hu": True})
+    shown = len(computed)  # napari draws the slice on screen
+    assert normal_dose_of(low2, viewer.layers) is None and len(computed) == shown

@@ -73,15 +73,16 @@ class DenoiseOutputs:
                 index = self.viewer.layers.index(old)
                 self.viewer.layers.remove(old)
             new = getattr(self.viewer, f"add_{layer_type}")(data, **kwargs)
-            if old is not None:
-                _keep_look(old, new)  # a rerun's output looks as the reader left the last one
+            if old is not None:  # a rerun's output looks as the reader left the last one (not as Compare did)
+                _keep_look(old, new, self.compare.shown(old))
             if index is None and layer_type == "image":
                 index = self._above_images(new)
             if index is not None:
                 self.viewer.layers.move(self.viewer.layers.index(new), index)
         finally:
             self._replacing = False
-        self._outputs.append([self._last["layer"], role, new, new.name])
+        first = None if layer_type == "shapes" else self._last["first"]  # where its slices start in the source
+        self._outputs.append([self._last["layer"], role, new, new.name, first])
         self._follow(self._last["layer"])
         if pair is not None and old is not None and old in pair:
             self.compare.pair = tuple(new if ly == old else ly for ly in pair)
@@ -94,21 +95,18 @@ class DenoiseOutputs:
     def _follow(self, src: Any) -> None:
         """The outputs of ``src`` move with it when its scale, translate or affine change (napari's transform
         mode, the console), so the boxes stay on the slices they were found on."""
-        if id(behind_proxy(src)) in self._followed:
+        if behind_proxy(src) in self._followed:
             return
-        self._followed.add(id(behind_proxy(src)))
+        self._followed.add(behind_proxy(src))
         for name in ("scale", "translate", "affine"):
             self.watch.connect(getattr(src.events, name), lambda _event=None, s=src: self._moved_source(s))
 
     def _moved_source(self, src: Any) -> None:
-        if self._last is None or self._last["layer"] != src:
-            return
-        first = self._last["first"]
-        for role in ("denoised", "removed noise", "lesions"):
-            live = self._live(role)
-            if live is not None:
-                for key, value in self._geometry(None if role == "lesions" else first).items():
-                    setattr(live, key, value)
+        """Every output of ``src`` (not only the last run's) to where ``src`` lies now."""
+        for entry in self._outputs:
+            if entry[0] == src and entry[2] in self.viewer.layers and entry[2].name == entry[3]:
+                for key, value in self._geometry(entry[4], src).items():
+                    setattr(entry[2], key, value)
 
     def _above_images(self, new: Any) -> int | None:
         """Where a first image output goes: above every image (another scan above the source would hide it), below
@@ -125,8 +123,10 @@ class DenoiseOutputs:
         if old is not None:
             self.viewer.layers.remove(old)
 
-    def _geometry(self, first: int | None) -> dict[str, Any]:
-        src = self._last["layer"]
+    def _geometry(self, first: int | None, src: Any = None) -> dict[str, Any]:
+        """Where an output of ``src`` (default: the last run's image) lies: its scale, affine, and its translate
+        moved to slice ``first`` (None: the whole volume)."""
+        src = src if src is not None else self._last["layer"]
         translate = tuple(src.translate)
         if first is not None and src.ndim == 3:
             translate = slice_translate(tuple(src.scale), translate, first)
@@ -291,18 +291,19 @@ class DenoiseOutputs:
 
 
 #: what the reader may have changed on an output layer that a rerun keeps
-_LOOK = ("opacity", "blending", "visible")
+_LOOK = ("opacity", "blending")
 
 
-def _keep_look(old: Any, new: Any) -> None:
-    """``new`` (a rerun's output) takes ``old``'s display settings: opacity, visibility; an image its colour map and
-    gamma, a box layer its line width and text size."""
+def _keep_look(old: Any, new: Any, visible: bool) -> None:
+    """``new`` (a rerun's output) takes ``old``'s display settings: opacity, ``visible`` (the reader's); an image its
+    colour map and gamma, a box layer its line width and text size."""
     from napari.layers import Image, Shapes
 
     for kind, more in ((Image, ("colormap", "gamma")), (Shapes, ())):
         if isinstance(old, kind) and isinstance(new, kind):  # isinstance: napari hands a dock proxies of layers
             for name in (*_LOOK, *more):
                 setattr(new, name, getattr(old, name))
+            new.visible = visible
     if isinstance(old, Shapes) and isinstance(new, Shapes):
         new.current_edge_width = old.current_edge_width  # the layer controls' width
         if new.nshapes:

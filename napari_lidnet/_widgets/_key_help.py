@@ -5,7 +5,7 @@ it is mended to drop those and say what they do now, again each time napari writ
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -25,11 +25,17 @@ def mend_help(layer: Any, keys: Iterable[str], hint: str) -> None:
         layer.help = text
 
 
-def keep_help_mended(connect: Callable[[Any, Callable], None], layer: Any, keys: Iterable[str], hint: str) -> None:
-    """Mend ``layer``'s hint now and whenever napari writes it again (``connect``: a dock's ``LayerWatch.connect``)."""
+def keep_help_mended(watch: Any, layer: Any, keys: Iterable[str], hint: str) -> None:
+    """Mend ``layer``'s hint now and whenever napari writes it again, until the dock's ``watch`` (its
+    ``LayerWatch``) closes: then ``hint`` goes (napari names its own keys again at the next mode change)."""
     keys = list(keys)
-    connect(layer.events.help, lambda _event=None: mend_help(layer, keys, hint))
+    watch.connect(layer.events.help, lambda _event=None: mend_help(layer, keys, hint))
+    watch.on_close(layer, lambda: _unmend(layer, hint))
     mend_help(layer, keys, hint)
+
+
+def _unmend(layer: Any, hint: str) -> None:
+    layer.help = ", ".join(p for p in str(layer.help or "").split(", ") if p and p != hint)
 
 
 def _names(part: str, keys: set[str]) -> bool:

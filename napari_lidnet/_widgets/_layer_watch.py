@@ -28,6 +28,7 @@ class LayerWatch:
         self._names: list[list[Any]] = []  # [layer, its name as last seen]
         self._links: list[tuple[Any, Callable]] = []
         self._keys: list[tuple[Any, str, Callable, Any]] = []  # target, key, ours, what ours replaced
+        self._undo: list[tuple[Any, Callable[[], None]]] = []  # (layer, what ``close`` puts back on it)
         events = viewer.layers.events
         for name in ("inserted", "removed", "moved"):
             self.connect(getattr(events, name), self._on_list)
@@ -38,6 +39,10 @@ class LayerWatch:
         """``emitter.connect(callback)``, disconnected by ``close``."""
         emitter.connect(callback)
         self._links.append((emitter, callback))
+
+    def on_close(self, layer: Any, undo: Callable[[], None]) -> None:
+        """Call ``undo`` when the dock closes (after its events are disconnected), unless ``layer`` went first."""
+        self._undo.append((layer, undo))
 
     def bind_key(self, target: Any, key: str, func: Callable) -> None:
         """``target.bind_key(key, func)`` (the viewer or a layer); ``close`` puts back what it replaced (another
@@ -68,6 +73,7 @@ class LayerWatch:
                 links.append((emitter, callback))
         self._links = links
         self._keys = [entry for entry in self._keys if entry[0] != layer]
+        self._undo = [entry for entry in self._undo if entry[0] != layer]  # its closures held the layer
 
     def _on_name(self, _event: Any = None) -> None:
         renamed = {}
@@ -91,7 +97,10 @@ class LayerWatch:
                 back = replaced if current is func else current  # ours: what it replaced; else leave theirs
                 if back is not None and back not in _CLOSED:
                     target.bind_key(key, back, overwrite=True)
-        self._links, self._keys, self._names = [], [], []
+        for _layer, undo in self._undo:
+            with contextlib.suppress(Exception):
+                undo()
+        self._links, self._keys, self._names, self._undo = [], [], [], []
 
 
 def renamed_to(name: str, renamed: dict[str, str] | None) -> str:

@@ -153,8 +153,10 @@ def normal_dose_of(layer: Any, layers: Any) -> Any | None:
     from napari.layers import Image
 
     images = [ly for ly in layers if ly != layer and isinstance(ly, Image)]
-    if key:
-        return next((ly for ly in images if source_key(ly) == key), None)
+    if key:  # CT layers of the key's shape only: a lazy overlay is not computed to fingerprint it
+        shape = str(key).split(":")[0]
+        same = [ly for ly in images if is_ct_image(ly) and "x".join(map(str, ly.data.shape)) == shape]
+        return next((ly for ly in same if source_key(ly) == key), None)
     return next((ly for ly in images if name and ly.name == name), None)
 
 

@@ -27,6 +27,10 @@ class CompareView:
         """The third panel beside the pair (None: the pair alone)."""
         return next((ly for ly in self._third if ly in self.viewer.layers), None)
 
+    def shown(self, layer: Any) -> bool:
+        """Whether ``layer`` is shown as the reader left it: its visibility before the comparison hid or showed it."""
+        return bool(self._saved["visible"].get(layer, layer.visible)) if self._saved is not None else layer.visible
+
     @property
     def side_by_side(self) -> bool:
         """Whether the pair is shown in the grid now."""

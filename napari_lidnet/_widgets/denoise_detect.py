@@ -11,6 +11,7 @@ module level. The output layers are ``_denoise_outputs``', the exports ``_denois
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ from ._denoise_outputs import DenoiseOutputs
 from ._docking import DockHome, scroll_layout, wrapping_label
 from ._layer_watch import LayerWatch, renamed_to
 from ._roles import (
+    behind_proxy,
     current_slice,
     fill_models,
     grayscale_images,
@@ -108,9 +110,10 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         self._store = ModelStore()
         self._cache: Any = None  # inference.ResultCache, created on the first run (torch import)
         self._last: dict[str, Any] | None = None
-        self._source_gone = False  # the last run's image was deleted (its results let go of, its boxes layer kept)
+        self._source_gone = ""  # the last run's image was deleted: what it had made ("denoised" or "boxes")
+        self._cached_inputs: list[tuple[weakref.ref, str]] = []  # (image, its fingerprint in the cache's keys)
         self._outputs: list[list[Any]] = []  # [source layer, role, output layer, the name it was given]
-        self._followed: set[int] = set()  # sources whose moves (scale, translate, affine) the outputs follow
+        self._followed: weakref.WeakSet = weakref.WeakSet()  # sources whose moves the outputs follow
         self._volumes: list[dict[str, Any]] = []  # the last whole-volume result of each source layer
         self._replacing = False  # a run is replacing one of its outputs (not the reader deleting it)
         self._pending: dict[str, Any] = {}
@@ -320,8 +323,13 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         self._volumes = [v for v in self._volumes if v["layer"] in layers]
         self._outputs = [e for e in self._outputs if e[0] in layers]
         if self._last is not None and self._last["layer"] not in layers:
-            self._last, self._cache, self._source_gone = None, None, True
+            self._source_gone = "denoised" if self._last["result"].denoised is not None else "boxes"
+            self._last = None
             self._update_export_buttons()
+        gone = [fp for image, fp in self._cached_inputs if image() is None or image() not in layers]
+        self._cached_inputs = [(image, fp) for image, fp in self._cached_inputs if fp not in gone]
+        for fp in gone if self._cache is not None else ():
+            self._cache.forget(fp)  # a deleted image's results, not the other studies'
 
     def _end_side_by_side(self, added: str) -> None:
         self.set_compare(False)
@@ -544,7 +552,9 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         replaced = _replaced_note(self._previous(layer), layer, res) if merged is None else None
         same = merged is not None and self._last is not None and self._last["layer"] == layer
         edits = self._last.get("edits") if same else None  # the same lesions layer: the reader's edits stay
-        self._source_gone = False
+        self._source_gone = ""
+        if res.input_key:
+            self._cached_inputs.append((weakref.ref(behind_proxy(layer)), res.input_key))
         self._last = {"layer": layer, "result": merged or res, "first": 0 if merged else first, "labels": labels,
                       "remove_sd": remove_sd, "leave_sd": leave_sd, "merged": merged is not None, "edits": edits}
         if layer.ndim == 3 and list(self._last["result"].slices) == list(range(layer.data.shape[0])):
@@ -671,7 +681,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
 
     def _no_pair(self, what: str) -> None:
         """Say why there is nothing to ``what`` (compare, flip)."""
-        gone = self._source_gone or (self._last is not None and self._last["result"].denoised is not None)
+        gone = self._source_gone == "denoised" or (self._last is not None and self._last["result"].denoised is not None)
         self._message(f"the denoised layer or its input was deleted: run again to {what}" if gone
                       else f"run the denoiser first: there is nothing to {what}", error=True)  # fmt: skip
 

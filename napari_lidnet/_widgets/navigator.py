@@ -267,7 +267,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         for key, press in self._review_keys.items():
             self.watch.bind_key(target, key, press)
         if target is not self.viewer:  # napari's hint on the layer named R as "add rectangles"
-            keep_help_mended(self.watch.connect, target, self._review_keys, REVIEW_HINT)
+            keep_help_mended(self.watch, target, self._review_keys, REVIEW_HINT)
 
     def _watch_viewer(self) -> None:
         events = self.viewer.layers.events

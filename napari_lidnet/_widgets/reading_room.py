@@ -110,7 +110,7 @@ class ReadingRoom:
         if isinstance(layer, (Image, Points, Shapes)):
             for key, preset in PRESET_KEYS.items():
                 self.watch.bind_key(layer, key, self._preset_key(preset))
-            keep_help_mended(self.watch.connect, layer, PRESET_KEYS, PRESET_HINT)
+            keep_help_mended(self.watch, layer, PRESET_KEYS, PRESET_HINT)
         if not is_ct_image(layer):
             return
         default = tuple(str(i) for i in range(-layer.ndim, 0))

@@ -543,6 +543,7 @@ class PipelineResult:
     denoised: np.ndarray | None = None
     boxes: np.ndarray | None = None
     cached: dict[str, bool] = field(default_factory=dict)
+    input_key: str | None = None  # the input's fingerprint in the cache's keys (``ResultCache.forget``)
     notices: list[str] = field(default_factory=list)
     device: str = "cpu"
     seconds: float = 0.0
@@ -594,7 +595,7 @@ def iter_pipeline(
     total = len(idx) * (len(stages) + after)  # the strength step counts its slices too (and can be cancelled)
     # cache keys, only when caching (hashing a volume costs more than a GPU pass over it): the input's content
     # hash, then for the detection stage the key of the denoising that made its input (no second hash)
-    image_key: Hashable = array_fingerprint(take_slices(stack, idx)) if cache is not None else None
+    result.input_key = image_key = array_fingerprint(take_slices(stack, idx)) if cache is not None else None
     for k, (stage, model) in enumerate(stages):
         key = None
         if cache is not None:

@@ -82,5 +82,17 @@ class ResultCache:
             self._items.popitem(last=False)
         return value
 
+    def forget(self, fingerprint: str) -> int:
+        """Drop every result computed from the input of ``fingerprint`` (an image the user deleted); their number."""
+        gone = [key for key in self._items if _mentions(key, fingerprint)]
+        for key in gone:
+            del self._items[key]
+        return len(gone)
+
     def __len__(self) -> int:
         return len(self._items)
+
+
+def _mentions(key: Hashable, fingerprint: str) -> bool:
+    """Whether a cache key holds ``fingerprint`` as its input (a detection's key holds its denoising's key there)."""
+    return key == fingerprint or (isinstance(key, tuple) and len(key) > 1 and _mentions(key[1], fingerprint))
