@@ -309,9 +309,9 @@ def volume_from_layer(
         origin = slice_translate(spacing, translate, first_slice) if hu.ndim == 3 else tuple(translate)
         return CTVolume(hu, spacing, tuple(float(t) for t in origin), None, name=name, metadata=meta)
     aff = np.asarray(aff, dtype=float)
-    spacing3 = spacing if hu.ndim == 3 else (1.0, *spacing)  # a slice's affine keeps a unit z column
     direction = np.zeros((3, 3))
-    for col, axis in enumerate((2, 1, 0)):  # affine columns are the z, y, x array axes
-        direction[:, axis] = aff[:3, col] / spacing3[col]
+    for col, axis in enumerate((2, 1, 0)):  # affine columns are the z, y, x array axes (unit: a layer rescaled
+        norm = float(np.linalg.norm(aff[:3, col]))  # since it was read keeps its directions)
+        direction[:, axis] = aff[:3, col] / norm if norm > 0 else np.eye(3)[:, axis]
     origin_zyx = tuple((aff[:3, 3] + first_slice * aff[:3, 0])[::-1])
     return CTVolume(hu, spacing, origin_zyx[3 - hu.ndim :], direction, name=name, metadata=meta)
