@@ -6,6 +6,7 @@ No Qt here, and torch is imported only inside functions: workers run these; the 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -170,3 +171,26 @@ def _take(items: list[str]) -> list[str]:
     out = items[:]
     items.clear()
     return out
+
+
+def fill_devices(combo: Any) -> None:
+    """A device picker's choices: auto and cpu at once, a GPU added by a worker (``models.device.device_choices``
+    imports torch: on napari's GUI thread it held the viewer 1-5 s as a dock first opened)."""
+    from napari.qt.threading import create_worker
+
+    combo.addItems(["auto", "cpu"])
+
+    def add(choices: list[str]) -> None:
+        with contextlib.suppress(RuntimeError):  # the dock was closed and its picker deleted meanwhile
+            have = {combo.itemText(i) for i in range(combo.count())}
+            combo.addItems([c for c in choices if c not in have])
+
+    worker = create_worker(_device_choices, _start_thread=False)
+    worker.returned.connect(add)
+    worker.start()
+
+
+def _device_choices() -> list[str]:
+    from ..models.device import device_choices
+
+    return device_choices()

@@ -53,6 +53,7 @@ from ._worker_utils import (
     JobOutput,
     ModelStore,
     Progress,
+    fill_devices,
     inference_job,
     share_cores,
 )
@@ -373,21 +374,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
                 "weights file or fine-tune a model"
             )
         if self.device_combo.count() == 0:
-            self.device_combo.addItems(["auto", "cpu"])  # a GPU is added once torch has looked, off this thread:
-            self._find_devices()  # importing torch here froze the viewer for 1-5 s as the dock first opened
-
-    def _find_devices(self) -> None:
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(_device_choices, _start_thread=False)
-        worker.returned.connect(self._add_devices)
-        worker.start()
-
-    def _add_devices(self, choices: list[str]) -> None:
-        if self.watch.closed:
-            return
-        have = {self.device_combo.itemText(i) for i in range(self.device_combo.count())}
-        self.device_combo.addItems([c for c in choices if c not in have])
+            fill_devices(self.device_combo)
 
     def add_model_file(self, path: str | Path, kind: str) -> bool:
         """Add a weights file (``.safetensors`` or ``.json`` of a pair) to the ``kind`` choices and select it.
@@ -754,10 +741,3 @@ def _rates_by_set(cal: dict) -> str:
             parts.append(f"{name}: {rates}")
     return ("; by set (the dock detects on the denoised image when a denoiser is chosen): " + "; ".join(parts)
             if parts else "")
-
-
-def _device_choices() -> list[str]:
-    """The device list (``models.device.device_choices``), in a worker: it imports torch."""
-    from ..models.device import device_choices
-
-    return device_choices()

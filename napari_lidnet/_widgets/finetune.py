@@ -50,7 +50,7 @@ from ._finetune_parts import (
 from ._layer_watch import LayerWatch
 from ._roles import CALIPERS, DETECTIONS, current_slice, fill_models, grayscale_images, is_reduced_dose, role
 from ._run_task import finish_run, register_run
-from ._worker_utils import share_cores
+from ._worker_utils import fill_devices, share_cores
 from .layer_inputs import inputs_from_layers, paired_input
 from .reading_room import ReadingRoom
 
@@ -256,9 +256,7 @@ class FineTuneWidget(QWidget):
             if problem:
                 self.status.setText(problem)
         if self.device_combo.count() == 0:
-            from ..models.device import device_choices
-
-            self.device_combo.addItems(device_choices())
+            fill_devices(self.device_combo)
 
     # ------------------------------------------------------------------------------------------------ request
     def _layer(self, name: str) -> Any:
