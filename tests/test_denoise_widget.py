@@ -348,6 +348,9 @@ def test_current_slice_scope(make_napari_viewer, qtbot, model_dir: Path) -> None
         assert widget.run() is None and said in widget.status.text(), widget.status.text()
         viewer.dims.ndisplay, viewer.dims.order = 2, (0, 1, 2)
     run_and_wait(widget, qtbot)  # the axial view again: it runs
+    viewer.dims.ndisplay = 3  # napari audit 2026-12-07: Compare in 3D gave three tiny volume renderings
+    assert widget.set_compare(True) is False and "switch the view to 2D" in widget.status.text()
+    assert not viewer.grid.enabled and not widget.compare_button.isChecked()
 
 
 def test_a_current_slice_run_after_a_volume_run_updates_that_slice_only(make_napari_viewer, qtbot, model_dir) -> None:

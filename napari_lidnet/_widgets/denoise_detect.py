@@ -689,6 +689,9 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         pair = self._compare_pair() if on else None
         if on and pair is None:
             self._no_pair("compare")
+        elif on and self.viewer.dims.ndisplay == 3:  # three volume renderings a third of the canvas wide each
+            self._message("side by side compares slices: switch the view to 2D (Flip, F, works in 3D too)", True)
+            pair = None
         if on and pair is not None:  # a simulated low dose's normal dose beside them (a research scan's truth)
             self.compare.show(*pair, normal_dose_of(pair[0], self.viewer.layers))
             note = thin_note(*pair)
