@@ -378,8 +378,10 @@ def test_flip_threshold_and_navigator_say_what_is_gone(make_napari_viewer, qtbot
     widget.set_threshold(0.1)
     assert widget.status.text().startswith("done on 'low'") and widget.status.text().endswith(">= 0.10")
     _, navigator = viewer.window.add_plugin_dock_widget(PLUGIN, "Lesion navigator")
+    viewer.add_shapes(name="someone's boxes")  # napari audit 2026-12-07: the picker then named this one
     viewer.layers.remove("low lesions")
     assert "was removed: nothing left to review" in navigator.status.text()
+    assert navigator.boxes_combo.currentText() == "(none)" and navigator.table.rowCount() == 0
     widget.set_threshold(0.2)
     assert "their layer was deleted: run again to show them" in widget.status.text()
 

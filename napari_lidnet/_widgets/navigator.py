@@ -329,6 +329,10 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
             kept = f"; the {len(self.findings)} accepted stay listed" if self.findings else ""
             self._say(f"'{layer.name}' was removed: nothing left to review{kept}; pick another boxes layer")
         self.refresh_layers()
+        if self.boxes_layer is None:  # the picker names no other layer as if it were the one reviewed
+            self.boxes_combo.blockSignals(True)
+            self.boxes_combo.setCurrentText(NONE)
+            self.boxes_combo.blockSignals(False)
 
     def _load_review(self, image: Any) -> None:
         """Review ``image`` with the boxes layer picked when it is that image's own (its detections or its
