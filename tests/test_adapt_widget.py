@@ -159,3 +159,30 @@ def test_input_the_guard_rails_refuse_starts_nothing(make_napari_viewer, qtbot, 
     widget.start_denoiser_combo.setCurrentIndex(widget.start_denoiser_combo.count() - 1)
     assert widget.start() is None and "choose a starting denoiser" in widget.status.text()
     assert widget.worker is None and model_files(model_dir) == before
+
+
+def test_an_adapted_model_its_own_check_calls_worse_is_noted_once_and_not_selected(
+    make_napari_viewer, qtbot, model_dir: Path
+) -> None:
+    """Fine-tune walkthrough 2026-12-07: an adapted model whose own no-reference check found it worse was said
+    twice (its .safetensors and .json each read) and selected in the Denoise dock (``worse`` read a field that an
+    adapt outcome does not have)."""
+    from napari_lidnet._widgets.denoise_detect import DenoiseDetectWidget
+    from napari_lidnet.models.denoisers import UNetDenoiser
+    from napari_lidnet.models.weights import save_weights, weight_paths
+
+    viewer = make_napari_viewer()
+    denoise = DenoiseDetectWidget(viewer)
+    viewer.window.add_dock_widget(denoise)
+    before = denoise.denoiser_combo.currentText()
+    card = {"kind": "denoiser", "metrics": {"noreference": {
+        "start": {"noise_sd_hu": 10.0, "edge_sharpness_hu_per_mm": 50.0},
+        "adapted": {"noise_sd_hu": 14.0, "edge_sharpness_hu_per_mm": 40.0}}}}  # fmt: skip
+    save_weights(UNetDenoiser(width=4, levels=2), model_dir / "site_denoiser", card)
+    widget = FineTuneWidget(viewer)
+    qtbot.addWidget(widget)
+    exported = [str(p) for p in weight_paths(model_dir / "site_denoiser")]
+    widget._on_returned(AdaptOutcome("finished", "adapted", "site", exported=exported, card=card))
+    text = widget.status.text()
+    assert text.count("no-reference check found it worse") == 1 and "not selected" in text, text
+    assert denoise.denoiser_combo.currentText() == before

@@ -288,6 +288,16 @@ def test_paired_layers_on_other_grids_are_refused_and_a_failed_start_leaves_no_p
     assert request is None and any("do not lie on one grid in the viewer (translate differ)" in p for p in problems)
     viewer.layers["low-dose CT"].translate = TRANSLATE
     assert widget.build_request()[0] is not None
+    # fine-tune walkthrough 2026-12-07: a swapped pair, or a denoised image as the full dose, trained and was selected
+    low, full = viewer.layers["low-dose CT"], viewer.layers["full-dose CT"]
+    for layer, meta, said in ((full, {"lidnet": {"denoiser": "unet"}}, "full-dose CT: its metadata says denoised"),
+                              (full, {"dose": 0.25, "normal_dose": "x"}, "full-dose CT: its metadata says a reduced"),
+                              (low, {"dose": 1.0}, "low-dose CT: its metadata says normal dose")):  # fmt: skip
+        layer.metadata = meta
+        request, problems = widget.build_request()
+        assert request is None and any(p.startswith(said) for p in problems), problems
+        layer.metadata = {}
+    assert widget.build_request()[0] is not None
     widget.run_panel.stage_label.setText("reading /somewhere")  # what a run that fails while preparing leaves
     widget.run_panel.end()
     assert widget.run_panel.stage_label.text() == ""

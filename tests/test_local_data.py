@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -251,7 +252,6 @@ def drive(job):
 def honest_start(model_dir: Path, tmp_path: Path) -> str:
     """A sound starting denoiser made for another dose: trained (pixel loss) on 30 HU noise, it denoises, but less
     than 80 HU data needs. (Not a broken model that any training would "improve".)"""
-    import shutil
 
     from napari_lidnet._training.config import TrainConfig
     from napari_lidnet._training.trainer import Trainer
@@ -576,3 +576,25 @@ def test_check_samples_names_a_low_dose_partner_of_another_size(tmp_path, lazy):
     assert [s.low_shape for s in samples] == [(48, 48), (40, 48), (48, 48)]
     problems = ld.check_samples(samples, 32, need_lesions=False)
     assert any("low- and full-dose shapes differ in ['s1']" in p for p in problems), problems
+
+
+def test_a_run_whose_export_fails_says_where_its_trained_networks_are(model_dir: Path) -> None:
+    """Fine-tune walkthrough 2026-12-07: a model of the same name saved by someone else while the run trained (or a
+    model folder turned read-only) failed the export, and the message never said the trained networks were kept."""
+    low, full, boxes = phantom(n=4, size=64)
+    run = fj.new_run_dir("taken")
+    cfg = tiny_config(run, val_fraction=0.0, test_fraction=0.0, rounds=1, denoiser_steps=2, detector_steps=1)
+    job = fj.finetune_job(fj.FinetuneRequest("taken", cfg, inputs=[ld.CTInput("ct", full, 0.7, low, boxes, "drawn")]))
+    out = None
+    while out is None:
+        try:
+            rec = next(job)
+        except StopIteration as stop:
+            out = stop.value
+            break
+        if rec["stage"] == "export":  # another program saves a model of that name now
+            shutil.copy(model_dir / "tiny_denoiser.json", model_dir / "taken_denoiser.json")
+            shutil.copy(model_dir / "tiny_denoiser.safetensors", model_dir / "taken_denoiser.safetensors")
+    assert out.status == "failed" and "already exists" in out.message, out.message
+    assert f"the trained networks are kept in {run}" in out.message, out.message
+    assert (run / "best_denoiser.safetensors").exists() and (run / "best_detector.safetensors").exists()

@@ -340,26 +340,30 @@ def _take_state(req: FinetuneRequest, outcome: FinetuneOutcome, state: dict[str,
 
 def _salvage(req: FinetuneRequest, outcome: FinetuneOutcome, info: dict[str, Any]) -> None:
     """A run that failed after a validated round: its best checkpoint is published, as a Stop would, with the failure
-    in its notes and in the message (nothing when no round was validated, or when that export fails too)."""
+    in its notes and in the message. When that cannot be (no validated round, or the export itself failed: a full or
+    read-only model folder, the name taken since), the message says where the trained networks are kept."""
     import json
 
     from napari_lidnet._training.trainer import STATE_FILE
 
+    run = Path(req.config.out)
     try:
-        state = json.loads((Path(req.config.out) / STATE_FILE).read_text())
+        state = json.loads((run / STATE_FILE).read_text())
     except (OSError, ValueError):
-        return
-    if not state.get("best_metrics"):
-        return
+        state = {}
     failure = outcome.message
-    outcome.notes.append(f"the run failed ({one_line(failure)}); this is its best checkpoint before the failure")
-    _take_state(req, outcome, state)  # as a finished run's card says
-    try:
-        _publish(req, outcome, info, stopped=True)
-    except (OSError, ValueError):
-        outcome.exported = []
-        return
-    outcome.message = f"{failure}; the best checkpoint before the failure was saved as {req.name}"
+    if state.get("best_metrics"):
+        outcome.notes.append(f"the run failed ({one_line(failure)}); this is its best checkpoint before the failure")
+        _take_state(req, outcome, state)  # as a finished run's card says
+        try:
+            _publish(req, outcome, info, stopped=True)
+            outcome.message = f"{failure}; the best checkpoint before the failure was saved as {req.name}"
+            return
+        except (OSError, ValueError):
+            outcome.exported = []
+    if (run / "best_denoiser.safetensors").exists():
+        outcome.message = (f"{failure}; the trained networks are kept in {run} (best_denoiser, best_detector): "
+                           "the Denoise dock's Browse... opens them")  # fmt: skip
 
 
 def _failure(exc: Exception, run_dir: Path) -> FinetuneOutcome:

@@ -6,7 +6,7 @@ No Qt here, and torch is imported only inside functions: workers run these; the 
 
 from __future__ import annotations
 
-import contextlib
+import sys
 import threading
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -174,23 +174,13 @@ def _take(items: list[str]) -> list[str]:
 
 
 def fill_devices(combo: Any) -> None:
-    """A device picker's choices: auto and cpu at once, a GPU added by a worker (``models.device.device_choices``
-    imports torch: on napari's GUI thread it held the viewer 1-5 s as a dock first opened)."""
-    from napari.qt.threading import create_worker
+    """A device picker's choices: auto and cpu, and the GPUs once torch is loaded (by a run; "auto" takes a GPU
+    anyway). Listing them imports torch: on napari's GUI thread that held the viewer 1-5 s as a dock opened, and a
+    worker importing it could abort napari's exit."""
+    if combo.count() == 0:
+        combo.addItems(["auto", "cpu"])
+    if "torch" in sys.modules:
+        from ..models.device import device_choices
 
-    combo.addItems(["auto", "cpu"])
-
-    def add(choices: list[str]) -> None:
-        with contextlib.suppress(RuntimeError):  # the dock was closed and its picker deleted meanwhile
-            have = {combo.itemText(i) for i in range(combo.count())}
-            combo.addItems([c for c in choices if c not in have])
-
-    worker = create_worker(_device_choices, _start_thread=False)
-    worker.returned.connect(add)
-    worker.start()
-
-
-def _device_choices() -> list[str]:
-    from ..models.device import device_choices
-
-    return device_choices()
+        have = {combo.itemText(i) for i in range(combo.count())}
+        combo.addItems([c for c in device_choices() if c not in have])

@@ -373,8 +373,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
                 "no LIDnet weights found (none shipped, none in the user model folder): browse to a "
                 "weights file or fine-tune a model"
             )
-        if self.device_combo.count() == 0:
-            fill_devices(self.device_combo)
+        fill_devices(self.device_combo)
 
     def add_model_file(self, path: str | Path, kind: str) -> bool:
         """Add a weights file (``.safetensors`` or ``.json`` of a pair) to the ``kind`` choices and select it.
@@ -536,6 +535,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         pending, self._pending = self._pending, {}  # not held after the run: the image may be deleted and freed
         if self.watch.closed:  # the dock was closed while the job ran: nothing is added to the viewer
             return
+        fill_devices(self.device_combo)  # the run loaded torch: a GPU can be listed now
         if isinstance(out, Failure):
             self._message(out.message, error=True)
             return

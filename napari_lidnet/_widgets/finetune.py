@@ -48,7 +48,17 @@ from ._finetune_parts import (
     input_problems,
 )
 from ._layer_watch import LayerWatch
-from ._roles import CALIPERS, DETECTIONS, current_slice, fill_models, grayscale_images, is_reduced_dose, role
+from ._roles import (
+    CALIPERS,
+    DETECTIONS,
+    current_slice,
+    fill_models,
+    grayscale_images,
+    is_denoised,
+    is_reduced_dose,
+    recorded_dose,
+    role,
+)
 from ._run_task import finish_run, register_run
 from ._worker_utils import fill_devices, share_cores
 from .layer_inputs import inputs_from_layers, paired_input
@@ -255,8 +265,7 @@ class FineTuneWidget(QWidget):
             problem = fill_models(combo, kind, after=[(SCRATCH_ITEM, None)], fallback=-1)
             if problem:
                 self.status.setText(problem)
-        if self.device_combo.count() == 0:
-            fill_devices(self.device_combo)
+        fill_devices(self.device_combo)
 
     # ------------------------------------------------------------------------------------------------ request
     def _layer(self, name: str) -> Any:
@@ -363,6 +372,9 @@ class FineTuneWidget(QWidget):
             return [], ["choose a low-dose and a full-dose image layer"]
         if low == full:  # == : napari hands plugins a new proxy of a layer at each access
             return [], ["the low-dose and full-dose layers must be different layers"]
+        problems = _pair_problems(low, full)
+        if problems:  # a swapped or denoised pair trained the network to the wrong target, and was selected
+            return [], problems
         try:
             shapes = self._boxes_layer(boxes)
         except KeyError as exc:
@@ -508,7 +520,9 @@ class FineTuneWidget(QWidget):
         if outcome.exported:
             name = Path(outcome.exported[0]).name.rsplit("_", 1)[0]
             self.stage_label.setText(f"{outcome.status}: saved as {name}")  # not the "saving ..." of the last record
-            worse = getattr(outcome, "improved", None) is False  # walkthrough 2026-12-06: selected all the same
+            notes = _worse_networks(outcome.exported)
+            # a pair worse than its start as a whole, or an adapted model its own check calls worse: not selected
+            worse = outcome.improved is False if isinstance(outcome, FinetuneOutcome) else bool(notes)
             n = refresh_denoise_widgets(self.viewer, select=None if worse else name)
             self.refresh_models()
             taken = self.name_edit.text().strip() == name  # the name was trimmed when saved
@@ -516,7 +530,7 @@ class FineTuneWidget(QWidget):
             if n:
                 text += ("; listed in the denoise widget, not selected" if worse else
                          "; selected in the denoise widget (the shipped default stays first in its list)")
-            text += "".join(f"; note: {note}" for note in _worse_networks(outcome.exported))
+            text += "".join(f"; note: {note}" for note in notes)
             if outcome.status == "stopped":  # walkthrough 2026-12-06: Start then began anew without a word
                 text += f"; Start begins a new run: to go on from this one, pick {name} as the start"
         self._message(text)
@@ -539,6 +553,18 @@ class FineTuneWidget(QWidget):
         ReadingRoom.release(self.viewer, self)
 
 
+def _pair_problems(low: Any, full: Any) -> list[str]:
+    """Why ``low``/``full`` are not a low-dose scan and its normal dose, by what their metadata records."""
+    problems = []
+    if is_reduced_dose(full):
+        what = "denoised" if is_denoised(full) else "a reduced dose"
+        problems.append(f"{full.name}: its metadata says {what}; pick the normal-dose scan as the full dose")
+    if is_denoised(low) or recorded_dose(low) == 1.0:
+        what = "denoised" if is_denoised(low) else "normal dose (dose 1.0)"
+        problems.append(f"{low.name}: its metadata says {what}; pick the low-dose scan as the low dose")
+    return problems
+
+
 def _worse_networks(exported: list[str]) -> list[str]:
     """'its detector: its validation mean sensitivity fell from 0.467 to 0.333 during training' for each saved
     network whose card says it ended below its start (a pair better as a whole was selected without a word of
@@ -547,7 +573,7 @@ def _worse_networks(exported: list[str]) -> list[str]:
     from ..models.weights import read_card
 
     notes = []
-    for path in exported:
+    for path in dict.fromkeys(str(Path(p).with_suffix("")) for p in exported):  # a model's .safetensors and .json
         try:
             card = read_card(path)
         except (OSError, ValueError):
