@@ -1,5 +1,5 @@
 """How long opening the Denoise dock holds napari's GUI thread in a fresh process (torch not yet imported): the
-device list's GPUs are found by a worker afterwards (importing torch on the GUI thread held it 1-5 s).
+device list's GPUs are listed once a run has loaded torch (importing it on the GUI thread held it 1-5 s).
 
     xvfb-run -a env PYTHONPATH=. .venv/bin/python benchmarks/dock_open.py
 """
