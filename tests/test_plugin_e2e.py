@@ -107,25 +107,3 @@ def test_every_widget_docks_from_the_manifest(make_napari_viewer, name):
     dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
     assert isinstance(widget, QWidget)
     assert any(name in key for key in viewer.window.dock_widgets), list(viewer.window.dock_widgets)
-
-
-def test_napari_s_save_keeps_the_ct_geometry_and_the_boxes_scores(make_napari_viewer, two_series_dir, tmp_path):
-    """napari audit 2026-12-07: File > Save Selected Layers offered napari's writers only: a CT went to TIFF without
-    its voxel size (it reopened at 1 px) and the boxes to a CSV of vertices without their scores."""
-    viewer = make_napari_viewer()
-    ct = viewer.open(str(two_series_dir["root"]), plugin=PLUGIN)[0]
-    boxes = viewer.add_shapes([np.array([[1, 2, 3], [1, 2, 9], [1, 8, 9], [1, 8, 3]], float)], shape_type="rectangle",
-                              scale=ct.scale, name="boxes", features={"score": [0.8]})  # fmt: skip
-    viewer.layers.selection = {ct}
-    saved = viewer.layers.save(str(tmp_path / "ct.nii.gz"), selected=True, plugin=PLUGIN)
-    again = viewer.open(saved[0], plugin=PLUGIN)[0]
-    np.testing.assert_allclose(again.scale, ct.scale, rtol=1e-6)
-    np.testing.assert_allclose(again.data, np.rint(ct.data), atol=0.51)  # the same HU (NIfTI of whole HU or float)
-    np.testing.assert_allclose(again.data_to_world((1, 2, 3)), ct.data_to_world((1, 2, 3)), atol=1e-3)
-    with pytest.raises(Exception, match="exists"):  # never over an existing file
-        viewer.layers.save(saved[0], selected=True, plugin=PLUGIN)
-    viewer.layers.selection = {boxes}
-    table = viewer.layers.save(str(tmp_path / "boxes.csv"), selected=True, plugin=PLUGIN)[0]
-    header, row = open(table).read().splitlines()[:2]
-    values = dict(zip(header.split(","), row.split(",")))
-    assert float(values["score"]) == 0.8 and float(values["width_mm"]) == pytest.approx(6 * ct.scale[-1])
