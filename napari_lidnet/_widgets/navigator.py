@@ -322,14 +322,15 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
             return
         if layer == self.reviewed_layer:
             self.reviewed_layer = None
-        if layer == self.boxes_layer:  # the detections are gone; the kept boxes stay (on the reviewed layer)
+        was_reviewed = layer == self.boxes_layer
+        if was_reviewed:  # the detections are gone; the kept boxes stay (on the reviewed layer)
             self.boxes_layer = None
             self.findings = [f for f in self.findings if f.kept]
             self._fill_table()
             kept = f"; the {len(self.findings)} accepted stay listed" if self.findings else ""
             self._say(f"'{layer.name}' was removed: nothing left to review{kept}; pick another boxes layer")
         self.refresh_layers()
-        if self.boxes_layer is None:  # the picker names no other layer as if it were the one reviewed
+        if was_reviewed:  # the picker names no other layer as if it were the one reviewed
             self.boxes_combo.blockSignals(True)
             self.boxes_combo.setCurrentText(NONE)
             self.boxes_combo.blockSignals(False)
