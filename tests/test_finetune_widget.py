@@ -589,3 +589,24 @@ def test_a_saved_network_below_its_start_is_named_in_the_finish_note(tmp_path) -
                  "training": {"start_metrics": {"sensitivity": 0.4}}})  # fmt: skip
     notes = _worse_networks([str(tmp_path / "run_detector"), str(tmp_path / "fine_detector")])
     assert notes == ["its detector: its validation mean sensitivity fell from 0.467 to 0.333 during training"]
+
+
+def test_the_pair_pickers_follow_a_simulated_low_dose_until_the_user_picks(make_napari_viewer, qtbot) -> None:
+    """Fine-tune walkthrough 2026-12-07: opened beside one normal-dose scan, both pair pickers showed it; after Load
+    CT simulated its low dose they still did, and Start said "must be different layers"."""
+    from napari_lidnet.layer_data import data_key
+
+    viewer = make_napari_viewer()
+    low, full, _ = phantom(n=4, size=64)
+    viewer.add_image(full, name="chest", metadata={"hu": True})
+    widget = make_widget(viewer, qtbot, "pair")
+    widget.set_source("paired")
+    box = widget.data_box
+    assert box.low_combo.currentText() == box.full_combo.currentText() == "chest"
+    meta = {"hu": True, "dose": 0.25, "normal_dose": "chest", "normal_dose_key": data_key(full)}
+    viewer.add_image(low, name="chest 25% dose", metadata=meta)  # as Load CT's simulation records it
+    assert (box.low_combo.currentText(), box.full_combo.currentText()) == ("chest 25% dose", "chest")
+    box.full_combo.setCurrentText("chest 25% dose")
+    box.full_combo.activated.emit(box.full_combo.currentIndex())  # the user's own pick stays
+    viewer.add_image(full + 1.0, name="another", metadata={"hu": True})
+    assert box.full_combo.currentText() == "chest 25% dose"

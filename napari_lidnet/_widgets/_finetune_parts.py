@@ -139,18 +139,19 @@ def looks_low_dose(name: str) -> bool:
 
 
 def refill(
-    combo: QComboBox, items: list[str], prefer: str | None = None, renamed: dict[str, str] | None = None
+    combo: QComboBox, items: list[str], prefer: str | None = None, renamed: dict[str, str] | None = None,
+    keep: bool = True,
 ) -> None:
     """Replace a combo's items, keeping the current text (its new name after a rename in ``renamed``) when it is
-    still there, else ``prefer``."""
+    still there and ``keep`` (a choice the user made), else ``prefer``."""
     current = renamed_to(combo.currentText(), renamed)
     combo.blockSignals(True)
     combo.clear()
     combo.addItems(items)
-    if current in items:
-        combo.setCurrentText(current)
-    elif prefer in items:
+    if prefer in items and not (keep and current in items):
         combo.setCurrentText(prefer)
+    elif current in items:
+        combo.setCurrentText(current)
     combo.blockSignals(False)
 
 
@@ -251,6 +252,9 @@ class DataBox(QGroupBox):
         self.boxes_combo = QComboBox()
         self.pages.addWidget(_form_page(("normal-dose images", self.image_list), ("lesion boxes", self.boxes_combo)))
         self.low_combo, self.full_combo, self.paired_boxes_combo = QComboBox(), QComboBox(), QComboBox()
+        self._picked: set[str] = set()  # the pair pickers the user chose in (the others follow the layers)
+        for key, combo in (("low", self.low_combo), ("full", self.full_combo)):
+            combo.activated.connect(lambda _i, key=key: self._picked.add(key))
         paired_rows = (("low dose", self.low_combo), ("full dose", self.full_combo))
         self.pages.addWidget(_form_page(*paired_rows, ("lesion boxes", self.paired_boxes_combo)))
         self.dicom_edit, self.dataset_edit = QLineEdit(), QLineEdit()
@@ -339,22 +343,23 @@ class DataBox(QGroupBox):
 
     def refresh(
         self, images: list[str], shapes: list[tuple[str, str]], reduced: Collection[str] = (),
-        renamed: dict[str, str] | None = None, empty: Collection[str] = (),
+        renamed: dict[str, str] | None = None, empty: Collection[str] = (), pair: tuple[str, str] | None = None,
     ) -> None:  # fmt: skip
         """Refill the layer pickers with these image names and (Shapes layer name, role) pairs, keeping current
         choices, under their new names after a rename (a new pick prefers full-dose-looking names and never
         ``reduced`` ones, whose metadata says low dose or denoised; low-dose ones for the self-supervised source;
         reviewed or hand-drawn boxes, not an ``empty`` layer: a navigator's reviewed layer holds none until a box is
-        kept)."""
+        kept; ``pair``: a low dose and the normal dose its metadata records, the paired source's default until the
+        user picks one)."""
         refill_checks(self.image_list, images, looks_full_dose, never=reduced, renamed=renamed)
         refill_checks(self.adapt_list, images, lambda n: n in reduced or looks_low_dose(n), renamed=renamed)
         for combo in (self.boxes_combo, self.paired_boxes_combo):
             refill_boxes(combo, shapes, renamed=renamed, empty=empty)
         refill_boxes(self.adapt_boxes_combo, shapes, detect=False, renamed=renamed, empty=empty)
-        low = next((n for n in images if looks_low_dose(n)), None)
-        full = next((n for n in images if looks_full_dose(n)), None)
-        refill(self.low_combo, images, prefer=low, renamed=renamed)
-        refill(self.full_combo, images, prefer=full, renamed=renamed)
+        low, full = pair or (next((n for n in images if looks_low_dose(n)), None),
+                             next((n for n in images if looks_full_dose(n)), None))  # fmt: skip
+        for key, combo, prefer in (("low", self.low_combo, low), ("full", self.full_combo, full)):
+            refill(combo, images, prefer=prefer, renamed=renamed, keep=key in self._picked)
 
     def values(self) -> dict[str, Any]:
         """The data choices as plain values (layer names, folders, dose fraction)."""

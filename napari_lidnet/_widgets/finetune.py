@@ -56,6 +56,7 @@ from ._roles import (
     grayscale_images,
     is_denoised,
     is_reduced_dose,
+    normal_dose_of,
     recorded_dose,
     role,
 )
@@ -248,7 +249,9 @@ class FineTuneWidget(QWidget):
         reduced = {ly.name for ly in images if is_reduced_dose(ly)}
         shapes = [(ly.name, role(ly)) for ly in self._shapes()]
         empty = {ly.name for ly in self._shapes() if not len(ly.data)}
-        self.data_box.refresh([ly.name for ly in images], shapes, reduced, renamed, empty)
+        pairs = ((ly, normal_dose_of(ly, self.viewer.layers)) for ly in images if not is_denoised(ly))
+        pair = next(((low.name, full.name) for low, full in pairs if full is not None), None)  # by the metadata
+        self.data_box.refresh([ly.name for ly in images], shapes, reduced, renamed, empty, pair)
 
     def checked_images(self) -> list[str]:
         """Names of the ticked normal-dose image layers."""
