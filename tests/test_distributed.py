@@ -58,6 +58,16 @@ def _worker(rank: int, port: int, out: str) -> None:
         assert records[-1]["stage"] == "finished"
     finally:
         distributed.shutdown()  # as `lidnet train` ends
+    _exit_now()
+
+
+def _exit_now() -> None:
+    """A worker that finished its run leaves at once: gloo's threads have aborted an interpreter's teardown once
+    ("terminate called without an active exception", after the run had ended), failing a test whose run was right.
+    Reached only when the run returned (a failed assertion still raises, and fails the spawn)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _lesion_samples() -> list[Sample]:
@@ -96,6 +106,7 @@ def _lidnet_worker(rank: int, port: int, out: str, detector: str) -> None:
         assert records[-1]["stage"] == "finished"
     finally:
         distributed.shutdown()  # as `lidnet train` ends
+    _exit_now()
 
 
 def test_two_gloo_processes_equal_one_process_in_a_lidnet_round(tmp_path):
