@@ -299,12 +299,13 @@ def _keep_look(old: Any, new: Any, visible: bool) -> None:
     colour map and gamma, a box layer its line width and text size."""
     from napari.layers import Image, Shapes
 
-    for kind, more in ((Image, ("colormap", "gamma")), (Shapes, ())):
-        if isinstance(old, kind) and isinstance(new, kind):  # isinstance: napari hands a dock proxies of layers
-            for name in (*_LOOK, *more):
-                setattr(new, name, getattr(old, name))
-            new.visible = visible
-    if isinstance(old, Shapes) and isinstance(new, Shapes):
+    both = [kind for kind in (Image, Shapes) if isinstance(old, kind) and isinstance(new, kind)]  # proxies too
+    if not both:
+        return
+    for name in (*_LOOK, *(("colormap", "gamma") if both[0] is Image else ())):
+        setattr(new, name, getattr(old, name))
+    new.visible = visible
+    if both[0] is Shapes:
         new.current_edge_width = old.current_edge_width  # the layer controls' width
         if new.nshapes:
             new.edge_width = [old.current_edge_width] * new.nshapes

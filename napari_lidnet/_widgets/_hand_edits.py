@@ -33,9 +33,7 @@ class HandEdits:
         """Take in the boxes drawn, moved and deleted on ``layer`` since :meth:`apply` drew it."""
         if "detection" not in layer.features:
             return
-        keys = layer.features["detection"].astype(str).tolist()
-        shapes = [np.array(verts, dtype=float) for verts in layer.data]
-        own = self._owners(keys, shapes)
+        keys, shapes, own = self._layer_owners(layer)
         present, drawn = set(), []
         for i, (key, verts, kind) in enumerate(zip(keys, shapes, layer.shape_type)):
             if own.get(key) != i:  # drawn by hand (DRAWN_BOX's empty key), or a copy pasted with its detection's
@@ -47,9 +45,12 @@ class HandEdits:
         self.deleted |= set(self._written) - present
         self.drawn = drawn
 
-    def _owners(self, keys: list[str], shapes: list[np.ndarray]) -> dict[str, int]:
-        """Detection key -> the shape that is that detection: where it was drawn if a shape is still there, else the
-        first with its key (napari's copy and paste gives the copy every feature of the box, its key included)."""
+    def _layer_owners(self, layer: Any) -> tuple[list[str], list[np.ndarray], dict[str, int]]:
+        """(each shape's detection key, its vertices, detection key -> the shape that is that detection: where it
+        was drawn if a shape is still there, else the first with its key; napari's copy and paste gives the copy
+        every feature of the box, its key included)."""
+        keys = layer.features["detection"].astype(str).tolist()
+        shapes = [np.array(verts, dtype=float) for verts in layer.data]
         own: dict[str, int] = {}
         for i, key in enumerate(keys):
             if key not in self._written:
@@ -57,12 +58,11 @@ class HandEdits:
             was = self._written[key]
             if key not in own or (not _same(shapes[own[key]], was) and _same(shapes[i], was)):
                 own[key] = i
-        return own
+        return keys, shapes, own
 
     def copies(self, layer: Any) -> list[int]:
         """Indices of the shapes on ``layer`` that carry a detection's key without being that detection (pasted)."""
-        keys = layer.features["detection"].astype(str).tolist()
-        own = self._owners(keys, [np.array(verts, dtype=float) for verts in layer.data])
+        keys, _, own = self._layer_owners(layer)
         return [i for i, key in enumerate(keys) if key in self._written and own.get(key) != i]
 
     def rows(self, rows: np.ndarray) -> np.ndarray:

@@ -112,7 +112,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         self._cache: Any = None  # inference.ResultCache, created on the first run (torch import)
         self._last: dict[str, Any] | None = None
         self._source_gone = ""  # the last run's image was deleted: what it had made ("denoised" or "boxes")
-        self._cached_inputs: list[tuple[weakref.ref, str]] = []  # (image, its fingerprint in the cache's keys)
+        self._cached_inputs: dict[str, weakref.ref] = {}  # an input's fingerprint in the cache's keys -> its image
         self._outputs: list[list[Any]] = []  # [source layer, role, output layer, the name it was given]
         self._followed: weakref.WeakSet = weakref.WeakSet()  # sources whose moves the outputs follow
         self._volumes: list[dict[str, Any]] = []  # the last whole-volume result of each source layer
@@ -327,10 +327,11 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
             self._source_gone = "denoised" if self._last["result"].denoised is not None else "boxes"
             self._last = None
             self._update_export_buttons()
-        gone = [fp for image, fp in self._cached_inputs if image() is None or image() not in layers]
-        self._cached_inputs = [(image, fp) for image, fp in self._cached_inputs if fp not in gone]
-        for fp in gone if self._cache is not None else ():
-            self._cache.forget(fp)  # a deleted image's results, not the other studies'
+        gone = [fp for fp, image in self._cached_inputs.items() if image() is None or image() not in layers]
+        for fp in gone:
+            del self._cached_inputs[fp]
+            if self._cache is not None:
+                self._cache.forget(fp)  # a deleted image's results, not the other studies'
 
     def _end_side_by_side(self, added: str) -> None:
         self.set_compare(False)
@@ -553,7 +554,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         edits = self._last.get("edits") if same else None  # the same lesions layer: the reader's edits stay
         self._source_gone = ""
         if res.input_key:
-            self._cached_inputs.append((weakref.ref(behind_proxy(layer)), res.input_key))
+            self._cached_inputs[res.input_key] = weakref.ref(behind_proxy(layer))
         self._last = {"layer": layer, "result": merged or res, "first": 0 if merged else first, "labels": labels,
                       "remove_sd": remove_sd, "leave_sd": leave_sd, "merged": merged is not None, "edits": edits}
         if layer.ndim == 3 and list(self._last["result"].slices) == list(range(layer.data.shape[0])):

@@ -101,7 +101,6 @@ def _header(key: str, header: str, unit: str, placed: bool) -> str:
     return header.replace(")", ", viewer)") if key == "centre" and not placed else header
 
 
-
 class SortItem(QTableWidgetItem):
     """A table cell that sorts on its raw value (numbers as numbers), not on its text."""
 
@@ -455,23 +454,24 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         self._origin = origin | {f.id: self._origin[f.id] for f in carried if f.id in self._origin}
         return sorted({f.id: f for f in [*new, *carried]}.values(), key=lambda f: f.id)
 
+    def _box_links(self, boxes: Any) -> list[tuple[Any, Any]]:
+        """(event, handler) of what the navigator follows on a boxes layer."""
+        return [(boxes.events.data, self._on_boxes_data),
+                (boxes.events.features, self._on_boxes_data),  # scores set after the boxes
+                (boxes.events.edge_color, self._dim_rejected),  # the dock recolours by score
+                (boxes.selected_data.events.items_changed, self._follow_selection)]  # fmt: skip
+
     def _connect_boxes(self, boxes: Any) -> None:
         """Follow a new boxes layer (and let go of the last one)."""
         self._disconnect_boxes()
-        self.watch.connect(boxes.events.data, self._on_boxes_data)
-        self.watch.connect(boxes.events.features, self._on_boxes_data)  # scores set after the boxes
-        self.watch.connect(boxes.events.edge_color, self._dim_rejected)  # the dock recolours by score
-        self.watch.connect(boxes.selected_data.events.items_changed, self._follow_selection)
+        for emitter, slot in self._box_links(boxes):
+            self.watch.connect(emitter, slot)
         self._bind_review_keys(boxes)
 
     def _disconnect_boxes(self) -> None:
         self._undim()
-        boxes = self.boxes_layer
-        if boxes is not None:
-            for emitter, slot in ((boxes.events.data, self._on_boxes_data),
-                                  (boxes.events.features, self._on_boxes_data),
-                                  (boxes.events.edge_color, self._dim_rejected),
-                                  (boxes.selected_data.events.items_changed, self._follow_selection)):  # fmt: skip
+        if self.boxes_layer is not None:
+            for emitter, slot in self._box_links(self.boxes_layer):
                 try:
                     emitter.disconnect(slot)
                 except (TypeError, ValueError, RuntimeError):

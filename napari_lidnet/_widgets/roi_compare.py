@@ -94,6 +94,10 @@ DEBOUNCE_MS = 300
 #: edge colours of the regions of a new ROI layer, one per region in turn
 ROI_COLORS = ("#ffe119", "#42d4f4", "#f58231", "#3cb44b", "#f032e6", "#4363d8", "#bfef45", "#fabed4")
 DETECTIONS_PREFIX = "raw detections: "
+#: Shapes roles whose edits are not the user's regions (the detector's, calipers, the navigator's own writes)
+NOT_THE_USERS = (*NOT_DRAWN_BOXES, REVIEWED)
+#: Shapes roles never picked as the regions on their own
+NOT_PICKED = (*NOT_PICKED_REGIONS, REVIEWED)
 
 
 class ROICompareWidget(QWidget):
@@ -273,7 +277,7 @@ class ROICompareWidget(QWidget):
         self._watch(layer)
         if role(layer) != ANNOTATIONS:  # a scan's own boxes count once the user edits them
             self._touch(layer)
-        if isinstance(layer, Shapes) and role(layer) not in (*NOT_PICKED_REGIONS, REVIEWED):  # a person's regions
+        if isinstance(layer, Shapes) and role(layer) not in NOT_PICKED:  # a person's regions
             self.set_regions_layer(layer.name)
 
     def _on_layers_changed(self, renamed: dict[str, str] | None = None) -> None:
@@ -285,7 +289,7 @@ class ROICompareWidget(QWidget):
         """Remember ``layer`` as the Shapes layer the user worked on last (not detector or caliper layers)."""
         from napari.layers import Shapes
 
-        if isinstance(layer, Shapes) and role(layer) not in (*NOT_DRAWN_BOXES, REVIEWED):
+        if isinstance(layer, Shapes) and role(layer) not in NOT_THE_USERS:
             self._touched[id(behind_proxy(layer))] = max(self._touched.values(), default=0) + 1
 
     def _touch_order(self, layer: Any) -> int:
@@ -297,7 +301,7 @@ class ROICompareWidget(QWidget):
         layer = getattr(event, "source", None)
         if getattr(event, "action", "changed") not in ("added", "changed", "removed") or layer is None:
             return
-        if role(layer) in (*NOT_DRAWN_BOXES, REVIEWED) or layer == self._shapes:  # the navigator writes its boxes
+        if role(layer) in NOT_THE_USERS or layer == self._shapes:  # the navigator writes its boxes
             return
         self._touch(layer)
         self.set_regions_layer(layer.name)
@@ -314,7 +318,7 @@ class ROICompareWidget(QWidget):
         user = [
             (self._touch_order(lay), k, lay)
             for k, lay in enumerate(layers)
-            if role(lay) not in (*NOT_PICKED_REGIONS, REVIEWED) or (role(lay) == ANNOTATIONS and self._touch_order(lay))
+            if role(lay) not in NOT_PICKED or (role(lay) == ANNOTATIONS and self._touch_order(lay))
         ]
         return max(user, key=lambda t: t[:2])[2].name if user else None
 
