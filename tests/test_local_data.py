@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -578,23 +579,48 @@ def test_check_samples_names_a_low_dose_partner_of_another_size(tmp_path, lazy):
     assert any("low- and full-dose shapes differ in ['s1']" in p for p in problems), problems
 
 
-def test_a_run_whose_export_fails_says_where_its_trained_networks_are(model_dir: Path) -> None:
-    """Fine-tune walkthrough 2026-12-07: a model of the same name saved by someone else while the run trained (or a
-    model folder turned read-only) failed the export, and the message never said the trained networks were kept."""
+def _run_until_export(name: str, at_export: Callable[[], None]) -> tuple[Path, fj.FinetuneOutcome]:
+    """A one-round run named ``name`` (its run folder, its outcome); ``at_export`` happens as its export begins."""
     low, full, boxes = phantom(n=4, size=64)
-    run = fj.new_run_dir("taken")
+    run = fj.new_run_dir(name)
     cfg = tiny_config(run, val_fraction=0.0, test_fraction=0.0, rounds=1, denoiser_steps=2, detector_steps=1)
-    job = fj.finetune_job(fj.FinetuneRequest("taken", cfg, inputs=[ld.CTInput("ct", full, 0.7, low, boxes, "drawn")]))
-    out = None
-    while out is None:
+    job = fj.finetune_job(fj.FinetuneRequest(name, cfg, inputs=[ld.CTInput("ct", full, 0.7, low, boxes, "drawn")]))
+    while True:
         try:
             rec = next(job)
         except StopIteration as stop:
-            out = stop.value
-            break
-        if rec["stage"] == "export":  # another program saves a model of that name now
-            shutil.copy(model_dir / "tiny_denoiser.json", model_dir / "taken_denoiser.json")
-            shutil.copy(model_dir / "tiny_denoiser.safetensors", model_dir / "taken_denoiser.safetensors")
-    assert out.status == "failed" and "already exists" in out.message, out.message
+            return run, stop.value
+        if rec["stage"] == "export":
+            at_export()
+
+
+def test_a_name_taken_while_the_run_trained_saves_it_as_name_2(model_dir: Path) -> None:
+    """Another run (a second dock, another napari, the CLI) saved a model of the same name while this one trained:
+    this one is saved beside it as NAME-2, and says so; the other model is left as it was."""
+
+    def save_another() -> None:
+        for suffix in (".json", ".safetensors"):
+            shutil.copy(model_dir / f"tiny_denoiser{suffix}", model_dir / f"taken_denoiser{suffix}")
+
+    run, out = _run_until_export("taken", save_another)
+    assert out.status == "finished" and "saved taken-2" in out.message, out.message
+    assert "'taken' was taken while this run trained" in out.message
+    assert {Path(p).name for p in out.exported} >= {"taken-2_denoiser.safetensors", "taken-2_detector.safetensors"}
+    assert not (model_dir / "taken_detector.json").exists()  # the other model: untouched, not completed
+    assert json.loads((model_dir / "taken_denoiser.json").read_text()) == json.loads(
+        (model_dir / "tiny_denoiser.json").read_text()
+    )
+
+
+def test_a_run_whose_export_fails_says_where_its_trained_networks_are(model_dir: Path, tmp_path: Path) -> None:
+    """A model folder gone while the run trained (a network drive unmounted: a file in its place here) fails the
+    export; the message says the trained networks are kept in the run folder."""
+
+    def unmount() -> None:
+        model_dir.rename(tmp_path / "moved")
+        model_dir.write_text("")
+
+    run, out = _run_until_export("lost", unmount)
+    assert out.status == "failed", out.message
     assert f"the trained networks are kept in {run}" in out.message, out.message
     assert (run / "best_denoiser.safetensors").exists() and (run / "best_detector.safetensors").exists()

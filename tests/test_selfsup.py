@@ -313,9 +313,12 @@ def test_a_dotted_name_and_a_name_taken_during_the_run(empty_model_dir: Path) ->
     from napari_lidnet.models.weights import save_weights
 
     job = adapt_job([low_dose_volume()], "site.v2", steps=2, from_model="fresh_denoiser", device="cpu", patch_size=32)
+    records = []
     for rec in job:
+        records.append(rec)
         if rec["stage"] == "adapt" and rec["step"] == 1:  # someone saves a model of that name meanwhile
             save_weights(load_model("fresh_denoiser", "denoiser")[0], empty_model_dir / "site.v2_denoiser")
+    assert "saved site.v2-2_denoiser ('site.v2' was taken while this run trained)" in records[-1]["message"]
     assert (empty_model_dir / "site.v2-2_denoiser.json").exists()
     assert load_model("site.v2-2_denoiser", "denoiser")[1]["name"] == "site.v2-2_denoiser"
     assert load_model("site.v2_denoiser", "denoiser")[1].get("training", {}).get("selfsup") is None

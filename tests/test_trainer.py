@@ -74,6 +74,8 @@ def test_lidnet_run_learns_and_writes_loadable_checkpoints(tmp_path):
     records = list(Trainer(_config(tmp_path / "run"), _samples()).run())
     vals = [r for r in records if r["stage"] == "validate"]
     assert vals[0]["after"] == "start"
+    before = records[records.index(vals[0]) - 1]  # what the dock's stage line reads while the start is measured
+    assert before["stage"] == "setup" and before["message"].startswith("measuring the starting models (")
     assert [v["after"] for v in vals[1:]] == ["pretrain-detector", "round1-detector", "round2-detector"]
     assert records[-1]["stage"] == "finished"
     steps = [r for r in records if "losses" in r]
@@ -603,7 +605,7 @@ def test_stop_during_the_start_validation_begins_no_stage(tmp_path):
     """Review 2026-12-06b: Stop pressed while the starting weights were validated (the longest validation) still set
     up the first stage, calibrated and took a step. Now the run stops before it, with no stage begun."""
     records = list(Trainer(_config(tmp_path / "r"), _samples(), should_stop=lambda: True).run())
-    assert [r["stage"] for r in records] == ["validate", "stopped"]
+    assert [r["stage"] for r in records] == ["setup", "validate", "stopped"]
     assert "stopped before pretrain-denoiser" in records[-1]["message"]
     assert not list((tmp_path / "r").glob("partial_*"))
 

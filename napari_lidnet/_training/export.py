@@ -28,16 +28,41 @@ def check_export_name(name: str, kinds: tuple[str, ...] = KINDS) -> str:
     make one pair under one name."""
     from napari_lidnet.io.atomic import check_writable
     from napari_lidnet.models.registry import user_model_dir
-    from napari_lidnet.models.weights import weight_paths
 
     name = valid_model_name(name)
-    dest = user_model_dir()
-    for kind in kinds if not _half_pair(dest, name) else ():  # what a killed export left is replaced, not taken
-        taken = [p for p in weight_paths(dest / f"{name}_{kind}") if p.exists()]
-        if taken:
-            raise FileExistsError(f"a model named {name!r} already exists ({taken[0]}); choose another name")
-    check_writable(dest / f"{name}_{kinds[0]}")  # the model folder (or the nearest that exists) takes files
+    taken = _taken(user_model_dir(), name, kinds)
+    if taken:
+        raise FileExistsError(f"a model named {name!r} already exists ({taken[0]}); choose another name")
+    check_writable(user_model_dir() / f"{name}_{kinds[0]}")  # the model folder (or the nearest that exists) takes files
     return name
+
+
+def free_name(name: str, kinds: tuple[str, ...] = KINDS) -> str:
+    """The valid ``name``, or ``NAME-2``, ``NAME-3`` ... while a model of that name (of ``kinds``) is in the user
+    model folder (another run took the name while this one trained). ValueError: a bad name."""
+    from napari_lidnet.models.registry import user_model_dir
+
+    base = candidate = valid_model_name(name)
+    k = 1
+    while _taken(user_model_dir(), candidate, kinds):
+        k += 1
+        candidate = f"{base}-{k}"
+    return candidate
+
+
+def renamed_note(asked: str, saved: str) -> str:
+    """' (NAME was taken while this run trained)' when the model was saved under another name than asked, else ''."""
+    return f" ({asked!r} was taken while this run trained)" if saved != asked else ""
+
+
+def _taken(dest: Path, name: str, kinds: tuple[str, ...]) -> list[Path]:
+    """The files of the models ``NAME_<kind>`` in ``dest`` (none when they are what a killed export left: those are
+    replaced, not taken)."""
+    from napari_lidnet.models.weights import weight_paths
+
+    if _half_pair(dest, name):
+        return []
+    return [p for kind in kinds for p in weight_paths(dest / f"{name}_{kind}") if p.exists()]
 
 
 def _half_pair(dest: Path, name: str) -> list[Path]:

@@ -87,20 +87,10 @@ def new_run_dir(name: str) -> Path:
 
 def default_model_name() -> str:
     """``finetuned-YYYYMMDD-HHMM``, with ``-2``, ``-3`` ... appended while that name is taken by a user model."""
-    from napari_lidnet._training.export import check_export_name
+    from napari_lidnet._training.export import free_name
 
     base = "finetuned-" + _dt.datetime.now().strftime("%Y%m%d-%H%M")
-    name, k = base, 1
-    while True:
-        try:
-            check_export_name(name)
-        except FileExistsError:
-            k += 1
-            name = f"{base}-{k}"
-            continue
-        except OSError:  # a model folder that cannot be written is said when a run is asked for, not here
-            pass
-        return name
+    return free_name(base)  # a model folder that cannot be written is said when a run is asked for, not here
 
 
 def model_name_problems(name: str) -> list[str]:
@@ -308,22 +298,28 @@ def _prepared(req: FinetuneRequest, should_stop: Callable[[], bool]) -> Generato
     return (yield from map_yields(prepare_samples(req, should_stop), lambda msg: {"stage": "prepare", "message": msg}))
 
 
-def _publish(req: FinetuneRequest, outcome: FinetuneOutcome, info: dict[str, Any], stopped: bool) -> None:
-    """Export the best checkpoint under ``req.name`` and say how it compares with the starting models."""
+def _publish(req: FinetuneRequest, outcome: FinetuneOutcome, info: dict[str, Any], stopped: bool) -> str:
+    """Export the best checkpoint under ``req.name`` (``NAME-2`` ... when that was taken meanwhile) and say how it
+    compares with the starting models; returns the name saved."""
+    from napari_lidnet._training.export import free_name, renamed_note
+
     data = {
         **info, "start_metrics": outcome.start_metrics, "best_metrics": outcome.best_metrics,
         "start_test_metrics": outcome.start_test_metrics, "best_test_metrics": outcome.best_test_metrics,
         "input_test_metrics": outcome.input_test_metrics,
         "notes": list(outcome.notes), "stopped_early": stopped, "run": outcome.run_dir,
     }  # fmt: skip
-    outcome.exported = [str(p) for p in publish_run(outcome.run_dir, req.name, data, req.command)]
-    outcome.message = f"saved {req.name}" + (" (stopped early: best checkpoint so far)" if stopped else "")
+    name = free_name(req.name)  # NAME-2 when another run took NAME meanwhile
+    outcome.exported = [str(p) for p in publish_run(outcome.run_dir, name, data, req.command)]
+    outcome.message = f"saved {name}" + (" (stopped early: best checkpoint so far)" if stopped else "")
+    outcome.message += renamed_note(req.name, name)
     outcome.improved = improved(outcome.start_test_metrics, outcome.best_test_metrics)
     if outcome.improved is False:
         outcome.message += (
             " - note: it scores below the starting models on the held-out test slices; keep using those, or "
             "train longer / on more data (Advanced)"
         )
+    return name
 
 
 def _take_state(req: FinetuneRequest, outcome: FinetuneOutcome, state: dict[str, Any]) -> None:
@@ -356,8 +352,8 @@ def _salvage(req: FinetuneRequest, outcome: FinetuneOutcome, info: dict[str, Any
         outcome.notes.append(f"the run failed ({one_line(failure)}); this is its best checkpoint before the failure")
         _take_state(req, outcome, state)  # as a finished run's card says
         try:
-            _publish(req, outcome, info, stopped=True)
-            outcome.message = f"{failure}; the best checkpoint before the failure was saved as {req.name}"
+            name = _publish(req, outcome, info, stopped=True)
+            outcome.message = f"{failure}; the best checkpoint before the failure was saved as {name}"
             return
         except (OSError, ValueError):
             outcome.exported = []

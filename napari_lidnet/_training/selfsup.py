@@ -379,20 +379,9 @@ def adapt_job(
     return outcome
 
 
-def _still_free(target: Any) -> Any:
-    """``target`` (``.../NAME_denoiser``), or ``NAME-2_denoiser``, ``NAME-3`` ... when its card exists by now."""
-    from napari_lidnet.models.weights import weight_paths
-
-    name, k = target.name.removesuffix("_denoiser"), 1
-    candidate = target
-    while weight_paths(candidate)[1].exists():
-        k += 1
-        candidate = target.with_name(f"{name}-{k}_denoiser")
-    return candidate
-
-
 def _finish(run: _Run, outcome: AdaptOutcome, target: Any, command: str) -> Generator[dict, None, None]:
     """Measure the adapted model, export it (unless no step was done) and yield the last record."""
+    from napari_lidnet._training.export import free_name, renamed_note
     from napari_lidnet.models.weights import save_weights, weight_paths
 
     steps = run.settings["steps"]
@@ -402,12 +391,13 @@ def _finish(run: _Run, outcome: AdaptOutcome, target: Any, command: str) -> Gene
         outcome.message = "stopped before the first step: nothing was saved (the starting model stays)"
     else:
         _measure(run, "adapted")
-        target = _still_free(target)  # another run may have taken the name while this one trained
-        outcome.name = target.name.removesuffix("_denoiser")
+        name_asked = outcome.name
+        outcome.name = free_name(name_asked, ("denoiser",))  # NAME-2 when another run took NAME meanwhile
+        target = target.with_name(f"{outcome.name}_denoiser")
         yield {"stage": "export", "message": f"saving {target.name}"}
         outcome.card = save_weights(run.model.cpu(), target, _card(run, outcome, outcome.name, command))
         outcome.exported = [str(p) for p in weight_paths(target)]
-        outcome.message = f"saved {target.name}"
+        outcome.message = f"saved {target.name}" + renamed_note(name_asked, outcome.name)
         if stopped:
             outcome.message += f" (stopped early after {outcome.steps_done} of {steps} steps)"
     outcome.estimates = dict(run.estimates)

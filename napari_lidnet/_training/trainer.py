@@ -572,6 +572,9 @@ class Trainer:
                               "(seconds each on a CPU, the validation slices first) and kept beside the manifest, "
                               "so a re-run starts at once"}  # fmt: skip
         if "validate-start" not in self.state["done"]:
+            n_val, n_test = len(self.val_samples), len(self.test_samples)
+            yield {"stage": "setup", "step": done_steps, "total_steps": total,
+                   "message": f"measuring the starting models ({n_val} validation, {n_test} test slices)"}  # fmt: skip
             t0 = time.monotonic()
             metrics = self.validate()
             self.state["start_metrics"] = metrics

@@ -528,8 +528,8 @@ class FineTuneWidget(QWidget):
             worse = outcome.improved is False if isinstance(outcome, FinetuneOutcome) else bool(notes)
             n = refresh_denoise_widgets(self.viewer, select=None if worse else name)
             self.refresh_models()
-            taken = self.name_edit.text().strip() == name  # the name was trimmed when saved
-            self.name_edit.setText(default_model_name() if taken else self.name_edit.text())
+            if model_name_problems(self.name_edit.text()):  # saved under it (or under NAME-2: taken meanwhile)
+                self.name_edit.setText(default_model_name())
             if n:
                 text += ("; listed in the denoise widget, not selected" if worse else
                          "; selected in the denoise widget (the shipped default stays first in its list)")

@@ -160,11 +160,15 @@ def _train_and_export(cfg, rank: int, world: int, export: str | None, command: s
 
 
 def _export(run: Path, name: str, command: str) -> None:
-    """Export the run's best pair as ``name`` and say what was written, and which network was left out."""
-    from napari_lidnet._training.export import export_run
+    """Export the run's best pair as ``name`` (``NAME-2`` ... when taken meanwhile) and say what was written, and
+    which network was left out."""
+    from napari_lidnet._training.export import export_run, free_name, renamed_note
     from napari_lidnet.models.weights import read_card
 
+    asked, name = name, free_name(name)  # NAME-2 when another run took NAME meanwhile
     written = export_run(run, name, command=command)
+    if name != asked:
+        print(f"note: exported as {name}{renamed_note(asked, name)}", file=sys.stderr)
     for path in written:
         print(f"exported {path}", file=sys.stderr)
     kinds = {p.stem.rsplit("_", 1)[-1]: p for p in written}
