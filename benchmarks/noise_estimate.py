@@ -2,8 +2,8 @@
 
 The noise SD that the Denoise widget shows (input -> denoised), the one `lidnet adapt` writes on its card and the
 Fine-tune widget plots, is the median SD of the flattest soft-tissue blocks. Tissue texture finer than a block counts
-as noise, so the block size sets how much texture leaks in. On real scans the 24 px blocks of 2026-12-02 read 56 HU
-of noise on a 1.5 mm CTA and 38 HU on skull-base slices of a 1 mm head whose mid-brain slices read 9.
+as noise, so the block size sets how much texture leaks in. On real scans 24 px blocks read 56 HU of
+noise on a 1.5 mm CTA and 38 HU on skull-base slices of a 1 mm head whose mid-brain slices read 9.
 
 Simulated slices (truth known): the low-dose image of a clean-target dataset (``lidnet simulate --target clean``),
 whose noise is ``low - clean`` exactly. The truth is the SD of that noise over the body's soft tissue (-200..300 HU

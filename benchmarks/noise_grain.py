@@ -3,7 +3,7 @@
 A 100 mm water disc (fixed in mm) at 0.45-1.3 mm pixels, 25% dose, 816 views, three seeds: the noise power
 spectrum's centroid (cycles/mm) and SD (HU) in a 40 mm square at its centre, from ``simulate_low_dose`` with
 ``sampling_mm`` None (bins one pixel wide, the model of issue 11's judge) and ``SCANNER_SAMPLING_MM`` (the viewer's
-insertion since 2026-12-06; ``benchmarks/results/noise_grain_prereg.md``). A scanner's grain and SD do not change
+insertion; ``benchmarks/results/noise_grain_prereg.md``). A scanner's grain and SD do not change
 with the display pixel; the legacy model's do.
 
     PYTHONPATH=. python benchmarks/noise_grain.py [--results benchmarks/results/noise_grain]

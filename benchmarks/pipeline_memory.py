@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _write_peak(denoised, args: argparse.Namespace) -> dict:
     """Peak memory of writing the denoised volume as a DICOM series (``lidnet denoise``'s and the Denoise dock's
-    export; a memory audit found 6.5x the volume there)."""
+    export, where a peak of 6.5x the volume has been measured)."""
     import shutil
     import tempfile
 

@@ -22,7 +22,7 @@ Radial bins: 20 bins of 0.025 cycles/px on 0..0.5 plus the corners (> 0.5) as a 
 
     PYTHONPATH=. python benchmarks/spectral_blend.py --n-sim 12 [--results benchmarks/results/spectral_blend]
 
-Written by a helper on 2026-12-06 (twenty-first session) as a diagnostic; results and reading in
+A diagnostic; results and reading in
 ``benchmarks/results/spectral_blend.md``; it led to ``benchmarks/results/noise_grain_prereg.md``.
 """
 

@@ -1,7 +1,7 @@
 """One score threshold for the image as given and for the denoised image, or one each? Validation slices only.
 
 The Denoise dock detects on the denoised image; ``lidnet detect`` on the image as given. On real scans the
-denoised image draws several times the boxes at the one calibrated threshold (a walkthrough: 23 against 6 on a real
+denoised image draws several times the boxes at the one calibrated threshold (e.g. 23 against 6 on a real
 chest). Would a threshold of its own for denoised images, set so that they carry no more false boxes per
 lesion-free slice than the images as given (in every calibration set), be the better default? This measures, per
 image type (full dose, low dose, low dose denoised by the shipped denoiser), the false boxes per lesion-free slice

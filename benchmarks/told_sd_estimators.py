@@ -84,8 +84,8 @@ def real_validation(real: Path) -> dict[str, list]:
 
 
 def noise_estimates(low: np.ndarray, den: np.ndarray) -> dict[str, float]:
-    """The estimates of the input's noise SD over the body: A; C and D with 24 px blocks (the fourth session's
-    rule), C8 and D8 with 8 px blocks (the fifth's), D8s (``strength.total_noise_sd(stride=2)``: D8 on every
+    """The estimates of the input's noise SD over the body: A; C and D with 24 px blocks (the first
+    rule), C8 and D8 with 8 px blocks (its successor), D8s (``strength.total_noise_sd(stride=2)``: D8 on every
     second pixel)."""
     a = residual_sd(low, den)
     out = {"A": a}

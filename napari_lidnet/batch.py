@@ -252,7 +252,7 @@ def _inputs(series: dict, niftis: list[Path], root: Path) -> list[tuple[str, Any
 
 def _stamp(source: Any) -> str:
     """What a source is now: its files' names and sizes (a DICOM series' headers, or a NIfTI file's path), so a
-    series topped up after an incomplete transfer, or a file replaced, is seen (a walkthrough: skipped as done);
+    series topped up after an incomplete transfer, or a file replaced, is seen (not skipped as done);
     not their folders or times, so an archive moved or copied is the same archive."""
     paths = [Path(source)] if isinstance(source, Path) else [Path(h.path) for h in source]
     parts = []

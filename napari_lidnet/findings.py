@@ -76,7 +76,7 @@ def lesion_groups(
     in-plane IoU reaches ``iou`` are one lesion (:func:`napari_lidnet.metrics.lesions.lesion_numbers`). With
     ``previous`` (the numbers shown before an edit) a lesion keeps the number most of its boxes had, larger lesions
     first, and a lesion that is new (split off, drawn) takes the next free number: a reader's "lesion 4" stays
-    lesion 4 when a box is moved off another lesion (a walkthrough saw an unrelated lesion renumbered)."""
+    lesion 4 when a box is moved off another lesion (an unrelated lesion is not renumbered)."""
     ordered = sorted(findings, key=lambda f: f.id)
     numbers = lesion_numbers([f.slice for f in ordered], np.array([f.bounds for f in ordered]), iou)
     raw = {f.id: int(n) for f, n in zip(ordered, numbers)}

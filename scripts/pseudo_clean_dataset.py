@@ -2,7 +2,7 @@
 
 The shipped denoiser learns to remove all the noise from simulated pairs whose target is the noiseless
 reconstruction (``lidnet simulate --target clean``). Real normal-dose slices carry noise of their own, so a network
-trained on them as targets learns to keep it (the real-CT candidates of 2026-12-02 did). Here the target is the
+trained on them as targets learns to keep it (real-CT candidates trained so do). Here the target is the
 normal-dose slice after BM3D (the ``bm3d`` package, told the slice's own noise SD: the SD of the shipped
 denoiser's residual in the slice's flat soft-tissue blocks, which tissue texture inflates far less than the image's
 own SD there), and the input stays the slice's low-dose partner from the source folder

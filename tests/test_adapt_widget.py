@@ -148,7 +148,7 @@ def test_input_the_guard_rails_refuse_starts_nothing(make_napari_viewer, qtbot, 
     widget.data_box.set_adapt_images(["full-dose CT"])
     assert widget.start() is None
     assert "full-dose CT: its metadata says normal dose" in widget.status.text(), widget.status.text()
-    # an image that is not CT in HU (walkthrough 2026-12-06: it trained and saved a model): refused, as the other
+    # an image that is not CT in HU (otherwise it trains and saves a model): refused, as the other
     # sources and `lidnet adapt` refuse it
     viewer.layers.clear()
     add_scan(viewer, np.abs(hu[:6]) + 1.0, pixel_mm, name="positive only")
@@ -164,7 +164,7 @@ def test_input_the_guard_rails_refuse_starts_nothing(make_napari_viewer, qtbot, 
 def test_an_adapted_model_its_own_check_calls_worse_is_noted_once_and_not_selected(
     make_napari_viewer, qtbot, model_dir: Path
 ) -> None:
-    """Fine-tune walkthrough 2026-12-07: an adapted model whose own no-reference check found it worse was said
+    """Regression: an adapted model whose own no-reference check found it worse was said
     twice (its .safetensors and .json each read) and selected in the Denoise dock (``worse`` read a field that an
     adapt outcome does not have)."""
     from napari_lidnet._widgets.denoise_detect import DenoiseDetectWidget

@@ -180,7 +180,7 @@ def test_outputs_never_overwrite(corpus, capsys, case, cmd):
 
 
 def test_detect_writes_boxes_only_as_csv_or_json(corpus, tmp_path, capsys):
-    """Review 2026-12-05: `detect --out boxes.nii.gz` (or .xlsx) wrote CSV text under that name."""
+    """Regression: `detect --out boxes.nii.gz` (or .xlsx) wrote CSV text under that name."""
     before = snapshot(corpus)
     for name in ("boxes.nii.gz", "boxes.xlsx", "boxes"):
         rc, lines = run_cli(capsys, *_cli_args("detect", corpus / "arrays" / "good.npy", tmp_path / name))
@@ -191,7 +191,7 @@ def test_detect_writes_boxes_only_as_csv_or_json(corpus, tmp_path, capsys):
 
 @pytest.mark.parametrize("cmd", ["denoise", "detect"])
 def test_all_series_refuses_a_series_and_a_file_name(corpus, models, tmp_path, capsys, cmd):
-    """CLI audit 2026-12-07: `--all-series --series UID` processed every series without a word, and `detect
+    """Regression: `--all-series --series UID` processed every series without a word, and `detect
     --all-series --out x.csv` made a folder named x.csv holding the CSV files."""
     before = snapshot(corpus)
     args = [*_cli_args(cmd, corpus / "dicom" / "good", tmp_path / "out"), "--all-series"]
@@ -200,7 +200,7 @@ def test_all_series_refuses_a_series_and_a_file_name(corpus, models, tmp_path, c
     rc, lines = run_cli(capsys, *_cli_args(cmd, corpus / "dicom" / "good", tmp_path / "boxes.csv"), "--all-series")
     assert_refused(rc, lines, cmd, r"boxes\.csv: --all-series writes one file per series into a folder")
     assert snapshot(corpus) == before and [p.name for p in tmp_path.iterdir()] == ["models"]
-    if cmd == "denoise":  # a folder meant to be named so: ended with /, as a single output's (review)
+    if cmd == "denoise":  # a folder meant to be named so: ended with /, as a single output's
         rc, lines = run_cli(capsys, *_cli_args(cmd, corpus / "dicom" / "good", f"{tmp_path / 'run.final'}/"),
                             "--all-series")  # fmt: skip
         assert rc == 0 and (tmp_path / "run.final").is_dir(), lines
@@ -222,8 +222,8 @@ def test_read_only_output_folder(corpus, tmp_path, capsys, monkeypatch):
         _cli_args("detect", corpus / "arrays" / "good.npy", ro / "x.csv"),
         ["simulate", "--out", ro / "data", "--n", "1", "--size", "64"],
         ["index", corpus / "dicom" / "good", "--out", ro / "x.jsonl"],
-        _cli_args("denoise", corpus / "arrays" / "good.npy", ro),  # the empty folder itself (audit 2026-12-07: refused
-        ["simulate", "--out", ro, "--n", "1", "--size", "64"],  # after the work, naming a temporary path)
+        _cli_args("denoise", corpus / "arrays" / "good.npy", ro),  # the empty folder itself (not refused
+        ["simulate", "--out", ro, "--n", "1", "--size", "64"],  # only after the work, naming a temporary path)
     ]
     for args in commands:
         rc, lines = run_cli(capsys, *args)
@@ -233,7 +233,7 @@ def test_read_only_output_folder(corpus, tmp_path, capsys, monkeypatch):
 
 
 def test_train_refuses_a_file_as_its_run_folder_up_front(tmp_path, capsys):
-    """CLI audit 2026-12-07: `train --out afile` read the data and models, then said "File exists; no checkpoint yet:
+    """Regression: `train --out afile` read the data and models, then said "File exists; no checkpoint yet:
     running again starts ... from the beginning", which running again does not change."""
     data = _dataset(tmp_path / "data")
     (tmp_path / "afile").write_text("mine")
@@ -257,7 +257,7 @@ def test_disk_full_while_writing_leaves_no_partial_output(corpus, models, tmp_pa
 
 
 def test_disk_full_inside_pydicom_names_the_series_folder(corpus, models, tmp_path, capsys, monkeypatch):
-    """CLI audit 2026-12-07 (a 3 MB tmpfs): writing a DICOM series onto a full disk said only "No space left on
+    """Regression (a 3 MB tmpfs): writing a DICOM series onto a full disk said only "No space left on
     device": pydicom re-raises the error as "With tag (7FE0,0010) got exception: ...", without its errno."""
     import pydicom.filewriter
 
@@ -423,7 +423,7 @@ def test_train_refuses_bad_data(corpus, tmp_path, capsys, case):
 
 
 def test_an_unreadable_slice_read_by_workers_ends_the_run_in_one_line(tmp_path):
-    """CLI audit 2026-12-07: with reader workers (the default --workers 2) one truncated PNG printed the worker's
+    """Regression: with reader workers (the default --workers 2) one truncated PNG printed the worker's
     whole traceback as the "one line" (3000 characters), then the process never exited (its readers ignore SIGTERM,
     which Python's exit sends them) and held the run folder's lock. One line naming the file, exit 2."""
     data = _dataset(tmp_path / "data")
@@ -442,7 +442,7 @@ def test_an_unreadable_slice_read_by_workers_ends_the_run_in_one_line(tmp_path):
 
 
 def test_train_refuses_a_run_folder_inside_its_data_or_among_other_files(tmp_path, capsys):
-    """Review 2026-12-05a: a run folder inside the archive (given as a folder, or as a manifest's root) was
+    """Regression: a run folder inside the archive (given as a folder, or as a manifest's root) was
     written into the archive; an existing folder of other files was used as a run folder."""
     from napari_lidnet.datasets.manifest import index_archive
 
@@ -461,7 +461,7 @@ def test_train_refuses_a_run_folder_inside_its_data_or_among_other_files(tmp_pat
 
 
 def test_an_export_says_where_the_detector_threshold_comes_from(tmp_path, capsys, models):
-    """Review 2026-12-05a: a trained detector lost its calibrated threshold silently. Continued from a calibrated
+    """Regression: a trained detector lost its calibrated threshold silently. Continued from a calibrated
     detector it keeps that threshold (its card names where from) and the export says how to set one."""
     from napari_lidnet.models.detector import LesionDetector
     from napari_lidnet.models.weights import default_threshold, read_card
@@ -507,7 +507,7 @@ def test_export_writes_both_pairs_or_neither(tmp_path, models):
     assert "v1.2_denoiser" not in [m.name for m in list_models()]
     assert [p.name for p in export_run(run, "v1.2")][1] == "v1.2_detector.safetensors"
     assert {"v1.2_denoiser", "v1.2_detector"} <= {m.name for m in list_models()}
-    # review 2026-12-06: killed after the detector's weights but before its card, the denoiser was listed alone
+    # killed after the detector's weights but before its card, the denoiser must not be listed alone
     (models / "v1.2_detector.json").unlink()
     assert "v1.2_denoiser" not in [m.name for m in list_models()]
 
@@ -527,7 +527,7 @@ def test_resume_with_other_settings_is_refused_naming_the_difference(tmp_path):
     assert "\n" not in msg and "denoiser: run 'fastdn', now 'redcnn'" in msg and "other'" in msg and "data: run" in msg
     with pytest.raises(ValueError, match=r"denoiser_kwargs: run \{\}, now \{'width': 16\}"):
         check_resume(state, TrainConfig(**{**cfg.to_dict(), "denoiser_kwargs": {"width": 16}}))
-    # review 2026-12-06: what the patches and the ROI loss are made of was changed on a resume without a word
+    # what the patches and the ROI loss are made of must not change on a resume without a word
     for key, value in (("insert_lesions", 0.5), ("roi_boxes", "predicted"), ("roi_levels", (0,))):
         with pytest.raises(ValueError, match=rf"{key}: run "):
             check_resume(state, TrainConfig(**{**cfg.to_dict(), key: value}))
@@ -583,7 +583,7 @@ def test_disk_full_during_a_checkpoint(tmp_path, capsys, monkeypatch):
         save_weights(build_denoiser("fastdn", width=8, blocks=1), tmp_path / "ck" / "last_denoiser")
     assert snapshot(tmp_path / "ck") == old
     rc, lines = run_cli(capsys, "train", "--data", data, "--out", tmp_path / "run", *TRAIN)
-    run = tmp_path / "run"  # the file named and what is kept (review 2026-12-06: a bare 'No space left on device')
+    run = tmp_path / "run"  # the file named and what is kept, not a bare 'No space left on device'
     assert rc == 2 and lines[-1].startswith(f"lidnet train: error: {run}/"), lines
     assert ": No space left on device; " in lines[-1] and "again" in lines[-1], lines
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith((".tmp", ".bak"))]
@@ -621,7 +621,7 @@ def test_kill_9_during_a_save_keeps_the_old_checkpoint(tmp_path):
     model, _card = load_weights(path)
     for key, value in old_model.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
-    save_weights(old_model, path)  # the next save of the pair clears what the kill left (review 2026-12-06)
+    save_weights(old_model, path)  # the next save of the pair clears what the kill left
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -651,7 +651,7 @@ main(sys.argv[2:])
 
 @pytest.mark.parametrize("kind", ["dicom", "npy", "csv"])
 def test_a_denoise_or_detect_killed_mid_write_leaves_no_output_and_a_rerun_writes_it(corpus, models, tmp_path, kind):
-    """Review 2026-12-06: `lidnet denoise` killed mid-write left a DICOM folder of 3 of 12 valid slices (a whole,
+    """Regression: `lidnet denoise` killed mid-write left a DICOM folder of 3 of 12 valid slices (a whole,
     shorter series to look at) or an empty .npy, and every rerun was refused ('already exists'). A real SIGKILL
     during the write now leaves nothing under the output's name, and the same command then writes it."""
     out = tmp_path / {"dicom": "den_series", "npy": "den.npy", "csv": "boxes.csv"}[kind]
@@ -734,7 +734,7 @@ def test_denoise_widget_refuses_nan(make_napari_viewer, qtbot, models):
 
 
 def test_denoise_widget_refuses_a_blank_image_as_the_command_line_does(make_napari_viewer, qtbot, models, corpus):
-    """Review 2026-12-06: `lidnet denoise` refused a blank (constant) image, the dock ran on it."""
+    """Regression: `lidnet denoise` refused a blank (constant) image, the dock ran on it."""
     viewer = make_napari_viewer()
     viewer.add_image(np.load(corpus / "arrays" / "constant.npy"), name="blank")
     widget = _denoise_widget(viewer, qtbot, models)
@@ -742,7 +742,7 @@ def test_denoise_widget_refuses_a_blank_image_as_the_command_line_does(make_napa
 
 
 def test_denoise_widget_refuses_what_is_not_ct_as_the_command_line_does(make_napari_viewer, qtbot, models, corpus):
-    """Review 2026-12-05: an MR series opened as a layer named "CT ...", was denoised and exported as CT, while the
+    """Regression: an MR series opened as a layer named "CT ...", was denoised and exported as CT, while the
     command line refused it. The dock refuses another modality, and an image that nothing says is CT whose values
     do not look like HU; the MR layer is named by its modality."""
     viewer = make_napari_viewer()
@@ -787,7 +787,7 @@ def test_finetune_widget_refuses_nan(make_napari_viewer, qtbot, models, tmp_path
 
 
 def test_a_stop_during_the_last_validation_still_exports(tmp_path, capsys, models, monkeypatch):
-    """Review 2026-12-05b: a Ctrl-C that arrived during the final validation let the run finish, then exited 130
+    """Regression: a Ctrl-C that arrived during the final validation let the run finish, then exited 130
     and skipped --export without a word. The stop acts between steps only; a finished run exports."""
     import os
     import signal
@@ -809,7 +809,7 @@ def test_a_stop_during_the_last_validation_still_exports(tmp_path, capsys, model
 
 
 def test_inputs_that_do_not_say_ct_must_look_like_hu(tmp_path, models, capsys):
-    """Review 2026-12-05: an MR T1 NIfTI (values 2..1626) and a secondary capture without a modality (stored values
+    """Regression: an MR T1 NIfTI (values 2..1626) and a secondary capture without a modality (stored values
     0..4000, no rescale) were denoised and written out as CT. Inputs that do not say CT must show air or fat;
     a CT array with air still runs, and a batch counts the MR file as not processed while it does the CT one."""
     import nibabel as nib
@@ -840,7 +840,7 @@ def test_inputs_that_do_not_say_ct_must_look_like_hu(tmp_path, models, capsys):
 
 
 def test_option_mistakes_get_plain_messages(corpus, capsys):
-    """Review 2026-12-05: `--threshold abc` said "invalid _score value" (a function's name), and --series was
+    """Regression: `--threshold abc` said "invalid _score value" (a function's name), and --series was
     ignored for an input that holds one volume."""
     with pytest.raises(SystemExit):
         main(["detect", str(corpus / "arrays" / "good.npy"), "--out", "x.csv", "--threshold", "abc"])
@@ -851,7 +851,7 @@ def test_option_mistakes_get_plain_messages(corpus, capsys):
 
 
 def test_a_device_this_machine_lacks_is_refused(corpus, capsys, tmp_path):
-    """Review 2026-12-05: `--device cuda` without CUDA ran on the CPU with a notice and exit 0; a device asked for by
+    """Regression: `--device cuda` without CUDA ran on the CPU with a notice and exit 0; a device asked for by
     name and not here (no machine has 99 GPUs) is now refused before anything runs, as is a name that is not one
     of auto, cpu, cuda, cuda:N, mps (torch's xpu, meta, ...)."""
     out = tmp_path / "den.npy"
@@ -865,7 +865,7 @@ def test_a_device_this_machine_lacks_is_refused(corpus, capsys, tmp_path):
 
 
 def test_an_image_without_one_finite_pixel_opens_with_finite_contrast_limits(make_napari_viewer, tmp_path):
-    """Review 2026-12-06: an all-NaN NIfTI opened with File > Open got contrast limits (nan, nan); napari's contrast
+    """Regression: an all-NaN NIfTI opened with File > Open got contrast limits (nan, nan); napari's contrast
     control raised, the layer was left half-added and closing the viewer raised too. It opens (the reader says
     what is wrong with it), with finite limits, and the Denoise dock refuses it as before."""
     import nibabel as nib
@@ -880,7 +880,7 @@ def test_an_image_without_one_finite_pixel_opens_with_finite_contrast_limits(mak
 
 
 def test_a_calibrated_detector_outlives_the_pair_it_came_from(tmp_path, models):
-    """Review 2026-12-06: `lidnet calibrate --model lab --name site` copied the lab pair's `pair_of` onto
+    """Regression: `lidnet calibrate --model lab --name site` copied the lab pair's `pair_of` onto
     site_detector, so deleting the lab models made 'site' vanish from every list, its files still there."""
     from napari_lidnet._training.export import export_detector
     from napari_lidnet.models.registry import list_models, load_model
@@ -898,7 +898,7 @@ def test_a_calibrated_detector_outlives_the_pair_it_came_from(tmp_path, models):
 
 
 def test_an_empty_boxes_file_is_refused_a_header_alone_is_no_boxes(tmp_path) -> None:
-    """CLI audit 2026-12-07: `lidnet adapt --boxes empty.csv` took an empty file for "no boxes" without a word."""
+    """Regression: `lidnet adapt --boxes empty.csv` took an empty file for "no boxes" without a word."""
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(ValueError, match=r"empty\.csv: not a boxes file .*the file is empty"):
         read_boxes_csv(tmp_path / "empty.csv")

@@ -57,7 +57,7 @@ def test_denoise_all_series_then_resume(archive, tmp_path):
     lost.rmdir()
     (out / f"{PARTIAL}{lost.name}").mkdir()
     (out / f"{PARTIAL}{lost.name}" / "slice0.dcm").write_bytes(b"half")
-    killed = out / f".{PARTIAL}{lost.name}.partial-{2**22 + 9}.0badc0de"  # a killed writer's (review 2026-12-06)
+    killed = out / f".{PARTIAL}{lost.name}.partial-{2**22 + 9}.0badc0de"  # a killed writer's
     killed.mkdir()
     (killed / "IM00001.dcm").write_bytes(b"a whole slice of a series never finished")
     kept = {p: sorted(f.stat().st_mtime_ns for f in p.iterdir()) for p in report.written if p != lost}
@@ -70,7 +70,7 @@ def test_denoise_all_series_then_resume(archive, tmp_path):
 
 
 def test_a_source_changed_since_its_output_is_said_not_skipped_as_done(archive, tmp_path):
-    """Walkthrough 2026-12-06: a series topped up after an incomplete transfer (6 -> 8 slices) was skipped as
+    """Regression: a series topped up after an incomplete transfer (6 -> 8 slices) was skipped as
     'already complete', its output short of two slices, without a word. A source whose files changed since its
     output was written is said and left (outputs never overwrite); moving the old output away redoes it."""
     out = tmp_path / "out"
@@ -184,7 +184,7 @@ def test_outputs_never_mix_with_other_files(archive, tmp_path):
 
 
 def test_a_rerun_with_other_settings_is_refused_not_reported_complete(archive, tmp_path):
-    """Review 2026-12-05: a re-run with another model, --remove-sd or --threshold skipped every series as 'already
+    """Regression: a re-run with another model, --remove-sd or --threshold skipped every series as 'already
     complete' and kept the old outputs. The marker records the settings; a re-run must match them."""
     out = tmp_path / "out"
     first = run_batch(archive, out, "denoise", _denoiser())
@@ -252,7 +252,7 @@ def test_nifti_files_are_inputs_too(archive, tmp_path):
 
 
 def test_one_nifti_file_is_a_batch_of_one(archive, tmp_path):
-    """Review 2026-12-05: `--all-series` on one NIfTI file said 'unreadable DICOM file'; a single DICOM file
+    """Regression: `--all-series` on one NIfTI file said 'unreadable DICOM file'; a single DICOM file
     worked. Both are a batch of one now; a folder of NIfTI files opened as one input names them."""
     from napari_lidnet.io.nifti import write_nifti
 
@@ -267,10 +267,10 @@ def test_one_nifti_file_is_a_batch_of_one(archive, tmp_path):
 
 
 def test_series_this_program_wrote_are_not_denoised_again_and_are_detected_on(archive, tmp_path):
-    """Review 2026-12-05: a batch over a folder that also held an earlier denoised output denoised it again. Series
-    whose Contributing Equipment is napari-lidnet, and NIfTI files whose header names it (review 2026-12-06: a
-    NIfTI output was denoised again), are left out of a denoise run with a note. A detect run takes them (review
-    2026-12-06: `lidnet detect --all-series` over a denoised archive detected nothing): the detector reads the
+    """Regression: a batch over a folder that also held an earlier denoised output denoised it again. Series
+    whose Contributing Equipment is napari-lidnet, and NIfTI files whose header names it (so that a
+    NIfTI output is not denoised again), are left out of a denoise run with a note. A detect run takes them (so
+    that `lidnet detect --all-series` over a denoised archive does detect something): the detector reads the
     denoised images, as in the viewer."""
     first = run_batch(archive, tmp_path / "den", "denoise", _denoiser())
     shutil.copytree(archive, tmp_path / "both" / "scans")
@@ -285,7 +285,7 @@ def test_series_this_program_wrote_are_not_denoised_again_and_are_detected_on(ar
 
 def test_a_batch_never_writes_into_an_archive_or_a_folder_of_the_users_own_files(archive, tmp_path, model_dir,
                                                                                  capsys):  # fmt: skip
-    """Review 2026-12-08 (#5): a folder of folders (the archive itself, one patient given as the input) or of the
+    """Regression: a folder of folders (the archive itself, one patient given as the input) or of the
     user's own CSV files was taken for a batch output folder and written into. Refused in one line, untouched."""
     patient = next(p for p in sorted(archive.iterdir()))
     reports = tmp_path / "reports"
@@ -308,7 +308,7 @@ def test_a_batch_never_writes_into_an_archive_or_a_folder_of_the_users_own_files
 
 
 def test_series_without_a_uid_keep_their_output_name_whatever_path_reaches_the_archive(tmp_path, monkeypatch):
-    """Review 2026-12-08 (#6): a series without SeriesInstanceUID was named from its folder as typed, so the same
+    """Regression: a series without SeriesInstanceUID was named from its folder as typed, so the same
     archive given as a relative path, an absolute one, or after a move was denoised again under a second name."""
     write_series(tmp_path / "arch" / "S", synthetic_hu((3, 32, 32)), series_uid="", description="Anon")
     out = tmp_path / "out"
@@ -324,7 +324,7 @@ def test_series_without_a_uid_keep_their_output_name_whatever_path_reaches_the_a
 
 
 def test_a_failure_names_its_series_and_says_whether_a_rerun_can_mend_it(archive, tmp_path, model_dir, capsys):
-    """Review 2026-12-08 (#8): failure lines did not name the series, and a slice truncated inside its pixel data
+    """Regression: failure lines did not name the series, and a slice truncated inside its pixel data
     was reported as 'run again to retry' though every re-run fails the same way. A file gone during the run (an
     error of the file system) may be mended by a re-run."""
     chest = sorted((archive / "patient1" / "study").iterdir())
@@ -338,7 +338,7 @@ def test_a_failure_names_its_series_and_says_whether_a_rerun_can_mend_it(archive
         assert main([*args, "--workers", "0"]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         err = lines[-1]
-        listed = [line for line in lines if line.startswith("failed: ")]  # review 2026-12-06: only the first was named
+        listed = [line for line in lines if line.startswith("failed: ")]  # each one named, not only the first
         assert len(listed) == 2 and any(f"{pelvis[0]}: pixel data cannot be read" in line for line in listed), lines
         first = chest[1] if "(first: series 'chest'" in err else pelvis[0]  # series run in UID order (random)
         assert "2 series not processed (first: series '" in err and f"{first}: pixel data cannot be read" in err, err
@@ -364,7 +364,7 @@ def test_a_failure_names_its_series_and_says_whether_a_rerun_can_mend_it(archive
 
 def test_a_second_run_on_one_output_folder_is_refused_and_leaves_the_first_ones_work(archive, tmp_path, capsys,
                                                                                      monkeypatch):  # fmt: skip
-    """Review 2026-12-08 (#9): a second run into the folder a first run was writing deleted the first one's
+    """Regression: a second run into the folder a first run was writing deleted the first one's
     half-written output, and the first died on a bare 'No such file or directory'. The folder is locked for the
     whole run: the second is refused in one line (exit 2), and the lock goes with the process, however it ends."""
     import subprocess
@@ -408,7 +408,7 @@ def test_a_second_run_on_one_output_folder_is_refused_and_leaves_the_first_ones_
 
 
 def test_a_full_disk_stops_the_batch_in_one_line_that_names_the_output_and_the_resume(archive, tmp_path, capsys):
-    """Review 2026-12-06: a full disk printed pydicom's 900-character text with a traceback and no path, and the
+    """Regression: a full disk printed pydicom's 900-character text with a traceback and no path, and the
     batch did not say which output failed or that a re-run finishes it. A real file-system refusal (a file-size
     limit on this process: writes past it fail with EFBIG, as a full disk fails them with ENOSPC) now ends it with
     the output, the reason and what to do; nothing half-written is left, and a re-run finishes the batch."""
@@ -470,7 +470,7 @@ def _gone(pid: str) -> bool:
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child processes from Linux's /proc")
 def test_a_batch_run_killed_outright_leaves_no_reader_process_behind(tmp_path):
-    """Walkthrough 2026-12-06: `kill -9` of a batch run left its DataLoader reader blocked for good on a full pipe
+    """Regression: `kill -9` of a batch run left its DataLoader reader blocked for good on a full pipe
     (it had read ahead series larger than the pipe holds). The reader now ends with the run."""
     import subprocess
     import sys
@@ -498,7 +498,7 @@ def test_a_batch_run_killed_outright_leaves_no_reader_process_behind(tmp_path):
 
 
 def test_folders_of_png_slices_or_arrays_are_said_not_passed_by(archive, tmp_path, monkeypatch, capsys):
-    """Walkthrough 2026-12-06: `--all-series` passed a DeepLesion PNG folder by without a word. It reads DICOM and
+    """Regression: `--all-series` passed a DeepLesion PNG folder by without a word. It reads DICOM and
     NIfTI only; other images under the folder are named, and a folder holding only those is a one-line refusal."""
     from napari_lidnet.io.png16 import write_png_hu
 
@@ -531,7 +531,7 @@ def test_folders_of_png_slices_or_arrays_are_said_not_passed_by(archive, tmp_pat
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_reader_workers_run_under_every_start_method(method):
-    """Review 2026-12-06: under forkserver (Python 3.14's default on Linux) a worker's parent is the fork server,
+    """Regression: under forkserver (Python 3.14's default on Linux) a worker's parent is the fork server,
     and the check meant for a parent that died first made every worker exit at once."""
     import multiprocessing
 
@@ -569,7 +569,7 @@ def _screen_capture(path: Path, rgb: bool, ct_8bit: bool = False) -> None:
 
 
 def test_an_exams_dose_screens_are_left_out_with_a_note(archive, tmp_path, monkeypatch, capsys):
-    """Walkthrough 2026-12-06: a colour dose screen (Secondary Capture, Modality CT) failed every --all-series run
+    """Regression: a colour dose screen (Secondary Capture, Modality CT) failed every --all-series run
     ("fix or remove" a file of the patient's archive); an 8-bit grey one was denoised and written as a CT series."""
     monkeypatch.setenv("NAPARI_LIDNET_MODEL_DIR", str(tmp_path / "models"))
     torch.manual_seed(0)
@@ -586,7 +586,7 @@ def test_an_exams_dose_screens_are_left_out_with_a_note(archive, tmp_path, monke
 
 
 def test_label_maps_beside_the_images_are_left_out_each_named(tmp_path, monkeypatch, capsys):
-    """Walkthrough 2026-12-06: nnU-Net's labelsTr (uint8 label maps) beside imagesTr failed every --all-series run
+    """Regression: nnU-Net's labelsTr (uint8 label maps) beside imagesTr failed every --all-series run
     ("fix or remove" the ground truth); only the first series left out was named."""
     import nibabel as nib
 

@@ -109,7 +109,7 @@ def test_preset_keys_stay_presets_while_the_calipers_are_active(viewer_with_ct, 
     layer.add_lines(np.array([[2, 10, 10], [2, 10, 35]]))
     layer.selected_data = {0}
     for key, preset in (("3", "bone"), ("6", "mediastinum"), ("7", "abdomen"), ("2", "lung"), ("1", "soft tissue")):
-        press(viewer, key)  # 6 and 7: walkthrough 2026-12-07 looked for a mediastinal and an abdominal window
+        press(viewer, key)  # 6 and 7: a mediastinal and an abdominal window
         assert tuple(ct.contrast_limits) == contrast_limits(preset)
         assert len(layer.data) == 1 and layer.mode == "add_line"
     # a Labels or Points layer keeps its own tool keys: 2 paints, and the window stays
@@ -179,10 +179,10 @@ def test_side_by_side_the_status_bar_reads_the_image_in_the_cursors_cell(viewer_
 
 
 def test_the_window_and_level_are_shown_on_the_image_in_hu(viewer_with_ct, qtbot) -> None:
-    """Walkthrough 2026-12-07: after a drag or a preset key no number said which window was on; a PACS shows it in a
+    """Regression: after a drag or a preset key no number said which window was on; a PACS shows it in a
     corner of the image. The lower right corner reads 'W .. L ..' (HU), following keys, napari's slider and removal;
-    napari's own text overlay stays the user's (napari audit 2026-12-07: the readout wrote over it, and closing the
-    dock blanked it)."""
+    napari's own text overlay stays the user's (the readout must not write over it, nor closing the dock blank
+    it)."""
     from napari_lidnet._widgets.reading_room import READOUT, ReadingRoom
 
     viewer, ct = viewer_with_ct

@@ -82,7 +82,7 @@ def test_train_exports_a_listed_model(trained, monkeypatch):
 
 
 def test_a_detector_the_run_never_trained_is_not_exported(trained, tmp_path, capsys, monkeypatch):
-    """Walkthrough 2026-12-06: a pixel run with no detector steps and no starting detector exported its random
+    """Regression: a pixel run with no detector steps and no starting detector exported its random
     detector as a model; now its denoiser is exported alone (no pair), with a line that says why."""
     monkeypatch.setenv("NAPARI_LIDNET_MODEL_DIR", str(tmp_path / "models"))
     args = ["train", "--data", str(trained / "data"), "--out", str(tmp_path / "run"), "--mode", "pixel",
@@ -168,7 +168,7 @@ def test_denoise_leave_sd_leaves_that_noise_and_says_so_in_the_series(tmp_path, 
     assert main(["denoise", str(tmp_path / "ct"), str(tmp_path / "out"), "--leave-sd", "12", "--device", "cpu"]) == 0
     back = open_ct(tmp_path / "out")[0].hu
     assert noise_sd(back) == pytest.approx(12.0, rel=0.2) and noise_sd(hu) > 25.0, (noise_sd(back), noise_sd(hu))
-    # the noise before and after, as the Denoise dock says it (a walkthrough had no number to choose the SD from)
+    # the noise before and after, as the Denoise dock says it (a number to choose the SD from)
     before, after = flat_noise_sd(hu, [0, 1], back)  # the series read back is rounded to whole HU: about 0.1 HU off
     said = re.search(r"noise SD in flat tissue ([\d.]+) -> ([\d.]+) HU", capsys.readouterr().err)
     assert said is not None and float(said[1]) == pytest.approx(before, abs=0.05), said
@@ -177,7 +177,7 @@ def test_denoise_leave_sd_leaves_that_noise_and_says_so_in_the_series(tmp_path, 
     assert ds.SeriesDescription == "Abdomen denoised (LIDnet default (unet), 12 HU SD left)"
     assert ds.DerivationDescription.endswith("napari-lidnet: Abdomen denoised (LIDnet default (unet), 12 HU SD left)")
     nifti = ["denoise", str(tmp_path / "ct"), str(tmp_path / "d.nii.gz"), "--leave-sd", "12", "--device", "cpu"]
-    assert main(nifti) == 0  # a NIfTI output says the strength too (a walkthrough's said only "denoised")
+    assert main(nifti) == 0  # a NIfTI output says the strength too (not only "denoised")
     import nibabel as nib
 
     said_nifti = bytes(nib.load(str(tmp_path / "d.nii.gz")).header["descrip"]).rstrip(b"\0")
@@ -278,7 +278,7 @@ def test_detect_defaults_to_the_cards_threshold_and_names_each_slice(tmp_path, c
 
 
 def test_detect_denoise_first_gives_the_boxes_of_denoise_then_detect(tmp_path, capsys):
-    """Walkthrough 2026-12-06: the Denoise dock detects on the denoised images, `lidnet detect` on the images as
+    """Regression: the Denoise dock detects on the denoised images, `lidnet detect` on the images as
     given (23 boxes against 6 on a real chest), and the command line needed two steps to match the dock.
     ``--denoise-first`` is those two steps in one: the same boxes as detecting on `lidnet denoise`'s output."""
     import csv
@@ -306,7 +306,7 @@ def test_detect_denoise_first_gives_the_boxes_of_denoise_then_detect(tmp_path, c
     assert len(one) > 0 and one.shape == two.shape
     np.testing.assert_allclose(one, two, atol=2e-3)  # the NIfTI round trip stores float32 HU
     assert one.shape != raw.shape or not np.allclose(one, raw, atol=2e-3)  # denoising first changes the boxes
-    err = capsys.readouterr().err  # which count of slices is which pass (a walkthrough saw two, unnamed)
+    err = capsys.readouterr().err  # which count of slices is which pass (two counts, each named)
     assert err.index("denoising with default first") < err.index("detecting lesions on the denoised images")
     args = ["detect", str(tmp_path / "ct"), "--denoise-first", "--all-series", "--out", str(tmp_path / "f")]
     assert main(args) == 2 and not (tmp_path / "f").exists()
@@ -334,7 +334,7 @@ def test_series_option_picks_one_of_several(two_series_dir, tmp_path, capsys):
 
 
 def test_a_study_with_a_larger_mr_series_runs_on_its_ct_and_keeps_the_mr_warnings_to_one_line(tmp_path, capsys):
-    """Walkthrough 2026-12-06: on a study of several series the command ran on the largest series whatever its
+    """Regression: on a study of several series the command ran on the largest series whatever its
     modality (an MR series larger than the CT was refused as 'not CT'), and printed every warning about series it
     never used (26 lines for one 5-slice CT). The CT series runs; the others' warnings are one line."""
     from conftest import synthetic_hu, write_series
@@ -351,7 +351,7 @@ def test_a_study_with_a_larger_mr_series_runs_on_its_ct_and_keeps_the_mr_warning
 
 
 def test_the_warnings_of_the_one_series_processed_are_shown(tmp_path, capsys):
-    """Review 2026-12-06: a series without SeriesInstanceUID (named "series 'ABD' ()" by the reader) had its own
+    """Regression: a series without SeriesInstanceUID (named "series 'ABD' ()" by the reader) had its own
     warnings hidden as being about other series, the 1 mm pixel fallback among them."""
     import pydicom
     from conftest import synthetic_hu, write_series
@@ -391,7 +391,7 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     np.save(tmp_path / "ct.npy", np.zeros((4, 4), np.float32))
     assert main(["denoise", str(tmp_path / "ct.npy"), str(tmp_path / "den.nrrd")]) == 2  # not a DICOM folder
     assert "cannot write .nrrd files" in capsys.readouterr().err and not (tmp_path / "den.nrrd").exists()
-    for typo in ("den.xyz", "den.nii.gzz", "den.npzz"):  # walkthrough 2026-12-06: a typo wrote a DICOM folder
+    for typo in ("den.xyz", "den.nii.gzz", "den.npzz"):  # a typo must not write a DICOM folder
         assert main(["denoise", str(tmp_path / "ct.npy"), str(tmp_path / typo)]) == 2
         assert f"cannot write {Path(typo).suffix} files" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.npy", "notes.txt"]
@@ -509,7 +509,7 @@ def test_train_refuses_a_bad_insertion_setting_before_writing(trained, tmp_path,
 
 
 def test_one_input_is_the_largest_volume_of_a_deeplesion_folder(tmp_path, capsys):
-    """Walkthrough 2026-12-06: a DeepLesion folder with two runs of slices (108-110 and 120-123): 'using the largest
+    """Regression: a DeepLesion folder with two runs of slices (108-110 and 120-123): 'using the largest
     CT series' took the first, the 3-slice run. The largest volume is the one used."""
     from conftest import write_png_hu
 
@@ -528,7 +528,7 @@ def test_one_input_is_the_largest_volume_of_a_deeplesion_folder(tmp_path, capsys
 
 
 def test_calibrate_takes_every_series_and_nifti_file_of_a_folder(tmp_path, capsys, model_dir):
-    """Walkthrough 2026-12-06: a folder of normals (a DICOM series and a NIfTI head) was calibrated on the series
+    """Regression: a folder of normals (a DICOM series and a NIfTI head) was calibrated on the series
     alone, without a word; a folder of NIfTI files only was refused with advice (--all-series) calibrate lacks."""
     from conftest import synthetic_hu, write_series
 
@@ -574,7 +574,7 @@ def test_calibrate_sets_the_threshold_on_a_sites_own_scans(tmp_path, capsys, mod
     detector, card = load_model("site-c", "detector")
     shipped_detector, shipped = load_model("default", "detector")
     t, rec = default_threshold(card), card["calibration"]
-    # a walkthrough calibrated on a normal head and got more boxes than before: a lower threshold is said so
+    # calibrating on a normal head can give more boxes than before: a lower threshold is said so
     assert ("note: the threshold went down" in err) == (t < rec["previous_threshold"])
     assert rec["data"]["slices"] == 10 and rec["previous_threshold"] == default_threshold(shipped)
     images = np.concatenate([vol, denoise(load_model("default", "denoiser")[0], vol)])
@@ -613,7 +613,7 @@ def test_help_shows_each_default(capsys):
 
 
 def test_version_and_a_plain_top_level_help(capsys):
-    """Fresh-install walkthrough 2026-12-06: no `lidnet --version`, and the top-level help showed reST markup."""
+    """Regression: no `lidnet --version`, and the top-level help showed reST markup."""
     from napari_lidnet import __version__
 
     with pytest.raises(SystemExit) as stop:
@@ -625,7 +625,7 @@ def test_version_and_a_plain_top_level_help(capsys):
 
 
 def test_ctrl_c_during_detect_and_denoise_is_one_line_and_leaves_no_output(tmp_path, capsys):
-    """Review 2026-12-05: Ctrl-C during `lidnet denoise`/`detect` printed a 54-line torch traceback. A real SIGINT
+    """Regression: Ctrl-C during `lidnet denoise`/`detect` printed a 54-line torch traceback. A real SIGINT
     (a timer, while the shipped models run on a 64-slice volume) now ends it with one line, exit 130, no output."""
     import signal
 
@@ -653,7 +653,7 @@ def test_ctrl_c_during_detect_and_denoise_is_one_line_and_leaves_no_output(tmp_p
 
 
 def test_ctrl_c_during_simulate_says_the_folder_is_marked_unfinished(tmp_path, capsys):
-    """CLI audit 2026-12-07: a stopped `simulate` said "nothing half-written is left" over a folder of 19 of 30
+    """Regression: a stopped `simulate` said "nothing half-written is left" over a folder of 19 of 30
     pairs (marked unfinished, refused by readers): it says so, and that the same command writes it again."""
     import signal
 
@@ -675,7 +675,7 @@ def test_ctrl_c_during_simulate_says_the_folder_is_marked_unfinished(tmp_path, c
 
 
 def test_series_without_uids_are_listed_by_the_key_that_series_takes(tmp_path, capsys):
-    """Review 2026-12-05: anonymised exports with blank SeriesInstanceUIDs were listed as 'CT (), CT ()', and the
+    """Regression: anonymised exports with blank SeriesInstanceUIDs were listed as 'CT (), CT ()', and the
     key that --series takes was shown only by a failed --series ''. The listing gives that key, and it works."""
     from conftest import synthetic_hu, write_series
 
@@ -691,7 +691,7 @@ def test_series_without_uids_are_listed_by_the_key_that_series_takes(tmp_path, c
 
 
 def test_detect_says_when_slices_reach_the_box_cap(tmp_path, capsys, monkeypatch):
-    """Review 2026-12-05: at --threshold 0 every slice silently kept exactly 50 boxes (3200 for 64 slices)."""
+    """Regression: at --threshold 0 every slice silently kept exactly 50 boxes (3200 for 64 slices)."""
     from conftest import tiny_models
 
     from napari_lidnet.inference import MAX_BOXES_PER_SLICE
@@ -783,7 +783,7 @@ def test_train_says_its_split_and_takes_the_held_out_caps(trained, tmp_path, cap
 
 
 def test_train_says_when_its_best_checkpoint_is_below_its_start(trained, tmp_path, capsys, monkeypatch):
-    """Walkthrough 2026-12-06: continuing the shipped pair at the default rate exported a model 2 dB below the one it
+    """Regression: continuing the shipped pair at the default rate exported a model 2 dB below the one it
     started from, said nowhere. The run says it, and the exported model is marked (a warning wherever it loads)."""
     from napari_lidnet.metrics.selection import worse_reason
     from napari_lidnet.models.weights import read_card
@@ -806,7 +806,7 @@ def test_train_says_when_its_best_checkpoint_is_below_its_start(trained, tmp_pat
 
 
 def test_sigterm_while_a_series_is_written_leaves_no_half_series(tmp_path, capsys, monkeypatch):
-    """Review 2026-12-06: `lidnet denoise IN OUT` stopped by SIGTERM (a scheduler, `timeout`, `kill`) left OUT with
+    """Regression: `lidnet denoise IN OUT` stopped by SIGTERM (a scheduler, `timeout`, `kill`) left OUT with
     16 of 64 valid slices that `lidnet detect` then read as a whole series, and a re-run was refused. SIGTERM now
     stops it as Ctrl-C does: one line, exit 143, the slices written so far removed (a real signal, sent to this
     process as the third slice is written)."""
@@ -834,7 +834,7 @@ def test_sigterm_while_a_series_is_written_leaves_no_half_series(tmp_path, capsy
 
 
 def test_boxes_of_a_deeplesion_folder_name_its_slices_and_no_patient_coordinates(tmp_path):
-    """Walkthrough 2026-12-06: a DeepLesion sub-volume's boxes gave the index inside it as the slice (1 for 105.png)
+    """Regression: a DeepLesion sub-volume's boxes gave the index inside it as the slice (1 for 105.png)
     and lps_*_mm for PNGs, which have no patient orientation. They carry the archive's slice number, and no lps_."""
     import csv
     import warnings
@@ -863,7 +863,7 @@ def test_boxes_of_a_deeplesion_folder_name_its_slices_and_no_patient_coordinates
 
 
 def test_boxes_of_a_source_without_a_pixel_size_carry_no_mm(tmp_path) -> None:
-    """CLI audit 2026-12-07: boxes of a .npy (and of a DICOM without PixelSpacing) had width_mm/height_mm equal to
+    """Regression: boxes of a .npy (and of a DICOM without PixelSpacing) had width_mm/height_mm equal to
     their sides in pixels and lps_* from the assumed 1 mm, without a word. No mm columns there; a known size keeps
     them."""
     import csv
@@ -884,7 +884,7 @@ def test_boxes_of_a_source_without_a_pixel_size_carry_no_mm(tmp_path) -> None:
 
 @pytest.mark.parametrize("suffix", [".npz", ".tif"])
 def test_an_assumed_voxel_size_is_not_written_as_measured(tmp_path, suffix) -> None:
-    """CLI audit 2026-12-07: a .npy (no voxel size: 1 mm assumed) denoised to .npz stored spacing [1, 1], so every
+    """Regression: a .npy (no voxel size: 1 mm assumed) denoised to .npz stored spacing [1, 1], so every
     later read took the made-up 1 mm as known. The output stores none and reads back as assumed."""
     from napari_lidnet.io.arrays import read_array
 
@@ -892,7 +892,7 @@ def test_an_assumed_voxel_size_is_not_written_as_measured(tmp_path, suffix) -> N
     np.save(tmp_path / "ct.npy", low)
     assert main(["denoise", str(tmp_path / "ct.npy"), str(tmp_path / f"out{suffix}")]) == 0
     assert read_array(tmp_path / f"out{suffix}").metadata["spacing_assumed"]
-    # a DICOM series without PixelSpacing: its slice spacing is measured from the positions, and stays (review)
+    # a DICOM series without PixelSpacing: its slice spacing is measured from the positions, and stays
     import pydicom
     from conftest import synthetic_hu, write_series
 
@@ -907,7 +907,7 @@ def test_an_assumed_voxel_size_is_not_written_as_measured(tmp_path, suffix) -> N
 
 
 def test_denoising_our_own_output_again_says_so(tmp_path, capsys) -> None:
-    """CLI audit 2026-12-07: `lidnet denoise out1 out1b` denoised a series this program had denoised, without a
+    """Regression: `lidnet denoise out1 out1b` denoised a series this program had denoised, without a
     word (--all-series leaves such series out: "it would be denoised twice")."""
     from conftest import synthetic_hu, write_series
 

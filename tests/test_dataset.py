@@ -164,7 +164,7 @@ def test_a_dataset_card_is_replaced_whole_or_not_at_all(tmp_path):
 
 
 def test_a_slice_of_a_dataset_opens_with_its_pixel_size_and_boxes(tmp_path):
-    """Fresh-install walkthrough 2026-12-06: `lidnet denoise sim/low/ out/` said the folder had no numbered PNG
+    """Regression: `lidnet denoise sim/low/ out/` said the folder had no numbered PNG
     slices, and one slice of it opened at an assumed 1 mm pixel. A slice opens with its own pixel size and boxes;
     the dataset or its low/ and full/ folders (slices of separate phantoms) get a one-line answer."""
     from napari_lidnet.io.open_ct import open_ct
@@ -181,5 +181,5 @@ def test_a_slice_of_a_dataset_opens_with_its_pixel_size_and_boxes(tmp_path):
     for folder in (root, root / "low", root / "full"):
         with pytest.raises(ValueError, match=r"a lidnet dataset's slices .*not one volume: open one of its PNG files"):
             open_ct(folder)
-    (root / "full" / f"{samples[1].name}.png").unlink()  # another slice gone: this one still opens (review 12-06)
+    (root / "full" / f"{samples[1].name}.png").unlink()  # another slice gone: this one still opens
     assert open_ct(root / "full" / f"{samples[0].name}.png")[0].spacing == (samples[0].spacing_mm,) * 2

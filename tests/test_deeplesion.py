@@ -87,10 +87,10 @@ def test_eight_bit_png_and_bad_table_are_refused(tmp_path):
      ("order", _row("x.png", 1, "9, 2, 3, 4"), "(x1 <= x2)")],
 )  # fmt: skip
 def test_a_table_value_that_is_no_size_or_box_is_refused_in_one_line(tmp_path, field, row, says):
-    """Review 2026-12-06: a spacing of 0 raised in napari's layer ("scale values of 0") without naming the table; a
+    """Regression: a spacing of 0 raised in napari's layer ("scale values of 0") without naming the table; a
     negative slice interval mirrored z; a box with nan drew a rectangle with NaN corners. Each is now the table's
-    line, refused where the table is indexed; a table saved as UTF-16 is named with what to do. The viewer (walkthrough
-    2026-12-06: one typo anywhere made every slice of the archive fail to open) leaves that row out, with a note."""
+    line, refused where the table is indexed; a table saved as UTF-16 is named with what to do. The viewer (so that one
+    typo anywhere does not make every slice of the archive fail to open) leaves that row out, with a note."""
     png16 = tmp_path / "x.png"
     write_png_hu(png16, np.zeros((4, 4)))
     (tmp_path / "DL_info.csv").write_text(HEADER + row + _row("y.png", 1, "1, 2, 3, 4"))
@@ -168,7 +168,7 @@ def test_sub_volumes_noisy_rows_and_a_missing_table(tmp_path):
 
 
 def test_a_linked_image_folder_and_a_neighbour_slice_keep_the_archives_table(deeplesion_tree, tmp_path):
-    """Walkthrough 2026-12-06: an Images_png linked in from another disk opened at 1 mm without boxes or window
+    """Regression: an Images_png linked in from another disk opened at 1 mm without boxes or window
     ("no DL_info.csv beside it or above": the search began at the link's target); a neighbour slice took its
     series' spacing but not its window."""
     root, series, hus = deeplesion_tree
@@ -187,7 +187,7 @@ def test_a_linked_image_folder_and_a_neighbour_slice_keep_the_archives_table(dee
 
 
 def test_the_archive_its_table_and_images_folder_say_what_to_open(deeplesion_tree):
-    """Walkthrough 2026-12-06: opening DL_info.csv, the archive or Images_png said "not a CT file" / "no DICOM
+    """Regression: opening DL_info.csv, the archive or Images_png said "not a CT file" / "no DICOM
     files", with no next step."""
     root, series, _ = deeplesion_tree
     for path in (root / "DL_info.csv", root, root / "Images_png"):

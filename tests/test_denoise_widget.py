@@ -158,7 +158,7 @@ def test_volume_run_layers_geometry_threshold_and_rerun(make_napari_viewer, qtbo
     assert np.all(noise.data[~body] == 0) and np.abs(low - den.data)[~body].max() > 1  # air: removed, not shown
     assert noise.blending == "translucent" and noise.contrast_limits[0] == -noise.contrast_limits[1]
     inputs = [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())]
-    assert "low removed noise" not in inputs and "low" in inputs  # an overlay, not an image to denoise (review)
+    assert "low removed noise" not in inputs and "low" in inputs  # an overlay, not an image to denoise
     alpha = noise.colormap.map(np.array([0.0, 0.5, 1.0]))[:, 3]
     np.testing.assert_allclose(alpha, [1.0, 0.0, 1.0])  # nothing removed: transparent, the CT shows
     widget.noise_check.setChecked(False)
@@ -172,7 +172,7 @@ def test_volume_run_layers_geometry_threshold_and_rerun(make_napari_viewer, qtbo
 
 
 def test_hand_edits_on_the_lesions_layer_survive_the_threshold(make_napari_viewer, qtbot, model_dir, tmp_path) -> None:
-    """Walkthrough 2026-12-07: a box drawn on the lesions layer vanished at the next threshold move, a moved box jumped
+    """Regression: a box drawn on the lesions layer vanished at the next threshold move, a moved box jumped
     back to where the detector had put it, and a drawn box took the last row's score (0.51, shown and exported).
     A drawn box has no score and stays; a moved one stays where the reader put it; a deleted one stays deleted."""
     from napari.utils.colormaps.standardize_color import transform_color
@@ -218,7 +218,7 @@ def test_hand_edits_on_the_lesions_layer_survive_the_threshold(make_napari_viewe
 
 
 def test_a_pasted_detection_is_a_drawn_box_and_its_original_stays(make_napari_viewer, qtbot, model_dir) -> None:
-    """napari audit 2026-12-07: napari's copy and paste (Ctrl+C, Ctrl+V) of a detection gave the copy its score and
+    """Regression: napari's copy and paste (Ctrl+C, Ctrl+V) of a detection gave the copy its score and
     detection key; the next threshold move took the copy for the detection moved, and the original vanished."""
     viewer = make_napari_viewer()
     low, _ = phantom(n=6, size=64)
@@ -247,7 +247,7 @@ def test_a_pasted_detection_is_a_drawn_box_and_its_original_stays(make_napari_vi
 
 
 def test_a_rerun_keeps_how_the_reader_set_the_outputs_to_look(make_napari_viewer, qtbot, model_dir) -> None:
-    """napari audit 2026-12-07: every rerun (or a new strength) replaced the output layers with the dock's own look:
+    """Regression: every rerun (or a new strength) replaced the output layers with the dock's own look:
     a reader's colour map, opacity and gamma on the denoised image, line width and text size on the boxes, went."""
     viewer = make_napari_viewer()
     low, _ = phantom(n=4, size=64)
@@ -262,7 +262,7 @@ def test_a_rerun_keeps_how_the_reader_set_the_outputs_to_look(make_napari_viewer
     assert den2 is not den and boxes2 is not boxes  # new layers, as a rerun makes
     assert (den2.colormap.name, den2.opacity, den2.gamma) == ("viridis", 0.5, 0.7)
     assert boxes2.text.size == 20 and boxes2.opacity == pytest.approx(0.3) and boxes2.current_edge_width == 6
-    # review 2026-12-07: a rerun during side by side took Compare's hiding of the boxes for the reader's, for good
+    # a rerun during side by side must not take Compare's hiding of the boxes for the reader's, for good
     widget.set_compare(True)
     assert not boxes2.visible  # side by side shows the images alone
     run_and_wait(widget, qtbot)
@@ -271,7 +271,7 @@ def test_a_rerun_keeps_how_the_reader_set_the_outputs_to_look(make_napari_viewer
 
 
 def test_the_outputs_move_with_their_source(make_napari_viewer, qtbot, model_dir) -> None:
-    """napari audit 2026-12-07: the source's scale changed after a run (napari's transform mode, the console) left
+    """Regression: the source's scale changed after a run (napari's transform mode, the console) left
     the denoised image and the boxes where they were, on other slices of the moved source."""
     viewer = make_napari_viewer()
     low, _ = phantom(n=6, size=64)
@@ -286,7 +286,7 @@ def test_the_outputs_move_with_their_source(make_napari_viewer, qtbot, model_dir
     np.testing.assert_allclose(den.data_to_world((0, 5, 7)), src.data_to_world((3, 5, 7)))  # still slice 3
     np.testing.assert_allclose(boxes.scale, src.scale)
     np.testing.assert_allclose(boxes.translate, src.translate)
-    # review 2026-12-07: only the last run's source was followed; a study run before it stayed put
+    # every run's source is followed, not only the last one's: a study run before it moves too
     other = add_ct(viewer, low.copy() + 5.0, name="other")
     widget.image_combo.setCurrentText("other")
     run_and_wait(widget, qtbot)
@@ -297,7 +297,7 @@ def test_the_outputs_move_with_their_source(make_napari_viewer, qtbot, model_dir
 
 
 def test_the_box_export_of_an_assumed_pixel_size_has_no_mm(make_napari_viewer, qtbot, model_dir, tmp_path) -> None:
-    """Review 2026-12-07: the dock's box export of a DICOM without PixelSpacing (1 mm assumed) wrote lps_* columns
+    """Regression: the dock's box export of a DICOM without PixelSpacing (1 mm assumed) wrote lps_* columns
     from the made-up pixel, where `lidnet detect` writes none."""
     import csv
 
@@ -341,14 +341,14 @@ def test_current_slice_scope(make_napari_viewer, qtbot, model_dir: Path) -> None
     widget.scope_combo.setCurrentText("all slices")  # covers slice 4: nothing lost, nothing said
     run_and_wait(widget, qtbot)
     assert "replaces" not in widget.status.text() and viewer.layers["low denoised"].data.shape == low.shape
-    # napari audit 2026-12-07: in a side-on or 3D view "current slice" ran on an axial slice nobody was looking at
+    # in a side-on or 3D view "current slice" would run on an axial slice nobody is looking at: refused
     widget.scope_combo.setCurrentText("current slice")
     for turn, said in ((lambda: viewer.dims.roll(), "side on"), (lambda: setattr(viewer.dims, "ndisplay", 3), "3D")):
         turn()
         assert widget.run() is None and said in widget.status.text(), widget.status.text()
         viewer.dims.ndisplay, viewer.dims.order = 2, (0, 1, 2)
     run_and_wait(widget, qtbot)  # the axial view again: it runs
-    viewer.dims.ndisplay = 3  # napari audit 2026-12-07: Compare in 3D gave three tiny volume renderings
+    viewer.dims.ndisplay = 3  # Compare in 3D would give three tiny volume renderings
     assert widget.set_compare(True) is False and "switch the view to 2D" in widget.status.text()
     assert not viewer.grid.enabled and not widget.compare_button.isChecked()
 
@@ -529,7 +529,7 @@ def test_compare_side_by_side_with_one_window_and_flip(make_napari_viewer, qtbot
 
 
 def test_compare_shows_a_simulated_low_doses_reference_as_a_third_panel(make_napari_viewer, qtbot, model_dir) -> None:
-    """Walkthrough 2026-12-07: Compare showed low dose and denoised only; with the normal dose the low dose was
+    """Regression: Compare showed low dose and denoised only; with the normal dose the low dose was
     simulated from open, a reader checks a box against it by leaving Compare. It is a third panel, on one window;
     Flip still flips the pair; leaving restores the view."""
     viewer = make_napari_viewer()
@@ -556,7 +556,7 @@ def test_compare_shows_a_simulated_low_doses_reference_as_a_third_panel(make_nap
 
 
 def test_flip_from_side_by_side_keeps_the_view_and_draws_the_boxes(make_napari_viewer, qtbot, model_dir) -> None:
-    """Walkthrough 2026-12-07: F pressed in side by side (zoomed on a finding) went back to the whole image and kept
+    """Regression: F pressed in side by side (zoomed on a finding) went back to the whole image and kept
     the boxes hidden, though the navigator had said F shows them. The same spot at the same zoom, boxes drawn."""
     viewer = make_napari_viewer()
     low, _ = phantom(n=3)
@@ -575,7 +575,7 @@ def test_flip_from_side_by_side_keeps_the_view_and_draws_the_boxes(make_napari_v
     assert not viewer.grid.enabled and shown.visible and boxes.visible
     assert tuple(viewer.camera.center)[-2:] == pytest.approx(where[0][-2:])
     assert viewer.camera.zoom == pytest.approx(where[1])
-    boxes.visible = False  # the reader hides them while flipping: the next F leaves them hidden (review)
+    boxes.visible = False  # the reader hides them while flipping: the next F leaves them hidden
     widget.flip()
     assert not boxes.visible
 
@@ -610,7 +610,7 @@ def test_threshold_follows_the_detectors_calibration(make_napari_viewer, qtbot, 
     assert widget.threshold == pytest.approx(0.62)
     assert "0.5 false boxes per lesion-free slice" in widget.threshold_slider.toolTip()
     assert "lidnet calibrate" in widget.threshold_slider.toolTip()  # simulated calibration: says how to do better
-    # a walkthrough found 4x the boxes on a denoised real chest than on the image as given: the rates by image
+    # a denoised real chest can draw 4x the boxes of the image as given: the rates by image
     assert "real: full dose 0.02, denoised 0.27" in widget.threshold_slider.toolTip()
     save_weights(tiny_detector(seed=3), model_dir / "site_detector", {"calibration": {
         "threshold": 0.71, "fp_per_image": 0.5, "data": {"input": "/scans/normal", "slices": 40}}})  # fmt: skip
@@ -656,7 +656,7 @@ def test_noise_sd_to_remove_keeps_the_rest(make_napari_viewer, qtbot, model_dir:
     # the weight 1 - sd^2 / total SD^2: at least 3/4 of the residual comes back, more as the input holds more noise
     # than the tiny network's residual (strength.total_noise_sd)
     assert 0.75 <= np.median(back) < 1.0
-    # "leave": the SD of noise to leave in the output (walkthrough 2026-12-06: a fully denoised chest looked waxy)
+    # "leave": the SD of noise to leave in the output (a fully denoised chest looks waxy)
     widget.set_leave_sd(12.0)
     assert widget.remove_sd is None and widget.leave_sd == 12.0 and widget.strength_mode.currentText() == "leave"
     run_and_wait(widget, qtbot)
@@ -746,7 +746,7 @@ def test_removed_noise_shows_every_body_part_and_no_air() -> None:
 
 
 def test_no_dock_offers_the_removed_noise_overlay_as_an_image(make_napari_viewer, qtbot, model_dir: Path) -> None:
-    """Review 2026-12-06: ROI compare ticked the overlay among the images to compare (RMSE against the reference
+    """Regression: ROI compare ticked the overlay among the images to compare (RMSE against the reference
     of a noise map) and Fine-tune offered it as a normal-dose image to train on; no dock lists it now."""
     from napari_lidnet._widgets.finetune import FineTuneWidget
     from napari_lidnet._widgets.load_ct import LoadCTWidget
@@ -795,7 +795,7 @@ def test_a_threshold_move_is_read_once_by_the_navigator(make_napari_viewer, qtbo
     assert 0 < len(widget.shown_boxes) < len(scores)
     np.testing.assert_allclose(sorted(f.score for f in nav.findings), np.sort(widget.shown_boxes[:, 5]), rtol=1e-6)
     assert len(reads) == 1
-    widget.set_threshold(0.05)  # lowered: new boxes, then their scores; one read too (two before 2026-12-06)
+    widget.set_threshold(0.05)  # lowered: new boxes, then their scores; one read too, not two
     np.testing.assert_allclose(sorted(f.score for f in nav.findings), scores, rtol=1e-6)
     assert len(reads) == 2
 
@@ -885,7 +885,7 @@ def test_an_output_added_while_side_by_side_ends_it(make_napari_viewer, qtbot, m
 
 
 def test_a_lazy_int16_study_is_read_and_checked_by_the_worker(make_napari_viewer, qtbot, model_dir: Path) -> None:
-    """Left open 2026-12-06: Run converted the layer to float32 and checked it on the viewer's thread (an int16
+    """Regression: Run converted the layer to float32 and checked it on the viewer's thread (an int16
     study copied whole there, a lazy one read whole). Now run() reads no pixel; the worker does, and the result is
     the float32 run's."""
     import threading
@@ -973,7 +973,7 @@ def test_an_adapted_model_its_own_check_found_worse_says_so_in_the_pickers(make_
 
 
 def test_outputs_go_above_their_source_and_below_the_readers_calipers(make_napari_viewer, qtbot, model_dir) -> None:
-    """Walkthrough 2026-12-06: calipers measured before a run disappeared under the denoised image, added on top."""
+    """Regression: calipers measured before a run disappeared under the denoised image, added on top."""
     viewer = make_napari_viewer()
     low, _ = phantom(n=3)
     add_ct(viewer, low, metadata={"hu": True})

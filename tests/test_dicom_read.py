@@ -543,7 +543,7 @@ def _set_raw(path, keyword: str, vr: str, value: bytes) -> None:
 
 
 def test_a_malformed_instance_number_counts_as_missing(tmp_path):
-    """Review 2026-12-08 (#8): one file with InstanceNumber 'x1' failed its whole series with "invalid literal for
+    """Regression: one file with InstanceNumber 'x1' failed its whole series with "invalid literal for
     int()". A bad value is treated as missing: the series opens, sorted by InstanceNumber where it has no
     positions, and the slice keeps no number."""
     from napari_lidnet.io.open_ct import open_ct
@@ -562,7 +562,7 @@ def test_a_malformed_instance_number_counts_as_missing(tmp_path):
 
 
 def test_linked_series_folders_are_read_once_and_a_link_loop_ends(tmp_path):
-    """Review 2026-12-08 (#7): a series folder that is a symbolic link (a curated archive of links into storage)
+    """Regression: a series folder that is a symbolic link (a curated archive of links into storage)
     was skipped without a word. Linked folders are followed; each real folder is entered once, so a link back up
     neither loops nor reads a series twice."""
     write_series(tmp_path / "arch" / "P1", synthetic_hu((3, 16, 16)), series_uid="1.2.3.61", description="one")
@@ -576,7 +576,7 @@ def test_linked_series_folders_are_read_once_and_a_link_loop_ends(tmp_path):
 
 
 def test_a_series_without_uid_has_one_key_whatever_path_reaches_it(tmp_path, monkeypatch):
-    """Review 2026-12-08 (#6): the stand-in key of a series without SeriesInstanceUID held its folder as typed, so
+    """Regression: the stand-in key of a series without SeriesInstanceUID held its folder as typed, so
     'arch', '/abs/arch' and a moved copy gave three keys (and batch outputs three names)."""
     write_series(tmp_path / "arch" / "S", synthetic_hu((2, 16, 16)), series_uid="", description="anon")
     monkeypatch.chdir(tmp_path)
@@ -587,7 +587,7 @@ def test_a_series_without_uid_has_one_key_whatever_path_reaches_it(tmp_path, mon
 
 
 def test_the_series_picker_names_a_series_as_its_layer_is_named(tmp_path):
-    """Walkthrough 2026-12-06: a series without a description was listed as '(no description)' while its layer
+    """Regression: a series without a description was listed as '(no description)' while its layer
     was named 'CT 30.12322', and one without a UID showed the tail of its stand-in key ('...00,0.000'). The picker
     starts with the layer's name; a series without a UID says so and where it lies."""
     write_series(tmp_path / "a", synthetic_hu((2, 16, 16)), series_uid="1.2.3.4.5.630.12322", description="")
@@ -601,7 +601,7 @@ def test_the_series_picker_names_a_series_as_its_layer_is_named(tmp_path):
 
 
 def test_the_scans_own_window_is_its_first_valid_stored_one(tmp_path):
-    """Reread 2026-12-06: where a series' first stored window was invalid (width 0), "scan's own" fell back to soft
+    """Regression: where a series' first stored window was invalid (width 0), "scan's own" fell back to soft
     tissue while "scan's own 2" named the next valid window. The scan's own is its first valid window now, and the
     further presets count valid windows only."""
     from napari_lidnet.io.windowing import SCAN_WINDOW, level_width, stored_presets
@@ -616,7 +616,7 @@ def test_the_scans_own_window_is_its_first_valid_stored_one(tmp_path):
 
 
 def test_positions_written_to_a_tenth_of_a_mm_stack_at_their_mean_spacing(tmp_path):
-    """Walkthrough 2026-12-06: 0.625 mm slices whose positions a scanner wrote to 0.1 mm read 0.6 mm (the median
+    """Regression: 0.625 mm slices whose positions a scanner wrote to 0.1 mm read 0.6 mm (the median
     step), 4% short, with an "uneven slice spacing" warning."""
     from conftest import synthetic_hu, write_series
 
@@ -636,7 +636,7 @@ def test_positions_written_to_a_tenth_of_a_mm_stack_at_their_mean_spacing(tmp_pa
 
 
 def test_a_missing_pixel_spacing_names_the_detectors_and_a_two_patient_folder_says_so(tmp_path, capsys):
-    """Walkthrough 2026-12-06: 'assuming 1 mm pixels' did not name the ImagerPixelSpacing the file has (sizes 2.5x
+    """Regression: 'assuming 1 mm pixels' did not name the ImagerPixelSpacing the file has (sizes 2.5x
     too small, unexplained); the largest series was picked across two patients without a word."""
     from conftest import synthetic_hu, write_series
 
@@ -664,7 +664,7 @@ def test_a_missing_pixel_spacing_names_the_detectors_and_a_two_patient_folder_sa
 
 
 def test_a_16_bit_secondary_capture_placed_in_the_patient_is_ct_and_a_screen_alone_says_so(tmp_path):
-    """Review 2026-12-06: the screen-capture rule also refused a workstation's CT export stored as a 16-bit
+    """Regression: the screen-capture rule also refused a workstation's CT export stored as a 16-bit
     Secondary Capture with its geometry; a screen opened alone said "contains no DICOM image"."""
     from conftest import synthetic_hu, write_series
 
@@ -687,7 +687,7 @@ def test_a_16_bit_secondary_capture_placed_in_the_patient_is_ct_and_a_screen_alo
 
 @pytest.mark.parametrize("slope", [b"ab", b"0 "])
 def test_an_unusable_rescale_slope_is_refused_not_read_as_stored_values(tmp_path, slope) -> None:
-    """CLI audit 2026-12-07: a series whose RescaleSlope is malformed or 0 (its intercept -1024 there) was read as
+    """Regression: a series whose RescaleSlope is malformed or 0 (its intercept -1024 there) was read as
     stored values, air at +24 HU, with a note blaming a missing intercept, and the models ran on it."""
     import pydicom
     from pydicom.dataelem import RawDataElement
@@ -704,7 +704,7 @@ def test_an_unusable_rescale_slope_is_refused_not_read_as_stored_values(tmp_path
 
 
 def test_a_pixel_spacing_of_zero_is_taken_as_missing(tmp_path) -> None:
-    """CLI audit 2026-12-07: PixelSpacing 0\\0 was accepted: a DICOM output kept it and sizes failed after the run."""
+    """Regression: PixelSpacing 0\\0 was accepted: a DICOM output kept it and sizes failed after the run."""
     import pydicom
 
     files = write_series(tmp_path / "ct", synthetic_hu((3, 16, 16), seed=1), series_uid="1.2.826.0.1.3680043.8.498.62")

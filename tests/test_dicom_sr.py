@@ -165,7 +165,7 @@ def test_boxes_on_neighbouring_slices_are_one_lesion() -> None:
     # findings numbered out of id order get the numbers of their ids
     shuffled = findings_from_rows(rows)[::-1]
     assert lesion_groups(shuffled) == groups
-    # walkthrough 2026-12-06 (5 mm slices): a lesion's end slice shows a small box wholly inside its neighbour's,
+    # on 5 mm slices a lesion's end slice shows a small box wholly inside its neighbour's,
     # IoU 0.15: one lesion, not two; a small box only touching a big one on the next slice stays another lesion
     cap = np.array([[2, 190, 171, 208, 189, 0.7], [3, 183, 163, 215, 198, 0.6]])
     assert row_lesions(cap).tolist() == [1, 1]
@@ -179,7 +179,7 @@ def test_boxes_on_neighbouring_slices_are_one_lesion() -> None:
 
 
 def test_a_source_without_study_uid_puts_its_report_in_its_denoised_series_study(tmp_path: Path) -> None:
-    """Review 2026-12-06 (DICOM): the denoised series of a source without StudyInstanceUID got a stable stand-in
+    """Regression (DICOM): the denoised series of a source without StudyInstanceUID got a stable stand-in
     study, its SR a random one: each export landed in a study of its own. Both now share the stand-in; a region
     without a pixel size is reported without sizes in mm."""
     import warnings
@@ -204,7 +204,7 @@ def test_a_source_without_study_uid_puts_its_report_in_its_denoised_series_study
 
 
 def test_a_measure_that_does_not_exist_is_null_in_json_and_empty_in_csv(tmp_path: Path) -> None:
-    """Review 2026-12-06: a box holding no pixel centre has no mean HU; the JSON export wrote the token NaN, which
+    """Regression: a box holding no pixel centre has no mean HU; the JSON export wrote the token NaN, which
     strict readers (JSON.parse, jq, PACS tools) reject."""
     import csv
     import json

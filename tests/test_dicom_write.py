@@ -207,7 +207,7 @@ def test_type2_elements_are_written_empty_when_unknown_and_kept_when_the_source_
 
 
 def test_derived_series_are_numbered_after_their_source(tmp_path):
-    """Review 2026-12-04: every derived series was 9001 and every report 9901, so a batch of four series listed four
+    """Regression: every derived series was 9001 and every report 9901, so a batch of four series listed four
     9001s in a PACS. Now series N gives 9000 + N (denoised) and 9900 + N (its review report), read from the source."""
     from pydicom.data import get_testdata_file
 
@@ -229,8 +229,8 @@ def test_derived_series_are_numbered_after_their_source(tmp_path):
 
 
 def test_blank_sop_uids_give_no_reference_rather_than_an_empty_or_an_original_one(tmp_path):
-    """Walkthrough 2026-12-06 (a real anonymised abdomen): the datasets' SOPInstanceUID and SOPClassUID were blank,
-    and the SR wrote empty references (12 dciodvfy errors). The file meta's copies are not used (review: they may
+    """Regression (a real anonymised abdomen): the datasets' SOPInstanceUID and SOPClassUID were blank,
+    and the SR wrote empty references (12 dciodvfy errors). The file meta's copies are not used (they may
     be the original, identifying UIDs): the SR and the derived series reference no source image, and stay valid."""
     import pydicom
     from conftest import make_ct_slice
@@ -306,7 +306,7 @@ def test_empty_source_windows_get_the_default_and_a_source_without_frame_of_refe
 
 
 def test_a_long_source_name_is_shortened_never_the_denoised_marker() -> None:
-    """Review 2026-12-06 (DICOM): "<source> denoised (LIDnet ...)" cut at 64 characters lost the marker, and a
+    """Regression (DICOM): "<source> denoised (LIDnet ...)" cut at 64 characters lost the marker, and a
     PACS listed the denoised series under the original's name."""
     from napari_lidnet.io.dicom_write import denoised_description
 
@@ -321,7 +321,7 @@ def test_a_long_source_name_is_shortened_never_the_denoised_marker() -> None:
 
 
 def test_release_flags_are_carried_and_no_pixel_size_is_invented(tmp_path) -> None:
-    """Review 2026-12-06 (DICOM): BurnedInAnnotation and the de-identification flags were dropped from what is
+    """Regression (DICOM): BurnedInAnnotation and the de-identification flags were dropped from what is
     written (release filters read them); a source without PixelSpacing got a stated 1 mm x 1 mm. The flags travel,
     and a copy of a source without a pixel size states none either (the reader then assumes one again, and says so)."""
     from conftest import make_ct_slice
@@ -349,7 +349,7 @@ def test_release_flags_are_carried_and_no_pixel_size_is_invented(tmp_path) -> No
 
 
 def test_padding_and_the_de_identification_codes_are_carried(tmp_path) -> None:
-    """Walkthrough 2026-12-06 (a real chest, CLI): a denoised series kept the padding pixels but dropped
+    """Regression (a real chest, CLI): a denoised series kept the padding pixels but dropped
     PixelPaddingValue, and copied DeidentificationMethod without the code sequence it refers to. Both travel now:
     the padding value marks exactly the source's padding pixels (in the new series' stored values), the codes are
     the source's; a padding that reads as air (-1024 HU, where the denoiser holds air) is not declared."""
@@ -390,7 +390,7 @@ def test_padding_and_the_de_identification_codes_are_carried(tmp_path) -> None:
 
 
 def test_a_padding_range_is_carried_whole(tmp_path) -> None:
-    """Review 2026-12-06: a source whose PixelPaddingValue..PixelPaddingRangeLimit spans several stored values
+    """Regression: a source whose PixelPaddingValue..PixelPaddingRangeLimit spans several stored values
     (padding filled with two of them, below air) got a derived series marking only the first: the range travels."""
     from conftest import make_ct_slice
 
@@ -410,7 +410,7 @@ def test_a_padding_range_is_carried_whole(tmp_path) -> None:
 
 
 def test_a_single_slice_keeps_its_scanner_s_slice_location_and_acquisition_number(tmp_path) -> None:
-    """Review 2026-12-06 (DICOM): a one-slice source (pydicom's CT_small: SliceLocation -77.204, its position -75.70
+    """Regression (DICOM): a one-slice source (pydicom's CT_small: SliceLocation -77.204, its position -75.70
     along the normal) came back with a SliceLocation worked out from its position, and no AcquisitionNumber."""
     from pydicom.data import get_testdata_file
 
@@ -423,7 +423,7 @@ def test_a_single_slice_keeps_its_scanner_s_slice_location_and_acquisition_numbe
 
 
 def test_a_series_from_png_slices_states_no_thickness_and_says_its_orientation_is_assumed(tmp_path, deeplesion_tree):
-    """Walkthrough 2026-12-06: a series written from DeepLesion PNG slices stated a slice thickness (the slice
+    """Regression: a series written from DeepLesion PNG slices stated a slice thickness (the slice
     interval) and an axial orientation the PNGs do not give. SliceThickness is Type 2: empty; the orientation, Type 1,
     is written and said to be assumed. A DICOM source keeps both as it gave them."""
     from napari_lidnet.io.open_ct import open_ct
@@ -442,7 +442,7 @@ def test_a_series_from_png_slices_states_no_thickness_and_says_its_orientation_i
 
 
 def test_a_series_appears_whole_or_not_at_all(tmp_path, monkeypatch):
-    """Review 2026-12-06: `lidnet denoise` killed mid-write left a folder of 3 of 12 valid slices, which looked like
+    """Regression: `lidnet denoise` killed mid-write left a folder of 3 of 12 valid slices, which looked like
     a whole, shorter series, and every rerun was refused. Until its last slice is written nothing is under the
     output's name (into a new folder, or into an existing empty one); what a killed write left is cleared."""
     import os
@@ -465,14 +465,14 @@ def test_a_series_appears_whole_or_not_at_all(tmp_path, monkeypatch):
         assert seen == [None] * 6 if out.name == "new" else all(s == [] or s[0].startswith(".") for s in seen)
         assert sorted(os.listdir(out)) == [f.name for f in files] and len(files) == 6
     assert sorted(os.listdir(tmp_path)) == ["empty", "new"]  # no temporary folder left beside them
-    busy = tmp_path / "busy"  # another process writing into the same empty folder: refused, not mixed (review)
+    busy = tmp_path / "busy"  # another process writing into the same empty folder: refused, not mixed
     (busy / f".busy.partial-{os.getppid()}.1234abcd").mkdir(parents=True)
     with pytest.raises(ValueError, match="folder is not empty"):
         write_dicom_series(vol, busy, "LIDnet denoised")
 
 
 def test_a_series_without_positions_says_its_geometry_is_assumed(tmp_path):
-    """Walkthrough 2026-12-06: a series without ImagePositionPatient/Orientation was written with made-up positions
+    """Regression: a series without ImagePositionPatient/Orientation was written with made-up positions
     stated as the patient's, its copied SliceLocation contradicting them, and its boxes had lps_* columns."""
     import csv
 
@@ -496,7 +496,7 @@ def test_a_series_without_positions_says_its_geometry_is_assumed(tmp_path):
 
 
 def test_spacing_between_slices_is_along_the_normal_and_absent_when_uneven(tmp_path):
-    """Walkthrough 2026-12-06: a 15-deg gantry tilt's derived series said 2.5 mm between slices (the planes are
+    """Regression: a 15-deg gantry tilt's derived series said 2.5 mm between slices (the planes are
     2.415 mm apart), and a series with a gap said its median step."""
     tilt = np.radians(15.0)
     write_series(tmp_path / "tilt", synthetic_hu((4, 16, 16)), series_uid="1.2.826.0.1.3680043.8.498.81",
@@ -513,7 +513,7 @@ def test_spacing_between_slices_is_along_the_normal_and_absent_when_uneven(tmp_p
 
 
 def test_a_killed_writes_hidden_series_is_not_read_as_input(tmp_path) -> None:
-    """CLI audit 2026-12-07: a `lidnet denoise` killed while writing its DICOM series left `.NAME.partial-PID...`
+    """Regression: a `lidnet denoise` killed while writing its DICOM series left `.NAME.partial-PID...`
     (230 of 320 slices), which a folder holding it read as a series; the next write of that name clears it."""
     dead = 2**22 + 12345  # above Linux's largest process id: no process has it
     hidden = tmp_path / "study" / f".den.partial-{dead}.deadbeef"

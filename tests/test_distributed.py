@@ -224,7 +224,7 @@ def test_torchrun_job_killed_mid_way_resumes_from_its_last_checkpoint(tmp_path):
 
     resumed = subprocess.run(_train_command(data, run), env=env, capture_output=True, text=True, timeout=300)
     if resumed.returncode != 0 and "(SIGABRT)" in resumed.stderr:
-        # a gloo worker aborted as the job started (once in about 20 runs, on a loaded 2-core machine, 2026-12-06;
+        # a gloo worker aborted as the job started (about once in 20 runs, on a loaded 2-core machine;
         # cause not found): the same command once more must still resume from the same checkpoint
         resumed = subprocess.run(_train_command(data, run), env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[:3000] + "\n...\n" + resumed.stderr[-2000:]
@@ -239,7 +239,7 @@ def test_torchrun_job_killed_mid_way_resumes_from_its_last_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_sigterm_stops_a_training_run_like_ctrl_c_and_says_what_is_kept(tmp_path, workers):
-    """Review 2026-12-05a: a batch scheduler's SIGTERM ended `lidnet train` without a word, losing the stage under
+    """Regression: a batch scheduler's SIGTERM ended `lidnet train` without a word, losing the stage under
     way (Ctrl-C printed that 'the last checkpoint' was kept even when none existed). SIGTERM now stops it as Ctrl-C
     does, after the step under way, with a checkpoint there, and says so."""
     data = write_dataset(tmp_path / "data", _samples())
@@ -258,7 +258,7 @@ def test_sigterm_stops_a_training_run_like_ctrl_c_and_says_what_is_kept(tmp_path
             os.killpg(job.pid, signal.SIGTERM)  # as a scheduler or `timeout` does: the reader workers get it too
             break
     err = "".join(lines) + job.stderr.read()
-    assert job.wait(timeout=60) == 143, err  # 128 + SIGTERM, as the other commands exit (walkthrough 2026-12-06)
+    assert job.wait(timeout=60) == 143, err  # 128 + SIGTERM, as the other commands exit
     assert re.search(r"stopped during pretrain-detector: the checkpoint at step \d+ of pretrain-detector", err), err
     assert _done(run)[-1] == "pretrain-denoiser" and any(run.glob("partial_*_detector.safetensors"))
 
@@ -271,7 +271,7 @@ def _why(stderr: str) -> str:
 
 
 def test_a_signalled_torchrun_job_stops_at_one_step_with_a_checkpoint_there_and_resumes_exactly(tmp_path):
-    """Review 2026-12-05: under torchrun a stop lost everything since the last periodic checkpoint. torchrun passes
+    """Regression: under torchrun a stop lost everything since the last periodic checkpoint. torchrun passes
     its SIGTERM on to both processes; they agree on the step to stop at, rank 0 keeps a checkpoint there (no
     periodic one exists here), and the same command resumes from it to the denoiser of an uninterrupted job."""
     data = write_dataset(tmp_path / "data", _samples())

@@ -1,4 +1,4 @@
-"""The docks when a reader does things in another order (review i): closing a dock while it works, renaming and
+"""The docks when a reader does things in another order: closing a dock while it works, renaming and
 deleting layers under it, running on one image between two runs on another. Headless viewer, real workers."""
 
 from __future__ import annotations
@@ -378,7 +378,7 @@ def test_flip_threshold_and_navigator_say_what_is_gone(make_napari_viewer, qtbot
     widget.set_threshold(0.1)
     assert widget.status.text().startswith("done on 'low'") and widget.status.text().endswith(">= 0.10")
     _, navigator = viewer.window.add_plugin_dock_widget(PLUGIN, "Lesion navigator")
-    viewer.add_shapes(name="someone's boxes")  # napari audit 2026-12-07: the picker then named this one
+    viewer.add_shapes(name="someone's boxes")  # the picker must not name this one
     viewer.layers.remove("low lesions")
     assert "was removed: nothing left to review" in navigator.status.text()
     assert navigator.boxes_combo.currentText() == "(none)" and navigator.table.rowCount() == 0
@@ -387,8 +387,8 @@ def test_flip_threshold_and_navigator_say_what_is_gone(make_napari_viewer, qtbot
 
 
 def test_the_threshold_says_when_the_image_itself_was_removed(make_napari_viewer, qtbot, model_dir) -> None:  # noqa: F811
-    """Walkthrough 2026-12-06: with only the source image deleted, the status said the lesions layer "was deleted:
-    run again", while that layer was still there and there was nothing left to run on. Memory audit 2026-12-07: the
+    """Regression: with only the source image deleted, the status said the lesions layer "was deleted:
+    run again", while that layer was still there and there was nothing left to run on. Also, the
     dock held the deleted image and its results (twice the study) for as long as it was open."""
     viewer = make_napari_viewer()
     add_ct(viewer, phantom(n=4, size=96)[0], name="low")
@@ -407,7 +407,7 @@ def test_the_threshold_says_when_the_image_itself_was_removed(make_napari_viewer
 
 
 def test_a_deleted_image_s_cached_results_go_and_the_other_study_s_stay(make_napari_viewer, qtbot, model_dir) -> None:  # noqa: F811
-    """Review 2026-12-07: letting go of a deleted image emptied the whole result cache, so a rerun on another open
+    """Regression: letting go of a deleted image emptied the whole result cache, so a rerun on another open
     study computed everything again; a detector-only run's image deleted made Compare speak of a denoised layer."""
     viewer = make_napari_viewer()
     add_ct(viewer, phantom(n=3, size=64)[0], name="low")

@@ -61,8 +61,8 @@ def test_dicom_round_trip_volume(make_napari_viewer, qtbot, tmp_path: Path, mode
     src_ds = pydicom.dcmread(next(src_dir.glob("*.dcm")))
     from napari_lidnet.cli import main
 
-    # the command line names the model as the dock does (walkthrough 2026-12-06: "LIDnet default_denoiser (unet)"
-    # from the dock, "LIDnet default" from the command line)
+    # the command line names the model as the dock does (not "LIDnet default_denoiser (unet)"
+    # from the dock and "LIDnet default" from the command line)
     assert main(["denoise", str(src_dir), str(tmp_path / "cli"), "--model", "tiny", "--device", "cpu"]) == 0
     cli_ds = pydicom.dcmread(sorted((tmp_path / "cli").rglob("*.dcm"))[0], stop_before_pixels=True)
     assert ds.SeriesDescription == cli_ds.SeriesDescription == "lowdose denoised (LIDnet tiny (fastdn))"
@@ -113,7 +113,7 @@ def test_dicom_export_current_slice_and_plain_array(make_napari_viewer, qtbot, t
 
 
 def test_a_simulated_low_dose_says_so_in_what_it_exports(make_napari_viewer, qtbot, tmp_path: Path, model_dir: Path) -> None:  # noqa: F811,E501
-    """Review 2026-12-05: the denoised result of Load CT's simulated 25% dose went into the patient's study named
+    """Regression: the denoised result of Load CT's simulated 25% dose went into the patient's study named
     like a denoised clinical series. Its description (and derivation) now start with the simulation."""
     viewer = make_napari_viewer()
     layer, _ = add_dicom_layer(viewer, dicom_ct(tmp_path / "src"))
@@ -149,7 +149,7 @@ def test_boxes_csv_and_json(make_napari_viewer, qtbot, tmp_path: Path, model_dir
     dy, dx = widget._last["layer"].scale[-2:]  # sizes in mm from the image's pixel size
     np.testing.assert_allclose([b["width_mm"] for b in doc["boxes"]], (shown[:, 3] - shown[:, 1]) * dx, atol=0.006)
     np.testing.assert_allclose([b["height_mm"] for b in doc["boxes"]], (shown[:, 4] - shown[:, 2]) * dy, atol=0.006)
-    # what made the boxes (review 2026-12-05: only the input was recorded)
+    # what made the boxes, not only the input
     assert doc["threshold"] == pytest.approx(widget.threshold, abs=1e-4) and "tiny" in doc["detector"]
     assert doc["spacing_mm"] == [float(v) for v in widget._last["layer"].scale] and "remove_sd" in doc
     assert "unreviewed" not in widget.status.text()
@@ -222,7 +222,7 @@ def test_box_sides_in_mm_follow_non_square_pixels(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["ü-name", "-lead", "a b", "x" * 65])
 def test_a_model_name_refusal_says_which_characters(name) -> None:
-    """CLI audit 2026-12-07: 'ü-name' was refused as not "letters": the rule is ASCII letters; it says so."""
+    """Regression: 'ü-name' was refused as not "letters": the rule is ASCII letters; it says so."""
     from napari_lidnet._training.export import valid_model_name
 
     with pytest.raises(ValueError, match=r"use 1-64 ASCII letters \(a-z, A-Z\), digits"):

@@ -114,7 +114,7 @@ def test_one_click_run_improves_and_publishes(make_napari_viewer, qtbot, model_d
     texts = [widget.start_denoiser_combo.itemText(i) for i in range(widget.start_denoiser_combo.count())]
     assert "site-b (user)" in texts  # one name for the pair, as typed
     assert widget.name_edit.text() != "site-b"
-    # walkthrough 2026-12-06: a model that scored below its start on the held-out slices was selected all the same
+    # a model that scores below its start on the held-out slices must not be selected all the same
     import dataclasses
 
     denoise.denoiser_combo.setCurrentIndex(0)
@@ -126,7 +126,7 @@ def test_one_click_run_improves_and_publishes(make_napari_viewer, qtbot, model_d
 def test_scans_without_lesion_boxes_fine_tune_both_networks_with_synthetic_lesions(
     make_napari_viewer, qtbot, model_dir: Path
 ) -> None:
-    """Walkthrough 2026-12-06: a clinic's normal scans have no lesion boxes, so the dock refused a LIDnet run (the
+    """Regression: a clinic's normal scans have no lesion boxes, so the dock refused a LIDnet run (the
     command line's --insert-lesions was not offered). "synthetic lesions" (Advanced) gives patches lesions to train
     both networks on: no boxes are needed then."""
     viewer = make_napari_viewer()
@@ -179,7 +179,7 @@ def test_stop_ends_the_run_and_keeps_the_best_so_far(make_napari_viewer, qtbot, 
     info = load_weights(model_dir / "stopped_denoiser")[1]["training"]["finetune"]
     assert info["stopped_early"] and info["dose"] == pytest.approx(0.1)
     assert info["images"][0]["name"] == "full-dose CT"
-    # walkthrough 2026-12-06: Start after a Stop began a new run from the old start without a word
+    # Start after a Stop must not begin a new run from the old start without a word
     assert "Start begins a new run: to go on from this one, pick stopped as the start" in widget.status.text()
 
 
@@ -235,7 +235,7 @@ def test_default_boxes_are_reviewed_or_drawn_never_raw_detections(make_napari_vi
     assert [len(i.boxes) for i in request.inputs] == [2]  # the reviewed boxes, not the raw ones
 
     widget.den_steps_spin.setValue(0)
-    widget.det_steps_spin.setValue(0)  # review 2026-12-05c: 0 steps failed only after the data was read
+    widget.det_steps_spin.setValue(0)  # 0 steps: refused before the data is read
     request, problems = widget.build_request()
     assert request is None and any("nothing to train: every stage has 0 steps" in p for p in problems), problems
     widget.den_steps_spin.setValue(10)
@@ -247,7 +247,7 @@ def test_default_boxes_are_reviewed_or_drawn_never_raw_detections(make_napari_vi
     assert "unreviewed detections" in widget._boxes_note()
     widget.set_source("dicom")  # a folder without annotations gets the starting detector's boxes: said at start
     assert "starting detector's boxes" in widget._boxes_note()
-    widget.insert_spin.setValue(0.5)  # with synthetic lesions it takes none (walkthrough 2026-12-06: said it did)
+    widget.insert_spin.setValue(0.5)  # with synthetic lesions it takes none (and does not say it does)
     assert widget._boxes_note() == ", on synthetic lesions inserted into the folder's scans"
 
 
@@ -288,7 +288,7 @@ def test_paired_layers_on_other_grids_are_refused_and_a_failed_start_leaves_no_p
     assert request is None and any("do not lie on one grid in the viewer (translate differ)" in p for p in problems)
     viewer.layers["low-dose CT"].translate = TRANSLATE
     assert widget.build_request()[0] is not None
-    # fine-tune walkthrough 2026-12-07: a swapped pair, or a denoised image as the full dose, trained and was selected
+    # a swapped pair, or a denoised image as the full dose, must not train and be selected
     low, full = viewer.layers["low-dose CT"], viewer.layers["full-dose CT"]
     for layer, meta, said in ((full, {"lidnet": {"denoiser": "unet"}}, "full-dose CT: its metadata says denoised"),
                               (full, {"dose": 0.25, "normal_dose": "x"}, "full-dose CT: its metadata says a reduced"),
@@ -334,7 +334,7 @@ def test_closing_napari_mid_run_stops_it_and_keeps_the_best_so_far(make_napari_v
 def test_a_model_folder_that_cannot_be_written_opens_the_dock_and_refuses_a_run_in_one_line(
     make_napari_viewer, qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Review 2026-12-06: a model folder that cannot be written (here: below a file, which even root cannot write
+    """Regression: a model folder that cannot be written (here: below a file, which even root cannot write
     into) made the dock raise while opening and Start raise out of its slot. The dock opens; Start says why in one
     line and starts nothing."""
     blocker = tmp_path / "not-a-folder"
@@ -352,8 +352,8 @@ def test_a_model_folder_that_cannot_be_written_opens_the_dock_and_refuses_a_run_
 
 
 def test_the_training_plot_draws_every_point_and_starts_afresh(qtbot, tmp_path: Path) -> None:
-    """The curves are kept and given new points (review 2026-12-06: clearing and rebuilding both panels at every
-    draw held the viewer 0.15 s a draw, 0.05 s now: ``benchmarks/gui_holds.py``): each curve holds every point of its
+    """The curves are kept and given new points (clearing and rebuilding both panels at every draw would hold
+    the viewer 0.15 s a draw, 0.05 s now: ``benchmarks/gui_holds.py``): each curve holds every point of its
     series, the legend names each series once, and ``clear`` leaves no curve of the old run."""
     from napari_lidnet._widgets.loss_plot import TrainingPlot
 
@@ -381,7 +381,7 @@ def test_the_training_plot_draws_every_point_and_starts_afresh(qtbot, tmp_path: 
 
 
 def test_closing_waits_for_the_saved_model_while_the_window_paints(qtbot) -> None:
-    """Review 2026-12-06: closing napari mid-run waited for the model on the GUI thread without processing events,
+    """Regression: closing napari mid-run waited for the model on the GUI thread without processing events,
     5-11 s of a frozen window (which invites the system's "not responding" kill that loses the model). The wait lets
     Qt run timers and paint meanwhile; it ends when the run is done, or gives up after its timeout."""
     import threading
@@ -403,7 +403,7 @@ def test_closing_waits_for_the_saved_model_while_the_window_paints(qtbot) -> Non
 def test_a_plan_of_hours_runs_on_a_second_start_and_a_run_stopped_before_a_model_leaves_no_folder(
     make_napari_viewer, qtbot, model_dir: Path
 ) -> None:
-    """Review 2026-12-06: 2,000,000 steps (weeks on a CPU) started without a word, and every run stopped before its
+    """Regression: 2,000,000 steps (weeks on a CPU) started without a word, and every run stopped before its
     first model left a run folder the dock can never resume. A plan over LONG_PLAN_STEPS asks for a second Start;
     a run stopped before any round finished leaves nothing behind."""
     from napari_lidnet._widgets.finetune import LONG_PLAN_STEPS
@@ -420,13 +420,13 @@ def test_a_plan_of_hours_runs_on_a_second_start_and_a_run_stopped_before_a_model
     wait_done(widget, qtbot, worker)
     assert widget.outcome.status == "stopped" and not widget.outcome.exported
     assert "no model was saved" in widget.outcome.message
-    assert not widget.outcome.notes  # nothing said about a model there is not (walkthrough 2026-12-06)
+    assert not widget.outcome.notes  # nothing said about a model there is not
     assert not widget.run_dir.exists()  # its partial checkpoints serve no one
     assert widget.start() is None and "press Start again" in widget.status.text()  # asked again next time
 
 
 def test_what_to_fix_first_is_said_first(make_napari_viewer, qtbot, model_dir: Path, tmp_path: Path) -> None:
-    """Review 2026-12-06: with no image layer the message led with the lesion boxes to choose; a folder holding no
+    """Regression: with no image layer the message led with the lesion boxes to choose; a folder holding no
     DICOM started a run that then failed. Now the missing images are the message, and the folder is refused first."""
     viewer = make_napari_viewer()
     widget = make_widget(viewer, qtbot, "first")
@@ -444,7 +444,7 @@ def test_what_to_fix_first_is_said_first(make_napari_viewer, qtbot, model_dir: P
 
 def test_a_dataset_without_lesion_boxes_is_refused_before_a_lidnet_run(make_napari_viewer, qtbot, model_dir: Path,
                                                                       tmp_path: Path) -> None:  # fmt: skip
-    """Walkthrough 2026-12-06: a dataset folder without lesion boxes started a LIDnet run that then failed with the
+    """Regression: a dataset folder without lesion boxes started a LIDnet run that then failed with the
     command line's advice (--insert-lesions, --mode pixel). Now Start refuses it at once in the dock's words, and the
     denoiser-alone mode takes the same folder."""
     from napari_lidnet.io.dataset import Sample, write_dataset
@@ -468,7 +468,7 @@ def test_a_dataset_without_lesion_boxes_is_refused_before_a_lidnet_run(make_napa
 
 
 def test_an_int16_study_is_not_copied_to_float_on_the_gui_thread(make_napari_viewer, qtbot, model_dir: Path) -> None:
-    """Review 2026-12-06: int16 layers were copied to float32 at Start (on the GUI thread) and held for the whole run
+    """Regression: int16 layers were copied to float32 at Start (on the GUI thread) and held for the whole run
     (peak +1021 MiB on a 300-slice study against +451 MiB for float32). The inputs are the layers' own arrays, and
     a run on them trains and saves as on float32 layers."""
     viewer = make_napari_viewer()
@@ -508,7 +508,7 @@ def test_the_start_pickers_keep_their_choice_when_the_models_are_listed_again(
 
 
 def test_the_training_plot_stays_readable_in_the_narrow_column(qtbot) -> None:
-    """Walkthrough 2026-12-06: in the reading room's 247 px column the two-column legend beside the layout squeezed
+    """Regression: in the reading room's 247 px column the two-column legend beside the layout squeezed
     both panels to a few pixels, its entries cut. The legend takes one column above the panels, which keep the
     width; it stays so when the column is resized."""
     from napari_lidnet._widgets.loss_plot import TrainingPlot
@@ -539,7 +539,7 @@ def test_the_training_plot_stays_readable_in_the_narrow_column(qtbot) -> None:
 
 def test_a_deeplesion_archive_fine_tunes_on_its_train_part(make_napari_viewer, qtbot, model_dir: Path,
                                                            tmp_path: Path) -> None:  # fmt: skip
-    """Walkthrough 2026-12-06: the dock had no DeepLesion source (its folder sources refused the archive, which
+    """Regression: the dock had no DeepLesion source (its folder sources refused the archive, which
     `lidnet train --data` takes). The dataset source takes one: its train part, indexed when the run starts, low
     doses simulated when a slice is first used, kept in the run folder; the test part is never read."""
     from conftest import HEADER, _row
@@ -576,7 +576,7 @@ def test_a_deeplesion_archive_fine_tunes_on_its_train_part(make_napari_viewer, q
 
 
 def test_a_saved_network_below_its_start_is_named_in_the_finish_note(tmp_path) -> None:
-    """Walkthrough 2026-12-07: a stopped fine-tune's pair was selected (better as a whole on the test slices) while
+    """Regression: a stopped fine-tune's pair was selected (better as a whole on the test slices) while
     its detector's validation sensitivity had fallen from 0.467 to 0.333, and the message said nothing of it."""
     from napari_lidnet._widgets.finetune import _worse_networks
     from napari_lidnet.models.detector import LesionDetector
@@ -592,7 +592,7 @@ def test_a_saved_network_below_its_start_is_named_in_the_finish_note(tmp_path) -
 
 
 def test_the_pair_pickers_follow_a_simulated_low_dose_until_the_user_picks(make_napari_viewer, qtbot) -> None:
-    """Fine-tune walkthrough 2026-12-07: opened beside one normal-dose scan, both pair pickers showed it; after Load
+    """Regression: opened beside one normal-dose scan, both pair pickers showed it; after Load
     CT simulated its low dose they still did, and Start said "must be different layers"."""
     from napari_lidnet.layer_data import data_key
 

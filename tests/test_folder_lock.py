@@ -63,7 +63,7 @@ def test_a_process_forked_from_the_holder_does_not_keep_the_folder_locked(tmp_pa
 
 def test_threads_of_one_process_asking_at_once_get_the_folder_once(tmp_path):
     """Record locks do not exclude their own process: the in-process check decides, and two threads asking at the
-    same moment must not both pass it (review 2026-12-06)."""
+    same moment must not both pass it."""
     import threading
 
     start, got, refused, locks = threading.Barrier(8), [], [], []

@@ -215,7 +215,7 @@ def test_pipeline_cache_hits_and_misses() -> None:
 
 
 def test_a_new_strength_reuses_both_stages_and_keeps_the_boxes() -> None:
-    """A walkthrough on a 64-slice chest: each new strength re-ran both networks (4-5 min on a CPU) and moved the
+    """Regression on a 64-slice chest: each new strength re-ran both networks (4-5 min on a CPU) and moved the
     boxes. A blind denoiser's strength is applied after both stages: the detector reads the fully denoised slices,
     the cached stages serve, and the output is the direct call's (``denoise(..., remove_sd=)``) with the cached
     blind output untouched."""
@@ -257,7 +257,7 @@ def test_filter_boxes_and_errors() -> None:
 
 
 def test_nan_or_infinite_pixels_are_refused_by_the_api_before_anything_runs() -> None:
-    """Review 2026-12-05: through the Python API one NaN pixel silently removed every box of its slice, and a
+    """Regression: through the Python API one NaN pixel silently removed every box of its slice, and a
     10 x 10 NaN patch came back as thousands of NaN pixels. Both calls and the pipeline now refuse, naming it."""
     hu = _noisy((3, 64, 64))
     hu[1, 0, 0] = np.nan
@@ -335,7 +335,7 @@ def test_cpu_bfloat16_only_where_native_and_only_for_models_that_declare_it(monk
 
 
 def test_a_denoised_pixel_is_never_darker_than_air_unless_its_input_was() -> None:
-    """Review 2026-12-06: on a real chest 2.3% of the denoised voxels were below -1024 HU (down to -1098), 99% of
+    """Regression: on a real chest 2.3% of the denoised voxels were below -1024 HU (down to -1098), 99% of
     them where the scanner had stored -1024: the network undershoots in air. The output is held at -1024 there;
     a pixel whose input was lower (a reconstruction that stores less) keeps its own floor; tissue is untouched."""
     rng = np.random.default_rng(3)
@@ -352,7 +352,7 @@ def test_a_denoised_pixel_is_never_darker_than_air_unless_its_input_was() -> Non
 
 
 def test_edge_inputs_refused_in_one_line_or_taken_as_meant() -> None:
-    """Review 2026-12-06: an image with no pixels in a slice failed deep in torch; one pixel size for a detector
+    """Regression: an image with no pixels in a slice failed deep in torch; one pixel size for a detector
     that resamples to its own failed with "not enough values to unpack" (one value means square pixels elsewhere)."""
     den = build_denoiser("fastdn", width=8, blocks=1).eval()
     for shape in ((2, 0, 32), (0, 0)):

@@ -75,7 +75,7 @@ def test_docks_are_tabs_and_the_canvas_keeps_the_width(room) -> None:
     assert widgets["finetune"].data_box.image_list.width() >= 0.7 * dock_of(widgets["finetune"]).width()
     from qtpy.QtWidgets import QAbstractSpinBox, QApplication, QLineEdit, QPushButton
 
-    widgets["finetune"].advanced_button.click()  # walkthrough 2026-12-06: the rate read "0.00", the name its end
+    widgets["finetune"].advanced_button.click()  # the rate must not read "0.00", nor the name its end
     QApplication.processEvents()
     fields = [*widgets["finetune"].findChildren(QAbstractSpinBox), *widgets["finetune"].findChildren(QLineEdit)]
     cut = [(type(f).__name__, f.text() if hasattr(f, "text") else "", f.width(), f.sizeHint().width()) for f in fields
@@ -86,8 +86,8 @@ def test_docks_are_tabs_and_the_canvas_keeps_the_width(room) -> None:
     assert roi.canvas.height() >= 150 and roi.table.width() >= 400
     assert all(isinstance(d, QDockWidget) for d in right + bottom)
     assert viewer.dims.axis_labels == ("z", "y", "x")
-    uid = "1.2.276.0.7230010.3.1.3.296485376.1.1521713419.1802493"  # walkthrough 2026-12-06: a load note with a
-    for key in ("load", "denoise", "finetune", "navigator", "roi"):  # UID pushed Load CT's buttons out of view
+    uid = "1.2.276.0.7230010.3.1.3.296485376.1.1521713419.1802493"  # a load note with a
+    for key in ("load", "denoise", "finetune", "navigator", "roi"):  # UID must not push Load CT's buttons out of view
         demo.raise_tab(widgets[key])
         dock = dock_of(widgets[key])
         before = widgets[key].minimumSizeHint().width()
@@ -185,7 +185,7 @@ def test_pictures_of_the_layout_the_comparison_and_the_navigator(room, qtbot, tm
 
 
 def test_docks_opened_before_the_window_is_shown_settle_as_tabs(make_napari_viewer, qtbot, model_dir: Path) -> None:
-    """Walkthrough 2026-12-06: a script made its viewer with show=False, opened every dock and then showed the
+    """Regression: a script made its viewer with show=False, opened every dock and then showed the
     window: the forms stood one under another in a 50 px column and the tables side by side, none tabbed (a dock
     of a hidden window counted as closed)."""
     viewer = make_napari_viewer(show=False)
@@ -212,7 +212,7 @@ def test_docks_opened_before_the_window_is_shown_settle_as_tabs(make_napari_view
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a display is an X or Wayland server on Linux only")
 def test_the_demo_without_a_display_says_so_in_one_line_and_never_overwrites(tmp_path, monkeypatch, capsys) -> None:
-    """Walkthrough 2026-12-06: `python -m napari_lidnet.demo --headless` without a display aborted with Qt's page
+    """Regression: `python -m napari_lidnet.demo --headless` without a display aborted with Qt's page
     of text (exit 134), and a second headless run overwrote the first one's outputs in its --out folder."""
     for key in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
         monkeypatch.delenv(key, raising=False)

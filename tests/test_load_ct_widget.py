@@ -62,7 +62,7 @@ def test_open_picked_series_and_apply_window(widget, two_series_dir, qtbot):
 
 
 def test_every_stored_window_of_a_series_is_a_preset(widget, qtbot, tmp_path):
-    """Walkthrough 2026-12-06: a real abdomen stored two windows (40/300 and 300/1500); only the first was offered.
+    """Regression: a real abdomen stored two windows (40/300 and 300/1500); only the first was offered.
     Each further stored window is a preset once the series is open, named with its explanation."""
     from conftest import synthetic_hu, write_series
 
@@ -170,7 +170,7 @@ def test_simulate_low_dose_adds_noisier_layer(widget, qtbot):
     assert low.data.shape == hu.shape and tuple(low.scale) == (0.8, 0.8)
     assert tuple(low.contrast_limits) == (-160, 240)
     assert low.metadata["normal_dose"] == "phantom" and low.metadata["hu"]  # ROI compare's default reference
-    # the exposure it states is the simulated one (a walkthrough's "SIMULATED 25%" series kept 18.54 mGy, 253 mAs)
+    # the exposure it states is the simulated one (a "SIMULATED 25%" series does not keep 18.54 mGy, 253 mAs)
     assert low.metadata["source_tags"] == {**exposure, "CTDIvol": 18.54 * 0.25, "Exposure": 63, "XRayTubeCurrent": 154}
     assert viewer.layers["phantom"].metadata["source_tags"] == exposure
     yy, xx = np.mgrid[:64, :64]
@@ -178,7 +178,7 @@ def test_simulate_low_dose_adds_noisier_layer(widget, qtbot):
     assert np.std(low.data[inside]) > np.std(hu[inside]) + 1.0
     np.testing.assert_array_equal(viewer.layers["phantom"].data, hu)
     assert [r.done for r in w.sim_records][-1] == 1 and w.sim_progress.isHidden()
-    body = hu > -500  # says how much noise it added, the SD to remove to compare with the normal dose (review)
+    body = hu > -500  # says how much noise it added, the SD to remove to compare with the normal dose
     added = float(np.std((low.data - hu)[body]))
     assert low.metadata["simulated_added_sd"] == pytest.approx(added, rel=1e-5) and added > 1.0
     said = f"{added:.1f} HU of noise added over the whole body (more than in flat tissue alone"
@@ -186,7 +186,7 @@ def test_simulate_low_dose_adds_noisier_layer(widget, qtbot):
 
 
 def test_the_low_dose_copy_of_fine_pixels_has_a_scanner_noise_grain(widget, qtbot):
-    """Review 2026-12-06: the copy of a 0.5 mm slice had a bone-kernel grain (bins one pixel wide). It is now the
+    """Regression: the copy of a 0.5 mm slice had a bone-kernel grain (bins one pixel wide). It is now the
     noise of a scanner sampling every 1 mm (``SCANNER_SAMPLING_MM``), the same draw as the simulator's."""
     from napari_lidnet._widgets._sim_job import chunk_seed
     from napari_lidnet.sim.lowdose import SCANNER_SAMPLING_MM, simulate_low_dose
@@ -210,7 +210,7 @@ def test_the_low_dose_copy_of_fine_pixels_has_a_scanner_noise_grain(widget, qtbo
 
 @pytest.mark.parametrize("dose", [0.25, 0.5])
 def test_the_low_dose_copy_of_a_noisy_scan_adds_the_noise_of_that_dose(widget, qtbot, dose):
-    """Walkthrough 2026-12-06: a real chest with 37-60 HU of its own noise got 16 HU added at "25% dose" (the
+    """Regression: a real chest with 37-60 HU of its own noise got 16 HU added at "25% dose" (the
     scanner model's photon count of a phantom). The copy is calibrated to the scan's own noise: a quarter of the
     dose doubles the noise SD (adds sqrt(3) times it), half the dose adds as much as the scan has."""
     from napari_lidnet.metrics.noreference import flat_block_noise_sds
@@ -290,7 +290,7 @@ def test_derived_layer_names_are_short_and_cut_between_words():
     assert name == "CHEST 5.0 B31f LUNG… 25% dose" and len(name) <= 30  # the tag that tells layers apart stays
     assert short_name("low-dose CT (25%)") == "low-dose CT (25%)"
     assert short_name("averyveryverylongseriesdescription") == "averyveryverylongse…"
-    # napari audit 2026-12-07: the " [1]" of a second study was cut, and its outputs were named as the first's
+    # the " [1]" of a second study must not be cut, nor its outputs named as the first's
     assert short_name("low-dose CT (25%) [1]") == "low-dose CT (25%) [1]"
     assert short_name("CHEST 5.0 B31f LUNG WINDOW [12]") == "CHEST 5.0 B31f LUNG… [12]"
 
@@ -324,7 +324,7 @@ def test_simulation_source_dose_and_a_restart_after_cancel(widget, qtbot):
 
 
 def test_a_window_preset_leaves_a_colour_photo_alone(widget):
-    """Review 2026-12-05: with an RGB photo selected, a preset set an HU window on it and turned it white."""
+    """Regression: with an RGB photo selected, a preset set an HU window on it and turned it white."""
     viewer, w = widget
     photo = viewer.add_image(np.full((32, 32, 3), 120, np.uint8), name="photo", rgb=True)
     before = tuple(photo.contrast_limits)
@@ -368,7 +368,7 @@ def test_the_added_noise_of_a_study_is_measured_on_a_few_slices() -> None:
 
 
 def test_the_headers_are_read_off_the_viewers_thread(widget, two_series_dir, qtbot, monkeypatch):
-    """Review 2026-12-06: a folder entered or picked had all its headers read on the viewer's thread (0.7 s for
+    """Regression: a folder entered or picked had all its headers read on the viewer's thread (0.7 s for
     300 files, 2.1 s for 1500). A worker reads them now; Open on a folder not read yet reads it, then opens the
     series chosen (the first), and Open is free again after."""
     import threading
@@ -396,7 +396,7 @@ def test_the_headers_are_read_off_the_viewers_thread(widget, two_series_dir, qtb
 
 
 def test_only_the_newest_scan_fills_the_picker(widget, two_series_dir, qtbot, monkeypatch):
-    """Diff review 2026-12-06: paths A, B, then A again entered while A's first scan still ran (a slow disk): both
+    """Regression: paths A, B, then A again entered while A's first scan still ran (a slow disk): both
     scans of A filled the picker (each series twice), and the first one's end let Open run before the newest."""
     import time
 
@@ -421,8 +421,8 @@ def test_only_the_newest_scan_fills_the_picker(widget, two_series_dir, qtbot, mo
 
 
 def test_the_docks_leave_the_viewer_a_core():
-    """Two walkthroughs on a busy 2-core machine: torch's threads on every core ran the simulation 10-40x slower
-    than one thread, and the viewer stuttered. The docks' jobs take every core but one; OMP_NUM_THREADS wins."""
+    """On a busy 2-core machine torch's threads on every core run the simulation 10-40x slower than one thread,
+    and the viewer stutters. The docks' jobs take every core but one; OMP_NUM_THREADS wins."""
     assert [dock_threads(n, {}) for n in (1, 2, 4, 16)] == [1, 1, 3, 15]
     assert dock_threads(16, {}, default=8) == 8  # never more than torch's own count (its physical cores)
     assert dock_threads(8, {"OMP_NUM_THREADS": "4"}) is None and dock_threads(8, {"OMP_NUM_THREADS": " "}) == 7

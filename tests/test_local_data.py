@@ -123,7 +123,7 @@ def test_check_inputs_lists_every_problem() -> None:
     unit = ld.CTInput("ct", (full2 + 1024) / 4096, 0.7, boxes=boxes2)
     (problem,) = ld.check_inputs([unit], patch_size=48)
     assert "'ct' (full-dose): no pixel below -50 HU" in problem and "not CT in HU" in problem
-    # paired layers: a problem of the full-dose image names that image (walkthrough 2026-12-06: the low one's name)
+    # paired layers: a problem of the full-dose image names that image (not the low one's)
     pair = ld.CTInput("low", full2 + 1, 0.7, low_hu=full2, boxes=boxes2, full_name="full in 0-1")
     pair.full_hu = (full2 + 1024) / 4096
     (problem,) = ld.check_inputs([pair], patch_size=48)
@@ -147,7 +147,7 @@ def test_samples_split_volumes_simulate_low_dose_and_keep_boxes() -> None:
 
 
 def test_simulated_partners_carry_the_noise_of_the_dose_on_a_noisy_scan() -> None:
-    """Walkthrough 2026-12-06: a real chest with 60 HU of its own noise got 13-19 HU at 25% (a phantom's photon
+    """Regression: a real chest with 60 HU of its own noise got 13-19 HU at 25% (a phantom's photon
     count), so the run learned to keep noise. The partners of a noisy scan are calibrated to its own noise in flat
     tissue (a quarter of the dose adds sqrt(3) times it), and the run says so."""
     from napari_lidnet.metrics.noreference import flat_block_noise_sds
@@ -169,7 +169,7 @@ def test_simulated_partners_carry_the_noise_of_the_dose_on_a_noisy_scan() -> Non
 
 
 def test_a_long_volume_simulates_low_dose_on_every_kth_slice_and_every_lesion_slice() -> None:
-    """Review 2026-12-06: a 300-slice study spent 25-90 min simulating every slice before the first step of a run
+    """Regression: a 300-slice study spent 25-90 min simulating every slice before the first step of a run
     that trains on a few hundred patches. At most about MAX_SIMULATED_SLICES evenly spaced slices, plus each slice
     with a box, get a partner; unannotated neighbours of a lesion stay out; a paired volume keeps every slice."""
     _, full, boxes = phantom(n=3 * ld.MAX_SIMULATED_SLICES + 2, size=32)
@@ -199,7 +199,7 @@ def test_missing_boxes_come_from_the_detector() -> None:
 
 
 def test_too_few_detected_boxes_are_said_before_any_slice_is_simulated() -> None:
-    """Walkthrough 2026-12-06: with boxes from the starting detector, a run that found none simulated every slice
+    """Regression: with boxes from the starting detector, a run that found none simulated every slice
     (minutes) before refusing. Detection comes first, and too few boxes stop the run there."""
     _, full, _ = phantom(n=3, size=64)
     det = LesionDetector(width=4).eval()
@@ -357,7 +357,7 @@ def test_unannotated_neighbours_of_a_lesion_are_left_out() -> None:
 
 
 def test_stop_during_a_validation_begins_no_further_stage(model_dir: Path) -> None:
-    """Review 2026-12-06: Stop pressed while round 1 was validated ran round 2's loss calibration and a step (a
+    """Regression: Stop pressed while round 1 was validated ran round 2's loss calibration and a step (a
     partial checkpoint no one uses) before stopping. The run now stops before the next stage and publishes round 1."""
     low, full, boxes = phantom(n=4, size=64)
     flag = {"stop": False}
@@ -399,7 +399,7 @@ def test_stop_ends_within_one_step_and_keeps_checkpoints(model_dir: Path) -> Non
 
 def test_nan_loss_fails_cleanly_and_publishes_the_last_good_checkpoint(model_dir: Path, monkeypatch) -> None:
     """A run that fails after a validated round (here a NaN loss in round 2) says it failed and why, and publishes
-    round 1's best checkpoint as a Stop would (review 2026-12-06: it was left in the runs folder, where no dock
+    round 1's best checkpoint as a Stop would (not left in the runs folder, where no dock
     reaches it), the failure in its card's notes."""
     from napari_lidnet._training.trainer import Trainer
 
@@ -430,7 +430,7 @@ def test_nan_loss_fails_cleanly_and_publishes_the_last_good_checkpoint(model_dir
 
 
 def test_a_run_whose_held_out_slices_hold_no_lesion_says_detection_was_not_measured(model_dir: Path) -> None:
-    """Review 2026-12-06: lesions annotated on a few slices only, none on the validation or test block: the detector
+    """Regression: lesions annotated on a few slices only, none on the validation or test block: the detector
     was trained, published and chosen with no sensitivity measured, and nothing said so."""
     low, full, boxes = phantom(n=9, size=64)
     run = fj.new_run_dir("heldout")
@@ -475,7 +475,7 @@ def test_a_half_pair_takes_the_name(model_dir: Path) -> None:
 
 
 def test_a_folder_of_normal_scans_with_synthetic_lesions_takes_no_detections(model_dir: Path, tmp_path: Path) -> None:
-    """Review 2026-12-06: with "synthetic lesions" a DICOM folder of normal scans was refused without a starting
+    """Regression: with "synthetic lesions" a DICOM folder of normal scans was refused without a starting
     detector ("draw rectangles"), and with one its unreviewed false positives became the lesion targets. The
     inserted lesions are the lesions: no box is detected, and the run's data says so."""
     from conftest import write_series
@@ -523,7 +523,7 @@ def test_dicom_folder_leaves_out_other_modalities_and_derived_copies(tmp_path: P
 
 
 def test_overlapping_images_take_their_own_annotations_not_one_layers() -> None:
-    """Walkthrough 2026-12-06: two DeepLesion key slices (both at the canvas origin) ticked with one's annotated
+    """Regression: two DeepLesion key slices (both at the canvas origin) ticked with one's annotated
     layer: the other was trained with that lesion and its own as background, without a word."""
     _, a, boxes = phantom(n=2, size=64, seed=1)
     _, b, _ = phantom(n=2, size=64, seed=2)
@@ -544,7 +544,7 @@ def test_overlapping_images_take_their_own_annotations_not_one_layers() -> None:
 
 
 def test_a_renamed_image_keeps_its_annotations() -> None:
-    """Review 2026-12-06: annotated layers were matched to images by name only: a renamed image lost its own, and
+    """Regression: annotated layers were matched to images by name only: a renamed image lost its own, and
     the advice was to untick it. A reader's annotated layer records its image's fingerprint."""
     from napari_lidnet.io.volume import CTVolume
     from napari_lidnet.layer_data import volume_layer_tuples

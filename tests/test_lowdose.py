@@ -295,8 +295,8 @@ def test_fast_noise_at_512_has_no_view_aliasing():
     c = np.s_[:, 160:352, 160:352]
     assert abs(fast[c].std() / exact[c].std() - 1) < 0.05
     ratio = _nps_bands(fast[c], px) / _nps_bands(exact[c], px)
-    # 0.950 / 0.980 / 0.958 / 0.985 with the rings centred on the frequency steps (2026-12-05; 0.95-0.99 before,
-    # when axis samples fell either side of ring edges): the lowest band is the fast path's largest difference
+    # 0.950 / 0.980 / 0.958 / 0.985 with the rings centred on the frequency steps (0.95-0.99 with
+    # axis samples either side of ring edges): the lowest band is the fast path's largest difference
     assert np.all(np.abs(ratio - 1) < 0.06), ratio
     assert angular_excess(fast, 256) < angular_excess(exact, 256) + 0.03
 
@@ -342,11 +342,11 @@ def _grain(px: float, sampling_mm: float | None, fast: bool = False) -> tuple[fl
 
 @pytest.mark.parametrize("fast", [False, True])
 def test_a_scanner_noise_grain_is_set_in_mm_not_by_the_pixel(fast):
-    """Review 2026-12-06: bins one pixel wide gave fine pixels a bone-kernel grain (the centroid 0.33 cycles/px at
+    """Regression: bins one pixel wide gave fine pixels a bone-kernel grain (the centroid 0.33 cycles/px at
     any pixel). ``sampling_mm``: a scanner sampling every 1 mm gives, at 0.5-1 mm pixels, the grain (cycles/mm)
     and SD it gives at 1 mm; at and above 1 mm it is the legacy model itself."""
     ref_c, ref_sd = _grain(1.0, None, fast)
-    for px in (0.5, 0.7, 0.97):  # review 2026-12-06: just under the sampling the noise fell by a quarter
+    for px in (0.5, 0.7, 0.97):  # just under the sampling the noise must not fall by a quarter
         c, sd = _grain(px, 1.0, fast)
         assert c == pytest.approx(ref_c, rel=0.15) and sd == pytest.approx(ref_sd, rel=0.25), (px, c, sd)
         legacy_c, _ = _grain(px, None, fast)
@@ -370,7 +370,7 @@ def test_ramp_band_one_is_the_plain_filter_and_a_band_limits_it():
     fk = float(f[i]) / 0.5  # inside the band: the ramp, the window at f / band, the scanner's interpolation
     expected = float(ramp[i]) * np.sinc(fk) ** 3 / np.sinc(float(f[i])) ** 2  # over the bins' own
     assert float(half[i]) == pytest.approx(expected, rel=1e-4)
-    near = projector.ramp_filter(101, "shepp-logan", "cpu", band=0.999)  # review 2026-12-06: it jumped at 1
+    near = projector.ramp_filter(101, "shepp-logan", "cpu", band=0.999)  # no jump at 1
     torch.testing.assert_close(near, plain, atol=0.01 * float(plain.max()), rtol=0.0)  # was 0.15 vs 0.31
     with pytest.raises(ValueError, match="band"):
         projector.ramp_filter(101, "shepp-logan", "cpu", band=1.5)

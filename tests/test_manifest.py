@@ -68,7 +68,7 @@ def test_deeplesion_tree_key_slices_with_boxes_and_simulated_low_dose(deeplesion
 
 
 def test_deeplesion_slices_that_cannot_be_read_are_skipped_at_index_time(deeplesion_tree, tmp_path):
-    """Review 2026-12-06: an 8-bit key slice and a truncated one were indexed as usable (only their size was read)
+    """Regression: an 8-bit key slice and a truncated one were indexed as usable (only their size was read)
     and failed when training read them. Every key slice's header is checked, the first of each series decoded (as
     one file per DICOM series is): each is skipped with its reason."""
     from PIL import Image
@@ -146,13 +146,13 @@ def test_lidnet_index_command(tmp_path, capsys):
     err = capsys.readouterr().err
     assert read_header(out)["dose"] == 0.3 and "3 slices" in err and "add no noise" not in err
     assert main(["index", str(archive), "--out", str(tmp_path / "one.jsonl"), "--dose", "1"]) == 0
-    assert "note: --dose 1 is the scans' own dose" in capsys.readouterr().err  # (a walkthrough: said nothing)
+    assert "note: --dose 1 is the scans' own dose" in capsys.readouterr().err  # (not silent)
     assert main(["index", str(tmp_path / "missing"), "--out", str(tmp_path / "x.jsonl")]) == 2
     assert "no such archive folder" in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()
 
 
 def test_derived_series_are_not_indexed_as_normal_dose_scans(tmp_path):
-    """Review 2026-12-05a: a study read with this plugin holds its denoised series (ImageType DERIVED); indexed,
+    """Regression: a study read with this plugin holds its denoised series (ImageType DERIVED); indexed,
     it became 'normal-dose' training targets with noise inserted on top. Derived series are left out, named."""
     archive = tmp_path / "study"
     write_series(archive / "original", synthetic_hu((3, 16, 16)), series_uid="1.2.826.0.1.3680043.8.498.61")
@@ -164,7 +164,7 @@ def test_derived_series_are_not_indexed_as_normal_dose_scans(tmp_path):
 
 
 def test_a_manifest_keeps_its_dose(tmp_path, capsys):
-    """Review 2026-12-05a: ``train --dose`` with a manifest was ignored (trained at the manifest's dose, the card
+    """Regression: ``train --dose`` with a manifest was ignored (trained at the manifest's dose, the card
     said the other), or refused with 'give a dose (--dose)' when it was given. Now a dose other than the
     manifest's is refused with the command that makes one; a missing manifest is named as such."""
     archive = tmp_path / "dicoms"
@@ -175,21 +175,21 @@ def test_a_manifest_keeps_its_dose(tmp_path, capsys):
         Trainer(_cfg(tmp_path / "r1", at_25, dose=0.5, patch_size=32))
     with pytest.raises(ValueError, match="indexed without a dose"):
         Trainer(_cfg(tmp_path / "r2", no_dose, dose=0.25, patch_size=32))
-    with pytest.raises(ValueError) as err:  # walkthrough 2026-12-06: without --dose it said "give a dose (--dose)"
+    with pytest.raises(ValueError) as err:  # without --dose, not "give a dose (--dose)"
         Trainer(_cfg(tmp_path / "r2", no_dose, patch_size=32))
     assert "index the archive again" in str(err.value) and "give a dose" not in str(err.value)
     trainer = Trainer(_cfg(tmp_path / "r3", at_25, dose=0.25, patch_size=32))
     assert trainer._data_record["dose"] == 0.25 and trainer._data_record["path"] == str(at_25.resolve())
     list(trainer.run())
     more = Trainer(_cfg(tmp_path / "r3", at_25, patch_size=32, rounds=1, denoiser_steps=1))  # --dose left out
-    assert list(more.run())[-1]["stage"] == "finished"  # review 2026-12-05b: it was refused ('dose: run 0.25')
+    assert list(more.run())[-1]["stage"] == "finished"  # not refused ('dose: run 0.25')
     assert main(["train", "--data", str(tmp_path / "gone.jsonl"), "--out", str(tmp_path / "r4")]) == 2
     assert "no such manifest" in capsys.readouterr().err
     assert not any((tmp_path / r).exists() for r in ("r1", "r2", "r4"))
 
 
 def test_an_archive_s_simulated_partners_carry_each_slice_s_own_noise_at_the_dose(tmp_path):
-    """Session 20's walkthrough: a chest with 60 HU of its own noise got 13-19 HU at "25%" (a phantom's photon
+    """Regression: a chest with 60 HU of its own noise got 13-19 HU at "25%" (a phantom's photon
     count), and a model trained on it learned to keep noise. A run from an archive now scales each simulated
     partner's noise to the slice's own noise at the dose (sqrt(3) times it at 25%), with the 1 mm scanner's grain."""
     from napari_lidnet.metrics.noreference import flat_block_noise_sds
@@ -315,7 +315,7 @@ def test_deeplesion_official_split_is_honoured(deeplesion_tree, tmp_path):
 
     assert main(["index", str(root), "--out", str(tmp_path / "cli.jsonl"), "--split", "test"]) == 0
     assert [r["name"] for r in load_manifest(tmp_path / "cli.jsonl")[1]] == names["test"]
-    # walkthrough 2026-12-06: training on a manifest of another part (here the test part) ran to the end
+    # training on a manifest of another part (here the test part) must not run to the end
     from napari_lidnet.datasets.manifest import archive_index
 
     for made, asked in (("test", "train"), ("all", "train"), ("train", "all")):
@@ -435,7 +435,7 @@ def test_no_patient_is_both_trained_and_held_out(tmp_path):
         assert not held & {s.patient for s in train}, seed
         assert train
     assert tried == {s.patient for s in slices}  # every patient was held out under some seed
-    train, val, test = split_samples(slices, 0.2, 0, 8)  # and the run says what that cost (a walkthrough lost 56 of 84)
+    train, val, test = split_samples(slices, 0.2, 0, 8)  # and the run says what that costs (e.g. 56 of 84)
     lost = len(slices) - len(train) - len(val) - len(test)
     patient_rest = sum(s.patient == val[0].patient for s in slices) - len(val)
     said = left_out(slices, train, [*val, *test])
@@ -467,7 +467,7 @@ def test_linked_series_and_files_are_indexed_where_the_archive_shows_them(tmp_pa
 
 
 def test_a_run_whose_dataset_was_made_again_is_not_resumed_with_the_old_boxes(tmp_path):
-    """Review 2026-12-06: the data folder made again with another seed (the same file names) was resumed without a
+    """Regression: the data folder made again with another seed (the same file names) was resumed without a
     word: the new images trained with the boxes of the run's cached index. Its tables are fingerprinted when the run
     indexes them; a resume refuses changed ones in one line, and an unchanged folder resumes as before."""
     import shutil
@@ -487,7 +487,7 @@ def test_a_run_whose_dataset_was_made_again_is_not_resumed_with_the_old_boxes(tm
 
 
 def test_evaluate_takes_a_manifest_of_deeplesions_test_part(deeplesion_tree, tmp_path, capsys):
-    """Walkthrough 2026-12-06: no command evaluated on DeepLesion's official test part (evaluate took dataset folders
+    """Regression: no command evaluated on DeepLesion's official test part (evaluate took dataset folders
     only); it takes a manifest now, low doses simulated at its dose; one without a dose is refused in one line."""
     from napari_lidnet.cli import main
 

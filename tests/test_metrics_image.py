@@ -52,7 +52,7 @@ def test_volumes_are_mean_over_slices(pair) -> None:
     assert psnr(vol_x[:2], vol_r[:2]) == pytest.approx(np.mean([psnr(x, ref), psnr(x + 10, ref)]))
     assert ssim(vol_x, vol_r) == pytest.approx(np.mean([ssim(x, ref), ssim(x + 10, ref), 1.0]))
     assert rmse(vol_x, vol_r) == pytest.approx(np.mean([rmse(x, ref), rmse(x + 10, ref), 0.0]))
-    # review 2026-12-06: one slice equal to its reference (air only) made the volume's PSNR inf; it has no error to
+    # one slice equal to its reference (air only) must not make the volume's PSNR inf; it has no error to
     # measure and is left out of the mean, in the volume and in a list of slices of other sizes alike
     expected = np.mean([psnr(x, ref), psnr(x + 10, ref)])
     assert psnr(vol_x, vol_r) == pytest.approx(expected)

@@ -157,7 +157,7 @@ def test_rejecting_through_the_layer_and_no_boxes(case, tmp_path) -> None:
 
 
 def test_the_review_of_a_simulated_low_dose_image_says_so_in_its_exports(make_napari_viewer, tmp_path: Path) -> None:
-    """Walkthrough 2026-12-06: the SR of a review made on the viewer's simulated 25% copy read "LIDnet reviewed
+    """Regression: the SR of a review made on the viewer's simulated 25% copy read "LIDnet reviewed
     lesions: ..." in the patient's study, like a report of a real scan. Its SeriesDescription and the JSON's record
     now start with what the Denoise dock's DICOM export says: SIMULATED, the dose and the seed."""
     import json
@@ -180,7 +180,7 @@ def test_the_review_of_a_simulated_low_dose_image_says_so_in_its_exports(make_na
 
 
 def test_exports_write_the_type_the_reader_picked(case, tmp_path: Path, monkeypatch) -> None:
-    """Walkthrough 2026-12-06: the dialog's choice was thrown away, so "DICOM SR (*.dcm)" with the name "review"
+    """Regression: the dialog's choice was thrown away, so "DICOM SR (*.dcm)" with the name "review"
     wrote a CSV called "review", and "x.txt" a CSV too. A name without a known suffix gets the chosen type's; an
     unknown suffix is refused in one line, nothing written."""
     from qtpy.QtWidgets import QFileDialog
@@ -389,7 +389,7 @@ def test_a_box_rejected_on_its_own_is_that_run_s_box_only(make_napari_viewer, tm
 
 
 def test_a_lesion_keeps_its_number_when_a_box_is_moved_off_it(make_napari_viewer, tmp_path: Path) -> None:
-    """Walkthrough 2026-12-06: moving one box off a three-slice lesion renumbered the lesion (numbers follow the
+    """Regression: moving one box off a three-slice lesion renumbered the lesion (numbers follow the
     first slice, and the moved box's slice came first). The lesion keeps its number; the box moved off takes the
     next free one; the table and the export agree."""
     widget, image, _boxes = _three_slice_lesion(make_napari_viewer(), tmp_path)
@@ -452,7 +452,7 @@ def _threshold(boxes, detections: np.ndarray, t: float) -> None:
 
 def test_a_threshold_move_reads_the_boxes_once_per_change(case, qtbot, monkeypatch) -> None:
     """New boxes then their scores: read once, when both are set (napari announces the new boxes before their
-    scores, and the resized feature table between; the navigator read twice before 2026-12-06), either when the
+    scores, and the resized feature table between; the navigator must not read twice), either when the
     event loop runs or when the findings are asked for; a move that changes neither reads nothing. The scores read
     are the new ones."""
     viewer, widget, image, boxes, _ = case
@@ -517,7 +517,7 @@ def test_a_kept_box_shrunk_by_the_reader_stays_one_finding_after_a_run_and_a_reo
 
 
 def test_a_carried_over_kept_box_keeps_its_detection_through_edits_and_deletion(case) -> None:
-    """Review 2026-12-05b: a kept box carried over a run without its detection lost the link once edited (the
+    """Regression: a kept box carried over a run without its detection lost the link once edited (the
     detection came back pending beside it), and deleted, it was stored as a rejection of the edited box (the
     detection came back pending, not rejected)."""
     viewer, widget, image, boxes, _ = case
@@ -536,7 +536,7 @@ def test_a_carried_over_kept_box_keeps_its_detection_through_edits_and_deletion(
 
 
 def test_a_box_drawn_after_a_rejection_does_not_take_the_rejected_detection(case) -> None:
-    """Review 2026-12-05c: the detection box of a carried-over kept box outlived the finding once it was deleted,
+    """Regression: the detection box of a carried-over kept box outlived the finding once it was deleted,
     and a box drawn later under the reused id took it: the rejected detection was absorbed into the drawn box and
     came back in the next run as 'added' with the detector's score."""
     viewer, widget, image, boxes, _ = case
@@ -557,7 +557,7 @@ def test_a_box_drawn_after_a_rejection_does_not_take_the_rejected_detection(case
 
 
 def test_an_image_without_a_voxel_size_is_measured_in_pixels(make_napari_viewer) -> None:
-    """Review 2026-12-05: over an image added with no voxel size (scale 1, not a CT layer) the table said "mm" for
+    """Regression: over an image added with no voxel size (scale 1, not a CT layer) the table said "mm" for
     pixel values while the calipers said "px". Its headers say px there, mm over a CT layer."""
     from napari_lidnet.io.volume import CTVolume
 
@@ -672,7 +672,7 @@ def test_the_pixel_map_is_napari_s_own_transform_position_by_position() -> None:
 
 
 def test_lesion_numbers_follow_a_threshold_until_the_review_begins(case) -> None:
-    """Walkthrough 2026-12-06: the threshold moved while the navigator was open, and its lesion numbers no longer
+    """Regression: the threshold moved while the navigator was open, and its lesion numbers no longer
     matched the Denoise dock's box export (numbered afresh, first slice first) for the same boxes. Until the reader
     decides, a new threshold numbers afresh; after, each lesion keeps its number."""
     from napari_lidnet.metrics.lesions import row_lesions
@@ -693,7 +693,7 @@ def test_lesion_numbers_follow_a_threshold_until_the_review_begins(case) -> None
 
 
 def test_a_reopened_navigator_finds_a_review_whose_detections_were_deleted(case, tmp_path: Path) -> None:
-    """Walkthrough 2026-12-06: accept two, delete the detections, close and reopen the navigator: the reviewed layer
+    """Regression: accept two, delete the detections, close and reopen the navigator: the reviewed layer
     (the kept boxes) was in the viewer, but the dock offered "(none)" and refused to export."""
     viewer, widget, image, boxes, _ = case
     widget.accept(0)
@@ -716,8 +716,8 @@ def _white(layer) -> list[bool]:
 
 
 def test_the_current_finding_s_box_is_drawn_white_at_its_width(case) -> None:
-    """Walkthrough 2026-12-06: on a slice with several boxes the selected row's box looked like the others; then
-    (walkthrough 2026-12-07) its outline, widened three times, covered 83-87% of a 7.7 mm lesion at every zoom. It is
+    """Regression: on a slice with several boxes the selected row's box looked like the others; then
+    its outline, widened three times, covered 83-87% of a 7.7 mm lesion at every zoom. It is
     drawn white, as wide as the others."""
     viewer, widget, image, boxes, _ = case
     base = [float(w) for w in boxes.edge_width]
@@ -741,7 +741,7 @@ def test_the_current_finding_s_box_is_drawn_white_at_its_width(case) -> None:
 
 
 def test_the_mark_with_boxes_selected_and_on_a_recoloured_reviewed_layer(case) -> None:
-    """Review 2026-12-07: with the reader's box selected, moving on left two boxes white (napari's setter of the
+    """Regression: with the reader's box selected, moving on left two boxes white (napari's setter of the
     new-box colour recolours the selection), or none; and a box drawn on the reviewed layer recoloured it by status,
     wiping the current box's mark, which the earlier widened outline had survived."""
     viewer, widget, image, boxes, _ = case
@@ -765,7 +765,7 @@ def test_the_mark_with_boxes_selected_and_on_a_recoloured_reviewed_layer(case) -
 
 
 def test_a_box_moved_by_hand_on_the_dock_s_layer_stays_its_finding(case) -> None:
-    """Walkthrough 2026-12-07: moving a pending box on the Denoise dock's lesions layer (not with Edit) dropped its
+    """Regression: moving a pending box on the Denoise dock's lesions layer (not with Edit) dropped its
     finding and listed the box as a new one (another id); a rejected one came back pending. The dock's detection key
     of each box (its ``detection`` feature) keeps a moved box its id and status (kept boxes move with Edit)."""
     viewer, widget, image, boxes, _ = case
@@ -785,7 +785,7 @@ def test_a_box_moved_by_hand_on_the_dock_s_layer_stays_its_finding(case) -> None
 
 
 def test_a_kept_box_moved_on_the_dock_s_layer_moves_its_reviewed_box(case) -> None:
-    """Left alone 2026-12-07, mended the next session: an accepted box moved on the lesions layer (not with Edit)
+    """Regression: an accepted box moved on the lesions layer (not with Edit)
     showed twice, the kept box where it was and the moved one as a new pending finding. It stays its finding,
     edited, and its box on the reviewed layer follows."""
     viewer, widget, image, boxes, _ = case
@@ -806,7 +806,7 @@ def test_a_kept_box_moved_on_the_dock_s_layer_moves_its_reviewed_box(case) -> No
 
 
 def test_a_box_picked_on_the_canvas_is_the_one_decided(case) -> None:
-    """napari audit 2026-12-07: with row 0 selected, the reader clicked another box with napari's select tool and
+    """Regression: with row 0 selected, the reader clicked another box with napari's select tool and
     pressed A: finding 0 was accepted, the clicked one stayed pending. The picked box becomes the current row."""
     viewer, widget, image, boxes, _ = case
     widget.select(0)
@@ -827,7 +827,7 @@ def test_a_box_picked_on_the_canvas_is_the_one_decided(case) -> None:
 
 
 def test_the_status_bar_hint_says_what_the_keys_do_on_the_boxes_layer(case) -> None:
-    """napari audit 2026-12-07: with the lesions layer active napari's hint still read "use <R> for add rectangles"
+    """Regression: with the lesions layer active napari's hint still read "use <R> for add rectangles"
     and "use <7> for transform", while R rejected a finding and 7 set the abdomen window."""
     from napari_lidnet._widgets.navigator import REVIEW_HINT
     from napari_lidnet._widgets.reading_room import PRESET_HINT
@@ -874,7 +874,7 @@ def test_the_mark_survives_the_score_colours_and_dimming(make_napari_viewer, tmp
 
 
 def test_deeplesion_boxes_measure_their_recist_diameters_not_their_padded_sides(make_napari_viewer, deeplesion_tree):
-    """Walkthrough 2026-12-06: DeepLesion pads each box 5 px beyond the RECIST axes; the navigator gave a 4.9 mm
+    """Regression: DeepLesion pads each box 5 px beyond the RECIST axes; the navigator gave a 4.9 mm
     lesion as 11.9 mm (the box). Its long/short are the table's diameters (5 and 3 px at 0.7 mm here)."""
     from napari_lidnet.io.deeplesion import read_deeplesion_slice
     from napari_lidnet.layer_data import volume_layer_tuples
@@ -899,7 +899,7 @@ def test_deeplesion_boxes_measure_their_recist_diameters_not_their_padded_sides(
 
 
 def test_stepping_through_findings_side_by_side_says_where_the_box_is(case) -> None:
-    """Walkthrough 2026-12-06: in Compare (napari's grid, the two images alone) a jump moved to the finding but no
+    """Regression: in Compare (napari's grid, the two images alone) a jump moved to the finding but no
     box showed, without a word; the status says the box is at the centre and that Flip shows it."""
     viewer, widget, image, boxes, _ = case
     viewer.grid.enabled, boxes.visible = True, False  # as Compare leaves them
@@ -912,7 +912,7 @@ def test_stepping_through_findings_side_by_side_says_where_the_box_is(case) -> N
 
 
 def test_the_review_export_says_when_centres_are_not_patient_coordinates(make_napari_viewer, tmp_path: Path) -> None:
-    """Review 2026-12-06: for a source without a patient position the review file's units still called the centre
+    """Regression: for a source without a patient position the review file's units still called the centre
     column patient LPS coordinates."""
     import json
 

@@ -146,7 +146,7 @@ def test_bad_files_get_one_line(tmp_path: Path) -> None:
 
 
 def test_a_header_without_orientation_is_flagged(tmp_path: Path) -> None:
-    """Without a qform or sform code the volume is shown in its stored voxel order (walkthrough 2026-12-06: it was
+    """Without a qform or sform code the volume is shown in its stored voxel order (not
     mirrored by Analyze's radiological guess, without a word) and a derived file keeps that order."""
     stored = np.arange(8 * 6 * 3, dtype=np.float32).reshape(8, 6, 3) - 100  # (i, j, k), no symmetry
     img = nib.Nifti1Image(stored, np.diag([0.7, 0.7, 2.5, 1]))
@@ -182,7 +182,7 @@ def test_plugin_reader_and_cli_take_nifti(dicom_volume: CTVolume, tmp_path: Path
 
 
 def test_a_series_with_a_gap_is_not_written_to_a_uniform_grid(tmp_path: Path, monkeypatch, capsys) -> None:
-    """Review 2026-12-05: two slices missing from a series (a 7.5 mm gap in 2.5 mm slices) went to NIfTI on the
+    """Regression: two slices missing from a series (a 7.5 mm gap in 2.5 mm slices) went to NIfTI on the
     median spacing, the slices above the gap 5 mm off. A uniform-grid output is refused, in one line, before the
     model runs; a DICOM series keeps every slice's own position."""
     z = [0.0, 2.5, 5.0, 12.5, 15.0, 17.5]
@@ -209,7 +209,7 @@ def test_a_series_with_a_gap_is_not_written_to_a_uniform_grid(tmp_path: Path, mo
 
 
 def test_box_centres_in_patient_mm_find_the_same_voxel_in_a_ras_file(dicom_volume: CTVolume, tmp_path: Path) -> None:
-    """Review 2026-12-05: box pixels follow the reader's grid, which mirrors a RAS-stored file's voxel order, and
+    """Regression: box pixels follow the reader's grid, which mirrors a RAS-stored file's voxel order, and
     nothing else located them. The lps_* columns are patient mm: through the file's own affine they land on the
     voxel of the same value, and for the DICOM series on the slice's own position."""
     import json
@@ -236,7 +236,7 @@ def test_box_centres_in_patient_mm_find_the_same_voxel_in_a_ras_file(dicom_volum
 
 
 def test_what_nibabel_fixes_in_a_header_is_a_note_not_a_stray_line(tmp_path: Path, capfd) -> None:
-    """Review 2026-12-05: a header with voxel size 0 made nibabel print an unprefixed line, and the 1 mm it
+    """Regression: a header with voxel size 0 made nibabel print an unprefixed line, and the 1 mm it
     assumed was said nowhere. It is now one of the reader's notes (a warning the command line prints)."""
     img = nib.Nifti1Image(np.full((4, 5, 6), -1000.0, np.float32), np.eye(4))
     img.header["pixdim"][1:4] = 0
@@ -248,7 +248,7 @@ def test_what_nibabel_fixes_in_a_header_is_a_note_not_a_stray_line(tmp_path: Pat
 
 
 def test_a_sform_gives_the_voxel_size_when_pixdim_is_zero(tmp_path: Path) -> None:
-    """Review 2026-12-06: a file whose sform holds 0.7 x 0.7 x 2 mm but whose unused pixdim[3] was 0 was read at
+    """Regression: a file whose sform holds 0.7 x 0.7 x 2 mm but whose unused pixdim[3] was 0 was read at
     the right size yet marked "sizes in mm assume 1 mm voxels", and measured in pixels. Only a geometry that rests
     on the zeroed voxel sizes (no usable sform) is an assumption."""
     from napari_lidnet.io.volume import known_pixel_mm
@@ -270,7 +270,7 @@ def test_a_sform_gives_the_voxel_size_when_pixdim_is_zero(tmp_path: Path) -> Non
 
 
 def test_a_nifti_of_whole_hu_gives_a_nifti_of_whole_hu(dicom_volume: CTVolume, tmp_path: Path) -> None:
-    """Review 2026-12-05: every NIfTI output was float32, a 34 MB int32 scan gave a 107 MB .nii.gz. Read from a file
+    """Regression: every NIfTI output was float32, a 34 MB int32 scan gave a 107 MB .nii.gz. Read from a file
     of integers, a derived file stores int16 whole HU (rounded, as DICOM does); from floats, float32 as before."""
     src = as_ras_nifti(dicom_volume, tmp_path / "int.nii.gz", np.int16, inter=-1024.0)
     vol = read_nifti(src)
@@ -373,7 +373,7 @@ def test_sizes_and_masks_are_refused_from_the_header_before_the_pixels_are_read(
 
 
 def test_a_file_without_a_voxel_size_gives_outputs_without_one(tmp_path: Path, capsys) -> None:
-    """Review 2026-12-06: a NIfTI with voxel size 0 (and no sform) was denoised into a file whose header claimed
+    """Regression: a NIfTI with voxel size 0 (and no sform) was denoised into a file whose header claimed
     1.0 mm as if measured. The derived file keeps the source's "unknown" (no sform or qform, pixdim 0): read back,
     it says its 1 mm is assumed, as the source did."""
     from napari_lidnet.cli import main
@@ -398,7 +398,7 @@ def test_a_file_without_a_voxel_size_gives_outputs_without_one(tmp_path: Path, c
 
 @pytest.mark.parametrize("codes", [(0, 2), (1, 0), (2, 4)])
 def test_a_current_slice_of_a_nifti_file_keeps_its_header_codes(tmp_path: Path, codes: tuple[int, int]) -> None:
-    """Walkthrough 2026-12-06: the Denoise dock's "current slice" export of a NIfTI source (one slice: not the file's
+    """Regression: the Denoise dock's "current slice" export of a NIfTI source (one slice: not the file's
     grid, so not written in its voxel order) wrote qform/sform codes 1/1 whatever the file said (2: aligned to
     another scan, 4: a template; 0: not given). The file's codes stay; the slice is placed where it was."""
     from napari_lidnet.layer_data import volume_from_layer, volume_to_layer_tuple
@@ -419,7 +419,7 @@ def test_a_current_slice_of_a_nifti_file_keeps_its_header_codes(tmp_path: Path, 
 
 
 def test_a_folder_of_nifti_files_alone_is_not_called_empty(tmp_path, capsys):
-    """Walkthrough 2026-12-06: `lidnet index` / `train` on a folder of NIfTI files said "folder is empty"."""
+    """Regression: `lidnet index` / `train` on a folder of NIfTI files said "folder is empty"."""
     import nibabel as nib
 
     from napari_lidnet.cli import main
@@ -433,7 +433,7 @@ def test_a_folder_of_nifti_files_alone_is_not_called_empty(tmp_path, capsys):
 
 
 def test_a_2d_nifti_slice_is_written_back_2d(tmp_path: Path) -> None:
-    """Walkthrough 2026-12-06: a 512 x 512 NIfTI slice came back 512 x 512 x 1."""
+    """Regression: a 512 x 512 NIfTI slice came back 512 x 512 x 1."""
     stored = (np.arange(32 * 24, dtype=np.int16).reshape(32, 24) - 300).astype(np.int16)
     nib.save(nib.Nifti1Image(stored, np.diag([0.7, 0.7, 2.5, 1])), str(tmp_path / "slice.nii.gz"))
     vol = read_nifti(tmp_path / "slice.nii.gz")
@@ -443,7 +443,7 @@ def test_a_2d_nifti_slice_is_written_back_2d(tmp_path: Path) -> None:
 
 
 def test_a_2d_nifti_slices_boxes_carry_no_dicom_columns(tmp_path: Path) -> None:
-    """Review 2026-12-07: a one-slice NIfTI's boxes had the DICOM-only ``z_mm`` (ImagePositionPatient z) beside
+    """Regression: a one-slice NIfTI's boxes had the DICOM-only ``z_mm`` (ImagePositionPatient z) beside
     ``lps_z_mm``, a column a NIfTI volume's boxes do not have."""
     from napari_lidnet.io.boxes_io import slice_columns
 

@@ -20,7 +20,7 @@ def _scan(own: float, size: int = 128, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize(("own", "dose"), [(12.0, 0.25), (60.0, 0.25), (60.0, 0.1)])
 def test_the_inserted_noise_is_the_scans_own_at_the_dose(own, dose):
-    """Review 2026-12-06: one step of SD ~ 1/sqrt(photons) overshot by 22-71% on noisy scans (few photons:
+    """Regression: one step of SD ~ 1/sqrt(photons) overshot by 22-71% on noisy scans (few photons:
     electronic noise and starvation grow faster). The count is refined from probes: within 10% of own x
     sqrt(1/dose - 1), and said."""
     vol = np.stack([_scan(own, seed=s) for s in range(3)])

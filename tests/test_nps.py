@@ -126,7 +126,7 @@ def test_the_radial_average_starts_at_the_first_frequency_and_labels_rings_by_th
 
 
 def test_a_negative_pixel_size_is_a_size_and_zero_is_refused() -> None:
-    """Review 2026-12-06: a layer flipped by a negative scale gave a negative NPS."""
+    """Regression: a layer flipped by a negative scale gave a negative NPS."""
     region = np.random.default_rng(0).normal(0, 10, (64, 64))
     flipped, plain = nps_2d(region, (-0.5, 0.8)), nps_2d(region, (0.5, 0.8))
     np.testing.assert_allclose(flipped.nps, plain.nps)

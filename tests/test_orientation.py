@@ -184,7 +184,7 @@ def test_releasing_the_room_gives_napari_its_view_back(make_napari_viewer) -> No
 
 
 def test_a_feet_first_series_lies_at_its_patient_z_beside_a_head_first_one(make_napari_viewer, tmp_path: Path) -> None:
-    """Review 2026-12-06: a feet-first series (rows running to the patient's right, so its slices sort from head
+    """Regression: a feet-first series (rows running to the patient's right, so its slices sort from head
     to feet) was placed from its first slice upwards: the viewer's z ran against the patient's, and a head-first
     series of the same positions lay mirrored beside it. Now every slice sits at its own patient z, and one slider
     position shows the same anatomy in both (columns as each series stores them); the letters follow."""

@@ -32,7 +32,7 @@ def test_sample_denoised_and_lesions_boxed_through_the_manifest(make_napari_view
     _, roi = viewer.window.add_plugin_dock_widget(PLUGIN, "ROI compare")
     viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
     viewer.window.add_plugin_dock_widget(PLUGIN, "Load CT")
-    assert widget.image_combo.currentText() == LOW  # the image opened to denoise, not its reference (review 12-06)
+    assert widget.image_combo.currentText() == LOW  # the image opened to denoise, not its reference
     widget.scope_combo.setCurrentText("all slices")
     widget.device_combo.setCurrentText("cpu")
     assert widget.threshold == pytest.approx(default_threshold(default_model("detector").card), abs=0.006)

@@ -136,7 +136,7 @@ def test_written_arrays_keep_their_voxel_size(tmp_path):
 
 
 def test_written_arrays_keep_the_patient_geometry_they_were_given(tmp_path):
-    """Walkthrough 2026-12-06: a denoised DICOM series saved as .npz lost its origin and directions (no R/L letters,
+    """Regression: a denoised DICOM series saved as .npz lost its origin and directions (no R/L letters,
     positions from 0). Written with them, .npz and TIFF give them back (the letters with them); a malformed
     direction is refused in one line; an array written without them still says nothing of the patient."""
     from napari_lidnet.io.arrays import write_array
@@ -155,7 +155,7 @@ def test_written_arrays_keep_the_patient_geometry_they_were_given(tmp_path):
     np.savez(tmp_path / "skew.npz", hu=hu, spacing=[2.5, 0.66, 0.7], origin=origin, direction=np.ones((3, 3)))
     with pytest.raises(ValueError, match="skew.npz: origin .* must be 3 positions"):
         read_array(tmp_path / "skew.npz")
-    tilt = np.radians(15)  # review 2026-12-06: a gantry-tilted series' sheared axes were written and then refused
+    tilt = np.radians(15)  # a gantry-tilted series' sheared axes must not be written and then refused
     tilted = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, np.sin(tilt)], [0.0, 0.0, np.cos(tilt)]])
     write_array(tmp_path / "tilt.tif", hu, (2.5, 0.66, 0.7), origin, tilted)
     np.testing.assert_allclose(read_array(tmp_path / "tilt.tif").direction, tilted)
@@ -166,7 +166,7 @@ def test_written_arrays_keep_the_patient_geometry_they_were_given(tmp_path):
 
 @pytest.mark.parametrize(("unit", "per_mm"), [("mm", 1.0), ("micron", 1e-3), ("cm", 10.0)])
 def test_an_imagej_tiff_keeps_its_voxel_size(tmp_path, unit, per_mm):
-    """Review 2026-12-06: a Fiji/ImageJ stack (pixel size in its resolution tags per its unit, slice spacing in its
+    """Regression: a Fiji/ImageJ stack (pixel size in its resolution tags per its unit, slice spacing in its
     description) opened as 1 x 1 x 1 mm with "the file stores no pixel spacing"; a TIFF with images of other sizes
     opened the first without a word."""
     import tifffile
@@ -253,7 +253,7 @@ def test_files_opened_as_a_stack_in_napari_give_one_volume(make_napari_viewer, t
 
 
 def test_an_imagej_stack_of_1_mm_slices_keeps_its_pixel_size(tmp_path):
-    """Diff review 2026-12-06: ImageJ writes no "spacing" line for a depth of 1 (its default): such a stack lost its
+    """Regression: ImageJ writes no "spacing" line for a depth of 1 (its default): such a stack lost its
     0.7 mm pixels and read as 1 x 1 x 1 mm "assumed"."""
     import tifffile
 

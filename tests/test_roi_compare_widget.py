@@ -116,7 +116,7 @@ def test_table_matches_pure_functions_refreshes_and_exports(make_napari_viewer, 
     wait_new(qtbot, widget, gen)
     assert widget.table.rowCount() == 4
     headers = [widget.table.horizontalHeaderItem(i).text() for i in range(widget.table.columnCount())]
-    assert {"mean HU", "SD (HU)", "RMSE (HU)", "PSNR (dB)"} <= set(headers)  # units on screen (review 2026-12-05)
+    assert {"mean HU", "SD (HU)", "RMSE (HU)", "PSNR (dB)"} <= set(headers)  # units on screen
 
     # plots run on every kind without raising
     for kind in range(widget.plot_kind.count()):
@@ -466,7 +466,7 @@ def test_a_ct_whose_pixel_size_was_assumed_is_measured_in_pixels(make_napari_vie
 
 
 def test_each_row_says_only_its_own_placement_and_a_mirrored_copy_is_named() -> None:
-    """Review 2026-12-06: a 2D region over three 3D images gave every row the slice notes of all three ("slice 3;
+    """Regression: a 2D region over three 3D images gave every row the slice notes of all three ("slice 3;
     slice -8; slice -3"); and a copy of a series stored with its columns reversed (a feet-first or prone storage,
     shown as stored) was measured at the region's viewer place, on other anatomy, without a word."""
     from napari.layers import Image, Shapes
@@ -518,7 +518,7 @@ def test_a_region_picked_by_index_is_the_one_there_now(make_napari_viewer, qtbot
 
 
 def test_a_background_picked_right_after_drawing_is_kept(make_napari_viewer, qtbot, images2d) -> None:
-    """A walkthrough drew two regions and picked the background before the table's first refresh: the pickers were
+    """Regression: two regions drawn and the background picked before the table's first refresh: the pickers were
     still empty, so "(none)" was kept silently and every CNR cell stayed blank. The pickers list "(none)" from the
     start and a region drawn since the last refresh can be picked at once."""
     _clean, noisy = images2d
@@ -539,7 +539,7 @@ def test_a_background_picked_right_after_drawing_is_kept(make_napari_viewer, qtb
 
 
 def test_a_scans_own_annotations_are_offered_not_picked(make_napari_viewer, qtbot) -> None:
-    """Walkthrough 2026-12-07: on the sample ROI compare picked the 16 ground-truth boxes before anything was drawn
+    """Regression: on the sample ROI compare picked the 16 ground-truth boxes before anything was drawn
     (48 rows, its bar labels overprinted into one strip). They are offered; picked once the reader edits them, and a
     drawn ROI layer is picked as before. Many regions' labels stand upright, at most 20 of them."""
     from napari_lidnet._sample_data import TRUTH_NAME, sample_abdomen
@@ -585,7 +585,7 @@ def test_the_regions_fall_back_to_the_layer_drawn_on_before(make_napari_viewer, 
 
 
 def test_the_navigator_s_reviewed_boxes_do_not_take_over_the_regions(make_napari_viewer, qtbot, images2d):
-    """napari audit 2026-12-07: one Accept in the navigator (which writes its reviewed layer) switched ROI compare
+    """Regression: one Accept in the navigator (which writes its reviewed layer) switched ROI compare
     from the reader's two regions to the reviewed layer's box."""
     clean, _ = images2d
     viewer = make_napari_viewer()
@@ -602,7 +602,7 @@ def test_the_navigator_s_reviewed_boxes_do_not_take_over_the_regions(make_napari
 
 
 def test_the_reference_is_the_recorded_normal_dose_image_not_one_of_its_name(make_napari_viewer, images2d):
-    """napari audit 2026-12-07: a second study's low dose took the first study's normal dose (recorded by name) as
+    """Regression: a second study's low dose took the first study's normal dose (recorded by name) as
     its reference, and a renamed normal dose was lost. The fingerprint recorded beside the name decides."""
     from napari_lidnet._widgets._roles import normal_dose_of
     from napari_lidnet.layer_data import data_key
@@ -622,7 +622,7 @@ def test_the_reference_is_the_recorded_normal_dose_image_not_one_of_its_name(mak
     assert normal_dose_of(low1, viewer.layers) == full1  # renamed, still its reference
     viewer.layers.remove(full2)
     assert normal_dose_of(low2, viewer.layers) is None  # gone: not the other study's "full"
-    # review 2026-12-07: every image was fingerprinted, the Denoise dock's lazy removed-noise overlay computed whole
+    # not every image is fingerprinted: the Denoise dock's lazy removed-noise overlay would be computed whole
     import dask.array as da
 
     computed = []

@@ -64,7 +64,7 @@ def test_polygon_area_shoelace():
 
 
 def test_a_polygon_on_a_rectangles_corners_holds_the_rectangles_pixels():
-    """A walkthrough drew the same four corners as a rectangle (810 px) and as a polygon (868 px): the polygon
+    """Regression: the same four corners drawn as a rectangle (810 px) and as a polygon (868 px): the polygon
     counted the pixel centres on all four sides. Both now hold the centres on the top and left sides only, also
     rotated in order, and a concave polygon's notch is left out."""
     corners = rect(40, 60, 67, 90)  # rows 40..67, columns 60..90 on pixel centres
@@ -124,7 +124,7 @@ def test_snr_cnr_formulas_and_rows():
 
 
 def test_snr_is_not_given_for_air_fat_or_water():
-    """Walkthrough 2026-12-06: an ROI in air read "SNR -52". HU is relative to water, so mean / SD means nothing at
+    """Regression: an ROI in air read "SNR -52". HU is relative to water, so mean / SD means nothing at
     or below 0 HU: the row leaves SNR blank and says why; tissue above 0 HU keeps it."""
     rng = np.random.default_rng(2)
     img = rng.normal(0, 20.0, (60, 60))
@@ -163,7 +163,7 @@ def test_psnr_ssim_in_rectangle_match_skimage_on_crop():
 
 
 def test_ssim_of_a_lesion_sized_region_uses_all_its_pixels():
-    """Physicist's audit 2026-12-06: a 10x10 region's SSIM averaged 16 of its 100 pixels (those 3 px inside its
+    """Regression: a 10x10 region's SSIM averaged 16 of its 100 pixels (those 3 px inside its
     own bounding box), so it described the region's centre. Every pixel counts now, each with its own window;
     only pixels whose window leaves the image are left out."""
     rng = np.random.default_rng(7)
@@ -366,7 +366,7 @@ def test_a_region_outside_the_psnr_window_says_so():
     regions = [Region("lung", "rectangle", rect(8, 40, 24, 56)), Region("mixed", "rectangle", rect(8, 20, 24, 36)),
                Region("tissue", "rectangle", rect(8, 4, 24, 20))]  # fmt: skip
     rows = {r["region"]: r for r in compare_regions(images, regions, reference="ref", window=(-160.0, 240.0))}
-    lung = rows["lung"]  # walkthrough 2026-12-06: it read RMSE 0, PSNR inf, SSIM 1 for images that differ there
+    lung = rows["lung"]  # not RMSE 0, PSNR inf, SSIM 1 for images that differ there
     assert "the reference in the region is all outside the PSNR/SSIM window -160..240 HU" in lung["note"]
     assert all(np.isnan(lung.get(k, np.nan)) for k in ("rmse", "psnr", "ssim")) and np.isfinite(lung["sd"])
     mostly = next(r for r in compare_regions(images, [Region("edge", "rectangle", rect(8, 26, 24, 42))], "ref",
@@ -378,11 +378,11 @@ def test_a_region_outside_the_psnr_window_says_so():
 
 
 def test_a_reference_noisier_than_the_image_is_said():
-    """Walkthrough 2026-12-06: against a normal-dose chest with 37 HU of its own noise, the low-dose copy scored
+    """Regression: against a normal-dose chest with 37 HU of its own noise, the low-dose copy scored
     PSNR 32.6 dB and the fully denoised image 21.2: the metrics rewarded keeping noise, without a word. A row now
     says when the reference's slice is at least twice as noisy as the image's (flat tissue of each): the denoised
-    image's rows, not the low-dose copy's (noisier than its reference) nor an image as noisy as it (review: a note
-    from the region's error alone fired on independent images)."""
+    image's rows, not the low-dose copy's (noisier than its reference) nor an image as noisy as it (a note
+    from the region's error alone would fire on independent images)."""
     rng = np.random.default_rng(7)
     clean = np.full((128, 128), 40.0, np.float32)
     clean[40:80, 40:80] = 90.0
@@ -399,7 +399,7 @@ def test_a_reference_noisier_than_the_image_is_said():
 
 
 def test_a_uniform_region_says_why_it_has_no_snr():
-    """Walkthrough 2026-12-06: a region of SD 0 left the SNR cell blank without a word, and the table printed 0 as
+    """Regression: a region of SD 0 left the SNR cell blank without a word, and the table printed 0 as
     "0" beside "0.005372" and "4.62"."""
     from napari_lidnet._widgets._roi_table import format_value
 

@@ -33,7 +33,7 @@ def test_sample_layers_in_viewer(make_napari_viewer, small_sample):
     assert low.metadata["normal_dose"] == sd.FULL_NAME  # ROI compare's default reference
     assert all(tuple(ly.axis_labels) == ("z", "y", "x") for ly in (low, full, truth))
     assert viewer.dims.axis_labels == ("z", "y", "x")  # not "-3", "-2", "-1"
-    names = [ly.name for ly in viewer.layers]  # the low dose is drawn over its reference (walkthrough 2026-12-06)
+    names = [ly.name for ly in viewer.layers]  # the low dose is drawn over its reference
     assert names.index(sd.LOW_NAME) > names.index(sd.FULL_NAME) and low.visible and low.opacity == 1
     # low dose is the noisier image of the same anatomy
     body = full.data > -500

@@ -145,7 +145,7 @@ def test_a_told_model_is_given_the_sd_instead_of_a_blend() -> None:
 
 
 def test_leaving_a_noise_sd_shows_that_sd_in_flat_tissue() -> None:
-    """Walkthrough 2026-12-06: on a real chest the default took flat tissue from 58.7 to 4 HU of noise, a waxy image
+    """Regression: on a real chest the default took flat tissue from 58.7 to 4 HU of noise, a waxy image
     a reader may not accept. ``leave_sd`` blends the input back so that the output's flat tissue shows that SD, as
     the Denoise dock reads it (``noise_sd``), slice by slice; at or above the input's noise, the input itself."""
     rng = np.random.default_rng(4)
@@ -172,7 +172,7 @@ def test_leaving_a_noise_sd_shows_that_sd_in_flat_tissue() -> None:
 
 
 def test_a_slice_without_body_keeps_the_strength_asked_for() -> None:
-    """Review 2026-12-06: on a crop of lung alone (nothing above -500 HU) the residual's SD was NaN, and removing
+    """Regression: on a crop of lung alone (nothing above -500 HU) the residual's SD was NaN, and removing
     1 HU of 30 removed all the noise, as did leaving 10 HU. The field of view stands in for the body there."""
     rng = np.random.default_rng(2)
     den = np.full((128, 128), -850.0, np.float32)

@@ -166,8 +166,8 @@ def test_stop_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert "the checkpoint at step 5 of round1-denoiser" in records[-1]["message"]
     last, _ = load_weights(tmp_path / "cut" / "last_denoiser")  # the checkpoint kept at the stop is loadable
     again = Trainer(_config(tmp_path / "cut"), samples)
-    assert again.resume_line() == (  # what `lidnet train` says first (walkthrough 2026-12-06: nothing; the audit
-        f"resuming the run in {tmp_path / 'cut'}: 2 stage(s) finished (80 of 110 steps); "  # of 2026-12-07: from
+    assert again.resume_line() == (  # what `lidnet train` says first (which stages are done
+        f"resuming the run in {tmp_path / 'cut'}: 2 stage(s) finished (80 of 110 steps); "  # and from
         "round1-denoiser goes on from its checkpoint at step 5 of 10"), again.resume_line()  # which step)
     other = Trainer(_config(tmp_path / "cut", lr=1e-3), samples).resume_line()  # the stage under way keeps its rate
     assert other.endswith("--lr 0.001 (the run's 0.003) apply to the stages not started yet (a stage under way goes "
@@ -176,13 +176,13 @@ def test_stop_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert (resumed[0]["stage"], resumed[0]["step"], resumed[0]["stage_step"]) == ("round1-denoiser", 86, 6)
     _same_weights(tmp_path / "full", tmp_path / "cut")
     assert not list((tmp_path / "cut").glob("partial_*"))  # the stage finished: its partial checkpoint is gone
-    # the finished run again, with another rate: it says the rate changes nothing (a walkthrough's re-run was silent)
+    # the finished run again, with another rate: it says the rate changes nothing (not a silent re-run)
     line = Trainer(_config(tmp_path / "cut", lr=5e-3), samples).resume_line()
     assert line.endswith("; --lr 0.005 (the run's 0.003) apply to nothing: no step is left to run"), line
 
 
 def test_a_resumed_stage_goes_on_with_its_own_batch_size(tmp_path, monkeypatch):
-    """CLI audit 2026-12-07: a resume with a new --batch-size said a stage under way goes on at its own, yet the rest
+    """Regression: a resume with a new --batch-size said a stage under way goes on at its own, yet the rest
     of that stage drew batches of the new size (and skipped the first steps' batches of that new sequence). The
     stage under way keeps the settings it was trained with; the stages after it take the new ones."""
     import napari_lidnet._training.trainer as trainer_module
@@ -244,7 +244,7 @@ def test_a_crash_resumes_from_the_last_checkpoint_inside_the_stage(tmp_path):
 
 
 def test_a_torn_checkpoint_leaves_the_one_before_it(tmp_path, monkeypatch):
-    """Review 2026-12-06: a checkpoint was written over the only one in place, so a kill mid-write (or a second
+    """Regression: a checkpoint was written over the only one in place, so a kill mid-write (or a second
     Ctrl-C) lost the whole stage's steps. Checkpoints alternate between two slots: a torn newest one leaves the one
     before it, which the resume takes; and a second Ctrl-C during a write waits until it is whole."""
     import napari_lidnet._training.partial as partial_module
@@ -279,7 +279,7 @@ def test_a_torn_checkpoint_leaves_the_one_before_it(tmp_path, monkeypatch):
 
 
 def test_a_checkpoint_of_an_earlier_version_still_resumes(tmp_path):
-    """Review 2026-12-06: a run folder whose in-stage checkpoint has the earlier single-set names (partial_optim,
+    """Regression: a run folder whose in-stage checkpoint has the earlier single-set names (partial_optim,
     partial_<network>) was started over without a word. It is read as a third slot."""
     samples = _samples()
     list(Trainer(_config(tmp_path / "full"), samples).run())
@@ -293,7 +293,7 @@ def test_a_checkpoint_of_an_earlier_version_still_resumes(tmp_path):
 
 
 def test_an_error_of_a_write_is_not_hidden_by_a_held_back_ctrl_c():
-    """Review 2026-12-06: a second Ctrl-C held back during a checkpoint write turned the write's own error (a full
+    """Regression: a second Ctrl-C held back during a checkpoint write turned the write's own error (a full
     disk) into a KeyboardInterrupt, so its message was never said."""
     from napari_lidnet.io.interrupts import interrupt_now, uninterrupted
 
@@ -311,7 +311,7 @@ class _Killed(BaseException):
 
 
 def test_a_kill_between_the_first_stages_two_saves_resumes(tmp_path, monkeypatch):
-    """Review 2026-12-06: killed after the first stage's last_denoiser was written and before last_detector existed,
+    """Regression: killed after the first stage's last_denoiser was written and before last_detector existed,
     a run could never resume ('weights card not found: .../last_detector.json'), and the failed resume had already
     dropped the stage's in-stage checkpoint. The detector no stage has trained is the run's start: it resumes, and
     ends as an uninterrupted run."""
@@ -355,7 +355,7 @@ def test_bad_settings_and_data_are_refused(tmp_path):
     no_lesions = [Sample(s.name, s.full_hu, s.low_hu, np.zeros((0, 4), np.float32), 0.7) for s in _samples()]
     with pytest.raises(ValueError, match="lesion"):
         Trainer(_config(tmp_path / "b"), no_lesions)
-    # pixel mode on slices without boxes (walkthrough 2026-12-06: it pretrained and exported a detector that boxed
+    # pixel mode on slices without boxes (otherwise it pretrains and exports a detector that boxes
     # nothing): the detector stage is refused; without it the denoiser trains
     with pytest.raises(ValueError, match="no lesion boxes: the detector's 20 pretraining steps would learn from none"):
         Trainer(_config(tmp_path / "b", mode="pixel"), no_lesions)
@@ -395,7 +395,7 @@ def test_roi_perceptual_loss_on_predicted_boxes(tmp_path):
 
 
 def test_a_stop_during_the_validation_after_a_stage_counts_its_lost_steps(tmp_path, monkeypatch):
-    """CLI audit 2026-12-07: a double Ctrl-C during the validation after a stage said only that the checkpoint at
+    """Regression: a double Ctrl-C during the validation after a stage said only that the checkpoint at
     step 15 was kept; the 5 steps after it, which the stage had finished but not yet saved, are lost too."""
     trainer = Trainer(_config(tmp_path / "r", checkpoint_every=15), _samples())
     real, calls = trainer.validate, {"n": 0}
@@ -467,7 +467,7 @@ def test_a_run_folder_locked_by_another_process_is_refused_until_it_ends(tmp_pat
         holder.wait()
     assert list(Trainer(_config(folder, rounds=0), _samples()).run())[-1]["stage"] == "finished"
     # a run's folder (its state written) in use: refused when the trainer is made, before its state is read (the
-    # CLI said "resuming the run in ..." first; audit 2026-12-07)
+    # CLI must not say "resuming the run in ..." first)
     holder = subprocess.Popen(holder.args, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -483,7 +483,7 @@ def _no_boxes(samples: list[Sample]) -> list[Sample]:
 
 
 def test_lidnet_mode_trains_a_normal_dose_archive_on_inserted_lesions(tmp_path):
-    """Review 2026-12-05a: a lab's normal-dose archive has no boxes, and LIDnet mode was refused even with
+    """Regression: a lab's normal-dose archive has no boxes, and LIDnet mode was refused even with
     inserted lesions (whose boxes it trains on): the way to continue the shipped pair the README gives. The loss
     weights are now calibrated on patches with inserted lesions, and the rounds use the detection and ROI terms."""
     cfg = dict(pretrain_denoiser_steps=2, pretrain_detector_steps=2, rounds=1, denoiser_steps=3, detector_steps=2)
@@ -498,7 +498,7 @@ def test_lidnet_mode_trains_a_normal_dose_archive_on_inserted_lesions(tmp_path):
 
 
 def test_a_card_says_what_the_run_started_from_and_keeps_the_threshold(tmp_path):
-    """Review 2026-12-05a: the cards named the starting weights without a hash, gave ``--denoiser``'s default
+    """Regression: the cards named the starting weights without a hash, gave ``--denoiser``'s default
     instead of the architecture trained, kept only the last command, and a trained detector lost its calibrated
     threshold (the plugin then used 0.3 instead of the calibrated 0.48 without a word)."""
     from napari_lidnet.models.detector import LesionDetector
@@ -526,7 +526,7 @@ def test_a_card_says_what_the_run_started_from_and_keeps_the_threshold(tmp_path)
 
 
 def test_a_resume_says_finished_stages_keep_their_step_counts(tmp_path):
-    """Review 2026-12-05a: more steps for a finished stage on resume were ignored with 'finished' and rc 0."""
+    """Regression: more steps for a finished stage on resume were ignored with 'finished' and rc 0."""
 
     samples = _samples()
     cfg = dict(mode="pixel", pretrain_detector_steps=0, rounds=0)
@@ -538,7 +538,7 @@ def test_a_resume_says_finished_stages_keep_their_step_counts(tmp_path):
     assert again[0]["stage"] != "setup"  # the count it finished with: no note (it compared with the last run's)
     assert read_card(tmp_path / "r" / "best_denoiser")["training"]["stage_steps"] == {"pretrain-denoiser": 3}
     state = json.loads((tmp_path / "r" / "state.json").read_text())
-    del state["stage_steps"]  # a run folder from before the record (review 2026-12-05c): its settings of then
+    del state["stage_steps"]  # a run folder from before the record: its settings of then
     (tmp_path / "r" / "state.json").write_text(json.dumps(state))
     list(Trainer(_config(tmp_path / "r", pretrain_denoiser_steps=9, **{**cfg, "rounds": 1}), samples).run())
     again = list(Trainer(_config(tmp_path / "r", pretrain_denoiser_steps=3, **{**cfg, "rounds": 1}), samples).run())
@@ -547,7 +547,7 @@ def test_a_resume_says_finished_stages_keep_their_step_counts(tmp_path):
 
 
 def test_every_command_that_added_steps_is_in_the_cards(tmp_path):
-    """Review 2026-12-05b: a resumed run stopped inside a stage never wrote its state, so its command (and its
+    """Regression: a resumed run stopped inside a stage never wrote its state, so its command (and its
     steps) were missing from the cards."""
 
     samples, cfg = _samples(), dict(mode="pixel", pretrain_detector_steps=0, pretrain_denoiser_steps=30, rounds=0)
@@ -602,7 +602,7 @@ def test_a_broken_state_file_is_named_in_one_line(tmp_path):
 
 
 def test_stop_during_the_start_validation_begins_no_stage(tmp_path):
-    """Review 2026-12-06b: Stop pressed while the starting weights were validated (the longest validation) still set
+    """Regression: Stop pressed while the starting weights were validated (the longest validation) still set
     up the first stage, calibrated and took a step. Now the run stops before it, with no stage begun."""
     records = list(Trainer(_config(tmp_path / "r"), _samples(), should_stop=lambda: True).run())
     assert [r["stage"] for r in records] == ["setup", "validate", "stopped"]
@@ -611,7 +611,7 @@ def test_stop_during_the_start_validation_begins_no_stage(tmp_path):
 
 
 def test_the_time_left_counts_each_networks_pace_and_the_validations_to_come(tmp_path):
-    """Review 2026-12-06: the time left followed the mean step alone, 30-45% short mid-run (validations and export
+    """Regression: the time left followed the mean step alone, 30-45% short mid-run (validations and export
     left out, denoiser steps 2-4x a detector step). A network's pace leaves out a stage's first step (its set-up and
     calibration); the validations still to come count at the time the earlier ones took."""
     from napari_lidnet._training.trainer import StepClock
@@ -646,7 +646,7 @@ def test_a_told_denoiser_is_refused_before_anything_is_written(tmp_path):
 
 
 def test_the_start_says_what_the_input_scores_and_when_the_references_are_noisy(tmp_path):
-    """Walkthrough 2026-12-06: on a real chest whose normal-dose slices carry 60 HU of noise and a low dose that adds
+    """Regression: on a real chest whose normal-dose slices carry 60 HU of noise and a low dose that adds
     13, a model that kept the noise was reported as a large PSNR gain, with no baseline and no warning. The run
     says what the low-dose input itself scores, and notes references as noisy as the low dose (not clean ones)."""
     from napari_lidnet._training.report import format_record

@@ -84,7 +84,7 @@ def _half_pair(dest: Path, name: str) -> list[Path]:
 def trained_kinds(run_dir: Path) -> list[str]:
     """The networks of a run worth exporting: those it trained (a stage of theirs ran steps) or started from a
     model (``init_*``); a network left at its random start (``--pretrain-detector-steps 0`` in a pixel run) is
-    not one (a walkthrough's export published such a detector as a model). A card without the record counts."""
+    not one (otherwise an export would publish such a detector as a model). A card without the record counts."""
     from napari_lidnet.models.weights import read_card
 
     kinds = []

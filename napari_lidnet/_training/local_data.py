@@ -318,7 +318,7 @@ def iter_samples(
     if not (yield from _detect_missing(inputs, detector, device, box_threshold, stop)):
         return []
     found = sum(len(i.boxes) for i in inputs)
-    if found < min_boxes:  # said before minutes of simulation (a walkthrough waited for it)
+    if found < min_boxes:  # said before minutes of simulation, not after them
         raise TooFewLesions(_lesion_advice(found))
     samples = []
     for k, item in enumerate(inputs):

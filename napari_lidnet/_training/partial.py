@@ -5,8 +5,8 @@ Files in the run folder, without pickle, in two slots (``a``, ``b``): ``partial_
 (:func:`save_weights`, its card naming the stage, its length and the step) and ``partial_<slot>_optim.safetensors/
 .json`` (Adam's moments and the RNG state; the JSON holds the parameter groups, the schedule, the same stage/length/
 step and the tensors' SHA-256). A checkpoint is written into the slot that does not hold the newest whole one, so a
-kill (or a second Ctrl-C) mid-write leaves that one as it was: writing over the only set in place lost the whole
-stage's steps (review 2026-12-06). A resume takes the newest slot (the single set of earlier versions, ``partial_
+kill (or a second Ctrl-C) mid-write leaves that one as it was: writing over the only set in place would lose the
+whole stage's steps. A resume takes the newest slot (the single set of earlier versions, ``partial_
 <network>``/``partial_optim``, counts as a third) whose files all name the stage to run, its length
 and the same step, with tensors matching their hash; when a slot for the stage exists and none is whole, the stage
 is run from its start (with a note). A resumed stage keeps the learning rate and schedule it was saved with.

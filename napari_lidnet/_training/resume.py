@@ -26,7 +26,7 @@ RESUME_KEYS = (
     "test_fraction",
     "split",
     # what the patches and the ROI loss are made of, read at every step, so a stage under way would change midway
-    # (review 2026-12-06: a changed --insert-lesions or --roi-boxes was taken without a word)
+    # (otherwise a changed --insert-lesions or --roi-boxes would be taken without a word)
     "insert_lesions",
     "insert_lung",
     "insert_max_mm",
@@ -115,7 +115,7 @@ TRAINING_KEYS = ("lr", "detector_lr", "round_lr_scale", "batch_size", "patch_siz
 
 def changed_settings(state: dict[str, Any], config: Any) -> list[str]:
     """``--lr 0.005 (the run's 0.0001)`` for each of :data:`TRAINING_KEYS` that ``config`` changes from the run's
-    ``state.json``: a walkthrough's re-run of a finished run with other settings changed nothing, without a word."""
+    ``state.json``, so that a re-run of a finished run with other settings does not silently change nothing."""
     saved = state.get("config") or {}
     now = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     return [f"--{key.replace('_', '-')} {now.get(key)!r} (the run's {saved[key]!r})"

@@ -7,7 +7,7 @@ held-out slices are one contiguous run of that order (validation first, then tes
 series of that patient: a second reconstruction, a copy exported twice; samples with a ``patient`` key), are left
 out; when the patient rule would leave nothing to train on (a one-patient archive), the neighbours alone are, and
 when even that would, nothing is. :func:`left_out` says what was left out (an archive of two patients trains on
-one: a walkthrough lost 56 of 84 slices without a word).
+one, so that e.g. 56 of 84 slices are not lost without a word).
 Independent 2D slices (each its own group) are then split as a seeded random subset.
 """
 

@@ -330,7 +330,7 @@ class Trainer:
 
     def _load_last(self) -> None:
         """The networks of the last finished stage. A run killed between the first stage's two saves has no
-        ``last_`` file of the network no stage has trained yet: that one is the run's start (review 2026-12-06:
+        ``last_`` file of the network no stage has trained yet: that one is the run's start (otherwise
         such a run could never resume)."""
         from napari_lidnet.models.weights import load_weights
 
@@ -566,7 +566,7 @@ class Trainer:
             yield {"stage": "setup", "message": self.device_notice, "step": done_steps, "total_steps": total}
         pending = sum(bool(getattr(s, "to_simulate", False)) for s in (*self.train_samples, *self.val_samples,
                                                                          *self.test_samples))  # fmt: skip
-        if pending:  # a walkthrough's first run said nothing for minutes while they were made
+        if pending:  # said first, or a first run is silent for minutes while they are made
             yield {"stage": "setup", "step": done_steps, "total_steps": total,
                    "message": f"{pending} slices have no low-dose partner yet: each is simulated when first used "
                               "(seconds each on a CPU, the validation slices first) and kept beside the manifest, "

@@ -142,7 +142,7 @@ class DenoiseExports:
             return None
         reviewed = [ly.name for ly in reviewed_of(self.viewer.layers, src)]
         note = (f": the detector's, unreviewed (the review on {reviewed[0]!r} exports from the Lesion navigator)"
-                if reviewed else "")  # a walkthrough sent on boxes it had rejected there  # fmt: skip
+                if reviewed else "")  # so that boxes rejected there are not sent on unawares  # fmt: skip
         edits = self._last.get("edits")
         summary = edits.summary() if edits is not None else ""  # deleted and moved as on the layer; drawn: not the
         if summary:  # detector's

@@ -110,7 +110,7 @@ class DenoiseOutputs:
 
     def _above_images(self, new: Any) -> int | None:
         """Where a first image output goes: above every image (another scan above the source would hide it), below
-        the reader's calipers, regions and boxes (added on top, the denoised image hid a walkthrough's calipers)."""
+        the reader's calipers, regions and boxes (added on top, the denoised image would hide the reader's calipers)."""
         from napari.layers import Image
 
         layers = self.viewer.layers

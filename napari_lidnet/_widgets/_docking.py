@@ -59,7 +59,7 @@ def scroll_layout(widget: QWidget) -> QVBoxLayout:
 
 def wrapping_label(text: str = "") -> QLabel:
     """A word-wrapped label that never widens its dock: a token it cannot break (a series UID, a path) is cut at
-    the dock's edge (a walkthrough's load note quoting a UID pushed Load CT's fields and buttons out of view)."""
+    the dock's edge (otherwise a load note quoting a UID pushes Load CT's fields and buttons out of view)."""
     label = QLabel(text)
     label.setWordWrap(True)
     policy = label.sizePolicy()

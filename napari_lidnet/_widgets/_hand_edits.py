@@ -1,6 +1,6 @@
 """The reader's hand edits on the Denoise dock's lesions layer, kept while the layer is redrawn: a box drawn on it (no
 detector score), a detection moved or resized, a detection deleted. The layer is redrawn from the run's boxes at
-every threshold move; before, a walkthrough's drawn box vanished and a moved one jumped back, without a word."""
+every threshold move; without these edits a drawn box would vanish and a moved one jump back, without a word."""
 
 from __future__ import annotations
 

@@ -18,8 +18,8 @@ import numpy as np
 
 def dock_threads(cores: int, env: dict[str, str], default: int | None = None) -> int | None:
     """Torch threads for the docks' jobs: all the cores but one, which the viewer keeps to draw while a job runs
-    (two walkthroughs on a busy 2-core machine: the low-dose simulation ran 10-40x and denoising 2-4x slower on
-    torch's 2 threads than on 1), never more than torch's own ``default`` (its physical cores); None where the
+    (on a busy 2-core machine the low-dose simulation runs 10-40x and denoising 2-4x slower on torch's 2 threads
+    than on 1), never more than torch's own ``default`` (its physical cores); None where the
     user chose (``OMP_NUM_THREADS`` set: theirs stands)."""
     if env.get("OMP_NUM_THREADS", "").strip():
         return None

@@ -156,6 +156,6 @@ def _slices(layer: Any) -> int:
 
 def thin_note(before: Any, after: Any) -> str:
     """Said when ``after`` covers fewer slices than ``before`` (a "current slice" run): elsewhere its panel is
-    blank, which a walkthrough took for a failed denoiser; '' otherwise."""
+    blank, which would otherwise read as a failed denoiser; '' otherwise."""
     n, k = _slices(before), _slices(after)
     return f"side by side: denoised on {k} of {n} slices, blank elsewhere (run all slices for them)" if k < n else ""

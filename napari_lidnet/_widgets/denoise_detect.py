@@ -633,7 +633,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
     def _apply_threshold(self) -> None:
         """Show the boxes at the slider's threshold, and their count in the status line."""
         self._threshold_timer.stop()
-        if self._source_gone:  # a walkthrough's status said the boxes' layer was deleted
+        if self._source_gone:  # the image is gone, not the boxes' layer: say which
             self.status.setText("the image the boxes were found on was removed: its boxes layer keeps the threshold "
                                 "it had; run again on an image to review new boxes")  # fmt: skip
         if self._last is not None:

@@ -534,7 +534,7 @@ class FineTuneWidget(QWidget):
                 text += ("; listed in the denoise widget, not selected" if worse else
                          "; selected in the denoise widget (the shipped default stays first in its list)")
             text += "".join(f"; note: {note}" for note in notes)
-            if outcome.status == "stopped":  # walkthrough 2026-12-06: Start then began anew without a word
+            if outcome.status == "stopped":  # otherwise Start would begin anew without a word
                 text += f"; Start begins a new run: to go on from this one, pick {name} as the start"
         self._message(text)
 

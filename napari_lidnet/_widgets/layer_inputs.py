@@ -75,8 +75,8 @@ def inputs_from_layers(
 
     With several images, a box belongs to the image that holds its centre; a box inside none is reported. Images
     that overlap on the canvas (DeepLesion key slices all sit at the origin) cannot share one boxes layer: a box
-    would belong to each of them (a walkthrough's second slice was trained with the first one's lesion, its own
-    as background). An annotated layer (``<image> lesions (annotated)``) then stands for each image's own, found
+    would belong to each of them (a second slice would be trained with the first one's lesion, its own as
+    background). An annotated layer (``<image> lesions (annotated)``) then stands for each image's own, found
     among ``all_layers``; other boxes layers are refused.
     """
     problems: list[str] = []

@@ -77,7 +77,7 @@ COLUMNS = (
     ("score", "score"),
     ("status", "status"),
 )
-#: what the size and HU columns measure (a walkthrough read the box's sides as the lesion's axes)
+#: what the size and HU columns measure (the box's sides are easily read as the lesion's axes)
 HEADER_TIPS = {
     "long_mm": "the box's long side: an upright box around an oblique lesion understates its long axis (up to "
     "1.4x); Edit, then turn and fit the box on the reviewed layer to measure the lesion",
@@ -172,7 +172,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         if self.boxes_combo.currentText() != NONE and role(self._layer(self.boxes_combo.currentText())) == DETECTIONS:
             self.load()  # opened after a detection run: its boxes are what the picker shows, ready to review
         elif (reviewed := self._reviewed_image()) is not None:  # its detections deleted, the dock reopened: the
-            self._load_review(reviewed)  # review was in the viewer, unreachable (walkthrough 2026-12-06)
+            self._load_review(reviewed)  # review is in the viewer, otherwise unreachable
         DockHome(self, "bottom", TITLE)
 
     @property
@@ -384,8 +384,8 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         if not same:  # another run: its ids start again, so the marks (and lesion numbers) of the last one go
             self._origin, self._parked, self._alone, self._lesions = {}, {}, set(), {}
         elif all(f.status == "pending" for f in self.findings):  # a threshold tried before the review began: its
-            self._lesions = {}  # boxes numbered afresh, as the Denoise dock's export numbers them (a walkthrough's
-            # two exports gave one lesion two numbers); once the reader decides, each lesion keeps its number
+            self._lesions = {}  # boxes numbered afresh, as the Denoise dock's export numbers them (otherwise the
+            # two exports give one lesion two numbers); once the reader decides, each lesion keeps its number
         if boxes is not None and boxes != self.boxes_layer:
             self._connect_boxes(boxes)
         self.boxes_layer, self.image_layer = boxes, image

@@ -474,7 +474,7 @@ class ROICompareWidget(QWidget):
 
     def _pick(self, combo: QComboBox, index: int | None) -> None:
         """Select region ``index`` in ``combo``, listed as the regions are now: one drawn since the last refresh
-        (a walkthrough picked a background right after drawing it and silently got none), or one that took the index
+        (otherwise a background picked right after drawing it is silently empty), or one that took the index
         of a region deleted since (the old one was picked)."""
         if index is not None:
             self._inputs()  # lists the regions as they are now

@@ -64,8 +64,8 @@ def _about_others(message: str, chosen: Any, others: list) -> bool:
 
 
 def _every_volume(path: str) -> list:
-    """Every DICOM series and NIfTI file under the folder ``path`` (a walkthrough's folder of normals was calibrated
-    on its DICOM series alone, the NIfTI head beside it left out without a word), else what ``open_ct`` reads.
+    """Every DICOM series and NIfTI file under the folder ``path`` (otherwise a folder of normals is calibrated on
+    its DICOM series alone, the NIfTI head beside it left out without a word), else what ``open_ct`` reads.
     Hidden files and this program's own denoised NIfTI outputs are not inputs; what cannot be read is said and
     left out while anything else is read."""
     from napari_lidnet.io.dicom_scan import folder_files
@@ -134,7 +134,7 @@ def open_single(path: str, series_uid: str | None = None) -> CTVolume:
     if len(volumes) > 1:
         names = ", ".join(f"{v.name} ({_key(v)})" for v in volumes)
         patients = {str((v.metadata.get("source_tags") or {}).get("PatientID", "")) for v in volumes} - {""}
-        whose = f" of {len(patients)} patients" if len(patients) > 1 else ""  # a walkthrough's tree held two
+        whose = f" of {len(patients)} patients" if len(patients) > 1 else ""  # a tree may hold two
         print(f"{path} holds {len(volumes)} series{whose}: {names}; using the largest CT series, {volumes[0].name!r} "
               "(--series UID picks another)", file=sys.stderr)  # fmt: skip
     return volumes[0]

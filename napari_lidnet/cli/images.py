@@ -57,8 +57,8 @@ def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
     if report.left_out and not (report.written or report.skipped or report.failed):
         n = len(report.left_out)
         raise ValueError(f"nothing to {task} under {args.input}: {n} series left out (first: {report.left_out[0]})")
-    if report.left_out:  # left out for good: a re-run would not change it; each named (a walkthrough could not
-        n = len(report.left_out)  # tell which files a run had passed by)
+    if report.left_out:  # left out for good: a re-run would not change it; each named (so that one can
+        n = len(report.left_out)  # tell which files a run has passed by)
         print(f"note: {n} series left out (first: {report.left_out[0]})", file=sys.stderr)
         for item in report.left_out[1:]:
             print(f"left out: {item}", file=sys.stderr)

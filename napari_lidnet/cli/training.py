@@ -101,7 +101,7 @@ def _check_run_folder(out: Path, data: str | None) -> None:
         root = Path(read_header(source)["root"])
     if root is not None and out.resolve().is_relative_to(root.resolve()):
         raise ValueError(f"{out} lies inside the training data {root}; choose a run folder outside it")
-    if out.exists() and not out.is_dir():  # refused late before, with a hint that running again would help
+    if out.exists() and not out.is_dir():  # refused early, not late with a hint that running again would help
         raise FileExistsError(f"{out} is a file, not a run folder; choose a new or empty --out folder")
     run_files = {STATE_FILE, LOCK_FILE, MANIFEST_FILE, MANIFEST_FILE + ".lowdose"}
     if out.is_dir() and not (out / STATE_FILE).exists() and any(p.name not in run_files for p in out.iterdir()):
@@ -143,14 +143,14 @@ def _train_and_export(cfg, rank: int, world: int, export: str | None, command: s
         except TrainingError as exc:
             print(f"lidnet train: error: {exc}", file=sys.stderr)
             return 1
-        except OSError as exc:  # a full disk: the file and what is kept (review 2026-12-06: a bare strerror)
+        except OSError as exc:  # a full disk: the file and what is kept, not a bare strerror
             if not exc.strerror:
                 raise
             raise OSError(exc.errno, f"{exc.strerror}; {trainer.kept_message()}", exc.filename) from exc
     if stopped:
         return stop_status(stop)[0]
     worse = below_start(finished.get("start"), finished.get("best")) if rank == 0 else None
-    if worse:  # a walkthrough continued the shipped pair at the default rate: 21.38 -> 19.35 dB, said nowhere
+    if worse:  # e.g. the shipped pair continued at the default rate: 21.38 -> 19.35 dB, else said nowhere
         print(f"warning: the best checkpoint is worse than the weights the run started from: {worse}, on its "
               "validation slices; a lower --lr (e.g. 1e-4) keeps more of what they learned"
               + (f"; {export} is marked so wherever it is picked" if export else ""), file=sys.stderr)  # fmt: skip

@@ -546,13 +546,13 @@ def archive_index(
             )
         kind, indexed_split = header.get("kind"), header.get("split")
         if kind == "deeplesion" and indexed_split is not None and indexed_split != split and not resuming:
-            raise ValueError(  # walkthrough 2026-12-06: a test-part manifest trained to the end under --split train
+            raise ValueError(  # otherwise a test-part manifest would train to the end under --split train
                 # (a run started so before this check resumes as it began: it carries on with its data)
                 f"{data} holds DeepLesion's {indexed_split!r} part, not the {split!r} part asked for (--split, "
                 f"default train): index that part (lidnet index {header.get('root', 'ARCHIVE')} --out NEW.jsonl "
                 f"--split {split}), or give --split {indexed_split} to train on this one knowingly"
             )
-        check_has_dose(data, header, rows)  # walkthrough: "give --dose", then --dose refused for this manifest
+        check_has_dose(data, header, rows)  # not "give --dose", then --dose refused for this manifest
         return header, rows, False
     if data.suffix.lower() in (".jsonl", ".json") and not data.exists():
         raise FileNotFoundError(f"{data}: no such manifest (make one with `lidnet index`)")
@@ -563,7 +563,7 @@ def archive_index(
         current = resuming or header.get("indexer", 1) == INDEXER
         if header["root"] == str(data.resolve()) and header.get("dose") == dose and same_split and current:
             changed = header.get("tables") not in (None, tables_fingerprint(data.resolve(), header["kind"]))
-            if changed and resuming:  # review 2026-12-06: new images were trained with the old boxes, silently
+            if changed and resuming:  # otherwise new images would be trained with the old boxes, silently
                 raise ValueError(f"{data} changed since this run indexed it (its tables of slices and lesion boxes "
                                  "differ): resuming would mix the new images with the old boxes and split; restore "
                                  "the data, or start a new --out")  # fmt: skip

@@ -2,8 +2,8 @@
 
 Readers see the old file or the new one, never a part. Used for weights and their cards, training state and
 checkpoints, dataset cards and manifests. Outputs that never overwrite are written under a hidden temporary name and
-appear whole or not at all (:func:`new_file`, :func:`new_folder`): killed mid-write, `lidnet denoise` left a DICOM
-folder of 3 of 12 slices that looked like a whole, shorter series (review 2026-12-06).
+appear whole or not at all (:func:`new_file`, :func:`new_folder`): otherwise `lidnet denoise` killed mid-write
+would leave a DICOM folder of 3 of 12 slices that looks like a whole, shorter series.
 """
 
 from __future__ import annotations

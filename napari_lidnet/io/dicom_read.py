@@ -192,7 +192,7 @@ def _source_tags(ds: Any, keywords: Sequence[str] = SOURCE_TAGS) -> dict[str, An
 
 def _sop_uid(ds: Any, key: str) -> str:
     """The slice's ``SOPInstanceUID`` / ``SOPClassUID`` ('' when blank). Not the file meta's copy: where an
-    anonymiser blanked the dataset's, that copy may still be the original, identifying UID (review); what is
+    anonymiser blanked the dataset's, that copy may still be the original, identifying UID; what is
     written from such a slice references no source image instead (``dicom_sr.write_sr``)."""
     return str(ds.get(key, "") or "").strip()
 
@@ -490,7 +490,7 @@ def _slice_axis(
 
 def _windows(ds: Any) -> list[list[Any]]:
     """Every display window the scan stores, [level, width, explanation] (a reader picks among them as at a
-    console: a walkthrough's abdomen stored 40/300 and 300/1500); the valid ones, in their order."""
+    console: an abdomen may store 40/300 and 300/1500); the valid ones, in their order."""
     def values(kw: str) -> list[Any]:
         v = ds.get(kw)
         return list(v) if isinstance(v, Sequence) and not isinstance(v, str) else ([] if v in (None, "") else [v])
@@ -618,8 +618,8 @@ def read_series(headers: Iterable[DicomHeader], source: Path | None = None) -> C
     metadata = _series_metadata(headers, source, notes, pos)
     metadata["spacing_assumed"] = ps is None
     ps = np.array([1.0, 1.0]) if ps is None else ps
-    # no positions or orientation: the geometry is made up (axial, from 0), and exports say so (a walkthrough's
-    # derived series stated it as the patient's, and its boxes had lps_* columns)
+    # no positions or orientation: the geometry is made up (axial, from 0), and exports say so (otherwise a
+    # derived series states it as the patient's, and its boxes have lps_* columns)
     no_iop = header_floats(headers[0].ds.get("ImageOrientationPatient"), 6) is None
     metadata["orientation_unknown"] = pos is None or no_iop
     if dz is None:

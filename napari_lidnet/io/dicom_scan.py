@@ -151,7 +151,7 @@ def _scan_file(scan: DicomScan, f: Path, in_folder: bool, seen: dict[str, list[t
         scan.skipped.append(f"{f} (localizer)")
         return
     screen = _screen_capture(ds, sop_class)
-    if screen:  # a walkthrough: an exam's colour dose screen failed every --all-series run
+    if screen:  # otherwise an exam's colour dose screen fails every --all-series run
         scan.skipped.append(f"{f} ({screen})")
         return
     sop = str(ds.get("SOPInstanceUID", "") or "")
@@ -342,7 +342,7 @@ def scan_dicom(path: str | Path) -> DicomScan:
         extra = f" (skipped: {'; '.join(scan.skipped[:3])}{'; ...' if len(scan.skipped) > 3 else ''})"
         if path.is_dir() and not files:
             niftis = [p for p in path.rglob("*") if p.name.lower().endswith((".nii", ".nii.gz"))]
-            if niftis:  # a walkthrough's folder of NIfTI files was said to be "empty"
+            if niftis:  # a folder of NIfTI files is not "empty"
                 raise ValueError(f"{path}: holds NIfTI files only ({len(niftis)}, first {niftis[0].name}), no DICOM "
                                  "series: open one file (denoise/detect take the folder with --all-series; index "
                                  "and train take DICOM series, lidnet datasets or DeepLesion)")  # fmt: skip

@@ -133,7 +133,7 @@ DOSE_TAGS = ("XRayTubeCurrent", "Exposure", "ExposureInuAs", "CTDIvol")
 def at_dose(tags: dict[str, Any] | None, dose: float) -> dict[str, Any] | None:
     """``tags`` (``metadata["source_tags"]`` or one slice's ``slice_tags``) with the :data:`DOSE_TAGS` values times
     ``dose``, so that a simulated low-dose copy written as DICOM states its own exposure, not the scan's (a
-    walkthrough's "SIMULATED 25% dose" series kept 18.54 mGy and 253 mAs); whole numbers stay whole (IS)."""
+    "SIMULATED 25% dose" series does not keep e.g. 18.54 mGy and 253 mAs); whole numbers stay whole (IS)."""
     if not tags:
         return tags
     out = dict(tags)

@@ -266,7 +266,7 @@ def _slice_dataset(
             if _given(own.get(kw)):
                 with contextlib.suppress(ValueError, TypeError, AttributeError):
                     setattr(ds, kw, own[kw])
-            elif kw in TYPE2_TAGS:  # present, empty (a walkthrough's chest lost AcquisitionNumber: dciodvfy error)
+            elif kw in TYPE2_TAGS:  # present, empty (a missing AcquisitionNumber is a dciodvfy error)
                 setattr(ds, kw, "")
             elif kw in ds and not kw.startswith("Window"):  # a window stays the series' (one is required)
                 del ds[kw]

@@ -1,5 +1,5 @@
-"""A second Ctrl-C held back while a checkpoint is being written (review 2026-12-06: one that cut a write short
-tore the checkpoint that the first Ctrl-C's message said was kept)."""
+"""A second Ctrl-C held back while a checkpoint is being written (one that cut a write short would tear the
+checkpoint that the first Ctrl-C's message says is kept)."""
 
 from __future__ import annotations
 

@@ -129,7 +129,7 @@ def _geometry(src: Any, path: Path, notes: list[str]) -> tuple[np.ndarray, np.nd
         affine = usable[0][0]
     else:  # no orientation at all: the stored voxel order as LPS (no flip from Analyze's radiological guess, which
         zooms = [float(z) or 1.0 for z in header.get_zooms()[:3]] + [1.0] * (3 - len(header.get_zooms()[:3]))
-        affine = np.diag([-zooms[0], -zooms[1], zooms[2], 1.0])  # mirrored a walkthrough's file with no word)
+        affine = np.diag([-zooms[0], -zooms[1], zooms[2], 1.0])  # would mirror the file with no word)
     assumed = zero_dims and not (usable and usable[0][1] == "sform")  # a sform holds its voxel sizes itself
     if not _usable(affine):
         affine, assumed = np.diag([1.0, 1.0, 1.0, 1.0]), True
@@ -248,8 +248,8 @@ def _as_stored(img: Any, stored: Any) -> Any | None:
 
 
 def _source_codes(stored: Any) -> tuple[int, int]:
-    """(qform code, sform code) of the NIfTI file a volume was read from (walkthrough 2026-12-06: a current slice of
-    a file with codes 0/2 was written 1/1), else scanner anatomical (1, 1)."""
+    """(qform code, sform code) of the NIfTI file a volume was read from (otherwise a current slice of a file with
+    codes 0/2 is written 1/1), else scanner anatomical (1, 1)."""
     try:
         qcode, scode = (int(c) for c in stored["codes"])
     except (KeyError, TypeError, ValueError):
@@ -293,7 +293,7 @@ def is_our_denoised(path: str | Path) -> bool:
 
 def _file_dims(img: Any, stored: Any) -> Any:
     """``img`` with the source file's own dimensions where it had fewer than three and the voxels are the same (a
-    walkthrough's 512 x 512 slice came back 512 x 512 x 1)."""
+    512 x 512 slice does not come back 512 x 512 x 1)."""
     import nibabel as nib
 
     shape = stored.get("file_shape") if isinstance(stored, dict) else None

@@ -112,7 +112,7 @@ def _read(path: Path, kind: str | None, series_uid: str | None) -> list[CTVolume
 
 def _deeplesion_hint(path: Path) -> None:
     """A one-line ValueError with the next step when ``path`` is DeepLesion's table, its archive folder or its
-    ``Images_png`` (a walkthrough got "not a CT file" and "no DICOM files" there, with nothing to do next)."""
+    ``Images_png`` (rather than "not a CT file" or "no DICOM files", with nothing to do next)."""
     from .deeplesion import INFO_CSV_NAME, is_deeplesion_archive
 
     root = path.parent if path.name in (INFO_CSV_NAME, "Images_png") else path
@@ -139,8 +139,8 @@ def _dataset_root(path: Path) -> Path | None:
 
 
 def _dataset_slice(path: Path, root: Path) -> CTVolume:
-    """One slice of a lidnet dataset with its pixel size (slices.csv) and lesion boxes (lesions.csv): it was read
-    as a DeepLesion slice at an assumed 1 mm (a fresh-install walkthrough, 2026-12-06)."""
+    """One slice of a lidnet dataset with its pixel size (slices.csv) and lesion boxes (lesions.csv): otherwise it
+    would be read as a DeepLesion slice at an assumed 1 mm."""
     entry = slice_entry(root, path.name)
     if entry is None:
         raise ValueError(f"{path}: not listed in {root / 'slices.csv'}")

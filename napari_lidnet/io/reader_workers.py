@@ -11,12 +11,11 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 def end_with_parent() -> None:
     """Have the kernel kill this process when its parent dies (Linux; elsewhere nothing). Under the forkserver start
-    method the parent is the fork server, which ends with the run (comparing with the run's own process made every
-    worker exit at once; review 2026-12-06).
+    method the parent is the fork server, which ends with the run (comparing with the run's own process would make
+    every worker exit at once).
 
-    A DataLoader worker watches its parent only while it waits for work: killed with SIGKILL, the parent left a
-    worker that had read ahead blocked for good on a full pipe (a batch run's series reader, walkthrough
-    2026-12-06)."""
+    A DataLoader worker watches its parent only while it waits for work: killed with SIGKILL, the parent would leave a
+    worker that had read ahead blocked for good on a full pipe (e.g. a batch run's series reader)."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes

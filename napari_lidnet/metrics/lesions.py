@@ -12,7 +12,7 @@ from .froc import box_cover_np, box_iou_np
 #: boxes on neighbouring slices whose in-plane overlap (IoU) reaches this are one lesion
 LESION_IOU = 0.3
 #: ... and so are two whose intersection covers this share of the smaller box: on thick slices a round lesion's
-#: end slice shows a small box wholly inside its neighbour's (IoU 0.15-0.29 in a walkthrough: one lesion, 3 numbers)
+#: end slice shows a small box wholly inside its neighbour's (IoU 0.15-0.29: else one lesion gets 3 numbers)
 LESION_COVER = 0.5
 
 

@@ -506,7 +506,7 @@ def _fill_row(
     row["snr"] = snr(row["mean"], row["sd"]) if row["mean"] > 0 else math.nan
     if row["mean"] <= 0:
         notes.append(f"SNR not given: mean {row['mean']:.0f} HU (HU is relative to water; read SD or CNR)")
-    elif row["sd"] == 0:  # walkthrough 2026-12-06: a blank SNR cell said nothing
+    elif row["sd"] == 0:  # otherwise a blank SNR cell says nothing
         notes.append("SNR not given: SD 0 (a uniform region: no noise to compare the mean with)")
     if bg_region is not None:
         if ri == background:

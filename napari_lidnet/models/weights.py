@@ -177,7 +177,7 @@ def _backup(w_path: Path) -> Path | None:
 
 def _clear_leftovers(w_path: Path, j_path: Path) -> None:
     """Remove the temporary files and backups that killed saves of this pair left (each up to a weights file in
-    size; review 2026-12-06: they stayed for good)."""
+    size; otherwise they stay for good)."""
     import glob
 
     for pattern in (f".{glob.escape(w_path.name)}.*.bak", f".{glob.escape(w_path.name)}.*.tmp",

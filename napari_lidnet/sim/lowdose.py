@@ -262,8 +262,8 @@ def simulate_low_dose(
     path's but not equal to it. ``sampling_mm``: the detector sampling (mm at the isocentre) the kernel is defined
     at. Pixels finer than it get the noise of that scanner: the kernel's frequencies in mm, not in pixels, and its
     photons per mm (``i0`` per ``sampling_mm``), so the noise grain and SD do not change with the display pixel, as
-    on a scanner. None: bins one pixel wide with ``i0`` each, the kernel in cycles per pixel (the model until
-    2026-12-06: the grain scales with the pixel).
+    on a scanner. None: bins one pixel wide with ``i0`` each, the kernel in cycles per pixel (the earlier
+    model: the grain scales with the pixel).
     """
     dose = _check_dose(dose)
     stack, squeeze = _as_stack(hu)
