@@ -133,6 +133,14 @@ def test_written_arrays_keep_their_voxel_size(tmp_path):
     assert read_array(tmp_path / "fiji.tif").spacing == pytest.approx((0.4, 0.5))  # another program's TIFF
     with pytest.raises(FileExistsError):
         write_array(tmp_path / "v.npz", hu, (1, 1, 1))
+    before = sorted(tmp_path.iterdir())  # a name it cannot write, a voxel size that does not fit: nothing written
+    with pytest.raises(ValueError, match=r"unsupported array file type '\.png'"):
+        write_array(tmp_path / "v.png", hu, (2.5, 0.66, 0.7))
+    with pytest.raises(ValueError, match=r"spacing \[1\.0, 2\.0\] must be 3 positive numbers"):
+        write_array(tmp_path / "w.npz", hu, (1.0, 2.0))
+    with pytest.raises(ValueError, match="must be 2 positive numbers"):
+        write_array(tmp_path / "w.tif", hu[0], (0.7, -0.7))
+    assert sorted(tmp_path.iterdir()) == before
 
 
 def test_written_arrays_keep_the_patient_geometry_they_were_given(tmp_path):

@@ -102,6 +102,23 @@ def test_region_sd_of_uniform_noise_patch():
     assert sd == pytest.approx(np.std(img[mask], ddof=1))
 
 
+def test_a_label_mask_measures_the_pixels_it_marks_as_a_boolean_mask_does():
+    """A 0/1 uint8 mask (a label image) is the region, not a list of pixel numbers; a mask of another shape is
+    refused in one line."""
+    rng = np.random.default_rng(2)
+    img = rng.normal(40.0, 10.0, (64, 64))
+    ref = img + rng.normal(0.0, 5.0, img.shape)
+    labels = np.zeros(img.shape, np.uint8)
+    labels[20:36, 24:40] = 1
+    inside = labels.astype(bool)
+    assert region_stats(img, labels) == region_stats(img, inside)
+    assert region_stats(img, labels)[2] == 256
+    assert region_rmse_psnr(img, ref, labels) == region_rmse_psnr(img, ref, inside)
+    assert region_ssim(img, ref, labels) == region_ssim(img, ref, inside)
+    with pytest.raises(ValueError, match=r"mask shape \(32, 32\) differs from the image's \(64, 64\)"):
+        region_stats(img, inside[:32, :32])
+
+
 def test_snr_cnr_formulas_and_rows():
     rng = np.random.default_rng(1)
     img = np.zeros((100, 100)) + rng.normal(0, 10.0, (100, 100))

@@ -200,9 +200,14 @@ def write_array(out: str | Path, hu: np.ndarray, spacing: tuple[float, ...], ori
     took a made-up 1 mm as measured)."""
     out = Path(out)
     suffix = out.suffix.lower()
+    if suffix not in ARRAY_SUFFIXES:
+        raise ValueError(f"{out}: unsupported array file type {suffix!r} (use .npy, .npz, .tif)")
     if (origin is None) != (direction is None):
         raise ValueError("give both origin and direction, or neither")
-    geometry = {"spacing": np.asarray(spacing, dtype=float)}
+    spacing_mm = np.asarray(spacing, dtype=float)
+    if spacing_mm.shape != (np.ndim(hu),) or not (np.isfinite(spacing_mm).all() and (spacing_mm > 0).all()):
+        raise ValueError(f"spacing {spacing_mm.tolist()} must be {np.ndim(hu)} positive numbers (mm per axis)")
+    geometry = {"spacing": spacing_mm}
     if spacing_assumed:
         geometry["spacing_assumed"] = np.ones(1)
     if origin is not None:

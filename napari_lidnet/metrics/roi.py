@@ -197,9 +197,20 @@ def region_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
 # ------------------------------------------------------------------------------------------------ statistics
 
 
+def region_mask(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """``mask`` as booleans (a 0/1 or label mask: nonzero is inside), or ValueError when its shape is not ``shape``
+    (an integer mask would otherwise index pixels by their numbers)."""
+    mask = np.asarray(mask)
+    if mask.shape != tuple(shape):
+        raise ValueError(f"mask shape {mask.shape} differs from the image's {tuple(shape)}")
+    return mask.astype(bool, copy=False)
+
+
 def region_stats(image: np.ndarray, mask: np.ndarray) -> tuple[float, float, int]:
-    """(mean, SD, n) of the pixels in ``mask``; SD is the sample SD (ddof=1), NaN for fewer than 2 pixels."""
-    vals = np.asarray(image, dtype=np.float64)[mask]
+    """(mean, SD, n) of the pixels in ``mask`` (nonzero: inside); SD is the sample SD (ddof=1), NaN for fewer than 2
+    pixels."""
+    image = np.asarray(image, dtype=np.float64)
+    vals = image[region_mask(mask, image.shape)]
     n = int(vals.size)
     mean = float(vals.mean()) if n else math.nan
     sd = float(vals.std(ddof=1)) if n > 1 else math.nan
@@ -236,6 +247,7 @@ def region_rmse_psnr(
     PSNR = 10 log10(data_range^2 / MSE); identical regions give RMSE 0 and PSNR inf.
     """
     x, ref, data_range = _window(image, reference, window)
+    mask = region_mask(mask, x.shape)
     mse = float(np.mean((x[mask] - ref[mask]) ** 2)) if mask.any() else math.nan
     if not np.isfinite(mse):
         return math.nan, math.nan
@@ -256,6 +268,10 @@ def region_ssim(
     ``structural_similarity(..., full=True)`` map of the whole slice. Raises ValueError when no pixel of the
     region has its whole window inside the image.
     """
+    image, reference = np.asarray(image), np.asarray(reference)
+    if image.ndim != 2 or image.shape != reference.shape:
+        raise ValueError(f"region SSIM takes one slice and its reference: shapes {image.shape}, {reference.shape}")
+    mask = region_mask(mask, image.shape)
     box = mask_bbox(mask)
     if box is None:
         raise ValueError("empty region")
