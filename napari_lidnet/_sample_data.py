@@ -100,9 +100,11 @@ def sample_abdomen(n_slices: int = 6, size: int = 512) -> list[LayerDataTuple]:
     meta = {"source": source, "dose": SAMPLE_DOSE}
     low_meta = {**meta, "normal_dose": FULL_NAME, "normal_dose_key": data_key(full)}  # ROI compare's reference,
     # Fine-tune's pairing (by the full dose's fingerprint: a second sample's low dose is not paired with the first's)
+    axial = {"origin": (0.0, 0.0, 0.0), "direction": np.eye(3)}  # the phantom is drawn as an axial slice is read:
+    # the patient's right (its liver) on the image's left, the front up
     layers = [  # the low dose on top of its reference: the image a user opens the sample to denoise is the one shown
-        volume_to_layer_tuple(CTVolume(full.copy(), spacing, name=FULL_NAME, metadata={**meta, "dose": 1.0})),
-        volume_to_layer_tuple(CTVolume(low.copy(), spacing, name=LOW_NAME, metadata=low_meta)),
+        volume_to_layer_tuple(CTVolume(full.copy(), spacing, **axial, name=FULL_NAME, metadata={**meta, "dose": 1.0})),
+        volume_to_layer_tuple(CTVolume(low.copy(), spacing, **axial, name=LOW_NAME, metadata=low_meta)),
     ]
     layers.append(
         boxes_layer_tuple(

@@ -420,7 +420,7 @@ def run_batch(
     root: str | Path,
     out_dir: str | Path,
     task: str,
-    model: torch.nn.Module | None,
+    model: torch.nn.Module,
     device: torch.device | str = "cpu",
     threshold: float = FALLBACK_THRESHOLD,
     model_name: str = "default",
@@ -436,7 +436,9 @@ def run_batch(
     ``workers`` DataLoader processes read and decode the next series while the model runs on the current one.
     ``progress(done, total, name)`` is called after each series, skipped and failed ones included.
     ``remove_sd``: denoise removes only that noise SD (HU) and keeps the rest (``strength``); None: all.
-    ``leave_sd`` instead: that noise SD is left in each output's flat tissue.
+    ``leave_sd`` instead: that noise SD is left in each output's flat tissue. ``threshold``: the boxes' score
+    threshold; pass the detector's calibrated one, ``models.weights.default_threshold(card)``, as the command line
+    does (the default, ``FALLBACK_THRESHOLD``, is for a detector without a calibration).
     """
     from torch.utils.data import DataLoader
 

@@ -139,7 +139,8 @@ def test_oom_falls_back_to_cpu_and_gives_up_on_cpu() -> None:
     out = inf.denoise(model, vol, device=torch.device("meta"), batch_size=2, overlap=8, notice=notices.append)
     np.testing.assert_allclose(out, _smooth_ref(vol), atol=1e-3)
     assert "CPU" in notices[-1] and [d for d, _ in model.calls][-1] == "cpu"
-    with pytest.raises(RuntimeError, match="even with batch size 1"):
+    no_notice = pytest.warns(RuntimeWarning, match="out of memory")  # no notice given: each retry is a warning
+    with pytest.raises(RuntimeError, match="even with batch size 1"), no_notice:
         inf.denoise(SmoothOOM(max_pixels=10), vol, overlap=8)
 
 
@@ -363,3 +364,45 @@ def test_edge_inputs_refused_in_one_line_or_taken_as_meant() -> None:
     assert inf.detect_scale(detector, 0.4) == inf.detect_scale(detector, (0.4, 0.4)) == (0.5, 0.5)
     with pytest.raises(ValueError, match=r"pixel size \[0.0, 0.8\] must be two positive"):
         inf.detect_scale(detector, (0.0, 0.8))
+
+
+def test_a_swapped_model_or_an_image_that_cannot_be_hu_is_refused_before_any_work() -> None:
+    """A detector given to ``denoise`` (or the pipeline's two models swapped) and a mask or 8-bit display image as
+    input: one line saying what is wrong, not an error from deep inside the network; a list and a CPU tensor of
+    HU are read as the array they hold."""
+    hu = _noisy((1, 32, 32))
+    den, det = _fastdn(), BlobDetector()
+    with pytest.raises(ValueError, match="expected a denoiser model, got a lesion detector"):
+        inf.denoise(det, hu)
+    with pytest.raises(ValueError, match="expected a detector model, got a FastDenoiser"):
+        inf.detect(den, hu)
+    with pytest.raises(ValueError, match="expected a denoiser model"):
+        inf.run_pipeline(hu, det, den, device="cpu")
+    for bad in (hu > 0, np.clip(hu + 1000, 0, 255).astype(np.uint8), hu.astype(np.complex64)):
+        with pytest.raises(ValueError, match=f"dtype {bad.dtype} cannot hold CT values in HU"):
+            inf.denoise(den, bad)
+    want = inf.denoise(den, hu)
+    np.testing.assert_array_equal(inf.denoise(den, hu.tolist()), want)
+    np.testing.assert_array_equal(inf.denoise(den, torch.from_numpy(hu)), want)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback of a machine without CUDA")
+def test_cuda_asked_on_a_machine_without_it_runs_on_the_cpu_and_says_so() -> None:
+    """``device="cuda"`` or ``torch.device("cuda")``, in the inference calls and in ``load_model``: the CPU, with a
+    RuntimeWarning when no ``notice`` is given (a script's call), the notice otherwise."""
+    from napari_lidnet.models.registry import load_model
+
+    hu = _noisy((1, 32, 32))
+    den = _fastdn()
+    want = inf.denoise(den, hu)
+    for device in ("cuda", torch.device("cuda")):
+        with pytest.warns(RuntimeWarning, match="CUDA is not available: falling back to the CPU"):
+            np.testing.assert_array_equal(inf.denoise(den, hu, device=device), want)
+    told: list[str] = []
+    inf.denoise(den, hu, device=torch.device("cuda"), notice=told.append)
+    assert told == ["cuda requested but CUDA is not available: falling back to the CPU"]
+    with pytest.warns(RuntimeWarning, match="CUDA is not available"):
+        model, _ = load_model("default", "denoiser", device="cuda")
+    assert next(model.parameters()).device.type == "cpu"
+    with pytest.raises(ValueError, match=r"say which network, load_model\('default', 'denoiser'\)"):
+        load_model("default")

@@ -374,3 +374,17 @@ def test_ramp_band_one_is_the_plain_filter_and_a_band_limits_it():
     torch.testing.assert_close(near, plain, atol=0.01 * float(plain.max()), rtol=0.0)  # was 0.15 vs 0.31
     with pytest.raises(ValueError, match="band"):
         projector.ramp_filter(101, "shepp-logan", "cpu", band=1.5)
+
+
+def test_a_volumes_spacing_is_taken_as_its_pixel_size_and_odd_pixels_refused() -> None:
+    """``simulate_low_dose(hu, dose, vol.spacing)`` (the (z, y, x) tuple a CTVolume holds) is the call with its pixel
+    size; pixels that are not square, or a size that is no size, are refused in one line."""
+    hu = np.full((1, 48, 48), -1000.0, np.float32)
+    hu[0, 12:36, 12:36] = 40.0
+    one = simulate_low_dose(hu, 0.25, 0.7, seed=3)
+    np.testing.assert_array_equal(simulate_low_dose(hu, 0.25, (2.5, 0.7, 0.7), seed=3), one)
+    np.testing.assert_array_equal(simulate_low_dose(hu[0], 0.25, (0.7, 0.7), seed=3), one[0])
+    with pytest.raises(ValueError, match="pixels of 0.7 x 0.9 mm are not square"):
+        simulate_low_dose(hu, 0.25, (2.5, 0.7, 0.9))
+    with pytest.raises(ValueError, match="give a positive number of mm"):
+        simulate_low_dose(hu, 0.25, -0.7)

@@ -214,6 +214,7 @@ def test_quality_estimates_of_a_volume() -> None:
     assert set(est) == {"noise_sd_hu", "edge_sharpness_hu_per_mm", "correlation_length_px", "correlation_length_mm"}
     assert est["noise_sd_hu"] == pytest.approx(10.0, rel=0.1)
     assert est["correlation_length_mm"] == pytest.approx(0.7 * est["correlation_length_px"])
+    assert quality_estimates(vol, (3.0, 0.7, 0.7)) == est  # a volume's spacing: its pixel size
     with pytest.raises(ValueError, match="do not match the image"):
         edge_sharpness(vol, 0.7, np.zeros((2, SIZE, SIZE), bool))
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from napari_lidnet._reader import napari_get_reader
 from napari_lidnet.io.arrays import read_array
+from napari_lidnet.io.open_ct import open_ct
 from napari_lidnet.io.png16 import write_png_hu
 from napari_lidnet.io.volume import CTVolume
 from napari_lidnet.io.windowing import contrast_limits
@@ -108,8 +109,15 @@ def test_array_files(tmp_path):
         assert kind == "image" and data.dtype == np.float32 and kw["scale"] == spacing
         np.testing.assert_array_equal(data, hu)
     np.testing.assert_array_equal(read_array(tmp_path / "one.npz").hu, hu[0])
-    assert "no pixel spacing" in read_array(tmp_path / "v.tif").metadata["warnings"][0]
+    with pytest.warns(UserWarning, match="v.tif: the file stores no pixel spacing"):  # a script is told too
+        assert "no pixel spacing" in read_array(tmp_path / "v.tif").metadata["warnings"][0]
     assert read_array(tmp_path / "v.npz").metadata["warnings"] == []
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "v.npz").write_bytes((tmp_path / "v.npz").read_bytes())
+    with pytest.MonkeyPatch.context() as mp:  # "~/v.npz" in a script: the home folder's file
+        mp.setenv("HOME", str(home))
+        assert open_ct("~/v.npz")[0].spacing == (3.0, 0.5, 0.5)
 
 
 def test_written_arrays_keep_their_voxel_size(tmp_path):
@@ -270,3 +278,25 @@ def test_an_imagej_stack_of_1_mm_slices_keeps_its_pixel_size(tmp_path):
                      metadata={"unit": "mm", "axes": "ZYX"})  # fmt: skip
     back = read_array(tmp_path / "fiji.tif")
     assert back.spacing == pytest.approx((1.0, 0.7, 0.7), rel=1e-5) and not back.metadata["spacing_assumed"]
+
+
+def test_a_volume_built_from_an_array_has_no_made_up_patient_position(tmp_path):
+    """``CTVolume(hu, spacing)`` in a script: sizes in mm, but no patient coordinates from the made-up origin and
+    directions (a box table had lps columns of a position nobody measured); a spacing that does not fit, one
+    line."""
+    import csv
+
+    from napari_lidnet.io.boxes_io import write_volume_boxes
+    from napari_lidnet.io.volume import CTVolume
+
+    hu = np.full((2, 24, 32), 40.0, np.float32)
+    vol = CTVolume(hu, (2.5, 0.7, 0.7))
+    assert vol.metadata["orientation_unknown"] is True
+    (row,) = list(csv.DictReader(write_volume_boxes(tmp_path / "b.csv", np.array([[1, 2, 3, 9, 8, 0.9]]), vol).open()))
+    assert float(row["width_mm"]) == pytest.approx(7 * 0.7) and not any(k.startswith("lps_") for k in row), row
+    placed = CTVolume(hu, (2.5, 0.7, 0.7), origin=(-40.0, -100.0, -120.0), direction=np.eye(3))
+    (row,) = list(csv.DictReader(write_volume_boxes(tmp_path / "p.csv", np.array([[1, 2, 3, 9, 8, 0.9]]), placed).open()))
+    assert "orientation_unknown" not in placed.metadata and float(row["lps_z_mm"]) == pytest.approx(-40.0 + 2.5)
+    for bad in (0.75, (0.7, 0.7), (2.5, 0.7, -0.7), (2.5, float("nan"), 0.7)):
+        with pytest.raises(ValueError, match="must be 3 positive numbers"):
+            CTVolume(hu, bad)

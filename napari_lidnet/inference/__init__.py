@@ -11,7 +11,7 @@ Every caller (widgets, command line, trainer validation, benchmarks) goes throug
   (denoising) or merged by ownership + NMS (detection). Tile starts are multiples of ``TILE_ALIGN`` so networks
   that pixel-unshuffle or downsample see the same pixel grid as on the whole image.
 - Out of memory: retry the batch with half the batch size, then with tiles (halved again while possible), then on
-  the CPU; every step is reported through ``notice``.
+  the CPU; every step is reported through ``notice`` (a ``RuntimeWarning`` when none is given).
 - Mixed precision (``torch.autocast``, ``amp``): on CUDA float16 by default (bfloat16 is too coarse for HU); on a
   CPU with native bfloat16 (AVX512-BF16, AMX) for models that declare ``cpu_bf16`` (the unet keeps HU in and noise
   out in float32), else float32.
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -88,7 +89,9 @@ class Cancelled(Exception):
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """How to run a network; everything here except ``batch_size`` may change the result (part of cache keys)."""
+    """How to run a network. Everything here may change the result and is part of the cache keys except
+    ``batch_size``, which changes it only by rounding (batched kernels sum in another order: up to about 0.3 HU under
+    bfloat16 AMP on a CPU, 1e-4 HU in float32), so a cached result serves any batch size."""
 
     batch_size: int = 4
     tile_size: int = DEFAULT_TILE_SIZE
@@ -129,13 +132,29 @@ def hu_array(data: Any) -> np.ndarray:
 
 
 def _as_stack(hu: np.ndarray) -> np.ndarray:
-    """``hu`` (:func:`hu_array`) as a (z, y, x) stack."""
+    """``hu`` (:func:`hu_array`) as a (z, y, x) stack; ValueError for values that cannot be HU (boolean, 8-bit,
+    complex: a mask or a display image)."""
+    dtype = None
+    with contextlib.suppress(TypeError):  # a torch tensor's dtype: read as float32 below
+        dtype = np.dtype(hu.dtype) if hasattr(hu, "dtype") else None
+    if dtype is not None and (dtype.kind not in "iuf" or dtype.itemsize == 1):
+        raise ValueError(f"dtype {dtype} cannot hold CT values in HU (integers of 16 bits or more, or floats): a "
+                         "mask or a display image?")  # fmt: skip
     hu = hu_array(hu)
     if hu.ndim not in (2, 3):
         raise ValueError(f"expected a 2D slice or a 3D volume, got an array of shape {hu.shape}")
     if 0 in hu.shape[-2:]:  # a layer cropped to nothing: torch failed deep in the network
         raise ValueError(f"an image of shape {hu.shape} has no pixels in a slice")
     return hu[None] if hu.ndim == 2 else hu
+
+
+def check_role(model: Any, role: str) -> None:
+    """ValueError unless ``model`` can act as a ``role`` ("denoiser": a module that is not a detector; "detector":
+    one with ``detect``), before any work: a swapped pair failed deep in the network."""
+    is_detector = callable(getattr(model, "detect", None))
+    if not isinstance(model, torch.nn.Module) or is_detector != (role == "detector"):
+        given = "a lesion detector" if is_detector else f"a {type(model).__name__}"
+        raise ValueError(f"expected a {role} model, got {given}: load it with load_model(name, {role!r})")
 
 
 def take_slices(stack: np.ndarray, chunk: Sequence[int]) -> np.ndarray:
@@ -191,7 +210,7 @@ class _Runner:
         settings: InferenceSettings,
         notice: Notice | None,
     ) -> None:
-        self.notice = notice or (lambda msg: None)
+        self.notice = notice or _warn
         self.device = _pipeline_device(device, self.notice)
         self.model = model
         self.settings = settings
@@ -312,6 +331,7 @@ def iter_denoise(
     notice: Notice | None = None,
 ) -> Generator[tuple[int, int], None, np.ndarray]:
     """Generator form of :func:`denoise`: yields ``(done, total)`` slices after every batch, returns HU."""
+    check_role(model, "denoiser")
     settings = settings or InferenceSettings()
     check_strength(settings.remove_sd, settings.leave_sd)
     stack = _as_stack(hu)
@@ -405,6 +425,7 @@ def iter_detect(
     """Generator form of :func:`detect`: yields ``(done, total)`` after every batch, returns (N, 6) rows. A
     detector with ``detect_mm`` given ``settings.pixel_mm`` sees each slice resampled to that size; boxes come back
     in the slice's own pixels."""
+    check_role(detector, "detector")
     settings = settings or InferenceSettings()
     stack = _as_stack(hu)
     idx = _select(len(stack), slices)
@@ -550,12 +571,18 @@ class PipelineResult:
 
 
 def _pipeline_device(device: torch.device | str, tell: Notice) -> torch.device:
-    """The device to run on; a fallback from the one asked for is told."""
-    if isinstance(device, str):
-        device, msg = pick_device(device)
-        if msg:
-            tell(msg)
-    return torch.device(device)
+    """The device to run on (a name or a ``torch.device``); a fallback from the one asked for is told."""
+    if isinstance(device, torch.device) and device.type not in ("cpu", "cuda", "mps"):
+        return device  # another backend, as given
+    device, msg = pick_device(str(device))
+    if msg:
+        tell(msg)
+    return device
+
+
+def _warn(msg: str) -> None:
+    """The notice of a call given none (a script's): a Python warning, so a CPU fallback is not silent."""
+    warnings.warn(msg, RuntimeWarning, stacklevel=4)
 
 
 def iter_pipeline(
@@ -578,6 +605,9 @@ def iter_pipeline(
     detector reads the fully denoised slices it was calibrated on, and a new strength reuses both cached stages; a
     told one (``denoiser.told``) takes ``remove_sd`` in, so the detector reads that output and the boxes may move."""
     t0 = time.perf_counter()
+    for model, role in ((denoiser, "denoiser"), (detector, "detector")):
+        if model is not None:
+            check_role(model, role)
     final = settings or InferenceSettings()
     settings, after = _network_settings(denoiser, final)
     stack = _as_stack(hu)

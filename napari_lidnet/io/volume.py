@@ -45,7 +45,9 @@ class CTVolume:
     Attributes:
         hu: float32 array, (z, y, x) or (y, x).
         spacing: voxel size in mm per array axis, same length as ``hu.ndim``.
-        origin: world position (mm, patient LPS) of voxel 0, per array axis order (z, y, x).
+        origin: world position (mm, patient LPS) of voxel 0, per array axis order (z, y, x). With neither origin
+            nor direction given, both are made up (0 and the identity) and ``metadata["orientation_unknown"]`` says
+            so: writers then leave the patient position out.
         direction: (3, 3) matrix whose columns are the patient-space unit vectors of the x, y and z array axes
             (DICOM ImageOrientationPatient row/column cosines and the slice normal).
         boxes: optional (N, 5) float array of lesion boxes ``slice, x1, y1, x2, y2`` in pixels.
@@ -61,10 +63,13 @@ class CTVolume:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.hu = np.asarray(self.hu, dtype=np.float32)
-        if len(self.spacing) != self.hu.ndim:
-            raise ValueError(f"spacing {self.spacing} does not match image of {self.hu.ndim} dimensions")
-        self.spacing = tuple(float(s) for s in self.spacing)
+        self.hu = np.asarray(self.hu, dtype=np.float32)  # float32 input is kept, not copied
+        spacing = np.atleast_1d(np.asarray(self.spacing, dtype=float))
+        if spacing.shape != (self.hu.ndim,) or not (np.isfinite(spacing).all() and (spacing > 0).all()):
+            raise ValueError(f"spacing {self.spacing} must be {self.hu.ndim} positive numbers (mm per array axis)")
+        self.spacing = tuple(float(s) for s in spacing)
+        if self.origin is None and self.direction is None:  # made up here: no patient position, no R/L letters
+            self.metadata.setdefault("orientation_unknown", True)
         if self.origin is None:
             self.origin = (0.0,) * self.hu.ndim
         self.origin = tuple(float(o) for o in self.origin)
@@ -136,3 +141,15 @@ def known_pixel_mm(volume: CTVolume) -> tuple[float, float] | None:
     if volume.metadata.get("spacing_assumed"):
         return None
     return float(volume.spacing[-2]), float(volume.spacing[-1])
+
+
+def square_pixel_mm(spacing: float | Any) -> float:
+    """One pixel size in mm from a number, or from a (row, column) or (z, y, x) spacing whose rows and columns agree
+    within 1% (a :class:`CTVolume`'s ``spacing`` can be passed as it is); ValueError otherwise."""
+    values = np.atleast_1d(np.asarray(spacing, dtype=float))
+    if values.ndim != 1 or values.size == 0 or not (np.isfinite(values).all() and (values > 0).all()):
+        raise ValueError(f"pixel size {spacing!r}: give a positive number of mm (or a spacing of them)")
+    row, col = (float(values[-2]), float(values[-1])) if values.size > 1 else (float(values[0]),) * 2
+    if abs(row - col) > 0.01 * max(row, col):
+        raise ValueError(f"pixels of {row:g} x {col:g} mm are not square: give one size in mm")
+    return col

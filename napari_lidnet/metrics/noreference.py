@@ -37,11 +37,13 @@ Volumes (z, y, x) are measured on at most ``max_slices`` evenly spaced slices. n
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_lidnet.io.volume import square_pixel_mm
 from napari_lidnet.metrics.image import METRIC_WINDOW
 
 __all__ = [
@@ -481,8 +483,12 @@ def edge_sharpness(
     return float(np.sqrt(max(power / count, 0.0)) / pixel_mm)
 
 
-def quality_estimates(hu: np.ndarray, pixel_mm: float, locations: np.ndarray | None = None) -> dict[str, float]:
-    """Noise SD (HU), edge sharpness (HU/mm) and noise correlation length (px and mm) of one image or volume."""
+def quality_estimates(
+    hu: np.ndarray, pixel_mm: float | Sequence[float], locations: np.ndarray | None = None
+) -> dict[str, float]:
+    """Noise SD (HU), edge sharpness (HU/mm) and noise correlation length (px and mm) of one image or volume;
+    ``pixel_mm`` a number or a volume's spacing (square pixels)."""
+    pixel_mm = square_pixel_mm(pixel_mm)
     length = correlation_length(hu)
     return {
         "noise_sd_hu": noise_sd(hu),

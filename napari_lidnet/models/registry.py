@@ -127,7 +127,10 @@ def _resolve(name_or_path: str | os.PathLike, kind: str | None) -> Path:
     w_path, j_path = weight_paths(text)
     if j_path.is_file() or w_path.is_file():
         return j_path.with_suffix("")
-    if text == "default" and kind is not None:
+    if text == "default" and kind is None:
+        raise ValueError("'default' names a shipped pair: say which network, load_model('default', 'denoiser') or "
+                         "load_model('default', 'detector')")  # fmt: skip
+    if text == "default":
         info = default_model(kind)
         if info is None:
             raise FileNotFoundError(f"no {kind} model available: none shipped and none in {user_model_dir()}")

@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -239,6 +240,8 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     from safetensors import SafetensorError
     from safetensors.torch import load
 
+    from napari_lidnet.models.device import pick_device
+
     w_path, j_path = weight_paths(path)
     card = read_card(path)
     if not w_path.is_file():
@@ -272,4 +275,7 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
             parts.append(f"shape mismatch {shapes}")
         raise ValueError(f"{w_path}: tensors do not fit {card['kind']} {card['arch']!r}: " + "; ".join(parts))
     model.load_state_dict(tensors, strict=True)
+    device, msg = pick_device(str(device))
+    if msg:  # "cuda" on a machine without one: the CPU, said (torch would fail on the first tensor)
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
     return model.to(device).eval(), card

@@ -58,10 +58,12 @@ view directions (each with 2/n of the noise variance; not visible in the images,
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from napari_lidnet.io.volume import square_pixel_mm
 from napari_lidnet.sim import projector
 
 MU_WATER = 0.0193  # 1/mm, water at ~70 keV
@@ -146,7 +148,7 @@ def _device(device: str | torch.device) -> torch.device:
 def simulate_pair(
     phantom_hu: np.ndarray,
     dose: float,
-    spacing_mm: float,
+    spacing_mm: float | Sequence[float],
     seed: int | None = None,
     i0: float = I0_DEFAULT,
     electronic_noise: float = ELECTRONIC_NOISE_VAR,
@@ -164,6 +166,7 @@ def simulate_pair(
     low-dose image is the same as without it (the full-dose noise is still drawn, then dropped).
     """
     dose = _check_dose(dose)
+    spacing_mm = square_pixel_mm(spacing_mm)
     stack, squeeze = _as_stack(phantom_hu)
     dev = _device(device)
     seeds = _slice_seeds(seed, stack.shape[0])
@@ -241,7 +244,7 @@ def _inserted_noise_fast(
 def simulate_low_dose(
     hu: np.ndarray,
     dose: float,
-    spacing_mm: float,
+    spacing_mm: float | Sequence[float],
     seed: int | None = None,
     i0: float = I0_DEFAULT,
     electronic_noise: float = ELECTRONIC_NOISE_VAR,
@@ -254,6 +257,7 @@ def simulate_low_dose(
     sampling_mm: float | None = None,
 ) -> np.ndarray:
     """A normal-dose CT (y, x) or (z, y, x) in HU made into a ``dose`` scan by projection-domain noise insertion.
+    ``spacing_mm``: its pixel size (a number, or a volume's spacing with square pixels).
 
     ``i0`` is the full-dose photon count per bin and view assumed for the input scan. Pixels outside the FOV circle
     (when the image is air there) are returned unchanged. ``dose == 1`` returns a copy. ``fast``: the variance map
@@ -266,6 +270,7 @@ def simulate_low_dose(
     model: the grain scales with the pixel).
     """
     dose = _check_dose(dose)
+    spacing_mm = square_pixel_mm(spacing_mm)
     stack, squeeze = _as_stack(hu)
     out = stack.copy()
     if dose == 1.0:
