@@ -292,10 +292,11 @@ def test_a_volume_built_from_an_array_has_no_made_up_patient_position(tmp_path):
     hu = np.full((2, 24, 32), 40.0, np.float32)
     vol = CTVolume(hu, (2.5, 0.7, 0.7))
     assert vol.metadata["orientation_unknown"] is True
-    (row,) = list(csv.DictReader(write_volume_boxes(tmp_path / "b.csv", np.array([[1, 2, 3, 9, 8, 0.9]]), vol).open()))
+    box = np.array([[1, 2, 3, 9, 8, 0.9]])
+    (row,) = list(csv.DictReader(write_volume_boxes(tmp_path / "b.csv", box, vol).open()))
     assert float(row["width_mm"]) == pytest.approx(7 * 0.7) and not any(k.startswith("lps_") for k in row), row
     placed = CTVolume(hu, (2.5, 0.7, 0.7), origin=(-40.0, -100.0, -120.0), direction=np.eye(3))
-    (row,) = list(csv.DictReader(write_volume_boxes(tmp_path / "p.csv", np.array([[1, 2, 3, 9, 8, 0.9]]), placed).open()))
+    (row,) = list(csv.DictReader(write_volume_boxes(tmp_path / "p.csv", box, placed).open()))
     assert "orientation_unknown" not in placed.metadata and float(row["lps_z_mm"]) == pytest.approx(-40.0 + 2.5)
     for bad in (0.75, (0.7, 0.7), (2.5, 0.7, -0.7), (2.5, float("nan"), 0.7)):
         with pytest.raises(ValueError, match="must be 3 positive numbers"):
