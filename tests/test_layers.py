@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "napari_lidnet"
 
 #: top to bottom; a module may import its own layer and the layers below it
 STACK: tuple[tuple[str, ...], ...] = (
-    ("_widgets", "_reader", "_sample_data", "demo"),  # napari and Qt live only here
+    ("_widgets", "_reader", "_writer", "_sample_data", "demo"),  # napari and Qt live only here
     ("layer_data", "findings"),  # CTVolume and boxes <-> napari layer data; the findings table (plain numpy)
     ("cli",),
     ("batch",),

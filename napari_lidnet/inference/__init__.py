@@ -148,13 +148,14 @@ def _as_stack(hu: np.ndarray) -> np.ndarray:
     return hu[None] if hu.ndim == 2 else hu
 
 
-def check_role(model: Any, role: str) -> None:
-    """ValueError unless ``model`` can act as a ``role`` ("denoiser": a module that is not a detector; "detector":
-    one with ``detect``), before any work: a swapped pair failed deep in the network."""
+def check_role(model: Any, role: str) -> torch.nn.Module:
+    """``model``, or ValueError unless it can act as a ``role`` ("denoiser": a module that is not a detector;
+    "detector": one with ``detect``), before any work: a swapped pair failed deep in the network."""
     is_detector = callable(getattr(model, "detect", None))
     if not isinstance(model, torch.nn.Module) or is_detector != (role == "detector"):
         given = "a lesion detector" if is_detector else f"a {type(model).__name__}"
         raise ValueError(f"expected a {role} model, got {given}: load it with load_model(name, {role!r})")
+    return model
 
 
 def take_slices(stack: np.ndarray, chunk: Sequence[int]) -> np.ndarray:
@@ -598,16 +599,14 @@ def iter_pipeline(
 ) -> Generator[tuple[int, int], None, PipelineResult]:
     """Denoise, then detect lesions on the denoised slices (LIDnet's detector follows the denoised domain).
 
-    Yields ``(done, total)`` slices over both stages; returns a :class:`PipelineResult`. With ``cache``, each
-    stage is looked up by (input fingerprint, model fingerprint, slices, settings, device type) first. The input
-    is read in batches, never copied whole: peak memory is the output plus a batch (``benchmarks/
-    pipeline_memory.py``). A blind denoiser's strength is applied after both stages (:func:`apply_strength`): the
-    detector reads the fully denoised slices it was calibrated on, and a new strength reuses both cached stages; a
-    told one (``denoiser.told``) takes ``remove_sd`` in, so the detector reads that output and the boxes may move."""
+    Yields ``(done, total)`` slices over both stages; returns a :class:`PipelineResult`. With ``cache``, each stage
+    is looked up by (input and model fingerprints, slices, settings, device type) first. The input is read in
+    batches, never copied whole (``benchmarks/pipeline_memory.py``). A blind denoiser's strength is applied after
+    both stages (:func:`apply_strength`): the detector reads the fully denoised slices it was calibrated on, and a new
+    strength reuses both cached stages; a told one (``denoiser.told``) takes ``remove_sd`` in (the boxes may move)."""
     t0 = time.perf_counter()
-    for model, role in ((denoiser, "denoiser"), (detector, "detector")):
-        if model is not None:
-            check_role(model, role)
+    stages = [(s, check_role(m, r)) for s, m, r in (("denoise", denoiser, "denoiser"), ("detect", detector, "detector"))
+              if m is not None]  # fmt: skip
     final = settings or InferenceSettings()
     settings, after = _network_settings(denoiser, final)
     stack = _as_stack(hu)
@@ -621,7 +620,6 @@ def iter_pipeline(
 
     device = _pipeline_device(device, tell)
     result.device = str(device)
-    stages = [(s, m) for s, m in (("denoise", denoiser), ("detect", detector)) if m is not None]
     total = len(idx) * (len(stages) + after)  # the strength step counts its slices too (and can be cancelled)
     # cache keys, only when caching (hashing a volume costs more than a GPU pass over it): the input's content
     # hash, then for the detection stage the key of the denoising that made its input (no second hash)
