@@ -271,8 +271,8 @@ def _eval_job(job: dict) -> dict:
     """Metrics of one image set on the test slices: per-slice PSNR and every detector's boxes, pickled to
     ``job["record"]``. ``job["image"]``: "low", "full" or a denoiser weights stem; ``job["detectors"]``: name -> stem.
     A ``job["train"]`` (the retrained detector's run) is trained first."""
-    from napari_lidnet._training.validate import detections_per_slice
     from napari_lidnet.inference import detect
+    from napari_lidnet.metrics.froc import detections_per_slice
     from napari_lidnet.metrics.image import METRIC_WINDOW, psnr
 
     record = Path(job["record"])

@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from napari_lidnet._training.validate import detect_rows, detections_per_slice
+from napari_lidnet._training.validate import detect_rows
 from napari_lidnet.io.dataset import read_dataset
 from napari_lidnet.metrics.bootstrap import FrocCases, froc_cases
+from napari_lidnet.metrics.froc import detections_per_slice
 
 
 def pooled(folders: list[str]) -> tuple[list[Any], list[np.ndarray]]:

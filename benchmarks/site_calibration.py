@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from napari_lidnet._training.calibrate import DEFAULT_FP_PER_IMAGE
-from napari_lidnet._training.validate import detect_rows, detections_per_slice
+from napari_lidnet._training.validate import detect_rows
 from napari_lidnet.inference import denoise
 from napari_lidnet.io.dataset import read_dataset
-from napari_lidnet.metrics.froc import fp_rate_at, threshold_at_fp_rate
+from napari_lidnet.metrics.froc import detections_per_slice, fp_rate_at, threshold_at_fp_rate
 from napari_lidnet.models.registry import load_model
 from napari_lidnet.models.weights import default_threshold
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_lidnet._training.validate import by_size, detect_rows, detections_per_slice
+from napari_lidnet._training.validate import by_size, detect_rows
 from napari_lidnet.inference import denoise
 from napari_lidnet.metrics.bootstrap import case_bootstrap
-from napari_lidnet.metrics.froc import fp_rate_at, match_detections, threshold_at_fp_rate
+from napari_lidnet.metrics.froc import detections_per_slice, fp_rate_at, match_detections, threshold_at_fp_rate
 from napari_lidnet.models.registry import load_model
 from napari_lidnet.models.weights import default_threshold
 

@@ -36,9 +36,8 @@ def _wait(widget: Any, timeout_s: float = 600.0) -> None:
 
 def sample_metrics(viewer: Any, threshold: float) -> dict[str, Any]:
     """PSNR/SSIM of low dose and denoised against full dose, and the detections against the ground truth."""
-    from napari_lidnet._training.validate import detections_per_slice
     from napari_lidnet.layer_data import shapes_to_boxes
-    from napari_lidnet.metrics.froc import froc
+    from napari_lidnet.metrics.froc import detections_per_slice, froc, truth_per_slice
     from napari_lidnet.metrics.image import METRIC_WINDOW, slice_quality
 
     low = np.asarray(viewer.layers[LOW].data)
@@ -49,8 +48,7 @@ def sample_metrics(viewer: Any, threshold: float) -> dict[str, Any]:
     scores = np.asarray(viewer.layers[f"{LOW} lesions"].features["score"], dtype=float)
     n = low.shape[0]
     rows = np.hstack([found, scores[:, None]]) if len(found) else np.zeros((0, 6))
-    per_slice_gt = [gt[gt[:, 0] == z, 1:5] for z in range(n)]
-    fr = froc(detections_per_slice(rows, n), per_slice_gt)  # the shown boxes are those >= threshold
+    fr = froc(detections_per_slice(rows, n), truth_per_slice(gt, n))  # the shown boxes are those >= threshold
     quality = {}
     for name, img in (("low dose", low), ("denoised", den)):
         q = slice_quality(img, full, window=METRIC_WINDOW)

@@ -877,7 +877,7 @@ def test_boxes_of_a_source_without_a_pixel_size_carry_no_mm(tmp_path) -> None:
     assert not any(k.endswith("_mm") for k in row), row
     info = json.loads(write_volume_boxes(tmp_path / "a.json", rows, assumed).read_text())
     assert info["spacing_mm"] is None
-    known = CTVolume(np.zeros((3, 24, 32), np.float32), (2.0, 0.5, 0.5))
+    known = CTVolume(np.zeros((3, 24, 32), np.float32), (2.0, 0.5, 0.5), origin=(0.0, 0.0, 0.0), direction=np.eye(3))
     (row,) = list(csv.DictReader(write_volume_boxes(tmp_path / "k.csv", rows, known).open()))
     assert float(row["width_mm"]) == 3.5 and "lps_x_mm" in row
 

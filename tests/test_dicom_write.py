@@ -435,7 +435,7 @@ def test_a_series_from_png_slices_states_no_thickness_and_says_its_orientation_i
     assert "SliceThickness" in ds and ds.SliceThickness in ("", None)  # present, empty
     assert float(ds.SpacingBetweenSlices) == png.spacing[0]
     assert "gives no patient orientation or position" in ds.ImageComments
-    dicom = CTVolume(np.zeros((2, 8, 8), np.float32), (5.0, 0.7, 0.7), name="ct",
+    dicom = CTVolume(np.zeros((2, 8, 8), np.float32), (5.0, 0.7, 0.7), (0.0, 0.0, 0.0), np.eye(3), name="ct",
                      metadata={"slice_thickness": 2.5})  # fmt: skip
     ds = pydicom.dcmread(write_dicom_series(dicom, tmp_path / "from-dicom", "LIDnet denoised")[0])
     assert float(ds.SliceThickness) == 2.5 and "ImageComments" not in ds

@@ -218,6 +218,11 @@ def test_box_sides_in_mm_follow_non_square_pixels(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="positive numbers of mm"):
         write_boxes_csv(tmp_path / "bad.csv", rows, pixel_mm=(0.0, 0.5))
     assert not (tmp_path / "bad.csv").exists()
+    truth = write_boxes_csv(tmp_path / "truth.json", rows[:, :5])  # a volume's lesion boxes: no scores (null)
+    assert [r["score"] for r in json.loads(truth.read_text())["boxes"]] == [None, None]
+    with pytest.raises(ValueError, match=r"boxes of shape \(2, 4\): expected \(N, 6\)"):
+        write_boxes_csv(tmp_path / "bad.csv", rows[:, 1:5])
+    assert not (tmp_path / "bad.csv").exists()
 
 
 @pytest.mark.parametrize("name", ["ü-name", "-lead", "a b", "x" * 65])

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_lidnet.metrics.froc import box_iou_np, fp_rate_at, froc, match_detections, threshold_at_fp_rate
+from napari_lidnet.metrics.froc import (
+    box_iou_np,
+    detections_per_slice,
+    fp_rate_at,
+    froc,
+    match_detections,
+    threshold_at_fp_rate,
+    truth_per_slice,
+)
 
 
 def _case():
@@ -85,3 +93,17 @@ def test_fp_rate_at_is_what_threshold_at_fp_rate_inverts():
             assert fp_rate_at(scores, max(b.max() for b in below if len(b))) > rate
     assert fp_rate_at([np.array([0.2, 0.7]), np.array([0.9])], 0.5) == 1.0
     assert np.isnan(fp_rate_at([], 0.5))
+
+
+def test_a_volume_s_rows_and_boxes_go_to_froc_slice_by_slice() -> None:
+    """``detect``'s (N, 6) rows and a volume's (M, 5) lesion boxes, as froc takes them: one entry per slice, empty
+    slices included; the curve equals the one of the lists written out by hand."""
+    rows = np.array([[2, 10, 10, 20, 20, 0.9], [0, 50, 50, 60, 60, 0.4], [2, 70, 70, 80, 80, 0.2]])
+    truth = np.array([[2, 11, 11, 21, 21], [1, 30, 30, 40, 40]])
+    dets, gts = detections_per_slice(rows, 3), truth_per_slice(truth, 3)
+    assert [len(b) for b, _ in dets] == [1, 0, 2] and [len(g) for g in gts] == [0, 1, 1]
+    np.testing.assert_array_equal(dets[2][1], [0.9, 0.2])
+    by_hand = froc([(rows[1:2, 1:5], [0.4]), (np.zeros((0, 4)), []), (rows[[0, 2], 1:5], [0.9, 0.2])],
+                   [np.zeros((0, 4)), truth[1:, 1:], truth[:1, 1:]])  # fmt: skip
+    np.testing.assert_array_equal(froc(dets, gts).sensitivity, by_hand.sensitivity)
+    assert froc(dets, gts).mean_sensitivity == pytest.approx(0.5)

@@ -318,8 +318,12 @@ def test_an_unusable_sform_falls_back_to_the_qform(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="its sform is unusable .*; the qform is used"):
         vol = read_nifti(tmp_path / "zero_sform.nii")
     assert vol.spacing == pytest.approx((2.5, 0.8, 0.7)) and not vol.metadata.get("spacing_assumed")
+    with pytest.raises(ValueError, match="must be 3 positive numbers"):  # a volume refuses it when made
+        replace(vol, spacing=(0.0, 0.8, 0.7))
+    broken = replace(vol)
+    broken.spacing = (0.0, 0.8, 0.7)  # or set afterwards: the writer refuses it too
     with pytest.raises(ValueError, match="voxel size .* unusable for NIfTI"):
-        write_nifti(tmp_path / "out.nii", replace(vol, spacing=(0.0, 0.8, 0.7)))
+        write_nifti(tmp_path / "out.nii", broken)
     with pytest.raises(ValueError, match=r"a NIfTI file name ends in \.nii or \.nii\.gz"):
         write_nifti(tmp_path / "out.txt", vol)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["zero_sform.nii"]

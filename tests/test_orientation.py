@@ -111,7 +111,7 @@ def test_letters_describe_the_layer_on_screen(make_napari_viewer, tmp_path: Path
     viewer = make_napari_viewer()
     ReadingRoom.install(viewer)
     air = np.full((3, 8, 8), -1000.0, np.float32)  # CT in HU (an image with nothing below -50 HU is not)
-    supine = CTVolume(air, (2.5, 0.7, 0.7), name="supine")
+    supine = CTVolume(air, (2.5, 0.7, 0.7), direction=np.eye(3), name="supine")
     prone = CTVolume(air[0], (0.7, 0.7), direction=np.diag([-1.0, -1.0, 1.0]), name="prone")
     low = add(viewer, supine)
     top = add(viewer, prone)  # 2-D, on top, over all slices
@@ -147,13 +147,13 @@ def test_side_by_side_letters_only_when_every_image_shown_agrees(make_napari_vie
     viewer = make_napari_viewer()
     ReadingRoom.install(viewer)
     air = np.full((3, 8, 8), -1000.0, np.float32)
-    supine = add(viewer, CTVolume(air, (2.5, 0.7, 0.7), name="supine"))
+    supine = add(viewer, CTVolume(air, (2.5, 0.7, 0.7), direction=np.eye(3), name="supine"))
     other = add(viewer, CTVolume(air, (2.5, 0.7, 0.7), direction=np.diag([-1.0, 1.0, -1.0]), name="feet first"))
     viewer.grid.enabled = True
     assert shown(viewer) == {}
     other.visible = False
     assert shown(viewer) == AXIAL  # one image shown
-    twin = add(viewer, CTVolume(air + 10.0, (2.5, 0.7, 0.7), name="supine denoised"))
+    twin = add(viewer, CTVolume(air + 10.0, (2.5, 0.7, 0.7), direction=np.eye(3), name="supine denoised"))
     assert shown(viewer) == AXIAL  # the pair agrees
     viewer.grid.enabled = False
     twin.visible = supine.visible = False
@@ -175,7 +175,7 @@ def test_releasing_the_room_gives_napari_its_view_back(make_napari_viewer) -> No
 
     owner = Owner()
     ReadingRoom.install(viewer, owner)
-    add(viewer, CTVolume(np.full((6, 8, 8), -1000.0, np.float32), (2.5, 0.7, 0.7), name="ct"))
+    add(viewer, CTVolume(np.full((6, 8, 8), -1000.0, np.float32), (2.5, 0.7, 0.7), direction=np.eye(3), name="ct"))
     viewer.dims.order = (1, 0, 2)  # coronal: slices run feet to head down the screen, so the camera turns
     assert str(camera(viewer).orientation2d[0]) == "up" and shown(viewer)["top"] == "S"
     ReadingRoom.release(viewer, owner)

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from napari_lidnet.inference import denoise
-from napari_lidnet.metrics.froc import fp_rate_at, froc, threshold_at_fp_rate
+from napari_lidnet.metrics.froc import detections_per_slice, fp_rate_at, froc, threshold_at_fp_rate
 from napari_lidnet.models.weights import FALLBACK_THRESHOLD
 
-from .validate import by_size, detect_rows, detections_per_slice
+from .validate import by_size, detect_rows
 
 DEFAULT_FP_PER_IMAGE = 0.5  # false boxes per lesion-free slice at the default threshold
 MIN_SITE_SLICES = 8  # fewest slices of a site's own scans that ``calibrate_on_scans`` takes

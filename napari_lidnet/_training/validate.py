@@ -9,17 +9,8 @@ import numpy as np
 import torch
 
 from napari_lidnet.inference import denoise, detect
-from napari_lidnet.metrics.froc import froc
+from napari_lidnet.metrics.froc import detections_per_slice, froc
 from napari_lidnet.metrics.image import METRIC_WINDOW, slice_quality
-
-
-def detections_per_slice(rows: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(N, 6) ``slice, x1, y1, x2, y2, score`` rows -> per-slice (boxes, scores) for FROC."""
-    out = []
-    for i in range(n):
-        r = rows[rows[:, 0] == i]
-        out.append((r[:, 1:5], r[:, 5]))
-    return out
 
 
 def _stack(slices: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:

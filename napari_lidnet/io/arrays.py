@@ -9,7 +9,6 @@ huge, empty, 1D/4D, boolean, 8-bit or complex array is refused without allocatin
 
 from __future__ import annotations
 
-import warnings
 import zipfile
 from pathlib import Path
 from typing import IO, Any
@@ -173,8 +172,6 @@ def read_array(path: str | Path) -> CTVolume:
     if spacing.size != hu.ndim or not np.all(spacing > 0):
         raise ValueError(f"{path}: spacing {spacing.tolist()} must be {hu.ndim} positive numbers (mm per axis)")
     origin, direction = _patient_geometry(path, geometry, hu.ndim)
-    for note in notes:  # said as DICOM's and NIfTI's notes are (a script sees them too)
-        warnings.warn(note, UserWarning, stacklevel=2)
     # without origin and direction an array says nothing of the patient's directions: no R/L letters
     meta = {"format": suffix.lstrip("."), "source": str(path), "warnings": notes, "spacing_assumed": assumed,
             "orientation_unknown": direction is None}  # fmt: skip

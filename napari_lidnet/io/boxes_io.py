@@ -82,13 +82,19 @@ def write_boxes_csv(
     pixel_mm: Sequence[float] | None = None, affine: np.ndarray | None = None,
     slice_ipp: Sequence[Sequence[float]] | None = None, about: dict[str, Any] | None = None,
 ) -> Path:  # fmt: skip
-    """Write (N, 6) rows as CSV, or as JSON when the path ends in .json, with each box's sides in mm (``pixel_mm``:
-    the pixel's (row, column) size, or (z, y, x) spacing), its centre in patient mm (``affine``, ``slice_ipp``:
-    :func:`box_centres_lps`), its lesion number (``lesions``, one per row) and its slice's entries of ``slices``
-    (:func:`slice_columns`) as further columns; ``about`` (input, model, threshold...) goes into the JSON only.
-    Refuses to overwrite."""
+    """Write (N, 6) rows (or (N, 5) boxes without scores) as CSV, or as JSON when the path ends in .json, with each
+    box's sides in mm (``pixel_mm``: the pixel's (row, column) size, or (z, y, x) spacing), its centre in patient mm
+    (``affine``, ``slice_ipp``: :func:`box_centres_lps`), its lesion number (``lesions``, one per row) and its
+    slice's entries of ``slices`` (:func:`slice_columns`) as further columns; ``about`` (input, model,
+    threshold...) goes into the JSON only. Refuses to overwrite."""
     path = check_new(path)
-    rows = np.asarray(rows, dtype=float).reshape(-1, 6)
+    rows = np.asarray(rows, dtype=float)
+    if rows.size and (rows.ndim != 2 or rows.shape[1] not in (5, 6)):
+        raise ValueError(f"boxes of shape {rows.shape}: expected (N, 6) slice, x1, y1, x2, y2, score rows (or (N, 5) "
+                         "without scores)")  # fmt: skip
+    rows = rows.reshape(-1, rows.shape[-1] if rows.size else 6)
+    if rows.shape[1] == 5:  # lesion boxes (a reader's, a phantom's): no score
+        rows = np.column_stack([rows, np.full(len(rows), np.nan)])
     slices = slices or {}
     if lesions is not None and len(lesions) != len(rows):
         raise ValueError(f"{len(lesions)} lesion numbers for {len(rows)} boxes")

@@ -96,6 +96,20 @@ class FROCResult:
         }
 
 
+def detections_per_slice(rows: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``detect``'s (N, 6) ``slice, x1, y1, x2, y2, score`` rows -> :func:`froc`'s (boxes, scores) for each of the
+    ``n`` slices."""
+    rows = np.asarray(rows, dtype=float).reshape(-1, 6)
+    return [(rows[rows[:, 0] == i, 1:5], rows[rows[:, 0] == i, 5]) for i in range(n)]
+
+
+def truth_per_slice(boxes: np.ndarray, n: int) -> list[np.ndarray]:
+    """(M, 5) ``slice, x1, y1, x2, y2`` lesion boxes (a phantom's or a reader's ``boxes``) -> :func:`froc`'s ground
+    truth for each of the ``n`` slices."""
+    boxes = np.asarray(boxes, dtype=float).reshape(-1, 5)
+    return [boxes[boxes[:, 0] == i, 1:5] for i in range(n)]
+
+
 def froc(
     detections: Sequence[tuple[np.ndarray, np.ndarray]],
     ground_truth: Sequence[np.ndarray],
@@ -104,7 +118,8 @@ def froc(
 ) -> FROCResult:
     """FROC over a set of images.
 
-    ``detections[i] = (boxes (N,4), scores (N,))`` and ``ground_truth[i] = (M,4)`` for image i (pixels).
+    ``detections[i] = (boxes (N,4), scores (N,))`` and ``ground_truth[i] = (M,4)`` for image i (pixels):
+    :func:`detections_per_slice` and :func:`truth_per_slice` make them from a volume's rows and boxes.
     Hits follow ``match_detections``. For every distinct score threshold t, sensitivity = hits with score >= t /
     lesions and FP/image = false positives with score >= t / images. The sensitivity at a rate r is the best
     sensitivity of the curve at FP/image <= r (0 when no threshold gets there); ``mean_sensitivity`` averages them.
