@@ -528,6 +528,29 @@ def test_compare_side_by_side_with_one_window_and_flip(make_napari_viewer, qtbot
     assert viewer.canvas.overlays[READOUT].text == "W 800  L 100"  # the window readout alone
 
 
+def test_compare_shows_the_study_picked_in_the_dock(make_napari_viewer, qtbot, model_dir: Path) -> None:
+    """Two studies denoised one after the other: Compare and Flip show the one picked in the dock's image list
+    (or whose denoised layer is picked), not whichever ran last."""
+    viewer = make_napari_viewer()
+    first = add_ct(viewer, phantom(n=2, seed=1)[0], name="first", metadata={"hu": True})
+    second = add_ct(viewer, phantom(n=2, seed=2)[0], name="second", metadata={"hu": True})
+    widget = make_widget(viewer, qtbot)
+    widget.detector_combo.setCurrentText("(none)")
+    for name in ("first", "second"):
+        widget.image_combo.setCurrentText(name)
+        run_and_wait(widget, qtbot)
+    widget.image_combo.setCurrentText("first")
+    assert widget.set_compare(True)
+    assert [ly.name for ly in viewer.layers if ly.visible] == ["first", "first denoised"]
+    widget.set_compare(False)
+    widget.image_combo.setCurrentText("second denoised")
+    assert widget.flip() in (second, viewer.layers["second denoised"])
+    assert {ly.name for ly in viewer.layers if ly.visible} <= {"second", "second denoised"}
+    widget.image_combo.setCurrentText("first")
+    assert widget.flip() in (first, viewer.layers["first denoised"])  # the pair flipped is the picked study's
+    assert first.visible != viewer.layers["first denoised"].visible
+
+
 def test_compare_shows_a_simulated_low_doses_reference_as_a_third_panel(make_napari_viewer, qtbot, model_dir) -> None:
     """Regression: Compare showed low dose and denoised only; with the normal dose the low dose was
     simulated from open, a reader checks a box against it by leaving Compare. It is a third panel, on one window;

@@ -673,11 +673,17 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         return entry[2] if entry is not None and entry[2] in self.viewer.layers else None
 
     def _compare_pair(self) -> tuple[Any, Any] | None:
+        """(input, denoised) of the image picked in the dock (or of the denoised layer picked), when a run made
+        one, else of the last run."""
+        layers = self.viewer.layers
+        made = [(e[0], e[2]) for e in self._outputs if e[1] == "denoised" and e[0] in layers and e[2] in layers]
+        picked = self._source_layer()
+        pair = next((p for p in made if picked is not None and picked in p), None)
+        if pair is not None:
+            return pair
         den = self.output("denoised")
         src = self._last["layer"] if self._last is not None else None
-        if den is None or src not in self.viewer.layers:
-            return None
-        return src, den
+        return (src, den) if den is not None and src in layers else None
 
     def _no_pair(self, what: str) -> None:
         """Say why there is nothing to ``what`` (compare, flip)."""
