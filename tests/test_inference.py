@@ -381,6 +381,10 @@ def test_a_swapped_model_or_an_image_that_cannot_be_hu_is_refused_before_any_wor
     for bad in (hu > 0, np.clip(hu + 1000, 0, 255).astype(np.uint8), hu.astype(np.complex64)):
         with pytest.raises(ValueError, match=f"dtype {bad.dtype} cannot hold CT values in HU"):
             inf.denoise(den, bad)
+    with pytest.raises(ValueError, match="batch size 0 and tile size 1024 must be at least 1"):
+        inf.denoise(den, hu, batch_size=0)
+    with pytest.raises(ValueError, match=r"pixel size \(-0.7, -0.7\) must be positive"):
+        inf.detect(det, hu, pixel_mm=(-0.7, -0.7))
     want = inf.denoise(den, hu)
     np.testing.assert_array_equal(inf.denoise(den, hu.tolist()), want)
     np.testing.assert_array_equal(inf.denoise(den, torch.from_numpy(hu)), want)

@@ -27,6 +27,7 @@ Every caller (widgets, command line, trainer validation, benchmarks) goes throug
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import warnings
 from collections.abc import Callable, Generator, Sequence
@@ -102,6 +103,13 @@ class InferenceSettings:
     remove_sd: float | None = None  # HU of noise the denoiser removes (strength.keep_noise); None: all
     leave_sd: float | None = None  # HU of noise left in the output (strength.leave_noise); not with remove_sd
     pixel_mm: tuple[float, float] | None = None  # (row, column) pixel size: a detector with detect_mm resamples
+
+    def __post_init__(self) -> None:
+        if int(self.batch_size) < 1 or int(self.tile_size) < 1 or int(self.overlap) < 0:
+            raise ValueError(f"batch size {self.batch_size} and tile size {self.tile_size} must be at least 1, the "
+                             f"overlap {self.overlap} at least 0")  # fmt: skip
+        if self.pixel_mm is not None and not all(math.isfinite(v) and v > 0 for v in self.pixel_mm):
+            raise ValueError(f"pixel size {self.pixel_mm} must be positive numbers of mm")
 
     def key(self) -> tuple[Any, ...]:
         """The settings that change results."""
