@@ -50,7 +50,7 @@ from scipy.special import ndtr, ndtri
 
 from napari_lidnet.inference import denoise, detect
 from napari_lidnet.metrics.bootstrap import froc_cases, froc_ci, froc_difference, mean_ci
-from napari_lidnet.metrics.froc import box_iou_np
+from napari_lidnet.metrics.froc import box_iou_np, detections_per_slice
 from napari_lidnet.metrics.image import METRIC_WINDOW, psnr
 from napari_lidnet.metrics.observer import cho, laguerre_gauss_channels
 from napari_lidnet.models.registry import load_model
@@ -147,7 +147,7 @@ def detections(detector: torch.nn.Module, images: dict[str, np.ndarray]) -> dict
     """The fixed detector's boxes and scores on the lesion image of each pair."""
     names = list(images)
     rows = detect(detector, np.stack([images[k][0] for k in names]), score_threshold=SCORE_FLOOR, batch_size=1)
-    return {k: [rows[rows[:, 0] == i][:, 1:5], rows[rows[:, 0] == i][:, 5]] for i, k in enumerate(names)}
+    return dict(zip(names, detections_per_slice(rows, len(names)), strict=True))
 
 
 def process_slice(i: int, seeds: tuple, models: Models, a: argparse.Namespace) -> dict:

@@ -33,7 +33,7 @@ from real_ct_sources import JUDGES, fetch, read_label, read_source  # noqa: E402
 from results_io import refuse_existing, write_results  # noqa: E402
 
 from napari_lidnet.inference import BOX_FLOOR, denoise, detect, model_fingerprint  # noqa: E402
-from napari_lidnet.metrics.froc import froc, match_detections  # noqa: E402
+from napari_lidnet.metrics.froc import detections_per_slice, froc, match_detections  # noqa: E402
 from napari_lidnet.metrics.image import psnr, ssim  # noqa: E402
 from napari_lidnet.models.registry import load_model  # noqa: E402
 from napari_lidnet.models.weights import default_threshold  # noqa: E402
@@ -90,8 +90,7 @@ def low_doses(vols: list[dict], dose: float, cache: ra.DiskCache) -> dict[str, l
 def detections(detector: torch.nn.Module, key: str, vol: np.ndarray, cache: ra.DiskCache) -> list[tuple]:
     """Per slice (boxes (k, 4), scores (k,)) from BOX_FLOOR up, cached by image and detector content."""
     rows = cache.get(("chest-detect", key, BOX_FLOOR, vol), lambda: detect(detector, vol, batch_size=1))[0]
-    rows = rows.reshape(-1, 6)
-    return [(rows[rows[:, 0] == z, 1:5], rows[rows[:, 0] == z, 5]) for z in range(len(vol))]
+    return detections_per_slice(rows, len(vol))
 
 
 def _ci(values: np.ndarray, stat, n_boot: int) -> list[float]:

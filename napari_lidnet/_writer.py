@@ -57,8 +57,8 @@ def write_ct_nifti(path: str, layer_data: list[tuple[Any, dict[str, Any], str]])
 
 
 def write_boxes(path: str, layer_data: list[tuple[Any, dict[str, Any], str]]) -> list[str]:
-    """A layer of rectangles as ``slice, x1, y1, x2, y2, score`` rows (pixels) with sides in mm where the layer has
-    a measured pixel size."""
+    """A layer of rectangles as ``slice, x1, y1, x2, y2, score`` rows (pixels), with sides in mm where the layer
+    records its image's measured pixel size (the Denoise dock's boxes, a reader's annotations; not a drawn layer)."""
     from .io.boxes_io import write_boxes_csv
     from .layer_data import shapes_to_boxes
 
@@ -72,9 +72,8 @@ def write_boxes(path: str, layer_data: list[tuple[Any, dict[str, Any], str]]) ->
     scores = np.full(len(boxes), np.nan)
     if features is not None and "score" in features and len(features) == len(boxes):
         scores = np.asarray(features["score"], float)
-    scale = tuple(float(s) for s in attributes.get("scale", (1.0, 1.0)))
-    known = any(s != 1.0 for s in scale) and not (attributes.get("metadata") or {}).get("spacing_assumed")
+    pixel = ((attributes.get("metadata") or {}).get("lidnet") or {}).get("pixel_mm")  # measured, as its image says
     rows = np.column_stack([boxes, scores]) if len(boxes) else np.zeros((0, 6))
     about = {"layer": attributes.get("name"), "saved_with": "napari File > Save"}
-    out = write_boxes_csv(_named(path, (BOXES_SUFFIX,)), rows, pixel_mm=scale[-2:] if known else None, about=about)
+    out = write_boxes_csv(_named(path, (BOXES_SUFFIX,)), rows, pixel_mm=pixel, about=about)
     return [str(out)]

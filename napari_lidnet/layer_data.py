@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from napari_lidnet.io.checks import not_ct_note
-from napari_lidnet.io.volume import CTVolume, n_slices, slice_metadata
+from napari_lidnet.io.volume import CTVolume, known_pixel_mm, n_slices, slice_metadata
 from napari_lidnet.io.windowing import SCAN_WINDOW, window_limits
 from napari_lidnet.metrics.noreference import fill_holes, sample_slices
 
@@ -181,7 +181,8 @@ def volume_boxes_layer_tuple(vol: CTVolume, name: str | None = None) -> LayerDat
         affine=vol.display_affine(),
         labels=labels,
         features=extra,
-        metadata={"lidnet": {"source_key": data_key(vol.hu)}},  # its image, whatever either is called later
+        metadata={"lidnet": {"source_key": data_key(vol.hu),  # its image, whatever either is called later
+                             "pixel_mm": known_pixel_mm(vol)}},  # None: assumed
     )
 
 
@@ -303,11 +304,13 @@ def volume_from_layer(
     """
     meta = {k: v for k, v in metadata.items() if k not in ("affine_lps", "lidnet")}
     meta = slice_metadata(meta, first_slice, n_slices(hu))
-    spacing = tuple(float(s) for s in scale)
+    spacing = tuple(abs(float(s)) for s in scale)
     aff = metadata.get("affine_lps")
     if aff is None or np.shape(aff) != (4, 4):
-        origin = slice_translate(spacing, translate, first_slice) if hu.ndim == 3 else tuple(translate)
-        return CTVolume(hu, spacing, tuple(float(t) for t in origin), None, name=name, metadata=meta)
+        origin = slice_translate(tuple(float(s) for s in scale), translate, first_slice) if hu.ndim == 3 else translate
+        signs = np.sign([float(s) for s in scale][::-1] + [1.0] * (3 - len(scale)))  # x, y, z: a flipped layer's
+        direction = np.diag(signs) if (signs < 0).any() else None  # axis runs the other way
+        return CTVolume(hu, spacing, tuple(float(t) for t in origin), direction, name=name, metadata=meta)
     aff = np.asarray(aff, dtype=float)
     direction = np.zeros((3, 3))
     for col, axis in enumerate((2, 1, 0)):  # affine columns are the z, y, x array axes (unit: a layer rescaled

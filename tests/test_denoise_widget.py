@@ -121,6 +121,7 @@ def test_volume_run_layers_geometry_threshold_and_rerun(make_napari_viewer, qtbo
     boxes = viewer.layers["low lesions"]
     np.testing.assert_allclose(boxes.scale, src.scale)
     np.testing.assert_allclose(boxes.translate, src.translate)
+    assert boxes.metadata["lidnet"]["pixel_mm"] == SCALE[1:]  # its image's, measured: File > Save's .boxes.csv mm
     assert boxes.ndim == 3 and len(boxes.data) > 0 and set(boxes.shape_type) == {"rectangle"}
     for verts, z, score in zip(boxes.data, boxes.features["slice"], boxes.features["score"]):
         assert np.all(verts[:, 0] == z) and score >= widget.threshold  # each box lies on its own slice

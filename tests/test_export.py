@@ -220,6 +220,8 @@ def test_box_sides_in_mm_follow_non_square_pixels(tmp_path: Path) -> None:
     assert not (tmp_path / "bad.csv").exists()
     truth = write_boxes_csv(tmp_path / "truth.json", rows[:, :5])  # a volume's lesion boxes: no scores (null)
     assert [r["score"] for r in json.loads(truth.read_text())["boxes"]] == [None, None]
+    np.testing.assert_allclose(read_boxes_csv(truth), np.column_stack([rows[:, :5], [np.nan] * 2]), atol=1e-4)
+    np.testing.assert_allclose(read_boxes_csv(write_boxes_csv(tmp_path / "t.csv", rows[:, :5]))[:, 5], [np.nan] * 2)
     with pytest.raises(ValueError, match=r"boxes of shape \(2, 4\): expected \(N, 6\)"):
         write_boxes_csv(tmp_path / "bad.csv", rows[:, 1:5])
     assert not (tmp_path / "bad.csv").exists()

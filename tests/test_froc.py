@@ -107,3 +107,8 @@ def test_a_volume_s_rows_and_boxes_go_to_froc_slice_by_slice() -> None:
                    [np.zeros((0, 4)), truth[1:, 1:], truth[:1, 1:]])  # fmt: skip
     np.testing.assert_array_equal(froc(dets, gts).sensitivity, by_hand.sensitivity)
     assert froc(dets, gts).mean_sensitivity == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"shape \(2, 6\): expected \(N, 5\)"):
+        truth_per_slice(rows[:2], 3)  # rows where boxes were meant: refused, not regrouped
+    with pytest.raises(ValueError, match=r"shape \(2, 5\): expected \(N, 6\)"):
+        detections_per_slice(truth, 3)
+    assert [len(g) for g in truth_per_slice([], 2)] == [0, 0]

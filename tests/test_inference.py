@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -381,6 +383,10 @@ def test_a_swapped_model_or_an_image_that_cannot_be_hu_is_refused_before_any_wor
     for bad in (hu > 0, np.clip(hu + 1000, 0, 255).astype(np.uint8), hu.astype(np.complex64)):
         with pytest.raises(ValueError, match=f"dtype {bad.dtype} cannot hold CT values in HU"):
             inf.denoise(den, bad)
+        with pytest.raises(ValueError, match="cannot hold CT values in HU"):
+            inf.denoise(den, torch.from_numpy(bad))  # as a tensor too
+    with pytest.raises(ValueError, match=r"load_model returns \(model, card\)"):
+        inf.denoise((den, {}), hu)
     with pytest.raises(ValueError, match="batch size 0 and tile size 1024 must be at least 1"):
         inf.denoise(den, hu, batch_size=0)
     with pytest.raises(ValueError, match=r"pixel size \(-0.7, -0.7\) must be positive"):
@@ -400,8 +406,14 @@ def test_cuda_asked_on_a_machine_without_it_runs_on_the_cpu_and_says_so() -> Non
     den = _fastdn()
     want = inf.denoise(den, hu)
     for device in ("cuda", torch.device("cuda")):
-        with pytest.warns(RuntimeWarning, match="CUDA is not available: falling back to the CPU"):
+        with pytest.warns(RuntimeWarning, match="CUDA is not available: falling back to the CPU") as said:
             np.testing.assert_array_equal(inf.denoise(den, hu, device=device), want)
+        assert said[0].filename == __file__  # the warning points at the caller's line, not into the package
+    with pytest.warns(RuntimeWarning, match="CUDA is not available"):  # the pipeline too, besides its notices
+        assert inf.run_pipeline(hu, den, None, device="cuda").notices
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        inf.denoise(den, hu, device="auto")  # "auto" on a machine without a GPU: as asked, no warning
     told: list[str] = []
     inf.denoise(den, hu, device=torch.device("cuda"), notice=told.append)
     assert told == ["cuda requested but CUDA is not available: falling back to the CPU"]

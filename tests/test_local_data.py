@@ -612,6 +612,22 @@ def test_a_name_taken_while_the_run_trained_saves_it_as_name_2(model_dir: Path) 
     )
 
 
+def test_a_name_taken_before_the_run_is_refused_at_once_and_a_long_name_keeps_its_suffix(model_dir: Path) -> None:
+    """The run (from Python, as the docks do) refuses a name already taken before any work; a 64-character name
+    taken meanwhile is cut to keep its -2 within the limit."""
+    from napari_lidnet._training.export import free_name, renamed_note
+
+    run = fj.new_run_dir("tiny")
+    job = fj.finetune_job(fj.FinetuneRequest("tiny", tiny_config(run), inputs=[]))  # the tiny pair is there
+    records, out = drive(job)
+    assert records == [] and out.status == "invalid" and "already exists" in out.message
+    assert not run.exists()
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(model_dir / f"tiny_denoiser{suffix}", model_dir / f"{'x' * 64}_denoiser{suffix}")
+    assert free_name("x" * 64) == "x" * 62 + "-2"
+    assert renamed_note(" site ", "site") == "" and "'site' was taken" in renamed_note(" site ", "site-2")
+
+
 def test_a_run_whose_export_fails_says_where_its_trained_networks_are(model_dir: Path, tmp_path: Path) -> None:
     """A model folder gone while the run trained (a network drive unmounted: a file in its place here) fails the
     export; the message says the trained networks are kept in the run folder."""

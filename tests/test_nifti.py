@@ -456,3 +456,20 @@ def test_a_2d_nifti_slices_boxes_carry_no_dicom_columns(tmp_path: Path) -> None:
     vol = read_nifti(tmp_path / "slice.nii.gz")
     assert vol.metadata.get("slice_ipp") is not None  # kept to write the slice back
     assert slice_columns(vol.metadata, 1) == {}
+
+
+def test_a_layer_flipped_with_a_negative_scale_exports_where_napari_shows_it(tmp_path) -> None:
+    """napari takes a negative scale (an axis flipped); the volume made from such a layer for an export has positive
+    voxel sizes and a direction that runs the other way, so every voxel is written where the viewer shows it."""
+    from napari_lidnet.layer_data import volume_from_layer
+
+    hu = synthetic_hu((3, 6, 5), seed=5)
+    scale, translate = (2.5, -0.7, 0.8), (10.0, -20.0, 30.0)
+    vol = volume_from_layer(hu, scale, translate, {}, "flipped")
+    assert vol.spacing == (2.5, 0.7, 0.8)
+    index = np.array([2.0, 3.0, 4.0])
+    world = np.array(translate) + np.array(scale) * index  # napari's (z, y, x) of that voxel
+    np.testing.assert_allclose((vol.affine() @ [*index, 1.0])[:3], world[::-1], atol=1e-9)
+    back = read_nifti(write_nifti(tmp_path / "flipped.nii.gz", vol))  # read back in the reader's own voxel order
+    (there,) = np.argwhere(np.isclose(back.hu, hu[2, 3, 4], atol=1e-3))  # the same voxel, by its value
+    np.testing.assert_allclose((back.affine() @ [*there, 1.0])[:3], world[::-1], atol=1e-3)

@@ -117,6 +117,8 @@ def test_array_files(tmp_path):
     with pytest.MonkeyPatch.context() as mp:  # "~/v.npz" in a script: the home folder's file
         mp.setenv("HOME", str(home))
         assert open_ct("~/v.npz")[0].spacing == (3.0, 0.5, 0.5)
+    with pytest.raises(FileNotFoundError, match="no such user's home"):
+        open_ct("~no-such-user-here/v.npz")
 
 
 def test_written_arrays_keep_their_voxel_size(tmp_path):
@@ -289,8 +291,9 @@ def test_a_volume_built_from_an_array_has_no_made_up_patient_position(tmp_path):
     from napari_lidnet.io.volume import CTVolume
 
     hu = np.full((2, 24, 32), 40.0, np.float32)
-    vol = CTVolume(hu, (2.5, 0.7, 0.7))
-    assert vol.metadata["orientation_unknown"] is True
+    meta = {"source": "mine"}
+    vol = CTVolume(hu, (2.5, 0.7, 0.7), metadata=meta)
+    assert vol.metadata["orientation_unknown"] is True and meta == {"source": "mine"}  # the caller's dict untouched
     box = np.array([[1, 2, 3, 9, 8, 0.9]])
     (row,) = list(csv.DictReader(write_volume_boxes(tmp_path / "b.csv", box, vol).open()))
     assert float(row["width_mm"]) == pytest.approx(7 * 0.7) and not any(k.startswith("lps_") for k in row), row

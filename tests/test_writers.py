@@ -39,9 +39,12 @@ def _ct(viewer: ViewerModel):
     return viewer.add_image(data, **kwargs)
 
 
-def _boxes(viewer: ViewerModel):
+def _boxes(viewer: ViewerModel, metadata: dict | None = None):
+    """A box layer as the Denoise dock draws one: its image's measured pixel size recorded."""
     rect = np.array([[1, 2, 3], [1, 2, 9], [1, 8, 9], [1, 8, 3]], float)
-    return viewer.add_shapes([rect], shape_type="rectangle", name="boxes", scale=SPACING, features={"score": [0.8]})
+    metadata = {"lidnet": {"pixel_mm": SPACING[1:]}} if metadata is None else metadata
+    return viewer.add_shapes([rect], shape_type="rectangle", name="boxes", scale=SPACING, features={"score": [0.8]},
+                             metadata=metadata)  # fmt: skip
 
 
 def _polygon(viewer: ViewerModel):
@@ -116,6 +119,9 @@ def test_boxes_saved_as_a_box_table_keep_scores_and_sides_in_mm(plugins, tmp_pat
     # the dialog with LIDnet's filter picked hands over the name as typed: the writer adds its suffix
     assert write_boxes(str(tmp_path / "typed"), [boxes.as_layer_data_tuple()]) == [str(tmp_path / "typed.boxes.csv")]
     assert write_boxes(str(tmp_path / "t.csv"), [boxes.as_layer_data_tuple()]) == [str(tmp_path / "t.boxes.csv")]
+    drawn = _boxes(viewer, metadata={})  # scale (2.5, 0.7, 0.7) but no record of a measured pixel: no mm
+    (row,) = list(csv.DictReader(open(write_boxes(str(tmp_path / "d.boxes.csv"), [drawn.as_layer_data_tuple()])[0])))
+    assert "width_mm" not in row and float(row["score"]) == 0.8
     with pytest.raises(ValueError, match="rectangles only, not polygon"):
         write_boxes(str(tmp_path / "poly.boxes.csv"), [_polygon(viewer).as_layer_data_tuple()])
     assert not (tmp_path / "poly.boxes.csv").exists()

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 KINDS = ("denoiser", "detector")
+MAX_NAME = 64  # characters of a model's name
 
 
 def valid_model_name(name: str) -> str:
     """A model name safe as a file name, or ValueError saying why not."""
     name = name.strip()
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+    if not re.fullmatch(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NAME - 1}}}", name):
         raise ValueError(f"model name {name!r}: use 1-64 ASCII letters (a-z, A-Z), digits, '.', '_' or '-', starting "
                          "with a letter or digit")
     if name.lower() == "default" or name.lower().startswith("default_"):
@@ -46,13 +47,13 @@ def free_name(name: str, kinds: tuple[str, ...] = KINDS) -> str:
     k = 1
     while _taken(user_model_dir(), candidate, kinds):
         k += 1
-        candidate = f"{base}-{k}"
+        candidate = f"{base[: MAX_NAME - len(f'-{k}')]}-{k}"  # a long name is cut to keep the suffix in the limit
     return candidate
 
 
 def renamed_note(asked: str, saved: str) -> str:
     """' (NAME was taken while this run trained)' when the model was saved under another name than asked, else ''."""
-    return f" ({asked!r} was taken while this run trained)" if saved != asked else ""
+    return f" ({asked.strip()!r} was taken while this run trained)" if saved != asked.strip() else ""
 
 
 def _taken(dest: Path, name: str, kinds: tuple[str, ...]) -> list[Path]:

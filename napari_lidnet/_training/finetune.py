@@ -90,7 +90,10 @@ def default_model_name() -> str:
     from napari_lidnet._training.export import free_name
 
     base = "finetuned-" + _dt.datetime.now().strftime("%Y%m%d-%H%M")
-    return free_name(base)  # a model folder that cannot be written is said when a run is asked for, not here
+    try:
+        return free_name(base)
+    except OSError:  # a model folder that cannot be read is said when a run is asked for, not here
+        return base
 
 
 def model_name_problems(name: str) -> list[str]:
@@ -336,10 +339,11 @@ def _take_state(req: FinetuneRequest, outcome: FinetuneOutcome, state: dict[str,
 
 def _salvage(req: FinetuneRequest, outcome: FinetuneOutcome, info: dict[str, Any]) -> None:
     """A run that failed after a validated round: its best checkpoint is published, as a Stop would, with the failure
-    in its notes and in the message. When that cannot be (no validated round, or the export itself failed: a full or
-    read-only model folder, the name taken since), the message says where the trained networks are kept."""
+    in its notes and in the message. When that cannot be (no validated round, or the export itself failed: a full,
+    read-only or vanished model folder), the message says where the trained networks are kept."""
     import json
 
+    from napari_lidnet._training.export import renamed_note
     from napari_lidnet._training.trainer import STATE_FILE
 
     run = Path(req.config.out)
@@ -353,7 +357,8 @@ def _salvage(req: FinetuneRequest, outcome: FinetuneOutcome, info: dict[str, Any
         _take_state(req, outcome, state)  # as a finished run's card says
         try:
             name = _publish(req, outcome, info, stopped=True)
-            outcome.message = f"{failure}; the best checkpoint before the failure was saved as {name}"
+            outcome.message = (f"{failure}; the best checkpoint before the failure was saved as {name}"
+                               f"{renamed_note(req.name, name)}")  # fmt: skip
             return
         except (OSError, ValueError):
             outcome.exported = []
@@ -411,7 +416,12 @@ def finetune_job(
     import time
 
     should_stop = should_stop or (lambda: False)
+    from napari_lidnet._training.export import free_name
+
     t0 = time.monotonic()
+    problems = model_name_problems(req.name)  # taken already (or not a name): said now, not after the training
+    if problems:
+        return FinetuneOutcome("invalid", problems[0])
     held: dict[str, Any] = {"device": "cpu"}
     info: dict[str, Any] = {}
     try:
@@ -431,7 +441,7 @@ def finetune_job(
             outcome.message = "stopped before the first round finished: no model was saved (the starting models stay)"
             outcome.notes.clear()  # what the numbers of a saved model would not mean: there is none
         else:
-            yield {"stage": "export", "message": f"saving {req.name}"}
+            yield {"stage": "export", "message": f"saving {free_name(req.name)}"}
             _publish(req, outcome, info, outcome.status == "stopped")
     except Exception as exc:  # every error becomes a message, never a crash of the viewer
         outcome = _failure(exc, Path(req.config.out))

@@ -573,8 +573,9 @@ class Trainer:
                               "so a re-run starts at once"}  # fmt: skip
         if "validate-start" not in self.state["done"]:
             n_val, n_test = len(self.val_samples), len(self.test_samples)
-            yield {"stage": "setup", "step": done_steps, "total_steps": total,
-                   "message": f"measuring the starting models ({n_val} validation, {n_test} test slices)"}  # fmt: skip
+            if n_val or n_test:
+                said = f"measuring the starting models ({n_val} validation, {n_test} test slices)"
+                yield {"stage": "setup", "message": said, "step": done_steps, "total_steps": total}
             t0 = time.monotonic()
             metrics = self.validate()
             self.state["start_metrics"] = metrics

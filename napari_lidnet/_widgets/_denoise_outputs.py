@@ -17,7 +17,7 @@ from ..io.volume import n_slices
 from ..layer_data import metadata_for_slices, removed_noise_layer, slice_translate
 from ..metrics.lesions import row_lesions
 from ._hand_edits import DRAWN_BOX, HandEdits
-from ._roles import DETECTIONS, NOISE, ROLE, behind_proxy, derived_name, lidnet_info, source_key
+from ._roles import DETECTIONS, NOISE, ROLE, behind_proxy, derived_name, lidnet_info, pixel_mm, source_key
 
 if TYPE_CHECKING:
     from napari.layers import Shapes
@@ -262,7 +262,8 @@ class DenoiseOutputs:
             "feature_defaults": DRAWN_BOX,
             "text": {"string": "{label}", "anchor": "upper_left", "size": 9, "color": BOX_TEXT_COLOR},
             "metadata": {ROLE: DETECTIONS, "lidnet": {"source_layer": src.name, "source_key": source_key(src),
-                                                      "detector": self._last["labels"][1], "run": uuid.uuid4().hex}},
+                                                      "detector": self._last["labels"][1], "run": uuid.uuid4().hex,
+                                                      "pixel_mm": pixel_mm(src)}},  # None: not measured
             **self._geometry(None),
         }
         layer = self._place("lesions", [s for s, _ in shapes], kwargs, "shapes")

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import warnings
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -39,7 +38,7 @@ import torch
 
 from napari_lidnet.inference.cache import ResultCache, array_fingerprint, cache_bytes, model_fingerprint
 from napari_lidnet.inference.tiles import TILE_ALIGN, blend, centred_in, merge_detections, tile_spans
-from napari_lidnet.io.checks import nonfinite_note
+from napari_lidnet.io.checks import nonfinite_note, warn_caller
 from napari_lidnet.io.fov import fill_padding
 from napari_lidnet.models.device import cpu_has_bf16, pick_device
 from napari_lidnet.models.normalize import hu_to_net, net_to_hu
@@ -91,7 +90,7 @@ class Cancelled(Exception):
 @dataclass(frozen=True)
 class InferenceSettings:
     """How to run a network. Everything here may change the result and is part of the cache keys except
-    ``batch_size``, which changes it only by rounding (batched kernels sum in another order: up to about 0.3 HU under
+    ``batch_size``, which changes it only by rounding (batched kernels sum in another order: under 1 HU with
     bfloat16 AMP on a CPU, 1e-4 HU in float32), so a cached result serves any batch size."""
 
     batch_size: int = 4
@@ -142,12 +141,14 @@ def hu_array(data: Any) -> np.ndarray:
 def _as_stack(hu: np.ndarray) -> np.ndarray:
     """``hu`` (:func:`hu_array`) as a (z, y, x) stack; ValueError for values that cannot be HU (boolean, 8-bit,
     complex: a mask or a display image)."""
-    dtype = None
-    with contextlib.suppress(TypeError):  # a torch tensor's dtype: read as float32 below
-        dtype = np.dtype(hu.dtype) if hasattr(hu, "dtype") else None
-    if dtype is not None and (dtype.kind not in "iuf" or dtype.itemsize == 1):
-        raise ValueError(f"dtype {dtype} cannot hold CT values in HU (integers of 16 bits or more, or floats): a "
-                         "mask or a display image?")  # fmt: skip
+    dtype = getattr(hu, "dtype", None)
+    if isinstance(dtype, torch.dtype):  # a tensor: read as float32 below
+        bad = dtype in (torch.bool, torch.uint8, torch.int8) or dtype.is_complex
+    elif dtype is not None:
+        bad = np.dtype(dtype).kind not in "iuf" or np.dtype(dtype).itemsize == 1
+    if dtype is not None and bad:
+        raise ValueError(f"dtype {str(dtype).removeprefix('torch.')} cannot hold CT values in HU (integers of 16 "
+                         "bits or more, or floats): a mask or a display image?")  # fmt: skip
     hu = hu_array(hu)
     if hu.ndim not in (2, 3):
         raise ValueError(f"expected a 2D slice or a 3D volume, got an array of shape {hu.shape}")
@@ -159,6 +160,8 @@ def _as_stack(hu: np.ndarray) -> np.ndarray:
 def check_role(model: Any, role: str) -> torch.nn.Module:
     """``model``, or ValueError unless it can act as a ``role`` ("denoiser": a module that is not a detector;
     "detector": one with ``detect``), before any work: a swapped pair failed deep in the network."""
+    if isinstance(model, tuple):
+        raise ValueError(f"expected a {role} model, got a tuple: load_model returns (model, card), take its first item")
     is_detector = callable(getattr(model, "detect", None))
     if not isinstance(model, torch.nn.Module) or is_detector != (role == "detector"):
         given = "a lesion detector" if is_detector else f"a {type(model).__name__}"
@@ -219,7 +222,7 @@ class _Runner:
         settings: InferenceSettings,
         notice: Notice | None,
     ) -> None:
-        self.notice = notice or _warn
+        self.notice = notice or script_notice(device)
         self.device = _pipeline_device(device, self.notice)
         self.model = model
         self.settings = settings
@@ -589,9 +592,15 @@ def _pipeline_device(device: torch.device | str, tell: Notice) -> torch.device:
     return device
 
 
-def _warn(msg: str) -> None:
-    """The notice of a call given none (a script's): a Python warning, so a CPU fallback is not silent."""
-    warnings.warn(msg, RuntimeWarning, stacklevel=4)
+def script_notice(device: torch.device | str) -> Notice:
+    """The notice of a call given none (a script's): a RuntimeWarning at the script's line, so a CPU fallback or a
+    smaller batch after running out of memory is not silent; "auto" running on the CPU is as asked, not warned."""
+
+    def warn(msg: str) -> None:
+        if not (str(device) == "auto" and msg.startswith("no GPU found")):
+            warn_caller(msg, RuntimeWarning)
+
+    return warn
 
 
 def iter_pipeline(
@@ -613,18 +622,18 @@ def iter_pipeline(
     both stages (:func:`apply_strength`): the detector reads the fully denoised slices it was calibrated on, and a new
     strength reuses both cached stages; a told one (``denoiser.told``) takes ``remove_sd`` in (the boxes may move)."""
     t0 = time.perf_counter()
-    stages = [(s, check_role(m, r)) for s, m, r in (("denoise", denoiser, "denoiser"), ("detect", detector, "detector"))
-              if m is not None]  # fmt: skip
+    stages = _stages(denoiser, detector)
     final = settings or InferenceSettings()
     settings, after = _network_settings(denoiser, final)
     stack = _as_stack(hu)
     idx = _select(len(stack), slices)
     result = PipelineResult(slices=idx)
 
+    said = notice or script_notice(device)
+
     def tell(msg: str) -> None:
         result.notices.append(msg)
-        if notice:
-            notice(msg)
+        said(msg)
 
     device = _pipeline_device(device, tell)
     result.device = str(device)
@@ -654,6 +663,13 @@ def iter_pipeline(
         result.denoised = yield from _strengthened(stack, idx, result.denoised, final, cache is None, total)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _stages(denoiser: torch.nn.Module | None, detector: torch.nn.Module | None) -> list[tuple[str, torch.nn.Module]]:
+    """The pipeline's stages, ("denoise", denoiser) and ("detect", detector), for the models given, each checked to
+    be what its stage needs (:func:`check_role`) before any work."""
+    pairs = (("denoise", denoiser, "denoiser"), ("detect", detector, "detector"))
+    return [(stage, check_role(model, role)) for stage, model, role in pairs if model is not None]
 
 
 def _network_settings(denoiser: torch.nn.Module | None, settings: InferenceSettings) -> tuple[InferenceSettings, bool]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,11 @@ def write_volume_boxes(
     )  # fmt: skip
 
 
+def _number(value: Any) -> float:
+    """A table cell as a number: a box without a score (JSON null, CSV nan or empty) reads NaN."""
+    return math.nan if value is None or value == "" else float(value)
+
+
 def read_boxes_csv(path: str | Path) -> np.ndarray:
     """Read boxes written by :func:`write_boxes_csv` (CSV or JSON) back to (N, 6)."""
     path = Path(path)
@@ -170,7 +176,7 @@ def read_boxes_csv(path: str | Path) -> np.ndarray:
             missing = [c for c in COLUMNS if c not in fields]
             if missing:  # an empty file was taken for "no boxes" (a header alone is no boxes)
                 raise KeyError(missing[0] if fields else "header (the file is empty)")
-        return np.array([[float(r[c]) for c in COLUMNS] for r in records], dtype=np.float32).reshape(-1, 6)
+        return np.array([[_number(r[c]) for c in COLUMNS] for r in records], dtype=np.float32).reshape(-1, 6)
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         what = f"column {exc}" if isinstance(exc, KeyError) else type(exc).__name__
         raise ValueError(f"{path}: not a boxes file of lidnet detect (CSV or JSON; {what})") from None

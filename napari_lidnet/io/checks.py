@@ -6,8 +6,10 @@ image) after reading. Messages are one line and name the input.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -148,3 +150,12 @@ def note_image_problems(volume: Any) -> list[str]:
         volume.metadata.setdefault("warnings", []).append(note)
         warnings.warn(note, UserWarning, stacklevel=3)
     return notes
+
+
+def warn_caller(msg: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` pointing at the first line outside this package (the script's own call), not at ours."""
+    package = str(Path(__file__).resolve().parents[1])
+    level, frame = 2, sys._getframe(1)  # stacklevel 2: the frame that called this function
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(msg, category, stacklevel=level)

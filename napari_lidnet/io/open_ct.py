@@ -59,7 +59,10 @@ def open_ct(path: str | Path, series_uid: str | None = None) -> list[CTVolume]:
     NaN, infinite or constant pixels are kept (the user sees them) with a warning in ``metadata["warnings"]``;
     the commands that compute on an image refuse them (``io.checks.ct_problem``).
     """
-    path = Path(path).expanduser()
+    try:
+        path = Path(path).expanduser()
+    except RuntimeError:  # "~someone" who is not a user here
+        raise FileNotFoundError(f"{path}: no such file or folder (no such user's home)") from None
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     kind = input_kind(path)

@@ -69,7 +69,7 @@ class CTVolume:
             raise ValueError(f"spacing {self.spacing} must be {self.hu.ndim} positive numbers (mm per array axis)")
         self.spacing = tuple(float(s) for s in spacing)
         if self.origin is None and self.direction is None:  # made up here: no patient position, no R/L letters
-            self.metadata.setdefault("orientation_unknown", True)
+            self.metadata = {"orientation_unknown": True, **self.metadata}  # a copy: the caller's dict stays as it was
         if self.origin is None:
             self.origin = (0.0,) * self.hu.ndim
         self.origin = tuple(float(o) for o in self.origin)

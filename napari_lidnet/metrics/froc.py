@@ -96,17 +96,27 @@ class FROCResult:
         }
 
 
+def _table(values: Any, width: int, what: str) -> np.ndarray:
+    """``values`` as an (N, ``width``) float array (an empty one for nothing), or ValueError naming the shape."""
+    table = np.asarray(values, dtype=float)
+    if table.size == 0:
+        return table.reshape(0, width)
+    if table.ndim != 2 or table.shape[1] != width:
+        raise ValueError(f"an array of shape {table.shape}: expected (N, {width}) {what}")
+    return table
+
+
 def detections_per_slice(rows: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """``detect``'s (N, 6) ``slice, x1, y1, x2, y2, score`` rows -> :func:`froc`'s (boxes, scores) for each of the
     ``n`` slices."""
-    rows = np.asarray(rows, dtype=float).reshape(-1, 6)
+    rows = _table(rows, 6, "slice, x1, y1, x2, y2, score rows")
     return [(rows[rows[:, 0] == i, 1:5], rows[rows[:, 0] == i, 5]) for i in range(n)]
 
 
 def truth_per_slice(boxes: np.ndarray, n: int) -> list[np.ndarray]:
     """(M, 5) ``slice, x1, y1, x2, y2`` lesion boxes (a phantom's or a reader's ``boxes``) -> :func:`froc`'s ground
     truth for each of the ``n`` slices."""
-    boxes = np.asarray(boxes, dtype=float).reshape(-1, 5)
+    boxes = _table(boxes, 5, "slice, x1, y1, x2, y2 boxes")
     return [boxes[boxes[:, 0] == i, 1:5] for i in range(n)]
 
 
