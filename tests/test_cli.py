@@ -798,6 +798,7 @@ def test_train_says_when_its_best_checkpoint_is_below_its_start(trained, tmp_pat
     err = capsys.readouterr().err
     assert "; the starting weights: psnr" in err
     assert "warning: the best checkpoint is worse than the weights the run started from: its validation score" in err
+    assert "; wrecked is marked so wherever it is picked" in err  # the name it was saved under
     path = next(m for m in list_models() if m.name == "wrecked_denoiser").path
     assert worse_reason(read_card(path)) is not None
     assert main(["denoise", str(trained / "data" / "full" / sorted(os.listdir(trained / "data" / "full"))[0]),

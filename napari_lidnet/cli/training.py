@@ -150,18 +150,17 @@ def _train_and_export(cfg, rank: int, world: int, export: str | None, command: s
     if stopped:
         return stop_status(stop)[0]
     worse = below_start(finished.get("start"), finished.get("best")) if rank == 0 else None
+    saved = _export(trainer.out, export, command) if export and rank == 0 else None
     if worse:  # e.g. the shipped pair continued at the default rate: 21.38 -> 19.35 dB, else said nowhere
         print(f"warning: the best checkpoint is worse than the weights the run started from: {worse}, on its "
               "validation slices; a lower --lr (e.g. 1e-4) keeps more of what they learned"
-              + (f"; {export} is marked so wherever it is picked" if export else ""), file=sys.stderr)  # fmt: skip
-    if export and rank == 0:
-        _export(trainer.out, export, command)
+              + (f"; {saved} is marked so wherever it is picked" if saved else ""), file=sys.stderr)  # fmt: skip
     return 0
 
 
-def _export(run: Path, name: str, command: str) -> None:
+def _export(run: Path, name: str, command: str) -> str:
     """Export the run's best pair as ``name`` (``NAME-2`` ... when taken meanwhile) and say what was written, and
-    which network was left out."""
+    which network was left out; returns the name saved."""
     from napari_lidnet._training.export import export_run, free_name, renamed_note
     from napari_lidnet.models.weights import read_card
 
@@ -178,6 +177,7 @@ def _export(run: Path, name: str, command: str) -> None:
                   f"{alone} was exported alone", file=sys.stderr)  # fmt: skip
     if "detector" in kinds:
         print(threshold_note(name, read_card(kinds["detector"])), file=sys.stderr)
+    return name
 
 
 def add_simulate(sub: Any) -> None:

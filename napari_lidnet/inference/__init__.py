@@ -141,12 +141,12 @@ def hu_array(data: Any) -> np.ndarray:
 def _as_stack(hu: np.ndarray) -> np.ndarray:
     """``hu`` (:func:`hu_array`) as a (z, y, x) stack; ValueError for values that cannot be HU (boolean, 8-bit,
     complex: a mask or a display image)."""
-    dtype = getattr(hu, "dtype", None)
+    dtype, bad = getattr(hu, "dtype", None), False
     if isinstance(dtype, torch.dtype):  # a tensor: read as float32 below
         bad = dtype in (torch.bool, torch.uint8, torch.int8) or dtype.is_complex
     elif dtype is not None:
         bad = np.dtype(dtype).kind not in "iuf" or np.dtype(dtype).itemsize == 1
-    if dtype is not None and bad:
+    if bad:
         raise ValueError(f"dtype {str(dtype).removeprefix('torch.')} cannot hold CT values in HU (integers of 16 "
                          "bits or more, or floats): a mask or a display image?")  # fmt: skip
     hu = hu_array(hu)
@@ -154,6 +154,10 @@ def _as_stack(hu: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected a 2D slice or a 3D volume, got an array of shape {hu.shape}")
     if 0 in hu.shape[-2:]:  # a layer cropped to nothing: torch failed deep in the network
         raise ValueError(f"an image of shape {hu.shape} has no pixels in a slice")
+    z, y, x = (1, *hu.shape) if hu.ndim == 2 else hu.shape
+    if x * 4 <= y and x * 4 <= z:  # slices of 512 x 40 px, 512 of them: a (y, x, z) array (nibabel's order)
+        warn_caller(f"slices of {y} x {x} pixels, {z} of them: if the array is (y, x, z), pass "
+                    "np.moveaxis(hu, -1, 0); the slices are the first axis", UserWarning)  # fmt: skip
     return hu[None] if hu.ndim == 2 else hu
 
 
