@@ -391,6 +391,8 @@ def test_a_swapped_model_or_an_image_that_cannot_be_hu_is_refused_before_any_wor
         inf.denoise(den, hu, batch_size=0)
     with pytest.raises(ValueError, match=r"pixel size \(-0.7, -0.7\) must be positive"):
         inf.detect(det, hu, pixel_mm=(-0.7, -0.7))
+    with pytest.warns(UserWarning, match="CT in HU was expected"):
+        inf.denoise(den, hu / 1000.0)  # HU / 1000, as a network sees it: said
     with pytest.warns(UserWarning, match=r"slices of 32 x 4 pixels, 32 of them: if the array is \(y, x, z\)"):
         inf.denoise(den, np.moveaxis(_noisy((4, 32, 32)), 0, -1))  # nibabel's axis order, said
     want = inf.denoise(den, hu)

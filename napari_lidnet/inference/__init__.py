@@ -130,6 +130,8 @@ def is_oom_error(exc: BaseException) -> bool:
 #: the lowest HU a CT scanner stores (air reads -1000; reconstructions clip at -1024): a denoised pixel is never
 #: darker than this unless its input was (the network's small undershoot in air, 2% of a chest's voxels, is removed)
 LOWEST_HU = -1024.0
+#: a slice whose every value lies within +-this is not in HU (tissue and its noise span tens of HU at least)
+NOT_HU_RANGE = 10.0
 
 
 def hu_array(data: Any) -> np.ndarray:
@@ -154,6 +156,10 @@ def _as_stack(hu: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected a 2D slice or a 3D volume, got an array of shape {hu.shape}")
     if 0 in hu.shape[-2:]:  # a layer cropped to nothing: torch failed deep in the network
         raise ValueError(f"an image of shape {hu.shape} has no pixels in a slice")
+    first = np.asarray(hu if hu.ndim == 2 else hu[0], np.float32)
+    if first.size and np.isfinite(first).all() and np.abs(first).max() <= NOT_HU_RANGE:
+        warn_caller(f"values from {first.min():g} to {first.max():g}: CT in HU was expected (air -1000, water 0); "
+                    "normalised values (HU / 1000, 0..1) give the models nonsense", UserWarning)  # fmt: skip
     z, y, x = (1, *hu.shape) if hu.ndim == 2 else hu.shape
     if x * 4 <= y and x * 4 <= z:  # slices of 512 x 40 px, 512 of them: a (y, x, z) array (nibabel's order)
         warn_caller(f"slices of {y} x {x} pixels, {z} of them: if the array is (y, x, z), pass "
