@@ -109,6 +109,29 @@ def _canvas_drag(viewer, start: tuple[int, int], end: tuple[int, int], button: i
     scene.events.mouse_release(pos=end, button=button, modifiers=(), press_event=press)
 
 
+def test_every_dock_fits_a_laptop_screen_and_an_error_scrolls_into_view(room, qtbot) -> None:
+    """With every dock open the window can be as short as a 1366 x 768 or 1280 x 720 screen (the navigator's buttons
+    made it 798 px at least, napari's status bar and the lower dock tabs below the screen); a dock's error line
+    below the fold is scrolled into view, in a red that reads on the theme."""
+    from napari_lidnet._widgets._docking import ERROR_ON_DARK, ERROR_ON_LIGHT
+
+    viewer, widgets, _full, _low = room
+    main = viewer.window._qt_window
+    assert main.minimumSizeHint().height() <= 680, main.minimumSizeHint()
+    tune = widgets["finetune"]
+    main.resize(1280, 680)
+    dock_of(tune).raise_()
+    qtbot.wait(100)
+    tune.name_edit.setText("bad name!")
+    tune.start()
+    qtbot.waitUntil(lambda: tune.status.visibleRegion().boundingRect().height() > 0, timeout=3000)
+    assert ERROR_ON_DARK in tune.status.styleSheet()
+    viewer.theme = "light"
+    tune.start()
+    assert ERROR_ON_LIGHT in tune.status.styleSheet()
+    viewer.theme = "dark"
+
+
 @pytest.mark.parametrize("zoomed_in", [False, True])
 def test_an_image_wholly_on_screen_stays_so_when_the_docks_open(make_napari_viewer, qtbot, zoomed_in) -> None:
     """A 512 x 512 slice opened first fills the canvas (napari fits it); opening the docks from the Plugins menu

@@ -928,3 +928,27 @@ def test_the_review_export_says_when_centres_are_not_patient_coordinates(make_na
         widget.load(boxes, image)
         units = json.loads(widget.export(tmp_path / f"{name}.json").read_text())["units"]
         assert ("patient LPS" in units) == (name == "placed"), units
+
+
+def test_from_the_table_tab_leaves_it_and_the_canvas_keys_work(make_napari_viewer, qtbot, tmp_path: Path) -> None:
+    """With the table in focus (after a row was clicked): Tab goes on to the next control instead of cycling through
+    the cells, a window preset's digit sets that window (the table's type-to-search took it for a row number and
+    jumped to another finding), and the status column's colour is a swatch, its text the theme's."""
+    from qtpy.QtTest import QTest
+
+    write_series(tmp_path / "ct", synthetic_hu((5, 24, 32), seed=3), series_uid="1.2.826.0.1.3680043.8.498.56")
+    viewer = make_napari_viewer(show=True)  # keys reach a dock's shortcuts in a window that is shown
+    widget, image, _ = open_with_boxes(viewer, open_ct(tmp_path / "ct")[0])
+    widget.select(0)
+    widget.window().activateWindow()
+    qtbot.waitUntil(widget.window().isActiveWindow, timeout=3000)
+    widget.table.setFocus()
+    qtbot.waitUntil(widget.table.hasFocus, timeout=3000)
+    before = widget.current_id()
+    QTest.keyClick(widget.table, Qt.Key.Key_2)  # the lung window
+    assert widget.current_id() == before
+    assert tuple(image.contrast_limits) == (-1350.0, 150.0)
+    QTest.keyClick(widget.table, Qt.Key.Key_Tab)
+    assert not widget.table.hasFocus()
+    status = widget.table.item(0, [k for k, _ in COLUMNS].index("status"))
+    assert status.data(Qt.ItemDataRole.DecorationRole) is not None

@@ -10,7 +10,7 @@ import pytest
 from conftest import synthetic_hu, write_series
 
 from napari_lidnet._widgets.load_ct import LoadCTWidget
-from napari_lidnet._widgets.orientation_markers import COLOR, OVERLAY_KEYS
+from napari_lidnet._widgets.orientation_markers import COLOR, COLOR_ON_LIGHT, OVERLAY_KEYS
 from napari_lidnet._widgets.reading_room import ReadingRoom
 from napari_lidnet.io.open_ct import open_ct
 from napari_lidnet.io.orientation import direction_letters, edge_letters
@@ -209,3 +209,17 @@ def test_a_feet_first_series_lies_at_its_patient_z_beside_a_head_first_one(make_
         viewer.layers.selection.active = layer
         layer.visible, (hfs if layer is ffs else ffs).visible = True, False
         assert shown(viewer)["top"] == "S", layer.name
+
+
+def test_the_letters_stay_legible_on_a_light_theme_s_white_canvas(make_napari_viewer) -> None:
+    """napari's light theme draws the canvas white, where the amber letters outside the image read at 1.8:1: they
+    turn dark amber there and back when the theme does."""
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    viewer = make_napari_viewer()
+    ReadingRoom.install(viewer)
+    letters = [viewer.canvas.overlays[key] for key in OVERLAY_KEYS.values()]
+    for theme, colour in (("light", COLOR_ON_LIGHT), ("dark", COLOR)):
+        viewer.theme = theme
+        for overlay in letters:
+            np.testing.assert_allclose(overlay.color, transform_color(colour)[0])

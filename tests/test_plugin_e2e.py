@@ -107,3 +107,35 @@ def test_every_widget_docks_from_the_manifest(make_napari_viewer, name):
     dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
     assert isinstance(widget, QWidget)
     assert any(name in key for key in viewer.window.dock_widgets), list(viewer.window.dock_widgets)
+
+
+#: controls whose text says all they do
+SAY_WHAT_THEY_DO = {"File…", "Folder…", "Open", "Run", "Cancel", "Stop", "Start fine-tuning", "Advanced"}
+
+
+@pytest.mark.parametrize("name", ["Load CT", "Denoise and detect", "ROI compare", "Fine-tune", "Lesion navigator"])
+def test_every_control_whose_use_is_not_in_its_name_has_a_tooltip(make_napari_viewer, name):
+    """Pickers, number fields, check boxes, lists and buttons (but Open, Run, Cancel ...) say on hover what they do
+    and in what unit."""
+    from qtpy.QtWidgets import (
+        QAbstractSpinBox,
+        QCheckBox,
+        QComboBox,
+        QLineEdit,
+        QListWidget,
+        QPushButton,
+        QSlider,
+        QToolButton,
+    )
+
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    kinds = (QPushButton, QToolButton, QComboBox, QAbstractSpinBox, QCheckBox, QListWidget, QLineEdit, QSlider)
+    silent = [
+        f"{type(c).__name__} {getattr(c, 'text', lambda: '')() or c.accessibleName()!r}"
+        for c in widget.findChildren(kinds)
+        if not c.toolTip()
+        and not (isinstance(c, QLineEdit) and isinstance(c.parent(), (QAbstractSpinBox, QComboBox)))  # their parts
+        and not (isinstance(c, QPushButton | QToolButton) and c.text() in SAY_WHAT_THEY_DO)
+    ]
+    assert not silent, silent

@@ -73,6 +73,7 @@ def test_table_matches_pure_functions_refreshes_and_exports(make_napari_viewer, 
     shapes.add_rectangles(np.array([[5, 10], [40, 60]]))  # away from the disc
     shapes.add_ellipses(np.array([[64, 64], [20, 20]]))  # centre and radii -> bounding box 44..84
     qtbot.waitUntil(lambda: widget.generation > gen and widget.table.rowCount() == 6, timeout=10000)
+    assert not widget.table.tabKeyNavigation()  # Tab leaves the table for the plot pickers (no keyboard trap)
 
     regions = [Region("#0", "rectangle", corners(5, 10, 40, 60)), Region("#1", "ellipse", corners(44, 44, 84, 84))]
     expect = compare_regions({"noisy": noisy, "clean": clean}, regions, reference="clean", window=(-160, 240))

@@ -30,6 +30,8 @@ from qtpy.QtWidgets import (
 
 from napari_lidnet import PLUGIN
 
+from ._viewer import light_theme
+
 AREAS = {"right": Qt.DockWidgetArea.RightDockWidgetArea, "bottom": Qt.DockWidgetArea.BottomDockWidgetArea}
 #: initial size of the home areas (px): the right column's width, the bottom area's height
 RIGHT_WIDTH = 280
@@ -37,6 +39,8 @@ BOTTOM_HEIGHT = 300
 #: attributes a LIDnet widget carries: its home area, and the short title of its tab
 HOME_ATTR = "lidnet_home"
 TITLE_ATTR = "lidnet_title"
+#: an error message's colour on a light and on a dark dock (4.5:1 or more against each background)
+ERROR_ON_LIGHT, ERROR_ON_DARK = "#b3261e", "#ff7b72"
 #: characters a combo box shows at least (longer entries are elided, the popup shows them whole)
 COMBO_CHARS = 12
 #: seconds after a dock settles during which a canvas resize refits an image that was wholly shown
@@ -66,6 +70,18 @@ def wrapping_label(text: str = "") -> QLabel:
     policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
     label.setSizePolicy(policy)
     return label
+
+
+def show_message(label: QLabel, text: str, error: bool = False, theme: str = "dark") -> None:
+    """``text`` on a dock's status ``label``, in red for an error (a red that reads on napari's ``theme``), and
+    scrolled into view: on a short screen a dock's status line can lie below the fold."""
+    label.setStyleSheet(f"color: {ERROR_ON_LIGHT if light_theme(theme) else ERROR_ON_DARK};" if error else "")
+    label.setText(text)
+    area = label.parentWidget()
+    while area is not None and not isinstance(area, QScrollArea):
+        area = area.parentWidget()
+    if area is not None:
+        area.ensureWidgetVisible(label)
 
 
 def compact(widget: QWidget) -> None:

@@ -265,6 +265,23 @@ class DataBox(QGroupBox):
         self.pages.addWidget(self._adapt_page())
         self.source_combo.currentIndexChanged.connect(self._on_source)
         self.dose_spin = spin_box(0.05, 1.0, 0.25, 2, 0.05)
+        boxes_tip = ("the lesions the detector and the ROI losses learn from: a reviewed layer (Lesion navigator), "
+                     "boxes you drew, or the detector's own (unreviewed)")
+        for field, tip in (
+            (self.image_list, "normal-dose CT layers to train on (tick them): their low doses are simulated"),
+            (self.boxes_combo, boxes_tip),
+            (self.paired_boxes_combo, boxes_tip),
+            (self.low_combo, "the low-dose scan of the pair (the input the denoiser learns from)"),
+            (self.full_combo, "its normal dose, the same slices (the target)"),
+            (self.dicom_edit, "a folder of normal-dose DICOM series; low doses are simulated when a slice is first "
+                              "used"),
+            (self.dataset_edit, "a folder made by lidnet simulate (or in its layout): full/, low/, lesions.csv"),
+        ):  # fmt: skip
+            field.setToolTip(tip)
+        self.dose_spin.setToolTip("fraction of the normal dose at which low-dose images are simulated for scans "
+                                  "without a low-dose partner (0.25: a quarter dose)")
+        self.source_combo.setToolTip("where the training scans come from: image layers, a low/normal-dose pair, a "
+                                     "DICOM or dataset folder, or low-dose scans alone (self-supervised)")
         form = QFormLayout(self)
         form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapAllRows)
         form.addRow("source", self.source_combo)
@@ -285,6 +302,9 @@ class DataBox(QGroupBox):
             self.scheme_combo.setItemData(k, SCHEME_TIPS[key], Qt.ItemDataRole.ToolTipRole)
         self.adapt_steps_spin = spin_box(1, 100000, adapt_default("steps"))
         self.adapt_lr_spin = spin_box(1e-6, 1e-2, adapt_default("lr"), 6, 1e-4)
+        self.scheme_combo.setToolTip("how the network learns without a normal dose (each choice explains itself)")
+        self.adapt_steps_spin.setToolTip("training steps (about a second each on a CPU)")
+        self.adapt_lr_spin.setToolTip("the learning rate of the self-supervised steps")
         return _form_page(
             ("low-dose scans", self.adapt_list),
             ("lesion boxes", self.adapt_boxes_combo),
@@ -393,6 +413,9 @@ class ModelBox(QGroupBox):
         form.addRow("new model name", self.name_edit)
         form.addRow("start denoiser", self.start_denoiser_combo)
         form.addRow("start detector", self.start_detector_combo)
+        self.name_edit.setToolTip("the fine-tuned pair is saved under this name in your model folder")
+        for combo in (self.start_denoiser_combo, self.start_detector_combo):
+            combo.setToolTip("the model the run starts from (the shipped default, or one you fine-tuned before)")
 
     def values(self) -> dict[str, Any]:
         """The name as typed and the starting models' paths (None: from scratch)."""
@@ -460,6 +483,22 @@ class AdvancedBox(QWidget):
         self.box_threshold_spin = spin_box(0.05, 0.99, AUTO_BOX_THRESHOLD, 2, 0.05)
         self.device_combo = QComboBox()
         self.seed_spin = spin_box(0, 2**31 - 1, d["seed"])
+        self.den_steps_spin.setToolTip("denoiser steps in each round (LIDnet's losses, the detector fixed)")
+        self.det_steps_spin.setToolTip("detector steps in each round (on the denoised images, the denoiser fixed)")
+        for field, tip in (
+            (self.mode_combo, "LIDnet: pixel loss, the detector's loss on the denoised image and the ROI perceptual "
+                              "loss, the two networks in turn; pixel: the denoiser on pixel loss alone"),
+            (self.rounds_spin, "collaborative rounds: in each, the denoiser trains, then the detector"),
+            (self.lr_spin, "the learning rate (a high one can leave the shipped pair worse than it started)"),
+            (self.patch_spin, "side of the square training patches, in pixels (a multiple of 16)"),
+            (self.batch_spin, "patches per step (more: smoother and slower steps, more memory)"),
+            (self.val_spin, "share of the slices kept to choose the best round (a held-out test part is kept too)"),
+            (self.box_threshold_spin, "score above which the starting detector's boxes count as lesions when no "
+                                      "reviewed boxes are given"),
+            (self.device_combo, "auto: a GPU when there is one, else the CPU"),
+            (self.seed_spin, "the same seed, data and settings give the same run"),
+        ):  # fmt: skip
+            field.setToolTip(tip)
 
     def set_source(self, source: str) -> None:
         """Enable the settings the data ``source`` uses; the self-supervised source (its steps and learning rate

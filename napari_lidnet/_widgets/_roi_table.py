@@ -41,6 +41,17 @@ CSV_KEYS = (*ROW_KEYS, "area_mm2", *OBSERVER_KEYS, *CONTEXT_KEYS)
 #: CSV header names that carry their unit (the screen's headers do: "mean HU", "PSNR (dB)")
 CSV_UNITS = {"mean": "mean_hu", "sd": "sd_hu", "rmse": "rmse_hu", "psnr": "psnr_db"}
 COLUMN_INDEX = {key: i for i, (key, _) in enumerate(COLUMNS)}
+#: what the headers whose meaning is not in their name measure
+HEADER_TIPS = {
+    "slice": "the image's own slice index (a 'current slice' output has one slice: 0)",
+    "snr": "mean / SD, for regions above 0 HU only (HU is relative to water: below it a ratio means nothing)",
+    "cnr": "|mean - the Background region's mean| / the Background region's SD",
+    "rmse": "root-mean-square difference from the Reference inside the region, in the PSNR/SSIM window",
+    "psnr": "10 log10(window width² / MSE) against the Reference, inside the region",
+    "ssim": "the region's mean of the SSIM map against the Reference (7 x 7 windows, each centred on a pixel)",
+    "roi_perceptual": "LIDnet's ROI perceptual distance: the lesion detector's features inside the region "
+                      "against the Reference's (lower is closer)",
+}
 
 
 def format_value(value: Any) -> str:

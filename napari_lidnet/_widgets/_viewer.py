@@ -16,3 +16,13 @@ def grid(viewer: Any) -> Any:
     """The viewer's grid-mode model."""
     found = getattr(getattr(viewer, "canvas", None), "grid", None)
     return found if found is not None else viewer.grid
+
+
+def light_theme(theme: str) -> bool:
+    """Whether napari's ``theme`` draws light panels (its "light" theme, or a custom one like it)."""
+    from napari.utils.theme import available_themes, get_theme
+
+    if theme not in available_themes():
+        return False
+    red, green, blue = get_theme(theme).background.as_rgb_tuple()[:3]
+    return 0.299 * red + 0.587 * green + 0.114 * blue > 128

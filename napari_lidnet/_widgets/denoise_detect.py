@@ -36,7 +36,7 @@ from qtpy.QtWidgets import (
 from ._debounce import debounce_timer
 from ._denoise_export import DenoiseExports
 from ._denoise_outputs import DenoiseOutputs
-from ._docking import DockHome, scroll_layout, wrapping_label
+from ._docking import DockHome, scroll_layout, show_message, wrapping_label
 from ._layer_watch import LayerWatch, renamed_to
 from ._roles import (
     behind_proxy,
@@ -180,6 +180,23 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         layout.addStretch(1)
         self._on_threshold(self.threshold_slider.value())
         self._update_export_buttons()
+        self._add_tips()
+
+    def _add_tips(self) -> None:
+        """Tooltips of the controls whose use is not in their name."""
+        for field, tip in (
+            (self.image_combo, "the CT image (HU) to process; pick a study (or its denoised layer) for Compare, Flip"),
+            (self.denoiser_combo, "the denoising network: the shipped default first, then your fine-tuned models; "
+                                  "Browse... opens a .safetensors model"),
+            (self.detector_combo, "the lesion detector (its boxes go on '<image> lesions'); (none): denoise only"),
+            (self.device_combo, "auto: a GPU when there is one, else the CPU"),
+            (self.scope_combo, "current slice: the axial slice on screen, in seconds; whole volume: every slice, in "
+                               "the background (Cancel stops it)"),
+            (self.export_dicom_button, "the denoised volume as a new DICOM series (a NIfTI file when the source was "
+                                       "NIfTI), written in the background; never over existing files"),
+            (self.export_boxes_button, "the boxes shown, with their lesion numbers, sizes in mm and patient positions"),
+        ):  # fmt: skip
+            field.setToolTip(tip)
 
     def _create_form_fields(self) -> None:
         """Image and model pickers, device, scope, score threshold and the removed-noise switch."""
@@ -300,7 +317,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
 
     def _message(self, text: str, error: bool = False) -> None:
         """Status label + napari notification."""
-        self.status.setText(text)
+        show_message(self.status, text, error, self.viewer.theme)
         from napari.utils.notifications import show_error, show_info
 
         (show_error if error else show_info)(f"LIDnet: {text}")

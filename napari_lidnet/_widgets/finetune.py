@@ -33,7 +33,7 @@ from .._training.local_data import CTInput, format_problems, synthetic_lesions_o
 from .._training.selfsup import AdaptOutcome, adapt_summary
 from ..io.checks import error_text
 from ._adapt_source import ADAPT_SOURCE, AdaptRequest, adapt_request
-from ._docking import DockHome, scroll_layout
+from ._docking import DockHome, scroll_layout, show_message
 from ._finetune_parts import (
     DETECT_ITEM,
     LOSS_MODES,
@@ -227,8 +227,7 @@ class FineTuneWidget(QWidget):
         self.start_button.setText("Start adapting" if adapt else "Start fine-tuning")
 
     def _message(self, text: str, error: bool = False) -> None:
-        self.status.setStyleSheet("color: #e05050;" if error else "")
-        self.status.setText(text)
+        show_message(self.status, text, error, self.viewer.theme)
         from napari.utils.notifications import show_error, show_info
 
         (show_error if error else show_info)(f"LIDnet fine-tuning: {text}")

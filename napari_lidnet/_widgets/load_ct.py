@@ -39,7 +39,7 @@ from ..io.open_ct import list_series, open_ct
 from ..io.volume import n_slices
 from ..io.windowing import SCAN_WINDOW, WINDOW_PRESETS, stored_presets
 from ..layer_data import volume_layer_tuples
-from ._docking import DockHome, scroll_layout, wrapping_label
+from ._docking import DockHome, scroll_layout, show_message, wrapping_label
 from ._layer_watch import LayerWatch, renamed_to
 from ._roles import derived_name, grayscale_images, is_ct_image, is_reduced_dose, source_key
 from ._sim_job import SimProgress, added_noise_sd, simulate_job
@@ -107,6 +107,10 @@ class LoadCTWidget(QWidget):
         self.series_combo = QComboBox()
         self.series_combo.setEnabled(False)
         self.open_button = QPushButton("Open")
+        self.path_edit.setToolTip("a DICOM file or folder (every series found is listed), a DICOMDIR, a NIfTI file, "
+                                  "a DeepLesion PNG slice or folder, or an .npy/.npz/.tif array in HU")
+        self.series_combo.setToolTip("the series of the folder to open (filled once a folder with several is given)")
+        self.open_button.setToolTip("open the path as CT layers (HU, voxel size in mm, the scan's own window)")
         path_row = QHBoxLayout()
         path_row.addWidget(self.path_edit, 1)
         path_row.addWidget(self.file_button)
@@ -126,6 +130,7 @@ class LoadCTWidget(QWidget):
         self.preset_combo.setToolTip(f"'{SCAN_WINDOW}': the window stored in the DICOM series, else soft tissue; "
                                      f"'{SCAN_WINDOW} 2', ...: its further stored windows (listed once opened)")
         self.apply_window_button = QPushButton("Apply to selected layer")
+        self.apply_window_button.setToolTip("set the preset's window on the selected CT layer (and those linked to it)")
         self.link_check = QCheckBox("one window/level for all CT layers")
         self.link_check.setChecked(self.room.linked)
         self.link_check.setToolTip("a window set on one CT layer (drag, key, preset, slider) is set on all of them")
@@ -158,10 +163,16 @@ class LoadCTWidget(QWidget):
         self.dose_spin.setValue(0.25)
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
+        self.sim_layer_combo.setToolTip("the normal-dose CT layer to simulate a low-dose copy of")
+        self.dose_spin.setToolTip("the low dose as a fraction of the scan's (0.25: a quarter dose, about twice the "
+                                  "noise SD)")
+        self.seed_spin.setToolTip("the noise's seed: the same seed gives the same low-dose image")
         self.sim_device_combo = QComboBox()
         self.sim_device_combo.addItems(SIM_DEVICES)
         self.sim_device_combo.setToolTip("auto: a GPU when there is one, else the CPU")
         self.simulate_button = QPushButton("Simulate low dose")
+        self.simulate_button.setToolTip("projection-domain noise insertion (a scanner's photon and electronic noise, "
+                                        "calibrated to the scan's own noise), in the background")
         self.sim_cancel_button = QPushButton("Cancel")
         self.sim_cancel_button.setEnabled(False)
         buttons = QHBoxLayout()
@@ -197,12 +208,10 @@ class LoadCTWidget(QWidget):
 
     # ------------------------------------------------------------------ messages
     def _info(self, text: str) -> None:
-        self.status.setStyleSheet("")
-        self.status.setText(text)
+        show_message(self.status, text, theme=self.viewer.theme)
 
     def _error(self, text: str) -> None:
-        self.status.setStyleSheet("color: #e05050;")
-        self.status.setText(text)
+        show_message(self.status, text, error=True, theme=self.viewer.theme)
         show_error(text)
 
     # ------------------------------------------------------------------ open

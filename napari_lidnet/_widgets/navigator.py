@@ -30,7 +30,6 @@ from qtpy.QtWidgets import (
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -40,7 +39,7 @@ from ..io.volume import n_slices
 from ..layer_data import ANNOTATED, RECIST_LONG, RECIST_SHORT
 from ._box_marks import dim_boxes, mark_current, remark, scored, unmark
 from ._debounce import debounce_timer
-from ._docking import DockHome, wrapping_label
+from ._docking import DockHome, scroll_layout, wrapping_label
 from ._geometry import corners_in_image, index_to_patient, index_to_world, pixel_map
 from ._key_help import keep_help_mended
 from ._layer_watch import LayerWatch, renamed_to
@@ -62,7 +61,8 @@ from ._roles import (
 )
 from ._save_dialog import check_suffix, save_path
 from ._viewer import camera, grid
-from .reading_room import ReadingRoom
+from .compare import FLIP_KEY
+from .reading_room import PRESET_KEYS, ReadingRoom
 
 TITLE = "Navigator"  # the dock's tab
 #: (key, header) of the table's columns
@@ -210,7 +210,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         for k, (key, text) in enumerate(names):
             self.buttons[key] = button = QPushButton(text)
             grid.addWidget(button, k // 2, k % 2)
-        self.buttons["export"].setToolTip("CSV or JSON (every row with its status) or DICOM SR (.dcm: kept boxes)")
+        self._add_tips()
         for key in ("accept_lesion", "reject_lesion"):
             self.buttons[key].setToolTip("every box of the selected row's lesion: its overlapping boxes on "
                                          "neighbouring slices (the 'lesion' column)")  # fmt: skip
@@ -218,17 +218,30 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         form = QFormLayout()
         form.addRow("boxes", self.boxes_combo)
         form.addRow("image", self.image_combo)
-        side = QVBoxLayout()
+        panel = QWidget()
+        side = scroll_layout(panel)  # scrolls on a short screen instead of making the window taller than it
         side.addLayout(form)
         side.addLayout(grid)
         side.addWidget(self.status)
         side.addStretch(1)
-        panel = QWidget()
-        panel.setLayout(side)
         panel.setMaximumWidth(340)
         layout = QHBoxLayout(self)
         layout.addWidget(panel)
         layout.addWidget(self._create_table(), stretch=1)
+
+    def _add_tips(self) -> None:
+        """Tooltips of the pickers and buttons."""
+        for key, tip in (
+            ("accept", "keep the selected box as a finding (its box goes on the reviewed layer)"),
+            ("reject", "not a lesion: the box is dimmed on the lesions layer and left out of the kept findings"),
+            ("edit", "keep it and fit its box by hand on the reviewed layer (sizes follow the box)"),
+            ("previous", "the row above, its slice shown and centred"),
+            ("next", "the row below, its slice shown and centred"),
+            ("export", "CSV or JSON (every row with its status) or DICOM SR (.dcm: kept boxes)"),
+        ):
+            self.buttons[key].setToolTip(tip)
+        self.boxes_combo.setToolTip("the boxes to review: a detection run's lesions layer, or any layer of boxes")
+        self.image_combo.setToolTip("the image the boxes lie on: sizes in mm, mean HU and positions are read on it")
 
     def _create_table(self) -> QTableWidget:
         self.table = QTableWidget(0, len(COLUMNS))
@@ -239,6 +252,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         self.table.setSortingEnabled(True)
         self.table.sortItems(0, Qt.SortOrder.AscendingOrder)
         self.table.verticalHeader().setVisible(False)
+        self.table.setTabKeyNavigation(False)  # Tab leaves the table (arrow keys move in it)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.currentCellChanged.connect(self._on_current_changed)
         return self.table
@@ -257,7 +271,19 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
                 sc.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
                 sc.activated.connect(func)
                 self._review_keys[shortcut.replace("+", "-") if "+" in shortcut else shortcut.lower()] = _press(func)
+        for key in (*PRESET_KEYS, FLIP_KEY.upper()):  # the canvas's keys with the table in focus (its type-to-search
+            sc = QShortcut(QKeySequence(key), self)  # took a window preset's digit for a row number)
+            sc.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            sc.activated.connect(lambda k=key: self._canvas_key(k))
         self._bind_review_keys(self.viewer)
+
+    def _canvas_key(self, key: str) -> None:
+        """Do what ``key`` does on the canvas (a window preset, Flip): the function bound to it on the viewer."""
+        from napari.utils.key_bindings import KeyBinding
+
+        func = self.viewer.keymap.get(KeyBinding.from_str(key))
+        if func is not None:
+            func(self.viewer)
 
     def _bind_review_keys(self, target: Any) -> None:
         """The review keys on the canvas too: on the viewer (any layer without its own binding of the key) and on
@@ -567,8 +593,8 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
                     text = f"{f.slice} ({instances[f.slice]})"
                 item = SortItem(text)
                 item.setData(Qt.ItemDataRole.UserRole, value)
-                if key == "status":
-                    item.setForeground(_color(STATUS_COLORS.get(f.status, "#c8c8c8")))
+                if key == "status":  # a swatch of its boxes' colour: the text keeps the theme's (legible in both)
+                    item.setData(Qt.ItemDataRole.DecorationRole, _color(STATUS_COLORS.get(f.status, "#c8c8c8")))
                 t.setItem(r, c, item)
         t.setSortingEnabled(True)
         t.resizeColumnsToContents()

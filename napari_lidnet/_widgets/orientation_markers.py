@@ -19,13 +19,19 @@ import numpy as np
 
 from ..io.orientation import EDGES, edge_letters
 from ._roles import NOISE, is_ct_image, role
-from ._viewer import camera, grid
+from ._viewer import camera, grid, light_theme
 
 #: canvas overlay key and position of each edge's letters
 OVERLAY_KEYS = {edge: f"lidnet_orientation_{edge}" for edge in EDGES}
 POSITIONS = {"top": "top_center", "bottom": "bottom_center", "left": "middle_left", "right": "middle_right"}
 COLOR = "#ffb000"
+COLOR_ON_LIGHT = "#8a4b00"  # on a light theme's white canvas (amber there: 1.8:1)
 FONT_SIZE = 14
+
+
+def letter_color(theme: str) -> str:
+    """The letters' colour on the canvas of napari's ``theme``: amber on a dark canvas, dark amber on a light one."""
+    return COLOR_ON_LIGHT if light_theme(theme) else COLOR
 
 
 def _geometry(layer: Any) -> np.ndarray | None:
@@ -50,7 +56,8 @@ class OrientationMarkers:
         self._turned = False  # the camera's vertical axis was reversed by _head_up
         for edge, key in OVERLAY_KEYS.items():
             viewer.canvas.overlays[key] = TextOverlay(
-                text="", position=POSITIONS[edge], visible=False, font_size=FONT_SIZE, color=COLOR, box=False,
+                text="", position=POSITIONS[edge], visible=False, font_size=FONT_SIZE, color=letter_color(viewer.theme),
+                box=False,
                 gridded=True,  # side by side (grid mode): each image gets its letters
             )
         layers = viewer.layers
@@ -59,10 +66,16 @@ class OrientationMarkers:
                         viewer.dims.events.ndim, camera(viewer).events.orientation, grid(viewer).events):  # fmt: skip
             self._connect(emitter, self.update)
         self._connect(viewer.dims.events.order, self._head_up)
+        self._connect(viewer.events.theme, self._on_theme)
         self._connect(layers.events.inserted, self._on_inserted)
         for layer in layers:
             self._watch(layer)
         self.update()
+
+    def _on_theme(self, _event: Any = None) -> None:
+        for key in OVERLAY_KEYS.values():
+            if key in self.viewer.canvas.overlays:
+                self.viewer.canvas.overlays[key].color = letter_color(self.viewer.theme)
 
     def _on_inserted(self, event: Any) -> None:
         self._watch(event.value)

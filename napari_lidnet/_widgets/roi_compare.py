@@ -51,6 +51,7 @@ from napari_lidnet._widgets._roi_table import (
     BAR_METRICS,
     COLUMN_INDEX,
     COLUMNS,
+    HEADER_TIPS,
     compute_rows,
     finite,
     format_value,
@@ -171,6 +172,16 @@ class ROICompareWidget(QWidget):
         self.new_roi_button.setToolTip("a Shapes layer for regions: transparent, a colour and a label per region")
         self.refresh_button = QPushButton("Refresh")
         self.export_button = QPushButton("Export CSV")
+        for field, tip in (
+            (self.image_list, "the images to measure in every region (tick them); the same regions on each"),
+            (self.reference_combo, "the image the others are compared with (RMSE, PSNR, SSIM): a normal dose"),
+            (self.window_combo, "the HU window PSNR and SSIM are computed in (values outside it are clipped)"),
+            (self.perceptual_check, "run the lesion detector to compare its features inside each region with the "
+                                    "Reference's (LIDnet's ROI perceptual loss); takes a few seconds"),
+            (self.refresh_button, "measure again (the table follows the regions and images as they change)"),
+            (self.export_button, "the table as a new CSV file, each row with its reference, window and pixel size"),
+        ):  # fmt: skip
+            field.setToolTip(tip)
         form = QFormLayout()
         form.addRow("Regions", self.shapes_combo)
         form.addRow("Images", self.image_list)
@@ -196,7 +207,10 @@ class ROICompareWidget(QWidget):
                 "channelized Hotelling observer (Laguerre-Gauss channels): how detectable the Lesion region is "
                 "against the noise of the Background region on each image, with its 95% interval"
             )
+        for key, tip in HEADER_TIPS.items():
+            self.table.horizontalHeaderItem(COLUMN_INDEX[key]).setToolTip(tip)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.setTabKeyNavigation(False)  # Tab goes on to the plot pickers below (arrow keys move in it)
         self.table.setSortingEnabled(False)
         return self.table
 
@@ -208,6 +222,11 @@ class ROICompareWidget(QWidget):
         for key in BAR_METRICS:
             self.metric_combo.addItem(dict(COLUMNS)[key], key)
         self.plot_region = QComboBox()
+        self.plot_kind.setToolTip("bars: one measure of every region and image; line profile: HU along the row "
+                                  "through the region's centre, half its width beyond each side; noise power "
+                                  "spectrum: inside the region")
+        self.metric_combo.setToolTip("the measure the bars show")
+        self.plot_region.setToolTip("the region the profile or NPS is drawn for")
         self.figure = Figure(figsize=(4, 3), tight_layout=True)
         self.canvas = PlotCanvas(self.figure)
         plot_box = QWidget()
