@@ -139,3 +139,23 @@ def test_every_control_whose_use_is_not_in_its_name_has_a_tooltip(make_napari_vi
         and not (isinstance(c, QPushButton | QToolButton) and c.text() in SAY_WHAT_THEY_DO)
     ]
     assert not silent, silent
+
+
+def test_the_docks_plots_are_drawn_in_the_viewer_s_theme(make_napari_viewer):
+    """ROI compare's and Fine-tune's plots take the theme's panel colour and text colour, and follow a change of
+    theme (white plots were a bright patch in the dark theme, their black text unreadable on its panels)."""
+    from matplotlib.colors import same_color
+    from napari.utils.theme import get_theme
+
+    viewer = make_napari_viewer()
+    roi = viewer.window.add_plugin_dock_widget(PLUGIN, "ROI compare")[1]
+    tune = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")[1]
+    for theme in ("dark", "light", "dark"):
+        viewer.theme = theme
+        roi.update_plot()  # (empty bars: axes with ticks)
+        colours = get_theme(theme)
+        for figure in (roi.figure, tune.plot.figure):
+            assert same_color(figure.get_facecolor(), colours.foreground.as_hex())
+            ticks = figure.axes[0].yaxis.get_tick_params()
+            assert same_color(ticks["labelcolor"], colours.text.as_hex())
+            assert same_color(figure.axes[0].yaxis.label.get_color(), colours.text.as_hex())

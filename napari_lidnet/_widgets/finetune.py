@@ -131,6 +131,8 @@ class FineTuneWidget(QWidget):
         self.refresh_layers()
         self.refresh_models()
         self.watch = LayerWatch(napari_viewer, self.refresh_layers)
+        self.plot.set_theme(napari_viewer.theme)
+        self.watch.connect(napari_viewer.events.theme, lambda _event: self.plot.set_theme(self.viewer.theme))
         ReadingRoom.install(napari_viewer, self)
         DockHome(self, "right", TITLE)
 

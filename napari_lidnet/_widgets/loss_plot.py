@@ -17,7 +17,7 @@ from matplotlib.ticker import NullLocator
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from napari_lidnet._widgets._canvas import PlotCanvas
+from napari_lidnet._widgets._canvas import PlotCanvas, paint_theme
 
 #: loss keys drawn (the joint "total" is left out: it is dominated by the pixel term)
 PLOTTED_LOSSES = ("pixel", "detection", "roi_perceptual", "whole_perceptual")
@@ -48,6 +48,7 @@ class TrainingPlot(QWidget):
         self.ax_val = self.figure.add_subplot(2, 1, 2)
         self.ax_sens = self.ax_val.twinx()
         self._style_axes()
+        self.theme = "dark"  # napari's default; the dock passes the viewer's (``set_theme``)
         self.losses: dict[str, list[tuple[int, float]]] = {}
         self.validation: list[tuple[int, str, dict[str, float]]] = []
         self._lines: dict[str, Any] = {}
@@ -132,6 +133,13 @@ class TrainingPlot(QWidget):
             ax.autoscale_view(scaley=ax is not self.ax_sens)  # sensitivity keeps 0..1; its steps widen the x-axis
         if new:
             self._layout()
+            paint_theme(self.figure, self.theme)  # the new legend entries too
+        self.canvas.draw_idle()
+
+    def set_theme(self, theme: str) -> None:
+        """Draw the plot in napari's ``theme`` (the dock follows the viewer's)."""
+        self.theme = theme
+        paint_theme(self.figure, theme)
         self.canvas.draw_idle()
 
     def _layout(self) -> None:

@@ -41,7 +41,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_lidnet._widgets._canvas import PlotCanvas
+from napari_lidnet._widgets._canvas import PlotCanvas, paint_theme
 from napari_lidnet._widgets._debounce import debounce_timer
 from napari_lidnet._widgets._docking import DockHome, wrapping_label
 from napari_lidnet._widgets._layer_watch import LayerWatch, renamed_to
@@ -259,6 +259,8 @@ class ROICompareWidget(QWidget):
         self.watch = LayerWatch(self.viewer, self._on_layers_changed)  # added, removed, moved, renamed
         self.watch.connect(layers.events.inserted, self._on_layer_inserted)
         self.watch.connect(self.viewer.dims.events.current_step, self._on_step)
+        self.watch.connect(self.viewer.events.theme, lambda _event: self.update_plot())
+        paint_theme(self.figure, self.viewer.theme)  # the empty plot too
         for layer in layers:
             self._watch(layer)
         self._sync_layers()
@@ -651,6 +653,7 @@ class ROICompareWidget(QWidget):
                 self._plot_region_curves(ax, kind)
         except Exception as exc:  # a plot never breaks the widget
             ax.text(0.5, 0.5, f"cannot plot: {exc}", ha="center", va="center", transform=ax.transAxes, wrap=True)
+        paint_theme(self.figure, self.viewer.theme)
         self.canvas.draw_idle()
 
     def _plot_bars(self, ax: Any) -> None:
