@@ -529,6 +529,19 @@ def test_compare_side_by_side_with_one_window_and_flip(make_napari_viewer, qtbot
     assert viewer.canvas.overlays[READOUT].text == "W 800  L 100"  # the window readout alone
 
 
+def test_a_status_line_is_red_for_an_error_only(make_napari_viewer, qtbot, model_dir: Path) -> None:
+    """An error turns the status line red; the next run's summary is in the theme's colour again (it stayed red)."""
+    viewer = make_napari_viewer()
+    add_ct(viewer, phantom(n=2)[0], metadata={"hu": True})
+    widget = make_widget(viewer, qtbot)
+    widget.scope_combo.setCurrentText("current slice")
+    viewer.dims.ndisplay = 3
+    assert widget.run() is None and widget.status.styleSheet()  # refused in 3D: said in red
+    viewer.dims.ndisplay = 2
+    run_and_wait(widget, qtbot)
+    assert widget.status.text().startswith("done") and widget.status.styleSheet() == ""
+
+
 def test_compare_shows_the_study_picked_in_the_dock(make_napari_viewer, qtbot, model_dir: Path) -> None:
     """Two studies denoised one after the other: Compare and Flip show the one picked in the dock's image list
     (or whose denoised layer is picked), not whichever ran last."""

@@ -393,6 +393,12 @@ def test_a_swapped_model_or_an_image_that_cannot_be_hu_is_refused_before_any_wor
         inf.detect(det, hu, pixel_mm=(-0.7, -0.7))
     with pytest.warns(UserWarning, match="CT in HU was expected"):
         inf.denoise(den, hu / 1000.0)  # HU / 1000, as a network sees it: said
+    mixed = np.stack([np.zeros_like(hu[0]), hu[0], hu[0] / 1000.0])  # a blank slice, one in HU, one not
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        inf.denoise(den, mixed, slices=[0, 1])  # a blank slice and HU: nothing to say
+        inf.run_pipeline(mixed, den, None, device="cpu", slices=[2])  # the slice run is looked at: once
+    assert [str(w.message)[:8] for w in said] == ["slice 2:"], [str(w.message) for w in said]
     with pytest.warns(UserWarning, match=r"slices of 32 x 4 pixels, 32 of them: if the array is \(y, x, z\)"):
         inf.denoise(den, np.moveaxis(_noisy((4, 32, 32)), 0, -1))  # nibabel's axis order, said
     want = inf.denoise(den, hu)

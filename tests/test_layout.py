@@ -118,6 +118,11 @@ def test_every_dock_fits_a_laptop_screen_and_an_error_scrolls_into_view(room, qt
     viewer, widgets, _full, _low = room
     main = viewer.window._qt_window
     assert main.minimumSizeHint().height() <= 680, main.minimumSizeHint()
+    navigator = widgets["navigator"]
+    dock_of(navigator).raise_()
+    qtbot.waitUntil(lambda: navigator.buttons["next"].visibleRegion().boundingRect().width() > 0, timeout=3000)
+    for button in [*navigator.buttons.values(), navigator.boxes_combo, navigator.image_combo]:  # whole, not cut
+        assert button.visibleRegion().boundingRect().size() == button.size(), button.toolTip()
     tune = widgets["finetune"]
     main.resize(1280, 680)
     dock_of(tune).raise_()

@@ -223,3 +223,4 @@ def test_the_letters_stay_legible_on_a_light_theme_s_white_canvas(make_napari_vi
         viewer.theme = theme
         for overlay in letters:
             np.testing.assert_allclose(overlay.color, transform_color(colour)[0])
+            assert overlay.box == (theme == "light")  # a pale backing where dark letters lie over black air

@@ -147,15 +147,24 @@ def test_the_docks_plots_are_drawn_in_the_viewer_s_theme(make_napari_viewer):
     from matplotlib.colors import same_color
     from napari.utils.theme import get_theme
 
+    from napari_lidnet._widgets._canvas import paint_theme
+
     viewer = make_napari_viewer()
     roi = viewer.window.add_plugin_dock_widget(PLUGIN, "ROI compare")[1]
     tune = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")[1]
+    roi.update_plot()  # (empty bars: axes with ticks)
     for theme in ("dark", "light", "dark"):
         viewer.theme = theme
-        roi.update_plot()  # (empty bars: axes with ticks)
         colours = get_theme(theme)
         for figure in (roi.figure, tune.plot.figure):
             assert same_color(figure.get_facecolor(), colours.foreground.as_hex())
             ticks = figure.axes[0].yaxis.get_tick_params()
             assert same_color(ticks["labelcolor"], colours.text.as_hex())
             assert same_color(figure.axes[0].yaxis.label.get_color(), colours.text.as_hex())
+    tune.plot.add_record({"stage": "estimate", "step": 5, "estimates": {  # the self-supervised run's panel, redrawn
+        "input": {"noise_sd_hu": 20.0, "edge_sharpness_hu_per_mm": 90.0},
+        "adapted": {"noise_sd_hu": 8.0, "edge_sharpness_hu_per_mm": 85.0}}})  # fmt: skip
+    assert same_color(tune.plot.ax_val.xaxis.label.get_color(), get_theme("dark").text.as_hex())
+    legend = tune.plot.ax_loss.legend(["loss"])  # a legend in the dark theme: its frame as dark as the panel
+    paint_theme(tune.plot.figure, "dark")
+    assert same_color(legend.get_frame().get_facecolor()[:3], get_theme("dark").foreground.as_hex())

@@ -24,6 +24,7 @@ from .._training.selfsup import adapt_job, estimates_line
 from ..io.checks import ct_problem
 from ..io.volume import CTVolume
 from ..layer_data import volume_from_layer
+from ._canvas import paint_theme
 from ._roles import is_denoised, recorded_dose
 from .layer_inputs import inputs_from_layers
 from .loss_plot import TrainingPlot
@@ -174,6 +175,7 @@ class NoReferencePlot(TrainingPlot):
         super().redraw()
         if self.estimates:
             self._draw_estimates()
+            paint_theme(self.figure, self.theme)  # clear() gave the panels matplotlib's colours back
             self.canvas.draw_idle()
 
     def _draw_estimates(self) -> None:

@@ -41,8 +41,12 @@ def paint_theme(figure: Any, theme: str) -> None:
             spine.set_edgecolor(ink)
         ax.tick_params(which="both", colors=ink)
         legend = ax.get_legend()
-        texts = [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts, *(legend.get_texts() if legend else [])]
-        for text in texts:
+        texts = [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        if legend is not None:  # its frame in the panel's colour too (white behind white text did not read)
+            texts += [*legend.get_texts(), legend.get_title()]
+            legend.get_frame().set_facecolor(face)
+            legend.get_frame().set_edgecolor(ink)
+        for text in [*texts, *figure.texts]:
             if same_color(text.get_color(), "black") or same_color(text.get_color(), before):
                 text.set_color(ink)
     figure.lidnet_ink = ink  # the next theme's ink replaces this one

@@ -47,11 +47,41 @@ COMBO_CHARS = 12
 REFIT_WINDOW_S = 2.0
 
 
-def scroll_layout(widget: QWidget) -> QVBoxLayout:
-    """Give ``widget`` a frameless vertical scroll area and return the layout of the scrolled content."""
+class _DownScrollArea(QScrollArea):
+    """A scroll area that scrolls down only and is as wide as its content needs (a plain one, its horizontal bar off,
+    cut the content at the right: half a button, a picker's arrow). The width follows the content's layout (napari's
+    style is applied after the dock is built)."""
+
+    def setWidget(self, widget: QWidget) -> None:  # noqa: N802 (Qt name)
+        super().setWidget(widget)
+        widget.installEventFilter(self)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
+        if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            QTimer.singleShot(0, self._fit)  # once the content is laid out (not in the middle of it)
+        return super().eventFilter(watched, event)
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
+        self._fit()
+        super().showEvent(event)
+
+    def _fit(self) -> None:
+        content = self.widget()
+        if content is not None:
+            bar = self.verticalScrollBar()
+            bar_width = max(bar.sizeHint().width(), bar.width())
+            width = content.minimumSizeHint().width() + bar_width + 2 * self.frameWidth()
+            if width != self.minimumWidth():
+                self.setMinimumWidth(width)
+                content.layout().update()  # laid out again at the width it is given (it kept the narrower one)
+
+
+def scroll_layout(widget: QWidget, keep_width: bool = False) -> QVBoxLayout:
+    """Give ``widget`` a frameless vertical scroll area and return the layout of the scrolled content;
+    ``keep_width``: never narrower than the content."""
     outer = QVBoxLayout(widget)
     outer.setContentsMargins(0, 0, 0, 0)
-    area = QScrollArea(widget)
+    area = _DownScrollArea(widget) if keep_width else QScrollArea(widget)
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
@@ -61,10 +91,19 @@ def scroll_layout(widget: QWidget) -> QVBoxLayout:
     return QVBoxLayout(body)
 
 
+class _StatusLabel(QLabel):
+    """A dock's status line: any new text is plain (an error's red is :func:`show_message`'s, for its text only)."""
+
+    def setText(self, text: str) -> None:  # noqa: N802 (Qt name)
+        if self.styleSheet():
+            self.setStyleSheet("")
+        super().setText(text)
+
+
 def wrapping_label(text: str = "") -> QLabel:
     """A word-wrapped label that never widens its dock: a token it cannot break (a series UID, a path) is cut at
     the dock's edge (otherwise a load note quoting a UID pushes Load CT's fields and buttons out of view)."""
-    label = QLabel(text)
+    label = _StatusLabel(text)
     label.setWordWrap(True)
     policy = label.sizePolicy()
     policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
@@ -75,8 +114,8 @@ def wrapping_label(text: str = "") -> QLabel:
 def show_message(label: QLabel, text: str, error: bool = False, theme: str = "dark") -> None:
     """``text`` on a dock's status ``label``, in red for an error (a red that reads on napari's ``theme``), and
     scrolled into view: on a short screen a dock's status line can lie below the fold."""
-    label.setStyleSheet(f"color: {ERROR_ON_LIGHT if light_theme(theme) else ERROR_ON_DARK};" if error else "")
     label.setText(text)
+    label.setStyleSheet(f"color: {ERROR_ON_LIGHT if light_theme(theme) else ERROR_ON_DARK};" if error else "")
     area = label.parentWidget()
     while area is not None and not isinstance(area, QScrollArea):
         area = area.parentWidget()

@@ -273,13 +273,14 @@ class DataBox(QGroupBox):
             (self.paired_boxes_combo, boxes_tip),
             (self.low_combo, "the low-dose scan of the pair (the input the denoiser learns from)"),
             (self.full_combo, "its normal dose, the same slices (the target)"),
-            (self.dicom_edit, "a folder of normal-dose DICOM series; low doses are simulated when a slice is first "
-                              "used"),
-            (self.dataset_edit, "a folder made by lidnet simulate (or in its layout): full/, low/, lesions.csv"),
+            (self.dicom_edit, "a folder of normal-dose DICOM series; their low doses are simulated before training"),
+            (self.dataset_edit, "a folder made by lidnet simulate (full/, low/, lesions.csv), or a DeepLesion archive "
+                                "(its train part; low doses simulated when a slice is first used)"),
         ):  # fmt: skip
             field.setToolTip(tip)
-        self.dose_spin.setToolTip("fraction of the normal dose at which low-dose images are simulated for scans "
-                                  "without a low-dose partner (0.25: a quarter dose)")
+        self.dose_spin.setToolTip("the dose of the simulated low-dose images, a fraction of the scans' (0.25: a "
+                                  "quarter dose): image layers, DICOM folders, a DeepLesion archive (a pair and a "
+                                  "simulated dataset have theirs)")
         self.source_combo.setToolTip("where the training scans come from: image layers, a low/normal-dose pair, a "
                                      "DICOM or dataset folder, or low-dose scans alone (self-supervised)")
         form = QFormLayout(self)
@@ -334,7 +335,7 @@ class DataBox(QGroupBox):
             policy = QSizePolicy.Policy.Preferred if k == self.pages.currentIndex() else QSizePolicy.Policy.Ignored
             self.pages.widget(k).setSizePolicy(policy, policy)
         self.pages.adjustSize()
-        self.dose_spin.setEnabled(self.source in ("layers", "dicom"))
+        self.dose_spin.setEnabled(self.source in ("layers", "dicom", "dataset"))  # dataset: a DeepLesion archive's
 
     @property
     def source(self) -> str:
@@ -483,8 +484,8 @@ class AdvancedBox(QWidget):
         self.box_threshold_spin = spin_box(0.05, 0.99, AUTO_BOX_THRESHOLD, 2, 0.05)
         self.device_combo = QComboBox()
         self.seed_spin = spin_box(0, 2**31 - 1, d["seed"])
-        self.den_steps_spin.setToolTip("denoiser steps in each round (LIDnet's losses, the detector fixed)")
-        self.det_steps_spin.setToolTip("detector steps in each round (on the denoised images, the denoiser fixed)")
+        self.den_steps_spin.setToolTip("denoiser steps in each round (with the losses chosen above)")
+        self.det_steps_spin.setToolTip("detector steps in each round, on the denoised images (LIDnet losses only)")
         for field, tip in (
             (self.mode_combo, "LIDnet: pixel loss, the detector's loss on the denoised image and the ROI perceptual "
                               "loss, the two networks in turn; pixel: the denoiser on pixel loss alone"),

@@ -47,7 +47,8 @@ HEADER_TIPS = {
     "snr": "mean / SD, for regions above 0 HU only (HU is relative to water: below it a ratio means nothing)",
     "cnr": "|mean - the Background region's mean| / the Background region's SD",
     "rmse": "root-mean-square difference from the Reference inside the region, in the PSNR/SSIM window",
-    "psnr": "10 log10(window width² / MSE) against the Reference, inside the region",
+    "psnr": "10 log10(range² / MSE) against the Reference inside the region; range: the window's width (or the "
+            "reference slice's max - min)",
     "ssim": "the region's mean of the SSIM map against the Reference (7 x 7 windows, each centred on a pixel)",
     "roi_perceptual": "LIDnet's ROI perceptual distance: the lesion detector's features inside the region "
                       "against the Reference's (lower is closer)",

@@ -186,15 +186,16 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         """Tooltips of the controls whose use is not in their name."""
         for field, tip in (
             (self.image_combo, "the CT image (HU) to process; pick a study (or its denoised layer) for Compare, Flip"),
-            (self.denoiser_combo, "the denoising network: the shipped default first, then your fine-tuned models; "
-                                  "Browse... opens a .safetensors model"),
+            (self.denoiser_combo, "the denoising network: the shipped default, your fine-tuned models, or Browse... "
+                                  "for a model file (.safetensors or .json); (none): detect on the input"),
             (self.detector_combo, "the lesion detector (its boxes go on '<image> lesions'); (none): denoise only"),
             (self.device_combo, "auto: a GPU when there is one, else the CPU"),
-            (self.scope_combo, "current slice: the axial slice on screen, in seconds; whole volume: every slice, in "
-                               "the background (Cancel stops it)"),
-            (self.export_dicom_button, "the denoised volume as a new DICOM series (a NIfTI file when the source was "
-                                       "NIfTI), written in the background; never over existing files"),
-            (self.export_boxes_button, "the boxes shown, with their lesion numbers, sizes in mm and patient positions"),
+            (self.scope_combo, "current slice: the axial slice on screen, in seconds; all slices: the whole volume; "
+                               "both run in the background (Cancel stops them)"),
+            (self.export_dicom_button, "the denoised volume as a new DICOM series, written in the background (a "
+                                       "NIfTI file when the source was NIfTI); never over existing files"),
+            (self.export_boxes_button, "the detector's boxes at or above the threshold, unreviewed (the Lesion "
+                                       "navigator exports a review), with lesion numbers; mm, positions where known"),
         ):  # fmt: skip
             field.setToolTip(tip)
 

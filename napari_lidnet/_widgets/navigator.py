@@ -219,12 +219,11 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         form.addRow("boxes", self.boxes_combo)
         form.addRow("image", self.image_combo)
         panel = QWidget()
-        side = scroll_layout(panel)  # scrolls on a short screen instead of making the window taller than it
+        side = scroll_layout(panel, keep_width=True)  # scrolls on a short screen instead of making the window taller
         side.addLayout(form)
         side.addLayout(grid)
         side.addWidget(self.status)
         side.addStretch(1)
-        panel.setMaximumWidth(340)
         layout = QHBoxLayout(self)
         layout.addWidget(panel)
         layout.addWidget(self._create_table(), stretch=1)
@@ -232,11 +231,13 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
     def _add_tips(self) -> None:
         """Tooltips of the pickers and buttons."""
         for key, tip in (
-            ("accept", "keep the selected box as a finding (its box goes on the reviewed layer)"),
-            ("reject", "not a lesion: the box is dimmed on the lesions layer and left out of the kept findings"),
+            ("accept", "keep the selected box as a finding (its box goes on the reviewed layer), then the next box "
+                       "to decide"),
+            ("reject", "not a lesion: left out of the kept findings (dimmed on the detector's layer), then the next "
+                       "box to decide"),
             ("edit", "keep it and fit its box by hand on the reviewed layer (sizes follow the box)"),
-            ("previous", "the row above, its slice shown and centred"),
-            ("next", "the row below, its slice shown and centred"),
+            ("previous", "the row above (from the first: the last), its slice shown and centred"),
+            ("next", "the row below (from the last: the first), its slice shown and centred"),
             ("export", "CSV or JSON (every row with its status) or DICOM SR (.dcm: kept boxes)"),
         ):
             self.buttons[key].setToolTip(tip)

@@ -67,15 +67,21 @@ class OrientationMarkers:
             self._connect(emitter, self.update)
         self._connect(viewer.dims.events.order, self._head_up)
         self._connect(viewer.events.theme, self._on_theme)
+        self._on_theme()
         self._connect(layers.events.inserted, self._on_inserted)
         for layer in layers:
             self._watch(layer)
         self.update()
 
     def _on_theme(self, _event: Any = None) -> None:
+        """The letters' colour for the theme; on a light one, a pale backing too, so that the dark letters read where
+        they lie over the image's black air as well as on the white canvas."""
+        light = light_theme(self.viewer.theme)
         for key in OVERLAY_KEYS.values():
             if key in self.viewer.canvas.overlays:
-                self.viewer.canvas.overlays[key].color = letter_color(self.viewer.theme)
+                overlay = self.viewer.canvas.overlays[key]
+                overlay.color = letter_color(self.viewer.theme)
+                overlay.box, overlay.box_color = light, (1.0, 1.0, 1.0, 0.7)
 
     def _on_inserted(self, event: Any) -> None:
         self._watch(event.value)

@@ -175,7 +175,8 @@ class ROICompareWidget(QWidget):
         for field, tip in (
             (self.image_list, "the images to measure in every region (tick them); the same regions on each"),
             (self.reference_combo, "the image the others are compared with (RMSE, PSNR, SSIM): a normal dose"),
-            (self.window_combo, "the HU window PSNR and SSIM are computed in (values outside it are clipped)"),
+            (self.window_combo, "the HU window RMSE, PSNR and SSIM are computed in (values outside it clipped); "
+                                "reference range: no clipping, the reference slice's own range"),
             (self.perceptual_check, "run the lesion detector to compare its features inside each region with the "
                                     "Reference's (LIDnet's ROI perceptual loss); takes a few seconds"),
             (self.refresh_button, "measure again (the table follows the regions and images as they change)"),

@@ -130,8 +130,9 @@ def is_oom_error(exc: BaseException) -> bool:
 #: the lowest HU a CT scanner stores (air reads -1000; reconstructions clip at -1024): a denoised pixel is never
 #: darker than this unless its input was (the network's small undershoot in air, 2% of a chest's voxels, is removed)
 LOWEST_HU = -1024.0
-#: a slice whose every value lies within +-this is not in HU (tissue and its noise span tens of HU at least)
-NOT_HU_RANGE = 10.0
+#: a slice whose every value lies within +-this is not in HU: HU / 1000 of a CT lies in -1..3, and tissue with its
+#: noise spans more than 8 HU
+NOT_HU_RANGE = 4.0
 
 
 def hu_array(data: Any) -> np.ndarray:
@@ -156,15 +157,33 @@ def _as_stack(hu: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected a 2D slice or a 3D volume, got an array of shape {hu.shape}")
     if 0 in hu.shape[-2:]:  # a layer cropped to nothing: torch failed deep in the network
         raise ValueError(f"an image of shape {hu.shape} has no pixels in a slice")
-    first = np.asarray(hu if hu.ndim == 2 else hu[0], np.float32)
-    if first.size and np.isfinite(first).all() and np.abs(first).max() <= NOT_HU_RANGE:
-        warn_caller(f"values from {first.min():g} to {first.max():g}: CT in HU was expected (air -1000, water 0); "
-                    "normalised values (HU / 1000, 0..1) give the models nonsense", UserWarning)  # fmt: skip
-    z, y, x = (1, *hu.shape) if hu.ndim == 2 else hu.shape
+    return hu[None] if hu.ndim == 2 else hu
+
+
+def _read_and_look(hu: Any, slices: SliceSelection) -> tuple[np.ndarray, list[int]]:
+    """The (z, y, x) stack of ``hu`` and the indices of ``slices``, after :func:`say_if_odd` on them (the entry points'
+    check: once per call)."""
+    stack = _as_stack(hu)
+    idx = _select(len(stack), slices)
+    say_if_odd(stack, idx)
+    return stack, idx
+
+
+def say_if_odd(stack: np.ndarray, idx: Sequence[int]) -> None:
+    """Warn (at the caller's line) about input the models were likely not meant to get: slices ``idx`` whose values
+    all lie within +-``NOT_HU_RANGE`` (HU / 1000, 0..1: the first, middle and last of them are looked at, a blank
+    one passed over), or a stack that looks like (y, x, z)."""
+    z, y, x = stack.shape
     if x * 4 <= y and x * 4 <= z:  # slices of 512 x 40 px, 512 of them: a (y, x, z) array (nibabel's order)
         warn_caller(f"slices of {y} x {x} pixels, {z} of them: if the array is (y, x, z), pass "
                     "np.moveaxis(hu, -1, 0); the slices are the first axis", UserWarning)  # fmt: skip
-    return hu[None] if hu.ndim == 2 else hu
+    for i in sorted({idx[0], idx[len(idx) // 2], idx[-1]}) if len(idx) else ():
+        values = np.asarray(stack[i], np.float32)
+        values = values[np.isfinite(values)]
+        if values.size and values.max() > values.min() and np.abs(values).max() <= NOT_HU_RANGE:
+            warn_caller(f"slice {i}: values from {values.min():g} to {values.max():g}; CT in HU was expected (air "
+                        "-1000, water 0): normalised values (HU / 1000, 0..1) give the models nonsense", UserWarning)
+            return
 
 
 def check_role(model: Any, role: str) -> torch.nn.Module:
@@ -536,6 +555,7 @@ def denoise(
     settings = InferenceSettings(
         batch_size=batch_size, tile_size=tile_size, overlap=overlap, amp=amp, remove_sd=remove_sd, leave_sd=leave_sd
     )
+    _read_and_look(hu, slices)
     gen = iter_denoise(model, hu, device, slices=slices, settings=settings, notice=notice)
     return run_to_end(gen, progress, cancel)
 
@@ -565,6 +585,7 @@ def detect(
     pixel = None if pixel_mm is None else tuple(float(v) for v in np.ravel(pixel_mm)[-2:])
     settings = InferenceSettings(batch_size=batch_size, tile_size=tile_size, overlap=overlap, amp=amp,
                                  max_detections=max_detections, pixel_mm=pixel)  # fmt: skip
+    _read_and_look(hu, slices)
     gen = iter_detect(
         detector, hu, device, score_threshold=score_threshold, slices=slices, settings=settings, notice=notice
     )
@@ -635,8 +656,7 @@ def iter_pipeline(
     stages = _stages(denoiser, detector)
     final = settings or InferenceSettings()
     settings, after = _network_settings(denoiser, final)
-    stack = _as_stack(hu)
-    idx = _select(len(stack), slices)
+    stack, idx = _read_and_look(hu, slices)
     result = PipelineResult(slices=idx)
 
     said = notice or script_notice(device)

@@ -154,8 +154,8 @@ def note_image_problems(volume: Any) -> list[str]:
 
 def warn_caller(msg: str, category: type[Warning] = UserWarning) -> None:
     """``warnings.warn`` pointing at the first line outside this package (the script's own call), not at ours."""
-    package = str(Path(__file__).resolve().parents[1])
+    package = Path(__file__).resolve().parents[1]
     level, frame = 2, sys._getframe(1)  # stacklevel 2: the frame that called this function
-    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+    while frame is not None and Path(frame.f_code.co_filename).resolve().is_relative_to(package):
         frame, level = frame.f_back, level + 1
     warnings.warn(msg, category, stacklevel=level)
