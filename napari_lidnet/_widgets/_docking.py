@@ -111,6 +111,12 @@ def wrapping_label(text: str = "") -> QLabel:
     return label
 
 
+def add_tips(*pairs: tuple[QWidget, str]) -> None:
+    """Give each (control, text) pair its tooltip: what the control does, where its name does not say."""
+    for control, tip in pairs:
+        control.setToolTip(tip)
+
+
 def show_message(label: QLabel, text: str, error: bool = False, theme: str = "dark") -> None:
     """``text`` on a dock's status ``label``, in red for an error (a red that reads on napari's ``theme``), and
     scrolled into view: on a short screen a dock's status line can lie below the fold."""

@@ -48,7 +48,7 @@ from ._adapt_source import (
     adapt_default,
     estimate_text,
 )
-from ._docking import wrapping_label
+from ._docking import add_tips, wrapping_label
 from ._layer_watch import renamed_to
 
 #: (key, label) of the data sources
@@ -267,7 +267,7 @@ class DataBox(QGroupBox):
         self.dose_spin = spin_box(0.05, 1.0, 0.25, 2, 0.05)
         boxes_tip = ("the lesions the detector and the ROI losses learn from: a reviewed layer (Lesion navigator), "
                      "boxes you drew, or the detector's own (unreviewed)")
-        for field, tip in (
+        add_tips(
             (self.image_list, "normal-dose CT layers to train on (tick them): their low doses are simulated"),
             (self.boxes_combo, boxes_tip),
             (self.paired_boxes_combo, boxes_tip),
@@ -276,8 +276,7 @@ class DataBox(QGroupBox):
             (self.dicom_edit, "a folder of normal-dose DICOM series; their low doses are simulated before training"),
             (self.dataset_edit, "a folder made by lidnet simulate (full/, low/, lesions.csv), or a DeepLesion archive "
                                 "(its train part; low doses simulated when a slice is first used)"),
-        ):  # fmt: skip
-            field.setToolTip(tip)
+        )  # fmt: skip
         self.dose_spin.setToolTip("the dose of the simulated low-dose images, a fraction of the scans' (0.25: a "
                                   "quarter dose): image layers, DICOM folders, a DeepLesion archive (a pair and a "
                                   "simulated dataset have theirs)")
@@ -486,7 +485,7 @@ class AdvancedBox(QWidget):
         self.seed_spin = spin_box(0, 2**31 - 1, d["seed"])
         self.den_steps_spin.setToolTip("denoiser steps in each round (with the losses chosen above)")
         self.det_steps_spin.setToolTip("detector steps in each round, on the denoised images (LIDnet losses only)")
-        for field, tip in (
+        add_tips(
             (self.mode_combo, "LIDnet: pixel loss, the detector's loss on the denoised image and the ROI perceptual "
                               "loss, the two networks in turn; pixel: the denoiser on pixel loss alone"),
             (self.rounds_spin, "collaborative rounds: in each, the denoiser trains, then the detector"),
@@ -498,8 +497,7 @@ class AdvancedBox(QWidget):
                                       "reviewed boxes are given"),
             (self.device_combo, "auto: a GPU when there is one, else the CPU"),
             (self.seed_spin, "the same seed, data and settings give the same run"),
-        ):  # fmt: skip
-            field.setToolTip(tip)
+        )  # fmt: skip
 
     def set_source(self, source: str) -> None:
         """Enable the settings the data ``source`` uses; the self-supervised source (its steps and learning rate

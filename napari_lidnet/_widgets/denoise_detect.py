@@ -36,7 +36,7 @@ from qtpy.QtWidgets import (
 from ._debounce import debounce_timer
 from ._denoise_export import DenoiseExports
 from ._denoise_outputs import DenoiseOutputs
-from ._docking import DockHome, scroll_layout, show_message, wrapping_label
+from ._docking import DockHome, add_tips, scroll_layout, show_message, wrapping_label
 from ._layer_watch import LayerWatch, renamed_to
 from ._roles import (
     behind_proxy,
@@ -184,7 +184,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
 
     def _add_tips(self) -> None:
         """Tooltips of the controls whose use is not in their name."""
-        for field, tip in (
+        add_tips(
             (self.image_combo, "the CT image (HU) to process; pick a study (or its denoised layer) for Compare, Flip"),
             (self.denoiser_combo, "the denoising network: the shipped default, your fine-tuned models, or Browse... "
                                   "for a model file (.safetensors or .json); (none): detect on the input"),
@@ -196,8 +196,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
                                        "NIfTI file when the source was NIfTI); never over existing files"),
             (self.export_boxes_button, "the detector's boxes at or above the threshold, unreviewed (the Lesion "
                                        "navigator exports a review), with lesion numbers; mm, positions where known"),
-        ):  # fmt: skip
-            field.setToolTip(tip)
+        )  # fmt: skip
 
     def _create_form_fields(self) -> None:
         """Image and model pickers, device, scope, score threshold and the removed-noise switch."""

@@ -39,7 +39,7 @@ from ..io.volume import n_slices
 from ..layer_data import ANNOTATED, RECIST_LONG, RECIST_SHORT
 from ._box_marks import dim_boxes, mark_current, remark, scored, unmark
 from ._debounce import debounce_timer
-from ._docking import DockHome, scroll_layout, wrapping_label
+from ._docking import DockHome, add_tips, scroll_layout, wrapping_label
 from ._geometry import corners_in_image, index_to_patient, index_to_world, pixel_map
 from ._key_help import keep_help_mended
 from ._layer_watch import LayerWatch, renamed_to
@@ -230,19 +230,19 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
 
     def _add_tips(self) -> None:
         """Tooltips of the pickers and buttons."""
-        for key, tip in (
-            ("accept", "keep the selected box as a finding (its box goes on the reviewed layer), then the next box "
-                       "to decide"),
-            ("reject", "not a lesion: left out of the kept findings (dimmed on the detector's layer), then the next "
-                       "box to decide"),
-            ("edit", "keep it and fit its box by hand on the reviewed layer (sizes follow the box)"),
-            ("previous", "the row above (from the first: the last), its slice shown and centred"),
-            ("next", "the row below (from the last: the first), its slice shown and centred"),
-            ("export", "CSV or JSON (every row with its status) or DICOM SR (.dcm: kept boxes)"),
-        ):
-            self.buttons[key].setToolTip(tip)
-        self.boxes_combo.setToolTip("the boxes to review: a detection run's lesions layer, or any layer of boxes")
-        self.image_combo.setToolTip("the image the boxes lie on: sizes in mm, mean HU and positions are read on it")
+        b = self.buttons
+        add_tips(
+            (b["accept"], "keep the selected box as a finding (its box goes on the reviewed layer), then the next box "
+                          "to decide"),
+            (b["reject"], "not a lesion: left out of the kept findings (dimmed on the detector's layer), then the "
+                          "next box to decide"),
+            (b["edit"], "keep it and fit its box by hand on the reviewed layer (sizes follow the box)"),
+            (b["previous"], "the row above (from the first: the last), its slice shown and centred"),
+            (b["next"], "the row below (from the last: the first), its slice shown and centred"),
+            (b["export"], "CSV or JSON (every row with its status) or DICOM SR (.dcm: kept boxes)"),
+            (self.boxes_combo, "the boxes to review: a detection run's lesions layer, or any layer of boxes"),
+            (self.image_combo, "the image the boxes lie on: sizes in mm, mean HU and positions are read on it"),
+        )  # fmt: skip
 
     def _create_table(self) -> QTableWidget:
         self.table = QTableWidget(0, len(COLUMNS))

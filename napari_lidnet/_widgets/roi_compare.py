@@ -43,7 +43,7 @@ from qtpy.QtWidgets import (
 
 from napari_lidnet._widgets._canvas import PlotCanvas, paint_theme
 from napari_lidnet._widgets._debounce import debounce_timer
-from napari_lidnet._widgets._docking import DockHome, wrapping_label
+from napari_lidnet._widgets._docking import DockHome, add_tips, wrapping_label
 from napari_lidnet._widgets._layer_watch import LayerWatch, renamed_to
 from napari_lidnet._widgets._roi_observer import HOW_TO, OBSERVER_COLUMNS, observer_cell, pair_problem
 from napari_lidnet._widgets._roi_regions import regions_from_shapes, short_label
@@ -172,7 +172,7 @@ class ROICompareWidget(QWidget):
         self.new_roi_button.setToolTip("a Shapes layer for regions: transparent, a colour and a label per region")
         self.refresh_button = QPushButton("Refresh")
         self.export_button = QPushButton("Export CSV")
-        for field, tip in (
+        add_tips(
             (self.image_list, "the images to measure in every region (tick them); the same regions on each"),
             (self.reference_combo, "the image the others are compared with (RMSE, PSNR, SSIM): a normal dose"),
             (self.window_combo, "the HU window RMSE, PSNR and SSIM are computed in (values outside it clipped); "
@@ -181,8 +181,7 @@ class ROICompareWidget(QWidget):
                                     "Reference's (LIDnet's ROI perceptual loss); takes a few seconds"),
             (self.refresh_button, "measure again (the table follows the regions and images as they change)"),
             (self.export_button, "the table as a new CSV file, each row with its reference, window and pixel size"),
-        ):  # fmt: skip
-            field.setToolTip(tip)
+        )  # fmt: skip
         form = QFormLayout()
         form.addRow("Regions", self.shapes_combo)
         form.addRow("Images", self.image_list)
