@@ -402,6 +402,7 @@ def test_a_swapped_model_or_an_image_that_cannot_be_hu_is_refused_before_any_wor
     with pytest.warns(UserWarning, match=r"slices of 32 x 4 pixels, 32 of them: if the array is \(y, x, z\)"):
         inf.denoise(den, np.moveaxis(_noisy((4, 32, 32)), 0, -1))  # nibabel's axis order, said
     want = inf.denoise(den, hu)
+    np.testing.assert_array_equal(inf.denoise(den, np.stack([hu[0], hu[0]]), slices=-1), want)  # -1: the last
     np.testing.assert_array_equal(inf.denoise(den, hu.tolist()), want)
     np.testing.assert_array_equal(inf.denoise(den, torch.from_numpy(hu)), want)
 

@@ -221,10 +221,11 @@ def _check_finite(stack: np.ndarray, idx: list[int]) -> None:
 
 
 def _select(n: int, slices: SliceSelection) -> list[int]:
-    """Slice indices to process, in the order given."""
+    """Slice indices to process, in the order given (-1: the last, as Python counts)."""
     if slices is None:
         return list(range(n))
     idx = [int(slices)] if isinstance(slices, (int, np.integer)) else [int(i) for i in slices]
+    idx = [i + n if -n <= i < 0 else i for i in idx]
     bad = [i for i in idx if not 0 <= i < n]
     if bad:
         raise ValueError(f"slice indices {bad[:5]} out of range for a volume of {n} slices")
