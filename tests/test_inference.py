@@ -403,6 +403,10 @@ def test_a_swapped_model_or_an_image_that_cannot_be_hu_is_refused_before_any_wor
         inf.denoise(den, np.moveaxis(_noisy((4, 32, 32)), 0, -1))  # nibabel's axis order, said
     want = inf.denoise(den, hu)
     np.testing.assert_array_equal(inf.denoise(den, np.stack([hu[0], hu[0]]), slices=-1), want)  # -1: the last
+    told = inf.run_pipeline(hu, den, None, device="cpu", remove_sd=5.0).denoised  # a setting given directly
+    np.testing.assert_array_equal(told, inf.denoise(den, hu, remove_sd=5.0))
+    with pytest.raises(ValueError, match="give settings= or its fields"):
+        inf.run_pipeline(hu, den, None, device="cpu", batch_size=2, settings=inf.InferenceSettings())
     np.testing.assert_array_equal(inf.denoise(den, hu.tolist()), want)
     np.testing.assert_array_equal(inf.denoise(den, torch.from_numpy(hu)), want)
 

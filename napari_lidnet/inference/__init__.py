@@ -116,6 +116,9 @@ class InferenceSettings:
                 self.pixel_mm, self.leave_sd)  # fmt: skip
 
 
+#: the keyword names of :class:`InferenceSettings`
+SETTING_NAMES = frozenset(InferenceSettings.__dataclass_fields__)
+
 # --------------------------------------------------------------------------------------------------- helpers
 
 
@@ -763,5 +766,11 @@ def run_pipeline(
     cancel: CancelCheck | None = None,
     **kwargs: Any,
 ) -> PipelineResult:
-    """Blocking form of :func:`iter_pipeline` (same keyword arguments)."""
+    """Blocking form of :func:`iter_pipeline` (same keyword arguments); the fields of :class:`InferenceSettings`
+    (``batch_size``, ``remove_sd``, ``pixel_mm`` ...) may be given directly instead of ``settings``."""
+    direct = {key: kwargs.pop(key) for key in list(kwargs) if key in SETTING_NAMES}
+    if direct:
+        if kwargs.get("settings") is not None:
+            raise ValueError(f"give settings= or its fields ({', '.join(direct)}), not both")
+        kwargs["settings"] = InferenceSettings(**direct)
     return run_to_end(iter_pipeline(hu, denoiser, detector, device, **kwargs), progress, cancel)
