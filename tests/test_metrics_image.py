@@ -73,3 +73,20 @@ def test_masked_ssim_averages_the_map_inside_the_mask(pair) -> None:
     assert ssim(x, ref, mask=mask) == pytest.approx(smap[mask].mean())
     with pytest.raises(ValueError, match="no pixels"):
         ssim(x, ref, mask=np.zeros(x.shape, bool))
+
+
+def test_images_that_are_not_hu_are_warned_about_in_a_window_of_hu() -> None:
+    """PSNR of HU / 1000 images inside the soft-tissue window read 97.6 dB (nothing clipped, the window's 400 HU
+    as the data range): said, pointing at the caller's line; window=None measures them on their own range."""
+    import warnings
+
+    rng = np.random.default_rng(3)
+    ref = rng.normal(40.0, 30.0, (32, 32)) / 1000.0
+    noisy = ref + rng.normal(0.0, 0.02, ref.shape)
+    with pytest.warns(UserWarning, match=r"the reference's values from .* are not HU") as said:
+        psnr(noisy, ref)
+    assert said[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert psnr(noisy, ref, window=None) < 40.0  # on their own range: the noise is large
+        psnr(noisy * 1000.0, ref * 1000.0)  # the same in HU: nothing to say

@@ -38,7 +38,7 @@ import torch
 
 from napari_lidnet.inference.cache import ResultCache, array_fingerprint, cache_bytes, model_fingerprint
 from napari_lidnet.inference.tiles import TILE_ALIGN, blend, centred_in, merge_detections, tile_spans
-from napari_lidnet.io.checks import nonfinite_note, warn_caller
+from napari_lidnet.io.checks import nonfinite_note, not_hu_note, warn_caller
 from napari_lidnet.io.fov import fill_padding
 from napari_lidnet.models.device import cpu_has_bf16, pick_device
 from napari_lidnet.models.normalize import hu_to_net, net_to_hu
@@ -133,9 +133,6 @@ def is_oom_error(exc: BaseException) -> bool:
 #: the lowest HU a CT scanner stores (air reads -1000; reconstructions clip at -1024): a denoised pixel is never
 #: darker than this unless its input was (the network's small undershoot in air, 2% of a chest's voxels, is removed)
 LOWEST_HU = -1024.0
-#: a slice whose every value lies within +-this is not in HU: HU / 1000 of a CT lies in -1..3, and tissue with its
-#: noise spans more than 8 HU
-NOT_HU_RANGE = 4.0
 
 
 def hu_array(data: Any) -> np.ndarray:
@@ -174,18 +171,17 @@ def _read_and_look(hu: Any, slices: SliceSelection) -> tuple[np.ndarray, list[in
 
 def say_if_odd(stack: np.ndarray, idx: Sequence[int]) -> None:
     """Warn (at the caller's line) about input the models were likely not meant to get: slices ``idx`` whose values
-    all lie within +-``NOT_HU_RANGE`` (HU / 1000, 0..1: the first, middle and last of them are looked at, a blank
-    one passed over), or a stack that looks like (y, x, z)."""
+    are not HU (``io.checks.not_hu_note``: the first, middle and last of them are looked at), or a stack that looks
+    like (y, x, z)."""
     z, y, x = stack.shape
     if x * 4 <= y and x * 4 <= z:  # slices of 512 x 40 px, 512 of them: a (y, x, z) array (nibabel's order)
         warn_caller(f"slices of {y} x {x} pixels, {z} of them: if the array is (y, x, z), pass "
                     "np.moveaxis(hu, -1, 0); the slices are the first axis", UserWarning)  # fmt: skip
     for i in sorted({idx[0], idx[len(idx) // 2], idx[-1]}) if len(idx) else ():
-        values = np.asarray(stack[i], np.float32)
-        values = values[np.isfinite(values)]
-        if values.size and values.max() > values.min() and np.abs(values).max() <= NOT_HU_RANGE:
-            warn_caller(f"slice {i}: values from {values.min():g} to {values.max():g}; CT in HU was expected (air "
-                        "-1000, water 0): normalised values (HU / 1000, 0..1) give the models nonsense", UserWarning)
+        note = not_hu_note(stack[i])
+        if note:
+            warn_caller(f"slice {i}: {note}; CT in HU was expected (air -1000, water 0): normalised values (HU / "
+                        "1000, 0..1) give the models nonsense", UserWarning)  # fmt: skip
             return
 
 

@@ -159,3 +159,18 @@ def warn_caller(msg: str, category: type[Warning] = UserWarning) -> None:
     while frame is not None and Path(frame.f_code.co_filename).resolve().is_relative_to(package):
         frame, level = frame.f_back, level + 1
     warnings.warn(msg, category, stacklevel=level)
+
+
+#: values that all lie within +-this are not HU: HU / 1000 of a CT lies in -1..3, and tissue with its noise spans
+#: more than 8 HU
+NOT_HU_RANGE = 4.0
+
+
+def not_hu_note(values: np.ndarray) -> str | None:
+    """"values from a to b" when the finite ``values`` all lie within +-``NOT_HU_RANGE`` and are not all one value
+    (HU / 1000, or 0..1: not CT in HU), else None."""
+    values = np.asarray(values, np.float32)
+    values = values[np.isfinite(values)]
+    if values.size and values.max() > values.min() and np.abs(values).max() <= NOT_HU_RANGE:
+        return f"values from {values.min():g} to {values.max():g}"
+    return None

@@ -20,6 +20,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.ndimage import uniform_filter
 
+from napari_lidnet.io.checks import not_hu_note, warn_caller
+
 __all__ = ["METRIC_WINDOW", "clip_to_window", "data_range_of", "mean_psnr", "psnr", "psnr_from_mse", "rmse",
            "slice_quality", "ssim", "ssim_map"]  # fmt: skip
 
@@ -36,6 +38,10 @@ def _prepare(
     if x.ndim not in (2, 3):
         raise ValueError(f"expected a 2D slice or a 3D (z, y, x) volume, got shape {x.shape}")
     if window is not None:
+        note = not_hu_note(ref)
+        if note:  # HU / 1000 inside a window of HU: nothing clipped, a data range 100x the values' (PSNR + 40 dB)
+            warn_caller(f"the reference's {note} are not HU: the HU window {tuple(window)} does not apply to them; "
+                        "give window=None (or the images in HU)", UserWarning)  # fmt: skip
         x, ref, window = *clip_to_window(x, ref, window), (float(window[0]), float(window[1]))
     return x, ref, window
 
