@@ -405,6 +405,10 @@ def test_a_swapped_model_or_an_image_that_cannot_be_hu_is_refused_before_any_wor
     np.testing.assert_array_equal(inf.denoise(den, np.stack([hu[0], hu[0]]), slices=-1), want)  # -1: the last
     told = inf.run_pipeline(hu, den, None, device="cpu", remove_sd=5.0).denoised  # a setting given directly
     np.testing.assert_array_equal(told, inf.denoise(den, hu, remove_sd=5.0))
+    for pixel in (0.7, [0.7, 0.7], np.array([2.5, 0.7, 0.7])):  # a number, a list, a volume's spacing: (0.7, 0.7)
+        assert inf.InferenceSettings(pixel_mm=pixel).key() == inf.InferenceSettings(pixel_mm=(0.7, 0.7)).key()
+    rows = inf.run_pipeline(hu, None, det, device="cpu", pixel_mm=[0.7, 0.7], cache=inf.ResultCache()).boxes
+    np.testing.assert_array_equal(rows, inf.detect(det, hu, pixel_mm=0.7))
     with pytest.raises(ValueError, match="give settings= or its fields"):
         inf.run_pipeline(hu, den, None, device="cpu", batch_size=2, settings=inf.InferenceSettings())
     np.testing.assert_array_equal(inf.denoise(den, hu.tolist()), want)

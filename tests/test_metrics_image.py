@@ -83,9 +83,14 @@ def test_images_that_are_not_hu_are_warned_about_in_a_window_of_hu() -> None:
     rng = np.random.default_rng(3)
     ref = rng.normal(40.0, 30.0, (32, 32)) / 1000.0
     noisy = ref + rng.normal(0.0, 0.02, ref.shape)
-    with pytest.warns(UserWarning, match=r"the reference's values from .* are not HU") as said:
+    with pytest.warns(UserWarning, match=r"the reference's values \(all within \+-4\) are not HU") as said:
         psnr(noisy, ref)
     assert said[0].filename == __file__
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("default")  # Python's own: once per caller's line and message
+        for _ in range(3):
+            slice_quality(np.stack([noisy] * 4), np.stack([ref] * 4))
+    assert len(said) == 1  # the same words for every slice: said once, not per slice
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert psnr(noisy, ref, window=None) < 40.0  # on their own range: the noise is large

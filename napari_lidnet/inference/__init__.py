@@ -101,14 +101,17 @@ class InferenceSettings:
     max_detections: int = MAX_BOXES_PER_SLICE
     remove_sd: float | None = None  # HU of noise the denoiser removes (strength.keep_noise); None: all
     leave_sd: float | None = None  # HU of noise left in the output (strength.leave_noise); not with remove_sd
-    pixel_mm: tuple[float, float] | None = None  # (row, column) pixel size: a detector with detect_mm resamples
+    pixel_mm: Any = None  # (row, column) pixel size (a number or a (z, y, x) spacing is made one): detect_mm resamples
 
     def __post_init__(self) -> None:
         if int(self.batch_size) < 1 or int(self.tile_size) < 1 or int(self.overlap) < 0:
             raise ValueError(f"batch size {self.batch_size} and tile size {self.tile_size} must be at least 1, the "
                              f"overlap {self.overlap} at least 0")  # fmt: skip
-        if self.pixel_mm is not None and not all(math.isfinite(v) and v > 0 for v in self.pixel_mm):
-            raise ValueError(f"pixel size {self.pixel_mm} must be positive numbers of mm")
+        if self.pixel_mm is not None:  # (row, column) from a number, a pair or a (z, y, x) spacing (hashable: a key)
+            pair = [float(v) for v in np.ravel(self.pixel_mm)[-2:]]
+            object.__setattr__(self, "pixel_mm", (pair[0], pair[-1]) if pair else ())  # (a frozen dataclass)
+            if len(self.pixel_mm) != 2 or not all(math.isfinite(v) and v > 0 for v in self.pixel_mm):
+                raise ValueError(f"pixel size {self.pixel_mm} must be positive numbers of mm")
 
     def key(self) -> tuple[Any, ...]:
         """The settings that change results."""
@@ -582,9 +585,8 @@ def detect(
     operating point is ``models.weights.default_threshold(card)``, as the CLI and the widget use), at most
     ``max_detections`` per slice (the highest scores). ``pixel_mm``: the slices' (row, column) pixel size (or a
     (z, y, x) spacing), which a detector with ``detect_mm`` needs to see them at its size."""
-    pixel = None if pixel_mm is None else tuple(float(v) for v in np.ravel(pixel_mm)[-2:])
     settings = InferenceSettings(batch_size=batch_size, tile_size=tile_size, overlap=overlap, amp=amp,
-                                 max_detections=max_detections, pixel_mm=pixel)  # fmt: skip
+                                 max_detections=max_detections, pixel_mm=pixel_mm)  # fmt: skip
     _read_and_look(hu, slices)
     gen = iter_detect(
         detector, hu, device, score_threshold=score_threshold, slices=slices, settings=settings, notice=notice

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.ndimage import uniform_filter
 
-from napari_lidnet.io.checks import not_hu_note, warn_caller
+from napari_lidnet.io.checks import NOT_HU_RANGE, not_hu_note, warn_caller
 
 __all__ = ["METRIC_WINDOW", "clip_to_window", "data_range_of", "mean_psnr", "psnr", "psnr_from_mse", "rmse",
            "slice_quality", "ssim", "ssim_map"]  # fmt: skip
@@ -38,10 +38,10 @@ def _prepare(
     if x.ndim not in (2, 3):
         raise ValueError(f"expected a 2D slice or a 3D (z, y, x) volume, got shape {x.shape}")
     if window is not None:
-        note = not_hu_note(ref)
-        if note:  # HU / 1000 inside a window of HU: nothing clipped, a data range 100x the values' (PSNR + 40 dB)
-            warn_caller(f"the reference's {note} are not HU: the HU window {tuple(window)} does not apply to them; "
-                        "give window=None (or the images in HU)", UserWarning)  # fmt: skip
+        if not_hu_note(ref):  # HU / 1000 inside a window of HU: nothing clipped, a range 100x the values' (+40 dB)
+            warn_caller(f"the reference's values (all within +-{NOT_HU_RANGE:g}) are not HU: the HU window "
+                        f"{tuple(window)} does not apply to them; give window=None (or the images in HU)",
+                        UserWarning)  # the same words for every slice: said once per line of the caller's
         x, ref, window = *clip_to_window(x, ref, window), (float(window[0]), float(window[1]))
     return x, ref, window
 
