@@ -17,7 +17,7 @@ import numpy as np
 
 from .atomic import new_file
 from .checks import check_image_shape, one_line
-from .volume import CTVolume
+from .volume import CTVolume, checked_spacing
 
 ARRAY_SUFFIXES = {".npy", ".npz", ".tif", ".tiff"}
 #: the .npz members (besides ``hu``) that hold geometry: voxel size, origin (z, y, x order) and direction (3 x 3)
@@ -204,10 +204,7 @@ def write_array(out: str | Path, hu: np.ndarray, spacing: tuple[float, ...], ori
         raise ValueError(f"{out}: unsupported array file type {suffix!r} (use .npy, .npz, .tif)")
     if (origin is None) != (direction is None):
         raise ValueError("give both origin and direction, or neither")
-    spacing_mm = np.asarray(spacing, dtype=float)
-    if spacing_mm.shape != (np.ndim(hu),) or not (np.isfinite(spacing_mm).all() and (spacing_mm > 0).all()):
-        raise ValueError(f"spacing {spacing_mm.tolist()} must be {np.ndim(hu)} positive numbers (mm per axis)")
-    geometry = {"spacing": spacing_mm}
+    geometry = {"spacing": np.asarray(checked_spacing(spacing, np.ndim(hu)))}
     if spacing_assumed:
         geometry["spacing_assumed"] = np.ones(1)
     if origin is not None:

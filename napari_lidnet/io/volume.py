@@ -13,6 +13,14 @@ from typing import Any
 import numpy as np
 
 
+def checked_spacing(spacing: Any, ndim: int) -> tuple[float, ...]:
+    """``spacing`` as ``ndim`` floats (mm per array axis), or ValueError when it is not that many positive numbers."""
+    values = np.atleast_1d(np.asarray(spacing, dtype=float))
+    if values.shape != (ndim,) or not (np.isfinite(values).all() and (values > 0).all()):
+        raise ValueError(f"spacing {values.tolist()} must be {ndim} positive numbers (mm per axis)")
+    return tuple(float(v) for v in values)
+
+
 def n_slices(image: Any) -> int:
     """Number of slices of a (z, y, x) or (y, x) image (an array or anything with ``ndim`` and ``shape``)."""
     return int(image.shape[0]) if image.ndim == 3 else 1
@@ -64,10 +72,7 @@ class CTVolume:
 
     def __post_init__(self) -> None:
         self.hu = np.asarray(self.hu, dtype=np.float32)  # float32 input is kept, not copied
-        spacing = np.atleast_1d(np.asarray(self.spacing, dtype=float))
-        if spacing.shape != (self.hu.ndim,) or not (np.isfinite(spacing).all() and (spacing > 0).all()):
-            raise ValueError(f"spacing {self.spacing} must be {self.hu.ndim} positive numbers (mm per array axis)")
-        self.spacing = tuple(float(s) for s in spacing)
+        self.spacing = checked_spacing(self.spacing, self.hu.ndim)
         if self.origin is None and self.direction is None:  # made up here: no patient position, no R/L letters
             self.metadata = {"orientation_unknown": True, **self.metadata}  # a copy: the caller's dict stays as it was
         if self.origin is None:
