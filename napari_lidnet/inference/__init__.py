@@ -40,7 +40,7 @@ from napari_lidnet.inference.cache import ResultCache, array_fingerprint, cache_
 from napari_lidnet.inference.tiles import TILE_ALIGN, blend, centred_in, merge_detections, tile_spans
 from napari_lidnet.io.checks import nonfinite_note, not_hu_note, warn_caller
 from napari_lidnet.io.fov import fill_padding
-from napari_lidnet.models.device import cpu_has_bf16, pick_device
+from napari_lidnet.models.device import cpu_has_bf16, resolve_device, script_notice
 from napari_lidnet.models.normalize import hu_to_net, net_to_hu
 from napari_lidnet.strength import check_strength, keep_noise, leave_noise
 
@@ -145,8 +145,14 @@ def hu_array(data: Any) -> np.ndarray:
 
 
 def _as_stack(hu: np.ndarray) -> np.ndarray:
-    """``hu`` (:func:`hu_array`) as a (z, y, x) stack; ValueError for values that cannot be HU (boolean, 8-bit,
-    complex: a mask or a display image)."""
+    """``hu`` (:func:`_checked_array`) as a (z, y, x) stack."""
+    hu = _checked_array(hu)
+    return hu[None] if hu.ndim == 2 else hu
+
+
+def _checked_array(hu: Any) -> np.ndarray:
+    """``hu`` as :func:`hu_array` reads it, a slice or a volume; ValueError for values that cannot be HU (boolean,
+    8-bit, complex: a mask or a display image) and for a shape without pixels."""
     dtype, bad = getattr(hu, "dtype", None), False
     if isinstance(dtype, torch.dtype):  # a tensor: read as float32 below
         bad = dtype in (torch.bool, torch.uint8, torch.int8) or dtype.is_complex
@@ -160,7 +166,7 @@ def _as_stack(hu: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected a 2D slice or a 3D volume, got an array of shape {hu.shape}")
     if 0 in hu.shape[-2:]:  # a layer cropped to nothing: torch failed deep in the network
         raise ValueError(f"an image of shape {hu.shape} has no pixels in a slice")
-    return hu[None] if hu.ndim == 2 else hu
+    return hu
 
 
 def _read_and_look(hu: Any, slices: SliceSelection) -> tuple[np.ndarray, list[int]]:
@@ -255,7 +261,7 @@ class _Runner:
         notice: Notice | None,
     ) -> None:
         self.notice = notice or script_notice(device)
-        self.device = _pipeline_device(device, self.notice)
+        self.device = resolve_device(device, self.notice)
         self.model = model
         self.settings = settings
         self.batch = max(1, int(settings.batch_size))
@@ -558,6 +564,7 @@ def denoise(
     settings = InferenceSettings(
         batch_size=batch_size, tile_size=tile_size, overlap=overlap, amp=amp, remove_sd=remove_sd, leave_sd=leave_sd
     )
+    hu = _checked_array(hu)  # read once (a list or a tensor): the checks and the run take the same array
     _read_and_look(hu, slices)
     gen = iter_denoise(model, hu, device, slices=slices, settings=settings, notice=notice)
     return run_to_end(gen, progress, cancel)
@@ -587,6 +594,7 @@ def detect(
     (z, y, x) spacing), which a detector with ``detect_mm`` needs to see them at its size."""
     settings = InferenceSettings(batch_size=batch_size, tile_size=tile_size, overlap=overlap, amp=amp,
                                  max_detections=max_detections, pixel_mm=pixel_mm)  # fmt: skip
+    hu = _checked_array(hu)  # read once (a list or a tensor): the checks and the run take the same array
     _read_and_look(hu, slices)
     gen = iter_detect(
         detector, hu, device, score_threshold=score_threshold, slices=slices, settings=settings, notice=notice
@@ -613,27 +621,6 @@ class PipelineResult:
     notices: list[str] = field(default_factory=list)
     device: str = "cpu"
     seconds: float = 0.0
-
-
-def _pipeline_device(device: torch.device | str, tell: Notice) -> torch.device:
-    """The device to run on (a name or a ``torch.device``); a fallback from the one asked for is told."""
-    if isinstance(device, torch.device) and device.type not in ("cpu", "cuda", "mps"):
-        return device  # another backend, as given
-    device, msg = pick_device(str(device))
-    if msg:
-        tell(msg)
-    return device
-
-
-def script_notice(device: torch.device | str) -> Notice:
-    """The notice of a call given none (a script's): a RuntimeWarning at the script's line, so a CPU fallback or a
-    smaller batch after running out of memory is not silent; "auto" running on the CPU is as asked, not warned."""
-
-    def warn(msg: str) -> None:
-        if not (str(device) == "auto" and msg.startswith("no GPU found")):
-            warn_caller(msg, RuntimeWarning)
-
-    return warn
 
 
 def iter_pipeline(
@@ -667,7 +654,7 @@ def iter_pipeline(
         result.notices.append(msg)
         said(msg)
 
-    device = _pipeline_device(device, tell)
+    device = resolve_device(device, tell)
     result.device = str(device)
     total = len(idx) * (len(stages) + after)  # the strength step counts its slices too (and can be cancelled)
     # cache keys, only when caching (hashing a volume costs more than a GPU pass over it): the input's content

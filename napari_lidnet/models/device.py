@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import torch
+
+from napari_lidnet.io.checks import warn_caller
 
 
 def pick_device(preference: str = "auto") -> tuple[torch.device, str]:
@@ -48,3 +51,26 @@ def cpu_has_bf16() -> bool:
         return any(bool(check()) for check in checks if check is not None)
     except RuntimeError:
         return False
+
+
+def resolve_device(device: torch.device | str, tell: Callable[[str], None] | None = None) -> torch.device:
+    """The device to run on for ``device`` (a name or a ``torch.device``; another backend's device as given); a
+    fallback from the one asked for is told to ``tell`` (default :func:`script_notice`: a warning at the caller's
+    line)."""
+    if isinstance(device, torch.device) and device.type not in ("cpu", "cuda", "mps"):
+        return device
+    resolved, msg = pick_device(str(device))
+    if msg:
+        (tell or script_notice(device))(msg)
+    return resolved
+
+
+def script_notice(device: torch.device | str) -> Callable[[str], None]:
+    """The notice of a call given none (a script's): a RuntimeWarning at the script's line, so a CPU fallback or a
+    smaller batch after running out of memory is not silent; "auto" running on the CPU is as asked, not warned."""
+
+    def warn(msg: str) -> None:
+        if not (str(device) == "auto" and msg.startswith("no GPU found")):
+            warn_caller(msg, RuntimeWarning)
+
+    return warn

@@ -236,12 +236,10 @@ def default_threshold(card: dict[str, Any] | None) -> float:
 
 def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model described by ``path.json`` and load ``path.safetensors`` into it (eval mode)."""
-    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    from napari_lidnet.io.checks import warn_caller
-    from napari_lidnet.models.device import pick_device
+    from napari_lidnet.models.device import resolve_device
 
     w_path, j_path = weight_paths(path)
     card = read_card(path)
@@ -276,8 +274,4 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
             parts.append(f"shape mismatch {shapes}")
         raise ValueError(f"{w_path}: tensors do not fit {card['kind']} {card['arch']!r}: " + "; ".join(parts))
     model.load_state_dict(tensors, strict=True)
-    if not isinstance(device, torch.device) or device.type in ("cpu", "cuda", "mps"):
-        asked, (device, msg) = device, pick_device(str(device))
-        if msg and str(asked) != "auto":  # "cuda" on a machine without one: the CPU, said (torch would fail)
-            warn_caller(msg, RuntimeWarning)
-    return model.to(device).eval(), card
+    return model.to(resolve_device(device)).eval(), card  # "cuda" without one: the CPU, said (torch would fail)
