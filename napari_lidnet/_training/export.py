@@ -30,11 +30,11 @@ def check_export_name(name: str, kinds: tuple[str, ...] = KINDS) -> str:
     from napari_lidnet.io.atomic import check_writable
     from napari_lidnet.models.registry import user_model_dir
 
-    name = valid_model_name(name)
-    taken = _taken(user_model_dir(), name, kinds)
+    name, dest = valid_model_name(name), user_model_dir()
+    taken = _taken(dest, name, kinds)
     if taken:
         raise FileExistsError(f"a model named {name!r} already exists ({taken[0]}); choose another name")
-    check_writable(user_model_dir() / f"{name}_{kinds[0]}")  # the model folder (or the nearest that exists) takes files
+    check_writable(dest / f"{name}_{kinds[0]}")  # the model folder (or the nearest that exists) takes files
     return name
 
 

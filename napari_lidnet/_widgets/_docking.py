@@ -122,9 +122,7 @@ def show_message(label: QLabel, text: str, error: bool = False, theme: str = "da
     scrolled into view: on a short screen a dock's status line can lie below the fold."""
     label.setText(text)
     label.setStyleSheet(f"color: {ERROR_ON_LIGHT if light_theme(theme) else ERROR_ON_DARK};" if error else "")
-    area = label.parentWidget()
-    while area is not None and not isinstance(area, QScrollArea):
-        area = area.parentWidget()
+    area = ancestor(label, QScrollArea)
     if area is not None:
         area.ensureWidgetVisible(label)
 
@@ -139,12 +137,17 @@ def compact(widget: QWidget) -> None:
         combo.setMinimumContentsLength(COMBO_CHARS)
 
 
-def dock_of(widget: QWidget) -> QDockWidget | None:
-    """The dock holding ``widget``, or None when it is not docked."""
+def ancestor(widget: QWidget, kind: type) -> Any:
+    """The nearest widget of ``kind`` that holds ``widget``, or None."""
     parent = widget.parentWidget()
-    while parent is not None and not isinstance(parent, QDockWidget):
+    while parent is not None and not isinstance(parent, kind):
         parent = parent.parentWidget()
     return parent
+
+
+def dock_of(widget: QWidget) -> QDockWidget | None:
+    """The dock holding ``widget``, or None when it is not docked."""
+    return ancestor(widget, QDockWidget)
 
 
 def lidnet_docks(main: QMainWindow, area: str) -> list[QDockWidget]:
