@@ -178,7 +178,7 @@ def test_hand_edits_on_the_lesions_layer_survive_the_threshold(make_napari_viewe
     A drawn box has no score and stays; a moved one stays where the reader put it; a deleted one stays deleted."""
     from napari.utils.colormaps.standardize_color import transform_color
 
-    from napari_lidnet._widgets._denoise_outputs import DRAWN_EDGE
+    from napari_lidnet._widgets._box_style import DRAWN_EDGE
     from napari_lidnet.io.boxes_io import read_boxes_csv
 
     viewer = make_napari_viewer()

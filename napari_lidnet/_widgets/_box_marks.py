@@ -25,6 +25,7 @@ def scored(layer: Any) -> bool:
         return False
     if layer.metadata.get("lidnet", {}).get(_FLAG):
         return True
+    layer = getattr(layer, "__wrapped__", layer)  # napari's own attribute, not through a plugin's proxy
     return layer.edge_color_mode == "colormap" and getattr(layer, "_edge_color_property", None) == "score"
 
 
@@ -70,7 +71,7 @@ def _text_default(layer: Any) -> Any:
 def _rgba(colour: Any) -> tuple[float, ...]:
     from napari.utils.colormaps.standardize_color import transform_color
 
-    return tuple(float(v) for v in transform_color(colour)[0])
+    return tuple(float(v) for v in transform_color(getattr(colour, "__wrapped__", colour))[0])  # not napari's proxy
 
 
 #: the current finding's outline colour: white, as wide as the others (a widened outline covered most of a small

@@ -16,16 +16,13 @@ import numpy as np
 from ..io.volume import n_slices
 from ..layer_data import metadata_for_slices, removed_noise_layer, slice_translate
 from ..metrics.lesions import row_lesions
+from ._box_style import BOX_SCORE_RANGE, BOX_TEXT_COLOR, box_style
 from ._hand_edits import DRAWN_BOX, HandEdits
 from ._roles import DETECTIONS, NOISE, ROLE, behind_proxy, derived_name, lidnet_info, pixel_mm, source_key
 
 if TYPE_CHECKING:
     from napari.layers import Shapes
 
-BOX_COLORMAP = "plasma"
-DRAWN_EDGE = "#f58231"  # a box drawn by hand (no score): the reviewed layer's colour of an added box
-BOX_SCORE_RANGE = (0.0, 1.0)  # one colour per score, whatever the threshold shows
-BOX_TEXT_COLOR = "yellow"
 
 
 class DenoiseOutputs:
@@ -254,13 +251,8 @@ class DenoiseOutputs:
             "ndim": ndim,
             "shape_type": [kind for _, kind in shapes],  # a drawn ellipse or path stays one
             "features": features,
-            "edge_color": "score",
-            "edge_colormap": _box_colormap(),
-            "edge_contrast_limits": BOX_SCORE_RANGE,
-            "edge_width": 2,
-            "face_color": "transparent",
+            **box_style(),
             "feature_defaults": DRAWN_BOX,
-            "text": {"string": "{label}", "anchor": "upper_left", "size": 9, "color": BOX_TEXT_COLOR},
             "metadata": {ROLE: DETECTIONS, "lidnet": {"source_layer": src.name, "source_key": source_key(src),
                                                       "detector": self._last["labels"][1], "run": uuid.uuid4().hex,
                                                       "pixel_mm": pixel_mm(src)}},  # None: not measured
@@ -311,14 +303,3 @@ def _keep_look(old: Any, new: Any, visible: bool) -> None:
         if new.nshapes:
             new.edge_width = [old.current_edge_width] * new.nshapes
         new.text.size = old.text.size
-
-
-def _box_colormap() -> Any:
-    """The score colour map, drawing a box without a score (drawn by hand) in ``DRAWN_EDGE``: napari's NaN colour is
-    transparent, and a drawn box was invisible."""
-    from napari.utils.colormaps import ensure_colormap
-    from napari.utils.colormaps.colormap import Colormap
-
-    base = ensure_colormap(BOX_COLORMAP)
-    return Colormap(colors=base.colors, controls=base.controls, interpolation=base.interpolation,
-                    name="lidnet boxes", nan_color=DRAWN_EDGE)  # napari lists it by name: short  # fmt: skip

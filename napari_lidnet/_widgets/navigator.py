@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 
 from ..findings import KEPT, Finding, centre_world, lesion_groups, measure
 from ..io.boxes_io import slice_columns
+from ..io.saved_boxes import place_boxes, read_saved_boxes
 from ..io.volume import n_slices
 from ..layer_data import ANNOTATED, RECIST_LONG, RECIST_SHORT
 from ._box_marks import dim_boxes, mark_current, remark, scored, unmark
@@ -43,6 +44,7 @@ from ._docking import DockHome, add_tips, scroll_layout, wrapping_label
 from ._geometry import corners_in_image, index_to_patient, index_to_world, pixel_map
 from ._key_help import keep_help_mended
 from ._layer_watch import LayerWatch, renamed_to
+from ._opened_boxes import opened_boxes_layer
 from ._review_export import write_review_sr, write_review_table
 from ._reviewed_layer import STATUS_COLORS, ReviewedLayer
 from ._roles import (
@@ -54,6 +56,7 @@ from ._roles import (
     is_ct_image,
     is_shapes,
     lidnet_info,
+    pixel_mm,
     places_patient,
     reviewed_of,
     role,
@@ -206,7 +209,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         grid = QGridLayout()
         names = (("accept", "Accept (A)"), ("reject", "Reject (R)"), ("accept_lesion", "Accept lesion (⇧A)"),
                  ("reject_lesion", "Reject lesion (⇧R)"), ("edit", "Edit (E)"), ("export", "Export…"),
-                 ("previous", "Previous (P)"), ("next", "Next (N)"))  # fmt: skip
+                 ("previous", "Previous (P)"), ("next", "Next (N)"), ("open", "Open…"))  # fmt: skip
         for k, (key, text) in enumerate(names):
             self.buttons[key] = button = QPushButton(text)
             grid.addWidget(button, k // 2, k % 2)
@@ -240,6 +243,9 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
             (b["previous"], "the row above (from the first: the last), its slice shown and centred"),
             (b["next"], "the row below (from the last: the first), its slice shown and centred"),
             (b["export"], "CSV or JSON (every row with its status) or DICOM SR (.dcm: kept boxes)"),
+            (b["open"], "a review exported here (CSV/JSON: statuses restored) or a box table (the Denoise dock's, "
+                        "lidnet detect's, File > Save's .boxes.csv) onto the picked image; slices matched by DICOM "
+                        "instance"),
             (self.boxes_combo, "the boxes to review: a detection run's lesions layer, or any layer of boxes"),
             (self.image_combo, "the image the boxes lie on: sizes in mm, mean HU and positions are read on it"),
         )  # fmt: skip
@@ -263,7 +269,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         actions = {"accept": (self.accept, "A"), "reject": (self.reject, "R"), "edit": (self.edit, "E"),
                    "accept_lesion": (self.accept_lesion, "Shift+A"), "reject_lesion": (self.reject_lesion, "Shift+R"),
                    "previous": (self.previous, "P"), "next": (self.next, "N"),
-                   "export": (self._export_dialog, None)}  # fmt: skip
+                   "export": (self._export_dialog, None), "open": (self._open_dialog, None)}  # fmt: skip
         self._review_keys = {}
         for key, (func, shortcut) in actions.items():
             self.buttons[key].clicked.connect(lambda _=False, f=func: f())
@@ -876,6 +882,58 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         path = save_path(self, "Export the review", "DICOM SR (*.dcm);;CSV (*.csv);;JSON (*.json)")
         if path:
             self.export(path)
+
+    def open_boxes(self, path: str | Path) -> int | None:
+        """Open a saved review (the Export's CSV/JSON) or box table onto the picked image as a layer of boxes to
+        review, each finding's saved status restored; its boxes find their slices by DICOM instance where the table
+        and the image record them. Returns the number of boxes, or None after saying why nothing was opened (a table
+        of another image, an image already under review)."""
+        image = self._layer(self.image_combo.currentText())
+        if image is None:
+            self._say("pick the image the saved boxes belong to, then open them")
+            return None
+        if any(ly.nshapes for ly in reviewed_of(self.viewer.layers, image)):
+            self._say(f"{image.name} has a review in this viewer: export it, or remove its reviewed layer, before "
+                      "opening another")  # fmt: skip
+            return None
+        try:
+            saved = read_saved_boxes(path)
+            rows, note = place_boxes(saved, image.data.shape, image.metadata or {}, (pixel_mm(image) or (None,))[-1])
+        except ValueError as exc:
+            self._say(f"not opened: {exc}")
+            return None
+        data, kwargs = opened_boxes_layer(rows, image, Path(path).name)
+        layer = self.viewer.add_shapes(data, **kwargs)
+        self.load(layer, image)
+        restored = self._restore_statuses(saved.statuses or ())
+        self._say(f"{len(rows)} boxes from {Path(path).name} on {image.name} ({note}){restored}")
+        return len(rows)
+
+    def _restore_statuses(self, statuses: tuple[str, ...]) -> str:
+        """Give each finding of the opened layer its saved status (``statuses``, one per shape); what was restored,
+        in words ('' when nothing was decided)."""
+        by_shape = {i: f for f in self.findings if (i := self._shape_index.get(f.id)) is not None}
+        for i, status in enumerate(statuses):
+            if i in by_shape and status != "pending":
+                by_shape[i].status = status
+                if status == "rejected":
+                    self._alone.add(by_shape[i].id)
+        counts = Counter(f.status for f in self.findings)
+        if not statuses or counts["pending"] == len(self.findings):
+            return ""
+        self._write_reviewed()
+        self._fill_table()
+        self.review_changed.emit()
+        self.next(pending_only=True)
+        kept = sum(counts[s] for s in KEPT)
+        return f"; the saved review: {kept} kept, {counts['rejected']} rejected, {counts['pending']} pending"
+
+    def _open_dialog(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getOpenFileName(self, "Open a review or a box table", "", "tables (*.csv *.json)")
+        if path:
+            self.open_boxes(path)
 
     def _say(self, text: str) -> None:
         self.status.setText(text)
