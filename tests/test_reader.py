@@ -208,12 +208,14 @@ def test_bad_arrays_are_refused(tmp_path):
     np.save(tmp_path / "4d.npy", np.zeros((2, 2, 2, 2)))
     np.savez(tmp_path / "two.npz", a=np.zeros((2, 2)), b=np.zeros((2, 2)))
     np.savez(tmp_path / "sp.npz", hu=np.zeros((2, 2)), spacing=np.array([1.0, 1.0, 1.0]))
+    np.savez(tmp_path / "inf.npz", hu=np.zeros((2, 2)), spacing=np.array([np.inf, 1.0]))  # made a 0-pixel view
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((8, 8, 3), np.uint8), photometric="rgb")
     cases = {
         "s.npy": "dtype <U1 is not numbers in HU",
         "4d.npy": r"shape \(2, 2, 2, 2\); expected a 2D",
         "two.npz": ".npz has arrays .* name the HU array 'hu'",
         "sp.npz": "spacing .* must be 2 positive numbers",
+        "inf.npz": r"spacing \[inf, 1.0\] must be 2 positive numbers",
         "rgb.tif": r"TIFF has colour samples \(RGB\); expected grayscale HU \(.* photometric='minisblack'\)",
     }
     for name, msg in cases.items():

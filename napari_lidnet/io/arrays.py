@@ -168,14 +168,15 @@ def read_array(path: str | Path) -> CTVolume:
         notes.append(f"{path.name}: the file stores no pixel spacing; sizes in mm assume 1 mm voxels")
     elif assumed:
         notes.append(f"{path.name}: the file records its pixel size as assumed (1 mm where it came from)")
-    spacing = geometry["spacing"].ravel() if "spacing" in geometry else np.ones(hu.ndim)
-    if spacing.size != hu.ndim or not np.all(spacing > 0):
-        raise ValueError(f"{path}: spacing {spacing.tolist()} must be {hu.ndim} positive numbers (mm per axis)")
+    try:
+        spacing = checked_spacing(geometry["spacing"].ravel() if "spacing" in geometry else np.ones(hu.ndim), hu.ndim)
+    except (TypeError, ValueError) as exc:  # not numbers, not finite, not positive, not one per axis
+        raise ValueError(f"{path}: {exc}") from None
     origin, direction = _patient_geometry(path, geometry, hu.ndim)
     # without origin and direction an array says nothing of the patient's directions: no R/L letters
     meta = {"format": suffix.lstrip("."), "source": str(path), "warnings": notes, "spacing_assumed": assumed,
             "orientation_unknown": direction is None}  # fmt: skip
-    return CTVolume(hu, tuple(spacing.tolist()), origin, direction, name=path.stem, metadata=meta)
+    return CTVolume(hu, spacing, origin, direction, name=path.stem, metadata=meta)
 
 
 def _patient_geometry(path: Path, geometry: dict[str, np.ndarray], ndim: int) -> tuple[tuple | None, Any]:
