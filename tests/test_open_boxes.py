@@ -165,3 +165,35 @@ def test_place_boxes_on_a_2d_image() -> None:
     two = SavedBoxes(np.array([[1, 1, 1, 5, 5, 0.3]]), None, None, None, None)
     with pytest.raises(ValueError, match="slice 1 and this image is one slice"):
         place_boxes(two, (16, 16), {}, None)
+
+
+def test_a_reports_kept_boxes_reopen(make_napari_viewer, series, tmp_path, qtbot) -> None:
+    """The review's DICOM SR holds the kept boxes only, each on its referenced instance: they come back kept, on
+    their slices, with their scores; on an image without DICOM instances the report is refused."""
+    vol = open_ct(series[0].parent)[0]
+    viewer = make_napari_viewer()
+    widget, image, boxes = open_with_boxes(viewer, vol)
+    _review(viewer, widget, image, qtbot)
+    table = read_findings(widget.export(tmp_path / "review.csv"))
+    report = widget.export(tmp_path / "review.dcm")
+    viewer.layers.remove(boxes)
+    viewer.layers.remove(f"{image.name} reviewed")
+
+    assert widget.open_boxes(report) == 3
+    assert [f.status for f in widget.findings] == ["accepted", "edited", "added"]
+    kept = [r for r in table if r["status"] != "rejected"]
+    assert [(str(f.slice), *(f"{v:.2f}" for v in f.bounds)) for f in widget.findings] == [
+        (r["slice"], *(f"{float(r[k]):.2f}" for k in ("x1", "y1", "x2", "y2"))) for r in kept]
+    assert [f.score for f in widget.findings][:2] == pytest.approx([float(r["score"]) for r in kept[:2]], abs=1e-4)
+    assert widget.findings[2].score is None
+    assert "placed by DICOM instance" in widget.status.text()
+
+    data = np.array(image.data)
+    data[0, 0, 0] += 2  # another image (the same pixels would be taken for the one under review)
+    plain = viewer.add_image(data, name="no instances", scale=image.scale)
+    widget.image_combo.setCurrentText(plain.name)
+    n = len(viewer.layers)
+    assert widget.open_boxes(report) is None and len(viewer.layers) == n
+    assert "finds its boxes' slices by DICOM instance and this image records none" in widget.status.text()
+    with pytest.raises(ValueError, match=r"s\d+_\d+.dcm: not a LIDnet review report .not a structured report"):
+        read_saved_boxes(series[0])

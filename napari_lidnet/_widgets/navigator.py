@@ -243,9 +243,9 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
             (b["previous"], "the row above (from the first: the last), its slice shown and centred"),
             (b["next"], "the row below (from the last: the first), its slice shown and centred"),
             (b["export"], "CSV or JSON (every row with its status) or DICOM SR (.dcm: kept boxes)"),
-            (b["open"], "a review exported here (CSV/JSON: statuses restored) or a box table (the Denoise dock's, "
-                        "lidnet detect's, File > Save's .boxes.csv) onto the picked image; slices matched by DICOM "
-                        "instance"),
+            (b["open"], "a review exported here (CSV/JSON: every box with its status; DICOM SR: the kept ones) or "
+                        "a box table (the Denoise dock's, lidnet detect's, File > Save's .boxes.csv) onto the picked "
+                        "image; slices matched by DICOM instance"),
             (self.boxes_combo, "the boxes to review: a detection run's lesions layer, or any layer of boxes"),
             (self.image_combo, "the image the boxes lie on: sizes in mm, mean HU and positions are read on it"),
         )  # fmt: skip
@@ -884,10 +884,10 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
             self.export(path)
 
     def open_boxes(self, path: str | Path) -> int | None:
-        """Open a saved review (the Export's CSV/JSON) or box table onto the picked image as a layer of boxes to
-        review, each finding's saved status restored; its boxes find their slices by DICOM instance where the table
-        and the image record them. Returns the number of boxes, or None after saying why nothing was opened (a table
-        of another image, an image already under review)."""
+        """Open a saved review (the Export's CSV/JSON, or its SR's kept boxes) or a box table onto the picked image
+        as a layer of boxes to review, each finding's saved status restored; its boxes find their slices by DICOM
+        instance where the table and the image record them. Returns the number of boxes, or None after saying why
+        nothing was opened (a table of another image, an image already under review)."""
         image = self._layer(self.image_combo.currentText())
         if image is None:
             self._say("pick the image the saved boxes belong to, then open them")
@@ -931,7 +931,8 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
     def _open_dialog(self) -> None:
         from qtpy.QtWidgets import QFileDialog
 
-        path, _ = QFileDialog.getOpenFileName(self, "Open a review or a box table", "", "tables (*.csv *.json)")
+        path, _ = QFileDialog.getOpenFileName(self, "Open a review or a box table", "",
+                                              "reviews and box tables (*.csv *.json *.dcm)")  # fmt: skip
         if path:
             self.open_boxes(path)
 

@@ -346,3 +346,71 @@ def write_sr(
     with new_file(path) as tmp:  # whole or not at all
         pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
     return path
+
+
+@dataclass(frozen=True)
+class ReadRegion:
+    """A measurement group read back: its box edges ``x1, y1, x2, y2`` (pixels: the polyline's bounds), the source
+    instance and frame it was selected from, its detector score and review status."""
+
+    box: tuple[float, float, float, float]
+    sop_instance_uid: str
+    frame: int | None
+    score: float | None
+    status: str
+
+
+def _concept(item: Any) -> tuple[str, str]:
+    """(code value, scheme) of a content item's concept name; ('', '') without one."""
+    names = getattr(item, "ConceptNameCodeSequence", None) or []
+    return (str(names[0].get("CodeValue", "")), str(names[0].get("CodingSchemeDesignator", ""))) if names else ("", "")
+
+
+def _groups(items: Sequence[Any]) -> list[Any]:
+    """Every Measurement Group container under ``items`` (depth first)."""
+    out = []
+    for item in items:
+        if item.get("ValueType") == "CONTAINER" and _concept(item) == GROUP[:2]:
+            out.append(item)
+        else:
+            out.extend(_groups(getattr(item, "ContentSequence", None) or []))
+    return out
+
+
+def _read_group(group: Any) -> ReadRegion:
+    """One measurement group's region (ValueError when it has no polyline on a referenced image)."""
+    children = list(getattr(group, "ContentSequence", None) or [])
+    scoord = next((c for c in children if c.get("ValueType") == "SCOORD" and c.get("GraphicType") == "POLYLINE"),
+                  None)  # fmt: skip
+    refs = [r for i in (getattr(scoord, "ContentSequence", None) or []) for r in (i.get("ReferencedSOPSequence") or [])]
+    if scoord is None or not refs or not str(refs[0].get("ReferencedSOPInstanceUID", "")):
+        raise ValueError("a region without its polyline on a referenced image")
+    points = np.asarray([float(v) for v in scoord.GraphicData], dtype=float).reshape(-1, 2)  # (col, row) pairs
+    frame = refs[0].get("ReferencedFrameNumber")
+    values = {_concept(c): c for c in children}
+    score_item, status_item = values.get(SCORE[:2]), values.get(STATUS[:2])
+    score = float(score_item.MeasuredValueSequence[0].NumericValue) if score_item is not None else None
+    return ReadRegion((float(points[:, 0].min()), float(points[:, 1].min()), float(points[:, 0].max()),
+                       float(points[:, 1].max())), str(refs[0].ReferencedSOPInstanceUID),
+                      None if frame in (None, "") else int(frame), score,
+                      str(status_item.TextValue) if status_item is not None else "accepted")  # fmt: skip
+
+
+def read_sr_regions(path: str | Path) -> list[ReadRegion]:
+    """The regions of a measurement report (TID 1500, as :func:`write_sr` writes them; a turned box reads as the
+    upright box around it); a one-line ValueError for a file that is not one."""
+    import pydicom
+
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        if str(ds.get("Modality", "")) != "SR" or not ds.get("ContentSequence"):
+            raise ValueError("not a structured report")
+        groups = _groups(ds.ContentSequence)
+        if not groups:
+            raise ValueError("no measurement groups")
+        return [_read_group(g) for g in groups]
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    except (pydicom.errors.InvalidDicomError, AttributeError, IndexError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path.name}: not a LIDnet review report ({exc})") from None

@@ -1,5 +1,6 @@
 """Box tables read back onto an image: the box tables of the Denoise dock, ``lidnet detect`` and File > Save
-(``.boxes.csv``), and the navigator's review export (every finding with its status), CSV or JSON.
+(``.boxes.csv``), and the navigator's review exports (CSV or JSON: every finding with its status; DICOM SR: the
+kept ones).
 
 A table's boxes are placed on an image's slices by their DICOM SOP Instance UIDs (and frame numbers) where both
 the table and the image record them, else by slice number; a table that does not fit the image (a slice it does
@@ -32,7 +33,8 @@ EDGE_SLACK_PX, PIXEL_TOLERANCE = 1.0, 0.01
 
 @dataclass(frozen=True)
 class SavedBoxes:
-    """A box table as read: (N, 6) ``slice, x1, y1, x2, y2, score`` rows in pixel edges (score NaN: drawn by hand),
+    """A box table as read: (N, 6) ``slice, x1, y1, x2, y2, score`` rows in pixel edges (score NaN: drawn by hand;
+    slice NaN: found by its DICOM instance only, as a report gives it),
     each row's review status (None for a table of detections), DICOM instance and frame (None where the table has
     none), and the column pixel size (mm) the table was measured on, where it says."""
 
@@ -79,9 +81,26 @@ def _table_pixel_mm(records: list[dict[str, Any]], rows: np.ndarray, head: dict[
     return float(np.median(widths[ok] / sides[ok])) if ok.any() else None
 
 
+def _from_report(path: Path) -> SavedBoxes:
+    """The kept boxes of a review's DICOM SR: placed by their instances only (the report has no slice numbers)."""
+    from .dicom_sr import read_sr_regions
+
+    regions = read_sr_regions(path)
+    rows = np.array([[math.nan, *r.box, math.nan if r.score is None else r.score] for r in regions], float)
+    odd = sorted({r.status for r in regions} - set(STATUSES))
+    if odd:
+        raise ValueError(f"{path.name}: not a LIDnet review report (status {odd[0]!r})")
+    frames = tuple(r.frame for r in regions)
+    return SavedBoxes(rows.reshape(-1, 6), tuple(r.status for r in regions), tuple(r.sop_instance_uid for r in regions),
+                      frames if any(f is not None for f in frames) else None, None)  # fmt: skip
+
+
 def read_saved_boxes(path: str | Path) -> SavedBoxes:
-    """A box table or a review (CSV or JSON) as :class:`SavedBoxes`; a one-line ValueError for anything else."""
+    """A box table or a review (CSV or JSON; a review's DICOM SR, ``.dcm``) as :class:`SavedBoxes`; a one-line
+    ValueError for anything else."""
     path = Path(path).expanduser()
+    if path.suffix.lower() == ".dcm":
+        return _from_report(path)
     try:
         records, head = _records(path)
         rows = np.array([[_cell(r[c]) for c in BOX_COLUMNS] + [_cell(r.get("score"))] for r in records], float)
@@ -132,6 +151,9 @@ def place_boxes(
         rows[:, 0], moved = _by_instance(saved, uids, per_slice(metadata, "frame_numbers", n))
         note = "placed by DICOM instance" + (f" ({moved} on another slice number than the table's)" if moved else "")
     elif saved.uids is not None:
+        if np.isnan(rows[:, 0]).any():
+            raise ValueError("the report finds its boxes' slices by DICOM instance and this image records none: "
+                             "open it on its DICOM series")  # fmt: skip
         note += " (the image records no DICOM instances to match the table's)"
     if len(rows):
         bad = (rows[:, 0] != np.round(rows[:, 0])) | (rows[:, 0] < 0) | (rows[:, 0] >= n)
