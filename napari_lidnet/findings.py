@@ -25,10 +25,12 @@ from napari_lidnet.metrics.lesions import LESION_IOU, lesion_numbers
 #: the others are "pending" (a detection not looked at yet) and "rejected"
 KEPT = ("accepted", "edited", "added")
 #: the columns that find a finding's slice outside this program (from ``io.boxes_io.slice_columns``)
-SLICE_ID_COLUMNS = ("instance_number", "frame_number", "sop_instance_uid")
-#: columns of the exported table
-COLUMNS = ("id", "lesion", "slice", "centre_z_mm", "centre_y_mm", "centre_x_mm", "long_mm", "short_mm", "mean_hu",
-           "score", "status", "x1", "y1", "x2", "y2", *SLICE_ID_COLUMNS)  # fmt: skip
+SLICE_ID_COLUMNS = ("instance_number", "frame_number", "sop_instance_uid", "deeplesion_slice")
+#: columns of the exported table (``centre_space``: what the centre columns measure, "patient LPS" or "viewer world")
+COLUMNS = ("id", "lesion", "slice", "centre_z_mm", "centre_y_mm", "centre_x_mm", "centre_space", "long_mm",
+           "short_mm", "mean_hu", "score", "status", "x1", "y1", "x2", "y2", *SLICE_ID_COLUMNS)  # fmt: skip
+#: ``centre_space`` of an image placed in the patient (DICOM LPS) and of one that is not (napari's world)
+PATIENT_SPACE, WORLD_SPACE = "patient LPS", "viewer world"
 
 
 @dataclass
@@ -181,6 +183,7 @@ def write_findings(
     slice_ids: dict[str, list] | None = None,
     unit: str = "mm",
     lesions: dict[int, int] | None = None,
+    centre_space: str = WORLD_SPACE,
 ) -> Path:
     """Write findings as CSV, or as JSON (with ``info``: source, spacing, units) when ``path`` ends in .json, each
     with its lesion number (boxes overlapping on neighbouring slices are one lesion) and the columns of
@@ -188,13 +191,15 @@ def write_findings(
     instance, and SOP Instance UID per slice) that find its slice in a PACS; empty where unknown.
 
     ``unit`` "px" (an image without a voxel size): the ``_mm`` columns hold pixels and are named ``_px``;
-    ``lesions``: the numbers shown (:func:`lesion_groups` with ``previous``), else numbered afresh. Refuses to
-    overwrite an existing file.
+    ``lesions``: the numbers shown (:func:`lesion_groups` with ``previous``), else numbered afresh;
+    ``centre_space``: where the centres are measured (``PATIENT_SPACE`` for an image placed in the patient). Refuses
+    to overwrite an existing file.
     """
     path = check_new(path)
     lesions = lesions if lesions is not None else lesion_groups(findings)
     rename = {c: c.removesuffix("_mm") + "_px" for c in COLUMNS if c.endswith("_mm")} if unit == "px" else {}
-    rows = [{rename.get(k, k): v for k, v in record(f, lesions[f.id]).items()} for f in findings]
+    rows = [{rename.get(k, k): v for k, v in {**record(f, lesions[f.id]), "centre_space": centre_space}.items()}
+            for f in findings]  # fmt: skip
     columns_out = [rename.get(c, c) for c in COLUMNS]
     columns = {key: (slice_ids or {}).get(key) or [] for key in SLICE_ID_COLUMNS}
     for row in rows:

@@ -117,7 +117,7 @@ def test_another_images_table_is_refused(make_napari_viewer, series, tmp_path) -
         foreign: "3 of 3 boxes lie on DICOM instances this image does not have",
         too_big: "beyond this 32 x 24 image",
         too_deep: "a box lies on slice 7 and this image has 5 slices",
-        finer: "measured on 0.4 mm pixels and this image has 0.8 mm",
+        finer: "measured on other pixels: a box side of 4.00 mm in the table is 8.00 mm on this image (0.7 x 0.8 mm",
         odd: "notes.csv: not a box table or review of LIDnet (no column 'slice')",
         tmp_path / "none.csv": "cannot be read",
     }
@@ -143,7 +143,8 @@ def test_read_saved_boxes_formats(tmp_path) -> None:
     rows = np.array([[0, 1, 2, 11, 7, 0.5], [2, 3, 3, 5, 9, np.nan]])
     saved = read_saved_boxes(write_boxes_csv(tmp_path / "a.boxes.csv", rows, pixel_mm=(0.6, 0.7)))
     np.testing.assert_allclose(saved.rows, rows)
-    assert saved.statuses is None and saved.uids is None and saved.pixel_mm == pytest.approx(0.7, rel=1e-3)
+    assert saved.statuses is None and saved.uids is None and saved.pixel_mm is None and saved.sides_kind == "xy"
+    np.testing.assert_allclose(saved.sides_mm, [[7.0, 3.0], [1.4, 3.6]])  # x sides x 0.7, y sides x 0.6
     js = read_saved_boxes(write_boxes_csv(tmp_path / "a.json", rows[:, :5], about={"spacing_mm": [2.5, 0.6, 0.65]}))
     assert np.isnan(js.rows[:, 5]).all() and js.pixel_mm == pytest.approx(0.65)
     review = tmp_path / "r.json"
@@ -197,3 +198,158 @@ def test_a_reports_kept_boxes_reopen(make_napari_viewer, series, tmp_path, qtbot
     assert "finds its boxes' slices by DICOM instance and this image records none" in widget.status.text()
     with pytest.raises(ValueError, match=r"s\d+_\d+.dcm: not a LIDnet review report .not a structured report"):
         read_saved_boxes(series[0])
+
+
+def _moved(vol, hu, origin_index, direction=None):
+    """A CTVolume of ``hu`` whose voxel 0 lies where ``vol``'s index ``origin_index`` (z, y, x) does."""
+    from napari_lidnet.io.volume import CTVolume
+
+    lps = (vol.affine() @ np.array([*origin_index, 1.0]))[:3]
+    return CTVolume(hu, vol.spacing, tuple(lps[::-1]), vol.direction if direction is None else direction)
+
+
+def test_boxes_find_their_slices_by_patient_position(series, tmp_path) -> None:
+    """A box table of a DICOM series opened on an image of the same patient without DICOM instances (a NIfTI of
+    it): boxes go where their patient positions lie; an image one slice further along takes them one slice lower; an
+    image stored with its columns the other way (the positions fall elsewhere on it) is refused."""
+    vol = open_ct(series[0].parent)[0]
+    saved = read_saved_boxes(write_volume_boxes(tmp_path / "ct.boxes.csv", DETECTIONS, vol))
+    assert saved.centres_lps is not None
+    same = {"affine_lps": vol.affine()}
+    rows, note = place_boxes(saved, vol.hu.shape, same, vol.spacing[1:])
+    assert note == "placed by patient position"
+    np.testing.assert_allclose(rows, saved.rows)
+    later = _moved(vol, vol.hu[1:], (1, 0, 0))
+    rows, note = place_boxes(saved, later.hu.shape, {"affine_lps": later.affine()}, vol.spacing[1:])
+    np.testing.assert_array_equal(rows[:, 0], DETECTIONS[:, 0] - 1)
+    assert note == "placed by patient position (3 on another slice number than the table's)"
+    direction = vol.direction.copy()
+    direction[:, 0] *= -1  # x index runs the other way
+    mirrored = _moved(vol, vol.hu[:, :, ::-1], (0, 0, vol.hu.shape[2] - 1), direction)
+    with pytest.raises(ValueError, match="patient positions fall 14.0 px from them on this image"):
+        place_boxes(saved, mirrored.hu.shape, {"affine_lps": mirrored.affine()}, vol.spacing[1:])
+    far = _moved(vol, vol.hu, (40, 0, 0))
+    with pytest.raises(ValueError, match=r"a box lies \d+.\d mm from the nearest slice of this image"):
+        place_boxes(saved, far.hu.shape, {"affine_lps": far.affine()}, vol.spacing[1:])
+
+
+def test_a_review_of_one_slice_reopens_on_its_volume(make_napari_viewer, series, tmp_path) -> None:
+    """Regression: a review made on one slice of a NIfTI volume (a "current slice" run's layer) reopened on the
+    whole volume landed on slice 0; its patient positions put it on slice 3."""
+    from napari_lidnet.io.nifti import write_nifti
+    from napari_lidnet.layer_data import metadata_for_slices
+
+    nifti = open_ct(write_nifti(tmp_path / "ct.nii.gz", open_ct(series[0].parent)[0]))[0]
+    one = _moved(nifti, nifti.hu[3:4], (3, 0, 0))
+    one.metadata.update(metadata_for_slices(nifti.metadata, 3, 1), orientation_unknown=False, affine_lps=one.affine())
+    viewer = make_napari_viewer()
+    widget, image, boxes = open_with_boxes(viewer, one, np.array([[0, 4, 6, 14, 11, 0.42]], np.float32))
+    widget.accept(0)
+    review = widget.export(tmp_path / "one.csv")
+    assert read_findings(review)[0]["centre_space"] == "patient LPS"
+    for layer in list(viewer.layers):
+        viewer.layers.remove(layer)
+    data, kwargs, _ = volume_to_layer_tuple(nifti)
+    viewer.add_image(data, **kwargs)
+    assert widget.open_boxes(review) == 1
+    assert widget.findings[0].slice == 3 and widget.findings[0].status == "accepted"
+    assert "placed by patient position (1 on another slice number" in widget.status.text()
+
+
+def test_deeplesion_slices_are_matched_by_their_numbers(tmp_path) -> None:
+    """Two sub-volumes of one DeepLesion folder have the same size: a table of one is refused on the other."""
+    table = write_boxes_csv(tmp_path / "dl.boxes.csv", np.array([[1, 3, 3, 9, 9, 0.6]]),
+                            slices={"deeplesion_slice": [108, 109, 110]})  # fmt: skip
+    saved = read_saved_boxes(table)
+    assert saved.names == ("109",)
+    files = {"format": "deeplesion", "files": [f"case/{k}.png" for k in (109, 110, 111)]}
+    rows, note = place_boxes(saved, (3, 16, 16), files, None)
+    assert rows[0, 0] == 0 and note.startswith("placed by DeepLesion slice number")
+    other = {"format": "deeplesion", "files": [f"case/{k}.png" for k in (200, 201, 202)]}
+    with pytest.raises(ValueError, match="1 of 1 boxes lie on DeepLesion slices this image does not have"):
+        place_boxes(saved, (3, 16, 16), other, None)
+
+
+def test_partly_recorded_instances(tmp_path) -> None:
+    """Rows with an instance are matched by it (a foreign one refuses the table), rows without keep their slice."""
+    table = tmp_path / "part.csv"
+    table.write_text("slice,x1,y1,x2,y2,score,sop_instance_uid\n1,1,1,4,4,0.5,1.2.3\n2,1,1,4,4,0.5,\n")
+    saved = read_saved_boxes(table)
+    meta = {"sop_instance_uids": ["1.2.1", "1.2.2", "1.2.3"]}
+    rows, _ = place_boxes(saved, (3, 8, 8), meta, None)
+    assert rows[:, 0].tolist() == [2, 2]
+    with pytest.raises(ValueError, match="1 of 1 boxes lie on DICOM instances this image does not have"):
+        place_boxes(saved, (3, 8, 8), {"sop_instance_uids": ["9.1", "9.2", "9.3"]}, None)
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("slice,x1,y1,x2,y2,score\n", "holds no boxes"),
+    ('{"boxes": [{"slice": true, "x1": 1, "y1": 1, "x2": 4, "y2": 4}]}', "true/false where a number belongs"),
+    ('{"boxes": [{"slice": 0, "x1": 1, "y1": 1, "x2": 4, "y2": 4, "frame_number": 1.7}]}', "1.7 where a whole"),
+    ('{"findings": [{"slice": 0, "x1": 1, "y1": 1, "x2": 4, "y2": 4}, {"slice": 0, "x1": 1, "y1": 1, "x2": 4, '
+     '"y2": 4, "status": "accepted"}]}', "a status on some rows only"),
+    ("slice,x1,y1,x2,y2\n0,5,1,5,4\n", "a box without an area"),
+])  # fmt: skip
+def test_odd_tables_are_refused(tmp_path, text, words) -> None:
+    path = tmp_path / ("t.json" if text.startswith("{") else "t.csv")
+    path.write_text(text)
+    with pytest.raises(ValueError, match=words):
+        read_saved_boxes(path)
+
+
+def test_a_table_saved_by_excel_reads(tmp_path) -> None:
+    """A UTF-8 CSV with a byte-order mark (Excel's 'CSV UTF-8') was refused as having no 'slice' column."""
+    path = tmp_path / "excel.csv"
+    path.write_bytes("slice,x1,y1,x2,y2,score\r\n0,1,1,4,4,0.5\r\n".encode("utf-8-sig"))
+    np.testing.assert_allclose(read_saved_boxes(path).rows, [[0, 1, 1, 4, 4, 0.5]])
+
+
+def test_ids_and_lesion_numbers_come_back(make_napari_viewer, series, tmp_path, qtbot) -> None:
+    """A report that cites "finding 12, lesion 5" still finds them: the ids and lesion numbers of the file stay."""
+    import csv
+
+    vol = open_ct(series[0].parent)[0]
+    viewer = make_napari_viewer()
+    widget, image, boxes = open_with_boxes(viewer, vol)
+    _review(viewer, widget, image, qtbot)
+    rows = read_findings(widget.export(tmp_path / "review.csv"))
+    for row, fid, lesion in zip(rows, (3, 12, 7, 20), (5, 9, 2, 4)):  # as an older session numbered them
+        row["id"], row["lesion"] = fid, lesion
+    edited = tmp_path / "edited.csv"
+    with edited.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    viewer.layers.remove(boxes)
+    viewer.layers.remove(f"{image.name} reviewed")
+    assert widget.open_boxes(edited) == 4
+    again = read_findings(widget.export(tmp_path / "again.csv"))
+    assert [(r["id"], r["lesion"], r["status"]) for r in again] == [
+        ("3", "5", "accepted"), ("7", "2", "edited"), ("12", "9", "rejected"), ("20", "4", "added")]
+    assert sorted(viewer.layers[f"{image.name} reviewed"].features["finding"]) == [3, 7, 20]
+
+
+def test_a_review_on_other_pixels_and_an_image_with_rejections(make_napari_viewer, series, tmp_path) -> None:
+    """A CSV review (sides as long/short mm) is refused on an image of the same matrix with other pixels; an image
+    whose review so far only rejected boxes is under review too; a table without boxes adds nothing."""
+    vol = open_ct(series[0].parent)[0]
+    viewer = make_napari_viewer()
+    widget, image, boxes = open_with_boxes(viewer, vol)
+    widget.accept(0)
+    review = widget.export(tmp_path / "review.csv")
+    other = viewer.add_image(np.asarray(image.data)[:, ::-1], name="other scan", scale=(2.5, 0.5, 0.5))
+    widget.image_combo.setCurrentText(other.name)
+    assert widget.open_boxes(review) is None
+    assert "measured on other pixels: a box side of 8.00 mm in the table is 5.00 mm on this image" in \
+        widget.status.text()
+
+    viewer.layers.remove(f"{image.name} reviewed")
+    widget.load(boxes, image)
+    widget.reject(1)  # its reviewed layer: no boxes, one rejection
+    widget.image_combo.setCurrentText(image.name)
+    assert widget.open_boxes(review) is None and "has a review in this viewer" in widget.status.text()
+    empty = write_boxes_csv(tmp_path / "none.boxes.csv", np.zeros((0, 6)))
+    n = len(viewer.layers)
+    widget.image_combo.setCurrentText(other.name)
+    assert widget.open_boxes(empty) is None and widget.status.text() == "not opened: none.boxes.csv holds no boxes"
+    assert len(viewer.layers) == n

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..findings import Finding, lesion_groups, write_findings
+from ..findings import PATIENT_SPACE, WORLD_SPACE, Finding, lesion_groups, write_findings
 from ..io.boxes_io import slice_columns
 from ..io.volume import n_slices, per_slice
 from ._roles import has_voxel_size, places_patient, simulated_label
@@ -24,7 +24,8 @@ def write_review_table(
             "simulated": simulated_label(image.metadata),  # the slice ids are those of the normal-dose source
             }  # fmt: skip
     ids = slice_columns(image.metadata or {}, n_slices(image.data))
-    return write_findings(path, findings, info, ids, unit=unit, lesions=lesions)
+    space = PATIENT_SPACE if places_patient(image) else WORLD_SPACE
+    return write_findings(path, findings, info, ids, unit=unit, lesions=lesions, centre_space=space)
 
 
 def write_review_sr(path: Path, findings: list[Finding], image: Any, lesions: dict | None = None) -> Path:

@@ -892,22 +892,39 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         if image is None:
             self._say("pick the image the saved boxes belong to, then open them")
             return None
-        if any(ly.nshapes for ly in reviewed_of(self.viewer.layers, image)):
+        if any(ly.nshapes or lidnet_info(ly).get("rejected") for ly in reviewed_of(self.viewer.layers, image)):
             self._say(f"{image.name} has a review in this viewer: export it, or remove its reviewed layer, before "
                       "opening another")  # fmt: skip
             return None
         try:
             saved = read_saved_boxes(path)
-            rows, note = place_boxes(saved, image.data.shape, image.metadata or {}, (pixel_mm(image) or (None,))[-1])
+            rows, note = place_boxes(saved, image.data.shape, image.metadata or {}, pixel_mm(image))
         except ValueError as exc:
             self._say(f"not opened: {exc}")
             return None
         data, kwargs = opened_boxes_layer(rows, image, Path(path).name)
         layer = self.viewer.add_shapes(data, **kwargs)
         self.load(layer, image)
+        self._take_saved_numbers(saved.ids, saved.lesions)
         restored = self._restore_statuses(saved.statuses or ())
         self._say(f"{len(rows)} boxes from {Path(path).name} on {image.name} ({note}){restored}")
         return len(rows)
+
+    def _take_saved_numbers(self, ids: tuple[int, ...] | None, lesions: tuple[int, ...] | None) -> None:
+        """The opened boxes (one per shape) take the finding ids and lesion numbers their file gives (ids cited by
+        a report stay the same), where it gives them; ids only when they are distinct."""
+        by_shape = {i: f for f in self.findings if (i := self._shape_index.get(f.id)) is not None}
+        if ids is not None and len(set(ids)) == len(ids) == len(by_shape) and min(ids) >= 0:
+            new = {by_shape[i].id: ids[i] for i in by_shape}
+            for f in self.findings:
+                f.id = new[f.id]
+            self._origin = {new[k]: v for k, v in self._origin.items()}
+            self._moved_key = {new[k]: v for k, v in self._moved_key.items()}
+            self._shape_index = {new[k]: v for k, v in self._shape_index.items()}
+            self.findings = sorted(self.findings, key=lambda f: f.id)
+        if lesions is not None and len(lesions) == len(by_shape):
+            self._lesions = {by_shape[i].id: lesions[i] for i in by_shape}
+        self._fill_table()
 
     def _restore_statuses(self, statuses: tuple[str, ...]) -> str:
         """Give each finding of the opened layer its saved status (``statuses``, one per shape); what was restored,

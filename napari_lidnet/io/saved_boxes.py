@@ -2,10 +2,11 @@
 (``.boxes.csv``), and the navigator's review exports (CSV or JSON: every finding with its status; DICOM SR: the
 kept ones).
 
-A table's boxes are placed on an image's slices by their DICOM SOP Instance UIDs (and frame numbers) where both
-the table and the image record them, else by slice number; a table that does not fit the image (a slice it does
-not have, a box beyond its columns, another pixel size) is refused in one line, so no box lands on the wrong
-anatomy. Plain numpy, no Qt.
+A table's boxes find their slices on an image by what both record of them, in this order: DICOM SOP Instance UIDs
+(and frames); DeepLesion's slice numbers; patient positions (the boxes' centres in LPS mm, against the image's
+geometry, in-plane too); else slice numbers. A table that does not fit the image (an instance or slice it does not
+have, a box beyond its edge or elsewhere in the patient, another pixel size) is refused in one line, so no box lands
+on the wrong anatomy. Plain numpy, no Qt.
 """
 
 from __future__ import annotations
@@ -20,40 +21,61 @@ from typing import Any
 
 import numpy as np
 
+from .boxes_io import slice_columns
 from .volume import per_slice
 
 #: a review's statuses (``findings.KEPT`` and the two undecided or dismissed ones)
 STATUSES = ("pending", "accepted", "rejected", "edited", "added")
 #: the columns every box table has
 BOX_COLUMNS = ("slice", "x1", "y1", "x2", "y2")
-#: how far (pixels) a box may reach past the image's edge (rounding of an edited box), and how much a table's pixel
-#: size may differ from the image's (relative) before the table is taken for another scan's
-EDGE_SLACK_PX, PIXEL_TOLERANCE = 1.0, 0.01
+#: how far (pixels) a box may reach past the image's edge, or its centre lie from where the table's patient position
+#: puts it, before the table is taken for another image's; a table's box sides (mm) may differ from the image's by
+#: SIDE_TOLERANCE of the side plus SIDE_SLACK_MM (the tables round to 0.01 px and 0.01 mm)
+EDGE_SLACK_PX, CENTRE_SLACK_PX, SIDE_TOLERANCE, SIDE_SLACK_MM = 1.0, 0.5, 0.01, 0.03
+#: where a review's centre columns are in the patient (``findings.PATIENT_SPACE``)
+PATIENT_SPACE = "patient LPS"
 
 
 @dataclass(frozen=True)
 class SavedBoxes:
     """A box table as read: (N, 6) ``slice, x1, y1, x2, y2, score`` rows in pixel edges (score NaN: drawn by hand;
-    slice NaN: found by its DICOM instance only, as a report gives it),
-    each row's review status (None for a table of detections), DICOM instance and frame (None where the table has
-    none), and the column pixel size (mm) the table was measured on, where it says."""
+    slice NaN: found by its DICOM instance only, as a report gives it), and per row where the table says: review
+    status, DICOM instance ('' for none) and frame, DeepLesion slice number, box centre in patient LPS (x, y, z) mm,
+    box sides in mm (``sides_kind`` "xy": x and y sides; "long_short": a review's long and short sides), finding id
+    and lesion number; ``pixel_mm``: the column pixel size a JSON table records."""
 
     rows: np.ndarray
-    statuses: tuple[str, ...] | None
-    uids: tuple[str, ...] | None
-    frames: tuple[int | None, ...] | None
-    pixel_mm: float | None
+    statuses: tuple[str, ...] | None = None
+    uids: tuple[str, ...] | None = None
+    frames: tuple[int | None, ...] | None = None
+    pixel_mm: float | None = None
+    names: tuple[str, ...] | None = None
+    centres_lps: np.ndarray | None = None
+    sides_mm: np.ndarray | None = None
+    sides_kind: str | None = None
+    ids: tuple[int, ...] | None = None
+    lesions: tuple[int, ...] | None = None
 
 
 def _cell(value: Any) -> float:
-    """A table cell as a number (JSON null, an empty CSV cell or 'nan': NaN)."""
+    """A table cell as a number (JSON null, an empty CSV cell or 'nan': NaN; a JSON true is not a number)."""
+    if isinstance(value, bool):
+        raise TypeError("a true/false where a number belongs")
     return math.nan if value is None or value == "" else float(value)
+
+
+def _whole(value: Any) -> int:
+    """A cell that must hold a whole number (a frame, an id, a lesion)."""
+    number = _cell(value)
+    if not number.is_integer():
+        raise ValueError(f"{value!r} where a whole number belongs")
+    return int(number)
 
 
 def _records(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The table's rows as dicts, and the JSON head (``{}`` for CSV)."""
     if path.suffix.lower() == ".json":
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
         if not isinstance(data, dict):
             raise KeyError("boxes")
         key = "findings" if "findings" in data else "boxes"
@@ -61,7 +83,7 @@ def _records(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
             raise TypeError(key)
         return records, data
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:  # a table saved by Excel starts with a BOM
         reader = csv.DictReader(fh)
         records, fields = list(reader), reader.fieldnames or []
     missing = [c for c in BOX_COLUMNS if c not in fields]
@@ -70,15 +92,81 @@ def _records(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return records, {}
 
 
-def _table_pixel_mm(records: list[dict[str, Any]], rows: np.ndarray, head: dict[str, Any]) -> float | None:
-    """The column pixel size the table was measured on: its JSON ``spacing_mm``, else its boxes' ``width_mm``."""
+def _column(records: list[dict[str, Any]], key: str) -> list[Any] | None:
+    """Every row's ``key`` when each row has it filled, else None (a column some rows lack is not relied on)."""
+    values = [r.get(key) for r in records]
+    return values if records and all(v not in (None, "") for v in values) else None
+
+
+def _floats(records: list[dict[str, Any]], keys: Sequence[str]) -> np.ndarray | None:
+    """(N, len(keys)) numbers of those columns when every row has them all finite, else None."""
+    columns = [_column(records, k) for k in keys]
+    if any(c is None for c in columns):
+        return None
+    values = np.array([[_cell(v) for v in row] for row in zip(*columns)], dtype=float)
+    return values if np.isfinite(values).all() else None
+
+
+def _centres(records: list[dict[str, Any]], head: dict[str, Any]) -> np.ndarray | None:
+    """Box centres in patient LPS (x, y, z) mm: a box table's ``lps_*_mm``, or a review's centres where it says they
+    are the patient's (its ``centre_space`` column, or an older JSON's units)."""
+    lps = _floats(records, ("lps_x_mm", "lps_y_mm", "lps_z_mm"))
+    if lps is not None:
+        return lps
+    space = _column(records, "centre_space")
+    patient = all(v == PATIENT_SPACE for v in space) if space else "centre: patient LPS" in str(head.get("units", ""))
+    return _floats(records, ("centre_x_mm", "centre_y_mm", "centre_z_mm")) if patient else None
+
+
+def _sides(records: list[dict[str, Any]]) -> tuple[np.ndarray | None, str | None]:
+    """A box table's x and y sides in mm, else a review's long and short sides in mm (not ``_px``)."""
+    xy = _floats(records, ("width_mm", "height_mm"))
+    if xy is not None:
+        return xy, "xy"
+    long_short = _floats(records, ("long_mm", "short_mm"))
+    return (long_short, "long_short") if long_short is not None else (None, None)
+
+
+def _head_pixel_mm(head: dict[str, Any]) -> float | None:
+    """The column pixel size of a JSON table's ``spacing_mm`` ([z, y, x] or [y, x])."""
     spacing = head.get("spacing_mm")
     if isinstance(spacing, list) and spacing and all(isinstance(v, (int, float)) for v in spacing):
         return float(spacing[-1]) if spacing[-1] > 0 else None
-    widths = np.array([_cell(r.get("width_mm")) for r in records], dtype=float)
-    sides = rows[:, 3] - rows[:, 1] if len(rows) else np.zeros(0)
-    ok = np.isfinite(widths) & (sides > 0)
-    return float(np.median(widths[ok] / sides[ok])) if ok.any() else None
+    return None
+
+
+def _statuses(records: list[dict[str, Any]]) -> tuple[str, ...] | None:
+    """Each row's review status; None for a table of detections. A status some rows lack, or not a review's, is
+    refused (ValueError)."""
+    present = [("status" in r) for r in records]
+    if not any(present):
+        return None
+    if not all(present):
+        raise ValueError("a status on some rows only")
+    statuses = tuple(str(r["status"]) for r in records)
+    odd = sorted(set(statuses) - set(STATUSES))
+    if odd:
+        raise ValueError(f"status {odd[0]!r}")
+    return statuses
+
+
+def _from_records(records: list[dict[str, Any]], head: dict[str, Any]) -> SavedBoxes:
+    rows = np.array([[_cell(r[c]) for c in BOX_COLUMNS] + [_cell(r.get("score"))] for r in records], float)
+    rows = rows.reshape(-1, 6)
+    if not np.all(np.isfinite(rows[:, :5])):
+        raise ValueError("a box without its slice or corners")
+    if np.any((rows[:, 3] <= rows[:, 1]) | (rows[:, 4] <= rows[:, 2])):
+        raise ValueError("a box without an area (x2 <= x1 or y2 <= y1)")
+    uids = tuple(str(r.get("sop_instance_uid") or "") for r in records)
+    frames = tuple(None if r.get("frame_number") in (None, "") else _whole(r["frame_number"]) for r in records)
+    names = _column(records, "deeplesion_slice")
+    ids, lesions = _column(records, "id"), _column(records, "lesion")
+    sides, kind = _sides(records)
+    return SavedBoxes(
+        rows, _statuses(records), uids if any(uids) else None, frames if any(f is not None for f in frames) else None,
+        _head_pixel_mm(head), tuple(str(v) for v in names) if names else None, _centres(records, head), sides, kind,
+        tuple(_whole(v) for v in ids) if ids else None, tuple(_whole(v) for v in lesions) if lesions else None,
+    )  # fmt: skip
 
 
 def _from_report(path: Path) -> SavedBoxes:
@@ -92,82 +180,135 @@ def _from_report(path: Path) -> SavedBoxes:
         raise ValueError(f"{path.name}: not a LIDnet review report (status {odd[0]!r})")
     frames = tuple(r.frame for r in regions)
     return SavedBoxes(rows.reshape(-1, 6), tuple(r.status for r in regions), tuple(r.sop_instance_uid for r in regions),
-                      frames if any(f is not None for f in frames) else None, None)  # fmt: skip
+                      frames if any(f is not None for f in frames) else None)  # fmt: skip
 
 
 def read_saved_boxes(path: str | Path) -> SavedBoxes:
     """A box table or a review (CSV or JSON; a review's DICOM SR, ``.dcm``) as :class:`SavedBoxes`; a one-line
-    ValueError for anything else."""
+    ValueError for anything else (a table without boxes included)."""
     path = Path(path).expanduser()
     if path.suffix.lower() == ".dcm":
         return _from_report(path)
     try:
-        records, head = _records(path)
-        rows = np.array([[_cell(r[c]) for c in BOX_COLUMNS] + [_cell(r.get("score"))] for r in records], float)
-        rows = rows.reshape(-1, 6)
-        if not np.all(np.isfinite(rows[:, :5])):
-            raise ValueError("a box without its slice or corners")
-        statuses = tuple(str(r["status"]) for r in records) if records and "status" in records[0] else None
-        odd = sorted(set(statuses or ()) - set(STATUSES))
-        if odd:
-            raise ValueError(f"status {odd[0]!r}")
-        uids = tuple(str(r.get("sop_instance_uid") or "") for r in records)
-        frames = tuple(None if r.get("frame_number") in (None, "") else int(r["frame_number"]) for r in records)
-        return SavedBoxes(rows, statuses, uids if records and all(uids) else None,
-                          frames if any(f is not None for f in frames) else None,
-                          _table_pixel_mm(records, rows, head))  # fmt: skip
+        saved = _from_records(*_records(path))
     except OSError as exc:
         raise ValueError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         what = f"no column {exc}" if isinstance(exc, KeyError) else str(exc) or type(exc).__name__
         raise ValueError(f"{path.name}: not a box table or review of LIDnet ({what})") from None
+    if not len(saved.rows):
+        raise ValueError(f"{path.name} holds no boxes")
+    return saved
 
 
-def _by_instance(saved: SavedBoxes, uids: list, frames: list | None) -> tuple[np.ndarray, int]:
-    """Each row's slice found by its DICOM instance (and frame); ValueError when some are not in the image."""
-    where = {(str(u), None if frames is None else frames[i]): i for i, u in enumerate(uids)}
-    table_frames = saved.frames or (None,) * len(saved.rows)
-    found = [where.get((u, f if frames is not None else None)) for u, f in zip(saved.uids, table_frames)]
+def _match(table: Sequence[Any], image: Sequence[Any], what: str) -> np.ndarray:
+    """The image's slice of each of ``table``'s keys; ValueError when some are not among ``image``'s."""
+    where = {key: i for i, key in enumerate(image)}
+    found = [where.get(key) for key in table]
     lost = sum(i is None for i in found)
     if lost:
-        raise ValueError(f"{lost} of {len(found)} boxes lie on DICOM instances this image does not have: they belong "
-                         "to another series")  # fmt: skip
-    slices = np.array(found, dtype=float)
-    return slices, int(np.sum(slices != saved.rows[:, 0]))
+        raise ValueError(f"{lost} of {len(found)} boxes lie on {what} this image does not have: the table is another "
+                         "image's")  # fmt: skip
+    return np.array(found, dtype=float)
+
+
+def _by_instance(saved: SavedBoxes, rows: np.ndarray, uids: list, frames: list | None) -> None:
+    """Rows with a DICOM instance take its slice (and frame); rows without one keep their slice number."""
+    table_frames = saved.frames or (None,) * len(rows)
+    keyed = [i for i, uid in enumerate(saved.uids or ()) if uid]
+    keys = [(saved.uids[i], table_frames[i] if frames is not None else None) for i in keyed]
+    image = [(str(uid), None if frames is None else frames[k]) for k, uid in enumerate(uids)]
+    rows[keyed, 0] = _match(keys, image, "DICOM instances")
+
+
+def _by_position(centres: np.ndarray, rows: np.ndarray, affine: np.ndarray, slice_ipp: list | None, n: int) -> None:
+    """Rows take the slice their patient position (LPS x, y, z mm) lies on through the image's index -> LPS
+    ``affine`` (``slice_ipp``: each slice's own position); ValueError when a position lies off every slice or away
+    from its box in the slice (another scan, or the scan stored in another orientation)."""
+    a = np.asarray(affine, dtype=float)
+    normal = np.cross(a[:3, 1], a[:3, 2])
+    normal /= np.linalg.norm(normal)  # the slices' plane (a tilted gantry's slices step off it)
+    thickness = abs(float(a[:3, 0] @ normal))
+    origins = np.asarray(slice_ipp, float).reshape(-1, 3) if slice_ipp is not None else (
+        a[:3, 3] + np.arange(n)[:, None] * a[:3, 0])  # fmt: skip
+    for row, centre in zip(rows, centres):
+        along = (centre - origins) @ normal
+        k = int(np.argmin(np.abs(along)))
+        if abs(along[k]) > max(0.25 * thickness, 0.05):
+            raise ValueError(f"a box lies {abs(along[k]):.1f} mm from the nearest slice of this image (in the "
+                             "patient): the table is another image's")  # fmt: skip
+        yx = np.linalg.lstsq(a[:3, 1:3], centre - origins[k] - along[k] * normal, rcond=None)[0]
+        box = np.array([(row[2] + row[4]) / 2 - 0.5, (row[1] + row[3]) / 2 - 0.5])
+        miss = float(np.abs(yx - box).max())
+        if miss > CENTRE_SLACK_PX:
+            raise ValueError(f"the boxes' patient positions fall {miss:.1f} px from them on this image: the table is "
+                             "another scan's, or this scan stored in another orientation")  # fmt: skip
+        row[0] = k
+
+
+def _place(saved: SavedBoxes, rows: np.ndarray, metadata: dict[str, Any], n: int) -> str:
+    """Give ``rows`` this image's slice numbers by the first key both record (see the module); how, in words."""
+    uids = per_slice(metadata, "sop_instance_uids", n)
+    if saved.uids is not None and uids is not None and all(uids):
+        _by_instance(saved, rows, uids, per_slice(metadata, "frame_numbers", n))
+        return "placed by DICOM instance"
+    if np.isnan(rows[:, 0]).any():
+        raise ValueError("the report finds its boxes' slices by DICOM instance and this image records none: open it "
+                         "on its DICOM series")  # fmt: skip
+    names = slice_columns(metadata, n).get("deeplesion_slice")
+    if saved.names is not None and names is not None:
+        rows[:, 0] = _match(saved.names, [str(v) for v in names], "DeepLesion slices")
+        return "placed by DeepLesion slice number"
+    affine = metadata.get("affine_lps")
+    placed = not metadata.get("orientation_unknown") and not metadata.get("spacing_assumed")
+    if saved.centres_lps is not None and placed and np.shape(affine) == (4, 4):
+        _by_position(saved.centres_lps, rows, affine, per_slice(metadata, "slice_ipp", n), n)
+        return "placed by patient position"
+    return "placed by slice number"
+
+
+def _check_sides(saved: SavedBoxes, rows: np.ndarray, pixel_yx: Sequence[float]) -> None:
+    """ValueError when the table's box sides (mm) are not what this image's pixel size makes of them."""
+    dy, dx = (float(v) for v in pixel_yx[-2:])
+    sides = np.column_stack([(rows[:, 3] - rows[:, 1]) * dx, (rows[:, 4] - rows[:, 2]) * dy])
+    use = np.ones(len(rows), bool)
+    if saved.sides_kind == "long_short":  # a review's: a box turned or drawn by hand has other sides than its bounds
+        sides = -np.sort(-sides, axis=1)
+        use = np.array([s not in ("edited", "added") for s in (saved.statuses or ("pending",) * len(rows))])
+    off = np.abs(saved.sides_mm - sides) > SIDE_TOLERANCE * sides + SIDE_SLACK_MM
+    bad = np.flatnonzero(off.any(axis=1) & use)
+    if len(bad):
+        i = int(bad[0])
+        raise ValueError(f"the boxes were measured on other pixels: a box side of {saved.sides_mm[i, 0]:.2f} mm in the "
+                         f"table is {sides[i, 0]:.2f} mm on this image ({dy:.3g} x {dx:.3g} mm pixels): the table is "
+                         "another image's")  # fmt: skip
 
 
 def place_boxes(
-    saved: SavedBoxes, shape: Sequence[int], metadata: dict[str, Any], pixel_mm: float | None
+    saved: SavedBoxes, shape: Sequence[int], metadata: dict[str, Any], pixel_yx: Sequence[float] | None
 ) -> tuple[np.ndarray, str]:  # fmt: skip
-    """``saved``'s rows on an image of ``shape`` ((z, y, x) or (y, x)) whose reader recorded ``metadata`` (its DICOM
-    instances per slice) and whose column pixel size is ``pixel_mm`` (None: unknown), and a note of how they were
-    placed. Refuses (ValueError, one line) a table that does not fit the image."""
+    """``saved``'s rows on an image of ``shape`` ((z, y, x) or (y, x)) whose reader recorded ``metadata`` (DICOM
+    instances, DeepLesion files, patient geometry) and whose pixel is ``pixel_yx`` mm (row, column; None: unknown),
+    and a note of how they were placed. Refuses (ValueError, one line) a table that does not fit the image."""
     rows = saved.rows.copy()
     n = int(shape[0]) if len(shape) == 3 else 1
     height, width = (int(v) for v in shape[-2:])
-    uids = per_slice(metadata, "sop_instance_uids", n)
-    note = "placed by slice number"
-    if saved.uids is not None and uids is not None and all(uids):
-        rows[:, 0], moved = _by_instance(saved, uids, per_slice(metadata, "frame_numbers", n))
-        note = "placed by DICOM instance" + (f" ({moved} on another slice number than the table's)" if moved else "")
-    elif saved.uids is not None:
-        if np.isnan(rows[:, 0]).any():
-            raise ValueError("the report finds its boxes' slices by DICOM instance and this image records none: "
-                             "open it on its DICOM series")  # fmt: skip
-        note += " (the image records no DICOM instances to match the table's)"
-    if len(rows):
-        bad = (rows[:, 0] != np.round(rows[:, 0])) | (rows[:, 0] < 0) | (rows[:, 0] >= n)
-        if bad.any():
-            has = f"has {n} slices" if len(shape) == 3 else "is one slice"
-            raise ValueError(f"a box lies on slice {rows[bad, 0][0]:g} and this image {has}: the table is another "
-                             "image's")  # fmt: skip
-        reach_x, reach_y = float(rows[:, [1, 3]].max()), float(rows[:, [2, 4]].max())
-        low = float(rows[:, 1:5].min())
-        if reach_x > width + EDGE_SLACK_PX or reach_y > height + EDGE_SLACK_PX or low < -EDGE_SLACK_PX:
-            raise ValueError(f"boxes reach ({reach_x:g}, {reach_y:g}) px, beyond this {width} x {height} image: the "
-                             "table is another image's")  # fmt: skip
-    if saved.pixel_mm is not None and pixel_mm is not None:
-        if abs(saved.pixel_mm - pixel_mm) > PIXEL_TOLERANCE * pixel_mm:
+    note = _place(saved, rows, metadata, n)
+    moved = int(np.sum(rows[:, 0] != saved.rows[:, 0]))
+    if moved and not np.isnan(saved.rows[:, 0]).all():
+        note += f" ({moved} on another slice number than the table's)"
+    bad = (rows[:, 0] != np.round(rows[:, 0])) | (rows[:, 0] < 0) | (rows[:, 0] >= n)
+    if bad.any():
+        has = f"has {n} slices" if len(shape) == 3 else "is one slice"
+        raise ValueError(f"a box lies on slice {rows[bad, 0][0]:g} and this image {has}: the table is another image's")
+    reach_x, reach_y, low = float(rows[:, [1, 3]].max()), float(rows[:, [2, 4]].max()), float(rows[:, 1:5].min())
+    if reach_x > width + EDGE_SLACK_PX or reach_y > height + EDGE_SLACK_PX or low < -EDGE_SLACK_PX:
+        raise ValueError(f"boxes reach ({reach_x:g}, {reach_y:g}) px, beyond this {width} x {height} image: the "
+                         "table is another image's")  # fmt: skip
+    if pixel_yx is not None:
+        if saved.pixel_mm is not None and abs(saved.pixel_mm - pixel_yx[-1]) > SIDE_TOLERANCE * pixel_yx[-1]:
             raise ValueError(f"the boxes were measured on {saved.pixel_mm:.3g} mm pixels and this image has "
-                             f"{pixel_mm:.3g} mm: the table is another image's")  # fmt: skip
+                             f"{pixel_yx[-1]:.3g} mm: the table is another image's")  # fmt: skip
+        if saved.sides_mm is not None:
+            _check_sides(saved, rows, pixel_yx)
     return rows, note
