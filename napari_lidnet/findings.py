@@ -28,7 +28,8 @@ KEPT = ("accepted", "edited", "added")
 SLICE_ID_COLUMNS = ("instance_number", "frame_number", "sop_instance_uid", "deeplesion_slice")
 #: columns of the exported table (``centre_space``: what the centre columns measure, "patient LPS" or "viewer world")
 COLUMNS = ("id", "lesion", "slice", "centre_z_mm", "centre_y_mm", "centre_x_mm", "centre_space", "long_mm",
-           "short_mm", "mean_hu", "score", "status", "x1", "y1", "x2", "y2", *SLICE_ID_COLUMNS)  # fmt: skip
+           "short_mm", "width_mm", "height_mm", "mean_hu", "score", "status", "x1", "y1", "x2", "y2",
+           *SLICE_ID_COLUMNS)  # fmt: skip
 #: ``centre_space`` of an image placed in the patient (DICOM LPS) and of one that is not (napari's world)
 PATIENT_SPACE, WORLD_SPACE = "patient LPS", "viewer world"
 
@@ -150,9 +151,10 @@ def measure(
     finding: Finding, hu: np.ndarray, spacing_zyx: Sequence[float], index_to_world: np.ndarray,
     slice_offsets: np.ndarray | None = None,
 ) -> dict:  # fmt: skip
-    """Sizes, centre (``centre_world``) and mean HU of a finding on volume ``hu`` (z, y, x); stored in
-    ``finding.measures``."""
+    """Sizes (long and short side; the x and y sides of its bounds), centre (``centre_world``) and mean HU of a
+    finding on volume ``hu`` (z, y, x); stored in ``finding.measures``."""
     long_mm, short_mm = axes_mm(finding.corners, spacing_zyx)
+    x1, y1, x2, y2 = finding.bounds
     z = int(np.clip(finding.slice, 0, hu.shape[0] - 1))
     cz, cy, cx = centre_world(finding, index_to_world, slice_offsets)
     finding.measures = {
@@ -161,6 +163,8 @@ def measure(
         "centre_x_mm": float(cx),
         "long_mm": long_mm,
         "short_mm": short_mm,
+        "width_mm": (x2 - x1) * float(spacing_zyx[-1]),  # the box's bounds (x1..y2) in mm: x and y sides
+        "height_mm": (y2 - y1) * float(spacing_zyx[-2]),
         "mean_hu": mean_hu(finding.corners, hu[z]),
     }
     return finding.measures

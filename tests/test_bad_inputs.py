@@ -33,9 +33,9 @@ from napari_lidnet._reader import napari_get_reader
 from napari_lidnet._training.export import export_run
 from napari_lidnet._training.resume import check_resume
 from napari_lidnet.cli import main
-from napari_lidnet.io.boxes_io import read_boxes_csv
 from napari_lidnet.io.dataset import Sample, write_dataset
 from napari_lidnet.io.open_ct import open_ct
+from napari_lidnet.io.saved_boxes import read_boxes_csv
 from napari_lidnet.models.denoisers import build_denoiser
 from napari_lidnet.models.registry import MODEL_DIR_ENV
 from napari_lidnet.models.weights import load_weights, save_weights
@@ -900,7 +900,7 @@ def test_a_calibrated_detector_outlives_the_pair_it_came_from(tmp_path, models):
 def test_an_empty_boxes_file_is_refused_a_header_alone_is_no_boxes(tmp_path) -> None:
     """Regression: `lidnet adapt --boxes empty.csv` took an empty file for "no boxes" without a word."""
     (tmp_path / "empty.csv").write_text("")
-    with pytest.raises(ValueError, match=r"empty\.csv: not a boxes file .*the file is empty"):
+    with pytest.raises(ValueError, match=r"empty\.csv: not a box table or review of LIDnet .the file is empty"):
         read_boxes_csv(tmp_path / "empty.csv")
     (tmp_path / "none.csv").write_text("slice,x1,y1,x2,y2,score\n")  # what detect writes when it finds nothing
     assert read_boxes_csv(tmp_path / "none.csv").shape == (0, 6)

@@ -16,8 +16,8 @@ from pydicom.uid import generate_uid
 from napari_lidnet.batch import MARKER, PARTIAL, output_name, run_batch
 from napari_lidnet.cli import main
 from napari_lidnet.inference import MAX_BOXES_PER_SLICE
-from napari_lidnet.io.boxes_io import read_boxes_csv
 from napari_lidnet.io.open_ct import open_ct
+from napari_lidnet.io.saved_boxes import read_boxes_csv
 from napari_lidnet.models.denoisers import build_denoiser
 from napari_lidnet.models.detector import LesionDetector
 from napari_lidnet.models.weights import save_weights

@@ -12,9 +12,9 @@ import pytest
 
 import napari_lidnet
 from napari_lidnet.cli import main
-from napari_lidnet.io.boxes_io import read_boxes_csv
 from napari_lidnet.io.dataset import read_dataset
 from napari_lidnet.io.open_ct import open_ct
+from napari_lidnet.io.saved_boxes import read_boxes_csv
 from napari_lidnet.metrics.image import psnr
 from napari_lidnet.models.registry import list_models
 from napari_lidnet.strength import keep_noise

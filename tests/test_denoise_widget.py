@@ -179,7 +179,7 @@ def test_hand_edits_on_the_lesions_layer_survive_the_threshold(make_napari_viewe
     from napari.utils.colormaps.standardize_color import transform_color
 
     from napari_lidnet._widgets._box_style import DRAWN_EDGE
-    from napari_lidnet.io.boxes_io import read_boxes_csv
+    from napari_lidnet.io.saved_boxes import read_boxes_csv
 
     viewer = make_napari_viewer()
     low, _ = phantom(n=6, size=64)

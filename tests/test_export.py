@@ -12,9 +12,10 @@ import pytest
 from conftest import listing, write_series
 from test_denoise_widget import add_ct, make_widget, model_dir, phantom, run_and_wait  # noqa: F401 (fixture)
 
-from napari_lidnet.io.boxes_io import read_boxes_csv, write_boxes_csv
+from napari_lidnet.io.boxes_io import write_boxes_csv
 from napari_lidnet.io.nifti import read_nifti, write_nifti
 from napari_lidnet.io.open_ct import open_ct
+from napari_lidnet.io.saved_boxes import read_boxes_csv
 from napari_lidnet.layer_data import volume_to_layer_tuple
 from napari_lidnet.metrics.lesions import row_lesions
 

@@ -143,7 +143,7 @@ def test_read_saved_boxes_formats(tmp_path) -> None:
     rows = np.array([[0, 1, 2, 11, 7, 0.5], [2, 3, 3, 5, 9, np.nan]])
     saved = read_saved_boxes(write_boxes_csv(tmp_path / "a.boxes.csv", rows, pixel_mm=(0.6, 0.7)))
     np.testing.assert_allclose(saved.rows, rows)
-    assert saved.statuses is None and saved.uids is None and saved.pixel_mm is None and saved.sides_kind == "xy"
+    assert saved.statuses is None and saved.uids is None and saved.pixel_mm is None
     np.testing.assert_allclose(saved.sides_mm, [[7.0, 3.0], [1.4, 3.6]])  # x sides x 0.7, y sides x 0.6
     js = read_saved_boxes(write_boxes_csv(tmp_path / "a.json", rows[:, :5], about={"spacing_mm": [2.5, 0.6, 0.65]}))
     assert np.isnan(js.rows[:, 5]).all() and js.pixel_mm == pytest.approx(0.65)
@@ -195,7 +195,7 @@ def test_a_reports_kept_boxes_reopen(make_napari_viewer, series, tmp_path, qtbot
     widget.image_combo.setCurrentText(plain.name)
     n = len(viewer.layers)
     assert widget.open_boxes(report) is None and len(viewer.layers) == n
-    assert "finds its boxes' slices by DICOM instance and this image records none" in widget.status.text()
+    assert "finds its boxes' slices by DICOM instance, and this image records none" in widget.status.text()
     with pytest.raises(ValueError, match=r"s\d+_\d+.dcm: not a LIDnet review report .not a structured report"):
         read_saved_boxes(series[0])
 
@@ -330,9 +330,13 @@ def test_ids_and_lesion_numbers_come_back(make_napari_viewer, series, tmp_path, 
 
 
 def test_a_review_on_other_pixels_and_an_image_with_rejections(make_napari_viewer, series, tmp_path) -> None:
-    """A CSV review (sides as long/short mm) is refused on an image of the same matrix with other pixels; an image
-    whose review so far only rejected boxes is under review too; a table without boxes adds nothing."""
+    """A CSV review of an image without DICOM instances is refused on an image of the same matrix with other
+    pixels (its box sides in mm differ); an image whose review so far only rejected boxes is under review too; a
+    table without boxes adds nothing."""
+    from napari_lidnet.io.volume import CTVolume
+
     vol = open_ct(series[0].parent)[0]
+    vol = CTVolume(vol.hu, vol.spacing)  # an array: no instances, no patient geometry
     viewer = make_napari_viewer()
     widget, image, boxes = open_with_boxes(viewer, vol)
     widget.accept(0)
@@ -353,3 +357,62 @@ def test_a_review_on_other_pixels_and_an_image_with_rejections(make_napari_viewe
     widget.image_combo.setCurrentText(other.name)
     assert widget.open_boxes(empty) is None and widget.status.text() == "not opened: none.boxes.csv holds no boxes"
     assert len(viewer.layers) == n
+
+
+def test_reviews_of_turned_boxes_and_recist_diameters_reopen(make_napari_viewer, series, tmp_path) -> None:
+    """Regression: the pixel-size check compared a review's long/short sides with its bounds, refusing a review on
+    its own image where they differ: a box turned on the lesions layer (still pending), DeepLesion's boxes (long and
+    short are the RECIST diameters). Reviews now record their bounds' sides (width_mm, height_mm) for the check."""
+    from napari_lidnet.io.volume import CTVolume
+    from napari_lidnet.layer_data import volume_layer_tuples
+
+    vol = open_ct(series[0].parent)[0]
+    viewer = make_napari_viewer()
+    widget, image, boxes = open_with_boxes(viewer, vol)
+    turn = np.radians(30)
+    verts = np.array(boxes.data[0])
+    centre = verts[:, 1:].mean(axis=0)
+    rot = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    verts[:, 1:] = (verts[:, 1:] - centre) @ rot.T + centre
+    boxes.data = [verts, *boxes.data[1:]]
+    widget.load(boxes, image)
+    review = widget.export(tmp_path / "turned.csv")
+    turned = [r for r in read_findings(review) if r["slice"] == "1"]  # its sides are not its bounds' sides
+    assert len(turned) == 1 and abs(float(turned[0]["long_mm"]) - float(turned[0]["width_mm"])) > 1
+    viewer.layers.remove(boxes)
+    assert widget.open_boxes(review) == 3, widget.status.text()
+
+    viewer = make_napari_viewer()
+    flat = CTVolume(vol.hu[2], vol.spacing[1:], boxes=np.array([[0, 4, 4, 14, 12]], float),
+                    metadata={"recist_mm": [[5.0, 3.5]]})  # fmt: skip
+    for data, kwargs, kind in volume_layer_tuples(flat):
+        viewer._add_layer_from_data(data, kwargs, kind)
+    image, annotated = viewer.layers
+    widget = LesionNavigatorWidget(viewer)
+    widget.load(annotated, image)
+    widget.accept(widget.findings[0].id)
+    review = widget.export(tmp_path / "recist.csv")
+    assert read_findings(review)[0]["long_mm"] == "5.0"
+    viewer.layers.remove(annotated)
+    viewer.layers.remove(f"{image.name} reviewed")
+    assert widget.open_boxes(review) == 1, widget.status.text()
+
+
+def test_patient_positions_of_a_table_naming_instances(series, tmp_path) -> None:
+    """A box whose corner was dragged (its centre the corners' mean, off its bounds' centre) still finds its slice
+    by position; a table that names DICOM instances but gives no positions is refused on an image without instances
+    (its slice numbers were those of another file's order)."""
+    import csv
+
+    vol = open_ct(series[0].parent)[0]
+    table = write_volume_boxes(tmp_path / "ct.boxes.csv", DETECTIONS, vol)
+    with table.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    rows[0]["lps_x_mm"] = str(float(rows[0]["lps_x_mm"]) + 1.5 * vol.spacing[2])  # 1.5 px off a 10 px box
+    dragged = SavedBoxes(read_saved_boxes(table).rows, centres_lps=np.array(
+        [[float(r[k]) for k in ("lps_x_mm", "lps_y_mm", "lps_z_mm")] for r in rows]))  # fmt: skip
+    placed, note = place_boxes(dragged, vol.hu.shape, {"affine_lps": vol.affine()}, None)
+    assert note == "placed by patient position" and placed[:, 0].tolist() == DETECTIONS[:, 0].tolist()
+    named = SavedBoxes(read_saved_boxes(table).rows, uids=read_saved_boxes(table).uids)
+    with pytest.raises(ValueError, match="finds its boxes' slices by DICOM instance, and this image records none"):
+        place_boxes(named, vol.hu.shape, {"affine_lps": vol.affine()}, None)

@@ -910,17 +910,21 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         self._say(f"{len(rows)} boxes from {Path(path).name} on {image.name} ({note}){restored}")
         return len(rows)
 
+    def _by_shape(self) -> dict[int, Finding]:
+        """Shape index in the boxes layer -> its finding."""
+        return {i: f for f in self.findings if (i := self._shape_index.get(f.id)) is not None}
+
     def _take_saved_numbers(self, ids: tuple[int, ...] | None, lesions: tuple[int, ...] | None) -> None:
         """The opened boxes (one per shape) take the finding ids and lesion numbers their file gives (ids cited by
         a report stay the same), where it gives them; ids only when they are distinct."""
-        by_shape = {i: f for f in self.findings if (i := self._shape_index.get(f.id)) is not None}
+        by_shape = self._by_shape()
         if ids is not None and len(set(ids)) == len(ids) == len(by_shape) and min(ids) >= 0:
             new = {by_shape[i].id: ids[i] for i in by_shape}
             for f in self.findings:
                 f.id = new[f.id]
-            self._origin = {new[k]: v for k, v in self._origin.items()}
-            self._moved_key = {new[k]: v for k, v in self._moved_key.items()}
-            self._shape_index = {new[k]: v for k, v in self._shape_index.items()}
+            self._origin, self._moved_key, self._shape_index, self._lesions = (
+                {new[k]: v for k, v in table.items() if k in new}
+                for table in (self._origin, self._moved_key, self._shape_index, self._lesions))  # fmt: skip
             self.findings = sorted(self.findings, key=lambda f: f.id)
         if lesions is not None and len(lesions) == len(by_shape):
             self._lesions = {by_shape[i].id: lesions[i] for i in by_shape}
@@ -929,7 +933,7 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
     def _restore_statuses(self, statuses: tuple[str, ...]) -> str:
         """Give each finding of the opened layer its saved status (``statuses``, one per shape); what was restored,
         in words ('' when nothing was decided)."""
-        by_shape = {i: f for f in self.findings if (i := self._shape_index.get(f.id)) is not None}
+        by_shape = self._by_shape()
         for i, status in enumerate(statuses):
             if i in by_shape and status != "pending":
                 by_shape[i].status = status

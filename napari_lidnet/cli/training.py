@@ -343,7 +343,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
     from napari_lidnet._training.export import check_export_name
     from napari_lidnet._training.selfsup import adapt_job, adapt_summary
-    from napari_lidnet.io.boxes_io import read_boxes_csv
+    from napari_lidnet.io.saved_boxes import read_boxes_csv
 
     check_export_name(args.name, kinds=("denoiser",))  # before any work: name free, model folder writable
     volumes = open_checked(args.input, every=True)

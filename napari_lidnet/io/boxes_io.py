@@ -10,8 +10,6 @@ neighbouring slices that overlap share a number), then, for DICOM sources, the s
 from __future__ import annotations
 
 import csv
-import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -156,27 +154,3 @@ def write_volume_boxes(
         path, rows, slice_columns(volume.metadata, n), lesions, volume.spacing if known else None, affine,
         per_slice(volume.metadata, "slice_ipp", n), {**(about or {}), **spacing},
     )  # fmt: skip
-
-
-def _number(value: Any) -> float:
-    """A table cell as a number: a box without a score (JSON null, CSV nan or empty) reads NaN."""
-    return math.nan if value is None or value == "" else float(value)
-
-
-def read_boxes_csv(path: str | Path) -> np.ndarray:
-    """Read boxes written by :func:`write_boxes_csv` (CSV or JSON) back to (N, 6)."""
-    path = Path(path)
-    try:
-        if path.suffix.lower() == ".json":
-            records = json.loads(path.read_text())["boxes"]
-        else:
-            with path.open(newline="") as fh:
-                reader = csv.DictReader(fh)
-                records, fields = list(reader), reader.fieldnames or []
-            missing = [c for c in COLUMNS if c not in fields]
-            if missing:  # an empty file was taken for "no boxes" (a header alone is no boxes)
-                raise KeyError(missing[0] if fields else "header (the file is empty)")
-        return np.array([[_number(r[c]) for c in COLUMNS] for r in records], dtype=np.float32).reshape(-1, 6)
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        what = f"column {exc}" if isinstance(exc, KeyError) else type(exc).__name__
-        raise ValueError(f"{path}: not a boxes file of lidnet detect (CSV or JSON; {what})") from None

@@ -41,8 +41,7 @@ class SavedBoxes:
     """A box table as read: (N, 6) ``slice, x1, y1, x2, y2, score`` rows in pixel edges (score NaN: drawn by hand;
     slice NaN: found by its DICOM instance only, as a report gives it), and per row where the table says: review
     status, DICOM instance ('' for none) and frame, DeepLesion slice number, box centre in patient LPS (x, y, z) mm,
-    box sides in mm (``sides_kind`` "xy": x and y sides; "long_short": a review's long and short sides), finding id
-    and lesion number; ``pixel_mm``: the column pixel size a JSON table records."""
+    box x and y sides in mm, finding id and lesion number; ``pixel_mm``: the column pixel size a JSON table records."""
 
     rows: np.ndarray
     statuses: tuple[str, ...] | None = None
@@ -52,7 +51,6 @@ class SavedBoxes:
     names: tuple[str, ...] | None = None
     centres_lps: np.ndarray | None = None
     sides_mm: np.ndarray | None = None
-    sides_kind: str | None = None
     ids: tuple[int, ...] | None = None
     lesions: tuple[int, ...] | None = None
 
@@ -76,19 +74,19 @@ def _records(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The table's rows as dicts, and the JSON head (``{}`` for CSV)."""
     if path.suffix.lower() == ".json":
         data = json.loads(path.read_text(encoding="utf-8-sig"))
-        if not isinstance(data, dict):
-            raise KeyError("boxes")
-        key = "findings" if "findings" in data else "boxes"
-        records = data[key]
+        key = "findings" if isinstance(data, dict) and "findings" in data else "boxes"
+        records = data.get(key) if isinstance(data, dict) else None
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-            raise TypeError(key)
+            raise ValueError("no list of 'boxes' or 'findings'")
         return records, data
     with path.open(newline="", encoding="utf-8-sig") as fh:  # a table saved by Excel starts with a BOM
         reader = csv.DictReader(fh)
         records, fields = list(reader), reader.fieldnames or []
+    if not fields:  # an empty file is not "no boxes" (a header alone is)
+        raise ValueError("the file is empty")
     missing = [c for c in BOX_COLUMNS if c not in fields]
     if missing:
-        raise KeyError(missing[0] if fields else "header (the file is empty)")
+        raise KeyError(missing[0])
     return records, {}
 
 
@@ -118,13 +116,9 @@ def _centres(records: list[dict[str, Any]], head: dict[str, Any]) -> np.ndarray 
     return _floats(records, ("centre_x_mm", "centre_y_mm", "centre_z_mm")) if patient else None
 
 
-def _sides(records: list[dict[str, Any]]) -> tuple[np.ndarray | None, str | None]:
-    """A box table's x and y sides in mm, else a review's long and short sides in mm (not ``_px``)."""
-    xy = _floats(records, ("width_mm", "height_mm"))
-    if xy is not None:
-        return xy, "xy"
-    long_short = _floats(records, ("long_mm", "short_mm"))
-    return (long_short, "long_short") if long_short is not None else (None, None)
+def _sides(records: list[dict[str, Any]]) -> np.ndarray | None:
+    """Each box's x and y sides in mm (``width_mm``, ``height_mm``: a box table's, a review's bounds)."""
+    return _floats(records, ("width_mm", "height_mm"))
 
 
 def _head_pixel_mm(head: dict[str, Any]) -> float | None:
@@ -161,10 +155,9 @@ def _from_records(records: list[dict[str, Any]], head: dict[str, Any]) -> SavedB
     frames = tuple(None if r.get("frame_number") in (None, "") else _whole(r["frame_number"]) for r in records)
     names = _column(records, "deeplesion_slice")
     ids, lesions = _column(records, "id"), _column(records, "lesion")
-    sides, kind = _sides(records)
     return SavedBoxes(
         rows, _statuses(records), uids if any(uids) else None, frames if any(f is not None for f in frames) else None,
-        _head_pixel_mm(head), tuple(str(v) for v in names) if names else None, _centres(records, head), sides, kind,
+        _head_pixel_mm(head), tuple(str(v) for v in names) if names else None, _centres(records, head), _sides(records),
         tuple(_whole(v) for v in ids) if ids else None, tuple(_whole(v) for v in lesions) if lesions else None,
     )  # fmt: skip
 
@@ -183,22 +176,30 @@ def _from_report(path: Path) -> SavedBoxes:
                       frames if any(f is not None for f in frames) else None)  # fmt: skip
 
 
-def read_saved_boxes(path: str | Path) -> SavedBoxes:
-    """A box table or a review (CSV or JSON; a review's DICOM SR, ``.dcm``) as :class:`SavedBoxes`; a one-line
-    ValueError for anything else (a table without boxes included)."""
-    path = Path(path).expanduser()
-    if path.suffix.lower() == ".dcm":
-        return _from_report(path)
+def _parse(path: Path) -> SavedBoxes:
+    """A CSV or JSON table as :class:`SavedBoxes`; a one-line ValueError naming the file for anything else."""
     try:
-        saved = _from_records(*_records(path))
+        return _from_records(*_records(path))
     except OSError as exc:
         raise ValueError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         what = f"no column {exc}" if isinstance(exc, KeyError) else str(exc) or type(exc).__name__
         raise ValueError(f"{path.name}: not a box table or review of LIDnet ({what})") from None
+
+
+def read_saved_boxes(path: str | Path) -> SavedBoxes:
+    """A box table or a review (CSV or JSON; a review's DICOM SR, ``.dcm``) as :class:`SavedBoxes`; a one-line
+    ValueError for anything else (a table without boxes included)."""
+    path = Path(path).expanduser()
+    saved = _from_report(path) if path.suffix.lower() == ".dcm" else _parse(path)
     if not len(saved.rows):
         raise ValueError(f"{path.name} holds no boxes")
     return saved
+
+
+def read_boxes_csv(path: str | Path) -> np.ndarray:
+    """The (N, 6) ``slice, x1, y1, x2, y2, score`` rows of a box table (CSV or JSON; a header alone: no boxes)."""
+    return _parse(Path(path).expanduser()).rows.astype(np.float32)
 
 
 def _match(table: Sequence[Any], image: Sequence[Any], what: str) -> np.ndarray:
@@ -208,30 +209,34 @@ def _match(table: Sequence[Any], image: Sequence[Any], what: str) -> np.ndarray:
     lost = sum(i is None for i in found)
     if lost:
         raise ValueError(f"{lost} of {len(found)} boxes lie on {what} this image does not have: the table is another "
-                         "image's")  # fmt: skip
+                         "image's (a series derived from it has instances of its own)")  # fmt: skip
     return np.array(found, dtype=float)
 
 
-def _by_instance(saved: SavedBoxes, rows: np.ndarray, uids: list, frames: list | None) -> None:
-    """Rows with a DICOM instance take its slice (and frame); rows without one keep their slice number."""
-    table_frames = saved.frames or (None,) * len(rows)
+def _by_instance(saved: SavedBoxes, uids: list, frames: list | None) -> np.ndarray:
+    """Each row's slice: its DICOM instance's (and frame's); a row without one keeps its slice number."""
+    slices = saved.rows[:, 0].copy()
+    table_frames = saved.frames or (None,) * len(slices)
     keyed = [i for i, uid in enumerate(saved.uids or ()) if uid]
     keys = [(saved.uids[i], table_frames[i] if frames is not None else None) for i in keyed]
     image = [(str(uid), None if frames is None else frames[k]) for k, uid in enumerate(uids)]
-    rows[keyed, 0] = _match(keys, image, "DICOM instances")
+    slices[keyed] = _match(keys, image, "DICOM instances")
+    return slices
 
 
-def _by_position(centres: np.ndarray, rows: np.ndarray, affine: np.ndarray, slice_ipp: list | None, n: int) -> None:
-    """Rows take the slice their patient position (LPS x, y, z mm) lies on through the image's index -> LPS
-    ``affine`` (``slice_ipp``: each slice's own position); ValueError when a position lies off every slice or away
-    from its box in the slice (another scan, or the scan stored in another orientation)."""
+def _by_position(saved: SavedBoxes, affine: np.ndarray, slice_ipp: list | None, n: int) -> np.ndarray:
+    """Each row's slice: the one its patient position (LPS x, y, z mm) lies on through the image's index -> LPS
+    ``affine`` (``slice_ipp``: each slice's own position). ValueError when a position lies off every slice, or in
+    the slice away from its box (another scan, or the scan stored in another orientation); a box whose corner was
+    dragged has its centre (the corners' mean) off its bounds' centre by up to a quarter of its size."""
     a = np.asarray(affine, dtype=float)
     normal = np.cross(a[:3, 1], a[:3, 2])
     normal /= np.linalg.norm(normal)  # the slices' plane (a tilted gantry's slices step off it)
     thickness = abs(float(a[:3, 0] @ normal))
     origins = np.asarray(slice_ipp, float).reshape(-1, 3) if slice_ipp is not None else (
         a[:3, 3] + np.arange(n)[:, None] * a[:3, 0])  # fmt: skip
-    for row, centre in zip(rows, centres):
+    slices = np.zeros(len(saved.rows))
+    for i, (row, centre) in enumerate(zip(saved.rows, saved.centres_lps)):
         along = (centre - origins) @ normal
         k = int(np.argmin(np.abs(along)))
         if abs(along[k]) > max(0.25 * thickness, 0.05):
@@ -240,47 +245,45 @@ def _by_position(centres: np.ndarray, rows: np.ndarray, affine: np.ndarray, slic
         yx = np.linalg.lstsq(a[:3, 1:3], centre - origins[k] - along[k] * normal, rcond=None)[0]
         box = np.array([(row[2] + row[4]) / 2 - 0.5, (row[1] + row[3]) / 2 - 0.5])
         miss = float(np.abs(yx - box).max())
-        if miss > CENTRE_SLACK_PX:
+        if miss > CENTRE_SLACK_PX + 0.25 * max(row[3] - row[1], row[4] - row[2]):
             raise ValueError(f"the boxes' patient positions fall {miss:.1f} px from them on this image: the table is "
                              "another scan's, or this scan stored in another orientation")  # fmt: skip
-        row[0] = k
+        slices[i] = k
+    return slices
 
 
-def _place(saved: SavedBoxes, rows: np.ndarray, metadata: dict[str, Any], n: int) -> str:
-    """Give ``rows`` this image's slice numbers by the first key both record (see the module); how, in words."""
+def _place(saved: SavedBoxes, metadata: dict[str, Any], n: int) -> tuple[np.ndarray, str]:
+    """Each row's slice on this image by the first key both record (see the module), and how, in words. A table
+    whose DICOM instances are not this image's is refused, even where its patient positions fit: those of two
+    series agree only within one frame of reference, which a table does not record (a series the plugin derived
+    from a scan has new instances: its tables open on it, the scan's on the scan)."""
     uids = per_slice(metadata, "sop_instance_uids", n)
-    if saved.uids is not None and uids is not None and all(uids):
-        _by_instance(saved, rows, uids, per_slice(metadata, "frame_numbers", n))
-        return "placed by DICOM instance"
-    if np.isnan(rows[:, 0]).any():
-        raise ValueError("the report finds its boxes' slices by DICOM instance and this image records none: open it "
-                         "on its DICOM series")  # fmt: skip
-    names = slice_columns(metadata, n).get("deeplesion_slice")
-    if saved.names is not None and names is not None:
-        rows[:, 0] = _match(saved.names, [str(v) for v in names], "DeepLesion slices")
-        return "placed by DeepLesion slice number"
     affine = metadata.get("affine_lps")
     placed = not metadata.get("orientation_unknown") and not metadata.get("spacing_assumed")
-    if saved.centres_lps is not None and placed and np.shape(affine) == (4, 4):
-        _by_position(saved.centres_lps, rows, affine, per_slice(metadata, "slice_ipp", n), n)
-        return "placed by patient position"
-    return "placed by slice number"
+    by_position = saved.centres_lps is not None and placed and np.shape(affine) == (4, 4)
+    if saved.uids is not None and uids is not None and all(uids):
+        return _by_instance(saved, uids, per_slice(metadata, "frame_numbers", n)), "placed by DICOM instance"
+    names = slice_columns(metadata, n).get("deeplesion_slice")
+    if saved.names is not None and names is not None:
+        return _match(saved.names, [str(v) for v in names], "DeepLesion slices"), "placed by DeepLesion slice number"
+    if by_position:
+        return _by_position(saved, affine, per_slice(metadata, "slice_ipp", n), n), "placed by patient position"
+    if saved.uids is not None:  # slice numbers of a DICOM series say nothing of another file's slices
+        raise ValueError("the table finds its boxes' slices by DICOM instance, and this image records none (nor do "
+                         "both give patient positions): open it on its DICOM series")  # fmt: skip
+    return saved.rows[:, 0].copy(), "placed by slice number"
 
 
 def _check_sides(saved: SavedBoxes, rows: np.ndarray, pixel_yx: Sequence[float]) -> None:
     """ValueError when the table's box sides (mm) are not what this image's pixel size makes of them."""
     dy, dx = (float(v) for v in pixel_yx[-2:])
     sides = np.column_stack([(rows[:, 3] - rows[:, 1]) * dx, (rows[:, 4] - rows[:, 2]) * dy])
-    use = np.ones(len(rows), bool)
-    if saved.sides_kind == "long_short":  # a review's: a box turned or drawn by hand has other sides than its bounds
-        sides = -np.sort(-sides, axis=1)
-        use = np.array([s not in ("edited", "added") for s in (saved.statuses or ("pending",) * len(rows))])
     off = np.abs(saved.sides_mm - sides) > SIDE_TOLERANCE * sides + SIDE_SLACK_MM
-    bad = np.flatnonzero(off.any(axis=1) & use)
+    bad = np.flatnonzero(off.any(axis=1))
     if len(bad):
-        i = int(bad[0])
-        raise ValueError(f"the boxes were measured on other pixels: a box side of {saved.sides_mm[i, 0]:.2f} mm in the "
-                         f"table is {sides[i, 0]:.2f} mm on this image ({dy:.3g} x {dx:.3g} mm pixels): the table is "
+        i, k = int(bad[0]), int(np.argmax(off[bad[0]]))
+        raise ValueError(f"the boxes were measured on other pixels: a box side of {saved.sides_mm[i, k]:.2f} mm in the "
+                         f"table is {sides[i, k]:.2f} mm on this image ({dy:.3g} x {dx:.3g} mm pixels): the table is "
                          "another image's")  # fmt: skip
 
 
@@ -293,7 +296,7 @@ def place_boxes(
     rows = saved.rows.copy()
     n = int(shape[0]) if len(shape) == 3 else 1
     height, width = (int(v) for v in shape[-2:])
-    note = _place(saved, rows, metadata, n)
+    rows[:, 0], note = _place(saved, metadata, n)
     moved = int(np.sum(rows[:, 0] != saved.rows[:, 0]))
     if moved and not np.isnan(saved.rows[:, 0]).all():
         note += f" ({moved} on another slice number than the table's)"
