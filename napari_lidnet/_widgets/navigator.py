@@ -7,7 +7,8 @@ boxes live on a layer of their own, "<image> reviewed" (role ``reviewed``): Edit
 corners can be dragged, and a box drawn on that layer by hand joins the table as "added". The reviewed boxes export
 to CSV/JSON (every row with its status) and to a DICOM Comprehensive SR (kept boxes, referencing the source slices
 when the image came from DICOM). Sizes and HU come from ``findings`` (plain numpy); the dock lives in the bottom area.
-The reviewed layer's bookkeeping is ``_reviewed_layer``, the exports ``_review_export``, the geometry ``_geometry``.
+The reviewed layer's bookkeeping is ``_reviewed_layer``, the exports ``_review_export``, Open… (a saved review or box
+table back on its image) ``_saved_review``, the geometry ``_geometry``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from qtpy.QtWidgets import (
 
 from ..findings import KEPT, Finding, centre_world, lesion_groups, measure
 from ..io.boxes_io import slice_columns
-from ..io.saved_boxes import place_boxes, read_saved_boxes
 from ..io.volume import n_slices
 from ..layer_data import ANNOTATED, RECIST_LONG, RECIST_SHORT
 from ._box_marks import dim_boxes, mark_current, remark, scored, unmark
@@ -44,7 +44,6 @@ from ._docking import DockHome, add_tips, scroll_layout, wrapping_label
 from ._geometry import corners_in_image, index_to_patient, index_to_world, pixel_map
 from ._key_help import keep_help_mended
 from ._layer_watch import LayerWatch, renamed_to
-from ._opened_boxes import opened_boxes_layer
 from ._review_export import write_review_sr, write_review_table
 from ._reviewed_layer import STATUS_COLORS, ReviewedLayer
 from ._roles import (
@@ -56,13 +55,13 @@ from ._roles import (
     is_ct_image,
     is_shapes,
     lidnet_info,
-    pixel_mm,
     places_patient,
     reviewed_of,
     role,
     source_key,
 )
 from ._save_dialog import check_suffix, save_path
+from ._saved_review import SavedReview
 from ._viewer import camera, grid
 from .compare import FLIP_KEY
 from .reading_room import PRESET_KEYS, ReadingRoom
@@ -137,7 +136,7 @@ def _press(func: Any) -> Any:
     return press
 
 
-class LesionNavigatorWidget(ReviewedLayer, QWidget):
+class LesionNavigatorWidget(ReviewedLayer, SavedReview, QWidget):
     """Review detections: a sortable table, jump to a box, accept / reject / edit, reviewed layer and exports.
 
     Public methods take plain values (``load``, ``select``, ``accept``, ``reject``, ``edit``, ``export``);
@@ -882,80 +881,6 @@ class LesionNavigatorWidget(ReviewedLayer, QWidget):
         path = save_path(self, "Export the review", "DICOM SR (*.dcm);;CSV (*.csv);;JSON (*.json)")
         if path:
             self.export(path)
-
-    def open_boxes(self, path: str | Path) -> int | None:
-        """Open a saved review (the Export's CSV/JSON, or its SR's kept boxes) or a box table onto the picked image
-        as a layer of boxes to review, each finding's saved status restored; its boxes find their slices by DICOM
-        instance where the table and the image record them. Returns the number of boxes, or None after saying why
-        nothing was opened (a table of another image, an image already under review)."""
-        image = self._layer(self.image_combo.currentText())
-        if image is None:
-            self._say("pick the image the saved boxes belong to, then open them")
-            return None
-        if any(ly.nshapes or lidnet_info(ly).get("rejected") for ly in reviewed_of(self.viewer.layers, image)):
-            self._say(f"{image.name} has a review in this viewer: export it, or remove its reviewed layer, before "
-                      "opening another")  # fmt: skip
-            return None
-        try:
-            saved = read_saved_boxes(path)
-            rows, note = place_boxes(saved, image.data.shape, image.metadata or {}, pixel_mm(image))
-        except ValueError as exc:
-            self._say(f"not opened: {exc}")
-            return None
-        data, kwargs = opened_boxes_layer(rows, image, Path(path).name)
-        layer = self.viewer.add_shapes(data, **kwargs)
-        self.load(layer, image)
-        self._take_saved_numbers(saved.ids, saved.lesions)
-        restored = self._restore_statuses(saved.statuses or ())
-        self._say(f"{len(rows)} boxes from {Path(path).name} on {image.name} ({note}){restored}")
-        return len(rows)
-
-    def _by_shape(self) -> dict[int, Finding]:
-        """Shape index in the boxes layer -> its finding."""
-        return {i: f for f in self.findings if (i := self._shape_index.get(f.id)) is not None}
-
-    def _take_saved_numbers(self, ids: tuple[int, ...] | None, lesions: tuple[int, ...] | None) -> None:
-        """The opened boxes (one per shape) take the finding ids and lesion numbers their file gives (ids cited by
-        a report stay the same), where it gives them; ids only when they are distinct."""
-        by_shape = self._by_shape()
-        if ids is not None and len(set(ids)) == len(ids) == len(by_shape) and min(ids) >= 0:
-            new = {by_shape[i].id: ids[i] for i in by_shape}
-            for f in self.findings:
-                f.id = new[f.id]
-            self._origin, self._moved_key, self._shape_index, self._lesions = (
-                {new[k]: v for k, v in table.items() if k in new}
-                for table in (self._origin, self._moved_key, self._shape_index, self._lesions))  # fmt: skip
-            self.findings = sorted(self.findings, key=lambda f: f.id)
-        if lesions is not None and len(lesions) == len(by_shape):
-            self._lesions = {by_shape[i].id: lesions[i] for i in by_shape}
-        self._fill_table()
-
-    def _restore_statuses(self, statuses: tuple[str, ...]) -> str:
-        """Give each finding of the opened layer its saved status (``statuses``, one per shape); what was restored,
-        in words ('' when nothing was decided)."""
-        by_shape = self._by_shape()
-        for i, status in enumerate(statuses):
-            if i in by_shape and status != "pending":
-                by_shape[i].status = status
-                if status == "rejected":
-                    self._alone.add(by_shape[i].id)
-        counts = Counter(f.status for f in self.findings)
-        if not statuses or counts["pending"] == len(self.findings):
-            return ""
-        self._write_reviewed()
-        self._fill_table()
-        self.review_changed.emit()
-        self.next(pending_only=True)
-        kept = sum(counts[s] for s in KEPT)
-        return f"; the saved review: {kept} kept, {counts['rejected']} rejected, {counts['pending']} pending"
-
-    def _open_dialog(self) -> None:
-        from qtpy.QtWidgets import QFileDialog
-
-        path, _ = QFileDialog.getOpenFileName(self, "Open a review or a box table", "",
-                                              "reviews and box tables (*.csv *.json *.dcm)")  # fmt: skip
-        if path:
-            self.open_boxes(path)
 
     def _say(self, text: str) -> None:
         self.status.setText(text)
