@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from napari_lidnet.io.atomic import check_new
-from napari_lidnet.io.boxes_io import write_table
+from napari_lidnet.io.boxes_io import WORLD_SPACE, write_table
 from napari_lidnet.metrics.lesions import LESION_IOU, lesion_numbers
 
 #: review states whose boxes are part of the reviewed result (kept, kept after its box was changed, drawn by hand);
@@ -26,12 +26,11 @@ from napari_lidnet.metrics.lesions import LESION_IOU, lesion_numbers
 KEPT = ("accepted", "edited", "added")
 #: the columns that find a finding's slice outside this program (from ``io.boxes_io.slice_columns``)
 SLICE_ID_COLUMNS = ("instance_number", "frame_number", "sop_instance_uid", "deeplesion_slice")
-#: columns of the exported table (``centre_space``: what the centre columns measure, "patient LPS" or "viewer world")
+#: columns of the exported table (``centre_space``: what the centre columns measure, ``io.boxes_io.PATIENT_SPACE`` or
+#: ``WORLD_SPACE``)
 COLUMNS = ("id", "lesion", "slice", "centre_z_mm", "centre_y_mm", "centre_x_mm", "centre_space", "long_mm",
            "short_mm", "width_mm", "height_mm", "mean_hu", "score", "status", "x1", "y1", "x2", "y2",
            *SLICE_ID_COLUMNS)  # fmt: skip
-#: ``centre_space`` of an image placed in the patient (DICOM LPS) and of one that is not (napari's world)
-PATIENT_SPACE, WORLD_SPACE = "patient LPS", "viewer world"
 
 
 @dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..findings import PATIENT_SPACE, WORLD_SPACE, Finding, lesion_groups, write_findings
-from ..io.boxes_io import slice_columns
+from ..findings import Finding, lesion_groups, write_findings
+from ..io.boxes_io import PATIENT_SPACE, WORLD_SPACE, slice_columns
 from ..io.volume import n_slices, per_slice
 from ._roles import has_voxel_size, places_patient, simulated_label
 

@@ -21,6 +21,9 @@ from .json_text import strict_dumps
 from .volume import CTVolume, known_pixel_mm, n_slices, per_slice
 
 COLUMNS = ("slice", "x1", "y1", "x2", "y2", "score")
+#: what a review's centre columns measure (its ``centre_space``): the patient's LPS mm (an image placed in the
+#: patient), or napari's world (an image without a patient position)
+PATIENT_SPACE, WORLD_SPACE = "patient LPS", "viewer world"
 
 
 def slice_columns(metadata: dict[str, Any], n: int) -> dict[str, list]:

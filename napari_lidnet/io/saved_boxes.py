@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .boxes_io import slice_columns
+from .boxes_io import PATIENT_SPACE, slice_columns
 from .volume import per_slice
 
 #: a review's statuses (``findings.KEPT`` and the two undecided or dismissed ones)
@@ -32,8 +32,6 @@ BOX_COLUMNS = ("slice", "x1", "y1", "x2", "y2")
 #: puts it, before the table is taken for another image's; a table's box sides (mm) may differ from the image's by
 #: SIDE_TOLERANCE of the side plus SIDE_SLACK_MM (the tables round to 0.01 px and 0.01 mm)
 EDGE_SLACK_PX, CENTRE_SLACK_PX, SIDE_TOLERANCE, SIDE_SLACK_MM = 1.0, 0.5, 0.01, 0.03
-#: where a review's centre columns are in the patient (``findings.PATIENT_SPACE``)
-PATIENT_SPACE = "patient LPS"
 
 
 @dataclass(frozen=True)
@@ -145,6 +143,7 @@ def _statuses(records: list[dict[str, Any]]) -> tuple[str, ...] | None:
 
 
 def _from_records(records: list[dict[str, Any]], head: dict[str, Any]) -> SavedBoxes:
+    """The table's rows and what it records of each (ValueError, TypeError or KeyError for what does not read)."""
     rows = np.array([[_cell(r[c]) for c in BOX_COLUMNS] + [_cell(r.get("score"))] for r in records], float)
     rows = rows.reshape(-1, 6)
     if not np.all(np.isfinite(rows[:, :5])):
