@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -318,8 +319,11 @@ def test_closing_napari_mid_run_stops_it_and_keeps_the_best_so_far(make_napari_v
             seen["closed_at"] = rec["step"]
             QTimer.singleShot(0, viewer.close)
 
-    worker = widget.start()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        worker = widget.start()
     assert worker is not None, widget.status.text()
+    assert not [w for w in caught if "_register_task_status" in str(w.message)]  # not read through napari's proxy
     records = []
     worker.yielded.connect(on_record)
     worker.yielded.connect(records.append)

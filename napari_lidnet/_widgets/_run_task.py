@@ -18,10 +18,16 @@ from typing import Any
 CLOSE_WAIT_S = 120.0
 
 
+def _window(viewer: Any) -> Any:
+    """The napari window behind the viewer a dock holds (its plugin proxy warns at each private attribute read and
+    will refuse them), or None."""
+    return getattr(getattr(viewer, "__wrapped__", viewer), "window", None)
+
+
 def register_run(viewer: Any, description: str, stop: threading.Event, done: threading.Event) -> Any:
     """Register a running job with ``viewer``'s window; cancelling it sets ``stop`` and waits up to
     ``CLOSE_WAIT_S`` for ``done``. Returns the task id (None where the window has no task list)."""
-    register = getattr(getattr(viewer, "window", None), "_register_task_status", None)
+    register = getattr(_window(viewer), "_register_task_status", None)
     if register is None:
         return None
     from napari.utils.task_status import Status
@@ -58,4 +64,4 @@ def finish_run(viewer: Any, task: Any) -> None:
     from napari.utils.task_status import Status
 
     with contextlib.suppress(AttributeError, RuntimeError):  # the window was closed meanwhile
-        viewer.window._update_task_status(task, Status.COMPLETED, "")
+        _window(viewer)._update_task_status(task, Status.COMPLETED, "")
