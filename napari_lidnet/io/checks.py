@@ -118,9 +118,10 @@ def not_ct_note(modality: str, hu: np.ndarray, what: str) -> str | None:
     ``LOWEST_CT_HU``: MR, or stored values without their rescale to HU), or None."""
     if modality not in CT_MODALITIES:
         return f"{what}: modality {modality!r} is not CT; the LIDnet models are made for CT in HU"
-    if modality == "CT":
+    finite = np.isfinite(hu)
+    if modality == "CT" or not finite.any():  # not one finite pixel: the reader says so, numpy need not
         return None
-    lo, hi = float(np.nanmin(hu)), float(np.nanmax(hu))
+    lo, hi = float(np.min(hu, where=finite, initial=np.inf)), float(np.max(hu, where=finite, initial=-np.inf))
     if lo <= LOWEST_CT_HU:
         return None
     return (
