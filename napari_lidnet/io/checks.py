@@ -118,10 +118,17 @@ def not_ct_note(modality: str, hu: np.ndarray, what: str) -> str | None:
     ``LOWEST_CT_HU``: MR, or stored values without their rescale to HU), or None."""
     if modality not in CT_MODALITIES:
         return f"{what}: modality {modality!r} is not CT; the LIDnet models are made for CT in HU"
-    finite = np.isfinite(hu)
-    if modality == "CT" or not finite.any():  # not one finite pixel: the reader says so, numpy need not
+    if modality == "CT":
         return None
-    lo, hi = float(np.min(hu, where=finite, initial=np.inf)), float(np.max(hu, where=finite, initial=-np.inf))
+    values = np.asarray(hu)
+    if np.issubdtype(values.dtype, np.floating):
+        finite = np.isfinite(values)
+        if not finite.any():  # not one finite pixel: the reader says so (numpy's nanmin would warn too)
+            return None
+        lo = float(np.min(values, where=finite, initial=np.inf))
+        hi = float(np.max(values, where=finite, initial=-np.inf))
+    else:  # stored integers (a lazily read int16 study): all finite
+        lo, hi = float(values.min()), float(values.max())
     if lo <= LOWEST_CT_HU:
         return None
     return (
