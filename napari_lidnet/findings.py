@@ -191,7 +191,8 @@ def write_findings(
     """Write findings as CSV, or as JSON (with ``info``: source, spacing, units) when ``path`` ends in .json, each
     with its lesion number (boxes overlapping on neighbouring slices are one lesion) and the columns of
     ``slice_ids`` (``io.boxes_io.slice_columns`` of a DICOM source: InstanceNumber, or the frame of a multi-frame
-    instance, and SOP Instance UID per slice) that find its slice in a PACS; empty where unknown.
+    instance, and SOP Instance UID per slice, that find its slice in a PACS; a DeepLesion slice's own number); empty
+    where unknown. The JSON gives each finding's four corners too (a turned box's; the CSV's x1..y2 are its bounds).
 
     ``unit`` "px" (an image without a voxel size): the ``_mm`` columns hold pixels and are named ``_px``;
     ``lesions``: the numbers shown (:func:`lesion_groups` with ``previous``), else numbered afresh;
@@ -203,6 +204,9 @@ def write_findings(
     rename = {c: c.removesuffix("_mm") + "_px" for c in COLUMNS if c.endswith("_mm")} if unit == "px" else {}
     rows = [{rename.get(k, k): v for k, v in {**record(f, lesions[f.id]), "centre_space": centre_space}.items()}
             for f in findings]  # fmt: skip
+    if path.suffix.lower() == ".json":  # a turned box's corners (the CSV gives its upright bounds x1..y2)
+        for row, f in zip(rows, findings):
+            row["corners"] = np.round(np.asarray(f.corners, float)[:4], 2).tolist()
     columns_out = [rename.get(c, c) for c in COLUMNS]
     columns = {key: (slice_ids or {}).get(key) or [] for key in SLICE_ID_COLUMNS}
     for row in rows:

@@ -416,3 +416,57 @@ def test_patient_positions_of_a_table_naming_instances(series, tmp_path) -> None
     named = SavedBoxes(read_saved_boxes(table).rows, uids=read_saved_boxes(table).uids)
     with pytest.raises(ValueError, match="finds its boxes' slices by DICOM instance, and this image records none"):
         place_boxes(named, vol.hu.shape, {"affine_lps": vol.affine()}, None)
+
+
+def _turn(verts: np.ndarray, degrees: float) -> np.ndarray:
+    """A rectangle's (z, y, x) vertices turned in-plane about its centre."""
+    out = np.array(verts, dtype=float)
+    a = np.radians(degrees)
+    centre = out[:, 1:].mean(axis=0)
+    out[:, 1:] = (out[:, 1:] - centre) @ np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) + centre
+    return out
+
+
+@pytest.mark.parametrize("suffix", [".json", ".dcm"])
+def test_a_turned_box_reopens_turned(make_napari_viewer, series, tmp_path, qtbot, suffix) -> None:
+    """Regression: a box turned on the reviewed layer to measure a lesion's axes reopened as the upright box around
+    it, its long/short axes grown (and written so at the next export). The JSON and the SR keep its corners; an SR
+    keeps its lesion numbers too."""
+    vol = open_ct(series[0].parent)[0]
+    viewer = make_napari_viewer()
+    widget, image, boxes = open_with_boxes(viewer, vol)
+    widget.accept(0)
+    widget.accept(1)
+    reviewed = viewer.layers[f"{image.name} reviewed"]
+    with qtbot.waitSignal(widget.review_changed):
+        reviewed.data = [_turn(reviewed.data[0], 30), reviewed.data[1]]
+    turned = widget.finding(0)
+    assert turned.status == "edited"
+    axes = (turned.measures["long_mm"], turned.measures["short_mm"])
+    lesions = dict(widget.lesion_numbers())
+    saved = widget.export(tmp_path / f"review{suffix}")
+    viewer.layers.remove(boxes)
+    viewer.layers.remove(reviewed)
+    assert widget.open_boxes(saved) is not None, widget.status.text()
+    back = next(f for f in widget.findings if f.status == "edited")
+    assert (back.measures["long_mm"], back.measures["short_mm"]) == pytest.approx(axes, abs=0.02)
+    numbers = widget.lesion_numbers()
+    assert sorted((f.slice, numbers[f.id]) for f in widget.findings if f.kept) == [(1, lesions[0]), (3, lesions[1])]
+
+
+def test_a_report_of_an_image_without_instances_says_so(make_napari_viewer, series, tmp_path) -> None:
+    """Regression: the SR of a review on an image without DICOM instances (an array, the sample, a NIfTI) was
+    refused as "not a LIDnet review report"; it is one that references no instances: its CSV or JSON reopens."""
+    from napari_lidnet.io.volume import CTVolume
+
+    vol = open_ct(series[0].parent)[0]
+    viewer = make_napari_viewer()
+    widget, image, boxes = open_with_boxes(viewer, CTVolume(vol.hu, vol.spacing))
+    widget.accept(0)
+    report, table = widget.export(tmp_path / "review.dcm"), widget.export(tmp_path / "review.csv")
+    viewer.layers.remove(boxes)
+    viewer.layers.remove(f"{image.name} reviewed")
+    assert widget.open_boxes(report) is None
+    assert widget.status.text() == ("not opened: review.dcm references no DICOM instances (a report of an image "
+                                    "without them): open the review's CSV or JSON instead")  # fmt: skip
+    assert widget.open_boxes(table) == 3  # every row: one accepted, two to decide

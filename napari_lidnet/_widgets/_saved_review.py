@@ -17,7 +17,7 @@ import numpy as np
 
 from ..findings import KEPT, Finding
 from ..io.saved_boxes import place_boxes, read_saved_boxes
-from ..layer_data import ROLE, boxes_to_shapes
+from ..layer_data import PIXEL_CENTRE_SHIFT, ROLE, boxes_to_shapes
 from ._box_style import box_style
 from ._hand_edits import DRAWN_BOX
 from ._roles import DETECTIONS, lidnet_info, pixel_mm, reviewed_of, source_key
@@ -28,9 +28,9 @@ class SavedReview:
 
     def open_boxes(self, path: str | Path) -> int | None:
         """Open a saved review (the Export's CSV/JSON, or its SR's kept boxes) or a box table onto the picked image
-        as a layer of boxes to review, each finding's saved status restored; its boxes find their slices by DICOM
-        instance where the table and the image record them. Returns the number of boxes, or None after saying why
-        nothing was opened (a table of another image, an image already under review)."""
+        as a layer of boxes to review, each finding's saved status restored; its boxes find their slices by what the
+        table and the image both record (``io.saved_boxes.place_boxes``). Returns the number of boxes, or None after
+        saying why nothing was opened (a table of another image, an image already under review)."""
         image = self._layer(self.image_combo.currentText())
         if image is None:
             self._say("pick the image the saved boxes belong to, then open them")
@@ -45,7 +45,7 @@ class SavedReview:
         except ValueError as exc:
             self._say(f"not opened: {exc}")
             return None
-        data, kwargs = opened_boxes_layer(rows, image, Path(path).name)
+        data, kwargs = opened_boxes_layer(rows, image, Path(path).name, saved.corners)
         layer = self.viewer.add_shapes(data, **kwargs)
         self.load(layer, image)
         self._take_saved_numbers(saved.ids, saved.lesions)
@@ -101,11 +101,18 @@ class SavedReview:
             self.open_boxes(path)
 
 
-def opened_boxes_layer(rows: np.ndarray, image: Any, name: str) -> tuple[list[np.ndarray], dict[str, Any]]:
+def opened_boxes_layer(
+    rows: np.ndarray, image: Any, name: str, corners: np.ndarray | None = None
+) -> tuple[list[np.ndarray], dict[str, Any]]:  # fmt: skip
     """Shapes data and keywords of (N, 6) ``slice, x1, y1, x2, y2, score`` rows (pixel edges, already placed on
-    ``image``'s slices) as a layer of boxes to review on ``image``, named ``name`` (the file's)."""
+    ``image``'s slices) as a layer of boxes to review on ``image``, named ``name`` (the file's); ``corners`` (N, 4, 2)
+    (row, col): each box as saved (a turned box stays turned), else the upright boxes."""
     rows = np.asarray(rows, dtype=float).reshape(-1, 6)
-    shapes = boxes_to_shapes(rows[:, :5] if image.ndim == 3 else rows[:, 1:5], image.ndim)
+    if corners is None:
+        shapes = boxes_to_shapes(rows[:, :5] if image.ndim == 3 else rows[:, 1:5], image.ndim)
+    else:
+        flat = [np.asarray(c, dtype=float) + PIXEL_CENTRE_SHIFT for c in corners]
+        shapes = [np.column_stack([np.full(4, z), c]) if image.ndim == 3 else c for z, c in zip(rows[:, 0], flat)]
     scores = rows[:, 5]
     features = {
         "score": scores,

@@ -244,7 +244,8 @@ class LesionNavigatorWidget(ReviewedLayer, SavedReview, QWidget):
             (b["export"], "CSV or JSON (every row with its status) or DICOM SR (.dcm: kept boxes)"),
             (b["open"], "a review exported here (CSV/JSON: every box with its status; DICOM SR: the kept ones) or "
                         "a box table (the Denoise dock's, lidnet detect's, File > Save's .boxes.csv) onto the picked "
-                        "image; slices matched by DICOM instance"),
+                        "image; slices matched by DICOM instance, DeepLesion slice number or patient position where "
+                        "both record them, else by slice number"),
             (self.boxes_combo, "the boxes to review: a detection run's lesions layer, or any layer of boxes"),
             (self.image_combo, "the image the boxes lie on: sizes in mm, mean HU and positions are read on it"),
         )  # fmt: skip

@@ -1,11 +1,11 @@
-"""Lesion boxes to and from CSV/JSON: columns ``slice, x1, y1, x2, y2, score`` in pixels (``slice`` counts from
-the first slice of the volume as sorted along its normal), ``width_mm, height_mm`` (the box's x and y sides) where
-the writer was given the pixel size, ``lps_x_mm, lps_y_mm, lps_z_mm`` (the box centre in patient coordinates,
-DICOM's LPS, whatever the file's voxel order) where it was given the volume's affine, ``lesion`` where the writer
-was given it (boxes on
-neighbouring slices that overlap share a number), then, for DICOM sources, the slice's ``instance_number`` (or
-``frame_number`` for the frames of an enhanced multi-frame instance), ``z_mm`` (ImagePositionPatient z) and
-``sop_instance_uid``."""
+"""Lesion boxes written as CSV/JSON (``io.saved_boxes`` reads them back): columns ``slice, x1, y1, x2, y2, score`` in
+pixels (``slice`` counts from the first slice of the volume as sorted along its normal), ``width_mm, height_mm``
+(the box's x and y sides) where the writer was given the pixel size, ``lps_x_mm, lps_y_mm, lps_z_mm`` (the box
+centre in patient coordinates, DICOM's LPS, whatever the file's voxel order) where it was given the volume's affine,
+``lesion`` where the writer was given it (boxes on neighbouring slices that overlap share a number), then, for DICOM
+sources, the slice's ``instance_number`` (or ``frame_number`` for the frames of an enhanced multi-frame instance),
+``z_mm`` (ImagePositionPatient z) and ``sop_instance_uid``, and for DeepLesion slices the archive's own
+``deeplesion_slice`` number."""
 
 from __future__ import annotations
 

@@ -350,14 +350,22 @@ def write_sr(
 
 @dataclass(frozen=True)
 class ReadRegion:
-    """A measurement group read back: its box edges ``x1, y1, x2, y2`` (pixels: the polyline's bounds), the source
-    instance and frame it was selected from, its detector score and review status."""
+    """A measurement group read back: its polygon's corners (K, 2) as (row, col) pixel edges, the source instance
+    ('' where the region references none: a report of an image without DICOM instances) and frame it was selected
+    from, its detector score, review status and lesion number (its tracking identifier "lesion N")."""
 
-    box: tuple[float, float, float, float]
+    corners: np.ndarray
     sop_instance_uid: str
     frame: int | None
     score: float | None
     status: str
+    lesion: int | None
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        """The upright box ``x1, y1, x2, y2`` around the corners."""
+        c = self.corners
+        return float(c[:, 1].min()), float(c[:, 0].min()), float(c[:, 1].max()), float(c[:, 0].max())
 
 
 def _concept(item: Any) -> tuple[str, str]:
@@ -378,27 +386,30 @@ def _groups(items: Sequence[Any]) -> list[Any]:
 
 
 def _read_group(group: Any) -> ReadRegion:
-    """One measurement group's region (ValueError when it has no polyline on a referenced image)."""
+    """One measurement group's region (ValueError when it has no polyline)."""
     children = list(getattr(group, "ContentSequence", None) or [])
     scoord = next((c for c in children if c.get("ValueType") == "SCOORD" and c.get("GraphicType") == "POLYLINE"),
                   None)  # fmt: skip
+    if scoord is None:
+        raise ValueError("a region without its polyline")
     refs = [r for i in (getattr(scoord, "ContentSequence", None) or []) for r in (i.get("ReferencedSOPSequence") or [])]
-    if scoord is None or not refs or not str(refs[0].get("ReferencedSOPInstanceUID", "")):
-        raise ValueError("a region without its polyline on a referenced image")
-    points = np.asarray([float(v) for v in scoord.GraphicData], dtype=float).reshape(-1, 2)  # (col, row) pairs
-    frame = refs[0].get("ReferencedFrameNumber")
+    points = np.asarray([float(v) for v in scoord.GraphicData], dtype=float).reshape(-1, 2)[:, ::-1]  # (row, col)
+    if len(points) > 1 and np.array_equal(points[0], points[-1]):
+        points = points[:-1]  # closed: the first point repeated
+    frame = refs[0].get("ReferencedFrameNumber") if refs else None
     values = {_concept(c): c for c in children}
-    score_item, status_item = values.get(SCORE[:2]), values.get(STATUS[:2])
-    score = float(score_item.MeasuredValueSequence[0].NumericValue) if score_item is not None else None
-    return ReadRegion((float(points[:, 0].min()), float(points[:, 1].min()), float(points[:, 0].max()),
-                       float(points[:, 1].max())), str(refs[0].ReferencedSOPInstanceUID),
-                      None if frame in (None, "") else int(frame), score,
-                      str(status_item.TextValue) if status_item is not None else "accepted")  # fmt: skip
+    score_item, status_item, label = values.get(SCORE[:2]), values.get(STATUS[:2]), values.get(TRACKING_ID[:2])
+    lesion = str(getattr(label, "TextValue", "")).removeprefix("lesion ")
+    return ReadRegion(points, str(refs[0].get("ReferencedSOPInstanceUID", "")) if refs else "",
+                      None if frame in (None, "") else int(frame),
+                      float(score_item.MeasuredValueSequence[0].NumericValue) if score_item is not None else None,
+                      str(status_item.TextValue) if status_item is not None else "accepted",
+                      int(lesion) if lesion.isdigit() else None)  # fmt: skip
 
 
 def read_sr_regions(path: str | Path) -> list[ReadRegion]:
-    """The regions of a measurement report (TID 1500, as :func:`write_sr` writes them; a turned box reads as the
-    upright box around it); a one-line ValueError for a file that is not one."""
+    """The regions of a measurement report (TID 1500, as :func:`write_sr` writes them: a turned box keeps its
+    corners); a one-line ValueError for a file that is not one."""
     import pydicom
 
     path = Path(path)

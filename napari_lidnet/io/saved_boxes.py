@@ -39,7 +39,8 @@ class SavedBoxes:
     """A box table as read: (N, 6) ``slice, x1, y1, x2, y2, score`` rows in pixel edges (score NaN: drawn by hand;
     slice NaN: found by its DICOM instance only, as a report gives it), and per row where the table says: review
     status, DICOM instance ('' for none) and frame, DeepLesion slice number, box centre in patient LPS (x, y, z) mm,
-    box x and y sides in mm, finding id and lesion number; ``pixel_mm``: the column pixel size a JSON table records."""
+    box x and y sides in mm, finding id and lesion number, the box's four (row, col) corners (a turned box's: a
+    review's JSON and SR); ``pixel_mm``: the column pixel size a JSON table records."""
 
     rows: np.ndarray
     statuses: tuple[str, ...] | None = None
@@ -51,6 +52,7 @@ class SavedBoxes:
     sides_mm: np.ndarray | None = None
     ids: tuple[int, ...] | None = None
     lesions: tuple[int, ...] | None = None
+    corners: np.ndarray | None = None
 
 
 def _cell(value: Any) -> float:
@@ -119,6 +121,14 @@ def _sides(records: list[dict[str, Any]]) -> np.ndarray | None:
     return _floats(records, ("width_mm", "height_mm"))
 
 
+def _corners(records: list[dict[str, Any]]) -> np.ndarray | None:
+    """(N, 4, 2) (row, col) corners of each box where every row of a JSON review gives its four, else None."""
+    if not records or not all(isinstance(r.get("corners"), list) and len(r["corners"]) == 4 for r in records):
+        return None
+    corners = np.array([[[_cell(v) for v in point] for point in r["corners"]] for r in records], dtype=float)
+    return corners if corners.shape[-1] == 2 and np.isfinite(corners).all() else None
+
+
 def _head_pixel_mm(head: dict[str, Any]) -> float | None:
     """The column pixel size of a JSON table's ``spacing_mm`` ([z, y, x] or [y, x])."""
     spacing = head.get("spacing_mm")
@@ -158,21 +168,29 @@ def _from_records(records: list[dict[str, Any]], head: dict[str, Any]) -> SavedB
         rows, _statuses(records), uids if any(uids) else None, frames if any(f is not None for f in frames) else None,
         _head_pixel_mm(head), tuple(str(v) for v in names) if names else None, _centres(records, head), _sides(records),
         tuple(_whole(v) for v in ids) if ids else None, tuple(_whole(v) for v in lesions) if lesions else None,
+        _corners(records),
     )  # fmt: skip
 
 
 def _from_report(path: Path) -> SavedBoxes:
-    """The kept boxes of a review's DICOM SR: placed by their instances only (the report has no slice numbers)."""
+    """The kept boxes of a review's DICOM SR, corners and lesion numbers kept: placed by their instances only (the
+    report has no slice numbers; one of an image without DICOM instances references none and is refused)."""
     from .dicom_sr import read_sr_regions
 
     regions = read_sr_regions(path)
-    rows = np.array([[math.nan, *r.box, math.nan if r.score is None else r.score] for r in regions], float)
+    if not all(r.sop_instance_uid for r in regions):
+        raise ValueError(f"{path.name} references no DICOM instances (a report of an image without them): open the "
+                         "review's CSV or JSON instead")  # fmt: skip
     odd = sorted({r.status for r in regions} - set(STATUSES))
     if odd:
         raise ValueError(f"{path.name}: not a LIDnet review report (status {odd[0]!r})")
+    rows = np.array([[math.nan, *r.box, math.nan if r.score is None else r.score] for r in regions], float)
     frames = tuple(r.frame for r in regions)
+    lesions = tuple(r.lesion for r in regions)
+    corners = np.array([r.corners for r in regions]) if all(len(r.corners) == 4 for r in regions) else None
     return SavedBoxes(rows.reshape(-1, 6), tuple(r.status for r in regions), tuple(r.sop_instance_uid for r in regions),
-                      frames if any(f is not None for f in frames) else None)  # fmt: skip
+                      frames if any(f is not None for f in frames) else None,
+                      lesions=lesions if all(v is not None for v in lesions) else None, corners=corners)  # fmt: skip
 
 
 def _parse(path: Path) -> SavedBoxes:
@@ -201,14 +219,15 @@ def read_boxes_csv(path: str | Path) -> np.ndarray:
     return _parse(Path(path).expanduser()).rows.astype(np.float32)
 
 
-def _match(table: Sequence[Any], image: Sequence[Any], what: str) -> np.ndarray:
-    """The image's slice of each of ``table``'s keys; ValueError when some are not among ``image``'s."""
+def _match(table: Sequence[Any], image: Sequence[Any], what: str, hint: str = "") -> np.ndarray:
+    """The image's slice of each of ``table``'s keys; ValueError (ending in ``hint``) when some are not among
+    ``image``'s."""
     where = {key: i for i, key in enumerate(image)}
     found = [where.get(key) for key in table]
     lost = sum(i is None for i in found)
     if lost:
         raise ValueError(f"{lost} of {len(found)} boxes lie on {what} this image does not have: the table is another "
-                         "image's (a series derived from it has instances of its own)")  # fmt: skip
+                         f"image's{hint}")  # fmt: skip
     return np.array(found, dtype=float)
 
 
@@ -219,7 +238,7 @@ def _by_instance(saved: SavedBoxes, uids: list, frames: list | None) -> np.ndarr
     keyed = [i for i, uid in enumerate(saved.uids or ()) if uid]
     keys = [(saved.uids[i], table_frames[i] if frames is not None else None) for i in keyed]
     image = [(str(uid), None if frames is None else frames[k]) for k, uid in enumerate(uids)]
-    slices[keyed] = _match(keys, image, "DICOM instances")
+    slices[keyed] = _match(keys, image, "DICOM instances", " (a series derived from it has instances of its own)")
     return slices
 
 
