@@ -64,6 +64,20 @@ def box_sides_mm(rows: np.ndarray, pixel_mm: Sequence[float]) -> dict[str, np.nd
     return {"width_mm": (rows[:, 3] - rows[:, 1]) * size[-1], "height_mm": (rows[:, 4] - rows[:, 2]) * size[-2]}
 
 
+def slice_origins(affine: np.ndarray, slice_ipp: Sequence[Sequence[float]] | None, z: Any) -> np.ndarray:
+    """Patient position (LPS mm) of pixel (0, 0) of slices ``z``: each slice's own (``slice_ipp``, gaps included),
+    else where ``affine`` (array index (z, y, x, 1) -> LPS) puts it."""
+    a, z = np.asarray(affine, dtype=float), np.asarray(z, dtype=int)
+    return np.asarray(slice_ipp, float).reshape(-1, 3)[z] if slice_ipp is not None else a[:3, 3] + np.outer(z, a[:3, 0])
+
+
+def box_centre_index(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column) array index of the centre of each ``slice, x1, y1, x2, y2 ...`` row's box (pixel-edge
+    coordinates: the centre of pixel i is i + 0.5, its index i)."""
+    rows = np.asarray(rows, dtype=float)
+    return (rows[:, 2] + rows[:, 4]) / 2 - 0.5, (rows[:, 1] + rows[:, 3]) / 2 - 0.5
+
+
 def box_centres_lps(
     rows: np.ndarray, affine: np.ndarray, slice_ipp: Sequence[Sequence[float]] | None = None
 ) -> dict[str, np.ndarray]:
@@ -72,10 +86,8 @@ def box_centres_lps(
     slice origins. Pixel-edge coordinates: the centre of pixel i is i + 0.5."""
     a = np.asarray(affine, dtype=float)
     rows = np.asarray(rows, dtype=float).reshape(-1, 6)
-    z = rows[:, 0].astype(int)
-    origin = np.asarray(slice_ipp, float)[z] if slice_ipp is not None else a[:3, 3] + np.outer(z, a[:3, 0])
-    cy, cx = (rows[:, 2] + rows[:, 4]) / 2 - 0.5, (rows[:, 1] + rows[:, 3]) / 2 - 0.5
-    pos = origin + np.outer(cy, a[:3, 1]) + np.outer(cx, a[:3, 2])
+    cy, cx = box_centre_index(rows)
+    pos = slice_origins(a, slice_ipp, rows[:, 0]) + np.outer(cy, a[:3, 1]) + np.outer(cx, a[:3, 2])
     return {"lps_x_mm": pos[:, 0], "lps_y_mm": pos[:, 1], "lps_z_mm": pos[:, 2]}
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .boxes_io import PATIENT_SPACE, slice_columns
+from .boxes_io import PATIENT_SPACE, box_centre_index, slice_columns, slice_origins
 from .volume import per_slice
 
 #: a review's statuses (``findings.KEPT`` and the two undecided or dismissed ones)
@@ -251,18 +251,18 @@ def _by_position(saved: SavedBoxes, affine: np.ndarray, slice_ipp: list | None, 
     normal = np.cross(a[:3, 1], a[:3, 2])
     normal /= np.linalg.norm(normal)  # the slices' plane (a tilted gantry's slices step off it)
     thickness = abs(float(a[:3, 0] @ normal))
-    origins = np.asarray(slice_ipp, float).reshape(-1, 3) if slice_ipp is not None else (
-        a[:3, 3] + np.arange(n)[:, None] * a[:3, 0])  # fmt: skip
+    origins = slice_origins(a, slice_ipp, np.arange(n))
     slices = np.zeros(len(saved.rows))
-    for i, (row, centre) in enumerate(zip(saved.rows, saved.centres_lps)):
+    box_y, box_x = box_centre_index(saved.rows)
+    for i, centre in enumerate(saved.centres_lps):
         along = (centre - origins) @ normal
         k = int(np.argmin(np.abs(along)))
         if abs(along[k]) > max(0.25 * thickness, 0.05):
             raise ValueError(f"a box lies {abs(along[k]):.1f} mm from the nearest slice of this image (in the "
                              "patient): the table is another image's")  # fmt: skip
         yx = np.linalg.lstsq(a[:3, 1:3], centre - origins[k] - along[k] * normal, rcond=None)[0]
-        box = np.array([(row[2] + row[4]) / 2 - 0.5, (row[1] + row[3]) / 2 - 0.5])
-        miss = float(np.abs(yx - box).max())
+        miss = float(np.abs(yx - (box_y[i], box_x[i])).max())
+        row = saved.rows[i]
         if miss > CENTRE_SLACK_PX + 0.25 * max(row[3] - row[1], row[4] - row[2]):
             raise ValueError(f"the boxes' patient positions fall {miss:.1f} px from them on this image: the table is "
                              "another scan's, or this scan stored in another orientation")  # fmt: skip
