@@ -47,9 +47,16 @@ class SavedReview:
             return None
         data, kwargs = opened_boxes_layer(rows, image, Path(path).name, saved.corners)
         layer = self.viewer.add_shapes(data, **kwargs)
-        self.load(layer, image)
+        if layer != self.boxes_layer or image != self.image_layer:  # the navigator loads a new layer of detections
+            self.load(layer, image)  # by itself, on the image it names; another of that name may come first
         self._take_saved_numbers(saved.ids, saved.lesions)
         restored = self._restore_statuses(saved.statuses or ())
+        if restored:
+            self._write_reviewed()
+        self._fill_table()
+        if restored:
+            self.review_changed.emit()
+            self.next(pending_only=True)
         self._say(f"{len(rows)} boxes from {Path(path).name} on {image.name} ({note}){restored}")
         return len(rows)
 
@@ -71,11 +78,10 @@ class SavedReview:
             self.findings = sorted(self.findings, key=lambda f: f.id)
         if lesions is not None and len(lesions) == len(by_shape):
             self._lesions = {by_shape[i].id: lesions[i] for i in by_shape}
-        self._fill_table()
 
     def _restore_statuses(self, statuses: tuple[str, ...]) -> str:
         """Give each finding of the opened layer its saved status (``statuses``, one per shape); what was restored,
-        in words ('' when nothing was decided)."""
+        in words ('' when nothing was decided: the reviewed layer has nothing to show)."""
         by_shape = self._by_shape()
         for i, status in enumerate(statuses):
             if i in by_shape and status != "pending":
@@ -85,10 +91,6 @@ class SavedReview:
         counts = Counter(f.status for f in self.findings)
         if not statuses or counts["pending"] == len(self.findings):
             return ""
-        self._write_reviewed()
-        self._fill_table()
-        self.review_changed.emit()
-        self.next(pending_only=True)
         kept = sum(counts[s] for s in KEPT)
         return f"; the saved review: {kept} kept, {counts['rejected']} rejected, {counts['pending']} pending"
 
