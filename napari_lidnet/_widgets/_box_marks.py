@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from napari.layers.utils.color_encoding import ConstantColorEncoding, ManualColorEncoding
 
+from ._roles import behind_proxy
+
 DIM_EDGE = (0.6, 0.6, 0.6, 0.35)
 HIDDEN = (0.0, 0.0, 0.0, 0.0)
 _FLAG = "dimmed_from_score"  # in the layer's "lidnet" metadata: the score colour range it had before dimming
@@ -25,7 +27,7 @@ def scored(layer: Any) -> bool:
         return False
     if layer.metadata.get("lidnet", {}).get(_FLAG):
         return True
-    layer = getattr(layer, "__wrapped__", layer)  # napari's own attribute, not through a plugin's proxy
+    layer = behind_proxy(layer)  # napari's own attribute, not through a plugin's proxy
     return layer.edge_color_mode == "colormap" and getattr(layer, "_edge_color_property", None) == "score"
 
 
@@ -71,7 +73,7 @@ def _text_default(layer: Any) -> Any:
 def _rgba(colour: Any) -> tuple[float, ...]:
     from napari.utils.colormaps.standardize_color import transform_color
 
-    return tuple(float(v) for v in transform_color(getattr(colour, "__wrapped__", colour))[0])  # not napari's proxy
+    return tuple(float(v) for v in transform_color(behind_proxy(colour))[0])  # not napari's proxy
 
 
 #: the current finding's outline colour: white, as wide as the others (a widened outline covered most of a small

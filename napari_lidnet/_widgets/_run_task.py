@@ -14,6 +14,8 @@ import contextlib
 import threading
 from typing import Any
 
+from ._roles import behind_proxy
+
 #: how long closing the window waits for a stopped run to save its model (one step, then the export)
 CLOSE_WAIT_S = 120.0
 
@@ -21,7 +23,7 @@ CLOSE_WAIT_S = 120.0
 def _window(viewer: Any) -> Any:
     """The napari window behind the viewer a dock holds (its plugin proxy warns at each private attribute read and
     will refuse them), or None."""
-    return getattr(getattr(viewer, "__wrapped__", viewer), "window", None)
+    return getattr(behind_proxy(viewer), "window", None)
 
 
 def register_run(viewer: Any, description: str, stop: threading.Event, done: threading.Event) -> Any:
