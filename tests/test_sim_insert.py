@@ -198,7 +198,8 @@ def test_patches_get_lung_nodules_where_their_slice_has_lung():
     found = 0
     for i in range(len(data)):
         rng = np.random.default_rng([3, i])
-        y0, x0 = data._corner(rng, full.shape, np.zeros((0, 4)))  # the patch's corner, as __getitem__ draws it
+        none = np.zeros((0, 4))
+        y0, x0 = data._corner(rng, full.shape, none, none)  # the patch's corner, as __getitem__ draws it
         _, _, boxes = data[i]
         for x1, y1, x2, y2 in boxes:
             cx, cy = x0 + (x1 + x2) / 2, y0 + (y1 + y2) / 2

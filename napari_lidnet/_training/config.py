@@ -70,6 +70,7 @@ class TrainConfig:
     insert_lesions: float = 0.0  # share of training patches that receive synthetic lesions (sim.insert)
     insert_lung: float = 0.0  # chance that an inserted lesion is a lung nodule where the patch has lung
     insert_max_mm: float = 0.0  # largest diameter of inserted lesions (0: sim.insert's, 25 mm / 40 mm in lung)
+    hard_negatives: float = 0.5  # share of a slice's patches not on a lesion centred on a box a reader rejected there
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting."""
@@ -98,6 +99,8 @@ class TrainConfig:
             raise ValueError(f"split must be train, val, test or all, not {self.split!r}")
         if not 0.0 <= self.insert_lesions <= 1.0:
             raise ValueError(f"insert_lesions must be in [0, 1], not {self.insert_lesions}")
+        if not 0.0 <= self.hard_negatives <= 1.0:
+            raise ValueError(f"hard_negatives must be in [0, 1], not {self.hard_negatives}")
         if not 0.0 <= self.insert_lung <= 1.0:
             raise ValueError(f"insert_lung must be in [0, 1], not {self.insert_lung}")
         if self.insert_lung and not self.insert_lesions:

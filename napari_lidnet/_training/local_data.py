@@ -57,7 +57,9 @@ class CTInput:
     """One image (2D slice or 3D volume, HU) to train on, with lesion boxes in its own pixel frame.
 
     ``boxes``: (N, 5) ``slice, x1, y1, x2, y2`` (slice 0 for 2D), or None when they are still to be detected.
-    ``low_hu``: the low-dose partner, or None when it is to be simulated from ``full_hu``.
+    ``low_hu``: the low-dose partner, or None when it is to be simulated from ``full_hu``. ``rejected``: (N, 5) boxes
+    a reader rejected (the detector's false positives: their slices are always used, and patches are drawn on them);
+    ``undecided``: slices holding detections nobody decided yet (left out: they may be lesions).
     """
 
     name: str
@@ -66,7 +68,9 @@ class CTInput:
     low_hu: np.ndarray | None = None
     boxes: np.ndarray | None = None
     box_source: str = "none"  # drawn | annotations | detected | none
-    left_out: list[int] = field(default_factory=list)  # slices left out next to annotated lesions (iter_samples)
+    rejected: np.ndarray | None = None
+    undecided: list[int] = field(default_factory=list)
+    left_out: list[int] = field(default_factory=list)  # slices left out: near lesions, or undecided (iter_samples)
     full_name: str = ""  # the full-dose image's own name when it is another layer than ``name`` (paired layers)
 
     @property
@@ -324,13 +328,10 @@ def iter_samples(
     for k, item in enumerate(inputs):
         full3 = item.full_hu[None] if item.full_hu.ndim == 2 else item.full_hu
         n = full3.shape[0]
-        used = list(range(n)) if item.low_hu is not None else slices_to_simulate(n, item.boxes)
-        h, w = item.slice_shape
-        clipped = np.asarray(item.boxes, np.float32).reshape(-1, 5).copy()
-        clipped[:, 1:] = np.clip(clipped[:, 1:], 0, [w, h, w, h])
-        item.left_out = near_lesion_slices(np.rint(clipped[:, 0]).astype(int), n, near_lesion)
-        if item.left_out:
-            yield f"{item.name}: left out slice(s) {item.left_out} (no boxes, next to annotated lesions)"
+        clipped, rejected = _clipped(item.boxes, item.slice_shape), _clipped(item.rejected, item.slice_shape)
+        marked = np.concatenate([clipped, rejected])
+        used = list(range(n)) if item.low_hu is not None else slices_to_simulate(n, marked)
+        item.left_out = yield from _left_out(item, n, clipped, near_lesion)
         used = [z for z in used if z not in item.left_out]
         i0 = None
         if item.low_hu is None and used:
@@ -346,10 +347,31 @@ def iter_samples(
                 low = simulate_low_dose(full3[z], dose, item.spacing_mm, seed=slice_seed(seed, k, z), i0=i0,
                                         **insertion)  # fmt: skip
             name = item.name if item.full_hu.ndim == 2 else f"{item.name}#{z}"
-            b = clipped[np.rint(clipped[:, 0]) == z][:, 1:]
+            b, r = (m[np.rint(m[:, 0]) == z][:, 1:] for m in (clipped, rejected))
             full_z = np.ascontiguousarray(full3[z], dtype=np.float32)
-            samples.append(Sample(name, full_z, np.ascontiguousarray(low, dtype=np.float32), b, item.spacing_mm))
+            low_z = np.ascontiguousarray(low, dtype=np.float32)
+            samples.append(Sample(name, full_z, low_z, b, item.spacing_mm, r))
     return samples
+
+
+def _left_out(item: CTInput, n: int, boxes: np.ndarray, near_lesion: int) -> Generator[str, None, list[int]]:
+    """The slices of ``item`` (``n`` of them, lesion ``boxes``) that do not train: unannotated neighbours of a lesion
+    and slices with undecided detections; says which."""
+    near = near_lesion_slices(np.rint(boxes[:, 0]).astype(int), n, near_lesion)
+    if near:
+        yield f"{item.name}: left out slice(s) {near} (no boxes, next to annotated lesions)"
+    undecided = sorted({int(z) for z in item.undecided if 0 <= z < n} - set(near))
+    if undecided:
+        yield f"{item.name}: left out slice(s) {undecided} (detections on them not yet accepted or rejected)"
+    return sorted({*near, *undecided})
+
+
+def _clipped(boxes: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    """(N, 5) ``slice, x1, y1, x2, y2`` boxes clipped to a slice of ``shape`` (rows, cols); (0, 5) for None."""
+    h, w = shape
+    out = np.asarray(boxes if boxes is not None else (), np.float32).reshape(-1, 5).copy()
+    out[:, 1:] = np.clip(out[:, 1:], 0, [w, h, w, h])
+    return out
 
 
 def _detect_missing(
@@ -399,12 +421,13 @@ def describe_samples(samples: Sequence[Any], inputs: Sequence[CTInput] | None = 
     info: dict[str, Any] = {
         "n_slices": len(samples),
         "n_lesions": int(sum(len(s.boxes) for s in samples)),
+        "n_rejected": int(sum(len(s.rejected) for s in samples)),
         "slice_shapes": sorted({f"{s.shape[1]}x{s.shape[0]}" for s in samples}),
     }
     if inputs:
         info["images"] = [
             {"name": i.name, "shape": list(i.full_hu.shape), "spacing_mm": i.spacing_mm, "boxes": i.box_source,
-             "left_out_slices": list(i.left_out)}
+             "left_out_slices": list(i.left_out), "undecided_slices": sorted(set(i.undecided) & set(i.left_out))}
             for i in inputs
         ]  # fmt: skip
         info["boxes_detected"] = any(i.box_source == "detected" for i in inputs)

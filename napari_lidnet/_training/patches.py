@@ -54,8 +54,10 @@ def check_patch_settings(slices: list, patch_size: int, batch_size: int, world_s
 class PatchDataset(torch.utils.data.Dataset):
     """Item ``i``: a random patch of slice ``i % n`` (each slice appears ``repeat`` times), seeded by (seed, i).
 
-    A patch is centred near one of the slice's lesions with probability ``lesion_fraction``, receives synthetic
-    lesions (``sim.insert``) with probability ``insert_fraction`` and is flipped at random, boxes cropped along.
+    A patch is centred near one of the slice's lesions with probability ``lesion_fraction``, else near one of the
+    boxes a reader rejected there (``Sample.rejected``: hard negatives) with probability ``hard_fraction``; it
+    receives synthetic lesions (``sim.insert``) with probability ``insert_fraction`` and is flipped at random, boxes
+    cropped along.
     Pixels are read when the item is drawn (lazily, in DataLoader workers when there are any), and an item depends
     only on its index, so every worker and rank layout draws the same patches.
     """
@@ -70,19 +72,29 @@ class PatchDataset(torch.utils.data.Dataset):
         insert_fraction: float = 0.0,
         insert_lung: float = 0.0,
         insert_max_mm: float = 0.0,
+        hard_fraction: float = 0.0,
     ):
         self.slices, self.patch_size, self.seed = slices, patch_size, seed
         self.repeat, self.lesion_fraction, self.insert_fraction = repeat, lesion_fraction, insert_fraction
-        self.insert_lung, self.insert_max_mm = insert_lung, insert_max_mm
+        self.insert_lung, self.insert_max_mm, self.hard_fraction = insert_lung, insert_max_mm, hard_fraction
 
     def __len__(self) -> int:
         return len(self.slices) * self.repeat
 
-    def _corner(self, rng: np.random.Generator, shape: tuple[int, int], boxes: np.ndarray) -> tuple[int, int]:
+    def _corner(
+        self, rng: np.random.Generator, shape: tuple[int, int], boxes: np.ndarray, rejected: np.ndarray
+    ) -> tuple[int, int]:
+        """Top-left (y0, x0) of the patch: near a lesion, near a rejected box (drawn only where the slice has
+        one, so runs without rejections draw the same patches as before), else anywhere."""
         h, w = shape
         p = self.patch_size
+        near = None
         if len(boxes) and rng.random() < self.lesion_fraction:
-            x1, y1, x2, y2 = boxes[rng.integers(len(boxes))]
+            near = boxes
+        elif len(rejected) and self.hard_fraction and rng.random() < self.hard_fraction:
+            near = rejected
+        if near is not None:
+            x1, y1, x2, y2 = near[rng.integers(len(near))]
             cx = (x1 + x2) / 2 + rng.uniform(-0.3, 0.3) * p
             cy = (y1 + y2) / 2 + rng.uniform(-0.3, 0.3) * p
             x0, y0 = int(round(cx - p / 2)), int(round(cy - p / 2))
@@ -96,7 +108,8 @@ class PatchDataset(torch.utils.data.Dataset):
         p = self.patch_size
         boxes = np.asarray(s.boxes, np.float32).reshape(-1, 4)
         full_img = air_filled(s.full_hu)
-        y0, x0 = self._corner(rng, full_img.shape, boxes)
+        rejected = np.asarray(s.rejected, np.float32).reshape(-1, 4)
+        y0, x0 = self._corner(rng, full_img.shape, boxes, rejected)
         full = full_img[y0 : y0 + p, x0 : x0 + p]
         low = air_filled(s.low_hu)[y0 : y0 + p, x0 : x0 + p]
         b = crop_boxes(boxes, x0, y0, p)
@@ -189,6 +202,7 @@ def patch_batches(
     insert_fraction: float = 0.0,
     insert_lung: float = 0.0,
     insert_max_mm: float = 0.0,
+    hard_fraction: float = 0.0,
 ) -> Iterator[PatchBatch]:
     """This process's share of ``n_batches`` global batches of ``batch_size`` patches.
 
@@ -196,7 +210,8 @@ def patch_batches(
     items ``perm[k*B:(k+1)*B]`` for every world size, so DDP over ``world_size`` processes sees the same global
     batches as one process. The items are enough for all ``n_batches`` (one epoch), each slice equally often.
     ``insert_fraction``: share of patches that receive synthetic lesions, ``insert_lung`` the chance that each is a
-    lung nodule, ``insert_max_mm`` > 0 their largest diameter (``PatchDataset``, ``sim.insert``).
+    lung nodule, ``insert_max_mm`` > 0 their largest diameter (``PatchDataset``, ``sim.insert``); ``hard_fraction``
+    the share of a slice's other patches centred near a box a reader rejected there.
     """
     from torch.utils.data import DataLoader, DistributedSampler
 
@@ -205,7 +220,7 @@ def patch_batches(
     repeat = max(1, -(-needed // len(slices)))
     dataset = PatchDataset(
         slices, patch_size, seed, repeat, insert_fraction=insert_fraction, insert_lung=insert_lung,
-        insert_max_mm=insert_max_mm,
+        insert_max_mm=insert_max_mm, hard_fraction=hard_fraction,
     )  # fmt: skip
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
     loader = DataLoader(

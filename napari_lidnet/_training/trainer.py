@@ -685,7 +685,7 @@ class Trainer:
         seed = self._seed(index)
         for batch in patch_batches(
             self.train_samples, c.patch_size, c.batch_size, n, seed, self.rank, self.world_size, c.workers,
-            c.insert_lesions, c.insert_lung, c.insert_max_mm,
+            c.insert_lesions, c.insert_lung, c.insert_max_mm, c.hard_negatives,
         ):
             yield batch.to(self.device)
 

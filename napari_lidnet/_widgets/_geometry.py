@@ -46,6 +46,16 @@ def pixel_map(shapes: Any, image: Any, lead: Sequence[float] | None = None) -> C
     return to_pixels
 
 
+def centres_inside(boxes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Which (N, 5) ``slice, x1, y1, x2, y2`` boxes have their centre (and slice) in an image of ``shape`` (y, x)
+    or (z, y, x)."""
+    b = np.asarray(boxes, float).reshape(-1, 5)
+    h, w = shape[-2:]
+    n_z = shape[0] if len(shape) == 3 else 1
+    cx, cy = (b[:, 1] + b[:, 3]) / 2, (b[:, 2] + b[:, 4]) / 2
+    return (0 <= cx) & (cx < w) & (0 <= cy) & (cy < h) & (-0.5 <= b[:, 0]) & (b[:, 0] < n_z - 0.5)
+
+
 #: (slice, y, x, 1) pixel-edge coordinate -> napari data coordinate (pixel centres at integers)
 _EDGE_TO_CENTRE = np.eye(4)
 _EDGE_TO_CENTRE[1:3, 3] = PIXEL_CENTRE_SHIFT

@@ -383,7 +383,7 @@ class FineTuneWidget(QWidget):
             shapes = self._boxes_layer(boxes)
         except KeyError as exc:
             return [], [exc.args[0]]
-        item, notes = paired_input(low, full, shapes, current_slice(self.viewer, full))
+        item, notes = paired_input(low, full, shapes, current_slice(self.viewer, full), self.viewer.layers)
         return [item], list(notes)
 
     def build_adapt_request(self) -> tuple[AdaptRequest | None, list[str]]:

@@ -13,7 +13,8 @@ import numpy as np
 from napari_lidnet._training.local_data import CTInput
 from napari_lidnet.layer_data import ANNOTATED, shapes_to_boxes
 
-from ._geometry import pixel_map
+from ._geometry import centres_inside, pixel_map
+from ._review_decisions import review_decisions
 from ._roles import lidnet_info, pixel_mm, source_key
 
 
@@ -49,15 +50,6 @@ def shapes_in_image(shapes_layer: Any, image_layer: Any, current_slice: int | No
     return boxes, problems
 
 
-def _inside(box: np.ndarray, shape: tuple[int, ...]) -> bool:
-    """Whether a box's centre (and slice) lies in an image of ``shape`` (y, x) or (z, y, x)."""
-    z, x1, y1, x2, y2 = box
-    h, w = shape[-2:]
-    n_z = shape[0] if len(shape) == 3 else 1
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    return 0 <= cx < w and 0 <= cy < h and -0.5 <= z < n_z - 0.5
-
-
 def layer_hu(layer: Any) -> np.ndarray:
     """A layer's pixels as an array in their own numeric type (an int16 study is not copied to float32 on the GUI
     thread: training takes float32 slice by slice); anything else as float32."""
@@ -71,7 +63,9 @@ def inputs_from_layers(
     current_slice: int | None = None,
     all_layers: Sequence[Any] = (),
 ) -> tuple[list[CTInput], list[str]]:
-    """Normal-dose image layers (2D/3D, HU) -> inputs; boxes from ``shapes_layer`` (None: detect them later).
+    """Normal-dose image layers (2D/3D, HU) -> inputs; boxes from ``shapes_layer`` (None: detect them later); a
+    navigator's reviewed layer brings its rejected boxes and the slices with undecided detections among
+    ``all_layers`` too (``_review_decisions``).
 
     With several images, a box belongs to the image that holds its centre; a box inside none is reported. Images
     that overlap on the canvas (DeepLesion key slices all sit at the origin) cannot share one boxes layer: a box
@@ -86,7 +80,7 @@ def inputs_from_layers(
     own = _own_annotations(image_layers, shapes_layer, all_layers, problems)
     for layer in image_layers:
         hu = layer_hu(layer)
-        boxes = None
+        boxes, rejected, undecided = None, None, []
         source = "none"
         if own is not None:
             if own.get(layer.name) is None:
@@ -101,11 +95,13 @@ def inputs_from_layers(
         elif shapes_layer is not None:
             all_boxes, notes = shapes_in_image(shapes_layer, layer, current_slice)
             problems.extend(n for n in notes if n not in problems)
-            mine = [k for k, b in enumerate(all_boxes) if len(image_layers) == 1 or _inside(b, hu.shape)]
+            mine = np.flatnonzero(centres_inside(all_boxes, hu.shape) | (len(image_layers) == 1))
             claimed.update(mine)
             boxes = all_boxes[mine].reshape(-1, 5)
             source = f"drawn ({shapes_layer.name})"
-        inputs.append(CTInput(layer.name, hu, _layer_spacing_mm(layer), boxes=boxes, box_source=source))
+            rejected, undecided = review_decisions(shapes_layer, layer, all_layers)
+        inputs.append(CTInput(layer.name, hu, _layer_spacing_mm(layer), boxes=boxes, box_source=source,
+                              rejected=rejected, undecided=undecided))  # fmt: skip
     if own is None and shapes_layer is not None and len(image_layers) > 1 and len(claimed) < n_shapes:
         lost = n_shapes - len(claimed)
         problems.append(f"{lost} box(es) of {shapes_layer.name!r} lie outside every chosen image")
@@ -159,12 +155,13 @@ def grid_differences(a: Any, b: Any) -> list[str]:
 
 
 def paired_input(
-    low_layer: Any, full_layer: Any, shapes_layer: Any | None, current_slice: int | None = None
-) -> tuple[CTInput, list[str]]:
+    low_layer: Any, full_layer: Any, shapes_layer: Any | None, current_slice: int | None = None,
+    all_layers: Sequence[Any] = (),
+) -> tuple[CTInput, list[str]]:  # fmt: skip
     """A low-dose layer, its full-dose reference and (optionally) a Shapes layer of lesion boxes -> one input; a
     problem when the two do not lie on one grid in the viewer (other pixel size, position or orientation: their
     pixels would be paired with another place's)."""
-    inputs, problems = inputs_from_layers([full_layer], shapes_layer, current_slice)
+    inputs, problems = inputs_from_layers([full_layer], shapes_layer, current_slice, all_layers)
     off = grid_differences(low_layer, full_layer)
     if off:
         problems = [*problems, f"{low_layer.name!r} and {full_layer.name!r} do not lie on one grid in the viewer "

@@ -70,6 +70,11 @@ class ManifestSlice:
         return np.asarray(self.entry.get("boxes", []), np.float32).reshape(-1, 4)
 
     @property
+    def rejected(self) -> np.ndarray:
+        """Boxes a reader rejected (hard negatives, ``io.dataset.Sample``): a manifest records none."""
+        return np.zeros((0, 4), np.float32)
+
+    @property
     def spacing_mm(self) -> float:
         return float(self.entry["spacing_mm"])
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,15 @@ VERSION = 1
 
 @dataclass(repr=False, eq=False)
 class Sample:
-    """One slice: HU images (``low_hu`` None when the folder has no low-dose partner yet), boxes (N, 4) pixels."""
+    """One slice: HU images (``low_hu`` None when the folder has no low-dose partner yet), boxes (N, 4) pixels;
+    ``rejected`` (N, 4): boxes a reader rejected (the detector's false positives, taught as hard negatives)."""
 
     name: str
     full_hu: np.ndarray
     low_hu: np.ndarray | None
     boxes: np.ndarray
     spacing_mm: float
+    rejected: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -66,6 +68,7 @@ class LazySample(Sample):
     def __init__(self, name: str, full_path: Path, low_path: Path | None, boxes: np.ndarray, spacing_mm: float):
         self.name, self.full_path, self.low_path = name, full_path, low_path
         self.boxes, self.spacing_mm = boxes, spacing_mm
+        self.rejected = np.zeros((0, 4), np.float32)  # a dataset folder records no reader's rejections
 
     @property
     def shape(self) -> tuple[int, int]:
