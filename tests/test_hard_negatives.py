@@ -34,9 +34,16 @@ def test_rejected_slices_are_always_used_and_undecided_ones_left_out() -> None:
     assert info["n_rejected"] == 1 and info["images"][0]["undecided_slices"] == [8]
 
 
-def _patch_centres(data: PatchDataset, n: int) -> np.ndarray:
-    """Where each of ``n`` patches of a one-slice dataset lies: its full-dose pixels' brightest spot's position."""
-    return np.array([np.unravel_index(np.argmax(data[i][1]), data[i][1].shape) for i in range(n)])
+def test_lesions_only_on_undecided_slices_are_refused_before_anything_runs() -> None:
+    """The reader kept two lesions but left a detection undecided on each of their slices: both slices would be left
+    out and the run would have no lesion; said at once, pointing to the navigator."""
+    _, full, boxes = phantom(n=4, size=64)
+    kept = boxes[np.isin(boxes[:, 0], [1])]  # two lesions on slice 1
+    item = ld.CTInput("vol", full, 0.7, boxes=kept, box_source="drawn", undecided=[1])
+    problems = ld.check_inputs([item], patch_size=32)
+    assert len(problems) == 1 and "2 of the 2 lesion boxes" in problems[0] and "Lesion navigator" in problems[0]
+    item.undecided = [2]
+    assert ld.check_inputs([item], patch_size=32) == []
 
 
 def test_patches_are_drawn_on_rejected_boxes_and_nothing_else_changes() -> None:

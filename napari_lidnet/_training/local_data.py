@@ -230,9 +230,20 @@ def check_inputs(
         )
     if need_lesions and all(i.boxes is not None for i in inputs):
         n = sum(len(i.boxes) for i in inputs)
+        usable = sum(len(_off_slices(i.boxes, i.undecided)) for i in inputs)
         if n < MIN_LESIONS:
             problems.append(_lesion_advice(n))
+        elif usable < MIN_LESIONS:
+            problems.append(f"{n - usable} of the {n} lesion boxes lie on slices whose other detections are not yet "
+                            "accepted or rejected, and those slices are left out: decide them in the Lesion "
+                            "navigator")  # fmt: skip
     return problems
+
+
+def _off_slices(boxes: np.ndarray, slices: Sequence[int]) -> np.ndarray:
+    """The (N, 5) ``slice, x1, y1, x2, y2`` boxes that lie on none of ``slices``."""
+    b = np.asarray(boxes, np.float32).reshape(-1, 5)
+    return b[~np.isin(np.rint(b[:, 0]).astype(int), list(slices))]
 
 
 def check_samples(
