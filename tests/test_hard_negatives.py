@@ -9,9 +9,11 @@ from test_navigator import case  # noqa: F401  (fixture)
 
 from napari_lidnet._training import local_data as ld
 from napari_lidnet._training.patches import PatchDataset
+from napari_lidnet._widgets._review_decisions import review_decisions
 from napari_lidnet._widgets.finetune import FineTuneWidget
 from napari_lidnet._widgets.layer_inputs import inputs_from_layers
 from napari_lidnet.io.dataset import Sample
+from napari_lidnet.layer_data import boxes_to_shapes
 
 
 def test_rejected_slices_are_always_used_and_undecided_ones_left_out() -> None:
@@ -25,13 +27,15 @@ def test_rejected_slices_are_always_used_and_undecided_ones_left_out() -> None:
     messages, samples = drive(ld.iter_samples([item], dose=0.25, seed=1))
     names = [s.name for s in samples]
     assert "vol#77" in names and 77 % step and "vol#8" not in names and 8 % step == 0
-    assert item.left_out == [8, 49, 51]
-    assert any("slice(s) [8]" in m and "not yet accepted or rejected" in m for m in messages)
+    assert item.left_out == [7, 8, 9, 49, 51]  # an undecided box may be a lesion: its neighbours go too
+    assert any("slice(s) [7, 8, 9]" in m and "not yet accepted or rejected" in m for m in messages)
     by_name = {s.name: s for s in samples}
     np.testing.assert_allclose(by_name["vol#77"].rejected, rejected[:, 1:])
     assert len(by_name["vol#77"].boxes) == 0 and all(len(s.rejected) == 0 for s in samples if s.name != "vol#77")
     info = ld.describe_samples(samples, [item])
     assert info["n_rejected"] == 1 and info["images"][0]["undecided_slices"] == [8]
+    pixel = ld.make_samples([item], dose=0.25, seed=1, near_lesion=0)  # boxes do not matter: every slice trains
+    assert "vol#8" in [s.name for s in pixel] and item.left_out == []
 
 
 def test_lesions_only_on_undecided_slices_are_refused_before_anything_runs() -> None:
@@ -87,3 +91,26 @@ def test_a_navigator_review_reaches_the_fine_tune_inputs(case, qtbot) -> None:  
     qtbot.addWidget(dock)
     gathered, problems = dock._layer_inputs([image.name], reviewed.name)
     assert len(gathered[0].rejected) == 2 and gathered[0].undecided == []
+
+
+def test_only_the_reviewed_boxes_layer_counts_and_lines_are_no_detections(case) -> None:  # noqa: F811
+    """An older detection run of the image, never reviewed, does not hold slices back (the navigator shows nothing
+    pending); a line drawn on the reviewed detections is no box to decide; a scan's own annotations reviewed in the
+    navigator leave their pending boxes' slices out as detections do."""
+    viewer, widget, image, boxes, _vol = case
+    for fid in range(3):
+        widget.accept(fid) if fid == 0 else widget.reject(fid)
+    older = viewer.add_shapes(boxes_to_shapes(np.array([[0, 2, 2, 8, 8]], float), 3), shape_type="rectangle",
+                              name="older run", scale=image.scale, translate=image.translate,
+                              metadata={"lidnet_role": "detections", "lidnet": {"source_layer": image.name}})
+    boxes.add_lines([[4, 2, 2], [4, 10, 12]])
+    _, undecided = review_decisions(widget.reviewed_layer, image, viewer.layers)
+    assert undecided == [] and len(older.data) == 1
+    annotated = viewer.add_shapes(boxes_to_shapes(np.array([[0, 2, 2, 8, 8], [3, 4, 4, 9, 9]], float), 3),
+                                  shape_type="rectangle", name=f"{image.name} lesions (annotated)",
+                                  scale=image.scale, translate=image.translate,
+                                  metadata={"lidnet_role": "annotations", "lidnet": {"source_layer": image.name}})
+    widget.load(annotated, image)
+    widget.accept(widget.row_ids()[0])  # slice 0 kept, slice 3 left pending
+    _, undecided = review_decisions(widget.reviewed_layer, image, viewer.layers)
+    assert undecided == [3]

@@ -366,14 +366,19 @@ def iter_samples(
 
 
 def _left_out(item: CTInput, n: int, boxes: np.ndarray, near_lesion: int) -> Generator[str, None, list[int]]:
-    """The slices of ``item`` (``n`` of them, lesion ``boxes``) that do not train: unannotated neighbours of a lesion
-    and slices with undecided detections; says which."""
+    """The slices of ``item`` (``n`` of them, lesion ``boxes``) that do not train: unannotated neighbours of a lesion,
+    and slices with undecided detections and their neighbours (either may show a lesion); says which. None with
+    ``near_lesion`` 0 (boxes do not matter: pixel loss, or synthetic lesions)."""
+    if near_lesion <= 0:
+        return []
     near = near_lesion_slices(np.rint(boxes[:, 0]).astype(int), n, near_lesion)
     if near:
         yield f"{item.name}: left out slice(s) {near} (no boxes, next to annotated lesions)"
-    undecided = sorted({int(z) for z in item.undecided if 0 <= z < n} - set(near))
+    pending = {int(z) for z in item.undecided if 0 <= z < n}
+    undecided = sorted((pending | set(near_lesion_slices(np.array(sorted(pending)), n, near_lesion))) - set(near))
     if undecided:
-        yield f"{item.name}: left out slice(s) {undecided} (detections on them not yet accepted or rejected)"
+        yield (f"{item.name}: left out slice(s) {undecided} (detections on them or next to them not yet accepted or "
+               "rejected)")  # fmt: skip
     return sorted({*near, *undecided})
 
 

@@ -1,10 +1,11 @@
 """What a reader decided in the Lesion navigator, read for fine-tuning from the layers (no navigator needed).
 
 A reviewed layer holds the kept boxes and records the rejected detections in its metadata (``rejected``: slice and
-box as detected; ``kept``: each kept box with its detection). Fine-tuning teaches the rejected boxes as hard
-negatives, and leaves out the slices whose detections the reader has not decided: an undecided detection may be a
-lesion, and a slice without a kept box would teach it as background. Boxes go through world coordinates into the
-pixels of the image being trained on, as the kept boxes do (``layer_inputs.shapes_in_image``).
+box as detected; ``kept``: each kept box with its detection; ``boxes_layer``: the boxes layer reviewed last).
+Fine-tuning teaches the rejected boxes as hard negatives, and leaves out the slices whose detections the reader has
+not decided: an undecided detection may be a lesion, and a slice without a kept box would teach it as background.
+Boxes go through world coordinates into the pixels of the image being trained on, as the kept boxes do
+(``layer_inputs.shapes_in_image``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from ..layer_data import boxes_to_shapes, shapes_to_boxes
+from ..layer_data import ANNOTATIONS, boxes_to_shapes, shapes_to_boxes
 from ..metrics.froc import box_iou_np
 from ._geometry import centres_inside, pixel_map
 from ._roles import DETECTIONS, REVIEWED, lidnet_info, role
+
+#: boxes layers a navigator reviews on an image: the detector's, and a scan's own annotations
+REVIEWABLE = (DETECTIONS, ANNOTATIONS)
 
 #: a detection counts as decided when a decided box on its slice overlaps it this much (the navigator's match)
 DECIDED_IOU = 0.5
@@ -34,9 +38,11 @@ def _stored_boxes(reviewed: Any, image: Any, key: str, columns: slice) -> np.nda
 
 
 def _layer_boxes(layer: Any, image: Any) -> np.ndarray:
-    """A Shapes layer's shapes as (N, 5) boxes in ``image``'s pixels."""
+    """A Shapes layer's boxes (not its lines or paths, which the navigator does not review) as (N, 5) boxes in
+    ``image``'s pixels."""
     to_pixels = pixel_map(layer, image)
-    return shapes_to_boxes([to_pixels(v) for v in layer.data])
+    kinds = list(getattr(layer, "shape_type", ["rectangle"] * len(layer.data)))
+    return shapes_to_boxes([to_pixels(v) for v, kind in zip(layer.data, kinds) if kind not in ("line", "path")])
 
 
 def _undecided(detections: np.ndarray, decided: np.ndarray) -> list[int]:
@@ -60,15 +66,17 @@ def _same_source(detections: Any, reviewed: Any) -> bool:
 
 def review_decisions(reviewed: Any, image: Any, layers: Sequence[Any]) -> tuple[np.ndarray, list[int]]:
     """(the boxes the reader rejected, as (N, 5) ``slice, x1, y1, x2, y2`` in ``image``'s pixels; the slices of
-    ``image`` that hold a detection of the reviewed image, among ``layers``, that is neither kept nor rejected).
-    Nothing for a layer that is not a navigator's reviewed layer."""
+    ``image`` that hold a box of the reviewed boxes layer (the detector's, or the scan's own annotations), among
+    ``layers``, that is neither kept nor rejected). Nothing for a layer that is not a navigator's reviewed layer."""
     none = np.zeros((0, 5), np.float32)
     if role(reviewed) != REVIEWED:
         return none, []
     shape = tuple(image.data.shape)
     rejected = _stored_boxes(reviewed, image, "rejected", slice(0, 5))
     rejected = rejected[centres_inside(rejected, shape)]  # another image's, where several share the layer
-    found = [ly for ly in layers if role(ly) == DETECTIONS and _same_source(ly, reviewed)]
+    found = [ly for ly in layers if role(ly) in REVIEWABLE and _same_source(ly, reviewed)]
+    last = [ly for ly in found if ly.name == lidnet_info(reviewed).get("boxes_layer")]
+    found = last or found  # the boxes layer reviewed last, else (renamed, or an older review) every one
     if not found:
         return rejected, []
     decided = np.concatenate([rejected, _stored_boxes(reviewed, image, "kept", slice(0, 5)),
