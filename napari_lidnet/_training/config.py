@@ -70,7 +70,9 @@ class TrainConfig:
     insert_lesions: float = 0.0  # share of training patches that receive synthetic lesions (sim.insert)
     insert_lung: float = 0.0  # chance that an inserted lesion is a lung nodule where the patch has lung
     insert_max_mm: float = 0.0  # largest diameter of inserted lesions (0: sim.insert's, 25 mm / 40 mm in lung)
-    hard_negatives: float = 0.5  # share of a slice's patches not on a lesion centred on a box a reader rejected there
+    # share of a slice's patches not on a lesion centred on a box a reader rejected there; 0: measured no benefit
+    # in the one-click fine-tune (benchmarks/results/hard_negatives.md)
+    hard_negatives: float = 0.0
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting."""

@@ -58,7 +58,8 @@ class CTInput:
 
     ``boxes``: (N, 5) ``slice, x1, y1, x2, y2`` (slice 0 for 2D), or None when they are still to be detected.
     ``low_hu``: the low-dose partner, or None when it is to be simulated from ``full_hu``. ``rejected``: (N, 5) boxes
-    a reader rejected (the detector's false positives: their slices are always used, and patches are drawn on them);
+    a reader rejected (the detector's false positives: their slices are always simulated, unless left out next to a
+    lesion, and ``TrainConfig.hard_negatives`` of their patches may be centred on them);
     ``undecided``: slices holding detections nobody decided yet (left out: they may be lesions).
     """
 

@@ -265,8 +265,8 @@ class DataBox(QGroupBox):
         self.pages.addWidget(self._adapt_page())
         self.source_combo.currentIndexChanged.connect(self._on_source)
         self.dose_spin = spin_box(0.05, 1.0, 0.25, 2, 0.05)
-        boxes_tip = ("the lesions the detector and the ROI losses learn from: a reviewed layer (Lesion navigator: the "
-                     "boxes you rejected train as false positives, slices with undecided boxes are left out), boxes "
+        boxes_tip = ("the lesions the detector and the ROI losses learn from: a reviewed layer (Lesion navigator: "
+                     "slices with boxes you rejected always train, slices with undecided boxes are left out), boxes "
                      "you drew, or the detector's own (unreviewed)")
         add_tips(
             (self.image_list, "normal-dose CT layers to train on (tick them): their low doses are simulated"),
