@@ -77,7 +77,7 @@ from napari_lidnet._training.finetune import (  # noqa: E402
 )
 from napari_lidnet._training.local_data import CTInput  # noqa: E402
 from napari_lidnet._training.split import split_samples  # noqa: E402
-from napari_lidnet.inference import BOX_FLOOR, denoise, detect  # noqa: E402
+from napari_lidnet.inference import BOX_FLOOR, denoise, detect, map_yields, run_to_end  # noqa: E402
 from napari_lidnet.metrics.froc import box_iou_np, froc, match_detections  # noqa: E402
 from napari_lidnet.models.registry import MODEL_DIR_ENV, default_model, load_model  # noqa: E402
 from napari_lidnet.models.weights import default_threshold  # noqa: E402
@@ -204,14 +204,8 @@ def finetune(name: str, item: CTInput, seed: int, hard: float) -> dict[str, Any]
     config = one_click_config(new_run_dir(name), **settings)
     req = FinetuneRequest(name=name, config=config, inputs=[item], dose=DOSE, command="benchmarks/hard_negatives.py")
     t0, cpu0 = time.perf_counter(), time.process_time()
-    job = finetune_job(req)
-    records = []
-    while True:
-        try:
-            records.append(next(job))
-        except StopIteration as stop:
-            outcome = stop.value
-            break
+    records: list[dict[str, Any]] = []
+    outcome = run_to_end(map_yields(finetune_job(req), records.append))  # every record kept, the outcome returned
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     if outcome.status != "finished" or len(outcome.exported) != 2:
         raise RuntimeError(f"{name}: fine-tune {outcome.status}: {outcome.message}")
