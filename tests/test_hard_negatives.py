@@ -46,7 +46,9 @@ def test_lesions_only_on_undecided_slices_are_refused_before_anything_runs() -> 
     item = ld.CTInput("vol", full, 0.7, boxes=kept, box_source="drawn", undecided=[1])
     problems = ld.check_inputs([item], patch_size=32)
     assert len(problems) == 1 and "2 of the 2 lesion boxes" in problems[0] and "Lesion navigator" in problems[0]
-    item.undecided = [2]
+    item.undecided = [2]  # next to slice 1: its neighbours go too (an undecided box may be a lesion across slices)
+    assert "2 of the 2 lesion boxes lie on or next to" in ld.check_inputs([item], patch_size=32)[0]
+    item.undecided = [3]
     assert ld.check_inputs([item], patch_size=32) == []
 
 

@@ -431,7 +431,7 @@ def finetune_job(
             return FinetuneOutcome("stopped", "stopped before training started; nothing was saved")
         if info.get("boxes_detected"):  # the starting detector's boxes are no reference for sensitivity
             req.config = replace(req.config, boxes_are_annotations=False)
-        rejected = f", {info['n_rejected']} rejected boxes (hard negatives)" if info.get("n_rejected") else ""
+        rejected = f", {info['n_rejected']} rejected boxes (as background)" if info.get("n_rejected") else ""
         yield {"stage": "prepare", "message": f"loading models; {info['n_slices']} slices, {info['n_lesions']} lesions"
                f"{rejected}"}  # fmt: skip
         outcome = yield from _train(req, samples, should_stop, held)

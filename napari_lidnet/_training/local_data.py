@@ -58,9 +58,10 @@ class CTInput:
 
     ``boxes``: (N, 5) ``slice, x1, y1, x2, y2`` (slice 0 for 2D), or None when they are still to be detected.
     ``low_hu``: the low-dose partner, or None when it is to be simulated from ``full_hu``. ``rejected``: (N, 5) boxes
-    a reader rejected (the detector's false positives: their slices are always simulated, unless left out next to a
-    lesion, and ``TrainConfig.hard_negatives`` of their patches may be centred on them);
-    ``undecided``: slices holding detections nobody decided yet (left out: they may be lesions).
+    a reader rejected (the detector's false positives: their slices are always simulated unless left out, next to a
+    lesion or undecided, and ``TrainConfig.hard_negatives`` of their patches may be centred on them); ``undecided``:
+    slices holding detections nobody decided yet (they and their neighbours are left out when ``near_lesion`` > 0:
+    they may be lesions).
     """
 
     name: str
@@ -231,14 +232,20 @@ def check_inputs(
         )
     if need_lesions and all(i.boxes is not None for i in inputs):
         n = sum(len(i.boxes) for i in inputs)
-        usable = sum(len(_off_slices(i.boxes, i.undecided)) for i in inputs)
+        usable = sum(len(_off_slices(i.boxes, _undecided_and_near(i))) for i in inputs)
         if n < MIN_LESIONS:
             problems.append(_lesion_advice(n))
         elif usable < MIN_LESIONS:
-            problems.append(f"{n - usable} of the {n} lesion boxes lie on slices whose other detections are not yet "
-                            "accepted or rejected, and those slices are left out: decide them in the Lesion "
+            problems.append(f"{n - usable} of the {n} lesion boxes lie on or next to slices whose detections are not "
+                            "yet accepted or rejected, and those slices are left out: decide them in the Lesion "
                             "navigator")  # fmt: skip
     return problems
+
+
+def _undecided_and_near(item: CTInput, near: int = NEAR_LESION_SLICES) -> list[int]:
+    """The slices of ``item`` with undecided detections and those within ``near`` slices of them (left out)."""
+    pending = {int(z) for z in item.undecided if 0 <= z < item.n_slices}
+    return sorted(pending | set(near_lesion_slices(np.array(sorted(pending)), item.n_slices, near)))
 
 
 def _off_slices(boxes: np.ndarray, slices: Sequence[int]) -> np.ndarray:
@@ -323,8 +330,9 @@ def iter_samples(
     ``min_boxes`` in all raise :class:`TooFewLesions` before anything is simulated), simulate
     missing low-dose partners slice by slice (``slices_to_simulate``; seeded by :func:`slice_seed`; the fast path of
     ``sim.lowdose``) and split volumes into ``io.dataset.Sample`` slices named ``"<name>#<z>"``; slices without boxes
-    within ``near_lesion`` slices of a slice with boxes are left out (listed in ``CTInput.left_out``; 0 keeps every
-    slice). Yields a message per step of work; returns the samples ([] when ``should_stop`` turns True)."""
+    within ``near_lesion`` slices of a slice with boxes are left out, and so are the slices in ``CTInput.undecided``
+    and their neighbours (listed in ``CTInput.left_out``; 0 keeps every slice). Yields a message per step of work;
+    returns the samples ([] when ``should_stop`` turns True)."""
     from napari_lidnet._training.noise_level import calibrated_i0, insertion_kwargs
     from napari_lidnet.io.dataset import Sample
     from napari_lidnet.sim.lowdose import simulate_low_dose
@@ -375,8 +383,7 @@ def _left_out(item: CTInput, n: int, boxes: np.ndarray, near_lesion: int) -> Gen
     near = near_lesion_slices(np.rint(boxes[:, 0]).astype(int), n, near_lesion)
     if near:
         yield f"{item.name}: left out slice(s) {near} (no boxes, next to annotated lesions)"
-    pending = {int(z) for z in item.undecided if 0 <= z < n}
-    undecided = sorted((pending | set(near_lesion_slices(np.array(sorted(pending)), n, near_lesion))) - set(near))
+    undecided = sorted(set(_undecided_and_near(item, near_lesion)) - set(near))
     if undecided:
         yield (f"{item.name}: left out slice(s) {undecided} (detections on them or next to them not yet accepted or "
                "rejected)")  # fmt: skip

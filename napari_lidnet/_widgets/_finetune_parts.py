@@ -266,8 +266,8 @@ class DataBox(QGroupBox):
         self.source_combo.currentIndexChanged.connect(self._on_source)
         self.dose_spin = spin_box(0.05, 1.0, 0.25, 2, 0.05)
         boxes_tip = ("the lesions the detector and the ROI losses learn from: a reviewed layer (Lesion navigator: "
-                     "slices with boxes you rejected always train, slices with undecided boxes are left out), boxes "
-                     "you drew, or the detector's own (unreviewed)")
+                     "slices with boxes you rejected are always used; slices with undecided boxes, and their "
+                     "neighbours, are left out), boxes you drew, or the detector's own (unreviewed)")
         add_tips(
             (self.image_list, "normal-dose CT layers to train on (tick them): their low doses are simulated"),
             (self.boxes_combo, boxes_tip),

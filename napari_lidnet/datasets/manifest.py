@@ -71,7 +71,7 @@ class ManifestSlice:
 
     @property
     def rejected(self) -> np.ndarray:
-        """Boxes a reader rejected (hard negatives, ``io.dataset.Sample``): a manifest records none."""
+        """Boxes a reader rejected (``io.dataset.Sample.rejected``): a manifest records none."""
         return np.zeros((0, 4), np.float32)
 
     @property

@@ -30,7 +30,8 @@ VERSION = 1
 @dataclass(repr=False, eq=False)
 class Sample:
     """One slice: HU images (``low_hu`` None when the folder has no low-dose partner yet), boxes (N, 4) pixels;
-    ``rejected`` (N, 4): boxes a reader rejected (the detector's false positives, taught as hard negatives)."""
+    ``rejected`` (N, 4): boxes a reader rejected (the detector's false positives: background, never targets;
+    ``TrainConfig.hard_negatives`` may centre patches on them)."""
 
     name: str
     full_hu: np.ndarray
