@@ -88,6 +88,7 @@ def test_one_click_run_improves_and_publishes(make_napari_viewer, qtbot, model_d
     assert out.best_metrics["psnr"] > out.start_metrics["psnr"]  # it learned: the broken start got fixed
     assert "psnr" in out.start_test_metrics and "psnr" in out.best_test_metrics
     assert "PSNR" in widget.status.text() and "->" in widget.status.text() and "test" in widget.status.text()
+    assert "false boxes per slice" in widget.status.text()  # what the Denoise dock will draw with the new model
     # progress bars and plot followed the run
     assert widget.overall_bar.value() == widget.overall_bar.maximum() == 2 * (10 + 2)
     assert widget.stage_bar.value() == widget.stage_bar.maximum() == 2

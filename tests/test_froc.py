@@ -47,6 +47,10 @@ def test_hand_computed_curve() -> None:
     assert "IoU >= 0.5" in r.criterion and "counted once" in r.criterion
     d = r.as_dict()
     assert d["sensitivities"][2] == pytest.approx(2 / 3) and len(d["curve"]["fp_per_image"]) == 7
+    # the operating point of a viewer showing boxes from a threshold: every detection scoring at least that
+    assert r.at(0.75) == pytest.approx((1.0, 1 / 3))  # .95 FP, .9 TP, .8 FP
+    assert r.at(0.7) == pytest.approx((1.0, 2 / 3)) and r.at(0.99) == (0.0, 0.0)
+    assert r.at(0.0) == pytest.approx((2.0, 2 / 3))
 
 
 def test_default_rates_and_iou_boundary() -> None:

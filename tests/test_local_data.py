@@ -290,6 +290,9 @@ def test_job_improves_on_held_out_slices_and_publishes_a_model(model_dir: Path, 
     assert out.improved is True and "note" not in out.message and out.notes == []
     text = fj.outcome_summary(out)
     assert "held-out test PSNR" in text and "validation PSNR" in text and "sensitivity" in text
+    # what the viewer will show: the trained detector at the threshold it inherits (the tiny one has none: 0.3)
+    assert out.best_test_metrics["threshold"] == pytest.approx(0.3)
+    assert f"at the threshold 0.30: false boxes per slice {out.start_test_metrics['fp_per_slice']:.2f}" in text
     names = {m.name for m in list_models()}
     assert {f"{name}_denoiser", f"{name}_detector"} <= names
     model, card = load_weights(model_dir / f"{name}_denoiser")

@@ -466,6 +466,22 @@ def _before_after(
         text += f" (the low-dose input itself: {base['psnr']:.2f} dB)"
     if sens and "sensitivity" in s and "sensitivity" in b:
         text += f", sensitivity {s['sensitivity']:.3f} -> {b['sensitivity']:.3f}"
+    if sens and "fp_per_slice" in s and "fp_per_slice" in b:
+        text += _operating_point(s, b)
+    return text
+
+
+def _operating_point(start: dict[str, float], best: dict[str, float]) -> str:
+    """', at the threshold T: false boxes per slice a -> b, lesions found c -> d' (and what to do when the trained
+    detector draws more false boxes there than its calibration aims at)."""
+    from napari_lidnet._training.calibrate import DEFAULT_FP_PER_IMAGE
+
+    a, b = start["fp_per_slice"], best["fp_per_slice"]
+    text = (f", at the threshold {best.get('threshold', float('nan')):.2f}: false boxes per slice {a:.2f} -> {b:.2f}, "
+            f"lesions found {start['sens_at_threshold']:.2f} -> {best['sens_at_threshold']:.2f}")  # fmt: skip
+    if b > max(a, DEFAULT_FP_PER_IMAGE):
+        text += (f" (more than the {DEFAULT_FP_PER_IMAGE:g} its calibration aims at: `lidnet calibrate` on lesion-free "
+                 "scans of your site sets the threshold again)")  # fmt: skip
     return text
 
 

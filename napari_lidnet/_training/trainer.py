@@ -64,7 +64,7 @@ from napari_lidnet.models.denoisers import build_denoiser, check_trainable_blind
 from napari_lidnet.models.detector import LesionDetector
 from napari_lidnet.models.device import pick_device
 from napari_lidnet.models.registry import load_model
-from napari_lidnet.models.weights import save_weights, write_atomically
+from napari_lidnet.models.weights import default_threshold, save_weights, write_atomically
 
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
@@ -810,7 +810,8 @@ class Trainer:
         if part not in self._stacked:  # read once: archive slices are read (and simulated) on every access
             self._stacked[part] = stack_samples(samples)
         detector = self.detector if self.cfg.boxes_are_annotations else None  # detected boxes: no sensitivity
-        return evaluate_denoiser(self.denoiser, detector, self._stacked[part], self.device)
+        threshold = default_threshold(self._init_records.get("detector"))  # the one the trained detector inherits
+        return evaluate_denoiser(self.denoiser, detector, self._stacked[part], self.device, threshold)
 
 
 def _weights_record(name: str, card: dict[str, Any]) -> dict[str, Any]:

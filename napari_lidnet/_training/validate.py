@@ -63,15 +63,20 @@ def evaluate_images(
     gt_boxes: list[np.ndarray],
     detector: torch.nn.Module | None,
     device: torch.device | str = "cpu",
+    threshold: float | None = None,
 ) -> dict[str, float]:
     """Quality of ``images`` (z, y, x HU, or a list of slices of several sizes) against ``full``, and the
-    detector's FROC on ``images``."""
+    detector's FROC on ``images``; with ``threshold`` (the detector's default), also its operating point there:
+    ``fp_per_slice`` (false boxes per slice) and ``sens_at_threshold``."""
     result = slice_quality(images, full, window=METRIC_WINDOW)
     if detector is not None and sum(len(b) for b in gt_boxes):
         rows = detect_rows(detector, images, device)
         fr = froc(detections_per_slice(rows, len(images)), gt_boxes)
         result["sensitivity"] = float(fr.mean_sensitivity)
         result.update({f"sens@{r:g}": float(s) for r, s in zip(fr.fp_rates, fr.sensitivities)})
+        if threshold is not None:
+            result["threshold"] = float(threshold)
+            result["fp_per_slice"], result["sens_at_threshold"] = fr.at(threshold)
     return result
 
 
@@ -80,12 +85,13 @@ def evaluate_denoiser(
     detector: torch.nn.Module | None,
     stacked: tuple[np.ndarray, np.ndarray, list[np.ndarray]],
     device: torch.device | str = "cpu",
+    threshold: float | None = None,
 ) -> dict[str, float]:
     """Denoise the low-dose slices of ``stacked`` (:func:`stack_samples`; kept as they are when ``denoiser`` is
-    None) and evaluate them against its full-dose slices and boxes."""
+    None) and evaluate them against its full-dose slices and boxes (``threshold``: :func:`evaluate_images`)."""
     low, full, gt = stacked
     images = low if denoiser is None else by_size(low, lambda x: denoise(denoiser, x, device=device))
-    return evaluate_images(images, full, gt, detector, device)
+    return evaluate_images(images, full, gt, detector, device, threshold)
 
 
 def input_quality(stacked: tuple[Any, Any, list[np.ndarray]]) -> dict[str, float]:

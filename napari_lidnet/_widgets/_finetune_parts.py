@@ -591,6 +591,8 @@ class RunPanel(QWidget):
             val = rec.get("val") or {}
             parts = [f"PSNR {val['psnr']:.2f} dB"] if "psnr" in val else []
             parts += [f"sensitivity {val['sensitivity']:.2f}"] if "sensitivity" in val else []
+            if "fp_per_slice" in val:  # what the Denoise dock will draw with the model
+                parts.append(f"{val['fp_per_slice']:.2f} false boxes per slice at {val['threshold']:.2f}")
             best = " (best so far)" if rec.get("is_best") else ""
             self.status.setText(f"validation after {rec.get('after')}: {', '.join(parts)}{best}{input_text(rec)}")
             self.plot.add_record(rec)

@@ -78,6 +78,12 @@ class FROCResult:
     n_detections: int
     criterion: str = field(default="")
 
+    def at(self, threshold: float) -> tuple[float, float]:
+        """(false positives per image, sensitivity) of the detections scoring at least ``threshold``: the
+        operating point a viewer showing boxes from that threshold has."""
+        k = int(np.flatnonzero(self.thresholds >= threshold)[-1])  # the curve starts at +inf: always one
+        return float(self.fp_per_image[k]), float(self.sensitivity[k])
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (without the full curve arrays' numpy types)."""
         return {
