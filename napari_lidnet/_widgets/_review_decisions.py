@@ -2,10 +2,10 @@
 
 A reviewed layer holds the kept boxes and records the rejected detections in its metadata (``rejected``: slice and
 box as detected; ``kept``: each kept box with its detection; ``boxes_layer``: the boxes layer reviewed last).
-Fine-tuning teaches the rejected boxes as hard negatives, and leaves out the slices whose detections the reader has
-not decided: an undecided detection may be a lesion, and a slice without a kept box would teach it as background.
-Boxes go through world coordinates into the pixels of the image being trained on, as the kept boxes do
-(``layer_inputs.shapes_in_image``).
+Fine-tuning always uses the slices of the rejected boxes (as background; ``TrainConfig.hard_negatives`` can draw
+patches on them), and leaves out the slices whose detections the reader has not decided: an undecided detection may
+be a lesion, and a slice without a kept box would teach it as background. Boxes go through world coordinates into
+the pixels of the image being trained on, as the kept boxes do (``layer_inputs.shapes_in_image``).
 """
 
 from __future__ import annotations
@@ -27,10 +27,18 @@ REVIEWABLE = (DETECTIONS, ANNOTATIONS)
 DECIDED_IOU = 0.5
 
 
-def _stored_boxes(reviewed: Any, image: Any, key: str, columns: slice) -> np.ndarray:
-    """Boxes the reviewed layer's metadata keeps under ``key`` (``columns`` of each entry: slice, x1, y1, x2, y2 in
-    its image's pixels, whose napari frame the layer shares) as (N, 5) boxes in ``image``'s pixels."""
-    rows = [np.asarray(e, float)[columns] for e in lidnet_info(reviewed).get(key) or [] if len(e) >= 5]
+def _stored_boxes(reviewed: Any, image: Any, key: str) -> np.ndarray:
+    """Boxes the reviewed layer's metadata keeps under ``key`` (each entry's first five numbers: slice, x1, y1, x2,
+    y2 in its image's pixels, whose napari frame the layer shares) as (N, 5) boxes in ``image``'s pixels; an entry
+    that is not numbers is passed over."""
+    rows = []
+    for entry in lidnet_info(reviewed).get(key) or []:
+        try:
+            row = np.asarray(entry, float)[:5]
+        except (TypeError, ValueError, IndexError):
+            continue
+        if row.shape == (5,) and np.isfinite(row).all():
+            rows.append(row)
     if not rows:
         return np.zeros((0, 5), np.float32)
     to_pixels = pixel_map(reviewed, image)
@@ -72,14 +80,14 @@ def review_decisions(reviewed: Any, image: Any, layers: Sequence[Any]) -> tuple[
     if role(reviewed) != REVIEWED:
         return none, []
     shape = tuple(image.data.shape)
-    rejected = _stored_boxes(reviewed, image, "rejected", slice(0, 5))
+    rejected = _stored_boxes(reviewed, image, "rejected")
     rejected = rejected[centres_inside(rejected, shape)]  # another image's, where several share the layer
     found = [ly for ly in layers if role(ly) in REVIEWABLE and _same_source(ly, reviewed)]
     last = [ly for ly in found if ly.name == lidnet_info(reviewed).get("boxes_layer")]
     found = last or found  # the boxes layer reviewed last, else (renamed, or an older review) every one
     if not found:
         return rejected, []
-    decided = np.concatenate([rejected, _stored_boxes(reviewed, image, "kept", slice(0, 5)),
+    decided = np.concatenate([rejected, _stored_boxes(reviewed, image, "kept"),
                               _layer_boxes(reviewed, image)])  # fmt: skip
     detections = np.concatenate([_layer_boxes(ly, image) for ly in found])
     detections = detections[centres_inside(detections, shape)]
