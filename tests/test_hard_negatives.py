@@ -22,7 +22,7 @@ def test_rejected_slices_are_always_used_and_undecided_ones_left_out() -> None:
     even when it would have been used, and the run says so."""
     _, full, boxes = phantom(n=3 * ld.MAX_SIMULATED_SLICES + 2, size=32)
     step = -(-len(full) // ld.MAX_SIMULATED_SLICES)
-    rejected = np.array([[77, 3, 4, 9, 12]], np.float32)  # 77 is not a multiple of the step (4)
+    rejected = np.array([[77, 3, 4, 9, 12], [49, 3, 4, 9, 12]], np.float32)  # 77: not a multiple of the step (4)
     item = ld.CTInput("vol", full, 2.0, boxes=boxes[boxes[:, 0] == 50], rejected=rejected, undecided=[8, 999])
     messages, samples = drive(ld.iter_samples([item], dose=0.25, seed=1))
     names = [s.name for s in samples]
@@ -30,7 +30,8 @@ def test_rejected_slices_are_always_used_and_undecided_ones_left_out() -> None:
     assert item.left_out == [7, 8, 9, 49, 51]  # an undecided box may be a lesion: its neighbours go too
     assert any("slice(s) [7, 8, 9]" in m and "not yet accepted or rejected" in m for m in messages)
     by_name = {s.name: s for s in samples}
-    np.testing.assert_allclose(by_name["vol#77"].rejected, rejected[:, 1:])
+    np.testing.assert_allclose(by_name["vol#77"].rejected, rejected[:1, 1:])
+    assert "vol#49" not in names and any("1 rejected box(es) lie on those slices" in m for m in messages)
     assert len(by_name["vol#77"].boxes) == 0 and all(len(s.rejected) == 0 for s in samples if s.name != "vol#77")
     info = ld.describe_samples(samples, [item])
     assert info["n_rejected"] == 1 and info["images"][0]["undecided_slices"] == [8]

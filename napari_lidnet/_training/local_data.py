@@ -387,7 +387,11 @@ def _left_out(item: CTInput, n: int, boxes: np.ndarray, near_lesion: int) -> Gen
     if undecided:
         yield (f"{item.name}: left out slice(s) {undecided} (detections on them or next to them not yet accepted or "
                "rejected)")  # fmt: skip
-    return sorted({*near, *undecided})
+    out = sorted({*near, *undecided})
+    lost = int(np.isin(np.rint(_clipped(item.rejected, item.slice_shape)[:, 0]), out).sum())
+    if lost:
+        yield f"{item.name}: {lost} rejected box(es) lie on those slices and are left out with them"
+    return out
 
 
 def _clipped(boxes: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
