@@ -86,6 +86,11 @@ def test_a_navigator_review_reaches_the_fine_tune_inputs(case, qtbot) -> None:  
     np.testing.assert_allclose(item.boxes, [[1, 4, 6, 14, 11]], atol=1e-4)
     np.testing.assert_allclose(item.rejected, [[3, 20, 2, 26, 14]], atol=1e-4)
     assert item.undecided == [2]
+    viewer.layers.remove(boxes)  # the detections deleted: their undecided box as it stood at the last decision
+    _, undecided = review_decisions(reviewed, image, viewer.layers)
+    assert undecided == [2]
+    viewer.layers.append(boxes)
+    widget.load(boxes, image)
     widget.reject(2)  # every detection decided: nothing left out
     inputs, _ = inputs_from_layers([image], widget.reviewed_layer, None, viewer.layers)
     assert inputs[0].undecided == [] and len(inputs[0].rejected) == 2

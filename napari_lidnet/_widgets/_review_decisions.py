@@ -1,11 +1,12 @@
 """What a reader decided in the Lesion navigator, read for fine-tuning from the layers (no navigator needed).
 
 A reviewed layer holds the kept boxes and records the rejected detections in its metadata (``rejected``: slice and
-box as detected; ``kept``: each kept box with its detection; ``boxes_layer``: the boxes layer reviewed last).
-Fine-tuning always uses the slices of the rejected boxes (as background; ``TrainConfig.hard_negatives`` can draw
-patches on them), and leaves out the slices whose detections the reader has not decided: an undecided detection may
-be a lesion, and a slice without a kept box would teach it as background. Boxes go through world coordinates into
-the pixels of the image being trained on, as the kept boxes do (``layer_inputs.shapes_in_image``).
+box as detected; ``kept``: each kept box with its detection; ``boxes_layer``: the boxes layer reviewed last, and
+``pending``: its undecided boxes at the last decision, read when that layer is gone). Fine-tuning always uses the
+slices of the rejected boxes (as background; ``TrainConfig.hard_negatives`` can draw patches on them), and leaves
+out the slices whose detections the reader has not decided: an undecided detection may be a lesion, and a slice
+without a kept box would teach it as background. Boxes go through world coordinates into the pixels of the image
+being trained on, as the kept boxes do (``layer_inputs.shapes_in_image``).
 """
 
 from __future__ import annotations
@@ -82,13 +83,14 @@ def review_decisions(reviewed: Any, image: Any, layers: Sequence[Any]) -> tuple[
     shape = tuple(image.data.shape)
     rejected = _stored_boxes(reviewed, image, "rejected")
     rejected = rejected[centres_inside(rejected, shape)]  # another image's, where several share the layer
-    found = [ly for ly in layers if role(ly) in REVIEWABLE and _same_source(ly, reviewed)]
-    last = [ly for ly in found if ly.name == lidnet_info(reviewed).get("boxes_layer")]
-    found = last or found  # the boxes layer reviewed last, else (renamed, or an older review) every one
-    if not found:
-        return rejected, []
+    name = lidnet_info(reviewed).get("boxes_layer")
+    same = [ly for ly in layers if role(ly) in REVIEWABLE and _same_source(ly, reviewed)]
+    last = [ly for ly in same if ly.name == name]
+    if last or not name:  # the boxes layer reviewed last, else (a review that did not record it) every one
+        detections = np.concatenate([none, *(_layer_boxes(ly, image) for ly in last or same)])
+    else:  # that layer is gone (or renamed): its boxes as they stood at the last decision
+        detections = _stored_boxes(reviewed, image, "pending")
+    detections = detections[centres_inside(detections, shape)]
     decided = np.concatenate([rejected, _stored_boxes(reviewed, image, "kept"),
                               _layer_boxes(reviewed, image)])  # fmt: skip
-    detections = np.concatenate([_layer_boxes(ly, image) for ly in found])
-    detections = detections[centres_inside(detections, shape)]
     return rejected, _undecided(detections, decided)

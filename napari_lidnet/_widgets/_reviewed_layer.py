@@ -118,17 +118,18 @@ class ReviewedLayer:
 
     def _store_decisions(self) -> None:
         """The decisions in the reviewed layer's metadata, so a reload, another run or a reopened navigator still knows
-        them (and ``boxes_layer``, the boxes layer reviewed last). ``rejected``: each rejected finding's detection box
-        (as detected, not as edited), plus the earlier rejections that no finding here stands for (another run, a
-        threshold move, deleted detections); a finding over an earlier one decides for it. ``kept``: each kept box that
-        came from a detection, as ``[slice, detection's x1, y1, x2, y2, kept box's x1, y1, x2, y2]``, so a box the
-        reader shrank still finds its detection."""
+        them (and ``boxes_layer``, the boxes layer reviewed last, with its boxes still ``pending``). ``rejected``: each
+        rejected finding's detection box (as detected, not as edited), plus the earlier rejections that no finding here
+        stands for (another run, a threshold move, deleted detections); a finding over an earlier one decides for it.
+        ``kept``: each kept box that came from a detection, as ``[slice, detection's x1, y1, x2, y2, kept box's x1, y1,
+        x2, y2]``, so a box the reader shrank still finds its detection."""
         now = [[f.slice, *(self._kept_detection(f) or f.bounds)] for f in self.findings if f.status == "rejected"]
         here = [f for f in self.findings if f.score is not None]
         earlier = [r for r in self._stored("rejected") if finding_over(r, here) is None]
         kept = [(f, self._kept_detection(f)) for f in self.findings if f.kept]
         layer = self.reviewed_layer
-        boxes = {"boxes_layer": self.boxes_layer.name} if self.boxes_layer is not None else {}  # the one reviewed
+        boxes = {"boxes_layer": self.boxes_layer.name, "pending": [[f.slice, *f.bounds] for f in self.findings
+                 if f.status == "pending"]} if self.boxes_layer is not None else {}  # fmt: skip
         layer.metadata = {**(layer.metadata or {}), "lidnet": {
             **lidnet_info(layer), "rejected": earlier + now, **boxes,
             "kept": [[f.slice, *d, *f.bounds] for f, d in kept if d is not None]}}  # fmt: skip
