@@ -128,7 +128,9 @@ def save_weights(model: nn.Module, path: str | os.PathLike, card: dict[str, Any]
     }
     full.update({k: v for k, v in (card or {}).items() if k not in ("format", "version", "kind", "arch", "config")})
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    blob = save(tensors, metadata={"format": CARD_FORMAT, "kind": kind, "arch": arch})
+    # one metadata key: safetensors writes several in a random order, so equal weights got other bytes (and sha256)
+    tag = json.dumps({"arch": arch, "format": CARD_FORMAT, "kind": kind}, sort_keys=True)
+    blob = save(tensors, metadata={"lidnet": tag})
     full["sha256"] = hashlib.sha256(blob).hexdigest()
     card_bytes = (json.dumps(full, indent=2, default=_jsonable) + "\n").encode()
 
