@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..io.volume import n_slices, per_slice
-from ..layer_data import PIXEL_CENTRE_SHIFT
+from ..layer_data import PIXEL_CENTRE_SHIFT, shapes_to_boxes
 
 
 def _affine(transform: Callable, nd: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,6 +46,33 @@ def pixel_map(shapes: Any, image: Any, lead: Sequence[float] | None = None) -> C
     return to_pixels
 
 
+def shapes_in_image(shapes_layer: Any, image_layer: Any, current_slice: int | None = None) -> tuple[np.ndarray, list]:
+    """Shapes of ``shapes_layer`` as (N, 5) ``slice, x1, y1, x2, y2`` pixel-edge boxes in ``image_layer``'s pixels
+    (``layer_data.shapes_to_boxes``: the one Shapes -> boxes conversion).
+
+    Vertices go through world coordinates (each layer's scale/translate/affine). 2D shapes over a 3D image lie
+    on ``current_slice``. Lines and paths are not boxes: they are reported, not used. Returns (boxes, problems).
+    """
+    problems: list[str] = []
+    rows: list[np.ndarray] = []
+    img_ndim = int(image_layer.ndim)
+    flat = shapes_layer.ndim < img_ndim  # 2D shapes over a volume: on the current slice
+    lead = None
+    if flat and current_slice is not None:
+        lead = image_layer.data_to_world([current_slice] + [0] * (img_ndim - 1))
+    to_pixels = pixel_map(shapes_layer, image_layer, lead=lead)
+    types = list(getattr(shapes_layer, "shape_type", ["rectangle"] * len(shapes_layer.data)))
+    for i, (verts, kind) in enumerate(zip(shapes_layer.data, types)):
+        if kind in ("line", "path"):
+            problems.append(f"shape {i} of {shapes_layer.name!r} is a {kind}, not a lesion box: draw rectangles")
+        elif flat and current_slice is None:
+            problems.append(f"shape {i} of {shapes_layer.name!r} is 2D but {image_layer.name!r} is 3D: draw it in 3D")
+        else:
+            rows.append(to_pixels(verts))
+    boxes = shapes_to_boxes(rows)
+    return boxes, problems
+
+
 def centres_inside(boxes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Which (N, 5) ``slice, x1, y1, x2, y2`` boxes have their centre (and slice) in an image of ``shape`` (y, x)
     or (z, y, x)."""
@@ -54,6 +81,13 @@ def centres_inside(boxes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     n_z = shape[0] if len(shape) == 3 else 1
     cx, cy = (b[:, 1] + b[:, 3]) / 2, (b[:, 2] + b[:, 4]) / 2
     return (0 <= cx) & (cx < w) & (0 <= cy) & (cy < h) & (-0.5 <= b[:, 0]) & (b[:, 0] < n_z - 0.5)
+
+
+def corner_vertices(z: float, corners: np.ndarray, ndim: int) -> np.ndarray:
+    """napari data vertices of a box on slice ``z`` with (K, 2) (row, col) pixel-edge ``corners``, on a layer placed
+    like its ``ndim``-D image (the inverse of :func:`corners_in_image`)."""
+    c = np.asarray(corners, dtype=float) + PIXEL_CENTRE_SHIFT
+    return np.column_stack([np.full(len(c), float(z)), c]) if ndim == 3 else c
 
 
 #: (slice, y, x, 1) pixel-edge coordinate -> napari data coordinate (pixel centres at integers)

@@ -6,7 +6,7 @@ box as detected; ``kept``: each kept box with its detection; ``boxes_layer``: th
 slices of the rejected boxes (as background; ``TrainConfig.hard_negatives`` can draw patches on them), and leaves
 out the slices whose detections the reader has not decided: an undecided detection may be a lesion, and a slice
 without a kept box would teach it as background. Boxes go through world coordinates into the pixels of the image
-being trained on, as the kept boxes do (``layer_inputs.shapes_in_image``).
+being trained on, as the kept boxes do (``_geometry.shapes_in_image``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 
 from ..layer_data import ANNOTATIONS, boxes_to_shapes, shapes_to_boxes
 from ..metrics.froc import box_iou_np
-from ._geometry import centres_inside, pixel_map
+from ._geometry import centres_inside, pixel_map, shapes_in_image
 from ._roles import DETECTIONS, REVIEWED, lidnet_info, role
 
 #: boxes layers a navigator reviews on an image: the detector's, and a scan's own annotations
@@ -47,11 +47,9 @@ def _stored_boxes(reviewed: Any, image: Any, key: str) -> np.ndarray:
 
 
 def _layer_boxes(layer: Any, image: Any) -> np.ndarray:
-    """A Shapes layer's boxes (not its lines or paths, which the navigator does not review) as (N, 5) boxes in
-    ``image``'s pixels."""
-    to_pixels = pixel_map(layer, image)
-    kinds = list(getattr(layer, "shape_type", ["rectangle"] * len(layer.data)))
-    return shapes_to_boxes([to_pixels(v) for v, kind in zip(layer.data, kinds) if kind not in ("line", "path")])
+    """A Shapes layer's boxes as (N, 5) boxes in ``image``'s pixels (its lines and paths, which the navigator does
+    not review, left out)."""
+    return shapes_in_image(layer, image)[0]
 
 
 def _undecided(detections: np.ndarray, decided: np.ndarray) -> list[int]:

@@ -13,9 +13,8 @@ from typing import Any
 import numpy as np
 
 from ..findings import Finding
-from ..layer_data import PIXEL_CENTRE_SHIFT
 from ..metrics.froc import box_iou_np
-from ._geometry import corners_in_image, pixel_map
+from ._geometry import corner_vertices, corners_in_image, pixel_map
 from ._roles import REVIEWED, ROLE, behind_proxy, derived_name, lidnet_info, reviewed_of, role, source_key
 
 STATUS_COLORS = {"pending": "#c8c8c8", "accepted": "#3cb44b", "edited": "#42d4f4", "added": "#f58231",
@@ -85,10 +84,7 @@ class ReviewedLayer:
 
     def _vertices(self, f: Finding) -> np.ndarray:
         """Napari data vertices of a finding on the reviewed layer (placed like its image)."""
-        c = np.asarray(f.corners, dtype=float) + PIXEL_CENTRE_SHIFT
-        if self.image_layer.ndim == 3:
-            return np.column_stack([np.full(len(c), float(f.slice)), c])
-        return c
+        return corner_vertices(f.slice, f.corners, self.image_layer.ndim)
 
     def _write_reviewed(self) -> None:
         """Rewrite the reviewed layer from the kept findings (made on the first decision); the rejected boxes go in

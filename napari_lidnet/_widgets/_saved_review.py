@@ -17,8 +17,9 @@ import numpy as np
 
 from ..findings import KEPT, Finding
 from ..io.saved_boxes import place_boxes, read_saved_boxes
-from ..layer_data import PIXEL_CENTRE_SHIFT, ROLE, boxes_to_shapes
+from ..layer_data import ROLE, boxes_to_shapes
 from ._box_style import box_style
+from ._geometry import corner_vertices
 from ._hand_edits import DRAWN_BOX
 from ._roles import DETECTIONS, lidnet_info, pixel_mm, reviewed_of, source_key
 
@@ -113,8 +114,7 @@ def opened_boxes_layer(
     if corners is None:
         shapes = boxes_to_shapes(rows[:, :5] if image.ndim == 3 else rows[:, 1:5], image.ndim)
     else:
-        flat = [np.asarray(c, dtype=float) + PIXEL_CENTRE_SHIFT for c in corners]
-        shapes = [np.column_stack([np.full(4, z), c]) if image.ndim == 3 else c for z, c in zip(rows[:, 0], flat)]
+        shapes = [corner_vertices(z, c, image.ndim) for z, c in zip(rows[:, 0], corners)]
     scores = rows[:, 5]
     features = {
         "score": scores,

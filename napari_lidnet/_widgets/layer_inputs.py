@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from napari_lidnet._training.local_data import CTInput
-from napari_lidnet.layer_data import ANNOTATED, shapes_to_boxes
+from napari_lidnet.layer_data import ANNOTATED
 
-from ._geometry import centres_inside, pixel_map
+from ._geometry import centres_inside, shapes_in_image
 from ._review_decisions import review_decisions
 from ._roles import lidnet_info, pixel_mm, source_key
 
@@ -21,33 +21,6 @@ from ._roles import lidnet_info, pixel_mm, source_key
 def _layer_spacing_mm(layer: Any) -> float:
     """In-plane pixel size of an image layer (its columns'), 1.0 when it has none."""
     return (pixel_mm(layer) or (1.0, 1.0))[1]
-
-
-def shapes_in_image(shapes_layer: Any, image_layer: Any, current_slice: int | None = None) -> tuple[np.ndarray, list]:
-    """Shapes of ``shapes_layer`` as (N, 5) ``slice, x1, y1, x2, y2`` pixel-edge boxes in ``image_layer``'s pixels
-    (``layer_data.shapes_to_boxes``: the one Shapes -> boxes conversion).
-
-    Vertices go through world coordinates (each layer's scale/translate/affine). 2D shapes over a 3D image lie
-    on ``current_slice``. Lines and paths are not boxes: they are reported, not used. Returns (boxes, problems).
-    """
-    problems: list[str] = []
-    rows: list[np.ndarray] = []
-    img_ndim = int(image_layer.ndim)
-    flat = shapes_layer.ndim < img_ndim  # 2D shapes over a volume: on the current slice
-    lead = None
-    if flat and current_slice is not None:
-        lead = image_layer.data_to_world([current_slice] + [0] * (img_ndim - 1))
-    to_pixels = pixel_map(shapes_layer, image_layer, lead=lead)
-    types = list(getattr(shapes_layer, "shape_type", ["rectangle"] * len(shapes_layer.data)))
-    for i, (verts, kind) in enumerate(zip(shapes_layer.data, types)):
-        if kind in ("line", "path"):
-            problems.append(f"shape {i} of {shapes_layer.name!r} is a {kind}, not a lesion box: draw rectangles")
-        elif flat and current_slice is None:
-            problems.append(f"shape {i} of {shapes_layer.name!r} is 2D but {image_layer.name!r} is 3D: draw it in 3D")
-        else:
-            rows.append(to_pixels(verts))
-    boxes = shapes_to_boxes(rows)
-    return boxes, problems
 
 
 def layer_hu(layer: Any) -> np.ndarray:
