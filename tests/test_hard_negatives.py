@@ -10,6 +10,7 @@ from test_navigator import case  # noqa: F401  (fixture)
 from napari_lidnet._training import local_data as ld
 from napari_lidnet._training.patches import PatchDataset
 from napari_lidnet._widgets._review_decisions import review_decisions
+from napari_lidnet._widgets._roles import lidnet_info
 from napari_lidnet._widgets.finetune import FineTuneWidget
 from napari_lidnet._widgets.layer_inputs import inputs_from_layers
 from napari_lidnet.io.dataset import Sample
@@ -122,3 +123,21 @@ def test_only_the_reviewed_boxes_layer_counts_and_lines_are_no_detections(case) 
     widget.accept(widget.row_ids()[0])  # slice 0 kept, slice 3 left pending
     _, undecided = review_decisions(widget.reviewed_layer, image, viewer.layers)
     assert undecided == [3]
+
+
+def test_a_kept_box_moved_to_another_slice_still_decides_its_detection(case) -> None:  # noqa: F811
+    """The reader keeps a detection and drags the kept box to the next slice (where the lesion shows best): the
+    detection's own slice is decided (not left out as undecided), and the kept box trains where it now is."""
+    viewer, widget, image, _boxes, _vol = case
+    widget.accept(0)  # the detection on slice 1
+    widget.reject(1)
+    reviewed = widget.reviewed_layer
+    data = [np.array(v, float) for v in reviewed.data]
+    data[0][:, 0] += 1  # slice 1 -> 2
+    reviewed.data = data
+    entry = lidnet_info(reviewed)["kept"][0]
+    assert entry[0] == 2 and entry[9] == 1
+    inputs, problems = inputs_from_layers([image], reviewed, None, viewer.layers)
+    assert problems == []
+    assert inputs[0].undecided == [2]  # slice 2's own detection is still pending; slice 1 is decided
+    np.testing.assert_allclose(inputs[0].boxes[:, 0], [2])

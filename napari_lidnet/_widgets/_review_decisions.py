@@ -28,14 +28,16 @@ REVIEWABLE = (DETECTIONS, ANNOTATIONS)
 DECIDED_IOU = 0.5
 
 
-def _stored_boxes(reviewed: Any, image: Any, key: str) -> np.ndarray:
+def _stored_boxes(reviewed: Any, image: Any, key: str, slice_at: int = 0) -> np.ndarray:
     """Boxes the reviewed layer's metadata keeps under ``key`` (each entry's first five numbers: slice, x1, y1, x2,
-    y2 in its image's pixels, whose napari frame the layer shares) as (N, 5) boxes in ``image``'s pixels; an entry
-    that is not numbers is passed over."""
+    y2 in its image's pixels, whose napari frame the layer shares; the slice at ``slice_at`` instead when the entry
+    has it: a kept box's detection's) as (N, 5) boxes in ``image``'s pixels; an entry that is not numbers is passed
+    over."""
     rows = []
     for entry in lidnet_info(reviewed).get(key) or []:
         try:
-            row = np.asarray(entry, float)[:5]
+            values = np.asarray(entry, float).ravel()
+            row = np.array([values[slice_at if len(values) > slice_at else 0], *values[1:5]])
         except (TypeError, ValueError, IndexError):
             continue
         if row.shape == (5,) and np.isfinite(row).all():
@@ -89,6 +91,6 @@ def review_decisions(reviewed: Any, image: Any, layers: Sequence[Any]) -> tuple[
     else:  # that layer is gone (or renamed): its boxes as they stood at the last decision
         detections = _stored_boxes(reviewed, image, "pending")
     detections = detections[centres_inside(detections, shape)]
-    decided = np.concatenate([rejected, _stored_boxes(reviewed, image, "kept"),
+    decided = np.concatenate([rejected, _stored_boxes(reviewed, image, "kept", slice_at=9),
                               _layer_boxes(reviewed, image)])  # fmt: skip
     return rejected, _undecided(detections, decided)

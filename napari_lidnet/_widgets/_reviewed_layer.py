@@ -118,17 +118,18 @@ class ReviewedLayer:
         rejected finding's detection box (as detected, not as edited), plus the earlier rejections that no finding here
         stands for (another run, a threshold move, deleted detections); a finding over an earlier one decides for it.
         ``kept``: each kept box that came from a detection, as ``[slice, detection's x1, y1, x2, y2, kept box's x1, y1,
-        x2, y2]``, so a box the reader shrank still finds its detection."""
+        x2, y2, detection's slice]``, so a box the reader shrank, or moved to another slice, still finds its
+        detection."""
         now = [[f.slice, *(self._kept_detection(f) or f.bounds)] for f in self.findings if f.status == "rejected"]
         here = [f for f in self.findings if f.score is not None]
         earlier = [r for r in self._stored("rejected") if finding_over(r, here) is None]
-        kept = [(f, self._kept_detection(f)) for f in self.findings if f.kept]
+        kept = [(f, self._kept_detection(f), self._detection_slice(f)) for f in self.findings if f.kept]
         layer = self.reviewed_layer
         boxes = {"boxes_layer": self.boxes_layer.name, "pending": [[f.slice, *f.bounds] for f in self.findings
                  if f.status == "pending"]} if self.boxes_layer is not None else {}  # fmt: skip
         layer.metadata = {**(layer.metadata or {}), "lidnet": {
             **lidnet_info(layer), "rejected": earlier + now, **boxes,
-            "kept": [[f.slice, *d, *f.bounds] for f, d in kept if d is not None]}}  # fmt: skip
+            "kept": [[f.slice, *d, *f.bounds, z] for f, d, z in kept if d is not None]}}  # fmt: skip
 
     def _kept_detection(self, f: Finding) -> tuple | None:
         """The detection box of a finding: its own detection's, else the one stored for it when it was carried over
@@ -136,6 +137,16 @@ class ReviewedLayer:
         if f.id in self._origin:
             return self._detected_bounds(f)
         return f.detection or self._stored_detection(f.slice, f.bounds)
+
+    def _detection_slice(self, f: Finding) -> int:
+        """The slice of a kept finding's detection: its own detection's, else the one stored for its box (an entry
+        written before the slice was stored: the box's), else the box's."""
+        if f.id in self._origin:
+            return int(self._origin[f.id][0])
+        for entry in self._stored("kept"):
+            if len(entry) > 9 and int(entry[0]) == f.slice and box_iou(tuple(entry[5:9]), f.bounds) >= 0.99:
+                return int(entry[9])
+        return f.slice
 
     def _stored_detection(self, z: int, bounds: tuple) -> tuple | None:
         """The detection box stored for the kept box ``bounds`` on slice ``z`` (the same box), or None."""
