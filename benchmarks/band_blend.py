@@ -87,14 +87,15 @@ def quadratic(low: np.ndarray, d: np.ndarray, ref: np.ndarray) -> np.ndarray:
                      for v in (np.abs(R) ** 2, (np.conj(R) * E).real, np.abs(E) ** 2)])  # fmt: skip
 
 
-def one_case(job: tuple[int, str, np.ndarray, float, str, float, int]) -> dict:
-    k, name, ref, mm, grain, dose, seed = job
+def one_case(job: tuple[int, str, np.ndarray, float, str, dict, int]) -> dict:
+    k, name, ref, mm, grain, protocol, seed = job
     torch.set_num_threads(1)
     if not _NET:
         _NET.append(load_model("default", "denoiser")[0])
     t0 = time.time()
     sampling = 1.0 if grain == "mm" else None
-    low = simulate_low_dose(ref, dose, mm, seed=seed, sampling_mm=sampling).astype(np.float32)
+    low = simulate_low_dose(ref, spacing_mm=mm, seed=seed, sampling_mm=sampling, **protocol).astype(np.float32)
+    dose = protocol["dose"]
     body = body_mask(ref)
     sd = float(np.std((low - ref)[body])) if body.any() else float(np.std(low - ref))
     d = np.asarray(denoise(_NET[0], low, batch_size=1), np.float64)
@@ -120,8 +121,13 @@ def make_cases(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(5200)
     jobs = []
     for k, (name, hu, mm) in enumerate(slices):
-        dose = float(np.exp(rng.uniform(np.log(0.05), np.log(0.5))))
-        jobs.append((k, name, np.maximum(hu, -1024.0), mm, ("pixel", "mm")[k % 2], dose, 41000 + k))
+        if args.protocols == "random":  # band-mlp-R: the training sets' scanner randomisation
+            from napari_lidnet.sim.scanner import sample_scanner
+
+            protocol = sample_scanner(rng, hu.shape[0]).kwargs()
+        else:  # band-mlp: the default filter, views and electronic noise
+            protocol = {"dose": float(np.exp(rng.uniform(np.log(0.05), np.log(0.5))))}
+        jobs.append((k, name, np.maximum(hu, -1024.0), mm, ("pixel", "mm")[k % 2], protocol, 41000 + k))
     print(f"{len(jobs)} cases", flush=True)
     t0 = time.time()
     with get_context("spawn").Pool(args.workers) as pool:
@@ -243,7 +249,14 @@ def evaluate(args: argparse.Namespace) -> None:
     from napari_lidnet.metrics.bootstrap import mean_ci
 
     t0 = time.time()
-    slices = validation_slices(args.real, 4, 12, 9700)
+    slices = validation_slices(args.real, 4, 12, args.sim_seed)
+    if args.offset:  # other slices of the same validation blocks: samples[offset::4]
+        from told_sd_estimators import real_validation
+
+        slices = [sl for sl in slices if sl["set"] == "simulation"]
+        for name, samples in real_validation(args.real).items():
+            slices += [{"set": "real validation", "name": f"{name}/{s.name}", "hu": np.asarray(s.full_hu, np.float32),
+                        "pixel_mm": s.spacing_mm} for s in samples[args.offset :: 4]]  # fmt: skip
     jobs = [(k, sl, str(args.cache), str(args.mlp)) for k, sl in enumerate(slices)]
     with get_context("spawn").Pool(args.workers) as pool:
         recs = [r for rs in pool.imap(eval_slice, jobs) for r in rs]
@@ -270,8 +283,8 @@ def evaluate(args: argparse.Namespace) -> None:
                              f" | {ds:+.4f} | {'ok' if r1 else 'FAIL'} | {'ok' if r3 else 'FAIL'} |")  # fmt: skip
     verdict = "PASS" if ok1 and ok3 and gain else "FAIL"
     head = ["# Learned band blend (band-mlp) vs the product's told blend P, validation slices", "",
-            f"Command: `PYTHONPATH=. python benchmarks/band_blend.py evaluate --real {args.real} --workers "
-            f"{args.workers}`; {(time.time() - t0) / 60:.1f} min; rule `band_blend_prereg.md`.", "",
+            f"Command: `PYTHONPATH=. python benchmarks/band_blend.py {' '.join(sys.argv[1:])}`; "
+            f"{(time.time() - t0) / 60:.1f} min; rule `{args.rule}`.", "",
             f"**Verdict: {verdict}** (rule 1 {'met' if ok1 else 'not met'}, rule 2 {'met' if gain else 'not met'}, "
             f"rule 3 {'met' if ok3 else 'not met'}).", ""]  # fmt: skip
     args.results.parent.mkdir(parents=True, exist_ok=True)
@@ -309,6 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--n-sim", type=int, default=30)
     c.add_argument("--workers", type=int, default=1)
     c.add_argument("--out", type=Path, default=OUT)
+    c.add_argument("--protocols", choices=("default", "random"), default="default",
+                   help="random: each case's noise under sim.scanner.sample_scanner (band-mlp-R)")
     t = sub.add_parser("train")
     t.add_argument("--cases", type=Path, default=OUT / "cases.npz")
     t.add_argument("--steps", type=int, default=3000)
@@ -319,6 +334,9 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--cache", type=Path, default=Path("bench-out/told_sd/cache"))
     e.add_argument("--workers", type=int, default=1)
     e.add_argument("--results", type=Path, default=Path("benchmarks/results/band_blend"))
+    e.add_argument("--offset", type=int, default=0, help="real validation slices samples[offset::4]")
+    e.add_argument("--sim-seed", type=int, default=9700, help="first seed of the 12 simulated slices")
+    e.add_argument("--rule", default="band_blend_prereg.md")
     x = sub.add_parser("export")
     x.add_argument("--mlp", type=Path, default=OUT / "mlp.pt")
     args = p.parse_args(argv)
