@@ -18,13 +18,20 @@ seeds from 5100, away from the validation's 9700); noise inserted by the product
 scanner's grain (``sampling_mm=1``, the product's insertion), alternating, at a dose drawn log-uniformly in 5-50%;
 the SD told is the inserted noise's SD over the body. The radon model is never used here (it stays independent).
 
-    PYTHONPATH=. python benchmarks/band_blend.py cases --downloads data/pypi-ct --every 3 --n-sim 30
-    PYTHONPATH=. python benchmarks/band_blend.py train --out bench-out/band_blend/mlp
-    PYTHONPATH=. python benchmarks/band_blend.py evaluate --real data/pypi-ct [--workers 2]
-
 ``evaluate`` compares the candidate L with the product's told output P on the validation slices of
 ``spectral_blend.py`` (its slices, seeds and noise; three noise models), paired by case, under the rule of
-``results/band_blend_prereg.md``.
+``results/band_blend_prereg.md``. The two candidates run (2026-12-07; both failed their rules, nothing shipped;
+15 min of cases, 15 s of training and 7 min of evaluation each on 2 CPU cores):
+
+    PYTHONPATH=. python benchmarks/band_blend.py cases --every 1 --n-sim 40                       # band-mlp
+    PYTHONPATH=. python benchmarks/band_blend.py train
+    PYTHONPATH=. python benchmarks/band_blend.py evaluate --real data/pypi-ct --workers 2
+    PYTHONPATH=. python benchmarks/band_blend.py cases --every 1 --n-sim 40 --protocols random --workers 2 \
+        --out bench-out/band_blend_r                                                             # band-mlp-R
+    PYTHONPATH=. python benchmarks/band_blend.py train --cases bench-out/band_blend_r/cases.npz \
+        --out bench-out/band_blend_r/mlp
+    PYTHONPATH=. python benchmarks/band_blend.py evaluate --real data/pypi-ct --workers 2 \
+        --mlp bench-out/band_blend_r/mlp.pt --offset 2 --sim-seed 9800 --rule band_blend_r_prereg.md --results benchmarks/results/band_blend_r
 """
 
 from __future__ import annotations
@@ -230,7 +237,7 @@ def eval_slice(job: tuple[int, dict, str, str]) -> list[dict]:
             low = (ref + inserted_noise(ref, sl["pixel_mm"], model, dose, seed, cache)).astype(np.float32)
             sd = float(np.std((low - ref)[body]))
             d = np.asarray(denoise(_NET[0], low, batch_size=1), np.float64)
-            P = np.asarray(keep_noise(low, d.astype(np.float32), sd))
+            P = np.asarray(keep_noise(low, d.astype(np.float32), sd))  # the product: the scalar blend
             x, _ = features(low, d, sd)
             with torch.no_grad():
                 W = _NET[1](torch.tensor(x)[None])[0].numpy().astype(np.float64)
@@ -293,26 +300,6 @@ def evaluate(args: argparse.Namespace) -> None:
     print("\n".join(head + lines))
 
 
-def export(args: argparse.Namespace) -> None:
-    """The trained MLP as the product's weights (safetensors, no pickle) and its card (JSON)."""
-    from safetensors.numpy import save_file
-
-    state = torch.load(args.mlp)
-    target = Path("napari_lidnet/models/weights/told_blend")
-    card = {"name": "told_blend", "arch": "BandMLP 23-64-64-21 tanh", "n_bins": NBIN, "bin_width": BIN_WIDTH,
-            "training": {**json.loads(args.mlp.with_suffix(".json").read_text()),
-                         "commands": ["PYTHONPATH=. python benchmarks/band_blend.py cases --every 1 --n-sim 40",
-                                      "PYTHONPATH=. python benchmarks/band_blend.py train",
-                                      "PYTHONPATH=. python benchmarks/band_blend.py export"],
-                         "data": "training blocks of the five PyPI scans (benchmarks/real_ct_sources.TRAINING), "
-                                 "native and at 0.4-0.8 mm, and 40 simulated slices; noise from "
-                                 "sim.lowdose.simulate_low_dose (pixel-wide bins and the 1 mm grain), 5-50% dose"},
-            "rule": "benchmarks/results/band_blend_prereg.md", "results": "benchmarks/results/band_blend.md"}
-    save_file({k: v.numpy().astype(np.float32) for k, v in state.items()}, str(target.with_suffix(".safetensors")))
-    target.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
-    print(f"wrote {target}.safetensors/.json")
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -337,10 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--offset", type=int, default=0, help="real validation slices samples[offset::4]")
     e.add_argument("--sim-seed", type=int, default=9700, help="first seed of the 12 simulated slices")
     e.add_argument("--rule", default="band_blend_prereg.md")
-    x = sub.add_parser("export")
-    x.add_argument("--mlp", type=Path, default=OUT / "mlp.pt")
     args = p.parse_args(argv)
-    {"cases": make_cases, "train": train, "evaluate": evaluate, "export": export}[args.cmd](args)
+    {"cases": make_cases, "train": train, "evaluate": evaluate}[args.cmd](args)
 
 
 if __name__ == "__main__":
