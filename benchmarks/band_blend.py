@@ -31,7 +31,8 @@ the SD told is the inserted noise's SD over the body. The radon model is never u
     PYTHONPATH=. python benchmarks/band_blend.py train --cases bench-out/band_blend_r/cases.npz \
         --out bench-out/band_blend_r/mlp
     PYTHONPATH=. python benchmarks/band_blend.py evaluate --real data/pypi-ct --workers 2 \
-        --mlp bench-out/band_blend_r/mlp.pt --offset 2 --sim-seed 9800 --rule band_blend_r_prereg.md --results benchmarks/results/band_blend_r
+        --mlp bench-out/band_blend_r/mlp.pt --offset 2 --sim-seed 9800 --rule band_blend_r_prereg.md \
+        --results benchmarks/results/band_blend_r
 """
 
 from __future__ import annotations
