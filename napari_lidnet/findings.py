@@ -19,11 +19,9 @@ import numpy as np
 
 from napari_lidnet.io.atomic import check_new
 from napari_lidnet.io.boxes_io import WORLD_SPACE, write_table
+from napari_lidnet.io.saved_boxes import KEPT
 from napari_lidnet.metrics.lesions import LESION_IOU, lesion_numbers
 
-#: review states whose boxes are part of the reviewed result (kept, kept after its box was changed, drawn by hand);
-#: the others are "pending" (a detection not looked at yet) and "rejected"
-KEPT = ("accepted", "edited", "added")
 #: the columns that find a finding's slice outside this program (from ``io.boxes_io.slice_columns``)
 SLICE_ID_COLUMNS = ("instance_number", "frame_number", "sop_instance_uid", "deeplesion_slice")
 #: columns of the exported table (``centre_space``: what the centre columns measure, ``io.boxes_io.PATIENT_SPACE`` or

@@ -24,8 +24,10 @@ import numpy as np
 from .boxes_io import PATIENT_SPACE, box_centre_index, slice_columns, slice_origins
 from .volume import per_slice
 
-#: a review's statuses (``findings.KEPT`` and the two undecided or dismissed ones)
-STATUSES = ("pending", "accepted", "rejected", "edited", "added")
+#: review states whose boxes are part of the reviewed result (kept, kept after its box was changed, drawn by hand)
+KEPT = ("accepted", "edited", "added")
+#: a review's statuses: the kept ones, "pending" (a detection not looked at yet) and "rejected"
+STATUSES = ("pending", "rejected", *KEPT)
 #: the columns every box table has
 BOX_COLUMNS = ("slice", "x1", "y1", "x2", "y2")
 #: how far (pixels) a box may reach past the image's edge, or its centre lie from where the table's patient position
