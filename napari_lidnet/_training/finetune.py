@@ -164,7 +164,6 @@ class FinetuneOutcome:
     best_test_metrics: dict[str, float] | None = None
     input_test_metrics: dict[str, float] | None = None  # the low-dose input itself (no denoising), test or validation
     notes: list[str] = field(default_factory=list)
-    calibration: dict[str, Any] | None = None  # the detector's threshold set again on held-out slices (None: inherited)
 
 
 def improved(start: dict[str, float] | None, best: dict[str, float] | None) -> bool | None:
@@ -405,37 +404,7 @@ def _train(
     measured = req.config.mode != "pixel" and NOTE_DETECTED not in outcome.notes
     if measured and held_out and not any(len(s.boxes) for s in held_out):
         outcome.notes.append(NOTE_NO_HELD_OUT_LESION)
-    if measured and not stopped and outcome.best_metrics is not None:
-        yield from _site_calibration(Path(req.config.out), held_out, outcome, held["device"])
     return outcome
-
-
-def _site_calibration(
-    run: Path, held_out: list[Any], outcome: FinetuneOutcome, device: Any
-) -> Generator[dict[str, Any], None, None]:
-    """Set the trained detector's threshold again on the run's held-out lesion-free slices (``calibrate_detector``:
-    full dose, low dose and denoised, as the viewer shows them) when there are at least ``MIN_SITE_SLICES``: the
-    inherited threshold meant its false-positive rate on other anatomy, a site's own slices say what it means here.
-    The run's best detector card takes the record (the export copies it), at the inherited rate per slice; with fewer
-    such slices the threshold stays inherited."""
-    from napari_lidnet._training.calibrate import DEFAULT_FP_PER_IMAGE, MIN_SITE_SLICES, calibrate_detector
-    from napari_lidnet._training.export import trained_kinds
-    from napari_lidnet.models.weights import default_threshold, load_weights, save_weights
-
-    negatives = [s for s in held_out if len(np.asarray(s.boxes).reshape(-1, 4)) == 0]
-    if len(negatives) < MIN_SITE_SLICES or "detector" not in trained_kinds(run):
-        return
-    yield {"stage": "export", "message": f"setting the detector's threshold on {len(negatives)} held-out "
-           "lesion-free slices"}  # fmt: skip
-    detector, card = load_weights(run / "best_detector", device)
-    denoiser = load_weights(run / "best_denoiser", device)[0] if "denoiser" in trained_kinds(run) else None
-    inherited = card.get("calibration") if isinstance(card.get("calibration"), dict) else {}
-    fp = float(inherited.get("fp_per_image", DEFAULT_FP_PER_IMAGE))
-    record = calibrate_detector(detector, held_out, denoiser, fp_per_image=fp, device=device)
-    record.update({"on": f"{len(negatives)} held-out lesion-free slices of the fine-tune's data",
-                   "previous_threshold": default_threshold(card)})  # fmt: skip
-    save_weights(detector, run / "best_detector", {**card, "calibration": record})
-    outcome.calibration = record
 
 
 def finetune_job(
@@ -487,8 +456,7 @@ def finetune_job(
 
 
 def _before_after(
-    label: str, start: dict[str, float] | None, best: dict[str, float] | None, sens: bool, base: dict | None = None,
-    recalibrated: bool = False,
+    label: str, start: dict[str, float] | None, best: dict[str, float] | None, sens: bool, base: dict | None = None
 ) -> str:
     s, b = start or {}, best or {}
     if "psnr" not in s or "psnr" not in b:
@@ -499,20 +467,19 @@ def _before_after(
     if sens and "sensitivity" in s and "sensitivity" in b:
         text += f", sensitivity {s['sensitivity']:.3f} -> {b['sensitivity']:.3f}"
     if sens and "fp_per_slice" in s and "fp_per_slice" in b:
-        text += _operating_point(s, b, recalibrated)
+        text += _operating_point(s, b)
     return text
 
 
-def _operating_point(start: dict[str, float], best: dict[str, float], recalibrated: bool = False) -> str:
-    """', at the threshold T: false boxes per slice a -> b, lesions found c -> d' (and, unless the run set the
-    threshold again, what to do when the trained detector draws more false boxes there than its calibration aims
-    at)."""
+def _operating_point(start: dict[str, float], best: dict[str, float]) -> str:
+    """', at the threshold T: false boxes per slice a -> b, lesions found c -> d' (and what to do when the trained
+    detector draws more false boxes there than its calibration aims at)."""
     from napari_lidnet._training.calibrate import DEFAULT_FP_PER_IMAGE
 
     a, b = start["fp_per_slice"], best["fp_per_slice"]
     text = (f", at the threshold {best.get('threshold', float('nan')):.2f}: false boxes per slice {a:.2f} -> {b:.2f}, "
             f"lesions found {start['sens_at_threshold']:.2f} -> {best['sens_at_threshold']:.2f}")  # fmt: skip
-    if b > max(a, DEFAULT_FP_PER_IMAGE) and not recalibrated:
+    if b > max(a, DEFAULT_FP_PER_IMAGE):
         text += (f" (more than the {DEFAULT_FP_PER_IMAGE:g} its calibration aims at: `lidnet calibrate` on lesion-free "
                  "scans of your site sets the threshold again)")  # fmt: skip
     return text
@@ -523,12 +490,8 @@ def outcome_summary(outcome: FinetuneOutcome) -> str:
     text = outcome.message
     sens = NOTE_DETECTED not in outcome.notes
     base = outcome.input_test_metrics
-    cal = outcome.calibration
-    text += _before_after("held-out test", outcome.start_test_metrics, outcome.best_test_metrics, sens, base, bool(cal))
-    text += _before_after("validation", outcome.start_metrics, outcome.best_metrics, sens, recalibrated=bool(cal))
-    if cal:
-        text += (f"; the detector's threshold, set again on {cal['on']}: {cal['previous_threshold']:.2f} -> "
-                 f"{cal['threshold']:.2f} (at most {cal['fp_per_image']:g} false boxes per lesion-free slice there)")
+    text += _before_after("held-out test", outcome.start_test_metrics, outcome.best_test_metrics, sens, base)
+    text += _before_after("validation", outcome.start_metrics, outcome.best_metrics, sens)
     if outcome.notes:
         text += "; note: " + "; ".join(outcome.notes)
     if outcome.seconds:
