@@ -52,10 +52,7 @@ pre-registered run 3.5 min, the supplementary one 12.6 min; the timing pilot, on
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -68,7 +65,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_ct_sources import TRAINING, fetch, read_source  # noqa: E402
-from results_io import refuse_existing, write_results  # noqa: E402
+from results_io import refuse_existing, run_meta, write_results  # noqa: E402
 
 from napari_lidnet._training.finetune import (  # noqa: E402
     FinetuneRequest,
@@ -135,17 +132,22 @@ def load_block(name: str, downloads: Path) -> dict[str, Any]:
             "train": np.arange(n // 2), "held": np.arange(n // 2, n)}  # fmt: skip
 
 
-def with_lesions(vol: dict[str, Any], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every slice of the block with up to ``MAX_LESIONS`` inserted soft-tissue lesions (seeded per slice), and
-    their (M, 5) ``slice, x1, y1, x2, y2`` boxes (slice index within the block)."""
-    out, boxes = np.empty_like(vol["hu"]), []
-    for z, full in enumerate(vol["hu"]):
-        rng = np.random.default_rng([9100, k, z])
-        f, _low, b = insert_lesions(full, full.copy(), np.zeros((0, 4), np.float32), vol["pixel_mm"], rng,
-                                    max_lesions=MAX_LESIONS)  # fmt: skip
+def insert_on(vol: dict[str, Any], slices: Any, seed: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The block with up to ``MAX_LESIONS`` soft-tissue lesions inserted on ``slices`` (each seeded by
+    ``[*seed, slice]``), and their (M, 5) ``slice, x1, y1, x2, y2`` boxes (slice index within the block)."""
+    out, boxes = vol["hu"].copy(), []
+    for z in slices:
+        full = vol["hu"][z]
+        f, _low, b = insert_lesions(full, full.copy(), np.zeros((0, 4), np.float32), vol["pixel_mm"],
+                                    np.random.default_rng([*seed, z]), max_lesions=MAX_LESIONS)  # fmt: skip
         out[z] = f
         boxes.extend([z, *box] for box in b)
     return out, np.asarray(boxes, np.float32).reshape(-1, 5)
+
+
+def with_lesions(vol: dict[str, Any], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every slice of the block with lesions inserted (:func:`insert_on`, seeds ``[9100, k, slice]``)."""
+    return insert_on(vol, range(len(vol["hu"])), [9100, k])
 
 
 def overlaps_none(det: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -311,13 +313,19 @@ def verdict(pooled: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------------- the run
 
 
-def run(a: argparse.Namespace) -> dict[str, Any]:
+def start_pair(a: argparse.Namespace) -> dict[str, Any]:
+    """The shipped pair and the detector's threshold, with a temporary model folder under ``a.work`` for the
+    fine-tuned models (never the user's) and ``a.threads`` torch threads."""
     torch.set_num_threads(a.threads)
     a.work.mkdir(parents=True, exist_ok=True)
-    os.environ[MODEL_DIR_ENV] = tempfile.mkdtemp(prefix="models-", dir=a.work)  # never the user's models
+    os.environ[MODEL_DIR_ENV] = tempfile.mkdtemp(prefix="models-", dir=a.work)
     start = {"denoiser": load_model("default", "denoiser", device="cpu")[0].eval()}
     det, card = load_model("default", "detector", device="cpu")
-    start.update(detector=det.eval(), threshold=default_threshold(card))
+    return {**start, "detector": det.eval(), "threshold": default_threshold(card)}
+
+
+def run(a: argparse.Namespace) -> dict[str, Any]:
+    start = start_pair(a)
     data, reviews, runs, evals, summary = [], {}, {}, {}, {}
     for name in a.volumes:
         k = VOLUMES.index(name)
@@ -494,14 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     design = (set(a.volumes) >= {"lungdx-chest", "totalseg-abdomen"}, set(a.seeds) >= {0, 1, 2})
     scope = ("The protocol's design (lungdx-chest and totalseg-abdomen, seeds 0, 1, 2)" + (" or more." if all(design)
              else "; this run cuts it (volumes or seeds), keeping the paired design."))  # fmt: skip
-    meta = {
-        "command": "PYTHONPATH=. .venv/bin/python benchmarks/hard_negatives.py " + shlex.join(sys.argv[1:]),
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "torch": torch.__version__, "threads": a.threads,
-        "wall_s": round(wall, 1),
-        "load": f"{load0:.1f} at start, {os.getloadavg()[0]:.1f} at end (1-min load average, other jobs included)",
-        "scope": scope, "note": a.note,
-    }  # fmt: skip
+    meta = run_meta("hard_negatives.py", a.threads, wall, load0, scope, a.note)
     lines = report(a, res, meta)
     write_results(a.results, lines, {"meta": meta, "verdict": verdict(res["pooled"]), **res})
     return 0

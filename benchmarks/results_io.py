@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
+import platform
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +64,17 @@ def write_results(stem: Path, lines: list[str], raw: dict) -> None:
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     stem.with_suffix(".json").write_text(json.dumps(raw, indent=1))
     print("\n".join(lines))
+
+
+def run_meta(script: str, threads: int, wall: float, load0: float, scope: str, note: str) -> dict[str, Any]:
+    """What a results file records of its run: command, date, machine, torch, threads, wall time, load, scope."""
+    import torch
+
+    return {
+        "command": f"PYTHONPATH=. .venv/bin/python benchmarks/{script} " + shlex.join(sys.argv[1:]),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "torch": torch.__version__, "threads": threads,
+        "wall_s": round(wall, 1),
+        "load": f"{load0:.1f} at start, {os.getloadavg()[0]:.1f} at end (1-min load average, other jobs included)",
+        "scope": scope, "note": note,
+    }  # fmt: skip

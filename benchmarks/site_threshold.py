@@ -60,12 +60,8 @@ Usage (the data archives are fetched once into --downloads):
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
-import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -73,12 +69,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hard_negatives import overlaps_none  # noqa: E402
+from hard_negatives import insert_on, overlaps_none, start_pair  # noqa: E402
 from real_ct_sources import TRAINING, fetch, read_source  # noqa: E402
-from results_io import refuse_existing, write_results  # noqa: E402
+from results_io import refuse_existing, run_meta, write_results  # noqa: E402
 
 from napari_lidnet._training.calibrate import MIN_SITE_SLICES  # noqa: E402
 from napari_lidnet._training.finetune import (  # noqa: E402
@@ -92,9 +87,8 @@ from napari_lidnet._training.local_data import CTInput, near_lesion_slices  # no
 from napari_lidnet._training.split import split_samples  # noqa: E402
 from napari_lidnet.inference import BOX_FLOOR, denoise, detect, map_yields, run_to_end  # noqa: E402
 from napari_lidnet.metrics.froc import match_detections  # noqa: E402
-from napari_lidnet.models.registry import MODEL_DIR_ENV, default_model, load_model  # noqa: E402
+from napari_lidnet.models.registry import default_model, load_model  # noqa: E402
 from napari_lidnet.models.weights import default_threshold  # noqa: E402
-from napari_lidnet.sim.insert import insert_lesions  # noqa: E402
 from napari_lidnet.sim.lowdose import simulate_low_dose  # noqa: E402
 
 VOLUMES = ("platipy-chest", "lungdx-chest")
@@ -159,15 +153,7 @@ def lesion_slices(step: int = LESION_STEP) -> list[int]:
 def with_lesions(vol: dict[str, Any], k: int) -> tuple[np.ndarray, np.ndarray]:
     """The block with 1-``MAX_LESIONS`` soft-tissue lesions inserted on the lesion slices of both halves (seeded per
     block slice), and their (M, 5) ``slice, x1, y1, x2, y2`` boxes (slice index within the block)."""
-    out, boxes = vol["hu"].copy(), []
-    for z in [*lesion_slices(), *(HALF + z for z in lesion_slices())]:
-        full = vol["hu"][z]
-        rng = np.random.default_rng([9400, k, z])
-        f, _low, b = insert_lesions(full, full.copy(), np.zeros((0, 4), np.float32), vol["pixel_mm"], rng,
-                                    max_lesions=MAX_LESIONS)  # fmt: skip
-        out[z] = f
-        boxes.extend([z, *box] for box in b)
-    return out, np.asarray(boxes, np.float32).reshape(-1, 5)
+    return insert_on(vol, [*lesion_slices(), *(HALF + z for z in lesion_slices())], [9400, k])
 
 
 def finetune_input(vol: dict[str, Any], full: np.ndarray, truth: np.ndarray, design: str) -> CTInput:
@@ -353,12 +339,7 @@ def reading(reset_fp: float, inherited_fp: float) -> dict[str, Any]:
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(a.threads)
-    a.work.mkdir(parents=True, exist_ok=True)
-    os.environ[MODEL_DIR_ENV] = tempfile.mkdtemp(prefix="models-", dir=a.work)  # never the user's models
-    start = {"denoiser": load_model("default", "denoiser", device="cpu")[0].eval()}
-    det, card = load_model("default", "detector", device="cpu")
-    start.update(detector=det.eval(), threshold=default_threshold(card))
+    start = start_pair(a)
     data, runs, evals = [], {}, {}
     for name in a.volumes:
         k = VOLUMES.index(name)
@@ -598,14 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     full_design = set(a.volumes) == set(VOLUMES) and set(a.designs) == set(DESIGNS) and set(a.seeds) >= {0, 1, 2}
     scope = ("The protocol's design (both volumes, both input designs, seeds 0, 1, 2)." if full_design
              else "This run cuts the protocol's design (volumes, designs or seeds).")  # fmt: skip
-    meta = {
-        "command": "PYTHONPATH=. .venv/bin/python benchmarks/site_threshold.py " + shlex.join(sys.argv[1:]),
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "torch": torch.__version__, "threads": a.threads,
-        "wall_s": round(wall, 1),
-        "load": f"{load0:.1f} at start, {os.getloadavg()[0]:.1f} at end (1-min load average, other jobs included)",
-        "scope": scope, "note": a.note,
-    }  # fmt: skip
+    meta = run_meta("site_threshold.py", a.threads, wall, load0, scope, a.note)
     lines = report(a, res, meta)
     write_results(a.results, lines, {"meta": meta, **res})
     return 0
