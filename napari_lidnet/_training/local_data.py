@@ -351,7 +351,7 @@ def iter_samples(
         clipped, rejected = _clipped(item.boxes, item.slice_shape), _clipped(item.rejected, item.slice_shape)
         marked = np.concatenate([clipped, rejected])
         used = list(range(n)) if item.low_hu is not None else slices_to_simulate(n, marked)
-        item.left_out = yield from _left_out(item, n, clipped, near_lesion)
+        item.left_out = yield from _left_out(item, n, clipped, rejected, near_lesion)
         used = [z for z in used if z not in item.left_out]
         i0 = None
         if item.low_hu is None and used:
@@ -374,10 +374,13 @@ def iter_samples(
     return samples
 
 
-def _left_out(item: CTInput, n: int, boxes: np.ndarray, near_lesion: int) -> Generator[str, None, list[int]]:
-    """The slices of ``item`` (``n`` of them, lesion ``boxes``) that do not train: unannotated neighbours of a lesion,
-    and slices with undecided detections and their neighbours (either may show a lesion); says which. None with
-    ``near_lesion`` 0 (boxes do not matter: pixel loss, or synthetic lesions)."""
+def _left_out(
+    item: CTInput, n: int, boxes: np.ndarray, rejected: np.ndarray, near_lesion: int
+) -> Generator[str, None, list[int]]:
+    """The slices of ``item`` (``n`` of them, lesion ``boxes``, ``rejected`` boxes) that do not train: unannotated
+    neighbours of a lesion, and slices with undecided detections and their neighbours (either may show a lesion);
+    says which, and how many rejected boxes go with them. None with ``near_lesion`` 0 (boxes do not matter: pixel
+    loss, or synthetic lesions)."""
     if near_lesion <= 0:
         return []
     near = near_lesion_slices(np.rint(boxes[:, 0]).astype(int), n, near_lesion)
@@ -388,7 +391,7 @@ def _left_out(item: CTInput, n: int, boxes: np.ndarray, near_lesion: int) -> Gen
         yield (f"{item.name}: left out slice(s) {undecided} (detections on them or next to them not yet accepted or "
                "rejected)")  # fmt: skip
     out = sorted({*near, *undecided})
-    lost = int(np.isin(np.rint(_clipped(item.rejected, item.slice_shape)[:, 0]), out).sum())
+    lost = int(np.isin(np.rint(rejected[:, 0]), out).sum())
     if lost:
         yield f"{item.name}: {lost} rejected box(es) lie on those slices and are left out with them"
     return out

@@ -143,16 +143,19 @@ class ReviewedLayer:
         written before the slice was stored: the box's), else the box's."""
         if f.id in self._origin:
             return int(self._origin[f.id][0])
-        for entry in self._stored("kept"):
-            if len(entry) > 9 and int(entry[0]) == f.slice and box_iou(tuple(entry[5:9]), f.bounds) >= 0.99:
-                return int(entry[9])
-        return f.slice
+        entry = self._stored_kept(f.slice, f.bounds)
+        return int(entry[9]) if entry is not None and len(entry) > 9 else f.slice
 
     def _stored_detection(self, z: int, bounds: tuple) -> tuple | None:
         """The detection box stored for the kept box ``bounds`` on slice ``z`` (the same box), or None."""
+        entry = self._stored_kept(z, bounds)
+        return None if entry is None else tuple(float(v) for v in entry[1:5])
+
+    def _stored_kept(self, z: int, bounds: tuple) -> list | None:
+        """The ``kept`` entry stored for the kept box ``bounds`` on slice ``z`` (the same box), or None."""
         for entry in self._stored("kept"):
             if int(entry[0]) == int(z) and box_iou(tuple(entry[5:9]), tuple(bounds)) >= 0.99:
-                return tuple(float(v) for v in entry[1:5])
+                return entry
         return None
 
     def _detected_bounds(self, f: Finding) -> tuple[float, float, float, float]:
