@@ -181,8 +181,8 @@ def test_simulate_low_dose_adds_noisier_layer(widget, qtbot):
     body = hu > -500  # says how much noise it added, the SD to remove to compare with the normal dose
     added = float(np.std((low.data - hu)[body]))
     assert low.metadata["simulated_added_sd"] == pytest.approx(added, rel=1e-5) and added > 1.0
-    said = f"{added:.1f} HU of noise added over the whole body (more than in flat tissue alone"
-    assert said in w.status.text(), w.status.text()
+    assert "HU of noise added in flat tissue to the normal dose's own 0.0 HU" in w.status.text(), w.status.text()
+    assert w.status.text().endswith("(Denoise: leave 0 HU)")  # a noiseless normal dose: denoise it all
 
 
 def test_the_low_dose_copy_of_fine_pixels_has_a_scanner_noise_grain(widget, qtbot):
@@ -230,7 +230,10 @@ def test_the_low_dose_copy_of_a_noisy_scan_adds_the_noise_of_that_dose(widget, q
     assert added == pytest.approx(own * np.sqrt(1 / dose - 1), rel=0.15), (own, added)
     assert low.metadata["simulated_noise_level"].startswith(f"calibrated to the scan's own noise: {own:.1f} HU")
     assert "calibrated to the scan's own noise" in w.status.text() and "dose adds" in w.status.text()
-    assert w.status.text().split("dose adds ")[1].split(")")[0].endswith("HU there")  # in flat tissue, not the body
+    # regression: it advised removing the SD added over the whole body, which removed the scan's own noise too; a
+    # like-for-like comparison leaves the normal dose's own noise, measured where the "leave" strength measures
+    assert f"{added:.1f} HU of noise added in flat tissue to the normal dose's own {own:.1f} HU" in w.status.text()
+    assert w.status.text().endswith(f"(Denoise: leave {own:.0f} HU)"), w.status.text()
 
 
 def test_simulation_shows_progress_and_cancels_within_one_slice(widget, qtbot):

@@ -333,7 +333,7 @@ def iter_samples(
     within ``near_lesion`` slices of a slice with boxes are left out, and so are the slices in ``CTInput.undecided``
     and their neighbours (listed in ``CTInput.left_out``; 0 keeps every slice). Yields a message per step of work;
     returns the samples ([] when ``should_stop`` turns True)."""
-    from napari_lidnet._training.noise_level import calibrated_i0, insertion_kwargs
+    from napari_lidnet._training.noise_level import at_own_noise, dose_calibration, insertion_kwargs
     from napari_lidnet.io.dataset import Sample
     from napari_lidnet.sim.lowdose import simulate_low_dose
 
@@ -353,9 +353,9 @@ def iter_samples(
         used = list(range(n)) if item.low_hu is not None else slices_to_simulate(n, marked)
         item.left_out = yield from _left_out(item, n, clipped, rejected, near_lesion)
         used = [z for z in used if z not in item.left_out]
-        i0 = None
+        i0, own = None, None
         if item.low_hu is None and used:
-            i0, how = calibrated_i0(full3, dose, item.spacing_mm, slice_seed(seed, k, n), **insertion)
+            i0, own, how = dose_calibration(full3, dose, item.spacing_mm, slice_seed(seed, k, n), **insertion)
             yield f"{item.name}: {how}"
         for count, z in enumerate(used):
             if item.low_hu is not None:
@@ -366,6 +366,7 @@ def iter_samples(
                 yield f"simulating {dose:.0%} dose: {item.name} slice {count + 1}/{len(used)} (of {n})"
                 low = simulate_low_dose(full3[z], dose, item.spacing_mm, seed=slice_seed(seed, k, z), i0=i0,
                                         **insertion)  # fmt: skip
+                low = at_own_noise(full3[z], low, dose, own[z])
             name = item.name if item.full_hu.ndim == 2 else f"{item.name}#{z}"
             b, r = (m[np.rint(m[:, 0]) == z][:, 1:] for m in (clipped, rejected))
             full_z = np.ascontiguousarray(full3[z], dtype=np.float32)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -42,7 +42,7 @@ from ..layer_data import volume_layer_tuples
 from ._docking import DockHome, scroll_layout, show_message, wrapping_label
 from ._layer_watch import LayerWatch, renamed_to
 from ._roles import derived_name, grayscale_images, is_ct_image, is_reduced_dose, source_key
-from ._sim_job import SimProgress, added_noise_sd, simulate_job
+from ._sim_job import SimProgress, added_noise_sd, flat_noise_sds, simulate_job
 from ._worker_utils import Failure, share_cores
 from .calipers import measure
 from .reading_room import HINT, ReadingRoom
@@ -68,6 +68,19 @@ def _scan_task(path: str) -> Any:
         return list_series(path)
     except (ValueError, OSError) as exc:
         return Failure.of(exc)
+
+
+def _advice(own: np.ndarray, added: np.ndarray) -> str:
+    """The noise a simulation added in flat tissue, and how to compare its denoised image with the normal dose like
+    with like: leave the normal dose's own noise in flat tissue (``flat_noise_sds``; the Denoise dock's "leave"
+    strength measures the output there)."""
+    both = np.isfinite(own) & np.isfinite(added)
+    if not both.any():
+        return "no flat tissue to measure the noise in"
+    mine, more = float(np.median(own[both])), float(np.median(added[both]))
+    return (f"{more:.1f} HU of noise added in flat tissue to the normal dose's own {mine:.1f} HU (medians of "
+            f"{int(both.sum())} slices); to compare with the normal dose like with like, leave its noise in the "
+            f"denoised image (Denoise: leave {mine:.0f} HU)")
 
 
 class LoadCTWidget(QWidget):
@@ -433,6 +446,7 @@ class LoadCTWidget(QWidget):
             self._error(f"{layer.name} was removed while simulating; result dropped")
             return
         added = added_noise_sd(np.asarray(layer.data), np.asarray(result))
+        own, flat = flat_noise_sds(np.asarray(layer.data), np.asarray(result))
         how = next((r.calibration for r in self.sim_records if r.calibration), "")
         meta = {**layer.metadata, "hu": True, "dose": dose, "simulated_dose": dose, "simulated_seed": seed,
                 "normal_dose": layer.name, "normal_dose_key": source_key(layer), "simulated_added_sd": added,
@@ -452,12 +466,7 @@ class LoadCTWidget(QWidget):
             colormap="gray",
             metadata=meta,
         )
-        self._info(
-            f"added {new.name} (low-dose partner of {layer.name}): {added:.1f} HU of noise added over the whole body "
-            f"(more than in flat tissue alone; {how}); to compare with the normal dose, remove that much (Denoise: "
-            f"remove {added:.0f} HU)"
-        )
-        show_info(f"added {new.name}")
+        self._info(f"added {new.name} (low-dose partner of {layer.name}; {how}): {_advice(own, flat)}")
 
     def _on_sim_finished(self, worker: Any = None) -> None:
         if worker is not None and worker is not self.sim_worker:
