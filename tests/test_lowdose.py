@@ -193,7 +193,25 @@ def test_dose_is_validated(dose):
 
 def test_bad_shapes_are_rejected():
     with pytest.raises(ValueError, match="square"):
-        simulate_low_dose(np.zeros((32, 40), np.float32), 0.5, 1.0)
+        simulate_pair(np.zeros((32, 40), np.float32), 0.5, 1.0)
+    with pytest.raises(ValueError, match="at least 16 pixels, got 12 x 40"):
+        simulate_low_dose(np.zeros((12, 40), np.float32), 0.5, 1.0)
+
+
+def test_a_cropped_scan_is_simulated_centred_in_air_on_a_square():
+    """Regression: non-square slices (a cropped NIfTI, 167 x 233) were refused ("slices must be square for the
+    projector"). Centred in air on the square of the longer side they get the noise the same water ellipse gets in a
+    square image, in place: the body's mean kept, corners outside the scanner's circle untouched."""
+    yy, xx = np.mgrid[:64, :96]
+    body = ((yy - 31.5) / 26) ** 2 + ((xx - 47.5) / 40) ** 2 < 1
+    crop = np.where(body, 0.0, -1000.0).astype(np.float32)
+    square = np.full((96, 96), -1000.0, np.float32)
+    square[16:80] = crop
+    low = simulate_low_dose(crop, 0.25, 0.8, seed=2)
+    other = simulate_low_dose(square, 0.25, 0.8, seed=3)[16:80]
+    assert low.shape == crop.shape and abs(float(np.mean(low[body]))) < 3.0
+    assert np.std(low[body]) == pytest.approx(np.std(other[body]), rel=0.1) and np.std(low[body]) > 2.0
+    assert low[0, 0] == crop[0, 0] and low[-1, -1] == crop[-1, -1]
     with pytest.raises(ValueError, match="slice"):
         simulate_pair(np.zeros((2, 2, 32, 32), np.float32), 0.5, 1.0)
 

@@ -54,17 +54,19 @@ def test_deeplesion_tree_key_slices_with_boxes_and_simulated_low_dose(deeplesion
     (s,) = load_manifest(out)[1]
     assert s["name"] == "000001_01_01_109" and s["spacing_mm"] == 0.7 and s["shape"] == [24, 32]
     assert np.allclose(s["boxes"], [[3.0, 4.0, 9.75, 11.5], [19.5, 1.5, 29.5, 7.5]])
-    # with a dose, the non-square slice is skipped (the projector simulates square slices) and a square one kept
+    # with a dose, every slice gets a low-dose partner: a square one and (centred in air on a square, 2026-12-07;
+    # it was skipped) the non-square one
     write_png_hu(series / "110.png", hus[110][:, :24])
     (root / "DL_info.csv").write_text(
         (root / "DL_info.csv").read_text() + _row("000001_01_01_110.png", 110, "1, 2, 9, 9")
     )
     out = index_archive(root, tmp_path / "dl2.jsonl", dose=0.25, seed=3)
-    assert "not square" in " ".join(read_header(out)["skipped"])
-    (s,) = read_manifest(out)
+    assert "not square" not in " ".join(read_header(out)["skipped"])
+    wide, s = read_manifest(out)
     assert s.name == "000001_01_01_110" and s.shape == (24, 24) and np.array_equal(s.full_hu, hus[110][:, :24])
     low1, low2 = s.low_hu, s.low_hu
     assert np.array_equal(low1, low2) and not np.array_equal(low1, s.full_hu)  # seeded per slice: same every read
+    assert wide.shape == (24, 32) and wide.low_hu.shape == (24, 32) and not np.array_equal(wide.low_hu, wide.full_hu)
 
 
 def test_deeplesion_slices_that_cannot_be_read_are_skipped_at_index_time(deeplesion_tree, tmp_path):
@@ -95,8 +97,9 @@ def test_dicom_archive_rows_match_the_series_reader(two_series_dir, tmp_path):
     out = index_archive(root, tmp_path / "dicom.jsonl", dose=0.5)
     assert listing(root) == before  # nothing written next to the user's files
     header = read_header(out)
-    assert header["kind"] == "dicom" and header["n"] == 3 and header["n_skipped"] == 4 + 1  # 12 x 10 slices, SR
-    slices = read_manifest(out)
+    # the 12 x 10 slices too (skipped until 2026-12-07: "not square"; the projector centres them in air)
+    assert header["kind"] == "dicom" and header["n"] == 4 + 3 and header["n_skipped"] == 1  # the SR
+    slices = [s for s in read_manifest(out) if s.shape == (8, 8)]
     (ref,) = [v.hu for v in read_dicom(root) if v.metadata["series_uid"] == two_series_dir["uid_b"]]
     assert sorted(s.full_hu.tobytes() for s in slices) == sorted(r.tobytes() for r in ref)
     assert all(s.spacing_mm == 0.7 and s.shape == (8, 8) for s in slices)
@@ -275,7 +278,8 @@ def test_simulated_low_doses_are_cached_next_to_the_manifest(deeplesion_tree, tm
     before = listing(root)
     out = index_archive(root, tmp_path / "m.jsonl", dose=0.25, seed=3)
     cache = tmp_path / "m.jsonl.lowdose"
-    (s,) = read_manifest(out)
+    s = read_manifest(out)[-1]
+    assert s.name == "000001_01_01_110"
     assert not cache.exists()
     low = s.low_hu
     entries = list(cache.glob("*.npy"))
@@ -285,10 +289,10 @@ def test_simulated_low_doses_are_cached_next_to_the_manifest(deeplesion_tree, tm
     assert not list(cache.glob("*.tmp")) and listing(root) == before  # nothing written into the archive
     marker = np.full(low.shape, 7, np.int16)
     np.save(cached, marker)  # what the cache holds is what a later read returns: no new simulation
-    assert np.array_equal(s.low_hu, marker) and np.array_equal(read_manifest(out)[0].low_hu, marker)
+    assert np.array_equal(s.low_hu, marker) and np.array_equal(read_manifest(out)[-1].low_hu, marker)
     # another dose or seed is another entry; so is a changed source file
     other = index_archive(root, tmp_path / "m.jsonl", dose=0.5, seed=3)
-    assert not np.array_equal(read_manifest(other)[0].low_hu, marker) and len(list(cache.glob("*.npy"))) == 2
+    assert not np.array_equal(read_manifest(other)[-1].low_hu, marker) and len(list(cache.glob("*.npy"))) == 2
 
 
 def test_deeplesion_official_split_is_honoured(deeplesion_tree, tmp_path):

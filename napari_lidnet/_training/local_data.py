@@ -212,9 +212,9 @@ def check_inputs(
                 problems.append(f"{item.name!r}: the {label} image has NaN or infinite values")
             elif arr is not None and (note := not_ct_note("", arr, f"{_named(item, label)!r} ({label})")):
                 problems.append(note)  # 0-1 units, stored values: the noise simulated on it would mean nothing
-        if item.low_hu is None and (item.slice_shape[0] != item.slice_shape[1] or min(item.slice_shape) < 16):
+        if item.low_hu is None and min(item.slice_shape) < 16:
             problems.append(
-                f"{item.name!r}: low-dose simulation needs square slices of 16 pixels or more, got "
+                f"{item.name!r}: low-dose simulation needs slices of 16 pixels or more, got "
                 f"{item.slice_shape[1]}x{item.slice_shape[0]}: give a low-dose partner (paired layers)"
             )
         if min(item.slice_shape) < patch_size:

@@ -387,10 +387,6 @@ def build_index(
         rows = list(_deeplesion_rows(root, skipped, split))
     else:
         rows = list(_dicom_rows(root, skipped))
-    if dose is not None:  # the projector simulates square slices only
-        skipped.extend(f"{r['name']}: {r['shape'][0]} x {r['shape'][1]} is not square, no low dose simulated"
-                       for r in rows if r["low"] is None and r["shape"][0] != r["shape"][1])  # fmt: skip
-        rows = [r for r in rows if r["low"] is not None or r["shape"][0] == r["shape"][1]]
     if not rows:
         where = f", split {part}" if part else ""
         why = f"; skipped: {'; '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''}" if skipped else ""

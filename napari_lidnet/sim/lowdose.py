@@ -100,16 +100,16 @@ def _check_dose(dose: float) -> float:
     return dose
 
 
-def _as_stack(hu: np.ndarray) -> tuple[np.ndarray, bool]:
+def _as_stack(hu: np.ndarray, square: bool = True) -> tuple[np.ndarray, bool]:
     arr = np.asarray(hu, dtype=np.float32)
     if arr.ndim == 2:
         arr = arr[None]
     elif arr.ndim != 3:
         raise ValueError(f"expected a (y, x) slice or a (z, y, x) volume of HU, got shape {arr.shape}")
-    if arr.shape[1] != arr.shape[2]:
+    if square and arr.shape[1] != arr.shape[2]:
         raise ValueError(f"slices must be square for the projector, got {arr.shape[1]} x {arr.shape[2]}")
-    if arr.shape[1] < 16:
-        raise ValueError(f"slices must be at least 16 pixels, got {arr.shape[1]}")
+    if min(arr.shape[1:]) < 16:
+        raise ValueError(f"slices must be at least 16 pixels, got {arr.shape[1]} x {arr.shape[2]}")
     if not np.isfinite(arr).all():
         raise ValueError("the image contains NaN or infinite values")
     return arr, np.asarray(hu).ndim == 2
@@ -260,7 +260,8 @@ def simulate_low_dose(
     ``spacing_mm``: its pixel size (a number, or a volume's spacing with square pixels).
 
     ``i0`` is the full-dose photon count per bin and view assumed for the input scan. Pixels outside the FOV circle
-    (when the image is air there) are returned unchanged. ``dose == 1`` returns a copy. ``fast``: the variance map
+    (when the image is air there) are returned unchanged. Non-square slices (a cropped scan) are simulated centred
+    in air on the square of their longer side. ``dose == 1`` returns a copy. ``fast``: the variance map
     from a coarse projection and the noise reconstructed from pairs of views averaged (module docstring: ~6x less
     CPU at 512 x 512, the same noise SD and NPS within a few percent); for a seed, its image is close to the exact
     path's but not equal to it. ``sampling_mm``: the detector sampling (mm at the isocentre) the kernel is defined
@@ -271,7 +272,12 @@ def simulate_low_dose(
     """
     dose = _check_dose(dose)
     spacing_mm = square_pixel_mm(spacing_mm)
-    stack, squeeze = _as_stack(hu)
+    stack, squeeze = _as_stack(hu, square=False)
+    if stack.shape[1] != stack.shape[2]:  # a cropped scan: centred in air on a square, as the scanner saw it
+        padded, crop = _in_air_square(stack)
+        low = simulate_low_dose(padded, dose, spacing_mm, seed, i0, electronic_noise, n_angles, filter_name, device,
+                                batch_size, fast, sampling_mm=sampling_mm)[(slice(None), *crop)]  # fmt: skip
+        return low[0] if squeeze else low
     out = stack.copy()
     if dose == 1.0:
         return out[0] if squeeze else out
@@ -294,3 +300,15 @@ def simulate_low_dose(
                 dmu = projector.fbp(dp, stack.shape[1], spacing_mm, filter_name, circle=circle, band=band)
             out[b0 : b0 + batch_size] += (dmu * (1000.0 / MU_WATER)).cpu().numpy()
     return out[0] if squeeze else out
+
+
+def _in_air_square(stack: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """A (z, y, x) stack of non-square slices centred on square ones of air (-1000 HU), and the (y, x) crop back.
+    The rays through the air add no attenuation, so each pixel's noise is that of the slice scanned as it is."""
+    _, h, w = stack.shape
+    side = max(h, w)
+    y0, x0 = (side - h) // 2, (side - w) // 2
+    out = np.full((len(stack), side, side), -1000.0, np.float32)
+    crop = (slice(y0, y0 + h), slice(x0, x0 + w))
+    out[(slice(None), *crop)] = stack
+    return out, crop
