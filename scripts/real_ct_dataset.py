@@ -6,9 +6,11 @@ Our phantoms are not anatomy: the models that learned them fire on real chest mu
 48-slice 0.57 mm chest the real-scan issue was measured on) are kept for judging too: neither is used here.
 
 Every volume is split into a training block and a validation block (its last 20% of slices, the slice between them
-dropped). Each slice gets a random scan protocol (``sim.scanner.sample_scanner``: dose 5-50%, views, kernel,
-electronic noise, thickness) and a low-dose partner by projection-domain noise insertion, so the target keeps the
-scan's own noise, as a real normal-dose image does. Written (dataset folders, `lidnet train --data` reads them):
+dropped); the slices that show a patient's own disease (``Source.disease``: Lung_Dx-A0001's lung cancer) are left
+out of both, since every slice written here is lesion-free unless a lesion was inserted. Each slice gets a random
+scan protocol (``sim.scanner.sample_scanner``: dose 5-50%, views, kernel, electronic noise, thickness) and a low-dose
+partner by projection-domain noise insertion, so the target keeps the scan's own noise, as a real normal-dose image
+does. Written (dataset folders, `lidnet train --data` reads them):
 
     OUT/train/        training slices, no boxes (the detector learns them as negatives; --insert-lesions adds
                       positives)
@@ -36,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from real_ct_sources import TRAINING, fetch, read_source  # noqa: E402
+from real_ct_sources import TRAINING, fetch, lesion_free, read_source  # noqa: E402
 
 from napari_lidnet.io.dataset import Sample, write_dataset  # noqa: E402
 from napari_lidnet.sim.insert import insert_lesions, lung_mask  # noqa: E402
@@ -94,8 +96,10 @@ def build(downloads: Path) -> dict[str, list[Sample]]:
     parts: dict[str, list[Sample]] = {"train": [], "val-512": [], "val-small": []}
     for src in TRAINING:
         hu, pixel = read_source(src, fetch(src, downloads))
-        train, val = split_volume(hu)
-        print(f"{src.name}: {hu.shape}, {pixel:.3f} mm, {len(train)} train / {len(val)} val slices", flush=True)
+        train, val = (lesion_free(src, part) for part in split_volume(hu))  # no box marks a patient's own disease
+        dropped = f", slices {src.disease[0]}-{src.disease[1]} left out (disease no box marks)" if src.disease else ""
+        print(f"{src.name}: {hu.shape}, {pixel:.3f} mm, {len(train)} train / {len(val)} val slices{dropped}",
+              flush=True)  # fmt: skip
         group = "val-512" if hu.shape[1:] == (512, 512) else "val-small"
         for part, idx in (("train", train), (group, val)):
             for i in idx:
