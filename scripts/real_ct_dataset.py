@@ -91,12 +91,16 @@ def _write(out: Path, samples: list[Sample], info: dict, rng: np.random.Generato
     add_low_dose(out, None, seed, fast=fast)
 
 
-def build(downloads: Path) -> dict[str, list[Sample]]:
-    """Read every source and return the slices of each output folder (train, val-512, val-small)."""
+def build(downloads: Path, disease_only: bool = False) -> dict[str, list[Sample]]:
+    """Read every source and return the slices of each output folder (train, val-512, val-small). ``disease_only``:
+    the training block's slices that show a patient's own disease instead (what a detector learned as lesion-free
+    until 2026-12-07; a control arm puts them back), no validation slices."""
     parts: dict[str, list[Sample]] = {"train": [], "val-512": [], "val-small": []}
     for src in TRAINING:
         hu, pixel = read_source(src, fetch(src, downloads))
         train, val = (lesion_free(src, part) for part in split_volume(hu))  # no box marks a patient's own disease
+        if disease_only:
+            train, val = sorted(set(split_volume(hu)[0]) - set(train)), []
         dropped = f", slices {src.disease[0]}-{src.disease[1]} left out (disease no box marks)" if src.disease else ""
         print(f"{src.name}: {hu.shape}, {pixel:.3f} mm, {len(train)} train / {len(val)} val slices{dropped}",
               flush=True)  # fmt: skip
@@ -155,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=303)
     ap.add_argument("--only", nargs="*", help="output folders to write (default: all)")
+    ap.add_argument("--disease-only", action="store_true",
+                    help="train/ and train-zoom/ of the slices left out for a patient's own disease (a control arm)")
     ap.add_argument(
         "--fast-train",
         action="store_true",
@@ -163,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.out.exists() and not args.only:
         raise SystemExit(f"{args.out}: exists; outputs never overwrite")
-    parts = build(args.downloads)
+    parts = build(args.downloads, args.disease_only)
     command = "python " + " ".join(sys.argv)
     sources = "; ".join(f"{s.name}: {s.package}=={s.version} {s.member} ({s.note})" for s in TRAINING)
     info = {"dose": None, "seed": args.seed, "source": f"real CT from PyPI packages: {sources}", "command": command}
@@ -182,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
 
     names = ("train", "val-512", "val-small", "train-zoom", "val-zoom", "val-lung", "val-mass")
     for k, name in enumerate(names):
+        if args.disease_only and not name.startswith("train"):
+            continue
         folders = (name,) if name.startswith("train") else (name, f"{name}-les")
         for folder in folders[1:] if name == "val-mass" else folders:  # lesion-free: val-512's and val-small's
             if args.only and folder not in args.only:
