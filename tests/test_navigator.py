@@ -11,6 +11,7 @@ import pytest
 from conftest import synthetic_hu, write_series
 from qtpy.QtCore import Qt
 
+from napari_lidnet._widgets._box_style import box_style
 from napari_lidnet._widgets.navigator import COLUMNS, LesionNavigatorWidget
 from napari_lidnet.findings import read_findings
 from napari_lidnet.io.open_ct import open_ct
@@ -952,3 +953,32 @@ def test_from_the_table_tab_leaves_it_and_the_canvas_keys_work(make_napari_viewe
     assert not widget.table.hasFocus()
     status = widget.table.item(0, [k for k, _ in COLUMNS].index("status"))
     assert status.data(Qt.ItemDataRole.DecorationRole) is not None
+
+
+def test_stepping_to_a_small_finding_zooms_to_it_and_its_labels_stand_apart(make_napari_viewer, tmp_path) -> None:
+    """Regression: a step centred a 4 mm box at the image's fit zoom (a few screen pixels wide), its score above and
+    its status below stacked on it. The step now zooms: the box fills about 30% of the canvas, stays on it, and
+    the two labels (score at the box's top, status at its bottom) are more than two text lines apart on screen."""
+    write_series(tmp_path / "ct", synthetic_hu((3, 256, 256), seed=4), series_uid="1.2.826.0.1.3680043.8.498.56")
+    viewer = make_napari_viewer()
+    small = np.array([[1, 100, 120, 105, 125, 0.8], [2, 30, 40, 60, 70, 0.6]], np.float32)  # 5 px and 30 px boxes
+    widget, image, boxes = open_with_boxes(viewer, open_ct(tmp_path / "ct")[0], small)
+    boxes.features = {"score": small[:, 5], "label": [f"{v:.2f}" for v in small[:, 5]]}
+    boxes.text = box_style()["text"]  # the Denoise dock's score labels
+    viewer.reset_view()
+    fit = viewer.camera.zoom
+    widget.select(0)
+    widget.accept()  # on to the next pending box, then back: the kept box now has its "accepted" label
+    widget.select(0)
+    reviewed = widget.reviewed_layer
+    zoom, view = viewer.camera.zoom, np.asarray(viewer.canvas.viewbox_size(viewer.layers), float)
+    pixel = float(np.min(image.scale[-2:]))
+    assert zoom > 2 * fit and zoom <= 8 / pixel + 1e-9  # closer than the fit, at most 8 screen px per pixel
+    corners = np.array([image.data_to_world((1, r, c))[1:] for r, c in ((120, 100), (125, 105))])
+    on_screen = (corners - np.asarray(viewer.camera.center)[-2:]) * zoom + view / 2
+    assert np.all(on_screen >= 0) and np.all(on_screen <= view)  # the whole box on the canvas
+    assert boxes.text.anchor == "upper_left" and reviewed.text.anchor == "lower_left"
+    gap_px = float(np.ptp(corners[:, 0])) * zoom  # from the score's anchor (top edge) to the status's (bottom)
+    assert gap_px > 2 * max(boxes.text.size, reviewed.text.size), gap_px
+    widget.select(1)  # a large box: never zoomed out below the image's fit
+    assert viewer.camera.zoom >= fit * 0.999

@@ -26,3 +26,9 @@ def light_theme(theme: str) -> bool:
         return False
     red, green, blue = get_theme(theme).background.as_rgb_tuple()[:3]
     return 0.299 * red + 0.587 * green + 0.114 * blue > 128
+
+
+def viewbox_size(viewer: Any) -> tuple[float, float]:
+    """The canvas's size in screen pixels (rows, columns), of one panel when side by side (napari's grid)."""
+    return tuple(float(v) for v in viewer.canvas.viewbox_size(viewer.layers))
+

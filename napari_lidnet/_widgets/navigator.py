@@ -1,14 +1,15 @@
 """Lesion navigator dock: the detector's boxes as a table a reader steps through, accepts, rejects or edits.
 
 The table lists one row per box (slice, centre in mm, long and short axis in mm, mean HU, score, status) and sorts
-on any column; selecting a row moves the viewer to the box's slice and centres it. Accept (A) and Reject (R) act on
-the selected row and move on to the next pending one; Edit (E) keeps the row (N / P step without deciding). Kept
-boxes live on a layer of their own, "<image> reviewed" (role ``reviewed``): Edit selects the box there so its
-corners can be dragged, and a box drawn on that layer by hand joins the table as "added". The reviewed boxes export
-to CSV/JSON (every row with its status) and to a DICOM Comprehensive SR (kept boxes, referencing the source slices
-when the image came from DICOM). Sizes and HU come from ``findings`` (plain numpy); the dock lives in the bottom area.
-The reviewed layer's bookkeeping is ``_reviewed_layer``, the exports ``_review_export``, Open… (a saved review or box
-table back on its image) ``_saved_review``, the geometry ``_geometry``.
+on any column; selecting a row moves the viewer to the box's slice, centres it and zooms to it (``_framing``).
+Accept (A) and Reject (R) act on the selected row and move on to the next pending one; Edit (E) keeps the row (N / P
+step without deciding). Kept boxes live on a layer of their own, "<image> reviewed" (role ``reviewed``): Edit selects
+the box there so its corners can be dragged, and a box drawn on that layer by hand joins the table as "added". The
+reviewed boxes export to CSV/JSON (every row with its status) and to a DICOM Comprehensive SR (kept boxes,
+referencing the source slices when the image came from DICOM). Sizes and HU come from ``findings`` (plain numpy); the
+dock lives in the bottom area. The reviewed layer's bookkeeping is ``_reviewed_layer``, the exports
+``_review_export``, Open… (a saved review or box table back on its image) ``_saved_review``, the geometry
+``_geometry``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from ..layer_data import ANNOTATED, RECIST_LONG, RECIST_SHORT
 from ._box_marks import dim_boxes, mark_current, remark, scored, unmark
 from ._debounce import debounce_timer
 from ._docking import DockHome, add_tips, scroll_layout, wrapping_label
+from ._framing import finding_zoom
 from ._geometry import corners_in_image, index_to_patient, index_to_world, pixel_map
 from ._key_help import keep_help_mended
 from ._layer_watch import LayerWatch, renamed_to
@@ -239,8 +241,8 @@ class LesionNavigatorWidget(ReviewedLayer, SavedReview, QWidget):
             (b["reject"], "not a lesion: left out of the kept findings (dimmed on the detector's layer), then the "
                           "next box to decide"),
             (b["edit"], "keep it and fit its box by hand on the reviewed layer (sizes follow the box)"),
-            (b["previous"], "the row above (from the first: the last), its slice shown and centred"),
-            (b["next"], "the row below (from the last: the first), its slice shown and centred"),
+            (b["previous"], "the row above (from the first: the last), its box centred and zoomed to"),
+            (b["next"], "the row below (from the last: the first), its box centred and zoomed to"),
             (b["export"], "CSV or JSON (every row with its status) or DICOM SR (.dcm: kept boxes)"),
             (b["open"], "a review exported here (CSV/JSON: every box with its status; DICOM SR: the kept ones) or "
                         "a box table (the Denoise dock's, lidnet detect's, File > Save's .boxes.csv) onto the picked "
@@ -685,12 +687,13 @@ class LesionNavigatorWidget(ReviewedLayer, SavedReview, QWidget):
 
     # ------------------------------------------------------------------------------------------------ review
     def jump(self, fid: int) -> None:
-        """Show the slice of finding ``fid`` and centre the view on its box."""
+        """Show the slice of finding ``fid``, centre the view on its box and zoom to it (``_framing``)."""
         f, image = self.finding(fid), self.image_layer
         if f is None or image is None:
             return
         self._set_mark(f)
-        centre = centre_world(f, index_to_world(image))  # where napari shows it (the table's centre is the patient's)
+        to_world = index_to_world(image)
+        centre = centre_world(f, to_world)  # where napari shows it (the table's centre is the patient's)
         world = centre[3 - image.ndim :]  # the image's own world axes, on the viewer's last ones
         dims, offset = self.viewer.dims, self.viewer.dims.ndim - image.ndim
         for axis in dims.not_displayed:  # axial, coronal or sagittal: every slider moves to the box
@@ -698,6 +701,9 @@ class LesionNavigatorWidget(ReviewedLayer, SavedReview, QWidget):
                 dims.set_point(axis, float(world[axis - offset]))
         shown = [float(world[d - offset]) if d >= offset else float(dims.point[d]) for d in dims.displayed]
         camera(self.viewer).center = tuple(shown)
+        zoom = finding_zoom(self.viewer, image, _corners_world(f, to_world)[:, 3 - image.ndim :], to_world)
+        if zoom is not None:
+            camera(self.viewer).zoom = zoom
         boxes = self.boxes_layer if self.boxes_layer is not None else self.reviewed_layer
         if grid(self.viewer).enabled and boxes is not None and not boxes.visible:  # Compare shows the images alone
             self._say(f"finding {f.id} is at the centre of both panels; side by side shows the images alone, so its "
@@ -885,6 +891,13 @@ class LesionNavigatorWidget(ReviewedLayer, SavedReview, QWidget):
 
     def _say(self, text: str) -> None:
         self.status.setText(text)
+
+
+def _corners_world(f: Finding, to_world: np.ndarray) -> np.ndarray:
+    """The corners of ``f``'s box in world (z, y, x) through a 4x4 (slice, y, x, 1) -> world matrix."""
+    corners = np.asarray(f.corners, dtype=float).reshape(-1, 2)
+    index = np.column_stack([np.full(len(corners), float(f.slice)), corners, np.ones(len(corners))])
+    return (index @ np.asarray(to_world, dtype=float).T)[:, :3]
 
 
 def _color(hex_color: str) -> Any:
