@@ -5,24 +5,30 @@ image's pixel coordinates, so lengths follow its voxel size; a file without a st
 the loader said when it opened it) and leaves it in line mode. Over another image its scale is taken as mm when it has
 one (as the lesion navigator does: ``has_voxel_size``), else lengths are in its pixels ("px"); without any image
 there is nothing to measure. A line
-or a path is labelled with its length, a rectangle or an ellipse with its two sides or axes (below the shape's
-right end, clear of the detector's score at the upper left); the labels follow every drawn, moved, edited or
-deleted shape.
+or a path is labelled with its length, a rectangle or an ellipse with its two sides or axes, the label centred
+``LABEL_OFFSET_PX`` screen pixels below the shape's middle at any zoom (anchored at a corner of the shape's bounds,
+a label longer than a short line ran away from it, over whatever lay beside); the labels follow every drawn, moved,
+edited or deleted shape.
 Caliper layers are measurements, not regions or lesion boxes: ROI compare does not switch to them on its own, and
 the lesion navigator and fine-tuning do not offer them.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
 
-from ._roles import CALIPERS, ROLE, has_voxel_size, role
+from ._roles import CALIPERS, ROLE, behind_proxy, has_voxel_size, role
+from ._viewer import camera
 
 CALIPER_COLOR = "cyan"
 LENGTH_SHAPES = ("line", "path")
 SIDE_SHAPES = ("rectangle", "ellipse")
+LABEL_SIZE = 10
+#: the label's centre below its shape's middle, in screen pixels: its top edge a few pixels clear of a level line
+LABEL_OFFSET_PX = 12.0
 
 
 def path_length_mm(vertices: np.ndarray, scale: Any) -> float:
@@ -78,11 +84,41 @@ def add_calipers(viewer: Any, image: Any) -> Any:
         face_color="transparent",
         features={"label": np.array([], dtype=object)},
         feature_defaults={"label": ""},
-        text={"string": "{label}", "anchor": "lower_right", "size": 10, "color": CALIPER_COLOR},
+        text={"string": "{label}", "anchor": "center", "size": LABEL_SIZE, "color": CALIPER_COLOR},
         metadata={ROLE: CALIPERS, "caliper_unit": unit},
     )
     layer.events.data.connect(_on_data)
+    _follow_zoom(viewer, layer)
     return layer
+
+
+def label_offset(layer: Any, viewer: Any) -> np.ndarray:
+    """The layer's text translation (data units, per axis) that puts each label ``LABEL_OFFSET_PX`` screen pixels
+    below its shape's middle at the viewer's zoom, on the displayed axes."""
+    offset = np.zeros(layer.ndim)
+    axis = viewer.dims.displayed[-2] - (viewer.dims.ndim - layer.ndim)  # the screen's vertical axis
+    step = abs(float(layer.scale[axis])) if axis >= 0 else 0.0
+    if step > 0:
+        offset[axis] = LABEL_OFFSET_PX / (max(float(camera(viewer).zoom), 1e-9) * step)
+    return offset
+
+
+def _follow_zoom(viewer: Any, layer: Any) -> None:
+    """Keep ``layer``'s labels at their screen offset as the view zooms or turns (until it leaves the viewer)."""
+    ref = weakref.ref(behind_proxy(layer))
+    emitters = (camera(viewer).events.zoom, viewer.dims.events.order)
+
+    def place(_event: Any = None) -> None:
+        target = ref()
+        if target is None or target not in viewer.layers:
+            for emitter in emitters:
+                emitter.disconnect(place)
+            return
+        target.text.translation = label_offset(target, viewer)
+
+    for emitter in emitters:
+        emitter.connect(place)
+    place()
 
 
 def measure(viewer: Any, image: Any) -> Any | None:
