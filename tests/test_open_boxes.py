@@ -135,6 +135,7 @@ def test_an_image_under_review_is_not_opened_over(make_napari_viewer, series, tm
     widget.accept(0)
     n = len(viewer.layers)
     assert widget.open_boxes(table) is None and "has a review in this viewer" in widget.status.text()
+    assert "export it to keep it, then remove its reviewed layer" in widget.status.text()  # export alone lifts nothing
     assert len(viewer.layers) == n
 
 

@@ -37,8 +37,8 @@ class SavedReview:
             self._say("pick the image the saved boxes belong to, then open them")
             return None
         if any(ly.nshapes or lidnet_info(ly).get("rejected") for ly in reviewed_of(self.viewer.layers, image)):
-            self._say(f"{image.name} has a review in this viewer: export it, or remove its reviewed layer, before "
-                      "opening another")  # fmt: skip
+            self._say(f"{image.name} has a review in this viewer: export it to keep it, then remove its reviewed "
+                      "layer, before opening another")  # fmt: skip
             return None
         try:
             saved = read_saved_boxes(path)
