@@ -161,7 +161,7 @@ def measure_finding(load_widget: Any, finding: Any) -> Any:
 
 def take_pictures(viewer: Any, widgets: dict[str, Any], folder: Path, wait: Any) -> list[Path]:
     """The README's pictures at the window's size: the layout, the side-by-side comparison, the navigator (with a
-    caliper across a pending box on the slice shown)."""
+    caliper across the finding it zoomed to)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / name for name in PICTURES]
     raise_tab(widgets["roi"])
@@ -173,9 +173,8 @@ def take_pictures(viewer: Any, widgets: dict[str, Any], folder: Path, wait: Any)
     widgets["denoise"].set_compare(False)
     review_some(widgets["navigator"])
     shown = widgets["navigator"].finding(widgets["navigator"].current_id())
-    pending = [f for f in widgets["navigator"].findings if shown and f.slice == shown.slice and f.status == "pending"]
-    if pending:  # a box without a status label under it: the caliper's length reads clear of other text
-        measure_finding(widgets["load"], max(pending, key=lambda f: f.score or 0.0))
+    if shown is not None:  # the step zoomed to it: the caliper across it reads on screen
+        measure_finding(widgets["load"], shown)
     raise_tab(widgets["navigator"])
     viewer.screenshot(str(paths[2]), canvas_only=False, flash=False)
     return paths
