@@ -24,6 +24,7 @@ ARRAY_CASES = {
     "nan.npy": ("warned", r"1 of 512 pixels are NaN \(first at index \(1, 2, 3\)\)"),
     "inf.npy": ("warned", r"2 of 512 pixels are infinite"),
     "constant.npy": ("warned", r"every pixel is -1000 HU \(a blank image\)"),
+    "absurd.npy": ("warned", r"2 of 512 pixels lie beyond \+-100000 HU \(-1e\+30 to 1e\+30, first at index \(0, 1, 2"),
     "int8.npy": ("refused", r"dtype int8 \(8 bits\) cannot hold HU"),
     "uint8.npy": ("refused", r"dtype uint8 \(8 bits\) cannot hold HU"),
     "bool.npy": ("refused", r"dtype bool is not numbers in HU"),
@@ -87,10 +88,13 @@ def write_arrays(folder: Path) -> Path:
     nan, inf = hu.copy(), hu.copy()
     nan[1, 2, 3] = np.nan
     inf[0, 0, 0], inf[1, 5, 5] = np.inf, -np.inf
+    absurd = hu.copy()
+    absurd[0, 1, 2], absurd[1, 3, 3] = 1e30, -1e30  # finite, but no CT: it overflowed the networks
     arrays = {
         "good": hu,
         "nan": nan,
         "inf": inf,
+        "absurd": absurd,
         "constant": np.full((2, 16, 16), -1000.0, np.float32),
         "int8": hu.astype(np.int8),
         "uint8": np.zeros((16, 16), np.uint8),

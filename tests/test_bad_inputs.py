@@ -26,9 +26,9 @@ from bad_inputs import (
     write_colliding_series,
     write_dicoms,
 )
-from conftest import tiny_models
+from conftest import synthetic_hu, tiny_models, write_series
 
-from napari_lidnet import batch
+from napari_lidnet import batch, inference
 from napari_lidnet._reader import napari_get_reader
 from napari_lidnet._training.export import export_run
 from napari_lidnet._training.resume import check_resume
@@ -135,6 +135,7 @@ CLI_REFUSALS = {
     "arrays/nan.npy": r"1 of 512 pixels are NaN .*; CT input must be finite HU",
     "arrays/inf.npy": r"2 of 512 pixels are infinite",
     "arrays/constant.npy": r"a blank image",
+    "arrays/absurd.npy": r"2 of 512 pixels lie beyond \+-100000 HU .*which no CT holds; CT input must be finite HU",
 }
 
 
@@ -146,6 +147,50 @@ def test_denoise_detect_refuse_bad_inputs(corpus, capsys, case, cmd):
     rc, lines = run_cli(capsys, *_cli_args(cmd, corpus / case, out))
     assert_refused(rc, lines, cmd, CLI_REFUSALS.get(case, CORPUS[case][1]))
     assert snapshot(corpus) == before
+
+
+def test_real_ct_extremes_are_not_refused_as_impossible(models, tmp_path, capsys):
+    """What real CT holds beyond air and bone runs: -3024 padding outside the field of view, metal at 30000 HU on
+    the extended scale, and an unmarked unsigned 63536 padding read as +62512 HU."""
+    hu = good_volume()
+    hu[:, :3], hu[0, 8, 8], hu[1, 8, 8], hu[1, 15, 15] = -3024.0, 30000.0, 62512.0, -33792.0
+    np.save(tmp_path / "edges.npy", hu)
+    for cmd in ("denoise", "detect"):
+        out = tmp_path / ("den.npy" if cmd == "denoise" else "boxes.csv")
+        rc, lines = run_cli(capsys, *_cli_args(cmd, tmp_path / "edges.npy", out))
+        assert rc == 0 and out.is_file() and not any("error" in ln or "overflow" in ln for ln in lines), lines
+
+
+def test_an_array_that_looks_like_y_x_z_is_refused_until_axes_says(models, tmp_path, capsys):
+    """Regression: a (512, 512, 16) array saved from nibabel was denoised as 512 sagittal slices of 512 x 16 with a
+    Python hint in a warning, and exit 0. The command line refuses it in one line naming --axes; --axes yxz takes
+    the last axis as the slices and writes the result back in the file's order; --axes zyx runs it as stored."""
+    zyx = synthetic_hu((3, 64, 64), seed=3)
+    np.save(tmp_path / "yxz.npy", np.moveaxis(zyx, 0, -1))  # (64, 64, 3)
+    np.save(tmp_path / "small.npy", synthetic_hu((12, 128, 128), seed=4).transpose(1, 2, 0))  # (128, 128, 12)
+    before = snapshot(tmp_path)
+    for name, shape in (("yxz.npy", r"\(64, 64, 3\)"), ("small.npy", r"\(128, 128, 12\)")):
+        for cmd in ("denoise", "detect"):
+            rc, lines = run_cli(capsys, *_cli_args(cmd, tmp_path / name, tmp_path / ("o.npy" if cmd == "denoise"
+                                                                                   else "o.csv")))  # fmt: skip
+            assert_refused(rc, lines, cmd, rf"{name}: shape {shape} looks like \(y, x, z\).*add --axes yxz")
+    assert snapshot(tmp_path) == before
+    rc, lines = run_cli(capsys, *_cli_args("denoise", tmp_path / "yxz.npy", tmp_path / "den.npy"), "--axes", "yxz")
+    assert rc == 0, lines
+    want = inference.denoise(load_weights(models / "tiny_denoiser")[0], zyx)
+    np.testing.assert_allclose(np.load(tmp_path / "den.npy"), np.moveaxis(want, 0, -1), atol=1e-3)
+    rc, lines = run_cli(capsys, *_cli_args("detect", tmp_path / "yxz.npy", tmp_path / "b.csv"), "--axes", "zyx")
+    assert rc == 0 and not any("warning" in ln for ln in lines), lines  # said so: no Python hint either
+    rc, lines = run_cli(capsys, *_cli_args("denoise", _dicom_series(tmp_path), tmp_path / "x.npy"), "--axes", "yxz")
+    assert_refused(rc, lines, "denoise", r"--axes orders a 3D array file .*: leave --axes out")
+    rc, lines = run_cli(capsys, "denoise", tmp_path / "yxz.npy", tmp_path / "all", "--all-series", "--axes", "yxz")
+    assert_refused(rc, lines, "denoise", r"--axes orders one array; --all-series takes every one")
+
+
+def _dicom_series(tmp_path: Path) -> Path:
+    """A small DICOM series (read in (z, y, x) order whatever --axes says)."""
+    write_series(tmp_path / "series", synthetic_hu((3, 16, 16), seed=5), series_uid="1.2.826.0.1.3680043.8.498.91")
+    return tmp_path / "series"
 
 
 @pytest.mark.parametrize("cmd", ["denoise", "detect"])

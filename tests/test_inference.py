@@ -275,6 +275,23 @@ def test_nan_or_infinite_pixels_are_refused_by_the_api_before_anything_runs() ->
     assert inf.detect(det, hu, score_threshold=0.0, slices=[0]).shape[1] == 6  # the finite slice alone runs
 
 
+def test_values_no_ct_holds_are_refused_by_the_api_and_a_y_x_z_stack_is_warned_about() -> None:
+    """Regression: +-1e30 "HU" overflowed float32 in the network (numpy warnings) and came back as +-2.6e30; now
+    refused as NaN is, while real extremes (-3024 padding, 30000 HU metal) run. The (y, x, z) warning uses the
+    command line's rule (io.checks.looks_like_yxz): a (128, 128, 12) stack is warned about, (12, 128, 128) not."""
+    hu = _noisy((2, 64, 64))
+    hu[0, :4], hu[1, 9, 9] = -3024.0, 30000.0
+    assert np.isfinite(inf.denoise(_fastdn(), hu)).all()
+    hu[1, 0, 0] = -1e30
+    with pytest.raises(ValueError, match=r"slice 1: 1 of 4096 pixels lie beyond \+-100000 HU .*no CT holds; CT input"):
+        inf.denoise(_fastdn(), hu)
+    with pytest.warns(UserWarning, match=r"slices of 128 x 12 pixels, 128 of them: if the array is \(y, x, z\)"):
+        inf.denoise(_fastdn(), _noisy((128, 128, 12)), slices=[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        inf.denoise(_fastdn(), _noisy((12, 128, 128)), slices=[0])
+
+
 def test_a_detector_with_a_pixel_size_sees_each_slice_at_that_size() -> None:
     """``detect_mm``: a slice of 0.35 mm pixels is detected as the same image resampled to 0.7 mm would be, the
     boxes mapped back to its own pixels (x2); without a pixel size, or within 2% of it, nothing is resampled."""

@@ -40,6 +40,46 @@ def check_ct(vol: Any, path: str) -> None:
         raise ValueError(problem)
 
 
+#: the reader's ``format`` of array files, whose axis order nothing records (DICOM and NIfTI are read as (z, y, x))
+ARRAY_FORMATS = ("npy", "npz", "tif", "tiff")
+
+
+def apply_axes(vol: CTVolume, axes: str | None, path: str) -> CTVolume:
+    """``vol`` in (z, y, x) order as ``--axes`` says (``yxz``: its last axis moved first, voxel size too); refused
+    without ``--axes`` when a bare array looks like (y, x, z) (``io.checks.looks_like_yxz``), and ``--axes`` for any
+    input other than a 3D array file without patient geometry."""
+    import dataclasses
+
+    import numpy as np
+
+    from napari_lidnet.io.checks import looks_like_yxz
+
+    bare = vol.metadata.get("format") in ARRAY_FORMATS and vol.hu.ndim == 3 and vol.metadata.get("orientation_unknown")
+    if axes is not None and not bare:
+        raise ValueError(f"--axes orders a 3D array file (.npy, .npz, .tif) without patient geometry; {path} is read "
+                         "in (z, y, x) order: leave --axes out")  # fmt: skip
+    if axes is None and bare and looks_like_yxz(vol.hu.shape):
+        a, b, c = vol.hu.shape
+        raise ValueError(f"{path}: shape {vol.hu.shape} looks like (y, x, z), {c} slices of {a} x {b} pixels: add "
+                         f"--axes yxz to take its last axis as the slices, or --axes zyx to process {a} slices of "
+                         f"{b} x {c} as stored")  # fmt: skip
+    if axes == "zyx":  # said so: the Python API's "if the array is (y, x, z)" warning is not for this run
+        warnings.filterwarnings("ignore", message=r"slices of .* if the array is \(y, x, z\)")
+    if axes != "yxz":
+        return vol
+    spacing = (vol.spacing[2], vol.spacing[0], vol.spacing[1])
+    return dataclasses.replace(vol, hu=np.ascontiguousarray(np.moveaxis(vol.hu, -1, 0)), spacing=spacing)
+
+
+def axes_back(hu: Any, spacing: tuple[float, ...], axes: str | None) -> tuple[Any, tuple[float, ...]]:
+    """A (z, y, x) result and its voxel size in the input file's order again (``--axes yxz``: slices last)."""
+    import numpy as np
+
+    if axes != "yxz":
+        return hu, spacing
+    return np.moveaxis(hu, 0, -1), (spacing[1], spacing[2], spacing[0])
+
+
 def _key(vol: Any) -> str:
     """The key ``--series`` takes for ``vol``: its SeriesInstanceUID, or the reader's stand-in for a series without."""
     return str(vol.metadata.get("series_key") or vol.metadata.get("series_uid", "") or "")

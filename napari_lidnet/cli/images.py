@@ -14,6 +14,8 @@ from napari_lidnet.io.json_text import strict_dumps
 
 from .common import (
     add_all_series,
+    apply_axes,
+    axes_back,
     check_new_output,
     device_arg,
     load_model_arg,
@@ -30,8 +32,9 @@ def _cmd_batch(args: argparse.Namespace, task: str, out: str) -> int:
     from napari_lidnet.batch import run_batch
     from napari_lidnet.models.registry import model_label
 
-    if args.series is not None:  # it was ignored: every series was processed
-        raise ValueError("--series picks one series of one input; --all-series takes every one: give one of them")
+    if args.series is not None or args.axes is not None:  # it was ignored: every series was processed
+        option = "--series picks one series of one input" if args.series is not None else "--axes orders one array"
+        raise ValueError(f"{option}; --all-series takes every one: give one of them")
     if not out.endswith(("/", os.sep)) and _looks_like_a_file_type(Path(out)):  # a folder named x.csv held the CSVs
         raise ValueError(f"{out}: --all-series writes one file per series into a folder; give a folder name, not a "
                          f"file name ending in {Path(out).suffix} (a folder named so: end it with /)")  # fmt: skip
@@ -160,7 +163,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         raise ValueError(f"{out}: cannot write {out.suffix} files; give .nii.gz, .npz, .tif, .npy or a folder (DICOM; "
                          f"a folder name ending in {out.suffix}: end it with /)")  # fmt: skip
     check_new_output(out, args.input, folder=not as_file)
-    vol = open_single(args.input, args.series)
+    vol = apply_axes(open_single(args.input, args.series), args.axes, args.input)
     if vol.metadata.get("written_here"):  # --all-series leaves such a series out; one named is the user's choice
         print(f"note: {args.input} was denoised by napari-lidnet already; denoising it again removes detail as well "
               "as what noise is left", file=sys.stderr)  # fmt: skip
@@ -177,7 +180,8 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                      leave_sd=args.leave_sd)  # fmt: skip
         known = not vol.metadata.get("orientation_unknown")  # an array's or a PNG's made-up geometry stays out
         assumed = bool(vol.metadata.get("spacing_assumed"))  # an assumed 1 mm stays assumed (slice spacing kept)
-        write_array(out, hu, vol.spacing, *((vol.origin, vol.direction) if known else (None, None)), assumed)
+        geometry = (vol.origin, vol.direction) if known else (None, None)
+        write_array(out, *axes_back(hu, vol.spacing, args.axes), *geometry, assumed)  # in the input's axis order
         _note_noise(vol.hu, hu, args.remove_sd, args.leave_sd)  # once written: a failed write says only why
         if out.suffix.lower() == ".npy" and not assumed:
             size = " x ".join(f"{v:g}" for v in vol.spacing)
@@ -209,7 +213,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     check_new_output(out, args.input)
     if out.suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"{out}: boxes are written as .csv or .json; give a file name with one of those endings")
-    vol = open_single(args.input, args.series)
+    vol = apply_axes(open_single(args.input, args.series), args.axes, args.input)
     model, dev, card = load_model_arg(args.model, "detector", args.device)
     threshold = threshold_arg(args, card)
     about = {"input": str(args.input), "model": args.model or "default", "threshold": threshold}
@@ -258,6 +262,10 @@ def _add_input(p: Any, kind: str) -> None:
     p.add_argument("--model", default=None, help=f"{kind} name or weights path (default: shipped)")
     p.add_argument("--series", default=None, metavar="UID", help="the DICOM series to read (default: the largest)")
     p.add_argument("--device", default="auto", type=device_arg)
+    p.add_argument("--axes", choices=["zyx", "yxz"], default=None,
+                   help="axis order of a 3D array file (.npy, .npz, .tif): zyx, slices first, or yxz, slices last (as "
+                   "nibabel and MATLAB give them; a denoised array is written back so); an array that looks like "
+                   "yxz (last axis a quarter of the others or less) is refused until this says")  # fmt: skip
 
 
 def add_denoise(sub: Any) -> None:

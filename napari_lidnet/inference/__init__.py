@@ -38,7 +38,7 @@ import torch
 
 from napari_lidnet.inference.cache import ResultCache, array_fingerprint, cache_bytes, model_fingerprint
 from napari_lidnet.inference.tiles import TILE_ALIGN, blend, centred_in, merge_detections, tile_spans
-from napari_lidnet.io.checks import nonfinite_note, not_hu_note, warn_caller
+from napari_lidnet.io.checks import implausible_note, looks_like_yxz, nonfinite_note, not_hu_note, warn_caller
 from napari_lidnet.io.fov import fill_padding
 from napari_lidnet.models.device import cpu_has_bf16, resolve_device, script_notice
 from napari_lidnet.models.normalize import hu_to_net, net_to_hu
@@ -181,9 +181,9 @@ def _read_and_look(hu: Any, slices: SliceSelection) -> tuple[np.ndarray, list[in
 def say_if_odd(stack: np.ndarray, idx: Sequence[int]) -> None:
     """Warn (at the caller's line) about input the models were likely not meant to get: slices ``idx`` whose values
     are not HU (``io.checks.not_hu_note``: the first, middle and last of them are looked at), or a stack that looks
-    like (y, x, z)."""
+    like (y, x, z) (``io.checks.looks_like_yxz``, the rule the command line refuses by)."""
     z, y, x = stack.shape
-    if x * 4 <= y and x * 4 <= z:  # slices of 512 x 40 px, 512 of them: a (y, x, z) array (nibabel's order)
+    if looks_like_yxz((z, y, x)):  # slices of 512 x 40 px, 512 of them: a (y, x, z) array (nibabel's order)
         warn_caller(f"slices of {y} x {x} pixels, {z} of them: if the array is (y, x, z), pass "
                     "np.moveaxis(hu, -1, 0); the slices are the first axis", UserWarning)  # fmt: skip
     for i in sorted({idx[0], idx[len(idx) // 2], idx[-1]}) if len(idx) else ():
@@ -221,11 +221,15 @@ def _batch(stack: np.ndarray, chunk: Sequence[int]) -> np.ndarray:
 
 def _check_finite(stack: np.ndarray, idx: list[int]) -> None:
     """Refuse NaN or infinite pixels in the slices to process, before anything runs: a NaN spreads through the
-    convolutions (one pixel removes every box of its slice)."""
+    convolutions (one pixel removes every box of its slice); and values no CT holds (``io.checks.HU_LIMIT``: 1e30
+    overflowed float32 in the networks and came back as +-2.6e30 "HU")."""
     for z in idx:
         if not np.isfinite(stack[z]).all():
             note = nonfinite_note(stack[z], f"slice {z}")
             raise ValueError(f"{note}; CT input must be finite HU (replace them, e.g. with -1024 HU, first)")
+        note = implausible_note(stack[z], f"slice {z}")
+        if note:
+            raise ValueError(f"{note}; CT input must be HU (air -1000, water 0)")
 
 
 def _select(n: int, slices: SliceSelection) -> list[int]:

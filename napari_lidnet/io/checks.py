@@ -100,6 +100,28 @@ def nonfinite_note(hu: np.ndarray, what: str) -> str | None:
     return f"{what}: {n_bad} of {hu.size} pixels are {kinds} (first at index {first})"
 
 
+#: no CT value in HU lies beyond +-this: 16-bit stored pixels with a scanner's unit rescale read -33792..64511 HU
+#: (an unmarked 63536 padding: +62512), extended-scale metal up to about 31000 and padding down to -3024; 1e30 is
+#: a broken conversion, and the networks overflow float32 on it
+HU_LIMIT = 1e5
+
+
+def implausible_note(hu: np.ndarray, what: str) -> str | None:
+    """A one-line note when finite pixels of ``hu`` lie beyond +-``HU_LIMIT`` (no CT holds them), or None."""
+    values = np.asarray(hu)
+    if values.dtype.kind in "iu" and values.dtype.itemsize <= 2:  # 16-bit integers cannot reach it
+        return None
+    if values.size and -HU_LIMIT <= float(values.min()) and float(values.max()) <= HU_LIMIT:
+        return None
+    bad = np.isfinite(values) & (np.abs(values) > HU_LIMIT)
+    if not bad.any():  # NaN or infinity: nonfinite_note says so
+        return None
+    far = values[bad]
+    first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), values.shape))
+    return (f"{what}: {far.size} of {values.size} pixels lie beyond +-{HU_LIMIT:g} HU ({float(far.min()):g} to "
+            f"{float(far.max()):g}, first at index {first}), which no CT holds")  # fmt: skip
+
+
 def constant_note(hu: np.ndarray, what: str) -> str | None:
     """A one-line note when every (finite) pixel of ``hu`` has the same value, or None."""
     if hu.size and np.isfinite(hu).all() and float(hu.min()) == float(hu.max()):
@@ -139,21 +161,22 @@ def not_ct_note(modality: str, hu: np.ndarray, what: str) -> str | None:
 
 def ct_problem(hu: np.ndarray, modality: str, what: str) -> str | None:
     """Why ``hu`` is not CT the models process, in one line, else None: another modality (said first: an MR series
-    is not "CT with NaN"), NaN or infinite pixels, a blank image, or (where nothing says CT) values that are not HU.
-    The command line, batch runs and the Denoise dock refuse with it."""
+    is not "CT with NaN"), NaN or infinite pixels, values no CT holds (``HU_LIMIT``), a blank image, or (where
+    nothing says CT) values that are not HU. The command line, batch runs and the Denoise dock refuse with it."""
     if modality not in CT_MODALITIES:
         return not_ct_note(modality, hu, what)
-    note = nonfinite_note(hu, what) or constant_note(hu, what)
+    note = nonfinite_note(hu, what) or implausible_note(hu, what) or constant_note(hu, what)
     if note:
         return f"{note}; CT input must be finite HU with some contrast"
     return not_ct_note(modality, hu, what)
 
 
 def note_image_problems(volume: Any) -> list[str]:
-    """Warn about (and add to ``volume.metadata['warnings']``) NaN, infinite or constant pixels; the image is kept
-    so that the user can see it. Returns the notes added."""
+    """Warn about (and add to ``volume.metadata['warnings']``) NaN, infinite, impossible (``HU_LIMIT``) or constant
+    pixels; the image is kept so that the user can see it. Returns the notes added."""
     what = str(volume.metadata.get("source") or volume.name)
-    notes = [n for n in (nonfinite_note(volume.hu, what), constant_note(volume.hu, what)) if n]
+    found = (nonfinite_note(volume.hu, what), implausible_note(volume.hu, what), constant_note(volume.hu, what))
+    notes = [n for n in found if n]
     for note in notes:
         volume.metadata.setdefault("warnings", []).append(note)
         warnings.warn(note, UserWarning, stacklevel=3)
@@ -167,6 +190,13 @@ def warn_caller(msg: str, category: type[Warning] = UserWarning) -> None:
     while frame is not None and Path(frame.f_code.co_filename).resolve().is_relative_to(package):
         frame, level = frame.f_back, level + 1
     warnings.warn(msg, category, stacklevel=level)
+
+
+def looks_like_yxz(shape: Sequence[int]) -> bool:
+    """Whether a 3D array's shape reads as (y, x, z), nibabel's and MATLAB's order, rather than (z, y, x): its last
+    axis at most a quarter of each of the other two (512 x 512 x 16, 128 x 128 x 12), while CT slices are about
+    square. The Python API warns about it; the command line refuses it unless ``--axes`` says which order it is."""
+    return len(shape) == 3 and 4 * int(shape[2]) <= min(int(shape[0]), int(shape[1]))
 
 
 #: values that all lie within +-this are not HU: HU / 1000 of a CT lies in -1..3, and tissue with its noise spans
