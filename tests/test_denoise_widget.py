@@ -281,7 +281,7 @@ def test_the_outputs_move_with_their_source(make_napari_viewer, qtbot, model_dir
     widget.scope_combo.setCurrentText("current slice")
     viewer.dims.set_point(0, TRANSLATE[0] + 3 * SCALE[0])
     run_and_wait(widget, qtbot)
-    den, boxes = viewer.layers["low denoised"], viewer.layers["low lesions"]
+    den, boxes = viewer.layers["low denoised (slice 3)"], viewer.layers["low lesions"]
     src.scale = (2 * SCALE[0], *SCALE[1:])
     src.translate = (TRANSLATE[0] + 10.0, *TRANSLATE[1:])
     np.testing.assert_allclose(den.data_to_world((0, 5, 7)), src.data_to_world((3, 5, 7)))  # still slice 3
@@ -324,7 +324,7 @@ def test_current_slice_scope(make_napari_viewer, qtbot, model_dir: Path) -> None
     widget.set_threshold(0.05)
     viewer.dims.set_point(0, TRANSLATE[0] + 3 * SCALE[0])
     run_and_wait(widget, qtbot)
-    den = viewer.layers["low denoised"]
+    den = viewer.layers["low denoised (slice 3)"]  # the layer list says what it holds
     assert den.data.shape == (1, 64, 64)
     np.testing.assert_allclose(den.translate, (TRANSLATE[0] + 3 * SCALE[0], *TRANSLATE[1:]))
     np.testing.assert_allclose(den.data_to_world((0, 5, 7)), src.data_to_world((3, 5, 7)))
@@ -332,6 +332,10 @@ def test_current_slice_scope(make_napari_viewer, qtbot, model_dir: Path) -> None
     lesions = viewer.layers["low lesions"]
     assert len(lesions.data) and all(np.all(v[:, 0] == 3) for v in lesions.data)
     assert "replaces" not in widget.status.text()
+    viewer.dims.set_point(0, TRANSLATE[0] + 1 * SCALE[0])  # scrolled off: the input shows through, and it says so
+    assert widget.status.text().endswith("; denoised and boxes: slice 3 only; slice 1 on screen was not run")
+    viewer.dims.set_point(0, TRANSLATE[0] + 3 * SCALE[0])
+    assert widget.status.text().startswith("done") and "only" not in widget.status.text()
     widget.set_compare(True)  # elsewhere the denoised panel is blank: the status line says why
     assert "side by side: denoised on 1 of 6 slices, blank elsewhere" in widget.status.text()
     assert viewer.canvas.overlays[READOUT].text == "W 400  L 40"  # the window readout (the Flip button names F)
@@ -398,8 +402,26 @@ def test_a_current_slice_run_after_a_volume_run_updates_that_slice_only(make_nap
 
     widget.set_remove_sd(5.0)  # another strength: the slice run stands alone, as before, and says so
     run_and_wait(widget, qtbot)
-    assert viewer.layers["low denoised"].data.shape == (1, 64, 64)
+    assert viewer.layers["low denoised (slice 3)"].data.shape == (1, 64, 64)
     assert "replaces the all-slices result on screen" in widget.status.text()
+
+
+def test_routine_news_stays_in_the_status_line_and_errors_also_pop_up(make_napari_viewer, qtbot, model_dir,
+                                                                       tmp_path) -> None:  # fmt: skip
+    """Regression: every success message also popped a napari toast, which napari dismisses only while its window
+    is active: one stayed over the window/level readout. Routine news is the status line's; an error still pops up."""
+    from napari.utils.notifications import notification_manager
+
+    viewer = make_napari_viewer()
+    add_ct(viewer, phantom(n=2)[0])
+    widget = make_widget(viewer, qtbot)
+    before = len(notification_manager.records)
+    run_and_wait(widget, qtbot)
+    assert widget.export_boxes(tmp_path / "boxes.csv") is not None and widget.status.text().startswith("wrote ")
+    assert not [r for r in notification_manager.records[before:] if "LIDnet" in str(r.message)]
+    assert widget.export_boxes(tmp_path / "boxes.csv") is None  # it exists: refused, in red and in a pop-up
+    popped = [str(r.message) for r in notification_manager.records[before:] if "LIDnet" in str(r.message)]
+    assert len(popped) == 1 and "box export failed" in popped[0] and widget.status.styleSheet()
 
 
 def test_2d_image(make_napari_viewer, qtbot, model_dir: Path) -> None:

@@ -120,7 +120,7 @@ def test_closed_docks_stop_working_and_let_go_of_the_viewer(make_napari_viewer, 
         with qtbot.waitSignal(again.job_finished, timeout=60000):
             again.run()
         viewer.window.remove_dock_widget(again_dock)
-    assert sorted(_layer_names(viewer)) == ["low", "low denoised", "low lesions"]
+    assert sorted(_layer_names(viewer)) == ["low", "low denoised (slice 5)", "low lesions"]
     viewer.window.remove_dock_widget(nav_dock)
     assert coerce_keybinding("a") not in viewer.keymap
     viewer.window.remove_dock_widget(roi_dock)

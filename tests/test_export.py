@@ -99,7 +99,7 @@ def test_dicom_export_current_slice_and_plain_array(make_napari_viewer, qtbot, t
     assert back.hu.shape == (48, 48)  # a single slice, placed where slice 2 of the source is
     ipp = np.asarray(pydicom.dcmread(next((tmp_path / "one").glob("*.dcm"))).ImagePositionPatient, float)
     np.testing.assert_allclose(ipp, (vol.affine() @ [2, 0, 0, 1])[:3], atol=1e-3)
-    den = viewer.layers[f"{layer.name} denoised"]
+    den = viewer.layers[f"{layer.name} denoised (slice 2)"]
     np.testing.assert_allclose(back.hu, den.data[0], atol=0.5 + 1e-3)
     np.testing.assert_allclose(den.metadata["affine_lps"] @ [0, 0, 0, 1], vol.affine() @ [2, 0, 0, 1], atol=1e-6)
 

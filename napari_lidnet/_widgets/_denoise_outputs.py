@@ -129,6 +129,18 @@ class DenoiseOutputs:
             translate = slice_translate(tuple(src.scale), translate, first)
         return {"scale": tuple(src.scale), "translate": translate, "affine": src.affine.affine_matrix}
 
+    def _only_slice(self) -> int | None:
+        """The slice a "current slice" run's outputs hold (one slice of a volume, not folded into a volume result
+        on screen), else None."""
+        src, slices = self._last["layer"], list(self._last["result"].slices)
+        return int(slices[0]) if src.ndim == 3 and len(slices) == 1 and src.data.shape[0] > 1 else None
+
+    def _output_name(self, tag: str) -> str:
+        """An image output's name: "<source> denoised", or "<source> denoised (slice 40)" when it holds one slice (on
+        the others the layer, listed as shown, is empty and the input shows through)."""
+        only = self._only_slice()
+        return derived_name(self._last["layer"].name, tag if only is None else f"{tag} (slice {only})")
+
     def _denoised_array(self) -> np.ndarray | None:
         res = self._last["result"]
         if res.denoised is None:
@@ -154,7 +166,7 @@ class DenoiseOutputs:
             },
         }
         kwargs = {
-            "name": derived_name(src.name, "denoised"),
+            "name": self._output_name("denoised"),
             "contrast_limits": tuple(src.contrast_limits),
             "colormap": src.colormap.name,
             "metadata": meta,
@@ -175,7 +187,7 @@ class DenoiseOutputs:
             original = take_slices(original, self._last["result"].slices)
         noise, styling = removed_noise_layer(original, data)  # a volume's: computed as each slice is shown
         kwargs = {
-            "name": derived_name(src.name, "removed noise"),
+            "name": self._output_name("removed noise"),
             **styling,
             "metadata": {ROLE: NOISE, "lidnet": {"source_layer": src.name, "source_key": source_key(src)}},
             **self._geometry(self._last["first"]),

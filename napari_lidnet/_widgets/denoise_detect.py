@@ -119,6 +119,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         self._replacing = False  # a run is replacing one of its outputs (not the reader deleting it)
         self._pending: dict[str, Any] = {}
         self._summary = ""  # the last run's status line without its lesion count (the slider rewrites that)
+        self._status_base = self._status_shown = ""  # a run's status line without and with its slice note
         self.compare = CompareView(napari_viewer, self)
         self._build_ui()
         self.refresh_layers()
@@ -129,6 +130,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         for layer in self.viewer.layers:
             self._bind_flip(layer)
         self.watch.connect(self.viewer.layers.events.inserted, lambda event: self._bind_flip(event.value))
+        self.watch.connect(self.viewer.dims.events.current_step, self._on_step)
         DockHome(self, "right", TITLE)
 
     def _bind_flip(self, layer: Any) -> None:
@@ -316,11 +318,39 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
             self._apply_threshold()
 
     def _message(self, text: str, error: bool = False) -> None:
-        """Status label + napari notification."""
+        """The status line; an error also as a napari notification. Routine news stays in the status line: napari
+        dismisses a toast only while its window is active, so it stayed over the window/level readout."""
         show_message(self.status, text, error, self.viewer.theme)
-        from napari.utils.notifications import show_error, show_info
+        if error:
+            from napari.utils.notifications import show_error
 
-        (show_error if error else show_info)(f"LIDnet: {text}")
+            show_error(f"LIDnet: {text}")
+
+    def _slice_note(self) -> str:
+        """"denoised: slice 40 only; slice 20 on screen was not run" while the viewer shows another slice than the
+        one a "current slice" run's outputs hold (there the input shows through its empty output); else ""."""
+        only = self._only_slice() if self._last is not None else None
+        src = self._last["layer"] if only is not None else None
+        if src is None or src not in self.viewer.layers or slice_not_shown(self.viewer, src):
+            return ""
+        now = current_slice(self.viewer, src)
+        res = self._last["result"]
+        made = " and ".join(w for w, r in (("denoised", res.denoised), ("boxes", res.boxes)) if r is not None)
+        return f"{made}: slice {only} only; slice {now} on screen was not run" if now != only else ""
+
+    def _noted(self, text: str) -> str:
+        """``text`` (a run's status line) with :meth:`_slice_note`, remembered so that scrolling updates the note."""
+        self._status_base, note = text, self._slice_note()
+        self._status_shown = f"{text}; {note}" if note else text
+        return self._status_shown
+
+    def _on_step(self, _event: Any = None) -> None:
+        """The viewer moved to another slice: the run's status line gains or drops its slice note (a status line
+        that says something else since is left alone)."""
+        if self._status_shown and self.status.text() == self._status_shown:
+            text = self._noted(self._status_base)
+            if text != self.status.text():
+                self.status.setText(text)
 
     # ---------------------------------------------------------------------------------------------- choices
     def _image_layers(self) -> list[Image]:
@@ -601,7 +631,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         self._summary = text
         if res.boxes is not None:
             text += f"; {self.shown_text}"
-        self.status.setText(text)
+        self.status.setText(self._noted(text))
 
     def _previous(self, layer: Any) -> dict | None:
         """``layer``'s result on screen: the last run's when it ran on ``layer``, else its last volume run's."""
@@ -658,7 +688,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
             shown = self.shown_text
             if self._live("lesions") is None and self._last["result"].boxes is not None:
                 shown += " (their layer was deleted: run again to show them)"
-            self.status.setText(f"{self._summary}; {shown}" if self._summary else shown)  # the run's summary stays
+            self.status.setText(self._noted(f"{self._summary}; {shown}" if self._summary else shown))  # it stays
 
     def _threshold_from_detector(self, _index: int = -1) -> None:
         """Move the threshold to the chosen detector's calibrated default (its card), with the rate it means."""
