@@ -229,10 +229,13 @@ class FineTuneWidget(QWidget):
         self.start_button.setText("Start adapting" if adapt else "Start fine-tuning")
 
     def _message(self, text: str, error: bool = False) -> None:
+        """The status line; an error also as a napari notification (routine news would stay over the window/level
+        readout: napari dismisses a toast only while its window is active)."""
         show_message(self.status, text, error, self.viewer.theme)
-        from napari.utils.notifications import show_error, show_info
+        if error:
+            from napari.utils.notifications import show_error
 
-        (show_error if error else show_info)(f"LIDnet fine-tuning: {text}")
+            show_error(f"LIDnet fine-tuning: {text}")
 
     # ---------------------------------------------------------------------------------------------- choices
     def _images(self) -> list[Any]:
