@@ -20,24 +20,21 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_anatomy import DiskCache, bm3d_on_body, inserted_noise, tissue_masks  # noqa: E402
-from real_val_bm3d import SEED_INDEX, scan_group  # noqa: E402
+from real_anatomy import DiskCache, bm3d_on_body  # noqa: E402
+from real_val_bm3d import default_net, noisy_cases, scan_group  # noqa: E402
 from results_io import refuse_existing  # noqa: E402
 from told_sd_estimators import DOSES, MODELS, add_case_args, run_cases  # noqa: E402
 
 from napari_lidnet.inference import apply_strength, denoise  # noqa: E402
 from napari_lidnet.metrics.bootstrap import mean_ci  # noqa: E402
 from napari_lidnet.metrics.image import psnr, ssim  # noqa: E402
-from napari_lidnet.models.registry import load_model  # noqa: E402
 
 #: (flipped axes, transposed after): the first four are V4, all eight V8
 VIEWS = [((), False), ((1,), False), ((0,), False), ((0, 1), False),
          ((), True), ((1,), True), ((0,), True), ((0, 1), True)]  # fmt: skip
 SETS = {"V1": 1, "V4": 4, "V8": 8}
-_NET: list[torch.nn.Module] = []
 
 
 def forward(img: np.ndarray, view: tuple[tuple[int, ...], bool]) -> np.ndarray:
@@ -55,30 +52,22 @@ def backward(img: np.ndarray, view: tuple[tuple[int, ...], bool]) -> np.ndarray:
 def one_slice(job: tuple) -> list[dict]:
     """Every (noise model, dose) case of one slice: PSNR/SSIM of V1, V4, V8 told the SD and blind, and BM3D."""
     k, sl, cache_dir, _ = job
-    torch.set_num_threads(1)
-    if not _NET:
-        _NET.append(load_model("default", "denoiser")[0])
-    cache = DiskCache(Path(cache_dir))
-    ref, body = sl["hu"], tissue_masks(sl["hu"])[0]
+    net, cache, ref = default_net(), DiskCache(Path(cache_dir)), sl["hu"]
     recs = []
-    for model in MODELS:
-        for j, dose in enumerate(DOSES):
-            seed = 7000 + 10 * k + 2 * SEED_INDEX[model] + j  # told_sd_estimators' seeds: the same noise and cache
-            low = (ref + inserted_noise(ref, sl["pixel_mm"], model, dose, seed, cache)).astype(np.float32)
-            sd = float(np.std((low - ref)[body]))
-            t0 = time.perf_counter()
-            outs = [backward(np.asarray(denoise(_NET[0], forward(low, v), batch_size=1)), v) for v in VIEWS]
-            seconds = (time.perf_counter() - t0) / len(VIEWS)
-            rec = {"set": sl["set"], "group": scan_group(sl["name"]), "slice": sl["name"], "model": model,
-                   "dose": dose, "inserted_sd": sd, "seconds_per_view": seconds}  # fmt: skip
-            bm3d = cache.get(("bm3d-told", low, sd), lambda low=low, sd=sd: bm3d_on_body(low, body, sd))[0]
-            rec["psnr_bm3d"], rec["ssim_bm3d"] = psnr(bm3d, ref), ssim(bm3d, ref)
-            for name, n in SETS.items():
-                blind = np.mean(outs[:n], axis=0).astype(np.float32)
-                told = apply_strength(low[None], blind[None], sd, None)[0]
-                rec[f"psnr_{name}"], rec[f"ssim_{name}"] = psnr(told, ref), ssim(told, ref)
-                rec[f"psnr_{name}_blind"] = psnr(blind, ref)
-            recs.append(rec)
+    for model, dose, low, sd, body in noisy_cases(k, sl, cache, MODELS):
+        t0 = time.perf_counter()
+        outs = [backward(np.asarray(denoise(net, forward(low, v), batch_size=1)), v) for v in VIEWS]
+        seconds = (time.perf_counter() - t0) / len(VIEWS)
+        rec = {"set": sl["set"], "group": scan_group(sl["name"]), "slice": sl["name"], "model": model,
+               "dose": dose, "inserted_sd": sd, "seconds_per_view": seconds}  # fmt: skip
+        bm3d = cache.get(("bm3d-told", low, sd), lambda low=low, sd=sd, body=body: bm3d_on_body(low, body, sd))[0]
+        rec["psnr_bm3d"], rec["ssim_bm3d"] = psnr(bm3d, ref), ssim(bm3d, ref)
+        for name, n in SETS.items():
+            blind = np.mean(outs[:n], axis=0).astype(np.float32)
+            told = apply_strength(low[None], blind[None], sd, None)[0]
+            rec[f"psnr_{name}"], rec[f"ssim_{name}"] = psnr(told, ref), ssim(told, ref)
+            rec[f"psnr_{name}_blind"] = psnr(blind, ref)
+        recs.append(rec)
     print(f"  {sl['name']}: " + ", ".join(f"{r['model']} {r['dose']}: {r['psnr_V8'] - r['psnr_V1']:+.2f} dB"
                                           for r in recs), flush=True)  # fmt: skip
     return recs

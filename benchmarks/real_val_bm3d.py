@@ -23,6 +23,7 @@ import argparse
 import datetime
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -56,31 +57,42 @@ def scan_group(name: str) -> str:
 SEED_INDEX = {"ours": 0, "radon": 1, "ours-mm": 0}
 
 
-def one_slice(job: tuple[int, dict, str, tuple[dict, tuple[str, ...]]]) -> list[dict]:
-    """Every (noise model, dose) case of one slice: each row's PSNR and SSIM (BM3D cached under the case)."""
-    k, sl, cache_dir, (sigmas, models) = job
+def default_net() -> torch.nn.Module:
+    """The shipped denoiser, loaded once per worker process, on one torch thread."""
     torch.set_num_threads(1)
     if not _NET:
         _NET.append(load_model("default", "denoiser")[0])
-    cache = DiskCache(Path(cache_dir))
+    return _NET[0]
+
+
+def noisy_cases(k: int, sl: dict, cache: DiskCache, models: tuple[str, ...]) -> Iterator[tuple]:
+    """Each (noise model, dose, low-dose slice, inserted SD over the body, body mask) of validation slice ``k``,
+    with ``told_sd_estimators``' seeds (the same noise and cache in every benchmark that uses them)."""
     ref, body = sl["hu"], tissue_masks(sl["hu"])[0]
-    recs = []
     for model in models:
         for j, dose in enumerate(DOSES):
-            seed = 7000 + 10 * k + 2 * SEED_INDEX[model] + j  # told_sd_estimators' seeds: the same noise and cache
+            seed = 7000 + 10 * k + 2 * SEED_INDEX[model] + j
             low = (ref + inserted_noise(ref, sl["pixel_mm"], model, dose, seed, cache)).astype(np.float32)
-            sd = float(np.std((low - ref)[body]))
-            images = {
-                "low": low,
-                "gauss": ndimage.gaussian_filter(low, sigmas[str(dose)]),
-                "bm3d": cache.get(("bm3d-told", low, sd), lambda low=low, sd=sd: bm3d_on_body(low, body, sd))[0],
-                "default": np.asarray(denoise(_NET[0], low, batch_size=1, remove_sd=sd)),
-            }
-            rec = {"set": sl["set"], "group": scan_group(sl["name"]),
-                   "slice": sl["name"], "model": model, "dose": dose, "inserted_sd": sd}  # fmt: skip
-            for row, img in images.items():
-                rec[f"psnr_{row}"], rec[f"ssim_{row}"] = psnr(img, ref), ssim(img, ref)
-            recs.append(rec)
+            yield model, dose, low, float(np.std((low - ref)[body])), body
+
+
+def one_slice(job: tuple[int, dict, str, tuple[dict, tuple[str, ...]]]) -> list[dict]:
+    """Every (noise model, dose) case of one slice: each row's PSNR and SSIM (BM3D cached under the case)."""
+    k, sl, cache_dir, (sigmas, models) = job
+    net, cache, ref = default_net(), DiskCache(Path(cache_dir)), sl["hu"]
+    recs = []
+    for model, dose, low, sd, body in noisy_cases(k, sl, cache, models):
+        images = {
+            "low": low,
+            "gauss": ndimage.gaussian_filter(low, sigmas[str(dose)]),
+            "bm3d": cache.get(("bm3d-told", low, sd), lambda low=low, sd=sd, body=body: bm3d_on_body(low, body, sd))[0],
+            "default": np.asarray(denoise(net, low, batch_size=1, remove_sd=sd)),
+        }
+        rec = {"set": sl["set"], "group": scan_group(sl["name"]),
+               "slice": sl["name"], "model": model, "dose": dose, "inserted_sd": sd}  # fmt: skip
+        for row, img in images.items():
+            rec[f"psnr_{row}"], rec[f"ssim_{row}"] = psnr(img, ref), ssim(img, ref)
+        recs.append(rec)
     print(f"  {sl['name']}: " + ", ".join(f"{r['model']} {r['dose']}: {r['psnr_default'] - r['psnr_bm3d']:+.2f} dB"
                                           for r in recs), flush=True)  # fmt: skip
     return recs
