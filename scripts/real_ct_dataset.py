@@ -28,8 +28,9 @@ does. Written (dataset folders, `lidnet train --data` reads them):
 
 Folders can be written by several processes at once (``--only``: the same data as one run); give each one torch
 thread (``OMP_NUM_THREADS=1``): two processes of two threads on two cores spun ~30x slower than one thread each.
-On 2026-12-07 three processes (``--only`` train, the val-512 / val-small / lung / mass sets, and the zoomed ones)
-wrote the whole of ``data/real`` in about 7 minutes, where one process beside other work had taken about 65.
+On 2026-12-07, one thread each, two processes wrote the validation folders and the zoomed ones in about 7 minutes,
+and two more the last 320 of ``train``'s 360 low-dose partners in 1.5 (one process of two threads beside other work
+had made 40 of them in 12 minutes; a whole build that way took about 65).
 """
 
 from __future__ import annotations
