@@ -203,19 +203,23 @@ def test_the_window_and_level_are_shown_on_the_image_in_hu(viewer_with_ct, qtbot
     assert viewer.text_overlay.text == "Study 2024-001" and viewer.text_overlay.visible
 
 
-def test_a_short_line_s_label_sits_just_below_its_middle_at_any_zoom(viewer_with_ct) -> None:
+def test_a_line_s_label_sits_beside_its_right_end_at_any_zoom(viewer_with_ct) -> None:
     """Regression: the label was anchored at the line's lower right end and ran leftwards from there, so a 5 mm
-    line's "5.0 mm" lay about 50 screen pixels off the line, over a rib. It is now centred on the line's middle,
-    ``LABEL_OFFSET_PX`` screen pixels below it, at every zoom."""
-    from napari_lidnet._widgets.calipers import LABEL_OFFSET_PX
+    line's "5.0 mm" lay about 50 screen pixels off the line, over a rib; then, centred below the line's middle, it
+    covered the lesion the line measured. It now starts ``LABEL_GAP_PX`` screen pixels right of the line's right end,
+    on its row, at every zoom (a PACS's place for a length)."""
+    from napari_lidnet._widgets.calipers import CHAR_PX, LABEL_GAP_PX, LABEL_HEIGHT_PX
 
     viewer, ct = viewer_with_ct
     layer = LoadCTWidget(viewer).measure()
     viewer.dims.set_current_step(0, 2)
     layer.add_lines(np.array([[2, 30, 20], [2, 30, 26]]))  # 6 columns of 0.8 mm: a 4.8 mm line
+    assert list(layer.features["label"]) == ["4.8 mm"]
     for zoom in (1.5, 12.0):
         viewer.camera.zoom = zoom
         coords, anchor_x, anchor_y = layer._view_text_coords
-        assert (anchor_x, anchor_y) == ("center", "center")  # the label's own centre, not a corner of it
-        below_px = (coords[0] - np.array([30.0, 23.0])) * np.asarray(ct.scale[1:]) * zoom  # from the line's middle
-        np.testing.assert_allclose(below_px, [LABEL_OFFSET_PX, 0.0], atol=1e-6)
+        assert (anchor_x, anchor_y) == ("right", "bottom")  # right edge and (y down) top on the anchor
+        corner_px = (coords[0] - np.array([30.0, 26.0])) * np.asarray(ct.scale[1:]) * zoom  # from the line's end
+        width = CHAR_PX * len("4.8 mm")
+        np.testing.assert_allclose(corner_px, [-LABEL_HEIGHT_PX / 2, LABEL_GAP_PX + width], atol=1e-6)
+        assert corner_px[1] - width == pytest.approx(LABEL_GAP_PX)  # its left edge clear of the line, on the line's row

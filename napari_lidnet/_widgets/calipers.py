@@ -5,10 +5,10 @@ image's pixel coordinates, so lengths follow its voxel size; a file without a st
 the loader said when it opened it) and leaves it in line mode. Over another image its scale is taken as mm when it has
 one (as the lesion navigator does: ``has_voxel_size``), else lengths are in its pixels ("px"); without any image
 there is nothing to measure. A line
-or a path is labelled with its length, a rectangle or an ellipse with its two sides or axes, the label centred
-``LABEL_OFFSET_PX`` screen pixels below the shape's middle at any zoom (anchored at a corner of the shape's bounds,
-a label longer than a short line ran away from it, over whatever lay beside); the labels follow every drawn, moved,
-edited or deleted shape.
+or a path is labelled with its length, a rectangle or an ellipse with its two sides or axes, the label beside the
+shape's right end, its left edge ``LABEL_GAP_PX`` screen pixels clear of it at any zoom, as a PACS writes a length
+(centred on the shape, a label covered the lesion it measured; right-aligned at its end, a label longer than a short
+line ran back over it); the labels follow every drawn, moved, edited or deleted shape.
 Caliper layers are measurements, not regions or lesion boxes: ROI compare does not switch to them on its own, and
 the lesion navigator and fine-tuning do not offer them.
 """
@@ -27,8 +27,14 @@ CALIPER_COLOR = "cyan"
 LENGTH_SHAPES = ("line", "path")
 SIDE_SHAPES = ("rectangle", "ellipse")
 LABEL_SIZE = 10
-#: the label's centre below its shape's middle, in screen pixels: its top edge a few pixels clear of a level line
-LABEL_OFFSET_PX = 12.0
+#: the gap between a shape's right end and its label's left edge, in screen pixels
+LABEL_GAP_PX = 6.0
+#: a label's height and the width of one of its characters, in screen pixels (10 pt at 96 dpi; the digits and
+#: " mm" measured 11 px each on the demo's picture): the label's right edge is drawn on the shape's lower right end
+#: and its top there (napari's "lower_right" on a canvas whose y runs down), so it is moved right by its width and
+#: the gap, and up by half its height (centred on a level line's row)
+LABEL_HEIGHT_PX = LABEL_SIZE * 96 / 72
+CHAR_PX = 0.8 * LABEL_HEIGHT_PX
 
 
 def path_length_mm(vertices: np.ndarray, scale: Any) -> float:
@@ -84,7 +90,7 @@ def add_calipers(viewer: Any, image: Any) -> Any:
         face_color="transparent",
         features={"label": np.array([], dtype=object)},
         feature_defaults={"label": ""},
-        text={"string": "{label}", "anchor": "center", "size": LABEL_SIZE, "color": CALIPER_COLOR},
+        text={"string": "{label}", "anchor": "lower_right", "size": LABEL_SIZE, "color": CALIPER_COLOR},
         metadata={ROLE: CALIPERS, "caliper_unit": unit},
     )
     layer.events.data.connect(_on_data)
@@ -93,13 +99,18 @@ def add_calipers(viewer: Any, image: Any) -> Any:
 
 
 def label_offset(layer: Any, viewer: Any) -> np.ndarray:
-    """The layer's text translation (data units, per axis) that puts each label ``LABEL_OFFSET_PX`` screen pixels
-    below its shape's middle at the viewer's zoom, on the displayed axes."""
+    """The layer's text translation (data units, per axis) that puts each label's left edge ``LABEL_GAP_PX`` screen
+    pixels right of its shape's right end, centred on its lowest row, at the viewer's zoom (the layer's longest label
+    sets the width)."""
     offset = np.zeros(layer.ndim)
-    axis = viewer.dims.displayed[-2] - (viewer.dims.ndim - layer.ndim)  # the screen's vertical axis
-    step = abs(float(layer.scale[axis])) if axis >= 0 else 0.0
-    if step > 0:
-        offset[axis] = LABEL_OFFSET_PX / (max(float(camera(viewer).zoom), 1e-9) * step)
+    shift = viewer.dims.ndim - layer.ndim
+    longest = max((len(str(t)) for t in layer.features.get("label", [])), default=0)
+    screen = (-LABEL_HEIGHT_PX / 2, LABEL_GAP_PX + CHAR_PX * longest)  # down, right
+    zoom = max(float(camera(viewer).zoom), 1e-9)
+    for axis, px in zip((d - shift for d in viewer.dims.displayed[-2:]), screen):
+        step = abs(float(layer.scale[axis])) if axis >= 0 else 0.0
+        if step > 0:
+            offset[axis] = px / (zoom * step)
     return offset
 
 
@@ -118,6 +129,7 @@ def _follow_zoom(viewer: Any, layer: Any) -> None:
 
     for emitter in emitters:
         emitter.connect(place)
+    layer.events.data.connect(place, position="last")  # after relabel: a longer label moves further right
     place()
 
 
