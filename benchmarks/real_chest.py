@@ -87,9 +87,13 @@ def low_doses(vols: list[dict], dose: float, cache: ra.DiskCache) -> dict[str, l
     return out
 
 
-def detections(detector: torch.nn.Module, key: str, vol: np.ndarray, cache: ra.DiskCache) -> list[tuple]:
-    """Per slice (boxes (k, 4), scores (k,)) from BOX_FLOOR up, cached by image and detector content."""
-    rows = cache.get(("chest-detect", key, BOX_FLOOR, vol), lambda: detect(detector, vol, batch_size=1))[0]
+def detections(
+    detector: torch.nn.Module, key: str, vol: np.ndarray, cache: ra.DiskCache, pixel_mm: float | None = None
+) -> list[tuple]:
+    """Per slice (boxes (k, 4), scores (k,)) from BOX_FLOOR up, cached by image and detector content; ``pixel_mm``
+    as the CLI passes it (a detector with ``detect_mm`` sees the slices at its size; None: not told, as before)."""
+    parts = ("chest-detect", key, BOX_FLOOR, vol) + (() if pixel_mm is None else (pixel_mm,))
+    rows = cache.get(parts, lambda: detect(detector, vol, batch_size=1, pixel_mm=pixel_mm))[0]
     return detections_per_slice(rows, len(vol))
 
 
