@@ -44,7 +44,7 @@ def calibrated_i0(vol: np.ndarray, dose: float, spacing_mm: float, seed: int, **
     (at most ``PROBES``, to within 5%). A scan without noise of its own, or without flat tissue, keeps
     ``I0_DEFAULT``. Other slices' own noise differs (tube-current modulation, attenuation): :func:`dose_calibration`
     matches each slice as well."""
-    from napari_lidnet.metrics.noreference import flat_block_noise_sds, noise_sd
+    from napari_lidnet.metrics.noreference import noise_sd
     from napari_lidnet.sim.lowdose import I0_DEFAULT
 
     vol = np.asarray(vol, np.float32)
@@ -53,8 +53,7 @@ def calibrated_i0(vol: np.ndarray, dose: float, spacing_mm: float, seed: int, **
         return I0_DEFAULT, "dose 1: the scan itself, nothing added"
     if _added_sd(noise_sd(vol), dose) is None:
         return I0_DEFAULT, "the image shows no noise of its own: the scanner model's full-dose photon count assumed"
-    k = _flat_slice(vol)
-    own = flat_block_noise_sds(vol[k], [vol[k]])[0] if k is not None else float("nan")
+    k, own = _flat_slice(vol)
     target = _added_sd(own, dose)
     if target is None:
         return I0_DEFAULT, "no flat tissue to calibrate on: the scanner model's full-dose photon count assumed"
@@ -106,14 +105,16 @@ def dose_calibration(
     return i0, own, how
 
 
-def _flat_slice(vol: np.ndarray) -> int | None:
-    """The middle slice, else the first of a few evenly spaced ones, that has flat soft tissue."""
+def _flat_slice(vol: np.ndarray) -> tuple[int, float]:
+    """(the middle slice, else the first of a few evenly spaced ones, that has flat soft tissue; its own noise SD
+    there), or (0, NaN) when none has."""
     from napari_lidnet.metrics.noreference import flat_block_noise_sds, sample_slices
 
     for k in dict.fromkeys([len(vol) // 2, *sample_slices(len(vol), 8)]):
-        if np.isfinite(flat_block_noise_sds(vol[k], [vol[k]])[0]):
-            return int(k)
-    return None
+        own = flat_block_noise_sds(vol[k], [vol[k]])[0]
+        if np.isfinite(own):
+            return int(k), float(own)
+    return 0, float("nan")
 
 
 def _probe_sd(hu2d: np.ndarray, dose: float, spacing_mm: float, seed: int, i0: float, **kwargs) -> float:
