@@ -19,6 +19,9 @@ from napari_lidnet.sim.insert import (
     LUNG_HU,
     LUNG_SOLID_HU,
     LUNG_SUBSOLID_HU,
+    MASS_HU,
+    MASS_MIN_MM,
+    MASS_TEXTURE_HU,
     SOFT_TISSUE_HU,
     insert_lesions,
     lung_mask,
@@ -104,6 +107,33 @@ def test_max_mm_draws_masses_that_the_default_sizes_never_reach():
     assert max(default) <= LUNG_DIAMETER_MM[1] * 1.3 and max(masses) <= 60.0 * 1.3
     assert sum(s > 40.0 for s in masses) >= 3 and np.median(masses) > np.median(default)
     assert max(largest_mm(60.0, 0.0)) > 1.2 * INSERT_DIAMETER_MM[1] >= max(largest_mm(0.0, 0.0))  # soft tissue
+
+
+def test_tumour_like_masses_run_into_the_wall_without_carving_it():
+    """``attached``: lung masses of 20 mm up that mostly meet the chest wall (nodules rarely do), the wall kept, the
+    same signal in both images."""
+    full, low, lung = _chest(384)
+    near_wall = ~lung & (full > -500)
+    counts = {}
+    for attached in (1.0, 0.0):
+        on_wall, sizes = 0, []
+        for seed in range(25):
+            rng = np.random.default_rng(seed)
+            f2, l2, b = insert_lesions(full, low, np.zeros((0, 4)), 0.7, rng, 1, lung=1.0, max_mm=60, attached=attached)
+            added = f2 - full
+            np.testing.assert_allclose(l2 - low, added, atol=1e-3)
+            painted = added > 200
+            on_wall += bool((ndimage.binary_dilation(painted, iterations=3) & near_wall).any())
+            sizes += [max(x2 - x1, y2 - y1) * 0.7 for x1, y1, x2, y2 in b]
+            if attached:
+                wall = ~ndimage.binary_dilation(lung, iterations=6)
+                assert np.abs(added[wall]).max() <= MASS_HU[1] - 40 + 4 * MASS_TEXTURE_HU[1]
+        counts[attached] = on_wall
+        if attached:
+            assert len(sizes) >= 20 and min(sizes) >= 0.8 * MASS_MIN_MM and max(sizes) <= 60 * 1.3
+    assert counts[1.0] >= 15 > 2 * counts[0.0]
+    with pytest.raises(ValueError, match="insert_lung"):
+        TrainConfig(out="x", insert_lesions=0.5, insert_attached=0.5).validate()
 
 
 def test_the_lung_mask_holds_lung_and_not_gas_air_outside_or_a_small_pocket():

@@ -70,6 +70,7 @@ class TrainConfig:
     insert_lesions: float = 0.0  # share of training patches that receive synthetic lesions (sim.insert)
     insert_lung: float = 0.0  # chance that an inserted lesion is a lung nodule where the patch has lung
     insert_max_mm: float = 0.0  # largest diameter of inserted lesions (0: sim.insert's, 25 mm / 40 mm in lung)
+    insert_attached: float = 0.0  # chance that an inserted lung lesion is a tumour-like mass, often on a wall
     # share of a slice's patches not on a lesion centred on a box a reader rejected there; 0: measured no benefit
     # in the one-click fine-tune (benchmarks/results/hard_negatives.md)
     hard_negatives: float = 0.0
@@ -108,6 +109,12 @@ class TrainConfig:
         if self.insert_lung and not self.insert_lesions:
             raise ValueError(
                 "insert_lung is the share of inserted lesions that are lung nodules: give insert_lesions too"
+            )
+        if not 0.0 <= self.insert_attached <= 1.0:
+            raise ValueError(f"insert_attached must be in [0, 1], not {self.insert_attached}")
+        if self.insert_attached and not self.insert_lung:
+            raise ValueError(
+                "insert_attached is the share of lung lesions that are tumour-like masses: give insert_lung too"
             )
         if self.insert_max_mm != 0.0 and not 5.0 <= self.insert_max_mm <= 150.0:
             raise ValueError(f"insert_max_mm must be 0 (the built-in sizes) or 5-150 mm, not {self.insert_max_mm}")

@@ -73,10 +73,12 @@ class PatchDataset(torch.utils.data.Dataset):
         insert_lung: float = 0.0,
         insert_max_mm: float = 0.0,
         hard_fraction: float = 0.0,
+        insert_attached: float = 0.0,
     ):
         self.slices, self.patch_size, self.seed = slices, patch_size, seed
         self.repeat, self.lesion_fraction, self.insert_fraction = repeat, lesion_fraction, insert_fraction
         self.insert_lung, self.insert_max_mm, self.hard_fraction = insert_lung, insert_max_mm, hard_fraction
+        self.insert_attached = insert_attached
 
     def __len__(self) -> int:
         return len(self.slices) * self.repeat
@@ -116,7 +118,8 @@ class PatchDataset(torch.utils.data.Dataset):
         if self.insert_fraction and rng.random() < self.insert_fraction:
             where = lung_mask(full_img, s.spacing_mm)[y0 : y0 + p, x0 : x0 + p] if self.insert_lung else None
             full, low, b = insert_lesions(
-                full, low, b, s.spacing_mm, rng, lung=self.insert_lung, lung_where=where, max_mm=self.insert_max_mm
+                full, low, b, s.spacing_mm, rng, lung=self.insert_lung, lung_where=where, max_mm=self.insert_max_mm,
+                attached=self.insert_attached,
             )
         if rng.random() < 0.5:  # horizontal flip
             low, full = low[:, ::-1], full[:, ::-1]
@@ -149,7 +152,7 @@ def lesion_patch(s: Any, box_index: int, patch_size: int) -> tuple[np.ndarray, n
 
 def calibration_batch(
     slices: list, patch_size: int, n: int, seed: int, insert: bool = False, insert_lung: float = 0.0,
-    insert_max_mm: float = 0.0,
+    insert_max_mm: float = 0.0, insert_attached: float = 0.0,
 ) -> PatchBatch:
     """A fixed batch of up to ``n`` patches, each centred on a lesion: lesions drawn once (seeded) from all the boxes
     of ``slices``, so every process and every round sees the same patches. Slices without boxes (a normal-dose
@@ -157,16 +160,21 @@ def calibration_batch(
     Raises ValueError when there is no lesion either way."""
     lesions = [(i, k) for i, s in enumerate(slices) for k in range(len(np.asarray(s.boxes).reshape(-1, 4)))]
     if not lesions and insert:
-        return _inserted_batch(slices, patch_size, n, seed, insert_lung, insert_max_mm)
+        return _inserted_batch(slices, patch_size, n, seed, insert_lung, insert_max_mm, insert_attached)
     if not lesions:
         raise ValueError("no lesion boxes in the training slices to calibrate the loss weights on")
     pick = sorted(np.random.default_rng([seed, 7919]).permutation(len(lesions))[:n])
     return collate_patches([lesion_patch(slices[lesions[j][0]], lesions[j][1], patch_size) for j in pick])
 
 
-def _inserted_batch(slices: list, patch_size: int, n: int, seed: int, lung: float, max_mm: float) -> PatchBatch:
+def _inserted_batch(
+    slices: list, patch_size: int, n: int, seed: int, lung: float, max_mm: float, attached: float = 0.0
+) -> PatchBatch:
     """Up to ``n`` seeded training patches that received at least one inserted lesion (20 tries per patch)."""
-    data = PatchDataset(slices, patch_size, seed + 7919, insert_fraction=1.0, insert_lung=lung, insert_max_mm=max_mm)
+    data = PatchDataset(
+        slices, patch_size, seed + 7919, insert_fraction=1.0, insert_lung=lung, insert_max_mm=max_mm,
+        insert_attached=attached,
+    )  # fmt: skip
     items: list = []
     for index in range(20 * n):
         item = data[index]
@@ -203,6 +211,7 @@ def patch_batches(
     insert_lung: float = 0.0,
     insert_max_mm: float = 0.0,
     hard_fraction: float = 0.0,
+    insert_attached: float = 0.0,
 ) -> Iterator[PatchBatch]:
     """This process's share of ``n_batches`` global batches of ``batch_size`` patches.
 
@@ -210,7 +219,8 @@ def patch_batches(
     items ``perm[k*B:(k+1)*B]`` for every world size, so DDP over ``world_size`` processes sees the same global
     batches as one process. The items are enough for all ``n_batches`` (one epoch), each slice equally often.
     ``insert_fraction``: share of patches that receive synthetic lesions, ``insert_lung`` the chance that each is a
-    lung nodule, ``insert_max_mm`` > 0 their largest diameter (``PatchDataset``, ``sim.insert``); ``hard_fraction``
+    lung nodule, ``insert_max_mm`` > 0 their largest diameter, ``insert_attached`` the chance that a lung lesion is
+    a tumour-like mass (``PatchDataset``, ``sim.insert``); ``hard_fraction``
     the share of a slice's other patches centred near a box a reader rejected there.
     """
     from torch.utils.data import DataLoader, DistributedSampler
@@ -220,7 +230,7 @@ def patch_batches(
     repeat = max(1, -(-needed // len(slices)))
     dataset = PatchDataset(
         slices, patch_size, seed, repeat, insert_fraction=insert_fraction, insert_lung=insert_lung,
-        insert_max_mm=insert_max_mm, hard_fraction=hard_fraction,
+        insert_max_mm=insert_max_mm, hard_fraction=hard_fraction, insert_attached=insert_attached,
     )  # fmt: skip
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
     loader = DataLoader(

@@ -30,6 +30,7 @@ RESUME_KEYS = (
     "insert_lesions",
     "insert_lung",
     "insert_max_mm",
+    "insert_attached",
     "roi_boxes",
     "roi_score",
     "roi_margin",

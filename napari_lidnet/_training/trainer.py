@@ -685,7 +685,7 @@ class Trainer:
         seed = self._seed(index)
         for batch in patch_batches(
             self.train_samples, c.patch_size, c.batch_size, n, seed, self.rank, self.world_size, c.workers,
-            c.insert_lesions, c.insert_lung, c.insert_max_mm, c.hard_negatives,
+            c.insert_lesions, c.insert_lung, c.insert_max_mm, c.hard_negatives, c.insert_attached,
         ):
             yield batch.to(self.device)
 
@@ -729,7 +729,7 @@ class Trainer:
             batch = calibration_batch(
                 self.train_samples, c.patch_size, c.calibration_patches, c.seed,
                 insert=bool(c.insert_lesions), insert_lung=c.insert_lung,
-                insert_max_mm=c.insert_max_mm,
+                insert_max_mm=c.insert_max_mm, insert_attached=c.insert_attached,
             )  # fmt: skip
             self._calibration = batch.to(self.device)
         return self._calibration

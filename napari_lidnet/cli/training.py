@@ -259,6 +259,14 @@ def add_train(sub: Any) -> None:
         metavar="MM",
         help="largest diameter of inserted lesions and nodules, for masses (default 0: 25 mm, 40 mm in lung)",
     )
+    p.add_argument(
+        "--insert-attached",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="chance that an inserted lung lesion is a tumour-like mass (20 mm up, often against the chest wall or "
+        "mediastinum, with inner texture)",
+    )
     add_split(p)
     p.add_argument(
         "--test-fraction",

@@ -7,8 +7,10 @@ rotated ellipse (axis ratio 0.6-1, half of them lobulated), sharp or with a Gaus
 in soft tissue (smoothed HU in ``SOFT_TISSUE_HU``) and clear of the patch border and of other boxes. The same
 signal is added to the full-dose patch and to its low-dose partner: the noise of a CT image barely changes with a
 few tens of HU. Lung nodules (``lung`` > 0: solid or subsolid, 4-40 mm, often spiculated, in aerated lung and
-against the pleura) teach it the lesion that low-dose chest CT is read for. Boxes are tight around the pixels at
-least half covered (x2, y2 exclusive), as ``sim.lesions``.
+against the pleura) teach it the lesion that low-dose chest CT is read for. Tumour-like masses (``attached`` > 0:
+20 mm up to the largest size, centred in lung but free to run into the chest wall or the mediastinum, as a lung
+cancer does, with an inner texture and sometimes a necrotic centre) teach it the cancer a radiologist looks for
+first. Boxes are tight around the pixels at least half covered (x2, y2 exclusive), as ``sim.lesions``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from scipy import ndimage
 
 from napari_lidnet.sim.canvas import Blob, Canvas, harm
 from napari_lidnet.sim.lesions import tight_box
+from napari_lidnet.sim.texture import power_law_noise
 
 __all__ = ["INSERT_CONTRAST_HU", "INSERT_DIAMETER_MM", "LUNG_HU", "SOFT_TISSUE_HU", "insert_lesions", "lung_mask"]
 
@@ -44,6 +47,16 @@ LUNG_MIN_MM2 = 400.0
 #: an air pocket with this share of pixels below ``GAS_HU`` is gas (stomach, bowel), not lung
 LUNG_MAX_GAS = 0.25
 GAS_HU = -975.0
+#: tumour-like masses: smallest diameter (mm), solid HU (unenhanced to enhanced), share of the footprint that must be
+#: lung (the rest may be wall or mediastinum, kept as it is), inner texture SD (HU), necrotic-centre chance and drop
+MASS_MIN_MM = 20.0
+MASS_HU = (10.0, 70.0)
+MASS_MIN_LUNG = 0.4
+MASS_TEXTURE_HU = (4.0, 15.0)
+MASS_NECROSIS = 0.3
+MASS_NECROSIS_HU = (20.0, 50.0)
+#: chance that a mass is placed against the chest wall or the mediastinum (where the patch has such a place)
+MASS_ON_WALL = 0.6
 
 
 def _draw(rng: np.random.Generator, max_mm: float = 0.0) -> tuple[float, float, float, float, np.ndarray | None]:
@@ -71,6 +84,26 @@ def _draw_nodule(rng: np.random.Generator, max_mm: float = 0.0) -> tuple[float, 
         value, sigma = float(rng.uniform(*LUNG_SUBSOLID_HU)), float(rng.uniform(0.8, 2.0))
     lobes = harm(rng, 5, 0.25) if rng.random() < 0.6 else None
     return diam, ratio, sigma, value, lobes
+
+
+def _draw_mass(rng: np.random.Generator, max_mm: float) -> tuple[float, float, float, float, np.ndarray]:
+    """A tumour-like lung mass: (diameter mm, axis ratio, edge SD mm, HU, lobulation and spiculation harmonics)."""
+    hi = max(max_mm or LUNG_DIAMETER_MM[1], MASS_MIN_MM * 1.5)
+    diam = math.exp(rng.uniform(math.log(MASS_MIN_MM), math.log(hi)))
+    lobes = np.concatenate([harm(rng, 4, 0.3), harm(rng, 12, 0.25)[4:]])  # lobulated, with finer spicules
+    return diam, float(rng.uniform(0.6, 1.0)), float(rng.uniform(0.3, 1.2)), float(rng.uniform(*MASS_HU)), lobes
+
+
+def _mass_inside(rng: np.random.Generator, cov: np.ndarray, spacing_mm: float, blob: Blob) -> np.ndarray:
+    """A mass's HU offsets inside its coverage: power-law texture, and (``MASS_NECROSIS``) a darker centre."""
+    size = cov.shape[0]
+    inside = power_law_noise(rng, size, 2.5, spacing_mm, f_min=0.1) * float(rng.uniform(*MASS_TEXTURE_HU))
+    if rng.random() < MASS_NECROSIS:
+        core = Blob(blob.cx, blob.cy, blob.a, blob.b, blob.angle, harm(rng, 3, 0.2)).scaled(rng.uniform(0.3, 0.6))
+        res = Canvas(size, spacing_mm).coverage(core, 1.0)
+        if res is not None:
+            inside[res[0]] -= res[1] * float(rng.uniform(*MASS_NECROSIS_HU))
+    return inside * cov
 
 
 def lung_mask(hu: np.ndarray, spacing_mm: float) -> np.ndarray:
@@ -129,6 +162,7 @@ def insert_lesions(
     lung: float = 0.0,
     lung_where: np.ndarray | None = None,
     max_mm: float = 0.0,
+    attached: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Insert 1..``max_lesions`` lesions into a square HU patch pair; returns (full, low, boxes incl. ``boxes``).
 
@@ -136,7 +170,10 @@ def insert_lesions(
     lung (so it may touch the pleura or a vessel) and the whole of it inside the patch; where the smoothed image
     under it is less dense than the nodule, the nodule's HU replaces it, the noise kept. ``lung_where``: the patch's
     aerated lung (``lung_mask`` of its whole slice, cropped); by default ``lung_mask`` of the patch itself. ``max_mm``
-    > 0: the largest diameter of both kinds (masses; by default 25 mm in soft tissue, 40 mm in lung). The
+    > 0: the largest diameter of both kinds (masses; by default 25 mm in soft tissue, 40 mm in lung). ``attached``:
+    the chance that a lung lesion is a tumour-like mass (``_draw_mass``): centred in lung, the whole of it inside the
+    patch, at least ``MASS_MIN_LUNG`` of it over lung (the wall or mediastinum under the rest stays), with its inner
+    texture; 0 draws exactly what it drew before the option. The
     inputs are not modified. Lesions that do not fit (no room far enough from the border and the other boxes) are
     skipped, so a patch of air or bone comes back unchanged.
     """
@@ -153,12 +190,20 @@ def insert_lesions(
     canvas = Canvas(size, spacing_mm)
     for _ in range(int(rng.integers(1, max_lesions + 1))):
         nodule = lung > 0 and rng.random() < lung
-        diam, ratio, sigma, value, lobes = _draw_nodule(rng, max_mm) if nodule else _draw(rng, max_mm)
+        mass = nodule and attached > 0 and rng.random() < attached
+        draw = _draw_mass if mass else _draw_nodule if nodule else _draw
+        diam, ratio, sigma, value, lobes = draw(rng, max_mm)
         blob = Blob(0.0, 0.0, diam / 2, diam / 2 * ratio, float(rng.uniform(0, math.pi)), lobes)
         need = (blob.extent() + 2 * sigma) / spacing_mm + 1.5
         clear = ndimage.distance_transform_edt(~taken) if taken.any() else np.full(taken.shape, np.inf)
-        fits = (room_lung >= need / 2) & (edge >= need) if nodule else room_soft >= need
-        cand = np.argwhere(fits & (clear >= need + GAP_PX))
+        if mass:  # centred in lung, the whole of it in the patch and clear of the other boxes; mostly on a wall
+            fits = (room_lung >= 2.0) & (edge >= need / 2 + 1) & (clear >= need / 2 + GAP_PX)
+            on_wall = fits & (room_lung < need / 2)
+            fits = on_wall if rng.random() < MASS_ON_WALL and on_wall.any() else fits
+        else:
+            fits = (room_lung >= need / 2) & (edge >= need) if nodule else room_soft >= need
+            fits = fits & (clear >= need + GAP_PX)
+        cand = np.argwhere(fits)
         if len(cand) == 0:
             continue
         iy, ix = cand[rng.integers(len(cand))]
@@ -168,12 +213,15 @@ def insert_lesions(
             continue
         cov = np.zeros_like(full)
         cov[res[0]] = res[1]
+        whole = float(cov.sum())
         if nodule:  # a nodule fills aerated lung; the wall, vessels and anything denser than it stay
             cov *= base < value
         box = tight_box(cov)
-        if box is None:
+        if box is None or (mass and cov.sum() < MASS_MIN_LUNG * whole):
             continue
         signal = cov * (value - base) if nodule else value * cov
+        if mass:
+            signal += _mass_inside(rng, cov, spacing_mm, blob)
         full += signal
         low += signal
         taken[int(box[1]) : int(box[3]), int(box[0]) : int(box[2])] = True
