@@ -239,6 +239,21 @@ def test_patches_get_lung_nodules_where_their_slice_has_lung():
     assert found >= 3
 
 
+def test_patches_and_batches_carry_the_tumour_like_masses():
+    """``insert_attached`` reaches PatchDataset and patch_batches: every lung lesion a mass of 20 mm up."""
+    full, low, _ = _chest(384)
+    slices = [Sample(f"s{i}", full, low, np.zeros((0, 4), np.float32), 0.7) for i in range(2)]
+
+    def sizes_mm(**kw) -> list[float]:
+        data = PatchDataset(slices, 192, seed=5, repeat=6, insert_fraction=1.0, insert_lung=1.0, **kw)
+        return [max(b[2] - b[0], b[3] - b[1]) * 0.7 for i in range(len(data)) for b in data[i][2]]
+
+    masses, nodules = sizes_mm(insert_max_mm=60.0, insert_attached=1.0), sizes_mm(insert_max_mm=60.0)
+    assert len(masses) >= 6 and min(masses) >= 0.8 * MASS_MIN_MM and min(nodules) < 0.8 * MASS_MIN_MM
+    batch = next(patch_batches(slices, 192, 4, 1, seed=6, insert_fraction=1.0, insert_lung=1.0, insert_attached=1.0))
+    assert all(float((b[:, 2:] - b[:, :2]).max()) * 0.7 >= 0.8 * MASS_MIN_MM for b in batch.boxes if len(b))
+
+
 def _flat(seed: int) -> tuple[np.ndarray, np.ndarray]:
     r = np.random.default_rng(seed)
     full = (60 + r.normal(0, 5, (96, 96))).astype(np.float32)
