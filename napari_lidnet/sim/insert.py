@@ -144,6 +144,45 @@ def _site_maps(full: np.ndarray, lung: np.ndarray | None) -> tuple[np.ndarray, n
     return ndimage.distance_transform_edt(soft), ndimage.distance_transform_edt(aerated), base
 
 
+def _fits(
+    kind: str, need: float, room_soft: np.ndarray, room_lung: np.ndarray | None, edge: np.ndarray, clear: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Where the centre of a lesion ``need`` px across may go: a soft-tissue lesion inside soft tissue, a nodule with
+    its centre half in lung and the whole of it in the patch, a mass (``kind`` "mass") centred in lung, the whole
+    of it in the patch, on a wall with chance ``MASS_ON_WALL``; each clear of the other boxes."""
+    if kind != "mass":
+        fits = (room_lung >= need / 2) & (edge >= need) if kind == "nodule" else room_soft >= need
+        return fits & (clear >= need + GAP_PX)
+    fits = (room_lung >= 2.0) & (edge >= need / 2 + 1) & (clear >= need / 2 + GAP_PX)
+    on_wall = fits & (room_lung < need / 2)
+    return on_wall if rng.random() < MASS_ON_WALL and on_wall.any() else fits
+
+
+def _signal(
+    canvas: Canvas, blob: Blob, sigma: float, value: float, base: np.ndarray | None, mass: bool,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(HU added, box) of a placed lesion; box None when it does not land. With ``base`` (a nodule) it fills what is
+    less dense than it, so the wall, vessels and anything denser stay; a mass needs ``MASS_MIN_LUNG`` of itself over
+    lung and gets its inner texture."""
+    res = canvas.coverage(blob, sigma)
+    cov = np.zeros((canvas.size, canvas.size), np.float32)
+    if res is None:
+        return cov, None
+    cov[res[0]] = res[1]
+    whole = float(cov.sum())
+    if base is not None:
+        cov *= base < value
+    box = tight_box(cov)
+    if box is None or (mass and cov.sum() < MASS_MIN_LUNG * whole):
+        return cov, None
+    signal = cov * (value - base) if base is not None else value * cov
+    if mass:
+        signal += _mass_inside(rng, cov, canvas.px, blob)
+    return signal, box
+
+
 def _occupied(boxes: list[np.ndarray], size: int) -> np.ndarray:
     """Pixels of a (size, size) patch inside ``boxes`` (x1, y1, x2, y2; x2 exclusive, clipped to the patch)."""
     taken = np.zeros((size, size), bool)
@@ -196,32 +235,15 @@ def insert_lesions(
         blob = Blob(0.0, 0.0, diam / 2, diam / 2 * ratio, float(rng.uniform(0, math.pi)), lobes)
         need = (blob.extent() + 2 * sigma) / spacing_mm + 1.5
         clear = ndimage.distance_transform_edt(~taken) if taken.any() else np.full(taken.shape, np.inf)
-        if mass:  # centred in lung, the whole of it in the patch and clear of the other boxes; mostly on a wall
-            fits = (room_lung >= 2.0) & (edge >= need / 2 + 1) & (clear >= need / 2 + GAP_PX)
-            on_wall = fits & (room_lung < need / 2)
-            fits = on_wall if rng.random() < MASS_ON_WALL and on_wall.any() else fits
-        else:
-            fits = (room_lung >= need / 2) & (edge >= need) if nodule else room_soft >= need
-            fits = fits & (clear >= need + GAP_PX)
-        cand = np.argwhere(fits)
+        kind = "mass" if mass else "nodule" if nodule else "soft"
+        cand = np.argwhere(_fits(kind, need, room_soft, room_lung, edge, clear, rng))
         if len(cand) == 0:
             continue
         iy, ix = cand[rng.integers(len(cand))]
         blob.cx, blob.cy = float(canvas.coord[ix]), float(canvas.coord[iy])
-        res = canvas.coverage(blob, sigma)
-        if res is None:
+        signal, box = _signal(canvas, blob, sigma, value, base if nodule else None, mass, rng)
+        if box is None:
             continue
-        cov = np.zeros_like(full)
-        cov[res[0]] = res[1]
-        whole = float(cov.sum())
-        if nodule:  # a nodule fills aerated lung; the wall, vessels and anything denser than it stay
-            cov *= base < value
-        box = tight_box(cov)
-        if box is None or (mass and cov.sum() < MASS_MIN_LUNG * whole):
-            continue
-        signal = cov * (value - base) if nodule else value * cov
-        if mass:
-            signal += _mass_inside(rng, cov, spacing_mm, blob)
         full += signal
         low += signal
         taken[int(box[1]) : int(box[3]), int(box[0]) : int(box[2])] = True
