@@ -63,13 +63,20 @@ def card_threshold(card: dict | None) -> float:
     return default_threshold(card) if has else NO_CARD_THRESHOLD
 
 
-def judge(stem: str, vols: list[dict], cache: ra.DiskCache, n_boot: int) -> dict:
-    """One detector's rows: per volume and pooled (tumour score, detection_row at its threshold)."""
+def volume_detections(stem: str, vols: list[dict], cache: ra.DiskCache) -> tuple[dict, torch.nn.Module, dict | None]:
+    """A detector as shipped runs it (eval, test-time flips, told each volume's pixel size): its detections per
+    volume name (cached by content), the detector and its card."""
     det, card = load_model(stem, "detector")
     det.eval()
     det.flip_test = True
-    key, thr = model_fingerprint(det), card_threshold(card)
-    per = {v["name"]: detections(det, key, v["hu"], cache, pixel_mm=v["pixel"]) for v in vols}
+    key = model_fingerprint(det)
+    return {v["name"]: detections(det, key, v["hu"], cache, pixel_mm=v["pixel"]) for v in vols}, det, card
+
+
+def judge(stem: str, vols: list[dict], cache: ra.DiskCache, n_boot: int) -> dict:
+    """One detector's rows: per volume and pooled (tumour score, detection_row at its threshold)."""
+    per, det, card = volume_detections(stem, vols, cache)
+    thr = card_threshold(card)
     out: dict = {"threshold": thr, "detect_mm": getattr(det, "detect_mm", None), "volumes": {}}
     for v in vols:
         scores = tumour_scores(per[v["name"]], v["gt"])

@@ -26,14 +26,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_anatomy as ra  # noqa: E402
 from disease_negatives import tumour_scores  # noqa: E402
-from real_chest import detection_row, detections, load_volumes  # noqa: E402
+from real_chest import detection_row, load_volumes  # noqa: E402
 from real_ct_sources import TRAINING, fetch, read_source  # noqa: E402
-from real_tumours import NO_CARD_THRESHOLD, load_tumours  # noqa: E402
+from real_tumours import NO_CARD_THRESHOLD, load_tumours, volume_detections  # noqa: E402
 from results_io import refuse_existing  # noqa: E402
 
-from napari_lidnet.inference import model_fingerprint  # noqa: E402
 from napari_lidnet.metrics.bootstrap import mean_ci  # noqa: E402
-from napari_lidnet.models.registry import load_model  # noqa: E402
 
 #: Lung_Dx-A0001's mass: slices (first, last) and the region (x1, y1, x2, y2 px) a box's centre must lie in
 MASS_SLICES = (40, 52)
@@ -66,12 +64,8 @@ def load_all(downloads: Path) -> tuple[list[dict], list[dict], dict]:
 
 def run_detector(stem: str, vols: list[dict], mass: dict, cache: ra.DiskCache) -> dict:
     """Per volume: the detections; and the mass slices' region scores."""
-    det = load_model(stem, "detector")[0]
-    det.eval()
-    det.flip_test = True
-    key = model_fingerprint(det)
-    per = {v["name"]: detections(det, key, v["hu"], cache, pixel_mm=v["pixel"]) for v in vols}
-    return {"per": per, "mass": mass_scores(detections(det, key, mass["hu"], cache, pixel_mm=mass["pixel"]))}
+    per = volume_detections(stem, [*vols, mass], cache)[0]
+    return {"per": per, "mass": mass_scores(per.pop(mass["name"]))}
 
 
 def paired(arm: dict, ctrl: dict, lungs: list[dict], n_boot: int) -> dict:
@@ -120,7 +114,7 @@ def report(a: argparse.Namespace, stems: list[str], res: dict, lungs: list, sarc
               "slice | sarcomas: tumour score | boxed | Lung_Dx-A0001 mass: mean region score (slices 40-52) |",
               "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for stem in stems:
-        lu, sa = summary(stem, res[stem], lungs, NO_CARD_THRESHOLD), summary(stem, res[stem], sarcomas, 0.496)
+        lu, sa = (summary(stem, res[stem], vols, NO_CARD_THRESHOLD) for vols in (lungs, sarcomas))
         lines.append(f"| {stem} | {lu['tumour_score']:.3f} | {lu['tumour_touched']:.2f} | {lu['mean_froc']:.3f} | "
                      f"{lu['boxes_per_free_slice']:.2f} | {sa['tumour_score']:.3f} | {sa['tumour_touched']:.2f} | "
                      f"{res[stem]['mass'].mean():.3f} |")  # fmt: skip

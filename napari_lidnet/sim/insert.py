@@ -94,16 +94,20 @@ def _draw_mass(rng: np.random.Generator, max_mm: float) -> tuple[float, float, f
     return diam, float(rng.uniform(0.6, 1.0)), float(rng.uniform(0.3, 1.2)), float(rng.uniform(*MASS_HU)), lobes
 
 
-def _mass_inside(rng: np.random.Generator, cov: np.ndarray, spacing_mm: float, blob: Blob) -> np.ndarray:
-    """A mass's HU offsets inside its coverage: power-law texture, and (``MASS_NECROSIS``) a darker centre."""
-    size = cov.shape[0]
-    inside = power_law_noise(rng, size, 2.5, spacing_mm, f_min=0.1) * float(rng.uniform(*MASS_TEXTURE_HU))
+def _mass_inside(rng: np.random.Generator, cov: np.ndarray, canvas: Canvas, blob: Blob) -> np.ndarray:
+    """A mass's HU offsets inside its coverage on ``canvas``: power-law texture, and (``MASS_NECROSIS``) a darker
+    centre."""
+    inside = power_law_noise(rng, canvas.size, 2.5, canvas.px, f_min=0.1) * float(rng.uniform(*MASS_TEXTURE_HU))
     if rng.random() < MASS_NECROSIS:
         core = Blob(blob.cx, blob.cy, blob.a, blob.b, blob.angle, harm(rng, 3, 0.2)).scaled(rng.uniform(0.3, 0.6))
-        res = Canvas(size, spacing_mm).coverage(core, 1.0)
+        res = canvas.coverage(core, 1.0)
         if res is not None:
             inside[res[0]] -= res[1] * float(rng.uniform(*MASS_NECROSIS_HU))
     return inside * cov
+
+
+#: the draw of each kind of lesion: in soft tissue, a lung nodule, a tumour-like mass
+_DRAW = {"soft": _draw, "nodule": _draw_nodule, "mass": _draw_mass}
 
 
 def lung_mask(hu: np.ndarray, spacing_mm: float) -> np.ndarray:
@@ -179,7 +183,7 @@ def _signal(
         return cov, None
     signal = cov * (value - base) if base is not None else value * cov
     if mass:
-        signal += _mass_inside(rng, cov, canvas.px, blob)
+        signal += _mass_inside(rng, cov, canvas, blob)
     return signal, box
 
 
@@ -228,20 +232,18 @@ def insert_lesions(
     taken = _occupied(out, size)
     canvas = Canvas(size, spacing_mm)
     for _ in range(int(rng.integers(1, max_lesions + 1))):
-        nodule = lung > 0 and rng.random() < lung
-        mass = nodule and attached > 0 and rng.random() < attached
-        draw = _draw_mass if mass else _draw_nodule if nodule else _draw
-        diam, ratio, sigma, value, lobes = draw(rng, max_mm)
+        kind = "nodule" if lung > 0 and rng.random() < lung else "soft"
+        kind = "mass" if kind == "nodule" and attached > 0 and rng.random() < attached else kind
+        diam, ratio, sigma, value, lobes = _DRAW[kind](rng, max_mm)
         blob = Blob(0.0, 0.0, diam / 2, diam / 2 * ratio, float(rng.uniform(0, math.pi)), lobes)
         need = (blob.extent() + 2 * sigma) / spacing_mm + 1.5
         clear = ndimage.distance_transform_edt(~taken) if taken.any() else np.full(taken.shape, np.inf)
-        kind = "mass" if mass else "nodule" if nodule else "soft"
         cand = np.argwhere(_fits(kind, need, room_soft, room_lung, edge, clear, rng))
         if len(cand) == 0:
             continue
         iy, ix = cand[rng.integers(len(cand))]
         blob.cx, blob.cy = float(canvas.coord[ix]), float(canvas.coord[iy])
-        signal, box = _signal(canvas, blob, sigma, value, base if nodule else None, mass, rng)
+        signal, box = _signal(canvas, blob, sigma, value, None if kind == "soft" else base, kind == "mass", rng)
         if box is None:
             continue
         full += signal
