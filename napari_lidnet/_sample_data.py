@@ -92,7 +92,7 @@ def _sample_arrays(n_slices: int, size: int) -> tuple[np.ndarray, np.ndarray, np
 
 def sample_abdomen(n_slices: int = 6, size: int = 512) -> list[LayerDataTuple]:
     """Layer tuples: full-dose image, low-dose image above it (soft-tissue window, mm scale), ground-truth boxes."""
-    from napari_lidnet.io.volume import CTVolume
+    from napari_lidnet.io.volume import MM, CTVolume
     from napari_lidnet.layer_data import boxes_layer_tuple, data_key, volume_to_layer_tuple
 
     low, full, boxes, kinds, spacing = _sample_arrays(int(n_slices), int(size))
@@ -113,6 +113,7 @@ def sample_abdomen(n_slices: int = 6, size: int = 512) -> list[LayerDataTuple]:
             name=TRUTH_NAME,
             scale=spacing,
             translate=(0.0, 0.0, 0.0),
+            units=(MM,) * 3,
             labels=list(kinds),
             edge_color=TRUTH_EDGE_COLOR,
         )  # fmt: skip

@@ -106,6 +106,7 @@ def boxes_layer_tuple(
     scale: Sequence[float] | None = None,
     translate: Sequence[float] | None = None,
     affine: np.ndarray | None = None,
+    units: Sequence[str] | None = None,
     scores: np.ndarray | None = None,
     labels: Sequence[str] | None = None,
     edge_color: str = BOX_EDGE_COLOR,
@@ -113,7 +114,7 @@ def boxes_layer_tuple(
     metadata: dict[str, Any] | None = None,
 ) -> LayerDataTuple:
     """Shapes layer tuple of rectangles for a scan's own lesion boxes (role ANNOTATIONS), placed like their image
-    (same scale, translate, affine); ``features``: more columns, one value per box."""
+    (same scale, translate, affine, units); ``features``: more columns, one value per box."""
     shapes = boxes_to_shapes(boxes, ndim)
     n = len(shapes)
     features = {k: list(v)[:n] for k, v in (features or {}).items()}
@@ -137,6 +138,8 @@ def boxes_layer_tuple(
         kwargs["translate"] = tuple(translate)
     if affine is not None:
         kwargs["affine"] = np.asarray(affine, dtype=float)
+    if units is not None:
+        kwargs["units"] = tuple(units)
     if "score" in features and n:
         kwargs["text"] = {"string": "{score:.2f}", "anchor": "upper_left", "size": 10, "color": edge_color}
     return (shapes, kwargs, "shapes")
@@ -179,6 +182,7 @@ def volume_boxes_layer_tuple(vol: CTVolume, name: str | None = None) -> LayerDat
         scale=vol.spacing,
         translate=vol.origin,
         affine=vol.display_affine(),
+        units=vol.units(),
         labels=labels,
         features=extra,
         metadata={"lidnet": {"source_key": data_key(vol.hu),  # its image, whatever either is called later

@@ -29,7 +29,8 @@ def test_lengths_follow_the_voxel_size_of_each_axis() -> None:
 def viewer_with_ct(make_napari_viewer):
     viewer = make_napari_viewer()
     ct = viewer.add_image(
-        np.full((4, 64, 64), 40.0, np.float32), name="ct", scale=(5.0, 0.5, 0.8), metadata={"hu": True}
+        np.full((4, 64, 64), 40.0, np.float32), name="ct", scale=(5.0, 0.5, 0.8), metadata={"hu": True},
+        units=("mm",) * 3,  # as the reader gives a CT
     )
     return viewer, ct
 
@@ -42,6 +43,7 @@ def test_measure_draws_lines_labelled_in_mm_and_follows_edits(viewer_with_ct, qt
     layer = viewer.layers.selection.active
     assert layer.name == "calipers" and layer.mode == "add_line"
     np.testing.assert_allclose(layer.scale, ct.scale)
+    assert layer.units == ct.units  # in mm too: napari's scale bar keeps reading mm
 
     layer.add_lines(np.array([[2, 10, 10], [2, 10, 35]]))  # as a drawn line arrives: an 'added' data event
     layer.add_lines(np.array([[2, 5, 5], [2, 45, 5]]))

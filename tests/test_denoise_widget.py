@@ -90,7 +90,7 @@ def test_volume_run_layers_geometry_threshold_and_rerun(make_napari_viewer, qtbo
 
     viewer = make_napari_viewer()
     low, _ = phantom(n=12, size=96)
-    src = add_ct(viewer, low.copy())
+    src = add_ct(viewer, low.copy(), units=("mm",) * 3)  # as the reader gives a CT: napari's scale bar reads mm
     widget = make_widget(viewer, qtbot)
     assert widget.denoiser_combo.currentText() == "tiny (user)"
     assert widget.detector_combo.currentText() == "tiny (user)"
@@ -121,6 +121,7 @@ def test_volume_run_layers_geometry_threshold_and_rerun(make_napari_viewer, qtbo
     boxes = viewer.layers["low lesions"]
     np.testing.assert_allclose(boxes.scale, src.scale)
     np.testing.assert_allclose(boxes.translate, src.translate)
+    assert den.units == boxes.units == src.units and [str(u) for u in viewer.layers.units] == ["millimeter"] * 3
     assert boxes.metadata["lidnet"]["pixel_mm"] == SCALE[1:]  # its image's, measured: File > Save's .boxes.csv mm
     assert boxes.ndim == 3 and len(boxes.data) > 0 and set(boxes.shape_type) == {"rectangle"}
     for verts, z, score in zip(boxes.data, boxes.features["slice"], boxes.features["score"]):

@@ -264,6 +264,42 @@ def test_simulation_shows_progress_and_cancels_within_one_slice(widget, qtbot):
     assert [ly.name for ly in viewer.layers] == ["volume"] and "cancelled" in w.status.text()
 
 
+def test_a_ct_in_mm_gets_a_scale_bar_in_mm_that_the_plugins_layers_keep(make_napari_viewer, qtbot):
+    """A PACS shows a scale: the reader gives a CT napari's unit mm, the reading room shows napari's scale bar
+    once (hidden by the user, it stays hidden), and the low-dose copy keeps mm (a layer in pixels beside a layer in
+    mm makes napari drop the units)."""
+    from pydicom.data import get_testdata_file
+
+    viewer = make_napari_viewer()
+    w = LoadCTWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    assert not viewer.scale_bar.visible  # nothing in mm yet
+    (ct,) = viewer.open(get_testdata_file("CT_small.dcm"), plugin="napari-lidnet")
+    assert [str(u) for u in ct.units] == ["millimeter"] * 2
+    assert viewer.scale_bar.visible and viewer.scale_bar.position == "bottom_left"  # the window readout: lower right
+    w.sim_layer_combo.setCurrentText(ct.name)
+    w.sim_device_combo.setCurrentText("cpu")
+    with qtbot.waitSignal(w.simulation_finished, timeout=60000):
+        w.simulate_button.click()
+    low = viewer.layers[-1]
+    assert low is not ct and low.units == ct.units and [str(u) for u in viewer.layers.units] == ["millimeter"] * 2
+    viewer.scale_bar.visible = False  # the user's View > Scale Bar
+    viewer.open(get_testdata_file("CT_small.dcm"), plugin="napari-lidnet")
+    assert not viewer.scale_bar.visible
+    again = make_napari_viewer()  # a viewer whose scale bar was on before: closing the dock leaves it on
+    again.scale_bar.visible = True
+    w2 = LoadCTWidget(again)
+    again.open(get_testdata_file("CT_small.dcm"), plugin="napari-lidnet")
+    ReadingRoom.release(again, w2)
+    assert again.scale_bar.visible
+    third = make_napari_viewer()  # shown by the room: taken off with it
+    w3 = LoadCTWidget(third)
+    third.open(get_testdata_file("CT_small.dcm"), plugin="napari-lidnet")
+    assert third.scale_bar.visible
+    ReadingRoom.release(third, w3)
+    assert not third.scale_bar.visible
+
+
 def test_presets_and_drag_set_one_window_on_linked_ct_layers(widget, qtbot):
     viewer, w = widget
     a = viewer.add_image(disk_phantom(3), name="a", metadata={"hu": True})

@@ -107,6 +107,7 @@ def test_array_files(tmp_path):
     for name, spacing in [("v.npy", (1, 1, 1)), ("v.npz", (3, 0.5, 0.5)), ("v.tif", (1, 1, 1))]:
         ((data, kw, kind),) = napari_get_reader(str(tmp_path / name))(str(tmp_path / name))
         assert kind == "image" and data.dtype == np.float32 and kw["scale"] == spacing
+        assert kw.get("units") == (("mm",) * 3 if name == "v.npz" else None)  # an assumed 1 mm is napari's pixel
         np.testing.assert_array_equal(data, hu)
     np.testing.assert_array_equal(read_array(tmp_path / "one.npz").hu, hu[0])
     assert "no pixel spacing" in read_array(tmp_path / "v.tif").metadata["warnings"][0]

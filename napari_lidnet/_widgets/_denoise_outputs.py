@@ -8,6 +8,7 @@ the comparison these methods use), kept apart so each file holds one thing.
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +21,18 @@ from ._box_style import BOX_SCORE_RANGE, BOX_TEXT_COLOR, box_style
 from ._hand_edits import DRAWN_BOX, HandEdits
 from ._roles import DETECTIONS, NOISE, ROLE, behind_proxy, derived_name, lidnet_info, pixel_mm, source_key
 
+#: an image output's name's end when it holds one slice of its source (``_output_name``)
+_ONE_SLICE = re.compile(r" \(slice \d+\)$")
+#: what places an output where its source lies (``_geometry``); the outputs follow each as it changes
+PLACEMENT = ("scale", "translate", "affine", "units")
+
 if TYPE_CHECKING:
     from napari.layers import Shapes
 
+
+def _without_slice(name: str) -> str:
+    """An output's name without its "(slice N)" end."""
+    return _ONE_SLICE.sub("", name)
 
 
 class DenoiseOutputs:
@@ -42,13 +52,16 @@ class DenoiseOutputs:
         return entry[2]
 
     def _earlier_output(self, name: str) -> Any | None:
-        """A layer named ``name`` that this plugin made from the current source before this widget knew of it (a
-        dock closed and opened again), so a new run replaces it instead of adding ``name [1]``."""
-        layer = next((ly for ly in self.viewer.layers if ly.name == name), None)
-        if layer is None or any(e[2] == layer for e in self._outputs):
-            return None
-        here = lidnet_info(layer).get("source_key") == source_key(self._last["layer"])  # this image, not its name
-        return layer if here else None
+        """A layer named ``name``, or named so but for another slice ("... (slice 40)"), that this plugin made from
+        the current source before this widget knew of it (a dock closed and opened again), so a new run replaces it
+        as it replaces its own (not ``name [1]``, nor a stale slice's layer beside the new one)."""
+        base, known = _without_slice(name), [e[2] for e in self._outputs]
+        for layer in self.viewer.layers:
+            if _without_slice(layer.name) == base and layer not in known:
+                here = lidnet_info(layer).get("source_key") == source_key(self._last["layer"])  # this image's
+                if here:
+                    return layer
+        return None
 
     def _place(self, role: str, data: Any, kwargs: dict[str, Any], layer_type: str) -> Any:
         """Add an output layer, replacing this widget's previous output of the same role for the same source (a
@@ -58,7 +71,7 @@ class DenoiseOutputs:
         if self._last.get("merged") and layer_type == "image" and live is not None and live.data.shape == data.shape:
             live.data = data
             live.metadata = kwargs["metadata"]
-            for key in ("scale", "translate", "affine"):  # where the source lies now (it may have been moved)
+            for key in PLACEMENT:  # where the source lies now (it may have been moved)
                 setattr(live, key, kwargs[key])
             return live
         old, index = live or self._earlier_output(kwargs["name"]), None
@@ -95,7 +108,7 @@ class DenoiseOutputs:
         if behind_proxy(src) in self._followed:
             return
         self._followed.add(behind_proxy(src))
-        for name in ("scale", "translate", "affine"):
+        for name in PLACEMENT:
             self.watch.connect(getattr(src.events, name), lambda _event=None, s=src: self._moved_source(s))
 
     def _moved_source(self, src: Any) -> None:
@@ -121,13 +134,14 @@ class DenoiseOutputs:
             self.viewer.layers.remove(old)
 
     def _geometry(self, first: int | None, src: Any = None) -> dict[str, Any]:
-        """Where an output of ``src`` (default: the last run's image) lies: its scale, affine, and its translate
-        moved to slice ``first`` (None: the whole volume)."""
+        """Where an output of ``src`` (default: the last run's image) lies: its scale, affine, units (mm on a CT),
+        and its translate moved to slice ``first`` (None: the whole volume)."""
         src = src if src is not None else self._last["layer"]
         translate = tuple(src.translate)
         if first is not None and src.ndim == 3:
             translate = slice_translate(tuple(src.scale), translate, first)
-        return {"scale": tuple(src.scale), "translate": translate, "affine": src.affine.affine_matrix}
+        return {"scale": tuple(src.scale), "translate": translate, "affine": src.affine.affine_matrix,
+                "units": tuple(src.units)}  # fmt: skip
 
     def _only_slice(self) -> int | None:
         """The slice a "current slice" run's outputs hold (one slice of a volume, not folded into a volume result

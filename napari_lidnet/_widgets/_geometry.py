@@ -17,6 +17,13 @@ from ..io.volume import n_slices, per_slice
 from ..layer_data import PIXEL_CENTRE_SHIFT, shapes_to_boxes
 
 
+def placed_like(image: Any) -> dict[str, Any]:
+    """Keyword arguments that put a new layer where ``image`` lies in the viewer: its scale, translate, rotate,
+    shear, affine and units (mm on a CT, so napari's scale bar and the layer list agree)."""
+    return {"scale": tuple(image.scale), "translate": tuple(image.translate), "rotate": image.rotate,
+            "shear": image.shear, "affine": image.affine.affine_matrix, "units": tuple(image.units)}  # fmt: skip
+
+
 def _affine(transform: Callable, nd: int) -> tuple[np.ndarray, np.ndarray]:
     """(matrix, offset) of an affine napari transform of ``nd``-long positions, read from nd + 1 probes."""
     offset = np.asarray(transform(np.zeros(nd)), dtype=float)

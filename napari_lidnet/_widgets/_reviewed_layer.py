@@ -14,7 +14,7 @@ import numpy as np
 
 from ..findings import Finding
 from ..metrics.froc import box_iou_np
-from ._geometry import corner_vertices, corners_in_image, pixel_map
+from ._geometry import corner_vertices, corners_in_image, pixel_map, placed_like
 from ._roles import REVIEWED, ROLE, behind_proxy, derived_name, lidnet_info, reviewed_of, role, source_key
 
 STATUS_COLORS = {"pending": "#c8c8c8", "accepted": "#3cb44b", "edited": "#42d4f4", "added": "#f58231",
@@ -66,11 +66,7 @@ class ReviewedLayer:
         layer = self.viewer.add_shapes(
             name=derived_name(image.name, "reviewed"),
             ndim=image.ndim,
-            scale=image.scale,
-            translate=image.translate,
-            rotate=image.rotate,
-            shear=image.shear,
-            affine=image.affine.affine_matrix,
+            **placed_like(image),
             edge_width=2,
             face_color="transparent",
             edge_color=STATUS_COLORS["added"],

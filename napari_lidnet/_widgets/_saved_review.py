@@ -19,7 +19,7 @@ from ..findings import KEPT, Finding
 from ..io.saved_boxes import place_boxes, read_saved_boxes
 from ..layer_data import ROLE, boxes_to_shapes
 from ._box_style import box_style
-from ._geometry import corner_vertices
+from ._geometry import corner_vertices, placed_like
 from ._hand_edits import DRAWN_BOX
 from ._roles import DETECTIONS, lidnet_info, pixel_mm, reviewed_of, source_key
 
@@ -129,9 +129,5 @@ def opened_boxes_layer(
         **box_style(),
         "feature_defaults": {"score": np.nan, "label": DRAWN_BOX["label"]},
         "metadata": {ROLE: DETECTIONS, "lidnet": info},
-        "scale": tuple(image.scale),
-        "translate": tuple(image.translate),
-        "rotate": image.rotate,
-        "shear": image.shear,
-        "affine": image.affine.affine_matrix,
+        **placed_like(image),
     }

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ._geometry import placed_like
 from ._roles import CALIPERS, ROLE, behind_proxy, has_voxel_size, role
 from ._viewer import camera
 
@@ -82,9 +83,7 @@ def add_calipers(viewer: Any, image: Any) -> Any:
     layer = viewer.add_shapes(
         name="calipers",
         ndim=image.ndim,
-        scale=image.scale,
-        translate=image.translate,
-        affine=image.affine.affine_matrix,
+        **placed_like(image),
         edge_color=CALIPER_COLOR,
         edge_width=1.5,
         face_color="transparent",

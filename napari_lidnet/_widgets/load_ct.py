@@ -40,6 +40,7 @@ from ..io.volume import n_slices
 from ..io.windowing import SCAN_WINDOW, WINDOW_PRESETS, stored_presets
 from ..layer_data import volume_layer_tuples
 from ._docking import DockHome, scroll_layout, show_message, wrapping_label
+from ._geometry import placed_like
 from ._layer_watch import LayerWatch, renamed_to
 from ._roles import derived_name, grayscale_images, is_ct_image, is_reduced_dose, source_key
 from ._sim_job import SimProgress, added_noise_sd, flat_noise_sds, simulate_job
@@ -459,9 +460,7 @@ class LoadCTWidget(QWidget):
         new = self.viewer.add_image(
             np.asarray(result, dtype=np.float32),
             name=derived_name(layer.name, f"{dose:.0%} dose"),
-            scale=layer.scale,
-            translate=layer.translate,
-            affine=layer.affine.affine_matrix,
+            **placed_like(layer),
             contrast_limits=layer.contrast_limits,
             colormap="gray",
             metadata=meta,

@@ -1,6 +1,6 @@
 """Reading-room habits for a viewer: one window/level for every CT layer, right-drag window/level, presets on the
-number keys, z/y/x axis labels, HU in the status bar (of the CT under the cursor whatever layer is active) and
-patient-orientation letters at the canvas edges.
+number keys, z/y/x axis labels, HU in the status bar (of the CT under the cursor whatever layer is active),
+patient-orientation letters at the canvas edges and a scale bar in mm.
 
 Installed once per viewer by every LIDnet widget (``ReadingRoom.install``) and taken out when the last of them
 closes (``ReadingRoom.release``): the viewer then has napari's own keys, mouse and status bar back. CT layers are
@@ -40,6 +40,8 @@ PRESET_HINT = "LIDnet: <1>-<7> set the window"
 _ROOMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 #: the canvas overlay that shows the window and level
 READOUT = "lidnet window"
+#: where the scale bar goes when the room shows it (the window readout holds the lower right corner)
+SCALE_BAR_POSITION = "bottom_left"
 
 
 class ReadingRoom:
@@ -49,6 +51,7 @@ class ReadingRoom:
         self.viewer = viewer
         self.linked = True
         self._syncing = False
+        self._scale_bar: bool | None = None  # None: not shown yet; True: shown by the room (taken off at close)
         self._owners: weakref.WeakSet = weakref.WeakSet()
         self.watch = LayerWatch(viewer, lambda _renamed: None)  # every hook-up, undone by close
         self.watch.connect(viewer.layers.events.inserted, self._on_inserted)
@@ -91,6 +94,8 @@ class ReadingRoom:
             self.viewer.mouse_drag_callbacks.remove(self._window_drag)
         self.orientation.remove()
         self.viewer.canvas.overlays.pop(READOUT, None)
+        if self._scale_bar:
+            self.viewer.scale_bar.visible = False
 
     # ------------------------------------------------------------------------------------------------ layers
     def ct_layers(self) -> list[Any]:
@@ -118,6 +123,17 @@ class ReadingRoom:
             layer.axis_labels = AXIS_LABELS[layer.ndim]
         self.watch.connect(layer.events.contrast_limits, self._on_limits)
         self.show_window()
+        self._show_scale_bar(layer)
+
+    def _show_scale_bar(self, layer: Any) -> None:
+        """napari's scale bar, reading mm, the first time a CT in mm is on the viewer (a PACS shows one); hidden
+        afterwards (View > Scale Bar), it stays hidden."""
+        if self._scale_bar is not None or {str(u) for u in layer.units} != {"millimeter"}:
+            return
+        bar = self.viewer.scale_bar
+        self._scale_bar = not bar.visible
+        if self._scale_bar:
+            bar.position, bar.visible = SCALE_BAR_POSITION, True
 
     def _on_removed(self, _event: Any) -> None:
         self.show_window()  # the readout of a CT layer still there, or none

@@ -44,6 +44,7 @@ from qtpy.QtWidgets import (
 from napari_lidnet._widgets._canvas import PlotCanvas, paint_theme
 from napari_lidnet._widgets._debounce import debounce_timer
 from napari_lidnet._widgets._docking import DockHome, add_tips, wrapping_label
+from napari_lidnet._widgets._geometry import placed_like
 from napari_lidnet._widgets._layer_watch import LayerWatch, renamed_to
 from napari_lidnet._widgets._roi_observer import HOW_TO, OBSERVER_COLUMNS, observer_cell, pair_problem
 from napari_lidnet._widgets._roi_regions import regions_from_shapes, short_label
@@ -418,8 +419,7 @@ class ROICompareWidget(QWidget):
         label (R1, R2, ...) per region; it becomes the regions' source, ready to draw rectangles."""
         layers = {lay.name: lay for lay in self._image_layers()}
         image = layers.get(self.reference_combo.currentText()) or next(iter(layers.values()), None)
-        geo = {} if image is None else {"scale": image.scale, "translate": image.translate,
-                                        "affine": image.affine.affine_matrix}  # fmt: skip
+        geo = {} if image is None else placed_like(image)
         n = 1 + sum(role(lay) == ROI for lay in self._shapes_layers())
         layer = self.viewer.add_shapes(
             name=f"ROI {n}",

@@ -26,6 +26,8 @@ def n_slices(image: Any) -> int:
     return int(image.shape[0]) if image.ndim == 3 else 1
 
 
+#: napari's unit of a layer whose scale is a voxel size in mm
+MM = "mm"
 #: metadata lists, one entry per slice
 PER_SLICE_KEYS = ("files", "slice_ipp", "instance_numbers", "sop_instance_uids", "frame_numbers", "slice_tags")
 
@@ -105,14 +107,20 @@ class CTVolume:
         aff[0, 0], aff[0, 3] = -1.0, 2.0 * self.origin[0]
         return aff
 
+    def units(self) -> tuple[str, ...] | None:
+        """napari's units of its layer: mm on every axis; None (napari's pixels) when the reader assumed the spacing."""
+        return None if self.metadata.get("spacing_assumed") else (MM,) * self.hu.ndim
+
     def layer_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``viewer.add_image``: scale and translate from geometry, the mirrored slice axis of
-        a feet-first stack as napari's affine (``display_affine``), the patient affine in metadata."""
+        """Keyword arguments for ``viewer.add_image``: scale and translate from geometry, in mm (napari's ``units``,
+        so its scale bar reads mm) unless the reader assumed the spacing, the mirrored slice axis of a feet-first
+        stack as napari's affine (``display_affine``), the patient affine in metadata."""
         flips = self.display_affine()
         return {
             "name": self.name,
             "scale": self.spacing,
             "translate": self.origin,
+            **({} if self.units() is None else {"units": self.units()}),
             **({} if flips is None else {"affine": flips}),
             "metadata": {**self.metadata, "affine_lps": self.affine(), "spacing": self.spacing},
         }
