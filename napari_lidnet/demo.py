@@ -80,7 +80,7 @@ def write_report(out: Path, metrics: dict[str, Any], timings: dict[str, float], 
         *(f"| {k} | {v['psnr_db']:.2f} | {v['ssim']:.3f} |" for k, v in q.items()),
         "",
         f"Lesions: {metrics['lesions']} in the ground truth, {metrics['boxes_shown']} boxes shown at score >= "
-        f"{metrics['score_threshold']:.2f}: sensitivity {metrics['sensitivity_at_threshold']:.2f} at "
+        f"{metrics['score_threshold']:.3f}: sensitivity {metrics['sensitivity_at_threshold']:.2f} at "
         f"{metrics['false_positives_per_slice']:.2f} false positives per slice ({metrics['froc_criterion']}).",
         "",
         "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()),

@@ -149,6 +149,8 @@ def test_volume_run_layers_geometry_threshold_and_rerun(make_napari_viewer, qtbo
     assert "; 3 boxes (2 lesions) with score >= 0.50" in widget.status.text()
     widget.set_threshold(0.85)
     assert "; 1 box (1 lesion) with score >= 0.85" in widget.status.text()
+    widget.set_threshold(0.8004)  # between the slider's steps: applied as given (as `lidnet detect` does), not 0.80
+    assert "; 1 box (1 lesion) with score >= 0.800" in widget.status.text()
     widget._last["result"] = result
     widget.set_threshold(0.05)
 
@@ -684,6 +686,14 @@ def test_threshold_follows_the_detectors_calibration(make_napari_viewer, qtbot, 
     widget.detector_combo.setCurrentText("lab (user)")  # fine-tuned from the shipped detector: its threshold
     assert widget.threshold == pytest.approx(0.55)
     assert "for the weights this detector was trained from (default)" in widget.threshold_slider.toolTip()
+    save_weights(tiny_detector(seed=5), model_dir / "fine_detector",
+                 {"calibration": {"threshold": 0.49575, "fp_per_image": 0.5}})  # fmt: skip
+    widget.refresh_models()
+    widget.detector_combo.setCurrentText("fine (user)")  # the calibrated value itself, as `lidnet detect` applies it
+    assert widget.threshold == 0.49575 and widget.threshold_label.text() == "0.496"  # not the slider's 0.50
+    assert "calibrated default 0.496" in widget.threshold_slider.toolTip()
+    widget.threshold_slider.setValue(52)  # dragged: the slider's steps
+    assert widget.threshold == pytest.approx(0.52) and widget.threshold_label.text() == "0.52"
     widget.detector_combo.setCurrentText("calibrated (user)")
     widget.set_threshold(0.4)
     widget.refresh_models()  # same detector kept: the user's threshold too

@@ -122,6 +122,26 @@ def test_closed_docks_stop_working_and_let_go_of_the_viewer(make_napari_viewer, 
             again.run()
         viewer.window.remove_dock_widget(again_dock)
     assert sorted(_layer_names(viewer)) == ["low", "low denoised (slice 5)", "low lesions"]
+    whole_dock, whole = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise and detect")
+    whole.device_combo.setCurrentText("cpu")
+    with qtbot.waitSignal(whole.job_finished, timeout=60000):
+        whole.run()  # the whole volume: replaces the slice's outputs
+    viewer.window.remove_dock_widget(whole_dock)
+    volume, boxes = viewer.layers["low denoised"], viewer.layers["low lesions"]
+    n_boxes = len(boxes.data)
+    assert volume.data.shape[0] == 12 and sorted(_layer_names(viewer)) == ["low", "low denoised", "low lesions"]
+    for step in (4, 5):  # a reopened dock's one-slice runs go beside a closed one's whole volume, never over it
+        viewer.dims.set_current_step(0, step)
+        again_dock, again = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise and detect")
+        again.device_combo.setCurrentText("cpu")
+        again.scope_combo.setCurrentText("current slice")
+        with qtbot.waitSignal(again.job_finished, timeout=60000):
+            again.run()
+        viewer.window.remove_dock_widget(again_dock)
+    assert viewer.layers["low denoised"] is volume and viewer.layers["low lesions"] is boxes
+    assert len(boxes.data) == n_boxes and volume.data.shape[0] == 12
+    assert sorted(_layer_names(viewer)) == ["low", "low denoised", "low denoised (slice 5)", "low lesions",
+                                            "low lesions (slice 5)"]  # fmt: skip
     viewer.window.remove_dock_widget(nav_dock)
     assert coerce_keybinding("a") not in viewer.keymap
     viewer.window.remove_dock_widget(roi_dock)

@@ -286,6 +286,10 @@ def test_a_ct_in_mm_gets_a_scale_bar_in_mm_that_the_plugins_layers_keep(make_nap
     viewer.scale_bar.visible = False  # the user's View > Scale Bar
     viewer.open(get_testdata_file("CT_small.dcm"), plugin="napari-lidnet")
     assert not viewer.scale_bar.visible
+    ReadingRoom.release(viewer, w)  # the dock closed and another opened: still hidden (the reader's choice)
+    LoadCTWidget(viewer)
+    viewer.open(get_testdata_file("CT_small.dcm"), plugin="napari-lidnet")
+    assert not viewer.scale_bar.visible
     again = make_napari_viewer()  # a viewer whose scale bar was on before: closing the dock leaves it on
     again.scale_bar.visible = True
     w2 = LoadCTWidget(again)

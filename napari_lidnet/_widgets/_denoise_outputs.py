@@ -30,6 +30,12 @@ if TYPE_CHECKING:
     from napari.layers import Shapes
 
 
+def threshold_text(threshold: float) -> str:
+    """A score threshold as the dock shows it: "0.50" on the slider's steps, "0.496" between them (a detector's
+    calibrated one, applied exactly)."""
+    return f"{threshold:.2f}" if abs(threshold * 100 - round(threshold * 100)) < 1e-9 else f"{threshold:.3f}"
+
+
 def _without_slice(name: str) -> str:
     """An output's name without its "(slice N)" end."""
     return _ONE_SLICE.sub("", name)
@@ -54,14 +60,28 @@ class DenoiseOutputs:
     def _earlier_output(self, name: str) -> Any | None:
         """A layer named ``name``, or named so but for another slice ("... (slice 40)"), that this plugin made from
         the current source before this widget knew of it (a dock closed and opened again), so a new run replaces it
-        as it replaces its own (not ``name [1]``, nor a stale slice's layer beside the new one)."""
-        base, known = _without_slice(name), [e[2] for e in self._outputs]
+        as it replaces its own (not ``name [1]``, nor a stale slice's layer beside the new one). A one-slice run
+        never replaces a result of more slices (the closed dock's whole volume): it goes beside it."""
+        base, known, key = _without_slice(name), [e[2] for e in self._outputs], source_key(self._last["layer"])
+        one = self._only_slice() is not None
         for layer in self.viewer.layers:
-            if _without_slice(layer.name) == base and layer not in known:
-                here = lidnet_info(layer).get("source_key") == source_key(self._last["layer"])  # this image's
-                if here:
-                    return layer
+            info = lidnet_info(layer)
+            if _without_slice(layer.name) != base or layer in known or info.get("source_key") != key:
+                continue
+            held = info.get("slices")
+            if not one or (isinstance(held, list) and len(held) == 1):
+                return layer
         return None
+
+    def _boxes_name(self) -> str:
+        """"<source> lesions"; for a one-slice run beside a whole-volume boxes layer of that name that it does not
+        replace (a closed dock's), "<source> lesions (slice 40)", as its image."""
+        name = derived_name(self._last["layer"].name, "lesions")
+        if self._only_slice() is None:
+            return name
+        old = self._live("lesions") or self._earlier_output(name)
+        clash = any(ly.name == name and behind_proxy(ly) is not behind_proxy(old) for ly in self.viewer.layers)
+        return self._output_name("lesions") if clash else name
 
     def _place(self, role: str, data: Any, kwargs: dict[str, Any], layer_type: str) -> Any:
         """Add an output layer, replacing this widget's previous output of the same role for the same source (a
@@ -203,7 +223,8 @@ class DenoiseOutputs:
         kwargs = {
             "name": self._output_name("removed noise"),
             **styling,
-            "metadata": {ROLE: NOISE, "lidnet": {"source_layer": src.name, "source_key": source_key(src)}},
+            "metadata": {ROLE: NOISE, "lidnet": {"source_layer": src.name, "source_key": source_key(src),
+                                                 "slices": list(self._last["result"].slices)}},
             **self._geometry(self._last["first"]),
         }
         self._place("removed noise", noise, kwargs, "image")
@@ -242,7 +263,8 @@ class DenoiseOutputs:
         edits = self._last.get("edits") if self._last is not None else None
         summary = edits.summary() if edits is not None else ""
         note = f" ({summary})" if summary else ""
-        return f"{boxes} ({lesions} lesion{'s' if lesions != 1 else ''}) with score >= {self.threshold:.2f}{note}"
+        at = threshold_text(self.threshold)
+        return f"{boxes} ({lesions} lesion{'s' if lesions != 1 else ''}) with score >= {at}{note}"
 
     def _show_boxes(self, rebuild: bool = False, threshold_only: bool = False) -> None:
         if self._last is None:
@@ -273,7 +295,7 @@ class DenoiseOutputs:
             layer.refresh_colors()
             return
         kwargs = {
-            "name": derived_name(src.name, "lesions"),
+            "name": self._boxes_name(),
             "ndim": ndim,
             "shape_type": [kind for _, kind in shapes],  # a drawn ellipse or path stays one
             "features": features,
@@ -281,7 +303,8 @@ class DenoiseOutputs:
             "feature_defaults": DRAWN_BOX,
             "metadata": {ROLE: DETECTIONS, "lidnet": {"source_layer": src.name, "source_key": source_key(src),
                                                       "detector": self._last["labels"][1], "run": uuid.uuid4().hex,
-                                                      "pixel_mm": pixel_mm(src)}},  # None: not measured
+                                                      "pixel_mm": pixel_mm(src),  # None: not measured
+                                                      "slices": list(self._last["result"].slices)}},
             **self._geometry(None),
         }
         layer = self._place("lesions", [s for s, _ in shapes], kwargs, "shapes")

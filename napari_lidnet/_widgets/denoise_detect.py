@@ -35,7 +35,7 @@ from qtpy.QtWidgets import (
 
 from ._debounce import debounce_timer
 from ._denoise_export import DenoiseExports
-from ._denoise_outputs import DenoiseOutputs
+from ._denoise_outputs import DenoiseOutputs, threshold_text
 from ._docking import DockHome, add_tips, scroll_layout, show_message, wrapping_label
 from ._layer_watch import LayerWatch, renamed_to
 from ._roles import (
@@ -212,6 +212,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         self.device_combo = QComboBox()
         self.scope_combo = QComboBox()
         self.scope_combo.addItems(SCOPES)
+        self._exact_threshold: float | None = None  # ``set_threshold``'s value, finer than the slider's steps
         self.threshold_slider = QSlider(Qt.Orientation.Horizontal)
         self.threshold_slider.setRange(*THRESHOLD_RANGE)
         self.threshold_slider.setValue(30)
@@ -308,12 +309,20 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
 
     @property
     def threshold(self) -> float:
-        """Current score threshold (0.05 to 0.95)."""
-        return self.threshold_slider.value() / 100.0
+        """Current score threshold (0.05 to 0.95): the value last set (a detector's calibrated 0.49575, as
+        ``lidnet detect`` applies it) while the slider stays on its step, else the slider's step."""
+        step, exact = self.threshold_slider.value(), self._exact_threshold
+        return exact if exact is not None and round(exact * 100) == step else step / 100.0
 
     def set_threshold(self, value: float) -> None:
-        """Move the score threshold slider; the boxes are re-filtered from the cached detections at once."""
-        self.threshold_slider.setValue(round(float(value) * 100))
+        """Move the score threshold slider to ``value`` (kept exactly, not rounded to the slider's step); the boxes
+        are re-filtered from the cached detections at once."""
+        self._exact_threshold = float(value)
+        step = round(float(value) * 100)
+        if self.threshold_slider.value() == step:
+            self._on_threshold(step)  # the same step, maybe another value: the label and the boxes follow
+        else:
+            self.threshold_slider.setValue(step)
         if self._threshold_timer.isActive():
             self._apply_threshold()
 
@@ -673,7 +682,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
     def _on_threshold(self, value: int) -> None:
         """The slider moved: its label now; the boxes when the event loop next runs (``_apply_threshold``), so a
         drag over many steps while napari redraws thousands of boxes refilters once, not once per step."""
-        self.threshold_label.setText(f"{value / 100:.2f}")
+        self.threshold_label.setText(threshold_text(self.threshold))
         if self._last is not None or self._source_gone:
             self._threshold_timer.start()
 
@@ -703,7 +712,7 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         threshold = default_threshold(card)
         self.set_threshold(threshold)
         if isinstance(cal, dict) and threshold != FALLBACK_THRESHOLD:
-            tip = (f"calibrated default {threshold:.2f}: about {cal.get('fp_per_image', '?')} false "
+            tip = (f"calibrated default {threshold_text(threshold)}: about {cal.get('fp_per_image', '?')} false "
                    f"boxes per lesion-free slice {_calibration_source(cal)}")  # fmt: skip
         else:
             tip = f"this detector has no calibration; default {FALLBACK_THRESHOLD:.2f}"

@@ -38,6 +38,8 @@ HINT = "right-drag on the image: window (left-right) and level (up-down); keys 1
 PRESET_HINT = "LIDnet: <1>-<7> set the window"
 
 _ROOMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: viewers whose reader hid the scale bar a reading room showed: no later room shows it again
+_BAR_HIDDEN: weakref.WeakSet = weakref.WeakSet()
 #: the canvas overlay that shows the window and level
 READOUT = "lidnet window"
 #: where the scale bar goes when the room shows it (the window readout holds the lower right corner)
@@ -127,13 +129,20 @@ class ReadingRoom:
 
     def _show_scale_bar(self, layer: Any) -> None:
         """napari's scale bar, reading mm, the first time a CT in mm is on the viewer (a PACS shows one); hidden
-        afterwards (View > Scale Bar), it stays hidden."""
-        if self._scale_bar is not None or {str(u) for u in layer.units} != {"millimeter"}:
+        afterwards (View > Scale Bar), it stays hidden, whatever docks close and open."""
+        viewer = behind_proxy(self.viewer)
+        if self._scale_bar is not None or viewer in _BAR_HIDDEN or {str(u) for u in layer.units} != {"millimeter"}:
             return
         bar = self.viewer.scale_bar
         self._scale_bar = not bar.visible
         if self._scale_bar:
             bar.position, bar.visible = SCALE_BAR_POSITION, True
+            self.watch.connect(bar.events.visible, self._on_bar_toggled)
+
+    def _on_bar_toggled(self, _event: Any = None) -> None:
+        if not self.viewer.scale_bar.visible:  # the reader hid the bar the room showed: the viewer remembers
+            _BAR_HIDDEN.add(behind_proxy(self.viewer))
+            self._scale_bar = False
 
     def _on_removed(self, _event: Any) -> None:
         self.show_window()  # the readout of a CT layer still there, or none
