@@ -19,6 +19,9 @@ check looks for periodic (hatch) texture.
 
 Usage:
     PYTHONPATH=. python benchmarks/real_anatomy.py [--denoiser NAME_OR_PATH ...] [--seeds 8] [--quick]
+
+Your own scanner as the judge: ``--scans PATH ...`` (normal-dose DICOM series folders or files, NIfTI, arrays) runs
+the same protocol on ``--per-scan`` evenly spaced slices of each, results in ``bench-out/your_scans/``.
 """
 
 from __future__ import annotations
@@ -200,6 +203,50 @@ def load_slices() -> list[RealSlice]:
         sl.body, sl.soft = tissue_masks(hu)
         out.append(sl)
     return out
+
+
+def _square(hu: np.ndarray) -> np.ndarray:
+    """``hu`` made square (the radon model projects squares) by mirroring its edges: a crop that cuts the body
+    goes on as tissue (air there would put a hard edge along the cut that every filter is then scored on)."""
+    n = max(hu.shape)
+    (r0, r1), (c0, c1) = [((n - s) // 2, n - s - (n - s) // 2) for s in hu.shape]
+    return np.pad(hu, ((r0, r1), (c0, c1)), mode="symmetric")
+
+
+def scan_slices(paths: list[Path], per_scan: int) -> tuple[list[RealSlice], list[str]]:
+    """Your own normal-dose CT as the judge's real slices: ``per_scan`` evenly spaced axial slices (the end slices
+    left out) of each volume the product's reader opens at ``paths`` (DICOM files or series folders, NIfTI,
+    arrays). Returns (slices, notes): a volume that is not CT in HU or whose pixel size the reader had to assume (the
+    noise models need it in mm), and a slice without a body, are skipped with a note."""
+    from napari_lidnet.io.checks import not_ct_note
+    from napari_lidnet.io.volume import known_pixel_mm
+
+    slices, notes = [], []
+    for path in paths:
+        for vol in open_ct(path):
+            stack = np.asarray(vol.hu, np.float32).reshape(-1, *vol.hu.shape[-2:])
+            why = not_ct_note(str(vol.metadata.get("modality", "") or ""), stack, vol.name)
+            if why is None and known_pixel_mm(vol) is None:
+                why = f"{vol.name}: its pixel size is unknown (assumed 1 mm), and the noise models need it"
+            if why is not None:
+                notes.append(f"skipped {why}")
+                continue
+            n = len(stack)
+            picks = range(n) if n <= per_scan else np.linspace(0, n - 1, per_scan + 2)[1:-1].round().astype(int)
+            rows, cols = stack.shape[-2:]
+            if rows != cols:  # the radon model projects a square: the shorter side mirrored out
+                notes.append(f"{vol.name}: {rows} x {cols} slices made {max(rows, cols)} square by mirroring edges")
+            for z in picks:
+                hu = _square(np.maximum(stack[z], AIR_FLOOR))
+                try:
+                    body, soft = tissue_masks(hu)
+                except ValueError:
+                    notes.append(f"skipped {vol.name} slice {z}: no body in it")
+                    continue
+                sl = RealSlice(f"{vol.name} z{z}", str(path), hu, float(vol.spacing[-1]), "your scan")
+                sl.body, sl.soft = body, soft
+                slices.append(sl)
+    return slices, notes
 
 
 # --------------------------------------------------------------------------------------------------- lesions
@@ -643,6 +690,8 @@ def residual_nps(residuals: list[np.ndarray]) -> tuple[np.ndarray, dict[str, Any
 
 def nps_figure(spectra: dict[tuple[str, str], np.ndarray], path: Path) -> str:
     """Save the log10 2D NPS panels (rows: noise models, columns: rows of the table); returns how it was written."""
+    if not spectra:
+        return f"not written: no slice holds a uniform soft-tissue square of {NPS_ROI} px"
     keys = list(spectra)
     models = sorted({m for m, _ in keys}, key=MODELS.index)
     names = list(dict.fromkeys(n for _, n in keys))
@@ -781,6 +830,7 @@ def write_markdown(result: dict, path: Path) -> None:
         "Packages: " + ", ".join(f"{k} {v}" for k, v in result["packages"].items()) + " (JPEG 2000 decoded by "
         "pylibjpeg-openjpeg through pydicom).", "", *result["about"], "",
         "## Simulated slices (`simulated_slices`: full-dose draws of random phantoms)" if sim
+        else "## Your slices (`--scans`, normal-dose references)" if cfg.get("scans")
         else "## Real slices (pydicom test files, evaluation only)", "",
         "| file | size | pixel (mm) | transfer syntax | lesions inserted (all seeds) |", "|---|---|---|---|---|",
     ]  # fmt: skip
@@ -819,7 +869,7 @@ ABOUT = [
 ]
 
 
-CAVEATS = [
+PYDICOM_CAVEATS = [
     "CT_small.dcm is a 128 x 128 crop of a body slice (spine and paraspinal muscles): the body is cut at the image "
     "edges, so both noise models project a truncated object (less attenuation, hence less inserted noise, than the "
     "whole patient would get) over the padded square; its soft tissue is small (uniform square of 15 px).",
@@ -829,11 +879,22 @@ CAVEATS = [
     "J2K_pixelrep_mismatch.dcm is lossless JPEG 2000 of a head (0.431 mm, gantry tilt -22 deg, irrelevant in 2D). "
     "Both 512 x 512 slices are heads: soft tissue there is brain, while the shipped networks learned abdomen phantoms.",
     "Padding outside the scanned field of view (-2000 and -3995 HU in the files) is set to -1024 HU before anything.",
+]
+CAVEATS = [
     "Noise insertion needs the normal-dose scan's own photon counts; both models assume the calibrated I0 for every "
     "slice (the real acquisitions' mAs and sizes differ), so the absolute noise levels are approximate.",
     "Seconds per slice are wall time on a shared 2-core machine (load average above); BM3D times of cached results "
     "are those measured when first computed.",
 ]
+
+
+def free_stem(stem: Path) -> Path:
+    """``stem``, or ``stem_2``, ``stem_3``, ... : the first whose report is not there yet (a rerun keeps the last)."""
+    k, free = 1, stem
+    while free.with_suffix(".md").exists() or free.with_suffix(".json").exists():
+        k += 1
+        free = stem.with_name(f"{stem.name}_{k}")
+    return free
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -854,7 +915,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="noise models: ours, radon (issue 11's), ours-mm (reported beside them only)")  # fmt: skip
     p.add_argument("--simulated", type=int, default=0, metavar="N",
                    help="the same protocol on N simulated slices instead of the real ones (results stem _sim)")
+    p.add_argument("--scans", type=Path, nargs="+", metavar="PATH",
+                   help="your own normal-dose CT instead of pydicom's slices: DICOM files or series folders, NIfTI, "
+                        "arrays (results stem bench-out/your_scans/real_anatomy unless --results)")  # fmt: skip
+    p.add_argument("--per-scan", type=int, default=4, help="evenly spaced slices taken from each --scans volume")
     a = p.parse_args(argv)
+    if a.scans and a.simulated:
+        p.error("--scans and --simulated: one source of slices")
+    if a.scans and a.results == Path("benchmarks/results/real_anatomy"):
+        a.results = free_stem(Path("bench-out/your_scans/real_anatomy"))
     if a.simulated and a.results == Path("benchmarks/results/real_anatomy"):
         a.results = Path("benchmarks/results/real_anatomy_sim")
     if a.quick:
@@ -897,7 +966,9 @@ def run_tables(
 
 
 def _jsonable(o: Any) -> Any:
-    """Plain JSON: numpy to Python, NaN to null, infinities to "inf"/"-inf"."""
+    """Plain JSON: numpy to Python, paths to text, NaN to null, infinities to "inf"/"-inf"."""
+    if isinstance(o, Path):
+        return str(o)
     if isinstance(o, dict):
         return {str(k): _jsonable(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
@@ -948,7 +1019,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     t_start, load_start = time.perf_counter(), os.getloadavg()[1]
     a.cache = DiskCache(None if a.no_cache else a.out / "cache")
-    slices = simulated_slices(a.simulated) if a.simulated else load_slices()
+    notes_in: list[str] = []
+    if a.scans:
+        slices, notes_in = scan_slices(a.scans, a.per_scan)
+        if not slices:
+            raise SystemExit("no usable slice in " + ", ".join(map(str, a.scans)) + "; " + "; ".join(notes_in))
+    else:
+        slices = simulated_slices(a.simulated) if a.simulated else load_slices()
+    print(*notes_in, sep="\n")
     print("slices: " + ", ".join(f"{s.name} {s.hu.shape} {s.pixel_mm:.3f} mm" for s in slices), flush=True)
     detector, det_card = load_model(a.detector, "detector")
     if a.threshold is None:
@@ -979,7 +1057,8 @@ def main(argv: list[str] | None = None) -> int:
                   "seconds_reused": a.cache.seconds_reused},
         "slices": _slice_info(slices, cases), "ellipse": ellipse, "noise": noise, "gaussian": gauss,
         "tables": tables, "nps": nps_info,
-        "notes": notes + [f"{m.name}: {m.note}" for m in methods if m.note] + CAVEATS,
+        "notes": notes_in + notes + [f"{m.name}: {m.note}" for m in methods if m.note]
+                 + ([] if a.scans or a.simulated else PYDICOM_CAVEATS) + CAVEATS,
     }  # fmt: skip
     save_outputs(result, raw, spectra, cases, a)
     print(f"wrote {a.results.with_suffix('.md')} in {result['runtime_s'] / 60:.1f} min", flush=True)
