@@ -303,6 +303,9 @@ def test_paired_layers_on_other_grids_are_refused_and_a_failed_start_leaves_no_p
     widget.run_panel.stage_label.setText("reading /somewhere")  # what a run that fails while preparing leaves
     widget.run_panel.end()
     assert widget.run_panel.stage_label.text() == ""
+    widget.run_panel.stage_label.setText("simulating 25% dose")  # Stop pressed while preparing: it says so
+    widget.run_panel.end("stopped")
+    assert widget.run_panel.stage_label.text() == "stopped"
 
 
 def test_closing_napari_mid_run_stops_it_and_keeps_the_best_so_far(make_napari_viewer, qtbot, model_dir) -> None:
@@ -593,7 +596,34 @@ def test_a_saved_network_below_its_start_is_named_in_the_finish_note(tmp_path) -
     save_weights(LesionDetector(width=4), tmp_path / "fine_detector", {"metrics": {"sensitivity": 0.5},
                  "training": {"start_metrics": {"sensitivity": 0.4}}})  # fmt: skip
     notes = _worse_networks([str(tmp_path / "run_detector"), str(tmp_path / "fine_detector")])
-    assert notes == ["its detector: its validation mean sensitivity fell from 0.467 to 0.333 during training"]
+    assert notes == {"detector": "its validation mean sensitivity fell from 0.467 to 0.333 during training"}
+
+
+def test_a_pair_better_as_a_whole_leaves_its_worse_detector_unselected(make_napari_viewer, qtbot, model_dir) -> None:
+    """A reviewer's: a pair better as a whole selected, in the Denoise dock, a detector the same message called
+    worse than its start. Now its denoiser is selected, its detector listed, and the detector in use stays."""
+    from napari_lidnet._training.finetune import FinetuneOutcome
+    from napari_lidnet._widgets.denoise_detect import DenoiseDetectWidget
+    from napari_lidnet.models.detector import LesionDetector
+    from napari_lidnet.models.weights import save_weights
+
+    viewer = make_napari_viewer()
+    denoise = DenoiseDetectWidget(viewer)
+    viewer.window.add_dock_widget(denoise)
+    denoise.detector_combo.setCurrentText("tiny (user)")
+    before = denoise.detector_combo.currentText()
+    den, _ = load_weights(model_dir / "tiny_denoiser")
+    save_weights(den, model_dir / "rev_denoiser", {"metrics": {"psnr": 36.0},
+                                                   "training": {"start_metrics": {"psnr": 35.0}}})  # fmt: skip
+    save_weights(LesionDetector(width=4), model_dir / "rev_detector", {"metrics": {"sensitivity": 0.333},
+                 "training": {"start_metrics": {"sensitivity": 0.467}}})  # fmt: skip
+    widget = make_widget(viewer, qtbot, "rev")
+    exported = [str(model_dir / f"rev_{k}.safetensors") for k in ("denoiser", "detector")]
+    widget._on_returned(FinetuneOutcome("finished", "finished", exported=exported, improved=True))
+    assert denoise.denoiser_combo.currentText().startswith("rev (user)")
+    assert denoise.detector_combo.currentText() == before
+    assert "its detector listed, not selected: the detector in use stays" in widget.status.text()
+    assert "fell from 0.467 to 0.333" in widget.status.text()
 
 
 def test_the_pair_pickers_follow_a_simulated_low_dose_until_the_user_picks(make_napari_viewer, qtbot) -> None:
@@ -615,3 +645,16 @@ def test_the_pair_pickers_follow_a_simulated_low_dose_until_the_user_picks(make_
     box.full_combo.activated.emit(box.full_combo.currentIndex())  # the user's own pick stays
     viewer.add_image(full + 1.0, name="another", metadata={"hu": True})
     assert box.full_combo.currentText() == "chest 25% dose"
+
+
+def test_the_card_says_where_the_training_boxes_came_from(make_napari_viewer) -> None:
+    """A reviewer's: a scan's own annotations and a navigator's reviewed boxes were recorded as "drawn"."""
+    from napari_lidnet._widgets._roles import DETECTIONS, REVIEWED
+    from napari_lidnet._widgets.layer_inputs import box_source
+    from napari_lidnet.layer_data import ANNOTATIONS, ROLE
+
+    viewer = make_napari_viewer()
+    for meta, said in (({}, "drawn"), ({ROLE: ANNOTATIONS}, "annotations"), ({ROLE: REVIEWED}, "reviewed detections"),
+                       ({ROLE: DETECTIONS}, "raw detections, unreviewed")):  # fmt: skip
+        layer = viewer.add_shapes(name="boxes", metadata=meta)
+        assert box_source(layer) == f"{said} ({layer.name})"

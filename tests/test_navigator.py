@@ -367,6 +367,30 @@ def test_accepting_a_lesion_keeps_a_box_rejected_on_its_own(make_napari_viewer, 
     assert [widget.finding(i).status for i in range(3)] == ["accepted"] * 3
 
 
+def test_rejecting_a_lesion_keeps_the_boxes_kept_on_their_own(make_napari_viewer, tmp_path: Path) -> None:
+    """Regression (a reviewer's): Shift+R on one box of a lesion rejected the boxes accepted and edited one by one
+    before, and Shift+A brought an edited box back as "accepted". The reader's own decisions stay, and say so; a box
+    moved by hand comes back "edited"."""
+    widget, _image, _boxes = _three_slice_lesion(make_napari_viewer(), tmp_path)
+    widget.accept(0)
+    widget.accept(1)
+    reviewed = widget.reviewed_layer
+    k = list(reviewed.features["finding"]).index(1)
+    data = [np.array(d, copy=True) for d in reviewed.data]
+    data[k][:, -1] += 2  # the reader widens box 1 by hand
+    reviewed.data = data
+    assert widget.finding(1).status == "edited"
+    widget.reject_lesion(2)
+    assert [widget.finding(i).status for i in range(3)] == ["accepted", "edited", "rejected"]
+    assert "1 finding rejected (2 kept before stay kept: slice 1, 2)" in widget.status.text()
+    widget.reject_lesion(1)  # from a kept row: the reader means that box
+    assert [widget.finding(i).status for i in range(3)] == ["accepted", "rejected", "rejected"]
+    widget.accept_lesion(1)  # back, with the box the reader drew: still "edited"
+    assert [widget.finding(i).status for i in range(3)] == ["accepted", "edited", "accepted"]
+    widget.reject_lesion(2)  # the boxes kept by hand (box 0 accepted, box 1 moved) stay kept
+    assert [widget.finding(i).status for i in range(3)] == ["accepted", "edited", "rejected"]
+
+
 def test_a_box_rejected_on_its_own_is_that_run_s_box_only(make_napari_viewer, tmp_path: Path) -> None:
     """The mark "rejected on its own" belongs to the run whose box it was: another run (ids from 0 again) accepts
     its lesion whole; a kept box deleted from the reviewed layer is rejected on its own like Reject."""

@@ -567,12 +567,13 @@ class RunPanel(QWidget):
         self.stage_label.setText("preparing data")
         self.eta_label.setText("")
 
-    def end(self) -> None:
-        """The run is over: Start on, Stop off, no busy bar left spinning, no "preparing" label left standing."""
+    def end(self, status: str = "") -> None:
+        """The run is over: Start on, Stop off, no busy bar left spinning, no "preparing" label left standing (a run
+        that ended before training shows how it ended, ``status``: "stopped")."""
         self.start_button.setEnabled(True)
         self.stop_button.setEnabled(False)
         if self.stage_bar.maximum() == 0 or self.stage_bar.value() <= 0:  # ended before training: nothing under way
-            self.stage_label.setText("")
+            self.stage_label.setText(status)
         for bar in (self.stage_bar, self.overall_bar):
             if bar.maximum() == 0:
                 bar.setRange(0, 1)

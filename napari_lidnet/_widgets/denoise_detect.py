@@ -453,11 +453,13 @@ class DenoiseDetectWidget(DenoiseOutputs, DenoiseExports, QWidget):
         combo.setCurrentIndex(combo.count() - 2)
         return True
 
-    def select_model(self, name: str) -> bool:
+    def select_model(self, name: str, kinds: tuple[str, ...] = ("denoiser", "detector")) -> bool:
         """Choose the pair called ``name`` (``NAME_denoiser`` and/or ``NAME_detector``, or files named ``NAME``) in
-        both pickers; True when at least one was found."""
+        the pickers of ``kinds`` (default both); True when at least one was found."""
         found = False
         for combo, kind in ((self.denoiser_combo, "denoiser"), (self.detector_combo, "detector")):
+            if kind not in kinds:
+                continue
             for i in range(combo.count()):
                 data = combo.itemData(i)
                 if data and pair_name(Path(str(data)).name, kind) == name:

@@ -82,9 +82,12 @@ __all__ = [
 ]
 
 
-def refresh_denoise_widgets(viewer: Any, select: str | None = None) -> int:
+def refresh_denoise_widgets(
+    viewer: Any, select: str | None = None, kinds: tuple[str, ...] = ("denoiser", "detector")
+) -> int:
     """Call ``refresh_models()`` on every DenoiseDetectWidget docked in ``viewer`` and, when ``select`` is given,
-    choose the pair of that name in it (``NAME_denoiser`` / ``NAME_detector``); returns how many were refreshed."""
+    choose the networks of that name in it (``NAME_denoiser`` / ``NAME_detector``, those of ``kinds``); returns how
+    many were refreshed."""
     from .denoise_detect import DenoiseDetectWidget
 
     window = getattr(viewer, "window", None)
@@ -99,7 +102,7 @@ def refresh_denoise_widgets(viewer: Any, select: str | None = None) -> int:
     for w in dict.fromkeys(found):
         w.refresh_models()
         if select:
-            w.select_model(select)
+            w.select_model(select, kinds)
     return len(found)
 
 
@@ -527,16 +530,22 @@ class FineTuneWidget(QWidget):
         if outcome.exported:
             name = Path(outcome.exported[0]).name.rsplit("_", 1)[0]
             self.stage_label.setText(f"{outcome.status}: saved as {name}")  # not the "saving ..." of the last record
-            notes = _worse_networks(outcome.exported)
-            # a pair worse than its start as a whole, or an adapted model its own check calls worse: not selected
+            worse_kinds = _worse_networks(outcome.exported)
+            notes = [f"its {kind}: {reason}" for kind, reason in worse_kinds.items()]
+            # a pair worse than its start as a whole, or an adapted model its own check calls worse: not selected;
+            # a pair better as a whole: each network selected unless its own check calls it worse
             worse = outcome.improved is False if isinstance(outcome, FinetuneOutcome) else bool(notes)
-            n = refresh_denoise_widgets(self.viewer, select=None if worse else name)
+            kinds = tuple(k for k in ("denoiser", "detector") if k not in worse_kinds)
+            worse = worse or not kinds
+            n = refresh_denoise_widgets(self.viewer, select=None if worse else name, kinds=kinds)
             self.refresh_models()
             if model_name_problems(self.name_edit.text()):  # saved under it (or under NAME-2: taken meanwhile)
                 self.name_edit.setText(default_model_name())
             if n:
                 text += ("; listed in the denoise widget, not selected" if worse else
                          "; selected in the denoise widget (the shipped default stays first in its list)")
+                kept = [k for k in worse_kinds if not worse]
+                text += "".join(f"; its {k} listed, not selected: the {k} in use stays" for k in kept)
             text += "".join(f"; note: {note}" for note in notes)
             if outcome.status == "stopped":  # otherwise Start would begin anew without a word
                 text += f"; Start begins a new run: to go on from this one, pick {name} as the start"
@@ -544,7 +553,7 @@ class FineTuneWidget(QWidget):
 
     def _on_finished(self) -> None:
         self.worker = None
-        self.run_panel.end()
+        self.run_panel.end(self.outcome.status if self.outcome is not None else "")
         finish_run(self.viewer, self._task)
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
@@ -572,14 +581,13 @@ def _pair_problems(low: Any, full: Any) -> list[str]:
     return problems
 
 
-def _worse_networks(exported: list[str]) -> list[str]:
-    """'its detector: its validation mean sensitivity fell from 0.467 to 0.333 during training' for each saved
-    network whose card says it ended below its start (a pair better as a whole was selected without a word of
-    its detector's fall)."""
+def _worse_networks(exported: list[str]) -> dict[str, str]:
+    """{'detector': 'its validation mean sensitivity fell from 0.467 to 0.333 during training'} for each saved
+    network whose card says it ended below its start (a pair better as a whole selected its detector anyway)."""
     from ..metrics.selection import worse_reason
     from ..models.weights import read_card
 
-    notes = []
+    notes: dict[str, str] = {}
     for path in dict.fromkeys(str(Path(p).with_suffix("")) for p in exported):  # a model's .safetensors and .json
         try:
             card = read_card(path)
@@ -587,5 +595,5 @@ def _worse_networks(exported: list[str]) -> list[str]:
             continue
         reason = worse_reason(card)
         if reason:
-            notes.append(f"its {card.get('kind', Path(path).name.rsplit('_', 1)[-1])}: {reason}")
+            notes[str(card.get("kind", Path(path).name.rsplit("_", 1)[-1]))] = reason
     return notes

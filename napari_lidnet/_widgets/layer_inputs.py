@@ -15,7 +15,7 @@ from napari_lidnet.layer_data import ANNOTATED
 
 from ._geometry import centres_inside, shapes_in_image
 from ._review_decisions import review_decisions
-from ._roles import lidnet_info, pixel_mm, source_key
+from ._roles import ANNOTATIONS, DETECTIONS, REVIEWED, lidnet_info, pixel_mm, role, source_key
 
 
 def _layer_spacing_mm(layer: Any) -> float:
@@ -64,14 +64,14 @@ def inputs_from_layers(
             else:
                 boxes, notes = shapes_in_image(own[layer.name], layer, current_slice)
                 problems.extend(n for n in notes if n not in problems)
-                source = f"drawn ({own[layer.name].name})"
+                source = box_source(own[layer.name])
         elif shapes_layer is not None:
             all_boxes, notes = shapes_in_image(shapes_layer, layer, current_slice)
             problems.extend(n for n in notes if n not in problems)
             mine = np.flatnonzero(centres_inside(all_boxes, hu.shape) | (len(image_layers) == 1))
             claimed.update(mine)
             boxes = all_boxes[mine].reshape(-1, 5)
-            source = f"drawn ({shapes_layer.name})"
+            source = box_source(shapes_layer)
             rejected, undecided = review_decisions(shapes_layer, layer, all_layers)
         inputs.append(CTInput(layer.name, hu, _layer_spacing_mm(layer), boxes=boxes, box_source=source,
                               rejected=rejected, undecided=undecided))  # fmt: skip
@@ -79,6 +79,16 @@ def inputs_from_layers(
         lost = n_shapes - len(claimed)
         problems.append(f"{lost} box(es) of {shapes_layer.name!r} lie outside every chosen image")
     return inputs, problems
+
+
+#: where a boxes layer's boxes came from, by its role, as a model card records it
+BOX_SOURCES = {ANNOTATIONS: "annotations", REVIEWED: "reviewed detections", DETECTIONS: "raw detections, unreviewed"}
+
+
+def box_source(shapes_layer: Any) -> str:
+    """"annotations (name)", "reviewed detections (name)", "raw detections, unreviewed (name)", or, for a layer the
+    reader drew, "drawn (name)"."""
+    return f"{BOX_SOURCES.get(role(shapes_layer), 'drawn')} ({shapes_layer.name})"
 
 
 def _overlapping(layers: Sequence[Any]) -> tuple[str, str] | None:

@@ -164,6 +164,7 @@ class LesionNavigatorWidget(ReviewedLayer, SavedReview, QWidget):
         self._moved_kept = False  # the last merge moved a kept box (its reviewed-layer box is rewritten)
         self._lesions: dict[int, int] = {}  # finding id -> the lesion number shown (kept across edits)
         self._alone: set[int] = set()  # ids rejected one by one (Reject), which accepting their lesion leaves so
+        self._kept_alone: set[int] = set()  # ids accepted one by one (Accept, Edit), which rejecting the lesion leaves
         self._parked: dict[tuple, Finding] = {}  # rejected findings whose detection left the layer, by key
         self._read_stamp: bytes = b""  # the boxes and scores last read (_stamp)
         self._shape_index: dict[int, int] = {}  # finding id -> its shape in the boxes layer
@@ -418,6 +419,7 @@ class LesionNavigatorWidget(ReviewedLayer, SavedReview, QWidget):
         same = boxes is not None and boxes == self.boxes_layer and image == self.image_layer
         if not same:  # another run: its ids start again, so the marks (and lesion numbers) of the last one go
             self._origin, self._parked, self._alone, self._lesions = {}, {}, set(), {}
+            self._kept_alone = set()
         elif all(f.status == "pending" for f in self.findings):  # a threshold tried before the review began: its
             self._lesions = {}  # boxes numbered afresh, as the Denoise dock's export numbers them (otherwise the
             # two exports give one lesion two numbers); once the reader decides, each lesion keeps its number
@@ -769,6 +771,7 @@ class LesionNavigatorWidget(ReviewedLayer, SavedReview, QWidget):
         if f is not None:
             f.status = f.status if f.status in KEPT else "accepted"
             self._alone.discard(f.id)
+            self._kept_alone.add(f.id)
             self._decided(f"finding {f.id} {f.status}")
 
     def reject(self, fid: int | None = None) -> None:
@@ -777,6 +780,7 @@ class LesionNavigatorWidget(ReviewedLayer, SavedReview, QWidget):
         if f is not None:
             f.status = "rejected"
             self._alone.add(f.id)
+            self._kept_alone.discard(f.id)
             self._decided(f"finding {f.id} {f.status}")
 
     def edit(self, fid: int | None = None) -> None:
@@ -787,6 +791,7 @@ class LesionNavigatorWidget(ReviewedLayer, SavedReview, QWidget):
         if f.status not in KEPT:
             f.status = "accepted"
         self._alone.discard(f.id)
+        self._kept_alone.add(f.id)
         self._write_reviewed()
         layer = self.reviewed_layer
         index = list(layer.features["finding"]).index(f.id)
@@ -805,7 +810,9 @@ class LesionNavigatorWidget(ReviewedLayer, SavedReview, QWidget):
         self._decide_lesion(fid, keep=True)
 
     def reject_lesion(self, fid: int | None = None) -> None:
-        """Dismiss every finding of the lesion of finding ``fid`` (default: the selected row)."""
+        """Dismiss every finding of the lesion of finding ``fid`` (default: the selected row), except those kept one
+        by one before (Accept, Edit, a box moved or drawn by hand: the reader's own decision stays; the row acted on
+        is rejected)."""
         self._decide_lesion(fid, keep=False)
 
     def lesion_numbers(self) -> dict[int, int]:
@@ -820,18 +827,34 @@ class LesionNavigatorWidget(ReviewedLayer, SavedReview, QWidget):
             return
         lesions = self.lesion_numbers()
         members = [g for g in self.findings if lesions[g.id] == lesions[f.id]]
-        held = [g for g in members if keep and g.status == "rejected" and g.id in self._alone and g is not f]
+        held = [g for g in members if g is not f and (self._rejected_by_hand(g) if keep else self._kept_by_hand(g))]
         for g in members:
-            if g not in held:
-                g.status = (g.status if g.status in KEPT else "accepted") if keep else "rejected"
-                if keep:
-                    self._alone.discard(g.id)
-        n = len(members) - len(held)
-        what = f"lesion {lesions[f.id]}: {n} finding{'s' if n > 1 else ''} {'kept' if keep else 'rejected'}"
+            if g in held:
+                continue
+            if keep:
+                g.status = g.status if g.status in KEPT else self._kept_status(g)
+                self._alone.discard(g.id)
+            else:
+                g.status = "rejected"
+                self._kept_alone.discard(g.id)
+        n, done, other = len(members) - len(held), *(("kept", "rejected") if keep else ("rejected", "kept"))
+        what = f"lesion {lesions[f.id]}: {n} finding{'s' if n > 1 else ''} {done}"
         if held:
             slices = ", ".join(str(g.slice) for g in held)
-            what += f" ({len(held)} rejected before stay{'s' if len(held) == 1 else ''} rejected: slice {slices})"
+            what += f" ({len(held)} {other} before stay{'s' if len(held) == 1 else ''} {other}: slice {slices})"
         self._decided(what)
+
+    def _rejected_by_hand(self, g: Finding) -> bool:
+        return g.status == "rejected" and g.id in self._alone
+
+    def _kept_by_hand(self, g: Finding) -> bool:
+        """Kept by the reader's own hand: accepted or edited one by one, or a box moved or drawn on the layer."""
+        return g.status in ("edited", "added") or (g.status == "accepted" and g.id in self._kept_alone)
+
+    def _kept_status(self, g: Finding) -> str:
+        """The status a finding kept again takes: "edited" when its box is no longer its detection's."""
+        moved = g.id in self._origin and self._key(g) != self._origin[g.id]
+        return "edited" if moved else "accepted"
 
     def _decided(self, what: str) -> None:
         self._write_reviewed()
