@@ -93,6 +93,16 @@ def test_deleting_a_compared_layer_or_the_lesions_restores_the_view(make_napari_
     assert "low lesions" not in _layer_names(viewer)
 
 
+def _run_in_a_new_dock(viewer, qtbot, scope: str) -> None:
+    """Open a Denoise dock, run it on ``scope`` on the CPU, close it."""
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise and detect")
+    widget.device_combo.setCurrentText("cpu")
+    widget.scope_combo.setCurrentText(scope)
+    with qtbot.waitSignal(widget.job_finished, timeout=60000):
+        widget.run()
+    viewer.window.remove_dock_widget(dock)
+
+
 def test_closed_docks_stop_working_and_let_go_of_the_viewer(make_napari_viewer, qtbot, model_dir) -> None:  # noqa: F811
     """napari's X takes the widget out of its dock without closing it: a run under way adds nothing, F and the
     review keys are napari's again, and a closed ROI compare computes nothing more."""
@@ -115,29 +125,15 @@ def test_closed_docks_stop_working_and_let_go_of_the_viewer(make_napari_viewer, 
     assert f_key not in viewer.keymap and f_key not in viewer.layers["low"].keymap
     for step in (4, 5):  # a dock opened again replaces what a closed one made, of any slice: no "low denoised [1]"
         viewer.dims.set_current_step(0, step)  # nor a stale "low denoised (slice 4)" beside the new one
-        again_dock, again = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise and detect")
-        again.device_combo.setCurrentText("cpu")
-        again.scope_combo.setCurrentText("current slice")
-        with qtbot.waitSignal(again.job_finished, timeout=60000):
-            again.run()
-        viewer.window.remove_dock_widget(again_dock)
+        _run_in_a_new_dock(viewer, qtbot, "current slice")
     assert sorted(_layer_names(viewer)) == ["low", "low denoised (slice 5)", "low lesions"]
-    whole_dock, whole = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise and detect")
-    whole.device_combo.setCurrentText("cpu")
-    with qtbot.waitSignal(whole.job_finished, timeout=60000):
-        whole.run()  # the whole volume: replaces the slice's outputs
-    viewer.window.remove_dock_widget(whole_dock)
+    _run_in_a_new_dock(viewer, qtbot, "all slices")  # the whole volume: replaces the slice's outputs
     volume, boxes = viewer.layers["low denoised"], viewer.layers["low lesions"]
     n_boxes = len(boxes.data)
     assert volume.data.shape[0] == 12 and sorted(_layer_names(viewer)) == ["low", "low denoised", "low lesions"]
     for step in (4, 5):  # a reopened dock's one-slice runs go beside a closed one's whole volume, never over it
         viewer.dims.set_current_step(0, step)
-        again_dock, again = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise and detect")
-        again.device_combo.setCurrentText("cpu")
-        again.scope_combo.setCurrentText("current slice")
-        with qtbot.waitSignal(again.job_finished, timeout=60000):
-            again.run()
-        viewer.window.remove_dock_widget(again_dock)
+        _run_in_a_new_dock(viewer, qtbot, "current slice")
     assert viewer.layers["low denoised"] is volume and viewer.layers["low lesions"] is boxes
     assert len(boxes.data) == n_boxes and volume.data.shape[0] == 12
     assert sorted(_layer_names(viewer)) == ["low", "low denoised", "low denoised (slice 5)", "low lesions",
