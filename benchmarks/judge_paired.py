@@ -143,6 +143,18 @@ def detection_lines(records: dict[str, list[dict]]) -> tuple[list[str], dict]:
     return lines, raw
 
 
+#: issue 11's judge slices (``real_anatomy.find_real_files``)
+PYDICOM_SLICES = ("693_J2KI.dcm", "CT_small.dcm", "J2K_pixelrep_mismatch.dcm")
+
+
+def _which_slices(records: dict[str, list[dict]]) -> str:
+    """What the slices allow: pydicom's three, or the slices of the scans judged (``real_anatomy.py --scans``)."""
+    names = sorted({str(r["slice"]) for recs in records.values() for r in recs})
+    if names == sorted(PYDICOM_SLICES):
+        return "Three slices (one body crop of 128 px, two heads of 512 px) allow no inference across patients."
+    return f"{len(names)} slices; their patients are the clusters (inference across patients needs many)."
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--raw", required=True, type=Path, help="the judge's per-case json (real_anatomy.py --out)")
@@ -161,7 +173,7 @@ def main() -> None:
             f"{' --bm3d-psd' if a.bm3d_psd else ''}`", "",
             "Differences a - b per case (same lesions, noise, seed), read per slice (8 seeds each); reading rule "
             "fixed before (`benchmarks/results/judge_paired_prereg.md`): at or above on every slice, else a tie or "
-            "below. Three slices (one body crop of 128 px, two heads of 512 px) allow no inference across patients."]
+            f"below. {_which_slices(records)}"]
     if psd is not None:
         raw["bm3d_psd"] = {c: {"psnr": float(np.mean([r["psnr"] for r in v])),
                                "ssim": float(np.mean([r["ssim"] for r in v]))} for c, v in psd.items()}  # fmt: skip
