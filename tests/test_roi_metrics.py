@@ -293,9 +293,11 @@ def test_one_slice_output_compares_with_the_reference_slice_at_its_place():
 def test_line_profile_through_centre():
     img = np.arange(100 * 100, dtype=float).reshape(100, 100)
     mask = shape_mask("rectangle", rect(20, 40, 40, 60), img.shape)
-    cols, vals = line_profile(img, mask)
-    assert cols[0] == 30 and cols[-1] == 69
+    cols, vals, centre = line_profile(img, mask)
+    assert cols[0] == 30 and cols[-1] == 69 and centre == 49.5  # columns 40-59
     np.testing.assert_array_equal(vals, img[29, 30:70])
+    cols, _, centre = line_profile(img, shape_mask("rectangle", rect(20, 80, 40, 95), img.shape))
+    assert cols[-1] == 99 and centre == 87  # widened past the edge, clipped: 0 stays the region's centre (80-94)
 
 
 def test_roi_perceptual_distance_properties(tmp_path, monkeypatch):

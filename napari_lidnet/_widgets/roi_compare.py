@@ -699,8 +699,7 @@ class ROICompareWidget(QWidget):
             mm = self._pixel_mm(name)
             (dy, dx), unit = mm or (1.0, 1.0), "mm" if mm else "px"
             if kind == "line profile":
-                cols, vals = line_profile(plane, mask)
-                centre = (cols[0] + cols[-1]) / 2 if len(cols) else 0.0
+                cols, vals, centre = line_profile(plane, mask)
                 ax.plot((cols - centre) * dx, vals, label=name)
                 ax.set_xlabel(f"position along the centre row ({unit} from the region centre)")
                 ax.set_ylabel("HU")

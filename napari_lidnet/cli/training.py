@@ -196,7 +196,9 @@ def add_simulate(sub: Any) -> None:
         help="random: each slice draws body part, field of view, contrast and scanner "
         "(dose 5-50%%, 500-1200 views, kernel, electronic noise, thickness); --dose and --kind are then unused",
     )
-    p.add_argument("--negatives", type=float, default=0.0, help="fraction of lesion-free slices, in [0, 1]")
+    p.add_argument("--negatives", type=float, default=0.0,
+                   help="fraction of slices drawn lesion-free on purpose (negative=1 in scanner.csv), in [0, 1]; "
+                        "of the others about 1 in 10 draws no lesion too (0-4 lesions: n_boxes says)")  # fmt: skip
     p.add_argument("--kinds", default="head,chest,abdomen", help="body parts mixed with --domain random")
     p.add_argument(
         "--lesions",

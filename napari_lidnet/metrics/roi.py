@@ -13,9 +13,9 @@ Choices (also in the docstrings below):
 - RMSE, PSNR and SSIM against a reference are computed on images clipped to a display window (default soft
   tissue, -160..240 HU) with ``data_range`` = window width; with ``window=None`` nothing is clipped and
   ``data_range`` = max - min of the reference slice.
-- SSIM is ``metrics.image.ssim_map`` (skimage's definition, 7x7 uniform window) on the region's bounding-box
-  crop, averaged over the region's pixels that lie at least 3 pixels inside the crop (skimage's own border
-  rule), so on a rectangle the value equals skimage's mean SSIM on the cropped arrays.
+- SSIM is the mean over the region's pixels of the SSIM map (skimage's definition, 7x7 uniform windows) of the
+  whole slice, each pixel's window centred on it (a pixel within 3 px of the image's edge left out): the region's
+  mean of skimage's ``structural_similarity(..., full=True)`` map, not skimage's SSIM of the cropped arrays.
 - Windowing, data range and the RMSE rule are those of ``metrics.image`` (one definition for the product).
 """
 
@@ -289,21 +289,24 @@ def region_ssim(
     return float(ssim_map(x, ref, data_range, SSIM_WIN)[sel].mean(dtype=np.float64))
 
 
-def line_profile(plane: np.ndarray, mask: np.ndarray, margin: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def line_profile(
+    plane: np.ndarray, mask: np.ndarray, margin: float = 0.5
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Horizontal profile through the centre row of a region's bounding box.
 
-    Returns (columns, values) over the bounding box widened by ``margin`` x its width on each side (clipped to
-    the image). Empty arrays when the mask is empty.
+    Returns (columns, values, centre) over the bounding box widened by ``margin`` x its width on each side (clipped
+    to the image), ``centre`` the column of the box's centre (where a plot's 0 goes, also when the widened span was
+    clipped at an image edge). Empty arrays and centre 0 when the mask is empty.
     """
     box = mask_bbox(mask)
     if box is None:
-        return np.zeros(0), np.zeros(0)
+        return np.zeros(0), np.zeros(0), 0.0
     r0, c0, r1, c1 = box
     row = (r0 + r1 - 1) // 2
     extra = int(round(margin * (c1 - c0)))
     lo, hi = max(0, c0 - extra), min(plane.shape[-1], c1 + extra)
     cols = np.arange(lo, hi)
-    return cols, np.asarray(plane[row, lo:hi], dtype=np.float64)
+    return cols, np.asarray(plane[row, lo:hi], dtype=np.float64), (c0 + c1 - 1) / 2
 
 
 # ----------------------------------------------------------------------------------------------- comparisons
