@@ -213,6 +213,13 @@ def _square(hu: np.ndarray) -> np.ndarray:
     return np.pad(hu, ((r0, r1), (c0, c1)), mode="symmetric")
 
 
+def _scan_label(path: Path, volume: str, n_volumes: int) -> str:
+    """A slice's scan as the report names it: the folder's name, or a file's with its folder's ("STS_001/CT.nii.gz"),
+    plus the volume's name when the path holds several series."""
+    label = path.name if path.is_dir() else "/".join(path.parts[-2:])
+    return f"{label} {volume}" if n_volumes > 1 else label
+
+
 def scan_slices(paths: list[Path], per_scan: int) -> tuple[list[RealSlice], list[str]]:
     """Your own normal-dose CT as the judge's real slices: ``per_scan`` evenly spaced axial slices (the end slices
     left out) of each volume the product's reader opens at ``paths`` (DICOM files or series folders, NIfTI,
@@ -223,7 +230,8 @@ def scan_slices(paths: list[Path], per_scan: int) -> tuple[list[RealSlice], list
 
     slices, notes = [], []
     for path in paths:
-        for vol in open_ct(path):
+        volumes = open_ct(path)
+        for vol in volumes:
             stack = np.asarray(vol.hu, np.float32).reshape(-1, *vol.hu.shape[-2:])
             why = not_ct_note(str(vol.metadata.get("modality", "") or ""), stack, vol.name)
             if why is None and known_pixel_mm(vol) is None:
@@ -243,7 +251,8 @@ def scan_slices(paths: list[Path], per_scan: int) -> tuple[list[RealSlice], list
                 except ValueError:
                     notes.append(f"skipped {vol.name} slice {z}: no body in it")
                     continue
-                sl = RealSlice(f"{vol.name} z{z}", str(path), hu, float(vol.spacing[-1]), "your scan")
+                sl = RealSlice(f"{_scan_label(Path(path), vol.name, len(volumes))} z{z}", str(path), hu,
+                               float(vol.spacing[-1]), "your scan")
                 sl.body, sl.soft = body, soft
                 slices.append(sl)
     return slices, notes

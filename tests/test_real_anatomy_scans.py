@@ -26,6 +26,7 @@ def test_evenly_spaced_slices_of_each_scan_in_mm_and_the_rest_skipped_with_a_not
     np.save(tmp_path / "no_spacing.npy", hu[:3])  # the reader assumes 1 mm: the noise models cannot use it
     slices, notes = real_anatomy.scan_slices([tmp_path / "series", tmp_path / "no_spacing.npy"], per_scan=3)
     assert len(slices) == 3 and all(s.pixel_mm == pytest.approx(0.7) for s in slices)
+    assert [s.name for s in slices] == ["series z2", "series z4", "series z7"]  # the scan named as it was given
     levels = [float(np.median(s.hu[s.body])) for s in slices]
     assert levels == pytest.approx([40 + 2 * 2, 40 + 2 * 4, 40 + 2 * 7])  # slices 2, 4, 7 of 10: ends left out
     assert all(s.hu.shape == (48, 48) for s in slices)  # square for the radon model, the body unchanged inside
