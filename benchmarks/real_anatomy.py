@@ -88,7 +88,8 @@ BM3D_MARGIN = 8  # px around the body's bounding box that BM3D sees
 
 @dataclass
 class RealSlice:
-    """One real normal-dose slice in HU."""
+    """One real normal-dose slice in HU, with its body and soft-tissue masks (``tissue_masks``: ValueError when
+    it shows no body)."""
 
     name: str
     path: str
@@ -97,6 +98,10 @@ class RealSlice:
     syntax: str
     body: np.ndarray = field(repr=False, default=None)
     soft: np.ndarray = field(repr=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.body is None:
+            self.body, self.soft = tissue_masks(self.hu)
 
 
 @dataclass
@@ -187,9 +192,8 @@ def simulated_slices(n: int, seed0: int = 9100) -> list[RealSlice]:
         kind, seed = KINDS[k % len(KINDS)], seed0 + k
         ph = make_phantom(seed, kind, size=512, n_lesions=0, randomize=True)
         full = np.maximum(simulate_pair(ph.hu, 0.25, ph.spacing_mm, seed=seed)[0], AIR_FLOOR)
-        sl = RealSlice(f"sim-{kind}-{seed}", "simulated", full.astype(np.float32), float(ph.spacing_mm), "simulated")
-        sl.body, sl.soft = tissue_masks(sl.hu)
-        out.append(sl)
+        out.append(RealSlice(f"sim-{kind}-{seed}", "simulated", full.astype(np.float32), float(ph.spacing_mm),
+                             "simulated"))
     return out
 
 
@@ -199,9 +203,7 @@ def load_slices() -> list[RealSlice]:
     for path, syntax in find_real_files():
         vol = open_ct(path)[0]
         hu = np.maximum(np.asarray(vol.hu, np.float32).reshape(vol.hu.shape[-2:]), AIR_FLOOR)
-        sl = RealSlice(Path(path).name, path, hu, float(vol.spacing[-1]), syntax)
-        sl.body, sl.soft = tissue_masks(hu)
-        out.append(sl)
+        out.append(RealSlice(Path(path).name, path, hu, float(vol.spacing[-1]), syntax))
     return out
 
 
@@ -247,14 +249,10 @@ def scan_slices(paths: list[Path], per_scan: int) -> tuple[list[RealSlice], list
             for z in picks:
                 hu = _square(np.maximum(stack[z], AIR_FLOOR))
                 try:
-                    body, soft = tissue_masks(hu)
+                    slices.append(RealSlice(f"{_scan_label(Path(path), vol.name, len(volumes))} z{z}", str(path), hu,
+                                            float(vol.spacing[-1]), "your scan"))
                 except ValueError:
                     notes.append(f"skipped {vol.name} slice {z}: no body in it")
-                    continue
-                sl = RealSlice(f"{_scan_label(Path(path), vol.name, len(volumes))} z{z}", str(path), hu,
-                               float(vol.spacing[-1]), "your scan")
-                sl.body, sl.soft = body, soft
-                slices.append(sl)
     return slices, notes
 
 

@@ -534,18 +534,16 @@ class FineTuneWidget(QWidget):
             notes = [f"its {kind}: {reason}" for kind, reason in worse_kinds.items()]
             # a pair worse than its start as a whole, or an adapted model its own check calls worse: not selected;
             # a pair better as a whole: each network selected unless its own check calls it worse
-            worse = outcome.improved is False if isinstance(outcome, FinetuneOutcome) else bool(notes)
             kinds = tuple(k for k in ("denoiser", "detector") if k not in worse_kinds)
-            worse = worse or not kinds
+            worse = not kinds or (outcome.improved is False if isinstance(outcome, FinetuneOutcome) else bool(notes))
             n = refresh_denoise_widgets(self.viewer, select=None if worse else name, kinds=kinds)
             self.refresh_models()
             if model_name_problems(self.name_edit.text()):  # saved under it (or under NAME-2: taken meanwhile)
                 self.name_edit.setText(default_model_name())
             if n:
                 text += ("; listed in the denoise widget, not selected" if worse else
-                         "; selected in the denoise widget (the shipped default stays first in its list)")
-                kept = [k for k in worse_kinds if not worse]
-                text += "".join(f"; its {k} listed, not selected: the {k} in use stays" for k in kept)
+                         "; selected in the denoise widget (the shipped default stays first in its list)"
+                         + "".join(f"; its {k} listed, not selected: the {k} in use stays" for k in worse_kinds))
             text += "".join(f"; note: {note}" for note in notes)
             if outcome.status == "stopped":  # otherwise Start would begin anew without a word
                 text += f"; Start begins a new run: to go on from this one, pick {name} as the start"

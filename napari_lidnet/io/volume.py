@@ -115,12 +115,12 @@ class CTVolume:
         """Keyword arguments for ``viewer.add_image``: scale and translate from geometry, in mm (napari's ``units``,
         so its scale bar reads mm) unless the reader assumed the spacing, the mirrored slice axis of a feet-first
         stack as napari's affine (``display_affine``), the patient affine in metadata."""
-        flips = self.display_affine()
+        flips, units = self.display_affine(), self.units()
         return {
             "name": self.name,
             "scale": self.spacing,
             "translate": self.origin,
-            **({} if self.units() is None else {"units": self.units()}),
+            **({} if units is None else {"units": units}),
             **({} if flips is None else {"affine": flips}),
             "metadata": {**self.metadata, "affine_lps": self.affine(), "spacing": self.spacing},
         }
